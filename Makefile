@@ -1,0 +1,45 @@
+# The two commands a newcomer runs (see README.md):
+#   make demo   build, then walk through the bundle round trip
+#   make test   install dependencies, build, run every test
+# Everything else here is what those two and CI are made of.
+
+BUILD ?= build
+JOBS ?= $(shell nproc)
+FUZZ_SECONDS ?= 30
+
+.PHONY: all setup build test demo test-sanitize fuzz-build fuzz-smoke bench clean
+
+all: build
+
+setup:
+	scripts/setup
+
+build: setup
+	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo -DAIRLOCK_WERROR=ON
+	cmake --build $(BUILD) -j $(JOBS)
+
+test: build
+	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
+
+demo: build
+	scripts/demo $(BUILD)/bundler/airlock
+
+# Second CI job: the whole suite under AddressSanitizer + UndefinedBehaviorSanitizer.
+test-sanitize: setup
+	cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DAIRLOCK_WERROR=ON -DAIRLOCK_SANITIZE=address,undefined
+	cmake --build build-asan -j $(JOBS)
+	cd build-asan && ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 ctest --output-on-failure -j $(JOBS)
+
+# libFuzzer targets (clang), each run briefly from a generated seed corpus.
+fuzz-build: setup
+	CC=clang CXX=clang++ cmake -S . -B build-fuzz -DCMAKE_BUILD_TYPE=RelWithDebInfo -DAIRLOCK_FUZZ=ON -DAIRLOCK_BUILD_TESTS=OFF
+	cmake --build build-fuzz -j $(JOBS)
+
+fuzz-smoke: fuzz-build
+	scripts/fuzz-smoke build-fuzz $(FUZZ_SECONDS)
+
+bench: build
+	bench/verify_throughput.sh $(BUILD)/bundler/airlock
+
+clean:
+	rm -rf $(BUILD) build-asan build-fuzz
