@@ -1,0 +1,143 @@
+// create -> verify -> import on generated payloads, through the library.
+#include <gtest/gtest.h>
+#include <sys/stat.h>
+
+#include "airlock/verifier/bundle_reader.h"
+#include "airlock/verifier/bundle_store.h"
+#include "airlock/verifier/bundle_writer.h"
+#include "test_bundles.h"
+
+namespace airlock::verifier {
+namespace {
+
+struct Fixture {
+  testing::TempDir dir;
+  SecretKey key = testing::test_key(3);
+  std::string big = testing::random_bytes(3 * 1024 * 1024 + 12345, 7);  // 4 chunks of 1 MiB
+
+  Result<VerifiedBundle> create(std::uint64_t version, const std::string& out) {
+    testing::write_file(dir / "weights.bin", big);
+    testing::write_file(dir / "LICENSE", "MIT\n");
+    testing::write_file(dir / "empty.cfg", "");
+    CreateOptions o;
+    o.name = "demo-model";
+    o.version = version;
+    o.chunk_size = 1 << 20;
+    return create_bundle({{FileRole::kLlm, dir / "weights.bin", "weights.bin"},
+                          {FileRole::kLicense, dir / "LICENSE", "docs/LICENSE"},
+                          {FileRole::kConfig, dir / "empty.cfg", "empty.cfg"}},
+                         key, o, out);
+  }
+};
+
+TEST(BundleRoundTrip, CreateVerifyImport) {
+  Fixture f;
+  std::string out = f.dir / "demo-model-1.airlock";
+  Result<VerifiedBundle> made = f.create(1, out);
+  ASSERT_TRUE(made.is_ok()) << made.status().to_string();
+  const Manifest& m = made->manifest;
+  ASSERT_EQ(m.files.size(), 3u);
+  EXPECT_EQ(m.files[0].chunk_sha256.size(), 4u);
+  EXPECT_EQ(m.files[0].sha256, sha256(f.big));
+  EXPECT_EQ(m.files[2].size, 0u);
+  EXPECT_TRUE(m.files[2].chunk_sha256.empty());
+
+  TrustStore trust = testing::trust_only(f.key);
+  std::vector<std::uint64_t> seen;
+  VerifyOptions vo;
+  vo.progress = [&](std::uint64_t done, std::uint64_t total) {
+    EXPECT_LE(done, total);
+    seen.push_back(done);
+  };
+  Result<VerifiedBundle> checked = verify_bundle_file(out, trust, vo);
+  ASSERT_TRUE(checked.is_ok()) << checked.status().to_string();
+  EXPECT_EQ(checked->manifest_sha256, made->manifest_sha256);
+  ASSERT_FALSE(seen.empty());
+  EXPECT_EQ(seen.back(), m.total_bytes());
+
+  Result<BundleStore> store = BundleStore::open(f.dir / "store");
+  ASSERT_TRUE(store.is_ok());
+  Result<ImportRecord> rec = store->import_bundle(out, trust, {});
+  ASSERT_TRUE(rec.is_ok()) << rec.status().to_string();
+  EXPECT_EQ(rec->name, "demo-model");
+  EXPECT_EQ(rec->version, 1u);
+  EXPECT_EQ(rec->key_id, f.key.id.to_string());
+  std::string root = f.dir / "store/demo-model/1";
+  EXPECT_EQ(testing::read_file(root + "/weights.bin"), f.big);
+  EXPECT_EQ(testing::read_file(root + "/docs/LICENSE"), "MIT\n");
+  EXPECT_EQ(testing::read_file(root + "/empty.cfg"), "");
+  EXPECT_EQ(testing::read_file(root + "/manifest.json"), made->manifest_bytes);
+  EXPECT_EQ(testing::read_file(root + "/manifest.json.minisig"), made->signature_text);
+  EXPECT_TRUE(testing::list_tree(f.dir / "store/.staging").empty());
+  Result<std::optional<std::uint64_t>> hv = store->highest_version("demo-model");
+  ASSERT_TRUE(hv.is_ok());
+  EXPECT_EQ(hv->value_or(0), 1u);
+}
+
+TEST(BundleRoundTrip, RollbackRefusedUnlessAllowed) {
+  Fixture f;
+  ASSERT_TRUE(f.create(1, f.dir / "v1.airlock").is_ok());
+  ASSERT_TRUE(f.create(2, f.dir / "v2.airlock").is_ok());
+  TrustStore trust = testing::trust_only(f.key);
+  Result<BundleStore> store = BundleStore::open(f.dir / "store");
+  ASSERT_TRUE(store.is_ok());
+  ASSERT_TRUE(store->import_bundle(f.dir / "v2.airlock", trust, {}).is_ok());
+  Result<ImportRecord> old = store->import_bundle(f.dir / "v1.airlock", trust, {});
+  ASSERT_FALSE(old.is_ok());
+  EXPECT_EQ(old.status().code(), StatusCode::kVerificationFailed);
+  EXPECT_NE(old.status().message().find("rollback"), std::string::npos);
+  EXPECT_FALSE(testing::exists(f.dir / "store/demo-model/1"));
+  Result<ImportRecord> again = store->import_bundle(f.dir / "v2.airlock", trust, {});
+  EXPECT_FALSE(again.is_ok());  // the same version is not newer either
+
+  ImportOptions allow;
+  allow.allow_downgrade = true;
+  Result<ImportRecord> forced = store->import_bundle(f.dir / "v1.airlock", trust, allow);
+  ASSERT_TRUE(forced.is_ok()) << forced.status().to_string();
+  EXPECT_TRUE(forced->downgrade);
+  Result<ImportRecord> twice = store->import_bundle(f.dir / "v1.airlock", trust, allow);
+  ASSERT_FALSE(twice.is_ok());
+  EXPECT_EQ(twice.status().code(), StatusCode::kAlreadyExists);
+}
+
+TEST(BundleRoundTrip, CreateRefusesToOverwriteAndBadInputs) {
+  Fixture f;
+  std::string out = f.dir / "b.airlock";
+  ASSERT_TRUE(f.create(1, out).is_ok());
+  Result<VerifiedBundle> again = f.create(2, out);
+  ASSERT_FALSE(again.is_ok());
+  EXPECT_EQ(again.status().code(), StatusCode::kAlreadyExists);
+
+  CreateOptions o;
+  o.name = "Bad Name";
+  o.version = 1;
+  testing::write_file(f.dir / "x", "x");
+  EXPECT_EQ(create_bundle({{FileRole::kOther, f.dir / "x", "x"}}, f.key, o, f.dir / "c.airlock").status().code(),
+            StatusCode::kInvalidArgument);
+  o.name = "ok";
+  EXPECT_EQ(create_bundle({{FileRole::kOther, f.dir / "missing", "x"}}, f.key, o, f.dir / "c.airlock").status().code(),
+            StatusCode::kNotFound);
+  EXPECT_EQ(create_bundle({{FileRole::kOther, f.dir / "x", "../x"}}, f.key, o, f.dir / "c.airlock").status().code(),
+            StatusCode::kInvalidArgument);
+  EXPECT_FALSE(testing::exists(f.dir / "c.airlock"));
+  for (const std::string& p : testing::list_tree(f.dir.path())) EXPECT_EQ(p.find(".partial-"), std::string::npos) << p;
+}
+
+TEST(BundleRoundTrip, GgufFactsReachTheManifest) {
+  const char* models = std::getenv("AIRLOCK_MODELS_DIR");
+  std::string path = std::string(models ? models : "") + "/stories260K.gguf";
+  if (!models || !testing::exists(path)) GTEST_SKIP() << "stories260K.gguf not found (set AIRLOCK_MODELS_DIR)";
+  Fixture f;
+  CreateOptions o;
+  o.name = "stories";
+  o.version = 1;
+  Result<VerifiedBundle> made = create_bundle({{FileRole::kLlm, path, "stories260K.gguf"}}, f.key, o, f.dir / "s.airlock");
+  ASSERT_TRUE(made.is_ok()) << made.status().to_string();
+  ASSERT_TRUE(made->manifest.files[0].model.has_value());
+  EXPECT_EQ(made->manifest.files[0].model->architecture, "llama");
+  EXPECT_EQ(made->manifest.files[0].model->context_length, 2048u);
+  EXPECT_NE(made->manifest_bytes.find("\"architecture\": \"llama\""), std::string::npos);
+}
+
+}  // namespace
+}  // namespace airlock::verifier

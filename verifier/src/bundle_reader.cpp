@@ -1,0 +1,330 @@
+#include "airlock/verifier/bundle_reader.h"
+
+#include <atomic>
+#include <chrono>
+#include <ctime>
+#include <memory>
+#include <mutex>
+
+#include "airlock/common/version.h"
+#include "airlock/verifier/mapped_file.h"
+#include "task_pool.h"
+#include "tar_reader.h"
+
+namespace airlock::verifier {
+namespace {
+
+std::string format_utc(std::int64_t unix_seconds) {
+  std::time_t t = static_cast<std::time_t>(unix_seconds);
+  std::tm tm{};
+  gmtime_r(&t, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return buf;
+}
+
+std::span<const std::uint8_t> as_bytes(const std::string& s) {
+  return {reinterpret_cast<const std::uint8_t*>(s.data()), s.size()};
+}
+
+// Reads the first two entries: manifest.json and its signature.
+Status read_signed_manifest(TarReader& tar, std::string* manifest, std::string* signature) {
+  TarEntry e;
+  const std::pair<std::string_view, std::string*> wanted[] = {{kManifestEntry, manifest}, {kSignatureEntry, signature}};
+  const std::uint64_t limits[] = {kMaxManifestBytes, kMaxSignatureBytes};
+  for (int i = 0; i < 2; ++i) {
+    AIRLOCK_ASSIGN_OR_RETURN(bool has, tar.next(&e));
+    if (!has) return verification_failed("archive ends before " + std::string(wanted[i].first));
+    if (e.name != wanted[i].first)
+      return verification_failed("entry " + std::to_string(i + 1) + " must be '" + std::string(wanted[i].first) +
+                                 "', found '" + printable_name(e.name) + "'");
+    AIRLOCK_RETURN_IF_ERROR(require_regular_file(e));
+    Status s = tar.read_small(wanted[i].second, limits[i]);
+    if (!s.is_ok()) return s.with_context(std::string(wanted[i].first));
+  }
+  return Status::ok();
+}
+
+// One chunk of one payload file, as spans into the archive (or into copies
+// when libarchive handed out a block of its own).
+struct Chunk {
+  std::size_t file = 0;
+  std::uint64_t index = 0;
+  std::uint64_t offset = 0;
+  std::uint64_t n_bytes = 0;
+  std::vector<std::span<const std::uint8_t>> pieces;
+  std::vector<std::shared_ptr<const std::vector<std::uint8_t>>> owned;
+};
+
+// State shared between the reading thread and the hashing workers.
+class PayloadCheck {
+ public:
+  PayloadCheck(const VerifiedBundle& bundle, ExtractSink* sink)
+      : bundle_(bundle), sink_(sink), remaining_(bundle.manifest.files.size()) {}
+
+  void set_chunks(std::size_t file, std::uint64_t n) { remaining_[file].store(n); }
+
+  void hash(const Chunk& c) {
+    if (failed_.load(std::memory_order_relaxed)) return;
+    Sha256 h;
+    for (auto piece : c.pieces) h.update(piece.data(), piece.size());
+    const ManifestFile& f = bundle_.manifest.files[c.file];
+    if (h.finish() != f.chunk_sha256[c.index]) {
+      fail(c.file, c.index,
+           verification_failed("file '" + f.path + "' chunk " + std::to_string(c.index) + " (bytes " +
+                               std::to_string(c.offset) + "-" + std::to_string(c.offset + c.n_bytes) +
+                               "): SHA-256 does not match the manifest"));
+      return;
+    }
+    if (sink_ != nullptr) {
+      std::uint64_t at = c.offset;
+      for (auto piece : c.pieces) {
+        Status s = sink_->write(c.file, at, piece);
+        if (!s.is_ok()) return fail(c.file, c.index, s);
+        at += piece.size();
+      }
+    }
+    done_bytes_.fetch_add(c.n_bytes, std::memory_order_relaxed);
+    if (remaining_[c.file].fetch_sub(1) == 1) close(c.file);
+  }
+
+  void close(std::size_t file) {
+    if (sink_ == nullptr) return;
+    Status s = sink_->close_file(file);
+    if (!s.is_ok()) fail(file, ~std::uint64_t{0}, s);
+  }
+
+  void fail(std::size_t file, std::uint64_t chunk, const Status& s) {
+    std::lock_guard<std::mutex> lock(mu_);
+    // Keep the earliest failure so the message does not depend on thread timing.
+    if (!failed_.load() || std::make_pair(file, chunk) < std::make_pair(first_file_, first_chunk_)) {
+      first_error_ = s;
+      first_file_ = file;
+      first_chunk_ = chunk;
+    }
+    failed_.store(true);
+  }
+
+  bool failed() const { return failed_.load(std::memory_order_relaxed); }
+  Status first_error() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return first_error_;
+  }
+  std::uint64_t done_bytes() const { return done_bytes_.load(std::memory_order_relaxed); }
+
+ private:
+  const VerifiedBundle& bundle_;
+  ExtractSink* sink_;
+  std::vector<std::atomic<std::uint64_t>> remaining_;
+  std::atomic<bool> failed_{false};
+  std::atomic<std::uint64_t> done_bytes_{0};
+  std::mutex mu_;
+  Status first_error_;
+  std::size_t first_file_ = 0;
+  std::uint64_t first_chunk_ = 0;
+};
+
+class ProgressThrottle {
+ public:
+  ProgressThrottle(const ProgressFn& fn, std::uint64_t total) : fn_(fn), total_(total) {}
+  void maybe(std::uint64_t done) {
+    if (!fn_) return;
+    auto now = std::chrono::steady_clock::now();
+    if (now - last_ < std::chrono::milliseconds(100)) return;
+    last_ = now;
+    fn_(done, total_);
+  }
+  void finish() {
+    if (fn_) fn_(total_, total_);
+  }
+
+ private:
+  const ProgressFn& fn_;
+  std::uint64_t total_;
+  std::chrono::steady_clock::time_point last_{};
+};
+
+// Streams the payload entries, handing chunks to the pool.
+Status read_payload(TarReader& tar, std::span<const std::uint8_t> archive, const VerifiedBundle& vb,
+                    PayloadCheck& check, TaskPool& pool, ExtractSink* sink, ProgressThrottle& progress) {
+  const Manifest& m = vb.manifest;
+  const std::uint8_t* base = archive.data();
+  const std::uint8_t* end = archive.data() + archive.size();
+  TarEntry e;
+  for (std::size_t i = 0; i < m.files.size(); ++i) {
+    const ManifestFile& f = m.files[i];
+    AIRLOCK_ASSIGN_OR_RETURN(bool has, tar.next(&e));
+    if (!has)
+      return verification_failed("archive ends before file '" + f.path + "' (" + std::to_string(i) + " of " +
+                                 std::to_string(m.files.size()) + " payload files present)");
+    AIRLOCK_RETURN_IF_ERROR(require_regular_file(e));
+    if (e.name != f.path)
+      return verification_failed("payload entry " + std::to_string(i + 1) + " is '" + printable_name(e.name) +
+                                 "', the manifest expects '" + f.path + "' (entries must follow manifest order)");
+    if (e.size != f.size)
+      return verification_failed("entry '" + f.path + "' is " + std::to_string(e.size) +
+                                 " bytes, the manifest says " + std::to_string(f.size));
+    if (sink != nullptr) AIRLOCK_RETURN_IF_ERROR(sink->open_file(i));
+    check.set_chunks(i, f.chunk_sha256.size());
+    if (f.size == 0) {
+      check.close(i);
+      continue;
+    }
+    Chunk cur;
+    cur.file = i;
+    auto submit = [&] {
+      std::uint64_t next_offset = cur.offset + cur.n_bytes;
+      std::uint64_t next_index = cur.index + 1;
+      pool.submit([&check, c = std::move(cur)] { check.hash(c); });
+      cur = Chunk{};
+      cur.file = i;
+      cur.index = next_index;
+      cur.offset = next_offset;
+    };
+    Status s = tar.read_data([&](const std::uint8_t* p, std::size_t n) -> Status {
+      if (check.failed()) return verification_failed("stopped");  // the worker's error is reported
+      std::shared_ptr<const std::vector<std::uint8_t>> copy;
+      if (p < base || p + n > end) {  // not inside the mapping: keep a copy alive for the workers
+        copy = std::make_shared<const std::vector<std::uint8_t>>(p, p + n);
+        p = copy->data();
+      }
+      while (n > 0) {
+        std::size_t take = static_cast<std::size_t>(std::min<std::uint64_t>(n, m.chunk_size - cur.n_bytes));
+        cur.pieces.emplace_back(p, take);
+        if (copy) cur.owned.push_back(copy);
+        cur.n_bytes += take;
+        p += take;
+        n -= take;
+        if (cur.n_bytes == m.chunk_size) submit();
+      }
+      progress.maybe(check.done_bytes());
+      return Status::ok();
+    });
+    if (!s.is_ok()) return s.with_context("file '" + f.path + "'");
+    if (cur.n_bytes > 0) submit();
+  }
+  AIRLOCK_ASSIGN_OR_RETURN(bool extra, tar.next(&e));
+  if (extra) return verification_failed("extra entry '" + printable_name(e.name) + "' is not in the manifest");
+  return Status::ok();
+}
+
+}  // namespace
+
+Result<VerifiedBundle> check_signed_manifest(std::string manifest_bytes, std::string signature_text,
+                                             const TrustStore& trust, std::int64_t now_unix) {
+  AIRLOCK_ASSIGN_OR_RETURN(Signature sig, parse_signature(signature_text));
+  std::vector<PublicKey> candidates = trust.keys_with_id(sig.key_id);
+  if (candidates.empty())
+    return verification_failed("signed by key " + sig.key_id.to_string() + ", which is not a trusted key");
+  if (trust.is_revoked(sig.key_id))
+    return verification_failed("signed by key " + sig.key_id.to_string() + ", which has been revoked");
+  std::span<const std::uint8_t> message = as_bytes(manifest_bytes);
+  std::optional<PublicKey> signer;
+  Status last;
+  for (const PublicKey& k : candidates) {
+    last = verify_signature(k, message, sig);
+    if (last.is_ok()) {
+      signer = k;
+      break;
+    }
+  }
+  if (!signer) return last;
+  AIRLOCK_ASSIGN_OR_RETURN(Manifest m, parse_manifest(manifest_bytes));
+  if (!(m.key_id == sig.key_id))
+    return verification_failed("manifest names key " + m.key_id.to_string() + " but was signed by " +
+                               sig.key_id.to_string());
+  if (sig.trusted_comment != expected_trusted_comment(m, manifest_bytes))
+    return verification_failed("trusted comment does not describe this manifest: '" + sig.trusted_comment + "'");
+  std::uint64_t need[3], have[3];
+  if (!parse_semver(m.min_daemon_version, need) || !parse_semver(kVersion, have) || compare_semver(have, need) < 0)
+    return verification_failed("bundle needs Airlock " + m.min_daemon_version + " or newer; this is " + kVersion);
+  std::int64_t now = now_unix != 0 ? now_unix : static_cast<std::int64_t>(std::time(nullptr));
+  if (m.expires_at && now >= *m.expires_at)
+    return verification_failed("bundle expired at " + format_utc(*m.expires_at));
+  VerifiedBundle vb;
+  vb.manifest = std::move(m);
+  vb.manifest_sha256 = to_hex(sha256(manifest_bytes));
+  vb.manifest_bytes = std::move(manifest_bytes);
+  vb.signature_text = std::move(signature_text);
+  vb.signer = *signer;
+  return vb;
+}
+
+Result<VerifiedBundle> verify_bundle(std::span<const std::uint8_t> archive, const TrustStore& trust,
+                                     const VerifyOptions& options, ExtractSink* sink) {
+  if (archive.empty()) return verification_failed("empty file: not a bundle");
+  if (std::string_view kind = compression_magic(archive); !kind.empty())
+    return verification_failed(std::string(kind) + " data: bundles are plain tar and are never decompressed");
+  TarReader tar(archive);
+  std::string manifest_bytes, signature_text;
+  AIRLOCK_RETURN_IF_ERROR(read_signed_manifest(tar, &manifest_bytes, &signature_text));
+  AIRLOCK_ASSIGN_OR_RETURN(VerifiedBundle vb, check_signed_manifest(std::move(manifest_bytes),
+                                                                    std::move(signature_text), trust,
+                                                                    options.now_unix));
+  if (sink != nullptr) AIRLOCK_RETURN_IF_ERROR(sink->begin(vb));
+
+  ProgressThrottle progress(options.progress, vb.manifest.total_bytes());
+  PayloadCheck check(vb, sink);
+  Status read_status;
+  {
+    TaskPool pool(options.n_threads);
+    read_status = read_payload(tar, archive, vb, check, pool, sink, progress);
+    pool.wait();  // workers hold references into `check`, `vb` and the sink
+  }
+  if (check.failed()) return check.first_error();
+  AIRLOCK_RETURN_IF_ERROR(read_status);
+  progress.finish();
+  return vb;
+}
+
+Result<VerifiedBundle> verify_bundle_file(const std::string& path, const TrustStore& trust,
+                                          const VerifyOptions& options, ExtractSink* sink) {
+  AIRLOCK_ASSIGN_OR_RETURN(MappedFile file, MappedFile::open(path));
+  return verify_bundle(file.bytes(), trust, options, sink);
+}
+
+InspectedBundle inspect_bundle(std::span<const std::uint8_t> archive) {
+  constexpr std::size_t kMaxListedEntries = 100000;
+  InspectedBundle out;
+  out.manifest_status = verification_failed("manifest.json not read");
+  out.signature_status = verification_failed("manifest.json.minisig not read");
+  if (archive.empty()) {
+    out.archive_status = verification_failed("empty file: not a bundle");
+    return out;
+  }
+  if (std::string_view kind = compression_magic(archive); !kind.empty()) {
+    out.archive_status = verification_failed(std::string(kind) + " data: bundles are plain tar");
+    return out;
+  }
+  TarReader tar(archive);
+  TarEntry e;
+  while (out.entries.size() < kMaxListedEntries) {
+    Result<bool> has = tar.next(&e);
+    if (!has.is_ok()) {
+      out.archive_status = has.status();
+      break;
+    }
+    if (!*has) break;
+    std::size_t position = out.entries.size();
+    out.entries.push_back({printable_name(e.name), e.size, e.kind});
+    if (position == 0 && e.name == kManifestEntry && e.kind == "file") {
+      out.manifest_status = tar.read_small(&out.manifest_bytes, kMaxManifestBytes);
+      if (out.manifest_status.is_ok()) {
+        Result<Manifest> m = parse_manifest(out.manifest_bytes);
+        out.manifest_status = m.status();
+        if (m.is_ok()) out.manifest = std::move(*m);
+      }
+    } else if (position == 1 && e.name == kSignatureEntry && e.kind == "file") {
+      std::string text;
+      out.signature_status = tar.read_small(&text, kMaxSignatureBytes);
+      if (out.signature_status.is_ok()) {
+        Result<Signature> s = parse_signature(text);
+        out.signature_status = s.status();
+        if (s.is_ok()) out.signature = std::move(*s);
+      }
+    }
+  }
+  return out;
+}
+
+}  // namespace airlock::verifier

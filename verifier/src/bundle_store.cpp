@@ -1,0 +1,381 @@
+#include "airlock/verifier/bundle_store.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <functional>
+#include <map>
+#include <cerrno>
+#include <cstdlib>
+#include <ctime>
+#include <mutex>
+
+#include <sodium.h>
+#include <sqlite3.h>
+
+namespace airlock::verifier {
+namespace {
+
+constexpr const char* kStagingDir = ".staging";
+constexpr const char* kLockFile = ".lock";
+constexpr const char* kStateDb = "state.db";
+
+// Removes `name` under `parent_fd` and everything below it, never following
+// a symbolic link (a link is unlinked, not entered).
+Status remove_tree_at(int parent_fd, const std::string& name) {
+  struct stat st {};
+  if (::fstatat(parent_fd, name.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0)
+    return errno == ENOENT ? Status::ok() : io_error("stat " + name, errno);
+  if (!S_ISDIR(st.st_mode)) {
+    if (::unlinkat(parent_fd, name.c_str(), 0) != 0 && errno != ENOENT) return io_error("unlink " + name, errno);
+    return Status::ok();
+  }
+  int fd = ::openat(parent_fd, name.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+  if (fd < 0) return io_error("open " + name, errno);
+  DIR* d = ::fdopendir(fd);
+  if (d == nullptr) {
+    ::close(fd);
+    return io_error("opendir " + name, errno);
+  }
+  std::vector<std::string> children;
+  while (dirent* ent = ::readdir(d)) {
+    std::string child = ent->d_name;
+    if (child != "." && child != "..") children.push_back(child);
+  }
+  Status s;
+  for (const std::string& child : children) {
+    s = remove_tree_at(::dirfd(d), child);
+    if (!s.is_ok()) break;
+  }
+  ::closedir(d);
+  AIRLOCK_RETURN_IF_ERROR(s);
+  if (::unlinkat(parent_fd, name.c_str(), AT_REMOVEDIR) != 0 && errno != ENOENT)
+    return io_error("rmdir " + name, errno);
+  return Status::ok();
+}
+
+// Opens (creating if needed) the directory `name` under `parent_fd`.
+Result<int> open_dir_at(int parent_fd, const std::string& name, bool create) {
+  if (create && ::mkdirat(parent_fd, name.c_str(), 0750) != 0 && errno != EEXIST)
+    return io_error("mkdir " + name, errno);
+  int fd = ::openat(parent_fd, name.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+  if (fd < 0) return io_error("open directory " + name + " (links are never followed)", errno);
+  return fd;
+}
+
+Status write_all(int fd, const std::uint8_t* p, std::size_t n, std::uint64_t offset, const std::string& what) {
+  while (n > 0) {
+    ssize_t w = ::pwrite(fd, p, n, static_cast<off_t>(offset));
+    if (w < 0 && errno == EINTR) continue;
+    if (w <= 0) return io_error("write " + what, w < 0 ? errno : EIO);
+    p += w;
+    n -= static_cast<std::size_t>(w);
+    offset += static_cast<std::uint64_t>(w);
+  }
+  return Status::ok();
+}
+
+Status write_new_file(int dir_fd, const std::string& name, const std::string& data) {
+  int fd = ::openat(dir_fd, name.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0640);
+  if (fd < 0) return io_error("create " + name, errno);
+  Status s = write_all(fd, reinterpret_cast<const std::uint8_t*>(data.data()), data.size(), 0, name);
+  if (s.is_ok() && ::fsync(fd) != 0) s = io_error("fsync " + name, errno);
+  ::close(fd);
+  return s;
+}
+
+// Test-only fault injection: AIRLOCK_TEST_KILL_AFTER_BYTES=N makes the
+// importing process SIGKILL itself once N payload bytes are written, so tests
+// can prove that an import killed mid-extraction leaves nothing visible.
+std::uint64_t kill_after_bytes() {
+  const char* v = std::getenv("AIRLOCK_TEST_KILL_AFTER_BYTES");
+  return v != nullptr ? std::strtoull(v, nullptr, 10) : 0;
+}
+
+// Writes verified data into STORE/.staging/<random>/.
+class StagingSink : public ExtractSink {
+ public:
+  StagingSink(int store_fd, sqlite3* db, const ImportOptions& options,
+              std::function<Result<bool>(const std::string&, std::uint64_t)> is_recorded,
+              std::function<Result<std::optional<std::uint64_t>>(const std::string&)> highest)
+      : store_fd_(store_fd), options_(options), is_recorded_(std::move(is_recorded)),
+        highest_(std::move(highest)), kill_after_(kill_after_bytes()) {
+    (void)db;
+  }
+
+  ~StagingSink() override {
+    for (int fd : file_fds_)
+      if (fd >= 0) ::close(fd);
+    for (int fd : dir_fds_) ::close(fd);
+    if (staging_parent_fd_ >= 0) {
+      if (!staging_name_.empty()) remove_tree_at(staging_parent_fd_, staging_name_).ignore();
+      ::close(staging_parent_fd_);
+    }
+  }
+
+  // `bundle` outlives every call but publish().
+  Status begin(const VerifiedBundle& bundle) override {
+    bundle_ = &bundle;
+    const Manifest& m = bundle.manifest;
+    AIRLOCK_ASSIGN_OR_RETURN(std::optional<std::uint64_t> highest, highest_(m.name));
+    if (highest && m.version <= *highest && !options_.allow_downgrade)
+      return verification_failed("rollback refused: " + m.name + " version " + std::to_string(m.version) +
+                                 " is not newer than the imported version " + std::to_string(*highest) +
+                                 " (--allow-downgrade to override)");
+    downgrade_ = highest && m.version <= *highest;
+    AIRLOCK_ASSIGN_OR_RETURN(bool recorded, is_recorded_(m.name, m.version));
+    if (recorded) return already_exists(m.name + " version " + std::to_string(m.version) + " is already imported");
+
+    AIRLOCK_ASSIGN_OR_RETURN(staging_parent_fd_, open_dir_at(store_fd_, kStagingDir, true));
+    std::uint8_t rnd[8];
+    randombytes_buf(rnd, sizeof rnd);
+    std::string name = "import-" + std::to_string(::getpid()) + "-" + to_hex(rnd);
+    if (::mkdirat(staging_parent_fd_, name.c_str(), 0750) != 0) return io_error("mkdir staging " + name, errno);
+    staging_name_ = name;
+    AIRLOCK_ASSIGN_OR_RETURN(int root, open_dir_at(staging_parent_fd_, name, false));
+    dir_fds_.push_back(root);
+    dir_index_[""] = root;
+    AIRLOCK_RETURN_IF_ERROR(write_new_file(root, std::string(kManifestEntry), bundle.manifest_bytes));
+    AIRLOCK_RETURN_IF_ERROR(write_new_file(root, std::string(kSignatureEntry), bundle.signature_text));
+    file_fds_.assign(m.files.size(), -1);
+    return Status::ok();
+  }
+
+  Status open_file(std::size_t index) override {
+    // The path was validated with the manifest; build it component by
+    // component through directory descriptors anyway.
+    const std::string& path = bundle_->manifest.files[index].path;
+    int parent = dir_fds_.front();
+    std::size_t start = 0;
+    for (std::size_t slash = path.find('/'); slash != std::string::npos; slash = path.find('/', start)) {
+      std::string prefix = path.substr(0, slash);
+      auto it = dir_index_.find(prefix);
+      if (it == dir_index_.end()) {
+        AIRLOCK_ASSIGN_OR_RETURN(int fd, open_dir_at(parent, path.substr(start, slash - start), true));
+        dir_fds_.push_back(fd);
+        it = dir_index_.emplace(prefix, fd).first;
+      }
+      parent = it->second;
+      start = slash + 1;
+    }
+    std::string leaf = path.substr(start);
+    int fd = ::openat(parent, leaf.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0640);
+    if (fd < 0) return io_error("create " + path, errno);
+    file_fds_[index] = fd;
+    return Status::ok();
+  }
+
+  Status write(std::size_t index, std::uint64_t offset, std::span<const std::uint8_t> data) override {
+    AIRLOCK_RETURN_IF_ERROR(
+        write_all(file_fds_[index], data.data(), data.size(), offset, bundle_->manifest.files[index].path));
+    if (kill_after_ != 0 && written_.fetch_add(data.size()) + data.size() >= kill_after_) ::raise(SIGKILL);
+    return Status::ok();
+  }
+
+  Status close_file(std::size_t index) override {
+    int fd = file_fds_[index];
+    file_fds_[index] = -1;
+    Status s;
+    if (::fsync(fd) != 0) s = io_error("fsync " + bundle_->manifest.files[index].path, errno);
+    if (::close(fd) != 0 && s.is_ok()) s = io_error("close " + bundle_->manifest.files[index].path, errno);
+    return s;
+  }
+
+  // Makes the extracted tree durable and renames it to NAME/VERSION.
+  // `bundle` is the verifier's result (the one passed to begin() is gone).
+  Result<std::string> publish(const VerifiedBundle& bundle) {
+    for (int fd : dir_fds_)
+      if (::fsync(fd) != 0) return io_error("fsync staging directory", errno);
+    const Manifest& m = bundle.manifest;
+    AIRLOCK_ASSIGN_OR_RETURN(int name_fd, open_dir_at(store_fd_, m.name, true));
+    std::string version = std::to_string(m.version);
+    // A NAME/VERSION that state.db does not list is a leftover of an import
+    // killed between rename and record: replace it.
+    Status cleared = remove_tree_at(name_fd, version);
+    Status s = cleared;
+    if (s.is_ok() && ::renameat(staging_parent_fd_, staging_name_.c_str(), name_fd, version.c_str()) != 0)
+      s = io_error("rename staging directory to " + m.name + "/" + version, errno);
+    if (s.is_ok()) {
+      staging_name_.clear();
+      if (::fsync(name_fd) != 0 || ::fsync(store_fd_) != 0) s = io_error("fsync store", errno);
+    }
+    ::close(name_fd);
+    AIRLOCK_RETURN_IF_ERROR(s);
+    return m.name + "/" + version;
+  }
+
+  bool downgrade() const { return downgrade_; }
+
+ private:
+  int store_fd_;
+  const ImportOptions& options_;
+  std::function<Result<bool>(const std::string&, std::uint64_t)> is_recorded_;
+  std::function<Result<std::optional<std::uint64_t>>(const std::string&)> highest_;
+  const VerifiedBundle* bundle_ = nullptr;
+  int staging_parent_fd_ = -1;
+  std::string staging_name_;
+  std::vector<int> dir_fds_;
+  std::map<std::string, int> dir_index_;
+  std::vector<int> file_fds_;
+  bool downgrade_ = false;
+  std::uint64_t kill_after_;
+  std::atomic<std::uint64_t> written_{0};
+};
+
+Status sqlite_status(sqlite3* db, const std::string& what) {
+  return io_error(what + ": " + sqlite3_errmsg(db), EIO);
+}
+
+Status exec(sqlite3* db, const char* sql) {
+  char* err = nullptr;
+  if (sqlite3_exec(db, sql, nullptr, nullptr, &err) != SQLITE_OK) {
+    std::string m = err ? err : "unknown";
+    sqlite3_free(err);
+    return io_error(std::string("state.db: ") + m, EIO);
+  }
+  return Status::ok();
+}
+
+}  // namespace
+
+BundleStore::BundleStore(BundleStore&& other) noexcept
+    : dir_(std::move(other.dir_)), dir_fd_(std::exchange(other.dir_fd_, -1)), db_(std::exchange(other.db_, nullptr)) {}
+
+BundleStore::~BundleStore() {
+  if (db_ != nullptr) sqlite3_close(db_);
+  if (dir_fd_ >= 0) ::close(dir_fd_);
+}
+
+Result<BundleStore> BundleStore::open(const std::string& dir) {
+  if (::mkdir(dir.c_str(), 0750) != 0 && errno != EEXIST) return io_error("create store " + dir, errno);
+  int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) return io_error("open store " + dir, errno);
+  sqlite3* db = nullptr;
+  std::string db_path = dir + "/" + kStateDb;
+  if (sqlite3_open_v2(db_path.c_str(), &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOFOLLOW,
+                      nullptr) != SQLITE_OK) {
+    Status s = sqlite_status(db, "open " + db_path);
+    sqlite3_close(db);
+    ::close(fd);
+    return s;
+  }
+  BundleStore store(dir, fd, db);
+  sqlite3_busy_timeout(db, 5000);
+  AIRLOCK_RETURN_IF_ERROR(exec(db, "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;"));
+  AIRLOCK_RETURN_IF_ERROR(exec(db,
+      "CREATE TABLE IF NOT EXISTS imports ("
+      " id INTEGER PRIMARY KEY,"
+      " name TEXT NOT NULL,"
+      " version INTEGER NOT NULL,"
+      " key_id TEXT NOT NULL,"
+      " manifest_sha256 TEXT NOT NULL,"
+      " imported_at INTEGER NOT NULL,"
+      " downgrade INTEGER NOT NULL);"
+      "CREATE INDEX IF NOT EXISTS imports_by_name ON imports(name, version);"));
+  return store;
+}
+
+Result<std::optional<std::uint64_t>> BundleStore::highest_version(const std::string& name) const {
+  sqlite3_stmt* st = nullptr;
+  if (sqlite3_prepare_v2(db_, "SELECT MAX(version) FROM imports WHERE name = ?", -1, &st, nullptr) != SQLITE_OK)
+    return sqlite_status(db_, "state.db");
+  sqlite3_bind_text(st, 1, name.c_str(), -1, SQLITE_TRANSIENT);
+  std::optional<std::uint64_t> out;
+  int rc = sqlite3_step(st);
+  if (rc == SQLITE_ROW && sqlite3_column_type(st, 0) != SQLITE_NULL)
+    out = static_cast<std::uint64_t>(sqlite3_column_int64(st, 0));
+  sqlite3_finalize(st);
+  if (rc != SQLITE_ROW) return sqlite_status(db_, "state.db");
+  return out;
+}
+
+Result<bool> BundleStore::is_recorded(const std::string& name, std::uint64_t version) const {
+  sqlite3_stmt* st = nullptr;
+  if (sqlite3_prepare_v2(db_, "SELECT 1 FROM imports WHERE name = ? AND version = ?", -1, &st, nullptr) != SQLITE_OK)
+    return sqlite_status(db_, "state.db");
+  sqlite3_bind_text(st, 1, name.c_str(), -1, SQLITE_TRANSIENT);
+  sqlite3_bind_int64(st, 2, static_cast<sqlite3_int64>(version));
+  int rc = sqlite3_step(st);
+  sqlite3_finalize(st);
+  if (rc != SQLITE_ROW && rc != SQLITE_DONE) return sqlite_status(db_, "state.db");
+  return rc == SQLITE_ROW;
+}
+
+Status BundleStore::record(const ImportRecord& r) {
+  sqlite3_stmt* st = nullptr;
+  if (sqlite3_prepare_v2(db_,
+                         "INSERT INTO imports (name, version, key_id, manifest_sha256, imported_at, downgrade)"
+                         " VALUES (?, ?, ?, ?, ?, ?)", -1, &st, nullptr) != SQLITE_OK)
+    return sqlite_status(db_, "state.db");
+  sqlite3_bind_text(st, 1, r.name.c_str(), -1, SQLITE_TRANSIENT);
+  sqlite3_bind_int64(st, 2, static_cast<sqlite3_int64>(r.version));
+  sqlite3_bind_text(st, 3, r.key_id.c_str(), -1, SQLITE_TRANSIENT);
+  sqlite3_bind_text(st, 4, r.manifest_sha256.c_str(), -1, SQLITE_TRANSIENT);
+  sqlite3_bind_int64(st, 5, r.imported_at);
+  sqlite3_bind_int(st, 6, r.downgrade ? 1 : 0);
+  int rc = sqlite3_step(st);
+  sqlite3_finalize(st);
+  if (rc != SQLITE_DONE) return sqlite_status(db_, "state.db insert");
+  return Status::ok();
+}
+
+Result<std::vector<ImportRecord>> BundleStore::list_imports() const {
+  sqlite3_stmt* st = nullptr;
+  if (sqlite3_prepare_v2(db_,
+                         "SELECT name, version, key_id, manifest_sha256, imported_at, downgrade FROM imports"
+                         " ORDER BY id", -1, &st, nullptr) != SQLITE_OK)
+    return sqlite_status(db_, "state.db");
+  std::vector<ImportRecord> out;
+  int rc;
+  while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+    ImportRecord r;
+    r.name = reinterpret_cast<const char*>(sqlite3_column_text(st, 0));
+    r.version = static_cast<std::uint64_t>(sqlite3_column_int64(st, 1));
+    r.key_id = reinterpret_cast<const char*>(sqlite3_column_text(st, 2));
+    r.manifest_sha256 = reinterpret_cast<const char*>(sqlite3_column_text(st, 3));
+    r.imported_at = sqlite3_column_int64(st, 4);
+    r.downgrade = sqlite3_column_int(st, 5) != 0;
+    r.path = dir_ + "/" + r.name + "/" + std::to_string(r.version);
+    out.push_back(std::move(r));
+  }
+  sqlite3_finalize(st);
+  if (rc != SQLITE_DONE) return sqlite_status(db_, "state.db");
+  return out;
+}
+
+Result<ImportRecord> BundleStore::import_bundle(const std::string& bundle_path, const TrustStore& trust,
+                                                const ImportOptions& options) {
+  int lock_fd = ::openat(dir_fd_, kLockFile, O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0640);
+  if (lock_fd < 0) return io_error("open " + dir_ + "/" + kLockFile, errno);
+  struct LockGuard {
+    int fd;
+    ~LockGuard() { ::close(fd); }  // closing releases the flock
+  } guard{lock_fd};
+  if (::flock(lock_fd, LOCK_EX | LOCK_NB) != 0)
+    return unavailable("another import is running in " + dir_);
+  // Holding the lock, anything in .staging is garbage from a killed import.
+  AIRLOCK_RETURN_IF_ERROR(remove_tree_at(dir_fd_, kStagingDir));
+
+  StagingSink sink(
+      dir_fd_, db_, options, [this](const std::string& n, std::uint64_t v) { return is_recorded(n, v); },
+      [this](const std::string& n) { return highest_version(n); });
+  AIRLOCK_ASSIGN_OR_RETURN(VerifiedBundle vb, verify_bundle_file(bundle_path, trust, options.verify, &sink));
+  AIRLOCK_ASSIGN_OR_RETURN(std::string rel, sink.publish(vb));
+  ImportRecord r;
+  r.name = vb.manifest.name;
+  r.version = vb.manifest.version;
+  r.key_id = vb.manifest.key_id.to_string();
+  r.manifest_sha256 = vb.manifest_sha256;
+  r.imported_at = static_cast<std::int64_t>(std::time(nullptr));
+  r.downgrade = sink.downgrade();
+  r.path = dir_ + "/" + rel;
+  AIRLOCK_RETURN_IF_ERROR(record(r));
+  return r;
+}
+
+}  // namespace airlock::verifier

@@ -1,0 +1,221 @@
+#include "airlock/verifier/bundle_writer.h"
+
+#include <archive.h>
+#include <archive_entry.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <chrono>
+#include <ctime>
+#include <memory>
+
+#include "airlock/verifier/gguf_facts.h"
+#include "airlock/verifier/mapped_file.h"
+#include "task_pool.h"
+
+namespace airlock::verifier {
+namespace {
+
+constexpr std::size_t kWriteBlock = 1 << 20;
+
+// Owns the temporary output until it is renamed into place.
+class TempOutput {
+ public:
+  ~TempOutput() {
+    if (fd_ >= 0) ::close(fd_);
+    if (!path_.empty()) ::unlink(path_.c_str());
+  }
+  Status open(const std::string& final_path) {
+    path_ = final_path + ".partial-XXXXXX";
+    fd_ = ::mkostemp(path_.data(), O_CLOEXEC);
+    if (fd_ < 0) {
+      int e = errno;
+      path_.clear();
+      return io_error("cannot create a temporary file beside " + final_path, e);
+    }
+    ::fchmod(fd_, 0644);
+    return Status::ok();
+  }
+  int fd() const { return fd_; }
+  Status commit(const std::string& final_path) {
+    if (::fsync(fd_) != 0) return io_error("fsync " + path_, errno);
+    if (::close(fd_) != 0) {
+      fd_ = -1;
+      return io_error("close " + path_, errno);
+    }
+    fd_ = -1;
+    // link() refuses to replace an existing file, unlike rename().
+    if (::link(path_.c_str(), final_path.c_str()) != 0) {
+      if (errno == EEXIST) return already_exists(final_path + " already exists");
+      return io_error("cannot create " + final_path, errno);
+    }
+    ::unlink(path_.c_str());
+    path_.clear();
+    std::string dir = final_path.find('/') == std::string::npos ? "." : final_path.substr(0, final_path.rfind('/'));
+    if (dir.empty()) dir = "/";
+    int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd >= 0) {
+      ::fsync(dfd);
+      ::close(dfd);
+    }
+    return Status::ok();
+  }
+
+ private:
+  std::string path_;
+  int fd_ = -1;
+};
+
+class TarWriter {
+ public:
+  explicit TarWriter(int fd, std::int64_t mtime) : mtime_(mtime) {
+    ar_ = archive_write_new();
+    archive_write_set_format_pax_restricted(ar_);  // ustar unless a field needs pax
+    archive_write_set_bytes_per_block(ar_, 0);      // pass writes straight through
+    if (archive_write_open_fd(ar_, fd) != ARCHIVE_OK) error_ = message();
+  }
+  ~TarWriter() { archive_write_free(ar_); }
+
+  Status add(const std::string& name, std::span<const std::uint8_t> data,
+             const std::function<void(std::size_t)>& on_bytes = {}) {
+    if (!error_.empty()) return io_error("tar: " + error_, EIO);
+    archive_entry* e = archive_entry_new();
+    archive_entry_set_pathname(e, name.c_str());
+    archive_entry_set_size(e, static_cast<la_int64_t>(data.size()));
+    archive_entry_set_filetype(e, AE_IFREG);
+    archive_entry_set_perm(e, 0644);
+    archive_entry_set_mtime(e, mtime_, 0);
+    archive_entry_set_uid(e, 0);
+    archive_entry_set_gid(e, 0);
+    int rc = archive_write_header(ar_, e);
+    archive_entry_free(e);
+    if (rc != ARCHIVE_OK) return io_error("tar header for " + name + ": " + message(), EIO);
+    for (std::size_t off = 0; off < data.size(); off += kWriteBlock) {
+      std::size_t n = std::min(kWriteBlock, data.size() - off);
+      la_ssize_t w = archive_write_data(ar_, data.data() + off, n);
+      if (w < 0 || static_cast<std::size_t>(w) != n) return io_error("writing " + name + ": " + message(), EIO);
+      if (on_bytes) on_bytes(n);
+    }
+    return Status::ok();
+  }
+
+  Status close() {
+    if (archive_write_close(ar_) != ARCHIVE_OK) return io_error("tar: " + message(), EIO);
+    return Status::ok();
+  }
+
+ private:
+  std::string message() {
+    const char* m = archive_error_string(ar_);
+    return m ? m : "unknown error";
+  }
+  ::archive* ar_;
+  std::int64_t mtime_;
+  std::string error_;
+};
+
+std::span<const std::uint8_t> as_bytes(const std::string& s) {
+  return {reinterpret_cast<const std::uint8_t*>(s.data()), s.size()};
+}
+
+}  // namespace
+
+Result<VerifiedBundle> create_bundle(const std::vector<BundleInput>& inputs, const SecretKey& key,
+                                     const CreateOptions& options, const std::string& out_path) {
+  if (inputs.empty()) return invalid_argument("a bundle needs at least one file");
+  Manifest m;
+  m.name = options.name;
+  m.version = options.version;
+  m.created_at = options.created_at != 0 ? options.created_at : static_cast<std::int64_t>(std::time(nullptr));
+  m.expires_at = options.expires_at;
+  m.key_id = key.id;
+  m.min_daemon_version = options.min_daemon_version;
+  m.chunk_size = options.chunk_size;
+
+  std::vector<MappedFile> sources;
+  for (const BundleInput& in : inputs) {
+    Status p = validate_bundle_path(in.bundle_path);
+    if (!p.is_ok()) return invalid_argument(p.message());
+    AIRLOCK_ASSIGN_OR_RETURN(MappedFile mf, MappedFile::open(in.source_path));
+    ManifestFile f;
+    f.path = in.bundle_path;
+    f.role = in.role;
+    f.size = mf.bytes().size();
+    bool model_role = in.role == FileRole::kLlm || in.role == FileRole::kEmbedding || in.role == FileRole::kReranker;
+    if (model_role && looks_like_gguf(mf.bytes())) {
+      Result<ModelFacts> facts = read_gguf_facts(mf.bytes());
+      if (!facts.is_ok()) return invalid_argument(in.source_path + ": " + facts.status().message());
+      f.model = *facts;
+    }
+    m.files.push_back(std::move(f));
+    sources.push_back(std::move(mf));
+  }
+  // Validate everything but the hashes before spending time on them.
+  for (ManifestFile& f : m.files) f.chunk_sha256.resize(chunk_count(f.size, m.chunk_size));
+  Status valid = validate_manifest(m);
+  if (!valid.is_ok()) return invalid_argument(valid.message());
+
+  const std::uint64_t total = 2 * m.total_bytes();
+  std::atomic<std::uint64_t> hashed{0};
+  auto last_report = std::chrono::steady_clock::now();
+  auto report = [&](std::uint64_t done, bool force) {
+    if (!options.progress) return;
+    auto now = std::chrono::steady_clock::now();
+    if (!force && now - last_report < std::chrono::milliseconds(100)) return;
+    last_report = now;
+    options.progress(done, total);
+  };
+  {
+    TaskPool pool(options.n_threads);
+    for (std::size_t i = 0; i < m.files.size(); ++i) {
+      ManifestFile& f = m.files[i];
+      std::span<const std::uint8_t> data = sources[i].bytes();
+      // The whole-file hash is inherently serial: start it first so it runs
+      // beside the chunk hashes instead of after them.
+      pool.submit([&f, data] { f.sha256 = sha256(data); });
+      for (std::uint64_t c = 0; c < f.chunk_sha256.size(); ++c) {
+        std::uint64_t off = c * m.chunk_size;
+        std::span<const std::uint8_t> piece = data.subspan(off, std::min<std::uint64_t>(m.chunk_size, f.size - off));
+        pool.submit([&f, &hashed, piece, c] {
+          f.chunk_sha256[c] = sha256(piece);
+          hashed.fetch_add(piece.size(), std::memory_order_relaxed);
+        });
+        report(hashed.load(), false);
+      }
+    }
+    pool.wait();
+  }
+
+  VerifiedBundle vb;
+  vb.manifest_bytes = serialize_manifest(m);
+  vb.signature_text = sign_message(key, as_bytes(vb.manifest_bytes), expected_trusted_comment(m, vb.manifest_bytes),
+                                   "airlock bundle " + m.name + " " + std::to_string(m.version) +
+                                       " signed with key " + key.id.to_string());
+  vb.manifest_sha256 = to_hex(sha256(vb.manifest_bytes));
+  vb.signer = key.public_key();
+
+  struct stat st {};
+  if (::stat(out_path.c_str(), &st) == 0) return already_exists(out_path + " already exists");
+  TempOutput out;
+  AIRLOCK_RETURN_IF_ERROR(out.open(out_path));
+  TarWriter tar(out.fd(), m.created_at);
+  AIRLOCK_RETURN_IF_ERROR(tar.add(std::string(kManifestEntry), as_bytes(vb.manifest_bytes)));
+  AIRLOCK_RETURN_IF_ERROR(tar.add(std::string(kSignatureEntry), as_bytes(vb.signature_text)));
+  std::uint64_t written = 0;
+  for (std::size_t i = 0; i < m.files.size(); ++i) {
+    AIRLOCK_RETURN_IF_ERROR(tar.add(m.files[i].path, sources[i].bytes(), [&](std::size_t n) {
+      written += n;
+      report(m.total_bytes() + written, false);
+    }));
+  }
+  AIRLOCK_RETURN_IF_ERROR(tar.close());
+  AIRLOCK_RETURN_IF_ERROR(out.commit(out_path));
+  report(total, true);
+  vb.manifest = std::move(m);
+  return vb;
+}
+
+}  // namespace airlock::verifier

@@ -1,0 +1,48 @@
+// A fixed set of worker threads draining a bounded FIFO of tasks. Internal to
+// the verifier: chunk hashing for create, verify and import.
+//
+// submit() blocks while `max_queued` tasks wait, so a fast producer (the tar
+// reader) cannot run ahead of the hashers and pile up memory. wait() returns
+// when every submitted task has finished. Tasks must not throw.
+//
+// Thread-safety: submit() and wait() are called from one producer thread.
+#pragma once
+
+#include <condition_variable>
+#include <deque>
+#include <functional>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+namespace airlock::verifier {
+
+class TaskPool {
+ public:
+  // n_threads 0 means one per core the process may run on.
+  explicit TaskPool(unsigned n_threads);
+  ~TaskPool();
+  TaskPool(const TaskPool&) = delete;
+  TaskPool& operator=(const TaskPool&) = delete;
+
+  void submit(std::function<void()> task);
+  void wait();
+  unsigned n_threads() const { return static_cast<unsigned>(workers_.size()); }
+
+ private:
+  void run();
+
+  std::mutex mu_;
+  std::condition_variable has_work_;
+  std::condition_variable has_room_or_idle_;
+  std::deque<std::function<void()>> queue_;
+  std::size_t max_queued_;
+  std::size_t n_running_ = 0;
+  bool stopping_ = false;
+  std::vector<std::thread> workers_;
+};
+
+// Cores this process may use (sched_getaffinity), at least 1.
+unsigned available_cores();
+
+}  // namespace airlock::verifier
