@@ -251,5 +251,21 @@ TEST_F(CliTest, ProgressLinesWhenNotATerminal) {
   EXPECT_EQ(c.err.find('\r'), std::string::npos);
 }
 
+TEST_F(CliTest, ProgressBarOnATerminal) {
+  if (run({"sh", "-c", "command -v script"}).exit_code != 0) GTEST_SKIP() << "util-linux script(1) not installed";
+  ASSERT_EQ(create("1", dir / "b.airlock").exit_code, 0);
+  // script(1) runs the command on a pseudo-terminal, so stderr is a tty.
+  std::string cmd = std::string(AIRLOCK_CLI_PATH) + " bundle verify " + dir / "b.airlock" + " --trusted " +
+                    dir / "trusted";
+  RunResult r = run({"script", "-qefc", cmd, "/dev/null"});
+  ASSERT_EQ(r.exit_code, 0) << r.out << r.err;
+  EXPECT_NE(r.out.find("\rverify   ["), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("100%"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("ETA"), std::string::npos) << r.out;
+  RunResult q = run({"script", "-qefc", cmd + " --quiet", "/dev/null"});
+  EXPECT_EQ(q.exit_code, 0);
+  EXPECT_EQ(q.out.find("verify   ["), std::string::npos) << q.out;
+}
+
 }  // namespace
 }  // namespace airlock

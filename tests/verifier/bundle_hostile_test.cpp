@@ -190,6 +190,11 @@ std::vector<HostileCase> hostile_cases() {
                  std::string g = "\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\x03";
                  return g + std::string(4096, '\0');
                }, "gzip data"});
+  // Real bombs: 256 MiB of zeros in a few hundred KiB. Refused by magic
+  // before a single byte is inflated.
+  c.push_back({"gzip_bomb_real", [] { return testing::build_compressed_bomb("gzip", 256ULL << 20); }, "gzip data"});
+  c.push_back({"zstd_bomb_real", [] { return testing::build_compressed_bomb("zstd", 256ULL << 20); }, "zstd data"});
+  c.push_back({"xz_bomb_real", [] { return testing::build_compressed_bomb("xz", 64ULL << 20); }, "xz data"});
   c.push_back({"zstd_data", [] { return std::string("\x28\xb5\x2f\xfd") + testing::random_bytes(1000, 5); }, "zstd data"});
   c.push_back({"not_a_tar", [] { return std::string("#!/bin/sh\necho hello\n") + std::string(2000, 'x'); }, "tar"});
   c.push_back({"payload_before_manifest", [spec] {

@@ -1,6 +1,9 @@
 // create -> verify -> import on generated payloads, through the library.
 #include <gtest/gtest.h>
+#include <fcntl.h>
+#include <sys/file.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "airlock/verifier/bundle_reader.h"
 #include "airlock/verifier/bundle_store.h"
@@ -98,6 +101,43 @@ TEST(BundleRoundTrip, RollbackRefusedUnlessAllowed) {
   Result<ImportRecord> twice = store->import_bundle(f.dir / "v1.airlock", trust, allow);
   ASSERT_FALSE(twice.is_ok());
   EXPECT_EQ(twice.status().code(), StatusCode::kAlreadyExists);
+}
+
+TEST(BundleRoundTrip, ConcurrentImportIsRefusedWhileTheLockIsHeld) {
+  Fixture f;
+  ASSERT_TRUE(f.create(1, f.dir / "v1.airlock").is_ok());
+  Result<BundleStore> store = BundleStore::open(f.dir / "store");
+  ASSERT_TRUE(store.is_ok());
+  int fd = ::open((f.dir / "store/.lock").c_str(), O_RDWR | O_CREAT, 0640);
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(::flock(fd, LOCK_EX), 0);  // another process's import, as far as flock can tell
+  Result<ImportRecord> r = store->import_bundle(f.dir / "v1.airlock", testing::trust_only(f.key), {});
+  ASSERT_FALSE(r.is_ok());
+  EXPECT_EQ(r.status().code(), StatusCode::kUnavailable);
+  ::close(fd);
+  EXPECT_TRUE(store->import_bundle(f.dir / "v1.airlock", testing::trust_only(f.key), {}).is_ok());
+}
+
+TEST(BundleRoundTrip, UnrecordedLeftoversAreReplaced) {
+  // An import killed between the rename and the state.db record leaves a
+  // complete but unrecorded NAME/VERSION; one killed earlier leaves staging.
+  Fixture f;
+  ASSERT_TRUE(f.create(1, f.dir / "v1.airlock").is_ok());
+  Result<BundleStore> store = BundleStore::open(f.dir / "store");
+  ASSERT_TRUE(store.is_ok());
+  ASSERT_EQ(::mkdir((f.dir / "store/demo-model").c_str(), 0750), 0);
+  ASSERT_EQ(::mkdir((f.dir / "store/demo-model/1").c_str(), 0750), 0);
+  testing::write_file(f.dir / "store/demo-model/1/stale.bin", "old");
+  ASSERT_EQ(::mkdir((f.dir / "store/.staging").c_str(), 0750), 0);
+  ASSERT_EQ(::mkdir((f.dir / "store/.staging/import-1-dead").c_str(), 0750), 0);
+  testing::write_file(f.dir / "store/.staging/import-1-dead/weights.bin", "partial");
+  ASSERT_EQ(::symlink("/etc", (f.dir / "store/.staging/import-1-dead/link").c_str()), 0);
+  Result<ImportRecord> r = store->import_bundle(f.dir / "v1.airlock", testing::trust_only(f.key), {});
+  ASSERT_TRUE(r.is_ok()) << r.status().to_string();
+  EXPECT_FALSE(testing::exists(f.dir / "store/demo-model/1/stale.bin"));
+  EXPECT_EQ(testing::read_file(f.dir / "store/demo-model/1/weights.bin"), f.big);
+  EXPECT_TRUE(testing::list_tree(f.dir / "store/.staging").empty());
+  EXPECT_TRUE(testing::exists("/etc/passwd"));  // the link was removed, not followed
 }
 
 TEST(BundleRoundTrip, CreateRefusesToOverwriteAndBadInputs) {

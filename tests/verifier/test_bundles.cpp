@@ -121,6 +121,29 @@ std::string build_tar(const std::vector<RawEntry>& entries) {
   return std::string(buf.data(), used);
 }
 
+std::string build_compressed_bomb(const std::string& filter, std::uint64_t n_zero_bytes) {
+  archive* a = archive_write_new();
+  archive_write_set_format_pax_restricted(a);
+  if (archive_write_add_filter_by_name(a, filter.c_str()) != ARCHIVE_OK)
+    throw std::runtime_error("libarchive lacks filter " + filter);
+  std::vector<char> buf(16 << 20);
+  std::size_t used = 0;
+  archive_write_open_memory(a, buf.data(), buf.size(), &used);
+  archive_entry* ae = archive_entry_new();
+  archive_entry_set_pathname(ae, "manifest.json");
+  archive_entry_set_filetype(ae, AE_IFREG);
+  archive_entry_set_perm(ae, 0644);
+  archive_entry_set_size(ae, static_cast<la_int64_t>(n_zero_bytes));
+  archive_write_header(a, ae);
+  archive_entry_free(ae);
+  std::vector<char> zeros(1 << 20, '\0');
+  for (std::uint64_t done = 0; done < n_zero_bytes; done += zeros.size())
+    archive_write_data(a, zeros.data(), static_cast<std::size_t>(std::min<std::uint64_t>(zeros.size(), n_zero_bytes - done)));
+  archive_write_close(a);
+  archive_write_free(a);
+  return std::string(buf.data(), used);
+}
+
 std::string sign_manifest(const verifier::SecretKey& key, const std::string& manifest_bytes) {
   std::span<const std::uint8_t> bytes(reinterpret_cast<const std::uint8_t*>(manifest_bytes.data()),
                                       manifest_bytes.size());

@@ -55,6 +55,10 @@ struct RawEntry {
 };
 std::string build_tar(const std::vector<RawEntry>& entries);
 
+// A real decompression bomb: a tar holding `n_zero_bytes` of zeros named
+// manifest.json, compressed with libarchive's `filter` ("gzip", "zstd", "xz").
+std::string build_compressed_bomb(const std::string& filter, std::uint64_t n_zero_bytes);
+
 // Signs `manifest_bytes` the way a real writer would (trusted comment from
 // the manifest when it parses, else `fallback_comment`).
 std::string sign_manifest(const verifier::SecretKey& key, const std::string& manifest_bytes);
