@@ -221,6 +221,23 @@ TEST_F(CliTest, KeysMadeByMinisignSignBundles) {
   EXPECT_EQ(airlock({"bundle", "verify", dir / "ms.airlock", "--trusted", dir / "ms.pub"}).exit_code, 0);
 }
 
+TEST_F(CliTest, MinisignUsesKeysMadeByAirlock) {
+  if (!have_minisign()) GTEST_SKIP() << "minisign not installed (scripts/setup installs it)";
+  testing::write_file(dir / "f", "hello\n");
+  // Unencrypted key from SetUp: minisign -W signs with it, airlock's .pub verifies.
+  RunResult s = run({"minisign", "-S", "-W", "-s", dir / "signer.key", "-m", dir / "f"});
+  ASSERT_EQ(s.exit_code, 0) << s.err;
+  EXPECT_EQ(run({"minisign", "-Vm", dir / "f", "-p", dir / "signer.pub"}).exit_code, 0);
+  // Encrypted key: minisign derives the same scrypt key from the passphrase.
+  testing::write_file(dir / "pass", "pw-for-minisign\n");
+  ASSERT_EQ(airlock({"bundle", "keygen", "--out", dir / "enc", "--passphrase-file", dir / "pass"}).exit_code, 0);
+  ::unlink((dir / "f.minisig").c_str());
+  RunResult e = run({"sh", "-c", "minisign -S -s '" + dir / "enc.key" + "' -m '" + dir / "f" + "' < '" + dir / "pass" + "'"});
+  ASSERT_EQ(e.exit_code, 0) << e.out << e.err;
+  EXPECT_EQ(run({"minisign", "-Vm", dir / "f", "-p", dir / "enc.pub"}).exit_code, 0);
+  EXPECT_NE(run({"minisign", "-Vm", dir / "f", "-p", dir / "signer.pub"}).exit_code, 0);
+}
+
 TEST_F(CliTest, ImportKilledMidExtractionLeavesNothingVisible) {
   ASSERT_EQ(create("1", dir / "b.airlock").exit_code, 0);
   RunResult killed = airlock({"bundle", "import", dir / "b.airlock", "--store", dir / "store", "--trusted",
