@@ -208,8 +208,9 @@ int cmd_create(const std::vector<std::string>& argv) {
   if (!args->positional().empty()) return usage_error("unexpected argument '" + args->positional()[0] + "'");
   auto name = args->get("name");
   auto version = args->get("version");
-  auto out = args->get("out");
-  if (!name || !version || !out) return usage_error("--name, --version and --out are required");
+  if (!name || !version) return usage_error("--name and --version are required");
+  std::optional<std::string> out = args->get("out");
+  if (!out) out = *name + "-" + *version + ".airlock";
   CreateOptions opts;
   opts.name = *name;
   Result<std::uint64_t> v = parse_uint(*version, "--version");
@@ -430,7 +431,7 @@ void print_bundle_usage() {
       "  keygen  --out NAME [--unencrypted] [--passphrase-file F]\n"
       "          writes NAME.key (minisign secret key, 0600) and NAME.pub\n"
       "  create  --key K --name N --version V [--llm F.gguf] [--embedding F.gguf]\n"
-      "          [--file ROLE=PATH ...] --out N-V.airlock [--expires DATE|+DAYSd]\n"
+      "          [--file ROLE=PATH ...] [--out N-V.airlock] [--expires DATE|+DAYSd]\n"
       "          [--chunk-size BYTES] [--passphrase-file F] [--threads N] [--quiet]\n"
       "  verify  BUNDLE --trusted DIR_OR_PUBKEY [--threads N] [--quiet]\n"
       "  inspect BUNDLE [--json]      (unverified view)\n"

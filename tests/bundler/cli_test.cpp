@@ -64,9 +64,10 @@ RunResult run(const std::vector<std::string>& argv, const std::vector<std::strin
   return r;
 }
 
-RunResult airlock(std::vector<std::string> args, const std::vector<std::string>& env = {}) {
+RunResult airlock(std::vector<std::string> args, const std::vector<std::string>& env = {},
+                  const std::string& work_dir = "/tmp") {
   args.insert(args.begin(), AIRLOCK_CLI_PATH);
-  return run(args, env);
+  return run(args, env, work_dir);
 }
 
 bool have_minisign() { return run({"sh", "-c", "command -v minisign"}).exit_code == 0; }
@@ -258,6 +259,15 @@ TEST_F(CliTest, ImportKilledMidExtractionLeavesNothingVisible) {
   ASSERT_EQ(ok.exit_code, 0) << ok.err;
   EXPECT_EQ(testing::read_file(dir / "store/demo/1/weights.bin"), testing::read_file(dir / "weights.bin"));
   EXPECT_TRUE(testing::list_tree(dir / "store/.staging").empty());
+}
+
+TEST_F(CliTest, CreateNamesTheOutputAfterNameAndVersion) {
+  RunResult c = airlock({"bundle", "create", "--key", dir / "signer.key", "--name", "tiny", "--version", "12",
+                         "--file", "license=" + dir / "LICENSE", "--quiet"}, {}, dir.path());
+  ASSERT_EQ(c.exit_code, 0) << c.err;
+  EXPECT_TRUE(testing::exists(dir / "tiny-12.airlock"));
+  EXPECT_EQ(airlock({"bundle", "create", "--key", dir / "signer.key", "--version", "1", "--file",
+                     "license=" + dir / "LICENSE"}).exit_code, 2);
 }
 
 TEST_F(CliTest, ProgressLinesWhenNotATerminal) {
