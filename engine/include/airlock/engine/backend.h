@@ -1,0 +1,116 @@
+// The seam between model architectures and compute devices.
+//
+// Architecture code (llama.cpp, one file per family) is written once against
+// these operations; each backend implements them for its device. The CPU
+// backend is the reference and the default; a CUDA backend implements the
+// same table. Pointers passed to operations point into backend memory
+// (host memory for the CPU backend): activations come from alloc(),
+// weights from upload(), key/value storage from alloc_kv().
+//
+// Shapes are written (rows, columns), row-major, and every float buffer's
+// shape is given next to the operation.
+//
+// Errors: upload() and alloc*() fail with kResourceExhausted when the device
+// is out of memory and kInvalidArgument for a type the backend cannot use;
+// compute operations cannot fail on the CPU.
+//
+// Thread-safety: one forward pass at a time per backend; operations may use
+// the backend's own threads internally.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "airlock/common/status.h"
+#include "airlock/engine/ggml_types.h"
+#include "airlock/engine/gguf.h"
+
+namespace airlock::engine {
+
+class ThreadPool;
+
+// A weight matrix or vector in backend memory. ne[0] is the row length;
+// rows are row_bytes(type, ne[0]) apart.
+struct WeightTensor {
+  std::string name;
+  GgmlType type = GgmlType::kF32;
+  std::int64_t ne[4] = {1, 1, 1, 1};
+  const std::uint8_t* data = nullptr;
+  std::shared_ptr<void> owner;  // set when the backend made a copy
+  std::int64_t n_rows() const { return ne[1] * ne[2] * ne[3]; }
+};
+
+struct RopeParams {
+  int n_rot = 0;               // leading dimensions of each head that rotate
+  float freq_base = 10000.0f;
+  float freq_scale = 1.0f;     // linear scaling: positions are multiplied by this
+  bool neox = false;           // pairs (i, i + n_rot/2) instead of (2i, 2i+1)
+  const float* freq_factors = nullptr;  // optional (n_rot / 2): divides each frequency
+};
+
+// Key/value numbers for every layer: (n_slots, kv_dim) f32 each, where a slot
+// is KvCache block * kBlockTokens + offset.
+struct KvStorage {
+  int n_layers = 0;
+  std::int64_t n_slots = 0;
+  std::int64_t kv_dim = 0;
+  std::shared_ptr<float> k;  // (n_layers, n_slots, kv_dim)
+  std::shared_ptr<float> v;
+  float* k_layer(int layer) const { return k.get() + static_cast<std::int64_t>(layer) * n_slots * kv_dim; }
+  float* v_layer(int layer) const { return v.get() + static_cast<std::int64_t>(layer) * n_slots * kv_dim; }
+};
+
+struct AttentionArgs {
+  const float* q = nullptr;         // (n_tokens, n_head * head_dim), already rotated
+  float* out = nullptr;             // (n_tokens, n_head * head_dim)
+  std::int64_t n_tokens = 0;
+  int n_head = 0;
+  int n_kv_head = 0;
+  int head_dim = 0;
+  float scale = 1.0f;               // usually 1/sqrt(head_dim)
+  const KvStorage* kv = nullptr;
+  int layer = 0;
+  // Token t attends to positions [0, n_ctx[t]) of its sequence, whose slots
+  // are block_table[t][p / kBlockTokens] * kBlockTokens + p % kBlockTokens.
+  const std::int32_t* n_ctx = nullptr;
+  const std::int32_t* const* block_table = nullptr;
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual std::string name() const = 0;
+
+  // Makes a GGUF tensor usable by operations (the CPU keeps it in the mapping).
+  virtual Result<WeightTensor> upload(const GgufTensor& t) = 0;
+  virtual Result<std::shared_ptr<float>> alloc(std::int64_t n_floats) = 0;
+  virtual Result<KvStorage> alloc_kv(int n_layers, std::int64_t n_slots, std::int64_t kv_dim) = 0;
+
+  // y (n_tokens, w.ne[1]) = x (n_tokens, w.ne[0]) times w transposed.
+  virtual void matmul(const WeightTensor& w, const float* x, std::int64_t n_tokens, float* y) = 0;
+  // out (n, table.ne[0]) = rows `ids` of the table.
+  virtual void get_rows(const WeightTensor& table, const std::int32_t* ids, std::int64_t n, float* out) = 0;
+  // y (n_rows, dim) = x / rms(x) * w, per row; w is an F32 vector of dim.
+  virtual void rms_norm(const float* x, const WeightTensor& w, std::int64_t n_rows, std::int64_t dim, float eps,
+                        float* y) = 0;
+  // y (n_rows, dim) += bias (dim).
+  virtual void add_bias(float* y, const WeightTensor& bias, std::int64_t n_rows, std::int64_t dim) = 0;
+  // x (n_tokens, n_heads * head_dim) rotated in place at `positions`.
+  virtual void rope(float* x, std::int64_t n_tokens, int n_heads, int head_dim, const std::int32_t* positions,
+                    const RopeParams& p) = 0;
+  // out (n) = silu(gate) * up.
+  virtual void swiglu(const float* gate, const float* up, std::int64_t n, float* out) = 0;
+  // y (n) += x (n).
+  virtual void add(float* y, const float* x, std::int64_t n) = 0;
+  // Stores k and v (n_tokens, kv_dim) at `slots` of `layer`.
+  virtual void kv_write(const KvStorage& kv, int layer, const float* k, const float* v, std::int64_t n_tokens,
+                        const std::int32_t* slots) = 0;
+  // Copies whole blocks (copy-on-write after a fork), every layer.
+  virtual void kv_copy_blocks(const KvStorage& kv, int from_block, int to_block) = 0;
+  virtual void attention(const AttentionArgs& args) = 0;
+};
+
+std::unique_ptr<Backend> make_cpu_backend(std::shared_ptr<ThreadPool> pool);
+
+}  // namespace airlock::engine

@@ -1,0 +1,28 @@
+// CPU compute kernels over GGUF weight types: the hot loops of the CPU
+// backend. A scalar implementation is the reference; x86-64 AVX2+FMA+F16C
+// versions are chosen at run time when the CPU has them (one dispatch per
+// call, no per-element branching).
+//
+// Thread-safety: pure functions; callers split work by output rows.
+#pragma once
+
+#include <cstdint>
+
+#include "airlock/engine/ggml_types.h"
+
+namespace airlock::engine {
+
+// Matrix times a batch of vectors, for output rows [r0, r1):
+//   y[t * n_out + r] = sum_k W[r][k] * x[t * n_in + k],  t < n_tokens
+// W is n_out rows of n_in elements of `type`, rows row_bytes(type, n_in)
+// apart starting at `w`. x is (n_tokens, n_in) f32, y is (n_tokens, n_out) f32.
+// Precondition: n_in % block size of `type` == 0; type is supported.
+void matmul_rows(GgmlType type, const std::uint8_t* w, std::int64_t n_in, const float* x,
+                 std::int64_t n_tokens, float* y, std::int64_t n_out, std::int64_t r0, std::int64_t r1);
+
+// Which implementation matmul_rows uses on this machine: "avx2" or "scalar".
+const char* kernel_isa();
+// Tests force the scalar path to compare it with the vector one.
+void force_scalar_kernels(bool on);
+
+}  // namespace airlock::engine

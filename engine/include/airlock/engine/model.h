@@ -1,0 +1,104 @@
+// A loaded decoder model and its batched forward pass.
+//
+// Model::load() opens a GGUF file, reads the hyper-parameters of its
+// architecture (llama, qwen2, qwen3), checks every tensor's presence, type
+// and shape, and hands the weights to a backend (the CPU backend keeps them in
+// the file mapping: no copy). forward() runs one batch that mixes prompt
+// chunks and decode steps of many sequences over a paged KV cache.
+//
+// Errors: load() returns kVerificationFailed for a malformed file,
+// kInvalidArgument for an unsupported architecture or weight type (named).
+// forward() returns kInvalidArgument for a malformed batch (positions must
+// continue each sequence) and kResourceExhausted when the KV cache cannot
+// hold the batch; in both cases nothing is changed.
+//
+// Thread-safety: forward() calls are serialised by the caller; params() and
+// other const accessors are safe concurrently.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "airlock/common/status.h"
+#include "airlock/engine/backend.h"
+#include "airlock/engine/gguf.h"
+#include "airlock/engine/kv_cache.h"
+
+namespace airlock::engine {
+
+struct ModelParams {
+  std::string arch;         // "llama", "qwen2", "qwen3"
+  int n_vocab = 0;
+  int n_embd = 0;
+  int n_layer = 0;
+  int n_head = 0;
+  int n_head_kv = 0;
+  int head_dim = 0;
+  int n_ff = 0;
+  int n_ctx_train = 0;
+  float rms_eps = 1e-5f;
+  RopeParams rope;
+  bool qkv_bias = false;    // qwen2
+  bool qk_norm = false;     // qwen3
+  bool tied_output = false; // no output.weight: the embedding table is reused
+  int kv_dim() const { return n_head_kv * head_dim; }
+};
+
+// One forward pass's tokens. Token i belongs to sequence seq_ids[i] at
+// position positions[i]; logits are produced for tokens with want_logits.
+struct Batch {
+  std::vector<std::int32_t> tokens;
+  std::vector<std::int32_t> positions;
+  std::vector<std::int32_t> seq_ids;
+  std::vector<char> want_logits;
+
+  void add(std::int32_t token, std::int32_t pos, std::int32_t seq_id, bool logits) {
+    tokens.push_back(token);
+    positions.push_back(pos);
+    seq_ids.push_back(seq_id);
+    want_logits.push_back(logits ? 1 : 0);
+  }
+  std::size_t size() const { return tokens.size(); }
+  void clear() { tokens.clear(); positions.clear(); seq_ids.clear(); want_logits.clear(); }
+};
+
+class Model {
+ public:
+  static Result<std::unique_ptr<Model>> load(const std::string& path, std::shared_ptr<Backend> backend);
+  static Result<std::unique_ptr<Model>> from_gguf(std::unique_ptr<GgufFile> file, std::shared_ptr<Backend> backend);
+  ~Model();
+
+  const ModelParams& params() const { return params_; }
+  const GgufFile& gguf() const { return *file_; }
+  Backend& backend() const { return *backend_; }
+  std::uint64_t n_params() const { return n_params_; }
+  std::uint64_t weight_bytes() const { return weight_bytes_; }
+
+  // KV storage for `n_blocks` blocks of kBlockTokens positions.
+  Result<KvStorage> alloc_kv(int n_blocks) const;
+  // Bytes of KV storage per block (all layers, keys and values).
+  std::uint64_t kv_bytes_per_block() const;
+
+  // Runs `batch`. Each sequence's tokens must be in order and continue it:
+  // the first has position cache.length(seq). The cache is extended (all or
+  // nothing); `logits` receives (n_wanted, n_vocab) in batch order.
+  Status forward(const Batch& batch, KvCache& cache, const KvStorage& kv, std::vector<float>* logits);
+
+ private:
+  struct Layer;
+  Model() = default;
+  Status load_weights();
+
+  std::unique_ptr<GgufFile> file_;
+  std::shared_ptr<Backend> backend_;
+  ModelParams params_;
+  WeightTensor tok_embd_, output_norm_, output_;
+  std::vector<Layer> layers_;
+  std::vector<float> rope_freq_factors_;
+  std::uint64_t n_params_ = 0;
+  std::uint64_t weight_bytes_ = 0;
+};
+
+}  // namespace airlock::engine

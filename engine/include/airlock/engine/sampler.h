@@ -1,0 +1,61 @@
+// Choosing the next token from logits.
+//
+// Order of operations (as llama.cpp and vLLM apply them): repetition,
+// presence and frequency penalties over the token history; then top-k,
+// top-p (nucleus) and min-p filters; then temperature; then a draw from the
+// seeded generator. temperature 0 is greedy (the highest logit; ties go to
+// the lowest id). The same seed, logits and history always give the same
+// token. Log-probabilities are those of the model's own distribution
+// (log-softmax of the raw logits), as OpenAI's `logprobs` reports them.
+//
+// Thread-safety: a Sampler holds its generator state; one per sequence.
+#pragma once
+
+#include <cstdint>
+#include <random>
+#include <span>
+#include <vector>
+
+#include "airlock/common/status.h"
+
+namespace airlock::engine {
+
+struct SamplingParams {
+  float temperature = 1.0f;        // 0 = greedy
+  int top_k = 0;                   // 0 = off
+  float top_p = 1.0f;              // 1 = off
+  float min_p = 0.0f;              // 0 = off
+  float repetition_penalty = 1.0f; // 1 = off (divides positive logits, multiplies negative)
+  float presence_penalty = 0.0f;   // subtracted once per token present in the history
+  float frequency_penalty = 0.0f;  // subtracted per occurrence
+  std::uint64_t seed = 0;
+  int n_logprobs = 0;              // top alternatives to report (0..20)
+};
+
+// kInvalidArgument naming the first parameter out of range.
+Status validate(const SamplingParams& p);
+
+struct TokenLogprob {
+  std::int32_t token = 0;
+  float logprob = 0;
+};
+
+struct SampledToken {
+  std::int32_t token = 0;
+  float logprob = 0;                     // of the chosen token
+  std::vector<TokenLogprob> top;         // n_logprobs most likely, most likely first
+};
+
+class Sampler {
+ public:
+  explicit Sampler(const SamplingParams& params);
+  // `logits` has one entry per vocabulary token; `history` holds the tokens
+  // already in the sequence (prompt and generated) for the penalties.
+  SampledToken sample(std::span<const float> logits, std::span<const std::int32_t> history);
+
+ private:
+  SamplingParams params_;
+  std::mt19937_64 rng_;
+};
+
+}  // namespace airlock::engine

@@ -1,0 +1,130 @@
+// The Llama family forward pass (llama, qwen2, qwen3), written against the
+// backend operations only.
+#include <cmath>
+#include <map>
+
+#include "model_internal.h"
+
+namespace airlock::engine {
+
+Status Model::forward(const Batch& batch, KvCache& cache, const KvStorage& kv, std::vector<float>* logits) {
+  const ModelParams& p = params_;
+  const std::int64_t n = static_cast<std::int64_t>(batch.size());
+  if (n == 0) return invalid_argument("empty batch");
+  if (batch.positions.size() != batch.tokens.size() || batch.seq_ids.size() != batch.tokens.size() ||
+      batch.want_logits.size() != batch.tokens.size())
+    return invalid_argument("batch vectors differ in length");
+
+  // Each sequence's tokens must continue it, in order.
+  std::map<int, int> next_pos, n_new;
+  std::int64_t n_out = 0;
+  for (std::int64_t i = 0; i < n; ++i) {
+    const int seq = batch.seq_ids[i];
+    if (batch.tokens[i] < 0 || batch.tokens[i] >= p.n_vocab)
+      return invalid_argument("token id " + std::to_string(batch.tokens[i]) + " is outside the vocabulary");
+    if (!cache.has_sequence(seq)) return invalid_argument("sequence " + std::to_string(seq) + " is not in the cache");
+    auto it = next_pos.find(seq);
+    const int expected = it == next_pos.end() ? cache.length(seq) : it->second;
+    if (batch.positions[i] != expected)
+      return invalid_argument("sequence " + std::to_string(seq) + ": position " + std::to_string(batch.positions[i]) +
+                              " given, " + std::to_string(expected) + " expected");
+    if (expected + 1 > p.n_ctx_train)
+      return invalid_argument("sequence " + std::to_string(seq) + " exceeds the context length " +
+                              std::to_string(p.n_ctx_train));
+    next_pos[seq] = expected + 1;
+    ++n_new[seq];
+    n_out += batch.want_logits[i] ? 1 : 0;
+  }
+  // Buffers first: a failed allocation must leave the cache untouched.
+  Backend& be = *backend_;
+  const std::int64_t d = p.n_embd, q_dim = static_cast<std::int64_t>(p.n_head) * p.head_dim, kv_dim = p.kv_dim();
+  auto buffer = [&](std::int64_t count) { return be.alloc(count); };
+  AIRLOCK_ASSIGN_OR_RETURN(std::shared_ptr<float> x, buffer(n * d));        // (n, d) residual stream
+  AIRLOCK_ASSIGN_OR_RETURN(std::shared_ptr<float> h, buffer(n * d));        // (n, d) normalised
+  AIRLOCK_ASSIGN_OR_RETURN(std::shared_ptr<float> q, buffer(n * q_dim));    // (n, n_head * head_dim)
+  AIRLOCK_ASSIGN_OR_RETURN(std::shared_ptr<float> k, buffer(n * kv_dim));   // (n, n_head_kv * head_dim)
+  AIRLOCK_ASSIGN_OR_RETURN(std::shared_ptr<float> v, buffer(n * kv_dim));
+  AIRLOCK_ASSIGN_OR_RETURN(std::shared_ptr<float> att, buffer(n * q_dim));  // (n, n_head * head_dim)
+  AIRLOCK_ASSIGN_OR_RETURN(std::shared_ptr<float> o, buffer(n * d));        // (n, d)
+  AIRLOCK_ASSIGN_OR_RETURN(std::shared_ptr<float> gate, buffer(n * p.n_ff));  // (n, n_ff)
+  AIRLOCK_ASSIGN_OR_RETURN(std::shared_ptr<float> up, buffer(n * p.n_ff));
+
+  // All or nothing: check the whole batch fits before touching the cache.
+  int blocks = 0;
+  for (auto [seq, count] : n_new) blocks += cache.blocks_needed(seq, count);
+  if (blocks > cache.n_free_blocks())
+    return resource_exhausted("KV cache full: the batch needs " + std::to_string(blocks) + " blocks, " +
+                              std::to_string(cache.n_free_blocks()) + " free");
+  for (auto [seq, count] : n_new) {
+    std::vector<std::pair<int, int>> copies;
+    AIRLOCK_RETURN_IF_ERROR(cache.reserve(seq, count, &copies));
+    for (auto [from, to] : copies) backend_->kv_copy_blocks(kv, from, to);
+  }
+  std::vector<std::int32_t> slots(n), n_ctx(n);
+  std::vector<const std::int32_t*> tables(n);
+  for (std::int64_t i = 0; i < n; ++i) {
+    slots[i] = cache.slot(batch.seq_ids[i], batch.positions[i]);
+    n_ctx[i] = batch.positions[i] + 1;
+    tables[i] = cache.block_table(batch.seq_ids[i]).data();
+  }
+
+  be.get_rows(tok_embd_, batch.tokens.data(), n, x.get());
+  AttentionArgs aa;
+  aa.q = q.get();
+  aa.out = att.get();
+  aa.n_tokens = n;
+  aa.n_head = p.n_head;
+  aa.n_kv_head = p.n_head_kv;
+  aa.head_dim = p.head_dim;
+  aa.scale = 1.0f / std::sqrt(static_cast<float>(p.head_dim));
+  aa.kv = &kv;
+  aa.n_ctx = n_ctx.data();
+  aa.block_table = tables.data();
+  for (int il = 0; il < p.n_layer; ++il) {
+    const Layer& l = layers_[il];
+    be.rms_norm(x.get(), l.attn_norm, n, d, p.rms_eps, h.get());
+    be.matmul(l.wq, h.get(), n, q.get());
+    be.matmul(l.wk, h.get(), n, k.get());
+    be.matmul(l.wv, h.get(), n, v.get());
+    if (p.qkv_bias) {
+      be.add_bias(q.get(), l.bq, n, q_dim);
+      be.add_bias(k.get(), l.bk, n, kv_dim);
+      be.add_bias(v.get(), l.bv, n, kv_dim);
+    }
+    if (p.qk_norm) {  // qwen3: RMSNorm over each head before rotation
+      be.rms_norm(q.get(), l.q_norm, n * p.n_head, p.head_dim, p.rms_eps, q.get());
+      be.rms_norm(k.get(), l.k_norm, n * p.n_head_kv, p.head_dim, p.rms_eps, k.get());
+    }
+    be.rope(q.get(), n, p.n_head, p.head_dim, batch.positions.data(), p.rope);
+    be.rope(k.get(), n, p.n_head_kv, p.head_dim, batch.positions.data(), p.rope);
+    be.kv_write(kv, il, k.get(), v.get(), n, slots.data());
+    aa.layer = il;
+    be.attention(aa);
+    be.matmul(l.wo, att.get(), n, o.get());
+    be.add(x.get(), o.get(), n * d);
+
+    be.rms_norm(x.get(), l.ffn_norm, n, d, p.rms_eps, h.get());
+    be.matmul(l.w_gate, h.get(), n, gate.get());
+    be.matmul(l.w_up, h.get(), n, up.get());
+    be.swiglu(gate.get(), up.get(), n * p.n_ff, gate.get());
+    be.matmul(l.w_down, gate.get(), n, o.get());
+    be.add(x.get(), o.get(), n * d);
+  }
+
+  // Only the rows that want logits go through the output matrix.
+  std::int64_t m = 0;
+  for (std::int64_t i = 0; i < n; ++i)
+    if (batch.want_logits[i]) {
+      if (m != i) std::copy(x.get() + i * d, x.get() + (i + 1) * d, x.get() + m * d);
+      ++m;
+    }
+  logits->assign(static_cast<std::size_t>(n_out * p.n_vocab), 0.0f);
+  if (m == 0) return Status::ok();
+  be.rms_norm(x.get(), output_norm_, m, d, p.rms_eps, h.get());
+  AIRLOCK_ASSIGN_OR_RETURN(std::shared_ptr<float> out, buffer(m * p.n_vocab));
+  be.matmul(output_, h.get(), m, out.get());
+  std::copy(out.get(), out.get() + m * p.n_vocab, logits->begin());
+  return Status::ok();
+}
+
+}  // namespace airlock::engine

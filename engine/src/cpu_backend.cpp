@@ -1,0 +1,206 @@
+// The CPU backend: the reference implementation of every backend operation.
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <new>
+#include <vector>
+
+#include "airlock/engine/backend.h"
+#include "airlock/engine/kernels.h"
+#include "airlock/engine/kv_cache.h"
+#include "airlock/engine/thread_pool.h"
+
+namespace airlock::engine {
+namespace {
+
+std::shared_ptr<float> aligned_floats(std::int64_t n) {
+  void* p = std::aligned_alloc(64, static_cast<std::size_t>((n * 4 + 63) / 64 * 64));
+  if (p == nullptr) return nullptr;
+  std::memset(p, 0, static_cast<std::size_t>(n) * 4);
+  return std::shared_ptr<float>(static_cast<float*>(p), [](float* q) { std::free(q); });
+}
+
+// A small weight vector (norm, bias) as floats.
+const float* as_f32(const WeightTensor& w, std::vector<float>& scratch) {
+  if (w.type == GgmlType::kF32) return reinterpret_cast<const float*>(w.data);
+  scratch.resize(static_cast<std::size_t>(w.ne[0]));
+  dequantize_row(w.type, w.data, scratch.data(), w.ne[0]);
+  return scratch.data();
+}
+
+class CpuBackend final : public Backend {
+ public:
+  explicit CpuBackend(std::shared_ptr<ThreadPool> pool) : pool_(std::move(pool)) {}
+
+  std::string name() const override { return std::string("cpu (") + kernel_isa() + ", " +
+                                              std::to_string(pool_->n_threads()) + " threads)"; }
+
+  Result<WeightTensor> upload(const GgufTensor& t) override {
+    const TypeTraits& tt = traits(t.type);
+    if (!tt.supported) return invalid_argument("tensor '" + t.name + "' has unsupported type " + std::string(tt.name));
+    WeightTensor w;
+    w.name = t.name;
+    w.type = t.type;
+    std::copy(t.ne, t.ne + 4, w.ne);
+    w.data = t.data.data();
+    return w;
+  }
+
+  Result<std::shared_ptr<float>> alloc(std::int64_t n_floats) override {
+    auto p = aligned_floats(n_floats);
+    if (!p) return resource_exhausted("out of memory allocating " + std::to_string(n_floats * 4) + " bytes");
+    return p;
+  }
+
+  Result<KvStorage> alloc_kv(int n_layers, std::int64_t n_slots, std::int64_t kv_dim) override {
+    KvStorage kv;
+    kv.n_layers = n_layers;
+    kv.n_slots = n_slots;
+    kv.kv_dim = kv_dim;
+    kv.k = aligned_floats(n_layers * n_slots * kv_dim);
+    kv.v = aligned_floats(n_layers * n_slots * kv_dim);
+    if (!kv.k || !kv.v) return resource_exhausted("out of memory for the KV cache");
+    return kv;
+  }
+
+  void matmul(const WeightTensor& w, const float* x, std::int64_t n_tokens, float* y) override {
+    const std::int64_t n_out = w.n_rows(), n_in = w.ne[0];
+    pool_->parallel_for(
+        n_out, [&](std::int64_t r0, std::int64_t r1) { matmul_rows(w.type, w.data, n_in, x, n_tokens, y, n_out, r0, r1); },
+        16);
+  }
+
+  void get_rows(const WeightTensor& table, const std::int32_t* ids, std::int64_t n, float* out) override {
+    const std::size_t stride = row_bytes(table.type, table.ne[0]);
+    for (std::int64_t i = 0; i < n; ++i)
+      dequantize_row(table.type, table.data + stride * static_cast<std::size_t>(ids[i]), out + i * table.ne[0],
+                     table.ne[0]);
+  }
+
+  void rms_norm(const float* x, const WeightTensor& w, std::int64_t n_rows, std::int64_t dim, float eps,
+                float* y) override {
+    std::vector<float> scratch;
+    const float* g = as_f32(w, scratch);
+    for (std::int64_t r = 0; r < n_rows; ++r) {
+      const float* xr = x + r * dim;
+      double ss = 0;
+      for (std::int64_t i = 0; i < dim; ++i) ss += static_cast<double>(xr[i]) * xr[i];
+      float inv = static_cast<float>(1.0 / std::sqrt(ss / static_cast<double>(dim) + eps));
+      for (std::int64_t i = 0; i < dim; ++i) y[r * dim + i] = xr[i] * inv * g[i];
+    }
+  }
+
+  void add_bias(float* y, const WeightTensor& bias, std::int64_t n_rows, std::int64_t dim) override {
+    std::vector<float> scratch;
+    const float* b = as_f32(bias, scratch);
+    for (std::int64_t r = 0; r < n_rows; ++r)
+      for (std::int64_t i = 0; i < dim; ++i) y[r * dim + i] += b[i];
+  }
+
+  void rope(float* x, std::int64_t n_tokens, int n_heads, int head_dim, const std::int32_t* positions,
+            const RopeParams& p) override {
+    const int half = p.n_rot / 2;
+    std::vector<float> inv_freq(static_cast<std::size_t>(half));
+    for (int i = 0; i < half; ++i) {
+      double f = std::pow(static_cast<double>(p.freq_base), -2.0 * i / p.n_rot);
+      if (p.freq_factors) f /= p.freq_factors[i];
+      inv_freq[i] = static_cast<float>(f);
+    }
+    for (std::int64_t t = 0; t < n_tokens; ++t) {
+      const float pos = static_cast<float>(positions[t]) * p.freq_scale;
+      for (int i = 0; i < half; ++i) {
+        const float theta = pos * inv_freq[i];
+        const float c = std::cos(theta), s = std::sin(theta);
+        for (int h = 0; h < n_heads; ++h) {
+          float* v = x + (t * n_heads + h) * head_dim;
+          const int a = p.neox ? i : 2 * i;
+          const int b = p.neox ? i + half : 2 * i + 1;
+          const float x0 = v[a], x1 = v[b];
+          v[a] = x0 * c - x1 * s;
+          v[b] = x0 * s + x1 * c;
+        }
+      }
+    }
+  }
+
+  void swiglu(const float* gate, const float* up, std::int64_t n, float* out) override {
+    for (std::int64_t i = 0; i < n; ++i) out[i] = gate[i] / (1.0f + std::exp(-gate[i])) * up[i];
+  }
+
+  void add(float* y, const float* x, std::int64_t n) override {
+    for (std::int64_t i = 0; i < n; ++i) y[i] += x[i];
+  }
+
+  void kv_write(const KvStorage& kv, int layer, const float* k, const float* v, std::int64_t n_tokens,
+                const std::int32_t* slots) override {
+    float* kd = kv.k_layer(layer);
+    float* vd = kv.v_layer(layer);
+    const std::size_t row = static_cast<std::size_t>(kv.kv_dim) * sizeof(float);
+    for (std::int64_t t = 0; t < n_tokens; ++t) {
+      std::memcpy(kd + slots[t] * kv.kv_dim, k + t * kv.kv_dim, row);
+      std::memcpy(vd + slots[t] * kv.kv_dim, v + t * kv.kv_dim, row);
+    }
+  }
+
+  void kv_copy_blocks(const KvStorage& kv, int from_block, int to_block) override {
+    const std::int64_t n = static_cast<std::int64_t>(kBlockTokens) * kv.kv_dim;
+    for (int l = 0; l < kv.n_layers; ++l) {
+      std::memcpy(kv.k_layer(l) + to_block * n, kv.k_layer(l) + from_block * n, static_cast<std::size_t>(n) * 4);
+      std::memcpy(kv.v_layer(l) + to_block * n, kv.v_layer(l) + from_block * n, static_cast<std::size_t>(n) * 4);
+    }
+  }
+
+  void attention(const AttentionArgs& a) override {
+    const int group = a.n_head / a.n_kv_head;
+    const std::int64_t kv_dim = a.kv->kv_dim;
+    const float* kd = a.kv->k_layer(a.layer);
+    const float* vd = a.kv->v_layer(a.layer);
+    pool_->parallel_for(a.n_tokens * a.n_head, [&](std::int64_t begin, std::int64_t end) {
+      std::vector<float> scores;
+      for (std::int64_t job = begin; job < end; ++job) {
+        const std::int64_t t = job / a.n_head;
+        const int h = static_cast<int>(job % a.n_head);
+        const int kvh = h / group;
+        const float* q = a.q + (t * a.n_head + h) * a.head_dim;
+        float* out = a.out + (t * a.n_head + h) * a.head_dim;
+        const int n_ctx = a.n_ctx[t];
+        const std::int32_t* table = a.block_table[t];
+        scores.resize(static_cast<std::size_t>(n_ctx));
+        float max_score = -INFINITY;
+        for (int p = 0; p < n_ctx; ++p) {
+          const std::int64_t slot = static_cast<std::int64_t>(table[p / kBlockTokens]) * kBlockTokens + p % kBlockTokens;
+          const float* k = kd + slot * kv_dim + kvh * a.head_dim;
+          float s = 0;
+          for (int d = 0; d < a.head_dim; ++d) s += q[d] * k[d];
+          s *= a.scale;
+          scores[p] = s;
+          max_score = std::max(max_score, s);
+        }
+        double sum = 0;
+        for (int p = 0; p < n_ctx; ++p) {
+          scores[p] = std::exp(scores[p] - max_score);
+          sum += scores[p];
+        }
+        std::fill(out, out + a.head_dim, 0.0f);
+        for (int p = 0; p < n_ctx; ++p) {
+          const std::int64_t slot = static_cast<std::int64_t>(table[p / kBlockTokens]) * kBlockTokens + p % kBlockTokens;
+          const float* v = vd + slot * kv_dim + kvh * a.head_dim;
+          const float w = static_cast<float>(scores[p] / sum);
+          for (int d = 0; d < a.head_dim; ++d) out[d] += w * v[d];
+        }
+      }
+    });
+  }
+
+ private:
+  std::shared_ptr<ThreadPool> pool_;
+};
+
+}  // namespace
+
+std::unique_ptr<Backend> make_cpu_backend(std::shared_ptr<ThreadPool> pool) {
+  return std::make_unique<CpuBackend>(std::move(pool));
+}
+
+}  // namespace airlock::engine

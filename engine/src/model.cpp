@@ -1,0 +1,141 @@
+#include <cmath>
+
+#include "model_internal.h"
+
+namespace airlock::engine {
+namespace {
+
+Status check_shape(const GgufTensor& t, std::int64_t ne0, std::int64_t ne1) {
+  bool ok = t.ne[0] == ne0 && t.ne[1] == ne1 && t.ne[2] == 1 && t.ne[3] == 1;
+  if (!ok)
+    return verification_failed("tensor '" + t.name + "' has shape [" + std::to_string(t.ne[0]) + ", " +
+                               std::to_string(t.ne[1]) + "], expected [" + std::to_string(ne0) + ", " +
+                               std::to_string(ne1) + "]");
+  return Status::ok();
+}
+
+}  // namespace
+
+Model::~Model() = default;
+
+Result<std::unique_ptr<Model>> Model::load(const std::string& path, std::shared_ptr<Backend> backend) {
+  AIRLOCK_ASSIGN_OR_RETURN(std::unique_ptr<GgufFile> file, GgufFile::open(path));
+  return from_gguf(std::move(file), std::move(backend));
+}
+
+Result<std::unique_ptr<Model>> Model::from_gguf(std::unique_ptr<GgufFile> file, std::shared_ptr<Backend> backend) {
+  std::unique_ptr<Model> m(new Model());
+  m->file_ = std::move(file);
+  m->backend_ = std::move(backend);
+  const GgufFile& f = *m->file_;
+  ModelParams& p = m->params_;
+  auto arch = f.get_string("general.architecture");
+  if (!arch) return verification_failed("gguf: general.architecture is missing");
+  p.arch = std::string(*arch);
+  if (p.arch != "llama" && p.arch != "qwen2" && p.arch != "qwen3")
+    return invalid_argument("architecture '" + p.arch + "' is not supported (llama, qwen2, qwen3)");
+  auto need_uint = [&](const std::string& key, int* out, std::uint64_t max) -> Status {
+    auto v = f.get_uint(p.arch + "." + key);
+    if (!v || *v == 0 || *v > max) return verification_failed("gguf: " + p.arch + "." + key + " is missing or out of range");
+    *out = static_cast<int>(*v);
+    return Status::ok();
+  };
+  AIRLOCK_RETURN_IF_ERROR(need_uint("embedding_length", &p.n_embd, 1 << 16));
+  AIRLOCK_RETURN_IF_ERROR(need_uint("block_count", &p.n_layer, 1024));
+  AIRLOCK_RETURN_IF_ERROR(need_uint("attention.head_count", &p.n_head, 1024));
+  AIRLOCK_RETURN_IF_ERROR(need_uint("feed_forward_length", &p.n_ff, 1 << 20));
+  p.n_head_kv = p.n_head;
+  if (f.find(p.arch + ".attention.head_count_kv"))
+    AIRLOCK_RETURN_IF_ERROR(need_uint("attention.head_count_kv", &p.n_head_kv, 1024));
+  if (p.n_head % p.n_head_kv != 0) return verification_failed("gguf: head_count is not a multiple of head_count_kv");
+  p.head_dim = p.n_embd / p.n_head;
+  if (f.find(p.arch + ".attention.key_length"))
+    AIRLOCK_RETURN_IF_ERROR(need_uint("attention.key_length", &p.head_dim, 1 << 12));
+  p.n_ctx_train = static_cast<int>(f.get_uint(p.arch + ".context_length").value_or(2048));
+  p.rms_eps = static_cast<float>(f.get_float(p.arch + ".attention.layer_norm_rms_epsilon").value_or(1e-5));
+  p.rope.n_rot = static_cast<int>(f.get_uint(p.arch + ".rope.dimension_count").value_or(p.head_dim));
+  if (p.rope.n_rot <= 0 || p.rope.n_rot > p.head_dim || p.rope.n_rot % 2 != 0)
+    return verification_failed("gguf: rope.dimension_count is invalid");
+  p.rope.freq_base = static_cast<float>(f.get_float(p.arch + ".rope.freq_base").value_or(10000.0));
+  auto scaling = f.get_string(p.arch + ".rope.scaling.type");
+  if (scaling && *scaling == "linear") {
+    double factor = f.get_float(p.arch + ".rope.scaling.factor").value_or(1.0);
+    if (!(factor > 0)) return verification_failed("gguf: rope.scaling.factor must be positive");
+    p.rope.freq_scale = static_cast<float>(1.0 / factor);
+  } else if (scaling && *scaling != "none") {
+    return invalid_argument("rope scaling '" + std::string(*scaling) + "' is not supported");
+  }
+  // llama.cpp's converters permute llama Q/K for adjacent-pair rotation; the
+  // Qwen families rotate halves (NeoX style).
+  p.rope.neox = p.arch != "llama";
+  p.qkv_bias = p.arch == "qwen2";
+  p.qk_norm = p.arch == "qwen3";
+  AIRLOCK_RETURN_IF_ERROR(m->load_weights());
+  return m;
+}
+
+Status Model::load_weights() {
+  const GgufFile& f = *file_;
+  ModelParams& p = params_;
+  auto get = [&](const std::string& name, std::int64_t ne0, std::int64_t ne1, WeightTensor* out,
+                 bool required = true) -> Status {
+    const GgufTensor* t = f.tensor(name);
+    if (t == nullptr) return required ? verification_failed("gguf: tensor '" + name + "' is missing") : Status::ok();
+    AIRLOCK_RETURN_IF_ERROR(check_shape(*t, ne0, ne1));
+    AIRLOCK_ASSIGN_OR_RETURN(*out, backend_->upload(*t));
+    n_params_ += static_cast<std::uint64_t>(t->n_elements);
+    weight_bytes_ += t->data.size();
+    return Status::ok();
+  };
+  const GgufTensor* embd = f.tensor("token_embd.weight");
+  if (embd == nullptr) return verification_failed("gguf: tensor 'token_embd.weight' is missing");
+  p.n_vocab = static_cast<int>(embd->ne[1]);
+  const std::int64_t q_dim = static_cast<std::int64_t>(p.n_head) * p.head_dim;
+  AIRLOCK_RETURN_IF_ERROR(get("token_embd.weight", p.n_embd, p.n_vocab, &tok_embd_));
+  AIRLOCK_RETURN_IF_ERROR(get("output_norm.weight", p.n_embd, 1, &output_norm_));
+  p.tied_output = f.tensor("output.weight") == nullptr;
+  if (p.tied_output) output_ = tok_embd_;
+  else AIRLOCK_RETURN_IF_ERROR(get("output.weight", p.n_embd, p.n_vocab, &output_));
+  if (const GgufTensor* rf = f.tensor("rope_freqs.weight")) {
+    if (rf->type != GgmlType::kF32 || rf->ne[0] != p.rope.n_rot / 2)
+      return verification_failed("gguf: rope_freqs.weight must be F32 of rope dimensions / 2");
+    rope_freq_factors_.assign(reinterpret_cast<const float*>(rf->data.data()),
+                              reinterpret_cast<const float*>(rf->data.data()) + rf->ne[0]);
+    p.rope.freq_factors = rope_freq_factors_.data();
+  }
+  layers_.resize(static_cast<std::size_t>(p.n_layer));
+  for (int i = 0; i < p.n_layer; ++i) {
+    const std::string b = "blk." + std::to_string(i) + ".";
+    Layer& l = layers_[i];
+    AIRLOCK_RETURN_IF_ERROR(get(b + "attn_norm.weight", p.n_embd, 1, &l.attn_norm));
+    AIRLOCK_RETURN_IF_ERROR(get(b + "attn_q.weight", p.n_embd, q_dim, &l.wq));
+    AIRLOCK_RETURN_IF_ERROR(get(b + "attn_k.weight", p.n_embd, p.kv_dim(), &l.wk));
+    AIRLOCK_RETURN_IF_ERROR(get(b + "attn_v.weight", p.n_embd, p.kv_dim(), &l.wv));
+    AIRLOCK_RETURN_IF_ERROR(get(b + "attn_output.weight", q_dim, p.n_embd, &l.wo));
+    if (p.qkv_bias) {
+      AIRLOCK_RETURN_IF_ERROR(get(b + "attn_q.bias", q_dim, 1, &l.bq));
+      AIRLOCK_RETURN_IF_ERROR(get(b + "attn_k.bias", p.kv_dim(), 1, &l.bk));
+      AIRLOCK_RETURN_IF_ERROR(get(b + "attn_v.bias", p.kv_dim(), 1, &l.bv));
+    }
+    if (p.qk_norm) {
+      AIRLOCK_RETURN_IF_ERROR(get(b + "attn_q_norm.weight", p.head_dim, 1, &l.q_norm));
+      AIRLOCK_RETURN_IF_ERROR(get(b + "attn_k_norm.weight", p.head_dim, 1, &l.k_norm));
+    }
+    AIRLOCK_RETURN_IF_ERROR(get(b + "ffn_norm.weight", p.n_embd, 1, &l.ffn_norm));
+    AIRLOCK_RETURN_IF_ERROR(get(b + "ffn_gate.weight", p.n_embd, p.n_ff, &l.w_gate));
+    AIRLOCK_RETURN_IF_ERROR(get(b + "ffn_up.weight", p.n_embd, p.n_ff, &l.w_up));
+    AIRLOCK_RETURN_IF_ERROR(get(b + "ffn_down.weight", p.n_ff, p.n_embd, &l.w_down));
+  }
+  return Status::ok();
+}
+
+Result<KvStorage> Model::alloc_kv(int n_blocks) const {
+  return backend_->alloc_kv(params_.n_layer, static_cast<std::int64_t>(n_blocks) * kBlockTokens, params_.kv_dim());
+}
+
+std::uint64_t Model::kv_bytes_per_block() const {
+  return 2ULL * static_cast<std::uint64_t>(params_.n_layer) * kBlockTokens * static_cast<std::uint64_t>(params_.kv_dim()) *
+         sizeof(float);
+}
+
+}  // namespace airlock::engine

@@ -1,0 +1,16 @@
+// Model internals shared between model.cpp (loading) and the architecture
+// files (forward passes).
+#pragma once
+
+#include "airlock/engine/model.h"
+
+namespace airlock::engine {
+
+struct Model::Layer {
+  WeightTensor attn_norm, wq, wk, wv, wo;
+  WeightTensor bq, bk, bv;          // qwen2 only
+  WeightTensor q_norm, k_norm;      // qwen3 only
+  WeightTensor ffn_norm, w_gate, w_up, w_down;
+};
+
+}  // namespace airlock::engine

@@ -1,0 +1,104 @@
+#include "airlock/engine/sampler.h"
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+#include <unordered_map>
+
+namespace airlock::engine {
+
+Status validate(const SamplingParams& p) {
+  if (!(p.temperature >= 0 && p.temperature <= 100)) return invalid_argument("temperature must be in [0, 100]");
+  if (p.top_k < 0) return invalid_argument("top_k must be >= 0");
+  if (!(p.top_p > 0 && p.top_p <= 1)) return invalid_argument("top_p must be in (0, 1]");
+  if (!(p.min_p >= 0 && p.min_p <= 1)) return invalid_argument("min_p must be in [0, 1]");
+  if (!(p.repetition_penalty > 0 && p.repetition_penalty <= 10)) return invalid_argument("repetition_penalty must be in (0, 10]");
+  if (!(p.presence_penalty >= -2 && p.presence_penalty <= 2)) return invalid_argument("presence_penalty must be in [-2, 2]");
+  if (!(p.frequency_penalty >= -2 && p.frequency_penalty <= 2)) return invalid_argument("frequency_penalty must be in [-2, 2]");
+  if (p.n_logprobs < 0 || p.n_logprobs > 20) return invalid_argument("top_logprobs must be in [0, 20]");
+  return Status::ok();
+}
+
+Sampler::Sampler(const SamplingParams& params) : params_(params), rng_(params.seed) {}
+
+SampledToken Sampler::sample(std::span<const float> logits, std::span<const std::int32_t> history) {
+  const std::size_t n = logits.size();
+  SampledToken out;
+  // Log-softmax of the raw logits for reporting.
+  const float max_raw = *std::max_element(logits.begin(), logits.end());
+  double sum_raw = 0;
+  for (float l : logits) sum_raw += std::exp(static_cast<double>(l - max_raw));
+  const double log_z = static_cast<double>(max_raw) + std::log(sum_raw);
+  auto logprob = [&](std::int32_t t) { return static_cast<float>(logits[t] - log_z); };
+
+  std::vector<float> l(logits.begin(), logits.end());
+  if (!history.empty() && (params_.repetition_penalty != 1.0f || params_.presence_penalty != 0.0f ||
+                           params_.frequency_penalty != 0.0f)) {
+    std::unordered_map<std::int32_t, int> counts;
+    for (std::int32_t t : history)
+      if (t >= 0 && static_cast<std::size_t>(t) < n) ++counts[t];
+    for (auto [t, c] : counts) {
+      float& v = l[t];
+      if (params_.repetition_penalty != 1.0f) v = v > 0 ? v / params_.repetition_penalty : v * params_.repetition_penalty;
+      v -= params_.presence_penalty + params_.frequency_penalty * static_cast<float>(c);
+    }
+  }
+
+  if (params_.temperature == 0.0f) {
+    out.token = static_cast<std::int32_t>(std::max_element(l.begin(), l.end()) - l.begin());
+  } else {
+    // Candidates sorted by adjusted logit, most likely first.
+    std::vector<std::int32_t> idx(n);
+    std::iota(idx.begin(), idx.end(), 0);
+    std::size_t keep = n;
+    if (params_.top_k > 0) keep = std::min<std::size_t>(keep, static_cast<std::size_t>(params_.top_k));
+    auto by_logit = [&](std::int32_t a, std::int32_t b) { return l[a] > l[b] || (l[a] == l[b] && a < b); };
+    if (keep < n) {
+      std::partial_sort(idx.begin(), idx.begin() + static_cast<std::ptrdiff_t>(keep), idx.end(), by_logit);
+      idx.resize(keep);
+    } else {
+      std::sort(idx.begin(), idx.end(), by_logit);
+    }
+    // Probabilities at temperature 1 for the top-p and min-p filters.
+    std::vector<double> prob(idx.size());
+    double z = 0;
+    for (std::size_t i = 0; i < idx.size(); ++i) z += prob[i] = std::exp(static_cast<double>(l[idx[i]] - l[idx[0]]));
+    for (double& pr : prob) pr /= z;
+    if (params_.top_p < 1.0f) {
+      double cum = 0;
+      std::size_t k = 0;
+      while (k < idx.size()) {
+        cum += prob[k++];
+        if (cum >= params_.top_p) break;
+      }
+      idx.resize(k);
+    }
+    if (params_.min_p > 0.0f) {
+      std::size_t k = 1;
+      while (k < idx.size() && prob[k] >= params_.min_p * prob[0]) ++k;
+      idx.resize(k);
+    }
+    std::vector<double> w(idx.size());
+    double wz = 0;
+    for (std::size_t i = 0; i < idx.size(); ++i)
+      wz += w[i] = std::exp(static_cast<double>(l[idx[i]] - l[idx[0]]) / params_.temperature);
+    // 53 random bits -> [0, 1): the same on every platform for the same seed.
+    double r = static_cast<double>(rng_() >> 11) * 0x1.0p-53 * wz;
+    std::size_t pick = 0;
+    while (pick + 1 < idx.size() && r >= w[pick]) r -= w[pick++];
+    out.token = idx[pick];
+  }
+  out.logprob = logprob(out.token);
+  if (params_.n_logprobs > 0) {
+    std::vector<std::int32_t> top(n);
+    std::iota(top.begin(), top.end(), 0);
+    std::size_t k = std::min<std::size_t>(n, static_cast<std::size_t>(params_.n_logprobs));
+    std::partial_sort(top.begin(), top.begin() + static_cast<std::ptrdiff_t>(k), top.end(), [&](std::int32_t a, std::int32_t b) {
+      return logits[a] > logits[b] || (logits[a] == logits[b] && a < b);
+    });
+    for (std::size_t i = 0; i < k; ++i) out.top.push_back({top[i], logprob(top[i])});
+  }
+  return out;
+}
+
+}  // namespace airlock::engine

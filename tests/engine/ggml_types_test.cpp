@@ -1,0 +1,200 @@
+// Weight types: conversions, dequantisation against an independent per-element
+// reference of the ggml block formulas, quantisation error bounds, and the
+// vector kernels against the scalar ones.
+#include "airlock/engine/ggml_types.h"
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include "airlock/engine/kernels.h"
+
+namespace airlock::engine {
+namespace {
+
+std::vector<std::uint8_t> random_bytes(std::size_t n, std::uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::vector<std::uint8_t> b(n);
+  for (auto& x : b) x = static_cast<std::uint8_t>(rng());
+  return b;
+}
+
+// Writes a finite half (exponent 1..29) at `p` so random blocks stay finite.
+void put_half(std::uint8_t* p, std::mt19937& rng, bool allow_negative) {
+  std::uint16_t h = static_cast<std::uint16_t>(((rng() % 14) + 8) << 10 | (rng() & 0x3ff));
+  if (allow_negative && (rng() & 1)) h |= 0x8000;
+  std::memcpy(p, &h, 2);
+}
+
+double half(const std::uint8_t* p) {
+  std::uint16_t h;
+  std::memcpy(&h, p, 2);
+  const int e = (h >> 10) & 31, m = h & 1023;
+  const double v = e == 0 ? std::ldexp(m, -24) : std::ldexp(1024 + m, e - 25);
+  return (h & 0x8000) ? -v : v;
+}
+
+// Element i of a block, written from the ggml format description element by
+// element (not the loop structure the engine uses).
+double ref_q8_0(const std::uint8_t* b, int i) { return half(b) * static_cast<std::int8_t>(b[2 + i]); }
+double ref_q4_0(const std::uint8_t* b, int i) {
+  const std::uint8_t q = b[2 + i % 16];
+  return half(b) * ((i < 16 ? (q & 15) : (q >> 4)) - 8);
+}
+void scale_min(const std::uint8_t* s, int j, int* sc, int* mn) {
+  if (j < 4) {
+    *sc = s[j] & 63;
+    *mn = s[j + 4] & 63;
+  } else {
+    *sc = (s[j + 4] & 15) | ((s[j - 4] >> 6) << 4);
+    *mn = (s[j + 4] >> 4) | ((s[j] >> 6) << 4);
+  }
+}
+double ref_q4_k(const std::uint8_t* b, int i) {
+  const int sub = i / 32, chunk = i / 64, l = i % 32;
+  int sc, mn;
+  scale_min(b + 4, sub, &sc, &mn);
+  const std::uint8_t q = b[16 + 32 * chunk + l];
+  const int v = (sub % 2 == 0) ? (q & 15) : (q >> 4);
+  return half(b) * sc * v - half(b + 2) * mn;
+}
+double ref_q5_k(const std::uint8_t* b, int i) {
+  const int sub = i / 32, chunk = i / 64, l = i % 32;
+  int sc, mn;
+  scale_min(b + 4, sub, &sc, &mn);
+  const std::uint8_t q = b[48 + 32 * chunk + l];
+  int v = (sub % 2 == 0) ? (q & 15) : (q >> 4);
+  if (b[16 + l] & (1 << sub)) v += 16;
+  return half(b) * sc * v - half(b + 2) * mn;
+}
+double ref_q6_k(const std::uint8_t* b, int i) {
+  const int h = i / 128, e = i % 128, g = e / 32, l = e % 32;
+  const std::uint8_t* ql = b + 64 * h;
+  const std::uint8_t* qh = b + 128 + 32 * h;
+  const std::int8_t sc = static_cast<std::int8_t>(b[192 + 8 * h + l / 16 + 2 * g]);
+  const int low = (g == 0 || g == 2) ? ql[l] : ql[l + 32];
+  const int lo4 = g < 2 ? (low & 15) : (low >> 4);
+  const int hi2 = (qh[l] >> (2 * g)) & 3;
+  return half(b + 208) * sc * ((lo4 | (hi2 << 4)) - 32);
+}
+
+struct Case {
+  GgmlType type;
+  double (*ref)(const std::uint8_t*, int);
+  std::vector<std::size_t> half_offsets;  // where the block keeps fp16 scales
+};
+
+TEST(GgmlTypesTest, DequantisationMatchesTheFormatOnRandomBlocks) {
+  const Case cases[] = {{GgmlType::kQ8_0, ref_q8_0, {0}},
+                        {GgmlType::kQ4_0, ref_q4_0, {0}},
+                        {GgmlType::kQ4_K, ref_q4_k, {0, 2}},
+                        {GgmlType::kQ5_K, ref_q5_k, {0, 2}},
+                        {GgmlType::kQ6_K, ref_q6_k, {208}}};
+  std::mt19937 rng(7);
+  for (const Case& c : cases) {
+    const TypeTraits& tt = traits(c.type);
+    const int n_blocks = 5;
+    std::vector<std::uint8_t> data = random_bytes(tt.block_bytes * n_blocks, static_cast<std::uint32_t>(tt.block_bytes));
+    for (int blk = 0; blk < n_blocks; ++blk)
+      for (std::size_t off : c.half_offsets) put_half(data.data() + blk * tt.block_bytes + off, rng, true);
+    std::vector<float> got(tt.block_elems * n_blocks);
+    dequantize_row(c.type, data.data(), got.data(), static_cast<std::int64_t>(got.size()));
+    for (int blk = 0; blk < n_blocks; ++blk)
+      for (std::uint32_t i = 0; i < tt.block_elems; ++i) {
+        const double want = c.ref(data.data() + blk * tt.block_bytes, static_cast<int>(i));
+        ASSERT_NEAR(got[blk * tt.block_elems + i], want, 1e-6 * std::max(1.0, std::fabs(want)))
+            << tt.name << " block " << blk << " element " << i;
+      }
+  }
+}
+
+TEST(GgmlTypesTest, HalfAndBfloatConversions) {
+  for (std::uint32_t h = 0; h < 0x10000; ++h) {
+    const float f = fp16_to_fp32(static_cast<std::uint16_t>(h));
+    if (std::isnan(f)) continue;
+    ASSERT_EQ(fp32_to_fp16(f), h) << h;  // every half survives the round trip
+    if (((h >> 10) & 31) != 31) {
+      ASSERT_EQ(static_cast<double>(f), half(reinterpret_cast<const std::uint8_t*>(&h))) << h;
+    }
+  }
+  EXPECT_TRUE(std::isnan(fp16_to_fp32(fp32_to_fp16(NAN))));
+  EXPECT_EQ(fp32_to_fp16(1e6f), 0x7c00);                        // overflow to infinity
+  EXPECT_EQ(fp32_to_fp16(1.0f + 1.0f / 2048), 0x3c00);         // tie rounds to even
+  EXPECT_EQ(fp32_to_fp16(1.0f + 3.0f / 2048), 0x3c02);
+  EXPECT_EQ(fp32_to_bf16(1.0f), 0x3f80);
+  EXPECT_EQ(bf16_to_fp32(0xc040), -3.0f);
+  EXPECT_EQ(fp32_to_bf16(1.0f + 1.0f / 256), 0x3f80);          // tie to even
+  EXPECT_TRUE(std::isnan(bf16_to_fp32(fp32_to_bf16(NAN))));
+}
+
+TEST(GgmlTypesTest, QuantisationErrorIsWithinExpectedBounds) {
+  std::mt19937 rng(3);
+  std::normal_distribution<float> g(0.0f, 1.0f);
+  std::vector<float> x(4096);
+  for (float& v : x) v = g(rng);
+  const std::pair<GgmlType, double> bounds[] = {{GgmlType::kF16, 1e-3},  {GgmlType::kBF16, 5e-3},
+                                                {GgmlType::kQ8_0, 1e-2}, {GgmlType::kQ6_K, 3e-2},
+                                                {GgmlType::kQ5_K, 6e-2}, {GgmlType::kQ4_K, 0.12},
+                                                {GgmlType::kQ4_0, 0.12}};
+  for (auto [type, bound] : bounds) {
+    std::vector<std::uint8_t> q(row_bytes(type, 4096));
+    quantize_row(type, x.data(), q.data(), 4096);
+    std::vector<float> back(4096);
+    dequantize_row(type, q.data(), back.data(), 4096);
+    double num = 0, den = 0;
+    for (std::size_t i = 0; i < x.size(); ++i) {
+      num += (back[i] - x[i]) * (back[i] - x[i]);
+      den += x[i] * x[i];
+    }
+    EXPECT_LT(std::sqrt(num / den), bound) << traits(type).name;
+  }
+}
+
+TEST(KernelsTest, VectorPathMatchesScalarAndDoubleReference) {
+  std::mt19937 rng(11);
+  std::normal_distribution<float> g(0.0f, 1.0f);
+  for (GgmlType type : {GgmlType::kF32, GgmlType::kF16, GgmlType::kBF16, GgmlType::kQ8_0, GgmlType::kQ4_0,
+                        GgmlType::kQ4_K, GgmlType::kQ5_K, GgmlType::kQ6_K}) {
+    for (std::int64_t n_tokens : {1, 3, 17}) {
+      const std::int64_t n_in = 512, n_out = 24;
+      std::vector<float> wf(static_cast<std::size_t>(n_in * n_out)), x(static_cast<std::size_t>(n_in * n_tokens));
+      for (float& v : wf) v = g(rng);
+      for (float& v : x) v = g(rng);
+      const std::size_t rb = row_bytes(type, n_in);
+      std::vector<std::uint8_t> w(rb * n_out);
+      for (std::int64_t r = 0; r < n_out; ++r) quantize_row(type, wf.data() + r * n_in, w.data() + rb * r, n_in);
+      std::vector<float> y_fast(static_cast<std::size_t>(n_tokens * n_out)), y_scalar(y_fast.size());
+      matmul_rows(type, w.data(), n_in, x.data(), n_tokens, y_fast.data(), n_out, 0, n_out);
+      force_scalar_kernels(true);
+      matmul_rows(type, w.data(), n_in, x.data(), n_tokens, y_scalar.data(), n_out, 0, n_out);
+      force_scalar_kernels(false);
+      std::vector<float> row(static_cast<std::size_t>(n_in));
+      for (std::int64_t r = 0; r < n_out; ++r) {
+        dequantize_row(type, w.data() + rb * r, row.data(), n_in);
+        for (std::int64_t t = 0; t < n_tokens; ++t) {
+          double want = 0;
+          for (std::int64_t k = 0; k < n_in; ++k) want += static_cast<double>(row[k]) * x[t * n_in + k];
+          const double tol = 1e-4 * std::sqrt(static_cast<double>(n_in)) * 4;
+          ASSERT_NEAR(y_fast[t * n_out + r], want, tol) << traits(type).name << " " << kernel_isa();
+          ASSERT_NEAR(y_scalar[t * n_out + r], want, tol) << traits(type).name << " scalar";
+        }
+      }
+    }
+  }
+}
+
+TEST(GgmlTypesTest, TraitsDescribeKnownAndUnknownTypes) {
+  EXPECT_EQ(traits(GgmlType::kQ4_K).block_bytes, 144u);
+  EXPECT_EQ(traits(GgmlType::kQ6_K).block_elems, 256u);
+  EXPECT_TRUE(traits(GgmlType::kBF16).supported);
+  EXPECT_FALSE(traits(GgmlType::kQ2_K).supported);
+  EXPECT_EQ(type_traits(4), nullptr);
+  EXPECT_EQ(type_traits(1000), nullptr);
+  EXPECT_EQ(row_bytes(GgmlType::kQ8_0, 64), 68u);
+}
+
+}  // namespace
+}  // namespace airlock::engine

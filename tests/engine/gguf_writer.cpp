@@ -1,0 +1,248 @@
+#include "gguf_writer.h"
+
+#include <cmath>
+#include <cstring>
+#include <random>
+#include <stdexcept>
+
+namespace airlock::testing {
+
+using engine::GgmlType;
+
+namespace {
+template <typename T>
+std::string le(T v) {
+  return std::string(reinterpret_cast<const char*>(&v), sizeof v);
+}
+std::string gstr(const std::string& s) { return le<std::uint64_t>(s.size()) + s; }
+}  // namespace
+
+void GgufWriter::set_u32(const std::string& k, std::uint32_t v) { kv_ += gstr(k) + le<std::uint32_t>(4) + le(v); ++n_kv_; }
+void GgufWriter::set_f32(const std::string& k, float v) { kv_ += gstr(k) + le<std::uint32_t>(6) + le(v); ++n_kv_; }
+void GgufWriter::set_bool(const std::string& k, bool v) { kv_ += gstr(k) + le<std::uint32_t>(7) + le<std::uint8_t>(v); ++n_kv_; }
+void GgufWriter::set_string(const std::string& k, const std::string& v) { kv_ += gstr(k) + le<std::uint32_t>(8) + gstr(v); ++n_kv_; }
+void GgufWriter::set_string_array(const std::string& k, const std::vector<std::string>& v) {
+  kv_ += gstr(k) + le<std::uint32_t>(9) + le<std::uint32_t>(8) + le<std::uint64_t>(v.size());
+  for (const std::string& s : v) kv_ += gstr(s);
+  ++n_kv_;
+}
+void GgufWriter::set_f32_array(const std::string& k, const std::vector<float>& v) {
+  kv_ += gstr(k) + le<std::uint32_t>(9) + le<std::uint32_t>(6) + le<std::uint64_t>(v.size());
+  for (float f : v) kv_ += le(f);
+  ++n_kv_;
+}
+void GgufWriter::set_i32_array(const std::string& k, const std::vector<std::int32_t>& v) {
+  kv_ += gstr(k) + le<std::uint32_t>(9) + le<std::uint32_t>(5) + le<std::uint64_t>(v.size());
+  for (std::int32_t i : v) kv_ += le(i);
+  ++n_kv_;
+}
+
+void GgufWriter::add_tensor(const std::string& name, GgmlType type, std::vector<std::int64_t> ne,
+                            const std::vector<float>& values) {
+  std::int64_t rows = 1;
+  for (std::size_t i = 1; i < ne.size(); ++i) rows *= ne[i];
+  if (static_cast<std::int64_t>(values.size()) != ne[0] * rows) throw std::runtime_error("tensor size mismatch");
+  const std::size_t rb = engine::row_bytes(type, ne[0]);
+  std::string data(rb * static_cast<std::size_t>(rows), '\0');
+  for (std::int64_t r = 0; r < rows; ++r) engine::quantize_row(type, values.data() + r * ne[0], data.data() + rb * r, ne[0]);
+  tensors_.push_back({name, type, std::move(ne), std::move(data)});
+}
+
+std::string GgufWriter::bytes(std::uint32_t version) const {
+  std::string out = "GGUF" + le(version) + le<std::uint64_t>(tensors_.size()) + le(n_kv_) + kv_;
+  std::uint64_t offset = 0;
+  for (const Tensor& t : tensors_) {
+    out += gstr(t.name) + le<std::uint32_t>(static_cast<std::uint32_t>(t.ne.size()));
+    for (std::int64_t d : t.ne) out += le<std::uint64_t>(static_cast<std::uint64_t>(d));
+    out += le<std::uint32_t>(static_cast<std::uint32_t>(t.type)) + le(offset);
+    offset += (t.data.size() + 31) / 32 * 32;
+  }
+  out.resize((out.size() + 31) / 32 * 32, '\0');
+  for (const Tensor& t : tensors_) {
+    out += t.data;
+    out.resize((out.size() + 31) / 32 * 32, '\0');
+  }
+  return out;
+}
+
+TestModel make_test_model(const TestModelSpec& spec_in) {
+  TestModel m;
+  m.spec = spec_in;
+  TestModelSpec& s = m.spec;
+  if (s.head_dim == 0) s.head_dim = s.n_embd / s.n_head;
+  std::mt19937 rng(s.seed);
+  std::normal_distribution<float> gauss(0.0f, 1.0f);
+  GgufWriter w;
+  w.set_string("general.architecture", s.arch);
+  w.set_u32(s.arch + ".context_length", static_cast<std::uint32_t>(s.n_ctx));
+  w.set_u32(s.arch + ".embedding_length", static_cast<std::uint32_t>(s.n_embd));
+  w.set_u32(s.arch + ".block_count", static_cast<std::uint32_t>(s.n_layer));
+  w.set_u32(s.arch + ".feed_forward_length", static_cast<std::uint32_t>(s.n_ff));
+  w.set_u32(s.arch + ".attention.head_count", static_cast<std::uint32_t>(s.n_head));
+  w.set_u32(s.arch + ".attention.head_count_kv", static_cast<std::uint32_t>(s.n_head_kv));
+  w.set_u32(s.arch + ".attention.key_length", static_cast<std::uint32_t>(s.head_dim));
+  w.set_u32(s.arch + ".rope.dimension_count", static_cast<std::uint32_t>(s.head_dim));
+  w.set_f32(s.arch + ".rope.freq_base", s.rope_base);
+  w.set_f32(s.arch + ".attention.layer_norm_rms_epsilon", 1e-5f);
+
+  auto add = [&](const std::string& name, std::int64_t ne0, std::int64_t ne1, float scale, bool norm) {
+    std::vector<float> v(static_cast<std::size_t>(ne0 * ne1));
+    for (float& x : v) x = norm ? 1.0f + 0.1f * gauss(rng) : scale * gauss(rng);
+    GgmlType type = norm ? GgmlType::kF32 : s.weight_type;
+    std::vector<std::int64_t> ne = ne1 == 1 ? std::vector<std::int64_t>{ne0} : std::vector<std::int64_t>{ne0, ne1};
+    w.add_tensor(name, type, ne, v);
+    // What the engine will read: quantise then dequantise.
+    std::vector<float> back(v.size());
+    const std::size_t rb = engine::row_bytes(type, ne0);
+    std::string tmp(rb, '\0');
+    for (std::int64_t r = 0; r < ne1; ++r) {
+      engine::quantize_row(type, v.data() + r * ne0, tmp.data(), ne0);
+      engine::dequantize_row(type, tmp.data(), back.data() + r * ne0, ne0);
+    }
+    m.weights[name] = std::vector<double>(back.begin(), back.end());
+  };
+  const std::int64_t q_dim = static_cast<std::int64_t>(s.n_head) * s.head_dim;
+  const std::int64_t kv_dim = static_cast<std::int64_t>(s.n_head_kv) * s.head_dim;
+  const float ws = 1.0f / std::sqrt(static_cast<float>(s.n_embd));
+  add("token_embd.weight", s.n_embd, s.n_vocab, 1.0f, false);
+  add("output_norm.weight", s.n_embd, 1, 0, true);
+  if (!s.tied_output) add("output.weight", s.n_embd, s.n_vocab, ws, false);
+  for (int l = 0; l < s.n_layer; ++l) {
+    const std::string b = "blk." + std::to_string(l) + ".";
+    add(b + "attn_norm.weight", s.n_embd, 1, 0, true);
+    add(b + "attn_q.weight", s.n_embd, q_dim, ws, false);
+    add(b + "attn_k.weight", s.n_embd, kv_dim, ws, false);
+    add(b + "attn_v.weight", s.n_embd, kv_dim, ws, false);
+    add(b + "attn_output.weight", q_dim, s.n_embd, 1.0f / std::sqrt(static_cast<float>(q_dim)), false);
+    if (s.arch == "qwen2") {
+      add(b + "attn_q.bias", q_dim, 1, 0, true);
+      add(b + "attn_k.bias", kv_dim, 1, 0, true);
+      add(b + "attn_v.bias", kv_dim, 1, 0, true);
+    }
+    if (s.arch == "qwen3") {
+      add(b + "attn_q_norm.weight", s.head_dim, 1, 0, true);
+      add(b + "attn_k_norm.weight", s.head_dim, 1, 0, true);
+    }
+    add(b + "ffn_norm.weight", s.n_embd, 1, 0, true);
+    add(b + "ffn_gate.weight", s.n_embd, s.n_ff, ws, false);
+    add(b + "ffn_up.weight", s.n_embd, s.n_ff, ws, false);
+    add(b + "ffn_down.weight", s.n_ff, s.n_embd, 1.0f / std::sqrt(static_cast<float>(s.n_ff)), false);
+  }
+  m.gguf = w.bytes();
+  return m;
+}
+
+namespace {
+
+using Vec = std::vector<double>;
+
+// y (rows_out) = W (rows_out x n_in) x
+Vec matvec(const Vec& w, const Vec& x, std::size_t n_out) {
+  const std::size_t n_in = x.size();
+  Vec y(n_out, 0.0);
+  for (std::size_t r = 0; r < n_out; ++r)
+    for (std::size_t k = 0; k < n_in; ++k) y[r] += w[r * n_in + k] * x[k];
+  return y;
+}
+
+Vec rms_norm(const Vec& x, const double* g, double eps) {
+  double ss = 0;
+  for (double v : x) ss += v * v;
+  const double inv = 1.0 / std::sqrt(ss / static_cast<double>(x.size()) + eps);
+  Vec y(x.size());
+  for (std::size_t i = 0; i < x.size(); ++i) y[i] = x[i] * inv * g[i];
+  return y;
+}
+
+void rope(double* v, int head_dim, int pos, double base, bool neox) {
+  const int half = head_dim / 2;
+  for (int i = 0; i < half; ++i) {
+    const double theta = pos * std::pow(base, -2.0 * i / head_dim);
+    const int a = neox ? i : 2 * i, b = neox ? i + half : 2 * i + 1;
+    const double x0 = v[a], x1 = v[b];
+    v[a] = x0 * std::cos(theta) - x1 * std::sin(theta);
+    v[b] = x0 * std::sin(theta) + x1 * std::cos(theta);
+  }
+}
+
+}  // namespace
+
+std::vector<double> reference_forward(const TestModel& model, const std::vector<std::int32_t>& tokens) {
+  const TestModelSpec& s = model.spec;
+  auto W = [&](const std::string& n) -> const Vec& { return model.weights.at(n); };
+  const std::size_t n = tokens.size(), d = static_cast<std::size_t>(s.n_embd);
+  const std::size_t hd = static_cast<std::size_t>(s.head_dim);
+  const std::size_t q_dim = static_cast<std::size_t>(s.n_head) * hd, kv_dim = static_cast<std::size_t>(s.n_head_kv) * hd;
+  const bool neox = s.arch != "llama";
+  std::vector<Vec> x(n);
+  for (std::size_t t = 0; t < n; ++t)
+    x[t] = Vec(W("token_embd.weight").begin() + static_cast<std::ptrdiff_t>(tokens[t] * d),
+               W("token_embd.weight").begin() + static_cast<std::ptrdiff_t>((tokens[t] + 1) * d));
+  for (int l = 0; l < s.n_layer; ++l) {
+    const std::string b = "blk." + std::to_string(l) + ".";
+    std::vector<Vec> q(n), k(n), v(n);
+    for (std::size_t t = 0; t < n; ++t) {
+      Vec h = rms_norm(x[t], W(b + "attn_norm.weight").data(), 1e-5);
+      q[t] = matvec(W(b + "attn_q.weight"), h, q_dim);
+      k[t] = matvec(W(b + "attn_k.weight"), h, kv_dim);
+      v[t] = matvec(W(b + "attn_v.weight"), h, kv_dim);
+      if (s.arch == "qwen2") {
+        for (std::size_t i = 0; i < q_dim; ++i) q[t][i] += W(b + "attn_q.bias")[i];
+        for (std::size_t i = 0; i < kv_dim; ++i) k[t][i] += W(b + "attn_k.bias")[i];
+        for (std::size_t i = 0; i < kv_dim; ++i) v[t][i] += W(b + "attn_v.bias")[i];
+      }
+      for (int h2 = 0; h2 < s.n_head; ++h2) {
+        double* qh = q[t].data() + h2 * hd;
+        if (s.arch == "qwen3") {
+          Vec tmp = rms_norm(Vec(qh, qh + hd), W(b + "attn_q_norm.weight").data(), 1e-5);
+          std::copy(tmp.begin(), tmp.end(), qh);
+        }
+        rope(qh, s.head_dim, static_cast<int>(t), s.rope_base, neox);
+      }
+      for (int h2 = 0; h2 < s.n_head_kv; ++h2) {
+        double* kh = k[t].data() + h2 * hd;
+        if (s.arch == "qwen3") {
+          Vec tmp = rms_norm(Vec(kh, kh + hd), W(b + "attn_k_norm.weight").data(), 1e-5);
+          std::copy(tmp.begin(), tmp.end(), kh);
+        }
+        rope(kh, s.head_dim, static_cast<int>(t), s.rope_base, neox);
+      }
+    }
+    for (std::size_t t = 0; t < n; ++t) {
+      Vec att(q_dim, 0.0);
+      for (int h2 = 0; h2 < s.n_head; ++h2) {
+        const int kvh = h2 / (s.n_head / s.n_head_kv);
+        std::vector<double> sc(t + 1);
+        double mx = -1e300;
+        for (std::size_t p = 0; p <= t; ++p) {
+          double dot = 0;
+          for (std::size_t i = 0; i < hd; ++i) dot += q[t][h2 * hd + i] * k[p][kvh * hd + i];
+          sc[p] = dot / std::sqrt(static_cast<double>(hd));
+          mx = std::max(mx, sc[p]);
+        }
+        double z = 0;
+        for (double& e : sc) z += e = std::exp(e - mx);
+        for (std::size_t p = 0; p <= t; ++p)
+          for (std::size_t i = 0; i < hd; ++i) att[h2 * hd + i] += sc[p] / z * v[p][kvh * hd + i];
+      }
+      Vec o = matvec(W(b + "attn_output.weight"), att, d);
+      for (std::size_t i = 0; i < d; ++i) x[t][i] += o[i];
+      Vec h = rms_norm(x[t], W(b + "ffn_norm.weight").data(), 1e-5);
+      Vec g = matvec(W(b + "ffn_gate.weight"), h, static_cast<std::size_t>(s.n_ff));
+      Vec u = matvec(W(b + "ffn_up.weight"), h, static_cast<std::size_t>(s.n_ff));
+      for (std::size_t i = 0; i < g.size(); ++i) g[i] = g[i] / (1.0 + std::exp(-g[i])) * u[i];
+      Vec dn = matvec(W(b + "ffn_down.weight"), g, d);
+      for (std::size_t i = 0; i < d; ++i) x[t][i] += dn[i];
+    }
+  }
+  const Vec& out = s.tied_output ? W("token_embd.weight") : W("output.weight");
+  std::vector<double> logits;
+  for (std::size_t t = 0; t < n; ++t) {
+    Vec h = rms_norm(x[t], W("output_norm.weight").data(), 1e-5);
+    Vec l = matvec(out, h, static_cast<std::size_t>(s.n_vocab));
+    logits.insert(logits.end(), l.begin(), l.end());
+  }
+  return logits;
+}
+
+}  // namespace airlock::testing

@@ -1,0 +1,70 @@
+// Test utility: writes GGUF files with chosen architecture, shapes and weight
+// types, with random weights quantised by the engine's own quantisers, plus a
+// plain double-precision reference forward pass that shares no code with the
+// engine's kernels.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "airlock/engine/ggml_types.h"
+
+namespace airlock::testing {
+
+class GgufWriter {
+ public:
+  void set_u32(const std::string& key, std::uint32_t v);
+  void set_f32(const std::string& key, float v);
+  void set_bool(const std::string& key, bool v);
+  void set_string(const std::string& key, const std::string& v);
+  void set_string_array(const std::string& key, const std::vector<std::string>& v);
+  void set_f32_array(const std::string& key, const std::vector<float>& v);
+  void set_i32_array(const std::string& key, const std::vector<std::int32_t>& v);
+  // Quantises `values` (ne[0] * ne[1] floats, row-major rows of ne[0]).
+  void add_tensor(const std::string& name, engine::GgmlType type, std::vector<std::int64_t> ne,
+                  const std::vector<float>& values);
+  std::string bytes(std::uint32_t version = 3) const;
+
+ private:
+  struct Tensor {
+    std::string name;
+    engine::GgmlType type;
+    std::vector<std::int64_t> ne;
+    std::string data;
+  };
+  std::string kv_;
+  std::uint64_t n_kv_ = 0;
+  std::vector<Tensor> tensors_;
+};
+
+struct TestModelSpec {
+  std::string arch = "llama";  // llama, qwen2, qwen3
+  int n_vocab = 64;
+  int n_embd = 64;
+  int n_layer = 2;
+  int n_head = 4;
+  int n_head_kv = 2;
+  int head_dim = 0;            // 0: n_embd / n_head
+  int n_ff = 96;
+  int n_ctx = 512;
+  bool tied_output = false;
+  engine::GgmlType weight_type = engine::GgmlType::kF32;
+  float rope_base = 10000.0f;
+  std::uint32_t seed = 1;
+};
+
+struct TestModel {
+  TestModelSpec spec;
+  std::string gguf;                                   // the file's bytes
+  std::map<std::string, std::vector<double>> weights; // exactly what the file holds, dequantised
+};
+
+TestModel make_test_model(const TestModelSpec& spec);
+
+// Logits (n_tokens, n_vocab) of the causal sequence `tokens` at positions
+// 0..n-1, computed in double precision with straightforward loops.
+std::vector<double> reference_forward(const TestModel& model, const std::vector<std::int32_t>& tokens);
+
+}  // namespace airlock::testing

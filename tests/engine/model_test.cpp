@@ -1,0 +1,273 @@
+// The engine's forward pass against a plain double-precision reference, on
+// generated models of several shapes and weight types; batch invariance; KV
+// exhaustion; and the real stories260K model's greedy output.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdlib>
+#include <fstream>
+#include <random>
+#include <sstream>
+
+#include "airlock/engine/model.h"
+#include "airlock/engine/sampler.h"
+#include "airlock/engine/thread_pool.h"
+#include "gguf_writer.h"
+
+namespace airlock::engine {
+namespace {
+
+using testing::TestModelSpec;
+
+std::shared_ptr<Backend> cpu() {
+  static std::shared_ptr<Backend> be = make_cpu_backend(std::make_shared<ThreadPool>(2));
+  return be;
+}
+
+struct Loaded {
+  testing::TestModel tm;
+  std::unique_ptr<Model> model;
+};
+
+Loaded load(const TestModelSpec& spec) {
+  Loaded l;
+  l.tm = testing::make_test_model(spec);
+  auto f = GgufFile::parse({reinterpret_cast<const std::uint8_t*>(l.tm.gguf.data()), l.tm.gguf.size()});
+  EXPECT_TRUE(f.is_ok()) << f.status().to_string();
+  auto m = Model::from_gguf(std::move(*f), cpu());
+  EXPECT_TRUE(m.is_ok()) << m.status().to_string();
+  l.model = std::move(*m);
+  return l;
+}
+
+double rel_error(const std::vector<float>& got, const std::vector<double>& want) {
+  double num = 0, den = 0;
+  for (std::size_t i = 0; i < want.size(); ++i) {
+    num += (got[i] - want[i]) * (got[i] - want[i]);
+    den += want[i] * want[i];
+  }
+  return std::sqrt(num / den);
+}
+
+std::vector<std::int32_t> random_tokens(int n, int n_vocab, std::uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::vector<std::int32_t> t(n);
+  for (auto& x : t) x = static_cast<std::int32_t>(rng() % static_cast<std::uint32_t>(n_vocab));
+  return t;
+}
+
+// Runs `tokens` through one sequence in chunks of the given sizes; returns
+// the logits of every position.
+std::vector<float> run_chunks(Model& m, const std::vector<std::int32_t>& tokens, const std::vector<int>& chunks) {
+  KvCache cache(64);
+  Result<KvStorage> kv = m.alloc_kv(64);
+  EXPECT_TRUE(kv.is_ok());
+  EXPECT_TRUE(cache.add_sequence(7).is_ok());
+  std::vector<float> all, logits;
+  std::size_t pos = 0;
+  for (std::size_t c = 0; pos < tokens.size(); ++c) {
+    int len = c < chunks.size() ? chunks[c] : 1;
+    Batch b;
+    for (int i = 0; i < len && pos < tokens.size(); ++i, ++pos) b.add(tokens[pos], static_cast<int>(pos), 7, true);
+    Status s = m.forward(b, cache, *kv, &logits);
+    EXPECT_TRUE(s.is_ok()) << s.to_string();
+    all.insert(all.end(), logits.begin(), logits.end());
+  }
+  return all;
+}
+
+struct ShapeCase {
+  const char* name;
+  TestModelSpec spec;
+  double tolerance;
+};
+
+class ReferenceTest : public ::testing::TestWithParam<ShapeCase> {};
+
+TEST_P(ReferenceTest, LogitsAgreeWithTheReference) {
+  const ShapeCase& c = GetParam();
+  Loaded l = load(c.spec);
+  ASSERT_TRUE(l.model);
+  std::vector<std::int32_t> tokens = random_tokens(37, c.spec.n_vocab, c.spec.seed + 100);
+  std::vector<double> want = testing::reference_forward(l.tm, tokens);
+  // One prompt chunk, then mixed chunks and single decode steps: the same numbers.
+  std::vector<float> whole = run_chunks(*l.model, tokens, {37});
+  EXPECT_LT(rel_error(whole, want), c.tolerance) << c.name;
+  std::vector<float> pieces = run_chunks(*l.model, tokens, {5, 1, 1, 16, 3});
+  EXPECT_LT(rel_error(pieces, want), c.tolerance) << c.name;
+}
+
+TestModelSpec spec(const char* arch, int n_embd, int n_head, int n_head_kv, int n_ff, bool tied, GgmlType t,
+                   int head_dim = 0) {
+  TestModelSpec s;
+  s.arch = arch;
+  s.n_embd = n_embd;
+  s.n_head = n_head;
+  s.n_head_kv = n_head_kv;
+  s.n_ff = n_ff;
+  s.tied_output = tied;
+  s.weight_type = t;
+  s.head_dim = head_dim;
+  s.seed = static_cast<std::uint32_t>(n_embd * 31 + n_head * 7 + n_head_kv + (tied ? 1000 : 0) + static_cast<int>(t));
+  return s;
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Shapes, ReferenceTest,
+    ::testing::Values(
+        ShapeCase{"llama_gqa_f32", spec("llama", 64, 4, 2, 96, false, GgmlType::kF32), 1e-4},
+        ShapeCase{"llama_mha_tied_f32", spec("llama", 64, 8, 8, 160, true, GgmlType::kF32), 1e-4},
+        ShapeCase{"llama_mqa_f32", spec("llama", 96, 6, 1, 64, false, GgmlType::kF32), 1e-4},
+        ShapeCase{"qwen2_bias_neox_f32", spec("qwen2", 64, 4, 2, 96, false, GgmlType::kF32), 1e-4},
+        ShapeCase{"qwen3_qknorm_f32", spec("qwen3", 64, 4, 2, 96, true, GgmlType::kF32, 32), 1e-4},
+        ShapeCase{"llama_f16", spec("llama", 64, 4, 2, 96, false, GgmlType::kF16), 1e-4},
+        ShapeCase{"llama_bf16", spec("llama", 64, 4, 2, 96, false, GgmlType::kBF16), 1e-4},
+        ShapeCase{"llama_q8_0", spec("llama", 64, 4, 2, 96, false, GgmlType::kQ8_0), 1e-4},
+        ShapeCase{"llama_q4_0", spec("llama", 64, 4, 2, 96, false, GgmlType::kQ4_0), 1e-4},
+        ShapeCase{"llama_q4_k", spec("llama", 256, 4, 2, 256, false, GgmlType::kQ4_K), 1e-4},
+        ShapeCase{"qwen3_q5_k", spec("qwen3", 256, 4, 1, 512, true, GgmlType::kQ5_K, 64), 1e-4},
+        ShapeCase{"qwen2_q6_k", spec("qwen2", 256, 8, 2, 256, false, GgmlType::kQ6_K), 1e-4}),
+    [](const auto& param_info) { return std::string(param_info.param.name); });
+
+TEST(BatchTest, ASequenceGetsTheSameLogitsInsideABatch) {
+  Loaded l = load(spec("llama", 64, 4, 2, 96, false, GgmlType::kF32));
+  Model& m = *l.model;
+  const int n_seq = 8;
+  std::vector<std::vector<std::int32_t>> toks;
+  for (int s = 0; s < n_seq; ++s) toks.push_back(random_tokens(6 + 5 * s, 64, 500 + s));
+  // Alone, decode step by step after a prompt of 4.
+  std::vector<std::vector<float>> alone;
+  for (int s = 0; s < n_seq; ++s) alone.push_back(run_chunks(m, toks[s], {4}));
+
+  // Together: each step, every sequence contributes a prefill chunk (its
+  // first 4 tokens, split differently per sequence) or one decode token.
+  KvCache cache(128);
+  Result<KvStorage> kv = m.alloc_kv(128);
+  ASSERT_TRUE(kv.is_ok());
+  std::vector<std::size_t> pos(n_seq, 0);
+  std::vector<std::vector<float>> together(n_seq);
+  for (int s = 0; s < n_seq; ++s) ASSERT_TRUE(cache.add_sequence(s).is_ok());
+  while (true) {
+    Batch b;
+    std::vector<std::pair<int, int>> rows;  // (seq, count) in batch order
+    for (int s = 0; s < n_seq; ++s) {
+      if (pos[s] >= toks[s].size()) continue;
+      std::size_t len = pos[s] < 4 ? std::min<std::size_t>(4 - pos[s], 1 + s % 3) : 1;
+      for (std::size_t i = 0; i < len; ++i, ++pos[s]) b.add(toks[s][pos[s]], static_cast<int>(pos[s]), s, true);
+      rows.emplace_back(s, static_cast<int>(len));
+    }
+    if (b.size() == 0) break;
+    std::vector<float> logits;
+    ASSERT_TRUE(m.forward(b, cache, *kv, &logits).is_ok());
+    std::size_t off = 0;
+    for (auto [s, count] : rows) {
+      together[s].insert(together[s].end(), logits.begin() + static_cast<std::ptrdiff_t>(off),
+                         logits.begin() + static_cast<std::ptrdiff_t>(off + static_cast<std::size_t>(count) * 64));
+      off += static_cast<std::size_t>(count) * 64;
+    }
+  }
+  for (int s = 0; s < n_seq; ++s) {
+    ASSERT_EQ(alone[s].size(), together[s].size());
+    std::vector<double> ref(alone[s].begin(), alone[s].end());
+    EXPECT_LT(rel_error(together[s], ref), 1e-5) << "sequence " << s;
+  }
+}
+
+TEST(BatchTest, KvExhaustionIsAllOrNothingAndFreedBlocksAreReused) {
+  Loaded l = load(spec("llama", 64, 4, 2, 96, false, GgmlType::kF32));
+  Model& m = *l.model;
+  KvCache cache(4);  // 64 positions in all
+  Result<KvStorage> kv = m.alloc_kv(4);
+  ASSERT_TRUE(kv.is_ok());
+  ASSERT_TRUE(cache.add_sequence(0).is_ok());
+  ASSERT_TRUE(cache.add_sequence(1).is_ok());
+  std::vector<float> logits;
+  Batch a;
+  for (int i = 0; i < 40; ++i) a.add(i % 64, i, 0, i == 39);
+  ASSERT_TRUE(m.forward(a, cache, *kv, &logits).is_ok());
+  EXPECT_EQ(cache.n_free_blocks(), 1);
+  Batch b;  // 30 more positions for sequence 1 need 2 blocks: refused, nothing changes
+  for (int i = 0; i < 30; ++i) b.add(i % 64, i, 1, false);
+  Status s = m.forward(b, cache, *kv, &logits);
+  EXPECT_EQ(s.code(), StatusCode::kResourceExhausted) << s.to_string();
+  EXPECT_EQ(cache.n_free_blocks(), 1);
+  EXPECT_EQ(cache.length(1), 0);
+  cache.remove_sequence(0);
+  EXPECT_EQ(cache.n_free_blocks(), 4);
+  ASSERT_TRUE(m.forward(b, cache, *kv, &logits).is_ok());
+  EXPECT_EQ(cache.n_free_blocks(), 2);
+  // Malformed batches are refused before anything changes.
+  Batch gap;
+  gap.add(1, 31, 1, true);  // position 30 expected
+  EXPECT_EQ(m.forward(gap, cache, *kv, &logits).code(), StatusCode::kInvalidArgument);
+  Batch bad_token;
+  bad_token.add(64, 30, 1, true);
+  EXPECT_EQ(m.forward(bad_token, cache, *kv, &logits).code(), StatusCode::kInvalidArgument);
+  Batch unknown;
+  unknown.add(1, 0, 9, true);
+  EXPECT_EQ(m.forward(unknown, cache, *kv, &logits).code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(cache.length(1), 30);
+}
+
+TEST(BatchTest, ForkedSequencesShareAPrefixAndDivergeCorrectly) {
+  Loaded l = load(spec("llama", 64, 4, 2, 96, false, GgmlType::kF32));
+  Model& m = *l.model;
+  std::vector<std::int32_t> prefix = random_tokens(20, 64, 9);
+  std::vector<std::int32_t> a = prefix, b = prefix;
+  a.push_back(3);
+  b.push_back(11);
+  std::vector<float> want_a = run_chunks(m, a, {21}), want_b = run_chunks(m, b, {21});
+  KvCache cache(16);
+  Result<KvStorage> kv = m.alloc_kv(16);
+  ASSERT_TRUE(kv.is_ok());
+  ASSERT_TRUE(cache.add_sequence(0).is_ok());
+  Batch p;
+  for (int i = 0; i < 20; ++i) p.add(prefix[i], i, 0, false);
+  std::vector<float> logits;
+  ASSERT_TRUE(m.forward(p, cache, *kv, &logits).is_ok());
+  ASSERT_TRUE(cache.fork(0, 1).is_ok());
+  EXPECT_EQ(cache.n_free_blocks(), 14);  // shared, not copied
+  Batch d;
+  d.add(3, 20, 0, true);
+  d.add(11, 20, 1, true);
+  ASSERT_TRUE(m.forward(d, cache, *kv, &logits).is_ok());
+  EXPECT_EQ(cache.n_free_blocks(), 13);  // the shared partial block was copied once
+  std::vector<float> got_a(logits.begin(), logits.begin() + 64), got_b(logits.begin() + 64, logits.end());
+  std::vector<double> ref_a(want_a.end() - 64, want_a.end()), ref_b(want_b.end() - 64, want_b.end());
+  EXPECT_LT(rel_error(got_a, ref_a), 1e-5);
+  EXPECT_LT(rel_error(got_b, ref_b), 1e-5);
+}
+
+std::string models_dir() {
+  const char* d = std::getenv("AIRLOCK_MODELS_DIR");
+  return d ? d : "";
+}
+
+TEST(RealModelTest, Stories260KGreedyTokenIds) {
+  std::string path = models_dir() + "/stories260K.gguf";
+  if (!std::ifstream(path)) GTEST_SKIP() << "stories260K.gguf not found (set AIRLOCK_MODELS_DIR)";
+  auto m = Model::load(path, cpu());
+  ASSERT_TRUE(m.is_ok()) << m.status().to_string();
+  KvCache cache(16);
+  Result<KvStorage> kv = (*m)->alloc_kv(16);
+  ASSERT_TRUE(kv.is_ok());
+  ASSERT_TRUE(cache.add_sequence(0).is_ok());
+  std::vector<std::int32_t> got;
+  std::int32_t tok = 1;  // BOS
+  std::vector<float> logits;
+  Sampler greedy(SamplingParams{0.0f});
+  for (int pos = 0; pos < 20; ++pos) {
+    Batch b;
+    b.add(tok, pos, 0, true);
+    ASSERT_TRUE((*m)->forward(b, cache, *kv, &logits).is_ok());
+    tok = greedy.sample(logits, {}).token;
+    got.push_back(tok);
+  }
+  // From ../shared/models/README.md.
+  std::vector<std::int32_t> want = {403, 407, 261, 378, 432, 383, 286, 261, 376, 298,
+                                    315, 421, 395, 317, 426, 338, 401, 396, 267, 337};
+  EXPECT_EQ(got, want);
+}
+
+}  // namespace
+}  // namespace airlock::engine
