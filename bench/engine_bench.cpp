@@ -1,0 +1,177 @@
+// Engine benchmark (issue 3): on a generated Llama-shaped model of about 1B
+// parameters in Q8_0 and Q4_K (and optionally a real GGUF), measures prompt
+// processing for a 512-token prompt, batch-1 generation, aggregate generation
+// with 8 and 16 sequences, and this machine's memory read bandwidth in the
+// same run, and reports batch-1 generation as a fraction of the roofline
+// (bandwidth / weight bytes read per token).
+//
+// usage: engine_bench [--threads N] [--layers L] [--model PATH.gguf]
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "airlock/engine/model.h"
+#include "airlock/engine/thread_pool.h"
+#include "gguf_writer.h"
+
+using namespace airlock;
+using namespace airlock::engine;
+
+namespace {
+
+double now_s() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+// Read bandwidth with n_threads, summing a 1 GiB buffer (best of 3).
+double read_bandwidth_gbs(int n_threads) {
+  const std::size_t n = (1ULL << 30) / sizeof(float);
+  std::vector<float> buf(n, 1.0f);
+  double best = 0;
+  for (int rep = 0; rep < 3; ++rep) {
+    std::vector<double> partial(static_cast<std::size_t>(n_threads));
+    double t0 = now_s();
+    std::vector<std::thread> ts;
+    for (int t = 0; t < n_threads; ++t)
+      ts.emplace_back([&, t] {
+        const std::size_t b = n * t / n_threads, e = n * (t + 1) / n_threads;
+        float acc[8] = {};
+        for (std::size_t i = b; i + 8 <= e; i += 8)
+          for (int j = 0; j < 8; ++j) acc[j] += buf[i + j];
+        double s = 0;
+        for (float a : acc) s += a;
+        partial[t] = s;
+      });
+    for (auto& th : ts) th.join();
+    double dt = now_s() - t0;
+    double sum = 0;
+    for (double p : partial) sum += p;
+    if (sum < 0) std::puts("");  // keep the loop alive
+    best = std::max(best, static_cast<double>(n * sizeof(float)) / dt / 1e9);
+  }
+  return best;
+}
+
+std::string write_model(GgmlType type, int n_layer) {
+  testing::TestModelSpec s;
+  s.arch = "llama";
+  s.n_vocab = 32000;
+  s.n_embd = 2048;
+  s.n_layer = n_layer;
+  s.n_head = 32;
+  s.n_head_kv = 8;
+  s.n_ff = 5632;
+  s.n_ctx = 2048;
+  s.weight_type = type;
+  testing::TestModel m = testing::make_test_model(s);
+  const char* tmp = std::getenv("TMPDIR");
+  std::string path = std::string(tmp ? tmp : "/tmp") + "/airlock-bench-" + std::string(traits(type).name) + ".gguf";
+  std::ofstream(path, std::ios::binary).write(m.gguf.data(), static_cast<std::streamsize>(m.gguf.size()));
+  return path;
+}
+
+long rss_mib() {
+  std::ifstream f("/proc/self/statm");
+  long pages = 0, resident = 0;
+  f >> pages >> resident;
+  return resident * sysconf(_SC_PAGESIZE) / (1 << 20);
+}
+
+void bench(const std::string& path, const std::string& label, int n_threads, double bw) {
+  auto pool = std::make_shared<ThreadPool>(n_threads);
+  std::shared_ptr<Backend> be = make_cpu_backend(pool);
+  auto loaded = Model::load(path, be);
+  if (!loaded.is_ok()) {
+    std::fprintf(stderr, "%s: %s\n", path.c_str(), loaded.status().to_string().c_str());
+    std::exit(2);
+  }
+  Model& m = **loaded;
+  const int n_prompt = 512, n_gen = 32;
+  const int n_blocks = 16 * KvCache::blocks_for(n_prompt + n_gen) + 8;
+  KvCache cache(n_blocks);
+  auto kv = m.alloc_kv(n_blocks);
+  if (!kv.is_ok()) std::exit(2);
+  std::mt19937 rng(1);
+  std::vector<float> logits;
+  // Prompt processing: one 512-token chunk.
+  (void)cache.add_sequence(0);
+  Batch b;
+  for (int i = 0; i < n_prompt; ++i) b.add(static_cast<int>(rng() % m.params().n_vocab), i, 0, i == n_prompt - 1);
+  double t0 = now_s();
+  if (!m.forward(b, cache, *kv, &logits).is_ok()) std::exit(2);
+  const double pp = n_prompt / (now_s() - t0);
+  // Batch-1 generation after the prompt.
+  t0 = now_s();
+  for (int i = 0; i < n_gen; ++i) {
+    b.clear();
+    b.add(1, n_prompt + i, 0, true);
+    if (!m.forward(b, cache, *kv, &logits).is_ok()) std::exit(2);
+  }
+  const double tg1 = n_gen / (now_s() - t0);
+  cache.remove_sequence(0);
+  // Aggregate generation with 8 and 16 sequences (short contexts).
+  double tg_batch[2] = {0, 0};
+  const int sizes[2] = {8, 16};
+  for (int k = 0; k < 2; ++k) {
+    for (int s = 0; s < sizes[k]; ++s) (void)cache.add_sequence(s);
+    for (int step = 0; step < 4; ++step) {  // warm-up steps build a little context
+      b.clear();
+      for (int s = 0; s < sizes[k]; ++s) b.add(1, step, s, true);
+      (void)m.forward(b, cache, *kv, &logits);
+    }
+    t0 = now_s();
+    const int steps = 16;
+    for (int step = 4; step < 4 + steps; ++step) {
+      b.clear();
+      for (int s = 0; s < sizes[k]; ++s) b.add(1, step, s, true);
+      if (!m.forward(b, cache, *kv, &logits).is_ok()) std::exit(2);
+    }
+    tg_batch[k] = sizes[k] * steps / (now_s() - t0);
+    for (int s = 0; s < sizes[k]; ++s) cache.remove_sequence(s);
+  }
+  const double bytes_per_token = static_cast<double>(m.weight_bytes());
+  const double roofline = bw * 1e9 / bytes_per_token;
+  std::printf("%-22s %6.2f GB weights  pp512 %7.1f tok/s  tg1 %6.2f tok/s (%4.0f%% of roofline %.2f)  "
+              "tg8 %7.2f  tg16 %7.2f tok/s (x%.1f)  rss %ld MiB  kv %.0f MiB\n",
+              label.c_str(), bytes_per_token / 1e9, pp, tg1, 100.0 * tg1 / roofline, roofline, tg_batch[0],
+              tg_batch[1], tg_batch[1] / tg1, rss_mib(),
+              static_cast<double>(m.kv_bytes_per_block()) * n_blocks / (1 << 20));
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  int n_threads = 0, n_layer = 16;
+  std::string real;
+  for (int i = 1; i < argc; ++i) {
+    std::string a = argv[i];
+    if (a == "--threads" && i + 1 < argc) n_threads = std::atoi(argv[++i]);
+    else if (a == "--layers" && i + 1 < argc) n_layer = std::atoi(argv[++i]);
+    else if (a == "--model" && i + 1 < argc) real = argv[++i];
+    else {
+      std::fprintf(stderr, "usage: engine_bench [--threads N] [--layers L] [--model PATH.gguf]\n");
+      return 2;
+    }
+  }
+  ThreadPool probe(n_threads);
+  n_threads = probe.n_threads();
+  const double bw = read_bandwidth_gbs(n_threads);
+  std::printf("threads %d, kernels %s, memory read bandwidth %.2f GB/s (%d threads)\n", n_threads,
+              make_cpu_backend(std::make_shared<ThreadPool>(1))->name().c_str(), bw, n_threads);
+  if (!real.empty()) bench(real, real.substr(real.rfind('/') + 1), n_threads, bw);
+  for (GgmlType t : {GgmlType::kQ8_0, GgmlType::kQ4_K}) {
+    std::string path = write_model(t, n_layer);
+    bench(path, "llama-1B-" + std::string(traits(t).name), n_threads, bw);
+    std::remove(path.c_str());
+  }
+  return 0;
+}
