@@ -12,6 +12,7 @@
 #include "airlock/engine/model.h"
 #include "airlock/engine/sampler.h"
 #include "airlock/engine/thread_pool.h"
+#include "airlock/engine/tokenizer.h"
 #include "gguf_writer.h"
 
 namespace airlock::engine {
@@ -267,6 +268,41 @@ TEST(RealModelTest, Stories260KGreedyTokenIds) {
   std::vector<std::int32_t> want = {403, 407, 261, 378, 432, 383, 286, 261, 376, 298,
                                     315, 421, 395, 317, 426, 338, 401, 396, 267, 337};
   EXPECT_EQ(got, want);
+}
+
+TEST(RealModelTest, Stories260KGreedyTextMatchesTheReference) {
+  const std::string path = models_dir() + "/stories260K.gguf";
+  const std::string expected_path = models_dir() + "/stories260K.expected.txt";
+  if (!std::ifstream(path) || !std::ifstream(expected_path))
+    GTEST_SKIP() << "stories260K.gguf / .expected.txt not found (set AIRLOCK_MODELS_DIR)";
+  std::ostringstream ss;
+  ss << std::ifstream(expected_path, std::ios::binary).rdbuf();
+  const std::string expected = ss.str();
+  auto m = Model::load(path, cpu());
+  ASSERT_TRUE(m.is_ok()) << m.status().to_string();
+  auto tok = Tokenizer::from_gguf((*m)->gguf());
+  ASSERT_TRUE(tok.is_ok()) << tok.status().to_string();
+  KvCache cache(16);
+  Result<KvStorage> kv = (*m)->alloc_kv(16);
+  ASSERT_TRUE(kv.is_ok());
+  ASSERT_TRUE(cache.add_sequence(0).is_ok());
+  // Greedy from BOS alone (the README: 200 positions, BOS + 199 generated);
+  // one more step so the last character of the reference is surely complete.
+  std::int32_t next = (*tok)->bos();
+  StreamDecoder decoder(**tok);
+  std::string text;
+  std::vector<float> logits;
+  Sampler greedy(SamplingParams{0.0f});
+  for (int pos = 0; pos < 200; ++pos) {
+    Batch b;
+    b.add(next, pos, 0, true);
+    ASSERT_TRUE((*m)->forward(b, cache, *kv, &logits).is_ok());
+    next = greedy.sample(logits, {}).token;
+    text += decoder.push(next);
+  }
+  text += decoder.finish();
+  ASSERT_GE(text.size(), expected.size());
+  EXPECT_EQ(text.substr(0, expected.size()), expected);
 }
 
 }  // namespace

@@ -1,0 +1,98 @@
+// Tokenizers from GGUF metadata: SentencePiece-style ("llama": score-driven
+// bigram merges with byte fallback) and byte-level BPE ("gpt2": rank-driven
+// merges after a pre-tokenizer; GPT-2, Llama-3 and Qwen2 rules), with
+// special tokens and add_bos/add_eos, following llama.cpp's behaviour so the
+// same text gives the same ids.
+//
+// Errors from the factories: kVerificationFailed for missing or
+// inconsistent metadata (array lengths that differ, special ids out of
+// range), kInvalidArgument for a tokenizer model this engine does not have.
+//
+// Thread-safety: a Tokenizer is immutable after construction; encode() and
+// token_bytes() may run concurrently. StreamDecoder is per stream.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <vector>
+
+#include "airlock/common/status.h"
+#include "airlock/engine/gguf.h"
+
+namespace airlock::engine {
+
+// Token types as GGUF stores them (tokenizer.ggml.token_type).
+enum class TokenType : std::int32_t {
+  kUndefined = 0, kNormal = 1, kUnknown = 2, kControl = 3, kUserDefined = 4, kUnused = 5, kByte = 6,
+};
+
+// Everything a tokenizer is built from, whatever the source (GGUF metadata,
+// or a Hugging Face tokenizer.json in tests).
+struct TokenizerSpec {
+  std::string model;                 // "llama" (SentencePiece) or "gpt2" (byte-level BPE)
+  std::string pre;                   // gpt2 pre-tokenizer: "gpt-2"/"default", "llama-bpe"/"llama3", "qwen2"
+  std::vector<std::string> tokens;
+  std::vector<float> scores;         // SentencePiece only (may be empty for BPE)
+  std::vector<TokenType> types;      // may be empty: all normal
+  std::vector<std::string> merges;   // BPE only: "left right", best first
+  std::int32_t bos = -1, eos = -1, unk = -1, eot = -1;
+  bool add_bos = false, add_eos = false;
+  bool add_space_prefix = true;      // SentencePiece only
+};
+
+class Tokenizer {
+ public:
+  static Result<std::unique_ptr<Tokenizer>> from_gguf(const GgufFile& file);
+  static Result<std::unique_ptr<Tokenizer>> from_spec(TokenizerSpec spec);
+
+  // add_special: BOS/EOS as the metadata says. parse_special: control tokens
+  // written in the text ("<|eot_id|>") become their ids; user-defined tokens
+  // are always recognised, as in llama.cpp.
+  std::vector<std::int32_t> encode(std::string_view text, bool add_special, bool parse_special) const;
+
+  // The bytes a token stands for. Control tokens give "" unless render_special.
+  std::string token_bytes(std::int32_t id, bool render_special = false) const;
+
+  std::int32_t n_vocab() const { return static_cast<std::int32_t>(spec_.tokens.size()); }
+  std::int32_t bos() const { return spec_.bos; }
+  std::int32_t eos() const { return spec_.eos; }
+  bool add_bos() const { return spec_.add_bos; }
+  // True when SentencePiece decoding should drop the space it added in front.
+  bool strips_leading_space() const { return spec_.model == "llama" && spec_.add_space_prefix; }
+  bool is_end_of_generation(std::int32_t id) const;
+  std::int32_t token_id(std::string_view text) const;  // -1 when absent
+
+ private:
+  explicit Tokenizer(TokenizerSpec spec);
+  void encode_spm(std::string_view text, std::vector<std::int32_t>* out) const;
+  void encode_bpe(std::string_view text, std::vector<std::int32_t>* out) const;
+  void bpe_word(const std::string& word, std::vector<std::int32_t>* out) const;
+
+  TokenizerSpec spec_;
+  std::unordered_map<std::string, std::int32_t> ids_;
+  std::map<std::pair<std::string, std::string>, int> merge_rank_;
+  std::vector<std::int32_t> specials_;  // longest first
+  std::int32_t byte_tokens_[256];
+  bool ignore_merges_ = false;
+};
+
+// Turns generated tokens into text that never splits a UTF-8 character:
+// push() returns the complete bytes available so far, finish() the rest
+// (an incomplete trailing sequence becomes U+FFFD).
+class StreamDecoder {
+ public:
+  explicit StreamDecoder(const Tokenizer& tokenizer) : tok_(tokenizer) {}
+  std::string push(std::int32_t id);
+  std::string finish();
+
+ private:
+  const Tokenizer& tok_;
+  std::string pending_;
+  bool started_ = false;
+};
+
+}  // namespace airlock::engine

@@ -1,0 +1,540 @@
+#include "airlock/engine/tokenizer.h"
+
+#include <unicode/uchar.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstring>
+
+namespace airlock::engine {
+namespace {
+
+// ---------------------------------------------------------------- UTF-8
+
+// Length of the UTF-8 sequence starting with `lead` (1 for invalid leads).
+int utf8_len(unsigned char lead) {
+  if (lead < 0x80) return 1;
+  if ((lead >> 5) == 0x6) return 2;
+  if ((lead >> 4) == 0xE) return 3;
+  if ((lead >> 3) == 0x1E) return 4;
+  return 1;
+}
+
+// Decodes the code point at s[i]; invalid bytes decode as themselves (Latin-1)
+// with length 1, which classifies them as "other" symbols.
+char32_t decode_at(std::string_view s, std::size_t i, int* len) {
+  const unsigned char c = static_cast<unsigned char>(s[i]);
+  int n = utf8_len(c);
+  if (n == 1 || i + static_cast<std::size_t>(n) > s.size()) {
+    *len = 1;
+    return c;
+  }
+  char32_t cp = c & (0xFF >> (n + 1));
+  for (int k = 1; k < n; ++k) {
+    const unsigned char cc = static_cast<unsigned char>(s[i + static_cast<std::size_t>(k)]);
+    if ((cc & 0xC0) != 0x80) {
+      *len = 1;
+      return c;
+    }
+    cp = (cp << 6) | (cc & 0x3F);
+  }
+  *len = n;
+  return cp;
+}
+
+void append_utf8(std::string& out, char32_t cp) {
+  if (cp < 0x80) {
+    out.push_back(static_cast<char>(cp));
+  } else if (cp < 0x800) {
+    out.push_back(static_cast<char>(0xC0 | (cp >> 6)));
+    out.push_back(static_cast<char>(0x80 | (cp & 0x3F)));
+  } else if (cp < 0x10000) {
+    out.push_back(static_cast<char>(0xE0 | (cp >> 12)));
+    out.push_back(static_cast<char>(0x80 | ((cp >> 6) & 0x3F)));
+    out.push_back(static_cast<char>(0x80 | (cp & 0x3F)));
+  } else {
+    out.push_back(static_cast<char>(0xF0 | (cp >> 18)));
+    out.push_back(static_cast<char>(0x80 | ((cp >> 12) & 0x3F)));
+    out.push_back(static_cast<char>(0x80 | ((cp >> 6) & 0x3F)));
+    out.push_back(static_cast<char>(0x80 | (cp & 0x3F)));
+  }
+}
+
+// ---------------------------------------------------------------- character classes (ICU)
+
+bool is_letter(char32_t c) {
+  switch (u_charType(static_cast<UChar32>(c))) {
+    case U_UPPERCASE_LETTER: case U_LOWERCASE_LETTER: case U_TITLECASE_LETTER: case U_MODIFIER_LETTER:
+    case U_OTHER_LETTER: return true;
+    default: return false;
+  }
+}
+bool is_number(char32_t c) {
+  switch (u_charType(static_cast<UChar32>(c))) {
+    case U_DECIMAL_DIGIT_NUMBER: case U_LETTER_NUMBER: case U_OTHER_NUMBER: return true;
+    default: return false;
+  }
+}
+bool is_space(char32_t c) { return u_isUWhiteSpace(static_cast<UChar32>(c)) != 0; }
+bool is_newline(char32_t c) { return c == '\r' || c == '\n'; }
+
+// ---------------------------------------------------------------- pre-tokenizers
+
+enum class PreRules { kGpt2, kLlama3, kQwen2 };
+
+struct Cpts {
+  std::vector<char32_t> cp;
+  std::vector<std::size_t> offset;  // byte offset of each code point, plus the end
+};
+
+Cpts to_cpts(std::string_view s) {
+  Cpts c;
+  for (std::size_t i = 0; i < s.size();) {
+    int len;
+    c.cp.push_back(decode_at(s, i, &len));
+    c.offset.push_back(i);
+    i += static_cast<std::size_t>(len);
+  }
+  c.offset.push_back(s.size());
+  return c;
+}
+
+// Byte ranges of the pieces the pre-tokenizer regex would find.
+std::vector<std::pair<std::size_t, std::size_t>> pre_split(std::string_view text, PreRules rules) {
+  const Cpts c = to_cpts(text);
+  const std::size_t n = c.cp.size();
+  auto at = [&](std::size_t i) -> char32_t { return i < n ? c.cp[i] : 0; };
+  auto other = [&](char32_t x) { return !is_space(x) && !is_letter(x) && !is_number(x); };
+  std::vector<std::pair<std::size_t, std::size_t>> out;
+  std::size_t i = 0;
+  while (i < n) {
+    std::size_t end = i;
+    const char32_t x = at(i);
+    // 's 't 're 've 'm 'll 'd (case-insensitive except for GPT-2)
+    if (x == '\'' && i + 1 < n) {
+      auto low = [&](char32_t y) { return rules == PreRules::kGpt2 ? y : (y < 128 ? static_cast<char32_t>(std::tolower(static_cast<int>(y))) : y); };
+      const char32_t a = low(at(i + 1)), b = i + 2 < n ? low(at(i + 2)) : 0;
+      if (a == 's' || a == 't' || a == 'm' || a == 'd') end = i + 2;
+      else if ((a == 'r' && b == 'e') || (a == 'v' && b == 'e') || (a == 'l' && b == 'l')) end = i + 3;
+    }
+    if (end == i && rules == PreRules::kGpt2) {
+      std::size_t j = i + (x == ' ' ? 1 : 0);
+      if (j < n && is_letter(at(j))) {
+        while (j < n && is_letter(at(j))) ++j;
+        end = j;
+      } else if (j < n && is_number(at(j))) {
+        while (j < n && is_number(at(j))) ++j;
+        end = j;
+      } else if (j < n && other(at(j))) {
+        while (j < n && other(at(j))) ++j;
+        end = j;
+      }
+    }
+    if (end == i && rules != PreRules::kGpt2) {
+      // [^\r\n\p{L}\p{N}]?\p{L}+
+      std::size_t j = i;
+      if (!is_newline(x) && !is_letter(x) && !is_number(x) && is_letter(at(i + 1))) ++j;
+      if (j < n && is_letter(at(j))) {
+        while (j < n && is_letter(at(j))) ++j;
+        end = j;
+      } else if (is_number(x)) {  // \p{N}{1,3} (Qwen2: one digit)
+        const std::size_t max = rules == PreRules::kLlama3 ? 3 : 1;
+        j = i;
+        while (j < n && j - i < max && is_number(at(j))) ++j;
+        end = j;
+      } else {  // ' ?[^\s\p{L}\p{N}]+[\r\n]*'
+        j = i + (x == ' ' ? 1 : 0);
+        if (j < n && other(at(j))) {
+          while (j < n && other(at(j))) ++j;
+          while (j < n && is_newline(at(j))) ++j;
+          end = j;
+        }
+      }
+    }
+    if (end == i && is_space(x)) {
+      std::size_t j = i;
+      while (j < n && is_space(at(j))) ++j;
+      if (rules != PreRules::kGpt2) {  // \s*[\r\n]+ : up to the last newline of the run
+        std::size_t last_nl = n;
+        for (std::size_t k = i; k < j; ++k)
+          if (is_newline(at(k))) last_nl = k;
+        if (last_nl != n) end = last_nl + 1;
+      }
+      if (end == i) {
+        // \s+(?!\S): leave the last space for the following word; else \s+
+        if (j < n && j - i >= 2) end = j - 1;
+        else end = j;
+      }
+    }
+    if (end == i) end = i + 1;  // cannot happen with these rules; never loop forever
+    out.emplace_back(c.offset[i], c.offset[end]);
+    i = end;
+  }
+  return out;
+}
+
+// GPT-2's reversible byte <-> printable code point mapping.
+struct ByteMap {
+  char32_t to_cp[256];
+  std::unordered_map<char32_t, unsigned char> to_byte;
+  ByteMap() {
+    int n = 0;
+    for (int b = 0; b < 256; ++b) {
+      const bool printable = (b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE && b <= 0xFF);
+      to_cp[b] = printable ? static_cast<char32_t>(b) : static_cast<char32_t>(256 + n++);
+      to_byte[to_cp[b]] = static_cast<unsigned char>(b);
+    }
+  }
+};
+const ByteMap& byte_map() {
+  static const ByteMap m;
+  return m;
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------- construction
+
+Tokenizer::Tokenizer(TokenizerSpec spec) : spec_(std::move(spec)) {}
+
+Result<std::unique_ptr<Tokenizer>> Tokenizer::from_gguf(const GgufFile& f) {
+  TokenizerSpec s;
+  auto model = f.get_string("tokenizer.ggml.model");
+  if (!model) return verification_failed("gguf: tokenizer.ggml.model is missing");
+  s.model = std::string(*model);
+  s.pre = std::string(f.get_string("tokenizer.ggml.pre").value_or("default"));
+  AIRLOCK_ASSIGN_OR_RETURN(std::vector<std::string_view> tokens, f.get_string_array("tokenizer.ggml.tokens"));
+  s.tokens.assign(tokens.begin(), tokens.end());
+  if (f.find("tokenizer.ggml.scores")) {
+    AIRLOCK_ASSIGN_OR_RETURN(s.scores, f.get_float_array("tokenizer.ggml.scores"));
+  }
+  if (f.find("tokenizer.ggml.token_type")) {
+    AIRLOCK_ASSIGN_OR_RETURN(std::vector<std::int64_t> types, f.get_int_array("tokenizer.ggml.token_type"));
+    for (std::int64_t t : types) s.types.push_back(static_cast<TokenType>(t >= 0 && t <= 6 ? t : 0));
+  }
+  if (f.find("tokenizer.ggml.merges")) {
+    AIRLOCK_ASSIGN_OR_RETURN(std::vector<std::string_view> merges, f.get_string_array("tokenizer.ggml.merges"));
+    s.merges.assign(merges.begin(), merges.end());
+  }
+  auto id = [&](const char* key) -> std::int32_t {
+    auto v = f.get_uint(key);
+    return v && *v < s.tokens.size() ? static_cast<std::int32_t>(*v) : -1;
+  };
+  s.bos = id("tokenizer.ggml.bos_token_id");
+  s.eos = id("tokenizer.ggml.eos_token_id");
+  s.unk = id("tokenizer.ggml.unknown_token_id");
+  s.eot = id("tokenizer.ggml.eot_token_id");
+  s.add_bos = f.get_bool("tokenizer.ggml.add_bos_token").value_or(s.model == "llama");
+  s.add_eos = f.get_bool("tokenizer.ggml.add_eos_token").value_or(false);
+  s.add_space_prefix = f.get_bool("tokenizer.ggml.add_space_prefix").value_or(true);
+  return from_spec(std::move(s));
+}
+
+Result<std::unique_ptr<Tokenizer>> Tokenizer::from_spec(TokenizerSpec s) {
+  if (s.model != "llama" && s.model != "gpt2")
+    return invalid_argument("tokenizer model '" + s.model + "' is not supported (llama, gpt2)");
+  const std::size_t n = s.tokens.size();
+  if (n == 0 || n > (1u << 24)) return verification_failed("tokenizer: vocabulary is empty or implausibly large");
+  if (!s.scores.empty() && s.scores.size() != n) return verification_failed("tokenizer: scores and tokens differ in length");
+  if (!s.types.empty() && s.types.size() != n) return verification_failed("tokenizer: token_type and tokens differ in length");
+  if (s.scores.empty()) s.scores.assign(n, 0.0f);
+  if (s.types.empty()) s.types.assign(n, TokenType::kNormal);
+  for (std::int32_t* idp : {&s.bos, &s.eos, &s.unk, &s.eot})
+    if (*idp >= static_cast<std::int32_t>(n)) return verification_failed("tokenizer: special token id out of range");
+  if ((s.add_bos && s.bos < 0) || (s.add_eos && s.eos < 0))
+    return verification_failed("tokenizer: add_bos/add_eos without a BOS/EOS id");
+  std::unique_ptr<Tokenizer> t(new Tokenizer(std::move(s)));
+  const TokenizerSpec& sp = t->spec_;
+  for (std::size_t i = 0; i < n; ++i) t->ids_.emplace(sp.tokens[i], static_cast<std::int32_t>(i));
+  for (std::size_t r = 0; r < sp.merges.size(); ++r) {
+    const std::string& m = sp.merges[r];
+    std::size_t space = m.find(' ', 1);
+    if (space == std::string::npos) return verification_failed("tokenizer: merge " + std::to_string(r) + " has no space");
+    t->merge_rank_.emplace(std::make_pair(m.substr(0, space), m.substr(space + 1)), static_cast<int>(r));
+  }
+  for (std::size_t i = 0; i < n; ++i)
+    if ((sp.types[i] == TokenType::kControl || sp.types[i] == TokenType::kUserDefined) && !sp.tokens[i].empty())
+      t->specials_.push_back(static_cast<std::int32_t>(i));
+  std::stable_sort(t->specials_.begin(), t->specials_.end(), [&](std::int32_t a, std::int32_t b) {
+    return sp.tokens[a].size() > sp.tokens[b].size();
+  });
+  for (int b = 0; b < 256; ++b) {
+    char name[8];
+    std::snprintf(name, sizeof name, "<0x%02X>", b);
+    t->byte_tokens_[b] = t->token_id(name);
+  }
+  t->ignore_merges_ = sp.pre == "llama-bpe" || sp.pre == "llama3";
+  return t;
+}
+
+std::int32_t Tokenizer::token_id(std::string_view text) const {
+  auto it = ids_.find(std::string(text));
+  return it == ids_.end() ? -1 : it->second;
+}
+
+bool Tokenizer::is_end_of_generation(std::int32_t id) const {
+  if (id < 0 || id >= n_vocab()) return false;
+  if (id == spec_.eos || id == spec_.eot) return true;
+  const std::string& t = spec_.tokens[id];
+  return spec_.types[id] == TokenType::kControl &&
+         (t == "<|eot_id|>" || t == "<|im_end|>" || t == "<|end|>" || t == "<end_of_turn>" || t == "<|endoftext|>");
+}
+
+// ---------------------------------------------------------------- encoding
+
+std::vector<std::int32_t> Tokenizer::encode(std::string_view text, bool add_special, bool parse_special) const {
+  std::vector<std::int32_t> out;
+  if (add_special && spec_.add_bos) out.push_back(spec_.bos);
+  // Split the text around special tokens (longest first), then encode the
+  // plain fragments.
+  struct Fragment {
+    std::string_view text;
+    std::int32_t special;
+  };
+  std::vector<Fragment> frags = {{text, -1}};
+  for (std::int32_t sid : specials_) {
+    if (!parse_special && spec_.types[sid] == TokenType::kControl) continue;
+    const std::string& st = spec_.tokens[sid];
+    std::vector<Fragment> next;
+    for (const Fragment& f : frags) {
+      if (f.special >= 0) {
+        next.push_back(f);
+        continue;
+      }
+      std::string_view rest = f.text;
+      for (std::size_t at; (at = rest.find(st)) != std::string_view::npos;) {
+        if (at > 0) next.push_back({rest.substr(0, at), -1});
+        next.push_back({{}, sid});
+        rest.remove_prefix(at + st.size());
+      }
+      if (!rest.empty()) next.push_back({rest, -1});
+    }
+    frags = std::move(next);
+  }
+  bool prev_special = true;  // SentencePiece adds its space prefix to the first fragment
+  for (const Fragment& f : frags) {
+    if (f.special >= 0) {
+      out.push_back(f.special);
+      prev_special = true;
+      continue;
+    }
+    if (f.text.empty()) continue;
+    if (spec_.model == "llama") {
+      std::string t;
+      if (spec_.add_space_prefix && prev_special) t = " ";
+      t.append(f.text);
+      encode_spm(t, &out);
+    } else {
+      encode_bpe(f.text, &out);
+    }
+    prev_special = false;
+  }
+  if (add_special && spec_.add_eos) out.push_back(spec_.eos);
+  return out;
+}
+
+void Tokenizer::encode_spm(std::string_view raw, std::vector<std::int32_t>* out) const {
+  if (raw.empty()) return;
+  std::string text;
+  for (char c : raw) {
+    if (c == ' ') text += "\xE2\x96\x81";  // U+2581
+    else text.push_back(c);
+  }
+  struct Sym {
+    int prev, next;
+    std::size_t start, len;
+  };
+  std::vector<Sym> sym;
+  for (std::size_t i = 0; i < text.size();) {
+    std::size_t len = std::min<std::size_t>(static_cast<std::size_t>(utf8_len(static_cast<unsigned char>(text[i]))), text.size() - i);
+    sym.push_back({static_cast<int>(sym.size()) - 1, static_cast<int>(sym.size()) + 1, i, len});
+    i += len;
+  }
+  sym.back().next = -1;
+  struct Bigram {
+    int left, right;
+    float score;
+    std::size_t size;
+  };
+  auto worse = [](const Bigram& a, const Bigram& b) {
+    return a.score < b.score || (a.score == b.score && a.left > b.left);
+  };
+  std::vector<Bigram> heap;
+  auto try_add = [&](int l, int r) {
+    if (l < 0 || r < 0) return;
+    std::string s = text.substr(sym[l].start, sym[l].len + sym[r].len);
+    auto it = ids_.find(s);
+    if (it == ids_.end()) return;
+    heap.push_back({l, r, spec_.scores[it->second], s.size()});
+    std::push_heap(heap.begin(), heap.end(), worse);
+  };
+  for (std::size_t i = 1; i < sym.size(); ++i) try_add(static_cast<int>(i) - 1, static_cast<int>(i));
+  while (!heap.empty()) {
+    std::pop_heap(heap.begin(), heap.end(), worse);
+    Bigram b = heap.back();
+    heap.pop_back();
+    Sym& l = sym[b.left];
+    Sym& r = sym[b.right];
+    if (l.len == 0 || r.len == 0 || l.len + r.len != b.size) continue;  // stale
+    l.len += r.len;
+    r.len = 0;
+    l.next = r.next;
+    if (r.next >= 0) sym[r.next].prev = b.left;
+    try_add(l.prev, b.left);
+    try_add(b.left, l.next);
+  }
+  // Only pairs that form a vocabulary token are ever merged, so each final
+  // symbol is a token or a single character that falls back to <0xNN> bytes.
+  for (int i = 0; i >= 0 && i < static_cast<int>(sym.size()); i = sym[i].next) {
+    if (sym[i].len == 0) continue;
+    auto it = ids_.find(text.substr(sym[i].start, sym[i].len));
+    if (it != ids_.end()) {
+      out->push_back(it->second);
+      continue;
+    }
+    for (std::size_t k = 0; k < sym[i].len; ++k) {
+      std::int32_t id = byte_tokens_[static_cast<unsigned char>(text[sym[i].start + k])];
+      out->push_back(id >= 0 ? id : spec_.unk);
+    }
+  }
+}
+
+void Tokenizer::bpe_word(const std::string& word, std::vector<std::int32_t>* out) const {
+  if (ignore_merges_) {
+    auto it = ids_.find(word);
+    if (it != ids_.end()) {
+      out->push_back(it->second);
+      return;
+    }
+  }
+  std::vector<std::string> parts;
+  for (std::size_t i = 0; i < word.size();) {
+    std::size_t len = std::min<std::size_t>(static_cast<std::size_t>(utf8_len(static_cast<unsigned char>(word[i]))), word.size() - i);
+    parts.push_back(word.substr(i, len));
+    i += len;
+  }
+  while (parts.size() > 1) {
+    int best = -1, best_rank = 0;
+    for (std::size_t i = 0; i + 1 < parts.size(); ++i) {
+      auto it = merge_rank_.find({parts[i], parts[i + 1]});
+      if (it != merge_rank_.end() && (best < 0 || it->second < best_rank)) {
+        best = static_cast<int>(i);
+        best_rank = it->second;
+      }
+    }
+    if (best < 0) break;
+    parts[best] += parts[best + 1];
+    parts.erase(parts.begin() + best + 1);
+  }
+  for (const std::string& p : parts) {
+    auto it = ids_.find(p);
+    if (it != ids_.end()) {
+      out->push_back(it->second);
+      continue;
+    }
+    // Not in the vocabulary (a damaged vocab): fall back per mapped byte.
+    for (std::size_t i = 0; i < p.size();) {
+      int len;
+      decode_at(p, i, &len);
+      auto jt = ids_.find(p.substr(i, static_cast<std::size_t>(len)));
+      out->push_back(jt != ids_.end() ? jt->second : spec_.unk);
+      i += static_cast<std::size_t>(len);
+    }
+  }
+}
+
+void Tokenizer::encode_bpe(std::string_view text, std::vector<std::int32_t>* out) const {
+  PreRules rules = PreRules::kGpt2;
+  if (spec_.pre == "llama-bpe" || spec_.pre == "llama3") rules = PreRules::kLlama3;
+  else if (spec_.pre == "qwen2") rules = PreRules::kQwen2;
+  const ByteMap& bm = byte_map();
+  for (auto [b, e] : pre_split(text, rules)) {
+    std::string mapped;
+    for (std::size_t i = b; i < e; ++i) append_utf8(mapped, bm.to_cp[static_cast<unsigned char>(text[i])]);
+    bpe_word(mapped, out);
+  }
+}
+
+// ---------------------------------------------------------------- decoding
+
+std::string Tokenizer::token_bytes(std::int32_t id, bool render_special) const {
+  if (id < 0 || id >= n_vocab()) return {};
+  const std::string& t = spec_.tokens[id];
+  const TokenType type = spec_.types[id];
+  if (type == TokenType::kControl) return render_special ? t : std::string();
+  if (type == TokenType::kUnknown && spec_.model == "llama") return render_special ? t : std::string("\xE2\x96\x85");
+  if (type == TokenType::kUserDefined) return t;
+  if (spec_.model == "llama") {
+    if (type == TokenType::kByte && t.size() == 6) return std::string(1, static_cast<char>(std::strtol(t.c_str() + 3, nullptr, 16)));
+    std::string out;
+    for (std::size_t i = 0; i < t.size();) {
+      if (t.compare(i, 3, "\xE2\x96\x81") == 0) {
+        out.push_back(' ');
+        i += 3;
+      } else {
+        out.push_back(t[i++]);
+      }
+    }
+    return out;
+  }
+  const ByteMap& bm = byte_map();
+  std::string out;
+  for (std::size_t i = 0; i < t.size();) {
+    int len;
+    char32_t cp = decode_at(t, i, &len);
+    auto it = bm.to_byte.find(cp);
+    if (it != bm.to_byte.end()) out.push_back(static_cast<char>(it->second));
+    else out.append(t, i, static_cast<std::size_t>(len));
+    i += static_cast<std::size_t>(len);
+  }
+  return out;
+}
+
+std::string StreamDecoder::push(std::int32_t id) {
+  pending_ += tok_.token_bytes(id);
+  if (!started_ && !pending_.empty()) {
+    started_ = true;
+    if (tok_.strips_leading_space() && pending_[0] == ' ') pending_.erase(0, 1);
+  }
+  // Emit every complete character; replace invalid bytes with U+FFFD.
+  std::string out;
+  std::size_t i = 0;
+  while (i < pending_.size()) {
+    const unsigned char c = static_cast<unsigned char>(pending_[i]);
+    const int n = utf8_len(c);
+    if (n == 1 && c >= 0x80) {
+      out += "\xEF\xBF\xBD";
+      ++i;
+      continue;
+    }
+    if (i + static_cast<std::size_t>(n) > pending_.size()) {
+      bool ok_so_far = true;
+      for (std::size_t k = i + 1; k < pending_.size(); ++k)
+        if ((static_cast<unsigned char>(pending_[k]) & 0xC0) != 0x80) ok_so_far = false;
+      if (ok_so_far) break;  // wait for the rest of the character
+      out += "\xEF\xBF\xBD";
+      ++i;
+      continue;
+    }
+    bool valid = true;
+    for (int k = 1; k < n; ++k)
+      if ((static_cast<unsigned char>(pending_[i + static_cast<std::size_t>(k)]) & 0xC0) != 0x80) valid = false;
+    if (!valid) {
+      out += "\xEF\xBF\xBD";
+      ++i;
+      continue;
+    }
+    out.append(pending_, i, static_cast<std::size_t>(n));
+    i += static_cast<std::size_t>(n);
+  }
+  pending_.erase(0, i);
+  return out;
+}
+
+std::string StreamDecoder::finish() {
+  std::string out = pending_.empty() ? std::string() : std::string("\xEF\xBF\xBD");
+  pending_.clear();
+  return out;
+}
+
+}  // namespace airlock::engine

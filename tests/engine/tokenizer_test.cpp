@@ -1,0 +1,266 @@
+// Tokenizer conformance on llama.cpp's test vectors (SentencePiece and
+// byte-level BPE), round trips on the real stories260K vocabulary, streaming
+// decode that never splits a character, and hostile metadata.
+#include "airlock/engine/tokenizer.h"
+
+#include <gtest/gtest.h>
+
+#include <fstream>
+#include <sstream>
+
+#include <nlohmann/json.hpp>
+
+#include "gguf_writer.h"
+
+namespace airlock::engine {
+namespace {
+
+std::string models_dir() {
+  const char* d = std::getenv("AIRLOCK_MODELS_DIR");
+  return d ? d : "";
+}
+
+std::string slurp(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  std::ostringstream ss;
+  ss << f.rdbuf();
+  return ss.str();
+}
+
+bool exists(const std::string& p) { return static_cast<bool>(std::ifstream(p)); }
+
+// The .inp file holds strings separated by "\n__ggml_vocab_test__\n"; the
+// .out file one line of ids per string.
+struct Vectors {
+  std::vector<std::string> inputs;
+  std::vector<std::vector<std::int32_t>> outputs;
+};
+
+Vectors load_vectors(const std::string& base) {
+  Vectors v;
+  std::string inp = slurp(base + ".inp");
+  const std::string sep = "\n__ggml_vocab_test__\n";
+  for (std::size_t at; (at = inp.find(sep)) != std::string::npos;) {
+    v.inputs.push_back(inp.substr(0, at));
+    inp.erase(0, at + sep.size());
+  }
+  std::istringstream out(slurp(base + ".out"));
+  std::string line;
+  while (std::getline(out, line)) {
+    std::istringstream ls(line);
+    std::vector<std::int32_t> ids;
+    for (std::int32_t id; ls >> id;) ids.push_back(id);
+    v.outputs.push_back(ids);
+  }
+  return v;
+}
+
+void check_vectors(const Tokenizer& tok, const Vectors& v, const std::string& name) {
+  ASSERT_GE(v.outputs.size(), v.inputs.size()) << name;
+  int failures = 0;
+  for (std::size_t i = 0; i < v.inputs.size(); ++i) {
+    std::vector<std::int32_t> got = tok.encode(v.inputs[i], /*add_special=*/false, /*parse_special=*/false);
+    if (got != v.outputs[i]) {
+      ++failures;
+      std::ostringstream g;
+      for (auto x : got) g << x << ' ';
+      ADD_FAILURE() << name << " vector " << i << " '" << v.inputs[i] << "' gave " << g.str();
+    }
+  }
+  EXPECT_EQ(failures, 0) << name << ": " << v.inputs.size() << " vectors";
+}
+
+class GgufVocabTest : public ::testing::TestWithParam<const char*> {};
+
+TEST_P(GgufVocabTest, ReproducesLlamaCppVectors) {
+  const std::string base = models_dir() + "/tokenizers/llama.cpp-vocab/" + GetParam();
+  if (!exists(base)) GTEST_SKIP() << base << " not found (set AIRLOCK_MODELS_DIR)";
+  auto file = GgufFile::open(base);
+  ASSERT_TRUE(file.is_ok()) << file.status().to_string();
+  auto tok = Tokenizer::from_gguf(**file);
+  ASSERT_TRUE(tok.is_ok()) << tok.status().to_string();
+  check_vectors(**tok, load_vectors(base), GetParam());
+}
+
+INSTANTIATE_TEST_SUITE_P(Vocabs, GgufVocabTest,
+                         ::testing::Values("ggml-vocab-llama-spm.gguf", "ggml-vocab-phi-3.gguf", "ggml-vocab-gpt-2.gguf"),
+                         [](const auto& param_info) {
+                           std::string n = param_info.param;
+                           for (char& c : n)
+                             if (!std::isalnum(static_cast<unsigned char>(c))) c = '_';
+                           return n;
+                         });
+
+// Builds a tokenizer from a Hugging Face tokenizer.json (test utility).
+Result<std::unique_ptr<Tokenizer>> from_hf_json(const std::string& path, const std::string& pre) {
+  nlohmann::json j = nlohmann::json::parse(slurp(path));
+  TokenizerSpec s;
+  s.model = "gpt2";
+  s.pre = pre;
+  const auto& vocab = j["model"]["vocab"];
+  std::size_t n = vocab.size();
+  for (const auto& a : j["added_tokens"]) n = std::max<std::size_t>(n, a["id"].get<std::size_t>() + 1);
+  s.tokens.assign(n, "");
+  s.types.assign(n, TokenType::kUnused);
+  for (auto it = vocab.begin(); it != vocab.end(); ++it) {
+    s.tokens[it.value().get<std::size_t>()] = it.key();
+    s.types[it.value().get<std::size_t>()] = TokenType::kNormal;
+  }
+  for (const auto& a : j["added_tokens"]) {
+    std::size_t id = a["id"].get<std::size_t>();
+    s.tokens[id] = a["content"].get<std::string>();
+    s.types[id] = a["special"].get<bool>() ? TokenType::kControl : TokenType::kUserDefined;
+  }
+  for (std::size_t i = 0; i < n; ++i)
+    if (s.tokens[i].empty()) s.tokens[i] = "[PAD" + std::to_string(i) + "]";
+  for (const auto& m : j["model"]["merges"])
+    s.merges.push_back(m.is_string() ? m.get<std::string>() : m[0].get<std::string>() + " " + m[1].get<std::string>());
+  return Tokenizer::from_spec(std::move(s));
+}
+
+TEST(HfVocabTest, Llama3AndQwen2Vectors) {
+  const std::string dir = models_dir() + "/tokenizers/";
+  const std::pair<const char*, const char*> cases[] = {{"llama3/tokenizer.json", "llama-bpe"},
+                                                       {"qwen3/tokenizer.json", "qwen2"}};
+  const char* vectors[] = {"llama.cpp-vocab/ggml-vocab-llama-bpe.gguf", "llama.cpp-vocab/ggml-vocab-qwen2.gguf"};
+  for (int k = 0; k < 2; ++k) {
+    if (!exists(dir + cases[k].first) || !exists(dir + vectors[k] + ".inp")) {
+      GTEST_SKIP() << dir + cases[k].first << " or its vectors not found (set AIRLOCK_MODELS_DIR)";
+    }
+    auto tok = from_hf_json(dir + cases[k].first, cases[k].second);
+    ASSERT_TRUE(tok.is_ok()) << tok.status().to_string();
+    check_vectors(**tok, load_vectors(dir + vectors[k]), cases[k].first);
+  }
+}
+
+TEST(TokenizerTest, StoriesVocabularyRoundTrips) {
+  const std::string path = models_dir() + "/stories260K.gguf";
+  if (!exists(path)) GTEST_SKIP() << "stories260K.gguf not found (set AIRLOCK_MODELS_DIR)";
+  auto file = GgufFile::open(path);
+  ASSERT_TRUE(file.is_ok());
+  auto tok = Tokenizer::from_gguf(**file);
+  ASSERT_TRUE(tok.is_ok()) << tok.status().to_string();
+  for (const std::string text : {"Once upon a time, there was a little girl named Lily.",
+                                 "Lily's mom said, \"Lily, let's go to the park.\"\nThe end.",
+                                 "Zebras eat 42 apples: café, naïve, 日本!"}) {
+    std::vector<std::int32_t> ids = (*tok)->encode(text, true, false);
+    ASSERT_FALSE(ids.empty());
+    EXPECT_EQ(ids[0], 1);  // BOS
+    StreamDecoder d(**tok);
+    std::string back;
+    for (std::size_t i = 1; i < ids.size(); ++i) back += d.push(ids[i]);
+    back += d.finish();
+    EXPECT_EQ(back, text);
+  }
+}
+
+TokenizerSpec byte_vocab() {
+  TokenizerSpec s;
+  s.model = "llama";
+  s.tokens = {"<unk>", "<s>", "</s>"};
+  s.types = {TokenType::kUnknown, TokenType::kControl, TokenType::kControl};
+  for (int b = 0; b < 256; ++b) {
+    char name[8];
+    std::snprintf(name, sizeof name, "<0x%02X>", b);
+    s.tokens.push_back(name);
+    s.types.push_back(TokenType::kByte);
+  }
+  s.tokens.push_back("\xE2\x96\x81" "a");
+  s.types.push_back(TokenType::kNormal);
+  s.tokens.push_back("\xE2\x96\x81");  // the space piece every SentencePiece vocabulary has
+  s.types.push_back(TokenType::kNormal);
+  s.bos = 1;
+  s.eos = 2;
+  s.unk = 0;
+  s.add_bos = true;
+  return s;
+}
+
+TEST(TokenizerTest, StreamDecoderNeverSplitsACharacter) {
+  auto tok = Tokenizer::from_spec(byte_vocab());
+  ASSERT_TRUE(tok.is_ok()) << tok.status().to_string();
+  const std::string text = "\xC3\xA9\xE6\x97\xA5\xE6\x9C\xAC\xF0\x9F\x98\x80";  // é 日 本 😀
+  std::vector<std::int32_t> ids = (*tok)->encode(text, false, false);
+  StreamDecoder d(**tok);
+  std::string all;
+  for (std::int32_t id : ids) {
+    std::string piece = d.push(id);
+    // Every piece handed out is complete, valid UTF-8 on its own.
+    for (std::size_t i = 0; i < piece.size();) {
+      const unsigned char c = static_cast<unsigned char>(piece[i]);
+      const std::size_t n = c < 0x80 ? 1 : c < 0xE0 ? 2 : c < 0xF0 ? 3 : 4;
+      ASSERT_LE(i + n, piece.size()) << "split character";
+      i += n;
+    }
+    all += piece;
+  }
+  all += d.finish();
+  EXPECT_EQ(all, text);
+  // A truncated character at the end becomes U+FFFD, never raw bytes.
+  StreamDecoder cut(**tok);
+  std::string out = cut.push((*tok)->token_id("<0xE6>"));
+  EXPECT_TRUE(out.empty());
+  EXPECT_EQ(cut.finish(), "\xEF\xBF\xBD");
+}
+
+TEST(TokenizerTest, SpecialTokensAndAddSpecial) {
+  TokenizerSpec s = byte_vocab();
+  s.tokens.push_back("<|eot|>");
+  s.types.push_back(TokenType::kControl);
+  s.eot = static_cast<std::int32_t>(s.tokens.size()) - 1;
+  auto tok = Tokenizer::from_spec(s);
+  ASSERT_TRUE(tok.is_ok());
+  std::vector<std::int32_t> with = (*tok)->encode("a<|eot|>", true, true);
+  ASSERT_GE(with.size(), 3u);
+  EXPECT_EQ(with.front(), 1);
+  EXPECT_EQ(with.back(), s.eot);
+  std::vector<std::int32_t> without = (*tok)->encode("a<|eot|>", false, false);
+  EXPECT_EQ(std::count(without.begin(), without.end(), s.eot), 0);  // control text stays text
+  EXPECT_TRUE((*tok)->is_end_of_generation(s.eot));
+  EXPECT_TRUE((*tok)->is_end_of_generation(2));
+  EXPECT_FALSE((*tok)->is_end_of_generation(5));
+  EXPECT_EQ((*tok)->token_bytes(s.eot), "");
+  EXPECT_EQ((*tok)->token_bytes(s.eot, true), "<|eot|>");
+}
+
+TEST(TokenizerTest, HostileMetadataIsRefused) {
+  TokenizerSpec s = byte_vocab();
+  s.bos = 100000;
+  EXPECT_EQ(Tokenizer::from_spec(s).status().code(), StatusCode::kVerificationFailed);
+  s = byte_vocab();
+  s.scores = {1.0f};
+  EXPECT_EQ(Tokenizer::from_spec(s).status().code(), StatusCode::kVerificationFailed);
+  s = byte_vocab();
+  s.types.pop_back();
+  EXPECT_EQ(Tokenizer::from_spec(s).status().code(), StatusCode::kVerificationFailed);
+  s = byte_vocab();
+  s.model = "rwkv";
+  EXPECT_EQ(Tokenizer::from_spec(s).status().code(), StatusCode::kInvalidArgument);
+  s = byte_vocab();
+  s.tokens.clear();
+  s.types.clear();
+  EXPECT_EQ(Tokenizer::from_spec(s).status().code(), StatusCode::kVerificationFailed);
+  TokenizerSpec b;
+  b.model = "gpt2";
+  b.tokens = {"a", "b"};
+  b.merges = {"ab"};  // no space
+  EXPECT_EQ(Tokenizer::from_spec(b).status().code(), StatusCode::kVerificationFailed);
+  // From GGUF: a file without tokenizer metadata, and one with wrong types.
+  testing::GgufWriter w;
+  w.set_string("general.architecture", "llama");
+  auto f = GgufFile::parse({reinterpret_cast<const std::uint8_t*>(w.bytes().data()), 0});
+  std::string bytes = w.bytes();
+  auto g = GgufFile::parse({reinterpret_cast<const std::uint8_t*>(bytes.data()), bytes.size()});
+  ASSERT_TRUE(g.is_ok());
+  EXPECT_FALSE(Tokenizer::from_gguf(**g).is_ok());
+  testing::GgufWriter w2;
+  w2.set_string("tokenizer.ggml.model", "llama");
+  w2.set_f32_array("tokenizer.ggml.tokens", {1.0f});
+  std::string bytes2 = w2.bytes();
+  auto g2 = GgufFile::parse({reinterpret_cast<const std::uint8_t*>(bytes2.data()), bytes2.size()});
+  ASSERT_TRUE(g2.is_ok());
+  EXPECT_FALSE(Tokenizer::from_gguf(**g2).is_ok());
+}
+
+}  // namespace
+}  // namespace airlock::engine
