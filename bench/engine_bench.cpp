@@ -14,6 +14,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <iterator>
 #include <random>
 #include <string>
 #include <thread>
@@ -27,6 +28,8 @@ using namespace airlock;
 using namespace airlock::engine;
 
 namespace {
+
+int g_prompt = 512;
 
 double now_s() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
@@ -86,16 +89,28 @@ long rss_mib() {
   return resident * sysconf(_SC_PAGESIZE) / (1 << 20);
 }
 
-void bench(const std::string& path, const std::string& label, int n_threads, double bw) {
+void bench(const std::string& path, const std::string& label, int n_threads, double bw, bool in_memory) {
   auto pool = std::make_shared<ThreadPool>(n_threads);
   std::shared_ptr<Backend> be = make_cpu_backend(pool);
-  auto loaded = Model::load(path, be);
+  // in_memory: the file read into anonymous memory instead of mapped, to
+  // separate page-cache effects from kernel speed.
+  static std::string bytes;
+  Result<std::unique_ptr<Model>> loaded = invalid_argument("unset");
+  if (in_memory) {
+    std::ifstream f(path, std::ios::binary);
+    bytes.assign(std::istreambuf_iterator<char>(f), {});
+    auto file = GgufFile::parse({reinterpret_cast<const std::uint8_t*>(bytes.data()), bytes.size()});
+    if (!file.is_ok()) std::exit(2);
+    loaded = Model::from_gguf(std::move(*file), be);
+  } else {
+    loaded = Model::load(path, be);
+  }
   if (!loaded.is_ok()) {
     std::fprintf(stderr, "%s: %s\n", path.c_str(), loaded.status().to_string().c_str());
     std::exit(2);
   }
   Model& m = **loaded;
-  const int n_prompt = 512, n_gen = 32;
+  const int n_prompt = g_prompt, n_gen = 32;
   const int n_blocks = 16 * KvCache::blocks_for(n_prompt + n_gen) + 8;
   KvCache cache(n_blocks);
   auto kv = m.alloc_kv(n_blocks);
@@ -140,9 +155,9 @@ void bench(const std::string& path, const std::string& label, int n_threads, dou
   }
   const double bytes_per_token = static_cast<double>(m.weight_bytes());
   const double roofline = bw * 1e9 / bytes_per_token;
-  std::printf("%-22s %6.2f GB weights  pp512 %7.1f tok/s  tg1 %6.2f tok/s (%4.0f%% of roofline %.2f)  "
+  std::printf("%-22s %6.2f GB weights  pp%d %7.1f tok/s  tg1 %6.2f tok/s (%4.0f%% of roofline %.2f)  "
               "tg8 %7.2f  tg16 %7.2f tok/s (x%.1f)  rss %ld MiB  kv %.0f MiB\n",
-              label.c_str(), bytes_per_token / 1e9, pp, tg1, 100.0 * tg1 / roofline, roofline, tg_batch[0],
+              label.c_str(), bytes_per_token / 1e9, n_prompt, pp, tg1, 100.0 * tg1 / roofline, roofline, tg_batch[0],
               tg_batch[1], tg_batch[1] / tg1, rss_mib(),
               static_cast<double>(m.kv_bytes_per_block()) * n_blocks / (1 << 20));
 }
@@ -157,8 +172,9 @@ int main(int argc, char** argv) {
     if (a == "--threads" && i + 1 < argc) n_threads = std::atoi(argv[++i]);
     else if (a == "--layers" && i + 1 < argc) n_layer = std::atoi(argv[++i]);
     else if (a == "--model" && i + 1 < argc) real = argv[++i];
+    else if (a == "--prompt" && i + 1 < argc) g_prompt = std::atoi(argv[++i]);
     else {
-      std::fprintf(stderr, "usage: engine_bench [--threads N] [--layers L] [--model PATH.gguf]\n");
+      std::fprintf(stderr, "usage: engine_bench [--threads N] [--layers L] [--prompt N] [--model PATH.gguf]\n");
       return 2;
     }
   }
@@ -167,10 +183,11 @@ int main(int argc, char** argv) {
   const double bw = read_bandwidth_gbs(n_threads);
   std::printf("threads %d, kernels %s, memory read bandwidth %.2f GB/s (%d threads)\n", n_threads,
               make_cpu_backend(std::make_shared<ThreadPool>(1))->name().c_str(), bw, n_threads);
-  if (!real.empty()) bench(real, real.substr(real.rfind('/') + 1), n_threads, bw);
+  if (!real.empty()) bench(real, real.substr(real.rfind('/') + 1), n_threads, bw, false);
   for (GgmlType t : {GgmlType::kQ8_0, GgmlType::kQ4_K}) {
     std::string path = write_model(t, n_layer);
-    bench(path, "llama-1B-" + std::string(traits(t).name), n_threads, bw);
+    bench(path, "llama-1B-" + std::string(traits(t).name) + " mmap", n_threads, bw, false);
+    bench(path, "llama-1B-" + std::string(traits(t).name) + " memory", n_threads, bw, true);
     std::remove(path.c_str());
   }
   return 0;

@@ -38,16 +38,29 @@ Status Model::forward(const Batch& batch, KvCache& cache, const KvStorage& kv, s
   // Buffers first: a failed allocation must leave the cache untouched.
   Backend& be = *backend_;
   const std::int64_t d = p.n_embd, q_dim = static_cast<std::int64_t>(p.n_head) * p.head_dim, kv_dim = p.kv_dim();
-  auto buffer = [&](std::int64_t count) { return be.alloc(count); };
-  AIRLOCK_ASSIGN_OR_RETURN(std::shared_ptr<float> x, buffer(n * d));        // (n, d) residual stream
-  AIRLOCK_ASSIGN_OR_RETURN(std::shared_ptr<float> h, buffer(n * d));        // (n, d) normalised
-  AIRLOCK_ASSIGN_OR_RETURN(std::shared_ptr<float> q, buffer(n * q_dim));    // (n, n_head * head_dim)
-  AIRLOCK_ASSIGN_OR_RETURN(std::shared_ptr<float> k, buffer(n * kv_dim));   // (n, n_head_kv * head_dim)
-  AIRLOCK_ASSIGN_OR_RETURN(std::shared_ptr<float> v, buffer(n * kv_dim));
-  AIRLOCK_ASSIGN_OR_RETURN(std::shared_ptr<float> att, buffer(n * q_dim));  // (n, n_head * head_dim)
-  AIRLOCK_ASSIGN_OR_RETURN(std::shared_ptr<float> o, buffer(n * d));        // (n, d)
-  AIRLOCK_ASSIGN_OR_RETURN(std::shared_ptr<float> gate, buffer(n * p.n_ff));  // (n, n_ff)
-  AIRLOCK_ASSIGN_OR_RETURN(std::shared_ptr<float> up, buffer(n * p.n_ff));
+  // Activations live in scratch buffers kept across calls (grown, never
+  // shrunk), so steady-state decoding allocates nothing.
+  int slot_index = 0;
+  auto buffer = [&](std::int64_t count) -> Result<float*> {
+    const int slot = slot_index++;
+    if (scratch_.size() <= static_cast<std::size_t>(slot)) scratch_.resize(static_cast<std::size_t>(slot) + 1);
+    Scratch& sc = scratch_[slot];
+    if (sc.n_floats < count) {
+      AIRLOCK_ASSIGN_OR_RETURN(sc.data, be.alloc(count));
+      sc.n_floats = count;
+    }
+    return sc.data.get();
+  };
+  AIRLOCK_ASSIGN_OR_RETURN(float* x, buffer(n * d));        // (n, d) residual stream
+  AIRLOCK_ASSIGN_OR_RETURN(float* h, buffer(n * d));        // (n, d) normalised
+  AIRLOCK_ASSIGN_OR_RETURN(float* q, buffer(n * q_dim));    // (n, n_head * head_dim)
+  AIRLOCK_ASSIGN_OR_RETURN(float* k, buffer(n * kv_dim));   // (n, n_head_kv * head_dim)
+  AIRLOCK_ASSIGN_OR_RETURN(float* v, buffer(n * kv_dim));
+  AIRLOCK_ASSIGN_OR_RETURN(float* att, buffer(n * q_dim));  // (n, n_head * head_dim)
+  AIRLOCK_ASSIGN_OR_RETURN(float* o, buffer(n * d));        // (n, d)
+  AIRLOCK_ASSIGN_OR_RETURN(float* gate, buffer(n * p.n_ff));  // (n, n_ff)
+  AIRLOCK_ASSIGN_OR_RETURN(float* up, buffer(n * p.n_ff));
+  AIRLOCK_ASSIGN_OR_RETURN(float* out, buffer(n_out * p.n_vocab));  // (n_out, n_vocab)
 
   // All or nothing: check the whole batch fits before touching the cache.
   int blocks = 0;
@@ -68,10 +81,10 @@ Status Model::forward(const Batch& batch, KvCache& cache, const KvStorage& kv, s
     tables[i] = cache.block_table(batch.seq_ids[i]).data();
   }
 
-  be.get_rows(tok_embd_, batch.tokens.data(), n, x.get());
+  be.get_rows(tok_embd_, batch.tokens.data(), n, x);
   AttentionArgs aa;
-  aa.q = q.get();
-  aa.out = att.get();
+  aa.q = q;
+  aa.out = att;
   aa.n_tokens = n;
   aa.n_head = p.n_head;
   aa.n_kv_head = p.n_head_kv;
@@ -82,48 +95,47 @@ Status Model::forward(const Batch& batch, KvCache& cache, const KvStorage& kv, s
   aa.block_table = tables.data();
   for (int il = 0; il < p.n_layer; ++il) {
     const Layer& l = layers_[il];
-    be.rms_norm(x.get(), l.attn_norm, n, d, p.rms_eps, h.get());
-    be.matmul(l.wq, h.get(), n, q.get());
-    be.matmul(l.wk, h.get(), n, k.get());
-    be.matmul(l.wv, h.get(), n, v.get());
+    be.rms_norm(x, l.attn_norm, n, d, p.rms_eps, h);
+    be.matmul(l.wq, h, n, q);
+    be.matmul(l.wk, h, n, k);
+    be.matmul(l.wv, h, n, v);
     if (p.qkv_bias) {
-      be.add_bias(q.get(), l.bq, n, q_dim);
-      be.add_bias(k.get(), l.bk, n, kv_dim);
-      be.add_bias(v.get(), l.bv, n, kv_dim);
+      be.add_bias(q, l.bq, n, q_dim);
+      be.add_bias(k, l.bk, n, kv_dim);
+      be.add_bias(v, l.bv, n, kv_dim);
     }
     if (p.qk_norm) {  // qwen3: RMSNorm over each head before rotation
-      be.rms_norm(q.get(), l.q_norm, n * p.n_head, p.head_dim, p.rms_eps, q.get());
-      be.rms_norm(k.get(), l.k_norm, n * p.n_head_kv, p.head_dim, p.rms_eps, k.get());
+      be.rms_norm(q, l.q_norm, n * p.n_head, p.head_dim, p.rms_eps, q);
+      be.rms_norm(k, l.k_norm, n * p.n_head_kv, p.head_dim, p.rms_eps, k);
     }
-    be.rope(q.get(), n, p.n_head, p.head_dim, batch.positions.data(), p.rope);
-    be.rope(k.get(), n, p.n_head_kv, p.head_dim, batch.positions.data(), p.rope);
-    be.kv_write(kv, il, k.get(), v.get(), n, slots.data());
+    be.rope(q, n, p.n_head, p.head_dim, batch.positions.data(), p.rope);
+    be.rope(k, n, p.n_head_kv, p.head_dim, batch.positions.data(), p.rope);
+    be.kv_write(kv, il, k, v, n, slots.data());
     aa.layer = il;
     be.attention(aa);
-    be.matmul(l.wo, att.get(), n, o.get());
-    be.add(x.get(), o.get(), n * d);
+    be.matmul(l.wo, att, n, o);
+    be.add(x, o, n * d);
 
-    be.rms_norm(x.get(), l.ffn_norm, n, d, p.rms_eps, h.get());
-    be.matmul(l.w_gate, h.get(), n, gate.get());
-    be.matmul(l.w_up, h.get(), n, up.get());
-    be.swiglu(gate.get(), up.get(), n * p.n_ff, gate.get());
-    be.matmul(l.w_down, gate.get(), n, o.get());
-    be.add(x.get(), o.get(), n * d);
+    be.rms_norm(x, l.ffn_norm, n, d, p.rms_eps, h);
+    be.matmul(l.w_gate, h, n, gate);
+    be.matmul(l.w_up, h, n, up);
+    be.swiglu(gate, up, n * p.n_ff, gate);
+    be.matmul(l.w_down, gate, n, o);
+    be.add(x, o, n * d);
   }
 
   // Only the rows that want logits go through the output matrix.
   std::int64_t m = 0;
   for (std::int64_t i = 0; i < n; ++i)
     if (batch.want_logits[i]) {
-      if (m != i) std::copy(x.get() + i * d, x.get() + (i + 1) * d, x.get() + m * d);
+      if (m != i) std::copy(x + i * d, x + (i + 1) * d, x + m * d);
       ++m;
     }
   logits->assign(static_cast<std::size_t>(n_out * p.n_vocab), 0.0f);
   if (m == 0) return Status::ok();
-  be.rms_norm(x.get(), output_norm_, m, d, p.rms_eps, h.get());
-  AIRLOCK_ASSIGN_OR_RETURN(std::shared_ptr<float> out, buffer(m * p.n_vocab));
-  be.matmul(output_, h.get(), m, out.get());
-  std::copy(out.get(), out.get() + m * p.n_vocab, logits->begin());
+  be.rms_norm(x, output_norm_, m, d, p.rms_eps, h);
+  be.matmul(output_, h, m, out);
+  std::copy(out, out + m * p.n_vocab, logits->begin());
   return Status::ok();
 }
 

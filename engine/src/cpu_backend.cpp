@@ -171,9 +171,7 @@ class CpuBackend final : public Backend {
         for (int p = 0; p < n_ctx; ++p) {
           const std::int64_t slot = static_cast<std::int64_t>(table[p / kBlockTokens]) * kBlockTokens + p % kBlockTokens;
           const float* k = kd + slot * kv_dim + kvh * a.head_dim;
-          float s = 0;
-          for (int d = 0; d < a.head_dim; ++d) s += q[d] * k[d];
-          s *= a.scale;
+          const float s = vec_dot_f32(q, k, a.head_dim) * a.scale;
           scores[p] = s;
           max_score = std::max(max_score, s);
         }
@@ -186,8 +184,7 @@ class CpuBackend final : public Backend {
         for (int p = 0; p < n_ctx; ++p) {
           const std::int64_t slot = static_cast<std::int64_t>(table[p / kBlockTokens]) * kBlockTokens + p % kBlockTokens;
           const float* v = vd + slot * kv_dim + kvh * a.head_dim;
-          const float w = static_cast<float>(scores[p] / sum);
-          for (int d = 0; d < a.head_dim; ++d) out[d] += w * v[d];
+          vec_axpy_f32(static_cast<float>(scores[p] / sum), v, out, a.head_dim);
         }
       }
     });

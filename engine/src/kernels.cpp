@@ -7,8 +7,11 @@
 // so the binary still runs on CPUs without AVX2.
 #include <immintrin.h>
 
+#include <algorithm>
 #include <atomic>
+#include <cmath>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "airlock/engine/kernels.h"
@@ -51,6 +54,13 @@ AIRLOCK_AVX2 inline float hsum(__m256 v) {
   return _mm_cvtss_f32(lo);
 }
 
+AIRLOCK_AVX2 inline float hsum_max(__m256 v) {
+  __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+  m = _mm_max_ss(m, _mm_movehdup_ps(m));
+  return _mm_cvtss_f32(m);
+}
+
 AIRLOCK_AVX2 inline float dot_f32(const float* a, const float* b, std::int64_t n) {
   __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
   std::int64_t k = 0;
@@ -63,20 +73,242 @@ AIRLOCK_AVX2 inline float dot_f32(const float* a, const float* b, std::int64_t n
   return s;
 }
 
-// int8 x 32 -> four float vectors
-AIRLOCK_AVX2 inline void load_i8x32(const std::int8_t* q, __m256 out[4]) {
-  __m128i lo = _mm_loadu_si128(reinterpret_cast<const __m128i*>(q));
-  __m128i hi = _mm_loadu_si128(reinterpret_cast<const __m128i*>(q + 16));
-  out[0] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(lo));
-  out[1] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(lo, 8)));
-  out[2] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(hi));
-  out[3] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(hi, 8)));
+// ---- 8-bit activations: ggml's approach for quantised weights. The
+// activations are quantised once per call (Q8_0: 32-blocks, Q8_K: 256-blocks
+// with 16-element sums) and dotted with the weights in integer arithmetic,
+// four times the multiply-adds per instruction of float FMA.
+
+struct ActQ8_0 {
+  float d;
+  std::int8_t qs[32];
+};
+struct ActQ8_K {
+  float d;
+  std::int8_t qs[256];
+  std::int16_t bsums[16];
+};
+
+AIRLOCK_AVX2 void quantize_act_q8_0(const float* x, std::int64_t n, ActQ8_0* out) {
+  for (std::int64_t i = 0; i < n / 32; ++i) {
+    const float* xb = x + i * 32;
+    __m256 amax = _mm256_setzero_ps();
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    for (int j = 0; j < 4; ++j) amax = _mm256_max_ps(amax, _mm256_andnot_ps(sign, _mm256_loadu_ps(xb + 8 * j)));
+    const float m = hsum_max(amax);
+    const float d = m / 127.0f, id = m > 0 ? 127.0f / m : 0.0f;
+    out[i].d = d;
+    const __m256 vid = _mm256_set1_ps(id);
+    __m256i q[4];
+    for (int j = 0; j < 4; ++j)
+      q[j] = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(_mm256_loadu_ps(xb + 8 * j), vid),
+                                                _MM_ROUND_NEAREST | _MM_FROUND_NO_EXC));
+    // int32 -> int8 with the lanes put back in order
+    __m256i p01 = _mm256_packs_epi32(q[0], q[1]), p23 = _mm256_packs_epi32(q[2], q[3]);
+    __m256i p = _mm256_packs_epi16(p01, p23);
+    p = _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out[i].qs), p);
+  }
+}
+
+void quantize_act_q8_k(const float* x, std::int64_t n, ActQ8_K* out) {
+  for (std::int64_t i = 0; i < n / 256; ++i) {
+    const float* xb = x + i * 256;
+    float amax = 0;
+    for (int j = 0; j < 256; ++j) amax = std::max(amax, std::fabs(xb[j]));
+    const float d = amax / 127.0f, id = amax > 0 ? 127.0f / amax : 0.0f;
+    out[i].d = d;
+    for (int j = 0; j < 256; ++j) out[i].qs[j] = static_cast<std::int8_t>(std::lrintf(xb[j] * id));
+    for (int g = 0; g < 16; ++g) {
+      int s = 0;
+      for (int k = 0; k < 16; ++k) s += out[i].qs[16 * g + k];
+      out[i].bsums[g] = static_cast<std::int16_t>(s);
+    }
+  }
+}
+
+AIRLOCK_AVX2 inline float half_to_float(std::uint16_t h) { return _cvtsh_ss(h); }
+
+// Sum of signed-byte products of 32 lanes, as 8 int32 (sign trick: |a| * sign(b, a)).
+AIRLOCK_AVX2 inline __m256i dot_i8(__m256i a, __m256i b) {
+  const __m256i ax = _mm256_sign_epi8(a, a), sy = _mm256_sign_epi8(b, a);
+  return _mm256_madd_epi16(_mm256_maddubs_epi16(ax, sy), _mm256_set1_epi16(1));
+}
+
+// Each dot_* handles nt (1..4) tokens at once so each weight block is
+// unpacked once per group of tokens: out[t] = row . act[t].
+constexpr int kTokenGroup = 4;
+
+AIRLOCK_AVX2 void dot_q8_0(const std::uint8_t* row, const ActQ8_0* const* act, int nt, std::int64_t nb, float* out) {
+  struct Block {
+    std::uint16_t d;
+    std::int8_t qs[32];
+  };
+  const auto* b = reinterpret_cast<const Block*>(row);
+  __m256 acc[kTokenGroup] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+  for (std::int64_t i = 0; i < nb; ++i) {
+    const __m256i qx = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b[i].qs));
+    const __m256i ax = _mm256_sign_epi8(qx, qx);
+    const float dw = half_to_float(b[i].d);
+    for (int t = 0; t < nt; ++t) {
+      const __m256i qy = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(act[t][i].qs));
+      const __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(ax, _mm256_sign_epi8(qy, qx)), _mm256_set1_epi16(1));
+      acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(dw * act[t][i].d), _mm256_cvtepi32_ps(p), acc[t]);
+    }
+  }
+  for (int t = 0; t < nt; ++t) out[t] = hsum(acc[t]);
+}
+
+AIRLOCK_AVX2 void dot_q4_0(const std::uint8_t* row, const ActQ8_0* const* act, int nt, std::int64_t nb, float* out) {
+  struct Block {
+    std::uint16_t d;
+    std::uint8_t qs[16];
+  };
+  const auto* b = reinterpret_cast<const Block*>(row);
+  const __m256i low = _mm256_set1_epi8(0x0F), eight = _mm256_set1_epi8(8);
+  __m256 acc[kTokenGroup] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+  for (std::int64_t i = 0; i < nb; ++i) {
+    const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(b[i].qs));
+    const __m256i qx = _mm256_sub_epi8(_mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(raw, 4), raw), low), eight);
+    const __m256i ax = _mm256_sign_epi8(qx, qx);
+    const float dw = half_to_float(b[i].d);
+    for (int t = 0; t < nt; ++t) {
+      const __m256i qy = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(act[t][i].qs));
+      const __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(ax, _mm256_sign_epi8(qy, qx)), _mm256_set1_epi16(1));
+      acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(dw * act[t][i].d), _mm256_cvtepi32_ps(p), acc[t]);
+    }
+  }
+  for (int t = 0; t < nt; ++t) out[t] = hsum(acc[t]);
+}
+
+AIRLOCK_AVX2 void dot_q4_k(const std::uint8_t* row, const ActQ8_K* const* act, int nt, std::int64_t nb, float* out) {
+  struct Block {
+    std::uint16_t d, dmin;
+    std::uint8_t scales[12];
+    std::uint8_t qs[128];
+  };
+  const auto* b = reinterpret_cast<const Block*>(row);
+  const __m256i low = _mm256_set1_epi8(0x0F);
+  __m256 acc[kTokenGroup] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+  float acc_min[kTokenGroup] = {0, 0, 0, 0};
+  for (std::int64_t i = 0; i < nb; ++i) {
+    // The 12 scale bytes to 8 scales and 8 mins, one byte each (ggml's trick).
+    std::uint32_t u[4];
+    std::memcpy(u, b[i].scales, 12);
+    constexpr std::uint32_t k1 = 0x3f3f3f3f, k2 = 0x0f0f0f0f, k3 = 0x03030303;
+    u[3] = ((u[2] >> 4) & k2) | (((u[1] >> 6) & k3) << 4);
+    const std::uint32_t aux = u[1] & k1;
+    u[1] = (u[2] & k2) | (((u[0] >> 6) & k3) << 4);
+    u[2] = aux;
+    u[0] &= k1;
+    const __m256i sm = _mm256_cvtepu8_epi16(_mm_set_epi32(static_cast<int>(u[3]), static_cast<int>(u[2]),
+                                                           static_cast<int>(u[1]), static_cast<int>(u[0])));
+    const __m128i mins = _mm256_extracti128_si256(sm, 1);  // 8 x int16
+    const std::uint8_t* sc = reinterpret_cast<const std::uint8_t*>(u);
+    const float d = half_to_float(b[i].d), dmin = half_to_float(b[i].dmin);
+    __m256i q4[8];
+    for (int j = 0; j < 4; ++j) {
+      const __m256i q = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b[i].qs + 32 * j));
+      q4[2 * j] = _mm256_and_si256(q, low);
+      q4[2 * j + 1] = _mm256_and_si256(_mm256_srli_epi16(q, 4), low);
+    }
+    for (int t = 0; t < nt; ++t) {
+      const ActQ8_K& y = act[t][i];
+      // sum over the 8 sub-blocks of min_j * (sum of their 32 activations)
+      const __m128i bs_lo = _mm_loadu_si128(reinterpret_cast<const __m128i*>(y.bsums));
+      const __m128i bs_hi = _mm_loadu_si128(reinterpret_cast<const __m128i*>(y.bsums + 8));
+      const __m128i pm = _mm_madd_epi16(mins, _mm_hadd_epi16(bs_lo, bs_hi));
+      __m128i ms = _mm_add_epi32(pm, _mm_shuffle_epi32(pm, 0x4E));
+      ms = _mm_add_epi32(ms, _mm_shuffle_epi32(ms, 0xB1));
+      acc_min[t] += y.d * dmin * static_cast<float>(_mm_cvtsi128_si32(ms));
+      __m256i sumi = _mm256_setzero_si256();
+      for (int j = 0; j < 8; ++j) {
+        const __m256i q8 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(y.qs + 32 * j));
+        sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(_mm256_maddubs_epi16(q4[j], q8), _mm256_set1_epi16(sc[j])));
+      }
+      acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(y.d * d), _mm256_cvtepi32_ps(sumi), acc[t]);
+    }
+  }
+  for (int t = 0; t < nt; ++t) out[t] = hsum(acc[t]) - acc_min[t];
+}
+
+AIRLOCK_AVX2 void dot_q6_k(const std::uint8_t* row, const ActQ8_K* const* act, int nt, std::int64_t nb, float* out) {
+  struct Block {
+    std::uint8_t ql[128];
+    std::uint8_t qh[64];
+    std::int8_t scales[16];
+    std::uint16_t d;
+  };
+  const auto* b = reinterpret_cast<const Block*>(row);
+  const __m256i m4 = _mm256_set1_epi8(0x0F), m2 = _mm256_set1_epi8(3), m32 = _mm256_set1_epi8(32);
+  __m256 acc[kTokenGroup] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+  for (std::int64_t i = 0; i < nb; ++i) {
+    const float d = half_to_float(b[i].d);
+    __m256i v[8], scales[8];  // 8 groups of 32 values (0..63) and their two 16-element scales
+    for (int h = 0; h < 2; ++h) {
+      const std::uint8_t* ql = b[i].ql + 64 * h;
+      const __m256i qh = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b[i].qh + 32 * h));
+      const __m256i l0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ql));
+      const __m256i l1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ql + 32));
+      v[4 * h + 0] = _mm256_or_si256(_mm256_and_si256(l0, m4), _mm256_slli_epi16(_mm256_and_si256(qh, m2), 4));
+      v[4 * h + 1] = _mm256_or_si256(_mm256_and_si256(l1, m4),
+                                     _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), m2), 4));
+      v[4 * h + 2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4),
+                                     _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), m2), 4));
+      v[4 * h + 3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4),
+                                     _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), m2), 4));
+      for (int g = 0; g < 4; ++g) {
+        const std::int8_t* sc = b[i].scales + 8 * h + 2 * g;
+        scales[4 * h + g] = _mm256_set_m128i(_mm_set1_epi16(sc[1]), _mm_set1_epi16(sc[0]));
+      }
+    }
+    for (int t = 0; t < nt; ++t) {
+      const ActQ8_K& y = act[t][i];
+      __m256i sumi = _mm256_setzero_si256();
+      for (int g = 0; g < 8; ++g) {
+        const __m256i q8 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(y.qs + 32 * g));
+        // (v - 32) . q8 = v . q8 - 32 * sum(q8)
+        const __m256i p = _mm256_sub_epi16(_mm256_maddubs_epi16(v[g], q8), _mm256_maddubs_epi16(m32, q8));
+        sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, scales[g]));
+      }
+      acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d * y.d), _mm256_cvtepi32_ps(sumi), acc[t]);
+    }
+  }
+  for (int t = 0; t < nt; ++t) out[t] = hsum(acc[t]);
 }
 
 AIRLOCK_AVX2 void matmul_rows_avx2(GgmlType type, const std::uint8_t* w, std::int64_t n_in, const float* x,
                                    std::int64_t n_tokens, float* y, std::int64_t n_out, std::int64_t r0,
                                    std::int64_t r1) {
   const std::size_t stride = row_bytes(type, n_in);
+  // Quantised weights: quantise the activations once, then integer dots,
+  // each weight row shared by groups of up to four tokens.
+  auto run_int8 = [&](auto* act_buffer, std::int64_t block, auto quantize, auto dot) {
+    auto& act = *act_buffer;
+    const std::int64_t nb = n_in / block;
+    act.resize(static_cast<std::size_t>(nb * n_tokens));
+    for (std::int64_t t = 0; t < n_tokens; ++t) quantize(x + t * n_in, n_in, act.data() + t * nb);
+    using Act = typename std::remove_reference_t<decltype(act)>::value_type;
+    for (std::int64_t r = r0; r < r1; ++r) {
+      const std::uint8_t* wr = w + stride * static_cast<std::size_t>(r);
+      for (std::int64_t t0 = 0; t0 < n_tokens; t0 += kTokenGroup) {
+        const int nt = static_cast<int>(std::min<std::int64_t>(kTokenGroup, n_tokens - t0));
+        const Act* ptrs[kTokenGroup];
+        for (int t = 0; t < nt; ++t) ptrs[t] = act.data() + (t0 + t) * nb;
+        float out[kTokenGroup];
+        dot(wr, ptrs, nt, nb, out);
+        for (int t = 0; t < nt; ++t) y[(t0 + t) * n_out + r] = out[t];
+      }
+    }
+  };
+  thread_local std::vector<ActQ8_0> act32;
+  thread_local std::vector<ActQ8_K> act256;
+  switch (type) {
+    case GgmlType::kQ8_0: return run_int8(&act32, 32, quantize_act_q8_0, dot_q8_0);
+    case GgmlType::kQ4_0: return run_int8(&act32, 32, quantize_act_q8_0, dot_q4_0);
+    case GgmlType::kQ4_K: return run_int8(&act256, 256, quantize_act_q8_k, dot_q4_k);
+    case GgmlType::kQ6_K: return run_int8(&act256, 256, quantize_act_q8_k, dot_q6_k);
+    default: break;
+  }
   thread_local std::vector<float> row;
   row.resize(static_cast<std::size_t>(n_in));
   for (std::int64_t r = r0; r < r1; ++r) {
@@ -92,34 +324,6 @@ AIRLOCK_AVX2 void matmul_rows_avx2(GgmlType type, const std::uint8_t* w, std::in
         for (; k + 8 <= n_in; k += 8)
           _mm256_storeu_ps(row.data() + k, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(h + k))));
         if (k < n_in) dequantize_row(type, h + k, row.data() + k, n_in - k);
-        break;
-      }
-      case GgmlType::kQ8_0: {
-        // Fused: per 32-block, scale the int8 values once and FMA into each token.
-        struct Block { std::uint16_t d; std::int8_t qs[32]; };
-        const auto* b = reinterpret_cast<const Block*>(wr);
-        const std::int64_t nb = n_in / 32;
-        if (n_tokens == 1) {
-          __m256 acc = _mm256_setzero_ps();
-          for (std::int64_t i = 0; i < nb; ++i) {
-            __m256 v[4];
-            load_i8x32(b[i].qs, v);
-            const float* xb = x + i * 32;
-            __m256 s = _mm256_mul_ps(v[0], _mm256_loadu_ps(xb));
-            s = _mm256_fmadd_ps(v[1], _mm256_loadu_ps(xb + 8), s);
-            s = _mm256_fmadd_ps(v[2], _mm256_loadu_ps(xb + 16), s);
-            s = _mm256_fmadd_ps(v[3], _mm256_loadu_ps(xb + 24), s);
-            acc = _mm256_fmadd_ps(_mm256_set1_ps(fp16_to_fp32(b[i].d)), s, acc);
-          }
-          y[r] = hsum(acc);
-          continue;
-        }
-        for (std::int64_t i = 0; i < nb; ++i) {
-          __m256 v[4];
-          load_i8x32(b[i].qs, v);
-          const __m256 d = _mm256_set1_ps(fp16_to_fp32(b[i].d));
-          for (int j = 0; j < 4; ++j) _mm256_storeu_ps(row.data() + i * 32 + 8 * j, _mm256_mul_ps(v[j], d));
-        }
         break;
       }
       default:
@@ -138,6 +342,27 @@ void matmul_rows(GgmlType type, const std::uint8_t* w, std::int64_t n_in, const 
     matmul_rows_avx2(type, w, n_in, x, n_tokens, y, n_out, r0, r1);
   else
     matmul_rows_scalar(type, w, n_in, x, n_tokens, y, n_out, r0, r1);
+}
+
+namespace {
+AIRLOCK_AVX2 void axpy_avx2(float alpha, const float* x, float* y, std::int64_t n) {
+  const __m256 a = _mm256_set1_ps(alpha);
+  std::int64_t k = 0;
+  for (; k + 8 <= n; k += 8) _mm256_storeu_ps(y + k, _mm256_fmadd_ps(a, _mm256_loadu_ps(x + k), _mm256_loadu_ps(y + k)));
+  for (; k < n; ++k) y[k] += alpha * x[k];
+}
+}  // namespace
+
+float vec_dot_f32(const float* a, const float* b, std::int64_t n) {
+  if (cpu_has_avx2() && !g_force_scalar.load(std::memory_order_relaxed)) return dot_f32(a, b, n);
+  float s = 0;
+  for (std::int64_t k = 0; k < n; ++k) s += a[k] * b[k];
+  return s;
+}
+
+void vec_axpy_f32(float alpha, const float* x, float* y, std::int64_t n) {
+  if (cpu_has_avx2() && !g_force_scalar.load(std::memory_order_relaxed)) return axpy_avx2(alpha, x, y, n);
+  for (std::int64_t k = 0; k < n; ++k) y[k] += alpha * x[k];
 }
 
 const char* kernel_isa() { return cpu_has_avx2() && !g_force_scalar.load() ? "avx2" : "scalar"; }

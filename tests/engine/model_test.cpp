@@ -9,6 +9,7 @@
 #include <random>
 #include <sstream>
 
+#include "airlock/engine/kernels.h"
 #include "airlock/engine/model.h"
 #include "airlock/engine/sampler.h"
 #include "airlock/engine/thread_pool.h"
@@ -77,6 +78,9 @@ std::vector<float> run_chunks(Model& m, const std::vector<std::int32_t>& tokens,
   return all;
 }
 
+// tolerance: for the vector kernels. Quantised weight types are dotted with
+// 8-bit quantised activations there (as ggml does), which costs about 1% of
+// relative error in the logits; float weight types stay at 1e-4.
 struct ShapeCase {
   const char* name;
   TestModelSpec spec;
@@ -93,9 +97,15 @@ TEST_P(ReferenceTest, LogitsAgreeWithTheReference) {
   std::vector<double> want = testing::reference_forward(l.tm, tokens);
   // One prompt chunk, then mixed chunks and single decode steps: the same numbers.
   std::vector<float> whole = run_chunks(*l.model, tokens, {37});
-  EXPECT_LT(rel_error(whole, want), c.tolerance) << c.name;
+  EXPECT_LT(rel_error(whole, want), c.tolerance) << c.name << " " << kernel_isa();
   std::vector<float> pieces = run_chunks(*l.model, tokens, {5, 1, 1, 16, 3});
-  EXPECT_LT(rel_error(pieces, want), c.tolerance) << c.name;
+  EXPECT_LT(rel_error(pieces, want), c.tolerance) << c.name << " " << kernel_isa();
+  // The scalar kernels use the float activations: the architecture itself
+  // must then agree to 1e-4 for every weight type.
+  force_scalar_kernels(true);
+  std::vector<float> exact = run_chunks(*l.model, tokens, {5, 1, 1, 16, 3});
+  force_scalar_kernels(false);
+  EXPECT_LT(rel_error(exact, want), 1e-4) << c.name << " scalar";
 }
 
 TestModelSpec spec(const char* arch, int n_embd, int n_head, int n_head_kv, int n_ff, bool tied, GgmlType t,
@@ -123,12 +133,14 @@ INSTANTIATE_TEST_SUITE_P(
         ShapeCase{"qwen3_qknorm_f32", spec("qwen3", 64, 4, 2, 96, true, GgmlType::kF32, 32), 1e-4},
         ShapeCase{"llama_f16", spec("llama", 64, 4, 2, 96, false, GgmlType::kF16), 1e-4},
         ShapeCase{"llama_bf16", spec("llama", 64, 4, 2, 96, false, GgmlType::kBF16), 1e-4},
-        ShapeCase{"llama_q8_0", spec("llama", 64, 4, 2, 96, false, GgmlType::kQ8_0), 1e-4},
-        ShapeCase{"llama_q4_0", spec("llama", 64, 4, 2, 96, false, GgmlType::kQ4_0), 1e-4},
-        ShapeCase{"llama_q4_k", spec("llama", 256, 4, 2, 256, false, GgmlType::kQ4_K), 1e-4},
+        ShapeCase{"llama_q8_0", spec("llama", 64, 4, 2, 96, false, GgmlType::kQ8_0), 3e-2},
+        ShapeCase{"llama_q4_0", spec("llama", 64, 4, 2, 96, false, GgmlType::kQ4_0), 3e-2},
+        ShapeCase{"llama_q4_k", spec("llama", 256, 4, 2, 256, false, GgmlType::kQ4_K), 3e-2},
         ShapeCase{"qwen3_q5_k", spec("qwen3", 256, 4, 1, 512, true, GgmlType::kQ5_K, 64), 1e-4},
-        ShapeCase{"qwen2_q6_k", spec("qwen2", 256, 8, 2, 256, false, GgmlType::kQ6_K), 1e-4}),
+        ShapeCase{"qwen2_q6_k", spec("qwen2", 256, 8, 2, 256, false, GgmlType::kQ6_K), 3e-2}),
     [](const auto& param_info) { return std::string(param_info.param.name); });
+
+void PrintTo(const ShapeCase& c, std::ostream* os) { *os << c.name; }
 
 TEST(BatchTest, ASequenceGetsTheSameLogitsInsideABatch) {
   Loaded l = load(spec("llama", 64, 4, 2, 96, false, GgmlType::kF32));

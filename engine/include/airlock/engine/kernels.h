@@ -20,6 +20,10 @@ namespace airlock::engine {
 void matmul_rows(GgmlType type, const std::uint8_t* w, std::int64_t n_in, const float* x,
                  std::int64_t n_tokens, float* y, std::int64_t n_out, std::int64_t r0, std::int64_t r1);
 
+// Small float vector helpers for attention: a . b, and y += alpha * x.
+float vec_dot_f32(const float* a, const float* b, std::int64_t n);
+void vec_axpy_f32(float alpha, const float* x, float* y, std::int64_t n);
+
 // Which implementation matmul_rows uses on this machine: "avx2" or "scalar".
 const char* kernel_isa();
 // Tests force the scalar path to compare it with the vector one.

@@ -88,6 +88,10 @@ class Model {
 
  private:
   struct Layer;
+  struct Scratch {
+    std::shared_ptr<float> data;
+    std::int64_t n_floats = 0;
+  };
   Model() = default;
   Status load_weights();
 
@@ -97,6 +101,7 @@ class Model {
   WeightTensor tok_embd_, output_norm_, output_;
   std::vector<Layer> layers_;
   std::vector<float> rope_freq_factors_;
+  std::vector<Scratch> scratch_;  // forward()'s activation buffers
   std::uint64_t n_params_ = 0;
   std::uint64_t weight_bytes_ = 0;
 };
