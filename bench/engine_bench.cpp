@@ -20,6 +20,7 @@
 #include <thread>
 #include <vector>
 
+#include "airlock/engine/kernels.h"
 #include "airlock/engine/model.h"
 #include "airlock/engine/thread_pool.h"
 #include "gguf_writer.h"
@@ -181,8 +182,8 @@ int main(int argc, char** argv) {
   ThreadPool probe(n_threads);
   n_threads = probe.n_threads();
   const double bw = read_bandwidth_gbs(n_threads);
-  std::printf("threads %d, kernels %s, memory read bandwidth %.2f GB/s (%d threads)\n", n_threads,
-              make_cpu_backend(std::make_shared<ThreadPool>(1))->name().c_str(), bw, n_threads);
+  std::printf("threads %d, kernels %s, memory read bandwidth %.2f GB/s (%d threads)\n", n_threads, kernel_isa(), bw,
+              n_threads);
   if (!real.empty()) bench(real, real.substr(real.rfind('/') + 1), n_threads, bw, false);
   for (GgmlType t : {GgmlType::kQ8_0, GgmlType::kQ4_K}) {
     std::string path = write_model(t, n_layer);

@@ -164,28 +164,9 @@ class CpuBackend final : public Backend {
         const int kvh = h / group;
         const float* q = a.q + (t * a.n_head + h) * a.head_dim;
         float* out = a.out + (t * a.n_head + h) * a.head_dim;
-        const int n_ctx = a.n_ctx[t];
-        const std::int32_t* table = a.block_table[t];
-        scores.resize(static_cast<std::size_t>(n_ctx));
-        float max_score = -INFINITY;
-        for (int p = 0; p < n_ctx; ++p) {
-          const std::int64_t slot = static_cast<std::int64_t>(table[p / kBlockTokens]) * kBlockTokens + p % kBlockTokens;
-          const float* k = kd + slot * kv_dim + kvh * a.head_dim;
-          const float s = vec_dot_f32(q, k, a.head_dim) * a.scale;
-          scores[p] = s;
-          max_score = std::max(max_score, s);
-        }
-        double sum = 0;
-        for (int p = 0; p < n_ctx; ++p) {
-          scores[p] = std::exp(scores[p] - max_score);
-          sum += scores[p];
-        }
-        std::fill(out, out + a.head_dim, 0.0f);
-        for (int p = 0; p < n_ctx; ++p) {
-          const std::int64_t slot = static_cast<std::int64_t>(table[p / kBlockTokens]) * kBlockTokens + p % kBlockTokens;
-          const float* v = vd + slot * kv_dim + kvh * a.head_dim;
-          vec_axpy_f32(static_cast<float>(scores[p] / sum), v, out, a.head_dim);
-        }
+        scores.resize(static_cast<std::size_t>(a.n_ctx[t]));
+        attend_head(q, kd + kvh * a.head_dim, vd + kvh * a.head_dim, kv_dim, a.block_table[t], kBlockTokens,
+                    a.n_ctx[t], a.head_dim, a.scale, scores.data(), out);
       }
     });
   }

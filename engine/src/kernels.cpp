@@ -5,6 +5,7 @@
 // Two implementations: a portable scalar one (the reference) and an
 // AVX2+FMA+F16C one compiled with a target attribute and chosen at run time,
 // so the binary still runs on CPUs without AVX2.
+#include <cpuid.h>
 #include <immintrin.h>
 
 #include <algorithm>
@@ -21,9 +22,22 @@ namespace {
 
 std::atomic<bool> g_force_scalar{false};
 
+// AVX2, FMA and F16C, and an OS that saves the YMM registers. Read from
+// CPUID directly: not every compiler's __builtin_cpu_supports knows "f16c".
+bool detect_avx2() {
+  unsigned a, b, c, d;
+  if (!__get_cpuid(1, &a, &b, &c, &d)) return false;
+  const bool fma = c & (1u << 12), osxsave = c & (1u << 27), avx = c & (1u << 28), f16c = c & (1u << 29);
+  if (!(fma && osxsave && avx && f16c)) return false;
+  unsigned xcr0_lo, xcr0_hi;
+  __asm__("xgetbv" : "=a"(xcr0_lo), "=d"(xcr0_hi) : "c"(0));
+  if ((xcr0_lo & 0x6) != 0x6) return false;  // XMM and YMM state enabled
+  if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return false;
+  return b & (1u << 5);
+}
+
 bool cpu_has_avx2() {
-  static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-                          __builtin_cpu_supports("f16c");
+  static const bool has = detect_avx2();
   return has;
 }
 
@@ -345,24 +359,56 @@ void matmul_rows(GgmlType type, const std::uint8_t* w, std::int64_t n_in, const 
 }
 
 namespace {
-AIRLOCK_AVX2 void axpy_avx2(float alpha, const float* x, float* y, std::int64_t n) {
+
+template <typename Dot, typename Axpy>
+inline void attend_head_impl(const float* q, const float* k, const float* v, std::int64_t kv_stride,
+                             const std::int32_t* table, int block, int n_ctx, int head_dim, float scale,
+                             float* scores, float* out, Dot dot, Axpy axpy) {
+  float max_score = -INFINITY;
+  for (int p = 0; p < n_ctx; ++p) {
+    const std::int64_t slot = static_cast<std::int64_t>(table[p / block]) * block + p % block;
+    scores[p] = dot(q, k + slot * kv_stride, head_dim) * scale;
+    max_score = std::max(max_score, scores[p]);
+  }
+  float sum = 0;
+  for (int p = 0; p < n_ctx; ++p) sum += scores[p] = std::exp(scores[p] - max_score);
+  const float inv = 1.0f / sum;
+  std::fill(out, out + head_dim, 0.0f);
+  for (int p = 0; p < n_ctx; ++p) {
+    const std::int64_t slot = static_cast<std::int64_t>(table[p / block]) * block + p % block;
+    axpy(scores[p] * inv, v + slot * kv_stride, out, head_dim);
+  }
+}
+
+AIRLOCK_AVX2 inline void axpy_avx2(float alpha, const float* x, float* y, std::int64_t n) {
   const __m256 a = _mm256_set1_ps(alpha);
   std::int64_t k = 0;
   for (; k + 8 <= n; k += 8) _mm256_storeu_ps(y + k, _mm256_fmadd_ps(a, _mm256_loadu_ps(x + k), _mm256_loadu_ps(y + k)));
   for (; k < n; ++k) y[k] += alpha * x[k];
 }
-}  // namespace
 
-float vec_dot_f32(const float* a, const float* b, std::int64_t n) {
-  if (cpu_has_avx2() && !g_force_scalar.load(std::memory_order_relaxed)) return dot_f32(a, b, n);
-  float s = 0;
-  for (std::int64_t k = 0; k < n; ++k) s += a[k] * b[k];
-  return s;
+AIRLOCK_AVX2 void attend_head_avx2(const float* q, const float* k, const float* v, std::int64_t kv_stride,
+                                   const std::int32_t* table, int block, int n_ctx, int head_dim, float scale,
+                                   float* scores, float* out) {
+  attend_head_impl(q, k, v, kv_stride, table, block, n_ctx, head_dim, scale, scores, out, dot_f32, axpy_avx2);
 }
 
-void vec_axpy_f32(float alpha, const float* x, float* y, std::int64_t n) {
-  if (cpu_has_avx2() && !g_force_scalar.load(std::memory_order_relaxed)) return axpy_avx2(alpha, x, y, n);
-  for (std::int64_t k = 0; k < n; ++k) y[k] += alpha * x[k];
+}  // namespace
+
+void attend_head(const float* q, const float* k, const float* v, std::int64_t kv_stride, const std::int32_t* table,
+                 int block, int n_ctx, int head_dim, float scale, float* scores, float* out) {
+  if (cpu_has_avx2() && !g_force_scalar.load(std::memory_order_relaxed))
+    return attend_head_avx2(q, k, v, kv_stride, table, block, n_ctx, head_dim, scale, scores, out);
+  attend_head_impl(
+      q, k, v, kv_stride, table, block, n_ctx, head_dim, scale, scores, out,
+      [](const float* a, const float* b, std::int64_t n) {
+        float s = 0;
+        for (std::int64_t i = 0; i < n; ++i) s += a[i] * b[i];
+        return s;
+      },
+      [](float alpha, const float* x, float* y, std::int64_t n) {
+        for (std::int64_t i = 0; i < n; ++i) y[i] += alpha * x[i];
+      });
 }
 
 const char* kernel_isa() { return cpu_has_avx2() && !g_force_scalar.load() ? "avx2" : "scalar"; }

@@ -20,9 +20,12 @@ namespace airlock::engine {
 void matmul_rows(GgmlType type, const std::uint8_t* w, std::int64_t n_in, const float* x,
                  std::int64_t n_tokens, float* y, std::int64_t n_out, std::int64_t r0, std::int64_t r1);
 
-// Small float vector helpers for attention: a . b, and y += alpha * x.
-float vec_dot_f32(const float* a, const float* b, std::int64_t n);
-void vec_axpy_f32(float alpha, const float* x, float* y, std::int64_t n);
+// One attention head for one query over n_ctx cached positions:
+//   out (head_dim) = softmax(scale * q . k_p) weighted sum of v_p,
+// where position p's key is at k + slot(p) * kv_stride (likewise v) and
+// slot(p) = table[p / block] * block + p % block. `scores` is scratch of n_ctx.
+void attend_head(const float* q, const float* k, const float* v, std::int64_t kv_stride, const std::int32_t* table,
+                 int block, int n_ctx, int head_dim, float scale, float* scores, float* out);
 
 // Which implementation matmul_rows uses on this machine: "avx2" or "scalar".
 const char* kernel_isa();
