@@ -166,6 +166,11 @@ int cmd_keygen(const std::vector<std::string>& argv) {
     if (!p.is_ok()) return fail(p.status());
     passphrase = *p;
   }
+  for (const char* ext : {".key", ".pub"}) {
+    struct stat st {};
+    if (::lstat((*out + ext).c_str(), &st) == 0)
+      return fail(already_exists(*out + ext + " already exists (refusing to overwrite a key)"));
+  }
   SecretKey sk = generate_secret_key();
   std::string sk_text = format_secret_key(sk, passphrase);
   if (passphrase) sodium_memzero(passphrase->data(), passphrase->size());

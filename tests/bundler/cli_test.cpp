@@ -106,6 +106,10 @@ TEST_F(CliTest, KeygenWritesMinisignKeysWithSafeModes) {
   RunResult again = airlock({"bundle", "keygen", "--out", dir / "signer", "--unencrypted"});
   EXPECT_EQ(again.exit_code, 2) << "must refuse to overwrite a key";
   EXPECT_EQ(testing::read_file(dir / "signer.pub"), pub);
+  // A stray public key also blocks keygen, so no orphan secret key is left.
+  testing::write_file(dir / "lonely.pub", pub);
+  EXPECT_EQ(airlock({"bundle", "keygen", "--out", dir / "lonely", "--unencrypted"}).exit_code, 2);
+  EXPECT_FALSE(testing::exists(dir / "lonely.key"));
 }
 
 TEST_F(CliTest, EncryptedKeyNeedsItsPassphrase) {
