@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cctype>
 #include <charconv>
+#include <ctime>
 #include <set>
 #include <string>
 
@@ -379,6 +380,15 @@ Result<Manifest> parse_manifest(std::string_view bytes) {
   } catch (const std::exception& e) {
     return verification_failed(std::string("manifest: ") + e.what());
   }
+}
+
+std::string format_utc(std::int64_t unix_seconds) {
+  std::time_t t = static_cast<std::time_t>(unix_seconds);
+  std::tm tm{};
+  gmtime_r(&t, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return buf;
 }
 
 std::string expected_trusted_comment(const Manifest& manifest, std::string_view manifest_bytes) {

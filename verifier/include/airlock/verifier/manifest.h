@@ -77,6 +77,9 @@ Result<Manifest> parse_manifest(std::string_view bytes);
 // "airlock-bundle name=N version=V manifest_sha256=HEX"
 std::string expected_trusted_comment(const Manifest& manifest, std::string_view manifest_bytes);
 
+// "2026-11-22T11:07:19Z" for Unix seconds (UTC).
+std::string format_utc(std::int64_t unix_seconds);
+
 // Compares "MAJOR.MINOR.PATCH" strings; returns false if either is malformed.
 bool parse_semver(std::string_view text, std::uint64_t out[3]);
 int compare_semver(const std::uint64_t a[3], const std::uint64_t b[3]);
