@@ -194,13 +194,25 @@ AIRLOCK_AVX2 void dot_q4_0(const std::uint8_t* row, const ActQ8_0* const* act, i
   for (int t = 0; t < nt; ++t) out[t] = hsum(acc[t]);
 }
 
-AIRLOCK_AVX2 void dot_q4_k(const std::uint8_t* row, const ActQ8_K* const* act, int nt, std::int64_t nb, float* out) {
-  struct Block {
+// Q4_K and Q5_K share scales, mins and nibble layout; Q5_K adds a fifth bit
+// per value from qh (bit 2c of qh[l] for element 64c + l, bit 2c + 1 for
+// element 64c + 32 + l).
+template <bool kFiveBit>
+AIRLOCK_AVX2 void dot_qk_affine(const std::uint8_t* row, const ActQ8_K* const* act, int nt, std::int64_t nb, float* out) {
+  struct Block4 {
     std::uint16_t d, dmin;
     std::uint8_t scales[12];
     std::uint8_t qs[128];
   };
+  struct Block5 {
+    std::uint16_t d, dmin;
+    std::uint8_t scales[12];
+    std::uint8_t qh[32];
+    std::uint8_t qs[128];
+  };
+  using Block = std::conditional_t<kFiveBit, Block5, Block4>;
   const auto* b = reinterpret_cast<const Block*>(row);
+  const __m256i one = _mm256_set1_epi8(1);
   const __m256i low = _mm256_set1_epi8(0x0F);
   __m256 acc[kTokenGroup] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
   float acc_min[kTokenGroup] = {0, 0, 0, 0};
@@ -224,6 +236,13 @@ AIRLOCK_AVX2 void dot_q4_k(const std::uint8_t* row, const ActQ8_K* const* act, i
       const __m256i q = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b[i].qs + 32 * j));
       q4[2 * j] = _mm256_and_si256(q, low);
       q4[2 * j + 1] = _mm256_and_si256(_mm256_srli_epi16(q, 4), low);
+      if constexpr (kFiveBit) {
+        const __m256i qh = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b[i].qh));
+        const __m256i h0 = _mm256_and_si256(_mm256_srli_epi16(qh, 2 * j), one);
+        const __m256i h1 = _mm256_and_si256(_mm256_srli_epi16(qh, 2 * j + 1), one);
+        q4[2 * j] = _mm256_or_si256(q4[2 * j], _mm256_slli_epi16(h0, 4));
+        q4[2 * j + 1] = _mm256_or_si256(q4[2 * j + 1], _mm256_slli_epi16(h1, 4));
+      }
     }
     for (int t = 0; t < nt; ++t) {
       const ActQ8_K& y = act[t][i];
@@ -319,7 +338,8 @@ AIRLOCK_AVX2 void matmul_rows_avx2(GgmlType type, const std::uint8_t* w, std::in
   switch (type) {
     case GgmlType::kQ8_0: return run_int8(&act32, 32, quantize_act_q8_0, dot_q8_0);
     case GgmlType::kQ4_0: return run_int8(&act32, 32, quantize_act_q8_0, dot_q4_0);
-    case GgmlType::kQ4_K: return run_int8(&act256, 256, quantize_act_q8_k, dot_q4_k);
+    case GgmlType::kQ4_K: return run_int8(&act256, 256, quantize_act_q8_k, dot_qk_affine<false>);
+    case GgmlType::kQ5_K: return run_int8(&act256, 256, quantize_act_q8_k, dot_qk_affine<true>);
     case GgmlType::kQ6_K: return run_int8(&act256, 256, quantize_act_q8_k, dot_q6_k);
     default: break;
   }

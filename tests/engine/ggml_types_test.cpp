@@ -171,7 +171,7 @@ int act_block(GgmlType t) {
   if (std::string(kernel_isa()) != "avx2") return 0;
   switch (t) {
     case GgmlType::kQ8_0: case GgmlType::kQ4_0: return 32;
-    case GgmlType::kQ4_K: case GgmlType::kQ6_K: return 256;
+    case GgmlType::kQ4_K: case GgmlType::kQ5_K: case GgmlType::kQ6_K: return 256;
     default: return 0;  // float activations
   }
 }

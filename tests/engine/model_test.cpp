@@ -136,7 +136,7 @@ INSTANTIATE_TEST_SUITE_P(
         ShapeCase{"llama_q8_0", spec("llama", 64, 4, 2, 96, false, GgmlType::kQ8_0), 3e-2},
         ShapeCase{"llama_q4_0", spec("llama", 64, 4, 2, 96, false, GgmlType::kQ4_0), 3e-2},
         ShapeCase{"llama_q4_k", spec("llama", 256, 4, 2, 256, false, GgmlType::kQ4_K), 3e-2},
-        ShapeCase{"qwen3_q5_k", spec("qwen3", 256, 4, 1, 512, true, GgmlType::kQ5_K, 64), 1e-4},
+        ShapeCase{"qwen3_q5_k", spec("qwen3", 256, 4, 1, 512, true, GgmlType::kQ5_K, 64), 3e-2},
         ShapeCase{"qwen2_q6_k", spec("qwen2", 256, 8, 2, 256, false, GgmlType::kQ6_K), 3e-2}),
     [](const auto& param_info) { return std::string(param_info.param.name); });
 
