@@ -244,6 +244,8 @@ AIRLOCK_AVX2 void dot_qk_affine(const std::uint8_t* row, const ActQ8_K* const* a
         q4[2 * j + 1] = _mm256_or_si256(q4[2 * j + 1], _mm256_slli_epi16(h1, 4));
       }
     }
+    __m256i scale16[8];
+    for (int j = 0; j < 8; ++j) scale16[j] = _mm256_set1_epi16(sc[j]);
     for (int t = 0; t < nt; ++t) {
       const ActQ8_K& y = act[t][i];
       // sum over the 8 sub-blocks of min_j * (sum of their 32 activations)
@@ -256,7 +258,7 @@ AIRLOCK_AVX2 void dot_qk_affine(const std::uint8_t* row, const ActQ8_K* const* a
       __m256i sumi = _mm256_setzero_si256();
       for (int j = 0; j < 8; ++j) {
         const __m256i q8 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(y.qs + 32 * j));
-        sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(_mm256_maddubs_epi16(q4[j], q8), _mm256_set1_epi16(sc[j])));
+        sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(_mm256_maddubs_epi16(q4[j], q8), scale16[j]));
       }
       acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(y.d * d), _mm256_cvtepi32_ps(sumi), acc[t]);
     }
