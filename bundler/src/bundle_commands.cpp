@@ -262,7 +262,7 @@ int cmd_create(const std::vector<std::string>& argv) {
 // ---------------------------------------------------------------- verify
 
 int cmd_verify(const std::vector<std::string>& argv) {
-  auto args = Args::parse(argv, {"trusted", "threads"}, {"quiet"});
+  auto args = Args::parse(argv, {"trusted", "threads", "store"}, {"quiet"});
   if (!args.is_ok()) return usage_error(args.status().message());
   if (args->positional().size() != 1 || !args->get("trusted"))
     return usage_error("usage: airlock bundle verify BUNDLE --trusted DIR_OR_PUBKEY");
@@ -279,6 +279,20 @@ int cmd_verify(const std::vector<std::string>& argv) {
   Result<VerifiedBundle> vb = verify_bundle_file(path, *trust, vo);
   progress.finish();
   if (!vb.is_ok()) return fail(vb.status().with_context(path));
+  if (auto store_dir = args->get("store")) {
+    // "Not older": compare with the store's rollback record without importing.
+    struct stat st {};
+    if (::stat(store_dir->c_str(), &st) != 0 || !S_ISDIR(st.st_mode))
+      return fail(not_found(*store_dir + ": no such store"));
+    Result<BundleStore> store = BundleStore::open(*store_dir);
+    if (!store.is_ok()) return fail(store.status());
+    Result<std::optional<std::uint64_t>> highest = store->highest_version(vb->manifest.name);
+    if (!highest.is_ok()) return fail(highest.status());
+    if (*highest && vb->manifest.version <= **highest)
+      return fail(verification_failed(path + ": rollback: " + vb->manifest.name + " version " +
+                                      std::to_string(vb->manifest.version) +
+                                      " is not newer than the imported version " + std::to_string(**highest)));
+  }
   if (!quiet) {
     const Manifest& m = vb->manifest;
     std::printf("OK %s: %s version %llu, %zu files, %s, signed by trusted key %s\n", path.c_str(), m.name.c_str(),
@@ -429,7 +443,8 @@ void print_bundle_usage() {
       "  create  --key K --name N --version V [--llm F.gguf] [--embedding F.gguf]\n"
       "          [--file ROLE=PATH ...] [--out N-V.airlock] [--expires DATE|+DAYSd]\n"
       "          [--chunk-size BYTES] [--passphrase-file F] [--threads N] [--quiet]\n"
-      "  verify  BUNDLE --trusted DIR_OR_PUBKEY [--threads N] [--quiet]\n"
+      "  verify  BUNDLE --trusted DIR_OR_PUBKEY [--store DIR] [--threads N] [--quiet]\n"
+      "          (--store: also refuse a version not newer than the store's)\n"
       "  inspect BUNDLE [--json]      (unverified view)\n"
       "  import  BUNDLE --store DIR --trusted DIR_OR_PUBKEY [--allow-downgrade] [--quiet]\n"
       "  list    --store DIR\n"

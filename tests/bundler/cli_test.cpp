@@ -162,6 +162,18 @@ TEST_F(CliTest, CreateVerifyInspectImportList) {
   EXPECT_EQ(l.exit_code, 0);
   EXPECT_NE(l.out.find("demo"), std::string::npos);
 
+  // verify --store checks "not older" against the store's record.
+  RunResult vs = airlock({"bundle", "verify", dir / "demo-1.airlock", "--trusted", dir / "trusted", "--store",
+                          dir / "store"});
+  EXPECT_EQ(vs.exit_code, 1);
+  EXPECT_NE(vs.err.find("rollback"), std::string::npos) << vs.err;
+  ASSERT_EQ(create("2", dir / "demo-2.airlock").exit_code, 0);
+  EXPECT_EQ(airlock({"bundle", "verify", dir / "demo-2.airlock", "--trusted", dir / "trusted", "--store",
+                     dir / "store", "--quiet"}).exit_code, 0);
+  EXPECT_EQ(airlock({"bundle", "verify", dir / "demo-2.airlock", "--trusted", dir / "trusted", "--store",
+                     dir / "no-such-store"}).exit_code, 2);
+  EXPECT_FALSE(testing::exists(dir / "no-such-store"));
+
   // Rollback through the CLI: exit 1, and an explicit override works.
   RunResult again = airlock({"bundle", "import", dir / "demo-1.airlock", "--store", dir / "store", "--trusted",
                              dir / "trusted"});
