@@ -1,7 +1,10 @@
 // Block layouts and (de)quantisation of the GGUF weight types, following
 // ggml's definitions (ggml-common.h, ggml-quants.c). The dequantisers are bit
-// for bit ggml's; the quantisers are simpler than ggml's search-based ones
-// (per-block min/max) and exist for tests and the GGUF test writer.
+// for bit ggml's. The quantisers exist for tests and the GGUF test writer:
+// Q8_0 and Q4_0 are ggml's reference ones; the K-quants use ggml's scale
+// searches (make_qkx2_quants / make_qx_quants) with plain rather than
+// importance weights for Q6_K, so their blocks are valid and close to
+// ggml's but not byte-identical.
 #include "airlock/engine/ggml_types.h"
 
 #include <algorithm>
@@ -63,43 +66,138 @@ void pack_scale_min_k4(const std::uint8_t sc[8], const std::uint8_t mn[8], std::
 
 int nearest_int(float x) { return static_cast<int>(std::lrintf(x)); }
 
-// Affine 32-element sub-block quantisation for Q4_K / Q5_K: x ~ scale * q - min.
-void kquant_affine(const float* x, int n_levels, float* scale, float* min) {
-  float lo = x[0], hi = x[0];
-  for (int i = 1; i < 32; ++i) {
+// Weighted least-squares fit of n values as x ~ scale * L - min with L in
+// [0, n_max] and min >= 0 (ggml's make_qkx2_quants): the plain min/max fit,
+// then n_step + 1 candidate inverse scales around it, each refined by the
+// closed-form least-squares scale and min for its levels; the lowest weighted
+// squared error wins. Returns the scale; *min_out gets the subtracted min.
+float fit_affine(const float* x, const float* w, int n, int n_max, float rmin, float rdelta, int n_step,
+                 std::uint8_t* levels, float* min_out) {
+  float lo = x[0], hi = x[0], sum_w = 0, sum_x = 0;
+  for (int i = 0; i < n; ++i) {
     lo = std::min(lo, x[i]);
     hi = std::max(hi, x[i]);
+    sum_w += w[i];
+    sum_x += w[i] * x[i];
   }
-  lo = std::min(lo, 0.0f);  // ggml stores a non-negative min that is subtracted
-  *min = -lo;
-  *scale = hi > lo ? (hi - lo) / static_cast<float>(n_levels) : 0.0f;
+  lo = std::min(lo, 0.0f);  // the format subtracts a non-negative min
+  if (!(hi > lo)) {         // constant block (or NaN): everything is the min
+    std::fill(levels, levels + n, std::uint8_t{0});
+    *min_out = -lo;
+    return 0.0f;
+  }
+  auto quantise = [&](float iscale, float offset, std::uint8_t* out) {
+    for (int i = 0; i < n; ++i) out[i] = static_cast<std::uint8_t>(std::clamp(nearest_int(iscale * (x[i] - offset)), 0, n_max));
+  };
+  auto error = [&](float scale, float offset, const std::uint8_t* l) {
+    float e = 0;
+    for (int i = 0; i < n; ++i) {
+      const float diff = scale * static_cast<float>(l[i]) + offset - x[i];
+      e += w[i] * diff * diff;
+    }
+    return e;
+  };
+  float scale = (hi - lo) / static_cast<float>(n_max);
+  quantise(static_cast<float>(n_max) / (hi - lo), lo, levels);
+  float best = error(scale, lo, levels);
+  const float range_lo = lo;
+  std::uint8_t aux[32];
+  for (int step = 0; step <= n_step; ++step) {
+    const float iscale = (rmin + rdelta * static_cast<float>(step) + static_cast<float>(n_max)) / (hi - range_lo);
+    quantise(iscale, range_lo, aux);
+    float sum_l = 0, sum_l2 = 0, sum_xl = 0;
+    for (int i = 0; i < n; ++i) {
+      const float l = aux[i];
+      sum_l += w[i] * l;
+      sum_l2 += w[i] * l * l;
+      sum_xl += w[i] * l * x[i];
+    }
+    const float det = sum_w * sum_l2 - sum_l * sum_l;
+    if (!(det > 0)) continue;
+    float s = (sum_w * sum_xl - sum_x * sum_l) / det;
+    float m = (sum_l2 * sum_x - sum_l * sum_xl) / det;
+    if (m > 0) {  // a positive offset is not representable: refit the scale alone
+      m = 0;
+      s = sum_xl / sum_l2;
+    }
+    const float e = error(s, m, aux);
+    if (e < best) {
+      best = e;
+      scale = s;
+      lo = m;
+      std::copy(aux, aux + n, levels);
+    }
+  }
+  *min_out = -lo;
+  return scale;
 }
 
+// Q4_K / Q5_K super-block: eight 32-element affine fits, their scales and
+// mins quantised to 6 bits against two fp16 super-scales, then the values
+// requantised against the scales as they will be decoded.
 void quantize_kaffine(const float* x, int bits, std::uint16_t* d_out, std::uint16_t* dmin_out,
                       std::uint8_t scales_out[12], std::uint8_t q_out[QK_K]) {
   const int n_levels = (1 << bits) - 1;
-  float sc[8], mn[8];
+  float sc[8], mn[8], weights[32];
   float max_sc = 0, max_mn = 0;
   for (int j = 0; j < 8; ++j) {
-    kquant_affine(x + 32 * j, n_levels, &sc[j], &mn[j]);
+    const float* xs = x + 32 * j;
+    float sum_x2 = 0;
+    for (int i = 0; i < 32; ++i) sum_x2 += xs[i] * xs[i];
+    const float av = std::sqrt(sum_x2 / 32);
+    for (int i = 0; i < 32; ++i) weights[i] = av + std::fabs(xs[i]);  // ggml's weighting
+    sc[j] = bits == 4 ? fit_affine(xs, weights, 32, n_levels, -1.0f, 0.1f, 20, q_out + 32 * j, &mn[j])
+                      : fit_affine(xs, weights, 32, n_levels, -0.5f, 0.1f, 15, q_out + 32 * j, &mn[j]);
     max_sc = std::max(max_sc, sc[j]);
     max_mn = std::max(max_mn, mn[j]);
   }
-  const float d = max_sc / 63.0f, dmin = max_mn / 63.0f;
-  *d_out = fp32_to_fp16(d);
-  *dmin_out = fp32_to_fp16(dmin);
-  const float d_eff = fp16_to_fp32(*d_out), dmin_eff = fp16_to_fp32(*dmin_out);
+  const float inv_sc = max_sc > 0 ? 63.0f / max_sc : 0.0f, inv_mn = max_mn > 0 ? 63.0f / max_mn : 0.0f;
   std::uint8_t isc[8], imn[8];
   for (int j = 0; j < 8; ++j) {
-    isc[j] = static_cast<std::uint8_t>(std::clamp(d_eff > 0 ? nearest_int(sc[j] / d_eff) : 0, 0, 63));
-    imn[j] = static_cast<std::uint8_t>(std::clamp(dmin_eff > 0 ? nearest_int(mn[j] / dmin_eff) : 0, 0, 63));
+    isc[j] = static_cast<std::uint8_t>(std::clamp(nearest_int(inv_sc * sc[j]), 0, 63));
+    imn[j] = static_cast<std::uint8_t>(std::clamp(nearest_int(inv_mn * mn[j]), 0, 63));
+  }
+  *d_out = fp32_to_fp16(max_sc / 63.0f);
+  *dmin_out = fp32_to_fp16(max_mn / 63.0f);
+  const float d_eff = fp16_to_fp32(*d_out), dmin_eff = fp16_to_fp32(*dmin_out);
+  for (int j = 0; j < 8; ++j) {
     const float s = d_eff * isc[j], m = dmin_eff * imn[j];
     for (int i = 0; i < 32; ++i) {
-      int q = s > 0 ? nearest_int((x[32 * j + i] + m) / s) : 0;
+      const int q = s > 0 ? nearest_int((x[32 * j + i] + m) / s) : 0;
       q_out[32 * j + i] = static_cast<std::uint8_t>(std::clamp(q, 0, n_levels));
     }
   }
   pack_scale_min_k4(isc, imn, scales_out);
+}
+
+// Symmetric fit of n values as x ~ scale * L with L in [-n_max, n_max - 1]
+// (ggml's make_qx_quants, unweighted): the value of largest magnitude maps to
+// -n_max, then 18 nearby inverse scales are tried, each with its
+// least-squares scale. Returns the (possibly negative) scale.
+float fit_symmetric(const float* x, int n, int n_max) {
+  float amax = 0, vmax = 0;
+  for (int i = 0; i < n; ++i)
+    if (std::fabs(x[i]) > amax) {
+      amax = std::fabs(x[i]);
+      vmax = x[i];
+    }
+  if (!(amax > 1e-15f)) return 0.0f;
+  float best_scale = 0, best = -1;
+  for (int step = -9; step <= 9; ++step) {
+    const float iscale = -(static_cast<float>(n_max) + 0.1f * static_cast<float>(step)) / vmax;
+    float sum_lx = 0, sum_l2 = 0;
+    for (int i = 0; i < n; ++i) {
+      const float l = static_cast<float>(std::clamp(nearest_int(iscale * x[i]), -n_max, n_max - 1));
+      sum_lx += x[i] * l;
+      sum_l2 += l * l;
+    }
+    // sum_lx^2 / sum_l2 is the error reduction of the least-squares scale.
+    if (sum_l2 > 0 && (best < 0 || sum_lx * sum_lx > best * sum_l2)) {
+      best_scale = sum_lx / sum_l2;
+      best = best_scale * sum_lx;
+    }
+  }
+  return best_scale;
 }
 
 }  // namespace
@@ -301,7 +399,7 @@ void quantize_row(GgmlType t, const float* x, void* dst, std::int64_t n) {
         for (int j = 0; j < QK; ++j) amax = std::max(amax, std::fabs(x[i * QK + j]));
         const float d = amax / 127.0f, id = d > 0 ? 1.0f / d : 0.0f;
         b[i].d = fp32_to_fp16(d);
-        for (int j = 0; j < QK; ++j) b[i].qs[j] = static_cast<std::int8_t>(nearest_int(x[i * QK + j] * id));
+        for (int j = 0; j < QK; ++j) b[i].qs[j] = static_cast<std::int8_t>(std::lround(x[i * QK + j] * id));  // roundf, as ggml
       }
       return;
     }
@@ -354,19 +452,22 @@ void quantize_row(GgmlType t, const float* x, void* dst, std::int64_t n) {
       auto* b = static_cast<BlockQ6_K*>(dst);
       for (std::int64_t i = 0; i < n / QK_K; ++i) {
         const float* xb = x + i * QK_K;
-        float sub_scale[16], max_scale = 0;
+        // ggml's scheme: the sub-block scale of largest magnitude maps to -128
+        // in the int8 scales, so the full signed range is used.
+        float sub_scale[16], max_scale = 0, max_abs = 0;
         for (int s = 0; s < 16; ++s) {
-          float amax = 0;
-          for (int k = 0; k < 16; ++k) amax = std::max(amax, std::fabs(xb[16 * s + k]));
-          sub_scale[s] = amax / 31.0f;
-          max_scale = std::max(max_scale, sub_scale[s]);
+          sub_scale[s] = fit_symmetric(xb + 16 * s, 16, 32);
+          if (std::fabs(sub_scale[s]) > max_abs) {
+            max_abs = std::fabs(sub_scale[s]);
+            max_scale = sub_scale[s];
+          }
         }
-        const float d = max_scale / 127.0f;
-        b[i].d = fp32_to_fp16(d);
+        const float iscale = max_abs > 0 ? -128.0f / max_scale : 0.0f;
+        b[i].d = fp32_to_fp16(max_abs > 0 ? 1.0f / iscale : 0.0f);
         const float d_eff = fp16_to_fp32(b[i].d);
         std::uint8_t q[QK_K];
         for (int s = 0; s < 16; ++s) {
-          const int sc = d_eff > 0 ? std::clamp(nearest_int(sub_scale[s] / d_eff), -127, 127) : 0;
+          const int sc = std::clamp(nearest_int(iscale * sub_scale[s]), -128, 127);
           b[i].scales[s] = static_cast<std::int8_t>(sc);
           const float step = d_eff * static_cast<float>(sc);
           for (int k = 0; k < 16; ++k) {

@@ -50,9 +50,15 @@ void matmul_rows_scalar(GgmlType type, const std::uint8_t* w, std::int64_t n_in,
   for (std::int64_t r = r0; r < r1; ++r) {
     dequantize_row(type, w + stride * static_cast<std::size_t>(r), row.data(), n_in);
     for (std::int64_t t = 0; t < n_tokens; ++t) {
+      // Eight partial sums: independent chains the compiler can keep in
+      // SSE2 registers (block sizes are multiples of 8 except F32/F16/BF16).
       const float* xt = x + t * n_in;
-      float s = 0;
-      for (std::int64_t k = 0; k < n_in; ++k) s += row[k] * xt[k];
+      float part[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+      std::int64_t k = 0;
+      for (; k + 8 <= n_in; k += 8)
+        for (int j = 0; j < 8; ++j) part[j] += row[k + j] * xt[k + j];
+      float s = ((part[0] + part[4]) + (part[1] + part[5])) + ((part[2] + part[6]) + (part[3] + part[7]));
+      for (; k < n_in; ++k) s += row[k] * xt[k];
       y[t * n_out + r] = s;
     }
   }
@@ -141,12 +147,6 @@ void quantize_act_q8_k(const float* x, std::int64_t n, ActQ8_K* out) {
 }
 
 AIRLOCK_AVX2 inline float half_to_float(std::uint16_t h) { return _cvtsh_ss(h); }
-
-// Sum of signed-byte products of 32 lanes, as 8 int32 (sign trick: |a| * sign(b, a)).
-AIRLOCK_AVX2 inline __m256i dot_i8(__m256i a, __m256i b) {
-  const __m256i ax = _mm256_sign_epi8(a, a), sy = _mm256_sign_epi8(b, a);
-  return _mm256_madd_epi16(_mm256_maddubs_epi16(ax, sy), _mm256_set1_epi16(1));
-}
 
 // Each dot_* handles nt (1..4) tokens at once so each weight block is
 // unpacked once per group of tokens: out[t] = row . act[t].
