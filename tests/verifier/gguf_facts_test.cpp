@@ -140,6 +140,7 @@ TEST(GgufFactsTest, HostileHeaders) {
       {arch(B()).tensor("t", {8}, 77, 32).finish(), "unknown type 77"},
       {arch(B()).kv_u32("general.alignment", 24).tensor("t", {8}, 0, 32).finish(), "power of two"},
       {arch(B()).tensor("t", {1 << 20}, 0, 0).finish(), "outside the file"},
+      {arch(B()).tensor("t", {1ULL << 31, 1ULL << 30}, 28, 0).finish(), "outside the file"},  // 2^64 bytes of F64
       {arch(B()).tensor("t", {33}, 8, 64).finish(), "whole number"},
   };
   for (const auto& [bytes, expect] : cases) {

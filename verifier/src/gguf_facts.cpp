@@ -234,12 +234,14 @@ Result<ModelFacts> read_gguf_facts(std::span<const std::uint8_t> file) {
     if (info.block_bytes == 0) continue;
     if (tensors[i].n_elements % info.block_elems != 0)
       return verification_failed("gguf: tensor " + std::to_string(i) + " is not a whole number of " + info.name + " blocks");
-    std::uint64_t bytes = tensors[i].n_elements / info.block_elems * info.block_bytes;
+    // Compare block counts before multiplying: 2^61 eight-byte elements
+    // would otherwise wrap to 0 bytes and pass.
+    const std::uint64_t n_blocks = tensors[i].n_elements / info.block_elems;
     if (data_start > file.size() || tensors[i].offset > file.size() - data_start ||
-        bytes > file.size() - data_start - tensors[i].offset)
+        n_blocks > (file.size() - data_start - tensors[i].offset) / info.block_bytes)
       return verification_failed("gguf: tensor " + std::to_string(i) + " data (offset " +
-                                 std::to_string(tensors[i].offset) + ", " + std::to_string(bytes) +
-                                 " bytes) lies outside the file");
+                                 std::to_string(tensors[i].offset) + ", " + std::to_string(n_blocks) +
+                                 " blocks) lies outside the file");
   }
 
   const char* ftype = nullptr;
