@@ -2,6 +2,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <cstring>
 #include <ctime>
 #include <memory>
 #include <mutex>
@@ -57,8 +58,25 @@ class PayloadCheck {
 
   void hash(const Chunk& c) {
     if (failed_.load(std::memory_order_relaxed)) return;
+    // When extracting, read the chunk exactly once into a private buffer and
+    // hash and write that buffer: the mapping could change between a second
+    // read and the write (a file modified during import, or media that
+    // returns different data when read again).
+    thread_local std::vector<std::uint8_t> copy;
+    std::vector<std::span<const std::uint8_t>> one;
+    const std::vector<std::span<const std::uint8_t>>* pieces = &c.pieces;
+    if (sink_ != nullptr) {
+      copy.resize(static_cast<std::size_t>(c.n_bytes));
+      std::size_t at = 0;
+      for (auto piece : c.pieces) {
+        std::memcpy(copy.data() + at, piece.data(), piece.size());
+        at += piece.size();
+      }
+      one.emplace_back(copy.data(), copy.size());
+      pieces = &one;
+    }
     Sha256 h;
-    for (auto piece : c.pieces) h.update(piece.data(), piece.size());
+    for (auto piece : *pieces) h.update(piece.data(), piece.size());
     const ManifestFile& f = bundle_.manifest.files[c.file];
     if (h.finish() != f.chunk_sha256[c.index]) {
       fail(c.file, c.index,
@@ -69,7 +87,7 @@ class PayloadCheck {
     }
     if (sink_ != nullptr) {
       std::uint64_t at = c.offset;
-      for (auto piece : c.pieces) {
+      for (auto piece : *pieces) {
         Status s = sink_->write(c.file, at, piece);
         if (!s.is_ok()) return fail(c.file, c.index, s);
         at += piece.size();
