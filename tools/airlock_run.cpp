@@ -94,7 +94,9 @@ int main(int argc, char** argv) {
   (void)cache.add_sequence(0);
 
   Sampler sampler(sp);
-  StreamDecoder decoder(**tok);
+  // After prompt text the first generated piece continues it, so a
+  // SentencePiece leading space is real; from BOS alone it is not.
+  StreamDecoder decoder(**tok, prompt.empty() ? StreamDecoder::LeadingSpace::kStrip : StreamDecoder::LeadingSpace::kKeep);
   std::vector<float> logits;
   Batch batch;
   for (std::size_t i = 0; i < tokens.size(); ++i) batch.add(tokens[i], static_cast<int>(i), 0, i + 1 == tokens.size());
@@ -125,6 +127,7 @@ int main(int argc, char** argv) {
   std::string rest = decoder.finish();
   std::fwrite(rest.data(), 1, rest.size(), stdout);
   std::printf("\n");
+  std::fflush(stdout);
   const double gen_s = seconds_since(t_gen);
   std::fprintf(stderr, "prompt: %zu tokens in %.3f s (%.1f tok/s); generation: %d tokens in %.3f s (%.1f tok/s)\n",
                n_prompt, prompt_s, static_cast<double>(n_prompt) / prompt_s, n_generated, gen_s,

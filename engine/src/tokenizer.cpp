@@ -3,6 +3,8 @@
 #include <unicode/uchar.h>
 
 #include <algorithm>
+#include <cctype>
+#include <cstdint>
 #include <cstdio>
 #include <cstring>
 
@@ -200,30 +202,56 @@ Tokenizer::Tokenizer(TokenizerSpec spec) : spec_(std::move(spec)) {}
 Result<std::unique_ptr<Tokenizer>> Tokenizer::from_gguf(const GgufFile& f) {
   TokenizerSpec s;
   auto model = f.get_string("tokenizer.ggml.model");
-  if (!model) return verification_failed("gguf: tokenizer.ggml.model is missing");
+  if (!model) return verification_failed("tokenizer: tokenizer.ggml.model is missing or not a string");
   s.model = std::string(*model);
   s.pre = std::string(f.get_string("tokenizer.ggml.pre").value_or("default"));
-  AIRLOCK_ASSIGN_OR_RETURN(std::vector<std::string_view> tokens, f.get_string_array("tokenizer.ggml.tokens"));
+  auto tokens_or = f.get_string_array("tokenizer.ggml.tokens");
+  if (!tokens_or.is_ok())
+    return verification_failed("tokenizer: tokenizer.ggml.tokens: " + tokens_or.status().message());
+  const std::vector<std::string_view>& tokens = tokens_or.value();
   s.tokens.assign(tokens.begin(), tokens.end());
   if (f.find("tokenizer.ggml.scores")) {
-    AIRLOCK_ASSIGN_OR_RETURN(s.scores, f.get_float_array("tokenizer.ggml.scores"));
+    auto scores = f.get_float_array("tokenizer.ggml.scores");
+    if (!scores.is_ok()) return verification_failed("tokenizer: tokenizer.ggml.scores: " + scores.status().message());
+    s.scores = std::move(scores).value();
   }
   if (f.find("tokenizer.ggml.token_type")) {
-    AIRLOCK_ASSIGN_OR_RETURN(std::vector<std::int64_t> types, f.get_int_array("tokenizer.ggml.token_type"));
-    for (std::int64_t t : types) s.types.push_back(static_cast<TokenType>(t >= 0 && t <= 6 ? t : 0));
+    auto types = f.get_int_array("tokenizer.ggml.token_type");
+    if (!types.is_ok()) return verification_failed("tokenizer: tokenizer.ggml.token_type: " + types.status().message());
+    for (std::int64_t t : types.value()) s.types.push_back(static_cast<TokenType>(t >= 0 && t <= 6 ? t : 0));
   }
   if (f.find("tokenizer.ggml.merges")) {
-    AIRLOCK_ASSIGN_OR_RETURN(std::vector<std::string_view> merges, f.get_string_array("tokenizer.ggml.merges"));
-    s.merges.assign(merges.begin(), merges.end());
+    auto merges = f.get_string_array("tokenizer.ggml.merges");
+    if (!merges.is_ok()) return verification_failed("tokenizer: tokenizer.ggml.merges: " + merges.status().message());
+    s.merges.assign(merges.value().begin(), merges.value().end());
   }
+  // A special id the file names must exist; -1 (signed) or 0xFFFFFFFF
+  // (llama.cpp's "no token" written as u32) means none.
+  Status bad_id;
   auto id = [&](const char* key) -> std::int32_t {
+    if (f.find(key) == nullptr) return -1;
+    if (auto i = f.get_int(key); i && *i < 0) return -1;
     auto v = f.get_uint(key);
-    return v && *v < s.tokens.size() ? static_cast<std::int32_t>(*v) : -1;
+    if (v && (*v == 0xFFFFFFFFu || *v == UINT64_MAX)) return -1;
+    if (!v || *v >= s.tokens.size()) {
+      if (bad_id.is_ok())
+        bad_id = verification_failed(std::string("tokenizer: ") + key + " is not a token id below n_vocab " +
+                                     std::to_string(s.tokens.size()));
+      return -1;
+    }
+    return static_cast<std::int32_t>(*v);
   };
   s.bos = id("tokenizer.ggml.bos_token_id");
   s.eos = id("tokenizer.ggml.eos_token_id");
   s.unk = id("tokenizer.ggml.unknown_token_id");
   s.eot = id("tokenizer.ggml.eot_token_id");
+  AIRLOCK_RETURN_IF_ERROR(bad_id);
+  if (s.model == "llama" && s.tokens.size() > 2) {
+    // llama.cpp's SentencePiece defaults when the file names no ids.
+    if (f.find("tokenizer.ggml.unknown_token_id") == nullptr) s.unk = 0;
+    if (f.find("tokenizer.ggml.bos_token_id") == nullptr) s.bos = 1;
+    if (f.find("tokenizer.ggml.eos_token_id") == nullptr) s.eos = 2;
+  }
   s.add_bos = f.get_bool("tokenizer.ggml.add_bos_token").value_or(s.model == "llama");
   s.add_eos = f.get_bool("tokenizer.ggml.add_eos_token").value_or(false);
   s.add_space_prefix = f.get_bool("tokenizer.ggml.add_space_prefix").value_or(true);
@@ -239,8 +267,10 @@ Result<std::unique_ptr<Tokenizer>> Tokenizer::from_spec(TokenizerSpec s) {
   if (!s.types.empty() && s.types.size() != n) return verification_failed("tokenizer: token_type and tokens differ in length");
   if (s.scores.empty()) s.scores.assign(n, 0.0f);
   if (s.types.empty()) s.types.assign(n, TokenType::kNormal);
-  for (std::int32_t* idp : {&s.bos, &s.eos, &s.unk, &s.eot})
+  for (std::int32_t* idp : {&s.bos, &s.eos, &s.unk, &s.eot}) {
     if (*idp >= static_cast<std::int32_t>(n)) return verification_failed("tokenizer: special token id out of range");
+    if (*idp < 0) *idp = -1;
+  }
   if ((s.add_bos && s.bos < 0) || (s.add_eos && s.eos < 0))
     return verification_failed("tokenizer: add_bos/add_eos without a BOS/EOS id");
   std::unique_ptr<Tokenizer> t(new Tokenizer(std::move(s)));
@@ -250,7 +280,9 @@ Result<std::unique_ptr<Tokenizer>> Tokenizer::from_spec(TokenizerSpec s) {
     const std::string& m = sp.merges[r];
     std::size_t space = m.find(' ', 1);
     if (space == std::string::npos) return verification_failed("tokenizer: merge " + std::to_string(r) + " has no space");
-    t->merge_rank_.emplace(std::make_pair(m.substr(0, space), m.substr(space + 1)), static_cast<int>(r));
+    std::string key = m;
+    key[space] = '\0';
+    t->merge_rank_.emplace(std::move(key), static_cast<int>(r));  // the first (best) rank wins
   }
   for (std::size_t i = 0; i < n; ++i)
     if ((sp.types[i] == TokenType::kControl || sp.types[i] == TokenType::kUserDefined) && !sp.tokens[i].empty())
@@ -344,9 +376,15 @@ void Tokenizer::encode_spm(std::string_view raw, std::vector<std::int32_t>* out)
     int prev, next;
     std::size_t start, len;
   };
+  // One symbol per character. llama.cpp trusts the lead byte's length even
+  // when the continuation bytes are missing; checking them (an invalid byte
+  // is a symbol of its own) keeps invalid UTF-8 from swallowing the U+2581
+  // of a following space. Valid UTF-8 splits the same either way.
   std::vector<Sym> sym;
   for (std::size_t i = 0; i < text.size();) {
-    std::size_t len = std::min<std::size_t>(static_cast<std::size_t>(utf8_len(static_cast<unsigned char>(text[i]))), text.size() - i);
+    int n_bytes;
+    decode_at(text, i, &n_bytes);
+    const std::size_t len = static_cast<std::size_t>(n_bytes);
     sym.push_back({static_cast<int>(sym.size()) - 1, static_cast<int>(sym.size()) + 1, i, len});
     i += len;
   }
@@ -393,8 +431,9 @@ void Tokenizer::encode_spm(std::string_view raw, std::vector<std::int32_t>* out)
       continue;
     }
     for (std::size_t k = 0; k < sym[i].len; ++k) {
-      std::int32_t id = byte_tokens_[static_cast<unsigned char>(text[sym[i].start + k])];
-      out->push_back(id >= 0 ? id : spec_.unk);
+      const std::int32_t id = byte_tokens_[static_cast<unsigned char>(text[sym[i].start + k])];
+      if (id >= 0) out->push_back(id);
+      else if (spec_.unk >= 0) out->push_back(spec_.unk);  // no byte token and no UNK: dropped
     }
   }
 }
@@ -407,38 +446,71 @@ void Tokenizer::bpe_word(const std::string& word, std::vector<std::int32_t>* out
       return;
     }
   }
-  std::vector<std::string> parts;
+  // Rank-driven merges over a linked list of symbols with a priority queue
+  // of adjacent pairs (as llama.cpp): O(n log n), so a long word without
+  // spaces cannot stall the encoder. Lowest rank first, leftmost on ties.
+  struct Sym {
+    int prev, next;
+    std::size_t start, len;
+  };
+  std::vector<Sym> sym;
   for (std::size_t i = 0; i < word.size();) {
-    std::size_t len = std::min<std::size_t>(static_cast<std::size_t>(utf8_len(static_cast<unsigned char>(word[i]))), word.size() - i);
-    parts.push_back(word.substr(i, len));
+    const std::size_t len = std::min<std::size_t>(
+        static_cast<std::size_t>(utf8_len(static_cast<unsigned char>(word[i]))), word.size() - i);
+    sym.push_back({static_cast<int>(sym.size()) - 1, static_cast<int>(sym.size()) + 1, i, len});
     i += len;
   }
-  while (parts.size() > 1) {
-    int best = -1, best_rank = 0;
-    for (std::size_t i = 0; i + 1 < parts.size(); ++i) {
-      auto it = merge_rank_.find({parts[i], parts[i + 1]});
-      if (it != merge_rank_.end() && (best < 0 || it->second < best_rank)) {
-        best = static_cast<int>(i);
-        best_rank = it->second;
-      }
-    }
-    if (best < 0) break;
-    parts[best] += parts[best + 1];
-    parts.erase(parts.begin() + best + 1);
+  if (sym.empty()) return;
+  sym.back().next = -1;
+  struct Pair {
+    int left, right, rank;
+    std::size_t size;
+  };
+  auto worse = [](const Pair& a, const Pair& b) { return a.rank > b.rank || (a.rank == b.rank && a.left > b.left); };
+  std::vector<Pair> heap;
+  std::string key;
+  auto try_add = [&](int l, int r) {
+    if (l < 0 || r < 0) return;
+    key.assign(word, sym[l].start, sym[l].len);
+    key.push_back('\0');
+    key.append(word, sym[r].start, sym[r].len);
+    auto it = merge_rank_.find(key);
+    if (it == merge_rank_.end()) return;
+    heap.push_back({l, r, it->second, sym[l].len + sym[r].len});
+    std::push_heap(heap.begin(), heap.end(), worse);
+  };
+  for (std::size_t i = 1; i < sym.size(); ++i) try_add(static_cast<int>(i) - 1, static_cast<int>(i));
+  while (!heap.empty()) {
+    std::pop_heap(heap.begin(), heap.end(), worse);
+    const Pair p = heap.back();
+    heap.pop_back();
+    Sym& l = sym[p.left];
+    Sym& r = sym[p.right];
+    // Stale: a symbol only grows, and a merged-away one has length 0.
+    if (l.len == 0 || r.len == 0 || l.next != p.right || l.len + r.len != p.size) continue;
+    l.len += r.len;
+    r.len = 0;
+    l.next = r.next;
+    if (r.next >= 0) sym[r.next].prev = p.left;
+    try_add(l.prev, p.left);
+    try_add(p.left, l.next);
   }
-  for (const std::string& p : parts) {
-    auto it = ids_.find(p);
+  for (int i = 0; i >= 0; i = sym[i].next) {
+    const std::string_view part(word.data() + sym[i].start, sym[i].len);
+    auto it = ids_.find(std::string(part));
     if (it != ids_.end()) {
       out->push_back(it->second);
       continue;
     }
-    // Not in the vocabulary (a damaged vocab): fall back per mapped byte.
-    for (std::size_t i = 0; i < p.size();) {
+    // Not in the vocabulary (a damaged vocabulary): one token per mapped
+    // byte, or UNK, or nothing; never an id outside the vocabulary.
+    for (std::size_t k = 0; k < part.size();) {
       int len;
-      decode_at(p, i, &len);
-      auto jt = ids_.find(p.substr(i, static_cast<std::size_t>(len)));
-      out->push_back(jt != ids_.end() ? jt->second : spec_.unk);
-      i += static_cast<std::size_t>(len);
+      decode_at(part, k, &len);
+      auto jt = ids_.find(std::string(part.substr(k, static_cast<std::size_t>(len))));
+      if (jt != ids_.end()) out->push_back(jt->second);
+      else if (spec_.unk >= 0) out->push_back(spec_.unk);
+      k += static_cast<std::size_t>(len);
     }
   }
 }

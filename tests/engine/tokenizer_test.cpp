@@ -5,7 +5,11 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <chrono>
+#include <cstring>
 #include <fstream>
+#include <random>
 #include <sstream>
 
 #include <nlohmann/json.hpp>
@@ -15,9 +19,11 @@
 namespace airlock::engine {
 namespace {
 
+// CTest sets AIRLOCK_MODELS_DIR (tests/CMakeLists.txt); run by hand, the
+// shared folder is the default.
 std::string models_dir() {
   const char* d = std::getenv("AIRLOCK_MODELS_DIR");
-  return d ? d : "";
+  return d && *d ? d : "/work/shared/models";
 }
 
 std::string slurp(const std::string& path) {
@@ -56,7 +62,8 @@ Vectors load_vectors(const std::string& base) {
 }
 
 void check_vectors(const Tokenizer& tok, const Vectors& v, const std::string& name) {
-  ASSERT_GE(v.outputs.size(), v.inputs.size()) << name;
+  ASSERT_EQ(v.outputs.size(), v.inputs.size()) << name << ": .inp and .out disagree on the number of vectors";
+  ASSERT_GT(v.inputs.size(), 40u) << name << ": the vector file was not read whole";
   int failures = 0;
   for (std::size_t i = 0; i < v.inputs.size(); ++i) {
     std::vector<std::int32_t> got = tok.encode(v.inputs[i], /*add_special=*/false, /*parse_special=*/false);
@@ -68,6 +75,23 @@ void check_vectors(const Tokenizer& tok, const Vectors& v, const std::string& na
     }
   }
   EXPECT_EQ(failures, 0) << name << ": " << v.inputs.size() << " vectors";
+  std::printf("[ vectors  ] %s: %zu of %zu reproduced\n", name.c_str(), v.inputs.size() - static_cast<std::size_t>(failures),
+              v.inputs.size());
+}
+
+// Every id in range; decoding gives the text back (byte-level BPE and
+// SentencePiece with byte fallback are both lossless for any bytes, up to
+// the SentencePiece space prefix, which the decoder strips).
+void check_lossless(const Tokenizer& tok, const std::string& text) {
+  std::vector<std::int32_t> ids = tok.encode(text, false, false);
+  std::string back;
+  for (std::int32_t id : ids) {
+    ASSERT_GE(id, 0);
+    ASSERT_LT(id, tok.n_vocab());
+    back += tok.token_bytes(id);
+  }
+  if (tok.strips_leading_space() && !back.empty() && back[0] == ' ') back.erase(0, 1);
+  EXPECT_EQ(back, text);
 }
 
 class GgufVocabTest : public ::testing::TestWithParam<const char*> {};
@@ -80,6 +104,20 @@ TEST_P(GgufVocabTest, ReproducesLlamaCppVectors) {
   auto tok = Tokenizer::from_gguf(**file);
   ASSERT_TRUE(tok.is_ok()) << tok.status().to_string();
   check_vectors(**tok, load_vectors(base), GetParam());
+  // Random bytes (mostly invalid UTF-8) and a long word without spaces: ids
+  // stay in range, the text comes back, and the encoder stays fast (a
+  // quadratic merge loop would take minutes on the long word).
+  std::mt19937 rng(7);
+  for (int k = 0; k < 200; ++k) {
+    std::string r(static_cast<std::size_t>(rng() % 64), '\0');
+    for (char& c : r) c = static_cast<char>(rng() % 256);
+    check_lossless(**tok, r);
+  }
+  const auto t0 = std::chrono::steady_clock::now();
+  std::string long_word;
+  for (int k = 0; k < 20000; ++k) long_word += "ab\xC3\xA9" "c";
+  check_lossless(**tok, long_word);
+  EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), 10.0);
 }
 
 INSTANTIATE_TEST_SUITE_P(Vocabs, GgufVocabTest,
@@ -133,6 +171,62 @@ TEST(HfVocabTest, Llama3AndQwen2Vectors) {
   }
 }
 
+// The Llama 2 vocabulary (ggml-vocab-llama-spm.gguf is Llama 2's) on the
+// README's known vector, and the same vocabulary read from llama2.c's
+// tokenizer.bin (pieces with " " for U+2581) agreeing on every vector.
+TEST(TokenizerTest, Llama2KnownVector) {
+  const std::string base = models_dir() + "/tokenizers/llama.cpp-vocab/ggml-vocab-llama-spm.gguf";
+  if (!exists(base)) GTEST_SKIP() << base << " not found (set AIRLOCK_MODELS_DIR)";
+  auto file = GgufFile::open(base);
+  ASSERT_TRUE(file.is_ok()) << file.status().to_string();
+  auto tok = Tokenizer::from_gguf(**file);
+  ASSERT_TRUE(tok.is_ok()) << tok.status().to_string();
+  const std::vector<std::int32_t> want = {306, 4658, 278, 6593, 310, 2834, 338};
+  EXPECT_EQ((*tok)->encode("I believe the meaning of life is", false, false), want);
+  std::vector<std::int32_t> with_bos = (*tok)->encode("I believe the meaning of life is", true, false);
+  ASSERT_FALSE(with_bos.empty());
+  EXPECT_EQ(with_bos[0], 1);
+
+  const std::string bin_path = models_dir() + "/tokenizers/llama2-spm/tokenizer.bin";
+  if (!exists(bin_path)) GTEST_SKIP() << bin_path << " not found";
+  const std::string bin = slurp(bin_path);
+  TokenizerSpec s;
+  s.model = "llama";
+  std::size_t at = 4;  // max_token_length
+  while (at + 8 <= bin.size() && s.tokens.size() < 32000) {
+    float score;
+    std::int32_t len;
+    std::memcpy(&score, bin.data() + at, 4);
+    std::memcpy(&len, bin.data() + at + 4, 4);
+    at += 8;
+    ASSERT_TRUE(len >= 0 && at + static_cast<std::size_t>(len) <= bin.size());
+    std::string piece = bin.substr(at, static_cast<std::size_t>(len));
+    at += static_cast<std::size_t>(len);
+    std::string t;
+    for (char c : piece) {
+      if (c == ' ') t += "\xE2\x96\x81";
+      else t.push_back(c);
+    }
+    TokenType type = TokenType::kNormal;
+    if (t.size() == 6 && t.compare(0, 3, "<0x") == 0 && t[5] == '>') type = TokenType::kByte;
+    const std::size_t id = s.tokens.size();
+    if (id == 0) type = TokenType::kUnknown;
+    if (id == 1 || id == 2) type = TokenType::kControl;
+    s.tokens.push_back(id == 0 ? "<unk>" : id == 1 ? "<s>" : id == 2 ? "</s>" : t);
+    s.scores.push_back(score);
+    s.types.push_back(type);
+  }
+  ASSERT_EQ(s.tokens.size(), 32000u);
+  s.bos = 1;
+  s.eos = 2;
+  s.unk = 0;
+  s.add_bos = true;
+  auto from_bin = Tokenizer::from_spec(std::move(s));
+  ASSERT_TRUE(from_bin.is_ok()) << from_bin.status().to_string();
+  EXPECT_EQ((*from_bin)->encode("I believe the meaning of life is", false, false), want);
+  check_vectors(**from_bin, load_vectors(base), "llama2 tokenizer.bin");
+}
+
 TEST(TokenizerTest, StoriesVocabularyRoundTrips) {
   const std::string path = models_dir() + "/stories260K.gguf";
   if (!exists(path)) GTEST_SKIP() << "stories260K.gguf not found (set AIRLOCK_MODELS_DIR)";
@@ -152,6 +246,21 @@ TEST(TokenizerTest, StoriesVocabularyRoundTrips) {
     back += d.finish();
     EXPECT_EQ(back, text);
   }
+  // Streaming generation after a prompt keeps the space in front of the
+  // first generated word; decoding from the start of the sequence drops it.
+  std::vector<std::int32_t> prompt = (*tok)->encode("Once upon a", true, false);
+  std::vector<std::int32_t> whole = (*tok)->encode("Once upon a time", true, false);
+  ASSERT_GT(whole.size(), prompt.size());
+  ASSERT_TRUE(std::equal(prompt.begin(), prompt.end(), whole.begin()));
+  StreamDecoder cont(**tok, StreamDecoder::LeadingSpace::kKeep);
+  std::string generated;
+  for (std::size_t i = prompt.size(); i < whole.size(); ++i) generated += cont.push(whole[i]);
+  generated += cont.finish();
+  EXPECT_EQ(generated, " time");
+  StreamDecoder from_start(**tok);
+  std::string all = from_start.push(whole[0]);  // BOS: nothing, and the strip still applies next
+  for (std::size_t i = 1; i < whole.size(); ++i) all += from_start.push(whole[i]);
+  EXPECT_EQ(all + from_start.finish(), "Once upon a time");
 }
 
 TokenizerSpec byte_vocab() {
@@ -201,6 +310,26 @@ TEST(TokenizerTest, StreamDecoderNeverSplitsACharacter) {
   std::string out = cut.push((*tok)->token_id("<0xE6>"));
   EXPECT_TRUE(out.empty());
   EXPECT_EQ(cut.finish(), "\xEF\xBF\xBD");
+  // "é" and "日本" fed byte token by byte token: nothing comes out until a
+  // character is whole.
+  StreamDecoder d2(**tok);
+  EXPECT_EQ(d2.push((*tok)->token_id("<0xC3>")), "");
+  EXPECT_EQ(d2.push((*tok)->token_id("<0xA9>")), "\xC3\xA9");
+  EXPECT_EQ(d2.push((*tok)->token_id("<0xE6>")), "");
+  EXPECT_EQ(d2.push((*tok)->token_id("<0x97>")), "");
+  EXPECT_EQ(d2.push((*tok)->token_id("<0xA5>")), "\xE6\x97\xA5");
+  EXPECT_EQ(d2.push((*tok)->token_id("<0xE6>")), "");
+  EXPECT_EQ(d2.push((*tok)->token_id("<0x9C>")), "");
+  EXPECT_EQ(d2.push((*tok)->token_id("<0xAC>")), "\xE6\x9C\xAC");
+  EXPECT_EQ(d2.finish(), "");
+  // An invalid byte in the middle becomes U+FFFD; out-of-range ids add nothing.
+  StreamDecoder d3(**tok);
+  std::string mixed = d3.push((*tok)->token_id("<0xE6>"));
+  mixed += d3.push((*tok)->token_id("<0x41>"));
+  mixed += d3.push(-5);
+  mixed += d3.push(1 << 30);
+  mixed += d3.finish();
+  EXPECT_EQ(mixed, "\xEF\xBF\xBD" "A");
 }
 
 TEST(TokenizerTest, SpecialTokensAndAddSpecial) {
@@ -248,7 +377,6 @@ TEST(TokenizerTest, HostileMetadataIsRefused) {
   // From GGUF: a file without tokenizer metadata, and one with wrong types.
   testing::GgufWriter w;
   w.set_string("general.architecture", "llama");
-  auto f = GgufFile::parse({reinterpret_cast<const std::uint8_t*>(w.bytes().data()), 0});
   std::string bytes = w.bytes();
   auto g = GgufFile::parse({reinterpret_cast<const std::uint8_t*>(bytes.data()), bytes.size()});
   ASSERT_TRUE(g.is_ok());
@@ -260,6 +388,95 @@ TEST(TokenizerTest, HostileMetadataIsRefused) {
   auto g2 = GgufFile::parse({reinterpret_cast<const std::uint8_t*>(bytes2.data()), bytes2.size()});
   ASSERT_TRUE(g2.is_ok());
   EXPECT_FALSE(Tokenizer::from_gguf(**g2).is_ok());
+}
+
+// A well-formed SentencePiece vocabulary in GGUF, then one damage at a time.
+TEST(TokenizerTest, DamagedGgufVocabularyIsRefusedOrSafe) {
+  auto base = [] {
+    auto w = std::make_unique<testing::GgufWriter>();
+    w->set_string("tokenizer.ggml.model", "llama");
+    w->set_string_array("tokenizer.ggml.tokens", {"<unk>", "<s>", "</s>", "\xE2\x96\x81" "a", "a"});
+    return w;
+  };
+  auto load = [](const testing::GgufWriter& w) -> Status {
+    std::string bytes = w.bytes();
+    auto g = GgufFile::parse({reinterpret_cast<const std::uint8_t*>(bytes.data()), bytes.size()});
+    if (!g.is_ok()) return g.status();
+    auto t = Tokenizer::from_gguf(**g);
+    if (!t.is_ok()) return t.status();
+    for (std::int32_t id : (*t)->encode("a a zz\xFF", true, true)) {
+      if (id < 0 || id >= (*t)->n_vocab()) return internal_error("id out of range");
+    }
+    return Status::ok();
+  };
+  {
+    auto w = base();
+    w->set_u32("tokenizer.ggml.bos_token_id", 1);
+    w->set_u32("tokenizer.ggml.eos_token_id", 2);
+    EXPECT_TRUE(load(*w).is_ok()) << load(*w).to_string();  // no byte tokens, no UNK id: still safe
+  }
+  {
+    auto w = base();
+    w->set_u32("tokenizer.ggml.bos_token_id", 5);  // == n_vocab
+    Status st = load(*w);
+    EXPECT_EQ(st.code(), StatusCode::kVerificationFailed) << st.to_string();
+    EXPECT_NE(st.message().find("bos_token_id"), std::string::npos) << st.message();
+  }
+  {
+    auto w = base();
+    w->set_u32("tokenizer.ggml.eos_token_id", 0xFFFFFFFFu);  // llama.cpp's "none"
+    EXPECT_TRUE(load(*w).is_ok()) << load(*w).to_string();
+    w->set_bool("tokenizer.ggml.add_eos_token", true);  // EOS wanted, none named
+    EXPECT_EQ(load(*w).code(), StatusCode::kVerificationFailed);
+  }
+  {
+    auto w = base();
+    w->set_u32("tokenizer.ggml.unknown_token_id", 1000000);
+    EXPECT_EQ(load(*w).code(), StatusCode::kVerificationFailed);
+  }
+  {
+    auto w = base();
+    w->set_f32_array("tokenizer.ggml.scores", {0.0f, 0.0f});
+    EXPECT_EQ(load(*w).code(), StatusCode::kVerificationFailed);
+  }
+  {
+    auto w = base();
+    w->set_i32_array("tokenizer.ggml.token_type", {2, 3, 3, 1, 1, 1});
+    EXPECT_EQ(load(*w).code(), StatusCode::kVerificationFailed);
+  }
+  {
+    auto w = base();
+    w->set_string("tokenizer.ggml.scores", "not an array");
+    EXPECT_EQ(load(*w).code(), StatusCode::kVerificationFailed);
+  }
+  {
+    auto w = base();
+    w->set_f32_array("tokenizer.ggml.token_type", {1, 1, 1, 1, 1});  // wrong element type
+    EXPECT_EQ(load(*w).code(), StatusCode::kVerificationFailed);
+  }
+  {
+    auto w = base();  // no ids named: llama.cpp's SentencePiece defaults (0, 1, 2)
+    std::string bytes = w->bytes();
+    auto g = GgufFile::parse({reinterpret_cast<const std::uint8_t*>(bytes.data()), bytes.size()});
+    ASSERT_TRUE(g.is_ok());
+    auto t = Tokenizer::from_gguf(**g);
+    ASSERT_TRUE(t.is_ok()) << t.status().to_string();
+    EXPECT_EQ((*t)->bos(), 1);
+    EXPECT_EQ((*t)->eos(), 2);
+    EXPECT_TRUE((*t)->add_bos());
+  }
+  {
+    testing::GgufWriter w;  // BPE with merges naming unknown pieces, no byte tokens
+    w.set_string("tokenizer.ggml.model", "gpt2");
+    w.set_string_array("tokenizer.ggml.tokens", {"a", "b"});
+    w.set_string_array("tokenizer.ggml.merges", {"a b", "ab c", "\xC4\xA0 a"});
+    EXPECT_TRUE(load(w).is_ok()) << load(w).to_string();
+  }
+  {
+    testing::GgufWriter w;  // tokens missing
+    w.set_string("tokenizer.ggml.model", "gpt2");
+    EXPECT_EQ(load(w).code(), StatusCode::kVerificationFailed);
+  }
 }
 
 }  // namespace

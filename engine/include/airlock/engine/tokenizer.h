@@ -5,15 +5,22 @@
 // same text gives the same ids.
 //
 // Errors from the factories: kVerificationFailed for missing or
-// inconsistent metadata (array lengths that differ, special ids out of
-// range), kInvalidArgument for a tokenizer model this engine does not have.
+// inconsistent metadata (no tokenizer.ggml.model or tokens, arrays of the
+// wrong type, array lengths that differ, BOS/EOS/UNK/EOT ids out of range,
+// a merge without a space, an empty or implausibly large vocabulary),
+// kInvalidArgument for a tokenizer model this engine does not have. The
+// metadata is untrusted: nothing in it can make encode() or token_bytes()
+// read out of bounds, emit an id outside [0, n_vocab), or run in more than
+// O(n log n) time in the length of the text.
+//
+// Ownership: a Tokenizer copies what it needs from the GgufFile (or spec);
+// the file may be closed afterwards.
 //
 // Thread-safety: a Tokenizer is immutable after construction; encode() and
 // token_bytes() may run concurrently. StreamDecoder is per stream.
 #pragma once
 
 #include <cstdint>
-#include <map>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -46,7 +53,12 @@ struct TokenizerSpec {
 
 class Tokenizer {
  public:
+  // Reads tokenizer.ggml.{model, pre, tokens, scores, token_type, merges,
+  // bos/eos/unknown/eot_token_id, add_bos_token, add_eos_token,
+  // add_space_prefix}. A negative or 0xFFFFFFFF id means "none".
   static Result<std::unique_ptr<Tokenizer>> from_gguf(const GgufFile& file);
+  // The same checks on a spec built by other means (tests build one from a
+  // Hugging Face tokenizer.json).
   static Result<std::unique_ptr<Tokenizer>> from_spec(TokenizerSpec spec);
 
   // add_special: BOS/EOS as the metadata says. parse_special: control tokens
@@ -74,7 +86,7 @@ class Tokenizer {
 
   TokenizerSpec spec_;
   std::unordered_map<std::string, std::int32_t> ids_;
-  std::map<std::pair<std::string, std::string>, int> merge_rank_;
+  std::unordered_map<std::string, int> merge_rank_;  // "left\0right" -> rank
   std::vector<std::int32_t> specials_;  // longest first
   std::int32_t byte_tokens_[256];
   bool ignore_merges_ = false;
@@ -82,17 +94,35 @@ class Tokenizer {
 
 // Turns generated tokens into text that never splits a UTF-8 character:
 // push() returns the complete bytes available so far, finish() the rest
-// (an incomplete trailing sequence becomes U+FFFD).
+// (an incomplete trailing sequence becomes U+FFFD; an invalid byte anywhere
+// becomes U+FFFD as well, so every returned string is valid UTF-8).
+//
+// SentencePiece vocabularies put a space in front of the first word of a
+// sequence (add_space_prefix); llama.cpp drops it when it decodes a whole
+// sequence, and keeps it when it streams pieces that continue a prompt.
+// LeadingSpace says which of the two this decoder is doing: kStrip for text
+// that starts at the beginning of the sequence (tokens after BOS), kKeep for
+// tokens that continue earlier text (generation after a prompt: "Once upon
+// a" + " time" must stay " time"). Other tokenizers ignore it.
+//
+// Ownership: keeps a reference to `tokenizer`, which must outlive it.
+// Thread-safety: one decoder per stream; not safe for concurrent use.
 class StreamDecoder {
  public:
-  explicit StreamDecoder(const Tokenizer& tokenizer) : tok_(tokenizer) {}
+  enum class LeadingSpace { kStrip, kKeep };
+  explicit StreamDecoder(const Tokenizer& tokenizer, LeadingSpace leading = LeadingSpace::kStrip)
+      : tok_(tokenizer), started_(leading == LeadingSpace::kKeep) {}
+  // Appends the bytes of `id` (ids out of range and control tokens add
+  // nothing) and returns every complete character not returned before.
   std::string push(std::int32_t id);
+  // Returns what is still held back (U+FFFD for an incomplete character)
+  // and empties the decoder.
   std::string finish();
 
  private:
   const Tokenizer& tok_;
   std::string pending_;
-  bool started_ = false;
+  bool started_ = false;  // true once the leading-space decision is made
 };
 
 }  // namespace airlock::engine
