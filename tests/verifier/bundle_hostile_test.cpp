@@ -86,6 +86,18 @@ std::vector<HostileCase> hostile_cases() {
                  std::string b = valid();
                  return b.substr(0, b.size() / 2);
                }, "truncated"});
+  c.push_back({"data_after_end_of_archive", [valid] {
+                 std::string b = valid();
+                 b += std::string(1024, '\0');
+                 b += "#!/bin/sh\necho a second archive or a script hides here\n";
+                 return b;
+               }, "data after the end of the tar archive"});
+  c.push_back({"data_inside_end_padding", [valid] {
+                 std::string b = valid();
+                 std::size_t last = b.find_last_not_of('\0');
+                 b[last + 700] = 'X';  // past the last entry's padding, inside the zero blocks
+                 return b;
+               }, "tar archive"});
   c.push_back({"truncated_in_manifest", [valid] { return valid().substr(0, 700); }, "manifest.json"});
   c.push_back({"extra_file_not_in_manifest", [spec] {
                  auto p = testing::payload_entries(spec);

@@ -3,6 +3,7 @@
 #include <archive.h>
 #include <archive_entry.h>
 
+#include <algorithm>
 #include <cctype>
 #include <cstring>
 
@@ -60,7 +61,10 @@ Result<bool> TarReader::next(TarEntry* entry) {
   AIRLOCK_RETURN_IF_ERROR(open_status_);
   archive_entry* e = nullptr;
   int rc = archive_read_next_header(ar_, &e);
-  if (rc == ARCHIVE_EOF) return false;
+  if (rc == ARCHIVE_EOF) {
+    AIRLOCK_RETURN_IF_ERROR(check_end());
+    return false;
+  }
   if (rc != ARCHIVE_OK) return verification_failed("damaged or truncated tar archive: " + archive_message(ar_));
   const char* name = archive_entry_pathname(e);
   entry->name = name != nullptr ? std::string(name) : std::string();
@@ -82,6 +86,23 @@ Result<bool> TarReader::next(TarEntry* entry) {
     }
   }
   return true;
+}
+
+// libarchive stops at the first zero block; what follows it could carry
+// anything (a second archive, a script) that a different tar reader would
+// see. Only zero padding may follow the end-of-archive marker.
+Status TarReader::check_end() {
+  const la_int64_t consumed = archive_filter_bytes(ar_, -1);
+  if (consumed < 0 || static_cast<std::uint64_t>(consumed) > bytes_.size())
+    return verification_failed("tar archive: cannot locate the end-of-archive marker");
+  const std::span<const std::uint8_t> rest = bytes_.subspan(static_cast<std::size_t>(consumed));
+  const auto nonzero = std::find_if(rest.begin(), rest.end(), [](std::uint8_t b) { return b != 0; });
+  if (nonzero != rest.end())
+    return verification_failed("data after the end of the tar archive (offset " +
+                               std::to_string(static_cast<std::size_t>(consumed) +
+                                              static_cast<std::size_t>(nonzero - rest.begin())) +
+                               "); only zero padding may follow");
+  return Status::ok();
 }
 
 Status TarReader::read_data(const std::function<Status(const std::uint8_t*, std::size_t)>& sink) {

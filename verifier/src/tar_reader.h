@@ -30,7 +30,9 @@ class TarReader {
   TarReader(const TarReader&) = delete;
   TarReader& operator=(const TarReader&) = delete;
 
-  // Advances to the next entry. Returns false at a clean end of archive.
+  // Advances to the next entry. Returns false at a clean end of archive:
+  // the end-of-archive marker followed by nothing but zero bytes (anything
+  // else after the marker is kVerificationFailed).
   Result<bool> next(TarEntry* entry);
 
   // Reads the current entry's data as blocks: `sink(data, n_bytes)` in order,
@@ -43,6 +45,8 @@ class TarReader {
   Status read_small(std::string* out, std::uint64_t max_bytes);
 
  private:
+  Status check_end();
+
   std::span<const std::uint8_t> bytes_;
   ::archive* ar_ = nullptr;
   std::uint64_t current_size_ = 0;
