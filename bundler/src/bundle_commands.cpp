@@ -29,6 +29,15 @@ namespace {
 
 using namespace airlock::verifier;
 
+// Unverified text for a terminal: control bytes (escape sequences, carriage
+// returns that would overwrite the line) become '?'; UTF-8 passes.
+std::string terminal_safe(std::string_view text) {
+  std::string out(text);
+  for (char& c : out)
+    if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) c = '?';
+  return out;
+}
+
 int fail(const Status& s) {
   std::fprintf(stderr, "airlock: %s\n", s.to_string().c_str());
   return exit_code(s.code());
@@ -281,10 +290,7 @@ int cmd_verify(const std::vector<std::string>& argv) {
   if (!vb.is_ok()) return fail(vb.status().with_context(path));
   if (auto store_dir = args->get("store")) {
     // "Not older": compare with the store's rollback record without importing.
-    struct stat st {};
-    if (::stat(store_dir->c_str(), &st) != 0 || !S_ISDIR(st.st_mode))
-      return fail(not_found(*store_dir + ": no such store"));
-    Result<BundleStore> store = BundleStore::open(*store_dir);
+    Result<BundleStore> store = BundleStore::open(*store_dir, BundleStore::Access::kReadOnly);
     if (!store.is_ok()) return fail(store.status());
     Result<std::optional<std::uint64_t>> highest = store->highest_version(vb->manifest.name);
     if (!highest.is_ok()) return fail(highest.status());
@@ -365,7 +371,7 @@ int cmd_inspect(const std::vector<std::string>& argv) {
   if (!ib.archive_status.is_ok()) std::printf("archive error: %s\n", ib.archive_status.message().c_str());
   if (ib.signature)
     std::printf("signed by:   key %s\ncomment:     %s\n", ib.signature->key_id.to_string().c_str(),
-                ib.signature->trusted_comment.c_str());
+                terminal_safe(ib.signature->trusted_comment).c_str());
   else
     std::printf("signature:   unreadable (%s)\n", ib.signature_status.message().c_str());
   if (ib.manifest) {

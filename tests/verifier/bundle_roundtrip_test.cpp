@@ -2,8 +2,11 @@
 #include <gtest/gtest.h>
 #include <fcntl.h>
 #include <sys/file.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
+
+#include <filesystem>
 
 #include "airlock/verifier/bundle_reader.h"
 #include "airlock/verifier/bundle_store.h"
@@ -132,12 +135,92 @@ TEST(BundleRoundTrip, UnrecordedLeftoversAreReplaced) {
   ASSERT_EQ(::mkdir((f.dir / "store/.staging/import-1-dead").c_str(), 0750), 0);
   testing::write_file(f.dir / "store/.staging/import-1-dead/weights.bin", "partial");
   ASSERT_EQ(::symlink("/etc", (f.dir / "store/.staging/import-1-dead/link").c_str()), 0);
+  // A sweep killed while deleting left a half-deleted tree in .staging
+  // under the name the next sweep will want.
+  ASSERT_EQ(::mkdir((f.dir / "store/.staging/unrecorded-demo-model-1").c_str(), 0750), 0);
+  testing::write_file(f.dir / "store/.staging/unrecorded-demo-model-1/x", "half deleted");
+  // An unrecorded leftover of another version (an import of v5 killed after
+  // its rename) and one of another bundle name.
+  ASSERT_EQ(::mkdir((f.dir / "store/demo-model/5").c_str(), 0750), 0);
+  testing::write_file(f.dir / "store/demo-model/5/weights.bin", "looks like a bundle");
+  ASSERT_EQ(::mkdir((f.dir / "store/other").c_str(), 0750), 0);
+  ASSERT_EQ(::mkdir((f.dir / "store/other/3").c_str(), 0750), 0);
   Result<ImportRecord> r = store->import_bundle(f.dir / "v1.airlock", testing::trust_only(f.key), {});
   ASSERT_TRUE(r.is_ok()) << r.status().to_string();
   EXPECT_FALSE(testing::exists(f.dir / "store/demo-model/1/stale.bin"));
   EXPECT_EQ(testing::read_file(f.dir / "store/demo-model/1/weights.bin"), f.big);
+  EXPECT_FALSE(testing::exists(f.dir / "store/demo-model/5"));
+  EXPECT_FALSE(testing::exists(f.dir / "store/other/3"));
   EXPECT_TRUE(testing::list_tree(f.dir / "store/.staging").empty());
   EXPECT_TRUE(testing::exists("/etc/passwd"));  // the link was removed, not followed
+
+  // A recorded version survives the next import's sweep.
+  ASSERT_TRUE(f.create(2, f.dir / "v2.airlock").is_ok());
+  ASSERT_TRUE(store->import_bundle(f.dir / "v2.airlock", testing::trust_only(f.key), {}).is_ok());
+  EXPECT_EQ(testing::read_file(f.dir / "store/demo-model/1/weights.bin"), f.big);
+  EXPECT_EQ(testing::read_file(f.dir / "store/demo-model/2/weights.bin"), f.big);
+}
+
+TEST(BundleRoundTrip, ReadOnlyStoreChangesNothing) {
+  Fixture f;
+  ASSERT_EQ(::mkdir((f.dir / "empty").c_str(), 0750), 0);
+  Result<BundleStore> none = BundleStore::open(f.dir / "empty", BundleStore::Access::kReadOnly);
+  ASSERT_FALSE(none.is_ok());
+  EXPECT_EQ(none.status().code(), StatusCode::kNotFound);
+  EXPECT_TRUE(testing::list_tree(f.dir / "empty").empty());
+  EXPECT_EQ(BundleStore::open(f.dir / "missing", BundleStore::Access::kReadOnly).status().code(), StatusCode::kNotFound);
+  EXPECT_FALSE(testing::exists(f.dir / "missing"));
+
+  ASSERT_TRUE(f.create(1, f.dir / "v1.airlock").is_ok());
+  {
+    Result<BundleStore> rw = BundleStore::open(f.dir / "store");
+    ASSERT_TRUE(rw.is_ok());
+    ASSERT_TRUE(rw->import_bundle(f.dir / "v1.airlock", testing::trust_only(f.key), {}).is_ok());
+  }
+  const std::vector<std::string> before = testing::list_tree(f.dir / "store");
+  Result<BundleStore> ro = BundleStore::open(f.dir / "store", BundleStore::Access::kReadOnly);
+  ASSERT_TRUE(ro.is_ok()) << ro.status().to_string();
+  Result<std::optional<std::uint64_t>> highest = ro->highest_version("demo-model");
+  ASSERT_TRUE(highest.is_ok());
+  EXPECT_EQ(highest->value_or(0), 1u);
+  ASSERT_TRUE(f.create(2, f.dir / "v2.airlock").is_ok());
+  EXPECT_EQ(ro->import_bundle(f.dir / "v2.airlock", testing::trust_only(f.key), {}).status().code(),
+            StatusCode::kInvalidArgument);
+  // SQLite's WAL coordination files may appear; nothing else changes.
+  std::vector<std::string> after = testing::list_tree(f.dir / "store");
+  std::erase_if(after, [](const std::string& p) { return p == "state.db-shm" || p == "state.db-wal"; });
+  EXPECT_EQ(after, before);
+}
+
+TEST(BundleRoundTrip, ManyDirectoriesDoNotExhaustDescriptors) {
+  // Import keeps one directory descriptor open at a time: a bundle with
+  // 200 directories imports under a descriptor limit of open + 24.
+  Fixture f;
+  std::vector<BundleInput> inputs;
+  for (int i = 0; i < 200; ++i) {
+    const std::string dir = "d" + std::to_string(i);
+    testing::write_file(f.dir / ("in" + std::to_string(i)), "file " + std::to_string(i));
+    inputs.push_back({FileRole::kOther, f.dir / ("in" + std::to_string(i)), dir + "/sub/f"});
+  }
+  CreateOptions o;
+  o.name = "many-dirs";
+  o.version = 1;
+  ASSERT_TRUE(create_bundle(inputs, f.key, o, f.dir / "m.airlock").is_ok());
+  Result<BundleStore> store = BundleStore::open(f.dir / "store");
+  ASSERT_TRUE(store.is_ok());
+  int open_fds = 0;
+  for (const auto& entry : std::filesystem::directory_iterator("/proc/self/fd")) open_fds += entry.path().empty() ? 0 : 1;
+  struct rlimit old {};
+  ASSERT_EQ(::getrlimit(RLIMIT_NOFILE, &old), 0);
+  struct rlimit low = old;
+  low.rlim_cur = static_cast<rlim_t>(open_fds + 24);
+  ASSERT_EQ(::setrlimit(RLIMIT_NOFILE, &low), 0);
+  ImportOptions io;
+  io.verify.n_threads = 1;
+  Result<ImportRecord> r = store->import_bundle(f.dir / "m.airlock", testing::trust_only(f.key), io);
+  ::setrlimit(RLIMIT_NOFILE, &old);
+  ASSERT_TRUE(r.is_ok()) << r.status().to_string();
+  EXPECT_EQ(testing::read_file(f.dir / "store/many-dirs/1/d199/sub/f"), "file 199");
 }
 
 TEST(BundleRoundTrip, CreateRefusesToOverwriteAndBadInputs) {

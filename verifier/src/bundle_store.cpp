@@ -9,11 +9,12 @@
 
 #include <atomic>
 #include <functional>
-#include <map>
+#include <set>
 #include <cerrno>
 #include <cstdlib>
 #include <ctime>
 #include <mutex>
+#include <optional>
 
 #include <sodium.h>
 #include <sqlite3.h>
@@ -25,6 +26,34 @@ constexpr const char* kStagingDir = ".staging";
 constexpr const char* kLockFile = ".lock";
 constexpr const char* kStateDb = "state.db";
 
+// The names in directory `name` under `parent_fd` (not "." and ".."),
+// never following a symbolic link.
+Result<std::vector<std::string>> list_dir_at(int parent_fd, const std::string& name) {
+  int fd = ::openat(parent_fd, name.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+  if (fd < 0) return io_error("open " + name, errno);
+  DIR* d = ::fdopendir(fd);
+  if (d == nullptr) {
+    const int err = errno;
+    ::close(fd);
+    return io_error("opendir " + name, err);
+  }
+  std::vector<std::string> children;
+  errno = 0;
+  while (dirent* ent = ::readdir(d)) {
+    std::string child = ent->d_name;
+    if (child != "." && child != "..") children.push_back(child);
+  }
+  const int err = errno;
+  ::closedir(d);
+  if (err != 0) return io_error("read directory " + name, err);
+  return children;
+}
+
+bool is_dir_at(int parent_fd, const std::string& name) {
+  struct stat st {};
+  return ::fstatat(parent_fd, name.c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISDIR(st.st_mode);
+}
+
 // Removes `name` under `parent_fd` and everything below it, never following
 // a symbolic link (a link is unlinked, not entered).
 Status remove_tree_at(int parent_fd, const std::string& name) {
@@ -35,28 +64,31 @@ Status remove_tree_at(int parent_fd, const std::string& name) {
     if (::unlinkat(parent_fd, name.c_str(), 0) != 0 && errno != ENOENT) return io_error("unlink " + name, errno);
     return Status::ok();
   }
+  AIRLOCK_ASSIGN_OR_RETURN(std::vector<std::string> children, list_dir_at(parent_fd, name));
   int fd = ::openat(parent_fd, name.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
   if (fd < 0) return io_error("open " + name, errno);
-  DIR* d = ::fdopendir(fd);
-  if (d == nullptr) {
-    ::close(fd);
-    return io_error("opendir " + name, errno);
-  }
-  std::vector<std::string> children;
-  while (dirent* ent = ::readdir(d)) {
-    std::string child = ent->d_name;
-    if (child != "." && child != "..") children.push_back(child);
-  }
   Status s;
   for (const std::string& child : children) {
-    s = remove_tree_at(::dirfd(d), child);
+    s = remove_tree_at(fd, child);
     if (!s.is_ok()) break;
   }
-  ::closedir(d);
+  ::close(fd);
   AIRLOCK_RETURN_IF_ERROR(s);
   if (::unlinkat(parent_fd, name.c_str(), AT_REMOVEDIR) != 0 && errno != ENOENT)
     return io_error("rmdir " + name, errno);
   return Status::ok();
+}
+
+// A version directory name as the store writes it: decimal, no sign, no
+// leading zero.
+std::optional<std::uint64_t> parse_version_dir(const std::string& name) {
+  if (name.empty() || name.size() > 16 || (name[0] == '0' && name.size() > 1)) return std::nullopt;
+  std::uint64_t v = 0;
+  for (char c : name) {
+    if (c < '0' || c > '9') return std::nullopt;
+    v = v * 10 + static_cast<std::uint64_t>(c - '0');
+  }
+  return v;
 }
 
 // Opens (creating if needed) the directory `name` under `parent_fd`.
@@ -92,9 +124,14 @@ Status write_new_file(int dir_fd, const std::string& name, const std::string& da
 // Test-only fault injection: AIRLOCK_TEST_KILL_AFTER_BYTES=N makes the
 // importing process SIGKILL itself once N payload bytes are written, so tests
 // can prove that an import killed mid-extraction leaves nothing visible.
+// Compiled only with AIRLOCK_TEST_HOOKS (on in test builds, off in packages).
 std::uint64_t kill_after_bytes() {
+#if defined(AIRLOCK_TEST_HOOKS)
   const char* v = std::getenv("AIRLOCK_TEST_KILL_AFTER_BYTES");
   return v != nullptr ? std::strtoull(v, nullptr, 10) : 0;
+#else
+  return 0;
+#endif
 }
 
 // Writes verified data into STORE/.staging/<random>/.
@@ -111,7 +148,6 @@ class StagingSink : public ExtractSink {
   ~StagingSink() override {
     for (int fd : file_fds_)
       if (fd >= 0) ::close(fd);
-    for (int fd : dir_fds_) ::close(fd);
     if (staging_parent_fd_ >= 0) {
       if (!staging_name_.empty()) remove_tree_at(staging_parent_fd_, staging_name_).ignore();
       ::close(staging_parent_fd_);
@@ -138,34 +174,28 @@ class StagingSink : public ExtractSink {
     if (::mkdirat(staging_parent_fd_, name.c_str(), 0750) != 0) return io_error("mkdir staging " + name, errno);
     staging_name_ = name;
     AIRLOCK_ASSIGN_OR_RETURN(int root, open_dir_at(staging_parent_fd_, name, false));
-    dir_fds_.push_back(root);
-    dir_index_[""] = root;
-    AIRLOCK_RETURN_IF_ERROR(write_new_file(root, std::string(kManifestEntry), bundle.manifest_bytes));
-    AIRLOCK_RETURN_IF_ERROR(write_new_file(root, std::string(kSignatureEntry), bundle.signature_text));
+    Status s = write_new_file(root, std::string(kManifestEntry), bundle.manifest_bytes);
+    if (s.is_ok()) s = write_new_file(root, std::string(kSignatureEntry), bundle.signature_text);
+    ::close(root);
+    AIRLOCK_RETURN_IF_ERROR(s);
+    dirs_.insert("");
     file_fds_.assign(m.files.size(), -1);
     return Status::ok();
   }
 
   Status open_file(std::size_t index) override {
     // The path was validated with the manifest; build it component by
-    // component through directory descriptors anyway.
+    // component through directory descriptors anyway (O_NOFOLLOW at every
+    // step). Only one directory descriptor is open at a time, so a bundle
+    // with thousands of directories cannot exhaust the descriptor table.
     const std::string& path = bundle_->manifest.files[index].path;
-    int parent = dir_fds_.front();
-    std::size_t start = 0;
-    for (std::size_t slash = path.find('/'); slash != std::string::npos; slash = path.find('/', start)) {
-      std::string prefix = path.substr(0, slash);
-      auto it = dir_index_.find(prefix);
-      if (it == dir_index_.end()) {
-        AIRLOCK_ASSIGN_OR_RETURN(int fd, open_dir_at(parent, path.substr(start, slash - start), true));
-        dir_fds_.push_back(fd);
-        it = dir_index_.emplace(prefix, fd).first;
-      }
-      parent = it->second;
-      start = slash + 1;
-    }
-    std::string leaf = path.substr(start);
+    const std::size_t leaf_at = path.rfind('/') == std::string::npos ? 0 : path.rfind('/') + 1;
+    AIRLOCK_ASSIGN_OR_RETURN(int parent, open_staging_dir(path.substr(0, leaf_at == 0 ? 0 : leaf_at - 1), true));
+    std::string leaf = path.substr(leaf_at);
     int fd = ::openat(parent, leaf.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0640);
-    if (fd < 0) return io_error("create " + path, errno);
+    const int err = errno;
+    ::close(parent);
+    if (fd < 0) return io_error("create " + path, err);
     file_fds_[index] = fd;
     return Status::ok();
   }
@@ -188,17 +218,22 @@ class StagingSink : public ExtractSink {
 
   // Makes the extracted tree durable and renames it to NAME/VERSION.
   // `bundle` is the verifier's result (the one passed to begin() is gone).
+  // The caller holds the store lock and has swept unrecorded versions, so
+  // NAME/VERSION does not exist; renameat fails rather than replace it if it
+  // somehow does.
   Result<std::string> publish(const VerifiedBundle& bundle) {
-    for (int fd : dir_fds_)
-      if (::fsync(fd) != 0) return io_error("fsync staging directory", errno);
+    for (const std::string& dir : dirs_) {
+      AIRLOCK_ASSIGN_OR_RETURN(int fd, open_staging_dir(dir, false));
+      const int rc = ::fsync(fd);
+      const int err = errno;
+      ::close(fd);
+      if (rc != 0) return io_error("fsync staging directory", err);
+    }
     const Manifest& m = bundle.manifest;
     AIRLOCK_ASSIGN_OR_RETURN(int name_fd, open_dir_at(store_fd_, m.name, true));
     std::string version = std::to_string(m.version);
-    // A NAME/VERSION that state.db does not list is a leftover of an import
-    // killed between rename and record: replace it.
-    Status cleared = remove_tree_at(name_fd, version);
-    Status s = cleared;
-    if (s.is_ok() && ::renameat(staging_parent_fd_, staging_name_.c_str(), name_fd, version.c_str()) != 0)
+    Status s;
+    if (::renameat(staging_parent_fd_, staging_name_.c_str(), name_fd, version.c_str()) != 0)
       s = io_error("rename staging directory to " + m.name + "/" + version, errno);
     if (s.is_ok()) {
       staging_name_.clear();
@@ -212,6 +247,25 @@ class StagingSink : public ExtractSink {
   bool downgrade() const { return downgrade_; }
 
  private:
+  // Opens STAGING/`rel` (a '/'-separated directory path, "" for the root),
+  // walking one component at a time with O_NOFOLLOW; with `create`, makes
+  // the missing components and remembers them for publish()'s fsync.
+  Result<int> open_staging_dir(const std::string& rel, bool create) {
+    AIRLOCK_ASSIGN_OR_RETURN(int fd, open_dir_at(staging_parent_fd_, staging_name_, false));
+    std::size_t start = 0;
+    while (start < rel.size()) {
+      std::size_t slash = rel.find('/', start);
+      if (slash == std::string::npos) slash = rel.size();
+      Result<int> next = open_dir_at(fd, rel.substr(start, slash - start), create);
+      ::close(fd);
+      AIRLOCK_RETURN_IF_ERROR(next.status());
+      fd = *next;
+      if (create) dirs_.insert(rel.substr(0, slash));
+      start = slash + 1;
+    }
+    return fd;
+  }
+
   int store_fd_;
   const ImportOptions& options_;
   std::function<Result<bool>(const std::string&, std::uint64_t)> is_recorded_;
@@ -219,8 +273,7 @@ class StagingSink : public ExtractSink {
   const VerifiedBundle* bundle_ = nullptr;
   int staging_parent_fd_ = -1;
   std::string staging_name_;
-  std::vector<int> dir_fds_;
-  std::map<std::string, int> dir_index_;
+  std::set<std::string> dirs_;  // directories made under the staging root ("" is the root)
   std::vector<int> file_fds_;
   bool downgrade_ = false;
   std::uint64_t kill_after_;
@@ -244,28 +297,36 @@ Status exec(sqlite3* db, const char* sql) {
 }  // namespace
 
 BundleStore::BundleStore(BundleStore&& other) noexcept
-    : dir_(std::move(other.dir_)), dir_fd_(std::exchange(other.dir_fd_, -1)), db_(std::exchange(other.db_, nullptr)) {}
+    : dir_(std::move(other.dir_)), dir_fd_(std::exchange(other.dir_fd_, -1)), db_(std::exchange(other.db_, nullptr)),
+      read_only_(other.read_only_) {}
 
 BundleStore::~BundleStore() {
   if (db_ != nullptr) sqlite3_close(db_);
   if (dir_fd_ >= 0) ::close(dir_fd_);
 }
 
-Result<BundleStore> BundleStore::open(const std::string& dir) {
-  if (::mkdir(dir.c_str(), 0750) != 0 && errno != EEXIST) return io_error("create store " + dir, errno);
+Result<BundleStore> BundleStore::open(const std::string& dir, Access access) {
+  const bool read_only = access == Access::kReadOnly;
+  if (!read_only && ::mkdir(dir.c_str(), 0750) != 0 && errno != EEXIST) return io_error("create store " + dir, errno);
   int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (fd < 0) return io_error("open store " + dir, errno);
-  sqlite3* db = nullptr;
+  if (fd < 0) return errno == ENOENT ? not_found(dir + ": no such store") : io_error("open store " + dir, errno);
   std::string db_path = dir + "/" + kStateDb;
-  if (sqlite3_open_v2(db_path.c_str(), &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOFOLLOW,
-                      nullptr) != SQLITE_OK) {
+  if (read_only && ::faccessat(fd, kStateDb, F_OK, AT_SYMLINK_NOFOLLOW) != 0) {
+    ::close(fd);
+    return not_found(dir + ": not a bundle store (no " + kStateDb + ")");
+  }
+  sqlite3* db = nullptr;
+  const int flags = (read_only ? SQLITE_OPEN_READONLY : SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE) | SQLITE_OPEN_NOFOLLOW;
+  if (sqlite3_open_v2(db_path.c_str(), &db, flags, nullptr) != SQLITE_OK) {
     Status s = sqlite_status(db, "open " + db_path);
     sqlite3_close(db);
     ::close(fd);
     return s;
   }
   BundleStore store(dir, fd, db);
+  store.read_only_ = read_only;
   sqlite3_busy_timeout(db, 5000);
+  if (read_only) return store;
   AIRLOCK_RETURN_IF_ERROR(exec(db, "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;"));
   AIRLOCK_RETURN_IF_ERROR(exec(db,
       "CREATE TABLE IF NOT EXISTS imports ("
@@ -348,8 +409,55 @@ Result<std::vector<ImportRecord>> BundleStore::list_imports() const {
   return out;
 }
 
+// Called holding the lock. Everything in .staging is garbage from a killed
+// import, and so is a NAME/VERSION that state.db does not list (an import
+// killed between its rename and its record). Such a version is first moved
+// into .staging with one atomic rename, then .staging is deleted as a whole:
+// a process killed while deleting leaves its garbage inside .staging, never
+// a half-deleted NAME/VERSION that looks like a bundle.
+Status BundleStore::sweep_unrecorded() {
+  AIRLOCK_RETURN_IF_ERROR(remove_tree_at(dir_fd_, kStagingDir));  // empty, so the names below are free
+  AIRLOCK_ASSIGN_OR_RETURN(int staging_fd, open_dir_at(dir_fd_, kStagingDir, true));
+  auto sweep_name = [&](const std::string& name) -> Status {
+    AIRLOCK_ASSIGN_OR_RETURN(std::vector<std::string> versions, list_dir_at(dir_fd_, name));
+    int name_fd = ::openat(dir_fd_, name.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (name_fd < 0) return io_error("open " + name, errno);
+    Status s;
+    for (const std::string& entry : versions) {
+      std::optional<std::uint64_t> version = parse_version_dir(entry);
+      if (!version) continue;
+      Result<bool> recorded = is_recorded(name, *version);
+      if (!recorded.is_ok()) {
+        s = recorded.status();
+        break;
+      }
+      if (*recorded) continue;
+      const std::string aside = "unrecorded-" + name + "-" + entry;
+      if (::renameat(name_fd, entry.c_str(), staging_fd, aside.c_str()) != 0) {
+        s = io_error("move unrecorded " + name + "/" + entry + " aside", errno);
+        break;
+      }
+    }
+    if (s.is_ok() && ::fsync(name_fd) != 0) s = io_error("fsync " + name, errno);
+    ::close(name_fd);
+    return s;
+  };
+  Status s;
+  Result<std::vector<std::string>> names = list_dir_at(dir_fd_, ".");
+  if (!names.is_ok()) s = names.status();
+  for (std::size_t i = 0; s.is_ok() && i < names->size(); ++i) {
+    const std::string& name = (*names)[i];
+    if (validate_bundle_name(name).is_ok() && is_dir_at(dir_fd_, name)) s = sweep_name(name);
+  }
+  if (s.is_ok() && ::fsync(staging_fd) != 0) s = io_error("fsync " + std::string(kStagingDir), errno);
+  ::close(staging_fd);
+  AIRLOCK_RETURN_IF_ERROR(s);
+  return remove_tree_at(dir_fd_, kStagingDir);
+}
+
 Result<ImportRecord> BundleStore::import_bundle(const std::string& bundle_path, const TrustStore& trust,
                                                 const ImportOptions& options) {
+  if (read_only_) return invalid_argument(dir_ + ": store opened read-only");
   int lock_fd = ::openat(dir_fd_, kLockFile, O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0640);
   if (lock_fd < 0) return io_error("open " + dir_ + "/" + kLockFile, errno);
   struct LockGuard {
@@ -358,8 +466,7 @@ Result<ImportRecord> BundleStore::import_bundle(const std::string& bundle_path, 
   } guard{lock_fd};
   if (::flock(lock_fd, LOCK_EX | LOCK_NB) != 0)
     return unavailable("another import is running in " + dir_);
-  // Holding the lock, anything in .staging is garbage from a killed import.
-  AIRLOCK_RETURN_IF_ERROR(remove_tree_at(dir_fd_, kStagingDir));
+  AIRLOCK_RETURN_IF_ERROR(sweep_unrecorded());
 
   StagingSink sink(
       dir_fd_, db_, options, [this](const std::string& n, std::uint64_t v) { return is_recorded(n, v); },

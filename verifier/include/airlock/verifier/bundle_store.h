@@ -4,8 +4,8 @@
 // import_bundle() verifies and extracts in one pass through an ExtractSink
 // that writes into a private staging directory, then renames it to
 // NAME/VERSION and records the import in STORE/state.db. A process killed at
-// any point leaves no partial NAME/VERSION; the next import removes the
-// leftovers. Imports are serialised by an flock on STORE/.lock.
+// any point leaves no partial NAME/VERSION; the next import moves every
+// NAME/VERSION that state.db does not list into .staging and deletes it. Imports are serialised by an flock on STORE/.lock.
 //
 // Errors: everything verify_bundle() returns, plus kVerificationFailed for a
 // rollback (version not above the highest imported, without
@@ -51,8 +51,12 @@ class BundleStore {
   BundleStore(const BundleStore&) = delete;
   ~BundleStore();
 
-  // Opens (creating when missing, mode 0750) the store at `dir`.
-  static Result<BundleStore> open(const std::string& dir);
+  enum class Access { kReadWrite, kReadOnly };
+  // Opens the store at `dir`. kReadWrite creates it when missing (mode
+  // 0750); kReadOnly (for readers such as `verify --store` and the daemon)
+  // changes nothing (SQLite may create its -wal/-shm files) and fails with kNotFound when `dir` holds no
+  // state.db. import_bundle() on a read-only store fails.
+  static Result<BundleStore> open(const std::string& dir, Access access = Access::kReadWrite);
 
   Result<ImportRecord> import_bundle(const std::string& bundle_path, const TrustStore& trust,
                                      const ImportOptions& options);
@@ -66,10 +70,12 @@ class BundleStore {
   BundleStore(std::string dir, int dir_fd, sqlite3* db) : dir_(std::move(dir)), dir_fd_(dir_fd), db_(db) {}
   Status record(const ImportRecord& r);
   Result<bool> is_recorded(const std::string& name, std::uint64_t version) const;
+  Status sweep_unrecorded();
 
   std::string dir_;
   int dir_fd_ = -1;
   sqlite3* db_ = nullptr;
+  bool read_only_ = false;
 };
 
 }  // namespace airlock::verifier
