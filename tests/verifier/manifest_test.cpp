@@ -92,7 +92,24 @@ TEST(ManifestTest, HostileJson) {
       {edit("\"size\": 150000", "\"size\": 9999999999"), "chunk_sha256"},
       {edit("\"path\": \"model.gguf\"", "\"path\": \"mod\\u0000el.gguf\""), "path"},
       {edit("\"demo\"", "\"d\xff\xfe\""), "not valid JSON"},
-      {edit("\"files\": [", "\"files\": [[[[[[[[[[[[[[[[[["), "not valid JSON"},
+      {edit("\"files\": [", "\"files\": [[[[[[[[[[[[[[[[[["), "nested deeper"},
+      {edit("\"files\": [", "\"files\": [[[[[[[[[[[[[[[[[[" + std::string(100000, '[')), "nested deeper"},
+      {edit("\"key_id\": \"", "\"x\": [" + [] {
+         std::string many;
+         for (int i = 0; i < 500000; ++i) many += "0,";
+         return many;
+       }() + "0], \"key_id\": \""), "more JSON values"},
+      {edit("\"key_id\": \"", [] {
+         std::string keys;
+         for (int i = 0; i < 40; ++i) keys += "\"k" + std::to_string(i) + "\": 0, ";
+         return keys;
+       }() + "\"key_id\": \""), "more keys"},
+      {[&] {
+         std::string s = good;
+         const std::size_t at = s.find("\"key_id\": \"") + 11;
+         for (std::size_t i = at; i < at + 16; ++i) s[i] = static_cast<char>(std::tolower(static_cast<unsigned char>(s[i])));
+         return s;
+       }(), "upper-case"},
       {edit("\"key_id\": \"", "\"key_id\": \"Z"), "key_id"},
       {std::string(kMaxManifestBytes + 1, ' '), "larger than 16 MiB"},
   };

@@ -21,6 +21,12 @@ constexpr std::size_t kMaxComponents = 8;
 constexpr std::size_t kMaxNameBytes = 64;
 constexpr std::size_t kMaxFactBytes = 64;
 constexpr int kMaxJsonDepth = 4;  // root, files array, file object, chunk list / model object
+// The most keys of any schema object (a file entry) with room to spare.
+constexpr std::size_t kMaxJsonKeys = 32;
+// A chunk hash costs at least 67 bytes of JSON ("<64 hex>",), so a 16 MiB
+// manifest holds at most ~250k of them; 400k values is ample for any valid
+// manifest and caps the parsed size of a hostile one.
+constexpr std::size_t kMaxJsonValues = 400000;
 
 bool is_name_char(char c) {
   return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '.' || c == '_' || c == '-';
@@ -28,6 +34,15 @@ bool is_name_char(char c) {
 
 bool is_path_char(char c) {
   return std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '_' || c == '-' || c == '+';
+}
+
+// Untrusted text made safe for a message: at most 80 bytes, non-printable
+// bytes as '?'.
+std::string printable(std::string_view text) {
+  std::string shown(text.substr(0, 80));
+  for (char& c : shown)
+    if (!std::isprint(static_cast<unsigned char>(c))) c = '?';
+  return shown;
 }
 
 std::string lower(std::string_view s) {
@@ -87,7 +102,7 @@ class ObjectReader {
   void finish() {
     if (!obj_.is_object()) return;
     for (auto it = obj_.begin(); it != obj_.end(); ++it)
-      if (!seen_.count(it.key())) fail("unknown field '" + it.key() + "'");
+      if (!seen_.count(it.key())) fail("unknown field '" + printable(it.key()) + "'");
   }
 
   void fail(const std::string& message) {
@@ -115,7 +130,7 @@ Result<ManifestFile> parse_file(const json& obj, std::size_t index) {
   ManifestFile f;
   f.path = r.str("path");
   std::string role = r.str("role");
-  if (r.status.is_ok() && !parse_role(role, &f.role)) r.fail("unknown role '" + role + "'");
+  if (r.status.is_ok() && !parse_role(role, &f.role)) r.fail("unknown role '" + printable(role) + "'");
   f.size = r.uint("size");
   if (const json* v = r.field("sha256", true); v && !parse_digest(*v, &f.sha256))
     r.fail("'sha256' must be 64 lower-case hex digits");
@@ -190,15 +205,15 @@ Status validate_bundle_name(std::string_view name) {
     return verification_failed("bundle name must start with [a-z0-9]");
   for (char c : name)
     if (!is_name_char(c)) return verification_failed("bundle name may only contain [a-z0-9._-]");
+  // The store keeps its SQLite database and its journals beside the NAME
+  // directories.
+  if (name.starts_with("state.db")) return verification_failed("bundle names starting with 'state.db' are reserved");
   return Status::ok();
 }
 
 Status validate_bundle_path(std::string_view path) {
   auto bad = [&](const std::string& why) {
-    std::string shown(path.substr(0, 80));
-    for (char& c : shown)
-      if (!std::isprint(static_cast<unsigned char>(c))) c = '?';
-    return verification_failed("path '" + shown + "': " + why);
+    return verification_failed("path '" + printable(path) + "': " + why);
   };
   if (path.empty() || path.size() > kMaxPathBytes) return bad("must be 1-255 bytes");
   if (path == kManifestEntry || path == kSignatureEntry) return bad("reserved name");
@@ -320,22 +335,31 @@ std::string serialize_manifest(const Manifest& m) {
 
 Result<Manifest> parse_manifest(std::string_view bytes) {
   if (bytes.size() > kMaxManifestBytes) return verification_failed("manifest: larger than 16 MiB");
-  // Track keys per open object so duplicates are refused at any depth;
-  // nlohmann would otherwise silently keep the last value.
+  // The callback refuses, while parsing, what the schema can never hold:
+  // nesting deeper than the schema, an object with more keys than any schema
+  // object, more values than a 16 MiB manifest of real chunk hashes has, and
+  // duplicate keys (nlohmann would silently keep the last). Aborting early
+  // keeps a hostile 16 MiB manifest from growing into hundreds of MB of
+  // parsed values.
+  struct Refused {
+    std::string why;
+  };
   std::vector<std::set<std::string>> open_objects;
-  std::string duplicate;
-  bool too_deep = false;
+  std::size_t n_values = 0;
   auto callback = [&](int depth, json::parse_event_t event, json& parsed) {
-    if (depth > kMaxJsonDepth) too_deep = true;
+    if (depth > kMaxJsonDepth) throw Refused{"nested deeper than the schema allows"};
+    if (++n_values > kMaxJsonValues) throw Refused{"more JSON values than any valid manifest holds"};
     switch (event) {
       case json::parse_event_t::object_start: open_objects.emplace_back(); break;
       case json::parse_event_t::object_end:
         if (!open_objects.empty()) open_objects.pop_back();
         break;
       case json::parse_event_t::key:
-        if (!open_objects.empty() && parsed.is_string() &&
-            !open_objects.back().insert(parsed.get<std::string>()).second && duplicate.empty())
-          duplicate = parsed.get<std::string>();
+        if (!open_objects.empty() && parsed.is_string()) {
+          if (open_objects.back().size() >= kMaxJsonKeys) throw Refused{"an object with more keys than the schema allows"};
+          if (!open_objects.back().insert(parsed.get<std::string>()).second)
+            throw Refused{"duplicate key '" + printable(parsed.get<std::string>()) + "'"};
+        }
         break;
       default: break;
     }
@@ -344,12 +368,12 @@ Result<Manifest> parse_manifest(std::string_view bytes) {
   json root;
   try {
     root = json::parse(bytes.begin(), bytes.end(), callback, /*allow_exceptions=*/false);
+  } catch (const Refused& r) {
+    return verification_failed("manifest: " + r.why);
   } catch (const std::exception& e) {
     return verification_failed(std::string("manifest: ") + e.what());
   }
   if (root.is_discarded()) return verification_failed("manifest: not valid JSON (or not valid UTF-8)");
-  if (too_deep) return verification_failed("manifest: nested deeper than the schema allows");
-  if (!duplicate.empty()) return verification_failed("manifest: duplicate key '" + duplicate + "'");
 
   try {
     ObjectReader r(root, "top level");
@@ -362,7 +386,9 @@ Result<Manifest> parse_manifest(std::string_view bytes) {
     m.created_at = static_cast<std::int64_t>(r.uint("created_at"));
     if (r.field("expires_at", false)) m.expires_at = static_cast<std::int64_t>(r.uint("expires_at"));
     std::string key_id = r.str("key_id");
-    if (r.status.is_ok() && !KeyId::parse(key_id, &m.key_id)) r.fail("key_id must be 16 hex digits");
+    // One spelling only, as minisign prints it (upper case).
+    if (r.status.is_ok() && (!KeyId::parse(key_id, &m.key_id) || m.key_id.to_string() != key_id))
+      r.fail("key_id must be 16 upper-case hex digits");
     m.min_daemon_version = r.str("min_daemon_version");
     m.chunk_size = r.uint("chunk_size");
     const json* files = r.field("files", true);
