@@ -275,11 +275,13 @@ Result<VerifiedBundle> verify_bundle(std::span<const std::uint8_t> archive, cons
   ProgressThrottle progress(options.progress, vb.manifest.total_bytes());
   PayloadCheck check(vb, sink);
   Status read_status;
+  Status pool_status;
   {
     TaskPool pool(options.n_threads);
     read_status = read_payload(tar, archive, vb, check, pool, sink, progress);
-    pool.wait();  // workers hold references into `check`, `vb` and the sink
+    pool_status = pool.wait();  // workers hold references into `check`, `vb` and the sink
   }
+  AIRLOCK_RETURN_IF_ERROR(pool_status);
   if (check.failed()) return check.first_error();
   AIRLOCK_RETURN_IF_ERROR(read_status);
   progress.finish();

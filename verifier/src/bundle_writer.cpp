@@ -186,7 +186,7 @@ Result<VerifiedBundle> create_bundle(const std::vector<BundleInput>& inputs, con
         report(hashed.load(), false);
       }
     }
-    pool.wait();
+    AIRLOCK_RETURN_IF_ERROR(pool.wait());
   }
 
   VerifiedBundle vb;

@@ -39,9 +39,11 @@ void TaskPool::submit(std::function<void()> task) {
   has_work_.notify_one();
 }
 
-void TaskPool::wait() {
+Status TaskPool::wait() {
   std::unique_lock<std::mutex> lock(mu_);
   has_room_or_idle_.wait(lock, [this] { return queue_.empty() && n_running_ == 0; });
+  if (!first_exception_.empty()) return internal_error("worker task failed: " + first_exception_);
+  return Status::ok();
 }
 
 void TaskPool::run() {
@@ -54,8 +56,16 @@ void TaskPool::run() {
     ++n_running_;
     lock.unlock();
     has_room_or_idle_.notify_all();
-    task();
+    std::string failure;
+    try {
+      task();
+    } catch (const std::exception& e) {
+      failure = e.what()[0] != '\0' ? e.what() : "exception";
+    } catch (...) {
+      failure = "unknown exception";
+    }
     lock.lock();
+    if (!failure.empty() && first_exception_.empty()) first_exception_ = failure;
     --n_running_;
     if (queue_.empty() && n_running_ == 0) has_room_or_idle_.notify_all();
   }

@@ -3,7 +3,9 @@
 //
 // submit() blocks while `max_queued` tasks wait, so a fast producer (the tar
 // reader) cannot run ahead of the hashers and pile up memory. wait() returns
-// when every submitted task has finished. Tasks must not throw.
+// when every submitted task has finished. Tasks report failures through
+// their own state; an exception escaping one (std::bad_alloc) is caught on
+// the worker and returned by wait() as kInternal, never std::terminate.
 //
 // Thread-safety: submit() and wait() are called from one producer thread.
 #pragma once
@@ -12,8 +14,11 @@
 #include <deque>
 #include <functional>
 #include <mutex>
+#include <string>
 #include <thread>
 #include <vector>
+
+#include "airlock/common/status.h"
 
 namespace airlock::verifier {
 
@@ -26,7 +31,7 @@ class TaskPool {
   TaskPool& operator=(const TaskPool&) = delete;
 
   void submit(std::function<void()> task);
-  void wait();
+  [[nodiscard]] Status wait();
   unsigned n_threads() const { return static_cast<unsigned>(workers_.size()); }
 
  private:
@@ -38,6 +43,7 @@ class TaskPool {
   std::deque<std::function<void()>> queue_;
   std::size_t max_queued_;
   std::size_t n_running_ = 0;
+  std::string first_exception_;  // guarded by mu_
   bool stopping_ = false;
   std::vector<std::thread> workers_;
 };

@@ -79,8 +79,11 @@ Result<TrustStore> TrustStore::load(const std::string& path) {
   };
   if (std::filesystem::is_directory(status)) {
     std::vector<std::string> files;
-    for (const auto& entry : std::filesystem::directory_iterator(path, ec))
-      if (entry.path().extension() == ".pub") files.push_back(entry.path().string());
+    // increment(ec), not operator++: a directory that fails while being
+    // read (removed, I/O error) must give an error, not an exception.
+    std::filesystem::directory_iterator it(path, ec);
+    for (; !ec && it != std::filesystem::directory_iterator(); it.increment(ec))
+      if (it->path().extension() == ".pub") files.push_back(it->path().string());
     if (ec) return io_error(path, ec.value());
     std::sort(files.begin(), files.end());
     for (const std::string& f : files) AIRLOCK_RETURN_IF_ERROR(add_key_file(f));
