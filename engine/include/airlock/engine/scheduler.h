@@ -1,0 +1,161 @@
+// Continuous batching over Model::forward.
+//
+// One scheduler thread owns the model, the KV cache and its storage. Each
+// step it drops cancelled sequences (their blocks return at once), admits
+// waiting requests while their KV blocks fit, and runs one batch that mixes
+// prompt chunks (at most `prefill_chunk` prompt tokens per step, so one long
+// prompt cannot freeze the other streams) with one decode token for every
+// sequence already generating. Sampled tokens go to each request's
+// TokenStream as they are produced.
+//
+// Admission reserves a request's whole KV need up front (prompt plus
+// max_tokens), so an admitted request always runs to completion and nothing
+// is ever preempted or runs out of blocks mid-stream. When the waiting
+// queue is full, submit() returns kResourceExhausted (the API answers 429);
+// a request that could never fit the cache is kInvalidArgument.
+//
+// Errors reach a request as a final event: a forward failure (kInternal from
+// the backend) ends every request in that batch, and `healthy()` turns false
+// until a later step succeeds.
+//
+// Thread-safety: submit(), cancel(), stats() and stop() may be called from
+// any thread; TokenStream is shared by the scheduler (producer) and one
+// consumer.
+#pragma once
+
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "airlock/common/status.h"
+#include "airlock/engine/kv_cache.h"
+#include "airlock/engine/model.h"
+#include "airlock/engine/sampler.h"
+
+namespace airlock::engine {
+
+using Clock = std::chrono::steady_clock;
+
+struct GenerationRequest {
+  std::vector<std::int32_t> prompt;  // at least one token
+  SamplingParams sampling;
+  int max_tokens = 16;               // > 0
+  std::vector<std::int32_t> stop_tokens;  // end the sequence (not emitted)
+};
+
+enum class FinishReason { kNone, kStop, kLength, kCancelled, kError };
+
+// One event per generated token; the last event has finish != kNone.
+struct TokenEvent {
+  std::optional<SampledToken> token;
+  FinishReason finish = FinishReason::kNone;
+  Status error;  // set when finish == kError
+};
+
+// The per-request channel. The scheduler pushes; the consumer pops.
+class TokenStream {
+ public:
+  // Waits up to `timeout` for events; returns those available (empty on
+  // timeout).
+  std::vector<TokenEvent> pop(std::chrono::milliseconds timeout);
+  // Asks the scheduler to stop this request; its blocks are freed at the
+  // start of the next step and a final kCancelled event follows.
+  void cancel();
+  bool cancelled() const;
+
+  // Filled by the scheduler: when the request was queued, admitted, and
+  // produced its first token (for the latency histograms).
+  Clock::time_point queued_at() const { return queued_at_; }
+  std::optional<Clock::time_point> admitted_at() const;
+  int prompt_tokens() const { return prompt_tokens_; }
+
+ private:
+  friend class Scheduler;
+  void push(TokenEvent e);
+
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<TokenEvent> events_;
+  bool cancelled_ = false;
+  Clock::time_point queued_at_;
+  std::optional<Clock::time_point> admitted_at_;
+  int prompt_tokens_ = 0;
+};
+
+struct SchedulerOptions {
+  int kv_blocks = 0;        // KV cache size in blocks of kBlockTokens
+  int max_running = 16;     // sequences in one batch
+  int max_waiting = 64;     // queued beyond that: kResourceExhausted
+  int prefill_chunk = 256;  // prompt tokens per step, all sequences together
+};
+
+struct SchedulerStats {
+  int running = 0;
+  int waiting = 0;
+  int kv_blocks_total = 0;
+  int kv_blocks_used = 0;
+  std::uint64_t prompt_tokens = 0;      // processed since start
+  std::uint64_t generated_tokens = 0;   // sampled since start
+  std::uint64_t steps = 0;
+  std::uint64_t failed_steps = 0;
+};
+
+class Scheduler {
+ public:
+  // Allocates the KV storage and starts the scheduler thread. `model` must
+  // outlive the scheduler.
+  static Result<std::unique_ptr<Scheduler>> start(Model& model, const SchedulerOptions& options);
+  ~Scheduler();  // stop(): cancels everything, joins the thread
+  Scheduler(const Scheduler&) = delete;
+  Scheduler& operator=(const Scheduler&) = delete;
+
+  Result<std::shared_ptr<TokenStream>> submit(GenerationRequest request);
+
+  // Stops admitting; requests already running finish (or are cancelled when
+  // `grace` runs out); waiting ones get kCancelled. Returns when idle.
+  void drain(std::chrono::milliseconds grace);
+
+  SchedulerStats stats() const;
+  // False after a failed forward step, until one succeeds.
+  bool healthy() const;
+  // When the last forward step succeeded (steady clock); nullopt before any.
+  std::optional<Clock::time_point> last_success() const;
+  // The most tokens (prompt + generated) one request can have.
+  int max_context() const { return max_context_; }
+  const SchedulerOptions& options() const { return options_; }
+
+ private:
+  struct Sequence;
+  Scheduler(Model& model, const SchedulerOptions& options, KvStorage kv);
+  void run();
+  void step(std::unique_lock<std::mutex>& lock);
+  int blocks_reserved(const Sequence& s) const;
+  void finish(Sequence& s, FinishReason reason, Status error = Status::ok());
+
+  Model& model_;
+  SchedulerOptions options_;
+  KvStorage kv_;
+  KvCache cache_;
+  int max_context_ = 0;
+
+  mutable std::mutex mu_;
+  std::condition_variable wake_;
+  std::deque<std::unique_ptr<Sequence>> waiting_;   // guarded by mu_
+  std::vector<std::unique_ptr<Sequence>> running_;  // scheduler thread only (sizes mirrored in stats_)
+  SchedulerStats stats_;                            // guarded by mu_
+  bool healthy_ = true;                             // guarded by mu_
+  std::optional<Clock::time_point> last_success_;   // guarded by mu_
+  bool admitting_ = true;                           // guarded by mu_
+  bool stopping_ = false;                           // guarded by mu_
+  int next_seq_id_ = 0;
+  std::thread thread_;
+};
+
+}  // namespace airlock::engine

@@ -1,0 +1,284 @@
+#include "airlock/engine/scheduler.h"
+
+#include <algorithm>
+#include <span>
+
+namespace airlock::engine {
+
+// ---------------------------------------------------------------- TokenStream
+
+std::vector<TokenEvent> TokenStream::pop(std::chrono::milliseconds timeout) {
+  std::unique_lock<std::mutex> lock(mu_);
+  cv_.wait_for(lock, timeout, [this] { return !events_.empty(); });
+  std::vector<TokenEvent> out(std::make_move_iterator(events_.begin()), std::make_move_iterator(events_.end()));
+  events_.clear();
+  return out;
+}
+
+void TokenStream::cancel() {
+  std::lock_guard<std::mutex> lock(mu_);
+  cancelled_ = true;
+}
+
+bool TokenStream::cancelled() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return cancelled_;
+}
+
+std::optional<Clock::time_point> TokenStream::admitted_at() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return admitted_at_;
+}
+
+void TokenStream::push(TokenEvent e) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    events_.push_back(std::move(e));
+  }
+  cv_.notify_all();
+}
+
+// ---------------------------------------------------------------- Scheduler
+
+struct Scheduler::Sequence {
+  int id = 0;
+  GenerationRequest request;
+  std::shared_ptr<TokenStream> stream;
+  std::unique_ptr<Sampler> sampler;
+  std::vector<std::int32_t> history;  // prompt, then generated tokens
+  int n_prefilled = 0;                // prompt tokens already in the cache
+  int n_generated = 0;
+  bool in_cache = false;
+};
+
+Result<std::unique_ptr<Scheduler>> Scheduler::start(Model& model, const SchedulerOptions& options) {
+  if (options.kv_blocks <= 0 || options.max_running <= 0 || options.max_waiting < 0 || options.prefill_chunk <= 0)
+    return invalid_argument("scheduler: kv_blocks, max_running and prefill_chunk must be positive");
+  AIRLOCK_ASSIGN_OR_RETURN(KvStorage kv, model.alloc_kv(options.kv_blocks));
+  std::unique_ptr<Scheduler> s(new Scheduler(model, options, std::move(kv)));
+  s->thread_ = std::thread([p = s.get()] { p->run(); });
+  return s;
+}
+
+Scheduler::Scheduler(Model& model, const SchedulerOptions& options, KvStorage kv)
+    : model_(model), options_(options), kv_(std::move(kv)), cache_(options.kv_blocks) {
+  max_context_ = std::min(model.params().n_ctx_train, options.kv_blocks * kBlockTokens);
+  stats_.kv_blocks_total = options.kv_blocks;
+}
+
+Scheduler::~Scheduler() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stopping_ = true;
+    admitting_ = false;
+  }
+  wake_.notify_all();
+  if (thread_.joinable()) thread_.join();
+}
+
+Result<std::shared_ptr<TokenStream>> Scheduler::submit(GenerationRequest request) {
+  if (request.prompt.empty()) return invalid_argument("the prompt has no tokens");
+  if (request.max_tokens <= 0) return invalid_argument("max_tokens must be positive");
+  for (std::int32_t t : request.prompt)
+    if (t < 0 || t >= model_.params().n_vocab) return invalid_argument("prompt token id out of range");
+  AIRLOCK_RETURN_IF_ERROR(validate(request.sampling));
+  const std::int64_t total = static_cast<std::int64_t>(request.prompt.size()) + request.max_tokens;
+  if (total > max_context_)
+    return invalid_argument("prompt (" + std::to_string(request.prompt.size()) + " tokens) plus max_tokens (" +
+                            std::to_string(request.max_tokens) + ") exceeds the context of " +
+                            std::to_string(max_context_) + " tokens");
+  auto seq = std::make_unique<Sequence>();
+  seq->stream = std::make_shared<TokenStream>();
+  seq->stream->queued_at_ = Clock::now();
+  seq->stream->prompt_tokens_ = static_cast<int>(request.prompt.size());
+  seq->sampler = std::make_unique<Sampler>(request.sampling);
+  seq->history = request.prompt;
+  seq->request = std::move(request);
+  std::shared_ptr<TokenStream> stream = seq->stream;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!admitting_) return unavailable("the server is shutting down");
+    if (static_cast<int>(waiting_.size()) >= options_.max_waiting)
+      return resource_exhausted("the request queue is full (" + std::to_string(options_.max_waiting) + " waiting)");
+    seq->id = next_seq_id_++;
+    waiting_.push_back(std::move(seq));
+    stats_.waiting = static_cast<int>(waiting_.size());
+  }
+  wake_.notify_all();
+  return stream;
+}
+
+int Scheduler::blocks_reserved(const Sequence& s) const {
+  return KvCache::blocks_for(static_cast<int>(s.request.prompt.size()) + s.request.max_tokens);
+}
+
+void Scheduler::finish(Sequence& s, FinishReason reason, Status error) {
+  if (s.in_cache) {
+    cache_.remove_sequence(s.id);
+    s.in_cache = false;
+  }
+  TokenEvent e;
+  e.finish = reason;
+  e.error = std::move(error);
+  s.stream->push(std::move(e));
+}
+
+void Scheduler::drain(std::chrono::milliseconds grace) {
+  const Clock::time_point deadline = Clock::now() + grace;
+  std::unique_lock<std::mutex> lock(mu_);
+  admitting_ = false;
+  for (auto& s : waiting_) s->stream->cancel();
+  wake_.notify_all();
+  while (stats_.running > 0 || !waiting_.empty()) {
+    if (Clock::now() >= deadline) {
+      for (auto& s : running_) s->stream->cancel();
+    }
+    lock.unlock();
+    wake_.notify_all();
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    lock.lock();
+  }
+}
+
+SchedulerStats Scheduler::stats() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return stats_;
+}
+
+bool Scheduler::healthy() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return healthy_;
+}
+
+std::optional<Clock::time_point> Scheduler::last_success() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return last_success_;
+}
+
+void Scheduler::run() {
+  std::unique_lock<std::mutex> lock(mu_);
+  while (true) {
+    wake_.wait(lock, [this] { return stopping_ || !waiting_.empty() || !running_.empty(); });
+    if (stopping_) {
+      for (auto& s : waiting_) finish(*s, FinishReason::kCancelled);
+      waiting_.clear();
+      for (auto& s : running_) finish(*s, FinishReason::kCancelled);
+      running_.clear();
+      stats_.running = stats_.waiting = 0;
+      stats_.kv_blocks_used = 0;
+      return;
+    }
+    step(lock);
+  }
+}
+
+// Called and returns with `lock` held; the forward pass runs unlocked.
+void Scheduler::step(std::unique_lock<std::mutex>& lock) {
+  // 1. Cancelled requests leave first, so their blocks count for admission.
+  for (auto& s : running_)
+    if (s->stream->cancelled()) finish(*s, FinishReason::kCancelled);
+  std::erase_if(running_, [](const auto& s) { return !s->in_cache; });
+  for (auto& s : waiting_)
+    if (s->stream->cancelled()) finish(*s, FinishReason::kCancelled);
+  std::erase_if(waiting_, [](const auto& s) { return s->stream->cancelled(); });
+
+  // 2. Admission, first come first served, while the whole need fits.
+  int reserved = 0;
+  for (const auto& s : running_) reserved += blocks_reserved(*s);
+  while (admitting_ && !waiting_.empty() && static_cast<int>(running_.size()) < options_.max_running &&
+         reserved + blocks_reserved(*waiting_.front()) <= options_.kv_blocks) {
+    std::unique_ptr<Sequence> s = std::move(waiting_.front());
+    waiting_.pop_front();
+    (void)cache_.add_sequence(s->id);  // ids are unique, so this cannot fail
+    s->in_cache = true;
+    reserved += blocks_reserved(*s);
+    {
+      std::lock_guard<std::mutex> slock(s->stream->mu_);
+      s->stream->admitted_at_ = Clock::now();
+    }
+    running_.push_back(std::move(s));
+  }
+  stats_.running = static_cast<int>(running_.size());
+  stats_.waiting = static_cast<int>(waiting_.size());
+  stats_.kv_blocks_used = options_.kv_blocks - cache_.n_free_blocks();
+  if (running_.empty()) return;
+
+  // 3. One batch: a decode token per generating sequence, prompt chunks
+  //    within the prefill budget.
+  Batch batch;
+  std::vector<Sequence*> wants;  // the sequence of each logits row
+  int prefill_budget = options_.prefill_chunk;
+  int n_prompt_tokens = 0;
+  for (auto& s : running_) {
+    const int prompt_len = static_cast<int>(s->request.prompt.size());
+    if (s->n_prefilled < prompt_len) {
+      const int take = std::min(prompt_len - s->n_prefilled, prefill_budget);
+      if (take == 0) continue;
+      for (int i = 0; i < take; ++i) {
+        const int pos = s->n_prefilled + i;
+        const bool last = pos + 1 == prompt_len;
+        batch.add(s->request.prompt[static_cast<std::size_t>(pos)], pos, s->id, last);
+        if (last) wants.push_back(s.get());
+      }
+      prefill_budget -= take;
+      n_prompt_tokens += take;
+    } else {
+      const int pos = static_cast<int>(s->history.size()) - 1;
+      batch.add(s->history.back(), pos, s->id, true);
+      wants.push_back(s.get());
+    }
+  }
+
+  lock.unlock();
+  std::vector<float> logits;
+  Status st = model_.forward(batch, cache_, kv_, &logits);
+  lock.lock();
+
+  ++stats_.steps;
+  if (!st.is_ok()) {
+    ++stats_.failed_steps;
+    healthy_ = false;
+    for (auto& s : running_) finish(*s, FinishReason::kError, st);
+    running_.clear();
+  } else {
+    healthy_ = true;
+    last_success_ = Clock::now();
+    stats_.prompt_tokens += static_cast<std::uint64_t>(n_prompt_tokens);
+    for (auto& s : running_) {
+      const int prompt_len = static_cast<int>(s->request.prompt.size());
+      if (s->n_prefilled < prompt_len) {
+        // Count what this step prefilled for this sequence.
+        int in_batch = 0;
+        for (std::size_t i = 0; i < batch.size(); ++i) in_batch += batch.seq_ids[i] == s->id;
+        s->n_prefilled += in_batch;
+      }
+    }
+    const std::size_t n_vocab = static_cast<std::size_t>(model_.params().n_vocab);
+    for (std::size_t row = 0; row < wants.size(); ++row) {
+      Sequence& s = *wants[row];
+      std::span<const float> r(logits.data() + row * n_vocab, n_vocab);
+      SampledToken t = s.sampler->sample(r, s.history);
+      ++stats_.generated_tokens;
+      if (std::find(s.request.stop_tokens.begin(), s.request.stop_tokens.end(), t.token) !=
+          s.request.stop_tokens.end()) {
+        finish(s, FinishReason::kStop);
+        continue;
+      }
+      s.history.push_back(t.token);
+      ++s.n_generated;
+      TokenEvent e;
+      e.token = std::move(t);
+      if (s.n_generated >= s.request.max_tokens) e.finish = FinishReason::kLength;
+      s.stream->push(std::move(e));
+      if (s.n_generated >= s.request.max_tokens) {
+        cache_.remove_sequence(s.id);
+        s.in_cache = false;
+      }
+    }
+    std::erase_if(running_, [](const auto& s) { return !s->in_cache; });
+  }
+  stats_.running = static_cast<int>(running_.size());
+  stats_.kv_blocks_used = options_.kv_blocks - cache_.n_free_blocks();
+}
+
+}  // namespace airlock::engine

@@ -1,0 +1,232 @@
+// Continuous batching: concurrent requests give the same tokens as each run
+// alone, admission by KV blocks, queue limits, cancellation, chunked prefill.
+#include <gtest/gtest.h>
+
+#include <random>
+#include <thread>
+
+#include "airlock/engine/scheduler.h"
+#include "airlock/engine/thread_pool.h"
+#include "gguf_writer.h"
+
+namespace airlock::engine {
+namespace {
+
+struct Loaded {
+  testing::TestModel tm;
+  std::unique_ptr<Model> model;
+};
+
+Loaded load(int n_ctx = 512) {
+  testing::TestModelSpec spec;
+  spec.n_vocab = 96;
+  spec.n_ctx = n_ctx;
+  spec.weight_type = GgmlType::kQ8_0;
+  Loaded l;
+  l.tm = testing::make_test_model(spec);
+  auto f = GgufFile::parse({reinterpret_cast<const std::uint8_t*>(l.tm.gguf.data()), l.tm.gguf.size()});
+  EXPECT_TRUE(f.is_ok()) << f.status().to_string();
+  auto m = Model::from_gguf(std::move(*f), make_cpu_backend(std::make_shared<ThreadPool>(2)));
+  EXPECT_TRUE(m.is_ok()) << m.status().to_string();
+  l.model = std::move(*m);
+  return l;
+}
+
+std::vector<std::int32_t> prompt(int n, std::uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::vector<std::int32_t> t(static_cast<std::size_t>(n));
+  for (auto& x : t) x = static_cast<std::int32_t>(rng() % 96);
+  return t;
+}
+
+struct Outcome {
+  std::vector<std::int32_t> tokens;
+  FinishReason finish = FinishReason::kNone;
+  Status error;
+};
+
+Outcome collect(TokenStream& s) {
+  Outcome o;
+  while (o.finish == FinishReason::kNone) {
+    for (TokenEvent& e : s.pop(std::chrono::milliseconds(2000))) {
+      if (e.token) o.tokens.push_back(e.token->token);
+      if (e.finish != FinishReason::kNone) {
+        o.finish = e.finish;
+        o.error = e.error;
+      }
+    }
+  }
+  return o;
+}
+
+GenerationRequest greedy(std::vector<std::int32_t> p, int max_tokens) {
+  GenerationRequest r;
+  r.prompt = std::move(p);
+  r.max_tokens = max_tokens;
+  r.sampling.temperature = 0;
+  return r;
+}
+
+SchedulerOptions opts(int blocks) {
+  SchedulerOptions o;
+  o.kv_blocks = blocks;
+  return o;
+}
+
+Outcome run_alone(Model& m, const GenerationRequest& r) {
+  auto s = Scheduler::start(m, opts(64));
+  EXPECT_TRUE(s.is_ok());
+  auto stream = (*s)->submit(r);
+  EXPECT_TRUE(stream.is_ok()) << stream.status().to_string();
+  return collect(**stream);
+}
+
+TEST(SchedulerTest, ConcurrentRequestsMatchSoloRuns) {
+  Loaded l = load();
+  std::vector<GenerationRequest> reqs;
+  for (int i = 0; i < 8; ++i) reqs.push_back(greedy(prompt(3 + 9 * i, 100 + static_cast<std::uint32_t>(i)), 12 + i));
+  std::vector<Outcome> solo;
+  for (const auto& r : reqs) solo.push_back(run_alone(*l.model, r));
+
+  SchedulerOptions o = opts(64);
+  o.prefill_chunk = 16;  // long prompts are split across steps, interleaved with decodes
+  auto s = Scheduler::start(*l.model, o);
+  ASSERT_TRUE(s.is_ok());
+  std::vector<std::shared_ptr<TokenStream>> streams;
+  for (const auto& r : reqs) {
+    auto st = (*s)->submit(r);
+    ASSERT_TRUE(st.is_ok()) << st.status().to_string();
+    streams.push_back(*st);
+  }
+  for (std::size_t i = 0; i < reqs.size(); ++i) {
+    Outcome got = collect(*streams[i]);
+    EXPECT_EQ(got.finish, FinishReason::kLength);
+    EXPECT_EQ(got.tokens, solo[i].tokens) << "request " << i;
+    EXPECT_EQ(static_cast<int>(got.tokens.size()), reqs[i].max_tokens);
+  }
+  SchedulerStats st = (*s)->stats();
+  EXPECT_EQ(st.kv_blocks_used, 0);
+  EXPECT_EQ(st.running, 0);
+  EXPECT_GT(st.steps, 0u);
+  EXPECT_EQ(st.generated_tokens, 8u * 12 + 28);
+  EXPECT_TRUE((*s)->healthy());
+}
+
+TEST(SchedulerTest, AdmissionWaitsForBlocksAndNeverOverruns) {
+  Loaded l = load();
+  // 6 blocks; each request needs blocks_for(20 + 20) = 3: two run, the rest wait.
+  auto s = Scheduler::start(*l.model, opts(6));
+  ASSERT_TRUE(s.is_ok());
+  std::vector<std::shared_ptr<TokenStream>> streams;
+  std::vector<GenerationRequest> reqs;
+  for (int i = 0; i < 5; ++i) {
+    reqs.push_back(greedy(prompt(20, 7 + static_cast<std::uint32_t>(i)), 20));
+    auto st = (*s)->submit(reqs.back());
+    ASSERT_TRUE(st.is_ok());
+    streams.push_back(*st);
+  }
+  int max_running = 0;
+  for (int i = 0; i < 200 && (*s)->stats().waiting + (*s)->stats().running > 0; ++i) {
+    SchedulerStats st = (*s)->stats();
+    max_running = std::max(max_running, st.running);
+    EXPECT_LE(st.kv_blocks_used, 6);
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  EXPECT_LE(max_running, 2);
+  for (std::size_t i = 0; i < streams.size(); ++i) {
+    Outcome got = collect(*streams[i]);
+    EXPECT_EQ(got.tokens, run_alone(*l.model, reqs[i]).tokens);
+  }
+}
+
+TEST(SchedulerTest, RefusesWhatCanNeverFitAndAFullQueue) {
+  Loaded l = load(128);
+  SchedulerOptions o = opts(4);  // 64 positions
+  o.max_waiting = 2;
+  o.max_running = 1;
+  auto s = Scheduler::start(*l.model, o);
+  ASSERT_TRUE(s.is_ok());
+  EXPECT_EQ((*s)->max_context(), 64);
+  EXPECT_EQ((*s)->submit(greedy(prompt(60, 1), 10)).status().code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ((*s)->submit(greedy({}, 10)).status().code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ((*s)->submit(greedy({1, 2, 500}, 10)).status().code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ((*s)->submit(greedy({1, 2}, 0)).status().code(), StatusCode::kInvalidArgument);
+  GenerationRequest bad = greedy({1, 2}, 4);
+  bad.sampling.top_p = 2.0f;
+  EXPECT_EQ((*s)->submit(bad).status().code(), StatusCode::kInvalidArgument);
+
+  // One runs (all 4 blocks), two wait, the fourth is refused.
+  std::vector<std::shared_ptr<TokenStream>> ok;
+  Status refused;
+  for (int i = 0; i < 4 && refused.is_ok(); ++i) {
+    auto st = (*s)->submit(greedy(prompt(10, 3), 50));
+    if (st.is_ok()) ok.push_back(*st);
+    else refused = st.status();
+  }
+  EXPECT_EQ(refused.code(), StatusCode::kResourceExhausted);
+  EXPECT_GE(ok.size(), 2u);
+  for (auto& st : ok) EXPECT_EQ(collect(*st).finish, FinishReason::kLength);
+}
+
+TEST(SchedulerTest, CancelFreesBlocksWithinAStep) {
+  Loaded l = load();
+  auto s = Scheduler::start(*l.model, opts(32));
+  ASSERT_TRUE(s.is_ok());
+  auto st = (*s)->submit(greedy(prompt(40, 9), 400));
+  ASSERT_TRUE(st.is_ok());
+  auto first = (*st)->pop(std::chrono::milliseconds(5000));
+  ASSERT_FALSE(first.empty());
+  EXPECT_GT((*s)->stats().kv_blocks_used, 0);
+  (*st)->cancel();
+  Outcome rest = collect(**st);
+  EXPECT_EQ(rest.finish, FinishReason::kCancelled);
+  EXPECT_LT(rest.tokens.size(), 399u);
+  for (int i = 0; i < 100 && (*s)->stats().kv_blocks_used != 0; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  EXPECT_EQ((*s)->stats().kv_blocks_used, 0);
+  EXPECT_EQ((*s)->stats().running, 0);
+}
+
+TEST(SchedulerTest, StopTokensEndTheSequenceUnemitted) {
+  Loaded l = load();
+  GenerationRequest r = greedy(prompt(8, 5), 30);
+  Outcome free_run = run_alone(*l.model, r);
+  ASSERT_GE(free_run.tokens.size(), 5u);
+  r.stop_tokens = {free_run.tokens[4]};
+  Outcome stopped = run_alone(*l.model, r);
+  EXPECT_EQ(stopped.finish, FinishReason::kStop);
+  // Everything before the first occurrence of the stop token, nothing after.
+  auto first = std::find(free_run.tokens.begin(), free_run.tokens.end(), free_run.tokens[4]);
+  EXPECT_EQ(stopped.tokens, std::vector<std::int32_t>(free_run.tokens.begin(), first));
+}
+
+TEST(SchedulerTest, SeededSamplingIsReproducibleUnderBatching) {
+  Loaded l = load();
+  GenerationRequest r = greedy(prompt(6, 11), 24);
+  r.sampling.temperature = 0.9f;
+  r.sampling.top_p = 0.95f;
+  r.sampling.seed = 1234;
+  Outcome a = run_alone(*l.model, r);
+  auto s = Scheduler::start(*l.model, opts(64));
+  ASSERT_TRUE(s.is_ok());
+  auto other = (*s)->submit(greedy(prompt(30, 12), 24));
+  auto mine = (*s)->submit(r);
+  ASSERT_TRUE(other.is_ok() && mine.is_ok());
+  EXPECT_EQ(collect(**mine).tokens, a.tokens);
+  collect(**other);
+}
+
+TEST(SchedulerTest, DrainFinishesRunningAndRefusesNewWork) {
+  Loaded l = load();
+  auto s = Scheduler::start(*l.model, opts(64));
+  ASSERT_TRUE(s.is_ok());
+  auto st = (*s)->submit(greedy(prompt(5, 2), 20));
+  ASSERT_TRUE(st.is_ok());
+  (*s)->drain(std::chrono::milliseconds(10000));
+  Outcome o = collect(**st);
+  EXPECT_TRUE(o.finish == FinishReason::kLength || o.finish == FinishReason::kCancelled);
+  EXPECT_EQ((*s)->submit(greedy(prompt(5, 2), 20)).status().code(), StatusCode::kUnavailable);
+}
+
+}  // namespace
+}  // namespace airlock::engine
