@@ -192,6 +192,55 @@ TEST(BundleRoundTrip, ReadOnlyStoreChangesNothing) {
   EXPECT_EQ(after, before);
 }
 
+TEST(BundleRoundTrip, CheckInstalledCatchesTamperingInTheStore) {
+  Fixture f;
+  ASSERT_TRUE(f.create(1, f.dir / "v1.airlock").is_ok());
+  const TrustStore trust = testing::trust_only(f.key);
+  Result<BundleStore> store = BundleStore::open(f.dir / "store");
+  ASSERT_TRUE(store.is_ok());
+  Result<ImportRecord> rec = store->import_bundle(f.dir / "v1.airlock", trust, {});
+  ASSERT_TRUE(rec.is_ok());
+  auto check = [&](bool rehash, const TrustStore& t) { return store->check_installed(*rec, t, rehash, 2); };
+  ASSERT_TRUE(check(false, trust).is_ok());
+  Result<VerifiedBundle> full = check(true, trust);
+  ASSERT_TRUE(full.is_ok()) << full.status().to_string();
+  EXPECT_EQ(full->manifest.name, "demo-model");
+
+  const std::string weights = f.dir / "store/demo-model/1/weights.bin";
+  std::string bytes = testing::read_file(weights);
+  bytes[2 * 1024 * 1024 + 5] ^= 1;  // chunk 2
+  ::chmod(weights.c_str(), 0640);
+  testing::write_file(weights, bytes);
+  EXPECT_TRUE(check(false, trust).is_ok());  // same size: only a re-hash sees it
+  Result<VerifiedBundle> bad = check(true, trust);
+  ASSERT_FALSE(bad.is_ok());
+  EXPECT_EQ(bad.status().code(), StatusCode::kVerificationFailed);
+  EXPECT_NE(bad.status().message().find("weights.bin' chunk 2"), std::string::npos) << bad.status().message();
+
+  testing::write_file(weights, bytes.substr(0, bytes.size() - 1));
+  EXPECT_NE(check(false, trust).status().message().find("bytes, the manifest says"), std::string::npos);
+  testing::write_file(weights, f.big);
+  ASSERT_TRUE(check(true, trust).is_ok());
+
+  // A link in place of a file is not followed.
+  const std::string lic = f.dir / "store/demo-model/1/docs/LICENSE";
+  ASSERT_EQ(::unlink(lic.c_str()), 0);
+  ASSERT_EQ(::symlink("/etc/hostname", lic.c_str()), 0);
+  EXPECT_FALSE(check(false, trust).is_ok());
+  ASSERT_EQ(::unlink(lic.c_str()), 0);
+  testing::write_file(lic, "MIT\n");
+  ASSERT_TRUE(check(true, trust).is_ok());
+
+  // A revoked signer, and a manifest that is not the one recorded.
+  TrustStore revoked = testing::trust_only(f.key);
+  revoked.revoke(f.key.id);
+  EXPECT_NE(check(false, revoked).status().message().find("revoked"), std::string::npos);
+  const std::string manifest = f.dir / "store/demo-model/1/manifest.json";
+  ::chmod(manifest.c_str(), 0640);
+  testing::write_file(manifest, testing::read_file(manifest) + " ");
+  EXPECT_NE(check(false, trust).status().message().find("not the manifest recorded"), std::string::npos);
+}
+
 TEST(BundleRoundTrip, ManyDirectoriesDoNotExhaustDescriptors) {
   // Import keeps one directory descriptor open at a time: a bundle with
   // 200 directories imports under a descriptor limit of open + 24.

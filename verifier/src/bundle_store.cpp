@@ -4,6 +4,7 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/file.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -18,6 +19,9 @@
 
 #include <sodium.h>
 #include <sqlite3.h>
+
+#include "airlock/verifier/sha256.h"
+#include "task_pool.h"
 
 namespace airlock::verifier {
 namespace {
@@ -453,6 +457,135 @@ Status BundleStore::sweep_unrecorded() {
   ::close(staging_fd);
   AIRLOCK_RETURN_IF_ERROR(s);
   return remove_tree_at(dir_fd_, kStagingDir);
+}
+
+namespace {
+
+// Opens STORE/rel (a validated relative path) for reading, one component at a
+// time, never following a link; the leaf must be a regular file.
+Result<int> open_file_nofollow(int root_fd, const std::string& rel) {
+  int dir = ::dup(root_fd);
+  if (dir < 0) return io_error("dup", errno);
+  std::size_t start = 0;
+  for (std::size_t slash = rel.find('/'); slash != std::string::npos; slash = rel.find('/', start)) {
+    Result<int> next = open_dir_at(dir, rel.substr(start, slash - start), false);
+    ::close(dir);
+    AIRLOCK_RETURN_IF_ERROR(next.status());
+    dir = *next;
+    start = slash + 1;
+  }
+  int fd = ::openat(dir, rel.substr(start).c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+  const int err = errno;
+  ::close(dir);
+  if (fd < 0) return io_error("open " + rel, err);
+  struct stat st {};
+  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    ::close(fd);
+    return verification_failed(rel + " is not a regular file");
+  }
+  return fd;
+}
+
+Result<std::string> read_installed(int root_fd, const std::string& rel, std::uint64_t max_bytes) {
+  AIRLOCK_ASSIGN_OR_RETURN(int fd, open_file_nofollow(root_fd, rel));
+  std::string out;
+  char buf[65536];
+  Status s;
+  while (true) {
+    ssize_t n = ::read(fd, buf, sizeof buf);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      s = io_error("read " + rel, errno);
+      break;
+    }
+    if (n == 0) break;
+    out.append(buf, static_cast<std::size_t>(n));
+    if (out.size() > max_bytes) {
+      s = verification_failed(rel + " is larger than " + std::to_string(max_bytes) + " bytes");
+      break;
+    }
+  }
+  ::close(fd);
+  AIRLOCK_RETURN_IF_ERROR(s);
+  return out;
+}
+
+}  // namespace
+
+Result<VerifiedBundle> BundleStore::check_installed(const ImportRecord& record, const TrustStore& trust, bool rehash,
+                                                    unsigned n_threads) const {
+  const std::string where = record.name + "/" + std::to_string(record.version);
+  auto fail = [&](const Status& s) { return s.with_context(where); };
+  std::string manifest_bytes, signature_text;
+  {
+    Result<std::string> m = read_installed(dir_fd_, where + "/" + std::string(kManifestEntry), kMaxManifestBytes);
+    if (!m.is_ok()) return fail(m.status());
+    Result<std::string> sig = read_installed(dir_fd_, where + "/" + std::string(kSignatureEntry), kMaxSignatureBytes);
+    if (!sig.is_ok()) return fail(sig.status());
+    manifest_bytes = std::move(*m);
+    signature_text = std::move(*sig);
+  }
+  if (to_hex(sha256(manifest_bytes)) != record.manifest_sha256)
+    return fail(verification_failed("manifest.json is not the manifest recorded at import"));
+  Result<VerifiedBundle> vb = check_signed_manifest(std::move(manifest_bytes), std::move(signature_text), trust, 0);
+  if (!vb.is_ok()) return fail(vb.status());
+  if (vb->manifest.name != record.name || vb->manifest.version != record.version)
+    return fail(verification_failed("manifest names " + vb->manifest.name + " version " +
+                                    std::to_string(vb->manifest.version)));
+  const Manifest& m = vb->manifest;
+  std::vector<int> fds;
+  struct Closer {
+    std::vector<int>& fds;
+    ~Closer() {
+      for (int fd : fds) ::close(fd);
+    }
+  } closer{fds};
+  for (const ManifestFile& f : m.files) {
+    Result<int> fd = open_file_nofollow(dir_fd_, where + "/" + f.path);
+    if (!fd.is_ok()) return fail(fd.status());
+    fds.push_back(*fd);
+    struct stat st {};
+    if (::fstat(*fd, &st) != 0 || static_cast<std::uint64_t>(st.st_size) != f.size)
+      return fail(verification_failed("file '" + f.path + "' is " + std::to_string(st.st_size) + " bytes, the manifest says " +
+                                      std::to_string(f.size)));
+  }
+  if (!rehash) return vb;
+
+  // Every chunk of every file, on all cores: the same per-chunk check as
+  // import, against the same signed manifest.
+  std::mutex mu;
+  std::string first_bad;
+  Status pool_status;
+  {
+    TaskPool pool(n_threads);
+    for (std::size_t i = 0; i < m.files.size(); ++i) {
+      const ManifestFile& f = m.files[i];
+      if (f.size == 0) continue;
+      void* map = ::mmap(nullptr, f.size, PROT_READ, MAP_PRIVATE, fds[i], 0);
+      if (map == MAP_FAILED) {
+        std::lock_guard<std::mutex> lock(mu);
+        if (first_bad.empty()) first_bad = "cannot map '" + f.path + "'";
+        break;
+      }
+      std::shared_ptr<void> mapping(map, [size = f.size](void* p) { ::munmap(p, size); });
+      for (std::uint64_t c = 0; c < f.chunk_sha256.size(); ++c) {
+        pool.submit([&, mapping, i, c] {
+          const ManifestFile& file = m.files[i];
+          const std::uint64_t off = c * m.chunk_size;
+          const std::uint64_t len = std::min<std::uint64_t>(m.chunk_size, file.size - off);
+          std::span<const std::uint8_t> piece(static_cast<const std::uint8_t*>(mapping.get()) + off, len);
+          if (sha256(piece) != file.chunk_sha256[c]) {
+            std::lock_guard<std::mutex> lock(mu);
+            if (first_bad.empty()) first_bad = "file '" + file.path + "' chunk " + std::to_string(c) + " does not match its SHA-256";
+          }
+        });
+      }
+    }
+    pool_status = pool.wait();
+  }
+  AIRLOCK_RETURN_IF_ERROR(pool_status);
+  if (!first_bad.empty()) return fail(verification_failed(first_bad));
+  return vb;
 }
 
 Result<ImportRecord> BundleStore::import_bundle(const std::string& bundle_path, const TrustStore& trust,

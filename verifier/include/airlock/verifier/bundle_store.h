@@ -61,6 +61,15 @@ class BundleStore {
   Result<ImportRecord> import_bundle(const std::string& bundle_path, const TrustStore& trust,
                                      const ImportOptions& options);
 
+  // Re-checks an imported bundle before it is used (the daemon, on start and
+  // on reload): the stored manifest's signature against `trust` (revoked
+  // keys, expiry), that it is the manifest recorded at import, and every
+  // file's type and size; with `rehash`, also every chunk's SHA-256, on
+  // `n_threads` threads (0: one per core). kVerificationFailed names the
+  // first problem.
+  Result<VerifiedBundle> check_installed(const ImportRecord& record, const TrustStore& trust, bool rehash,
+                                         unsigned n_threads = 0) const;
+
   // Every recorded import, oldest first.
   Result<std::vector<ImportRecord>> list_imports() const;
   // The highest version ever imported under `name`, if any.
