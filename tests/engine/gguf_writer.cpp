@@ -84,6 +84,7 @@ TestModel make_test_model(const TestModelSpec& spec_in) {
   w.set_u32(s.arch + ".rope.dimension_count", static_cast<std::uint32_t>(s.head_dim));
   w.set_f32(s.arch + ".rope.freq_base", s.rope_base);
   w.set_f32(s.arch + ".attention.layer_norm_rms_epsilon", 1e-5f);
+  if (s.metadata) s.metadata(w);
 
   auto add = [&](const std::string& name, std::int64_t ne0, std::int64_t ne1, float scale, bool norm) {
     std::vector<float> v(static_cast<std::size_t>(ne0 * ne1));

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <string>
 #include <vector>
@@ -53,6 +54,8 @@ struct TestModelSpec {
   engine::GgmlType weight_type = engine::GgmlType::kF32;
   float rope_base = 10000.0f;
   std::uint32_t seed = 1;
+  // Adds more metadata (a tokenizer, say) after the hyper-parameters.
+  std::function<void(GgufWriter&)> metadata;
 };
 
 struct TestModel {
