@@ -1,24 +1,116 @@
 #include "airlock/engine/kv_cache.h"
 
+#include <algorithm>
 #include <cstdlib>
+#include <random>
 
 namespace airlock::engine {
 
-KvCache::KvCache(int n_blocks) : ref_(n_blocks, 0) {
+KvCache::KvCache(int n_blocks) : ref_(n_blocks, 0), pub_(static_cast<std::size_t>(n_blocks)) {
   free_.reserve(n_blocks);
   // Hand out low block numbers first (a stack popped from the back).
   for (int b = n_blocks - 1; b >= 0; --b) free_.push_back(b);
+  std::random_device rd;
+  key_ = (static_cast<std::uint64_t>(rd()) << 32) ^ rd();
 }
 
 int KvCache::take_block() {
-  int b = free_.back();
-  free_.pop_back();
+  int b;
+  if (!free_.empty()) {
+    b = free_.back();
+    free_.pop_back();
+  } else {
+    // Evict the least recently used cached prefix block.
+    b = lru_.front();
+    lru_.pop_front();
+    unpublish(b);
+  }
   ref_[b] = 1;
   return b;
 }
 
 void KvCache::release_block(int block) {
-  if (--ref_[block] == 0) free_.push_back(block);
+  if (--ref_[block] != 0) return;
+  Published& p = pub_[static_cast<std::size_t>(block)];
+  if (p.published) p.lru = lru_.insert(lru_.end(), block);
+  else free_.push_back(block);
+}
+
+void KvCache::unpublish(int block) {
+  Published& p = pub_[static_cast<std::size_t>(block)];
+  if (!p.published) return;
+  auto it = index_.find(p.hash);
+  if (it != index_.end() && it->second == block) index_.erase(it);
+  p.published = false;
+  p.tokens.clear();
+  ++p.generation;  // children that name this block as parent no longer match
+}
+
+std::uint64_t KvCache::chain_hash(std::uint64_t prev, std::span<const std::int32_t> block_tokens) const {
+  auto mix = [](std::uint64_t x) {  // splitmix64 finaliser
+    x += 0x9e3779b97f4a7c15ULL;
+    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
+    return x ^ (x >> 31);
+  };
+  std::uint64_t h = mix(prev ^ key_);
+  for (std::int32_t t : block_tokens) h = mix(h ^ static_cast<std::uint32_t>(t));
+  return h;
+}
+
+int KvCache::attach_prefix(int seq_id, std::span<const std::int32_t> tokens, int max_blocks) {
+  auto it = seqs_.find(seq_id);
+  if (it == seqs_.end() || it->second.length != 0) return 0;
+  Sequence& s = it->second;
+  const int n = std::min(max_blocks, static_cast<int>(tokens.size()) / kBlockTokens);
+  std::uint64_t chain = 0;
+  int parent = -1;
+  std::uint64_t parent_generation = 0;
+  for (int b = 0; b < n; ++b) {
+    std::span<const std::int32_t> bt = tokens.subspan(static_cast<std::size_t>(b) * kBlockTokens, kBlockTokens);
+    const std::uint64_t h = chain_hash(chain, bt);
+    auto hit = index_.find(h);
+    if (hit == index_.end()) break;
+    const int block = hit->second;
+    const Published& p = pub_[static_cast<std::size_t>(block)];
+    // Exact check: the hash only finds candidates.
+    if (p.parent != parent || p.parent_generation != parent_generation ||
+        !std::equal(bt.begin(), bt.end(), p.tokens.begin(), p.tokens.end()))
+      break;
+    if (ref_[block] == 0) lru_.erase(p.lru);
+    ++ref_[block];
+    s.blocks.push_back(block);
+    chain = h;
+    parent = block;
+    parent_generation = p.generation;
+  }
+  s.n_published = static_cast<int>(s.blocks.size());
+  s.chain = chain;
+  s.length = s.n_published * kBlockTokens;
+  return s.n_published;
+}
+
+void KvCache::publish(int seq_id, std::span<const std::int32_t> tokens) {
+  auto it = seqs_.find(seq_id);
+  if (it == seqs_.end()) return;
+  Sequence& s = it->second;
+  const int full = std::min(s.length, static_cast<int>(tokens.size())) / kBlockTokens;
+  for (int b = s.n_published; b < full; ++b) {
+    std::span<const std::int32_t> bt = tokens.subspan(static_cast<std::size_t>(b) * kBlockTokens, kBlockTokens);
+    const std::uint64_t h = chain_hash(s.chain, bt);
+    const int block = s.blocks[static_cast<std::size_t>(b)];
+    Published& p = pub_[static_cast<std::size_t>(block)];
+    if (!p.published && index_.find(h) == index_.end()) {
+      p.published = true;
+      p.hash = h;
+      p.parent = b == 0 ? -1 : s.blocks[static_cast<std::size_t>(b) - 1];
+      p.parent_generation = b == 0 ? 0 : pub_[static_cast<std::size_t>(p.parent)].generation;
+      p.tokens.assign(bt.begin(), bt.end());
+      index_.emplace(h, block);
+    }
+    s.chain = h;
+    s.n_published = b + 1;
+  }
 }
 
 Status KvCache::add_sequence(int seq_id) {
@@ -71,6 +163,10 @@ Status KvCache::truncate(int seq_id, int length) {
     s.blocks.pop_back();
   }
   s.length = length;
+  if (s.n_published > static_cast<int>(s.blocks.size())) {
+    s.n_published = 0;  // publish() recomputes the chain from the start
+    s.chain = 0;
+  }
   return Status::ok();
 }
 

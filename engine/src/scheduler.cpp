@@ -191,6 +191,13 @@ void Scheduler::step(std::unique_lock<std::mutex>& lock) {
     waiting_.pop_front();
     (void)cache_.add_sequence(s->id);  // ids are unique, so this cannot fail
     s->in_cache = true;
+    // Reuse cached blocks of the prompt; the last prompt token is always
+    // computed, for its logits.
+    const int prompt_len = static_cast<int>(s->request.prompt.size());
+    const int hit = cache_.attach_prefix(s->id, s->request.prompt, (prompt_len - 1) / kBlockTokens);
+    s->n_prefilled = hit * kBlockTokens;
+    stats_.prefix_query_tokens += static_cast<std::uint64_t>(prompt_len);
+    stats_.prefix_hit_tokens += static_cast<std::uint64_t>(s->n_prefilled);
     reserved += blocks_reserved(*s);
     {
       std::lock_guard<std::mutex> slock(s->stream->mu_);
@@ -253,6 +260,9 @@ void Scheduler::step(std::unique_lock<std::mutex>& lock) {
         s->n_prefilled += in_batch;
       }
     }
+    // Make the new full blocks reusable by later requests (before any
+    // sequence that finishes below releases them).
+    for (auto& s : running_) cache_.publish(s->id, s->history);
     const std::size_t n_vocab = static_cast<std::size_t>(model_.params().n_vocab);
     for (std::size_t row = 0; row < wants.size(); ++row) {
       Sequence& s = *wants[row];
@@ -279,6 +289,7 @@ void Scheduler::step(std::unique_lock<std::mutex>& lock) {
   }
   stats_.running = static_cast<int>(running_.size());
   stats_.kv_blocks_used = options_.kv_blocks - cache_.n_free_blocks();
+  stats_.kv_blocks_cached = cache_.n_cached_blocks();
 }
 
 }  // namespace airlock::engine

@@ -52,6 +52,60 @@ TEST(KvCacheTest, ForkSharesBlocksAndCopiesOnWrite) {
   EXPECT_EQ(c.n_free_blocks(), 8);
 }
 
+std::vector<std::int32_t> seq_tokens(int n, int start) {
+  std::vector<std::int32_t> t(static_cast<std::size_t>(n));
+  for (int i = 0; i < n; ++i) t[static_cast<std::size_t>(i)] = start + i;
+  return t;
+}
+
+TEST(KvCacheTest, PrefixBlocksArePublishedReusedAndEvicted) {
+  KvCache c(8);
+  const std::vector<std::int32_t> a = seq_tokens(40, 100);  // 2 full blocks + 8
+  ASSERT_TRUE(c.add_sequence(1).is_ok());
+  ASSERT_TRUE(c.reserve(1, 40, nullptr).is_ok());
+  c.publish(1, a);
+  const std::vector<std::int32_t> table1 = c.block_table(1);
+
+  // Same first 32 tokens, different tail: both full blocks attach.
+  std::vector<std::int32_t> b = a;
+  b[35] = 7;
+  ASSERT_TRUE(c.add_sequence(2).is_ok());
+  EXPECT_EQ(c.attach_prefix(2, b, 10), 2);
+  EXPECT_EQ(c.length(2), 32);
+  EXPECT_EQ(c.block_table(2)[0], table1[0]);
+  EXPECT_EQ(c.block_table(2)[1], table1[1]);
+  EXPECT_EQ(c.ref_count(table1[0]), 2);
+  // max_blocks limits the attachment; a differing first block attaches nothing.
+  ASSERT_TRUE(c.add_sequence(3).is_ok());
+  EXPECT_EQ(c.attach_prefix(3, b, 1), 1);
+  std::vector<std::int32_t> d = a;
+  d[3] = 9;
+  ASSERT_TRUE(c.add_sequence(4).is_ok());
+  EXPECT_EQ(c.attach_prefix(4, d, 10), 0);
+  // A block only matches after the same parent: block 2 of `a` after another block 1.
+  std::vector<std::int32_t> e = a;
+  e[0] = 1;
+  ASSERT_TRUE(c.add_sequence(5).is_ok());
+  EXPECT_EQ(c.attach_prefix(5, e, 10), 0);
+
+  // Removing every user keeps the published blocks cached (free but reusable).
+  for (int s : {1, 2, 3, 4, 5}) c.remove_sequence(s);
+  EXPECT_EQ(c.n_free_blocks(), 8);
+  EXPECT_EQ(c.n_cached_blocks(), 2);
+  ASSERT_TRUE(c.add_sequence(6).is_ok());
+  EXPECT_EQ(c.attach_prefix(6, a, 10), 2);
+  EXPECT_EQ(c.n_cached_blocks(), 0);
+  c.remove_sequence(6);
+
+  // Under pressure the cached blocks are evicted and their prefix is gone.
+  ASSERT_TRUE(c.add_sequence(7).is_ok());
+  ASSERT_TRUE(c.reserve(7, 8 * kBlockTokens, nullptr).is_ok());
+  EXPECT_EQ(c.n_free_blocks(), 0);
+  c.remove_sequence(7);
+  ASSERT_TRUE(c.add_sequence(8).is_ok());
+  EXPECT_EQ(c.attach_prefix(8, a, 10), 0);
+}
+
 TEST(SamplerTest, GreedyPicksTheMaximumAndReportsLogprobs) {
   std::vector<float> logits = {1.0f, 3.0f, 2.0f, 3.0f};
   SamplingParams p;

@@ -216,6 +216,41 @@ TEST(SchedulerTest, SeededSamplingIsReproducibleUnderBatching) {
   collect(**other);
 }
 
+TEST(SchedulerTest, RepeatedPrefixIsNotComputedAgainAndGivesTheSameTokens) {
+  Loaded l = load();
+  auto s = Scheduler::start(*l.model, opts(64));
+  ASSERT_TRUE(s.is_ok());
+  std::vector<std::int32_t> system = prompt(50, 77);  // 3 full blocks
+  std::vector<std::int32_t> p1 = system, p2 = system;
+  p1.push_back(5);
+  p2.push_back(6);
+  auto first = (*s)->submit(greedy(p1, 10));
+  ASSERT_TRUE(first.is_ok());
+  Outcome o1 = collect(**first);
+  SchedulerStats before = (*s)->stats();
+  EXPECT_EQ(before.prefix_hit_tokens, 0u);
+  EXPECT_GE(before.kv_blocks_cached, 3);
+  auto second = (*s)->submit(greedy(p2, 10));
+  ASSERT_TRUE(second.is_ok());
+  Outcome o2 = collect(**second);
+  SchedulerStats after = (*s)->stats();
+  EXPECT_EQ(after.prefix_hit_tokens, 48u);
+  EXPECT_EQ(after.prefix_query_tokens, 102u);
+  EXPECT_EQ(after.prompt_tokens - before.prompt_tokens, 3u);  // 51 - 48 computed
+  // The cached keys and values give exactly what a fresh computation gives.
+  EXPECT_EQ(o2.tokens, run_alone(*l.model, greedy(p2, 10)).tokens);
+  EXPECT_EQ(o1.tokens, run_alone(*l.model, greedy(p1, 10)).tokens);
+  // The whole first conversation (prompt + answer) is reusable by a follow-up.
+  std::vector<std::int32_t> follow = p1;
+  follow.insert(follow.end(), o1.tokens.begin(), o1.tokens.end());
+  follow.push_back(9);
+  auto third = (*s)->submit(greedy(follow, 5));
+  ASSERT_TRUE(third.is_ok());
+  Outcome o3 = collect(**third);
+  EXPECT_EQ((*s)->stats().prefix_hit_tokens - after.prefix_hit_tokens, 48u);  // 60 cached of 62: 3 full blocks
+  EXPECT_EQ(o3.tokens, run_alone(*l.model, greedy(follow, 5)).tokens);
+}
+
 TEST(SchedulerTest, DrainFinishesRunningAndRefusesNewWork) {
   Loaded l = load();
   auto s = Scheduler::start(*l.model, opts(64));

@@ -2,6 +2,16 @@
 // a block table per sequence, reference-counted blocks so sequences can
 // share a prefix (fork), and all-or-nothing admission.
 //
+// Prefix caching: publish() makes a sequence's full blocks findable by
+// their tokens and everything before them; attach_prefix() gives a new
+// sequence the longest published chain that starts its prompt, so those
+// positions are not computed again. A published block whose last user goes
+// away is kept (evictable, least recently used first) until its space is
+// needed; n_free_blocks() counts it as free. Lookups hash the tokens (with a
+// per-cache random key) and then compare the block's tokens and its parent
+// block exactly, so a hash collision can never attach another prompt's
+// keys and values.
+//
 // KvCache does the bookkeeping only (which block holds which positions of
 // which sequence); the key/value numbers live in storage the backend
 // allocates (KvStorage), so the same cache logic serves CPU and GPU.
@@ -14,7 +24,10 @@
 #pragma once
 
 #include <cstdint>
+#include <list>
 #include <map>
+#include <span>
+#include <unordered_map>
 #include <vector>
 
 #include "airlock/common/status.h"
@@ -26,9 +39,19 @@ inline constexpr int kBlockTokens = 16;
 class KvCache {
  public:
   explicit KvCache(int n_blocks);
-
   int n_blocks() const { return static_cast<int>(ref_.size()); }
-  int n_free_blocks() const { return static_cast<int>(free_.size()); }
+  // Unused blocks, including published ones kept for prefix reuse.
+  int n_free_blocks() const { return static_cast<int>(free_.size() + lru_.size()); }
+  // Published blocks no sequence uses (evictable).
+  int n_cached_blocks() const { return static_cast<int>(lru_.size()); }
+
+  // Attaches to the empty sequence `seq_id` the longest chain of published
+  // blocks matching `tokens` block by block, at most `max_blocks` of them;
+  // returns how many (its length becomes that many times kBlockTokens).
+  int attach_prefix(int seq_id, std::span<const std::int32_t> tokens, int max_blocks);
+  // Publishes every full block of `seq_id` not yet published; `tokens` holds
+  // at least the sequence's tokens (positions 0..length-1).
+  void publish(int seq_id, std::span<const std::int32_t> tokens);
 
   Status add_sequence(int seq_id);
   // Makes room for positions [length, length + n_new) of `seq_id` and
@@ -58,13 +81,30 @@ class KvCache {
   struct Sequence {
     std::vector<std::int32_t> blocks;
     int length = 0;
+    int n_published = 0;      // leading blocks whose hash chain is known
+    std::uint64_t chain = 0;  // hash of blocks [0, n_published)
+  };
+  struct Published {
+    bool published = false;
+    std::uint64_t hash = 0;
+    int parent = -1;  // the block before it in its chain (-1: first)
+    std::uint64_t parent_generation = 0;
+    std::uint64_t generation = 0;  // bumped whenever the block is unpublished
+    std::vector<std::int32_t> tokens;
+    std::list<int>::iterator lru;  // valid while ref_ == 0
   };
   int take_block();
   void release_block(int block);
+  void unpublish(int block);
+  std::uint64_t chain_hash(std::uint64_t prev, std::span<const std::int32_t> block_tokens) const;
 
   std::vector<int> ref_;
   std::vector<std::int32_t> free_;
   std::map<int, Sequence> seqs_;
+  std::vector<Published> pub_;
+  std::unordered_map<std::uint64_t, int> index_;  // chain hash -> block
+  std::list<int> lru_;                            // published blocks with ref 0, oldest first
+  std::uint64_t key_ = 0;
 };
 
 }  // namespace airlock::engine

@@ -8,6 +8,12 @@
 // sequence already generating. Sampled tokens go to each request's
 // TokenStream as they are produced.
 //
+// Prefix caching: at admission a request attaches the longest chain of
+// cached full blocks that starts its prompt (KvCache::attach_prefix) and
+// computes only the rest; after each step every sequence publishes its new
+// full blocks, so a repeated system prompt or a conversation's earlier turns
+// are not computed again.
+//
 // Admission reserves a request's whole KV need up front (prompt plus
 // max_tokens), so an admitted request always runs to completion and nothing
 // is ever preempted or runs out of blocks mid-stream. When the waiting
@@ -105,6 +111,9 @@ struct SchedulerStats {
   std::uint64_t generated_tokens = 0;   // sampled since start
   std::uint64_t steps = 0;
   std::uint64_t failed_steps = 0;
+  std::uint64_t prefix_query_tokens = 0;  // prompt tokens looked up in the prefix cache
+  std::uint64_t prefix_hit_tokens = 0;    // of those, found (not computed again)
+  int kv_blocks_cached = 0;               // published blocks no sequence uses (reusable, evictable)
 };
 
 class Scheduler {
