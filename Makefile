@@ -1,5 +1,5 @@
 # The two commands a newcomer runs (see README.md):
-#   make demo   build, then walk through the bundle round trip
+#   make demo   build, then the whole journey: bundle, import, airlockd, streamed chat
 #   make test   install dependencies, build, run every test
 # Everything else here is what those two and CI are made of.
 
@@ -22,7 +22,7 @@ test: build
 	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
 
 demo: build
-	scripts/demo $(BUILD)/bundler/airlock
+	scripts/demo $(BUILD)
 
 # Second CI job: the whole suite under AddressSanitizer + UndefinedBehaviorSanitizer.
 test-sanitize: setup

@@ -1,0 +1,158 @@
+#include "state_commands.h"
+
+#include <cstdio>
+#include <ctime>
+#include <iostream>
+
+#include <nlohmann/json.hpp>
+
+#include "airlock/statedb/state_db.h"
+#include "args.h"
+
+namespace airlock::bundler {
+namespace {
+
+using airlock::state::StateDb;
+constexpr const char* kDefaultState = "/var/lib/airlock";
+
+int fail(const Status& s) {
+  std::fprintf(stderr, "airlock: %s\n", s.to_string().c_str());
+  return s.code() == StatusCode::kVerificationFailed ? 1 : 2;
+}
+
+int usage(const std::string& message) {
+  std::fprintf(stderr, "airlock: %s\n(run 'airlock help' for usage)\n", message.c_str());
+  return 2;
+}
+
+std::string utc(std::int64_t t) {
+  char buf[32];
+  std::time_t tt = static_cast<std::time_t>(t);
+  std::tm tm{};
+  gmtime_r(&tt, &tm);
+  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return buf;
+}
+
+// Text from the database made safe for a terminal.
+std::string shown(const std::string& s) {
+  std::string out = s;
+  for (char& c : out)
+    if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) c = '?';
+  return out;
+}
+
+}  // namespace
+
+int run_keys_command(const std::vector<std::string>& argv) {
+  if (argv.empty()) return usage("usage: airlock keys create|list|revoke ...");
+  const std::string sub = argv[0];
+  auto args = Args::parse({argv.begin() + 1, argv.end()}, {"name", "state"}, {"json"});
+  if (!args.is_ok()) return usage(args.status().message());
+  if (!args->positional().empty()) return usage("unexpected argument '" + args->positional()[0] + "'");
+  Result<StateDb> db = StateDb::open(args->get("state").value_or(kDefaultState));
+  if (!db.is_ok()) return fail(db.status());
+  if (sub == "create" || sub == "revoke") {
+    std::optional<std::string> name = args->get("name");
+    if (!name) return usage("usage: airlock keys " + sub + " --name NAME [--state DIR]");
+    if (sub == "revoke") {
+      if (Status s = db->revoke_key(*name); !s.is_ok()) return fail(s);
+      std::fprintf(stderr, "revoked the key '%s' (a running airlockd drops it on SIGHUP: systemctl reload airlockd)\n",
+                   name->c_str());
+      return 0;
+    }
+    Result<std::string> key = db->create_key(*name);
+    if (!key.is_ok()) return fail(key.status());
+    // The key on stdout alone, so scripts can capture it; it is shown once.
+    std::printf("%s\n", key->c_str());
+    std::fprintf(stderr, "created the key '%s'; store it now, it is not shown again (airlockd picks it up on SIGHUP)\n",
+                 name->c_str());
+    return 0;
+  }
+  if (sub == "list") {
+    Result<std::vector<state::ApiKeyInfo>> keys = db->list_keys();
+    if (!keys.is_ok()) return fail(keys.status());
+    if (args->has("json")) {
+      nlohmann::json j = nlohmann::json::array();
+      for (const auto& k : *keys)
+        j.push_back({{"name", k.name}, {"id", k.id}, {"created_at", k.created_at},
+                     {"revoked_at", k.revoked_at ? nlohmann::json(*k.revoked_at) : nlohmann::json()}});
+      std::cout << j.dump(2) << "\n";
+      return 0;
+    }
+    std::printf("%-24s %-16s %-20s %s\n", "NAME", "ID", "CREATED", "STATE");
+    for (const auto& k : *keys)
+      std::printf("%-24s %-16s %-20s %s\n", shown(k.name).c_str(), k.id.c_str(), utc(k.created_at).c_str(),
+                  k.revoked_at ? ("revoked " + utc(*k.revoked_at)).c_str() : "active");
+    return 0;
+  }
+  return usage("unknown keys command '" + sub + "' (create, list, revoke)");
+}
+
+int run_audit_command(const std::vector<std::string>& argv) {
+  if (argv.empty()) return usage("usage: airlock audit verify|tail ...");
+  const std::string sub = argv[0];
+  auto args = Args::parse({argv.begin() + 1, argv.end()}, {"state", "last"}, {"json"});
+  if (!args.is_ok()) return usage(args.status().message());
+  if (!args->positional().empty()) return usage("unexpected argument '" + args->positional()[0] + "'");
+  Result<StateDb> db = StateDb::open(args->get("state").value_or(kDefaultState));
+  if (!db.is_ok()) return fail(db.status());
+  if (sub == "verify") {
+    Result<state::AuditVerifyResult> r = db->verify_audit();
+    if (!r.is_ok()) return fail(r.status());
+    if (!r->ok) {
+      std::fprintf(stderr, "airlock: audit log FAILED at row %lld: %s\n",
+                   static_cast<long long>(r->first_bad_row.value_or(0)), r->why.c_str());
+      return 1;
+    }
+    std::printf("OK %lld rows: the audit hash chain is intact\n", static_cast<long long>(r->rows));
+    return 0;
+  }
+  if (sub == "tail") {
+    int n = 20;
+    if (auto v = args->get("last")) {
+      try {
+        n = std::stoi(*v);
+      } catch (...) {
+        return usage("--last needs a number");
+      }
+      if (n < 1 || n > 100000) return usage("--last must be 1 to 100000");
+    }
+    Result<std::vector<state::AuditRow>> rows = db->tail_audit(n);
+    if (!rows.is_ok()) return fail(rows.status());
+    if (args->has("json")) {
+      nlohmann::json j = nlohmann::json::array();
+      for (const auto& row : *rows) {
+        const state::AuditRecord& r = row.record;
+        j.push_back({{"seq", row.seq}, {"time_ms", r.time_ms}, {"key", r.key_name}, {"route", r.route},
+                     {"model", r.model}, {"request_id", r.request_id}, {"status", r.status},
+                     {"prompt_tokens", r.prompt_tokens}, {"completion_tokens", r.completion_tokens},
+                     {"latency_s", r.latency_s}, {"row_hash", row.row_hash_hex}});
+      }
+      std::cout << j.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
+      return 0;
+    }
+    for (const auto& row : *rows) {
+      const state::AuditRecord& r = row.record;
+      std::printf("%6lld %s %-16s %-22s %-12s %3d prompt %lld completion %lld %.3fs\n", static_cast<long long>(row.seq),
+                  utc(r.time_ms / 1000).c_str(), shown(r.key_name).c_str(), shown(r.route).c_str(),
+                  shown(r.model).c_str(), r.status, static_cast<long long>(r.prompt_tokens),
+                  static_cast<long long>(r.completion_tokens), r.latency_s);
+    }
+    return 0;
+  }
+  return usage("unknown audit command '" + sub + "' (verify, tail)");
+}
+
+void print_state_usage() {
+  std::printf(
+      "\nairlock keys    (API keys of airlockd; --state DIR, default /var/lib/airlock)\n"
+      "  create  --name NAME     prints a new key once; only its hash is stored\n"
+      "  list    [--json]\n"
+      "  revoke  --name NAME\n"
+      "\nairlock audit   (airlockd's hash-chained audit log)\n"
+      "  verify                  exit 0 when the chain is intact, 1 naming the first bad row\n"
+      "  tail    [--last N] [--json]   the newest N rows (default 20)\n");
+}
+
+}  // namespace airlock::bundler

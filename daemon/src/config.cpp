@@ -1,0 +1,131 @@
+#include "config.h"
+
+#include <arpa/inet.h>
+
+#include <charconv>
+#include <fstream>
+#include <set>
+#include <sstream>
+
+#include <toml++/toml.h>
+
+namespace airlock::daemon {
+namespace {
+
+bool numeric_address(const std::string& host) {
+  unsigned char buf[16];
+  return ::inet_pton(AF_INET, host.c_str(), buf) == 1 || ::inet_pton(AF_INET6, host.c_str(), buf) == 1;
+}
+
+}  // namespace
+
+Status parse_listen(const std::string& value, Config* config) {
+  std::string host, port;
+  if (!value.empty() && value[0] == '[') {
+    const std::size_t close = value.find("]:");
+    if (close == std::string::npos) return invalid_argument("listen: expected [IPv6]:PORT, got '" + value + "'");
+    host = value.substr(1, close - 1);
+    port = value.substr(close + 2);
+  } else {
+    const std::size_t colon = value.rfind(':');
+    if (colon == std::string::npos || value.find(':') != colon)
+      return invalid_argument("listen: expected HOST:PORT, got '" + value + "'");
+    host = value.substr(0, colon);
+    port = value.substr(colon + 1);
+  }
+  if (!numeric_address(host))
+    return invalid_argument("listen: '" + host + "' is not a numeric IP address (host names are never resolved)");
+  int p = -1;
+  auto [ptr, ec] = std::from_chars(port.data(), port.data() + port.size(), p);
+  if (ec != std::errc() || ptr != port.data() + port.size() || p < 0 || p > 65535)
+    return invalid_argument("listen: bad port '" + port + "'");
+  config->listen_host = host;
+  config->listen_port = p;
+  return Status::ok();
+}
+
+Result<Config> parse_config(std::string_view text, const std::string& origin, Config c) {
+  toml::table t;
+  try {
+    t = toml::parse(text, origin);
+  } catch (const toml::parse_error& e) {
+    std::ostringstream os;
+    os << origin << ":" << e.source().begin.line << ":" << e.source().begin.column << ": " << e.description();
+    return invalid_argument(os.str());
+  }
+  static const std::set<std::string> kTopKeys = {
+      "listen", "store", "state", "trusted", "model", "verify_on_load", "threads", "kv_cache_mib", "max_running",
+      "max_waiting", "prefill_chunk", "max_body_bytes", "drain_seconds", "http_threads", "audit_text", "tls"};
+  for (const auto& [k, v] : t)
+    if (!kTopKeys.count(std::string(k.str()))) return invalid_argument(origin + ": unknown key '" + std::string(k.str()) + "'");
+
+  auto bad = [&](const std::string& key, const std::string& why) { return invalid_argument(origin + ": " + key + ": " + why); };
+  auto get_string = [&](const toml::table& tab, const char* key, std::string* out) -> Status {
+    if (const toml::node* n = tab.get(key)) {
+      if (!n->is_string()) return bad(key, "must be a string");
+      *out = n->as_string()->get();
+    }
+    return Status::ok();
+  };
+  auto get_int = [&](const char* key, std::int64_t lo, std::int64_t hi, auto* out) -> Status {
+    if (const toml::node* n = t.get(key)) {
+      if (!n->is_integer()) return bad(key, "must be an integer");
+      const std::int64_t v = n->as_integer()->get();
+      if (v < lo || v > hi) return bad(key, "must be between " + std::to_string(lo) + " and " + std::to_string(hi));
+      *out = static_cast<std::remove_reference_t<decltype(*out)>>(v);
+    }
+    return Status::ok();
+  };
+  if (const toml::node* n = t.get("listen")) {
+    if (!n->is_string()) return bad("listen", "must be a string \"HOST:PORT\"");
+    Status s = parse_listen(n->as_string()->get(), &c);
+    if (!s.is_ok()) return invalid_argument(origin + ": " + s.message());
+  }
+  AIRLOCK_RETURN_IF_ERROR(get_string(t, "store", &c.store));
+  AIRLOCK_RETURN_IF_ERROR(get_string(t, "state", &c.state));
+  AIRLOCK_RETURN_IF_ERROR(get_string(t, "trusted", &c.trusted));
+  AIRLOCK_RETURN_IF_ERROR(get_string(t, "model", &c.model));
+  std::string verify = c.verify_full ? "full" : "sizes";
+  AIRLOCK_RETURN_IF_ERROR(get_string(t, "verify_on_load", &verify));
+  if (verify != "full" && verify != "sizes") return bad("verify_on_load", "must be \"sizes\" or \"full\"");
+  c.verify_full = verify == "full";
+  AIRLOCK_RETURN_IF_ERROR(get_int("threads", 0, 1024, &c.threads));
+  AIRLOCK_RETURN_IF_ERROR(get_int("kv_cache_mib", 1, 1 << 24, &c.kv_cache_mib));
+  AIRLOCK_RETURN_IF_ERROR(get_int("max_running", 1, 4096, &c.max_running));
+  AIRLOCK_RETURN_IF_ERROR(get_int("max_waiting", 0, 1 << 20, &c.max_waiting));
+  AIRLOCK_RETURN_IF_ERROR(get_int("prefill_chunk", 1, 1 << 20, &c.prefill_chunk));
+  AIRLOCK_RETURN_IF_ERROR(get_int("max_body_bytes", 1024, std::int64_t{1} << 32, &c.max_body_bytes));
+  AIRLOCK_RETURN_IF_ERROR(get_int("drain_seconds", 0, 3600, &c.drain_seconds));
+  AIRLOCK_RETURN_IF_ERROR(get_int("http_threads", 2, 4096, &c.http_threads));
+  if (const toml::node* n = t.get("audit_text")) {
+    if (!n->is_boolean()) return bad("audit_text", "must be true or false");
+    c.audit_text = n->as_boolean()->get();
+  }
+  if (const toml::node* n = t.get("tls")) {
+    const toml::table* tls = n->as_table();
+    if (tls == nullptr) return bad("tls", "must be a table");
+    for (const auto& [k, v] : *tls)
+      if (k.str() != "cert" && k.str() != "key" && k.str() != "client_ca")
+        return bad("tls", "unknown key '" + std::string(k.str()) + "'");
+    AIRLOCK_RETURN_IF_ERROR(get_string(*tls, "cert", &c.tls_cert));
+    AIRLOCK_RETURN_IF_ERROR(get_string(*tls, "key", &c.tls_key));
+    AIRLOCK_RETURN_IF_ERROR(get_string(*tls, "client_ca", &c.tls_client_ca));
+    if (c.tls_cert.empty() != c.tls_key.empty()) return bad("tls", "cert and key go together");
+    if (!c.tls_client_ca.empty() && c.tls_cert.empty()) return bad("tls", "client_ca needs cert and key");
+  }
+  return c;
+}
+
+Result<Config> load_config(const std::string& path, bool must_exist) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) {
+    if (must_exist) return not_found(path + ": cannot read the configuration file");
+    return Config{};
+  }
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  if (ss.str().size() > (1u << 20)) return invalid_argument(path + ": larger than 1 MiB");
+  return parse_config(ss.str(), path);
+}
+
+}  // namespace airlock::daemon

@@ -1,0 +1,234 @@
+// airlockd: loads the signed model bundle from its store and serves it.
+//
+//   airlockd [--config FILE] [--listen HOST:PORT] [--store DIR] [--trusted PATH]
+//            [--state DIR] [--model NAME] [--threads N] [--check-config]
+//            [--log-level LEVEL]
+//
+// Lifecycle: systemd Type=notify (READY=1 once the model is loaded and a
+// forward pass has run; RELOADING=1 / READY=1 around SIGHUP; STOPPING=1 on
+// SIGTERM; WATCHDOG=1 when WatchdogSec is set). SIGHUP re-checks the store
+// and loads a newer or re-verified bundle; a bundle that fails keeps the old
+// model serving. SIGTERM/SIGINT drain (no new requests; running ones finish
+// within drain_seconds) and exit 0.
+#include <signal.h>
+#include <systemd/sd-daemon.h>
+
+#include <atomic>
+#include <cstdio>
+#include <cstring>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "airlock/common/log.h"
+#include "airlock/common/version.h"
+#include "airlock/statedb/state_db.h"
+#include "config.h"
+#include "model_host.h"
+#include "server.h"
+
+namespace {
+
+using namespace airlock;
+using namespace airlock::daemon;
+
+int usage(const std::string& why) {
+  if (!why.empty()) std::fprintf(stderr, "airlockd: %s\n", why.c_str());
+  std::fprintf(stderr,
+               "usage: airlockd [--config FILE] [--listen HOST:PORT] [--store DIR] [--trusted PATH] [--state DIR]\n"
+               "                [--model NAME] [--threads N] [--log-level debug|info|warn|error] [--check-config]\n");
+  return 2;
+}
+
+struct Args {
+  std::string config_path = "/etc/airlock/airlockd.toml";
+  bool config_given = false;
+  bool check_only = false;
+  LogLevel level = LogLevel::kInfo;
+  std::vector<std::pair<std::string, std::string>> overrides;
+};
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Args a;
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    auto value = [&](std::string* out) {
+      if (i + 1 >= argc) return false;
+      *out = argv[++i];
+      return true;
+    };
+    std::string v;
+    if (arg == "--check-config") a.check_only = true;
+    else if (arg == "--version") {
+      std::printf("airlockd %s\n", kVersion);
+      return 0;
+    } else if (arg == "--config") {
+      if (!value(&a.config_path)) return usage("--config needs a file");
+      a.config_given = true;
+    } else if (arg == "--log-level") {
+      if (!value(&v) || !parse_log_level(v, &a.level)) return usage("--log-level needs debug, info, warn or error");
+    } else if (arg == "--listen" || arg == "--store" || arg == "--trusted" || arg == "--state" || arg == "--model" ||
+               arg == "--threads") {
+      if (!value(&v)) return usage(arg + " needs a value");
+      a.overrides.emplace_back(arg.substr(2), v);
+    } else {
+      return usage("unknown argument '" + arg + "'");
+    }
+  }
+  init_logging(a.level);
+
+  Result<Config> loaded = load_config(a.config_path, a.config_given);
+  if (!loaded.is_ok()) {
+    std::fprintf(stderr, "airlockd: %s\n", loaded.status().message().c_str());
+    return 2;
+  }
+  Config config = *loaded;
+  for (const auto& [k, v] : a.overrides) {
+    if (k == "listen") {
+      if (Status s = parse_listen(v, &config); !s.is_ok()) return usage(s.message());
+    } else if (k == "store") config.store = v;
+    else if (k == "trusted") config.trusted = v;
+    else if (k == "state") config.state = v;
+    else if (k == "model") config.model = v;
+    else if (k == "threads") {
+      try {
+        config.threads = std::stoi(v);
+      } catch (...) {
+        return usage("--threads needs a number");
+      }
+      if (config.threads < 0 || config.threads > 1024) return usage("--threads must be 0 to 1024");
+    }
+  }
+  if (a.check_only) {
+    std::printf("configuration OK: listen %s:%d, store %s, trusted %s, state %s\n", config.listen_host.c_str(),
+                config.listen_port, config.store.c_str(), config.trusted.c_str(), config.state.c_str());
+    return 0;
+  }
+
+  // Signals are handled by one thread through sigwait; block them everywhere.
+  sigset_t signals;
+  sigemptyset(&signals);
+  for (int s : {SIGHUP, SIGTERM, SIGINT}) sigaddset(&signals, s);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  ::signal(SIGPIPE, SIG_IGN);
+
+  log().info("airlockd {} starting", kVersion);
+  Result<state::StateDb> db = state::StateDb::open(config.state);
+  if (!db.is_ok()) {
+    log().error("state: {}", db.status().to_string());
+    return 1;
+  }
+  auto keys = std::make_shared<std::shared_ptr<const state::KeyVerifier>>();
+  std::mutex keys_mu;
+  auto reload_keys = [&]() -> Status {
+    AIRLOCK_ASSIGN_OR_RETURN(std::vector<state::StoredKey> k, db->load_active_keys());
+    log().info("{} active API keys", k.size());
+    auto v = std::make_shared<const state::KeyVerifier>(std::move(k));
+    std::lock_guard<std::mutex> lock(keys_mu);
+    *keys = std::move(v);
+    return Status::ok();
+  };
+  if (Status s = reload_keys(); !s.is_ok()) {
+    log().error("state: {}", s.to_string());
+    return 1;
+  }
+  state::AuditWriter audit_writer(*db);
+  Metrics metrics;
+  Counter& audit_drops = metrics.counter("airlock_audit_dropped_total", "Audit records dropped because the queue was full");
+
+  Server server(
+      config,
+      [&](std::string_view token) -> std::optional<std::string> {
+        std::shared_ptr<const state::KeyVerifier> v;
+        {
+          std::lock_guard<std::mutex> lock(keys_mu);
+          v = *keys;
+        }
+        return v->authenticate(token);
+      },
+      [&](AuditEvent e) {
+        state::AuditRecord r;
+        r.time_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                        std::chrono::system_clock::now().time_since_epoch()).count();
+        r.key_name = e.key_name;
+        r.route = e.route;
+        r.model = e.model;
+        r.status = e.status;
+        r.prompt_tokens = e.prompt_tokens;
+        r.completion_tokens = e.completion_tokens;
+        r.latency_s = e.latency_s;
+        r.request_id = e.request_id;
+        if (config.audit_text) {
+          r.prompt_text = e.prompt_text;
+          r.completion_text = e.completion_text;
+        }
+        if (!audit_writer.record(std::move(r))) audit_drops.inc();
+      },
+      metrics);
+
+  Result<std::shared_ptr<LoadedModel>> model = load_model(config);
+  if (!model.is_ok()) {
+    log().error("no model loaded: {}", model.status().to_string());
+    return 1;
+  }
+  server.set_model(*model);
+  Result<int> port = server.bind();
+  if (!port.is_ok()) {
+    log().error("{}", port.status().to_string());
+    return 1;
+  }
+  log().info("listening on {}:{}", config.listen_host, *port);
+  std::fprintf(stdout, "airlockd listening on %s:%d\n", config.listen_host.c_str(), *port);
+  std::fflush(stdout);
+  ::sd_notify(0, "READY=1\nSTATUS=serving");
+
+  std::atomic<bool> stopping{false};
+  std::thread watchdog([&] {
+    std::uint64_t usec = 0;
+    if (::sd_watchdog_enabled(0, &usec) <= 0 || usec == 0) return;
+    while (!stopping) {
+      std::shared_ptr<LoadedModel> m = server.model();
+      if (m && m->scheduler->healthy()) ::sd_notify(0, "WATCHDOG=1");
+      for (std::uint64_t slept = 0; slept < usec / 2 && !stopping; slept += 100000)
+        std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+  });
+
+  std::thread signal_thread([&] {
+    while (true) {
+      int sig = 0;
+      if (sigwait(&signals, &sig) != 0) continue;
+      if (sig == SIGHUP) {
+        ::sd_notifyf(0, "RELOADING=1\nMONOTONIC_USEC=%llu", static_cast<unsigned long long>(
+                                                                 std::chrono::duration_cast<std::chrono::microseconds>(
+                                                                     std::chrono::steady_clock::now().time_since_epoch())
+                                                                     .count()));
+        log().info("SIGHUP: reloading keys and re-checking the bundle store");
+        if (Status s = reload_keys(); !s.is_ok()) log().error("keys not reloaded: {}", s.to_string());
+        Result<std::shared_ptr<LoadedModel>> next = load_model(config);
+        if (next.is_ok()) {
+          server.set_model(*next);
+          log().info("now serving {} version {}", (*next)->id, (*next)->version);
+        } else {
+          log().error("reload failed, still serving the previous model: {}", next.status().to_string());
+        }
+        ::sd_notify(0, "READY=1\nSTATUS=serving");
+        continue;
+      }
+      log().info("signal {}: draining", sig == SIGTERM ? "SIGTERM" : "SIGINT");
+      ::sd_notify(0, "STOPPING=1");
+      server.shutdown();
+      return;
+    }
+  });
+
+  server.run();
+  stopping = true;
+  signal_thread.join();
+  watchdog.join();
+  audit_writer.flush();
+  log().info("stopped");
+  return 0;
+}

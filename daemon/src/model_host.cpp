@@ -1,0 +1,104 @@
+#include "model_host.h"
+
+#include <algorithm>
+
+#include "airlock/common/log.h"
+#include "airlock/engine/backend.h"
+#include "airlock/engine/thread_pool.h"
+#include "airlock/verifier/bundle_store.h"
+#include "airlock/verifier/trust_store.h"
+
+namespace airlock::daemon {
+namespace {
+
+// Used when the GGUF carries no tokenizer.chat_template (base models):
+// ChatML, the format llama.cpp falls back to as well.
+constexpr const char* kFallbackTemplate =
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
+
+}  // namespace
+
+LoadedModel::~LoadedModel() {
+  scheduler.reset();  // stops the scheduler thread before the model goes
+}
+
+Result<std::shared_ptr<LoadedModel>> load_model(const Config& config) {
+  using namespace airlock::verifier;
+  AIRLOCK_ASSIGN_OR_RETURN(TrustStore trust, TrustStore::load(config.trusted));
+  AIRLOCK_ASSIGN_OR_RETURN(BundleStore store, BundleStore::open(config.store, BundleStore::Access::kReadOnly));
+  AIRLOCK_ASSIGN_OR_RETURN(std::vector<ImportRecord> imports, store.list_imports());
+  // The most recent import of the configured name (imports are in order, so
+  // an operator's --allow-downgrade import wins over an older higher one).
+  const ImportRecord* chosen = nullptr;
+  for (const ImportRecord& r : imports)
+    if (config.model.empty() || r.name == config.model) chosen = &r;
+  if (chosen == nullptr)
+    return not_found(config.model.empty() ? "no bundle has been imported into " + config.store
+                                          : "bundle '" + config.model + "' has not been imported into " + config.store);
+  airlock::log().info("checking bundle {} version {} ({})", chosen->name, chosen->version,
+                   config.verify_full ? "signature, sizes and every chunk" : "signature and sizes");
+  AIRLOCK_ASSIGN_OR_RETURN(VerifiedBundle vb, store.check_installed(*chosen, trust, config.verify_full,
+                                                                    static_cast<unsigned>(config.threads)));
+  const ManifestFile* llm = nullptr;
+  for (const ManifestFile& f : vb.manifest.files)
+    if (f.role == FileRole::kLlm) llm = &f;
+  if (llm == nullptr) return invalid_argument(chosen->name + ": the bundle has no llm file");
+
+  auto m = std::make_shared<LoadedModel>();
+  m->id = chosen->name;
+  m->version = chosen->version;
+  m->created = vb.manifest.created_at;
+  m->manifest_sha256 = vb.manifest_sha256;
+  m->key_id = vb.manifest.key_id.to_string();
+  m->gguf_path = chosen->path + "/" + llm->path;
+  auto pool = std::make_shared<engine::ThreadPool>(config.threads);
+  AIRLOCK_ASSIGN_OR_RETURN(m->model, engine::Model::load(m->gguf_path, engine::make_cpu_backend(pool)));
+  AIRLOCK_ASSIGN_OR_RETURN(m->tokenizer, engine::Tokenizer::from_gguf(m->model->gguf()));
+  std::optional<std::string_view> tmpl = m->model->gguf().get_string("tokenizer.chat_template");
+  m->chat_template_from_model = tmpl.has_value();
+  Result<engine::ChatTemplate> ct = engine::ChatTemplate::parse(tmpl ? *tmpl : kFallbackTemplate);
+  if (!ct.is_ok()) return ct.status().with_context(chosen->name + ": tokenizer.chat_template");
+  m->chat_template = std::move(*ct);
+  if (!tmpl) airlock::log().warn("{}: the model has no chat template; chat requests use ChatML", m->id);
+
+  const engine::ModelParams& p = m->model->params();
+  const std::uint64_t per_block = m->model->kv_bytes_per_block();
+  const std::uint64_t budget = config.kv_cache_mib << 20;
+  // No more blocks than max_running full-context sequences could use.
+  const std::uint64_t useful = static_cast<std::uint64_t>(config.max_running) *
+                               static_cast<std::uint64_t>(engine::KvCache::blocks_for(p.n_ctx_train));
+  const int blocks = static_cast<int>(std::min<std::uint64_t>({budget / per_block, useful, 1u << 24}));
+  if (blocks < 1) return invalid_argument("kv_cache_mib is too small for one KV block of this model");
+  engine::SchedulerOptions so;
+  so.kv_blocks = blocks;
+  so.max_running = config.max_running;
+  so.max_waiting = config.max_waiting;
+  so.prefill_chunk = config.prefill_chunk;
+  AIRLOCK_ASSIGN_OR_RETURN(m->scheduler, engine::Scheduler::start(*m->model, so));
+  const int full_ctx = std::min(p.n_ctx_train, m->scheduler->max_context());
+  airlock::log().info(
+      "model {} version {}: {} ({} layers), {} parameters, {:.1f} MiB of weights, context {}; KV cache {} blocks "
+      "({:.1f} MiB), {} sequences at full context",
+      m->id, m->version, p.arch, p.n_layer, m->model->n_params(),
+      static_cast<double>(m->model->weight_bytes()) / (1 << 20), full_ctx, blocks,
+      static_cast<double>(per_block) * blocks / (1 << 20), blocks / std::max(1, engine::KvCache::blocks_for(full_ctx)));
+
+  // Warm-up: one token through the whole model before the server says ready.
+  engine::GenerationRequest warm;
+  warm.prompt = {m->tokenizer->bos() >= 0 ? m->tokenizer->bos() : 0};
+  warm.max_tokens = 1;
+  warm.sampling.temperature = 0;
+  AIRLOCK_ASSIGN_OR_RETURN(std::shared_ptr<engine::TokenStream> ws, m->scheduler->submit(warm));
+  while (true) {
+    bool done = false;
+    for (engine::TokenEvent& e : ws->pop(std::chrono::milliseconds(1000))) {
+      if (e.finish == engine::FinishReason::kError) return e.error.with_context("warm-up forward pass");
+      if (e.finish != engine::FinishReason::kNone) done = true;
+    }
+    if (done) break;
+  }
+  return m;
+}
+
+}  // namespace airlock::daemon

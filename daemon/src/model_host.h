@@ -1,0 +1,50 @@
+// Loading the served model from the bundle store.
+//
+// load_model() picks the bundle (config `model`, or the most recent import),
+// re-checks it with BundleStore::check_installed (signature, trusted and
+// revoked keys, the manifest recorded at import, file sizes; every chunk
+// with verify_on_load = "full"), opens its `llm` GGUF, builds the
+// tokenizer, the chat template and a scheduler whose KV cache fills
+// `kv_cache_mib`, and runs one forward pass (warm-up) before returning.
+// Nothing of a bundle that fails any check is used.
+//
+// Thread-safety: a LoadedModel is immutable after load except for its
+// scheduler, which is thread-safe; the server holds it by shared_ptr so a
+// reload can swap models while old requests finish on the old one.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "airlock/common/status.h"
+#include "airlock/engine/chat_template.h"
+#include "airlock/engine/model.h"
+#include "airlock/engine/scheduler.h"
+#include "airlock/engine/tokenizer.h"
+#include "config.h"
+
+namespace airlock::daemon {
+
+struct LoadedModel {
+  std::string id;  // the OpenAI model id: the bundle name
+  std::uint64_t version = 0;
+  std::int64_t created = 0;  // the bundle's created_at
+  std::string manifest_sha256;
+  std::string key_id;
+  std::string gguf_path;
+  bool chat_template_from_model = false;
+  // Declaration order is destruction order in reverse: the scheduler (which
+  // uses the model) goes first.
+  std::unique_ptr<engine::Model> model;
+  std::unique_ptr<engine::Tokenizer> tokenizer;
+  std::optional<engine::ChatTemplate> chat_template;
+  std::unique_ptr<engine::Scheduler> scheduler;
+
+  ~LoadedModel();
+};
+
+Result<std::shared_ptr<LoadedModel>> load_model(const Config& config);
+
+}  // namespace airlock::daemon

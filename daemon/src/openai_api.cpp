@@ -1,0 +1,173 @@
+#include "openai_api.h"
+
+#include <cmath>
+
+namespace airlock::daemon {
+namespace {
+
+constexpr std::size_t kMaxMessages = 4096;
+constexpr std::size_t kMaxStop = 4;
+constexpr std::size_t kMaxStopBytes = 256;
+constexpr int kMaxN = 16;
+
+ApiError invalid(const std::string& param, const std::string& message) {
+  ApiError e;
+  e.message = message;
+  e.param = param;
+  return e;
+}
+
+// Flattens OpenAI message content: a string, null, or an array of parts of
+// which only {"type": "text", "text": ...} are supported here.
+std::optional<ApiError> flatten_content(const ojson& content, const std::string& param, std::string* out) {
+  if (content.is_null()) return std::nullopt;
+  if (content.is_string()) {
+    *out = content.get<std::string>();
+    return std::nullopt;
+  }
+  if (!content.is_array()) return invalid(param, param + " must be a string or an array of content parts");
+  for (const ojson& part : content) {
+    if (!part.is_object() || !part.contains("type") || !part["type"].is_string())
+      return invalid(param, param + ": each content part needs a \"type\"");
+    if (part["type"] != "text")
+      return invalid(param, param + ": content parts of type '" + part["type"].get<std::string>() +
+                                "' are not supported (text only)");
+    if (!part.contains("text") || !part["text"].is_string()) return invalid(param, param + ": a text part needs \"text\"");
+    *out += part["text"].get<std::string>();
+  }
+  return std::nullopt;
+}
+
+}  // namespace
+
+std::string error_body(const ApiError& e) {
+  ojson j;
+  j["error"]["message"] = e.message;
+  j["error"]["type"] = e.type;
+  j["error"]["param"] = e.param.empty() ? ojson() : ojson(e.param);
+  j["error"]["code"] = e.code.empty() ? ojson() : ojson(e.code);
+  return j.dump(-1, ' ', false, ojson::error_handler_t::replace);
+}
+
+std::optional<ApiError> parse_request(std::string_view body, Endpoint endpoint, CompletionRequest* out) {
+  CompletionRequest r;
+  r.endpoint = endpoint;
+  ojson j = ojson::parse(body.begin(), body.end(), nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded()) return invalid("", "the request body is not valid JSON");
+  if (!j.is_object()) return invalid("", "the request body must be a JSON object");
+
+  auto number = [&](const char* key, double lo, double hi, auto apply) -> std::optional<ApiError> {
+    if (!j.contains(key) || j[key].is_null()) return std::nullopt;
+    if (!j[key].is_number()) return invalid(key, std::string(key) + " must be a number");
+    const double v = j[key].get<double>();
+    if (!std::isfinite(v) || v < lo || v > hi)
+      return invalid(key, std::string(key) + " must be between " + ojson(lo).dump() + " and " + ojson(hi).dump());
+    apply(v);
+    return std::nullopt;
+  };
+  auto integer = [&](const char* key, std::int64_t lo, std::int64_t hi, auto apply) -> std::optional<ApiError> {
+    if (!j.contains(key) || j[key].is_null()) return std::nullopt;
+    if (!j[key].is_number_integer()) return invalid(key, std::string(key) + " must be an integer");
+    const std::int64_t v = j[key].get<std::int64_t>();
+    if (v < lo || v > hi) return invalid(key, std::string(key) + " must be between " + std::to_string(lo) + " and " + std::to_string(hi));
+    apply(v);
+    return std::nullopt;
+  };
+  auto boolean = [&](const char* key, bool* dst) -> std::optional<ApiError> {
+    if (!j.contains(key) || j[key].is_null()) return std::nullopt;
+    if (!j[key].is_boolean()) return invalid(key, std::string(key) + " must be true or false");
+    *dst = j[key].get<bool>();
+    return std::nullopt;
+  };
+
+  if (!j.contains("model") || !j["model"].is_string()) return invalid("model", "model must be a string naming a model (GET /v1/models)");
+  r.model = j["model"].get<std::string>();
+
+  if (endpoint == Endpoint::kChat) {
+    if (!j.contains("messages") || !j["messages"].is_array() || j["messages"].empty())
+      return invalid("messages", "messages must be a non-empty array");
+    if (j["messages"].size() > kMaxMessages) return invalid("messages", "too many messages");
+    for (std::size_t i = 0; i < j["messages"].size(); ++i) {
+      const ojson& m = j["messages"][i];
+      const std::string param = "messages[" + std::to_string(i) + "]";
+      if (!m.is_object()) return invalid(param, param + " must be an object");
+      if (!m.contains("role") || !m["role"].is_string()) return invalid(param + ".role", param + ".role must be a string");
+      const std::string role = m["role"].get<std::string>();
+      if (role != "system" && role != "user" && role != "assistant" && role != "tool" && role != "developer")
+        return invalid(param + ".role", param + ".role '" + role + "' is not one of system, developer, user, assistant, tool");
+      std::string content;
+      if (auto e = flatten_content(m.contains("content") ? m["content"] : ojson(), param + ".content", &content)) return e;
+      ojson msg = m;  // keeps name, tool_calls, ... for templates that use them
+      msg["role"] = role == "developer" ? "system" : role;
+      msg["content"] = content;
+      r.messages.push_back(std::move(msg));
+    }
+  } else {
+    if (!j.contains("prompt")) return invalid("prompt", "prompt is required");
+    const ojson& p = j["prompt"];
+    if (p.is_string()) r.prompt = p.get<std::string>();
+    else if (p.is_array() && p.size() == 1 && p[0].is_string()) r.prompt = p[0].get<std::string>();
+    else return invalid("prompt", "prompt must be a string (or an array holding one string)");
+    if (auto e = boolean("echo", &r.echo)) return e;
+  }
+
+  // max_completion_tokens is the newer name; either sets the limit.
+  for (const char* key : {"max_tokens", "max_completion_tokens"})
+    if (auto e = integer(key, 1, 1 << 30, [&](std::int64_t v) { r.max_tokens = static_cast<int>(v); })) return e;
+  if (auto e = number("temperature", 0, 2, [&](double v) { r.sampling.temperature = static_cast<float>(v); })) return e;
+  if (auto e = number("top_p", 0, 1, [&](double v) { r.sampling.top_p = static_cast<float>(v); })) return e;
+  if (j.contains("top_p") && j["top_p"].is_number() && j["top_p"].get<double>() == 0) r.sampling.temperature = 0;
+  if (auto e = number("min_p", 0, 1, [&](double v) { r.sampling.min_p = static_cast<float>(v); })) return e;
+  if (auto e = integer("top_k", 0, 1 << 20, [&](std::int64_t v) { r.sampling.top_k = static_cast<int>(v); })) return e;
+  if (auto e = number("presence_penalty", -2, 2, [&](double v) { r.sampling.presence_penalty = static_cast<float>(v); })) return e;
+  if (auto e = number("frequency_penalty", -2, 2, [&](double v) { r.sampling.frequency_penalty = static_cast<float>(v); })) return e;
+  if (auto e = number("repetition_penalty", 0.01, 10, [&](double v) { r.sampling.repetition_penalty = static_cast<float>(v); })) return e;
+  if (auto e = integer("seed", INT64_MIN, INT64_MAX, [&](std::int64_t v) {
+        r.sampling.seed = static_cast<std::uint64_t>(v);
+        r.seeded = true;
+      }))
+    return e;
+  if (auto e = integer("n", 1, kMaxN, [&](std::int64_t v) { r.n = static_cast<int>(v); })) return e;
+  if (auto e = boolean("stream", &r.stream)) return e;
+  if (j.contains("stream_options") && !j["stream_options"].is_null()) {
+    const ojson& so = j["stream_options"];
+    if (!so.is_object()) return invalid("stream_options", "stream_options must be an object");
+    if (!r.stream) return invalid("stream_options", "stream_options is only allowed with stream: true");
+    if (so.contains("include_usage")) {
+      if (!so["include_usage"].is_boolean()) return invalid("stream_options.include_usage", "include_usage must be true or false");
+      r.include_usage = so["include_usage"].get<bool>();
+    }
+  }
+  if (j.contains("stop") && !j["stop"].is_null()) {
+    const ojson& s = j["stop"];
+    if (s.is_string()) r.stop.push_back(s.get<std::string>());
+    else if (s.is_array() && s.size() <= kMaxStop) {
+      for (const ojson& x : s) {
+        if (!x.is_string()) return invalid("stop", "stop must be a string or an array of strings");
+        r.stop.push_back(x.get<std::string>());
+      }
+    } else {
+      return invalid("stop", "stop must be a string or an array of up to 4 strings");
+    }
+    for (const std::string& x : r.stop)
+      if (x.empty() || x.size() > kMaxStopBytes) return invalid("stop", "each stop string must be 1 to 256 bytes");
+  }
+  if (endpoint == Endpoint::kChat) {
+    if (auto e = boolean("logprobs", &r.logprobs)) return e;
+    if (auto e = integer("top_logprobs", 0, 20, [&](std::int64_t v) { r.top_logprobs = static_cast<int>(v); })) return e;
+    if (r.top_logprobs > 0 && !r.logprobs) return invalid("top_logprobs", "top_logprobs requires logprobs: true");
+  } else {
+    if (auto e = integer("logprobs", 0, 5, [&](std::int64_t v) {
+          r.logprobs = true;
+          r.top_logprobs = static_cast<int>(v);
+        }))
+      return e;
+  }
+  r.sampling.n_logprobs = r.top_logprobs;
+  if (j.contains("user") && j["user"].is_string()) r.user = j["user"].get<std::string>().substr(0, 256);
+  if (Status s = engine::validate(r.sampling); !s.is_ok()) return invalid("", s.message());
+  *out = std::move(r);
+  return std::nullopt;
+}
+
+}  // namespace airlock::daemon

@@ -1,0 +1,63 @@
+// The OpenAI request and response shapes airlockd speaks: parsing and
+// validation of /v1/chat/completions and /v1/completions bodies, and the
+// JSON objects of answers, stream chunks and errors.
+//
+// The body is untrusted: parse_request() never throws, bounds every array
+// and string it keeps, and names the offending parameter in its error.
+// Unknown top-level fields are ignored (SDKs send fields that do not apply
+// here, as OpenAI itself tolerates); known fields of the wrong type or out
+// of range are errors.
+//
+// Thread-safety: free functions without shared state.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "airlock/common/status.h"
+#include "airlock/engine/sampler.h"
+
+namespace airlock::daemon {
+
+using ojson = nlohmann::ordered_json;
+
+struct ApiError {
+  int http_status = 400;
+  std::string type = "invalid_request_error";
+  std::string message;
+  std::string param;  // empty: null
+  std::string code;   // empty: null
+};
+
+// {"error": {"message", "type", "param", "code"}}
+std::string error_body(const ApiError& e);
+
+enum class Endpoint { kChat, kCompletions };
+
+struct CompletionRequest {
+  Endpoint endpoint = Endpoint::kChat;
+  std::string model;
+  ojson messages = ojson::array();  // chat: role/content objects, content flattened to a string
+  std::string prompt;                // completions
+  std::optional<int> max_tokens;     // absent: up to the context length
+  engine::SamplingParams sampling;
+  bool seeded = false;
+  std::vector<std::string> stop;
+  int n = 1;
+  bool logprobs = false;
+  int top_logprobs = 0;
+  bool stream = false;
+  bool include_usage = false;
+  bool echo = false;                 // completions only
+  std::string user;
+};
+
+// Parses and validates a request body into *out. Returns the error to send
+// (status 400, the offending parameter named) or nullopt when *out is set.
+std::optional<ApiError> parse_request(std::string_view body, Endpoint endpoint, CompletionRequest* out);
+
+}  // namespace airlock::daemon

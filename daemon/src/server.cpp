@@ -1,0 +1,722 @@
+#include "server.h"
+
+#include <httplib.h>
+#include <sodium.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <ctime>
+
+#include "airlock/common/log.h"
+#include "airlock/common/version.h"
+#include "openai_api.h"
+
+namespace airlock::daemon {
+namespace {
+
+using engine::Clock;
+using engine::FinishReason;
+using engine::TokenEvent;
+using engine::TokenStream;
+
+double seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
+
+std::string random_id(const char* prefix) {
+  unsigned char b[12];
+  randombytes_buf(b, sizeof b);
+  static const char* hex = "0123456789abcdef";
+  std::string out = prefix;
+  for (unsigned char c : b) {
+    out += hex[c >> 4];
+    out += hex[c & 15];
+  }
+  return out;
+}
+
+// Bytes that are not valid UTF-8 become U+FFFD, so the JSON stays valid.
+std::string valid_utf8(const std::string& s) {
+  std::string out;
+  for (std::size_t i = 0; i < s.size();) {
+    const unsigned char c = static_cast<unsigned char>(s[i]);
+    const std::size_t n = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
+    bool ok = n > 0 && i + n <= s.size();
+    for (std::size_t k = 1; ok && k < n; ++k) ok = (static_cast<unsigned char>(s[i + k]) & 0xC0) == 0x80;
+    if (ok) {
+      out.append(s, i, n);
+      i += n;
+    } else {
+      out += "\xEF\xBF\xBD";
+      ++i;
+    }
+  }
+  return out;
+}
+
+// Length of the longest prefix of `s` that does not end inside a UTF-8
+// character.
+std::size_t utf8_safe_cut(const std::string& s, std::size_t n) {
+  while (n > 0 && n < s.size() && (static_cast<unsigned char>(s[n]) & 0xC0) == 0x80) --n;
+  return n;
+}
+
+// One choice of a request: its sequence, decoder and stop-string state.
+struct Choice {
+  std::shared_ptr<TokenStream> stream;
+  std::unique_ptr<engine::StreamDecoder> decoder;
+  std::string text;     // final text so far (what the client has or will get)
+  std::string held;     // decoded but possibly the start of a stop string
+  std::string finish;   // "", "stop", "length"
+  Status error;
+  bool done = false;
+  int completion_tokens = 0;
+  ojson logprobs = ojson::array();  // chat logprobs.content entries
+};
+
+struct Generation {
+  std::shared_ptr<LoadedModel> model;
+  CompletionRequest request;
+  std::vector<Choice> choices;
+  std::string id;
+  std::int64_t created = 0;
+  int prompt_tokens = 0;
+  std::size_t max_stop = 0;
+  Clock::time_point start;
+  std::optional<Clock::time_point> first_token, last_token;
+
+  // Appends decoded text to a choice, applying stop strings. Returns the
+  // text now safe to send.
+  std::string accept(Choice& c, const std::string& piece, bool final) {
+    c.held += piece;
+    std::size_t cut = std::string::npos;
+    for (const std::string& s : request.stop) cut = std::min(cut, c.held.find(s));
+    std::string out;
+    if (cut != std::string::npos) {
+      out = c.held.substr(0, cut);
+      c.held.clear();
+      c.finish = "stop";
+      c.done = true;
+      c.stream->cancel();
+    } else if (final || max_stop == 0) {
+      out.swap(c.held);
+    } else {
+      // Keep back what could still grow into a stop string.
+      const std::size_t keep = std::min(c.held.size(), max_stop - 1);
+      const std::size_t n = utf8_safe_cut(c.held, c.held.size() - keep);
+      out = c.held.substr(0, n);
+      c.held.erase(0, n);
+    }
+    c.text += out;
+    return out;
+  }
+
+  ojson token_logprob(const engine::SampledToken& t) const {
+    auto entry = [&](std::int32_t token_id, float lp) {
+      const std::string bytes = model->tokenizer->token_bytes(token_id, true);
+      ojson e;
+      e["token"] = valid_utf8(bytes);
+      e["logprob"] = lp;
+      ojson b = ojson::array();
+      for (unsigned char ch : bytes) b.push_back(static_cast<int>(ch));
+      e["bytes"] = b;
+      return e;
+    };
+    ojson e = entry(t.token, t.logprob);
+    e["top_logprobs"] = ojson::array();
+    for (const auto& alt : t.top) e["top_logprobs"].push_back(entry(alt.token, alt.logprob));
+    return e;
+  }
+
+  // Consumes one scheduler event for choice `c`; returns the text to send.
+  std::string on_event(Choice& c, TokenEvent& e) {
+    if (c.done) return {};
+    std::string out;
+    if (e.token) {
+      const Clock::time_point now = Clock::now();
+      if (!first_token) first_token = now;
+      last_token = now;
+      ++c.completion_tokens;
+      if (request.logprobs) c.logprobs.push_back(token_logprob(*e.token));
+      out += accept(c, c.decoder->push(e.token->token), false);
+      if (c.done) return out;
+    }
+    switch (e.finish) {
+      case FinishReason::kNone: break;
+      case FinishReason::kStop:
+      case FinishReason::kLength:
+        out += accept(c, c.decoder->finish(), true);
+        if (!c.done) c.finish = e.finish == FinishReason::kStop ? "stop" : "length";
+        c.done = true;
+        break;
+      case FinishReason::kCancelled:
+        c.error = unavailable("the request was cancelled (the server is shutting down)");
+        c.done = true;
+        break;
+      case FinishReason::kError:
+        c.error = e.error;
+        c.done = true;
+        break;
+    }
+    return out;
+  }
+
+  bool all_done() const {
+    return std::all_of(choices.begin(), choices.end(), [](const Choice& c) { return c.done; });
+  }
+  int completion_tokens() const {
+    int n = 0;
+    for (const Choice& c : choices) n += c.completion_tokens;
+    return n;
+  }
+  ojson usage() const {
+    ojson u;
+    u["prompt_tokens"] = prompt_tokens;
+    u["completion_tokens"] = completion_tokens();
+    u["total_tokens"] = prompt_tokens + completion_tokens();
+    return u;
+  }
+  void cancel_all() {
+    for (Choice& c : choices)
+      if (c.stream) c.stream->cancel();
+  }
+};
+
+ApiError api_error(int status, const std::string& type, const std::string& message, const std::string& code = "") {
+  ApiError e;
+  e.http_status = status;
+  e.type = type;
+  e.message = message;
+  e.code = code;
+  return e;
+}
+
+}  // namespace
+
+struct Server::Impl {
+  Config config;
+  Authenticator authenticate;
+  AuditSink audit;
+  Metrics& metrics;
+  httplib::Server http;
+  mutable std::mutex model_mu;
+  std::shared_ptr<LoadedModel> model;
+  std::atomic<bool> draining{false};
+  std::atomic<int> in_flight{0};
+
+  Histogram& ttft;
+  Histogram& itl;
+  Histogram& e2e;
+  Histogram& queue;
+  Counter& prompt_tokens;
+  Counter& generated_tokens;
+
+  Impl(Config c, Authenticator a, AuditSink s, Metrics& m)
+      : config(std::move(c)), authenticate(std::move(a)), audit(std::move(s)), metrics(m),
+        ttft(m.histogram("airlock_time_to_first_token_seconds", "Time from request arrival to its first token",
+                         latency_buckets())),
+        itl(m.histogram("airlock_inter_token_latency_seconds", "Mean time between tokens of a request",
+                        latency_buckets())),
+        e2e(m.histogram("airlock_e2e_request_latency_seconds", "Time from request arrival to its last byte",
+                        latency_buckets())),
+        queue(m.histogram("airlock_request_queue_time_seconds", "Time a request waited for admission",
+                          latency_buckets())),
+        prompt_tokens(m.counter("airlock_prompt_tokens_total", "Prompt tokens of admitted requests")),
+        generated_tokens(m.counter("airlock_generation_tokens_total", "Tokens generated")) {}
+
+  std::shared_ptr<LoadedModel> current() const {
+    std::lock_guard<std::mutex> lock(model_mu);
+    return model;
+  }
+
+  void count(const httplib::Request& req, int status) {
+    std::string route = req.path;
+    if (route != "/health" && route != "/ready" && route != "/metrics" && route != "/v1/models" &&
+        route != "/v1/chat/completions" && route != "/v1/completions")
+      route = "other";
+    metrics
+        .counter("airlock_requests_total", "HTTP requests by route and status",
+                 "route=\"" + route + "\",status=\"" + std::to_string(status) + "\"")
+        .inc();
+  }
+
+  void send_error(httplib::Response& res, const ApiError& e) {
+    res.status = e.http_status;
+    if (e.http_status == 429 || e.http_status == 503) res.set_header("Retry-After", "1");
+    res.set_content(error_body(e), "application/json");
+  }
+
+  std::optional<std::string> key_of(const httplib::Request& req) {
+    const std::string h = req.get_header_value("Authorization");
+    constexpr std::string_view kBearer = "Bearer ";
+    if (h.size() <= kBearer.size() || h.compare(0, kBearer.size(), kBearer) != 0) return std::nullopt;
+    return authenticate(std::string_view(h).substr(kBearer.size()));
+  }
+
+  // Renders and tokenizes the prompt of a request.
+  Result<std::vector<std::int32_t>> prompt_tokens_of(const LoadedModel& m, const CompletionRequest& r) {
+    const engine::Tokenizer& tok = *m.tokenizer;
+    if (r.endpoint == Endpoint::kCompletions) return tok.encode(r.prompt, /*add_special=*/true, /*parse_special=*/false);
+    engine::ChatTemplateInputs in;
+    in.messages = r.messages;
+    in.add_generation_prompt = true;
+    in.bos_token = tok.bos() >= 0 ? tok.token_bytes(tok.bos(), true) : "";
+    in.eos_token = tok.eos() >= 0 ? tok.token_bytes(tok.eos(), true) : "";
+    AIRLOCK_ASSIGN_OR_RETURN(std::string text, m.chat_template->render(in));
+    // The template writes BOS itself where the model wants it; a template
+    // that does not (the ChatML fallback) still gets the tokenizer's BOS.
+    std::vector<std::int32_t> ids = tok.encode(text, /*add_special=*/false, /*parse_special=*/true);
+    if (tok.add_bos() && tok.bos() >= 0 && (ids.empty() || ids[0] != tok.bos())) ids.insert(ids.begin(), tok.bos());
+    return ids;
+  }
+
+  ojson chunk_base(const Generation& g) const {
+    ojson c;
+    c["id"] = g.id;
+    c["object"] = g.request.endpoint == Endpoint::kChat ? "chat.completion.chunk" : "text_completion";
+    c["created"] = g.created;
+    c["model"] = g.model->id;
+    c["system_fingerprint"] = "airlock-" + std::string(kVersion);
+    return c;
+  }
+
+  ojson choice_delta(const Generation& g, std::size_t index, const std::string& text, const ojson& logprobs,
+                     const std::string& finish, bool role) const {
+    ojson ch;
+    ch["index"] = index;
+    if (g.request.endpoint == Endpoint::kChat) {
+      ojson delta = ojson::object();
+      if (role) delta["role"] = "assistant";
+      if (role || !text.empty()) delta["content"] = text;
+      ch["delta"] = delta;
+      ch["logprobs"] = logprobs.empty() ? ojson() : ojson({{"content", logprobs}});
+    } else {
+      ch["text"] = text;
+      ch["logprobs"] = ojson();
+    }
+    ch["finish_reason"] = finish.empty() ? ojson() : ojson(finish);
+    return ch;
+  }
+
+  ojson whole_response(const Generation& g) const {
+    ojson r;
+    r["id"] = g.id;
+    r["object"] = g.request.endpoint == Endpoint::kChat ? "chat.completion" : "text_completion";
+    r["created"] = g.created;
+    r["model"] = g.model->id;
+    r["system_fingerprint"] = "airlock-" + std::string(kVersion);
+    r["choices"] = ojson::array();
+    for (std::size_t i = 0; i < g.choices.size(); ++i) {
+      const Choice& c = g.choices[i];
+      ojson ch;
+      ch["index"] = i;
+      if (g.request.endpoint == Endpoint::kChat) {
+        ch["message"] = {{"role", "assistant"}, {"content", c.text}};
+        ch["logprobs"] = g.request.logprobs ? ojson({{"content", c.logprobs}}) : ojson();
+      } else {
+        ch["text"] = g.request.echo ? g.request.prompt + c.text : c.text;
+        ch["logprobs"] = ojson();
+      }
+      ch["finish_reason"] = c.finish;
+      r["choices"].push_back(ch);
+    }
+    r["usage"] = g.usage();
+    return r;
+  }
+
+  void observe(const Generation& g) {
+    const Clock::time_point end = Clock::now();
+    e2e.observe(seconds(end - g.start));
+    if (g.first_token) ttft.observe(seconds(*g.first_token - g.start));
+    const int n = g.completion_tokens();
+    if (g.first_token && g.last_token && n > 1) itl.observe(seconds(*g.last_token - *g.first_token) / (n - 1));
+    for (const Choice& c : g.choices)
+      if (c.stream && c.stream->admitted_at()) queue.observe(seconds(*c.stream->admitted_at() - c.stream->queued_at()));
+    generated_tokens.inc(n);
+  }
+
+  void write_audit(const std::string& key, const httplib::Request& req, const Generation* g, int status) {
+    if (!audit) return;
+    AuditEvent e;
+    e.key_name = key;
+    e.route = req.path;
+    e.status = status;
+    if (g != nullptr) {
+      e.model = g->model->id;
+      e.request_id = g->id;
+      e.prompt_tokens = g->prompt_tokens;
+      e.completion_tokens = g->completion_tokens();
+      e.latency_s = seconds(Clock::now() - g->start);
+      if (config.audit_text) {
+        e.prompt_text = g->request.endpoint == Endpoint::kChat ? g->request.messages.dump() : g->request.prompt;
+        for (const Choice& c : g->choices) e.completion_text += c.text;
+      }
+    }
+    audit(std::move(e));
+  }
+
+  void completions(const httplib::Request& req, httplib::Response& res, Endpoint endpoint);
+};
+
+Server::Server(Config config, Authenticator authenticate, AuditSink audit, Metrics& metrics)
+    : impl_(std::make_unique<Impl>(std::move(config), std::move(authenticate), std::move(audit), metrics)) {
+  routes();
+}
+
+Server::~Server() = default;
+
+void Server::set_model(std::shared_ptr<LoadedModel> model) {
+  std::lock_guard<std::mutex> lock(impl_->model_mu);
+  impl_->model = std::move(model);
+}
+
+std::shared_ptr<LoadedModel> Server::model() const { return impl_->current(); }
+
+Result<int> Server::bind() {
+  const Config& c = impl_->config;
+  if (c.listen_port == 0) {
+    int port = impl_->http.bind_to_any_port(c.listen_host, AI_NUMERICHOST | AI_PASSIVE);
+    if (port <= 0) return io_error("cannot listen on " + c.listen_host, errno);
+    return port;
+  }
+  if (!impl_->http.bind_to_port(c.listen_host, c.listen_port, AI_NUMERICHOST | AI_PASSIVE))
+    return io_error("cannot listen on " + c.listen_host + ":" + std::to_string(c.listen_port), errno);
+  return c.listen_port;
+}
+
+void Server::run() { impl_->http.listen_after_bind(); }
+
+void Server::shutdown() {
+  impl_->draining = true;
+  if (std::shared_ptr<LoadedModel> m = impl_->current())
+    m->scheduler->drain(std::chrono::seconds(impl_->config.drain_seconds));
+  // Let handlers that are writing their last bytes finish.
+  for (int i = 0; i < 200 && impl_->in_flight.load() > 0; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  impl_->http.stop();
+}
+
+void Server::Impl::completions(const httplib::Request& req, httplib::Response& res, Endpoint endpoint) {
+  Clock::time_point start = Clock::now();
+  const std::string key = key_of(req).value_or("");
+  auto fail = [&](const ApiError& e) {
+    send_error(res, e);
+    write_audit(key, req, nullptr, e.http_status);
+  };
+  if (draining) return fail(api_error(503, "server_error", "the server is shutting down"));
+  std::shared_ptr<LoadedModel> m = current();
+  if (!m) return fail(api_error(503, "server_error", "no model is loaded"));
+  auto g = std::make_shared<Generation>();
+  g->start = start;
+  g->model = m;
+  g->id = random_id(endpoint == Endpoint::kChat ? "chatcmpl-" : "cmpl-");
+  g->created = static_cast<std::int64_t>(std::time(nullptr));
+  if (auto e = parse_request(req.body, endpoint, &g->request)) return fail(*e);
+  CompletionRequest& r = g->request;
+  if (r.model != m->id)
+    return fail(api_error(404, "invalid_request_error", "the model '" + r.model + "' does not exist (GET /v1/models)",
+                          "model_not_found"));
+  Result<std::vector<std::int32_t>> prompt = prompt_tokens_of(*m, r);
+  if (!prompt.is_ok()) return fail(api_error(400, "invalid_request_error", prompt.status().message()));
+  g->prompt_tokens = static_cast<int>(prompt->size());
+  const int max_ctx = m->scheduler->max_context();
+  if (g->prompt_tokens >= max_ctx)
+    return fail(api_error(400, "invalid_request_error",
+                          "the prompt is " + std::to_string(g->prompt_tokens) + " tokens; this model's context is " +
+                              std::to_string(max_ctx),
+                          "context_length_exceeded"));
+  const int max_tokens = r.max_tokens.value_or(max_ctx - g->prompt_tokens);
+  if (g->prompt_tokens + max_tokens > max_ctx)
+    return fail(api_error(400, "invalid_request_error",
+                          "prompt (" + std::to_string(g->prompt_tokens) + " tokens) plus max_tokens (" +
+                              std::to_string(max_tokens) + ") exceeds the context of " + std::to_string(max_ctx),
+                          "context_length_exceeded"));
+  for (const std::string& s : r.stop) g->max_stop = std::max(g->max_stop, s.size());
+
+  // Continue the prompt's text: keep a SentencePiece leading space unless
+  // generation starts right after BOS.
+  const bool after_text = !(prompt->size() == 1 && (*prompt)[0] == m->tokenizer->bos());
+  for (int i = 0; i < r.n; ++i) {
+    engine::GenerationRequest gr;
+    gr.prompt = *prompt;
+    gr.max_tokens = max_tokens;
+    gr.sampling = r.sampling;
+    if (r.seeded) gr.sampling.seed = r.sampling.seed + static_cast<std::uint64_t>(i);
+    else randombytes_buf(&gr.sampling.seed, sizeof gr.sampling.seed);
+    for (std::int32_t t = 0; t < m->tokenizer->n_vocab(); ++t)
+      if (m->tokenizer->is_end_of_generation(t)) gr.stop_tokens.push_back(t);
+    Result<std::shared_ptr<TokenStream>> s = m->scheduler->submit(std::move(gr));
+    if (!s.is_ok()) {
+      g->cancel_all();
+      const Status& st = s.status();
+      if (st.code() == StatusCode::kResourceExhausted)
+        return fail(api_error(429, "rate_limit_error", st.message() + "; retry later", "queue_full"));
+      if (st.code() == StatusCode::kUnavailable) return fail(api_error(503, "server_error", st.message()));
+      return fail(api_error(400, "invalid_request_error", st.message()));
+    }
+    Choice c;
+    c.stream = *s;
+    c.decoder = std::make_unique<engine::StreamDecoder>(
+        *m->tokenizer, after_text ? engine::StreamDecoder::LeadingSpace::kKeep : engine::StreamDecoder::LeadingSpace::kStrip);
+    g->choices.push_back(std::move(c));
+  }
+  prompt_tokens.inc(g->prompt_tokens * r.n);
+
+  if (!r.stream) {
+    for (Choice& c : g->choices)
+      while (!c.done)
+        for (TokenEvent& e : c.stream->pop(std::chrono::milliseconds(100))) (void)g->on_event(c, e);
+    for (const Choice& c : g->choices)
+      if (!c.error.is_ok()) {
+        observe(*g);
+        const int status = c.error.code() == StatusCode::kUnavailable ? 503 : 500;
+        send_error(res, api_error(status, "server_error", c.error.message()));
+        write_audit(key, req, g.get(), status);
+        return;
+      }
+    observe(*g);
+    res.set_content(whole_response(*g).dump(-1, ' ', false, ojson::error_handler_t::replace), "application/json");
+    write_audit(key, req, g.get(), 200);
+    return;
+  }
+
+  // Server-Sent Events: the role chunk, content deltas as tokens arrive, a
+  // finish chunk per choice, the usage chunk when asked, then [DONE].
+  ++in_flight;
+  res.set_header("Cache-Control", "no-cache");
+  res.set_header("X-Accel-Buffering", "no");
+  struct StreamState {
+    bool started = false;
+    bool finished = false;
+    std::size_t finals_sent = 0;
+  };
+  auto state = std::make_shared<StreamState>();
+  res.set_chunked_content_provider(
+      "text/event-stream",
+      [this, g, state](std::size_t, httplib::DataSink& sink) -> bool {
+        auto send = [&](const ojson& j) {
+          const std::string line = "data: " + j.dump(-1, ' ', false, ojson::error_handler_t::replace) + "\n\n";
+          return sink.write(line.data(), line.size());
+        };
+        const bool usage_nulls = g->request.include_usage;
+        auto chunk = [&](ojson choices) {
+          ojson c = chunk_base(*g);
+          c["choices"] = std::move(choices);
+          if (usage_nulls) c["usage"] = nullptr;
+          return c;
+        };
+        if (!state->started) {
+          state->started = true;
+          if (g->request.endpoint == Endpoint::kChat)
+            for (std::size_t i = 0; i < g->choices.size(); ++i)
+              if (!send(chunk(ojson::array({choice_delta(*g, i, "", ojson(), "", true)})))) return false;
+        }
+        // Wait for the next events of any choice, then send what they gave.
+        bool any = false;
+        for (int round = 0; round < 50 && !any && !g->all_done(); ++round) {
+          for (std::size_t i = 0; i < g->choices.size(); ++i) {
+            Choice& c = g->choices[i];
+            if (c.done) continue;
+            std::vector<TokenEvent> events = c.stream->pop(std::chrono::milliseconds(any ? 0 : 10));
+            for (TokenEvent& e : events) {
+              const std::size_t n_lp = c.logprobs.size();
+              std::string text = g->on_event(c, e);
+              ojson lp = ojson::array();
+              for (std::size_t k = n_lp; k < c.logprobs.size(); ++k) lp.push_back(c.logprobs[k]);
+              if (!text.empty() || !lp.empty()) {
+                any = true;
+                if (!send(chunk(ojson::array({choice_delta(*g, i, text, lp, "", false)})))) return false;
+              }
+              if (c.done && !c.error.is_ok()) {
+                // A failure mid-stream: an error event, then the stream ends.
+                ApiError err = api_error(500, "server_error", c.error.message());
+                const std::string line = "data: " + error_body(err) + "\n\n";
+                sink.write(line.data(), line.size());
+                g->cancel_all();
+                state->finished = true;
+                sink.done();
+                return true;
+              }
+            }
+          }
+        }
+        if (!g->all_done()) return true;  // called again
+        for (std::size_t i = 0; i < g->choices.size(); ++i)
+          if (!send(chunk(ojson::array({choice_delta(*g, i, "", ojson(), g->choices[i].finish, false)})))) return false;
+        if (g->request.include_usage) {
+          ojson u = chunk_base(*g);
+          u["choices"] = ojson::array();
+          u["usage"] = g->usage();
+          if (!send(u)) return false;
+        }
+        static const std::string kDone = "data: [DONE]\n\n";
+        if (!sink.write(kDone.data(), kDone.size())) return false;
+        state->finished = true;
+        sink.done();
+        return true;
+      },
+      [this, g, state, key, path = req.path](bool success) {
+        // The client went away (or the stream ended): free the sequences.
+        g->cancel_all();
+        observe(*g);
+        const int status = state->finished && success ? 200 : 499;
+        metrics
+            .counter("airlock_requests_total", "HTTP requests by route and status",
+                     "route=\"" + path + "\",status=\"" + std::to_string(status) + "\"")
+            .inc();
+        if (audit) {
+          httplib::Request fake;
+          fake.path = path;
+          write_audit(key, fake, g.get(), status);
+        }
+        --in_flight;
+      });
+}
+
+void Server::routes() {
+  Impl& s = *impl_;
+  httplib::Server& h = s.http;
+  h.new_task_queue = [n = s.config.http_threads] { return new httplib::ThreadPool(static_cast<std::size_t>(n)); };
+  h.set_payload_max_length(s.config.max_body_bytes);
+  h.set_keep_alive_timeout(30);
+
+  h.set_pre_routing_handler([&s](const httplib::Request& req, httplib::Response& res) {
+    if (req.path == "/health") return httplib::Server::HandlerResponse::Unhandled;
+    if (!s.key_of(req)) {
+      ApiError e = api_error(401, "invalid_request_error",
+                             "missing or invalid API key: send 'Authorization: Bearer <key>' (airlock keys create)",
+                             "invalid_api_key");
+      s.send_error(res, e);
+      res.set_header("WWW-Authenticate", "Bearer");
+      s.count(req, 401);
+      return httplib::Server::HandlerResponse::Handled;
+    }
+    return httplib::Server::HandlerResponse::Unhandled;
+  });
+
+  h.set_error_handler([&s](const httplib::Request& req, httplib::Response& res) {
+    // Statuses httplib sets itself (404 no route, 413 too large, 400 bad
+    // request line) get the OpenAI envelope too.
+    if (!res.body.empty()) return;
+    ApiError e;
+    e.http_status = res.status;
+    if (res.status == 404) e.message = "no route " + req.method + " " + req.path;
+    else if (res.status == 413) e.message = "the request body is larger than " + std::to_string(s.config.max_body_bytes) + " bytes";
+    else e.message = "bad request";
+    e.type = res.status >= 500 ? "server_error" : "invalid_request_error";
+    res.set_content(error_body(e), "application/json");
+  });
+  h.set_exception_handler([&s](const httplib::Request& req, httplib::Response& res, std::exception_ptr ep) {
+    std::string what = "internal error";
+    try {
+      if (ep) std::rethrow_exception(ep);
+    } catch (const std::exception& e) {
+      what = e.what();
+    } catch (...) {
+    }
+    airlock::log().error("{} {}: {}", req.method, req.path, what);
+    s.send_error(res, api_error(500, "server_error", "internal error"));
+  });
+  h.set_logger([&s](const httplib::Request& req, const httplib::Response& res) {
+    if (res.is_chunked_content_provider_) return;  // counted when the stream ends
+    if (res.status != 401) s.count(req, res.status);
+  });
+
+  h.Get("/health", [](const httplib::Request&, httplib::Response& res) {
+    res.set_content("{\"status\":\"ok\"}", "application/json");
+  });
+  h.Get("/ready", [&s](const httplib::Request&, httplib::Response& res) {
+    std::shared_ptr<LoadedModel> m = s.current();
+    std::string why;
+    if (s.draining) why = "shutting down";
+    else if (!m) why = "no model loaded";
+    else if (!m->scheduler->healthy()) why = "the last forward pass failed";
+    else {
+      // "Recently": within 30 s. An idle server proves it with a one-token pass.
+      std::optional<Clock::time_point> last = m->scheduler->last_success();
+      if (!last || Clock::now() - *last > std::chrono::seconds(30)) {
+        engine::GenerationRequest probe;
+        probe.prompt = {m->tokenizer->bos() >= 0 ? m->tokenizer->bos() : 0};
+        probe.max_tokens = 1;
+        probe.sampling.temperature = 0;
+        Result<std::shared_ptr<TokenStream>> ps = m->scheduler->submit(probe);
+        if (!ps.is_ok()) why = "busy: " + ps.status().message();
+        else {
+          bool done = false;
+          for (int i = 0; i < 100 && !done; ++i)
+            for (TokenEvent& e : (*ps)->pop(std::chrono::milliseconds(100)))
+              if (e.finish != FinishReason::kNone) {
+                done = true;
+                if (e.finish == FinishReason::kError) why = "forward pass failed: " + e.error.message();
+              }
+          if (!done) {
+            (*ps)->cancel();
+            why = "a one-token forward pass did not finish in 10 s";
+          }
+        }
+      }
+    }
+    if (!why.empty()) {
+      s.send_error(res, api_error(503, "server_error", "not ready: " + why));
+      return;
+    }
+    ojson j = {{"status", "ready"}, {"model", m->id}, {"version", m->version}};
+    res.set_content(j.dump(), "application/json");
+  });
+  h.Get("/metrics", [&s](const httplib::Request&, httplib::Response& res) {
+    if (std::shared_ptr<LoadedModel> m = s.current()) {
+      engine::SchedulerStats st = m->scheduler->stats();
+      s.metrics.gauge("airlock_requests_running", "Sequences in the running batch").set(st.running);
+      s.metrics.gauge("airlock_requests_waiting", "Sequences waiting for admission").set(st.waiting);
+      s.metrics.gauge("airlock_kv_blocks_total", "KV cache blocks").set(st.kv_blocks_total);
+      s.metrics.gauge("airlock_kv_blocks_used", "KV cache blocks in use").set(st.kv_blocks_used);
+      s.metrics.gauge("airlock_kv_cache_usage_ratio", "KV cache blocks in use / total")
+          .set(st.kv_blocks_total > 0 ? static_cast<double>(st.kv_blocks_used) / st.kv_blocks_total : 0);
+      s.metrics.gauge("airlock_model_ready", "1 when the last forward pass succeeded").set(m->scheduler->healthy() ? 1 : 0);
+      s.metrics.gauge("airlock_kv_blocks_cached", "KV blocks holding cached prefixes no request uses").set(st.kv_blocks_cached);
+      // The scheduler's own totals (per loaded model; a reload starts them
+      // again, so they are mirrored as gauges of the current model).
+      s.metrics.gauge("airlock_prefix_cache_queries_tokens", "Prompt tokens looked up in the prefix cache (current model)")
+          .set(static_cast<double>(st.prefix_query_tokens));
+      s.metrics.gauge("airlock_prefix_cache_hits_tokens", "Prompt tokens found in the prefix cache (current model)")
+          .set(static_cast<double>(st.prefix_hit_tokens));
+    }
+    res.set_content(s.metrics.render(), "text/plain; version=0.0.4");
+  });
+  h.Get("/v1/models", [&s](const httplib::Request&, httplib::Response& res) {
+    ojson data = ojson::array();
+    if (std::shared_ptr<LoadedModel> m = s.current()) {
+      const engine::ModelParams& p = m->model->params();
+      data.push_back({{"id", m->id},
+                      {"object", "model"},
+                      {"created", m->created},
+                      {"owned_by", "airlock"},
+                      {"airlock",
+                       {{"bundle_version", m->version},
+                        {"manifest_sha256", m->manifest_sha256},
+                        {"signed_by", m->key_id},
+                        {"architecture", p.arch},
+                        {"parameters", m->model->n_params()},
+                        {"weight_bytes", m->model->weight_bytes()},
+                        {"context_length", m->scheduler->max_context()},
+                        {"kv_blocks", m->scheduler->stats().kv_blocks_total},
+                        {"max_running", m->scheduler->options().max_running}}}});
+    }
+    res.set_content(ojson({{"object", "list"}, {"data", data}}).dump(), "application/json");
+  });
+  h.Get(R"(/v1/models/(.+))", [&s](const httplib::Request& req, httplib::Response& res) {
+    std::shared_ptr<LoadedModel> m = s.current();
+    if (!m || req.matches[1] != m->id) {
+      s.send_error(res, api_error(404, "invalid_request_error", "the model does not exist", "model_not_found"));
+      return;
+    }
+    res.set_content(ojson({{"id", m->id}, {"object", "model"}, {"created", m->created}, {"owned_by", "airlock"}}).dump(),
+                    "application/json");
+  });
+  h.Post("/v1/chat/completions", [&s](const httplib::Request& req, httplib::Response& res) {
+    s.completions(req, res, Endpoint::kChat);
+  });
+  h.Post("/v1/completions", [&s](const httplib::Request& req, httplib::Response& res) {
+    s.completions(req, res, Endpoint::kCompletions);
+  });
+}
+
+}  // namespace airlock::daemon

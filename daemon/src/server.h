@@ -1,0 +1,72 @@
+// airlockd's HTTP surface (cpp-httplib): OpenAI-compatible completions,
+// chat completions (streamed as Server-Sent Events or whole), models,
+// health, readiness and Prometheus metrics, behind bearer API keys.
+//
+// Routes: GET /health (no key), GET /ready, GET /metrics, GET /v1/models,
+// POST /v1/chat/completions, POST /v1/completions. Every error is an OpenAI
+// envelope {"error": {message, type, param, code}} with 400 (bad JSON or
+// parameter, named), 401 (missing or wrong key), 404 (unknown model or
+// route), 413 (body over max_body_bytes), 429 (queue full, Retry-After),
+// 503 (no model, unhealthy, draining; Retry-After).
+//
+// A streaming client that disconnects has its sequences cancelled, and its
+// KV blocks freed, at the next scheduler step.
+//
+// Thread-safety: handlers run on httplib's worker threads; the served model
+// is swapped atomically by set_model() (reload), requests in flight finish
+// on the model they started with.
+#pragma once
+
+#include <atomic>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+
+#include "airlock/common/status.h"
+#include "config.h"
+#include "metrics.h"
+#include "model_host.h"
+
+namespace httplib {
+class Server;
+}
+
+namespace airlock::daemon {
+
+// Returns the key's name for a valid bearer token.
+using Authenticator = std::function<std::optional<std::string>(std::string_view token)>;
+
+struct AuditEvent {
+  std::string key_name, route, model, request_id;
+  int status = 0;
+  std::int64_t prompt_tokens = 0, completion_tokens = 0;
+  double latency_s = 0;
+  std::string prompt_text, completion_text;  // only with audit_text
+};
+using AuditSink = std::function<void(AuditEvent)>;
+
+class Server {
+ public:
+  Server(Config config, Authenticator authenticate, AuditSink audit, Metrics& metrics);
+  ~Server();
+
+  void set_model(std::shared_ptr<LoadedModel> model);
+  std::shared_ptr<LoadedModel> model() const;
+
+  // Binds the listening socket; returns the port (useful with port 0).
+  Result<int> bind();
+  // Serves until stop(); returns when the listener has closed.
+  void run();
+  // Stops admitting requests (503 + Retry-After), drains the scheduler for
+  // up to drain_seconds, then stops the listener.
+  void shutdown();
+
+ private:
+  void routes();
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace airlock::daemon

@@ -1,0 +1,141 @@
+// airlockd's persistent security state in SQLite (STATE_DIR/airlock-state.db):
+// API keys and the tamper-evident audit log.
+//
+// API keys: a key is `ak_<16 hex id>_<43 base64url chars>` (32 random bytes
+// from libsodium). It is shown once, by create_key(); the database keeps the
+// id and the BLAKE2b-256 hash of the whole key, never the key itself.
+// KeyVerifier checks a presented key by id lookup and a constant-time
+// comparison of hashes (sodium_memcmp).
+//
+// Audit log: one row per request. Each row stores the hash of the previous
+// row and its own hash over (previous hash || a length-prefixed encoding of
+// every field), and a one-row `audit_head` table holds the last hash and the
+// row count, updated in the same transaction. verify_audit() recomputes the
+// chain: editing, deleting or reordering rows, or deleting the newest ones,
+// is detected. What it cannot prove: that someone able to write the
+// database did not recompute the whole chain and head (the chain makes
+// tampering evident, not impossible; ship the head hash elsewhere, e.g.
+// into the journal, to anchor it).
+//
+// Errors: kInvalidArgument for a bad key name, kAlreadyExists for an active
+// duplicate name, kNotFound for revoking an unknown name, kIoError for the
+// file system and SQLite (a damaged or foreign database file included).
+//
+// Thread-safety: StateDb serialises its own calls with a mutex; KeyVerifier
+// is immutable and safe to share; AuditWriter::record() is safe from any
+// thread.
+#pragma once
+
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+#include "airlock/common/status.h"
+
+struct sqlite3;
+
+namespace airlock::state {
+
+struct ApiKeyInfo {
+  std::string name;
+  std::string id;  // 16 hex digits (the part of the key that is not secret)
+  std::int64_t created_at = 0;
+  std::optional<std::int64_t> revoked_at;
+};
+
+struct StoredKey {
+  std::string name;
+  std::string id;
+  std::string hash;  // 32 bytes
+};
+
+struct AuditRecord {
+  std::int64_t time_ms = 0;
+  std::string key_name, route, model, request_id;
+  int status = 0;
+  std::int64_t prompt_tokens = 0, completion_tokens = 0;
+  double latency_s = 0;
+  std::optional<std::string> prompt_text, completion_text;
+};
+
+struct AuditRow {
+  std::int64_t seq = 0;
+  AuditRecord record;
+  std::string row_hash_hex;
+};
+
+struct AuditVerifyResult {
+  bool ok = false;
+  std::int64_t rows = 0;
+  std::optional<std::int64_t> first_bad_row;
+  std::string why;
+};
+
+class StateDb {
+ public:
+  // Creates STATE_DIR (0750) and the database (0600) when missing.
+  static Result<StateDb> open(const std::string& state_dir);
+  StateDb(StateDb&& other) noexcept;
+  StateDb& operator=(StateDb&&) = delete;
+  ~StateDb();
+
+  // Returns the new key; only its hash is stored.
+  Result<std::string> create_key(const std::string& name);
+  Result<std::vector<ApiKeyInfo>> list_keys() const;
+  Status revoke_key(const std::string& name);
+  Result<std::vector<StoredKey>> load_active_keys() const;
+
+  Status append_audit(const std::vector<AuditRecord>& batch);
+  Result<AuditVerifyResult> verify_audit() const;
+  Result<std::vector<AuditRow>> tail_audit(int n) const;
+
+ private:
+  StateDb(sqlite3* db) : db_(db), mu_(std::make_unique<std::mutex>()) {}
+  sqlite3* db_ = nullptr;
+  std::unique_ptr<std::mutex> mu_;
+};
+
+class KeyVerifier {
+ public:
+  explicit KeyVerifier(std::vector<StoredKey> keys);
+  // The key's name, or nullopt for anything that is not an active key.
+  std::optional<std::string> authenticate(std::string_view token) const;
+
+ private:
+  std::unordered_map<std::string, StoredKey> by_id_;
+};
+
+// Batches audit records into the database from a background thread, so a
+// request never waits for a disk write. record() returns false (and the
+// caller counts a drop) when `max_queue` records are already waiting.
+class AuditWriter {
+ public:
+  explicit AuditWriter(StateDb& db, std::size_t max_queue = 65536);
+  ~AuditWriter();  // writes what is queued
+  bool record(AuditRecord r);
+  // Blocks until everything recorded so far is written.
+  void flush();
+  std::uint64_t write_errors() const;
+
+ private:
+  void run();
+  StateDb& db_;
+  std::size_t max_queue_;
+  mutable std::mutex mu_;
+  std::condition_variable cv_, idle_;
+  std::deque<AuditRecord> queue_;
+  bool stopping_ = false;
+  bool writing_ = false;
+  std::uint64_t write_errors_ = 0;
+  std::thread thread_;
+};
+
+}  // namespace airlock::state

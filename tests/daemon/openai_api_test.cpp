@@ -1,0 +1,93 @@
+// OpenAI request parsing: what SDKs send is accepted, everything else is a
+// 400 naming the parameter.
+#include <gtest/gtest.h>
+
+#include "openai_api.h"
+
+namespace airlock::daemon {
+namespace {
+
+TEST(OpenAiApiTest, ChatRequestAsSdksSendIt) {
+  CompletionRequest r;
+  auto e = parse_request(R"({"model":"m","messages":[{"role":"system","content":"be brief"},
+    {"role":"user","content":[{"type":"text","text":"hel"},{"type":"text","text":"lo"}]},
+    {"role":"developer","content":"x"}],
+    "max_completion_tokens":12,"temperature":0.5,"top_p":0.9,"seed":-3,"stop":["\n\n","END"],"n":2,
+    "logprobs":true,"top_logprobs":3,"stream":true,"stream_options":{"include_usage":true},
+    "presence_penalty":0.5,"frequency_penalty":-0.5,"user":"u","tools":[],"response_format":{"type":"text"}})",
+                         Endpoint::kChat, &r);
+  ASSERT_FALSE(e) << e->message;
+  EXPECT_EQ(r.model, "m");
+  ASSERT_EQ(r.messages.size(), 3u);
+  EXPECT_EQ(r.messages[1]["content"], "hello");
+  EXPECT_EQ(r.messages[2]["role"], "system");
+  EXPECT_EQ(r.max_tokens, 12);
+  EXPECT_FLOAT_EQ(r.sampling.temperature, 0.5f);
+  EXPECT_TRUE(r.seeded);
+  EXPECT_EQ(r.sampling.seed, static_cast<std::uint64_t>(-3));
+  EXPECT_EQ(r.stop.size(), 2u);
+  EXPECT_EQ(r.n, 2);
+  EXPECT_EQ(r.top_logprobs, 3);
+  EXPECT_EQ(r.sampling.n_logprobs, 3);
+  EXPECT_TRUE(r.stream && r.include_usage);
+}
+
+TEST(OpenAiApiTest, CompletionsRequest) {
+  CompletionRequest r;
+  ASSERT_FALSE(parse_request(R"({"model":"m","prompt":["abc"],"max_tokens":3,"logprobs":2,"echo":true})",
+                             Endpoint::kCompletions, &r));
+  EXPECT_EQ(r.prompt, "abc");
+  EXPECT_TRUE(r.logprobs);
+  EXPECT_EQ(r.top_logprobs, 2);
+  EXPECT_TRUE(r.echo);
+}
+
+TEST(OpenAiApiTest, BadRequestsNameTheParameter) {
+  const std::vector<std::tuple<std::string, Endpoint, std::string>> cases = {
+      {"", Endpoint::kChat, ""},
+      {"[]", Endpoint::kChat, ""},
+      {R"({"messages":[{"role":"user","content":"x"}]})", Endpoint::kChat, "model"},
+      {R"({"model":"m"})", Endpoint::kChat, "messages"},
+      {R"({"model":"m","messages":[]})", Endpoint::kChat, "messages"},
+      {R"({"model":"m","messages":[{"role":"wizard","content":"x"}]})", Endpoint::kChat, "messages[0].role"},
+      {R"({"model":"m","messages":[{"role":"user","content":7}]})", Endpoint::kChat, "messages[0].content"},
+      {R"({"model":"m","messages":[{"role":"user","content":[{"type":"image_url"}]}]})", Endpoint::kChat,
+       "messages[0].content"},
+      {R"({"model":"m","messages":[{"role":"user","content":"x"}],"temperature":3})", Endpoint::kChat, "temperature"},
+      {R"({"model":"m","messages":[{"role":"user","content":"x"}],"temperature":"hot"})", Endpoint::kChat, "temperature"},
+      {R"({"model":"m","messages":[{"role":"user","content":"x"}],"max_tokens":0})", Endpoint::kChat, "max_tokens"},
+      {R"({"model":"m","messages":[{"role":"user","content":"x"}],"max_tokens":1.5})", Endpoint::kChat, "max_tokens"},
+      {R"({"model":"m","messages":[{"role":"user","content":"x"}],"n":100})", Endpoint::kChat, "n"},
+      {R"({"model":"m","messages":[{"role":"user","content":"x"}],"stop":["a","b","c","d","e"]})", Endpoint::kChat, "stop"},
+      {R"({"model":"m","messages":[{"role":"user","content":"x"}],"stop":[""]})", Endpoint::kChat, "stop"},
+      {R"({"model":"m","messages":[{"role":"user","content":"x"}],"top_logprobs":2})", Endpoint::kChat, "top_logprobs"},
+      {R"({"model":"m","messages":[{"role":"user","content":"x"}],"stream_options":{"include_usage":true}})",
+       Endpoint::kChat, "stream_options"},
+      {R"({"model":"m","messages":[{"role":"user","content":"x"}],"presence_penalty":-3})", Endpoint::kChat,
+       "presence_penalty"},
+      {R"({"model":"m","prompt":5})", Endpoint::kCompletions, "prompt"},
+      {R"({"model":"m"})", Endpoint::kCompletions, "prompt"},
+      {R"({"model":"m","prompt":"x","logprobs":9})", Endpoint::kCompletions, "logprobs"},
+  };
+  for (const auto& [body, ep, param] : cases) {
+    CompletionRequest r;
+    auto e = parse_request(body, ep, &r);
+    ASSERT_TRUE(e) << body;
+    EXPECT_EQ(e->http_status, 400);
+    EXPECT_EQ(e->param, param) << body << ": " << e->message;
+    EXPECT_FALSE(e->message.empty());
+  }
+}
+
+TEST(OpenAiApiTest, ErrorEnvelope) {
+  ApiError e;
+  e.message = "bad \xFF";
+  e.param = "x";
+  nlohmann::json j = nlohmann::json::parse(error_body(e));
+  EXPECT_EQ(j["error"]["param"], "x");
+  EXPECT_TRUE(j["error"]["code"].is_null());
+  EXPECT_EQ(j["error"]["type"], "invalid_request_error");
+}
+
+}  // namespace
+}  // namespace airlock::daemon

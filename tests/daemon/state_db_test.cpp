@@ -1,0 +1,185 @@
+// API keys and the hash-chained audit log in SQLite.
+#include <gtest/gtest.h>
+#include <sqlite3.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <thread>
+
+#include "airlock/statedb/state_db.h"
+#include "test_bundles.h"
+
+namespace airlock::state {
+namespace {
+
+using airlock::testing::TempDir;
+
+AuditRecord rec(int i) {
+  AuditRecord r;
+  r.time_ms = 1790000000000 + i;
+  r.key_name = "app" + std::to_string(i % 3);
+  r.route = "/v1/chat/completions";
+  r.model = "m";
+  r.request_id = "chatcmpl-" + std::to_string(i);
+  r.status = 200;
+  r.prompt_tokens = 10 + i;
+  r.completion_tokens = 5;
+  r.latency_s = 0.25 * i;
+  if (i % 2) r.prompt_text = "text " + std::to_string(i);
+  return r;
+}
+
+void sql(const std::string& db_path, const std::string& statement) {
+  sqlite3* db = nullptr;
+  ASSERT_EQ(sqlite3_open(db_path.c_str(), &db), SQLITE_OK);
+  char* err = nullptr;
+  EXPECT_EQ(sqlite3_exec(db, statement.c_str(), nullptr, nullptr, &err), SQLITE_OK) << (err ? err : "");
+  sqlite3_free(err);
+  sqlite3_close(db);
+}
+
+TEST(StateDbTest, KeysAreShownOnceStoredHashedAndChecked) {
+  TempDir dir;
+  Result<StateDb> db = StateDb::open(dir / "state");
+  ASSERT_TRUE(db.is_ok()) << db.status().to_string();
+  struct stat st {};
+  ASSERT_EQ(::stat((dir / "state/airlock-state.db").c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0600u);
+
+  Result<std::string> a = db->create_key("app-a");
+  Result<std::string> b = db->create_key("app-b");
+  ASSERT_TRUE(a.is_ok() && b.is_ok());
+  EXPECT_EQ(a->size(), 63u);
+  EXPECT_EQ(a->substr(0, 3), "ak_");
+  EXPECT_EQ(db->create_key("app-a").status().code(), StatusCode::kAlreadyExists);
+  EXPECT_EQ(db->create_key("bad name").status().code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(db->create_key("").status().code(), StatusCode::kInvalidArgument);
+  // The database holds no key text.
+  const std::string file = testing::read_file(dir / "state/airlock-state.db") +
+                           testing::read_file(dir / "state/airlock-state.db-wal");
+  EXPECT_EQ(file.find(a->substr(20)), std::string::npos);
+
+  KeyVerifier v(*db->load_active_keys());
+  EXPECT_EQ(v.authenticate(*a), "app-a");
+  EXPECT_EQ(v.authenticate(*b), "app-b");
+  std::string flipped = *a;
+  flipped.back() = flipped.back() == 'A' ? 'B' : 'A';
+  EXPECT_FALSE(v.authenticate(flipped));
+  // b's id with a's secret.
+  std::string mixed = b->substr(0, 20) + a->substr(20);
+  EXPECT_FALSE(v.authenticate(mixed));
+  for (std::string junk : {std::string(), std::string("ak_"), std::string(10000, 'x'), a->substr(0, 62), *a + "x"})
+    EXPECT_FALSE(v.authenticate(junk));
+
+  ASSERT_TRUE(db->revoke_key("app-a").is_ok());
+  EXPECT_EQ(db->revoke_key("app-a").code(), StatusCode::kNotFound);
+  KeyVerifier after(*db->load_active_keys());
+  EXPECT_FALSE(after.authenticate(*a));
+  EXPECT_EQ(after.authenticate(*b), "app-b");
+  auto keys = db->list_keys();
+  ASSERT_TRUE(keys.is_ok());
+  ASSERT_EQ(keys->size(), 2u);
+  EXPECT_TRUE((*keys)[0].revoked_at.has_value() != (*keys)[1].revoked_at.has_value());
+  EXPECT_TRUE(db->create_key("app-a").is_ok());  // the name is free again
+
+  std::vector<std::thread> threads;
+  std::atomic<int> ok{0};
+  for (int t = 0; t < 4; ++t)
+    threads.emplace_back([&] {
+      for (int i = 0; i < 1000; ++i) ok += after.authenticate(*b).has_value();
+    });
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(ok.load(), 4000);
+}
+
+TEST(StateDbTest, AuditChainDetectsEditsDeletionsAndReordering) {
+  TempDir dir;
+  const std::string path = dir / "state/airlock-state.db";
+  {
+    Result<StateDb> db = StateDb::open(dir / "state");
+    ASSERT_TRUE(db.is_ok());
+    std::vector<AuditRecord> batch;
+    for (int i = 0; i < 10; ++i) batch.push_back(rec(i));
+    ASSERT_TRUE(db->append_audit(batch).is_ok());
+    ASSERT_TRUE(db->append_audit({rec(10)}).is_ok());
+    Result<AuditVerifyResult> v = db->verify_audit();
+    ASSERT_TRUE(v.is_ok());
+    EXPECT_TRUE(v->ok) << v->why;
+    EXPECT_EQ(v->rows, 11);
+    auto tail = db->tail_audit(3);
+    ASSERT_TRUE(tail.is_ok());
+    ASSERT_EQ(tail->size(), 3u);
+    EXPECT_EQ((*tail)[2].seq, 11);
+    EXPECT_EQ((*tail)[2].record.request_id, "chatcmpl-10");
+  }
+  auto verify_after = [&](const std::string& tamper) -> AuditVerifyResult {
+    TempDir copy;
+    const std::string p = copy / "airlock-state.db";
+    {
+      Result<StateDb> db = StateDb::open(dir / "state");  // checkpoint through a clean open/close
+    }
+    testing::write_file(p, testing::read_file(path));
+    sql(p, tamper);
+    Result<StateDb> db = StateDb::open(copy.path());
+    EXPECT_TRUE(db.is_ok());
+    return *db->verify_audit();
+  };
+  AuditVerifyResult edited = verify_after("UPDATE audit SET completion_tokens = 500 WHERE seq = 4");
+  EXPECT_FALSE(edited.ok);
+  EXPECT_EQ(edited.first_bad_row, 4);
+  AuditVerifyResult middle = verify_after("DELETE FROM audit WHERE seq = 6");
+  EXPECT_FALSE(middle.ok);
+  EXPECT_EQ(middle.first_bad_row, 6);
+  AuditVerifyResult last = verify_after("DELETE FROM audit WHERE seq = 11");
+  EXPECT_FALSE(last.ok);
+  EXPECT_NE(last.why.find("newest rows were removed"), std::string::npos) << last.why;
+  AuditVerifyResult swapped = verify_after(
+      "UPDATE audit SET seq = -1 WHERE seq = 2; UPDATE audit SET seq = 2 WHERE seq = 3; UPDATE audit SET seq = 3 WHERE seq = -1");
+  EXPECT_FALSE(swapped.ok);
+  EXPECT_EQ(swapped.first_bad_row, 2);
+  AuditVerifyResult text = verify_after("UPDATE audit SET prompt_text = NULL WHERE seq = 8");
+  EXPECT_FALSE(text.ok);
+  EXPECT_EQ(text.first_bad_row, 8);
+}
+
+TEST(StateDbTest, AuditWriterBatchesFromManyThreads) {
+  TempDir dir;
+  Result<StateDb> db = StateDb::open(dir / "state");
+  ASSERT_TRUE(db.is_ok());
+  {
+    AuditWriter w(*db);
+    std::vector<std::thread> threads;
+    for (int t = 0; t < 8; ++t)
+      threads.emplace_back([&, t] {
+        for (int i = 0; i < 1000; ++i) EXPECT_TRUE(w.record(rec(t * 1000 + i)));
+      });
+    for (auto& t : threads) t.join();
+    w.flush();
+    EXPECT_EQ(w.write_errors(), 0u);
+  }
+  Result<AuditVerifyResult> v = db->verify_audit();
+  ASSERT_TRUE(v.is_ok());
+  EXPECT_TRUE(v->ok) << v->why;
+  EXPECT_EQ(v->rows, 8000);
+  AuditWriter small(*db, 2);
+  int accepted = 0;
+  for (int i = 0; i < 1000; ++i) accepted += small.record(rec(i)) ? 1 : 0;
+  EXPECT_LT(accepted, 1000);  // a full queue refuses instead of blocking
+}
+
+TEST(StateDbTest, HostileStateDirectories) {
+  TempDir dir;
+  ASSERT_EQ(::mkdir((dir / "real").c_str(), 0750), 0);
+  ASSERT_EQ(::symlink((dir / "real").c_str(), (dir / "link").c_str()), 0);
+  EXPECT_FALSE(StateDb::open(dir / "link").is_ok());
+  ASSERT_EQ(::mkdir((dir / "garbage").c_str(), 0750), 0);
+  testing::write_file(dir / "garbage/airlock-state.db", std::string(4096, 'x'));
+  Result<StateDb> g = StateDb::open(dir / "garbage");
+  ASSERT_FALSE(g.is_ok());
+  EXPECT_EQ(g.status().code(), StatusCode::kIoError);
+  testing::write_file(dir / "file", "x");
+  EXPECT_FALSE(StateDb::open(dir / "file").is_ok());
+}
+
+}  // namespace
+}  // namespace airlock::state
