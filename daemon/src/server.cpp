@@ -181,6 +181,14 @@ struct Generation {
   }
 };
 
+// Plain HTTP, or TLS with the operator's certificate (and, with client_ca,
+// only clients presenting a certificate that CA signed).
+std::unique_ptr<httplib::Server> make_http(const Config& c) {
+  if (c.tls_cert.empty()) return std::make_unique<httplib::Server>();
+  return std::make_unique<httplib::SSLServer>(c.tls_cert.c_str(), c.tls_key.c_str(),
+                                              c.tls_client_ca.empty() ? nullptr : c.tls_client_ca.c_str());
+}
+
 ApiError api_error(int status, const std::string& type, const std::string& message, const std::string& code = "") {
   ApiError e;
   e.http_status = status;
@@ -197,7 +205,8 @@ struct Server::Impl {
   Authenticator authenticate;
   AuditSink audit;
   Metrics& metrics;
-  httplib::Server http;
+  std::unique_ptr<httplib::Server> http_owner;
+  httplib::Server& http;
   mutable std::mutex model_mu;
   std::shared_ptr<LoadedModel> model;
   std::atomic<bool> draining{false};
@@ -212,6 +221,7 @@ struct Server::Impl {
 
   Impl(Config c, Authenticator a, AuditSink s, Metrics& m)
       : config(std::move(c)), authenticate(std::move(a)), audit(std::move(s)), metrics(m),
+        http_owner(make_http(config)), http(*http_owner),
         ttft(m.histogram("airlock_time_to_first_token_seconds", "Time from request arrival to its first token",
                          latency_buckets())),
         itl(m.histogram("airlock_inter_token_latency_seconds", "Mean time between tokens of a request",
@@ -373,6 +383,9 @@ std::shared_ptr<LoadedModel> Server::model() const { return impl_->current(); }
 
 Result<int> Server::bind() {
   const Config& c = impl_->config;
+  if (!impl_->http.is_valid())
+    return invalid_argument("TLS: cannot load the certificate '" + c.tls_cert + "', key '" + c.tls_key + "'" +
+                            (c.tls_client_ca.empty() ? std::string() : " or client CA '" + c.tls_client_ca + "'"));
   if (c.listen_port == 0) {
     int port = impl_->http.bind_to_any_port(c.listen_host, AI_NUMERICHOST | AI_PASSIVE);
     if (port <= 0) return io_error("cannot listen on " + c.listen_host, errno);

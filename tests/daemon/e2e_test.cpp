@@ -478,5 +478,45 @@ TEST(DaemonLifecycle, SighupLoadsANewVersionAndRefusesATamperedOne) {
   EXPECT_NE(refused->log().find("no model loaded"), std::string::npos) << refused->log();
 }
 
+TEST(DaemonLifecycle, TlsWithClientCertificates) {
+  if (!have_stories()) GTEST_SKIP() << "stories260K.gguf not found (set AIRLOCK_MODELS_DIR)";
+  Enclave e;
+  const std::string d = e.dir.path();
+  // A CA, a server certificate for 127.0.0.1 and a client certificate, all made here.
+  const std::string script =
+      "set -e; cd '" + d + "'; "
+      "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout ca.key -out ca.pem -days 2 -subj /CN=test-ca 2>/dev/null; "
+      "for who in server client; do "
+      "openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout $who.key -out $who.csr -subj /CN=$who 2>/dev/null; "
+      "printf 'subjectAltName=IP:127.0.0.1\n' > ext; "
+      "openssl x509 -req -in $who.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out $who.pem -days 2 -extfile ext 2>/dev/null; done";
+  ASSERT_EQ(run({"sh", "-c", script}), 0);
+  auto daemon = Daemon::start(e, "[tls]\ncert = \"" + d + "/server.pem\"\nkey = \"" + d + "/server.key\"\nclient_ca = \"" + d +
+                                     "/ca.pem\"\n");
+  ASSERT_GT(daemon->port, 0) << daemon->log();
+  httplib::SSLClient good("127.0.0.1", daemon->port, d + "/client.pem", d + "/client.key");
+  good.set_ca_cert_path((d + "/ca.pem").c_str());
+  good.enable_server_certificate_verification(true);
+  good.set_default_headers({{"Authorization", "Bearer " + e.api_key}});
+  auto r = good.Get("/v1/models");
+  ASSERT_TRUE(r) << httplib::to_string(r.error());
+  EXPECT_EQ(r->status, 200);
+  // No client certificate: the handshake is refused.
+  httplib::SSLClient anonymous("127.0.0.1", daemon->port);
+  anonymous.set_ca_cert_path((d + "/ca.pem").c_str());
+  anonymous.enable_server_certificate_verification(true);
+  EXPECT_FALSE(anonymous.Get("/health"));
+  // Plain HTTP to the TLS port gets no HTTP answer.
+  httplib::Client plain("127.0.0.1", daemon->port);
+  auto p = plain.Get("/health");
+  EXPECT_TRUE(!p || p->status != 200);
+  EXPECT_EQ(daemon->stop(), 0);
+
+  // A certificate that cannot be loaded stops the start, saying why.
+  auto broken = Daemon::start(e, "[tls]\ncert = \"" + d + "/missing.pem\"\nkey = \"" + d + "/server.key\"\n");
+  EXPECT_EQ(broken->port, 0);
+  EXPECT_NE(broken->log().find("TLS: cannot load"), std::string::npos) << broken->log();
+}
+
 }  // namespace
 }  // namespace airlock
