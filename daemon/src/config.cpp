@@ -92,7 +92,7 @@ Result<Config> parse_config(std::string_view text, const std::string& origin, Co
   AIRLOCK_RETURN_IF_ERROR(get_int("threads", 0, 1024, &c.threads));
   AIRLOCK_RETURN_IF_ERROR(get_int("kv_cache_mib", 1, 1 << 24, &c.kv_cache_mib));
   AIRLOCK_RETURN_IF_ERROR(get_int("max_running", 1, 4096, &c.max_running));
-  AIRLOCK_RETURN_IF_ERROR(get_int("max_waiting", 0, 1 << 20, &c.max_waiting));
+  AIRLOCK_RETURN_IF_ERROR(get_int("max_waiting", 1, 1 << 20, &c.max_waiting));
   AIRLOCK_RETURN_IF_ERROR(get_int("prefill_chunk", 1, 1 << 20, &c.prefill_chunk));
   AIRLOCK_RETURN_IF_ERROR(get_int("max_body_bytes", 1024, std::int64_t{1} << 32, &c.max_body_bytes));
   AIRLOCK_RETURN_IF_ERROR(get_int("drain_seconds", 0, 3600, &c.drain_seconds));

@@ -478,6 +478,36 @@ TEST(DaemonLifecycle, SighupLoadsANewVersionAndRefusesATamperedOne) {
   EXPECT_NE(refused->log().find("no model loaded"), std::string::npos) << refused->log();
 }
 
+// The official `openai` npm package (installed here with npm, into the build
+// tree) used unchanged against airlockd.
+TEST(DaemonLifecycle, OfficialOpenAiNodeSdk) {
+  if (!have_stories()) GTEST_SKIP() << "stories260K.gguf not found (set AIRLOCK_MODELS_DIR)";
+  const std::string node_dir = AIRLOCK_NODE_DIR;
+  const std::string module = node_dir + "/node_modules/openai/index.mjs";
+  if (!testing::exists(module)) {
+    std::string out;
+    const int rc = run({"sh", "-c", "mkdir -p '" + node_dir + "' && cd '" + node_dir +
+                                        "' && npm install --prefix . openai@5 --no-audit --no-fund --silent 2>&1"},
+                       &out);
+    if (rc != 0 || !testing::exists(module)) GTEST_SKIP() << "npm could not install the openai package: " << out;
+  }
+  Enclave e;
+  auto d = Daemon::start(e);
+  ASSERT_GT(d->port, 0) << d->log();
+  auto full = Daemon::start(e, "max_running = 1\nmax_waiting = 1\n");  // a burst overflows the queue
+  ASSERT_GT(full->port, 0) << full->log();
+  ::setenv("AIRLOCK_BASE_URL", ("http://127.0.0.1:" + std::to_string(d->port) + "/v1").c_str(), 1);
+  ::setenv("AIRLOCK_FULL_BASE_URL", ("http://127.0.0.1:" + std::to_string(full->port) + "/v1").c_str(), 1);
+  ::setenv("AIRLOCK_API_KEY", e.api_key.c_str(), 1);
+  ::setenv("AIRLOCK_OPENAI_MODULE", module.c_str(), 1);
+  std::string out;
+  const int rc = run({"node", AIRLOCK_SDK_SCRIPT}, &out);
+  EXPECT_EQ(rc, 0) << out << d->log();
+  EXPECT_NE(out.find("all checks passed"), std::string::npos) << out;
+  EXPECT_EQ(d->stop(), 0);
+  EXPECT_EQ(full->stop(), 0);
+}
+
 TEST(DaemonLifecycle, TlsWithClientCertificates) {
   if (!have_stories()) GTEST_SKIP() << "stories260K.gguf not found (set AIRLOCK_MODELS_DIR)";
   Enclave e;

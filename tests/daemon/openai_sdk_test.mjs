@@ -1,0 +1,75 @@
+// The official `openai` npm package, used unchanged, against a running
+// airlockd. Run by tests/daemon/e2e_test.cpp (OfficialOpenAiNodeSdk):
+//   node openai_sdk_test.mjs   with AIRLOCK_BASE_URL, AIRLOCK_API_KEY,
+//   AIRLOCK_FULL_BASE_URL (a daemon whose queue is always full) and
+//   NODE_PATH-style AIRLOCK_OPENAI_MODULE (the installed package's entry).
+// Prints one line per check; exits 1 on the first failure.
+const { default: OpenAI, AuthenticationError, RateLimitError } = await import(process.env.AIRLOCK_OPENAI_MODULE);
+
+function check(cond, what) {
+  if (!cond) {
+    console.error(`FAIL: ${what}`);
+    process.exit(1);
+  }
+  console.log(`ok: ${what}`);
+}
+
+const client = new OpenAI({ baseURL: process.env.AIRLOCK_BASE_URL, apiKey: process.env.AIRLOCK_API_KEY, maxRetries: 0 });
+
+const models = await client.models.list();
+const ids = [];
+for await (const m of models) ids.push(m.id);
+check(ids.length === 1 && ids[0] === 'stories', `models.list() gives [${ids}]`);
+
+const whole = await client.chat.completions.create({
+  model: 'stories',
+  messages: [{ role: 'user', content: 'Tell me a story.' }],
+  max_tokens: 24,
+  temperature: 0,
+});
+check(whole.choices[0].message.role === 'assistant', 'non-streamed chat: assistant message');
+check(typeof whole.choices[0].message.content === 'string' && whole.choices[0].message.content.length > 0,
+      'non-streamed chat: content');
+check(whole.usage.total_tokens === whole.usage.prompt_tokens + whole.usage.completion_tokens, 'non-streamed chat: usage');
+
+const stream = await client.chat.completions.create({
+  model: 'stories',
+  messages: [{ role: 'user', content: 'Tell me a story.' }],
+  max_tokens: 24,
+  temperature: 0,
+  stream: true,
+  stream_options: { include_usage: true },
+});
+let text = '';
+let finish = null;
+let usage = null;
+for await (const chunk of stream) {
+  if (chunk.usage) usage = chunk.usage;
+  for (const c of chunk.choices) {
+    text += c.delta?.content ?? '';
+    if (c.finish_reason) finish = c.finish_reason;
+  }
+}
+check(text === whole.choices[0].message.content, 'streamed chat (for await) equals the non-streamed answer');
+check(finish === whole.choices[0].finish_reason, `streamed finish_reason ${finish}`);
+check(usage && usage.completion_tokens === whole.usage.completion_tokens, 'streamed usage chunk');
+
+const completion = await client.completions.create({ model: 'stories', prompt: 'Once upon a time', max_tokens: 8, temperature: 0 });
+check(completion.choices[0].text.length > 0, 'completions.create');
+
+try {
+  await new OpenAI({ baseURL: process.env.AIRLOCK_BASE_URL, apiKey: 'ak_wrong', maxRetries: 0 }).models.list();
+  check(false, '401 raises');
+} catch (e) {
+  check(e instanceof AuthenticationError && e.status === 401, `wrong key raises AuthenticationError (${e.constructor.name})`);
+}
+
+// One running, one waiting: a burst of six overflows the queue.
+const full = new OpenAI({ baseURL: process.env.AIRLOCK_FULL_BASE_URL, apiKey: process.env.AIRLOCK_API_KEY, maxRetries: 0 });
+const burst = await Promise.allSettled(Array.from({ length: 6 }, () =>
+  full.chat.completions.create({ model: 'stories', messages: [{ role: 'user', content: 'go' }], max_tokens: 200 })));
+const limited = burst.filter((r) => r.status === 'rejected');
+check(burst.some((r) => r.status === 'fulfilled'), 'a burst: some requests are served');
+check(limited.length > 0 && limited.every((r) => r.reason instanceof RateLimitError && r.reason.status === 429),
+      `a burst: the overflow raises RateLimitError (${limited.map((r) => r.reason?.constructor?.name)})`);
+console.log('all checks passed');
