@@ -55,6 +55,8 @@ Result<std::shared_ptr<LoadedModel>> load_model(const Config& config) {
   auto pool = std::make_shared<engine::ThreadPool>(config.threads);
   AIRLOCK_ASSIGN_OR_RETURN(m->model, engine::Model::load(m->gguf_path, engine::make_cpu_backend(pool)));
   AIRLOCK_ASSIGN_OR_RETURN(m->tokenizer, engine::Tokenizer::from_gguf(m->model->gguf()));
+  for (std::int32_t t = 0; t < m->tokenizer->n_vocab(); ++t)
+    if (m->tokenizer->is_end_of_generation(t)) m->end_of_generation.push_back(t);
   std::optional<std::string_view> tmpl = m->model->gguf().get_string("tokenizer.chat_template");
   m->chat_template_from_model = tmpl.has_value();
   Result<engine::ChatTemplate> ct = engine::ChatTemplate::parse(tmpl ? *tmpl : kFallbackTemplate);

@@ -17,6 +17,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "airlock/common/status.h"
 #include "airlock/engine/chat_template.h"
@@ -35,6 +36,7 @@ struct LoadedModel {
   std::string key_id;
   std::string gguf_path;
   bool chat_template_from_model = false;
+  std::vector<std::int32_t> end_of_generation;  // token ids that end an answer (EOS, EOT, ...)
   // Declaration order is destruction order in reverse: the scheduler (which
   // uses the model) goes first.
   std::unique_ptr<engine::Model> model;

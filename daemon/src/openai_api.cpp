@@ -129,6 +129,7 @@ std::optional<ApiError> parse_request(std::string_view body, Endpoint endpoint, 
     return e;
   if (auto e = integer("n", 1, kMaxN, [&](std::int64_t v) { r.n = static_cast<int>(v); })) return e;
   if (auto e = boolean("stream", &r.stream)) return e;
+  if (auto e = boolean("ignore_eos", &r.ignore_eos)) return e;
   if (j.contains("stream_options") && !j["stream_options"].is_null()) {
     const ojson& so = j["stream_options"];
     if (!so.is_object()) return invalid("stream_options", "stream_options must be an object");

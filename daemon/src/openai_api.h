@@ -53,6 +53,7 @@ struct CompletionRequest {
   bool stream = false;
   bool include_usage = false;
   bool echo = false;                 // completions only
+  bool ignore_eos = false;           // non-standard (as vLLM): generate max_tokens regardless of EOS
   std::string user;
 };
 

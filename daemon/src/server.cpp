@@ -211,6 +211,7 @@ struct Server::Impl {
   std::shared_ptr<LoadedModel> model;
   std::atomic<bool> draining{false};
   std::atomic<int> in_flight{0};
+  int listen_fd = -1;
 
   Histogram& ttft;
   Histogram& itl;
@@ -386,14 +387,15 @@ Result<int> Server::bind() {
   if (!impl_->http.is_valid())
     return invalid_argument("TLS: cannot load the certificate '" + c.tls_cert + "', key '" + c.tls_key + "'" +
                             (c.tls_client_ca.empty() ? std::string() : " or client CA '" + c.tls_client_ca + "'"));
-  if (c.listen_port == 0) {
-    int port = impl_->http.bind_to_any_port(c.listen_host, AI_NUMERICHOST | AI_PASSIVE);
+  int port = c.listen_port;
+  if (port == 0) {
+    port = impl_->http.bind_to_any_port(c.listen_host, AI_NUMERICHOST | AI_PASSIVE);
     if (port <= 0) return io_error("cannot listen on " + c.listen_host, errno);
-    return port;
+  } else if (!impl_->http.bind_to_port(c.listen_host, port, AI_NUMERICHOST | AI_PASSIVE)) {
+    return io_error("cannot listen on " + c.listen_host + ":" + std::to_string(port), errno);
   }
-  if (!impl_->http.bind_to_port(c.listen_host, c.listen_port, AI_NUMERICHOST | AI_PASSIVE))
-    return io_error("cannot listen on " + c.listen_host + ":" + std::to_string(c.listen_port), errno);
-  return c.listen_port;
+  if (impl_->listen_fd >= 0) ::listen(impl_->listen_fd, SOMAXCONN);
+  return port;
 }
 
 void Server::run() { impl_->http.listen_after_bind(); }
@@ -454,8 +456,7 @@ void Server::Impl::completions(const httplib::Request& req, httplib::Response& r
     gr.sampling = r.sampling;
     if (r.seeded) gr.sampling.seed = r.sampling.seed + static_cast<std::uint64_t>(i);
     else randombytes_buf(&gr.sampling.seed, sizeof gr.sampling.seed);
-    for (std::int32_t t = 0; t < m->tokenizer->n_vocab(); ++t)
-      if (m->tokenizer->is_end_of_generation(t)) gr.stop_tokens.push_back(t);
+    if (!r.ignore_eos) gr.stop_tokens = m->end_of_generation;
     Result<std::shared_ptr<TokenStream>> s = m->scheduler->submit(std::move(gr));
     if (!s.is_ok()) {
       g->cancel_all();
@@ -590,6 +591,13 @@ void Server::routes() {
   h.new_task_queue = [n = s.config.http_threads] { return new httplib::ThreadPool(static_cast<std::size_t>(n)); };
   h.set_payload_max_length(s.config.max_body_bytes);
   h.set_keep_alive_timeout(30);
+  // Remember the listening socket: httplib listens with a backlog of 5,
+  // which drops the SYNs of a burst of clients (each retried a second
+  // later); bind() raises it.
+  h.set_socket_options([&s](socket_t sock) {
+    httplib::default_socket_options(sock);
+    s.listen_fd = sock;
+  });
 
   h.set_pre_routing_handler([&s](const httplib::Request& req, httplib::Response& res) {
     if (req.path == "/health") return httplib::Server::HandlerResponse::Unhandled;

@@ -1,0 +1,196 @@
+// Serving benchmark (issue 4): aggregate generation rate for 1, 4 and 16
+// concurrent streaming clients over HTTP against the same requests run
+// straight on the engine's scheduler, in the same process and run, plus
+// time to first token (p50/p99) over HTTP.
+//
+// Both paths run identical greedy requests that ignore EOS, so every client
+// generates exactly --tokens tokens; the HTTP path adds request parsing,
+// the chat-free completions route, SSE encoding and the loopback socket.
+// The server runs in this process (airlockd's Server class on 127.0.0.1:0)
+// with the model loaded from the GGUF directly (no bundle store): the bundle
+// checks happen once at start and are not part of serving.
+//
+// usage: serve_bench MODEL.gguf [--tokens N] [--threads T] [--clients 1,4,16]
+#include <httplib.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "airlock/engine/thread_pool.h"
+#include "model_host.h"
+#include "server.h"
+
+using namespace airlock;
+using namespace airlock::daemon;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+double since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+
+std::string prompt_text(int i) { return "Story " + std::to_string(i) + ": once upon a time, in a small town,"; }
+
+std::shared_ptr<LoadedModel> load(const std::string& path, int threads, int max_running) {
+  auto m = std::make_shared<LoadedModel>();
+  m->id = "bench";
+  auto pool = std::make_shared<engine::ThreadPool>(threads);
+  auto model = engine::Model::load(path, engine::make_cpu_backend(pool));
+  if (!model.is_ok()) {
+    std::fprintf(stderr, "serve_bench: %s\n", model.status().to_string().c_str());
+    std::exit(2);
+  }
+  m->model = std::move(*model);
+  auto tok = engine::Tokenizer::from_gguf(m->model->gguf());
+  if (!tok.is_ok()) {
+    std::fprintf(stderr, "serve_bench: %s\n", tok.status().to_string().c_str());
+    std::exit(2);
+  }
+  m->tokenizer = std::move(*tok);
+  m->chat_template = engine::ChatTemplate::parse("{% for m in messages %}{{ m.content }}{% endfor %}").value();
+  engine::SchedulerOptions so;
+  so.max_running = max_running;
+  so.max_waiting = 64;
+  so.kv_blocks = max_running * engine::KvCache::blocks_for(m->model->params().n_ctx_train);
+  auto sched = engine::Scheduler::start(*m->model, so);
+  if (!sched.is_ok()) {
+    std::fprintf(stderr, "serve_bench: %s\n", sched.status().to_string().c_str());
+    std::exit(2);
+  }
+  m->scheduler = std::move(sched).value();
+  return m;
+}
+
+// Engine path: the same requests submitted to the scheduler directly.
+double engine_rate(LoadedModel& m, int clients, int tokens) {
+  std::vector<std::shared_ptr<engine::TokenStream>> streams;
+  const Clock::time_point t0 = Clock::now();
+  for (int i = 0; i < clients; ++i) {
+    engine::GenerationRequest r;
+    r.prompt = m.tokenizer->encode(prompt_text(i), true, false);
+    r.max_tokens = tokens;
+    r.sampling.temperature = 0;
+    streams.push_back(*m.scheduler->submit(r));
+  }
+  std::uint64_t n = 0;
+  for (auto& s : streams) {
+    bool done = false;
+    while (!done)
+      for (auto& e : s->pop(std::chrono::milliseconds(100))) {
+        n += e.token ? 1 : 0;
+        done = done || e.finish != engine::FinishReason::kNone;
+      }
+  }
+  return static_cast<double>(n) / since(t0);
+}
+
+struct HttpResult {
+  double rate = 0;
+  std::vector<double> ttft;
+};
+
+HttpResult http_rate(int port, int clients, int tokens) {
+  HttpResult out;
+  std::vector<std::thread> threads;
+  std::vector<double> ttft(static_cast<std::size_t>(clients), 0);
+  std::atomic<std::uint64_t> n{0};
+  const Clock::time_point t0 = Clock::now();
+  for (int i = 0; i < clients; ++i)
+    threads.emplace_back([&, i] {
+      httplib::Client c("127.0.0.1", port);
+      c.set_read_timeout(600, 0);
+      nlohmann::json body = {{"model", "bench"},         {"prompt", prompt_text(i)}, {"max_tokens", tokens},
+                             {"temperature", 0},         {"stream", true},           {"ignore_eos", true},
+                             {"stream_options", {{"include_usage", true}}}};
+      httplib::Request req;
+      req.method = "POST";
+      req.path = "/v1/completions";
+      req.headers = {{"Authorization", "Bearer bench"}, {"Content-Type", "application/json"}};
+      req.body = body.dump();
+      const Clock::time_point start = Clock::now();
+      std::string buffer;
+      req.content_receiver = [&](const char* data, size_t len, uint64_t, uint64_t) {
+        if (ttft[static_cast<std::size_t>(i)] == 0) ttft[static_cast<std::size_t>(i)] = since(start);
+        buffer.append(data, len);
+        return true;
+      };
+      c.send(req);
+      const std::size_t at = buffer.find("\"completion_tokens\":");
+      if (at != std::string::npos) n += std::strtoull(buffer.c_str() + at + 20, nullptr, 10);
+    });
+  for (auto& t : threads) t.join();
+  out.rate = static_cast<double>(n.load()) / since(t0);
+  out.ttft = ttft;
+  return out;
+}
+
+double percentile(std::vector<double> v, double p) {
+  std::sort(v.begin(), v.end());
+  return v[std::min(v.size() - 1, static_cast<std::size_t>(p * static_cast<double>(v.size() - 1) + 0.5))];
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2) {
+    std::fprintf(stderr, "usage: serve_bench MODEL.gguf [--tokens N] [--threads T] [--clients 1,4,16]\n");
+    return 2;
+  }
+  const std::string path = argv[1];
+  int tokens = 64, threads = 0;
+  std::vector<int> counts = {1, 4, 16};
+  for (int i = 2; i + 1 < argc; i += 2) {
+    const std::string a = argv[i];
+    if (a == "--tokens") tokens = std::atoi(argv[i + 1]);
+    else if (a == "--threads") threads = std::atoi(argv[i + 1]);
+    else if (a == "--clients") {
+      counts.clear();
+      std::stringstream ss(argv[i + 1]);
+      for (std::string x; std::getline(ss, x, ',');) counts.push_back(std::atoi(x.c_str()));
+    }
+  }
+  const int max_clients = *std::max_element(counts.begin(), counts.end());
+  std::shared_ptr<LoadedModel> model = load(path, threads, max_clients);
+  Metrics metrics;
+  Config config;
+  config.listen_port = 0;
+  Server server(config, [](std::string_view t) -> std::optional<std::string> {
+    if (t == "bench") return std::string("bench");
+    return std::nullopt;
+  }, nullptr, metrics);
+  server.set_model(model);
+  const int port = *server.bind();
+  std::thread serve([&] { server.run(); });
+
+  (void)engine_rate(*model, 1, 8);  // warm-up
+  std::printf("model %s, %d tokens per client, backend %s\n\n", path.c_str(), tokens,
+              model->model->backend().name().c_str());
+  std::printf("| clients | engine tok/s | HTTP tok/s | HTTP / engine | TTFT p50 (s) | TTFT p99 (s) |\n");
+  std::printf("|---:|---:|---:|---:|---:|---:|\n");
+  for (int c : counts) {
+    // Alternate the two paths so drift on a noisy machine hits both.
+    double e = 0, h = 0;
+    HttpResult hr;
+    for (int rep = 0; rep < 2; ++rep) {
+      e += engine_rate(*model, c, tokens);
+      hr = http_rate(port, c, tokens);
+      h += hr.rate;
+    }
+    e /= 2;
+    h /= 2;
+    std::printf("| %d | %.1f | %.1f | %.3f | %.3f | %.3f |\n", c, e, h, h / e, percentile(hr.ttft, 0.5),
+                percentile(hr.ttft, 0.99));
+    std::fflush(stdout);
+  }
+  server.shutdown();
+  serve.join();
+  return 0;
+}
