@@ -37,7 +37,12 @@ namespace {
 
 double since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
 
-std::string prompt_text(int i) { return "Story " + std::to_string(i) + ": once upon a time, in a small town,"; }
+// Every request of every run has its own first block, so the prefix cache
+// never serves one run's prompt to the next and both paths compute the same.
+std::atomic<int> g_run{0};
+std::string prompt_text(int run, int i) {
+  return std::to_string(run) + "/" + std::to_string(i) + " story: once upon a time, in a small town,";
+}
 
 std::shared_ptr<LoadedModel> load(const std::string& path, int threads, int max_running) {
   auto m = std::make_shared<LoadedModel>();
@@ -71,11 +76,12 @@ std::shared_ptr<LoadedModel> load(const std::string& path, int threads, int max_
 
 // Engine path: the same requests submitted to the scheduler directly.
 double engine_rate(LoadedModel& m, int clients, int tokens) {
+  const int run = g_run++;
   std::vector<std::shared_ptr<engine::TokenStream>> streams;
   const Clock::time_point t0 = Clock::now();
   for (int i = 0; i < clients; ++i) {
     engine::GenerationRequest r;
-    r.prompt = m.tokenizer->encode(prompt_text(i), true, false);
+    r.prompt = m.tokenizer->encode(prompt_text(run, i), true, false);
     r.max_tokens = tokens;
     r.sampling.temperature = 0;
     streams.push_back(*m.scheduler->submit(r));
@@ -98,6 +104,7 @@ struct HttpResult {
 };
 
 HttpResult http_rate(int port, int clients, int tokens) {
+  const int run = g_run++;
   HttpResult out;
   std::vector<std::thread> threads;
   std::vector<double> ttft(static_cast<std::size_t>(clients), 0);
@@ -107,7 +114,7 @@ HttpResult http_rate(int port, int clients, int tokens) {
     threads.emplace_back([&, i] {
       httplib::Client c("127.0.0.1", port);
       c.set_read_timeout(600, 0);
-      nlohmann::json body = {{"model", "bench"},         {"prompt", prompt_text(i)}, {"max_tokens", tokens},
+      nlohmann::json body = {{"model", "bench"},         {"prompt", prompt_text(run, i)}, {"max_tokens", tokens},
                              {"temperature", 0},         {"stream", true},           {"ignore_eos", true},
                              {"stream_options", {{"include_usage", true}}}};
       httplib::Request req;
