@@ -6,6 +6,8 @@
 #include <httplib.h>
 #include <signal.h>
 #include <spawn.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -476,6 +478,51 @@ TEST(DaemonLifecycle, SighupLoadsANewVersionAndRefusesATamperedOne) {
   (void)refused;  // version 3 is the most recent import: the daemon must not come up
   EXPECT_EQ(refused->port, 0);
   EXPECT_NE(refused->log().find("no model loaded"), std::string::npos) << refused->log();
+}
+
+// systemd's notify protocol, with this test as the service manager: a
+// datagram socket in NOTIFY_SOCKET receives READY=1 after the model is
+// loaded, RELOADING=1 then READY=1 around SIGHUP, STOPPING=1 on SIGTERM, and
+// WATCHDOG=1 pings when WATCHDOG_USEC is set.
+TEST(DaemonLifecycle, SystemdNotifyProtocol) {
+  if (!have_stories()) GTEST_SKIP() << "stories260K.gguf not found (set AIRLOCK_MODELS_DIR)";
+  Enclave e;
+  const std::string sock_path = e.dir / "notify.sock";
+  int fd = ::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  ASSERT_GE(fd, 0);
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::snprintf(addr.sun_path, sizeof addr.sun_path, "%s", sock_path.c_str());
+  ASSERT_EQ(::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
+  timeval tv{0, 200000};
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  ::setenv("NOTIFY_SOCKET", sock_path.c_str(), 1);
+  ::setenv("WATCHDOG_USEC", "400000", 1);
+  auto d = Daemon::start(e);
+  ::unsetenv("NOTIFY_SOCKET");
+  ::unsetenv("WATCHDOG_USEC");
+  ASSERT_GT(d->port, 0) << d->log();
+  std::string got;
+  auto wait_for = [&](const std::string& what) {
+    for (int i = 0; i < 100 && got.find(what) == std::string::npos; ++i) {
+      char buf[512];
+      const ssize_t n = ::recv(fd, buf, sizeof buf, 0);
+      if (n > 0) got.append(buf, static_cast<std::size_t>(n)).push_back('|');
+    }
+    return got.find(what) != std::string::npos;
+  };
+  EXPECT_TRUE(wait_for("READY=1")) << got;
+  EXPECT_TRUE(wait_for("WATCHDOG=1")) << got;
+  got.clear();
+  ::kill(d->pid, SIGHUP);
+  EXPECT_TRUE(wait_for("RELOADING=1")) << got;
+  EXPECT_TRUE(wait_for("READY=1")) << got;
+  EXPECT_LT(got.find("RELOADING=1"), got.rfind("READY=1"));
+  got.clear();
+  ::kill(d->pid, SIGTERM);
+  EXPECT_TRUE(wait_for("STOPPING=1")) << got;
+  EXPECT_EQ(d->stop(), 0);
+  ::close(fd);
 }
 
 // The official `openai` npm package (installed here with npm, into the build
