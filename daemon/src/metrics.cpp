@@ -72,7 +72,9 @@ Histogram& Metrics::histogram(const std::string& name, const std::string& help, 
 std::string Metrics::render() const {
   std::lock_guard<std::mutex> lock(mu_);
   std::string out;
-  for (const auto& [name, f] : families_) {
+  for (const auto& entry : families_) {
+    const std::string& name = entry.first;
+    const Family& f = entry.second;
     out += "# HELP " + name + " " + f.help + "\n# TYPE " + name + " " + f.type + "\n";
     auto sample = [&](const std::string& suffix, const std::string& labels, double v) {
       out += name + suffix + (labels.empty() ? "" : "{" + labels + "}") + " " + number(v) + "\n";

@@ -649,11 +649,12 @@ void Server::routes() {
     std::string why;
     if (s.draining) why = "shutting down";
     else if (!m) why = "no model loaded";
-    else if (!m->scheduler->healthy()) why = "the last forward pass failed";
     else {
-      // "Recently": within 30 s. An idle server proves it with a one-token pass.
+      // "Recently": within 30 s. An idle server, or one whose last pass
+      // failed, proves it with a one-token pass (so a transient failure
+      // does not keep it unready until traffic that never comes).
       std::optional<Clock::time_point> last = m->scheduler->last_success();
-      if (!last || Clock::now() - *last > std::chrono::seconds(30)) {
+      if (!m->scheduler->healthy() || !last || Clock::now() - *last > std::chrono::seconds(30)) {
         engine::GenerationRequest probe;
         probe.prompt = {m->tokenizer->bos() >= 0 ? m->tokenizer->bos() : 0};
         probe.max_tokens = 1;

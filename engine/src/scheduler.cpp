@@ -1,6 +1,7 @@
 #include "airlock/engine/scheduler.h"
 
 #include <algorithm>
+#include <cstdlib>
 #include <span>
 
 namespace airlock::engine {
@@ -64,6 +65,15 @@ Scheduler::Scheduler(Model& model, const SchedulerOptions& options, KvStorage kv
     : model_(model), options_(options), kv_(std::move(kv)), cache_(options.kv_blocks) {
   max_context_ = std::min(model.params().n_ctx_train, options.kv_blocks * kBlockTokens);
   stats_.kv_blocks_total = options.kv_blocks;
+#if defined(AIRLOCK_TEST_HOOKS)
+  // Test-only fault injection (builds with AIRLOCK_TEST_HOOKS): forward
+  // steps numbered FROM..TO (counting from 1) fail as a device error would.
+  if (const char* v = std::getenv("AIRLOCK_TEST_FAIL_STEPS")) {
+    char* end = nullptr;
+    fail_from_ = std::strtoull(v, &end, 10);
+    fail_to_ = end != nullptr && *end == '-' ? std::strtoull(end + 1, nullptr, 10) : fail_from_;
+  }
+#endif
 }
 
 Scheduler::~Scheduler() {
@@ -242,6 +252,7 @@ void Scheduler::step(std::unique_lock<std::mutex>& lock) {
   lock.lock();
 
   ++stats_.steps;
+  if (stats_.steps >= fail_from_ && stats_.steps <= fail_to_) st = internal_error("injected forward failure (test hook)");
   if (!st.is_ok()) {
     ++stats_.failed_steps;
     healthy_ = false;

@@ -480,6 +480,42 @@ TEST(DaemonLifecycle, SighupLoadsANewVersionAndRefusesATamperedOne) {
   EXPECT_NE(refused->log().find("no model loaded"), std::string::npos) << refused->log();
 }
 
+// A forward pass that fails mid-stream (a test hook standing in for a
+// device error): the stream gets an error event and ends without [DONE],
+// /ready answers 503 while passes fail and 200 once one succeeds again.
+TEST(DaemonLifecycle, ForwardFailureMidStream) {
+#if !defined(AIRLOCK_TEST_HOOKS)
+  GTEST_SKIP() << "built with AIRLOCK_TEST_HOOKS=OFF: the fault hook is not compiled in";
+#endif
+  if (!have_stories()) GTEST_SKIP() << "stories260K.gguf not found (set AIRLOCK_MODELS_DIR)";
+  Enclave e;
+  // Step 1 is the warm-up, 2 the prefill, 3 the first decode; 4 and 5 fail.
+  ::setenv("AIRLOCK_TEST_FAIL_STEPS", "4-5", 1);
+  auto d = Daemon::start(e);
+  ::unsetenv("AIRLOCK_TEST_FAIL_STEPS");
+  ASSERT_GT(d->port, 0) << d->log();
+  json body = chat("hi", 20, true);
+  body["ignore_eos"] = true;
+  auto r = d->post("/v1/chat/completions", body);
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 200);
+  std::vector<std::string> events = sse_events(r->body);
+  ASSERT_GE(events.size(), 2u) << r->body;
+  EXPECT_NE(events.back(), "[DONE]");
+  json last = json::parse(events.back());
+  ASSERT_TRUE(last.contains("error")) << events.back();
+  EXPECT_EQ(last["error"]["type"], "server_error");
+  auto not_ready = d->client().Get("/ready");  // its probe is step 5: fails
+  ASSERT_TRUE(not_ready);
+  EXPECT_EQ(not_ready->status, 503) << not_ready->body;
+  EXPECT_EQ(not_ready->get_header_value("Retry-After"), "1");
+  auto ready = d->client().Get("/ready");  // step 6 succeeds
+  ASSERT_TRUE(ready);
+  EXPECT_EQ(ready->status, 200) << ready->body;
+  EXPECT_EQ(d->post("/v1/chat/completions", chat("again", 4))->status, 200);
+  EXPECT_EQ(d->stop(), 0);
+}
+
 // systemd's notify protocol, with this test as the service manager: a
 // datagram socket in NOTIFY_SOCKET receives READY=1 after the model is
 // loaded, RELOADING=1 then READY=1 around SIGHUP, STOPPING=1 on SIGTERM, and

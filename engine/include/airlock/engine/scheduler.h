@@ -164,6 +164,7 @@ class Scheduler {
   bool admitting_ = true;                           // guarded by mu_
   bool stopping_ = false;                           // guarded by mu_
   int next_seq_id_ = 0;
+  std::uint64_t fail_from_ = UINT64_MAX, fail_to_ = 0;  // test hook (AIRLOCK_TEST_HOOKS builds only)
   std::thread thread_;
 };
 
