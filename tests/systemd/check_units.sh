@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Offline checks of the systemd units and the default configuration (no
+# running systemd needed):
+#   systemd-analyze verify (any message on stderr fails), systemd-analyze
+#   security --offline with an exposure threshold of 1.5, systemctl --root
+#   enable, systemd-sysusers --root and systemd-tmpfiles --root, and
+#   airlockd --check-config on the shipped airlockd.toml.
+# usage: check_units.sh SOURCE_DIR AIRLOCKD
+set -euo pipefail
+src=$1
+airlockd=$2
+for tool in systemd-analyze systemctl systemd-sysusers systemd-tmpfiles; do
+  command -v "$tool" >/dev/null || { echo "SKIP: $tool not installed"; exit 77; }
+done
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+
+echo "== systemd-analyze verify"
+# The unit names the installed path; verify checks that the binary exists,
+# so point it at the one just built.
+mkdir -p "$work/verify"
+sed "s|/usr/sbin/airlockd|$airlockd|" "$src/systemd/airlockd.service" > "$work/verify/airlockd.service"
+systemd-analyze verify "$work/verify/airlockd.service" 2> "$work/verify.err"
+if [ -s "$work/verify.err" ]; then
+  echo "FAIL: systemd-analyze verify printed:"; cat "$work/verify.err"; exit 1
+fi
+
+echo "== systemd-analyze security --offline (threshold 1.5)"
+root="$work/root"
+mkdir -p "$root/etc" "$root/usr/lib/systemd/system" "$root/usr/lib/sysusers.d" "$root/usr/lib/tmpfiles.d" "$root/usr/sbin"
+cp "$src/systemd/airlockd.service" "$root/usr/lib/systemd/system/"
+cp "$airlockd" "$root/usr/sbin/airlockd"
+systemd-analyze security --offline=yes --root="$root" --threshold=15 airlockd.service > "$work/security.out" 2>&1 || {
+  cat "$work/security.out"; echo "FAIL: exposure above 1.5"; exit 1; }
+grep "Overall exposure level" "$work/security.out"
+
+echo "== systemctl --root enable"
+systemctl --root="$root" enable airlockd.service 2>/dev/null
+[ -L "$root/etc/systemd/system/multi-user.target.wants/airlockd.service" ] || { echo "FAIL: not enabled"; exit 1; }
+
+echo "== systemd-sysusers --root"
+cp "$src/systemd/airlock.sysusers" "$root/usr/lib/sysusers.d/airlock.conf"
+systemd-sysusers --root="$root" 2>/dev/null
+grep -q '^airlock:x:[0-9]*:[0-9]*:.*:/var/lib/airlock:/usr/sbin/nologin$' "$root/etc/passwd" || {
+  echo "FAIL: no airlock user"; cat "$root/etc/passwd"; exit 1; }
+grep -q '^airlock:' "$root/etc/group" || { echo "FAIL: no airlock group"; exit 1; }
+
+echo "== systemd-tmpfiles --root --create"
+cp "$src/systemd/airlock.tmpfiles" "$root/usr/lib/tmpfiles.d/airlock.conf"
+systemd-tmpfiles --root="$root" --create 2>/dev/null
+for d in var/lib/airlock var/lib/airlock/bundles etc/airlock/trusted.d; do
+  [ -d "$root/$d" ] || { echo "FAIL: tmpfiles did not create /$d"; exit 1; }
+done
+[ "$(stat -c %a "$root/var/lib/airlock")" = 750 ] || { echo "FAIL: /var/lib/airlock mode"; exit 1; }
+
+echo "== airlockd --check-config on the shipped airlockd.toml"
+"$airlockd" --check-config --config "$src/systemd/airlockd.toml"
+
+echo "OK: units, users, directories and default configuration check out"
