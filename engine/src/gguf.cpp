@@ -70,23 +70,23 @@ class Reader {
 Status read_scalar(Reader& r, GgufValueType t, GgufValue* v) {
   v->type = t;
   switch (t) {
-    case GgufValueType::kU8: { std::uint8_t x; AIRLOCK_RETURN_IF_ERROR(r.read(&x, "value")); v->u = x; break; }
+    case GgufValueType::kU8: { std::uint8_t x{}; AIRLOCK_RETURN_IF_ERROR(r.read(&x, "value")); v->u = x; break; }
     case GgufValueType::kBool: {
-      std::uint8_t x;
+      std::uint8_t x = 0;
       AIRLOCK_RETURN_IF_ERROR(r.read(&x, "value"));
       if (x > 1) return r.fail("bool value " + std::to_string(x));
       v->u = x;
       break;
     }
-    case GgufValueType::kU16: { std::uint16_t x; AIRLOCK_RETURN_IF_ERROR(r.read(&x, "value")); v->u = x; break; }
-    case GgufValueType::kU32: { std::uint32_t x; AIRLOCK_RETURN_IF_ERROR(r.read(&x, "value")); v->u = x; break; }
-    case GgufValueType::kU64: { std::uint64_t x; AIRLOCK_RETURN_IF_ERROR(r.read(&x, "value")); v->u = x; break; }
-    case GgufValueType::kI8: { std::int8_t x; AIRLOCK_RETURN_IF_ERROR(r.read(&x, "value")); v->i = x; break; }
-    case GgufValueType::kI16: { std::int16_t x; AIRLOCK_RETURN_IF_ERROR(r.read(&x, "value")); v->i = x; break; }
-    case GgufValueType::kI32: { std::int32_t x; AIRLOCK_RETURN_IF_ERROR(r.read(&x, "value")); v->i = x; break; }
-    case GgufValueType::kI64: { std::int64_t x; AIRLOCK_RETURN_IF_ERROR(r.read(&x, "value")); v->i = x; break; }
-    case GgufValueType::kF32: { float x; AIRLOCK_RETURN_IF_ERROR(r.read(&x, "value")); v->f = x; break; }
-    case GgufValueType::kF64: { double x; AIRLOCK_RETURN_IF_ERROR(r.read(&x, "value")); v->f = x; break; }
+    case GgufValueType::kU16: { std::uint16_t x{}; AIRLOCK_RETURN_IF_ERROR(r.read(&x, "value")); v->u = x; break; }
+    case GgufValueType::kU32: { std::uint32_t x{}; AIRLOCK_RETURN_IF_ERROR(r.read(&x, "value")); v->u = x; break; }
+    case GgufValueType::kU64: { std::uint64_t x{}; AIRLOCK_RETURN_IF_ERROR(r.read(&x, "value")); v->u = x; break; }
+    case GgufValueType::kI8: { std::int8_t x{}; AIRLOCK_RETURN_IF_ERROR(r.read(&x, "value")); v->i = x; break; }
+    case GgufValueType::kI16: { std::int16_t x{}; AIRLOCK_RETURN_IF_ERROR(r.read(&x, "value")); v->i = x; break; }
+    case GgufValueType::kI32: { std::int32_t x{}; AIRLOCK_RETURN_IF_ERROR(r.read(&x, "value")); v->i = x; break; }
+    case GgufValueType::kI64: { std::int64_t x{}; AIRLOCK_RETURN_IF_ERROR(r.read(&x, "value")); v->i = x; break; }
+    case GgufValueType::kF32: { float x{}; AIRLOCK_RETURN_IF_ERROR(r.read(&x, "value")); v->f = x; break; }
+    case GgufValueType::kF64: { double x{}; AIRLOCK_RETURN_IF_ERROR(r.read(&x, "value")); v->f = x; break; }
     default: return r.fail("not a scalar type");
   }
   switch (t) {

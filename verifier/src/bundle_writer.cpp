@@ -54,8 +54,10 @@ class TempOutput {
     }
     ::unlink(path_.c_str());
     path_.clear();
-    std::string dir = final_path.find('/') == std::string::npos ? "." : final_path.substr(0, final_path.rfind('/'));
-    if (dir.empty()) dir = "/";
+    const std::size_t slash = final_path.rfind('/');
+    const std::string dir = slash == std::string::npos ? std::string(".")
+                            : slash == 0                ? std::string("/")
+                                                        : std::string(final_path.data(), slash);
     int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (dfd >= 0) {
       ::fsync(dfd);
