@@ -7,7 +7,7 @@ BUILD ?= build
 JOBS ?= $(shell nproc)
 FUZZ_SECONDS ?= 30
 
-.PHONY: all setup build test demo test-sanitize fuzz-build fuzz-smoke bench clean
+.PHONY: all setup build test demo test-sanitize fuzz-build fuzz-smoke bench package package-test clean
 
 all: build
 
@@ -41,5 +41,20 @@ fuzz-smoke: fuzz-build
 bench: build
 	bench/verify_throughput.sh $(BUILD)/bundler/airlock
 
+# .deb and .rpm packages (airlock, airlock-bundler) in build-pkg/: a Release
+# build without tests or test hooks, installed under /usr.
+package:
+	scripts/setup --packaging
+	cmake -S . -B build-pkg -DCMAKE_BUILD_TYPE=Release -DCMAKE_INSTALL_PREFIX=/usr \
+	  -DAIRLOCK_BUILD_TESTS=OFF -DAIRLOCK_TEST_HOOKS=OFF -DAIRLOCK_WERROR=ON
+	cmake --build build-pkg -j $(JOBS)
+	cd build-pkg && cpack -G "DEB;RPM"
+
+# Install tests of those packages: signed repositories, a bookworm chroot
+# (apt install, upgrade, remove, purge), rpm signature checks, lintian.
+package-test: package
+	scripts/setup --packaging
+	tests/packaging/install_test.sh build-pkg
+
 clean:
-	rm -rf $(BUILD) build-asan build-fuzz
+	rm -rf $(BUILD) build-asan build-fuzz build-pkg
