@@ -1,7 +1,9 @@
 #include "airlock/engine/tokenizer.h"
 #include "utf8.h"
 
+#include <unicode/normalizer2.h>
 #include <unicode/uchar.h>
+#include <unicode/unistr.h>
 
 #include <algorithm>
 #include <cctype>
@@ -228,6 +230,13 @@ Result<std::unique_ptr<Tokenizer>> Tokenizer::from_gguf(const GgufFile& f) {
   s.eos = id("tokenizer.ggml.eos_token_id");
   s.unk = id("tokenizer.ggml.unknown_token_id");
   s.eot = id("tokenizer.ggml.eot_token_id");
+  if (s.model == "bert") {
+    // BERT files name [CLS] and [SEP] (llama.cpp spells the key "seperator").
+    if (f.find("tokenizer.ggml.bos_token_id") == nullptr) s.bos = id("tokenizer.ggml.cls_token_id");
+    if (f.find("tokenizer.ggml.eos_token_id") == nullptr)
+      s.eos = f.find("tokenizer.ggml.seperator_token_id") ? id("tokenizer.ggml.seperator_token_id")
+                                                          : id("tokenizer.ggml.separator_token_id");
+  }
   AIRLOCK_RETURN_IF_ERROR(bad_id);
   if (s.model == "llama" && s.tokens.size() > 2) {
     // llama.cpp's SentencePiece defaults when the file names no ids.
@@ -235,15 +244,16 @@ Result<std::unique_ptr<Tokenizer>> Tokenizer::from_gguf(const GgufFile& f) {
     if (f.find("tokenizer.ggml.bos_token_id") == nullptr) s.bos = 1;
     if (f.find("tokenizer.ggml.eos_token_id") == nullptr) s.eos = 2;
   }
-  s.add_bos = f.get_bool("tokenizer.ggml.add_bos_token").value_or(s.model == "llama");
-  s.add_eos = f.get_bool("tokenizer.ggml.add_eos_token").value_or(false);
+  // WordPiece (BERT) wraps every input in [CLS] ... [SEP] unless told otherwise.
+  s.add_bos = f.get_bool("tokenizer.ggml.add_bos_token").value_or(s.model == "llama" || s.model == "bert");
+  s.add_eos = f.get_bool("tokenizer.ggml.add_eos_token").value_or(s.model == "bert");
   s.add_space_prefix = f.get_bool("tokenizer.ggml.add_space_prefix").value_or(true);
   return from_spec(std::move(s));
 }
 
 Result<std::unique_ptr<Tokenizer>> Tokenizer::from_spec(TokenizerSpec s) {
-  if (s.model != "llama" && s.model != "gpt2")
-    return invalid_argument("tokenizer model '" + s.model + "' is not supported (llama, gpt2)");
+  if (s.model != "llama" && s.model != "gpt2" && s.model != "bert")
+    return invalid_argument("tokenizer model '" + s.model + "' is not supported (llama, gpt2, bert)");
   const std::size_t n = s.tokens.size();
   if (n == 0 || n > (1u << 24)) return verification_failed("tokenizer: vocabulary is empty or implausibly large");
   if (!s.scores.empty() && s.scores.size() != n) return verification_failed("tokenizer: scores and tokens differ in length");
@@ -279,6 +289,7 @@ Result<std::unique_ptr<Tokenizer>> Tokenizer::from_spec(TokenizerSpec s) {
     t->byte_tokens_[b] = t->token_id(name);
   }
   t->ignore_merges_ = sp.pre == "llama-bpe" || sp.pre == "llama3";
+  for (const std::string& tok : sp.tokens) t->max_token_bytes_ = std::max(t->max_token_bytes_, tok.size());
   return t;
 }
 
@@ -339,6 +350,8 @@ std::vector<std::int32_t> Tokenizer::encode(std::string_view text, bool add_spec
       if (spec_.add_space_prefix && prev_special) t = " ";
       t.append(f.text);
       encode_spm(t, &out);
+    } else if (spec_.model == "bert") {
+      encode_wpm(f.text, &out);
     } else {
       encode_bpe(f.text, &out);
     }
@@ -510,6 +523,70 @@ void Tokenizer::encode_bpe(std::string_view text, std::vector<std::int32_t>* out
   }
 }
 
+// BERT's basic tokenizer then WordPiece, as llama.cpp converts BERT
+// vocabularies to GGUF (a word-initial piece carries U+2581, a continuation
+// piece carries nothing, where BERT's vocab.txt wrote "##"): NFD, accents
+// (nonspacing marks) and control characters dropped, lower case, words split
+// at whitespace, every punctuation or ASCII symbol character and every CJK
+// ideograph a word of its own; then each word is covered greedily by the
+// longest vocabulary pieces from the left, or is [UNK] as a whole.
+void Tokenizer::encode_wpm(std::string_view text, std::vector<std::int32_t>* out) const {
+  UErrorCode err = U_ZERO_ERROR;
+  const icu::Normalizer2* nfd = icu::Normalizer2::getNFDInstance(err);
+  if (U_FAILURE(err) || nfd == nullptr) return;
+  const icu::UnicodeString src = icu::UnicodeString::fromUTF8(icu::StringPiece(text.data(), static_cast<std::int32_t>(text.size())));
+  const icu::UnicodeString norm = nfd->normalize(src, err);
+  if (U_FAILURE(err)) return;
+  auto is_cjk = [](char32_t c) {
+    return (c >= 0x4E00 && c <= 0x9FFF) || (c >= 0x3400 && c <= 0x4DBF) || (c >= 0x20000 && c <= 0x2A6DF) ||
+           (c >= 0x2A700 && c <= 0x2B73F) || (c >= 0x2B740 && c <= 0x2B81F) || (c >= 0x2B820 && c <= 0x2CEAF) ||
+           (c >= 0xF900 && c <= 0xFAFF) || (c >= 0x2F800 && c <= 0x2FA1F);
+  };
+  std::vector<std::string> words(1);
+  for (std::int32_t i = 0; i < norm.length(); i = norm.moveIndex32(i, 1)) {
+    const char32_t c = static_cast<char32_t>(norm.char32At(i));
+    const std::int8_t type = u_charType(static_cast<UChar32>(c));
+    if (u_isUWhiteSpace(static_cast<UChar32>(c)) || c == '\t' || c == '\n' || c == '\r') {
+      if (!words.back().empty()) words.emplace_back();
+      continue;
+    }
+    if (c == 0 || c == 0xFFFD || type == U_CONTROL_CHAR || type == U_FORMAT_CHAR || type == U_NON_SPACING_MARK) continue;
+    std::string piece;
+    append_utf8(piece, static_cast<char32_t>(u_tolower(static_cast<UChar32>(c))));
+    const bool punct = u_ispunct(static_cast<UChar32>(c)) ||
+                       (c < 0x7F && ((c >= 33 && c <= 47) || (c >= 58 && c <= 64) || (c >= 91 && c <= 96) || (c >= 123 && c <= 126)));
+    if (punct || is_cjk(c)) {
+      if (!words.back().empty()) words.emplace_back();
+      words.back() = piece;
+      words.emplace_back();
+    } else {
+      words.back() += piece;
+    }
+  }
+  for (const std::string& w : words) {
+    if (w.empty()) continue;
+    const std::string word = "\xE2\x96\x81" + w;
+    const std::size_t start = out->size();
+    bool ok = true;
+    for (std::size_t i = 0; i < word.size() && ok;) {
+      ok = false;
+      for (std::size_t j = std::min(word.size(), i + max_token_bytes_); j > i; --j) {
+        auto it = ids_.find(word.substr(i, j - i));
+        if (it != ids_.end()) {
+          out->push_back(it->second);
+          i = j;
+          ok = true;
+          break;
+        }
+      }
+    }
+    if (!ok) {
+      out->resize(start);
+      if (spec_.unk >= 0) out->push_back(spec_.unk);
+    }
+  }
+}
+
 // ---------------------------------------------------------------- decoding
 
 std::string Tokenizer::token_bytes(std::int32_t id, bool render_special) const {
@@ -519,8 +596,8 @@ std::string Tokenizer::token_bytes(std::int32_t id, bool render_special) const {
   if (type == TokenType::kControl) return render_special ? t : std::string();
   if (type == TokenType::kUnknown && spec_.model == "llama") return render_special ? t : std::string("\xE2\x96\x85");
   if (type == TokenType::kUserDefined) return t;
-  if (spec_.model == "llama") {
-    if (type == TokenType::kByte && t.size() == 6) return std::string(1, static_cast<char>(std::strtol(t.c_str() + 3, nullptr, 16)));
+  if (spec_.model == "llama" || spec_.model == "bert") {
+    if (spec_.model == "llama" && type == TokenType::kByte && t.size() == 6) return std::string(1, static_cast<char>(std::strtol(t.c_str() + 3, nullptr, 16)));
     std::string out;
     for (std::size_t i = 0; i < t.size();) {
       if (t.compare(i, 3, "\xE2\x96\x81") == 0) {

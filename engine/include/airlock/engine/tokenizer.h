@@ -74,7 +74,9 @@ class Tokenizer {
   std::int32_t eos() const { return spec_.eos; }
   bool add_bos() const { return spec_.add_bos; }
   // True when SentencePiece decoding should drop the space it added in front.
-  bool strips_leading_space() const { return spec_.model == "llama" && spec_.add_space_prefix; }
+  bool strips_leading_space() const {
+    return (spec_.model == "llama" && spec_.add_space_prefix) || spec_.model == "bert";
+  }
   bool is_end_of_generation(std::int32_t id) const;
   std::int32_t token_id(std::string_view text) const;  // -1 when absent
 
@@ -83,6 +85,7 @@ class Tokenizer {
   void encode_spm(std::string_view text, std::vector<std::int32_t>* out) const;
   void encode_bpe(std::string_view text, std::vector<std::int32_t>* out) const;
   void bpe_word(const std::string& word, std::vector<std::int32_t>* out) const;
+  void encode_wpm(std::string_view text, std::vector<std::int32_t>* out) const;
 
   TokenizerSpec spec_;
   std::unordered_map<std::string, std::int32_t> ids_;
@@ -90,6 +93,7 @@ class Tokenizer {
   std::vector<std::int32_t> specials_;  // longest first
   std::int32_t byte_tokens_[256];
   bool ignore_merges_ = false;
+  std::size_t max_token_bytes_ = 0;
 };
 
 // Turns generated tokens into text that never splits a UTF-8 character:
