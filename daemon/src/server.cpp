@@ -608,6 +608,7 @@ void Server::routes() {
       s.send_error(res, e);
       res.set_header("WWW-Authenticate", "Bearer");
       s.count(req, 401);
+      s.write_audit("", req, nullptr, 401);  // refused attempts are audited too
       return httplib::Server::HandlerResponse::Handled;
     }
     return httplib::Server::HandlerResponse::Unhandled;
@@ -637,8 +638,13 @@ void Server::routes() {
     s.send_error(res, api_error(500, "server_error", "internal error"));
   });
   h.set_logger([&s](const httplib::Request& req, const httplib::Response& res) {
-    if (res.is_chunked_content_provider_) return;  // counted when the stream ends
-    if (res.status != 401) s.count(req, res.status);
+    if (res.is_chunked_content_provider_) return;  // counted and audited when the stream ends
+    if (res.status == 401) return;  // counted and audited when refused
+    s.count(req, res.status);
+    // The completion routes audit themselves (with token counts); every
+    // other request but /health gets a row here.
+    if (req.path != "/v1/chat/completions" && req.path != "/v1/completions" && req.path != "/health")
+      s.write_audit(s.key_of(req).value_or(""), req, nullptr, res.status);
   });
 
   h.Get("/health", [](const httplib::Request&, httplib::Response& res) {

@@ -429,6 +429,42 @@ TEST_F(DaemonE2E, DisconnectCancelsAndFreesBlocks) {
     EXPECT_NE(m.find(name), std::string::npos) << name;
 }
 
+TEST_F(DaemonE2E, AuditLogRecordsRequestsAndRefusals) {
+  httplib::Client anon = daemon_->client(false);
+  EXPECT_EQ(anon.Get("/v1/models")->status, 401);
+  EXPECT_EQ(daemon_->client().Get("/v1/models")->status, 200);
+  auto r = daemon_->post("/v1/chat/completions", chat("audited", 6));
+  ASSERT_EQ(r->status, 200);
+  const std::string request_id = json::parse(r->body)["id"];
+  json rows;
+  for (int i = 0; i < 100; ++i) {  // the writer batches every 100 ms
+    std::string out;
+    ASSERT_EQ(run({AIRLOCK_CLI_PATH, "audit", "tail", "--last", "1000", "--json", "--state", enclave_->dir / "state"}, &out), 0);
+    rows = json::parse(out);
+    bool seen = false;
+    for (const json& row : rows) seen = seen || row["request_id"] == request_id;
+    if (seen) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  bool refused = false, models = false, chat_row = false;
+  for (const json& row : rows) {
+    refused = refused || (row["status"] == 401 && row["key"] == "" && row["route"] == "/v1/models");
+    models = models || (row["status"] == 200 && row["key"] == "tester" && row["route"] == "/v1/models");
+    if (row["request_id"] == request_id) {
+      chat_row = true;
+      EXPECT_EQ(row["key"], "tester");
+      EXPECT_EQ(row["model"], "stories");
+      EXPECT_GT(row["prompt_tokens"].get<int>(), 0);
+      EXPECT_GT(row["completion_tokens"].get<int>(), 0);
+    }
+  }
+  EXPECT_TRUE(refused) << rows.dump(1);
+  EXPECT_TRUE(models) << rows.dump(1);
+  EXPECT_TRUE(chat_row) << rows.dump(1);
+  std::string out;
+  EXPECT_EQ(run({AIRLOCK_CLI_PATH, "audit", "verify", "--state", enclave_->dir / "state"}, &out), 0) << out;
+}
+
 TEST(DaemonLifecycle, QueueFullAnswers429WithRetryAfter) {
   Enclave e;
   auto d = Daemon::start(e, "max_running = 1\nmax_waiting = 1\n");
