@@ -60,6 +60,10 @@ int main(int argc, char** argv) {
       return true;
     };
     std::string v;
+    if (arg == "--help" || arg == "-h") {
+      usage("");
+      return 0;
+    }
     if (arg == "--check-config") a.check_only = true;
     else if (arg == "--version") {
       std::printf("airlockd %s\n", kVersion);
