@@ -408,7 +408,9 @@ TEST_F(DaemonE2E, DisconnectCancelsAndFreesBlocks) {
     req.method = "POST";
     req.path = "/v1/chat/completions";
     req.headers = {{"Authorization", "Bearer " + daemon_->api_key}, {"Content-Type", "application/json"}};
-    req.body = chat("A very long story", 400, true).dump();
+    json body = chat("A very long story", 400, true);
+    body["ignore_eos"] = true;  // a model that stops early must not end the stream before the hang-up
+    req.body = body.dump();
     req.content_receiver = [&](const char*, size_t, uint64_t, uint64_t) { return ++chunks < 3; };  // hang up
     c.send(req);
     EXPECT_GE(chunks, 3);
@@ -475,7 +477,9 @@ TEST(DaemonLifecycle, QueueFullAnswers429WithRetryAfter) {
   std::vector<std::thread> threads;
   for (int i = 0; i < 6; ++i)
     threads.emplace_back([&] {
-      auto r = d->post("/v1/chat/completions", chat("go", 200));
+      json body = chat("go", 200);
+      body["ignore_eos"] = true;  // every admitted request holds its slot for 200 tokens
+      auto r = d->post("/v1/chat/completions", body);
       if (!r) return;
       if (r->status == 200) ++ok;
       if (r->status == 429) {

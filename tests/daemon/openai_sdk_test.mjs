@@ -67,7 +67,10 @@ try {
 // One running, one waiting: a burst of six overflows the queue.
 const full = new OpenAI({ baseURL: process.env.AIRLOCK_FULL_BASE_URL, apiKey: process.env.AIRLOCK_API_KEY, maxRetries: 0 });
 const burst = await Promise.allSettled(Array.from({ length: 6 }, () =>
-  full.chat.completions.create({ model: 'stories', messages: [{ role: 'user', content: 'go' }], max_tokens: 200 })));
+  // ignore_eos (an airlockd extension, passed through by the SDK): each
+  // admitted request holds its slot for all 200 tokens.
+  full.chat.completions.create({ model: 'stories', messages: [{ role: 'user', content: 'go' }], max_tokens: 200,
+                                 ignore_eos: true })));
 const limited = burst.filter((r) => r.status === 'rejected');
 check(burst.some((r) => r.status === 'fulfilled'), 'a burst: some requests are served');
 check(limited.length > 0 && limited.every((r) => r.reason instanceof RateLimitError && r.reason.status === 429),
