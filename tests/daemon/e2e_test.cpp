@@ -6,6 +6,7 @@
 #include <httplib.h>
 #include <signal.h>
 #include <spawn.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <sys/wait.h>
@@ -113,17 +114,28 @@ struct Daemon {
                                  "threads = 2\n" + extra_config);
     d->log_path = e.dir / ("airlockd-" + tag + ".log");
     const std::string out_path = e.dir / ("airlockd-" + tag + ".out");
-    posix_spawn_file_actions_t fa;
-    posix_spawn_file_actions_init(&fa);
-    posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
-    posix_spawn_file_actions_addopen(&fa, 1, out_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    posix_spawn_file_actions_addopen(&fa, 2, d->log_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
     std::vector<std::string> argv = {AIRLOCKD_PATH, "--config", cfg};
     std::vector<char*> cargv;
     for (std::string& a : argv) cargv.push_back(a.data());
     cargv.push_back(nullptr);
-    if (posix_spawn(&d->pid, cargv[0], &fa, nullptr, cargv.data(), environ) != 0) return nullptr;
-    posix_spawn_file_actions_destroy(&fa);
+    // fork + exec rather than posix_spawn, to ask for SIGKILL when this test
+    // process dies: a test killed by a timeout must not leave a daemon behind.
+    const pid_t parent = ::getpid();
+    d->pid = ::fork();
+    if (d->pid < 0) return nullptr;
+    if (d->pid == 0) {
+      ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+      if (::getppid() != parent) ::_exit(127);
+      const int in = ::open("/dev/null", O_RDONLY);
+      const int out = ::open(out_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+      const int err = ::open(d->log_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+      if (in < 0 || out < 0 || err < 0) ::_exit(127);
+      ::dup2(in, 0);
+      ::dup2(out, 1);
+      ::dup2(err, 2);
+      ::execve(cargv[0], cargv.data(), environ);
+      ::_exit(127);
+    }
     for (int i = 0; i < 600; ++i) {
       const std::string out = testing::read_file(out_path);
       const std::size_t at = out.find("listening on 127.0.0.1:");
