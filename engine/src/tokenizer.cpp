@@ -565,6 +565,14 @@ void Tokenizer::encode_wpm(std::string_view text, std::vector<std::int32_t>* out
   }
   for (const std::string& w : words) {
     if (w.empty()) continue;
+    if (spec_.max_word_chars > 0) {
+      std::size_t chars = 0;
+      for (char c : w) chars += (static_cast<unsigned char>(c) & 0xC0) != 0x80;
+      if (chars > spec_.max_word_chars) {
+        if (spec_.unk >= 0) out->push_back(spec_.unk);
+        continue;
+      }
+    }
     const std::string word = "\xE2\x96\x81" + w;
     const std::size_t start = out->size();
     bool ok = true;

@@ -40,7 +40,7 @@ enum class TokenType : std::int32_t {
 // Everything a tokenizer is built from, whatever the source (GGUF metadata,
 // or a Hugging Face tokenizer.json in tests).
 struct TokenizerSpec {
-  std::string model;                 // "llama" (SentencePiece) or "gpt2" (byte-level BPE)
+  std::string model;                 // "llama" (SentencePiece), "gpt2" (byte-level BPE), "bert" (WordPiece)
   std::string pre;                   // gpt2 pre-tokenizer: "gpt-2"/"default", "llama-bpe"/"llama3", "qwen2"
   std::vector<std::string> tokens;
   std::vector<float> scores;         // SentencePiece only (may be empty for BPE)
@@ -49,6 +49,7 @@ struct TokenizerSpec {
   std::int32_t bos = -1, eos = -1, unk = -1, eot = -1;
   bool add_bos = false, add_eos = false;
   bool add_space_prefix = true;      // SentencePiece only
+  std::size_t max_word_chars = 0;    // WordPiece: longer words are [UNK] (Hugging Face: 100; 0: no limit, as llama.cpp)
 };
 
 class Tokenizer {
