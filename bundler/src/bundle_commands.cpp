@@ -191,7 +191,27 @@ Result<std::vector<BundleInput>> collect_inputs(const Args& args) {
     inputs.push_back({role, source, base});
   };
   for (const std::string& f : args.all("llm")) add(FileRole::kLlm, f);
-  for (const std::string& f : args.all("embedding")) add(FileRole::kEmbedding, f);
+  for (std::string f : args.all("embedding")) {
+    // A model2vec static model is a directory: its three files go into the
+    // bundle under embedding/ (the daemon finds them there).
+    struct stat st {};
+    if (::stat(f.c_str(), &st) == 0 && S_ISDIR(st.st_mode)) {
+      while (f.size() > 1 && f.back() == '/') f.pop_back();
+      // One file per role: the vectors are the embedding, the other two its
+      // tokenizer and configuration.
+      const std::pair<const char*, FileRole> parts[] = {{"model.safetensors", FileRole::kEmbedding},
+                                                        {"tokenizer.json", FileRole::kTokenizer},
+                                                        {"config.json", FileRole::kConfig}};
+      for (const auto& [part, role] : parts) {
+        const std::string path = f + "/" + part;
+        if (::stat(path.c_str(), &st) != 0 || !S_ISREG(st.st_mode))
+          return invalid_argument("--embedding " + f + ": a model2vec directory needs " + part);
+        inputs.push_back({role, path, std::string("embedding/") + part});
+      }
+      continue;
+    }
+    add(FileRole::kEmbedding, f);
+  }
   for (const std::string& spec : args.all("file")) {
     std::size_t eq = spec.find('=');
     FileRole role;
@@ -446,7 +466,7 @@ void print_bundle_usage() {
       "usage: airlock bundle COMMAND ...\n"
       "  keygen  --out NAME [--unencrypted] [--passphrase-file F]\n"
       "          writes NAME.key (minisign secret key, 0600) and NAME.pub\n"
-      "  create  --key K --name N --version V [--llm F.gguf] [--embedding F.gguf]\n"
+      "  create  --key K --name N --version V [--llm F.gguf] [--embedding F.gguf|MODEL2VEC_DIR]\n"
       "          [--file ROLE=PATH ...] [--out N-V.airlock] [--expires DATE|+DAYSd]\n"
       "          [--chunk-size BYTES] [--passphrase-file F] [--threads N] [--quiet]\n"
       "  verify  BUNDLE --trusted DIR_OR_PUBKEY [--store DIR] [--threads N] [--quiet]\n"

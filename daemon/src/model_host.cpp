@@ -45,6 +45,10 @@ Result<std::shared_ptr<LoadedModel>> load_model(const Config& config) {
     if (f.role == FileRole::kLlm) llm = &f;
   if (llm == nullptr) return invalid_argument(chosen->name + ": the bundle has no llm file");
 
+  const ManifestFile* embedding = nullptr;
+  for (const ManifestFile& f : vb.manifest.files)
+    if (f.role == FileRole::kEmbedding) embedding = &f;
+
   auto m = std::make_shared<LoadedModel>();
   m->id = chosen->name;
   m->version = chosen->version;
@@ -63,6 +67,21 @@ Result<std::shared_ptr<LoadedModel>> load_model(const Config& config) {
   if (!ct.is_ok()) return ct.status().with_context(chosen->name + ": tokenizer.chat_template");
   m->chat_template = std::move(*ct);
   if (!tmpl) airlock::log().warn("{}: the model has no chat template; chat requests use ChatML", m->id);
+
+  if (embedding != nullptr) {
+    const std::string& path = embedding->path;
+    if (path.size() > 12 && path.compare(path.size() - 12, 12, ".safetensors") == 0) {
+      const std::string dir = chosen->path + "/" + (path.find('/') == std::string::npos ? std::string(".")
+                                                                                       : path.substr(0, path.rfind('/')));
+      Result<std::unique_ptr<engine::StaticEmbedding>> e = engine::StaticEmbedding::load(dir);
+      if (!e.is_ok()) return e.status().with_context(chosen->name + ": embedding model");
+      m->embedder = std::move(*e);
+      airlock::log().info("embedding model {}: static (model2vec), {} dimensions", path, m->embedder->dim());
+    } else {
+      airlock::log().warn("{}: embedding model {} is not a model2vec model; GGUF encoders are not supported yet, "
+                          "/v1/embeddings is off", chosen->name, path);
+    }
+  }
 
   const engine::ModelParams& p = m->model->params();
   const std::uint64_t per_block = m->model->kv_bytes_per_block();

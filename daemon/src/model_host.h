@@ -23,6 +23,7 @@
 #include "airlock/engine/chat_template.h"
 #include "airlock/engine/model.h"
 #include "airlock/engine/scheduler.h"
+#include "airlock/engine/static_embedding.h"
 #include "airlock/engine/tokenizer.h"
 #include "config.h"
 
@@ -43,6 +44,8 @@ struct LoadedModel {
   std::unique_ptr<engine::Tokenizer> tokenizer;
   std::optional<engine::ChatTemplate> chat_template;
   std::unique_ptr<engine::Scheduler> scheduler;
+  // The bundle's embedding model (a model2vec static model), if it has one.
+  std::unique_ptr<engine::StaticEmbedding> embedder;
 
   ~LoadedModel();
 };

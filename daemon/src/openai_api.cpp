@@ -171,4 +171,41 @@ std::optional<ApiError> parse_request(std::string_view body, Endpoint endpoint, 
   return std::nullopt;
 }
 
+std::optional<ApiError> parse_embedding_request(std::string_view body, EmbeddingRequest* out) {
+  constexpr std::size_t kMaxInputs = 2048;
+  constexpr std::size_t kMaxInputBytes = 1 << 20;
+  EmbeddingRequest r;
+  ojson j = ojson::parse(body.begin(), body.end(), nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded()) return invalid("", "the request body is not valid JSON");
+  if (!j.is_object()) return invalid("", "the request body must be a JSON object");
+  if (!j.contains("model") || !j["model"].is_string()) return invalid("model", "model must be a string naming a model (GET /v1/models)");
+  r.model = j["model"].get<std::string>();
+  if (!j.contains("input")) return invalid("input", "input is required");
+  const ojson& in = j["input"];
+  auto take = [&](const ojson& v) -> std::optional<ApiError> {
+    if (!v.is_string()) return invalid("input", "input must be a string or an array of strings (token arrays are not supported)");
+    if (v.get_ref<const std::string&>().size() > kMaxInputBytes) return invalid("input", "an input is longer than 1 MiB");
+    r.inputs.push_back(v.get<std::string>());
+    return std::nullopt;
+  };
+  if (in.is_array()) {
+    if (in.empty() || in.size() > kMaxInputs) return invalid("input", "input must hold 1 to 2048 strings");
+    for (const ojson& v : in)
+      if (auto e = take(v)) return e;
+  } else if (auto e = take(in)) {
+    return e;
+  }
+  if (j.contains("encoding_format") && !j["encoding_format"].is_null()) {
+    if (j["encoding_format"] == "base64") r.base64 = true;
+    else if (j["encoding_format"] != "float") return invalid("encoding_format", "encoding_format must be float or base64");
+  }
+  if (j.contains("dimensions") && !j["dimensions"].is_null()) {
+    if (!j["dimensions"].is_number_integer() || j["dimensions"].get<std::int64_t>() < 1 || j["dimensions"].get<std::int64_t>() > 65536)
+      return invalid("dimensions", "dimensions must be a positive integer");
+    r.dimensions = j["dimensions"].get<int>();
+  }
+  *out = std::move(r);
+  return std::nullopt;
+}
+
 }  // namespace airlock::daemon

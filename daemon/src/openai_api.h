@@ -57,6 +57,17 @@ struct CompletionRequest {
   std::string user;
 };
 
+struct EmbeddingRequest {
+  std::string model;
+  std::vector<std::string> inputs;
+  bool base64 = false;
+  std::optional<int> dimensions;
+};
+
+// POST /v1/embeddings: `input` a string or an array of strings (token-id
+// arrays are refused), `encoding_format` float or base64.
+std::optional<ApiError> parse_embedding_request(std::string_view body, EmbeddingRequest* out);
+
 // Parses and validates a request body into *out. Returns the error to send
 // (status 400, the offending parameter named) or nullopt when *out is set.
 std::optional<ApiError> parse_request(std::string_view body, Endpoint endpoint, CompletionRequest* out);

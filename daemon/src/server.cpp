@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <cstring>
 #include <ctime>
 
 #include "airlock/common/log.h"
@@ -242,7 +243,7 @@ struct Server::Impl {
   void count(const httplib::Request& req, int status) {
     std::string route = req.path;
     if (route != "/health" && route != "/ready" && route != "/metrics" && route != "/v1/models" &&
-        route != "/v1/chat/completions" && route != "/v1/completions")
+        route != "/v1/chat/completions" && route != "/v1/completions" && route != "/v1/embeddings")
       route = "other";
     metrics
         .counter("airlock_requests_total", "HTTP requests by route and status",
@@ -744,6 +745,46 @@ void Server::routes() {
   });
   h.Post("/v1/completions", [&s](const httplib::Request& req, httplib::Response& res) {
     s.completions(req, res, Endpoint::kCompletions);
+  });
+  h.Post("/v1/embeddings", [&s](const httplib::Request& req, httplib::Response& res) {
+    if (s.draining) return s.send_error(res, api_error(503, "server_error", "the server is shutting down"));
+    std::shared_ptr<LoadedModel> m = s.current();
+    if (!m) return s.send_error(res, api_error(503, "server_error", "no model is loaded"));
+    EmbeddingRequest r;
+    if (auto e = parse_embedding_request(req.body, &r)) return s.send_error(res, *e);
+    if (r.model != m->id)
+      return s.send_error(res, api_error(404, "invalid_request_error",
+                                         "the model '" + r.model + "' does not exist (GET /v1/models)", "model_not_found"));
+    if (!m->embedder)
+      return s.send_error(res, api_error(404, "invalid_request_error",
+                                         "the bundle '" + m->id + "' has no embedding model", "model_not_found"));
+    if (r.dimensions && *r.dimensions != m->embedder->dim()) {
+      ApiError e = api_error(400, "invalid_request_error",
+                             "this model gives " + std::to_string(m->embedder->dim()) + " dimensions");
+      e.param = "dimensions";
+      return s.send_error(res, e);
+    }
+    ojson data = ojson::array();
+    std::int64_t tokens = 0;
+    for (std::size_t i = 0; i < r.inputs.size(); ++i) {
+      const std::vector<float> v = m->embedder->embed(r.inputs[i]);
+      tokens += static_cast<std::int64_t>(m->embedder->tokenizer().encode(r.inputs[i], false, false).size());
+      ojson item = {{"object", "embedding"}, {"index", i}};
+      if (r.base64) {
+        // Little-endian float32 bytes, as OpenAI's encoding_format=base64.
+        std::string b64(sodium_base64_encoded_len(v.size() * sizeof(float), sodium_base64_VARIANT_ORIGINAL), '\0');
+        sodium_bin2base64(b64.data(), b64.size(), reinterpret_cast<const unsigned char*>(v.data()), v.size() * sizeof(float),
+                          sodium_base64_VARIANT_ORIGINAL);
+        b64.resize(std::strlen(b64.c_str()));
+        item["embedding"] = b64;
+      } else {
+        item["embedding"] = v;
+      }
+      data.push_back(std::move(item));
+    }
+    ojson out = {{"object", "list"}, {"data", std::move(data)}, {"model", m->id},
+                 {"usage", {{"prompt_tokens", tokens}, {"total_tokens", tokens}}}};
+    res.set_content(out.dump(), "application/json");
   });
 }
 

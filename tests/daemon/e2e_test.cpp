@@ -14,7 +14,11 @@
 
 #include <chrono>
 #include <fcntl.h>
+#include <cmath>
+#include <cstring>
 #include <fstream>
+#include <sstream>
+#include <sodium.h>
 #include <nlohmann/json.hpp>
 #include <thread>
 
@@ -37,6 +41,9 @@ std::string models_dir() {
 }
 std::string stories_path() { return models_dir() + "/stories260K.gguf"; }
 bool have_stories() { return !models_dir().empty() && testing::exists(stories_path()); }
+
+std::string embedder_dir() { return models_dir() + "/embeddings/model2vec-rs-fixtures/test-model-float32"; }
+bool have_embedder() { return !models_dir().empty() && testing::exists(embedder_dir() + "/model.safetensors"); }
 
 // The served model: stories260K where ../shared/models has it, otherwise a
 // small random model made by airlock-gen-model (its text is random, so the
@@ -86,9 +93,14 @@ struct Enclave {
     api_key = out.substr(0, out.find_last_not_of("\n") + 1);
   }
   int make_bundle(int version) {
-    return run({AIRLOCK_CLI_PATH, "bundle", "create", "--key", dir / "signer.key", "--name", "stories", "--version",
-                std::to_string(version), "--llm", model_path(), "--out", dir / ("stories-" + std::to_string(version) + ".airlock"),
-                "--quiet"});
+    std::vector<std::string> argv = {AIRLOCK_CLI_PATH, "bundle", "create", "--key", dir / "signer.key", "--name", "stories",
+                                     "--version", std::to_string(version), "--llm", model_path(), "--out",
+                                     dir / ("stories-" + std::to_string(version) + ".airlock"), "--quiet"};
+    if (have_embedder()) {  // the model2vec fixture as the bundle's embedding model
+      argv.push_back("--embedding");
+      argv.push_back(embedder_dir());
+    }
+    return run(argv);
   }
   int import(int version) {
     return run({AIRLOCK_CLI_PATH, "bundle", "import", dir / ("stories-" + std::to_string(version) + ".airlock"),
@@ -479,6 +491,48 @@ TEST_F(DaemonE2E, AuditLogRecordsRequestsAndRefusals) {
   EXPECT_EQ(run({AIRLOCK_CLI_PATH, "audit", "verify", "--state", enclave_->dir / "state"}, &out), 0) << out;
 }
 
+TEST_F(DaemonE2E, EmbeddingsFromTheBundlesStaticModel) {
+  if (!have_embedder()) GTEST_SKIP() << "model2vec fixture not found (AIRLOCK_MODELS_DIR)";
+  std::ifstream in(models_dir() + "/embeddings/model2vec-rs-fixtures/embeddings_short.json");
+  std::stringstream ss;
+  ss << in.rdbuf();
+  const std::vector<double> want = json::parse(ss.str())[0].get<std::vector<double>>();
+  auto r = daemon_->post("/v1/embeddings", {{"model", "stories"}, {"input", json::array({"hello world", "", "Hello, World!"})}});
+  ASSERT_TRUE(r);
+  ASSERT_EQ(r->status, 200) << r->body;
+  json j = json::parse(r->body);
+  EXPECT_EQ(j["object"], "list");
+  ASSERT_EQ(j["data"].size(), 3u);
+  EXPECT_EQ(j["data"][2]["index"], 2);
+  const std::vector<double> got = j["data"][0]["embedding"].get<std::vector<double>>();
+  ASSERT_EQ(got.size(), want.size());
+  for (std::size_t i = 0; i < want.size(); ++i) EXPECT_NEAR(got[i], want[i], 1e-6);
+  EXPECT_EQ(j["data"][1]["embedding"], json::array({0.0, 0.0}));  // no tokens: zeros
+  const std::vector<double> third = j["data"][2]["embedding"].get<std::vector<double>>();
+  EXPECT_NEAR(std::hypot(third[0], third[1]), 1.0, 1e-6);  // normalised, as config.json says
+  EXPECT_GT(j["usage"]["prompt_tokens"].get<int>(), 0);
+  // base64: the same floats, little-endian.
+  auto b = daemon_->post("/v1/embeddings", {{"model", "stories"}, {"input", "hello world"}, {"encoding_format", "base64"}});
+  ASSERT_EQ(b->status, 200);
+  const std::string b64 = json::parse(b->body)["data"][0]["embedding"];
+  std::string bin(64, '\0');
+  size_t bin_len = 0;
+  ASSERT_EQ(sodium_base642bin(reinterpret_cast<unsigned char*>(bin.data()), bin.size(), b64.c_str(), b64.size(), nullptr,
+                              &bin_len, nullptr, sodium_base64_VARIANT_ORIGINAL), 0);
+  ASSERT_EQ(bin_len, 8u);
+  float f[2];
+  std::memcpy(f, bin.data(), 8);
+  EXPECT_NEAR(f[0], want[0], 1e-6);
+  EXPECT_NEAR(f[1], want[1], 1e-6);
+  // Refusals.
+  EXPECT_EQ(daemon_->post("/v1/embeddings", {{"model", "nope"}, {"input", "x"}})->status, 404);
+  auto tok = daemon_->post("/v1/embeddings", {{"model", "stories"}, {"input", json::array({json::array({1, 2})})}});
+  EXPECT_EQ(tok->status, 400);
+  EXPECT_EQ(json::parse(tok->body)["error"]["param"], "input");
+  EXPECT_EQ(daemon_->post("/v1/embeddings", {{"model", "stories"}, {"input", "x"}, {"dimensions", 3}})->status, 400);
+  EXPECT_EQ(daemon_->client(false).Post("/v1/embeddings", "{}", "application/json")->status, 401);
+}
+
 TEST(DaemonLifecycle, QueueFullAnswers429WithRetryAfter) {
   Enclave e;
   auto d = Daemon::start(e, "max_running = 1\nmax_waiting = 1\n");
@@ -645,6 +699,7 @@ TEST(DaemonLifecycle, OfficialOpenAiNodeSdk) {
   ::setenv("AIRLOCK_FULL_BASE_URL", ("http://127.0.0.1:" + std::to_string(full->port) + "/v1").c_str(), 1);
   ::setenv("AIRLOCK_API_KEY", e.api_key.c_str(), 1);
   ::setenv("AIRLOCK_OPENAI_MODULE", module.c_str(), 1);
+  ::setenv("AIRLOCK_HAS_EMBEDDER", have_embedder() ? "1" : "0", 1);
   std::string out;
   const int rc = run({"node", AIRLOCK_SDK_SCRIPT}, &out);
   EXPECT_EQ(rc, 0) << out << d->log();

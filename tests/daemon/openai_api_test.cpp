@@ -79,6 +79,26 @@ TEST(OpenAiApiTest, BadRequestsNameTheParameter) {
   }
 }
 
+TEST(OpenAiApiTest, EmbeddingRequests) {
+  EmbeddingRequest r;
+  ASSERT_FALSE(parse_embedding_request(R"({"model":"m","input":"one"})", &r));
+  EXPECT_EQ(r.inputs, std::vector<std::string>{"one"});
+  EXPECT_FALSE(r.base64);
+  ASSERT_FALSE(parse_embedding_request(R"({"model":"m","input":["a","b"],"encoding_format":"base64","dimensions":2})", &r));
+  EXPECT_EQ(r.inputs.size(), 2u);
+  EXPECT_TRUE(r.base64);
+  EXPECT_EQ(r.dimensions, 2);
+  for (const char* body : {R"({"input":"x"})", R"({"model":"m"})", R"({"model":"m","input":[]})",
+                           R"({"model":"m","input":[[1,2]]})", R"({"model":"m","input":5})",
+                           R"({"model":"m","input":"x","encoding_format":"hex"})",
+                           R"({"model":"m","input":"x","dimensions":0})", "nope"}) {
+    EmbeddingRequest x;
+    auto e = parse_embedding_request(body, &x);
+    ASSERT_TRUE(e) << body;
+    EXPECT_EQ(e->http_status, 400);
+  }
+}
+
 TEST(OpenAiApiTest, ErrorEnvelope) {
   ApiError e;
   e.message = "bad \xFF";

@@ -57,6 +57,15 @@ check(usage && usage.completion_tokens === whole.usage.completion_tokens, 'strea
 const completion = await client.completions.create({ model: 'stories', prompt: 'Once upon a time', max_tokens: 8, temperature: 0 });
 check(completion.choices[0].text.length > 0, 'completions.create');
 
+if (process.env.AIRLOCK_HAS_EMBEDDER === '1') {
+  // The SDK asks for base64 by default and decodes it.
+  const emb = await client.embeddings.create({ model: 'stories', input: ['hello world', 'a second text'] });
+  check(emb.data.length === 2 && emb.data[0].embedding.length === 2 && Number.isFinite(emb.data[0].embedding[0]),
+        'embeddings.create gives two 2-dimensional vectors');
+  const norm = Math.hypot(...emb.data[0].embedding);
+  check(Math.abs(norm - 1) < 1e-5, `embeddings are normalised (|v| = ${norm})`);
+}
+
 try {
   await new OpenAI({ baseURL: process.env.AIRLOCK_BASE_URL, apiKey: 'ak_wrong', maxRetries: 0 }).models.list();
   check(false, '401 raises');

@@ -1,6 +1,6 @@
 // libFuzzer target: request bodies of /v1/chat/completions and
-// /v1/completions (parse_request), and airlockd.toml (parse_config). The
-// first byte picks which; nothing may crash, hang or leak.
+// /v1/completions (parse_request), /v1/embeddings and airlockd.toml
+// (parse_config). The first byte picks which; nothing may crash, hang or leak.
 #include <cstddef>
 #include <cstdint>
 #include <string_view>
@@ -12,7 +12,12 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   if (size == 0) return 0;
   const std::string_view body(reinterpret_cast<const char*>(data + 1), size - 1);
   using namespace airlock::daemon;
-  switch (data[0] % 3) {
+  switch (data[0] % 4) {
+    case 3: {
+      EmbeddingRequest r;
+      if (!parse_embedding_request(body, &r) && r.inputs.empty()) __builtin_trap();
+      break;
+    }
     case 0: {
       CompletionRequest r;
       if (!parse_request(body, Endpoint::kChat, &r)) {
