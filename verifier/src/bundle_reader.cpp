@@ -57,7 +57,13 @@ class PayloadCheck {
   void set_chunks(std::size_t file, std::uint64_t n) { remaining_[file].store(n); }
 
   void hash(const Chunk& c) {
-    if (failed_.load(std::memory_order_relaxed)) return;
+    // After a failure, only chunks before it in manifest order still matter
+    // (they could fail too, and the earliest failure is the one reported,
+    // whatever the thread timing).
+    if (failed_.load(std::memory_order_relaxed)) {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (std::make_pair(c.file, c.index) > std::make_pair(first_file_, first_chunk_)) return;
+    }
     // When extracting, read the chunk exactly once into a private buffer and
     // hash and write that buffer: the mapping could change between a second
     // read and the write (a file modified during import, or media that
