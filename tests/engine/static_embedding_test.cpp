@@ -74,8 +74,10 @@ Result<std::unique_ptr<SafetensorsFile>> parse(const std::string& bytes) {
 }
 
 TEST(SafetensorsTest, ReadsTensorsAndRefusesHostileHeaders) {
-  auto ok = parse(st_file(R"({"__metadata__":{"format":"pt"},"a":{"dtype":"F32","shape":[2,3],"data_offsets":[0,24]},)"
-                          R"("b":{"dtype":"I32","shape":[2],"data_offsets":[24,32]}})", 32));
+  // parse() keeps views into the bytes: they must outlive the result.
+  const std::string good = st_file(R"({"__metadata__":{"format":"pt"},"a":{"dtype":"F32","shape":[2,3],"data_offsets":[0,24]},)"
+                                   R"("b":{"dtype":"I32","shape":[2],"data_offsets":[24,32]}})", 32);
+  auto ok = parse(good);
   ASSERT_TRUE(ok.is_ok()) << ok.status().to_string();
   ASSERT_NE((*ok)->find("a"), nullptr);
   EXPECT_EQ((*ok)->find("a")->n_elements(), 6);
