@@ -44,8 +44,8 @@ struct LoadedModel {
   std::unique_ptr<engine::Tokenizer> tokenizer;
   std::optional<engine::ChatTemplate> chat_template;
   std::unique_ptr<engine::Scheduler> scheduler;
-  // The bundle's embedding model (a model2vec static model), if it has one.
-  std::unique_ptr<engine::StaticEmbedding> embedder;
+  // The bundle's embedding model, if it has one.
+  std::unique_ptr<engine::Embedder> embedder;
 
   ~LoadedModel();
 };

@@ -768,7 +768,7 @@ void Server::routes() {
     std::int64_t tokens = 0;
     for (std::size_t i = 0; i < r.inputs.size(); ++i) {
       const std::vector<float> v = m->embedder->embed(r.inputs[i]);
-      tokens += static_cast<std::int64_t>(m->embedder->tokenizer().encode(r.inputs[i], false, false).size());
+      tokens += static_cast<std::int64_t>(m->embedder->count_tokens(r.inputs[i]));
       ojson item = {{"object", "embedding"}, {"index", i}};
       if (r.base64) {
         // Little-endian float32 bytes, as OpenAI's encoding_format=base64.

@@ -19,18 +19,21 @@
 #include <vector>
 
 #include "airlock/common/status.h"
+#include "airlock/engine/embedder.h"
 #include "airlock/engine/safetensors.h"
 #include "airlock/engine/tokenizer.h"
 
 namespace airlock::engine {
 
-class StaticEmbedding {
+class StaticEmbedding final : public Embedder {
  public:
   static Result<std::unique_ptr<StaticEmbedding>> load(const std::string& dir);
-  int dim() const { return dim_; }
+  int dim() const override { return dim_; }
+  std::size_t max_tokens() const override { return max_tokens_; }
+  std::string_view kind() const override { return "model2vec"; }
   // The embedding of `text` (dim() floats; zeros when no token is known).
-  std::vector<float> embed(std::string_view text) const;
-  const Tokenizer& tokenizer() const { return *tokenizer_; }
+  std::vector<float> embed(std::string_view text) const override;
+  const Tokenizer& tokenizer() const override { return *tokenizer_; }
 
  private:
   StaticEmbedding() = default;
