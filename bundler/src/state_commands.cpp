@@ -1,6 +1,8 @@
 #include "state_commands.h"
 
+#include <charconv>
 #include <cstdio>
+#include <initializer_list>
 #include <ctime>
 #include <iostream>
 
@@ -34,12 +36,41 @@ std::string utc(std::int64_t t) {
   return buf;
 }
 
-// Text from the database made safe for a terminal.
+// Text from the database made safe for a terminal: C0 and C1 controls,
+// bidirectional overrides and bytes that are not UTF-8 become '?'.
 std::string shown(const std::string& s) {
-  std::string out = s;
-  for (char& c : out)
-    if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) c = '?';
+  std::string out;
+  out.reserve(s.size());
+  const auto* p = reinterpret_cast<const unsigned char*>(s.data());
+  const std::size_t n = s.size();
+  for (std::size_t i = 0; i < n;) {
+    const unsigned char c = p[i];
+    std::size_t len = c < 0x80 ? 1 : (c & 0xe0) == 0xc0 ? 2 : (c & 0xf0) == 0xe0 ? 3 : (c & 0xf8) == 0xf0 ? 4 : 0;
+    char32_t cp = len == 1 ? c : len == 2 ? (c & 0x1f) : len == 3 ? (c & 0x0f) : (c & 0x07);
+    bool ok = len != 0 && i + len <= n;
+    for (std::size_t k = 1; ok && k < len; ++k) {
+      ok = (p[i + k] & 0xc0) == 0x80;
+      cp = (cp << 6) | (p[i + k] & 0x3f);
+    }
+    static constexpr char32_t kMin[] = {0, 0, 0x80, 0x800, 0x10000};
+    ok = ok && cp >= kMin[len] && cp <= 0x10ffff && !(cp >= 0xd800 && cp <= 0xdfff);
+    const bool control = cp < 0x20 || (cp >= 0x7f && cp <= 0x9f) || (cp >= 0x202a && cp <= 0x202e) ||
+                         (cp >= 0x2066 && cp <= 0x2069);
+    if (!ok || control) {
+      out += '?';
+      i += ok ? len : 1;
+      continue;
+    }
+    out.append(s, i, len);
+    i += len;
+  }
   return out;
+}
+
+bool one_of(const std::string& s, std::initializer_list<const char*> names) {
+  for (const char* n : names)
+    if (s == n) return true;
+  return false;
 }
 
 }  // namespace
@@ -50,7 +81,10 @@ int run_keys_command(const std::vector<std::string>& argv) {
   auto args = Args::parse({argv.begin() + 1, argv.end()}, {"name", "state"}, {"json"});
   if (!args.is_ok()) return usage(args.status().message());
   if (!args->positional().empty()) return usage("unexpected argument '" + args->positional()[0] + "'");
-  Result<StateDb> db = StateDb::open(args->get("state").value_or(kDefaultState));
+  if (!one_of(sub, {"create", "list", "revoke"})) return usage("unknown keys command '" + sub + "' (create, list, revoke)");
+  // Only `create` may make the state directory; the others need the real one.
+  Result<StateDb> db = StateDb::open(args->get("state").value_or(kDefaultState),
+                                     sub == "create" ? StateDb::Open::kCreate : StateDb::Open::kExisting);
   if (!db.is_ok()) return fail(db.status());
   if (sub == "create" || sub == "revoke") {
     std::optional<std::string> name = args->get("name");
@@ -95,7 +129,16 @@ int run_audit_command(const std::vector<std::string>& argv) {
   auto args = Args::parse({argv.begin() + 1, argv.end()}, {"state", "last"}, {"json"});
   if (!args.is_ok()) return usage(args.status().message());
   if (!args->positional().empty()) return usage("unexpected argument '" + args->positional()[0] + "'");
-  Result<StateDb> db = StateDb::open(args->get("state").value_or(kDefaultState));
+  if (!one_of(sub, {"verify", "tail"})) return usage("unknown audit command '" + sub + "' (verify, tail)");
+  int n = 20;
+  if (auto v = args->get("last")) {
+    const char* end = v->data() + v->size();
+    auto [ptr, ec] = std::from_chars(v->data(), end, n);
+    if (ec != std::errc() || ptr != end) return usage("--last needs a number, not '" + shown(*v) + "'");
+    if (n < 1 || n > 100000) return usage("--last must be 1 to 100000");
+  }
+  // A missing database is an error, never "OK 0 rows".
+  Result<StateDb> db = StateDb::open(args->get("state").value_or(kDefaultState), StateDb::Open::kExisting);
   if (!db.is_ok()) return fail(db.status());
   if (sub == "verify") {
     Result<state::AuditVerifyResult> r = db->verify_audit();
@@ -109,15 +152,6 @@ int run_audit_command(const std::vector<std::string>& argv) {
     return 0;
   }
   if (sub == "tail") {
-    int n = 20;
-    if (auto v = args->get("last")) {
-      try {
-        n = std::stoi(*v);
-      } catch (...) {
-        return usage("--last needs a number");
-      }
-      if (n < 1 || n > 100000) return usage("--last must be 1 to 100000");
-    }
     Result<std::vector<state::AuditRow>> rows = db->tail_audit(n);
     if (!rows.is_ok()) return fail(rows.status());
     if (args->has("json")) {

@@ -7,11 +7,14 @@
 #include <algorithm>
 #include <cctype>
 #include <chrono>
+#include <cerrno>
 #include <cstring>
 #include <ctime>
 
 #include <sodium.h>
 #include <sqlite3.h>
+
+#include "airlock/common/log.h"
 
 namespace airlock::state {
 namespace {
@@ -124,19 +127,44 @@ std::string encode_row(std::int64_t seq, const AuditRecord& r, const std::string
   return out;
 }
 
+
+// Root running `airlock keys create` on the daemon's state directory: the
+// files it creates there go to the directory's owner, or airlockd (User=airlock)
+// could no longer open its own database.
+void hand_to_dir_owner(const std::string& path, const struct stat& dir) {
+  if (::geteuid() != 0 || dir.st_uid == 0) return;
+  if (::lchown(path.c_str(), dir.st_uid, dir.st_gid) != 0 && errno != ENOENT)
+    airlock::log().warn("could not hand {} to uid {}: {}", path, dir.st_uid, std::strerror(errno));
+}
+
 }  // namespace
 
-Result<StateDb> StateDb::open(const std::string& state_dir) {
+Result<StateDb> StateDb::open(const std::string& state_dir, Open mode) {
   if (sodium_init() < 0) return internal_error("libsodium failed to initialise");
-  if (::mkdir(state_dir.c_str(), 0750) != 0 && errno != EEXIST) return io_error("create " + state_dir, errno);
+  if (mode == Open::kCreate && ::mkdir(state_dir.c_str(), 0750) != 0 && errno != EEXIST)
+    return io_error("create " + state_dir, errno);
   struct stat st {};
-  if (::lstat(state_dir.c_str(), &st) != 0) return io_error(state_dir, errno);
+  if (::lstat(state_dir.c_str(), &st) != 0) {
+    if (errno == ENOENT) return not_found("no state directory " + state_dir + " (wrong --state, or airlockd never ran)");
+    return io_error(state_dir, errno);
+  }
   if (!S_ISDIR(st.st_mode)) return io_error(state_dir + " is not a directory (links are not followed)", ENOTDIR);
   const std::string path = state_dir + "/" + kDbName;
   // Create the file ourselves first so it is 0600 whatever the umask.
-  int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600);
-  if (fd < 0) return io_error("open " + path, errno);
+  const int flags = O_RDWR | O_NOFOLLOW | O_CLOEXEC | (mode == Open::kCreate ? O_CREAT : 0);
+  int fd = ::open(path.c_str(), flags, 0600);
+  if (fd < 0) {
+    if (errno == ENOENT) return not_found("no state database in " + state_dir + " (wrong --state, or airlockd never ran)");
+    return io_error("open " + path, errno);
+  }
+  struct stat fst {};
+  if (::fstat(fd, &fst) == 0 && (fst.st_mode & 077) != 0 && ::fchmod(fd, 0600) != 0) {
+    const int e = errno;
+    ::close(fd);
+    return io_error("tighten " + path + " to 0600", e);
+  }
   ::close(fd);
+  hand_to_dir_owner(path, st);
   sqlite3* db = nullptr;
   if (sqlite3_open_v2(path.c_str(), &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOFOLLOW | SQLITE_OPEN_FULLMUTEX, nullptr) !=
       SQLITE_OK) {
@@ -159,6 +187,9 @@ Result<StateDb> StateDb::open(const std::string& state_dir) {
       " prev_hash BLOB NOT NULL, row_hash BLOB NOT NULL);"
       "CREATE TABLE IF NOT EXISTS audit_head (id INTEGER PRIMARY KEY CHECK (id = 1),"
       " rows INTEGER NOT NULL, head BLOB NOT NULL);"));
+  // The WAL and shared-memory files exist now; a later write keeps their owner.
+  hand_to_dir_owner(path + "-wal", st);
+  hand_to_dir_owner(path + "-shm", st);
   return out;
 }
 

@@ -81,8 +81,14 @@ struct AuditVerifyResult {
 
 class StateDb {
  public:
-  // Creates STATE_DIR (0750) and the database (0600) when missing.
-  static Result<StateDb> open(const std::string& state_dir);
+  enum class Open {
+    kCreate,    // create STATE_DIR (0750) and the database (0600) when missing
+    kExisting,  // kNotFound when either is missing (commands that only read or revoke)
+  };
+  // An existing database readable by group or others is tightened to 0600.
+  // Run as root on a state directory owned by another user (the daemon's),
+  // the database files are handed to that user so the daemon can open them.
+  static Result<StateDb> open(const std::string& state_dir, Open mode = Open::kCreate);
   StateDb(StateDb&& other) noexcept;
   StateDb& operator=(StateDb&&) = delete;
   ~StateDb();
