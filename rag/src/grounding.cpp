@@ -1,0 +1,78 @@
+#include "airlock/rag/grounding.h"
+
+#include <algorithm>
+
+namespace airlock::rag {
+
+Evidence assess_evidence(const std::vector<SearchHit>& hits, const GroundingPolicy& policy) {
+  Evidence e;
+  for (std::size_t i = 0; i < hits.size(); ++i) {
+    const SearchHit& h = hits[i];
+    const double sim = h.similarity.value_or(0.0);
+    e.best_similarity = std::max(e.best_similarity, sim);
+    e.best_term_coverage = std::max(e.best_term_coverage, h.term_coverage);
+    if ((h.similarity && sim >= policy.min_similarity) || h.term_coverage >= policy.min_term_coverage)
+      e.usable.push_back(i);
+  }
+  e.sufficient = !e.usable.empty();
+  return e;
+}
+
+std::string snippet(std::string_view text, std::size_t max_bytes) {
+  if (text.size() <= max_bytes) return std::string(text);
+  std::size_t n = max_bytes;
+  while (n > 0 && (static_cast<unsigned char>(text[n]) & 0xC0) == 0x80) --n;
+  return std::string(text.substr(0, n)) + "...";
+}
+
+std::string grounding_instructions(const std::vector<SearchHit>& sources, const GroundingPolicy& policy) {
+  std::string s =
+      "Answer the user's question using ONLY the numbered sources below. After each sentence, cite the source it "
+      "comes from as [n]. If the sources do not contain the answer, say that you don't know. Do not use any other "
+      "knowledge.\n\nSources:\n";
+  for (std::size_t i = 0; i < sources.size(); ++i) {
+    const SearchHit& h = sources[i];
+    s += "[" + std::to_string(i + 1) + "] (source: " + h.source + (h.title.empty() ? "" : ", title: " + h.title) + ")\n";
+    s += snippet(h.text, policy.max_source_bytes) + "\n\n";
+  }
+  return s;
+}
+
+std::vector<int> cited_sources(std::string_view answer, std::size_t n_sources) {
+  std::vector<int> out;
+  for (std::size_t i = 0; i < answer.size(); ++i) {
+    if (answer[i] != '[') continue;
+    // [n] or [n, m, ...]: digits separated by commas and spaces, then ']'.
+    std::vector<int> nums;
+    std::size_t j = i + 1;
+    bool ok = false;
+    while (j < answer.size()) {
+      std::size_t k = j;
+      long v = 0;
+      while (k < answer.size() && answer[k] >= '0' && answer[k] <= '9' && k - j < 4) v = v * 10 + (answer[k++] - '0');
+      if (k == j) break;
+      nums.push_back(static_cast<int>(v));
+      while (k < answer.size() && answer[k] == ' ') ++k;
+      if (k < answer.size() && answer[k] == ']') {
+        ok = true;
+        j = k;
+        break;
+      }
+      if (k < answer.size() && answer[k] == ',') {
+        ++k;
+        while (k < answer.size() && answer[k] == ' ') ++k;
+        j = k;
+        continue;
+      }
+      break;
+    }
+    if (!ok) continue;
+    for (int n : nums)
+      if (n >= 1 && static_cast<std::size_t>(n) <= n_sources && std::find(out.begin(), out.end(), n) == out.end())
+        out.push_back(n);
+    i = j;
+  }
+  return out;
+}
+
+}  // namespace airlock::rag

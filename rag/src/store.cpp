@@ -1,0 +1,773 @@
+#include "airlock/rag/store.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cmath>
+#include <cstring>
+#include <ctime>
+#include <map>
+#include <mutex>
+#include <set>
+#include <shared_mutex>
+#include <unordered_map>
+
+#include <nlohmann/json.hpp>
+
+#include "airlock/common/log.h"
+#include "sqlite_util.h"
+#include "vector_index.h"
+
+namespace airlock::rag {
+namespace {
+
+using sql::Stmt;
+
+constexpr int kSchemaVersion = 1;
+constexpr std::size_t kMaxSourceBytes = 1024;
+constexpr std::size_t kMaxMetadataBytes = 64 << 10;
+constexpr std::size_t kMaxChunksPerDocument = 200000;
+constexpr std::size_t kMaxReaders = 256;
+constexpr int kRrfK = 60;  // reciprocal-rank fusion constant (Cormack et al.)
+
+constexpr const char* kSchema =
+    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);"
+    "CREATE TABLE IF NOT EXISTS collections ("
+    " id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, owner TEXT NOT NULL,"
+    " description TEXT NOT NULL DEFAULT '', created_at INTEGER NOT NULL);"
+    "CREATE TABLE IF NOT EXISTS collection_readers ("
+    " collection_id INTEGER NOT NULL REFERENCES collections(id) ON DELETE CASCADE,"
+    " principal TEXT NOT NULL, PRIMARY KEY (collection_id, principal));"
+    "CREATE TABLE IF NOT EXISTS documents ("
+    " id INTEGER PRIMARY KEY, collection_id INTEGER NOT NULL REFERENCES collections(id) ON DELETE CASCADE,"
+    " source TEXT NOT NULL, content_hash TEXT NOT NULL, format TEXT NOT NULL, title TEXT NOT NULL,"
+    " metadata TEXT NOT NULL, owner TEXT NOT NULL, ingested_at INTEGER NOT NULL, n_bytes INTEGER NOT NULL,"
+    " UNIQUE (collection_id, source));"
+    "CREATE INDEX IF NOT EXISTS documents_by_hash ON documents(collection_id, content_hash);"
+    // AUTOINCREMENT: a chunk id is never reused, so an id names one text forever.
+    "CREATE TABLE IF NOT EXISTS chunks ("
+    " id INTEGER PRIMARY KEY AUTOINCREMENT,"
+    " document_id INTEGER NOT NULL REFERENCES documents(id) ON DELETE CASCADE,"
+    " collection_id INTEGER NOT NULL, position INTEGER NOT NULL, begin_byte INTEGER NOT NULL,"
+    " end_byte INTEGER NOT NULL, n_tokens INTEGER NOT NULL, text TEXT NOT NULL, embedding BLOB NOT NULL);"
+    "CREATE INDEX IF NOT EXISTS chunks_by_document ON chunks(document_id);"
+    "CREATE VIRTUAL TABLE IF NOT EXISTS chunks_fts USING fts5("
+    " text, content='chunks', content_rowid='id', tokenize='porter unicode61 remove_diacritics 2');"
+    "CREATE TRIGGER IF NOT EXISTS chunks_fts_insert AFTER INSERT ON chunks BEGIN"
+    " INSERT INTO chunks_fts(rowid, text) VALUES (new.id, new.text); END;"
+    "CREATE TRIGGER IF NOT EXISTS chunks_fts_delete AFTER DELETE ON chunks BEGIN"
+    " INSERT INTO chunks_fts(chunks_fts, rowid, text) VALUES ('delete', old.id, old.text); END;";
+
+bool valid_collection_name(const std::string& n) {
+  if (n.empty() || n.size() > 64 || n[0] == '.') return false;
+  return std::all_of(n.begin(), n.end(), [](char c) {
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' || c == '_' || c == '-';
+  });
+}
+
+bool valid_reader(const std::string& r) {
+  if (r == "*") return true;
+  auto name_ok = [](std::string_view n) {
+    return !n.empty() && n.size() <= 64 && std::all_of(n.begin(), n.end(), [](char c) {
+      return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' || c == '_' ||
+             c == '-' || c == '@';
+    });
+  };
+  if (r.rfind("key:", 0) == 0) return name_ok(std::string_view(r).substr(4));
+  if (r.rfind("group:", 0) == 0) return name_ok(std::string_view(r).substr(6));
+  return false;
+}
+
+const std::set<std::string>& stop_words() {
+  static const std::set<std::string> words = {
+      "a", "about", "above", "after", "again", "against", "all", "am", "an", "and", "any", "are", "as", "at", "be",
+      "because", "been", "before", "being", "below", "between", "both", "but", "by", "can", "could", "did", "do",
+      "does", "doing", "down", "during", "each", "few", "for", "from", "further", "had", "has", "have", "having",
+      "he", "her", "here", "hers", "him", "his", "how", "i", "if", "in", "into", "is", "it", "its", "itself", "just",
+      "me", "more", "most", "my", "no", "nor", "not", "now", "of", "off", "on", "once", "only", "or", "other", "our",
+      "out", "over", "own", "same", "she", "should", "so", "some", "such", "than", "that", "the", "their", "them",
+      "then", "there", "these", "they", "this", "those", "through", "to", "too", "under", "until", "up", "very",
+      "was", "we", "were", "what", "when", "where", "which", "while", "who", "whom", "why", "will", "with", "would",
+      "you", "your", "there", "been", "also", "may", "must", "shall", "tell", "give", "known", "one"};
+  return words;
+}
+
+// Lower-cased words: runs of ASCII letters and digits, or of non-ASCII bytes.
+std::vector<std::string> words_of(std::string_view text) {
+  std::vector<std::string> out;
+  std::string cur;
+  for (char ch : text) {
+    const unsigned char c = static_cast<unsigned char>(ch);
+    if ((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c >= 0x80) {
+      cur += ch;
+    } else if (c >= 'A' && c <= 'Z') {
+      cur += static_cast<char>(c - 'A' + 'a');
+    } else if (!cur.empty()) {
+      out.push_back(std::move(cur));
+      cur.clear();
+    }
+  }
+  if (!cur.empty()) out.push_back(std::move(cur));
+  return out;
+}
+
+std::string strip_suffix(std::string w) {
+  for (const char* suffix : {"ations", "ation", "ings", "ing", "ies", "ied", "ness", "ed", "es", "ly", "s"}) {
+    const std::size_t n = std::strlen(suffix);
+    if (w.size() > n + 2 && w.compare(w.size() - n, n, suffix) == 0) {
+      w.resize(w.size() - n);
+      break;
+    }
+  }
+  return w;
+}
+
+// An FTS5 query: the content words of the question OR-ed, each quoted so no
+// FTS5 syntax from the user's text is interpreted.
+std::string fts_query(std::string_view question) {
+  std::vector<std::string> words = words_of(question);
+  std::vector<std::string> kept;
+  for (const std::string& w : words)
+    if (!stop_words().count(w)) kept.push_back(w);
+  if (kept.empty()) kept = words;
+  std::sort(kept.begin(), kept.end());
+  kept.erase(std::unique(kept.begin(), kept.end()), kept.end());
+  if (kept.size() > 64) kept.resize(64);
+  std::string q;
+  for (const std::string& w : kept) {
+    if (!q.empty()) q += " OR ";
+    q += '"' + w + '"';  // words hold no quotes
+  }
+  return q;
+}
+
+struct CollectionRow {
+  std::int64_t id = 0;
+  CollectionInfo info;
+};
+
+bool may_read(const CollectionInfo& c, const Principal& who) {
+  if (who.admin || (!who.key.empty() && c.owner == who.key)) return true;
+  for (const std::string& r : c.readers) {
+    if (r == "*" && !who.key.empty()) return true;
+    if (r.rfind("key:", 0) == 0 && !who.key.empty() && r.compare(4, std::string::npos, who.key) == 0) return true;
+    if (r.rfind("group:", 0) == 0)
+      for (const std::string& g : who.groups)
+        if (r.compare(6, std::string::npos, g) == 0) return true;
+  }
+  return false;
+}
+
+bool may_write(const CollectionInfo& c, const Principal& who) {
+  return who.admin || (!who.key.empty() && c.owner == who.key);
+}
+
+}  // namespace
+
+std::vector<std::string> content_terms(std::string_view text) {
+  std::vector<std::string> out;
+  for (std::string& w : words_of(text)) {
+    if (w.size() < 2 || stop_words().count(w)) continue;
+    out.push_back(strip_suffix(std::move(w)));
+  }
+  std::sort(out.begin(), out.end());
+  out.erase(std::unique(out.begin(), out.end()), out.end());
+  return out;
+}
+
+struct Store::Impl {
+  sqlite3* db = nullptr;
+  int dim = 0;
+  AnnOptions ann;
+  mutable std::mutex write_mu;            // one writer at a time (and SQLite transactions never interleave)
+  mutable std::shared_mutex index_mu;     // the vector indexes
+  std::unordered_map<std::int64_t, VectorIndex> indexes;  // by collection id
+
+  ~Impl() {
+    if (db != nullptr) sqlite3_close(db);
+  }
+
+  Result<std::vector<CollectionRow>> collections() const {
+    std::vector<CollectionRow> out;
+    std::map<std::int64_t, std::size_t> at;
+    {
+      Stmt st(db,
+              "SELECT c.id, c.name, c.owner, c.description, c.created_at,"
+              " (SELECT count(*) FROM documents d WHERE d.collection_id = c.id),"
+              " (SELECT count(*) FROM chunks k WHERE k.collection_id = c.id)"
+              " FROM collections c ORDER BY c.name");
+      if (!st.ok()) return sql::error(db, "list collections");
+      int rc;
+      while ((rc = st.step()) == SQLITE_ROW) {
+        CollectionRow r;
+        r.id = st.i64(0);
+        r.info.name = st.text(1);
+        r.info.owner = st.text(2);
+        r.info.description = st.text(3);
+        r.info.created_at = st.i64(4);
+        r.info.n_documents = st.i64(5);
+        r.info.n_chunks = st.i64(6);
+        at[r.id] = out.size();
+        out.push_back(std::move(r));
+      }
+      if (rc != SQLITE_DONE) return sql::error(db, "list collections");
+    }
+    Stmt st(db, "SELECT collection_id, principal FROM collection_readers ORDER BY principal");
+    if (!st.ok()) return sql::error(db, "list readers");
+    int rc;
+    while ((rc = st.step()) == SQLITE_ROW) {
+      auto it = at.find(st.i64(0));
+      if (it != at.end()) out[it->second].info.readers.push_back(st.text(1));
+    }
+    if (rc != SQLITE_DONE) return sql::error(db, "list readers");
+    return out;
+  }
+
+  // The collection `name` as `who` may see it: kNotFound when it does not
+  // exist or `who` may not read it (its existence is not revealed).
+  Result<CollectionRow> readable(const std::string& name, const Principal& who) const {
+    AIRLOCK_ASSIGN_OR_RETURN(std::vector<CollectionRow> all, collections());
+    for (CollectionRow& r : all)
+      if (r.info.name == name && may_read(r.info, who)) return std::move(r);
+    return not_found("no collection '" + name + "'");
+  }
+
+  Result<CollectionRow> writable(const std::string& name, const Principal& who) const {
+    AIRLOCK_ASSIGN_OR_RETURN(CollectionRow r, readable(name, who));
+    if (!may_write(r.info, who))
+      return permission_denied("only the owner of collection '" + name + "' (or an admin) may change it");
+    return r;
+  }
+
+  Result<std::vector<std::int64_t>> chunk_ids(const char* where, std::int64_t id) const {
+    std::vector<std::int64_t> out;
+    Stmt st(db, std::string("SELECT id FROM chunks WHERE ") + where + " = ?");
+    if (!st.ok()) return sql::error(db, "list chunks");
+    st.bind(1, id);
+    int rc;
+    while ((rc = st.step()) == SQLITE_ROW) out.push_back(st.i64(0));
+    if (rc != SQLITE_DONE) return sql::error(db, "list chunks");
+    return out;
+  }
+
+  // Runs `body` in one write transaction; rolls back on any error.
+  template <typename F>
+  Status transaction(F&& body) {
+    AIRLOCK_RETURN_IF_ERROR(sql::exec(db, "BEGIN IMMEDIATE", "begin"));
+    Status s = body();
+    if (s.is_ok()) s = sql::exec(db, "COMMIT", "commit");
+    if (!s.is_ok()) sql::exec(db, "ROLLBACK", "rollback").ignore();
+    return s;
+  }
+
+  Status load_vectors() {
+    Stmt st(db, "SELECT id, collection_id, embedding FROM chunks ORDER BY id");
+    if (!st.ok()) return sql::error(db, "load vectors");
+    int rc;
+    const std::size_t bytes = static_cast<std::size_t>(dim) * sizeof(float);
+    std::vector<float> v(static_cast<std::size_t>(dim));
+    while ((rc = st.step()) == SQLITE_ROW) {
+      std::string_view b = st.blob(2);
+      if (b.size() != bytes)
+        return verification_failed("chunk " + std::to_string(st.i64(0)) + " has a vector of " +
+                                   std::to_string(b.size()) + " bytes, expected " + std::to_string(bytes));
+      std::memcpy(v.data(), b.data(), bytes);
+      auto it = indexes.try_emplace(st.i64(1), dim, ann).first;
+      AIRLOCK_RETURN_IF_ERROR(it->second.add(st.i64(0), v.data()));
+    }
+    if (rc != SQLITE_DONE) return sql::error(db, "load vectors");
+    for (auto& [id, index] : indexes) {
+      Status s = index.maybe_build();
+      if (!s.is_ok()) airlock::log().warn("RAG collection {}: {}", id, s.to_string());
+    }
+    return Status();
+  }
+};
+
+Store::Store(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Store::~Store() = default;
+int Store::dim() const { return impl_->dim; }
+
+Result<std::unique_ptr<Store>> Store::open(const std::string& path, const std::string& embedder_id, int dim,
+                                           const StoreOptions& options) {
+  if (dim < 1 || dim > 65536) return invalid_argument("embedding dimension must be 1 to 65536");
+  if (embedder_id.empty()) return invalid_argument("the embedding model needs an id");
+  // Create the file ourselves so it is 0600 whatever the umask.
+  const int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600);
+  if (fd < 0) return io_error("open " + path, errno);
+  ::close(fd);
+  auto impl = std::make_unique<Impl>();
+  impl->dim = dim;
+  impl->ann.threshold = options.ann_threshold;
+  impl->ann.m = options.hnsw_m;
+  impl->ann.ef_construction = options.hnsw_ef_construction;
+  impl->ann.ef_search = options.hnsw_ef_search;
+  if (sqlite3_open_v2(path.c_str(), &impl->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOFOLLOW | SQLITE_OPEN_FULLMUTEX,
+                      nullptr) != SQLITE_OK)
+    return sql::error(impl->db, "open " + path);
+  sqlite3* db = impl->db;
+  sqlite3_busy_timeout(db, 10000);
+  AIRLOCK_RETURN_IF_ERROR(sql::exec(db, "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;",
+                                    "configure " + path));
+  Status schema = impl->transaction([&]() -> Status {
+    AIRLOCK_RETURN_IF_ERROR(sql::exec(db, kSchema, "create the RAG schema"));
+    std::map<std::string, std::string> meta;
+    {
+      Stmt st(db, "SELECT key, value FROM meta");
+      if (!st.ok()) return sql::error(db, "read meta");
+      while (st.step() == SQLITE_ROW) meta[st.text(0)] = st.text(1);
+    }
+    const std::string want_dim = std::to_string(dim);
+    if (meta.empty()) {
+      Stmt st(db, "INSERT INTO meta (key, value) VALUES ('schema', ?), ('embedder', ?), ('dim', ?)");
+      st.bind(1, std::to_string(kSchemaVersion)).bind(2, embedder_id).bind(3, want_dim);
+      if (st.step() != SQLITE_DONE) return sql::error(db, "write meta");
+      return Status();
+    }
+    if (meta["schema"] != std::to_string(kSchemaVersion))
+      return verification_failed(path + " has RAG schema version '" + meta["schema"] + "'; this airlockd reads " +
+                                 std::to_string(kSchemaVersion));
+    if (meta["embedder"] != embedder_id || meta["dim"] != want_dim)
+      return verification_failed(path + " holds vectors of embedding model " + meta["embedder"] + " (" + meta["dim"] +
+                                 " dimensions), not of the loaded model " + embedder_id + " (" + want_dim +
+                                 "); move it aside and ingest the documents again");
+    return Status();
+  });
+  AIRLOCK_RETURN_IF_ERROR(schema);
+  AIRLOCK_RETURN_IF_ERROR(impl->load_vectors());
+  return std::unique_ptr<Store>(new Store(std::move(impl)));
+}
+
+Result<CollectionInfo> Store::create_collection(const std::string& name, const Principal& creator,
+                                                const std::vector<std::string>& readers,
+                                                const std::string& description) {
+  if (!valid_collection_name(name))
+    return invalid_argument("collection name must be 1-64 characters of [A-Za-z0-9._-], not starting with '.'");
+  if (creator.key.empty()) return invalid_argument("a collection needs an owner (the caller's key)");
+  if (readers.size() > kMaxReaders) return invalid_argument("at most 256 readers");
+  for (const std::string& r : readers)
+    if (!valid_reader(r)) return invalid_argument("reader '" + r + "' is not key:NAME, group:NAME or *");
+  if (description.size() > 4096) return invalid_argument("description is longer than 4096 bytes");
+  Impl& s = *impl_;
+  std::lock_guard<std::mutex> lock(s.write_mu);
+  const std::int64_t now = static_cast<std::int64_t>(std::time(nullptr));
+  Status st = s.transaction([&]() -> Status {
+    Stmt ins(s.db, "INSERT INTO collections (name, owner, description, created_at) VALUES (?, ?, ?, ?)");
+    ins.bind(1, name).bind(2, creator.key).bind(3, description).bind(4, now);
+    const int rc = ins.step();
+    if (rc == SQLITE_CONSTRAINT) return already_exists("collection '" + name + "' exists");
+    if (rc != SQLITE_DONE) return sql::error(s.db, "create collection");
+    const std::int64_t id = sqlite3_last_insert_rowid(s.db);
+    for (const std::string& r : std::set<std::string>(readers.begin(), readers.end())) {
+      Stmt rd(s.db, "INSERT INTO collection_readers (collection_id, principal) VALUES (?, ?)");
+      rd.bind(1, id).bind(2, r);
+      if (rd.step() != SQLITE_DONE) return sql::error(s.db, "add reader");
+    }
+    return Status();
+  });
+  AIRLOCK_RETURN_IF_ERROR(st);
+  AIRLOCK_ASSIGN_OR_RETURN(CollectionRow row, s.readable(name, creator));
+  return row.info;
+}
+
+Result<std::vector<CollectionInfo>> Store::list_collections(const Principal& who) const {
+  AIRLOCK_ASSIGN_OR_RETURN(std::vector<CollectionRow> all, impl_->collections());
+  std::vector<CollectionInfo> out;
+  for (CollectionRow& r : all)
+    if (may_read(r.info, who)) out.push_back(std::move(r.info));
+  return out;
+}
+
+Result<CollectionInfo> Store::get_collection(const std::string& name, const Principal& who) const {
+  AIRLOCK_ASSIGN_OR_RETURN(CollectionRow r, impl_->readable(name, who));
+  return r.info;
+}
+
+Status Store::delete_collection(const std::string& name, const Principal& who) {
+  Impl& s = *impl_;
+  std::lock_guard<std::mutex> lock(s.write_mu);
+  AIRLOCK_ASSIGN_OR_RETURN(CollectionRow c, s.writable(name, who));
+  Status st = s.transaction([&]() -> Status {
+    // Chunks first, so the FTS delete trigger sees every row.
+    Stmt del_chunks(s.db, "DELETE FROM chunks WHERE collection_id = ?");
+    del_chunks.bind(1, c.id);
+    if (del_chunks.step() != SQLITE_DONE) return sql::error(s.db, "delete chunks");
+    Stmt del(s.db, "DELETE FROM collections WHERE id = ?");
+    del.bind(1, c.id);
+    if (del.step() != SQLITE_DONE) return sql::error(s.db, "delete collection");
+    return Status();
+  });
+  AIRLOCK_RETURN_IF_ERROR(st);
+  std::unique_lock<std::shared_mutex> ilock(s.index_mu);
+  s.indexes.erase(c.id);
+  return Status();
+}
+
+Result<PutResult> Store::put_document(const std::string& collection, const DocumentRecord& doc, const Principal& who) {
+  if (doc.source.empty() || doc.source.size() > kMaxSourceBytes)
+    return invalid_argument("document source name must be 1 to 1024 bytes");
+  if (doc.content_hash.size() != 64) return invalid_argument("content_hash must be 64 hex digits (SHA-256)");
+  if (doc.chunks.empty()) return invalid_argument("a document needs at least one chunk");
+  if (doc.chunks.size() > kMaxChunksPerDocument) return invalid_argument("too many chunks in one document");
+  if (doc.metadata_json.size() > kMaxMetadataBytes) return invalid_argument("metadata is larger than 64 KiB");
+  {
+    nlohmann::json m = nlohmann::json::parse(doc.metadata_json, nullptr, /*allow_exceptions=*/false);
+    if (!m.is_object()) return invalid_argument("metadata must be a JSON object");
+  }
+  Impl& s = *impl_;
+  for (const ChunkRecord& c : doc.chunks) {
+    if (c.embedding.size() != static_cast<std::size_t>(s.dim))
+      return invalid_argument("a chunk vector has " + std::to_string(c.embedding.size()) + " dimensions, the store " +
+                              std::to_string(s.dim));
+    for (float f : c.embedding)
+      if (!std::isfinite(f)) return invalid_argument("a chunk vector holds a non-finite value");
+  }
+  std::lock_guard<std::mutex> lock(s.write_mu);
+  AIRLOCK_ASSIGN_OR_RETURN(CollectionRow c, s.writable(collection, who));
+  PutResult result;
+  std::vector<std::int64_t> removed, added;
+  Status st = s.transaction([&]() -> Status {
+    std::optional<std::int64_t> existing;
+    {
+      Stmt find(s.db, "SELECT id, content_hash FROM documents WHERE collection_id = ? AND source = ?");
+      find.bind(1, c.id).bind(2, doc.source);
+      if (find.step() == SQLITE_ROW) {
+        existing = find.i64(0);
+        if (find.text(1) == doc.content_hash) {
+          result.outcome = PutOutcome::kUnchanged;
+          result.document_id = *existing;
+          return Status();
+        }
+      }
+    }
+    {
+      Stmt dup(s.db, "SELECT source FROM documents WHERE collection_id = ? AND content_hash = ? AND source != ? LIMIT 1");
+      dup.bind(1, c.id).bind(2, doc.content_hash).bind(3, doc.source);
+      if (dup.step() == SQLITE_ROW) {
+        result.outcome = PutOutcome::kDuplicate;
+        result.duplicate_of = dup.text(0);
+        return Status();
+      }
+    }
+    const std::int64_t now = static_cast<std::int64_t>(std::time(nullptr));
+    if (existing) {
+      AIRLOCK_ASSIGN_OR_RETURN(removed, s.chunk_ids("document_id", *existing));
+      Stmt del(s.db, "DELETE FROM chunks WHERE document_id = ?");
+      del.bind(1, *existing);
+      if (del.step() != SQLITE_DONE) return sql::error(s.db, "delete old chunks");
+      Stmt up(s.db,
+              "UPDATE documents SET content_hash = ?, format = ?, title = ?, metadata = ?, owner = ?,"
+              " ingested_at = ?, n_bytes = ? WHERE id = ?");
+      up.bind(1, doc.content_hash).bind(2, doc.format).bind(3, doc.title).bind(4, doc.metadata_json);
+      up.bind(5, doc.owner).bind(6, now).bind(7, doc.n_bytes).bind(8, *existing);
+      if (up.step() != SQLITE_DONE) return sql::error(s.db, "update document");
+      result.outcome = PutOutcome::kReplaced;
+      result.document_id = *existing;
+    } else {
+      Stmt ins(s.db,
+               "INSERT INTO documents (collection_id, source, content_hash, format, title, metadata, owner,"
+               " ingested_at, n_bytes) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)");
+      ins.bind(1, c.id).bind(2, doc.source).bind(3, doc.content_hash).bind(4, doc.format).bind(5, doc.title);
+      ins.bind(6, doc.metadata_json).bind(7, doc.owner).bind(8, now).bind(9, doc.n_bytes);
+      if (ins.step() != SQLITE_DONE) return sql::error(s.db, "insert document");
+      result.outcome = PutOutcome::kAdded;
+      result.document_id = sqlite3_last_insert_rowid(s.db);
+    }
+    Stmt ins(s.db,
+             "INSERT INTO chunks (document_id, collection_id, position, begin_byte, end_byte, n_tokens, text, embedding)"
+             " VALUES (?, ?, ?, ?, ?, ?, ?, ?)");
+    if (!ins.ok()) return sql::error(s.db, "prepare chunk insert");
+    for (std::size_t i = 0; i < doc.chunks.size(); ++i) {
+      const ChunkRecord& ch = doc.chunks[i];
+      ins.reset();
+      ins.bind(1, result.document_id).bind(2, c.id).bind(3, static_cast<std::int64_t>(i)).bind(4, ch.begin);
+      ins.bind(5, ch.end).bind(6, ch.n_tokens).bind(7, ch.text);
+      ins.bind_blob(8, ch.embedding.data(), ch.embedding.size() * sizeof(float));
+      if (ins.step() != SQLITE_DONE) return sql::error(s.db, "insert chunk");
+      added.push_back(sqlite3_last_insert_rowid(s.db));
+    }
+    return Status();
+  });
+  if (!st.is_ok()) return st;
+  if (added.empty() && removed.empty()) return result;
+  // Committed: bring the vector index along.
+  std::unique_lock<std::shared_mutex> ilock(s.index_mu);
+  VectorIndex& index = s.indexes.try_emplace(c.id, s.dim, s.ann).first->second;
+  for (std::int64_t id : removed) index.remove(id);
+  for (std::size_t i = 0; i < added.size(); ++i) index.add(added[i], doc.chunks[i].embedding.data()).ignore();
+  if (Status b = index.maybe_build(); !b.is_ok()) airlock::log().warn("RAG collection {}: {}", collection, b.to_string());
+  return result;
+}
+
+namespace {
+
+DocumentInfo document_from(const Stmt& st, const std::string& collection) {
+  DocumentInfo d;
+  d.id = st.i64(0);
+  d.collection = collection;
+  d.source = st.text(1);
+  d.content_hash = st.text(2);
+  d.format = st.text(3);
+  d.title = st.text(4);
+  d.metadata_json = st.text(5);
+  d.owner = st.text(6);
+  d.ingested_at = st.i64(7);
+  d.n_bytes = st.i64(8);
+  d.n_chunks = st.i64(9);
+  return d;
+}
+
+constexpr const char* kDocumentColumns =
+    "SELECT d.id, d.source, d.content_hash, d.format, d.title, d.metadata, d.owner, d.ingested_at, d.n_bytes,"
+    " (SELECT count(*) FROM chunks k WHERE k.document_id = d.id) FROM documents d WHERE d.collection_id = ?";
+
+}  // namespace
+
+Result<std::vector<DocumentInfo>> Store::list_documents(const std::string& collection, const Principal& who) const {
+  AIRLOCK_ASSIGN_OR_RETURN(CollectionRow c, impl_->readable(collection, who));
+  Stmt st(impl_->db, std::string(kDocumentColumns) + " ORDER BY d.source");
+  if (!st.ok()) return sql::error(impl_->db, "list documents");
+  st.bind(1, c.id);
+  std::vector<DocumentInfo> out;
+  int rc;
+  while ((rc = st.step()) == SQLITE_ROW) out.push_back(document_from(st, collection));
+  if (rc != SQLITE_DONE) return sql::error(impl_->db, "list documents");
+  return out;
+}
+
+Result<std::optional<DocumentInfo>> Store::find_document(const std::string& collection, const std::string& source,
+                                                         const Principal& who) const {
+  AIRLOCK_ASSIGN_OR_RETURN(CollectionRow c, impl_->readable(collection, who));
+  Stmt st(impl_->db, std::string(kDocumentColumns) + " AND d.source = ?");
+  if (!st.ok()) return sql::error(impl_->db, "find document");
+  st.bind(1, c.id).bind(2, source);
+  const int rc = st.step();
+  if (rc == SQLITE_ROW) return std::optional<DocumentInfo>(document_from(st, collection));
+  if (rc != SQLITE_DONE) return sql::error(impl_->db, "find document");
+  return std::optional<DocumentInfo>();
+}
+
+Status Store::delete_document(const std::string& collection, const std::string& source, const Principal& who) {
+  Impl& s = *impl_;
+  std::lock_guard<std::mutex> lock(s.write_mu);
+  AIRLOCK_ASSIGN_OR_RETURN(CollectionRow c, s.writable(collection, who));
+  std::vector<std::int64_t> removed;
+  Status st = s.transaction([&]() -> Status {
+    std::int64_t id = 0;
+    {
+      Stmt find(s.db, "SELECT id FROM documents WHERE collection_id = ? AND source = ?");
+      find.bind(1, c.id).bind(2, source);
+      if (find.step() != SQLITE_ROW) return not_found("no document '" + source + "' in collection '" + collection + "'");
+      id = find.i64(0);
+    }
+    AIRLOCK_ASSIGN_OR_RETURN(removed, s.chunk_ids("document_id", id));
+    Stmt del_chunks(s.db, "DELETE FROM chunks WHERE document_id = ?");
+    del_chunks.bind(1, id);
+    if (del_chunks.step() != SQLITE_DONE) return sql::error(s.db, "delete chunks");
+    Stmt del(s.db, "DELETE FROM documents WHERE id = ?");
+    del.bind(1, id);
+    if (del.step() != SQLITE_DONE) return sql::error(s.db, "delete document");
+    return Status();
+  });
+  AIRLOCK_RETURN_IF_ERROR(st);
+  std::unique_lock<std::shared_mutex> ilock(s.index_mu);
+  auto it = s.indexes.find(c.id);
+  if (it != s.indexes.end()) {
+    for (std::int64_t id : removed) it->second.remove(id);
+    it->second.maybe_build().ignore();
+  }
+  return Status();
+}
+
+Result<std::vector<SearchHit>> Store::search(const SearchRequest& req, const Principal& who) const {
+  const Impl& s = *impl_;
+  if (req.top_k < 1 || req.top_k > 100) return invalid_argument("top_k must be 1 to 100");
+  const int candidates = std::clamp(req.candidates, req.top_k, 1000);
+  const bool use_bm25 = req.mode != SearchMode::kVector;
+  const bool use_vectors = req.mode != SearchMode::kBm25;
+  if (use_vectors && req.query_vector.size() != static_cast<std::size_t>(s.dim))
+    return invalid_argument("the query vector has " + std::to_string(req.query_vector.size()) +
+                            " dimensions, the store " + std::to_string(s.dim));
+
+  // The collections this caller may read, narrowed to the ones asked for.
+  AIRLOCK_ASSIGN_OR_RETURN(std::vector<CollectionRow> all, s.collections());
+  std::map<std::int64_t, std::string> allowed;
+  if (req.collections.empty()) {
+    for (const CollectionRow& r : all)
+      if (may_read(r.info, who)) allowed[r.id] = r.info.name;
+  } else {
+    for (const std::string& name : req.collections) {
+      auto it = std::find_if(all.begin(), all.end(), [&](const CollectionRow& r) { return r.info.name == name; });
+      if (it == all.end() || !may_read(it->info, who)) return not_found("no collection '" + name + "'");
+      allowed[it->id] = name;
+    }
+  }
+  if (allowed.empty()) return std::vector<SearchHit>();
+
+  std::map<std::int64_t, SearchHit> hits;  // by chunk id
+  if (use_bm25) {
+    const std::string match = fts_query(req.query);
+    if (!match.empty()) {
+      std::string in;
+      for (const auto& [id, name] : allowed) in += (in.empty() ? "" : ",") + std::to_string(id);
+      // The collection filter is part of the ranked query, not applied after it.
+      Stmt st(s.db,
+              "SELECT chunks_fts.rowid, bm25(chunks_fts) AS score FROM chunks_fts"
+              " JOIN chunks ON chunks.id = chunks_fts.rowid"
+              " WHERE chunks_fts MATCH ? AND chunks.collection_id IN (" + in + ")"
+              " ORDER BY score, chunks_fts.rowid LIMIT ?");
+      if (!st.ok()) return sql::error(s.db, "BM25 search");
+      st.bind(1, match).bind(2, static_cast<std::int64_t>(candidates));
+      int rc, rank = 0;
+      while ((rc = st.step()) == SQLITE_ROW) {
+        SearchHit& h = hits[st.i64(0)];
+        h.chunk_id = st.i64(0);
+        h.bm25_rank = ++rank;
+        h.bm25 = st.f64(1);
+      }
+      if (rc != SQLITE_DONE) return sql::error(s.db, "BM25 search");
+    }
+  }
+  if (use_vectors) {
+    std::vector<std::pair<std::int64_t, float>> found;
+    {
+      std::shared_lock<std::shared_mutex> ilock(s.index_mu);
+      for (const auto& [id, name] : allowed) {
+        auto it = s.indexes.find(id);
+        if (it == s.indexes.end()) continue;
+        auto part = it->second.search(req.query_vector.data(), static_cast<std::size_t>(candidates));
+        found.insert(found.end(), part.begin(), part.end());
+      }
+    }
+    std::sort(found.begin(), found.end(),
+              [](const auto& a, const auto& b) { return a.second > b.second || (a.second == b.second && a.first < b.first); });
+    if (found.size() > static_cast<std::size_t>(candidates)) found.resize(static_cast<std::size_t>(candidates));
+    int rank = 0;
+    for (const auto& [id, sim] : found) {
+      SearchHit& h = hits[id];
+      h.chunk_id = id;
+      h.vector_rank = ++rank;
+      h.similarity = sim;
+    }
+  }
+  // Reciprocal-rank fusion; with one retriever it keeps that retriever's order.
+  std::vector<SearchHit> ranked;
+  ranked.reserve(hits.size());
+  for (auto& [id, h] : hits) {
+    h.score = (h.bm25_rank ? 1.0 / (kRrfK + *h.bm25_rank) : 0.0) + (h.vector_rank ? 1.0 / (kRrfK + *h.vector_rank) : 0.0);
+    ranked.push_back(std::move(h));
+  }
+  std::sort(ranked.begin(), ranked.end(), [](const SearchHit& a, const SearchHit& b) {
+    return a.score > b.score || (a.score == b.score && a.chunk_id < b.chunk_id);
+  });
+  if (ranked.size() > static_cast<std::size_t>(req.top_k)) ranked.resize(static_cast<std::size_t>(req.top_k));
+
+  // Fill in the text and provenance of the winners.
+  const std::vector<std::string> query_terms = content_terms(req.query);
+  Stmt st(s.db,
+          "SELECT k.document_id, k.position, k.begin_byte, k.end_byte, k.text, k.embedding, d.source, d.title,"
+          " k.collection_id FROM chunks k JOIN documents d ON d.id = k.document_id WHERE k.id = ?");
+  if (!st.ok()) return sql::error(s.db, "read chunk");
+  for (SearchHit& h : ranked) {
+    st.reset();
+    st.bind(1, h.chunk_id);
+    if (st.step() != SQLITE_ROW) return sql::error(s.db, "read chunk " + std::to_string(h.chunk_id));
+    h.document_id = st.i64(0);
+    h.position = st.i64(1);
+    h.begin = st.i64(2);
+    h.end = st.i64(3);
+    h.text = st.text(4);
+    h.source = st.text(6);
+    h.title = st.text(7);
+    h.collection = allowed[st.i64(8)];
+    if (use_vectors && !h.similarity) {
+      std::string_view b = st.blob(5);
+      if (b.size() == req.query_vector.size() * sizeof(float)) {
+        double dot = 0;
+        for (std::size_t i = 0; i < req.query_vector.size(); ++i) {
+          float x;
+          std::memcpy(&x, b.data() + i * sizeof(float), sizeof x);
+          dot += static_cast<double>(x) * req.query_vector[i];
+        }
+        h.similarity = dot;
+      }
+    }
+    if (!query_terms.empty()) {
+      const std::vector<std::string> chunk_terms = content_terms(h.text);
+      std::size_t found = 0;
+      for (const std::string& t : query_terms)
+        if (std::binary_search(chunk_terms.begin(), chunk_terms.end(), t)) ++found;
+      h.term_coverage = static_cast<double>(found) / static_cast<double>(query_terms.size());
+    }
+  }
+  return ranked;
+}
+
+Result<ConsistencyReport> Store::check() const {
+  const Impl& s = *impl_;
+  std::lock_guard<std::mutex> lock(s.write_mu);
+  ConsistencyReport r;
+  {
+    Stmt st(s.db, "PRAGMA integrity_check");
+    if (st.step() != SQLITE_ROW) return sql::error(s.db, "integrity_check");
+    if (st.text(0) != "ok") {
+      r.why = "integrity_check: " + st.text(0);
+      return r;
+    }
+  }
+  {
+    Stmt st(s.db, "PRAGMA foreign_key_check");
+    if (st.step() == SQLITE_ROW) {
+      r.why = "foreign_key_check: a row of " + st.text(0) + " points at a missing parent";
+      return r;
+    }
+  }
+  // FTS5 compares its index with the content table (rank 1: external content too).
+  if (Status fts = sql::exec(s.db, "INSERT INTO chunks_fts(chunks_fts, rank) VALUES ('integrity-check', 1)",
+                             "FTS5 integrity-check");
+      !fts.is_ok()) {
+    r.why = fts.message();
+    return r;
+  }
+  {
+    Stmt st(s.db, "SELECT (SELECT count(*) FROM documents), (SELECT count(*) FROM chunks),"
+                  " (SELECT count(*) FROM chunks WHERE length(embedding) != ?),"
+                  " (SELECT count(*) FROM documents d WHERE NOT EXISTS (SELECT 1 FROM chunks k WHERE k.document_id = d.id))");
+    st.bind(1, static_cast<std::int64_t>(s.dim) * 4);
+    if (st.step() != SQLITE_ROW) return sql::error(s.db, "count rows");
+    r.n_documents = st.i64(0);
+    r.n_chunks = st.i64(1);
+    if (st.i64(2) != 0) {
+      r.why = std::to_string(st.i64(2)) + " chunks have a vector of the wrong size";
+      return r;
+    }
+    if (st.i64(3) != 0) {
+      r.why = std::to_string(st.i64(3)) + " documents have no chunks";
+      return r;
+    }
+  }
+  std::shared_lock<std::shared_mutex> ilock(s.index_mu);
+  for (const auto& [id, index] : s.indexes) {
+    r.n_vectors += static_cast<std::int64_t>(index.size());
+    r.n_hnsw_collections += index.uses_ann() ? 1 : 0;
+  }
+  if (r.n_vectors != r.n_chunks) {
+    r.why = "the vector index holds " + std::to_string(r.n_vectors) + " vectors for " + std::to_string(r.n_chunks) + " chunks";
+    return r;
+  }
+  Stmt st(s.db, "SELECT id, collection_id FROM chunks");
+  while (st.step() == SQLITE_ROW) {
+    auto it = s.indexes.find(st.i64(1));
+    if (it == s.indexes.end() || !it->second.contains(st.i64(0))) {
+      r.why = "chunk " + std::to_string(st.i64(0)) + " is missing from the vector index";
+      return r;
+    }
+  }
+  r.ok = true;
+  return r;
+}
+
+}  // namespace airlock::rag

@@ -1,0 +1,53 @@
+#include <gtest/gtest.h>
+
+#include "airlock/rag/grounding.h"
+
+namespace airlock::rag {
+namespace {
+
+SearchHit hit(std::optional<double> sim, double coverage, std::string text = "text") {
+  SearchHit h;
+  h.similarity = sim;
+  h.term_coverage = coverage;
+  h.text = std::move(text);
+  h.source = "doc.txt";
+  return h;
+}
+
+TEST(GroundingTest, EvidenceNeedsOneHitOverAThreshold) {
+  GroundingPolicy p;
+  p.min_similarity = 0.5;
+  p.min_term_coverage = 0.6;
+  EXPECT_FALSE(assess_evidence({}, p).sufficient);
+  Evidence weak = assess_evidence({hit(0.4, 0.5), hit(0.49, 0.0)}, p);
+  EXPECT_FALSE(weak.sufficient);
+  EXPECT_DOUBLE_EQ(weak.best_similarity, 0.49);
+  EXPECT_DOUBLE_EQ(weak.best_term_coverage, 0.5);
+  Evidence by_vector = assess_evidence({hit(0.1, 0.0), hit(0.5, 0.0)}, p);
+  EXPECT_TRUE(by_vector.sufficient);
+  EXPECT_EQ(by_vector.usable, (std::vector<std::size_t>{1}));
+  Evidence by_words = assess_evidence({hit(std::nullopt, 0.6)}, p);
+  EXPECT_TRUE(by_words.sufficient);
+}
+
+TEST(GroundingTest, CitationsAreNumbersOfRealSources) {
+  EXPECT_EQ(cited_sources("Flutter rises with speed [2]. Stiffness helps [1][2].", 3), (std::vector<int>{2, 1}));
+  EXPECT_EQ(cited_sources("See [1, 3] and [3,2].", 3), (std::vector<int>{1, 3, 2}));
+  EXPECT_TRUE(cited_sources("No sources at all.", 3).empty());
+  EXPECT_TRUE(cited_sources("Out of range [4] [0] [99999999] [].", 3).empty());
+  EXPECT_TRUE(cited_sources("Not citations: [a] [1 2] [1,] [-1] [", 3).empty());
+  EXPECT_EQ(cited_sources("[[1]]", 1), (std::vector<int>{1}));
+}
+
+TEST(GroundingTest, InstructionsNumberTheSourcesAndCutLongOnes) {
+  GroundingPolicy p;
+  p.max_source_bytes = 10;
+  std::string s = grounding_instructions({hit(0.9, 1, "short"), hit(0.9, 1, "\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9")}, p);
+  EXPECT_NE(s.find("[1] (source: doc.txt)\nshort"), std::string::npos) << s;
+  EXPECT_NE(s.find("[2] (source: doc.txt)\n\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9..."), std::string::npos) << s;
+  EXPECT_EQ(snippet("abc", 10), "abc");
+  EXPECT_EQ(snippet("a\xc3\xa9", 2), "a...");
+}
+
+}  // namespace
+}  // namespace airlock::rag

@@ -1,0 +1,382 @@
+// The RAG store: collections and their readers, documents replaced and
+// deleted everywhere (FTS and vectors), hybrid search filtered by access
+// during the search, ANN recall against exact search, persistence, the
+// consistency check, and a SIGKILL in the middle of writes.
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sqlite3.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <random>
+#include <set>
+
+#include <openssl/sha.h>
+
+#include "airlock/rag/chunker.h"
+#include "airlock/rag/store.h"
+#include "rag_test_util.h"
+
+namespace airlock::rag {
+namespace {
+
+const testing::HashEmbedder kEmbedder;
+
+std::string sha256_hex(std::string_view s) {
+  unsigned char d[32];
+  SHA256(reinterpret_cast<const unsigned char*>(s.data()), s.size(), d);
+  static const char* hex = "0123456789abcdef";
+  std::string out;
+  for (unsigned char c : d) {
+    out += hex[c >> 4];
+    out += hex[c & 15];
+  }
+  return out;
+}
+
+// A document from text: chunks of `max_tokens` words embedded by kEmbedder.
+DocumentRecord doc(const std::string& source, const std::string& text, std::size_t max_tokens = 30) {
+  DocumentRecord d;
+  d.source = source;
+  d.content_hash = sha256_hex(text);
+  d.format = "text";
+  d.owner = "alice";
+  d.n_bytes = static_cast<std::int64_t>(text.size());
+  ChunkOptions o;
+  o.max_tokens = max_tokens;
+  o.overlap_tokens = 0;
+  auto chunks = chunk_text(text, [](std::string_view t) { return kEmbedder.count_tokens(t); }, o);
+  EXPECT_TRUE(chunks.is_ok());
+  for (const TextChunk& c : *chunks) {
+    ChunkRecord r;
+    r.text = c.text;
+    r.begin = static_cast<std::int64_t>(c.begin);
+    r.end = static_cast<std::int64_t>(c.end);
+    r.n_tokens = static_cast<std::int64_t>(c.n_tokens);
+    r.embedding = kEmbedder.one(c.text);
+    d.chunks.push_back(std::move(r));
+  }
+  return d;
+}
+
+Principal key(const std::string& name, std::vector<std::string> groups = {}) { return Principal{name, std::move(groups), false}; }
+
+SearchRequest query(const std::string& q, SearchMode mode = SearchMode::kHybrid, int top_k = 5,
+                    std::vector<std::string> collections = {}) {
+  SearchRequest r;
+  r.query = q;
+  if (mode != SearchMode::kBm25) r.query_vector = kEmbedder.one(q);
+  r.mode = mode;
+  r.top_k = top_k;
+  r.collections = std::move(collections);
+  return r;
+}
+
+std::set<std::string> sources(const std::vector<SearchHit>& hits) {
+  std::set<std::string> out;
+  for (const SearchHit& h : hits) out.insert(h.source);
+  return out;
+}
+
+class StoreTest : public ::testing::Test {
+ protected:
+  std::unique_ptr<Store> open(StoreOptions o = {}) {
+    auto s = Store::open(dir / "rag.db", kEmbedder.model_id(), kEmbedder.dim(), o);
+    EXPECT_TRUE(s.is_ok()) << s.status().to_string();
+    return s.is_ok() ? std::move(*s) : nullptr;
+  }
+  void expect_consistent(const Store& s) {
+    Result<ConsistencyReport> r = s.check();
+    ASSERT_TRUE(r.is_ok()) << r.status().to_string();
+    EXPECT_TRUE(r->ok) << r->why;
+  }
+  testing::TempDir dir;
+  Principal alice = key("alice");
+};
+
+TEST_F(StoreTest, CollectionsAndReaders) {
+  auto s = open();
+  ASSERT_TRUE(s->create_collection("manuals", alice, {"key:bob", "group:ops"}, "aircraft manuals").is_ok());
+  ASSERT_TRUE(s->create_collection("hr", alice, {}, "").is_ok());
+  ASSERT_TRUE(s->create_collection("public", key("carol"), {"*"}, "").is_ok());
+  EXPECT_EQ(s->create_collection("hr", alice, {}, "").status().code(), StatusCode::kAlreadyExists);
+  for (const std::string& bad : std::vector<std::string>{"", ".hidden", "has space", "a/b", std::string(65, 'x')})
+    EXPECT_EQ(s->create_collection(bad, alice, {}, "").status().code(), StatusCode::kInvalidArgument) << bad;
+  EXPECT_EQ(s->create_collection("x", alice, {"bob"}, "").status().code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(s->create_collection("x", key(""), {}, "").status().code(), StatusCode::kInvalidArgument);
+
+  auto names = [&](const Principal& p) {
+    std::vector<std::string> out;
+    Result<std::vector<CollectionInfo>> all = s->list_collections(p);
+    for (const CollectionInfo& c : *all) out.push_back(c.name);
+    return out;
+  };
+  EXPECT_EQ(names(alice), (std::vector<std::string>{"hr", "manuals", "public"}));
+  EXPECT_EQ(names(key("bob")), (std::vector<std::string>{"manuals", "public"}));
+  EXPECT_EQ(names(key("dave", {"ops"})), (std::vector<std::string>{"manuals", "public"}));
+  EXPECT_EQ(names(key("eve")), (std::vector<std::string>{"public"}));
+  EXPECT_EQ(names(Principal{"root", {}, true}), (std::vector<std::string>{"hr", "manuals", "public"}));
+  // Existence is not revealed to those who may not read.
+  EXPECT_EQ(s->get_collection("hr", key("eve")).status().code(), StatusCode::kNotFound);
+  // Readers may not change a collection; strangers do not see it.
+  EXPECT_EQ(s->delete_collection("manuals", key("bob")).code(), StatusCode::kPermissionDenied);
+  EXPECT_EQ(s->delete_collection("hr", key("eve")).code(), StatusCode::kNotFound);
+  EXPECT_EQ(s->put_document("manuals", doc("a.txt", "some text here."), key("bob")).status().code(),
+            StatusCode::kPermissionDenied);
+  Result<CollectionInfo> m = s->get_collection("manuals", key("bob"));
+  ASSERT_TRUE(m.is_ok());
+  EXPECT_EQ(m->owner, "alice");
+  EXPECT_EQ(m->readers, (std::vector<std::string>{"group:ops", "key:bob"}));
+}
+
+TEST_F(StoreTest, PutReplaceDuplicateDelete) {
+  auto s = open();
+  ASSERT_TRUE(s->create_collection("c", alice, {}, "").is_ok());
+  Result<PutResult> a = s->put_document("c", doc("wing.txt", "The wing flutter speed depends on torsional stiffness."), alice);
+  ASSERT_TRUE(a.is_ok()) << a.status().to_string();
+  EXPECT_EQ(a->outcome, PutOutcome::kAdded);
+  EXPECT_EQ(s->put_document("c", doc("wing.txt", "The wing flutter speed depends on torsional stiffness."), alice)->outcome,
+            PutOutcome::kUnchanged);
+  Result<PutResult> dup = s->put_document("c", doc("copy.txt", "The wing flutter speed depends on torsional stiffness."), alice);
+  EXPECT_EQ(dup->outcome, PutOutcome::kDuplicate);
+  EXPECT_EQ(dup->duplicate_of, "wing.txt");
+  ASSERT_TRUE(s->put_document("c", doc("heat.txt", "Heat transfer in hypersonic boundary layers."), alice).is_ok());
+
+  auto hits = s->search(query("torsional stiffness"), alice);
+  ASSERT_TRUE(hits.is_ok());
+  ASSERT_FALSE(hits->empty());
+  EXPECT_EQ((*hits)[0].source, "wing.txt");
+  EXPECT_TRUE((*hits)[0].bm25_rank.has_value());
+  EXPECT_TRUE((*hits)[0].vector_rank.has_value());
+  EXPECT_DOUBLE_EQ((*hits)[0].term_coverage, 1.0);
+
+  // Replacing the content replaces every index entry of the old text.
+  Result<PutResult> r = s->put_document("c", doc("wing.txt", "Propeller noise at low advance ratios."), alice);
+  EXPECT_EQ(r->outcome, PutOutcome::kReplaced);
+  EXPECT_EQ(r->document_id, a->document_id);
+  for (SearchMode mode : {SearchMode::kBm25, SearchMode::kVector, SearchMode::kHybrid}) {
+    auto after = s->search(query("torsional stiffness flutter", mode), alice);
+    ASSERT_TRUE(after.is_ok());
+    for (const SearchHit& h : *after) EXPECT_EQ(h.text.find("torsional"), std::string::npos);
+  }
+  auto noise = s->search(query("propeller noise", SearchMode::kBm25), alice);
+  ASSERT_EQ(noise->size(), 1u);
+  EXPECT_EQ((*noise)[0].source, "wing.txt");
+  expect_consistent(*s);
+
+  ASSERT_TRUE(s->delete_document("c", "wing.txt", alice).is_ok());
+  EXPECT_EQ(s->delete_document("c", "wing.txt", alice).code(), StatusCode::kNotFound);
+  for (SearchMode mode : {SearchMode::kBm25, SearchMode::kVector, SearchMode::kHybrid}) {
+    auto after = s->search(query("propeller noise", mode), alice);
+    ASSERT_TRUE(after.is_ok());
+    EXPECT_EQ(sources(*after).count("wing.txt"), 0u);
+  }
+  auto docs = s->list_documents("c", alice);
+  ASSERT_EQ(docs->size(), 1u);
+  EXPECT_EQ((*docs)[0].source, "heat.txt");
+  EXPECT_EQ((*docs)[0].n_chunks, 1);
+  expect_consistent(*s);
+
+  ASSERT_TRUE(s->delete_collection("c", alice).is_ok());
+  EXPECT_TRUE(s->list_collections(alice)->empty());
+  expect_consistent(*s);
+}
+
+TEST_F(StoreTest, BadDocumentsAreRefusedWithoutWriting) {
+  auto s = open();
+  ASSERT_TRUE(s->create_collection("c", alice, {}, "").is_ok());
+  DocumentRecord d = doc("a.txt", "Some text about flow.");
+  DocumentRecord wrong_dim = d;
+  wrong_dim.chunks[0].embedding.resize(3);
+  DocumentRecord nan = d;
+  nan.chunks[0].embedding[0] = std::nanf("");
+  DocumentRecord bad_meta = d;
+  bad_meta.metadata_json = "[1,2]";
+  DocumentRecord no_chunks = d;
+  no_chunks.chunks.clear();
+  DocumentRecord bad_hash = d;
+  bad_hash.content_hash = "abc";
+  DocumentRecord no_source = d;
+  no_source.source = "";
+  for (const DocumentRecord* bad : {&wrong_dim, &nan, &bad_meta, &no_chunks, &bad_hash, &no_source})
+    EXPECT_EQ(s->put_document("c", *bad, alice).status().code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(s->put_document("nope", d, alice).status().code(), StatusCode::kNotFound);
+  EXPECT_TRUE(s->list_documents("c", alice)->empty());
+  expect_consistent(*s);
+}
+
+TEST_F(StoreTest, AccessIsFilteredDuringTheSearchNotAfterTopK) {
+  auto s = open();
+  ASSERT_TRUE(s->create_collection("open", alice, {"key:bob"}, "").is_ok());
+  ASSERT_TRUE(s->create_collection("secret", alice, {}, "").is_ok());
+  // The secret collection matches the query far better, many times over.
+  for (int i = 0; i < 20; ++i)
+    ASSERT_TRUE(s->put_document("secret", doc("s" + std::to_string(i) + ".txt",
+                                              "Shock wave interaction shock wave interaction report " + std::to_string(i) + "."),
+                                alice)
+                    .is_ok());
+  for (int i = 0; i < 5; ++i)
+    ASSERT_TRUE(s->put_document("open", doc("o" + std::to_string(i) + ".txt",
+                                            "A note on wave drag number " + std::to_string(i) + " and other things."),
+                                alice)
+                    .is_ok());
+  for (SearchMode mode : {SearchMode::kBm25, SearchMode::kVector, SearchMode::kHybrid}) {
+    SearchRequest r = query("shock wave interaction", mode, 3);
+    r.candidates = 3;  // tighter than the secret matches: post-filtering would leave nothing
+    auto bob = s->search(r, key("bob"));
+    ASSERT_TRUE(bob.is_ok());
+    ASSERT_EQ(bob->size(), 3u) << "mode " << static_cast<int>(mode);
+    for (const SearchHit& h : *bob) EXPECT_EQ(h.collection, "open");
+    auto al = s->search(r, alice);
+    EXPECT_EQ((*al)[0].collection, "secret");
+  }
+  // Naming a collection one may not read is "not found", as if it did not exist.
+  EXPECT_EQ(s->search(query("shock", SearchMode::kHybrid, 3, {"secret"}), key("bob")).status().code(),
+            StatusCode::kNotFound);
+  EXPECT_TRUE(s->search(query("shock"), key("eve"))->empty());
+}
+
+TEST_F(StoreTest, HostileQueriesAreJustWords) {
+  auto s = open();
+  ASSERT_TRUE(s->create_collection("c", alice, {}, "").is_ok());
+  ASSERT_TRUE(s->put_document("c", doc("a.txt", "Laminar flow over a flat plate."), alice).is_ok());
+  for (const std::string& q : std::vector<std::string>{"\"unbalanced", "flow OR", "NEAR(flow plate)", "col:flow", "* ^ - + ()", "",
+                              std::string(100000, 'a'), "flow\"; DROP TABLE chunks; --", "\xff\xfe flow"}) {
+    auto r = s->search(query(q, SearchMode::kBm25), alice);
+    ASSERT_TRUE(r.is_ok()) << q.substr(0, 40) << ": " << r.status().to_string();
+  }
+  EXPECT_EQ(s->search(query("flow\"; DROP TABLE chunks; --", SearchMode::kBm25), alice)->size(), 1u);
+  SearchRequest bad = query("flow");
+  bad.query_vector.resize(5);
+  EXPECT_EQ(s->search(bad, alice).status().code(), StatusCode::kInvalidArgument);
+  bad = query("flow");
+  bad.top_k = 0;
+  EXPECT_EQ(s->search(bad, alice).status().code(), StatusCode::kInvalidArgument);
+  expect_consistent(*s);
+}
+
+TEST_F(StoreTest, PersistsAndRefusesAnotherEmbeddingModel) {
+  {
+    auto s = open();
+    ASSERT_TRUE(s->create_collection("c", alice, {}, "").is_ok());
+    ASSERT_TRUE(s->put_document("c", doc("a.txt", "Supersonic inlet buzz."), alice).is_ok());
+  }
+  {
+    auto s = open();
+    auto hits = s->search(query("inlet buzz"), alice);
+    ASSERT_EQ(hits->size(), 1u);
+    EXPECT_TRUE((*hits)[0].vector_rank.has_value());
+    expect_consistent(*s);
+  }
+  auto other = Store::open(dir / "rag.db", "another-model", kEmbedder.dim());
+  EXPECT_EQ(other.status().code(), StatusCode::kVerificationFailed);
+  EXPECT_NE(other.status().message().find("ingest the documents again"), std::string::npos);
+  EXPECT_EQ(Store::open(dir / "rag.db", kEmbedder.model_id(), 32).status().code(), StatusCode::kVerificationFailed);
+}
+
+TEST_F(StoreTest, CheckFindsAnFtsIndexOutOfStep) {
+  auto s = open();
+  ASSERT_TRUE(s->create_collection("c", alice, {}, "").is_ok());
+  ASSERT_TRUE(s->put_document("c", doc("a.txt", "Supersonic inlet buzz."), alice).is_ok());
+  s.reset();
+  sqlite3* db = nullptr;
+  ASSERT_EQ(sqlite3_open((dir / "rag.db").c_str(), &db), SQLITE_OK);
+  // Drop the FTS entry behind the store's back.
+  ASSERT_EQ(sqlite3_exec(db, "INSERT INTO chunks_fts(chunks_fts, rowid, text) SELECT 'delete', id, 'unrelated words' FROM chunks",
+                         nullptr, nullptr, nullptr),
+            SQLITE_OK);
+  sqlite3_close(db);
+  s = open();
+  Result<ConsistencyReport> r = s->check();
+  ASSERT_TRUE(r.is_ok());
+  EXPECT_FALSE(r->ok);
+  EXPECT_NE(r->why.find("FTS5"), std::string::npos) << r->why;
+}
+
+TEST_F(StoreTest, AnnRecallAgainstExactSearch) {
+  StoreOptions o;
+  o.ann_threshold = 1000;
+  auto s = open(o);
+  ASSERT_TRUE(s->create_collection("c", alice, {}, "").is_ok());
+  // 4000 chunks of random words: vectors spread over the space.
+  std::mt19937 rng(7);
+  std::vector<std::string> vocab;
+  for (int i = 0; i < 3000; ++i) vocab.push_back("w" + std::to_string(i));
+  std::uniform_int_distribution<int> pick(0, 2999);
+  std::vector<std::vector<float>> all_vectors;  // every chunk's vector, for the brute-force reference
+  for (int d = 0; d < 100; ++d) {
+    std::string text;
+    for (int c = 0; c < 40; ++c) {
+      for (int w = 0; w < 8; ++w) text += vocab[pick(rng)] + " ";
+      text += "end.\n";
+    }
+    DocumentRecord rec = doc("d" + std::to_string(d), text, 9);
+    for (const ChunkRecord& c : rec.chunks) all_vectors.push_back(c.embedding);
+    ASSERT_TRUE(s->put_document("c", rec, alice).is_ok());
+  }
+  expect_consistent(*s);
+  EXPECT_EQ(s->check()->n_hnsw_collections, 1);
+  double recall = 0;
+  const int n_queries = 50;
+  for (int q = 0; q < n_queries; ++q) {
+    std::string text;
+    for (int w = 0; w < 6; ++w) text += vocab[pick(rng)] + " ";
+    SearchRequest r = query(text, SearchMode::kVector, 10);
+    r.candidates = 10;
+    auto ann = s->search(r, alice);
+    ASSERT_TRUE(ann.is_ok());
+    ASSERT_EQ(ann->size(), 10u);
+    std::vector<double> sims;
+    for (const std::vector<float>& v : all_vectors) {
+      double dot = 0;
+      for (std::size_t i = 0; i < v.size(); ++i) dot += static_cast<double>(v[i]) * r.query_vector[i];
+      sims.push_back(dot);
+    }
+    std::nth_element(sims.begin(), sims.begin() + 9, sims.end(), std::greater<double>());
+    const double tenth = sims[9];
+    int good = 0;
+    for (const SearchHit& h : *ann) good += *h.similarity >= tenth - 1e-5;
+    recall += good / 10.0;
+  }
+  recall /= n_queries;
+  EXPECT_GE(recall, 0.95);
+}
+
+// A child process writes documents in a loop and is SIGKILLed at some point;
+// every document that exists afterwards is whole, in every index.
+TEST_F(StoreTest, KillNineDuringWritesLeavesAConsistentStore) {
+  {
+    auto s = open();
+    ASSERT_TRUE(s->create_collection("c", alice, {}, "").is_ok());
+  }
+  for (int round = 0; round < 3; ++round) {
+    const pid_t pid = fork();
+    ASSERT_GE(pid, 0);
+    if (pid == 0) {
+      auto s = Store::open(dir / "rag.db", kEmbedder.model_id(), kEmbedder.dim());
+      if (!s.is_ok()) _exit(3);
+      for (int i = 0;; ++i) {
+        std::string text;
+        for (int k = 0; k < 20; ++k) text += "Round " + std::to_string(round) + " doc " + std::to_string(i) + " sentence " + std::to_string(k) + ".\n";
+        // Replace a rolling set of sources, so deletes and inserts both happen.
+        (void)(*s)->put_document("c", doc("doc" + std::to_string(i % 25), text, 12), alice);
+      }
+    }
+    usleep(150000 + 100000 * round);
+    kill(pid, SIGKILL);
+    int status = 0;
+    waitpid(pid, &status, 0);
+    ASSERT_TRUE(WIFSIGNALED(status)) << "the writer stopped by itself (status " << status << ")";
+    auto s = open();
+    ASSERT_NE(s, nullptr);
+    expect_consistent(*s);
+    // Every document holds all of its chunks (20 six-word sentences, two to a 12-word chunk).
+    Result<std::vector<DocumentInfo>> docs = s->list_documents("c", alice);
+    ASSERT_TRUE(docs.is_ok());
+    for (const DocumentInfo& d : *docs) EXPECT_EQ(d.n_chunks, 10) << d.source;
+  }
+}
+
+}  // namespace
+}  // namespace airlock::rag
