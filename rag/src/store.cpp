@@ -582,6 +582,23 @@ Status Store::delete_document(const std::string& collection, const std::string& 
   return Status();
 }
 
+Status Store::check_writable(const std::string& collection, const Principal& who) const {
+  Result<CollectionRow> c = impl_->writable(collection, who);
+  return c.is_ok() ? Status() : c.status();
+}
+
+Result<std::optional<std::string>> Store::source_with_hash(const std::string& collection, const std::string& content_hash,
+                                                           const Principal& who) const {
+  AIRLOCK_ASSIGN_OR_RETURN(CollectionRow c, impl_->readable(collection, who));
+  Stmt st(impl_->db, "SELECT source FROM documents WHERE collection_id = ? AND content_hash = ? ORDER BY source LIMIT 1");
+  if (!st.ok()) return sql::error(impl_->db, "find by hash");
+  st.bind(1, c.id).bind(2, content_hash);
+  const int rc = st.step();
+  if (rc == SQLITE_ROW) return std::optional<std::string>(st.text(0));
+  if (rc != SQLITE_DONE) return sql::error(impl_->db, "find by hash");
+  return std::optional<std::string>();
+}
+
 Result<std::vector<SearchHit>> Store::search(const SearchRequest& req, const Principal& who) const {
   const Impl& s = *impl_;
   if (req.top_k < 1 || req.top_k > 100) return invalid_argument("top_k must be 1 to 100");

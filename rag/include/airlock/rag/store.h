@@ -154,6 +154,11 @@ class Store {
   Result<std::optional<DocumentInfo>> find_document(const std::string& collection, const std::string& source,
                                                     const Principal& who) const;
   Status delete_document(const std::string& collection, const std::string& source, const Principal& who);
+  // OK when `who` may write to the collection (before doing expensive work).
+  Status check_writable(const std::string& collection, const Principal& who) const;
+  // The source of a document in the collection with this content hash, if any.
+  Result<std::optional<std::string>> source_with_hash(const std::string& collection, const std::string& content_hash,
+                                                      const Principal& who) const;
 
   Result<std::vector<SearchHit>> search(const SearchRequest& request, const Principal& who) const;
 
