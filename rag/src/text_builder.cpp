@@ -52,8 +52,25 @@ std::string_view strip_bom(std::string_view s) {
 
 Status TextBuilder::append(std::string_view s) {
   if (overflow_) return overflow_status();
-  for (char c : s)
-    if (!put(c)) return overflow_status();
+  std::size_t i = 0;
+  while (i < s.size()) {
+    // Visible bytes (most of any text) go in as one run; the rest one by one.
+    std::size_t j = i;
+    while (j < s.size() && static_cast<unsigned char>(s[j]) > 0x20 && s[j] != 0x7f) ++j;
+    if (j == i) {
+      if (!put(s[i])) return overflow_status();
+      ++i;
+      continue;
+    }
+    if (!put(s[i])) return overflow_status();  // flushes pending breaks and whitespace
+    const std::string_view run = s.substr(i + 1, j - i - 1);
+    if (run.size() > max_bytes_ - out_.size()) {
+      overflow_ = true;
+      return overflow_status();
+    }
+    out_.append(run);
+    i = j;
+  }
   return Status::ok();
 }
 

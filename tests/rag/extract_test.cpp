@@ -311,14 +311,15 @@ TEST(ExtractTest, MarkdownSetextTitleAndUnclosedFrontMatter) {
 
 TEST(ExtractTest, MarkdownPathologicalLinesStayLinear) {
   // Unmatched brackets, backticks and tags: each used to be a rescan per byte
-  // in naive parsers. 4 MiB lines must finish quickly.
+  // in naive parsers (1e12 steps here). 1 MiB lines must finish in moments,
+  // even in a sanitizer build.
   for (const std::string& unit : {std::string("["), std::string("[a]("), std::string("``x`"), std::string("<a"),
                                   std::string("*_"), std::string("![")}) {
     std::string line;
-    while (line.size() < (4u << 20)) line += unit;
+    while (line.size() < (1u << 20)) line += unit;
     const auto start = Clock::now();
     auto r = extract_document("p.md", line + "\nend");
-    EXPECT_LT(Clock::now() - start, std::chrono::seconds(20)) << unit;
+    EXPECT_LT(Clock::now() - start, std::chrono::seconds(10)) << unit;
     if (r.is_ok()) {
       EXPECT_TRUE(r->text.ends_with("end")) << unit;
     }
