@@ -1,0 +1,50 @@
+// Internal to airlock_rag: runs an untrusted-input filter program (pdftotext)
+// as a confined child process. The child gets the input on stdin, an empty
+// environment (PATH=/usr/bin:/bin, LANG=C.UTF-8), cwd "/", no other file
+// descriptors, its own process group, PR_SET_NO_NEW_PRIVS, PR_SET_PDEATHSIG
+// SIGKILL, and rlimits: RLIMIT_AS memory_bytes, RLIMIT_CPU timeout rounded up
+// to seconds, RLIMIT_FSIZE 0, RLIMIT_NOFILE 32, RLIMIT_CORE 0.
+//
+// The parent feeds stdin and drains stdout and stderr through one poll()
+// loop (no deadlock whatever the child does first), SIGKILLs the child's
+// process group at the wall-clock deadline or when stdout passes its cap,
+// and always reaps the child before returning: no zombies on any path.
+// SIGPIPE is blocked in the calling thread while the child runs, and a
+// SIGPIPE the writes raised is consumed before the mask is restored.
+//
+// Thread-safety: safe to call from several threads at once; the child runs
+// only async-signal-safe calls between fork and exec.
+#pragma once
+
+#include <cstddef>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "airlock/common/status.h"
+
+namespace airlock::rag::internal {
+
+struct ChildLimits {
+  int timeout_ms = 30000;
+  std::size_t memory_bytes = 512 << 20;
+  std::size_t max_stdout_bytes = 16 << 20;
+  std::size_t max_stderr_bytes = 512;  // kept for messages; the rest is drained and dropped
+};
+
+struct ChildOutput {
+  std::string out;
+  std::string err;       // the first max_stderr_bytes of stderr
+  int exit_status = -1;  // when it exited
+  int term_signal = 0;   // when a signal ended it (SIGXCPU: the CPU limit)
+};
+
+// Runs argv[0] (an absolute path) with argv. Errors: kUnavailable when the
+// program cannot be executed (the message has strerror), kResourceExhausted
+// when it ran past timeout_ms or wrote more than max_stdout_bytes (it is
+// killed), kIoError when pipes, fork or poll fail. A non-zero exit or a
+// signal is not an error here: the caller reads ChildOutput.
+Result<ChildOutput> run_sandboxed(const std::vector<std::string>& argv, std::string_view input,
+                                  const ChildLimits& limits);
+
+}  // namespace airlock::rag::internal
