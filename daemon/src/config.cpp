@@ -2,6 +2,8 @@
 
 #include <arpa/inet.h>
 
+#include <algorithm>
+#include <cctype>
 #include <charconv>
 #include <fstream>
 #include <set>
@@ -44,6 +46,90 @@ Status parse_listen(const std::string& value, Config* config) {
   return Status::ok();
 }
 
+namespace {
+
+bool valid_key_name(std::string_view n) {
+  return !n.empty() && n.size() <= 64 && std::all_of(n.begin(), n.end(), [](char ch) {
+    return std::isalnum(static_cast<unsigned char>(ch)) || ch == '.' || ch == '_' || ch == '-' || ch == '@';
+  });
+}
+
+Status parse_rag(const toml::table& t, const std::string& origin, RagConfig* r) {
+  static const std::set<std::string> kKeys = {
+      "enabled", "database", "chunk_tokens", "chunk_overlap", "top_k", "candidates", "min_similarity",
+      "min_term_coverage", "ann_threshold", "max_document_bytes", "pdf_timeout_ms", "pdf_memory_mib", "refusal",
+      "admins", "groups"};
+  auto bad = [&](const std::string& key, const std::string& why) {
+    return invalid_argument(origin + ": rag." + key + ": " + why);
+  };
+  for (const auto& [k, v] : t)
+    if (!kKeys.count(std::string(k.str()))) return bad(std::string(k.str()), "unknown key");
+  auto get_int = [&](const char* key, std::int64_t lo, std::int64_t hi, auto* out) -> Status {
+    if (const toml::node* n = t.get(key)) {
+      if (!n->is_integer()) return bad(key, "must be an integer");
+      const std::int64_t v = n->as_integer()->get();
+      if (v < lo || v > hi) return bad(key, "must be between " + std::to_string(lo) + " and " + std::to_string(hi));
+      *out = static_cast<std::remove_reference_t<decltype(*out)>>(v);
+    }
+    return Status::ok();
+  };
+  auto get_ratio = [&](const char* key, double* out) -> Status {
+    if (const toml::node* n = t.get(key)) {
+      if (!n->is_number()) return bad(key, "must be a number");
+      const double v = n->is_integer() ? static_cast<double>(n->as_integer()->get()) : n->as_floating_point()->get();
+      if (!(v >= -1 && v <= 1)) return bad(key, "must be between -1 and 1");
+      *out = v;
+    }
+    return Status::ok();
+  };
+  auto names = [&](const toml::node& n, const std::string& key, std::vector<std::string>* out) -> Status {
+    const toml::array* a = n.as_array();
+    if (a == nullptr) return bad(key, "must be an array of key names");
+    for (const toml::node& x : *a) {
+      if (!x.is_string() || !valid_key_name(x.as_string()->get())) return bad(key, "must hold API key names");
+      out->push_back(x.as_string()->get());
+    }
+    return Status::ok();
+  };
+  if (const toml::node* n = t.get("enabled")) {
+    if (!n->is_boolean()) return bad("enabled", "must be true or false");
+    r->enabled = n->as_boolean()->get();
+  }
+  if (const toml::node* n = t.get("database")) {
+    if (!n->is_string() || n->as_string()->get().empty()) return bad("database", "must be a path");
+    r->database = n->as_string()->get();
+  }
+  if (const toml::node* n = t.get("refusal")) {
+    if (!n->is_string() || n->as_string()->get().empty() || n->as_string()->get().size() > 4096)
+      return bad("refusal", "must be a text of 1 to 4096 bytes");
+    r->refusal = n->as_string()->get();
+  }
+  AIRLOCK_RETURN_IF_ERROR(get_int("chunk_tokens", 16, 8192, &r->chunk_tokens));
+  AIRLOCK_RETURN_IF_ERROR(get_int("chunk_overlap", 0, 4096, &r->chunk_overlap));
+  if (r->chunk_overlap >= r->chunk_tokens) return bad("chunk_overlap", "must be smaller than chunk_tokens");
+  AIRLOCK_RETURN_IF_ERROR(get_int("top_k", 1, 50, &r->top_k));
+  AIRLOCK_RETURN_IF_ERROR(get_int("candidates", 1, 1000, &r->candidates));
+  AIRLOCK_RETURN_IF_ERROR(get_ratio("min_similarity", &r->min_similarity));
+  AIRLOCK_RETURN_IF_ERROR(get_ratio("min_term_coverage", &r->min_term_coverage));
+  AIRLOCK_RETURN_IF_ERROR(get_int("ann_threshold", 1, std::int64_t{1} << 40, &r->ann_threshold));
+  AIRLOCK_RETURN_IF_ERROR(get_int("max_document_bytes", 1024, std::int64_t{1} << 32, &r->max_document_bytes));
+  AIRLOCK_RETURN_IF_ERROR(get_int("pdf_timeout_ms", 100, 600000, &r->pdf_timeout_ms));
+  AIRLOCK_RETURN_IF_ERROR(get_int("pdf_memory_mib", 64, 1 << 20, &r->pdf_memory_mib));
+  if (const toml::node* n = t.get("admins")) AIRLOCK_RETURN_IF_ERROR(names(*n, "admins", &r->admins));
+  if (const toml::node* n = t.get("groups")) {
+    const toml::table* g = n->as_table();
+    if (g == nullptr) return bad("groups", "must be a table of group = [key names]");
+    for (const auto& [k, v] : *g) {
+      const std::string group(k.str());
+      if (!valid_key_name(group)) return bad("groups", "'" + group + "' is not a valid group name");
+      AIRLOCK_RETURN_IF_ERROR(names(v, "groups." + group, &r->groups[group]));
+    }
+  }
+  return Status::ok();
+}
+
+}  // namespace
+
 Result<Config> parse_config(std::string_view text, const std::string& origin, Config c) {
   toml::table t;
   try {
@@ -55,7 +141,7 @@ Result<Config> parse_config(std::string_view text, const std::string& origin, Co
   }
   static const std::set<std::string> kTopKeys = {
       "listen", "store", "state", "trusted", "model", "verify_on_load", "threads", "kv_cache_mib", "max_running",
-      "max_waiting", "prefill_chunk", "max_body_bytes", "drain_seconds", "http_threads", "audit_text", "tls"};
+      "max_waiting", "prefill_chunk", "max_body_bytes", "drain_seconds", "http_threads", "audit_text", "tls", "rag"};
   for (const auto& [k, v] : t)
     if (!kTopKeys.count(std::string(k.str()))) return invalid_argument(origin + ": unknown key '" + std::string(k.str()) + "'");
 
@@ -112,6 +198,11 @@ Result<Config> parse_config(std::string_view text, const std::string& origin, Co
     AIRLOCK_RETURN_IF_ERROR(get_string(*tls, "client_ca", &c.tls_client_ca));
     if (c.tls_cert.empty() != c.tls_key.empty()) return bad("tls", "cert and key go together");
     if (!c.tls_client_ca.empty() && c.tls_cert.empty()) return bad("tls", "client_ca needs cert and key");
+  }
+  if (const toml::node* n = t.get("rag")) {
+    const toml::table* rag = n->as_table();
+    if (rag == nullptr) return bad("rag", "must be a table");
+    AIRLOCK_RETURN_IF_ERROR(parse_rag(*rag, origin, &c.rag));
   }
   return c;
 }

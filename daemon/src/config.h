@@ -8,12 +8,32 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <string>
 #include <vector>
 
 #include "airlock/common/status.h"
 
 namespace airlock::daemon {
+
+// [rag]: documents, retrieval and grounded answers (docs/rag.md).
+struct RagConfig {
+  bool enabled = true;                    // needs a bundle with an embedding model
+  std::string database;                   // empty: STATE/rag.db
+  int chunk_tokens = 256;
+  int chunk_overlap = 32;
+  int top_k = 5;                          // sources given to the model by default
+  int candidates = 50;                    // per retriever before fusion
+  double min_similarity = 0.55;           // evidence thresholds (rag/grounding.h)
+  double min_term_coverage = 0.6;
+  std::uint64_t ann_threshold = 20000;    // vectors per collection before HNSW is used
+  std::uint64_t max_document_bytes = 32u << 20;
+  int pdf_timeout_ms = 30000;
+  std::uint64_t pdf_memory_mib = 512;
+  std::string refusal;                    // empty: the built-in text
+  std::vector<std::string> admins;        // key names that may read and manage every collection
+  std::map<std::string, std::vector<std::string>> groups;  // group -> key names
+};
 
 struct Config {
   std::string listen_host = "127.0.0.1";  // numeric IPv4/IPv6 only: nothing is ever resolved
@@ -33,6 +53,7 @@ struct Config {
   int http_threads = 64;
   bool audit_text = false;                 // store prompt and completion text in the audit log
   std::string tls_cert, tls_key, tls_client_ca;
+  RagConfig rag;
 };
 
 // Parses TOML text (`origin` names it in messages).

@@ -7,6 +7,7 @@
 #include "airlock/engine/thread_pool.h"
 #include "airlock/verifier/bundle_store.h"
 #include "airlock/verifier/trust_store.h"
+#include "rag_embedder.h"
 
 namespace airlock::daemon {
 namespace {
@@ -16,6 +17,33 @@ namespace {
 constexpr const char* kFallbackTemplate =
     "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
     "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
+
+// Opens the RAG store for the bundle's embedding model. RAG problems never
+// stop the daemon: chat keeps working and the RAG routes say why they are off.
+void open_rag(const Config& config, const verifier::ManifestFile* embedding, LoadedModel& m) {
+  if (!config.rag.enabled) {
+    m.rag_off_reason = "RAG is disabled in the configuration ([rag] enabled = false)";
+    return;
+  }
+  if (!m.embedder) {
+    m.rag_off_reason = "the bundle '" + m.id + "' has no embedding model (airlock bundle create --embedding)";
+    return;
+  }
+  auto adapter = std::make_unique<RagEmbedder>(*m.embedder, "sha256:" + verifier::to_hex(embedding->sha256));
+  const std::string path = config.rag.database.empty() ? config.state + "/rag.db" : config.rag.database;
+  rag::StoreOptions o;
+  o.ann_threshold = config.rag.ann_threshold;
+  Result<std::unique_ptr<rag::Store>> store = rag::Store::open(path, adapter->model_id(), adapter->dim(), o);
+  if (!store.is_ok()) {
+    m.rag_off_reason = "the RAG store could not be opened: " + store.status().to_string();
+    airlock::log().error("{}", m.rag_off_reason);
+    return;
+  }
+  m.rag_embedder = std::move(adapter);
+  m.rag_store = std::move(*store);
+  airlock::log().info("RAG store {}: embedding model {} ({} dimensions)", path, m.rag_embedder->model_id(),
+                      m.rag_embedder->dim());
+}
 
 }  // namespace
 
@@ -82,6 +110,7 @@ Result<std::shared_ptr<LoadedModel>> load_model(const Config& config) {
                           "/v1/embeddings is off", chosen->name, path);
     }
   }
+  open_rag(config, embedding, *m);
 
   const engine::ModelParams& p = m->model->params();
   const std::uint64_t per_block = m->model->kv_bytes_per_block();

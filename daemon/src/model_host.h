@@ -25,6 +25,8 @@
 #include "airlock/engine/scheduler.h"
 #include "airlock/engine/static_embedding.h"
 #include "airlock/engine/tokenizer.h"
+#include "airlock/rag/embedder.h"
+#include "airlock/rag/store.h"
 #include "config.h"
 
 namespace airlock::daemon {
@@ -46,6 +48,10 @@ struct LoadedModel {
   std::unique_ptr<engine::Scheduler> scheduler;
   // The bundle's embedding model, if it has one.
   std::unique_ptr<engine::Embedder> embedder;
+  // RAG over it (config [rag]): the adapter and the store, or why RAG is off.
+  std::unique_ptr<rag::Embedder> rag_embedder;
+  std::unique_ptr<rag::Store> rag_store;
+  std::string rag_off_reason;
 
   ~LoadedModel();
 };
