@@ -91,6 +91,32 @@ class CpuBackend final : public Backend {
     }
   }
 
+  void layer_norm(const float* x, const WeightTensor& w, const WeightTensor& b, std::int64_t n_rows, std::int64_t dim,
+                  float eps, float* y) override {
+    std::vector<float> gs, bs;
+    const float* g = as_f32(w, gs);
+    const float* bias = as_f32(b, bs);
+    pool_->parallel_for(
+        n_rows,
+        [&](std::int64_t r0, std::int64_t r1) {
+          for (std::int64_t r = r0; r < r1; ++r) {
+            const float* xr = x + r * dim;
+            // Two passes in double: the mean first, then the centred sum of
+            // squares (no cancellation for rows far from zero).
+            double sum = 0;
+            for (std::int64_t i = 0; i < dim; ++i) sum += xr[i];
+            const double mean = sum / static_cast<double>(dim);
+            double ss = 0;
+            for (std::int64_t i = 0; i < dim; ++i) ss += (xr[i] - mean) * (xr[i] - mean);
+            const double inv = 1.0 / std::sqrt(ss / static_cast<double>(dim) + eps);
+            float* yr = y + r * dim;
+            for (std::int64_t i = 0; i < dim; ++i)
+              yr[i] = static_cast<float>((xr[i] - mean) * inv) * g[i] + bias[i];
+          }
+        },
+        8);
+  }
+
   void add_bias(float* y, const WeightTensor& bias, std::int64_t n_rows, std::int64_t dim) override {
     std::vector<float> scratch;
     const float* b = as_f32(bias, scratch);
@@ -126,6 +152,20 @@ class CpuBackend final : public Backend {
 
   void swiglu(const float* gate, const float* up, std::int64_t n, float* out) override {
     for (std::int64_t i = 0; i < n; ++i) out[i] = gate[i] / (1.0f + std::exp(-gate[i])) * up[i];
+  }
+
+  void gelu(const float* x, std::int64_t n, float* y) override {
+    constexpr float kSqrt2OverPi = 0.79788456080286535588f;
+    constexpr float kCoef = 0.044715f;
+    pool_->parallel_for(
+        n,
+        [&](std::int64_t i0, std::int64_t i1) {
+          for (std::int64_t i = i0; i < i1; ++i) {
+            const float v = x[i];
+            y[i] = 0.5f * v * (1.0f + std::tanh(kSqrt2OverPi * v * (1.0f + kCoef * v * v)));
+          }
+        },
+        4096);
   }
 
   void add(float* y, const float* x, std::int64_t n) override {

@@ -1,5 +1,6 @@
 #include "gguf_writer.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <random>
@@ -35,6 +36,43 @@ void GgufWriter::set_i32_array(const std::string& k, const std::vector<std::int3
   kv_ += gstr(k) + le<std::uint32_t>(9) + le<std::uint32_t>(5) + le<std::uint64_t>(v.size());
   for (std::int32_t i : v) kv_ += le(i);
   ++n_kv_;
+}
+
+void GgufWriter::copy_metadata(const engine::GgufFile& from, const std::string& prefix,
+                               const std::vector<std::string>& skip) {
+  using VT = engine::GgufValueType;
+  auto scalar = [](VT t, const engine::GgufValue& v) -> std::string {
+    switch (t) {
+      case VT::kU8: return le<std::uint8_t>(static_cast<std::uint8_t>(v.u));
+      case VT::kI8: return le<std::int8_t>(static_cast<std::int8_t>(v.i));
+      case VT::kU16: return le<std::uint16_t>(static_cast<std::uint16_t>(v.u));
+      case VT::kI16: return le<std::int16_t>(static_cast<std::int16_t>(v.i));
+      case VT::kU32: return le<std::uint32_t>(static_cast<std::uint32_t>(v.u));
+      case VT::kI32: return le<std::int32_t>(static_cast<std::int32_t>(v.i));
+      case VT::kF32: return le<float>(static_cast<float>(v.f));
+      case VT::kBool: return le<std::uint8_t>(v.u ? 1 : 0);
+      case VT::kU64: return le<std::uint64_t>(v.u);
+      case VT::kI64: return le<std::int64_t>(v.i);
+      case VT::kF64: return le<double>(v.f);
+      case VT::kString: return gstr(std::string(v.str));
+      default: throw std::runtime_error("copy_metadata: nested arrays are not supported");
+    }
+  };
+  for (const auto& [key, v] : from.metadata()) {
+    if (key.rfind(prefix, 0) != 0) continue;
+    if (std::find(skip.begin(), skip.end(), key) != skip.end()) continue;
+    kv_ += gstr(key) + le<std::uint32_t>(static_cast<std::uint32_t>(v.type));
+    if (v.type != VT::kArray) {
+      kv_ += scalar(v.type, v);
+    } else {
+      kv_ += le<std::uint32_t>(static_cast<std::uint32_t>(v.elem_type)) + le<std::uint64_t>(v.n_elems);
+      if (v.elem_type == VT::kString)
+        for (std::string_view e : v.strings) kv_ += gstr(std::string(e));
+      else
+        kv_.append(reinterpret_cast<const char*>(v.raw.data()), v.raw.size());
+    }
+    ++n_kv_;
+  }
 }
 
 void GgufWriter::add_tensor(const std::string& name, GgmlType type, std::vector<std::int64_t> ne,
@@ -128,6 +166,80 @@ TestModel make_test_model(const TestModelSpec& spec_in) {
     add(b + "ffn_gate.weight", s.n_embd, s.n_ff, ws, false);
     add(b + "ffn_up.weight", s.n_embd, s.n_ff, ws, false);
     add(b + "ffn_down.weight", s.n_ff, s.n_embd, 1.0f / std::sqrt(static_cast<float>(s.n_ff)), false);
+  }
+  m.gguf = w.bytes();
+  return m;
+}
+
+BertTestModel make_bert_model(const BertModelSpec& spec) {
+  BertTestModel m;
+  m.spec = spec;
+  const BertModelSpec& s = m.spec;
+  const bool nomic = s.arch == "nomic-bert";
+  std::mt19937 rng(s.seed);
+  std::normal_distribution<float> gauss(0.0f, 1.0f);
+  GgufWriter w;
+  const std::string a = s.arch + ".";
+  w.set_string("general.architecture", s.arch_written.empty() ? s.arch : s.arch_written);
+  w.set_u32(a + "context_length", static_cast<std::uint32_t>(s.n_ctx));
+  w.set_u32(a + "embedding_length", static_cast<std::uint32_t>(s.n_embd));
+  w.set_u32(a + "block_count", static_cast<std::uint32_t>(s.n_layer));
+  w.set_u32(a + "feed_forward_length", static_cast<std::uint32_t>(s.n_ff));
+  w.set_u32(a + "attention.head_count", static_cast<std::uint32_t>(s.meta_n_head >= 0 ? s.meta_n_head : s.n_head));
+  w.set_f32(a + "attention.layer_norm_epsilon", s.norm_eps);
+  if (s.causal >= 0) w.set_bool(a + "attention.causal", s.causal != 0);
+  if (s.pooling >= 0) w.set_u32(a + "pooling_type", static_cast<std::uint32_t>(s.pooling));
+  if (nomic) w.set_f32(a + "rope.freq_base", s.rope_base);
+  w.set_u32("tokenizer.ggml.token_type_count", static_cast<std::uint32_t>(s.n_token_types));
+  if (s.metadata) s.metadata(w);
+
+  // kind: 'w' a matrix or table of weight_type, 'g' a norm gain (about 1),
+  // 'b' a bias (about 0); both F32.
+  auto add = [&](const std::string& name, std::int64_t ne0, std::int64_t ne1, float scale, char kind) {
+    if (name == s.omit_tensor) return;
+    if (name == s.misshape_tensor) (ne1 == 1 ? ne0 : ne1) += 1;
+    std::vector<float> v(static_cast<std::size_t>(ne0 * ne1));
+    for (float& x : v) x = kind == 'g' ? 1.0f + 0.1f * gauss(rng) : scale * gauss(rng);
+    const GgmlType type = kind == 'w' ? s.weight_type : GgmlType::kF32;
+    std::vector<std::int64_t> ne = ne1 == 1 ? std::vector<std::int64_t>{ne0} : std::vector<std::int64_t>{ne0, ne1};
+    w.add_tensor(name, type, ne, v);
+    std::vector<float> back(v.size());
+    const std::size_t rb = engine::row_bytes(type, ne0);
+    std::string tmp(rb, '\0');
+    for (std::int64_t r = 0; r < ne1; ++r) {
+      engine::quantize_row(type, v.data() + r * ne0, tmp.data(), ne0);
+      engine::dequantize_row(type, tmp.data(), back.data() + r * ne0, ne0);
+    }
+    m.weights[name] = std::vector<double>(back.begin(), back.end());
+  };
+  const std::int64_t d = s.n_embd, ff = s.n_ff;
+  const float ws = 1.0f / std::sqrt(static_cast<float>(d));
+  add("token_embd.weight", d, s.n_vocab, 1.0f, 'w');
+  add("token_types.weight", d, s.n_token_types, 1.0f, 'w');
+  if (!nomic) add("position_embd.weight", d, s.n_ctx, 1.0f, 'w');
+  add("token_embd_norm.weight", d, 1, 0, 'g');
+  add("token_embd_norm.bias", d, 1, 0.1f, 'b');
+  for (int l = 0; l < s.n_layer; ++l) {
+    const std::string b = "blk." + std::to_string(l) + ".";
+    if (nomic) {
+      add(b + "attn_qkv.weight", d, 3 * d, ws, 'w');
+    } else {
+      for (const char* t : {"attn_q", "attn_k", "attn_v"}) {
+        add(b + t + ".weight", d, d, ws, 'w');
+        add(b + t + ".bias", d, 1, 0.1f, 'b');
+      }
+    }
+    add(b + "attn_output.weight", d, d, ws, 'w');
+    if (!nomic) add(b + "attn_output.bias", d, 1, 0.1f, 'b');
+    add(b + "attn_output_norm.weight", d, 1, 0, 'g');
+    add(b + "attn_output_norm.bias", d, 1, 0.1f, 'b');
+    add(b + "ffn_up.weight", d, ff, ws, 'w');
+    if (nomic) add(b + "ffn_gate.weight", d, ff, ws, 'w');
+    else add(b + "ffn_up.bias", ff, 1, 0.1f, 'b');
+    add(b + "ffn_down.weight", ff, d, 1.0f / std::sqrt(static_cast<float>(ff)), 'w');
+    if (!nomic) add(b + "ffn_down.bias", d, 1, 0.1f, 'b');
+    add(b + "layer_output_norm.weight", d, 1, 0, 'g');
+    add(b + "layer_output_norm.bias", d, 1, 0.1f, 'b');
   }
   m.gguf = w.bytes();
   return m;

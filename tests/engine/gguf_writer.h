@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "airlock/engine/ggml_types.h"
+#include "airlock/engine/gguf.h"
 
 namespace airlock::testing {
 
@@ -23,6 +24,9 @@ class GgufWriter {
   void set_string_array(const std::string& key, const std::vector<std::string>& v);
   void set_f32_array(const std::string& key, const std::vector<float>& v);
   void set_i32_array(const std::string& key, const std::vector<std::int32_t>& v);
+  // Copies every metadata entry of `from` whose key starts with `prefix`
+  // (a real vocabulary's tokenizer.* keys, say), except those in `skip`.
+  void copy_metadata(const engine::GgufFile& from, const std::string& prefix, const std::vector<std::string>& skip = {});
   // Quantises `values` (ne[0] * ne[1] floats, row-major rows of ne[0]).
   void add_tensor(const std::string& name, engine::GgmlType type, std::vector<std::int64_t> ne,
                   const std::vector<float>& values);
@@ -69,5 +73,41 @@ TestModel make_test_model(const TestModelSpec& spec);
 // Logits (n_tokens, n_vocab) of the causal sequence `tokens` at positions
 // 0..n-1, computed in double precision with straightforward loops.
 std::vector<double> reference_forward(const TestModel& model, const std::vector<std::int32_t>& tokens);
+
+// A random BERT-family encoder ("bert": learned positions, token types,
+// post-LayerNorm blocks with biases and a GELU feed-forward; "nomic-bert":
+// fused QKV without biases, rotary positions, SwiGLU) in llama.cpp's GGUF
+// layout. The vocabulary comes from `metadata` (tokenizer.* keys), n_vocab
+// must match it. The knobs at the end make hostile files.
+struct BertModelSpec {
+  std::string arch = "bert";
+  int n_vocab = 0;
+  int n_embd = 64;
+  int n_layer = 2;
+  int n_head = 4;
+  int n_ff = 128;
+  int n_ctx = 64;
+  int n_token_types = 2;
+  int pooling = 1;             // <arch>.pooling_type; -1: not written
+  float norm_eps = 1e-12f;
+  float rope_base = 1000.0f;   // nomic-bert
+  engine::GgmlType weight_type = engine::GgmlType::kF32;  // matrices and tables; norms and biases are F32
+  std::uint32_t seed = 1;
+  std::function<void(GgufWriter&)> metadata;
+  // Hostile knobs.
+  int causal = -1;             // <arch>.attention.causal: -1 not written, else the value
+  int meta_n_head = -1;        // head count written to the metadata (-1: n_head)
+  std::string arch_written;    // general.architecture (empty: arch)
+  std::string omit_tensor;     // left out of the file
+  std::string misshape_tensor; // written with one row (or element) too many
+};
+
+struct BertTestModel {
+  BertModelSpec spec;
+  std::string gguf;                                   // the file's bytes
+  std::map<std::string, std::vector<double>> weights; // exactly what the file holds, dequantised
+};
+
+BertTestModel make_bert_model(const BertModelSpec& spec);
 
 }  // namespace airlock::testing

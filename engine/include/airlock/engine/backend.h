@@ -94,6 +94,11 @@ class Backend {
   // y (n_rows, dim) = x / rms(x) * w, per row; w is an F32 vector of dim.
   virtual void rms_norm(const float* x, const WeightTensor& w, std::int64_t n_rows, std::int64_t dim, float eps,
                         float* y) = 0;
+  // y (n_rows, dim) = (x - mean(x)) / sqrt(var(x) + eps) * w + b, per row
+  // (BERT's LayerNorm; biased variance, as ggml_norm); w and b are vectors
+  // of dim. y may be x.
+  virtual void layer_norm(const float* x, const WeightTensor& w, const WeightTensor& b, std::int64_t n_rows,
+                          std::int64_t dim, float eps, float* y) = 0;
   // y (n_rows, dim) += bias (dim).
   virtual void add_bias(float* y, const WeightTensor& bias, std::int64_t n_rows, std::int64_t dim) = 0;
   // x (n_tokens, n_heads * head_dim) rotated in place at `positions`.
@@ -101,6 +106,9 @@ class Backend {
                     const RopeParams& p) = 0;
   // out (n) = silu(gate) * up.
   virtual void swiglu(const float* gate, const float* up, std::int64_t n, float* out) = 0;
+  // y (n) = gelu(x) in ggml's tanh form, 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))),
+  // which llama.cpp uses for BERT. y may be x.
+  virtual void gelu(const float* x, std::int64_t n, float* y) = 0;
   // y (n) += x (n).
   virtual void add(float* y, const float* x, std::int64_t n) = 0;
   // Stores k and v (n_tokens, kv_dim) at `slots` of `layer`.

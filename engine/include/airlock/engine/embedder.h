@@ -5,14 +5,18 @@
 #pragma once
 
 #include <cstddef>
+#include <memory>
 #include <span>
 #include <string>
 #include <string_view>
 #include <vector>
 
+#include "airlock/common/status.h"
 #include "airlock/engine/tokenizer.h"
 
 namespace airlock::engine {
+
+class Backend;
 
 class Embedder {
  public:
@@ -36,5 +40,16 @@ class Embedder {
   // chunking and usage accounting.
   std::size_t count_tokens(std::string_view text) const { return tokenizer().encode(text, false, false).size(); }
 };
+
+// Loads the embedding model at `path`, whatever its kind:
+//   - a .gguf file whose general.architecture is "bert" or "nomic-bert": a
+//     BertEmbedding (bert_embedding.h) running on `backend`; when `backend`
+//     is null, on a CPU backend of its own with one thread per core;
+//   - a directory, or the model.safetensors file inside one: a model2vec
+//     StaticEmbedding (static_embedding.h); `backend` is not used.
+// Errors: kInvalidArgument for a GGUF of another architecture or a path
+// that is neither; kNotFound when the path does not exist; otherwise the
+// loader's own errors, prefixed with the path.
+Result<std::unique_ptr<Embedder>> load_embedder(const std::string& path, std::shared_ptr<Backend> backend = nullptr);
 
 }  // namespace airlock::engine

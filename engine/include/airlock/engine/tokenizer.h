@@ -74,6 +74,7 @@ class Tokenizer {
   std::int32_t bos() const { return spec_.bos; }
   std::int32_t eos() const { return spec_.eos; }
   bool add_bos() const { return spec_.add_bos; }
+  bool add_eos() const { return spec_.add_eos; }
   // True when SentencePiece decoding should drop the space it added in front.
   bool strips_leading_space() const {
     return (spec_.model == "llama" && spec_.add_space_prefix) || spec_.model == "bert";

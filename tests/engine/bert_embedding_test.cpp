@@ -1,0 +1,597 @@
+// BERT-family encoders: the engine against a plain double-precision
+// reference encoder (below, written from the architecture's definition, not
+// from the engine) on random models that carry the real bge WordPiece
+// vocabulary; batching, pooling, normalisation, truncation; hostile files;
+// load_embedder's choice of model kind.
+#include "airlock/engine/bert_embedding.h"
+
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <functional>
+#include <numbers>
+#include <fstream>
+#include <random>
+#include <sstream>
+#include <thread>
+
+#include "airlock/engine/kernels.h"
+#include "airlock/engine/thread_pool.h"
+#include "gguf_writer.h"
+
+namespace airlock::engine {
+namespace {
+
+using testing::BertModelSpec;
+using testing::BertTestModel;
+
+// ---- the reference encoder ------------------------------------------------
+
+using Vec = std::vector<double>;
+
+struct Ref {
+  const BertTestModel& m;
+  const Vec& w(const std::string& name) const { return m.weights.at(name); }
+  bool has(const std::string& name) const { return m.weights.count(name) != 0; }
+
+  // y = W x (+ b), W (n_out rows of x.size()) starting at row `row0`.
+  Vec linear(const std::string& wname, const Vec& x, std::size_t n_out, std::size_t row0 = 0) const {
+    const Vec& W = w(wname);
+    Vec y(n_out, 0.0);
+    for (std::size_t r = 0; r < n_out; ++r)
+      for (std::size_t k = 0; k < x.size(); ++k) y[r] += W[(row0 + r) * x.size() + k] * x[k];
+    return y;
+  }
+  void add_bias(Vec& y, const std::string& bname) const {
+    if (!has(bname)) return;
+    for (std::size_t i = 0; i < y.size(); ++i) y[i] += w(bname)[i];
+  }
+  Vec layer_norm(const Vec& x, const std::string& prefix) const {
+    double mean = 0, var = 0;
+    for (double v : x) mean += v;
+    mean /= static_cast<double>(x.size());
+    for (double v : x) var += (v - mean) * (v - mean);
+    var /= static_cast<double>(x.size());
+    Vec y(x.size());
+    for (std::size_t i = 0; i < x.size(); ++i)
+      y[i] = (x[i] - mean) / std::sqrt(var + m.spec.norm_eps) * w(prefix + ".weight")[i] + w(prefix + ".bias")[i];
+    return y;
+  }
+  static double gelu(double x) {  // the tanh form llama.cpp's ggml_gelu computes
+    return 0.5 * x * (1.0 + std::tanh(std::sqrt(2.0 / std::numbers::pi) * (x + 0.044715 * x * x * x)));
+  }
+  // Rotates each head's halves (i, i + half) by pos * base^(-2i/head_dim).
+  void rope(Vec& v, int pos) const {
+    const int hd = m.spec.n_embd / m.spec.n_head, half = hd / 2;
+    for (int h = 0; h < m.spec.n_head; ++h)
+      for (int i = 0; i < half; ++i) {
+        const double theta = pos * std::pow(static_cast<double>(m.spec.rope_base), -2.0 * i / hd);
+        double& a = v[static_cast<std::size_t>(h * hd + i)];
+        double& b = v[static_cast<std::size_t>(h * hd + i + half)];
+        const double a0 = a, b0 = b;
+        a = a0 * std::cos(theta) - b0 * std::sin(theta);
+        b = a0 * std::sin(theta) + b0 * std::cos(theta);
+      }
+  }
+
+  // The pooled, L2-normalised embedding of one token sequence.
+  Vec embed(const std::vector<std::int32_t>& tokens, int pooling) const {
+    const BertModelSpec& s = m.spec;
+    const bool nomic = s.arch == "nomic-bert";
+    const std::size_t n = tokens.size(), d = static_cast<std::size_t>(s.n_embd), ff = static_cast<std::size_t>(s.n_ff);
+    const std::size_t hd = d / static_cast<std::size_t>(s.n_head);
+    std::vector<Vec> x(n, Vec(d));
+    for (std::size_t t = 0; t < n; ++t) {
+      for (std::size_t i = 0; i < d; ++i) {
+        x[t][i] = w("token_embd.weight")[static_cast<std::size_t>(tokens[t]) * d + i] + w("token_types.weight")[i];
+        if (!nomic) x[t][i] += w("position_embd.weight")[t * d + i];
+      }
+      x[t] = layer_norm(x[t], "token_embd_norm");
+    }
+    for (int l = 0; l < s.n_layer; ++l) {
+      const std::string b = "blk." + std::to_string(l) + ".";
+      std::vector<Vec> q(n), k(n), v(n);
+      for (std::size_t t = 0; t < n; ++t) {
+        if (nomic) {
+          q[t] = linear(b + "attn_qkv.weight", x[t], d, 0);
+          k[t] = linear(b + "attn_qkv.weight", x[t], d, d);
+          v[t] = linear(b + "attn_qkv.weight", x[t], d, 2 * d);
+          rope(q[t], static_cast<int>(t));
+          rope(k[t], static_cast<int>(t));
+        } else {
+          q[t] = linear(b + "attn_q.weight", x[t], d);
+          k[t] = linear(b + "attn_k.weight", x[t], d);
+          v[t] = linear(b + "attn_v.weight", x[t], d);
+          add_bias(q[t], b + "attn_q.bias");
+          add_bias(k[t], b + "attn_k.bias");
+          add_bias(v[t], b + "attn_v.bias");
+        }
+      }
+      std::vector<Vec> next(n);
+      for (std::size_t t = 0; t < n; ++t) {
+        Vec att(d, 0.0);
+        for (std::size_t h = 0; h < static_cast<std::size_t>(s.n_head); ++h) {
+          Vec sc(n);
+          double mx = -1e300;
+          for (std::size_t p = 0; p < n; ++p) {  // every position: no mask within a sequence
+            double dot = 0;
+            for (std::size_t i = 0; i < hd; ++i) dot += q[t][h * hd + i] * k[p][h * hd + i];
+            sc[p] = dot / std::sqrt(static_cast<double>(hd));
+            mx = std::max(mx, sc[p]);
+          }
+          double z = 0;
+          for (double& e : sc) z += e = std::exp(e - mx);
+          for (std::size_t p = 0; p < n; ++p)
+            for (std::size_t i = 0; i < hd; ++i) att[h * hd + i] += sc[p] / z * v[p][h * hd + i];
+        }
+        Vec o = linear(b + "attn_output.weight", att, d);
+        add_bias(o, b + "attn_output.bias");
+        for (std::size_t i = 0; i < d; ++i) o[i] += x[t][i];
+        Vec h1 = layer_norm(o, b + "attn_output_norm");
+        Vec u = linear(b + "ffn_up.weight", h1, ff);
+        add_bias(u, b + "ffn_up.bias");
+        if (nomic) {
+          Vec g = linear(b + "ffn_gate.weight", h1, ff);
+          for (std::size_t i = 0; i < ff; ++i) u[i] *= g[i] / (1.0 + std::exp(-g[i]));
+        } else {
+          for (double& e : u) e = gelu(e);
+        }
+        Vec dn = linear(b + "ffn_down.weight", u, d);
+        add_bias(dn, b + "ffn_down.bias");
+        for (std::size_t i = 0; i < d; ++i) dn[i] += h1[i];
+        next[t] = layer_norm(dn, b + "layer_output_norm");
+      }
+      x = std::move(next);
+    }
+    Vec pooled(d, 0.0);
+    if (pooling == 2) {
+      pooled = x[0];
+    } else {
+      for (std::size_t t = 0; t < n; ++t)
+        for (std::size_t i = 0; i < d; ++i) pooled[i] += x[t][i] / static_cast<double>(n);
+    }
+    double norm = 0;
+    for (double e : pooled) norm += e * e;
+    for (double& e : pooled) e /= std::sqrt(norm);
+    return pooled;
+  }
+};
+
+// ---- fixtures -------------------------------------------------------------
+
+std::string vocab_path() {
+  const char* d = std::getenv("AIRLOCK_MODELS_DIR");
+  if (d == nullptr || *d == '\0') return "";
+  return std::string(d) + "/tokenizers/llama.cpp-vocab/ggml-vocab-bert-bge.gguf";
+}
+
+// The real bge vocabulary, opened once.
+const GgufFile* vocab() {
+  static std::unique_ptr<GgufFile> f = [] {
+    std::unique_ptr<GgufFile> out;
+    if (vocab_path().empty() || !std::filesystem::exists(vocab_path())) return out;
+    auto r = GgufFile::open(vocab_path());
+    if (r.is_ok()) out = std::move(*r);
+    return out;
+  }();
+  return f.get();
+}
+
+#define REQUIRE_VOCAB()                                                                                  \
+  if (vocab() == nullptr)                                                                                \
+  GTEST_SKIP() << "ggml-vocab-bert-bge.gguf not found: set AIRLOCK_MODELS_DIR to the shared models folder " \
+                  "(it needs tokenizers/llama.cpp-vocab/ggml-vocab-bert-bge.gguf)"
+
+std::shared_ptr<Backend> cpu() {
+  static std::shared_ptr<Backend> be = make_cpu_backend(std::make_shared<ThreadPool>(2));
+  return be;
+}
+
+BertModelSpec bert_spec(std::uint32_t seed = 1) {
+  BertModelSpec s;
+  auto tokens = vocab()->get_string_array("tokenizer.ggml.tokens");
+  s.n_vocab = static_cast<int>(tokens->size());
+  s.seed = seed;
+  s.metadata = [](testing::GgufWriter& w) {
+    w.copy_metadata(*vocab(), "tokenizer.", {"tokenizer.ggml.token_type_count"});
+  };
+  return s;
+}
+
+Result<std::unique_ptr<BertEmbedding>> load_bytes(const std::string& bytes) {
+  auto f = GgufFile::parse({reinterpret_cast<const std::uint8_t*>(bytes.data()), bytes.size()});
+  if (!f.is_ok()) return f.status();
+  return BertEmbedding::from_gguf(std::move(*f), cpu());
+}
+
+struct Loaded {
+  BertTestModel tm;
+  std::unique_ptr<BertEmbedding> e;
+};
+
+Loaded load(const BertModelSpec& spec) {
+  Loaded l;
+  l.tm = testing::make_bert_model(spec);
+  auto e = load_bytes(l.tm.gguf);
+  EXPECT_TRUE(e.is_ok()) << e.status().to_string();
+  if (e.is_ok()) l.e = std::move(*e);
+  return l;
+}
+
+double rel_error(const std::vector<float>& got, const Vec& want) {
+  double num = 0, den = 0;
+  for (std::size_t i = 0; i < want.size(); ++i) {
+    num += (got[i] - want[i]) * (got[i] - want[i]);
+    den += want[i] * want[i];
+  }
+  return std::sqrt(num / den);
+}
+
+const std::vector<std::string>& texts() {
+  static const std::vector<std::string> t = {
+      "Hello world",
+      "",
+      "The quick brown fox jumps over the lazy dog.",
+      "Airlock runs language models offline; nothing leaves the machine.",
+      "Ünïcödé àccents and CJK 漢字 are split as BERT does",
+      "short",
+      "A somewhat longer passage, with punctuation, numbers like 3.14159 and 2024, and words that WordPiece "
+      "breaks into pieces: tokenization, embeddings, unbelievably.",
+  };
+  return t;
+}
+
+// ---- tests ----------------------------------------------------------------
+
+TEST(BertEmbeddingTest, LoadsTheShapeAndTheVocabulary) {
+  REQUIRE_VOCAB();
+  Loaded l = load(bert_spec());
+  ASSERT_TRUE(l.e);
+  const BertEmbedding& e = *l.e;
+  EXPECT_EQ(e.kind(), "bert");
+  EXPECT_EQ(e.dim(), 64);
+  EXPECT_EQ(e.params().n_layer, 2);
+  EXPECT_EQ(e.params().n_head, 4);
+  EXPECT_EQ(e.params().n_token_types, 2);
+  EXPECT_EQ(e.params().pooling, PoolingType::kMean);
+  EXPECT_EQ(e.max_tokens(), 62u);  // 64 less [CLS] and [SEP]
+  std::vector<std::int32_t> ids = e.input_ids("Hello world");
+  ASSERT_EQ(ids.size(), 4u);
+  EXPECT_EQ(e.tokenizer().token_bytes(ids.front(), true), "[CLS]");
+  EXPECT_EQ(e.tokenizer().token_bytes(ids.back(), true), "[SEP]");
+  EXPECT_EQ(e.count_tokens("Hello world"), 2u);
+}
+
+// The vocabulary copied into a generated model still reproduces llama.cpp's
+// bge test vectors through the encoder's own tokenizer.
+TEST(BertEmbeddingTest, TokenizerPassesTheBgeVectors) {
+  REQUIRE_VOCAB();
+  Loaded l = load(bert_spec());
+  ASSERT_TRUE(l.e);
+  std::ifstream inp_f(vocab_path() + ".inp"), out_f(vocab_path() + ".out");
+  if (!inp_f || !out_f) GTEST_SKIP() << vocab_path() << ".inp/.out not found";
+  std::stringstream inp_ss, out_ss;
+  inp_ss << inp_f.rdbuf();
+  out_ss << out_f.rdbuf();
+  std::string inp = inp_ss.str();
+  std::vector<std::string> inputs;
+  const std::string sep = "\n__ggml_vocab_test__\n";
+  for (std::size_t at; (at = inp.find(sep)) != std::string::npos;) {
+    inputs.push_back(inp.substr(0, at));
+    inp.erase(0, at + sep.size());
+  }
+  std::string line;
+  std::size_t i = 0, failures = 0;
+  for (; std::getline(out_ss, line) && i < inputs.size(); ++i) {
+    std::istringstream ls(line);
+    std::vector<std::int32_t> want;
+    for (std::int32_t id; ls >> id;) want.push_back(id);
+    if (l.e->tokenizer().encode(inputs[i], false, false) != want) {
+      ++failures;
+      ADD_FAILURE() << "vector " << i << " '" << inputs[i] << "'";
+    }
+  }
+  EXPECT_GT(i, 40u);
+  EXPECT_EQ(failures, 0u);
+}
+
+struct RefCase {
+  const char* name;
+  const char* arch;
+  GgmlType type;
+  int pooling;
+  double tolerance;  // vector kernels (quantised types use 8-bit activations)
+};
+
+class BertReferenceTest : public ::testing::TestWithParam<RefCase> {};
+
+TEST_P(BertReferenceTest, AgreesWithTheReferenceSingleAndBatched) {
+  REQUIRE_VOCAB();
+  const RefCase& c = GetParam();
+  BertModelSpec s = bert_spec(static_cast<std::uint32_t>(std::string(c.name).size() * 7 + 3));
+  s.arch = c.arch;
+  s.weight_type = c.type;
+  s.pooling = c.pooling;
+  Loaded l = load(s);
+  ASSERT_TRUE(l.e);
+  Ref ref{l.tm};
+  const int pooling = c.pooling == 2 ? 2 : 1;
+  std::vector<Vec> want;
+  for (const std::string& t : texts()) want.push_back(ref.embed(l.e->input_ids(t), pooling));
+
+  double worst_single = 0, worst_batch = 0, worst_diff = 0;
+  std::vector<std::vector<float>> batch = l.e->embed_batch(texts());
+  ASSERT_EQ(batch.size(), texts().size());
+  for (std::size_t i = 0; i < texts().size(); ++i) {
+    std::vector<float> one = l.e->embed(texts()[i]);
+    ASSERT_EQ(one.size(), 64u);
+    ASSERT_EQ(batch[i].size(), 64u);
+    worst_single = std::max(worst_single, rel_error(one, want[i]));
+    worst_batch = std::max(worst_batch, rel_error(batch[i], want[i]));
+    for (std::size_t k = 0; k < one.size(); ++k)
+      worst_diff = std::max(worst_diff, static_cast<double>(std::fabs(one[k] - batch[i][k])));
+    double norm = 0;
+    for (float x : one) norm += static_cast<double>(x) * x;
+    EXPECT_NEAR(std::sqrt(norm), 1.0, 1e-5) << "text " << i;
+  }
+  EXPECT_LT(worst_single, c.tolerance) << c.name << " " << kernel_isa();
+  EXPECT_LT(worst_batch, c.tolerance) << c.name << " " << kernel_isa();
+  // A text's embedding does not depend on its batch companions.
+  EXPECT_LT(worst_diff, 1e-6) << c.name;
+  std::printf("[ bert     ] %s (%s): max relative error %.2e single, %.2e batched; batch vs single %.1e\n", c.name,
+              kernel_isa(), worst_single, worst_batch, worst_diff);
+
+  // The scalar kernels keep float activations: every weight type within 1e-4.
+  force_scalar_kernels(true);
+  std::vector<std::vector<float>> exact = l.e->embed_batch(texts());
+  force_scalar_kernels(false);
+  double worst_exact = 0;
+  for (std::size_t i = 0; i < texts().size(); ++i) worst_exact = std::max(worst_exact, rel_error(exact[i], want[i]));
+  EXPECT_LT(worst_exact, 1e-4) << c.name << " scalar";
+  std::printf("[ bert     ] %s (scalar): max relative error %.2e\n", c.name, worst_exact);
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Models, BertReferenceTest,
+    ::testing::Values(RefCase{"bert_f32_mean", "bert", GgmlType::kF32, 1, 1e-4},
+                      RefCase{"bert_f32_cls", "bert", GgmlType::kF32, 2, 1e-4},
+                      RefCase{"bert_f32_no_pooling_key", "bert", GgmlType::kF32, -1, 1e-4},
+                      RefCase{"bert_f16_mean", "bert", GgmlType::kF16, 1, 1e-4},
+                      RefCase{"bert_q8_0_mean", "bert", GgmlType::kQ8_0, 1, 3e-2},
+                      RefCase{"nomic_f32_mean", "nomic-bert", GgmlType::kF32, 1, 1e-4}),
+    [](const auto& param_info) { return std::string(param_info.param.name); });
+
+TEST(BertEmbeddingTest, ClsAndMeanPoolingDiffer) {
+  REQUIRE_VOCAB();
+  BertModelSpec s = bert_spec(5);
+  Loaded mean = load(s);
+  s.pooling = 2;
+  Loaded cls = load(s);  // same seed: the same weights
+  ASSERT_TRUE(mean.e && cls.e);
+  EXPECT_EQ(cls.e->params().pooling, PoolingType::kCls);
+  const std::string text = "pooling decides which tokens count";
+  std::vector<float> a = mean.e->embed(text), b = cls.e->embed(text);
+  double diff = 0;
+  for (std::size_t i = 0; i < a.size(); ++i) diff = std::max(diff, static_cast<double>(std::fabs(a[i] - b[i])));
+  EXPECT_GT(diff, 1e-3);
+  Ref ref{cls.tm};
+  EXPECT_LT(rel_error(b, ref.embed(cls.e->input_ids(text), 2)), 1e-4);
+}
+
+TEST(BertEmbeddingTest, LongTextsAreCutToTheContextLength) {
+  REQUIRE_VOCAB();
+  BertModelSpec s = bert_spec(9);
+  s.n_ctx = 24;
+  Loaded l = load(s);
+  ASSERT_TRUE(l.e);
+  std::string long_text;
+  for (int i = 0; i < 40; ++i) long_text += "word" + std::to_string(i) + " ";
+  EXPECT_GT(l.e->count_tokens(long_text), l.e->max_tokens());
+  EXPECT_EQ(l.e->max_tokens(), 22u);
+  std::vector<std::int32_t> ids = l.e->input_ids(long_text);
+  ASSERT_EQ(ids.size(), 24u);
+  EXPECT_EQ(l.e->tokenizer().token_bytes(ids.front(), true), "[CLS]");
+  EXPECT_EQ(l.e->tokenizer().token_bytes(ids.back(), true), "[SEP]");
+  // The content is the text's first 22 tokens.
+  std::vector<std::int32_t> content = l.e->tokenizer().encode(long_text, false, false);
+  EXPECT_TRUE(std::equal(ids.begin() + 1, ids.end() - 1, content.begin()));
+  Ref ref{l.tm};
+  const Vec want = ref.embed(ids, 1);
+  EXPECT_LT(rel_error(l.e->embed(long_text), want), 1e-4);
+  // Batched with short texts: the same vector.
+  std::vector<std::string> mixed = {"a", long_text, "b c d"};
+  EXPECT_LT(rel_error(l.e->embed_batch(mixed)[1], want), 1e-4);
+}
+
+TEST(BertEmbeddingTest, ManyTextsSpanSeveralPasses) {
+  REQUIRE_VOCAB();
+  BertModelSpec s = bert_spec(11);
+  s.n_embd = 32;
+  s.n_head = 2;
+  s.n_ff = 64;
+  s.n_layer = 1;
+  Loaded l = load(s);
+  ASSERT_TRUE(l.e);
+  // More than kMaxBatchTokens tokens in total.
+  std::vector<std::string> many;
+  std::mt19937 rng(3);
+  std::int64_t total = 0;
+  while (total <= BertEmbedding::kMaxBatchTokens + 200) {
+    std::string t;
+    for (int w = 0; w < 5 + static_cast<int>(rng() % 50); ++w) t += "tok" + std::to_string(rng() % 100) + " ";
+    total += static_cast<std::int64_t>(l.e->input_ids(t).size());
+    many.push_back(t);
+  }
+  std::vector<std::vector<float>> got = l.e->embed_batch(many);
+  ASSERT_EQ(got.size(), many.size());
+  Ref ref{l.tm};
+  for (std::size_t i : {std::size_t{0}, many.size() / 2, many.size() - 1})
+    EXPECT_LT(rel_error(got[i], ref.embed(l.e->input_ids(many[i]), 1)), 1e-4) << i;
+}
+
+// embed() may run on many threads at once (the forward passes take turns).
+TEST(BertEmbeddingTest, ConcurrentCallsAgreeWithSequentialOnes) {
+  REQUIRE_VOCAB();
+  Loaded l = load(bert_spec(13));
+  ASSERT_TRUE(l.e);
+  std::vector<std::vector<float>> want;
+  for (const std::string& t : texts()) want.push_back(l.e->embed(t));
+  std::vector<std::thread> threads;
+  std::atomic<int> mismatches{0};
+  for (int k = 0; k < 4; ++k)
+    threads.emplace_back([&, k] {
+      for (int rep = 0; rep < 3; ++rep)
+        for (std::size_t i = 0; i < texts().size(); ++i) {
+          const std::size_t j = (i + static_cast<std::size_t>(k)) % texts().size();
+          if (l.e->embed(texts()[j]) != want[j]) ++mismatches;
+        }
+    });
+  for (std::thread& t : threads) t.join();
+  EXPECT_EQ(mismatches.load(), 0);
+}
+
+TEST(BertEmbeddingTest, TokenInputIsChecked) {
+  REQUIRE_VOCAB();
+  Loaded l = load(bert_spec());
+  ASSERT_TRUE(l.e);
+  std::vector<std::vector<std::int32_t>> bad = {{101, -1, 102}};
+  EXPECT_EQ(l.e->embed_tokens(bad).status().code(), StatusCode::kInvalidArgument);
+  bad = {{101, l.e->params().n_vocab, 102}};
+  EXPECT_EQ(l.e->embed_tokens(bad).status().code(), StatusCode::kInvalidArgument);
+  bad = {{}};
+  EXPECT_EQ(l.e->embed_tokens(bad).status().code(), StatusCode::kInvalidArgument);
+  bad = {std::vector<std::int32_t>(65, 101)};
+  EXPECT_EQ(l.e->embed_tokens(bad).status().code(), StatusCode::kInvalidArgument);
+}
+
+struct HostileCase {
+  const char* name;
+  std::function<void(BertModelSpec&)> edit;
+  StatusCode code;
+  const char* message;  // part of the error text
+};
+
+class BertHostileTest : public ::testing::TestWithParam<HostileCase> {};
+
+TEST_P(BertHostileTest, IsRefusedWithAClearStatus) {
+  REQUIRE_VOCAB();
+  const HostileCase& c = GetParam();
+  BertModelSpec s = bert_spec();
+  c.edit(s);
+  BertTestModel tm = testing::make_bert_model(s);
+  auto e = load_bytes(tm.gguf);
+  ASSERT_FALSE(e.is_ok()) << c.name;
+  EXPECT_EQ(e.status().code(), c.code) << e.status().to_string();
+  EXPECT_NE(e.status().to_string().find(c.message), std::string::npos) << e.status().to_string();
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Files, BertHostileTest,
+    ::testing::Values(
+        HostileCase{"missing_tensor", [](BertModelSpec& s) { s.omit_tensor = "blk.1.ffn_down.bias"; },
+                    StatusCode::kVerificationFailed, "'blk.1.ffn_down.bias' is missing"},
+        HostileCase{"missing_position_table", [](BertModelSpec& s) { s.omit_tensor = "position_embd.weight"; },
+                    StatusCode::kVerificationFailed, "'position_embd.weight' is missing"},
+        HostileCase{"wrong_shape_matrix", [](BertModelSpec& s) { s.misshape_tensor = "blk.0.attn_k.weight"; },
+                    StatusCode::kVerificationFailed, "'blk.0.attn_k.weight' has shape [64, 65], expected [64, 64]"},
+        HostileCase{"wrong_shape_norm", [](BertModelSpec& s) { s.misshape_tensor = "blk.1.layer_output_norm.bias"; },
+                    StatusCode::kVerificationFailed, "'blk.1.layer_output_norm.bias' has shape [65]"},
+        HostileCase{"position_table_shorter_than_context",
+                    [](BertModelSpec& s) { s.misshape_tensor = "position_embd.weight"; },
+                    StatusCode::kVerificationFailed, "'position_embd.weight' has shape [64, 65]"},
+        HostileCase{"causal", [](BertModelSpec& s) { s.causal = 1; }, StatusCode::kInvalidArgument, "causal"},
+        HostileCase{"zero_heads", [](BertModelSpec& s) { s.meta_n_head = 0; }, StatusCode::kVerificationFailed,
+                    "bert.attention.head_count is missing or out of range"},
+        HostileCase{"heads_do_not_divide", [](BertModelSpec& s) { s.meta_n_head = 5; },
+                    StatusCode::kVerificationFailed, "embedding_length 64 is not a multiple of head_count 5"},
+        HostileCase{"pooling_none", [](BertModelSpec& s) { s.pooling = 0; }, StatusCode::kInvalidArgument,
+                    "pooling type 0"},
+        HostileCase{"pooling_rank", [](BertModelSpec& s) { s.pooling = 4; }, StatusCode::kInvalidArgument,
+                    "pooling type 4"},
+        HostileCase{"vocabulary_larger_than_table", [](BertModelSpec& s) { s.n_vocab = 1000; },
+                    StatusCode::kVerificationFailed, "token_embd.weight 1000 rows"},
+        HostileCase{"other_architecture", [](BertModelSpec& s) { s.arch_written = "llama"; },
+                    StatusCode::kInvalidArgument, "architecture 'llama'"}),
+    [](const auto& param_info) { return std::string(param_info.param.name); });
+
+void PrintTo(const HostileCase& c, std::ostream* os) { *os << c.name; }
+void PrintTo(const RefCase& c, std::ostream* os) { *os << c.name; }
+
+// Every truncation of a valid file is refused (by the GGUF reader or the
+// encoder's checks), never a crash.
+TEST(BertEmbeddingTest, TruncatedFilesAreRefused) {
+  REQUIRE_VOCAB();
+  BertModelSpec s = bert_spec();
+  s.n_embd = 32;
+  s.n_head = 2;
+  s.n_ff = 32;
+  s.n_layer = 1;
+  s.n_ctx = 16;
+  BertTestModel tm = testing::make_bert_model(s);
+  for (std::size_t cut : {std::size_t{16}, tm.gguf.size() / 3, tm.gguf.size() / 2, tm.gguf.size() - 1}) {
+    auto e = load_bytes(tm.gguf.substr(0, cut));
+    EXPECT_FALSE(e.is_ok()) << cut;
+  }
+}
+
+class TempDir {
+ public:
+  TempDir() {
+    char tmpl[] = "/tmp/airlock-bert-XXXXXX";
+    path_ = mkdtemp(tmpl);
+  }
+  ~TempDir() { std::filesystem::remove_all(path_); }
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+};
+
+TEST(LoadEmbedderTest, PicksTheKindFromThePath) {
+  REQUIRE_VOCAB();
+  TempDir dir;
+  BertModelSpec s = bert_spec();
+  s.n_embd = 32;
+  s.n_head = 2;
+  s.n_layer = 1;
+  const std::string bert_path = dir.path() + "/encoder.gguf";
+  std::ofstream(bert_path, std::ios::binary) << testing::make_bert_model(s).gguf;
+  auto e = load_embedder(bert_path, cpu());
+  ASSERT_TRUE(e.is_ok()) << e.status().to_string();
+  EXPECT_EQ((*e)->kind(), "bert");
+  EXPECT_EQ((*e)->dim(), 32);
+  EXPECT_EQ((*e)->embed("hello").size(), 32u);
+
+  // A decoder GGUF is not an embedding model.
+  testing::TestModelSpec llama;
+  const std::string llama_path = dir.path() + "/decoder.gguf";
+  std::ofstream(llama_path, std::ios::binary) << testing::make_test_model(llama).gguf;
+  auto d = load_embedder(llama_path, cpu());
+  ASSERT_FALSE(d.is_ok());
+  EXPECT_EQ(d.status().code(), StatusCode::kInvalidArgument) << d.status().to_string();
+  EXPECT_NE(d.status().to_string().find("'llama'"), std::string::npos) << d.status().to_string();
+
+  EXPECT_EQ(load_embedder(dir.path() + "/absent.gguf").status().code(), StatusCode::kNotFound);
+  const std::string other = dir.path() + "/notes.txt";
+  std::ofstream(other) << "hello";
+  EXPECT_EQ(load_embedder(other).status().code(), StatusCode::kInvalidArgument);
+
+  // A model2vec directory, or its model.safetensors.
+  const std::string m2v = std::string(std::getenv("AIRLOCK_MODELS_DIR")) +
+                          "/embeddings/model2vec-rs-fixtures/test-model-float32";
+  if (std::filesystem::exists(m2v + "/model.safetensors")) {
+    auto a = load_embedder(m2v);
+    ASSERT_TRUE(a.is_ok()) << a.status().to_string();
+    EXPECT_EQ((*a)->kind(), "model2vec");
+    auto b = load_embedder(m2v + "/model.safetensors");
+    ASSERT_TRUE(b.is_ok()) << b.status().to_string();
+    EXPECT_EQ((*b)->kind(), "model2vec");
+  }
+}
+
+}  // namespace
+}  // namespace airlock::engine
