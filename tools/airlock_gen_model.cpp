@@ -1,19 +1,82 @@
 // airlock-gen-model OUT.gguf [--embd N] [--layers N] [--ff N] [--heads N]
 //                   [--kv-heads N] [--ctx N] [--f32]
+// airlock-gen-model --model2vec OUT_DIR --tokenizer TOKENIZER.json [--dim N] [--seed N]
 // writes a random Llama-architecture model (Q8_0 weights unless --f32) with a
 // byte-level SentencePiece vocabulary (every byte is a token, so any text
 // tokenizes). For demos, tests and benchmarks on machines without a real
 // model: its output is random text. The defaults make a 2.5 MB model;
 // --embd 2048 --layers 16 --ff 5632 --heads 32 --kv-heads 8 is ~1B parameters.
+//
+// --model2vec writes a model2vec directory (model.safetensors with random
+// Gaussian token vectors, the given WordPiece tokenizer.json, config.json):
+// a text's embedding is then a random projection of its bag of tokens, so
+// texts sharing words are close and unrelated texts are not. A stand-in for
+// tests and the retrieval harness where no real embedding model exists; it
+// knows nothing of meaning.
+#include <sys/stat.h>
+
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
+#include <random>
+#include <sstream>
 #include <string>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 #include "gguf_writer.h"
 
+namespace {
+
+int write_model2vec(int argc, char** argv) {
+  std::string out_dir, tokenizer;
+  int dim = 64;
+  unsigned seed = 1;
+  for (int i = 1; i + 1 < argc; i += 2) {
+    const std::string a = argv[i];
+    if (a == "--model2vec") out_dir = argv[i + 1];
+    else if (a == "--tokenizer") tokenizer = argv[i + 1];
+    else if (a == "--dim") dim = std::atoi(argv[i + 1]);
+    else if (a == "--seed") seed = static_cast<unsigned>(std::atoi(argv[i + 1]));
+    else return std::fprintf(stderr, "airlock-gen-model: unknown option %s\n", a.c_str()), 2;
+  }
+  if (out_dir.empty() || tokenizer.empty() || dim < 1 || dim > 4096)
+    return std::fprintf(stderr, "usage: airlock-gen-model --model2vec OUT_DIR --tokenizer TOKENIZER.json [--dim N] [--seed N]\n"), 2;
+  std::ifstream in(tokenizer, std::ios::binary);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  const nlohmann::json tj = nlohmann::json::parse(ss.str(), nullptr, false);
+  if (tj.is_discarded() || !tj.contains("model") || !tj["model"].contains("vocab") || !tj["model"]["vocab"].is_object())
+    return std::fprintf(stderr, "airlock-gen-model: %s is not a WordPiece tokenizer.json\n", tokenizer.c_str()), 2;
+  const std::size_t n_vocab = tj["model"]["vocab"].size();
+  ::mkdir(out_dir.c_str(), 0755);
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  std::vector<float> rows(n_vocab * static_cast<std::size_t>(dim));
+  for (float& x : rows) x = normal(rng);
+  const std::size_t n_bytes = rows.size() * sizeof(float);
+  std::string header = nlohmann::json{{"embeddings", {{"dtype", "F32"}, {"shape", {n_vocab, dim}},
+                                                       {"data_offsets", {0, n_bytes}}}}}.dump();
+  while (header.size() % 8 != 0) header += ' ';
+  std::ofstream st(out_dir + "/model.safetensors", std::ios::binary | std::ios::trunc);
+  const std::uint64_t len = header.size();
+  for (int b = 0; b < 8; ++b) st.put(static_cast<char>((len >> (8 * b)) & 0xff));
+  st << header;
+  st.write(reinterpret_cast<const char*>(rows.data()), static_cast<std::streamsize>(n_bytes));
+  std::ofstream(out_dir + "/tokenizer.json", std::ios::binary | std::ios::trunc) << ss.str();
+  std::ofstream(out_dir + "/config.json", std::ios::trunc)
+      << nlohmann::json{{"model_type", "model2vec"}, {"hidden_dim", dim}, {"normalize", true}}.dump(2) << "\n";
+  if (!st) return std::fprintf(stderr, "airlock-gen-model: cannot write %s\n", out_dir.c_str()), 1;
+  std::printf("wrote %s: a random model2vec model (%zu tokens x %d dimensions); it knows nothing of meaning\n",
+              out_dir.c_str(), n_vocab, dim);
+  return 0;
+}
+
+}  // namespace
+
 int main(int argc, char** argv) {
+  if (argc > 1 && std::string(argv[1]) == "--model2vec") return write_model2vec(argc, argv);
   if (argc < 2) {
     std::fprintf(stderr,
                  "usage: airlock-gen-model OUT.gguf [--embd N] [--layers N] [--ff N] [--heads N] [--kv-heads N] "

@@ -97,17 +97,19 @@ Result<std::shared_ptr<LoadedModel>> load_model(const Config& config) {
   if (!tmpl) airlock::log().warn("{}: the model has no chat template; chat requests use ChatML", m->id);
 
   if (embedding != nullptr) {
-    const std::string& path = embedding->path;
-    if (path.size() > 12 && path.compare(path.size() - 12, 12, ".safetensors") == 0) {
-      const std::string dir = chosen->path + "/" + (path.find('/') == std::string::npos ? std::string(".")
-                                                                                       : path.substr(0, path.rfind('/')));
-      Result<std::unique_ptr<engine::StaticEmbedding>> e = engine::StaticEmbedding::load(dir);
-      if (!e.is_ok()) return e.status().with_context(chosen->name + ": embedding model");
-      m->embedder = std::move(*e);
-      airlock::log().info("embedding model {}: static (model2vec), {} dimensions", path, m->embedder->dim());
+    // A model2vec directory (its vectors file names the directory) or a
+    // BERT-family GGUF encoder; the encoder gets its own CPU backend so it
+    // never shares forward-pass buffers with the decoder.
+    const std::string full = chosen->path + "/" + embedding->path;
+    Result<std::unique_ptr<engine::Embedder>> e = engine::load_embedder(full);
+    if (!e.is_ok()) {
+      // Chat still works; /v1/embeddings and RAG say the model is missing.
+      airlock::log().error("{}: embedding model {} could not be loaded: {}", chosen->name, embedding->path,
+                           e.status().to_string());
     } else {
-      airlock::log().warn("{}: embedding model {} is not a model2vec model; GGUF encoders are not supported yet, "
-                          "/v1/embeddings is off", chosen->name, path);
+      m->embedder = std::move(*e);
+      airlock::log().info("embedding model {}: {}, {} dimensions, up to {} tokens", embedding->path, m->embedder->kind(),
+                          m->embedder->dim(), m->embedder->max_tokens());
     }
   }
   open_rag(config, embedding, *m);

@@ -23,7 +23,7 @@
 #include "airlock/engine/chat_template.h"
 #include "airlock/engine/model.h"
 #include "airlock/engine/scheduler.h"
-#include "airlock/engine/static_embedding.h"
+#include "airlock/engine/embedder.h"
 #include "airlock/engine/tokenizer.h"
 #include "airlock/rag/embedder.h"
 #include "airlock/rag/store.h"

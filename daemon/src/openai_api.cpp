@@ -1,6 +1,8 @@
 #include "openai_api.h"
 
+#include <algorithm>
 #include <cmath>
+#include <iterator>
 
 namespace airlock::daemon {
 namespace {
@@ -165,9 +167,85 @@ std::optional<ApiError> parse_request(std::string_view body, Endpoint endpoint, 
       return e;
   }
   r.sampling.n_logprobs = r.top_logprobs;
+  if (j.contains("airlock") && !j["airlock"].is_null()) {
+    const ojson& a = j["airlock"];
+    if (endpoint != Endpoint::kChat) return invalid("airlock", "the airlock extension is for chat completions");
+    if (!a.is_object()) return invalid("airlock", "airlock must be an object");
+    for (const auto& [k, v] : a.items())
+      if (k != "collections" && k != "top_k" && k != "mode")
+        return invalid("airlock." + k, "unknown airlock field '" + k + "' (collections, top_k, mode)");
+    GroundingSpec g;
+    if (a.contains("collections")) {
+      const ojson& c = a["collections"];
+      if (!c.is_array() || c.size() > 64) return invalid("airlock.collections", "collections must be an array of up to 64 names");
+      for (const ojson& x : c) {
+        if (!x.is_string() || x.get_ref<const std::string&>().empty() || x.get_ref<const std::string&>().size() > 64)
+          return invalid("airlock.collections", "collections must hold collection names");
+        g.collections.push_back(x.get<std::string>());
+      }
+    }
+    if (a.contains("top_k")) {
+      if (!a["top_k"].is_number_integer() || a["top_k"].get<std::int64_t>() < 1 || a["top_k"].get<std::int64_t>() > 20)
+        return invalid("airlock.top_k", "top_k must be an integer from 1 to 20");
+      g.top_k = a["top_k"].get<int>();
+    }
+    if (a.contains("mode")) {
+      if (!a["mode"].is_string() || (a["mode"] != "hybrid" && a["mode"] != "bm25" && a["mode"] != "vector"))
+        return invalid("airlock.mode", "mode must be hybrid, bm25 or vector");
+      g.mode = a["mode"].get<std::string>();
+    }
+    if (r.n != 1) return invalid("n", "grounded answers (airlock) take n = 1");
+    bool has_user = false;
+    for (const ojson& m : r.messages) has_user = has_user || m["role"] == "user";
+    if (!has_user) return invalid("messages", "a grounded answer needs a user message (the question)");
+    r.grounding = std::move(g);
+  }
   if (j.contains("user") && j["user"].is_string()) r.user = j["user"].get<std::string>().substr(0, 256);
   if (Status s = engine::validate(r.sampling); !s.is_ok()) return invalid("", s.message());
   *out = std::move(r);
+  return std::nullopt;
+}
+
+std::optional<ApiError> parse_rag_query(std::string_view body, const std::string& default_model,
+                                        CompletionRequest* out, bool* generate) {
+  ojson j = ojson::parse(body.begin(), body.end(), nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded()) return invalid("", "the request body is not valid JSON");
+  if (!j.is_object()) return invalid("", "the request body must be a JSON object");
+  static const char* kKnown[] = {"collection", "collections", "question", "top_k", "mode", "generate", "stream",
+                                 "stream_options", "max_tokens", "temperature", "seed", "model", "user"};
+  for (const auto& [k, v] : j.items())
+    if (std::find_if(std::begin(kKnown), std::end(kKnown), [&](const char* n) { return k == n; }) == std::end(kKnown))
+      return invalid(k, "unknown field '" + k + "'");
+  if (!j.contains("question") || !j["question"].is_string() || j["question"].get_ref<const std::string&>().empty())
+    return invalid("question", "question must be a non-empty string");
+  if (j["question"].get_ref<const std::string&>().size() > 16384) return invalid("question", "question is longer than 16 KiB");
+  if (j.contains("collection") && j.contains("collections"))
+    return invalid("collection", "give collection or collections, not both");
+  *generate = true;
+  if (j.contains("generate")) {
+    if (!j["generate"].is_boolean()) return invalid("generate", "generate must be true or false");
+    *generate = j["generate"].get<bool>();
+  }
+  // The grounded chat request this question becomes.
+  ojson chat;
+  chat["model"] = j.contains("model") ? j["model"] : ojson(default_model);
+  chat["messages"] = ojson::array({{{"role", "user"}, {"content", j["question"]}}});
+  for (const char* k : {"stream", "stream_options", "max_tokens", "temperature", "seed", "user"})
+    if (j.contains(k)) chat[k] = j[k];
+  ojson a = ojson::object();
+  if (j.contains("collection")) {
+    if (!j["collection"].is_string()) return invalid("collection", "collection must be a string");
+    a["collections"] = ojson::array({j["collection"]});
+  } else if (j.contains("collections")) {
+    a["collections"] = j["collections"];
+  }
+  for (const char* k : {"top_k", "mode"})
+    if (j.contains(k)) a[k] = j[k];
+  chat["airlock"] = a;
+  if (auto e = parse_request(chat.dump(), Endpoint::kChat, out)) {
+    if (e->param.rfind("airlock.", 0) == 0) e->param = e->param.substr(8);
+    return e;
+  }
   return std::nullopt;
 }
 

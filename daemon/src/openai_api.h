@@ -38,6 +38,14 @@ std::string error_body(const ApiError& e);
 
 enum class Endpoint { kChat, kCompletions };
 
+// The `airlock` extension of a chat request: answer grounded in these
+// collections (docs/rag.md).
+struct GroundingSpec {
+  std::vector<std::string> collections;  // empty: every collection the key may read
+  int top_k = 0;                          // 0: the configured default
+  std::string mode = "hybrid";            // hybrid, bm25, vector
+};
+
 struct CompletionRequest {
   Endpoint endpoint = Endpoint::kChat;
   std::string model;
@@ -55,7 +63,15 @@ struct CompletionRequest {
   bool echo = false;                 // completions only
   bool ignore_eos = false;           // non-standard (as vLLM): generate max_tokens regardless of EOS
   std::string user;
+  std::optional<GroundingSpec> grounding;  // chat only
 };
+
+// POST /v1/rag/query: {collection | collections, question, top_k, mode,
+// generate, stream, max_tokens, temperature, seed, model}. Parsed into the
+// grounded chat request it becomes (model defaults to `default_model`);
+// *generate is false when only retrieval is wanted.
+std::optional<ApiError> parse_rag_query(std::string_view body, const std::string& default_model,
+                                        CompletionRequest* out, bool* generate);
 
 struct EmbeddingRequest {
   std::string model;

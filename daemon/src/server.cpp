@@ -11,6 +11,8 @@
 
 #include "airlock/common/log.h"
 #include "airlock/common/version.h"
+#include "airlock/rag/grounding.h"
+#include "airlock/rag/ingest.h"
 #include "openai_api.h"
 
 namespace airlock::daemon {
@@ -74,9 +76,26 @@ struct Choice {
   ojson logprobs = ojson::array();  // chat logprobs.content entries
 };
 
+// A grounded answer's retrieval and what became of it.
+struct Grounded {
+  std::vector<rag::SearchHit> sources;  // numbered [1]..[n] for the model
+  rag::Evidence evidence;
+  std::vector<std::string> collections;  // as asked (empty: all readable)
+  std::string question;
+  bool answer_shape = false;  // respond as /v1/rag/query (rag.answer), not as chat
+  bool generate = true;       // false: retrieval only
+  std::string refusal;
+  std::string reason;         // "", "no_evidence", "no_citation"
+  std::vector<int> cited;     // source numbers the answer cites
+  // Streaming: text is held back until the answer cites a source.
+  bool released = false;
+  std::string pending;
+};
+
 struct Generation {
   std::shared_ptr<LoadedModel> model;
   CompletionRequest request;
+  std::optional<Grounded> grounded;
   std::vector<Choice> choices;
   std::string id;
   std::int64_t created = 0;
@@ -199,6 +218,59 @@ ApiError api_error(int status, const std::string& type, const std::string& messa
   return e;
 }
 
+ApiError status_error(const Status& st) {
+  ApiError e;
+  e.http_status = http_status(st.code());
+  e.type = e.http_status >= 500 ? "server_error" : "invalid_request_error";
+  e.message = st.message();
+  e.code = std::string(status_code_name(st.code()));
+  return e;
+}
+
+ojson source_json(const rag::SearchHit& h, int n) {
+  ojson j;
+  j["n"] = n;
+  j["collection"] = h.collection;
+  j["document"] = h.source;
+  j["title"] = h.title;
+  j["document_id"] = h.document_id;
+  j["chunk_id"] = h.chunk_id;
+  j["position"] = h.position;
+  j["begin"] = h.begin;
+  j["end"] = h.end;
+  j["score"] = h.score;
+  j["similarity"] = h.similarity ? ojson(*h.similarity) : ojson();
+  j["bm25"] = h.bm25 ? ojson(*h.bm25) : ojson();
+  j["term_coverage"] = h.term_coverage;
+  j["snippet"] = rag::snippet(h.text, 300);
+  return j;
+}
+
+// The grounding outcome as the `airlock` object of a chat answer.
+ojson grounding_json(const Grounded& gr) {
+  ojson a;
+  const bool handoff = !gr.reason.empty();
+  // Retrieval only (generate: false): grounded means the evidence suffices.
+  a["grounded"] = !handoff;
+  a["handoff"] = handoff;
+  a["handoff_reason"] = handoff ? ojson(gr.reason) : ojson();
+  a["collections"] = gr.collections;
+  a["citations"] = ojson::array();
+  for (int n : gr.cited) a["citations"].push_back(source_json(gr.sources[static_cast<std::size_t>(n - 1)], n));
+  a["sources"] = ojson::array();
+  for (std::size_t i = 0; i < gr.sources.size(); ++i) {
+    ojson sj = source_json(gr.sources[i], static_cast<int>(i + 1));
+    sj["cited"] = std::find(gr.cited.begin(), gr.cited.end(), static_cast<int>(i + 1)) != gr.cited.end();
+    sj["evidence"] = std::find(gr.evidence.usable.begin(), gr.evidence.usable.end(), i) != gr.evidence.usable.end();
+    a["sources"].push_back(std::move(sj));
+  }
+  a["evidence"] = {{"best_similarity", gr.evidence.best_similarity},
+                   {"best_term_coverage", gr.evidence.best_term_coverage}};
+  return a;
+}
+
+std::string sse(const ojson& j) { return "data: " + j.dump(-1, ' ', false, ojson::error_handler_t::replace) + "\n\n"; }
+
 }  // namespace
 
 struct Server::Impl {
@@ -242,13 +314,23 @@ struct Server::Impl {
 
   void count(const httplib::Request& req, int status) {
     std::string route = req.path;
+    if (route.rfind("/v1/rag/collections", 0) == 0) route = "/v1/rag/collections";
     if (route != "/health" && route != "/ready" && route != "/metrics" && route != "/v1/models" &&
-        route != "/v1/chat/completions" && route != "/v1/completions" && route != "/v1/embeddings")
+        route != "/v1/chat/completions" && route != "/v1/completions" && route != "/v1/embeddings" &&
+        route != "/v1/rag/query" && route != "/v1/rag/collections")
       route = "other";
     metrics
         .counter("airlock_requests_total", "HTTP requests by route and status",
                  "route=\"" + route + "\",status=\"" + std::to_string(status) + "\"")
         .inc();
+  }
+
+  // 413 for a body over max_body_bytes on routes other than document uploads.
+  bool body_too_large(const httplib::Request& req, httplib::Response& res) {
+    if (req.body.size() <= config.max_body_bytes) return false;
+    send_error(res, api_error(413, "invalid_request_error",
+                              "the request body is larger than " + std::to_string(config.max_body_bytes) + " bytes"));
+    return true;
   }
 
   void send_error(httplib::Response& res, const ApiError& e) {
@@ -332,7 +414,99 @@ struct Server::Impl {
       r["choices"].push_back(ch);
     }
     r["usage"] = g.usage();
+    if (g.grounded) r["airlock"] = grounding_json(*g.grounded);
     return r;
+  }
+
+  // The /v1/rag/query answer object.
+  ojson rag_answer(const Generation& g) const {
+    const Grounded& gr = *g.grounded;
+    ojson r;
+    r["id"] = g.id;
+    r["object"] = "rag.answer";
+    r["created"] = g.created;
+    r["model"] = g.model->id;
+    r["question"] = gr.question;
+    r["answer"] = gr.generate && !g.choices.empty() ? ojson(g.choices[0].text) : ojson();
+    ojson a = grounding_json(gr);
+    for (auto& [k, v] : a.items()) r[k] = v;
+    r["usage"] = g.usage();
+    return r;
+  }
+
+  rag::Principal principal_of(const std::string& key) const {
+    rag::Principal p;
+    p.key = key;
+    p.admin = std::find(config.rag.admins.begin(), config.rag.admins.end(), key) != config.rag.admins.end();
+    for (const auto& [group, members] : config.rag.groups)
+      if (std::find(members.begin(), members.end(), key) != members.end()) p.groups.push_back(group);
+    return p;
+  }
+
+  rag::GroundingPolicy policy() const {
+    rag::GroundingPolicy p;
+    p.min_similarity = config.rag.min_similarity;
+    p.min_term_coverage = config.rag.min_term_coverage;
+    if (!config.rag.refusal.empty()) p.refusal = config.rag.refusal;
+    return p;
+  }
+
+  // Retrieves the sources of a grounded request and, when the evidence is
+  // good enough, puts them in front of the conversation as numbered sources.
+  std::optional<ApiError> ground(const LoadedModel& m, const std::string& key, Generation& g, bool answer_shape,
+                                 bool generate) {
+    if (!m.rag_store) return api_error(503, "server_error", "RAG is off: " + m.rag_off_reason, "rag_unavailable");
+    CompletionRequest& r = g.request;
+    const GroundingSpec& spec = *r.grounding;
+    Grounded gr;
+    gr.answer_shape = answer_shape;
+    gr.generate = generate;
+    gr.collections = spec.collections;
+    gr.refusal = policy().refusal;
+    for (auto it = r.messages.rbegin(); it != r.messages.rend(); ++it)
+      if ((*it)["role"] == "user") {
+        gr.question = (*it)["content"].get<std::string>();
+        break;
+      }
+    rag::SearchRequest sr;
+    sr.collections = spec.collections;
+    sr.query = gr.question;
+    sr.mode = spec.mode == "bm25" ? rag::SearchMode::kBm25 : spec.mode == "vector" ? rag::SearchMode::kVector
+                                                                                   : rag::SearchMode::kHybrid;
+    sr.top_k = spec.top_k > 0 ? spec.top_k : config.rag.top_k;
+    sr.candidates = config.rag.candidates;
+    if (sr.mode != rag::SearchMode::kBm25) {
+      const std::string q[] = {gr.question};
+      sr.query_vector = m.rag_embedder->embed(q)[0];
+    }
+    Result<std::vector<rag::SearchHit>> hits = m.rag_store->search(sr, principal_of(key));
+    if (!hits.is_ok()) return status_error(hits.status());
+    gr.sources = std::move(*hits);
+    gr.evidence = rag::assess_evidence(gr.sources, policy());
+    if (!gr.evidence.sufficient) gr.reason = "no_evidence";
+    if (gr.evidence.sufficient && generate) {
+      // One system message first (several confuse many chat templates).
+      const std::string rules = rag::grounding_instructions(gr.sources, policy());
+      if (!r.messages.empty() && r.messages[0]["role"] == "system") {
+        r.messages[0]["content"] = rules + "\n" + r.messages[0]["content"].get<std::string>();
+      } else {
+        r.messages.insert(r.messages.begin(), ojson{{"role", "system"}, {"content", rules}});
+      }
+    }
+    g.grounded = std::move(gr);
+    return std::nullopt;
+  }
+
+  // Decides a finished grounded answer: one that cites no source is
+  // withheld and replaced by the refusal.
+  void settle(Generation& g) {
+    if (!g.grounded || g.choices.empty() || !g.grounded->reason.empty()) return;
+    Choice& c = g.choices[0];
+    g.grounded->cited = rag::cited_sources(c.text, g.grounded->sources.size());
+    if (g.grounded->cited.empty()) {
+      g.grounded->reason = "no_citation";
+      c.text = g.grounded->refusal;
+    }
   }
 
   void observe(const Generation& g) {
@@ -366,7 +540,10 @@ struct Server::Impl {
     audit(std::move(e));
   }
 
-  void completions(const httplib::Request& req, httplib::Response& res, Endpoint endpoint);
+  void completions(const httplib::Request& req, httplib::Response& res, Endpoint endpoint, bool rag_query = false);
+  void answer_without_model(const httplib::Request& req, httplib::Response& res, const std::string& key,
+                            Generation& g);
+  void rag_routes();
 };
 
 Server::Server(Config config, Authenticator authenticate, AuditSink audit, Metrics& metrics)
@@ -410,26 +587,78 @@ void Server::shutdown() {
   impl_->http.stop();
 }
 
-void Server::Impl::completions(const httplib::Request& req, httplib::Response& res, Endpoint endpoint) {
+void Server::Impl::answer_without_model(const httplib::Request& req, httplib::Response& res, const std::string& key,
+                                        Generation& g) {
+  Choice c;
+  c.text = g.grounded->generate ? g.grounded->refusal : "";
+  c.finish = "stop";
+  c.done = true;
+  g.choices.push_back(std::move(c));
+  if (g.grounded->answer_shape && !g.request.stream) {
+    res.set_content(rag_answer(g).dump(-1, ' ', false, ojson::error_handler_t::replace), "application/json");
+  } else if (!g.request.stream) {
+    res.set_content(whole_response(g).dump(-1, ' ', false, ojson::error_handler_t::replace), "application/json");
+  } else {
+    // The whole stream at once: role, the refusal, the finish with the
+    // grounding outcome, usage when asked, [DONE].
+    std::string body;
+    auto chunk = [&](ojson choices) {
+      ojson ch = chunk_base(g);
+      ch["choices"] = std::move(choices);
+      if (g.request.include_usage) ch["usage"] = nullptr;
+      return ch;
+    };
+    body += sse(chunk(ojson::array({choice_delta(g, 0, "", ojson(), "", true)})));
+    if (!g.choices[0].text.empty()) body += sse(chunk(ojson::array({choice_delta(g, 0, g.choices[0].text, ojson(), "", false)})));
+    ojson fin = chunk(ojson::array({choice_delta(g, 0, "", ojson(), "stop", false)}));
+    fin["airlock"] = grounding_json(*g.grounded);
+    body += sse(fin);
+    if (g.request.include_usage) {
+      ojson u = chunk_base(g);
+      u["choices"] = ojson::array();
+      u["usage"] = g.usage();
+      body += sse(u);
+    }
+    body += "data: [DONE]\n\n";
+    res.set_header("Cache-Control", "no-cache");
+    res.set_content(body, "text/event-stream");
+  }
+  write_audit(key, req, &g, 200);
+}
+
+void Server::Impl::completions(const httplib::Request& req, httplib::Response& res, Endpoint endpoint, bool rag_query) {
   Clock::time_point start = Clock::now();
   const std::string key = key_of(req).value_or("");
   auto fail = [&](const ApiError& e) {
     send_error(res, e);
     write_audit(key, req, nullptr, e.http_status);
   };
+  if (req.body.size() > config.max_body_bytes)
+    return fail(api_error(413, "invalid_request_error",
+                          "the request body is larger than " + std::to_string(config.max_body_bytes) + " bytes"));
   if (draining) return fail(api_error(503, "server_error", "the server is shutting down"));
   std::shared_ptr<LoadedModel> m = current();
   if (!m) return fail(api_error(503, "server_error", "no model is loaded"));
   auto g = std::make_shared<Generation>();
   g->start = start;
   g->model = m;
-  g->id = random_id(endpoint == Endpoint::kChat ? "chatcmpl-" : "cmpl-");
+  g->id = random_id(rag_query ? "rag-" : endpoint == Endpoint::kChat ? "chatcmpl-" : "cmpl-");
   g->created = static_cast<std::int64_t>(std::time(nullptr));
-  if (auto e = parse_request(req.body, endpoint, &g->request)) return fail(*e);
+  bool generate = true;
+  if (rag_query) {
+    if (auto e = parse_rag_query(req.body, m->id, &g->request, &generate)) return fail(*e);
+  } else if (auto e = parse_request(req.body, endpoint, &g->request)) {
+    return fail(*e);
+  }
   CompletionRequest& r = g->request;
   if (r.model != m->id)
     return fail(api_error(404, "invalid_request_error", "the model '" + r.model + "' does not exist (GET /v1/models)",
                           "model_not_found"));
+  if (r.grounding) {
+    if (auto e = ground(*m, key, *g, rag_query, generate)) return fail(*e);
+    // Weak evidence: the model is not asked at all.
+    if (!g->grounded->reason.empty() || !generate) return answer_without_model(req, res, key, *g);
+  }
   Result<std::vector<std::int32_t>> prompt = prompt_tokens_of(*m, r);
   if (!prompt.is_ok()) return fail(api_error(400, "invalid_request_error", prompt.status().message()));
   g->prompt_tokens = static_cast<int>(prompt->size());
@@ -488,7 +717,9 @@ void Server::Impl::completions(const httplib::Request& req, httplib::Response& r
         return;
       }
     observe(*g);
-    res.set_content(whole_response(*g).dump(-1, ' ', false, ojson::error_handler_t::replace), "application/json");
+    settle(*g);
+    const ojson body = g->grounded && g->grounded->answer_shape ? rag_answer(*g) : whole_response(*g);
+    res.set_content(body.dump(-1, ' ', false, ojson::error_handler_t::replace), "application/json");
     write_audit(key, req, g.get(), 200);
     return;
   }
@@ -534,6 +765,16 @@ void Server::Impl::completions(const httplib::Request& req, httplib::Response& r
             for (TokenEvent& e : events) {
               const std::size_t n_lp = c.logprobs.size();
               std::string text = g->on_event(c, e);
+              if (g->grounded && !g->grounded->released) {
+                // Nothing of a grounded answer is shown until it cites a source.
+                Grounded& gr = *g->grounded;
+                gr.pending += text;
+                text.clear();
+                if (!rag::cited_sources(c.text, gr.sources.size()).empty()) {
+                  gr.released = true;
+                  text.swap(gr.pending);
+                }
+              }
               ojson lp = ojson::array();
               for (std::size_t k = n_lp; k < c.logprobs.size(); ++k) lp.push_back(c.logprobs[k]);
               if (!text.empty() || !lp.empty()) {
@@ -554,8 +795,17 @@ void Server::Impl::completions(const httplib::Request& req, httplib::Response& r
           }
         }
         if (!g->all_done()) return true;  // called again
-        for (std::size_t i = 0; i < g->choices.size(); ++i)
-          if (!send(chunk(ojson::array({choice_delta(*g, i, "", ojson(), g->choices[i].finish, false)})))) return false;
+        if (g->grounded) {
+          settle(*g);
+          if (g->grounded->reason == "no_citation" &&
+              !send(chunk(ojson::array({choice_delta(*g, 0, g->choices[0].text, ojson(), "", false)}))))
+            return false;
+        }
+        for (std::size_t i = 0; i < g->choices.size(); ++i) {
+          ojson fin = chunk(ojson::array({choice_delta(*g, i, "", ojson(), g->choices[i].finish, false)}));
+          if (g->grounded) fin["airlock"] = grounding_json(*g->grounded);
+          if (!send(fin)) return false;
+        }
         if (g->request.include_usage) {
           ojson u = chunk_base(*g);
           u["choices"] = ojson::array();
@@ -590,7 +840,12 @@ void Server::routes() {
   Impl& s = *impl_;
   httplib::Server& h = s.http;
   h.new_task_queue = [n = s.config.http_threads] { return new httplib::ThreadPool(static_cast<std::size_t>(n)); };
-  h.set_payload_max_length(s.config.max_body_bytes);
+  // Documents may be larger than other requests (rag.max_document_bytes,
+  // base64 in JSON adds a third); every other route holds its body to
+  // max_body_bytes itself (body_too_large). httplib reads a body only after
+  // the pre-routing handler has checked the key.
+  h.set_payload_max_length(std::max<std::uint64_t>(s.config.max_body_bytes,
+                                                   s.config.rag.max_document_bytes / 3 * 4 + (1u << 20)));
   h.set_keep_alive_timeout(30);
   // Remember the listening socket: httplib listens with a backlog of 5,
   // which drops the SYNs of a burst of clients (each retried a second
@@ -644,7 +899,8 @@ void Server::routes() {
     s.count(req, res.status);
     // The completion routes audit themselves (with token counts); every
     // other request but /health gets a row here.
-    if (req.path != "/v1/chat/completions" && req.path != "/v1/completions" && req.path != "/health")
+    if (req.path != "/v1/chat/completions" && req.path != "/v1/completions" && req.path != "/v1/rag/query" &&
+        req.path != "/health")
       s.write_audit(s.key_of(req).value_or(""), req, nullptr, res.status);
   });
 
@@ -746,7 +1002,12 @@ void Server::routes() {
   h.Post("/v1/completions", [&s](const httplib::Request& req, httplib::Response& res) {
     s.completions(req, res, Endpoint::kCompletions);
   });
+  h.Post("/v1/rag/query", [&s](const httplib::Request& req, httplib::Response& res) {
+    s.completions(req, res, Endpoint::kChat, /*rag_query=*/true);
+  });
+  s.rag_routes();
   h.Post("/v1/embeddings", [&s](const httplib::Request& req, httplib::Response& res) {
+    if (s.body_too_large(req, res)) return;
     if (s.draining) return s.send_error(res, api_error(503, "server_error", "the server is shutting down"));
     std::shared_ptr<LoadedModel> m = s.current();
     if (!m) return s.send_error(res, api_error(503, "server_error", "no model is loaded"));
@@ -785,6 +1046,211 @@ void Server::routes() {
     ojson out = {{"object", "list"}, {"data", std::move(data)}, {"model", m->id},
                  {"usage", {{"prompt_tokens", tokens}, {"total_tokens", tokens}}}};
     res.set_content(out.dump(), "application/json");
+  });
+}
+
+namespace {
+
+ojson collection_json(const rag::CollectionInfo& c) {
+  return {{"object", "rag.collection"}, {"name", c.name}, {"owner", c.owner}, {"description", c.description},
+          {"readers", c.readers}, {"created_at", c.created_at}, {"documents", c.n_documents}, {"chunks", c.n_chunks}};
+}
+
+ojson document_json(const rag::DocumentInfo& d) {
+  ojson meta = ojson::parse(d.metadata_json, nullptr, false);
+  return {{"object", "rag.document"}, {"id", d.id}, {"collection", d.collection}, {"source", d.source},
+          {"title", d.title}, {"format", d.format}, {"sha256", d.content_hash}, {"bytes", d.n_bytes},
+          {"chunks", d.n_chunks}, {"owner", d.owner}, {"ingested_at", d.ingested_at},
+          {"metadata", meta.is_discarded() ? ojson::object() : meta}};
+}
+
+const char* outcome_name(rag::PutOutcome o) {
+  switch (o) {
+    case rag::PutOutcome::kAdded: return "added";
+    case rag::PutOutcome::kReplaced: return "replaced";
+    case rag::PutOutcome::kUnchanged: return "unchanged";
+    case rag::PutOutcome::kDuplicate: return "duplicate";
+  }
+  return "?";
+}
+
+}  // namespace
+
+// Collections and documents: POST/GET /v1/rag/collections, GET/DELETE
+// /v1/rag/collections/NAME, POST/GET /v1/rag/collections/NAME/documents,
+// DELETE /v1/rag/collections/NAME/documents/SOURCE.
+void Server::Impl::rag_routes() {
+  httplib::Server& h = http;
+  // The store of the current model, or the 503 that says why there is none.
+  auto store_or_fail = [this](httplib::Response& res) -> std::shared_ptr<LoadedModel> {
+    std::shared_ptr<LoadedModel> m = current();
+    if (draining) send_error(res, api_error(503, "server_error", "the server is shutting down"));
+    else if (!m) send_error(res, api_error(503, "server_error", "no model is loaded"));
+    else if (!m->rag_store)
+      send_error(res, api_error(503, "server_error", "RAG is off: " + m->rag_off_reason, "rag_unavailable"));
+    else return m;
+    return nullptr;
+  };
+  auto who = [this](const httplib::Request& req) { return principal_of(key_of(req).value_or("")); };
+
+  h.Post("/v1/rag/collections", [this, store_or_fail, who](const httplib::Request& req, httplib::Response& res) {
+    if (body_too_large(req, res)) return;
+    std::shared_ptr<LoadedModel> m = store_or_fail(res);
+    if (!m) return;
+    ojson j = ojson::parse(req.body, nullptr, false);
+    if (j.is_discarded() || !j.is_object()) return send_error(res, api_error(400, "invalid_request_error", "the body must be a JSON object"));
+    for (const auto& [k, v] : j.items())
+      if (k != "name" && k != "readers" && k != "description")
+        return send_error(res, api_error(400, "invalid_request_error", "unknown field '" + k + "' (name, readers, description)"));
+    if (!j.contains("name") || !j["name"].is_string())
+      return send_error(res, api_error(400, "invalid_request_error", "name must be a string"));
+    std::vector<std::string> readers;
+    if (j.contains("readers")) {
+      if (!j["readers"].is_array() || j["readers"].size() > 256)
+        return send_error(res, api_error(400, "invalid_request_error", "readers must be an array of key:NAME, group:NAME or *"));
+      for (const ojson& r : j["readers"]) {
+        if (!r.is_string()) return send_error(res, api_error(400, "invalid_request_error", "readers must hold strings"));
+        readers.push_back(r.get<std::string>());
+      }
+    }
+    std::string description;
+    if (j.contains("description")) {
+      if (!j["description"].is_string()) return send_error(res, api_error(400, "invalid_request_error", "description must be a string"));
+      description = j["description"].get<std::string>();
+    }
+    Result<rag::CollectionInfo> c = m->rag_store->create_collection(j["name"].get<std::string>(), who(req), readers, description);
+    if (!c.is_ok()) return send_error(res, status_error(c.status()));
+    res.status = 201;
+    res.set_content(collection_json(*c).dump(), "application/json");
+  });
+  h.Get("/v1/rag/collections", [this, store_or_fail, who](const httplib::Request& req, httplib::Response& res) {
+    std::shared_ptr<LoadedModel> m = store_or_fail(res);
+    if (!m) return;
+    Result<std::vector<rag::CollectionInfo>> all = m->rag_store->list_collections(who(req));
+    if (!all.is_ok()) return send_error(res, status_error(all.status()));
+    ojson data = ojson::array();
+    for (const rag::CollectionInfo& c : *all) data.push_back(collection_json(c));
+    res.set_content(ojson({{"object", "list"}, {"data", data}}).dump(), "application/json");
+  });
+  h.Get(R"(/v1/rag/collections/([^/]+))", [this, store_or_fail, who](const httplib::Request& req, httplib::Response& res) {
+    std::shared_ptr<LoadedModel> m = store_or_fail(res);
+    if (!m) return;
+    Result<rag::CollectionInfo> c = m->rag_store->get_collection(req.matches[1], who(req));
+    if (!c.is_ok()) return send_error(res, status_error(c.status()));
+    res.set_content(collection_json(*c).dump(), "application/json");
+  });
+  h.Delete(R"(/v1/rag/collections/([^/]+))", [this, store_or_fail, who](const httplib::Request& req, httplib::Response& res) {
+    std::shared_ptr<LoadedModel> m = store_or_fail(res);
+    if (!m) return;
+    if (Status st = m->rag_store->delete_collection(req.matches[1], who(req)); !st.is_ok())
+      return send_error(res, status_error(st));
+    res.set_content(ojson({{"object", "rag.collection.deleted"}, {"name", req.matches[1]}, {"deleted", true}}).dump(),
+                    "application/json");
+  });
+  h.Post(R"(/v1/rag/collections/([^/]+)/documents)", [this, store_or_fail, who](const httplib::Request& req,
+                                                                                  httplib::Response& res) {
+    std::shared_ptr<LoadedModel> m = store_or_fail(res);
+    if (!m) return;
+    // JSON {source, content | content_base64, metadata}, or the raw file
+    // with ?source=NAME (any other content type).
+    std::string source, bytes, metadata = "{}";
+    const std::string type = req.get_header_value("Content-Type");
+    if (type.rfind("application/json", 0) == 0) {
+      ojson j = ojson::parse(req.body, nullptr, false);
+      if (j.is_discarded() || !j.is_object())
+        return send_error(res, api_error(400, "invalid_request_error", "the body must be a JSON object"));
+      for (const auto& [k, v] : j.items())
+        if (k != "source" && k != "content" && k != "content_base64" && k != "metadata")
+          return send_error(res, api_error(400, "invalid_request_error",
+                                           "unknown field '" + k + "' (source, content, content_base64, metadata)"));
+      if (!j.contains("source") || !j["source"].is_string())
+        return send_error(res, api_error(400, "invalid_request_error", "source must be a string (the document's name)"));
+      source = j["source"].get<std::string>();
+      if (j.contains("content") == j.contains("content_base64"))
+        return send_error(res, api_error(400, "invalid_request_error", "give content (text) or content_base64 (a file)"));
+      if (j.contains("content")) {
+        if (!j["content"].is_string()) return send_error(res, api_error(400, "invalid_request_error", "content must be a string"));
+        bytes = j["content"].get<std::string>();
+      } else {
+        if (!j["content_base64"].is_string())
+          return send_error(res, api_error(400, "invalid_request_error", "content_base64 must be a string"));
+        const std::string& b64 = j["content_base64"].get_ref<const std::string&>();
+        bytes.resize(b64.size() / 4 * 3 + 3);
+        std::size_t n = 0;
+        if (sodium_base642bin(reinterpret_cast<unsigned char*>(bytes.data()), bytes.size(), b64.data(), b64.size(),
+                              nullptr, &n, nullptr, sodium_base64_VARIANT_ORIGINAL) != 0)
+          return send_error(res, api_error(400, "invalid_request_error", "content_base64 is not valid base64"));
+        bytes.resize(n);
+      }
+      if (j.contains("metadata")) {
+        if (!j["metadata"].is_object()) return send_error(res, api_error(400, "invalid_request_error", "metadata must be an object"));
+        metadata = j["metadata"].dump();
+      }
+    } else {
+      source = req.get_param_value("source");
+      if (source.empty())
+        return send_error(res, api_error(400, "invalid_request_error", "a raw upload needs ?source=NAME (or send JSON)"));
+      bytes = req.body;
+    }
+    if (bytes.size() > config.rag.max_document_bytes)
+      return send_error(res, api_error(413, "invalid_request_error",
+                                       "the document is larger than rag.max_document_bytes (" +
+                                           std::to_string(config.rag.max_document_bytes) + ")",
+                                       "document_too_large"));
+    rag::IngestOptions o;
+    o.chunk.max_tokens = static_cast<std::size_t>(config.rag.chunk_tokens);
+    o.chunk.overlap_tokens = static_cast<std::size_t>(config.rag.chunk_overlap);
+    o.limits.max_input_bytes = config.rag.max_document_bytes;
+    o.limits.pdf_timeout_ms = config.rag.pdf_timeout_ms;
+    o.limits.pdf_memory_bytes = config.rag.pdf_memory_mib << 20;
+    const std::string collection = req.matches[1];
+    Result<rag::IngestResult> r =
+        rag::ingest_document(*m->rag_store, *m->rag_embedder, collection, source, bytes, metadata, who(req), o);
+    if (!r.is_ok()) {
+      const Status& st = r.status();
+      ApiError e = status_error(st);
+      e.message = source + ": " + st.message();
+      if (st.code() == StatusCode::kInvalidArgument) e.code = "invalid_document";
+      if (st.code() == StatusCode::kResourceExhausted) {
+        e.http_status = 413;
+        e.code = "document_too_large";
+      }
+      return send_error(res, e);
+    }
+    const bool written = r->put.outcome == rag::PutOutcome::kAdded || r->put.outcome == rag::PutOutcome::kReplaced;
+    res.status = written ? 201 : 200;
+    ojson out = {{"object", "rag.document"},
+                 {"collection", collection},
+                 {"source", source},
+                 {"id", r->put.document_id},
+                 {"status", outcome_name(r->put.outcome)},
+                 {"duplicate_of", r->put.duplicate_of.empty() ? ojson() : ojson(r->put.duplicate_of)},
+                 {"format", r->format},
+                 {"title", r->title},
+                 {"chunks", r->n_chunks},
+                 {"tokens", r->n_tokens}};
+    res.set_content(out.dump(-1, ' ', false, ojson::error_handler_t::replace), "application/json");
+  });
+  h.Get(R"(/v1/rag/collections/([^/]+)/documents)", [this, store_or_fail, who](const httplib::Request& req,
+                                                                                 httplib::Response& res) {
+    std::shared_ptr<LoadedModel> m = store_or_fail(res);
+    if (!m) return;
+    Result<std::vector<rag::DocumentInfo>> docs = m->rag_store->list_documents(req.matches[1], who(req));
+    if (!docs.is_ok()) return send_error(res, status_error(docs.status()));
+    ojson data = ojson::array();
+    for (const rag::DocumentInfo& d : *docs) data.push_back(document_json(d));
+    res.set_content(ojson({{"object", "list"}, {"data", data}}).dump(-1, ' ', false, ojson::error_handler_t::replace),
+                    "application/json");
+  });
+  h.Delete(R"(/v1/rag/collections/([^/]+)/documents/(.+))", [this, store_or_fail, who](const httplib::Request& req,
+                                                                                         httplib::Response& res) {
+    std::shared_ptr<LoadedModel> m = store_or_fail(res);
+    if (!m) return;
+    if (Status st = m->rag_store->delete_document(req.matches[1], req.matches[2], who(req)); !st.is_ok())
+      return send_error(res, status_error(st));
+    res.set_content(ojson({{"object", "rag.document.deleted"}, {"source", req.matches[2]}, {"deleted", true}})
+                        .dump(-1, ' ', false, ojson::error_handler_t::replace),
+                    "application/json");
   });
 }
 

@@ -54,6 +54,7 @@ constexpr const char* kSchema =
     " collection_id INTEGER NOT NULL, position INTEGER NOT NULL, begin_byte INTEGER NOT NULL,"
     " end_byte INTEGER NOT NULL, n_tokens INTEGER NOT NULL, text TEXT NOT NULL, embedding BLOB NOT NULL);"
     "CREATE INDEX IF NOT EXISTS chunks_by_document ON chunks(document_id);"
+    "CREATE INDEX IF NOT EXISTS chunks_by_collection ON chunks(collection_id);"
     "CREATE VIRTUAL TABLE IF NOT EXISTS chunks_fts USING fts5("
     " text, content='chunks', content_rowid='id', tokenize='porter unicode61 remove_diacritics 2');"
     "CREATE TRIGGER IF NOT EXISTS chunks_fts_insert AFTER INSERT ON chunks BEGIN"
@@ -190,15 +191,18 @@ struct Store::Impl {
     if (db != nullptr) sqlite3_close(db);
   }
 
-  Result<std::vector<CollectionRow>> collections() const {
+  // Every collection with its readers; with_counts adds document and chunk
+  // counts (index lookups, but not needed on the search path).
+  Result<std::vector<CollectionRow>> collections(bool with_counts = true) const {
     std::vector<CollectionRow> out;
     std::map<std::int64_t, std::size_t> at;
     {
-      Stmt st(db,
-              "SELECT c.id, c.name, c.owner, c.description, c.created_at,"
-              " (SELECT count(*) FROM documents d WHERE d.collection_id = c.id),"
-              " (SELECT count(*) FROM chunks k WHERE k.collection_id = c.id)"
-              " FROM collections c ORDER BY c.name");
+      Stmt st(db, with_counts ? "SELECT c.id, c.name, c.owner, c.description, c.created_at,"
+                                " (SELECT count(*) FROM documents d WHERE d.collection_id = c.id),"
+                                " (SELECT count(*) FROM chunks k WHERE k.collection_id = c.id)"
+                                " FROM collections c ORDER BY c.name"
+                              : "SELECT c.id, c.name, c.owner, c.description, c.created_at, 0, 0"
+                                " FROM collections c ORDER BY c.name");
       if (!st.ok()) return sql::error(db, "list collections");
       int rc;
       while ((rc = st.step()) == SQLITE_ROW) {
@@ -610,7 +614,7 @@ Result<std::vector<SearchHit>> Store::search(const SearchRequest& req, const Pri
                             " dimensions, the store " + std::to_string(s.dim));
 
   // The collections this caller may read, narrowed to the ones asked for.
-  AIRLOCK_ASSIGN_OR_RETURN(std::vector<CollectionRow> all, s.collections());
+  AIRLOCK_ASSIGN_OR_RETURN(std::vector<CollectionRow> all, s.collections(/*with_counts=*/false));
   std::map<std::int64_t, std::string> allowed;
   if (req.collections.empty()) {
     for (const CollectionRow& r : all)

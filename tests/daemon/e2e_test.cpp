@@ -12,8 +12,14 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <sqlite3.h>
+
+#include <atomic>
 #include <chrono>
 #include <fcntl.h>
+#include <iostream>
+#include <map>
+#include <mutex>
 #include <cmath>
 #include <cstring>
 #include <fstream>
@@ -22,6 +28,7 @@
 #include <nlohmann/json.hpp>
 #include <thread>
 
+#include "doc_builders.h"
 #include "test_bundles.h"
 
 extern char** environ;
@@ -81,8 +88,10 @@ int run(std::vector<std::string> argv, std::string* out) {
 struct Enclave {
   TempDir dir;
   std::string api_key;
+  std::string embedding;  // model2vec directory packed as the bundle's embedding model ("" for none)
 
-  Enclave() {
+  Enclave() : Enclave(have_embedder() ? embedder_dir() : "") {}
+  explicit Enclave(std::string embedding_dir) : embedding(std::move(embedding_dir)) {
     EXPECT_EQ(run({AIRLOCK_CLI_PATH, "bundle", "keygen", "--out", dir / "signer", "--unencrypted"}), 0);
     ::mkdir((dir / "trusted").c_str(), 0750);
     testing::write_file(dir / "trusted/signer.pub", testing::read_file(dir / "signer.pub"));
@@ -96,15 +105,20 @@ struct Enclave {
     std::vector<std::string> argv = {AIRLOCK_CLI_PATH, "bundle", "create", "--key", dir / "signer.key", "--name", "stories",
                                      "--version", std::to_string(version), "--llm", model_path(), "--out",
                                      dir / ("stories-" + std::to_string(version) + ".airlock"), "--quiet"};
-    if (have_embedder()) {  // the model2vec fixture as the bundle's embedding model
+    if (!embedding.empty()) {
       argv.push_back("--embedding");
-      argv.push_back(embedder_dir());
+      argv.push_back(embedding);
     }
     return run(argv);
   }
   int import(int version) {
     return run({AIRLOCK_CLI_PATH, "bundle", "import", dir / ("stories-" + std::to_string(version) + ".airlock"),
                 "--store", dir / "store", "--trusted", dir / "trusted", "--quiet"});
+  }
+  std::string new_key(const std::string& name) {
+    std::string out;
+    EXPECT_EQ(run({AIRLOCK_CLI_PATH, "keys", "create", "--name", name, "--state", dir / "state"}, &out), 0);
+    return out.substr(0, out.find_last_not_of("\n") + 1);
   }
 };
 
@@ -748,6 +762,394 @@ TEST(DaemonLifecycle, TlsWithClientCertificates) {
   auto broken = Daemon::start(e, "[tls]\ncert = \"" + d + "/missing.pem\"\nkey = \"" + d + "/server.key\"\n");
   EXPECT_EQ(broken->port, 0);
   EXPECT_NE(broken->log().find("TLS: cannot load"), std::string::npos) << broken->log();
+}
+
+// ---------------------------------------------------------------- RAG
+
+// A 64-dimension random model2vec model over the fixture's WordPiece
+// vocabulary: texts sharing words get close vectors. It knows nothing of
+// meaning, so these tests make word overlap (term coverage) the deciding
+// evidence (min_similarity = 0.95); the thresholds themselves are measured
+// by bench/rag_eval.
+std::string rag_embedder_dir() {
+  static TempDir* dir = new TempDir();
+  const std::string path = *dir / "m2v";
+  if (!testing::exists(path + "/model.safetensors")) {
+    EXPECT_EQ(run_tool({AIRLOCK_GEN_MODEL_PATH, "--model2vec", path, "--tokenizer", embedder_dir() + "/tokenizer.json",
+                        "--dim", "64"}),
+              0);
+  }
+  return path;
+}
+
+constexpr const char* kRagConfig =
+    "[rag]\nmin_similarity = 0.95\nmin_term_coverage = 0.6\nchunk_tokens = 64\nchunk_overlap = 8\n"
+    "[rag.groups]\nanalysts = [\"analyst\"]\n";
+
+bool have_pdftotext() { return ::access("/usr/bin/pdftotext", X_OK) == 0; }
+
+struct Corpus {
+  std::string name, bytes, question;
+};
+
+std::vector<Corpus> corpus() {
+  using rag::testing::document_xml;
+  std::vector<Corpus> c = {
+      {"wing.txt",
+       "Swept wing flutter.\nThe flutter speed of a swept wing rises with torsional stiffness and falls as the sweep "
+       "angle grows. Wind tunnel tests at Mach 0.8 confirmed the trend.\n",
+       "What is the flutter speed of a swept wing?"},
+      {"nozzle.md",
+       "---\nauthor: lab\n---\n# Rocket nozzles\n\nA **convergent-divergent** nozzle accelerates exhaust gas to "
+       "supersonic speed. The expansion ratio of the nozzle sets the exit Mach number. [Details](http://example.invalid)\n",
+       "What does the expansion ratio of a rocket nozzle set?"},
+      {"boundary.html",
+       "<html><head><title>Boundary layers</title><script>var hidden = 'quokka marmalade';</script>"
+       "<style>p { color: red }</style></head><body><h1>Boundary layers</h1><p>Laminar boundary layer transition "
+       "occurs near a Reynolds number of five hundred thousand on a flat plate.</p></body></html>",
+       "At what Reynolds number does laminar boundary layer transition occur on a flat plate?"},
+      {"heat.docx",
+       rag::testing::make_docx(document_xml(
+           "<w:p><w:r><w:t>Hypersonic vehicles face severe aerodynamic heating at the stagnation point of the nose "
+           "cone.</w:t></w:r></w:p>")),
+       "Where is aerodynamic heating of hypersonic vehicles most severe?"},
+  };
+  if (have_pdftotext())
+    // Short: make_pdf draws one 24-point line, and text beyond the page edge is not extracted.
+    c.push_back({"icing.pdf", rag::testing::make_pdf("Icing destroys lift at the leading edge."),
+                 "What does icing destroy at the leading edge?"});
+  return c;
+}
+
+class RagE2E : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    if (!have_embedder()) return;
+    enclave_ = new Enclave(rag_embedder_dir());
+    outsider_ = new std::string(enclave_->new_key("outsider"));
+    analyst_ = new std::string(enclave_->new_key("analyst"));
+    daemon_ = Daemon::start(*enclave_, kRagConfig).release();
+  }
+  static void TearDownTestSuite() {
+    if (daemon_) {
+      EXPECT_EQ(daemon_->stop(), 0) << daemon_->log();
+    }
+    delete daemon_;
+    delete enclave_;
+    delete outsider_;
+    delete analyst_;
+    daemon_ = nullptr;
+    enclave_ = nullptr;
+  }
+  void SetUp() override {
+    if (!have_embedder()) GTEST_SKIP() << "model2vec fixture (its tokenizer.json) not found (AIRLOCK_MODELS_DIR)";
+    ASSERT_NE(daemon_, nullptr);
+    ASSERT_GT(daemon_->port, 0) << daemon_->log();
+  }
+  static httplib::Client as(const std::string& key) {
+    httplib::Client c("127.0.0.1", daemon_->port);
+    c.set_read_timeout(120, 0);
+    c.set_default_headers({{"Authorization", "Bearer " + key}});
+    return c;
+  }
+  static httplib::Result post(const std::string& key, const std::string& path, const json& body) {
+    return as(key).Post(path, body.dump(), "application/json");
+  }
+  // Creates `name` (owned by the tester key) holding the whole corpus.
+  static void make_collection(const std::string& name, const json& readers) {
+    auto c = daemon_->post("/v1/rag/collections", {{"name", name}, {"readers", readers}, {"description", "test corpus"}});
+    ASSERT_TRUE(c);
+    ASSERT_EQ(c->status, 201) << c->body;
+    for (const Corpus& doc : corpus()) {
+      std::string b64(sodium_base64_encoded_len(doc.bytes.size(), sodium_base64_VARIANT_ORIGINAL), '\0');
+      sodium_bin2base64(b64.data(), b64.size(), reinterpret_cast<const unsigned char*>(doc.bytes.data()), doc.bytes.size(),
+                        sodium_base64_VARIANT_ORIGINAL);
+      b64.resize(std::strlen(b64.c_str()));
+      auto r = daemon_->post("/v1/rag/collections/" + name + "/documents",
+                             {{"source", doc.name}, {"content_base64", b64}, {"metadata", {{"team", "aero"}}}});
+      ASSERT_TRUE(r);
+      ASSERT_EQ(r->status, 201) << doc.name << ": " << r->body;
+      json j = json::parse(r->body);
+      EXPECT_EQ(j["status"], "added");
+      EXPECT_GE(j["chunks"].get<int>(), 1);
+    }
+  }
+  static json query(const std::string& key, const json& body) {
+    auto r = post(key, "/v1/rag/query", body);
+    EXPECT_TRUE(r);
+    if (!r) return json();
+    json j = json::parse(r->body, nullptr, false);
+    j["http_status"] = r->status;
+    return j;
+  }
+  static Enclave* enclave_;
+  static Daemon* daemon_;
+  static std::string* outsider_;
+  static std::string* analyst_;
+};
+Enclave* RagE2E::enclave_ = nullptr;
+Daemon* RagE2E::daemon_ = nullptr;
+std::string* RagE2E::outsider_ = nullptr;
+std::string* RagE2E::analyst_ = nullptr;
+
+TEST_F(RagE2E, EveryFormatIsIngestedAndFoundByItsQuestion) {
+  make_collection("formats", json::array());
+  auto list = daemon_->client().Get("/v1/rag/collections/formats/documents");
+  ASSERT_EQ(list->status, 200);
+  json docs = json::parse(list->body)["data"];
+  ASSERT_EQ(docs.size(), corpus().size());
+  std::map<std::string, json> by_name;
+  for (const json& d : docs) by_name[d["source"]] = d;
+  EXPECT_EQ(by_name["boundary.html"]["title"], "Boundary layers");
+  EXPECT_EQ(by_name["heat.docx"]["format"], "docx");
+  EXPECT_EQ(by_name["nozzle.md"]["format"], "markdown");
+  EXPECT_EQ(by_name["wing.txt"]["metadata"]["team"], "aero");
+  if (!have_pdftotext()) std::cerr << "pdftotext is absent: the PDF document is not part of this run\n";
+  for (const Corpus& doc : corpus()) {
+    json j = query(enclave_->api_key, {{"collection", "formats"}, {"question", doc.question}, {"generate", false}});
+    ASSERT_EQ(j["http_status"], 200) << j.dump();
+    EXPECT_EQ(j["object"], "rag.answer");
+    EXPECT_TRUE(j["answer"].is_null());
+    EXPECT_EQ(j["grounded"], true) << doc.name << ": " << j.dump();
+    EXPECT_EQ(j["handoff"], false);
+    ASSERT_FALSE(j["sources"].empty());
+    EXPECT_EQ(j["sources"][0]["document"], doc.name) << j.dump();
+    EXPECT_EQ(j["sources"][0]["collection"], "formats");
+    EXPECT_EQ(j["sources"][0]["evidence"], true);
+    EXPECT_GT(j["sources"][0]["snippet"].get<std::string>().size(), 10u);
+  }
+  // Script and style text never reached the index.
+  json hidden = query(enclave_->api_key, {{"collection", "formats"}, {"question", "quokka marmalade"}, {"generate", false},
+                                           {"mode", "bm25"}});
+  EXPECT_TRUE(hidden["sources"].empty()) << hidden.dump();
+  EXPECT_EQ(hidden["handoff_reason"], "no_evidence");
+}
+
+TEST_F(RagE2E, AnswersAreGroundedOrHandedOff) {
+  make_collection("answers", json::array());
+  // In the corpus: the model is asked with numbered sources. This small
+  // model does not write [n] citations, so the answer is withheld; a model
+  // that cites gets grounded = true and its citations back.
+  json j = query(enclave_->api_key, {{"collection", "answers"}, {"question", corpus()[0].question}, {"max_tokens", 24},
+                                     {"temperature", 0}});
+  ASSERT_EQ(j["http_status"], 200) << j.dump();
+  EXPECT_GT(j["usage"]["completion_tokens"].get<int>(), 0);
+  EXPECT_EQ(j["sources"][0]["document"], "wing.txt");
+  if (j["handoff"] == true) {
+    EXPECT_EQ(j["handoff_reason"], "no_citation");
+    EXPECT_EQ(j["grounded"], false);
+    EXPECT_TRUE(j["citations"].empty());
+    EXPECT_EQ(j["answer"].get<std::string>().rfind("I don't know", 0), 0u) << j["answer"];
+  } else {
+    EXPECT_EQ(j["grounded"], true);
+    EXPECT_FALSE(j["citations"].empty());
+  }
+  // Not in the corpus: refused without asking the model at all.
+  json out = query(enclave_->api_key, {{"collection", "answers"}, {"question", "Who painted the Mona Lisa?"}});
+  ASSERT_EQ(out["http_status"], 200) << out.dump();
+  EXPECT_EQ(out["handoff"], true);
+  EXPECT_EQ(out["grounded"], false);
+  EXPECT_EQ(out["handoff_reason"], "no_evidence");
+  EXPECT_EQ(out["usage"]["completion_tokens"], 0);
+  EXPECT_EQ(out["answer"].get<std::string>().rfind("I don't know", 0), 0u);
+  EXPECT_TRUE(out["citations"].empty());
+
+  // The same through chat completions with the airlock extension, whole and streamed.
+  json body = chat("Who painted the Mona Lisa?", 16);
+  body["airlock"] = {{"collections", {"answers"}}};
+  auto whole = daemon_->post("/v1/chat/completions", body);
+  ASSERT_EQ(whole->status, 200) << whole->body;
+  json w = json::parse(whole->body);
+  EXPECT_EQ(w["object"], "chat.completion");
+  EXPECT_EQ(w["airlock"]["handoff"], true);
+  EXPECT_EQ(w["airlock"]["handoff_reason"], "no_evidence");
+  EXPECT_EQ(w["choices"][0]["message"]["content"].get<std::string>().rfind("I don't know", 0), 0u);
+  body = chat(corpus()[1].question, 16, true);
+  body["airlock"] = {{"collections", {"answers"}}, {"top_k", 2}};
+  auto streamed = daemon_->post("/v1/chat/completions", body);
+  ASSERT_EQ(streamed->status, 200) << streamed->body;
+  std::vector<std::string> events = sse_events(streamed->body);
+  ASSERT_GE(events.size(), 3u);
+  EXPECT_EQ(events.back(), "[DONE]");
+  json last = json::parse(events[events.size() - 2]);
+  ASSERT_TRUE(last.contains("airlock")) << last.dump();
+  EXPECT_EQ(last["airlock"]["sources"].size(), 2u);
+  EXPECT_EQ(last["airlock"]["sources"][0]["document"], "nozzle.md");
+  std::string content;
+  for (std::size_t i = 0; i + 1 < events.size(); ++i) {
+    json e = json::parse(events[i]);
+    if (!e["choices"].empty() && e["choices"][0]["delta"].contains("content"))
+      content += e["choices"][0]["delta"]["content"].get<std::string>();
+  }
+  if (last["airlock"]["handoff"] == true) {
+    // Nothing uncited was streamed: the only content is the refusal.
+    EXPECT_EQ(content.rfind("I don't know", 0), 0u) << content;
+  } else {
+    EXPECT_NE(content.find('['), std::string::npos);
+  }
+}
+
+TEST_F(RagE2E, CollectionAccessIsEnforced) {
+  make_collection("shared", json::array({"group:analysts"}));
+  make_collection("private", json::array());
+  // The outsider sees neither collection, and gets nothing from them.
+  auto list = as(*outsider_).Get("/v1/rag/collections");
+  ASSERT_EQ(list->status, 200);
+  for (const json& c : json::parse(list->body)["data"]) EXPECT_NE(c["name"], "shared");
+  json q = query(*outsider_, {{"collection", "shared"}, {"question", corpus()[0].question}});
+  EXPECT_EQ(q["http_status"], 404) << q.dump();
+  json all = query(*outsider_, {{"question", corpus()[0].question}, {"generate", false}});  // every readable collection
+  ASSERT_EQ(all["http_status"], 200);
+  EXPECT_TRUE(all["sources"].empty()) << all.dump();
+  EXPECT_EQ(all["handoff_reason"], "no_evidence");
+  json body = chat(corpus()[0].question, 8);
+  body["airlock"] = {{"collections", {"private"}}};
+  EXPECT_EQ(post(*outsider_, "/v1/chat/completions", body)->status, 404);
+  EXPECT_EQ(as(*outsider_).Get("/v1/rag/collections/shared/documents")->status, 404);
+  EXPECT_EQ(as(*outsider_).Delete("/v1/rag/collections/shared")->status, 404);
+  // The analyst reads through the group, but may not write, nor read the private one.
+  json a = query(*analyst_, {{"collection", "shared"}, {"question", corpus()[0].question}, {"generate", false}});
+  ASSERT_EQ(a["http_status"], 200) << a.dump();
+  EXPECT_EQ(a["sources"][0]["document"], "wing.txt");
+  for (const json& src : a["sources"]) EXPECT_EQ(src["collection"], "shared");
+  EXPECT_EQ(query(*analyst_, {{"collection", "private"}, {"question", "wing"}})["http_status"], 404);
+  auto w = post(*analyst_, "/v1/rag/collections/shared/documents", {{"source", "x.txt"}, {"content", "some words here"}});
+  EXPECT_EQ(w->status, 403) << w->body;
+  EXPECT_EQ(as(*analyst_).Delete("/v1/rag/collections/shared/documents/wing.txt")->status, 403);
+  // Without a key, nothing at all.
+  EXPECT_EQ(daemon_->client(false).Get("/v1/rag/collections")->status, 401);
+}
+
+TEST_F(RagE2E, ReplacedAndDeletedDocumentsLeaveTheAnswers) {
+  make_collection("lifecycle", json::array());
+  auto same = daemon_->post("/v1/rag/collections/lifecycle/documents", {{"source", "wing.txt"}, {"content", corpus()[0].bytes}});
+  EXPECT_EQ(json::parse(same->body)["status"], "unchanged");
+  auto dup = daemon_->post("/v1/rag/collections/lifecycle/documents", {{"source", "copy.txt"}, {"content", corpus()[0].bytes}});
+  EXPECT_EQ(json::parse(dup->body)["status"], "duplicate");
+  EXPECT_EQ(json::parse(dup->body)["duplicate_of"], "wing.txt");
+  // Raw upload with ?source=, replacing the Markdown document.
+  auto raw = daemon_->client().Post("/v1/rag/collections/lifecycle/documents?source=nozzle.md",
+                                    "# Nozzles\n\nThrust vectoring turns the nozzle to steer the rocket.\n",
+                                    "application/octet-stream");
+  ASSERT_EQ(raw->status, 201) << raw->body;
+  EXPECT_EQ(json::parse(raw->body)["status"], "replaced");
+  json old_q = query(enclave_->api_key, {{"collection", "lifecycle"}, {"question", corpus()[1].question}, {"generate", false},
+                                         {"mode", "bm25"}});
+  for (const json& src : old_q["sources"])
+    EXPECT_EQ(src["snippet"].get<std::string>().find("expansion ratio"), std::string::npos) << old_q.dump();
+  // Delete: the wing document is gone from every retriever.
+  auto del = daemon_->client().Delete("/v1/rag/collections/lifecycle/documents/wing.txt");
+  ASSERT_EQ(del->status, 200) << del->body;
+  EXPECT_EQ(daemon_->client().Delete("/v1/rag/collections/lifecycle/documents/wing.txt")->status, 404);
+  for (const char* mode : {"hybrid", "bm25", "vector"}) {
+    json j = query(enclave_->api_key, {{"collection", "lifecycle"}, {"question", corpus()[0].question},
+                                       {"generate", false}, {"mode", mode}});
+    for (const json& src : j["sources"]) EXPECT_NE(src["document"], "wing.txt") << mode;
+  }
+  ASSERT_EQ(daemon_->client().Delete("/v1/rag/collections/lifecycle")->status, 200);
+  EXPECT_EQ(query(enclave_->api_key, {{"collection", "lifecycle"}, {"question", "wing"}})["http_status"], 404);
+}
+
+TEST_F(RagE2E, HostileDocumentsAreRefusedOneByOne) {
+  auto c = daemon_->post("/v1/rag/collections", {{"name", "hostile"}});
+  ASSERT_EQ(c->status, 201) << c->body;
+  struct Bad {
+    std::string name, bytes, code;
+    int status;
+  };
+  rag::testing::ZipWriter bomb;
+  bomb.add("word/document.xml", std::string(1 << 20, ' '), 70);  // 70 MiB of spaces, ~70 KB deflated
+  std::vector<Bad> bad = {
+      {"bad.txt", "valid text then \xff\xfe invalid", "invalid_document", 400},
+      {"nul.txt", std::string("a\0b", 3), "invalid_document", 400},
+      {"blob.bin", std::string("\x7f" "ELF\x02\x01\x01\0\0\0\0\0\0\0\0\0\x03\0", 18), "invalid_document", 400},
+      {"bomb.docx", bomb.finish(), "document_too_large", 413},
+      {"notzip.docx", "PK\x03\x04 not really a zip", "invalid_document", 400},
+      {"empty.md", "   \n\n  ", "invalid_document", 400},
+  };
+  if (have_pdftotext()) bad.push_back({"broken.pdf", "%PDF-1.4\n" + testing::random_bytes(4096, 3), "invalid_document", 400});
+  for (const Bad& b : bad) {
+    auto r = daemon_->client().Post("/v1/rag/collections/hostile/documents?source=" + b.name, b.bytes,
+                                    "application/octet-stream");
+    ASSERT_TRUE(r) << b.name;
+    EXPECT_EQ(r->status, b.status) << b.name << ": " << r->body;
+    json j = json::parse(r->body);
+    EXPECT_EQ(j["error"]["code"], b.code) << b.name << ": " << r->body;
+    EXPECT_NE(j["error"]["message"].get<std::string>().find(b.name), std::string::npos);
+  }
+  // The batch goes on: a good document after all of them is ingested.
+  auto good = daemon_->post("/v1/rag/collections/hostile/documents", {{"source", "ok.txt"}, {"content", "Fine words."}});
+  EXPECT_EQ(good->status, 201) << good->body;
+  auto list = daemon_->client().Get("/v1/rag/collections/hostile/documents");
+  EXPECT_EQ(json::parse(list->body)["data"].size(), 1u);
+  // Bad requests are named.
+  EXPECT_EQ(daemon_->post("/v1/rag/collections", {{"name", "../etc"}})->status, 400);
+  EXPECT_EQ(daemon_->post("/v1/rag/collections", {{"name", "hostile"}})->status, 409);
+  EXPECT_EQ(daemon_->post("/v1/rag/query", {{"question", ""}})->status, 400);
+  EXPECT_EQ(daemon_->post("/v1/rag/query", {{"question", "x"}, {"mode", "magic"}})->status, 400);
+  EXPECT_EQ(daemon_->post("/v1/rag/query", {{"question", "x"}, {"colection", "typo"}})->status, 400);
+  EXPECT_EQ(daemon_->post("/v1/rag/collections/hostile/documents", {{"source", "x"}})->status, 400);
+}
+
+TEST(RagLifecycle, KillNineDuringIngestLeavesAConsistentStore) {
+  if (!have_embedder()) GTEST_SKIP() << "model2vec fixture (its tokenizer.json) not found (AIRLOCK_MODELS_DIR)";
+  Enclave e(rag_embedder_dir());
+  auto d = Daemon::start(e, kRagConfig);
+  ASSERT_GT(d->port, 0) << d->log();
+  ASSERT_EQ(d->post("/v1/rag/collections", {{"name", "big"}})->status, 201);
+  std::atomic<int> stored{0};
+  std::vector<std::thread> writers;
+  for (int t = 0; t < 4; ++t)
+    writers.emplace_back([&, t] {
+      for (int i = 0; i < 400; ++i) {
+        std::string text;
+        for (int k = 0; k < 40; ++k)
+          text += "Report " + std::to_string(t) + "-" + std::to_string(i) + " paragraph " + std::to_string(k) +
+                  " on compressor stall margins and blade vibration.\n";
+        auto r = d->post("/v1/rag/collections/big/documents", {{"source", std::to_string(t) + "-" + std::to_string(i)},
+                                                                 {"content", text}});
+        if (!r) return;  // the daemon is gone
+        if (r->status == 201) ++stored;
+      }
+    });
+  while (stored.load() < 20) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  ::kill(d->pid, SIGKILL);
+  for (auto& w : writers) w.join();
+  waitpid(d->pid, nullptr, 0);
+  d->pid = -1;
+  // The database on disk: SQLite and FTS5 agree, every document is whole.
+  sqlite3* db = nullptr;
+  ASSERT_EQ(sqlite3_open((e.dir / "state/rag.db").c_str(), &db), SQLITE_OK);
+  auto scalar = [&](const char* q) {
+    sqlite3_stmt* st = nullptr;
+    EXPECT_EQ(sqlite3_prepare_v2(db, q, -1, &st, nullptr), SQLITE_OK) << q;
+    std::string v;
+    if (sqlite3_step(st) == SQLITE_ROW && sqlite3_column_text(st, 0))
+      v = reinterpret_cast<const char*>(sqlite3_column_text(st, 0));
+    sqlite3_finalize(st);
+    return v;
+  };
+  EXPECT_EQ(scalar("PRAGMA integrity_check"), "ok");
+  EXPECT_EQ(sqlite3_exec(db, "INSERT INTO chunks_fts(chunks_fts, rank) VALUES ('integrity-check', 1)", nullptr, nullptr,
+                         nullptr),
+            SQLITE_OK)
+      << sqlite3_errmsg(db);
+  EXPECT_EQ(scalar("SELECT count(*) FROM documents d WHERE NOT EXISTS (SELECT 1 FROM chunks k WHERE k.document_id = d.id)"), "0");
+  const std::string n_docs = scalar("SELECT count(*) FROM documents");
+  // Every stored document has all of its chunks (identical texts chunk identically).
+  EXPECT_EQ(scalar("SELECT count(DISTINCT n) FROM (SELECT count(*) AS n FROM chunks GROUP BY document_id)"), "1");
+  sqlite3_close(db);
+  EXPECT_GE(std::stoi(n_docs), stored.load());
+  // Restarted, the daemon serves exactly what is stored.
+  auto again = Daemon::start(e, kRagConfig);
+  ASSERT_GT(again->port, 0) << again->log();
+  auto list = again->client().Get("/v1/rag/collections/big");
+  ASSERT_EQ(list->status, 200) << list->body;
+  EXPECT_EQ(std::to_string(json::parse(list->body)["documents"].get<int>()), n_docs);
+  auto q = again->post("/v1/rag/query", {{"collection", "big"}, {"question", "compressor stall margins"}, {"generate", false}});
+  ASSERT_EQ(q->status, 200) << q->body;
+  EXPECT_EQ(json::parse(q->body)["grounded"], true);
+  EXPECT_EQ(again->stop(), 0);
 }
 
 }  // namespace
