@@ -6,6 +6,7 @@
 #include "airlock/common/log.h"
 #include "airlock/common/version.h"
 #include "bundle_commands.h"
+#include "rag_commands.h"
 #include "state_commands.h"
 
 int main(int argc, char** argv) {
@@ -15,6 +16,7 @@ int main(int argc, char** argv) {
     std::printf("airlock %s: signed model bundles for air-gapped LLM appliances\n\n", airlock::kVersion);
     airlock::bundler::print_bundle_usage();
     airlock::bundler::print_state_usage();
+    airlock::bundler::print_rag_usage();
     return args.empty() ? 2 : 0;
   }
   if (args[0] == "--version" || args[0] == "version") {
@@ -23,6 +25,7 @@ int main(int argc, char** argv) {
   }
   if (args[0] == "bundle") return airlock::bundler::run_bundle_command({args.begin() + 1, args.end()});
   if (args[0] == "keys") return airlock::bundler::run_keys_command({args.begin() + 1, args.end()});
+  if (args[0] == "rag") return airlock::bundler::run_rag_command({args.begin() + 1, args.end()});
   if (args[0] == "audit") return airlock::bundler::run_audit_command({args.begin() + 1, args.end()});
   std::fprintf(stderr, "airlock: unknown command '%s' (try 'airlock help')\n", args[0].c_str());
   return 2;

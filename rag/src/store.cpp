@@ -185,7 +185,7 @@ struct Store::Impl {
   AnnOptions ann;
   mutable std::mutex write_mu;            // one writer at a time (and SQLite transactions never interleave)
   mutable std::shared_mutex index_mu;     // the vector indexes
-  std::unordered_map<std::int64_t, VectorIndex> indexes;  // by collection id
+  std::unordered_map<std::int64_t, std::unique_ptr<VectorIndex>> indexes;  // by collection id
 
   ~Impl() {
     if (db != nullptr) sqlite3_close(db);
@@ -279,14 +279,12 @@ struct Store::Impl {
         return verification_failed("chunk " + std::to_string(st.i64(0)) + " has a vector of " +
                                    std::to_string(b.size()) + " bytes, expected " + std::to_string(bytes));
       std::memcpy(v.data(), b.data(), bytes);
-      auto it = indexes.try_emplace(st.i64(1), dim, ann).first;
-      AIRLOCK_RETURN_IF_ERROR(it->second.add(st.i64(0), v.data()));
+      std::unique_ptr<VectorIndex>& index = indexes[st.i64(1)];
+      if (!index) index = std::make_unique<VectorIndex>(dim, ann);
+      AIRLOCK_RETURN_IF_ERROR(index->add(st.i64(0), v.data()));
     }
     if (rc != SQLITE_DONE) return sql::error(db, "load vectors");
-    for (auto& [id, index] : indexes) {
-      Status s = index.maybe_build();
-      if (!s.is_ok()) airlock::log().warn("RAG collection {}: {}", id, s.to_string());
-    }
+    for (auto& [id, index] : indexes) index->maybe_build();  // in the background
     return Status();
   }
 };
@@ -309,6 +307,7 @@ Result<std::unique_ptr<Store>> Store::open(const std::string& path, const std::s
   impl->ann.m = options.hnsw_m;
   impl->ann.ef_construction = options.hnsw_ef_construction;
   impl->ann.ef_search = options.hnsw_ef_search;
+  impl->ann.build_threads = options.hnsw_build_threads;
   if (sqlite3_open_v2(path.c_str(), &impl->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOFOLLOW | SQLITE_OPEN_FULLMUTEX,
                       nullptr) != SQLITE_OK)
     return sql::error(impl->db, "open " + path);
@@ -499,10 +498,11 @@ Result<PutResult> Store::put_document(const std::string& collection, const Docum
   if (added.empty() && removed.empty()) return result;
   // Committed: bring the vector index along.
   std::unique_lock<std::shared_mutex> ilock(s.index_mu);
-  VectorIndex& index = s.indexes.try_emplace(c.id, s.dim, s.ann).first->second;
-  for (std::int64_t id : removed) index.remove(id);
-  for (std::size_t i = 0; i < added.size(); ++i) index.add(added[i], doc.chunks[i].embedding.data()).ignore();
-  if (Status b = index.maybe_build(); !b.is_ok()) airlock::log().warn("RAG collection {}: {}", collection, b.to_string());
+  std::unique_ptr<VectorIndex>& index = s.indexes[c.id];
+  if (!index) index = std::make_unique<VectorIndex>(s.dim, s.ann);
+  for (std::int64_t id : removed) index->remove(id);
+  for (std::size_t i = 0; i < added.size(); ++i) index->add(added[i], doc.chunks[i].embedding.data()).ignore();
+  index->maybe_build();
   return result;
 }
 
@@ -580,8 +580,8 @@ Status Store::delete_document(const std::string& collection, const std::string& 
   std::unique_lock<std::shared_mutex> ilock(s.index_mu);
   auto it = s.indexes.find(c.id);
   if (it != s.indexes.end()) {
-    for (std::int64_t id : removed) it->second.remove(id);
-    it->second.maybe_build().ignore();
+    for (std::int64_t id : removed) it->second->remove(id);
+    it->second->maybe_build();
   }
   return Status();
 }
@@ -659,7 +659,7 @@ Result<std::vector<SearchHit>> Store::search(const SearchRequest& req, const Pri
       for (const auto& [id, name] : allowed) {
         auto it = s.indexes.find(id);
         if (it == s.indexes.end()) continue;
-        auto part = it->second.search(req.query_vector.data(), static_cast<std::size_t>(candidates));
+        auto part = it->second->search(req.query_vector.data(), static_cast<std::size_t>(candidates));
         found.insert(found.end(), part.begin(), part.end());
       }
     }
@@ -727,6 +727,11 @@ Result<std::vector<SearchHit>> Store::search(const SearchRequest& req, const Pri
   return ranked;
 }
 
+void Store::wait_for_index() const {
+  std::shared_lock<std::shared_mutex> ilock(impl_->index_mu);
+  for (const auto& [id, index] : impl_->indexes) index->wait_for_build();
+}
+
 Result<ConsistencyReport> Store::check() const {
   const Impl& s = *impl_;
   std::lock_guard<std::mutex> lock(s.write_mu);
@@ -772,8 +777,8 @@ Result<ConsistencyReport> Store::check() const {
   }
   std::shared_lock<std::shared_mutex> ilock(s.index_mu);
   for (const auto& [id, index] : s.indexes) {
-    r.n_vectors += static_cast<std::int64_t>(index.size());
-    r.n_hnsw_collections += index.uses_ann() ? 1 : 0;
+    r.n_vectors += static_cast<std::int64_t>(index->size());
+    r.n_hnsw_collections += index->uses_ann() ? 1 : 0;
   }
   if (r.n_vectors != r.n_chunks) {
     r.why = "the vector index holds " + std::to_string(r.n_vectors) + " vectors for " + std::to_string(r.n_chunks) + " chunks";
@@ -782,7 +787,7 @@ Result<ConsistencyReport> Store::check() const {
   Stmt st(s.db, "SELECT id, collection_id FROM chunks");
   while (st.step() == SQLITE_ROW) {
     auto it = s.indexes.find(st.i64(1));
-    if (it == s.indexes.end() || !it->second.contains(st.i64(0))) {
+    if (it == s.indexes.end() || !it->second->contains(st.i64(0))) {
       r.why = "chunk " + std::to_string(st.i64(0)) + " is missing from the vector index";
       return r;
     }

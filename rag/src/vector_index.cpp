@@ -1,54 +1,89 @@
 #include "vector_index.h"
 
 #include <algorithm>
+#include <cstring>
 #include <exception>
-#include <thread>
+#include <mutex>
 
 #include <hnswlib/hnswlib.h>
 
+#include "airlock/common/log.h"
+
 namespace airlock::rag {
+namespace {
+
+bool better(const std::pair<std::int64_t, float>& a, const std::pair<std::int64_t, float>& b) {
+  return a.second > b.second || (a.second == b.second && a.first < b.first);
+}
+
+}  // namespace
 
 VectorIndex::VectorIndex(int dim, AnnOptions options)
-    : dim_(dim), options_(options), space_(std::make_unique<hnswlib::InnerProductSpace>(static_cast<std::size_t>(dim))) {}
-VectorIndex::~VectorIndex() = default;
-VectorIndex::VectorIndex(VectorIndex&&) noexcept = default;
+    : dim_(static_cast<std::size_t>(dim)), options_(options),
+      space_(std::make_unique<hnswlib::InnerProductSpace>(static_cast<std::size_t>(dim))) {}
+
+VectorIndex::~VectorIndex() {
+  cancel_ = true;
+  if (builder_.joinable()) builder_.join();
+}
+
+std::size_t VectorIndex::size() const {
+  std::shared_lock lock(mu_);
+  return n_live_;
+}
+
+bool VectorIndex::contains(std::int64_t id) const {
+  std::shared_lock lock(mu_);
+  return row_of_.count(id) != 0;
+}
+
+bool VectorIndex::uses_ann() const {
+  std::shared_lock lock(mu_);
+  return ann_ != nullptr;
+}
+
+void VectorIndex::insert_into_graph(std::size_t r) {
+  try {
+    if (ann_->cur_element_count >= ann_->max_elements_)  // public members in hnswlib 0.6
+      ann_->resizeIndex(std::max<std::size_t>(1024, ann_->max_elements_ * 2));
+    ann_->addPoint(row(r), r);
+    ann_rows_ = r + 1;
+  } catch (const std::exception& e) {
+    // The graph cannot grow (memory): search exactly from now on.
+    airlock::log().warn("HNSW insert failed, the collection is searched exactly: {}", e.what());
+    ann_.reset();
+    ann_rows_ = 0;
+  }
+}
 
 Status VectorIndex::add(std::int64_t id, const float* v) {
+  std::unique_lock lock(mu_);
   if (row_of_.count(id) != 0) return already_exists("vector " + std::to_string(id) + " is already indexed");
-  const std::size_t row = ids_.size();
-  data_.insert(data_.end(), v, v + dim_);
+  const std::size_t r = ids_.size();
+  if (r % kBlockRows == 0) blocks_.push_back(std::make_unique<float[]>(kBlockRows * dim_));
+  std::memcpy(blocks_.back().get() + (r % kBlockRows) * dim_, v, dim_ * sizeof(float));
   ids_.push_back(id);
-  row_of_.emplace(id, row);
+  row_of_.emplace(id, r);
   ++n_live_;
+  // Into the graph at once, unless a build is running (it takes the tail).
+  if (ann_ && !building_ && ann_rows_ == r) insert_into_graph(r);
   return Status();
 }
 
 void VectorIndex::remove(std::int64_t id) {
+  std::unique_lock lock(mu_);
   auto it = row_of_.find(id);
   if (it == row_of_.end()) return;
-  const std::size_t row = it->second;
-  ids_[row] = -1;
+  const std::size_t r = it->second;
+  ids_[r] = -1;
   row_of_.erase(it);
   --n_live_;
-  if (ann_ && row < ann_rows_) ann_->markDelete(row);
-  // Compact when most rows are dead (a full rebuild of the graph follows).
-  if (ids_.size() > 1024 && n_live_ * 2 < ids_.size()) {
-    std::vector<float> data;
-    std::vector<std::int64_t> ids;
-    data.reserve(n_live_ * static_cast<std::size_t>(dim_));
-    ids.reserve(n_live_);
-    row_of_.clear();
-    for (std::size_t r = 0; r < ids_.size(); ++r) {
-      if (ids_[r] < 0) continue;
-      row_of_.emplace(ids_[r], ids.size());
-      ids.push_back(ids_[r]);
-      data.insert(data.end(), data_.begin() + static_cast<std::ptrdiff_t>(r * dim_),
-                  data_.begin() + static_cast<std::ptrdiff_t>((r + 1) * dim_));
+  if (ann_ && r < ann_rows_) {
+    try {
+      ann_->markDelete(r);
+    } catch (const std::exception&) {
+      // Not in the graph (it was already dead when the graph was built).
     }
-    data_.swap(data);
-    ids_.swap(ids);
-    ann_.reset();
-    ann_rows_ = 0;
   }
 }
 
@@ -58,10 +93,8 @@ void VectorIndex::scan(const float* q, std::size_t from_row, std::size_t k,
   void* params = space_->get_dist_func_param();
   for (std::size_t r = from_row; r < ids_.size(); ++r) {
     if (ids_[r] < 0) continue;
-    const float sim = 1.0f - distance(q, data_.data() + r * static_cast<std::size_t>(dim_), params);
-    out.emplace_back(ids_[r], sim);
+    out.emplace_back(ids_[r], 1.0f - distance(q, row(r), params));
   }
-  auto better = [](const auto& a, const auto& b) { return a.second > b.second || (a.second == b.second && a.first < b.first); };
   if (out.size() > k) {
     std::partial_sort(out.begin(), out.begin() + static_cast<std::ptrdiff_t>(k), out.end(), better);
     out.resize(k);
@@ -71,69 +104,112 @@ void VectorIndex::scan(const float* q, std::size_t from_row, std::size_t k,
 }
 
 std::vector<std::pair<std::int64_t, float>> VectorIndex::search_exact(const float* q, std::size_t k) const {
+  std::shared_lock lock(mu_);
   std::vector<std::pair<std::int64_t, float>> out;
   scan(q, 0, k, out);
   return out;
 }
 
 std::vector<std::pair<std::int64_t, float>> VectorIndex::search(const float* q, std::size_t k) const {
-  if (!ann_ || k == 0) return search_exact(q, k);
+  std::shared_lock lock(mu_);
   std::vector<std::pair<std::int64_t, float>> out;
+  if (!ann_ || k == 0) {
+    scan(q, 0, k, out);
+    return out;
+  }
   // The graph answers for its rows; later rows are scanned and merged.
   try {
     auto found = ann_->searchKnn(q, k);
     while (!found.empty()) {
-      const std::size_t row = found.top().second;
-      if (row < ids_.size() && ids_[row] >= 0) out.emplace_back(ids_[row], 1.0f - found.top().first);
+      const std::size_t r = found.top().second;
+      if (r < ids_.size() && ids_[r] >= 0) out.emplace_back(ids_[r], 1.0f - found.top().first);
       found.pop();
     }
   } catch (const std::exception&) {
-    return search_exact(q, k);  // hnswlib throws only on internal inconsistency; the scan is always right
+    out.clear();
+    scan(q, 0, k, out);  // hnswlib throws only on internal inconsistency; the scan is always right
+    return out;
   }
   scan(q, ann_rows_, k, out);
   return out;
 }
 
-Status VectorIndex::maybe_build() {
-  if (n_live_ < options_.threshold) {
+void VectorIndex::maybe_build() {
+  std::unique_lock lock(mu_);
+  if (building_) return;
+  if (ann_ && n_live_ * 2 < options_.threshold) {  // shrunk well below: a scan is as fast
     ann_.reset();
     ann_rows_ = 0;
-    return Status();
+    return;
   }
-  if (ann_ && (ids_.size() - ann_rows_) * 4 < n_live_) return Status();
+  if (ann_ || n_live_ < options_.threshold) return;
+  if (builder_.joinable()) builder_.join();  // the previous build has finished (building_ is false)
+  building_ = true;
+  std::vector<std::int64_t> ids = ids_;
+  const std::size_t n_rows = ids.size();
+  builder_ = std::thread([this, n_rows, ids = std::move(ids)]() mutable { build(n_rows, std::move(ids)); });
+}
+
+void VectorIndex::wait_for_build() {
+  std::thread t;
+  {
+    std::unique_lock lock(mu_);
+    if (!builder_.joinable()) return;
+    t.swap(builder_);
+  }
+  t.join();
+}
+
+void VectorIndex::build(std::size_t n_rows, std::vector<std::int64_t> ids) {
+  // Rows below n_rows never change while this runs (rows are appended in
+  // blocks that never move, and removals only touch ids_), so the graph is
+  // built without the lock; searches scan exactly meanwhile.
+  std::unique_ptr<hnswlib::HierarchicalNSW<float>> graph;
+  std::string failure;
   try {
-    auto ann = std::make_unique<hnswlib::HierarchicalNSW<float>>(
-        space_.get(), ids_.size(), static_cast<std::size_t>(options_.m),
+    graph = std::make_unique<hnswlib::HierarchicalNSW<float>>(
+        space_.get(), n_rows + n_rows / 4 + 1024, static_cast<std::size_t>(options_.m),
         static_cast<std::size_t>(options_.ef_construction), /*random_seed=*/100);
-    // Inserts in parallel (hnswlib locks per node); labels are row numbers.
-    const std::size_t rows = ids_.size();
-    const unsigned n_threads = std::max(1u, std::min(8u, std::thread::hardware_concurrency()));
+    const unsigned hw = std::max(1u, std::thread::hardware_concurrency());
+    const unsigned n_threads = options_.build_threads > 0 ? options_.build_threads : hw;
     std::atomic<std::size_t> next{0};
-    std::exception_ptr failure;
     std::mutex failure_mu;
     auto work = [&] {
       try {
-        for (std::size_t r = next++; r < rows; r = next++)
-          if (ids_[r] >= 0) ann->addPoint(data_.data() + r * static_cast<std::size_t>(dim_), r);
-      } catch (...) {
-        std::lock_guard<std::mutex> lock(failure_mu);
-        failure = std::current_exception();
+        for (std::size_t r = next++; r < n_rows && !cancel_; r = next++)
+          if (ids[r] >= 0) graph->addPoint(row(r), r);
+      } catch (const std::exception& e) {
+        std::lock_guard<std::mutex> l(failure_mu);
+        failure = e.what();
+        cancel_ = true;
       }
     };
     std::vector<std::thread> threads;
     for (unsigned t = 1; t < n_threads; ++t) threads.emplace_back(work);
     work();
     for (std::thread& t : threads) t.join();
-    if (failure) std::rethrow_exception(failure);
-    ann->setEf(static_cast<std::size_t>(options_.ef_search));
-    ann_ = std::move(ann);
-    ann_rows_ = rows;
+    graph->setEf(static_cast<std::size_t>(options_.ef_search));
   } catch (const std::exception& e) {
-    ann_.reset();
-    ann_rows_ = 0;
-    return resource_exhausted(std::string("building the HNSW index failed (exact search stays in use): ") + e.what());
+    failure = e.what();
   }
-  return Status();
+  std::unique_lock lock(mu_);
+  building_ = false;
+  if (cancel_ || !failure.empty()) {
+    if (!failure.empty()) airlock::log().warn("building the HNSW index failed, exact search stays in use: {}", failure);
+    return;
+  }
+  // Take in what changed meanwhile: removals, then the rows added since.
+  for (std::size_t r = 0; r < n_rows; ++r)
+    if (ids[r] >= 0 && ids_[r] < 0) graph->markDelete(r);
+  ann_ = std::move(graph);
+  ann_rows_ = n_rows;
+  for (std::size_t r = n_rows; r < ids_.size() && ann_; ++r) {
+    if (ids_[r] >= 0) {
+      insert_into_graph(r);
+    } else {
+      ann_rows_ = r + 1;  // a dead row needs no node
+    }
+  }
 }
 
 }  // namespace airlock::rag

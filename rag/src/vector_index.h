@@ -1,13 +1,22 @@
 // In-memory vector index of one collection: inner product over L2-normalised
-// vectors. Exact (a scan) below a size threshold; above it an HNSW graph
-// (hnswlib) answers, and vectors added after the graph was built are scanned
-// exactly and merged until the next rebuild.
+// vectors. Exact (a scan) below a size threshold. Above it an HNSW graph
+// (hnswlib) answers; the graph is built on a background thread (searches
+// scan exactly meanwhile), and once it exists new vectors are inserted into
+// it as they come. Vectors added while a build runs are scanned exactly and
+// merged until the build finishes and takes them in.
 //
-// Thread-safety: none; the store guards each index with its lock.
+// Removed vectors are marked deleted in the graph; their memory comes back
+// when the index is next built from the database (at start).
+//
+// Thread-safety: all methods may be called concurrently (an internal
+// reader-writer lock; searches share it).
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <memory>
+#include <shared_mutex>
+#include <thread>
 #include <unordered_map>
 #include <utility>
 #include <vector>
@@ -25,45 +34,57 @@ namespace airlock::rag {
 struct AnnOptions {
   std::size_t threshold = 20000;
   int m = 16;
-  int ef_construction = 200;
-  int ef_search = 128;
+  int ef_construction = 100;
+  int ef_search = 96;
+  unsigned build_threads = 0;  // 0: every core
 };
 
 class VectorIndex {
  public:
   VectorIndex(int dim, AnnOptions options);
-  ~VectorIndex();
-  VectorIndex(VectorIndex&&) noexcept;
+  ~VectorIndex();  // stops and joins a running build
+  VectorIndex(const VectorIndex&) = delete;
+  VectorIndex& operator=(const VectorIndex&) = delete;
 
   // `v` holds dim floats. kAlreadyExists for an id already present.
   Status add(std::int64_t id, const float* v);
   void remove(std::int64_t id);
-  std::size_t size() const { return n_live_; }
-  bool contains(std::int64_t id) const { return row_of_.count(id) != 0; }
-  bool uses_ann() const { return ann_ != nullptr; }
+  std::size_t size() const;
+  bool contains(std::int64_t id) const;
+  bool uses_ann() const;
 
   // (id, similarity) best first, at most k.
   std::vector<std::pair<std::int64_t, float>> search(const float* q, std::size_t k) const;
   // Exact scan, for tests and benchmarks.
   std::vector<std::pair<std::int64_t, float>> search_exact(const float* q, std::size_t k) const;
 
-  // Builds (or rebuilds) the HNSW graph over every live vector when the
-  // index is over the threshold, or when more than a quarter of it is
-  // outside the graph. Called after bulk loads and writes.
-  Status maybe_build();
+  // Starts building the graph in the background when the index has reached
+  // the threshold and has none; drops the graph when the index has shrunk
+  // far below it. Returns at once.
+  void maybe_build();
+  // Waits for a running build (tests, benchmarks, orderly shutdown).
+  void wait_for_build();
 
  private:
+  static constexpr std::size_t kBlockRows = 4096;  // rows never move once written
+  const float* row(std::size_t r) const { return blocks_[r / kBlockRows].get() + (r % kBlockRows) * dim_; }
   void scan(const float* q, std::size_t from_row, std::size_t k, std::vector<std::pair<std::int64_t, float>>& out) const;
+  void build(std::size_t n_rows, std::vector<std::int64_t> ids);  // the background thread
+  void insert_into_graph(std::size_t r);                           // with mu_ held exclusively
 
-  int dim_;
-  AnnOptions options_;
-  std::vector<float> data_;          // (rows, dim)
-  std::vector<std::int64_t> ids_;    // (rows); -1 when removed
+  const std::size_t dim_;
+  const AnnOptions options_;
+  std::unique_ptr<hnswlib::InnerProductSpace> space_;
+  mutable std::shared_mutex mu_;
+  std::vector<std::unique_ptr<float[]>> blocks_;  // (rows, dim) in blocks of kBlockRows
+  std::vector<std::int64_t> ids_;                 // (rows); -1 when removed
   std::unordered_map<std::int64_t, std::size_t> row_of_;
   std::size_t n_live_ = 0;
-  std::unique_ptr<hnswlib::InnerProductSpace> space_;
   std::unique_ptr<hnswlib::HierarchicalNSW<float>> ann_;
-  std::size_t ann_rows_ = 0;         // rows [0, ann_rows_) are in the graph (labels are rows)
+  std::size_t ann_rows_ = 0;  // rows [0, ann_rows_) are in the graph (labels are rows)
+  bool building_ = false;
+  std::atomic<bool> cancel_{false};
+  std::thread builder_;
 };
 
 }  // namespace airlock::rag

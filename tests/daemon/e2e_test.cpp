@@ -19,6 +19,7 @@
 #include <fcntl.h>
 #include <iostream>
 #include <map>
+#include <set>
 #include <mutex>
 #include <cmath>
 #include <cstring>
@@ -1089,6 +1090,53 @@ TEST_F(RagE2E, HostileDocumentsAreRefusedOneByOne) {
   EXPECT_EQ(daemon_->post("/v1/rag/query", {{"question", "x"}, {"mode", "magic"}})->status, 400);
   EXPECT_EQ(daemon_->post("/v1/rag/query", {{"question", "x"}, {"colection", "typo"}})->status, 400);
   EXPECT_EQ(daemon_->post("/v1/rag/collections/hostile/documents", {{"source", "x"}})->status, 400);
+}
+
+TEST_F(RagE2E, CliIngestsDirectoriesAndQueries) {
+  TempDir docs;
+  ::mkdir((docs / "manuals").c_str(), 0755);
+  ::mkdir((docs / ".git").c_str(), 0755);
+  testing::write_file(docs / "manuals/wing.txt", corpus()[0].bytes);
+  testing::write_file(docs / "manuals/nozzle.md", corpus()[1].bytes);
+  testing::write_file(docs / "heat.docx", corpus()[3].bytes);
+  testing::write_file(docs / "broken.txt", "bad \xff bytes");
+  testing::write_file(docs / ".git/config", "hidden files are skipped");
+  testing::write_file(docs / "key", enclave_->api_key + "\n");
+  ::unlink((docs / "key").c_str());  // not part of the corpus: the key goes elsewhere
+  TempDir secret;
+  testing::write_file(secret / "key", enclave_->api_key + "\n");
+  const std::string url = "http://127.0.0.1:" + std::to_string(daemon_->port);
+  auto cli = [&](std::vector<std::string> args, std::string* out = nullptr) {
+    args.insert(args.begin(), {AIRLOCK_CLI_PATH, "rag"});
+    args.insert(args.begin() + 3, {"--url", url, "--key-file", secret / "key"});
+    return run(args, out);
+  };
+  std::string out;
+  EXPECT_EQ(cli({"ingest", "--collection", "cli", "--create", "--quiet", docs / "."}, &out), 1);  // one file refused
+  EXPECT_NE(out.find("4 files: 3 added, 0 replaced, 0 unchanged, 0 duplicates, 1 refused"), std::string::npos) << out;
+  EXPECT_EQ(cli({"ingest", "--collection", "cli", "--quiet", docs / "."}, &out), 1);  // again: nothing changes
+  EXPECT_NE(out.find("4 files: 0 added, 0 replaced, 3 unchanged, 0 duplicates, 1 refused"), std::string::npos) << out;
+  // The same files under other names (relative to manuals/) are duplicates.
+  EXPECT_EQ(cli({"ingest", "--collection", "cli", "--quiet", docs / "manuals"}, &out), 0);
+  EXPECT_NE(out.find("2 files: 0 added, 0 replaced, 0 unchanged, 2 duplicates, 0 refused"), std::string::npos) << out;
+  ASSERT_EQ(cli({"documents", "--collection", "cli"}, &out), 0);
+  json listed = json::parse(out)["data"];
+  std::set<std::string> names;
+  for (const json& d : listed) names.insert(d["source"]);
+  EXPECT_EQ(names, (std::set<std::string>{"manuals/wing.txt", "manuals/nozzle.md", "heat.docx"}));
+  ASSERT_EQ(cli({"query", "--collection", "cli", "--no-generate", "--json", corpus()[0].question}, &out), 0);
+  EXPECT_EQ(json::parse(out)["sources"][0]["document"], "manuals/wing.txt");
+  EXPECT_EQ(cli({"query", "--collection", "cli", "Who painted the Mona Lisa?"}, &out), 1);  // handed off
+  EXPECT_NE(out.find("handed off"), std::string::npos) << out;
+  EXPECT_EQ(cli({"delete", "--collection", "cli", "manuals/wing.txt"}, &out), 0);
+  ASSERT_EQ(cli({"documents", "--collection", "cli"}, &out), 0);
+  EXPECT_EQ(json::parse(out)["data"].size(), 2u);
+  // Names are never resolved; a missing key is a usage error.
+  EXPECT_EQ(run({AIRLOCK_CLI_PATH, "rag", "collections", "--url", "http://localhost:" + std::to_string(daemon_->port),
+                 "--key-file", secret / "key"}),
+            2);
+  EXPECT_EQ(run({AIRLOCK_CLI_PATH, "rag", "collections", "--url", url}), 2);
+  EXPECT_EQ(run({AIRLOCK_CLI_PATH, "rag", "collections", "--url", "http://127.0.0.1:1", "--key-file", secret / "key"}), 2);
 }
 
 TEST(RagLifecycle, KillNineDuringIngestLeavesAConsistentStore) {

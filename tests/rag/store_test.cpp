@@ -316,6 +316,7 @@ TEST_F(StoreTest, AnnRecallAgainstExactSearch) {
     ASSERT_TRUE(s->put_document("c", rec, alice).is_ok());
   }
   expect_consistent(*s);
+  s->wait_for_index();
   EXPECT_EQ(s->check()->n_hnsw_collections, 1);
   double recall = 0;
   const int n_queries = 50;

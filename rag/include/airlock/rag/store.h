@@ -42,11 +42,14 @@ struct Principal {
 };
 
 struct StoreOptions {
-  // Collections with fewer vectors than this are searched exactly.
+  // Collections with fewer vectors than this are searched exactly; larger
+  // ones get an HNSW graph, built in the background (searches stay exact
+  // until it is ready).
   std::size_t ann_threshold = 20000;
   int hnsw_m = 16;
-  int hnsw_ef_construction = 200;
-  int hnsw_ef_search = 128;
+  int hnsw_ef_construction = 100;
+  int hnsw_ef_search = 96;
+  unsigned hnsw_build_threads = 0;  // 0: every core
 };
 
 struct CollectionInfo {
@@ -165,6 +168,8 @@ class Store {
   // PRAGMA integrity_check, the FTS5 index against its content, every chunk's
   // vector size, and the in-memory index against the database.
   Result<ConsistencyReport> check() const;
+  // Waits until background HNSW builds have finished (tests, benchmarks).
+  void wait_for_index() const;
 
  private:
   struct Impl;

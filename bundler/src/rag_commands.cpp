@@ -1,0 +1,329 @@
+#include "rag_commands.h"
+
+#include <arpa/inet.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <memory>
+#include <sstream>
+
+#include <httplib.h>
+#include <nlohmann/json.hpp>
+
+#include "args.h"
+#include "progress.h"
+
+namespace airlock::bundler {
+namespace {
+
+using json = nlohmann::json;
+namespace fs = std::filesystem;
+
+int usage(const std::string& message) {
+  std::fprintf(stderr, "airlock: %s\n(run 'airlock help' for usage)\n", message.c_str());
+  return 2;
+}
+
+// Percent-encoding for a path or query component ('/' kept where allowed).
+std::string encode(const std::string& s, bool keep_slash) {
+  static const char* kHex = "0123456789ABCDEF";
+  std::string out;
+  for (unsigned char c : s) {
+    if (std::isalnum(c) || c == '-' || c == '_' || c == '.' || c == '~' || (keep_slash && c == '/')) {
+      out += static_cast<char>(c);
+    } else {
+      out += '%';
+      out += kHex[c >> 4];
+      out += kHex[c & 15];
+    }
+  }
+  return out;
+}
+
+// The daemon: http(s)://NUMERIC-IP:PORT, a bearer key, an optional CA file.
+class Daemon {
+ public:
+  static Result<Daemon> connect(const Args& args) {
+    std::string url = args.get("url").value_or(std::getenv("AIRLOCK_URL") ? std::getenv("AIRLOCK_URL")
+                                                                          : "http://127.0.0.1:8080");
+    Daemon d;
+    bool tls = false;
+    if (url.rfind("http://", 0) == 0) url = url.substr(7);
+    else if (url.rfind("https://", 0) == 0) {
+      url = url.substr(8);
+      tls = true;
+    } else {
+      return invalid_argument("--url must start with http:// or https://");
+    }
+    while (!url.empty() && url.back() == '/') url.pop_back();
+    std::string host, port = tls ? "443" : "80";
+    if (!url.empty() && url[0] == '[') {
+      const std::size_t close = url.find(']');
+      if (close == std::string::npos) return invalid_argument("--url: unclosed [IPv6] address");
+      host = url.substr(1, close - 1);
+      if (close + 1 < url.size()) {
+        if (url[close + 1] != ':') return invalid_argument("--url: expected :PORT after the address");
+        port = url.substr(close + 2);
+      }
+    } else {
+      const std::size_t colon = url.rfind(':');
+      host = colon == std::string::npos ? url : url.substr(0, colon);
+      if (colon != std::string::npos) port = url.substr(colon + 1);
+    }
+    unsigned char buf[16];
+    // Numeric addresses only: no name is ever looked up.
+    if (inet_pton(AF_INET, host.c_str(), buf) != 1 && inet_pton(AF_INET6, host.c_str(), buf) != 1)
+      return invalid_argument("--url host must be a numeric IP address (no names are resolved), not '" + host + "'");
+    char* end = nullptr;
+    const long p = std::strtol(port.c_str(), &end, 10);
+    if (port.empty() || *end != '\0' || p < 1 || p > 65535) return invalid_argument("--url port must be 1 to 65535");
+
+    std::string key;
+    if (auto f = args.get("key-file")) {
+      std::ifstream in(*f);
+      if (!in) return not_found("cannot read the key file " + *f);
+      std::getline(in, key);
+    } else if (const char* k = std::getenv("AIRLOCK_API_KEY")) {
+      key = k;
+    }
+    while (!key.empty() && (key.back() == '\n' || key.back() == '\r' || key.back() == ' ')) key.pop_back();
+    if (key.empty()) return invalid_argument("no API key: use --key-file FILE or set AIRLOCK_API_KEY");
+
+    d.where_ = std::string(tls ? "https://" : "http://") + (host.find(':') != std::string::npos ? "[" + host + "]" : host) +
+               ":" + std::to_string(p);
+    d.client_ = std::make_unique<httplib::Client>(d.where_);
+    if (tls) {
+      if (auto ca = args.get("cacert")) d.client_->set_ca_cert_path(ca->c_str());
+      d.client_->enable_server_certificate_verification(true);
+    }
+    d.client_->set_connection_timeout(5, 0);
+    d.client_->set_read_timeout(600, 0);
+    d.client_->set_write_timeout(600, 0);
+    d.client_->set_default_headers({{"Authorization", "Bearer " + key}});
+    return d;
+  }
+
+  // The parsed JSON answer, or the error the daemon (or the connection) gave.
+  Result<json> call(const std::string& method, const std::string& path, const std::string& body = "",
+                    const std::string& type = "application/json") {
+    httplib::Result r = method == "GET"      ? client_->Get(path.c_str())
+                        : method == "DELETE" ? client_->Delete(path.c_str())
+                                             : client_->Post(path.c_str(), body, type.c_str());
+    if (!r) return unavailable("cannot reach airlockd at " + where_ + ": " + httplib::to_string(r.error()));
+    json j = json::parse(r->body, nullptr, false);
+    if (r->status >= 400) {
+      std::string msg = j.is_object() && j.contains("error") && j["error"].contains("message")
+                            ? j["error"]["message"].get<std::string>()
+                            : "HTTP " + std::to_string(r->status);
+      return Status(r->status == 404 ? StatusCode::kNotFound
+                    : r->status == 403 ? StatusCode::kPermissionDenied
+                    : r->status == 401 ? StatusCode::kUnauthenticated
+                    : r->status >= 500 ? StatusCode::kUnavailable
+                                       : StatusCode::kInvalidArgument,
+                    msg);
+    }
+    if (j.is_discarded()) return internal_error("airlockd answered with something that is not JSON");
+    return j;
+  }
+
+ private:
+  std::unique_ptr<httplib::Client> client_;
+  std::string where_;
+};
+
+int fail(const Status& s) {
+  std::fprintf(stderr, "airlock: %s\n", s.to_string().c_str());
+  return 2;
+}
+
+// Files to ingest: each file argument, and every regular file under each
+// directory argument (sorted, hidden names skipped), with the name it gets
+// in the collection: the file name, or its path relative to the directory.
+Result<std::vector<std::pair<std::string, std::string>>> gather(const std::vector<std::string>& paths) {
+  std::vector<std::pair<std::string, std::string>> out;
+  for (const std::string& p : paths) {
+    std::error_code ec;
+    const fs::file_status st = fs::status(p, ec);
+    if (ec) return not_found(p + ": " + ec.message());
+    if (fs::is_regular_file(st)) {
+      out.emplace_back(p, fs::path(p).filename().string());
+    } else if (fs::is_directory(st)) {
+      std::vector<std::pair<std::string, std::string>> found;
+      fs::recursive_directory_iterator it(p, fs::directory_options::none, ec), end;
+      for (; !ec && it != end; it.increment(ec)) {
+        const std::string name = it->path().filename().string();
+        if (!name.empty() && name[0] == '.') {
+          if (it->is_directory()) it.disable_recursion_pending();
+          continue;
+        }
+        if (it->is_regular_file()) found.emplace_back(it->path().string(), fs::relative(it->path(), p).string());
+      }
+      if (ec) return io_error(p, ec.value());
+      std::sort(found.begin(), found.end());
+      out.insert(out.end(), found.begin(), found.end());
+    } else {
+      return invalid_argument(p + " is neither a file nor a directory");
+    }
+  }
+  return out;
+}
+
+int ingest(Daemon& d, const Args& args) {
+  std::optional<std::string> collection = args.get("collection");
+  if (!collection || args.positional().empty())
+    return usage("usage: airlock rag ingest --collection NAME PATH... [--create] [--quiet]");
+  Result<std::vector<std::pair<std::string, std::string>>> files = gather(args.positional());
+  if (!files.is_ok()) return fail(files.status());
+  if (files->empty()) return usage("no files to ingest");
+  if (args.has("create")) {
+    Result<json> c = d.call("POST", "/v1/rag/collections", json{{"name", *collection}}.dump());
+    if (!c.is_ok() && c.status().message().find("exists") == std::string::npos) return fail(c.status());
+  }
+  const bool quiet = args.has("quiet");
+  std::uint64_t total = 0, done = 0;
+  for (const auto& [path, name] : *files) {
+    std::error_code ec;
+    total += fs::file_size(path, ec);
+  }
+  Progress progress("ingesting " + std::to_string(files->size()) + " files", quiet);
+  int added = 0, replaced = 0, unchanged = 0, duplicate = 0, refused = 0;
+  std::vector<std::string> errors;
+  for (const auto& [path, name] : *files) {
+    std::ifstream in(path, std::ios::binary);
+    std::stringstream ss;
+    ss << in.rdbuf();
+    if (!in && !in.eof()) {
+      ++refused;
+      errors.push_back(name + ": cannot read " + path);
+      continue;
+    }
+    const std::string bytes = ss.str();
+    Result<json> r = d.call("POST", "/v1/rag/collections/" + encode(*collection, false) + "/documents?source=" +
+                                        encode(name, false), bytes, "application/octet-stream");
+    if (!r.is_ok()) {
+      if (r.status().code() == StatusCode::kUnavailable && r.status().message().find("cannot reach") == 0)
+        return fail(r.status());
+      ++refused;
+      errors.push_back(r.status().message());
+    } else {
+      const std::string st = (*r)["status"];
+      added += st == "added";
+      replaced += st == "replaced";
+      unchanged += st == "unchanged";
+      duplicate += st == "duplicate";
+    }
+    done += bytes.size();
+    progress.update(done, total);
+  }
+  progress.finish();
+  for (const std::string& e : errors) std::fprintf(stderr, "airlock: refused: %s\n", e.c_str());
+  std::printf("%zu files: %d added, %d replaced, %d unchanged, %d duplicates, %d refused\n", files->size(), added,
+              replaced, unchanged, duplicate, refused);
+  return refused > 0 ? 1 : 0;
+}
+
+int query(Daemon& d, const Args& args) {
+  if (args.positional().size() != 1) return usage("usage: airlock rag query [--collection NAME]... \"QUESTION\"");
+  json body = {{"question", args.positional()[0]}};
+  std::vector<std::string> cols = args.all("collection");
+  if (!cols.empty()) body["collections"] = cols;
+  if (auto k = args.get("top-k")) {
+    char* end = nullptr;
+    const long v = std::strtol(k->c_str(), &end, 10);
+    if (*end != '\0' || v < 1 || v > 20) return usage("--top-k must be 1 to 20");
+    body["top_k"] = v;
+  }
+  if (auto m = args.get("mode")) body["mode"] = *m;
+  if (args.has("no-generate")) body["generate"] = false;
+  Result<json> r = d.call("POST", "/v1/rag/query", body.dump());
+  if (!r.is_ok()) return fail(r.status());
+  if (args.has("json")) {
+    std::cout << r->dump(2, ' ', false, json::error_handler_t::replace) << "\n";
+    return (*r)["handoff"] == true ? 1 : 0;
+  }
+  if (!(*r)["answer"].is_null()) std::printf("%s\n\n", (*r)["answer"].get<std::string>().c_str());
+  if ((*r)["handoff"] == true)
+    std::printf("(handed off: %s)\n", (*r)["handoff_reason"].get<std::string>() == "no_evidence"
+                                          ? "the documents do not support an answer"
+                                          : "the answer cited no source");
+  const json& list = (*r)["citations"].empty() ? (*r)["sources"] : (*r)["citations"];
+  std::printf("%s:\n", (*r)["citations"].empty() ? "sources" : "citations");
+  for (const json& s : list)
+    std::printf("  [%d] %s/%s (chunk %lld, score %.4f)\n      %s\n", s["n"].get<int>(),
+                s["collection"].get<std::string>().c_str(), s["document"].get<std::string>().c_str(),
+                static_cast<long long>(s["position"].get<std::int64_t>()), s["score"].get<double>(),
+                s["snippet"].get<std::string>().substr(0, 160).c_str());
+  return (*r)["handoff"] == true ? 1 : 0;
+}
+
+}  // namespace
+
+int run_rag_command(const std::vector<std::string>& argv) {
+  if (argv.empty()) return usage("usage: airlock rag ingest|query|collections|create|documents|delete ...");
+  const std::string sub = argv[0];
+  static const std::vector<std::string> kSubs = {"ingest", "query", "collections", "create", "documents", "delete",
+                                                 "delete-collection"};
+  if (std::find(kSubs.begin(), kSubs.end(), sub) == kSubs.end())
+    return usage("unknown rag command '" + sub + "' (ingest, query, collections, create, documents, delete, "
+                 "delete-collection)");
+  auto args = Args::parse({argv.begin() + 1, argv.end()},
+                          {"url", "key-file", "cacert", "collection", "top-k", "mode", "reader", "description"},
+                          {"json", "quiet", "create", "no-generate"});
+  if (!args.is_ok()) return usage(args.status().message());
+  Result<Daemon> d = Daemon::connect(*args);
+  if (!d.is_ok()) return usage(d.status().message());
+  if (sub == "ingest") return ingest(*d, *args);
+  if (sub == "query") return query(*d, *args);
+  auto print = [&](const Result<json>& r) {
+    if (!r.is_ok()) return fail(r.status());
+    std::cout << r->dump(2, ' ', false, json::error_handler_t::replace) << "\n";
+    return 0;
+  };
+  if (sub == "collections") return print(d->call("GET", "/v1/rag/collections"));
+  if (sub == "create") {
+    if (args->positional().size() != 1) return usage("usage: airlock rag create NAME [--reader key:K|group:G|*]...");
+    json body = {{"name", args->positional()[0]}, {"readers", args->all("reader")}};
+    if (auto desc = args->get("description")) body["description"] = *desc;
+    return print(d->call("POST", "/v1/rag/collections", body.dump()));
+  }
+  if (sub == "delete-collection") {
+    if (args->positional().size() != 1) return usage("usage: airlock rag delete-collection NAME");
+    return print(d->call("DELETE", "/v1/rag/collections/" + encode(args->positional()[0], false)));
+  }
+  std::optional<std::string> collection = args->get("collection");
+  if (!collection) return usage("usage: airlock rag " + sub + " --collection NAME ...");
+  const std::string base = "/v1/rag/collections/" + encode(*collection, false) + "/documents";
+  if (sub == "documents") return print(d->call("GET", base));
+  // delete --collection NAME SOURCE...
+  if (args->positional().empty()) return usage("usage: airlock rag delete --collection NAME SOURCE...");
+  int rc = 0;
+  for (const std::string& source : args->positional()) {
+    Result<json> r = d->call("DELETE", base + "/" + encode(source, true));
+    if (!r.is_ok()) rc = fail(r.status());
+    else std::printf("deleted %s\n", source.c_str());
+  }
+  return rc;
+}
+
+void print_rag_usage() {
+  std::printf(
+      "\nairlock rag     (documents and grounded answers of a running airlockd; --url http://IP:PORT or AIRLOCK_URL,\n"
+      "                 default http://127.0.0.1:8080; the key from --key-file FILE or AIRLOCK_API_KEY)\n"
+      "  ingest      --collection NAME PATH... [--create] [--quiet]   files and directories; text, Markdown, HTML,\n"
+      "                                                               DOCX, PDF; exit 1 when any file is refused\n"
+      "  query       [--collection NAME]... \"QUESTION\" [--top-k N] [--mode hybrid|bm25|vector] [--no-generate] [--json]\n"
+      "                                                               exit 1 when the question is handed off\n"
+      "  collections                      the collections this key may read\n"
+      "  create      NAME [--reader key:K|group:G|*]... [--description D]\n"
+      "  documents   --collection NAME\n"
+      "  delete      --collection NAME SOURCE...\n"
+      "  delete-collection NAME\n");
+}
+
+}  // namespace airlock::bundler
