@@ -275,10 +275,12 @@ int quality(const std::string& dir, const std::string& model_path, int chunk_tok
   return 0;
 }
 
-int perf(std::size_t n_chunks, int dim, int n_queries) {
+int perf(std::size_t n_chunks, int dim, int n_queries, int ef_search) {
   Temp tmp;
   rag::StoreOptions so;
   so.ann_threshold = 20000;
+  if (ef_search > 0) so.hnsw_ef_search = ef_search;
+  std::printf("HNSW M %d, ef_construction %d, ef_search %d\n", so.hnsw_m, so.hnsw_ef_construction, so.hnsw_ef_search);
   auto store = rag::Store::open(tmp.path + "/rag.db", "random", dim, so);
   if (!store.is_ok()) return std::fprintf(stderr, "rag_eval: %s\n", store.status().to_string().c_str()), 2;
   rag::Principal who{"bench", {}, false};
@@ -399,7 +401,7 @@ int main(int argc, char** argv) {
   if (argc < 2) {
     std::fprintf(stderr,
                  "usage: rag_eval quality --eval DIR [--embedding MODEL] [--chunk-tokens N]\n"
-                 "       rag_eval perf [--chunks N] [--dim D] [--queries Q]\n");
+                 "       rag_eval perf [--chunks N] [--dim D] [--queries Q] [--ef-search N]\n");
     return 2;
   }
   const std::string cmd = argv[1];
@@ -413,7 +415,8 @@ int main(int argc, char** argv) {
   if (cmd == "perf")
     return perf(opt.count("--chunks") ? std::stoul(opt["--chunks"]) : 10000,
                 opt.count("--dim") ? std::stoi(opt["--dim"]) : 384,
-                opt.count("--queries") ? std::stoi(opt["--queries"]) : 200);
+                opt.count("--queries") ? std::stoi(opt["--queries"]) : 200,
+                opt.count("--ef-search") ? std::stoi(opt["--ef-search"]) : 0);
   std::fprintf(stderr, "rag_eval: unknown command %s\n", cmd.c_str());
   return 2;
 }

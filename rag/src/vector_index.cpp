@@ -161,23 +161,28 @@ void VectorIndex::wait_for_build() {
 }
 
 void VectorIndex::build(std::size_t n_rows, std::vector<std::int64_t> ids) {
-  // Rows below n_rows never change while this runs (rows are appended in
-  // blocks that never move, and removals only touch ids_), so the graph is
-  // built without the lock; searches scan exactly meanwhile.
+  // Rows never change once written (they are appended in blocks that never
+  // move; removals only touch ids_), so the graph is built without the lock
+  // while searches scan exactly. Rows added meanwhile are taken in by more
+  // rounds outside the lock; only the last few are inserted under it.
   std::unique_ptr<hnswlib::HierarchicalNSW<float>> graph;
+  std::vector<char> inserted;  // (rows) 1 when in the graph (char, not bool: threads write neighbours)
   std::string failure;
-  try {
-    graph = std::make_unique<hnswlib::HierarchicalNSW<float>>(
-        space_.get(), n_rows + n_rows / 4 + 1024, static_cast<std::size_t>(options_.m),
-        static_cast<std::size_t>(options_.ef_construction), /*random_seed=*/100);
-    const unsigned hw = std::max(1u, std::thread::hardware_concurrency());
-    const unsigned n_threads = options_.build_threads > 0 ? options_.build_threads : hw;
-    std::atomic<std::size_t> next{0};
+  const unsigned hw = std::max(1u, std::thread::hardware_concurrency());
+  const unsigned n_threads = options_.build_threads > 0 ? options_.build_threads : hw;
+  auto insert_rows = [&](std::size_t from, const std::vector<std::int64_t>& row_ids) {
+    std::atomic<std::size_t> next{from};
     std::mutex failure_mu;
+    if (graph->cur_element_count + row_ids.size() - from > graph->max_elements_)
+      graph->resizeIndex(graph->cur_element_count + (row_ids.size() - from) * 2 + 1024);
+    inserted.resize(row_ids.size(), 0);
     auto work = [&] {
       try {
-        for (std::size_t r = next++; r < n_rows && !cancel_; r = next++)
-          if (ids[r] >= 0) graph->addPoint(row(r), r);
+        for (std::size_t r = next++; r < row_ids.size() && !cancel_; r = next++)
+          if (row_ids[r] >= 0) {
+            graph->addPoint(row(r), r);
+            inserted[r] = 1;
+          }
       } catch (const std::exception& e) {
         std::lock_guard<std::mutex> l(failure_mu);
         failure = e.what();
@@ -188,6 +193,23 @@ void VectorIndex::build(std::size_t n_rows, std::vector<std::int64_t> ids) {
     for (unsigned t = 1; t < n_threads; ++t) threads.emplace_back(work);
     work();
     for (std::thread& t : threads) t.join();
+  };
+  try {
+    graph = std::make_unique<hnswlib::HierarchicalNSW<float>>(
+        space_.get(), n_rows + n_rows / 4 + 1024, static_cast<std::size_t>(options_.m),
+        static_cast<std::size_t>(options_.ef_construction), /*random_seed=*/100);
+    insert_rows(0, ids);
+    for (int round = 0; round < 16 && !cancel_; ++round) {
+      std::vector<std::int64_t> more;
+      {
+        std::shared_lock lock(mu_);
+        if (ids_.size() - ids.size() < 256) break;
+        more = ids_;
+      }
+      const std::size_t from = ids.size();
+      ids = std::move(more);
+      insert_rows(from, ids);
+    }
     graph->setEf(static_cast<std::size_t>(options_.ef_search));
   } catch (const std::exception& e) {
     failure = e.what();
@@ -198,12 +220,13 @@ void VectorIndex::build(std::size_t n_rows, std::vector<std::int64_t> ids) {
     if (!failure.empty()) airlock::log().warn("building the HNSW index failed, exact search stays in use: {}", failure);
     return;
   }
-  // Take in what changed meanwhile: removals, then the rows added since.
-  for (std::size_t r = 0; r < n_rows; ++r)
-    if (ids[r] >= 0 && ids_[r] < 0) graph->markDelete(r);
+  // Take in what changed meanwhile: removals, then the last rows added.
+  const std::size_t covered = ids.size();
+  for (std::size_t r = 0; r < covered; ++r)
+    if (inserted[r] && ids_[r] < 0) graph->markDelete(r);
   ann_ = std::move(graph);
-  ann_rows_ = n_rows;
-  for (std::size_t r = n_rows; r < ids_.size() && ann_; ++r) {
+  ann_rows_ = covered;
+  for (std::size_t r = covered; r < ids_.size() && ann_; ++r) {
     if (ids_[r] >= 0) {
       insert_into_graph(r);
     } else {

@@ -35,7 +35,7 @@ struct AnnOptions {
   std::size_t threshold = 20000;
   int m = 16;
   int ef_construction = 100;
-  int ef_search = 96;
+  int ef_search = 160;
   unsigned build_threads = 0;  // 0: every core
 };
 
@@ -69,7 +69,7 @@ class VectorIndex {
   static constexpr std::size_t kBlockRows = 4096;  // rows never move once written
   const float* row(std::size_t r) const { return blocks_[r / kBlockRows].get() + (r % kBlockRows) * dim_; }
   void scan(const float* q, std::size_t from_row, std::size_t k, std::vector<std::pair<std::int64_t, float>>& out) const;
-  void build(std::size_t n_rows, std::vector<std::int64_t> ids);  // the background thread
+  void build(std::size_t n_rows, std::vector<std::int64_t> ids);  // the background thread (ids: rows [0, n_rows))
   void insert_into_graph(std::size_t r);                           // with mu_ held exclusively
 
   const std::size_t dim_;

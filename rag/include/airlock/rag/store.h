@@ -48,7 +48,7 @@ struct StoreOptions {
   std::size_t ann_threshold = 20000;
   int hnsw_m = 16;
   int hnsw_ef_construction = 100;
-  int hnsw_ef_search = 96;
+  int hnsw_ef_search = 160;
   unsigned hnsw_build_threads = 0;  // 0: every core
 };
 
