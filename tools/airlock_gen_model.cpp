@@ -1,6 +1,6 @@
 // airlock-gen-model OUT.gguf [--embd N] [--layers N] [--ff N] [--heads N]
 //                   [--kv-heads N] [--ctx N] [--f32]
-// airlock-gen-model --model2vec OUT_DIR --tokenizer TOKENIZER.json [--dim N] [--seed N]
+// airlock-gen-model --model2vec OUT_DIR --tokenizer TOKENIZER.json|builtin [--dim N] [--seed N]
 // writes a random Llama-architecture model (Q8_0 weights unless --f32) with a
 // byte-level SentencePiece vocabulary (every byte is a token, so any text
 // tokenizes). For demos, tests and benchmarks on machines without a real
@@ -12,7 +12,9 @@
 // a text's embedding is then a random projection of its bag of tokens, so
 // texts sharing words are close and unrelated texts are not. A stand-in for
 // tests and the retrieval harness where no real embedding model exists; it
-// knows nothing of meaning.
+// knows nothing of meaning. `--tokenizer builtin` makes a small WordPiece
+// vocabulary (common English words, letters and digits, "##" pieces) for
+// machines without a real tokenizer.json.
 #include <sys/stat.h>
 
 #include <cstdio>
@@ -29,6 +31,40 @@
 
 namespace {
 
+// A WordPiece tokenizer.json of special tokens, common words, and single
+// characters (word-initial and "##" continuations), so any ASCII word splits.
+std::string builtin_tokenizer() {
+  static const char* kWords[] = {
+      "the", "of", "and", "a", "to", "in", "is", "for", "on", "that", "by", "with", "as", "at", "from", "are", "be",
+      "this", "it", "an", "or", "was", "which", "what", "how", "when", "where", "who", "why", "not", "can", "has",
+      "have", "its", "their", "more", "than", "into", "about", "after", "before", "between", "over", "under",
+      "air", "aircraft", "wing", "flow", "speed", "pressure", "heat", "engine", "fuel", "power", "system", "data",
+      "model", "test", "results", "number", "high", "low", "time", "water", "energy", "force", "load", "design",
+      "bank", "account", "payment", "policy", "patient", "report", "security", "network", "service", "document",
+      "question", "answer", "robot", "story", "little", "day", "make", "use", "new", "one", "two", "first"};
+  nlohmann::json vocab = nlohmann::json::object();
+  int id = 0;
+  for (const char* t : {"[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"}) vocab[t] = id++;
+  for (const char* w : kWords) vocab[w] = id++;
+  for (char c = 'a'; c <= 'z'; ++c) {
+    vocab[std::string(1, c)] = id++;
+    vocab["##" + std::string(1, c)] = id++;
+  }
+  for (char c = '0'; c <= '9'; ++c) {
+    vocab[std::string(1, c)] = id++;
+    vocab["##" + std::string(1, c)] = id++;
+  }
+  for (const char* p : {".", ",", "?", "!", ":", ";", "-", "(", ")", "'", "\""}) vocab[p] = id++;
+  nlohmann::json t = {
+      {"version", "1.0"},
+      {"normalizer", {{"type", "BertNormalizer"}, {"lowercase", true}, {"strip_accents", nullptr},
+                      {"clean_text", true}, {"handle_chinese_chars", true}}},
+      {"pre_tokenizer", {{"type", "BertPreTokenizer"}}},
+      {"model", {{"type", "WordPiece"}, {"unk_token", "[UNK]"}, {"continuing_subword_prefix", "##"},
+                 {"max_input_chars_per_word", 100}, {"vocab", vocab}}}};
+  return t.dump(1);
+}
+
 int write_model2vec(int argc, char** argv) {
   std::string out_dir, tokenizer;
   int dim = 64;
@@ -42,10 +78,14 @@ int write_model2vec(int argc, char** argv) {
     else return std::fprintf(stderr, "airlock-gen-model: unknown option %s\n", a.c_str()), 2;
   }
   if (out_dir.empty() || tokenizer.empty() || dim < 1 || dim > 4096)
-    return std::fprintf(stderr, "usage: airlock-gen-model --model2vec OUT_DIR --tokenizer TOKENIZER.json [--dim N] [--seed N]\n"), 2;
-  std::ifstream in(tokenizer, std::ios::binary);
+    return std::fprintf(stderr, "usage: airlock-gen-model --model2vec OUT_DIR --tokenizer TOKENIZER.json|builtin [--dim N] [--seed N]\n"), 2;
   std::stringstream ss;
-  ss << in.rdbuf();
+  if (tokenizer == "builtin") {
+    ss << builtin_tokenizer();
+  } else {
+    std::ifstream in(tokenizer, std::ios::binary);
+    ss << in.rdbuf();
+  }
   const nlohmann::json tj = nlohmann::json::parse(ss.str(), nullptr, false);
   if (tj.is_discarded() || !tj.contains("model") || !tj["model"].contains("vocab") || !tj["model"]["vocab"].is_object())
     return std::fprintf(stderr, "airlock-gen-model: %s is not a WordPiece tokenizer.json\n", tokenizer.c_str()), 2;

@@ -92,7 +92,8 @@ const std::set<std::string>& stop_words() {
       "out", "over", "own", "same", "she", "should", "so", "some", "such", "than", "that", "the", "their", "them",
       "then", "there", "these", "they", "this", "those", "through", "to", "too", "under", "until", "up", "very",
       "was", "we", "were", "what", "when", "where", "which", "while", "who", "whom", "why", "will", "with", "would",
-      "you", "your", "there", "been", "also", "may", "must", "shall", "tell", "give", "known", "one"};
+      "you", "your", "there", "been", "also", "may", "must", "shall", "tell", "give", "known", "one", "many", "much",
+      "get", "gets", "got", "please", "something", "anything", "thing", "things", "kind", "way", "ways"};
   return words;
 }
 
@@ -128,7 +129,9 @@ std::string strip_suffix(std::string w) {
 
 // An FTS5 query: the content words of the question OR-ed, each quoted so no
 // FTS5 syntax from the user's text is interpreted.
-std::string fts_query(std::string_view question) {
+// The words of a question that carry its content: stop words dropped (all
+// of them kept when nothing else is left), each once, at most 64.
+std::vector<std::string> query_words(std::string_view question) {
   std::vector<std::string> words = words_of(question);
   std::vector<std::string> kept;
   for (const std::string& w : words)
@@ -137,8 +140,12 @@ std::string fts_query(std::string_view question) {
   std::sort(kept.begin(), kept.end());
   kept.erase(std::unique(kept.begin(), kept.end()), kept.end());
   if (kept.size() > 64) kept.resize(64);
+  return kept;
+}
+
+std::string fts_query(std::string_view question) {
   std::string q;
-  for (const std::string& w : kept) {
+  for (const std::string& w : query_words(question)) {
     if (!q.empty()) q += " OR ";
     q += '"' + w + '"';  // words hold no quotes
   }
@@ -687,7 +694,6 @@ Result<std::vector<SearchHit>> Store::search(const SearchRequest& req, const Pri
   if (ranked.size() > static_cast<std::size_t>(req.top_k)) ranked.resize(static_cast<std::size_t>(req.top_k));
 
   // Fill in the text and provenance of the winners.
-  const std::vector<std::string> query_terms = content_terms(req.query);
   Stmt st(s.db,
           "SELECT k.document_id, k.position, k.begin_byte, k.end_byte, k.text, k.embedding, d.source, d.title,"
           " k.collection_id FROM chunks k JOIN documents d ON d.id = k.document_id WHERE k.id = ?");
@@ -716,13 +722,29 @@ Result<std::vector<SearchHit>> Store::search(const SearchRequest& req, const Pri
         h.similarity = dot;
       }
     }
-    if (!query_terms.empty()) {
-      const std::vector<std::string> chunk_terms = content_terms(h.text);
-      std::size_t found = 0;
-      for (const std::string& t : query_terms)
-        if (std::binary_search(chunk_terms.begin(), chunk_terms.end(), t)) ++found;
-      h.term_coverage = static_cast<double>(found) / static_cast<double>(query_terms.size());
+  }
+  // Term coverage: for each content word of the question, which hits the
+  // FTS5 index (Porter-stemmed, as BM25 sees them) says contain it.
+  const std::vector<std::string> words = query_words(req.query);
+  if (!ranked.empty() && !words.empty()) {
+    std::string ids;
+    std::map<std::int64_t, std::size_t> at;
+    for (std::size_t i = 0; i < ranked.size(); ++i) {
+      ids += (ids.empty() ? "" : ",") + std::to_string(ranked[i].chunk_id);
+      at[ranked[i].chunk_id] = i;
     }
+    std::vector<std::size_t> found(ranked.size(), 0);
+    Stmt cov(s.db, "SELECT rowid FROM chunks_fts WHERE chunks_fts MATCH ? AND rowid IN (" + ids + ")");
+    if (!cov.ok()) return sql::error(s.db, "term coverage");
+    for (const std::string& w : words) {
+      cov.reset();
+      cov.bind(1, "\"" + w + "\"");
+      int rc;
+      while ((rc = cov.step()) == SQLITE_ROW) ++found[at[cov.i64(0)]];
+      if (rc != SQLITE_DONE) return sql::error(s.db, "term coverage");
+    }
+    for (std::size_t i = 0; i < ranked.size(); ++i)
+      ranked[i].term_coverage = static_cast<double>(found[i]) / static_cast<double>(words.size());
   }
   return ranked;
 }

@@ -115,7 +115,7 @@ struct SearchHit {
   std::optional<int> bm25_rank, vector_rank;  // 1-based
   std::optional<double> bm25;       // FTS5 bm25() (lower is better)
   std::optional<double> similarity; // cosine similarity with the query
-  double term_coverage = 0;         // share of the query's content words found in the chunk
+  double term_coverage = 0;         // share of the query's content words the chunk contains (FTS5, stemmed)
 };
 
 struct ConsistencyReport {
