@@ -509,6 +509,13 @@ struct Server::Impl {
     }
   }
 
+  void count_answer(const Grounded& gr) {
+    const std::string outcome = !gr.reason.empty() ? gr.reason : gr.generate ? "grounded" : "retrieved";
+    metrics.counter("airlock_rag_answers_total", "Grounded questions by outcome (grounded, retrieved, no_evidence, no_citation)",
+                    "outcome=\"" + outcome + "\"")
+        .inc();
+  }
+
   void observe(const Generation& g) {
     const Clock::time_point end = Clock::now();
     e2e.observe(seconds(end - g.start));
@@ -594,6 +601,7 @@ void Server::Impl::answer_without_model(const httplib::Request& req, httplib::Re
   c.finish = "stop";
   c.done = true;
   g.choices.push_back(std::move(c));
+  count_answer(*g.grounded);
   if (g.grounded->answer_shape && !g.request.stream) {
     res.set_content(rag_answer(g).dump(-1, ' ', false, ojson::error_handler_t::replace), "application/json");
   } else if (!g.request.stream) {
@@ -718,6 +726,7 @@ void Server::Impl::completions(const httplib::Request& req, httplib::Response& r
       }
     observe(*g);
     settle(*g);
+    if (g->grounded) count_answer(*g->grounded);
     const ojson body = g->grounded && g->grounded->answer_shape ? rag_answer(*g) : whole_response(*g);
     res.set_content(body.dump(-1, ' ', false, ojson::error_handler_t::replace), "application/json");
     write_audit(key, req, g.get(), 200);
@@ -797,6 +806,7 @@ void Server::Impl::completions(const httplib::Request& req, httplib::Response& r
         if (!g->all_done()) return true;  // called again
         if (g->grounded) {
           settle(*g);
+          count_answer(*g->grounded);
           if (g->grounded->reason == "no_citation" &&
               !send(chunk(ojson::array({choice_delta(*g, 0, g->choices[0].text, ojson(), "", false)}))))
             return false;
@@ -1206,7 +1216,13 @@ void Server::Impl::rag_routes() {
     const std::string collection = req.matches[1];
     Result<rag::IngestResult> r =
         rag::ingest_document(*m->rag_store, *m->rag_embedder, collection, source, bytes, metadata, who(req), o);
+    auto count_document = [&](const char* status) {
+      metrics.counter("airlock_rag_documents_total", "Documents submitted for ingestion by result",
+                      std::string("status=\"") + status + "\"")
+          .inc();
+    };
     if (!r.is_ok()) {
+      count_document("refused");
       const Status& st = r.status();
       ApiError e = status_error(st);
       e.message = source + ": " + st.message();
@@ -1217,6 +1233,7 @@ void Server::Impl::rag_routes() {
       }
       return send_error(res, e);
     }
+    count_document(outcome_name(r->put.outcome));
     const bool written = r->put.outcome == rag::PutOutcome::kAdded || r->put.outcome == rag::PutOutcome::kReplaced;
     res.status = written ? 201 : 200;
     ojson out = {{"object", "rag.document"},

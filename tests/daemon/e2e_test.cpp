@@ -952,6 +952,7 @@ TEST_F(RagE2E, AnswersAreGroundedOrHandedOff) {
   EXPECT_EQ(out["usage"]["completion_tokens"], 0);
   EXPECT_EQ(out["answer"].get<std::string>().rfind("I don't know", 0), 0u);
   EXPECT_TRUE(out["citations"].empty());
+  EXPECT_GE(metric(daemon_->client().Get("/metrics")->body, "airlock_rag_answers_total{outcome=\"no_evidence\"}"), 1.0);
 
   // The same through chat completions with the airlock extension, whole and streamed.
   json body = chat("Who painted the Mona Lisa?", 16);
@@ -1081,6 +1082,9 @@ TEST_F(RagE2E, HostileDocumentsAreRefusedOneByOne) {
   EXPECT_EQ(good->status, 201) << good->body;
   auto list = daemon_->client().Get("/v1/rag/collections/hostile/documents");
   EXPECT_EQ(json::parse(list->body)["data"].size(), 1u);
+  // Counted for the operator.
+  auto metrics = daemon_->client().Get("/metrics");
+  EXPECT_GE(metric(metrics->body, "airlock_rag_documents_total{status=\"refused\"}"), static_cast<double>(bad.size()));
   // Bad requests are named.
   EXPECT_EQ(daemon_->post("/v1/rag/collections", {{"name", "../etc"}})->status, 400);
   EXPECT_EQ(daemon_->post("/v1/rag/collections", {{"name", "hostile"}})->status, 409);
