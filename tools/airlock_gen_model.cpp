@@ -44,17 +44,20 @@ std::string builtin_tokenizer() {
       "question", "answer", "robot", "story", "little", "day", "make", "use", "new", "one", "two", "first"};
   nlohmann::json vocab = nlohmann::json::object();
   int id = 0;
-  for (const char* t : {"[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"}) vocab[t] = id++;
-  for (const char* w : kWords) vocab[w] = id++;
+  auto add = [&](const std::string& t) {  // ids must be 0..n-1 with no gaps
+    if (!vocab.contains(t)) vocab[t] = id++;
+  };
+  for (const char* t : {"[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"}) add(t);
+  for (const char* w : kWords) add(w);
   for (char c = 'a'; c <= 'z'; ++c) {
-    vocab[std::string(1, c)] = id++;
-    vocab["##" + std::string(1, c)] = id++;
+    add(std::string(1, c));
+    add("##" + std::string(1, c));
   }
   for (char c = '0'; c <= '9'; ++c) {
-    vocab[std::string(1, c)] = id++;
-    vocab["##" + std::string(1, c)] = id++;
+    add(std::string(1, c));
+    add("##" + std::string(1, c));
   }
-  for (const char* p : {".", ",", "?", "!", ":", ";", "-", "(", ")", "'", "\""}) vocab[p] = id++;
+  for (const char* p : {".", ",", "?", "!", ":", ";", "-", "(", ")", "'", "\""}) add(p);
   nlohmann::json t = {
       {"version", "1.0"},
       {"normalizer", {{"type", "BertNormalizer"}, {"lowercase", true}, {"strip_accents", nullptr},
