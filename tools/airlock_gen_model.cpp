@@ -1,6 +1,7 @@
 // airlock-gen-model OUT.gguf [--embd N] [--layers N] [--ff N] [--heads N]
 //                   [--kv-heads N] [--ctx N] [--f32]
 // airlock-gen-model --model2vec OUT_DIR --tokenizer TOKENIZER.json|builtin [--dim N] [--seed N]
+// airlock-gen-model --answer TEXT OUT.gguf
 // writes a random Llama-architecture model (Q8_0 weights unless --f32) with a
 // byte-level SentencePiece vocabulary (every byte is a token, so any text
 // tokenizes). For demos, tests and benchmarks on machines without a real
@@ -15,6 +16,12 @@
 // knows nothing of meaning. `--tokenizer builtin` makes a small WordPiece
 // vocabulary (common English words, letters and digits, "##" pieces) for
 // machines without a real tokenizer.json.
+//
+// --answer writes a Llama-architecture model that, decoding greedily, says
+// TEXT (distinct bytes) after any prompt and then stops: its layers are zero
+// (the residual stream is the token embedding), so the output matrix is a
+// bigram table. For end-to-end tests of paths that need a known answer (a
+// grounded answer citing "[1]"); it is a test fixture, not a language model.
 #include <sys/stat.h>
 
 #include <cstdio>
@@ -30,6 +37,8 @@
 #include "gguf_writer.h"
 
 namespace {
+
+using namespace airlock;
 
 // A WordPiece tokenizer.json of special tokens, common words, and single
 // characters (word-initial and "##" continuations), so any ASCII word splits.
@@ -66,6 +75,80 @@ std::string builtin_tokenizer() {
       {"model", {{"type", "WordPiece"}, {"unk_token", "[UNK]"}, {"continuing_subword_prefix", "##"},
                  {"max_input_chars_per_word", 100}, {"vocab", vocab}}}};
   return t.dump(1);
+}
+
+// The byte-level SentencePiece vocabulary of the random models: <unk>, <s>,
+// </s>, then one token per byte.
+void byte_vocabulary(testing::GgufWriter& w) {
+  std::vector<std::string> tokens = {"<unk>", "<s>", "</s>"};
+  std::vector<std::int32_t> types = {2, 3, 3};  // unknown, control, control
+  for (int b = 0; b < 256; ++b) {
+    char name[8];
+    std::snprintf(name, sizeof name, "<0x%02X>", b);
+    tokens.push_back(name);
+    types.push_back(6);  // byte
+  }
+  w.set_string("tokenizer.ggml.model", "llama");
+  w.set_string_array("tokenizer.ggml.tokens", tokens);
+  w.set_f32_array("tokenizer.ggml.scores", std::vector<float>(tokens.size(), 0.0f));
+  w.set_i32_array("tokenizer.ggml.token_type", types);
+  w.set_u32("tokenizer.ggml.unknown_token_id", 0);
+  w.set_u32("tokenizer.ggml.bos_token_id", 1);
+  w.set_u32("tokenizer.ggml.eos_token_id", 2);
+}
+
+int write_answer_model(const std::string& text, const std::string& out_path) {
+  // Classes of the previous token: 0 any other token, k + 1 the k-th byte of
+  // TEXT; class c's embedding is the unit vector e_c, and the output row of
+  // the token that should follow class c has a large weight at c.
+  if (text.empty() || text.size() > 30) return std::fprintf(stderr, "airlock-gen-model: --answer needs 1-30 bytes\n"), 2;
+  for (std::size_t i = 0; i < text.size(); ++i)
+    if (text.find(text[i]) != i) return std::fprintf(stderr, "airlock-gen-model: --answer bytes must be distinct\n"), 2;
+  const int n_vocab = 3 + 256, n_embd = 32, n_ff = 32, n_layer = 1;
+  auto byte_token = [](char c) { return 3 + static_cast<int>(static_cast<unsigned char>(c)); };
+  std::vector<float> embd(static_cast<std::size_t>(n_vocab) * n_embd, 0.0f), out(embd.size(), 0.0f);
+  for (int t = 0; t < n_vocab; ++t) embd[static_cast<std::size_t>(t) * n_embd] = 1.0f;  // class 0
+  for (std::size_t k = 0; k < text.size(); ++k) {
+    std::fill_n(embd.begin() + static_cast<std::ptrdiff_t>(byte_token(text[k]) * n_embd), n_embd, 0.0f);
+    embd[static_cast<std::size_t>(byte_token(text[k])) * n_embd + k + 1] = 1.0f;
+  }
+  // class 0 -> text[0]; class k+1 -> text[k+1], the last -> </s>.
+  out[static_cast<std::size_t>(byte_token(text[0])) * n_embd + 0] = 20.0f;
+  for (std::size_t k = 0; k < text.size(); ++k) {
+    const int next = k + 1 < text.size() ? byte_token(text[k + 1]) : 2;
+    out[static_cast<std::size_t>(next) * n_embd + k + 1] = 20.0f;
+  }
+  testing::GgufWriter w;
+  w.set_string("general.architecture", "llama");
+  w.set_string("general.name", "airlock test model that answers a fixed text");
+  w.set_u32("llama.context_length", 4096);
+  w.set_u32("llama.embedding_length", n_embd);
+  w.set_u32("llama.feed_forward_length", n_ff);
+  w.set_u32("llama.block_count", n_layer);
+  w.set_u32("llama.attention.head_count", 2);
+  w.set_u32("llama.attention.head_count_kv", 2);
+  w.set_f32("llama.attention.layer_norm_rms_epsilon", 1e-5f);
+  w.set_f32("llama.rope.freq_base", 10000.0f);
+  byte_vocabulary(w);
+  using engine::GgmlType;
+  const std::vector<float> ones(n_embd, 1.0f);
+  w.add_tensor("token_embd.weight", GgmlType::kF32, {n_embd, n_vocab}, embd);
+  w.add_tensor("output_norm.weight", GgmlType::kF32, {n_embd}, ones);
+  w.add_tensor("output.weight", GgmlType::kF32, {n_embd, n_vocab}, out);
+  const std::vector<float> sq(static_cast<std::size_t>(n_embd) * n_embd, 0.0f), ff(static_cast<std::size_t>(n_embd) * n_ff, 0.0f);
+  w.add_tensor("blk.0.attn_norm.weight", GgmlType::kF32, {n_embd}, ones);
+  for (const char* t : {"attn_q", "attn_k", "attn_v", "attn_output"})
+    w.add_tensor(std::string("blk.0.") + t + ".weight", GgmlType::kF32, {n_embd, n_embd}, sq);
+  w.add_tensor("blk.0.ffn_norm.weight", GgmlType::kF32, {n_embd}, ones);
+  w.add_tensor("blk.0.ffn_gate.weight", GgmlType::kF32, {n_embd, n_ff}, ff);
+  w.add_tensor("blk.0.ffn_up.weight", GgmlType::kF32, {n_embd, n_ff}, ff);
+  w.add_tensor("blk.0.ffn_down.weight", GgmlType::kF32, {n_ff, n_embd}, ff);
+  const std::string bytes = w.bytes();
+  std::ofstream f(out_path, std::ios::binary | std::ios::trunc);
+  f.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+  if (!f) return std::fprintf(stderr, "airlock-gen-model: cannot write %s\n", out_path.c_str()), 1;
+  std::printf("wrote %s: a test model that answers \"%s\" to any prompt\n", out_path.c_str(), text.c_str());
+  return 0;
 }
 
 int write_model2vec(int argc, char** argv) {
@@ -120,6 +203,7 @@ int write_model2vec(int argc, char** argv) {
 
 int main(int argc, char** argv) {
   if (argc > 1 && std::string(argv[1]) == "--model2vec") return write_model2vec(argc, argv);
+  if (argc == 4 && std::string(argv[1]) == "--answer") return write_answer_model(argv[2], argv[3]);
   if (argc < 2) {
     std::fprintf(stderr,
                  "usage: airlock-gen-model OUT.gguf [--embd N] [--layers N] [--ff N] [--heads N] [--kv-heads N] "
@@ -156,22 +240,8 @@ int main(int argc, char** argv) {
   if (spec.n_embd % spec.n_head != 0 || spec.n_head % spec.n_head_kv != 0 || spec.n_embd % 32 != 0)
     return std::fprintf(stderr, "airlock-gen-model: embd must divide by heads and 32, heads by kv-heads\n"), 2;
   spec.metadata = [](testing::GgufWriter& w) {
-    std::vector<std::string> tokens = {"<unk>", "<s>", "</s>"};
-    std::vector<std::int32_t> types = {2, 3, 3};  // unknown, control, control
-    for (int b = 0; b < 256; ++b) {
-      char name[8];
-      std::snprintf(name, sizeof name, "<0x%02X>", b);
-      tokens.push_back(name);
-      types.push_back(6);  // byte
-    }
     w.set_string("general.name", "airlock generated random model");
-    w.set_string("tokenizer.ggml.model", "llama");
-    w.set_string_array("tokenizer.ggml.tokens", tokens);
-    w.set_f32_array("tokenizer.ggml.scores", std::vector<float>(tokens.size(), 0.0f));
-    w.set_i32_array("tokenizer.ggml.token_type", types);
-    w.set_u32("tokenizer.ggml.unknown_token_id", 0);
-    w.set_u32("tokenizer.ggml.bos_token_id", 1);
-    w.set_u32("tokenizer.ggml.eos_token_id", 2);
+    byte_vocabulary(w);
   };
   const testing::TestModel m = testing::make_test_model(spec);
   std::ofstream out(argv[1], std::ios::binary | std::ios::trunc);

@@ -87,6 +87,7 @@ struct Grounded {
   std::string refusal;
   std::string reason;         // "", "no_evidence", "no_citation"
   std::vector<int> cited;     // source numbers the answer cites
+  ojson original_messages;    // the conversation before the sources were put in front
   // Streaming: text is held back until the answer cites a source.
   bool released = false;
   std::string pending;
@@ -484,17 +485,29 @@ struct Server::Impl {
     gr.sources = std::move(*hits);
     gr.evidence = rag::assess_evidence(gr.sources, policy());
     if (!gr.evidence.sufficient) gr.reason = "no_evidence";
-    if (gr.evidence.sufficient && generate) {
-      // One system message first (several confuse many chat templates).
-      const std::string rules = rag::grounding_instructions(gr.sources, policy());
-      if (!r.messages.empty() && r.messages[0]["role"] == "system") {
-        r.messages[0]["content"] = rules + "\n" + r.messages[0]["content"].get<std::string>();
-      } else {
-        r.messages.insert(r.messages.begin(), ojson{{"role", "system"}, {"content", rules}});
-      }
-    }
+    gr.original_messages = r.messages;
     g.grounded = std::move(gr);
+    if (g.grounded->evidence.sufficient && generate) give_sources(g, g.grounded->sources.size());
     return std::nullopt;
+  }
+
+  // Puts the first n sources in front of the conversation as one system
+  // message (several confuse many chat templates); the rest are dropped.
+  void give_sources(Generation& g, std::size_t n) {
+    Grounded& gr = *g.grounded;
+    gr.sources.resize(std::min(n, gr.sources.size()));
+    std::vector<std::size_t> usable;
+    for (std::size_t i : gr.evidence.usable)
+      if (i < gr.sources.size()) usable.push_back(i);
+    gr.evidence.usable = usable;
+    ojson messages = gr.original_messages;
+    const std::string rules = rag::grounding_instructions(gr.sources, policy());
+    if (!messages.empty() && messages[0]["role"] == "system") {
+      messages[0]["content"] = rules + "\n" + messages[0]["content"].get<std::string>();
+    } else {
+      messages.insert(messages.begin(), ojson{{"role", "system"}, {"content", rules}});
+    }
+    g.request.messages = std::move(messages);
   }
 
   // Decides a finished grounded answer: one that cites no source is
@@ -669,8 +682,22 @@ void Server::Impl::completions(const httplib::Request& req, httplib::Response& r
   }
   Result<std::vector<std::int32_t>> prompt = prompt_tokens_of(*m, r);
   if (!prompt.is_ok()) return fail(api_error(400, "invalid_request_error", prompt.status().message()));
-  g->prompt_tokens = static_cast<int>(prompt->size());
   const int max_ctx = m->scheduler->max_context();
+  // A grounded prompt gives up its weakest sources until it leaves room for
+  // the answer (max_tokens, or a quarter of the context).
+  if (g->grounded) {
+    const int room = r.max_tokens.value_or(max_ctx / 4);
+    while (static_cast<int>(prompt->size()) + room > max_ctx && g->grounded->sources.size() > 1) {
+      give_sources(*g, g->grounded->sources.size() - 1);
+      prompt = prompt_tokens_of(*m, r);
+      if (!prompt.is_ok()) return fail(api_error(400, "invalid_request_error", prompt.status().message()));
+    }
+    if (g->grounded->evidence.usable.empty()) {  // the sources that counted did not fit
+      g->grounded->reason = "no_evidence";
+      return answer_without_model(req, res, key, *g);
+    }
+  }
+  g->prompt_tokens = static_cast<int>(prompt->size());
   if (g->prompt_tokens >= max_ctx)
     return fail(api_error(400, "invalid_request_error",
                           "the prompt is " + std::to_string(g->prompt_tokens) + " tokens; this model's context is " +

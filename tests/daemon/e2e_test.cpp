@@ -90,9 +90,11 @@ struct Enclave {
   TempDir dir;
   std::string api_key;
   std::string embedding;  // model2vec directory packed as the bundle's embedding model ("" for none)
+  std::string llm;        // the chat model
 
   Enclave() : Enclave(have_embedder() ? embedder_dir() : "") {}
-  explicit Enclave(std::string embedding_dir) : embedding(std::move(embedding_dir)) {
+  explicit Enclave(std::string embedding_dir, std::string llm_path = model_path())
+      : embedding(std::move(embedding_dir)), llm(std::move(llm_path)) {
     EXPECT_EQ(run({AIRLOCK_CLI_PATH, "bundle", "keygen", "--out", dir / "signer", "--unencrypted"}), 0);
     ::mkdir((dir / "trusted").c_str(), 0750);
     testing::write_file(dir / "trusted/signer.pub", testing::read_file(dir / "signer.pub"));
@@ -104,7 +106,7 @@ struct Enclave {
   }
   int make_bundle(int version) {
     std::vector<std::string> argv = {AIRLOCK_CLI_PATH, "bundle", "create", "--key", dir / "signer.key", "--name", "stories",
-                                     "--version", std::to_string(version), "--llm", model_path(), "--out",
+                                     "--version", std::to_string(version), "--llm", llm, "--out",
                                      dir / ("stories-" + std::to_string(version) + ".airlock"), "--quiet"};
     if (!embedding.empty()) {
       argv.push_back("--embedding");
@@ -1139,6 +1141,50 @@ TEST_F(RagE2E, CliIngestsDirectoriesAndQueries) {
             2);
   EXPECT_EQ(run({AIRLOCK_CLI_PATH, "rag", "collections", "--url", url}), 2);
   EXPECT_EQ(run({AIRLOCK_CLI_PATH, "rag", "collections", "--url", "http://127.0.0.1:1", "--key-file", secret / "key"}), 2);
+}
+
+// The citation path end to end, with a test model that answers "[1]" to
+// anything (airlock-gen-model --answer: a bigram table, not a language
+// model): the answer is kept, grounded, with its citation, whole and streamed.
+TEST(RagLifecycle, ACitedAnswerIsGrounded) {
+  TempDir models;
+  ASSERT_EQ(run_tool({AIRLOCK_GEN_MODEL_PATH, "--answer", "[1]", models / "answer.gguf"}), 0);
+  Enclave e(rag_embedder_dir(), models / "answer.gguf");
+  auto d = Daemon::start(e, kRagConfig);
+  ASSERT_GT(d->port, 0) << d->log();
+  ASSERT_EQ(d->post("/v1/rag/collections", {{"name", "c"}})->status, 201);
+  ASSERT_EQ(d->post("/v1/rag/collections/c/documents", {{"source", "wing.txt"}, {"content", corpus()[0].bytes}})->status, 201);
+  auto r = d->post("/v1/rag/query", {{"collection", "c"}, {"question", corpus()[0].question}, {"temperature", 0}});
+  ASSERT_EQ(r->status, 200) << r->body;
+  json j = json::parse(r->body);
+  EXPECT_EQ(j["answer"], "[1]");
+  EXPECT_EQ(j["grounded"], true);
+  EXPECT_EQ(j["handoff"], false);
+  EXPECT_TRUE(j["handoff_reason"].is_null());
+  ASSERT_EQ(j["citations"].size(), 1u);
+  EXPECT_EQ(j["citations"][0]["n"], 1);
+  EXPECT_EQ(j["citations"][0]["document"], "wing.txt");
+  EXPECT_EQ(j["sources"][0]["cited"], true);
+  // Streamed through chat completions: the text arrives once it cites.
+  json body = {{"model", "stories"}, {"messages", json::array({{{"role", "user"}, {"content", corpus()[0].question}}})},
+               {"temperature", 0}, {"stream", true}, {"airlock", {{"collections", {"c"}}}}};
+  auto s = d->post("/v1/chat/completions", body);
+  ASSERT_EQ(s->status, 200) << s->body;
+  std::vector<std::string> events = sse_events(s->body);
+  std::string content;
+  json last;
+  for (const std::string& ev : events) {
+    if (ev == "[DONE]") continue;
+    json c = json::parse(ev);
+    if (!c["choices"].empty() && c["choices"][0]["delta"].contains("content"))
+      content += c["choices"][0]["delta"]["content"].get<std::string>();
+    if (c.contains("airlock")) last = c["airlock"];
+  }
+  EXPECT_EQ(content, "[1]");
+  EXPECT_EQ(last["grounded"], true) << last.dump();
+  EXPECT_EQ(last["citations"][0]["document"], "wing.txt");
+  EXPECT_GE(metric(d->client().Get("/metrics")->body, "airlock_rag_answers_total{outcome=\"grounded\"}"), 2.0);
+  EXPECT_EQ(d->stop(), 0);
 }
 
 TEST(RagLifecycle, KillNineDuringIngestLeavesAConsistentStore) {
