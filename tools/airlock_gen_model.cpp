@@ -2,6 +2,7 @@
 //                   [--kv-heads N] [--ctx N] [--f32]
 // airlock-gen-model --model2vec OUT_DIR --tokenizer TOKENIZER.json|builtin [--dim N] [--seed N]
 // airlock-gen-model --answer TEXT OUT.gguf
+// airlock-gen-model --bert OUT.gguf --vocab VOCAB.gguf
 // writes a random Llama-architecture model (Q8_0 weights unless --f32) with a
 // byte-level SentencePiece vocabulary (every byte is a token, so any text
 // tokenizes). For demos, tests and benchmarks on machines without a real
@@ -151,6 +152,31 @@ int write_answer_model(const std::string& text, const std::string& out_path) {
   return 0;
 }
 
+// A random BERT encoder (bge-small-like shape, much smaller) carrying the
+// WordPiece vocabulary of VOCAB.gguf (ggml-vocab-bert-bge.gguf, say).
+int write_bert(const std::string& out_path, const std::string& vocab_path) {
+  auto vocab = engine::GgufFile::open(vocab_path);
+  if (!vocab.is_ok()) return std::fprintf(stderr, "airlock-gen-model: %s\n", vocab.status().to_string().c_str()), 2;
+  auto tokens = (*vocab)->get_string_array("tokenizer.ggml.tokens");
+  if (!tokens.is_ok()) return std::fprintf(stderr, "airlock-gen-model: %s has no tokenizer.ggml.tokens\n", vocab_path.c_str()), 2;
+  testing::BertModelSpec spec;
+  spec.n_vocab = static_cast<int>(tokens->size());
+  spec.n_embd = 64;
+  spec.n_layer = 2;
+  spec.n_head = 4;
+  spec.n_ff = 128;
+  spec.n_ctx = 128;
+  const engine::GgufFile& v = **vocab;
+  spec.metadata = [&v](testing::GgufWriter& w) { w.copy_metadata(v, "tokenizer.", {"tokenizer.ggml.token_type_count"}); };
+  const testing::BertTestModel m = testing::make_bert_model(spec);
+  std::ofstream f(out_path, std::ios::binary | std::ios::trunc);
+  f.write(m.gguf.data(), static_cast<std::streamsize>(m.gguf.size()));
+  if (!f) return std::fprintf(stderr, "airlock-gen-model: cannot write %s\n", out_path.c_str()), 1;
+  std::printf("wrote %s: a random BERT encoder (%d tokens, %d dimensions); its vectors mean nothing\n", out_path.c_str(),
+              spec.n_vocab, spec.n_embd);
+  return 0;
+}
+
 int write_model2vec(int argc, char** argv) {
   std::string out_dir, tokenizer;
   int dim = 64;
@@ -204,6 +230,7 @@ int write_model2vec(int argc, char** argv) {
 int main(int argc, char** argv) {
   if (argc > 1 && std::string(argv[1]) == "--model2vec") return write_model2vec(argc, argv);
   if (argc == 4 && std::string(argv[1]) == "--answer") return write_answer_model(argv[2], argv[3]);
+  if (argc == 5 && std::string(argv[1]) == "--bert" && std::string(argv[3]) == "--vocab") return write_bert(argv[2], argv[4]);
   if (argc < 2) {
     std::fprintf(stderr,
                  "usage: airlock-gen-model OUT.gguf [--embd N] [--layers N] [--ff N] [--heads N] [--kv-heads N] "

@@ -550,6 +550,38 @@ TEST_F(DaemonE2E, EmbeddingsFromTheBundlesStaticModel) {
   EXPECT_EQ(daemon_->client(false).Post("/v1/embeddings", "{}", "application/json")->status, 401);
 }
 
+// A bundle whose embedding model is a BERT GGUF (here a random one with the
+// real bge vocabulary): /v1/embeddings and RAG run on the encoder.
+TEST(DaemonLifecycle, BertGgufEmbeddingModel) {
+  const std::string vocab = models_dir() + "/tokenizers/llama.cpp-vocab/ggml-vocab-bert-bge.gguf";
+  if (models_dir().empty() || !testing::exists(vocab)) GTEST_SKIP() << "ggml-vocab-bert-bge.gguf not found (AIRLOCK_MODELS_DIR)";
+  TempDir models;
+  ASSERT_EQ(run_tool({AIRLOCK_GEN_MODEL_PATH, "--bert", models / "encoder.gguf", "--vocab", vocab}), 0);
+  Enclave e(models / "encoder.gguf");
+  auto d = Daemon::start(e);
+  ASSERT_GT(d->port, 0) << d->log();
+  EXPECT_NE(d->log().find("bert, 64 dimensions"), std::string::npos) << d->log();
+  auto r = d->post("/v1/embeddings", {{"model", "stories"}, {"input", json::array({"flutter of a swept wing", "hello"})}});
+  ASSERT_EQ(r->status, 200) << r->body;
+  json j = json::parse(r->body);
+  ASSERT_EQ(j["data"].size(), 2u);
+  const std::vector<double> v = j["data"][0]["embedding"].get<std::vector<double>>();
+  ASSERT_EQ(v.size(), 64u);
+  double norm = 0;
+  for (double x : v) norm += x * x;
+  EXPECT_NEAR(norm, 1.0, 1e-5);
+  EXPECT_NE(j["data"][0]["embedding"], j["data"][1]["embedding"]);
+  EXPECT_GT(j["usage"]["prompt_tokens"].get<int>(), 0);
+  ASSERT_EQ(d->post("/v1/rag/collections", {{"name", "c"}})->status, 201);
+  auto doc = d->post("/v1/rag/collections/c/documents", {{"source", "a.txt"}, {"content", "Swept wing flutter speed."}});
+  ASSERT_EQ(doc->status, 201) << doc->body;
+  auto q = d->post("/v1/rag/query", {{"collection", "c"}, {"question", "swept wing flutter speed"}, {"generate", false},
+                                      {"mode", "vector"}});
+  ASSERT_EQ(q->status, 200) << q->body;
+  EXPECT_EQ(json::parse(q->body)["sources"][0]["document"], "a.txt");
+  EXPECT_EQ(d->stop(), 0);
+}
+
 TEST(DaemonLifecycle, QueueFullAnswers429WithRetryAfter) {
   Enclave e;
   auto d = Daemon::start(e, "max_running = 1\nmax_waiting = 1\n");
