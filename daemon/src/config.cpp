@@ -54,6 +54,21 @@ bool valid_key_name(std::string_view n) {
   });
 }
 
+// An integer key of `t` in [lo, hi] into *out (left alone when absent);
+// `where` prefixes the key in messages ("rag." for the [rag] table).
+template <typename T>
+Status read_int(const toml::table& t, const std::string& origin, const std::string& where, const char* key,
+                std::int64_t lo, std::int64_t hi, T* out) {
+  if (const toml::node* n = t.get(key)) {
+    const std::string name = origin + ": " + where + key + ": ";
+    if (!n->is_integer()) return invalid_argument(name + "must be an integer");
+    const std::int64_t v = n->as_integer()->get();
+    if (v < lo || v > hi) return invalid_argument(name + "must be between " + std::to_string(lo) + " and " + std::to_string(hi));
+    *out = static_cast<T>(v);
+  }
+  return Status::ok();
+}
+
 Status parse_rag(const toml::table& t, const std::string& origin, RagConfig* r) {
   static const std::set<std::string> kKeys = {
       "enabled", "database", "chunk_tokens", "chunk_overlap", "top_k", "candidates", "min_similarity",
@@ -64,14 +79,8 @@ Status parse_rag(const toml::table& t, const std::string& origin, RagConfig* r) 
   };
   for (const auto& [k, v] : t)
     if (!kKeys.count(std::string(k.str()))) return bad(std::string(k.str()), "unknown key");
-  auto get_int = [&](const char* key, std::int64_t lo, std::int64_t hi, auto* out) -> Status {
-    if (const toml::node* n = t.get(key)) {
-      if (!n->is_integer()) return bad(key, "must be an integer");
-      const std::int64_t v = n->as_integer()->get();
-      if (v < lo || v > hi) return bad(key, "must be between " + std::to_string(lo) + " and " + std::to_string(hi));
-      *out = static_cast<std::remove_reference_t<decltype(*out)>>(v);
-    }
-    return Status::ok();
+  auto get_int = [&](const char* key, std::int64_t lo, std::int64_t hi, auto* out) {
+    return read_int(t, origin, "rag.", key, lo, hi, out);
   };
   auto get_ratio = [&](const char* key, double* out) -> Status {
     if (const toml::node* n = t.get(key)) {
@@ -153,14 +162,8 @@ Result<Config> parse_config(std::string_view text, const std::string& origin, Co
     }
     return Status::ok();
   };
-  auto get_int = [&](const char* key, std::int64_t lo, std::int64_t hi, auto* out) -> Status {
-    if (const toml::node* n = t.get(key)) {
-      if (!n->is_integer()) return bad(key, "must be an integer");
-      const std::int64_t v = n->as_integer()->get();
-      if (v < lo || v > hi) return bad(key, "must be between " + std::to_string(lo) + " and " + std::to_string(hi));
-      *out = static_cast<std::remove_reference_t<decltype(*out)>>(v);
-    }
-    return Status::ok();
+  auto get_int = [&](const char* key, std::int64_t lo, std::int64_t hi, auto* out) {
+    return read_int(t, origin, "", key, lo, hi, out);
   };
   if (const toml::node* n = t.get("listen")) {
     if (!n->is_string()) return bad("listen", "must be a string \"HOST:PORT\"");

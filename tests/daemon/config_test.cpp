@@ -77,6 +77,47 @@ TEST(ConfigTest, RefusalsNameTheKey) {
   }
 }
 
+TEST(ConfigTest, RagTable) {
+  Result<Config> c = parse_config(
+      "[rag]\nenabled = false\ndatabase = \"/srv/rag.db\"\nchunk_tokens = 128\nchunk_overlap = 16\ntop_k = 3\n"
+      "min_similarity = 0.7\nmin_term_coverage = 1\nann_threshold = 5000\nrefusal = \"Ask the help desk.\"\n"
+      "admins = [\"ops\"]\n[rag.groups]\nhr = [\"app-a\", \"app-b\"]\n",
+      "t.toml");
+  ASSERT_TRUE(c.is_ok()) << c.status().to_string();
+  EXPECT_FALSE(c->rag.enabled);
+  EXPECT_EQ(c->rag.database, "/srv/rag.db");
+  EXPECT_EQ(c->rag.chunk_tokens, 128);
+  EXPECT_EQ(c->rag.chunk_overlap, 16);
+  EXPECT_EQ(c->rag.top_k, 3);
+  EXPECT_DOUBLE_EQ(c->rag.min_similarity, 0.7);
+  EXPECT_DOUBLE_EQ(c->rag.min_term_coverage, 1.0);
+  EXPECT_EQ(c->rag.ann_threshold, 5000u);
+  EXPECT_EQ(c->rag.refusal, "Ask the help desk.");
+  EXPECT_EQ(c->rag.admins, std::vector<std::string>{"ops"});
+  EXPECT_EQ(c->rag.groups.at("hr"), (std::vector<std::string>{"app-a", "app-b"}));
+  // Defaults without the table.
+  Result<Config> d = parse_config("", "t.toml");
+  EXPECT_TRUE(d->rag.enabled);
+  EXPECT_EQ(d->rag.chunk_tokens, 256);
+  for (const auto& [text, want] : std::vector<std::pair<std::string, std::string>>{
+           {"[rag]\nchunk_token = 1", "rag.chunk_token: unknown key"},
+           {"[rag]\nchunk_tokens = 8", "rag.chunk_tokens: must be between"},
+           {"[rag]\nchunk_tokens = 64\nchunk_overlap = 64", "chunk_overlap: must be smaller"},
+           {"[rag]\nmin_similarity = 2.5", "rag.min_similarity"},
+           {"[rag]\nmin_similarity = \"high\"", "must be a number"},
+           {"[rag]\nadmins = \"ops\"", "rag.admins"},
+           {"[rag]\nadmins = [\"has space\"]", "rag.admins"},
+           {"[rag]\ngroups = 1", "rag.groups"},
+           {"[rag.groups]\nhr = [1]", "rag.groups.hr"},
+           {"[rag]\nrefusal = \"\"", "rag.refusal"},
+           {"rag = 1", "rag: must be a table"},
+       }) {
+    Result<Config> bad = parse_config(text, "t.toml");
+    ASSERT_FALSE(bad.is_ok()) << text;
+    EXPECT_NE(bad.status().message().find(want), std::string::npos) << text << " -> " << bad.status().message();
+  }
+}
+
 TEST(ConfigTest, MissingFile) {
   EXPECT_EQ(load_config("/nonexistent/airlockd.toml", true).status().code(), StatusCode::kNotFound);
   EXPECT_TRUE(load_config("/nonexistent/airlockd.toml", false).is_ok());

@@ -99,6 +99,57 @@ TEST(OpenAiApiTest, EmbeddingRequests) {
   }
 }
 
+TEST(OpenAiApiTest, GroundingExtensionAndRagQuery) {
+  CompletionRequest r;
+  ASSERT_FALSE(parse_request(R"({"model":"m","messages":[{"role":"user","content":"q?"}],
+                                 "airlock":{"collections":["a","b"],"top_k":3,"mode":"bm25"}})",
+                             Endpoint::kChat, &r));
+  ASSERT_TRUE(r.grounding.has_value());
+  EXPECT_EQ(r.grounding->collections, (std::vector<std::string>{"a", "b"}));
+  EXPECT_EQ(r.grounding->top_k, 3);
+  EXPECT_EQ(r.grounding->mode, "bm25");
+  for (const auto& [body, param] : std::vector<std::pair<std::string, std::string>>{
+           {R"({"model":"m","messages":[{"role":"user","content":"q"}],"airlock":{"mode":"magic"}})", "airlock.mode"},
+           {R"({"model":"m","messages":[{"role":"user","content":"q"}],"airlock":{"top_k":0}})", "airlock.top_k"},
+           {R"({"model":"m","messages":[{"role":"user","content":"q"}],"airlock":{"collections":"a"}})", "airlock.collections"},
+           {R"({"model":"m","messages":[{"role":"user","content":"q"}],"airlock":{"colections":["a"]}})", "airlock.colections"},
+           {R"({"model":"m","messages":[{"role":"user","content":"q"}],"airlock":{},"n":2})", "n"},
+           {R"({"model":"m","messages":[{"role":"system","content":"s"}],"airlock":{}})", "messages"},
+       }) {
+    std::optional<ApiError> e = parse_request(body, Endpoint::kChat, &r);
+    ASSERT_TRUE(e) << body;
+    EXPECT_EQ(e->param, param) << body;
+  }
+  EXPECT_TRUE(parse_request(R"({"model":"m","prompt":"p","airlock":{}})", Endpoint::kCompletions, &r));
+
+  bool generate = true;
+  ASSERT_FALSE(parse_rag_query(R"({"collection":"hr","question":"How much leave?","top_k":2,"generate":false,
+                                    "stream":true,"max_tokens":50})",
+                               "served", &r, &generate));
+  EXPECT_FALSE(generate);
+  EXPECT_EQ(r.model, "served");
+  EXPECT_TRUE(r.stream);
+  EXPECT_EQ(r.max_tokens, 50);
+  ASSERT_EQ(r.messages.size(), 1u);
+  EXPECT_EQ(r.messages[0]["content"], "How much leave?");
+  EXPECT_EQ(r.grounding->collections, std::vector<std::string>{"hr"});
+  EXPECT_EQ(r.grounding->top_k, 2);
+  for (const auto& [body, param] : std::vector<std::pair<std::string, std::string>>{
+           {R"({"question":""})", "question"},
+           {R"({"question":1})", "question"},
+           {R"({"collection":"a","collections":["b"],"question":"q"})", "collection"},
+           {R"({"question":"q","colection":"a"})", "colection"},
+           {R"({"question":"q","generate":"no"})", "generate"},
+           {R"({"question":"q","mode":"x"})", "mode"},
+           {R"({"question":"q","temperature":9})", "temperature"},
+           {R"([1,2])", ""},
+       }) {
+    std::optional<ApiError> e = parse_rag_query(body, "served", &r, &generate);
+    ASSERT_TRUE(e) << body;
+    EXPECT_EQ(e->param, param) << body;
+  }
+}
+
 TEST(OpenAiApiTest, ErrorEnvelope) {
   ApiError e;
   e.message = "bad \xFF";

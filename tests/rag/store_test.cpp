@@ -12,9 +12,8 @@
 #include <random>
 #include <set>
 
-#include <openssl/sha.h>
-
 #include "airlock/rag/chunker.h"
+#include "airlock/rag/ingest.h"
 #include "airlock/rag/store.h"
 #include "rag_test_util.h"
 
@@ -22,18 +21,6 @@ namespace airlock::rag {
 namespace {
 
 const testing::HashEmbedder kEmbedder;
-
-std::string sha256_hex(std::string_view s) {
-  unsigned char d[32];
-  SHA256(reinterpret_cast<const unsigned char*>(s.data()), s.size(), d);
-  static const char* hex = "0123456789abcdef";
-  std::string out;
-  for (unsigned char c : d) {
-    out += hex[c >> 4];
-    out += hex[c & 15];
-  }
-  return out;
-}
 
 // A document from text: chunks of `max_tokens` words embedded by kEmbedder.
 DocumentRecord doc(const std::string& source, const std::string& text, std::size_t max_tokens = 30) {
