@@ -5,11 +5,74 @@
 #include <exception>
 #include <mutex>
 
+#include <immintrin.h>
+
 #include <hnswlib/hnswlib.h>
 
 #include "airlock/common/log.h"
 
 namespace airlock::rag {
+namespace {
+
+// Inner product, AVX2+FMA when the CPU has them (chosen once), else four
+// scalar accumulators. hnswlib's own SIMD path is compiled out
+// (NO_MANUAL_VECTORIZATION): in 0.6.2 its prefetches read one entry past a
+// link list.
+__attribute__((target("avx2,fma"))) float dot_avx2(const float* a, const float* b, std::size_t n) {
+  __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+  std::size_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), acc0);
+    acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), acc1);
+  }
+  for (; i + 8 <= n; i += 8) acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), acc0);
+  acc0 = _mm256_add_ps(acc0, acc1);
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(acc0), _mm256_extractf128_ps(acc0, 1));
+  s = _mm_hadd_ps(s, s);
+  s = _mm_hadd_ps(s, s);
+  float sum = _mm_cvtss_f32(s);
+  for (; i < n; ++i) sum += a[i] * b[i];
+  return sum;
+}
+
+float dot_scalar(const float* a, const float* b, std::size_t n) {
+  float s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+  std::size_t i = 0;
+  for (; i + 4 <= n; i += 4) {
+    s0 += a[i] * b[i];
+    s1 += a[i + 1] * b[i + 1];
+    s2 += a[i + 2] * b[i + 2];
+    s3 += a[i + 3] * b[i + 3];
+  }
+  for (; i < n; ++i) s0 += a[i] * b[i];
+  return (s0 + s1) + (s2 + s3);
+}
+
+using DotFn = float (*)(const float*, const float*, std::size_t);
+DotFn pick_dot() {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") ? dot_avx2 : dot_scalar;
+}
+const DotFn kDot = pick_dot();
+
+float inner_product_distance(const void* a, const void* b, const void* dim) {
+  return 1.0f - kDot(static_cast<const float*>(a), static_cast<const float*>(b), *static_cast<const std::size_t*>(dim));
+}
+
+}  // namespace
+
+// hnswlib's distance interface over kDot: 1 - <a, b>.
+class DotSpace final : public hnswlib::SpaceInterface<float> {
+ public:
+  explicit DotSpace(std::size_t dim) : dim_(dim) {}
+  std::size_t get_data_size() override { return dim_ * sizeof(float); }
+  hnswlib::DISTFUNC<float> get_dist_func() override { return inner_product_distance; }
+  void* get_dist_func_param() override { return &dim_; }
+
+ private:
+  std::size_t dim_;
+};
+
 namespace {
 
 bool better(const std::pair<std::int64_t, float>& a, const std::pair<std::int64_t, float>& b) {
@@ -20,7 +83,7 @@ bool better(const std::pair<std::int64_t, float>& a, const std::pair<std::int64_
 
 VectorIndex::VectorIndex(int dim, AnnOptions options)
     : dim_(static_cast<std::size_t>(dim)), options_(options),
-      space_(std::make_unique<hnswlib::InnerProductSpace>(static_cast<std::size_t>(dim))) {}
+      space_(std::make_unique<DotSpace>(static_cast<std::size_t>(dim))) {}
 
 VectorIndex::~VectorIndex() {
   cancel_ = true;
@@ -170,6 +233,16 @@ void VectorIndex::build(std::size_t n_rows, std::vector<std::int64_t> ids) {
   std::string failure;
   const unsigned hw = std::max(1u, std::thread::hardware_concurrency());
   const unsigned n_threads = options_.build_threads > 0 ? options_.build_threads : hw;
+  // The block table may grow (and move) while this runs: read rows through
+  // a copy of it taken under the lock, which covers every row of row_ids.
+  std::vector<const float*> blocks;
+  auto snapshot_blocks = [&] {
+    std::shared_lock lock(mu_);
+    blocks.clear();
+    for (const auto& b : blocks_) blocks.push_back(b.get());
+  };
+  auto row_of = [&](std::size_t r) { return blocks[r / kBlockRows] + (r % kBlockRows) * dim_; };
+  snapshot_blocks();
   auto insert_rows = [&](std::size_t from, const std::vector<std::int64_t>& row_ids) {
     std::atomic<std::size_t> next{from};
     std::mutex failure_mu;
@@ -180,7 +253,7 @@ void VectorIndex::build(std::size_t n_rows, std::vector<std::int64_t> ids) {
       try {
         for (std::size_t r = next++; r < row_ids.size() && !cancel_; r = next++)
           if (row_ids[r] >= 0) {
-            graph->addPoint(row(r), r);
+            graph->addPoint(row_of(r), r);
             inserted[r] = 1;
           }
       } catch (const std::exception& e) {
@@ -206,6 +279,7 @@ void VectorIndex::build(std::size_t n_rows, std::vector<std::int64_t> ids) {
         if (ids_.size() - ids.size() < 256) break;
         more = ids_;
       }
+      snapshot_blocks();  // covers `more`: rows are written before their ids
       const std::size_t from = ids.size();
       ids = std::move(more);
       insert_rows(from, ids);

@@ -26,10 +26,11 @@
 namespace hnswlib {
 template <typename T>
 class HierarchicalNSW;
-class InnerProductSpace;
 }  // namespace hnswlib
 
 namespace airlock::rag {
+
+class DotSpace;
 
 struct AnnOptions {
   std::size_t threshold = 20000;
@@ -74,7 +75,7 @@ class VectorIndex {
 
   const std::size_t dim_;
   const AnnOptions options_;
-  std::unique_ptr<hnswlib::InnerProductSpace> space_;
+  std::unique_ptr<DotSpace> space_;
   mutable std::shared_mutex mu_;
   std::vector<std::unique_ptr<float[]>> blocks_;  // (rows, dim) in blocks of kBlockRows
   std::vector<std::int64_t> ids_;                 // (rows); -1 when removed

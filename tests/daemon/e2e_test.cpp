@@ -1029,7 +1029,8 @@ TEST_F(RagE2E, CollectionAccessIsEnforced) {
   // The outsider sees neither collection, and gets nothing from them.
   auto list = as(*outsider_).Get("/v1/rag/collections");
   ASSERT_EQ(list->status, 200);
-  for (const json& c : json::parse(list->body)["data"]) EXPECT_NE(c["name"], "shared");
+  const json listed = json::parse(list->body);
+  for (const json& c : listed["data"]) EXPECT_NE(c["name"], "shared");
   json q = query(*outsider_, {{"collection", "shared"}, {"question", corpus()[0].question}});
   EXPECT_EQ(q["http_status"], 404) << q.dump();
   json all = query(*outsider_, {{"question", corpus()[0].question}, {"generate", false}});  // every readable collection
