@@ -69,6 +69,17 @@ Result<TokenizerSpec> wordpiece_spec_from_hf_json(std::string_view text) {
   return s;
 }
 
+Result<TokenizerSpec> spec_from_hf_json(std::string_view text) {
+  const nlohmann::json j = nlohmann::json::parse(text.begin(), text.end(), nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded() || !j.is_object()) return verification_failed("tokenizer.json: not a JSON object");
+  if (!j.contains("model") || !j["model"].is_object() || !j["model"].contains("type") || !j["model"]["type"].is_string())
+    return verification_failed("tokenizer.json: no model.type");
+  const std::string type = j["model"]["type"].get<std::string>();
+  if (type == "WordPiece") return wordpiece_spec_from_hf_json(text);
+  if (type == "Unigram") return unigram_spec_from_hf_json(text);
+  return invalid_argument("tokenizer.json: model type '" + type + "' is not supported (WordPiece, Unigram)");
+}
+
 Result<std::unique_ptr<StaticEmbedding>> StaticEmbedding::load(const std::string& dir) {
   std::unique_ptr<StaticEmbedding> e(new StaticEmbedding());
   AIRLOCK_ASSIGN_OR_RETURN(std::string config_text, slurp(dir + "/config.json", 1 << 20));
@@ -76,22 +87,27 @@ Result<std::unique_ptr<StaticEmbedding>> StaticEmbedding::load(const std::string
   if (config.is_discarded() || !config.is_object()) return verification_failed(dir + "/config.json: not a JSON object");
   e->normalize_ = config.value("normalize", false);
   AIRLOCK_ASSIGN_OR_RETURN(std::string tok_text, slurp(dir + "/tokenizer.json", 64u << 20));
-  Result<TokenizerSpec> spec = wordpiece_spec_from_hf_json(tok_text);
+  Result<TokenizerSpec> spec = spec_from_hf_json(tok_text);
   if (!spec.is_ok()) return spec.status().with_context(dir);
-  // Median token length over the vocabulary (as written in tokenizer.json),
-  // for the character cut the reference applies before tokenizing.
+  // Median token length over the vocabulary (as written in tokenizer.json:
+  // WordPiece keys, Unigram [piece, score] pairs; both checked by now), for
+  // the character cut the reference applies before tokenizing.
   {
     const nlohmann::json j = nlohmann::json::parse(tok_text, nullptr, false);
+    const nlohmann::json& vocab = j["model"]["vocab"];
     std::vector<std::size_t> lens;
-    for (auto it = j["model"]["vocab"].begin(); it != j["model"]["vocab"].end(); ++it) {
+    for (auto it = vocab.begin(); it != vocab.end(); ++it) {
+      const std::string& piece = vocab.is_object() ? it.key() : (*it)[0].get_ref<const std::string&>();
       std::size_t chars = 0;
-      for (char c : it.key()) chars += (static_cast<unsigned char>(c) & 0xC0) != 0x80;
+      for (char c : piece) chars += (static_cast<unsigned char>(c) & 0xC0) != 0x80;
       lens.push_back(chars);
     }
     std::nth_element(lens.begin(), lens.begin() + static_cast<std::ptrdiff_t>(lens.size() / 2), lens.end());
     e->max_chars_ = e->max_tokens_ * lens[lens.size() / 2];
   }
-  e->unk_ = spec->unk;
+  // The reference drops the unknown token only when tokenizer.json names an
+  // unk_token (WordPiece); a Unigram model names its unk_id only.
+  e->unk_ = spec->model == "bert" ? spec->unk : -1;
   const std::size_t n_vocab = spec->tokens.size();
   AIRLOCK_ASSIGN_OR_RETURN(e->tokenizer_, Tokenizer::from_spec(std::move(*spec)));
   AIRLOCK_ASSIGN_OR_RETURN(e->file_, SafetensorsFile::open(dir + "/model.safetensors"));
@@ -119,7 +135,12 @@ Result<std::unique_ptr<StaticEmbedding>> StaticEmbedding::load(const std::string
   if (const StTensor* w = e->file_->find("weights")) {
     if (w->shape.size() != 1 || static_cast<std::size_t>(w->shape[0]) != n_vocab)
       return verification_failed(dir + "/model.safetensors: 'weights' must have one entry per token");
-    for (std::int64_t i = 0; i < w->shape[0]; ++i) e->weights_.push_back(static_cast<float>(SafetensorsFile::element(*w, i)));
+    for (std::int64_t i = 0; i < w->shape[0]; ++i) {
+      // f32, as the reference multiplies them.
+      e->weights_.push_back(static_cast<float>(SafetensorsFile::element(*w, i)));
+      if (!std::isfinite(e->weights_.back()))
+        return verification_failed(dir + "/model.safetensors: 'weights' " + std::to_string(i) + " is not a finite f32");
+    }
   }
   return e;
 }

@@ -1,4 +1,5 @@
 #include "airlock/engine/tokenizer.h"
+#include "unigram.h"
 #include "utf8.h"
 
 #include <unicode/normalizer2.h>
@@ -252,8 +253,8 @@ Result<std::unique_ptr<Tokenizer>> Tokenizer::from_gguf(const GgufFile& f) {
 }
 
 Result<std::unique_ptr<Tokenizer>> Tokenizer::from_spec(TokenizerSpec s) {
-  if (s.model != "llama" && s.model != "gpt2" && s.model != "bert")
-    return invalid_argument("tokenizer model '" + s.model + "' is not supported (llama, gpt2, bert)");
+  if (s.model != "llama" && s.model != "gpt2" && s.model != "bert" && s.model != "unigram")
+    return invalid_argument("tokenizer model '" + s.model + "' is not supported (llama, gpt2, bert, unigram)");
   const std::size_t n = s.tokens.size();
   if (n == 0 || n > (1u << 24)) return verification_failed("tokenizer: vocabulary is empty or implausibly large");
   if (!s.scores.empty() && s.scores.size() != n) return verification_failed("tokenizer: scores and tokens differ in length");
@@ -266,7 +267,14 @@ Result<std::unique_ptr<Tokenizer>> Tokenizer::from_spec(TokenizerSpec s) {
   }
   if ((s.add_bos && s.bos < 0) || (s.add_eos && s.eos < 0))
     return verification_failed("tokenizer: add_bos/add_eos without a BOS/EOS id");
+  std::shared_ptr<const UnigramModel> unigram;
+  if (s.model == "unigram") {
+    AIRLOCK_ASSIGN_OR_RETURN(unigram, UnigramModel::build(s));
+    s.piece_scores.clear();  // the model keeps its own copy
+    s.piece_scores.shrink_to_fit();
+  }
   std::unique_ptr<Tokenizer> t(new Tokenizer(std::move(s)));
+  t->unigram_ = std::move(unigram);
   const TokenizerSpec& sp = t->spec_;
   for (std::size_t i = 0; i < n; ++i) t->ids_.emplace(sp.tokens[i], static_cast<std::int32_t>(i));
   for (std::size_t r = 0; r < sp.merges.size(); ++r) {
@@ -352,6 +360,8 @@ std::vector<std::int32_t> Tokenizer::encode(std::string_view text, bool add_spec
       encode_spm(t, &out);
     } else if (spec_.model == "bert") {
       encode_wpm(f.text, &out);
+    } else if (spec_.model == "unigram") {
+      unigram_->encode(f.text, /*at_start=*/f.text.data() == text.data(), &out);
     } else {
       encode_bpe(f.text, &out);
     }
@@ -604,8 +614,8 @@ std::string Tokenizer::token_bytes(std::int32_t id, bool render_special) const {
   if (type == TokenType::kControl) return render_special ? t : std::string();
   if (type == TokenType::kUnknown && spec_.model == "llama") return render_special ? t : std::string("\xE2\x96\x85");
   if (type == TokenType::kUserDefined) return t;
-  if (spec_.model == "llama" || spec_.model == "bert") {
-    if (spec_.model == "llama" && type == TokenType::kByte && t.size() == 6) return std::string(1, static_cast<char>(std::strtol(t.c_str() + 3, nullptr, 16)));
+  if (spec_.model == "llama" || spec_.model == "bert" || spec_.model == "unigram") {
+    if (spec_.model != "bert" && type == TokenType::kByte && t.size() == 6) return std::string(1, static_cast<char>(std::strtol(t.c_str() + 3, nullptr, 16)));
     std::string out;
     for (std::size_t i = 0; i < t.size();) {
       if (t.compare(i, 3, "\xE2\x96\x81") == 0) {

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <string>
+#include <string_view>
 
 namespace airlock::engine {
 
@@ -23,6 +24,35 @@ inline void append_utf8(std::string& out, char32_t cp) {
     out.push_back(static_cast<char>(0x80 | ((cp >> 6) & 0x3F)));
     out.push_back(static_cast<char>(0x80 | (cp & 0x3F)));
   }
+}
+
+// Decodes the code point at s[i] (i < s.size()) and sets *len to its length
+// in bytes. An invalid, truncated, overlong or surrogate sequence decodes as
+// U+FFFD with length 1, so every byte is consumed exactly once.
+inline char32_t next_code_point(std::string_view s, std::size_t i, std::size_t* len) {
+  const unsigned char c = static_cast<unsigned char>(s[i]);
+  *len = 1;
+  if (c < 0x80) return c;
+  std::size_t n = 0;
+  char32_t cp = 0, min = 0;
+  if ((c >> 5) == 0x6) {
+    n = 2; cp = c & 0x1F; min = 0x80;
+  } else if ((c >> 4) == 0xE) {
+    n = 3; cp = c & 0x0F; min = 0x800;
+  } else if ((c >> 3) == 0x1E) {
+    n = 4; cp = c & 0x07; min = 0x10000;
+  } else {
+    return 0xFFFD;
+  }
+  if (i + n > s.size()) return 0xFFFD;
+  for (std::size_t k = 1; k < n; ++k) {
+    const unsigned char cc = static_cast<unsigned char>(s[i + k]);
+    if ((cc & 0xC0) != 0x80) return 0xFFFD;
+    cp = (cp << 6) | (cc & 0x3F);
+  }
+  if (cp < min || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return 0xFFFD;
+  *len = n;
+  return cp;
 }
 
 }  // namespace airlock::engine

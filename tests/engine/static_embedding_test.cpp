@@ -53,13 +53,198 @@ TEST(StaticEmbeddingTest, Float32FixtureReproducesTheReference) {
   EXPECT_EQ((*m)->embed(""), std::vector<float>(2, 0.0f));
 }
 
-TEST(StaticEmbeddingTest, UnigramTokenizersAreRefusedByName) {
-  if (fixtures().empty() || !std::filesystem::exists(fixtures()))
+TEST(StaticEmbeddingTest, VocabQuantizedUnigramFixtureReproducesTheReference) {
+  if (fixtures().empty() || !std::filesystem::exists(fixtures() + "/test-model-vocab-quantized"))
     GTEST_SKIP() << "model2vec fixtures not found (set AIRLOCK_MODELS_DIR to ../shared/models)";
   auto m = StaticEmbedding::load(fixtures() + "/test-model-vocab-quantized");
-  ASSERT_FALSE(m.is_ok());
-  EXPECT_EQ(m.status().code(), StatusCode::kInvalidArgument);
-  EXPECT_NE(m.status().message().find("Unigram"), std::string::npos) << m.status().message();
+  ASSERT_TRUE(m.is_ok()) << m.status().to_string();
+  EXPECT_EQ((*m)->dim(), 64);
+  // The ids the Hugging Face tokenizers library gives for this tokenizer.json.
+  EXPECT_EQ((*m)->tokenizer().encode("hello world", false, false), (std::vector<std::int32_t>{6594, 1091}));
+  EXPECT_EQ((*m)->tokenizer().encode("Héllo, WORLD!!  foo-bar", false, false),
+            (std::vector<std::int32_t>{6594, 13, 1091, 2, 2, 28381, 14, 2349}));
+  EXPECT_EQ((*m)->tokenizer().encode("aé☃☃b", false, false), (std::vector<std::int32_t>{28349, 1, 1499}));
+  // model2vec-rs's test_encode_matches_python_model2vec_vocab_quantized: "hello" x 1000.
+  std::string text = "hello";
+  for (int i = 1; i < 1000; ++i) text += " hello";
+  const std::vector<float> got = (*m)->embed(text);
+  const std::vector<double> want = reference("embeddings_vocab_quantized.json");
+  ASSERT_EQ(got.size(), want.size());
+  EXPECT_LT(max_abs_diff(got, want), 1e-5);
+  EXPECT_EQ((*m)->embed(""), std::vector<float>(64, 0.0f));
+}
+
+// A small Unigram tokenizer.json; the expected ids below are what the Hugging
+// Face tokenizers library (0.23) gives for the same files.
+std::string unigram_json(const std::string& pre_tokenizer, const std::string& normalizer = "null",
+                         bool byte_fallback = false, const std::string& vocab_extra = "") {
+  return R"({"version":"1.0","added_tokens":[{"id":14,"content":"<s>","special":true}],"normalizer":)" + normalizer +
+         R"(,"pre_tokenizer":)" + pre_tokenizer +
+         R"(,"model":{"type":"Unigram","unk_id":0,"byte_fallback":)" + (byte_fallback ? "true" : "false") +
+         R"(,"vocab":[["<unk>",0],["▁",-3],["▁a",-2],["a",-2.5],["b",-2.5],["ab",-2],["▁ab",-3],["c",-4],)"
+         R"(["abc",-5],["▁c",-4],["é",-3],["<0xE2>",-8],["<0x98>",-8],["<0x83>",-8],["<s>",0])" + vocab_extra + "]}}";
+}
+
+std::string metaspace(const std::string& scheme, bool split) {
+  return R"({"type":"Metaspace","replacement":"▁","prepend_scheme":")" + scheme + R"(","split":)" +
+         (split ? "true" : "false") + "}";
+}
+
+std::unique_ptr<Tokenizer> unigram_tokenizer(const std::string& json) {
+  auto spec = spec_from_hf_json(json);
+  EXPECT_TRUE(spec.is_ok()) << spec.status().to_string();
+  if (!spec.is_ok()) return nullptr;
+  auto tok = Tokenizer::from_spec(std::move(*spec));
+  EXPECT_TRUE(tok.is_ok()) << tok.status().to_string();
+  return tok.is_ok() ? std::move(*tok) : nullptr;
+}
+
+using Ids = std::vector<std::int32_t>;
+
+TEST(UnigramTest, SegmentsAsHuggingFaceDoes) {
+  auto t = unigram_tokenizer(unigram_json(metaspace("always", true)));
+  ASSERT_NE(t, nullptr);
+  EXPECT_EQ(t->encode("ab", false, true), (Ids{6}));
+  EXPECT_EQ(t->encode("abc ab", false, true), (Ids{6, 7, 6}));
+  EXPECT_EQ(t->encode("a b c", false, true), (Ids{2, 1, 4, 9}));
+  EXPECT_EQ(t->encode("", false, true), (Ids{}));
+  EXPECT_EQ(t->encode(" ", false, true), (Ids{1}));
+  EXPECT_EQ(t->encode("ab  c", false, true), (Ids{6, 1, 9}));
+  EXPECT_EQ(t->encode("b\u2581a", false, true), (Ids{1, 4, 2}));   // the replacement character in the text
+  EXPECT_EQ(t->encode("\u2581ab", false, true), (Ids{6}));         // ... already there: nothing prepended
+  // Unknown characters: consecutive ones are one <unk>, each case apart.
+  EXPECT_EQ(t->encode("xy", false, true), (Ids{1, 0}));
+  EXPECT_EQ(t->encode("axyb", false, true), (Ids{2, 0, 4}));
+  EXPECT_EQ(t->encode("AbÉ x", false, true), (Ids{1, 0, 4, 0, 1, 0}));
+  EXPECT_EQ(t->encode("é", false, true), (Ids{1, 10}));
+  EXPECT_EQ(t->encode("ab<s>ab", false, true), (Ids{6, 14, 6}));
+  EXPECT_EQ(t->encode("\xff\xfe", false, true), (Ids{1, 0}));   // invalid UTF-8 reads as U+FFFD, unknown
+  EXPECT_EQ(t->token_bytes(6), " ab");
+}
+
+TEST(UnigramTest, MetaspaceVariants) {
+  // split false: the whole text is one word (same ids here).
+  auto whole = unigram_tokenizer(unigram_json(metaspace("always", false)));
+  ASSERT_NE(whole, nullptr);
+  EXPECT_EQ(whole->encode("abc ab", false, true), (Ids{6, 7, 6}));
+  // first: only text at the start of the input gets the prefix.
+  auto first = unigram_tokenizer(unigram_json(metaspace("first", true)));
+  ASSERT_NE(first, nullptr);
+  EXPECT_EQ(first->encode("ab<s>ab", false, true), (Ids{6, 14, 5}));
+  EXPECT_EQ(first->encode("<s>ab", false, true), (Ids{14, 5}));
+  // never
+  auto never = unigram_tokenizer(unigram_json(metaspace("never", true)));
+  ASSERT_NE(never, nullptr);
+  EXPECT_EQ(never->encode("abc ab", false, true), (Ids{8, 6}));
+  EXPECT_EQ(never->encode("b\u2581a", false, true), (Ids{4, 2}));
+  EXPECT_EQ(never->encode("xy", false, true), (Ids{0}));
+  // The older form: add_prefix_space false is "never".
+  auto legacy = unigram_tokenizer(unigram_json(R"({"type":"Metaspace","replacement":"▁","add_prefix_space":false})"));
+  ASSERT_NE(legacy, nullptr);
+  EXPECT_EQ(legacy->encode("abc ab", false, true), (Ids{8, 6}));
+  // No pre-tokenizer: spaces stay spaces (unknown here).
+  auto none = unigram_tokenizer(unigram_json("null"));
+  ASSERT_NE(none, nullptr);
+  EXPECT_EQ(none->encode("a b c", false, true), (Ids{3, 0, 4, 0, 7}));
+  EXPECT_EQ(none->encode("ab  c", false, true), (Ids{5, 0, 7}));
+  EXPECT_EQ(none->encode("AbÉ x", false, true), (Ids{0, 4, 0}));
+}
+
+TEST(UnigramTest, ByteFallbackAndNormalizers) {
+  auto fb = unigram_tokenizer(unigram_json(metaspace("always", true), "null", true));
+  ASSERT_NE(fb, nullptr);
+  EXPECT_EQ(fb->encode("☃a", false, true), (Ids{1, 11, 12, 13, 3}));
+  EXPECT_EQ(fb->token_bytes(11), "\xE2");
+  EXPECT_EQ(fb->encode("xy", false, true), (Ids{1, 0}));  // no byte pieces for x, y: <unk>
+  const std::string norm = R"({"type":"Sequence","normalizers":[{"type":"NFKD"},{"type":"StripAccents"},{"type":"Lowercase"},)"
+                           R"({"type":"Replace","pattern":{"String":"x"},"content":"ab"},)"
+                           R"({"type":"Replace","pattern":{"Regex":"\\s+"},"content":" "},)"
+                           R"({"type":"Strip","strip_left":true,"strip_right":true},{"type":"Prepend","prepend":"c"}]})";
+  auto n = unigram_tokenizer(unigram_json(metaspace("always", true), norm));
+  ASSERT_NE(n, nullptr);
+  EXPECT_EQ(n->encode("xy", false, true), (Ids{9, 5, 0}));
+  EXPECT_EQ(n->encode("AbÉ x", false, true), (Ids{9, 5, 0, 6}));
+  EXPECT_EQ(n->encode("ab  c", false, true), (Ids{9, 5, 9}));
+  EXPECT_EQ(n->encode(" ", false, true), (Ids{}));
+  // A Replace that grows the text cannot grow it without bound.
+  std::string grow = R"({"type":"Sequence","normalizers":[)";
+  for (int i = 0; i < 40; ++i) grow += std::string(i ? "," : "") + R"({"type":"Replace","pattern":{"String":"a"},"content":"aa"})";
+  auto g = unigram_tokenizer(unigram_json(metaspace("always", true), grow + "]}"));
+  ASSERT_NE(g, nullptr);
+  EXPECT_LE(g->encode("aaaa", false, true).size(), 8u * 4 + 4096 + 1);
+}
+
+TEST(UnigramTest, HostileTokenizerJsonIsRefused) {
+  const std::string ms = metaspace("always", true);
+  struct Case {
+    std::string json;
+    StatusCode code;
+    const char* says;
+  };
+  const std::vector<Case> cases = {
+      {unigram_json(ms, R"({"type":"Precompiled","precompiled_charsmap":""})"), StatusCode::kInvalidArgument, "Precompiled"},
+      {unigram_json(ms, R"({"type":"Replace","pattern":{"Regex":"a|b"},"content":""})"), StatusCode::kInvalidArgument, "a|b"},
+      {unigram_json(R"({"type":"ByteLevel"})"), StatusCode::kInvalidArgument, "ByteLevel"},
+      {unigram_json(ms, R"({"type":"Replace","pattern":{"String":""},"content":"x"})"), StatusCode::kVerificationFailed, "empty"},
+      {unigram_json(ms, R"({"type":"Replace","pattern":{},"content":"x"})"), StatusCode::kVerificationFailed, "Replace"},
+      {unigram_json(ms, "[1,2]"), StatusCode::kVerificationFailed, "normalizer"},
+      {unigram_json(R"({"type":"Metaspace","replacement":"ab"})"), StatusCode::kVerificationFailed, "one character"},
+      {unigram_json(R"({"type":"Metaspace","prepend_scheme":"sometimes"})"), StatusCode::kVerificationFailed, "prepend_scheme"},
+      {unigram_json(ms, "null", false, R"(,["▁a",-1])"), StatusCode::kVerificationFailed, "repeats"},
+      {unigram_json(ms, "null", false, R"(,["",-1])"), StatusCode::kVerificationFailed, "empty"},
+      {unigram_json(ms, "null", false, R"(,["q",1e999])"), StatusCode::kVerificationFailed, ""},
+      {unigram_json(ms, "null", false, R"(,["q","-1"])"), StatusCode::kVerificationFailed, "[piece, score]"},
+      {unigram_json(ms, "null", false, R"(,["q"])"), StatusCode::kVerificationFailed, "[piece, score]"},
+      {unigram_json(ms, "null", false, R"(,7)"), StatusCode::kVerificationFailed, "[piece, score]"},
+      {R"({"model":{"type":"Unigram","unk_id":5,"vocab":[["a",-1]]}})", StatusCode::kVerificationFailed, "unk_id"},
+      {R"({"model":{"type":"Unigram","unk_id":-1,"vocab":[["a",-1]]}})", StatusCode::kVerificationFailed, "unk_id"},
+      {R"({"model":{"type":"Unigram","vocab":[]}})", StatusCode::kVerificationFailed, "vocab"},
+      {R"({"model":{"type":"Unigram","vocab":{"a":1}}})", StatusCode::kVerificationFailed, "vocab"},
+      {R"({"model":{"type":"Unigram","vocab":[["a",-1]],"byte_fallback":1}})", StatusCode::kVerificationFailed, "byte_fallback"},
+      {R"({"added_tokens":[{"id":0,"content":"b"}],"model":{"type":"Unigram","vocab":[["a",-1]]}})", StatusCode::kVerificationFailed, "differs"},
+      {R"({"added_tokens":[{"id":9,"content":"b"}],"model":{"type":"Unigram","vocab":[["a",-1]]}})", StatusCode::kVerificationFailed, "range"},
+      {R"({"model":{"type":"BPE","vocab":{}}})", StatusCode::kInvalidArgument, "BPE"},
+      {R"({"model":{"type":"Unigram"}})", StatusCode::kVerificationFailed, "vocab"},
+      {"[", StatusCode::kVerificationFailed, "JSON"},
+  };
+  for (const Case& c : cases) {
+    Result<std::unique_ptr<Tokenizer>> t = invalid_argument("unset");
+    auto spec = spec_from_hf_json(c.json);
+    if (spec.is_ok()) t = Tokenizer::from_spec(std::move(*spec));
+    const Status st = spec.is_ok() ? t.status() : spec.status();
+    ASSERT_FALSE(st.is_ok()) << c.json;
+    EXPECT_EQ(st.code(), c.code) << c.json << ": " << st.to_string();
+    EXPECT_NE(st.message().find(c.says), std::string::npos) << st.message();
+  }
+  // Non-finite scores cannot come from JSON; a spec built by hand is checked too.
+  auto spec = spec_from_hf_json(unigram_json(ms));
+  ASSERT_TRUE(spec.is_ok());
+  spec->piece_scores[3] = std::nan("");
+  auto t = Tokenizer::from_spec(*spec);
+  ASSERT_FALSE(t.is_ok());
+  EXPECT_EQ(t.status().code(), StatusCode::kVerificationFailed);
+  spec->piece_scores[3] = -1;
+  spec->piece_scores.pop_back();
+  EXPECT_FALSE(Tokenizer::from_spec(*spec).is_ok());
+  spec->piece_scores.push_back(-1);
+  ASSERT_TRUE(Tokenizer::from_spec(*spec).is_ok());
+  spec->tokens[3] = "\xff";  // JSON cannot carry invalid UTF-8; a hand-made spec can
+  EXPECT_FALSE(Tokenizer::from_spec(*spec).is_ok());
+  // Random damage never crashes, and whatever loads encodes in range.
+  std::mt19937 rng(5);
+  const std::string good = unigram_json(ms, R"({"type":"BertNormalizer","lowercase":true})", true);
+  for (int k = 0; k < 300; ++k) {
+    std::string j = good;
+    for (int f = 0; f < 3; ++f) j[rng() % j.size()] = static_cast<char>(rng());
+    auto sp = spec_from_hf_json(j);
+    if (!sp.is_ok()) continue;
+    auto tok = Tokenizer::from_spec(std::move(*sp));
+    if (!tok.is_ok()) continue;
+    for (std::int32_t id : (*tok)->encode("Ab c\xE2\x98\x83 xyz <s>", true, true)) {
+      EXPECT_GE(id, 0);
+      EXPECT_LT(id, (*tok)->n_vocab());
+    }
+  }
 }
 
 std::string st_file(const std::string& header, std::size_t data_bytes) {

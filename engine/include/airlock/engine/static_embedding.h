@@ -6,9 +6,17 @@
 // the reference model2vec implementations compute it.
 //
 // Supported tokenizers: Hugging Face WordPiece with the BERT normalizer
-// (lower case). Other tokenizer.json models (Unigram, BPE) are refused with
-// kInvalidArgument naming them. Every file is untrusted input: sizes, ids
-// and shapes are checked before use (kVerificationFailed).
+// (lower case), and Unigram with the normalizers and the Metaspace
+// pre-tokenizer unigram_spec_from_hf_json lists. Other tokenizer.json models
+// (BPE, WordLevel), normalizers and pre-tokenizers are refused with
+// kInvalidArgument naming them. Every file is untrusted input: sizes, ids,
+// scores and shapes are checked before use (kVerificationFailed).
+//
+// As the reference implementations do: the text is cut to max_tokens()
+// times the median piece length (in characters) before tokenizing; the
+// unknown token is dropped for WordPiece (which names its unk_token) and
+// kept for Unigram (whose tokenizer.json names none); a token's row is
+// mapping[id] times weights[id].
 //
 // Thread-safety: immutable after load(); embed() may run concurrently.
 #pragma once
@@ -53,5 +61,22 @@ class StaticEmbedding final : public Embedder {
 // form the GGUF converters produce: U+2581 before word-initial pieces, "##"
 // removed). kInvalidArgument for other tokenizer models or normalizers.
 Result<TokenizerSpec> wordpiece_spec_from_hf_json(std::string_view tokenizer_json);
+
+// Builds a Unigram TokenizerSpec (model "unigram") from a Hugging Face
+// tokenizer.json: model.vocab as [piece, score] pairs, unk_id, byte_fallback;
+// the normalizer (null, or BertNormalizer, Replace with a String pattern or
+// the Regex "\s+", Strip, Lowercase, StripAccents, NFC, NFD, NFKC, NFKD,
+// Prepend, and Sequences of them); the pre-tokenizer (null or Metaspace with
+// prepend_scheme always/first/never or the older add_prefix_space, and
+// split). added_tokens must name vocabulary pieces as written; special ones
+// become control tokens. kInvalidArgument names an unsupported model type,
+// normalizer, regular expression or pre-tokenizer; kVerificationFailed for
+// malformed JSON (entries that are not [string, number], an unk_id that is
+// not a piece). Tokenizer::from_spec checks the rest (finite scores, no
+// empty or repeated pieces).
+Result<TokenizerSpec> unigram_spec_from_hf_json(std::string_view tokenizer_json);
+
+// One of the two, by model.type; kInvalidArgument naming any other type.
+Result<TokenizerSpec> spec_from_hf_json(std::string_view tokenizer_json);
 
 }  // namespace airlock::engine

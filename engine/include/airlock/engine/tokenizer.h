@@ -2,7 +2,11 @@
 // bigram merges with byte fallback) and byte-level BPE ("gpt2": rank-driven
 // merges after a pre-tokenizer; GPT-2, Llama-3 and Qwen2 rules), with
 // special tokens and add_bos/add_eos, following llama.cpp's behaviour so the
-// same text gives the same ids.
+// same text gives the same ids. WordPiece ("bert") and Hugging Face's
+// Unigram model ("unigram": a normalizer, the Metaspace pre-tokenizer and a
+// Viterbi segmentation over the pieces' log probabilities, as the Hugging
+// Face tokenizers library does it) are built from a tokenizer.json
+// (static_embedding.h).
 //
 // Errors from the factories: kVerificationFailed for missing or
 // inconsistent metadata (no tokenizer.ggml.model or tokens, arrays of the
@@ -37,6 +41,29 @@ enum class TokenType : std::int32_t {
   kUndefined = 0, kNormal = 1, kUnknown = 2, kControl = 3, kUserDefined = 4, kUnused = 5, kByte = 6,
 };
 
+// One step of a Hugging Face normalizer (tokenizer.json "normalizer"),
+// applied in order to each piece of text between special tokens.
+struct NormalizerStep {
+  enum class Kind {
+    kBert,              // BertNormalizer: clean text, space out CJK, strip accents, lower case (the flags below)
+    kReplace,           // Replace{String pattern}: every occurrence of `pattern` becomes `content`
+    kCollapseSpaces,    // Replace{Regex "\s+"}: every run of white space becomes `content`
+    kStrip,             // Strip: white space at the left and/or right end removed
+    kLowercase,         // Lowercase (per character, full mapping)
+    kStripAccents,      // StripAccents: nonspacing marks removed (no decomposition of its own)
+    kNfc, kNfd, kNfkc, kNfkd,
+    kPrepend,           // Prepend: `content` in front of non-empty text
+  };
+  Kind kind = Kind::kLowercase;
+  bool clean_text = true, handle_chinese_chars = true, strip_accents = true, lowercase = true;  // kBert
+  bool strip_left = true, strip_right = true;                                                // kStrip
+  std::string pattern;  // kReplace
+  std::string content;  // kReplace, kCollapseSpaces, kPrepend
+};
+
+// When the Metaspace pre-tokenizer puts its replacement character in front.
+enum class PrependScheme { kAlways, kFirst, kNever };
+
 // Everything a tokenizer is built from, whatever the source (GGUF metadata,
 // or a Hugging Face tokenizer.json in tests).
 struct TokenizerSpec {
@@ -50,7 +77,19 @@ struct TokenizerSpec {
   bool add_bos = false, add_eos = false;
   bool add_space_prefix = true;      // SentencePiece only
   std::size_t max_word_chars = 0;    // WordPiece: longer words are [UNK] (Hugging Face: 100; 0: no limit, as llama.cpp)
+
+  // Unigram only. unk may be -1: unknown characters are then dropped (the
+  // Hugging Face library fails the whole encoding instead).
+  std::vector<double> piece_scores;          // log probability of each token, full precision
+  std::vector<NormalizerStep> normalizer;
+  bool metaspace = true;                     // the Metaspace pre-tokenizer (false: none)
+  std::string metaspace_replacement = "\xE2\x96\x81";  // one character, in place of ' '
+  PrependScheme prepend_scheme = PrependScheme::kAlways;  // kFirst: only before text that starts the input
+  bool metaspace_split = true;               // words split before each replacement character
+  bool byte_fallback = false;                // a piece-less character becomes its <0xNN> tokens when all exist
 };
+
+class UnigramModel;
 
 class Tokenizer {
  public:
@@ -58,8 +97,11 @@ class Tokenizer {
   // bos/eos/unknown/eot_token_id, add_bos_token, add_eos_token,
   // add_space_prefix}. A negative or 0xFFFFFFFF id means "none".
   static Result<std::unique_ptr<Tokenizer>> from_gguf(const GgufFile& file);
-  // The same checks on a spec built by other means (tests build one from a
-  // Hugging Face tokenizer.json).
+  // The same checks on a spec built by other means (a Hugging Face
+  // tokenizer.json, static_embedding.h). A "unigram" spec must also have one
+  // finite score per token, no empty or repeated piece, a Metaspace
+  // replacement of exactly one character and Replace patterns that are not
+  // empty (kVerificationFailed otherwise).
   static Result<std::unique_ptr<Tokenizer>> from_spec(TokenizerSpec spec);
 
   // add_special: BOS/EOS as the metadata says. parse_special: control tokens
@@ -77,7 +119,8 @@ class Tokenizer {
   bool add_eos() const { return spec_.add_eos; }
   // True when SentencePiece decoding should drop the space it added in front.
   bool strips_leading_space() const {
-    return (spec_.model == "llama" && spec_.add_space_prefix) || spec_.model == "bert";
+    return (spec_.model == "llama" && spec_.add_space_prefix) || spec_.model == "bert" ||
+           (spec_.model == "unigram" && spec_.metaspace && spec_.prepend_scheme != PrependScheme::kNever);
   }
   bool is_end_of_generation(std::int32_t id) const;
   std::int32_t token_id(std::string_view text) const;  // -1 when absent
@@ -96,6 +139,7 @@ class Tokenizer {
   std::int32_t byte_tokens_[256];
   bool ignore_merges_ = false;
   std::size_t max_token_bytes_ = 0;
+  std::shared_ptr<const UnigramModel> unigram_;  // "unigram" only (unigram.h)
 };
 
 // Turns generated tokens into text that never splits a UTF-8 character:

@@ -1,0 +1,68 @@
+// Hugging Face's Unigram tokenizer model (tokenizer.json "model": {"type":
+// "Unigram"}) with the normalizer and the Metaspace pre-tokenizer in front of
+// it, as the Hugging Face tokenizers library runs them:
+//
+//   text -> normalizer steps -> ' ' becomes the replacement character (U+2581),
+//   one put in front -> words split before each replacement character ->
+//   each word segmented by Viterbi: the pieces whose scores (log
+//   probabilities) add up to the most, ties to the path found first (shorter
+//   pieces, earlier starts). A character that no single-character piece
+//   covers may also be "unknown" at min(score) - 10; consecutive unknown
+//   characters become one token: the piece they spell if there is one, else
+//   their <0xNN> byte pieces (byte_fallback), else the unk piece.
+//
+// Internal to the engine: Tokenizer (tokenizer.h) owns one for "unigram"
+// specs. Immutable after build(); encode() may run concurrently.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "airlock/common/status.h"
+#include "airlock/engine/tokenizer.h"
+
+namespace airlock::engine {
+
+class UnigramModel {
+ public:
+  // Checks the Unigram fields of `spec` (see Tokenizer::from_spec) and builds
+  // the piece trie. kVerificationFailed for a spec that breaks them.
+  static Result<std::shared_ptr<const UnigramModel>> build(const TokenizerSpec& spec);
+
+  // Appends the ids of `text`, one piece of input between special tokens;
+  // at_start says whether it begins the input (PrependScheme::kFirst).
+  // Invalid UTF-8 reads as U+FFFD. The normalized text is capped at
+  // 8 * |text| + 4096 characters, so no normalizer can blow it up.
+  void encode(std::string_view text, bool at_start, std::vector<std::int32_t>* out) const;
+
+  // The normalizer alone, as UTF-8.
+  std::string normalize(std::string_view text) const;
+
+ private:
+  UnigramModel() = default;
+  std::u32string normalize32(std::string_view text) const;
+  std::int32_t child(std::int32_t node, unsigned char byte) const;
+  std::int32_t find(std::string_view piece) const;  // the id of exactly `piece`, or -1
+  void segment(std::string_view word, std::vector<std::int32_t>* out) const;
+
+  // Piece trie over bytes: node 0 is the root; edges sorted by key.
+  std::vector<std::uint64_t> edge_key_;    // (parent node << 8) | byte
+  std::vector<std::int32_t> edge_child_;   // same order as edge_key_
+  std::vector<std::int32_t> node_piece_;   // the piece ending at each node, or -1
+  std::vector<double> scores_;             // per piece
+  double unk_score_ = 0;
+  std::int32_t unk_ = -1;
+  bool byte_fallback_ = false;
+  std::int32_t byte_ids_[256] = {};        // <0xNN> piece ids, -1 when absent
+  std::vector<NormalizerStep> normalizer_;
+  std::vector<std::u32string> patterns_, contents_;  // per normalizer step, as code points
+  bool metaspace_ = true;
+  char32_t replacement_ = 0x2581;
+  PrependScheme prepend_ = PrependScheme::kAlways;
+  bool split_ = true;
+};
+
+}  // namespace airlock::engine
