@@ -213,9 +213,11 @@ std::optional<ApiError> parse_rag_query(std::string_view body, const std::string
   if (!j.is_object()) return invalid("", "the request body must be a JSON object");
   static const char* kKnown[] = {"collection", "collections", "question", "top_k", "mode", "generate", "stream",
                                  "stream_options", "max_tokens", "temperature", "seed", "model", "user"};
-  for (const auto& [k, v] : j.items())
+  for (auto it = j.begin(); it != j.end(); ++it) {
+    const std::string& k = it.key();
     if (std::find_if(std::begin(kKnown), std::end(kKnown), [&](const char* n) { return k == n; }) == std::end(kKnown))
       return invalid(k, "unknown field '" + k + "'");
+  }
   if (!j.contains("question") || !j["question"].is_string() || j["question"].get_ref<const std::string&>().empty())
     return invalid("question", "question must be a non-empty string");
   if (j["question"].get_ref<const std::string&>().size() > 16384) return invalid("question", "question is longer than 16 KiB");
