@@ -18,6 +18,7 @@
 
 #include "args.h"
 #include "progress.h"
+#include "terminal.h"
 
 namespace airlock::bundler {
 namespace {
@@ -182,7 +183,7 @@ int ingest(Daemon& d, const Args& args) {
   if (!files.is_ok()) return fail(files.status());
   if (files->empty()) return usage("no files to ingest");
   if (args.has("create")) {
-    Result<json> c = d.call("POST", "/v1/rag/collections", json{{"name", *collection}}.dump());
+    Result<json> c = d.call("POST", "/v1/rag/collections", json{{"name", *collection}}.dump(-1, ' ', false, json::error_handler_t::replace));
     if (!c.is_ok() && c.status().message().find("exists") == std::string::npos) return fail(c.status());
   }
   const bool quiet = args.has("quiet");
@@ -212,7 +213,7 @@ int ingest(Daemon& d, const Args& args) {
       ++refused;
       errors.push_back(r.status().message());
     } else {
-      const std::string st = (*r)["status"];
+      const std::string st = r->value("status", "");
       added += st == "added";
       replaced += st == "replaced";
       unchanged += st == "unchanged";
@@ -222,7 +223,7 @@ int ingest(Daemon& d, const Args& args) {
     progress.update(done, total);
   }
   progress.finish();
-  for (const std::string& e : errors) std::fprintf(stderr, "airlock: refused: %s\n", e.c_str());
+  for (const std::string& e : errors) std::fprintf(stderr, "airlock: refused: %s\n", shown(e).c_str());
   std::printf("%zu files: %d added, %d replaced, %d unchanged, %d duplicates, %d refused\n", files->size(), added,
               replaced, unchanged, duplicate, refused);
   return refused > 0 ? 1 : 0;
@@ -241,25 +242,33 @@ int query(Daemon& d, const Args& args) {
   }
   if (auto m = args.get("mode")) body["mode"] = *m;
   if (args.has("no-generate")) body["generate"] = false;
-  Result<json> r = d.call("POST", "/v1/rag/query", body.dump());
+  Result<json> r = d.call("POST", "/v1/rag/query", body.dump(-1, ' ', false, json::error_handler_t::replace));
   if (!r.is_ok()) return fail(r.status());
   if (args.has("json")) {
     std::cout << r->dump(2, ' ', false, json::error_handler_t::replace) << "\n";
     return (*r)["handoff"] == true ? 1 : 0;
   }
-  if (!(*r)["answer"].is_null()) std::printf("%s\n\n", (*r)["answer"].get<std::string>().c_str());
-  if ((*r)["handoff"] == true)
-    std::printf("(handed off: %s)\n", (*r)["handoff_reason"].get<std::string>() == "no_evidence"
-                                          ? "the documents do not support an answer"
-                                          : "the answer cited no source");
-  const json& list = (*r)["citations"].empty() ? (*r)["sources"] : (*r)["citations"];
-  std::printf("%s:\n", (*r)["citations"].empty() ? "sources" : "citations");
-  for (const json& s : list)
-    std::printf("  [%d] %s/%s (chunk %lld, score %.4f)\n      %s\n", s["n"].get<int>(),
-                s["collection"].get<std::string>().c_str(), s["document"].get<std::string>().c_str(),
-                static_cast<long long>(s["position"].get<std::int64_t>()), s["score"].get<double>(),
-                s["snippet"].get<std::string>().substr(0, 160).c_str());
-  return (*r)["handoff"] == true ? 1 : 0;
+  // What the server sent, printed defensively: fields may be missing and
+  // text may hold terminal escapes.
+  const json& a = *r;
+  auto text = [](const json& j, const char* key) {
+    return j.contains(key) && j[key].is_string() ? shown(j[key].get<std::string>()) : std::string();
+  };
+  if (a.contains("answer") && a["answer"].is_string()) std::printf("%s\n\n", text(a, "answer").c_str());
+  const bool handoff = a.value("handoff", false);
+  if (handoff)
+    std::printf("(handed off: %s)\n", text(a, "handoff_reason") == "no_evidence" ? "the documents do not support an answer"
+                                                                              : "the answer cited no source");
+  const bool cited = a.contains("citations") && a["citations"].is_array() && !a["citations"].empty();
+  const json list = cited ? a["citations"] : a.value("sources", json::array());
+  std::printf("%s:\n", cited ? "citations" : "sources");
+  for (const json& s : list) {
+    if (!s.is_object()) continue;
+    std::printf("  [%d] %s/%s (chunk %lld, score %.4f)\n      %s\n", s.value("n", 0), text(s, "collection").c_str(),
+                text(s, "document").c_str(), static_cast<long long>(s.value("position", std::int64_t{0})),
+                s.value("score", 0.0), text(s, "snippet").substr(0, 160).c_str());
+  }
+  return handoff ? 1 : 0;
 }
 
 }  // namespace
@@ -290,7 +299,7 @@ int run_rag_command(const std::vector<std::string>& argv) {
     if (args->positional().size() != 1) return usage("usage: airlock rag create NAME [--reader key:K|group:G|*]...");
     json body = {{"name", args->positional()[0]}, {"readers", args->all("reader")}};
     if (auto desc = args->get("description")) body["description"] = *desc;
-    return print(d->call("POST", "/v1/rag/collections", body.dump()));
+    return print(d->call("POST", "/v1/rag/collections", body.dump(-1, ' ', false, json::error_handler_t::replace)));
   }
   if (sub == "delete-collection") {
     if (args->positional().size() != 1) return usage("usage: airlock rag delete-collection NAME");

@@ -211,7 +211,7 @@ int main(int argc, char** argv) {
                                                                      .count()));
         log().info("SIGHUP: reloading keys and re-checking the bundle store");
         if (Status s = reload_keys(); !s.is_ok()) log().error("keys not reloaded: {}", s.to_string());
-        Result<std::shared_ptr<LoadedModel>> next = load_model(config);
+        Result<std::shared_ptr<LoadedModel>> next = load_model(config, server.model());
         if (next.is_ok()) {
           server.set_model(*next);
           log().info("now serving {} version {}", (*next)->id, (*next)->version);

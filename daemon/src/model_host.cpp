@@ -20,7 +20,8 @@ constexpr const char* kFallbackTemplate =
 
 // Opens the RAG store for the bundle's embedding model. RAG problems never
 // stop the daemon: chat keeps working and the RAG routes say why they are off.
-void open_rag(const Config& config, const verifier::ManifestFile* embedding, LoadedModel& m) {
+void open_rag(const Config& config, const verifier::ManifestFile* embedding, LoadedModel& m,
+              const LoadedModel* previous) {
   if (!config.rag.enabled) {
     m.rag_off_reason = "RAG is disabled in the configuration ([rag] enabled = false)";
     return;
@@ -31,6 +32,14 @@ void open_rag(const Config& config, const verifier::ManifestFile* embedding, Loa
   }
   auto adapter = std::make_unique<RagEmbedder>(*m.embedder, "sha256:" + verifier::to_hex(embedding->sha256));
   const std::string path = config.rag.database.empty() ? config.state + "/rag.db" : config.rag.database;
+  if (previous != nullptr && previous->rag_store && previous->rag_embedder &&
+      previous->rag_embedder->model_id() == adapter->model_id() && previous->rag_path == path) {
+    m.rag_embedder = std::move(adapter);
+    m.rag_store = previous->rag_store;
+    m.rag_path = path;
+    airlock::log().info("RAG store {}: kept across the reload (same embedding model)", path);
+    return;
+  }
   rag::StoreOptions o;
   o.ann_threshold = config.rag.ann_threshold;
   Result<std::unique_ptr<rag::Store>> store = rag::Store::open(path, adapter->model_id(), adapter->dim(), o);
@@ -41,6 +50,7 @@ void open_rag(const Config& config, const verifier::ManifestFile* embedding, Loa
   }
   m.rag_embedder = std::move(adapter);
   m.rag_store = std::move(*store);
+  m.rag_path = path;
   airlock::log().info("RAG store {}: embedding model {} ({} dimensions)", path, m.rag_embedder->model_id(),
                       m.rag_embedder->dim());
 }
@@ -51,7 +61,7 @@ LoadedModel::~LoadedModel() {
   scheduler.reset();  // stops the scheduler thread before the model goes
 }
 
-Result<std::shared_ptr<LoadedModel>> load_model(const Config& config) {
+Result<std::shared_ptr<LoadedModel>> load_model(const Config& config, std::shared_ptr<const LoadedModel> previous) {
   using namespace airlock::verifier;
   AIRLOCK_ASSIGN_OR_RETURN(TrustStore trust, TrustStore::load(config.trusted));
   AIRLOCK_ASSIGN_OR_RETURN(BundleStore store, BundleStore::open(config.store, BundleStore::Access::kReadOnly));
@@ -112,7 +122,7 @@ Result<std::shared_ptr<LoadedModel>> load_model(const Config& config) {
                           m->embedder->dim(), m->embedder->max_tokens());
     }
   }
-  open_rag(config, embedding, *m);
+  open_rag(config, embedding, *m, previous.get());
 
   const engine::ModelParams& p = m->model->params();
   const std::uint64_t per_block = m->model->kv_bytes_per_block();

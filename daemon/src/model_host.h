@@ -50,12 +50,17 @@ struct LoadedModel {
   std::unique_ptr<engine::Embedder> embedder;
   // RAG over it (config [rag]): the adapter and the store, or why RAG is off.
   std::unique_ptr<rag::Embedder> rag_embedder;
-  std::unique_ptr<rag::Store> rag_store;
+  std::shared_ptr<rag::Store> rag_store;  // kept across reloads while the embedding model stays the same
+  std::string rag_path;
   std::string rag_off_reason;
 
   ~LoadedModel();
 };
 
-Result<std::shared_ptr<LoadedModel>> load_model(const Config& config);
+// `previous` (a reload): its RAG store is reused when the embedding model and
+// the database path are unchanged, so writes in flight on the old model and
+// searches on the new one share one in-memory index.
+Result<std::shared_ptr<LoadedModel>> load_model(const Config& config,
+                                                std::shared_ptr<const LoadedModel> previous = nullptr);
 
 }  // namespace airlock::daemon

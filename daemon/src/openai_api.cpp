@@ -195,6 +195,9 @@ std::optional<ApiError> parse_request(std::string_view body, Endpoint endpoint, 
       g.mode = a["mode"].get<std::string>();
     }
     if (r.n != 1) return invalid("n", "grounded answers (airlock) take n = 1");
+    // Log probabilities would carry the tokens of an answer that is withheld
+    // for citing nothing (and stream them before the hold-back releases).
+    if (r.logprobs) return invalid("logprobs", "grounded answers (airlock) do not return logprobs");
     bool has_user = false;
     for (const ojson& m : r.messages) has_user = has_user || m["role"] == "user";
     if (!has_user) return invalid("messages", "a grounded answer needs a user message (the question)");

@@ -553,7 +553,9 @@ struct Server::Impl {
       e.completion_tokens = g->completion_tokens();
       e.latency_s = seconds(Clock::now() - g->start);
       if (config.audit_text) {
-        e.prompt_text = g->request.endpoint == Endpoint::kChat ? g->request.messages.dump() : g->request.prompt;
+        e.prompt_text = g->request.endpoint == Endpoint::kChat
+                            ? g->request.messages.dump(-1, ' ', false, ojson::error_handler_t::replace)
+                            : g->request.prompt;
         for (const Choice& c : g->choices) e.completion_text += c.text;
       }
     }
@@ -804,9 +806,10 @@ void Server::Impl::completions(const httplib::Request& req, httplib::Response& r
               if (g->grounded && !g->grounded->released) {
                 // Nothing of a grounded answer is shown until it cites a source.
                 Grounded& gr = *g->grounded;
+                const bool may_cite = text.find(']') != std::string::npos;  // a citation completes with ']'
                 gr.pending += text;
                 text.clear();
-                if (!rag::cited_sources(c.text, gr.sources.size()).empty()) {
+                if (may_cite && !rag::cited_sources(c.text, gr.sources.size()).empty()) {
                   gr.released = true;
                   text.swap(gr.pending);
                 }

@@ -26,6 +26,7 @@ Result<IngestResult> ingest_document(Store& store, const Embedder& embedder, con
   if (embedder.dim() != store.dim())
     return invalid_argument("the embedding model gives " + std::to_string(embedder.dim()) +
                             " dimensions, the store holds " + std::to_string(store.dim()));
+  AIRLOCK_RETURN_IF_ERROR(check_source_name(source));
   AIRLOCK_RETURN_IF_ERROR(store.check_writable(collection, who));
   IngestResult result;
   DocumentRecord doc;

@@ -36,7 +36,7 @@ constexpr int kRrfK = 60;  // reciprocal-rank fusion constant (Cormack et al.)
 constexpr const char* kSchema =
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);"
     "CREATE TABLE IF NOT EXISTS collections ("
-    " id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, owner TEXT NOT NULL,"
+    " id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL UNIQUE, owner TEXT NOT NULL,"
     " description TEXT NOT NULL DEFAULT '', created_at INTEGER NOT NULL);"
     "CREATE TABLE IF NOT EXISTS collection_readers ("
     " collection_id INTEGER NOT NULL REFERENCES collections(id) ON DELETE CASCADE,"
@@ -69,6 +69,26 @@ bool valid_collection_name(const std::string& n) {
   });
 }
 
+// UTF-8 without C0/C1 controls (names end up in prompts, JSON and terminals).
+bool printable_utf8(std::string_view s, bool allow_newlines = false) {
+  const auto* p = reinterpret_cast<const unsigned char*>(s.data());
+  for (std::size_t i = 0; i < s.size();) {
+    const unsigned char c = p[i];
+    const std::size_t len = c < 0x80 ? 1 : (c & 0xe0) == 0xc0 ? 2 : (c & 0xf0) == 0xe0 ? 3 : (c & 0xf8) == 0xf0 ? 4 : 0;
+    if (len == 0 || i + len > s.size()) return false;
+    char32_t cp = len == 1 ? c : len == 2 ? (c & 0x1f) : len == 3 ? (c & 0x0f) : (c & 0x07);
+    for (std::size_t k = 1; k < len; ++k) {
+      if ((p[i + k] & 0xc0) != 0x80) return false;
+      cp = (cp << 6) | (p[i + k] & 0x3f);
+    }
+    static constexpr char32_t kMin[] = {0, 0, 0x80, 0x800, 0x10000};
+    if (cp < kMin[len] || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff)) return false;
+    if ((cp < 0x20 && !(allow_newlines && (cp == '\n' || cp == '\t'))) || (cp >= 0x7f && cp <= 0x9f)) return false;
+    i += len;
+  }
+  return true;
+}
+
 bool valid_reader(const std::string& r) {
   if (r == "*") return true;
   auto name_ok = [](std::string_view n) {
@@ -98,11 +118,31 @@ const std::set<std::string>& stop_words() {
 }
 
 // Lower-cased words: runs of ASCII letters and digits, or of non-ASCII bytes.
+// Punctuation outside ASCII that separates words as ASCII punctuation does:
+// curly quotes, dashes, ellipsis, inverted marks, no-break space.
+std::size_t unicode_separator(std::string_view t, std::size_t i) {
+  static constexpr std::string_view kSeparators[] = {
+      "\u2018", "\u2019", "\u201a", "\u201b", "\u201c", "\u201d", "\u201e", "\u201f", "\u2013",
+      "\u2014", "\u2026", "\u00a1", "\u00bf", "\u00a0", "\u00ab", "\u00bb", "\u2032", "\u2033"};
+  for (std::string_view sep : kSeparators)
+    if (t.compare(i, sep.size(), sep) == 0) return sep.size();
+  return 0;
+}
+
 std::vector<std::string> words_of(std::string_view text) {
   std::vector<std::string> out;
   std::string cur;
-  for (char ch : text) {
+  for (std::size_t i = 0; i < text.size(); ++i) {
+    const char ch = text[i];
     const unsigned char c = static_cast<unsigned char>(ch);
+    if (c >= 0x80) {
+      if (const std::size_t n = unicode_separator(text, i); n > 0) {
+        if (!cur.empty()) out.push_back(std::move(cur));
+        cur.clear();
+        i += n - 1;
+        continue;
+      }
+    }
     if ((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c >= 0x80) {
       cur += ch;
     } else if (c >= 'A' && c <= 'Z') {
@@ -175,6 +215,13 @@ bool may_write(const CollectionInfo& c, const Principal& who) {
 
 }  // namespace
 
+Status check_source_name(std::string_view source) {
+  if (source.empty() || source.size() > kMaxSourceBytes)
+    return invalid_argument("document source name must be 1 to 1024 bytes");
+  if (!printable_utf8(source)) return invalid_argument("document source name must be UTF-8 text without control characters");
+  return Status();
+}
+
 std::vector<std::string> content_terms(std::string_view text) {
   std::vector<std::string> out;
   for (std::string& w : words_of(text)) {
@@ -187,7 +234,8 @@ std::vector<std::string> content_terms(std::string_view text) {
 }
 
 struct Store::Impl {
-  sqlite3* db = nullptr;
+  sqlite3* db = nullptr;   // writes (and the checks), serialised by write_mu
+  sqlite3* rdb = nullptr;  // searches: a read-only connection, so they never see a write in progress
   int dim = 0;
   AnnOptions ann;
   mutable std::mutex write_mu;            // one writer at a time (and SQLite transactions never interleave)
@@ -195,22 +243,24 @@ struct Store::Impl {
   std::unordered_map<std::int64_t, std::unique_ptr<VectorIndex>> indexes;  // by collection id
 
   ~Impl() {
+    if (rdb != nullptr) sqlite3_close(rdb);
     if (db != nullptr) sqlite3_close(db);
   }
 
   // Every collection with its readers; with_counts adds document and chunk
   // counts (index lookups, but not needed on the search path).
-  Result<std::vector<CollectionRow>> collections(bool with_counts = true) const {
+  Result<std::vector<CollectionRow>> collections(bool with_counts = true, sqlite3* conn = nullptr) const {
+    if (conn == nullptr) conn = db;
     std::vector<CollectionRow> out;
     std::map<std::int64_t, std::size_t> at;
     {
-      Stmt st(db, with_counts ? "SELECT c.id, c.name, c.owner, c.description, c.created_at,"
+      Stmt st(conn, with_counts ? "SELECT c.id, c.name, c.owner, c.description, c.created_at,"
                                 " (SELECT count(*) FROM documents d WHERE d.collection_id = c.id),"
                                 " (SELECT count(*) FROM chunks k WHERE k.collection_id = c.id)"
                                 " FROM collections c ORDER BY c.name"
                               : "SELECT c.id, c.name, c.owner, c.description, c.created_at, 0, 0"
                                 " FROM collections c ORDER BY c.name");
-      if (!st.ok()) return sql::error(db, "list collections");
+      if (!st.ok()) return sql::error(conn, "list collections");
       int rc;
       while ((rc = st.step()) == SQLITE_ROW) {
         CollectionRow r;
@@ -224,16 +274,16 @@ struct Store::Impl {
         at[r.id] = out.size();
         out.push_back(std::move(r));
       }
-      if (rc != SQLITE_DONE) return sql::error(db, "list collections");
+      if (rc != SQLITE_DONE) return sql::error(conn, "list collections");
     }
-    Stmt st(db, "SELECT collection_id, principal FROM collection_readers ORDER BY principal");
-    if (!st.ok()) return sql::error(db, "list readers");
+    Stmt st(conn, "SELECT collection_id, principal FROM collection_readers ORDER BY principal");
+    if (!st.ok()) return sql::error(conn, "list readers");
     int rc;
     while ((rc = st.step()) == SQLITE_ROW) {
       auto it = at.find(st.i64(0));
       if (it != at.end()) out[it->second].info.readers.push_back(st.text(1));
     }
-    if (rc != SQLITE_DONE) return sql::error(db, "list readers");
+    if (rc != SQLITE_DONE) return sql::error(conn, "list readers");
     return out;
   }
 
@@ -268,7 +318,12 @@ struct Store::Impl {
   template <typename F>
   Status transaction(F&& body) {
     AIRLOCK_RETURN_IF_ERROR(sql::exec(db, "BEGIN IMMEDIATE", "begin"));
-    Status s = body();
+    Status s;
+    try {
+      s = body();
+    } catch (const std::exception& e) {  // bad_alloc, say: never leave the transaction open
+      s = internal_error(std::string("RAG store write failed: ") + e.what());
+    }
     if (s.is_ok()) s = sql::exec(db, "COMMIT", "commit");
     if (!s.is_ok()) sql::exec(db, "ROLLBACK", "rollback").ignore();
     return s;
@@ -348,6 +403,10 @@ Result<std::unique_ptr<Store>> Store::open(const std::string& path, const std::s
   });
   AIRLOCK_RETURN_IF_ERROR(schema);
   AIRLOCK_RETURN_IF_ERROR(impl->load_vectors());
+  if (sqlite3_open_v2(path.c_str(), &impl->rdb, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOFOLLOW | SQLITE_OPEN_FULLMUTEX,
+                      nullptr) != SQLITE_OK)
+    return sql::error(impl->rdb, "open " + path + " for reading");
+  sqlite3_busy_timeout(impl->rdb, 10000);
   return std::unique_ptr<Store>(new Store(std::move(impl)));
 }
 
@@ -358,8 +417,11 @@ Result<CollectionInfo> Store::create_collection(const std::string& name, const P
     return invalid_argument("collection name must be 1-64 characters of [A-Za-z0-9._-], not starting with '.'");
   if (creator.key.empty()) return invalid_argument("a collection needs an owner (the caller's key)");
   if (readers.size() > kMaxReaders) return invalid_argument("at most 256 readers");
-  for (const std::string& r : readers)
+  for (const std::string& r : readers) {
     if (!valid_reader(r)) return invalid_argument("reader '" + r + "' is not key:NAME, group:NAME or *");
+    // Every key's default searches would include such a collection.
+    if (r == "*" && !creator.admin) return permission_denied("only an admin may make a collection readable by every key (*)");
+  }
   if (description.size() > 4096) return invalid_argument("description is longer than 4096 bytes");
   Impl& s = *impl_;
   std::lock_guard<std::mutex> lock(s.write_mu);
@@ -417,8 +479,8 @@ Status Store::delete_collection(const std::string& name, const Principal& who) {
 }
 
 Result<PutResult> Store::put_document(const std::string& collection, const DocumentRecord& doc, const Principal& who) {
-  if (doc.source.empty() || doc.source.size() > kMaxSourceBytes)
-    return invalid_argument("document source name must be 1 to 1024 bytes");
+  AIRLOCK_RETURN_IF_ERROR(check_source_name(doc.source));
+  if (!printable_utf8(doc.title, /*allow_newlines=*/false)) return invalid_argument("document title must be UTF-8 text");
   if (doc.content_hash.size() != 64) return invalid_argument("content_hash must be 64 hex digits (SHA-256)");
   if (doc.chunks.empty()) return invalid_argument("a document needs at least one chunk");
   if (doc.chunks.size() > kMaxChunksPerDocument) return invalid_argument("too many chunks in one document");
@@ -504,12 +566,19 @@ Result<PutResult> Store::put_document(const std::string& collection, const Docum
   if (!st.is_ok()) return st;
   if (added.empty() && removed.empty()) return result;
   // Committed: bring the vector index along.
-  std::unique_lock<std::shared_mutex> ilock(s.index_mu);
-  std::unique_ptr<VectorIndex>& index = s.indexes[c.id];
-  if (!index) index = std::make_unique<VectorIndex>(s.dim, s.ann);
-  for (std::int64_t id : removed) index->remove(id);
-  for (std::size_t i = 0; i < added.size(); ++i) index->add(added[i], doc.chunks[i].embedding.data()).ignore();
-  index->maybe_build();
+  {
+    std::unique_lock<std::shared_mutex> ilock(s.index_mu);
+    std::unique_ptr<VectorIndex>& index = s.indexes[c.id];
+    if (!index) index = std::make_unique<VectorIndex>(s.dim, s.ann);
+  }
+  // The map is only read from here (write_mu keeps this collection's entry
+  // alive): searches in other collections, and between single inserts in
+  // this one, go on meanwhile.
+  std::shared_lock<std::shared_mutex> ilock(s.index_mu);
+  VectorIndex& index = *s.indexes.at(c.id);
+  for (std::int64_t id : removed) index.remove(id);
+  for (std::size_t i = 0; i < added.size(); ++i) index.add(added[i], doc.chunks[i].embedding.data()).ignore();
+  index.maybe_build();
   return result;
 }
 
@@ -584,7 +653,7 @@ Status Store::delete_document(const std::string& collection, const std::string& 
     return Status();
   });
   AIRLOCK_RETURN_IF_ERROR(st);
-  std::unique_lock<std::shared_mutex> ilock(s.index_mu);
+  std::shared_lock<std::shared_mutex> ilock(s.index_mu);
   auto it = s.indexes.find(c.id);
   if (it != s.indexes.end()) {
     for (std::int64_t id : removed) it->second->remove(id);
@@ -621,7 +690,7 @@ Result<std::vector<SearchHit>> Store::search(const SearchRequest& req, const Pri
                             " dimensions, the store " + std::to_string(s.dim));
 
   // The collections this caller may read, narrowed to the ones asked for.
-  AIRLOCK_ASSIGN_OR_RETURN(std::vector<CollectionRow> all, s.collections(/*with_counts=*/false));
+  AIRLOCK_ASSIGN_OR_RETURN(std::vector<CollectionRow> all, s.collections(/*with_counts=*/false, s.rdb));
   std::map<std::int64_t, std::string> allowed;
   if (req.collections.empty()) {
     for (const CollectionRow& r : all)
@@ -642,12 +711,12 @@ Result<std::vector<SearchHit>> Store::search(const SearchRequest& req, const Pri
       std::string in;
       for (const auto& [id, name] : allowed) in += (in.empty() ? "" : ",") + std::to_string(id);
       // The collection filter is part of the ranked query, not applied after it.
-      Stmt st(s.db,
+      Stmt st(s.rdb,
               "SELECT chunks_fts.rowid, bm25(chunks_fts) AS score FROM chunks_fts"
               " JOIN chunks ON chunks.id = chunks_fts.rowid"
               " WHERE chunks_fts MATCH ? AND chunks.collection_id IN (" + in + ")"
               " ORDER BY score, chunks_fts.rowid LIMIT ?");
-      if (!st.ok()) return sql::error(s.db, "BM25 search");
+      if (!st.ok()) return sql::error(s.rdb, "BM25 search");
       st.bind(1, match).bind(2, static_cast<std::int64_t>(candidates));
       int rc, rank = 0;
       while ((rc = st.step()) == SQLITE_ROW) {
@@ -656,7 +725,7 @@ Result<std::vector<SearchHit>> Store::search(const SearchRequest& req, const Pri
         h.bm25_rank = ++rank;
         h.bm25 = st.f64(1);
       }
-      if (rc != SQLITE_DONE) return sql::error(s.db, "BM25 search");
+      if (rc != SQLITE_DONE) return sql::error(s.rdb, "BM25 search");
     }
   }
   if (use_vectors) {
@@ -694,14 +763,19 @@ Result<std::vector<SearchHit>> Store::search(const SearchRequest& req, const Pri
   if (ranked.size() > static_cast<std::size_t>(req.top_k)) ranked.resize(static_cast<std::size_t>(req.top_k));
 
   // Fill in the text and provenance of the winners.
-  Stmt st(s.db,
+  Stmt st(s.rdb,
           "SELECT k.document_id, k.position, k.begin_byte, k.end_byte, k.text, k.embedding, d.source, d.title,"
           " k.collection_id FROM chunks k JOIN documents d ON d.id = k.document_id WHERE k.id = ?");
-  if (!st.ok()) return sql::error(s.db, "read chunk");
+  if (!st.ok()) return sql::error(s.rdb, "read chunk");
+  std::vector<SearchHit> kept;
   for (SearchHit& h : ranked) {
     st.reset();
     st.bind(1, h.chunk_id);
-    if (st.step() != SQLITE_ROW) return sql::error(s.db, "read chunk " + std::to_string(h.chunk_id));
+    const int rc = st.step();
+    // A vector of a chunk deleted since the index was read, or a chunk of a
+    // collection that changed hands meanwhile: not a result.
+    if (rc == SQLITE_DONE || (rc == SQLITE_ROW && !allowed.count(st.i64(8)))) continue;
+    if (rc != SQLITE_ROW) return sql::error(s.rdb, "read chunk " + std::to_string(h.chunk_id));
     h.document_id = st.i64(0);
     h.position = st.i64(1);
     h.begin = st.i64(2);
@@ -709,7 +783,7 @@ Result<std::vector<SearchHit>> Store::search(const SearchRequest& req, const Pri
     h.text = st.text(4);
     h.source = st.text(6);
     h.title = st.text(7);
-    h.collection = allowed[st.i64(8)];
+    h.collection = allowed.at(st.i64(8));
     if (use_vectors && !h.similarity) {
       std::string_view b = st.blob(5);
       if (b.size() == req.query_vector.size() * sizeof(float)) {
@@ -722,7 +796,9 @@ Result<std::vector<SearchHit>> Store::search(const SearchRequest& req, const Pri
         h.similarity = dot;
       }
     }
+    kept.push_back(std::move(h));
   }
+  ranked.swap(kept);
   // Term coverage: for each content word of the question, which hits the
   // FTS5 index (Porter-stemmed, as BM25 sees them) says contain it.
   const std::vector<std::string> words = query_words(req.query);
@@ -734,14 +810,14 @@ Result<std::vector<SearchHit>> Store::search(const SearchRequest& req, const Pri
       at[ranked[i].chunk_id] = i;
     }
     std::vector<std::size_t> found(ranked.size(), 0);
-    Stmt cov(s.db, "SELECT rowid FROM chunks_fts WHERE chunks_fts MATCH ? AND rowid IN (" + ids + ")");
-    if (!cov.ok()) return sql::error(s.db, "term coverage");
+    Stmt cov(s.rdb, "SELECT rowid FROM chunks_fts WHERE chunks_fts MATCH ? AND rowid IN (" + ids + ")");
+    if (!cov.ok()) return sql::error(s.rdb, "term coverage");
     for (const std::string& w : words) {
       cov.reset();
       cov.bind(1, "\"" + w + "\"");
       int rc;
       while ((rc = cov.step()) == SQLITE_ROW) ++found[at[cov.i64(0)]];
-      if (rc != SQLITE_DONE) return sql::error(s.db, "term coverage");
+      if (rc != SQLITE_DONE) return sql::error(s.rdb, "term coverage");
     }
     for (std::size_t i = 0; i < ranked.size(); ++i)
       ranked[i].term_coverage = static_cast<double>(found[i]) / static_cast<double>(words.size());

@@ -200,6 +200,26 @@ std::vector<std::pair<std::int64_t, float>> VectorIndex::search(const float* q, 
 void VectorIndex::maybe_build() {
   std::unique_lock lock(mu_);
   if (building_) return;
+  // Mostly removed rows (documents replaced or deleted): copy the live rows
+  // into fresh blocks and build again, so memory follows the live size.
+  if (ids_.size() > 1024 && n_live_ * 2 < ids_.size()) {
+    std::vector<std::unique_ptr<float[]>> blocks;
+    std::vector<std::int64_t> ids;
+    ids.reserve(n_live_);
+    row_of_.clear();
+    for (std::size_t r = 0; r < ids_.size(); ++r) {
+      if (ids_[r] < 0) continue;
+      const std::size_t to = ids.size();
+      if (to % kBlockRows == 0) blocks.push_back(std::make_unique<float[]>(kBlockRows * dim_));
+      std::memcpy(blocks.back().get() + (to % kBlockRows) * dim_, row(r), dim_ * sizeof(float));
+      row_of_.emplace(ids_[r], to);
+      ids.push_back(ids_[r]);
+    }
+    blocks_.swap(blocks);
+    ids_.swap(ids);
+    ann_.reset();
+    ann_rows_ = 0;
+  }
   if (ann_ && n_live_ * 2 < options_.threshold) {  // shrunk well below: a scan is as fast
     ann_.reset();
     ann_rows_ = 0;
@@ -208,6 +228,7 @@ void VectorIndex::maybe_build() {
   if (ann_ || n_live_ < options_.threshold) return;
   if (builder_.joinable()) builder_.join();  // the previous build has finished (building_ is false)
   building_ = true;
+  cancel_ = false;  // a failed build stopped its workers with it; this is a new one
   std::vector<std::int64_t> ids = ids_;
   const std::size_t n_rows = ids.size();
   builder_ = std::thread([this, n_rows, ids = std::move(ids)]() mutable { build(n_rows, std::move(ids)); });

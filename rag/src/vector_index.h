@@ -5,8 +5,8 @@
 // it as they come. Vectors added while a build runs are scanned exactly and
 // merged until the build finishes and takes them in.
 //
-// Removed vectors are marked deleted in the graph; their memory comes back
-// when the index is next built from the database (at start).
+// Removed vectors are marked deleted in the graph; when they outnumber the
+// live ones the rows are compacted and the graph is built again.
 //
 // Thread-safety: all methods may be called concurrently (an internal
 // reader-writer lock; searches share it).

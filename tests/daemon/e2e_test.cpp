@@ -1117,6 +1117,12 @@ TEST_F(RagE2E, HostileDocumentsAreRefusedOneByOne) {
   EXPECT_EQ(good->status, 201) << good->body;
   auto list = daemon_->client().Get("/v1/rag/collections/hostile/documents");
   EXPECT_EQ(json::parse(list->body)["data"].size(), 1u);
+  // Source names end up in prompts, JSON and terminals: text only.
+  for (const char* source : {"%FF.txt", "a%1B%5B2J.txt", "%C2%9B.txt"}) {
+    auto r = daemon_->client().Post(std::string("/v1/rag/collections/hostile/documents?source=") + source, "Fine words.",
+                                    "text/plain");
+    EXPECT_EQ(r->status, 400) << source << ": " << r->body;
+  }
   // Counted for the operator.
   auto metrics = daemon_->client().Get("/metrics");
   EXPECT_GE(metric(metrics->body, "airlock_rag_documents_total{status=\"refused\"}"), static_cast<double>(bad.size()));

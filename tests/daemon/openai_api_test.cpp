@@ -115,6 +115,7 @@ TEST(OpenAiApiTest, GroundingExtensionAndRagQuery) {
            {R"({"model":"m","messages":[{"role":"user","content":"q"}],"airlock":{"colections":["a"]}})", "airlock.colections"},
            {R"({"model":"m","messages":[{"role":"user","content":"q"}],"airlock":{},"n":2})", "n"},
            {R"({"model":"m","messages":[{"role":"system","content":"s"}],"airlock":{}})", "messages"},
+           {R"({"model":"m","messages":[{"role":"user","content":"q"}],"airlock":{},"logprobs":true})", "logprobs"},
        }) {
     std::optional<ApiError> e = parse_request(body, Endpoint::kChat, &r);
     ASSERT_TRUE(e) << body;

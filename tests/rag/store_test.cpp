@@ -86,7 +86,9 @@ TEST_F(StoreTest, CollectionsAndReaders) {
   auto s = open();
   ASSERT_TRUE(s->create_collection("manuals", alice, {"key:bob", "group:ops"}, "aircraft manuals").is_ok());
   ASSERT_TRUE(s->create_collection("hr", alice, {}, "").is_ok());
-  ASSERT_TRUE(s->create_collection("public", key("carol"), {"*"}, "").is_ok());
+  // Only an admin may open a collection to every key.
+  EXPECT_EQ(s->create_collection("public", key("carol"), {"*"}, "").status().code(), StatusCode::kPermissionDenied);
+  ASSERT_TRUE(s->create_collection("public", Principal{"carol", {}, true}, {"*"}, "").is_ok());
   EXPECT_EQ(s->create_collection("hr", alice, {}, "").status().code(), StatusCode::kAlreadyExists);
   for (const std::string& bad : std::vector<std::string>{"", ".hidden", "has space", "a/b", std::string(65, 'x')})
     EXPECT_EQ(s->create_collection(bad, alice, {}, "").status().code(), StatusCode::kInvalidArgument) << bad;
@@ -186,7 +188,13 @@ TEST_F(StoreTest, BadDocumentsAreRefusedWithoutWriting) {
   bad_hash.content_hash = "abc";
   DocumentRecord no_source = d;
   no_source.source = "";
-  for (const DocumentRecord* bad : {&wrong_dim, &nan, &bad_meta, &no_chunks, &bad_hash, &no_source})
+  DocumentRecord bad_utf8 = d;
+  bad_utf8.source = "a\xff.txt";
+  DocumentRecord control = d;
+  control.source = "a\x1b[2J.txt";
+  DocumentRecord c1 = d;
+  c1.source = "a\xc2\x9b.txt";
+  for (const DocumentRecord* bad : {&wrong_dim, &nan, &bad_meta, &no_chunks, &bad_hash, &no_source, &bad_utf8, &control, &c1})
     EXPECT_EQ(s->put_document("c", *bad, alice).status().code(), StatusCode::kInvalidArgument);
   EXPECT_EQ(s->put_document("nope", d, alice).status().code(), StatusCode::kNotFound);
   EXPECT_TRUE(s->list_documents("c", alice)->empty());
@@ -222,6 +230,43 @@ TEST_F(StoreTest, AccessIsFilteredDuringTheSearchNotAfterTopK) {
   EXPECT_EQ(s->search(query("shock", SearchMode::kHybrid, 3, {"secret"}), key("bob")).status().code(),
             StatusCode::kNotFound);
   EXPECT_TRUE(s->search(query("shock"), key("eve"))->empty());
+}
+
+TEST_F(StoreTest, CurlyQuotesSeparateWordsAsFts5Does) {
+  auto s = open();
+  ASSERT_TRUE(s->create_collection("c", alice, {}, "").is_ok());
+  ASSERT_TRUE(s->put_document("c", doc("h.txt", "The employee's handbook lists leave rules."), alice).is_ok());
+  auto hits = s->search(query("employee\u2019s handbook", SearchMode::kBm25), alice);
+  ASSERT_EQ(hits->size(), 1u);
+  EXPECT_DOUBLE_EQ((*hits)[0].term_coverage, 1.0);
+}
+
+TEST_F(StoreTest, ReplacedDocumentsDoNotGrowTheIndexForever) {
+  StoreOptions o;
+  o.ann_threshold = 200;
+  auto s = open(o);
+  ASSERT_TRUE(s->create_collection("c", alice, {}, "").is_ok());
+  std::string base;
+  for (int k = 0; k < 60; ++k) base += "Line " + std::to_string(k) + " about wing flutter and panels.\n";
+  ASSERT_TRUE(s->put_document("c", doc("keep.txt", base, 6), alice).is_ok());
+  // Replace one document 40 times: 40 x 60 removed rows against 120 live ones.
+  for (int round = 0; round < 40; ++round) {
+    std::string text;
+    for (int k = 0; k < 60; ++k) text += "Round " + std::to_string(round) + " line " + std::to_string(k) + " on nozzles.\n";
+    ASSERT_TRUE(s->put_document("c", doc("churn.txt", text, 6), alice).is_ok());
+  }
+  s->wait_for_index();
+  expect_consistent(*s);
+  // Only the live rows answer, and the latest version of the churned document.
+  auto hits = s->search(query("round 39 nozzles", SearchMode::kVector, 10), alice);
+  ASSERT_TRUE(hits.is_ok());
+  for (const SearchHit& h : *hits)
+    if (h.source == "churn.txt") {
+      EXPECT_NE(h.text.find("Round 39"), std::string::npos) << h.text;
+    }
+  auto exact = s->search(query("Round 39 line 7 on nozzles", SearchMode::kBm25, 1), alice);
+  ASSERT_EQ(exact->size(), 1u);
+  EXPECT_EQ((*exact)[0].source, "churn.txt");
 }
 
 TEST_F(StoreTest, HostileQueriesAreJustWords) {

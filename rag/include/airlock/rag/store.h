@@ -177,6 +177,10 @@ class Store {
   std::unique_ptr<Impl> impl_;
 };
 
+// OK for a document source name: 1-1024 bytes of UTF-8 text without control
+// characters (names end up in prompts, JSON and terminals).
+Status check_source_name(std::string_view source);
+
 // Content words of a query or text for term coverage: lower-cased ASCII
 // letters and digits (and any non-ASCII bytes) of length >= 2, stop words
 // dropped, a crude English suffix stripped. Exposed for tests.
