@@ -23,7 +23,15 @@ namespace {
 bool present(const WeightTensor& w) { return w.data != nullptr; }
 
 std::string shape_string(std::int64_t ne0, std::int64_t ne1) {
-  return "[" + std::to_string(ne0) + (ne1 == 1 ? "" : ", " + std::to_string(ne1)) + "]";
+  // Appended piece by piece: GCC 12 at -O3 warns (-Wrestrict) on "[" + string&&.
+  std::string s = "[";
+  s += std::to_string(ne0);
+  if (ne1 != 1) {
+    s += ", ";
+    s += std::to_string(ne1);
+  }
+  s += "]";
+  return s;
 }
 
 // A view of `rows` rows of `w` starting at row `first` (rows are contiguous).

@@ -32,7 +32,16 @@ std::string grounding_instructions(const std::vector<SearchHit>& sources, const 
       "knowledge.\n\nSources:\n";
   for (std::size_t i = 0; i < sources.size(); ++i) {
     const SearchHit& h = sources[i];
-    s += "[" + std::to_string(i + 1) + "] (source: " + h.source + (h.title.empty() ? "" : ", title: " + h.title) + ")\n";
+    // Appended piece by piece: GCC 12 at -O3 warns (-Wrestrict) on "[" + string&&.
+    s += "[";
+    s += std::to_string(i + 1);
+    s += "] (source: ";
+    s += h.source;
+    if (!h.title.empty()) {
+      s += ", title: ";
+      s += h.title;
+    }
+    s += ")\n";
     s += snippet(h.text, policy.max_source_bytes) + "\n\n";
   }
   return s;
