@@ -7,6 +7,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "hf_tokenizer_json.h"
+
 namespace airlock::engine {
 namespace {
 
@@ -21,11 +23,20 @@ Result<std::string> slurp(const std::string& path, std::size_t max_bytes) {
 
 }  // namespace
 
-Result<TokenizerSpec> wordpiece_spec_from_hf_json(std::string_view text) {
-  const nlohmann::json j = nlohmann::json::parse(text.begin(), text.end(), nullptr, /*allow_exceptions=*/false);
+Result<nlohmann::json> parse_hf_tokenizer_json(std::string_view text) {
+  nlohmann::json j = nlohmann::json::parse(text.begin(), text.end(), nullptr, /*allow_exceptions=*/false);
   if (j.is_discarded() || !j.is_object()) return verification_failed("tokenizer.json: not a JSON object");
   if (!j.contains("model") || !j["model"].is_object() || !j["model"].contains("type") || !j["model"]["type"].is_string())
     return verification_failed("tokenizer.json: no model.type");
+  return j;
+}
+
+Result<TokenizerSpec> wordpiece_spec_from_hf_json(std::string_view text) {
+  AIRLOCK_ASSIGN_OR_RETURN(nlohmann::json j, parse_hf_tokenizer_json(text));
+  return wordpiece_spec(j);
+}
+
+Result<TokenizerSpec> wordpiece_spec(const nlohmann::json& j) {
   const nlohmann::json& m = j["model"];
   if (m["type"] != "WordPiece")
     return invalid_argument("tokenizer.json: model type '" + m["type"].get<std::string>() +
@@ -70,13 +81,11 @@ Result<TokenizerSpec> wordpiece_spec_from_hf_json(std::string_view text) {
 }
 
 Result<TokenizerSpec> spec_from_hf_json(std::string_view text) {
-  const nlohmann::json j = nlohmann::json::parse(text.begin(), text.end(), nullptr, /*allow_exceptions=*/false);
-  if (j.is_discarded() || !j.is_object()) return verification_failed("tokenizer.json: not a JSON object");
-  if (!j.contains("model") || !j["model"].is_object() || !j["model"].contains("type") || !j["model"]["type"].is_string())
-    return verification_failed("tokenizer.json: no model.type");
+  // Parsed once (tokenizer.json files are up to a few MB) and dispatched.
+  AIRLOCK_ASSIGN_OR_RETURN(nlohmann::json j, parse_hf_tokenizer_json(text));
   const std::string type = j["model"]["type"].get<std::string>();
-  if (type == "WordPiece") return wordpiece_spec_from_hf_json(text);
-  if (type == "Unigram") return unigram_spec_from_hf_json(text);
+  if (type == "WordPiece") return wordpiece_spec(j);
+  if (type == "Unigram") return unigram_spec(j);
   return invalid_argument("tokenizer.json: model type '" + type + "' is not supported (WordPiece, Unigram)");
 }
 

@@ -12,6 +12,7 @@
 #include <nlohmann/json.hpp>
 
 #include "airlock/engine/static_embedding.h"
+#include "hf_tokenizer_json.h"
 #include "utf8.h"
 
 namespace airlock::engine {
@@ -466,10 +467,11 @@ Status read_pre_tokenizer(const nlohmann::json& j, TokenizerSpec* s) {
 }  // namespace
 
 Result<TokenizerSpec> unigram_spec_from_hf_json(std::string_view text) {
-  const nlohmann::json j = nlohmann::json::parse(text.begin(), text.end(), nullptr, /*allow_exceptions=*/false);
-  if (j.is_discarded() || !j.is_object()) return verification_failed("tokenizer.json: not a JSON object");
-  if (!j.contains("model") || !j["model"].is_object() || !j["model"].contains("type") || !j["model"]["type"].is_string())
-    return verification_failed("tokenizer.json: no model.type");
+  AIRLOCK_ASSIGN_OR_RETURN(nlohmann::json j, parse_hf_tokenizer_json(text));
+  return unigram_spec(j);
+}
+
+Result<TokenizerSpec> unigram_spec(const nlohmann::json& j) {
   const nlohmann::json& m = j["model"];
   if (m["type"] != "Unigram")
     return invalid_argument("tokenizer.json: model type '" + m["type"].get<std::string>() + "' is not Unigram");
