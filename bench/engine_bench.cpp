@@ -5,7 +5,7 @@
 // same run, and reports batch-1 generation as a fraction of the roofline
 // (bandwidth / weight bytes read per token).
 //
-// usage: engine_bench [--threads N] [--layers L] [--model PATH.gguf]
+// usage: engine_bench [--threads N] [--layers L] [--prompt N] [--type Q8_0|Q4_K] [--mmap-only] [--model PATH.gguf]
 #include <sys/resource.h>
 #include <unistd.h>
 
@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "airlock/engine/kernels.h"
+#include "bandwidth.h"
 #include "airlock/engine/model.h"
 #include "airlock/engine/thread_pool.h"
 #include "gguf_writer.h"
@@ -34,35 +35,6 @@ int g_prompt = 512;
 
 double now_s() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
-}
-
-// Read bandwidth with n_threads, summing a 1 GiB buffer (best of 3).
-double read_bandwidth_gbs(int n_threads) {
-  const std::size_t n = (1ULL << 30) / sizeof(float);
-  std::vector<float> buf(n, 1.0f);
-  double best = 0;
-  for (int rep = 0; rep < 3; ++rep) {
-    std::vector<double> partial(static_cast<std::size_t>(n_threads));
-    double t0 = now_s();
-    std::vector<std::thread> ts;
-    for (int t = 0; t < n_threads; ++t)
-      ts.emplace_back([&, t] {
-        const std::size_t b = n * t / n_threads, e = n * (t + 1) / n_threads;
-        float acc[8] = {};
-        for (std::size_t i = b; i + 8 <= e; i += 8)
-          for (int j = 0; j < 8; ++j) acc[j] += buf[i + j];
-        double s = 0;
-        for (float a : acc) s += a;
-        partial[t] = s;
-      });
-    for (auto& th : ts) th.join();
-    double dt = now_s() - t0;
-    double sum = 0;
-    for (double p : partial) sum += p;
-    if (sum < 0) std::puts("");  // keep the loop alive
-    best = std::max(best, static_cast<double>(n * sizeof(float)) / dt / 1e9);
-  }
-  return best;
 }
 
 std::string write_model(GgmlType type, int n_layer) {
@@ -90,7 +62,7 @@ long rss_mib() {
   return resident * sysconf(_SC_PAGESIZE) / (1 << 20);
 }
 
-void bench(const std::string& path, const std::string& label, int n_threads, double bw, bool in_memory) {
+void run_model(const std::string& path, const std::string& label, int n_threads, double bw, bool in_memory) {
   auto pool = std::make_shared<ThreadPool>(n_threads);
   std::shared_ptr<Backend> be = make_cpu_backend(pool);
   // in_memory: the file read into anonymous memory instead of mapped, to
@@ -167,28 +139,34 @@ void bench(const std::string& path, const std::string& label, int n_threads, dou
 
 int main(int argc, char** argv) {
   int n_threads = 0, n_layer = 16;
-  std::string real;
+  std::string real, only_type;
+  bool mmap_only = false;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     if (a == "--threads" && i + 1 < argc) n_threads = std::atoi(argv[++i]);
     else if (a == "--layers" && i + 1 < argc) n_layer = std::atoi(argv[++i]);
     else if (a == "--model" && i + 1 < argc) real = argv[++i];
     else if (a == "--prompt" && i + 1 < argc) g_prompt = std::atoi(argv[++i]);
+    else if (a == "--type" && i + 1 < argc) only_type = argv[++i];
+    else if (a == "--mmap-only") mmap_only = true;
     else {
-      std::fprintf(stderr, "usage: engine_bench [--threads N] [--layers L] [--prompt N] [--model PATH.gguf]\n");
+      std::fprintf(stderr,
+                   "usage: engine_bench [--threads N] [--layers L] [--prompt N] [--type Q8_0|Q4_K] [--mmap-only] "
+                   "[--model PATH.gguf]\n");
       return 2;
     }
   }
   ThreadPool probe(n_threads);
   n_threads = probe.n_threads();
-  const double bw = read_bandwidth_gbs(n_threads);
+  const double bw = airlock::bench::read_bandwidth_gbs(n_threads);
   std::printf("threads %d, kernels %s, memory read bandwidth %.2f GB/s (%d threads)\n", n_threads, kernel_isa(), bw,
               n_threads);
-  if (!real.empty()) bench(real, real.substr(real.rfind('/') + 1), n_threads, bw, false);
+  if (!real.empty()) run_model(real, real.substr(real.rfind('/') + 1), n_threads, bw, false);
   for (GgmlType t : {GgmlType::kQ8_0, GgmlType::kQ4_K}) {
+    if (!only_type.empty() && only_type != traits(t).name) continue;
     std::string path = write_model(t, n_layer);
-    bench(path, "llama-1B-" + std::string(traits(t).name) + " mmap", n_threads, bw, false);
-    bench(path, "llama-1B-" + std::string(traits(t).name) + " memory", n_threads, bw, true);
+    run_model(path, "llama-1B-" + std::string(traits(t).name) + " mmap", n_threads, bw, false);
+    if (!mmap_only) run_model(path, "llama-1B-" + std::string(traits(t).name) + " memory", n_threads, bw, true);
     std::remove(path.c_str());
   }
   return 0;

@@ -3,6 +3,7 @@
 #include <sched.h>
 
 #include <algorithm>
+#include <chrono>
 
 namespace airlock::engine {
 namespace {
@@ -11,6 +12,18 @@ int available_cores() {
   CPU_ZERO(&set);
   if (sched_getaffinity(0, sizeof set, &set) == 0 && CPU_COUNT(&set) > 0) return CPU_COUNT(&set);
   return std::max(1u, std::thread::hardware_concurrency());
+}
+// Spins (with the CPU's pause hint) until done() or kSpinMicros have passed.
+template <typename Done>
+bool spin_for(Done done, int micros) {
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::microseconds(micros);
+  for (int i = 0;; ++i) {
+    if (done()) return true;
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+    if ((i & 63) == 63 && std::chrono::steady_clock::now() >= deadline) return done();
+  }
 }
 }  // namespace
 
@@ -21,7 +34,7 @@ ThreadPool::ThreadPool(int n_threads) : n_threads_(n_threads > 0 ? n_threads : a
 ThreadPool::~ThreadPool() {
   {
     std::lock_guard<std::mutex> lock(mu_);
-    stop_ = true;
+    stop_.store(true);
   }
   start_cv_.notify_all();
   for (std::thread& t : workers_) t.join();
@@ -36,34 +49,43 @@ void ThreadPool::parallel_for(std::int64_t n, const std::function<void(std::int6
     return;
   }
   {
+    // Under the mutex so a worker about to sleep cannot miss the change.
     std::lock_guard<std::mutex> lock(mu_);
     job_ = &fn;
     job_n_ = n;
     job_parts_ = static_cast<int>(parts);
-    pending_ = static_cast<int>(parts) - 1;
-    ++generation_;
+    // Every worker acknowledges every job, even one with no part in it, so
+    // no worker can still be reading these fields when the next job writes them.
+    pending_.store(n_threads_ - 1, std::memory_order_relaxed);
+    generation_.fetch_add(1, std::memory_order_release);
   }
   start_cv_.notify_all();
   fn(0, n / parts);  // the caller takes part 0
-  std::unique_lock<std::mutex> lock(mu_);
-  done_cv_.wait(lock, [this] { return pending_ == 0; });
+  if (!spin_for([this] { return pending_.load(std::memory_order_acquire) == 0; }, kSpinMicros)) {
+    std::unique_lock<std::mutex> lock(mu_);
+    done_cv_.wait(lock, [this] { return pending_.load(std::memory_order_acquire) == 0; });
+  }
   job_ = nullptr;
 }
 
 void ThreadPool::worker(int index) {
   std::uint64_t seen = 0;
-  std::unique_lock<std::mutex> lock(mu_);
   while (true) {
-    start_cv_.wait(lock, [&] { return stop_ || generation_ != seen; });
-    if (stop_) return;
-    seen = generation_;
-    if (index >= job_parts_) continue;
-    const auto* fn = job_;
-    std::int64_t n = job_n_, parts = job_parts_;
-    lock.unlock();
-    (*fn)(n * index / parts, n * (index + 1) / parts);
-    lock.lock();
-    if (--pending_ == 0) done_cv_.notify_one();
+    auto changed = [&] {
+      return stop_.load(std::memory_order_acquire) || generation_.load(std::memory_order_acquire) != seen;
+    };
+    if (!spin_for(changed, kSpinMicros)) {
+      std::unique_lock<std::mutex> lock(mu_);
+      start_cv_.wait(lock, changed);
+    }
+    if (stop_.load(std::memory_order_acquire)) return;
+    seen = generation_.load(std::memory_order_acquire);
+    const std::int64_t n = job_n_, parts = job_parts_;
+    if (index < parts) (*job_)(n * index / parts, n * (index + 1) / parts);
+    if (pending_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+      std::lock_guard<std::mutex> lock(mu_);  // the caller may be between its check and its wait
+      done_cv_.notify_one();
+    }
   }
 }
 

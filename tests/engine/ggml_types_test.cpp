@@ -297,7 +297,7 @@ std::vector<double> act_quantised(const float* x, std::int64_t n, int block) {
 }
 
 int act_block(GgmlType t) {
-  if (std::string(kernel_isa()) != "avx2") return 0;
+  if (std::string(kernel_isa()) == "scalar") return 0;
   switch (t) {
     case GgmlType::kQ8_0: case GgmlType::kQ4_0: return 32;
     case GgmlType::kQ4_K: case GgmlType::kQ5_K: case GgmlType::kQ6_K: return 256;
@@ -305,14 +305,25 @@ int act_block(GgmlType t) {
   }
 }
 
-TEST(KernelsTest, VectorPathMatchesScalarAndDoubleReference) {
+// Every vector level this CPU has (AVX2; AVX-512 VNNI for Q8_0/Q4_0) against
+// the scalar path and a double reference, at token counts on both sides of
+// the kernels' 4-token groups and row counts that leave partial row tiles.
+class KernelsTest : public ::testing::TestWithParam<KernelIsa> {
+ protected:
+  void TearDown() override { force_scalar_kernels(false); }
+};
+
+TEST_P(KernelsTest, VectorPathMatchesScalarAndDoubleReference) {
+  if (best_kernel_isa() < GetParam()) GTEST_SKIP() << "this CPU lacks " << kernel_isa_name(GetParam());
+  limit_kernel_isa(GetParam());
   std::mt19937 rng(11);
   std::normal_distribution<float> g(0.0f, 1.0f);
   const std::string isa = kernel_isa();
+  ASSERT_EQ(isa, kernel_isa_name(GetParam()));
   for (GgmlType type : {GgmlType::kF32, GgmlType::kF16, GgmlType::kBF16, GgmlType::kQ8_0, GgmlType::kQ4_0,
                         GgmlType::kQ4_K, GgmlType::kQ5_K, GgmlType::kQ6_K}) {
     for (std::int64_t n_in : {256, 512, 1024, 2304}) {
-      for (std::int64_t n_tokens : {1, 3, 17}) {
+      for (std::int64_t n_tokens : {1, 3, 4, 6, 17}) {
         const std::int64_t n_out = 9 + static_cast<std::int64_t>(rng() % 24);
         // rows [r0, r1) only; the others must stay untouched
         const std::int64_t r0 = static_cast<std::int64_t>(rng() % 3), r1 = n_out - static_cast<std::int64_t>(rng() % 3);
@@ -324,10 +335,10 @@ TEST(KernelsTest, VectorPathMatchesScalarAndDoubleReference) {
         for (std::int64_t r = 0; r < n_out; ++r) quantize_row(type, wf.data() + r * n_in, w.data() + rb * r, n_in);
         std::vector<float> y_fast(static_cast<std::size_t>(n_tokens * n_out), -7.0f), y_scalar(y_fast.size(), -7.0f);
         matmul_rows(type, w.data(), n_in, x.data(), n_tokens, y_fast.data(), n_out, r0, r1);
-        force_scalar_kernels(true);
+        limit_kernel_isa(KernelIsa::kScalar);
         EXPECT_STREQ(kernel_isa(), "scalar");
         matmul_rows(type, w.data(), n_in, x.data(), n_tokens, y_scalar.data(), n_out, r0, r1);
-        force_scalar_kernels(false);
+        limit_kernel_isa(GetParam());
         EXPECT_EQ(kernel_isa(), isa);
         std::vector<float> row(static_cast<std::size_t>(n_in));
         const int blk = act_block(type);
@@ -360,6 +371,9 @@ TEST(KernelsTest, VectorPathMatchesScalarAndDoubleReference) {
     }
   }
 }
+
+INSTANTIATE_TEST_SUITE_P(Levels, KernelsTest, ::testing::Values(KernelIsa::kAvx2, KernelIsa::kAvx512Vnni),
+                         [](const ::testing::TestParamInfo<KernelIsa>& p) { return std::string(kernel_isa_name(p.param)); });
 
 TEST(GgmlTypesTest, TraitsDescribeKnownAndUnknownTypes) {
   EXPECT_EQ(traits(GgmlType::kQ4_K).block_bytes, 144u);

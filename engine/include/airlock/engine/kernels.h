@@ -1,7 +1,8 @@
 // CPU compute kernels over GGUF weight types: the hot loops of the CPU
 // backend. A scalar implementation is the reference; x86-64 AVX2+FMA+F16C
-// versions are chosen at run time when the CPU has them (one dispatch per
-// call, no per-element branching).
+// versions, and AVX-512 VNNI ones for Q8_0/Q4_0 weights, are chosen at run
+// time when the CPU has them (one dispatch per call, no per-element
+// branching).
 //
 // Thread-safety: pure functions; callers split work by output rows.
 #pragma once
@@ -27,9 +28,18 @@ void matmul_rows(GgmlType type, const std::uint8_t* w, std::int64_t n_in, const 
 void attend_head(const float* q, const float* k, const float* v, std::int64_t kv_stride, const std::int32_t* table,
                  int block, int n_ctx, int head_dim, float scale, float* scores, float* out);
 
-// Which implementation matmul_rows uses on this machine: "avx2" or "scalar".
+// Kernel levels, lowest first. Each level falls back to the one below for
+// weight types it has no kernels of its own for.
+enum class KernelIsa { kScalar = 0, kAvx2 = 1, kAvx512Vnni = 2 };
+
+// Which level matmul_rows uses now: "avx512vnni", "avx2" or "scalar".
 const char* kernel_isa();
-// Tests force the scalar path to compare it with the vector one.
+const char* kernel_isa_name(KernelIsa isa);
+// The highest level this CPU supports.
+KernelIsa best_kernel_isa();
+// Tests cap the level to compare each path with the scalar reference;
+// force_scalar_kernels(on) caps at kScalar, or lifts the cap.
+void limit_kernel_isa(KernelIsa max);
 void force_scalar_kernels(bool on);
 
 }  // namespace airlock::engine

@@ -1,0 +1,115 @@
+// Matmul kernel benchmark (issue 3): the CPU backend's matmul on one
+// 2048 x 5632-shaped weight stack per type, large enough (~300 MB in Q8_0)
+// to stream from memory, at 1, 4, 8 and 16 tokens; and this machine's read
+// bandwidth measured in the same run with vector loads. Reports weight bytes
+// streamed per second and integer multiply-adds per second, so a kernel
+// change can be judged in seconds instead of a whole-model run.
+//
+// usage: kernel_bench [--threads N] [--type Q8_0|Q4_0|Q4_K|Q5_K|Q6_K|all] [--isa best|avx2|scalar] [--rows N]
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "airlock/engine/backend.h"
+#include "airlock/engine/ggml_types.h"
+#include "airlock/engine/kernels.h"
+#include "bandwidth.h"
+#include "airlock/engine/thread_pool.h"
+
+using namespace airlock::engine;
+
+namespace {
+
+double now_s() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+// Random quantised rows: random bytes with every f16 scale set to a small
+// normal value (random bits would include NaN and infinity).
+std::vector<std::uint8_t> random_rows(GgmlType type, std::int64_t n_in, std::int64_t n_rows, std::mt19937& rng) {
+  const std::size_t stride = row_bytes(type, n_in);
+  std::vector<std::uint8_t> w(stride * static_cast<std::size_t>(n_rows));
+  for (auto& b : w) b = static_cast<std::uint8_t>(rng());
+  std::vector<float> row(static_cast<std::size_t>(n_in));
+  for (std::int64_t r = 0; r < n_rows; ++r) {
+    std::normal_distribution<float> nd(0.0f, 0.02f);
+    if (r < 64) {  // quantise real rows for a few, copy them around (fast)
+      for (auto& v : row) v = nd(rng);
+      quantize_row(type, row.data(), w.data() + stride * r, n_in);
+    } else {
+      std::memcpy(w.data() + stride * r, w.data() + stride * (r % 64), stride);
+    }
+  }
+  return w;
+}
+
+std::int64_t g_rows = 24 * 5632;
+
+void bench_type(GgmlType type, ThreadPool& pool, Backend& be, double bw) {
+  // Rows of 2048 (a 1B Llama's n_embd), ~1/3 of such a model's weights.
+  const std::int64_t n_in = 2048, n_rows = g_rows;  // default ~277 M weights, far beyond the caches
+  std::mt19937 rng(7);
+  std::vector<std::uint8_t> w = random_rows(type, n_in, n_rows, rng);
+  WeightTensor wt;
+  wt.type = type;
+  wt.ne[0] = n_in;
+  wt.ne[1] = n_rows;
+  wt.data = w.data();
+  const double bytes = static_cast<double>(w.size());
+  for (int nt : {1, 4, 8, 16}) {
+    std::vector<float> x(static_cast<std::size_t>(nt * n_in)), y(static_cast<std::size_t>(nt * n_rows));
+    std::normal_distribution<float> nd;
+    for (auto& v : x) v = nd(rng);
+    be.matmul(wt, x.data(), nt, y.data());  // warm-up
+    double best = 1e9;
+    for (int rep = 0; rep < 20; ++rep) {
+      const double t0 = now_s();
+      be.matmul(wt, x.data(), nt, y.data());
+      best = std::min(best, now_s() - t0);
+    }
+    std::printf("%-5s tokens %2d  %7.2f ms  %6.2f GB/s weights (%3.0f%% of read bandwidth)  %6.1f G mul-add/s\n",
+                std::string(traits(type).name).c_str(), nt, best * 1e3, bytes / best / 1e9, 100.0 * bytes / best / 1e9 / bw,
+                static_cast<double>(n_in * n_rows * nt) / best / 1e9);
+  }
+  (void)pool;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  int n_threads = 0;
+  std::string which = "all", isa = "best";
+  for (int i = 1; i < argc; ++i) {
+    std::string a = argv[i];
+    if (a == "--threads" && i + 1 < argc) n_threads = std::atoi(argv[++i]);
+    else if (a == "--type" && i + 1 < argc) which = argv[++i];
+    else if (a == "--isa" && i + 1 < argc) isa = argv[++i];
+    else if (a == "--rows" && i + 1 < argc) g_rows = std::atoll(argv[++i]);  // small: kernels from cache
+    else {
+      std::fprintf(stderr, "usage: kernel_bench [--threads N] [--type NAME|all] [--isa best|avx2|scalar] [--rows N]\n");
+      return 2;
+    }
+  }
+  if (isa == "scalar") limit_kernel_isa(KernelIsa::kScalar);
+  else if (isa == "avx2") limit_kernel_isa(KernelIsa::kAvx2);
+  else if (isa != "best") {
+    std::fprintf(stderr, "--isa: best, avx2 or scalar\n");
+    return 2;
+  }
+  auto pool = std::make_shared<ThreadPool>(n_threads);
+  std::unique_ptr<Backend> be = make_cpu_backend(pool);
+  const double bw = airlock::bench::read_bandwidth_gbs(pool->n_threads());
+  std::printf("threads %d, kernels %s, memory read bandwidth %.2f GB/s\n", pool->n_threads(), kernel_isa(), bw);
+  for (GgmlType t : {GgmlType::kQ8_0, GgmlType::kQ4_0, GgmlType::kQ4_K, GgmlType::kQ5_K, GgmlType::kQ6_K}) {
+    if (which != "all" && which != traits(t).name) continue;
+    bench_type(t, *pool, *be, bw);
+  }
+  return 0;
+}
