@@ -87,6 +87,10 @@ void matmul_rows_scalar(GgmlType type, const std::uint8_t* w, std::int64_t n_in,
 }
 
 #define AIRLOCK_AVX2 __attribute__((target("avx2,fma,f16c")))
+// Kernel loops over tokens, rows and sub-blocks must be fully unrolled: the
+// accumulators then live in registers instead of memory, and shuffle masks
+// indexed by the loop counter become constants.
+#define AIRLOCK_UNROLL _Pragma("GCC unroll 16")
 
 AIRLOCK_AVX2 inline float hsum(__m256 v) {
   __m128 lo = _mm256_castps256_ps128(v), hi = _mm256_extractf128_ps(v, 1);
@@ -175,6 +179,15 @@ void quantize_act_q8_k(const float* x, std::int64_t n, ActQ8_K* out) {
 
 AIRLOCK_AVX2 inline float half_to_float(std::uint16_t h) { return _cvtsh_ss(h); }
 
+// n_tokens rows of x quantised to Q8_K in this thread's buffer.
+const ActQ8_K* quantize_for_kquant(const float* x, std::int64_t n_in, std::int64_t n_tokens) {
+  thread_local std::vector<ActQ8_K> act;
+  const std::int64_t nb = n_in / 256;
+  act.resize(static_cast<std::size_t>(nb * n_tokens));
+  for (std::int64_t t = 0; t < n_tokens; ++t) quantize_act_q8_k(x + t * n_in, n_in, act.data() + t * nb);
+  return act.data();
+}
+
 // Each dot_* handles nt (1..4, a compile-time constant so the accumulators
 // stay in registers) tokens at once, so each weight block is unpacked once
 // per group of tokens: out[t] = row . act[t].
@@ -224,123 +237,13 @@ AIRLOCK_AVX2 void dot_q4_0(const std::uint8_t* row, const ActQ8_0* const* act, s
   for (int t = 0; t < nt; ++t) out[t] = hsum(acc[t]);
 }
 
-// Q4_K and Q5_K share scales, mins and nibble layout; Q5_K adds a fifth bit
-// per value from qh (bit 2c of qh[l] for element 64c + l, bit 2c + 1 for
-// element 64c + 32 + l).
-template <bool kFiveBit, int nt>
-AIRLOCK_AVX2 void dot_qk_affine(const std::uint8_t* row, const ActQ8_K* const* act, std::int64_t nb, float* out) {
-  struct Block4 {
-    std::uint16_t d, dmin;
-    std::uint8_t scales[12];
-    std::uint8_t qs[128];
-  };
-  struct Block5 {
-    std::uint16_t d, dmin;
-    std::uint8_t scales[12];
-    std::uint8_t qh[32];
-    std::uint8_t qs[128];
-  };
-  using Block = std::conditional_t<kFiveBit, Block5, Block4>;
-  const auto* b = reinterpret_cast<const Block*>(row);
-  const __m256i one = _mm256_set1_epi8(1);
-  const __m256i low = _mm256_set1_epi8(0x0F);
-  __m256 acc[kTokenGroup] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
-  float acc_min[kTokenGroup] = {0, 0, 0, 0};
-  for (std::int64_t i = 0; i < nb; ++i) {
-    // The 12 scale bytes to 8 scales and 8 mins, one byte each (ggml's trick).
-    std::uint32_t u[4];
-    std::memcpy(u, b[i].scales, 12);
-    constexpr std::uint32_t k1 = 0x3f3f3f3f, k2 = 0x0f0f0f0f, k3 = 0x03030303;
-    u[3] = ((u[2] >> 4) & k2) | (((u[1] >> 6) & k3) << 4);
-    const std::uint32_t aux = u[1] & k1;
-    u[1] = (u[2] & k2) | (((u[0] >> 6) & k3) << 4);
-    u[2] = aux;
-    u[0] &= k1;
-    const __m256i sm = _mm256_cvtepu8_epi16(_mm_set_epi32(static_cast<int>(u[3]), static_cast<int>(u[2]),
-                                                           static_cast<int>(u[1]), static_cast<int>(u[0])));
-    const __m128i mins = _mm256_extracti128_si256(sm, 1);  // 8 x int16
-    const std::uint8_t* sc = reinterpret_cast<const std::uint8_t*>(u);
-    const float d = half_to_float(b[i].d), dmin = half_to_float(b[i].dmin);
-    __m256i q4[8];
-    for (int j = 0; j < 4; ++j) {
-      const __m256i q = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b[i].qs + 32 * j));
-      q4[2 * j] = _mm256_and_si256(q, low);
-      q4[2 * j + 1] = _mm256_and_si256(_mm256_srli_epi16(q, 4), low);
-      if constexpr (kFiveBit) {
-        const __m256i qh = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b[i].qh));
-        const __m256i h0 = _mm256_and_si256(_mm256_srli_epi16(qh, 2 * j), one);
-        const __m256i h1 = _mm256_and_si256(_mm256_srli_epi16(qh, 2 * j + 1), one);
-        q4[2 * j] = _mm256_or_si256(q4[2 * j], _mm256_slli_epi16(h0, 4));
-        q4[2 * j + 1] = _mm256_or_si256(q4[2 * j + 1], _mm256_slli_epi16(h1, 4));
-      }
-    }
-    __m256i scale16[8];
-    for (int j = 0; j < 8; ++j) scale16[j] = _mm256_set1_epi16(sc[j]);
-    for (int t = 0; t < nt; ++t) {
-      const ActQ8_K& y = act[t][i];
-      // sum over the 8 sub-blocks of min_j * (sum of their 32 activations)
-      const __m128i bs_lo = _mm_loadu_si128(reinterpret_cast<const __m128i*>(y.bsums));
-      const __m128i bs_hi = _mm_loadu_si128(reinterpret_cast<const __m128i*>(y.bsums + 8));
-      const __m128i pm = _mm_madd_epi16(mins, _mm_hadd_epi16(bs_lo, bs_hi));
-      __m128i ms = _mm_add_epi32(pm, _mm_shuffle_epi32(pm, 0x4E));
-      ms = _mm_add_epi32(ms, _mm_shuffle_epi32(ms, 0xB1));
-      acc_min[t] += y.d * dmin * static_cast<float>(_mm_cvtsi128_si32(ms));
-      __m256i sumi = _mm256_setzero_si256();
-      for (int j = 0; j < 8; ++j) {
-        const __m256i q8 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(y.qs + 32 * j));
-        sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(_mm256_maddubs_epi16(q4[j], q8), scale16[j]));
-      }
-      acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(y.d * d), _mm256_cvtepi32_ps(sumi), acc[t]);
-    }
-  }
-  for (int t = 0; t < nt; ++t) out[t] = hsum(acc[t]) - acc_min[t];
-}
-
-template <int nt>
-AIRLOCK_AVX2 void dot_q6_k(const std::uint8_t* row, const ActQ8_K* const* act, std::int64_t nb, float* out) {
-  struct Block {
-    std::uint8_t ql[128];
-    std::uint8_t qh[64];
-    std::int8_t scales[16];
-    std::uint16_t d;
-  };
-  const auto* b = reinterpret_cast<const Block*>(row);
-  const __m256i m4 = _mm256_set1_epi8(0x0F), m2 = _mm256_set1_epi8(3), m32 = _mm256_set1_epi8(32);
-  __m256 acc[kTokenGroup] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
-  for (std::int64_t i = 0; i < nb; ++i) {
-    const float d = half_to_float(b[i].d);
-    __m256i v[8], scales[8];  // 8 groups of 32 values (0..63) and their two 16-element scales
-    for (int h = 0; h < 2; ++h) {
-      const std::uint8_t* ql = b[i].ql + 64 * h;
-      const __m256i qh = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b[i].qh + 32 * h));
-      const __m256i l0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ql));
-      const __m256i l1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ql + 32));
-      v[4 * h + 0] = _mm256_or_si256(_mm256_and_si256(l0, m4), _mm256_slli_epi16(_mm256_and_si256(qh, m2), 4));
-      v[4 * h + 1] = _mm256_or_si256(_mm256_and_si256(l1, m4),
-                                     _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), m2), 4));
-      v[4 * h + 2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4),
-                                     _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), m2), 4));
-      v[4 * h + 3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4),
-                                     _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), m2), 4));
-      for (int g = 0; g < 4; ++g) {
-        const std::int8_t* sc = b[i].scales + 8 * h + 2 * g;
-        scales[4 * h + g] = _mm256_set_m128i(_mm_set1_epi16(sc[1]), _mm_set1_epi16(sc[0]));
-      }
-    }
-    for (int t = 0; t < nt; ++t) {
-      const ActQ8_K& y = act[t][i];
-      __m256i sumi = _mm256_setzero_si256();
-      for (int g = 0; g < 8; ++g) {
-        const __m256i q8 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(y.qs + 32 * g));
-        // (v - 32) . q8 = v . q8 - 32 * sum(q8)
-        const __m256i p = _mm256_sub_epi16(_mm256_maddubs_epi16(v[g], q8), _mm256_maddubs_epi16(m32, q8));
-        sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, scales[g]));
-      }
-      acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d * y.d), _mm256_cvtepi32_ps(sumi), acc[t]);
-    }
-  }
-  for (int t = 0; t < nt; ++t) out[t] = hsum(acc[t]);
-}
+#define AIRLOCK_KQ_TARGET AIRLOCK_AVX2
+#define AIRLOCK_KQ_VNNI 0
+namespace kq_avx2 {
+#include "kernels_kquant.inc"
+}  // namespace kq_avx2
+#undef AIRLOCK_KQ_TARGET
+#undef AIRLOCK_KQ_VNNI
 
 AIRLOCK_AVX2 void matmul_rows_avx2(GgmlType type, const std::uint8_t* w, std::int64_t n_in, const float* x,
                                    std::int64_t n_tokens, float* y, std::int64_t n_out, std::int64_t r0,
@@ -372,18 +275,17 @@ AIRLOCK_AVX2 void matmul_rows_avx2(GgmlType type, const std::uint8_t* w, std::in
     }
   };
   thread_local std::vector<ActQ8_0> act32;
-  thread_local std::vector<ActQ8_K> act256;
   switch (type) {
     case GgmlType::kQ8_0:
       return run_int8(&act32, 32, quantize_act_q8_0, [](auto nt, auto... a) { dot_q8_0<nt()>(a...); });
     case GgmlType::kQ4_0:
       return run_int8(&act32, 32, quantize_act_q8_0, [](auto nt, auto... a) { dot_q4_0<nt()>(a...); });
     case GgmlType::kQ4_K:
-      return run_int8(&act256, 256, quantize_act_q8_k, [](auto nt, auto... a) { dot_qk_affine<false, nt()>(a...); });
     case GgmlType::kQ5_K:
-      return run_int8(&act256, 256, quantize_act_q8_k, [](auto nt, auto... a) { dot_qk_affine<true, nt()>(a...); });
-    case GgmlType::kQ6_K:
-      return run_int8(&act256, 256, quantize_act_q8_k, [](auto nt, auto... a) { dot_q6_k<nt()>(a...); });
+    case GgmlType::kQ6_K: {
+      const ActQ8_K* act = quantize_for_kquant(x, n_in, n_tokens);
+      return kq_avx2::matmul_kquant_rows(type, w, stride, act, n_in / 256, n_tokens, y, n_out, r0, r1);
+    }
     default: break;
   }
   thread_local std::vector<float> row;
@@ -430,7 +332,21 @@ AIRLOCK_AVX2 void matmul_rows_avx2(GgmlType type, const std::uint8_t* w, std::in
 #define AIRLOCK_VNNI __attribute__((target("avx2,fma,f16c,avx512f,avx512vl,avx512vnni")))
 // The tile loops must be fully unrolled: the accumulators then live in
 // registers (32 with AVX-512VL) instead of memory.
+
+
+
+
+
+
 #define AIRLOCK_UNROLL _Pragma("GCC unroll 16")
+
+#define AIRLOCK_KQ_TARGET AIRLOCK_VNNI
+#define AIRLOCK_KQ_VNNI 1
+namespace kq_vnni {
+#include "kernels_kquant.inc"
+}  // namespace kq_vnni
+#undef AIRLOCK_KQ_TARGET
+#undef AIRLOCK_KQ_VNNI
 
 struct BlockQ8_0 {
   std::uint16_t d;
@@ -538,6 +454,13 @@ AIRLOCK_VNNI void matmul_q8_vnni(const std::uint8_t* w, std::int64_t n_in, const
   // in L1 across the token groups, so every weight byte comes from memory
   // once per call whatever the batch size.
   auto rows_tile = [&](auto rows, std::int64_t r) {
+    if (rows() > 1 && r + 2 * rows() <= r1) {
+      // Four rows side by side are four streams, which the hardware
+      // prefetchers follow less well than one: ask for the next tile's rows
+      // into L2 now (measured ~10% faster at 16 tokens; into L1 was slower).
+      const char* next = reinterpret_cast<const char*>(w + stride * static_cast<std::size_t>(r + rows()));
+      for (std::size_t off = 0; off < stride * rows(); off += 64) _mm_prefetch(next + off, _MM_HINT_T1);
+    }
     for (std::int64_t t0 = 0; t0 < n_tokens; t0 += kTokens) {
       const int nt = static_cast<int>(std::min<std::int64_t>(kTokens, n_tokens - t0));
       tile_q8_vnni_rows<kQ4, rows()>(w + stride * static_cast<std::size_t>(r), stride, act.data() + t0, nt, nb,
@@ -570,6 +493,11 @@ void matmul_rows(GgmlType type, const std::uint8_t* w, std::int64_t n_in, const 
     return matmul_q8_vnni<false>(w, n_in, x, n_tokens, y, n_out, r0, r1);
   if (isa == KernelIsa::kAvx512Vnni && type == GgmlType::kQ4_0)
     return matmul_q8_vnni<true>(w, n_in, x, n_tokens, y, n_out, r0, r1);
+  if (isa == KernelIsa::kAvx512Vnni &&
+      (type == GgmlType::kQ4_K || type == GgmlType::kQ5_K || type == GgmlType::kQ6_K)) {
+    const ActQ8_K* act = quantize_for_kquant(x, n_in, n_tokens);
+    return kq_vnni::matmul_kquant_rows(type, w, row_bytes(type, n_in), act, n_in / 256, n_tokens, y, n_out, r0, r1);
+  }
   if (isa >= KernelIsa::kAvx2)
     matmul_rows_avx2(type, w, n_in, x, n_tokens, y, n_out, r0, r1);
   else
