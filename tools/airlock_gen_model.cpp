@@ -234,7 +234,7 @@ int main(int argc, char** argv) {
   if (argc < 2) {
     std::fprintf(stderr,
                  "usage: airlock-gen-model OUT.gguf [--embd N] [--layers N] [--ff N] [--heads N] [--kv-heads N] "
-                 "[--ctx N] [--f32]\n");
+                 "[--ctx N] [--f32 | --type Q8_0|Q4_K|...]\n");
     return 2;
   }
   using namespace airlock;
@@ -251,6 +251,19 @@ int main(int argc, char** argv) {
     const std::string a = argv[i];
     if (a == "--f32") {
       spec.weight_type = engine::GgmlType::kF32;
+      continue;
+    }
+    if (a == "--type" && i + 1 < argc) {  // weight type by GGUF name: F32, F16, Q8_0, Q4_K, ...
+      const std::string name = argv[++i];
+      bool found = false;
+      for (std::uint32_t id = 0; id < 64 && !found; ++id) {
+        const engine::TypeTraits* t = engine::type_traits(id);
+        if (t != nullptr && t->supported && t->name == name) {
+          spec.weight_type = static_cast<engine::GgmlType>(id);
+          found = true;
+        }
+      }
+      if (!found) return std::fprintf(stderr, "airlock-gen-model: unknown or unsupported type %s\n", name.c_str()), 2;
       continue;
     }
     if (i + 1 >= argc) return std::fprintf(stderr, "airlock-gen-model: %s needs a value\n", a.c_str()), 2;

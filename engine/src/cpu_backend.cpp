@@ -66,9 +66,12 @@ class CpuBackend final : public Backend {
 
   void matmul(const WeightTensor& w, const float* x, std::int64_t n_tokens, float* y) override {
     const std::int64_t n_out = w.n_rows(), n_in = w.ne[0];
+    // The activations are quantised once, shared by every thread's rows.
+    input_.reset(w.type, x, n_in, n_tokens);
+    if (input_.needs_quantize())
+      pool_->parallel_for(n_tokens, [&](std::int64_t t0, std::int64_t t1) { input_.quantize(t0, t1); }, 4);
     pool_->parallel_for(
-        n_out, [&](std::int64_t r0, std::int64_t r1) { matmul_rows(w.type, w.data, n_in, x, n_tokens, y, n_out, r0, r1); },
-        16);
+        n_out, [&](std::int64_t r0, std::int64_t r1) { matmul_rows(input_, w.data, y, n_out, r0, r1); }, 16);
   }
 
   void get_rows(const WeightTensor& table, const std::int32_t* ids, std::int64_t n, float* out) override {
@@ -213,6 +216,7 @@ class CpuBackend final : public Backend {
 
  private:
   std::shared_ptr<ThreadPool> pool_;
+  MatmulInput input_;  // reused by every matmul (one forward pass at a time)
 };
 
 }  // namespace

@@ -179,15 +179,6 @@ void quantize_act_q8_k(const float* x, std::int64_t n, ActQ8_K* out) {
 
 AIRLOCK_AVX2 inline float half_to_float(std::uint16_t h) { return _cvtsh_ss(h); }
 
-// n_tokens rows of x quantised to Q8_K in this thread's buffer.
-const ActQ8_K* quantize_for_kquant(const float* x, std::int64_t n_in, std::int64_t n_tokens) {
-  thread_local std::vector<ActQ8_K> act;
-  const std::int64_t nb = n_in / 256;
-  act.resize(static_cast<std::size_t>(nb * n_tokens));
-  for (std::int64_t t = 0; t < n_tokens; ++t) quantize_act_q8_k(x + t * n_in, n_in, act.data() + t * nb);
-  return act.data();
-}
-
 // Each dot_* handles nt (1..4, a compile-time constant so the accumulators
 // stay in registers) tokens at once, so each weight block is unpacked once
 // per group of tokens: out[t] = row . act[t].
@@ -245,24 +236,20 @@ namespace kq_avx2 {
 #undef AIRLOCK_KQ_TARGET
 #undef AIRLOCK_KQ_VNNI
 
-AIRLOCK_AVX2 void matmul_rows_avx2(GgmlType type, const std::uint8_t* w, std::int64_t n_in, const float* x,
-                                   std::int64_t n_tokens, float* y, std::int64_t n_out, std::int64_t r0,
-                                   std::int64_t r1) {
-  const std::size_t stride = row_bytes(type, n_in);
-  // Quantised weights: quantise the activations once, then integer dots,
-  // each weight row shared by groups of up to four tokens.
-  auto run_int8 = [&](auto* act_buffer, std::int64_t block, auto quantize, auto dot) {
-    auto& act = *act_buffer;
-    const std::int64_t nb = n_in / block;
-    act.resize(static_cast<std::size_t>(nb * n_tokens));
-    for (std::int64_t t = 0; t < n_tokens; ++t) quantize(x + t * n_in, n_in, act.data() + t * nb);
-    using Act = typename std::remove_reference_t<decltype(act)>::value_type;
+// Q8_0 or Q4_0 rows against activations quantised to ActQ8_0 (nb blocks
+// per token), each weight row shared by groups of up to four tokens.
+AIRLOCK_AVX2 void matmul_q8_avx2(bool q4, const std::uint8_t* w, std::int64_t n_in, const ActQ8_0* act,
+                                 std::int64_t n_tokens, float* y, std::int64_t n_out, std::int64_t r0,
+                                 std::int64_t r1) {
+  const std::size_t stride = row_bytes(q4 ? GgmlType::kQ4_0 : GgmlType::kQ8_0, n_in);
+  const std::int64_t nb = n_in / 32;
+  auto run = [&](auto dot) {
     for (std::int64_t r = r0; r < r1; ++r) {
       const std::uint8_t* wr = w + stride * static_cast<std::size_t>(r);
       for (std::int64_t t0 = 0; t0 < n_tokens; t0 += kTokenGroup) {
         const int nt = static_cast<int>(std::min<std::int64_t>(kTokenGroup, n_tokens - t0));
-        const Act* ptrs[kTokenGroup];
-        for (int t = 0; t < nt; ++t) ptrs[t] = act.data() + (t0 + t) * nb;
+        const ActQ8_0* ptrs[kTokenGroup];
+        for (int t = 0; t < nt; ++t) ptrs[t] = act + (t0 + t) * nb;
         float out[kTokenGroup];
         switch (nt) {
           case 1: dot(std::integral_constant<int, 1>(), wr, ptrs, nb, out); break;
@@ -274,20 +261,18 @@ AIRLOCK_AVX2 void matmul_rows_avx2(GgmlType type, const std::uint8_t* w, std::in
       }
     }
   };
-  thread_local std::vector<ActQ8_0> act32;
-  switch (type) {
-    case GgmlType::kQ8_0:
-      return run_int8(&act32, 32, quantize_act_q8_0, [](auto nt, auto... a) { dot_q8_0<nt()>(a...); });
-    case GgmlType::kQ4_0:
-      return run_int8(&act32, 32, quantize_act_q8_0, [](auto nt, auto... a) { dot_q4_0<nt()>(a...); });
-    case GgmlType::kQ4_K:
-    case GgmlType::kQ5_K:
-    case GgmlType::kQ6_K: {
-      const ActQ8_K* act = quantize_for_kquant(x, n_in, n_tokens);
-      return kq_avx2::matmul_kquant_rows(type, w, stride, act, n_in / 256, n_tokens, y, n_out, r0, r1);
-    }
-    default: break;
-  }
+  if (q4)
+    run([](auto nt, auto... a) { dot_q4_0<nt()>(a...); });
+  else
+    run([](auto nt, auto... a) { dot_q8_0<nt()>(a...); });
+}
+
+// Float weights (F32, F16, BF16) and any type without integer kernels:
+// each row as floats, dotted with the float activations.
+AIRLOCK_AVX2 void matmul_float_avx2(GgmlType type, const std::uint8_t* w, std::int64_t n_in, const float* x,
+                                    std::int64_t n_tokens, float* y, std::int64_t n_out, std::int64_t r0,
+                                    std::int64_t r1) {
+  const std::size_t stride = row_bytes(type, n_in);
   thread_local std::vector<float> row;
   row.resize(static_cast<std::size_t>(n_in));
   for (std::int64_t r = r0; r < r1; ++r) {
@@ -330,15 +315,6 @@ AIRLOCK_AVX2 void matmul_rows_avx2(GgmlType type, const std::uint8_t* w, std::in
 // four rows side by side when only a few tokens share them (see below).
 
 #define AIRLOCK_VNNI __attribute__((target("avx2,fma,f16c,avx512f,avx512vl,avx512vnni")))
-// The tile loops must be fully unrolled: the accumulators then live in
-// registers (32 with AVX-512VL) instead of memory.
-
-
-
-
-
-
-#define AIRLOCK_UNROLL _Pragma("GCC unroll 16")
 
 #define AIRLOCK_KQ_TARGET AIRLOCK_VNNI
 #define AIRLOCK_KQ_VNNI 1
@@ -364,12 +340,13 @@ struct ActVnni {
   const std::int32_t* corr;  // nb: -offset * sum / 8, where each block's eight int32 lanes start
 };
 
-// The activation buffers of one matmul call on this thread.
-struct ActVnniBuffers {
-  std::vector<std::int8_t> qs;
-  std::vector<float> d;
-  std::vector<std::int32_t> corr;
-  std::vector<ActQ8_0> tmp;
+// Activations in the VNNI layout, all tokens: quants (n_tokens * nb * 32),
+// then scales and lane starts (n_tokens * nb each).
+struct VnniInput {
+  const std::int8_t* qs;
+  const float* d;
+  const std::int32_t* corr;
+  ActVnni token(std::int64_t t, std::int64_t nb) const { return {qs + t * nb * 32, d + t * nb, corr + t * nb}; }
 };
 
 template <bool kQ4>
@@ -426,30 +403,14 @@ AIRLOCK_VNNI void tile_q8_vnni_rows(const std::uint8_t* w, std::size_t stride, c
 }
 
 template <bool kQ4>
-AIRLOCK_VNNI void matmul_q8_vnni(const std::uint8_t* w, std::int64_t n_in, const float* x, std::int64_t n_tokens,
+AIRLOCK_VNNI void matmul_q8_vnni(const std::uint8_t* w, std::int64_t n_in, const VnniInput& in, std::int64_t n_tokens,
                                  float* y, std::int64_t n_out, std::int64_t r0, std::int64_t r1) {
   constexpr int kRows = 4, kTokens = 4;
-  constexpr int kLaneOffset = kQ4 ? 1 : 16;  // offset / 8
   const std::size_t stride = row_bytes(kQ4 ? GgmlType::kQ4_0 : GgmlType::kQ8_0, n_in);
   const std::int64_t nb = n_in / 32;
-  const std::size_t n_blocks = static_cast<std::size_t>(nb * n_tokens);
-  thread_local ActVnniBuffers buf;
-  buf.tmp.resize(static_cast<std::size_t>(nb));
-  buf.qs.resize(n_blocks * 32);
-  buf.d.resize(n_blocks);
-  buf.corr.resize(n_blocks);
-  std::vector<ActVnni> act(static_cast<std::size_t>(n_tokens));
-  for (std::int64_t t = 0; t < n_tokens; ++t) {
-    quantize_act_q8_0(x + t * n_in, n_in, buf.tmp.data());
-    const std::size_t base = static_cast<std::size_t>(t * nb);
-    for (std::int64_t i = 0; i < nb; ++i) {
-      const ActQ8_0& a = buf.tmp[static_cast<std::size_t>(i)];
-      std::memcpy(buf.qs.data() + (base + static_cast<std::size_t>(i)) * 32, a.qs, 32);
-      buf.d[base + static_cast<std::size_t>(i)] = a.d;
-      buf.corr[base + static_cast<std::size_t>(i)] = -kLaneOffset * a.sum;
-    }
-    act[static_cast<std::size_t>(t)] = {buf.qs.data() + base * 32, buf.d.data() + base, buf.corr.data() + base};
-  }
+  thread_local std::vector<ActVnni> act;
+  act.resize(static_cast<std::size_t>(n_tokens));
+  for (std::int64_t t = 0; t < n_tokens; ++t) act[static_cast<std::size_t>(t)] = in.token(t, nb);
   // Rows outer, tokens inner: a tile's rows (4 x ~2 KB for n_in 2048) stay
   // in L1 across the token groups, so every weight byte comes from memory
   // once per call whatever the batch size.
@@ -486,22 +447,105 @@ AIRLOCK_VNNI void matmul_q8_vnni(const std::uint8_t* w, std::int64_t n_in, const
 
 }  // namespace
 
+void MatmulInput::reset(GgmlType type, const float* x, std::int64_t n_in, std::int64_t n_tokens) {
+  type_ = type;
+  isa_ = active_isa();
+  x_ = x;
+  n_in_ = n_in;
+  n_tokens_ = n_tokens;
+  const bool q8_0 = type == GgmlType::kQ8_0 || type == GgmlType::kQ4_0;
+  const bool k = type == GgmlType::kQ4_K || type == GgmlType::kQ5_K || type == GgmlType::kQ6_K;
+  std::size_t bytes = 0;
+  if (isa_ == KernelIsa::kScalar || (!q8_0 && !k)) {
+    form_ = Form::kFloat;
+  } else if (k) {
+    form_ = Form::kQ8_K;
+    bytes = sizeof(ActQ8_K) * static_cast<std::size_t>(n_in / 256 * n_tokens);
+  } else if (isa_ == KernelIsa::kAvx512Vnni) {
+    form_ = Form::kQ8_0Vnni;
+    bytes = static_cast<std::size_t>(n_in / 32 * n_tokens) * (32 + sizeof(float) + sizeof(std::int32_t));
+  } else {
+    form_ = Form::kQ8_0;
+    bytes = sizeof(ActQ8_0) * static_cast<std::size_t>(n_in / 32 * n_tokens);
+  }
+  bytes_.resize(bytes);
+}
+
+void MatmulInput::quantize(std::int64_t t0, std::int64_t t1) {
+  switch (form_) {
+    case Form::kFloat:
+      return;
+    case Form::kQ8_K: {
+      const std::int64_t nb = n_in_ / 256;
+      auto* act = reinterpret_cast<ActQ8_K*>(bytes_.data());
+      for (std::int64_t t = t0; t < t1; ++t) quantize_act_q8_k(x_ + t * n_in_, n_in_, act + t * nb);
+      return;
+    }
+    case Form::kQ8_0: {
+      const std::int64_t nb = n_in_ / 32;
+      auto* act = reinterpret_cast<ActQ8_0*>(bytes_.data());
+      for (std::int64_t t = t0; t < t1; ++t) quantize_act_q8_0(x_ + t * n_in_, n_in_, act + t * nb);
+      return;
+    }
+    case Form::kQ8_0Vnni: {
+      const std::int64_t nb = n_in_ / 32;
+      const std::size_t n_blocks = static_cast<std::size_t>(nb * n_tokens_);
+      auto* qs = reinterpret_cast<std::int8_t*>(bytes_.data());
+      auto* d = reinterpret_cast<float*>(bytes_.data() + n_blocks * 32);
+      auto* corr = reinterpret_cast<std::int32_t*>(bytes_.data() + n_blocks * (32 + sizeof(float)));
+      const int lane_offset = type_ == GgmlType::kQ4_0 ? 1 : 16;  // the weights' offset / 8
+      thread_local std::vector<ActQ8_0> tmp;
+      tmp.resize(static_cast<std::size_t>(nb));
+      for (std::int64_t t = t0; t < t1; ++t) {
+        quantize_act_q8_0(x_ + t * n_in_, n_in_, tmp.data());
+        for (std::int64_t i = 0; i < nb; ++i) {
+          const ActQ8_0& a = tmp[static_cast<std::size_t>(i)];
+          const std::size_t at = static_cast<std::size_t>(t * nb + i);
+          std::memcpy(qs + at * 32, a.qs, 32);
+          d[at] = a.d;
+          corr[at] = -lane_offset * a.sum;
+        }
+      }
+      return;
+    }
+  }
+}
+
+void matmul_rows(const MatmulInput& in, const std::uint8_t* w, float* y, std::int64_t n_out, std::int64_t r0,
+                 std::int64_t r1) {
+  const GgmlType type = in.type_;
+  const std::int64_t n_in = in.n_in_, n_tokens = in.n_tokens_;
+  const std::uint8_t* bytes = in.bytes_.data();
+  switch (in.form_) {
+    case MatmulInput::Form::kFloat:
+      if (in.isa_ >= KernelIsa::kAvx2) return matmul_float_avx2(type, w, n_in, in.x_, n_tokens, y, n_out, r0, r1);
+      return matmul_rows_scalar(type, w, n_in, in.x_, n_tokens, y, n_out, r0, r1);
+    case MatmulInput::Form::kQ8_0:
+      return matmul_q8_avx2(type == GgmlType::kQ4_0, w, n_in, reinterpret_cast<const ActQ8_0*>(bytes), n_tokens, y,
+                            n_out, r0, r1);
+    case MatmulInput::Form::kQ8_0Vnni: {
+      const std::size_t n_blocks = static_cast<std::size_t>(n_in / 32 * n_tokens);
+      const VnniInput v{reinterpret_cast<const std::int8_t*>(bytes), reinterpret_cast<const float*>(bytes + n_blocks * 32),
+                        reinterpret_cast<const std::int32_t*>(bytes + n_blocks * (32 + sizeof(float)))};
+      if (type == GgmlType::kQ4_0) return matmul_q8_vnni<true>(w, n_in, v, n_tokens, y, n_out, r0, r1);
+      return matmul_q8_vnni<false>(w, n_in, v, n_tokens, y, n_out, r0, r1);
+    }
+    case MatmulInput::Form::kQ8_K: {
+      const auto* act = reinterpret_cast<const ActQ8_K*>(bytes);
+      const std::size_t stride = row_bytes(type, n_in);
+      if (in.isa_ == KernelIsa::kAvx512Vnni)
+        return kq_vnni::matmul_kquant_rows(type, w, stride, act, n_in / 256, n_tokens, y, n_out, r0, r1);
+      return kq_avx2::matmul_kquant_rows(type, w, stride, act, n_in / 256, n_tokens, y, n_out, r0, r1);
+    }
+  }
+}
+
 void matmul_rows(GgmlType type, const std::uint8_t* w, std::int64_t n_in, const float* x, std::int64_t n_tokens,
                  float* y, std::int64_t n_out, std::int64_t r0, std::int64_t r1) {
-  const KernelIsa isa = active_isa();
-  if (isa == KernelIsa::kAvx512Vnni && type == GgmlType::kQ8_0)
-    return matmul_q8_vnni<false>(w, n_in, x, n_tokens, y, n_out, r0, r1);
-  if (isa == KernelIsa::kAvx512Vnni && type == GgmlType::kQ4_0)
-    return matmul_q8_vnni<true>(w, n_in, x, n_tokens, y, n_out, r0, r1);
-  if (isa == KernelIsa::kAvx512Vnni &&
-      (type == GgmlType::kQ4_K || type == GgmlType::kQ5_K || type == GgmlType::kQ6_K)) {
-    const ActQ8_K* act = quantize_for_kquant(x, n_in, n_tokens);
-    return kq_vnni::matmul_kquant_rows(type, w, row_bytes(type, n_in), act, n_in / 256, n_tokens, y, n_out, r0, r1);
-  }
-  if (isa >= KernelIsa::kAvx2)
-    matmul_rows_avx2(type, w, n_in, x, n_tokens, y, n_out, r0, r1);
-  else
-    matmul_rows_scalar(type, w, n_in, x, n_tokens, y, n_out, r0, r1);
+  thread_local MatmulInput in;
+  in.reset(type, x, n_in, n_tokens);
+  in.quantize(0, n_tokens);
+  matmul_rows(in, w, y, n_out, r0, r1);
 }
 
 namespace {

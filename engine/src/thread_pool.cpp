@@ -48,11 +48,19 @@ void ThreadPool::parallel_for(std::int64_t n, const std::function<void(std::int6
     fn(0, n);
     return;
   }
+  // Ranges are handed out from a shared counter, a few per thread, so a
+  // thread that is descheduled or slower (a shared VM, a busy core) does not
+  // leave the others waiting at the end: chunks of n / (4 * threads),
+  // rounded up to a multiple of min_chunk.
+  const std::int64_t step = std::max<std::int64_t>(1, min_chunk);
+  const std::int64_t chunk = (std::max<std::int64_t>(step, n / (4 * n_threads_)) + step - 1) / step * step;
   {
     // Under the mutex so a worker about to sleep cannot miss the change.
     std::lock_guard<std::mutex> lock(mu_);
     job_ = &fn;
     job_n_ = n;
+    job_chunk_ = chunk;
+    next_.store(0, std::memory_order_relaxed);
     job_parts_ = static_cast<int>(parts);
     // Every worker acknowledges every job, even one with no part in it, so
     // no worker can still be reading these fields when the next job writes them.
@@ -60,12 +68,19 @@ void ThreadPool::parallel_for(std::int64_t n, const std::function<void(std::int6
     generation_.fetch_add(1, std::memory_order_release);
   }
   start_cv_.notify_all();
-  fn(0, n / parts);  // the caller takes part 0
+  run_chunks();  // the caller works too
   if (!spin_for([this] { return pending_.load(std::memory_order_acquire) == 0; }, kSpinMicros)) {
     std::unique_lock<std::mutex> lock(mu_);
     done_cv_.wait(lock, [this] { return pending_.load(std::memory_order_acquire) == 0; });
   }
   job_ = nullptr;
+}
+
+void ThreadPool::run_chunks() {
+  const std::int64_t n = job_n_, chunk = job_chunk_;
+  for (std::int64_t b = next_.fetch_add(chunk, std::memory_order_relaxed); b < n;
+       b = next_.fetch_add(chunk, std::memory_order_relaxed))
+    (*job_)(b, std::min(n, b + chunk));
 }
 
 void ThreadPool::worker(int index) {
@@ -80,8 +95,7 @@ void ThreadPool::worker(int index) {
     }
     if (stop_.load(std::memory_order_acquire)) return;
     seen = generation_.load(std::memory_order_acquire);
-    const std::int64_t n = job_n_, parts = job_parts_;
-    if (index < parts) (*job_)(n * index / parts, n * (index + 1) / parts);
+    if (index < job_parts_) run_chunks();
     if (pending_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
       std::lock_guard<std::mutex> lock(mu_);  // the caller may be between its check and its wait
       done_cv_.notify_one();

@@ -4,20 +4,62 @@
 // time when the CPU has them (one dispatch per call, no per-element
 // branching).
 //
-// Thread-safety: pure functions; callers split work by output rows.
+// Thread-safety: matmul_rows and attend_head are pure functions; callers
+// split work by output rows. A MatmulInput is prepared, then only read.
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 #include "airlock/engine/ggml_types.h"
 
 namespace airlock::engine {
 
-// Matrix times a batch of vectors, for output rows [r0, r1):
+// Kernel levels, lowest first. Each level falls back to the one below for
+// weight types it has no kernels of its own for.
+enum class KernelIsa { kScalar = 0, kAvx2 = 1, kAvx512Vnni = 2 };
+
+// The activations of one matrix product, prepared once and then read by
+// every thread computing a share of the output rows: for quantised weights
+// they are quantised to 8 bits (per 32 or 256 values, as ggml does) in the
+// layout the chosen kernels read; float weights read x as it is.
+//
+// Use: reset(), then quantize() over every token range (the ranges may run
+// on different threads), then any number of matmul_rows() calls. The
+// buffers are kept and reused by the next reset(). x must outlive the use.
+class MatmulInput {
+ public:
+  void reset(GgmlType type, const float* x, std::int64_t n_in, std::int64_t n_tokens);
+  // Whether quantize() has work to do (false for float weights).
+  bool needs_quantize() const { return form_ != Form::kFloat; }
+  // Prepares tokens [t0, t1).
+  void quantize(std::int64_t t0, std::int64_t t1);
+
+  GgmlType type() const { return type_; }
+  std::int64_t n_in() const { return n_in_; }
+  std::int64_t n_tokens() const { return n_tokens_; }
+
+ private:
+  friend void matmul_rows(const MatmulInput& in, const std::uint8_t* w, float* y, std::int64_t n_out,
+                          std::int64_t r0, std::int64_t r1);
+  enum class Form { kFloat, kQ8_0, kQ8_0Vnni, kQ8_K };
+  GgmlType type_ = GgmlType::kF32;
+  KernelIsa isa_ = KernelIsa::kScalar;
+  Form form_ = Form::kFloat;
+  const float* x_ = nullptr;
+  std::int64_t n_in_ = 0, n_tokens_ = 0;
+  std::vector<std::uint8_t> bytes_;  // the quantised form; layout private to kernels.cpp
+};
+
+// Matrix times the prepared batch of vectors, for output rows [r0, r1):
 //   y[t * n_out + r] = sum_k W[r][k] * x[t * n_in + k],  t < n_tokens
-// W is n_out rows of n_in elements of `type`, rows row_bytes(type, n_in)
-// apart starting at `w`. x is (n_tokens, n_in) f32, y is (n_tokens, n_out) f32.
-// Precondition: n_in % block size of `type` == 0; type is supported.
+// W is n_out rows of n_in elements of in.type(), rows row_bytes(type, n_in)
+// apart starting at `w`; y is (n_tokens, n_out) f32.
+// Precondition: n_in % block size of the type == 0; the type is supported.
+void matmul_rows(const MatmulInput& in, const std::uint8_t* w, float* y, std::int64_t n_out, std::int64_t r0,
+                 std::int64_t r1);
+
+// The same in one call (prepares x on this thread): x is (n_tokens, n_in) f32.
 void matmul_rows(GgmlType type, const std::uint8_t* w, std::int64_t n_in, const float* x,
                  std::int64_t n_tokens, float* y, std::int64_t n_out, std::int64_t r0, std::int64_t r1);
 
@@ -27,10 +69,6 @@ void matmul_rows(GgmlType type, const std::uint8_t* w, std::int64_t n_in, const 
 // slot(p) = table[p / block] * block + p % block. `scores` is scratch of n_ctx.
 void attend_head(const float* q, const float* k, const float* v, std::int64_t kv_stride, const std::int32_t* table,
                  int block, int n_ctx, int head_dim, float scale, float* scores, float* out);
-
-// Kernel levels, lowest first. Each level falls back to the one below for
-// weight types it has no kernels of its own for.
-enum class KernelIsa { kScalar = 0, kAvx2 = 1, kAvx512Vnni = 2 };
 
 // Which level matmul_rows uses now: "avx512vnni", "avx2" or "scalar".
 const char* kernel_isa();

@@ -1,7 +1,8 @@
 // A fixed pool of compute threads for the CPU backend, sized to the cores
 // the process may use (no oversubscription: the calling thread is one of
 // them). parallel_for() splits [0, n) into contiguous ranges, runs them on the
-// workers and the caller, and returns when all are done.
+// workers and the caller (each thread claiming the next unclaimed range until
+// none is left), and returns when all are done.
 //
 // A forward pass issues a few hundred parallel_for() calls per token, a few
 // tens of microseconds apart; waking a sleeping thread through the kernel
@@ -34,13 +35,16 @@ class ThreadPool {
 
   int n_threads() const { return n_threads_; }
 
-  // fn(begin, end) over disjoint ranges covering [0, n). Ranges are at least
-  // `min_chunk` long so tiny loops stay on one thread.
+  // fn(begin, end) over disjoint ranges covering [0, n), possibly several
+  // per thread. Ranges are multiples of `min_chunk` long (the last may be
+  // shorter), so tiny loops stay on one thread and kernels can rely on the
+  // alignment of range starts.
   void parallel_for(std::int64_t n, const std::function<void(std::int64_t, std::int64_t)>& fn,
                     std::int64_t min_chunk = 1);
 
  private:
   void worker(int index);
+  void run_chunks();
 
   static constexpr int kSpinMicros = 100;
 
@@ -56,7 +60,9 @@ class ThreadPool {
   std::atomic<bool> stop_{false};
   const std::function<void(std::int64_t, std::int64_t)>* job_ = nullptr;
   std::int64_t job_n_ = 0;
-  int job_parts_ = 0;
+  std::int64_t job_chunk_ = 1;
+  int job_parts_ = 0;                     // threads taking part (fewer for small n)
+  std::atomic<std::int64_t> next_{0};     // start of the next unclaimed range
 };
 
 }  // namespace airlock::engine

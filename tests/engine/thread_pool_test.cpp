@@ -1,0 +1,72 @@
+// ThreadPool: every index of [0, n) is handed out exactly once, in ranges
+// that respect min_chunk, across many back-to-back jobs (the spinning fast
+// path) and after the workers have gone to sleep (the condition-variable
+// path).
+#include "airlock/engine/thread_pool.h"
+
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <chrono>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+namespace airlock::engine {
+namespace {
+
+// Runs one job and checks its coverage and range shapes.
+void check_job(ThreadPool& pool, std::int64_t n, std::int64_t min_chunk) {
+  std::vector<std::atomic<int>> hits(static_cast<std::size_t>(n));
+  std::mutex mu;
+  std::vector<std::pair<std::int64_t, std::int64_t>> ranges;
+  pool.parallel_for(
+      n,
+      [&](std::int64_t b, std::int64_t e) {
+        for (std::int64_t i = b; i < e; ++i) hits[static_cast<std::size_t>(i)].fetch_add(1);
+        std::lock_guard<std::mutex> lock(mu);
+        ranges.emplace_back(b, e);
+      },
+      min_chunk);
+  for (std::int64_t i = 0; i < n; ++i) ASSERT_EQ(hits[static_cast<std::size_t>(i)].load(), 1) << "n " << n << " i " << i;
+  for (auto [b, e] : ranges) {
+    ASSERT_LT(b, e);
+    ASSERT_EQ(b % min_chunk, 0) << "range start " << b << " not a multiple of " << min_chunk;
+    if (e != n) {
+      ASSERT_EQ((e - b) % min_chunk, 0);
+    }
+  }
+}
+
+TEST(ThreadPoolTest, CoversEveryIndexOnceInAlignedRanges) {
+  for (int threads : {1, 2, 3, 8}) {
+    ThreadPool pool(threads);
+    EXPECT_EQ(pool.n_threads(), threads);
+    for (std::int64_t n : {1, 2, 7, 16, 17, 100, 1000, 4099})
+      for (std::int64_t min_chunk : {1, 4, 16}) check_job(pool, n, min_chunk);
+  }
+}
+
+TEST(ThreadPoolTest, ManyBackToBackJobsAndJobsAfterSleep) {
+  ThreadPool pool(4);
+  std::atomic<std::int64_t> total{0};
+  for (int job = 0; job < 5000; ++job)
+    pool.parallel_for(64, [&](std::int64_t b, std::int64_t e) { total.fetch_add(e - b); });
+  EXPECT_EQ(total.load(), 5000 * 64);
+  // Idle longer than the spin window: workers sleep and must still wake.
+  for (int job = 0; job < 3; ++job) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    check_job(pool, 333, 1);
+  }
+}
+
+TEST(ThreadPoolTest, EmptyAndNegativeRangesRunNothing) {
+  ThreadPool pool(2);
+  int calls = 0;
+  pool.parallel_for(0, [&](std::int64_t, std::int64_t) { ++calls; });
+  pool.parallel_for(-5, [&](std::int64_t, std::int64_t) { ++calls; });
+  EXPECT_EQ(calls, 0);
+}
+
+}  // namespace
+}  // namespace airlock::engine
