@@ -199,17 +199,18 @@ class CpuBackend final : public Backend {
     const std::int64_t kv_dim = a.kv->kv_dim;
     const float* kd = a.kv->k_layer(a.layer);
     const float* vd = a.kv->v_layer(a.layer);
-    pool_->parallel_for(a.n_tokens * a.n_head, [&](std::int64_t begin, std::int64_t end) {
+    // One job per (token, key/value head): the query heads sharing it are
+    // computed together, reading its keys and values once.
+    pool_->parallel_for(a.n_tokens * a.n_kv_head, [&](std::int64_t begin, std::int64_t end) {
       std::vector<float> scores;
       for (std::int64_t job = begin; job < end; ++job) {
-        const std::int64_t t = job / a.n_head;
-        const int h = static_cast<int>(job % a.n_head);
-        const int kvh = h / group;
-        const float* q = a.q + (t * a.n_head + h) * a.head_dim;
-        float* out = a.out + (t * a.n_head + h) * a.head_dim;
-        scores.resize(static_cast<std::size_t>(a.n_ctx[t]));
-        attend_head(q, kd + kvh * a.head_dim, vd + kvh * a.head_dim, kv_dim, a.block_table[t], kBlockTokens,
-                    a.n_ctx[t], a.head_dim, a.scale, scores.data(), out);
+        const std::int64_t t = job / a.n_kv_head;
+        const int kvh = static_cast<int>(job % a.n_kv_head);
+        const std::int64_t first = t * a.n_head + static_cast<std::int64_t>(kvh) * group;
+        scores.resize(static_cast<std::size_t>(group) * static_cast<std::size_t>(a.n_ctx[t]));
+        attend_heads(a.q + first * a.head_dim, group, kd + kvh * a.head_dim, vd + kvh * a.head_dim, kv_dim,
+                     a.block_table[t], kBlockTokens, a.n_ctx[t], a.head_dim, a.scale, scores.data(),
+                     a.out + first * a.head_dim);
       }
     });
   }

@@ -570,35 +570,140 @@ inline void attend_head_impl(const float* q, const float* k, const float* v, std
   }
 }
 
-AIRLOCK_AVX2 inline void axpy_avx2(float alpha, const float* x, float* y, std::int64_t n) {
-  const __m256 a = _mm256_set1_ps(alpha);
-  std::int64_t k = 0;
-  for (; k + 8 <= n; k += 8) _mm256_storeu_ps(y + k, _mm256_fmadd_ps(a, _mm256_loadu_ps(x + k), _mm256_loadu_ps(y + k)));
-  for (; k < n; ++k) y[k] += alpha * x[k];
+// exp(x) for x <= 0 (softmax arguments after the max is taken out), eight
+// at a time: x = n ln2 + r with |r| <= ln2 / 2, exp(r) by its degree-6
+// Taylor polynomial (relative error ~2e-7 on that interval), times 2^n
+// built in the exponent bits. Below -87.3 the result flushes to 0.
+AIRLOCK_AVX2 inline __m256 exp_nonpositive(__m256 x) {
+  const __m256 lo = _mm256_set1_ps(-87.33f);
+  const __m256 underflow = _mm256_cmp_ps(x, lo, _CMP_LT_OQ);
+  x = _mm256_max_ps(x, lo);
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  // r = x - n ln2, with ln2 split in two for precision (Cody-Waite)
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+  __m256 p = _mm256_set1_ps(1.0f / 720);
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 120));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 24));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 6));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_andnot_ps(underflow, _mm256_mul_ps(p, _mm256_castsi256_ps(e)));
 }
 
-AIRLOCK_AVX2 void attend_head_avx2(const float* q, const float* k, const float* v, std::int64_t kv_stride,
-                                   const std::int32_t* table, int block, int n_ctx, int head_dim, float scale,
-                                   float* scores, float* out) {
-  attend_head_impl(q, k, v, kv_stride, table, block, n_ctx, head_dim, scale, scores, out, dot_f32, axpy_avx2);
+// The weighted sum of values for dimensions [0, 8 * kW) of v (already
+// offset to them), for n_q heads: out[g * head_dim + i] = inv_sum[g] *
+// sum_p scores[g * n_ctx + p] * v[offs[p] + i].
+template <int kW>
+AIRLOCK_AVX2 void attend_values(const float* v, const std::int64_t* offs, int n_q, int n_ctx, const float* scores,
+                                const float* inv_sum, float* out, int head_dim) {
+  __m256 acc[4][kW];
+  AIRLOCK_UNROLL for (int g = 0; g < 4; ++g) AIRLOCK_UNROLL for (int c = 0; c < kW; ++c) acc[g][c] = _mm256_setzero_ps();
+  for (int p = 0; p < n_ctx; ++p) {
+    const float* vp = v + offs[p];
+    __m256 vv[kW];
+    AIRLOCK_UNROLL for (int c = 0; c < kW; ++c) vv[c] = _mm256_loadu_ps(vp + 8 * c);
+    AIRLOCK_UNROLL for (int g = 0; g < 4; ++g) {
+      if (g < n_q) {
+        const __m256 w = _mm256_broadcast_ss(scores + g * n_ctx + p);
+        AIRLOCK_UNROLL for (int c = 0; c < kW; ++c) acc[g][c] = _mm256_fmadd_ps(w, vv[c], acc[g][c]);
+      }
+    }
+  }
+  for (int g = 0; g < n_q; ++g)
+    for (int c = 0; c < kW; ++c)
+      _mm256_storeu_ps(out + g * head_dim + 8 * c, _mm256_mul_ps(acc[g][c], _mm256_set1_ps(inv_sum[g])));
+}
+
+// n_q (<= 4) query heads sharing one key/value head (grouped-query
+// attention), head_dim a multiple of 8. Each key and value row is read once
+// for the whole group instead of once per head: scores for two positions
+// and up to four heads at a time (eight independent FMA chains), then the
+// weighted sum of values sixteen dimensions at a time over all positions,
+// every value cache line read once.
+AIRLOCK_AVX2 void attend_group_avx2(const float* q, int n_q, const float* k, const float* v, std::int64_t kv_stride,
+                                    const std::int32_t* table, int block, int n_ctx, int head_dim, float scale,
+                                    float* scores, float* out) {
+  thread_local std::vector<std::int64_t> offs;
+  offs.resize(static_cast<std::size_t>(n_ctx));
+  for (int p = 0; p < n_ctx; ++p)
+    offs[static_cast<std::size_t>(p)] = (static_cast<std::int64_t>(table[p / block]) * block + p % block) * kv_stride;
+  // Scores.
+  int p = 0;
+  for (; p + 2 <= n_ctx; p += 2) {
+    const float* k0 = k + offs[static_cast<std::size_t>(p)];
+    const float* k1 = k + offs[static_cast<std::size_t>(p) + 1];
+    __m256 acc[2][4];
+    AIRLOCK_UNROLL for (int g = 0; g < 4; ++g) acc[0][g] = acc[1][g] = _mm256_setzero_ps();
+    for (int d = 0; d < head_dim; d += 8) {
+      const __m256 a = _mm256_loadu_ps(k0 + d), b = _mm256_loadu_ps(k1 + d);
+      AIRLOCK_UNROLL for (int g = 0; g < 4; ++g) {
+        if (g < n_q) {
+          const __m256 qg = _mm256_loadu_ps(q + g * head_dim + d);
+          acc[0][g] = _mm256_fmadd_ps(qg, a, acc[0][g]);
+          acc[1][g] = _mm256_fmadd_ps(qg, b, acc[1][g]);
+        }
+      }
+    }
+    for (int g = 0; g < n_q; ++g) {
+      scores[g * n_ctx + p] = hsum(acc[0][g]) * scale;
+      scores[g * n_ctx + p + 1] = hsum(acc[1][g]) * scale;
+    }
+  }
+  for (; p < n_ctx; ++p)
+    for (int g = 0; g < n_q; ++g)
+      scores[g * n_ctx + p] = dot_f32(q + g * head_dim, k + offs[static_cast<std::size_t>(p)], head_dim) * scale;
+  // Softmax weights (unnormalised; the sums divide at the end).
+  float inv_sum[4];
+  for (int g = 0; g < n_q; ++g) {
+    float* s = scores + g * n_ctx;
+    __m256 m8 = _mm256_set1_ps(-INFINITY);
+    int i = 0;
+    for (; i + 8 <= n_ctx; i += 8) m8 = _mm256_max_ps(m8, _mm256_loadu_ps(s + i));
+    float m = hsum_max(m8);
+    for (int j = i; j < n_ctx; ++j) m = std::max(m, s[j]);
+    const __m256 mv = _mm256_set1_ps(m);
+    __m256 sum8 = _mm256_setzero_ps();
+    for (i = 0; i + 8 <= n_ctx; i += 8) {
+      const __m256 e = exp_nonpositive(_mm256_sub_ps(_mm256_loadu_ps(s + i), mv));
+      _mm256_storeu_ps(s + i, e);
+      sum8 = _mm256_add_ps(sum8, e);
+    }
+    float sum = hsum(sum8);
+    for (; i < n_ctx; ++i) sum += s[i] = std::exp(s[i] - m);
+    inv_sum[g] = 1.0f / sum;
+  }
+  int d = 0;
+  for (; d + 16 <= head_dim; d += 16) attend_values<2>(v + d, offs.data(), n_q, n_ctx, scores, inv_sum, out + d, head_dim);
+  if (d < head_dim) attend_values<1>(v + d, offs.data(), n_q, n_ctx, scores, inv_sum, out + d, head_dim);
 }
 
 }  // namespace
 
-void attend_head(const float* q, const float* k, const float* v, std::int64_t kv_stride, const std::int32_t* table,
-                 int block, int n_ctx, int head_dim, float scale, float* scores, float* out) {
-  if (active_isa() >= KernelIsa::kAvx2)
-    return attend_head_avx2(q, k, v, kv_stride, table, block, n_ctx, head_dim, scale, scores, out);
-  attend_head_impl(
-      q, k, v, kv_stride, table, block, n_ctx, head_dim, scale, scores, out,
-      [](const float* a, const float* b, std::int64_t n) {
-        float s = 0;
-        for (std::int64_t i = 0; i < n; ++i) s += a[i] * b[i];
-        return s;
-      },
-      [](float alpha, const float* x, float* y, std::int64_t n) {
-        for (std::int64_t i = 0; i < n; ++i) y[i] += alpha * x[i];
-      });
+void attend_heads(const float* q, int n_q, const float* k, const float* v, std::int64_t kv_stride,
+                  const std::int32_t* table, int block, int n_ctx, int head_dim, float scale, float* scores,
+                  float* out) {
+  if (active_isa() >= KernelIsa::kAvx2 && head_dim % 8 == 0) {
+    for (int g = 0; g < n_q; g += 4)
+      attend_group_avx2(q + g * head_dim, std::min(4, n_q - g), k, v, kv_stride, table, block, n_ctx, head_dim,
+                        scale, scores + static_cast<std::int64_t>(g) * n_ctx, out + g * head_dim);
+    return;
+  }
+  for (int g = 0; g < n_q; ++g)
+    attend_head_impl(
+        q + g * head_dim, k, v, kv_stride, table, block, n_ctx, head_dim, scale,
+        scores + static_cast<std::int64_t>(g) * n_ctx, out + g * head_dim,
+        [](const float* a, const float* b, std::int64_t n) {
+          float s = 0;
+          for (std::int64_t i = 0; i < n; ++i) s += a[i] * b[i];
+          return s;
+        },
+        [](float alpha, const float* x, float* y, std::int64_t n) {
+          for (std::int64_t i = 0; i < n; ++i) y[i] += alpha * x[i];
+        });
 }
 
 const char* kernel_isa() { return kernel_isa_name(active_isa()); }

@@ -11,6 +11,7 @@
 #include <iterator>
 #include <utility>
 #include <cstring>
+#include <numeric>
 #include <random>
 #include <string>
 #include <vector>
@@ -374,6 +375,68 @@ TEST_P(KernelsTest, VectorPathMatchesScalarAndDoubleReference) {
 
 INSTANTIATE_TEST_SUITE_P(Levels, KernelsTest, ::testing::Values(KernelIsa::kAvx2, KernelIsa::kAvx512Vnni),
                          [](const ::testing::TestParamInfo<KernelIsa>& p) { return std::string(kernel_isa_name(p.param)); });
+
+// attend_heads against a double-precision softmax attention, for group
+// sizes on both sides of the vector kernel's four heads, head sizes with and
+// without a 16-wide tail (and one the vector path leaves to scalar code),
+// contexts from one position to several blocks through a shuffled block table,
+// and scores spread wide enough that exp() underflows for some positions.
+TEST(AttentionKernelTest, GroupedHeadsMatchDoubleReference) {
+  std::mt19937 rng(5);
+  std::normal_distribution<float> g(0.0f, 1.0f);
+  const int block = 16;
+  for (KernelIsa level : {KernelIsa::kScalar, KernelIsa::kAvx2}) {
+    if (best_kernel_isa() < level) continue;
+    limit_kernel_isa(level);
+    for (int head_dim : {40, 64, 72, 128}) {
+      for (int n_q : {1, 3, 4, 5, 8}) {
+        for (int n_ctx : {1, 2, 17, 70}) {
+          const int n_blocks = (n_ctx + block - 1) / block + 2;
+          const std::int64_t kv_stride = head_dim + 24;  // other heads' numbers in between
+          std::vector<float> k(static_cast<std::size_t>(n_blocks * block * kv_stride)), v(k.size());
+          for (float& x : k) x = g(rng);
+          for (float& x : v) x = g(rng);
+          std::vector<std::int32_t> table(static_cast<std::size_t>(n_blocks));
+          std::iota(table.begin(), table.end(), 0);
+          std::shuffle(table.begin(), table.end(), rng);
+          std::vector<float> q(static_cast<std::size_t>(n_q * head_dim));
+          const float spread = n_ctx == 70 ? 12.0f : 1.0f;  // wide: some weights underflow to 0
+          for (float& x : q) x = g(rng) * spread;
+          const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
+          std::vector<float> scores(static_cast<std::size_t>(n_q * n_ctx)), out(static_cast<std::size_t>(n_q * head_dim));
+          attend_heads(q.data(), n_q, k.data(), v.data(), kv_stride, table.data(), block, n_ctx, head_dim, scale,
+                       scores.data(), out.data());
+          for (int h = 0; h < n_q; ++h) {
+            std::vector<double> s(static_cast<std::size_t>(n_ctx));
+            double m = -1e300;
+            for (int p = 0; p < n_ctx; ++p) {
+              const std::int64_t slot = static_cast<std::int64_t>(table[static_cast<std::size_t>(p / block)]) * block + p % block;
+              double dot = 0;
+              for (int i = 0; i < head_dim; ++i)
+                dot += static_cast<double>(q[static_cast<std::size_t>(h * head_dim + i)]) * k[static_cast<std::size_t>(slot * kv_stride + i)];
+              s[static_cast<std::size_t>(p)] = dot * scale;
+              m = std::max(m, s[static_cast<std::size_t>(p)]);
+            }
+            double sum = 0;
+            for (double& x : s) sum += x = std::exp(x - m);
+            for (int i = 0; i < head_dim; ++i) {
+              double want = 0, mag = 0;
+              for (int p = 0; p < n_ctx; ++p) {
+                const std::int64_t slot = static_cast<std::int64_t>(table[static_cast<std::size_t>(p / block)]) * block + p % block;
+                const double vv = v[static_cast<std::size_t>(slot * kv_stride + i)];
+                want += s[static_cast<std::size_t>(p)] / sum * vv;
+                mag += s[static_cast<std::size_t>(p)] / sum * std::fabs(vv);
+              }
+              ASSERT_NEAR(out[static_cast<std::size_t>(h * head_dim + i)], want, 1e-5 * (mag + 1e-3))
+                  << kernel_isa() << " head_dim " << head_dim << " n_q " << n_q << " n_ctx " << n_ctx << " head " << h;
+            }
+          }
+        }
+      }
+    }
+  }
+  force_scalar_kernels(false);
+}
 
 TEST(GgmlTypesTest, TraitsDescribeKnownAndUnknownTypes) {
   EXPECT_EQ(traits(GgmlType::kQ4_K).block_bytes, 144u);

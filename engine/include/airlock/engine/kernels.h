@@ -4,7 +4,7 @@
 // time when the CPU has them (one dispatch per call, no per-element
 // branching).
 //
-// Thread-safety: matmul_rows and attend_head are pure functions; callers
+// Thread-safety: matmul_rows and attend_heads are pure functions; callers
 // split work by output rows. A MatmulInput is prepared, then only read.
 #pragma once
 
@@ -63,12 +63,17 @@ void matmul_rows(const MatmulInput& in, const std::uint8_t* w, float* y, std::in
 void matmul_rows(GgmlType type, const std::uint8_t* w, std::int64_t n_in, const float* x,
                  std::int64_t n_tokens, float* y, std::int64_t n_out, std::int64_t r0, std::int64_t r1);
 
-// One attention head for one query over n_ctx cached positions:
-//   out (head_dim) = softmax(scale * q . k_p) weighted sum of v_p,
-// where position p's key is at k + slot(p) * kv_stride (likewise v) and
-// slot(p) = table[p / block] * block + p % block. `scores` is scratch of n_ctx.
-void attend_head(const float* q, const float* k, const float* v, std::int64_t kv_stride, const std::int32_t* table,
-                 int block, int n_ctx, int head_dim, float scale, float* scores, float* out);
+// Attention for n_q query heads of one token that share a key/value head
+// (grouped-query attention; n_q 1 without grouping), over n_ctx cached
+// positions. For each head g:
+//   out[g] (head_dim) = softmax_p(scale * q[g] . k_p) weighted sum of v_p,
+// where q and out hold the n_q heads one after another, position p's key is
+// at k + slot(p) * kv_stride (likewise v) and
+// slot(p) = table[p / block] * block + p % block. `scores` is scratch of
+// n_q * n_ctx. The vector path reads each key and value once per group.
+void attend_heads(const float* q, int n_q, const float* k, const float* v, std::int64_t kv_stride,
+                  const std::int32_t* table, int block, int n_ctx, int head_dim, float scale, float* scores,
+                  float* out);
 
 // Which level matmul_rows uses now: "avx512vnni", "avx2" or "scalar".
 const char* kernel_isa();
