@@ -5,7 +5,7 @@
 // streamed per second and integer multiply-adds per second, so a kernel
 // change can be judged in seconds instead of a whole-model run.
 //
-// usage: kernel_bench [--threads N] [--type Q8_0|Q4_0|Q4_K|Q5_K|Q6_K|all] [--isa best|avx2|scalar] [--rows N]
+// usage: kernel_bench [--threads N] [--type Q8_0|Q4_0|Q4_K|Q5_K|Q6_K|all] [--isa best|avx2|scalar] [--rows N] [--split N]
 
 #include <algorithm>
 #include <chrono>
@@ -51,6 +51,7 @@ std::vector<std::uint8_t> random_rows(GgmlType type, std::int64_t n_in, std::int
 }
 
 std::int64_t g_rows = 24 * 5632;
+std::int64_t g_split = 1;  // the rows as this many separate matmul calls (a model's many small matrices)
 
 void bench_type(GgmlType type, ThreadPool& pool, Backend& be, double bw) {
   // Rows of 2048 (a 1B Llama's n_embd), ~1/3 of such a model's weights.
@@ -67,11 +68,21 @@ void bench_type(GgmlType type, ThreadPool& pool, Backend& be, double bw) {
     std::vector<float> x(static_cast<std::size_t>(nt * n_in)), y(static_cast<std::size_t>(nt * n_rows));
     std::normal_distribution<float> nd;
     for (auto& v : x) v = nd(rng);
-    be.matmul(wt, x.data(), nt, y.data());  // warm-up
+    // The same rows as g_split consecutive matrices, each its own call.
+    const std::int64_t part = n_rows / g_split;
+    auto run = [&] {
+      for (std::int64_t s = 0; s < g_split; ++s) {
+        WeightTensor piece = wt;
+        piece.ne[1] = part;
+        piece.data = w.data() + row_bytes(type, n_in) * static_cast<std::size_t>(s * part);
+        be.matmul(piece, x.data(), nt, y.data() + s * part * nt);
+      }
+    };
+    run();  // warm-up
     double best = 1e9;
     for (int rep = 0; rep < 20; ++rep) {
       const double t0 = now_s();
-      be.matmul(wt, x.data(), nt, y.data());
+      run();
       best = std::min(best, now_s() - t0);
     }
     std::printf("%-5s tokens %2d  %7.2f ms  %6.2f GB/s weights (%3.0f%% of read bandwidth)  %6.1f G mul-add/s\n",
@@ -92,8 +103,9 @@ int main(int argc, char** argv) {
     else if (a == "--type" && i + 1 < argc) which = argv[++i];
     else if (a == "--isa" && i + 1 < argc) isa = argv[++i];
     else if (a == "--rows" && i + 1 < argc) g_rows = std::atoll(argv[++i]);  // small: kernels from cache
+    else if (a == "--split" && i + 1 < argc) g_split = std::max(1LL, std::atoll(argv[++i]));
     else {
-      std::fprintf(stderr, "usage: kernel_bench [--threads N] [--type NAME|all] [--isa best|avx2|scalar] [--rows N]\n");
+      std::fprintf(stderr, "usage: kernel_bench [--threads N] [--type NAME|all] [--isa best|avx2|scalar] [--rows N] [--split N]\n");
       return 2;
     }
   }

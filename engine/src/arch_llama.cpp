@@ -96,9 +96,11 @@ Status Model::forward(const Batch& batch, KvCache& cache, const KvStorage& kv, s
   for (int il = 0; il < p.n_layer; ++il) {
     const Layer& l = layers_[il];
     be.rms_norm(x, l.attn_norm, n, d, p.rms_eps, h);
-    be.matmul(l.wq, h, n, q);
-    be.matmul(l.wk, h, n, k);
-    be.matmul(l.wv, h, n, v);
+    {
+      const WeightTensor* w[3] = {&l.wq, &l.wk, &l.wv};
+      float* y[3] = {q, k, v};
+      be.matmul_many(w, y, 3, h, n);
+    }
     if (p.qkv_bias) {
       be.add_bias(q, l.bq, n, q_dim);
       be.add_bias(k, l.bk, n, kv_dim);
@@ -117,8 +119,11 @@ Status Model::forward(const Batch& batch, KvCache& cache, const KvStorage& kv, s
     be.add(x, o, n * d);
 
     be.rms_norm(x, l.ffn_norm, n, d, p.rms_eps, h);
-    be.matmul(l.w_gate, h, n, gate);
-    be.matmul(l.w_up, h, n, up);
+    {
+      const WeightTensor* w[2] = {&l.w_gate, &l.w_up};
+      float* y[2] = {gate, up};
+      be.matmul_many(w, y, 2, h, n);
+    }
     be.swiglu(gate, up, n * p.n_ff, gate);
     be.matmul(l.w_down, gate, n, o);
     be.add(x, o, n * d);

@@ -71,7 +71,36 @@ class CpuBackend final : public Backend {
     if (input_.needs_quantize())
       pool_->parallel_for(n_tokens, [&](std::int64_t t0, std::int64_t t1) { input_.quantize(t0, t1); }, 4);
     pool_->parallel_for(
-        n_out, [&](std::int64_t r0, std::int64_t r1) { matmul_rows(input_, w.data, y, n_out, r0, r1); }, 16);
+        n_out, [&](std::int64_t r0, std::int64_t r1) { matmul_rows(input_, w.type, w.data, y, n_out, r0, r1); },
+        16);
+  }
+
+  void matmul_many(const WeightTensor* const* w, float* const* y, int count, const float* x,
+                   std::int64_t n_tokens) override {
+    bool shared = count > 1;
+    for (int i = 1; i < count && shared; ++i) shared = shares_matmul_input(w[0]->type, w[i]->type);
+    if (!shared) {
+      Backend::matmul_many(w, y, count, x, n_tokens);
+      return;
+    }
+    const std::int64_t n_in = w[0]->ne[0];
+    input_.reset(w[0]->type, x, n_in, n_tokens);
+    if (input_.needs_quantize())
+      pool_->parallel_for(n_tokens, [&](std::int64_t t0, std::int64_t t1) { input_.quantize(t0, t1); }, 4);
+    // All the matrices' rows as one range [0, total): matrix i owns
+    // [start[i], start[i] + rows(i)).
+    std::vector<std::int64_t> start(static_cast<std::size_t>(count) + 1, 0);
+    for (int i = 0; i < count; ++i) start[static_cast<std::size_t>(i) + 1] = start[static_cast<std::size_t>(i)] + w[i]->n_rows();
+    pool_->parallel_for(
+        start.back(),
+        [&](std::int64_t b, std::int64_t e) {
+          for (int i = 0; i < count; ++i) {
+            const std::int64_t s0 = start[static_cast<std::size_t>(i)], s1 = start[static_cast<std::size_t>(i) + 1];
+            if (e <= s0 || b >= s1) continue;
+            matmul_rows(input_, w[i]->type, w[i]->data, y[i], s1 - s0, std::max(b, s0) - s0, std::min(e, s1) - s0);
+          }
+        },
+        16);
   }
 
   void get_rows(const WeightTensor& table, const std::int32_t* ids, std::int64_t n, float* out) override {

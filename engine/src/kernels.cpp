@@ -447,14 +447,19 @@ AIRLOCK_VNNI void matmul_q8_vnni(const std::uint8_t* w, std::int64_t n_in, const
 
 }  // namespace
 
+namespace {
+bool is_k_quant(GgmlType t) { return t == GgmlType::kQ4_K || t == GgmlType::kQ5_K || t == GgmlType::kQ6_K; }
+bool is_q8_0_family(GgmlType t) { return t == GgmlType::kQ8_0 || t == GgmlType::kQ4_0; }
+}  // namespace
+
 void MatmulInput::reset(GgmlType type, const float* x, std::int64_t n_in, std::int64_t n_tokens) {
   type_ = type;
   isa_ = active_isa();
   x_ = x;
   n_in_ = n_in;
   n_tokens_ = n_tokens;
-  const bool q8_0 = type == GgmlType::kQ8_0 || type == GgmlType::kQ4_0;
-  const bool k = type == GgmlType::kQ4_K || type == GgmlType::kQ5_K || type == GgmlType::kQ6_K;
+  const bool q8_0 = is_q8_0_family(type);
+  const bool k = is_k_quant(type);
   std::size_t bytes = 0;
   if (isa_ == KernelIsa::kScalar || (!q8_0 && !k)) {
     form_ = Form::kFloat;
@@ -511,9 +516,16 @@ void MatmulInput::quantize(std::int64_t t0, std::int64_t t1) {
   }
 }
 
-void matmul_rows(const MatmulInput& in, const std::uint8_t* w, float* y, std::int64_t n_out, std::int64_t r0,
-                 std::int64_t r1) {
-  const GgmlType type = in.type_;
+
+bool shares_matmul_input(GgmlType a, GgmlType b) {
+  if (a == b) return true;
+  if (is_k_quant(a) || is_k_quant(b)) return is_k_quant(a) && is_k_quant(b);
+  // Q8_0 and Q4_0 differ in the VNNI form (the weight offset is folded in)
+  return !is_q8_0_family(a) && !is_q8_0_family(b);
+}
+
+void matmul_rows(const MatmulInput& in, GgmlType type, const std::uint8_t* w, float* y, std::int64_t n_out,
+                 std::int64_t r0, std::int64_t r1) {
   const std::int64_t n_in = in.n_in_, n_tokens = in.n_tokens_;
   const std::uint8_t* bytes = in.bytes_.data();
   switch (in.form_) {
@@ -545,7 +557,7 @@ void matmul_rows(GgmlType type, const std::uint8_t* w, std::int64_t n_in, const 
   thread_local MatmulInput in;
   in.reset(type, x, n_in, n_tokens);
   in.quantize(0, n_tokens);
-  matmul_rows(in, w, y, n_out, r0, r1);
+  matmul_rows(in, type, w, y, n_out, r0, r1);
 }
 
 namespace {

@@ -7,16 +7,19 @@
 
 #include <algorithm>
 #include <cmath>
-#include <limits>
-#include <iterator>
-#include <utility>
 #include <cstring>
+#include <iterator>
+#include <limits>
+#include <memory>
 #include <numeric>
+#include <utility>
 #include <random>
 #include <string>
 #include <vector>
 
+#include "airlock/engine/backend.h"
 #include "airlock/engine/kernels.h"
+#include "airlock/engine/thread_pool.h"
 
 namespace airlock::engine {
 namespace {
@@ -436,6 +439,60 @@ TEST(AttentionKernelTest, GroupedHeadsMatchDoubleReference) {
     }
   }
   force_scalar_kernels(false);
+}
+
+// matmul_many (one prepared input, all rows shared among the threads) gives
+// exactly what separate matmul calls give: matrices of one form (Q4_K with
+// Q6_K, as in Q4_K_M files), of forms that cannot share (Q8_0 with Q4_0: the
+// fallback), row counts that split chunks across matrix boundaries, and 1
+// to 9 tokens.
+TEST(CpuBackendTest, MatmulManyEqualsSeparateMatmuls) {
+  auto backend = make_cpu_backend(std::make_shared<ThreadPool>(2));
+  std::mt19937 rng(3);
+  std::normal_distribution<float> g(0.0f, 1.0f);
+  const std::int64_t n_in = 512;
+  const std::vector<std::vector<std::pair<GgmlType, std::int64_t>>> cases = {
+      {{GgmlType::kQ4_K, 40}, {GgmlType::kQ6_K, 8}, {GgmlType::kQ4_K, 23}},
+      {{GgmlType::kQ8_0, 33}, {GgmlType::kQ4_0, 17}},
+      {{GgmlType::kF32, 5}, {GgmlType::kF16, 30}},
+      {{GgmlType::kQ8_0, 64}, {GgmlType::kQ8_0, 16}, {GgmlType::kQ8_0, 48}}};
+  for (const auto& mats : cases) {
+    std::vector<std::vector<std::uint8_t>> bytes;
+    std::vector<WeightTensor> ws;
+    for (auto [type, rows] : mats) {
+      std::vector<float> wf(static_cast<std::size_t>(n_in * rows));
+      for (float& v : wf) v = g(rng);
+      const std::size_t rb = row_bytes(type, n_in);
+      bytes.emplace_back(rb * static_cast<std::size_t>(rows));
+      for (std::int64_t r = 0; r < rows; ++r) quantize_row(type, wf.data() + r * n_in, bytes.back().data() + rb * r, n_in);
+    }
+    for (std::size_t i = 0; i < mats.size(); ++i) {
+      WeightTensor w;
+      w.type = mats[i].first;
+      w.ne[0] = n_in;
+      w.ne[1] = mats[i].second;
+      w.data = bytes[i].data();
+      ws.push_back(w);
+    }
+    for (std::int64_t n_tokens : {1, 4, 9}) {
+      std::vector<float> x(static_cast<std::size_t>(n_tokens * n_in));
+      for (float& v : x) v = g(rng);
+      std::vector<std::vector<float>> together(ws.size()), apart(ws.size());
+      std::vector<const WeightTensor*> wp;
+      std::vector<float*> yp;
+      for (std::size_t i = 0; i < ws.size(); ++i) {
+        together[i].assign(static_cast<std::size_t>(n_tokens * ws[i].ne[1]), -1.0f);
+        apart[i].assign(together[i].size(), -2.0f);
+        backend->matmul(ws[i], x.data(), n_tokens, apart[i].data());
+        wp.push_back(&ws[i]);
+        yp.push_back(together[i].data());
+      }
+      backend->matmul_many(wp.data(), yp.data(), static_cast<int>(ws.size()), x.data(), n_tokens);
+      for (std::size_t i = 0; i < ws.size(); ++i)
+        ASSERT_EQ(together[i], apart[i]) << "matrix " << i << " (" << traits(ws[i].type).name << "), " << n_tokens
+                                         << " tokens";
+    }
+  }
 }
 
 TEST(GgmlTypesTest, TraitsDescribeKnownAndUnknownTypes) {

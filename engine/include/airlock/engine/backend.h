@@ -89,6 +89,15 @@ class Backend {
 
   // y (n_tokens, w.ne[1]) = x (n_tokens, w.ne[0]) times w transposed.
   virtual void matmul(const WeightTensor& w, const float* x, std::int64_t n_tokens, float* y) = 0;
+  // Several products of one input (a layer's q, k and v; gate and up):
+  // y[i] = x times w[i] transposed, for i < count; every w[i] has x's row
+  // length. The default runs matmul() for each; the CPU backend prepares x
+  // once and shares all the rows among its threads in one pass, which saves
+  // a synchronisation and a memory-stream start per small matrix.
+  virtual void matmul_many(const WeightTensor* const* w, float* const* y, int count, const float* x,
+                           std::int64_t n_tokens) {
+    for (int i = 0; i < count; ++i) matmul(*w[i], x, n_tokens, y[i]);
+  }
   // out (n, table.ne[0]) = rows `ids` of the table.
   virtual void get_rows(const WeightTensor& table, const std::int32_t* ids, std::int64_t n, float* out) = 0;
   // y (n_rows, dim) = x / rms(x) * w, per row; w is an F32 vector of dim.

@@ -40,8 +40,8 @@ class MatmulInput {
   std::int64_t n_tokens() const { return n_tokens_; }
 
  private:
-  friend void matmul_rows(const MatmulInput& in, const std::uint8_t* w, float* y, std::int64_t n_out,
-                          std::int64_t r0, std::int64_t r1);
+  friend void matmul_rows(const MatmulInput& in, GgmlType type, const std::uint8_t* w, float* y,
+                          std::int64_t n_out, std::int64_t r0, std::int64_t r1);
   enum class Form { kFloat, kQ8_0, kQ8_0Vnni, kQ8_K };
   GgmlType type_ = GgmlType::kF32;
   KernelIsa isa_ = KernelIsa::kScalar;
@@ -53,11 +53,16 @@ class MatmulInput {
 
 // Matrix times the prepared batch of vectors, for output rows [r0, r1):
 //   y[t * n_out + r] = sum_k W[r][k] * x[t * n_in + k],  t < n_tokens
-// W is n_out rows of n_in elements of in.type(), rows row_bytes(type, n_in)
+// W is n_out rows of n_in elements of `type`, rows row_bytes(type, n_in)
 // apart starting at `w`; y is (n_tokens, n_out) f32.
-// Precondition: n_in % block size of the type == 0; the type is supported.
-void matmul_rows(const MatmulInput& in, const std::uint8_t* w, float* y, std::int64_t n_out, std::int64_t r0,
-                 std::int64_t r1);
+// Preconditions: shares_matmul_input(in.type(), type); n_in % block size of
+// the type == 0; the type is supported.
+void matmul_rows(const MatmulInput& in, GgmlType type, const std::uint8_t* w, float* y, std::int64_t n_out,
+                 std::int64_t r0, std::int64_t r1);
+
+// Whether an input prepared for weights of type a also serves weights of
+// type b (the float types share one form, the K-quants another).
+bool shares_matmul_input(GgmlType a, GgmlType b);
 
 // The same in one call (prepares x on this thread): x is (n_tokens, n_in) f32.
 void matmul_rows(GgmlType type, const std::uint8_t* w, std::int64_t n_in, const float* x,
