@@ -4,9 +4,11 @@
 //
 // Three levels, each compiled with a target attribute and chosen at run
 // time so the binary still runs on any x86-64: a portable scalar one (the
-// reference), AVX2+FMA+F16C, and for Q8_0/Q4_0 weights AVX-512 VNNI on
-// 256-bit registers (vpdpbusd: 32 byte multiply-adds into int32 in one
-// instruction, where AVX2 needs sign, maddubs and madd).
+// reference), AVX2+FMA+F16C, and AVX-512 VNNI on 256-bit registers for the
+// quantised types (Q8_0/Q4_0: vpdpbusd, 32 byte multiply-adds into int32 in
+// one instruction where AVX2 needs sign, maddubs and madd; K-quants:
+// vpdpwssd for the scaled sums, from kernels_kquant.inc). Attention
+// (attend_heads) has a scalar and an AVX2 path.
 #include <cpuid.h>
 #include <immintrin.h>
 

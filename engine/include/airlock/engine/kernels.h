@@ -1,7 +1,7 @@
 // CPU compute kernels over GGUF weight types: the hot loops of the CPU
 // backend. A scalar implementation is the reference; x86-64 AVX2+FMA+F16C
-// versions, and AVX-512 VNNI ones for Q8_0/Q4_0 weights, are chosen at run
-// time when the CPU has them (one dispatch per call, no per-element
+// versions, and AVX-512 VNNI ones for Q8_0, Q4_0 and the K-quants, are
+// chosen at run time when the CPU has them (one dispatch per call, no per-element
 // branching).
 //
 // Thread-safety: matmul_rows and attend_heads are pure functions; callers
