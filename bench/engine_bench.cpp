@@ -22,9 +22,9 @@
 #include <vector>
 
 #include "airlock/engine/kernels.h"
-#include "bandwidth.h"
 #include "airlock/engine/model.h"
 #include "airlock/engine/thread_pool.h"
+#include "bandwidth.h"
 #include "gguf_writer.h"
 
 using namespace airlock;

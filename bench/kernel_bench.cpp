@@ -53,7 +53,7 @@ std::vector<std::uint8_t> random_rows(GgmlType type, std::int64_t n_in, std::int
 std::int64_t g_rows = 24 * 5632;
 std::int64_t g_split = 1;  // the rows as this many separate matmul calls (a model's many small matrices)
 
-void bench_type(GgmlType type, ThreadPool& pool, Backend& be, double bw) {
+void bench_type(GgmlType type, Backend& be, double bw) {
   // Rows of 2048 (a 1B Llama's n_embd), ~1/3 of such a model's weights.
   const std::int64_t n_in = 2048, n_rows = g_rows;  // default ~277 M weights, far beyond the caches
   std::mt19937 rng(7);
@@ -89,7 +89,6 @@ void bench_type(GgmlType type, ThreadPool& pool, Backend& be, double bw) {
                 std::string(traits(type).name).c_str(), nt, best * 1e3, bytes / best / 1e9, 100.0 * bytes / best / 1e9 / bw,
                 static_cast<double>(n_in * n_rows * nt) / best / 1e9);
   }
-  (void)pool;
 }
 
 }  // namespace
@@ -121,7 +120,7 @@ int main(int argc, char** argv) {
   std::printf("threads %d, kernels %s, memory read bandwidth %.2f GB/s\n", pool->n_threads(), kernel_isa(), bw);
   for (GgmlType t : {GgmlType::kQ8_0, GgmlType::kQ4_0, GgmlType::kQ4_K, GgmlType::kQ5_K, GgmlType::kQ6_K}) {
     if (which != "all" && which != traits(t).name) continue;
-    bench_type(t, *pool, *be, bw);
+    bench_type(t, *be, bw);
   }
   return 0;
 }

@@ -65,24 +65,18 @@ class CpuBackend final : public Backend {
   }
 
   void matmul(const WeightTensor& w, const float* x, std::int64_t n_tokens, float* y) override {
-    const std::int64_t n_out = w.n_rows(), n_in = w.ne[0];
-    // The activations are quantised once, shared by every thread's rows.
-    input_.reset(w.type, x, n_in, n_tokens);
-    if (input_.needs_quantize())
-      pool_->parallel_for(n_tokens, [&](std::int64_t t0, std::int64_t t1) { input_.quantize(t0, t1); }, 4);
-    pool_->parallel_for(
-        n_out, [&](std::int64_t r0, std::int64_t r1) { matmul_rows(input_, w.type, w.data, y, n_out, r0, r1); },
-        16);
+    const WeightTensor* one = &w;
+    matmul_many(&one, &y, 1, x, n_tokens);
   }
 
   void matmul_many(const WeightTensor* const* w, float* const* y, int count, const float* x,
                    std::int64_t n_tokens) override {
-    bool shared = count > 1;
-    for (int i = 1; i < count && shared; ++i) shared = shares_matmul_input(w[0]->type, w[i]->type);
-    if (!shared) {
-      Backend::matmul_many(w, y, count, x, n_tokens);
-      return;
-    }
+    for (int i = 1; i < count; ++i)
+      if (!shares_matmul_input(w[0]->type, w[i]->type)) {
+        for (int j = 0; j < count; ++j) matmul_many(&w[j], &y[j], 1, x, n_tokens);
+        return;
+      }
+    // The activations are quantised once, shared by every thread's rows.
     const std::int64_t n_in = w[0]->ne[0];
     input_.reset(w[0]->type, x, n_in, n_tokens);
     if (input_.needs_quantize())

@@ -245,28 +245,12 @@ AIRLOCK_AVX2 void matmul_q8_avx2(bool q4, const std::uint8_t* w, std::int64_t n_
                                  std::int64_t r1) {
   const std::size_t stride = row_bytes(q4 ? GgmlType::kQ4_0 : GgmlType::kQ8_0, n_in);
   const std::int64_t nb = n_in / 32;
-  auto run = [&](auto dot) {
-    for (std::int64_t r = r0; r < r1; ++r) {
-      const std::uint8_t* wr = w + stride * static_cast<std::size_t>(r);
-      for (std::int64_t t0 = 0; t0 < n_tokens; t0 += kTokenGroup) {
-        const int nt = static_cast<int>(std::min<std::int64_t>(kTokenGroup, n_tokens - t0));
-        const ActQ8_0* ptrs[kTokenGroup];
-        for (int t = 0; t < nt; ++t) ptrs[t] = act + (t0 + t) * nb;
-        float out[kTokenGroup];
-        switch (nt) {
-          case 1: dot(std::integral_constant<int, 1>(), wr, ptrs, nb, out); break;
-          case 2: dot(std::integral_constant<int, 2>(), wr, ptrs, nb, out); break;
-          case 3: dot(std::integral_constant<int, 3>(), wr, ptrs, nb, out); break;
-          default: dot(std::integral_constant<int, 4>(), wr, ptrs, nb, out); break;
-        }
-        for (int t = 0; t < nt; ++t) y[(t0 + t) * n_out + r] = out[t];
-      }
-    }
-  };
   if (q4)
-    run([](auto nt, auto... a) { dot_q4_0<nt()>(a...); });
+    kq_avx2::for_token_groups([](auto nt, auto... a) { dot_q4_0<nt()>(a...); }, w, stride, act, nb, n_tokens, y, n_out, r0,
+                     r1);
   else
-    run([](auto nt, auto... a) { dot_q8_0<nt()>(a...); });
+    kq_avx2::for_token_groups([](auto nt, auto... a) { dot_q8_0<nt()>(a...); }, w, stride, act, nb, n_tokens, y, n_out, r0,
+                     r1);
 }
 
 // Float weights (F32, F16, BF16) and any type without integer kernels:
@@ -447,11 +431,9 @@ AIRLOCK_VNNI void matmul_q8_vnni(const std::uint8_t* w, std::int64_t n_in, const
   }
 }
 
-}  // namespace
-
-namespace {
 bool is_k_quant(GgmlType t) { return t == GgmlType::kQ4_K || t == GgmlType::kQ5_K || t == GgmlType::kQ6_K; }
 bool is_q8_0_family(GgmlType t) { return t == GgmlType::kQ8_0 || t == GgmlType::kQ4_0; }
+
 }  // namespace
 
 void MatmulInput::reset(GgmlType type, const float* x, std::int64_t n_in, std::int64_t n_tokens) {
@@ -517,7 +499,6 @@ void MatmulInput::quantize(std::int64_t t0, std::int64_t t1) {
     }
   }
 }
-
 
 bool shares_matmul_input(GgmlType a, GgmlType b) {
   if (a == b) return true;
