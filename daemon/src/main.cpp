@@ -9,7 +9,8 @@
 // SIGTERM; WATCHDOG=1 when WatchdogSec is set). SIGHUP re-checks the store
 // and loads a newer or re-verified bundle; a bundle that fails keeps the old
 // model serving. SIGTERM/SIGINT drain (no new requests; running ones finish
-// within drain_seconds) and exit 0.
+// within drain_seconds) and exit 0. Started by airlockd.socket, it serves on
+// the listening socket systemd passes (LISTEN_FDS) instead of binding.
 #include <signal.h>
 #include <systemd/sd-daemon.h>
 
@@ -178,13 +179,37 @@ int main(int argc, char** argv) {
     return 1;
   }
   server.set_model(*model);
-  Result<int> port = server.bind();
-  if (!port.is_ok()) {
-    log().error("{}", port.status().to_string());
+  // Socket activation (airlockd.socket): systemd passes one listening
+  // socket, and the configured listen address is not used. Otherwise bind.
+  std::string listening;
+  const int n_passed = ::sd_listen_fds(1);
+  if (n_passed < 0) {
+    log().error("socket activation: {}", std::strerror(-n_passed));
     return 1;
   }
-  log().info("listening on {}:{}", config.listen_host, *port);
-  std::fprintf(stdout, "airlockd listening on %s:%d\n", config.listen_host.c_str(), *port);
+  if (n_passed > 1) {
+    log().error("socket activation: systemd passed {} sockets; airlockd serves on one (one ListenStream= line)",
+                n_passed);
+    return 1;
+  }
+  if (n_passed == 1) {
+    Result<SocketAddress> passed = server.adopt(SD_LISTEN_FDS_START);
+    if (!passed.is_ok()) {
+      log().error("socket activation: {}", passed.status().to_string());
+      return 1;
+    }
+    listening = passed->to_string();
+    log().info("serving on the socket passed by systemd; 'listen' in the configuration is not used");
+  } else {
+    Result<int> port = server.bind();
+    if (!port.is_ok()) {
+      log().error("{}", port.status().to_string());
+      return 1;
+    }
+    listening = SocketAddress{config.listen_host, *port}.to_string();
+  }
+  log().info("listening on {}", listening);
+  std::fprintf(stdout, "airlockd listening on %s\n", listening.c_str());
   std::fflush(stdout);
   ::sd_notify(0, "READY=1\nSTATUS=serving");
 

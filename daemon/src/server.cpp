@@ -1,6 +1,8 @@
 #include "server.h"
 
 #include <httplib.h>
+#include <fcntl.h>
+#include <netinet/tcp.h>
 #include <sodium.h>
 
 #include <algorithm>
@@ -13,6 +15,7 @@
 #include "airlock/common/version.h"
 #include "airlock/rag/grounding.h"
 #include "airlock/rag/ingest.h"
+#include "connection.h"
 #include "openai_api.h"
 
 namespace airlock::daemon {
@@ -202,12 +205,29 @@ struct Generation {
   }
 };
 
+// httplib 0.11 listens only on sockets it creates. Its listening socket is
+// a protected member, so a subclass can hand it one that systemd created
+// (socket activation); listen_after_bind() then serves on it.
+template <class Base>
+class AdoptingServer : public Base {
+ public:
+  using Base::Base;
+  void adopt(socket_t fd) { this->svr_sock_ = fd; }
+};
+
 // Plain HTTP, or TLS with the operator's certificate (and, with client_ca,
-// only clients presenting a certificate that CA signed).
-std::unique_ptr<httplib::Server> make_http(const Config& c) {
-  if (c.tls_cert.empty()) return std::make_unique<httplib::Server>();
-  return std::make_unique<httplib::SSLServer>(c.tls_cert.c_str(), c.tls_key.c_str(),
-                                              c.tls_client_ca.empty() ? nullptr : c.tls_client_ca.c_str());
+// only clients presenting a certificate that CA signed). `adopt` is set to
+// the server's adopt().
+std::unique_ptr<httplib::Server> make_http(const Config& c, std::function<void(socket_t)>& adopt) {
+  if (c.tls_cert.empty()) {
+    auto s = std::make_unique<AdoptingServer<httplib::Server>>();
+    adopt = [p = s.get()](socket_t fd) { p->adopt(fd); };
+    return s;
+  }
+  auto s = std::make_unique<AdoptingServer<httplib::SSLServer>>(
+      c.tls_cert.c_str(), c.tls_key.c_str(), c.tls_client_ca.empty() ? nullptr : c.tls_client_ca.c_str());
+  adopt = [p = s.get()](socket_t fd) { p->adopt(fd); };
+  return s;
 }
 
 ApiError api_error(int status, const std::string& type, const std::string& message, const std::string& code = "") {
@@ -279,6 +299,7 @@ struct Server::Impl {
   Authenticator authenticate;
   AuditSink audit;
   Metrics& metrics;
+  std::function<void(socket_t)> adopt_listener;  // set by make_http
   std::unique_ptr<httplib::Server> http_owner;
   httplib::Server& http;
   mutable std::mutex model_mu;
@@ -296,7 +317,7 @@ struct Server::Impl {
 
   Impl(Config c, Authenticator a, AuditSink s, Metrics& m)
       : config(std::move(c)), authenticate(std::move(a)), audit(std::move(s)), metrics(m),
-        http_owner(make_http(config)), http(*http_owner),
+        http_owner(make_http(config, adopt_listener)), http(*http_owner),
         ttft(m.histogram("airlock_time_to_first_token_seconds", "Time from request arrival to its first token",
                          latency_buckets())),
         itl(m.histogram("airlock_inter_token_latency_seconds", "Mean time between tokens of a request",
@@ -598,6 +619,22 @@ Result<int> Server::bind() {
   return port;
 }
 
+Result<SocketAddress> Server::adopt(int fd) {
+  const Config& c = impl_->config;
+  if (!impl_->http.is_valid())
+    return invalid_argument("TLS: cannot load the certificate '" + c.tls_cert + "', key '" + c.tls_key + "'" +
+                            (c.tls_client_ca.empty() ? std::string() : " or client CA '" + c.tls_client_ca + "'"));
+  AIRLOCK_ASSIGN_OR_RETURN(SocketAddress address, listening_tcp_address(fd));
+  // Not inherited by children (pdftotext); accepted connections inherit
+  // TCP_NODELAY from it, as with the sockets httplib creates.
+  if (::fcntl(fd, F_SETFD, FD_CLOEXEC) != 0) return io_error("socket activation: fcntl", errno);
+  const int one = 1;
+  ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  impl_->listen_fd = fd;
+  impl_->adopt_listener(fd);
+  return address;
+}
+
 void Server::run() { impl_->http.listen_after_bind(); }
 
 void Server::shutdown() {
@@ -742,9 +779,21 @@ void Server::Impl::completions(const httplib::Request& req, httplib::Response& r
   prompt_tokens.inc(g->prompt_tokens * r.n);
 
   if (!r.stream) {
+    // Nothing is written until the answer is whole, so a client that hangs
+    // up is noticed on its socket, checked after every step's tokens.
+    const std::optional<PeerSocket> peer =
+        PeerSocket::find(req.local_addr, req.local_port, req.remote_addr, req.remote_port);
     for (Choice& c : g->choices)
-      while (!c.done)
+      while (!c.done) {
         for (TokenEvent& e : c.stream->pop(std::chrono::milliseconds(100))) (void)g->on_event(c, e);
+        if (peer && peer->peer_closed()) {
+          g->cancel_all();
+          observe(*g);
+          send_error(res, api_error(499, "invalid_request_error", "the client closed the connection"));
+          write_audit(key, req, g.get(), 499);
+          return;
+        }
+      }
     for (const Choice& c : g->choices)
       if (!c.error.is_ok()) {
         observe(*g);
@@ -887,6 +936,11 @@ void Server::routes() {
   h.set_payload_max_length(std::max<std::uint64_t>(s.config.max_body_bytes,
                                                    s.config.rag.max_document_bytes / 3 * 4 + (1u << 20)));
   h.set_keep_alive_timeout(30);
+  // Every SSE event is its own small write, and the end of a stream is
+  // several in a row: with Nagle's algorithm each waits for the client's
+  // delayed ACK (40 ms on Linux). The listening socket's TCP_NODELAY is
+  // inherited by every accepted connection.
+  h.set_tcp_nodelay(true);
   // Remember the listening socket: httplib listens with a backlog of 5,
   // which drops the SYNs of a burst of clients (each retried a second
   // later); bind() raises it.

@@ -9,8 +9,9 @@
 // route), 413 (body over max_body_bytes), 429 (queue full, Retry-After),
 // 503 (no model, unhealthy, draining; Retry-After).
 //
-// A streaming client that disconnects has its sequences cancelled, and its
-// KV blocks freed, at the next scheduler step.
+// A client that disconnects has its sequences cancelled, and its KV blocks
+// freed, at the next scheduler step: a stream notices on its next write, a
+// non-streamed request by watching its socket (counted and audited as 499).
 //
 // Thread-safety: handlers run on httplib's worker threads; the served model
 // is swapped atomically by set_model() (reload), requests in flight finish
@@ -26,6 +27,7 @@
 
 #include "airlock/common/status.h"
 #include "config.h"
+#include "connection.h"
 #include "metrics.h"
 #include "model_host.h"
 
@@ -57,6 +59,12 @@ class Server {
 
   // Binds the listening socket; returns the port (useful with port 0).
   Result<int> bind();
+  // Instead of bind(): serves on `fd`, a listening TCP socket created by
+  // systemd (socket activation), whose address it returns; the configured
+  // listen address is not used. The server owns the socket from then on.
+  // Errors: invalid_argument when fd is not a listening IPv4/IPv6 stream
+  // socket or the TLS files do not load.
+  Result<SocketAddress> adopt(int fd);
   // Serves until stop(); returns when the listener has closed.
   void run();
   // Stops admitting requests (503 + Retry-After), drains the scheduler for

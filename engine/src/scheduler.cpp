@@ -73,6 +73,9 @@ Scheduler::Scheduler(Model& model, const SchedulerOptions& options, KvStorage kv
     fail_from_ = std::strtoull(v, &end, 10);
     fail_to_ = end != nullptr && *end == '-' ? std::strtoull(end + 1, nullptr, 10) : fail_from_;
   }
+  // Every forward step takes at least this long, so that tests can act
+  // in the middle of a generation on any machine.
+  if (const char* v = std::getenv("AIRLOCK_TEST_STEP_DELAY_MS")) step_delay_ = std::chrono::milliseconds(std::atoi(v));
 #endif
 }
 
@@ -249,6 +252,7 @@ void Scheduler::step(std::unique_lock<std::mutex>& lock) {
   lock.unlock();
   std::vector<float> logits;
   Status st = model_.forward(batch, cache_, kv_, &logits);
+  if (step_delay_.count() > 0) std::this_thread::sleep_for(step_delay_);  // test hook (zero unless set)
   lock.lock();
 
   ++stats_.steps;

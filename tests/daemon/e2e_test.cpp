@@ -4,6 +4,7 @@
 // over HTTP.
 #include <gtest/gtest.h>
 #include <httplib.h>
+#include <netinet/in.h>
 #include <signal.h>
 #include <spawn.h>
 #include <sys/prctl.h>
@@ -132,7 +133,10 @@ struct Daemon {
   std::string log_path;
   std::string api_key;
 
-  static std::unique_ptr<Daemon> start(const Enclave& e, const std::string& extra_config = "") {
+  // `passed`: listening sockets handed over as systemd socket activation
+  // does (descriptors 3, 4, ... with LISTEN_FDS and LISTEN_PID).
+  static std::unique_ptr<Daemon> start(const Enclave& e, const std::string& extra_config = "",
+                                       const std::vector<int>& passed = {}) {
     auto d = std::make_unique<Daemon>();
     d->api_key = e.api_key;
     static int n = 0;
@@ -147,6 +151,20 @@ struct Daemon {
     std::vector<char*> cargv;
     for (std::string& a : argv) cargv.push_back(a.data());
     cargv.push_back(nullptr);
+    // The environment, built before fork; the child writes its pid into
+    // LISTEN_PID's digits.
+    std::vector<std::string> env;
+    for (char** v = environ; *v != nullptr; ++v)
+      if (std::strncmp(*v, "LISTEN_", 7) != 0) env.emplace_back(*v);
+    std::size_t pid_slot = 0;
+    if (!passed.empty()) {
+      env.push_back("LISTEN_FDS=" + std::to_string(passed.size()));
+      pid_slot = env.size();
+      env.push_back("LISTEN_PID=0000000000");
+    }
+    std::vector<char*> cenv;
+    for (std::string& v : env) cenv.push_back(v.data());
+    cenv.push_back(nullptr);
     // fork + exec rather than posix_spawn, to ask for SIGKILL when this test
     // process dies: a test killed by a timeout must not leave a daemon behind.
     const pid_t parent = ::getpid();
@@ -162,7 +180,19 @@ struct Daemon {
       ::dup2(in, 0);
       ::dup2(out, 1);
       ::dup2(err, 2);
-      ::execve(cargv[0], cargv.data(), environ);
+      if (!passed.empty()) {
+        // Above every descriptor the sockets move to, then into place.
+        std::vector<int> high;
+        for (int fd : passed) high.push_back(::fcntl(fd, F_DUPFD, 100));
+        for (std::size_t i = 0; i < high.size(); ++i) ::dup2(high[i], 3 + static_cast<int>(i));
+        char tmp[16];
+        int n_digits = 0;
+        for (pid_t p = ::getpid(); p > 0; p /= 10) tmp[n_digits++] = static_cast<char>('0' + p % 10);
+        char* digits = cenv[pid_slot] + std::strlen("LISTEN_PID=");  // no leading zeros: read as octal
+        for (int i = 0; i < n_digits; ++i) digits[i] = tmp[n_digits - 1 - i];
+        digits[n_digits] = '\0';
+      }
+      ::execve(cargv[0], cargv.data(), cenv.data());
       ::_exit(127);
     }
     for (int i = 0; i < 600; ++i) {
@@ -755,6 +785,96 @@ TEST(DaemonLifecycle, OfficialOpenAiNodeSdk) {
   EXPECT_NE(out.find("all checks passed"), std::string::npos) << out;
   EXPECT_EQ(d->stop(), 0);
   EXPECT_EQ(full->stop(), 0);
+}
+
+// A non-streamed request writes nothing until its answer is whole; a client
+// that hangs up meanwhile is noticed on its socket and its sequence freed at
+// once (each step is slowed to 20 ms here, so the 400-token answer would take
+// 8 s).
+TEST(DaemonLifecycle, NonStreamedHangUpCancelsAndFreesBlocks) {
+#if !defined(AIRLOCK_TEST_HOOKS)
+  GTEST_SKIP() << "built with AIRLOCK_TEST_HOOKS=OFF: the step-delay hook is not compiled in";
+#endif
+  Enclave e;
+  ::setenv("AIRLOCK_TEST_STEP_DELAY_MS", "20", 1);
+  auto d = Daemon::start(e);
+  ::unsetenv("AIRLOCK_TEST_STEP_DELAY_MS");
+  ASSERT_GT(d->port, 0) << d->log();
+  json body = chat("A very long story", 400);
+  body["ignore_eos"] = true;
+  const auto t0 = std::chrono::steady_clock::now();
+  {
+    httplib::Client c = d->client();
+    c.set_read_timeout(0, 500000);  // gives up after 0.5 s and closes the connection
+    auto r = c.Post("/v1/chat/completions", body.dump(), "application/json");
+    EXPECT_FALSE(r);
+  }
+  double used = -1, running = -1;
+  for (int i = 0; i < 100; ++i) {
+    const std::string m = d->client().Get("/metrics")->body;
+    used = metric(m, "airlock_kv_blocks_used");
+    running = metric(m, "airlock_requests_running");
+    if (used == 0 && running == 0) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  EXPECT_EQ(used, 0);
+  EXPECT_EQ(running, 0);
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(4));  // well before the 8 s answer
+  const std::string m = d->client().Get("/metrics")->body;
+  EXPECT_NE(m.find("airlock_requests_total{route=\"/v1/chat/completions\",status=\"499\"} 1"), std::string::npos) << m;
+  EXPECT_LT(metric(m, "airlock_generation_tokens_total"), 100);
+  EXPECT_EQ(d->post("/v1/chat/completions", chat("still serving", 4))->status, 200);
+  EXPECT_EQ(d->stop(), 0);
+}
+
+int loopback_listener(int type = SOCK_STREAM, bool listen = true) {
+  const int fd = ::socket(AF_INET, type | SOCK_CLOEXEC, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (fd < 0 || ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 || (listen && ::listen(fd, 16) != 0)) {
+    ADD_FAILURE() << "cannot make a loopback socket: " << std::strerror(errno);
+    return -1;
+  }
+  return fd;
+}
+
+// systemd socket activation (airlockd.socket): the daemon serves on the
+// listening socket it is handed, not on the configured address, and refuses
+// what systemd would never pass it.
+TEST(DaemonLifecycle, SocketActivation) {
+  Enclave e;
+  const int fd = loopback_listener();
+  ASSERT_GE(fd, 0);
+  sockaddr_in a{};
+  socklen_t len = sizeof a;
+  ASSERT_EQ(::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len), 0);
+  {
+    auto d = Daemon::start(e, "", {fd});
+    ASSERT_EQ(d->port, ntohs(a.sin_port)) << d->log();  // not the configured 127.0.0.1:0
+    EXPECT_NE(d->log().find("serving on the socket passed by systemd"), std::string::npos) << d->log();
+    EXPECT_EQ(d->client().Get("/health")->status, 200);
+    auto r = d->post("/v1/chat/completions", chat("hello", 4));
+    ASSERT_TRUE(r);
+    EXPECT_EQ(r->status, 200) << r->body;
+    EXPECT_EQ(d->stop(), 0);
+  }
+  ::close(fd);
+
+  struct Refused {
+    std::vector<int> fds;
+    std::string says;
+  };
+  const int l1 = loopback_listener(), l2 = loopback_listener();
+  const int not_listening = loopback_listener(SOCK_STREAM, false), udp = loopback_listener(SOCK_DGRAM, false);
+  for (const Refused& r : {Refused{{l1, l2}, "systemd passed 2 sockets"},
+                           Refused{{not_listening}, "not a listening stream socket"},
+                           Refused{{udp}, "not a listening stream socket"}}) {
+    auto d = Daemon::start(e, "", r.fds);
+    EXPECT_EQ(d->port, 0);
+    EXPECT_NE(d->log().find(r.says), std::string::npos) << d->log();
+  }
+  for (int f : {l1, l2, not_listening, udp}) ::close(f);
 }
 
 TEST(DaemonLifecycle, TlsWithClientCertificates) {

@@ -78,6 +78,7 @@ use_repo "$work/repo1/apt"
 in_chroot apt-get update -q > "$work/update.log" 2>&1 || { cat "$work/update.log"; fail "apt-get update"; }
 in_chroot apt-get install -y -q airlock > "$work/install.log" 2>&1 || { cat "$work/install.log"; fail "apt-get install"; }
 for f in /usr/sbin/airlockd /usr/bin/airlock /etc/airlock/airlockd.toml /usr/lib/systemd/system/airlockd.service \
+         /usr/lib/systemd/system/airlockd.socket /usr/share/airlock/systemd/private-network.conf \
          /usr/lib/sysusers.d/airlock.conf /usr/lib/tmpfiles.d/airlock.conf /usr/share/doc/airlock/daemon.md; do
   [ -e "$chroot_dir$f" ] || fail "missing $f"
 done
@@ -85,6 +86,7 @@ done
 in_chroot getent passwd airlock | grep -q ':/var/lib/airlock:/usr/sbin/nologin$' || fail "no airlock user"
 [ "$(in_chroot stat -c %U /var/lib/airlock)" = airlock ] || fail "/var/lib/airlock not owned by airlock"
 [ -L "$chroot_dir/etc/systemd/system/multi-user.target.wants/airlockd.service" ] || fail "airlockd not enabled"
+[ ! -e "$chroot_dir/etc/systemd/system/sockets.target.wants/airlockd.socket" ] || fail "socket activation on by default"
 in_chroot airlock --version
 in_chroot airlockd --check-config
 in_chroot dpkg-query -W airlock airlock-bundler
@@ -101,7 +103,10 @@ grep -q "edited by the operator" "$chroot_dir/etc/airlock/airlockd.toml" || fail
 
 step "remove keeps /var/lib/airlock and the configuration; purge removes them"
 echo "keep me" > "$chroot_dir/var/lib/airlock/bundles/marker"
+in_chroot systemctl enable airlockd.socket 2>/dev/null  # as an operator choosing socket activation would
+[ -L "$chroot_dir/etc/systemd/system/sockets.target.wants/airlockd.socket" ] || fail "socket not enabled"
 in_chroot apt-get remove -y -q airlock > "$work/remove.log" 2>&1 || { cat "$work/remove.log"; fail "remove"; }
+[ ! -e "$chroot_dir/etc/systemd/system/sockets.target.wants/airlockd.socket" ] || fail "socket still enabled after remove"
 [ ! -e "$chroot_dir/usr/sbin/airlockd" ] || fail "airlockd left after remove"
 [ ! -e "$chroot_dir/etc/systemd/system/multi-user.target.wants/airlockd.service" ] || fail "still enabled after remove"
 [ -e "$chroot_dir/var/lib/airlock/bundles/marker" ] || fail "remove deleted /var/lib/airlock"
@@ -129,7 +134,8 @@ if rpmkeys --root "$rpmroot" --define '_pkgverify_level all' --checksig "$work/t
 fi
 echo "tampered rpm refused: $(head -1 "$work/tampered.log")"
 rpm --root "$rpmroot" --define '_pkgverify_level all' -i --nodeps --noscripts "$work"/repo1/rpm/*.rpm
-for f in /usr/sbin/airlockd /usr/bin/airlock /etc/airlock/airlockd.toml /usr/lib/systemd/system/airlockd.service; do
+for f in /usr/sbin/airlockd /usr/bin/airlock /etc/airlock/airlockd.toml /usr/lib/systemd/system/airlockd.service \
+         /usr/lib/systemd/system/airlockd.socket /usr/share/airlock/systemd/private-network.conf; do
   [ -e "$rpmroot$f" ] || fail "rpm did not install $f"
 done
 rpm --root "$rpmroot" -qc airlock | grep -q /etc/airlock/airlockd.toml || fail "config not marked %config"

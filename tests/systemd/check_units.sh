@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Offline checks of the systemd units and the default configuration (no
 # running systemd needed):
-#   systemd-analyze verify (any message on stderr fails), systemd-analyze
-#   security --offline with an exposure threshold of 1.5, systemctl --root
-#   enable, systemd-sysusers --root and systemd-tmpfiles --root, and
+#   systemd-analyze verify (any message on stderr fails) of airlockd.service
+#   and airlockd.socket, alone and with the private-network drop-in,
+#   systemd-analyze security --offline with an exposure threshold of 1.5
+#   (with and without the drop-in), systemctl --root enable, systemd-sysusers --root and systemd-tmpfiles --root, and
 #   airlockd --check-config on the shipped airlockd.toml.
 # usage: check_units.sh SOURCE_DIR AIRLOCKD
 set -euo pipefail
@@ -20,9 +21,19 @@ echo "== systemd-analyze verify"
 # so point it at the one just built.
 mkdir -p "$work/verify"
 sed "s|/usr/sbin/airlockd|$airlockd|" "$src/systemd/airlockd.service" > "$work/verify/airlockd.service"
-systemd-analyze verify "$work/verify/airlockd.service" 2> "$work/verify.err"
+cp "$src/systemd/airlockd.socket" "$work/verify/"
+systemd-analyze verify "$work/verify/airlockd.service" "$work/verify/airlockd.socket" 2> "$work/verify.err"
 if [ -s "$work/verify.err" ]; then
   echo "FAIL: systemd-analyze verify printed:"; cat "$work/verify.err"; exit 1
+fi
+# Socket activation with the private-network drop-in, verified as installed.
+mkdir -p "$work/verify-socket/airlockd.service.d"
+cp "$work/verify/airlockd.service" "$work/verify/airlockd.socket" "$work/verify-socket/"
+cp "$src/systemd/private-network.conf" "$work/verify-socket/airlockd.service.d/"
+SYSTEMD_UNIT_PATH="$work/verify-socket:" systemd-analyze verify "$work/verify-socket/airlockd.service" \
+  "$work/verify-socket/airlockd.socket" 2> "$work/verify-socket.err"
+if [ -s "$work/verify-socket.err" ]; then
+  echo "FAIL: systemd-analyze verify (socket activation) printed:"; cat "$work/verify-socket.err"; exit 1
 fi
 
 echo "== systemd-analyze security --offline (threshold 1.5)"
@@ -33,10 +44,22 @@ cp "$airlockd" "$root/usr/sbin/airlockd"
 systemd-analyze security --offline=yes --root="$root" --threshold=15 airlockd.service > "$work/security.out" 2>&1 || {
   cat "$work/security.out"; echo "FAIL: exposure above 1.5"; exit 1; }
 grep "Overall exposure level" "$work/security.out"
+# With the drop-in, the service has no network of its own: exposure falls.
+mkdir -p "$root/etc/systemd/system/airlockd.service.d"
+cp "$src/systemd/airlockd.socket" "$root/usr/lib/systemd/system/"
+cp "$src/systemd/private-network.conf" "$root/etc/systemd/system/airlockd.service.d/"
+systemd-analyze security --offline=yes --root="$root" --threshold=15 airlockd.service > "$work/security-socket.out" 2>&1 || {
+  cat "$work/security-socket.out"; echo "FAIL: exposure above 1.5 with private-network.conf"; exit 1; }
+grep -q "✓ PrivateNetwork=" "$work/security-socket.out" || {
+  cat "$work/security-socket.out"; echo "FAIL: PrivateNetwork= not in effect with the drop-in"; exit 1; }
+grep "Overall exposure level" "$work/security-socket.out" | sed 's/^/with private-network.conf: /'
+rm -r "$root/etc/systemd/system/airlockd.service.d"
 
 echo "== systemctl --root enable"
 systemctl --root="$root" enable airlockd.service 2>/dev/null
 [ -L "$root/etc/systemd/system/multi-user.target.wants/airlockd.service" ] || { echo "FAIL: not enabled"; exit 1; }
+systemctl --root="$root" enable airlockd.socket 2>/dev/null
+[ -L "$root/etc/systemd/system/sockets.target.wants/airlockd.socket" ] || { echo "FAIL: socket not enabled"; exit 1; }
 
 echo "== systemd-sysusers --root"
 cp "$src/systemd/airlock.sysusers" "$root/usr/lib/sysusers.d/airlock.conf"

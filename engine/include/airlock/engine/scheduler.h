@@ -165,6 +165,7 @@ class Scheduler {
   bool stopping_ = false;                           // guarded by mu_
   int next_seq_id_ = 0;
   std::uint64_t fail_from_ = UINT64_MAX, fail_to_ = 0;  // test hook (AIRLOCK_TEST_HOOKS builds only)
+  std::chrono::milliseconds step_delay_{0};              // test hook (AIRLOCK_TEST_HOOKS builds only)
   std::thread thread_;
 };
 

@@ -1,0 +1,109 @@
+#include "connection.h"
+
+#include <arpa/inet.h>
+#include <dirent.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
+
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
+
+namespace airlock::daemon {
+namespace {
+
+// Numeric address text and port of a socket address; false for a family
+// other than IPv4/IPv6.
+bool to_text(const sockaddr_storage& ss, std::string& host, int& port) {
+  char buf[INET6_ADDRSTRLEN] = {};
+  if (ss.ss_family == AF_INET) {
+    const auto& a = reinterpret_cast<const sockaddr_in&>(ss);
+    if (::inet_ntop(AF_INET, &a.sin_addr, buf, sizeof buf) == nullptr) return false;
+    port = ntohs(a.sin_port);
+  } else if (ss.ss_family == AF_INET6) {
+    const auto& a = reinterpret_cast<const sockaddr_in6&>(ss);
+    if (::inet_ntop(AF_INET6, &a.sin6_addr, buf, sizeof buf) == nullptr) return false;
+    port = ntohs(a.sin6_port);
+  } else {
+    return false;
+  }
+  host = buf;
+  return true;
+}
+
+// The address text the HTTP library reports may spell an IPv6 address
+// differently (zeros, case); compare binary forms, falling back to text.
+bool same_host(const std::string& a, const std::string& b) {
+  if (a == b) return true;
+  unsigned char x[sizeof(in6_addr)], y[sizeof(in6_addr)];
+  if (::inet_pton(AF_INET6, a.c_str(), x) == 1 && ::inet_pton(AF_INET6, b.c_str(), y) == 1)
+    return std::memcmp(x, y, sizeof x) == 0;
+  return false;
+}
+
+bool matches(int fd, bool peer, const std::string& host, int port) {
+  sockaddr_storage ss{};
+  socklen_t len = sizeof ss;
+  const int rc = peer ? ::getpeername(fd, reinterpret_cast<sockaddr*>(&ss), &len)
+                      : ::getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &len);
+  std::string h;
+  int p = 0;
+  return rc == 0 && to_text(ss, h, p) && p == port && same_host(h, host);
+}
+
+}  // namespace
+
+std::optional<PeerSocket> PeerSocket::find(const std::string& local_addr, int local_port,
+                                           const std::string& remote_addr, int remote_port) {
+  if (local_port <= 0 || remote_port <= 0) return std::nullopt;
+  DIR* dir = ::opendir("/proc/self/fd");
+  if (dir == nullptr) return std::nullopt;
+  const int own = ::dirfd(dir);
+  std::optional<PeerSocket> found;
+  while (const dirent* e = ::readdir(dir)) {
+    char* end = nullptr;
+    const long fd = std::strtol(e->d_name, &end, 10);
+    if (end == e->d_name || *end != '\0' || fd == own) continue;
+    // Local address first: it fails fast (ENOTSOCK) on files and pipes.
+    if (matches(static_cast<int>(fd), false, local_addr, local_port) &&
+        matches(static_cast<int>(fd), true, remote_addr, remote_port)) {
+      found = PeerSocket(static_cast<int>(fd));
+      break;
+    }
+  }
+  ::closedir(dir);
+  return found;
+}
+
+bool PeerSocket::peer_closed() const {
+  pollfd p{};
+  p.fd = fd_;
+  p.events = POLLRDHUP;
+  if (::poll(&p, 1, 0) <= 0) return false;
+  return (p.revents & (POLLRDHUP | POLLHUP | POLLERR | POLLNVAL)) != 0;
+}
+
+std::string SocketAddress::to_string() const {
+  const std::string p = std::to_string(port);
+  return host.find(':') != std::string::npos ? "[" + host + "]:" + p : host + ":" + p;
+}
+
+Result<SocketAddress> listening_tcp_address(int fd) {
+  const std::string which = "descriptor " + std::to_string(fd);
+  int type = 0, listening = 0;
+  socklen_t len = sizeof type;
+  if (::getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) != 0)
+    return invalid_argument(which + " is not a socket: " + std::strerror(errno));
+  len = sizeof listening;
+  if (type != SOCK_STREAM || ::getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &len) != 0 || listening == 0)
+    return invalid_argument(which + " is not a listening stream socket");
+  sockaddr_storage ss{};
+  len = sizeof ss;
+  SocketAddress a;
+  if (::getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &len) != 0 || !to_text(ss, a.host, a.port))
+    return invalid_argument(which + " is not an IPv4 or IPv6 socket");
+  return a;
+}
+
+}  // namespace airlock::daemon

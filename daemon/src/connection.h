@@ -1,0 +1,61 @@
+// Socket-level facts about airlockd's own connections, without the HTTP
+// library: the accepted socket that carries a request (to notice a client
+// that hangs up while its non-streamed answer is computed), and checks of a
+// listening socket handed over by systemd.
+//
+// Why the socket is looked up by its addresses: cpp-httplib 0.11 (Debian 12)
+// does not give a handler its connection, and a non-streamed answer writes
+// nothing until it is whole, so a failed write cannot reveal the hang-up as
+// it does for a stream. A TCP connection's local and peer addresses are
+// unique while it is open, and a handler's connection stays open until the
+// handler returns, so the descriptor found stays the handler's own for as
+// long as the handler uses it.
+//
+// Nothing here opens a connection or resolves a name: addresses are
+// numeric (inet_pton/inet_ntop) and only existing descriptors are examined.
+//
+// Thread-safety: the functions are reentrant; a PeerSocket is used by the
+// one handler thread that found it.
+#pragma once
+
+#include <optional>
+#include <string>
+
+#include "airlock/common/status.h"
+
+namespace airlock::daemon {
+
+class PeerSocket {
+ public:
+  // The open TCP socket of this process whose local address is
+  // local_addr:local_port and whose peer is remote_addr:remote_port
+  // (numeric IPv4 or IPv6 text as the HTTP library reports them); nullopt
+  // when there is none (then hang-ups go unnoticed, nothing else changes).
+  // Scans /proc/self/fd: a few system calls per open descriptor.
+  static std::optional<PeerSocket> find(const std::string& local_addr, int local_port, const std::string& remote_addr,
+                                        int remote_port);
+
+  // True once the client has closed or reset its side of the connection.
+  // Never blocks and never reads: a pipelined next request stays queued.
+  bool peer_closed() const;
+
+  int fd() const { return fd_; }
+
+ private:
+  explicit PeerSocket(int fd) : fd_(fd) {}
+  int fd_;  // not owned: the HTTP library closes it after the handler returns
+};
+
+// A numeric socket address.
+struct SocketAddress {
+  std::string host;  // "127.0.0.1", "::1"
+  int port = 0;
+  std::string to_string() const;  // "127.0.0.1:8080", "[::1]:8080"
+};
+
+// The address a socket is bound to, or an error for a descriptor that is not
+// an IPv4/IPv6 stream socket listening for connections (what systemd must
+// hand airlockd through socket activation).
+Result<SocketAddress> listening_tcp_address(int fd);
+
+}  // namespace airlock::daemon

@@ -1,0 +1,140 @@
+// The socket probes behind non-streamed hang-up detection and socket
+// activation, on real loopback sockets.
+#include "connection.h"
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <gtest/gtest.h>
+
+namespace airlock::daemon {
+namespace {
+
+struct Fd {
+  int fd = -1;
+  explicit Fd(int f) : fd(f) {}
+  Fd(const Fd&) = delete;
+  Fd& operator=(const Fd&) = delete;
+  ~Fd() { reset(); }
+  void reset() {
+    if (fd >= 0) ::close(fd);
+    fd = -1;
+  }
+};
+
+// A listening socket on 127.0.0.1 with an ephemeral port.
+int listener(int type = SOCK_STREAM, bool listen = true) {
+  const int fd = ::socket(AF_INET, type | SOCK_CLOEXEC, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  EXPECT_EQ(::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+  if (listen) {
+    EXPECT_EQ(::listen(fd, 4), 0);
+  }
+  return fd;
+}
+
+int port_of(int fd, bool peer = false) {
+  sockaddr_in a{};
+  socklen_t len = sizeof a;
+  if (peer) ::getpeername(fd, reinterpret_cast<sockaddr*>(&a), &len);
+  else ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
+  return ntohs(a.sin_port);
+}
+
+// A connected pair: client end and the server's accepted end.
+struct Connection {
+  Fd listen{listener()};
+  Fd client{::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0)};
+  Fd accepted{-1};
+  Connection() {
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    a.sin_port = htons(static_cast<std::uint16_t>(port_of(listen.fd)));
+    EXPECT_EQ(::connect(client.fd, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+    accepted.fd = ::accept(listen.fd, nullptr, nullptr);
+    EXPECT_GE(accepted.fd, 0);
+  }
+  std::optional<PeerSocket> find() const {
+    return PeerSocket::find("127.0.0.1", port_of(accepted.fd), "127.0.0.1", port_of(client.fd));
+  }
+};
+
+TEST(PeerSocket, FindsTheAcceptedSocketByItsAddresses) {
+  Connection c;
+  Connection other;  // a second connection to another port must not be picked
+  std::optional<PeerSocket> p = c.find();
+  ASSERT_TRUE(p.has_value());
+  EXPECT_EQ(p->fd(), c.accepted.fd);  // not the client end, which has the same pair reversed
+  std::optional<PeerSocket> q = other.find();
+  ASSERT_TRUE(q.has_value());
+  EXPECT_EQ(q->fd(), other.accepted.fd);
+}
+
+TEST(PeerSocket, NothingForAddressesNoSocketHas) {
+  Connection c;
+  EXPECT_FALSE(PeerSocket::find("127.0.0.1", port_of(c.accepted.fd), "127.0.0.2", port_of(c.client.fd)).has_value());
+  EXPECT_FALSE(PeerSocket::find("127.0.0.1", port_of(c.accepted.fd), "127.0.0.1", 1).has_value());
+  EXPECT_FALSE(PeerSocket::find("not an address", 80, "127.0.0.1", 80).has_value());
+  EXPECT_FALSE(PeerSocket::find("127.0.0.1", -1, "127.0.0.1", 0).has_value());
+}
+
+TEST(PeerSocket, SeesTheClientHangUpButNotItsData) {
+  Connection c;
+  std::optional<PeerSocket> p = c.find();
+  ASSERT_TRUE(p.has_value());
+  EXPECT_FALSE(p->peer_closed());
+  ASSERT_EQ(::write(c.client.fd, "GET / HTTP/1.1\r\n\r\n", 18), 18);  // a pipelined request is not a hang-up
+  EXPECT_FALSE(p->peer_closed());
+  char buf[32];
+  EXPECT_EQ(::recv(c.accepted.fd, buf, sizeof buf, MSG_PEEK), 18);  // and it stays unread
+  c.client.reset();
+  EXPECT_TRUE(p->peer_closed());
+}
+
+TEST(PeerSocket, SeesAReset) {
+  Connection c;
+  std::optional<PeerSocket> p = c.find();
+  ASSERT_TRUE(p.has_value());
+  linger l{1, 0};  // close with RST
+  ASSERT_EQ(::setsockopt(c.client.fd, SOL_SOCKET, SO_LINGER, &l, sizeof l), 0);
+  c.client.reset();
+  EXPECT_TRUE(p->peer_closed());
+}
+
+TEST(ListeningTcpAddress, AcceptsAListeningTcpSocket) {
+  Fd l{listener()};
+  Result<SocketAddress> a = listening_tcp_address(l.fd);
+  ASSERT_TRUE(a.is_ok()) << a.status().to_string();
+  EXPECT_EQ(a->host, "127.0.0.1");
+  EXPECT_EQ(a->port, port_of(l.fd));
+  EXPECT_EQ(a->to_string(), "127.0.0.1:" + std::to_string(a->port));
+  EXPECT_EQ((SocketAddress{"::1", 8080}).to_string(), "[::1]:8080");
+}
+
+TEST(ListeningTcpAddress, RefusesWhatSystemdMustNotPass) {
+  Fd bound{listener(SOCK_STREAM, false)};  // bound, not listening
+  EXPECT_FALSE(listening_tcp_address(bound.fd).is_ok());
+  Fd udp{listener(SOCK_DGRAM, false)};
+  EXPECT_FALSE(listening_tcp_address(udp.fd).is_ok());
+  Connection c;  // a connected socket
+  EXPECT_FALSE(listening_tcp_address(c.accepted.fd).is_ok());
+  int unix_pair[2];
+  ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM, 0, unix_pair), 0);
+  EXPECT_FALSE(listening_tcp_address(unix_pair[0]).is_ok());
+  ::close(unix_pair[0]);
+  ::close(unix_pair[1]);
+  Fd file{::open("/dev/null", O_RDONLY | O_CLOEXEC)};
+  Result<SocketAddress> r = listening_tcp_address(file.fd);
+  ASSERT_FALSE(r.is_ok());
+  EXPECT_NE(r.status().message().find("not a socket"), std::string::npos) << r.status().message();
+  EXPECT_FALSE(listening_tcp_address(-1).is_ok());
+}
+
+}  // namespace
+}  // namespace airlock::daemon
