@@ -3,9 +3,12 @@
 // processing for a 512-token prompt, batch-1 generation, aggregate generation
 // with 8 and 16 sequences, and this machine's memory read bandwidth in the
 // same run, and reports batch-1 generation as a fraction of the roofline
-// (bandwidth / weight bytes read per token).
+// (bandwidth / bytes read per token): once counting the weights alone, once
+// counting the weights and the KV cache attention reads at the measured
+// context (f16 by default, as airlockd stores it).
 //
-// usage: engine_bench [--threads N] [--layers L] [--prompt N] [--type Q8_0|Q4_K] [--mmap-only] [--model PATH.gguf]
+// usage: engine_bench [--threads N] [--layers L] [--prompt N] [--type Q8_0|Q4_K] [--kv-type f16|f32]
+//                     [--mmap-only] [--model PATH.gguf]
 #include <sys/resource.h>
 #include <unistd.h>
 
@@ -33,6 +36,7 @@ using namespace airlock::engine;
 namespace {
 
 int g_prompt = 512;
+KvType g_kv_type = KvType::kF16;
 constexpr int kRounds = 5;
 
 double median(std::vector<double> v) {
@@ -93,7 +97,7 @@ void run_model(const std::string& path, const std::string& label, int n_threads,
   const int n_prompt = g_prompt, n_gen = 32;
   const int n_blocks = KvCache::blocks_for(n_prompt + kRounds * n_gen) + 16 * KvCache::blocks_for(32) + 8;
   KvCache cache(n_blocks);
-  auto kv = m.alloc_kv(n_blocks);
+  auto kv = m.alloc_kv(n_blocks, g_kv_type);
   if (!kv.is_ok()) std::exit(2);
   std::mt19937 rng(1);
   std::vector<float> logits;
@@ -142,11 +146,16 @@ void run_model(const std::string& path, const std::string& label, int n_threads,
   const double tg_batch[2] = {median(tg8s), median(tg16s)};
   const double bytes_per_token = static_cast<double>(m.weight_bytes());
   const double roofline = bw * 1e9 / bytes_per_token;
-  std::printf("%-22s %6.2f GB weights  pp%d %7.1f tok/s  tg1 %6.2f tok/s (%4.0f%% of roofline %.2f)  "
-              "tg8 %7.2f  tg16 %7.2f tok/s (x%.1f)  rss %ld MiB  kv %.0f MiB\n",
-              label.c_str(), bytes_per_token / 1e9, n_prompt, pp, tg1, 100.0 * tg1 / roofline, roofline, tg_batch[0],
-              tg_batch[1], tg_batch[1] / tg1, rss_mib(),
-              static_cast<double>(m.kv_bytes_per_block()) * n_blocks / (1 << 20));
+  // Batch 1 also reads every cached key and value of its context: the
+  // middle round's context length.
+  const double kv_bytes_per_token = static_cast<double>(m.kv_bytes_per_block(g_kv_type)) / kBlockTokens *
+                                    (n_prompt + kRounds * n_gen / 2);
+  const double roofline_kv = bw * 1e9 / (bytes_per_token + kv_bytes_per_token);
+  std::printf("%-22s %6.2f GB weights  pp%d %7.1f tok/s  tg1 %6.2f tok/s (%4.0f%% of roofline %.2f; %4.0f%% with "
+              "%.0f MB of %s KV)  tg8 %7.2f  tg16 %7.2f tok/s (x%.1f)  rss %ld MiB  kv %.0f MiB\n",
+              label.c_str(), bytes_per_token / 1e9, n_prompt, pp, tg1, 100.0 * tg1 / roofline, roofline,
+              100.0 * tg1 / roofline_kv, kv_bytes_per_token / 1e6, kv_type_name(g_kv_type), tg_batch[0], tg_batch[1],
+              tg_batch[1] / tg1, rss_mib(), static_cast<double>(m.kv_bytes_per_block(g_kv_type)) * n_blocks / (1 << 20));
 }
 
 }  // namespace
@@ -163,10 +172,12 @@ int main(int argc, char** argv) {
     else if (a == "--prompt" && i + 1 < argc) g_prompt = std::atoi(argv[++i]);
     else if (a == "--type" && i + 1 < argc) only_type = argv[++i];
     else if (a == "--mmap-only") mmap_only = true;
+    else if (a == "--kv-type" && i + 1 < argc && (std::strcmp(argv[i + 1], "f16") == 0 || std::strcmp(argv[i + 1], "f32") == 0))
+      g_kv_type = std::strcmp(argv[++i], "f16") == 0 ? KvType::kF16 : KvType::kF32;
     else {
       std::fprintf(stderr,
-                   "usage: engine_bench [--threads N] [--layers L] [--prompt N] [--type Q8_0|Q4_K] [--mmap-only] "
-                   "[--model PATH.gguf]\n");
+                   "usage: engine_bench [--threads N] [--layers L] [--prompt N] [--type Q8_0|Q4_K] [--kv-type f16|f32] "
+                   "[--mmap-only] [--model PATH.gguf]\n");
       return 2;
     }
   }

@@ -1,6 +1,6 @@
 // airlock-run: a developer's command line for the inference engine.
 //   airlock-run MODEL.gguf -p "prompt" -n 64 [--temp T] [--seed S] [--top-k K]
-//               [--top-p P] [--min-p P] [--threads N] [--raw]
+//               [--top-p P] [--min-p P] [--threads N] [--kv-type f16|f32] [--raw]
 // Streams the generated text to stdout and prints timings to stderr.
 #include <chrono>
 #include <cstdio>
@@ -23,7 +23,7 @@ int usage(const char* why) {
   std::fprintf(stderr,
                "airlock-run: %s\n"
                "usage: airlock-run MODEL.gguf [-p PROMPT] [-n N_TOKENS] [--temp T] [--seed S] [--top-k K]\n"
-               "                   [--top-p P] [--min-p P] [--threads N]\n",
+               "                   [--top-p P] [--min-p P] [--threads N] [--kv-type f16|f32]\n",
                why);
   return 2;
 }
@@ -37,6 +37,7 @@ double seconds_since(std::chrono::steady_clock::time_point t0) {
 int main(int argc, char** argv) {
   std::string model_path, prompt;
   int n_predict = 64, n_threads = 0;
+  KvType kv_type = KvType::kF16;  // as airlockd stores it
   SamplingParams sp;
   sp.temperature = 0.8f;
   sp.seed = 0;
@@ -55,6 +56,10 @@ int main(int argc, char** argv) {
     else if (a == "--top-p") { if (!(v = value())) return usage("--top-p needs a value"); sp.top_p = std::strtof(v, nullptr); }
     else if (a == "--min-p") { if (!(v = value())) return usage("--min-p needs a value"); sp.min_p = std::strtof(v, nullptr); }
     else if (a == "--threads") { if (!(v = value())) return usage("--threads needs a value"); n_threads = std::atoi(v); }
+    else if (a == "--kv-type") {
+      if (!(v = value()) || (std::string(v) != "f16" && std::string(v) != "f32")) return usage("--kv-type is f16 or f32");
+      kv_type = std::string(v) == "f16" ? KvType::kF16 : KvType::kF32;
+    }
     else if (!a.empty() && a[0] == '-') return usage(("unknown option " + a).c_str());
     else if (model_path.empty()) model_path = a;
     else return usage("more than one model given");
@@ -89,7 +94,7 @@ int main(int argc, char** argv) {
   if (n_ctx > p.n_ctx_train) return usage("prompt plus -n exceeds the model's context length");
   const int n_blocks = KvCache::blocks_for(n_ctx);
   KvCache cache(n_blocks);
-  Result<KvStorage> kv = m.alloc_kv(n_blocks);
+  Result<KvStorage> kv = m.alloc_kv(n_blocks, kv_type);
   if (!kv.is_ok()) return std::fprintf(stderr, "airlock-run: %s\n", kv.status().to_string().c_str()), 2;
   (void)cache.add_sequence(0);
 

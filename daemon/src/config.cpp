@@ -149,7 +149,7 @@ Result<Config> parse_config(std::string_view text, const std::string& origin, Co
     return invalid_argument(os.str());
   }
   static const std::set<std::string> kTopKeys = {
-      "listen", "store", "state", "trusted", "model", "verify_on_load", "threads", "kv_cache_mib", "max_running",
+      "listen", "store", "state", "trusted", "model", "verify_on_load", "threads", "kv_cache_mib", "kv_cache_type", "max_running",
       "max_waiting", "prefill_chunk", "max_body_bytes", "drain_seconds", "http_threads", "audit_text", "tls", "rag"};
   for (const auto& [k, v] : t)
     if (!kTopKeys.count(std::string(k.str()))) return invalid_argument(origin + ": unknown key '" + std::string(k.str()) + "'");
@@ -180,6 +180,10 @@ Result<Config> parse_config(std::string_view text, const std::string& origin, Co
   c.verify_full = verify == "full";
   AIRLOCK_RETURN_IF_ERROR(get_int("threads", 0, 1024, &c.threads));
   AIRLOCK_RETURN_IF_ERROR(get_int("kv_cache_mib", 1, 1 << 24, &c.kv_cache_mib));
+  std::string kv_type = engine::kv_type_name(c.kv_cache_type);
+  AIRLOCK_RETURN_IF_ERROR(get_string(t, "kv_cache_type", &kv_type));
+  if (kv_type != "f16" && kv_type != "f32") return bad("kv_cache_type", "must be \"f16\" or \"f32\"");
+  c.kv_cache_type = kv_type == "f16" ? engine::KvType::kF16 : engine::KvType::kF32;
   AIRLOCK_RETURN_IF_ERROR(get_int("max_running", 1, 4096, &c.max_running));
   AIRLOCK_RETURN_IF_ERROR(get_int("max_waiting", 1, 1 << 20, &c.max_waiting));
   AIRLOCK_RETURN_IF_ERROR(get_int("prefill_chunk", 1, 1 << 20, &c.prefill_chunk));

@@ -7,6 +7,8 @@
 // naming the key for everything else.
 #pragma once
 
+#include "airlock/engine/backend.h"
+
 #include <cstdint>
 #include <map>
 #include <string>
@@ -45,6 +47,7 @@ struct Config {
   bool verify_full = false;                // verify_on_load = "full" re-hashes every chunk
   int threads = 0;                         // compute threads; 0: every available core
   std::uint64_t kv_cache_mib = 1024;
+  engine::KvType kv_cache_type = engine::KvType::kF16;  // "f16" (half the memory per sequence) or "f32"
   int max_running = 16;
   int max_waiting = 64;
   int prefill_chunk = 256;

@@ -125,7 +125,7 @@ Result<std::shared_ptr<LoadedModel>> load_model(const Config& config, std::share
   open_rag(config, embedding, *m, previous.get());
 
   const engine::ModelParams& p = m->model->params();
-  const std::uint64_t per_block = m->model->kv_bytes_per_block();
+  const std::uint64_t per_block = m->model->kv_bytes_per_block(config.kv_cache_type);
   const std::uint64_t budget = config.kv_cache_mib << 20;
   // No more blocks than max_running full-context sequences could use.
   const std::uint64_t useful = static_cast<std::uint64_t>(config.max_running) *
@@ -137,14 +137,16 @@ Result<std::shared_ptr<LoadedModel>> load_model(const Config& config, std::share
   so.max_running = config.max_running;
   so.max_waiting = config.max_waiting;
   so.prefill_chunk = config.prefill_chunk;
+  so.kv_type = config.kv_cache_type;
   AIRLOCK_ASSIGN_OR_RETURN(m->scheduler, engine::Scheduler::start(*m->model, so));
   const int full_ctx = std::min(p.n_ctx_train, m->scheduler->max_context());
   airlock::log().info(
       "model {} version {}: {} ({} layers), {} parameters, {:.1f} MiB of weights, context {}; KV cache {} blocks "
-      "({:.1f} MiB), {} sequences at full context",
+      "({:.1f} MiB, {}), {} sequences at full context",
       m->id, m->version, p.arch, p.n_layer, m->model->n_params(),
       static_cast<double>(m->model->weight_bytes()) / (1 << 20), full_ctx, blocks,
-      static_cast<double>(per_block) * blocks / (1 << 20), blocks / std::max(1, engine::KvCache::blocks_for(full_ctx)));
+      static_cast<double>(per_block) * blocks / (1 << 20), engine::kv_type_name(config.kv_cache_type),
+      blocks / std::max(1, engine::KvCache::blocks_for(full_ctx)));
 
   // Warm-up: one token through the whole model before the server says ready.
   engine::GenerationRequest warm;

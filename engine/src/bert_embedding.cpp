@@ -347,7 +347,7 @@ Status BertEmbedding::forward(std::span<const std::vector<std::int32_t>> seqs,
     AIRLOCK_ASSIGN_OR_RETURN(gate_buf, be.alloc(n * ff));  // (n, n_ff)
   }
   // One layer's keys and values at a time: layers run one after another.
-  AIRLOCK_ASSIGN_OR_RETURN(KvStorage kv, be.alloc_kv(1, n_blocks * kBlockTokens, kv_dim));
+  AIRLOCK_ASSIGN_OR_RETURN(KvStorage kv, be.alloc_kv(1, n_blocks * kBlockTokens, kv_dim, KvType::kF32));
   float *x = x_buf.get(), *h = h_buf.get(), *q = q_buf.get(), *k = k_buf.get(), *v = v_buf.get(),
         *att = att_buf.get(), *up = up_buf.get(), *gate = gate_buf.get();
 

@@ -53,13 +53,15 @@ class CpuBackend final : public Backend {
     return p;
   }
 
-  Result<KvStorage> alloc_kv(int n_layers, std::int64_t n_slots, std::int64_t kv_dim) override {
+  Result<KvStorage> alloc_kv(int n_layers, std::int64_t n_slots, std::int64_t kv_dim, KvType type) override {
     KvStorage kv;
     kv.n_layers = n_layers;
     kv.n_slots = n_slots;
     kv.kv_dim = kv_dim;
-    kv.k = aligned_floats(n_layers * n_slots * kv_dim);
-    kv.v = aligned_floats(n_layers * n_slots * kv_dim);
+    kv.type = type;
+    const std::int64_t n_floats = (n_layers * n_slots * kv_dim * static_cast<std::int64_t>(kv_type_bytes(type)) + 3) / 4;
+    kv.k = aligned_floats(n_floats);
+    kv.v = aligned_floats(n_floats);
     if (!kv.k || !kv.v) return resource_exhausted("out of memory for the KV cache");
     return kv;
   }
@@ -200,8 +202,17 @@ class CpuBackend final : public Backend {
 
   void kv_write(const KvStorage& kv, int layer, const float* k, const float* v, std::int64_t n_tokens,
                 const std::int32_t* slots) override {
-    float* kd = kv.k_layer(layer);
-    float* vd = kv.v_layer(layer);
+    if (kv.type == KvType::kF16) {
+      auto* kd = static_cast<std::uint16_t*>(kv.k_layer(layer));
+      auto* vd = static_cast<std::uint16_t*>(kv.v_layer(layer));
+      for (std::int64_t t = 0; t < n_tokens; ++t) {
+        fp32_to_fp16_row(k + t * kv.kv_dim, kd + slots[t] * kv.kv_dim, kv.kv_dim);
+        fp32_to_fp16_row(v + t * kv.kv_dim, vd + slots[t] * kv.kv_dim, kv.kv_dim);
+      }
+      return;
+    }
+    auto* kd = static_cast<float*>(kv.k_layer(layer));
+    auto* vd = static_cast<float*>(kv.v_layer(layer));
     const std::size_t row = static_cast<std::size_t>(kv.kv_dim) * sizeof(float);
     for (std::int64_t t = 0; t < n_tokens; ++t) {
       std::memcpy(kd + slots[t] * kv.kv_dim, k + t * kv.kv_dim, row);
@@ -210,18 +221,29 @@ class CpuBackend final : public Backend {
   }
 
   void kv_copy_blocks(const KvStorage& kv, int from_block, int to_block) override {
-    const std::int64_t n = static_cast<std::int64_t>(kBlockTokens) * kv.kv_dim;
-    for (int l = 0; l < kv.n_layers; ++l) {
-      std::memcpy(kv.k_layer(l) + to_block * n, kv.k_layer(l) + from_block * n, static_cast<std::size_t>(n) * 4);
-      std::memcpy(kv.v_layer(l) + to_block * n, kv.v_layer(l) + from_block * n, static_cast<std::size_t>(n) * 4);
-    }
+    const std::size_t n = static_cast<std::size_t>(kBlockTokens * kv.kv_dim) * kv_type_bytes(kv.type);
+    for (int l = 0; l < kv.n_layers; ++l)
+      for (void* layer : {kv.k_layer(l), kv.v_layer(l)}) {
+        char* base = static_cast<char*>(layer);
+        std::memcpy(base + static_cast<std::size_t>(to_block) * n, base + static_cast<std::size_t>(from_block) * n, n);
+      }
   }
 
   void attention(const AttentionArgs& a) override {
+    if (a.kv->type == KvType::kF16)
+      attention_over(a, static_cast<const std::uint16_t*>(a.kv->k_layer(a.layer)),
+                     static_cast<const std::uint16_t*>(a.kv->v_layer(a.layer)));
+    else
+      attention_over(a, static_cast<const float*>(a.kv->k_layer(a.layer)),
+                     static_cast<const float*>(a.kv->v_layer(a.layer)));
+  }
+
+ private:
+  // T: float or f16 bits, as the cache stores them.
+  template <typename T>
+  void attention_over(const AttentionArgs& a, const T* kd, const T* vd) {
     const int group = a.n_head / a.n_kv_head;
     const std::int64_t kv_dim = a.kv->kv_dim;
-    const float* kd = a.kv->k_layer(a.layer);
-    const float* vd = a.kv->v_layer(a.layer);
     // One job per (token, key/value head): the query heads sharing it are
     // computed together, reading its keys and values once.
     pool_->parallel_for(a.n_tokens * a.n_kv_head, [&](std::int64_t begin, std::int64_t end) {
@@ -238,12 +260,14 @@ class CpuBackend final : public Backend {
     });
   }
 
- private:
   std::shared_ptr<ThreadPool> pool_;
   MatmulInput input_;  // reused by every matmul (one forward pass at a time)
 };
 
 }  // namespace
+
+const char* kv_type_name(KvType t) { return t == KvType::kF16 ? "f16" : "f32"; }
+std::size_t kv_type_bytes(KvType t) { return t == KvType::kF16 ? 2 : 4; }
 
 std::unique_ptr<Backend> make_cpu_backend(std::shared_ptr<ThreadPool> pool) {
   return std::make_unique<CpuBackend>(std::move(pool));

@@ -545,8 +545,8 @@ void matmul_rows(GgmlType type, const std::uint8_t* w, std::int64_t n_in, const 
 
 namespace {
 
-template <typename Dot, typename Axpy>
-inline void attend_head_impl(const float* q, const float* k, const float* v, std::int64_t kv_stride,
+template <typename T, typename Dot, typename Axpy>
+inline void attend_head_impl(const float* q, const T* k, const T* v, std::int64_t kv_stride,
                              const std::int32_t* table, int block, int n_ctx, int head_dim, float scale,
                              float* scores, float* out, Dot dot, Axpy axpy) {
   float max_score = -INFINITY;
@@ -589,18 +589,32 @@ AIRLOCK_AVX2 inline __m256 exp_nonpositive(__m256 x) {
   return _mm256_andnot_ps(underflow, _mm256_mul_ps(p, _mm256_castsi256_ps(e)));
 }
 
+// Eight cached keys or values as f32, from an f32 or an f16 cache.
+AIRLOCK_AVX2 inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
+AIRLOCK_AVX2 inline __m256 load8(const std::uint16_t* p) {
+  return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+}
+
+// q . k over n (a multiple of 8) dimensions, k from the cache.
+template <typename T>
+AIRLOCK_AVX2 inline float dot_cached(const float* q, const T* k, int n) {
+  __m256 acc = _mm256_setzero_ps();
+  for (int i = 0; i < n; i += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), load8(k + i), acc);
+  return hsum(acc);
+}
+
 // The weighted sum of values for dimensions [0, 8 * kW) of v (already
 // offset to them), for n_q heads: out[g * head_dim + i] = inv_sum[g] *
 // sum_p scores[g * n_ctx + p] * v[offs[p] + i].
-template <int kW>
-AIRLOCK_AVX2 void attend_values(const float* v, const std::int64_t* offs, int n_q, int n_ctx, const float* scores,
+template <int kW, typename T>
+AIRLOCK_AVX2 void attend_values(const T* v, const std::int64_t* offs, int n_q, int n_ctx, const float* scores,
                                 const float* inv_sum, float* out, int head_dim) {
   __m256 acc[4][kW];
   AIRLOCK_UNROLL for (int g = 0; g < 4; ++g) AIRLOCK_UNROLL for (int c = 0; c < kW; ++c) acc[g][c] = _mm256_setzero_ps();
   for (int p = 0; p < n_ctx; ++p) {
-    const float* vp = v + offs[p];
+    const T* vp = v + offs[p];
     __m256 vv[kW];
-    AIRLOCK_UNROLL for (int c = 0; c < kW; ++c) vv[c] = _mm256_loadu_ps(vp + 8 * c);
+    AIRLOCK_UNROLL for (int c = 0; c < kW; ++c) vv[c] = load8(vp + 8 * c);
     AIRLOCK_UNROLL for (int g = 0; g < 4; ++g) {
       if (g < n_q) {
         const __m256 w = _mm256_broadcast_ss(scores + g * n_ctx + p);
@@ -618,8 +632,9 @@ AIRLOCK_AVX2 void attend_values(const float* v, const std::int64_t* offs, int n_
 // for the whole group instead of once per head: scores for two positions
 // and up to four heads at a time (eight independent FMA chains), then the
 // weighted sum of values sixteen dimensions at a time over all positions,
-// every value cache line read once.
-AIRLOCK_AVX2 void attend_group_avx2(const float* q, int n_q, const float* k, const float* v, std::int64_t kv_stride,
+// every value cache line read once. T: float or f16 bits (std::uint16_t).
+template <typename T>
+AIRLOCK_AVX2 void attend_group_avx2(const float* q, int n_q, const T* k, const T* v, std::int64_t kv_stride,
                                     const std::int32_t* table, int block, int n_ctx, int head_dim, float scale,
                                     float* scores, float* out) {
   thread_local std::vector<std::int64_t> offs;
@@ -629,12 +644,12 @@ AIRLOCK_AVX2 void attend_group_avx2(const float* q, int n_q, const float* k, con
   // Scores.
   int p = 0;
   for (; p + 2 <= n_ctx; p += 2) {
-    const float* k0 = k + offs[static_cast<std::size_t>(p)];
-    const float* k1 = k + offs[static_cast<std::size_t>(p) + 1];
+    const T* k0 = k + offs[static_cast<std::size_t>(p)];
+    const T* k1 = k + offs[static_cast<std::size_t>(p) + 1];
     __m256 acc[2][4];
     AIRLOCK_UNROLL for (int g = 0; g < 4; ++g) acc[0][g] = acc[1][g] = _mm256_setzero_ps();
     for (int d = 0; d < head_dim; d += 8) {
-      const __m256 a = _mm256_loadu_ps(k0 + d), b = _mm256_loadu_ps(k1 + d);
+      const __m256 a = load8(k0 + d), b = load8(k1 + d);
       AIRLOCK_UNROLL for (int g = 0; g < 4; ++g) {
         if (g < n_q) {
           const __m256 qg = _mm256_loadu_ps(q + g * head_dim + d);
@@ -650,7 +665,7 @@ AIRLOCK_AVX2 void attend_group_avx2(const float* q, int n_q, const float* k, con
   }
   for (; p < n_ctx; ++p)
     for (int g = 0; g < n_q; ++g)
-      scores[g * n_ctx + p] = dot_f32(q + g * head_dim, k + offs[static_cast<std::size_t>(p)], head_dim) * scale;
+      scores[g * n_ctx + p] = dot_cached(q + g * head_dim, k + offs[static_cast<std::size_t>(p)], head_dim) * scale;
   // Softmax weights (unnormalised; the sums divide at the end).
   float inv_sum[4];
   for (int g = 0; g < n_q; ++g) {
@@ -676,11 +691,13 @@ AIRLOCK_AVX2 void attend_group_avx2(const float* q, int n_q, const float* k, con
   if (d < head_dim) attend_values<1>(v + d, offs.data(), n_q, n_ctx, scores, inv_sum, out + d, head_dim);
 }
 
-}  // namespace
+inline float cached_value(float x) { return x; }
+inline float cached_value(std::uint16_t h) { return fp16_to_fp32(h); }
 
-void attend_heads(const float* q, int n_q, const float* k, const float* v, std::int64_t kv_stride,
-                  const std::int32_t* table, int block, int n_ctx, int head_dim, float scale, float* scores,
-                  float* out) {
+template <typename T>
+void attend_heads_impl(const float* q, int n_q, const T* k, const T* v, std::int64_t kv_stride,
+                       const std::int32_t* table, int block, int n_ctx, int head_dim, float scale, float* scores,
+                       float* out) {
   if (active_isa() >= KernelIsa::kAvx2 && head_dim % 8 == 0) {
     for (int g = 0; g < n_q; g += 4)
       attend_group_avx2(q + g * head_dim, std::min(4, n_q - g), k, v, kv_stride, table, block, n_ctx, head_dim,
@@ -691,14 +708,41 @@ void attend_heads(const float* q, int n_q, const float* k, const float* v, std::
     attend_head_impl(
         q + g * head_dim, k, v, kv_stride, table, block, n_ctx, head_dim, scale,
         scores + static_cast<std::int64_t>(g) * n_ctx, out + g * head_dim,
-        [](const float* a, const float* b, std::int64_t n) {
+        [](const float* a, const T* b, std::int64_t n) {
           float s = 0;
-          for (std::int64_t i = 0; i < n; ++i) s += a[i] * b[i];
+          for (std::int64_t i = 0; i < n; ++i) s += a[i] * cached_value(b[i]);
           return s;
         },
-        [](float alpha, const float* x, float* y, std::int64_t n) {
-          for (std::int64_t i = 0; i < n; ++i) y[i] += alpha * x[i];
+        [](float alpha, const T* x, float* y, std::int64_t n) {
+          for (std::int64_t i = 0; i < n; ++i) y[i] += alpha * cached_value(x[i]);
         });
+}
+
+AIRLOCK_AVX2 void fp32_to_fp16_avx2(const float* x, std::uint16_t* y, std::int64_t n) {
+  std::int64_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(y + i),
+                     _mm256_cvtps_ph(_mm256_loadu_ps(x + i), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+  for (; i < n; ++i) y[i] = fp32_to_fp16(x[i]);
+}
+
+}  // namespace
+
+void attend_heads(const float* q, int n_q, const float* k, const float* v, std::int64_t kv_stride,
+                  const std::int32_t* table, int block, int n_ctx, int head_dim, float scale, float* scores,
+                  float* out) {
+  attend_heads_impl(q, n_q, k, v, kv_stride, table, block, n_ctx, head_dim, scale, scores, out);
+}
+
+void attend_heads(const float* q, int n_q, const std::uint16_t* k, const std::uint16_t* v, std::int64_t kv_stride,
+                  const std::int32_t* table, int block, int n_ctx, int head_dim, float scale, float* scores,
+                  float* out) {
+  attend_heads_impl(q, n_q, k, v, kv_stride, table, block, n_ctx, head_dim, scale, scores, out);
+}
+
+void fp32_to_fp16_row(const float* x, std::uint16_t* y, std::int64_t n) {
+  if (active_isa() >= KernelIsa::kAvx2) return fp32_to_fp16_avx2(x, y, n);
+  for (std::int64_t i = 0; i < n; ++i) y[i] = fp32_to_fp16(x[i]);
 }
 
 const char* kernel_isa() { return kernel_isa_name(active_isa()); }

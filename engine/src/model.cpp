@@ -129,13 +129,14 @@ Status Model::load_weights() {
   return Status::ok();
 }
 
-Result<KvStorage> Model::alloc_kv(int n_blocks) const {
-  return backend_->alloc_kv(params_.n_layer, static_cast<std::int64_t>(n_blocks) * kBlockTokens, params_.kv_dim());
+Result<KvStorage> Model::alloc_kv(int n_blocks, KvType type) const {
+  return backend_->alloc_kv(params_.n_layer, static_cast<std::int64_t>(n_blocks) * kBlockTokens, params_.kv_dim(),
+                            type);
 }
 
-std::uint64_t Model::kv_bytes_per_block() const {
+std::uint64_t Model::kv_bytes_per_block(KvType type) const {
   return 2ULL * static_cast<std::uint64_t>(params_.n_layer) * kBlockTokens * static_cast<std::uint64_t>(params_.kv_dim()) *
-         sizeof(float);
+         kv_type_bytes(type);
 }
 
 }  // namespace airlock::engine

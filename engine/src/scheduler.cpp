@@ -55,7 +55,7 @@ struct Scheduler::Sequence {
 Result<std::unique_ptr<Scheduler>> Scheduler::start(Model& model, const SchedulerOptions& options) {
   if (options.kv_blocks <= 0 || options.max_running <= 0 || options.max_waiting < 0 || options.prefill_chunk <= 0)
     return invalid_argument("scheduler: kv_blocks, max_running and prefill_chunk must be positive");
-  AIRLOCK_ASSIGN_OR_RETURN(KvStorage kv, model.alloc_kv(options.kv_blocks));
+  AIRLOCK_ASSIGN_OR_RETURN(KvStorage kv, model.alloc_kv(options.kv_blocks, options.kv_type));
   std::unique_ptr<Scheduler> s(new Scheduler(model, options, std::move(kv)));
   s->thread_ = std::thread([p = s.get()] { p->run(); });
   return s;

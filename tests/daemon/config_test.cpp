@@ -14,6 +14,7 @@ TEST(ConfigTest, DefaultsAreLocalAndSafe) {
   EXPECT_FALSE(c->verify_full);
   EXPECT_FALSE(c->audit_text);
   EXPECT_TRUE(c->tls_cert.empty());
+  EXPECT_EQ(c->kv_cache_type, engine::KvType::kF16);
 }
 
 TEST(ConfigTest, EveryKey) {
@@ -26,6 +27,7 @@ model = "m"
 verify_on_load = "full"
 threads = 4
 kv_cache_mib = 256
+kv_cache_type = "f32"
 max_running = 8
 max_waiting = 10
 prefill_chunk = 128
@@ -46,6 +48,7 @@ client_ca = "/ca.pem"
   EXPECT_TRUE(c->verify_full);
   EXPECT_EQ(c->threads, 4);
   EXPECT_EQ(c->kv_cache_mib, 256u);
+  EXPECT_EQ(c->kv_cache_type, engine::KvType::kF32);
   EXPECT_EQ(c->max_waiting, 10);
   EXPECT_EQ(c->http_threads, 32);
   EXPECT_TRUE(c->audit_text);
@@ -63,6 +66,8 @@ TEST(ConfigTest, RefusalsNameTheKey) {
       {"threads = \"2\"", "threads: must be an integer"},
       {"verify_on_load = \"some\"", "verify_on_load"},
       {"audit_text = 1", "audit_text"},
+      {"kv_cache_type = \"q8_0\"", "kv_cache_type: must be \"f16\" or \"f32\""},
+      {"kv_cache_type = 16", "kv_cache_type: must be a string"},
       {"[tls]\ncert = \"/c\"", "cert and key go together"},
       {"[tls]\nclient_ca = \"/c\"", "client_ca needs"},
       {"[tls]\nkeyfile = \"/c\"", "unknown key 'keyfile'"},

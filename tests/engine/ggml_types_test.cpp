@@ -15,6 +15,7 @@
 #include <utility>
 #include <random>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "airlock/engine/backend.h"
@@ -384,7 +385,19 @@ INSTANTIATE_TEST_SUITE_P(Levels, KernelsTest, ::testing::Values(KernelIsa::kAvx2
 // without a 16-wide tail (and one the vector path leaves to scalar code),
 // contexts from one position to several blocks through a shuffled block table,
 // and scores spread wide enough that exp() underflows for some positions.
-TEST(AttentionKernelTest, GroupedHeadsMatchDoubleReference) {
+//
+// T is the cache's element type: float, or f16 bits (the reference then
+// uses the rounded numbers the cache holds; accumulation stays f32).
+template <typename T>
+void check_attention_against_double_reference() {
+  auto store = [](float x) {
+    if constexpr (std::is_same_v<T, float>) return x;
+    else return fp32_to_fp16(x);
+  };
+  auto load = [](T x) {
+    if constexpr (std::is_same_v<T, float>) return static_cast<double>(x);
+    else return static_cast<double>(fp16_to_fp32(x));
+  };
   std::mt19937 rng(5);
   std::normal_distribution<float> g(0.0f, 1.0f);
   const int block = 16;
@@ -396,9 +409,9 @@ TEST(AttentionKernelTest, GroupedHeadsMatchDoubleReference) {
         for (int n_ctx : {1, 2, 17, 70}) {
           const int n_blocks = (n_ctx + block - 1) / block + 2;
           const std::int64_t kv_stride = head_dim + 24;  // other heads' numbers in between
-          std::vector<float> k(static_cast<std::size_t>(n_blocks * block * kv_stride)), v(k.size());
-          for (float& x : k) x = g(rng);
-          for (float& x : v) x = g(rng);
+          std::vector<T> k(static_cast<std::size_t>(n_blocks * block * kv_stride)), v(k.size());
+          for (T& x : k) x = store(g(rng));
+          for (T& x : v) x = store(g(rng));
           std::vector<std::int32_t> table(static_cast<std::size_t>(n_blocks));
           std::iota(table.begin(), table.end(), 0);
           std::shuffle(table.begin(), table.end(), rng);
@@ -416,7 +429,7 @@ TEST(AttentionKernelTest, GroupedHeadsMatchDoubleReference) {
               const std::int64_t slot = static_cast<std::int64_t>(table[static_cast<std::size_t>(p / block)]) * block + p % block;
               double dot = 0;
               for (int i = 0; i < head_dim; ++i)
-                dot += static_cast<double>(q[static_cast<std::size_t>(h * head_dim + i)]) * k[static_cast<std::size_t>(slot * kv_stride + i)];
+                dot += static_cast<double>(q[static_cast<std::size_t>(h * head_dim + i)]) * load(k[static_cast<std::size_t>(slot * kv_stride + i)]);
               s[static_cast<std::size_t>(p)] = dot * scale;
               m = std::max(m, s[static_cast<std::size_t>(p)]);
             }
@@ -426,16 +439,51 @@ TEST(AttentionKernelTest, GroupedHeadsMatchDoubleReference) {
               double want = 0, mag = 0;
               for (int p = 0; p < n_ctx; ++p) {
                 const std::int64_t slot = static_cast<std::int64_t>(table[static_cast<std::size_t>(p / block)]) * block + p % block;
-                const double vv = v[static_cast<std::size_t>(slot * kv_stride + i)];
+                const double vv = load(v[static_cast<std::size_t>(slot * kv_stride + i)]);
                 want += s[static_cast<std::size_t>(p)] / sum * vv;
                 mag += s[static_cast<std::size_t>(p)] / sum * std::fabs(vv);
               }
               ASSERT_NEAR(out[static_cast<std::size_t>(h * head_dim + i)], want, 1e-5 * (mag + 1e-3))
-                  << kernel_isa() << " head_dim " << head_dim << " n_q " << n_q << " n_ctx " << n_ctx << " head " << h;
+                  << kernel_isa() << " head_dim " << head_dim << " n_q " << n_q << " n_ctx " << n_ctx << " head " << h
+                  << (std::is_same_v<T, float> ? " f32" : " f16");
             }
           }
         }
       }
+    }
+  }
+  force_scalar_kernels(false);
+}
+
+TEST(AttentionKernelTest, GroupedHeadsMatchDoubleReference) { check_attention_against_double_reference<float>(); }
+
+TEST(AttentionKernelTest, F16CacheMatchesDoubleReference) { check_attention_against_double_reference<std::uint16_t>(); }
+
+// The vector f32 -> f16 rounding (F16C, for KV writes) is bit-identical to
+// fp32_to_fp16: nearest-even ties, subnormals, overflow to infinity, NaN.
+TEST(AttentionKernelTest, Fp16RowConversionMatchesScalar) {
+  std::mt19937 rng(8);
+  std::vector<float> x = {0.0f, -0.0f, 1.0f, 65504.0f, 65520.0f, 1e6f, -1e6f, 6.1e-5f, 5.96e-8f, 2.98e-8f, 1e-9f,
+                          1.00048828125f, 1.00146484375f, INFINITY, -INFINITY, std::nanf("")};
+  std::uniform_int_distribution<std::uint32_t> bits;
+  for (int i = 0; i < 4000; ++i) {
+    const std::uint32_t b = bits(rng);
+    float f;
+    std::memcpy(&f, &b, 4);
+    x.push_back(f);
+  }
+  for (KernelIsa level : {KernelIsa::kScalar, KernelIsa::kAvx2}) {
+    if (best_kernel_isa() < level) continue;
+    limit_kernel_isa(level);
+    std::vector<std::uint16_t> y(x.size());
+    fp32_to_fp16_row(x.data(), y.data(), static_cast<std::int64_t>(x.size()));
+    for (std::size_t i = 0; i < x.size(); ++i) {
+      const std::uint16_t want = fp32_to_fp16(x[i]);
+      if (std::isnan(x[i])) {
+        ASSERT_TRUE(std::isnan(fp16_to_fp32(y[i]))) << kernel_isa() << " " << i;
+        continue;
+      }
+      ASSERT_EQ(y[i], want) << kernel_isa() << " x " << x[i];
     }
   }
   force_scalar_kernels(false);

@@ -60,9 +60,10 @@ std::vector<std::int32_t> random_tokens(int n, int n_vocab, std::uint32_t seed) 
 
 // Runs `tokens` through one sequence in chunks of the given sizes; returns
 // the logits of every position.
-std::vector<float> run_chunks(Model& m, const std::vector<std::int32_t>& tokens, const std::vector<int>& chunks) {
+std::vector<float> run_chunks(Model& m, const std::vector<std::int32_t>& tokens, const std::vector<int>& chunks,
+                              KvType kv_type = KvType::kF32) {
   KvCache cache(64);
-  Result<KvStorage> kv = m.alloc_kv(64);
+  Result<KvStorage> kv = m.alloc_kv(64, kv_type);
   EXPECT_TRUE(kv.is_ok());
   EXPECT_TRUE(cache.add_sequence(7).is_ok());
   std::vector<float> all, logits;
@@ -104,8 +105,15 @@ TEST_P(ReferenceTest, LogitsAgreeWithTheReference) {
   // must then agree to 1e-4 for every weight type.
   force_scalar_kernels(true);
   std::vector<float> exact = run_chunks(*l.model, tokens, {5, 1, 1, 16, 3});
-  force_scalar_kernels(false);
   EXPECT_LT(rel_error(exact, want), 1e-4) << c.name << " scalar";
+  // An f16 KV cache rounds every key and value to 11 significant bits
+  // (relative 2^-12 at most): about 1.5e-4 in these logits, bound 1e-3.
+  std::vector<float> half_scalar = run_chunks(*l.model, tokens, {5, 1, 1, 16, 3}, KvType::kF16);
+  force_scalar_kernels(false);
+  EXPECT_LT(rel_error(half_scalar, want), 1e-3) << c.name << " scalar, f16 KV";
+  EXPECT_GT(rel_error(half_scalar, want), 0) << c.name << " f16 KV: nothing was rounded";
+  std::vector<float> half = run_chunks(*l.model, tokens, {37}, KvType::kF16);
+  EXPECT_LT(rel_error(half, want), c.tolerance + 1e-3) << c.name << " " << kernel_isa() << ", f16 KV";
 }
 
 TestModelSpec spec(const char* arch, int n_embd, int n_head, int n_head_kv, int n_ff, bool tied, GgmlType t,
@@ -142,7 +150,13 @@ INSTANTIATE_TEST_SUITE_P(
 
 void PrintTo(const ShapeCase& c, std::ostream* os) { *os << c.name; }
 
-TEST(BatchTest, ASequenceGetsTheSameLogitsInsideABatch) {
+// Batch invariance and copy-on-write forks hold for either KV storage type.
+class KvTypeTest : public ::testing::TestWithParam<KvType> {};
+INSTANTIATE_TEST_SUITE_P(KvTypes, KvTypeTest, ::testing::Values(KvType::kF32, KvType::kF16),
+                         [](const ::testing::TestParamInfo<KvType>& p) { return std::string(kv_type_name(p.param)); });
+
+TEST_P(KvTypeTest, ASequenceGetsTheSameLogitsInsideABatch) {
+  const KvType kv_type = GetParam();
   Loaded l = load(spec("llama", 64, 4, 2, 96, false, GgmlType::kF32));
   Model& m = *l.model;
   const int n_seq = 8;
@@ -150,12 +164,12 @@ TEST(BatchTest, ASequenceGetsTheSameLogitsInsideABatch) {
   for (int s = 0; s < n_seq; ++s) toks.push_back(random_tokens(6 + 5 * s, 64, 500 + s));
   // Alone, decode step by step after a prompt of 4.
   std::vector<std::vector<float>> alone;
-  for (int s = 0; s < n_seq; ++s) alone.push_back(run_chunks(m, toks[s], {4}));
+  for (int s = 0; s < n_seq; ++s) alone.push_back(run_chunks(m, toks[s], {4}, kv_type));
 
   // Together: each step, every sequence contributes a prefill chunk (its
   // first 4 tokens, split differently per sequence) or one decode token.
   KvCache cache(128);
-  Result<KvStorage> kv = m.alloc_kv(128);
+  Result<KvStorage> kv = m.alloc_kv(128, kv_type);
   ASSERT_TRUE(kv.is_ok());
   std::vector<std::size_t> pos(n_seq, 0);
   std::vector<std::vector<float>> together(n_seq);
@@ -222,16 +236,17 @@ TEST(BatchTest, KvExhaustionIsAllOrNothingAndFreedBlocksAreReused) {
   EXPECT_EQ(cache.length(1), 30);
 }
 
-TEST(BatchTest, ForkedSequencesShareAPrefixAndDivergeCorrectly) {
+TEST_P(KvTypeTest, ForkedSequencesShareAPrefixAndDivergeCorrectly) {
+  const KvType kv_type = GetParam();
   Loaded l = load(spec("llama", 64, 4, 2, 96, false, GgmlType::kF32));
   Model& m = *l.model;
   std::vector<std::int32_t> prefix = random_tokens(20, 64, 9);
   std::vector<std::int32_t> a = prefix, b = prefix;
   a.push_back(3);
   b.push_back(11);
-  std::vector<float> want_a = run_chunks(m, a, {21}), want_b = run_chunks(m, b, {21});
+  std::vector<float> want_a = run_chunks(m, a, {21}, kv_type), want_b = run_chunks(m, b, {21}, kv_type);
   KvCache cache(16);
-  Result<KvStorage> kv = m.alloc_kv(16);
+  Result<KvStorage> kv = m.alloc_kv(16, kv_type);
   ASSERT_TRUE(kv.is_ok());
   ASSERT_TRUE(cache.add_sequence(0).is_ok());
   Batch p;

@@ -79,6 +79,13 @@ void matmul_rows(GgmlType type, const std::uint8_t* w, std::int64_t n_in, const 
 void attend_heads(const float* q, int n_q, const float* k, const float* v, std::int64_t kv_stride,
                   const std::int32_t* table, int block, int n_ctx, int head_dim, float scale, float* scores,
                   float* out);
+// The same over an f16 cache (IEEE half bits), accumulating in f32.
+void attend_heads(const float* q, int n_q, const std::uint16_t* k, const std::uint16_t* v, std::int64_t kv_stride,
+                  const std::int32_t* table, int block, int n_ctx, int head_dim, float scale, float* scores,
+                  float* out);
+
+// y (n) = x rounded to IEEE half (nearest even), as fp32_to_fp16 does.
+void fp32_to_fp16_row(const float* x, std::uint16_t* y, std::int64_t n);
 
 // Which level matmul_rows uses now: "avx512vnni", "avx2" or "scalar".
 const char* kernel_isa();

@@ -76,10 +76,11 @@ class Model {
   std::uint64_t n_params() const { return n_params_; }
   std::uint64_t weight_bytes() const { return weight_bytes_; }
 
-  // KV storage for `n_blocks` blocks of kBlockTokens positions.
-  Result<KvStorage> alloc_kv(int n_blocks) const;
+  // KV storage for `n_blocks` blocks of kBlockTokens positions, as `type`
+  // (KvType says what F16 trades).
+  Result<KvStorage> alloc_kv(int n_blocks, KvType type = KvType::kF32) const;
   // Bytes of KV storage per block (all layers, keys and values).
-  std::uint64_t kv_bytes_per_block() const;
+  std::uint64_t kv_bytes_per_block(KvType type = KvType::kF32) const;
 
   // Runs `batch`. Each sequence's tokens must be in order and continue it:
   // the first has position cache.length(seq). The cache is extended (all or

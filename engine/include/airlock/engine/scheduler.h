@@ -100,6 +100,7 @@ struct SchedulerOptions {
   int max_running = 16;     // sequences in one batch
   int max_waiting = 64;     // queued beyond that: kResourceExhausted
   int prefill_chunk = 256;  // prompt tokens per step, all sequences together
+  KvType kv_type = KvType::kF32;  // how the KV storage holds keys and values
 };
 
 struct SchedulerStats {
