@@ -3,7 +3,8 @@
 // processing for a 512-token prompt, batch-1 generation, aggregate generation
 // with 8 and 16 sequences, and this machine's memory read bandwidth in the
 // same run, and reports batch-1 generation as a fraction of the roofline
-// (bandwidth / bytes read per token): once counting the weights alone, once
+// (bandwidth measured right before each round / bytes read per token, median
+// over the rounds): once counting the weights alone, once
 // counting the weights and the KV cache attention reads at the measured
 // context (f16 by default, as airlockd stores it).
 //
@@ -73,7 +74,7 @@ long rss_mib() {
   return resident * sysconf(_SC_PAGESIZE) / (1 << 20);
 }
 
-void run_model(const std::string& path, const std::string& label, int n_threads, double bw, bool in_memory) {
+void run_model(const std::string& path, const std::string& label, int n_threads, bool in_memory) {
   auto pool = std::make_shared<ThreadPool>(n_threads);
   std::shared_ptr<Backend> be = make_cpu_backend(pool);
   // in_memory: the file read into anonymous memory instead of mapped, to
@@ -113,9 +114,12 @@ void run_model(const std::string& path, const std::string& label, int n_threads,
   // together (short contexts), so the three rates are taken side by side.
   // This VM's speed drifts by 20% within a minute; each figure is the
   // median over the rounds.
-  std::vector<double> tg1s, tg8s, tg16s;
+  std::vector<double> tg1s, tg8s, tg16s, bws;
   int pos = n_prompt;
   for (int round = 0; round < kRounds; ++round) {
+    // The bandwidth right before each batch-1 round: the roofline moves
+    // with it on a shared machine.
+    bws.push_back(airlock::bench::read_bandwidth_gbs(n_threads));
     t0 = now_s();
     for (int i = 0; i < n_gen; ++i) {
       b.clear();
@@ -145,16 +149,20 @@ void run_model(const std::string& path, const std::string& label, int n_threads,
   const double tg1 = median(tg1s);
   const double tg_batch[2] = {median(tg8s), median(tg16s)};
   const double bytes_per_token = static_cast<double>(m.weight_bytes());
-  const double roofline = bw * 1e9 / bytes_per_token;
   // Batch 1 also reads every cached key and value of its context: the
   // middle round's context length.
   const double kv_bytes_per_token = static_cast<double>(m.kv_bytes_per_block(g_kv_type)) / kBlockTokens *
                                     (n_prompt + kRounds * n_gen / 2);
-  const double roofline_kv = bw * 1e9 / (bytes_per_token + kv_bytes_per_token);
-  std::printf("%-22s %6.2f GB weights  pp%d %7.1f tok/s  tg1 %6.2f tok/s (%4.0f%% of roofline %.2f; %4.0f%% with "
-              "%.0f MB of %s KV)  tg8 %7.2f  tg16 %7.2f tok/s (x%.1f)  rss %ld MiB  kv %.0f MiB\n",
-              label.c_str(), bytes_per_token / 1e9, n_prompt, pp, tg1, 100.0 * tg1 / roofline, roofline,
-              100.0 * tg1 / roofline_kv, kv_bytes_per_token / 1e6, kv_type_name(g_kv_type), tg_batch[0], tg_batch[1],
+  // Per round: tg1 / (bandwidth measured just before it / bytes per token).
+  std::vector<double> frac, frac_kv;
+  for (std::size_t r = 0; r < tg1s.size(); ++r) {
+    frac.push_back(tg1s[r] * bytes_per_token / (bws[r] * 1e9));
+    frac_kv.push_back(tg1s[r] * (bytes_per_token + kv_bytes_per_token) / (bws[r] * 1e9));
+  }
+  std::printf("%-22s %6.2f GB weights  pp%d %7.1f tok/s  tg1 %6.2f tok/s (%4.0f%% of the roofline at %.1f GB/s; "
+              "%4.0f%% counting %.0f MB of %s KV)  tg8 %7.2f  tg16 %7.2f tok/s (x%.1f)  rss %ld MiB  kv %.0f MiB\n",
+              label.c_str(), bytes_per_token / 1e9, n_prompt, pp, tg1, 100.0 * median(frac), median(bws),
+              100.0 * median(frac_kv), kv_bytes_per_token / 1e6, kv_type_name(g_kv_type), tg_batch[0], tg_batch[1],
               tg_batch[1] / tg1, rss_mib(), static_cast<double>(m.kv_bytes_per_block(g_kv_type)) * n_blocks / (1 << 20));
 }
 
@@ -186,12 +194,12 @@ int main(int argc, char** argv) {
   const double bw = airlock::bench::read_bandwidth_gbs(n_threads);
   std::printf("threads %d, kernels %s, memory read bandwidth %.2f GB/s (%d threads)\n", n_threads, kernel_isa(), bw,
               n_threads);
-  if (!real.empty()) run_model(real, real.substr(real.rfind('/') + 1), n_threads, bw, false);
+  if (!real.empty()) run_model(real, real.substr(real.rfind('/') + 1), n_threads, false);
   for (GgmlType t : {GgmlType::kQ8_0, GgmlType::kQ4_K}) {
     if (!only_type.empty() && only_type != traits(t).name) continue;
     std::string path = write_model(t, n_layer);
-    run_model(path, "llama-1B-" + std::string(traits(t).name) + " mmap", n_threads, bw, false);
-    if (!mmap_only) run_model(path, "llama-1B-" + std::string(traits(t).name) + " memory", n_threads, bw, true);
+    run_model(path, "llama-1B-" + std::string(traits(t).name) + " mmap", n_threads, false);
+    if (!mmap_only) run_model(path, "llama-1B-" + std::string(traits(t).name) + " memory", n_threads, true);
     std::remove(path.c_str());
   }
   return 0;
