@@ -37,7 +37,10 @@ Status Model::forward(const Batch& batch, KvCache& cache, const KvStorage& kv, s
   }
   // Buffers first: a failed allocation must leave the cache untouched.
   Backend& be = *backend_;
-  const std::int64_t d = p.n_embd, q_dim = static_cast<std::int64_t>(p.n_head) * p.head_dim, kv_dim = p.kv_dim();
+  // This rank's heads and feed-forward columns (all of them with one rank).
+  const int n_head = shard_.n_head, n_head_kv = shard_.n_head_kv;
+  const std::int64_t d = p.n_embd, q_dim = static_cast<std::int64_t>(n_head) * p.head_dim,
+                     kv_dim = static_cast<std::int64_t>(n_head_kv) * p.head_dim, n_ff = shard_.n_ff;
   // Activations live in scratch buffers kept across calls (grown, never
   // shrunk), so steady-state decoding allocates nothing.
   int slot_index = 0;
@@ -58,8 +61,8 @@ Status Model::forward(const Batch& batch, KvCache& cache, const KvStorage& kv, s
   AIRLOCK_ASSIGN_OR_RETURN(float* v, buffer(n * kv_dim));
   AIRLOCK_ASSIGN_OR_RETURN(float* att, buffer(n * q_dim));  // (n, n_head * head_dim)
   AIRLOCK_ASSIGN_OR_RETURN(float* o, buffer(n * d));        // (n, d)
-  AIRLOCK_ASSIGN_OR_RETURN(float* gate, buffer(n * p.n_ff));  // (n, n_ff)
-  AIRLOCK_ASSIGN_OR_RETURN(float* up, buffer(n * p.n_ff));
+  AIRLOCK_ASSIGN_OR_RETURN(float* gate, buffer(n * n_ff));  // (n, n_ff)
+  AIRLOCK_ASSIGN_OR_RETURN(float* up, buffer(n * n_ff));
   AIRLOCK_ASSIGN_OR_RETURN(float* out, buffer(n_out * p.n_vocab));  // (n_out, n_vocab)
 
   // All or nothing: check the whole batch fits before touching the cache.
@@ -86,8 +89,8 @@ Status Model::forward(const Batch& batch, KvCache& cache, const KvStorage& kv, s
   aa.q = q;
   aa.out = att;
   aa.n_tokens = n;
-  aa.n_head = p.n_head;
-  aa.n_kv_head = p.n_head_kv;
+  aa.n_head = n_head;
+  aa.n_kv_head = n_head_kv;
   aa.head_dim = p.head_dim;
   aa.scale = 1.0f / std::sqrt(static_cast<float>(p.head_dim));
   aa.kv = &kv;
@@ -107,15 +110,16 @@ Status Model::forward(const Batch& batch, KvCache& cache, const KvStorage& kv, s
       be.add_bias(v, l.bv, n, kv_dim);
     }
     if (p.qk_norm) {  // qwen3: RMSNorm over each head before rotation
-      be.rms_norm(q, l.q_norm, n * p.n_head, p.head_dim, p.rms_eps, q);
-      be.rms_norm(k, l.k_norm, n * p.n_head_kv, p.head_dim, p.rms_eps, k);
+      be.rms_norm(q, l.q_norm, n * n_head, p.head_dim, p.rms_eps, q);
+      be.rms_norm(k, l.k_norm, n * n_head_kv, p.head_dim, p.rms_eps, k);
     }
-    be.rope(q, n, p.n_head, p.head_dim, batch.positions.data(), p.rope);
-    be.rope(k, n, p.n_head_kv, p.head_dim, batch.positions.data(), p.rope);
+    be.rope(q, n, n_head, p.head_dim, batch.positions.data(), p.rope);
+    be.rope(k, n, n_head_kv, p.head_dim, batch.positions.data(), p.rope);
     be.kv_write(kv, il, k, v, n, slots.data());
     aa.layer = il;
     be.attention(aa);
     be.matmul(l.wo, att, n, o);
+    if (tp_.n_ranks > 1) tp_.comm->all_reduce_sum(o, n * d);  // the heads' partial sums
     be.add(x, o, n * d);
 
     be.rms_norm(x, l.ffn_norm, n, d, p.rms_eps, h);
@@ -124,8 +128,9 @@ Status Model::forward(const Batch& batch, KvCache& cache, const KvStorage& kv, s
       float* y[2] = {gate, up};
       be.matmul_many(w, y, 2, h, n);
     }
-    be.swiglu(gate, up, n * p.n_ff, gate);
+    be.swiglu(gate, up, n * n_ff, gate);
     be.matmul(l.w_down, gate, n, o);
+    if (tp_.n_ranks > 1) tp_.comm->all_reduce_sum(o, n * d);  // the columns' partial sums
     be.add(x, o, n * d);
   }
 

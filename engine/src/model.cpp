@@ -1,4 +1,5 @@
 #include <cmath>
+#include <cstring>
 
 #include "model_internal.h"
 
@@ -14,19 +15,59 @@ Status check_shape(const GgufTensor& t, std::int64_t ne0, std::int64_t ne1) {
   return Status::ok();
 }
 
+// Rows [r0, r1) of t (its ne[1] axis): a view, no copy.
+GgufTensor slice_rows(const GgufTensor& t, std::int64_t r0, std::int64_t r1) {
+  const std::size_t rb = row_bytes(t.type, t.ne[0]);
+  GgufTensor s = t;
+  s.ne[1] = r1 - r0;
+  s.n_elements = t.ne[0] * s.ne[1];
+  s.data = t.data.subspan(rb * static_cast<std::size_t>(r0), rb * static_cast<std::size_t>(r1 - r0));
+  return s;
+}
+
+// Columns [c0, c1) of every row of t (its ne[0] axis), copied into a new
+// buffer appended to `storage`. A quantised row splits only between blocks.
+Result<GgufTensor> slice_cols(const GgufTensor& t, std::int64_t c0, std::int64_t c1,
+                              std::vector<std::unique_ptr<std::uint8_t[]>>* storage) {
+  const std::int64_t blk = traits(t.type).block_elems;
+  if (c0 % blk != 0 || c1 % blk != 0)
+    return invalid_argument("tensor parallelism: '" + t.name + "' (" + std::string(traits(t.type).name) +
+                            ", blocks of " + std::to_string(blk) + ") cannot be split at column " +
+                            std::to_string(c0 % blk != 0 ? c0 : c1));
+  const std::size_t rb = row_bytes(t.type, t.ne[0]), off = row_bytes(t.type, c0), len = row_bytes(t.type, c1 - c0);
+  const std::int64_t n_rows = t.ne[1];
+  auto buf = std::make_unique<std::uint8_t[]>(len * static_cast<std::size_t>(n_rows));
+  for (std::int64_t r = 0; r < n_rows; ++r)
+    std::memcpy(buf.get() + len * static_cast<std::size_t>(r), t.data.data() + rb * static_cast<std::size_t>(r) + off, len);
+  GgufTensor s = t;
+  s.ne[0] = c1 - c0;
+  s.n_elements = s.ne[0] * n_rows;
+  s.data = std::span<const std::uint8_t>(buf.get(), len * static_cast<std::size_t>(n_rows));
+  storage->push_back(std::move(buf));
+  return s;
+}
+
 }  // namespace
 
 Model::~Model() = default;
 
-Result<std::unique_ptr<Model>> Model::load(const std::string& path, std::shared_ptr<Backend> backend) {
+Result<std::unique_ptr<Model>> Model::load(const std::string& path, std::shared_ptr<Backend> backend,
+                                           TensorParallel tp) {
   AIRLOCK_ASSIGN_OR_RETURN(std::unique_ptr<GgufFile> file, GgufFile::open(path));
-  return from_gguf(std::move(file), std::move(backend));
+  return from_gguf(std::move(file), std::move(backend), tp);
 }
 
-Result<std::unique_ptr<Model>> Model::from_gguf(std::unique_ptr<GgufFile> file, std::shared_ptr<Backend> backend) {
+Result<std::unique_ptr<Model>> Model::from_gguf(std::unique_ptr<GgufFile> file, std::shared_ptr<Backend> backend,
+                                                TensorParallel tp) {
+  if (tp.n_ranks < 1 || tp.rank < 0 || tp.rank >= tp.n_ranks)
+    return invalid_argument("tensor parallelism: rank " + std::to_string(tp.rank) + " of " + std::to_string(tp.n_ranks));
+  if (tp.n_ranks > 1 && (tp.comm == nullptr || tp.comm->n_ranks() != tp.n_ranks || tp.comm->rank() != tp.rank))
+    return invalid_argument("tensor parallelism: rank " + std::to_string(tp.rank) + " of " +
+                            std::to_string(tp.n_ranks) + " needs its group's communicator");
   std::unique_ptr<Model> m(new Model());
   m->file_ = std::move(file);
   m->backend_ = std::move(backend);
+  m->tp_ = tp;
   const GgufFile& f = *m->file_;
   ModelParams& p = m->params_;
   auto arch = f.get_string("general.architecture");
@@ -70,6 +111,13 @@ Result<std::unique_ptr<Model>> Model::from_gguf(std::unique_ptr<GgufFile> file, 
   p.rope.neox = p.arch != "llama";
   p.qkv_bias = p.arch == "qwen2";
   p.qk_norm = p.arch == "qwen3";
+  // Whole key/value heads per rank (each rank's query heads then share
+  // only its own), and equal feed-forward slices.
+  if (p.n_head_kv % tp.n_ranks != 0 || p.n_ff % tp.n_ranks != 0)
+    return invalid_argument("tensor parallelism: " + std::to_string(p.n_head_kv) + " key/value heads and a " +
+                            "feed-forward width of " + std::to_string(p.n_ff) + " do not divide among " +
+                            std::to_string(tp.n_ranks) + " ranks");
+  m->shard_ = {p.n_head / tp.n_ranks, p.n_head_kv / tp.n_ranks, p.n_ff / tp.n_ranks};
   AIRLOCK_RETURN_IF_ERROR(m->load_weights());
   return m;
 }
@@ -77,16 +125,31 @@ Result<std::unique_ptr<Model>> Model::from_gguf(std::unique_ptr<GgufFile> file, 
 Status Model::load_weights() {
   const GgufFile& f = *file_;
   ModelParams& p = params_;
-  auto get = [&](const std::string& name, std::int64_t ne0, std::int64_t ne1, WeightTensor* out,
-                 bool required = true) -> Status {
+  // This rank's part of a tensor: whole, rows [lo, hi) or columns [lo, hi).
+  enum class Split { kWhole, kRows, kCols };
+  auto get_part = [&](const std::string& name, std::int64_t ne0, std::int64_t ne1, WeightTensor* out, Split split,
+                      std::int64_t lo, std::int64_t hi) -> Status {
     const GgufTensor* t = f.tensor(name);
-    if (t == nullptr) return required ? verification_failed("gguf: tensor '" + name + "' is missing") : Status::ok();
+    if (t == nullptr) return verification_failed("gguf: tensor '" + name + "' is missing");
     AIRLOCK_RETURN_IF_ERROR(check_shape(*t, ne0, ne1));
-    AIRLOCK_ASSIGN_OR_RETURN(*out, backend_->upload(*t));
-    n_params_ += static_cast<std::uint64_t>(t->n_elements);
-    weight_bytes_ += t->data.size();
+    GgufTensor part = *t;
+    if (split == Split::kRows && tp_.n_ranks > 1) part = slice_rows(*t, lo, hi);
+    if (split == Split::kCols && tp_.n_ranks > 1) {
+      AIRLOCK_ASSIGN_OR_RETURN(part, slice_cols(*t, lo, hi, &column_slices_));
+    }
+    AIRLOCK_ASSIGN_OR_RETURN(*out, backend_->upload(part));
+    n_params_ += static_cast<std::uint64_t>(part.n_elements);
+    weight_bytes_ += part.data.size();
     return Status::ok();
   };
+  auto get = [&](const std::string& name, std::int64_t ne0, std::int64_t ne1, WeightTensor* out) {
+    return get_part(name, ne0, ne1, out, Split::kWhole, 0, 0);
+  };
+  // This rank's query dimensions, key/value dimensions and feed-forward columns.
+  const std::int64_t r = tp_.rank, hd = p.head_dim;
+  const std::int64_t q0 = r * shard_.n_head * hd, q1 = (r + 1) * shard_.n_head * hd;
+  const std::int64_t k0 = r * shard_.n_head_kv * hd, k1 = (r + 1) * shard_.n_head_kv * hd;
+  const std::int64_t f0 = r * shard_.n_ff, f1 = (r + 1) * shard_.n_ff;
   const GgufTensor* embd = f.tensor("token_embd.weight");
   if (embd == nullptr) return verification_failed("gguf: tensor 'token_embd.weight' is missing");
   p.n_vocab = static_cast<int>(embd->ne[1]);
@@ -108,34 +171,35 @@ Status Model::load_weights() {
     const std::string b = "blk." + std::to_string(i) + ".";
     Layer& l = layers_[i];
     AIRLOCK_RETURN_IF_ERROR(get(b + "attn_norm.weight", p.n_embd, 1, &l.attn_norm));
-    AIRLOCK_RETURN_IF_ERROR(get(b + "attn_q.weight", p.n_embd, q_dim, &l.wq));
-    AIRLOCK_RETURN_IF_ERROR(get(b + "attn_k.weight", p.n_embd, p.kv_dim(), &l.wk));
-    AIRLOCK_RETURN_IF_ERROR(get(b + "attn_v.weight", p.n_embd, p.kv_dim(), &l.wv));
-    AIRLOCK_RETURN_IF_ERROR(get(b + "attn_output.weight", q_dim, p.n_embd, &l.wo));
+    AIRLOCK_RETURN_IF_ERROR(get_part(b + "attn_q.weight", p.n_embd, q_dim, &l.wq, Split::kRows, q0, q1));
+    AIRLOCK_RETURN_IF_ERROR(get_part(b + "attn_k.weight", p.n_embd, p.kv_dim(), &l.wk, Split::kRows, k0, k1));
+    AIRLOCK_RETURN_IF_ERROR(get_part(b + "attn_v.weight", p.n_embd, p.kv_dim(), &l.wv, Split::kRows, k0, k1));
+    AIRLOCK_RETURN_IF_ERROR(get_part(b + "attn_output.weight", q_dim, p.n_embd, &l.wo, Split::kCols, q0, q1));
     if (p.qkv_bias) {
-      AIRLOCK_RETURN_IF_ERROR(get(b + "attn_q.bias", q_dim, 1, &l.bq));
-      AIRLOCK_RETURN_IF_ERROR(get(b + "attn_k.bias", p.kv_dim(), 1, &l.bk));
-      AIRLOCK_RETURN_IF_ERROR(get(b + "attn_v.bias", p.kv_dim(), 1, &l.bv));
+      AIRLOCK_RETURN_IF_ERROR(get_part(b + "attn_q.bias", q_dim, 1, &l.bq, Split::kCols, q0, q1));
+      AIRLOCK_RETURN_IF_ERROR(get_part(b + "attn_k.bias", p.kv_dim(), 1, &l.bk, Split::kCols, k0, k1));
+      AIRLOCK_RETURN_IF_ERROR(get_part(b + "attn_v.bias", p.kv_dim(), 1, &l.bv, Split::kCols, k0, k1));
     }
     if (p.qk_norm) {
       AIRLOCK_RETURN_IF_ERROR(get(b + "attn_q_norm.weight", p.head_dim, 1, &l.q_norm));
       AIRLOCK_RETURN_IF_ERROR(get(b + "attn_k_norm.weight", p.head_dim, 1, &l.k_norm));
     }
     AIRLOCK_RETURN_IF_ERROR(get(b + "ffn_norm.weight", p.n_embd, 1, &l.ffn_norm));
-    AIRLOCK_RETURN_IF_ERROR(get(b + "ffn_gate.weight", p.n_embd, p.n_ff, &l.w_gate));
-    AIRLOCK_RETURN_IF_ERROR(get(b + "ffn_up.weight", p.n_embd, p.n_ff, &l.w_up));
-    AIRLOCK_RETURN_IF_ERROR(get(b + "ffn_down.weight", p.n_ff, p.n_embd, &l.w_down));
+    AIRLOCK_RETURN_IF_ERROR(get_part(b + "ffn_gate.weight", p.n_embd, p.n_ff, &l.w_gate, Split::kRows, f0, f1));
+    AIRLOCK_RETURN_IF_ERROR(get_part(b + "ffn_up.weight", p.n_embd, p.n_ff, &l.w_up, Split::kRows, f0, f1));
+    AIRLOCK_RETURN_IF_ERROR(get_part(b + "ffn_down.weight", p.n_ff, p.n_embd, &l.w_down, Split::kCols, f0, f1));
   }
   return Status::ok();
 }
 
 Result<KvStorage> Model::alloc_kv(int n_blocks, KvType type) const {
-  return backend_->alloc_kv(params_.n_layer, static_cast<std::int64_t>(n_blocks) * kBlockTokens, params_.kv_dim(),
-                            type);
+  return backend_->alloc_kv(params_.n_layer, static_cast<std::int64_t>(n_blocks) * kBlockTokens,
+                            static_cast<std::int64_t>(shard_.n_head_kv) * params_.head_dim, type);
 }
 
 std::uint64_t Model::kv_bytes_per_block(KvType type) const {
-  return 2ULL * static_cast<std::uint64_t>(params_.n_layer) * kBlockTokens * static_cast<std::uint64_t>(params_.kv_dim()) *
+  return 2ULL * static_cast<std::uint64_t>(params_.n_layer) * kBlockTokens *
+         static_cast<std::uint64_t>(shard_.n_head_kv) * static_cast<std::uint64_t>(params_.head_dim) *
          kv_type_bytes(type);
 }
 

@@ -171,6 +171,21 @@ TestModel make_test_model(const TestModelSpec& spec_in) {
   return m;
 }
 
+TestModelSpec decoder_spec(const char* arch, int n_embd, int n_head, int n_head_kv, int n_ff, bool tied,
+                           engine::GgmlType type, int head_dim) {
+  TestModelSpec s;
+  s.arch = arch;
+  s.n_embd = n_embd;
+  s.n_head = n_head;
+  s.n_head_kv = n_head_kv;
+  s.n_ff = n_ff;
+  s.tied_output = tied;
+  s.weight_type = type;
+  s.head_dim = head_dim;
+  s.seed = static_cast<std::uint32_t>(n_embd * 31 + n_head * 7 + n_head_kv + (tied ? 1000 : 0) + static_cast<int>(type));
+  return s;
+}
+
 BertTestModel make_bert_model(const BertModelSpec& spec) {
   BertTestModel m;
   m.spec = spec;

@@ -70,6 +70,10 @@ struct TestModel {
 
 TestModel make_test_model(const TestModelSpec& spec);
 
+// A decoder spec of the given shape, its seed derived from the shape.
+TestModelSpec decoder_spec(const char* arch, int n_embd, int n_head, int n_head_kv, int n_ff, bool tied,
+                           engine::GgmlType type, int head_dim = 0);
+
 // Logits (n_tokens, n_vocab) of the causal sequence `tokens` at positions
 // 0..n-1, computed in double precision with straightforward loops.
 std::vector<double> reference_forward(const TestModel& model, const std::vector<std::int32_t>& tokens);

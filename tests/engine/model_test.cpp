@@ -118,17 +118,7 @@ TEST_P(ReferenceTest, LogitsAgreeWithTheReference) {
 
 TestModelSpec spec(const char* arch, int n_embd, int n_head, int n_head_kv, int n_ff, bool tied, GgmlType t,
                    int head_dim = 0) {
-  TestModelSpec s;
-  s.arch = arch;
-  s.n_embd = n_embd;
-  s.n_head = n_head;
-  s.n_head_kv = n_head_kv;
-  s.n_ff = n_ff;
-  s.tied_output = tied;
-  s.weight_type = t;
-  s.head_dim = head_dim;
-  s.seed = static_cast<std::uint32_t>(n_embd * 31 + n_head * 7 + n_head_kv + (tied ? 1000 : 0) + static_cast<int>(t));
-  return s;
+  return testing::decoder_spec(arch, n_embd, n_head, n_head_kv, n_ff, tied, t, head_dim);
 }
 
 INSTANTIATE_TEST_SUITE_P(

@@ -23,6 +23,7 @@
 
 #include "airlock/common/status.h"
 #include "airlock/engine/backend.h"
+#include "airlock/engine/collective.h"
 #include "airlock/engine/gguf.h"
 #include "airlock/engine/kv_cache.h"
 
@@ -64,22 +65,50 @@ struct Batch {
   void clear() { tokens.clear(); positions.clear(); seq_ids.clear(); want_logits.clear(); }
 };
 
+// Tensor parallelism: this model is rank `rank` of `n_ranks`, holding the
+// query heads [rank * n_head / n_ranks, ...) with their key/value heads and
+// the feed-forward columns [rank * n_ff / n_ranks, ...): the q/k/v and
+// gate/up matrices split by rows (views of the file), attention output and
+// down projections by columns (copied), norms, embeddings and the output
+// matrix whole. Each rank keeps the KV cache of its own heads; forward()
+// sums the partial attention and feed-forward outputs through `comm`, so
+// every rank computes the same residual stream and logits.
+struct TensorParallel {
+  int rank = 0;
+  int n_ranks = 1;
+  Communicator* comm = nullptr;  // not owned; needed when n_ranks > 1; outlives the model
+};
+
+// What one rank computes (the whole model with one rank).
+struct Shard {
+  int n_head = 0;     // query heads
+  int n_head_kv = 0;  // key/value heads
+  int n_ff = 0;       // feed-forward width
+};
+
 class Model {
  public:
-  static Result<std::unique_ptr<Model>> load(const std::string& path, std::shared_ptr<Backend> backend);
-  static Result<std::unique_ptr<Model>> from_gguf(std::unique_ptr<GgufFile> file, std::shared_ptr<Backend> backend);
+  // Errors besides those above: kInvalidArgument when `tp` cannot split
+  // this model (key/value heads or the feed-forward width not divisible by
+  // n_ranks, or a quantised matrix whose split would cut a block).
+  static Result<std::unique_ptr<Model>> load(const std::string& path, std::shared_ptr<Backend> backend,
+                                             TensorParallel tp = {});
+  static Result<std::unique_ptr<Model>> from_gguf(std::unique_ptr<GgufFile> file, std::shared_ptr<Backend> backend,
+                                                  TensorParallel tp = {});
   ~Model();
 
-  const ModelParams& params() const { return params_; }
+  const ModelParams& params() const { return params_; }  // the whole model's
+  const Shard& shard() const { return shard_; }
+  const TensorParallel& tensor_parallel() const { return tp_; }
   const GgufFile& gguf() const { return *file_; }
   Backend& backend() const { return *backend_; }
-  std::uint64_t n_params() const { return n_params_; }
-  std::uint64_t weight_bytes() const { return weight_bytes_; }
+  std::uint64_t n_params() const { return n_params_; }         // held by this rank
+  std::uint64_t weight_bytes() const { return weight_bytes_; }  // held by this rank
 
-  // KV storage for `n_blocks` blocks of kBlockTokens positions, as `type`
-  // (KvType says what F16 trades).
+  // KV storage for `n_blocks` blocks of kBlockTokens positions of this
+  // rank's key/value heads, as `type` (KvType says what F16 trades).
   Result<KvStorage> alloc_kv(int n_blocks, KvType type = KvType::kF32) const;
-  // Bytes of KV storage per block (all layers, keys and values).
+  // Bytes of that storage per block (all layers, keys and values).
   std::uint64_t kv_bytes_per_block(KvType type = KvType::kF32) const;
 
   // Runs `batch`. Each sequence's tokens must be in order and continue it:
@@ -99,6 +128,9 @@ class Model {
   std::unique_ptr<GgufFile> file_;
   std::shared_ptr<Backend> backend_;
   ModelParams params_;
+  TensorParallel tp_;
+  Shard shard_;
+  std::vector<std::unique_ptr<std::uint8_t[]>> column_slices_;  // weights a column split copied
   WeightTensor tok_embd_, output_norm_, output_;
   std::vector<Layer> layers_;
   std::vector<float> rope_freq_factors_;

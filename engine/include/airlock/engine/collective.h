@@ -1,0 +1,39 @@
+// Collective operations among the ranks of one tensor-parallel group: the
+// seam between the forward pass and NCCL.
+//
+// A model split over n_ranks (Model::load with TensorParallel) holds a
+// slice of every attention and feed-forward matrix; after the attention
+// output and the feed-forward down projections each rank has a partial sum
+// of the residual update, and all_reduce_sum() makes every rank hold the
+// whole sum. Ranks run as threads of one process (airlockd), one per device.
+// On GPUs the communicator is NCCL's (issue 7); the in-process group here
+// runs ranks on the CPU, so that the split and its arithmetic are tested on
+// any machine.
+//
+// Thread-safety: each Communicator is used by its own rank's thread only;
+// the ranks of a group call all_reduce_sum() in the same order with the
+// same n (a collective: each call blocks until every rank has made it).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+namespace airlock::engine {
+
+class Communicator {
+ public:
+  virtual ~Communicator() = default;
+  virtual int rank() const = 0;
+  virtual int n_ranks() const = 0;
+  // x (n) becomes the element-wise sum of every rank's x. The sum is taken
+  // in rank order, so every rank gets bit-identical numbers.
+  virtual void all_reduce_sum(float* x, std::int64_t n) = 0;
+};
+
+// n_ranks communicators of one group for threads of this process (rank i
+// is element i). They share state: destroy them after every rank's thread
+// has stopped using them.
+std::vector<std::unique_ptr<Communicator>> make_in_process_group(int n_ranks);
+
+}  // namespace airlock::engine

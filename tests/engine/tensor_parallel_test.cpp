@@ -1,0 +1,215 @@
+// Tensor parallelism run on the CPU: a model split over 2 and 4 ranks
+// (ranks as threads, joined by the in-process communicator) computes the
+// whole model's logits at every step, for prompt chunks and decode steps of
+// two sequences, for each architecture and for quantised matrices; every
+// rank ends with the same numbers; splits that cannot be made are refused.
+// On GPUs the same split runs with NCCL's all-reduce (issue 7).
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <thread>
+
+#include "airlock/engine/collective.h"
+#include "airlock/engine/kernels.h"
+#include "airlock/engine/model.h"
+#include "airlock/engine/thread_pool.h"
+#include "gguf_writer.h"
+
+namespace airlock::engine {
+namespace {
+
+using testing::TestModelSpec;
+
+struct Case {
+  const char* name;
+  TestModelSpec spec;
+  int n_ranks;
+};
+
+void PrintTo(const Case& c, std::ostream* os) { *os << c.name; }
+
+TestModelSpec shape(const char* arch, int n_embd, int n_head, int n_head_kv, int n_ff, GgmlType type,
+                    int head_dim = 0, bool tied = false) {
+  return testing::decoder_spec(arch, n_embd, n_head, n_head_kv, n_ff, tied, type, head_dim);
+}
+
+Result<std::unique_ptr<Model>> load(const testing::TestModel& tm, TensorParallel tp = {}) {
+  AIRLOCK_ASSIGN_OR_RETURN(auto file,
+                           GgufFile::parse({reinterpret_cast<const std::uint8_t*>(tm.gguf.data()), tm.gguf.size()}));
+  return Model::from_gguf(std::move(file), make_cpu_backend(std::make_shared<ThreadPool>(1)), tp);
+}
+
+// Two sequences: prompt chunks of different lengths in one batch, a chunk
+// next to a decode step, then decode steps of both.
+std::vector<Batch> steps(int n_vocab) {
+  std::vector<Batch> out(5);
+  int tok = 3;
+  auto next = [&] { return tok = (tok * 7 + 5) % n_vocab; };
+  for (int i = 0; i < 9; ++i) out[0].add(next(), i, 0, true);
+  for (int i = 0; i < 4; ++i) out[0].add(next(), i, 1, i == 3);
+  out[1].add(next(), 9, 0, true);
+  for (int i = 4; i < 10; ++i) out[1].add(next(), i, 1, true);
+  for (int s = 2; s < 5; ++s) {
+    out[static_cast<std::size_t>(s)].add(next(), 8 + s, 0, true);
+    out[static_cast<std::size_t>(s)].add(next(), 8 + s, 1, true);
+  }
+  return out;
+}
+
+// The logits of every step, one after another.
+std::vector<float> run(Model& m, const std::vector<Batch>& batches) {
+  KvCache cache(16);
+  Result<KvStorage> kv = m.alloc_kv(16);
+  EXPECT_TRUE(kv.is_ok());
+  EXPECT_TRUE(cache.add_sequence(0).is_ok());
+  EXPECT_TRUE(cache.add_sequence(1).is_ok());
+  std::vector<float> all, logits;
+  for (const Batch& b : batches) {
+    Status s = m.forward(b, cache, *kv, &logits);
+    EXPECT_TRUE(s.is_ok()) << s.to_string();
+    all.insert(all.end(), logits.begin(), logits.end());
+  }
+  return all;
+}
+
+double rel_error(const std::vector<float>& got, const std::vector<float>& want) {
+  double num = 0, den = 0;
+  for (std::size_t i = 0; i < want.size(); ++i) {
+    num += (static_cast<double>(got[i]) - want[i]) * (static_cast<double>(got[i]) - want[i]);
+    den += static_cast<double>(want[i]) * want[i];
+  }
+  return std::sqrt(num / den);
+}
+
+class TensorParallelTest : public ::testing::TestWithParam<Case> {};
+
+// Each rank's logits, the ranks run as threads (every rank is loaded before
+// any runs: a rank that failed to load would leave the others waiting in
+// the all-reduce).
+std::vector<std::vector<float>> run_ranks(std::vector<std::unique_ptr<Model>>& ranks, const std::vector<Batch>& batches) {
+  std::vector<std::vector<float>> got(ranks.size());
+  std::vector<std::thread> threads;
+  for (std::size_t r = 0; r < ranks.size(); ++r) threads.emplace_back([&, r] { got[r] = run(*ranks[r], batches); });
+  for (std::thread& t : threads) t.join();
+  return got;
+}
+
+TEST_P(TensorParallelTest, RanksComputeTheWholeModelsLogits) {
+  const Case& c = GetParam();
+  const testing::TestModel tm = testing::make_test_model(c.spec);
+  Result<std::unique_ptr<Model>> whole = load(tm);
+  ASSERT_TRUE(whole.is_ok()) << whole.status().to_string();
+  std::vector<std::unique_ptr<Communicator>> comms = make_in_process_group(c.n_ranks);
+  std::vector<std::unique_ptr<Model>> ranks;
+  std::uint64_t split_bytes = 0;
+  for (int r = 0; r < c.n_ranks; ++r) {
+    Result<std::unique_ptr<Model>> m = load(tm, {r, c.n_ranks, comms[static_cast<std::size_t>(r)].get()});
+    ASSERT_TRUE(m.is_ok()) << m.status().to_string();
+    EXPECT_EQ((*m)->shard().n_head, c.spec.n_head / c.n_ranks);
+    EXPECT_EQ((*m)->shard().n_head_kv, c.spec.n_head_kv / c.n_ranks);
+    EXPECT_EQ((*m)->shard().n_ff, c.spec.n_ff / c.n_ranks);
+    EXPECT_EQ((*m)->kv_bytes_per_block() * static_cast<std::uint64_t>(c.n_ranks), (*whole)->kv_bytes_per_block());
+    EXPECT_LT((*m)->weight_bytes(), (*whole)->weight_bytes());
+    split_bytes += (*m)->weight_bytes();
+    ranks.push_back(std::move(*m));
+  }
+  // The split matrices are held once in all; norms, embeddings and the
+  // output matrix by every rank.
+  EXPECT_GT(split_bytes, (*whole)->weight_bytes());
+  const std::vector<Batch> batches = steps(c.spec.n_vocab);
+
+  // With float activations (the scalar kernels) only the order of the
+  // additions differs from the whole model.
+  force_scalar_kernels(true);
+  const std::vector<float> want_exact = run(**whole, batches);
+  std::vector<std::vector<float>> got = run_ranks(ranks, batches);
+  force_scalar_kernels(false);
+  for (int r = 0; r < c.n_ranks; ++r) {
+    ASSERT_EQ(got[static_cast<std::size_t>(r)].size(), want_exact.size()) << "rank " << r;
+    EXPECT_LT(rel_error(got[static_cast<std::size_t>(r)], want_exact), 1e-5) << c.name << " rank " << r << " scalar";
+    EXPECT_EQ(got[static_cast<std::size_t>(r)], got[0]) << c.name << ": rank " << r << " differs from rank 0";
+  }
+  // The vector kernels round the activations of quantised matrices to 8
+  // bits: a number that the different order of additions moves across a
+  // rounding step moves by a whole step, so quantised weights agree to the
+  // 8-bit path's own error (ReferenceTest allows 3e-2 against the exact
+  // reference); float weights stay at 1e-5.
+  const bool quantised = traits(c.spec.weight_type).block_elems > 1;
+  const std::vector<float> want = run(**whole, batches);
+  got = run_ranks(ranks, batches);
+  for (int r = 0; r < c.n_ranks; ++r) {
+    EXPECT_LT(rel_error(got[static_cast<std::size_t>(r)], want), quantised ? 2e-2 : 1e-5) << c.name << " rank " << r;
+    EXPECT_EQ(got[static_cast<std::size_t>(r)], got[0]) << c.name << ": rank " << r << " differs from rank 0";
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Splits, TensorParallelTest,
+    ::testing::Values(
+        Case{"llama_gqa_f32_2_ranks", shape("llama", 64, 8, 4, 128, GgmlType::kF32), 2},
+        Case{"llama_gqa_f32_4_ranks", shape("llama", 64, 8, 4, 128, GgmlType::kF32), 4},
+        Case{"llama_mha_tied_f32_4_ranks", shape("llama", 64, 4, 4, 96, GgmlType::kF32, 0, true), 4},
+        Case{"qwen2_bias_f32_2_ranks", shape("qwen2", 64, 4, 2, 96, GgmlType::kF32), 2},
+        Case{"qwen3_qknorm_f16_2_ranks", shape("qwen3", 64, 4, 2, 96, GgmlType::kF16, 32), 2},
+        Case{"llama_q8_0_2_ranks", shape("llama", 128, 4, 2, 128, GgmlType::kQ8_0), 2},
+        Case{"qwen2_q4_k_2_ranks", shape("qwen2", 512, 4, 2, 512, GgmlType::kQ4_K, 128), 2},
+        Case{"qwen3_q6_k_2_ranks", shape("qwen3", 512, 4, 2, 512, GgmlType::kQ6_K, 128), 2}),
+    [](const ::testing::TestParamInfo<Case>& p) { return std::string(p.param.name); });
+
+TEST(TensorParallelRefusals, SplitsThatCannotBeMadeAreNamed) {
+  auto comms = make_in_process_group(4);
+  // 2 key/value heads among 4 ranks.
+  const testing::TestModel gqa = testing::make_test_model(shape("llama", 64, 4, 2, 96, GgmlType::kF32));
+  Result<std::unique_ptr<Model>> m = load(gqa, {0, 4, comms[0].get()});
+  ASSERT_FALSE(m.is_ok());
+  EXPECT_EQ(m.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(m.status().message().find("do not divide among 4 ranks"), std::string::npos) << m.status().message();
+  // Q4_K rows split in the middle of a 256-number block (2 heads of 64).
+  auto pair = make_in_process_group(2);
+  const testing::TestModel q4k = testing::make_test_model(shape("llama", 256, 4, 2, 512, GgmlType::kQ4_K));
+  m = load(q4k, {1, 2, pair[1].get()});
+  ASSERT_FALSE(m.is_ok());
+  EXPECT_EQ(m.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(m.status().message().find("cannot be split at column 128"), std::string::npos) << m.status().message();
+  // A rank outside the group, a missing or mismatched communicator.
+  EXPECT_FALSE(load(gqa, {2, 2, pair[0].get()}).is_ok());
+  EXPECT_FALSE(load(gqa, {0, 2, nullptr}).is_ok());
+  EXPECT_FALSE(load(gqa, {0, 2, pair[1].get()}).is_ok());
+  EXPECT_FALSE(load(gqa, {0, 2, comms[0].get()}).is_ok());
+  EXPECT_FALSE(load(gqa, {0, 0, nullptr}).is_ok());
+}
+
+// The all-reduce itself: every rank ends with the element-wise sum, the same
+// bits on every rank, over repeated calls of different lengths.
+TEST(InProcessGroup, AllReduceSumsEveryRanksNumbers) {
+  for (int n_ranks : {1, 2, 3, 5}) {
+    auto comms = make_in_process_group(n_ranks);
+    std::vector<std::vector<float>> data(static_cast<std::size_t>(n_ranks));
+    std::vector<std::thread> threads;
+    for (int r = 0; r < n_ranks; ++r)
+      threads.emplace_back([&, r] {
+        Communicator& c = *comms[static_cast<std::size_t>(r)];
+        EXPECT_EQ(c.rank(), r);
+        EXPECT_EQ(c.n_ranks(), n_ranks);
+        std::vector<float>& out = data[static_cast<std::size_t>(r)];
+        for (int n : {1, 7, 1000, 3}) {
+          std::vector<float> x(static_cast<std::size_t>(n));
+          for (int i = 0; i < n; ++i) x[static_cast<std::size_t>(i)] = 0.1f * static_cast<float>(i) + static_cast<float>(r) * 1e-3f;
+          c.all_reduce_sum(x.data(), n);
+          out.insert(out.end(), x.begin(), x.end());
+        }
+      });
+    for (std::thread& t : threads) t.join();
+    std::size_t at = 0;
+    for (int n : {1, 7, 1000, 3})
+      for (int i = 0; i < n; ++i, ++at) {
+        double want = 0;
+        for (int r = 0; r < n_ranks; ++r) want += 0.1f * static_cast<float>(i) + static_cast<float>(r) * 1e-3f;
+        EXPECT_NEAR(data[0][at], want, 1e-4 * (1 + std::fabs(want)));
+        for (int r = 1; r < n_ranks; ++r) ASSERT_EQ(data[static_cast<std::size_t>(r)][at], data[0][at]);
+      }
+  }
+}
+
+}  // namespace
+}  // namespace airlock::engine
