@@ -825,9 +825,17 @@ void Server::Impl::completions(const httplib::Request& req, httplib::Response& r
   res.set_chunked_content_provider(
       "text/event-stream",
       [this, g, state](std::size_t, httplib::DataSink& sink) -> bool {
+        // The events of one call go out in one write (one system call and
+        // one chunk however many tokens arrived since the last call).
+        std::string pending;
         auto send = [&](const ojson& j) {
-          const std::string line = "data: " + j.dump(-1, ' ', false, ojson::error_handler_t::replace) + "\n\n";
-          return sink.write(line.data(), line.size());
+          pending += "data: " + j.dump(-1, ' ', false, ojson::error_handler_t::replace) + "\n\n";
+          return true;
+        };
+        auto flush = [&] {
+          const bool ok = pending.empty() || sink.write(pending.data(), pending.size());
+          pending.clear();
+          return ok;
         };
         const bool usage_nulls = g->request.include_usage;
         auto chunk = [&](ojson choices) {
@@ -872,8 +880,8 @@ void Server::Impl::completions(const httplib::Request& req, httplib::Response& r
               if (c.done && !c.error.is_ok()) {
                 // A failure mid-stream: an error event, then the stream ends.
                 ApiError err = api_error(500, "server_error", c.error.message());
-                const std::string line = "data: " + error_body(err) + "\n\n";
-                sink.write(line.data(), line.size());
+                pending += "data: " + error_body(err) + "\n\n";
+                flush();
                 g->cancel_all();
                 state->finished = true;
                 sink.done();
@@ -882,7 +890,7 @@ void Server::Impl::completions(const httplib::Request& req, httplib::Response& r
             }
           }
         }
-        if (!g->all_done()) return true;  // called again
+        if (!g->all_done()) return flush();  // called again
         if (g->grounded) {
           settle(*g);
           count_answer(*g->grounded);
@@ -901,8 +909,8 @@ void Server::Impl::completions(const httplib::Request& req, httplib::Response& r
           u["usage"] = g->usage();
           if (!send(u)) return false;
         }
-        static const std::string kDone = "data: [DONE]\n\n";
-        if (!sink.write(kDone.data(), kDone.size())) return false;
+        pending += "data: [DONE]\n\n";
+        if (!flush()) return false;
         state->finished = true;
         sink.done();
         return true;
