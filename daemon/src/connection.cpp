@@ -33,13 +33,17 @@ bool to_text(const sockaddr_storage& ss, std::string& host, int& port) {
 }
 
 // The address text the HTTP library reports may spell an IPv6 address
-// differently (zeros, case); compare binary forms, falling back to text.
-bool same_host(const std::string& a, const std::string& b) {
+// differently (zeros, case) and carries a link-local address's zone
+// ("fe80::1%eth0"), which inet_ntop leaves out; compare binary forms
+// without the zone (the ports are compared too), falling back to text.
+bool same_host(std::string a, std::string b) {
   if (a == b) return true;
+  for (std::string* s : {&a, &b})
+    if (const std::size_t zone = s->find('%'); zone != std::string::npos) s->resize(zone);
   unsigned char x[sizeof(in6_addr)], y[sizeof(in6_addr)];
   if (::inet_pton(AF_INET6, a.c_str(), x) == 1 && ::inet_pton(AF_INET6, b.c_str(), y) == 1)
     return std::memcmp(x, y, sizeof x) == 0;
-  return false;
+  return a == b;
 }
 
 bool matches(int fd, bool peer, const std::string& host, int port) {

@@ -37,6 +37,9 @@ class PeerSocket {
 
   // True once the client has closed or reset its side of the connection.
   // Never blocks and never reads: a pipelined next request stays queued.
+  // A client that only shuts down its sending side (half-close) after the
+  // request counts as gone too: without writing, the two cannot be told
+  // apart (nginx treats them alike by default).
   bool peer_closed() const;
 
   int fd() const { return fd_; }

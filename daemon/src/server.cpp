@@ -207,26 +207,40 @@ struct Generation {
 
 // httplib 0.11 listens only on sockets it creates. Its listening socket is
 // a protected member, so a subclass can hand it one that systemd created
-// (socket activation); listen_after_bind() then serves on it.
+// (socket activation); listen_after_bind() then serves on it. Such a socket
+// must outlive this process (systemd passes the same one to the next
+// start): httplib's stop() would shut it down, which stops it listening for
+// systemd too, so release() only makes the accept loop end (at its next
+// idle tick) and the caller closes its descriptor.
 template <class Base>
 class AdoptingServer : public Base {
  public:
   using Base::Base;
   void adopt(socket_t fd) { this->svr_sock_ = fd; }
+  void release() { this->svr_sock_ = INVALID_SOCKET; }
+};
+
+struct ListenerControl {
+  std::function<void(socket_t)> adopt;
+  std::function<void()> release;
 };
 
 // Plain HTTP, or TLS with the operator's certificate (and, with client_ca,
-// only clients presenting a certificate that CA signed). `adopt` is set to
-// the server's adopt().
-std::unique_ptr<httplib::Server> make_http(const Config& c, std::function<void(socket_t)>& adopt) {
+// only clients presenting a certificate that CA signed). `control` gets the
+// server's adopt() and release().
+std::unique_ptr<httplib::Server> make_http(const Config& c, ListenerControl& control) {
+  auto wire = [&control](auto* p) {
+    control.adopt = [p](socket_t fd) { p->adopt(fd); };
+    control.release = [p] { p->release(); };
+  };
   if (c.tls_cert.empty()) {
     auto s = std::make_unique<AdoptingServer<httplib::Server>>();
-    adopt = [p = s.get()](socket_t fd) { p->adopt(fd); };
+    wire(s.get());
     return s;
   }
   auto s = std::make_unique<AdoptingServer<httplib::SSLServer>>(
       c.tls_cert.c_str(), c.tls_key.c_str(), c.tls_client_ca.empty() ? nullptr : c.tls_client_ca.c_str());
-  adopt = [p = s.get()](socket_t fd) { p->adopt(fd); };
+  wire(s.get());
   return s;
 }
 
@@ -299,7 +313,8 @@ struct Server::Impl {
   Authenticator authenticate;
   AuditSink audit;
   Metrics& metrics;
-  std::function<void(socket_t)> adopt_listener;  // set by make_http
+  ListenerControl listener;  // set by make_http
+  bool adopted = false;      // serving on a socket systemd passed
   std::unique_ptr<httplib::Server> http_owner;
   httplib::Server& http;
   mutable std::mutex model_mu;
@@ -317,7 +332,7 @@ struct Server::Impl {
 
   Impl(Config c, Authenticator a, AuditSink s, Metrics& m)
       : config(std::move(c)), authenticate(std::move(a)), audit(std::move(s)), metrics(m),
-        http_owner(make_http(config, adopt_listener)), http(*http_owner),
+        http_owner(make_http(config, listener)), http(*http_owner),
         ttft(m.histogram("airlock_time_to_first_token_seconds", "Time from request arrival to its first token",
                          latency_buckets())),
         itl(m.histogram("airlock_inter_token_latency_seconds", "Mean time between tokens of a request",
@@ -631,11 +646,16 @@ Result<SocketAddress> Server::adopt(int fd) {
   const int one = 1;
   ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
   impl_->listen_fd = fd;
-  impl_->adopt_listener(fd);
+  impl_->adopted = true;
+  impl_->http.set_idle_interval(0, 100000);  // the accept loop checks for release() every 100 ms
+  impl_->listener.adopt(fd);
   return address;
 }
 
-void Server::run() { impl_->http.listen_after_bind(); }
+void Server::run() {
+  impl_->http.listen_after_bind();
+  if (impl_->adopted) ::close(impl_->listen_fd);  // closed, never shut down: systemd keeps listening
+}
 
 void Server::shutdown() {
   impl_->draining = true;
@@ -643,7 +663,8 @@ void Server::shutdown() {
     m->scheduler->drain(std::chrono::seconds(impl_->config.drain_seconds));
   // Let handlers that are writing their last bytes finish.
   for (int i = 0; i < 200 && impl_->in_flight.load() > 0; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  impl_->http.stop();
+  if (impl_->adopted) impl_->listener.release();
+  else impl_->http.stop();
 }
 
 void Server::Impl::answer_without_model(const httplib::Request& req, httplib::Response& res, const std::string& key,
@@ -944,10 +965,10 @@ void Server::routes() {
   h.set_payload_max_length(std::max<std::uint64_t>(s.config.max_body_bytes,
                                                    s.config.rag.max_document_bytes / 3 * 4 + (1u << 20)));
   h.set_keep_alive_timeout(30);
-  // Every SSE event is its own small write, and the end of a stream is
-  // several in a row: with Nagle's algorithm each waits for the client's
-  // delayed ACK (40 ms on Linux). The listening socket's TCP_NODELAY is
-  // inherited by every accepted connection.
+  // Streams send small writes (a token or a few at a time): with Nagle's
+  // algorithm a write behind one not yet acknowledged can wait for the
+  // client's delayed ACK (up to 40 ms on Linux). The listening socket's
+  // TCP_NODELAY is inherited by every accepted connection.
   h.set_tcp_nodelay(true);
   // Remember the listening socket: httplib listens with a backlog of 5,
   // which drops the SYNs of a burst of clients (each retried a second

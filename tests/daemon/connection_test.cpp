@@ -107,6 +107,33 @@ TEST(PeerSocket, SeesAReset) {
   EXPECT_TRUE(p->peer_closed());
 }
 
+// IPv6: the library's spelling of an address may differ from inet_ntop's
+// (zeros written out, a zone after '%'); the binary address decides.
+TEST(PeerSocket, MatchesIpv6AddressesHoweverSpelled) {
+  Fd l{::socket(AF_INET6, SOCK_STREAM | SOCK_CLOEXEC, 0)};
+  sockaddr_in6 a{};
+  a.sin6_family = AF_INET6;
+  a.sin6_addr = in6addr_loopback;
+  if (l.fd < 0 || ::bind(l.fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 || ::listen(l.fd, 2) != 0)
+    GTEST_SKIP() << "no IPv6 loopback here";
+  socklen_t len = sizeof a;
+  ASSERT_EQ(::getsockname(l.fd, reinterpret_cast<sockaddr*>(&a), &len), 0);
+  Fd client{::socket(AF_INET6, SOCK_STREAM | SOCK_CLOEXEC, 0)};
+  ASSERT_EQ(::connect(client.fd, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+  Fd accepted{::accept(l.fd, nullptr, nullptr)};
+  ASSERT_GE(accepted.fd, 0);
+  sockaddr_in6 c{};
+  len = sizeof c;
+  ASSERT_EQ(::getsockname(client.fd, reinterpret_cast<sockaddr*>(&c), &len), 0);
+  const int server_port = ntohs(a.sin6_port), client_port = ntohs(c.sin6_port);
+  for (const char* spelling : {"::1", "0:0:0:0:0:0:0:1", "::1%lo"}) {
+    std::optional<PeerSocket> p = PeerSocket::find(spelling, server_port, spelling, client_port);
+    ASSERT_TRUE(p.has_value()) << spelling;
+    EXPECT_EQ(p->fd(), accepted.fd) << spelling;
+  }
+  EXPECT_FALSE(PeerSocket::find("::2", server_port, "::1", client_port).has_value());
+}
+
 TEST(ListeningTcpAddress, AcceptsAListeningTcpSocket) {
   Fd l{listener()};
   Result<SocketAddress> a = listening_tcp_address(l.fd);

@@ -183,7 +183,7 @@ struct Daemon {
       if (!passed.empty()) {
         // Above every descriptor the sockets move to, then into place.
         std::vector<int> high;
-        for (int fd : passed) high.push_back(::fcntl(fd, F_DUPFD, 100));
+        for (int fd : passed) high.push_back(::fcntl(fd, F_DUPFD_CLOEXEC, 100));
         for (std::size_t i = 0; i < high.size(); ++i) ::dup2(high[i], 3 + static_cast<int>(i));
         char tmp[16];
         int n_digits = 0;
@@ -849,7 +849,9 @@ TEST(DaemonLifecycle, SocketActivation) {
   sockaddr_in a{};
   socklen_t len = sizeof a;
   ASSERT_EQ(::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len), 0);
-  {
+  // Twice on the same socket, as systemd passes it to every start: a stop
+  // must leave it listening.
+  for (int start = 0; start < 2; ++start) {
     auto d = Daemon::start(e, "", {fd});
     ASSERT_EQ(d->port, ntohs(a.sin_port)) << d->log();  // not the configured 127.0.0.1:0
     EXPECT_NE(d->log().find("serving on the socket passed by systemd"), std::string::npos) << d->log();
@@ -858,6 +860,10 @@ TEST(DaemonLifecycle, SocketActivation) {
     ASSERT_TRUE(r);
     EXPECT_EQ(r->status, 200) << r->body;
     EXPECT_EQ(d->stop(), 0);
+    int listening = 0;
+    socklen_t n = sizeof listening;
+    ASSERT_EQ(::getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &n), 0);
+    EXPECT_EQ(listening, 1) << "the daemon's stop shut down systemd's socket";
   }
   ::close(fd);
 
