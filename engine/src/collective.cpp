@@ -70,6 +70,7 @@ class InProcessCommunicator : public Communicator {
 }  // namespace
 
 std::vector<std::unique_ptr<Communicator>> make_in_process_group(int n_ranks) {
+  if (n_ranks < 1) return {};
   auto g = std::make_shared<Group>(n_ranks);
   std::vector<std::unique_ptr<Communicator>> out;
   for (int r = 0; r < n_ranks; ++r) out.push_back(std::make_unique<InProcessCommunicator>(g, r));

@@ -51,8 +51,10 @@ struct RopeParams {
 
 // How cached keys and values are stored. F16 halves the cache (twice the
 // sequences in the same memory, half the bytes attention reads per token)
-// at a relative rounding error of at most 2^-11 per number; F32 keeps the
-// forward pass exact against an f32 reference.
+// at a relative rounding error of at most 2^-11 per number within half's
+// normal range (numbers beyond +-65504 become infinite, ones below 6e-5
+// lose precision gradually, as in other engines' f16 caches); F32 keeps
+// the forward pass exact against an f32 reference.
 enum class KvType { kF32, kF16 };
 const char* kv_type_name(KvType t);  // "f32", "f16"
 std::size_t kv_type_bytes(KvType t);  // 4, 2

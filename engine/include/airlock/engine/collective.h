@@ -5,10 +5,16 @@
 // slice of every attention and feed-forward matrix; after the attention
 // output and the feed-forward down projections each rank has a partial sum
 // of the residual update, and all_reduce_sum() makes every rank hold the
-// whole sum. Ranks run as threads of one process (airlockd), one per device.
-// On GPUs the communicator is NCCL's (issue 7); the in-process group here
-// runs ranks on the CPU, so that the split and its arithmetic are tested on
-// any machine.
+// whole sum. Ranks are meant to run as threads of one process (airlockd),
+// one per device; nothing in the daemon splits a model yet. On GPUs the
+// communicator will be NCCL's (issue 7); the in-process group here runs
+// ranks on the CPU, so that the split and its arithmetic are tested on any
+// machine.
+//
+// Known limit: a collective cannot be aborted. A rank that leaves forward()
+// early (an allocation failure) leaves the others waiting in the next
+// all-reduce; before airlockd runs ranks, the group needs an abort that
+// fails every rank's pending call.
 //
 // Thread-safety: each Communicator is used by its own rank's thread only;
 // the ranks of a group call all_reduce_sum() in the same order with the
@@ -32,7 +38,7 @@ class Communicator {
 };
 
 // n_ranks communicators of one group for threads of this process (rank i
-// is element i). They share state: destroy them after every rank's thread
+// is element i; none for n_ranks < 1). They share state: destroy them after every rank's thread
 // has stopped using them.
 std::vector<std::unique_ptr<Communicator>> make_in_process_group(int n_ranks);
 
