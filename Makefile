@@ -15,7 +15,7 @@ setup:
 	scripts/setup
 
 build: setup
-	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo -DAIRLOCK_WERROR=ON
+	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo -DAIRLOCK_WERROR=ON -DAIRLOCK_CUDA=AUTO
 	cmake --build $(BUILD) -j $(JOBS)
 
 test: build
