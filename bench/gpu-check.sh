@@ -7,10 +7,10 @@
 # (`ctest -L gpu`: every CUDA operation against the CPU backend) and
 # compute-sanitizer memcheck on them, and prints a short table.
 #
-# What it cannot check yet: the CUDA backend is not complete (matmul, paged
-# attention, sampling, CUDA graphs and NCCL are not written), so there is no
-# full-forward comparison and no GPU decode benchmark to run; the table says
-# so instead of printing numbers.
+# What it cannot check yet: the CUDA code is not a Backend (fast matmul,
+# sampling, CUDA graphs and NCCL are not written, nothing selects the GPU),
+# so there is no full-forward comparison and no GPU decode benchmark to
+# run; the table says so instead of printing numbers.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 build=${1:-build}
@@ -45,6 +45,6 @@ echo "|---|---|"
 echo "| GPU | $gpu |"
 echo "| ctest -L gpu | ${summary:-no result} (skipped: $skipped) |"
 echo "| compute-sanitizer memcheck, cuda_tests | $sanitizer |"
-echo "| full forward vs CPU, every weight type | not written yet (CUDA matmul and attention missing) |"
+echo "| full forward vs CPU, every weight type | not written yet (the CUDA ops are not a Backend) |"
 echo "| decode benchmark vs HBM roofline | not written yet |"
 [ "$tests_rc" -eq 0 ] && [ "$sanitizer" != "ERRORS (see $build/memcheck.log)" ]

@@ -108,26 +108,171 @@ __global__ void rope_kernel(float* x, std::int64_t n_tokens, int n_heads, int he
   }
 }
 
+// ---------------------------------------------------------------- weights
+
+// The (scale, min) pair j (0..7) of a Q4_K/Q5_K block's 12 packed bytes.
+__host__ __device__ inline void scale_min_k4(int j, const std::uint8_t* q, int* sc, int* m) {
+  if (j < 4) {
+    *sc = q[j] & 63;
+    *m = q[j + 4] & 63;
+  } else {
+    *sc = (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4);
+    *m = (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
+  }
+}
+
+__host__ __device__ inline float f16(const std::uint8_t* p) {
+  return __half2float(*reinterpret_cast<const __half*>(p));
+}
+
+// Element k of a row of `type`, decoded as ggml_types.cpp's dequantize_row
+// (the same operations in the same order; nvcc may fuse a multiply-add).
+// Host code too, so that the decoding is tested on machines without a GPU.
+__host__ __device__ float weight_at(GgmlType type, const std::uint8_t* row, std::int64_t k) {
+  switch (type) {
+    case GgmlType::kF32: return reinterpret_cast<const float*>(row)[k];
+    case GgmlType::kF16: return __half2float(reinterpret_cast<const __half*>(row)[k]);
+    case GgmlType::kBF16: return __bfloat162float(reinterpret_cast<const __nv_bfloat16*>(row)[k]);
+    case GgmlType::kQ8_0: {  // {f16 d; int8 qs[32]}
+      const std::uint8_t* b = row + 34 * (k / 32);
+      return static_cast<float>(reinterpret_cast<const std::int8_t*>(b + 2)[k % 32]) * f16(b);
+    }
+    case GgmlType::kQ4_0: {  // {f16 d; u8 qs[16]}: low nibbles first, then high
+      const std::uint8_t* b = row + 18 * (k / 32);
+      const int j = static_cast<int>(k % 32);
+      const int q = j < 16 ? (b[2 + j] & 0x0F) : (b[2 + j - 16] >> 4);
+      return static_cast<float>(q - 8) * f16(b);
+    }
+    case GgmlType::kQ4_K:
+    case GgmlType::kQ5_K: {  // {f16 d, dmin; u8 scales[12]; (Q5_K: u8 qh[32];) u8 qs[128]}
+      const bool five = type == GgmlType::kQ5_K;
+      const std::uint8_t* b = row + (five ? 176 : 144) * (k / 256);
+      const int j = static_cast<int>(k % 256), c = j / 64, l = j % 64;
+      int sc = 0, m = 0;
+      scale_min_k4(2 * c + (l >= 32 ? 1 : 0), b + 4, &sc, &m);
+      const std::uint8_t* qs = b + (five ? 48 : 16);
+      const std::uint8_t q = qs[32 * c + l % 32];
+      int v = l < 32 ? (q & 0xF) : (q >> 4);
+      if (five) v += (b[16 + l % 32] & ((l < 32 ? 1 : 2) << (2 * c))) ? 16 : 0;
+      const float d1 = f16(b) * static_cast<float>(sc), m1 = f16(b + 2) * static_cast<float>(m);
+      return d1 * static_cast<float>(v) - m1;
+    }
+    case GgmlType::kQ6_K: {  // {u8 ql[128]; u8 qh[64]; i8 scales[16]; f16 d}
+      const std::uint8_t* b = row + 210 * (k / 256);
+      const int j = static_cast<int>(k % 256), h = j / 128, r = j % 128, quarter = r / 32, l = r % 32;
+      const std::uint8_t* ql = b + 64 * h;
+      const std::uint8_t qh = b[128 + 32 * h + l];
+      const auto* sc = reinterpret_cast<const std::int8_t*>(b + 192 + 8 * h);
+      // Quarters 0..3 of a half: low nibbles of ql[l], of ql[l + 32], then
+      // high nibbles of each; two bits of qh[l] each.
+      const std::uint8_t qlb = ql[l + ((quarter & 1) ? 32 : 0)];
+      const int q = ((quarter < 2 ? (qlb & 0xF) : (qlb >> 4)) | (((qh >> (2 * quarter)) & 3) << 4)) - 32;
+      return f16(b + 208) * static_cast<float>(sc[l / 16 + 2 * quarter]) * static_cast<float>(q);
+    }
+    default: return 0.0f;
+  }
+}
+
 // One thread per output number.
-__global__ void get_rows_kernel(int type, const std::uint8_t* table, std::int64_t row_len, std::size_t row_bytes,
+__global__ void get_rows_kernel(GgmlType type, const std::uint8_t* table, std::int64_t row_len, std::size_t row_bytes,
                                 const std::int32_t* ids, std::int64_t n, float* out) {
   const std::int64_t job = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x;
   if (job >= n * row_len) return;
   const std::int64_t r = job / row_len, i = job % row_len;
-  const std::uint8_t* row = table + row_bytes * static_cast<std::size_t>(ids[r]);
-  float v = 0;
-  switch (static_cast<GgmlType>(type)) {
-    case GgmlType::kF32: v = reinterpret_cast<const float*>(row)[i]; break;
-    case GgmlType::kF16: v = __half2float(reinterpret_cast<const __half*>(row)[i]); break;
-    case GgmlType::kBF16: v = __bfloat162float(reinterpret_cast<const __nv_bfloat16*>(row)[i]); break;
-    case GgmlType::kQ8_0: {  // blocks of {f16 scale, 32 x int8}, 34 bytes
-      const std::uint8_t* blk = row + 34 * (i / 32);
-      v = __half2float(*reinterpret_cast<const __half*>(blk)) * static_cast<float>(reinterpret_cast<const std::int8_t*>(blk + 2)[i % 32]);
-      break;
+  out[job] = weight_at(type, table + row_bytes * static_cast<std::size_t>(ids[r]), i);
+}
+
+constexpr int kMatmulTokens = 8;  // tokens per pass over a row
+
+// One warp per output row; each lane takes every 32nd weight of the row and
+// multiplies it into up to kMatmulTokens tokens' partial sums.
+__global__ void matmul_kernel(GgmlType type, const std::uint8_t* w, std::size_t row_bytes, std::int64_t n_in,
+                              std::int64_t n_out, const float* x, std::int64_t n_tokens, float* y) {
+  const std::int64_t r = blockIdx.x * static_cast<std::int64_t>(blockDim.x / 32) + threadIdx.x / 32;
+  const int lane = threadIdx.x % 32;
+  if (r >= n_out) return;
+  const std::uint8_t* row = w + row_bytes * static_cast<std::size_t>(r);
+  for (std::int64_t t0 = 0; t0 < n_tokens; t0 += kMatmulTokens) {
+    const int nt = static_cast<int>(n_tokens - t0 < kMatmulTokens ? n_tokens - t0 : kMatmulTokens);
+    float acc[kMatmulTokens] = {};
+    for (std::int64_t k = lane; k < n_in; k += 32) {
+      const float wk = weight_at(type, row, k);
+      for (int t = 0; t < nt; ++t) acc[t] += wk * x[(t0 + t) * n_in + k];
     }
-    default: break;
+    for (int t = 0; t < nt; ++t) {
+      float v = acc[t];
+      for (int o = 16; o > 0; o /= 2) v += __shfl_xor_sync(0xffffffffu, v, o);
+      if (lane == 0) y[(t0 + t) * n_out + r] = v;
+    }
   }
-  out[job] = v;
+}
+
+// ---------------------------------------------------------------- KV cache
+
+__device__ inline float load_kv(const float* p) { return *p; }
+__device__ inline float load_kv(const __half* p) { return __half2float(*p); }
+__device__ inline void store_kv(float* p, float v) { *p = v; }
+__device__ inline void store_kv(__half* p, float v) { *p = __float2half_rn(v); }
+
+template <typename T>
+__global__ void kv_write_kernel(T* kd, T* vd, std::int64_t kv_dim, const float* k, const float* v,
+                                std::int64_t n_tokens, const std::int32_t* slots) {
+  const std::int64_t job = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x;
+  if (job >= n_tokens * kv_dim) return;
+  const std::int64_t t = job / kv_dim, i = job % kv_dim;
+  const std::int64_t at = static_cast<std::int64_t>(slots[t]) * kv_dim + i;
+  store_kv(kd + at, k[job]);
+  store_kv(vd + at, v[job]);
+}
+
+__device__ float block_max(float v) {
+  __shared__ float partial[kThreads / 32];
+  for (int o = 16; o > 0; o /= 2) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  if (lane == 0) partial[warp] = v;
+  __syncthreads();
+  float m = partial[0];
+  for (int w = 1; w < kThreads / 32; ++w) m = fmaxf(m, partial[w]);
+  __syncthreads();
+  return m;
+}
+
+// Scores of 12,000 positions (47 KiB) and the reductions' few bytes stay
+// under the default 48 KiB of shared memory per block.
+constexpr int kMaxAttentionContext = 12000;
+
+// One block of kThreads per (token, head); scores in dynamic shared memory.
+template <typename T>
+__global__ void attention_kernel(AttentionShape s, const float* q, const T* kd, const T* vd, std::int64_t kv_dim,
+                                 const std::int32_t* n_ctx, const std::int32_t* tables, float* out) {
+  extern __shared__ float scores[];
+  const std::int64_t t = blockIdx.x / s.n_head;
+  const int h = static_cast<int>(blockIdx.x % s.n_head);
+  const int kvh = h / (s.n_head / s.n_kv_head);
+  const int ctx = min(n_ctx[t], kMaxAttentionContext);  // attention() checked s.max_ctx; this keeps memory safe
+  const float* qh = q + (t * s.n_head + h) * s.head_dim;
+  const std::int32_t* table = tables + t * s.table_stride;
+  auto slot = [&](int p) { return static_cast<std::int64_t>(table[p / s.block]) * s.block + p % s.block; };
+  float local_max = -INFINITY;
+  for (int p = threadIdx.x; p < ctx; p += kThreads) {
+    const T* kp = kd + slot(p) * kv_dim + static_cast<std::int64_t>(kvh) * s.head_dim;
+    float dot = 0;
+    for (int i = 0; i < s.head_dim; ++i) dot += qh[i] * load_kv(kp + i);
+    scores[p] = dot * s.scale;
+    local_max = fmaxf(local_max, scores[p]);
+  }
+  const float m = block_max(local_max);
+  double local_sum = 0;
+  for (int p = threadIdx.x; p < ctx; p += kThreads) {
+    scores[p] = expf(scores[p] - m);
+    local_sum += scores[p];
+  }
+  const float inv = static_cast<float>(1.0 / block_sum(local_sum));  // block_sum synchronises: scores are complete
+  for (int i = threadIdx.x; i < s.head_dim; i += kThreads) {
+    float acc = 0;
+    for (int p = 0; p < ctx; ++p) acc += scores[p] * load_kv(vd + slot(p) * kv_dim + static_cast<std::int64_t>(kvh) * s.head_dim + i);
+    out[(t * s.n_head + h) * s.head_dim + i] = acc * inv;
+  }
 }
 
 }  // namespace
@@ -228,14 +373,72 @@ Status rope(float* x, std::int64_t n_tokens, int n_heads, int head_dim, const st
   return launched("rope");
 }
 
+float decode_weight(GgmlType type, const void* row, std::int64_t k) {
+  return weight_at(type, static_cast<const std::uint8_t*>(row), k);
+}
+
+bool supported(GgmlType type) {
+  switch (type) {
+    case GgmlType::kF32: case GgmlType::kF16: case GgmlType::kBF16: case GgmlType::kQ8_0: case GgmlType::kQ4_0:
+    case GgmlType::kQ4_K: case GgmlType::kQ5_K: case GgmlType::kQ6_K:
+      return true;
+    default:
+      return false;
+  }
+}
+
 Status get_rows(GgmlType type, const void* table, std::int64_t row_len, const std::int32_t* ids, std::int64_t n,
                 float* out) {
-  if (type != GgmlType::kF32 && type != GgmlType::kF16 && type != GgmlType::kBF16 && type != GgmlType::kQ8_0)
-    return invalid_argument("CUDA get_rows: " + std::string(traits(type).name) + " tables are not supported yet");
+  if (!supported(type)) return invalid_argument("CUDA get_rows: " + std::string(traits(type).name) + " is not supported");
   if (n * row_len == 0) return Status::ok();
-  get_rows_kernel<<<blocks_for(n * row_len), kThreads>>>(static_cast<int>(type), static_cast<const std::uint8_t*>(table),
-                                                         row_len, row_bytes(type, row_len), ids, n, out);
+  get_rows_kernel<<<blocks_for(n * row_len), kThreads>>>(type, static_cast<const std::uint8_t*>(table), row_len,
+                                                         row_bytes(type, row_len), ids, n, out);
   return launched("get_rows");
+}
+
+Status matmul(GgmlType type, const void* w, std::int64_t n_in, std::int64_t n_out, const float* x,
+              std::int64_t n_tokens, float* y) {
+  if (!supported(type)) return invalid_argument("CUDA matmul: " + std::string(traits(type).name) + " is not supported");
+  if (n_in % traits(type).block_elems != 0)
+    return invalid_argument("CUDA matmul: rows of " + std::to_string(n_in) + " are not whole blocks");
+  if (n_out * n_tokens == 0) return Status::ok();
+  constexpr int kRowsPerBlock = kThreads / 32;
+  matmul_kernel<<<static_cast<unsigned>((n_out + kRowsPerBlock - 1) / kRowsPerBlock), kThreads>>>(
+      type, static_cast<const std::uint8_t*>(w), row_bytes(type, n_in), n_in, n_out, x, n_tokens, y);
+  return launched("matmul");
+}
+
+Status kv_write(KvType type, void* k_layer, void* v_layer, std::int64_t kv_dim, const float* k, const float* v,
+                std::int64_t n_tokens, const std::int32_t* slots) {
+  if (n_tokens * kv_dim == 0) return Status::ok();
+  if (type == KvType::kF16)
+    kv_write_kernel<<<blocks_for(n_tokens * kv_dim), kThreads>>>(static_cast<__half*>(k_layer), static_cast<__half*>(v_layer),
+                                                                 kv_dim, k, v, n_tokens, slots);
+  else
+    kv_write_kernel<<<blocks_for(n_tokens * kv_dim), kThreads>>>(static_cast<float*>(k_layer), static_cast<float*>(v_layer),
+                                                                 kv_dim, k, v, n_tokens, slots);
+  return launched("kv_write");
+}
+
+int max_attention_context() { return kMaxAttentionContext; }
+
+Status attention(const AttentionShape& s, const float* q, KvType type, const void* k_layer, const void* v_layer,
+                 std::int64_t kv_dim, const std::int32_t* n_ctx, const std::int32_t* tables, float* out) {
+  if (s.n_tokens == 0) return Status::ok();
+  if (s.n_head <= 0 || s.n_kv_head <= 0 || s.n_head % s.n_kv_head != 0 || s.head_dim <= 0 || s.block <= 0)
+    return invalid_argument("CUDA attention: bad head counts or block size");
+  if (s.max_ctx > kMaxAttentionContext)
+    return invalid_argument("CUDA attention: a context of " + std::to_string(s.max_ctx) + " positions is longer than " +
+                            std::to_string(kMaxAttentionContext) + ", which this kernel holds");
+  const std::size_t shared = sizeof(float) * static_cast<std::size_t>(kMaxAttentionContext);
+  const unsigned grid = static_cast<unsigned>(s.n_tokens * s.n_head);
+  if (type == KvType::kF16)
+    attention_kernel<<<grid, kThreads, shared>>>(s, q, static_cast<const __half*>(k_layer),
+                                                 static_cast<const __half*>(v_layer), kv_dim, n_ctx, tables, out);
+  else
+    attention_kernel<<<grid, kThreads, shared>>>(s, q, static_cast<const float*>(k_layer),
+                                                 static_cast<const float*>(v_layer), kv_dim, n_ctx, tables, out);
+  return launched("attention");
 }
 
 }  // namespace airlock::engine::cuda

@@ -1,9 +1,8 @@
-// The CUDA backend's elementwise and row operations (issue 7), on device
-// memory, each the counterpart of a CpuBackend operation of the same name
-// (backend.h) and checked against it (tests/engine/cuda_ops_test.cpp,
-// `ctest -L gpu`). Not yet a Backend: matmul, paged attention, sampling,
-// CUDA graphs and NCCL are still to be written, and nothing selects the
-// GPU at run time yet.
+// The CUDA backend's operations (issue 7), on device memory, each the
+// counterpart of a CpuBackend operation of the same name (backend.h) and
+// checked against it (tests/engine/cuda_ops_test.cpp, `ctest -L gpu`).
+// Not yet a Backend: the kernels are reference-speed, sampling, CUDA graphs
+// and NCCL are still to be written, and nothing selects the GPU at run time.
 //
 // Every pointer is device memory unless its comment says otherwise. Calls
 // run on the current device's default stream and return once the work is
@@ -73,9 +72,49 @@ Status gelu(const float* x, std::int64_t n, float* y);
 // (n_tokens, device). p.freq_factors, when set, is device memory too.
 Status rope(float* x, std::int64_t n_tokens, int n_heads, int head_dim, const std::int32_t* positions,
             const RopeParams& p);
-// out (n, row_len) = rows `ids` (n, device) of `table`, dequantised. Types:
-// F32, F16, BF16, Q8_0 (kInvalidArgument for others, named).
+// The weight types the CUDA code reads: F32, F16, BF16, Q8_0, Q4_0, Q4_K,
+// Q5_K, Q6_K (the engine's), decoded as ggml_types.cpp does.
+bool supported(GgmlType type);
+// Element k of a row of a supported type (host memory), decoded by the
+// very code the kernels run: lets machines without a GPU test it.
+float decode_weight(GgmlType type, const void* row, std::int64_t k);
+
+// out (n, row_len) = rows `ids` (n, device) of `table`, dequantised
+// (kInvalidArgument for an unsupported type, named).
 Status get_rows(GgmlType type, const void* table, std::int64_t row_len, const std::int32_t* ids, std::int64_t n,
                 float* out);
+
+// y (n_tokens, n_out) = x (n_tokens, n_in) times w (n_out rows of n_in,
+// `type`) transposed, the weights decoded on the fly and every product and
+// sum in f32 (no 8-bit activations). A reference-speed kernel: one warp per
+// row, up to eight tokens per pass; the fast small-batch kernels and the
+// cuBLAS path for large batches are still to be written.
+Status matmul(GgmlType type, const void* w, std::int64_t n_in, std::int64_t n_out, const float* x,
+              std::int64_t n_tokens, float* y);
+
+// Stores k and v (n_tokens, kv_dim, f32) at `slots` (n_tokens) of one
+// layer's key and value storage (n_slots, kv_dim) of `type` (f16: rounded
+// to nearest even, as fp32_to_fp16).
+Status kv_write(KvType type, void* k_layer, void* v_layer, std::int64_t kv_dim, const float* k, const float* v,
+                std::int64_t n_tokens, const std::int32_t* slots);
+
+// Paged attention, as CpuBackend::attention: for token t and query head h,
+// out[t, h] = softmax_p(scale * q[t, h] . k_p) weighted sum of v_p over the
+// positions p < n_ctx[t] of its sequence, whose slots are
+// tables[t * table_stride + p / block] * block + p % block; key/value head
+// h / (n_head / n_kv_head). One thread block per (token, head) holding the
+// scores in shared memory: contexts longer than max_attention_context()
+// are refused (kInvalidArgument); split-K decoding is still to be written.
+struct AttentionShape {
+  std::int64_t n_tokens = 0;
+  int n_head = 0, n_kv_head = 0, head_dim = 0;
+  float scale = 1.0f;
+  int block = 16;                 // positions per KV block
+  std::int64_t table_stride = 0;  // entries per token in `tables`
+  int max_ctx = 0;                // the longest n_ctx (known on the host)
+};
+int max_attention_context();
+Status attention(const AttentionShape& s, const float* q, KvType type, const void* k_layer, const void* v_layer,
+                 std::int64_t kv_dim, const std::int32_t* n_ctx, const std::int32_t* tables, float* out);
 
 }  // namespace airlock::engine::cuda
