@@ -1,9 +1,10 @@
 # Warnings and sanitizers applied to every Airlock target through one
 # interface library, so third-party code is never compiled with them.
 add_library(airlock_build_flags INTERFACE)
+# C and C++ only: CUDA sources get nvcc's own warning flags (engine/).
 target_compile_options(airlock_build_flags INTERFACE
-  -Wall -Wextra -Wpedantic -Wshadow -Wconversion -Wno-sign-conversion
-  $<$<BOOL:${AIRLOCK_WERROR}>:-Werror>)
+  $<$<COMPILE_LANGUAGE:C,CXX>:-Wall -Wextra -Wpedantic -Wshadow -Wconversion -Wno-sign-conversion>
+  $<$<AND:$<COMPILE_LANGUAGE:C,CXX>,$<BOOL:${AIRLOCK_WERROR}>>:-Werror>)
 
 if(AIRLOCK_SANITIZE)
   string(REPLACE "," ";" _airlock_sanitizers "${AIRLOCK_SANITIZE}")

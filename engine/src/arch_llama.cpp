@@ -135,18 +135,20 @@ Status Model::forward(const Batch& batch, KvCache& cache, const KvStorage& kv, s
   }
 
   // Only the rows that want logits go through the output matrix.
-  std::int64_t m = 0;
+  std::vector<std::int64_t> rows;
   for (std::int64_t i = 0; i < n; ++i)
-    if (batch.want_logits[i]) {
-      if (m != i) std::copy(x + i * d, x + (i + 1) * d, x + m * d);
-      ++m;
-    }
+    if (batch.want_logits[i]) rows.push_back(i);
+  const std::int64_t m = static_cast<std::int64_t>(rows.size());
   logits->assign(static_cast<std::size_t>(n_out * p.n_vocab), 0.0f);
-  if (m == 0) return Status::ok();
-  be.rms_norm(x, output_norm_, m, d, p.rms_eps, h);
-  be.matmul(output_, h, m, out);
-  std::copy(out, out + m * p.n_vocab, logits->begin());
-  return Status::ok();
+  if (m > 0) {
+    be.gather_rows(x, rows.data(), m, d, x);
+    be.rms_norm(x, output_norm_, m, d, p.rms_eps, h);
+    be.matmul(output_, h, m, out);
+    be.download(out, m * p.n_vocab, logits->data());
+  }
+  // A device fault anywhere in the pass fails it (the cache was extended:
+  // the caller drops the sequences, as after any failed pass).
+  return be.take_error();
 }
 
 }  // namespace airlock::engine

@@ -54,11 +54,7 @@ class CpuBackend final : public Backend {
   }
 
   Result<KvStorage> alloc_kv(int n_layers, std::int64_t n_slots, std::int64_t kv_dim, KvType type) override {
-    KvStorage kv;
-    kv.n_layers = n_layers;
-    kv.n_slots = n_slots;
-    kv.kv_dim = kv_dim;
-    kv.type = type;
+    KvStorage kv = KvStorage::of_shape(n_layers, n_slots, kv_dim, type);
     const std::int64_t n_floats = (n_layers * n_slots * kv_dim * static_cast<std::int64_t>(kv_type_bytes(type)) + 3) / 4;
     kv.k = aligned_floats(n_floats);
     kv.v = aligned_floats(n_floats);
@@ -236,6 +232,16 @@ class CpuBackend final : public Backend {
     else
       attention_over(a, static_cast<const float*>(a.kv->k_layer(a.layer)),
                      static_cast<const float*>(a.kv->v_layer(a.layer)));
+  }
+
+  void gather_rows(const float* src, const std::int64_t* rows, std::int64_t n_rows, std::int64_t dim,
+                   float* dst) override {
+    for (std::int64_t i = 0; i < n_rows; ++i)
+      if (dst + i * dim != src + rows[i] * dim) std::memmove(dst + i * dim, src + rows[i] * dim, static_cast<std::size_t>(dim) * 4);
+  }
+
+  void download(const float* x, std::int64_t n, float* host) override {
+    if (host != x) std::memcpy(host, x, static_cast<std::size_t>(n) * 4);
   }
 
  private:

@@ -11,8 +11,10 @@
 // shape is given next to the operation.
 //
 // Errors: upload() and alloc*() fail with kResourceExhausted when the device
-// is out of memory and kInvalidArgument for a type the backend cannot use;
-// compute operations cannot fail on the CPU.
+// is out of memory and kInvalidArgument for a type the backend cannot use.
+// Compute operations cannot fail on the CPU; a device backend remembers the
+// first failure and take_error() reports it (forward() checks it once per
+// pass, so a device fault fails that pass, never the process).
 //
 // Thread-safety: one forward pass at a time per backend; operations may use
 // the backend's own threads internally.
@@ -69,6 +71,15 @@ struct KvStorage {
   KvType type = KvType::kF32;
   std::shared_ptr<void> k;  // (n_layers, n_slots, kv_dim)
   std::shared_ptr<void> v;
+  // The shape, without storage yet (what a backend's alloc_kv fills in).
+  static KvStorage of_shape(int n_layers, std::int64_t n_slots, std::int64_t kv_dim, KvType type) {
+    KvStorage kv;
+    kv.n_layers = n_layers;
+    kv.n_slots = n_slots;
+    kv.kv_dim = kv_dim;
+    kv.type = type;
+    return kv;
+  }
   std::size_t layer_bytes() const { return static_cast<std::size_t>(n_slots * kv_dim) * kv_type_bytes(type); }
   void* k_layer(int layer) const { return static_cast<char*>(k.get()) + static_cast<std::size_t>(layer) * layer_bytes(); }
   void* v_layer(int layer) const { return static_cast<char*>(v.get()) + static_cast<std::size_t>(layer) * layer_bytes(); }
@@ -140,6 +151,14 @@ class Backend {
   // Copies whole blocks (copy-on-write after a fork), every layer.
   virtual void kv_copy_blocks(const KvStorage& kv, int from_block, int to_block) = 0;
   virtual void attention(const AttentionArgs& args) = 0;
+  // dst (n_rows, dim) = rows `rows` (n_rows, host memory, increasing) of
+  // src; dst may be src (rows move down only).
+  virtual void gather_rows(const float* src, const std::int64_t* rows, std::int64_t n_rows, std::int64_t dim,
+                           float* dst) = 0;
+  // host (n, host memory) = x (n).
+  virtual void download(const float* x, std::int64_t n, float* host) = 0;
+  // The first failure since the last call (then cleared); OK on the CPU.
+  virtual Status take_error() { return Status::ok(); }
 };
 
 std::unique_ptr<Backend> make_cpu_backend(std::shared_ptr<ThreadPool> pool);
