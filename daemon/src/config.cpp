@@ -149,7 +149,7 @@ Result<Config> parse_config(std::string_view text, const std::string& origin, Co
     return invalid_argument(os.str());
   }
   static const std::set<std::string> kTopKeys = {
-      "listen", "store", "state", "trusted", "model", "verify_on_load", "threads", "kv_cache_mib", "kv_cache_type", "max_running",
+      "listen", "store", "state", "trusted", "model", "verify_on_load", "device", "threads", "kv_cache_mib", "kv_cache_type", "max_running",
       "max_waiting", "prefill_chunk", "max_body_bytes", "drain_seconds", "http_threads", "audit_text", "tls", "rag"};
   for (const auto& [k, v] : t)
     if (!kTopKeys.count(std::string(k.str()))) return invalid_argument(origin + ": unknown key '" + std::string(k.str()) + "'");
@@ -178,6 +178,11 @@ Result<Config> parse_config(std::string_view text, const std::string& origin, Co
   AIRLOCK_RETURN_IF_ERROR(get_string(t, "verify_on_load", &verify));
   if (verify != "full" && verify != "sizes") return bad("verify_on_load", "must be \"sizes\" or \"full\"");
   c.verify_full = verify == "full";
+  std::string device = engine::device_name(c.device);
+  AIRLOCK_RETURN_IF_ERROR(get_string(t, "device", &device));
+  const std::optional<engine::Device> d = engine::parse_device(device);
+  if (!d) return bad("device", "must be \"auto\", \"cpu\" or \"cuda\"");
+  c.device = *d;
   AIRLOCK_RETURN_IF_ERROR(get_int("threads", 0, 1024, &c.threads));
   AIRLOCK_RETURN_IF_ERROR(get_int("kv_cache_mib", 1, 1 << 24, &c.kv_cache_mib));
   std::string kv_type = engine::kv_type_name(c.kv_cache_type);

@@ -8,6 +8,7 @@
 #pragma once
 
 #include "airlock/engine/backend.h"
+#include "airlock/engine/backend_registry.h"
 
 #include <cstdint>
 #include <map>
@@ -45,6 +46,7 @@ struct Config {
   std::string trusted = "/etc/airlock/trusted.d";
   std::string model;                       // bundle name to serve; empty: the most recent import
   bool verify_full = false;                // verify_on_load = "full" re-hashes every chunk
+  engine::Device device = engine::Device::kAuto;  // "auto" (CUDA when built and present), "cpu", "cuda"
   int threads = 0;                         // compute threads; 0: every available core
   std::uint64_t kv_cache_mib = 1024;
   engine::KvType kv_cache_type = engine::KvType::kF16;  // "f16" (half the memory per sequence) or "f32"

@@ -94,8 +94,9 @@ Result<std::shared_ptr<LoadedModel>> load_model(const Config& config, std::share
   m->manifest_sha256 = vb.manifest_sha256;
   m->key_id = vb.manifest.key_id.to_string();
   m->gguf_path = chosen->path + "/" + llm->path;
-  auto pool = std::make_shared<engine::ThreadPool>(config.threads);
-  AIRLOCK_ASSIGN_OR_RETURN(m->model, engine::Model::load(m->gguf_path, engine::make_cpu_backend(pool)));
+  AIRLOCK_ASSIGN_OR_RETURN(std::shared_ptr<engine::Backend> backend, engine::make_backend(config.device, config.threads));
+  airlock::log().info("device = \"{}\": {}", engine::device_name(config.device), backend->name());
+  AIRLOCK_ASSIGN_OR_RETURN(m->model, engine::Model::load(m->gguf_path, std::move(backend)));
   AIRLOCK_ASSIGN_OR_RETURN(m->tokenizer, engine::Tokenizer::from_gguf(m->model->gguf()));
   for (std::int32_t t = 0; t < m->tokenizer->n_vocab(); ++t)
     if (m->tokenizer->is_end_of_generation(t)) m->end_of_generation.push_back(t);

@@ -15,6 +15,7 @@ TEST(ConfigTest, DefaultsAreLocalAndSafe) {
   EXPECT_FALSE(c->audit_text);
   EXPECT_TRUE(c->tls_cert.empty());
   EXPECT_EQ(c->kv_cache_type, engine::KvType::kF16);
+  EXPECT_EQ(c->device, engine::Device::kAuto);
 }
 
 TEST(ConfigTest, EveryKey) {
@@ -25,6 +26,7 @@ state = "/st"
 trusted = "/t"
 model = "m"
 verify_on_load = "full"
+device = "cpu"
 threads = 4
 kv_cache_mib = 256
 kv_cache_type = "f32"
@@ -47,6 +49,7 @@ client_ca = "/ca.pem"
   EXPECT_EQ(c->model, "m");
   EXPECT_TRUE(c->verify_full);
   EXPECT_EQ(c->threads, 4);
+  EXPECT_EQ(c->device, engine::Device::kCpu);
   EXPECT_EQ(c->kv_cache_mib, 256u);
   EXPECT_EQ(c->kv_cache_type, engine::KvType::kF32);
   EXPECT_EQ(c->max_waiting, 10);
@@ -68,6 +71,7 @@ TEST(ConfigTest, RefusalsNameTheKey) {
       {"audit_text = 1", "audit_text"},
       {"kv_cache_type = \"q8_0\"", "kv_cache_type: must be \"f16\" or \"f32\""},
       {"kv_cache_type = 16", "kv_cache_type: must be a string"},
+      {"device = \"gpu\"", "device: must be \"auto\", \"cpu\" or \"cuda\""},
       {"[tls]\ncert = \"/c\"", "cert and key go together"},
       {"[tls]\nclient_ca = \"/c\"", "client_ca needs"},
       {"[tls]\nkeyfile = \"/c\"", "unknown key 'keyfile'"},

@@ -839,6 +839,27 @@ int loopback_listener(int type = SOCK_STREAM, bool listen = true) {
   return fd;
 }
 
+// device = "cuda" on a machine without a GPU (or a build without CUDA) is
+// refused at start with the reason; where a GPU is present it serves on it.
+TEST(DaemonLifecycle, DeviceCudaIsRefusedWithoutAGpu) {
+  Enclave e;
+  auto d = Daemon::start(e, "device = \"cuda\"\n");
+  if (d->port == 0) {
+    EXPECT_NE(d->log().find("no model loaded"), std::string::npos) << d->log();
+    const bool says_why = d->log().find("CUDA device 0 not present") != std::string::npos ||
+                          d->log().find("this build has no CUDA backend") != std::string::npos;
+    EXPECT_TRUE(says_why) << d->log();
+  } else {
+    EXPECT_NE(d->log().find("device = \"cuda\": cuda ("), std::string::npos) << d->log();
+    EXPECT_EQ(d->post("/v1/chat/completions", chat("hello", 4))->status, 200);
+    EXPECT_EQ(d->stop(), 0);
+  }
+  auto cpu = Daemon::start(e, "device = \"cpu\"\n");
+  ASSERT_GT(cpu->port, 0) << cpu->log();
+  EXPECT_NE(cpu->log().find("device = \"cpu\": cpu ("), std::string::npos) << cpu->log();
+  EXPECT_EQ(cpu->stop(), 0);
+}
+
 // systemd socket activation (airlockd.socket): the daemon serves on the
 // listening socket it is handed, not on the configured address, and refuses
 // what systemd would never pass it.
