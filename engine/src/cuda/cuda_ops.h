@@ -1,8 +1,9 @@
 // The CUDA backend's operations (issue 7), on device memory, each the
 // counterpart of a CpuBackend operation of the same name (backend.h) and
 // checked against it (tests/engine/cuda_ops_test.cpp, `ctest -L gpu`).
-// Not yet a Backend: the kernels are reference-speed, sampling, CUDA graphs
-// and NCCL are still to be written, and nothing selects the GPU at run time.
+// CudaBackend (cuda_backend.h) runs the model with them; airlockd selects
+// it with device = "cuda" or "auto". The kernels are reference-speed;
+// sampling on the device, CUDA graphs and NCCL are still to be written.
 //
 // Every pointer is device memory unless its comment says otherwise. Calls
 // run on the current device's default stream and return once the work is
