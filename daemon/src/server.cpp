@@ -618,11 +618,20 @@ void Server::set_model(std::shared_ptr<LoadedModel> model) {
 
 std::shared_ptr<LoadedModel> Server::model() const { return impl_->current(); }
 
+namespace {
+
+// bind() and adopt() refuse to serve when the TLS files did not load.
+Status tls_loaded(const httplib::Server& http, const Config& c) {
+  if (http.is_valid()) return Status::ok();
+  return invalid_argument("TLS: cannot load the certificate '" + c.tls_cert + "', key '" + c.tls_key + "'" +
+                          (c.tls_client_ca.empty() ? std::string() : " or client CA '" + c.tls_client_ca + "'"));
+}
+
+}  // namespace
+
 Result<int> Server::bind() {
   const Config& c = impl_->config;
-  if (!impl_->http.is_valid())
-    return invalid_argument("TLS: cannot load the certificate '" + c.tls_cert + "', key '" + c.tls_key + "'" +
-                            (c.tls_client_ca.empty() ? std::string() : " or client CA '" + c.tls_client_ca + "'"));
+  AIRLOCK_RETURN_IF_ERROR(tls_loaded(impl_->http, c));
   int port = c.listen_port;
   if (port == 0) {
     port = impl_->http.bind_to_any_port(c.listen_host, AI_NUMERICHOST | AI_PASSIVE);
@@ -635,10 +644,7 @@ Result<int> Server::bind() {
 }
 
 Result<SocketAddress> Server::adopt(int fd) {
-  const Config& c = impl_->config;
-  if (!impl_->http.is_valid())
-    return invalid_argument("TLS: cannot load the certificate '" + c.tls_cert + "', key '" + c.tls_key + "'" +
-                            (c.tls_client_ca.empty() ? std::string() : " or client CA '" + c.tls_client_ca + "'"));
+  AIRLOCK_RETURN_IF_ERROR(tls_loaded(impl_->http, impl_->config));
   AIRLOCK_ASSIGN_OR_RETURN(SocketAddress address, listening_tcp_address(fd));
   // Not inherited by children (pdftotext); accepted connections inherit
   // TCP_NODELAY from it, as with the sockets httplib creates.

@@ -596,8 +596,8 @@ AIRLOCK_AVX2 inline __m256 load8(const std::uint16_t* p) {
 }
 
 // q . k over n (a multiple of 8) dimensions, k from the cache.
-template <typename T>
-AIRLOCK_AVX2 inline float dot_cached(const float* q, const T* k, int n) {
+AIRLOCK_AVX2 inline float dot_cached(const float* q, const float* k, int n) { return dot_f32(q, k, n); }
+AIRLOCK_AVX2 inline float dot_cached(const float* q, const std::uint16_t* k, int n) {
   __m256 acc = _mm256_setzero_ps();
   for (int i = 0; i < n; i += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), load8(k + i), acc);
   return hsum(acc);
