@@ -8,6 +8,22 @@
 namespace airlock::engine {
 
 Status Model::forward(const Batch& batch, KvCache& cache, const KvStorage& kv, std::vector<float>* logits) {
+  bool rank_specific = false;
+  if (tp_.n_ranks == 1) return forward_pass(batch, cache, kv, logits, &rank_specific);
+  if (!group_failure_.is_ok())
+    return unavailable("tensor-parallel rank " + std::to_string(tp_.rank) + " is unusable after a failed pass (" +
+                       group_failure_.to_string() + "); load the model again");
+  Status s = forward_pass(batch, cache, kv, logits, &rank_specific);
+  if (!s.is_ok() && rank_specific) {
+    // The other ranks may be waiting for this one in a collective.
+    tp_.comm->abort(s);
+    group_failure_ = s;
+  }
+  return s;
+}
+
+Status Model::forward_pass(const Batch& batch, KvCache& cache, const KvStorage& kv, std::vector<float>* logits,
+                           bool* rank_specific) {
   const ModelParams& p = params_;
   const std::int64_t n = static_cast<std::int64_t>(batch.size());
   if (n == 0) return invalid_argument("empty batch");
@@ -35,6 +51,16 @@ Status Model::forward(const Batch& batch, KvCache& cache, const KvStorage& kv, s
     ++n_new[seq];
     n_out += batch.want_logits[i] ? 1 : 0;
   }
+  // All or nothing (and the same answer on every tensor-parallel rank): check the whole batch fits before touching the cache.
+  int blocks = 0;
+  for (auto [seq, count] : n_new) blocks += cache.blocks_needed(seq, count);
+  if (blocks > cache.n_free_blocks())
+    return resource_exhausted("KV cache full: the batch needs " + std::to_string(blocks) + " blocks, " +
+                              std::to_string(cache.n_free_blocks()) + " free");
+  // Everything above fails alike on every rank of a tensor-parallel group;
+  // what follows may fail on one rank only, which must then abort the group.
+  *rank_specific = true;
+
   // Buffers first: a failed allocation must leave the cache untouched.
   Backend& be = *backend_;
   // This rank's heads and feed-forward columns (all of them with one rank).
@@ -65,12 +91,6 @@ Status Model::forward(const Batch& batch, KvCache& cache, const KvStorage& kv, s
   AIRLOCK_ASSIGN_OR_RETURN(float* up, buffer(n * n_ff));
   AIRLOCK_ASSIGN_OR_RETURN(float* out, buffer(n_out * p.n_vocab));  // (n_out, n_vocab)
 
-  // All or nothing: check the whole batch fits before touching the cache.
-  int blocks = 0;
-  for (auto [seq, count] : n_new) blocks += cache.blocks_needed(seq, count);
-  if (blocks > cache.n_free_blocks())
-    return resource_exhausted("KV cache full: the batch needs " + std::to_string(blocks) + " blocks, " +
-                              std::to_string(cache.n_free_blocks()) + " free");
   for (auto [seq, count] : n_new) {
     std::vector<std::pair<int, int>> copies;
     AIRLOCK_RETURN_IF_ERROR(cache.reserve(seq, count, &copies));
@@ -119,7 +139,7 @@ Status Model::forward(const Batch& batch, KvCache& cache, const KvStorage& kv, s
     aa.layer = il;
     be.attention(aa);
     be.matmul(l.wo, att, n, o);
-    if (tp_.n_ranks > 1) tp_.comm->all_reduce_sum(o, n * d);  // the heads' partial sums
+    if (tp_.n_ranks > 1) AIRLOCK_RETURN_IF_ERROR(tp_.comm->all_reduce_sum(o, n * d));  // the heads' partial sums
     be.add(x, o, n * d);
 
     be.rms_norm(x, l.ffn_norm, n, d, p.rms_eps, h);
@@ -130,7 +150,7 @@ Status Model::forward(const Batch& batch, KvCache& cache, const KvStorage& kv, s
     }
     be.swiglu(gate, up, n * n_ff, gate);
     be.matmul(l.w_down, gate, n, o);
-    if (tp_.n_ranks > 1) tp_.comm->all_reduce_sum(o, n * d);  // the columns' partial sums
+    if (tp_.n_ranks > 1) AIRLOCK_RETURN_IF_ERROR(tp_.comm->all_reduce_sum(o, n * d));  // the columns' partial sums
     be.add(x, o, n * d);
   }
 

@@ -11,17 +11,27 @@ namespace {
 struct Group {
   explicit Group(int n) : n_ranks(n), buffers(static_cast<std::size_t>(n), nullptr) {}
 
-  // Returns once every rank has arrived (reusable: counts generations).
-  void barrier() {
+  // Returns once every rank has arrived (reusable: counts generations), or
+  // the abort's status as soon as the group is aborted.
+  Status barrier() {
     std::unique_lock<std::mutex> lock(mu);
+    if (!aborted.is_ok()) return aborted;
     const std::uint64_t gen = generation;
     if (++arrived == n_ranks) {
       arrived = 0;
       ++generation;
       cv.notify_all();
-    } else {
-      cv.wait(lock, [&] { return generation != gen; });
+      return Status::ok();
     }
+    cv.wait(lock, [&] { return generation != gen || !aborted.is_ok(); });
+    return generation != gen ? Status::ok() : aborted;
+  }
+
+  void abort(const Status& reason) {
+    std::lock_guard<std::mutex> lock(mu);
+    if (aborted.is_ok())
+      aborted = reason.is_ok() ? internal_error("tensor-parallel group aborted") : reason;
+    cv.notify_all();
   }
 
   const int n_ranks;
@@ -29,6 +39,7 @@ struct Group {
   std::condition_variable cv;
   int arrived = 0;
   std::uint64_t generation = 0;
+  Status aborted;               // OK until the first abort
   std::vector<float*> buffers;  // each rank's x during a call
   std::vector<float> sum;       // the result, before each rank copies it
 };
@@ -39,15 +50,20 @@ class InProcessCommunicator : public Communicator {
   int rank() const override { return rank_; }
   int n_ranks() const override { return g_->n_ranks; }
 
-  void all_reduce_sum(float* x, std::int64_t n) override {
+  Status all_reduce_sum(float* x, std::int64_t n) override {
     const int r_count = g_->n_ranks;
-    if (r_count == 1) return;
     {
       std::lock_guard<std::mutex> lock(g_->mu);
+      if (!g_->aborted.is_ok()) return g_->aborted;
+      if (r_count == 1) return Status::ok();
       g_->buffers[static_cast<std::size_t>(rank_)] = x;
       if (g_->sum.size() < static_cast<std::size_t>(n)) g_->sum.resize(static_cast<std::size_t>(n));
     }
-    g_->barrier();
+    // After an abort a rank may return while others still read its x or
+    // write `sum`; its x is unspecified then. Both stay allocated: a model's
+    // buffers outlive its failed pass, and `sum` is resized only before the
+    // first barrier, which nobody passes once the group is aborted.
+    AIRLOCK_RETURN_IF_ERROR(g_->barrier());
     // Each rank sums its own share of the elements over all ranks...
     const std::int64_t begin = n * rank_ / r_count, end = n * (rank_ + 1) / r_count;
     for (std::int64_t i = begin; i < end; ++i) {
@@ -55,12 +71,14 @@ class InProcessCommunicator : public Communicator {
       for (int r = 1; r < r_count; ++r) s += g_->buffers[static_cast<std::size_t>(r)][i];
       g_->sum[static_cast<std::size_t>(i)] = s;
     }
-    g_->barrier();
+    AIRLOCK_RETURN_IF_ERROR(g_->barrier());
     // ...then every rank takes the whole result. The last barrier keeps
     // `sum` and the buffers unchanged until everyone has copied.
     std::memcpy(x, g_->sum.data(), static_cast<std::size_t>(n) * sizeof(float));
-    g_->barrier();
+    return g_->barrier();
   }
+
+  void abort(const Status& reason) override { g_->abort(reason); }
 
  private:
   std::shared_ptr<Group> g_;

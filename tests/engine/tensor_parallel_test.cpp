@@ -6,6 +6,7 @@
 // On GPUs the same split runs with NCCL's all-reduce (issue 7).
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <cmath>
 #include <thread>
 
@@ -195,7 +196,7 @@ TEST(InProcessGroup, AllReduceSumsEveryRanksNumbers) {
         for (int n : {1, 7, 1000, 3}) {
           std::vector<float> x(static_cast<std::size_t>(n));
           for (int i = 0; i < n; ++i) x[static_cast<std::size_t>(i)] = 0.1f * static_cast<float>(i) + static_cast<float>(r) * 1e-3f;
-          c.all_reduce_sum(x.data(), n);
+          EXPECT_TRUE(c.all_reduce_sum(x.data(), n).is_ok());
           out.insert(out.end(), x.begin(), x.end());
         }
       });
@@ -208,6 +209,146 @@ TEST(InProcessGroup, AllReduceSumsEveryRanksNumbers) {
         EXPECT_NEAR(data[0][at], want, 1e-4 * (1 + std::fabs(want)));
         for (int r = 1; r < n_ranks; ++r) ASSERT_EQ(data[static_cast<std::size_t>(r)][at], data[0][at]);
       }
+  }
+}
+
+// An abort wakes the ranks already waiting in a collective and fails every
+// later call, with the first abort's reason.
+TEST(InProcessGroup, AbortFailsPendingAndLaterCalls) {
+  auto comms = make_in_process_group(3);
+  std::vector<Status> got(2);
+  std::vector<std::thread> waiting;
+  for (int r = 0; r < 2; ++r)
+    waiting.emplace_back([&, r] {
+      std::vector<float> x(16, 1.0f);
+      got[static_cast<std::size_t>(r)] = comms[static_cast<std::size_t>(r)]->all_reduce_sum(x.data(), 16);
+    });
+  // Rank 2 never arrives; it aborts instead (after the others are likely
+  // waiting; the outcome is the same if they arrive later).
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  comms[2]->abort(resource_exhausted("rank 2: out of device memory"));
+  comms[1]->abort(internal_error("a second abort"));
+  for (std::thread& t : waiting) t.join();
+  for (const Status& s : got) {
+    EXPECT_EQ(s.code(), StatusCode::kResourceExhausted);
+    EXPECT_EQ(s.message(), "rank 2: out of device memory");
+  }
+  float one = 1.0f;
+  EXPECT_EQ(comms[0]->all_reduce_sum(&one, 1).code(), StatusCode::kResourceExhausted);
+  // A group of one has nobody to wait for, but an abort still fails it.
+  auto solo = make_in_process_group(1);
+  EXPECT_TRUE(solo[0]->all_reduce_sum(&one, 1).is_ok());
+  solo[0]->abort(internal_error("stop"));
+  EXPECT_FALSE(solo[0]->all_reduce_sum(&one, 1).is_ok());
+}
+
+// A CPU backend whose allocations fail once `fail` is set: a rank that runs
+// out of device memory in the middle of a group's pass.
+class FailingAllocBackend final : public Backend {
+ public:
+  explicit FailingAllocBackend(std::atomic<bool>* fail)
+      : be_(make_cpu_backend(std::make_shared<ThreadPool>(1))), fail_(fail) {}
+  std::string name() const override { return "failing"; }
+  Result<WeightTensor> upload(const GgufTensor& t) override { return be_->upload(t); }
+  Result<std::shared_ptr<float>> alloc(std::int64_t n) override {
+    if (fail_->load()) return resource_exhausted("test: no memory on this rank");
+    return be_->alloc(n);
+  }
+  Result<KvStorage> alloc_kv(int l, std::int64_t s, std::int64_t d, KvType t) override { return be_->alloc_kv(l, s, d, t); }
+  void matmul(const WeightTensor& w, const float* x, std::int64_t n, float* y) override { be_->matmul(w, x, n, y); }
+  void get_rows(const WeightTensor& t, const std::int32_t* ids, std::int64_t n, float* out) override {
+    be_->get_rows(t, ids, n, out);
+  }
+  void rms_norm(const float* x, const WeightTensor& w, std::int64_t r, std::int64_t d, float e, float* y) override {
+    be_->rms_norm(x, w, r, d, e, y);
+  }
+  void layer_norm(const float* x, const WeightTensor& w, const WeightTensor& b, std::int64_t r, std::int64_t d, float e,
+                  float* y) override {
+    be_->layer_norm(x, w, b, r, d, e, y);
+  }
+  void add_bias(float* y, const WeightTensor& b, std::int64_t r, std::int64_t d) override { be_->add_bias(y, b, r, d); }
+  void rope(float* x, std::int64_t n, int h, int hd, const std::int32_t* pos, const RopeParams& p) override {
+    be_->rope(x, n, h, hd, pos, p);
+  }
+  void swiglu(const float* g, const float* u, std::int64_t n, float* o) override { be_->swiglu(g, u, n, o); }
+  void gelu(const float* x, std::int64_t n, float* y) override { be_->gelu(x, n, y); }
+  void add(float* y, const float* x, std::int64_t n) override { be_->add(y, x, n); }
+  void kv_write(const KvStorage& kv, int l, const float* k, const float* v, std::int64_t n,
+                const std::int32_t* slots) override {
+    be_->kv_write(kv, l, k, v, n, slots);
+  }
+  void kv_copy_blocks(const KvStorage& kv, int from, int to) override { be_->kv_copy_blocks(kv, from, to); }
+  void attention(const AttentionArgs& a) override { be_->attention(a); }
+  void gather_rows(const float* s, const std::int64_t* r, std::int64_t n, std::int64_t d, float* o) override {
+    be_->gather_rows(s, r, n, d, o);
+  }
+  void download(const float* x, std::int64_t n, float* h) override { be_->download(x, n, h); }
+
+ private:
+  std::unique_ptr<Backend> be_;
+  std::atomic<bool>* fail_;
+};
+
+// One rank failing alone (out of memory for a bigger batch's buffers) fails
+// the other rank's pass instead of leaving it waiting in the all-reduce, and
+// both ranks refuse later passes; a full KV cache, which every rank sees
+// alike, fails the pass but leaves the group usable.
+TEST(TensorParallelFailure, OneRanksFailureAbortsTheGroup) {
+  const testing::TestModel tm = testing::make_test_model(shape("llama", 64, 8, 4, 128, GgmlType::kF32));
+  auto comms = make_in_process_group(2);
+  std::atomic<bool> fail{false};
+  std::vector<std::unique_ptr<Model>> ranks;
+  for (int r = 0; r < 2; ++r) {
+    Result<std::unique_ptr<GgufFile>> file =
+        GgufFile::parse({reinterpret_cast<const std::uint8_t*>(tm.gguf.data()), tm.gguf.size()});
+    ASSERT_TRUE(file.is_ok());
+    std::shared_ptr<Backend> be = r == 1 ? std::shared_ptr<Backend>(std::make_shared<FailingAllocBackend>(&fail))
+                                         : std::shared_ptr<Backend>(make_cpu_backend(std::make_shared<ThreadPool>(1)));
+    Result<std::unique_ptr<Model>> m = Model::from_gguf(std::move(*file), be, {r, 2, comms[static_cast<std::size_t>(r)].get()});
+    ASSERT_TRUE(m.is_ok()) << m.status().to_string();
+    ranks.push_back(std::move(*m));
+  }
+  struct RankState {
+    KvCache cache{3};  // 48 positions
+    KvStorage kv;
+    std::vector<float> logits;
+  };
+  std::vector<RankState> st(2);
+  for (int r = 0; r < 2; ++r) {
+    Result<KvStorage> kv = ranks[static_cast<std::size_t>(r)]->alloc_kv(3);
+    ASSERT_TRUE(kv.is_ok());
+    st[static_cast<std::size_t>(r)].kv = *kv;
+    ASSERT_TRUE(st[static_cast<std::size_t>(r)].cache.add_sequence(0).is_ok());
+  }
+  auto run_both = [&](const Batch& b) {
+    std::vector<Status> out(2);
+    std::vector<std::thread> threads;
+    for (std::size_t r = 0; r < 2; ++r)
+      threads.emplace_back([&, r] { out[r] = ranks[r]->forward(b, st[r].cache, st[r].kv, &st[r].logits); });
+    for (std::thread& t : threads) t.join();
+    return out;
+  };
+  Batch first;
+  for (int i = 0; i < 4; ++i) first.add(i + 1, i, 0, i == 3);
+  for (const Status& s : run_both(first)) ASSERT_TRUE(s.is_ok()) << s.to_string();
+
+  Batch too_long;  // 4 + 45 positions need 4 blocks of the 3
+  for (int i = 4; i < 49; ++i) too_long.add(i % 50 + 1, i, 0, i == 48);
+  for (const Status& s : run_both(too_long)) EXPECT_EQ(s.code(), StatusCode::kResourceExhausted) << s.to_string();
+
+  Batch bigger;  // 8 tokens: buffers grow, and rank 1 cannot allocate
+  for (int i = 4; i < 12; ++i) bigger.add(i + 1, i, 0, i == 11);
+  fail = true;
+  std::vector<Status> got = run_both(bigger);
+  EXPECT_EQ(got[1].message(), "test: no memory on this rank");
+  EXPECT_EQ(got[0].code(), StatusCode::kResourceExhausted) << got[0].to_string();
+  EXPECT_EQ(got[0].message(), "test: no memory on this rank");  // the abort's reason, not a hang
+  fail = false;
+  Batch next;
+  next.add(1, 4, 0, true);
+  for (const Status& s : run_both(next)) {
+    EXPECT_EQ(s.code(), StatusCode::kUnavailable) << s.to_string();
+    EXPECT_NE(s.message().find("load the model again"), std::string::npos) << s.message();
   }
 }
 

@@ -11,19 +11,24 @@
 // ranks on the CPU, so that the split and its arithmetic are tested on any
 // machine.
 //
-// Known limit: a collective cannot be aborted. A rank that leaves forward()
-// early (an allocation failure) leaves the others waiting in the next
-// all-reduce; before airlockd runs ranks, the group needs an abort that
-// fails every rank's pending call.
+// Failure: a rank that cannot reach the next collective (its forward pass
+// failed to allocate, or its device faulted) must abort() the group, or the
+// other ranks would wait for it forever. An abort fails every rank's pending
+// and later calls with the abort's status; the group is then finished (make
+// a new one, as NCCL needs a new communicator after ncclCommAbort).
+// Model::forward() aborts its group whenever it fails.
 //
-// Thread-safety: each Communicator is used by its own rank's thread only;
-// the ranks of a group call all_reduce_sum() in the same order with the
-// same n (a collective: each call blocks until every rank has made it).
+// Thread-safety: each Communicator's all_reduce_sum() is called by its own
+// rank's thread only; the ranks of a group call it in the same order with
+// the same n (a collective: each call blocks until every rank has made it).
+// abort() may be called from any thread, any number of times.
 #pragma once
 
 #include <cstdint>
 #include <memory>
 #include <vector>
+
+#include "airlock/common/status.h"
 
 namespace airlock::engine {
 
@@ -33,8 +38,12 @@ class Communicator {
   virtual int rank() const = 0;
   virtual int n_ranks() const = 0;
   // x (n) becomes the element-wise sum of every rank's x. The sum is taken
-  // in rank order, so every rank gets bit-identical numbers.
-  virtual void all_reduce_sum(float* x, std::int64_t n) = 0;
+  // in rank order, so every rank gets bit-identical numbers. Fails with the
+  // abort's status once the group is aborted (x is then unspecified).
+  [[nodiscard]] virtual Status all_reduce_sum(float* x, std::int64_t n) = 0;
+  // Fails every rank's pending and later collectives with `reason` (the
+  // first abort's reason wins).
+  virtual void abort(const Status& reason) = 0;
 };
 
 // n_ranks communicators of one group for threads of this process (rank i

@@ -114,6 +114,11 @@ class Model {
   // Runs `batch`. Each sequence's tokens must be in order and continue it:
   // the first has position cache.length(seq). The cache is extended (all or
   // nothing); `logits` receives (n_wanted, n_vocab) in batch order.
+  // With tensor parallelism, a pass that fails on one rank alone (device
+  // memory, a device fault) aborts the group (collective.h): every rank's
+  // pass fails, and so does every later one (kUnavailable: make a new group
+  // and load the model again). A malformed batch or a full KV cache fails
+  // alike on every rank and leaves the group usable.
   Status forward(const Batch& batch, KvCache& cache, const KvStorage& kv, std::vector<float>* logits);
 
  private:
@@ -124,6 +129,10 @@ class Model {
   };
   Model() = default;
   Status load_weights();
+  // *rank_specific is set once the pass reaches work that may fail on one
+  // tensor-parallel rank only (allocations, the device, collectives).
+  Status forward_pass(const Batch& batch, KvCache& cache, const KvStorage& kv, std::vector<float>* logits,
+                      bool* rank_specific);
 
   std::unique_ptr<GgufFile> file_;
   std::shared_ptr<Backend> backend_;
@@ -135,6 +144,9 @@ class Model {
   std::vector<Layer> layers_;
   std::vector<float> rope_freq_factors_;
   std::vector<Scratch> scratch_;  // forward()'s activation buffers
+  // Why this rank's tensor-parallel group failed: no pass runs once set,
+  // so no buffer another rank may still read is written again.
+  Status group_failure_;
   std::uint64_t n_params_ = 0;
   std::uint64_t weight_bytes_ = 0;
 };
