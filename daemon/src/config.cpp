@@ -149,7 +149,8 @@ Result<Config> parse_config(std::string_view text, const std::string& origin, Co
     return invalid_argument(os.str());
   }
   static const std::set<std::string> kTopKeys = {
-      "listen", "store", "state", "trusted", "model", "verify_on_load", "device", "threads", "kv_cache_mib", "kv_cache_type", "max_running",
+      "listen", "store", "state", "trusted", "model", "verify_on_load", "device", "threads", "kv_cache_mib", "kv_cache_type", "device_reserve_mib",
+      "max_running",
       "max_waiting", "prefill_chunk", "max_body_bytes", "drain_seconds", "http_threads", "audit_text", "tls", "rag"};
   for (const auto& [k, v] : t)
     if (!kTopKeys.count(std::string(k.str()))) return invalid_argument(origin + ": unknown key '" + std::string(k.str()) + "'");
@@ -184,7 +185,13 @@ Result<Config> parse_config(std::string_view text, const std::string& origin, Co
   if (!d) return bad("device", "must be \"auto\", \"cpu\" or \"cuda\"");
   c.device = *d;
   AIRLOCK_RETURN_IF_ERROR(get_int("threads", 0, 1024, &c.threads));
-  AIRLOCK_RETURN_IF_ERROR(get_int("kv_cache_mib", 1, 1 << 24, &c.kv_cache_mib));
+  if (const toml::node* n = t.get("kv_cache_mib"); n != nullptr && n->is_string()) {
+    if (n->as_string()->get() != "auto") return bad("kv_cache_mib", "must be \"auto\" or a number of MiB");
+    c.kv_cache_mib = 0;
+  } else {
+    AIRLOCK_RETURN_IF_ERROR(get_int("kv_cache_mib", 1, 1 << 24, &c.kv_cache_mib));
+  }
+  AIRLOCK_RETURN_IF_ERROR(get_int("device_reserve_mib", 0, 1 << 24, &c.device_reserve_mib));
   std::string kv_type = engine::kv_type_name(c.kv_cache_type);
   AIRLOCK_RETURN_IF_ERROR(get_string(t, "kv_cache_type", &kv_type));
   if (kv_type != "f16" && kv_type != "f32") return bad("kv_cache_type", "must be \"f16\" or \"f32\"");

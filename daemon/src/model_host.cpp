@@ -127,12 +127,18 @@ Result<std::shared_ptr<LoadedModel>> load_model(const Config& config, std::share
 
   const engine::ModelParams& p = m->model->params();
   const std::uint64_t per_block = m->model->kv_bytes_per_block(config.kv_cache_type);
-  const std::uint64_t budget = config.kv_cache_mib << 20;
-  // No more blocks than max_running full-context sequences could use.
-  const std::uint64_t useful = static_cast<std::uint64_t>(config.max_running) *
-                               static_cast<std::uint64_t>(engine::KvCache::blocks_for(p.n_ctx_train));
-  const int blocks = static_cast<int>(std::min<std::uint64_t>({budget / per_block, useful, 1u << 24}));
-  if (blocks < 1) return invalid_argument("kv_cache_mib is too small for one KV block of this model");
+  engine::KvBudgetInput kb;
+  kb.bytes_per_block = per_block;
+  kb.configured_bytes = config.kv_cache_mib << 20;
+  kb.device_free = m->model->backend().free_device_memory();
+  // On a device, the activations of the largest step (a prefill chunk next
+  // to every running sequence's decode token) stay free besides the reserve.
+  kb.device_reserve = (config.device_reserve_mib << 20) +
+                      m->model->scratch_bytes(config.prefill_chunk + config.max_running, config.max_running);
+  kb.max_running = config.max_running;
+  kb.blocks_per_sequence = engine::KvCache::blocks_for(p.n_ctx_train);
+  AIRLOCK_ASSIGN_OR_RETURN(engine::KvBudget budget, engine::plan_kv_blocks(kb));
+  const int blocks = budget.blocks;
   engine::SchedulerOptions so;
   so.kv_blocks = blocks;
   so.max_running = config.max_running;
@@ -143,11 +149,11 @@ Result<std::shared_ptr<LoadedModel>> load_model(const Config& config, std::share
   const int full_ctx = std::min(p.n_ctx_train, m->scheduler->max_context());
   airlock::log().info(
       "model {} version {}: {} ({} layers), {} parameters, {:.1f} MiB of weights, context {}; KV cache {} blocks "
-      "({:.1f} MiB, {}), {} sequences at full context",
+      "({:.1f} MiB, {}, set by {}), {} sequences at full context",
       m->id, m->version, p.arch, p.n_layer, m->model->n_params(),
       static_cast<double>(m->model->weight_bytes()) / (1 << 20), full_ctx, blocks,
       static_cast<double>(per_block) * blocks / (1 << 20), engine::kv_type_name(config.kv_cache_type),
-      blocks / std::max(1, engine::KvCache::blocks_for(full_ctx)));
+      budget.limited_by, blocks / std::max(1, engine::KvCache::blocks_for(full_ctx)));
 
   // Warm-up: one token through the whole model before the server says ready.
   engine::GenerationRequest warm;

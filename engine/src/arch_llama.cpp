@@ -7,6 +7,15 @@
 
 namespace airlock::engine {
 
+std::uint64_t Model::scratch_bytes(std::int64_t n_tokens, std::int64_t n_logits) const {
+  // forward_pass's buffers: x, h, o (n_embd); q, att (query heads); k, v
+  // (key/value heads); gate, up (feed-forward); logits.
+  const std::int64_t q_dim = static_cast<std::int64_t>(shard_.n_head) * params_.head_dim,
+                     kv_dim = static_cast<std::int64_t>(shard_.n_head_kv) * params_.head_dim;
+  const std::int64_t per_token = 3 * params_.n_embd + 2 * q_dim + 2 * kv_dim + 2 * static_cast<std::int64_t>(shard_.n_ff);
+  return static_cast<std::uint64_t>(n_tokens * per_token + n_logits * params_.n_vocab) * sizeof(float);
+}
+
 Status Model::forward(const Batch& batch, KvCache& cache, const KvStorage& kv, std::vector<float>* logits) {
   bool rank_specific = false;
   if (tp_.n_ranks == 1) return forward_pass(batch, cache, kv, logits, &rank_specific);

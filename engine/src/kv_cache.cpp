@@ -202,4 +202,39 @@ std::int32_t KvCache::slot(int seq_id, int pos) const {
   return block_table(seq_id)[pos / kBlockTokens] * kBlockTokens + pos % kBlockTokens;
 }
 
+Result<KvBudget> plan_kv_blocks(const KvBudgetInput& in) {
+  if (in.bytes_per_block == 0) return invalid_argument("KV budget: a block of zero bytes");
+  auto mib = [](std::uint64_t b) { return std::to_string(b >> 20) + " MiB"; };
+  std::uint64_t bytes = in.configured_bytes != 0 ? in.configured_bytes : in.host_auto_bytes;
+  std::string why = in.configured_bytes != 0 ? "kv_cache_mib" : "the host default (" + mib(in.host_auto_bytes) + ")";
+  if (in.device_free) {
+    const std::uint64_t avail = *in.device_free > in.device_reserve ? *in.device_free - in.device_reserve : 0;
+    if (avail < in.bytes_per_block)
+      return resource_exhausted("KV cache: the device has " + mib(*in.device_free) + " free after the weights and " +
+                                mib(in.device_reserve) + " must stay free; one block needs " +
+                                std::to_string(in.bytes_per_block) + " bytes");
+    if (in.configured_bytes == 0 || avail < in.configured_bytes) {
+      bytes = avail;
+      why = "free device memory (" + mib(*in.device_free) + " after the weights, less " + mib(in.device_reserve) +
+            " reserved)";
+    }
+  }
+  std::uint64_t blocks = bytes / in.bytes_per_block;
+  if (blocks < 1)
+    return resource_exhausted("KV cache: " + mib(bytes) + " is too small for one block of " +
+                              std::to_string(in.bytes_per_block) + " bytes");
+  const std::uint64_t useful = static_cast<std::uint64_t>(std::max(1, in.max_running)) *
+                               static_cast<std::uint64_t>(std::max(1, in.blocks_per_sequence));
+  if (useful < blocks) {
+    blocks = useful;
+    why = "max_running (" + std::to_string(in.max_running) + ") full-context sequences";
+  }
+  constexpr std::uint64_t kMaxBlocks = 1u << 24;  // block ids stay far inside int32
+  if (kMaxBlocks < blocks) {
+    blocks = kMaxBlocks;
+    why = "the block table's limit";
+  }
+  return KvBudget{static_cast<int>(blocks), why};
+}
+
 }  // namespace airlock::engine

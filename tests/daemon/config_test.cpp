@@ -16,6 +16,12 @@ TEST(ConfigTest, DefaultsAreLocalAndSafe) {
   EXPECT_TRUE(c->tls_cert.empty());
   EXPECT_EQ(c->kv_cache_type, engine::KvType::kF16);
   EXPECT_EQ(c->device, engine::Device::kAuto);
+  EXPECT_EQ(c->kv_cache_mib, 0u);  // "auto"
+  Result<Config> a = parse_config("kv_cache_mib = 64\n", "t.toml");
+  ASSERT_TRUE(a.is_ok());
+  a = parse_config("kv_cache_mib = \"auto\"\n", "t.toml", *a);
+  ASSERT_TRUE(a.is_ok()) << a.status().to_string();
+  EXPECT_EQ(a->kv_cache_mib, 0u);
 }
 
 TEST(ConfigTest, EveryKey) {
@@ -30,6 +36,7 @@ device = "cpu"
 threads = 4
 kv_cache_mib = 256
 kv_cache_type = "f32"
+device_reserve_mib = 2048
 max_running = 8
 max_waiting = 10
 prefill_chunk = 128
@@ -51,6 +58,7 @@ client_ca = "/ca.pem"
   EXPECT_EQ(c->threads, 4);
   EXPECT_EQ(c->device, engine::Device::kCpu);
   EXPECT_EQ(c->kv_cache_mib, 256u);
+  EXPECT_EQ(c->device_reserve_mib, 2048u);
   EXPECT_EQ(c->kv_cache_type, engine::KvType::kF32);
   EXPECT_EQ(c->max_waiting, 10);
   EXPECT_EQ(c->http_threads, 32);
@@ -76,6 +84,9 @@ TEST(ConfigTest, RefusalsNameTheKey) {
       {"[tls]\nclient_ca = \"/c\"", "client_ca needs"},
       {"[tls]\nkeyfile = \"/c\"", "unknown key 'keyfile'"},
       {"max_running = 0", "max_running"},
+      {"kv_cache_mib = \"all\"", "kv_cache_mib: must be \"auto\" or a number of MiB"},
+      {"kv_cache_mib = 0", "kv_cache_mib"},
+      {"device_reserve_mib = -1", "device_reserve_mib"},
       {"store = [", "t.toml:1"},
   };
   for (const auto& [text, want] : cases) {

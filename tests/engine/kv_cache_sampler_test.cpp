@@ -106,6 +106,58 @@ TEST(KvCacheTest, PrefixBlocksArePublishedReusedAndEvicted) {
   EXPECT_EQ(c.attach_prefix(8, a, 10), 0);
 }
 
+// The KV budget: configured or default on the host; on a device what is
+// free after the weights less the reserve, capped by a configured size;
+// never more than max_running full sequences; refused with the numbers when
+// not one block fits.
+TEST(KvBudgetTest, HostDeviceAndCaps) {
+  constexpr std::uint64_t kMiB = 1u << 20;
+  KvBudgetInput in;
+  in.bytes_per_block = kMiB;
+  in.max_running = 1000;
+  in.blocks_per_sequence = 1000;
+  in.host_auto_bytes = 1024 * kMiB;
+  Result<KvBudget> b = plan_kv_blocks(in);
+  ASSERT_TRUE(b.is_ok());
+  EXPECT_EQ(b->blocks, 1024);
+  EXPECT_NE(b->limited_by.find("host default"), std::string::npos) << b->limited_by;
+  in.configured_bytes = 100 * kMiB + 5;
+  EXPECT_EQ(plan_kv_blocks(in)->blocks, 100);
+  EXPECT_EQ(plan_kv_blocks(in)->limited_by, "kv_cache_mib");
+
+  // A device with 80 GiB free after the weights, 2 GiB reserved.
+  in.configured_bytes = 0;
+  in.device_free = 80 * 1024 * kMiB;
+  in.device_reserve = 2 * 1024 * kMiB;
+  b = plan_kv_blocks(in);
+  ASSERT_TRUE(b.is_ok());
+  EXPECT_EQ(b->blocks, 78 * 1024);
+  EXPECT_NE(b->limited_by.find("free device memory"), std::string::npos) << b->limited_by;
+  in.configured_bytes = 4096 * kMiB;  // a configured size below what is free
+  EXPECT_EQ(plan_kv_blocks(in)->blocks, 4096);
+  in.configured_bytes = 200 * 1024 * kMiB;  // above: what is free wins
+  EXPECT_EQ(plan_kv_blocks(in)->blocks, 78 * 1024);
+
+  in.max_running = 4;  // 4 sequences of 1000 blocks are all that is useful
+  b = plan_kv_blocks(in);
+  EXPECT_EQ(b->blocks, 4000);
+  EXPECT_NE(b->limited_by.find("max_running"), std::string::npos) << b->limited_by;
+
+  in.device_free = 2 * 1024 * kMiB + kMiB - 1;  // less than one block beyond the reserve
+  b = plan_kv_blocks(in);
+  ASSERT_FALSE(b.is_ok());
+  EXPECT_EQ(b.status().code(), StatusCode::kResourceExhausted);
+  EXPECT_NE(b.status().message().find("2048 MiB must stay free"), std::string::npos) << b.status().message();
+  in.device_free = 1024;  // less than the reserve: no underflow
+  EXPECT_FALSE(plan_kv_blocks(in).is_ok());
+
+  in.device_free.reset();
+  in.configured_bytes = kMiB - 1;  // the host budget below one block
+  EXPECT_EQ(plan_kv_blocks(in).status().code(), StatusCode::kResourceExhausted);
+  in.bytes_per_block = 0;
+  EXPECT_EQ(plan_kv_blocks(in).status().code(), StatusCode::kInvalidArgument);
+}
+
 TEST(SamplerTest, GreedyPicksTheMaximumAndReportsLogprobs) {
   std::vector<float> logits = {1.0f, 3.0f, 2.0f, 3.0f};
   SamplingParams p;

@@ -14,6 +14,7 @@
 #include "airlock/engine/sampler.h"
 #include "airlock/engine/thread_pool.h"
 #include "airlock/engine/tokenizer.h"
+#include "forwarding_backend.h"
 #include "gguf_writer.h"
 
 namespace airlock::engine {
@@ -224,6 +225,41 @@ TEST(BatchTest, KvExhaustionIsAllOrNothingAndFreedBlocksAreReused) {
   unknown.add(1, 0, 9, true);
   EXPECT_EQ(m.forward(unknown, cache, *kv, &logits).code(), StatusCode::kInvalidArgument);
   EXPECT_EQ(cache.length(1), 30);
+}
+
+// scratch_bytes() is what the forward pass really allocates: a device's KV
+// budget leaves exactly that much free for activations (here counted on a
+// backend that sums its allocations), for a qwen2 shape whose query heads
+// are wider than n_embd.
+TEST(BatchTest, ScratchBytesAreWhatTheForwardPassAllocates) {
+  class Counting final : public testing::ForwardingBackend {
+   public:
+    Counting() : ForwardingBackend(make_cpu_backend(std::make_shared<ThreadPool>(1))) {}
+    Result<std::shared_ptr<float>> alloc(std::int64_t n) override {
+      bytes += static_cast<std::uint64_t>(n) * sizeof(float);
+      return ForwardingBackend::alloc(n);
+    }
+    std::uint64_t bytes = 0;
+  };
+  const testing::TestModel tm = testing::make_test_model(spec("qwen2", 64, 4, 2, 96, false, GgmlType::kF32, 32));
+  auto f = GgufFile::parse({reinterpret_cast<const std::uint8_t*>(tm.gguf.data()), tm.gguf.size()});
+  ASSERT_TRUE(f.is_ok());
+  auto counting = std::make_shared<Counting>();
+  auto m = Model::from_gguf(std::move(*f), counting);
+  ASSERT_TRUE(m.is_ok()) << m.status().to_string();
+  KvCache cache(4);
+  Result<KvStorage> kv = (*m)->alloc_kv(4);
+  ASSERT_TRUE(kv.is_ok());
+  ASSERT_TRUE(cache.add_sequence(0).is_ok());
+  ASSERT_TRUE(cache.add_sequence(1).is_ok());
+  counting->bytes = 0;
+  Batch b;
+  for (int i = 0; i < 7; ++i) b.add(i + 1, i, 0, i == 6);
+  for (int i = 0; i < 3; ++i) b.add(i + 1, i, 1, true);
+  std::vector<float> logits;
+  ASSERT_TRUE((*m)->forward(b, cache, *kv, &logits).is_ok());
+  EXPECT_EQ(counting->bytes, (*m)->scratch_bytes(10, 4));
+  EXPECT_GT((*m)->scratch_bytes(10, 4), (*m)->scratch_bytes(10, 1));
 }
 
 TEST_P(KvTypeTest, ForkedSequencesShareAPrefixAndDivergeCorrectly) {

@@ -14,6 +14,7 @@
 #include "airlock/engine/kernels.h"
 #include "airlock/engine/model.h"
 #include "airlock/engine/thread_pool.h"
+#include "forwarding_backend.h"
 #include "gguf_writer.h"
 
 namespace airlock::engine {
@@ -244,48 +245,16 @@ TEST(InProcessGroup, AbortFailsPendingAndLaterCalls) {
 
 // A CPU backend whose allocations fail once `fail` is set: a rank that runs
 // out of device memory in the middle of a group's pass.
-class FailingAllocBackend final : public Backend {
+class FailingAllocBackend final : public testing::ForwardingBackend {
  public:
   explicit FailingAllocBackend(std::atomic<bool>* fail)
-      : be_(make_cpu_backend(std::make_shared<ThreadPool>(1))), fail_(fail) {}
-  std::string name() const override { return "failing"; }
-  Result<WeightTensor> upload(const GgufTensor& t) override { return be_->upload(t); }
+      : ForwardingBackend(make_cpu_backend(std::make_shared<ThreadPool>(1))), fail_(fail) {}
   Result<std::shared_ptr<float>> alloc(std::int64_t n) override {
     if (fail_->load()) return resource_exhausted("test: no memory on this rank");
-    return be_->alloc(n);
+    return ForwardingBackend::alloc(n);
   }
-  Result<KvStorage> alloc_kv(int l, std::int64_t s, std::int64_t d, KvType t) override { return be_->alloc_kv(l, s, d, t); }
-  void matmul(const WeightTensor& w, const float* x, std::int64_t n, float* y) override { be_->matmul(w, x, n, y); }
-  void get_rows(const WeightTensor& t, const std::int32_t* ids, std::int64_t n, float* out) override {
-    be_->get_rows(t, ids, n, out);
-  }
-  void rms_norm(const float* x, const WeightTensor& w, std::int64_t r, std::int64_t d, float e, float* y) override {
-    be_->rms_norm(x, w, r, d, e, y);
-  }
-  void layer_norm(const float* x, const WeightTensor& w, const WeightTensor& b, std::int64_t r, std::int64_t d, float e,
-                  float* y) override {
-    be_->layer_norm(x, w, b, r, d, e, y);
-  }
-  void add_bias(float* y, const WeightTensor& b, std::int64_t r, std::int64_t d) override { be_->add_bias(y, b, r, d); }
-  void rope(float* x, std::int64_t n, int h, int hd, const std::int32_t* pos, const RopeParams& p) override {
-    be_->rope(x, n, h, hd, pos, p);
-  }
-  void swiglu(const float* g, const float* u, std::int64_t n, float* o) override { be_->swiglu(g, u, n, o); }
-  void gelu(const float* x, std::int64_t n, float* y) override { be_->gelu(x, n, y); }
-  void add(float* y, const float* x, std::int64_t n) override { be_->add(y, x, n); }
-  void kv_write(const KvStorage& kv, int l, const float* k, const float* v, std::int64_t n,
-                const std::int32_t* slots) override {
-    be_->kv_write(kv, l, k, v, n, slots);
-  }
-  void kv_copy_blocks(const KvStorage& kv, int from, int to) override { be_->kv_copy_blocks(kv, from, to); }
-  void attention(const AttentionArgs& a) override { be_->attention(a); }
-  void gather_rows(const float* s, const std::int64_t* r, std::int64_t n, std::int64_t d, float* o) override {
-    be_->gather_rows(s, r, n, d, o);
-  }
-  void download(const float* x, std::int64_t n, float* h) override { be_->download(x, n, h); }
 
  private:
-  std::unique_ptr<Backend> be_;
   std::atomic<bool>* fail_;
 };
 

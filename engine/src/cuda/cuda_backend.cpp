@@ -166,6 +166,15 @@ class CudaBackend final : public Backend {
     note(cuda::to_host(host, x, static_cast<std::size_t>(n) * sizeof(float)));
   }
 
+  std::optional<std::uint64_t> free_device_memory() override {
+    std::size_t free_bytes = 0, total = 0;
+    if (cudaMemGetInfo(&free_bytes, &total) != cudaSuccess) {
+      (void)cudaGetLastError();
+      return std::uint64_t{0};  // unknown: plan as if nothing were free, which refuses rather than overcommits
+    }
+    return static_cast<std::uint64_t>(free_bytes);
+  }
+
   Status take_error() override {
     Status s = error_.is_ok() ? cuda::synchronize() : error_;
     error_ = Status::ok();

@@ -22,6 +22,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "airlock/common/status.h"
@@ -159,6 +160,9 @@ class Backend {
   virtual void download(const float* x, std::int64_t n, float* host) = 0;
   // The first failure since the last call (then cleared); OK on the CPU.
   virtual Status take_error() { return Status::ok(); }
+  // Free bytes of the device's memory now; nullopt for host memory (whose
+  // budget is configured, not measured).
+  virtual std::optional<std::uint64_t> free_device_memory() { return std::nullopt; }
 };
 
 std::unique_ptr<Backend> make_cpu_backend(std::shared_ptr<ThreadPool> pool);

@@ -26,7 +26,9 @@
 #include <cstdint>
 #include <list>
 #include <map>
+#include <optional>
 #include <span>
+#include <string>
 #include <unordered_map>
 #include <vector>
 
@@ -35,6 +37,28 @@
 namespace airlock::engine {
 
 inline constexpr int kBlockTokens = 16;
+
+// How many KV blocks a server should allocate. On the host the budget is
+// the configured size; on a device it is what is free after the weights,
+// less a reserve (the forward pass's activations, library workspaces, the
+// CUDA context's growth), and never more than the configured size if one is
+// set. Neither is worth more than max_running full-context sequences.
+struct KvBudgetInput {
+  std::uint64_t bytes_per_block = 0;      // Model::kv_bytes_per_block
+  std::uint64_t configured_bytes = 0;     // 0: "auto"
+  std::uint64_t host_auto_bytes = 1u << 30;  // "auto" without a device
+  std::optional<std::uint64_t> device_free;  // free device memory after the weights; nullopt on the host
+  std::uint64_t device_reserve = 0;       // kept free on the device
+  int max_running = 1;                    // concurrent sequences
+  int blocks_per_sequence = 1;            // blocks of one full-context sequence
+};
+struct KvBudget {
+  int blocks = 0;
+  std::string limited_by;  // what set the number, for the logs
+};
+// kResourceExhausted, with the numbers, when not even one block fits;
+// kInvalidArgument for a zero block size.
+Result<KvBudget> plan_kv_blocks(const KvBudgetInput& in);
 
 class KvCache {
  public:

@@ -110,6 +110,10 @@ class Model {
   Result<KvStorage> alloc_kv(int n_blocks, KvType type = KvType::kF32) const;
   // Bytes of that storage per block (all layers, keys and values).
   std::uint64_t kv_bytes_per_block(KvType type = KvType::kF32) const;
+  // Bytes of backend memory forward() keeps for its activations after a
+  // pass of n_tokens tokens of which n_logits want logits (what a device
+  // must keep free besides the KV cache).
+  std::uint64_t scratch_bytes(std::int64_t n_tokens, std::int64_t n_logits) const;
 
   // Runs `batch`. Each sequence's tokens must be in order and continue it:
   // the first has position cache.length(seq). The cache is extended (all or
