@@ -182,35 +182,81 @@ TEST_F(CudaOpsTest, GetRowsDequantisesEveryTableType) {
   EXPECT_EQ(cuda::get_rows(GgmlType::kQ4_1, nullptr, 256, nullptr, 1, nullptr).code(), StatusCode::kInvalidArgument);
 }
 
+// y = x w^T against a double-precision product of the dequantised weights,
+// within rel times the sum of the products' magnitudes.
+void expect_product(const std::vector<float>& y, const std::vector<float>& rows, const std::vector<float>& x,
+                    std::int64_t n_tokens, std::int64_t n_in, std::int64_t n_out, double rel, const std::string& what) {
+  for (std::int64_t t = 0; t < n_tokens; ++t)
+    for (std::int64_t r = 0; r < n_out; ++r) {
+      double want = 0, norm = 0;
+      for (std::int64_t k = 0; k < n_in; ++k) {
+        const double p = static_cast<double>(rows[static_cast<std::size_t>(r * n_in + k)]) *
+                         x[static_cast<std::size_t>(t * n_in + k)];
+        want += p;
+        norm += std::fabs(p);
+      }
+      ASSERT_NEAR(y[static_cast<std::size_t>(t * n_out + r)], want, rel * norm)
+          << what << " tokens " << n_tokens << " row " << r;
+    }
+}
+
+struct Weights {
+  std::vector<std::uint8_t> bytes;
+  std::vector<float> rows;  // dequantised
+};
+
+Weights make_weights(GgmlType type, const std::vector<float>& wf, std::int64_t n_in, std::int64_t n_out) {
+  Weights w;
+  w.bytes = quantised(type, wf, n_in);
+  w.rows.resize(static_cast<std::size_t>(n_in * n_out));
+  const std::size_t rb = row_bytes(type, n_in);
+  for (std::int64_t r = 0; r < n_out; ++r) dequantize_row(type, w.bytes.data() + rb * r, w.rows.data() + r * n_in, n_in);
+  return w;
+}
+
 // Every weight type, token counts on both sides of the kernel's pass of
-// eight, against a double-precision product of the dequantised weights.
+// eight. F32, F16, BF16 and Q8_0 take the fast kernel, the others the
+// reference one; x one float off 16-byte alignment takes the reference
+// kernel for the fast types too.
 TEST_F(CudaOpsTest, MatmulEveryWeightTypeAgainstDoubleReference) {
   const std::int64_t n_in = 512, n_out = 37;
   for (GgmlType type : kTypes) {
-    std::vector<float> wf = random(n_in * n_out, 0.05f);
-    std::vector<std::uint8_t> w = quantised(type, wf, n_in);
-    std::vector<float> rows(static_cast<std::size_t>(n_in * n_out));
-    const std::size_t rb = row_bytes(type, n_in);
-    for (std::int64_t r = 0; r < n_out; ++r) dequantize_row(type, w.data() + rb * r, rows.data() + r * n_in, n_in);
-    auto dw = on_device(w);
+    const Weights w = make_weights(type, random(n_in * n_out, 0.05f), n_in, n_out);
+    auto dw = on_device(w.bytes);
     for (std::int64_t n_tokens : {1, 3, 8, 13}) {
-      std::vector<float> x = random(n_tokens * n_in);
-      auto dx = on_device(x), dy = on_device(std::vector<float>(static_cast<std::size_t>(n_tokens * n_out)));
-      ASSERT_TRUE(cuda::matmul(type, dw.get(), n_in, n_out, dx.as<float>(), n_tokens, dy.as<float>()).is_ok());
-      const std::vector<float> y = on_host(dy, n_tokens * n_out);
-      for (std::int64_t t = 0; t < n_tokens; ++t)
-        for (std::int64_t r = 0; r < n_out; ++r) {
-          double want = 0, norm = 0;
-          for (std::int64_t k = 0; k < n_in; ++k) {
-            want += static_cast<double>(rows[static_cast<std::size_t>(r * n_in + k)]) * x[static_cast<std::size_t>(t * n_in + k)];
-            norm += std::fabs(static_cast<double>(rows[static_cast<std::size_t>(r * n_in + k)]) * x[static_cast<std::size_t>(t * n_in + k)]);
-          }
-          ASSERT_NEAR(y[static_cast<std::size_t>(t * n_out + r)], want, 1e-5 * norm)
-              << traits(type).name << " tokens " << n_tokens << " row " << r;
-        }
+      for (int offset : {0, 1}) {
+        std::vector<float> x = random(n_tokens * n_in);
+        std::vector<float> padded(static_cast<std::size_t>(offset), 0.0f);
+        padded.insert(padded.end(), x.begin(), x.end());
+        auto dx = on_device(padded), dy = on_device(std::vector<float>(static_cast<std::size_t>(n_tokens * n_out)));
+        ASSERT_TRUE(cuda::matmul(type, dw.get(), n_in, n_out, dx.as<float>() + offset, n_tokens, dy.as<float>()).is_ok());
+        expect_product(on_host(dy, n_tokens * n_out), w.rows, x, n_tokens, n_in, n_out, 1e-5,
+                       std::string(traits(type).name) + (offset ? " unaligned" : ""));
+      }
     }
   }
   EXPECT_EQ(cuda::matmul(GgmlType::kQ4_K, nullptr, 100, 1, nullptr, 1, nullptr).code(), StatusCode::kInvalidArgument);
+}
+
+// The cuBLAS path: F32 in full f32; every other type through bf16 (each
+// factor rounded to 8 significant bits, so products are within about 2^-8
+// of exact and sums within that times the sum of magnitudes).
+TEST_F(CudaOpsTest, GemmEveryWeightTypeAgainstDoubleReference) {
+  Result<std::unique_ptr<cuda::Gemm>> gemm = cuda::Gemm::create();
+  ASSERT_TRUE(gemm.is_ok()) << gemm.status().to_string();
+  const std::int64_t n_in = 768, n_out = 100;
+  for (GgmlType type : kTypes) {
+    const Weights w = make_weights(type, random(n_in * n_out, 0.05f), n_in, n_out);
+    auto dw = on_device(w.bytes);
+    for (std::int64_t n_tokens : {1, 40, 300}) {
+      std::vector<float> x = random(n_tokens * n_in);
+      auto dx = on_device(x), dy = on_device(std::vector<float>(static_cast<std::size_t>(n_tokens * n_out)));
+      ASSERT_TRUE((*gemm)->matmul(type, dw.get(), n_in, n_out, dx.as<float>(), n_tokens, dy.as<float>()).is_ok());
+      expect_product(on_host(dy, n_tokens * n_out), w.rows, x, n_tokens, n_in, n_out,
+                     type == GgmlType::kF32 ? 1e-5 : 8e-3, "GEMM " + std::string(traits(type).name));
+    }
+  }
+  EXPECT_EQ((*gemm)->matmul(GgmlType::kQ4_K, nullptr, 100, 1, nullptr, 1, nullptr).code(), StatusCode::kInvalidArgument);
 }
 
 // KV writes and paged attention against the CPU backend, f32 and f16

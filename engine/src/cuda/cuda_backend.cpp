@@ -28,7 +28,8 @@ Result<std::shared_ptr<void>> device_alloc(std::size_t bytes) {
 
 class CudaBackend final : public Backend {
  public:
-  explicit CudaBackend(int device) : device_(device) {}
+  CudaBackend(int device, CudaOptions options, std::unique_ptr<cuda::Gemm> gemm)
+      : device_(device), options_(options), gemm_(std::move(gemm)) {}
 
   std::string name() const override { return "cuda (" + cuda::describe_device(device_) + ")"; }
 
@@ -49,6 +50,9 @@ class CudaBackend final : public Backend {
       bytes = f32.size() * sizeof(float);
       w.type = GgmlType::kF32;
     }
+    // The GEMM's bf16 copy of the largest matrix is allocated now, before
+    // the KV cache is sized from what stays free.
+    if (t.ne[1] > 1) AIRLOCK_RETURN_IF_ERROR(gemm_->reserve(w.type, t.n_elements));
     AIRLOCK_ASSIGN_OR_RETURN(w.owner, device_alloc(bytes));
     AIRLOCK_RETURN_IF_ERROR(cuda::to_device(w.owner.get(), src, bytes));
     w.data = static_cast<const std::uint8_t*>(w.owner.get());
@@ -69,7 +73,13 @@ class CudaBackend final : public Backend {
   }
 
   void matmul(const WeightTensor& w, const float* x, std::int64_t n_tokens, float* y) override {
-    note(cuda::matmul(w.type, w.data, w.ne[0], w.ne[1], x, n_tokens, y));
+    if (!error_.is_ok()) return;
+    int min_tokens = options_.gemm_min_tokens;
+    if (min_tokens <= 0) min_tokens = w.type == GgmlType::kF32 || w.type == GgmlType::kBF16 ? 9 : 33;
+    if (n_tokens >= min_tokens)
+      note(gemm_->matmul(w.type, w.data, w.ne[0], w.ne[1], x, n_tokens, y));
+    else
+      note(cuda::matmul(w.type, w.data, w.ne[0], w.ne[1], x, n_tokens, y));
   }
 
   void get_rows(const WeightTensor& table, const std::int32_t* ids, std::int64_t n, float* out) override {
@@ -216,6 +226,8 @@ class CudaBackend final : public Backend {
   static const float* f32(const WeightTensor& w) { return reinterpret_cast<const float*>(w.data); }
 
   int device_;
+  CudaOptions options_;
+  std::unique_ptr<cuda::Gemm> gemm_;
   Status error_;
   cuda::DeviceBuffer staging_[2];
   std::vector<std::int32_t> tables_;
@@ -223,7 +235,7 @@ class CudaBackend final : public Backend {
 
 }  // namespace
 
-Result<std::unique_ptr<Backend>> make_cuda_backend(int device) {
+Result<std::unique_ptr<Backend>> make_cuda_backend(int device, CudaOptions options) {
   const int n = cuda::device_count();
   if (device < 0 || device >= n)
     return unavailable("CUDA device " + std::to_string(device) + " not present (" + std::to_string(n) + " found)");
@@ -231,7 +243,9 @@ Result<std::unique_ptr<Backend>> make_cuda_backend(int device) {
     (void)cudaGetLastError();
     return unavailable("CUDA: cannot use device " + std::to_string(device));
   }
-  return std::unique_ptr<Backend>(new CudaBackend(device));
+  Result<std::unique_ptr<cuda::Gemm>> gemm = cuda::Gemm::create();
+  if (!gemm.is_ok()) return unavailable("CUDA device " + std::to_string(device) + ": " + gemm.status().message());
+  return std::unique_ptr<Backend>(new CudaBackend(device, options, std::move(*gemm)));
 }
 
 }  // namespace airlock::engine

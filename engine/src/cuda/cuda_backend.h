@@ -3,11 +3,15 @@
 // GGUF type; one-row tensors such as norms and biases are stored as f32),
 // activations and the KV cache live in device memory.
 //
-// Not yet: fast matmul (the reference kernel decodes weights per product),
-// uploads of each step's positions, slots and block tables once per pass
-// (today every operation copies what it needs), CUDA graphs, sampling on
-// the device. No kernel here has run on a GPU yet; cuda_tests compares the
-// whole forward pass with the CPU backend where a GPU is present.
+// Matrix products: decode batches (up to gemm_min_tokens tokens) run the
+// warp-per-row kernels that read each weight once per eight tokens; larger
+// ones go through cuBLAS (cuda_ops.h, Gemm: f32 or bf16 tensor cores).
+//
+// Not yet: uploads of each step's positions, slots and block tables once
+// per pass (today every operation copies what it needs), CUDA graphs,
+// sampling on the device. No kernel here has run on a GPU yet; cuda_tests
+// compares the whole forward pass with the CPU backend where a GPU is
+// present.
 //
 // Errors: upload()/alloc*() as Backend says; a failing kernel or copy is
 // remembered and returned by take_error(), later operations are skipped.
@@ -22,7 +26,14 @@
 
 namespace airlock::engine {
 
-// kUnavailable when there is no such device.
-Result<std::unique_ptr<Backend>> make_cuda_backend(int device = 0);
+struct CudaOptions {
+  // Products of at least this many tokens use cuBLAS; 0: by weight type
+  // (9 for F32 and BF16, whose GEMM reads the weights as stored; 33 for the
+  // others, whose GEMM first writes a bf16 copy).
+  int gemm_min_tokens = 0;
+};
+
+// kUnavailable when there is no such device or cuBLAS cannot start on it.
+Result<std::unique_ptr<Backend>> make_cuda_backend(int device = 0, CudaOptions options = {});
 
 }  // namespace airlock::engine

@@ -4,7 +4,11 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <cublas_v2.h>
+
+#include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <vector>
 
 namespace airlock::engine::cuda {
@@ -207,6 +211,140 @@ __global__ void matmul_kernel(GgmlType type, const std::uint8_t* w, std::size_t 
   }
 }
 
+// The fast small-batch kernels: one warp per output row as above, but each
+// lane decodes a chunk of consecutive weights from one wide load (16 bytes
+// of F16/BF16/F32, 8 bytes of a Q8_0 block's quants) and multiplies it into
+// NT tokens at once, NT a compile-time count (1 to 8) so the partial sums
+// stay in registers. The decoding is the same arithmetic as weight_at.
+struct ChunkF32 {
+  static constexpr int kChunk = 4;
+  __device__ static void load(const std::uint8_t* row, std::int64_t c, float* w) {
+    const float4 v = reinterpret_cast<const float4*>(row)[c];
+    w[0] = v.x; w[1] = v.y; w[2] = v.z; w[3] = v.w;
+  }
+};
+// Eight 16-bit numbers from one 16-byte load, each decoded by Half16 (the
+// low half of a 32-bit word is the first number: little-endian).
+template <typename Half16>
+struct Chunk16 {
+  static constexpr int kChunk = 8;
+  __device__ static void load(const std::uint8_t* row, std::int64_t c, float* w) {
+    const uint4 v = reinterpret_cast<const uint4*>(row)[c];
+    const unsigned parts[4] = {v.x, v.y, v.z, v.w};
+    for (int i = 0; i < 4; ++i) {
+      w[2 * i] = Half16::decode(parts[i] & 0xFFFFu);
+      w[2 * i + 1] = Half16::decode(parts[i] >> 16);
+    }
+  }
+};
+struct DecodeF16 {
+  __device__ static float decode(unsigned bits) { return __half2float(__ushort_as_half(static_cast<unsigned short>(bits))); }
+};
+struct DecodeBF16 {
+  __device__ static float decode(unsigned bits) { return __uint_as_float(bits << 16); }
+};
+using ChunkF16 = Chunk16<DecodeF16>;
+using ChunkBF16 = Chunk16<DecodeBF16>;
+struct ChunkQ8_0 {  // a quarter of a 34-byte block: its scale and 8 quants (2-byte aligned)
+  static constexpr int kChunk = 8;
+  __device__ static void load(const std::uint8_t* row, std::int64_t c, float* w) {
+    const std::uint8_t* b = row + 34 * (c / 4);
+    const float d = f16(b);
+    const auto* q = reinterpret_cast<const unsigned short*>(b + 2 + 8 * (c % 4));
+    for (int i = 0; i < 4; ++i) {
+      const unsigned short pair = q[i];
+      w[2 * i] = static_cast<float>(static_cast<std::int8_t>(pair & 0xFF)) * d;
+      w[2 * i + 1] = static_cast<float>(static_cast<std::int8_t>(pair >> 8)) * d;
+    }
+  }
+};
+
+template <typename Chunk, int NT>
+__global__ void matvec_kernel(const std::uint8_t* w, std::size_t row_bytes, std::int64_t n_in, std::int64_t n_out,
+                              const float* x, float* y) {
+  const std::int64_t r = blockIdx.x * static_cast<std::int64_t>(blockDim.x / 32) + threadIdx.x / 32;
+  const int lane = threadIdx.x % 32;
+  if (r >= n_out) return;
+  const std::uint8_t* row = w + row_bytes * static_cast<std::size_t>(r);
+  constexpr int C = Chunk::kChunk;
+  float acc[NT] = {};
+  const std::int64_t n_chunks = n_in / C;
+#pragma unroll 2
+  for (std::int64_t c = lane; c < n_chunks; c += 32) {
+    float wv[C];
+    Chunk::load(row, c, wv);
+#pragma unroll
+    for (int t = 0; t < NT; ++t) {
+      const float4* xp = reinterpret_cast<const float4*>(x + t * n_in + c * C);
+#pragma unroll
+      for (int i = 0; i < C / 4; ++i) {
+        const float4 xv = xp[i];
+        acc[t] += wv[4 * i] * xv.x + wv[4 * i + 1] * xv.y + wv[4 * i + 2] * xv.z + wv[4 * i + 3] * xv.w;
+      }
+    }
+  }
+#pragma unroll
+  for (int t = 0; t < NT; ++t) {
+    float v = acc[t];
+    for (int o = 16; o > 0; o /= 2) v += __shfl_xor_sync(0xffffffffu, v, o);
+    if (lane == 0) y[t * n_out + r] = v;
+  }
+}
+
+template <typename Chunk>
+void launch_matvec(int nt, unsigned grid, const std::uint8_t* w, std::size_t rb, std::int64_t n_in,
+                   std::int64_t n_out, const float* x, float* y) {
+  switch (nt) {
+    case 1: matvec_kernel<Chunk, 1><<<grid, kThreads>>>(w, rb, n_in, n_out, x, y); break;
+    case 2: matvec_kernel<Chunk, 2><<<grid, kThreads>>>(w, rb, n_in, n_out, x, y); break;
+    case 3: matvec_kernel<Chunk, 3><<<grid, kThreads>>>(w, rb, n_in, n_out, x, y); break;
+    case 4: matvec_kernel<Chunk, 4><<<grid, kThreads>>>(w, rb, n_in, n_out, x, y); break;
+    case 5: matvec_kernel<Chunk, 5><<<grid, kThreads>>>(w, rb, n_in, n_out, x, y); break;
+    case 6: matvec_kernel<Chunk, 6><<<grid, kThreads>>>(w, rb, n_in, n_out, x, y); break;
+    case 7: matvec_kernel<Chunk, 7><<<grid, kThreads>>>(w, rb, n_in, n_out, x, y); break;
+    default: matvec_kernel<Chunk, 8><<<grid, kThreads>>>(w, rb, n_in, n_out, x, y); break;
+  }
+}
+
+// The fast kernel for (type, n_in, pointers) or false: other types and rows
+// that are not whole chunks or not aligned for the wide loads take the
+// reference kernel.
+bool fast_matvec(GgmlType type, const void* w, std::int64_t n_in, std::int64_t n_out, const float* x,
+                 std::int64_t n_tokens, float* y) {
+  const auto aligned = [](const void* p, std::size_t a) { return reinterpret_cast<std::uintptr_t>(p) % a == 0; };
+  if (n_in % 32 != 0 || !aligned(x, 16) || !aligned(w, 16)) return false;
+  constexpr int kRowsPerBlock = kThreads / 32;
+  const unsigned grid = static_cast<unsigned>((n_out + kRowsPerBlock - 1) / kRowsPerBlock);
+  const auto* wb = static_cast<const std::uint8_t*>(w);
+  const std::size_t rb = row_bytes(type, n_in);
+  for (std::int64_t t0 = 0; t0 < n_tokens; t0 += kMatmulTokens) {
+    const int nt = static_cast<int>(std::min<std::int64_t>(kMatmulTokens, n_tokens - t0));
+    const float* xt = x + t0 * n_in;
+    float* yt = y + t0 * n_out;
+    switch (type) {
+      case GgmlType::kF32: launch_matvec<ChunkF32>(nt, grid, wb, rb, n_in, n_out, xt, yt); break;
+      case GgmlType::kF16: launch_matvec<ChunkF16>(nt, grid, wb, rb, n_in, n_out, xt, yt); break;
+      case GgmlType::kBF16: launch_matvec<ChunkBF16>(nt, grid, wb, rb, n_in, n_out, xt, yt); break;
+      case GgmlType::kQ8_0: launch_matvec<ChunkQ8_0>(nt, grid, wb, rb, n_in, n_out, xt, yt); break;
+      default: return false;
+    }
+  }
+  return true;
+}
+
+// Rows of a weight matrix decoded to bf16 for cuBLAS (one thread per number).
+__global__ void weights_to_bf16_kernel(GgmlType type, const std::uint8_t* w, std::size_t row_bytes, std::int64_t n_in,
+                                       std::int64_t n, __nv_bfloat16* out) {
+  const std::int64_t job = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x;
+  if (job >= n) return;
+  out[job] = __float2bfloat16(weight_at(type, w + row_bytes * static_cast<std::size_t>(job / n_in), job % n_in));
+}
+
+__global__ void f32_to_bf16_kernel(const float* x, std::int64_t n, __nv_bfloat16* out) {
+  const std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x;
+  if (i < n) out[i] = __float2bfloat16(x[i]);
+}
+
 // ---------------------------------------------------------------- KV cache
 
 __device__ inline float load_kv(const float* p) { return *p; }
@@ -402,6 +540,7 @@ Status matmul(GgmlType type, const void* w, std::int64_t n_in, std::int64_t n_ou
   if (n_in % traits(type).block_elems != 0)
     return invalid_argument("CUDA matmul: rows of " + std::to_string(n_in) + " are not whole blocks");
   if (n_out * n_tokens == 0) return Status::ok();
+  if (fast_matvec(type, w, n_in, n_out, x, n_tokens, y)) return launched("matmul");
   constexpr int kRowsPerBlock = kThreads / 32;
   matmul_kernel<<<static_cast<unsigned>((n_out + kRowsPerBlock - 1) / kRowsPerBlock), kThreads>>>(
       type, static_cast<const std::uint8_t*>(w), row_bytes(type, n_in), n_in, n_out, x, n_tokens, y);
@@ -439,6 +578,79 @@ Status attention(const AttentionShape& s, const float* q, KvType type, const voi
     attention_kernel<<<grid, kThreads, shared>>>(s, q, static_cast<const float*>(k_layer),
                                                  static_cast<const float*>(v_layer), kv_dim, n_ctx, tables, out);
   return launched("attention");
+}
+
+namespace {
+
+Status cublas_status(cublasStatus_t e, const char* what) {
+  if (e == CUBLAS_STATUS_SUCCESS) return Status::ok();
+  if (e == CUBLAS_STATUS_ALLOC_FAILED) return resource_exhausted(std::string("cuBLAS: ") + what + ": out of memory");
+  return internal_error(std::string("cuBLAS: ") + what + ": " + cublasGetStatusString(e));
+}
+
+}  // namespace
+
+Result<std::unique_ptr<Gemm>> Gemm::create() {
+  cublasHandle_t h = nullptr;
+  AIRLOCK_RETURN_IF_ERROR(cublas_status(cublasCreate(&h), "cublasCreate"));
+  std::unique_ptr<Gemm> g(new Gemm());
+  g->handle_ = h;
+  // The default math: SGEMM in full f32 (TF32 only with
+  // CUBLAS_TF32_TENSOR_OP_MATH, never set here); the bf16 GEMM on tensor
+  // cores with f32 sums.
+  AIRLOCK_RETURN_IF_ERROR(cublas_status(cublasSetMathMode(h, CUBLAS_DEFAULT_MATH), "cublasSetMathMode"));
+  return Result<std::unique_ptr<Gemm>>(std::move(g));  // nvcc does not move the local implicitly
+}
+
+Gemm::~Gemm() {
+  if (handle_ != nullptr) cublasDestroy(static_cast<cublasHandle_t>(handle_));
+}
+
+Status Gemm::grow(DeviceBuffer* b, std::size_t bytes) {
+  if (b->size() >= bytes) return Status::ok();
+  *b = DeviceBuffer();  // free the old one first: the new one may need its room
+  AIRLOCK_ASSIGN_OR_RETURN(*b, DeviceBuffer::alloc(bytes));
+  return Status::ok();
+}
+
+Status Gemm::reserve(GgmlType type, std::int64_t n_elems) {
+  if (type == GgmlType::kF32 || type == GgmlType::kBF16) return Status::ok();  // used as stored
+  return grow(&w16_, static_cast<std::size_t>(n_elems) * sizeof(__nv_bfloat16));
+}
+
+Status Gemm::matmul(GgmlType type, const void* w, std::int64_t n_in, std::int64_t n_out, const float* x,
+                    std::int64_t n_tokens, float* y) {
+  if (!supported(type)) return invalid_argument("CUDA GEMM: " + std::string(traits(type).name) + " is not supported");
+  if (n_in % traits(type).block_elems != 0)
+    return invalid_argument("CUDA GEMM: rows of " + std::to_string(n_in) + " are not whole blocks");
+  if (n_out * n_tokens == 0) return Status::ok();
+  if (n_in > INT32_MAX || n_out > INT32_MAX || n_tokens > INT32_MAX)
+    return invalid_argument("CUDA GEMM: dimensions beyond cuBLAS's int range");
+  auto h = static_cast<cublasHandle_t>(handle_);
+  const float one = 1.0f, zero = 0.0f;
+  const int m = static_cast<int>(n_out), n = static_cast<int>(n_tokens), k = static_cast<int>(n_in);
+  // Row-major y (n_tokens, n_out) is column-major y^T (n_out, n_tokens) =
+  // w (n_out, n_in) x^T: w's rows are the columns of a column-major
+  // (n_in, n_out) matrix, used transposed; x^T is column-major (n_in, n_tokens).
+  if (type == GgmlType::kF32)
+    return cublas_status(cublasSgemm(h, CUBLAS_OP_T, CUBLAS_OP_N, m, n, k, &one, static_cast<const float*>(w), k, x, k,
+                                     &zero, y, m),
+                         "SGEMM");
+  const void* w16 = w;
+  if (type != GgmlType::kBF16) {
+    AIRLOCK_RETURN_IF_ERROR(reserve(type, n_in * n_out));
+    weights_to_bf16_kernel<<<blocks_for(n_in * n_out), kThreads>>>(type, static_cast<const std::uint8_t*>(w),
+                                                                   row_bytes(type, n_in), n_in, n_in * n_out,
+                                                                   w16_.as<__nv_bfloat16>());
+    AIRLOCK_RETURN_IF_ERROR(launched("GEMM weights to bf16"));
+    w16 = w16_.get();
+  }
+  AIRLOCK_RETURN_IF_ERROR(grow(&x16_, static_cast<std::size_t>(n_tokens * n_in) * sizeof(__nv_bfloat16)));
+  f32_to_bf16_kernel<<<blocks_for(n_tokens * n_in), kThreads>>>(x, n_tokens * n_in, x16_.as<__nv_bfloat16>());
+  AIRLOCK_RETURN_IF_ERROR(launched("GEMM activations to bf16"));
+  return cublas_status(cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, m, n, k, &one, w16, CUDA_R_16BF, k, x16_.get(),
+                                    CUDA_R_16BF, k, &zero, y, CUDA_R_32F, m, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+                       "GemmEx bf16");
 }
 
 }  // namespace airlock::engine::cuda

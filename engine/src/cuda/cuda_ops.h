@@ -2,8 +2,8 @@
 // counterpart of a CpuBackend operation of the same name (backend.h) and
 // checked against it (tests/engine/cuda_ops_test.cpp, `ctest -L gpu`).
 // CudaBackend (cuda_backend.h) runs the model with them; airlockd selects
-// it with device = "cuda" or "auto". The kernels are reference-speed;
-// sampling on the device, CUDA graphs and NCCL are still to be written.
+// it with device = "cuda" or "auto". Sampling on the device, CUDA graphs,
+// split-K attention and NCCL are still to be written.
 //
 // Every pointer is device memory unless its comment says otherwise. Calls
 // run on the current device's default stream and return once the work is
@@ -16,6 +16,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <string>
 
 #include "airlock/common/status.h"
@@ -87,11 +88,39 @@ Status get_rows(GgmlType type, const void* table, std::int64_t row_len, const st
 
 // y (n_tokens, n_out) = x (n_tokens, n_in) times w (n_out rows of n_in,
 // `type`) transposed, the weights decoded on the fly and every product and
-// sum in f32 (no 8-bit activations). A reference-speed kernel: one warp per
-// row, up to eight tokens per pass; the fast small-batch kernels and the
-// cuBLAS path for large batches are still to be written.
+// sum in f32 (no 8-bit activations); one warp per row, up to eight tokens
+// per pass over the weights, meant for decode batches. F32, F16, BF16 and
+// Q8_0 rows of whole 32-number blocks at 16-byte aligned addresses take the
+// fast kernel (one wide load per lane and step); the rest the reference
+// kernel (one number per lane and step).
 Status matmul(GgmlType type, const void* w, std::int64_t n_in, std::int64_t n_out, const float* x,
               std::int64_t n_tokens, float* y);
+
+// The same product through cuBLAS, for prompt chunks and large batches:
+// F32 weights by SGEMM in full f32 (no TF32); every other type decoded to
+// bf16 (BF16 used as stored), x rounded to bf16, products summed in f32 on
+// the tensor cores: about 2^-9 relative error per factor, the usual price
+// of bf16 GEMMs. Holds a cuBLAS handle and the bf16 workspaces; reserve()
+// grows the weight workspace ahead (at upload, so that the KV cache sized
+// from free memory afterwards leaves room for it).
+class Gemm {
+ public:
+  // kInternal when cuBLAS cannot start on the current device.
+  static Result<std::unique_ptr<Gemm>> create();
+  ~Gemm();
+  Gemm(const Gemm&) = delete;
+  Gemm& operator=(const Gemm&) = delete;
+  // Room for a matrix of n_elems weights decoded to bf16.
+  Status reserve(GgmlType type, std::int64_t n_elems);
+  Status matmul(GgmlType type, const void* w, std::int64_t n_in, std::int64_t n_out, const float* x,
+                std::int64_t n_tokens, float* y);
+
+ private:
+  Gemm() = default;
+  static Status grow(DeviceBuffer* b, std::size_t bytes);
+  void* handle_ = nullptr;  // cublasHandle_t
+  DeviceBuffer w16_, x16_;
+};
 
 // Stores k and v (n_tokens, kv_dim, f32) at `slots` (n_tokens) of one
 // layer's key and value storage (n_slots, kv_dim) of `type` (f16: rounded
