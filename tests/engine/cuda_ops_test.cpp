@@ -5,6 +5,7 @@
 // compute-sanitizer runs this binary in bench/gpu-check.sh.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <random>
@@ -261,11 +262,22 @@ TEST_F(CudaOpsTest, GemmEveryWeightTypeAgainstDoubleReference) {
 
 // KV writes and paged attention against the CPU backend, f32 and f16
 // caches, grouped heads, contexts of one position to several blocks through
-// a shuffled block table, several tokens of different contexts at once.
+// a shuffled block table, several tokens of different contexts at once (few
+// ranges per head), and one decode token at a context of 20,000 positions
+// (many ranges, beyond the old kernel's 12,000 limit).
 TEST_F(CudaOpsTest, KvWriteAndPagedAttentionMatchTheCpu) {
+  struct Shape {
+    int n_blocks;
+    std::vector<std::int32_t> n_ctx;
+    int head_dim;
+  };
+  const Shape shapes[] = {{24, {1, 17, 200, 384}, 64}, {1251, {20000}, 128}, {1251, {3, 20000}, 256}};
+  for (const Shape& sh : shapes)
   for (KvType type : {KvType::kF32, KvType::kF16}) {
-    const int n_head = 8, n_kv_head = 2, head_dim = 64, block = 16, n_blocks = 24;
-    const std::int64_t kv_dim = n_kv_head * head_dim, n_slots = n_blocks * block;
+    const int n_head = 8, n_kv_head = 2, head_dim = sh.head_dim, block = 16, n_blocks = sh.n_blocks;
+    const std::string what = std::string(kv_type_name(type)) + " head_dim " + std::to_string(head_dim) + " ctx " +
+                             std::to_string(sh.n_ctx.back());
+    const std::int64_t kv_dim = n_kv_head * head_dim, n_slots = static_cast<std::int64_t>(n_blocks) * block;
     Result<KvStorage> host = cpu_->alloc_kv(1, n_slots, kv_dim, type);
     ASSERT_TRUE(host.is_ok());
     // Every slot written through both backends.
@@ -282,12 +294,11 @@ TEST_F(CudaOpsTest, KvWriteAndPagedAttentionMatchTheCpu) {
     std::vector<std::uint8_t> back(bytes);
     ASSERT_TRUE(cuda::synchronize().is_ok());
     ASSERT_TRUE(cuda::to_host(back.data(), dk->get(), bytes).is_ok());
-    EXPECT_EQ(std::memcmp(back.data(), host->k_layer(0), bytes), 0) << kv_type_name(type) << " keys differ";
+    EXPECT_EQ(std::memcmp(back.data(), host->k_layer(0), bytes), 0) << what << ": keys differ";
     ASSERT_TRUE(cuda::to_host(back.data(), dv->get(), bytes).is_ok());
-    EXPECT_EQ(std::memcmp(back.data(), host->v_layer(0), bytes), 0) << kv_type_name(type) << " values differ";
+    EXPECT_EQ(std::memcmp(back.data(), host->v_layer(0), bytes), 0) << what << ": values differ";
 
-    // Four tokens, contexts 1, 17, 200 and 384 positions.
-    std::vector<std::int32_t> n_ctx = {1, 17, 200, 384};
+    const std::vector<std::int32_t>& n_ctx = sh.n_ctx;
     const std::int64_t n_tokens = static_cast<std::int64_t>(n_ctx.size()), stride = n_blocks;
     std::vector<std::int32_t> tables(static_cast<std::size_t>(n_tokens * stride));
     for (std::int64_t t = 0; t < n_tokens; ++t)
@@ -303,7 +314,7 @@ TEST_F(CudaOpsTest, KvWriteAndPagedAttentionMatchTheCpu) {
     a.n_head = n_head;
     a.n_kv_head = n_kv_head;
     a.head_dim = head_dim;
-    a.scale = 0.125f;
+    a.scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
     a.kv = &*host;
     a.n_ctx = n_ctx.data();
     a.block_table = table_ptrs.data();
@@ -313,20 +324,46 @@ TEST_F(CudaOpsTest, KvWriteAndPagedAttentionMatchTheCpu) {
     s.n_head = n_head;
     s.n_kv_head = n_kv_head;
     s.head_dim = head_dim;
-    s.scale = 0.125f;
+    s.scale = a.scale;
     s.block = block;
     s.table_stride = stride;
-    s.max_ctx = 384;
+    s.max_ctx = *std::max_element(n_ctx.begin(), n_ctx.end());
     auto dq = on_device(q), dctx = on_device(n_ctx), dtables = on_device(tables),
          dout = on_device(std::vector<float>(q.size()));
+    cuda::DeviceBuffer workspace;
     ASSERT_TRUE(cuda::attention(s, dq.as<float>(), type, dk->get(), dv->get(), kv_dim, dctx.as<std::int32_t>(),
-                                dtables.as<std::int32_t>(), dout.as<float>()).is_ok());
-    expect_close(on_host(dout, static_cast<std::int64_t>(q.size())), want, 1e-5, std::string("attention ") + kv_type_name(type));
-    s.max_ctx = cuda::max_attention_context() + 1;
-    EXPECT_EQ(cuda::attention(s, dq.as<float>(), type, dk->get(), dv->get(), kv_dim, dctx.as<std::int32_t>(),
-                              dtables.as<std::int32_t>(), dout.as<float>()).code(),
-              StatusCode::kInvalidArgument);
+                                dtables.as<std::int32_t>(), dout.as<float>(), &workspace).is_ok());
+    expect_close(on_host(dout, static_cast<std::int64_t>(q.size())), want, 1e-5, "attention " + what);
   }
+}
+
+// How many ranges attention splits each head's positions into (host code,
+// checked everywhere): many for one decode token at a long context, one
+// when tokens and heads fill the device, never ranges under 32 positions.
+TEST(CudaAttentionSplits, FillTheDeviceWithoutTinyRanges) {
+  EXPECT_EQ(cuda::attention_splits(1, 32, 2000), 32);     // 1024 blocks, ranges of 63
+  EXPECT_EQ(cuda::attention_splits(1, 32, 100), 4);       // ranges of 32 at least
+  EXPECT_EQ(cuda::attention_splits(1, 32, 1), 1);
+  EXPECT_EQ(cuda::attention_splits(16, 32, 2000), 2);     // 512 heads
+  EXPECT_EQ(cuda::attention_splits(512, 32, 2000), 1);    // a prefill chunk
+  EXPECT_EQ(cuda::attention_splits(1, 1, 10000000), 1024);
+}
+
+// Refusals: heads wider than the kernel holds, a zero context.
+TEST_F(CudaOpsTest, AttentionRefusesWhatItCannotCompute) {
+  cuda::AttentionShape s;
+  s.n_tokens = 1;
+  s.n_head = 2;
+  s.n_kv_head = 1;
+  s.head_dim = 512;
+  s.max_ctx = 4;
+  cuda::DeviceBuffer workspace;
+  EXPECT_EQ(cuda::attention(s, nullptr, KvType::kF32, nullptr, nullptr, 512, nullptr, nullptr, nullptr, &workspace).code(),
+            StatusCode::kInvalidArgument);
+  s.head_dim = 64;
+  s.max_ctx = 0;
+  EXPECT_EQ(cuda::attention(s, nullptr, KvType::kF32, nullptr, nullptr, 64, nullptr, nullptr, nullptr, &workspace).code(),
+            StatusCode::kInvalidArgument);
 }
 
 }  // namespace

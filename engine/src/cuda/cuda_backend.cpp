@@ -83,7 +83,7 @@ class CudaBackend final : public Backend {
   }
 
   void get_rows(const WeightTensor& table, const std::int32_t* ids, std::int64_t n, float* out) override {
-    const std::int32_t* d_ids = stage(0, ids, n);
+    const std::int32_t* d_ids = stage(kIds, ids, n);
     if (d_ids != nullptr) note(cuda::get_rows(table.type, table.data, table.ne[0], d_ids, n, out));
   }
 
@@ -103,11 +103,11 @@ class CudaBackend final : public Backend {
 
   void rope(float* x, std::int64_t n_tokens, int n_heads, int head_dim, const std::int32_t* positions,
             const RopeParams& p) override {
-    const std::int32_t* d_pos = stage(0, positions, n_tokens);
+    const std::int32_t* d_pos = stage(kPositions, positions, n_tokens);
     if (d_pos == nullptr) return;
     RopeParams dp = p;
     if (p.freq_factors != nullptr) {
-      dp.freq_factors = reinterpret_cast<const float*>(stage(1, reinterpret_cast<const std::int32_t*>(p.freq_factors),
+      dp.freq_factors = reinterpret_cast<const float*>(stage(kFreqFactors, reinterpret_cast<const std::int32_t*>(p.freq_factors),
                                                              p.n_rot / 2));
       if (dp.freq_factors == nullptr) return;
     }
@@ -122,7 +122,7 @@ class CudaBackend final : public Backend {
 
   void kv_write(const KvStorage& kv, int layer, const float* k, const float* v, std::int64_t n_tokens,
                 const std::int32_t* slots) override {
-    const std::int32_t* d_slots = stage(0, slots, n_tokens);
+    const std::int32_t* d_slots = stage(kSlots, slots, n_tokens);
     if (d_slots != nullptr)
       note(cuda::kv_write(kv.type, kv.k_layer(layer), kv.v_layer(layer), kv.kv_dim, k, v, n_tokens, d_slots));
   }
@@ -146,8 +146,8 @@ class CudaBackend final : public Backend {
     for (std::int64_t t = 0; t < a.n_tokens; ++t)
       std::copy(a.block_table[t], a.block_table[t] + (a.n_ctx[t] + kBlockTokens - 1) / kBlockTokens,
                 tables_.begin() + t * stride);
-    const std::int32_t* d_ctx = stage(0, a.n_ctx, a.n_tokens);
-    const std::int32_t* d_tables = stage(1, tables_.data(), static_cast<std::int64_t>(tables_.size()));
+    const std::int32_t* d_ctx = stage(kContexts, a.n_ctx, a.n_tokens);
+    const std::int32_t* d_tables = stage(kTables, tables_.data(), static_cast<std::int64_t>(tables_.size()));
     if (d_ctx == nullptr || d_tables == nullptr) return;
     cuda::AttentionShape s;
     s.n_tokens = a.n_tokens;
@@ -159,7 +159,7 @@ class CudaBackend final : public Backend {
     s.table_stride = stride;
     s.max_ctx = max_ctx;
     note(cuda::attention(s, a.q, a.kv->type, a.kv->k_layer(a.layer), a.kv->v_layer(a.layer), a.kv->kv_dim, d_ctx,
-                         d_tables, a.out));
+                         d_tables, a.out, &attention_workspace_));
   }
 
   void gather_rows(const float* src, const std::int64_t* rows, std::int64_t n_rows, std::int64_t dim,
@@ -202,14 +202,24 @@ class CudaBackend final : public Backend {
     if (e != cudaSuccess) note(internal_error(std::string("CUDA: ") + cudaGetErrorString(e)));
   }
 
-  // A device copy of n host int32s (positions, slots, ids, contexts, block
-  // tables) in staging buffer `which` (two, for operations needing two).
-  // cudaMemcpy from pageable memory waits for the kernels queued before it,
-  // so a buffer is never rewritten under a kernel still reading it.
-  const std::int32_t* stage(int which, const std::int32_t* host, std::int64_t n) {
+  // What stage() copies, each kind in its own buffer.
+  enum Staged { kIds, kPositions, kFreqFactors, kSlots, kContexts, kTables, kStagedKinds };
+
+  // A device copy of n host int32s (ids, positions, slots, contexts, block
+  // tables; f32 frequency factors by their bits). Every layer of a pass
+  // passes the same numbers again: a kind whose numbers equal its last
+  // upload is not copied again, so a pass copies each once instead of once
+  // per layer, and the host waits for the device only at those copies
+  // (cudaMemcpy from pageable memory waits for the kernels queued before
+  // it, so a buffer is never rewritten under a kernel still reading it).
+  const std::int32_t* stage(Staged kind, const std::int32_t* host, std::int64_t n) {
     if (!error_.is_ok()) return nullptr;
-    cuda::DeviceBuffer& b = staging_[which];
-    const std::size_t bytes = static_cast<std::size_t>(std::max<std::int64_t>(n, 1)) * sizeof(std::int32_t);
+    cuda::DeviceBuffer& b = staging_[kind];
+    std::vector<std::int32_t>& last = staged_[kind];
+    const std::size_t count = static_cast<std::size_t>(std::max<std::int64_t>(n, 0));
+    if (last.size() == count && b.get() != nullptr && std::equal(host, host + count, last.begin()))
+      return b.as<std::int32_t>();
+    const std::size_t bytes = std::max<std::size_t>(count, 1) * sizeof(std::int32_t);
     if (b.size() < bytes) {
       Result<cuda::DeviceBuffer> nb = cuda::DeviceBuffer::alloc(bytes * 2);
       if (!nb.is_ok()) {
@@ -218,8 +228,13 @@ class CudaBackend final : public Backend {
       }
       b = std::move(*nb);
     }
-    if (n > 0) note(cuda::to_device(b.get(), host, static_cast<std::size_t>(n) * sizeof(std::int32_t)));
-    return error_.is_ok() ? b.as<std::int32_t>() : nullptr;
+    last.assign(host, host + count);
+    if (count > 0) note(cuda::to_device(b.get(), host, count * sizeof(std::int32_t)));
+    if (!error_.is_ok()) {
+      last.clear();  // the device copy is unknown
+      return nullptr;
+    }
+    return b.as<std::int32_t>();
   }
 
   // Norm and bias weights are stored as f32 by upload().
@@ -229,7 +244,9 @@ class CudaBackend final : public Backend {
   CudaOptions options_;
   std::unique_ptr<cuda::Gemm> gemm_;
   Status error_;
-  cuda::DeviceBuffer staging_[2];
+  cuda::DeviceBuffer staging_[kStagedKinds];
+  cuda::DeviceBuffer attention_workspace_;
+  std::vector<std::int32_t> staged_[kStagedKinds];  // what each staging buffer holds
   std::vector<std::int32_t> tables_;
 };
 

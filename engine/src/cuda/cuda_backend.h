@@ -7,11 +7,14 @@
 // warp-per-row kernels that read each weight once per eight tokens; larger
 // ones go through cuBLAS (cuda_ops.h, Gemm: f32 or bf16 tensor cores).
 //
-// Not yet: uploads of each step's positions, slots and block tables once
-// per pass (today every operation copies what it needs), CUDA graphs,
-// sampling on the device. No kernel here has run on a GPU yet; cuda_tests
-// compares the whole forward pass with the CPU backend where a GPU is
-// present.
+// A pass's positions, slots, contexts and block tables go to the device
+// once (at the first layer that needs them; later layers find the same
+// numbers staged); the host waits for the device there and at the logits'
+// download.
+//
+// Not yet: CUDA graphs, sampling on the device.
+// No kernel here has run on a GPU yet; cuda_tests compares the whole
+// forward pass with the CPU backend where a GPU is present.
 //
 // Errors: upload()/alloc*() as Backend says; a failing kernel or copy is
 // remembered and returned by take_error(), later operations are skipped.

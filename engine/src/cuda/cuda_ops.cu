@@ -363,53 +363,104 @@ __global__ void kv_write_kernel(T* kd, T* vd, std::int64_t kv_dim, const float* 
   store_kv(vd + at, v[job]);
 }
 
-__device__ float block_max(float v) {
-  __shared__ float partial[kThreads / 32];
-  for (int o = 16; o > 0; o /= 2) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  if (lane == 0) partial[warp] = v;
+// Split-K paged attention (flash decoding). The positions of each (token,
+// query head) are cut into n_splits ranges; a block of kAttnWarps warps
+// takes one range, each warp one position at a time: its lanes hold
+// head_dim / 32 numbers of q, of the key and of the running output, so the
+// key and value rows are read whole by one warp (coalesced), and the warp
+// keeps an online softmax (running maximum m, sum l, output scaled to m).
+// The warps then merge into the range's (m, l, output); a second kernel
+// merges the ranges. No context limit, and a decode step of one token
+// still spreads over many blocks.
+constexpr int kAttnWarps = 4;
+constexpr int kMaxHeadDim = 256;
+constexpr int kAttnLaneDims = kMaxHeadDim / 32;
+
+// exp(m - top), 0 for an empty range (m = -inf).
+__device__ inline float rescale(float m, float top) { return m == -INFINITY ? 0.0f : expf(m - top); }
+
+template <typename T>
+__global__ void attention_split_kernel(AttentionShape s, int split_len, const float* q, const T* kd, const T* vd,
+                                       std::int64_t kv_dim, const std::int32_t* n_ctx, const std::int32_t* tables,
+                                       float* part_out, float* part_ml) {
+  const std::int64_t th = blockIdx.x;  // token * n_head + head
+  const int split = static_cast<int>(blockIdx.y), n_splits = static_cast<int>(gridDim.y);
+  const std::int64_t t = th / s.n_head;
+  const int h = static_cast<int>(th % s.n_head);
+  const int kvh = h / (s.n_head / s.n_kv_head);
+  const int warp = static_cast<int>(threadIdx.x) / 32, lane = static_cast<int>(threadIdx.x) % 32;
+  const int p0 = split * split_len, p1 = min(n_ctx[t], p0 + split_len);
+  const std::int32_t* table = tables + t * s.table_stride;
+  const float* qh = q + th * s.head_dim;
+  float qr[kAttnLaneDims], acc[kAttnLaneDims];
+#pragma unroll
+  for (int r = 0; r < kAttnLaneDims; ++r) {
+    const int d = lane + 32 * r;
+    qr[r] = d < s.head_dim ? qh[d] * s.scale : 0.0f;
+    acc[r] = 0.0f;
+  }
+  float m = -INFINITY, l = 0.0f;
+  for (int p = p0 + warp; p < p1; p += kAttnWarps) {
+    const std::int64_t slot = static_cast<std::int64_t>(table[p / s.block]) * s.block + p % s.block;
+    const std::int64_t at = slot * kv_dim + static_cast<std::int64_t>(kvh) * s.head_dim;
+    float dot = 0.0f;
+#pragma unroll
+    for (int r = 0; r < kAttnLaneDims; ++r) {
+      const int d = lane + 32 * r;
+      if (d < s.head_dim) dot += qr[r] * load_kv(kd + at + d);
+    }
+    for (int o = 16; o > 0; o /= 2) dot += __shfl_xor_sync(0xffffffffu, dot, o);
+    const float m_new = fmaxf(m, dot);
+    const float keep = rescale(m, m_new), e = expf(dot - m_new);
+    l = l * keep + e;
+#pragma unroll
+    for (int r = 0; r < kAttnLaneDims; ++r) {
+      const int d = lane + 32 * r;
+      if (d < s.head_dim) acc[r] = acc[r] * keep + e * load_kv(vd + at + d);
+    }
+    m = m_new;
+  }
+  __shared__ float w_m[kAttnWarps], w_l[kAttnWarps], w_out[kAttnWarps][kMaxHeadDim];
+  if (lane == 0) {
+    w_m[warp] = m;
+    w_l[warp] = l;
+  }
+#pragma unroll
+  for (int r = 0; r < kAttnLaneDims; ++r) {
+    const int d = lane + 32 * r;
+    if (d < s.head_dim) w_out[warp][d] = acc[r];
+  }
   __syncthreads();
-  float m = partial[0];
-  for (int w = 1; w < kThreads / 32; ++w) m = fmaxf(m, partial[w]);
-  __syncthreads();
-  return m;
+  float top = -INFINITY;
+  for (int w = 0; w < kAttnWarps; ++w) top = fmaxf(top, w_m[w]);
+  const std::int64_t part = th * n_splits + split;
+  for (int d = static_cast<int>(threadIdx.x); d < s.head_dim; d += 32 * kAttnWarps) {
+    float o = 0.0f;
+    for (int w = 0; w < kAttnWarps; ++w) o += w_out[w][d] * rescale(w_m[w], top);
+    part_out[part * s.head_dim + d] = o;
+  }
+  if (threadIdx.x == 0) {
+    float sum = 0.0f;
+    for (int w = 0; w < kAttnWarps; ++w) sum += w_l[w] * rescale(w_m[w], top);
+    part_ml[2 * part] = top;
+    part_ml[2 * part + 1] = sum;
+  }
 }
 
-// Scores of 12,000 positions (47 KiB) and the reductions' few bytes stay
-// under the default 48 KiB of shared memory per block.
-constexpr int kMaxAttentionContext = 12000;
-
-// One block of kThreads per (token, head); scores in dynamic shared memory.
-template <typename T>
-__global__ void attention_kernel(AttentionShape s, const float* q, const T* kd, const T* vd, std::int64_t kv_dim,
-                                 const std::int32_t* n_ctx, const std::int32_t* tables, float* out) {
-  extern __shared__ float scores[];
-  const std::int64_t t = blockIdx.x / s.n_head;
-  const int h = static_cast<int>(blockIdx.x % s.n_head);
-  const int kvh = h / (s.n_head / s.n_kv_head);
-  const int ctx = min(n_ctx[t], kMaxAttentionContext);  // attention() checked s.max_ctx; this keeps memory safe
-  const float* qh = q + (t * s.n_head + h) * s.head_dim;
-  const std::int32_t* table = tables + t * s.table_stride;
-  auto slot = [&](int p) { return static_cast<std::int64_t>(table[p / s.block]) * s.block + p % s.block; };
-  float local_max = -INFINITY;
-  for (int p = threadIdx.x; p < ctx; p += kThreads) {
-    const T* kp = kd + slot(p) * kv_dim + static_cast<std::int64_t>(kvh) * s.head_dim;
-    float dot = 0;
-    for (int i = 0; i < s.head_dim; ++i) dot += qh[i] * load_kv(kp + i);
-    scores[p] = dot * s.scale;
-    local_max = fmaxf(local_max, scores[p]);
-  }
-  const float m = block_max(local_max);
-  double local_sum = 0;
-  for (int p = threadIdx.x; p < ctx; p += kThreads) {
-    scores[p] = expf(scores[p] - m);
-    local_sum += scores[p];
-  }
-  const float inv = static_cast<float>(1.0 / block_sum(local_sum));  // block_sum synchronises: scores are complete
-  for (int i = threadIdx.x; i < s.head_dim; i += kThreads) {
-    float acc = 0;
-    for (int p = 0; p < ctx; ++p) acc += scores[p] * load_kv(vd + slot(p) * kv_dim + static_cast<std::int64_t>(kvh) * s.head_dim + i);
-    out[(t * s.n_head + h) * s.head_dim + i] = acc * inv;
+// out[t, h] from the ranges' (m, l, output): one block per (token, head).
+__global__ void attention_merge_kernel(int head_dim, int n_splits, const float* part_out, const float* part_ml,
+                                       float* out) {
+  const std::int64_t th = blockIdx.x;
+  const float* ml = part_ml + 2 * th * n_splits;
+  float top = -INFINITY;
+  for (int i = 0; i < n_splits; ++i) top = fmaxf(top, ml[2 * i]);
+  float sum = 0.0f;
+  for (int i = 0; i < n_splits; ++i) sum += ml[2 * i + 1] * rescale(ml[2 * i], top);
+  const float inv = 1.0f / sum;  // every token attends to at least its own position: sum > 0
+  for (int d = static_cast<int>(threadIdx.x); d < head_dim; d += blockDim.x) {
+    float o = 0.0f;
+    for (int i = 0; i < n_splits; ++i) o += part_out[(th * n_splits + i) * head_dim + d] * rescale(ml[2 * i], top);
+    out[th * head_dim + d] = o * inv;
   }
 }
 
@@ -559,25 +610,48 @@ Status kv_write(KvType type, void* k_layer, void* v_layer, std::int64_t kv_dim, 
   return launched("kv_write");
 }
 
-int max_attention_context() { return kMaxAttentionContext; }
+int attention_splits(std::int64_t n_tokens, int n_head, int max_ctx) {
+  // Enough blocks to fill a large GPU (about 1024), ranges of at least 32
+  // positions, one range when the tokens and heads alone fill the device.
+  const std::int64_t heads = std::max<std::int64_t>(1, n_tokens * n_head);
+  const std::int64_t want = (1024 + heads - 1) / heads;
+  const std::int64_t most = std::max<std::int64_t>(1, (max_ctx + 31) / 32);
+  return static_cast<int>(std::clamp<std::int64_t>(want, 1, std::min<std::int64_t>(most, 65535)));
+}
 
 Status attention(const AttentionShape& s, const float* q, KvType type, const void* k_layer, const void* v_layer,
-                 std::int64_t kv_dim, const std::int32_t* n_ctx, const std::int32_t* tables, float* out) {
+                 std::int64_t kv_dim, const std::int32_t* n_ctx, const std::int32_t* tables, float* out,
+                 DeviceBuffer* workspace) {
   if (s.n_tokens == 0) return Status::ok();
   if (s.n_head <= 0 || s.n_kv_head <= 0 || s.n_head % s.n_kv_head != 0 || s.head_dim <= 0 || s.block <= 0)
     return invalid_argument("CUDA attention: bad head counts or block size");
-  if (s.max_ctx > kMaxAttentionContext)
-    return invalid_argument("CUDA attention: a context of " + std::to_string(s.max_ctx) + " positions is longer than " +
-                            std::to_string(kMaxAttentionContext) + ", which this kernel holds");
-  const std::size_t shared = sizeof(float) * static_cast<std::size_t>(kMaxAttentionContext);
-  const unsigned grid = static_cast<unsigned>(s.n_tokens * s.n_head);
+  if (s.head_dim > kMaxHeadDim)
+    return invalid_argument("CUDA attention: heads of " + std::to_string(s.head_dim) + " numbers (at most " +
+                            std::to_string(kMaxHeadDim) + ")");
+  if (s.max_ctx < 1) return invalid_argument("CUDA attention: every token attends to at least one position");
+  const int n_splits = attention_splits(s.n_tokens, s.n_head, s.max_ctx);
+  const int split_len = (s.max_ctx + n_splits - 1) / n_splits;
+  const std::int64_t parts = s.n_tokens * s.n_head * n_splits;
+  const std::size_t bytes = static_cast<std::size_t>(parts * (s.head_dim + 2)) * sizeof(float);
+  if (workspace->size() < bytes) {
+    *workspace = DeviceBuffer();
+    AIRLOCK_ASSIGN_OR_RETURN(*workspace, DeviceBuffer::alloc(bytes));
+  }
+  float* part_out = workspace->as<float>();
+  float* part_ml = part_out + parts * s.head_dim;
+  const dim3 grid(static_cast<unsigned>(s.n_tokens * s.n_head), static_cast<unsigned>(n_splits));
   if (type == KvType::kF16)
-    attention_kernel<<<grid, kThreads, shared>>>(s, q, static_cast<const __half*>(k_layer),
-                                                 static_cast<const __half*>(v_layer), kv_dim, n_ctx, tables, out);
+    attention_split_kernel<<<grid, 32 * kAttnWarps>>>(s, split_len, q, static_cast<const __half*>(k_layer),
+                                                      static_cast<const __half*>(v_layer), kv_dim, n_ctx, tables,
+                                                      part_out, part_ml);
   else
-    attention_kernel<<<grid, kThreads, shared>>>(s, q, static_cast<const float*>(k_layer),
-                                                 static_cast<const float*>(v_layer), kv_dim, n_ctx, tables, out);
-  return launched("attention");
+    attention_split_kernel<<<grid, 32 * kAttnWarps>>>(s, split_len, q, static_cast<const float*>(k_layer),
+                                                      static_cast<const float*>(v_layer), kv_dim, n_ctx, tables,
+                                                      part_out, part_ml);
+  AIRLOCK_RETURN_IF_ERROR(launched("attention"));
+  attention_merge_kernel<<<static_cast<unsigned>(s.n_tokens * s.n_head), 128>>>(s.head_dim, n_splits, part_out,
+                                                                               part_ml, out);
+  return launched("attention merge");
 }
 
 namespace {

@@ -2,8 +2,8 @@
 // counterpart of a CpuBackend operation of the same name (backend.h) and
 // checked against it (tests/engine/cuda_ops_test.cpp, `ctest -L gpu`).
 // CudaBackend (cuda_backend.h) runs the model with them; airlockd selects
-// it with device = "cuda" or "auto". Sampling on the device, CUDA graphs,
-// split-K attention and NCCL are still to be written.
+// it with device = "cuda" or "auto". Sampling on the device, CUDA graphs
+// and NCCL are still to be written.
 //
 // Every pointer is device memory unless its comment says otherwise. Calls
 // run on the current device's default stream and return once the work is
@@ -132,9 +132,13 @@ Status kv_write(KvType type, void* k_layer, void* v_layer, std::int64_t kv_dim, 
 // out[t, h] = softmax_p(scale * q[t, h] . k_p) weighted sum of v_p over the
 // positions p < n_ctx[t] of its sequence, whose slots are
 // tables[t * table_stride + p / block] * block + p % block; key/value head
-// h / (n_head / n_kv_head). One thread block per (token, head) holding the
-// scores in shared memory: contexts longer than max_attention_context()
-// are refused (kInvalidArgument); split-K decoding is still to be written.
+// h / (n_head / n_kv_head). Split-K (flash decoding): each (token, head)'s
+// positions are cut into attention_splits() ranges computed by separate
+// blocks with an online softmax, then merged, so one decode token at a long
+// context still fills the device; no context limit. Heads of at most 256
+// numbers (kInvalidArgument beyond). `workspace` holds the ranges' partial
+// results and grows as needed (n_tokens * n_head * splits * (head_dim + 2)
+// floats).
 struct AttentionShape {
   std::int64_t n_tokens = 0;
   int n_head = 0, n_kv_head = 0, head_dim = 0;
@@ -143,8 +147,11 @@ struct AttentionShape {
   std::int64_t table_stride = 0;  // entries per token in `tables`
   int max_ctx = 0;                // the longest n_ctx (known on the host)
 };
-int max_attention_context();
+// Ranges per (token, head): about 1024 blocks in all, ranges of at least 32
+// positions.
+int attention_splits(std::int64_t n_tokens, int n_head, int max_ctx);
 Status attention(const AttentionShape& s, const float* q, KvType type, const void* k_layer, const void* v_layer,
-                 std::int64_t kv_dim, const std::int32_t* n_ctx, const std::int32_t* tables, float* out);
+                 std::int64_t kv_dim, const std::int32_t* n_ctx, const std::int32_t* tables, float* out,
+                 DeviceBuffer* workspace);
 
 }  // namespace airlock::engine::cuda
