@@ -4,7 +4,8 @@
 // with 8 and 16 sequences, and this machine's memory read bandwidth in the
 // same run, and reports batch-1 generation as a fraction of the roofline
 // (bandwidth measured right before each round / bytes read per token, median
-// over the rounds): once counting the weights alone, once
+// over the rounds; the token embedding table counts one row, as one row is
+// read): once counting the weights alone, once
 // counting the weights and the KV cache attention reads at the measured
 // context (f16 by default, as airlockd stores it).
 //
@@ -148,7 +149,7 @@ void run_model(const std::string& path, const std::string& label, int n_threads,
   }
   const double tg1 = median(tg1s);
   const double tg_batch[2] = {median(tg8s), median(tg16s)};
-  const double bytes_per_token = static_cast<double>(m.weight_bytes());
+  const double bytes_per_token = static_cast<double>(m.weight_bytes_per_token());
   // Batch 1 also reads every cached key and value of its context: the
   // middle round's context length.
   const double kv_bytes_per_token = static_cast<double>(m.kv_bytes_per_block(g_kv_type)) / kBlockTokens *

@@ -155,6 +155,8 @@ Status Model::load_weights() {
   p.n_vocab = static_cast<int>(embd->ne[1]);
   const std::int64_t q_dim = static_cast<std::int64_t>(p.n_head) * p.head_dim;
   AIRLOCK_RETURN_IF_ERROR(get("token_embd.weight", p.n_embd, p.n_vocab, &tok_embd_));
+  embd_bytes_ = embd->data.size();
+  embd_row_bytes_ = row_bytes(embd->type, p.n_embd);
   AIRLOCK_RETURN_IF_ERROR(get("output_norm.weight", p.n_embd, 1, &output_norm_));
   p.tied_output = f.tensor("output.weight") == nullptr;
   if (p.tied_output) output_ = tok_embd_;
@@ -190,6 +192,10 @@ Status Model::load_weights() {
     AIRLOCK_RETURN_IF_ERROR(get_part(b + "ffn_down.weight", p.n_ff, p.n_embd, &l.w_down, Split::kCols, f0, f1));
   }
   return Status::ok();
+}
+
+std::uint64_t Model::weight_bytes_per_token() const {
+  return params_.tied_output ? weight_bytes_ : weight_bytes_ - embd_bytes_ + embd_row_bytes_;
 }
 
 Result<KvStorage> Model::alloc_kv(int n_blocks, KvType type) const {

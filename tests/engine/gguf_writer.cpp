@@ -5,6 +5,7 @@
 #include <cstring>
 #include <random>
 #include <stdexcept>
+#include <thread>
 
 namespace airlock::testing {
 
@@ -86,6 +87,52 @@ void GgufWriter::add_tensor(const std::string& name, GgmlType type, std::vector<
   tensors_.push_back({name, type, std::move(ne), std::move(data)});
 }
 
+void GgufWriter::add_tensor_bytes(const std::string& name, GgmlType type, std::vector<std::int64_t> ne,
+                                  std::string data) {
+  std::int64_t rows = 1;
+  for (std::size_t i = 1; i < ne.size(); ++i) rows *= ne[i];
+  if (data.size() != engine::row_bytes(type, ne[0]) * static_cast<std::size_t>(rows))
+    throw std::runtime_error("tensor size mismatch");
+  tensors_.push_back({name, type, std::move(ne), std::move(data)});
+}
+
+namespace {
+
+// Rows of uniform numbers on [-sqrt(3), sqrt(3)) (unit variance) times
+// `scale`, plus `offset`, quantised to `type`, made by every core: each
+// slice of rows has its own xorshift64 stream seeded from `seed`, so the
+// bytes do not depend on the thread count.
+std::string bench_tensor(GgmlType type, std::int64_t ne0, std::int64_t ne1, float scale, float offset,
+                         std::uint64_t seed) {
+  const std::size_t rb = engine::row_bytes(type, ne0);
+  std::string data(rb * static_cast<std::size_t>(ne1), '\0');
+  constexpr std::int64_t kSlice = 64;  // rows per stream
+  const std::int64_t n_slices = (ne1 + kSlice - 1) / kSlice;
+  const int n_threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  auto work = [&](int t) {
+    std::vector<float> row(static_cast<std::size_t>(ne0));
+    for (std::int64_t sl = t; sl < n_slices; sl += n_threads) {
+      std::uint64_t x = (seed + static_cast<std::uint64_t>(sl) + 1) * 0x9E3779B97F4A7C15ull;
+      for (std::int64_t r = sl * kSlice; r < std::min(ne1, (sl + 1) * kSlice); ++r) {
+        for (float& v : row) {
+          x ^= x << 13;
+          x ^= x >> 7;
+          x ^= x << 17;
+          v = offset + scale * (static_cast<float>(x >> 40) * (3.4641016f / 16777216.0f) - 1.7320508f);
+        }
+        engine::quantize_row(type, row.data(), data.data() + rb * static_cast<std::size_t>(r), ne0);
+      }
+    }
+  };
+  std::vector<std::thread> threads;
+  for (int t = 1; t < n_threads; ++t) threads.emplace_back(work, t);
+  work(0);
+  for (std::thread& th : threads) th.join();
+  return data;
+}
+
+}  // namespace
+
 std::string GgufWriter::bytes(std::uint32_t version) const {
   std::string out = "GGUF" + le(version) + le<std::uint64_t>(tensors_.size()) + le(n_kv_) + kv_;
   std::uint64_t offset = 0;
@@ -124,11 +171,18 @@ TestModel make_test_model(const TestModelSpec& spec_in) {
   w.set_f32(s.arch + ".attention.layer_norm_rms_epsilon", 1e-5f);
   if (s.metadata) s.metadata(w);
 
+  std::uint64_t bench_seed = s.seed;
   auto add = [&](const std::string& name, std::int64_t ne0, std::int64_t ne1, float scale, bool norm) {
-    std::vector<float> v(static_cast<std::size_t>(ne0 * ne1));
-    for (float& x : v) x = norm ? 1.0f + 0.1f * gauss(rng) : scale * gauss(rng);
     GgmlType type = norm ? GgmlType::kF32 : s.weight_type;
     std::vector<std::int64_t> ne = ne1 == 1 ? std::vector<std::int64_t>{ne0} : std::vector<std::int64_t>{ne0, ne1};
+    if (s.bench_weights) {
+      bench_seed += 0x100000;  // a fresh range of streams per tensor
+      w.add_tensor_bytes(name, type, ne,
+                         bench_tensor(type, ne0, ne1, norm ? 0.1f : scale, norm ? 1.0f : 0.0f, bench_seed));
+      return;
+    }
+    std::vector<float> v(static_cast<std::size_t>(ne0 * ne1));
+    for (float& x : v) x = norm ? 1.0f + 0.1f * gauss(rng) : scale * gauss(rng);
     w.add_tensor(name, type, ne, v);
     // What the engine will read: quantise then dequantise.
     std::vector<float> back(v.size());

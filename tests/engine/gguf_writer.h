@@ -30,6 +30,8 @@ class GgufWriter {
   // Quantises `values` (ne[0] * ne[1] floats, row-major rows of ne[0]).
   void add_tensor(const std::string& name, engine::GgmlType type, std::vector<std::int64_t> ne,
                   const std::vector<float>& values);
+  // A tensor whose bytes are already in `type` (row_bytes(type, ne[0]) per row).
+  void add_tensor_bytes(const std::string& name, engine::GgmlType type, std::vector<std::int64_t> ne, std::string data);
   std::string bytes(std::uint32_t version = 3) const;
 
  private:
@@ -60,6 +62,10 @@ struct TestModelSpec {
   std::uint32_t seed = 1;
   // Adds more metadata (a tokenizer, say) after the hyper-parameters.
   std::function<void(GgufWriter&)> metadata;
+  // For benchmarks of billions of weights: uniform numbers of the same
+  // variance from a cheap generator instead of Gaussian ones, and
+  // TestModel::weights left empty (no reference forward possible).
+  bool bench_weights = false;
 };
 
 struct TestModel {

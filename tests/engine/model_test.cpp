@@ -227,6 +227,21 @@ TEST(BatchTest, KvExhaustionIsAllOrNothingAndFreedBlocksAreReused) {
   EXPECT_EQ(cache.length(1), 30);
 }
 
+// A decode step reads every matrix but only one row of the embedding
+// table, unless that table is also the output matrix.
+TEST(BatchTest, WeightBytesPerTokenCountOneEmbeddingRow) {
+  for (bool tied : {false, true}) {
+    Loaded l = load(spec("llama", 64, 4, 2, 96, tied, GgmlType::kQ8_0));
+    const Model& m = *l.model;
+    const GgufTensor* embd = m.gguf().tensor("token_embd.weight");
+    ASSERT_NE(embd, nullptr);
+    if (tied)
+      EXPECT_EQ(m.weight_bytes_per_token(), m.weight_bytes());
+    else
+      EXPECT_EQ(m.weight_bytes_per_token(), m.weight_bytes() - embd->data.size() + row_bytes(GgmlType::kQ8_0, 64));
+  }
+}
+
 // scratch_bytes() is what the forward pass really allocates: a device's KV
 // budget leaves exactly that much free for activations (here counted on a
 // backend that sums its allocations), for a qwen2 shape whose query heads

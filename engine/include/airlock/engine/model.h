@@ -104,6 +104,10 @@ class Model {
   Backend& backend() const { return *backend_; }
   std::uint64_t n_params() const { return n_params_; }         // held by this rank
   std::uint64_t weight_bytes() const { return weight_bytes_; }  // held by this rank
+  // Weight bytes one decode step reads: every matrix, but of the token
+  // embedding table (unless it is also the output matrix) only one row. The
+  // numerator of a batch-1 roofline.
+  std::uint64_t weight_bytes_per_token() const;
 
   // KV storage for `n_blocks` blocks of kBlockTokens positions of this
   // rank's key/value heads, as `type` (KvType says what F16 trades).
@@ -153,6 +157,8 @@ class Model {
   Status group_failure_;
   std::uint64_t n_params_ = 0;
   std::uint64_t weight_bytes_ = 0;
+  std::uint64_t embd_bytes_ = 0;      // the token embedding table
+  std::uint64_t embd_row_bytes_ = 0;  // one row of it
 };
 
 }  // namespace airlock::engine
