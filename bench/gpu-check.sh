@@ -1,50 +1,126 @@
 #!/usr/bin/env bash
 # The GPU check (issue 7), one command on a machine with an NVIDIA GPU:
 #   bench/gpu-check.sh [BUILD_DIR]
-# Builds the CUDA code when BUILD_DIR has no test binaries yet (needs the
-# project's build dependencies and nvcc; otherwise build here with
-# `make build` and bring BUILD_DIR along), then runs the GPU tests
-# (`ctest -L gpu`: every CUDA operation against the CPU backend) and
-# compute-sanitizer memcheck on them, and prints a short table.
-#
-# The GPU tests include whole forward passes on the CUDA backend against the
-# CPU backend for every weight type (CudaForwardTest). What it cannot check
-# yet: the kernels are reference-speed and sampling, CUDA graphs and NCCL
-# are not written, so there is no GPU decode benchmark to run; the table
-# says so instead of printing numbers.
+# 1. Builds the CUDA code when BUILD_DIR lacks the binaries (needs the
+#    project's build dependencies and nvcc), for this GPU's architecture
+#    only unless CUDA_ARCHS is set.
+# 2. Runs the GPU tests (`ctest -L gpu`: every CUDA operation and whole
+#    forward passes against the CPU backend) and compute-sanitizer memcheck
+#    on the operation tests.
+# 3. Runs the GPU benchmark (bench/gpu_bench: Llama-3-8B shape, BF16 and
+#    Q8_0) and, where PyTorch is installed, the same shapes in PyTorch
+#    (bench/torch_decode.py), side by side in this run.
+# 4. Unless GPU_CHECK_HTTP=0: serve_bench on an 8B-shaped Q8_0 model over
+#    HTTP (airlockd's server in-process) against the engine alone.
+# Prints a short table. Knobs: GPU_BENCH_LAYERS (default 32; fewer for a
+# quick run, the roofline fraction stays meaningful), GPU_CHECK_BENCH=0 to
+# run the tests only.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 build=${1:-build}
-
-if [ ! -x "$build/tests/cuda_tests" ]; then
-  cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DAIRLOCK_CUDA=ON -DAIRLOCK_WERROR=ON || exit 2
-  cmake --build "$build" -j "$(nproc)" --target cuda_tests || exit 2
-fi
+layers=${GPU_BENCH_LAYERS:-32}
+status=0
 
 gpu=$(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null | head -1)
 [ -n "$gpu" ] || gpu="none found by nvidia-smi"
+if [ -z "${CUDA_ARCHS:-}" ]; then
+  cap=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -1 | tr -d '.')
+  CUDA_ARCHS=${cap:-"80;89;90"}
+fi
 
-tests_out=$(cd "$build" && ctest -L gpu --output-on-failure 2>&1)
+targets="cuda_tests gpu_bench serve_bench airlock-gen-model"
+missing=0
+for t in tests/cuda_tests bench/gpu_bench bench/serve_bench tools/airlock-gen-model; do
+  [ -x "$build/$t" ] || missing=1
+done
+if [ "$missing" = 1 ]; then
+  t0=$(date +%s)
+  cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DAIRLOCK_CUDA=ON "-DCMAKE_CUDA_ARCHITECTURES=$CUDA_ARCHS" \
+    -DAIRLOCK_WERROR=ON > "$build.cmake.log" 2>&1 || { tail -30 "$build.cmake.log"; exit 2; }
+  # shellcheck disable=SC2086
+  cmake --build "$build" -j "$(nproc)" --target $targets > "$build.build.log" 2>&1 || { tail -40 "$build.build.log"; exit 2; }
+  echo "built in $(( $(date +%s) - t0 )) s for sm_$CUDA_ARCHS"
+fi
+
+tests_out=$(cd "$build" && timeout 900 ctest -L gpu --output-on-failure 2>&1)
 tests_rc=$?
+[ "$tests_rc" -eq 0 ] || status=1
 summary=$(printf '%s\n' "$tests_out" | grep -E "tests passed|tests failed" | tail -1)
 skipped=$(printf '%s\n' "$tests_out" | grep -c '\*\*\*Skipped' || true)
+printf '%s\n' "$tests_out" | grep -E "\*\*\*Failed|\*\*\*Exception|\*\*\*Timeout|tests passed|tests failed" | tail -25
 
 sanitizer="not installed"
-if command -v compute-sanitizer >/dev/null 2>&1 || [ -x /usr/local/cuda/bin/compute-sanitizer ]; then
-  cs=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
-  if "$cs" --tool memcheck --error-exitcode 1 "$build/tests/cuda_tests" > "$build/memcheck.log" 2>&1; then
+cs=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
+if [ -x "$cs" ]; then
+  if timeout 900 "$cs" --tool memcheck --error-exitcode 1 "$build/tests/cuda_tests" \
+      --gtest_filter='CudaOps*:CudaAttention*:CudaWeight*' > "$build/memcheck.log" 2>&1; then
     sanitizer="clean"
   else
     sanitizer="ERRORS (see $build/memcheck.log)"
+    status=1
+    tail -20 "$build/memcheck.log"
   fi
 fi
 
-printf '%s\n' "$tests_out" | tail -25
+results=$(mktemp)
+run_bench() {  # label, command...
+  local label=$1
+  shift
+  echo
+  echo "== $label"
+  if ! timeout 900 "$@" 2>&1 | tee -a "$results"; then
+    echo "$label: FAILED"
+    status=1
+  fi
+}
+if [ "${GPU_CHECK_BENCH:-1}" != 0 ]; then
+  run_bench "gpu_bench BF16" "$build/bench/gpu_bench" --type BF16 --layers "$layers"
+  sed -i 's/^RESULT \([a-z0-9_]*\) /RESULT bf16_\1 /' "$results"
+  run_bench "gpu_bench Q8_0" "$build/bench/gpu_bench" --type Q8_0 --layers "$layers"
+  sed -i 's/^RESULT \([a-z0-9_]*\) /RESULT q8_\1 /; s/^RESULT q8_bf16_/RESULT bf16_/; s/^RESULT q8_torch_/RESULT torch_/' "$results"
+  if python3 -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; then
+    run_bench "PyTorch, same shapes" python3 bench/torch_decode.py --layers "$layers"
+  else
+    echo "PyTorch with CUDA not importable: no comparison" | tee -a "$results"
+  fi
+  if [ "${GPU_CHECK_HTTP:-1}" != 0 ]; then
+    model=${TMPDIR:-/tmp}/airlock-8b-q8_0.gguf
+    if "$build/tools/airlock-gen-model" "$model" --embd 4096 --layers "$layers" --ff 14336 --heads 32 --kv-heads 8 \
+        --ctx 4096 --type Q8_0 --bench-weights > /dev/null; then
+      run_bench "serve_bench, 8B-shaped Q8_0 over HTTP" "$build/bench/serve_bench" "$model" --device cuda \
+        --clients 1,16 --tokens 64
+      rm -f "$model"
+    else
+      echo "could not write $model"
+      status=1
+    fi
+  fi
+fi
+
+get() { grep -E "^RESULT $1 " "$results" | tail -1 | awk '{print $3}'; }
+ratio() { [ -n "$1" ] && [ -n "$2" ] && awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b }'; }
 echo
 echo "| check | result |"
 echo "|---|---|"
 echo "| GPU | $gpu |"
+echo "| commit | $(git rev-parse --short HEAD 2>/dev/null || echo unknown) |"
 echo "| ctest -L gpu | ${summary:-no result} (skipped: $skipped) |"
-echo "| compute-sanitizer memcheck, cuda_tests | $sanitizer |"
-echo "| decode benchmark vs HBM roofline | not written yet (reference-speed kernels) |"
-[ "$tests_rc" -eq 0 ] && [ "$sanitizer" != "ERRORS (see $build/memcheck.log)" ]
+echo "| compute-sanitizer memcheck, operation tests | $sanitizer |"
+if [ "${GPU_CHECK_BENCH:-1}" != 0 ]; then
+  echo "| copy bandwidth | $(get bf16_bandwidth_gbs) GB/s |"
+  for t in bf16 q8; do
+    echo "| $t batch-1 decode | $(get ${t}_tg1) tok/s, $(get ${t}_tg1_roofline_pct)% of roofline (target 90%) |"
+    echo "| $t TTFT 2000 tokens | $(get ${t}_ttft_s) s |"
+    echo "| $t aggregate 16 / 64 / 128 | $(get ${t}_tg16) / $(get ${t}_tg64) / $(get ${t}_tg128) tok/s |"
+  done
+  if [ -n "$(get torch_tg1_graph)" ]; then
+    echo "| PyTorch BF16 batch-1 eager / CUDA graph | $(get torch_tg1_eager) / $(get torch_tg1_graph) tok/s |"
+    echo "| airlock BF16 / PyTorch CUDA graph, batch 1 | $(ratio "$(get bf16_tg1)" "$(get torch_tg1_graph)") |"
+    echo "| PyTorch / airlock BF16 TTFT (above 1: airlock faster) | $(ratio "$(get torch_ttft_s)" "$(get bf16_ttft_s)") |"
+    for b in 16 64 128; do
+      echo "| airlock BF16 / PyTorch, $b sequences | $(ratio "$(get bf16_tg$b)" "$(get torch_tg$b)") |"
+    done
+  fi
+fi
+rm -f "$results"
+exit "$status"

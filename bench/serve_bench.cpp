@@ -10,7 +10,7 @@
 // with the model loaded from the GGUF directly (no bundle store): the bundle
 // checks happen once at start and are not part of serving.
 //
-// usage: serve_bench MODEL.gguf [--tokens N] [--threads T] [--clients 1,4,16]
+// usage: serve_bench MODEL.gguf [--tokens N] [--threads T] [--clients 1,4,16] [--device cpu|cuda|auto]
 #include <httplib.h>
 
 #include <algorithm>
@@ -25,6 +25,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "airlock/engine/backend_registry.h"
 #include "airlock/engine/thread_pool.h"
 #include "model_host.h"
 #include "server.h"
@@ -44,11 +45,15 @@ std::string prompt_text(int run, int i) {
   return std::to_string(run) + "/" + std::to_string(i) + " story: once upon a time, in a small town,";
 }
 
-std::shared_ptr<LoadedModel> load(const std::string& path, int threads, int max_running) {
+std::shared_ptr<LoadedModel> load(const std::string& path, engine::Device device, int threads, int max_running) {
   auto m = std::make_shared<LoadedModel>();
   m->id = "bench";
-  auto pool = std::make_shared<engine::ThreadPool>(threads);
-  auto model = engine::Model::load(path, engine::make_cpu_backend(pool));
+  auto backend = engine::make_backend(device, threads);
+  if (!backend.is_ok()) {
+    std::fprintf(stderr, "serve_bench: %s\n", backend.status().to_string().c_str());
+    std::exit(2);
+  }
+  auto model = engine::Model::load(path, std::move(*backend));
   if (!model.is_ok()) {
     std::fprintf(stderr, "serve_bench: %s\n", model.status().to_string().c_str());
     std::exit(2);
@@ -148,24 +153,29 @@ double percentile(std::vector<double> v, double p) {
 
 int main(int argc, char** argv) {
   if (argc < 2) {
-    std::fprintf(stderr, "usage: serve_bench MODEL.gguf [--tokens N] [--threads T] [--clients 1,4,16]\n");
+    std::fprintf(stderr, "usage: serve_bench MODEL.gguf [--tokens N] [--threads T] [--clients 1,4,16] [--device cpu|cuda|auto]\n");
     return 2;
   }
   const std::string path = argv[1];
   int tokens = 64, threads = 0;
+  engine::Device device = engine::Device::kCpu;
   std::vector<int> counts = {1, 4, 16};
   for (int i = 2; i + 1 < argc; i += 2) {
     const std::string a = argv[i];
     if (a == "--tokens") tokens = std::atoi(argv[i + 1]);
     else if (a == "--threads") threads = std::atoi(argv[i + 1]);
-    else if (a == "--clients") {
+    else if (a == "--device") {
+      const std::optional<engine::Device> d = engine::parse_device(argv[i + 1]);
+      if (!d) return std::fprintf(stderr, "serve_bench: --device must be cpu, cuda or auto\n"), 2;
+      device = *d;
+    } else if (a == "--clients") {
       counts.clear();
       std::stringstream ss(argv[i + 1]);
       for (std::string x; std::getline(ss, x, ',');) counts.push_back(std::atoi(x.c_str()));
     }
   }
   const int max_clients = *std::max_element(counts.begin(), counts.end());
-  std::shared_ptr<LoadedModel> model = load(path, threads, max_clients);
+  std::shared_ptr<LoadedModel> model = load(path, device, threads, max_clients);
   Metrics metrics;
   Config config;
   config.listen_port = 0;

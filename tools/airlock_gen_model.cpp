@@ -1,5 +1,5 @@
 // airlock-gen-model OUT.gguf [--embd N] [--layers N] [--ff N] [--heads N]
-//                   [--kv-heads N] [--ctx N] [--f32]
+//                   [--kv-heads N] [--ctx N] [--f32 | --type T] [--bench-weights]
 // airlock-gen-model --model2vec OUT_DIR --tokenizer TOKENIZER.json|builtin [--dim N] [--seed N]
 // airlock-gen-model --answer TEXT OUT.gguf
 // airlock-gen-model --bert OUT.gguf --vocab VOCAB.gguf
@@ -8,6 +8,8 @@
 // tokenizes). For demos, tests and benchmarks on machines without a real
 // model: its output is random text. The defaults make a 2.5 MB model;
 // --embd 2048 --layers 16 --ff 5632 --heads 32 --kv-heads 8 is ~1B parameters.
+// --bench-weights draws uniform weights from a fast generator on every core
+// (for multi-GB benchmark models; the output is random text either way).
 //
 // --model2vec writes a model2vec directory (model.safetensors with random
 // Gaussian token vectors, the given WordPiece tokenizer.json, config.json):
@@ -234,7 +236,7 @@ int main(int argc, char** argv) {
   if (argc < 2) {
     std::fprintf(stderr,
                  "usage: airlock-gen-model OUT.gguf [--embd N] [--layers N] [--ff N] [--heads N] [--kv-heads N] "
-                 "[--ctx N] [--f32 | --type Q8_0|Q4_K|...]\n");
+                 "[--ctx N] [--f32 | --type Q8_0|Q4_K|...] [--bench-weights]\n");
     return 2;
   }
   using namespace airlock;
@@ -251,6 +253,10 @@ int main(int argc, char** argv) {
     const std::string a = argv[i];
     if (a == "--f32") {
       spec.weight_type = engine::GgmlType::kF32;
+      continue;
+    }
+    if (a == "--bench-weights") {
+      spec.bench_weights = true;
       continue;
     }
     if (a == "--type" && i + 1 < argc) {  // weight type by GGUF name: F32, F16, Q8_0, Q4_K, ...
