@@ -79,7 +79,8 @@ in_chroot apt-get update -q > "$work/update.log" 2>&1 || { cat "$work/update.log
 in_chroot apt-get install -y -q airlock > "$work/install.log" 2>&1 || { cat "$work/install.log"; fail "apt-get install"; }
 for f in /usr/sbin/airlockd /usr/bin/airlock /etc/airlock/airlockd.toml /usr/lib/systemd/system/airlockd.service \
          /usr/lib/systemd/system/airlockd.socket /usr/share/airlock/systemd/private-network.conf \
-         /usr/lib/sysusers.d/airlock.conf /usr/lib/tmpfiles.d/airlock.conf /usr/share/doc/airlock/daemon.md; do
+         /usr/share/airlock/systemd/nvidia-gpu.conf /usr/lib/sysusers.d/airlock.conf /usr/lib/tmpfiles.d/airlock.conf \
+         /usr/share/doc/airlock/daemon.md; do
   [ -e "$chroot_dir$f" ] || fail "missing $f"
 done
 [ -d "$chroot_dir/var/lib/airlock/bundles" ] && [ -d "$chroot_dir/etc/airlock/trusted.d" ] || fail "directories"
@@ -135,7 +136,8 @@ fi
 echo "tampered rpm refused: $(head -1 "$work/tampered.log")"
 rpm --root "$rpmroot" --define '_pkgverify_level all' -i --nodeps --noscripts "$work"/repo1/rpm/*.rpm
 for f in /usr/sbin/airlockd /usr/bin/airlock /etc/airlock/airlockd.toml /usr/lib/systemd/system/airlockd.service \
-         /usr/lib/systemd/system/airlockd.socket /usr/share/airlock/systemd/private-network.conf; do
+         /usr/lib/systemd/system/airlockd.socket /usr/share/airlock/systemd/private-network.conf \
+         /usr/share/airlock/systemd/nvidia-gpu.conf; do
   [ -e "$rpmroot$f" ] || fail "rpm did not install $f"
 done
 rpm --root "$rpmroot" -qc airlock | grep -q /etc/airlock/airlockd.toml || fail "config not marked %config"

@@ -2,9 +2,9 @@
 # Offline checks of the systemd units and the default configuration (no
 # running systemd needed):
 #   systemd-analyze verify (any message on stderr fails) of airlockd.service
-#   and airlockd.socket, alone and with the private-network drop-in,
-#   systemd-analyze security --offline with an exposure threshold of 1.5
-#   (with and without the drop-in), systemctl --root enable, systemd-sysusers --root and systemd-tmpfiles --root, and
+#   and airlockd.socket, alone and with each drop-in (private-network,
+#   nvidia-gpu), systemd-analyze security --offline with an exposure
+#   threshold of 1.5 (without and with each drop-in), systemctl --root enable, systemd-sysusers --root and systemd-tmpfiles --root, and
 #   airlockd --check-config on the shipped airlockd.toml.
 # usage: check_units.sh SOURCE_DIR AIRLOCKD
 set -euo pipefail
@@ -36,6 +36,15 @@ if [ -s "$work/verify-socket.err" ]; then
   echo "FAIL: systemd-analyze verify (socket activation) printed:"; cat "$work/verify-socket.err"; exit 1
 fi
 
+# The GPU drop-in, verified as installed.
+mkdir -p "$work/verify-gpu/airlockd.service.d"
+cp "$work/verify/airlockd.service" "$work/verify-gpu/"
+cp "$src/systemd/nvidia-gpu.conf" "$work/verify-gpu/airlockd.service.d/"
+SYSTEMD_UNIT_PATH="$work/verify-gpu:" systemd-analyze verify "$work/verify-gpu/airlockd.service" 2> "$work/verify-gpu.err"
+if [ -s "$work/verify-gpu.err" ]; then
+  echo "FAIL: systemd-analyze verify (nvidia-gpu.conf) printed:"; cat "$work/verify-gpu.err"; exit 1
+fi
+
 echo "== systemd-analyze security --offline (threshold 1.5)"
 root="$work/root"
 mkdir -p "$root/etc" "$root/usr/lib/systemd/system" "$root/usr/lib/sysusers.d" "$root/usr/lib/tmpfiles.d" "$root/usr/sbin"
@@ -53,6 +62,15 @@ systemd-analyze security --offline=yes --root="$root" --threshold=15 airlockd.se
 grep -q "✓ PrivateNetwork=" "$work/security-socket.out" || {
   cat "$work/security-socket.out"; echo "FAIL: PrivateNetwork= not in effect with the drop-in"; exit 1; }
 grep "Overall exposure level" "$work/security-socket.out" | sed 's/^/with private-network.conf: /'
+rm -r "$root/etc/systemd/system/airlockd.service.d"
+# With the GPU drop-in: the real /dev, but only the NVIDIA nodes may be opened.
+mkdir -p "$root/etc/systemd/system/airlockd.service.d"
+cp "$src/systemd/nvidia-gpu.conf" "$root/etc/systemd/system/airlockd.service.d/"
+systemd-analyze security --offline=yes --root="$root" --threshold=15 airlockd.service > "$work/security-gpu.out" 2>&1 || {
+  cat "$work/security-gpu.out"; echo "FAIL: exposure above 1.5 with nvidia-gpu.conf"; exit 1; }
+grep "DeviceAllow=" "$work/security-gpu.out" | grep -q "char-nvidia-frontend:rw" || {
+  cat "$work/security-gpu.out"; echo "FAIL: the NVIDIA device ACL is not in effect with nvidia-gpu.conf"; exit 1; }
+grep "Overall exposure level" "$work/security-gpu.out" | sed 's/^/with nvidia-gpu.conf: /'
 rm -r "$root/etc/systemd/system/airlockd.service.d"
 
 echo "== systemctl --root enable"
