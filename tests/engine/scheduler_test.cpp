@@ -144,7 +144,16 @@ TEST(SchedulerTest, RefusesWhatCanNeverFitAndAFullQueue) {
   SchedulerOptions o = opts(4);  // 64 positions
   o.max_waiting = 2;
   o.max_running = 1;
+#if defined(AIRLOCK_TEST_HOOKS)
+  // Steps of at least 5 ms: the running request (50 tokens) outlasts the
+  // submissions below even when this thread is descheduled for a while on
+  // a loaded machine (without it, it could finish first and free its place).
+  setenv("AIRLOCK_TEST_STEP_DELAY_MS", "5", 1);
+#endif
   auto s = Scheduler::start(*l.model, o);
+#if defined(AIRLOCK_TEST_HOOKS)
+  unsetenv("AIRLOCK_TEST_STEP_DELAY_MS");
+#endif
   ASSERT_TRUE(s.is_ok());
   EXPECT_EQ((*s)->max_context(), 64);
   EXPECT_EQ((*s)->submit(greedy(prompt(60, 1), 10)).status().code(), StatusCode::kInvalidArgument);
