@@ -8,7 +8,7 @@
 namespace airlock::engine {
 
 std::uint64_t Model::scratch_bytes(std::int64_t n_tokens, std::int64_t n_logits) const {
-  // forward_pass's buffers: x, h, o (n_embd); q, att (query heads); k, v
+  // activations(): x, h, o (n_embd); q, att (query heads); k, v
   // (key/value heads); gate, up (feed-forward); logits.
   const std::int64_t q_dim = static_cast<std::int64_t>(shard_.n_head) * params_.head_dim,
                      kv_dim = static_cast<std::int64_t>(shard_.n_head_kv) * params_.head_dim;
@@ -17,22 +17,30 @@ std::uint64_t Model::scratch_bytes(std::int64_t n_tokens, std::int64_t n_logits)
 }
 
 Status Model::forward(const Batch& batch, KvCache& cache, const KvStorage& kv, std::vector<float>* logits) {
-  bool rank_specific = false;
-  if (tp_.n_ranks == 1) return forward_pass(batch, cache, kv, logits, &rank_specific);
-  if (!group_failure_.is_ok())
+  if (tp_.n_ranks > 1 && !group_failure_.is_ok())
     return unavailable("tensor-parallel rank " + std::to_string(tp_.rank) + " is unusable after a failed pass (" +
                        group_failure_.to_string() + "); load the model again");
-  Status s = forward_pass(batch, cache, kv, logits, &rank_specific);
-  if (!s.is_ok() && rank_specific) {
-    // The other ranks may be waiting for this one in a collective.
-    tp_.comm->abort(s);
-    group_failure_ = s;
+  // check() and commit() fail alike on every rank of a tensor-parallel
+  // group; prepare() and compute() may fail on one rank only, which must
+  // then abort the group (the others may be waiting in a collective).
+  AIRLOCK_ASSIGN_OR_RETURN(const std::int64_t n_out, check(batch, cache));
+  // Buffers before the cache: a failed allocation leaves the cache untouched.
+  Status s = prepare(static_cast<std::int64_t>(batch.size()), n_out);
+  if (s.is_ok()) {
+    AIRLOCK_ASSIGN_OR_RETURN(PassPlan plan, commit(batch, cache));
+    s = compute(batch, plan, kv, logits);
   }
+  if (!s.is_ok()) fail_group(s);
   return s;
 }
 
-Status Model::forward_pass(const Batch& batch, KvCache& cache, const KvStorage& kv, std::vector<float>* logits,
-                           bool* rank_specific) {
+void Model::fail_group(const Status& s) {
+  if (tp_.n_ranks == 1) return;
+  tp_.comm->abort(s);
+  if (group_failure_.is_ok()) group_failure_ = s;
+}
+
+Result<std::int64_t> Model::check(const Batch& batch, const KvCache& cache) const {
   const ModelParams& p = params_;
   const std::int64_t n = static_cast<std::int64_t>(batch.size());
   if (n == 0) return invalid_argument("empty batch");
@@ -60,58 +68,94 @@ Status Model::forward_pass(const Batch& batch, KvCache& cache, const KvStorage& 
     ++n_new[seq];
     n_out += batch.want_logits[i] ? 1 : 0;
   }
-  // All or nothing (and the same answer on every tensor-parallel rank): check the whole batch fits before touching the cache.
+  // All or nothing: the whole batch must fit before the cache is touched.
   int blocks = 0;
   for (auto [seq, count] : n_new) blocks += cache.blocks_needed(seq, count);
   if (blocks > cache.n_free_blocks())
     return resource_exhausted("KV cache full: the batch needs " + std::to_string(blocks) + " blocks, " +
                               std::to_string(cache.n_free_blocks()) + " free");
-  // Everything above fails alike on every rank of a tensor-parallel group;
-  // what follows may fail on one rank only, which must then abort the group.
-  *rank_specific = true;
+  return n_out;
+}
 
-  // Buffers first: a failed allocation must leave the cache untouched.
-  Backend& be = *backend_;
-  // This rank's heads and feed-forward columns (all of them with one rank).
-  const int n_head = shard_.n_head, n_head_kv = shard_.n_head_kv;
-  const std::int64_t d = p.n_embd, q_dim = static_cast<std::int64_t>(n_head) * p.head_dim,
-                     kv_dim = static_cast<std::int64_t>(n_head_kv) * p.head_dim, n_ff = shard_.n_ff;
+Result<PassPlan> Model::commit(const Batch& batch, KvCache& cache) {
+  const std::int64_t n = static_cast<std::int64_t>(batch.size());
+  PassPlan plan;
+  std::map<int, int> n_new;  // in sequence order, as check() counted
+  for (std::int64_t i = 0; i < n; ++i) {
+    ++n_new[batch.seq_ids[i]];
+    plan.n_out += batch.want_logits[i] ? 1 : 0;
+  }
+  for (auto [seq, count] : n_new) {
+    std::vector<std::pair<int, int>> copies;
+    AIRLOCK_RETURN_IF_ERROR(cache.reserve(seq, count, &copies));
+    plan.copies.insert(plan.copies.end(), copies.begin(), copies.end());
+  }
+  plan.slots.resize(static_cast<std::size_t>(n));
+  plan.n_ctx.resize(static_cast<std::size_t>(n));
+  plan.tables.resize(static_cast<std::size_t>(n));
+  for (std::int64_t i = 0; i < n; ++i) {
+    plan.slots[i] = cache.slot(batch.seq_ids[i], batch.positions[i]);
+    plan.n_ctx[i] = batch.positions[i] + 1;
+    plan.tables[i] = cache.block_table(batch.seq_ids[i]).data();
+  }
+  return plan;
+}
+
+Result<Model::Activations> Model::activations(std::int64_t n, std::int64_t n_out) {
+  const ModelParams& p = params_;
+  const std::int64_t d = p.n_embd, q_dim = static_cast<std::int64_t>(shard_.n_head) * p.head_dim,
+                     kv_dim = static_cast<std::int64_t>(shard_.n_head_kv) * p.head_dim, n_ff = shard_.n_ff;
   // Activations live in scratch buffers kept across calls (grown, never
-  // shrunk), so steady-state decoding allocates nothing.
+  // shrunk), so steady-state decoding allocates nothing. scratch_bytes()
+  // counts these.
   int slot_index = 0;
   auto buffer = [&](std::int64_t count) -> Result<float*> {
     const int slot = slot_index++;
     if (scratch_.size() <= static_cast<std::size_t>(slot)) scratch_.resize(static_cast<std::size_t>(slot) + 1);
     Scratch& sc = scratch_[slot];
     if (sc.n_floats < count) {
-      AIRLOCK_ASSIGN_OR_RETURN(sc.data, be.alloc(count));
+      sc.data.reset();  // the old buffer's room first
+      sc.n_floats = 0;
+      AIRLOCK_ASSIGN_OR_RETURN(sc.data, backend_->alloc(count));
       sc.n_floats = count;
     }
     return sc.data.get();
   };
-  AIRLOCK_ASSIGN_OR_RETURN(float* x, buffer(n * d));        // (n, d) residual stream
-  AIRLOCK_ASSIGN_OR_RETURN(float* h, buffer(n * d));        // (n, d) normalised
-  AIRLOCK_ASSIGN_OR_RETURN(float* q, buffer(n * q_dim));    // (n, n_head * head_dim)
-  AIRLOCK_ASSIGN_OR_RETURN(float* k, buffer(n * kv_dim));   // (n, n_head_kv * head_dim)
-  AIRLOCK_ASSIGN_OR_RETURN(float* v, buffer(n * kv_dim));
-  AIRLOCK_ASSIGN_OR_RETURN(float* att, buffer(n * q_dim));  // (n, n_head * head_dim)
-  AIRLOCK_ASSIGN_OR_RETURN(float* o, buffer(n * d));        // (n, d)
-  AIRLOCK_ASSIGN_OR_RETURN(float* gate, buffer(n * n_ff));  // (n, n_ff)
-  AIRLOCK_ASSIGN_OR_RETURN(float* up, buffer(n * n_ff));
-  AIRLOCK_ASSIGN_OR_RETURN(float* out, buffer(n_out * p.n_vocab));  // (n_out, n_vocab)
+  Activations a;
+  AIRLOCK_ASSIGN_OR_RETURN(a.x, buffer(n * d));        // (n, d) residual stream
+  AIRLOCK_ASSIGN_OR_RETURN(a.h, buffer(n * d));        // (n, d) normalised
+  AIRLOCK_ASSIGN_OR_RETURN(a.q, buffer(n * q_dim));    // (n, n_head * head_dim)
+  AIRLOCK_ASSIGN_OR_RETURN(a.k, buffer(n * kv_dim));   // (n, n_head_kv * head_dim)
+  AIRLOCK_ASSIGN_OR_RETURN(a.v, buffer(n * kv_dim));
+  AIRLOCK_ASSIGN_OR_RETURN(a.att, buffer(n * q_dim));  // (n, n_head * head_dim)
+  AIRLOCK_ASSIGN_OR_RETURN(a.o, buffer(n * d));        // (n, d)
+  AIRLOCK_ASSIGN_OR_RETURN(a.gate, buffer(n * n_ff));  // (n, n_ff)
+  AIRLOCK_ASSIGN_OR_RETURN(a.up, buffer(n * n_ff));
+  AIRLOCK_ASSIGN_OR_RETURN(a.out, buffer(n_out * p.n_vocab));  // (n_out, n_vocab)
+  return a;
+}
 
-  for (auto [seq, count] : n_new) {
-    std::vector<std::pair<int, int>> copies;
-    AIRLOCK_RETURN_IF_ERROR(cache.reserve(seq, count, &copies));
-    for (auto [from, to] : copies) backend_->kv_copy_blocks(kv, from, to);
-  }
-  std::vector<std::int32_t> slots(n), n_ctx(n);
-  std::vector<const std::int32_t*> tables(n);
-  for (std::int64_t i = 0; i < n; ++i) {
-    slots[i] = cache.slot(batch.seq_ids[i], batch.positions[i]);
-    n_ctx[i] = batch.positions[i] + 1;
-    tables[i] = cache.block_table(batch.seq_ids[i]).data();
-  }
+Status Model::prepare(std::int64_t n_tokens, std::int64_t n_out) {
+  if (tp_.n_ranks > 1 && !group_failure_.is_ok())
+    return unavailable("tensor-parallel rank " + std::to_string(tp_.rank) + " is unusable after a failed pass");
+  return activations(n_tokens, n_out).status();
+}
+
+Status Model::compute(const Batch& batch, const PassPlan& plan, const KvStorage& kv, std::vector<float>* logits) {
+  if (tp_.n_ranks > 1 && !group_failure_.is_ok())
+    return unavailable("tensor-parallel rank " + std::to_string(tp_.rank) + " is unusable after a failed pass");
+  const ModelParams& p = params_;
+  const std::int64_t n = static_cast<std::int64_t>(batch.size()), n_out = plan.n_out;
+  Backend& be = *backend_;
+  // This rank's heads and feed-forward columns (all of them with one rank).
+  const int n_head = shard_.n_head, n_head_kv = shard_.n_head_kv;
+  const std::int64_t d = p.n_embd, q_dim = static_cast<std::int64_t>(n_head) * p.head_dim,
+                     kv_dim = static_cast<std::int64_t>(n_head_kv) * p.head_dim, n_ff = shard_.n_ff;
+  AIRLOCK_ASSIGN_OR_RETURN(const Activations act, activations(n, n_out));  // allocates nothing after prepare()
+  float *x = act.x, *h = act.h, *q = act.q, *k = act.k, *v = act.v, *att = act.att, *o = act.o, *gate = act.gate,
+        *up = act.up, *out = act.out;
+  for (auto [from, to] : plan.copies) be.kv_copy_blocks(kv, from, to);
+  const std::vector<std::int32_t>& slots = plan.slots;
 
   be.get_rows(tok_embd_, batch.tokens.data(), n, x);
   AttentionArgs aa;
@@ -123,8 +167,8 @@ Status Model::forward_pass(const Batch& batch, KvCache& cache, const KvStorage& 
   aa.head_dim = p.head_dim;
   aa.scale = 1.0f / std::sqrt(static_cast<float>(p.head_dim));
   aa.kv = &kv;
-  aa.n_ctx = n_ctx.data();
-  aa.block_table = tables.data();
+  aa.n_ctx = plan.n_ctx.data();
+  aa.block_table = plan.tables.data();
   for (int il = 0; il < p.n_layer; ++il) {
     const Layer& l = layers_[il];
     be.rms_norm(x, l.attn_norm, n, d, p.rms_eps, h);

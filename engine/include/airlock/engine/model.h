@@ -79,6 +79,16 @@ struct TensorParallel {
   Communicator* comm = nullptr;  // not owned; needed when n_ranks > 1; outlives the model
 };
 
+// One pass's changes to the KV cache, made once (Model::commit) and shared
+// by every rank of a tensor-parallel group.
+struct PassPlan {
+  std::int64_t n_out = 0;                           // tokens that want logits
+  std::vector<std::pair<int, int>> copies;          // blocks to copy first (from, to): copy-on-write after a fork
+  std::vector<std::int32_t> slots;                  // per token: where its key and value go
+  std::vector<std::int32_t> n_ctx;                  // per token: positions it attends to
+  std::vector<const std::int32_t*> tables;          // per token: its sequence's block table (the cache's own)
+};
+
 // What one rank computes (the whole model with one rank).
 struct Shard {
   int n_head = 0;     // query heads
@@ -129,6 +139,22 @@ class Model {
   // alike on every rank and leaves the group usable.
   Status forward(const Batch& batch, KvCache& cache, const KvStorage& kv, std::vector<float>* logits);
 
+  // forward() in its steps, so the ranks of a group can share one KvCache
+  // (TensorParallelDecoder): check() and commit() once for the group,
+  // prepare() and compute() on every rank (compute() on all at once: it
+  // holds collectives). check() validates the batch against the cache and
+  // returns how many tokens want logits (changes nothing); prepare() grows
+  // this rank's buffers; commit() extends the cache; compute() runs the
+  // planned pass. A failing prepare() or compute() of a rank in a group
+  // must be followed by fail_group() (forward() does it).
+  Result<std::int64_t> check(const Batch& batch, const KvCache& cache) const;
+  Status prepare(std::int64_t n_tokens, std::int64_t n_out);
+  static Result<PassPlan> commit(const Batch& batch, KvCache& cache);
+  Status compute(const Batch& batch, const PassPlan& plan, const KvStorage& kv, std::vector<float>* logits);
+  // Aborts this rank's group with `why` and refuses every later pass
+  // (kUnavailable); nothing with one rank.
+  void fail_group(const Status& why);
+
  private:
   struct Layer;
   struct Scratch {
@@ -137,10 +163,11 @@ class Model {
   };
   Model() = default;
   Status load_weights();
-  // *rank_specific is set once the pass reaches work that may fail on one
-  // tensor-parallel rank only (allocations, the device, collectives).
-  Status forward_pass(const Batch& batch, KvCache& cache, const KvStorage& kv, std::vector<float>* logits,
-                      bool* rank_specific);
+  struct Activations {
+    float *x, *h, *q, *k, *v, *att, *o, *gate, *up, *out;
+  };
+  // This rank's buffers for n tokens and n_out logits (grown as needed).
+  Result<Activations> activations(std::int64_t n, std::int64_t n_out);
 
   std::unique_ptr<GgufFile> file_;
   std::shared_ptr<Backend> backend_;
