@@ -78,6 +78,8 @@ double copy_bandwidth_gbs() {
   return 2.0 * static_cast<double>(bytes) / (best_ms * 1e-3) / 1e9;
 }
 
+constexpr int kWarmSeq = 1 << 20;  // a sequence id no measured batch uses
+
 std::int32_t argmax(const float* v, int n) { return static_cast<std::int32_t>(std::max_element(v, v + n) - v); }
 
 struct Options {
@@ -166,12 +168,27 @@ int main(int argc, char** argv) {
   // Blocks: the prompt's sequence with its decode steps, and max_batch short
   // sequences.
   const int ctx_short = 16 + o.steps + 4;
-  const int n_blocks = KvCache::blocks_for(o.prompt + o.steps + 1) + max_batch * KvCache::blocks_for(ctx_short) + 4;
+  const int n_blocks = KvCache::blocks_for(o.prompt + o.steps + 1) + max_batch * KvCache::blocks_for(ctx_short) +
+                       KvCache::blocks_for(o.chunk + 2) + 4;
   KvCache cache(n_blocks);
   Result<KvStorage> kv = m.alloc_kv(n_blocks, KvType::kF16);
   check(kv.status(), "KV cache");
   std::vector<float> logits;
   Batch b;
+
+  // Warm-up on a scratch sequence (lazy module loading, cuBLAS set-up, the
+  // first growth of every buffer), as the PyTorch side warms up too.
+  check(cache.add_sequence(kWarmSeq), "sequence");
+  for (int i = 0; i < std::min(o.chunk, o.prompt); ++i) b.add((i * 7919 + 13) % n_vocab, i, kWarmSeq, false);
+  b.want_logits.back() = 1;
+  check(m.forward(b, cache, *kv, &logits), "warm-up prefill");
+  for (int step = 0; step < 2; ++step) {
+    b.clear();
+    b.add(1, std::min(o.chunk, o.prompt) + step, kWarmSeq, true);
+    check(m.forward(b, cache, *kv, &logits), "warm-up decode");
+  }
+  cache.remove_sequence(kWarmSeq);
+  b.clear();
 
   // Time to first token: the prompt in chunks, then its last logits.
   check(cache.add_sequence(0), "sequence");

@@ -53,17 +53,21 @@ struct Scheduler::Sequence {
 };
 
 Result<std::unique_ptr<Scheduler>> Scheduler::start(Model& model, const SchedulerOptions& options) {
+  return start(make_single_decoder(model), options);
+}
+
+Result<std::unique_ptr<Scheduler>> Scheduler::start(std::unique_ptr<Decoder> decoder, const SchedulerOptions& options) {
   if (options.kv_blocks <= 0 || options.max_running <= 0 || options.max_waiting < 0 || options.prefill_chunk <= 0)
     return invalid_argument("scheduler: kv_blocks, max_running and prefill_chunk must be positive");
-  AIRLOCK_ASSIGN_OR_RETURN(KvStorage kv, model.alloc_kv(options.kv_blocks, options.kv_type));
-  std::unique_ptr<Scheduler> s(new Scheduler(model, options, std::move(kv)));
+  AIRLOCK_RETURN_IF_ERROR(decoder->alloc_kv(options.kv_blocks, options.kv_type));
+  std::unique_ptr<Scheduler> s(new Scheduler(std::move(decoder), options));
   s->thread_ = std::thread([p = s.get()] { p->run(); });
   return s;
 }
 
-Scheduler::Scheduler(Model& model, const SchedulerOptions& options, KvStorage kv)
-    : model_(model), options_(options), kv_(std::move(kv)), cache_(options.kv_blocks) {
-  max_context_ = std::min(model.params().n_ctx_train, options.kv_blocks * kBlockTokens);
+Scheduler::Scheduler(std::unique_ptr<Decoder> decoder, const SchedulerOptions& options)
+    : decoder_(std::move(decoder)), options_(options), cache_(options.kv_blocks) {
+  max_context_ = std::min(decoder_->params().n_ctx_train, options.kv_blocks * kBlockTokens);
   stats_.kv_blocks_total = options.kv_blocks;
 #if defined(AIRLOCK_TEST_HOOKS)
   // Test-only fault injection (builds with AIRLOCK_TEST_HOOKS): forward
@@ -93,7 +97,7 @@ Result<std::shared_ptr<TokenStream>> Scheduler::submit(GenerationRequest request
   if (request.prompt.empty()) return invalid_argument("the prompt has no tokens");
   if (request.max_tokens <= 0) return invalid_argument("max_tokens must be positive");
   for (std::int32_t t : request.prompt)
-    if (t < 0 || t >= model_.params().n_vocab) return invalid_argument("prompt token id out of range");
+    if (t < 0 || t >= decoder_->params().n_vocab) return invalid_argument("prompt token id out of range");
   AIRLOCK_RETURN_IF_ERROR(validate(request.sampling));
   const std::int64_t total = static_cast<std::int64_t>(request.prompt.size()) + request.max_tokens;
   if (total > max_context_)
@@ -169,6 +173,7 @@ std::optional<Clock::time_point> Scheduler::last_success() const {
 }
 
 void Scheduler::run() {
+  decoder_->bind_thread();
   std::unique_lock<std::mutex> lock(mu_);
   while (true) {
     wake_.wait(lock, [this] { return stopping_ || !waiting_.empty() || !running_.empty(); });
@@ -251,7 +256,7 @@ void Scheduler::step(std::unique_lock<std::mutex>& lock) {
 
   lock.unlock();
   std::vector<float> logits;
-  Status st = model_.forward(batch, cache_, kv_, &logits);
+  Status st = decoder_->forward(batch, cache_, &logits);
   if (step_delay_.count() > 0) std::this_thread::sleep_for(step_delay_);  // test hook (zero unless set)
   lock.lock();
 
@@ -278,7 +283,7 @@ void Scheduler::step(std::unique_lock<std::mutex>& lock) {
     // Make the new full blocks reusable by later requests (before any
     // sequence that finishes below releases them).
     for (auto& s : running_) cache_.publish(s->id, s->history);
-    const std::size_t n_vocab = static_cast<std::size_t>(model_.params().n_vocab);
+    const std::size_t n_vocab = static_cast<std::size_t>(decoder_->params().n_vocab);
     for (std::size_t row = 0; row < wants.size(); ++row) {
       Sequence& s = *wants[row];
       std::span<const float> r(logits.data() + row * n_vocab, n_vocab);

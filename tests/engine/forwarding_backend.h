@@ -51,6 +51,7 @@ class ForwardingBackend : public engine::Backend {
   void download(const float* x, std::int64_t n, float* h) override { be_->download(x, n, h); }
   Status take_error() override { return be_->take_error(); }
   std::optional<std::uint64_t> free_device_memory() override { return be_->free_device_memory(); }
+  void bind_thread() override { be_->bind_thread(); }
 
  private:
   std::unique_ptr<engine::Backend> be_;

@@ -11,8 +11,10 @@
 #include <thread>
 
 #include "airlock/engine/collective.h"
+#include "airlock/engine/decoder.h"
 #include "airlock/engine/kernels.h"
 #include "airlock/engine/model.h"
+#include "airlock/engine/scheduler.h"
 #include "airlock/engine/thread_pool.h"
 #include "forwarding_backend.h"
 #include "gguf_writer.h"
@@ -319,6 +321,172 @@ TEST(TensorParallelFailure, OneRanksFailureAbortsTheGroup) {
     EXPECT_EQ(s.code(), StatusCode::kUnavailable) << s.to_string();
     EXPECT_NE(s.message().find("load the model again"), std::string::npos) << s.message();
   }
+}
+
+// A group of n ranks of `tm`, rank `odd_rank` (if any) on `odd_backend`.
+Result<std::unique_ptr<TensorParallelDecoder>> make_group(const testing::TestModel& tm, int n, int odd_rank = -1,
+                                                          std::shared_ptr<Backend> odd_backend = nullptr) {
+  auto comms = make_in_process_group(n);
+  std::vector<std::unique_ptr<Model>> ranks;
+  for (int r = 0; r < n; ++r) {
+    AIRLOCK_ASSIGN_OR_RETURN(auto file,
+                             GgufFile::parse({reinterpret_cast<const std::uint8_t*>(tm.gguf.data()), tm.gguf.size()}));
+    std::shared_ptr<Backend> be = r == odd_rank ? odd_backend
+                                                : std::shared_ptr<Backend>(make_cpu_backend(std::make_shared<ThreadPool>(1)));
+    AIRLOCK_ASSIGN_OR_RETURN(auto m, Model::from_gguf(std::move(file), be, {r, n, comms[static_cast<std::size_t>(r)].get()}));
+    ranks.push_back(std::move(m));
+  }
+  return TensorParallelDecoder::create(std::move(ranks), std::move(comms));
+}
+
+// The ranks as threads behind one Decoder, sharing one KV cache: every
+// step's logits are the whole model's (prompt chunks, decode steps, a
+// forked sequence), and a scheduler over the group generates the same
+// greedy tokens as one over the whole model.
+TEST(TensorParallelDecoderTest, SharedCacheLogitsAndSchedulingMatchTheWholeModel) {
+  const testing::TestModel tm = testing::make_test_model(shape("llama", 64, 8, 4, 128, GgmlType::kF32));
+  Result<std::unique_ptr<Model>> whole = load(tm);
+  ASSERT_TRUE(whole.is_ok());
+  for (int n_ranks : {2, 4}) {
+    Result<std::unique_ptr<TensorParallelDecoder>> group = make_group(tm, n_ranks);
+    ASSERT_TRUE(group.is_ok()) << group.status().to_string();
+    EXPECT_EQ((*group)->n_ranks(), n_ranks);
+    EXPECT_EQ((*group)->rank(1).shard().n_head, 8 / n_ranks);
+    ASSERT_TRUE((*group)->alloc_kv(16, KvType::kF32).is_ok());
+    KvCache group_cache(16), whole_cache(16);
+    Result<KvStorage> whole_kv = (*whole)->alloc_kv(16);
+    ASSERT_TRUE(whole_kv.is_ok());
+    for (KvCache* c : {&group_cache, &whole_cache}) {
+      ASSERT_TRUE(c->add_sequence(0).is_ok());
+      ASSERT_TRUE(c->add_sequence(1).is_ok());
+    }
+    force_scalar_kernels(true);
+    std::vector<float> got, want;
+    for (const Batch& b : steps(tm.spec.n_vocab)) {
+      ASSERT_TRUE((*group)->forward(b, group_cache, &got).is_ok());
+      ASSERT_TRUE((*whole)->forward(b, whole_cache, *whole_kv, &want).is_ok());
+      ASSERT_EQ(got.size(), want.size());
+      EXPECT_LT(rel_error(got, want), 1e-5) << n_ranks << " ranks";
+    }
+    // A fork shares blocks; its first write copies the shared block on every rank.
+    for (KvCache* c : {&group_cache, &whole_cache}) ASSERT_TRUE(c->fork(0, 2).is_ok());
+    Batch fork;
+    fork.add(5, group_cache.length(2), 2, true);
+    ASSERT_TRUE((*group)->forward(fork, group_cache, &got).is_ok());
+    ASSERT_TRUE((*whole)->forward(fork, whole_cache, *whole_kv, &want).is_ok());
+    EXPECT_LT(rel_error(got, want), 1e-5) << n_ranks << " ranks, forked";
+    force_scalar_kernels(false);
+  }
+
+  // Scheduling: three greedy requests of different lengths, at once.
+  Result<std::unique_ptr<TensorParallelDecoder>> group = make_group(tm, 2);
+  ASSERT_TRUE(group.is_ok());
+  SchedulerOptions o;
+  o.kv_blocks = 32;
+  o.prefill_chunk = 7;
+  force_scalar_kernels(true);
+  auto on_group = Scheduler::start(std::unique_ptr<Decoder>(std::move(*group)), o);
+  auto on_whole = Scheduler::start(**whole, o);
+  ASSERT_TRUE(on_group.is_ok() && on_whole.is_ok());
+  std::vector<std::vector<std::int32_t>> tokens[2];
+  for (int which = 0; which < 2; ++which) {
+    Scheduler& s = which == 0 ? **on_group : **on_whole;
+    std::vector<std::shared_ptr<TokenStream>> streams;
+    for (int i = 0; i < 3; ++i) {
+      GenerationRequest r;
+      for (int t = 0; t < 5 + 6 * i; ++t) r.prompt.push_back((t * 13 + i) % tm.spec.n_vocab);
+      r.max_tokens = 10;
+      r.sampling.temperature = 0;
+      auto st = s.submit(r);
+      ASSERT_TRUE(st.is_ok());
+      streams.push_back(*st);
+    }
+    for (auto& st : streams) {
+      std::vector<std::int32_t> out;
+      bool done = false;
+      while (!done)
+        for (TokenEvent& e : st->pop(std::chrono::milliseconds(2000))) {
+          if (e.token) out.push_back(e.token->token);
+          ASSERT_NE(e.finish, FinishReason::kError) << e.error.to_string();
+          done = done || e.finish != FinishReason::kNone;
+        }
+      tokens[which].push_back(out);
+    }
+  }
+  force_scalar_kernels(false);
+  EXPECT_EQ(tokens[0], tokens[1]);
+  EXPECT_EQ(tokens[0][0].size(), 10u);
+}
+
+// A CPU backend that can fail its buffers (before any collective) or its
+// pass (as a device fault reported at the end of the pass).
+class FaultyBackend final : public testing::ForwardingBackend {
+ public:
+  FaultyBackend() : ForwardingBackend(make_cpu_backend(std::make_shared<ThreadPool>(1))) {}
+  Result<std::shared_ptr<float>> alloc(std::int64_t n) override {
+    if (fail_alloc) return resource_exhausted("test: rank 1 has no memory");
+    return ForwardingBackend::alloc(n);
+  }
+  Status take_error() override {
+    if (fail_pass) return internal_error("test: rank 1's device faulted");
+    return ForwardingBackend::take_error();
+  }
+  std::atomic<bool> fail_alloc{false}, fail_pass{false};
+};
+
+// Failures: a rank that cannot grow its buffers fails the pass before any
+// collective and the group goes on; a rank whose pass fails aborts the
+// group: that pass and every later one fail (kUnavailable), nothing hangs.
+TEST(TensorParallelDecoderTest, FailuresOfOneRank) {
+  const testing::TestModel tm = testing::make_test_model(shape("llama", 64, 8, 4, 128, GgmlType::kF32));
+  auto faulty = std::make_shared<FaultyBackend>();
+  Result<std::unique_ptr<TensorParallelDecoder>> group = make_group(tm, 2, 1, faulty);
+  ASSERT_TRUE(group.is_ok()) << group.status().to_string();
+  ASSERT_TRUE((*group)->alloc_kv(8, KvType::kF16).is_ok());
+  KvCache cache(8);
+  ASSERT_TRUE(cache.add_sequence(0).is_ok());
+  std::vector<float> logits;
+  Batch one;
+  one.add(3, 0, 0, true);
+  ASSERT_TRUE((*group)->forward(one, cache, &logits).is_ok());
+
+  Batch bigger;  // needs bigger buffers
+  for (int i = 1; i < 6; ++i) bigger.add(i, i, 0, i == 5);
+  faulty->fail_alloc = true;
+  Status s = (*group)->forward(bigger, cache, &logits);
+  EXPECT_EQ(s.code(), StatusCode::kResourceExhausted) << s.to_string();
+  EXPECT_EQ(cache.length(0), 1);  // the cache is untouched
+  faulty->fail_alloc = false;
+  ASSERT_TRUE((*group)->forward(bigger, cache, &logits).is_ok());  // still usable
+  EXPECT_EQ(cache.length(0), 6);
+
+  faulty->fail_pass = true;
+  Batch next;
+  next.add(7, 6, 0, true);
+  s = (*group)->forward(next, cache, &logits);
+  EXPECT_EQ(s.code(), StatusCode::kInternal) << s.to_string();
+  EXPECT_EQ(s.message(), "test: rank 1's device faulted");
+  faulty->fail_pass = false;
+  Batch after;
+  after.add(7, 7, 0, true);
+  s = (*group)->forward(after, cache, &logits);
+  EXPECT_EQ(s.code(), StatusCode::kUnavailable) << s.to_string();
+}
+
+TEST(TensorParallelDecoderTest, CreateRefusesWhatIsNotOneGroup) {
+  const testing::TestModel tm = testing::make_test_model(shape("llama", 64, 8, 4, 128, GgmlType::kF32));
+  EXPECT_FALSE(TensorParallelDecoder::create({}, {}).is_ok());
+  // Ranks in the wrong order.
+  auto comms = make_in_process_group(2);
+  std::vector<std::unique_ptr<Model>> ranks;
+  for (int r : {1, 0}) {
+    Result<std::unique_ptr<Model>> m = load(tm, {r, 2, comms[static_cast<std::size_t>(r)].get()});
+    ASSERT_TRUE(m.is_ok());
+    ranks.push_back(std::move(*m));
+  }
+  Result<std::unique_ptr<TensorParallelDecoder>> g = TensorParallelDecoder::create(std::move(ranks), std::move(comms));
+  ASSERT_FALSE(g.is_ok());
+  EXPECT_NE(g.status().message().find("is not rank 0"), std::string::npos) << g.status().message();
 }
 
 }  // namespace

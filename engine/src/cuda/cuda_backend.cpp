@@ -176,6 +176,10 @@ class CudaBackend final : public Backend {
     note(cuda::to_host(host, x, static_cast<std::size_t>(n) * sizeof(float)));
   }
 
+  void bind_thread() override {
+    if (cudaSetDevice(device_) != cudaSuccess) note(internal_error("CUDA: cannot use device " + std::to_string(device_)));
+  }
+
   std::optional<std::uint64_t> free_device_memory() override {
     std::size_t free_bytes = 0, total = 0;
     if (cudaMemGetInfo(&free_bytes, &total) != cudaSuccess) {
@@ -209,9 +213,9 @@ class CudaBackend final : public Backend {
   // tables; f32 frequency factors by their bits). Every layer of a pass
   // passes the same numbers again: a kind whose numbers equal its last
   // upload is not copied again, so a pass copies each once instead of once
-  // per layer, and the host waits for the device only at those copies
-  // (cudaMemcpy from pageable memory waits for the kernels queued before
-  // it, so a buffer is never rewritten under a kernel still reading it).
+  // per layer, and the host waits for the device only at those copies. A
+  // buffer is never rewritten under a kernel still reading it: the copy and
+  // the kernels are ordered on the same (legacy default) stream.
   const std::int32_t* stage(Staged kind, const std::int32_t* host, std::int64_t n) {
     if (!error_.is_ok()) return nullptr;
     cuda::DeviceBuffer& b = staging_[kind];

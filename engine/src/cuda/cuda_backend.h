@@ -6,6 +6,10 @@
 // Matrix products: decode batches (up to gemm_min_tokens tokens) run the
 // warp-per-row kernels that read each weight once per eight tokens; larger
 // ones go through cuBLAS (cuda_ops.h, Gemm: f32 or bf16 tensor cores).
+// So batch invariance holds exactly only for F32 weights: for the others a
+// sequence's logits move by bf16 rounding (about 2^-9 relative per product)
+// when its batch crosses gemm_min_tokens, and a greedy choice between two
+// nearly equal logits can change.
 //
 // A pass's positions, slots, contexts and block tables go to the device
 // once (at the first layer that needs them; later layers find the same

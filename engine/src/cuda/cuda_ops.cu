@@ -456,7 +456,7 @@ __global__ void attention_merge_kernel(int head_dim, int n_splits, const float* 
   for (int i = 0; i < n_splits; ++i) top = fmaxf(top, ml[2 * i]);
   float sum = 0.0f;
   for (int i = 0; i < n_splits; ++i) sum += ml[2 * i + 1] * rescale(ml[2 * i], top);
-  const float inv = 1.0f / sum;  // every token attends to at least its own position: sum > 0
+  const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;  // no position at all: zeros, as the CPU
   for (int d = static_cast<int>(threadIdx.x); d < head_dim; d += blockDim.x) {
     float o = 0.0f;
     for (int i = 0; i < n_splits; ++i) o += part_out[(th * n_splits + i) * head_dim + d] * rescale(ml[2 * i], top);

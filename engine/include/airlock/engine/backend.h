@@ -163,6 +163,9 @@ class Backend {
   // Free bytes of the device's memory now; nullopt for host memory (whose
   // budget is configured, not measured).
   virtual std::optional<std::uint64_t> free_device_memory() { return std::nullopt; }
+  // Makes the calling thread use this backend's device (a thread that runs
+  // forward passes calls it once before the first); nothing on the CPU.
+  virtual void bind_thread() {}
 };
 
 std::unique_ptr<Backend> make_cpu_backend(std::shared_ptr<ThreadPool> pool);

@@ -5,11 +5,11 @@
 // slice of every attention and feed-forward matrix; after the attention
 // output and the feed-forward down projections each rank has a partial sum
 // of the residual update, and all_reduce_sum() makes every rank hold the
-// whole sum. Ranks are meant to run as threads of one process (airlockd),
-// one per device; nothing in the daemon splits a model yet. On GPUs the
-// communicator will be NCCL's (issue 7); the in-process group here runs
-// ranks on the CPU, so that the split and its arithmetic are tested on any
-// machine.
+// whole sum. Ranks run as threads of one process, one per device
+// (TensorParallelDecoder, decoder.h, which the scheduler drives). On GPUs
+// the communicator will be NCCL's (issue 7); the in-process group here
+// runs ranks on the CPU (host memory only), so that the split and its
+// arithmetic are tested on any machine.
 //
 // Failure: a rank that cannot reach the next collective (its forward pass
 // failed to allocate, or its device faulted) must abort() the group, or the
@@ -37,8 +37,8 @@ class Communicator {
   virtual ~Communicator() = default;
   virtual int rank() const = 0;
   virtual int n_ranks() const = 0;
-  // x (n) becomes the element-wise sum of every rank's x. The sum is taken
-  // in rank order, so every rank gets bit-identical numbers. Fails with the
+  // x (n) becomes the element-wise sum of every rank's x, the same bits on
+  // every rank (the in-process group sums in rank order). Fails with the
   // abort's status once the group is aborted (x is then unspecified).
   [[nodiscard]] virtual Status all_reduce_sum(float* x, std::int64_t n) = 0;
   // Fails every rank's pending and later collectives with `reason` (the

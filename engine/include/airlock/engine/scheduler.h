@@ -1,4 +1,5 @@
-// Continuous batching over Model::forward.
+// Continuous batching over Model::forward (or a Decoder: the ranks of a
+// tensor-parallel group, decoder.h).
 //
 // One scheduler thread owns the model, the KV cache and its storage. Each
 // step it drops cancelled sequences (their blocks return at once), admits
@@ -41,6 +42,7 @@
 #include <vector>
 
 #include "airlock/common/status.h"
+#include "airlock/engine/decoder.h"
 #include "airlock/engine/kv_cache.h"
 #include "airlock/engine/model.h"
 #include "airlock/engine/sampler.h"
@@ -122,6 +124,8 @@ class Scheduler {
   // Allocates the KV storage and starts the scheduler thread. `model` must
   // outlive the scheduler.
   static Result<std::unique_ptr<Scheduler>> start(Model& model, const SchedulerOptions& options);
+  // The same over a decoder (a tensor-parallel group), owned.
+  static Result<std::unique_ptr<Scheduler>> start(std::unique_ptr<Decoder> decoder, const SchedulerOptions& options);
   ~Scheduler();  // stop(): cancels everything, joins the thread
   Scheduler(const Scheduler&) = delete;
   Scheduler& operator=(const Scheduler&) = delete;
@@ -143,15 +147,14 @@ class Scheduler {
 
  private:
   struct Sequence;
-  Scheduler(Model& model, const SchedulerOptions& options, KvStorage kv);
+  Scheduler(std::unique_ptr<Decoder> decoder, const SchedulerOptions& options);
   void run();
   void step(std::unique_lock<std::mutex>& lock);
   int blocks_reserved(const Sequence& s) const;
   void finish(Sequence& s, FinishReason reason, Status error = Status::ok());
 
-  Model& model_;
+  std::unique_ptr<Decoder> decoder_;
   SchedulerOptions options_;
-  KvStorage kv_;
   KvCache cache_;
   int max_context_ = 0;
 
