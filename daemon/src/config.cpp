@@ -149,7 +149,7 @@ Result<Config> parse_config(std::string_view text, const std::string& origin, Co
     return invalid_argument(os.str());
   }
   static const std::set<std::string> kTopKeys = {
-      "listen", "store", "state", "trusted", "model", "verify_on_load", "device", "threads", "kv_cache_mib", "kv_cache_type", "device_reserve_mib",
+      "listen", "store", "state", "trusted", "model", "verify_on_load", "device", "threads", "tensor_parallel", "kv_cache_mib", "kv_cache_type", "device_reserve_mib",
       "max_running",
       "max_waiting", "prefill_chunk", "max_body_bytes", "drain_seconds", "http_threads", "audit_text", "tls", "rag"};
   for (const auto& [k, v] : t)
@@ -185,6 +185,7 @@ Result<Config> parse_config(std::string_view text, const std::string& origin, Co
   if (!d) return bad("device", "must be \"auto\", \"cpu\" or \"cuda\"");
   c.device = *d;
   AIRLOCK_RETURN_IF_ERROR(get_int("threads", 0, 1024, &c.threads));
+  AIRLOCK_RETURN_IF_ERROR(get_int("tensor_parallel", 1, 64, &c.tensor_parallel));
   if (const toml::node* n = t.get("kv_cache_mib"); n != nullptr && n->is_string()) {
     if (n->as_string()->get() != "auto") return bad("kv_cache_mib", "must be \"auto\" or a number of MiB");
     c.kv_cache_mib = 0;

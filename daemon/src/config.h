@@ -48,6 +48,7 @@ struct Config {
   bool verify_full = false;                // verify_on_load = "full" re-hashes every chunk
   engine::Device device = engine::Device::kAuto;  // "auto" (CUDA when built and present), "cpu", "cuda"
   int threads = 0;                         // compute threads; 0: every available core
+  int tensor_parallel = 1;                 // ranks of the model: GPUs 0..N-1 (NCCL), or CPU threads sharing `threads`
   std::uint64_t kv_cache_mib = 0;          // 0: "auto" (1024 MiB on the CPU; on a GPU what is free after the weights)
   std::uint64_t device_reserve_mib = 1024;  // GPU memory kept free beyond the activations (libraries, context)
   engine::KvType kv_cache_type = engine::KvType::kF16;  // "f16" (half the memory per sequence) or "f32"

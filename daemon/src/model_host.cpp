@@ -1,6 +1,7 @@
 #include "model_host.h"
 
 #include <algorithm>
+#include <thread>
 
 #include "airlock/common/log.h"
 #include "airlock/engine/backend.h"
@@ -55,6 +56,39 @@ void open_rag(const Config& config, const verifier::ManifestFile* embedding, Loa
                       m.rag_embedder->dim());
 }
 
+// The model on its backend, or the ranks of a tensor-parallel group each on
+// its own (GPU i, or a CPU pool of threads / n), behind the scheduler's
+// decoder. Sets m.model (rank 0) and m.n_ranks; `ranks` receives them all.
+Result<std::unique_ptr<engine::Decoder>> load_ranks(const Config& config, LoadedModel& m,
+                                                    std::vector<std::shared_ptr<engine::Model>>* ranks) {
+  const int n = config.tensor_parallel;
+  const engine::Device device = engine::resolve_device(config.device);
+  if (n == 1) {
+    AIRLOCK_ASSIGN_OR_RETURN(std::shared_ptr<engine::Backend> backend, engine::make_backend(device, config.threads));
+    airlock::log().info("device = \"{}\": {}", engine::device_name(config.device), backend->name());
+    AIRLOCK_ASSIGN_OR_RETURN(m.model, engine::Model::load(m.gguf_path, std::move(backend)));
+    ranks->push_back(m.model);
+    return engine::make_single_decoder(*m.model);
+  }
+  AIRLOCK_ASSIGN_OR_RETURN(std::vector<std::unique_ptr<engine::Communicator>> comms, engine::make_group(device, n));
+  // CPU ranks share the configured threads (0: every allowed core).
+  const int cores = config.threads > 0 ? config.threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  for (int r = 0; r < n; ++r) {
+    AIRLOCK_ASSIGN_OR_RETURN(std::shared_ptr<engine::Backend> backend,
+                             engine::make_backend(device, std::max(1, cores / n), r));
+    airlock::log().info("device = \"{}\", tensor-parallel rank {} of {}: {}", engine::device_name(config.device), r, n,
+                        backend->name());
+    engine::TensorParallel tp{r, n, comms[static_cast<std::size_t>(r)].get()};
+    AIRLOCK_ASSIGN_OR_RETURN(std::shared_ptr<engine::Model> rank, engine::Model::load(m.gguf_path, std::move(backend), tp));
+    ranks->push_back(std::move(rank));
+  }
+  m.model = (*ranks)[0];
+  m.n_ranks = n;
+  AIRLOCK_ASSIGN_OR_RETURN(std::unique_ptr<engine::TensorParallelDecoder> group,
+                           engine::TensorParallelDecoder::create(*ranks, std::move(comms)));
+  return std::unique_ptr<engine::Decoder>(std::move(group));
+}
+
 }  // namespace
 
 LoadedModel::~LoadedModel() {
@@ -94,9 +128,8 @@ Result<std::shared_ptr<LoadedModel>> load_model(const Config& config, std::share
   m->manifest_sha256 = vb.manifest_sha256;
   m->key_id = vb.manifest.key_id.to_string();
   m->gguf_path = chosen->path + "/" + llm->path;
-  AIRLOCK_ASSIGN_OR_RETURN(std::shared_ptr<engine::Backend> backend, engine::make_backend(config.device, config.threads));
-  airlock::log().info("device = \"{}\": {}", engine::device_name(config.device), backend->name());
-  AIRLOCK_ASSIGN_OR_RETURN(m->model, engine::Model::load(m->gguf_path, std::move(backend)));
+  std::vector<std::shared_ptr<engine::Model>> ranks;
+  AIRLOCK_ASSIGN_OR_RETURN(std::unique_ptr<engine::Decoder> decoder, load_ranks(config, *m, &ranks));
   AIRLOCK_ASSIGN_OR_RETURN(m->tokenizer, engine::Tokenizer::from_gguf(m->model->gguf()));
   for (std::int32_t t = 0; t < m->tokenizer->n_vocab(); ++t)
     if (m->tokenizer->is_end_of_generation(t)) m->end_of_generation.push_back(t);
@@ -130,7 +163,11 @@ Result<std::shared_ptr<LoadedModel>> load_model(const Config& config, std::share
   engine::KvBudgetInput kb;
   kb.bytes_per_block = per_block;
   kb.configured_bytes = config.kv_cache_mib << 20;
-  kb.device_free = m->model->backend().free_device_memory();
+  // Every rank holds its share of each block: the device with the least
+  // free memory sets the count.
+  for (const std::shared_ptr<engine::Model>& r : ranks)
+    if (std::optional<std::uint64_t> f = r->backend().free_device_memory())
+      kb.device_free = std::min(kb.device_free.value_or(*f), *f);
   // On a device, the activations of the largest step (a prefill chunk next
   // to every running sequence's decode token) stay free besides the reserve.
   kb.device_reserve = (config.device_reserve_mib << 20) +
@@ -145,12 +182,13 @@ Result<std::shared_ptr<LoadedModel>> load_model(const Config& config, std::share
   so.max_waiting = config.max_waiting;
   so.prefill_chunk = config.prefill_chunk;
   so.kv_type = config.kv_cache_type;
-  AIRLOCK_ASSIGN_OR_RETURN(m->scheduler, engine::Scheduler::start(*m->model, so));
+  AIRLOCK_ASSIGN_OR_RETURN(m->scheduler, engine::Scheduler::start(std::move(decoder), so));
   const int full_ctx = std::min(p.n_ctx_train, m->scheduler->max_context());
   airlock::log().info(
-      "model {} version {}: {} ({} layers), {} parameters, {:.1f} MiB of weights, context {}; KV cache {} blocks "
+      "model {} version {}: {} ({} layers), {} parameters{}, {:.1f} MiB of weights, context {}; KV cache {} blocks "
       "({:.1f} MiB, {}, set by {}), {} sequences at full context",
       m->id, m->version, p.arch, p.n_layer, m->model->n_params(),
+      m->n_ranks > 1 ? " in rank 0 of " + std::to_string(m->n_ranks) + " (the figures are per rank)" : std::string(),
       static_cast<double>(m->model->weight_bytes()) / (1 << 20), full_ctx, blocks,
       static_cast<double>(per_block) * blocks / (1 << 20), engine::kv_type_name(config.kv_cache_type),
       budget.limited_by, blocks / std::max(1, engine::KvCache::blocks_for(full_ctx)));

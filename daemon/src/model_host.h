@@ -21,6 +21,7 @@
 
 #include "airlock/common/status.h"
 #include "airlock/engine/chat_template.h"
+#include "airlock/engine/decoder.h"
 #include "airlock/engine/model.h"
 #include "airlock/engine/scheduler.h"
 #include "airlock/engine/embedder.h"
@@ -41,8 +42,11 @@ struct LoadedModel {
   bool chat_template_from_model = false;
   std::vector<std::int32_t> end_of_generation;  // token ids that end an answer (EOS, EOT, ...)
   // Declaration order is destruction order in reverse: the scheduler (which
-  // uses the model) goes first.
-  std::unique_ptr<engine::Model> model;
+  // uses the model) goes first. With tensor_parallel > 1, `model` is rank 0
+  // (its metadata and tokenizer serve the API); the scheduler's decoder
+  // holds every rank.
+  std::shared_ptr<engine::Model> model;
+  int n_ranks = 1;
   std::unique_ptr<engine::Tokenizer> tokenizer;
   std::optional<engine::ChatTemplate> chat_template;
   std::unique_ptr<engine::Scheduler> scheduler;

@@ -1108,8 +1108,9 @@ void Server::routes() {
                         {"manifest_sha256", m->manifest_sha256},
                         {"signed_by", m->key_id},
                         {"architecture", p.arch},
-                        {"parameters", m->model->n_params()},
-                        {"weight_bytes", m->model->weight_bytes()},
+                        {"parameters", m->model->n_params()},      // held by each rank
+                        {"weight_bytes", m->model->weight_bytes()},  // on each rank's device
+                        {"tensor_parallel", m->n_ranks},
                         {"context_length", m->scheduler->max_context()},
                         {"kv_blocks", m->scheduler->stats().kv_blocks_total},
                         {"max_running", m->scheduler->options().max_running}}}});

@@ -6,6 +6,9 @@
 #include "cuda_backend.h"
 #include "cuda_ops.h"
 #endif
+#if AIRLOCK_HAVE_NCCL
+#include "nccl_communicator.h"
+#endif
 
 namespace airlock::engine {
 
@@ -33,17 +36,39 @@ bool cuda_built() {
 #endif
 }
 
-Result<std::shared_ptr<Backend>> make_backend(Device device, int n_threads) {
+Device resolve_device(Device device) {
+  if (device != Device::kAuto) return device;
 #if AIRLOCK_HAVE_CUDA
-  if (device == Device::kCuda || (device == Device::kAuto && cuda::device_count() > 0)) {
-    AIRLOCK_ASSIGN_OR_RETURN(std::unique_ptr<Backend> b, make_cuda_backend(0));
+  if (cuda::device_count() > 0) return Device::kCuda;
+#endif
+  return Device::kCpu;
+}
+
+Result<std::shared_ptr<Backend>> make_backend(Device device, int n_threads, int index) {
+  if (resolve_device(device) == Device::kCuda) {
+#if AIRLOCK_HAVE_CUDA
+    AIRLOCK_ASSIGN_OR_RETURN(std::unique_ptr<Backend> b, make_cuda_backend(index));
     return std::shared_ptr<Backend>(std::move(b));
-  }
 #else
-  if (device == Device::kCuda)
     return unavailable("device = \"cuda\": this build has no CUDA backend (built without nvcc)");
 #endif
+  }
   return std::shared_ptr<Backend>(make_cpu_backend(std::make_shared<ThreadPool>(n_threads)));
+}
+
+Result<std::vector<std::unique_ptr<Communicator>>> make_group(Device device, int n_ranks) {
+  if (n_ranks < 1) return invalid_argument("a tensor-parallel group needs one rank at least");
+  if (resolve_device(device) == Device::kCpu) return make_in_process_group(n_ranks);
+#if AIRLOCK_HAVE_NCCL
+  std::vector<int> devices;
+  for (int i = 0; i < n_ranks; ++i) devices.push_back(i);
+  if (cuda::device_count() < n_ranks)
+    return unavailable("tensor_parallel = " + std::to_string(n_ranks) + " needs that many GPUs; " +
+                       std::to_string(cuda::device_count()) + " present");
+  return make_nccl_group(devices);
+#else
+  return unavailable("tensor parallelism on GPUs needs NCCL, which this build does not have");
+#endif
 }
 
 }  // namespace airlock::engine

@@ -33,7 +33,7 @@ std::unique_ptr<Decoder> make_single_decoder(Model& model) { return std::make_un
 // One thread per rank, each running the job it is handed and reporting
 // its status; run() returns once every rank has finished the job.
 struct TensorParallelDecoder::Impl {
-  std::vector<std::unique_ptr<Model>> ranks;
+  std::vector<std::shared_ptr<Model>> ranks;
   std::vector<std::unique_ptr<Communicator>> comms;
   std::vector<KvStorage> kv;
   std::vector<std::vector<float>> logits;  // per rank (rank 0's are returned)
@@ -82,7 +82,7 @@ struct TensorParallelDecoder::Impl {
 };
 
 Result<std::unique_ptr<TensorParallelDecoder>> TensorParallelDecoder::create(
-    std::vector<std::unique_ptr<Model>> ranks, std::vector<std::unique_ptr<Communicator>> comms) {
+    std::vector<std::shared_ptr<Model>> ranks, std::vector<std::unique_ptr<Communicator>> comms) {
   const int n = static_cast<int>(ranks.size());
   if (n < 2 || comms.size() != ranks.size())
     return invalid_argument("tensor-parallel decoder: needs two ranks or more, and one communicator per rank");

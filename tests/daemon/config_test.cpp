@@ -37,6 +37,7 @@ threads = 4
 kv_cache_mib = 256
 kv_cache_type = "f32"
 device_reserve_mib = 2048
+tensor_parallel = 2
 max_running = 8
 max_waiting = 10
 prefill_chunk = 128
@@ -59,6 +60,7 @@ client_ca = "/ca.pem"
   EXPECT_EQ(c->device, engine::Device::kCpu);
   EXPECT_EQ(c->kv_cache_mib, 256u);
   EXPECT_EQ(c->device_reserve_mib, 2048u);
+  EXPECT_EQ(c->tensor_parallel, 2);
   EXPECT_EQ(c->kv_cache_type, engine::KvType::kF32);
   EXPECT_EQ(c->max_waiting, 10);
   EXPECT_EQ(c->http_threads, 32);
@@ -87,6 +89,7 @@ TEST(ConfigTest, RefusalsNameTheKey) {
       {"kv_cache_mib = \"all\"", "kv_cache_mib: must be \"auto\" or a number of MiB"},
       {"kv_cache_mib = 0", "kv_cache_mib"},
       {"device_reserve_mib = -1", "device_reserve_mib"},
+      {"tensor_parallel = 0", "tensor_parallel"},
       {"store = [", "t.toml:1"},
   };
   for (const auto& [text, want] : cases) {

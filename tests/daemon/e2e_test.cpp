@@ -860,6 +860,34 @@ TEST(DaemonLifecycle, DeviceCudaIsRefusedWithoutAGpu) {
   EXPECT_EQ(cpu->stop(), 0);
 }
 
+// tensor_parallel = 2 on the CPU: two ranks as threads, each holding half
+// the heads and feed-forward columns, sharing one KV cache; the answers are
+// the whole model's (the reference story, greedy, with the real model).
+// A split the model cannot take is refused at load, with the reason.
+TEST(DaemonLifecycle, TensorParallelRanksServeTheWholeModelsAnswers) {
+  Enclave e;
+  auto d = Daemon::start(e, "device = \"cpu\"\ntensor_parallel = 2\n");
+  ASSERT_GT(d->port, 0) << d->log();
+  EXPECT_NE(d->log().find("tensor-parallel rank 1 of 2"), std::string::npos) << d->log();
+  auto models = d->client().Get("/v1/models");
+  ASSERT_TRUE(models);
+  EXPECT_EQ(json::parse(models->body)["data"][0]["airlock"]["tensor_parallel"], 2);
+  auto r = d->post("/v1/completions", {{"model", "stories"}, {"prompt", ""}, {"max_tokens", 40}, {"temperature", 0}});
+  ASSERT_TRUE(r);
+  ASSERT_EQ(r->status, 200) << r->body;
+  const std::string text = json::parse(r->body)["choices"][0]["text"];
+  if (have_stories()) {
+    const std::string expected = testing::read_file(models_dir() + "/stories260K.expected.txt");
+    EXPECT_EQ(expected.substr(0, text.size()), text);
+    EXPECT_GT(text.size(), 20u);
+  }
+  EXPECT_EQ(d->stop(), 0);
+
+  auto odd = Daemon::start(e, "device = \"cpu\"\ntensor_parallel = 3\n");
+  EXPECT_EQ(odd->port, 0);
+  EXPECT_NE(odd->log().find("do not divide among 3 ranks"), std::string::npos) << odd->log();
+}
+
 // systemd socket activation (airlockd.socket): the daemon serves on the
 // listening socket it is handed, not on the configured address, and refuses
 // what systemd would never pass it.

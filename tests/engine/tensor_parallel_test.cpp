@@ -327,7 +327,7 @@ TEST(TensorParallelFailure, OneRanksFailureAbortsTheGroup) {
 Result<std::unique_ptr<TensorParallelDecoder>> make_group(const testing::TestModel& tm, int n, int odd_rank = -1,
                                                           std::shared_ptr<Backend> odd_backend = nullptr) {
   auto comms = make_in_process_group(n);
-  std::vector<std::unique_ptr<Model>> ranks;
+  std::vector<std::shared_ptr<Model>> ranks;
   for (int r = 0; r < n; ++r) {
     AIRLOCK_ASSIGN_OR_RETURN(auto file,
                              GgufFile::parse({reinterpret_cast<const std::uint8_t*>(tm.gguf.data()), tm.gguf.size()}));
@@ -478,7 +478,7 @@ TEST(TensorParallelDecoderTest, CreateRefusesWhatIsNotOneGroup) {
   EXPECT_FALSE(TensorParallelDecoder::create({}, {}).is_ok());
   // Ranks in the wrong order.
   auto comms = make_in_process_group(2);
-  std::vector<std::unique_ptr<Model>> ranks;
+  std::vector<std::shared_ptr<Model>> ranks;
   for (int r : {1, 0}) {
     Result<std::unique_ptr<Model>> m = load(tm, {r, 2, comms[static_cast<std::size_t>(r)].get()});
     ASSERT_TRUE(m.is_ok());

@@ -6,10 +6,12 @@
 
 #include <memory>
 #include <optional>
+#include <vector>
 #include <string_view>
 
 #include "airlock/common/status.h"
 #include "airlock/engine/backend.h"
+#include "airlock/engine/collective.h"
 
 namespace airlock::engine {
 
@@ -26,9 +28,18 @@ const char* device_name(Device d);
 // True when this build contains the CUDA backend.
 bool cuda_built();
 
-// The backend for `device`; n_threads sizes the CPU backend's pool (0: every
-// allowed core). Errors: kUnavailable for kCuda when the build has no CUDA
-// backend or no GPU is present (the message says which).
-Result<std::shared_ptr<Backend>> make_backend(Device device, int n_threads);
+// kCpu or kCuda: what kAuto means on this machine with this build.
+Device resolve_device(Device device);
+
+// The backend for `device` (CUDA device `index`, 0 for the CPU); n_threads
+// sizes the CPU backend's pool (0: every allowed core). Errors:
+// kUnavailable for kCuda when the build has no CUDA backend or there is no
+// such GPU (the message says which).
+Result<std::shared_ptr<Backend>> make_backend(Device device, int n_threads, int index = 0);
+
+// The communicators of a tensor-parallel group of n_ranks on `device`
+// (resolved): CUDA devices 0..n_ranks-1 joined by NCCL, or CPU ranks
+// joined in-process. kUnavailable when the GPUs or NCCL are missing.
+Result<std::vector<std::unique_ptr<Communicator>>> make_group(Device device, int n_ranks);
 
 }  // namespace airlock::engine

@@ -45,8 +45,9 @@ std::unique_ptr<Decoder> make_single_decoder(Model& model);
 class TensorParallelDecoder final : public Decoder {
  public:
   // ranks[i] must be rank i of a group of ranks.size() (> 1) whose
-  // communicators are comms (held until the decoder is destroyed).
-  static Result<std::unique_ptr<TensorParallelDecoder>> create(std::vector<std::unique_ptr<Model>> ranks,
+  // communicators are comms (held until the decoder is destroyed). The
+  // ranks are shared: a server keeps rank 0 for its metadata.
+  static Result<std::unique_ptr<TensorParallelDecoder>> create(std::vector<std::shared_ptr<Model>> ranks,
                                                                std::vector<std::unique_ptr<Communicator>> comms);
   ~TensorParallelDecoder() override;
   TensorParallelDecoder(const TensorParallelDecoder&) = delete;
