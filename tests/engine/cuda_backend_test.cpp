@@ -6,9 +6,12 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdlib>
+#include <fstream>
 
 #include "airlock/engine/kernels.h"
 #include "airlock/engine/model.h"
+#include "airlock/engine/sampler.h"
 #include "airlock/engine/thread_pool.h"
 #include "cuda_backend.h"
 #include "cuda_ops.h"
@@ -116,6 +119,142 @@ INSTANTIATE_TEST_SUITE_P(
                       Case{"qwen3_q5_k", spec("qwen3", 256, 4, 1, 512, GgmlType::kQ5_K, 64, true)},
                       Case{"qwen2_q6_k_f16kv", spec("qwen2", 256, 8, 2, 256, GgmlType::kQ6_K), KvType::kF16}),
     [](const ::testing::TestParamInfo<Case>& p) { return std::string(p.param.name); });
+
+std::shared_ptr<Backend> gpu_backend(int gemm_min_tokens = 0) {
+  CudaOptions o;
+  o.gemm_min_tokens = gemm_min_tokens;
+  Result<std::unique_ptr<Backend>> b = make_cuda_backend(0, o);
+  EXPECT_TRUE(b.is_ok()) << b.status().to_string();
+  return b.is_ok() ? std::shared_ptr<Backend>(std::move(*b)) : nullptr;
+}
+
+std::vector<std::int32_t> greedy_from_bos(Model& m, int n) {
+  KvCache cache(16);
+  Result<KvStorage> kv = m.alloc_kv(16);
+  EXPECT_TRUE(kv.is_ok());
+  EXPECT_TRUE(cache.add_sequence(0).is_ok());
+  std::vector<std::int32_t> out;
+  std::int32_t tok = 1;  // BOS
+  std::vector<float> logits;
+  Sampler greedy(SamplingParams{0.0f});
+  for (int pos = 0; pos < n; ++pos) {
+    Batch b;
+    b.add(tok, pos, 0, true);
+    Status s = m.forward(b, cache, *kv, &logits);
+    EXPECT_TRUE(s.is_ok()) << s.to_string();
+    if (!s.is_ok()) break;
+    tok = greedy.sample(logits, {}).token;
+    out.push_back(tok);
+  }
+  return out;
+}
+
+// The real small model (../shared/models): greedy generation on the GPU
+// gives the CPU's tokens (the README's expected ids start them).
+TEST(CudaRealModel, Stories260KGreedyEqualsTheCpu) {
+  if (cuda::device_count() == 0) GTEST_SKIP() << "no CUDA device (or no driver): the GPU tests need one";
+  const char* dir = std::getenv("AIRLOCK_MODELS_DIR");
+  const std::string path = std::string(dir ? dir : "") + "/stories260K.gguf";
+  if (!std::ifstream(path)) GTEST_SKIP() << "stories260K.gguf not found (set AIRLOCK_MODELS_DIR)";
+  auto on_gpu = Model::load(path, gpu_backend());
+  ASSERT_TRUE(on_gpu.is_ok()) << on_gpu.status().to_string();
+  auto on_cpu = Model::load(path, make_cpu_backend(std::make_shared<ThreadPool>(2)));
+  ASSERT_TRUE(on_cpu.is_ok());
+  const std::vector<std::int32_t> got = greedy_from_bos(**on_gpu, 60), want = greedy_from_bos(**on_cpu, 60);
+  EXPECT_EQ(got, want);
+  const std::vector<std::int32_t> readme = {403, 407, 261, 378, 432, 383, 286, 261, 376, 298,
+                                            315, 421, 395, 317, 426, 338, 401, 396, 267, 337};
+  ASSERT_GE(got.size(), readme.size());
+  EXPECT_EQ(std::vector<std::int32_t>(got.begin(), got.begin() + 20), readme);
+}
+
+// Batch invariance on the GPU: a sequence's logits inside a batch of eight
+// of different lengths, mixing prompt chunks and decode steps, equal its
+// logits computed alone (F32 weights: both paths are f32, only the order
+// of the sums differs).
+TEST(CudaBatch, ASequenceGetsTheSameLogitsInsideABatch) {
+  if (cuda::device_count() == 0) GTEST_SKIP() << "no CUDA device (or no driver): the GPU tests need one";
+  const testing::TestModel tm = testing::make_test_model(spec("llama", 64, 4, 2, 96, GgmlType::kF32));
+  auto f = GgufFile::parse({reinterpret_cast<const std::uint8_t*>(tm.gguf.data()), tm.gguf.size()});
+  ASSERT_TRUE(f.is_ok());
+  auto m = Model::from_gguf(std::move(*f), gpu_backend());
+  ASSERT_TRUE(m.is_ok()) << m.status().to_string();
+  const int n_vocab = tm.spec.n_vocab;
+  auto token = [&](int seq, int pos) { return (seq * 17 + pos * 5 + 1) % n_vocab; };
+  // Alone: sequence 0 prefilled with 11 tokens, then 3 decode steps.
+  std::vector<float> alone;
+  {
+    KvCache cache(64);
+    Result<KvStorage> kv = (*m)->alloc_kv(64);
+    ASSERT_TRUE(kv.is_ok());
+    ASSERT_TRUE(cache.add_sequence(0).is_ok());
+    std::vector<float> logits;
+    Batch b;
+    for (int p = 0; p < 11; ++p) b.add(token(0, p), p, 0, p == 10);
+    ASSERT_TRUE((*m)->forward(b, cache, *kv, &logits).is_ok());
+    alone = logits;
+    for (int p = 11; p < 14; ++p) {
+      Batch d;
+      d.add(token(0, p), p, 0, true);
+      ASSERT_TRUE((*m)->forward(d, cache, *kv, &logits).is_ok());
+      alone.insert(alone.end(), logits.begin(), logits.end());
+    }
+  }
+  // In a batch: seven other sequences with prompts of 1 to 40 tokens.
+  std::vector<float> batched;
+  {
+    KvCache cache(64);
+    Result<KvStorage> kv = (*m)->alloc_kv(64);
+    ASSERT_TRUE(kv.is_ok());
+    for (int s = 0; s < 8; ++s) ASSERT_TRUE(cache.add_sequence(s).is_ok());
+    std::vector<float> logits;
+    Batch b;
+    for (int s = 1; s < 8; ++s)
+      for (int p = 0; p < 1 + 6 * (s - 1); ++p) b.add(token(s, p), p, s, false);
+    for (int p = 0; p < 11; ++p) b.add(token(0, p), p, 0, p == 10);
+    ASSERT_TRUE((*m)->forward(b, cache, *kv, &logits).is_ok());
+    batched = logits;
+    for (int p = 11; p < 14; ++p) {
+      Batch d;
+      for (int s = 1; s < 8; ++s) d.add(token(s, cache.length(s)), cache.length(s), s, false);
+      d.add(token(0, p), p, 0, true);
+      ASSERT_TRUE((*m)->forward(d, cache, *kv, &logits).is_ok());
+      batched.insert(batched.end(), logits.begin(), logits.end());
+    }
+  }
+  ASSERT_EQ(alone.size(), batched.size());
+  for (std::size_t i = 0; i < alone.size(); ++i)
+    ASSERT_NEAR(batched[i], alone[i], 1e-5 * (1.0 + std::fabs(alone[i]))) << "logit " << i;
+}
+
+// KV exhaustion on the GPU, as on the CPU: all or nothing, and freed blocks
+// are reused.
+TEST(CudaBatch, KvExhaustionIsAllOrNothingAndFreedBlocksAreReused) {
+  if (cuda::device_count() == 0) GTEST_SKIP() << "no CUDA device (or no driver): the GPU tests need one";
+  const testing::TestModel tm = testing::make_test_model(spec("llama", 64, 4, 2, 96, GgmlType::kQ8_0));
+  auto f = GgufFile::parse({reinterpret_cast<const std::uint8_t*>(tm.gguf.data()), tm.gguf.size()});
+  ASSERT_TRUE(f.is_ok());
+  auto m = Model::from_gguf(std::move(*f), gpu_backend());
+  ASSERT_TRUE(m.is_ok()) << m.status().to_string();
+  KvCache cache(4);  // 64 positions
+  Result<KvStorage> kv = (*m)->alloc_kv(4, KvType::kF16);
+  ASSERT_TRUE(kv.is_ok());
+  ASSERT_TRUE(cache.add_sequence(0).is_ok());
+  ASSERT_TRUE(cache.add_sequence(1).is_ok());
+  std::vector<float> logits;
+  Batch a;
+  for (int i = 0; i < 40; ++i) a.add(i % 64, i, 0, i == 39);
+  ASSERT_TRUE((*m)->forward(a, cache, *kv, &logits).is_ok());
+  Batch b;  // 30 positions need 2 blocks, 1 is free
+  for (int i = 0; i < 30; ++i) b.add(i % 64, i, 1, i == 29);
+  EXPECT_EQ((*m)->forward(b, cache, *kv, &logits).code(), StatusCode::kResourceExhausted);
+  EXPECT_EQ(cache.length(1), 0);
+  EXPECT_EQ(cache.n_free_blocks(), 1);
+  cache.remove_sequence(0);
+  ASSERT_TRUE((*m)->forward(b, cache, *kv, &logits).is_ok());
+  EXPECT_EQ(cache.n_free_blocks(), 2);
+  EXPECT_EQ(logits.size(), static_cast<std::size_t>(tm.spec.n_vocab));
+}
 
 TEST(CudaBackend, NoDeviceIsAnErrorNotACrash) {
   if (cuda::device_count() > 0) GTEST_SKIP() << "a CUDA device is present";
