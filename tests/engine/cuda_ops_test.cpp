@@ -239,6 +239,35 @@ TEST_F(CudaOpsTest, MatmulEveryWeightTypeAgainstDoubleReference) {
   EXPECT_EQ(cuda::matmul(GgmlType::kQ4_K, nullptr, 100, 1, nullptr, 1, nullptr).code(), StatusCode::kInvalidArgument);
 }
 
+// Rows shared by 2, 4 or 8 warps (few rows on a large GPU) give the same
+// products as rows of their own: the fast types at row counts that make
+// each split on a 132-multiprocessor GPU (and other splits elsewhere).
+TEST_F(CudaOpsTest, MatmulRowsSharedAmongWarps) {
+  const std::int64_t n_in = 256;
+  for (GgmlType type : {GgmlType::kF32, GgmlType::kF16, GgmlType::kBF16, GgmlType::kQ8_0})
+    for (std::int64_t n_out : {2000, 3500, 7000}) {
+      const Weights w = make_weights(type, random(n_in * n_out, 0.05f), n_in, n_out);
+      auto dw = on_device(w.bytes);
+      for (std::int64_t n_tokens : {1, 5}) {
+        std::vector<float> x = random(n_tokens * n_in);
+        auto dx = on_device(x), dy = on_device(std::vector<float>(static_cast<std::size_t>(n_tokens * n_out)));
+        ASSERT_TRUE(cuda::matmul(type, dw.get(), n_in, n_out, dx.as<float>(), n_tokens, dy.as<float>()).is_ok());
+        expect_product(on_host(dy, n_tokens * n_out), w.rows, x, n_tokens, n_in, n_out, 1e-5,
+                       std::string(traits(type).name) + " rows " + std::to_string(n_out));
+      }
+    }
+}
+
+TEST(CudaMatvecSplit, AboutFortyEightWarpsPerMultiprocessor) {
+  EXPECT_EQ(cuda::matvec_split(37, 132), 8);
+  EXPECT_EQ(cuda::matvec_split(1024, 132), 8);   // a key/value projection
+  EXPECT_EQ(cuda::matvec_split(2000, 132), 4);
+  EXPECT_EQ(cuda::matvec_split(4096, 132), 2);   // a query projection
+  EXPECT_EQ(cuda::matvec_split(14336, 132), 1);  // feed-forward
+  EXPECT_EQ(cuda::matvec_split(128256, 132), 1); // the output matrix
+  EXPECT_EQ(cuda::matvec_split(1000, 0), 1);     // no count: one multiprocessor's worth
+}
+
 // The cuBLAS path: F32 in full f32; every other type through bf16 (each
 // factor rounded to 8 significant bits, so products are within about 2^-8
 // of exact and sums within that times the sum of magnitudes).

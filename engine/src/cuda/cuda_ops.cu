@@ -7,6 +7,7 @@
 #include <cublas_v2.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <vector>
@@ -259,51 +260,84 @@ struct ChunkQ8_0 {  // a quarter of a 34-byte block: its scale and 8 quants (2-b
   }
 };
 
+// A row may be shared by `split` warps of a block (1, 2, 4 or 8), each
+// taking every split-th run of 32 chunks, their sums added in shared memory:
+// matrices of few rows (a layer's key and value projections) still give
+// every SM enough warps in flight to keep its memory requests coming.
 template <typename Chunk, int NT>
 __global__ void matvec_kernel(const std::uint8_t* w, std::size_t row_bytes, std::int64_t n_in, std::int64_t n_out,
-                              const float* x, float* y) {
-  const std::int64_t r = blockIdx.x * static_cast<std::int64_t>(blockDim.x / 32) + threadIdx.x / 32;
-  const int lane = threadIdx.x % 32;
-  if (r >= n_out) return;
-  const std::uint8_t* row = w + row_bytes * static_cast<std::size_t>(r);
+                              const float* x, float* y, int split) {
+  constexpr int kWarps = kThreads / 32;
+  const int warp = static_cast<int>(threadIdx.x) / 32, lane = static_cast<int>(threadIdx.x) % 32;
+  const std::int64_t r = blockIdx.x * static_cast<std::int64_t>(kWarps / split) + warp / split;
+  const int part = warp % split;
   constexpr int C = Chunk::kChunk;
   float acc[NT] = {};
-  const std::int64_t n_chunks = n_in / C;
+  if (r < n_out) {  // no early return: every thread reaches the __syncthreads below
+    const std::uint8_t* row = w + row_bytes * static_cast<std::size_t>(r);
+    const std::int64_t n_chunks = n_in / C;
 #pragma unroll 2
-  for (std::int64_t c = lane; c < n_chunks; c += 32) {
-    float wv[C];
-    Chunk::load(row, c, wv);
+    for (std::int64_t c = lane + 32 * part; c < n_chunks; c += 32 * split) {
+      float wv[C];
+      Chunk::load(row, c, wv);
 #pragma unroll
-    for (int t = 0; t < NT; ++t) {
-      const float4* xp = reinterpret_cast<const float4*>(x + t * n_in + c * C);
+      for (int t = 0; t < NT; ++t) {
+        const float4* xp = reinterpret_cast<const float4*>(x + t * n_in + c * C);
 #pragma unroll
-      for (int i = 0; i < C / 4; ++i) {
-        const float4 xv = xp[i];
-        acc[t] += wv[4 * i] * xv.x + wv[4 * i + 1] * xv.y + wv[4 * i + 2] * xv.z + wv[4 * i + 3] * xv.w;
+        for (int i = 0; i < C / 4; ++i) {
+          const float4 xv = xp[i];
+          acc[t] += wv[4 * i] * xv.x + wv[4 * i + 1] * xv.y + wv[4 * i + 2] * xv.z + wv[4 * i + 3] * xv.w;
+        }
       }
     }
   }
+  __shared__ float parts[kWarps][NT];
 #pragma unroll
   for (int t = 0; t < NT; ++t) {
     float v = acc[t];
     for (int o = 16; o > 0; o /= 2) v += __shfl_xor_sync(0xffffffffu, v, o);
-    if (lane == 0) y[t * n_out + r] = v;
+    if (lane == 0) parts[warp][t] = v;
+  }
+  __syncthreads();
+  if (r < n_out && part == 0 && lane < NT) {
+    float v = 0.0f;
+    for (int k = 0; k < split; ++k) v += parts[warp + k][lane];
+    y[lane * n_out + r] = v;
   }
 }
 
 template <typename Chunk>
-void launch_matvec(int nt, unsigned grid, const std::uint8_t* w, std::size_t rb, std::int64_t n_in,
+void launch_matvec(int nt, unsigned grid, int split, const std::uint8_t* w, std::size_t rb, std::int64_t n_in,
                    std::int64_t n_out, const float* x, float* y) {
   switch (nt) {
-    case 1: matvec_kernel<Chunk, 1><<<grid, kThreads>>>(w, rb, n_in, n_out, x, y); break;
-    case 2: matvec_kernel<Chunk, 2><<<grid, kThreads>>>(w, rb, n_in, n_out, x, y); break;
-    case 3: matvec_kernel<Chunk, 3><<<grid, kThreads>>>(w, rb, n_in, n_out, x, y); break;
-    case 4: matvec_kernel<Chunk, 4><<<grid, kThreads>>>(w, rb, n_in, n_out, x, y); break;
-    case 5: matvec_kernel<Chunk, 5><<<grid, kThreads>>>(w, rb, n_in, n_out, x, y); break;
-    case 6: matvec_kernel<Chunk, 6><<<grid, kThreads>>>(w, rb, n_in, n_out, x, y); break;
-    case 7: matvec_kernel<Chunk, 7><<<grid, kThreads>>>(w, rb, n_in, n_out, x, y); break;
-    default: matvec_kernel<Chunk, 8><<<grid, kThreads>>>(w, rb, n_in, n_out, x, y); break;
+    case 1: matvec_kernel<Chunk, 1><<<grid, kThreads>>>(w, rb, n_in, n_out, x, y, split); break;
+    case 2: matvec_kernel<Chunk, 2><<<grid, kThreads>>>(w, rb, n_in, n_out, x, y, split); break;
+    case 3: matvec_kernel<Chunk, 3><<<grid, kThreads>>>(w, rb, n_in, n_out, x, y, split); break;
+    case 4: matvec_kernel<Chunk, 4><<<grid, kThreads>>>(w, rb, n_in, n_out, x, y, split); break;
+    case 5: matvec_kernel<Chunk, 5><<<grid, kThreads>>>(w, rb, n_in, n_out, x, y, split); break;
+    case 6: matvec_kernel<Chunk, 6><<<grid, kThreads>>>(w, rb, n_in, n_out, x, y, split); break;
+    case 7: matvec_kernel<Chunk, 7><<<grid, kThreads>>>(w, rb, n_in, n_out, x, y, split); break;
+    default: matvec_kernel<Chunk, 8><<<grid, kThreads>>>(w, rb, n_in, n_out, x, y, split); break;
   }
+}
+
+// Streaming multiprocessors of the current device (80 if it cannot be
+// read), looked up once per device.
+int sm_count() {
+  static std::atomic<int> cached[64] = {};
+  int device = 0;
+  if (cudaGetDevice(&device) != cudaSuccess || device < 0 || device >= 64) {
+    (void)cudaGetLastError();
+    return 80;
+  }
+  int n = cached[device].load(std::memory_order_relaxed);
+  if (n > 0) return n;
+  if (cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device) != cudaSuccess || n <= 0) {
+    (void)cudaGetLastError();
+    return 80;
+  }
+  cached[device].store(n, std::memory_order_relaxed);
+  return n;
 }
 
 // The fast kernel for (type, n_in, pointers) or false: other types and rows
@@ -313,8 +347,9 @@ bool fast_matvec(GgmlType type, const void* w, std::int64_t n_in, std::int64_t n
                  std::int64_t n_tokens, float* y) {
   const auto aligned = [](const void* p, std::size_t a) { return reinterpret_cast<std::uintptr_t>(p) % a == 0; };
   if (n_in % 32 != 0 || !aligned(x, 16) || !aligned(w, 16)) return false;
-  constexpr int kRowsPerBlock = kThreads / 32;
-  const unsigned grid = static_cast<unsigned>((n_out + kRowsPerBlock - 1) / kRowsPerBlock);
+  const int split = matvec_split(n_out, sm_count());
+  const std::int64_t rows_per_block = kThreads / 32 / split;
+  const unsigned grid = static_cast<unsigned>((n_out + rows_per_block - 1) / rows_per_block);
   const auto* wb = static_cast<const std::uint8_t*>(w);
   const std::size_t rb = row_bytes(type, n_in);
   for (std::int64_t t0 = 0; t0 < n_tokens; t0 += kMatmulTokens) {
@@ -322,10 +357,10 @@ bool fast_matvec(GgmlType type, const void* w, std::int64_t n_in, std::int64_t n
     const float* xt = x + t0 * n_in;
     float* yt = y + t0 * n_out;
     switch (type) {
-      case GgmlType::kF32: launch_matvec<ChunkF32>(nt, grid, wb, rb, n_in, n_out, xt, yt); break;
-      case GgmlType::kF16: launch_matvec<ChunkF16>(nt, grid, wb, rb, n_in, n_out, xt, yt); break;
-      case GgmlType::kBF16: launch_matvec<ChunkBF16>(nt, grid, wb, rb, n_in, n_out, xt, yt); break;
-      case GgmlType::kQ8_0: launch_matvec<ChunkQ8_0>(nt, grid, wb, rb, n_in, n_out, xt, yt); break;
+      case GgmlType::kF32: launch_matvec<ChunkF32>(nt, grid, split, wb, rb, n_in, n_out, xt, yt); break;
+      case GgmlType::kF16: launch_matvec<ChunkF16>(nt, grid, split, wb, rb, n_in, n_out, xt, yt); break;
+      case GgmlType::kBF16: launch_matvec<ChunkBF16>(nt, grid, split, wb, rb, n_in, n_out, xt, yt); break;
+      case GgmlType::kQ8_0: launch_matvec<ChunkQ8_0>(nt, grid, split, wb, rb, n_in, n_out, xt, yt); break;
       default: return false;
     }
   }
@@ -608,6 +643,15 @@ Status kv_write(KvType type, void* k_layer, void* v_layer, std::int64_t kv_dim, 
     kv_write_kernel<<<blocks_for(n_tokens * kv_dim), kThreads>>>(static_cast<float*>(k_layer), static_cast<float*>(v_layer),
                                                                  kv_dim, k, v, n_tokens, slots);
   return launched("kv_write");
+}
+
+int matvec_split(std::int64_t n_out, int n_sm) {
+  // About 48 warps per SM in flight; a row never spread over more than the
+  // 8 warps of a block.
+  const std::int64_t want = static_cast<std::int64_t>(std::max(1, n_sm)) * 48;
+  int split = 1;
+  while (split < 8 && n_out * split < want) split *= 2;
+  return split;
 }
 
 int attention_splits(std::int64_t n_tokens, int n_head, int max_ctx) {

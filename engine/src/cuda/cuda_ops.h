@@ -95,6 +95,10 @@ Status get_rows(GgmlType type, const void* table, std::int64_t row_len, const st
 // kernel (one number per lane and step).
 Status matmul(GgmlType type, const void* w, std::int64_t n_in, std::int64_t n_out, const float* x,
               std::int64_t n_tokens, float* y);
+// Warps sharing one row in the fast kernel, for n_out rows on n_sm
+// multiprocessors: 1, 2, 4 or 8, so that about 48 warps per multiprocessor
+// are in flight (host code, tested everywhere).
+int matvec_split(std::int64_t n_out, int n_sm);
 
 // The same product through cuBLAS, for prompt chunks and large batches:
 // F32 weights by SGEMM in full f32 (no TF32); every other type decoded to
