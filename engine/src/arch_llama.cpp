@@ -1,5 +1,6 @@
 // The Llama family forward pass (llama, qwen2, qwen3), written against the
 // backend operations only.
+#include <algorithm>
 #include <cmath>
 #include <map>
 
@@ -138,7 +139,15 @@ Result<Model::Activations> Model::activations(std::int64_t n, std::int64_t n_out
 Status Model::prepare(std::int64_t n_tokens, std::int64_t n_out) {
   if (tp_.n_ranks > 1 && !group_failure_.is_ok())
     return unavailable("tensor-parallel rank " + std::to_string(tp_.rank) + " is unusable after a failed pass");
-  return activations(n_tokens, n_out).status();
+  AIRLOCK_RETURN_IF_ERROR(activations(n_tokens, n_out).status());
+  Backend::PassShape shape;
+  shape.n_tokens = n_tokens;
+  shape.n_head = shard_.n_head;
+  shape.head_dim = params_.head_dim;
+  shape.max_row = std::max<std::int64_t>({params_.n_embd, static_cast<std::int64_t>(shard_.n_head) * params_.head_dim,
+                                          shard_.n_ff});
+  shape.max_blocks = KvCache::blocks_for(params_.n_ctx_train);
+  return backend_->reserve_pass(shape);
 }
 
 Status Model::compute(const Batch& batch, const PassPlan& plan, const KvStorage& kv, std::vector<float>* logits) {

@@ -3,6 +3,8 @@
 #include <condition_variable>
 #include <functional>
 #include <mutex>
+#include <stdexcept>
+#include <system_error>
 #include <thread>
 
 namespace airlock::engine {
@@ -59,7 +61,13 @@ struct TensorParallelDecoder::Impl {
         seen = generation;
         j = job;
       }
-      Status s = j(r);
+      Status s;
+      try {
+        s = j(r);
+      } catch (const std::exception& e) {  // bad_alloc, say: a failed pass, not a dead process
+        s = internal_error(std::string("tensor-parallel rank ") + std::to_string(r) + ": " + e.what());
+        ranks[static_cast<std::size_t>(r)]->fail_group(s);
+      }
       std::lock_guard<std::mutex> lock(mu);
       results[static_cast<std::size_t>(r)] = std::move(s);
       if (--pending == 0) cv.notify_all();
@@ -98,8 +106,15 @@ Result<std::unique_ptr<TensorParallelDecoder>> TensorParallelDecoder::create(
   impl->kv.resize(static_cast<std::size_t>(n));
   impl->logits.resize(static_cast<std::size_t>(n));
   impl->results.resize(static_cast<std::size_t>(n));
-  for (int r = 0; r < n; ++r) impl->threads.emplace_back([p = impl.get(), r] { p->worker(r); });
-  return std::unique_ptr<TensorParallelDecoder>(new TensorParallelDecoder(std::move(impl)));
+  // Owned by the decoder at once, so that its destructor stops and joins
+  // whatever threads started if starting one fails.
+  std::unique_ptr<TensorParallelDecoder> d(new TensorParallelDecoder(std::move(impl)));
+  try {
+    for (int r = 0; r < n; ++r) d->impl_->threads.emplace_back([p = d->impl_.get(), r] { p->worker(r); });
+  } catch (const std::system_error& e) {
+    return internal_error(std::string("tensor-parallel decoder: cannot start a rank thread: ") + e.what());
+  }
+  return d;
 }
 
 TensorParallelDecoder::TensorParallelDecoder(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}

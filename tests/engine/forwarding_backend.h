@@ -52,6 +52,7 @@ class ForwardingBackend : public engine::Backend {
   Status take_error() override { return be_->take_error(); }
   std::optional<std::uint64_t> free_device_memory() override { return be_->free_device_memory(); }
   void bind_thread() override { be_->bind_thread(); }
+  Status reserve_pass(const PassShape& p) override { return be_->reserve_pass(p); }
 
  private:
   std::unique_ptr<engine::Backend> be_;

@@ -181,12 +181,35 @@ class CudaBackend final : public Backend {
   }
 
   std::optional<std::uint64_t> free_device_memory() override {
+    // cudaMemGetInfo answers for the calling thread's device: ask about
+    // this backend's, then put the thread back.
+    int previous = 0;
     std::size_t free_bytes = 0, total = 0;
-    if (cudaMemGetInfo(&free_bytes, &total) != cudaSuccess) {
+    const bool ok = cudaGetDevice(&previous) == cudaSuccess && cudaSetDevice(device_) == cudaSuccess &&
+                    cudaMemGetInfo(&free_bytes, &total) == cudaSuccess;
+    (void)cudaSetDevice(previous);
+    if (!ok) {
       (void)cudaGetLastError();
       return std::uint64_t{0};  // unknown: plan as if nothing were free, which refuses rather than overcommits
     }
     return static_cast<std::uint64_t>(free_bytes);
+  }
+
+  Status reserve_pass(const PassShape& p) override {
+    // What compute() would otherwise allocate on the way: the attention
+    // ranges' partial results (attention_splits keeps the ranges to about
+    // 1024 blocks beyond one per token and head), the bf16 activations of a
+    // GEMM, and the staged metadata.
+    const std::int64_t heads = p.n_tokens * p.n_head;
+    const std::size_t attention = static_cast<std::size_t>((heads + 1024) * (p.head_dim + 2)) * sizeof(float);
+    AIRLOCK_RETURN_IF_ERROR(grow(&attention_workspace_, attention));
+    AIRLOCK_RETURN_IF_ERROR(gemm_->reserve_activations(p.n_tokens * p.max_row));
+    const std::size_t ints = static_cast<std::size_t>(p.n_tokens) * sizeof(std::int32_t);
+    for (Staged k : {kIds, kPositions, kSlots, kContexts})
+      AIRLOCK_RETURN_IF_ERROR(grow(&staging_[k], ints));
+    AIRLOCK_RETURN_IF_ERROR(grow(&staging_[kTables], ints * static_cast<std::size_t>(std::max<std::int64_t>(1, p.max_blocks))));
+    AIRLOCK_RETURN_IF_ERROR(grow(&staging_[kFreqFactors], static_cast<std::size_t>(std::max(1, p.head_dim / 2)) * sizeof(float)));
+    return Status::ok();
   }
 
   Status take_error() override {
@@ -239,6 +262,17 @@ class CudaBackend final : public Backend {
       return nullptr;
     }
     return b.as<std::int32_t>();
+  }
+
+  // Grows a device buffer to `bytes` (a fresh one: staged contents are
+  // forgotten).
+  Status grow(cuda::DeviceBuffer* b, std::size_t bytes) {
+    if (b->size() >= bytes) return Status::ok();
+    *b = cuda::DeviceBuffer();
+    AIRLOCK_ASSIGN_OR_RETURN(*b, cuda::DeviceBuffer::alloc(bytes));
+    for (int k = 0; k < kStagedKinds; ++k)
+      if (b == &staging_[k]) staged_[k].clear();
+    return Status::ok();
   }
 
   // Norm and bias weights are stored as f32 by upload().

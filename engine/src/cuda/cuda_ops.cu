@@ -736,6 +736,10 @@ Status Gemm::reserve(GgmlType type, std::int64_t n_elems) {
   return grow(&w16_, static_cast<std::size_t>(n_elems) * sizeof(__nv_bfloat16));
 }
 
+Status Gemm::reserve_activations(std::int64_t n_elems) {
+  return grow(&x16_, static_cast<std::size_t>(n_elems) * sizeof(__nv_bfloat16));
+}
+
 Status Gemm::matmul(GgmlType type, const void* w, std::int64_t n_in, std::int64_t n_out, const float* x,
                     std::int64_t n_tokens, float* y) {
   if (!supported(type)) return invalid_argument("CUDA GEMM: " + std::string(traits(type).name) + " is not supported");

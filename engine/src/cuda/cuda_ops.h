@@ -116,6 +116,8 @@ class Gemm {
   Gemm& operator=(const Gemm&) = delete;
   // Room for a matrix of n_elems weights decoded to bf16.
   Status reserve(GgmlType type, std::int64_t n_elems);
+  // Room for n_elems activations rounded to bf16.
+  Status reserve_activations(std::int64_t n_elems);
   Status matmul(GgmlType type, const void* w, std::int64_t n_in, std::int64_t n_out, const float* x,
                 std::int64_t n_tokens, float* y);
 

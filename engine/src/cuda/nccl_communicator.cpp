@@ -63,6 +63,11 @@ Result<std::vector<std::unique_ptr<Communicator>>> make_nccl_group(const std::ve
   // InfiniBand transport is opened (the ranks share one machine).
   setenv("NCCL_SOCKET_IFNAME", "lo", /*overwrite=*/0);
   setenv("NCCL_IB_DISABLE", "1", /*overwrite=*/0);
+  // Connections and their buffers made now, not in the first all-reduce:
+  // that one would wait for every peer while holding the group's shared
+  // lock (an abort could not get in), and its buffers would come after the
+  // KV cache was sized from the free memory.
+  setenv("NCCL_RUNTIME_CONNECT", "0", /*overwrite=*/0);
   auto g = std::make_shared<NcclGroup>();
   g->comms.assign(devices.size(), nullptr);
   const ncclResult_t r = ncclCommInitAll(g->comms.data(), static_cast<int>(devices.size()), devices.data());

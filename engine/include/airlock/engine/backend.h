@@ -166,6 +166,19 @@ class Backend {
   // Makes the calling thread use this backend's device (a thread that runs
   // forward passes calls it once before the first); nothing on the CPU.
   virtual void bind_thread() {}
+  // The largest pass coming: n_tokens tokens, query heads of head_dim,
+  // matrix rows up to max_row numbers, block tables up to max_blocks.
+  struct PassShape {
+    std::int64_t n_tokens = 0;
+    int n_head = 0;
+    int head_dim = 0;
+    std::int64_t max_row = 0;
+    std::int64_t max_blocks = 0;
+  };
+  // Allocates, ahead of the pass, whatever workspace the backend's
+  // operations would otherwise allocate during it (so that running out of
+  // memory fails the pass before the KV cache changes); nothing on the CPU.
+  virtual Status reserve_pass(const PassShape&) { return Status::ok(); }
 };
 
 std::unique_ptr<Backend> make_cpu_backend(std::shared_ptr<ThreadPool> pool);

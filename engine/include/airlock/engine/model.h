@@ -145,8 +145,11 @@ class Model {
   // holds collectives). check() validates the batch against the cache and
   // returns how many tokens want logits (changes nothing); prepare() grows
   // this rank's buffers; commit() extends the cache; compute() runs the
-  // planned pass. A failing prepare() or compute() of a rank in a group
-  // must be followed by fail_group() (forward() does it).
+  // planned pass. A failing compute() of a rank in a group must be followed
+  // by fail_group() (the other ranks may be waiting in a collective);
+  // prepare() runs before any collective, so its failure fails the pass
+  // alone. prepare() also has the backend reserve its workspaces
+  // (Backend::reserve_pass), so compute() allocates nothing.
   Result<std::int64_t> check(const Batch& batch, const KvCache& cache) const;
   Status prepare(std::int64_t n_tokens, std::int64_t n_out);
   static Result<PassPlan> commit(const Batch& batch, KvCache& cache);
