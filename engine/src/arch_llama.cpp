@@ -221,8 +221,8 @@ Status Model::compute(const Batch& batch, const PassPlan& plan, const KvStorage&
   for (std::int64_t i = 0; i < n; ++i)
     if (batch.want_logits[i]) rows.push_back(i);
   const std::int64_t m = static_cast<std::int64_t>(rows.size());
-  logits->assign(static_cast<std::size_t>(n_out * p.n_vocab), 0.0f);
-  if (m > 0) {
+  if (logits != nullptr) logits->assign(static_cast<std::size_t>(n_out * p.n_vocab), 0.0f);
+  if (m > 0 && logits != nullptr) {
     be.gather_rows(x, rows.data(), m, d, x);
     be.rms_norm(x, output_norm_, m, d, p.rms_eps, h);
     be.matmul(output_, h, m, out);

@@ -38,7 +38,7 @@ struct TensorParallelDecoder::Impl {
   std::vector<std::shared_ptr<Model>> ranks;
   std::vector<std::unique_ptr<Communicator>> comms;
   std::vector<KvStorage> kv;
-  std::vector<std::vector<float>> logits;  // per rank (rank 0's are returned)
+  std::vector<std::vector<float>> logits;  // rank 0's fill [0]
 
   std::mutex mu;
   std::condition_variable cv;
@@ -151,7 +151,9 @@ Status TensorParallelDecoder::forward(const Batch& batch, KvCache& cache, std::v
   AIRLOCK_ASSIGN_OR_RETURN(const PassPlan plan, Model::commit(batch, cache));
   Status s = g.run([&](int r) {
     Model& m = *g.ranks[static_cast<std::size_t>(r)];
-    Status rs = m.compute(batch, plan, g.kv[static_cast<std::size_t>(r)], &g.logits[static_cast<std::size_t>(r)]);
+    // Every rank holds the same final residual stream: only rank 0 goes on
+    // through the output matrix.
+    Status rs = m.compute(batch, plan, g.kv[static_cast<std::size_t>(r)], r == 0 ? &g.logits[0] : nullptr);
     if (!rs.is_ok()) m.fail_group(rs);  // wakes the ranks waiting for this one
     return rs;
   });

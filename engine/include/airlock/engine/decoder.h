@@ -5,8 +5,8 @@
 // TensorParallel{i, n, comm}) and one thread per rank, each bound to its
 // rank's device (Backend::bind_thread). forward() checks the batch and
 // extends the shared KV cache once, grows every rank's buffers, then runs
-// every rank's pass at once (the passes meet in the all-reduces) and
-// returns rank 0's logits. Each rank keeps the keys and values of its own
+// every rank's pass at once (the passes meet in the all-reduces); rank 0
+// alone goes on through the output matrix, and its logits are returned. Each rank keeps the keys and values of its own
 // heads in its own storage; the block bookkeeping (KvCache) is one for all.
 //
 // Errors: as Model::forward. A rank whose pass fails aborts the group

@@ -150,6 +150,8 @@ class Model {
   // prepare() runs before any collective, so its failure fails the pass
   // alone. prepare() also has the backend reserve its workspaces
   // (Backend::reserve_pass), so compute() allocates nothing.
+  // compute() with null `logits` stops after the last layer (the other
+  // ranks of a group: their logits would be rank 0's).
   Result<std::int64_t> check(const Batch& batch, const KvCache& cache) const;
   Status prepare(std::int64_t n_tokens, std::int64_t n_out);
   static Result<PassPlan> commit(const Batch& batch, KvCache& cache);
