@@ -50,6 +50,7 @@ Result<std::shared_ptr<Backend>> make_backend(Device device, int n_threads, int 
     AIRLOCK_ASSIGN_OR_RETURN(std::unique_ptr<Backend> b, make_cuda_backend(index));
     return std::shared_ptr<Backend>(std::move(b));
 #else
+    (void)index;
     return unavailable("device = \"cuda\": this build has no CUDA backend (built without nvcc)");
 #endif
   }
