@@ -17,10 +17,14 @@ std::uint64_t Model::scratch_bytes(std::int64_t n_tokens, std::int64_t n_logits)
   return static_cast<std::uint64_t>(n_tokens * per_token + n_logits * params_.n_vocab) * sizeof(float);
 }
 
+Status Model::usable() const {
+  if (group_failure_.is_ok()) return Status::ok();
+  return unavailable("tensor-parallel rank " + std::to_string(tp_.rank) + " is unusable after a failed pass (" +
+                     group_failure_.to_string() + "); load the model again");
+}
+
 Status Model::forward(const Batch& batch, KvCache& cache, const KvStorage& kv, std::vector<float>* logits) {
-  if (tp_.n_ranks > 1 && !group_failure_.is_ok())
-    return unavailable("tensor-parallel rank " + std::to_string(tp_.rank) + " is unusable after a failed pass (" +
-                       group_failure_.to_string() + "); load the model again");
+  AIRLOCK_RETURN_IF_ERROR(usable());
   // check() and commit() fail alike on every rank of a tensor-parallel
   // group; prepare() and compute() may fail on one rank only, which must
   // then abort the group (the others may be waiting in a collective).
@@ -137,8 +141,7 @@ Result<Model::Activations> Model::activations(std::int64_t n, std::int64_t n_out
 }
 
 Status Model::prepare(std::int64_t n_tokens, std::int64_t n_out) {
-  if (tp_.n_ranks > 1 && !group_failure_.is_ok())
-    return unavailable("tensor-parallel rank " + std::to_string(tp_.rank) + " is unusable after a failed pass");
+  AIRLOCK_RETURN_IF_ERROR(usable());
   AIRLOCK_RETURN_IF_ERROR(activations(n_tokens, n_out).status());
   Backend::PassShape shape;
   shape.n_tokens = n_tokens;
@@ -151,8 +154,7 @@ Status Model::prepare(std::int64_t n_tokens, std::int64_t n_out) {
 }
 
 Status Model::compute(const Batch& batch, const PassPlan& plan, const KvStorage& kv, std::vector<float>* logits) {
-  if (tp_.n_ranks > 1 && !group_failure_.is_ok())
-    return unavailable("tensor-parallel rank " + std::to_string(tp_.rank) + " is unusable after a failed pass");
+  AIRLOCK_RETURN_IF_ERROR(usable());
   const ModelParams& p = params_;
   const std::int64_t n = static_cast<std::int64_t>(batch.size()), n_out = plan.n_out;
   Backend& be = *backend_;

@@ -84,12 +84,7 @@ double gpu_error(const Case& c, const Path& path) {
   const std::vector<float> got = run(**on_gpu, c.kv);
   EXPECT_EQ(got.size(), want.size());
   if (got.size() != want.size()) return 1.0;
-  double num = 0, den = 0;
-  for (std::size_t i = 0; i < want.size(); ++i) {
-    num += (static_cast<double>(got[i]) - want[i]) * (static_cast<double>(got[i]) - want[i]);
-    den += static_cast<double>(want[i]) * want[i];
-  }
-  return std::sqrt(num / den);
+  return testing::rel_l2_error(got, want);
 }
 
 TEST_P(CudaForwardTest, LogitsMatchTheCpuBackend) {

@@ -4,6 +4,8 @@
 // engine's kernels.
 #pragma once
 
+#include <cmath>
+#include <cstddef>
 #include <cstdint>
 #include <functional>
 #include <map>
@@ -14,6 +16,18 @@
 #include "airlock/engine/gguf.h"
 
 namespace airlock::testing {
+
+// ||got - want|| / ||want|| over two equally long sequences of numbers.
+template <typename A, typename B>
+double rel_l2_error(const A& got, const B& want) {
+  double num = 0, den = 0;
+  for (std::size_t i = 0; i < want.size(); ++i) {
+    const double d = static_cast<double>(got[i]) - static_cast<double>(want[i]);
+    num += d * d;
+    den += static_cast<double>(want[i]) * static_cast<double>(want[i]);
+  }
+  return std::sqrt(num / den);
+}
 
 class GgufWriter {
  public:

@@ -98,12 +98,7 @@ TEST(NcclTensorParallel, TwoGpuRanksMatchTheCpu) {
     ASSERT_TRUE((*group)->forward(b, gc, &got).is_ok());
     ASSERT_TRUE((*whole)->forward(b, wc, *kv, &want).is_ok());
     ASSERT_EQ(got.size(), want.size());
-    double num = 0, den = 0;
-    for (std::size_t i = 0; i < want.size(); ++i) {
-      num += (static_cast<double>(got[i]) - want[i]) * (static_cast<double>(got[i]) - want[i]);
-      den += static_cast<double>(want[i]) * want[i];
-    }
-    EXPECT_LT(std::sqrt(num / den), 1e-4) << "step " << step;
+    EXPECT_LT(testing::rel_l2_error(got, want), 1e-4) << "step " << step;
   }
   force_scalar_kernels(false);
 }

@@ -76,14 +76,7 @@ std::vector<float> run(Model& m, const std::vector<Batch>& batches) {
   return all;
 }
 
-double rel_error(const std::vector<float>& got, const std::vector<float>& want) {
-  double num = 0, den = 0;
-  for (std::size_t i = 0; i < want.size(); ++i) {
-    num += (static_cast<double>(got[i]) - want[i]) * (static_cast<double>(got[i]) - want[i]);
-    den += static_cast<double>(want[i]) * want[i];
-  }
-  return std::sqrt(num / den);
-}
+using testing::rel_l2_error;
 
 class TensorParallelTest : public ::testing::TestWithParam<Case> {};
 
@@ -130,7 +123,7 @@ TEST_P(TensorParallelTest, RanksComputeTheWholeModelsLogits) {
   force_scalar_kernels(false);
   for (int r = 0; r < c.n_ranks; ++r) {
     ASSERT_EQ(got[static_cast<std::size_t>(r)].size(), want_exact.size()) << "rank " << r;
-    EXPECT_LT(rel_error(got[static_cast<std::size_t>(r)], want_exact), 1e-5) << c.name << " rank " << r << " scalar";
+    EXPECT_LT(rel_l2_error(got[static_cast<std::size_t>(r)], want_exact), 1e-5) << c.name << " rank " << r << " scalar";
     EXPECT_EQ(got[static_cast<std::size_t>(r)], got[0]) << c.name << ": rank " << r << " differs from rank 0";
   }
   // The vector kernels round the activations of quantised matrices to 8
@@ -142,7 +135,7 @@ TEST_P(TensorParallelTest, RanksComputeTheWholeModelsLogits) {
   const std::vector<float> want = run(**whole, batches);
   got = run_ranks(ranks, batches);
   for (int r = 0; r < c.n_ranks; ++r) {
-    EXPECT_LT(rel_error(got[static_cast<std::size_t>(r)], want), quantised ? 2e-2 : 1e-5) << c.name << " rank " << r;
+    EXPECT_LT(rel_l2_error(got[static_cast<std::size_t>(r)], want), quantised ? 2e-2 : 1e-5) << c.name << " rank " << r;
     EXPECT_EQ(got[static_cast<std::size_t>(r)], got[0]) << c.name << ": rank " << r << " differs from rank 0";
   }
 }
@@ -366,7 +359,7 @@ TEST(TensorParallelDecoderTest, SharedCacheLogitsAndSchedulingMatchTheWholeModel
       ASSERT_TRUE((*group)->forward(b, group_cache, &got).is_ok());
       ASSERT_TRUE((*whole)->forward(b, whole_cache, *whole_kv, &want).is_ok());
       ASSERT_EQ(got.size(), want.size());
-      EXPECT_LT(rel_error(got, want), 1e-5) << n_ranks << " ranks";
+      EXPECT_LT(rel_l2_error(got, want), 1e-5) << n_ranks << " ranks";
     }
     // A fork shares blocks; its first write copies the shared block on every rank.
     for (KvCache* c : {&group_cache, &whole_cache}) ASSERT_TRUE(c->fork(0, 2).is_ok());
@@ -374,7 +367,7 @@ TEST(TensorParallelDecoderTest, SharedCacheLogitsAndSchedulingMatchTheWholeModel
     fork.add(5, group_cache.length(2), 2, true);
     ASSERT_TRUE((*group)->forward(fork, group_cache, &got).is_ok());
     ASSERT_TRUE((*whole)->forward(fork, whole_cache, *whole_kv, &want).is_ok());
-    EXPECT_LT(rel_error(got, want), 1e-5) << n_ranks << " ranks, forked";
+    EXPECT_LT(rel_l2_error(got, want), 1e-5) << n_ranks << " ranks, forked";
     force_scalar_kernels(false);
   }
 

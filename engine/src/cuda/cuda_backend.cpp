@@ -248,12 +248,8 @@ class CudaBackend final : public Backend {
       return b.as<std::int32_t>();
     const std::size_t bytes = std::max<std::size_t>(count, 1) * sizeof(std::int32_t);
     if (b.size() < bytes) {
-      Result<cuda::DeviceBuffer> nb = cuda::DeviceBuffer::alloc(bytes * 2);
-      if (!nb.is_ok()) {
-        note(nb.status());
-        return nullptr;
-      }
-      b = std::move(*nb);
+      note(grow(&b, bytes * 2));
+      if (!error_.is_ok()) return nullptr;
     }
     last.assign(host, host + count);
     if (count > 0) note(cuda::to_device(b.get(), host, count * sizeof(std::int32_t)));
@@ -264,15 +260,12 @@ class CudaBackend final : public Backend {
     return b.as<std::int32_t>();
   }
 
-  // Grows a device buffer to `bytes` (a fresh one: staged contents are
-  // forgotten).
+  // DeviceBuffer::grow, forgetting what a replaced staging buffer held.
   Status grow(cuda::DeviceBuffer* b, std::size_t bytes) {
     if (b->size() >= bytes) return Status::ok();
-    *b = cuda::DeviceBuffer();
-    AIRLOCK_ASSIGN_OR_RETURN(*b, cuda::DeviceBuffer::alloc(bytes));
     for (int k = 0; k < kStagedKinds; ++k)
       if (b == &staging_[k]) staged_[k].clear();
-    return Status::ok();
+    return b->grow(bytes);
   }
 
   // Norm and bias weights are stored as f32 by upload().

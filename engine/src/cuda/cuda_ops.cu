@@ -537,6 +537,13 @@ DeviceBuffer& DeviceBuffer::operator=(DeviceBuffer&& o) noexcept {
   return *this;
 }
 
+Status DeviceBuffer::grow(std::size_t bytes) {
+  if (bytes_ >= bytes) return Status::ok();
+  *this = DeviceBuffer();
+  AIRLOCK_ASSIGN_OR_RETURN(*this, alloc(bytes));
+  return Status::ok();
+}
+
 DeviceBuffer::~DeviceBuffer() {
   if (p_ != nullptr) cudaFree(p_);
 }
@@ -677,10 +684,7 @@ Status attention(const AttentionShape& s, const float* q, KvType type, const voi
   const int split_len = (s.max_ctx + n_splits - 1) / n_splits;
   const std::int64_t parts = s.n_tokens * s.n_head * n_splits;
   const std::size_t bytes = static_cast<std::size_t>(parts * (s.head_dim + 2)) * sizeof(float);
-  if (workspace->size() < bytes) {
-    *workspace = DeviceBuffer();
-    AIRLOCK_ASSIGN_OR_RETURN(*workspace, DeviceBuffer::alloc(bytes));
-  }
+  AIRLOCK_RETURN_IF_ERROR(workspace->grow(bytes));
   float* part_out = workspace->as<float>();
   float* part_ml = part_out + parts * s.head_dim;
   const dim3 grid(static_cast<unsigned>(s.n_tokens * s.n_head), static_cast<unsigned>(n_splits));
@@ -724,20 +728,13 @@ Gemm::~Gemm() {
   if (handle_ != nullptr) cublasDestroy(static_cast<cublasHandle_t>(handle_));
 }
 
-Status Gemm::grow(DeviceBuffer* b, std::size_t bytes) {
-  if (b->size() >= bytes) return Status::ok();
-  *b = DeviceBuffer();  // free the old one first: the new one may need its room
-  AIRLOCK_ASSIGN_OR_RETURN(*b, DeviceBuffer::alloc(bytes));
-  return Status::ok();
-}
-
 Status Gemm::reserve(GgmlType type, std::int64_t n_elems) {
   if (type == GgmlType::kF32 || type == GgmlType::kBF16) return Status::ok();  // used as stored
-  return grow(&w16_, static_cast<std::size_t>(n_elems) * sizeof(__nv_bfloat16));
+  return w16_.grow(static_cast<std::size_t>(n_elems) * sizeof(__nv_bfloat16));
 }
 
 Status Gemm::reserve_activations(std::int64_t n_elems) {
-  return grow(&x16_, static_cast<std::size_t>(n_elems) * sizeof(__nv_bfloat16));
+  return x16_.grow(static_cast<std::size_t>(n_elems) * sizeof(__nv_bfloat16));
 }
 
 Status Gemm::matmul(GgmlType type, const void* w, std::int64_t n_in, std::int64_t n_out, const float* x,
@@ -767,7 +764,7 @@ Status Gemm::matmul(GgmlType type, const void* w, std::int64_t n_in, std::int64_
     AIRLOCK_RETURN_IF_ERROR(launched("GEMM weights to bf16"));
     w16 = w16_.get();
   }
-  AIRLOCK_RETURN_IF_ERROR(grow(&x16_, static_cast<std::size_t>(n_tokens * n_in) * sizeof(__nv_bfloat16)));
+  AIRLOCK_RETURN_IF_ERROR(x16_.grow(static_cast<std::size_t>(n_tokens * n_in) * sizeof(__nv_bfloat16)));
   f32_to_bf16_kernel<<<blocks_for(n_tokens * n_in), kThreads>>>(x, n_tokens * n_in, x16_.as<__nv_bfloat16>());
   AIRLOCK_RETURN_IF_ERROR(launched("GEMM activations to bf16"));
   return cublas_status(cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, m, n, k, &one, w16, CUDA_R_16BF, k, x16_.get(),

@@ -45,6 +45,9 @@ class DeviceBuffer {
   template <typename T>
   T* as() const { return static_cast<T*>(p_); }
   std::size_t size() const { return bytes_; }
+  // At least `bytes`: a smaller buffer is freed first (the new one may need
+  // its room) and replaced; contents are not kept. Errors as alloc().
+  Status grow(std::size_t bytes);
 
  private:
   void* p_ = nullptr;
@@ -123,7 +126,6 @@ class Gemm {
 
  private:
   Gemm() = default;
-  static Status grow(DeviceBuffer* b, std::size_t bytes);
   void* handle_ = nullptr;  // cublasHandle_t
   DeviceBuffer w16_, x16_;
 };

@@ -171,6 +171,8 @@ class Model {
   struct Activations {
     float *x, *h, *q, *k, *v, *att, *o, *gate, *up, *out;
   };
+  // kUnavailable, with the reason, once this rank's group has failed.
+  Status usable() const;
   // This rank's buffers for n tokens and n_out logits (grown as needed).
   Result<Activations> activations(std::int64_t n, std::int64_t n_out);
 
