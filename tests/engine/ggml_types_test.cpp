@@ -312,68 +312,99 @@ int act_block(GgmlType t) {
 
 // Every vector level this CPU has (AVX2; AVX-512 VNNI for Q8_0/Q4_0) against
 // the scalar path and a double reference, at token counts on both sides of
-// the kernels' 4-token groups and row counts that leave partial row tiles.
+// the kernels' token groups, row lengths with and without whole 8-block
+// groups, and row counts that leave partial row tiles.
 class KernelsTest : public ::testing::TestWithParam<KernelIsa> {
  protected:
   void TearDown() override { force_scalar_kernels(false); }
 };
 
+// One product at the current kernel level against the scalar path and a
+// double reference: rows [r0, r1) of n_out random rows, n_tokens tokens.
+void check_matmul_at_level(KernelIsa level, GgmlType type, std::int64_t n_in, std::int64_t n_out,
+                           std::int64_t n_tokens, std::int64_t r0, std::int64_t r1, std::mt19937& rng) {
+  std::normal_distribution<float> g(0.0f, 1.0f);
+  const std::string isa = kernel_isa();
+  std::vector<float> wf(static_cast<std::size_t>(n_in * n_out)), x(static_cast<std::size_t>(n_in * n_tokens));
+  for (float& v : wf) v = g(rng);
+  for (float& v : x) v = g(rng);
+  const std::size_t rb = row_bytes(type, n_in);
+  std::vector<std::uint8_t> w(rb * n_out);
+  for (std::int64_t r = 0; r < n_out; ++r) quantize_row(type, wf.data() + r * n_in, w.data() + rb * r, n_in);
+  std::vector<float> y_fast(static_cast<std::size_t>(n_tokens * n_out), -7.0f), y_scalar(y_fast.size(), -7.0f);
+  matmul_rows(type, w.data(), n_in, x.data(), n_tokens, y_fast.data(), n_out, r0, r1);
+  limit_kernel_isa(KernelIsa::kScalar);
+  EXPECT_STREQ(kernel_isa(), "scalar");
+  matmul_rows(type, w.data(), n_in, x.data(), n_tokens, y_scalar.data(), n_out, r0, r1);
+  limit_kernel_isa(level);
+  EXPECT_EQ(kernel_isa(), isa);
+  std::vector<float> row(static_cast<std::size_t>(n_in));
+  const int blk = act_block(type);
+  std::vector<std::vector<double>> xa(static_cast<std::size_t>(n_tokens));
+  for (std::int64_t t = 0; t < n_tokens; ++t) {
+    const float* xt = x.data() + t * n_in;
+    xa[static_cast<std::size_t>(t)] = blk ? act_quantised(xt, n_in, blk) : std::vector<double>(xt, xt + n_in);
+  }
+  for (std::int64_t r = 0; r < n_out; ++r) {
+    dequantize_row(type, w.data() + rb * r, row.data(), n_in);
+    for (std::int64_t t = 0; t < n_tokens; ++t) {
+      const std::size_t at = static_cast<std::size_t>(t * n_out + r);
+      if (r < r0 || r >= r1) {
+        ASSERT_EQ(y_fast[at], -7.0f);
+        ASSERT_EQ(y_scalar[at], -7.0f);
+        continue;
+      }
+      const float* xt = x.data() + t * n_in;
+      double want_exact = 0, want_fast = 0, norm = 0;
+      for (std::int64_t k = 0; k < n_in; ++k) {
+        want_exact += static_cast<double>(row[k]) * xt[k];
+        want_fast += static_cast<double>(row[k]) * xa[static_cast<std::size_t>(t)][k];
+        norm += std::fabs(static_cast<double>(row[k]) * xt[k]);
+      }
+      // Each path is exact up to float rounding against what it computes
+      // (the vector path with 8-bit activations for quantised weights)...
+      ASSERT_NEAR(y_scalar[at], want_exact, 1e-5 * norm) << traits(type).name << " scalar n_in " << n_in;
+      ASSERT_NEAR(y_fast[at], want_fast, 1e-5 * norm)
+          << traits(type).name << " " << isa << " n_in " << n_in << " row " << r << " token " << t;
+      // ...and the 8-bit activations cost well under 1% of the sum's scale.
+      ASSERT_NEAR(y_fast[at], want_exact, (blk ? 1e-2 : 1e-5) * norm) << traits(type).name << " " << isa;
+    }
+  }
+}
+
 TEST_P(KernelsTest, VectorPathMatchesScalarAndDoubleReference) {
   if (best_kernel_isa() < GetParam()) GTEST_SKIP() << "this CPU lacks " << kernel_isa_name(GetParam());
   limit_kernel_isa(GetParam());
   std::mt19937 rng(11);
-  std::normal_distribution<float> g(0.0f, 1.0f);
-  const std::string isa = kernel_isa();
-  ASSERT_EQ(isa, kernel_isa_name(GetParam()));
+  ASSERT_EQ(std::string(kernel_isa()), kernel_isa_name(GetParam()));
   for (GgmlType type : {GgmlType::kF32, GgmlType::kF16, GgmlType::kBF16, GgmlType::kQ8_0, GgmlType::kQ4_0,
                         GgmlType::kQ4_K, GgmlType::kQ5_K, GgmlType::kQ6_K}) {
-    for (std::int64_t n_in : {256, 512, 1024, 2304}) {
-      for (std::int64_t n_tokens : {1, 3, 4, 6, 17}) {
+    for (std::int64_t n_in : {256, 288, 512, 1024, 2304}) {
+      if (n_in % traits(type).block_elems != 0) continue;
+      // both sides of the 4-token groups, of the switch to the batch
+      // kernels (5 tokens; Q8_0/Q4_0 rows of 256 multiples) and of their
+      // 16-token groups
+      for (std::int64_t n_tokens : {1, 3, 4, 5, 6, 16, 17, 35}) {
         const std::int64_t n_out = 9 + static_cast<std::int64_t>(rng() % 24);
         // rows [r0, r1) only; the others must stay untouched
         const std::int64_t r0 = static_cast<std::int64_t>(rng() % 3), r1 = n_out - static_cast<std::int64_t>(rng() % 3);
-        std::vector<float> wf(static_cast<std::size_t>(n_in * n_out)), x(static_cast<std::size_t>(n_in * n_tokens));
-        for (float& v : wf) v = g(rng);
-        for (float& v : x) v = g(rng);
-        const std::size_t rb = row_bytes(type, n_in);
-        std::vector<std::uint8_t> w(rb * n_out);
-        for (std::int64_t r = 0; r < n_out; ++r) quantize_row(type, wf.data() + r * n_in, w.data() + rb * r, n_in);
-        std::vector<float> y_fast(static_cast<std::size_t>(n_tokens * n_out), -7.0f), y_scalar(y_fast.size(), -7.0f);
-        matmul_rows(type, w.data(), n_in, x.data(), n_tokens, y_fast.data(), n_out, r0, r1);
-        limit_kernel_isa(KernelIsa::kScalar);
-        EXPECT_STREQ(kernel_isa(), "scalar");
-        matmul_rows(type, w.data(), n_in, x.data(), n_tokens, y_scalar.data(), n_out, r0, r1);
-        limit_kernel_isa(GetParam());
-        EXPECT_EQ(kernel_isa(), isa);
-        std::vector<float> row(static_cast<std::size_t>(n_in));
-        const int blk = act_block(type);
-        for (std::int64_t r = 0; r < n_out; ++r) {
-          dequantize_row(type, w.data() + rb * r, row.data(), n_in);
-          for (std::int64_t t = 0; t < n_tokens; ++t) {
-            const std::size_t at = static_cast<std::size_t>(t * n_out + r);
-            if (r < r0 || r >= r1) {
-              ASSERT_EQ(y_fast[at], -7.0f);
-              ASSERT_EQ(y_scalar[at], -7.0f);
-              continue;
-            }
-            const float* xt = x.data() + t * n_in;
-            std::vector<double> xa = blk ? act_quantised(xt, n_in, blk) : std::vector<double>(xt, xt + n_in);
-            double want_exact = 0, want_fast = 0, norm = 0;
-            for (std::int64_t k = 0; k < n_in; ++k) {
-              want_exact += static_cast<double>(row[k]) * xt[k];
-              want_fast += static_cast<double>(row[k]) * xa[k];
-              norm += std::fabs(static_cast<double>(row[k]) * xt[k]);
-            }
-            // Each path is exact up to float rounding against what it computes
-            // (the vector path with 8-bit activations for quantised weights)...
-            ASSERT_NEAR(y_scalar[at], want_exact, 1e-5 * norm) << traits(type).name << " scalar n_in " << n_in;
-            ASSERT_NEAR(y_fast[at], want_fast, 1e-5 * norm) << traits(type).name << " " << isa << " n_in " << n_in;
-            // ...and the 8-bit activations cost well under 1% of the sum's scale.
-            ASSERT_NEAR(y_fast[at], want_exact, (blk ? 1e-2 : 1e-5) * norm) << traits(type).name << " " << isa;
-          }
-        }
+        check_matmul_at_level(GetParam(), type, n_in, n_out, n_tokens, r0, r1, rng);
+        if (HasFatalFailure()) return;
       }
     }
+  }
+}
+
+// Prompt-sized batches over more rows than the batch kernels keep in L2 at
+// once (they walk the rows in blocks of ~128 KiB per token group), with row
+// ranges that start and end inside a block.
+TEST_P(KernelsTest, PromptBatchesOverRowBlocksMatchScalar) {
+  if (best_kernel_isa() < GetParam()) GTEST_SKIP() << "this CPU lacks " << kernel_isa_name(GetParam());
+  limit_kernel_isa(GetParam());
+  std::mt19937 rng(12);
+  for (GgmlType type : {GgmlType::kQ8_0, GgmlType::kQ4_0, GgmlType::kQ4_K, GgmlType::kQ5_K, GgmlType::kQ6_K}) {
+    check_matmul_at_level(GetParam(), type, 2048, 300, 37, 5, 291, rng);
+    if (HasFatalFailure()) return;
   }
 }
 

@@ -42,7 +42,7 @@ class MatmulInput {
  private:
   friend void matmul_rows(const MatmulInput& in, GgmlType type, const std::uint8_t* w, float* y,
                           std::int64_t n_out, std::int64_t r0, std::int64_t r1);
-  enum class Form { kFloat, kQ8_0, kQ8_0Vnni, kQ8_K };
+  enum class Form { kFloat, kQ8_0, kQ8_0Vnni, kQ8_0Lanes, kQ8_K, kQ8_KLanes };
   GgmlType type_ = GgmlType::kF32;
   KernelIsa isa_ = KernelIsa::kScalar;
   Form form_ = Form::kFloat;
@@ -61,7 +61,7 @@ void matmul_rows(const MatmulInput& in, GgmlType type, const std::uint8_t* w, fl
                  std::int64_t r0, std::int64_t r1);
 
 // Whether an input prepared for weights of type a also serves weights of
-// type b (the float types share one form, the K-quants another).
+// type b (the float types share one form, Q4_K and Q5_K another).
 bool shares_matmul_input(GgmlType a, GgmlType b);
 
 // The same in one call (prepares x on this thread): x is (n_tokens, n_in) f32.
