@@ -1,6 +1,6 @@
 // Matmul kernel benchmark (issue 3): the CPU backend's matmul on one
 // 2048 x 5632-shaped weight stack per type, large enough (~300 MB in Q8_0)
-// to stream from memory, at 1, 4, 8 and 16 tokens; and this machine's read
+// to stream from memory, at 1, 2, 3, 4, 8 and 16 tokens; and this machine's read
 // bandwidth measured in the same run with vector loads. Reports weight bytes
 // streamed per second and integer multiply-adds per second, so a kernel
 // change can be judged in seconds instead of a whole-model run.
@@ -64,7 +64,7 @@ void bench_type(GgmlType type, Backend& be, double bw) {
   wt.ne[1] = n_rows;
   wt.data = w.data();
   const double bytes = static_cast<double>(w.size());
-  for (int nt : {1, 4, 8, 16}) {
+  for (int nt : {1, 2, 3, 4, 8, 16}) {
     std::vector<float> x(static_cast<std::size_t>(nt * n_in)), y(static_cast<std::size_t>(nt * n_rows));
     std::normal_distribution<float> nd;
     for (auto& v : x) v = nd(rng);

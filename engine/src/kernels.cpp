@@ -456,11 +456,12 @@ AIRLOCK_VNNI void matmul_q8_vnni(const std::uint8_t* w, std::int64_t n_in, const
 // multiply (weight scales times activation scales, eight blocks at once) and
 // one FMA finish them. The activations are stored transposed when they are
 // quantised (once per product); each weight group is transposed on the fly,
-// 24 shuffles shared by up to 16 tokens. Used from kLanesMinTokens tokens
-// when the row length is a multiple of 256; fewer tokens are bound by memory
-// and keep the one-row stream above.
+// 24 shuffles shared by up to 16 tokens. Used at every batch size when the
+// row length is a multiple of 256: from 2 tokens it is faster than the tiles
+// above (1.6x at 4 tokens, 2x at 8 and 16), and at one token, bound by
+// memory, its software prefetch streams ~10% faster than the tiles' single
+// row (bench/kernel_bench). The tiles remain for other row lengths.
 
-constexpr std::int64_t kLanesMinTokens = 5;
 constexpr int kLanesTokens = 16;
 constexpr std::size_t kLanesPrefetchBytes = 4096;
 constexpr std::size_t kLanesRowBlockBytes = 128 * 1024;
@@ -568,7 +569,9 @@ void matmul_q8_lanes(const std::uint8_t* w, std::int64_t n_in, const VnniInput& 
 //   sum_k  dy * d * scale_k * dot_k  -  dmin * min_k * (dy * sum_k)
 // (the activations carry dy times each sub-block's sum). Against the
 // 16-bit path of kernels_kquant.inc this halves the operations per
-// super-block and token. Q6_K (sixteen scales per block) keeps that path.
+// super-block and token: 1.2x at 2 tokens, 1.6x at 8 and 16, the same
+// speed at one token (bound by memory); so with VNNI it serves every batch
+// size, and Q6_K (sixteen scales per block) alone keeps that path.
 
 // Activations of one super-block for these kernels.
 struct ActQ8_KLanes {
@@ -660,11 +663,11 @@ void MatmulInput::reset(GgmlType type, const float* x, std::int64_t n_in, std::i
   if (isa_ == KernelIsa::kScalar || (!q8_0 && !k)) {
     form_ = Form::kFloat;
   } else if (k) {
-    const bool lanes = isa_ == KernelIsa::kAvx512Vnni && type != GgmlType::kQ6_K && n_tokens >= kLanesMinTokens;
+    const bool lanes = isa_ == KernelIsa::kAvx512Vnni && type != GgmlType::kQ6_K;
     form_ = lanes ? Form::kQ8_KLanes : Form::kQ8_K;
     bytes = (lanes ? sizeof(ActQ8_KLanes) : sizeof(ActQ8_K)) * static_cast<std::size_t>(n_in / 256 * n_tokens);
   } else if (isa_ == KernelIsa::kAvx512Vnni) {
-    form_ = n_tokens >= kLanesMinTokens && n_in % 256 == 0 ? Form::kQ8_0Lanes : Form::kQ8_0Vnni;
+    form_ = n_in % 256 == 0 ? Form::kQ8_0Lanes : Form::kQ8_0Vnni;
     bytes = static_cast<std::size_t>(n_in / 32 * n_tokens) * (32 + sizeof(float) + sizeof(std::int32_t));
   } else {
     form_ = Form::kQ8_0;

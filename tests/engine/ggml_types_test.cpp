@@ -381,9 +381,9 @@ TEST_P(KernelsTest, VectorPathMatchesScalarAndDoubleReference) {
                         GgmlType::kQ4_K, GgmlType::kQ5_K, GgmlType::kQ6_K}) {
     for (std::int64_t n_in : {256, 288, 512, 1024, 2304}) {
       if (n_in % traits(type).block_elems != 0) continue;
-      // both sides of the 4-token groups, of the switch to the batch
-      // kernels (5 tokens; Q8_0/Q4_0 rows of 256 multiples) and of their
-      // 16-token groups
+      // both sides of the 4-token groups of the tile kernels (Q8_0/Q4_0
+      // rows that are not a multiple of 256, Q6_K) and of the 16-token
+      // groups of the lane kernels
       for (std::int64_t n_tokens : {1, 3, 4, 5, 6, 16, 17, 35}) {
         const std::int64_t n_out = 9 + static_cast<std::int64_t>(rng() % 24);
         // rows [r0, r1) only; the others must stay untouched
