@@ -5,7 +5,7 @@
 // streamed per second and integer multiply-adds per second, so a kernel
 // change can be judged in seconds instead of a whole-model run.
 //
-// usage: kernel_bench [--threads N] [--type Q8_0|Q4_0|Q4_K|Q5_K|Q6_K|all] [--isa best|avx2|scalar] [--rows N] [--split N]
+// usage: kernel_bench [--threads N] [--type Q8_0|Q4_0|Q4_K|Q5_K|Q6_K|all] [--isa best|avx2|scalar] [--rows N] [--n-in N] [--split N]
 
 #include <algorithm>
 #include <chrono>
@@ -51,11 +51,12 @@ std::vector<std::uint8_t> random_rows(GgmlType type, std::int64_t n_in, std::int
 }
 
 std::int64_t g_rows = 24 * 5632;
+std::int64_t g_n_in = 2048;  // row length: 2048 is a 1B Llama's n_embd, 5632 its n_ff (the down projection)
 std::int64_t g_split = 1;  // the rows as this many separate matmul calls (a model's many small matrices)
 
 void bench_type(GgmlType type, Backend& be, double bw) {
   // Rows of 2048 (a 1B Llama's n_embd), ~1/3 of such a model's weights.
-  const std::int64_t n_in = 2048, n_rows = g_rows;  // default ~277 M weights, far beyond the caches
+  const std::int64_t n_in = g_n_in, n_rows = g_rows * 2048 / g_n_in;  // default ~277 M weights, far beyond the caches
   std::mt19937 rng(7);
   std::vector<std::uint8_t> w = random_rows(type, n_in, n_rows, rng);
   WeightTensor wt;
@@ -102,9 +103,10 @@ int main(int argc, char** argv) {
     else if (a == "--type" && i + 1 < argc) which = argv[++i];
     else if (a == "--isa" && i + 1 < argc) isa = argv[++i];
     else if (a == "--rows" && i + 1 < argc) g_rows = std::atoll(argv[++i]);  // small: kernels from cache
+    else if (a == "--n-in" && i + 1 < argc) g_n_in = std::max(256LL, std::atoll(argv[++i]) / 256 * 256);
     else if (a == "--split" && i + 1 < argc) g_split = std::max(1LL, std::atoll(argv[++i]));
     else {
-      std::fprintf(stderr, "usage: kernel_bench [--threads N] [--type NAME|all] [--isa best|avx2|scalar] [--rows N] [--split N]\n");
+      std::fprintf(stderr, "usage: kernel_bench [--threads N] [--type NAME|all] [--isa best|avx2|scalar] [--rows N] [--n-in N] [--split N]\n");
       return 2;
     }
   }
