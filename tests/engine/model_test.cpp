@@ -146,13 +146,16 @@ class KvTypeTest : public ::testing::TestWithParam<KvType> {};
 INSTANTIATE_TEST_SUITE_P(KvTypes, KvTypeTest, ::testing::Values(KvType::kF32, KvType::kF16),
                          [](const ::testing::TestParamInfo<KvType>& p) { return std::string(kv_type_name(p.param)); });
 
-TEST_P(KvTypeTest, ASequenceGetsTheSameLogitsInsideABatch) {
-  const KvType kv_type = GetParam();
-  Loaded l = load(spec("llama", 64, 4, 2, 96, false, GgmlType::kF32));
+// Eight sequences of different lengths computed alone (a 4-token prompt,
+// then one token per step) and together, mixing prefill chunks and decode
+// steps in one batch: every sequence's logits must agree within `tolerance`
+// (relative L2; 0 asks for bit-identical logits).
+void check_batch_invariance(const TestModelSpec& model_spec, KvType kv_type, double tolerance) {
+  Loaded l = load(model_spec);
   Model& m = *l.model;
-  const int n_seq = 8;
+  const int n_seq = 8, n_vocab = static_cast<int>(model_spec.n_vocab);
   std::vector<std::vector<std::int32_t>> toks;
-  for (int s = 0; s < n_seq; ++s) toks.push_back(random_tokens(6 + 5 * s, 64, 500 + s));
+  for (int s = 0; s < n_seq; ++s) toks.push_back(random_tokens(6 + 5 * s, n_vocab, 500 + s));
   // Alone, decode step by step after a prompt of 4.
   std::vector<std::vector<float>> alone;
   for (int s = 0; s < n_seq; ++s) alone.push_back(run_chunks(m, toks[s], {4}, kv_type));
@@ -179,16 +182,41 @@ TEST_P(KvTypeTest, ASequenceGetsTheSameLogitsInsideABatch) {
     ASSERT_TRUE(m.forward(b, cache, *kv, &logits).is_ok());
     std::size_t off = 0;
     for (auto [s, count] : rows) {
+      const std::size_t n = static_cast<std::size_t>(count) * static_cast<std::size_t>(n_vocab);
       together[s].insert(together[s].end(), logits.begin() + static_cast<std::ptrdiff_t>(off),
-                         logits.begin() + static_cast<std::ptrdiff_t>(off + static_cast<std::size_t>(count) * 64));
-      off += static_cast<std::size_t>(count) * 64;
+                         logits.begin() + static_cast<std::ptrdiff_t>(off + n));
+      off += n;
     }
   }
   for (int s = 0; s < n_seq; ++s) {
     ASSERT_EQ(alone[s].size(), together[s].size());
+    if (tolerance == 0) {
+      EXPECT_EQ(together[s], alone[s]) << "sequence " << s << " " << kernel_isa();
+      continue;
+    }
     std::vector<double> ref(alone[s].begin(), alone[s].end());
-    EXPECT_LT(rel_error(together[s], ref), 1e-5) << "sequence " << s;
+    EXPECT_LT(rel_error(together[s], ref), tolerance) << "sequence " << s;
   }
+}
+
+TEST_P(KvTypeTest, ASequenceGetsTheSameLogitsInsideABatch) {
+  check_batch_invariance(spec("llama", 64, 4, 2, 96, false, GgmlType::kF32), GetParam(), 1e-5);
+}
+
+// With quantised weights the integer kernels compute each token the same
+// way whatever else is in the batch (the token groups and the order of the
+// row blocks change, a token's arithmetic does not), so the logits are
+// bit-identical, on every kernel level this CPU has.
+TEST(BatchTest, QuantisedWeightsGiveBitIdenticalLogitsInsideABatch) {
+  for (KernelIsa isa : {KernelIsa::kScalar, KernelIsa::kAvx2, KernelIsa::kAvx512Vnni}) {
+    if (isa > best_kernel_isa()) continue;
+    limit_kernel_isa(isa);
+    for (GgmlType t : {GgmlType::kQ8_0, GgmlType::kQ4_K, GgmlType::kQ6_K}) {
+      SCOPED_TRACE(std::string(traits(t).name) + " " + kernel_isa());
+      check_batch_invariance(spec("llama", 256, 4, 2, 512, false, t), KvType::kF16, 0);
+    }
+  }
+  force_scalar_kernels(false);
 }
 
 TEST(BatchTest, KvExhaustionIsAllOrNothingAndFreedBlocksAreReused) {
