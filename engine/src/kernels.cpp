@@ -164,18 +164,34 @@ AIRLOCK_AVX2 void quantize_act_q8_0(const float* x, std::int64_t n, ActQ8_0* out
   }
 }
 
-void quantize_act_q8_k(const float* x, std::int64_t n, ActQ8_K* out) {
+AIRLOCK_AVX2 inline int hsum_epi32(__m256i v) {
+  __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4E));
+  return _mm_cvtsi128_si32(_mm_add_epi32(s, _mm_shuffle_epi32(s, 0xB1)));
+}
+
+// Q8_K activations: per 256 values, d = max|x| / 127 and q = round(x / d)
+// (nearest, ties to even, as lrintf), with the sums of each 16 quants.
+AIRLOCK_AVX2 void quantize_act_q8_k(const float* x, std::int64_t n, ActQ8_K* out) {
+  const __m256 sign = _mm256_set1_ps(-0.0f);
   for (std::int64_t i = 0; i < n / 256; ++i) {
     const float* xb = x + i * 256;
-    float amax = 0;
-    for (int j = 0; j < 256; ++j) amax = std::max(amax, std::fabs(xb[j]));
-    const float d = amax / 127.0f, id = amax > 0 ? 127.0f / amax : 0.0f;
+    __m256 amax = _mm256_setzero_ps();
+    for (int j = 0; j < 32; ++j) amax = _mm256_max_ps(amax, _mm256_andnot_ps(sign, _mm256_loadu_ps(xb + 8 * j)));
+    const float m = hsum_max(amax);
+    const float d = m / 127.0f, id = m > 0 ? 127.0f / m : 0.0f;
     out[i].d = d;
-    for (int j = 0; j < 256; ++j) out[i].qs[j] = static_cast<std::int8_t>(std::lrintf(xb[j] * id));
-    for (int g = 0; g < 16; ++g) {
-      int s = 0;
-      for (int k = 0; k < 16; ++k) s += out[i].qs[16 * g + k];
-      out[i].bsums[g] = static_cast<std::int16_t>(s);
+    const __m256 vid = _mm256_set1_ps(id);
+    for (int j = 0; j < 8; ++j) {  // 32 values: sums 2j and 2j + 1
+      __m256i q[4];
+      AIRLOCK_UNROLL for (int k = 0; k < 4; ++k)
+        q[k] = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(xb + 32 * j + 8 * k), vid));
+      out[i].bsums[2 * j] = static_cast<std::int16_t>(hsum_epi32(_mm256_add_epi32(q[0], q[1])));
+      out[i].bsums[2 * j + 1] = static_cast<std::int16_t>(hsum_epi32(_mm256_add_epi32(q[2], q[3])));
+      // int32 -> int8 with the lanes put back in order
+      const __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(out[i].qs + 32 * j),
+                          _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)));
     }
   }
 }
