@@ -5,7 +5,7 @@
 // streamed per second and integer multiply-adds per second, so a kernel
 // change can be judged in seconds instead of a whole-model run.
 //
-// usage: kernel_bench [--threads N] [--type Q8_0|Q4_0|Q4_K|Q5_K|Q6_K|all] [--isa best|avx2|scalar] [--rows N] [--n-in N] [--split N]
+// usage: kernel_bench [--threads N] [--type Q8_0|Q4_0|Q4_K|Q5_K|Q6_K|all] [--isa best|avx2|scalar] [--rows N] [--n-in N] [--split N] [--attention CTX]
 
 #include <algorithm>
 #include <chrono>
@@ -20,6 +20,7 @@
 #include "airlock/engine/backend.h"
 #include "airlock/engine/ggml_types.h"
 #include "airlock/engine/kernels.h"
+#include "airlock/engine/kv_cache.h"
 #include "bandwidth.h"
 #include "airlock/engine/thread_pool.h"
 
@@ -92,11 +93,68 @@ void bench_type(GgmlType type, Backend& be, double bw) {
   }
 }
 
+// Decode attention of one token over `n_ctx` cached positions in every
+// layer of a 1B Llama's shape (16 layers, 32 query heads sharing 8 key/value
+// heads of 64, f16 cache), the blocks scattered through a cache of twice
+// the size as a busy server's would be: the per-token attention cost of
+// batch-1 generation, through the backend (its thread pool) like the model.
+void bench_attention(Backend& be, int n_ctx) {
+  const int n_layers = 16, n_head = 32, n_kv_head = 8, head_dim = 64;
+  const int n_blocks = 2 * ((n_ctx + kBlockTokens - 1) / kBlockTokens);
+  airlock::Result<KvStorage> kv = be.alloc_kv(n_layers, static_cast<std::int64_t>(n_blocks) * kBlockTokens,
+                                     n_kv_head * head_dim, KvType::kF16);
+  if (!kv.is_ok()) std::exit(2);
+  std::mt19937 rng(3);
+  std::normal_distribution<float> nd;
+  // every slot gets random keys and values
+  std::vector<float> rows(static_cast<std::size_t>(kv->n_slots * kv->kv_dim));
+  for (auto& v : rows) v = nd(rng);
+  std::vector<std::int32_t> slots(static_cast<std::size_t>(kv->n_slots));
+  for (std::size_t i = 0; i < slots.size(); ++i) slots[i] = static_cast<std::int32_t>(i);
+  for (int l = 0; l < n_layers; ++l) be.kv_write(*kv, l, rows.data(), rows.data(), kv->n_slots, slots.data());
+  std::vector<std::int32_t> table(static_cast<std::size_t>(n_blocks));
+  for (int i = 0; i < n_blocks; ++i) table[static_cast<std::size_t>(i)] = i;
+  std::shuffle(table.begin(), table.end(), rng);
+  std::vector<float> q(static_cast<std::size_t>(n_head * head_dim)), out(q.size());
+  for (auto& v : q) v = nd(rng);
+  const std::int32_t* tables[1] = {table.data()};
+  AttentionArgs a;
+  a.q = q.data();
+  a.out = out.data();
+  a.n_tokens = 1;
+  a.n_head = n_head;
+  a.n_kv_head = n_kv_head;
+  a.head_dim = head_dim;
+  a.scale = 0.125f;
+  a.kv = &*kv;
+  a.n_ctx = &n_ctx;
+  a.block_table = tables;
+  auto run = [&] {
+    for (int l = 0; l < n_layers; ++l) {
+      a.layer = l;
+      be.attention(a);
+    }
+  };
+  run();
+  std::vector<double> times;
+  for (int rep = 0; rep < 30; ++rep) {
+    const double t0 = now_s();
+    run();
+    times.push_back(now_s() - t0);
+  }
+  std::sort(times.begin(), times.end());
+  const double med = times[times.size() / 2];
+  const double bytes = 2.0 * n_layers * n_ctx * n_kv_head * head_dim * 2;  // keys and values, f16
+  std::printf("attention ctx %5d  %7.3f ms per token (median of 30, 16 layers)  %6.2f GB/s of keys and values\n",
+              n_ctx, med * 1e3, bytes / med / 1e9);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   int n_threads = 0;
   std::string which = "all", isa = "best";
+  int attention_ctx = 0;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     if (a == "--threads" && i + 1 < argc) n_threads = std::atoi(argv[++i]);
@@ -105,8 +163,9 @@ int main(int argc, char** argv) {
     else if (a == "--rows" && i + 1 < argc) g_rows = std::atoll(argv[++i]);  // small: kernels from cache
     else if (a == "--n-in" && i + 1 < argc) g_n_in = std::max(256LL, std::atoll(argv[++i]) / 256 * 256);
     else if (a == "--split" && i + 1 < argc) g_split = std::max(1LL, std::atoll(argv[++i]));
+    else if (a == "--attention" && i + 1 < argc) attention_ctx = std::atoi(argv[++i]);
     else {
-      std::fprintf(stderr, "usage: kernel_bench [--threads N] [--type NAME|all] [--isa best|avx2|scalar] [--rows N] [--n-in N] [--split N]\n");
+      std::fprintf(stderr, "usage: kernel_bench [--threads N] [--type NAME|all] [--isa best|avx2|scalar] [--rows N] [--n-in N] [--split N] [--attention CTX]\n");
       return 2;
     }
   }
@@ -120,6 +179,10 @@ int main(int argc, char** argv) {
   std::unique_ptr<Backend> be = make_cpu_backend(pool);
   const double bw = airlock::bench::read_bandwidth_gbs(pool->n_threads());
   std::printf("threads %d, kernels %s, memory read bandwidth %.2f GB/s\n", pool->n_threads(), kernel_isa(), bw);
+  if (attention_ctx > 0) {  // decode attention alone, at this context and twice and four times it
+    for (int ctx : {attention_ctx, 2 * attention_ctx, 4 * attention_ctx}) bench_attention(*be, ctx);
+    return 0;
+  }
   for (GgmlType t : {GgmlType::kQ8_0, GgmlType::kQ4_0, GgmlType::kQ4_K, GgmlType::kQ5_K, GgmlType::kQ6_K}) {
     if (which != "all" && which != traits(t).name) continue;
     bench_type(t, *be, bw);
