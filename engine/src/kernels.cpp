@@ -350,9 +350,10 @@ struct BlockQ4_0 {
 
 // One token's activations for the VNNI kernels: nb blocks.
 struct ActVnni {
-  const std::int8_t* qs;     // nb * 32
+  const std::int8_t* qs;     // nb * 32 (the lane kernels: transposed in groups of eight blocks)
   const float* d;            // nb scales
-  const std::int32_t* corr;  // nb: -offset * sum / 8, where each block's eight int32 lanes start
+  const std::int32_t* corr;  // nb lane starts: -offset * sum / 8 for the tiles (eight lanes per
+                             // block), -offset * sum for the lane kernels (one lane per block)
 };
 
 // Activations in the VNNI layout, all tokens: quants (n_tokens * nb * 32),
