@@ -138,6 +138,21 @@ struct ActQ8_K {
   std::int16_t bsums[16];
 };
 
+AIRLOCK_AVX2 inline int hsum_epi32(__m256i v) {
+  __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4E));
+  return _mm_cvtsi128_si32(_mm_add_epi32(s, _mm_shuffle_epi32(s, 0xB1)));
+}
+
+// Four registers of int32 (32 values, already within -127..127) stored as
+// 32 bytes in order: the packs work within 128-bit halves, the permute puts
+// the lanes back.
+AIRLOCK_AVX2 inline void store_int8_in_order(const __m256i q[4], std::int8_t* out) {
+  const __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(out),
+                      _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)));
+}
+
 AIRLOCK_AVX2 void quantize_act_q8_0(const float* x, std::int64_t n, ActQ8_0* out) {
   for (std::int64_t i = 0; i < n / 32; ++i) {
     const float* xb = x + i * 32;
@@ -152,22 +167,9 @@ AIRLOCK_AVX2 void quantize_act_q8_0(const float* x, std::int64_t n, ActQ8_0* out
     for (int j = 0; j < 4; ++j)
       q[j] = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(_mm256_loadu_ps(xb + 8 * j), vid),
                                                 _MM_ROUND_NEAREST | _MM_FROUND_NO_EXC));
-    // int32 -> int8 with the lanes put back in order
-    const __m256i s4 = _mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3]));
-    __m128i s2 = _mm_add_epi32(_mm256_castsi256_si128(s4), _mm256_extracti128_si256(s4, 1));
-    s2 = _mm_add_epi32(s2, _mm_shuffle_epi32(s2, 0x4E));
-    out[i].sum = _mm_cvtsi128_si32(_mm_add_epi32(s2, _mm_shuffle_epi32(s2, 0xB1)));
-    __m256i p01 = _mm256_packs_epi32(q[0], q[1]), p23 = _mm256_packs_epi32(q[2], q[3]);
-    __m256i p = _mm256_packs_epi16(p01, p23);
-    p = _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out[i].qs), p);
+    out[i].sum = hsum_epi32(_mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3])));
+    store_int8_in_order(q, out[i].qs);
   }
-}
-
-AIRLOCK_AVX2 inline int hsum_epi32(__m256i v) {
-  __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
-  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4E));
-  return _mm_cvtsi128_si32(_mm_add_epi32(s, _mm_shuffle_epi32(s, 0xB1)));
 }
 
 // Q8_K activations: per 256 values, d = max|x| / 127 and q = round(x / d)
@@ -188,10 +190,7 @@ AIRLOCK_AVX2 void quantize_act_q8_k(const float* x, std::int64_t n, ActQ8_K* out
         q[k] = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(xb + 32 * j + 8 * k), vid));
       out[i].bsums[2 * j] = static_cast<std::int16_t>(hsum_epi32(_mm256_add_epi32(q[0], q[1])));
       out[i].bsums[2 * j + 1] = static_cast<std::int16_t>(hsum_epi32(_mm256_add_epi32(q[2], q[3])));
-      // int32 -> int8 with the lanes put back in order
-      const __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(out[i].qs + 32 * j),
-                          _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)));
+      store_int8_in_order(q, out[i].qs + 32 * j);
     }
   }
 }
@@ -245,6 +244,12 @@ AIRLOCK_AVX2 void dot_q4_0(const std::uint8_t* row, const ActQ8_0* const* act, s
     }
   }
   for (int t = 0; t < nt; ++t) out[t] = hsum(acc[t]);
+}
+
+// Asks for the cache lines of [p, p + n) (a hint: never faults).
+inline void prefetch_bytes(const void* p, std::size_t n) {
+  const char* c = static_cast<const char*>(p);
+  for (std::size_t off = 0; off < n; off += 64) _mm_prefetch(c + off, _MM_HINT_T0);
 }
 
 struct BlockQ4_K {
@@ -516,8 +521,7 @@ AIRLOCK_VNNI void row_q8_lanes(const std::uint8_t* row, const ActVnni* act, std:
     // Computing on a group takes long enough that the hardware prefetchers
     // fall behind the row: ask for the bytes 4 KiB ahead (bench/kernel_bench
     // measured 2x faster at 8 tokens and 1.5x at 16 than without).
-    const char* ahead = reinterpret_cast<const char*>(b + g) + kLanesPrefetchBytes;
-    for (std::size_t off = 0; off < 8 * sizeof(Block); off += 64) _mm_prefetch(ahead + off, _MM_HINT_T0);
+    prefetch_bytes(reinterpret_cast<const char*>(b + g) + kLanesPrefetchBytes, 8 * sizeof(Block));
     __m256i wt[8];
     AIRLOCK_UNROLL for (int k = 0; k < 8; ++k) wt[k] = weights_unsigned<kQ4>(b + g + k);
     transpose8x8_epi32(wt);
@@ -614,29 +618,16 @@ AIRLOCK_VNNI void row_qk_lanes(const std::uint8_t* row, const ActQ8_KLanes* cons
                                std::int64_t out_stride) {
   using Block = std::conditional_t<kFiveBit, BlockQ5_K, BlockQ4_K>;
   const auto* b = reinterpret_cast<const Block*>(row);
-  const __m256i low = _mm256_set1_epi8(0x0F), one = _mm256_set1_epi8(1);
   __m256 acc[T];
   AIRLOCK_UNROLL for (int t = 0; t < T; ++t) acc[t] = _mm256_setzero_ps();
   for (std::int64_t i = 0; i < nb; ++i) {
-    const char* ahead = reinterpret_cast<const char*>(b + i) + kLanesPrefetchBytes;
-    for (std::size_t off = 0; off < sizeof(Block); off += 64) _mm_prefetch(ahead + off, _MM_HINT_T0);
+    prefetch_bytes(reinterpret_cast<const char*>(b + i) + kLanesPrefetchBytes, sizeof(Block));
     const __m128i sm = kq_vnni::unpack_scales_mins(b[i].scales);  // 8 scales, 8 mins
     const __m256 scale = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(sm)), _mm256_set1_ps(_cvtsh_ss(b[i].d)));
     const __m256 min = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(sm, 8))),
                                      _mm256_set1_ps(_cvtsh_ss(b[i].dmin)));
     __m256i v[8];
-    __m256i qh;
-    if constexpr (kFiveBit) qh = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b[i].qh));
-    AIRLOCK_UNROLL for (int j = 0; j < 4; ++j) {  // sub-blocks 2j (low nibbles) and 2j + 1 (high)
-      const __m256i q = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b[i].qs + 32 * j));
-      v[2 * j] = _mm256_and_si256(q, low);
-      v[2 * j + 1] = _mm256_and_si256(_mm256_srli_epi16(q, 4), low);
-      if constexpr (kFiveBit) {
-        v[2 * j] = _mm256_or_si256(v[2 * j], _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2 * j), one), 4));
-        v[2 * j + 1] =
-            _mm256_or_si256(v[2 * j + 1], _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2 * j + 1), one), 4));
-      }
-    }
+    AIRLOCK_UNROLL for (int j = 0; j < 4; ++j) kq_vnni::unpack_qk_pair<kFiveBit>(b[i], j, &v[2 * j], &v[2 * j + 1]);
     transpose8x8_epi32(v);
     AIRLOCK_UNROLL for (int t = 0; t < T; ++t) {
       const ActQ8_KLanes& y = act[t][i];
@@ -882,12 +873,6 @@ AIRLOCK_AVX2 inline __m256 hsum8(const __m256 v[8]) {
 // token over 16 layers; 8 positions ahead gave 2.6, 64 gave 2.3).
 constexpr int kAttendPrefetch = 32;
 
-template <typename T>
-AIRLOCK_AVX2 inline void prefetch_row(const T* row, int n) {
-  const char* p = reinterpret_cast<const char*>(row);
-  for (std::size_t off = 0; off < static_cast<std::size_t>(n) * sizeof(T); off += 64) _mm_prefetch(p + off, _MM_HINT_T0);
-}
-
 // The weighted sum of values for dimensions [0, 8 * kW) of v (already
 // offset to them), for n_q heads: out[g * head_dim + i] = inv_sum[g] *
 // sum_p scores[g * n_ctx + p] * v[offs[p] + i].
@@ -898,7 +883,7 @@ AIRLOCK_AVX2 void attend_values(const T* v, const std::int64_t* offs, int n_q, i
   AIRLOCK_UNROLL for (int g = 0; g < 4; ++g) AIRLOCK_UNROLL for (int c = 0; c < kW; ++c) acc[g][c] = _mm256_setzero_ps();
   for (int p = 0; p < n_ctx; ++p) {
     const T* vp = v + offs[p];
-    if (p + kAttendPrefetch < n_ctx) _mm_prefetch(reinterpret_cast<const char*>(v + offs[p + kAttendPrefetch]), _MM_HINT_T0);
+    if (p + kAttendPrefetch < n_ctx) prefetch_bytes(v + offs[p + kAttendPrefetch], 8 * kW * sizeof(T));
     __m256 vv[kW];
     AIRLOCK_UNROLL for (int c = 0; c < kW; ++c) vv[c] = load8(vp + 8 * c);
     AIRLOCK_UNROLL for (int g = 0; g < 4; ++g) {
@@ -939,7 +924,8 @@ AIRLOCK_AVX2 void attend_group_avx2(const float* q, int n_q, const T* k, const T
     const T* k0 = k + offs[static_cast<std::size_t>(p)];
     const T* k1 = k + offs[static_cast<std::size_t>(p) + 1];
     if (p + kAttendPrefetch + 1 < n_ctx)
-      for (int j = 0; j < 2; ++j) prefetch_row(k + offs[static_cast<std::size_t>(p + kAttendPrefetch + j)], head_dim);
+      for (int j = 0; j < 2; ++j)
+        prefetch_bytes(k + offs[static_cast<std::size_t>(p + kAttendPrefetch + j)], head_dim * sizeof(T));
     __m256 acc[2][4];
     AIRLOCK_UNROLL for (int g = 0; g < 4; ++g) acc[0][g] = acc[1][g] = _mm256_setzero_ps();
     for (int d = 0; d < head_dim; d += 8) {

@@ -310,7 +310,7 @@ int act_block(GgmlType t) {
   }
 }
 
-// Every vector level this CPU has (AVX2; AVX-512 VNNI for Q8_0/Q4_0) against
+// Every vector level this CPU has (AVX2; AVX-512 VNNI for the integer types) against
 // the scalar path and a double reference, at token counts on both sides of
 // the kernels' token groups, row lengths with and without whole 8-block
 // groups, and row counts that leave partial row tiles.
