@@ -4,11 +4,12 @@
 //
 // Three levels, each compiled with a target attribute and chosen at run
 // time so the binary still runs on any x86-64: a portable scalar one (the
-// reference), AVX2+FMA+F16C, and AVX-512 VNNI on 256-bit registers for the
-// quantised types (Q8_0/Q4_0: vpdpbusd, 32 byte multiply-adds into int32 in
-// one instruction where AVX2 needs sign, maddubs and madd; K-quants:
-// vpdpwssd for the scaled sums, from kernels_kquant.inc). Attention
-// (attend_heads) has a scalar and an AVX2 path.
+// reference), AVX2+FMA+F16C, and AVX-512 VNNI for the quantised types
+// (vpdpbusd: 32 byte multiply-adds into int32 per 256 bits in one
+// instruction where AVX2 needs sign, maddubs and madd; the lane kernels
+// below use 512-bit registers, the rest 256-bit ones; Q6_K: vpdpwssd for the
+// scaled sums, from kernels_kquant.inc). Attention (attend_heads) has a
+// scalar and an AVX2 path.
 #include <cpuid.h>
 #include <immintrin.h>
 
@@ -42,14 +43,17 @@ bool detect_avx2() {
   return b & (1u << 5);
 }
 
-// AVX-512 F, VL and VNNI with the OS saving the opmask and ZMM state; only
-// 256-bit registers are used (no frequency penalty, same block width as AVX2).
+// AVX-512 F, DQ, BW, VL and VNNI with the OS saving the opmask and ZMM
+// state. (The lane kernels use 512-bit registers: on Zen 4 those are split
+// into two 256-bit halves, on Zen 5 and on Intel cores since Ice Lake they
+// run at full width without the old Skylake-X clock penalty.)
 bool detect_avx512_vnni() {
   if (!detect_avx2()) return false;
   unsigned a, b, c, d;
   if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return false;
-  const bool f = b & (1u << 16), vl = b & (1u << 31), vnni = c & (1u << 11);
-  if (!(f && vl && vnni)) return false;
+  const bool f = b & (1u << 16), dq = b & (1u << 17), bw = b & (1u << 30), vl = b & (1u << 31);
+  const bool vnni = c & (1u << 11);
+  if (!(f && dq && bw && vl && vnni)) return false;
   unsigned xcr0_lo, xcr0_hi;
   __asm__("xgetbv" : "=a"(xcr0_lo), "=d"(xcr0_hi) : "c"(0));
   return (xcr0_lo & 0xE6) == 0xE6;  // XMM, YMM, opmask, ZMM_Hi256, Hi16_ZMM
@@ -334,7 +338,7 @@ AIRLOCK_AVX2 void matmul_float_avx2(GgmlType type, const std::uint8_t* w, std::i
 // horizontal adds before the float conversion (vphaddd is not cheap), and
 // four rows side by side when only a few tokens share them (see below).
 
-#define AIRLOCK_VNNI __attribute__((target("avx2,fma,f16c,avx512f,avx512vl,avx512vnni")))
+#define AIRLOCK_VNNI __attribute__((target("avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512dq,avx512vnni")))
 
 #define AIRLOCK_KQ_TARGET AIRLOCK_VNNI
 #define AIRLOCK_KQ_VNNI 1
@@ -361,13 +365,23 @@ struct ActVnni {
                              // block), -offset * sum for the lane kernels (one lane per block)
 };
 
-// Activations in the VNNI layout, all tokens: quants (n_tokens * nb * 32),
-// then scales and lane starts (n_tokens * nb each).
+// Activations in the VNNI layout: per token, nb * 32 quants, then nb
+// scales and nb lane starts, the tokens one after another. (Each token's
+// three arrays together: with the quants of all tokens first, 2048-wide
+// rows put the tokens 2 KiB apart, so that 16 tokens' blocks fell into the
+// same few L1 sets and the 16-token rate halved.)
+// The block count is padded to a multiple of 16 (the lane kernels read
+// groups of 16 blocks; the padding is zeros).
 struct VnniInput {
-  const std::int8_t* qs;
-  const float* d;
-  const std::int32_t* corr;
-  ActVnni token(std::int64_t t, std::int64_t nb) const { return {qs + t * nb * 32, d + t * nb, corr + t * nb}; }
+  const std::uint8_t* bytes;
+  static std::size_t padded_blocks(std::int64_t nb) { return static_cast<std::size_t>((nb + 15) / 16 * 16); }
+  static std::size_t token_bytes(std::int64_t nb) { return padded_blocks(nb) * (32 + 2 * sizeof(float)); }
+  ActVnni token(std::int64_t t, std::int64_t nb) const {
+    const std::uint8_t* p = bytes + static_cast<std::size_t>(t) * token_bytes(nb);
+    const std::size_t n = padded_blocks(nb);
+    return {reinterpret_cast<const std::int8_t*>(p), reinterpret_cast<const float*>(p + n * 32),
+            reinterpret_cast<const std::int32_t*>(p + n * (32 + sizeof(float)))};
+  }
 };
 
 template <bool kQ4>
@@ -478,34 +492,82 @@ AIRLOCK_VNNI void matmul_q8_vnni(const std::uint8_t* w, std::int64_t n_in, const
 // multiply (weight scales times activation scales, eight blocks at once) and
 // one FMA finish them. The activations are stored transposed when they are
 // quantised (once per product); each weight group is transposed on the fly,
-// 24 shuffles shared by up to 16 tokens. Used at every batch size when the
-// row length is a multiple of 256: from 2 tokens it is faster than the tiles
-// above (1.6x at 4 tokens, 2x at 8 and 16), and at one token, bound by
-// memory, its software prefetch streams ~10% faster than the tiles' single
-// row (bench/kernel_bench). The tiles remain for other row lengths.
+// 24 shuffles shared by up to kLanesTokens tokens. Used at every batch size
+// when the row length is a multiple of 256: from 2 tokens it is faster than
+// the tiles above (1.6x at 4 tokens, 2x at 8 and 16), and at one token,
+// bound by memory, its software prefetch streams ~10% faster than the tiles'
+// single row (bench/kernel_bench). The tiles remain for other row lengths.
+//
+// With 512-bit registers two such groups go side by side (row_q8_lanes), as
+// do two K-quant super-blocks (row_qk_pairs): the same instruction count
+// per group as 256 bits for twice the work.
 
-constexpr int kLanesTokens = 16;
+// GCC 12's avx512fintrin.h builds the 512-bit inserts, unpacks and
+// conversions on _mm512_undefined_*(), a self-initialised variable, and
+// warns about it wherever they are inlined (a false positive; GCC 13 no
+// longer does). Silenced for the 512-bit kernels only.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+
+// Tokens per pass over a row. 16 tokens in one pass were slower than two
+// passes of 8 (Q8_0 16 tokens, kernel_bench: 155-165 against 205-260 G
+// mul-add/s): the row is still in L1 for the second pass, and 16 tokens'
+// activations (40 KiB at 2048 wide) crowd the weights out of L1.
+
+constexpr int kLanesTokens = 8;
 constexpr std::size_t kLanesPrefetchBytes = 4096;
 constexpr std::size_t kLanesRowBlockBytes = 128 * 1024;
 
-// out[m] lane k = in[k] lane m (32-bit lanes).
-AIRLOCK_VNNI inline void transpose8x8_epi32(__m256i r[8]) {
-  __m256i t[8], u[8];
+// out[m] lane k = in[k] lane m, in each 256-bit half of the eight registers.
+AIRLOCK_VNNI inline void transpose8x8_epi32_halves(__m512i r[8]) {
+  __m512i t[8], u[8];
   AIRLOCK_UNROLL for (int i = 0; i < 4; ++i) {
-    t[2 * i] = _mm256_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
-    t[2 * i + 1] = _mm256_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
+    t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
   }
-  AIRLOCK_UNROLL for (int h = 0; h < 2; ++h) {  // rows 0-3, then 4-7
-    __m256i* tt = t + 4 * h;
-    __m256i* uu = u + 4 * h;
-    uu[0] = _mm256_unpacklo_epi64(tt[0], tt[2]);
-    uu[1] = _mm256_unpackhi_epi64(tt[0], tt[2]);
-    uu[2] = _mm256_unpacklo_epi64(tt[1], tt[3]);
-    uu[3] = _mm256_unpackhi_epi64(tt[1], tt[3]);
+  AIRLOCK_UNROLL for (int h = 0; h < 2; ++h) {
+    __m512i* tt = t + 4 * h;
+    __m512i* uu = u + 4 * h;
+    uu[0] = _mm512_unpacklo_epi64(tt[0], tt[2]);
+    uu[1] = _mm512_unpackhi_epi64(tt[0], tt[2]);
+    uu[2] = _mm512_unpacklo_epi64(tt[1], tt[3]);
+    uu[3] = _mm512_unpackhi_epi64(tt[1], tt[3]);
   }
+  // per half: the low 128 bits of u[m] and u[m + 4], then the high ones
+  const __m512i lo = _mm512_setr_epi64(0, 1, 8, 9, 4, 5, 12, 13), hi = _mm512_setr_epi64(2, 3, 10, 11, 6, 7, 14, 15);
   AIRLOCK_UNROLL for (int m = 0; m < 4; ++m) {
-    r[m] = _mm256_permute2x128_si256(u[m], u[m + 4], 0x20);
-    r[m + 4] = _mm256_permute2x128_si256(u[m], u[m + 4], 0x31);
+    r[m] = _mm512_permutex2var_epi64(u[m], lo, u[m + 4]);
+    r[m + 4] = _mm512_permutex2var_epi64(u[m], hi, u[m + 4]);
+  }
+}
+
+// Blocks [g, g + 16) of a row against T tokens, added to acc: blocks g + k
+// in the low half of the registers, g + 8 + k in the high one (as the
+// K-quant pairs below: every instruction does two 256-bit ones' work).
+// kHigh false: the row ends at g + 8 and the high half is zeros.
+template <bool kQ4, bool kHigh, int T, typename Block>
+AIRLOCK_VNNI inline void q8_lanes_group(const Block* b, std::int64_t g, const ActVnni* act, __m512 acc[T]) {
+  __m512i wt[8];
+  AIRLOCK_UNROLL for (int k = 0; k < 8; ++k) {
+    wt[k] = _mm512_zextsi256_si512(weights_unsigned<kQ4>(b + g + k));
+    if constexpr (kHigh) wt[k] = _mm512_inserti64x4(wt[k], weights_unsigned<kQ4>(b + g + 8 + k), 1);
+  }
+  transpose8x8_epi32_halves(wt);
+  alignas(32) std::uint16_t dh[16] = {};
+  AIRLOCK_UNROLL for (int k = 0; k < (kHigh ? 16 : 8); ++k) dh[k] = b[g + k].d;
+  const __m512 dw = _mm512_cvtph_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(dh)));
+  AIRLOCK_UNROLL for (int t = 0; t < T; ++t) {
+    const std::int8_t* qy = act[t].qs + g * 32;
+    // (the sum starts from zero rather than from the loaded lane starts:
+    // GCC 12 otherwise moves every loaded start through the stack)
+    __m512i s = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wt[0], _mm512_loadu_si512(qy));
+    AIRLOCK_UNROLL for (int m = 1; m < 8; ++m) s = _mm512_dpbusd_epi32(s, wt[m], _mm512_loadu_si512(qy + 64 * m));
+    s = _mm512_add_epi32(s, _mm512_loadu_si512(act[t].corr + g));
+    const __m512 dwy = _mm512_mul_ps(dw, _mm512_loadu_ps(act[t].d + g));
+    acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), dwy, acc[t]);
   }
 }
 
@@ -515,30 +577,19 @@ AIRLOCK_VNNI void row_q8_lanes(const std::uint8_t* row, const ActVnni* act, std:
                                std::int64_t out_stride) {
   using Block = std::conditional_t<kQ4, BlockQ4_0, BlockQ8_0>;
   const auto* b = reinterpret_cast<const Block*>(row);
-  __m256 acc[T];
-  AIRLOCK_UNROLL for (int t = 0; t < T; ++t) acc[t] = _mm256_setzero_ps();
-  for (std::int64_t g = 0; g < nb; g += 8) {
+  __m512 acc[T];
+  AIRLOCK_UNROLL for (int t = 0; t < T; ++t) acc[t] = _mm512_setzero_ps();
+  std::int64_t g = 0;
+  for (; g + 16 <= nb; g += 16) {
     // Computing on a group takes long enough that the hardware prefetchers
     // fall behind the row: ask for the bytes 4 KiB ahead (bench/kernel_bench
     // measured 2x faster at 8 tokens and 1.5x at 16 than without).
-    prefetch_bytes(reinterpret_cast<const char*>(b + g) + kLanesPrefetchBytes, 8 * sizeof(Block));
-    __m256i wt[8];
-    AIRLOCK_UNROLL for (int k = 0; k < 8; ++k) wt[k] = weights_unsigned<kQ4>(b + g + k);
-    transpose8x8_epi32(wt);
-    const __m128i dh = _mm_setr_epi16(
-        static_cast<short>(b[g].d), static_cast<short>(b[g + 1].d), static_cast<short>(b[g + 2].d),
-        static_cast<short>(b[g + 3].d), static_cast<short>(b[g + 4].d), static_cast<short>(b[g + 5].d),
-        static_cast<short>(b[g + 6].d), static_cast<short>(b[g + 7].d));
-    const __m256 dw = _mm256_cvtph_ps(dh);
-    AIRLOCK_UNROLL for (int t = 0; t < T; ++t) {
-      const auto* qy = reinterpret_cast<const __m256i*>(act[t].qs + g * 32);
-      __m256i s = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(act[t].corr + g));
-      AIRLOCK_UNROLL for (int m = 0; m < 8; ++m) s = _mm256_dpbusd_epi32(s, wt[m], _mm256_loadu_si256(qy + m));
-      const __m256 dwy = _mm256_mul_ps(dw, _mm256_loadu_ps(act[t].d + g));
-      acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), dwy, acc[t]);
-    }
+    prefetch_bytes(reinterpret_cast<const char*>(b + g) + kLanesPrefetchBytes, 16 * sizeof(Block));
+    q8_lanes_group<kQ4, true, T>(b, g, act, acc);
   }
-  AIRLOCK_UNROLL for (int t = 0; t < T; ++t) out[t * out_stride] = hsum(acc[t]);
+  if (g < nb) q8_lanes_group<kQ4, false, T>(b, g, act, acc);  // nb is a multiple of 8
+  AIRLOCK_UNROLL for (int t = 0; t < T; ++t)
+    out[t * out_stride] = hsum(_mm256_add_ps(_mm512_castps512_ps256(acc[t]), _mm512_extractf32x8_ps(acc[t], 1)));
 }
 
 // Rows [r0, r1), each against the tokens in groups of up to kLanesTokens:
@@ -549,8 +600,8 @@ AIRLOCK_VNNI void row_q8_lanes(const std::uint8_t* row, const ActVnni* act, std:
 // the caches, and streaming them once per row made prefill half as fast per
 // token as decoding 16 sequences. So the rows go in blocks of about
 // kLanesRowBlockBytes, which stay in L2 while every token group passes over
-// them; each group's activations (32 KiB at 2048) stay in L1 across the
-// block's rows. Up to 16 tokens this is the plain row order.
+// them; each group's activations (20 KiB at 2048) stay in L1 across the
+// block's rows.
 template <typename Row, typename Act>
 void for_rows_lanes(Row row, const std::uint8_t* w, std::size_t stride, const Act* act, std::int64_t n_tokens, float* y,
                     std::int64_t n_out, std::int64_t r0, std::int64_t r1) {
@@ -594,65 +645,122 @@ void matmul_q8_lanes(const std::uint8_t* w, std::int64_t n_in, const VnniInput& 
 // speed at one token (bound by memory); so with VNNI it serves every batch
 // size, and Q6_K (sixteen scales per block) alone keeps that path.
 
-// Activations of one super-block for these kernels.
-struct ActQ8_KLanes {
-  std::int8_t qs[256];  // piece m (4 bytes) of sub-block k at m * 32 + k * 4
-  float dsum[8];        // d * (sum of sub-block k's quants)
-  float d;
+// 512-bit registers hold two super-blocks side by side: lanes 0-7 the eight
+// sub-blocks of super-block 2p, lanes 8-15 those of 2p + 1. The activations
+// are stored in the same pairs, so every instruction does the work of two
+// 256-bit ones. (This Zen 5 VM issues two vpdpbusd per cycle per core at
+// either width, ~400 G mul-add/s per core in 512 bits; the 256-bit kernel
+// reached ~110 per core at 16 tokens, bound by the loads, conversions and
+// FMAs around each eight vpdpbusd, which pairs halve. kernel_bench Q4_K:
+// 1.2x at one token, 1.3-1.4x at 8 and 16. Splitting each token's chain of eight
+// vpdpbusd in two, or interleaving the tokens' chains, measured slower.) An
+// odd last super-block pairs with zeros.
+
+// Activations of one pair of super-blocks (the second all zeros past the end
+// of the row).
+struct ActQ8_KPair {
+  std::int8_t qs[512];  // piece m (4 bytes) of sub-block k of super-block h at m * 64 + h * 32 + k * 4
+  float dsum[16];       // [8h + k]: d_h * (sum of sub-block k's quants)
+  float d[16];          // [8h + k]: d_h
 };
 
-void quantize_act_q8_k_lanes(const float* x, std::int64_t n, ActQ8_KLanes* out) {
+void quantize_act_q8_k_pairs(const float* x, std::int64_t n, ActQ8_KPair* out) {
+  const std::int64_t nb = n / 256;
   ActQ8_K tmp;
-  for (std::int64_t i = 0; i < n / 256; ++i) {
+  for (std::int64_t i = 0; i < nb; ++i) {
+    ActQ8_KPair& pair = out[i / 2];
+    const int h = static_cast<int>(i % 2);
+    if (h == 0) std::memset(&pair, 0, sizeof pair);
     quantize_act_q8_k(x + i * 256, 256, &tmp);
     for (int k = 0; k < 8; ++k) {
-      for (int m = 0; m < 8; ++m) std::memcpy(out[i].qs + m * 32 + k * 4, tmp.qs + 32 * k + 4 * m, 4);
-      out[i].dsum[k] = tmp.d * static_cast<float>(tmp.bsums[2 * k] + tmp.bsums[2 * k + 1]);
+      for (int m = 0; m < 8; ++m) std::memcpy(pair.qs + m * 64 + h * 32 + k * 4, tmp.qs + 32 * k + 4 * m, 4);
+      pair.dsum[8 * h + k] = tmp.d * static_cast<float>(tmp.bsums[2 * k] + tmp.bsums[2 * k + 1]);
+      pair.d[8 * h + k] = tmp.d;
     }
-    out[i].d = tmp.d;
+  }
+}
+
+// 32 bytes at a, and at b (zeros when b is null), as one register.
+AIRLOCK_VNNI inline __m512i load_halves(const std::uint8_t* a, const std::uint8_t* b) {
+  const __m512i lo = _mm512_zextsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(a)));
+  return b ? _mm512_inserti64x4(lo, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b)), 1) : lo;
+}
+
+// A super-block's eight sub-block scales times d (then its mins times dmin).
+template <typename Block>
+AIRLOCK_VNNI inline void scales_mins(const Block& b, __m256* scale, __m256* min) {
+  const __m128i sm = kq_vnni::unpack_scales_mins(b.scales);  // 8 scales, 8 mins
+  *scale = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(sm)), _mm256_set1_ps(_cvtsh_ss(b.d)));
+  *min = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(sm, 8))), _mm256_set1_ps(_cvtsh_ss(b.dmin)));
+}
+
+// Super-blocks b0 and b1 (b1 null: zeros) against pair p of T tokens.
+template <bool kFiveBit, int T, typename Block>
+AIRLOCK_VNNI inline void qk_pair(const Block* b0, const Block* b1, const ActQ8_KPair* const* act, std::int64_t p,
+                                 __m512 acc[T]) {
+  __m256 s0, m0, s1 = _mm256_setzero_ps(), m1 = _mm256_setzero_ps();
+  scales_mins(*b0, &s0, &m0);
+  if (b1) scales_mins(*b1, &s1, &m1);
+  const __m512 scale = _mm512_insertf32x8(_mm512_castps256_ps512(s0), s1, 1);
+  const __m512 min = _mm512_insertf32x8(_mm512_castps256_ps512(m0), m1, 1);
+  const __m512i low = _mm512_set1_epi8(0x0F);
+  __m512i v[8];
+  AIRLOCK_UNROLL for (int j = 0; j < 4; ++j) {
+    // sub-blocks 2j (low nibbles) and 2j + 1 (high), as in unpack_qk_pair
+    const __m512i q = load_halves(b0->qs + 32 * j, b1 ? b1->qs + 32 * j : nullptr);
+    v[2 * j] = _mm512_and_si512(q, low);
+    v[2 * j + 1] = _mm512_and_si512(_mm512_srli_epi16(q, 4), low);
+    if constexpr (kFiveBit) {
+      const __m512i one = _mm512_set1_epi8(1);
+      const __m512i qh = load_halves(b0->qh, b1 ? b1->qh : nullptr);
+      v[2 * j] = _mm512_or_si512(v[2 * j], _mm512_slli_epi16(_mm512_and_si512(_mm512_srli_epi16(qh, 2 * j), one), 4));
+      v[2 * j + 1] =
+          _mm512_or_si512(v[2 * j + 1], _mm512_slli_epi16(_mm512_and_si512(_mm512_srli_epi16(qh, 2 * j + 1), one), 4));
+    }
+  }
+  transpose8x8_epi32_halves(v);
+  AIRLOCK_UNROLL for (int t = 0; t < T; ++t) {
+    const ActQ8_KPair& y = act[t][p];
+    __m512i s = _mm512_dpbusd_epi32(_mm512_setzero_si512(), v[0], _mm512_loadu_si512(y.qs));
+    AIRLOCK_UNROLL for (int m = 1; m < 8; ++m) s = _mm512_dpbusd_epi32(s, v[m], _mm512_loadu_si512(y.qs + 64 * m));
+    acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(scale, _mm512_loadu_ps(y.d)), acc[t]);
+    acc[t] = _mm512_fnmadd_ps(min, _mm512_loadu_ps(y.dsum), acc[t]);
   }
 }
 
 template <bool kFiveBit, int T>
-AIRLOCK_VNNI void row_qk_lanes(const std::uint8_t* row, const ActQ8_KLanes* const* act, std::int64_t nb, float* out,
+AIRLOCK_VNNI void row_qk_pairs(const std::uint8_t* row, const ActQ8_KPair* const* act, std::int64_t nb, float* out,
                                std::int64_t out_stride) {
   using Block = std::conditional_t<kFiveBit, BlockQ5_K, BlockQ4_K>;
   const auto* b = reinterpret_cast<const Block*>(row);
-  __m256 acc[T];
-  AIRLOCK_UNROLL for (int t = 0; t < T; ++t) acc[t] = _mm256_setzero_ps();
-  for (std::int64_t i = 0; i < nb; ++i) {
-    prefetch_bytes(reinterpret_cast<const char*>(b + i) + kLanesPrefetchBytes, sizeof(Block));
-    const __m128i sm = kq_vnni::unpack_scales_mins(b[i].scales);  // 8 scales, 8 mins
-    const __m256 scale = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(sm)), _mm256_set1_ps(_cvtsh_ss(b[i].d)));
-    const __m256 min = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(sm, 8))),
-                                     _mm256_set1_ps(_cvtsh_ss(b[i].dmin)));
-    __m256i v[8];
-    AIRLOCK_UNROLL for (int j = 0; j < 4; ++j) kq_vnni::unpack_qk_pair<kFiveBit>(b[i], j, &v[2 * j], &v[2 * j + 1]);
-    transpose8x8_epi32(v);
-    AIRLOCK_UNROLL for (int t = 0; t < T; ++t) {
-      const ActQ8_KLanes& y = act[t][i];
-      const auto* qy = reinterpret_cast<const __m256i*>(y.qs);
-      __m256i s = _mm256_dpbusd_epi32(_mm256_setzero_si256(), v[0], _mm256_loadu_si256(qy));
-      AIRLOCK_UNROLL for (int m = 1; m < 8; ++m) s = _mm256_dpbusd_epi32(s, v[m], _mm256_loadu_si256(qy + m));
-      acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(scale, _mm256_set1_ps(y.d)), acc[t]);
-      acc[t] = _mm256_fnmadd_ps(min, _mm256_loadu_ps(y.dsum), acc[t]);
-    }
+  __m512 acc[T];
+  AIRLOCK_UNROLL for (int t = 0; t < T; ++t) acc[t] = _mm512_setzero_ps();
+  std::int64_t i = 0;
+  for (; i + 2 <= nb; i += 2) {
+    prefetch_bytes(reinterpret_cast<const char*>(b + i) + kLanesPrefetchBytes, 2 * sizeof(Block));
+    qk_pair<kFiveBit, T>(b + i, b + i + 1, act, i / 2, acc);
   }
-  AIRLOCK_UNROLL for (int t = 0; t < T; ++t) out[t * out_stride] = hsum(acc[t]);
+  if (i < nb) qk_pair<kFiveBit, T>(b + i, static_cast<const Block*>(nullptr), act, i / 2, acc);
+  AIRLOCK_UNROLL for (int t = 0; t < T; ++t)
+    out[t * out_stride] = hsum(_mm256_add_ps(_mm512_castps512_ps256(acc[t]), _mm512_extractf32x8_ps(acc[t], 1)));
 }
 
 template <bool kFiveBit>
-void matmul_qk_lanes(const std::uint8_t* w, std::int64_t n_in, const ActQ8_KLanes* in, std::int64_t n_tokens,
+void matmul_qk_pairs(const std::uint8_t* w, std::int64_t n_in, const ActQ8_KPair* in, std::int64_t n_tokens,
                      float* y, std::int64_t n_out, std::int64_t r0, std::int64_t r1) {
-  const std::int64_t nb = n_in / 256;
-  thread_local std::vector<const ActQ8_KLanes*> act;
+  const std::int64_t nb = n_in / 256, np = (nb + 1) / 2;
+  thread_local std::vector<const ActQ8_KPair*> act;
   act.resize(static_cast<std::size_t>(n_tokens));
-  for (std::int64_t t = 0; t < n_tokens; ++t) act[static_cast<std::size_t>(t)] = in + t * nb;
-  for_rows_lanes([nb](auto T, const std::uint8_t* row, const ActQ8_KLanes* const* a, float* out,
-                      std::int64_t out_stride) { row_qk_lanes<kFiveBit, T()>(row, a, nb, out, out_stride); },
+  for (std::int64_t t = 0; t < n_tokens; ++t) act[static_cast<std::size_t>(t)] = in + t * np;
+  for_rows_lanes([nb](auto T, const std::uint8_t* row, const ActQ8_KPair* const* a, float* out,
+                      std::int64_t out_stride) { row_qk_pairs<kFiveBit, T()>(row, a, nb, out, out_stride); },
                  w, row_bytes(kFiveBit ? GgmlType::kQ5_K : GgmlType::kQ4_K, n_in), act.data(), n_tokens, y, n_out, r0,
                  r1);
 }
+
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif
 
 bool is_k_quant(GgmlType t) { return t == GgmlType::kQ4_K || t == GgmlType::kQ5_K || t == GgmlType::kQ6_K; }
 bool is_q8_0_family(GgmlType t) { return t == GgmlType::kQ8_0 || t == GgmlType::kQ4_0; }
@@ -673,10 +781,11 @@ void MatmulInput::reset(GgmlType type, const float* x, std::int64_t n_in, std::i
   } else if (k) {
     const bool lanes = isa_ == KernelIsa::kAvx512Vnni && type != GgmlType::kQ6_K;
     form_ = lanes ? Form::kQ8_KLanes : Form::kQ8_K;
-    bytes = (lanes ? sizeof(ActQ8_KLanes) : sizeof(ActQ8_K)) * static_cast<std::size_t>(n_in / 256 * n_tokens);
+    bytes = lanes ? sizeof(ActQ8_KPair) * static_cast<std::size_t>((n_in / 256 + 1) / 2 * n_tokens)
+                  : sizeof(ActQ8_K) * static_cast<std::size_t>(n_in / 256 * n_tokens);
   } else if (isa_ == KernelIsa::kAvx512Vnni) {
     form_ = n_in % 256 == 0 ? Form::kQ8_0Lanes : Form::kQ8_0Vnni;
-    bytes = static_cast<std::size_t>(n_in / 32 * n_tokens) * (32 + sizeof(float) + sizeof(std::int32_t));
+    bytes = VnniInput::token_bytes(n_in / 32) * static_cast<std::size_t>(n_tokens);
   } else {
     form_ = Form::kQ8_0;
     bytes = sizeof(ActQ8_0) * static_cast<std::size_t>(n_in / 32 * n_tokens);
@@ -695,9 +804,9 @@ void MatmulInput::quantize(std::int64_t t0, std::int64_t t1) {
       return;
     }
     case Form::kQ8_KLanes: {
-      const std::int64_t nb = n_in_ / 256;
-      auto* act = reinterpret_cast<ActQ8_KLanes*>(bytes_.data());
-      for (std::int64_t t = t0; t < t1; ++t) quantize_act_q8_k_lanes(x_ + t * n_in_, n_in_, act + t * nb);
+      const std::int64_t np = (n_in_ / 256 + 1) / 2;
+      auto* act = reinterpret_cast<ActQ8_KPair*>(bytes_.data());
+      for (std::int64_t t = t0; t < t1; ++t) quantize_act_q8_k_pairs(x_ + t * n_in_, n_in_, act + t * np);
       return;
     }
     case Form::kQ8_0: {
@@ -709,10 +818,6 @@ void MatmulInput::quantize(std::int64_t t0, std::int64_t t1) {
     case Form::kQ8_0Vnni:
     case Form::kQ8_0Lanes: {
       const std::int64_t nb = n_in_ / 32;
-      const std::size_t n_blocks = static_cast<std::size_t>(nb * n_tokens_);
-      auto* qs = reinterpret_cast<std::int8_t*>(bytes_.data());
-      auto* d = reinterpret_cast<float*>(bytes_.data() + n_blocks * 32);
-      auto* corr = reinterpret_cast<std::int32_t*>(bytes_.data() + n_blocks * (32 + sizeof(float)));
       const bool lanes = form_ == Form::kQ8_0Lanes;
       // The weights' offset (Q8_0 128, Q4_0 8) times the block's sum, taken
       // out by the start value of the lanes that sum the block: all eight
@@ -723,18 +828,25 @@ void MatmulInput::quantize(std::int64_t t0, std::int64_t t1) {
       tmp.resize(static_cast<std::size_t>(nb));
       for (std::int64_t t = t0; t < t1; ++t) {
         quantize_act_q8_0(x_ + t * n_in_, n_in_, tmp.data());
+        // VnniInput's layout: quants, scales, lane starts, zeros past nb
+        std::uint8_t* p = bytes_.data() + static_cast<std::size_t>(t) * VnniInput::token_bytes(nb);
+        const std::size_t n = VnniInput::padded_blocks(nb);
+        if (n != static_cast<std::size_t>(nb)) std::memset(p, 0, VnniInput::token_bytes(nb));
+        auto* qs = reinterpret_cast<std::int8_t*>(p);
+        auto* d = reinterpret_cast<float*>(p + n * 32);
+        auto* corr = reinterpret_cast<std::int32_t*>(p + n * (32 + sizeof(float)));
         for (std::int64_t i = 0; i < nb; ++i) {
           const ActQ8_0& a = tmp[static_cast<std::size_t>(i)];
-          const std::size_t at = static_cast<std::size_t>(t * nb + i);
           if (lanes) {
-            // group of eight blocks: 4-byte piece m of block k at m * 32 + k * 4
-            std::int8_t* group = qs + static_cast<std::size_t>(t * nb + i / 8 * 8) * 32;
-            for (int m = 0; m < 8; ++m) std::memcpy(group + m * 32 + (i % 8) * 4, a.qs + 4 * m, 4);
+            // group of sixteen blocks: 4-byte piece m of block 8h + k at
+            // m * 64 + h * 32 + k * 4
+            std::int8_t* group = qs + static_cast<std::size_t>(i / 16 * 16) * 32;
+            for (int m = 0; m < 8; ++m) std::memcpy(group + m * 64 + (i % 16) / 8 * 32 + (i % 8) * 4, a.qs + 4 * m, 4);
           } else {
-            std::memcpy(qs + at * 32, a.qs, 32);
+            std::memcpy(qs + i * 32, a.qs, 32);
           }
-          d[at] = a.d;
-          corr[at] = -start_scale * a.sum;
+          d[i] = a.d;
+          corr[i] = -start_scale * a.sum;
         }
       }
       return;
@@ -764,9 +876,7 @@ void matmul_rows(const MatmulInput& in, GgmlType type, const std::uint8_t* w, fl
                             n_out, r0, r1);
     case MatmulInput::Form::kQ8_0Vnni:
     case MatmulInput::Form::kQ8_0Lanes: {
-      const std::size_t n_blocks = static_cast<std::size_t>(n_in / 32 * n_tokens);
-      const VnniInput v{reinterpret_cast<const std::int8_t*>(bytes), reinterpret_cast<const float*>(bytes + n_blocks * 32),
-                        reinterpret_cast<const std::int32_t*>(bytes + n_blocks * (32 + sizeof(float)))};
+      const VnniInput v{bytes};
       const bool q4 = type == GgmlType::kQ4_0;
       if (in.form_ == MatmulInput::Form::kQ8_0Lanes)
         return q4 ? matmul_q8_lanes<true>(w, n_in, v, n_tokens, y, n_out, r0, r1)
@@ -775,9 +885,9 @@ void matmul_rows(const MatmulInput& in, GgmlType type, const std::uint8_t* w, fl
                 : matmul_q8_vnni<false>(w, n_in, v, n_tokens, y, n_out, r0, r1);
     }
     case MatmulInput::Form::kQ8_KLanes: {
-      const auto* act = reinterpret_cast<const ActQ8_KLanes*>(bytes);
-      if (type == GgmlType::kQ5_K) return matmul_qk_lanes<true>(w, n_in, act, n_tokens, y, n_out, r0, r1);
-      return matmul_qk_lanes<false>(w, n_in, act, n_tokens, y, n_out, r0, r1);
+      const auto* act = reinterpret_cast<const ActQ8_KPair*>(bytes);
+      if (type == GgmlType::kQ5_K) return matmul_qk_pairs<true>(w, n_in, act, n_tokens, y, n_out, r0, r1);
+      return matmul_qk_pairs<false>(w, n_in, act, n_tokens, y, n_out, r0, r1);
     }
     case MatmulInput::Form::kQ8_K: {
       const auto* act = reinterpret_cast<const ActQ8_K*>(bytes);
