@@ -512,12 +512,15 @@ AIRLOCK_VNNI void matmul_q8_vnni(const std::uint8_t* w, std::int64_t n_in, const
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #endif
 
-// Tokens per pass over a row. 16 tokens in one pass were slower than two
-// passes of 8 (Q8_0 16 tokens, kernel_bench: 155-165 against 205-260 G
-// mul-add/s): the row is still in L1 for the second pass, and 16 tokens'
-// activations (40 KiB at 2048 wide) crowd the weights out of L1.
+// Tokens per pass over a row: as many as keep the pass's activations within
+// kLanesPassBytes, at most kLanesTokens. More than fit in L1 beside the
+// streaming weights ran much slower (kernel_bench, G mul-add/s: Q8_0 2048
+// wide, 16 tokens in one pass 155-165, in two passes of 8 205-260; Q4_K
+// 5632 wide, 16 tokens in passes of 8 164-171, of 4 279-287, of 3 239-245),
+// and the row is still in L1 for the next pass.
 
 constexpr int kLanesTokens = 8;
+constexpr std::size_t kLanesPassBytes = 32 * 1024;
 constexpr std::size_t kLanesPrefetchBytes = 4096;
 constexpr std::size_t kLanesRowBlockBytes = 128 * 1024;
 
@@ -592,7 +595,8 @@ AIRLOCK_VNNI void row_q8_lanes(const std::uint8_t* row, const ActVnni* act, std:
     out[t * out_stride] = hsum(_mm256_add_ps(_mm512_castps512_ps256(acc[t]), _mm512_extractf32x8_ps(acc[t], 1)));
 }
 
-// Rows [r0, r1), each against the tokens in groups of up to kLanesTokens:
+// Rows [r0, r1), each against the tokens in passes of up to kLanesTokens
+// (act_bytes: one token's prepared activations):
 // row(integral_constant<int, T>, row bytes, first token, out, out_stride)
 // computes out[t * out_stride] = row . token t for T tokens.
 //
@@ -603,13 +607,14 @@ AIRLOCK_VNNI void row_q8_lanes(const std::uint8_t* row, const ActVnni* act, std:
 // them; each group's activations (20 KiB at 2048) stay in L1 across the
 // block's rows.
 template <typename Row, typename Act>
-void for_rows_lanes(Row row, const std::uint8_t* w, std::size_t stride, const Act* act, std::int64_t n_tokens, float* y,
-                    std::int64_t n_out, std::int64_t r0, std::int64_t r1) {
+void for_rows_lanes(Row row, const std::uint8_t* w, std::size_t stride, const Act* act, std::size_t act_bytes,
+                    std::int64_t n_tokens, float* y, std::int64_t n_out, std::int64_t r0, std::int64_t r1) {
   const std::int64_t block_rows = std::max<std::int64_t>(1, static_cast<std::int64_t>(kLanesRowBlockBytes / stride));
+  const std::int64_t pass = std::clamp<std::int64_t>(static_cast<std::int64_t>(kLanesPassBytes / act_bytes), 1, kLanesTokens);
   for (std::int64_t rb = r0; rb < r1; rb += block_rows) {
     const std::int64_t re = std::min(r1, rb + block_rows);
-    for (std::int64_t t0 = 0; t0 < n_tokens; t0 += kLanesTokens) {
-      const int nt = static_cast<int>(std::min<std::int64_t>(kLanesTokens, n_tokens - t0));
+    for (std::int64_t t0 = 0; t0 < n_tokens; t0 += pass) {
+      const int nt = static_cast<int>(std::min<std::int64_t>(pass, n_tokens - t0));
       [&]<int... T>(std::integer_sequence<int, T...>) {
         auto rows = [&](auto t_const) {
           for (std::int64_t r = rb; r < re; ++r)
@@ -630,7 +635,8 @@ void matmul_q8_lanes(const std::uint8_t* w, std::int64_t n_in, const VnniInput& 
   for (std::int64_t t = 0; t < n_tokens; ++t) act[static_cast<std::size_t>(t)] = in.token(t, nb);
   for_rows_lanes([nb](auto T, const std::uint8_t* row, const ActVnni* a, float* out,
                       std::int64_t out_stride) { row_q8_lanes<kQ4, T()>(row, a, nb, out, out_stride); },
-                 w, row_bytes(kQ4 ? GgmlType::kQ4_0 : GgmlType::kQ8_0, n_in), act.data(), n_tokens, y, n_out, r0, r1);
+                 w, row_bytes(kQ4 ? GgmlType::kQ4_0 : GgmlType::kQ8_0, n_in), act.data(), VnniInput::token_bytes(nb),
+                 n_tokens, y, n_out, r0, r1);
 }
 
 // ---- Q4_K / Q5_K with VNNI for batches, the same way: a super-block's
@@ -754,8 +760,8 @@ void matmul_qk_pairs(const std::uint8_t* w, std::int64_t n_in, const ActQ8_KPair
   for (std::int64_t t = 0; t < n_tokens; ++t) act[static_cast<std::size_t>(t)] = in + t * np;
   for_rows_lanes([nb](auto T, const std::uint8_t* row, const ActQ8_KPair* const* a, float* out,
                       std::int64_t out_stride) { row_qk_pairs<kFiveBit, T()>(row, a, nb, out, out_stride); },
-                 w, row_bytes(kFiveBit ? GgmlType::kQ5_K : GgmlType::kQ4_K, n_in), act.data(), n_tokens, y, n_out, r0,
-                 r1);
+                 w, row_bytes(kFiveBit ? GgmlType::kQ5_K : GgmlType::kQ4_K, n_in), act.data(),
+                 sizeof(ActQ8_KPair) * static_cast<std::size_t>(np), n_tokens, y, n_out, r0, r1);
 }
 
 #if defined(__GNUC__) && !defined(__clang__)

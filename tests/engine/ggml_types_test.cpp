@@ -382,9 +382,9 @@ TEST_P(KernelsTest, VectorPathMatchesScalarAndDoubleReference) {
     for (std::int64_t n_in : {256, 288, 512, 1024, 2304}) {
       if (n_in % traits(type).block_elems != 0) continue;
       // both sides of the 4-token groups of the tile kernels (Q8_0/Q4_0
-      // rows that are not a multiple of 256, Q6_K) and of the 16-token
-      // groups of the lane kernels
-      for (std::int64_t n_tokens : {1, 3, 4, 5, 6, 16, 17, 35}) {
+      // rows that are not a multiple of 256, Q6_K) and of the 8-token
+      // passes of the lane kernels
+      for (std::int64_t n_tokens : {1, 3, 4, 5, 6, 8, 9, 16, 17, 35}) {
         const std::int64_t n_out = 9 + static_cast<std::int64_t>(rng() % 24);
         // rows [r0, r1) only; the others must stay untouched
         const std::int64_t r0 = static_cast<std::int64_t>(rng() % 3), r1 = n_out - static_cast<std::int64_t>(rng() % 3);
@@ -405,6 +405,21 @@ TEST_P(KernelsTest, PromptBatchesOverRowBlocksMatchScalar) {
   for (GgmlType type : {GgmlType::kQ8_0, GgmlType::kQ4_0, GgmlType::kQ4_K, GgmlType::kQ5_K, GgmlType::kQ6_K}) {
     check_matmul_at_level(GetParam(), type, 2048, 300, 37, 5, 291, rng);
     if (HasFatalFailure()) return;
+  }
+}
+
+// Long rows: the lane kernels take fewer tokens per pass over a row so that
+// a pass's activations stay in L1 (5632 wide: 4 tokens, 11264: 2), so 7
+// tokens go in uneven passes.
+TEST_P(KernelsTest, LongRowsInShorterPassesMatchScalar) {
+  if (best_kernel_isa() < GetParam()) GTEST_SKIP() << "this CPU lacks " << kernel_isa_name(GetParam());
+  limit_kernel_isa(GetParam());
+  std::mt19937 rng(13);
+  for (GgmlType type : {GgmlType::kQ8_0, GgmlType::kQ4_0, GgmlType::kQ4_K, GgmlType::kQ5_K}) {
+    for (std::int64_t n_in : {5632, 11264}) {
+      check_matmul_at_level(GetParam(), type, n_in, 13, 7, 1, 12, rng);
+      if (HasFatalFailure()) return;
+    }
   }
 }
 
