@@ -415,7 +415,7 @@ TEST_P(KernelsTest, LongRowsInShorterPassesMatchScalar) {
   if (best_kernel_isa() < GetParam()) GTEST_SKIP() << "this CPU lacks " << kernel_isa_name(GetParam());
   limit_kernel_isa(GetParam());
   std::mt19937 rng(13);
-  for (GgmlType type : {GgmlType::kQ8_0, GgmlType::kQ4_0, GgmlType::kQ4_K, GgmlType::kQ5_K}) {
+  for (GgmlType type : {GgmlType::kQ8_0, GgmlType::kQ4_0, GgmlType::kQ4_K, GgmlType::kQ5_K, GgmlType::kQ6_K}) {
     for (std::int64_t n_in : {5632, 11264}) {
       check_matmul_at_level(GetParam(), type, n_in, 13, 7, 1, 12, rng);
       if (HasFatalFailure()) return;
