@@ -1,5 +1,6 @@
 // airlock-gen-model OUT.gguf [--embd N] [--layers N] [--ff N] [--heads N]
 //                   [--kv-heads N] [--ctx N] [--f32 | --type T] [--bench-weights]
+//                   [--chat-template FILE]
 // airlock-gen-model --model2vec OUT_DIR --tokenizer TOKENIZER.json|builtin [--dim N] [--seed N]
 // airlock-gen-model --answer TEXT OUT.gguf
 // airlock-gen-model --bert OUT.gguf --vocab VOCAB.gguf
@@ -10,6 +11,8 @@
 // --embd 2048 --layers 16 --ff 5632 --heads 32 --kv-heads 8 is ~1B parameters.
 // --bench-weights draws uniform weights from a fast generator on every core
 // (for multi-GB benchmark models; the output is random text either way).
+// --chat-template stores FILE's text as tokenizer.chat_template (without it
+// the model has none, and airlockd renders chat requests as ChatML).
 //
 // --model2vec writes a model2vec directory (model.safetensors with random
 // Gaussian token vectors, the given WordPiece tokenizer.json, config.json):
@@ -30,6 +33,8 @@
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
+#include <iterator>
+#include <optional>
 #include <random>
 #include <sstream>
 #include <string>
@@ -236,7 +241,7 @@ int main(int argc, char** argv) {
   if (argc < 2) {
     std::fprintf(stderr,
                  "usage: airlock-gen-model OUT.gguf [--embd N] [--layers N] [--ff N] [--heads N] [--kv-heads N] "
-                 "[--ctx N] [--f32 | --type Q8_0|Q4_K|...] [--bench-weights]\n");
+                 "[--ctx N] [--f32 | --type Q8_0|Q4_K|...] [--bench-weights] [--chat-template FILE]\n");
     return 2;
   }
   using namespace airlock;
@@ -249,6 +254,7 @@ int main(int argc, char** argv) {
   spec.n_ff = 512;
   spec.n_ctx = 2048;
   spec.weight_type = engine::GgmlType::kQ8_0;
+  std::optional<std::string> chat_template;
   for (int i = 2; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "--f32") {
@@ -257,6 +263,12 @@ int main(int argc, char** argv) {
     }
     if (a == "--bench-weights") {
       spec.bench_weights = true;
+      continue;
+    }
+    if (a == "--chat-template" && i + 1 < argc) {
+      std::ifstream f(argv[++i], std::ios::binary);
+      if (!f) return std::fprintf(stderr, "airlock-gen-model: cannot read %s\n", argv[i]), 2;
+      chat_template = std::string(std::istreambuf_iterator<char>(f), {});
       continue;
     }
     if (a == "--type" && i + 1 < argc) {  // weight type by GGUF name: F32, F16, Q8_0, Q4_K, ...
@@ -285,9 +297,10 @@ int main(int argc, char** argv) {
   }
   if (spec.n_embd % spec.n_head != 0 || spec.n_head % spec.n_head_kv != 0 || spec.n_embd % 32 != 0)
     return std::fprintf(stderr, "airlock-gen-model: embd must divide by heads and 32, heads by kv-heads\n"), 2;
-  spec.metadata = [](testing::GgufWriter& w) {
+  spec.metadata = [&chat_template](testing::GgufWriter& w) {
     w.set_string("general.name", "airlock generated random model");
     byte_vocabulary(w);
+    if (chat_template) w.set_string("tokenizer.chat_template", *chat_template);
   };
   const testing::TestModel m = testing::make_test_model(spec);
   std::ofstream out(argv[1], std::ios::binary | std::ios::trunc);

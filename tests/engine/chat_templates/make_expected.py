@@ -208,6 +208,20 @@ def make_env(now_unix_s):
     return env
 
 
+def case_variables(spec, case, bos, eos):
+    """The variables apply_chat_template() passes for one case of cases.json."""
+    variables = {
+        "messages": case["messages"],
+        "tools": spec["tools"] if case.get("use_tools") else None,
+        "documents": None,
+        "add_generation_prompt": case["add_generation_prompt"],
+        "bos_token": bos,
+        "eos_token": eos,
+    }
+    variables.update(case.get("extra", {}))
+    return variables
+
+
 def main():
     with open(os.path.join(HERE, "cases.json"), encoding="utf-8") as f:
         spec = json.load(f)
@@ -220,15 +234,7 @@ def main():
         with open(os.path.join(MODELS, file), encoding="utf-8") as f:
             template = env.from_string(json.load(f)["chat_template"])
         for case in spec["cases"]:
-            variables = {
-                "messages": case["messages"],
-                "tools": spec["tools"] if case.get("use_tools") else None,
-                "documents": None,
-                "add_generation_prompt": case["add_generation_prompt"],
-                "bos_token": bos,
-                "eos_token": eos,
-            }
-            variables.update(case.get("extra", {}))
+            variables = case_variables(spec, case, bos, eos)
             base = f"{name}__{case['name']}"
             try:
                 text, kind, out_name = template.render(**variables), "text", base + ".txt"
