@@ -48,18 +48,13 @@ void ThreadPool::parallel_for(std::int64_t n, const std::function<void(std::int6
     fn(0, n);
     return;
   }
-  // Ranges are handed out from a shared counter, a few per thread, so a
-  // thread that is descheduled or slower (a shared VM, a busy core) does not
-  // leave the others waiting at the end: chunks of n / (4 * threads),
-  // rounded up to a multiple of min_chunk.
   const std::int64_t step = std::max<std::int64_t>(1, min_chunk);
-  const std::int64_t chunk = (std::max<std::int64_t>(step, n / (4 * n_threads_)) + step - 1) / step * step;
   {
     // Under the mutex so a worker about to sleep cannot miss the change.
     std::lock_guard<std::mutex> lock(mu_);
     job_ = &fn;
     job_n_ = n;
-    job_chunk_ = chunk;
+    job_chunk_ = step;
     next_.store(0, std::memory_order_relaxed);
     job_parts_ = static_cast<int>(parts);
     // Every worker acknowledges every job, even one with no part in it, so
@@ -76,11 +71,21 @@ void ThreadPool::parallel_for(std::int64_t n, const std::function<void(std::int6
   job_ = nullptr;
 }
 
+// Ranges are claimed from a shared counter, each a share of what is left
+// (1 / (2 * threads), rounded up to a multiple of min_chunk): long ranges
+// first, then shorter ones, so that the threads finish together even when
+// one of them is descheduled or slower (a shared VM, a busy core), and the
+// last range, which the others may wait for, is short.
 void ThreadPool::run_chunks() {
-  const std::int64_t n = job_n_, chunk = job_chunk_;
-  for (std::int64_t b = next_.fetch_add(chunk, std::memory_order_relaxed); b < n;
-       b = next_.fetch_add(chunk, std::memory_order_relaxed))
-    (*job_)(b, std::min(n, b + chunk));
+  const std::int64_t n = job_n_, step = job_chunk_, share = 2 * static_cast<std::int64_t>(n_threads_);
+  std::int64_t b = next_.load(std::memory_order_relaxed);
+  while (b < n) {
+    const std::int64_t e = std::min(n, b + std::max<std::int64_t>(1, ((n - b) / share + step - 1) / step) * step);
+    if (next_.compare_exchange_weak(b, e, std::memory_order_relaxed)) {
+      (*job_)(b, e);
+      b = next_.load(std::memory_order_relaxed);
+    }
+  }
 }
 
 void ThreadPool::worker(int index) {

@@ -1,7 +1,7 @@
 // ThreadPool: every index of [0, n) is handed out exactly once, in ranges
-// that respect min_chunk, across many back-to-back jobs (the spinning fast
-// path) and after the workers have gone to sleep (the condition-variable
-// path).
+// that respect min_chunk and shrink towards the end of the job, across many
+// back-to-back jobs (the spinning fast path) and after the workers have gone
+// to sleep (the condition-variable path).
 #include "airlock/engine/thread_pool.h"
 
 #include <gtest/gtest.h>
@@ -29,11 +29,23 @@ void check_job(ThreadPool& pool, std::int64_t n, std::int64_t min_chunk) {
       },
       min_chunk);
   for (std::int64_t i = 0; i < n; ++i) ASSERT_EQ(hits[static_cast<std::size_t>(i)].load(), 1) << "n " << n << " i " << i;
+  // Each range is a share of what was left when it was claimed: none is
+  // longer than 1 / (2 * threads) of the job (rounded up to min_chunk), and
+  // the one that ends the job, which the other threads may wait for, is at
+  // most min_chunk long.
+  const std::int64_t share = 2 * static_cast<std::int64_t>(pool.n_threads());
+  const std::int64_t longest = ((n + share - 1) / share + min_chunk - 1) / min_chunk * min_chunk;
   for (auto [b, e] : ranges) {
     ASSERT_LT(b, e);
     ASSERT_EQ(b % min_chunk, 0) << "range start " << b << " not a multiple of " << min_chunk;
     if (e != n) {
       ASSERT_EQ((e - b) % min_chunk, 0);
+    }
+    if (ranges.size() > 1) {  // (one range: the job ran on the caller alone)
+      ASSERT_LE(e - b, longest) << "n " << n << " range [" << b << ", " << e << ")";
+      if (e == n) {
+        ASSERT_LE(e - b, min_chunk) << "n " << n << " last range [" << b << ", " << e << ")";
+      }
     }
   }
 }

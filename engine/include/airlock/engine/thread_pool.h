@@ -60,7 +60,7 @@ class ThreadPool {
   std::atomic<bool> stop_{false};
   const std::function<void(std::int64_t, std::int64_t)>* job_ = nullptr;
   std::int64_t job_n_ = 0;
-  std::int64_t job_chunk_ = 1;
+  std::int64_t job_chunk_ = 1;  // min_chunk: every range but the last is a multiple of it
   int job_parts_ = 0;                     // threads taking part (fewer for small n)
   std::atomic<std::int64_t> next_{0};     // start of the next unclaimed range
 };
