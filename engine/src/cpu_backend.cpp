@@ -175,7 +175,8 @@ class CpuBackend final : public Backend {
   }
 
   void swiglu(const float* gate, const float* up, std::int64_t n, float* out) override {
-    for (std::int64_t i = 0; i < n; ++i) out[i] = gate[i] / (1.0f + std::exp(-gate[i])) * up[i];
+    pool_->parallel_for(
+        n, [&](std::int64_t i0, std::int64_t i1) { silu_mul_row(gate + i0, up + i0, i1 - i0, out + i0); }, 4096);
   }
 
   void gelu(const float* x, std::int64_t n, float* y) override {

@@ -84,6 +84,11 @@ void attend_heads(const float* q, int n_q, const std::uint16_t* k, const std::ui
                   const std::int32_t* table, int block, int n_ctx, int head_dim, float scale, float* scores,
                   float* out);
 
+// out[i] = silu(gate[i]) * up[i] (SwiGLU), silu(x) = x / (1 + exp(-x));
+// out may alias gate or up. With AVX2 exp is a polynomial (relative error
+// below 2e-7), the same for every element of any row.
+void silu_mul_row(const float* gate, const float* up, std::int64_t n, float* out);
+
 // y (n) = x rounded to IEEE half (nearest even), as fp32_to_fp16 does.
 void fp32_to_fp16_row(const float* x, std::uint16_t* y, std::int64_t n);
 
