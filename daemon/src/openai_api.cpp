@@ -4,10 +4,14 @@
 #include <cmath>
 #include <iterator>
 
+#include "airlock/common/json_depth.h"
+
 namespace airlock::daemon {
 namespace {
 
 constexpr std::size_t kMaxMessages = 4096;
+static_assert(kMaxJsonDepth == 64, "kTooDeep names the limit");
+const char* const kTooDeep = "the request body is nested deeper than 64 levels";
 constexpr std::size_t kMaxStop = 4;
 constexpr std::size_t kMaxStopBytes = 256;
 constexpr int kMaxN = 16;
@@ -56,6 +60,7 @@ std::optional<ApiError> parse_request(std::string_view body, Endpoint endpoint, 
   r.endpoint = endpoint;
   ojson j = ojson::parse(body.begin(), body.end(), nullptr, /*allow_exceptions=*/false);
   if (j.is_discarded()) return invalid("", "the request body is not valid JSON");
+  if (json_deeper_than(j)) return invalid("", kTooDeep);
   if (!j.is_object()) return invalid("", "the request body must be a JSON object");
 
   auto number = [&](const char* key, double lo, double hi, auto apply) -> std::optional<ApiError> {
@@ -213,6 +218,7 @@ std::optional<ApiError> parse_rag_query(std::string_view body, const std::string
                                         CompletionRequest* out, bool* generate) {
   ojson j = ojson::parse(body.begin(), body.end(), nullptr, /*allow_exceptions=*/false);
   if (j.is_discarded()) return invalid("", "the request body is not valid JSON");
+  if (json_deeper_than(j)) return invalid("", kTooDeep);
   if (!j.is_object()) return invalid("", "the request body must be a JSON object");
   static const char* kKnown[] = {"collection", "collections", "question", "top_k", "mode", "generate", "stream",
                                  "stream_options", "max_tokens", "temperature", "seed", "model", "user"};
@@ -260,6 +266,7 @@ std::optional<ApiError> parse_embedding_request(std::string_view body, Embedding
   EmbeddingRequest r;
   ojson j = ojson::parse(body.begin(), body.end(), nullptr, /*allow_exceptions=*/false);
   if (j.is_discarded()) return invalid("", "the request body is not valid JSON");
+  if (json_deeper_than(j)) return invalid("", kTooDeep);
   if (!j.is_object()) return invalid("", "the request body must be a JSON object");
   if (!j.contains("model") || !j["model"].is_string()) return invalid("model", "model must be a string naming a model (GET /v1/models)");
   r.model = j["model"].get<std::string>();

@@ -11,6 +11,7 @@
 #include <cstring>
 #include <ctime>
 
+#include "airlock/common/json_depth.h"
 #include "airlock/common/log.h"
 #include "airlock/common/version.h"
 #include "airlock/rag/grounding.h"
@@ -1228,7 +1229,8 @@ void Server::Impl::rag_routes() {
     std::shared_ptr<LoadedModel> m = store_or_fail(res);
     if (!m) return;
     ojson j = ojson::parse(req.body, nullptr, false);
-    if (j.is_discarded() || !j.is_object()) return send_error(res, api_error(400, "invalid_request_error", "the body must be a JSON object"));
+    if (j.is_discarded() || json_deeper_than(j) || !j.is_object())
+      return send_error(res, api_error(400, "invalid_request_error", "the body must be a JSON object nested at most 64 levels"));
     for (const auto& [k, v] : j.items())
       if (k != "name" && k != "readers" && k != "description")
         return send_error(res, api_error(400, "invalid_request_error", "unknown field '" + k + "' (name, readers, description)"));
@@ -1287,8 +1289,8 @@ void Server::Impl::rag_routes() {
     const std::string type = req.get_header_value("Content-Type");
     if (type.rfind("application/json", 0) == 0) {
       ojson j = ojson::parse(req.body, nullptr, false);
-      if (j.is_discarded() || !j.is_object())
-        return send_error(res, api_error(400, "invalid_request_error", "the body must be a JSON object"));
+      if (j.is_discarded() || json_deeper_than(j) || !j.is_object())
+        return send_error(res, api_error(400, "invalid_request_error", "the body must be a JSON object nested at most 64 levels"));
       for (const auto& [k, v] : j.items())
         if (k != "source" && k != "content" && k != "content_base64" && k != "metadata")
           return send_error(res, api_error(400, "invalid_request_error",

@@ -7,6 +7,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "airlock/common/json_depth.h"
 #include "hf_tokenizer_json.h"
 
 namespace airlock::engine {
@@ -26,6 +27,7 @@ Result<std::string> slurp(const std::string& path, std::size_t max_bytes) {
 Result<nlohmann::json> parse_hf_tokenizer_json(std::string_view text) {
   nlohmann::json j = nlohmann::json::parse(text.begin(), text.end(), nullptr, /*allow_exceptions=*/false);
   if (j.is_discarded() || !j.is_object()) return verification_failed("tokenizer.json: not a JSON object");
+  if (json_deeper_than(j)) return verification_failed("tokenizer.json: nested deeper than 64 levels");
   if (!j.contains("model") || !j["model"].is_object() || !j["model"].contains("type") || !j["model"]["type"].is_string())
     return verification_failed("tokenizer.json: no model.type");
   return j;
@@ -93,7 +95,8 @@ Result<std::unique_ptr<StaticEmbedding>> StaticEmbedding::load(const std::string
   std::unique_ptr<StaticEmbedding> e(new StaticEmbedding());
   AIRLOCK_ASSIGN_OR_RETURN(std::string config_text, slurp(dir + "/config.json", 1 << 20));
   const nlohmann::json config = nlohmann::json::parse(config_text, nullptr, /*allow_exceptions=*/false);
-  if (config.is_discarded() || !config.is_object()) return verification_failed(dir + "/config.json: not a JSON object");
+  if (config.is_discarded() || !config.is_object() || json_deeper_than(config))
+    return verification_failed(dir + "/config.json: not a JSON object nested at most 64 levels");
   e->normalize_ = config.value("normalize", false);
   AIRLOCK_ASSIGN_OR_RETURN(std::string tok_text, slurp(dir + "/tokenizer.json", 64u << 20));
   Result<TokenizerSpec> spec = spec_from_hf_json(tok_text);

@@ -2,6 +2,7 @@
 // 400 naming the parameter.
 #include <gtest/gtest.h>
 
+#include "airlock/common/json_depth.h"
 #include "openai_api.h"
 
 namespace airlock::daemon {
@@ -77,6 +78,44 @@ TEST(OpenAiApiTest, BadRequestsNameTheParameter) {
     EXPECT_EQ(e->param, param) << body << ": " << e->message;
     EXPECT_FALSE(e->message.empty());
   }
+}
+
+// JSON nested deeper than kMaxJsonDepth is refused right after parsing:
+// nlohmann's parser takes any depth, but copying or printing the value
+// recurses, and a body of a few MiB of '[' would overflow the connection
+// thread's stack. Nesting up to the limit is accepted.
+TEST(OpenAiApiTest, DeeplyNestedJsonIsRefusedNotRecursed) {
+  auto nested = [](std::size_t depth) { return std::string(depth, '[') + std::string(depth, ']'); };
+  const std::string deep = nested(4'000'000);
+  CompletionRequest r;
+  for (const std::string& body :
+       {R"({"model":"m","messages":[{"role":"user","content":"x","name":)" + deep + "}]}",
+        R"({"model":"m","messages":[{"role":"user","content":"x"}],"stop":)" + deep + "}",
+        R"({"model":"m","messages":[{"role":"user","content":"x"}],"tools":)" + deep + "}"}) {
+    const std::optional<ApiError> e = parse_request(body, Endpoint::kChat, &r);
+    ASSERT_TRUE(e.has_value());
+    EXPECT_EQ(e->http_status, 400);
+    EXPECT_NE(e->message.find("nested"), std::string::npos) << e->message;
+  }
+  const std::optional<ApiError> c = parse_request(R"({"model":"m","prompt":)" + deep + "}", Endpoint::kCompletions, &r);
+  ASSERT_TRUE(c.has_value());
+  EXPECT_NE(c->message.find("nested"), std::string::npos) << c->message;
+  EmbeddingRequest er;
+  const std::optional<ApiError> ee = parse_embedding_request(R"({"model":"m","input":)" + deep + "}", &er);
+  ASSERT_TRUE(ee.has_value());
+  EXPECT_NE(ee->message.find("nested"), std::string::npos) << ee->message;
+  bool generate = false;
+  const std::optional<ApiError> q = parse_rag_query(R"({"question":"q","collections":)" + deep + "}", "m", &r, &generate);
+  ASSERT_TRUE(q.has_value());
+  EXPECT_NE(q->message.find("nested"), std::string::npos) << q->message;
+  // At the limit: accepted as far as nesting goes (a message's extra field
+  // is kept for templates; the whole body is kMaxJsonDepth deep).
+  const std::string ok = R"({"model":"m","messages":[{"role":"user","content":"x","name":)" +
+                         nested(kMaxJsonDepth - 3) + "}]}";
+  EXPECT_FALSE(parse_request(ok, Endpoint::kChat, &r).has_value());
+  const std::string over = R"({"model":"m","messages":[{"role":"user","content":"x","name":)" +
+                           nested(kMaxJsonDepth - 2) + "}]}";
+  ASSERT_TRUE(parse_request(over, Endpoint::kChat, &r).has_value());
 }
 
 TEST(OpenAiApiTest, EmbeddingRequests) {
