@@ -14,8 +14,10 @@
 // prints its error to stderr and exits 1; bad arguments or input exit 2.
 // --dump prints what was read from SOURCE instead, as JSON
 // {"chat_template", "bos_token", "eos_token"}.
+#include <charconv>
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <iterator>
@@ -25,6 +27,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "airlock/common/json_depth.h"
 #include "airlock/common/version.h"
 #include "airlock/engine/chat_template.h"
 #include "airlock/engine/gguf.h"
@@ -75,18 +78,28 @@ Result<Source> load_source(const std::string& path) {
     if (tok->eos() >= 0) s.eos = tok->token_bytes(tok->eos(), true);
     return s;
   }
+  std::error_code ec;
+  if (path != "-" && !std::filesystem::is_regular_file(path, ec)) return not_found(path + " is not a readable file");
   std::optional<std::string> bytes = read_all(path);
   if (!bytes) return not_found("cannot read " + path);
+  // A JSON file is a tokenizer_config.json and must hold the template: its
+  // text taken as a template would render unchanged, and pass any comparison.
+  const bool json_name = path.size() >= 5 && path.compare(path.size() - 5, 5, ".json") == 0;
   const ordered_json config = ordered_json::parse(*bytes, nullptr, /*allow_exceptions=*/false);
-  if (config.is_object() && config.contains("chat_template")) {
+  if (json_name || config.is_object()) {
+    if (config.is_discarded() || !config.is_object() || json_deeper_than(config))
+      return invalid_argument(path + ": not a JSON object nested at most " + std::to_string(kMaxJsonDepth) + " levels");
+    if (!config.contains("chat_template"))
+      return not_found(path + " has no chat_template (newer models keep it in chat_template.jinja: pass that file)");
     if (!config["chat_template"].is_string())
       return invalid_argument(path + ": chat_template is not a string (a list of named templates is not supported)");
     s.text = config["chat_template"].get<std::string>();
     s.bos = special_token(config, "bos_token");
     s.eos = special_token(config, "eos_token");
-    return s;
+  } else {
+    s.text = std::move(*bytes);
   }
-  s.text = std::move(*bytes);
+  if (s.text.empty()) return invalid_argument(path + ": the template is empty");
   return s;
 }
 
@@ -111,7 +124,10 @@ int main(int argc, char** argv) {
       dump = true;
     } else if (a == "--now") {
       if (i + 1 >= argc) return fail("--now needs a value");
-      now = std::strtoll(argv[++i], nullptr, 10);
+      const std::string_view v = argv[++i];
+      const auto [end, ec] = std::from_chars(v.data(), v.data() + v.size(), now);
+      if (ec != std::errc() || end != v.data() + v.size() || now < 0)
+        return fail("--now needs a whole number of seconds since 1970, not '" + std::string(v) + "'");
     } else if (positional == 0) {
       source_path = a, ++positional;
     } else if (positional == 1) {
@@ -132,11 +148,12 @@ int main(int argc, char** argv) {
   std::optional<std::string> vars_text = read_all(vars_path);
   if (!vars_text) return fail("cannot read " + vars_path);
   ordered_json vars = ordered_json::parse(*vars_text, nullptr, /*allow_exceptions=*/false);
+  if (json_deeper_than(vars)) return fail(vars_path + ": nested deeper than " + std::to_string(kMaxJsonDepth) + " levels");
   if (!vars.is_object() || !vars.contains("messages") || !vars["messages"].is_array())
     return fail(vars_path + ": expected a JSON object with a \"messages\" array");
 
   ChatTemplateInputs in;
-  in.messages = vars["messages"];
+  in.messages = std::move(vars["messages"]);
   in.bos_token = source->bos;
   in.eos_token = source->eos;
   in.now_unix_s = now;
@@ -148,7 +165,7 @@ int main(int argc, char** argv) {
     } else if ((key == "bos_token" || key == "eos_token") && value.is_string()) {
       (key == "bos_token" ? in.bos_token : in.eos_token) = value.get<std::string>();
     } else {
-      in.extra[key] = value;
+      in.extra[key] = std::move(value);
     }
   }
 
