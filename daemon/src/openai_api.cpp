@@ -10,8 +10,6 @@ namespace airlock::daemon {
 namespace {
 
 constexpr std::size_t kMaxMessages = 4096;
-static_assert(kMaxJsonDepth == 64, "kTooDeep names the limit");
-const char* const kTooDeep = "the request body is nested deeper than 64 levels";
 constexpr std::size_t kMaxStop = 4;
 constexpr std::size_t kMaxStopBytes = 256;
 constexpr int kMaxN = 16;
@@ -21,6 +19,17 @@ ApiError invalid(const std::string& param, const std::string& message) {
   e.message = message;
   e.param = param;
   return e;
+}
+
+// The body as a JSON object, or the 400 that says why not. The depth is
+// checked before anything copies the value (copies recurse: json_depth.h).
+std::optional<ApiError> parse_object(std::string_view body, ojson* j) {
+  *j = ojson::parse(body.begin(), body.end(), nullptr, /*allow_exceptions=*/false);
+  if (j->is_discarded()) return invalid("", "the request body is not valid JSON");
+  static_assert(kMaxJsonDepth == 64, "the message names the limit");
+  if (json_deeper_than(*j)) return invalid("", "the request body is nested deeper than 64 levels");
+  if (!j->is_object()) return invalid("", "the request body must be a JSON object");
+  return std::nullopt;
 }
 
 // Flattens OpenAI message content: a string, null, or an array of parts of
@@ -58,10 +67,8 @@ std::string error_body(const ApiError& e) {
 std::optional<ApiError> parse_request(std::string_view body, Endpoint endpoint, CompletionRequest* out) {
   CompletionRequest r;
   r.endpoint = endpoint;
-  ojson j = ojson::parse(body.begin(), body.end(), nullptr, /*allow_exceptions=*/false);
-  if (j.is_discarded()) return invalid("", "the request body is not valid JSON");
-  if (json_deeper_than(j)) return invalid("", kTooDeep);
-  if (!j.is_object()) return invalid("", "the request body must be a JSON object");
+  ojson j;
+  if (auto e = parse_object(body, &j)) return e;
 
   auto number = [&](const char* key, double lo, double hi, auto apply) -> std::optional<ApiError> {
     if (!j.contains(key) || j[key].is_null()) return std::nullopt;
@@ -216,10 +223,8 @@ std::optional<ApiError> parse_request(std::string_view body, Endpoint endpoint, 
 
 std::optional<ApiError> parse_rag_query(std::string_view body, const std::string& default_model,
                                         CompletionRequest* out, bool* generate) {
-  ojson j = ojson::parse(body.begin(), body.end(), nullptr, /*allow_exceptions=*/false);
-  if (j.is_discarded()) return invalid("", "the request body is not valid JSON");
-  if (json_deeper_than(j)) return invalid("", kTooDeep);
-  if (!j.is_object()) return invalid("", "the request body must be a JSON object");
+  ojson j;
+  if (auto e = parse_object(body, &j)) return e;
   static const char* kKnown[] = {"collection", "collections", "question", "top_k", "mode", "generate", "stream",
                                  "stream_options", "max_tokens", "temperature", "seed", "model", "user"};
   for (auto it = j.begin(); it != j.end(); ++it) {
@@ -264,10 +269,8 @@ std::optional<ApiError> parse_embedding_request(std::string_view body, Embedding
   constexpr std::size_t kMaxInputs = 2048;
   constexpr std::size_t kMaxInputBytes = 1 << 20;
   EmbeddingRequest r;
-  ojson j = ojson::parse(body.begin(), body.end(), nullptr, /*allow_exceptions=*/false);
-  if (j.is_discarded()) return invalid("", "the request body is not valid JSON");
-  if (json_deeper_than(j)) return invalid("", kTooDeep);
-  if (!j.is_object()) return invalid("", "the request body must be a JSON object");
+  ojson j;
+  if (auto e = parse_object(body, &j)) return e;
   if (!j.contains("model") || !j["model"].is_string()) return invalid("model", "model must be a string naming a model (GET /v1/models)");
   r.model = j["model"].get<std::string>();
   if (!j.contains("input")) return invalid("input", "input is required");

@@ -27,18 +27,6 @@ import tempfile
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import make_expected  # noqa: E402  (the jinja2 environment the expected renders use)
-from jinja2.exceptions import TemplateError  # noqa: E402
-
-
-def jinja2_render(env, template_text, variables):
-    try:
-        return "text", env.from_string(template_text).render(**variables)
-    except TemplateError as e:
-        if type(e) is TemplateError:  # raise_exception()
-            return "raise", e.message
-        return "error", f"{type(e).__name__}: {e}"
-    except Exception as e:  # TypeError and the like
-        return "error", f"{type(e).__name__}: {e}"
 
 
 def airlock_render(tool, source, variables, now):
@@ -71,10 +59,14 @@ def main():
         if dumped.returncode != 0:
             raise SystemExit(dumped.stderr.decode("utf-8", errors="replace").rstrip())
         src = json.loads(dumped.stdout)
+        try:
+            template = env.from_string(src["chat_template"])
+        except Exception as e:  # a template jinja2 cannot parse: every case is an error render
+            template, parse_error = None, f"{type(e).__name__}: {e}"
         same = 0
         for case in spec["cases"]:
             variables = make_expected.case_variables(spec, case, src["bos_token"], src["eos_token"])
-            want_kind, want = jinja2_render(env, src["chat_template"], variables)
+            want_kind, want = make_expected.render_case(template, variables) if template else ("error", parse_error)
             got_kind, got = airlock_render(args.tool, source, variables, spec["now_unix_s"])
             if want_kind == "text":
                 ok = got_kind == "text" and got == want

@@ -222,6 +222,19 @@ def case_variables(spec, case, bos, eos):
     return variables
 
 
+def render_case(template, variables):
+    """("text", the render), ("raise", raise_exception's message), or
+    ("error", "ExceptionType: message") for any other failure."""
+    try:
+        return "text", template.render(**variables)
+    except TemplateError as e:
+        if type(e) is TemplateError:  # raise_exception()
+            return "raise", e.message
+        return "error", f"{type(e).__name__}: {e}"
+    except Exception as e:  # TypeError and the like: any failure is an error render
+        return "error", f"{type(e).__name__}: {e}"
+
+
 def main():
     with open(os.path.join(HERE, "cases.json"), encoding="utf-8") as f:
         spec = json.load(f)
@@ -236,16 +249,9 @@ def main():
         for case in spec["cases"]:
             variables = case_variables(spec, case, bos, eos)
             base = f"{name}__{case['name']}"
-            try:
-                text, kind, out_name = template.render(**variables), "text", base + ".txt"
-                payload = text
-            except TemplateError as e:
-                is_raise = type(e) is TemplateError
-                kind, out_name = ("raise" if is_raise else "error"), base + ".error"
-                payload = f"{kind}\n{e.message if is_raise else type(e).__name__ + ': ' + str(e)}"
-            except Exception as e:  # TypeError and the like: any failure is an error render
-                kind, out_name = "error", base + ".error"
-                payload = f"error\n{type(e).__name__}: {e}"
+            kind, result = render_case(template, variables)
+            out_name = base + (".txt" if kind == "text" else ".error")
+            payload = result if kind == "text" else f"{kind}\n{result}"
             with open(os.path.join(out_dir, out_name), "w", encoding="utf-8", newline="") as f:
                 f.write(payload)
             manifest["renders"].append({"template": name, "case": case["name"], "kind": kind, "file": out_name})
