@@ -24,16 +24,30 @@ Status Model::usable() const {
 }
 
 Status Model::forward(const Batch& batch, KvCache& cache, const KvStorage& kv, std::vector<float>* logits) {
+  PassOutput out;
+  out.logits = logits;
+  return forward(batch, cache, kv, out);
+}
+
+Status Model::check_output(const PassOutput& out, std::int64_t n_out) {
+  if (out.tokens != nullptr && static_cast<std::int64_t>(out.rows.size()) != n_out)
+    return invalid_argument("forward: " + std::to_string(out.rows.size()) + " sampling rows for " +
+                            std::to_string(n_out) + " tokens that want logits");
+  return Status::ok();
+}
+
+Status Model::forward(const Batch& batch, KvCache& cache, const KvStorage& kv, const PassOutput& out) {
   AIRLOCK_RETURN_IF_ERROR(usable());
   // check() and commit() fail alike on every rank of a tensor-parallel
   // group; prepare() and compute() may fail on one rank only, which must
   // then abort the group (the others may be waiting in a collective).
   AIRLOCK_ASSIGN_OR_RETURN(const std::int64_t n_out, check(batch, cache));
+  AIRLOCK_RETURN_IF_ERROR(check_output(out, n_out));
   // Buffers before the cache: a failed allocation leaves the cache untouched.
   Status s = prepare(static_cast<std::int64_t>(batch.size()), n_out);
   if (s.is_ok()) {
     AIRLOCK_ASSIGN_OR_RETURN(PassPlan plan, commit(batch, cache));
-    s = compute(batch, plan, kv, logits);
+    s = compute(batch, plan, kv, out);
   }
   if (!s.is_ok()) fail_group(s);
   return s;
@@ -150,10 +164,12 @@ Status Model::prepare(std::int64_t n_tokens, std::int64_t n_out) {
   shape.max_row = std::max<std::int64_t>({params_.n_embd, static_cast<std::int64_t>(shard_.n_head) * params_.head_dim,
                                           shard_.n_ff});
   shape.max_blocks = KvCache::blocks_for(params_.n_ctx_train);
+  shape.n_out = n_out;
+  shape.n_vocab = params_.n_vocab;
   return backend_->reserve_pass(shape);
 }
 
-Status Model::compute(const Batch& batch, const PassPlan& plan, const KvStorage& kv, std::vector<float>* logits) {
+Status Model::compute(const Batch& batch, const PassPlan& plan, const KvStorage& kv, const PassOutput& pass_out) {
   AIRLOCK_RETURN_IF_ERROR(usable());
   const ModelParams& p = params_;
   const std::int64_t n = static_cast<std::int64_t>(batch.size()), n_out = plan.n_out;
@@ -223,12 +239,15 @@ Status Model::compute(const Batch& batch, const PassPlan& plan, const KvStorage&
   for (std::int64_t i = 0; i < n; ++i)
     if (batch.want_logits[i]) rows.push_back(i);
   const std::int64_t m = static_cast<std::int64_t>(rows.size());
-  if (logits != nullptr) logits->assign(static_cast<std::size_t>(n_out * p.n_vocab), 0.0f);
-  if (m > 0 && logits != nullptr) {
+  const bool want_tokens = pass_out.tokens != nullptr, want_logits = !want_tokens && pass_out.logits != nullptr;
+  if (want_tokens) pass_out.tokens->clear();
+  if (want_logits) pass_out.logits->assign(static_cast<std::size_t>(n_out * p.n_vocab), 0.0f);
+  if (m > 0 && (want_tokens || want_logits)) {
     be.gather_rows(x, rows.data(), m, d, x);
     be.rms_norm(x, output_norm_, m, d, p.rms_eps, h);
     be.matmul(output_, h, m, out);
-    be.download(out, m * p.n_vocab, logits->data());
+    if (want_logits) be.download(out, m * p.n_vocab, pass_out.logits->data());
+    else AIRLOCK_RETURN_IF_ERROR(be.sample(out, p.n_vocab, pass_out.rows, pass_out.tokens));
   }
   // A device fault anywhere in the pass fails it (the cache was extended:
   // the caller drops the sequences, as after any failed pass).

@@ -245,6 +245,20 @@ class CpuBackend final : public Backend {
     if (host != x) std::memcpy(host, x, static_cast<std::size_t>(n) * 4);
   }
 
+  // The logits are host memory already: no copy; rows in parallel (a
+  // sampled row sorts its vocabulary).
+  Status sample(const float* logits, std::int64_t n_vocab, std::span<const SampleRow> rows,
+                std::vector<SampledToken>* out) override {
+    out->assign(rows.size(), SampledToken{});
+    pool_->parallel_for(static_cast<std::int64_t>(rows.size()), [&](std::int64_t begin, std::int64_t end) {
+      for (std::int64_t i = begin; i < end; ++i)
+        (*out)[static_cast<std::size_t>(i)] =
+            sample_row(std::span<const float>(logits + i * n_vocab, static_cast<std::size_t>(n_vocab)),
+                       rows[static_cast<std::size_t>(i)]);
+    });
+    return Status::ok();
+  }
+
  private:
   // T: float or f16 bits, as the cache stores them.
   template <typename T>
@@ -272,6 +286,19 @@ class CpuBackend final : public Backend {
 };
 
 }  // namespace
+
+Status Backend::sample(const float* logits, std::int64_t n_vocab, std::span<const SampleRow> rows,
+                       std::vector<SampledToken>* out) {
+  std::vector<float> host(rows.size() * static_cast<std::size_t>(n_vocab));
+  download(logits, static_cast<std::int64_t>(host.size()), host.data());
+  AIRLOCK_RETURN_IF_ERROR(take_error());
+  out->clear();
+  for (std::size_t i = 0; i < rows.size(); ++i)
+    out->push_back(sample_row(std::span<const float>(host).subspan(i * static_cast<std::size_t>(n_vocab),
+                                                                   static_cast<std::size_t>(n_vocab)),
+                              rows[i]));
+  return Status::ok();
+}
 
 const char* kv_type_name(KvType t) { return t == KvType::kF16 ? "f16" : "f32"; }
 std::size_t kv_type_bytes(KvType t) { return t == KvType::kF16 ? 2 : 4; }

@@ -18,8 +18,9 @@ class SingleDecoder final : public Decoder {
     AIRLOCK_ASSIGN_OR_RETURN(kv_, m_.alloc_kv(n_blocks, type));
     return Status::ok();
   }
-  Status forward(const Batch& batch, KvCache& cache, std::vector<float>* logits) override {
-    return m_.forward(batch, cache, kv_, logits);
+  using Decoder::forward;
+  Status forward(const Batch& batch, KvCache& cache, const PassOutput& out) override {
+    return m_.forward(batch, cache, kv_, out);
   }
   void bind_thread() override { m_.backend().bind_thread(); }
 
@@ -38,7 +39,6 @@ struct TensorParallelDecoder::Impl {
   std::vector<std::shared_ptr<Model>> ranks;
   std::vector<std::unique_ptr<Communicator>> comms;
   std::vector<KvStorage> kv;
-  std::vector<std::vector<float>> logits;  // rank 0's fill [0]
 
   std::mutex mu;
   std::condition_variable cv;
@@ -104,7 +104,6 @@ Result<std::unique_ptr<TensorParallelDecoder>> TensorParallelDecoder::create(
   impl->ranks = std::move(ranks);
   impl->comms = std::move(comms);
   impl->kv.resize(static_cast<std::size_t>(n));
-  impl->logits.resize(static_cast<std::size_t>(n));
   impl->results.resize(static_cast<std::size_t>(n));
   // Owned by the decoder at once, so that its destructor stops and joins
   // whatever threads started if starting one fails.
@@ -140,10 +139,11 @@ Status TensorParallelDecoder::alloc_kv(int n_blocks, KvType type) {
   });
 }
 
-Status TensorParallelDecoder::forward(const Batch& batch, KvCache& cache, std::vector<float>* logits) {
+Status TensorParallelDecoder::forward(const Batch& batch, KvCache& cache, const PassOutput& out) {
   Impl& g = *impl_;
   // The same on every rank: checked once.
   AIRLOCK_ASSIGN_OR_RETURN(const std::int64_t n_out, g.ranks[0]->check(batch, cache));
+  AIRLOCK_RETURN_IF_ERROR(Model::check_output(out, n_out));
   // Buffers on every rank before the cache changes; no collective yet, so a
   // rank that cannot grow its buffers fails the pass alone.
   const std::int64_t n = static_cast<std::int64_t>(batch.size());
@@ -152,14 +152,12 @@ Status TensorParallelDecoder::forward(const Batch& batch, KvCache& cache, std::v
   Status s = g.run([&](int r) {
     Model& m = *g.ranks[static_cast<std::size_t>(r)];
     // Every rank holds the same final residual stream: only rank 0 goes on
-    // through the output matrix.
-    Status rs = m.compute(batch, plan, g.kv[static_cast<std::size_t>(r)], r == 0 ? &g.logits[0] : nullptr);
+    // through the output matrix (and writes `out`).
+    Status rs = m.compute(batch, plan, g.kv[static_cast<std::size_t>(r)], r == 0 ? out : PassOutput{});
     if (!rs.is_ok()) m.fail_group(rs);  // wakes the ranks waiting for this one
     return rs;
   });
-  if (!s.is_ok()) return s;
-  logits->swap(g.logits[0]);
-  return Status::ok();
+  return s;
 }
 
 }  // namespace airlock::engine

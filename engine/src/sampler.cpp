@@ -21,7 +21,28 @@ Status validate(const SamplingParams& p) {
 
 Sampler::Sampler(const SamplingParams& params) : params_(params), rng_(params.seed) {}
 
+SampleRow Sampler::next_row(std::span<const std::int32_t> history) {
+  SampleRow row;
+  row.params = params_;
+  if (!history.empty() && (params_.repetition_penalty != 1.0f || params_.presence_penalty != 0.0f ||
+                           params_.frequency_penalty != 0.0f)) {
+    std::unordered_map<std::int32_t, std::int32_t> counts;
+    for (std::int32_t t : history)
+      if (t >= 0) ++counts[t];
+    row.counts.assign(counts.begin(), counts.end());
+    std::sort(row.counts.begin(), row.counts.end());  // the same rows for the same history
+  }
+  // 53 random bits -> [0, 1): the same on every platform for the same seed.
+  if (params_.temperature != 0.0f) row.u = static_cast<double>(rng_() >> 11) * 0x1.0p-53;
+  return row;
+}
+
 SampledToken Sampler::sample(std::span<const float> logits, std::span<const std::int32_t> history) {
+  return sample_row(logits, next_row(history));
+}
+
+SampledToken sample_row(std::span<const float> logits, const SampleRow& row) {
+  const SamplingParams& params = row.params;
   const std::size_t n = logits.size();
   SampledToken out;
   // Log-softmax of the raw logits for reporting.
@@ -32,26 +53,20 @@ SampledToken Sampler::sample(std::span<const float> logits, std::span<const std:
   auto logprob = [&](std::int32_t t) { return static_cast<float>(logits[t] - log_z); };
 
   std::vector<float> l(logits.begin(), logits.end());
-  if (!history.empty() && (params_.repetition_penalty != 1.0f || params_.presence_penalty != 0.0f ||
-                           params_.frequency_penalty != 0.0f)) {
-    std::unordered_map<std::int32_t, int> counts;
-    for (std::int32_t t : history)
-      if (t >= 0 && static_cast<std::size_t>(t) < n) ++counts[t];
-    for (auto [t, c] : counts) {
-      float& v = l[t];
-      if (params_.repetition_penalty != 1.0f) v = v > 0 ? v / params_.repetition_penalty : v * params_.repetition_penalty;
-      v -= params_.presence_penalty + params_.frequency_penalty * static_cast<float>(c);
-    }
+  for (auto [t, c] : row.counts) {
+    if (t < 0 || static_cast<std::size_t>(t) >= n) continue;
+    float& v = l[t];
+    if (params.repetition_penalty != 1.0f) v = v > 0 ? v / params.repetition_penalty : v * params.repetition_penalty;
+    v -= params.presence_penalty + params.frequency_penalty * static_cast<float>(c);
   }
-
-  if (params_.temperature == 0.0f) {
+  if (params.temperature == 0.0f) {
     out.token = static_cast<std::int32_t>(std::max_element(l.begin(), l.end()) - l.begin());
   } else {
     // Candidates sorted by adjusted logit, most likely first.
     std::vector<std::int32_t> idx(n);
     std::iota(idx.begin(), idx.end(), 0);
     std::size_t keep = n;
-    if (params_.top_k > 0) keep = std::min<std::size_t>(keep, static_cast<std::size_t>(params_.top_k));
+    if (params.top_k > 0) keep = std::min<std::size_t>(keep, static_cast<std::size_t>(params.top_k));
     auto by_logit = [&](std::int32_t a, std::int32_t b) { return l[a] > l[b] || (l[a] == l[b] && a < b); };
     if (keep < n) {
       std::partial_sort(idx.begin(), idx.begin() + static_cast<std::ptrdiff_t>(keep), idx.end(), by_logit);
@@ -64,35 +79,34 @@ SampledToken Sampler::sample(std::span<const float> logits, std::span<const std:
     double z = 0;
     for (std::size_t i = 0; i < idx.size(); ++i) z += prob[i] = std::exp(static_cast<double>(l[idx[i]] - l[idx[0]]));
     for (double& pr : prob) pr /= z;
-    if (params_.top_p < 1.0f) {
+    if (params.top_p < 1.0f) {
       double cum = 0;
       std::size_t k = 0;
       while (k < idx.size()) {
         cum += prob[k++];
-        if (cum >= params_.top_p) break;
+        if (cum >= params.top_p) break;
       }
       idx.resize(k);
     }
-    if (params_.min_p > 0.0f) {
+    if (params.min_p > 0.0f) {
       std::size_t k = 1;
-      while (k < idx.size() && prob[k] >= params_.min_p * prob[0]) ++k;
+      while (k < idx.size() && prob[k] >= params.min_p * prob[0]) ++k;
       idx.resize(k);
     }
     std::vector<double> w(idx.size());
     double wz = 0;
     for (std::size_t i = 0; i < idx.size(); ++i)
-      wz += w[i] = std::exp(static_cast<double>(l[idx[i]] - l[idx[0]]) / params_.temperature);
-    // 53 random bits -> [0, 1): the same on every platform for the same seed.
-    double r = static_cast<double>(rng_() >> 11) * 0x1.0p-53 * wz;
+      wz += w[i] = std::exp(static_cast<double>(l[idx[i]] - l[idx[0]]) / params.temperature);
+    double r = row.u * wz;
     std::size_t pick = 0;
     while (pick + 1 < idx.size() && r >= w[pick]) r -= w[pick++];
     out.token = idx[pick];
   }
   out.logprob = logprob(out.token);
-  if (params_.n_logprobs > 0) {
+  if (params.n_logprobs > 0) {
     std::vector<std::int32_t> top(n);
     std::iota(top.begin(), top.end(), 0);
-    std::size_t k = std::min<std::size_t>(n, static_cast<std::size_t>(params_.n_logprobs));
+    std::size_t k = std::min<std::size_t>(n, static_cast<std::size_t>(params.n_logprobs));
     std::partial_sort(top.begin(), top.begin() + static_cast<std::ptrdiff_t>(k), top.end(), [&](std::int32_t a, std::int32_t b) {
       return logits[a] > logits[b] || (logits[a] == logits[b] && a < b);
     });

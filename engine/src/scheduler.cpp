@@ -254,9 +254,18 @@ void Scheduler::step(std::unique_lock<std::mutex>& lock) {
     }
   }
 
+  // What each row's sampler needs besides the logits; the choice itself is
+  // made by the backend, where the logits are.
+  std::vector<SampleRow> rows;
+  rows.reserve(wants.size());
+  for (Sequence* s : wants) rows.push_back(s->sampler->next_row(s->history));
+
   lock.unlock();
-  std::vector<float> logits;
-  Status st = decoder_->forward(batch, cache_, &logits);
+  std::vector<SampledToken> sampled;
+  PassOutput out;
+  out.rows = rows;
+  out.tokens = &sampled;
+  Status st = decoder_->forward(batch, cache_, out);
   if (step_delay_.count() > 0) std::this_thread::sleep_for(step_delay_);  // test hook (zero unless set)
   lock.lock();
 
@@ -283,11 +292,9 @@ void Scheduler::step(std::unique_lock<std::mutex>& lock) {
     // Make the new full blocks reusable by later requests (before any
     // sequence that finishes below releases them).
     for (auto& s : running_) cache_.publish(s->id, s->history);
-    const std::size_t n_vocab = static_cast<std::size_t>(decoder_->params().n_vocab);
     for (std::size_t row = 0; row < wants.size(); ++row) {
       Sequence& s = *wants[row];
-      std::span<const float> r(logits.data() + row * n_vocab, n_vocab);
-      SampledToken t = s.sampler->sample(r, s.history);
+      SampledToken t = std::move(sampled[row]);
       ++stats_.generated_tokens;
       if (std::find(s.request.stop_tokens.begin(), s.request.stop_tokens.end(), t.token) !=
           s.request.stop_tokens.end()) {

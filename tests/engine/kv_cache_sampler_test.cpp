@@ -2,6 +2,7 @@
 
 #include <cmath>
 #include <map>
+#include <random>
 
 #include "airlock/engine/kv_cache.h"
 #include "airlock/engine/sampler.h"
@@ -213,6 +214,57 @@ TEST(SamplerTest, FiltersAndPenalties) {
   g.repetition_penalty = 1.5f;
   Sampler rep(g);
   EXPECT_EQ(rep.sample(logits, history).token, 2);  // log 4 / 1.5 < log 3
+}
+
+// sample() is next_row() then sample_row(), the split a device backend
+// uses: the same random numbers drawn, the same tokens chosen.
+TEST(SamplerTest, SampleRowIsSampleSplitInTwo) {
+  std::vector<SamplingParams> cases(5);
+  cases[0].temperature = 0;
+  cases[0].n_logprobs = 3;
+  cases[1].temperature = 0.8f;
+  cases[1].top_k = 40;
+  cases[2].top_p = 0.9f;
+  cases[2].n_logprobs = 5;
+  cases[3].min_p = 0.05f;
+  cases[3].temperature = 1.3f;
+  cases[4].repetition_penalty = 1.3f;
+  cases[4].presence_penalty = 0.5f;
+  cases[4].frequency_penalty = 0.4f;
+  cases[4].top_p = 0.95f;
+  const std::vector<std::int32_t> history = {5, 5, 9, 700, 12, -1};  // 700 is past the vocabulary
+  std::mt19937 gen(7);
+  std::normal_distribution<float> normal(0.0f, 3.0f);
+  std::vector<float> logits(500);
+  for (std::size_t c = 0; c < cases.size(); ++c) {
+    SCOPED_TRACE(c);
+    cases[c].seed = 1000 + c;
+    Sampler whole(cases[c]), split(cases[c]);
+    for (int i = 0; i < 50; ++i) {
+      for (float& l : logits) l = normal(gen);
+      SampledToken a = whole.sample(logits, history);
+      SampledToken b = sample_row(logits, split.next_row(history));
+      EXPECT_EQ(a.token, b.token);
+      EXPECT_EQ(a.logprob, b.logprob);
+      ASSERT_EQ(a.top.size(), b.top.size());
+      for (std::size_t k = 0; k < a.top.size(); ++k) EXPECT_EQ(a.top[k].token, b.top[k].token);
+    }
+  }
+  // The row: counts only when a penalty needs them (each token once, in
+  // order; negative ids dropped), a draw only when not greedy.
+  SampleRow pen = Sampler(cases[4]).next_row(history);
+  const std::vector<std::pair<std::int32_t, std::int32_t>> want = {{5, 2}, {9, 1}, {12, 1}, {700, 1}};
+  EXPECT_EQ(pen.counts, want);
+  EXPECT_GT(pen.u, 0.0);
+  EXPECT_LT(pen.u, 1.0);
+  SampleRow greedy = Sampler(cases[0]).next_row(history);
+  EXPECT_TRUE(greedy.counts.empty());
+  EXPECT_EQ(greedy.u, 0.0);
+  // A count past the vocabulary is ignored, not read.
+  SampleRow far = pen;
+  far.counts = {{1 << 30, 3}, {-4, 1}};
+  far.params.temperature = 0;
+  EXPECT_EQ(sample_row(logits, far).token, sample_row(logits, greedy).token);
 }
 
 TEST(SamplerTest, ValidateNamesTheParameter) {

@@ -255,6 +255,62 @@ TEST(BatchTest, KvExhaustionIsAllOrNothingAndFreedBlocksAreReused) {
   EXPECT_EQ(cache.length(1), 30);
 }
 
+// forward() asked for tokens: each row's token is what sample_row() chooses
+// from the logits a logits pass returns, on the CPU backend (which samples
+// the logits where they are) and through Backend::sample's default
+// (download, then the host), used by a backend that does not sample itself.
+TEST(BatchTest, SampledPassChoosesWhatItsLogitsSay) {
+  const testing::TestModel tm = testing::make_test_model(spec("qwen3", 64, 4, 2, 96, false, GgmlType::kQ8_0));
+  auto pool = std::make_shared<ThreadPool>(2);
+  std::vector<std::shared_ptr<Backend>> backends = {
+      make_cpu_backend(pool), std::make_shared<testing::ForwardingBackend>(make_cpu_backend(pool))};
+  for (const auto& be : backends) {
+    SCOPED_TRACE(be->name());
+    auto f = GgufFile::parse({reinterpret_cast<const std::uint8_t*>(tm.gguf.data()), tm.gguf.size()});
+    ASSERT_TRUE(f.is_ok());
+    auto m = Model::from_gguf(std::move(*f), be);
+    ASSERT_TRUE(m.is_ok()) << m.status().to_string();
+    const int n_vocab = (*m)->params().n_vocab;
+    KvCache cache_a(8), cache_b(8);
+    Result<KvStorage> kv_a = (*m)->alloc_kv(8), kv_b = (*m)->alloc_kv(8);
+    ASSERT_TRUE(kv_a.is_ok() && kv_b.is_ok());
+    Batch batch;  // two prompts and a prompt chunk that wants no logits
+    const std::vector<std::int32_t> toks = random_tokens(40, n_vocab, 3);
+    for (int s = 0; s < 3; ++s) {
+      ASSERT_TRUE(cache_a.add_sequence(s).is_ok() && cache_b.add_sequence(s).is_ok());
+      const int len = 7 + 11 * s;
+      for (int i = 0; i < len; ++i) batch.add(toks[static_cast<std::size_t>(i)], i, s, s != 1 && i + 1 == len);
+    }
+    std::vector<SampleRow> rows(2);
+    rows[0].params.temperature = 0;
+    rows[0].params.n_logprobs = 4;
+    rows[1].params.top_p = 0.9f;
+    rows[1].params.presence_penalty = 1.5f;
+    rows[1].counts = {{toks[0], 2}, {toks[3], 1}};
+    rows[1].u = 0.37;
+    std::vector<float> logits;
+    ASSERT_TRUE((*m)->forward(batch, cache_a, *kv_a, &logits).is_ok());
+    ASSERT_EQ(logits.size(), 2u * static_cast<std::size_t>(n_vocab));
+    std::vector<SampledToken> tokens;
+    PassOutput out;
+    out.rows = std::span<const SampleRow>(rows).first(1);  // one row for two tokens: refused, nothing changes
+    out.tokens = &tokens;
+    EXPECT_EQ((*m)->forward(batch, cache_b, *kv_b, out).code(), StatusCode::kInvalidArgument);
+    EXPECT_EQ(cache_b.length(0), 0);
+    out.rows = rows;
+    ASSERT_TRUE((*m)->forward(batch, cache_b, *kv_b, out).is_ok());
+    ASSERT_EQ(tokens.size(), 2u);
+    for (std::size_t r = 0; r < 2; ++r) {
+      SampledToken want = sample_row(std::span<const float>(logits).subspan(r * n_vocab, n_vocab), rows[r]);
+      EXPECT_EQ(tokens[r].token, want.token) << r;
+      EXPECT_EQ(tokens[r].logprob, want.logprob) << r;
+      ASSERT_EQ(tokens[r].top.size(), want.top.size());
+      for (std::size_t k = 0; k < want.top.size(); ++k) EXPECT_EQ(tokens[r].top[k].token, want.top[k].token);
+    }
+    EXPECT_EQ(tokens[0].top.size(), 4u);
+  }
+}
+
 // A decode step reads every matrix but only one row of the embedding
 // table, unless that table is also the output matrix.
 TEST(BatchTest, WeightBytesPerTokenCountOneEmbeddingRow) {

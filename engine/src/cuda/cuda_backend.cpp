@@ -8,6 +8,7 @@
 
 #include "airlock/engine/kv_cache.h"
 #include "cuda_ops.h"
+#include "cuda_sampling.h"
 
 namespace airlock::engine {
 namespace {
@@ -176,6 +177,14 @@ class CudaBackend final : public Backend {
     note(cuda::to_host(host, x, static_cast<std::size_t>(n) * sizeof(float)));
   }
 
+  Status sample(const float* logits, std::int64_t n_vocab, std::span<const SampleRow> rows,
+                std::vector<SampledToken>* out) override {
+    AIRLOCK_RETURN_IF_ERROR(take_error());  // the pass's logits are not worth sampling
+    Status s = sampler_.sample(logits, n_vocab, rows, out);
+    if (!s.is_ok()) (void)cuda::synchronize();  // let queued work finish before the pass is failed
+    return s;
+  }
+
   void bind_thread() override {
     if (cudaSetDevice(device_) != cudaSuccess) note(internal_error("CUDA: cannot use device " + std::to_string(device_)));
   }
@@ -209,6 +218,7 @@ class CudaBackend final : public Backend {
       AIRLOCK_RETURN_IF_ERROR(grow(&staging_[k], ints));
     AIRLOCK_RETURN_IF_ERROR(grow(&staging_[kTables], ints * static_cast<std::size_t>(std::max<std::int64_t>(1, p.max_blocks))));
     AIRLOCK_RETURN_IF_ERROR(grow(&staging_[kFreqFactors], static_cast<std::size_t>(std::max(1, p.head_dim / 2)) * sizeof(float)));
+    if (p.n_out > 0) AIRLOCK_RETURN_IF_ERROR(sampler_.reserve(p.n_vocab));
     return Status::ok();
   }
 
@@ -277,6 +287,7 @@ class CudaBackend final : public Backend {
   Status error_;
   cuda::DeviceBuffer staging_[kStagedKinds];
   cuda::DeviceBuffer attention_workspace_;
+  cuda::DeviceSampler sampler_;
   std::vector<std::int32_t> staged_[kStagedKinds];  // what each staging buffer holds
   std::vector<std::int32_t> tables_;
 };

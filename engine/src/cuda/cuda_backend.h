@@ -16,7 +16,10 @@
 // numbers staged); the host waits for the device there and at the logits'
 // download.
 //
-// Not yet: CUDA graphs, sampling on the device.
+// Sampling runs on the device (cuda_sampling.h): a pass that the scheduler
+// asks for tokens downloads tokens and their log-probabilities, not logits.
+//
+// Not yet: CUDA graphs.
 // No kernel here has run on a GPU yet; cuda_tests compares the whole
 // forward pass with the CPU backend where a GPU is present.
 //

@@ -1,5 +1,7 @@
 #include "cuda_ops.h"
 
+#include "cuda_block.cuh"
+
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -30,25 +32,12 @@ constexpr int kThreads = 256;
 
 unsigned blocks_for(std::int64_t n) { return static_cast<unsigned>((n + kThreads - 1) / kThreads); }
 
-// Sum of v over the block (kThreads threads), returned to every thread.
-__device__ double block_sum(double v) {
-  __shared__ double partial[kThreads / 32];
-  for (int o = 16; o > 0; o /= 2) v += __shfl_xor_sync(0xffffffffu, v, o);
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  if (lane == 0) partial[warp] = v;
-  __syncthreads();
-  double s = 0;
-  for (int w = 0; w < kThreads / 32; ++w) s += partial[w];
-  __syncthreads();  // partial is reused by the next call
-  return s;
-}
-
 __global__ void rms_norm_kernel(const float* x, const float* w, std::int64_t dim, float eps, float* y) {
   const float* xr = x + blockIdx.x * dim;
   float* yr = y + blockIdx.x * dim;
   double ss = 0;
   for (std::int64_t i = threadIdx.x; i < dim; i += kThreads) ss += static_cast<double>(xr[i]) * xr[i];
-  ss = block_sum(ss);
+  ss = block_sum<kThreads>(ss);
   const float inv = static_cast<float>(1.0 / sqrt(ss / static_cast<double>(dim) + eps));
   for (std::int64_t i = threadIdx.x; i < dim; i += kThreads) yr[i] = xr[i] * inv * w[i];
 }
@@ -59,10 +48,10 @@ __global__ void layer_norm_kernel(const float* x, const float* w, const float* b
   float* yr = y + blockIdx.x * dim;
   double sum = 0;
   for (std::int64_t i = threadIdx.x; i < dim; i += kThreads) sum += xr[i];
-  const double mean = block_sum(sum) / static_cast<double>(dim);
+  const double mean = block_sum<kThreads>(sum) / static_cast<double>(dim);
   double ss = 0;
   for (std::int64_t i = threadIdx.x; i < dim; i += kThreads) ss += (xr[i] - mean) * (xr[i] - mean);
-  const double inv = 1.0 / sqrt(block_sum(ss) / static_cast<double>(dim) + eps);
+  const double inv = 1.0 / sqrt(block_sum<kThreads>(ss) / static_cast<double>(dim) + eps);
   // Every thread has read its numbers above (block_sum synchronises), so y
   // may alias x.
   for (std::int64_t i = threadIdx.x; i < dim; i += kThreads)
@@ -557,6 +546,8 @@ Status to_host(void* host_dst, const void* device_src, std::size_t bytes) {
 }
 
 Status synchronize() { return cuda_status(cudaDeviceSynchronize(), "synchronize"); }
+
+Status check_cuda(int cuda_error, const char* what) { return cuda_status(static_cast<cudaError_t>(cuda_error), what); }
 
 Status rms_norm(const float* x, const float* w, std::int64_t n_rows, std::int64_t dim, float eps, float* y) {
   if (n_rows == 0) return Status::ok();

@@ -2,8 +2,8 @@
 // counterpart of a CpuBackend operation of the same name (backend.h) and
 // checked against it (tests/engine/cuda_ops_test.cpp, `ctest -L gpu`).
 // CudaBackend (cuda_backend.h) runs the model with them; airlockd selects
-// it with device = "cuda" or "auto". Sampling on the device, CUDA graphs
-// and NCCL are still to be written.
+// it with device = "cuda" or "auto"; cuda_sampling.h samples on the device
+// and nccl_communicator.h joins ranks. CUDA graphs are still to be written.
 //
 // Every pointer is device memory unless its comment says otherwise. Calls
 // run on the current device's default stream and return once the work is
@@ -59,6 +59,9 @@ Status to_device(void* device_dst, const void* host_src, std::size_t bytes);
 Status to_host(void* host_dst, const void* device_src, std::size_t bytes);
 // Waits for every queued operation; reports the first error among them.
 Status synchronize();
+// OK for cudaSuccess; otherwise kResourceExhausted (out of memory) or
+// kInternal with CUDA's message for `what` (cuda_error: a cudaError_t).
+Status check_cuda(int cuda_error, const char* what);
 
 // y (n_rows, dim) = x / rms(x) * w per row (sums in double, as the CPU).
 Status rms_norm(const float* x, const float* w, std::int64_t n_rows, std::int64_t dim, float eps, float* y);

@@ -23,11 +23,14 @@
 #include <cstdint>
 #include <memory>
 #include <optional>
+#include <span>
 #include <string>
+#include <vector>
 
 #include "airlock/common/status.h"
 #include "airlock/engine/ggml_types.h"
 #include "airlock/engine/gguf.h"
+#include "airlock/engine/sampler.h"
 
 namespace airlock::engine {
 
@@ -158,6 +161,13 @@ class Backend {
                            float* dst) = 0;
   // host (n, host memory) = x (n).
   virtual void download(const float* x, std::int64_t n, float* host) = 0;
+  // out (rows.size(), host memory) = the token rows[i] chooses from row i
+  // of logits (rows.size(), n_vocab), as sample_row() (sampler.h) would.
+  // The default downloads the logits and runs sample_row() on the host; a
+  // device backend chooses on the device and downloads only the tokens and
+  // their log-probabilities. Errors: the pass's (take_error()).
+  virtual Status sample(const float* logits, std::int64_t n_vocab, std::span<const SampleRow> rows,
+                        std::vector<SampledToken>* out);
   // The first failure since the last call (then cleared); OK on the CPU.
   virtual Status take_error() { return Status::ok(); }
   // Free bytes of the device's memory now; nullopt for host memory (whose
@@ -174,6 +184,8 @@ class Backend {
     int head_dim = 0;
     std::int64_t max_row = 0;
     std::int64_t max_blocks = 0;
+    std::int64_t n_out = 0;    // rows of logits
+    std::int64_t n_vocab = 0;  // numbers per row of logits
   };
   // Allocates, ahead of the pass, whatever workspace the backend's
   // operations would otherwise allocate during it (so that running out of

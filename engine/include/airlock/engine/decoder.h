@@ -6,8 +6,9 @@
 // rank's device (Backend::bind_thread). forward() checks the batch and
 // extends the shared KV cache once, grows every rank's buffers, then runs
 // every rank's pass at once (the passes meet in the all-reduces); rank 0
-// alone goes on through the output matrix, and its logits are returned. Each rank keeps the keys and values of its own
-// heads in its own storage; the block bookkeeping (KvCache) is one for all.
+// alone goes on through the output matrix, and its logits (or the tokens
+// sampled from them) are returned. Each rank keeps the keys and values of
+// its own heads in its own storage; the block bookkeeping (KvCache) is one for all.
 //
 // Errors: as Model::forward. A rank whose pass fails aborts the group
 // (collective.h); that pass fails on every rank with its reason, and every
@@ -34,7 +35,12 @@ class Decoder {
   // KV storage for n_blocks blocks on every rank, before the first forward().
   virtual Status alloc_kv(int n_blocks, KvType type) = 0;
   // As Model::forward, on the storage alloc_kv() made.
-  virtual Status forward(const Batch& batch, KvCache& cache, std::vector<float>* logits) = 0;
+  virtual Status forward(const Batch& batch, KvCache& cache, const PassOutput& out) = 0;
+  Status forward(const Batch& batch, KvCache& cache, std::vector<float>* logits) {
+    PassOutput out;
+    out.logits = logits;
+    return forward(batch, cache, out);
+  }
   // Prepares the calling thread to drive forward() (the device to use).
   virtual void bind_thread() {}
 };
@@ -55,7 +61,8 @@ class TensorParallelDecoder final : public Decoder {
 
   const ModelParams& params() const override;
   Status alloc_kv(int n_blocks, KvType type) override;
-  Status forward(const Batch& batch, KvCache& cache, std::vector<float>* logits) override;
+  using Decoder::forward;
+  Status forward(const Batch& batch, KvCache& cache, const PassOutput& out) override;
 
   int n_ranks() const;
   const Model& rank(int i) const;

@@ -18,6 +18,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -26,6 +27,7 @@
 #include "airlock/engine/collective.h"
 #include "airlock/engine/gguf.h"
 #include "airlock/engine/kv_cache.h"
+#include "airlock/engine/sampler.h"
 
 namespace airlock::engine {
 
@@ -77,6 +79,18 @@ struct TensorParallel {
   int rank = 0;
   int n_ranks = 1;
   Communicator* comm = nullptr;  // not owned; needed when n_ranks > 1; outlives the model
+};
+
+// What a pass returns for its tokens that want logits, in batch order:
+// with `tokens` set, the token each of `rows` (one per such token) chooses,
+// chosen where the logits are (Backend::sample: on a device only the
+// tokens are downloaded); otherwise, with `logits` set, the logits
+// (n_wanted, n_vocab); with neither, nothing (the pass stops after its
+// last layer).
+struct PassOutput {
+  std::vector<float>* logits = nullptr;
+  std::span<const SampleRow> rows;
+  std::vector<SampledToken>* tokens = nullptr;
 };
 
 // One pass's changes to the KV cache, made once (Model::commit) and shared
@@ -137,7 +151,11 @@ class Model {
   // pass fails, and so does every later one (kUnavailable: make a new group
   // and load the model again). A malformed batch or a full KV cache fails
   // alike on every rank and leaves the group usable.
+  // With PassOutput: the same pass, returning what `out` asks for
+  // (kInvalidArgument, changing nothing, when out.rows does not have one
+  // row per token that wants logits).
   Status forward(const Batch& batch, KvCache& cache, const KvStorage& kv, std::vector<float>* logits);
+  Status forward(const Batch& batch, KvCache& cache, const KvStorage& kv, const PassOutput& out);
 
   // forward() in its steps, so the ranks of a group can share one KvCache
   // (TensorParallelDecoder): check() and commit() once for the group,
@@ -150,12 +168,15 @@ class Model {
   // prepare() runs before any collective, so its failure fails the pass
   // alone. prepare() also has the backend reserve its workspaces
   // (Backend::reserve_pass), so compute() allocates nothing.
-  // compute() with null `logits` stops after the last layer (the other
-  // ranks of a group: their logits would be rank 0's).
+  // compute() with an empty PassOutput stops after the last layer (the
+  // other ranks of a group: their logits would be rank 0's).
   Result<std::int64_t> check(const Batch& batch, const KvCache& cache) const;
   Status prepare(std::int64_t n_tokens, std::int64_t n_out);
   static Result<PassPlan> commit(const Batch& batch, KvCache& cache);
-  Status compute(const Batch& batch, const PassPlan& plan, const KvStorage& kv, std::vector<float>* logits);
+  Status compute(const Batch& batch, const PassPlan& plan, const KvStorage& kv, const PassOutput& out);
+  // kInvalidArgument unless `out` asks for tokens with one row each of
+  // n_out, or for logits, or for nothing.
+  static Status check_output(const PassOutput& out, std::int64_t n_out);
   // Aborts this rank's group with `why` and refuses every later pass
   // (kUnavailable); nothing with one rank.
   void fail_group(const Status& why);

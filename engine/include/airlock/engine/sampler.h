@@ -8,12 +8,20 @@
 // token. Log-probabilities are those of the model's own distribution
 // (log-softmax of the raw logits), as OpenAI's `logprobs` reports them.
 //
+// The choice is split in two so that it can run where the logits are
+// (Backend::sample: on a GPU only the chosen tokens cross to the host):
+// Sampler::next_row() does what needs the sequence (counting its history,
+// drawing the next random number), sample_row() does the rest from the
+// logits alone. Sampler::sample() is the two together.
+//
 // Thread-safety: a Sampler holds its generator state; one per sequence.
+// sample_row() is a pure function.
 #pragma once
 
 #include <cstdint>
 #include <random>
 #include <span>
+#include <utility>
 #include <vector>
 
 #include "airlock/common/status.h"
@@ -46,12 +54,30 @@ struct SampledToken {
   std::vector<TokenLogprob> top;         // n_logprobs most likely, most likely first
 };
 
+// Everything a choice needs besides the logits.
+struct SampleRow {
+  SamplingParams params;
+  // (token, occurrences in the history), each token once, for the
+  // penalties; empty when no penalty is set.
+  std::vector<std::pair<std::int32_t, std::int32_t>> counts;
+  // The draw, uniform in [0, 1) (53 random bits); unused when greedy.
+  double u = 0;
+};
+
+// The token `row` chooses from `logits` (one entry per vocabulary token).
+// Tokens of `row.counts` outside the vocabulary are ignored.
+SampledToken sample_row(std::span<const float> logits, const SampleRow& row);
+
 class Sampler {
  public:
   explicit Sampler(const SamplingParams& params);
   // `logits` has one entry per vocabulary token; `history` holds the tokens
   // already in the sequence (prompt and generated) for the penalties.
   SampledToken sample(std::span<const float> logits, std::span<const std::int32_t> history);
+  // What the next sample() would use besides the logits: it advances the
+  // generator as sample() does (once per token unless greedy), so that
+  // sample_row(logits, next_row(history)) is sample(logits, history).
+  SampleRow next_row(std::span<const std::int32_t> history);
 
  private:
   SamplingParams params_;
