@@ -17,7 +17,7 @@ constexpr int kThreads = 256;
 // One row's parameters, as the kernels read them.
 struct RowArgs {
   float temperature, top_p, min_p, repetition, presence, frequency;
-  int top_k, n_logprobs;
+  int top_k, n_top;  // n_top: log-probabilities to report, at most kMaxLogprobs and n_vocab
   double u;
   int counts_begin, counts_end;  // its (token, count) pairs
 };
@@ -157,7 +157,9 @@ __global__ void choose_kernel(const float* sorted, const int* sorted_ids, std::i
   }
   if (a.min_p > 0.0f) {
     const double floor_p = static_cast<double>(a.min_p) * (1.0 / z);  // min_p * prob[0]
-    k = first_by_prefix(1, k, [](int) { return 0.0; }, [&](int i, double) { return rel(i) / z < floor_p; });
+    // Written as the host's loop condition negated, so that NaN stops both
+    // at the same place.
+    k = first_by_prefix(1, k, [](int) { return 0.0; }, [&](int i, double) { return !(rel(i) / z >= floor_p); });
   }
   const double temperature = a.temperature;
   auto weight = [&](int i) { return exp(static_cast<double>(__fsub_rn(s[i], l0)) / temperature); };
@@ -165,7 +167,7 @@ __global__ void choose_kernel(const float* sorted, const int* sorted_ids, std::i
   for (int i = threadIdx.x; i < k; i += kThreads) wz += weight(i);
   wz = block_sum<kThreads>(wz);
   const double r = a.u * wz;
-  int pick = first_by_prefix(0, k, weight, [&](int, double prefix) { return r < prefix; });
+  int pick = first_by_prefix(0, k, weight, [&](int, double prefix) { return !(r >= prefix); });
   if (pick >= k) pick = k - 1;
   if (threadIdx.x == 0) results[row].token = id[pick];
 }
@@ -179,7 +181,7 @@ __global__ void report_kernel(const float* logits, std::int64_t n_vocab, const R
   RowResult& res = results[row];
   const double log_z = res.log_z;
   __shared__ int picked[kMaxLogprobs];
-  const int n_top = min(args[row].n_logprobs, kMaxLogprobs);
+  const int n_top = args[row].n_top;
   for (int k = 0; k < n_top; ++k) {
     Best b{-INFINITY, INT_MAX};
     for (std::int64_t i = threadIdx.x; i < n_vocab; i += kThreads) {
@@ -212,6 +214,7 @@ cudaError_t sort_rows(void* temp, std::size_t* temp_bytes, const float* keys, fl
 Status DeviceSampler::reserve(std::int64_t n_vocab) {
   if (n_vocab <= reserved_vocab_) return Status::ok();
   if (n_vocab > INT_MAX / kSampleGroupRows) return invalid_argument("device sampling: vocabulary too large");
+  reserved_vocab_ = 0;  // grow() frees before it allocates: nothing is reserved until all have grown
   const std::size_t n = static_cast<std::size_t>(kSampleGroupRows * n_vocab);
   AIRLOCK_RETURN_IF_ERROR(keys_.grow(n * sizeof(float)));
   AIRLOCK_RETURN_IF_ERROR(keys_sorted_.grow(n * sizeof(float)));
@@ -221,7 +224,7 @@ Status DeviceSampler::reserve(std::int64_t n_vocab) {
   AIRLOCK_RETURN_IF_ERROR(check_cuda(sort_rows(nullptr, &temp_bytes, nullptr, nullptr, nullptr, nullptr,
                                                static_cast<int>(n), kSampleGroupRows, nullptr, nullptr),
                                      "sizing the sampling sort"));
-  AIRLOCK_RETURN_IF_ERROR(sort_temp_.grow(temp_bytes));
+  AIRLOCK_RETURN_IF_ERROR(sort_temp_.grow(std::max<std::size_t>(temp_bytes, 1)));
   reserved_vocab_ = n_vocab;
   return Status::ok();
 }
@@ -243,7 +246,8 @@ Status DeviceSampler::sample(const float* logits, std::int64_t n_vocab, std::spa
     const SamplingParams& p = row.params;
     RowArgs& a = args[static_cast<std::size_t>(r)];
     a = RowArgs{p.temperature, p.top_p, p.min_p, p.repetition_penalty, p.presence_penalty, p.frequency_penalty,
-                p.top_k, std::clamp(p.n_logprobs, 0, kMaxLogprobs), row.u, static_cast<int>(counts.size()), 0};
+                p.top_k, static_cast<int>(std::min<std::int64_t>(std::clamp(p.n_logprobs, 0, kMaxLogprobs), n_vocab)),
+                row.u, static_cast<int>(counts.size()), 0};
     for (auto [t, c] : row.counts) counts.push_back(int2{t, c});
     a.counts_end = static_cast<int>(counts.size());
     const int local = r % kSampleGroupRows;
@@ -289,7 +293,7 @@ Status DeviceSampler::sample(const float* logits, std::int64_t n_vocab, std::spa
     SampledToken& t = (*out)[r];
     t.token = results[r].token;
     t.logprob = results[r].logprob;
-    for (int k = 0; k < args[r].n_logprobs; ++k) t.top.push_back({results[r].top_token[k], results[r].top_logprob[k]});
+    for (int k = 0; k < args[r].n_top; ++k) t.top.push_back({results[r].top_token[k], results[r].top_logprob[k]});
   }
   return Status::ok();
 }

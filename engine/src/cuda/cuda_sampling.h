@@ -12,13 +12,18 @@
 // at temperature 1, then the row's draw u over the weights at its
 // temperature. Sums are in double as on the host, but summed in a
 // different order, so a draw that falls within rounding (about 1e-15
-// relative) of a boundary between two candidates may pick the other one;
-// greedy choices and reported log-probabilities are the host's exactly
-// (the same float and double operations on the same numbers).
+// relative) of a boundary between two candidates may pick the other one,
+// and a reported log-probability may differ in its last bit (the log-
+// normaliser's sum, and CUDA's exp and log against glibc's). Greedy choices
+// are the host's exactly. Logits that are NaN are not supported (the host's
+// arg-max and sort are not defined on them either); infinities are.
 //
 // Rows go through in groups of kSampleGroupRows, so the workspace (sort
 // keys and ids, CUB's temporary storage) stays about 16 bytes per logit of
-// one group, whatever the batch.
+// one group, whatever the batch. A group is one block per row: a full sort
+// of a large vocabulary per sampled row is the price of matching the host
+// exactly; larger groups or a top-k prefilter are the ways to cut it once
+// measured.
 //
 // No kernel here has run on a GPU yet; cuda_ops_test compares it with
 // sample_row() where a GPU is present.
