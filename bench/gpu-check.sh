@@ -70,7 +70,7 @@ sanitizer="not installed"
 cs=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
 if [ -x "$cs" ]; then
   if timeout 300 "$cs" --tool memcheck --error-exitcode 1 "$build/tests/cuda_tests" \
-      --gtest_filter='CudaOps*:CudaAttention*:CudaWeight*' > "$build/memcheck.log" 2>&1; then
+      --gtest_filter='CudaOps*:CudaAttention*:CudaWeight*:CudaSampling*' > "$build/memcheck.log" 2>&1; then
     sanitizer="clean"
   else
     sanitizer="ERRORS (see $build/memcheck.log)"
@@ -128,6 +128,7 @@ if [ "${GPU_CHECK_BENCH:-1}" != 0 ]; then
   echo "| copy bandwidth | $(get bf16_bandwidth_gbs) GB/s |"
   for t in bf16 q8; do
     echo "| $t batch-1 decode | $(get ${t}_tg1) tok/s, $(get ${t}_tg1_roofline_pct)% of roofline (target 90%) |"
+    echo "| $t batch-1 without CUDA graphs | $(get ${t}_tg1_eager) tok/s (graphs: $(get ${t}_graphs_captured) captured, $(get ${t}_graphs_replayed) replayed) |"
     echo "| $t TTFT 2000 tokens | $(get ${t}_ttft_s) s |"
     echo "| $t aggregate 16 / 64 / 128 | $(get ${t}_tg16) / $(get ${t}_tg64) / $(get ${t}_tg128) tok/s |"
   done

@@ -10,11 +10,13 @@
 //   - aggregate decode tokens/s with 16, 64 and 128 sequences in one batch;
 //   - time to first token for the 2,000-token prompt (prefill in chunks of
 //     --chunk tokens, as airlockd's prefill_chunk, then the first logits).
-// Every step downloads its logits to the host and picks the greedy token
-// there (no sampling on the device yet), as the engine does today.
+// Every step chooses its greedy tokens on the device and downloads only
+// them, as airlockd's scheduler does (Backend::sample); decode steps of up
+// to --graphs tokens run as CUDA graphs (CudaOptions::graph_max_tokens; 0:
+// none), and the graph counters are printed.
 //
 // usage: gpu_bench [--type BF16|Q8_0] [--layers L] [--prompt N] [--chunk N] [--steps N]
-//                  [--batches 16,64,128] [--model PATH.gguf]
+//                  [--batches 16,64,128] [--graphs N] [--model PATH.gguf]
 // Prints a table and one `RESULT name value` line per figure (for
 // bench/gpu-check.sh).
 #include <cuda_runtime.h>
@@ -80,7 +82,19 @@ double copy_bandwidth_gbs() {
 
 constexpr int kWarmSeq = 1 << 20;  // a sequence id no measured batch uses
 
-std::int32_t argmax(const float* v, int n) { return static_cast<std::int32_t>(std::max_element(v, v + n) - v); }
+// Runs `b`, leaving in `tokens` the greedy token of each row that wants
+// logits, chosen on the device.
+void forward_greedy(Model& m, const Batch& b, KvCache& cache, const KvStorage& kv, std::vector<SampledToken>* tokens,
+                    const char* what) {
+  std::size_t rows = 0;
+  for (char w : b.want_logits) rows += w != 0;
+  std::vector<SampleRow> greedy(rows);
+  for (SampleRow& r : greedy) r.params.temperature = 0;
+  PassOutput out;
+  out.rows = greedy;
+  out.tokens = tokens;
+  check(m.forward(b, cache, kv, out), what);
+}
 
 struct Options {
   std::string type = "BF16";
@@ -89,6 +103,7 @@ struct Options {
   int chunk = 512;
   int steps = 32;
   std::vector<int> batches = {16, 64, 128};
+  int graphs = 32;
   std::string model;  // a real GGUF instead of the generated one
 };
 
@@ -108,6 +123,7 @@ int main(int argc, char** argv) {
     else if (a == "--chunk") o.chunk = std::atoi(next().c_str());
     else if (a == "--steps") o.steps = std::atoi(next().c_str());
     else if (a == "--model") o.model = next();
+    else if (a == "--graphs") o.graphs = std::atoi(next().c_str());
     else if (a == "--batches") {
       o.batches.clear();
       std::stringstream ss(next());
@@ -115,7 +131,7 @@ int main(int argc, char** argv) {
     } else {
       std::fprintf(stderr,
                    "usage: gpu_bench [--type BF16|Q8_0] [--layers L] [--prompt N] [--chunk N] [--steps N] "
-                   "[--batches 16,64,128] [--model PATH.gguf]\n");
+                   "[--batches 16,64,128] [--graphs N] [--model PATH.gguf]\n");
       return 2;
     }
   }
@@ -155,8 +171,11 @@ int main(int argc, char** argv) {
   check(file.status(), "model file");
   const double gen_s = now_s() - t_gen;
 
-  Result<std::unique_ptr<Backend>> be = make_cuda_backend(0);
+  CudaOptions options;
+  options.graph_max_tokens = std::max(0, o.graphs);
+  Result<std::unique_ptr<Backend>> be = make_cuda_backend(0, options);
   check(be.status(), "CUDA backend");
+  Backend& backend = **be;
   const double t_load = now_s();
   Result<std::unique_ptr<Model>> loaded = Model::from_gguf(std::move(*file), std::shared_ptr<Backend>(std::move(*be)));
   check(loaded.status(), "load");
@@ -168,12 +187,12 @@ int main(int argc, char** argv) {
   // Blocks: the prompt's sequence with its decode steps, and max_batch short
   // sequences.
   const int ctx_short = 16 + o.steps + 4;
-  const int n_blocks = KvCache::blocks_for(o.prompt + o.steps + 1) + max_batch * KvCache::blocks_for(ctx_short) +
+  const int n_blocks = KvCache::blocks_for(o.prompt + 4 * o.steps + 1) + max_batch * KvCache::blocks_for(ctx_short) +
                        KvCache::blocks_for(o.chunk + 2) + 4;
   KvCache cache(n_blocks);
   Result<KvStorage> kv = m.alloc_kv(n_blocks, KvType::kF16);
   check(kv.status(), "KV cache");
-  std::vector<float> logits;
+  std::vector<SampledToken> sampled;
   Batch b;
 
   // Warm-up on a scratch sequence (lazy module loading, cuBLAS set-up, the
@@ -181,11 +200,11 @@ int main(int argc, char** argv) {
   check(cache.add_sequence(kWarmSeq), "sequence");
   for (int i = 0; i < std::min(o.chunk, o.prompt); ++i) b.add((i * 7919 + 13) % n_vocab, i, kWarmSeq, false);
   b.want_logits.back() = 1;
-  check(m.forward(b, cache, *kv, &logits), "warm-up prefill");
+  forward_greedy(m, b, cache, *kv, &sampled, "warm-up prefill");
   for (int step = 0; step < 2; ++step) {
     b.clear();
     b.add(1, std::min(o.chunk, o.prompt) + step, kWarmSeq, true);
-    check(m.forward(b, cache, *kv, &logits), "warm-up decode");
+    forward_greedy(m, b, cache, *kv, &sampled, "warm-up decode");
   }
   cache.remove_sequence(kWarmSeq);
   b.clear();
@@ -199,22 +218,36 @@ int main(int argc, char** argv) {
     b.clear();
     const int end = std::min(o.prompt, start + o.chunk);
     for (int i = start; i < end; ++i) b.add(prompt[static_cast<std::size_t>(i)], i, 0, i == o.prompt - 1);
-    check(m.forward(b, cache, *kv, &logits), "prefill");
+    forward_greedy(m, b, cache, *kv, &sampled, "prefill");
   }
-  std::int32_t tok = argmax(logits.data(), n_vocab);
+  std::int32_t tok = sampled.at(0).token;
   const double ttft = now_s() - t_ttft;
 
-  // Batch 1: greedy decoding continues the prompt (context 2,000 and up).
-  const double t_tg1 = now_s();
-  for (int step = 0; step < o.steps; ++step) {
-    b.clear();
-    b.add(tok, o.prompt + step, 0, true);
-    check(m.forward(b, cache, *kv, &logits), "decode");
-    tok = argmax(logits.data(), n_vocab);
+  // Batch 1: greedy decoding continues the prompt (context 2,000 and up),
+  // in rounds with and without CUDA graphs, alternating (this GPU may be
+  // shared): tg1 is the configured way (--graphs), tg1_eager the other.
+  auto decode_rate = [&](int from) {
+    const double t0 = now_s();
+    for (int step = 0; step < o.steps; ++step) {
+      b.clear();
+      b.add(tok, from + step, 0, true);
+      forward_greedy(m, b, cache, *kv, &sampled, "decode");
+      tok = sampled.at(0).token;
+    }
+    return o.steps / (now_s() - t0);
+  };
+  double tg1 = 0, tg1_other = 0;
+  int pos = o.prompt;
+  for (int round = 0; round < 2; ++round) {
+    tg1 = std::max(tg1, decode_rate(pos));
+    pos += o.steps;
+    set_cuda_graph_max_tokens(backend, options.graph_max_tokens > 0 ? 0 : 32);
+    tg1_other = std::max(tg1_other, decode_rate(pos));
+    pos += o.steps;
+    set_cuda_graph_max_tokens(backend, options.graph_max_tokens);
   }
-  const double tg1 = o.steps / (now_s() - t_tg1);
   const double weight_bytes = static_cast<double>(m.weight_bytes_per_token());
-  const double kv_bytes = static_cast<double>(m.kv_bytes_per_block(KvType::kF16)) / kBlockTokens * (o.prompt + o.steps / 2);
+  const double kv_bytes = static_cast<double>(m.kv_bytes_per_block(KvType::kF16)) / kBlockTokens * (o.prompt + 2 * o.steps);
   const double roofline = bw * 1e9 / weight_bytes;
   cache.remove_sequence(0);
 
@@ -229,6 +262,9 @@ int main(int argc, char** argv) {
               "%.1f%% counting %.0f MB of KV reads |\n",
               o.prompt, tg1, 100.0 * tg1 / roofline, roofline, 100.0 * tg1 * (weight_bytes + kv_bytes) / (bw * 1e9),
               kv_bytes / 1e6);
+  std::printf("| decode, batch 1, %s | %.1f tok/s (best of 2 rounds each, alternating; x%.2f) |\n",
+              options.graph_max_tokens > 0 ? "without CUDA graphs" : "with CUDA graphs", tg1_other, tg1_other / tg1);
+  std::printf("RESULT tg1_%s %.2f\n", options.graph_max_tokens > 0 ? "eager" : "graphs", tg1_other);
   std::printf("RESULT device %s\nRESULT type %s\nRESULT bandwidth_gbs %.1f\nRESULT ttft_s %.4f\nRESULT tg1 %.2f\n"
               "RESULT tg1_roofline_pct %.1f\n",
               device.c_str(), o.type.c_str(), bw, ttft, tg1, 100.0 * tg1 / roofline);
@@ -240,18 +276,24 @@ int main(int argc, char** argv) {
     b.clear();
     for (int seq = 1; seq <= size; ++seq)
       for (int i = 0; i < 16; ++i) b.add((seq * 31 + i) % n_vocab, i, seq, i == 15);
-    check(m.forward(b, cache, *kv, &logits), "batch prefill");
+    forward_greedy(m, b, cache, *kv, &sampled, "batch prefill");
     const double t0 = now_s();
     for (int step = 0; step < o.steps; ++step) {
       b.clear();
       for (int seq = 1; seq <= size; ++seq)
-        b.add(argmax(logits.data() + static_cast<std::size_t>(seq - 1) * n_vocab, n_vocab), 16 + step, seq, true);
-      check(m.forward(b, cache, *kv, &logits), "batch decode");
+        b.add(sampled.at(static_cast<std::size_t>(seq - 1)).token, 16 + step, seq, true);
+      forward_greedy(m, b, cache, *kv, &sampled, "batch decode");
     }
     const double rate = size * o.steps / (now_s() - t0);
     std::printf("| decode, %d sequences | %.0f tok/s aggregate (x%.1f batch 1) |\n", size, rate, rate / tg1);
     std::printf("RESULT tg%d %.1f\n", size, rate);
     for (int seq = 1; seq <= size; ++seq) cache.remove_sequence(seq);
   }
+  const CudaGraphStats g = cuda_graph_stats(backend);
+  std::printf("| CUDA graphs (decode steps of up to %d tokens) | %llu captured, %llu replayed, %llu passes eager |\n",
+              options.graph_max_tokens, static_cast<unsigned long long>(g.captured),
+              static_cast<unsigned long long>(g.replayed), static_cast<unsigned long long>(g.eager));
+  std::printf("RESULT graphs_captured %llu\nRESULT graphs_replayed %llu\n", static_cast<unsigned long long>(g.captured),
+              static_cast<unsigned long long>(g.replayed));
   return 0;
 }

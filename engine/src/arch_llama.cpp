@@ -183,69 +183,94 @@ Status Model::compute(const Batch& batch, const PassPlan& plan, const KvStorage&
         *up = act.up, *out = act.out;
   for (auto [from, to] : plan.copies) be.kv_copy_blocks(kv, from, to);
   const std::vector<std::int32_t>& slots = plan.slots;
-
-  be.get_rows(tok_embd_, batch.tokens.data(), n, x);
-  AttentionArgs aa;
-  aa.q = q;
-  aa.out = att;
-  aa.n_tokens = n;
-  aa.n_head = n_head;
-  aa.n_kv_head = n_head_kv;
-  aa.head_dim = p.head_dim;
-  aa.scale = 1.0f / std::sqrt(static_cast<float>(p.head_dim));
-  aa.kv = &kv;
-  aa.n_ctx = plan.n_ctx.data();
-  aa.block_table = plan.tables.data();
-  for (int il = 0; il < p.n_layer; ++il) {
-    const Layer& l = layers_[il];
-    be.rms_norm(x, l.attn_norm, n, d, p.rms_eps, h);
-    {
-      const WeightTensor* w[3] = {&l.wq, &l.wk, &l.wv};
-      float* y[3] = {q, k, v};
-      be.matmul_many(w, y, 3, h, n);
-    }
-    if (p.qkv_bias) {
-      be.add_bias(q, l.bq, n, q_dim);
-      be.add_bias(k, l.bk, n, kv_dim);
-      be.add_bias(v, l.bv, n, kv_dim);
-    }
-    if (p.qk_norm) {  // qwen3: RMSNorm over each head before rotation
-      be.rms_norm(q, l.q_norm, n * n_head, p.head_dim, p.rms_eps, q);
-      be.rms_norm(k, l.k_norm, n * n_head_kv, p.head_dim, p.rms_eps, k);
-    }
-    be.rope(q, n, n_head, p.head_dim, batch.positions.data(), p.rope);
-    be.rope(k, n, n_head_kv, p.head_dim, batch.positions.data(), p.rope);
-    be.kv_write(kv, il, k, v, n, slots.data());
-    aa.layer = il;
-    be.attention(aa);
-    be.matmul(l.wo, att, n, o);
-    if (tp_.n_ranks > 1) AIRLOCK_RETURN_IF_ERROR(tp_.comm->all_reduce_sum(o, n * d));  // the heads' partial sums
-    be.add(x, o, n * d);
-
-    be.rms_norm(x, l.ffn_norm, n, d, p.rms_eps, h);
-    {
-      const WeightTensor* w[2] = {&l.w_gate, &l.w_up};
-      float* y[2] = {gate, up};
-      be.matmul_many(w, y, 2, h, n);
-    }
-    be.swiglu(gate, up, n * n_ff, gate);
-    be.matmul(l.w_down, gate, n, o);
-    if (tp_.n_ranks > 1) AIRLOCK_RETURN_IF_ERROR(tp_.comm->all_reduce_sum(o, n * d));  // the columns' partial sums
-    be.add(x, o, n * d);
-  }
-
+  // A decode step of one model on one device (every token wants logits)
+  // runs the same operations on the same buffers for the same n_tokens:
+  // the backend may replay it (Backend::PassInfo).
+  Backend::PassInfo info;
+  info.n_tokens = n;
+  for (std::int32_t c : plan.n_ctx) info.max_ctx = std::max(info.max_ctx, c);
+  info.replayable = tp_.n_ranks == 1 && n_out == n && (pass_out.logits != nullptr || pass_out.tokens != nullptr);
+  info.kv = &kv;
   // Only the rows that want logits go through the output matrix.
   std::vector<std::int64_t> rows;
   for (std::int64_t i = 0; i < n; ++i)
     if (batch.want_logits[i]) rows.push_back(i);
   const std::int64_t m = static_cast<std::int64_t>(rows.size());
   const bool want_tokens = pass_out.tokens != nullptr, want_logits = !want_tokens && pass_out.logits != nullptr;
+
+  // The pass's operations, up to the logits (issued again, eagerly, when a
+  // backend could not capture or replay them: Backend::end_pass).
+  auto issue = [&]() -> Status {
+    be.get_rows(tok_embd_, batch.tokens.data(), n, x);
+    AttentionArgs aa;
+    aa.q = q;
+    aa.out = att;
+    aa.n_tokens = n;
+    aa.n_head = n_head;
+    aa.n_kv_head = n_head_kv;
+    aa.head_dim = p.head_dim;
+    aa.scale = 1.0f / std::sqrt(static_cast<float>(p.head_dim));
+    aa.kv = &kv;
+    aa.n_ctx = plan.n_ctx.data();
+    aa.block_table = plan.tables.data();
+    for (int il = 0; il < p.n_layer; ++il) {
+      const Layer& l = layers_[il];
+      be.rms_norm(x, l.attn_norm, n, d, p.rms_eps, h);
+      {
+        const WeightTensor* w[3] = {&l.wq, &l.wk, &l.wv};
+        float* y[3] = {q, k, v};
+        be.matmul_many(w, y, 3, h, n);
+      }
+      if (p.qkv_bias) {
+        be.add_bias(q, l.bq, n, q_dim);
+        be.add_bias(k, l.bk, n, kv_dim);
+        be.add_bias(v, l.bv, n, kv_dim);
+      }
+      if (p.qk_norm) {  // qwen3: RMSNorm over each head before rotation
+        be.rms_norm(q, l.q_norm, n * n_head, p.head_dim, p.rms_eps, q);
+        be.rms_norm(k, l.k_norm, n * n_head_kv, p.head_dim, p.rms_eps, k);
+      }
+      be.rope(q, n, n_head, p.head_dim, batch.positions.data(), p.rope);
+      be.rope(k, n, n_head_kv, p.head_dim, batch.positions.data(), p.rope);
+      be.kv_write(kv, il, k, v, n, slots.data());
+      aa.layer = il;
+      be.attention(aa);
+      be.matmul(l.wo, att, n, o);
+      if (tp_.n_ranks > 1) AIRLOCK_RETURN_IF_ERROR(tp_.comm->all_reduce_sum(o, n * d));  // the heads' partial sums
+      be.add(x, o, n * d);
+
+      be.rms_norm(x, l.ffn_norm, n, d, p.rms_eps, h);
+      {
+        const WeightTensor* w[2] = {&l.w_gate, &l.w_up};
+        float* y[2] = {gate, up};
+        be.matmul_many(w, y, 2, h, n);
+      }
+      be.swiglu(gate, up, n * n_ff, gate);
+      be.matmul(l.w_down, gate, n, o);
+      if (tp_.n_ranks > 1) AIRLOCK_RETURN_IF_ERROR(tp_.comm->all_reduce_sum(o, n * d));  // the columns' partial sums
+      be.add(x, o, n * d);
+    }
+
+    if (m > 0 && (want_tokens || want_logits)) {
+      be.gather_rows(x, rows.data(), m, d, x);
+      be.rms_norm(x, output_norm_, m, d, p.rms_eps, h);
+      be.matmul(output_, h, m, out);
+    }
+    return Status::ok();
+  };
+  be.begin_pass(info);
+  Status issued = issue();
+  if (!be.end_pass()) {  // nothing of it ran
+    info.replayable = false;
+    be.begin_pass(info);
+    if (issued.is_ok()) issued = issue();
+    (void)be.end_pass();  // an eager pass always runs
+  }
+  AIRLOCK_RETURN_IF_ERROR(issued);
+
   if (want_tokens) pass_out.tokens->clear();
   if (want_logits) pass_out.logits->assign(static_cast<std::size_t>(n_out * p.n_vocab), 0.0f);
   if (m > 0 && (want_tokens || want_logits)) {
-    be.gather_rows(x, rows.data(), m, d, x);
-    be.rms_norm(x, output_norm_, m, d, p.rms_eps, h);
-    be.matmul(output_, h, m, out);
     if (want_logits) be.download(out, m * p.n_vocab, pass_out.logits->data());
     else AIRLOCK_RETURN_IF_ERROR(be.sample(out, p.n_vocab, pass_out.rows, pass_out.tokens));
   }

@@ -545,7 +545,7 @@ Status to_host(void* host_dst, const void* device_src, std::size_t bytes) {
   return cuda_status(cudaMemcpy(host_dst, device_src, bytes, cudaMemcpyDeviceToHost), "copy to the host");
 }
 
-Status synchronize() { return cuda_status(cudaDeviceSynchronize(), "synchronize"); }
+Status synchronize() { return cuda_status(cudaStreamSynchronize(cudaStreamPerThread), "synchronize"); }
 
 Status check_cuda(int cuda_error, const char* what) { return cuda_status(static_cast<cudaError_t>(cuda_error), what); }
 
@@ -712,6 +712,10 @@ Result<std::unique_ptr<Gemm>> Gemm::create() {
   // CUBLAS_TF32_TENSOR_OP_MATH, never set here); the bf16 GEMM on tensor
   // cores with f32 sums.
   AIRLOCK_RETURN_IF_ERROR(cublas_status(cublasSetMathMode(h, CUBLAS_DEFAULT_MATH), "cublasSetMathMode"));
+  // On the calling thread's default stream, as every other operation here
+  // (the library is built with per-thread default streams; cuBLAS itself
+  // would use the legacy stream).
+  AIRLOCK_RETURN_IF_ERROR(cublas_status(cublasSetStream(h, cudaStreamPerThread), "cublasSetStream"));
   return Result<std::unique_ptr<Gemm>>(std::move(g));  // nvcc does not move the local implicitly
 }
 

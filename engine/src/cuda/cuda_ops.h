@@ -3,15 +3,20 @@
 // checked against it (tests/engine/cuda_ops_test.cpp, `ctest -L gpu`).
 // CudaBackend (cuda_backend.h) runs the model with them; airlockd selects
 // it with device = "cuda" or "auto"; cuda_sampling.h samples on the device
-// and nccl_communicator.h joins ranks. CUDA graphs are still to be written.
+// and nccl_communicator.h joins ranks; CudaBackend captures decode passes
+// of these calls into CUDA graphs.
 //
 // Every pointer is device memory unless its comment says otherwise. Calls
-// run on the current device's default stream and return once the work is
-// queued; a launch or a transfer that fails returns kInternal with CUDA's
-// message (the request fails, the process never aborts).
+// run on the calling thread's default stream (the library is built with
+// per-thread default streams, so that a graph capture can record them) and
+// return once the work is queued; a launch or a transfer that fails
+// returns kInternal with CUDA's message (the request fails, the process
+// never aborts).
 //
-// Thread-safety: calls on one device from several threads serialise on its
-// default stream; nothing here holds state beyond DeviceBuffer.
+// Thread-safety: calls from one thread are ordered on its stream; threads
+// sharing buffers must order their work themselves (the ranks of a
+// tensor-parallel group meet in NCCL on the legacy stream, which waits for
+// every thread's stream); nothing here holds state beyond DeviceBuffer.
 #pragma once
 
 #include <cstddef>
@@ -57,7 +62,8 @@ class DeviceBuffer {
 // Copies between host and device memory; blocks until done.
 Status to_device(void* device_dst, const void* host_src, std::size_t bytes);
 Status to_host(void* host_dst, const void* device_src, std::size_t bytes);
-// Waits for every queued operation; reports the first error among them.
+// Waits for every operation the calling thread queued; reports the first
+// error among them.
 Status synchronize();
 // OK for cudaSuccess; otherwise kResourceExhausted (out of memory) or
 // kInternal with CUDA's message for `what` (cuda_error: a cudaError_t).

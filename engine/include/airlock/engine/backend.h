@@ -187,6 +187,26 @@ class Backend {
     std::int64_t n_out = 0;    // rows of logits
     std::int64_t n_vocab = 0;  // numbers per row of logits
   };
+  // What a pass is, told by the model before its layers run (after any
+  // copy-on-write block copies); end_pass() follows its last operation,
+  // before its logits are downloaded or sampled. A replayable pass is one
+  // whose operations (their order, sizes and buffers) are decided by
+  // n_tokens alone, its host arguments (ids, positions, slots, contexts,
+  // block tables) being the only things that change from one such pass to
+  // the next: a device backend may then capture the operations once per
+  // shape and replay them in one launch (CUDA graphs), queuing nothing
+  // until end_pass(). end_pass() returns false when it ran nothing of the
+  // pass (a capture that failed, a replay refused): the caller then issues
+  // the pass's operations again, as a pass that is not replayable. Nothing
+  // on the CPU.
+  struct PassInfo {
+    std::int64_t n_tokens = 0;
+    int max_ctx = 0;          // the most positions a token of the pass attends to
+    bool replayable = false;
+    const KvStorage* kv = nullptr;  // the storage it reads and writes (a replay must use the same)
+  };
+  virtual void begin_pass(const PassInfo&) {}
+  [[nodiscard]] virtual bool end_pass() { return true; }
   // Allocates, ahead of the pass, whatever workspace the backend's
   // operations would otherwise allocate during it (so that running out of
   // memory fails the pass before the KV cache changes); nothing on the CPU.
