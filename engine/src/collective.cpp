@@ -42,6 +42,7 @@ struct Group {
   Status aborted;               // OK until the first abort
   std::vector<float*> buffers;  // each rank's x during a call
   std::vector<float> sum;       // the result, before each rank copies it
+  const void* root = nullptr;   // rank 0's bytes during a broadcast
 };
 
 class InProcessCommunicator : public Communicator {
@@ -76,6 +77,18 @@ class InProcessCommunicator : public Communicator {
     // `sum` and the buffers unchanged until everyone has copied.
     std::memcpy(x, g_->sum.data(), static_cast<std::size_t>(n) * sizeof(float));
     return g_->barrier();
+  }
+
+  Status broadcast(void* data, std::int64_t bytes) override {
+    {
+      std::lock_guard<std::mutex> lock(g_->mu);
+      if (!g_->aborted.is_ok()) return g_->aborted;
+      if (g_->n_ranks == 1) return Status::ok();
+      if (rank_ == 0) g_->root = data;
+    }
+    AIRLOCK_RETURN_IF_ERROR(g_->barrier());  // the root's bytes are published
+    if (rank_ != 0) std::memcpy(data, g_->root, static_cast<std::size_t>(bytes));
+    return g_->barrier();  // the root's buffer stays put until every rank has copied
   }
 
   void abort(const Status& reason) override { g_->abort(reason); }

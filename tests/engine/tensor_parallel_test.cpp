@@ -316,6 +316,34 @@ TEST(TensorParallelFailure, OneRanksFailureAbortsTheGroup) {
   }
 }
 
+// Every step of steps(), then a fork's first token (which copies the
+// shared block on every rank), through `group` (its KV storage allocated,
+// 16 blocks) give the whole model's logits.
+void expect_whole_model_logits(Decoder& group, Model& whole, int n_vocab, const std::string& what) {
+  KvCache group_cache(16), whole_cache(16);
+  Result<KvStorage> whole_kv = whole.alloc_kv(16);
+  ASSERT_TRUE(whole_kv.is_ok());
+  for (KvCache* c : {&group_cache, &whole_cache}) {
+    ASSERT_TRUE(c->add_sequence(0).is_ok());
+    ASSERT_TRUE(c->add_sequence(1).is_ok());
+  }
+  force_scalar_kernels(true);
+  std::vector<float> got, want;
+  for (const Batch& b : steps(n_vocab)) {
+    ASSERT_TRUE(group.forward(b, group_cache, &got).is_ok());
+    ASSERT_TRUE(whole.forward(b, whole_cache, *whole_kv, &want).is_ok());
+    ASSERT_EQ(got.size(), want.size());
+    EXPECT_LT(rel_l2_error(got, want), 1e-5) << what;
+  }
+  for (KvCache* c : {&group_cache, &whole_cache}) ASSERT_TRUE(c->fork(0, 2).is_ok());
+  Batch fork;
+  fork.add(5, group_cache.length(2), 2, true);
+  ASSERT_TRUE(group.forward(fork, group_cache, &got).is_ok());
+  ASSERT_TRUE(whole.forward(fork, whole_cache, *whole_kv, &want).is_ok());
+  EXPECT_LT(rel_l2_error(got, want), 1e-5) << what << ", forked";
+  force_scalar_kernels(false);
+}
+
 // A group of n ranks of `tm`, rank `odd_rank` (if any) on `odd_backend`.
 Result<std::unique_ptr<TensorParallelDecoder>> make_group(const testing::TestModel& tm, int n, int odd_rank = -1,
                                                           std::shared_ptr<Backend> odd_backend = nullptr) {
@@ -346,29 +374,7 @@ TEST(TensorParallelDecoderTest, SharedCacheLogitsAndSchedulingMatchTheWholeModel
     EXPECT_EQ((*group)->n_ranks(), n_ranks);
     EXPECT_EQ((*group)->rank(1).shard().n_head, 8 / n_ranks);
     ASSERT_TRUE((*group)->alloc_kv(16, KvType::kF32).is_ok());
-    KvCache group_cache(16), whole_cache(16);
-    Result<KvStorage> whole_kv = (*whole)->alloc_kv(16);
-    ASSERT_TRUE(whole_kv.is_ok());
-    for (KvCache* c : {&group_cache, &whole_cache}) {
-      ASSERT_TRUE(c->add_sequence(0).is_ok());
-      ASSERT_TRUE(c->add_sequence(1).is_ok());
-    }
-    force_scalar_kernels(true);
-    std::vector<float> got, want;
-    for (const Batch& b : steps(tm.spec.n_vocab)) {
-      ASSERT_TRUE((*group)->forward(b, group_cache, &got).is_ok());
-      ASSERT_TRUE((*whole)->forward(b, whole_cache, *whole_kv, &want).is_ok());
-      ASSERT_EQ(got.size(), want.size());
-      EXPECT_LT(rel_l2_error(got, want), 1e-5) << n_ranks << " ranks";
-    }
-    // A fork shares blocks; its first write copies the shared block on every rank.
-    for (KvCache* c : {&group_cache, &whole_cache}) ASSERT_TRUE(c->fork(0, 2).is_ok());
-    Batch fork;
-    fork.add(5, group_cache.length(2), 2, true);
-    ASSERT_TRUE((*group)->forward(fork, group_cache, &got).is_ok());
-    ASSERT_TRUE((*whole)->forward(fork, whole_cache, *whole_kv, &want).is_ok());
-    EXPECT_LT(rel_l2_error(got, want), 1e-5) << n_ranks << " ranks, forked";
-    force_scalar_kernels(false);
+    expect_whole_model_logits(**group, **whole, tm.spec.n_vocab, std::to_string(n_ranks) + " ranks");
   }
 
   // Scheduling: three greedy requests of different lengths, at once.
@@ -464,6 +470,105 @@ TEST(TensorParallelDecoderTest, FailuresOfOneRank) {
   after.add(7, 7, 0, true);
   s = (*group)->forward(after, cache, &logits);
   EXPECT_EQ(s.code(), StatusCode::kUnavailable) << s.to_string();
+}
+
+// Models for ranks [lo, hi) of a group of comms.size(), with their
+// communicators (moved out of comms).
+struct Ranks {
+  std::vector<std::shared_ptr<Model>> models;
+  std::vector<std::unique_ptr<Communicator>> comms;
+};
+Ranks take_ranks(const testing::TestModel& tm, std::vector<std::unique_ptr<Communicator>>& comms, int lo, int hi,
+                 int odd_rank = -1, std::shared_ptr<Backend> odd_backend = nullptr) {
+  Ranks out;
+  const int n = static_cast<int>(comms.size());
+  for (int r = lo; r < hi; ++r) {
+    auto file = GgufFile::parse({reinterpret_cast<const std::uint8_t*>(tm.gguf.data()), tm.gguf.size()});
+    EXPECT_TRUE(file.is_ok());
+    std::shared_ptr<Backend> be = r == odd_rank ? odd_backend
+                                                : std::shared_ptr<Backend>(make_cpu_backend(std::make_shared<ThreadPool>(1)));
+    auto m = Model::from_gguf(std::move(*file), be, {r, n, comms[static_cast<std::size_t>(r)].get()});
+    EXPECT_TRUE(m.is_ok()) << m.status().to_string();
+    out.models.push_back(std::move(*m));
+    out.comms.push_back(std::move(comms[static_cast<std::size_t>(r)]));
+  }
+  return out;
+}
+
+// A group spread over "processes": a decoder over ranks 0-1 and a follower
+// over ranks 2-3 (threads here, machines with NCCL), the follower running
+// what the decoder's pass messages describe. Logits are the whole model's
+// (prompt chunks, decode steps, a fork's copy-on-write); destroying the
+// decoder stops the follower cleanly.
+TEST(TensorParallelSpreadGroup, AFollowerRunsTheDecodersPasses) {
+  const testing::TestModel tm = testing::make_test_model(shape("llama", 64, 8, 4, 128, GgmlType::kF32));
+  Result<std::unique_ptr<Model>> whole = load(tm);
+  ASSERT_TRUE(whole.is_ok());
+  auto comms = make_in_process_group(4);
+  Ranks lead = take_ranks(tm, comms, 0, 2), rest = take_ranks(tm, comms, 2, 4);
+  auto follower = TensorParallelFollower::create(std::move(rest.models), std::move(rest.comms));
+  ASSERT_TRUE(follower.is_ok()) << follower.status().to_string();
+  Status followed = internal_error("not run");
+  std::thread follower_thread([&] { followed = (*follower)->run(); });
+  {
+    auto group = TensorParallelDecoder::create(std::move(lead.models), std::move(lead.comms));
+    ASSERT_TRUE(group.is_ok()) << group.status().to_string();
+    EXPECT_EQ((*group)->n_ranks(), 4);
+    EXPECT_EQ((*group)->n_local_ranks(), 2);
+    ASSERT_TRUE((*group)->alloc_kv(16, KvType::kF32).is_ok());
+    expect_whole_model_logits(**group, **whole, tm.spec.n_vocab, "spread over two processes");
+  }  // the decoder sends the stop
+  follower_thread.join();
+  EXPECT_TRUE(followed.is_ok()) << followed.to_string();
+}
+
+// A rank that fails in one process fails the pass in the other: a fault on
+// the decoder's side ends the follower's run with the fault's reason.
+TEST(TensorParallelSpreadGroup, AFailureOnEitherSideEndsBoth) {
+  const testing::TestModel tm = testing::make_test_model(shape("llama", 64, 8, 4, 128, GgmlType::kF32));
+  auto faulty = std::make_shared<FaultyBackend>();
+  auto comms = make_in_process_group(2);
+  Ranks lead = take_ranks(tm, comms, 0, 1, 0, faulty), rest = take_ranks(tm, comms, 1, 2);
+  auto follower = TensorParallelFollower::create(std::move(rest.models), std::move(rest.comms));
+  ASSERT_TRUE(follower.is_ok()) << follower.status().to_string();
+  Status followed;
+  std::thread follower_thread([&] { followed = (*follower)->run(); });
+  {
+    auto group = TensorParallelDecoder::create(std::move(lead.models), std::move(lead.comms));
+    ASSERT_TRUE(group.is_ok()) << group.status().to_string();
+    ASSERT_TRUE((*group)->alloc_kv(8, KvType::kF16).is_ok());
+    KvCache cache(8);
+    ASSERT_TRUE(cache.add_sequence(0).is_ok());
+    std::vector<float> logits;
+    Batch one;
+    one.add(3, 0, 0, true);
+    ASSERT_TRUE((*group)->forward(one, cache, &logits).is_ok());
+    faulty->fail_pass = true;
+    Batch next;
+    next.add(4, 1, 0, true);
+    Status s = (*group)->forward(next, cache, &logits);
+    EXPECT_EQ(s.message(), "test: rank 1's device faulted");
+  }
+  follower_thread.join();
+  EXPECT_EQ(followed.message(), "test: rank 1's device faulted") << followed.to_string();
+}
+
+TEST(TensorParallelSpreadGroup, EachSideHoldsItsOwnRanks) {
+  const testing::TestModel tm = testing::make_test_model(shape("llama", 64, 8, 4, 128, GgmlType::kF32));
+  {
+    auto comms = make_in_process_group(2);
+    Ranks lead = take_ranks(tm, comms, 0, 1);
+    auto f = TensorParallelFollower::create(std::move(lead.models), std::move(lead.comms));
+    ASSERT_FALSE(f.is_ok());
+    EXPECT_NE(f.status().message().find("rank 0 belongs to the decoder"), std::string::npos) << f.status().message();
+  }
+  {
+    auto comms = make_in_process_group(2);
+    Ranks rest = take_ranks(tm, comms, 1, 2);
+    auto d = TensorParallelDecoder::create(std::move(rest.models), std::move(rest.comms));
+    ASSERT_FALSE(d.is_ok());
+    EXPECT_NE(d.status().message().find("is not rank 0"), std::string::npos) << d.status().message();
+  }
 }
 
 TEST(TensorParallelDecoderTest, CreateRefusesWhatIsNotOneGroup) {

@@ -1,5 +1,6 @@
 #include "nccl_communicator.h"
 
+#include <arpa/inet.h>
 #include <cuda_runtime.h>
 #include <nccl.h>
 
@@ -27,17 +28,58 @@ struct NcclGroup {
 
 class NcclCommunicator final : public Communicator {
  public:
-  NcclCommunicator(std::shared_ptr<NcclGroup> g, int rank) : g_(std::move(g)), rank_(rank) {}
+  // comms[local] of `g` is rank `rank` of a group of n_ranks (more than
+  // g's comms when the group spans processes).
+  NcclCommunicator(std::shared_ptr<NcclGroup> g, int local, int rank, int n_ranks)
+      : g_(std::move(g)), local_(local), rank_(rank), n_ranks_(n_ranks) {}
   int rank() const override { return rank_; }
-  int n_ranks() const override { return static_cast<int>(g_->comms.size()); }
+  int n_ranks() const override { return n_ranks_; }
 
   Status all_reduce_sum(float* x, std::int64_t n) override {
     std::shared_lock<std::shared_mutex> lock(g_->mu);
     if (!g_->aborted.is_ok()) return g_->aborted;
     const ncclResult_t r = ncclAllReduce(x, x, static_cast<std::size_t>(n), ncclFloat, ncclSum,
-                                         g_->comms[static_cast<std::size_t>(rank_)], cudaStreamLegacy);
+                                         g_->comms[static_cast<std::size_t>(local_)], cudaStreamLegacy);
     if (r != ncclSuccess) return internal_error(std::string("NCCL all-reduce: ") + ncclGetErrorString(r));
     return Status::ok();
+  }
+
+  // NCCL moves device memory: the bytes go through this rank's staging
+  // buffer on its device (the calling thread's, as bind_thread set it). The
+  // wait is outside the lock, so that an abort (ncclCommAbort ends the
+  // broadcast on the device) can get in.
+  Status broadcast(void* data, std::int64_t bytes) override {
+    if (bytes <= 0) return Status::ok();
+    const std::size_t n = static_cast<std::size_t>(bytes);
+    {
+      std::shared_lock<std::shared_mutex> lock(g_->mu);
+      if (!g_->aborted.is_ok()) return g_->aborted;
+      if (staging_bytes_ < n) {
+        if (staging_ != nullptr) cudaFree(staging_);
+        staging_ = nullptr;
+        staging_bytes_ = 0;
+        if (cudaMalloc(&staging_, n) != cudaSuccess) {
+          (void)cudaGetLastError();
+          return resource_exhausted("NCCL broadcast: no device memory for " + std::to_string(n) + " bytes");
+        }
+        staging_bytes_ = n;
+      }
+      const cudaStream_t s = cudaStreamLegacy;
+      if (rank_ == 0 && cudaMemcpyAsync(staging_, data, n, cudaMemcpyHostToDevice, s) != cudaSuccess)
+        return cuda_failure("NCCL broadcast: copy to the device");
+      const ncclResult_t r = ncclBroadcast(staging_, staging_, n, ncclUint8, 0,
+                                           g_->comms[static_cast<std::size_t>(local_)], s);
+      if (r != ncclSuccess) return internal_error(std::string("NCCL broadcast: ") + ncclGetErrorString(r));
+      if (rank_ != 0 && cudaMemcpyAsync(data, staging_, n, cudaMemcpyDeviceToHost, s) != cudaSuccess)
+        return cuda_failure("NCCL broadcast: copy to the host");
+    }
+    if (cudaStreamSynchronize(cudaStreamLegacy) != cudaSuccess) return cuda_failure("NCCL broadcast");
+    std::shared_lock<std::shared_mutex> lock(g_->mu);
+    return g_->aborted;  // an abort during the wait leaves data unspecified
+  }
+
+  ~NcclCommunicator() override {
+    if (staging_ != nullptr) cudaFree(staging_);
   }
 
   void abort(const Status& reason) override {
@@ -51,8 +93,14 @@ class NcclCommunicator final : public Communicator {
   }
 
  private:
+  static Status cuda_failure(const char* what) {
+    return internal_error(std::string(what) + ": " + cudaGetErrorString(cudaGetLastError()));
+  }
+
   std::shared_ptr<NcclGroup> g_;
-  int rank_;
+  int local_, rank_, n_ranks_;
+  void* staging_ = nullptr;  // device memory of this rank's device
+  std::size_t staging_bytes_ = 0;
 };
 
 }  // namespace
@@ -78,7 +126,83 @@ Result<std::vector<std::unique_ptr<Communicator>>> make_nccl_group(const std::ve
   }
   std::vector<std::unique_ptr<Communicator>> out;
   for (std::size_t i = 0; i < devices.size(); ++i)
-    out.push_back(std::make_unique<NcclCommunicator>(g, static_cast<int>(i)));
+    out.push_back(std::make_unique<NcclCommunicator>(g, static_cast<int>(i), static_cast<int>(i),
+                                                     static_cast<int>(devices.size())));
+  return out;
+}
+
+Status check_nccl_root(const std::string& root) {
+  const auto bad = [&](const char* why) {
+    return invalid_argument("NCCL root '" + root + "': " + why + " (\"IPv4:port\" or \"[IPv6]:port\")");
+  };
+  std::string host, port;
+  if (!root.empty() && root[0] == '[') {
+    const std::size_t close = root.find(']');
+    if (close == std::string::npos || close + 1 >= root.size() || root[close + 1] != ':') return bad("no port");
+    host = root.substr(1, close - 1);
+    port = root.substr(close + 2);
+    in6_addr a6{};
+    if (inet_pton(AF_INET6, host.c_str(), &a6) != 1) return bad("not an IPv6 address");
+  } else {
+    const std::size_t colon = root.rfind(':');
+    if (colon == std::string::npos) return bad("no port");
+    host = root.substr(0, colon);
+    port = root.substr(colon + 1);
+    in_addr a4{};
+    if (inet_pton(AF_INET, host.c_str(), &a4) != 1) return bad("not an IPv4 address (names are not resolved)");
+  }
+  if (port.empty() || port.size() > 5 || port.find_first_not_of("0123456789") != std::string::npos) return bad("bad port");
+  const int p = std::stoi(port);
+  if (p < 1 || p > 65535) return bad("port out of range");
+  return Status::ok();
+}
+
+Result<std::vector<std::unique_ptr<Communicator>>> make_nccl_spread_group(const std::vector<int>& devices,
+                                                                          int first_rank, int n_ranks,
+                                                                          const std::string& root) {
+  AIRLOCK_RETURN_IF_ERROR(check_nccl_root(root));
+  const int n_local = static_cast<int>(devices.size());
+  if (n_local < 1 || first_rank < 0 || n_ranks < 2 || first_rank + n_local > n_ranks)
+    return invalid_argument("NCCL group: ranks " + std::to_string(first_rank) + ".." +
+                            std::to_string(first_rank + n_local - 1) + " of " + std::to_string(n_ranks));
+  // NCCL's bootstrap at the configured root: every process derives the same
+  // id from it, and rank 0's process listens there.
+  // (The environment changes only when it must: setenv is not safe against
+  // other threads' getenv.)
+  const char* set = std::getenv("NCCL_COMM_ID");
+  if (set == nullptr || root != set) setenv("NCCL_COMM_ID", root.c_str(), /*overwrite=*/1);
+  if (std::getenv("NCCL_RUNTIME_CONNECT") == nullptr)
+    setenv("NCCL_RUNTIME_CONNECT", "0", /*overwrite=*/0);  // as make_nccl_group: connections made now
+  ncclUniqueId id;
+  ncclResult_t r = ncclGetUniqueId(&id);
+  if (r != ncclSuccess) return unavailable(std::string("NCCL: no group id from ") + root + ": " + ncclGetErrorString(r));
+  auto g = std::make_shared<NcclGroup>();
+  g->comms.assign(devices.size(), nullptr);
+  int previous = 0;
+  (void)cudaGetDevice(&previous);
+  r = ncclGroupStart();
+  for (int i = 0; i < n_local && r == ncclSuccess; ++i) {
+    if (cudaSetDevice(devices[static_cast<std::size_t>(i)]) != cudaSuccess) {
+      (void)cudaGetLastError();
+      r = ncclInvalidArgument;
+      break;
+    }
+    r = ncclCommInitRank(&g->comms[static_cast<std::size_t>(i)], n_ranks, id, first_rank + i);
+  }
+  const ncclResult_t ended = ncclGroupEnd();
+  (void)cudaSetDevice(previous);
+  if (r == ncclSuccess) r = ended;
+  if (r != ncclSuccess) {
+    // Whatever initialised is aborted (destroying could wait for peers).
+    for (ncclComm_t& c : g->comms)
+      if (c != nullptr) ncclCommAbort(c);
+    for (ncclComm_t& c : g->comms) c = nullptr;
+    return unavailable("NCCL: cannot join ranks " + std::to_string(first_rank) + ".." +
+                       std::to_string(first_rank + n_local - 1) + " of " + std::to_string(n_ranks) + " at " + root +
+                       ": " + ncclGetErrorString(r));
+  }
+  std::vector<std::unique_ptr<Communicator>> out;
+  for (int i = 0; i < n_local; ++i) out.push_back(std::make_unique<NcclCommunicator>(g, i, first_rank + i, n_ranks));
   return out;
 }
 

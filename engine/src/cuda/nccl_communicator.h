@@ -18,12 +18,14 @@
 // name. NCCL lists the interfaces with getifaddrs, which needs a netlink
 // socket: under the shipped unit (RestrictAddressFamilies without
 // AF_NETLINK) tensor_parallel > 1 needs that family added (docs/install.md).
-// Multi-node groups (NCCL's own bootstrap across machines) are not built.
+// A group may also span machines (make_nccl_spread_group): NCCL's own
+// bootstrap, its root at an operator-given literal address; see there.
 //
 // Thread-safety: as Communicator (collective.h).
 #pragma once
 
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "airlock/common/status.h"
@@ -34,5 +36,26 @@ namespace airlock::engine {
 // One communicator per device of `devices` (rank i uses devices[i]);
 // kUnavailable when NCCL cannot set the group up (message says why).
 Result<std::vector<std::unique_ptr<Communicator>>> make_nccl_group(const std::vector<int>& devices);
+
+// Ranks first_rank .. first_rank + devices.size() - 1 (rank first_rank + i
+// on devices[i]) of a group of n_ranks spread over several machines: the
+// process holding rank 0 runs the TensorParallelDecoder, the others a
+// TensorParallelFollower (decoder.h). Every process calls this with the
+// same `root` and n_ranks; NCCL's bootstrap (NCCL_COMM_ID) has the process
+// of rank 0 listen at `root` and the others connect to it, then NCCL's
+// transports connect the ranks across machines on the interfaces
+// NCCL_SOCKET_IFNAME names (the operator sets it, and
+// NCCL_IB_DISABLE where InfiniBand is not to be used). This is the one
+// place the product connects beyond its own listening sockets, and only
+// when configured: the unit's IPAddressAllow= must admit the peers
+// (docs/install.md). `root` is a literal address, "IPv4:port" or
+// "[IPv6]:port": nothing is resolved by name. kInvalidArgument for a bad
+// root or rank range, kUnavailable when NCCL cannot set the group up.
+Result<std::vector<std::unique_ptr<Communicator>>> make_nccl_spread_group(const std::vector<int>& devices,
+                                                                          int first_rank, int n_ranks,
+                                                                          const std::string& root);
+// OK when `root` is such a literal address with a port in 1..65535
+// (machines without a GPU test it).
+Status check_nccl_root(const std::string& root);
 
 }  // namespace airlock::engine

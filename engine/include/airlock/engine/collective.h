@@ -41,6 +41,11 @@ class Communicator {
   // every rank (the in-process group sums in rank order). Fails with the
   // abort's status once the group is aborted (x is then unspecified).
   [[nodiscard]] virtual Status all_reduce_sum(float* x, std::int64_t n) = 0;
+  // data (bytes, host memory) becomes rank 0's bytes on every rank: how a
+  // group spread over several processes hands each pass's description from
+  // the rank that schedules to the others (multi_node.h). Fails as
+  // all_reduce_sum.
+  [[nodiscard]] virtual Status broadcast(void* data, std::int64_t bytes) = 0;
   // Fails every rank's pending and later collectives with `reason` (the
   // first abort's reason wins).
   virtual void abort(const Status& reason) = 0;

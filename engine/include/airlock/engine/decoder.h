@@ -16,7 +16,22 @@
 // fails check() or a rank that cannot grow its buffers fails the pass
 // before any collective starts and leaves the group usable.
 //
-// Thread-safety: one forward() at a time (the scheduler's thread).
+// A group may also be spread over several processes (machines: NCCL's
+// multi-node bootstrap, nccl_communicator.h): the process holding rank 0
+// runs the scheduler and a TensorParallelDecoder over its local ranks, the
+// others a TensorParallelFollower over theirs. Before each pass, and at
+// alloc_kv() and destruction, the decoder broadcasts the pass's
+// description (pass_message.h) to every rank; a follower runs exactly the
+// passes it receives, on KV storage of the size it is told, until the
+// decoder stops it. A failure on any rank aborts the whole group, as
+// within one process; a follower's failed KV allocation shows at the
+// decoder's next pass. Destroying the decoder waits for the followers to
+// take the stop message (their process must still be there: one that died
+// without aborting leaves NCCL waiting; stop the service, as after any
+// lost rank).
+//
+// Thread-safety: one forward() at a time (the scheduler's thread); a
+// follower's run() from one thread.
 #pragma once
 
 #include <memory>
@@ -50,9 +65,10 @@ std::unique_ptr<Decoder> make_single_decoder(Model& model);
 
 class TensorParallelDecoder final : public Decoder {
  public:
-  // ranks[i] must be rank i of a group of ranks.size() (> 1) whose
-  // communicators are comms (held until the decoder is destroyed). The
-  // ranks are shared: a server keeps rank 0 for its metadata.
+  // ranks[i] must be rank i of a group of two ranks or more whose
+  // communicators are comms (held until the decoder is destroyed); ranks
+  // beyond ranks.size() belong to followers in other processes. The ranks
+  // are shared: a server keeps rank 0 for its metadata.
   static Result<std::unique_ptr<TensorParallelDecoder>> create(std::vector<std::shared_ptr<Model>> ranks,
                                                                std::vector<std::unique_ptr<Communicator>> comms);
   ~TensorParallelDecoder() override;
@@ -64,12 +80,33 @@ class TensorParallelDecoder final : public Decoder {
   using Decoder::forward;
   Status forward(const Batch& batch, KvCache& cache, const PassOutput& out) override;
 
-  int n_ranks() const;
-  const Model& rank(int i) const;
+  int n_ranks() const;        // of the whole group
+  int n_local_ranks() const;  // of this process
+  const Model& rank(int i) const;  // local rank i (rank i of the group)
 
  private:
   struct Impl;
   explicit TensorParallelDecoder(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+// The ranks of a spread group that another process's decoder drives.
+class TensorParallelFollower {
+ public:
+  // ranks[i] must be rank first + i (first > 0) of the group, with comms[i].
+  static Result<std::unique_ptr<TensorParallelFollower>> create(std::vector<std::shared_ptr<Model>> ranks,
+                                                                std::vector<std::unique_ptr<Communicator>> comms);
+  ~TensorParallelFollower();
+  TensorParallelFollower(const TensorParallelFollower&) = delete;
+  TensorParallelFollower& operator=(const TensorParallelFollower&) = delete;
+
+  // Runs the passes the decoder sends until it stops the group (OK) or the
+  // group fails (the reason; the group is then aborted).
+  Status run();
+
+ private:
+  struct Impl;
+  explicit TensorParallelFollower(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_;
 };
 
