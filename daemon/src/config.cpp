@@ -149,7 +149,7 @@ Result<Config> parse_config(std::string_view text, const std::string& origin, Co
     return invalid_argument(os.str());
   }
   static const std::set<std::string> kTopKeys = {
-      "listen", "store", "state", "trusted", "model", "verify_on_load", "device", "threads", "tensor_parallel", "kv_cache_mib", "kv_cache_type", "device_reserve_mib",
+      "listen", "store", "state", "trusted", "model", "verify_on_load", "device", "threads", "tensor_parallel", "nodes", "node_rank", "nccl_root", "kv_cache_mib", "kv_cache_type", "device_reserve_mib",
       "max_running",
       "max_waiting", "prefill_chunk", "max_body_bytes", "drain_seconds", "http_threads", "audit_text", "tls", "rag"};
   for (const auto& [k, v] : t)
@@ -186,6 +186,15 @@ Result<Config> parse_config(std::string_view text, const std::string& origin, Co
   c.device = *d;
   AIRLOCK_RETURN_IF_ERROR(get_int("threads", 0, 1024, &c.threads));
   AIRLOCK_RETURN_IF_ERROR(get_int("tensor_parallel", 1, 64, &c.tensor_parallel));
+  AIRLOCK_RETURN_IF_ERROR(get_int("nodes", 1, 64, &c.nodes));
+  AIRLOCK_RETURN_IF_ERROR(get_int("node_rank", 0, 63, &c.node_rank));
+  AIRLOCK_RETURN_IF_ERROR(get_string(t, "nccl_root", &c.nccl_root));
+  if (c.node_rank >= c.nodes) return bad("node_rank", "must be below nodes (" + std::to_string(c.nodes) + ")");
+  if (c.nodes > 1) {
+    if (c.device == engine::Device::kCpu) return bad("nodes", "a group spanning machines needs device = \"cuda\"");
+    if (c.nccl_root.empty()) return bad("nccl_root", "is required with nodes > 1");
+    if (Status s = engine::check_group_root(c.nccl_root); !s.is_ok()) return bad("nccl_root", s.message());
+  }
   if (const toml::node* n = t.get("kv_cache_mib"); n != nullptr && n->is_string()) {
     if (n->as_string()->get() != "auto") return bad("kv_cache_mib", "must be \"auto\" or a number of MiB");
     c.kv_cache_mib = 0;

@@ -49,6 +49,14 @@ struct Config {
   engine::Device device = engine::Device::kAuto;  // "auto" (CUDA when built and present), "cpu", "cuda"
   int threads = 0;                         // compute threads; 0: every available core
   int tensor_parallel = 1;                 // ranks of the model: GPUs 0..N-1 (NCCL), or CPU threads sharing `threads`
+  // A tensor-parallel group spanning machines (GPUs only): `nodes`
+  // machines of tensor_parallel GPUs each; this one holds ranks
+  // node_rank * tensor_parallel onwards. Node 0 serves the API and drives
+  // the others, which only follow. They meet at nccl_root, a literal
+  // "IPv4:port" or "[IPv6]:port" where node 0 listens (NCCL's bootstrap).
+  int nodes = 1;
+  int node_rank = 0;
+  std::string nccl_root;
   std::uint64_t kv_cache_mib = 0;          // 0: "auto" (1024 MiB on the CPU; on a GPU what is free after the weights)
   std::uint64_t device_reserve_mib = 1024;  // GPU memory kept free beyond the activations (libraries, context)
   engine::KvType kv_cache_type = engine::KvType::kF16;  // "f16" (half the memory per sequence) or "f32"

@@ -11,6 +11,13 @@
 // model serving. SIGTERM/SIGINT drain (no new requests; running ones finish
 // within drain_seconds) and exit 0. Started by airlockd.socket, it serves on
 // the listening socket systemd passes (LISTEN_FDS) instead of binding.
+//
+// A follower node (config nodes > 1, node_rank > 0) serves nothing: it
+// loads its ranks of the bundle, joins node 0's group and runs the passes
+// node 0 sends (READY=1 once joined). It exits 0 when node 0 stops the
+// group or on SIGTERM (which aborts the group: node 0's passes then fail
+// and it needs restarting too), 1 when the group fails; SIGHUP is ignored
+// with a warning (a group reloads by restarting every node).
 #include <signal.h>
 #include <systemd/sd-daemon.h>
 
@@ -32,6 +39,61 @@ namespace {
 
 using namespace airlock;
 using namespace airlock::daemon;
+
+// A follower node's life (see the top of this file).
+int run_follower(const Config& config, const sigset_t& signals) {
+  log().info("airlockd {} starting as node {} of {} (following node 0)", kVersion, config.node_rank, config.nodes);
+  Result<std::unique_ptr<FollowerHost>> host = load_follower(config);
+  if (!host.is_ok()) {
+    log().error("not following: {}", host.status().to_string());
+    return 1;
+  }
+  log().info("joined the group with {} version {}; following node 0", (*host)->id, (*host)->version);
+  ::sd_notify(0, "READY=1\nSTATUS=following node 0");
+  std::atomic<bool> stopped_by_signal{false};
+  std::atomic<bool> done{false};
+  // The unit's WatchdogSec: alive while following (a hung group is ended
+  // by the leader's failure or an operator's stop, not by this ping).
+  std::thread watchdog([&] {
+    std::uint64_t usec = 0;
+    if (::sd_watchdog_enabled(0, &usec) <= 0 || usec == 0) return;
+    while (!done) {
+      ::sd_notify(0, "WATCHDOG=1");
+      for (std::uint64_t slept = 0; slept < usec / 2 && !done; slept += 100000)
+        std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+  });
+  std::thread signal_thread([&] {
+    while (!done) {
+      int sig = 0;
+      if (sigwait(&signals, &sig) != 0) continue;
+      if (sig == SIGHUP) {
+        log().warn("SIGHUP: a follower node does not reload; restart every node of the group to change the model");
+        continue;
+      }
+      if (done) return;  // the wake-up from run_follower below
+      log().info("signal {}: leaving the group", sig == SIGTERM ? "SIGTERM" : "SIGINT");
+      ::sd_notify(0, "STOPPING=1");
+      stopped_by_signal = true;
+      (*host)->follower->abort(unavailable("node " + std::to_string(config.node_rank) + " is stopping"));
+      return;
+    }
+  });
+  const Status s = (*host)->follower->run();
+  done = true;
+  if (!stopped_by_signal) {
+    ::pthread_kill(signal_thread.native_handle(), SIGTERM);  // wakes sigwait
+  }
+  signal_thread.join();
+  watchdog.join();
+  if (s.is_ok()) {
+    log().info("node 0 stopped the group");
+    return 0;
+  }
+  if (stopped_by_signal) return 0;
+  log().error("the group failed: {}", s.to_string());
+  return 1;
+}
 
 int usage(const std::string& why) {
   if (!why.empty()) std::fprintf(stderr, "airlockd: %s\n", why.c_str());
@@ -109,6 +171,9 @@ int main(int argc, char** argv) {
   if (a.check_only) {
     std::printf("configuration OK: listen %s:%d, store %s, trusted %s, state %s\n", config.listen_host.c_str(),
                 config.listen_port, config.store.c_str(), config.trusted.c_str(), config.state.c_str());
+    if (config.nodes > 1)
+      std::printf("node %d of %d, %d GPUs each, meeting at %s%s\n", config.node_rank, config.nodes,
+                  config.tensor_parallel, config.nccl_root.c_str(), config.node_rank > 0 ? " (follows node 0)" : "");
     return 0;
   }
 
@@ -119,6 +184,7 @@ int main(int argc, char** argv) {
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
   ::signal(SIGPIPE, SIG_IGN);
 
+  if (config.node_rank > 0) return run_follower(config, signals);
   log().info("airlockd {} starting", kVersion);
   Result<state::StateDb> db = state::StateDb::open(config.state);
   if (!db.is_ok()) {
@@ -229,6 +295,10 @@ int main(int argc, char** argv) {
     while (true) {
       int sig = 0;
       if (sigwait(&signals, &sig) != 0) continue;
+      if (sig == SIGHUP && config.nodes > 1) {
+        log().warn("SIGHUP: a group spanning machines does not reload; restart every node to change the model");
+        continue;
+      }
       if (sig == SIGHUP) {
         ::sd_notifyf(0, "RELOADING=1\nMONOTONIC_USEC=%llu", static_cast<unsigned long long>(
                                                                  std::chrono::duration_cast<std::chrono::microseconds>(

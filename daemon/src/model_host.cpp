@@ -56,6 +56,38 @@ void open_rag(const Config& config, const verifier::ManifestFile* embedding, Loa
                       m.rag_embedder->dim());
 }
 
+// This machine's ranks of a group spanning `nodes` machines (config.h):
+// GPUs 0..tensor_parallel-1 as ranks node_rank * tensor_parallel onwards,
+// joined through NCCL at nccl_root. Node 0 gets the decoder that drives the
+// group, the others the follower.
+struct SpreadRanks {
+  std::vector<std::shared_ptr<engine::Model>> ranks;
+  std::vector<std::unique_ptr<engine::Communicator>> comms;
+};
+Result<SpreadRanks> load_spread_models(const Config& config, const std::string& gguf_path) {
+  const int n_local = config.tensor_parallel, n_ranks = config.nodes * n_local, first = config.node_rank * n_local;
+  airlock::log().info("tensor-parallel group of {} ranks on {} machines: this one (node {}) holds ranks {}..{}, "
+                      "meeting at {}", n_ranks, config.nodes, config.node_rank, first, first + n_local - 1,
+                      config.nccl_root);
+  SpreadRanks out;
+  const engine::Device device = engine::resolve_device(config.device);
+  AIRLOCK_ASSIGN_OR_RETURN(out.comms, engine::make_spread_group(device, n_local, first, n_ranks, config.nccl_root));
+  for (int i = 0; i < n_local; ++i) {
+    AIRLOCK_ASSIGN_OR_RETURN(std::shared_ptr<engine::Backend> backend, engine::make_backend(device, config.threads, i));
+    engine::TensorParallel tp{first + i, n_ranks, out.comms[static_cast<std::size_t>(i)].get()};
+    AIRLOCK_ASSIGN_OR_RETURN(std::shared_ptr<engine::Model> rank, engine::Model::load(gguf_path, std::move(backend), tp));
+    out.ranks.push_back(std::move(rank));
+  }
+  return out;
+}
+
+Result<std::unique_ptr<engine::TensorParallelDecoder>> load_spread_ranks(
+    const Config& config, const std::string& gguf_path, std::vector<std::shared_ptr<engine::Model>>* ranks) {
+  AIRLOCK_ASSIGN_OR_RETURN(SpreadRanks sr, load_spread_models(config, gguf_path));
+  *ranks = sr.ranks;
+  return engine::TensorParallelDecoder::create(std::move(sr.ranks), std::move(sr.comms));
+}
+
 // The model on its backend, or the ranks of a tensor-parallel group each on
 // its own (GPU i, or a CPU pool of threads / n), behind the scheduler's
 // decoder. Sets m.model (rank 0) and m.n_ranks; `ranks` receives them all.
@@ -63,6 +95,12 @@ Result<std::unique_ptr<engine::Decoder>> load_ranks(const Config& config, Loaded
                                                     std::vector<std::shared_ptr<engine::Model>>* ranks) {
   const int n = config.tensor_parallel;
   const engine::Device device = engine::resolve_device(config.device);
+  if (config.nodes > 1) {
+    AIRLOCK_ASSIGN_OR_RETURN(std::unique_ptr<engine::TensorParallelDecoder> group, load_spread_ranks(config, m.gguf_path, ranks));
+    m.model = (*ranks)[0];
+    m.n_ranks = group->n_ranks();
+    return std::unique_ptr<engine::Decoder>(std::move(group));
+  }
   if (n == 1) {
     AIRLOCK_ASSIGN_OR_RETURN(std::shared_ptr<engine::Backend> backend, engine::make_backend(device, config.threads));
     airlock::log().info("device = \"{}\": {}", engine::device_name(config.device), backend->name());
@@ -95,7 +133,17 @@ LoadedModel::~LoadedModel() {
   scheduler.reset();  // stops the scheduler thread before the model goes
 }
 
-Result<std::shared_ptr<LoadedModel>> load_model(const Config& config, std::shared_ptr<const LoadedModel> previous) {
+namespace {
+
+// The bundle to serve, checked (load_model's first steps).
+struct ChosenBundle {
+  verifier::ImportRecord record;
+  verifier::VerifiedBundle vb;
+  std::string gguf_path;
+  std::optional<verifier::ManifestFile> embedding;
+};
+
+Result<ChosenBundle> choose_bundle(const Config& config) {
   using namespace airlock::verifier;
   AIRLOCK_ASSIGN_OR_RETURN(TrustStore trust, TrustStore::load(config.trusted));
   AIRLOCK_ASSIGN_OR_RETURN(BundleStore store, BundleStore::open(config.store, BundleStore::Access::kReadOnly));
@@ -117,9 +165,36 @@ Result<std::shared_ptr<LoadedModel>> load_model(const Config& config, std::share
     if (f.role == FileRole::kLlm) llm = &f;
   if (llm == nullptr) return invalid_argument(chosen->name + ": the bundle has no llm file");
 
-  const ManifestFile* embedding = nullptr;
+  ChosenBundle c;
+  c.record = *chosen;
+  c.gguf_path = chosen->path + "/" + llm->path;
   for (const ManifestFile& f : vb.manifest.files)
-    if (f.role == FileRole::kEmbedding) embedding = &f;
+    if (f.role == FileRole::kEmbedding) c.embedding = f;
+  c.vb = std::move(vb);
+  return c;
+}
+
+}  // namespace
+
+Result<std::unique_ptr<FollowerHost>> load_follower(const Config& config) {
+  if (config.node_rank == 0) return invalid_argument("node 0 serves; only the other nodes follow");
+  AIRLOCK_ASSIGN_OR_RETURN(ChosenBundle c, choose_bundle(config));
+  auto host = std::make_unique<FollowerHost>();
+  host->id = c.record.name;
+  host->version = c.record.version;
+  AIRLOCK_ASSIGN_OR_RETURN(SpreadRanks sr, load_spread_models(config, c.gguf_path));
+  host->ranks = sr.ranks;
+  AIRLOCK_ASSIGN_OR_RETURN(host->follower, engine::TensorParallelFollower::create(std::move(sr.ranks), std::move(sr.comms)));
+  return host;
+}
+
+Result<std::shared_ptr<LoadedModel>> load_model(const Config& config, std::shared_ptr<const LoadedModel> previous) {
+  using namespace airlock::verifier;
+  if (config.node_rank != 0) return invalid_argument("node " + std::to_string(config.node_rank) + " follows node 0");
+  AIRLOCK_ASSIGN_OR_RETURN(ChosenBundle c, choose_bundle(config));
+  const ImportRecord* chosen = &c.record;
+  const VerifiedBundle& vb = c.vb;
+  const ManifestFile* embedding = c.embedding ? &*c.embedding : nullptr;
 
   auto m = std::make_shared<LoadedModel>();
   m->id = chosen->name;
@@ -127,7 +202,7 @@ Result<std::shared_ptr<LoadedModel>> load_model(const Config& config, std::share
   m->created = vb.manifest.created_at;
   m->manifest_sha256 = vb.manifest_sha256;
   m->key_id = vb.manifest.key_id.to_string();
-  m->gguf_path = chosen->path + "/" + llm->path;
+  m->gguf_path = c.gguf_path;
   std::vector<std::shared_ptr<engine::Model>> ranks;
   AIRLOCK_ASSIGN_OR_RETURN(std::unique_ptr<engine::Decoder> decoder, load_ranks(config, *m, &ranks));
   AIRLOCK_ASSIGN_OR_RETURN(m->tokenizer, engine::Tokenizer::from_gguf(m->model->gguf()));

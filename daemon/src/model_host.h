@@ -6,7 +6,8 @@
 // with verify_on_load = "full"), opens its `llm` GGUF, builds the
 // tokenizer, the chat template and a scheduler whose KV cache fills
 // `kv_cache_mib`, and runs one forward pass (warm-up) before returning.
-// Nothing of a bundle that fails any check is used.
+// Nothing of a bundle that fails any check is used. On a follower node
+// (node_rank > 0) it is kInvalidArgument: load_follower() is what runs there.
 //
 // Thread-safety: a LoadedModel is immutable after load except for its
 // scheduler, which is thread-safe; the server holds it by shared_ptr so a
@@ -60,6 +61,22 @@ struct LoadedModel {
 
   ~LoadedModel();
 };
+
+// A node that follows node 0 in a tensor-parallel group spanning machines
+// (config `nodes`, `node_rank` > 0): its ranks of the bundle's model, which
+// the follower runs as node 0 sends passes. No API, no scheduler.
+struct FollowerHost {
+  std::string id;  // the bundle name
+  std::uint64_t version = 0;
+  std::vector<std::shared_ptr<engine::Model>> ranks;
+  std::unique_ptr<engine::TensorParallelFollower> follower;
+  ~FollowerHost() { follower.reset(); }  // its threads stop before the ranks go
+};
+
+// The bundle checked as load_model() checks it, this node's ranks loaded
+// and joined to the group (which waits for every node). kInvalidArgument
+// on node 0 (load_model() serves there).
+Result<std::unique_ptr<FollowerHost>> load_follower(const Config& config);
 
 // `previous` (a reload): its RAG store is reused when the embedding model and
 // the database path are unchanged, so writes in flight on the old model and

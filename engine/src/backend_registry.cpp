@@ -72,4 +72,25 @@ Result<std::vector<std::unique_ptr<Communicator>>> make_group(Device device, int
 #endif
 }
 
+Result<std::vector<std::unique_ptr<Communicator>>> make_spread_group(Device device, int n_local, int first,
+                                                                     int n_ranks, const std::string& root) {
+  AIRLOCK_RETURN_IF_ERROR(check_group_root(root));
+  if (resolve_device(device) == Device::kCpu)
+    return invalid_argument("a tensor-parallel group spanning machines needs device = \"cuda\" (CPU ranks only meet "
+                            "within one process)");
+#if AIRLOCK_HAVE_NCCL
+  if (cuda::device_count() < n_local)
+    return unavailable("tensor_parallel = " + std::to_string(n_local) + " needs that many GPUs on this machine; " +
+                       std::to_string(cuda::device_count()) + " present");
+  std::vector<int> devices;
+  for (int i = 0; i < n_local; ++i) devices.push_back(i);
+  return make_nccl_spread_group(devices, first, n_ranks, root);
+#else
+  (void)n_local;
+  (void)first;
+  (void)n_ranks;
+  return unavailable("tensor parallelism on GPUs needs NCCL, which this build does not have");
+#endif
+}
+
 }  // namespace airlock::engine

@@ -1,5 +1,7 @@
 #include "airlock/engine/collective.h"
 
+#include <arpa/inet.h>
+
 #include <condition_variable>
 #include <cstring>
 #include <mutex>
@@ -99,6 +101,32 @@ class InProcessCommunicator : public Communicator {
 };
 
 }  // namespace
+
+Status check_group_root(const std::string& root) {
+  const auto bad = [&](const char* why) {
+    return invalid_argument("group root '" + root + "': " + why + " (\"IPv4:port\" or \"[IPv6]:port\")");
+  };
+  std::string host, port;
+  if (!root.empty() && root[0] == '[') {
+    const std::size_t close = root.find(']');
+    if (close == std::string::npos || close + 1 >= root.size() || root[close + 1] != ':') return bad("no port");
+    host = root.substr(1, close - 1);
+    port = root.substr(close + 2);
+    in6_addr a6{};
+    if (inet_pton(AF_INET6, host.c_str(), &a6) != 1) return bad("not an IPv6 address");
+  } else {
+    const std::size_t colon = root.rfind(':');
+    if (colon == std::string::npos) return bad("no port");
+    host = root.substr(0, colon);
+    port = root.substr(colon + 1);
+    in_addr a4{};
+    if (inet_pton(AF_INET, host.c_str(), &a4) != 1) return bad("not an IPv4 address (names are not resolved)");
+  }
+  if (port.empty() || port.size() > 5 || port.find_first_not_of("0123456789") != std::string::npos) return bad("bad port");
+  const int p = std::stoi(port);
+  if (p < 1 || p > 65535) return bad("port out of range");
+  return Status::ok();
+}
 
 std::vector<std::unique_ptr<Communicator>> make_in_process_group(int n_ranks) {
   if (n_ranks < 1) return {};

@@ -280,6 +280,8 @@ Result<std::unique_ptr<TensorParallelFollower>> TensorParallelFollower::create(
 TensorParallelFollower::TensorParallelFollower(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 TensorParallelFollower::~TensorParallelFollower() { impl_->stop(); }
 
+void TensorParallelFollower::abort(const Status& reason) { impl_->comms[0]->abort(reason); }
+
 Status TensorParallelFollower::run() {
   Impl& g = *impl_;
   return g.run([&](int r) { return g.follow(r); });

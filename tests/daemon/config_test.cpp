@@ -68,6 +68,20 @@ client_ca = "/ca.pem"
   EXPECT_EQ(c->tls_client_ca, "/ca.pem");
 }
 
+// A group spanning machines: node 0 serves, the others follow.
+TEST(ConfigTest, NodesOfAGroupSpanningMachines) {
+  Result<Config> c = parse_config("device = \"cuda\"\ntensor_parallel = 8\nnodes = 2\nnode_rank = 1\n"
+                                  "nccl_root = \"[fd00::10]:29500\"\n", "t.toml");
+  ASSERT_TRUE(c.is_ok()) << c.status().to_string();
+  EXPECT_EQ(c->nodes, 2);
+  EXPECT_EQ(c->node_rank, 1);
+  EXPECT_EQ(c->nccl_root, "[fd00::10]:29500");
+  Result<Config> one = parse_config("", "t.toml");
+  ASSERT_TRUE(one.is_ok());
+  EXPECT_EQ(one->nodes, 1);
+  EXPECT_EQ(one->node_rank, 0);
+}
+
 TEST(ConfigTest, RefusalsNameTheKey) {
   const std::vector<std::pair<std::string, std::string>> cases = {
       {"lissten = \"127.0.0.1:1\"", "unknown key 'lissten'"},
@@ -90,6 +104,13 @@ TEST(ConfigTest, RefusalsNameTheKey) {
       {"kv_cache_mib = 0", "kv_cache_mib"},
       {"device_reserve_mib = -1", "device_reserve_mib"},
       {"tensor_parallel = 0", "tensor_parallel"},
+      {"nodes = 0", "nodes"},
+      {"nodes = 2\nnode_rank = 2\nnccl_root = \"10.0.0.1:29500\"", "node_rank: must be below nodes (2)"},
+      {"node_rank = 1", "node_rank: must be below nodes (1)"},
+      {"nodes = 2", "nccl_root: is required with nodes > 1"},
+      {"nodes = 2\nnccl_root = \"gpu0:29500\"", "names are not resolved"},
+      {"nodes = 2\nnccl_root = \"10.0.0.1\"", "nccl_root"},
+      {"nodes = 2\ndevice = \"cpu\"\nnccl_root = \"10.0.0.1:29500\"", "nodes: a group spanning machines needs"},
       {"store = [", "t.toml:1"},
   };
   for (const auto& [text, want] : cases) {

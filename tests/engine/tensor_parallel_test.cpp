@@ -571,6 +571,18 @@ TEST(TensorParallelSpreadGroup, EachSideHoldsItsOwnRanks) {
   }
 }
 
+// The spread group's root is a literal address with a port: a name would
+// be resolved, which the product never does.
+TEST(TensorParallelSpreadGroup, TheRootIsALiteralAddress) {
+  for (const char* ok : {"10.0.0.1:29500", "127.0.0.1:1", "[fd00::1]:29500", "[::1]:65535"})
+    EXPECT_TRUE(check_group_root(ok).is_ok()) << ok;
+  for (const char* bad : {"", "gpu-node-0:29500", "10.0.0.1", "10.0.0.1:0", "10.0.0.1:70000", "10.0.0.1:29a",
+                          "[fd00::1]29500", "[::1]:", "fd00::1:29500", "[10.0.0.1]:29500", "10.0.0.256:1"}) {
+    Status s = check_group_root(bad);
+    EXPECT_EQ(s.code(), StatusCode::kInvalidArgument) << bad;
+  }
+}
+
 TEST(TensorParallelDecoderTest, CreateRefusesWhatIsNotOneGroup) {
   const testing::TestModel tm = testing::make_test_model(shape("llama", 64, 8, 4, 128, GgmlType::kF32));
   EXPECT_FALSE(TensorParallelDecoder::create({}, {}).is_ok());

@@ -1,6 +1,5 @@
 #include "nccl_communicator.h"
 
-#include <arpa/inet.h>
 #include <cuda_runtime.h>
 #include <nccl.h>
 
@@ -131,36 +130,10 @@ Result<std::vector<std::unique_ptr<Communicator>>> make_nccl_group(const std::ve
   return out;
 }
 
-Status check_nccl_root(const std::string& root) {
-  const auto bad = [&](const char* why) {
-    return invalid_argument("NCCL root '" + root + "': " + why + " (\"IPv4:port\" or \"[IPv6]:port\")");
-  };
-  std::string host, port;
-  if (!root.empty() && root[0] == '[') {
-    const std::size_t close = root.find(']');
-    if (close == std::string::npos || close + 1 >= root.size() || root[close + 1] != ':') return bad("no port");
-    host = root.substr(1, close - 1);
-    port = root.substr(close + 2);
-    in6_addr a6{};
-    if (inet_pton(AF_INET6, host.c_str(), &a6) != 1) return bad("not an IPv6 address");
-  } else {
-    const std::size_t colon = root.rfind(':');
-    if (colon == std::string::npos) return bad("no port");
-    host = root.substr(0, colon);
-    port = root.substr(colon + 1);
-    in_addr a4{};
-    if (inet_pton(AF_INET, host.c_str(), &a4) != 1) return bad("not an IPv4 address (names are not resolved)");
-  }
-  if (port.empty() || port.size() > 5 || port.find_first_not_of("0123456789") != std::string::npos) return bad("bad port");
-  const int p = std::stoi(port);
-  if (p < 1 || p > 65535) return bad("port out of range");
-  return Status::ok();
-}
-
 Result<std::vector<std::unique_ptr<Communicator>>> make_nccl_spread_group(const std::vector<int>& devices,
                                                                           int first_rank, int n_ranks,
                                                                           const std::string& root) {
-  AIRLOCK_RETURN_IF_ERROR(check_nccl_root(root));
+  AIRLOCK_RETURN_IF_ERROR(check_group_root(root));
   const int n_local = static_cast<int>(devices.size());
   if (n_local < 1 || first_rank < 0 || n_ranks < 2 || first_rank + n_local > n_ranks)
     return invalid_argument("NCCL group: ranks " + std::to_string(first_rank) + ".." +

@@ -48,14 +48,11 @@ Result<std::vector<std::unique_ptr<Communicator>>> make_nccl_group(const std::ve
 // NCCL_IB_DISABLE where InfiniBand is not to be used). This is the one
 // place the product connects beyond its own listening sockets, and only
 // when configured: the unit's IPAddressAllow= must admit the peers
-// (docs/install.md). `root` is a literal address, "IPv4:port" or
-// "[IPv6]:port": nothing is resolved by name. kInvalidArgument for a bad
+// (docs/install.md). `root` is a literal address (check_group_root,
+// collective.h): nothing is resolved by name. kInvalidArgument for a bad
 // root or rank range, kUnavailable when NCCL cannot set the group up.
 Result<std::vector<std::unique_ptr<Communicator>>> make_nccl_spread_group(const std::vector<int>& devices,
                                                                           int first_rank, int n_ranks,
                                                                           const std::string& root);
-// OK when `root` is such a literal address with a port in 1..65535
-// (machines without a GPU test it).
-Status check_nccl_root(const std::string& root);
 
 }  // namespace airlock::engine

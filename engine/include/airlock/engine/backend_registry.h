@@ -6,6 +6,7 @@
 
 #include <memory>
 #include <optional>
+#include <string>
 #include <vector>
 #include <string_view>
 
@@ -41,5 +42,13 @@ Result<std::shared_ptr<Backend>> make_backend(Device device, int n_threads, int 
 // (resolved): CUDA devices 0..n_ranks-1 joined by NCCL, or CPU ranks
 // joined in-process. kUnavailable when the GPUs or NCCL are missing.
 Result<std::vector<std::unique_ptr<Communicator>>> make_group(Device device, int n_ranks);
+
+// This machine's part of a tensor-parallel group spanning machines: CUDA
+// devices 0..n_local-1 as ranks first..first+n_local-1 of n_ranks, joined
+// through NCCL's bootstrap at `root` (check_group_root). kInvalidArgument
+// for the CPU (its ranks only meet within one process) or a bad root;
+// kUnavailable when the GPUs or NCCL are missing or the group cannot form.
+Result<std::vector<std::unique_ptr<Communicator>>> make_spread_group(Device device, int n_local, int first,
+                                                                     int n_ranks, const std::string& root);
 
 }  // namespace airlock::engine

@@ -26,6 +26,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "airlock/common/status.h"
@@ -50,6 +51,12 @@ class Communicator {
   // first abort's reason wins).
   virtual void abort(const Status& reason) = 0;
 };
+
+// OK when `root` is where a group spanning machines meets (NCCL's
+// bootstrap: nccl_communicator.h): a literal address with a port in
+// 1..65535, "IPv4:port" or "[IPv6]:port". Names are refused: nothing in the
+// product resolves one. kInvalidArgument saying what is wrong otherwise.
+Status check_group_root(const std::string& root);
 
 // n_ranks communicators of one group for threads of this process (rank i
 // is element i; none for n_ranks < 1). They share state: destroy them after every rank's thread

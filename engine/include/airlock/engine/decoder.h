@@ -103,6 +103,9 @@ class TensorParallelFollower {
   // Runs the passes the decoder sends until it stops the group (OK) or the
   // group fails (the reason; the group is then aborted).
   Status run();
+  // Aborts the whole group with `reason` (this process is stopping): run()
+  // returns it, and the decoder's passes fail. Any thread.
+  void abort(const Status& reason);
 
  private:
   struct Impl;
