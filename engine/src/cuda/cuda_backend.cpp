@@ -34,38 +34,6 @@ Result<std::shared_ptr<void>> device_alloc(std::size_t bytes) {
   return std::shared_ptr<void>(p, [](void* q) { cudaFree(q); });
 }
 
-// Page-locked host memory, which a captured copy may read at every replay.
-class PinnedBuffer {
- public:
-  PinnedBuffer() = default;
-  PinnedBuffer(const PinnedBuffer&) = delete;
-  PinnedBuffer& operator=(const PinnedBuffer&) = delete;
-  ~PinnedBuffer() { release(); }
-  void* get() const { return p_; }
-  std::size_t size() const { return bytes_; }
-  // At least `bytes` (contents not kept); false when the host has no room.
-  bool grow(std::size_t bytes) {
-    if (bytes_ >= bytes) return true;
-    release();
-    if (cudaHostAlloc(&p_, bytes, cudaHostAllocDefault) != cudaSuccess) {
-      (void)cudaGetLastError();
-      p_ = nullptr;
-      return false;
-    }
-    bytes_ = bytes;
-    return true;
-  }
-
- private:
-  void release() {
-    if (p_ != nullptr) cudaFreeHost(p_);
-    p_ = nullptr;
-    bytes_ = 0;
-  }
-  void* p_ = nullptr;
-  std::size_t bytes_ = 0;
-};
-
 // A running FNV-1a hash of operation arguments.
 void mix(std::uint64_t* h, std::uint64_t v) {
   for (int i = 0; i < 8; ++i) {
@@ -275,7 +243,10 @@ class CudaBackend final : public Backend {
   Status sample(const float* logits, std::int64_t n_vocab, std::span<const SampleRow> rows,
                 std::vector<SampledToken>* out) override {
     if (mode_ != Mode::kEager) abort_pass();
-    AIRLOCK_RETURN_IF_ERROR(take_error());  // the pass's logits are not worth sampling
+    // A pass that failed already has no logits worth sampling; one still
+    // running is not waited for here (its faults surface at the sampler's
+    // one wait, for the tokens).
+    if (!error_.is_ok()) return take_error();
     Status s = sampler_.sample(logits, n_vocab, rows, out);
     if (!s.is_ok()) (void)cuda::synchronize();  // let queued work finish before the pass is failed
     return s;
@@ -565,7 +536,7 @@ class CudaBackend final : public Backend {
   std::map<cuda::GraphKey, Graph> graphs_;
   std::set<cuda::GraphKey> uncapturable_;       // shapes whose capture failed: eager
   bool staged_in_pass_[kStagedKinds] = {};
-  PinnedBuffer pinned_[kStagedKinds];
+  cuda::PinnedBuffer pinned_[kStagedKinds];
   std::int64_t reserved_blocks_ = 0;            // table entries per token reserve_pass made room for
   int gemm_floor_ = INT_MAX;                    // the fewest tokens that take cuBLAS for some matrix
   CudaGraphStats stats_;

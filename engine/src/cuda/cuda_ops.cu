@@ -537,6 +537,37 @@ DeviceBuffer::~DeviceBuffer() {
   if (p_ != nullptr) cudaFree(p_);
 }
 
+PinnedBuffer& PinnedBuffer::operator=(PinnedBuffer&& o) noexcept {
+  if (this != &o) {
+    if (p_ != nullptr) cudaFreeHost(p_);
+    p_ = o.p_;
+    bytes_ = o.bytes_;
+    o.p_ = nullptr;
+    o.bytes_ = 0;
+  }
+  return *this;
+}
+
+PinnedBuffer::~PinnedBuffer() {
+  if (p_ != nullptr) cudaFreeHost(p_);
+}
+
+bool PinnedBuffer::grow(std::size_t bytes) {
+  if (bytes_ >= bytes) return true;
+  *this = PinnedBuffer();
+  if (cudaHostAlloc(&p_, bytes, cudaHostAllocDefault) != cudaSuccess) {
+    (void)cudaGetLastError();
+    p_ = nullptr;
+    return false;
+  }
+  bytes_ = bytes;
+  return true;
+}
+
+Status copy_async(void* dst, const void* src, std::size_t bytes) {
+  return cuda_status(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDefault, cudaStreamPerThread), "queued copy");
+}
+
 Status to_device(void* device_dst, const void* host_src, std::size_t bytes) {
   return cuda_status(cudaMemcpy(device_dst, host_src, bytes, cudaMemcpyHostToDevice), "copy to the device");
 }

@@ -59,6 +59,33 @@ class DeviceBuffer {
   std::size_t bytes_ = 0;
 };
 
+// Page-locked host memory (cudaHostAlloc): copies from and to it can be
+// queued without the host waiting (copy_async), and a captured graph's
+// copies read it when the graph runs. Freed when destroyed. Move-only.
+class PinnedBuffer {
+ public:
+  PinnedBuffer() = default;
+  PinnedBuffer(PinnedBuffer&& o) noexcept : p_(o.p_), bytes_(o.bytes_) { o.p_ = nullptr; o.bytes_ = 0; }
+  PinnedBuffer& operator=(PinnedBuffer&& o) noexcept;
+  PinnedBuffer(const PinnedBuffer&) = delete;
+  PinnedBuffer& operator=(const PinnedBuffer&) = delete;
+  ~PinnedBuffer();
+  void* get() const { return p_; }
+  template <typename T>
+  T* as() const { return static_cast<T*>(p_); }
+  std::size_t size() const { return bytes_; }
+  // At least `bytes` (contents not kept); false when the host has no room.
+  bool grow(std::size_t bytes);
+
+ private:
+  void* p_ = nullptr;
+  std::size_t bytes_ = 0;
+};
+
+// Queues a copy between pinned host memory and device memory on the
+// calling thread's stream and returns at once; synchronize() waits for it.
+Status copy_async(void* dst, const void* src, std::size_t bytes);
+
 // Copies between host and device memory; blocks until done.
 Status to_device(void* device_dst, const void* host_src, std::size_t bytes);
 Status to_host(void* host_dst, const void* device_src, std::size_t bytes);

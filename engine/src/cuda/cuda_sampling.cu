@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <climits>
 #include <cmath>
+#include <cstring>
 #include <cub/cub.cuh>
 
 #include "cuda_block.cuh"
@@ -255,22 +256,33 @@ Status DeviceSampler::sample(const float* logits, std::int64_t n_vocab, std::spa
     ends[static_cast<std::size_t>(r)] = static_cast<int>((p.temperature == 0.0f ? local : local + 1) * n_vocab);
   }
   if (counts.empty()) counts.push_back(int2{-1, 0});
-  AIRLOCK_RETURN_IF_ERROR(rows_.grow(args.size() * sizeof(RowArgs)));
-  AIRLOCK_RETURN_IF_ERROR(counts_.grow(counts.size() * sizeof(int2)));
-  AIRLOCK_RETURN_IF_ERROR(offsets_.grow(2 * rows.size() * sizeof(int)));
-  AIRLOCK_RETURN_IF_ERROR(results_.grow(rows.size() * sizeof(RowResult)));
-  AIRLOCK_RETURN_IF_ERROR(to_device(rows_.get(), args.data(), args.size() * sizeof(RowArgs)));
-  AIRLOCK_RETURN_IF_ERROR(to_device(counts_.get(), counts.data(), counts.size() * sizeof(int2)));
-  int* d_begins = offsets_.as<int>();
-  int* d_ends = d_begins + n_rows;
-  AIRLOCK_RETURN_IF_ERROR(to_device(d_begins, begins.data(), begins.size() * sizeof(int)));
-  AIRLOCK_RETURN_IF_ERROR(to_device(d_ends, ends.data(), ends.size() * sizeof(int)));
-  const RowArgs* d_args = rows_.as<RowArgs>();
+  // One upload: [args | counts | begins | ends], each part 16-byte aligned.
+  const auto aligned = [](std::size_t b) { return (b + 15) / 16 * 16; };
+  const std::size_t args_bytes = aligned(args.size() * sizeof(RowArgs)),
+                    counts_bytes = aligned(counts.size() * sizeof(int2)),
+                    offsets_bytes = aligned(rows.size() * sizeof(int));
+  const std::size_t in_bytes = args_bytes + counts_bytes + 2 * offsets_bytes;
+  const std::size_t out_bytes = rows.size() * sizeof(RowResult);
+  AIRLOCK_RETURN_IF_ERROR(inputs_.grow(in_bytes));
+  AIRLOCK_RETURN_IF_ERROR(results_.grow(out_bytes));
+  if (!inputs_host_.grow(in_bytes) || !results_host_.grow(out_bytes))
+    return resource_exhausted("device sampling: no page-locked host memory");
+  char* h = inputs_host_.as<char>();
+  std::memcpy(h, args.data(), args.size() * sizeof(RowArgs));
+  std::memcpy(h + args_bytes, counts.data(), counts.size() * sizeof(int2));
+  std::memcpy(h + args_bytes + counts_bytes, begins.data(), begins.size() * sizeof(int));
+  std::memcpy(h + args_bytes + counts_bytes + offsets_bytes, ends.data(), ends.size() * sizeof(int));
+  AIRLOCK_RETURN_IF_ERROR(copy_async(inputs_.get(), h, in_bytes));
+  char* d = inputs_.as<char>();
+  const int2* d_counts = reinterpret_cast<const int2*>(d + args_bytes);
+  const int* d_begins = reinterpret_cast<const int*>(d + args_bytes + counts_bytes);
+  const int* d_ends = reinterpret_cast<const int*>(d + args_bytes + counts_bytes + offsets_bytes);
+  const RowArgs* d_args = reinterpret_cast<const RowArgs*>(d);
   RowResult* d_results = results_.as<RowResult>();
   for (int g = 0; g < n_rows; g += kSampleGroupRows) {
     const int n = std::min(kSampleGroupRows, n_rows - g);
-    prepare_kernel<<<n, kThreads>>>(logits, n_vocab, d_args, counts_.as<int2>(), keys_.as<float>(), ids_.as<int>(),
-                                    d_results, g);
+    prepare_kernel<<<n, kThreads>>>(logits, n_vocab, d_args, d_counts, keys_.as<float>(), ids_.as<int>(), d_results,
+                                    g);
     AIRLOCK_RETURN_IF_ERROR(check_cuda(cudaGetLastError(), "sampling: prepare"));
     bool any_drawn = false;
     for (int r = g; r < g + n; ++r) any_drawn = any_drawn || args[static_cast<std::size_t>(r)].temperature != 0.0f;
@@ -286,8 +298,9 @@ Status DeviceSampler::sample(const float* logits, std::int64_t n_vocab, std::spa
     report_kernel<<<n, kThreads>>>(logits, n_vocab, d_args, d_results, g);
     AIRLOCK_RETURN_IF_ERROR(check_cuda(cudaGetLastError(), "sampling: report"));
   }
-  std::vector<RowResult> results(rows.size());
-  AIRLOCK_RETURN_IF_ERROR(to_host(results.data(), d_results, results.size() * sizeof(RowResult)));
+  AIRLOCK_RETURN_IF_ERROR(copy_async(results_host_.get(), d_results, out_bytes));
+  AIRLOCK_RETURN_IF_ERROR(synchronize());  // the step's one wait: for its tokens
+  const RowResult* results = results_host_.as<RowResult>();
   out->resize(rows.size());
   for (std::size_t r = 0; r < rows.size(); ++r) {
     SampledToken& t = (*out)[r];

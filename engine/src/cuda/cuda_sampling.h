@@ -1,5 +1,6 @@
 // Sampling on the device (issue 7): CudaBackend::sample chooses each row's
-// token where the logits are, so that a decode step downloads a token id,
+// token where the logits are, so that a decode step waits for the device
+// once, for the result, and downloads a token id,
 // its log-probability and the top alternatives per sequence instead of a
 // whole row of logits (600 KB for a 152k vocabulary).
 //
@@ -61,7 +62,11 @@ class DeviceSampler {
 
  private:
   DeviceBuffer keys_, keys_sorted_, ids_, ids_sorted_, sort_temp_;
-  DeviceBuffer rows_, counts_, offsets_, results_;
+  // The rows' parameters, penalty counts and sort segments go up in one
+  // queued copy from inputs_host_, the results come down in one into
+  // results_host_: the host waits once, for the results.
+  DeviceBuffer inputs_, results_;
+  PinnedBuffer inputs_host_, results_host_;
   std::int64_t reserved_vocab_ = 0;
 };
 
