@@ -23,6 +23,7 @@
 
 #include <atomic>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <string>
 #include <thread>
@@ -43,17 +44,48 @@ using namespace airlock::daemon;
 // A follower node's life (see the top of this file).
 int run_follower(const Config& config, const sigset_t& signals) {
   log().info("airlockd {} starting as node {} of {} (following node 0)", kVersion, config.node_rank, config.nodes);
+  // Signals from the start: forming the group waits for the other nodes,
+  // and a stop must not wait for that.
+  std::atomic<engine::TensorParallelFollower*> following{nullptr};
+  std::atomic<bool> stopped_by_signal{false};
+  std::atomic<bool> done{false};
+  std::thread signal_thread([&] {
+    while (!done) {
+      int sig = 0;
+      if (sigwait(&signals, &sig) != 0) continue;
+      if (done) return;  // the wake-up at the end of run_follower
+      if (sig == SIGHUP) {
+        log().warn("SIGHUP: a follower node does not reload; restart every node of the group to change the model");
+        continue;
+      }
+      log().info("signal {}: leaving the group", sig == SIGTERM ? "SIGTERM" : "SIGINT");
+      ::sd_notify(0, "STOPPING=1");
+      stopped_by_signal = true;
+      engine::TensorParallelFollower* f = following.load();
+      if (f == nullptr) {
+        log().info("stopped before the group formed");
+        std::_Exit(0);  // nothing to flush: a follower keeps no state
+      }
+      f->abort(unavailable("node " + std::to_string(config.node_rank) + " is stopping"));
+      return;
+    }
+  });
+  auto finish = [&](int code) {
+    done = true;
+    ::pthread_kill(signal_thread.native_handle(), SIGTERM);  // wakes sigwait (a no-op once it has returned)
+    signal_thread.join();
+    return code;
+  };
   Result<std::unique_ptr<FollowerHost>> host = load_follower(config);
   if (!host.is_ok()) {
     log().error("not following: {}", host.status().to_string());
-    return 1;
+    return finish(1);
   }
   log().info("joined the group with {} version {}; following node 0", (*host)->id, (*host)->version);
+  following = (*host)->follower.get();
   ::sd_notify(0, "READY=1\nSTATUS=following node 0");
-  std::atomic<bool> stopped_by_signal{false};
-  std::atomic<bool> done{false};
-  // The unit's WatchdogSec: alive while following (a hung group is ended
-  // by the leader's failure or an operator's stop, not by this ping).
+  // The unit's WatchdogSec: alive while following (a group whose peer
+  // fails is ended by NCCL's error, not by this ping).
   std::thread watchdog([&] {
     std::uint64_t usec = 0;
     if (::sd_watchdog_enabled(0, &usec) <= 0 || usec == 0) return;
@@ -63,36 +95,12 @@ int run_follower(const Config& config, const sigset_t& signals) {
         std::this_thread::sleep_for(std::chrono::milliseconds(100));
     }
   });
-  std::thread signal_thread([&] {
-    while (!done) {
-      int sig = 0;
-      if (sigwait(&signals, &sig) != 0) continue;
-      if (sig == SIGHUP) {
-        log().warn("SIGHUP: a follower node does not reload; restart every node of the group to change the model");
-        continue;
-      }
-      if (done) return;  // the wake-up from run_follower below
-      log().info("signal {}: leaving the group", sig == SIGTERM ? "SIGTERM" : "SIGINT");
-      ::sd_notify(0, "STOPPING=1");
-      stopped_by_signal = true;
-      (*host)->follower->abort(unavailable("node " + std::to_string(config.node_rank) + " is stopping"));
-      return;
-    }
-  });
   const Status s = (*host)->follower->run();
-  done = true;
-  if (!stopped_by_signal) {
-    ::pthread_kill(signal_thread.native_handle(), SIGTERM);  // wakes sigwait
-  }
-  signal_thread.join();
+  const int code = finish(s.is_ok() || stopped_by_signal ? 0 : 1);
   watchdog.join();
-  if (s.is_ok()) {
-    log().info("node 0 stopped the group");
-    return 0;
-  }
-  if (stopped_by_signal) return 0;
-  log().error("the group failed: {}", s.to_string());
-  return 1;
+  if (s.is_ok()) log().info("node 0 stopped the group");
+  else if (!stopped_by_signal) log().error("the group failed: {}", s.to_string());
+  return code;
 }
 
 int usage(const std::string& why) {
@@ -175,6 +183,14 @@ int main(int argc, char** argv) {
       std::printf("node %d of %d, %d GPUs each, meeting at %s%s\n", config.node_rank, config.nodes,
                   config.tensor_parallel, config.nccl_root.c_str(), config.node_rank > 0 ? " (follows node 0)" : "");
     return 0;
+  }
+
+  // A group spanning machines meets through NCCL's bootstrap, which reads
+  // its root from the environment: set before any thread starts (setenv
+  // is not safe against other threads' getenv).
+  if (config.nodes > 1) {
+    ::setenv("NCCL_COMM_ID", config.nccl_root.c_str(), 1);
+    ::setenv("NCCL_RUNTIME_CONNECT", "0", 0);
   }
 
   // Signals are handled by one thread through sigwait; block them everywhere.
@@ -296,7 +312,9 @@ int main(int argc, char** argv) {
       int sig = 0;
       if (sigwait(&signals, &sig) != 0) continue;
       if (sig == SIGHUP && config.nodes > 1) {
-        log().warn("SIGHUP: a group spanning machines does not reload; restart every node to change the model");
+        log().info("SIGHUP: reloading keys");
+        if (Status s = reload_keys(); !s.is_ok()) log().error("keys not reloaded: {}", s.to_string());
+        log().warn("SIGHUP: a group spanning machines does not reload its model; restart every node to change it");
         continue;
       }
       if (sig == SIGHUP) {

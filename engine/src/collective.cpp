@@ -44,7 +44,7 @@ struct Group {
   Status aborted;               // OK until the first abort
   std::vector<float*> buffers;  // each rank's x during a call
   std::vector<float> sum;       // the result, before each rank copies it
-  const void* root = nullptr;   // rank 0's bytes during a broadcast
+  std::vector<std::uint8_t> root_bytes;  // rank 0's bytes during a broadcast
 };
 
 class InProcessCommunicator : public Communicator {
@@ -86,11 +86,25 @@ class InProcessCommunicator : public Communicator {
       std::lock_guard<std::mutex> lock(g_->mu);
       if (!g_->aborted.is_ok()) return g_->aborted;
       if (g_->n_ranks == 1) return Status::ok();
-      if (rank_ == 0) g_->root = data;
+      // The root's bytes are copied into the group's own buffer: a rank
+      // still copying after an abort has let the root return reads the
+      // group's memory, not the root's.
+      if (rank_ == 0) {
+        const auto* p = static_cast<const std::uint8_t*>(data);
+        g_->root_bytes.assign(p, p + bytes);
+      }
     }
     AIRLOCK_RETURN_IF_ERROR(g_->barrier());  // the root's bytes are published
-    if (rank_ != 0) std::memcpy(data, g_->root, static_cast<std::size_t>(bytes));
-    return g_->barrier();  // the root's buffer stays put until every rank has copied
+    if (rank_ != 0) std::memcpy(data, g_->root_bytes.data(), static_cast<std::size_t>(bytes));
+    return g_->barrier();  // nobody publishes again until every rank has copied
+  }
+
+  Status barrier() override {
+    {
+      std::lock_guard<std::mutex> lock(g_->mu);
+      if (!g_->aborted.is_ok()) return g_->aborted;
+    }
+    return g_->barrier();
   }
 
   void abort(const Status& reason) override { g_->abort(reason); }

@@ -97,6 +97,10 @@ struct RankGroup {
     return Status::ok();
   }
 
+  // All the rank threads started (a failed start leaves fewer, and run()
+  // would wait for the missing ones forever).
+  bool running() const { return threads.size() == ranks.size() && !ranks.empty(); }
+
   // Checks that r[i] is rank first + i of one group of n_group with c[i]
   // (first = want_first unless that is negative), takes them and starts
   // the threads.
@@ -137,13 +141,22 @@ struct RankGroup {
   }
 
   // Rank 0's side of a spread group: every local rank takes part in the
-  // broadcast of `h` and its payload (each with its own copy: the others
-  // receive into theirs).
-  Status send(int r, PassHeader h, std::vector<std::int32_t> payload) {
+  // broadcast of `h` and its payload (rank 0 sends `payload` itself, the
+  // others receive into a buffer of their own). A failure aborts the group.
+  Status send(int r, PassHeader h, const std::vector<std::int32_t>& payload) {
     Communicator& c = *comms[static_cast<std::size_t>(r)];
-    AIRLOCK_RETURN_IF_ERROR(c.broadcast(&h, sizeof h));
-    if (payload.empty()) return Status::ok();
-    return c.broadcast(payload.data(), static_cast<std::int64_t>(payload.size() * sizeof(std::int32_t)));
+    Status s = c.broadcast(&h, sizeof h);
+    if (s.is_ok() && !payload.empty()) {
+      const std::int64_t bytes = static_cast<std::int64_t>(payload.size() * sizeof(std::int32_t));
+      if (r == 0) {
+        s = c.broadcast(const_cast<std::int32_t*>(payload.data()), bytes);  // the root's bytes are only read
+      } else {
+        std::vector<std::int32_t> mine(payload.size());
+        s = c.broadcast(mine.data(), bytes);
+      }
+    }
+    if (!s.is_ok()) ranks[static_cast<std::size_t>(r)]->fail_group(s);
+    return s;
   }
 
   // A follower's rank: runs what rank 0 sends until it stops.
@@ -159,12 +172,16 @@ struct RankGroup {
     std::vector<std::int32_t> payload;
     while (true) {
       PassHeader h;
-      AIRLOCK_RETURN_IF_ERROR(c.broadcast(&h, sizeof h));
+      // A broadcast that fails on this rank alone (its staging memory, say)
+      // must still end the others' wait: every failure aborts the group.
+      if (Status s = c.broadcast(&h, sizeof h); !s.is_ok()) return fail(s);
       Result<std::size_t> words = payload_words(h);
       if (!words.is_ok()) return fail(words.status());
       payload.resize(*words);
-      if (!payload.empty())
-        AIRLOCK_RETURN_IF_ERROR(c.broadcast(payload.data(), static_cast<std::int64_t>(payload.size() * sizeof(std::int32_t))));
+      if (!payload.empty()) {
+        Status s = c.broadcast(payload.data(), static_cast<std::int64_t>(payload.size() * sizeof(std::int32_t)));
+        if (!s.is_ok()) return fail(s);
+      }
       switch (static_cast<PassKind>(h.kind)) {
         case PassKind::kStop:
           return Status::ok();
@@ -179,10 +196,12 @@ struct RankGroup {
         case PassKind::kPass: {
           if (n_blocks == 0) return fail(invalid_argument("pass message: a pass before any KV storage"));
           DecodedPass d;
-          Status s = decode_pass(h, payload, PassLimits{m.params().n_vocab, n_blocks}, &d);
+          Status s = decode_pass(h, payload, PassLimits{m.params().n_vocab, m.params().n_ctx_train, n_blocks}, &d);
           if (s.is_ok()) s = m.prepare(h.n_tokens, h.n_out);
           if (s.is_ok()) s = m.compute(d.batch, d.plan, storage, PassOutput{});
           if (!s.is_ok()) return fail(s);
+          // The pass is the decoder's only once every rank says so.
+          if (s = c.barrier(); !s.is_ok()) return fail(s);
           break;
         }
       }
@@ -209,7 +228,7 @@ TensorParallelDecoder::TensorParallelDecoder(std::unique_ptr<Impl> impl) : impl_
 TensorParallelDecoder::~TensorParallelDecoder() {
   Impl& g = *impl_;
   // The followers' loops end (a failed group's broadcast fails at once).
-  if (g.spread() && !g.threads.empty()) {
+  if (g.spread() && g.running()) {
     PassHeader stop;
     stop.kind = static_cast<std::int32_t>(PassKind::kStop);
     (void)g.run([&](int r) { return g.send(r, stop, {}); });
@@ -263,6 +282,9 @@ Status TensorParallelDecoder::forward(const Batch& batch, KvCache& cache, const 
     // Every rank holds the same final residual stream: only rank 0 goes on
     // through the output matrix (and writes `out`).
     if (rs.is_ok()) rs = m.compute(batch, plan, g.kv[static_cast<std::size_t>(r)], r == 0 ? out : PassOutput{});
+    // Every rank elsewhere confirms its share of the pass (a rank there that
+    // failed after the last all-reduce has aborted the group instead).
+    if (rs.is_ok() && g.spread()) rs = g.comms[static_cast<std::size_t>(r)]->barrier();
     if (!rs.is_ok()) m.fail_group(rs);  // wakes the ranks waiting for this one
     return rs;
   });

@@ -133,10 +133,14 @@ TEST(SchedulerTest, AdmissionWaitsForBlocksAndNeverOverruns) {
     std::this_thread::sleep_for(std::chrono::milliseconds(1));
   }
   EXPECT_LE(max_running, 2);
-  for (std::size_t i = 0; i < streams.size(); ++i) {
-    Outcome got = collect(*streams[i]);
-    EXPECT_EQ(got.tokens, run_alone(*l.model, reqs[i]).tokens);
-  }
+  // Every stream to its end before any solo run: a Model runs one pass at
+  // a time, and a second scheduler on it while the first still runs (the
+  // loop above gives up after 200 ms on a loaded machine) raced on its
+  // buffers and its thread pool, and once hung.
+  std::vector<Outcome> got;
+  for (auto& st : streams) got.push_back(collect(*st));
+  s->reset();
+  for (std::size_t i = 0; i < streams.size(); ++i) EXPECT_EQ(got[i].tokens, run_alone(*l.model, reqs[i]).tokens);
 }
 
 TEST(SchedulerTest, RefusesWhatCanNeverFitAndAFullQueue) {

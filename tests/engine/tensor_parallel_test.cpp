@@ -495,6 +495,27 @@ Ranks take_ranks(const testing::TestModel& tm, std::vector<std::unique_ptr<Commu
   return out;
 }
 
+// A follower's run() on its own thread; a test that ends early (a failed
+// ASSERT) aborts the group rather than leave the thread waiting.
+class FollowerThread {
+ public:
+  explicit FollowerThread(TensorParallelFollower& f) : f_(f), t_([this] { result_ = f_.run(); }) {}
+  ~FollowerThread() {
+    if (!t_.joinable()) return;
+    f_.abort(internal_error("the test ended early"));
+    t_.join();
+  }
+  Status join() {
+    t_.join();
+    return result_;
+  }
+
+ private:
+  TensorParallelFollower& f_;
+  Status result_ = internal_error("not run");
+  std::thread t_;
+};
+
 // A group spread over "processes": a decoder over ranks 0-1 and a follower
 // over ranks 2-3 (threads here, machines with NCCL), the follower running
 // what the decoder's pass messages describe. Logits are the whole model's
@@ -508,8 +529,7 @@ TEST(TensorParallelSpreadGroup, AFollowerRunsTheDecodersPasses) {
   Ranks lead = take_ranks(tm, comms, 0, 2), rest = take_ranks(tm, comms, 2, 4);
   auto follower = TensorParallelFollower::create(std::move(rest.models), std::move(rest.comms));
   ASSERT_TRUE(follower.is_ok()) << follower.status().to_string();
-  Status followed = internal_error("not run");
-  std::thread follower_thread([&] { followed = (*follower)->run(); });
+  FollowerThread follower_thread(**follower);
   {
     auto group = TensorParallelDecoder::create(std::move(lead.models), std::move(lead.comms));
     ASSERT_TRUE(group.is_ok()) << group.status().to_string();
@@ -518,39 +538,45 @@ TEST(TensorParallelSpreadGroup, AFollowerRunsTheDecodersPasses) {
     ASSERT_TRUE((*group)->alloc_kv(16, KvType::kF32).is_ok());
     expect_whole_model_logits(**group, **whole, tm.spec.n_vocab, "spread over two processes");
   }  // the decoder sends the stop
-  follower_thread.join();
+  const Status followed = follower_thread.join();
   EXPECT_TRUE(followed.is_ok()) << followed.to_string();
 }
 
 // A rank that fails in one process fails the pass in the other: a fault on
-// the decoder's side ends the follower's run with the fault's reason.
+// either side ends the follower's run and fails the decoder's pass, both
+// with the fault's reason, and the decoder's next pass is refused.
 TEST(TensorParallelSpreadGroup, AFailureOnEitherSideEndsBoth) {
   const testing::TestModel tm = testing::make_test_model(shape("llama", 64, 8, 4, 128, GgmlType::kF32));
-  auto faulty = std::make_shared<FaultyBackend>();
-  auto comms = make_in_process_group(2);
-  Ranks lead = take_ranks(tm, comms, 0, 1, 0, faulty), rest = take_ranks(tm, comms, 1, 2);
-  auto follower = TensorParallelFollower::create(std::move(rest.models), std::move(rest.comms));
-  ASSERT_TRUE(follower.is_ok()) << follower.status().to_string();
-  Status followed;
-  std::thread follower_thread([&] { followed = (*follower)->run(); });
-  {
-    auto group = TensorParallelDecoder::create(std::move(lead.models), std::move(lead.comms));
-    ASSERT_TRUE(group.is_ok()) << group.status().to_string();
-    ASSERT_TRUE((*group)->alloc_kv(8, KvType::kF16).is_ok());
-    KvCache cache(8);
-    ASSERT_TRUE(cache.add_sequence(0).is_ok());
-    std::vector<float> logits;
-    Batch one;
-    one.add(3, 0, 0, true);
-    ASSERT_TRUE((*group)->forward(one, cache, &logits).is_ok());
-    faulty->fail_pass = true;
-    Batch next;
-    next.add(4, 1, 0, true);
-    Status s = (*group)->forward(next, cache, &logits);
-    EXPECT_EQ(s.message(), "test: rank 1's device faulted");
+  for (int faulty_rank : {0, 1}) {
+    SCOPED_TRACE(faulty_rank == 0 ? "the decoder's rank faults" : "the follower's rank faults");
+    auto faulty = std::make_shared<FaultyBackend>();
+    auto comms = make_in_process_group(2);
+    Ranks lead = take_ranks(tm, comms, 0, 1, faulty_rank, faulty), rest = take_ranks(tm, comms, 1, 2, faulty_rank, faulty);
+    auto follower = TensorParallelFollower::create(std::move(rest.models), std::move(rest.comms));
+    ASSERT_TRUE(follower.is_ok()) << follower.status().to_string();
+    FollowerThread follower_thread(**follower);
+    {
+      auto group = TensorParallelDecoder::create(std::move(lead.models), std::move(lead.comms));
+      ASSERT_TRUE(group.is_ok()) << group.status().to_string();
+      ASSERT_TRUE((*group)->alloc_kv(8, KvType::kF16).is_ok());
+      KvCache cache(8);
+      ASSERT_TRUE(cache.add_sequence(0).is_ok());
+      std::vector<float> logits;
+      Batch one;
+      one.add(3, 0, 0, true);
+      ASSERT_TRUE((*group)->forward(one, cache, &logits).is_ok());
+      faulty->fail_pass = true;
+      Batch next;
+      next.add(4, 1, 0, true);
+      Status s = (*group)->forward(next, cache, &logits);
+      EXPECT_EQ(s.message(), "test: rank 1's device faulted") << s.to_string();
+      Batch after;
+      after.add(5, 2, 0, true);
+      EXPECT_EQ((*group)->forward(after, cache, &logits).code(), StatusCode::kUnavailable);
+    }
+    const Status followed = follower_thread.join();
+    EXPECT_EQ(followed.message(), "test: rank 1's device faulted") << followed.to_string();
   }
-  follower_thread.join();
-  EXPECT_EQ(followed.message(), "test: rank 1's device faulted") << followed.to_string();
 }
 
 TEST(TensorParallelSpreadGroup, EachSideHoldsItsOwnRanks) {

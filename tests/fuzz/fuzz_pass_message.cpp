@@ -16,7 +16,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   if (!words.empty()) std::memcpy(words.data(), data + sizeof h, words.size() * sizeof(std::int32_t));
   (void)payload_words(h).is_ok();
   DecodedPass d;
-  if (decode_pass(h, words, PassLimits{1000, 64}, &d).is_ok()) {
+  if (decode_pass(h, words, PassLimits{1000, 4096, 64}, &d).is_ok()) {
     // What a follower then reads: every table entry its contexts reach.
     std::int64_t sum = 0;
     for (std::size_t t = 0; t < d.plan.tables.size(); ++t)

@@ -5,9 +5,13 @@
 //
 // all_reduce_sum() takes device memory and only enqueues the reduction on
 // the legacy default stream, after the kernels before it (the host does
-// not wait). abort() calls ncclCommAbort on every rank's communicator,
-// which also ends reductions a device is already waiting in, so ranks
-// blocked on their device return; every later call fails with the reason.
+// not wait); broadcast() takes host memory and waits. abort() calls
+// ncclCommAbort on every rank's communicator of this process, which also
+// ends collectives a device is already waiting in, so ranks blocked on
+// their device return; every later call fails with the reason. A watcher
+// thread polls NCCL's asynchronous errors and aborts likewise when a peer
+// fails elsewhere (another machine's process cannot abort this one's
+// communicators; NCCL's error reports the broken connection).
 //
 // Network: NCCL's bootstrap connects the ranks over TCP even inside one
 // process. make_nccl_group() therefore restricts it to the loopback

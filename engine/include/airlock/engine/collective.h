@@ -44,9 +44,14 @@ class Communicator {
   [[nodiscard]] virtual Status all_reduce_sum(float* x, std::int64_t n) = 0;
   // data (bytes, host memory) becomes rank 0's bytes on every rank: how a
   // group spread over several processes hands each pass's description from
-  // the rank that schedules to the others (multi_node.h). Fails as
+  // the rank that schedules to the others (decoder.h, pass_message.h). Fails as
   // all_reduce_sum.
   [[nodiscard]] virtual Status broadcast(void* data, std::int64_t bytes) = 0;
+  // Returns once every rank has called it: how the ranks of a group
+  // spread over processes confirm a pass (a rank that failed aborts the
+  // group instead, and every other rank's barrier fails with the reason).
+  // Fails as all_reduce_sum. Waits.
+  [[nodiscard]] virtual Status barrier() = 0;
   // Fails every rank's pending and later collectives with `reason` (the
   // first abort's reason wins).
   virtual void abort(const Status& reason) = 0;

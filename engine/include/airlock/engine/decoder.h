@@ -23,9 +23,10 @@
 // alloc_kv() and destruction, the decoder broadcasts the pass's
 // description (pass_message.h) to every rank; a follower runs exactly the
 // passes it receives, on KV storage of the size it is told, until the
-// decoder stops it. A failure on any rank aborts the whole group, as
-// within one process; a follower's failed KV allocation shows at the
-// decoder's next pass. Destroying the decoder waits for the followers to
+// decoder stops it. After each pass every rank meets in a barrier, so a
+// pass succeeds only when every rank of every process finished its share;
+// a failure on any rank aborts the whole group, as within one process. A
+// follower's failed KV allocation shows at the decoder's next pass. Destroying the decoder waits for the followers to
 // take the stop message (their process must still be there: one that died
 // without aborting leaves NCCL waiting; stop the service, as after any
 // lost rank).

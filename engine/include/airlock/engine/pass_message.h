@@ -8,15 +8,18 @@
 // same build on the same kind of machine). A fixed PassHeader, then the
 // payload whose length the header gives:
 //   kPass:    tokens[n], positions[n], want_logits[n] (0 or 1), copies
-//             [2 * n_copies] (from, to), slots[n], n_ctx[n], then each
-//             token's block table, blocks_for(n_ctx[t]) words each;
+//             [2 * n_copies] (from, to), slots[n], n_ctx[n], table_of[n]
+//             (which block table each token reads), table_len[n_tables],
+//             then the tables, table_len[i] words each: a sequence's table
+//             travels once however many of its tokens the pass holds;
 //   kAllocKv: no payload (n_blocks and kv_type in the header);
 //   kStop:    no payload.
 //
 // The words come from another machine: decode_pass() checks every count,
-// every index against the follower's vocabulary and KV storage, and the
-// consistency of the parts, before anything is built; a malformed message
-// is kInvalidArgument naming what is wrong.
+// every index against the follower's vocabulary, context length and KV
+// storage, and the consistency of the parts (each token's context fits its
+// table, its slot is its position's place in that table), before anything
+// is built; a malformed message is kInvalidArgument naming what is wrong.
 //
 // Thread-safety: pure functions.
 #pragma once
@@ -32,7 +35,7 @@
 namespace airlock::engine {
 
 inline constexpr std::int32_t kPassMagic = 0x50524941;  // "AIRP"
-inline constexpr std::int32_t kMaxPassTokens = 1 << 20;
+inline constexpr std::int32_t kMaxPassTokens = 1 << 22;
 inline constexpr std::int32_t kMaxPassTableWords = 1 << 26;
 
 enum class PassKind : std::int32_t { kPass = 1, kAllocKv = 2, kStop = 3 };
@@ -43,13 +46,16 @@ struct PassHeader {
   std::int32_t n_tokens = 0;
   std::int32_t n_out = 0;
   std::int32_t n_copies = 0;
+  std::int32_t n_tables = 0;
   std::int32_t n_table_words = 0;
   std::int32_t n_blocks = 0;  // kAllocKv
   std::int32_t kv_type = 0;   // kAllocKv: KvType
 };
 
 // The header and payload of `batch` run with `plan` (what Model::commit
-// made of it). kInvalidArgument when the pass exceeds the limits above.
+// made of it: tokens of one sequence share its table). kInvalidArgument
+// when the pass exceeds the limits above (not for any pass a scheduler
+// makes: those hold at most its running sequences' tables).
 Result<std::vector<std::int32_t>> encode_pass(const Batch& batch, const PassPlan& plan, PassHeader* header);
 
 // Words of payload `h` announces; kInvalidArgument for a header that is
@@ -59,6 +65,7 @@ Result<std::size_t> payload_words(const PassHeader& h);
 // What a follower's storage holds, to check a pass against.
 struct PassLimits {
   std::int64_t n_vocab = 0;
+  std::int64_t n_ctx = 0;     // the longest context a token may attend to (the model's)
   std::int64_t n_blocks = 0;  // KV blocks allocated (kAllocKv)
 };
 
