@@ -25,6 +25,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -40,6 +41,20 @@ namespace {
 
 using namespace airlock;
 using namespace airlock::daemon;
+
+// The unit's WatchdogSec (nothing without it): WATCHDOG=1 every half
+// period while alive() says so, until `stop`.
+std::thread start_watchdog(const std::atomic<bool>& stop, std::function<bool()> alive) {
+  return std::thread([&stop, alive = std::move(alive)] {
+    std::uint64_t usec = 0;
+    if (::sd_watchdog_enabled(0, &usec) <= 0 || usec == 0) return;
+    while (!stop) {
+      if (alive()) ::sd_notify(0, "WATCHDOG=1");
+      for (std::uint64_t slept = 0; slept < usec / 2 && !stop; slept += 100000)
+        std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+  });
+}
 
 // A follower node's life (see the top of this file).
 int run_follower(const Config& config, const sigset_t& signals) {
@@ -84,17 +99,9 @@ int run_follower(const Config& config, const sigset_t& signals) {
   log().info("joined the group with {} version {}; following node 0", (*host)->id, (*host)->version);
   following = (*host)->follower.get();
   ::sd_notify(0, "READY=1\nSTATUS=following node 0");
-  // The unit's WatchdogSec: alive while following (a group whose peer
-  // fails is ended by NCCL's error, not by this ping).
-  std::thread watchdog([&] {
-    std::uint64_t usec = 0;
-    if (::sd_watchdog_enabled(0, &usec) <= 0 || usec == 0) return;
-    while (!done) {
-      ::sd_notify(0, "WATCHDOG=1");
-      for (std::uint64_t slept = 0; slept < usec / 2 && !done; slept += 100000)
-        std::this_thread::sleep_for(std::chrono::milliseconds(100));
-    }
-  });
+  // Alive while following (a group whose peer fails is ended by NCCL's
+  // error, not by this ping).
+  std::thread watchdog = start_watchdog(done, [] { return true; });
   const Status s = (*host)->follower->run();
   const int code = finish(s.is_ok() || stopped_by_signal ? 0 : 1);
   watchdog.join();
@@ -296,15 +303,9 @@ int main(int argc, char** argv) {
   ::sd_notify(0, "READY=1\nSTATUS=serving");
 
   std::atomic<bool> stopping{false};
-  std::thread watchdog([&] {
-    std::uint64_t usec = 0;
-    if (::sd_watchdog_enabled(0, &usec) <= 0 || usec == 0) return;
-    while (!stopping) {
-      std::shared_ptr<LoadedModel> m = server.model();
-      if (m && m->scheduler->healthy()) ::sd_notify(0, "WATCHDOG=1");
-      for (std::uint64_t slept = 0; slept < usec / 2 && !stopping; slept += 100000)
-        std::this_thread::sleep_for(std::chrono::milliseconds(100));
-    }
+  std::thread watchdog = start_watchdog(stopping, [&] {
+    std::shared_ptr<LoadedModel> m = server.model();
+    return m && m->scheduler->healthy();
   });
 
   std::thread signal_thread([&] {

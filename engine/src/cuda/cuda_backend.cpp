@@ -452,11 +452,11 @@ class CudaBackend final : public Backend {
     return true;
   }
 
-  static int gemm_min_tokens(GgmlType type, const CudaOptions& o) {
-    if (o.gemm_min_tokens > 0) return o.gemm_min_tokens;
+  // The fewest tokens whose product with a `type` matrix goes to cuBLAS.
+  int gemm_min_tokens(GgmlType type) const {
+    if (options_.gemm_min_tokens > 0) return options_.gemm_min_tokens;
     return type == GgmlType::kF32 || type == GgmlType::kBF16 ? 9 : 33;
   }
-  int gemm_min_tokens(GgmlType type) const { return gemm_min_tokens(type, options_); }
 
   // A device copy of n host int32s (ids, positions, slots, contexts, block
   // tables; f32 frequency factors by their bits). Every layer of a pass
