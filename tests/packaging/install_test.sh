@@ -2,7 +2,8 @@
 # Install tests of the packages (issue 6), run by `make package-test`:
 #   Debian: a bookworm chroot (mmdebstrap) adds the signed local repository
 #   with Signed-By, installs `airlock`, checks files, user, enabled unit,
-#   `airlock --version` and `airlockd --check-config`; upgrades to a newer
+#   `airlock --version` and `airlockd --check-config`; boots the chroot
+#   under systemd and runs the service (tests/systemd/boot_test.sh); upgrades to a newer
 #   package with the edited configuration kept; removes (state and config
 #   stay); purges (nothing left). An unsigned and a wrongly signed
 #   repository are refused by apt.
@@ -91,6 +92,11 @@ in_chroot getent passwd airlock | grep -q ':/var/lib/airlock:/usr/sbin/nologin$'
 in_chroot airlock --version
 in_chroot airlockd --check-config
 in_chroot dpkg-query -W airlock airlock-bundler
+
+step "the installed unit under a running systemd (systemd-nspawn --boot)"
+for m in proc sys dev; do umount -l "$chroot_dir/$m"; done   # nspawn mounts its own
+"$src/tests/systemd/boot_test.sh" "$chroot_dir" "$pkgdir"
+for m in proc sys dev; do mount --bind "/$m" "$chroot_dir/$m"; done
 
 step "upgrade keeps the edited configuration"
 echo "# edited by the operator" >> "$chroot_dir/etc/airlock/airlockd.toml"
