@@ -15,7 +15,11 @@
 #   - socket activation with the PrivateNetwork=yes drop-in: the first
 #     connection starts the service, which answers on systemd's socket from a
 #     network namespace of its own;
+#   - a tampered bundle is refused at start, with the reason in the journal;
 #   - the nvidia-gpu.conf drop-in does not stop a machine without GPUs;
+#   - the maintainer scripts with a running systemd: an upgrade restarts a
+#     running airlockd, a removal stops it, installing again enables it
+#     without starting it;
 #   - `systemd-analyze security` of the live unit stays at or below 1.5.
 # The chroot's state is left as found, but for journal files and a machine id
 # (/var/lib/airlock keeps the test's bundles and keys; later steps of the
@@ -207,6 +211,19 @@ journal_has "SIGTERM: draining" "_PID=$pid" || fail "no drain on SIGTERM"
 curl -s -o /dev/null "http://127.0.0.1:$port/health" && fail "still listening after stop"
 echo "stopped: result success, exit status 0"
 
+step "a tampered bundle is refused at start, with the reason in the journal"
+gguf=$(ls "$root"/var/lib/airlock/bundles/boottest/2/*.gguf)
+cp "$gguf" "$work/intact.gguf"
+size=$(stat -c %s "$gguf")
+printf '\x5a' | dd of="$gguf" bs=1 seek=$((size / 2)) conv=notrunc status=none
+cmp -s "$gguf" "$work/intact.gguf" && printf '\xa5' | dd of="$gguf" bs=1 seek=$((size / 2)) conv=notrunc status=none
+if in_ct systemctl start airlockd 2>/dev/null; then fail "started on a tampered bundle"; fi
+journal_has "no model loaded" || fail "no reason logged for the refusal"
+in_ct journalctl -b -u airlockd --no-pager -o cat | grep "no model loaded" | tail -1
+in_ct systemctl stop airlockd   # ends Restart=on-failure's retries
+in_ct systemctl reset-failed airlockd || true
+cat "$work/intact.gguf" > "$gguf"   # the same file again (owner and mode kept)
+
 step "socket activation with PrivateNetwork=yes (private-network.conf)"
 sport=$(free_port)
 mkdir -p "$root/etc/systemd/system/airlockd.socket.d"
@@ -238,6 +255,28 @@ in_ct systemctl stop airlockd
 rm "$root/etc/systemd/system/airlockd.service.d/nvidia-gpu.conf"
 in_ct systemctl daemon-reload
 echo "started and served with the drop-in (CPU fallback)"
+
+step "upgrading while airlockd runs restarts it on the new binary (postinst)"
+apt_ct() { in_ct env DEBIAN_FRONTEND=noninteractive apt-get -y -q "$@" > "$work/apt.log" 2>&1 || {
+  cat "$work/apt.log"; fail "apt-get $*"; }; }
+in_ct systemctl start airlockd || fail "start before the upgrade"
+before=$(in_ct systemctl show -p MainPID --value airlockd)
+apt_ct install --reinstall airlock   # dpkg runs the maintainer scripts as for an upgrade
+after=$(in_ct systemctl show -p MainPID --value airlockd)
+[ "$(in_ct systemctl is-active airlockd)" = active ] || fail "not active after the upgrade"
+[ "$after" != "$before" ] || fail "not restarted by the upgrade (MainPID $before)"
+curl -sf "${auth[@]}" "http://127.0.0.1:$port/ready" >/dev/null || fail "/ready after the upgrade"
+echo "restarted: MainPID $before -> $after, ready"
+
+step "removing while airlockd runs stops and disables it (prerm); installing again leaves it enabled, stopped"
+apt_ct remove airlock
+[ ! -e "$root/usr/sbin/airlockd" ] || fail "airlockd left after remove"
+if in_ct pgrep -x airlockd >/dev/null; then fail "airlockd still running after remove"; fi
+if curl -s -o /dev/null "http://127.0.0.1:$port/health"; then fail "still listening after remove"; fi
+apt_ct install airlock
+[ "$(in_ct systemctl is-enabled airlockd)" = enabled ] || fail "not enabled after installing again"
+[ "$(in_ct systemctl is-active airlockd)" = inactive ] || fail "started by installing again"
+echo "removed: stopped, nothing listening; installed again: enabled, not started"
 
 step "systemd-analyze security of the live unit (threshold 1.5)"
 in_ct systemd-analyze security --threshold=15 --no-pager airlockd.service | tail -1 ||
