@@ -9,7 +9,7 @@
 #   - IPAddressDeny=any / IPAddressAllow=localhost is in force: a process in
 #     the service's cgroup cannot reach a non-loopback address that answers
 #     everyone else, and can reach localhost;
-#   - WATCHDOG=1 pings arrive (WatchdogSec=2 drop-in; the service lives on);
+#   - WATCHDOG=1 pings arrive (WatchdogSec=3 drop-in; the service lives on);
 #   - `systemctl reload` picks up a newly imported bundle version;
 #   - `systemctl stop` drains and exits 0;
 #   - socket activation with the PrivateNetwork=yes drop-in: the first
@@ -175,16 +175,16 @@ EOF
   echo "from airlockd's cgroup: 127.0.0.1 reachable, $outside refused (reachable from outside it)"
 fi
 
-step "WATCHDOG=1 pings (WatchdogSec=2 drop-in)"
+step "WATCHDOG=1 pings (WatchdogSec=3 drop-in)"
 mkdir -p "$root/etc/systemd/system/airlockd.service.d"
-printf '[Service]\nWatchdogSec=2\n' > "$root/etc/systemd/system/airlockd.service.d/boot-test-watchdog.conf"
+printf "[Service]\nWatchdogSec=3\n" > "$root/etc/systemd/system/airlockd.service.d/boot-test-watchdog.conf"
 in_ct systemctl daemon-reload
-in_ct systemctl restart airlockd || fail "restart with WatchdogSec=2"
+in_ct systemctl restart airlockd || fail "restart with WatchdogSec=3"
 first=$(in_ct systemctl show -p WatchdogTimestampMonotonic --value airlockd)
-sleep 5
+sleep 7
 [ "$(in_ct systemctl is-active airlockd)" = active ] || fail "killed by the watchdog"
 last=$(in_ct systemctl show -p WatchdogTimestampMonotonic --value airlockd)
-[ "$last" -gt "$first" ] || fail "no WATCHDOG=1 within 5 s ($first -> $last)"
+[ "$last" -gt "$first" ] || fail "no WATCHDOG=1 within 7 s ($first -> $last)"
 [ "$(in_ct systemctl show -p NRestarts --value airlockd)" = 0 ] || fail "restarted"
 echo "watchdog timestamp advanced by $(((last - first) / 1000)) ms; still active, no restarts"
 rm "$root/etc/systemd/system/airlockd.service.d/boot-test-watchdog.conf"
