@@ -16,6 +16,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <cstddef>
 #include <cstring>
 #include <type_traits>
 #include <utility>
@@ -254,6 +255,14 @@ AIRLOCK_AVX2 void dot_q4_0(const std::uint8_t* row, const ActQ8_0* const* act, s
 inline void prefetch_bytes(const void* p, std::size_t n) {
   const char* c = static_cast<const char*>(p);
   for (std::size_t off = 0; off < n; off += 64) _mm_prefetch(c + off, _MM_HINT_T0);
+}
+
+// The same for a length known at compile time, without the loop's
+// counting and branch.
+template <std::size_t N>
+inline void prefetch_span(const void* p) {
+  const char* c = static_cast<const char*>(p);
+  AIRLOCK_UNROLL for (std::size_t off = 0; off < N; off += 64) _mm_prefetch(c + off, _MM_HINT_T0);
 }
 
 struct BlockQ4_K {
@@ -659,6 +668,14 @@ struct ActQ8_KPair {
   float d[16];          // [8h + k]: d_h
 };
 
+// Super-block h of a pair: dsum[8h + k] = d * (sum of sub-block k's quants), d[8h + k] = d.
+void pair_sums(const ActQ8_K& a, int h, float* dsum, float* d) {
+  for (int k = 0; k < 8; ++k) {
+    dsum[8 * h + k] = a.d * static_cast<float>(a.bsums[2 * k] + a.bsums[2 * k + 1]);
+    d[8 * h + k] = a.d;
+  }
+}
+
 void quantize_act_q8_k_pairs(const float* x, std::int64_t n, ActQ8_KPair* out) {
   const std::int64_t nb = n / 256;
   ActQ8_K tmp;
@@ -667,11 +684,48 @@ void quantize_act_q8_k_pairs(const float* x, std::int64_t n, ActQ8_KPair* out) {
     const int h = static_cast<int>(i % 2);
     if (h == 0) std::memset(&pair, 0, sizeof pair);
     quantize_act_q8_k(x + i * 256, 256, &tmp);
-    for (int k = 0; k < 8; ++k) {
+    for (int k = 0; k < 8; ++k)
       for (int m = 0; m < 8; ++m) std::memcpy(pair.qs + m * 64 + h * 32 + k * 4, tmp.qs + 32 * k + 4 * m, 4);
-      pair.dsum[8 * h + k] = tmp.d * static_cast<float>(tmp.bsums[2 * k] + tmp.bsums[2 * k + 1]);
-      pair.d[8 * h + k] = tmp.d;
-    }
+    pair_sums(tmp, h, pair.dsum, pair.d);
+  }
+}
+
+// ---- Q4_K / Q5_K with VNNI for one token. At one token nothing shares the
+// transposition above, and the kernel was bound by shuffles (about 40 per
+// pair of super-blocks: the transposition, the halves' inserts, the scale
+// unpacking); with the rows in L2, one thread ran 1.4x faster with the
+// transposition left out and 1.4x with the scale unpacking left out. So
+// one token takes the weights as they lie: a 64-byte load of a block's
+// nibbles holds two whole sub-blocks in each of its halves (low nibbles:
+// sub-blocks 0 | 2, or 4 | 6; high nibbles: 1 | 3, or 5 | 7), one
+// vpdpbusd per register against activations stored in the same order
+// leaves eight partial sums per sub-block, and an add-and-shuffle tree (15
+// shuffles for two super-blocks) brings each sub-block's sum to the lane
+// the transposing kernel leaves it in. The sums are exact integers, and
+// the float steps after them are the transposing kernel's, lane for lane:
+// a token's logits are bit-identical whichever kernel a batch uses.
+
+// Activations of one pair of super-blocks in that order (the second all
+// zeros past the end of the row).
+struct ActQ8_KNat {
+  std::int8_t qs[512];  // super-block h, register i: at (4h + i) * 64, sub-blocks kNatSub[i][0] | kNatSub[i][1]
+  float dsum[16];       // as ActQ8_KPair
+  float d[16];
+};
+constexpr int kNatSub[4][2] = {{0, 2}, {1, 3}, {4, 6}, {5, 7}};
+
+void quantize_act_q8_k_nat(const float* x, std::int64_t n, ActQ8_KNat* out) {
+  const std::int64_t nb = n / 256;
+  ActQ8_K tmp;
+  for (std::int64_t i = 0; i < nb; ++i) {
+    ActQ8_KNat& pair = out[i / 2];
+    const int h = static_cast<int>(i % 2);
+    if (h == 0) std::memset(&pair, 0, sizeof pair);
+    quantize_act_q8_k(x + i * 256, 256, &tmp);
+    for (int r = 0; r < 4; ++r)
+      for (int half = 0; half < 2; ++half)
+        std::memcpy(pair.qs + (4 * h + r) * 64 + half * 32, tmp.qs + 32 * kNatSub[r][half], 32);
+    pair_sums(tmp, h, pair.dsum, pair.d);
   }
 }
 
@@ -689,15 +743,51 @@ AIRLOCK_VNNI inline void scales_mins(const Block& b, __m256* scale, __m256* min)
   *min = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(sm, 8))), _mm256_set1_ps(_cvtsh_ss(b.dmin)));
 }
 
+// The same for two super-blocks at once, b0's in the low half and b1's in
+// the high one: the same conversions and multiplies per lane, so the same
+// values, with each step done once for both (fewer shuffles: see the
+// one-token kernel below).
+template <typename Block>
+AIRLOCK_VNNI inline void scales_mins_pair(const Block& b0, const Block& b1, __m512* scale, __m512* min) {
+  const __m256i v = _mm256_inserti128_si256(
+      _mm256_castsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b0.scales))),
+      _mm_loadu_si128(reinterpret_cast<const __m128i*>(b1.scales)), 1);
+  const __m256i s1 = _mm256_shuffle_epi32(v, _MM_SHUFFLE(2, 1, 2, 0));
+  const __m256i s2 = _mm256_shuffle_epi32(v, _MM_SHUFFLE(1, 1, 0, 0));
+  const __m256i lo = _mm256_and_si256(_mm256_srlv_epi32(s1, _mm256_setr_epi32(0, 0, 0, 4, 0, 0, 0, 4)),
+                                      _mm256_setr_epi32(0x3f3f3f3f, 0x0f0f0f0f, 0x3f3f3f3f, 0x0f0f0f0f, 0x3f3f3f3f,
+                                                        0x0f0f0f0f, 0x3f3f3f3f, 0x0f0f0f0f));
+  const __m256i hi = _mm256_and_si256(_mm256_srli_epi32(s2, 2),
+                                      _mm256_setr_epi32(0, 0x30303030, 0, 0x30303030, 0, 0x30303030, 0, 0x30303030));
+  const __m256i sm = _mm256_permute4x64_epi64(_mm256_or_si256(lo, hi), _MM_SHUFFLE(3, 1, 2, 0));
+  static_assert(offsetof(Block, d) == 0 && offsetof(Block, dmin) == 2);
+  std::uint32_t dd0, dd1;
+  std::memcpy(&dd0, &b0, 4);
+  std::memcpy(&dd1, &b1, 4);
+  const __m512 dd = _mm512_castps128_ps512(
+      _mm_cvtph_ps(_mm_insert_epi32(_mm_cvtsi32_si128(static_cast<int>(dd0)), static_cast<int>(dd1), 1)));
+  const __m512 d = _mm512_permutexvar_ps(_mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 2, 2, 2, 2, 2, 2, 2, 2), dd);
+  const __m512 dmin = _mm512_permutexvar_ps(_mm512_setr_epi32(1, 1, 1, 1, 1, 1, 1, 1, 3, 3, 3, 3, 3, 3, 3, 3), dd);
+  *scale = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm256_castsi256_si128(sm))), d);
+  *min = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm256_extracti128_si256(sm, 1))), dmin);
+}
+
+// Scales and mins of b0 and b1 (b1 null: zeros).
+template <typename Block>
+AIRLOCK_VNNI inline void pair_scales_mins(const Block* b0, const Block* b1, __m512* scale, __m512* min) {
+  if (b1) return scales_mins_pair(*b0, *b1, scale, min);
+  __m256 s0, m0;
+  scales_mins(*b0, &s0, &m0);
+  *scale = _mm512_insertf32x8(_mm512_castps256_ps512(s0), _mm256_setzero_ps(), 1);
+  *min = _mm512_insertf32x8(_mm512_castps256_ps512(m0), _mm256_setzero_ps(), 1);
+}
+
 // Super-blocks b0 and b1 (b1 null: zeros) against pair p of T tokens.
 template <bool kFiveBit, int T, typename Block>
 AIRLOCK_VNNI inline void qk_pair(const Block* b0, const Block* b1, const ActQ8_KPair* const* act, std::int64_t p,
                                  __m512 acc[T]) {
-  __m256 s0, m0, s1 = _mm256_setzero_ps(), m1 = _mm256_setzero_ps();
-  scales_mins(*b0, &s0, &m0);
-  if (b1) scales_mins(*b1, &s1, &m1);
-  const __m512 scale = _mm512_insertf32x8(_mm512_castps256_ps512(s0), s1, 1);
-  const __m512 min = _mm512_insertf32x8(_mm512_castps256_ps512(m0), m1, 1);
+  __m512 scale, min;
+  pair_scales_mins(b0, b1, &scale, &min);
   const __m512i low = _mm512_set1_epi8(0x0F);
   __m512i v[8];
   AIRLOCK_UNROLL for (int j = 0; j < 4; ++j) {
@@ -732,7 +822,7 @@ AIRLOCK_VNNI void row_qk_pairs(const std::uint8_t* row, const ActQ8_KPair* const
   AIRLOCK_UNROLL for (int t = 0; t < T; ++t) acc[t] = _mm512_setzero_ps();
   std::int64_t i = 0;
   for (; i + 2 <= nb; i += 2) {
-    prefetch_bytes(reinterpret_cast<const char*>(b + i) + kLanesPrefetchBytes, 2 * sizeof(Block));
+    prefetch_span<2 * sizeof(Block)>(reinterpret_cast<const char*>(b + i) + kLanesPrefetchBytes);
     qk_pair<kFiveBit, T>(b + i, b + i + 1, act, i / 2, acc);
   }
   if (i < nb) qk_pair<kFiveBit, T>(b + i, static_cast<const Block*>(nullptr), act, i / 2, acc);
@@ -751,6 +841,79 @@ void matmul_qk_pairs(const std::uint8_t* w, std::int64_t n_in, const ActQ8_KPair
                       std::int64_t out_stride) { row_qk_pairs<kFiveBit, T()>(row, a, nb, out, out_stride); },
                  w, row_bytes(kFiveBit ? GgmlType::kQ5_K : GgmlType::kQ4_K, n_in), act.data(),
                  sizeof(ActQ8_KPair) * static_cast<std::size_t>(np), n_tokens, y, n_out, r0, r1);
+}
+
+// Sums of (lo, hi) per 128-bit chunk: [lo0 + lo2, hi0 + hi2, lo1 + lo3, hi1 + hi3].
+AIRLOCK_VNNI inline __m512i add_pairs_epi32(__m512i lo, __m512i hi) {
+  return _mm512_add_epi32(_mm512_unpacklo_epi32(lo, hi), _mm512_unpackhi_epi32(lo, hi));
+}
+AIRLOCK_VNNI inline __m512i add_pairs_epi64(__m512i lo, __m512i hi) {
+  return _mm512_add_epi32(_mm512_unpacklo_epi64(lo, hi), _mm512_unpackhi_epi64(lo, hi));
+}
+
+// Super-block `b`'s four registers of partial sums against its activations
+// (zeros for a missing block).
+template <bool kFiveBit, typename Block>
+AIRLOCK_VNNI inline void qk_nat_block(const Block* b, const std::int8_t* y, __m512i d[4]) {
+  if (b == nullptr) {
+    AIRLOCK_UNROLL for (int r = 0; r < 4; ++r) d[r] = _mm512_setzero_si512();
+    return;
+  }
+  const __m512i low = _mm512_set1_epi8(0x0F);
+  const __m512i q0 = _mm512_loadu_si512(b->qs), q1 = _mm512_loadu_si512(b->qs + 64);
+  __m512i v[4] = {_mm512_and_si512(q0, low), _mm512_and_si512(_mm512_srli_epi16(q0, 4), low),
+                  _mm512_and_si512(q1, low), _mm512_and_si512(_mm512_srli_epi16(q1, 4), low)};
+  if constexpr (kFiveBit) {
+    // value l of sub-block k has its fifth bit at bit k of qh[l]
+    const __m512i qh = _mm512_broadcast_i64x4(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(b->qh)));
+    const __m512i one = _mm512_set1_epi8(1);
+    AIRLOCK_UNROLL for (int r = 0; r < 4; ++r) {
+      const __m512i shift = _mm512_inserti64x4(_mm512_set1_epi16(static_cast<short>(kNatSub[r][0])),
+                                               _mm256_set1_epi16(static_cast<short>(kNatSub[r][1])), 1);
+      v[r] = _mm512_or_si512(v[r], _mm512_slli_epi16(_mm512_and_si512(_mm512_srlv_epi16(qh, shift), one), 4));
+    }
+  }
+  AIRLOCK_UNROLL for (int r = 0; r < 4; ++r)
+    d[r] = _mm512_dpbusd_epi32(_mm512_setzero_si512(), v[r], _mm512_loadu_si512(y + 64 * r));
+}
+
+template <bool kFiveBit>
+AIRLOCK_VNNI void row_qk_nat(const std::uint8_t* row, const ActQ8_KNat* act, std::int64_t nb, float* out) {
+  using Block = std::conditional_t<kFiveBit, BlockQ5_K, BlockQ4_K>;
+  const auto* b = reinterpret_cast<const Block*>(row);
+  // the tree below leaves each half's sums in the order of sub-blocks
+  // 0 1 4 5 2 3 6 7; `order` puts sub-block k in lane k
+  const __m512i order = _mm512_setr_epi32(0, 1, 4, 5, 2, 3, 6, 7, 8, 9, 12, 13, 10, 11, 14, 15);
+  __m512 acc = _mm512_setzero_ps();
+  for (std::int64_t i = 0; i < nb; i += 2) {
+    const Block* b1 = i + 1 < nb ? b + i + 1 : nullptr;
+    prefetch_span<2 * sizeof(Block)>(reinterpret_cast<const char*>(b + i) + kLanesPrefetchBytes);
+    const ActQ8_KNat& y = act[i / 2];
+    __m512i d0[4], d1[4];
+    qk_nat_block<kFiveBit>(b + i, y.qs, d0);
+    qk_nat_block<kFiveBit>(b1, y.qs + 256, d1);
+    // per 128 bits: each register's four partials of a sub-block summed,
+    // sub-blocks [0 1 4 5] in a half's low 128 bits and [2 3 6 7] in its
+    // high ones; then the two 128-bit parts of each half added
+    const __m512i t0 = add_pairs_epi64(add_pairs_epi32(d0[0], d0[1]), add_pairs_epi32(d0[2], d0[3]));
+    const __m512i t1 = add_pairs_epi64(add_pairs_epi32(d1[0], d1[1]), add_pairs_epi32(d1[2], d1[3]));
+    const __m512i sums = _mm512_add_epi32(_mm512_shuffle_i32x4(t0, t1, _MM_SHUFFLE(2, 0, 2, 0)),
+                                          _mm512_shuffle_i32x4(t0, t1, _MM_SHUFFLE(3, 1, 3, 1)));
+    const __m512i s = _mm512_permutexvar_epi32(order, sums);
+    __m512 scale, min;
+    pair_scales_mins(b + i, b1, &scale, &min);
+    acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(scale, _mm512_loadu_ps(y.d)), acc);
+    acc = _mm512_fnmadd_ps(min, _mm512_loadu_ps(y.dsum), acc);
+  }
+  *out = hsum(_mm256_add_ps(_mm512_castps512_ps256(acc), _mm512_extractf32x8_ps(acc, 1)));
+}
+
+template <bool kFiveBit>
+void matmul_qk_nat(const std::uint8_t* w, std::int64_t n_in, const ActQ8_KNat* in, float* y, std::int64_t r0,
+                   std::int64_t r1) {
+  const std::size_t stride = row_bytes(kFiveBit ? GgmlType::kQ5_K : GgmlType::kQ4_K, n_in);
+  for (std::int64_t r = r0; r < r1; ++r)
+    row_qk_nat<kFiveBit>(w + stride * static_cast<std::size_t>(r), in, n_in / 256, y + r);
 }
 
 // ---- Q6_K with VNNI: sixteen sub-blocks of 16 values per super-block, one
@@ -886,6 +1049,9 @@ void MatmulInput::reset(GgmlType type, const float* x, std::int64_t n_in, std::i
   } else if (k && isa_ == KernelIsa::kAvx512Vnni && type == GgmlType::kQ6_K) {
     form_ = Form::kQ6_KLanes;
     bytes = sizeof(ActQ6Lanes) * static_cast<std::size_t>(n_in / 256 * n_tokens);
+  } else if (k && isa_ == KernelIsa::kAvx512Vnni && n_tokens == 1) {
+    form_ = Form::kQ8_KOne;
+    bytes = sizeof(ActQ8_KNat) * static_cast<std::size_t>((n_in / 256 + 1) / 2);
   } else if (k) {
     const bool lanes = isa_ == KernelIsa::kAvx512Vnni;
     form_ = lanes ? Form::kQ8_KLanes : Form::kQ8_K;
@@ -917,6 +1083,9 @@ void MatmulInput::quantize(std::int64_t t0, std::int64_t t1) {
       for (std::int64_t t = t0; t < t1; ++t) quantize_act_q6_lanes(x_ + t * n_in_, n_in_, act + t * nb);
       return;
     }
+    case Form::kQ8_KOne:
+      if (t0 < t1) quantize_act_q8_k_nat(x_, n_in_, reinterpret_cast<ActQ8_KNat*>(bytes_.data()));
+      return;
     case Form::kQ8_KLanes: {
       const std::int64_t np = (n_in_ / 256 + 1) / 2;
       auto* act = reinterpret_cast<ActQ8_KPair*>(bytes_.data());
@@ -1002,6 +1171,11 @@ void matmul_rows(const MatmulInput& in, GgmlType type, const std::uint8_t* w, fl
       const auto* act = reinterpret_cast<const ActQ8_KPair*>(bytes);
       if (type == GgmlType::kQ5_K) return matmul_qk_pairs<true>(w, n_in, act, n_tokens, y, n_out, r0, r1);
       return matmul_qk_pairs<false>(w, n_in, act, n_tokens, y, n_out, r0, r1);
+    }
+    case MatmulInput::Form::kQ8_KOne: {
+      const auto* act = reinterpret_cast<const ActQ8_KNat*>(bytes);
+      if (type == GgmlType::kQ5_K) return matmul_qk_nat<true>(w, n_in, act, y, r0, r1);
+      return matmul_qk_nat<false>(w, n_in, act, y, r0, r1);
     }
     case MatmulInput::Form::kQ6_KLanes:
       return matmul_q6_lanes(w, n_in, reinterpret_cast<const ActQ6Lanes*>(bytes), n_tokens, y, n_out, r0, r1);

@@ -319,18 +319,32 @@ class KernelsTest : public ::testing::TestWithParam<KernelIsa> {
   void TearDown() override { force_scalar_kernels(false); }
 };
 
+// n_out random rows of n_in weights quantised to `type`, and n_tokens
+// random activations.
+struct RandomProduct {
+  std::vector<std::uint8_t> w;
+  std::vector<float> x;
+  RandomProduct(GgmlType type, std::int64_t n_in, std::int64_t n_out, std::int64_t n_tokens, std::mt19937& rng) {
+    std::normal_distribution<float> g(0.0f, 1.0f);
+    std::vector<float> wf(static_cast<std::size_t>(n_in * n_out));
+    x.resize(static_cast<std::size_t>(n_in * n_tokens));
+    for (float& v : wf) v = g(rng);
+    for (float& v : x) v = g(rng);
+    const std::size_t rb = row_bytes(type, n_in);
+    w.resize(rb * static_cast<std::size_t>(n_out));
+    for (std::int64_t r = 0; r < n_out; ++r) quantize_row(type, wf.data() + r * n_in, w.data() + rb * r, n_in);
+  }
+};
+
 // One product at the current kernel level against the scalar path and a
 // double reference: rows [r0, r1) of n_out random rows, n_tokens tokens.
 void check_matmul_at_level(KernelIsa level, GgmlType type, std::int64_t n_in, std::int64_t n_out,
                            std::int64_t n_tokens, std::int64_t r0, std::int64_t r1, std::mt19937& rng) {
-  std::normal_distribution<float> g(0.0f, 1.0f);
   const std::string isa = kernel_isa();
-  std::vector<float> wf(static_cast<std::size_t>(n_in * n_out)), x(static_cast<std::size_t>(n_in * n_tokens));
-  for (float& v : wf) v = g(rng);
-  for (float& v : x) v = g(rng);
+  RandomProduct prod(type, n_in, n_out, n_tokens, rng);
+  const std::vector<std::uint8_t>& w = prod.w;
+  const std::vector<float>& x = prod.x;
   const std::size_t rb = row_bytes(type, n_in);
-  std::vector<std::uint8_t> w(rb * n_out);
-  for (std::int64_t r = 0; r < n_out; ++r) quantize_row(type, wf.data() + r * n_in, w.data() + rb * r, n_in);
   std::vector<float> y_fast(static_cast<std::size_t>(n_tokens * n_out), -7.0f), y_scalar(y_fast.size(), -7.0f);
   matmul_rows(type, w.data(), n_in, x.data(), n_tokens, y_fast.data(), n_out, r0, r1);
   limit_kernel_isa(KernelIsa::kScalar);
@@ -390,6 +404,35 @@ TEST_P(KernelsTest, VectorPathMatchesScalarAndDoubleReference) {
         const std::int64_t r0 = static_cast<std::int64_t>(rng() % 3), r1 = n_out - static_cast<std::int64_t>(rng() % 3);
         check_matmul_at_level(GetParam(), type, n_in, n_out, n_tokens, r0, r1, rng);
         if (HasFatalFailure()) return;
+      }
+    }
+  }
+}
+
+// One token goes through its own kernels (Q4_K/Q5_K with VNNI: weights as
+// they lie, no transposition), batches through others; a token's result
+// must not depend on which: bit-identical, for every row length class
+// (one super-block, odd and even counts, a 5632-wide down projection) and
+// on every level (the others share one path, which this checks too).
+TEST_P(KernelsTest, OneTokenEqualsItsRowInABatchBitForBit) {
+  if (best_kernel_isa() < GetParam()) GTEST_SKIP() << "this CPU lacks " << kernel_isa_name(GetParam());
+  limit_kernel_isa(GetParam());
+  std::mt19937 rng(13);
+  for (GgmlType type : {GgmlType::kQ4_K, GgmlType::kQ5_K, GgmlType::kQ8_0, GgmlType::kQ6_K}) {
+    for (std::int64_t n_in : {256, 512, 768, 2304, 5632}) {
+      const std::int64_t n_out = 19, n_tokens = 9;
+      const RandomProduct prod(type, n_in, n_out, n_tokens, rng);
+      const std::vector<std::uint8_t>& w = prod.w;
+      const std::vector<float>& x = prod.x;
+      std::vector<float> batch(static_cast<std::size_t>(n_tokens * n_out));
+      matmul_rows(type, w.data(), n_in, x.data(), n_tokens, batch.data(), n_out, 0, n_out);
+      for (std::int64_t t = 0; t < n_tokens; ++t) {
+        std::vector<float> one(static_cast<std::size_t>(n_out));
+        matmul_rows(type, w.data(), n_in, x.data() + t * n_in, 1, one.data(), n_out, 0, n_out);
+        for (std::int64_t r = 0; r < n_out; ++r)
+          ASSERT_EQ(std::memcmp(&one[static_cast<std::size_t>(r)], &batch[static_cast<std::size_t>(t * n_out + r)], 4), 0)
+              << traits(type).name << " n_in " << n_in << " token " << t << " row " << r << " " << kernel_isa() << ": "
+              << one[static_cast<std::size_t>(r)] << " vs " << batch[static_cast<std::size_t>(t * n_out + r)];
       }
     }
   }

@@ -42,7 +42,7 @@ class MatmulInput {
  private:
   friend void matmul_rows(const MatmulInput& in, GgmlType type, const std::uint8_t* w, float* y,
                           std::int64_t n_out, std::int64_t r0, std::int64_t r1);
-  enum class Form { kFloat, kQ8_0, kQ8_0Vnni, kQ8_0Lanes, kQ8_K, kQ8_KLanes, kQ6_KLanes };
+  enum class Form { kFloat, kQ8_0, kQ8_0Vnni, kQ8_0Lanes, kQ8_K, kQ8_KLanes, kQ8_KOne, kQ6_KLanes };
   GgmlType type_ = GgmlType::kF32;
   KernelIsa isa_ = KernelIsa::kScalar;
   Form form_ = Form::kFloat;
