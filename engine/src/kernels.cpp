@@ -668,26 +668,31 @@ struct ActQ8_KPair {
   float d[16];          // [8h + k]: d_h
 };
 
-// Super-block h of a pair: dsum[8h + k] = d * (sum of sub-block k's quants), d[8h + k] = d.
-void pair_sums(const ActQ8_K& a, int h, float* dsum, float* d) {
-  for (int k = 0; k < 8; ++k) {
-    dsum[8 * h + k] = a.d * static_cast<float>(a.bsums[2 * k] + a.bsums[2 * k + 1]);
-    d[8 * h + k] = a.d;
+// A row's activations as pairs of super-blocks (Pair: qs[512], dsum[16],
+// d[16]; an odd last super-block pairs with zeros): place(qs, h, a) puts
+// super-block h's quants where the kernel reads them.
+template <typename Pair, typename Place>
+void quantize_act_pairs(const float* x, std::int64_t n, Pair* out, Place place) {
+  const std::int64_t nb = n / 256;
+  ActQ8_K tmp;
+  for (std::int64_t i = 0; i < nb; ++i) {
+    Pair& pair = out[i / 2];
+    const int h = static_cast<int>(i % 2);
+    if (h == 0) std::memset(&pair, 0, sizeof pair);
+    quantize_act_q8_k(x + i * 256, 256, &tmp);
+    place(pair.qs, h, tmp);
+    for (int k = 0; k < 8; ++k) {
+      pair.dsum[8 * h + k] = tmp.d * static_cast<float>(tmp.bsums[2 * k] + tmp.bsums[2 * k + 1]);
+      pair.d[8 * h + k] = tmp.d;
+    }
   }
 }
 
 void quantize_act_q8_k_pairs(const float* x, std::int64_t n, ActQ8_KPair* out) {
-  const std::int64_t nb = n / 256;
-  ActQ8_K tmp;
-  for (std::int64_t i = 0; i < nb; ++i) {
-    ActQ8_KPair& pair = out[i / 2];
-    const int h = static_cast<int>(i % 2);
-    if (h == 0) std::memset(&pair, 0, sizeof pair);
-    quantize_act_q8_k(x + i * 256, 256, &tmp);
+  quantize_act_pairs(x, n, out, [](std::int8_t* qs, int h, const ActQ8_K& a) {
     for (int k = 0; k < 8; ++k)
-      for (int m = 0; m < 8; ++m) std::memcpy(pair.qs + m * 64 + h * 32 + k * 4, tmp.qs + 32 * k + 4 * m, 4);
-    pair_sums(tmp, h, pair.dsum, pair.d);
-  }
+      for (int m = 0; m < 8; ++m) std::memcpy(qs + m * 64 + h * 32 + k * 4, a.qs + 32 * k + 4 * m, 4);
+  });
 }
 
 // ---- Q4_K / Q5_K with VNNI for one token. At one token nothing shares the
@@ -715,18 +720,11 @@ struct ActQ8_KNat {
 constexpr int kNatSub[4][2] = {{0, 2}, {1, 3}, {4, 6}, {5, 7}};
 
 void quantize_act_q8_k_nat(const float* x, std::int64_t n, ActQ8_KNat* out) {
-  const std::int64_t nb = n / 256;
-  ActQ8_K tmp;
-  for (std::int64_t i = 0; i < nb; ++i) {
-    ActQ8_KNat& pair = out[i / 2];
-    const int h = static_cast<int>(i % 2);
-    if (h == 0) std::memset(&pair, 0, sizeof pair);
-    quantize_act_q8_k(x + i * 256, 256, &tmp);
+  quantize_act_pairs(x, n, out, [](std::int8_t* qs, int h, const ActQ8_K& a) {
     for (int r = 0; r < 4; ++r)
       for (int half = 0; half < 2; ++half)
-        std::memcpy(pair.qs + (4 * h + r) * 64 + half * 32, tmp.qs + 32 * kNatSub[r][half], 32);
-    pair_sums(tmp, h, pair.dsum, pair.d);
-  }
+        std::memcpy(qs + (4 * h + r) * 64 + half * 32, a.qs + 32 * kNatSub[r][half], 32);
+  });
 }
 
 // 32 bytes at a, and at b (zeros when b is null), as one register.
@@ -752,14 +750,8 @@ AIRLOCK_VNNI inline void scales_mins_pair(const Block& b0, const Block& b1, __m5
   const __m256i v = _mm256_inserti128_si256(
       _mm256_castsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b0.scales))),
       _mm_loadu_si128(reinterpret_cast<const __m128i*>(b1.scales)), 1);
-  const __m256i s1 = _mm256_shuffle_epi32(v, _MM_SHUFFLE(2, 1, 2, 0));
-  const __m256i s2 = _mm256_shuffle_epi32(v, _MM_SHUFFLE(1, 1, 0, 0));
-  const __m256i lo = _mm256_and_si256(_mm256_srlv_epi32(s1, _mm256_setr_epi32(0, 0, 0, 4, 0, 0, 0, 4)),
-                                      _mm256_setr_epi32(0x3f3f3f3f, 0x0f0f0f0f, 0x3f3f3f3f, 0x0f0f0f0f, 0x3f3f3f3f,
-                                                        0x0f0f0f0f, 0x3f3f3f3f, 0x0f0f0f0f));
-  const __m256i hi = _mm256_and_si256(_mm256_srli_epi32(s2, 2),
-                                      _mm256_setr_epi32(0, 0x30303030, 0, 0x30303030, 0, 0x30303030, 0, 0x30303030));
-  const __m256i sm = _mm256_permute4x64_epi64(_mm256_or_si256(lo, hi), _MM_SHUFFLE(3, 1, 2, 0));
+  // [scales b0, mins b0 | scales b1, mins b1] -> [scales b0, scales b1 | mins b0, mins b1]
+  const __m256i sm = _mm256_permute4x64_epi64(kq_avx2::unpack_scales_lanes(v), _MM_SHUFFLE(3, 1, 2, 0));
   static_assert(offsetof(Block, d) == 0 && offsetof(Block, dmin) == 2);
   std::uint32_t dd0, dd1;
   std::memcpy(&dd0, &b0, 4);
