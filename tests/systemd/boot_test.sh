@@ -45,13 +45,20 @@ fail() {
   fi
   exit 1
 }
+stop_container() {  # powers the container off; nspawn is killed if it has not exited within 30 s
+  if [ -n "$nspawn_pid" ] && kill -0 "$nspawn_pid" 2>/dev/null; then
+    if [ -n "$leader" ]; then nsenter -t "$leader" -a systemctl poweroff 2>/dev/null || true; fi
+    for _ in $(seq 150); do kill -0 "$nspawn_pid" 2>/dev/null || break; sleep 0.2; done
+    kill "$nspawn_pid" 2>/dev/null || true
+    wait "$nspawn_pid" 2>/dev/null || true
+  fi
+  nspawn_pid=
+  leader=
+  return 0
+}
 cleanup() {
   [ -n "$listener_pid" ] && kill "$listener_pid" 2>/dev/null
-  if [ -n "$nspawn_pid" ] && kill -0 "$nspawn_pid" 2>/dev/null; then
-    [ -n "$leader" ] && nsenter -t "$leader" -a systemctl poweroff 2>/dev/null
-    for _ in $(seq 50); do kill -0 "$nspawn_pid" 2>/dev/null || break; sleep 0.2; done
-    kill "$nspawn_pid" 2>/dev/null; wait "$nspawn_pid" 2>/dev/null
-  fi
+  stop_container
   rm -rf "$work" "$root/srv/boot-test"
   rm -rf "$root/etc/systemd/system/airlockd.service.d" "$root/etc/systemd/system/airlockd.socket.d"
   return 0
@@ -282,11 +289,7 @@ step "systemd-analyze security of the live unit (threshold 1.5)"
 in_ct systemd-analyze security --threshold=15 --no-pager airlockd.service | tail -1 ||
   fail "exposure above 1.5"
 
-in_ct systemctl poweroff || true
-for _ in $(seq 150); do kill -0 "$nspawn_pid" 2>/dev/null || break; sleep 0.2; done
-wait "$nspawn_pid" 2>/dev/null || true
-nspawn_pid=
-leader=
+stop_container
 cp "$work/airlockd.toml.orig" "$root/etc/airlock/airlockd.toml"
 rm -f "$root/etc/airlock/trusted.d/boot-test.pub"
 echo
