@@ -1,5 +1,7 @@
 #include "airlock/engine/scheduler.h"
 
+#include <pthread.h>
+
 #include <algorithm>
 #include <cstdlib>
 #include <span>
@@ -61,7 +63,7 @@ Result<std::unique_ptr<Scheduler>> Scheduler::start(std::unique_ptr<Decoder> dec
     return invalid_argument("scheduler: kv_blocks, max_running and prefill_chunk must be positive");
   AIRLOCK_RETURN_IF_ERROR(decoder->alloc_kv(options.kv_blocks, options.kv_type));
   std::unique_ptr<Scheduler> s(new Scheduler(std::move(decoder), options));
-  s->thread_ = std::thread([p = s.get()] { p->run(); });
+  s->thread_ = std::thread([p = s.get()] { pthread_setname_np(pthread_self(), "airlock-sched"); p->run(); });
   return s;
 }
 
