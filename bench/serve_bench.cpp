@@ -10,8 +10,15 @@
 // with the model loaded from the GGUF directly (no bundle store): the bundle
 // checks happen once at start and are not part of serving.
 //
+// Both paths also report the process's CPU time per generated token (user
+// plus system, all threads, the benchmark's HTTP clients included): on a
+// machine with few cores the clients and connection threads share the cores
+// with the compute threads, so that is where the HTTP path's cost shows.
+//
 // usage: serve_bench MODEL.gguf [--tokens N] [--threads T] [--clients 1,4,16] [--device cpu|cuda|auto]
+//                    [--stream-interval MS]
 #include <httplib.h>
+#include <sys/resource.h>
 
 #include <algorithm>
 #include <atomic>
@@ -144,6 +151,14 @@ HttpResult http_rate(int port, int clients, int tokens) {
   return out;
 }
 
+// CPU seconds this process has used (user and system, every thread).
+double cpu_seconds() {
+  rusage u{};
+  getrusage(RUSAGE_SELF, &u);
+  return static_cast<double>(u.ru_utime.tv_sec + u.ru_stime.tv_sec) +
+         1e-6 * static_cast<double>(u.ru_utime.tv_usec + u.ru_stime.tv_usec);
+}
+
 double percentile(std::vector<double> v, double p) {
   std::sort(v.begin(), v.end());
   return v[std::min(v.size() - 1, static_cast<std::size_t>(p * static_cast<double>(v.size() - 1) + 0.5))];
@@ -153,17 +168,20 @@ double percentile(std::vector<double> v, double p) {
 
 int main(int argc, char** argv) {
   if (argc < 2) {
-    std::fprintf(stderr, "usage: serve_bench MODEL.gguf [--tokens N] [--threads T] [--clients 1,4,16] [--device cpu|cuda|auto]\n");
+    std::fprintf(stderr,
+                 "usage: serve_bench MODEL.gguf [--tokens N] [--threads T] [--clients 1,4,16] [--device cpu|cuda|auto] "
+                 "[--stream-interval MS]\n");
     return 2;
   }
   const std::string path = argv[1];
-  int tokens = 64, threads = 0;
+  int tokens = 64, threads = 0, stream_interval_ms = 0;
   engine::Device device = engine::Device::kCpu;
   std::vector<int> counts = {1, 4, 16};
   for (int i = 2; i + 1 < argc; i += 2) {
     const std::string a = argv[i];
     if (a == "--tokens") tokens = std::atoi(argv[i + 1]);
     else if (a == "--threads") threads = std::atoi(argv[i + 1]);
+    else if (a == "--stream-interval") stream_interval_ms = std::atoi(argv[i + 1]);
     else if (a == "--device") {
       const std::optional<engine::Device> d = engine::parse_device(argv[i + 1]);
       if (!d) return std::fprintf(stderr, "serve_bench: --device must be cpu, cuda or auto\n"), 2;
@@ -179,6 +197,7 @@ int main(int argc, char** argv) {
   Metrics metrics;
   Config config;
   config.listen_port = 0;
+  config.stream_interval_ms = stream_interval_ms;
   Server server(config, [](std::string_view t) -> std::optional<std::string> {
     if (t == "bench") return std::string("bench");
     return std::nullopt;
@@ -188,23 +207,29 @@ int main(int argc, char** argv) {
   std::thread serve([&] { server.run(); });
 
   (void)engine_rate(*model, 1, 8);  // warm-up
-  std::printf("model %s, %d tokens per client, backend %s\n\n", path.c_str(), tokens,
-              model->model->backend().name().c_str());
-  std::printf("| clients | engine tok/s | HTTP tok/s | HTTP / engine | TTFT p50 (s) | TTFT p99 (s) |\n");
-  std::printf("|---:|---:|---:|---:|---:|---:|\n");
+  std::printf("model %s, %d tokens per client, backend %s, stream interval %d ms\n\n", path.c_str(), tokens,
+              model->model->backend().name().c_str(), stream_interval_ms);
+  std::printf("| clients | engine tok/s | HTTP tok/s | HTTP / engine | engine CPU us/tok | HTTP CPU us/tok | "
+              "TTFT p50 (s) | TTFT p99 (s) |\n");
+  std::printf("|---:|---:|---:|---:|---:|---:|---:|---:|\n");
   for (int c : counts) {
     // Alternate the two paths so drift on a noisy machine hits both.
-    double e = 0, h = 0;
+    double e = 0, h = 0, cpu_e = 0, cpu_h = 0;
     HttpResult hr;
     for (int rep = 0; rep < 2; ++rep) {
+      const double c0 = cpu_seconds();
       e += engine_rate(*model, c, tokens);
+      const double c1 = cpu_seconds();
       hr = http_rate(port, c, tokens);
+      cpu_e += c1 - c0;
+      cpu_h += cpu_seconds() - c1;
       h += hr.rate;
     }
     e /= 2;
     h /= 2;
-    std::printf("| %d | %.1f | %.1f | %.3f | %.3f | %.3f |\n", c, e, h, h / e, percentile(hr.ttft, 0.5),
-                percentile(hr.ttft, 0.99));
+    const double n_tok = 2.0 * c * tokens;
+    std::printf("| %d | %.1f | %.1f | %.3f | %.1f | %.1f | %.3f | %.3f |\n", c, e, h, h / e, 1e6 * cpu_e / n_tok,
+                1e6 * cpu_h / n_tok, percentile(hr.ttft, 0.5), percentile(hr.ttft, 0.99));
     std::fflush(stdout);
   }
   server.shutdown();

@@ -66,6 +66,7 @@ struct Config {
   std::uint64_t max_body_bytes = 8u << 20;
   int drain_seconds = 30;
   int http_threads = 64;
+  int stream_interval_ms = 0;               // SSE: least time between two writes of one stream (0: every token at once)
   bool audit_text = false;                 // store prompt and completion text in the audit log
   std::string tls_cert, tls_key, tls_client_ca;
   RagConfig rag;

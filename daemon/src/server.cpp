@@ -848,6 +848,7 @@ void Server::Impl::completions(const httplib::Request& req, httplib::Response& r
     bool started = false;
     bool finished = false;
     std::size_t finals_sent = 0;
+    Clock::time_point last_write;  // of this stream's last chunk (the epoch before the first)
   };
   auto state = std::make_shared<StreamState>();
   res.set_chunked_content_provider(
@@ -861,8 +862,10 @@ void Server::Impl::completions(const httplib::Request& req, httplib::Response& r
           return true;
         };
         auto flush = [&] {
-          const bool ok = pending.empty() || sink.write(pending.data(), pending.size());
+          if (pending.empty()) return true;
+          const bool ok = sink.write(pending.data(), pending.size());
           pending.clear();
+          state->last_write = Clock::now();
           return ok;
         };
         const bool usage_nulls = g->request.include_usage;
@@ -878,9 +881,29 @@ void Server::Impl::completions(const httplib::Request& req, httplib::Response& r
             for (std::size_t i = 0; i < g->choices.size(); ++i)
               if (!send(chunk(ojson::array({choice_delta(*g, i, "", ojson(), "", true)})))) return false;
         }
-        // Wait for the next events of any choice, then send what they gave.
+        // Wait for the next events of any choice, then send what they gave:
+        // one chunk per choice however many tokens it brought. With a stream
+        // interval, collect until that much time has passed since the last
+        // write, sleeping through it (one wake-up instead of one per token).
+        std::vector<std::string> texts(g->choices.size());
+        std::vector<ojson> lps(g->choices.size(), ojson::array());
+        auto send_deltas = [&] {
+          for (std::size_t i = 0; i < g->choices.size(); ++i) {
+            if (texts[i].empty() && lps[i].empty()) continue;
+            if (!send(chunk(ojson::array({choice_delta(*g, i, texts[i], lps[i], "", false)})))) return false;
+            texts[i].clear();
+            lps[i] = ojson::array();
+          }
+          return true;
+        };
+        const std::chrono::milliseconds stream_interval(config.stream_interval_ms);
         bool any = false;
-        for (int round = 0; round < 50 && !any && !g->all_done(); ++round) {
+        Clock::time_point deadline;
+        for (int round = 0; round < 50 && !g->all_done(); ++round) {
+          if (any) {
+            if (Clock::now() >= deadline) break;
+            std::this_thread::sleep_until(deadline);
+          }
           for (std::size_t i = 0; i < g->choices.size(); ++i) {
             Choice& c = g->choices[i];
             if (c.done) continue;
@@ -899,14 +922,16 @@ void Server::Impl::completions(const httplib::Request& req, httplib::Response& r
                   text.swap(gr.pending);
                 }
               }
-              ojson lp = ojson::array();
-              for (std::size_t k = n_lp; k < c.logprobs.size(); ++k) lp.push_back(c.logprobs[k]);
-              if (!text.empty() || !lp.empty()) {
+              for (std::size_t k = n_lp; k < c.logprobs.size(); ++k) lps[i].push_back(c.logprobs[k]);
+              texts[i] += text;
+              if (!any && (!texts[i].empty() || !lps[i].empty())) {
                 any = true;
-                if (!send(chunk(ojson::array({choice_delta(*g, i, text, lp, "", false)})))) return false;
+                deadline = state->last_write + stream_interval;
               }
               if (c.done && !c.error.is_ok()) {
-                // A failure mid-stream: an error event, then the stream ends.
+                // A failure mid-stream: what came before it, an error event,
+                // then the stream ends.
+                if (!send_deltas()) return false;
                 ApiError err = api_error(500, "server_error", c.error.message());
                 pending += "data: " + error_body(err) + "\n\n";
                 flush();
@@ -918,6 +943,7 @@ void Server::Impl::completions(const httplib::Request& req, httplib::Response& r
             }
           }
         }
+        if (!send_deltas()) return false;
         if (!g->all_done()) return flush();  // called again
         if (g->grounded) {
           settle(*g);

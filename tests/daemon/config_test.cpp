@@ -44,6 +44,7 @@ prefill_chunk = 128
 max_body_bytes = 100000
 drain_seconds = 5
 http_threads = 32
+stream_interval_ms = 20
 audit_text = true
 [tls]
 cert = "/c.pem"
@@ -64,6 +65,7 @@ client_ca = "/ca.pem"
   EXPECT_EQ(c->kv_cache_type, engine::KvType::kF32);
   EXPECT_EQ(c->max_waiting, 10);
   EXPECT_EQ(c->http_threads, 32);
+  EXPECT_EQ(c->stream_interval_ms, 20);
   EXPECT_TRUE(c->audit_text);
   EXPECT_EQ(c->tls_client_ca, "/ca.pem");
 }
@@ -100,6 +102,8 @@ TEST(ConfigTest, RefusalsNameTheKey) {
       {"[tls]\nclient_ca = \"/c\"", "client_ca needs"},
       {"[tls]\nkeyfile = \"/c\"", "unknown key 'keyfile'"},
       {"max_running = 0", "max_running"},
+      {"stream_interval_ms = -1", "stream_interval_ms"},
+      {"stream_interval_ms = 1001", "stream_interval_ms"},
       {"kv_cache_mib = \"all\"", "kv_cache_mib: must be \"auto\" or a number of MiB"},
       {"kv_cache_mib = 0", "kv_cache_mib"},
       {"device_reserve_mib = -1", "device_reserve_mib"},

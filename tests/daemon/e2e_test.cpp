@@ -641,6 +641,63 @@ TEST(DaemonLifecycle, QueueFullAnswers429WithRetryAfter) {
   EXPECT_EQ(d->stop(), 0);
 }
 
+// stream_interval_ms: a stream's tokens are gathered between writes, one
+// delta per choice per write, so a fast model's stream arrives in a few
+// chunks; what arrives is the same answer, every token's log-probability
+// included, and the first token is not held back.
+TEST(DaemonLifecycle, StreamIntervalGathersTokensBetweenWrites) {
+  Enclave e;
+  constexpr int kIntervalMs = 300, kTokens = 60;
+  auto d = Daemon::start(e, "stream_interval_ms = " + std::to_string(kIntervalMs) + "\n");
+  ASSERT_GT(d->port, 0) << d->log();
+  json body = chat("Tell me about a dog.", kTokens);
+  body["ignore_eos"] = true;
+  body["n"] = 2;
+  body["seed"] = 7;
+  body["temperature"] = 0.8;
+  body["logprobs"] = true;
+  body["top_logprobs"] = 1;
+  auto whole = d->post("/v1/chat/completions", body);
+  ASSERT_TRUE(whole);
+  ASSERT_EQ(whole->status, 200) << whole->body;
+  const json w = json::parse(whole->body);
+
+  body["stream"] = true;
+  const auto t0 = std::chrono::steady_clock::now();
+  auto s = d->post("/v1/chat/completions", body);
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  ASSERT_TRUE(s);
+  ASSERT_EQ(s->status, 200) << s->body;
+  std::vector<std::string> events = sse_events(s->body);
+  ASSERT_FALSE(events.empty());
+  EXPECT_EQ(events.back(), "[DONE]");
+  std::string text[2];
+  json logprobs[2] = {json::array(), json::array()};
+  int content_chunks = 0;
+  for (std::size_t i = 0; i + 1 < events.size(); ++i) {
+    const json c = json::parse(events[i]);
+    ASSERT_EQ(c["choices"].size(), 1u);  // one choice per chunk
+    const json& ch = c["choices"][0];
+    const int idx = ch["index"].get<int>();
+    if (ch["delta"].contains("content") && !ch["delta"]["content"].get<std::string>().empty()) {
+      ++content_chunks;
+      text[idx] += ch["delta"]["content"].get<std::string>();
+    }
+    if (ch["logprobs"].is_object())
+      for (const json& lp : ch["logprobs"]["content"]) logprobs[idx].push_back(lp);
+  }
+  for (int i = 0; i < 2; ++i) {
+    EXPECT_EQ(text[i], w["choices"][i]["message"]["content"].get<std::string>()) << i;
+    EXPECT_EQ(logprobs[i], w["choices"][i]["logprobs"]["content"]) << i;
+    EXPECT_EQ(logprobs[i].size(), static_cast<std::size_t>(kTokens)) << i;
+  }
+  // At most one write per interval after the first (per choice), however
+  // fast the model: 2 x 60 tokens would otherwise be ~120 chunks.
+  const int bound = 2 * (2 + static_cast<int>(seconds * 1000 / kIntervalMs));
+  EXPECT_LE(content_chunks, bound) << "over " << seconds << " s";
+  EXPECT_EQ(d->stop(), 0);
+}
+
 TEST(DaemonLifecycle, SighupLoadsANewVersionAndRefusesATamperedOne) {
   Enclave e;
   auto d = Daemon::start(e, "verify_on_load = \"full\"\n");
