@@ -884,7 +884,7 @@ void Server::Impl::completions(const httplib::Request& req, httplib::Response& r
         // Wait for the next events of any choice, then send what they gave:
         // one chunk per choice however many tokens it brought. With a stream
         // interval, collect until that much time has passed since the last
-        // write, sleeping through it (one wake-up instead of one per token).
+        // write or a choice ends, without waking for each token.
         std::vector<std::string> texts(g->choices.size());
         std::vector<ojson> lps(g->choices.size(), ojson::array());
         auto send_deltas = [&] {
@@ -900,14 +900,15 @@ void Server::Impl::completions(const httplib::Request& req, httplib::Response& r
         bool any = false;
         Clock::time_point deadline;
         for (int round = 0; round < 50 && !g->all_done(); ++round) {
-          if (any) {
-            if (Clock::now() >= deadline) break;
-            std::this_thread::sleep_until(deadline);
-          }
+          if (any && Clock::now() >= deadline) break;
+          bool waited = false;  // this round has waited for the deadline (or a choice's end)
           for (std::size_t i = 0; i < g->choices.size(); ++i) {
             Choice& c = g->choices[i];
             if (c.done) continue;
-            std::vector<TokenEvent> events = c.stream->pop(std::chrono::milliseconds(any ? 0 : 10));
+            std::vector<TokenEvent> events;
+            if (!any) events = c.stream->pop(std::chrono::milliseconds(10));
+            else if (!std::exchange(waited, true)) events = c.stream->pop_until(deadline);
+            else events = c.stream->pop(std::chrono::milliseconds(0));
             for (TokenEvent& e : events) {
               const std::size_t n_lp = c.logprobs.size();
               std::string text = g->on_event(c, e);

@@ -10,12 +10,26 @@ namespace airlock::engine {
 
 // ---------------------------------------------------------------- TokenStream
 
+namespace {
+std::vector<TokenEvent> take(std::deque<TokenEvent>& events) {
+  std::vector<TokenEvent> out(std::make_move_iterator(events.begin()), std::make_move_iterator(events.end()));
+  events.clear();
+  return out;
+}
+}  // namespace
+
 std::vector<TokenEvent> TokenStream::pop(std::chrono::milliseconds timeout) {
   std::unique_lock<std::mutex> lock(mu_);
   cv_.wait_for(lock, timeout, [this] { return !events_.empty(); });
-  std::vector<TokenEvent> out(std::make_move_iterator(events_.begin()), std::make_move_iterator(events_.end()));
-  events_.clear();
-  return out;
+  return take(events_);
+}
+
+std::vector<TokenEvent> TokenStream::pop_until(Clock::time_point deadline) {
+  std::unique_lock<std::mutex> lock(mu_);
+  gathering_ = true;
+  cv_.wait_until(lock, deadline, [this] { return final_queued_; });
+  gathering_ = false;
+  return take(events_);
 }
 
 void TokenStream::cancel() {
@@ -34,11 +48,15 @@ std::optional<Clock::time_point> TokenStream::admitted_at() const {
 }
 
 void TokenStream::push(TokenEvent e) {
+  bool wake = true;
   {
     std::lock_guard<std::mutex> lock(mu_);
+    const bool final = e.finish != FinishReason::kNone;
+    final_queued_ = final_queued_ || final;
+    wake = final || !gathering_;
     events_.push_back(std::move(e));
   }
-  cv_.notify_all();
+  if (wake) cv_.notify_all();
 }
 
 // ---------------------------------------------------------------- Scheduler

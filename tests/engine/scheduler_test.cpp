@@ -200,6 +200,40 @@ TEST(SchedulerTest, CancelFreesBlocksWithinAStep) {
   EXPECT_EQ((*s)->stats().running, 0);
 }
 
+// pop_until() returns when the last event is queued (long before a far
+// deadline), with every event of the request; at a past deadline it returns
+// what is queued without waiting.
+TEST(SchedulerTest, PopUntilReturnsAtTheLastEventWithEverything) {
+  Loaded l = load();
+  const GenerationRequest r = greedy(prompt(12, 4), 40);
+  const Outcome alone = run_alone(*l.model, r);
+  ASSERT_EQ(alone.tokens.size(), 40u);
+#if defined(AIRLOCK_TEST_HOOKS)
+  setenv("AIRLOCK_TEST_STEP_DELAY_MS", "20", 1);  // the request takes at least 0.8 s
+#endif
+  auto s = Scheduler::start(*l.model, opts(32));
+#if defined(AIRLOCK_TEST_HOOKS)
+  unsetenv("AIRLOCK_TEST_STEP_DELAY_MS");
+#endif
+  ASSERT_TRUE(s.is_ok());
+  auto st = (*s)->submit(r);
+  ASSERT_TRUE(st.is_ok());
+  std::vector<TokenEvent> events = (*st)->pop_until(Clock::now() - std::chrono::seconds(1));
+#if defined(AIRLOCK_TEST_HOOKS)
+  EXPECT_TRUE(events.empty() || events.back().finish == FinishReason::kNone);  // it did not wait for the end
+#endif
+  // A deadline an hour away: a pop_until that missed the last event would
+  // hang here until ctest's timeout.
+  std::vector<TokenEvent> rest = (*st)->pop_until(Clock::now() + std::chrono::hours(1));
+  events.insert(events.end(), std::make_move_iterator(rest.begin()), std::make_move_iterator(rest.end()));
+  ASSERT_FALSE(events.empty());
+  EXPECT_EQ(events.back().finish, FinishReason::kLength);
+  std::vector<std::int32_t> tokens;
+  for (const TokenEvent& e : events)
+    if (e.token) tokens.push_back(e.token->token);
+  EXPECT_EQ(tokens, alone.tokens);
+}
+
 TEST(SchedulerTest, StopTokensEndTheSequenceUnemitted) {
   Loaded l = load();
   GenerationRequest r = greedy(prompt(8, 5), 30);

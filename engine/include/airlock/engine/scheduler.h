@@ -73,6 +73,10 @@ class TokenStream {
   // Waits up to `timeout` for events; returns those available (empty on
   // timeout).
   std::vector<TokenEvent> pop(std::chrono::milliseconds timeout);
+  // Waits until `deadline` or until the request's last event is queued,
+  // without waking for the tokens before it; returns every queued event.
+  // (A consumer that writes tokens out in batches wakes once per batch.)
+  std::vector<TokenEvent> pop_until(Clock::time_point deadline);
   // Asks the scheduler to stop this request; its blocks are freed at the
   // start of the next step and a final kCancelled event follows.
   void cancel();
@@ -92,6 +96,8 @@ class TokenStream {
   std::condition_variable cv_;
   std::deque<TokenEvent> events_;
   bool cancelled_ = false;
+  bool final_queued_ = false;  // the last event is in events_
+  bool gathering_ = false;     // a consumer in pop_until(): wake it for the last event only
   Clock::time_point queued_at_;
   std::optional<Clock::time_point> admitted_at_;
   int prompt_tokens_ = 0;
