@@ -18,6 +18,14 @@
 // group or on SIGTERM (which aborts the group: node 0's passes then fail
 // and it needs restarting too), 1 when the group fails; SIGHUP is ignored
 // with a warning (a group reloads by restarting every node).
+//
+// Exit statuses: 0 after a clean stop; 2 for a usage or configuration
+// error; 65 (EX_DATAERR) when the bundle to serve fails verification (its
+// signature, revocation, rollback record, sizes or, with verify_on_load =
+// "full", its hashes); 1 for any other failure. The unit does not restart
+// on 2 or 65 (RestartPreventExitStatus): neither goes away by itself, and
+// restarting would re-verify (re-hash, with "full") the bundle every few
+// seconds. A missing bundle exits 1, so an import is picked up on restart.
 #include <signal.h>
 #include <systemd/sd-daemon.h>
 
@@ -41,6 +49,17 @@ namespace {
 
 using namespace airlock;
 using namespace airlock::daemon;
+
+constexpr int kExitBundleRefused = 65;  // the unit's RestartPreventExitStatus (see the top of this file)
+
+// The exit status for a model that could not be loaded.
+int load_failure_exit(const Status& s) {
+  if (s.code() != StatusCode::kVerificationFailed) return 1;
+  log().error("exit {}: the bundle failed verification; not restarted by systemd. Import a good bundle "
+              "(airlock bundle import), then start airlockd again",
+              kExitBundleRefused);
+  return kExitBundleRefused;
+}
 
 // The unit's WatchdogSec (nothing without it): WATCHDOG=1 every half
 // period while alive() says so, until `stop`.
@@ -94,7 +113,7 @@ int run_follower(const Config& config, const sigset_t& signals) {
   Result<std::unique_ptr<FollowerHost>> host = load_follower(config);
   if (!host.is_ok()) {
     log().error("not following: {}", host.status().to_string());
-    return finish(1);
+    return finish(load_failure_exit(host.status()));
   }
   log().info("joined the group with {} version {}; following node 0", (*host)->id, (*host)->version);
   following = (*host)->follower.get();
@@ -265,7 +284,7 @@ int main(int argc, char** argv) {
   Result<std::shared_ptr<LoadedModel>> model = load_model(config);
   if (!model.is_ok()) {
     log().error("no model loaded: {}", model.status().to_string());
-    return 1;
+    return load_failure_exit(model.status());
   }
   server.set_model(*model);
   // Socket activation (airlockd.socket): systemd passes one listening

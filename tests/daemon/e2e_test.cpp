@@ -130,6 +130,7 @@ struct Enclave {
 struct Daemon {
   pid_t pid = -1;
   int port = 0;
+  int exit_status = -1;  // when it exited before listening (-1: killed by a signal, or still running)
   std::string log_path;
   std::string api_key;
 
@@ -205,6 +206,7 @@ struct Daemon {
       int status = 0;
       if (waitpid(d->pid, &status, WNOHANG) == d->pid) {
         d->pid = -1;
+        if (WIFEXITED(status)) d->exit_status = WEXITSTATUS(status);
         return d;  // exited: port stays 0, the log says why
       }
       std::this_thread::sleep_for(std::chrono::milliseconds(50));
@@ -730,9 +732,23 @@ TEST(DaemonLifecycle, SighupLoadsANewVersionAndRefusesATamperedOne) {
 
   // A fresh start with only the tampered version chosen refuses to serve.
   auto refused = Daemon::start(e, "verify_on_load = \"full\"\nmodel = \"stories\"\n");
-  (void)refused;  // version 3 is the most recent import: the daemon must not come up
+  // Version 3 is the most recent import: the daemon must not come up, and
+  // exits 65, which the unit does not restart on.
   EXPECT_EQ(refused->port, 0);
+  EXPECT_EQ(refused->exit_status, 65) << refused->log();
   EXPECT_NE(refused->log().find("no model loaded"), std::string::npos) << refused->log();
+  EXPECT_NE(refused->log().find("not restarted by systemd"), std::string::npos) << refused->log();
+
+  // A bundle not imported yet is not a verification failure: exit 1,
+  // restarted (an import is then picked up).
+  auto none = Daemon::start(e, "model = \"absent\"\n");
+  EXPECT_EQ(none->port, 0);
+  EXPECT_EQ(none->exit_status, 1) << none->log();
+  EXPECT_NE(none->log().find("'absent' has not been imported"), std::string::npos) << none->log();
+  // A configuration error: exit 2, not restarted either.
+  auto bad = Daemon::start(e, "max_running = 0\n");
+  EXPECT_EQ(bad->port, 0);
+  EXPECT_EQ(bad->exit_status, 2) << bad->log();
 }
 
 // A forward pass that fails mid-stream (a test hook standing in for a

@@ -15,7 +15,8 @@
 #   - socket activation with the PrivateNetwork=yes drop-in: the first
 #     connection starts the service, which answers on systemd's socket from a
 #     network namespace of its own;
-#   - a tampered bundle is refused at start, with the reason in the journal;
+#   - a tampered bundle is refused at start, with the reason in the journal,
+#     and the unit is left failed (exit 65), not restarted;
 #   - the nvidia-gpu.conf drop-in does not stop a machine without GPUs;
 #   - the maintainer scripts with a running systemd: an upgrade restarts a
 #     running airlockd, a removal stops it, installing again enables it
@@ -227,7 +228,12 @@ cmp -s "$gguf" "$work/intact.gguf" && printf '\xa5' | dd of="$gguf" bs=1 seek=$(
 if in_ct systemctl start airlockd 2>/dev/null; then fail "started on a tampered bundle"; fi
 journal_has "no model loaded" || fail "no reason logged for the refusal"
 in_ct journalctl -b -u airlockd --no-pager -o cat | grep "no model loaded" | tail -1
-in_ct systemctl stop airlockd   # ends Restart=on-failure's retries
+# Exit 65 and RestartPreventExitStatus: failed for good, no retry after
+# RestartSec (5 s).
+sleep 7
+state=$(in_ct systemctl show -p ActiveState,ExecMainStatus,NRestarts airlockd | sort | tr '\n' ' ')
+[ "$state" = "ActiveState=failed ExecMainStatus=65 NRestarts=0 " ] || fail "after the refusal: $state"
+echo "refused and left failed: $state"
 in_ct systemctl reset-failed airlockd || true
 cat "$work/intact.gguf" > "$gguf"   # the same file again (owner and mode kept)
 
