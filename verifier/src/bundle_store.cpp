@@ -545,7 +545,8 @@ Result<VerifiedBundle> BundleStore::check_installed(const ImportRecord& record, 
     if (!fd.is_ok()) return fail(fd.status());
     fds.push_back(*fd);
     struct stat st {};
-    if (::fstat(*fd, &st) != 0 || static_cast<std::uint64_t>(st.st_size) != f.size)
+    if (::fstat(*fd, &st) != 0) return fail(io_error("stat '" + f.path + "'", errno));
+    if (static_cast<std::uint64_t>(st.st_size) != f.size)
       return fail(verification_failed("file '" + f.path + "' is " + std::to_string(st.st_size) + " bytes, the manifest says " +
                                       std::to_string(f.size)));
   }
@@ -555,7 +556,7 @@ Result<VerifiedBundle> BundleStore::check_installed(const ImportRecord& record, 
   // import, against the same signed manifest.
   std::mutex mu;
   std::string first_bad;
-  Status pool_status;
+  Status pool_status, map_status;  // map_status: a file that could not be mapped (not a mismatch)
   {
     TaskPool pool(n_threads);
     for (std::size_t i = 0; i < m.files.size(); ++i) {
@@ -563,8 +564,7 @@ Result<VerifiedBundle> BundleStore::check_installed(const ImportRecord& record, 
       if (f.size == 0) continue;
       void* map = ::mmap(nullptr, f.size, PROT_READ, MAP_PRIVATE, fds[i], 0);
       if (map == MAP_FAILED) {
-        std::lock_guard<std::mutex> lock(mu);
-        if (first_bad.empty()) first_bad = "cannot map '" + f.path + "'";
+        map_status = io_error("cannot map '" + f.path + "'", errno);
         break;
       }
       std::shared_ptr<void> mapping(map, [size = f.size](void* p) { ::munmap(p, size); });
@@ -585,6 +585,7 @@ Result<VerifiedBundle> BundleStore::check_installed(const ImportRecord& record, 
   }
   AIRLOCK_RETURN_IF_ERROR(pool_status);
   if (!first_bad.empty()) return fail(verification_failed(first_bad));
+  if (!map_status.is_ok()) return fail(map_status);
   return vb;
 }
 
