@@ -20,12 +20,14 @@
 // with a warning (a group reloads by restarting every node).
 //
 // Exit statuses: 0 after a clean stop; 2 for a usage or configuration
-// error; 65 (EX_DATAERR) when the bundle to serve fails verification (its
-// signature, revocation, rollback record, sizes or, with verify_on_load =
-// "full", its hashes); 1 for any other failure. The unit does not restart
-// on 2 or 65 (RestartPreventExitStatus): neither goes away by itself, and
-// restarting would re-verify (re-hash, with "full") the bundle every few
-// seconds. A missing bundle exits 1, so an import is picked up on restart.
+// error; 65 (EX_DATAERR) when the bundle to serve is refused: it fails
+// verification (signature, revoked key, rollback record, expiry, required
+// Airlock version, sizes or, with verify_on_load = "full", hashes) or its
+// model cannot be read (a malformed GGUF or tokenizer); 1 for any other
+// failure. The unit does not restart on 2 or 65 (RestartPreventExitStatus):
+// neither goes away by itself, and restarting would verify (with "full",
+// re-hash) the bundle every few seconds. A missing bundle, or a file that
+// cannot be opened or mapped, exits 1 and is retried.
 #include <signal.h>
 #include <systemd/sd-daemon.h>
 
@@ -55,8 +57,8 @@ constexpr int kExitBundleRefused = 65;  // the unit's RestartPreventExitStatus (
 // The exit status for a model that could not be loaded.
 int load_failure_exit(const Status& s) {
   if (s.code() != StatusCode::kVerificationFailed) return 1;
-  log().error("exit {}: the bundle failed verification; not restarted by systemd. Import a good bundle "
-              "(airlock bundle import), then start airlockd again",
+  log().error("exit {}: the bundle was refused; systemd does not restart airlockd for this. Import a good "
+              "bundle (airlock bundle import), then start airlockd again",
               kExitBundleRefused);
   return kExitBundleRefused;
 }

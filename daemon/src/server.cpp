@@ -862,10 +862,8 @@ void Server::Impl::completions(const httplib::Request& req, httplib::Response& r
           return true;
         };
         auto flush = [&] {
-          if (pending.empty()) return true;
-          const bool ok = sink.write(pending.data(), pending.size());
+          const bool ok = pending.empty() || sink.write(pending.data(), pending.size());
           pending.clear();
-          state->last_write = Clock::now();
           return ok;
         };
         const bool usage_nulls = g->request.include_usage;
@@ -890,6 +888,9 @@ void Server::Impl::completions(const httplib::Request& req, httplib::Response& r
         auto send_deltas = [&] {
           for (std::size_t i = 0; i < g->choices.size(); ++i) {
             if (texts[i].empty() && lps[i].empty()) continue;
+            // The interval runs from the last write of tokens (the role
+            // chunk written alone does not hold back the first token).
+            state->last_write = Clock::now();
             if (!send(chunk(ojson::array({choice_delta(*g, i, texts[i], lps[i], "", false)})))) return false;
             texts[i].clear();
             lps[i] = ojson::array();
@@ -899,7 +900,9 @@ void Server::Impl::completions(const httplib::Request& req, httplib::Response& r
         const std::chrono::milliseconds stream_interval(config.stream_interval_ms);
         bool any = false;
         Clock::time_point deadline;
-        for (int round = 0; round < 50 && !g->all_done(); ++round) {
+        // Up to 50 rounds (about 0.5 s per choice) waiting for a first
+        // token; once one has come, until the deadline.
+        for (int round = 0; (any || round < 50) && !g->all_done(); ++round) {
           if (any && Clock::now() >= deadline) break;
           bool waited = false;  // this round has waited for the deadline (or a choice's end)
           for (std::size_t i = 0; i < g->choices.size(); ++i) {

@@ -700,6 +700,36 @@ TEST(DaemonLifecycle, StreamIntervalGathersTokensBetweenWrites) {
   EXPECT_EQ(d->stop(), 0);
 }
 
+// With an interval, a first token that comes after the role chunk was
+// written alone (a slow first step) is not held back: steps of 700 ms and
+// an interval of 1 s give two writes of one token each, not one write of
+// both.
+TEST(DaemonLifecycle, StreamIntervalDoesNotHoldBackTheFirstToken) {
+#if !defined(AIRLOCK_TEST_HOOKS)
+  GTEST_SKIP() << "built with AIRLOCK_TEST_HOOKS=OFF: the step-delay hook is not compiled in";
+#endif
+  Enclave e;
+  ::setenv("AIRLOCK_TEST_STEP_DELAY_MS", "700", 1);
+  auto d = Daemon::start(e, "stream_interval_ms = 1000\n");
+  ::unsetenv("AIRLOCK_TEST_STEP_DELAY_MS");
+  ASSERT_GT(d->port, 0) << d->log();
+  json body = chat("Hello", 2, true);
+  body["ignore_eos"] = true;
+  body["logprobs"] = true;
+  auto s = d->post("/v1/chat/completions", body);
+  ASSERT_TRUE(s);
+  ASSERT_EQ(s->status, 200) << s->body;
+  std::vector<std::size_t> per_chunk;  // tokens (log-probability entries) per chunk that has any
+  for (const std::string& ev : sse_events(s->body)) {
+    if (ev == "[DONE]") continue;
+    const json c = json::parse(ev);
+    const json& lp = c["choices"][0]["logprobs"];
+    if (lp.is_object()) per_chunk.push_back(lp["content"].size());
+  }
+  EXPECT_EQ(per_chunk, (std::vector<std::size_t>{1, 1}));
+  EXPECT_EQ(d->stop(), 0);
+}
+
 TEST(DaemonLifecycle, SighupLoadsANewVersionAndRefusesATamperedOne) {
   Enclave e;
   auto d = Daemon::start(e, "verify_on_load = \"full\"\n");
@@ -737,7 +767,7 @@ TEST(DaemonLifecycle, SighupLoadsANewVersionAndRefusesATamperedOne) {
   EXPECT_EQ(refused->port, 0);
   EXPECT_EQ(refused->exit_status, 65) << refused->log();
   EXPECT_NE(refused->log().find("no model loaded"), std::string::npos) << refused->log();
-  EXPECT_NE(refused->log().find("not restarted by systemd"), std::string::npos) << refused->log();
+  EXPECT_NE(refused->log().find("systemd does not restart airlockd"), std::string::npos) << refused->log();
 
   // A bundle not imported yet is not a verification failure: exit 1,
   // restarted (an import is then picked up).

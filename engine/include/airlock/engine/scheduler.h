@@ -67,7 +67,8 @@ struct TokenEvent {
   Status error;  // set when finish == kError
 };
 
-// The per-request channel. The scheduler pushes; the consumer pops.
+// The per-request channel. The scheduler pushes; one consumer pops (pop()
+// and pop_until() one after the other, never at the same time).
 class TokenStream {
  public:
   // Waits up to `timeout` for events; returns those available (empty on
@@ -76,6 +77,8 @@ class TokenStream {
   // Waits until `deadline` or until the request's last event is queued,
   // without waking for the tokens before it; returns every queued event.
   // (A consumer that writes tokens out in batches wakes once per batch.)
+  // Once the last event has been queued it returns at once, empty after
+  // the events have been taken.
   std::vector<TokenEvent> pop_until(Clock::time_point deadline);
   // Asks the scheduler to stop this request; its blocks are freed at the
   // start of the next step and a final kCancelled event follows.
@@ -96,7 +99,7 @@ class TokenStream {
   std::condition_variable cv_;
   std::deque<TokenEvent> events_;
   bool cancelled_ = false;
-  bool final_queued_ = false;  // the last event is in events_
+  bool final_queued_ = false;  // the last event has been pushed (and may have been taken)
   bool gathering_ = false;     // a consumer in pop_until(): wake it for the last event only
   Clock::time_point queued_at_;
   std::optional<Clock::time_point> admitted_at_;
