@@ -848,7 +848,7 @@ void Server::Impl::completions(const httplib::Request& req, httplib::Response& r
     bool started = false;
     bool finished = false;
     std::size_t finals_sent = 0;
-    Clock::time_point last_write;  // of this stream's last chunk (the epoch before the first)
+    Clock::time_point last_write;  // of this stream's last tokens (the epoch before the first)
   };
   auto state = std::make_shared<StreamState>();
   res.set_chunked_content_provider(
@@ -885,11 +885,11 @@ void Server::Impl::completions(const httplib::Request& req, httplib::Response& r
         // write or a choice ends, without waking for each token.
         std::vector<std::string> texts(g->choices.size());
         std::vector<ojson> lps(g->choices.size(), ojson::array());
+        // The interval runs from the last write of tokens (the role chunk
+        // written alone does not hold back the first token).
         auto send_deltas = [&] {
           for (std::size_t i = 0; i < g->choices.size(); ++i) {
             if (texts[i].empty() && lps[i].empty()) continue;
-            // The interval runs from the last write of tokens (the role
-            // chunk written alone does not hold back the first token).
             state->last_write = Clock::now();
             if (!send(chunk(ojson::array({choice_delta(*g, i, texts[i], lps[i], "", false)})))) return false;
             texts[i].clear();

@@ -29,7 +29,11 @@ bool spin_for(Done done, int micros) {
 }  // namespace
 
 ThreadPool::ThreadPool(int n_threads) : n_threads_(n_threads > 0 ? n_threads : available_cores()) {
-  for (int i = 1; i < n_threads_; ++i) workers_.emplace_back([this, i] { pthread_setname_np(pthread_self(), "airlock-pool"); worker(i); });
+  for (int i = 1; i < n_threads_; ++i)
+    workers_.emplace_back([this, i] {
+      pthread_setname_np(pthread_self(), "airlock-pool");
+      worker(i);
+    });
 }
 
 ThreadPool::~ThreadPool() {
