@@ -3,7 +3,9 @@
 // to stream from memory, at 1, 2, 3, 4, 8 and 16 tokens; and this machine's read
 // bandwidth measured in the same run with vector loads. Reports weight bytes
 // streamed per second and integer multiply-adds per second, so a kernel
-// change can be judged in seconds instead of a whole-model run.
+// change can be judged in seconds instead of a whole-model run. --split N
+// makes the rows N matrices, one call each, every call writing the same
+// output buffer as the model's scratch.
 //
 // usage: kernel_bench [--threads N] [--type Q8_0|Q4_0|Q4_K|Q5_K|Q6_K|all] [--isa best|avx2|scalar] [--rows N] [--n-in N] [--split N] [--attention CTX]
 
@@ -65,19 +67,21 @@ void bench_type(GgmlType type, Backend& be, double bw) {
   wt.ne[0] = n_in;
   wt.ne[1] = n_rows;
   wt.data = w.data();
-  const double bytes = static_cast<double>(w.size());
   for (int nt : {1, 2, 3, 4, 8, 16}) {
-    std::vector<float> x(static_cast<std::size_t>(nt * n_in)), y(static_cast<std::size_t>(nt * n_rows));
+    // With --split, one output buffer for every call, as the model's
+    // scratch is reused from matrix to matrix.
+    const std::int64_t part = n_rows / g_split;
+    const double bytes = static_cast<double>(row_bytes(type, n_in) * static_cast<std::size_t>(part * g_split));
+    std::vector<float> x(static_cast<std::size_t>(nt * n_in)), y(static_cast<std::size_t>(nt * part));
     std::normal_distribution<float> nd;
     for (auto& v : x) v = nd(rng);
     // The same rows as g_split consecutive matrices, each its own call.
-    const std::int64_t part = n_rows / g_split;
     auto run = [&] {
       for (std::int64_t s = 0; s < g_split; ++s) {
         WeightTensor piece = wt;
         piece.ne[1] = part;
         piece.data = w.data() + row_bytes(type, n_in) * static_cast<std::size_t>(s * part);
-        be.matmul(piece, x.data(), nt, y.data() + s * part * nt);
+        be.matmul(piece, x.data(), nt, y.data());
       }
     };
     run();  // warm-up
@@ -89,7 +93,7 @@ void bench_type(GgmlType type, Backend& be, double bw) {
     }
     std::printf("%-5s tokens %2d  %7.2f ms  %6.2f GB/s weights (%3.0f%% of read bandwidth)  %6.1f G mul-add/s\n",
                 std::string(traits(type).name).c_str(), nt, best * 1e3, bytes / best / 1e9, 100.0 * bytes / best / 1e9 / bw,
-                static_cast<double>(n_in * n_rows * nt) / best / 1e9);
+                static_cast<double>(n_in * part * g_split * nt) / best / 1e9);
   }
 }
 
