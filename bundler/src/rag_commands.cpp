@@ -254,7 +254,17 @@ int query(Daemon& d, const Args& args) {
   auto text = [](const json& j, const char* key) {
     return j.contains(key) && j[key].is_string() ? shown(j[key].get<std::string>()) : std::string();
   };
-  if (a.contains("answer") && a["answer"].is_string()) std::printf("%s\n\n", text(a, "answer").c_str());
+  // A source's first 160 characters on one line (not cut inside a character).
+  auto snippet = [](const json& j) {
+    std::string line = j.contains("snippet") && j["snippet"].is_string() ? one_line(j["snippet"].get<std::string>())
+                                                                         : std::string();
+    std::size_t end = 0;
+    for (int chars = 0; end < line.size() && chars < 160; ++chars)
+      do ++end; while (end < line.size() && (static_cast<unsigned char>(line[end]) & 0xc0) == 0x80);
+    return line.substr(0, end);
+  };
+  if (a.contains("answer") && a["answer"].is_string())
+    std::printf("%s\n\n", shown_text(a["answer"].get<std::string>()).c_str());
   const bool handoff = a.value("handoff", false);
   if (handoff)
     std::printf("(handed off: %s)\n", text(a, "handoff_reason") == "no_evidence" ? "the documents do not support an answer"
@@ -266,7 +276,7 @@ int query(Daemon& d, const Args& args) {
     if (!s.is_object()) continue;
     std::printf("  [%d] %s/%s (chunk %lld, score %.4f)\n      %s\n", s.value("n", 0), text(s, "collection").c_str(),
                 text(s, "document").c_str(), static_cast<long long>(s.value("position", std::int64_t{0})),
-                s.value("score", 0.0), text(s, "snippet").substr(0, 160).c_str());
+                s.value("score", 0.0), snippet(s).c_str());
   }
   return handoff ? 1 : 0;
 }

@@ -2,7 +2,10 @@
 
 namespace airlock::bundler {
 
-std::string shown(const std::string& s) {
+namespace {
+
+// As shown() below; with keep_breaks, line feeds and tabs pass through.
+std::string shown_impl(const std::string& s, bool keep_breaks) {
   std::string out;
   out.reserve(s.size());
   const auto* p = reinterpret_cast<const unsigned char*>(s.data());
@@ -20,6 +23,11 @@ std::string shown(const std::string& s) {
     ok = ok && cp >= kMin[len] && cp <= 0x10ffff && !(cp >= 0xd800 && cp <= 0xdfff);
     const bool control = cp < 0x20 || (cp >= 0x7f && cp <= 0x9f) || (cp >= 0x202a && cp <= 0x202e) ||
                          (cp >= 0x2066 && cp <= 0x2069);
+    if (ok && keep_breaks && (cp == '\n' || cp == '\t')) {
+      out += static_cast<char>(cp);
+      ++i;
+      continue;
+    }
     if (!ok || control) {
       out += '?';
       i += ok ? len : 1;
@@ -29,6 +37,31 @@ std::string shown(const std::string& s) {
     i += len;
   }
   return out;
+}
+
+}  // namespace
+
+std::string shown(const std::string& s) { return shown_impl(s, false); }
+
+std::string shown_text(const std::string& s) {
+  std::string unix_breaks;  // CR LF as LF (a lone CR could overwrite a line)
+  unix_breaks.reserve(s.size());
+  for (std::size_t i = 0; i < s.size(); ++i)
+    if (!(s[i] == '\r' && i + 1 < s.size() && s[i + 1] == '\n')) unix_breaks += s[i];
+  return shown_impl(unix_breaks, true);
+}
+
+std::string one_line(const std::string& s) {
+  std::string flat;
+  flat.reserve(s.size());
+  bool space = false;
+  for (const char c : s) {
+    const bool ws = c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v' || c == '\f';
+    if (ws && space) continue;
+    flat += ws ? ' ' : c;
+    space = ws;
+  }
+  return shown_impl(flat, false);
 }
 
 }  // namespace airlock::bundler

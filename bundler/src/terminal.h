@@ -9,4 +9,12 @@ namespace airlock::bundler {
 // become '?'; everything else is kept.
 std::string shown(const std::string& s);
 
+// The same for text of several lines (an answer): line feeds and tabs are
+// kept, CR LF becomes LF, a lone CR becomes '?'.
+std::string shown_text(const std::string& s);
+
+// The same on one line (a snippet of a document): every run of ASCII
+// whitespace, line breaks included, becomes one space first.
+std::string one_line(const std::string& s);
+
 }  // namespace airlock::bundler

@@ -1452,6 +1452,15 @@ TEST_F(RagE2E, CliIngestsDirectoriesAndQueries) {
   EXPECT_EQ(cli({"delete", "--collection", "cli", "manuals/wing.txt"}, &out), 0);
   ASSERT_EQ(cli({"documents", "--collection", "cli"}, &out), 0);
   EXPECT_EQ(json::parse(out)["data"].size(), 2u);
+  // Printed for a person: each source's snippet on one line, its line
+  // breaks and tabs as spaces (not as the '?' of a control character).
+  TempDir more;
+  testing::write_file(more / "cabin.txt", "The cabin altitude of an airliner\nstays below eight thousand feet\tin cruise.\n");
+  EXPECT_EQ(cli({"ingest", "--collection", "cli", "--quiet", more / "."}, &out), 0) << out;
+  ASSERT_EQ(cli({"query", "--collection", "cli", "--no-generate", "What is the cabin altitude of an airliner?"}, &out), 0);
+  EXPECT_NE(out.find("cli/cabin.txt (chunk 0, score "), std::string::npos) << out;
+  EXPECT_NE(out.find("\n      The cabin altitude of an airliner stays below eight thousand feet in cruise.\n"), std::string::npos)
+      << out;
   // Names are never resolved; a missing key is a usage error.
   EXPECT_EQ(run({AIRLOCK_CLI_PATH, "rag", "collections", "--url", "http://localhost:" + std::to_string(daemon_->port),
                  "--key-file", secret / "key"}),
