@@ -1377,8 +1377,7 @@ void Server::Impl::rag_routes() {
       count_document("refused");
       const Status& st = r.status();
       ApiError e = status_error(st);
-      // Named once: the extractors' messages already start with the name.
-      e.message = st.message().starts_with(source + ": ") ? st.message() : source + ": " + st.message();
+      e.message = source + ": " + st.message();
       if (st.code() == StatusCode::kInvalidArgument) e.code = "invalid_document";
       if (st.code() == StatusCode::kResourceExhausted) {
         e.http_status = 413;

@@ -4,6 +4,8 @@
 
 #include <algorithm>
 
+#include "text_builder.h"
+
 namespace airlock::rag {
 
 std::string sha256_hex(std::string_view bytes) {
@@ -51,7 +53,7 @@ Result<IngestResult> ingest_document(Store& store, const Embedder& embedder, con
     return result;
   }
 
-  AIRLOCK_ASSIGN_OR_RETURN(ExtractedDocument text, extract_document(source, bytes, options.limits));
+  AIRLOCK_ASSIGN_OR_RETURN(ExtractedDocument text, internal::extract_unnamed(source, bytes, options.limits));
   result.format = std::string(format_name(text.format));
   result.title = text.title;
   doc.format = result.format;
@@ -59,7 +61,7 @@ Result<IngestResult> ingest_document(Store& store, const Embedder& embedder, con
   AIRLOCK_ASSIGN_OR_RETURN(
       std::vector<TextChunk> chunks,
       chunk_text(text.text, [&](std::string_view t) { return embedder.count_tokens(t); }, options.chunk));
-  if (chunks.empty()) return invalid_argument(source + ": no text to index");
+  if (chunks.empty()) return invalid_argument("no text to index");
 
   const std::size_t batch = std::max<std::size_t>(1, options.embed_batch);
   for (std::size_t i = 0; i < chunks.size(); i += batch) {

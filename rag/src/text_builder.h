@@ -63,6 +63,11 @@ class TextBuilder {
 // and cuts at max_bytes on a UTF-8 boundary: for titles.
 std::string one_line(std::string_view s, std::size_t max_bytes);
 
+// extract_document() with messages that do not name the file (for a
+// caller that names it itself).
+Result<ExtractedDocument> extract_unnamed(std::string_view file_name, std::string_view bytes,
+                                          const ExtractLimits& limits);
+
 Result<ExtractedDocument> extract_plain_text(std::string_view bytes, const ExtractLimits& limits);
 Result<ExtractedDocument> extract_markdown(std::string_view bytes, const ExtractLimits& limits);
 Result<ExtractedDocument> extract_html(std::string_view bytes, const ExtractLimits& limits);

@@ -38,6 +38,8 @@ struct IngestResult {
   std::size_t n_tokens = 0;  // over all chunks
 };
 
+// Errors do not name the document: the caller, which knows it as `source`,
+// names it once.
 Result<IngestResult> ingest_document(Store& store, const Embedder& embedder, const std::string& collection,
                                      const std::string& source, std::string_view bytes, const std::string& metadata_json,
                                      const Principal& who, const IngestOptions& options = {});
