@@ -16,6 +16,7 @@
 #include <httplib.h>
 #include <nlohmann/json.hpp>
 
+#include "airlock/verifier/manifest.h"
 #include "args.h"
 #include "progress.h"
 #include "terminal.h"
@@ -281,6 +282,48 @@ int query(Daemon& d, const Args& args) {
   return handoff ? 1 : 0;
 }
 
+// Listings for a person (--json prints what the daemon sent instead). The
+// daemon's fields are printed defensively: any may be missing, and names,
+// titles and descriptions may hold terminal escapes.
+std::string field(const json& j, const char* key) {
+  return j.contains(key) && j[key].is_string() ? one_line(j[key].get<std::string>()) : std::string();
+}
+
+long long number(const json& j, const char* key) {
+  return j.contains(key) && j[key].is_number_integer() ? j[key].get<long long>() : 0;
+}
+
+std::string when(const json& j, const char* key) {
+  return j.contains(key) && j[key].is_number_integer() ? verifier::format_utc(j[key].get<std::int64_t>()) : "-";
+}
+
+const json& listed(const json& r) {
+  static const json kEmpty = json::array();
+  return r.contains("data") && r["data"].is_array() ? r["data"] : kEmpty;
+}
+
+void print_collections(const json& r) {
+  std::printf("%-24s %9s %8s %-16s %-20s %s\n", "NAME", "DOCUMENTS", "CHUNKS", "OWNER", "CREATED", "DESCRIPTION");
+  for (const json& c : listed(r)) {
+    if (!c.is_object()) continue;
+    std::printf("%-24s %9lld %8lld %-16s %-20s %s\n", field(c, "name").c_str(), number(c, "documents"),
+                number(c, "chunks"), field(c, "owner").c_str(), when(c, "created_at").c_str(),
+                field(c, "description").c_str());
+  }
+}
+
+void print_documents(const json& r) {
+  std::printf("%-32s %-8s %10s %6s %-20s %s\n", "SOURCE", "FORMAT", "BYTES", "CHUNKS", "INGESTED", "TITLE");
+  std::size_t n = 0;
+  for (const json& d : listed(r)) {
+    if (!d.is_object()) continue;
+    ++n;
+    std::printf("%-32s %-8s %10lld %6lld %-20s %s\n", field(d, "source").c_str(), field(d, "format").c_str(),
+                number(d, "bytes"), number(d, "chunks"), when(d, "ingested_at").c_str(), field(d, "title").c_str());
+  }
+  std::printf("%zu document%s\n", n, n == 1 ? "" : "s");
+}
+
 }  // namespace
 
 int run_rag_command(const std::vector<std::string>& argv) {
@@ -299,33 +342,38 @@ int run_rag_command(const std::vector<std::string>& argv) {
   if (!d.is_ok()) return usage(d.status().message());
   if (sub == "ingest") return ingest(*d, *args);
   if (sub == "query") return query(*d, *args);
-  auto print = [&](const Result<json>& r) {
+  // The daemon's answer as JSON with --json, else through `show`.
+  auto print = [&](const Result<json>& r, auto show) {
     if (!r.is_ok()) return fail(r.status());
-    std::cout << r->dump(2, ' ', false, json::error_handler_t::replace) << "\n";
+    if (args->has("json")) std::cout << r->dump(2, ' ', false, json::error_handler_t::replace) << "\n";
+    else show(*r);
     return 0;
   };
-  if (sub == "collections") return print(d->call("GET", "/v1/rag/collections"));
+  if (sub == "collections") return print(d->call("GET", "/v1/rag/collections"), print_collections);
   if (sub == "create") {
     if (args->positional().size() != 1) return usage("usage: airlock rag create NAME [--reader key:K|group:G|*]...");
     json body = {{"name", args->positional()[0]}, {"readers", args->all("reader")}};
     if (auto desc = args->get("description")) body["description"] = *desc;
-    return print(d->call("POST", "/v1/rag/collections", body.dump(-1, ' ', false, json::error_handler_t::replace)));
+    return print(d->call("POST", "/v1/rag/collections", body.dump(-1, ' ', false, json::error_handler_t::replace)),
+                 [](const json& c) { std::printf("created the collection '%s'\n", field(c, "name").c_str()); });
   }
   if (sub == "delete-collection") {
     if (args->positional().size() != 1) return usage("usage: airlock rag delete-collection NAME");
-    return print(d->call("DELETE", "/v1/rag/collections/" + encode(args->positional()[0], false)));
+    const std::string name = args->positional()[0];
+    return print(d->call("DELETE", "/v1/rag/collections/" + encode(name, false)),
+                 [&](const json&) { std::printf("deleted the collection '%s'\n", shown(name).c_str()); });
   }
   std::optional<std::string> collection = args->get("collection");
   if (!collection) return usage("usage: airlock rag " + sub + " --collection NAME ...");
   const std::string base = "/v1/rag/collections/" + encode(*collection, false) + "/documents";
-  if (sub == "documents") return print(d->call("GET", base));
+  if (sub == "documents") return print(d->call("GET", base), print_documents);
   // delete --collection NAME SOURCE...
   if (args->positional().empty()) return usage("usage: airlock rag delete --collection NAME SOURCE...");
   int rc = 0;
   for (const std::string& source : args->positional()) {
     Result<json> r = d->call("DELETE", base + "/" + encode(source, true));
     if (!r.is_ok()) rc = fail(r.status());
-    else std::printf("deleted %s\n", source.c_str());
+    else std::printf("deleted %s\n", shown(source).c_str());
   }
   return rc;
 }
@@ -338,11 +386,11 @@ void print_rag_usage() {
       "                                                               DOCX, PDF; exit 1 when any file is refused\n"
       "  query       [--collection NAME]... \"QUESTION\" [--top-k N] [--mode hybrid|bm25|vector] [--no-generate] [--json]\n"
       "                                                               exit 1 when the question is handed off\n"
-      "  collections                      the collections this key may read\n"
-      "  create      NAME [--reader key:K|group:G|*]... [--description D]\n"
-      "  documents   --collection NAME\n"
+      "  collections [--json]             the collections this key may read\n"
+      "  create      NAME [--reader key:K|group:G|*]... [--description D] [--json]\n"
+      "  documents   --collection NAME [--json]\n"
       "  delete      --collection NAME SOURCE...\n"
-      "  delete-collection NAME\n");
+      "  delete-collection NAME [--json]\n");
 }
 
 }  // namespace airlock::bundler

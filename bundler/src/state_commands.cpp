@@ -3,12 +3,12 @@
 #include <charconv>
 #include <cstdio>
 #include <initializer_list>
-#include <ctime>
 #include <iostream>
 
 #include <nlohmann/json.hpp>
 
 #include "airlock/statedb/state_db.h"
+#include "airlock/verifier/manifest.h"
 #include "args.h"
 #include "terminal.h"
 
@@ -26,15 +26,6 @@ int fail(const Status& s) {
 int usage(const std::string& message) {
   std::fprintf(stderr, "airlock: %s\n(run 'airlock help' for usage)\n", message.c_str());
   return 2;
-}
-
-std::string utc(std::int64_t t) {
-  char buf[32];
-  std::time_t tt = static_cast<std::time_t>(t);
-  std::tm tm{};
-  gmtime_r(&tt, &tm);
-  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
-  return buf;
 }
 
 bool one_of(const std::string& s, std::initializer_list<const char*> names) {
@@ -86,8 +77,9 @@ int run_keys_command(const std::vector<std::string>& argv) {
     }
     std::printf("%-24s %-16s %-20s %s\n", "NAME", "ID", "CREATED", "STATE");
     for (const auto& k : *keys)
-      std::printf("%-24s %-16s %-20s %s\n", shown(k.name).c_str(), k.id.c_str(), utc(k.created_at).c_str(),
-                  k.revoked_at ? ("revoked " + utc(*k.revoked_at)).c_str() : "active");
+      std::printf("%-24s %-16s %-20s %s\n", shown(k.name).c_str(), k.id.c_str(),
+                  verifier::format_utc(k.created_at).c_str(),
+                  k.revoked_at ? ("revoked " + verifier::format_utc(*k.revoked_at)).c_str() : "active");
     return 0;
   }
   return usage("unknown keys command '" + sub + "' (create, list, revoke)");
@@ -139,7 +131,7 @@ int run_audit_command(const std::vector<std::string>& argv) {
     for (const auto& row : *rows) {
       const state::AuditRecord& r = row.record;
       std::printf("%6lld %s %-16s %-22s %-12s %3d prompt %lld completion %lld %.3fs\n", static_cast<long long>(row.seq),
-                  utc(r.time_ms / 1000).c_str(), shown(r.key_name).c_str(), shown(r.route).c_str(),
+                  verifier::format_utc(r.time_ms / 1000).c_str(), shown(r.key_name).c_str(), shown(r.route).c_str(),
                   shown(r.model).c_str(), r.status, static_cast<long long>(r.prompt_tokens),
                   static_cast<long long>(r.completion_tokens), r.latency_s);
     }

@@ -1443,7 +1443,7 @@ TEST_F(RagE2E, CliIngestsDirectoriesAndQueries) {
   // The same files under other names (relative to manuals/) are duplicates.
   EXPECT_EQ(cli({"ingest", "--collection", "cli", "--quiet", docs / "manuals"}, &out), 0);
   EXPECT_NE(out.find("2 files: 0 added, 0 replaced, 0 unchanged, 2 duplicates, 0 refused"), std::string::npos) << out;
-  ASSERT_EQ(cli({"documents", "--collection", "cli"}, &out), 0);
+  ASSERT_EQ(cli({"documents", "--collection", "cli", "--json"}, &out), 0);
   json listed = json::parse(out)["data"];
   std::set<std::string> names;
   for (const json& d : listed) names.insert(d["source"]);
@@ -1453,8 +1453,33 @@ TEST_F(RagE2E, CliIngestsDirectoriesAndQueries) {
   EXPECT_EQ(cli({"query", "--collection", "cli", "Who painted the Mona Lisa?"}, &out), 1);  // handed off
   EXPECT_NE(out.find("handed off"), std::string::npos) << out;
   EXPECT_EQ(cli({"delete", "--collection", "cli", "manuals/wing.txt"}, &out), 0);
-  ASSERT_EQ(cli({"documents", "--collection", "cli"}, &out), 0);
+  ASSERT_EQ(cli({"documents", "--collection", "cli", "--json"}, &out), 0);
   EXPECT_EQ(json::parse(out)["data"].size(), 2u);
+  // Listings are printed for a person without --json: one row per
+  // document or collection, and text from the store cannot drive the
+  // terminal.
+  ASSERT_EQ(cli({"documents", "--collection", "cli"}, &out), 0);
+  EXPECT_EQ(out.rfind("SOURCE ", 0), 0u) << out;
+  EXPECT_NE(out.find("\nmanuals/nozzle.md "), std::string::npos) << out;
+  EXPECT_NE(out.find("\nheat.docx "), std::string::npos) << out;
+  EXPECT_EQ(out.find("manuals/wing.txt"), std::string::npos) << out;
+  EXPECT_NE(out.find("\n2 documents\n"), std::string::npos) << out;
+  EXPECT_EQ(out.find('{'), std::string::npos) << out;
+  ASSERT_EQ(cli({"create", "tty", "--description", "red \x1b[31mtext\x1b[0m\nsecond line"}, &out), 0);
+  EXPECT_EQ(out, "created the collection 'tty'\n");
+  ASSERT_EQ(cli({"collections"}, &out), 0);
+  EXPECT_EQ(out.rfind("NAME ", 0), 0u) << out;
+  EXPECT_NE(out.find("\ncli "), std::string::npos) << out;
+  EXPECT_NE(out.find("red ?[31mtext?[0m second line\n"), std::string::npos) << out;
+  EXPECT_EQ(out.find('\x1b'), std::string::npos) << out;
+  ASSERT_EQ(cli({"collections", "--json"}, &out), 0);  // what the daemon sent, unchanged
+  const json all = json::parse(out);
+  json tty;
+  for (const json& c : all["data"])
+    if (c["name"] == "tty") tty = c;
+  EXPECT_EQ(tty["description"], "red \x1b[31mtext\x1b[0m\nsecond line") << out;
+  ASSERT_EQ(cli({"delete-collection", "tty"}, &out), 0);
+  EXPECT_EQ(out, "deleted the collection 'tty'\n");
   // Printed for a person: each source's snippet on one line, its line
   // breaks and tabs as spaces (not as the '?' of a control character).
   TempDir more;
