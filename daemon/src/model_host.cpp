@@ -217,18 +217,24 @@ Result<std::shared_ptr<LoadedModel>> load_model(const Config& config, std::share
 
   if (embedding != nullptr) {
     // A model2vec directory (its vectors file names the directory) or a
-    // BERT-family GGUF encoder; the encoder gets its own CPU backend so it
-    // never shares forward-pass buffers with the decoder.
+    // BERT-family GGUF encoder. The encoder gets its own CPU backend, so it
+    // never shares forward-pass buffers with the decoder, but a decoder on
+    // the CPU lends it its threads: with a pool each, embedding while
+    // generating ran twice the threads there are cores, and decoding fell
+    // well below half speed (bench/bert_bench --decoder).
     const std::string full = chosen->path + "/" + embedding->path;
-    Result<std::unique_ptr<engine::Embedder>> e = engine::load_embedder(full);
+    std::shared_ptr<engine::ThreadPool> pool = m->n_ranks == 1 ? m->model->backend().cpu_pool() : nullptr;
+    Result<std::unique_ptr<engine::Embedder>> e =
+        engine::load_embedder(full, pool ? std::shared_ptr<engine::Backend>(engine::make_cpu_backend(pool)) : nullptr);
     if (!e.is_ok()) {
       // Chat still works; /v1/embeddings and RAG say the model is missing.
       airlock::log().error("{}: embedding model {} could not be loaded: {}", chosen->name, embedding->path,
                            e.status().to_string());
     } else {
       m->embedder = std::move(*e);
-      airlock::log().info("embedding model {}: {}, {} dimensions, up to {} tokens", embedding->path, m->embedder->kind(),
-                          m->embedder->dim(), m->embedder->max_tokens());
+      airlock::log().info("embedding model {}: {}, {} dimensions, up to {} tokens{}", embedding->path,
+                          m->embedder->kind(), m->embedder->dim(), m->embedder->max_tokens(),
+                          pool && m->embedder->kind() != "model2vec" ? ", on the decoder's compute threads" : "");
     }
   }
   open_rag(config, embedding, *m, previous.get());

@@ -33,6 +33,8 @@ class CpuBackend final : public Backend {
  public:
   explicit CpuBackend(std::shared_ptr<ThreadPool> pool) : pool_(std::move(pool)) {}
 
+  std::shared_ptr<ThreadPool> cpu_pool() const override { return pool_; }
+
   std::string name() const override { return std::string("cpu (") + kernel_isa() + ", " +
                                               std::to_string(pool_->n_threads()) + " threads)"; }
 

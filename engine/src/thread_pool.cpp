@@ -15,6 +15,15 @@ int available_cores() {
   return std::max(1u, std::thread::hardware_concurrency());
 }
 // Spins (with the CPU's pause hint) until done() or kSpinMicros have passed.
+// Set while this thread runs a part of a job: a parallel_for() from inside
+// it runs inline (waiting for a turn there would wait for itself).
+thread_local bool t_in_job = false;
+
+struct InJob {
+  InJob() { t_in_job = true; }
+  ~InJob() { t_in_job = false; }
+};
+
 template <typename Done>
 bool spin_for(Done done, int micros) {
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::microseconds(micros);
@@ -49,9 +58,15 @@ void ThreadPool::parallel_for(std::int64_t n, const std::function<void(std::int6
                               std::int64_t min_chunk) {
   if (n <= 0) return;
   std::int64_t parts = std::min<std::int64_t>(n_threads_, (n + min_chunk - 1) / std::max<std::int64_t>(1, min_chunk));
-  if (parts <= 1) {
+  if (parts <= 1 || t_in_job) {
     fn(0, n);
     return;
+  }
+  // Wait for this caller's turn (at once when it is the only one).
+  const std::uint64_t ticket = next_ticket_.fetch_add(1, std::memory_order_seq_cst);
+  if (serving_.load(std::memory_order_seq_cst) != ticket) {  // (seq_cst: against the store and load at the end)
+    std::unique_lock<std::mutex> turn(turn_mu_);
+    turn_cv_.wait(turn, [&] { return serving_.load(std::memory_order_acquire) == ticket; });
   }
   const std::int64_t step = std::max<std::int64_t>(1, min_chunk);
   {
@@ -68,12 +83,23 @@ void ThreadPool::parallel_for(std::int64_t n, const std::function<void(std::int6
     generation_.fetch_add(1, std::memory_order_release);
   }
   start_cv_.notify_all();
-  run_chunks();  // the caller works too
+  {
+    InJob in_job;
+    run_chunks();  // the caller works too
+  }
   if (!spin_for([this] { return pending_.load(std::memory_order_acquire) == 0; }, kSpinMicros)) {
     std::unique_lock<std::mutex> lock(mu_);
     done_cv_.wait(lock, [this] { return pending_.load(std::memory_order_acquire) == 0; });
   }
   job_ = nullptr;
+  // The next turn. A caller that took its ticket before this store and
+  // found it not yet served is waiting, or about to wait, holding turn_mu_:
+  // taking the mutex here orders the wake-up after its wait began.
+  serving_.store(ticket + 1, std::memory_order_seq_cst);
+  if (next_ticket_.load(std::memory_order_seq_cst) > ticket + 1) {
+    { std::lock_guard<std::mutex> turn(turn_mu_); }
+    turn_cv_.notify_all();
+  }
 }
 
 // Ranges are claimed from a shared counter, each a share of what is left
@@ -105,7 +131,10 @@ void ThreadPool::worker(int index) {
     }
     if (stop_.load(std::memory_order_acquire)) return;
     seen = generation_.load(std::memory_order_acquire);
-    if (index < job_parts_) run_chunks();
+    if (index < job_parts_) {
+      InJob in_job;
+      run_chunks();
+    }
     if (pending_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
       std::lock_guard<std::mutex> lock(mu_);  // the caller may be between its check and its wait
       done_cv_.notify_one();

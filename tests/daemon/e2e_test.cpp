@@ -593,6 +593,7 @@ TEST(DaemonLifecycle, BertGgufEmbeddingModel) {
   auto d = Daemon::start(e);
   ASSERT_GT(d->port, 0) << d->log();
   EXPECT_NE(d->log().find("bert, 64 dimensions"), std::string::npos) << d->log();
+  EXPECT_NE(d->log().find("on the decoder's compute threads"), std::string::npos) << d->log();
   auto r = d->post("/v1/embeddings", {{"model", "stories"}, {"input", json::array({"flutter of a swept wing", "hello"})}});
   ASSERT_EQ(r->status, 200) << r->body;
   json j = json::parse(r->body);
@@ -611,6 +612,26 @@ TEST(DaemonLifecycle, BertGgufEmbeddingModel) {
                                       {"mode", "vector"}});
   ASSERT_EQ(q->status, 200) << q->body;
   EXPECT_EQ(json::parse(q->body)["sources"][0]["document"], "a.txt");
+  // The encoder runs on the decoder's compute threads (one pool, their jobs
+  // taking turns): embedding while generating gives what each gives alone.
+  auto alone = d->post("/v1/chat/completions", chat("Once upon a time", 48));
+  ASSERT_EQ(alone->status, 200) << alone->body;
+  const json want = json::parse(alone->body)["choices"][0]["message"]["content"];
+  std::thread generating([&] {
+    for (int i = 0; i < 3; ++i) {
+      auto c = d->post("/v1/chat/completions", chat("Once upon a time", 48));
+      ASSERT_TRUE(c);
+      ASSERT_EQ(c->status, 200) << c->body;
+      EXPECT_EQ(json::parse(c->body)["choices"][0]["message"]["content"], want);
+    }
+  });
+  for (int i = 0; i < 10; ++i) {
+    auto again = d->post("/v1/embeddings", {{"model", "stories"}, {"input", json::array({"flutter of a swept wing", "hello"})}});
+    ASSERT_TRUE(again);
+    ASSERT_EQ(again->status, 200) << again->body;
+    EXPECT_EQ(json::parse(again->body)["data"], j["data"]);
+  }
+  generating.join();
   EXPECT_EQ(d->stop(), 0);
 }
 

@@ -72,6 +72,63 @@ TEST(ThreadPoolTest, ManyBackToBackJobsAndJobsAfterSleep) {
   }
 }
 
+// The daemon's decoder and embedding encoder share one pool from two
+// threads: every job of every caller still covers its range exactly once.
+TEST(ThreadPoolTest, ConcurrentCallersEachGetWholeJobs) {
+  ThreadPool pool(3);
+  std::vector<std::thread> callers;
+  std::atomic<int> failures{0};
+  for (int c = 0; c < 4; ++c)
+    callers.emplace_back([&, c] {
+      for (int job = 0; job < 300; ++job) {
+        const std::int64_t n = 50 + 37 * c + job % 11;
+        std::vector<std::atomic<int>> hits(static_cast<std::size_t>(n));
+        pool.parallel_for(n, [&](std::int64_t b, std::int64_t e) {
+          for (std::int64_t i = b; i < e; ++i) hits[static_cast<std::size_t>(i)].fetch_add(1);
+        });
+        for (const auto& h : hits)
+          if (h.load() != 1) failures.fetch_add(1);
+        if (job % 100 == 99) std::this_thread::sleep_for(std::chrono::milliseconds(1));  // workers go to sleep too
+      }
+    });
+  for (std::thread& t : callers) t.join();
+  EXPECT_EQ(failures.load(), 0);
+}
+
+// Callers take turns: one calling without pause does not starve another.
+TEST(ThreadPoolTest, ABusyCallerDoesNotStarveAnother) {
+  ThreadPool pool(2);
+  std::atomic<bool> other_done{false};
+  std::atomic<bool> other_started{false};
+  std::thread other([&] {
+    other_started = true;
+    for (int job = 0; job < 200; ++job) pool.parallel_for(64, [](std::int64_t, std::int64_t) {});
+    other_done = true;
+  });
+  while (!other_started) std::this_thread::yield();
+  int busy_jobs = 0;
+  for (; busy_jobs < 1000000 && !other_done; ++busy_jobs) pool.parallel_for(64, [](std::int64_t, std::int64_t) {});
+  other.join();
+  EXPECT_LT(busy_jobs, 1000000) << "the other caller got no turns";
+}
+
+// A parallel_for inside a job runs on the calling thread, not through a turn
+// it would wait for forever.
+TEST(ThreadPoolTest, NestedCallsRunInline) {
+  ThreadPool pool(2);
+  std::atomic<std::int64_t> inner{0};
+  pool.parallel_for(8, [&](std::int64_t b, std::int64_t e) {
+    for (std::int64_t i = b; i < e; ++i) {
+      const std::thread::id self = std::this_thread::get_id();
+      pool.parallel_for(100, [&](std::int64_t ib, std::int64_t ie) {
+        EXPECT_EQ(std::this_thread::get_id(), self);
+        inner.fetch_add(ie - ib);
+      });
+    }
+  });
+  EXPECT_EQ(inner.load(), 800);
+}
+
 TEST(ThreadPoolTest, EmptyAndNegativeRangesRunNothing) {
   ThreadPool pool(2);
   int calls = 0;

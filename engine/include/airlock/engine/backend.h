@@ -211,6 +211,9 @@ class Backend {
   // operations would otherwise allocate during it (so that running out of
   // memory fails the pass before the KV cache changes); nothing on the CPU.
   virtual Status reserve_pass(const PassShape&) { return Status::ok(); }
+  // The CPU backend's compute threads, for other CPU work of the process to
+  // share rather than add threads beside them; null on a GPU.
+  virtual std::shared_ptr<ThreadPool> cpu_pool() const { return nullptr; }
 };
 
 std::unique_ptr<Backend> make_cpu_backend(std::shared_ptr<ThreadPool> pool);

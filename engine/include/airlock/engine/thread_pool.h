@@ -11,8 +11,12 @@
 // condition variable: back-to-back jobs start without a system call, and a
 // pool left idle still sleeps.
 //
-// Thread-safety: parallel_for() is called from one thread at a time (the
-// engine's forward pass); the pool is not reentrant.
+// Thread-safety: several threads may call parallel_for() on one pool (the
+// daemon's decoder and its embedding encoder share one, so that the two
+// never run more compute threads than there are cores). Their jobs take
+// turns, one job at a time, in the order the callers asked; a waiting caller
+// sleeps. A parallel_for() called from inside a job runs inline on the
+// calling thread.
 #pragma once
 
 #include <atomic>
@@ -63,6 +67,11 @@ class ThreadPool {
   std::int64_t job_chunk_ = 1;  // min_chunk: every range but the last is a multiple of it
   int job_parts_ = 0;                     // threads taking part (fewer for small n)
   std::atomic<std::int64_t> next_{0};     // start of the next unclaimed range
+  // Callers' turns: a ticket each, served in order. A caller whose turn it
+  // is goes ahead without the mutex; the others wait on turn_cv_.
+  std::mutex turn_mu_;
+  std::condition_variable turn_cv_;
+  std::atomic<std::uint64_t> next_ticket_{0}, serving_{0};
 };
 
 }  // namespace airlock::engine
