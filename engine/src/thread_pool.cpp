@@ -83,10 +83,18 @@ void ThreadPool::parallel_for(std::int64_t n, const std::function<void(std::int6
     generation_.fetch_add(1, std::memory_order_release);
   }
   start_cv_.notify_all();
-  {
-    InJob in_job;
-    run_chunks();  // the caller works too
-  }
+  // Ends the job even when fn throws here: the workers finish the ranges
+  // left, and the next caller gets its turn.
+  struct JobEnd {
+    ThreadPool* pool;
+    std::uint64_t ticket;
+    ~JobEnd() { pool->finish_job(ticket); }
+  } end{this, ticket};
+  InJob in_job;
+  run_chunks();  // the caller works too
+}
+
+void ThreadPool::finish_job(std::uint64_t ticket) {
   if (!spin_for([this] { return pending_.load(std::memory_order_acquire) == 0; }, kSpinMicros)) {
     std::unique_lock<std::mutex> lock(mu_);
     done_cv_.wait(lock, [this] { return pending_.load(std::memory_order_acquire) == 0; });

@@ -9,6 +9,7 @@
 #include <atomic>
 #include <chrono>
 #include <mutex>
+#include <stdexcept>
 #include <thread>
 #include <vector>
 
@@ -127,6 +128,27 @@ TEST(ThreadPoolTest, NestedCallsRunInline) {
     }
   });
   EXPECT_EQ(inner.load(), 800);
+}
+
+// A job that throws on the calling thread: the exception reaches the
+// caller once the workers are done, and the pool serves the next callers.
+TEST(ThreadPoolTest, AJobThrowingOnTheCallerLeavesThePoolUsable) {
+  ThreadPool pool(2);
+  const std::thread::id caller = std::this_thread::get_id();
+  int thrown = 0;
+  for (int attempt = 0; attempt < 50 && thrown == 0; ++attempt) {
+    try {
+      pool.parallel_for(1000, [&](std::int64_t, std::int64_t) {
+        if (std::this_thread::get_id() == caller) throw std::runtime_error("job failed");
+      });
+    } catch (const std::runtime_error&) {
+      ++thrown;
+    }
+  }
+  ASSERT_EQ(thrown, 1) << "the caller never ran a range";
+  std::thread other([&] { check_job(pool, 777, 1); });
+  other.join();
+  check_job(pool, 777, 4);
 }
 
 TEST(ThreadPoolTest, EmptyAndNegativeRangesRunNothing) {

@@ -49,6 +49,7 @@ class ThreadPool {
  private:
   void worker(int index);
   void run_chunks();
+  void finish_job(std::uint64_t ticket);  // waits for the workers, then passes the turn on
 
   static constexpr int kSpinMicros = 100;
 
