@@ -37,9 +37,9 @@ double now_s() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
-// Greedy-free decoding of one sequence (token 1 at every position; the
-// speed does not depend on the tokens) until `stop`, restarting at 256
-// positions. Returns tokens per second.
+// Decodes one sequence (token 1 at every position; the speed does not
+// depend on the tokens) until `stop`, restarting at 256 positions. Returns
+// tokens per second.
 double decode_until(Model& m, const std::atomic<bool>& stop) {
   const int n_blocks = KvCache::blocks_for(256) + 1;
   KvCache cache(n_blocks);
@@ -135,16 +135,13 @@ int main(int argc, char** argv) {
     for (int w = 0; w < 110; ++w) t += std::string(words[rng() % 15]) + " ";
     n_tokens += (*e)->input_ids(t).size();
   }
-  auto now = [] { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); };
   (*e)->embed(texts[0]);  // warm up
-  double t0 = now();
-  for (const std::string& t : texts) (*e)->embed(t);
-  const double one = now() - t0;
-  t0 = now();
+  const double one = embed_rate(**e, texts, n_tokens);
+  const double t0 = now_s();
   (*e)->embed_batch(texts);
-  const double batch = now() - t0;
+  const double batch = now_s() - t0;
   std::printf("bert 384x12 %s, %d threads (%s): %zu tokens in 64 texts; one at a time %.0f tok/s, batched %.0f tok/s\n",
-              std::string(traits(type).name).c_str(), pool->n_threads(), kernel_isa(), n_tokens, static_cast<double>(n_tokens) / one,
+              std::string(traits(type).name).c_str(), pool->n_threads(), kernel_isa(), n_tokens, one,
               static_cast<double>(n_tokens) / batch);
   if (decoder_path.empty()) return 0;
 

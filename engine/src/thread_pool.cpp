@@ -14,7 +14,7 @@ int available_cores() {
   if (sched_getaffinity(0, sizeof set, &set) == 0 && CPU_COUNT(&set) > 0) return CPU_COUNT(&set);
   return std::max(1u, std::thread::hardware_concurrency());
 }
-// Spins (with the CPU's pause hint) until done() or kSpinMicros have passed.
+
 // Set while this thread runs a part of a job: a parallel_for() from inside
 // it runs inline (waiting for a turn there would wait for itself).
 thread_local bool t_in_job = false;
@@ -24,6 +24,7 @@ struct InJob {
   ~InJob() { t_in_job = false; }
 };
 
+// Spins (with the CPU's pause hint) until done() or kSpinMicros have passed.
 template <typename Done>
 bool spin_for(Done done, int micros) {
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::microseconds(micros);
