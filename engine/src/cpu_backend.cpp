@@ -267,20 +267,30 @@ class CpuBackend final : public Backend {
   void attention_over(const AttentionArgs& a, const T* kd, const T* vd) {
     const int group = a.n_head / a.n_kv_head;
     const std::int64_t kv_dim = a.kv->kv_dim;
-    // One job per (token, key/value head): the query heads sharing it are
-    // computed together, reading its keys and values once.
-    pool_->parallel_for(a.n_tokens * a.n_kv_head, [&](std::int64_t begin, std::int64_t end) {
-      std::vector<float> scores;
-      for (std::int64_t job = begin; job < end; ++job) {
-        const std::int64_t t = job / a.n_kv_head;
-        const int kvh = static_cast<int>(job % a.n_kv_head);
-        const std::int64_t first = t * a.n_head + static_cast<std::int64_t>(kvh) * group;
-        scores.resize(static_cast<std::size_t>(group) * static_cast<std::size_t>(a.n_ctx[t]));
-        attend_heads(a.q + first * a.head_dim, group, kd + kvh * a.head_dim, vd + kvh * a.head_dim, kv_dim,
-                     a.block_table[t], kBlockTokens, a.n_ctx[t], a.head_dim, a.scale, scores.data(),
-                     a.out + first * a.head_dim);
-      }
-    });
+    // Jobs are (token, key/value head): the query heads sharing one are
+    // computed together, reading its keys and values once. A range of jobs
+    // takes a token's heads together (attend_heads reads their part of each
+    // cache row at once), in ranges of at least a thread's share of the
+    // heads, so one token's heads are split in as few ranges as the
+    // threads allow.
+    const std::int64_t share = std::max<std::int64_t>(1, a.n_kv_head / pool_->n_threads());
+    pool_->parallel_for(
+        a.n_tokens * a.n_kv_head,
+        [&](std::int64_t begin, std::int64_t end) {
+          thread_local std::vector<float> scores;
+          for (std::int64_t job = begin; job < end;) {
+            const std::int64_t t = job / a.n_kv_head;
+            const int h0 = static_cast<int>(job % a.n_kv_head);
+            const int n_kv = static_cast<int>(std::min<std::int64_t>(a.n_kv_head - h0, end - job));
+            const std::int64_t first = t * a.n_head + static_cast<std::int64_t>(h0) * group;
+            scores.resize(static_cast<std::size_t>(group) * static_cast<std::size_t>(a.n_ctx[t]));
+            attend_heads(a.q + first * a.head_dim, group, n_kv, kd + h0 * a.head_dim, vd + h0 * a.head_dim, kv_dim,
+                         a.block_table[t], kBlockTokens, a.n_ctx[t], a.head_dim, a.scale, scores.data(),
+                         a.out + first * a.head_dim);
+            job += n_kv;
+          }
+        },
+        share);
   }
 
   std::shared_ptr<ThreadPool> pool_;

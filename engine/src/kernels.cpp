@@ -1263,17 +1263,25 @@ AIRLOCK_AVX2 inline __m256 hsum8(const __m256 v[8]) {
 // token over 16 layers; 8 positions ahead gave 2.6, 64 gave 2.3).
 constexpr int kAttendPrefetch = 32;
 
-// The weighted sum of values for dimensions [0, 8 * kW) of v (already
-// offset to them), for n_q heads: out[g * head_dim + i] = inv_sum[g] *
+// What the attention loops prefetch: `bytes` of the row kAttendPrefetch
+// positions ahead, for positions before `end`.
+struct Prefetch {
+  std::int64_t bytes;
+  int end;
+};
+
+// The weighted sum of positions [p0, p1)' values for dimensions [0, 8 * kW)
+// of v (already offset to them), for n_q heads: out[g * head_dim + i] =
+// (rescale ? rescale[g] * out[g * head_dim + i] : 0) +
 // sum_p scores[g * n_ctx + p] * v[offs[p] + i].
 template <int kW, typename T>
-AIRLOCK_AVX2 void attend_values(const T* v, const std::int64_t* offs, int n_q, int n_ctx, const float* scores,
-                                const float* inv_sum, float* out, int head_dim) {
+AIRLOCK_AVX2 void attend_values(const T* v, const std::int64_t* offs, int n_q, int p0, int p1, const float* scores,
+                                const float* rescale, float* out, int n_ctx, int head_dim, const Prefetch& pf) {
   __m256 acc[4][kW];
   AIRLOCK_UNROLL for (int g = 0; g < 4; ++g) AIRLOCK_UNROLL for (int c = 0; c < kW; ++c) acc[g][c] = _mm256_setzero_ps();
-  for (int p = 0; p < n_ctx; ++p) {
+  for (int p = p0; p < p1; ++p) {
     const T* vp = v + offs[p];
-    if (p + kAttendPrefetch < n_ctx) prefetch_bytes(v + offs[p + kAttendPrefetch], 8 * kW * sizeof(T));
+    if (p + kAttendPrefetch < pf.end) prefetch_bytes(v + offs[p + kAttendPrefetch], pf.bytes);
     __m256 vv[kW];
     AIRLOCK_UNROLL for (int c = 0; c < kW; ++c) vv[c] = load8(vp + 8 * c);
     AIRLOCK_UNROLL for (int g = 0; g < 4; ++g) {
@@ -1288,34 +1296,42 @@ AIRLOCK_AVX2 void attend_values(const T* v, const std::int64_t* offs, int n_q, i
   // load around every FMA)
   AIRLOCK_UNROLL for (int g = 0; g < 4; ++g) {
     if (g < n_q) {
-      AIRLOCK_UNROLL for (int c = 0; c < kW; ++c)
-        _mm256_storeu_ps(out + g * head_dim + 8 * c, _mm256_mul_ps(acc[g][c], _mm256_set1_ps(inv_sum[g])));
+      AIRLOCK_UNROLL for (int c = 0; c < kW; ++c) {
+        float* o = out + g * head_dim + 8 * c;
+        if (rescale == nullptr) _mm256_storeu_ps(o, acc[g][c]);
+        else _mm256_storeu_ps(o, _mm256_fmadd_ps(_mm256_loadu_ps(o), _mm256_set1_ps(rescale[g]), acc[g][c]));
+      }
     }
   }
 }
 
-// n_q (<= 4) query heads sharing one key/value head (grouped-query
-// attention), head_dim a multiple of 8. Each key and value row is read once
-// for the whole group instead of once per head: scores for two positions
-// and up to four heads at a time (eight independent FMA chains), then the
-// weighted sum of values sixteen dimensions at a time over all positions,
-// every value cache line read once. T: float or f16 bits (std::uint16_t).
+// Positions [p0, p1) for n_q (<= 4) query heads sharing one key/value
+// head (grouped-query attention), head_dim a multiple of 8: scores for two
+// positions and up to four heads at a time (eight independent FMA chains),
+// softmax weights, then the weighted sum of values sixteen dimensions at a
+// time; each key and value row is read for the whole group instead of once
+// per head. T: float or f16 bits (std::uint16_t). `offs` holds every
+// position's row offset, `scores` n_q rows of n_ctx.
+//
+// The context goes in spans (kAttendSpan) with an online softmax: a span's
+// scores become weights against the running maximum (run_max, per head),
+// and what the earlier spans added to `out` (unnormalised; run_sum holds
+// the sum of its weights) is rescaled when the maximum grows. The caller
+// divides by run_sum after the last span. A context of one span computes
+// exactly what a single pass over it does.
+constexpr int kAttendSpan = 256;
+
 template <typename T>
-AIRLOCK_AVX2 void attend_group_avx2(const float* q, int n_q, const T* k, const T* v, std::int64_t kv_stride,
-                                    const std::int32_t* table, int block, int n_ctx, int head_dim, float scale,
-                                    float* scores, float* out) {
-  thread_local std::vector<std::int64_t> offs;
-  offs.resize(static_cast<std::size_t>(n_ctx));
-  for (int p = 0; p < n_ctx; ++p)
-    offs[static_cast<std::size_t>(p)] = (static_cast<std::int64_t>(table[p / block]) * block + p % block) * kv_stride;
+AIRLOCK_AVX2 void attend_span_avx2(const float* q, int n_q, const T* k, const T* v, const std::int64_t* offs,
+                                   int p0, int p1, int n_ctx, int head_dim, float scale, const Prefetch& pf,
+                                   float* scores, float* out, float* run_max, float* run_sum) {
   // Scores.
-  int p = 0;
-  for (; p + 2 <= n_ctx; p += 2) {
-    const T* k0 = k + offs[static_cast<std::size_t>(p)];
-    const T* k1 = k + offs[static_cast<std::size_t>(p) + 1];
-    if (p + kAttendPrefetch + 1 < n_ctx)
-      for (int j = 0; j < 2; ++j)
-        prefetch_bytes(k + offs[static_cast<std::size_t>(p + kAttendPrefetch + j)], head_dim * sizeof(T));
+  int p = p0;
+  for (; p + 2 <= p1; p += 2) {
+    const T* k0 = k + offs[p];
+    const T* k1 = k + offs[p + 1];
+    if (p + kAttendPrefetch + 1 < pf.end)
+      for (int j = 0; j < 2; ++j) prefetch_bytes(k + offs[p + kAttendPrefetch + j], pf.bytes);
     __m256 acc[2][4];
     AIRLOCK_UNROLL for (int g = 0; g < 4; ++g) acc[0][g] = acc[1][g] = _mm256_setzero_ps();
     for (int d = 0; d < head_dim; d += 8) {
@@ -1337,51 +1353,93 @@ AIRLOCK_AVX2 void attend_group_avx2(const float* q, int n_q, const T* k, const T
     if (n_q > 2) _mm_storel_pi(reinterpret_cast<__m64*>(scores + 2 * n_ctx + p), hi);
     if (n_q > 3) _mm_storeh_pi(reinterpret_cast<__m64*>(scores + 3 * n_ctx + p), hi);
   }
-  for (; p < n_ctx; ++p)
-    for (int g = 0; g < n_q; ++g)
-      scores[g * n_ctx + p] = dot_cached(q + g * head_dim, k + offs[static_cast<std::size_t>(p)], head_dim) * scale;
-  // Softmax weights (unnormalised; the sums divide at the end).
-  float inv_sum[4];
+  for (; p < p1; ++p)
+    for (int g = 0; g < n_q; ++g) scores[g * n_ctx + p] = dot_cached(q + g * head_dim, k + offs[p], head_dim) * scale;
+  // Softmax weights against the running maximum.
+  float rescale[4];
   for (int g = 0; g < n_q; ++g) {
     float* s = scores + g * n_ctx;
     __m256 m8 = _mm256_set1_ps(-INFINITY);
-    int i = 0;
-    for (; i + 8 <= n_ctx; i += 8) m8 = _mm256_max_ps(m8, _mm256_loadu_ps(s + i));
+    int i = p0;
+    for (; i + 8 <= p1; i += 8) m8 = _mm256_max_ps(m8, _mm256_loadu_ps(s + i));
     float m = hsum_max(m8);
-    for (int j = i; j < n_ctx; ++j) m = std::max(m, s[j]);
+    for (int j = i; j < p1; ++j) m = std::max(m, s[j]);
+    if (p0 > 0) {
+      m = std::max(m, run_max[g]);
+      rescale[g] = std::exp(run_max[g] - m);
+    }
     const __m256 mv = _mm256_set1_ps(m);
     __m256 sum8 = _mm256_setzero_ps();
-    for (i = 0; i + 8 <= n_ctx; i += 8) {
+    for (i = p0; i + 8 <= p1; i += 8) {
       const __m256 e = exp_nonpositive(_mm256_sub_ps(_mm256_loadu_ps(s + i), mv));
       _mm256_storeu_ps(s + i, e);
       sum8 = _mm256_add_ps(sum8, e);
     }
     float sum = hsum(sum8);
-    for (; i < n_ctx; ++i) sum += s[i] = std::exp(s[i] - m);
-    inv_sum[g] = 1.0f / sum;
+    for (; i < p1; ++i) sum += s[i] = std::exp(s[i] - m);
+    run_sum[g] = p0 > 0 ? run_sum[g] * rescale[g] + sum : sum;
+    run_max[g] = m;
   }
+  const float* r = p0 > 0 ? rescale : nullptr;
+  const Prefetch slice_pf{static_cast<std::int64_t>(16 * sizeof(T)), p1};
   int d = 0;
-  for (; d + 16 <= head_dim; d += 16) attend_values<2>(v + d, offs.data(), n_q, n_ctx, scores, inv_sum, out + d, head_dim);
-  if (d < head_dim) attend_values<1>(v + d, offs.data(), n_q, n_ctx, scores, inv_sum, out + d, head_dim);
+  for (; d + 16 <= head_dim; d += 16)
+    attend_values<2>(v + d, offs, n_q, p0, p1, scores, r, out + d, n_ctx, head_dim, d == 0 ? pf : slice_pf);
+  if (d < head_dim) attend_values<1>(v + d, offs, n_q, p0, p1, scores, r, out + d, n_ctx, head_dim, d == 0 ? pf : slice_pf);
+}
+
+// attend_heads for n_kv consecutive key/value heads (n_q query heads each),
+// span by span: every group's part of a span before the next span, so the
+// span's rows of all n_kv heads are read together (each row's bytes for
+// these heads are prefetched whole) rather than one head's few bytes per
+// row across the whole context, then the next head's.
+template <typename T>
+AIRLOCK_AVX2 void attend_groups_avx2(const float* q, int n_q, int n_kv, const T* k, const T* v, std::int64_t kv_stride,
+                                     const std::int32_t* table, int block, int n_ctx, int head_dim, float scale,
+                                     float* scores, float* out) {
+  thread_local std::vector<std::int64_t> offs;
+  thread_local std::vector<float> run;  // per query head: the running maximum and sum
+  offs.resize(static_cast<std::size_t>(n_ctx));
+  for (int p = 0; p < n_ctx; ++p)
+    offs[static_cast<std::size_t>(p)] = (static_cast<std::int64_t>(table[p / block]) * block + p % block) * kv_stride;
+  const int n_heads = n_q * n_kv;
+  run.resize(2 * static_cast<std::size_t>(n_heads));
+  const std::int64_t row_bytes = static_cast<std::int64_t>(n_kv) * head_dim * static_cast<std::int64_t>(sizeof(T));
+  for (int p0 = 0; p0 < n_ctx; p0 += kAttendSpan) {
+    const int p1 = std::min(n_ctx, p0 + kAttendSpan);
+    for (int h = 0; h < n_kv; ++h)
+      for (int g = 0; g < n_q; g += 4) {
+        const int head = h * n_q + g;
+        // the first group's pass prefetches the rows for all of them, up
+        // to the next span; the others' rows are then near
+        const Prefetch pf = head == 0 ? Prefetch{row_bytes, n_ctx}
+                                      : Prefetch{static_cast<std::int64_t>(head_dim * sizeof(T)), p1};
+        attend_span_avx2(q + head * head_dim, std::min(4, n_q - g), k + h * head_dim, v + h * head_dim, offs.data(),
+                         p0, p1, n_ctx, head_dim, scale, pf,
+                         scores + static_cast<std::int64_t>(g) * n_ctx, out + head * head_dim, run.data() + head,
+                         run.data() + n_heads + head);
+      }
+  }
+  for (int head = 0; head < n_heads; ++head) {
+    const __m256 inv = _mm256_set1_ps(1.0f / run[static_cast<std::size_t>(n_heads + head)]);
+    for (int d = 0; d < head_dim; d += 8)
+      _mm256_storeu_ps(out + head * head_dim + d, _mm256_mul_ps(_mm256_loadu_ps(out + head * head_dim + d), inv));
+  }
 }
 
 inline float cached_value(float x) { return x; }
 inline float cached_value(std::uint16_t h) { return fp16_to_fp32(h); }
 
 template <typename T>
-void attend_heads_impl(const float* q, int n_q, const T* k, const T* v, std::int64_t kv_stride,
+void attend_heads_impl(const float* q, int n_q, int n_kv, const T* k, const T* v, std::int64_t kv_stride,
                        const std::int32_t* table, int block, int n_ctx, int head_dim, float scale, float* scores,
                        float* out) {
-  if (active_isa() >= KernelIsa::kAvx2 && head_dim % 8 == 0) {
-    for (int g = 0; g < n_q; g += 4)
-      attend_group_avx2(q + g * head_dim, std::min(4, n_q - g), k, v, kv_stride, table, block, n_ctx, head_dim,
-                        scale, scores + static_cast<std::int64_t>(g) * n_ctx, out + g * head_dim);
-    return;
-  }
-  for (int g = 0; g < n_q; ++g)
+  if (active_isa() >= KernelIsa::kAvx2 && head_dim % 8 == 0)
+    return attend_groups_avx2(q, n_q, n_kv, k, v, kv_stride, table, block, n_ctx, head_dim, scale, scores, out);
+  for (int head = 0; head < n_q * n_kv; ++head)
     attend_head_impl(
-        q + g * head_dim, k, v, kv_stride, table, block, n_ctx, head_dim, scale,
-        scores + static_cast<std::int64_t>(g) * n_ctx, out + g * head_dim,
+        q + head * head_dim, k + head / n_q * head_dim, v + head / n_q * head_dim, kv_stride, table, block, n_ctx,
+        head_dim, scale, scores, out + head * head_dim,
         [](const float* a, const T* b, std::int64_t n) {
           float s = 0;
           for (std::int64_t i = 0; i < n; ++i) s += a[i] * cached_value(b[i]);
@@ -1449,16 +1507,16 @@ void silu_mul_row(const float* gate, const float* up, std::int64_t n, float* out
   for (std::int64_t i = 0; i < n; ++i) out[i] = gate[i] / (1.0f + std::exp(-gate[i])) * up[i];
 }
 
-void attend_heads(const float* q, int n_q, const float* k, const float* v, std::int64_t kv_stride,
+void attend_heads(const float* q, int n_q, int n_kv, const float* k, const float* v, std::int64_t kv_stride,
                   const std::int32_t* table, int block, int n_ctx, int head_dim, float scale, float* scores,
                   float* out) {
-  attend_heads_impl(q, n_q, k, v, kv_stride, table, block, n_ctx, head_dim, scale, scores, out);
+  attend_heads_impl(q, n_q, n_kv, k, v, kv_stride, table, block, n_ctx, head_dim, scale, scores, out);
 }
 
-void attend_heads(const float* q, int n_q, const std::uint16_t* k, const std::uint16_t* v, std::int64_t kv_stride,
-                  const std::int32_t* table, int block, int n_ctx, int head_dim, float scale, float* scores,
-                  float* out) {
-  attend_heads_impl(q, n_q, k, v, kv_stride, table, block, n_ctx, head_dim, scale, scores, out);
+void attend_heads(const float* q, int n_q, int n_kv, const std::uint16_t* k, const std::uint16_t* v,
+                  std::int64_t kv_stride, const std::int32_t* table, int block, int n_ctx, int head_dim, float scale,
+                  float* scores, float* out) {
+  attend_heads_impl(q, n_q, n_kv, k, v, kv_stride, table, block, n_ctx, head_dim, scale, scores, out);
 }
 
 void fp32_to_fp16_row(const float* x, std::uint16_t* y, std::int64_t n) {

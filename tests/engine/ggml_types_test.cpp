@@ -470,10 +470,13 @@ INSTANTIATE_TEST_SUITE_P(Levels, KernelsTest, ::testing::Values(KernelIsa::kAvx2
                          [](const ::testing::TestParamInfo<KernelIsa>& p) { return std::string(kernel_isa_name(p.param)); });
 
 // attend_heads against a double-precision softmax attention, for group
-// sizes on both sides of the vector kernel's four heads, head sizes with and
-// without a 16-wide tail (and one the vector path leaves to scalar code),
-// contexts from one position to several blocks through a shuffled block table,
-// and scores spread wide enough that exp() underflows for some positions.
+// sizes on both sides of the vector kernel's four heads, one and several
+// key/value heads per call, head sizes with and without a 16-wide tail (and
+// one the vector path leaves to scalar code), contexts from one position to
+// several blocks through a shuffled block table and across the vector
+// kernel's spans of 256 positions, and scores spread wide enough that exp()
+// underflows for some positions, with the largest score in a late span (so
+// the earlier spans' sums are rescaled).
 //
 // T is the cache's element type: float, or f16 bits (the reference then
 // uses the rounded numbers the cache holds; accumulation stays f32).
@@ -490,53 +493,71 @@ void check_attention_against_double_reference() {
   std::mt19937 rng(5);
   std::normal_distribution<float> g(0.0f, 1.0f);
   const int block = 16;
+  struct Shape {
+    int head_dim, n_q, n_kv, n_ctx;
+  };
+  std::vector<Shape> shapes;
+  for (int head_dim : {40, 64, 72, 128})
+    for (int n_q : {1, 3, 4, 5, 8})
+      for (int n_ctx : {1, 2, 17, 70}) shapes.push_back({head_dim, n_q, 1, n_ctx});
+  for (int head_dim : {40, 64})
+    for (int n_q : {1, 4, 5})
+      for (int n_ctx : {17, 255, 256, 257, 600}) shapes.push_back({head_dim, n_q, 3, n_ctx});
   for (KernelIsa level : {KernelIsa::kScalar, KernelIsa::kAvx2}) {
     if (best_kernel_isa() < level) continue;
     limit_kernel_isa(level);
-    for (int head_dim : {40, 64, 72, 128}) {
-      for (int n_q : {1, 3, 4, 5, 8}) {
-        for (int n_ctx : {1, 2, 17, 70}) {
-          const int n_blocks = (n_ctx + block - 1) / block + 2;
-          const std::int64_t kv_stride = head_dim + 24;  // other heads' numbers in between
-          std::vector<T> k(static_cast<std::size_t>(n_blocks * block * kv_stride)), v(k.size());
-          for (T& x : k) x = store(g(rng));
-          for (T& x : v) x = store(g(rng));
-          std::vector<std::int32_t> table(static_cast<std::size_t>(n_blocks));
-          std::iota(table.begin(), table.end(), 0);
-          std::shuffle(table.begin(), table.end(), rng);
-          std::vector<float> q(static_cast<std::size_t>(n_q * head_dim));
-          const float spread = n_ctx == 70 ? 12.0f : 1.0f;  // wide: some weights underflow to 0
-          for (float& x : q) x = g(rng) * spread;
-          const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
-          std::vector<float> scores(static_cast<std::size_t>(n_q * n_ctx)), out(static_cast<std::size_t>(n_q * head_dim));
-          attend_heads(q.data(), n_q, k.data(), v.data(), kv_stride, table.data(), block, n_ctx, head_dim, scale,
-                       scores.data(), out.data());
-          for (int h = 0; h < n_q; ++h) {
-            std::vector<double> s(static_cast<std::size_t>(n_ctx));
-            double m = -1e300;
-            for (int p = 0; p < n_ctx; ++p) {
-              const std::int64_t slot = static_cast<std::int64_t>(table[static_cast<std::size_t>(p / block)]) * block + p % block;
-              double dot = 0;
-              for (int i = 0; i < head_dim; ++i)
-                dot += static_cast<double>(q[static_cast<std::size_t>(h * head_dim + i)]) * load(k[static_cast<std::size_t>(slot * kv_stride + i)]);
-              s[static_cast<std::size_t>(p)] = dot * scale;
-              m = std::max(m, s[static_cast<std::size_t>(p)]);
-            }
-            double sum = 0;
-            for (double& x : s) sum += x = std::exp(x - m);
-            for (int i = 0; i < head_dim; ++i) {
-              double want = 0, mag = 0;
-              for (int p = 0; p < n_ctx; ++p) {
-                const std::int64_t slot = static_cast<std::int64_t>(table[static_cast<std::size_t>(p / block)]) * block + p % block;
-                const double vv = load(v[static_cast<std::size_t>(slot * kv_stride + i)]);
-                want += s[static_cast<std::size_t>(p)] / sum * vv;
-                mag += s[static_cast<std::size_t>(p)] / sum * std::fabs(vv);
-              }
-              ASSERT_NEAR(out[static_cast<std::size_t>(h * head_dim + i)], want, 1e-5 * (mag + 1e-3))
-                  << kernel_isa() << " head_dim " << head_dim << " n_q " << n_q << " n_ctx " << n_ctx << " head " << h
-                  << (std::is_same_v<T, float> ? " f32" : " f16");
-            }
+    for (const Shape& sh : shapes) {
+      const int head_dim = sh.head_dim, n_q = sh.n_q, n_kv = sh.n_kv, n_ctx = sh.n_ctx;
+      const int n_blocks = (n_ctx + block - 1) / block + 2;
+      const std::int64_t kv_stride = n_kv * head_dim + 24;  // other heads' numbers in between
+      std::vector<T> k(static_cast<std::size_t>(n_blocks * block * kv_stride)), v(k.size());
+      for (T& x : k) x = store(g(rng));
+      for (T& x : v) x = store(g(rng));
+      std::vector<std::int32_t> table(static_cast<std::size_t>(n_blocks));
+      std::iota(table.begin(), table.end(), 0);
+      std::shuffle(table.begin(), table.end(), rng);
+      std::vector<float> q(static_cast<std::size_t>(n_kv * n_q * head_dim));
+      const bool wide = n_ctx == 70 || n_ctx == 600;  // some weights underflow to 0
+      for (float& x : q) x = g(rng) * (wide ? 12.0f : 1.0f);
+      if (n_ctx == 600) {  // the largest scores in the last span: position 590's key along each query
+        const std::int64_t slot = static_cast<std::int64_t>(table[590 / block]) * block + 590 % block;
+        for (int j = 0; j < n_kv * n_q; ++j)
+          for (int i = 0; i < head_dim; ++i)
+            k[static_cast<std::size_t>(slot * kv_stride + j / n_q * head_dim + i)] =
+                store(q[static_cast<std::size_t>(j * head_dim + i)] / 6.0f);
+      }
+      const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
+      // f32 sums of n_ctx terms: rounding grows with the context
+      const double tol = std::max(1e-5, n_ctx * 6e-8);
+      std::vector<float> scores(static_cast<std::size_t>(n_q * n_ctx)), out(q.size());
+      attend_heads(q.data(), n_q, n_kv, k.data(), v.data(), kv_stride, table.data(), block, n_ctx, head_dim, scale,
+                   scores.data(), out.data());
+      for (int h = 0; h < n_kv * n_q; ++h) {
+        const std::int64_t head_off = static_cast<std::int64_t>(h / n_q) * head_dim;
+        std::vector<double> s(static_cast<std::size_t>(n_ctx));
+        double m = -1e300;
+        for (int p = 0; p < n_ctx; ++p) {
+          const std::int64_t slot = static_cast<std::int64_t>(table[static_cast<std::size_t>(p / block)]) * block + p % block;
+          double dot = 0;
+          for (int i = 0; i < head_dim; ++i)
+            dot += static_cast<double>(q[static_cast<std::size_t>(h * head_dim + i)]) *
+                   load(k[static_cast<std::size_t>(slot * kv_stride + head_off + i)]);
+          s[static_cast<std::size_t>(p)] = dot * scale;
+          m = std::max(m, s[static_cast<std::size_t>(p)]);
+        }
+        double sum = 0;
+        for (double& x : s) sum += x = std::exp(x - m);
+        for (int i = 0; i < head_dim; ++i) {
+          double want = 0, mag = 0;
+          for (int p = 0; p < n_ctx; ++p) {
+            const std::int64_t slot = static_cast<std::int64_t>(table[static_cast<std::size_t>(p / block)]) * block + p % block;
+            const double vv = load(v[static_cast<std::size_t>(slot * kv_stride + head_off + i)]);
+            want += s[static_cast<std::size_t>(p)] / sum * vv;
+            mag += s[static_cast<std::size_t>(p)] / sum * std::fabs(vv);
           }
+          ASSERT_NEAR(out[static_cast<std::size_t>(h * head_dim + i)], want, tol * (mag + 1e-3))
+              << kernel_isa() << " head_dim " << head_dim << " n_q " << n_q << " n_kv " << n_kv << " n_ctx " << n_ctx
+              << " head " << h << (std::is_same_v<T, float> ? " f32" : " f16");
         }
       }
     }

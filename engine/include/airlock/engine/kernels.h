@@ -68,21 +68,22 @@ bool shares_matmul_input(GgmlType a, GgmlType b);
 void matmul_rows(GgmlType type, const std::uint8_t* w, std::int64_t n_in, const float* x,
                  std::int64_t n_tokens, float* y, std::int64_t n_out, std::int64_t r0, std::int64_t r1);
 
-// Attention for n_q query heads of one token that share a key/value head
-// (grouped-query attention; n_q 1 without grouping), over n_ctx cached
-// positions. For each head g:
-//   out[g] (head_dim) = softmax_p(scale * q[g] . k_p) weighted sum of v_p,
-// where q and out hold the n_q heads one after another, position p's key is
-// at k + slot(p) * kv_stride (likewise v) and
+// Attention for one token's query heads: n_kv consecutive key/value heads
+// with n_q query heads each (grouped-query attention; n_q 1 without
+// grouping), over n_ctx cached positions. For query head j (of n_q * n_kv,
+// sharing key/value head j / n_q):
+//   out[j] (head_dim) = softmax_p(scale * q[j] . k_p) weighted sum of v_p,
+// where q and out hold the heads one after another, key/value head h of
+// position p is at k + slot(p) * kv_stride + h * head_dim (likewise v) and
 // slot(p) = table[p / block] * block + p % block. `scores` is scratch of
 // n_q * n_ctx. The vector path reads each key and value once per group.
-void attend_heads(const float* q, int n_q, const float* k, const float* v, std::int64_t kv_stride,
+void attend_heads(const float* q, int n_q, int n_kv, const float* k, const float* v, std::int64_t kv_stride,
                   const std::int32_t* table, int block, int n_ctx, int head_dim, float scale, float* scores,
                   float* out);
 // The same over an f16 cache (IEEE half bits), accumulating in f32.
-void attend_heads(const float* q, int n_q, const std::uint16_t* k, const std::uint16_t* v, std::int64_t kv_stride,
-                  const std::int32_t* table, int block, int n_ctx, int head_dim, float scale, float* scores,
-                  float* out);
+void attend_heads(const float* q, int n_q, int n_kv, const std::uint16_t* k, const std::uint16_t* v,
+                  std::int64_t kv_stride, const std::int32_t* table, int block, int n_ctx, int head_dim, float scale,
+                  float* scores, float* out);
 
 // out[i] = silu(gate[i]) * up[i] (SwiGLU), silu(x) = x / (1 + exp(-x));
 // out may alias gate or up. With AVX2 exp is a polynomial (relative error
