@@ -470,13 +470,16 @@ INSTANTIATE_TEST_SUITE_P(Levels, KernelsTest, ::testing::Values(KernelIsa::kAvx2
                          [](const ::testing::TestParamInfo<KernelIsa>& p) { return std::string(kernel_isa_name(p.param)); });
 
 // attend_heads against a double-precision softmax attention, for group
-// sizes on both sides of the vector kernel's four heads, one and several
-// key/value heads per call, head sizes with and without a 16-wide tail (and
-// one the vector path leaves to scalar code), contexts from one position to
-// several blocks through a shuffled block table and across the vector
-// kernel's spans of 256 positions, and scores spread wide enough that exp()
-// underflows for some positions, with the largest score in a late span (so
-// the earlier spans' sums are rescaled).
+// sizes on both sides of the vector kernels' four heads, one and several
+// key/value heads per call, head sizes for every tail of the 256-bit
+// kernel's 16-wide and the 512-bit kernel's 64-wide value passes (and
+// sizes the 512-bit kernel leaves to 256-bit code, and 256-bit to scalar),
+// contexts from one position to several blocks through a shuffled block
+// table, with and without a tail of the four-position score step and
+// across the spans of 256 positions, and scores spread wide enough that
+// exp() underflows for some positions, with the largest score in a late
+// span (so the earlier spans' sums are rescaled). At every kernel level
+// this CPU has.
 //
 // T is the cache's element type: float, or f16 bits (the reference then
 // uses the rounded numbers the cache holds; accumulation stays f32).
@@ -497,13 +500,13 @@ void check_attention_against_double_reference() {
     int head_dim, n_q, n_kv, n_ctx;
   };
   std::vector<Shape> shapes;
-  for (int head_dim : {40, 64, 72, 128})
+  for (int head_dim : {36, 40, 64, 72, 80, 112, 128})
     for (int n_q : {1, 3, 4, 5, 8})
-      for (int n_ctx : {1, 2, 17, 70}) shapes.push_back({head_dim, n_q, 1, n_ctx});
-  for (int head_dim : {40, 64})
+      for (int n_ctx : {1, 2, 3, 5, 17, 70}) shapes.push_back({head_dim, n_q, 1, n_ctx});
+  for (int head_dim : {40, 64, 96})
     for (int n_q : {1, 4, 5})
       for (int n_ctx : {17, 255, 256, 257, 600}) shapes.push_back({head_dim, n_q, 3, n_ctx});
-  for (KernelIsa level : {KernelIsa::kScalar, KernelIsa::kAvx2}) {
+  for (KernelIsa level : {KernelIsa::kScalar, KernelIsa::kAvx2, KernelIsa::kAvx512Vnni}) {
     if (best_kernel_isa() < level) continue;
     limit_kernel_isa(level);
     for (const Shape& sh : shapes) {
@@ -527,24 +530,30 @@ void check_attention_against_double_reference() {
                 store(q[static_cast<std::size_t>(j * head_dim + i)] / 6.0f);
       }
       const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
-      // f32 sums of n_ctx terms: rounding grows with the context
-      const double tol = std::max(1e-5, n_ctx * 6e-8);
       std::vector<float> scores(static_cast<std::size_t>(n_q * n_ctx)), out(q.size());
       attend_heads(q.data(), n_q, n_kv, k.data(), v.data(), kv_stride, table.data(), block, n_ctx, head_dim, scale,
                    scores.data(), out.data());
       for (int h = 0; h < n_kv * n_q; ++h) {
         const std::int64_t head_off = static_cast<std::int64_t>(h / n_q) * head_dim;
         std::vector<double> s(static_cast<std::size_t>(n_ctx));
-        double m = -1e300;
+        double m = -1e300, dot_mag = 0;
         for (int p = 0; p < n_ctx; ++p) {
           const std::int64_t slot = static_cast<std::int64_t>(table[static_cast<std::size_t>(p / block)]) * block + p % block;
-          double dot = 0;
-          for (int i = 0; i < head_dim; ++i)
-            dot += static_cast<double>(q[static_cast<std::size_t>(h * head_dim + i)]) *
-                   load(k[static_cast<std::size_t>(slot * kv_stride + head_off + i)]);
+          double dot = 0, mag = 0;
+          for (int i = 0; i < head_dim; ++i) {
+            const double x = static_cast<double>(q[static_cast<std::size_t>(h * head_dim + i)]) *
+                             load(k[static_cast<std::size_t>(slot * kv_stride + head_off + i)]);
+            dot += x;
+            mag += std::fabs(x);
+          }
           s[static_cast<std::size_t>(p)] = dot * scale;
           m = std::max(m, s[static_cast<std::size_t>(p)]);
+          dot_mag = std::max(dot_mag, mag * scale);
         }
+        // f32 rounding: of sums over n_ctx positions, and of each score
+        // (relative to the sum of its products' magnitudes), which moves
+        // the weights by as much relative to one another
+        const double tol = std::max(1e-5, n_ctx * 6e-8) + 4 * 1.2e-7 * dot_mag;
         double sum = 0;
         for (double& x : s) sum += x = std::exp(x - m);
         for (int i = 0; i < head_dim; ++i) {
