@@ -75,6 +75,15 @@ long rss_mib() {
   return resident * sysconf(_SC_PAGESIZE) / (1 << 20);
 }
 
+// A forward pass that must succeed: otherwise the benchmark says why and
+// exits 2 (a prompt longer than the model's context, for one).
+void forward_or_exit(Model& m, const Batch& b, KvCache& cache, const KvStorage& kv, std::vector<float>* logits) {
+  const airlock::Status st = m.forward(b, cache, kv, logits);
+  if (st.is_ok()) return;
+  std::fprintf(stderr, "engine_bench: forward pass of %zu tokens: %s\n", b.size(), st.to_string().c_str());
+  std::exit(2);
+}
+
 void run_model(const std::string& path, const std::string& label, int n_threads, bool in_memory) {
   auto pool = std::make_shared<ThreadPool>(n_threads);
   std::shared_ptr<Backend> be = make_cpu_backend(pool);
@@ -109,14 +118,14 @@ void run_model(const std::string& path, const std::string& label, int n_threads,
   // daemon does the same one-token pass before it reports ready).
   (void)cache.add_sequence(99);
   for (int i = 0; i < 8; ++i) b.add(1, i, 99, i == 7);
-  if (!m.forward(b, cache, *kv, &logits).is_ok()) std::exit(2);
+  forward_or_exit(m, b, cache, *kv, &logits);
   cache.remove_sequence(99);
   b.clear();
   // Prompt processing: one 512-token chunk.
   (void)cache.add_sequence(0);
   for (int i = 0; i < n_prompt; ++i) b.add(static_cast<int>(rng() % m.params().n_vocab), i, 0, i == n_prompt - 1);
   double t0 = now_s();
-  if (!m.forward(b, cache, *kv, &logits).is_ok()) std::exit(2);
+  forward_or_exit(m, b, cache, *kv, &logits);
   const double pp = n_prompt / (now_s() - t0);
   // Generation, measured in rounds: each round times batch-1 decoding
   // (continuing the prompt's sequence), then 8 and 16 sequences decoding
@@ -133,7 +142,7 @@ void run_model(const std::string& path, const std::string& label, int n_threads,
     for (int i = 0; i < n_gen; ++i) {
       b.clear();
       b.add(1, pos++, 0, true);
-      if (!m.forward(b, cache, *kv, &logits).is_ok()) std::exit(2);
+      forward_or_exit(m, b, cache, *kv, &logits);
     }
     tg1s.push_back(n_gen / (now_s() - t0));
     for (int k = 0; k < 2; ++k) {
@@ -149,7 +158,7 @@ void run_model(const std::string& path, const std::string& label, int n_threads,
       for (int step = 4; step < 4 + steps; ++step) {
         b.clear();
         for (int seq = 1; seq <= size; ++seq) b.add(1, step, seq, true);
-        if (!m.forward(b, cache, *kv, &logits).is_ok()) std::exit(2);
+        forward_or_exit(m, b, cache, *kv, &logits);
       }
       (k == 0 ? tg8s : tg16s).push_back(size * steps / (now_s() - t0));
       for (int seq = 1; seq <= size; ++seq) cache.remove_sequence(seq);

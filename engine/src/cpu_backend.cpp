@@ -267,33 +267,80 @@ class CpuBackend final : public Backend {
   void attention_over(const AttentionArgs& a, const T* kd, const T* vd) {
     const int group = a.n_head / a.n_kv_head;
     const std::int64_t kv_dim = a.kv->kv_dim;
-    // Jobs are (token, key/value head): the query heads sharing one are
-    // computed together, reading its keys and values once. A range of jobs
-    // takes a token's heads together (attend_heads reads their part of each
-    // cache row at once), in ranges of at least a thread's share of the
-    // heads, so one token's heads are split in as few ranges as the
-    // threads allow.
-    const std::int64_t share = std::max<std::int64_t>(1, a.n_kv_head / pool_->n_threads());
-    pool_->parallel_for(
-        a.n_tokens * a.n_kv_head,
-        [&](std::int64_t begin, std::int64_t end) {
-          thread_local std::vector<float> scores;
-          for (std::int64_t job = begin; job < end;) {
-            const std::int64_t t = job / a.n_kv_head;
-            const int h0 = static_cast<int>(job % a.n_kv_head);
-            const int n_kv = static_cast<int>(std::min<std::int64_t>(a.n_kv_head - h0, end - job));
-            const std::int64_t first = t * a.n_head + static_cast<std::int64_t>(h0) * group;
-            scores.resize(static_cast<std::size_t>(group) * static_cast<std::size_t>(a.n_ctx[t]));
-            attend_heads(a.q + first * a.head_dim, group, n_kv, kd + h0 * a.head_dim, vd + h0 * a.head_dim, kv_dim,
-                         a.block_table[t], kBlockTokens, a.n_ctx[t], a.head_dim, a.scale, scores.data(),
-                         a.out + first * a.head_dim);
-            job += n_kv;
-          }
-        },
-        share);
+    const int part_floats = attend_part_floats(a.head_dim);
+    const std::int64_t span_floats = static_cast<std::int64_t>(a.n_head) * part_floats;
+    // Jobs are (token, span of kAttendSpan positions, key/value head), in
+    // that order: a range of them takes a span's heads together (attend_span
+    // reads their part of each row at once), and one long context's spans
+    // spread over the threads. A token of one span gets its answer from its
+    // job; the parts of longer ones are merged after all the spans. With
+    // enough (token, head) jobs to share already (a prompt chunk, a large
+    // batch) a token's spans are not split: its job goes through them all
+    // (attend_heads, the same arithmetic, so the same result), and the
+    // parts of a whole prompt chunk are never held at once.
+    const bool split = a.n_tokens * a.n_kv_head < 4 * static_cast<std::int64_t>(pool_->n_threads());
+    job_start_.resize(static_cast<std::size_t>(a.n_tokens) + 1);
+    part_start_.resize(static_cast<std::size_t>(a.n_tokens));
+    std::int64_t n_jobs = 0, n_parts = 0;
+    bool merge = false;
+    for (std::int64_t t = 0; t < a.n_tokens; ++t) {
+      const std::int64_t spans = split ? (a.n_ctx[t] + kAttendSpan - 1) / kAttendSpan : 1;
+      job_start_[static_cast<std::size_t>(t)] = n_jobs;
+      part_start_[static_cast<std::size_t>(t)] = n_parts;
+      n_jobs += spans * a.n_kv_head;
+      if (spans > 1) {
+        n_parts += spans;
+        merge = true;
+      }
+    }
+    job_start_[static_cast<std::size_t>(a.n_tokens)] = n_jobs;
+    parts_.resize(static_cast<std::size_t>(n_parts * span_floats));
+    pool_->parallel_for(n_jobs, [&](std::int64_t begin, std::int64_t end) {
+      thread_local std::vector<float> scores, own;
+      if (split) {
+        scores.resize(static_cast<std::size_t>(group) * kAttendSpan);
+        own.resize(static_cast<std::size_t>(span_floats));
+      }
+      std::int64_t t = std::upper_bound(job_start_.begin(), job_start_.end(), begin) - job_start_.begin() - 1;
+      for (std::int64_t job = begin; job < end;) {
+        while (job >= job_start_[static_cast<std::size_t>(t) + 1]) ++t;
+        const std::int64_t local = job - job_start_[static_cast<std::size_t>(t)];
+        const int span = static_cast<int>(local / a.n_kv_head), h0 = static_cast<int>(local % a.n_kv_head);
+        const int n_kv = static_cast<int>(std::min<std::int64_t>(a.n_kv_head - h0, end - job));
+        const std::int64_t first = t * a.n_head + static_cast<std::int64_t>(h0) * group;
+        job += n_kv;
+        if (!split) {
+          scores.resize(static_cast<std::size_t>(group) * static_cast<std::size_t>(a.n_ctx[t]));
+          attend_heads(a.q + first * a.head_dim, group, n_kv, kd + h0 * a.head_dim, vd + h0 * a.head_dim, kv_dim,
+                       a.block_table[t], kBlockTokens, a.n_ctx[t], a.head_dim, a.scale, scores.data(),
+                       a.out + first * a.head_dim);
+          continue;
+        }
+        const int p0 = span * kAttendSpan, p1 = std::min(a.n_ctx[t], p0 + kAttendSpan);
+        const bool alone = a.n_ctx[t] <= kAttendSpan;
+        float* part = (alone ? own.data() : parts_.data() + (part_start_[static_cast<std::size_t>(t)] + span) * span_floats) +
+                      static_cast<std::int64_t>(h0) * group * part_floats;
+        attend_span(a.q + first * a.head_dim, group, n_kv, kd + h0 * a.head_dim, vd + h0 * a.head_dim, kv_dim,
+                    a.block_table[t], kBlockTokens, p0, p1, a.head_dim, a.scale, scores.data(), part);
+        if (alone) attend_merge(part, 1, 0, n_kv * group, a.head_dim, a.out + first * a.head_dim);
+      }
+    });
+    if (!merge) return;
+    pool_->parallel_for(a.n_tokens * a.n_head, [&](std::int64_t begin, std::int64_t end) {
+      for (std::int64_t i = begin; i < end; ++i) {
+        const std::int64_t t = i / a.n_head, j = i % a.n_head;
+        if (a.n_ctx[t] <= kAttendSpan) continue;
+        const int spans = (a.n_ctx[t] + kAttendSpan - 1) / kAttendSpan;
+        attend_merge(parts_.data() + part_start_[static_cast<std::size_t>(t)] * span_floats + j * part_floats, spans,
+                     span_floats, 1, a.head_dim, a.out + i * a.head_dim);
+      }
+    });
   }
 
   std::shared_ptr<ThreadPool> pool_;
+  // attention's job table and span parts (one forward pass at a time)
+  std::vector<std::int64_t> job_start_, part_start_;
+  std::vector<float> parts_;
   MatmulInput input_;  // reused by every matmul (one forward pass at a time)
 };
 

@@ -252,9 +252,16 @@ AIRLOCK_AVX2 void dot_q4_0(const std::uint8_t* row, const ActQ8_0* const* act, s
 }
 
 // Asks for the cache lines of [p, p + n) (a hint: never faults).
+//
+// The prefetch is an asm statement, not _mm_prefetch: GCC 12 deleted loops
+// of _mm_prefetch whose length was not a constant in some callers (the
+// attention kernels' rows: a loop with no effect it could see), leaving
+// those kernels with no prefetch at all.
+inline void prefetch_line(const char* c) { __asm__ volatile("prefetcht0 %0" : : "m"(*c)); }
+
 inline void prefetch_bytes(const void* p, std::size_t n) {
   const char* c = static_cast<const char*>(p);
-  for (std::size_t off = 0; off < n; off += 64) _mm_prefetch(c + off, _MM_HINT_T0);
+  for (std::size_t off = 0; off < n; off += 64) prefetch_line(c + off);
 }
 
 // The same for a length known at compile time, without the loop's
@@ -1189,26 +1196,6 @@ void matmul_rows(GgmlType type, const std::uint8_t* w, std::int64_t n_in, const 
 
 namespace {
 
-template <typename T, typename Dot, typename Axpy>
-inline void attend_head_impl(const float* q, const T* k, const T* v, std::int64_t kv_stride,
-                             const std::int32_t* table, int block, int n_ctx, int head_dim, float scale,
-                             float* scores, float* out, Dot dot, Axpy axpy) {
-  float max_score = -INFINITY;
-  for (int p = 0; p < n_ctx; ++p) {
-    const std::int64_t slot = static_cast<std::int64_t>(table[p / block]) * block + p % block;
-    scores[p] = dot(q, k + slot * kv_stride, head_dim) * scale;
-    max_score = std::max(max_score, scores[p]);
-  }
-  float sum = 0;
-  for (int p = 0; p < n_ctx; ++p) sum += scores[p] = std::exp(scores[p] - max_score);
-  const float inv = 1.0f / sum;
-  std::fill(out, out + head_dim, 0.0f);
-  for (int p = 0; p < n_ctx; ++p) {
-    const std::int64_t slot = static_cast<std::int64_t>(table[p / block]) * block + p % block;
-    axpy(scores[p] * inv, v + slot * kv_stride, out, head_dim);
-  }
-}
-
 // exp(x) for x <= 0 (softmax arguments after the max is taken out), eight
 // at a time: x = n ln2 + r with |r| <= ln2 / 2, exp(r) by its degree-6
 // Taylor polynomial (relative error ~2e-7 on that interval), times 2^n
@@ -1256,6 +1243,31 @@ AIRLOCK_AVX2 inline __m256 hsum8(const __m256 v[8]) {
   return _mm256_add_ps(_mm256_permute2f128_ps(s0123, s4567, 0x20), _mm256_permute2f128_ps(s0123, s4567, 0x31));
 }
 
+inline float cached_value(float x) { return x; }
+inline float cached_value(std::uint16_t h) { return fp16_to_fp32(h); }
+
+// One query head over n positions (row offsets offs[0, n)), plain loops:
+// part = {m, l, o} as attend_span defines them.
+template <typename T>
+void attend_span_scalar(const float* q, const T* k, const T* v, const std::int64_t* offs, int n, int head_dim,
+                        float scale, float* scores, float* part) {
+  float m = -INFINITY;
+  for (int p = 0; p < n; ++p) {
+    float s = 0;
+    for (int i = 0; i < head_dim; ++i) s += q[i] * cached_value(k[offs[p] + i]);
+    scores[p] = s * scale;
+    m = std::max(m, scores[p]);
+  }
+  float l = 0;
+  for (int p = 0; p < n; ++p) l += scores[p] = std::exp(scores[p] - m);
+  float* o = part + 2;
+  std::fill(o, o + head_dim, 0.0f);
+  for (int p = 0; p < n; ++p)
+    for (int i = 0; i < head_dim; ++i) o[i] += scores[p] * cached_value(v[offs[p] + i]);
+  part[0] = m;
+  part[1] = l;
+}
+
 // A head's keys or values are head_dim numbers every kv_dim in the cache
 // (1 KiB apart for 8 heads of 64 in f16), so the hardware prefetchers do
 // not follow them: the attention loops ask for the row kAttendPrefetch
@@ -1263,30 +1275,44 @@ AIRLOCK_AVX2 inline __m256 hsum8(const __m256 v[8]) {
 // token over 16 layers; 8 positions ahead gave 2.6, 64 gave 2.3).
 constexpr int kAttendPrefetch = 32;
 
-// What the attention loops prefetch: `bytes` of the row kAttendPrefetch
-// positions ahead, for positions before `end`.
+// What the attention loops prefetch: `bytes` of each key (or value) row
+// kAttendPrefetch positions ahead, and the first rows before the loop.
+// A span's first group asks for the rows' bytes for all the call's heads,
+// the others for their own (already near).
 struct Prefetch {
-  std::int64_t bytes;
-  int end;
+  std::size_t bytes;
 };
 
-// The weighted sum of positions [p0, p1)' values for dimensions [0, 8 * kW)
-// of v (already offset to them), for n_q heads: out[g * head_dim + i] =
-// (rescale ? rescale[g] * out[g * head_dim + i] : 0) +
-// sum_p scores[g * n_ctx + p] * v[offs[p] + i].
+// (GCC 12 dropped the prefetch loop altogether when its length was read
+// from a Prefetch inside the position loop, even through a reference:
+// these take the length as a value, read once before the loop.)
+template <typename T>
+inline void prefetch_rows_start(const T* base, const std::int64_t* offs, int n, std::size_t bytes) {
+  for (int p = 0; p < std::min(n, kAttendPrefetch); ++p) prefetch_bytes(base + offs[p], bytes);
+}
+template <typename T>
+inline void prefetch_row_ahead(const T* base, const std::int64_t* offs, int p, int n, std::size_t bytes) {
+  if (p + kAttendPrefetch < n) prefetch_bytes(base + offs[p + kAttendPrefetch], bytes);
+}
+
+// The weighted sum of n positions' values for dimensions [0, 8 * kW) of v
+// (already offset to them), for n_q heads: o[g * o_stride + i] =
+// sum_p scores[g * n + p] * v[offs[p] + i].
 template <int kW, typename T>
-AIRLOCK_AVX2 void attend_values(const T* v, const std::int64_t* offs, int n_q, int p0, int p1, const float* scores,
-                                const float* rescale, float* out, int n_ctx, int head_dim, const Prefetch& pf) {
+AIRLOCK_AVX2 void attend_values(const T* v, const std::int64_t* offs, int n_q, int n, const float* scores, float* o,
+                                int o_stride, const Prefetch& pf) {
   __m256 acc[4][kW];
   AIRLOCK_UNROLL for (int g = 0; g < 4; ++g) AIRLOCK_UNROLL for (int c = 0; c < kW; ++c) acc[g][c] = _mm256_setzero_ps();
-  for (int p = p0; p < p1; ++p) {
+  const std::size_t pf_bytes = pf.bytes;
+  prefetch_rows_start(v, offs, n, pf_bytes);
+  for (int p = 0; p < n; ++p) {
     const T* vp = v + offs[p];
-    if (p + kAttendPrefetch < pf.end) prefetch_bytes(v + offs[p + kAttendPrefetch], pf.bytes);
+    prefetch_row_ahead(v, offs, p, n, pf_bytes);
     __m256 vv[kW];
     AIRLOCK_UNROLL for (int c = 0; c < kW; ++c) vv[c] = load8(vp + 8 * c);
     AIRLOCK_UNROLL for (int g = 0; g < 4; ++g) {
       if (g < n_q) {
-        const __m256 w = _mm256_broadcast_ss(scores + g * n_ctx + p);
+        const __m256 w = _mm256_broadcast_ss(scores + g * n + p);
         AIRLOCK_UNROLL for (int c = 0; c < kW; ++c) acc[g][c] = _mm256_fmadd_ps(w, vv[c], acc[g][c]);
       }
     }
@@ -1296,72 +1322,55 @@ AIRLOCK_AVX2 void attend_values(const T* v, const std::int64_t* offs, int n_q, i
   // load around every FMA)
   AIRLOCK_UNROLL for (int g = 0; g < 4; ++g) {
     if (g < n_q) {
-      AIRLOCK_UNROLL for (int c = 0; c < kW; ++c) {
-        float* o = out + g * head_dim + 8 * c;
-        if (rescale == nullptr) _mm256_storeu_ps(o, acc[g][c]);
-        else _mm256_storeu_ps(o, _mm256_fmadd_ps(_mm256_loadu_ps(o), _mm256_set1_ps(rescale[g]), acc[g][c]));
-      }
+      AIRLOCK_UNROLL for (int c = 0; c < kW; ++c) _mm256_storeu_ps(o + g * o_stride + 8 * c, acc[g][c]);
     }
   }
 }
 
-// Attention goes over the context in spans (kAttendSpan) with an online
-// softmax: a span's scores become weights against the running maximum
-// (run_max, per head), and what the earlier spans added to `out`
-// (unnormalised; run_sum holds the sum of its weights) is rescaled when
-// the maximum grows. The caller divides by run_sum after the last span. A
-// context of one span computes exactly what a single pass over it does.
-constexpr int kAttendSpan = 256;
-
-// Scores [p0, p1) of n_q heads (rows of n_ctx) to softmax weights against
-// the running maximum (unnormalised), updating run_max and run_sum; for a
-// span after the first, rescale[g] is what the earlier spans' sums are to
-// be multiplied by (exp(old maximum - new)).
-AIRLOCK_AVX2 void span_weights(float* scores, int n_q, int p0, int p1, int n_ctx, float* run_max, float* run_sum,
-                               float* rescale) {
+// n_q heads' scores (rows of n) to softmax weights against each row's
+// maximum, unnormalised: part[g * part_stride] = {m, l} for head g.
+AIRLOCK_AVX2 void span_weights(float* scores, int n_q, int n, float* part, int part_stride) {
   for (int g = 0; g < n_q; ++g) {
-    float* s = scores + g * n_ctx;
+    float* s = scores + g * n;
     __m256 m8 = _mm256_set1_ps(-INFINITY);
-    int i = p0;
-    for (; i + 8 <= p1; i += 8) m8 = _mm256_max_ps(m8, _mm256_loadu_ps(s + i));
+    int i = 0;
+    for (; i + 8 <= n; i += 8) m8 = _mm256_max_ps(m8, _mm256_loadu_ps(s + i));
     float m = hsum_max(m8);
-    for (int j = i; j < p1; ++j) m = std::max(m, s[j]);
-    if (p0 > 0) {
-      m = std::max(m, run_max[g]);
-      rescale[g] = std::exp(run_max[g] - m);
-    }
+    for (int j = i; j < n; ++j) m = std::max(m, s[j]);
     const __m256 mv = _mm256_set1_ps(m);
     __m256 sum8 = _mm256_setzero_ps();
-    for (i = p0; i + 8 <= p1; i += 8) {
+    for (i = 0; i + 8 <= n; i += 8) {
       const __m256 e = exp_nonpositive(_mm256_sub_ps(_mm256_loadu_ps(s + i), mv));
       _mm256_storeu_ps(s + i, e);
       sum8 = _mm256_add_ps(sum8, e);
     }
-    float sum = hsum(sum8);
-    for (; i < p1; ++i) sum += s[i] = std::exp(s[i] - m);
-    run_sum[g] = p0 > 0 ? run_sum[g] * rescale[g] + sum : sum;
-    run_max[g] = m;
+    float l = hsum(sum8);
+    for (; i < n; ++i) l += s[i] = std::exp(s[i] - m);
+    part[g * part_stride] = m;
+    part[g * part_stride + 1] = l;
   }
 }
 
-// Positions [p0, p1) for n_q (<= 4) query heads sharing one key/value
-// head (grouped-query attention), head_dim a multiple of 8: scores for two
-// positions and up to four heads at a time (eight independent FMA chains),
-// softmax weights, then the weighted sum of values sixteen dimensions at a
-// time; each key and value row is read for the whole group instead of once
-// per head. T: float or f16 bits (std::uint16_t). `offs` holds every
-// position's row offset, `scores` n_q rows of n_ctx.
+// n positions (row offsets offs[0, n)) for n_q (<= 4) query heads sharing
+// one key/value head (grouped-query attention), head_dim a multiple of 8:
+// scores for two positions and up to four heads at a time (eight
+// independent FMA chains), softmax weights, then the weighted sum of values
+// sixteen dimensions at a time; each key and value row is read for the
+// whole group instead of once per head. T: float or f16 bits
+// (std::uint16_t). `scores` holds n_q rows of n; head g's part (m, l, o) at
+// part + g * (head_dim + 2).
 template <typename T>
-AIRLOCK_AVX2 void attend_span_avx2(const float* q, int n_q, const T* k, const T* v, const std::int64_t* offs,
-                                   int p0, int p1, int n_ctx, int head_dim, float scale, const Prefetch& pf,
-                                   float* scores, float* out, float* run_max, float* run_sum) {
+AIRLOCK_AVX2 void attend_span_avx2(const float* q, int n_q, const T* k, const T* v, const std::int64_t* offs, int n,
+                                   int head_dim, float scale, const Prefetch& pf, float* scores, float* part) {
+  const std::size_t pf_bytes = pf.bytes;
+  prefetch_rows_start(k, offs, n, pf_bytes);
   // Scores.
-  int p = p0;
-  for (; p + 2 <= p1; p += 2) {
+  int p = 0;
+  for (; p + 2 <= n; p += 2) {
     const T* k0 = k + offs[p];
     const T* k1 = k + offs[p + 1];
-    if (p + kAttendPrefetch + 1 < pf.end)
-      for (int j = 0; j < 2; ++j) prefetch_bytes(k + offs[p + kAttendPrefetch + j], pf.bytes);
+    prefetch_row_ahead(k, offs, p, n, pf_bytes);
+    prefetch_row_ahead(k, offs, p + 1, n, pf_bytes);
     __m256 acc[2][4];
     AIRLOCK_UNROLL for (int g = 0; g < 4; ++g) acc[0][g] = acc[1][g] = _mm256_setzero_ps();
     for (int d = 0; d < head_dim; d += 8) {
@@ -1379,20 +1388,21 @@ AIRLOCK_AVX2 void attend_span_avx2(const float* q, int n_q, const T* k, const T*
     const __m256 sc = _mm256_mul_ps(hsum8(sums), _mm256_set1_ps(scale));
     const __m128 lo = _mm256_castps256_ps128(sc), hi = _mm256_extractf128_ps(sc, 1);
     _mm_storel_pi(reinterpret_cast<__m64*>(scores + p), lo);
-    if (n_q > 1) _mm_storeh_pi(reinterpret_cast<__m64*>(scores + n_ctx + p), lo);
-    if (n_q > 2) _mm_storel_pi(reinterpret_cast<__m64*>(scores + 2 * n_ctx + p), hi);
-    if (n_q > 3) _mm_storeh_pi(reinterpret_cast<__m64*>(scores + 3 * n_ctx + p), hi);
+    if (n_q > 1) _mm_storeh_pi(reinterpret_cast<__m64*>(scores + n + p), lo);
+    if (n_q > 2) _mm_storel_pi(reinterpret_cast<__m64*>(scores + 2 * n + p), hi);
+    if (n_q > 3) _mm_storeh_pi(reinterpret_cast<__m64*>(scores + 3 * n + p), hi);
   }
-  for (; p < p1; ++p)
-    for (int g = 0; g < n_q; ++g) scores[g * n_ctx + p] = dot_cached(q + g * head_dim, k + offs[p], head_dim) * scale;
-  float rescale[4];
-  span_weights(scores, n_q, p0, p1, n_ctx, run_max, run_sum, rescale);
-  const float* r = p0 > 0 ? rescale : nullptr;
-  const Prefetch slice_pf{static_cast<std::int64_t>(16 * sizeof(T)), p1};
+  for (; p < n; ++p)
+    for (int g = 0; g < n_q; ++g) scores[g * n + p] = dot_cached(q + g * head_dim, k + offs[p], head_dim) * scale;
+  const int stride = head_dim + 2;
+  span_weights(scores, n_q, n, part, stride);
+  // the first pass over the values prefetches as the scores did, the
+  // others find the rows near
+  const Prefetch slice_pf{16 * sizeof(T)};
   int d = 0;
   for (; d + 16 <= head_dim; d += 16)
-    attend_values<2>(v + d, offs, n_q, p0, p1, scores, r, out + d, n_ctx, head_dim, d == 0 ? pf : slice_pf);
-  if (d < head_dim) attend_values<1>(v + d, offs, n_q, p0, p1, scores, r, out + d, n_ctx, head_dim, d == 0 ? pf : slice_pf);
+    attend_values<2>(v + d, offs, n_q, n, scores, part + 2 + d, stride, d == 0 ? pf : slice_pf);
+  if (d < head_dim) attend_values<1>(v + d, offs, n_q, n, scores, part + 2 + d, stride, d == 0 ? pf : slice_pf);
 }
 
 // The same with 512-bit registers, for head_dim a multiple of 16: about
@@ -1427,43 +1437,41 @@ AIRLOCK_VNNI inline __m512 hsum16x16(const __m512 a[4][4]) {
   return _mm512_add_ps(_mm512_shuffle_f32x4(z01, z23, 0x88), _mm512_shuffle_f32x4(z01, z23, 0xDD));
 }
 
-// Values of positions [p0, p1), dimensions [0, 16 * kW) of v; as attend_values.
+// Values, dimensions [0, 16 * kW) of v; as attend_values.
 template <int kW, typename T>
-AIRLOCK_VNNI void attend_values512(const T* v, const std::int64_t* offs, int n_q, int p0, int p1, const float* scores,
-                                   const float* rescale, float* out, int n_ctx, int head_dim, const Prefetch& pf) {
+AIRLOCK_VNNI void attend_values512(const T* v, const std::int64_t* offs, int n_q, int n, const float* scores, float* o,
+                                   int o_stride, const Prefetch& pf) {
   __m512 acc[4][kW];
   AIRLOCK_UNROLL for (int g = 0; g < 4; ++g) AIRLOCK_UNROLL for (int c = 0; c < kW; ++c) acc[g][c] = _mm512_setzero_ps();
-  for (int p = p0; p < p1; ++p) {
+  const std::size_t pf_bytes = pf.bytes;
+  prefetch_rows_start(v, offs, n, pf_bytes);
+  for (int p = 0; p < n; ++p) {
     const T* vp = v + offs[p];
-    if (p + kAttendPrefetch < pf.end) prefetch_bytes(v + offs[p + kAttendPrefetch], pf.bytes);
+    prefetch_row_ahead(v, offs, p, n, pf_bytes);
     __m512 vv[kW];
     AIRLOCK_UNROLL for (int c = 0; c < kW; ++c) vv[c] = load16(vp + 16 * c);
     AIRLOCK_UNROLL for (int g = 0; g < 4; ++g) {
       if (g < n_q) {
-        const __m512 w = _mm512_set1_ps(scores[g * n_ctx + p]);
+        const __m512 w = _mm512_set1_ps(scores[g * n + p]);
         AIRLOCK_UNROLL for (int c = 0; c < kW; ++c) acc[g][c] = _mm512_fmadd_ps(w, vv[c], acc[g][c]);
       }
     }
   }
   AIRLOCK_UNROLL for (int g = 0; g < 4; ++g) {
     if (g < n_q) {
-      AIRLOCK_UNROLL for (int c = 0; c < kW; ++c) {
-        float* o = out + g * head_dim + 16 * c;
-        if (rescale == nullptr) _mm512_storeu_ps(o, acc[g][c]);
-        else _mm512_storeu_ps(o, _mm512_fmadd_ps(_mm512_loadu_ps(o), _mm512_set1_ps(rescale[g]), acc[g][c]));
-      }
+      AIRLOCK_UNROLL for (int c = 0; c < kW; ++c) _mm512_storeu_ps(o + g * o_stride + 16 * c, acc[g][c]);
     }
   }
 }
 
 template <typename T>
-AIRLOCK_VNNI void attend_span512(const float* q, int n_q, const T* k, const T* v, const std::int64_t* offs, int p0,
-                                 int p1, int n_ctx, int head_dim, float scale, const Prefetch& pf, float* scores,
-                                 float* out, float* run_max, float* run_sum) {
-  int p = p0;
-  for (; p + 4 <= p1; p += 4) {
-    if (p + kAttendPrefetch + 3 < pf.end)
-      for (int j = 0; j < 4; ++j) prefetch_bytes(k + offs[p + kAttendPrefetch + j], pf.bytes);
+AIRLOCK_VNNI void attend_span512(const float* q, int n_q, const T* k, const T* v, const std::int64_t* offs, int n,
+                                 int head_dim, float scale, const Prefetch& pf, float* scores, float* part) {
+  const std::size_t pf_bytes = pf.bytes;
+  prefetch_rows_start(k, offs, n, pf_bytes);
+  int p = 0;
+  for (; p + 4 <= n; p += 4) {
+    for (int j = 0; j < 4; ++j) prefetch_row_ahead(k, offs, p + j, n, pf_bytes);
     const T* kp[4] = {k + offs[p], k + offs[p + 1], k + offs[p + 2], k + offs[p + 3]};
     __m512 acc[4][4];
     AIRLOCK_UNROLL for (int g = 0; g < 4; ++g) AIRLOCK_UNROLL for (int j = 0; j < 4; ++j) acc[g][j] = _mm512_setzero_ps();
@@ -1479,24 +1487,23 @@ AIRLOCK_VNNI void attend_span512(const float* q, int n_q, const T* k, const T* v
     }
     const __m512 sc = _mm512_mul_ps(hsum16x16(acc), _mm512_set1_ps(scale));
     _mm_storeu_ps(scores + p, _mm512_castps512_ps128(sc));
-    if (n_q > 1) _mm_storeu_ps(scores + n_ctx + p, _mm512_extractf32x4_ps(sc, 1));
-    if (n_q > 2) _mm_storeu_ps(scores + 2 * n_ctx + p, _mm512_extractf32x4_ps(sc, 2));
-    if (n_q > 3) _mm_storeu_ps(scores + 3 * n_ctx + p, _mm512_extractf32x4_ps(sc, 3));
+    if (n_q > 1) _mm_storeu_ps(scores + n + p, _mm512_extractf32x4_ps(sc, 1));
+    if (n_q > 2) _mm_storeu_ps(scores + 2 * n + p, _mm512_extractf32x4_ps(sc, 2));
+    if (n_q > 3) _mm_storeu_ps(scores + 3 * n + p, _mm512_extractf32x4_ps(sc, 3));
   }
-  for (; p < p1; ++p)
-    for (int g = 0; g < n_q; ++g) scores[g * n_ctx + p] = dot_cached(q + g * head_dim, k + offs[p], head_dim) * scale;
-  float rescale[4];
-  span_weights(scores, n_q, p0, p1, n_ctx, run_max, run_sum, rescale);
-  const float* r = p0 > 0 ? rescale : nullptr;
-  const Prefetch slice_pf{static_cast<std::int64_t>(64 * sizeof(T)), p1};
+  for (; p < n; ++p)
+    for (int g = 0; g < n_q; ++g) scores[g * n + p] = dot_cached(q + g * head_dim, k + offs[p], head_dim) * scale;
+  const int stride = head_dim + 2;
+  span_weights(scores, n_q, n, part, stride);
+  const Prefetch slice_pf{64 * sizeof(T)};
   int d = 0;
   for (; d + 64 <= head_dim; d += 64)
-    attend_values512<4>(v + d, offs, n_q, p0, p1, scores, r, out + d, n_ctx, head_dim, d == 0 ? pf : slice_pf);
+    attend_values512<4>(v + d, offs, n_q, n, scores, part + 2 + d, stride, d == 0 ? pf : slice_pf);
   const Prefetch& tail_pf = d == 0 ? pf : slice_pf;
   switch ((head_dim - d) / 16) {
-    case 3: attend_values512<3>(v + d, offs, n_q, p0, p1, scores, r, out + d, n_ctx, head_dim, tail_pf); break;
-    case 2: attend_values512<2>(v + d, offs, n_q, p0, p1, scores, r, out + d, n_ctx, head_dim, tail_pf); break;
-    case 1: attend_values512<1>(v + d, offs, n_q, p0, p1, scores, r, out + d, n_ctx, head_dim, tail_pf); break;
+    case 3: attend_values512<3>(v + d, offs, n_q, n, scores, part + 2 + d, stride, tail_pf); break;
+    case 2: attend_values512<2>(v + d, offs, n_q, n, scores, part + 2 + d, stride, tail_pf); break;
+    case 1: attend_values512<1>(v + d, offs, n_q, n, scores, part + 2 + d, stride, tail_pf); break;
     default: break;
   }
 }
@@ -1505,67 +1512,52 @@ AIRLOCK_VNNI void attend_span512(const float* q, int n_q, const T* k, const T* v
 #pragma GCC diagnostic pop
 #endif
 
-// attend_heads for n_kv consecutive key/value heads (n_q query heads each),
-// span by span: every group's part of a span before the next span, so the
-// span's rows of all n_kv heads are read together (each row's bytes for
-// these heads are prefetched whole) rather than one head's few bytes per
-// row across the whole context, then the next head's.
+// attend_span: every group of (up to) four query heads in turn over the
+// span, so the span's rows of all n_kv heads are read together: the first
+// group prefetches each row's bytes for all of them, and the others find
+// them near, rather than one head's few bytes per row across the whole
+// context, then the next head's.
 template <typename T>
-AIRLOCK_AVX2 void attend_groups_avx2(const float* q, int n_q, int n_kv, const T* k, const T* v, std::int64_t kv_stride,
-                                     const std::int32_t* table, int block, int n_ctx, int head_dim, float scale,
-                                     float* scores, float* out) {
+void attend_span_impl(const float* q, int n_q, int n_kv, const T* k, const T* v, std::int64_t kv_stride,
+                      const std::int32_t* table, int block, int p0, int p1, int head_dim, float scale, float* scores,
+                      float* part) {
+  const int n = p1 - p0;
   thread_local std::vector<std::int64_t> offs;
-  thread_local std::vector<float> run;  // per query head: the running maximum and sum
-  offs.resize(static_cast<std::size_t>(n_ctx));
-  for (int p = 0; p < n_ctx; ++p)
-    offs[static_cast<std::size_t>(p)] = (static_cast<std::int64_t>(table[p / block]) * block + p % block) * kv_stride;
-  const int n_heads = n_q * n_kv;
-  run.resize(2 * static_cast<std::size_t>(n_heads));
+  offs.resize(static_cast<std::size_t>(n));
+  for (int p = p0; p < p1; ++p)
+    offs[static_cast<std::size_t>(p - p0)] = (static_cast<std::int64_t>(table[p / block]) * block + p % block) * kv_stride;
+  const KernelIsa isa = active_isa();
+  const int stride = head_dim + 2;
+  if (isa < KernelIsa::kAvx2 || head_dim % 8 != 0) {
+    for (int head = 0; head < n_q * n_kv; ++head)
+      attend_span_scalar(q + head * head_dim, k + head / n_q * head_dim, v + head / n_q * head_dim, offs.data(), n,
+                         head_dim, scale, scores, part + head * stride);
+    return;
+  }
+  const bool wide = isa >= KernelIsa::kAvx512Vnni && head_dim % 16 == 0;
   const std::int64_t row_bytes = static_cast<std::int64_t>(n_kv) * head_dim * static_cast<std::int64_t>(sizeof(T));
-  const bool wide = active_isa() >= KernelIsa::kAvx512Vnni && head_dim % 16 == 0;
-  for (int p0 = 0; p0 < n_ctx; p0 += kAttendSpan) {
-    const int p1 = std::min(n_ctx, p0 + kAttendSpan);
-    for (int h = 0; h < n_kv; ++h)
-      for (int g = 0; g < n_q; g += 4) {
-        const int head = h * n_q + g;
-        // the first group's pass prefetches the rows for all of them, up
-        // to the next span; the others' rows are then near
-        const Prefetch pf = head == 0 ? Prefetch{row_bytes, n_ctx}
-                                      : Prefetch{static_cast<std::int64_t>(head_dim * sizeof(T)), p1};
-        (wide ? attend_span512<T> : attend_span_avx2<T>)(
-            q + head * head_dim, std::min(4, n_q - g), k + h * head_dim, v + h * head_dim, offs.data(), p0, p1, n_ctx,
-            head_dim, scale, pf, scores + static_cast<std::int64_t>(g) * n_ctx, out + head * head_dim,
-            run.data() + head, run.data() + n_heads + head);
-      }
-  }
-  for (int head = 0; head < n_heads; ++head) {
-    const __m256 inv = _mm256_set1_ps(1.0f / run[static_cast<std::size_t>(n_heads + head)]);
-    for (int d = 0; d < head_dim; d += 8)
-      _mm256_storeu_ps(out + head * head_dim + d, _mm256_mul_ps(_mm256_loadu_ps(out + head * head_dim + d), inv));
-  }
+  for (int h = 0; h < n_kv; ++h)
+    for (int g = 0; g < n_q; g += 4) {
+      const int head = h * n_q + g;
+      const Prefetch pf{static_cast<std::size_t>(head == 0 ? row_bytes : head_dim * static_cast<std::int64_t>(sizeof(T)))};
+      (wide ? attend_span512<T> : attend_span_avx2<T>)(q + head * head_dim, std::min(4, n_q - g), k + h * head_dim,
+                                                      v + h * head_dim, offs.data(), n, head_dim, scale, pf,
+                                                      scores + static_cast<std::int64_t>(g) * n, part + head * stride);
+    }
 }
-
-inline float cached_value(float x) { return x; }
-inline float cached_value(std::uint16_t h) { return fp16_to_fp32(h); }
 
 template <typename T>
 void attend_heads_impl(const float* q, int n_q, int n_kv, const T* k, const T* v, std::int64_t kv_stride,
                        const std::int32_t* table, int block, int n_ctx, int head_dim, float scale, float* scores,
                        float* out) {
-  if (active_isa() >= KernelIsa::kAvx2 && head_dim % 8 == 0)
-    return attend_groups_avx2(q, n_q, n_kv, k, v, kv_stride, table, block, n_ctx, head_dim, scale, scores, out);
-  for (int head = 0; head < n_q * n_kv; ++head)
-    attend_head_impl(
-        q + head * head_dim, k + head / n_q * head_dim, v + head / n_q * head_dim, kv_stride, table, block, n_ctx,
-        head_dim, scale, scores, out + head * head_dim,
-        [](const float* a, const T* b, std::int64_t n) {
-          float s = 0;
-          for (std::int64_t i = 0; i < n; ++i) s += a[i] * cached_value(b[i]);
-          return s;
-        },
-        [](float alpha, const T* x, float* y, std::int64_t n) {
-          for (std::int64_t i = 0; i < n; ++i) y[i] += alpha * cached_value(x[i]);
-        });
+  const int n_spans = (n_ctx + kAttendSpan - 1) / kAttendSpan, n_heads = n_q * n_kv;
+  const std::int64_t span_floats = static_cast<std::int64_t>(n_heads) * attend_part_floats(head_dim);
+  thread_local std::vector<float> parts;
+  parts.resize(static_cast<std::size_t>(n_spans * span_floats));
+  for (int s = 0; s < n_spans; ++s)
+    attend_span_impl(q, n_q, n_kv, k, v, kv_stride, table, block, s * kAttendSpan,
+                     std::min(n_ctx, (s + 1) * kAttendSpan), head_dim, scale, scores, parts.data() + s * span_floats);
+  attend_merge(parts.data(), n_spans, span_floats, n_heads, head_dim, out);
 }
 
 AIRLOCK_AVX2 void fp32_to_fp16_avx2(const float* x, std::uint16_t* y, std::int64_t n) {
@@ -1623,6 +1615,39 @@ AIRLOCK_AVX2 void silu_mul_avx2(const float* gate, const float* up, std::int64_t
 void silu_mul_row(const float* gate, const float* up, std::int64_t n, float* out) {
   if (active_isa() >= KernelIsa::kAvx2) return silu_mul_avx2(gate, up, n, out);
   for (std::int64_t i = 0; i < n; ++i) out[i] = gate[i] / (1.0f + std::exp(-gate[i])) * up[i];
+}
+
+void attend_span(const float* q, int n_q, int n_kv, const float* k, const float* v, std::int64_t kv_stride,
+                 const std::int32_t* table, int block, int p0, int p1, int head_dim, float scale, float* scores,
+                 float* part) {
+  attend_span_impl(q, n_q, n_kv, k, v, kv_stride, table, block, p0, p1, head_dim, scale, scores, part);
+}
+
+void attend_span(const float* q, int n_q, int n_kv, const std::uint16_t* k, const std::uint16_t* v,
+                 std::int64_t kv_stride, const std::int32_t* table, int block, int p0, int p1, int head_dim,
+                 float scale, float* scores, float* part) {
+  attend_span_impl(q, n_q, n_kv, k, v, kv_stride, table, block, p0, p1, head_dim, scale, scores, part);
+}
+
+// out = sum_s exp(m_s - M) o_s / sum_s exp(m_s - M) l_s with M = max_s m_s,
+// the spans taken in order. One span: o / l exactly (exp(0) is 1).
+void attend_merge(const float* parts, int n_parts, std::int64_t part_stride, int n_heads, int head_dim, float* out) {
+  const int stride = attend_part_floats(head_dim);
+  for (int j = 0; j < n_heads; ++j) {
+    float m = -INFINITY;
+    for (int s = 0; s < n_parts; ++s) m = std::max(m, parts[s * part_stride + j * stride]);
+    float* o = out + static_cast<std::int64_t>(j) * head_dim;
+    std::fill(o, o + head_dim, 0.0f);
+    float l = 0;
+    for (int s = 0; s < n_parts; ++s) {
+      const float* part = parts + s * part_stride + j * stride;
+      const float w = std::exp(part[0] - m);
+      l += w * part[1];
+      for (int i = 0; i < head_dim; ++i) o[i] += w * part[2 + i];
+    }
+    const float inv = 1.0f / l;
+    for (int i = 0; i < head_dim; ++i) o[i] *= inv;
+  }
 }
 
 void attend_heads(const float* q, int n_q, int n_kv, const float* k, const float* v, std::int64_t kv_stride,

@@ -20,6 +20,7 @@
 
 #include "airlock/engine/backend.h"
 #include "airlock/engine/kernels.h"
+#include "airlock/engine/kv_cache.h"
 #include "airlock/engine/thread_pool.h"
 
 namespace airlock::engine {
@@ -577,6 +578,100 @@ void check_attention_against_double_reference() {
 TEST(AttentionKernelTest, GroupedHeadsMatchDoubleReference) { check_attention_against_double_reference<float>(); }
 
 TEST(AttentionKernelTest, F16CacheMatchesDoubleReference) { check_attention_against_double_reference<std::uint16_t>(); }
+
+// The CPU backend's attention splits a few tokens' long contexts into spans
+// and spreads (token, span, key/value head) jobs over its threads, merging
+// the spans' parts afterwards; a batch with jobs enough goes a token's spans
+// in one job. Whatever the pool's size and whatever else is in the batch,
+// each token gets exactly what attend_heads computes for it alone:
+// contexts of one position, just under, at and over one span, and several
+// spans, in one batch, each through its own shuffled block table, f32 and
+// f16 caches, at every kernel level this CPU has.
+TEST(AttentionKernelTest, BackendSplitAcrossThreadsMatchesAttendHeadsBitForBit) {
+  const int n_head = 8, n_kv_head = 2, head_dim = 64, group = n_head / n_kv_head;
+  const std::vector<std::int32_t> n_ctx = {1, 255, 256, 257, 600, 1000, 3};
+  const int kv_dim = n_kv_head * head_dim;
+  std::mt19937 rng(11);
+  std::normal_distribution<float> g(0.0f, 1.0f);
+  for (KvType type : {KvType::kF32, KvType::kF16}) {
+    for (KernelIsa level : {KernelIsa::kScalar, KernelIsa::kAvx2, KernelIsa::kAvx512Vnni}) {
+      if (best_kernel_isa() < level) continue;
+      limit_kernel_isa(level);
+      for (int threads : {1, 2, 3}) {
+        auto be = make_cpu_backend(std::make_shared<ThreadPool>(threads));
+        std::int64_t n_blocks = 0;
+        for (std::int32_t c : n_ctx) n_blocks += (c + kBlockTokens - 1) / kBlockTokens;
+        Result<KvStorage> kv = be->alloc_kv(1, n_blocks * kBlockTokens, kv_dim, type);
+        ASSERT_TRUE(kv.is_ok());
+        std::mt19937 data_rng(12);  // the same cache, tables and queries for every pool
+        std::vector<float> keys(static_cast<std::size_t>(kv->n_slots * kv_dim)), values(keys.size());
+        for (float& x : keys) x = g(data_rng) * 2.0f;
+        for (float& x : values) x = g(data_rng);
+        std::vector<std::int32_t> slots(static_cast<std::size_t>(kv->n_slots));
+        std::iota(slots.begin(), slots.end(), 0);
+        be->kv_write(*kv, 0, keys.data(), values.data(), kv->n_slots, slots.data());
+        std::vector<std::int32_t> all_blocks(static_cast<std::size_t>(n_blocks));
+        std::iota(all_blocks.begin(), all_blocks.end(), 0);
+        std::shuffle(all_blocks.begin(), all_blocks.end(), data_rng);
+        std::vector<const std::int32_t*> tables;
+        std::size_t next = 0;
+        for (std::int32_t c : n_ctx) {
+          tables.push_back(all_blocks.data() + next);
+          next += static_cast<std::size_t>((c + kBlockTokens - 1) / kBlockTokens);
+        }
+        std::vector<float> q(n_ctx.size() * n_head * head_dim), out(q.size());
+        for (float& x : q) x = g(data_rng) * 3.0f;
+        AttentionArgs a;
+        a.q = q.data();
+        a.out = out.data();
+        a.n_tokens = static_cast<std::int64_t>(n_ctx.size());
+        a.n_head = n_head;
+        a.n_kv_head = n_kv_head;
+        a.head_dim = head_dim;
+        a.scale = 0.125f;
+        a.kv = &*kv;
+        a.n_ctx = n_ctx.data();
+        a.block_table = tables.data();
+        be->attention(a);  // the whole batch: enough jobs without splitting the spans
+        ASSERT_TRUE(be->take_error().is_ok());
+        // each token as a batch of its own: few jobs, so its spans are split
+        std::vector<float> out_alone(out.size());
+        for (std::size_t t = 0; t < n_ctx.size(); ++t) {
+          AttentionArgs one = a;
+          one.q = q.data() + t * n_head * head_dim;
+          one.out = out_alone.data() + t * n_head * head_dim;
+          one.n_tokens = 1;
+          one.n_ctx = n_ctx.data() + t;
+          one.block_table = tables.data() + t;
+          be->attention(one);
+          ASSERT_TRUE(be->take_error().is_ok());
+        }
+        // each token alone, on this thread
+        for (std::size_t t = 0; t < n_ctx.size(); ++t) {
+          std::vector<float> want(static_cast<std::size_t>(n_head * head_dim)), scores(static_cast<std::size_t>(group * n_ctx[t]));
+          const float* qt = q.data() + t * n_head * head_dim;
+          if (type == KvType::kF32)
+            attend_heads(qt, group, n_kv_head, static_cast<const float*>(kv->k_layer(0)),
+                         static_cast<const float*>(kv->v_layer(0)), kv_dim, tables[t], kBlockTokens, n_ctx[t], head_dim,
+                         a.scale, scores.data(), want.data());
+          else
+            attend_heads(qt, group, n_kv_head, static_cast<const std::uint16_t*>(kv->k_layer(0)),
+                         static_cast<const std::uint16_t*>(kv->v_layer(0)), kv_dim, tables[t], kBlockTokens, n_ctx[t],
+                         head_dim, a.scale, scores.data(), want.data());
+          for (std::size_t i = 0; i < want.size(); ++i) {
+            ASSERT_EQ(out[t * want.size() + i], want[i])
+                << kernel_isa() << " " << kv_type_name(type) << " threads " << threads << " token " << t << " n_ctx "
+                << n_ctx[t] << " value " << i << " (in the batch)";
+            ASSERT_EQ(out_alone[t * want.size() + i], want[i])
+                << kernel_isa() << " " << kv_type_name(type) << " threads " << threads << " token " << t << " n_ctx "
+                << n_ctx[t] << " value " << i << " (alone)";
+          }
+        }
+      }
+    }
+  }
+  force_scalar_kernels(false);
+}
 
 // The vector f32 -> f16 rounding (F16C, for KV writes) is bit-identical to
 // fp32_to_fp16: nearest-even ties, subnormals, overflow to infinity, NaN.

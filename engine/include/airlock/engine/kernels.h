@@ -76,7 +76,13 @@ void matmul_rows(GgmlType type, const std::uint8_t* w, std::int64_t n_in, const 
 // where q and out hold the heads one after another, key/value head h of
 // position p is at k + slot(p) * kv_stride + h * head_dim (likewise v) and
 // slot(p) = table[p / block] * block + p % block. `scores` is scratch of
-// n_q * n_ctx. The vector path reads each key and value once per group.
+// n_q * n_ctx. The vector paths read each key and value once per group.
+//
+// The context goes in spans of kAttendSpan positions (attend_span), their
+// parts combined in order (attend_merge), so that a span's rows stay near
+// while every head uses them, and so that the spans of one long context
+// can go to different threads: whichever thread computes a span, and in
+// whatever batch, a token's result is the same.
 void attend_heads(const float* q, int n_q, int n_kv, const float* k, const float* v, std::int64_t kv_stride,
                   const std::int32_t* table, int block, int n_ctx, int head_dim, float scale, float* scores,
                   float* out);
@@ -84,6 +90,25 @@ void attend_heads(const float* q, int n_q, int n_kv, const float* k, const float
 void attend_heads(const float* q, int n_q, int n_kv, const std::uint16_t* k, const std::uint16_t* v,
                   std::int64_t kv_stride, const std::int32_t* table, int block, int n_ctx, int head_dim, float scale,
                   float* scores, float* out);
+
+inline constexpr int kAttendSpan = 256;
+// Floats in one query head's part of a span: m, l, then o (head_dim).
+inline constexpr int attend_part_floats(int head_dim) { return head_dim + 2; }
+
+// attend_heads' work over positions [p0, p1) only (a span: p0 a multiple
+// of kAttendSpan, p1 at most kAttendSpan further). For query head j, at
+// part + j * attend_part_floats(head_dim):
+//   m = max_p s_p, l = sum_p exp(s_p - m), o = sum_p exp(s_p - m) v_p
+// with s_p = scale * q[j] . k_p. `scores` is scratch of n_q * (p1 - p0).
+void attend_span(const float* q, int n_q, int n_kv, const float* k, const float* v, std::int64_t kv_stride,
+                 const std::int32_t* table, int block, int p0, int p1, int head_dim, float scale, float* scores,
+                 float* part);
+void attend_span(const float* q, int n_q, int n_kv, const std::uint16_t* k, const std::uint16_t* v,
+                 std::int64_t kv_stride, const std::int32_t* table, int block, int p0, int p1, int head_dim,
+                 float scale, float* scores, float* part);
+// out[j] (n_heads of head_dim) from n_parts consecutive spans' parts,
+// span s's at parts + s * part_stride, laid out as attend_span writes them.
+void attend_merge(const float* parts, int n_parts, std::int64_t part_stride, int n_heads, int head_dim, float* out);
 
 // out[i] = silu(gate[i]) * up[i] (SwiGLU), silu(x) = x / (1 + exp(-x));
 // out may alias gate or up. With AVX2 exp is a polynomial (relative error
