@@ -1275,17 +1275,10 @@ void attend_span_scalar(const float* q, const T* k, const T* v, const std::int64
 // token over 16 layers; 8 positions ahead gave 2.6, 64 gave 2.3).
 constexpr int kAttendPrefetch = 32;
 
-// What the attention loops prefetch: `bytes` of each key (or value) row
-// kAttendPrefetch positions ahead, and the first rows before the loop.
-// A span's first group asks for the rows' bytes for all the call's heads,
-// the others for their own (already near).
-struct Prefetch {
-  std::size_t bytes;
-};
-
-// (GCC 12 dropped the prefetch loop altogether when its length was read
-// from a Prefetch inside the position loop, even through a reference:
-// these take the length as a value, read once before the loop.)
+// What the attention loops prefetch (pf_bytes below): that many bytes of
+// each key (or value) row kAttendPrefetch positions ahead, and of the
+// first rows before the loop. A span's first group asks for the rows'
+// bytes for all the call's heads, the others for their own (already near).
 template <typename T>
 inline void prefetch_rows_start(const T* base, const std::int64_t* offs, int n, std::size_t bytes) {
   for (int p = 0; p < std::min(n, kAttendPrefetch); ++p) prefetch_bytes(base + offs[p], bytes);
@@ -1300,10 +1293,9 @@ inline void prefetch_row_ahead(const T* base, const std::int64_t* offs, int p, i
 // sum_p scores[g * n + p] * v[offs[p] + i].
 template <int kW, typename T>
 AIRLOCK_AVX2 void attend_values(const T* v, const std::int64_t* offs, int n_q, int n, const float* scores, float* o,
-                                int o_stride, const Prefetch& pf) {
+                                int o_stride, std::size_t pf_bytes) {
   __m256 acc[4][kW];
   AIRLOCK_UNROLL for (int g = 0; g < 4; ++g) AIRLOCK_UNROLL for (int c = 0; c < kW; ++c) acc[g][c] = _mm256_setzero_ps();
-  const std::size_t pf_bytes = pf.bytes;
   prefetch_rows_start(v, offs, n, pf_bytes);
   for (int p = 0; p < n; ++p) {
     const T* vp = v + offs[p];
@@ -1351,6 +1343,16 @@ AIRLOCK_AVX2 void span_weights(float* scores, int n_q, int n, float* part, int p
   }
 }
 
+// The scores of positions [p, n) one at a time (the vector kernels' tail),
+// then span_weights into the heads' parts.
+template <typename T>
+AIRLOCK_AVX2 void finish_span_scores(const float* q, int n_q, const T* k, const std::int64_t* offs, int p, int n,
+                                     int head_dim, float scale, float* scores, float* part) {
+  for (; p < n; ++p)
+    for (int g = 0; g < n_q; ++g) scores[g * n + p] = dot_cached(q + g * head_dim, k + offs[p], head_dim) * scale;
+  span_weights(scores, n_q, n, part, attend_part_floats(head_dim));
+}
+
 // n positions (row offsets offs[0, n)) for n_q (<= 4) query heads sharing
 // one key/value head (grouped-query attention), head_dim a multiple of 8:
 // scores for two positions and up to four heads at a time (eight
@@ -1361,8 +1363,7 @@ AIRLOCK_AVX2 void span_weights(float* scores, int n_q, int n, float* part, int p
 // part + g * (head_dim + 2).
 template <typename T>
 AIRLOCK_AVX2 void attend_span_avx2(const float* q, int n_q, const T* k, const T* v, const std::int64_t* offs, int n,
-                                   int head_dim, float scale, const Prefetch& pf, float* scores, float* part) {
-  const std::size_t pf_bytes = pf.bytes;
+                                   int head_dim, float scale, std::size_t pf_bytes, float* scores, float* part) {
   prefetch_rows_start(k, offs, n, pf_bytes);
   // Scores.
   int p = 0;
@@ -1392,17 +1393,15 @@ AIRLOCK_AVX2 void attend_span_avx2(const float* q, int n_q, const T* k, const T*
     if (n_q > 2) _mm_storel_pi(reinterpret_cast<__m64*>(scores + 2 * n + p), hi);
     if (n_q > 3) _mm_storeh_pi(reinterpret_cast<__m64*>(scores + 3 * n + p), hi);
   }
-  for (; p < n; ++p)
-    for (int g = 0; g < n_q; ++g) scores[g * n + p] = dot_cached(q + g * head_dim, k + offs[p], head_dim) * scale;
-  const int stride = head_dim + 2;
-  span_weights(scores, n_q, n, part, stride);
+  finish_span_scores(q, n_q, k, offs, p, n, head_dim, scale, scores, part);
   // the first pass over the values prefetches as the scores did, the
   // others find the rows near
-  const Prefetch slice_pf{16 * sizeof(T)};
+  const int stride = attend_part_floats(head_dim);
+  const std::size_t slice_bytes = 16 * sizeof(T);
   int d = 0;
   for (; d + 16 <= head_dim; d += 16)
-    attend_values<2>(v + d, offs, n_q, n, scores, part + 2 + d, stride, d == 0 ? pf : slice_pf);
-  if (d < head_dim) attend_values<1>(v + d, offs, n_q, n, scores, part + 2 + d, stride, d == 0 ? pf : slice_pf);
+    attend_values<2>(v + d, offs, n_q, n, scores, part + 2 + d, stride, d == 0 ? pf_bytes : slice_bytes);
+  if (d < head_dim) attend_values<1>(v + d, offs, n_q, n, scores, part + 2 + d, stride, d == 0 ? pf_bytes : slice_bytes);
 }
 
 // The same with 512-bit registers, for head_dim a multiple of 16: about
@@ -1440,10 +1439,9 @@ AIRLOCK_VNNI inline __m512 hsum16x16(const __m512 a[4][4]) {
 // Values, dimensions [0, 16 * kW) of v; as attend_values.
 template <int kW, typename T>
 AIRLOCK_VNNI void attend_values512(const T* v, const std::int64_t* offs, int n_q, int n, const float* scores, float* o,
-                                   int o_stride, const Prefetch& pf) {
+                                   int o_stride, std::size_t pf_bytes) {
   __m512 acc[4][kW];
   AIRLOCK_UNROLL for (int g = 0; g < 4; ++g) AIRLOCK_UNROLL for (int c = 0; c < kW; ++c) acc[g][c] = _mm512_setzero_ps();
-  const std::size_t pf_bytes = pf.bytes;
   prefetch_rows_start(v, offs, n, pf_bytes);
   for (int p = 0; p < n; ++p) {
     const T* vp = v + offs[p];
@@ -1466,8 +1464,7 @@ AIRLOCK_VNNI void attend_values512(const T* v, const std::int64_t* offs, int n_q
 
 template <typename T>
 AIRLOCK_VNNI void attend_span512(const float* q, int n_q, const T* k, const T* v, const std::int64_t* offs, int n,
-                                 int head_dim, float scale, const Prefetch& pf, float* scores, float* part) {
-  const std::size_t pf_bytes = pf.bytes;
+                                 int head_dim, float scale, std::size_t pf_bytes, float* scores, float* part) {
   prefetch_rows_start(k, offs, n, pf_bytes);
   int p = 0;
   for (; p + 4 <= n; p += 4) {
@@ -1491,15 +1488,13 @@ AIRLOCK_VNNI void attend_span512(const float* q, int n_q, const T* k, const T* v
     if (n_q > 2) _mm_storeu_ps(scores + 2 * n + p, _mm512_extractf32x4_ps(sc, 2));
     if (n_q > 3) _mm_storeu_ps(scores + 3 * n + p, _mm512_extractf32x4_ps(sc, 3));
   }
-  for (; p < n; ++p)
-    for (int g = 0; g < n_q; ++g) scores[g * n + p] = dot_cached(q + g * head_dim, k + offs[p], head_dim) * scale;
-  const int stride = head_dim + 2;
-  span_weights(scores, n_q, n, part, stride);
-  const Prefetch slice_pf{64 * sizeof(T)};
+  finish_span_scores(q, n_q, k, offs, p, n, head_dim, scale, scores, part);
+  const int stride = attend_part_floats(head_dim);
+  const std::size_t slice_bytes = 64 * sizeof(T);
   int d = 0;
   for (; d + 64 <= head_dim; d += 64)
-    attend_values512<4>(v + d, offs, n_q, n, scores, part + 2 + d, stride, d == 0 ? pf : slice_pf);
-  const Prefetch& tail_pf = d == 0 ? pf : slice_pf;
+    attend_values512<4>(v + d, offs, n_q, n, scores, part + 2 + d, stride, d == 0 ? pf_bytes : slice_bytes);
+  const std::size_t tail_pf = d == 0 ? pf_bytes : slice_bytes;
   switch ((head_dim - d) / 16) {
     case 3: attend_values512<3>(v + d, offs, n_q, n, scores, part + 2 + d, stride, tail_pf); break;
     case 2: attend_values512<2>(v + d, offs, n_q, n, scores, part + 2 + d, stride, tail_pf); break;
@@ -1527,7 +1522,7 @@ void attend_span_impl(const float* q, int n_q, int n_kv, const T* k, const T* v,
   for (int p = p0; p < p1; ++p)
     offs[static_cast<std::size_t>(p - p0)] = (static_cast<std::int64_t>(table[p / block]) * block + p % block) * kv_stride;
   const KernelIsa isa = active_isa();
-  const int stride = head_dim + 2;
+  const int stride = attend_part_floats(head_dim);
   if (isa < KernelIsa::kAvx2 || head_dim % 8 != 0) {
     for (int head = 0; head < n_q * n_kv; ++head)
       attend_span_scalar(q + head * head_dim, k + head / n_q * head_dim, v + head / n_q * head_dim, offs.data(), n,
@@ -1535,13 +1530,13 @@ void attend_span_impl(const float* q, int n_q, int n_kv, const T* k, const T* v,
     return;
   }
   const bool wide = isa >= KernelIsa::kAvx512Vnni && head_dim % 16 == 0;
-  const std::int64_t row_bytes = static_cast<std::int64_t>(n_kv) * head_dim * static_cast<std::int64_t>(sizeof(T));
+  const std::size_t row_bytes = static_cast<std::size_t>(n_kv) * static_cast<std::size_t>(head_dim) * sizeof(T);
   for (int h = 0; h < n_kv; ++h)
     for (int g = 0; g < n_q; g += 4) {
       const int head = h * n_q + g;
-      const Prefetch pf{static_cast<std::size_t>(head == 0 ? row_bytes : head_dim * static_cast<std::int64_t>(sizeof(T)))};
+      const std::size_t pf_bytes = head == 0 ? row_bytes : head_dim * sizeof(T);
       (wide ? attend_span512<T> : attend_span_avx2<T>)(q + head * head_dim, std::min(4, n_q - g), k + h * head_dim,
-                                                      v + h * head_dim, offs.data(), n, head_dim, scale, pf,
+                                                      v + h * head_dim, offs.data(), n, head_dim, scale, pf_bytes,
                                                       scores + static_cast<std::int64_t>(g) * n, part + head * stride);
     }
 }
