@@ -21,17 +21,6 @@ ApiError invalid(const std::string& param, const std::string& message) {
   return e;
 }
 
-// The body as a JSON object, or the 400 that says why not. The depth is
-// checked before anything copies the value (copies recurse: json_depth.h).
-std::optional<ApiError> parse_object(std::string_view body, ojson* j) {
-  *j = ojson::parse(body.begin(), body.end(), nullptr, /*allow_exceptions=*/false);
-  if (j->is_discarded()) return invalid("", "the request body is not valid JSON");
-  static_assert(kMaxJsonDepth == 64, "the message names the limit");
-  if (json_deeper_than(*j)) return invalid("", "the request body is nested deeper than 64 levels");
-  if (!j->is_object()) return invalid("", "the request body must be a JSON object");
-  return std::nullopt;
-}
-
 // Flattens OpenAI message content: a string, null, or an array of parts of
 // which only {"type": "text", "text": ...} are supported here.
 std::optional<ApiError> flatten_content(const ojson& content, const std::string& param, std::string* out) {
@@ -55,6 +44,20 @@ std::optional<ApiError> flatten_content(const ojson& content, const std::string&
 
 }  // namespace
 
+// The body as a JSON object, or the 400 that says why not. Objects wider
+// than kMaxJsonObjectKeys are refused before the parse (its cost grows with
+// their square), and the depth is checked before anything copies the value
+// (copies recurse: json_depth.h).
+std::optional<ApiError> parse_json_object(std::string_view body, ojson* j) {
+  static_assert(kMaxJsonObjectKeys == 256 && kMaxJsonDepth == 64, "the messages name the limits");
+  if (json_text_has_wide_object<ojson>(body)) return invalid("", "the request body has an object with more than 256 keys");
+  *j = ojson::parse(body.begin(), body.end(), nullptr, /*allow_exceptions=*/false);
+  if (j->is_discarded()) return invalid("", "the request body is not valid JSON");
+  if (json_deeper_than(*j)) return invalid("", "the request body is nested deeper than 64 levels");
+  if (!j->is_object()) return invalid("", "the request body must be a JSON object");
+  return std::nullopt;
+}
+
 std::string error_body(const ApiError& e) {
   ojson j;
   j["error"]["message"] = e.message;
@@ -68,7 +71,7 @@ std::optional<ApiError> parse_request(std::string_view body, Endpoint endpoint, 
   CompletionRequest r;
   r.endpoint = endpoint;
   ojson j;
-  if (auto e = parse_object(body, &j)) return e;
+  if (auto e = parse_json_object(body, &j)) return e;
 
   auto number = [&](const char* key, double lo, double hi, auto apply) -> std::optional<ApiError> {
     if (!j.contains(key) || j[key].is_null()) return std::nullopt;
@@ -130,7 +133,12 @@ std::optional<ApiError> parse_request(std::string_view body, Endpoint endpoint, 
     if (auto e = integer(key, 1, 1 << 30, [&](std::int64_t v) { r.max_tokens = static_cast<int>(v); })) return e;
   if (auto e = number("temperature", 0, 2, [&](double v) { r.sampling.temperature = static_cast<float>(v); })) return e;
   if (auto e = number("top_p", 0, 1, [&](double v) { r.sampling.top_p = static_cast<float>(v); })) return e;
-  if (j.contains("top_p") && j["top_p"].is_number() && j["top_p"].get<double>() == 0) r.sampling.temperature = 0;
+  // top_p 0 keeps only the most likely token: greedy decoding (the sampler
+  // itself takes top_p in (0, 1]).
+  if (j.contains("top_p") && j["top_p"].is_number() && j["top_p"].get<double>() == 0) {
+    r.sampling.temperature = 0;
+    r.sampling.top_p = 1;
+  }
   if (auto e = number("min_p", 0, 1, [&](double v) { r.sampling.min_p = static_cast<float>(v); })) return e;
   if (auto e = integer("top_k", 0, 1 << 20, [&](std::int64_t v) { r.sampling.top_k = static_cast<int>(v); })) return e;
   if (auto e = number("presence_penalty", -2, 2, [&](double v) { r.sampling.presence_penalty = static_cast<float>(v); })) return e;
@@ -224,7 +232,7 @@ std::optional<ApiError> parse_request(std::string_view body, Endpoint endpoint, 
 std::optional<ApiError> parse_rag_query(std::string_view body, const std::string& default_model,
                                         CompletionRequest* out, bool* generate) {
   ojson j;
-  if (auto e = parse_object(body, &j)) return e;
+  if (auto e = parse_json_object(body, &j)) return e;
   static const char* kKnown[] = {"collection", "collections", "question", "top_k", "mode", "generate", "stream",
                                  "stream_options", "max_tokens", "temperature", "seed", "model", "user"};
   for (auto it = j.begin(); it != j.end(); ++it) {
@@ -270,7 +278,7 @@ std::optional<ApiError> parse_embedding_request(std::string_view body, Embedding
   constexpr std::size_t kMaxInputBytes = 1 << 20;
   EmbeddingRequest r;
   ojson j;
-  if (auto e = parse_object(body, &j)) return e;
+  if (auto e = parse_json_object(body, &j)) return e;
   if (!j.contains("model") || !j["model"].is_string()) return invalid("model", "model must be a string naming a model (GET /v1/models)");
   r.model = j["model"].get<std::string>();
   if (!j.contains("input")) return invalid("input", "input is required");

@@ -36,6 +36,10 @@ struct ApiError {
 // {"error": {"message", "type", "param", "code"}}
 std::string error_body(const ApiError& e);
 
+// A request body as a JSON object within the limits of json_depth.h, or the
+// 400 that says why not.
+std::optional<ApiError> parse_json_object(std::string_view body, ojson* j);
+
 enum class Endpoint { kChat, kCompletions };
 
 // The `airlock` extension of a chat request: answer grounded in these

@@ -11,7 +11,6 @@
 #include <cstring>
 #include <ctime>
 
-#include "airlock/common/json_depth.h"
 #include "airlock/common/log.h"
 #include "airlock/common/version.h"
 #include "airlock/rag/grounding.h"
@@ -1258,9 +1257,8 @@ void Server::Impl::rag_routes() {
     if (body_too_large(req, res)) return;
     std::shared_ptr<LoadedModel> m = store_or_fail(res);
     if (!m) return;
-    ojson j = ojson::parse(req.body, nullptr, false);
-    if (j.is_discarded() || json_deeper_than(j) || !j.is_object())
-      return send_error(res, api_error(400, "invalid_request_error", "the body must be a JSON object nested at most 64 levels"));
+    ojson j;
+    if (auto e = parse_json_object(req.body, &j)) return send_error(res, *e);
     for (const auto& [k, v] : j.items())
       if (k != "name" && k != "readers" && k != "description")
         return send_error(res, api_error(400, "invalid_request_error", "unknown field '" + k + "' (name, readers, description)"));
@@ -1318,9 +1316,8 @@ void Server::Impl::rag_routes() {
     std::string source, bytes, metadata = "{}";
     const std::string type = req.get_header_value("Content-Type");
     if (type.rfind("application/json", 0) == 0) {
-      ojson j = ojson::parse(req.body, nullptr, false);
-      if (j.is_discarded() || json_deeper_than(j) || !j.is_object())
-        return send_error(res, api_error(400, "invalid_request_error", "the body must be a JSON object nested at most 64 levels"));
+      ojson j;
+      if (auto e = parse_json_object(req.body, &j)) return send_error(res, *e);
       for (const auto& [k, v] : j.items())
         if (k != "source" && k != "content" && k != "content_base64" && k != "metadata")
           return send_error(res, api_error(400, "invalid_request_error",

@@ -43,6 +43,21 @@ TEST(OpenAiApiTest, CompletionsRequest) {
   EXPECT_TRUE(r.echo);
 }
 
+// top_p 0 (accepted by the OpenAI API) keeps only the most likely token:
+// greedy decoding, with the sampler's own top_p left valid.
+TEST(OpenAiApiTest, TopPZeroIsGreedy) {
+  for (Endpoint ep : {Endpoint::kChat, Endpoint::kCompletions}) {
+    CompletionRequest r;
+    const std::string body = ep == Endpoint::kChat
+                                 ? R"({"model":"m","messages":[{"role":"user","content":"x"}],"top_p":0,"temperature":1})"
+                                 : R"({"model":"m","prompt":"x","top_p":0.0,"temperature":0.7})";
+    auto e = parse_request(body, ep, &r);
+    ASSERT_FALSE(e) << e->message;
+    EXPECT_EQ(r.sampling.temperature, 0.0f);
+    EXPECT_TRUE(engine::validate(r.sampling).is_ok());
+  }
+}
+
 TEST(OpenAiApiTest, BadRequestsNameTheParameter) {
   const std::vector<std::tuple<std::string, Endpoint, std::string>> cases = {
       {"", Endpoint::kChat, ""},
@@ -116,6 +131,46 @@ TEST(OpenAiApiTest, DeeplyNestedJsonIsRefusedNotRecursed) {
   const std::string over = R"({"model":"m","messages":[{"role":"user","content":"x","name":)" +
                            nested(kMaxJsonDepth - 2) + "}]}";
   ASSERT_TRUE(parse_request(over, Endpoint::kChat, &r).has_value());
+}
+
+// An object of n keys costs ordered_json n^2 / 2 comparisons to parse, so
+// objects wider than kMaxJsonObjectKeys are refused by a linear pass first:
+// wherever they are, in every parser of request bodies. Without that pass
+// the 300,000-key bodies below take minutes each.
+TEST(OpenAiApiTest, ObjectsWithTooManyKeysAreRefusedBeforeParsing) {
+  auto object = [](std::size_t n) {
+    std::string o = "{";
+    for (std::size_t i = 0; i < n; ++i) o += (i ? ",\"k" : "\"k") + std::to_string(i) + "\":0";
+    return o + "}";
+  };
+  const std::string wide = object(300'000);
+  CompletionRequest r;
+  EmbeddingRequest er;
+  bool generate = false;
+  std::vector<std::optional<ApiError>> errors = {
+      parse_request(wide, Endpoint::kChat, &r),
+      parse_request(R"({"model":"m","messages":[{"role":"user","content":"x","name":)" + wide + "}]}", Endpoint::kChat, &r),
+      parse_request(R"({"model":"m","prompt":"x","stop":[)" + wide + "]}", Endpoint::kCompletions, &r),
+      parse_embedding_request(R"({"model":"m","input":)" + wide + "}", &er),
+      parse_rag_query(R"({"question":"q","x":)" + wide + "}", "m", &r, &generate)};
+  ojson j;
+  errors.push_back(parse_json_object(object(kMaxJsonObjectKeys + 1), &j));
+  for (const std::optional<ApiError>& e : errors) {
+    ASSERT_TRUE(e.has_value());
+    EXPECT_EQ(e->http_status, 400);
+    EXPECT_NE(e->message.find("more than 256 keys"), std::string::npos) << e->message;
+  }
+  // At the limit, and many objects at the limit side by side: parsed.
+  ASSERT_FALSE(parse_json_object(object(kMaxJsonObjectKeys), &j).has_value());
+  EXPECT_EQ(j.size(), kMaxJsonObjectKeys);
+  std::string many = "{\"a\":[";
+  for (int i = 0; i < 50; ++i) many += (i ? "," : "") + object(kMaxJsonObjectKeys);
+  ASSERT_FALSE(parse_json_object(many + "]}", &j).has_value());
+  EXPECT_EQ(j["a"].size(), 50u);
+  // Invalid JSON is still reported as such.
+  const std::optional<ApiError> bad = parse_json_object("{\"a\":", &j);
+  ASSERT_TRUE(bad.has_value());
+  EXPECT_NE(bad->message.find("not valid JSON"), std::string::npos) << bad->message;
 }
 
 TEST(OpenAiApiTest, EmbeddingRequests) {

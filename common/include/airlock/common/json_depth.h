@@ -1,4 +1,5 @@
-// Nesting depth of parsed JSON, measured without recursion.
+// Limits on JSON from outside: nesting depth of a parsed value, measured
+// without recursion, and keys per object, checked before parsing.
 //
 // nlohmann::json parses any depth (its parser keeps its own stack), but
 // copying, comparing and printing a value recurse, one stack frame per
@@ -7,6 +8,9 @@
 // than kMaxJsonDepth right after parsing, before anything else touches them.
 #pragma once
 
+#include <cstddef>
+#include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -29,6 +33,51 @@ bool json_deeper_than(const Json& root, int limit = kMaxJsonDepth) {
       for (const Json& child : *v) stack.emplace_back(&child, depth + 1);
   }
   return false;
+}
+
+// Keys one object of outside JSON may hold. nlohmann::ordered_json (which
+// request bodies use, to keep their keys in order for chat templates)
+// looks up every earlier key of an object before it adds one, so parsing
+// an object of n keys takes n^2 / 2 string comparisons: one 8 MiB body of
+// ~650,000 keys would keep a core busy for minutes. Real requests have a
+// few dozen keys per object.
+inline constexpr std::size_t kMaxJsonObjectKeys = 256;
+
+// True when `text` holds an object with more than `max_keys` keys, found by
+// a pass that builds nothing and stops at the first such object (linear in
+// the text). Invalid JSON gives false: the real parse reports it.
+template <typename Json>
+bool json_text_has_wide_object(std::string_view text, std::size_t max_keys = kMaxJsonObjectKeys) {
+  struct Counter {
+    std::vector<std::size_t> keys;  // per open object
+    std::size_t max_keys;
+    bool wide = false;
+    bool null() { return true; }
+    bool boolean(bool) { return true; }
+    bool number_integer(typename Json::number_integer_t) { return true; }
+    bool number_unsigned(typename Json::number_unsigned_t) { return true; }
+    bool number_float(typename Json::number_float_t, const typename Json::string_t&) { return true; }
+    bool string(typename Json::string_t&) { return true; }
+    bool binary(typename Json::binary_t&) { return true; }
+    bool start_object(std::size_t) {
+      keys.push_back(0);
+      return true;
+    }
+    bool key(typename Json::string_t&) {
+      wide = ++keys.back() > max_keys;
+      return !wide;
+    }
+    bool end_object() {
+      keys.pop_back();
+      return true;
+    }
+    bool start_array(std::size_t) { return true; }
+    bool end_array() { return true; }
+    bool parse_error(std::size_t, const std::string&, const typename Json::exception&) { return false; }
+  };
+  Counter c{{}, max_keys};
+  Json::sax_parse(text.begin(), text.end(), &c);
+  return c.wide;
 }
 
 }  // namespace airlock
