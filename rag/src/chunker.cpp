@@ -1,6 +1,7 @@
 #include "airlock/rag/chunker.h"
 
 #include <algorithm>
+#include <string>
 
 namespace airlock::rag {
 namespace {
@@ -144,10 +145,17 @@ Result<std::vector<TextChunk>> chunk_text(std::string_view text, const TokenCoun
     }
     chunks.push_back(std::move(c));
     if (last + 1 >= units.size()) break;
-    // The next chunk repeats trailing units of this one, up to the overlap,
-    // but always moves forward.
+    if (chunks.size() >= options.max_chunks)
+      return invalid_argument("the text makes more than " + std::to_string(options.max_chunks) + " chunks");
+    // The next chunk repeats trailing units of this one, up to the overlap
+    // in tokens and in bytes (at the chunk's own 32 bytes a token), but
+    // always moves forward. Without the byte bound, units the tokenizer
+    // counts as no tokens (a line of U+3000 or of zero-width spaces) would
+    // all be repeated: one chunk per unit, each nearly max_bytes long.
     std::size_t next = last + 1, overlap = 0;
-    while (next > first + 1 && overlap + units[next - 1].n_tokens <= options.overlap_tokens) {
+    const std::size_t overlap_bytes = options.overlap_tokens * 32;
+    while (next > first + 1 && overlap + units[next - 1].n_tokens <= options.overlap_tokens &&
+           units[last].end - units[next - 1].begin <= overlap_bytes) {
       --next;
       overlap += units[next].n_tokens;
     }

@@ -3,6 +3,7 @@
 // survives text with no sentence or word boundaries at all.
 #include <gtest/gtest.h>
 
+#include <cctype>
 #include <chrono>
 #include <string>
 
@@ -96,6 +97,54 @@ TEST(ChunkerTest, AHugeLineWithoutBoundariesIsBoundedAndFast) {
   EXPECT_EQ(total, text.size());
   // Not a timing assertion on the product: a quadratic loop would take hours.
   EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(60));
+}
+
+// Units the tokenizer counts as no tokens (the BERT tokenizer drops U+3000,
+// zero-width spaces and combining marks) must not all be repeated as
+// overlap: that made one chunk of ~8 KiB per 3-byte line, so a 1 MB upload
+// became ~2 GB of chunks. The overlap is bounded in bytes too.
+TEST(ChunkerTest, ZeroTokenUnitsDoNotMultiplyTheText) {
+  const TokenCounter ascii_words = [](std::string_view t) {
+    std::size_t n = 0;
+    for (std::size_t i = 0; i < t.size(); ++i)
+      if (std::isalnum(static_cast<unsigned char>(t[i])) && (i == 0 || !std::isalnum(static_cast<unsigned char>(t[i - 1]))))
+        ++n;
+    return n;
+  };
+  std::string text = "An opening sentence.\n";
+  for (int i = 0; i < 20000; ++i) text += "\xe3\x80\x80\n";  // U+3000, a line of no tokens
+  text += "A closing sentence.";
+  ChunkOptions o;  // 256 tokens, 32 of overlap
+  Result<std::vector<TextChunk>> r = chunk_text(text, ascii_words, o);
+  ASSERT_TRUE(r.is_ok()) << r.status().to_string();
+  std::size_t total = 0, covered_to = 0;
+  for (const TextChunk& c : *r) {
+    EXPECT_EQ(c.text, text.substr(c.begin, c.end - c.begin));
+    EXPECT_LE(c.begin, covered_to + 1);
+    covered_to = std::max(covered_to, c.end);
+    total += c.text.size();
+  }
+  EXPECT_EQ(covered_to, text.size());
+  // Each chunk repeats at most 32 * 32 bytes of the one before it.
+  EXPECT_LE(total, text.size() + r->size() * 32 * 32) << r->size() << " chunks";
+  EXPECT_LE(r->size(), text.size() / (256 * 32 - 32 * 32) + 2);
+}
+
+// The chunk count is capped while chunking, before anything is embedded.
+TEST(ChunkerTest, TooManyChunksIsAnErrorBeforeAnyIsReturned) {
+  std::string text;
+  for (int i = 0; i < 100; ++i) text += sentence(i) + " ";
+  ChunkOptions o;
+  o.max_tokens = 20;
+  o.overlap_tokens = 0;
+  Result<std::vector<TextChunk>> all = chunk_text(text, kCount, o);
+  ASSERT_TRUE(all.is_ok());
+  o.max_chunks = all->size();
+  EXPECT_TRUE(chunk_text(text, kCount, o).is_ok());
+  o.max_chunks = all->size() - 1;
+  Result<std::vector<TextChunk>> capped = chunk_text(text, kCount, o);
+  ASSERT_EQ(capped.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(capped.status().message().find("chunks"), std::string::npos) << capped.status().to_string();
 }
 
 TEST(ChunkerTest, EmptyTextAndBadOptions) {

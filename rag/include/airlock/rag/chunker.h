@@ -4,7 +4,8 @@
 // A chunk is a run of whole sentences of at most `max_tokens` tokens; a
 // sentence longer than that is cut at word boundaries, and a word longer
 // than that at UTF-8 character boundaries, so every chunk fits. Consecutive
-// chunks share up to `overlap_tokens` tokens of whole trailing sentences.
+// chunks share up to `overlap_tokens` tokens (and 32 bytes a token) of whole
+// trailing sentences.
 // Offsets are byte offsets into the input text, so a citation can point at
 // the exact passage.
 //
@@ -24,7 +25,8 @@ namespace airlock::rag {
 
 struct ChunkOptions {
   std::size_t max_tokens = 256;
-  std::size_t overlap_tokens = 32;
+  std::size_t overlap_tokens = 32;  // and at most 32 bytes a token of it
+  std::size_t max_chunks = 200000;  // more: kInvalidArgument, found before any is embedded
 };
 
 struct TextChunk {
@@ -36,7 +38,8 @@ struct TextChunk {
 
 using TokenCounter = std::function<std::size_t(std::string_view)>;
 
-// kInvalidArgument when max_tokens is 0 or overlap_tokens >= max_tokens.
+// kInvalidArgument when max_tokens is 0, overlap_tokens >= max_tokens, or the
+// text makes more than max_chunks chunks.
 // Empty or whitespace-only text gives no chunks.
 Result<std::vector<TextChunk>> chunk_text(std::string_view text, const TokenCounter& count_tokens,
                                           const ChunkOptions& options);
