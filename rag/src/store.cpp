@@ -248,9 +248,12 @@ struct Store::Impl {
   }
 
   // Every collection with its readers; with_counts adds document and chunk
-  // counts (index lookups, but not needed on the search path).
+  // counts (index lookups, but not needed on the search path). Read through
+  // rdb unless the caller holds write_mu and passes db: reads on the write
+  // connection outside write_mu would see another thread's uncommitted
+  // transaction (and be aborted by its rollback).
   Result<std::vector<CollectionRow>> collections(bool with_counts = true, sqlite3* conn = nullptr) const {
-    if (conn == nullptr) conn = db;
+    if (conn == nullptr) conn = rdb;
     std::vector<CollectionRow> out;
     std::map<std::int64_t, std::size_t> at;
     {
@@ -289,15 +292,16 @@ struct Store::Impl {
 
   // The collection `name` as `who` may see it: kNotFound when it does not
   // exist or `who` may not read it (its existence is not revealed).
-  Result<CollectionRow> readable(const std::string& name, const Principal& who) const {
-    AIRLOCK_ASSIGN_OR_RETURN(std::vector<CollectionRow> all, collections());
+  Result<CollectionRow> readable(const std::string& name, const Principal& who, sqlite3* conn = nullptr) const {
+    AIRLOCK_ASSIGN_OR_RETURN(std::vector<CollectionRow> all, collections(/*with_counts=*/true, conn));
     for (CollectionRow& r : all)
       if (r.info.name == name && may_read(r.info, who)) return std::move(r);
     return not_found("no collection '" + name + "'");
   }
 
-  Result<CollectionRow> writable(const std::string& name, const Principal& who) const {
-    AIRLOCK_ASSIGN_OR_RETURN(CollectionRow r, readable(name, who));
+  // Callers hold write_mu (check_writable, a check only, does not).
+  Result<CollectionRow> writable(const std::string& name, const Principal& who, bool locked = true) const {
+    AIRLOCK_ASSIGN_OR_RETURN(CollectionRow r, readable(name, who, locked ? db : rdb));
     if (!may_write(r.info, who))
       return permission_denied("only the owner of collection '" + name + "' (or an admin) may change it");
     return r;
@@ -608,25 +612,25 @@ constexpr const char* kDocumentColumns =
 
 Result<std::vector<DocumentInfo>> Store::list_documents(const std::string& collection, const Principal& who) const {
   AIRLOCK_ASSIGN_OR_RETURN(CollectionRow c, impl_->readable(collection, who));
-  Stmt st(impl_->db, std::string(kDocumentColumns) + " ORDER BY d.source");
-  if (!st.ok()) return sql::error(impl_->db, "list documents");
+  Stmt st(impl_->rdb, std::string(kDocumentColumns) + " ORDER BY d.source");
+  if (!st.ok()) return sql::error(impl_->rdb, "list documents");
   st.bind(1, c.id);
   std::vector<DocumentInfo> out;
   int rc;
   while ((rc = st.step()) == SQLITE_ROW) out.push_back(document_from(st, collection));
-  if (rc != SQLITE_DONE) return sql::error(impl_->db, "list documents");
+  if (rc != SQLITE_DONE) return sql::error(impl_->rdb, "list documents");
   return out;
 }
 
 Result<std::optional<DocumentInfo>> Store::find_document(const std::string& collection, const std::string& source,
                                                          const Principal& who) const {
   AIRLOCK_ASSIGN_OR_RETURN(CollectionRow c, impl_->readable(collection, who));
-  Stmt st(impl_->db, std::string(kDocumentColumns) + " AND d.source = ?");
-  if (!st.ok()) return sql::error(impl_->db, "find document");
+  Stmt st(impl_->rdb, std::string(kDocumentColumns) + " AND d.source = ?");
+  if (!st.ok()) return sql::error(impl_->rdb, "find document");
   st.bind(1, c.id).bind(2, source);
   const int rc = st.step();
   if (rc == SQLITE_ROW) return std::optional<DocumentInfo>(document_from(st, collection));
-  if (rc != SQLITE_DONE) return sql::error(impl_->db, "find document");
+  if (rc != SQLITE_DONE) return sql::error(impl_->rdb, "find document");
   return std::optional<DocumentInfo>();
 }
 
@@ -663,19 +667,19 @@ Status Store::delete_document(const std::string& collection, const std::string& 
 }
 
 Status Store::check_writable(const std::string& collection, const Principal& who) const {
-  Result<CollectionRow> c = impl_->writable(collection, who);
+  Result<CollectionRow> c = impl_->writable(collection, who, /*locked=*/false);
   return c.is_ok() ? Status() : c.status();
 }
 
 Result<std::optional<std::string>> Store::source_with_hash(const std::string& collection, const std::string& content_hash,
                                                            const Principal& who) const {
   AIRLOCK_ASSIGN_OR_RETURN(CollectionRow c, impl_->readable(collection, who));
-  Stmt st(impl_->db, "SELECT source FROM documents WHERE collection_id = ? AND content_hash = ? ORDER BY source LIMIT 1");
-  if (!st.ok()) return sql::error(impl_->db, "find by hash");
+  Stmt st(impl_->rdb, "SELECT source FROM documents WHERE collection_id = ? AND content_hash = ? ORDER BY source LIMIT 1");
+  if (!st.ok()) return sql::error(impl_->rdb, "find by hash");
   st.bind(1, c.id).bind(2, content_hash);
   const int rc = st.step();
   if (rc == SQLITE_ROW) return std::optional<std::string>(st.text(0));
-  if (rc != SQLITE_DONE) return sql::error(impl_->db, "find by hash");
+  if (rc != SQLITE_DONE) return sql::error(impl_->rdb, "find by hash");
   return std::optional<std::string>();
 }
 

@@ -9,8 +9,10 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <random>
 #include <set>
+#include <thread>
 
 #include "airlock/rag/chunker.h"
 #include "airlock/rag/ingest.h"
@@ -374,6 +376,41 @@ TEST_F(StoreTest, AnnRecallAgainstExactSearch) {
   }
   recall /= n_queries;
   EXPECT_GE(recall, 0.95);
+}
+
+// Listings and the duplicate check read committed data only: while another
+// thread's put_document is inside its transaction, a reader sees the
+// document with all of its chunks or not at all (before, they read the
+// write connection, and saw its uncommitted rows: a half-inserted chunk
+// count, or a duplicate of a document whose transaction then rolled back).
+TEST_F(StoreTest, ReadersNeverSeeAWriteInProgress) {
+  auto s = open();
+  ASSERT_TRUE(s->create_collection("c", alice, {}, "").is_ok());
+  std::string text;
+  for (int i = 0; i < 3000; ++i) text += "Sentence " + std::to_string(i) + " on boundary layer transition. ";
+  const DocumentRecord big = doc("big.txt", text, 8);
+  ASSERT_GT(big.chunks.size(), 1000u);
+  std::atomic<bool> done{false};
+  std::atomic<int> reads{0}, partial{0};
+  std::thread reader([&] {
+    while (!done.load()) {
+      Result<std::vector<DocumentInfo>> docs = s->list_documents("c", alice);
+      ASSERT_TRUE(docs.is_ok()) << docs.status().to_string();
+      for (const DocumentInfo& d : *docs)
+        if (d.n_chunks != static_cast<std::int64_t>(big.chunks.size())) ++partial;
+      Result<std::optional<std::string>> holder = s->source_with_hash("c", big.content_hash, alice);
+      ASSERT_TRUE(holder.is_ok()) << holder.status().to_string();
+      ++reads;
+    }
+  });
+  for (int round = 0; round < 3; ++round) {
+    EXPECT_TRUE(s->put_document("c", big, alice).is_ok());
+    EXPECT_TRUE(s->delete_document("c", "big.txt", alice).is_ok());
+  }
+  done = true;
+  reader.join();
+  EXPECT_GT(reads.load(), 0);
+  EXPECT_EQ(partial.load(), 0) << "listings showed a document with part of its chunks";
 }
 
 // A child process writes documents in a loop and is SIGKILLed at some point;
