@@ -207,11 +207,22 @@ Result<Config> parse_config(std::string_view text, const std::string& origin, Co
   if (kv_type != "f16" && kv_type != "f32") return bad("kv_cache_type", "must be \"f16\" or \"f32\"");
   c.kv_cache_type = kv_type == "f16" ? engine::KvType::kF16 : engine::KvType::kF32;
   AIRLOCK_RETURN_IF_ERROR(get_int("max_running", 1, 4096, &c.max_running));
-  AIRLOCK_RETURN_IF_ERROR(get_int("max_waiting", 1, 1 << 20, &c.max_waiting));
+  AIRLOCK_RETURN_IF_ERROR(get_int("max_waiting", 1, 16384, &c.max_waiting));
   AIRLOCK_RETURN_IF_ERROR(get_int("prefill_chunk", 1, 1 << 20, &c.prefill_chunk));
   AIRLOCK_RETURN_IF_ERROR(get_int("max_body_bytes", 1024, std::int64_t{1} << 32, &c.max_body_bytes));
   AIRLOCK_RETURN_IF_ERROR(get_int("drain_seconds", 0, 3600, &c.drain_seconds));
-  AIRLOCK_RETURN_IF_ERROR(get_int("http_threads", 2, 4096, &c.http_threads));
+  if (const toml::node* n = t.get("http_threads"); n != nullptr && n->is_string()) {
+    if (n->as_string()->get() != "auto") return bad("http_threads", "must be \"auto\" or a number of threads");
+    c.http_threads = 0;
+  } else {
+    AIRLOCK_RETURN_IF_ERROR(get_int("http_threads", 2, 32768, &c.http_threads));
+  }
+  if (c.http_threads != 0 && c.http_threads <= c.max_running + c.max_waiting)
+    return bad("http_threads", "must be larger than max_running + max_waiting (" +
+                                   std::to_string(c.max_running + c.max_waiting) +
+                                   "): each running or waiting request holds a connection thread, and a full queue "
+                                   "must still be answered with 429 (\"auto\" adds " +
+                                   std::to_string(kSpareHttpThreads) + " spare threads)");
   AIRLOCK_RETURN_IF_ERROR(get_int("stream_interval_ms", 0, 1000, &c.stream_interval_ms));
   if (const toml::node* n = t.get("audit_text")) {
     if (!n->is_boolean()) return bad("audit_text", "must be true or false");

@@ -65,12 +65,26 @@ struct Config {
   int prefill_chunk = 256;
   std::uint64_t max_body_bytes = 8u << 20;
   int drain_seconds = 30;
-  int http_threads = 64;
+  int http_threads = 0;                     // 0: "auto", http_thread_count()
   int stream_interval_ms = 0;               // SSE: least time between two writes of one stream (0: every token at once)
   bool audit_text = false;                 // store prompt and completion text in the audit log
   std::string tls_cert, tls_key, tls_client_ca;
   RagConfig rag;
 };
+
+// Connection threads beyond the requests admitted (running or waiting):
+// for the 429s and 503s of a full queue, /health, /metrics, and idle
+// keep-alive connections.
+inline constexpr int kSpareHttpThreads = 64;
+
+// Each running or waiting request holds a connection thread for its whole
+// life (cpp-httplib: a thread per connection), so "auto" gives every
+// admitted request one plus the spares; a set value must exceed
+// max_running + max_waiting, or a full pool would leave new connections
+// queued unanswered before the waiting queue could answer 429.
+inline int http_thread_count(const Config& c) {
+  return c.http_threads != 0 ? c.http_threads : c.max_running + c.max_waiting + kSpareHttpThreads;
+}
 
 // Parses TOML text (`origin` names it in messages).
 Result<Config> parse_config(std::string_view text, const std::string& origin, Config base = {});

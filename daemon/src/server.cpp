@@ -993,7 +993,7 @@ void Server::Impl::completions(const httplib::Request& req, httplib::Response& r
 void Server::routes() {
   Impl& s = *impl_;
   httplib::Server& h = s.http;
-  h.new_task_queue = [n = s.config.http_threads] { return new httplib::ThreadPool(static_cast<std::size_t>(n)); };
+  h.new_task_queue = [n = http_thread_count(s.config)] { return new httplib::ThreadPool(static_cast<std::size_t>(n)); };
   // Documents may be larger than other requests (rag.max_document_bytes,
   // base64 in JSON adds a third); every other route holds its body to
   // max_body_bytes itself (body_too_large). httplib reads a body only after

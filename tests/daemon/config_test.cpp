@@ -116,6 +116,10 @@ TEST(ConfigTest, RefusalsNameTheKey) {
       {"nodes = 2\nnccl_root = \"10.0.0.1\"", "nccl_root"},
       {"nodes = 2\ndevice = \"cpu\"\nnccl_root = \"10.0.0.1:29500\"", "nodes: a group spanning machines needs"},
       {"store = [", "t.toml:1"},
+      {"http_threads = 80", "http_threads: must be larger than max_running + max_waiting (80)"},
+      {"max_running = 4\nmax_waiting = 4\nhttp_threads = 8", "larger than max_running + max_waiting (8)"},
+      {"http_threads = \"many\"", "http_threads: must be \"auto\" or a number"},
+      {"max_waiting = 16385", "max_waiting"},
   };
   for (const auto& [text, want] : cases) {
     Result<Config> c = parse_config(text, "t.toml");
@@ -123,6 +127,21 @@ TEST(ConfigTest, RefusalsNameTheKey) {
     EXPECT_EQ(c.status().code(), StatusCode::kInvalidArgument);
     EXPECT_NE(c.status().message().find(want), std::string::npos) << text << " -> " << c.status().message();
   }
+}
+
+// Every admitted request holds a connection thread, so "auto" (the
+// default) sizes the pool from max_running + max_waiting, with spares.
+TEST(ConfigTest, HttpThreadsFollowTheAdmittedRequests) {
+  Result<Config> d = parse_config("", "t.toml");
+  ASSERT_TRUE(d.is_ok());
+  EXPECT_EQ(d->http_threads, 0);
+  EXPECT_EQ(http_thread_count(*d), 16 + 64 + kSpareHttpThreads);
+  Result<Config> big = parse_config("max_running = 32\nmax_waiting = 1000\nhttp_threads = \"auto\"", "t.toml");
+  ASSERT_TRUE(big.is_ok()) << big.status().to_string();
+  EXPECT_EQ(http_thread_count(*big), 32 + 1000 + kSpareHttpThreads);
+  Result<Config> set = parse_config("max_running = 4\nmax_waiting = 4\nhttp_threads = 9", "t.toml");
+  ASSERT_TRUE(set.is_ok()) << set.status().to_string();
+  EXPECT_EQ(http_thread_count(*set), 9);
 }
 
 TEST(ConfigTest, RagTable) {
