@@ -249,9 +249,17 @@ int main(int argc, char** argv) {
     log().error("state: {}", s.to_string());
     return 1;
   }
-  state::AuditWriter audit_writer(*db);
   Metrics metrics;
   Counter& audit_drops = metrics.counter("airlock_audit_dropped_total", "Audit records dropped because the queue was full");
+  Counter& audit_failures =
+      metrics.counter("airlock_audit_write_failures_total", "Failed attempts to write audit records (each retried)");
+  // A failed write keeps its records queued and is retried with a growing
+  // pause (at most one attempt a second at first), so this logs at most as often.
+  state::AuditWriter audit_writer(*db, 65536, [&](const Status& why, std::size_t records, bool dropped) {
+    audit_failures.inc();
+    if (dropped) log().error("audit: {} records could not be written and are lost: {}", records, why.to_string());
+    else log().error("audit: writing {} records failed (kept, retrying): {}", records, why.to_string());
+  });
 
   Server server(
       config,
@@ -367,7 +375,7 @@ int main(int argc, char** argv) {
   stopping = true;
   signal_thread.join();
   watchdog.join();
-  audit_writer.flush();
+  if (!audit_writer.flush()) log().error("audit: stopping while audit writes fail; the queued records get one more attempt");
   log().info("stopped");
   return 0;
 }

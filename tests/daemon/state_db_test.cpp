@@ -4,7 +4,11 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <mutex>
+#include <optional>
 #include <thread>
+#include <utility>
+#include <vector>
 
 #include "airlock/statedb/state_db.h"
 #include "test_bundles.h"
@@ -154,8 +158,8 @@ TEST(StateDbTest, AuditWriterBatchesFromManyThreads) {
         for (int i = 0; i < 1000; ++i) EXPECT_TRUE(w.record(rec(t * 1000 + i)));
       });
     for (auto& t : threads) t.join();
-    w.flush();
-    EXPECT_EQ(w.write_errors(), 0u);
+    EXPECT_TRUE(w.flush());
+    EXPECT_EQ(w.failed_attempts(), 0u);
   }
   Result<AuditVerifyResult> v = db->verify_audit();
   ASSERT_TRUE(v.is_ok());
@@ -165,6 +169,82 @@ TEST(StateDbTest, AuditWriterBatchesFromManyThreads) {
   int accepted = 0;
   for (int i = 0; i < 1000; ++i) accepted += small.record(rec(i)) ? 1 : 0;
   EXPECT_LT(accepted, 1000);  // a full queue refuses instead of blocking
+}
+
+// While the database refuses writes (here another connection holds the
+// write lock past the 5 s busy timeout), failed batches stay queued and are
+// retried: once it takes writes again every record is there, in order, and
+// the chain verifies. Each failure is reported.
+TEST(StateDbTest, AuditWriterRetriesFailedWritesInOrder) {
+  TempDir dir;
+  Result<StateDb> db = StateDb::open(dir / "state");
+  ASSERT_TRUE(db.is_ok());
+  sqlite3* blocker = nullptr;
+  ASSERT_EQ(sqlite3_open((dir / "state" + "/airlock-state.db").c_str(), &blocker), SQLITE_OK);
+  std::mutex mu;
+  std::vector<std::pair<std::size_t, bool>> reported;
+  {
+    AuditWriter w(
+        *db, 65536,
+        [&](const Status& why, std::size_t records, bool dropped) {
+          EXPECT_FALSE(why.is_ok());
+          std::lock_guard<std::mutex> lock(mu);
+          reported.emplace_back(records, dropped);
+        },
+        std::chrono::milliseconds(50));
+    for (int i = 0; i < 10; ++i) ASSERT_TRUE(w.record(rec(i)));
+    ASSERT_TRUE(w.flush());
+    ASSERT_EQ(sqlite3_exec(blocker, "BEGIN IMMEDIATE", nullptr, nullptr, nullptr), SQLITE_OK);
+    for (int i = 10; i < 30; ++i) ASSERT_TRUE(w.record(rec(i)));
+    EXPECT_FALSE(w.flush());  // the attempt fails after the busy timeout
+    for (int i = 30; i < 40; ++i) ASSERT_TRUE(w.record(rec(i)));
+    ASSERT_EQ(sqlite3_exec(blocker, "COMMIT", nullptr, nullptr, nullptr), SQLITE_OK);
+    EXPECT_TRUE(w.flush());
+    EXPECT_GE(w.failed_attempts(), 1u);
+  }
+  sqlite3_close(blocker);
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    ASSERT_FALSE(reported.empty());
+    EXPECT_EQ(reported.front(), std::make_pair(std::size_t{20}, false));
+    for (const auto& [records, dropped] : reported) EXPECT_FALSE(dropped);
+  }
+  Result<AuditVerifyResult> v = db->verify_audit();
+  ASSERT_TRUE(v.is_ok());
+  EXPECT_TRUE(v->ok) << v->why;
+  EXPECT_EQ(v->rows, 40);
+  Result<std::vector<AuditRow>> rows = db->tail_audit(40);
+  ASSERT_TRUE(rows.is_ok());
+  ASSERT_EQ(rows->size(), 40u);
+  for (int i = 0; i < 40; ++i) EXPECT_EQ((*rows)[static_cast<std::size_t>(i)].record.request_id, rec(i).request_id);
+}
+
+// Stopping while the database refuses writes: one last attempt, then the
+// records still queued are reported as dropped (never silently), and the
+// writer does not hang.
+TEST(StateDbTest, AuditWriterReportsWhatItCouldNotWriteAtStop) {
+  TempDir dir;
+  Result<StateDb> db = StateDb::open(dir / "state");
+  ASSERT_TRUE(db.is_ok());
+  sqlite3* blocker = nullptr;
+  ASSERT_EQ(sqlite3_open((dir / "state" + "/airlock-state.db").c_str(), &blocker), SQLITE_OK);
+  ASSERT_EQ(sqlite3_exec(blocker, "BEGIN IMMEDIATE", nullptr, nullptr, nullptr), SQLITE_OK);
+  std::vector<std::pair<std::size_t, bool>> reported;  // written by the writer's thread, read after it ends
+  {
+    AuditWriter w(
+        *db, 65536, [&](const Status&, std::size_t records, bool dropped) { reported.emplace_back(records, dropped); },
+        std::chrono::milliseconds(50));
+    for (int i = 0; i < 5; ++i) ASSERT_TRUE(w.record(rec(i)));
+    EXPECT_FALSE(w.flush());
+  }
+  ASSERT_GE(reported.size(), 2u);
+  EXPECT_EQ(reported.front(), std::make_pair(std::size_t{5}, false));
+  EXPECT_EQ(reported.back(), std::make_pair(std::size_t{5}, true));
+  ASSERT_EQ(sqlite3_exec(blocker, "COMMIT", nullptr, nullptr, nullptr), SQLITE_OK);
+  sqlite3_close(blocker);
+  Result<AuditVerifyResult> v = db->verify_audit();
+  ASSERT_TRUE(v.is_ok());
+  EXPECT_EQ(v->rows, 0);
 }
 
 TEST(StateDbTest, HostileStateDirectories) {

@@ -315,7 +315,10 @@ Status StateDb::append_audit(const std::vector<AuditRecord>& batch) {
   up.i64(1, rows);
   up.blob(2, head);
   if (up.step() != SQLITE_DONE) return rollback(db_error(db_, "update audit head"));
-  return exec(db_, "COMMIT");
+  // A failed COMMIT can leave the transaction open (SQLITE_BUSY does), and
+  // every later BEGIN would then fail.
+  if (Status c = exec(db_, "COMMIT"); !c.is_ok()) return rollback(c);
+  return Status::ok();
 }
 
 namespace {
@@ -412,7 +415,8 @@ std::optional<std::string> KeyVerifier::authenticate(std::string_view token) con
 
 // ---------------------------------------------------------------- AuditWriter
 
-AuditWriter::AuditWriter(StateDb& db, std::size_t max_queue) : db_(db), max_queue_(max_queue) {
+AuditWriter::AuditWriter(StateDb& db, std::size_t max_queue, ErrorFn on_error, std::chrono::milliseconds retry_after)
+    : db_(db), max_queue_(max_queue), on_error_(std::move(on_error)), retry_after_(retry_after) {
   thread_ = std::thread([this] { run(); });
 }
 
@@ -435,24 +439,30 @@ bool AuditWriter::record(AuditRecord r) {
   return true;
 }
 
-void AuditWriter::flush() {
+bool AuditWriter::flush() {
   std::unique_lock<std::mutex> lock(mu_);
+  const std::uint64_t failures = failed_attempts_;
+  ++flushing_;
   cv_.notify_all();
-  idle_.wait(lock, [this] { return queue_.empty() && !writing_; });
+  idle_.wait(lock, [&] { return (queue_.empty() && !writing_) || failed_attempts_ != failures; });
+  --flushing_;
+  return queue_.empty() && !writing_;
 }
 
-std::uint64_t AuditWriter::write_errors() const {
+std::uint64_t AuditWriter::failed_attempts() const {
   std::lock_guard<std::mutex> lock(mu_);
-  return write_errors_;
+  return failed_attempts_;
 }
 
 void AuditWriter::run() {
   std::unique_lock<std::mutex> lock(mu_);
+  std::chrono::milliseconds backoff = retry_after_;
   while (true) {
     cv_.wait(lock, [this] { return stopping_ || !queue_.empty(); });
     if (queue_.empty() && stopping_) return;
     // Gather for up to 100 ms or 256 records, then write them in one transaction.
-    cv_.wait_for(lock, std::chrono::milliseconds(100), [this] { return stopping_ || queue_.size() >= 256; });
+    cv_.wait_for(lock, std::chrono::milliseconds(100),
+                 [this] { return stopping_ || flushing_ > 0 || queue_.size() >= 256; });
     std::vector<AuditRecord> batch;
     while (!queue_.empty() && batch.size() < 1024) {
       batch.push_back(std::move(queue_.front()));
@@ -463,8 +473,27 @@ void AuditWriter::run() {
     Status s = db_.append_audit(batch);
     lock.lock();
     writing_ = false;
-    if (!s.is_ok()) write_errors_ += batch.size();
-    if (queue_.empty()) idle_.notify_all();
+    if (s.is_ok()) {
+      backoff = retry_after_;
+      if (queue_.empty()) idle_.notify_all();
+      continue;
+    }
+    ++failed_attempts_;
+    // Back to the front, in order: the chain continues from the last row
+    // written once the database takes writes again.
+    for (auto it = batch.rbegin(); it != batch.rend(); ++it) queue_.push_front(std::move(*it));
+    const std::size_t waiting = queue_.size();
+    const bool dropped = stopping_;  // the destructor's last attempt
+    if (dropped) queue_.clear();
+    idle_.notify_all();  // a flush() waiting on this attempt returns false
+    if (on_error_) {
+      lock.unlock();
+      on_error_(s, waiting, dropped);
+      lock.lock();
+    }
+    if (dropped) return;
+    cv_.wait_for(lock, backoff, [this] { return stopping_ || flushing_ > 0; });
+    backoff = std::min<std::chrono::milliseconds>(backoff * 2, std::chrono::seconds(30));
   }
 }
 

@@ -26,9 +26,11 @@
 // thread.
 #pragma once
 
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -122,25 +124,40 @@ class KeyVerifier {
 // Batches audit records into the database from a background thread, so a
 // request never waits for a disk write. record() returns false (and the
 // caller counts a drop) when `max_queue` records are already waiting.
+//
+// A batch that fails to write (disk full, the database locked past its
+// busy timeout, an I/O error) is not dropped: it goes back to the front of
+// the queue, `on_error` is called with the reason, and the writer tries
+// again after `retry_after`, doubling up to 30 s, so the chain resumes in
+// order once the database is writable. Meanwhile the queue fills and new
+// records are refused. When the writer is destroyed it makes one last
+// attempt; if that fails, `on_error` is told the records are dropped.
 class AuditWriter {
  public:
-  explicit AuditWriter(StateDb& db, std::size_t max_queue = 65536);
-  ~AuditWriter();  // writes what is queued
+  // records: how many are queued (and, with dropped, now lost).
+  using ErrorFn = std::function<void(const Status& why, std::size_t records, bool dropped)>;
+  explicit AuditWriter(StateDb& db, std::size_t max_queue = 65536, ErrorFn on_error = nullptr,
+                       std::chrono::milliseconds retry_after = std::chrono::seconds(1));
+  ~AuditWriter();  // writes what is queued (one attempt)
   bool record(AuditRecord r);
-  // Blocks until everything recorded so far is written.
-  void flush();
-  std::uint64_t write_errors() const;
+  // Blocks until everything recorded so far is written (true), or a write
+  // attempt after the call failed (false).
+  bool flush();
+  std::uint64_t failed_attempts() const;
 
  private:
   void run();
   StateDb& db_;
   std::size_t max_queue_;
+  ErrorFn on_error_;
+  std::chrono::milliseconds retry_after_;
   mutable std::mutex mu_;
   std::condition_variable cv_, idle_;
   std::deque<AuditRecord> queue_;
   bool stopping_ = false;
   bool writing_ = false;
-  std::uint64_t write_errors_ = 0;
+  int flushing_ = 0;
+  std::uint64_t failed_attempts_ = 0;
   std::thread thread_;
 };
 
