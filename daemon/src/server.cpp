@@ -28,6 +28,9 @@ using engine::TokenStream;
 
 double seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
 
+// The longest route an audit row keeps (the API's own are far shorter).
+constexpr std::size_t kMaxAuditRouteBytes = 512;
+
 std::string random_id(const char* prefix) {
   unsigned char b[12];
   randombytes_buf(b, sizeof b);
@@ -580,7 +583,9 @@ struct Server::Impl {
     if (!audit) return;
     AuditEvent e;
     e.key_name = key;
-    e.route = req.path;
+    // Paths are chosen by the caller, refused ones included: a 401 flood of
+    // 8 KiB paths would grow the log by 8 KiB a row.
+    e.route = req.path.size() <= kMaxAuditRouteBytes ? req.path : req.path.substr(0, kMaxAuditRouteBytes) + "...";
     e.status = status;
     if (g != nullptr) {
       e.model = g->model->id;

@@ -507,6 +507,8 @@ TEST_F(DaemonE2E, DisconnectCancelsAndFreesBlocks) {
 TEST_F(DaemonE2E, AuditLogRecordsRequestsAndRefusals) {
   httplib::Client anon = daemon_->client(false);
   EXPECT_EQ(anon.Get("/v1/models")->status, 401);
+  const std::string long_path = "/v1/" + std::string(6000, 'x');  // kept to 512 bytes in the row
+  EXPECT_EQ(anon.Get(long_path)->status, 401);
   EXPECT_EQ(daemon_->client().Get("/v1/models")->status, 200);
   auto r = daemon_->post("/v1/chat/completions", chat("audited", 6));
   ASSERT_EQ(r->status, 200);
@@ -521,9 +523,10 @@ TEST_F(DaemonE2E, AuditLogRecordsRequestsAndRefusals) {
     if (seen) break;
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
-  bool refused = false, models = false, chat_row = false;
+  bool refused = false, models = false, chat_row = false, long_refused = false;
   for (const json& row : rows) {
     refused = refused || (row["status"] == 401 && row["key"] == "" && row["route"] == "/v1/models");
+    long_refused = long_refused || (row["status"] == 401 && row["route"] == long_path.substr(0, 512) + "...");
     models = models || (row["status"] == 200 && row["key"] == "tester" && row["route"] == "/v1/models");
     if (row["request_id"] == request_id) {
       chat_row = true;
@@ -534,6 +537,7 @@ TEST_F(DaemonE2E, AuditLogRecordsRequestsAndRefusals) {
     }
   }
   EXPECT_TRUE(refused) << rows.dump(1);
+  EXPECT_TRUE(long_refused) << rows.dump(1);
   EXPECT_TRUE(models) << rows.dump(1);
   EXPECT_TRUE(chat_row) << rows.dump(1);
   std::string out;
