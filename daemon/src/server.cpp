@@ -6,6 +6,7 @@
 #include <sodium.h>
 
 #include <algorithm>
+#include <cmath>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
@@ -1194,6 +1195,12 @@ void Server::routes() {
     std::int64_t tokens = 0;
     for (std::size_t i = 0; i < r.inputs.size(); ++i) {
       const std::vector<float> v = m->embedder->embed(r.inputs[i]);
+      // The embedder answers a failure with no vector (never seen: a 500
+      // rather than a 200 with an empty or broken embedding).
+      if (v.size() != static_cast<std::size_t>(m->embedder->dim()) ||
+          !std::all_of(v.begin(), v.end(), [](float x) { return std::isfinite(x); }))
+        return s.send_error(res, api_error(500, "server_error",
+                                           "the embedding model failed on input " + std::to_string(i)));
       tokens += static_cast<std::int64_t>(m->embedder->count_tokens(r.inputs[i]));
       ojson item = {{"object", "embedding"}, {"index", i}};
       if (r.base64) {

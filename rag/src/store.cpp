@@ -689,6 +689,10 @@ Result<std::vector<SearchHit>> Store::search(const SearchRequest& req, const Pri
   const int candidates = std::clamp(req.candidates, req.top_k, 1000);
   const bool use_bm25 = req.mode != SearchMode::kVector;
   const bool use_vectors = req.mode != SearchMode::kBm25;
+  // A NaN would make the ranking's comparisons inconsistent (undefined
+  // behaviour in std::sort); chunk vectors are checked the same way.
+  if (use_vectors && !std::all_of(req.query_vector.begin(), req.query_vector.end(), [](float x) { return std::isfinite(x); }))
+    return invalid_argument("the query vector has a value that is not finite");
   if (use_vectors && req.query_vector.size() != static_cast<std::size_t>(s.dim))
     return invalid_argument("the query vector has " + std::to_string(req.query_vector.size()) +
                             " dimensions, the store " + std::to_string(s.dim));

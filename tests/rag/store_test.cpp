@@ -10,6 +10,8 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cmath>
+#include <limits>
 #include <random>
 #include <set>
 #include <thread>
@@ -287,6 +289,13 @@ TEST_F(StoreTest, HostileQueriesAreJustWords) {
   bad = query("flow");
   bad.top_k = 0;
   EXPECT_EQ(s->search(bad, alice).status().code(), StatusCode::kInvalidArgument);
+  for (float x : {std::nanf(""), std::numeric_limits<float>::infinity()}) {
+    for (SearchMode mode : {SearchMode::kHybrid, SearchMode::kVector}) {
+      bad = query("flow", mode);
+      bad.query_vector[1] = x;  // a NaN would break the ranking's sort
+      EXPECT_EQ(s->search(bad, alice).status().code(), StatusCode::kInvalidArgument);
+    }
+  }
   expect_consistent(*s);
 }
 
