@@ -29,6 +29,7 @@
 // re-hash) the bundle every few seconds. A missing bundle, or a file that
 // cannot be opened or mapped, exits 1 and is retried.
 #include <signal.h>
+#include <unistd.h>
 #include <systemd/sd-daemon.h>
 
 #include <atomic>
@@ -372,10 +373,18 @@ int main(int argc, char** argv) {
   });
 
   server.run();
+  // httplib leaves its accept loop by itself on errors such as ENFILE: drain
+  // and exit 1 (systemd restarts the service) instead of waiting forever
+  // for a signal with the watchdog still pinging.
+  const bool unasked = !server.stopping();
+  if (unasked) {
+    log().error("the listener stopped accepting connections; draining and exiting");
+    ::kill(::getpid(), SIGTERM);
+  }
   stopping = true;
   signal_thread.join();
   watchdog.join();
   if (!audit_writer.flush()) log().error("audit: stopping while audit writes fail; the queued records get one more attempt");
   log().info("stopped");
-  return 0;
+  return unasked ? 1 : 0;
 }

@@ -323,7 +323,11 @@ struct Server::Impl {
   httplib::Server& http;
   mutable std::mutex model_mu;
   std::shared_ptr<LoadedModel> model;
+  // Models replaced by a reload that requests still hold: shutdown drains
+  // them too.
+  std::vector<std::weak_ptr<LoadedModel>> retired;
   std::atomic<bool> draining{false};
+  std::atomic<bool> run_returned{false};
   std::atomic<int> in_flight{0};
   int listen_fd = -1;
 
@@ -619,6 +623,8 @@ Server::~Server() = default;
 
 void Server::set_model(std::shared_ptr<LoadedModel> model) {
   std::lock_guard<std::mutex> lock(impl_->model_mu);
+  std::erase_if(impl_->retired, [](const std::weak_ptr<LoadedModel>& w) { return w.expired(); });
+  if (impl_->model) impl_->retired.push_back(impl_->model);
   impl_->model = std::move(model);
 }
 
@@ -665,18 +671,40 @@ Result<SocketAddress> Server::adopt(int fd) {
 }
 
 void Server::run() {
-  impl_->http.listen_after_bind();
+  if (!impl_->draining) impl_->http.listen_after_bind();
+  impl_->run_returned = true;
   if (impl_->adopted) ::close(impl_->listen_fd);  // closed, never shut down: systemd keeps listening
 }
 
+bool Server::stopping() const { return impl_->draining; }
+
 void Server::shutdown() {
   impl_->draining = true;
-  if (std::shared_ptr<LoadedModel> m = impl_->current())
-    m->scheduler->drain(std::chrono::seconds(impl_->config.drain_seconds));
+  // Every model requests still hold, the current one first, within one
+  // grace period: after a reload, requests admitted before it still run on
+  // the model it replaced.
+  std::vector<std::shared_ptr<LoadedModel>> models;
+  {
+    std::lock_guard<std::mutex> lock(impl_->model_mu);
+    if (impl_->model) models.push_back(impl_->model);
+    for (const std::weak_ptr<LoadedModel>& w : impl_->retired)
+      if (std::shared_ptr<LoadedModel> m = w.lock()) models.push_back(std::move(m));
+  }
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(impl_->config.drain_seconds);
+  for (const std::shared_ptr<LoadedModel>& m : models)
+    m->scheduler->drain(std::chrono::duration_cast<std::chrono::milliseconds>(
+        std::max(deadline - std::chrono::steady_clock::now(), std::chrono::steady_clock::duration::zero())));
+  models.clear();
   // Let handlers that are writing their last bytes finish.
   for (int i = 0; i < 200 && impl_->in_flight.load() > 0; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  if (impl_->adopted) impl_->listener.release();
-  else impl_->http.stop();
+  if (impl_->adopted) {
+    impl_->listener.release();
+    return;
+  }
+  // httplib's stop() does nothing before its listen loop has started: a
+  // SIGTERM right after READY=1 would otherwise be lost, and run() serve on.
+  while (!impl_->run_returned && !impl_->http.is_running()) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  impl_->http.stop();
 }
 
 void Server::Impl::answer_without_model(const httplib::Request& req, httplib::Response& res, const std::string& key,
@@ -852,6 +880,7 @@ void Server::Impl::completions(const httplib::Request& req, httplib::Response& r
   struct StreamState {
     bool started = false;
     bool finished = false;
+    int failed_status = 0;  // a failure mid-stream: what its error event said (500, or 503 when draining)
     std::size_t finals_sent = 0;
     Clock::time_point last_write;  // of this stream's last tokens (the epoch before the first)
   };
@@ -941,7 +970,8 @@ void Server::Impl::completions(const httplib::Request& req, httplib::Response& r
                 // A failure mid-stream: what came before it, an error event,
                 // then the stream ends.
                 if (!send_deltas()) return false;
-                ApiError err = api_error(500, "server_error", c.error.message());
+                state->failed_status = c.error.code() == StatusCode::kUnavailable ? 503 : 500;
+                ApiError err = api_error(state->failed_status, "server_error", c.error.message());
                 pending += "data: " + error_body(err) + "\n\n";
                 flush();
                 g->cancel_all();
@@ -982,7 +1012,9 @@ void Server::Impl::completions(const httplib::Request& req, httplib::Response& r
         // The client went away (or the stream ended): free the sequences.
         g->cancel_all();
         observe(*g);
-        const int status = state->finished && success ? 200 : 499;
+        // Audited and counted as what the client was told: the error event's
+        // status for a failure mid-stream (the HTTP status was 200 by then).
+        const int status = !(state->finished && success) ? 499 : state->failed_status != 0 ? state->failed_status : 200;
         metrics
             .counter("airlock_requests_total", "HTTP requests by route and status",
                      "route=\"" + path + "\",status=\"" + std::to_string(status) + "\"")

@@ -65,11 +65,16 @@ class Server {
   // Errors: invalid_argument when fd is not a listening IPv4/IPv6 stream
   // socket or the TLS files do not load.
   Result<SocketAddress> adopt(int fd);
-  // Serves until stop(); returns when the listener has closed.
+  // Serves until shutdown(); returns when the listener has closed (also,
+  // unasked, when accepting connections fails: stopping() is then false).
+  // Returns at once when shutdown() came first.
   void run();
-  // Stops admitting requests (503 + Retry-After), drains the scheduler for
-  // up to drain_seconds, then stops the listener.
+  // Stops admitting requests (503 + Retry-After), drains the schedulers of
+  // the current model and of any a reload replaced that requests still use,
+  // within drain_seconds in all, then stops the listener (also when run()
+  // has not started listening yet).
   void shutdown();
+  bool stopping() const;
 
  private:
   void routes();

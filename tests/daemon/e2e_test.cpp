@@ -20,6 +20,7 @@
 #include <fcntl.h>
 #include <iostream>
 #include <map>
+#include <optional>
 #include <set>
 #include <mutex>
 #include <cmath>
@@ -806,6 +807,50 @@ TEST(DaemonLifecycle, SighupLoadsANewVersionAndRefusesATamperedOne) {
   EXPECT_EQ(bad->exit_status, 2) << bad->log();
 }
 
+// SIGTERM after a reload: a request admitted before the reload still runs
+// on the model the reload replaced, and is drained (here: cancelled at the
+// 1 s grace) with the current one, so the daemon exits in about the grace
+// period instead of when that request would have finished (800 tokens at
+// 20 ms a step: 16 s). The cancelled stream ends with a 503 error event.
+TEST(DaemonLifecycle, SigtermAfterReloadDrainsTheReplacedModel) {
+#if !defined(AIRLOCK_TEST_HOOKS)
+  GTEST_SKIP() << "built with AIRLOCK_TEST_HOOKS=OFF: the step-delay hook is not compiled in";
+#endif
+  Enclave e;
+  ::setenv("AIRLOCK_TEST_STEP_DELAY_MS", "20", 1);
+  auto d = Daemon::start(e, "drain_seconds = 1\n");
+  ::unsetenv("AIRLOCK_TEST_STEP_DELAY_MS");
+  ASSERT_GT(d->port, 0) << d->log();
+  json body = chat("A very long story", 800, true);
+  body["ignore_eos"] = true;
+  std::optional<httplib::Result> long_answer;
+  std::thread client([&] { long_answer.emplace(d->post("/v1/chat/completions", body)); });
+  double running = 0;
+  for (int i = 0; i < 200 && running != 1; ++i) {
+    running = metric(d->client().Get("/metrics")->body, "airlock_requests_running");
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_EQ(running, 1);
+  ASSERT_EQ(e.make_bundle(2), 0);
+  ASSERT_EQ(e.import(2), 0);
+  ::kill(d->pid, SIGHUP);
+  auto version = [&] { return json::parse(d->client().Get("/v1/models")->body)["data"][0]["airlock"]["bundle_version"].get<int>(); };
+  int v = 0;
+  for (int i = 0; i < 200 && (v = version()) != 2; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(25));
+  ASSERT_EQ(v, 2);
+  const auto t0 = std::chrono::steady_clock::now();
+  EXPECT_EQ(d->stop(), 0);
+  const double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  client.join();
+  EXPECT_LT(took, 8.0) << d->log();  // the grace (1 s) and the handlers' last writes, not the 16 s answer
+  ASSERT_TRUE(long_answer.has_value() && *long_answer);
+  const std::vector<std::string> events = sse_events((*long_answer)->body);
+  ASSERT_FALSE(events.empty());
+  const json last = json::parse(events.back());
+  ASSERT_TRUE(last.contains("error")) << events.back();
+  EXPECT_NE(last["error"]["message"].get<std::string>().find("shutting down"), std::string::npos) << events.back();
+}
+
 // A forward pass that fails mid-stream (a test hook standing in for a
 // device error): the stream gets an error event and ends without [DONE],
 // /ready answers 503 while passes fail and 200 once one succeeds again.
@@ -830,6 +875,14 @@ TEST(DaemonLifecycle, ForwardFailureMidStream) {
   json last = json::parse(events.back());
   ASSERT_TRUE(last.contains("error")) << events.back();
   EXPECT_EQ(last["error"]["type"], "server_error");
+  // Counted (and audited) as the 500 the error event reported, not as the
+  // 200 the stream began with.
+  const std::string failed = "airlock_requests_total{route=\"/v1/chat/completions\",status=\"500\"} 1";
+  std::string m;
+  for (int i = 0; i < 100 && (m = d->client().Get("/metrics")->body).find(failed) == std::string::npos; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  EXPECT_NE(m.find(failed), std::string::npos) << m;
+  EXPECT_EQ(m.find("airlock_requests_total{route=\"/v1/chat/completions\",status=\"200\"}"), std::string::npos) << m;
   auto not_ready = d->client().Get("/ready");  // its probe is step 5: fails
   ASSERT_TRUE(not_ready);
   EXPECT_EQ(not_ready->status, 503) << not_ready->body;
