@@ -185,6 +185,9 @@ std::optional<ApiError> parse_request(std::string_view body, Endpoint endpoint, 
           r.top_logprobs = static_cast<int>(v);
         }))
       return e;
+    // With echo, OpenAI's logprobs also score the prompt's tokens; the
+    // engine computes log-probabilities of sampled tokens only.
+    if (r.logprobs && r.echo) return invalid("logprobs", "logprobs of the prompt (echo with logprobs) are not supported");
   }
   r.sampling.n_logprobs = r.top_logprobs;
   if (j.contains("airlock") && !j["airlock"].is_null()) {

@@ -81,6 +81,8 @@ struct Choice {
   bool done = false;
   int completion_tokens = 0;
   ojson logprobs = ojson::array();  // chat logprobs.content entries
+  std::vector<std::size_t> text_offsets;  // of each logprobs entry: the bytes of the tokens before it
+  std::size_t token_bytes = 0;            // of the tokens so far
 };
 
 // A grounded answer's retrieval and what became of it.
@@ -164,7 +166,11 @@ struct Generation {
       if (!first_token) first_token = now;
       last_token = now;
       ++c.completion_tokens;
-      if (request.logprobs) c.logprobs.push_back(token_logprob(*e.token));
+      if (request.logprobs) {
+        c.logprobs.push_back(token_logprob(*e.token));
+        c.text_offsets.push_back(c.token_bytes);
+        c.token_bytes += c.logprobs.back()["bytes"].size();
+      }
       out += accept(c, c.decoder->push(e.token->token), false);
       if (c.done) return out;
     }
@@ -418,6 +424,24 @@ struct Server::Impl {
     return c;
   }
 
+  // /v1/completions' logprobs object for the last `n` entries of choice c
+  // (all of them for a whole answer): tokens, their log-probabilities, the
+  // alternatives as {token: logprob}, and each token's offset in the text
+  // (in bytes; the same as characters for ASCII).
+  static ojson legacy_logprobs(const Choice& c, std::size_t n) {
+    ojson tokens = ojson::array(), token_logprobs = ojson::array(), top = ojson::array(), offsets = ojson::array();
+    for (std::size_t k = c.logprobs.size() - n; k < c.logprobs.size(); ++k) {
+      const ojson& e = c.logprobs[k];
+      tokens.push_back(e["token"]);
+      token_logprobs.push_back(e["logprob"]);
+      ojson alts = ojson::object();
+      for (const ojson& a : e["top_logprobs"]) alts[a["token"].get<std::string>()] = a["logprob"];
+      top.push_back(std::move(alts));
+      offsets.push_back(c.text_offsets[k]);
+    }
+    return {{"tokens", tokens}, {"token_logprobs", token_logprobs}, {"top_logprobs", top}, {"text_offset", offsets}};
+  }
+
   ojson choice_delta(const Generation& g, std::size_t index, const std::string& text, const ojson& logprobs,
                      const std::string& finish, bool role) const {
     ojson ch;
@@ -430,7 +454,7 @@ struct Server::Impl {
       ch["logprobs"] = logprobs.empty() ? ojson() : ojson({{"content", logprobs}});
     } else {
       ch["text"] = text;
-      ch["logprobs"] = ojson();
+      ch["logprobs"] = logprobs.empty() ? ojson() : legacy_logprobs(g.choices[index], logprobs.size());
     }
     ch["finish_reason"] = finish.empty() ? ojson() : ojson(finish);
     return ch;
@@ -453,7 +477,7 @@ struct Server::Impl {
         ch["logprobs"] = g.request.logprobs ? ojson({{"content", c.logprobs}}) : ojson();
       } else {
         ch["text"] = g.request.echo ? g.request.prompt + c.text : c.text;
-        ch["logprobs"] = ojson();
+        ch["logprobs"] = g.request.logprobs ? legacy_logprobs(c, c.logprobs.size()) : ojson();
       }
       ch["finish_reason"] = c.finish;
       r["choices"].push_back(ch);
@@ -912,6 +936,10 @@ void Server::Impl::completions(const httplib::Request& req, httplib::Response& r
           if (g->request.endpoint == Endpoint::kChat)
             for (std::size_t i = 0; i < g->choices.size(); ++i)
               if (!send(chunk(ojson::array({choice_delta(*g, i, "", ojson(), "", true)})))) return false;
+          // echo: each choice's text begins with the prompt, streamed too.
+          if (g->request.endpoint == Endpoint::kCompletions && g->request.echo)
+            for (std::size_t i = 0; i < g->choices.size(); ++i)
+              if (!send(chunk(ojson::array({choice_delta(*g, i, g->request.prompt, ojson(), "", false)})))) return false;
         }
         // Wait for the next events of any choice, then send what they gave:
         // one chunk per choice however many tokens it brought. With a stream

@@ -416,6 +416,78 @@ TEST_F(DaemonE2E, StopStringsNAndLogprobs) {
   EXPECT_EQ(json::parse(again->body)["choices"], j["choices"]);  // same seed, same answers
 }
 
+// /v1/completions' logprobs in OpenAI's legacy shape, whole and streamed:
+// the tokens spell the text, offsets count the bytes before each token, the
+// greedy token is the best of its alternatives; echo streams the prompt
+// first, and echo with logprobs (prompt scoring) is refused by name.
+TEST_F(DaemonE2E, CompletionsLogprobsAndEcho) {
+  json body = {{"model", "stories"}, {"prompt", "Once upon a time"}, {"max_tokens", 12}, {"temperature", 0},
+               {"logprobs", 3}};
+  auto r = daemon_->post("/v1/completions", body);
+  ASSERT_TRUE(r);
+  ASSERT_EQ(r->status, 200) << r->body;
+  const json choice = json::parse(r->body)["choices"][0];
+  const json& lp = choice["logprobs"];
+  ASSERT_TRUE(lp.is_object()) << r->body;
+  ASSERT_EQ(lp["tokens"].size(), 12u);
+  ASSERT_EQ(lp["token_logprobs"].size(), 12u);
+  ASSERT_EQ(lp["top_logprobs"].size(), 12u);
+  ASSERT_EQ(lp["text_offset"].size(), 12u);
+  // Offsets count the bytes of the tokens before each one (a token that is
+  // not valid UTF-8 alone is shown as U+FFFD, so only whole ones spell out).
+  EXPECT_EQ(lp["text_offset"][0], 0) << lp.dump();
+  for (std::size_t k = 0; k < 12; ++k) {
+    const std::string tok = lp["tokens"][k];
+    if (k + 1 < 12 && tok.find("\xef\xbf\xbd") == std::string::npos) {
+      EXPECT_EQ(lp["text_offset"][k + 1].get<std::size_t>() - lp["text_offset"][k].get<std::size_t>(), tok.size())
+          << lp.dump();
+    }
+    const double chosen = lp["token_logprobs"][k];
+    EXPECT_LE(chosen, 0.0);
+    // Three alternatives, fewer where two show as the same text (a map).
+    EXPECT_GE(lp["top_logprobs"][k].size(), 1u);
+    EXPECT_LE(lp["top_logprobs"][k].size(), 3u);
+    ASSERT_TRUE(lp["top_logprobs"][k].contains(tok)) << tok << " " << lp["top_logprobs"][k].dump();
+    for (const auto& [alt, v] : lp["top_logprobs"][k].items()) EXPECT_LE(v.get<double>(), chosen + 1e-6) << alt;
+  }
+  EXPECT_LE(lp["text_offset"][11].get<std::size_t>(), choice["text"].get<std::string>().size());
+
+  body["stream"] = true;
+  auto s = daemon_->post("/v1/completions", body);
+  ASSERT_TRUE(s);
+  ASSERT_EQ(s->status, 200);
+  json streamed_tokens = json::array(), streamed_offsets = json::array();
+  for (const std::string& ev : sse_events(s->body)) {
+    if (ev == "[DONE]") continue;
+    const json c = json::parse(ev);
+    const json& l = c["choices"][0]["logprobs"];
+    if (!l.is_object()) continue;
+    for (const json& t : l["tokens"]) streamed_tokens.push_back(t);
+    for (const json& o : l["text_offset"]) streamed_offsets.push_back(o);
+  }
+  EXPECT_EQ(streamed_tokens, lp["tokens"]);
+  EXPECT_EQ(streamed_offsets, lp["text_offset"]);
+
+  json echo = {{"model", "stories"}, {"prompt", "Once upon a time"}, {"max_tokens", 8}, {"temperature", 0},
+               {"echo", true}};
+  auto whole = daemon_->post("/v1/completions", echo);
+  ASSERT_TRUE(whole);
+  const std::string echoed = json::parse(whole->body)["choices"][0]["text"];
+  EXPECT_EQ(echoed.rfind("Once upon a time", 0), 0u) << echoed;
+  echo["stream"] = true;
+  auto es = daemon_->post("/v1/completions", echo);
+  ASSERT_TRUE(es);
+  std::string streamed;
+  for (const std::string& ev : sse_events(es->body))
+    if (ev != "[DONE]") streamed += json::parse(ev)["choices"][0]["text"].get<std::string>();
+  EXPECT_EQ(streamed, echoed);
+  echo["logprobs"] = 1;
+  auto refused = daemon_->post("/v1/completions", echo);
+  ASSERT_TRUE(refused);
+  EXPECT_EQ(refused->status, 400);
+  EXPECT_EQ(json::parse(refused->body)["error"]["param"], "logprobs") << refused->body;
+}
+
 TEST_F(DaemonE2E, ErrorsUseTheOpenAiEnvelope) {
   httplib::Client c = daemon_->client();
   auto bad_json = c.Post("/v1/chat/completions", "{not json", "application/json");

@@ -35,12 +35,20 @@ TEST(OpenAiApiTest, ChatRequestAsSdksSendIt) {
 
 TEST(OpenAiApiTest, CompletionsRequest) {
   CompletionRequest r;
-  ASSERT_FALSE(parse_request(R"({"model":"m","prompt":["abc"],"max_tokens":3,"logprobs":2,"echo":true})",
-                             Endpoint::kCompletions, &r));
+  ASSERT_FALSE(parse_request(R"({"model":"m","prompt":["abc"],"max_tokens":3,"logprobs":2})", Endpoint::kCompletions, &r));
   EXPECT_EQ(r.prompt, "abc");
   EXPECT_TRUE(r.logprobs);
   EXPECT_EQ(r.top_logprobs, 2);
-  EXPECT_TRUE(r.echo);
+  EXPECT_FALSE(r.echo);
+  CompletionRequest e;
+  ASSERT_FALSE(parse_request(R"({"model":"m","prompt":"abc","echo":true})", Endpoint::kCompletions, &e));
+  EXPECT_TRUE(e.echo);
+  EXPECT_FALSE(e.logprobs);
+  // The prompt's tokens are not scored: echo with logprobs is refused.
+  std::optional<ApiError> both =
+      parse_request(R"({"model":"m","prompt":"abc","echo":true,"logprobs":0})", Endpoint::kCompletions, &e);
+  ASSERT_TRUE(both.has_value());
+  EXPECT_EQ(both->param, "logprobs");
 }
 
 // top_p 0 (accepted by the OpenAI API) keeps only the most likely token:
