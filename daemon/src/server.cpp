@@ -1188,6 +1188,8 @@ void Server::routes() {
           .set(static_cast<double>(st.prefix_query_tokens));
       s.metrics.gauge("airlock_prefix_cache_hits_tokens", "Prompt tokens found in the prefix cache (current model)")
           .set(static_cast<double>(st.prefix_hit_tokens));
+      s.metrics.gauge("airlock_preemptions", "Requests sent back to wait (and recomputed) when KV blocks ran out (current model)")
+          .set(static_cast<double>(st.preemptions));
     }
     res.set_content(s.metrics.render(), "text/plain; version=0.0.4");
   });

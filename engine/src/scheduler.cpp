@@ -67,9 +67,13 @@ struct Scheduler::Sequence {
   std::shared_ptr<TokenStream> stream;
   std::unique_ptr<Sampler> sampler;
   std::vector<std::int32_t> history;  // prompt, then generated tokens
-  int n_prefilled = 0;                // prompt tokens already in the cache
+  // Tokens of history to put in the cache before decoding: the prompt, or,
+  // after a preemption, everything generated so far too (recomputed).
+  int prefill_len = 0;
+  int n_prefilled = 0;  // of those, already in the cache
   int n_generated = 0;
   bool in_cache = false;
+  bool admitted_once = false;
 };
 
 Result<std::unique_ptr<Scheduler>> Scheduler::start(Model& model, const SchedulerOptions& options) {
@@ -130,6 +134,7 @@ Result<std::shared_ptr<TokenStream>> Scheduler::submit(GenerationRequest request
   seq->stream->prompt_tokens_ = static_cast<int>(request.prompt.size());
   seq->sampler = std::make_unique<Sampler>(request.sampling);
   seq->history = request.prompt;
+  seq->prefill_len = static_cast<int>(request.prompt.size());
   seq->request = std::move(request);
   std::shared_ptr<TokenStream> stream = seq->stream;
   {
@@ -145,8 +150,24 @@ Result<std::shared_ptr<TokenStream>> Scheduler::submit(GenerationRequest request
   return stream;
 }
 
-int Scheduler::blocks_reserved(const Sequence& s) const {
-  return KvCache::blocks_for(static_cast<int>(s.request.prompt.size()) + s.request.max_tokens);
+int Scheduler::step_tokens(const Sequence& s, int* prefill_budget) const {
+  if (s.n_prefilled < s.prefill_len) {
+    const int take = std::min(s.prefill_len - s.n_prefilled, *prefill_budget);
+    *prefill_budget -= take;
+    return take;
+  }
+  return 1;
+}
+
+void Scheduler::preempt(Sequence& s) {
+  // Its blocks go back (published ones stay cached, so the recomputation
+  // often finds them); it waits at the front of the queue, to be
+  // prefilled again with everything it has generated.
+  cache_.remove_sequence(s.id);
+  s.in_cache = false;
+  s.prefill_len = static_cast<int>(s.history.size());
+  s.n_prefilled = 0;
+  ++stats_.preemptions;
 }
 
 void Scheduler::finish(Sequence& s, FinishReason reason, Status error) {
@@ -220,52 +241,73 @@ void Scheduler::step(std::unique_lock<std::mutex>& lock) {
     if (s->stream->cancelled()) finish(*s, FinishReason::kCancelled);
   std::erase_if(waiting_, [](const auto& s) { return s->stream->cancelled(); });
 
-  // 2. Admission, first come first served, while the whole need fits.
-  int reserved = 0;
-  for (const auto& s : running_) reserved += blocks_reserved(*s);
-  while (admitting_ && !waiting_.empty() && static_cast<int>(running_.size()) < options_.max_running &&
-         reserved + blocks_reserved(*waiting_.front()) <= options_.kv_blocks) {
+  // 2. The blocks this step takes for the running sequences (a decode
+  //    token each, prompt chunks within the prefill budget, oldest first);
+  //    when they do not fit, the newest are preempted until they do.
+  auto running_need = [&] {
+    int budget = options_.prefill_chunk, need = 0;
+    for (const auto& s : running_) need += cache_.blocks_needed(s->id, step_tokens(*s, &budget));
+    return need;
+  };
+  int need = running_need();
+  while (need > cache_.n_free_blocks() && running_.size() > 1) {
+    std::unique_ptr<Sequence> s = std::move(running_.back());
+    running_.pop_back();
+    preempt(*s);
+    waiting_.push_front(std::move(s));
+    need = running_need();
+  }
+
+  // 3. Admission, first come first served, while the whole of a request's
+  //    tokens so far (its prompt, or all it has after a preemption) and its
+  //    next one fit beside this step's need, less a margin of 1% of the
+  //    cache (so that a request is not admitted only to be preempted).
+  //    Cached prefix blocks count as free: they are taken when needed.
+  const int margin = std::max(1, options_.kv_blocks / 100);
+  while (admitting_ && !waiting_.empty() && static_cast<int>(running_.size()) < options_.max_running) {
+    Sequence& w = *waiting_.front();
+    const int want = KvCache::blocks_for(static_cast<int>(w.history.size()) + 1);
+    if (!running_.empty() && need + want + margin > cache_.n_free_blocks()) break;
     std::unique_ptr<Sequence> s = std::move(waiting_.front());
     waiting_.pop_front();
     (void)cache_.add_sequence(s->id);  // ids are unique, so this cannot fail
     s->in_cache = true;
-    // Reuse cached blocks of the prompt; the last prompt token is always
-    // computed, for its logits.
-    const int prompt_len = static_cast<int>(s->request.prompt.size());
-    const int hit = cache_.attach_prefix(s->id, s->request.prompt, (prompt_len - 1) / kBlockTokens);
+    // Reuse cached blocks of what is to be prefilled; the last token is
+    // always computed, for its logits.
+    const int hit = cache_.attach_prefix(s->id, std::span<const std::int32_t>(s->history.data(), s->prefill_len),
+                                         (s->prefill_len - 1) / kBlockTokens);
     s->n_prefilled = hit * kBlockTokens;
-    stats_.prefix_query_tokens += static_cast<std::uint64_t>(prompt_len);
-    stats_.prefix_hit_tokens += static_cast<std::uint64_t>(s->n_prefilled);
-    reserved += blocks_reserved(*s);
-    {
+    if (!s->admitted_once) {
+      s->admitted_once = true;
+      stats_.prefix_query_tokens += static_cast<std::uint64_t>(s->prefill_len);
+      stats_.prefix_hit_tokens += static_cast<std::uint64_t>(s->n_prefilled);
       std::lock_guard<std::mutex> slock(s->stream->mu_);
       s->stream->admitted_at_ = Clock::now();
     }
     running_.push_back(std::move(s));
+    need = running_need();
   }
   stats_.running = static_cast<int>(running_.size());
   stats_.waiting = static_cast<int>(waiting_.size());
   stats_.kv_blocks_used = options_.kv_blocks - cache_.n_free_blocks();
   if (running_.empty()) return;
 
-  // 3. One batch: a decode token per generating sequence, prompt chunks
+  // 4. One batch: a decode token per generating sequence, prompt chunks
   //    within the prefill budget.
   Batch batch;
   std::vector<Sequence*> wants;  // the sequence of each logits row
   int prefill_budget = options_.prefill_chunk;
   int n_prompt_tokens = 0;
   for (auto& s : running_) {
-    const int prompt_len = static_cast<int>(s->request.prompt.size());
-    if (s->n_prefilled < prompt_len) {
-      const int take = std::min(prompt_len - s->n_prefilled, prefill_budget);
+    if (s->n_prefilled < s->prefill_len) {
+      const int take = step_tokens(*s, &prefill_budget);
       if (take == 0) continue;
       for (int i = 0; i < take; ++i) {
         const int pos = s->n_prefilled + i;
-        const bool last = pos + 1 == prompt_len;
-        batch.add(s->request.prompt[static_cast<std::size_t>(pos)], pos, s->id, last);
+        const bool last = pos + 1 == s->prefill_len;
+        batch.add(s->history[static_cast<std::size_t>(pos)], pos, s->id, last);
         if (last) wants.push_back(s.get());
       }
-      prefill_budget -= take;
       n_prompt_tokens += take;
     } else {
       const int pos = static_cast<int>(s->history.size()) - 1;
@@ -301,8 +343,7 @@ void Scheduler::step(std::unique_lock<std::mutex>& lock) {
     last_success_ = Clock::now();
     stats_.prompt_tokens += static_cast<std::uint64_t>(n_prompt_tokens);
     for (auto& s : running_) {
-      const int prompt_len = static_cast<int>(s->request.prompt.size());
-      if (s->n_prefilled < prompt_len) {
+      if (s->n_prefilled < s->prefill_len) {
         // Count what this step prefilled for this sequence.
         int in_batch = 0;
         for (std::size_t i = 0; i < batch.size(); ++i) in_batch += batch.seq_ids[i] == s->id;

@@ -2,6 +2,8 @@
 // alone, admission by KV blocks, queue limits, cancellation, chunked prefill.
 #include <gtest/gtest.h>
 
+#include <atomic>
+#include <cstdlib>
 #include <random>
 #include <thread>
 
@@ -143,6 +145,66 @@ TEST(SchedulerTest, AdmissionWaitsForBlocksAndNeverOverruns) {
   for (std::size_t i = 0; i < streams.size(); ++i) EXPECT_EQ(got[i].tokens, run_alone(*l.model, reqs[i]).tokens);
 }
 
+// Admission takes what a request needs now, not prompt + max_tokens: four
+// requests of 20 + 60 tokens (5 blocks each) share an 8-block cache, run
+// together, and when their blocks run out the newest are preempted and
+// recomputed later. Each still gets exactly the tokens it gets alone
+// (greedy, and seeded sampling with penalties: the sampler carries on), no
+// step ever takes more blocks than the cache has, and the cache is empty
+// at the end.
+TEST(SchedulerTest, PreemptedRequestsResumeWithTheSameTokens) {
+  Loaded l = load();
+  std::vector<GenerationRequest> reqs;
+  for (int i = 0; i < 4; ++i) {
+    GenerationRequest r = greedy(prompt(20, 40 + static_cast<std::uint32_t>(i)), 60);
+    if (i % 2) {
+      r.sampling.temperature = 0.8f;
+      r.sampling.presence_penalty = 0.5f;
+      r.sampling.seed = 99 + static_cast<std::uint64_t>(i);
+    }
+    reqs.push_back(r);
+  }
+  std::vector<Outcome> solo;
+  for (const auto& r : reqs) solo.push_back(run_alone(*l.model, r));
+  // Steps of at least 2 ms (test hook), so that the stats watched below
+  // see the requests running side by side.
+#if defined(AIRLOCK_TEST_HOOKS)
+  ::setenv("AIRLOCK_TEST_STEP_DELAY_MS", "2", 1);
+#endif
+  auto s = Scheduler::start(*l.model, opts(8));
+  ::unsetenv("AIRLOCK_TEST_STEP_DELAY_MS");
+  ASSERT_TRUE(s.is_ok());
+  std::vector<std::shared_ptr<TokenStream>> streams;
+  for (const auto& r : reqs) {
+    auto st = (*s)->submit(r);
+    ASSERT_TRUE(st.is_ok()) << st.status().to_string();
+    streams.push_back(*st);
+  }
+  int max_running = 0;
+  std::atomic<bool> done{false};
+  std::thread watch([&] {
+    while (!done) {
+      SchedulerStats st = (*s)->stats();
+      max_running = std::max(max_running, st.running);
+      EXPECT_LE(st.kv_blocks_used, 8);
+      std::this_thread::sleep_for(std::chrono::microseconds(200));
+    }
+  });
+  std::vector<Outcome> got;
+  for (auto& st : streams) got.push_back(collect(*st));
+  done = true;
+  watch.join();
+  for (std::size_t i = 0; i < reqs.size(); ++i) {
+    EXPECT_EQ(got[i].finish, FinishReason::kLength) << i;
+    EXPECT_EQ(got[i].tokens, solo[i].tokens) << "request " << i;
+  }
+  const SchedulerStats st = (*s)->stats();
+  EXPECT_GT(st.preemptions, 0u);
+  EXPECT_GE(max_running, 2);  // more than one at a time, though all four would need 20 blocks
+  EXPECT_EQ(st.generated_tokens, 4u * 60);
+  EXPECT_EQ(st.kv_blocks_used, 0);  // cached prefix blocks are free
+}
+
 TEST(SchedulerTest, RefusesWhatCanNeverFitAndAFullQueue) {
   Loaded l = load(128);
   SchedulerOptions o = opts(4);  // 64 positions
@@ -183,12 +245,19 @@ TEST(SchedulerTest, RefusesWhatCanNeverFitAndAFullQueue) {
 
 TEST(SchedulerTest, CancelFreesBlocksWithinAStep) {
   Loaded l = load();
+  // Steps of at least 2 ms (test hook): without them a busy machine could
+  // let all 400 tokens and the last event through before the first pop.
+#if defined(AIRLOCK_TEST_HOOKS)
+  ::setenv("AIRLOCK_TEST_STEP_DELAY_MS", "2", 1);
+#endif
   auto s = Scheduler::start(*l.model, opts(32));
+  ::unsetenv("AIRLOCK_TEST_STEP_DELAY_MS");
   ASSERT_TRUE(s.is_ok());
   auto st = (*s)->submit(greedy(prompt(40, 9), 400));
   ASSERT_TRUE(st.is_ok());
   auto first = (*st)->pop(std::chrono::milliseconds(5000));
   ASSERT_FALSE(first.empty());
+  ASSERT_EQ(first.back().finish, FinishReason::kNone) << "the request ended before it could be cancelled";
   EXPECT_GT((*s)->stats().kv_blocks_used, 0);
   (*st)->cancel();
   Outcome rest = collect(**st);

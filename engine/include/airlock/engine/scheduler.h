@@ -15,11 +15,19 @@
 // full blocks, so a repeated system prompt or a conversation's earlier turns
 // are not computed again.
 //
-// Admission reserves a request's whole KV need up front (prompt plus
-// max_tokens), so an admitted request always runs to completion and nothing
-// is ever preempted or runs out of blocks mid-stream. When the waiting
-// queue is full, submit() returns kResourceExhausted (the API answers 429);
-// a request that could never fit the cache is kInvalidArgument.
+// Admission takes what a request needs now (its prompt and one token), not
+// prompt plus max_tokens: most requests stop long before max_tokens, and
+// clients that send none ask for the whole context, so reserving it would
+// run them one at a time. When a step's blocks do not fit, the newest
+// running sequences are preempted: their blocks are freed and they wait at
+// the front of the queue, to be prefilled again with all they have
+// generated (their published blocks often still cached), then continue.
+// Preemption is invisible in the stream: no token is sent twice, and the
+// sampler (seed, penalties) carries on where it was. The oldest sequence is
+// never preempted, and one request always fits (max_context() is at most
+// the cache), so every request finishes. When the waiting queue is full,
+// submit() returns kResourceExhausted (the API answers 429); a request that
+// could never fit the cache is kInvalidArgument.
 //
 // Errors reach a request as a final event: a forward failure (kInternal from
 // the backend) ends every request in that batch, and `healthy()` turns false
@@ -126,6 +134,7 @@ struct SchedulerStats {
   std::uint64_t prefix_query_tokens = 0;  // prompt tokens looked up in the prefix cache
   std::uint64_t prefix_hit_tokens = 0;    // of those, found (not computed again)
   int kv_blocks_cached = 0;               // published blocks no sequence uses (reusable, evictable)
+  std::uint64_t preemptions = 0;          // sequences sent back to wait when blocks ran out
 };
 
 class Scheduler {
@@ -159,7 +168,10 @@ class Scheduler {
   Scheduler(std::unique_ptr<Decoder> decoder, const SchedulerOptions& options);
   void run();
   void step(std::unique_lock<std::mutex>& lock);
-  int blocks_reserved(const Sequence& s) const;
+  // Tokens `s` puts in this step's batch (a prompt chunk takes from
+  // *prefill_budget; 0 when the budget is spent).
+  int step_tokens(const Sequence& s, int* prefill_budget) const;
+  void preempt(Sequence& s);
   void finish(Sequence& s, FinishReason reason, Status error = Status::ok());
 
   std::unique_ptr<Decoder> decoder_;
