@@ -1,8 +1,10 @@
 // HTML to text with libxml2's HTML parser driven through SAX callbacks: no
 // tree is built (memory stays near the output size) and nothing here
 // recurses, so nesting depth costs no stack. libxml2 keeps its own stack of
-// open elements and scans it when a stray end tag arrives; kMaxDepth bounds
-// that stack so hostile nesting cannot make parsing quadratic.
+// open elements and scans all of it for each end tag that matches none (a
+// stray end tag never reaches our callbacks): kMaxDepth bounds that stack,
+// and kMaxMismatchedEndTags (counted through libxml2's error reports) the
+// number of such scans, so hostile input cannot make parsing quadratic.
 #include <libxml/HTMLparser.h>
 #include <libxml/parser.h>
 
@@ -15,7 +17,8 @@
 namespace airlock::rag::internal {
 namespace {
 
-constexpr int kMaxDepth = 4096;
+constexpr int kMaxDepth = 1024;  // browsers stop nesting at 512
+constexpr std::size_t kMaxMismatchedEndTags = 100000;
 constexpr std::size_t kChunkBytes = 1 << 20;
 
 // Elements whose content is never text for a reader.
@@ -43,6 +46,7 @@ struct HtmlState {
   htmlParserCtxtPtr ctxt = nullptr;
   Status error;
   int depth = 0;
+  std::size_t mismatched = 0;  // end tags that matched no open element
   int skip_depth = 0;  // > 0 inside an element of kSkipped
   int svg_depth = 0;   // an <svg> has <title> elements of its own
   int pre_depth = 0;
@@ -101,6 +105,16 @@ void on_end(void* ctx, const xmlChar* xname) {
   }
 }
 
+// libxml2's structured error reports (messages stay off: HTML_PARSE_NOERROR
+// silences only the unstructured channel).
+void on_error(void* ctx, xmlErrorPtr e) {
+  if (e == nullptr || e->code != XML_ERR_TAG_NAME_MISMATCH) return;
+  HtmlState* s = state_of(ctx);
+  if (++s->mismatched > kMaxMismatchedEndTags)
+    s->check(invalid_argument("html: more than " + std::to_string(kMaxMismatchedEndTags) +
+                              " end tags that match no open element"));
+}
+
 void on_characters(void* ctx, const xmlChar* chars, int len) {
   HtmlState* s = state_of(ctx);
   if (!s->error.is_ok() || len <= 0) return;
@@ -132,6 +146,8 @@ Result<ExtractedDocument> extract_html(std::string_view bytes, const ExtractLimi
   sax.endElement = on_end;
   sax.characters = on_characters;
   sax.ignorableWhitespace = on_characters;
+  sax.serror = on_error;
+  sax.initialized = XML_SAX2_MAGIC;  // libxml2 reports errors to serror only then (SAX1 callbacks still used)
   // cdataBlock (the raw content of <script> and <style>), comments and
   // processing instructions stay unset: never text.
   HtmlState state(limits.max_output_bytes);

@@ -4,9 +4,10 @@
 // (emphasis, code, links, images, HTML tags, escapes). Not a full CommonMark
 // parser: the goal is clean text for retrieval, in linear time on any input
 // (brackets are matched with a stack, never by rescanning).
+#include <algorithm>
 #include <cstdint>
 #include <string>
-#include <unordered_set>
+#include <unordered_map>
 #include <vector>
 
 #include "text_builder.h"
@@ -66,7 +67,21 @@ class InlinePass {
   explicit InlinePass(bool* in_comment) : in_comment_(in_comment) {}
 
   std::string run(std::string_view s) {
-    unclosed_.clear();
+    // Where each maximal run of backticks starts, by its length: a code
+    // span's closer is the first run of exactly its opener's length after
+    // it, found by a binary search. (Searching the text for each opener cost
+    // O(L^1.5) on a line of runs of lengths 1, 2, 3, ...)
+    runs_.clear();
+    for (std::size_t k = 0; k < s.size();) {
+      if (s[k] != '`') {
+        ++k;
+        continue;
+      }
+      std::size_t e = k;
+      while (e < s.size() && s[e] == '`') ++e;
+      runs_[e - k].push_back(k);
+      k = e;
+    }
     std::string out;
     out.reserve(s.size());
     const bool links = s.size() <= kMaxLinkLineBytes;
@@ -102,16 +117,14 @@ class InlinePass {
         std::size_t n = 0;
         while (i + n < s.size() && s[i + n] == '`') ++n;
         const std::string_view fence = s.substr(i, n);
-        // A run length that found no closer once finds none later either.
-        std::size_t close = unclosed_.count(n) != 0 ? std::string_view::npos : s.find(fence, i + n);
-        // The closing run must be exactly n backticks long.
-        while (close != std::string_view::npos && close + n < s.size() && s[close + n] == '`') {
-          std::size_t k = close;
-          while (k < s.size() && s[k] == '`') ++k;
-          close = s.find(fence, k);
+        // The closing run must be exactly n backticks long (runs_ holds
+        // maximal runs; the search starts past this one).
+        std::size_t close = std::string_view::npos;
+        if (auto it = runs_.find(n); it != runs_.end()) {
+          auto at = std::lower_bound(it->second.begin(), it->second.end(), i + n);
+          if (at != it->second.end()) close = *at;
         }
         if (close == std::string_view::npos) {
-          unclosed_.insert(n);
           out.append(fence);
           i += n;
           continue;
@@ -186,7 +199,7 @@ class InlinePass {
 
  private:
   bool* in_comment_;
-  std::unordered_set<std::size_t> unclosed_;  // backtick run lengths with no closer on this line
+  std::unordered_map<std::size_t, std::vector<std::size_t>> runs_;  // start of each backtick run, by length
 };
 
 // Strips a list marker ("- ", "* ", "+ ", "12. ", "3) ") and a task box.
@@ -211,22 +224,24 @@ bool strip_list_marker(std::string_view* t) {
 
 Result<ExtractedDocument> extract_markdown(std::string_view bytes, const ExtractLimits& limits) {
   AIRLOCK_RETURN_IF_ERROR(check_text_input(bytes, "markdown"));
-  std::string_view rest = strip_bom(bytes);
-  std::vector<std::string_view> lines;
-  while (!rest.empty()) {
-    const auto nl = rest.find('\n');
-    std::string_view line = rest.substr(0, nl);
+  // Lines are taken one at a time (a vector of them would hold 16 bytes a
+  // line: 512 MB for 32 MB of newlines).
+  auto next_line = [](std::string_view* rest) {
+    const auto nl = rest->find('\n');
+    std::string_view line = rest->substr(0, nl);
+    *rest = nl == std::string_view::npos ? std::string_view() : rest->substr(nl + 1);
     if (line.ends_with('\r')) line.remove_suffix(1);
-    lines.push_back(line);
-    rest = nl == std::string_view::npos ? std::string_view() : rest.substr(nl + 1);
-  }
-  std::size_t first = 0;
-  if (!lines.empty() && trim(lines[0]) == "---") {  // YAML front matter
-    for (std::size_t k = 1; k < lines.size(); ++k)
-      if (trim(lines[k]) == "---" || trim(lines[k]) == "...") {
-        first = k + 1;
+    return line;
+  };
+  std::string_view body = strip_bom(bytes);
+  if (std::string_view r = body; !r.empty() && trim(next_line(&r)) == "---") {  // YAML front matter
+    while (!r.empty()) {
+      const std::string_view l = trim(next_line(&r));
+      if (l == "---" || l == "...") {
+        body = r;
         break;
       }
+    }
   }
 
   TextBuilder text(limits.max_output_bytes);
@@ -236,15 +251,16 @@ Result<ExtractedDocument> extract_markdown(std::string_view bytes, const Extract
   char fence_char = 0;
   std::size_t fence_len = 0;
   std::string previous_text;  // the last paragraph line, for setext headings
-  for (std::size_t k = first; k < lines.size(); ++k) {
-    std::string_view t = trim(lines[k]);
+  for (std::string_view rest = body; !rest.empty();) {
+    const std::string_view raw = next_line(&rest);
+    std::string_view t = trim(raw);
     if (fence_char != 0) {  // inside a fenced code block: text verbatim
       if (only_char(t, fence_char, fence_len)) {
         fence_char = 0;
         text.paragraph_break();
         continue;
       }
-      AIRLOCK_RETURN_IF_ERROR(text.append(lines[k]));
+      AIRLOCK_RETURN_IF_ERROR(text.append(raw));
       text.line_break();
       continue;
     }

@@ -250,6 +250,20 @@ TEST(ExtractTest, MarkdownPathologicalLinesStayLinear) {
       EXPECT_TRUE(r->text.ends_with("end")) << unit;
     }
   }
+  // Backtick runs of lengths 1, 2, 3, ... on one 15 MiB line: no run has a
+  // closer, and searching the rest of the line for each opener's closer
+  // was O(L^1.5): ~15 s here (2 s at 4 MiB, 45 s at 32 MiB).
+  std::string ramp;
+  for (std::size_t n = 1; ramp.size() < (15u << 20); ++n) ramp += std::string(n, '`') + " a ";
+  const auto start = Clock::now();
+  auto r = extract_document("ramp.md", ramp + "\nend");
+  EXPECT_LT(Clock::now() - start, std::chrono::seconds(10));
+  ASSERT_TRUE(r.is_ok()) << r.status().to_string();
+  EXPECT_TRUE(r->text.ends_with("end"));
+  // Code spans still close on a run of exactly their opener's length.
+  auto spans = extract_document("s.md", "a ``x ` y`` b ``` c ```` d ``` e `f`");
+  ASSERT_TRUE(spans.is_ok());
+  EXPECT_EQ(spans->text, "a x ` y b c ```` d e f");
 }
 
 // ---------------------------------------------------------------- HTML
@@ -327,6 +341,25 @@ TEST(ExtractTest, DeeplyNestedHtmlIsRefusedWithoutRecursion) {
   auto unclosed = extract_document("spans.html", spans);
   EXPECT_EQ(unclosed.status().code(), StatusCode::kInvalidArgument);
   EXPECT_LT(Clock::now() - start, std::chrono::seconds(20));
+}
+
+// libxml2 scans its whole stack of open elements for each end tag that
+// matches none: nesting within the limit, then millions of stray end tags,
+// cost depth x tags. Past 100,000 of them the page is refused.
+TEST(ExtractTest, StrayEndTagsAreBounded) {
+  std::string page;
+  for (int i = 0; i < 1000; ++i) page += "<span>";
+  page += "text";
+  for (int i = 0; i < 200000; ++i) page += "</x>";
+  auto r = extract_document("stray.html", page);
+  EXPECT_EQ(r.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(message(r).find("end tags that match no open element"), std::string::npos) << message(r);
+  // A page with a few thousand of them is still read.
+  std::string sloppy = "<p>kept</p>";
+  for (int i = 0; i < 5000; ++i) sloppy += "</b>";
+  auto ok = extract_document("sloppy.html", sloppy);
+  ASSERT_TRUE(ok.is_ok()) << ok.status().to_string();
+  EXPECT_EQ(ok->text, "kept");
 }
 
 // ---------------------------------------------------------------- DOCX
