@@ -120,7 +120,8 @@ class Daemon {
     if (!r) return unavailable("cannot reach airlockd at " + where_ + ": " + httplib::to_string(r.error()));
     json j = json::parse(r->body, nullptr, false);
     if (r->status >= 400) {
-      std::string msg = j.is_object() && j.contains("error") && j["error"].contains("message")
+      std::string msg = j.is_object() && j.contains("error") && j["error"].is_object() &&
+                                j["error"].contains("message") && j["error"]["message"].is_string()
                             ? j["error"]["message"].get<std::string>()
                             : "HTTP " + std::to_string(r->status);
       return Status(r->status == 404 ? StatusCode::kNotFound
@@ -164,7 +165,11 @@ Result<std::vector<std::pair<std::string, std::string>>> gather(const std::vecto
           if (it->is_directory()) it.disable_recursion_pending();
           continue;
         }
-        if (it->is_regular_file()) found.emplace_back(it->path().string(), fs::relative(it->path(), p).string());
+        // Symbolic links inside a directory are not followed: a link to a
+        // key or a file outside the tree would be uploaded unseen. (A file
+        // named on the command line is read wherever it points.)
+        if (it->is_regular_file() && !it->is_symlink())
+          found.emplace_back(it->path().string(), fs::relative(it->path(), p).string());
       }
       if (ec) return io_error(p, ec.value());
       std::sort(found.begin(), found.end());

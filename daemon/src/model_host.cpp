@@ -238,6 +238,10 @@ Result<std::shared_ptr<LoadedModel>> load_model(const Config& config, std::share
     }
   }
   open_rag(config, embedding, *m, previous.get());
+  if (m->rag_store && m->embedder &&
+      static_cast<std::size_t>(config.rag.chunk_tokens) > m->embedder->max_tokens())
+    airlock::log().warn("rag.chunk_tokens = {} is more than the embedding model takes; documents are chunked at {} tokens",
+                        config.rag.chunk_tokens, m->embedder->max_tokens());
 
   const engine::ModelParams& p = m->model->params();
   const std::uint64_t per_block = m->model->kv_bytes_per_block(config.kv_cache_type);

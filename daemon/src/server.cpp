@@ -1431,8 +1431,12 @@ void Server::Impl::rag_routes() {
                                            std::to_string(config.rag.max_document_bytes) + ")",
                                        "document_too_large"));
     rag::IngestOptions o;
+    // A chunk longer than the embedding model takes would be cut before it
+    // is embedded: its tail stored, and citable, but never searched by meaning.
     o.chunk.max_tokens = static_cast<std::size_t>(config.rag.chunk_tokens);
+    if (m->embedder) o.chunk.max_tokens = std::min(o.chunk.max_tokens, m->embedder->max_tokens());
     o.chunk.overlap_tokens = static_cast<std::size_t>(config.rag.chunk_overlap);
+    if (o.chunk.overlap_tokens >= o.chunk.max_tokens) o.chunk.overlap_tokens = o.chunk.max_tokens / 8;
     o.limits.max_input_bytes = config.rag.max_document_bytes;
     o.limits.pdf_timeout_ms = config.rag.pdf_timeout_ms;
     o.limits.pdf_memory_bytes = config.rag.pdf_memory_mib << 20;

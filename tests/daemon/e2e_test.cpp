@@ -1566,6 +1566,30 @@ TEST_F(RagE2E, HostileDocumentsAreRefusedOneByOne) {
   EXPECT_EQ(daemon_->post("/v1/rag/collections/hostile/documents", {{"source", "x"}})->status, 400);
 }
 
+// rag.chunk_tokens above what the embedding model takes: the daemon says so
+// at start and chunks at the model's limit, so no chunk's tail goes
+// unembedded (each chunk is at most max_tokens of the model).
+TEST(RagLifecycle, ChunksNeverExceedTheEmbeddingModelsInput) {
+  Enclave e(rag_embedder_dir());
+  auto d = Daemon::start(e, "[rag]\nchunk_tokens = 8192\nchunk_overlap = 8\n");
+  ASSERT_GT(d->port, 0) << d->log();
+  const std::string log = d->log();
+  const std::size_t at = log.find("rag.chunk_tokens = 8192 is more than the embedding model takes; documents are chunked at ");
+  ASSERT_NE(at, std::string::npos) << log;
+  const int limit = std::atoi(log.c_str() + log.find(" at ", at + 60) + 4);
+  ASSERT_GT(limit, 0);
+  ASSERT_LT(limit, 8192);
+  ASSERT_EQ(d->post("/v1/rag/collections", {{"name", "c"}})->status, 201);
+  std::string text;
+  for (int i = 0; i < 3 * limit; ++i) text += "word" + std::to_string(i % 50) + " ";
+  auto r = d->post("/v1/rag/collections/c/documents", {{"source", "long.txt"}, {"content", text}});
+  ASSERT_TRUE(r);
+  ASSERT_EQ(r->status, 201) << r->body;
+  // At least 3 * limit tokens in chunks of at most `limit` (before: one chunk).
+  EXPECT_GE(json::parse(r->body)["chunks"].get<int>(), 3) << r->body;
+  EXPECT_EQ(d->stop(), 0);
+}
+
 TEST_F(RagE2E, CliIngestsDirectoriesAndQueries) {
   TempDir docs;
   ::mkdir((docs / "manuals").c_str(), 0755);
@@ -1579,6 +1603,8 @@ TEST_F(RagE2E, CliIngestsDirectoriesAndQueries) {
   ::unlink((docs / "key").c_str());  // not part of the corpus: the key goes elsewhere
   TempDir secret;
   testing::write_file(secret / "key", enclave_->api_key + "\n");
+  // A link in the tree to a file outside it is not followed (not counted).
+  ASSERT_EQ(::symlink((secret / "key").c_str(), (docs / "manuals/linked-key.txt").c_str()), 0);
   const std::string url = "http://127.0.0.1:" + std::to_string(daemon_->port);
   auto cli = [&](std::vector<std::string> args, std::string* out = nullptr) {
     args.insert(args.begin(), {AIRLOCK_CLI_PATH, "rag"});
