@@ -175,8 +175,14 @@ int cmd_keygen(const std::vector<std::string>& argv) {
   std::string sk_text = format_secret_key(sk, passphrase);
   if (passphrase) sodium_memzero(passphrase->data(), passphrase->size());
   Status s = write_file_exclusive(*out + ".key", sk_text, 0600);
-  if (s.is_ok()) s = write_file_exclusive(*out + ".pub", format_public_key(sk.public_key()), 0644);
+  sodium_memzero(sk_text.data(), sk_text.size());
   if (!s.is_ok()) return fail(s);
+  s = write_file_exclusive(*out + ".pub", format_public_key(sk.public_key()), 0644);
+  if (!s.is_ok()) {
+    // A secret key without its public key is of no use: keygen is all or nothing.
+    ::unlink((*out + ".key").c_str());
+    return fail(s);
+  }
   std::printf("secret key: %s.key (%s, mode 0600)\npublic key: %s.pub\nkey id:     %s\n", out->c_str(),
               passphrase ? "encrypted" : "UNENCRYPTED", out->c_str(), sk.id.to_string().c_str());
   return 0;
@@ -277,7 +283,14 @@ int cmd_create(const std::vector<std::string>& argv) {
   vo.progress = [&](std::uint64_t done, std::uint64_t total) { check_progress.update(done, total); };
   Result<VerifiedBundle> checked = verify_bundle_file(*out, self, vo);
   check_progress.finish();
-  if (!checked.is_ok()) return fail(checked.status().with_context("self-check of " + *out + " failed"));
+  if (!checked.is_ok()) {
+    // What was written does not verify (the disk, or a source file changed
+    // while it was read): nothing that fails its own check is left to be
+    // carried across the gap. create_bundle refused to overwrite, so the
+    // file is the one just made.
+    ::unlink(out->c_str());
+    return fail(checked.status().with_context("self-check of " + *out + " failed; it was removed"));
+  }
   if (!quiet) {
     const Manifest& m = made->manifest;
     std::printf("created %s: %s version %llu, %zu files, %s, signed by %s\n", out->c_str(), m.name.c_str(),
