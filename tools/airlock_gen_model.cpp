@@ -86,8 +86,9 @@ std::string builtin_tokenizer() {
 }
 
 // The byte-level SentencePiece vocabulary of the random models: <unk>, <s>,
-// </s>, then one token per byte.
-void byte_vocabulary(testing::GgufWriter& w) {
+// </s>, then one token per byte (and with `chatml`, the control tokens
+// <|im_start|> and <|im_end|>).
+void byte_vocabulary(testing::GgufWriter& w, bool chatml = false) {
   std::vector<std::string> tokens = {"<unk>", "<s>", "</s>"};
   std::vector<std::int32_t> types = {2, 3, 3};  // unknown, control, control
   for (int b = 0; b < 256; ++b) {
@@ -95,6 +96,10 @@ void byte_vocabulary(testing::GgufWriter& w) {
     std::snprintf(name, sizeof name, "<0x%02X>", b);
     tokens.push_back(name);
     types.push_back(6);  // byte
+  }
+  if (chatml) {
+    tokens.insert(tokens.end(), {"<|im_start|>", "<|im_end|>"});
+    types.insert(types.end(), {3, 3});
   }
   w.set_string("tokenizer.ggml.model", "llama");
   w.set_string_array("tokenizer.ggml.tokens", tokens);
@@ -241,7 +246,7 @@ int main(int argc, char** argv) {
   if (argc < 2) {
     std::fprintf(stderr,
                  "usage: airlock-gen-model OUT.gguf [--embd N] [--layers N] [--ff N] [--heads N] [--kv-heads N] "
-                 "[--ctx N] [--f32 | --type Q8_0|Q4_K|...] [--bench-weights] [--chat-template FILE]\n");
+                 "[--ctx N] [--f32 | --type Q8_0|Q4_K|...] [--bench-weights] [--chat-template FILE] [--chatml-tokens]\n");
     return 2;
   }
   using namespace airlock;
@@ -255,8 +260,14 @@ int main(int argc, char** argv) {
   spec.n_ctx = 2048;
   spec.weight_type = engine::GgmlType::kQ8_0;
   std::optional<std::string> chat_template;
+  bool chatml = false;
   for (int i = 2; i < argc; ++i) {
     const std::string a = argv[i];
+    if (a == "--chatml-tokens") {
+      chatml = true;
+      spec.n_vocab = 3 + 256 + 2;
+      continue;
+    }
     if (a == "--f32") {
       spec.weight_type = engine::GgmlType::kF32;
       continue;
@@ -297,9 +308,9 @@ int main(int argc, char** argv) {
   }
   if (spec.n_embd % spec.n_head != 0 || spec.n_head % spec.n_head_kv != 0 || spec.n_embd % 32 != 0)
     return std::fprintf(stderr, "airlock-gen-model: embd must divide by heads and 32, heads by kv-heads\n"), 2;
-  spec.metadata = [&chat_template](testing::GgufWriter& w) {
+  spec.metadata = [&chat_template, chatml](testing::GgufWriter& w) {
     w.set_string("general.name", "airlock generated random model");
-    byte_vocabulary(w);
+    byte_vocabulary(w, chatml);
     if (chat_template) w.set_string("tokenizer.chat_template", *chat_template);
   };
   const testing::TestModel m = testing::make_test_model(spec);

@@ -398,6 +398,73 @@ struct Server::Impl {
   }
 
   // Renders and tokenizes the prompt of a request.
+  using ContentRange = std::pair<std::size_t, std::size_t>;
+
+  // Where the chat template put each message's content in `text` (byte
+  // ranges), for the messages whose content holds control-token text; none
+  // when no message does (the common case: one extra tokenisation per
+  // message). Found by rendering again with each content replaced by a
+  // unique marker, and trusted only if putting the contents back in gives
+  // `text` exactly: as written, or trimmed (templates that `| trim`).
+  // kInvalidArgument when the template changes such a content otherwise.
+  Result<std::vector<ContentRange>> content_ranges(const LoadedModel& m, const engine::ChatTemplateInputs& in,
+                                                   const std::string& text) const {
+    const engine::Tokenizer& tok = *m.tokenizer;
+    auto content_of = [](const ojson& msg) -> const std::string* {
+      return msg.is_object() && msg.contains("content") && msg["content"].is_string()
+                 ? &msg["content"].get_ref<const std::string&>()
+                 : nullptr;
+    };
+    bool any = false;
+    for (const ojson& msg : in.messages)
+      if (const std::string* c = content_of(msg))
+        any = any || tok.encode(*c, false, true) != tok.encode(*c, false, false);
+    if (!any) return std::vector<ContentRange>();
+    auto trim = [](const std::string& v) {
+      const char* ws = " \t\n\r\f\v";
+      const std::size_t b = v.find_first_not_of(ws);
+      return b == std::string::npos ? std::string() : v.substr(b, v.find_last_not_of(ws) - b + 1);
+    };
+    const std::string marker = "AirlockContent" + random_id("") + "N";  // digits, then 'E'
+    for (bool trimmed : {false, true}) {
+      engine::ChatTemplateInputs marked = in;
+      std::vector<std::string> contents;
+      for (ojson& msg : marked.messages) {
+        const std::string* c = content_of(msg);
+        if (c == nullptr) continue;
+        contents.push_back(trimmed ? trim(*c) : *c);
+        msg["content"] = marker + std::to_string(contents.size() - 1) + "E";
+      }
+      Result<std::string> rendered = m.chat_template->render(marked);
+      if (!rendered.is_ok()) continue;
+      std::string rebuilt;
+      std::vector<ContentRange> ranges;
+      std::size_t pos = 0;
+      bool ok = true;
+      for (std::size_t at; ok && (at = rendered->find(marker, pos)) != std::string::npos;) {
+        rebuilt.append(*rendered, pos, at - pos);
+        const std::size_t digits = at + marker.size(), end = rendered->find('E', digits);
+        std::size_t index = contents.size();
+        if (end != std::string::npos && end > digits && end - digits < 8 &&
+            rendered->find_first_not_of("0123456789", digits) == end)
+          index = std::stoul(rendered->substr(digits, end - digits));
+        if (index >= contents.size()) {
+          ok = false;
+          break;
+        }
+        if (!contents[index].empty()) ranges.emplace_back(rebuilt.size(), rebuilt.size() + contents[index].size());
+        rebuilt += contents[index];
+        pos = end + 1;
+      }
+      if (!ok) continue;
+      rebuilt.append(*rendered, pos);
+      if (rebuilt == text) return ranges;
+    }
+    return invalid_argument(
+        "a message holds control-token text (a turn marker such as this model's special tokens), and this model's "
+        "chat template changes message text in a way that does not let it be kept as plain text");
+  }
+
   Result<std::vector<std::int32_t>> prompt_tokens_of(const LoadedModel& m, const CompletionRequest& r) {
     const engine::Tokenizer& tok = *m.tokenizer;
     if (r.endpoint == Endpoint::kCompletions) return tok.encode(r.prompt, /*add_special=*/true, /*parse_special=*/false);
@@ -407,9 +474,13 @@ struct Server::Impl {
     in.bos_token = tok.bos() >= 0 ? tok.token_bytes(tok.bos(), true) : "";
     in.eos_token = tok.eos() >= 0 ? tok.token_bytes(tok.eos(), true) : "";
     AIRLOCK_ASSIGN_OR_RETURN(std::string text, m.chat_template->render(in));
+    // The template's markup is parsed for control tokens; the messages'
+    // content is not, so a message (or a RAG document in the system message)
+    // cannot forge a turn by writing "<|im_end|>...<|im_start|>system".
+    AIRLOCK_ASSIGN_OR_RETURN(std::vector<ContentRange> literal, content_ranges(m, in, text));
     // The template writes BOS itself where the model wants it; a template
     // that does not (the ChatML fallback) still gets the tokenizer's BOS.
-    std::vector<std::int32_t> ids = tok.encode(text, /*add_special=*/false, /*parse_special=*/true);
+    std::vector<std::int32_t> ids = tok.encode(text, /*add_special=*/false, literal);
     if (tok.add_bos() && tok.bos() >= 0 && (ids.empty() || ids[0] != tok.bos())) ids.insert(ids.begin(), tok.bos());
     return ids;
   }

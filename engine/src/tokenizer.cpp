@@ -317,34 +317,62 @@ bool Tokenizer::is_end_of_generation(std::int32_t id) const {
 // ---------------------------------------------------------------- encoding
 
 std::vector<std::int32_t> Tokenizer::encode(std::string_view text, bool add_special, bool parse_special) const {
+  if (parse_special) return encode(text, add_special, std::span<const std::pair<std::size_t, std::size_t>>());
+  const std::pair<std::size_t, std::size_t> all{0, text.size()};
+  return encode(text, add_special, std::span<const std::pair<std::size_t, std::size_t>>(&all, 1));
+}
+
+std::vector<std::int32_t> Tokenizer::encode(std::string_view text, bool add_special,
+                                            std::span<const std::pair<std::size_t, std::size_t>> literal) const {
   std::vector<std::int32_t> out;
   if (add_special && spec_.add_bos) out.push_back(spec_.bos);
   // Split the text around special tokens (longest first), then encode the
-  // plain fragments.
+  // plain fragments. Fragments inside `literal` ranges are not searched for
+  // control tokens.
   struct Fragment {
     std::string_view text;
     std::int32_t special;
+    bool literal = false;
   };
-  std::vector<Fragment> frags = {{text, -1}};
+  std::vector<Fragment> frags;
+  std::size_t pos = 0;
+  for (const auto& [b, e] : literal) {
+    const std::size_t lb = std::clamp(b, pos, text.size()), le = std::clamp(e, lb, text.size());
+    if (lb > pos) frags.push_back({text.substr(pos, lb - pos), -1, false});
+    if (le > lb) frags.push_back({text.substr(lb, le - lb), -1, true});
+    pos = le;
+  }
+  if (pos < text.size() || frags.empty()) frags.push_back({text.substr(pos), -1, false});
   for (std::int32_t sid : specials_) {
-    if (!parse_special && spec_.types[sid] == TokenType::kControl) continue;
+    const bool control = spec_.types[sid] == TokenType::kControl;
     const std::string& st = spec_.tokens[sid];
     std::vector<Fragment> next;
     for (const Fragment& f : frags) {
-      if (f.special >= 0) {
+      if (f.special >= 0 || (control && f.literal)) {
         next.push_back(f);
         continue;
       }
       std::string_view rest = f.text;
       for (std::size_t at; (at = rest.find(st)) != std::string_view::npos;) {
-        if (at > 0) next.push_back({rest.substr(0, at), -1});
+        if (at > 0) next.push_back({rest.substr(0, at), -1, f.literal});
         next.push_back({{}, sid});
         rest.remove_prefix(at + st.size());
       }
-      if (!rest.empty()) next.push_back({rest, -1});
+      if (!rest.empty()) next.push_back({rest, -1, f.literal});
     }
     frags = std::move(next);
   }
+  // Neighbouring text fragments (split only at a literal range's edge) are
+  // one piece of text again, encoded as it would be without the ranges.
+  std::vector<Fragment> joined;
+  for (const Fragment& f : frags) {
+    if (f.special < 0 && !joined.empty() && joined.back().special < 0 &&
+        joined.back().text.data() + joined.back().text.size() == f.text.data())
+      joined.back().text = std::string_view(joined.back().text.data(), joined.back().text.size() + f.text.size());
+    else
+      joined.push_back(f);
+  }
+  frags = std::move(joined);
   bool prev_special = true;  // SentencePiece adds its space prefix to the first fragment
   for (const Fragment& f : frags) {
     if (f.special >= 0) {

@@ -26,9 +26,11 @@
 
 #include <cstdint>
 #include <memory>
+#include <span>
 #include <string>
 #include <string_view>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include "airlock/common/status.h"
@@ -108,6 +110,13 @@ class Tokenizer {
   // written in the text ("<|eot_id|>") become their ids; user-defined tokens
   // are always recognised, as in llama.cpp.
   std::vector<std::int32_t> encode(std::string_view text, bool add_special, bool parse_special) const;
+  // As encode(text, add_special, true), except that control tokens written
+  // inside the byte ranges `literal` (begin, end; sorted, not overlapping)
+  // stay text: a chat template's own markup is parsed, the messages it
+  // wraps are not. Text on both sides of a range boundary is encoded
+  // together, exactly as without the ranges, where no control token is.
+  std::vector<std::int32_t> encode(std::string_view text, bool add_special,
+                                   std::span<const std::pair<std::size_t, std::size_t>> literal) const;
 
   // The bytes a token stands for. Control tokens give "" unless render_special.
   std::string token_bytes(std::int32_t id, bool render_special = false) const;
