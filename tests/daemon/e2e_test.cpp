@@ -1080,6 +1080,50 @@ TEST(DaemonLifecycle, NonStreamedHangUpCancelsAndFreesBlocks) {
   EXPECT_EQ(d->stop(), 0);
 }
 
+// A streamed request that has written nothing but its role chunk (queued
+// behind another here: max_running = 1) notices a client that hung up and
+// leaves the queue at once: cpp-httplib checks that the socket is alive
+// before each call of the stream's provider (a review thought it was
+// noticed only on a failed write; this pins the behaviour down).
+TEST(DaemonLifecycle, QueuedStreamHangUpLeavesTheQueue) {
+#if !defined(AIRLOCK_TEST_HOOKS)
+  GTEST_SKIP() << "built with AIRLOCK_TEST_HOOKS=OFF: the step-delay hook is not compiled in";
+#endif
+  Enclave e;
+  ::setenv("AIRLOCK_TEST_STEP_DELAY_MS", "20", 1);
+  auto d = Daemon::start(e, "max_running = 1\ndrain_seconds = 0\n");
+  ::unsetenv("AIRLOCK_TEST_STEP_DELAY_MS");
+  ASSERT_GT(d->port, 0) << d->log();
+  json first = chat("A very long story", 400, true);  // 8 s at 20 ms a step
+  first["ignore_eos"] = true;
+  std::thread running([&] { (void)d->post("/v1/chat/completions", first); });
+  double n = 0;
+  for (int i = 0; i < 200 && n != 1; ++i) {
+    n = metric(d->client().Get("/metrics")->body, "airlock_requests_running");
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  ASSERT_EQ(n, 1);
+  const auto t0 = std::chrono::steady_clock::now();
+  {
+    httplib::Client c = d->client();
+    c.set_read_timeout(0, 300000);  // gives up after 0.3 s and closes the connection
+    (void)c.Post("/v1/chat/completions", chat("queued", 20, true).dump(), "application/json");
+  }
+  double waiting = -1;
+  std::string m;
+  for (int i = 0; i < 150; ++i) {
+    m = d->client().Get("/metrics")->body;
+    waiting = metric(m, "airlock_requests_waiting");
+    if (waiting == 0 && m.find("status=\"499\"} 1") != std::string::npos) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  EXPECT_EQ(waiting, 0);
+  EXPECT_NE(m.find("airlock_requests_total{route=\"/v1/chat/completions\",status=\"499\"} 1"), std::string::npos) << m;
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(5));  // the running one takes 8 s
+  EXPECT_EQ(d->stop(), 0);
+  running.join();
+}
+
 int loopback_listener(int type = SOCK_STREAM, bool listen = true) {
   const int fd = ::socket(AF_INET, type | SOCK_CLOEXEC, 0);
   sockaddr_in a{};
