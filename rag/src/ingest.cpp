@@ -40,6 +40,12 @@ Result<IngestResult> ingest_document(Store& store, const Embedder& embedder, con
 
   // Nothing to do for content the collection already holds.
   AIRLOCK_ASSIGN_OR_RETURN(std::optional<std::string> holder, store.source_with_hash(collection, doc.content_hash, who));
+  if (holder && *holder != source) {
+    // An existing document given another's content is replaced (below),
+    // not left with its old text.
+    AIRLOCK_ASSIGN_OR_RETURN(std::optional<DocumentInfo> mine, store.find_document(collection, source, who));
+    if (mine) holder.reset();
+  }
   if (holder) {
     result.put.outcome = *holder == source ? PutOutcome::kUnchanged : PutOutcome::kDuplicate;
     if (*holder != source) result.put.duplicate_of = *holder;

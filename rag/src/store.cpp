@@ -519,7 +519,10 @@ Result<PutResult> Store::put_document(const std::string& collection, const Docum
         }
       }
     }
-    {
+    // New content under a new name that another document already holds is
+    // a duplicate; new content for an existing name replaces it even so
+    // (keeping the old text would leave it searchable and citable).
+    if (!existing) {
       Stmt dup(s.db, "SELECT source FROM documents WHERE collection_id = ? AND content_hash = ? AND source != ? LIMIT 1");
       dup.bind(1, c.id).bind(2, doc.content_hash).bind(3, doc.source);
       if (dup.step() == SQLITE_ROW) {

@@ -158,6 +158,19 @@ TEST_F(StoreTest, PutReplaceDuplicateDelete) {
   EXPECT_EQ((*noise)[0].source, "wing.txt");
   expect_consistent(*s);
 
+  // An existing name given another document's content is replaced too (a
+  // duplicate only for a new name): its old text must not stay searchable.
+  Result<PutResult> same = s->put_document("c", doc("heat-copy.txt", "Heat transfer in hypersonic boundary layers."), alice);
+  EXPECT_EQ(same->outcome, PutOutcome::kDuplicate);
+  ASSERT_TRUE(s->put_document("c", doc("old.txt", "Laminar separation bubbles on airfoils."), alice).is_ok());
+  Result<PutResult> moved = s->put_document("c", doc("old.txt", "Heat transfer in hypersonic boundary layers."), alice);
+  EXPECT_EQ(moved->outcome, PutOutcome::kReplaced);
+  Result<std::vector<SearchHit>> laminar = s->search(query("laminar separation bubbles", SearchMode::kBm25), alice);
+  ASSERT_TRUE(laminar.is_ok());
+  for (const SearchHit& h : *laminar) EXPECT_EQ(h.text.find("Laminar"), std::string::npos) << h.source;
+  ASSERT_TRUE(s->delete_document("c", "old.txt", alice).is_ok());
+  expect_consistent(*s);
+
   ASSERT_TRUE(s->delete_document("c", "wing.txt", alice).is_ok());
   EXPECT_EQ(s->delete_document("c", "wing.txt", alice).code(), StatusCode::kNotFound);
   for (SearchMode mode : {SearchMode::kBm25, SearchMode::kVector, SearchMode::kHybrid}) {
@@ -385,6 +398,31 @@ TEST_F(StoreTest, AnnRecallAgainstExactSearch) {
   }
   recall /= n_queries;
   EXPECT_GE(recall, 0.95);
+}
+
+// Through ingest_document (which checks for known content before it
+// extracts anything): new content under a new name already held by another
+// document is a duplicate, but an existing name given that content is
+// replaced, its old text gone.
+TEST_F(StoreTest, IngestReplacesAnExistingNameEvenWithAnothersContent) {
+  auto s = open();
+  ASSERT_TRUE(s->create_collection("c", alice, {}, "").is_ok());
+  auto put = [&](const std::string& source, const std::string& text) {
+    Result<IngestResult> r = ingest_document(*s, kEmbedder, "c", source, text, "{}", alice);
+    EXPECT_TRUE(r.is_ok()) << r.status().to_string();
+    return r.is_ok() ? r->put.outcome : PutOutcome::kUnchanged;
+  };
+  EXPECT_EQ(put("a.txt", "Shock waves in supersonic nozzles."), PutOutcome::kAdded);
+  EXPECT_EQ(put("b.txt", "Boundary layer transition on flat plates."), PutOutcome::kAdded);
+  EXPECT_EQ(put("c.txt", "Shock waves in supersonic nozzles."), PutOutcome::kDuplicate);
+  EXPECT_EQ(put("b.txt", "Shock waves in supersonic nozzles."), PutOutcome::kReplaced);
+  Result<std::optional<DocumentInfo>> b = s->find_document("c", "b.txt", alice);
+  ASSERT_TRUE(b.is_ok() && b->has_value());
+  EXPECT_EQ((*b)->content_hash, sha256_hex("Shock waves in supersonic nozzles."));
+  Result<std::vector<SearchHit>> old = s->search(query("boundary layer transition", SearchMode::kBm25), alice);
+  ASSERT_TRUE(old.is_ok());
+  EXPECT_TRUE(old->empty());
+  expect_consistent(*s);
 }
 
 // Listings and the duplicate check read committed data only: while another
