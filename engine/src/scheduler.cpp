@@ -185,11 +185,15 @@ void Scheduler::drain(std::chrono::milliseconds grace) {
   const Clock::time_point deadline = Clock::now() + grace;
   std::unique_lock<std::mutex> lock(mu_);
   admitting_ = false;
-  for (auto& s : waiting_) s->stream->cancel();
+  // Requests that never ran are cancelled; one preempted while running
+  // waits to be admitted again (step() still admits those) and finishes.
+  for (auto& s : waiting_)
+    if (!s->admitted_once) s->stream->cancel();
   wake_.notify_all();
   while (stats_.running > 0 || !waiting_.empty()) {
     if (Clock::now() >= deadline) {
       for (auto& s : running_) s->stream->cancel();
+      for (auto& s : waiting_) s->stream->cancel();
     }
     lock.unlock();
     wake_.notify_all();
@@ -244,18 +248,28 @@ void Scheduler::step(std::unique_lock<std::mutex>& lock) {
   // 2. The blocks this step takes for the running sequences (a decode
   //    token each, prompt chunks within the prefill budget, oldest first);
   //    when they do not fit, the newest are preempted until they do.
-  auto running_need = [&] {
-    int budget = options_.prefill_chunk, need = 0;
-    for (const auto& s : running_) need += cache_.blocks_needed(s->id, step_tokens(*s, &budget));
-    return need;
+  //    Kept per sequence, in running_ order, so that preempting the last
+  //    or admitting one more updates the total without a rescan.
+  struct StepNeed {
+    int blocks, budget_taken;
   };
-  int need = running_need();
+  std::vector<StepNeed> needs;
+  int budget = options_.prefill_chunk, need = 0;
+  auto add_need = [&](const Sequence& s) {
+    const int before = budget;
+    const int blocks = cache_.blocks_needed(s.id, step_tokens(s, &budget));
+    needs.push_back({blocks, before - budget});
+    need += blocks;
+  };
+  for (const auto& s : running_) add_need(*s);
   while (need > cache_.n_free_blocks() && running_.size() > 1) {
+    need -= needs.back().blocks;
+    budget += needs.back().budget_taken;
+    needs.pop_back();
     std::unique_ptr<Sequence> s = std::move(running_.back());
     running_.pop_back();
     preempt(*s);
     waiting_.push_front(std::move(s));
-    need = running_need();
   }
 
   // 3. Admission, first come first served, while the whole of a request's
@@ -263,9 +277,11 @@ void Scheduler::step(std::unique_lock<std::mutex>& lock) {
   //    next one fit beside this step's need, less a margin of 1% of the
   //    cache (so that a request is not admitted only to be preempted).
   //    Cached prefix blocks count as free: they are taken when needed.
+  //    While draining, only requests preempted mid-run are admitted again.
   const int margin = std::max(1, options_.kv_blocks / 100);
-  while (admitting_ && !waiting_.empty() && static_cast<int>(running_.size()) < options_.max_running) {
+  while (!waiting_.empty() && static_cast<int>(running_.size()) < options_.max_running) {
     Sequence& w = *waiting_.front();
+    if (!admitting_ && !w.admitted_once) break;
     const int want = KvCache::blocks_for(static_cast<int>(w.history.size()) + 1);
     if (!running_.empty() && need + want + margin > cache_.n_free_blocks()) break;
     std::unique_ptr<Sequence> s = std::move(waiting_.front());
@@ -285,7 +301,7 @@ void Scheduler::step(std::unique_lock<std::mutex>& lock) {
       s->stream->admitted_at_ = Clock::now();
     }
     running_.push_back(std::move(s));
-    need = running_need();
+    add_need(*running_.back());
   }
   stats_.running = static_cast<int>(running_.size());
   stats_.waiting = static_cast<int>(waiting_.size());

@@ -205,6 +205,40 @@ TEST(SchedulerTest, PreemptedRequestsResumeWithTheSameTokens) {
   EXPECT_EQ(st.kv_blocks_used, 0);  // cached prefix blocks are free
 }
 
+// Draining while the cache is short: a request preempted after the drain
+// began is admitted again and finishes (it was running, not waiting), and
+// drain() returns; before, it sat in the queue, never admitted nor
+// cancelled, and drain() never returned.
+TEST(SchedulerTest, DrainFinishesRequestsPreemptedWhileDraining) {
+  Loaded l = load();
+#if defined(AIRLOCK_TEST_HOOKS)
+  ::setenv("AIRLOCK_TEST_STEP_DELAY_MS", "2", 1);
+#endif
+  auto s = Scheduler::start(*l.model, opts(8));
+  ::unsetenv("AIRLOCK_TEST_STEP_DELAY_MS");
+  ASSERT_TRUE(s.is_ok());
+  std::vector<std::shared_ptr<TokenStream>> streams;
+  for (int i = 0; i < 3; ++i) {
+    auto st = (*s)->submit(greedy(prompt(20, 60 + static_cast<std::uint32_t>(i)), 60));
+    ASSERT_TRUE(st.is_ok());
+    streams.push_back(*st);
+  }
+  // Drain once all three run side by side, before any preemption (3 x 2
+  // blocks of 8 at first; 3 x 5 needed by the end).
+  for (int i = 0; i < 2000 && (*s)->stats().running < 3; ++i) std::this_thread::sleep_for(std::chrono::microseconds(500));
+  ASSERT_EQ((*s)->stats().running, 3);
+  ASSERT_EQ((*s)->stats().preemptions, 0u);
+  (*s)->drain(std::chrono::seconds(60));
+  EXPECT_GT((*s)->stats().preemptions, 0u);
+  for (auto& st : streams) {
+    Outcome o = collect(*st);
+    EXPECT_EQ(o.finish, FinishReason::kLength);
+    EXPECT_EQ(o.tokens.size(), 60u);
+  }
+  EXPECT_EQ((*s)->stats().waiting, 0);
+  EXPECT_EQ((*s)->stats().running, 0);
+}
+
 TEST(SchedulerTest, RefusesWhatCanNeverFitAndAFullQueue) {
   Loaded l = load(128);
   SchedulerOptions o = opts(4);  // 64 positions
