@@ -82,7 +82,8 @@ struct Choice {
   int completion_tokens = 0;
   ojson logprobs = ojson::array();  // chat logprobs.content entries
   std::vector<std::size_t> text_offsets;  // of each logprobs entry: the bytes of the tokens before it
-  std::size_t token_bytes = 0;            // of the tokens so far
+  std::size_t token_bytes = 0;            // of the tokens so far (less a leading space the decoder drops)
+  bool strips_leading_space = false;      // the decoder drops the first token's leading space
 };
 
 // A grounded answer's retrieval and what became of it.
@@ -168,8 +169,10 @@ struct Generation {
       ++c.completion_tokens;
       if (request.logprobs) {
         c.logprobs.push_back(token_logprob(*e.token));
+        const ojson& bytes = c.logprobs.back()["bytes"];
+        const bool dropped = c.text_offsets.empty() && c.strips_leading_space && !bytes.empty() && bytes[0].get<int>() == ' ';
         c.text_offsets.push_back(c.token_bytes);
-        c.token_bytes += c.logprobs.back()["bytes"].size();
+        c.token_bytes += bytes.size() - (dropped ? 1 : 0);
       }
       out += accept(c, c.decoder->push(e.token->token), false);
       if (c.done) return out;
@@ -415,10 +418,30 @@ struct Server::Impl {
                  ? &msg["content"].get_ref<const std::string&>()
                  : nullptr;
     };
+    auto has_control_text = [&](const std::string& v) { return tok.encode(v, false, true) != tok.encode(v, false, false); };
+    // A message's other strings (name, tool call names and arguments,
+    // reasoning) are printed by some templates too, and are not located:
+    // control-token text in them is refused outright.
+    for (std::size_t i = 0; i < in.messages.size(); ++i) {
+      if (!in.messages[i].is_object()) continue;
+      std::vector<std::pair<const ojson*, std::string>> stack;
+      for (auto it = in.messages[i].begin(); it != in.messages[i].end(); ++it)
+        if (it.key() != "content" && it.key() != "role") stack.emplace_back(&it.value(), it.key());
+      while (!stack.empty()) {
+        const auto [v, where] = stack.back();
+        stack.pop_back();
+        if (v->is_string() && has_control_text(v->get_ref<const std::string&>()))
+          return invalid_argument("messages[" + std::to_string(i) + "]." + where +
+                                  " holds control-token text (a turn marker such as this model's special tokens)");
+        if (v->is_object())
+          for (auto it = v->begin(); it != v->end(); ++it) stack.emplace_back(&it.value(), where + "." + it.key());
+        if (v->is_array())
+          for (std::size_t k = 0; k < v->size(); ++k) stack.emplace_back(&(*v)[k], where + "[" + std::to_string(k) + "]");
+      }
+    }
     bool any = false;
     for (const ojson& msg : in.messages)
-      if (const std::string* c = content_of(msg))
-        any = any || tok.encode(*c, false, true) != tok.encode(*c, false, false);
+      if (const std::string* c = content_of(msg)) any = any || has_control_text(*c);
     if (!any) return std::vector<ContentRange>();
     auto trim = [](const std::string& v) {
       const char* ws = " \t\n\r\f\v";
@@ -930,6 +953,7 @@ void Server::Impl::completions(const httplib::Request& req, httplib::Response& r
     c.stream = *s;
     c.decoder = std::make_unique<engine::StreamDecoder>(
         *m->tokenizer, after_text ? engine::StreamDecoder::LeadingSpace::kKeep : engine::StreamDecoder::LeadingSpace::kStrip);
+    c.strips_leading_space = !after_text;
     g->choices.push_back(std::move(c));
   }
   prompt_tokens.inc(g->prompt_tokens * r.n);

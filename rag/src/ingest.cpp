@@ -38,13 +38,15 @@ Result<IngestResult> ingest_document(Store& store, const Embedder& embedder, con
   doc.owner = who.key;
   doc.n_bytes = static_cast<std::int64_t>(bytes.size());
 
-  // Nothing to do for content the collection already holds.
-  AIRLOCK_ASSIGN_OR_RETURN(std::optional<std::string> holder, store.source_with_hash(collection, doc.content_hash, who));
-  if (holder && *holder != source) {
-    // An existing document given another's content is replaced (below),
-    // not left with its old text.
-    AIRLOCK_ASSIGN_OR_RETURN(std::optional<DocumentInfo> mine, store.find_document(collection, source, who));
-    if (mine) holder.reset();
+  // Nothing to do for content the collection already holds: this source's
+  // own (unchanged), or, for a new source, another's (a duplicate). An
+  // existing source given other content is replaced (below), even when
+  // another document holds that content: its old text must not stay.
+  AIRLOCK_ASSIGN_OR_RETURN(std::optional<DocumentInfo> mine, store.find_document(collection, source, who));
+  std::optional<std::string> holder;
+  if (mine && mine->content_hash == doc.content_hash) holder = source;
+  if (!mine) {
+    AIRLOCK_ASSIGN_OR_RETURN(holder, store.source_with_hash(collection, doc.content_hash, who));
   }
   if (holder) {
     result.put.outcome = *holder == source ? PutOutcome::kUnchanged : PutOutcome::kDuplicate;

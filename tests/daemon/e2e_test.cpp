@@ -451,6 +451,21 @@ TEST_F(DaemonE2E, CompletionsLogprobsAndEcho) {
     for (const auto& [alt, v] : lp["top_logprobs"][k].items()) EXPECT_LE(v.get<double>(), chosen + 1e-6) << alt;
   }
   EXPECT_LE(lp["text_offset"][11].get<std::size_t>(), choice["text"].get<std::string>().size());
+  // From BOS alone the first token's leading space is dropped from the
+  // text: every offset still points at its token in the text.
+  auto from_bos = daemon_->post("/v1/completions", {{"model", "stories"}, {"prompt", ""}, {"max_tokens", 12},
+                                                    {"temperature", 0}, {"logprobs", 0}});
+  ASSERT_TRUE(from_bos);
+  ASSERT_EQ(from_bos->status, 200) << from_bos->body;
+  const json bos_choice = json::parse(from_bos->body)["choices"][0];
+  const std::string bos_text = bos_choice["text"];
+  const json& bl = bos_choice["logprobs"];
+  for (std::size_t k = 1; k < bl["tokens"].size(); ++k) {
+    const std::string tok = bl["tokens"][k];
+    const std::size_t at = bl["text_offset"][k];
+    if (tok.find("\xef\xbf\xbd") != std::string::npos || at + tok.size() > bos_text.size()) continue;
+    EXPECT_EQ(bos_text.substr(at, tok.size()), tok) << k << " in '" << bos_text << "'";
+  }
 
   body["stream"] = true;
   auto s = daemon_->post("/v1/completions", body);
@@ -1752,6 +1767,20 @@ TEST(DaemonLifecycle, MessagesCannotForgeTurnsWithControlTokens) {
   const int with_markers = prompt_tokens(forged), with_bytes = prompt_tokens(plain);
   EXPECT_GT(with_markers, 0);
   EXPECT_EQ(with_markers, with_bytes);
+  // Other strings of a message (tool calls, names) that templates print are
+  // not located: control-token text there is refused, naming the field.
+  json tool = {{"model", "stories"},
+               {"messages", json::array({{{"role", "user"}, {"content", "hi"}},
+                                         {{"role", "assistant"},
+                                          {"content", ""},
+                                          {"tool_calls", json::array({{{"type", "function"},
+                                                                       {"function", {{"name", "f"}, {"arguments", forged}}}}})}},
+                                         {{"role", "user"}, {"content", "and?"}}})},
+               {"max_tokens", 1}};
+  auto refused = d->post("/v1/chat/completions", tool);
+  ASSERT_TRUE(refused);
+  EXPECT_EQ(refused->status, 400) << refused->body;
+  EXPECT_NE(refused->body.find("messages[1].tool_calls[0].function.arguments"), std::string::npos) << refused->body;
   EXPECT_EQ(d->stop(), 0);
 }
 

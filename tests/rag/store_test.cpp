@@ -407,8 +407,18 @@ TEST_F(StoreTest, AnnRecallAgainstExactSearch) {
 TEST_F(StoreTest, IngestReplacesAnExistingNameEvenWithAnothersContent) {
   auto s = open();
   ASSERT_TRUE(s->create_collection("c", alice, {}, "").is_ok());
+  struct Counting final : Embedder {  // kEmbedder, counting the texts it embeds
+    mutable int texts = 0;
+    std::string model_id() const override { return kEmbedder.model_id(); }
+    int dim() const override { return kEmbedder.dim(); }
+    std::size_t count_tokens(std::string_view t) const override { return kEmbedder.count_tokens(t); }
+    std::vector<std::vector<float>> embed(std::span<const std::string> t) const override {
+      texts += static_cast<int>(t.size());
+      return kEmbedder.embed(t);
+    }
+  } counting;
   auto put = [&](const std::string& source, const std::string& text) {
-    Result<IngestResult> r = ingest_document(*s, kEmbedder, "c", source, text, "{}", alice);
+    Result<IngestResult> r = ingest_document(*s, counting, "c", source, text, "{}", alice);
     EXPECT_TRUE(r.is_ok()) << r.status().to_string();
     return r.is_ok() ? r->put.outcome : PutOutcome::kUnchanged;
   };
@@ -422,6 +432,12 @@ TEST_F(StoreTest, IngestReplacesAnExistingNameEvenWithAnothersContent) {
   Result<std::vector<SearchHit>> old = s->search(query("boundary layer transition", SearchMode::kBm25), alice);
   ASSERT_TRUE(old.is_ok());
   EXPECT_TRUE(old->empty());
+  // Two documents hold that content now; either sent again unchanged is
+  // answered without extracting or embedding anything.
+  const int embedded = counting.texts;
+  EXPECT_EQ(put("b.txt", "Shock waves in supersonic nozzles."), PutOutcome::kUnchanged);
+  EXPECT_EQ(put("a.txt", "Shock waves in supersonic nozzles."), PutOutcome::kUnchanged);
+  EXPECT_EQ(counting.texts, embedded);
   expect_consistent(*s);
 }
 
