@@ -71,6 +71,7 @@ struct Scheduler::Sequence {
   // after a preemption, everything generated so far too (recomputed).
   int prefill_len = 0;
   int n_prefilled = 0;  // of those, already in the cache
+  int prompt_counted = 0;  // prompt positions counted in stats_.prompt_tokens (not again after a preemption)
   int n_generated = 0;
   bool in_cache = false;
   bool admitted_once = false;
@@ -324,7 +325,9 @@ void Scheduler::step(std::unique_lock<std::mutex>& lock) {
         batch.add(s->history[static_cast<std::size_t>(pos)], pos, s->id, last);
         if (last) wants.push_back(s.get());
       }
-      n_prompt_tokens += take;
+      const int prompt_end = std::min(s->n_prefilled + take, static_cast<int>(s->request.prompt.size()));
+      n_prompt_tokens += std::max(0, prompt_end - std::max(s->n_prefilled, s->prompt_counted));
+      s->prompt_counted = std::max(s->prompt_counted, prompt_end);
     } else {
       const int pos = static_cast<int>(s->history.size()) - 1;
       batch.add(s->history.back(), pos, s->id, true);

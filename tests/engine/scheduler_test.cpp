@@ -202,6 +202,7 @@ TEST(SchedulerTest, PreemptedRequestsResumeWithTheSameTokens) {
   EXPECT_GT(st.preemptions, 0u);
   EXPECT_GE(max_running, 2);  // more than one at a time, though all four would need 20 blocks
   EXPECT_EQ(st.generated_tokens, 4u * 60);
+  EXPECT_EQ(st.prompt_tokens, 4u * 20);  // recomputed tokens are not prompt tokens again
   EXPECT_EQ(st.kv_blocks_used, 0);  // cached prefix blocks are free
 }
 

@@ -127,7 +127,7 @@ struct SchedulerStats {
   int waiting = 0;
   int kv_blocks_total = 0;
   int kv_blocks_used = 0;
-  std::uint64_t prompt_tokens = 0;      // processed since start
+  std::uint64_t prompt_tokens = 0;      // processed since start (not again when a preempted request is recomputed)
   std::uint64_t generated_tokens = 0;   // sampled since start
   std::uint64_t steps = 0;
   std::uint64_t failed_steps = 0;
