@@ -75,6 +75,18 @@ SchedulerOptions opts(int blocks) {
   return o;
 }
 
+// A scheduler whose steps take at least 2 ms (the test hook, in builds
+// with AIRLOCK_TEST_HOOKS), so that a test can act between steps on a
+// busy machine.
+Result<std::unique_ptr<Scheduler>> start_with_slow_steps(Model& m, const SchedulerOptions& o) {
+#if defined(AIRLOCK_TEST_HOOKS)
+  ::setenv("AIRLOCK_TEST_STEP_DELAY_MS", "2", 1);
+#endif
+  auto s = Scheduler::start(m, o);
+  ::unsetenv("AIRLOCK_TEST_STEP_DELAY_MS");
+  return s;
+}
+
 Outcome run_alone(Model& m, const GenerationRequest& r) {
   auto s = Scheduler::start(m, opts(64));
   EXPECT_TRUE(s.is_ok());
@@ -168,11 +180,7 @@ TEST(SchedulerTest, PreemptedRequestsResumeWithTheSameTokens) {
   for (const auto& r : reqs) solo.push_back(run_alone(*l.model, r));
   // Steps of at least 2 ms (test hook), so that the stats watched below
   // see the requests running side by side.
-#if defined(AIRLOCK_TEST_HOOKS)
-  ::setenv("AIRLOCK_TEST_STEP_DELAY_MS", "2", 1);
-#endif
-  auto s = Scheduler::start(*l.model, opts(8));
-  ::unsetenv("AIRLOCK_TEST_STEP_DELAY_MS");
+  auto s = start_with_slow_steps(*l.model, opts(8));
   ASSERT_TRUE(s.is_ok());
   std::vector<std::shared_ptr<TokenStream>> streams;
   for (const auto& r : reqs) {
@@ -212,11 +220,7 @@ TEST(SchedulerTest, PreemptedRequestsResumeWithTheSameTokens) {
 // cancelled, and drain() never returned.
 TEST(SchedulerTest, DrainFinishesRequestsPreemptedWhileDraining) {
   Loaded l = load();
-#if defined(AIRLOCK_TEST_HOOKS)
-  ::setenv("AIRLOCK_TEST_STEP_DELAY_MS", "2", 1);
-#endif
-  auto s = Scheduler::start(*l.model, opts(8));
-  ::unsetenv("AIRLOCK_TEST_STEP_DELAY_MS");
+  auto s = start_with_slow_steps(*l.model, opts(8));
   ASSERT_TRUE(s.is_ok());
   std::vector<std::shared_ptr<TokenStream>> streams;
   for (int i = 0; i < 3; ++i) {
@@ -282,11 +286,7 @@ TEST(SchedulerTest, CancelFreesBlocksWithinAStep) {
   Loaded l = load();
   // Steps of at least 2 ms (test hook): without them a busy machine could
   // let all 400 tokens and the last event through before the first pop.
-#if defined(AIRLOCK_TEST_HOOKS)
-  ::setenv("AIRLOCK_TEST_STEP_DELAY_MS", "2", 1);
-#endif
-  auto s = Scheduler::start(*l.model, opts(32));
-  ::unsetenv("AIRLOCK_TEST_STEP_DELAY_MS");
+  auto s = start_with_slow_steps(*l.model, opts(32));
   ASSERT_TRUE(s.is_ok());
   auto st = (*s)->submit(greedy(prompt(40, 9), 400));
   ASSERT_TRUE(st.is_ok());
