@@ -9,6 +9,7 @@
 
 #include "airlock/common/version.h"
 #include "airlock/verifier/mapped_file.h"
+#include "guarded_read.h"
 #include "task_pool.h"
 #include "tar_reader.h"
 
@@ -37,15 +38,12 @@ Status read_signed_manifest(TarReader& tar, std::string* manifest, std::string* 
   return Status::ok();
 }
 
-// One chunk of one payload file, as spans into the archive (or into copies
-// when libarchive handed out a block of its own).
+// One chunk of one payload file: a span of the archive's mapping.
 struct Chunk {
   std::size_t file = 0;
   std::uint64_t index = 0;
-  std::uint64_t offset = 0;
-  std::uint64_t n_bytes = 0;
-  std::vector<std::span<const std::uint8_t>> pieces;
-  std::vector<std::shared_ptr<const std::vector<std::uint8_t>>> owned;
+  std::uint64_t offset = 0;  // in the file
+  std::span<const std::uint8_t> bytes;
 };
 
 // State shared between the reading thread and the hashing workers.
@@ -64,45 +62,35 @@ class PayloadCheck {
       std::lock_guard<std::mutex> lock(mu_);
       if (std::make_pair(c.file, c.index) > std::make_pair(first_file_, first_chunk_)) return;
     }
+    const ManifestFile& f = bundle_.manifest.files[c.file];
     // When extracting, read the chunk exactly once into a private buffer and
     // hash and write that buffer: the mapping could change between a second
     // read and the write (a file modified during import, or media that
     // returns different data when read again).
     thread_local std::vector<std::uint8_t> copy;
-    std::vector<std::span<const std::uint8_t>> one;
-    const std::vector<std::span<const std::uint8_t>>* pieces = &c.pieces;
+    std::span<const std::uint8_t> data = c.bytes;
     if (sink_ != nullptr) {
-      copy.resize(static_cast<std::size_t>(c.n_bytes));
-      std::size_t at = 0;
-      for (auto piece : c.pieces) {
-        std::memcpy(copy.data() + at, piece.data(), piece.size());
-        at += piece.size();
-      }
-      one.emplace_back(copy.data(), copy.size());
-      pieces = &one;
+      copy.resize(c.bytes.size());
+      if (!copy_guarded(copy.data(), c.bytes.data(), c.bytes.size()))
+        return fail(c.file, c.index, file_shrank("bundle (reading '" + f.path + "')"));
+      data = copy;
     }
-    Sha256 h;
-    for (auto piece : *pieces) h.update(piece.data(), piece.size());
-    const ManifestFile& f = bundle_.manifest.files[c.file];
-    if (h.finish() != f.chunk_sha256[c.index]) {
+    Result<Sha256Digest> digest = sha256_guarded(data, "bundle (reading '" + f.path + "')");
+    if (!digest.is_ok()) return fail(c.file, c.index, digest.status());
+    if (*digest != f.chunk_sha256[c.index]) {
       fail(c.file, c.index,
            verification_failed("file '" + f.path + "' chunk " + std::to_string(c.index) + " (bytes " +
-                               std::to_string(c.offset) + "-" + std::to_string(c.offset + c.n_bytes) +
+                               std::to_string(c.offset) + "-" + std::to_string(c.offset + data.size()) +
                                "): SHA-256 does not match the manifest"));
       return;
     }
     if (sink_ != nullptr) {
-      std::uint64_t at = c.offset;
-      for (auto piece : *pieces) {
-        Status s = sink_->write(c.file, at, piece);
-        if (!s.is_ok()) return fail(c.file, c.index, s);
-        at += piece.size();
-      }
+      Status s = sink_->write(c.file, c.offset, data);
+      if (!s.is_ok()) return fail(c.file, c.index, s);
     }
-    done_bytes_.fetch_add(c.n_bytes, std::memory_order_relaxed);
+    done_bytes_.fetch_add(data.size(), std::memory_order_relaxed);
     if (remaining_[c.file].fetch_sub(1) == 1) close(c.file);
   }
-
   void close(std::size_t file) {
     if (sink_ == nullptr) return;
     Status s = sink_->close_file(file);
@@ -163,8 +151,6 @@ class ProgressThrottle {
 Status read_payload(TarReader& tar, std::span<const std::uint8_t> archive, const VerifiedBundle& vb,
                     PayloadCheck& check, TaskPool& pool, ExtractSink* sink, ProgressThrottle& progress) {
   const Manifest& m = vb.manifest;
-  const std::uint8_t* base = archive.data();
-  const std::uint8_t* end = archive.data() + archive.size();
   TarEntry e;
   for (std::size_t i = 0; i < m.files.size(); ++i) {
     const ManifestFile& f = m.files[i];
@@ -185,38 +171,22 @@ Status read_payload(TarReader& tar, std::span<const std::uint8_t> archive, const
       check.close(i);
       continue;
     }
-    Chunk cur;
-    cur.file = i;
-    auto submit = [&] {
-      std::uint64_t next_offset = cur.offset + cur.n_bytes;
-      std::uint64_t next_index = cur.index + 1;
-      pool.submit([&check, c = std::move(cur)] { check.hash(c); });
-      cur = Chunk{};
-      cur.file = i;
-      cur.index = next_index;
-      cur.offset = next_offset;
-    };
-    Status s = tar.read_data([&](const std::uint8_t* p, std::size_t n) -> Status {
-      if (check.failed()) return verification_failed("stopped");  // the worker's error is reported
-      std::shared_ptr<const std::vector<std::uint8_t>> copy;
-      if (p < base || p + n > end) {  // not inside the mapping: keep a copy alive for the workers
-        copy = std::make_shared<const std::vector<std::uint8_t>>(p, p + n);
-        p = copy->data();
-      }
-      while (n > 0) {
-        std::size_t take = static_cast<std::size_t>(std::min<std::uint64_t>(n, m.chunk_size - cur.n_bytes));
-        cur.pieces.emplace_back(p, take);
-        if (copy) cur.owned.push_back(copy);
-        cur.n_bytes += take;
-        p += take;
-        n -= take;
-        if (cur.n_bytes == m.chunk_size) submit();
-      }
+    // The entry's data is hashed in place; libarchive only skips it.
+    Result<std::uint64_t> at = tar.data_offset();
+    if (!at.is_ok()) return at.status().with_context("file '" + f.path + "'");
+    const std::span<const std::uint8_t> data = archive.subspan(static_cast<std::size_t>(*at),
+                                                               static_cast<std::size_t>(f.size));
+    for (std::uint64_t c = 0; c < f.chunk_sha256.size(); ++c) {
+      if (check.failed()) break;  // the worker's error is reported
+      const std::uint64_t off = c * m.chunk_size;
+      Chunk chunk{i, c, off, data.subspan(static_cast<std::size_t>(off),
+                                          static_cast<std::size_t>(std::min<std::uint64_t>(m.chunk_size, f.size - off)))};
+      pool.submit([&check, chunk] { check.hash(chunk); });  // blocks while the queue is full
       progress.maybe(check.done_bytes());
-      return Status::ok();
-    });
+    }
+    if (check.failed()) return Status::ok();
+    Status s = tar.skip_data();
     if (!s.is_ok()) return s.with_context("file '" + f.path + "'");
-    if (cur.n_bytes > 0) submit();
   }
   AIRLOCK_ASSIGN_OR_RETURN(bool extra, tar.next(&e));
   if (extra) return verification_failed("extra entry '" + printable_name(e.name) + "' is not in the manifest");
@@ -268,7 +238,8 @@ Result<VerifiedBundle> check_signed_manifest(std::string manifest_bytes, std::st
 Result<VerifiedBundle> verify_bundle(std::span<const std::uint8_t> archive, const TrustStore& trust,
                                      const VerifyOptions& options, ExtractSink* sink) {
   if (archive.empty()) return verification_failed("empty file: not a bundle");
-  if (std::string_view kind = compression_magic(archive); !kind.empty())
+  AIRLOCK_ASSIGN_OR_RETURN(std::string_view kind, compression_magic(archive));
+  if (!kind.empty())
     return verification_failed(std::string(kind) + " data: bundles are plain tar and are never decompressed");
   TarReader tar(archive);
   std::string manifest_bytes, signature_text;
@@ -309,8 +280,10 @@ InspectedBundle inspect_bundle(std::span<const std::uint8_t> archive) {
     out.archive_status = verification_failed("empty file: not a bundle");
     return out;
   }
-  if (std::string_view kind = compression_magic(archive); !kind.empty()) {
-    out.archive_status = verification_failed(std::string(kind) + " data: bundles are plain tar");
+  Result<std::string_view> kind = compression_magic(archive);
+  if (!kind.is_ok() || !kind->empty()) {
+    out.archive_status = kind.is_ok() ? verification_failed(std::string(*kind) + " data: bundles are plain tar")
+                                      : kind.status();
     return out;
   }
   TarReader tar(archive);

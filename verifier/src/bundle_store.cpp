@@ -21,6 +21,7 @@
 #include <sqlite3.h>
 
 #include "airlock/verifier/sha256.h"
+#include "guarded_read.h"
 #include "task_pool.h"
 
 namespace airlock::verifier {
@@ -574,9 +575,12 @@ Result<VerifiedBundle> BundleStore::check_installed(const ImportRecord& record, 
           const std::uint64_t off = c * m.chunk_size;
           const std::uint64_t len = std::min<std::uint64_t>(m.chunk_size, file.size - off);
           std::span<const std::uint8_t> piece(static_cast<const std::uint8_t*>(mapping.get()) + off, len);
-          if (sha256(piece) != file.chunk_sha256[c]) {
+          Result<Sha256Digest> digest = sha256_guarded(piece, "'" + file.path + "'");
+          if (!digest.is_ok() || *digest != file.chunk_sha256[c]) {
             std::lock_guard<std::mutex> lock(mu);
-            if (first_bad.empty()) first_bad = "file '" + file.path + "' chunk " + std::to_string(c) + " does not match its SHA-256";
+            if (first_bad.empty())
+              first_bad = digest.is_ok() ? "file '" + file.path + "' chunk " + std::to_string(c) + " does not match its SHA-256"
+                                         : digest.status().message();
           }
         });
       }

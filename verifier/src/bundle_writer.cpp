@@ -11,9 +11,11 @@
 #include <chrono>
 #include <ctime>
 #include <memory>
+#include <mutex>
 
 #include "airlock/verifier/gguf_facts.h"
 #include "airlock/verifier/mapped_file.h"
+#include "guarded_read.h"
 #include "task_pool.h"
 
 namespace airlock::verifier {
@@ -170,6 +172,19 @@ Result<VerifiedBundle> create_bundle(const std::vector<BundleInput>& inputs, con
     last_report = now;
     options.progress(done, total);
   };
+  // A source file that shrinks while it is hashed (see guarded_read.h).
+  struct FirstError {
+    std::mutex mu;
+    Status status;
+    void record(const Status& s) {
+      std::lock_guard<std::mutex> lock(mu);
+      if (status.is_ok()) status = s;
+    }
+    Status first() {
+      std::lock_guard<std::mutex> lock(mu);
+      return status;
+    }
+  } shrank;
   {
     TaskPool pool(options.n_threads);
     for (std::size_t i = 0; i < m.files.size(); ++i) {
@@ -177,12 +192,19 @@ Result<VerifiedBundle> create_bundle(const std::vector<BundleInput>& inputs, con
       std::span<const std::uint8_t> data = sources[i].bytes();
       // The whole-file hash is inherently serial: start it first so it runs
       // beside the chunk hashes instead of after them.
-      pool.submit([&f, data] { f.sha256 = sha256(data); });
+      const std::string& source = inputs[i].source_path;
+      pool.submit([&f, &shrank, &source, data] {
+        Result<Sha256Digest> d = sha256_guarded(data, source);
+        if (d.is_ok()) f.sha256 = *d;
+        else shrank.record(d.status());
+      });
       for (std::uint64_t c = 0; c < f.chunk_sha256.size(); ++c) {
         std::uint64_t off = c * m.chunk_size;
         std::span<const std::uint8_t> piece = data.subspan(off, std::min<std::uint64_t>(m.chunk_size, f.size - off));
-        pool.submit([&f, &hashed, piece, c] {
-          f.chunk_sha256[c] = sha256(piece);
+        pool.submit([&f, &hashed, &shrank, &source, piece, c] {
+          Result<Sha256Digest> d = sha256_guarded(piece, source);
+          if (d.is_ok()) f.chunk_sha256[c] = *d;
+          else shrank.record(d.status());
           hashed.fetch_add(piece.size(), std::memory_order_relaxed);
         });
         report(hashed.load(), false);
@@ -190,6 +212,7 @@ Result<VerifiedBundle> create_bundle(const std::vector<BundleInput>& inputs, con
     }
     AIRLOCK_RETURN_IF_ERROR(pool.wait());
   }
+  AIRLOCK_RETURN_IF_ERROR(shrank.first());
 
   VerifiedBundle vb;
   vb.manifest_bytes = serialize_manifest(m);

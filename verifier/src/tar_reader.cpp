@@ -7,6 +7,8 @@
 #include <cctype>
 #include <cstring>
 
+#include "guarded_read.h"
+
 namespace airlock::verifier {
 namespace {
 
@@ -24,20 +26,23 @@ std::string printable_name(std::string_view name) {
   return out;
 }
 
-std::string_view compression_magic(std::span<const std::uint8_t> h) {
+Result<std::string_view> compression_magic(std::span<const std::uint8_t> archive) {
+  std::uint8_t head[8] = {};
+  const std::span<const std::uint8_t> h(head, std::min(archive.size(), sizeof head));
+  if (!copy_guarded(head, archive.data(), h.size())) return file_shrank("bundle");
   auto starts = [&](std::initializer_list<std::uint8_t> magic) {
     if (h.size() < magic.size()) return false;
     return std::equal(magic.begin(), magic.end(), h.begin());
   };
-  if (starts({0x1f, 0x8b})) return "gzip";
-  if (starts({0x1f, 0x9d}) || starts({0x1f, 0xa0})) return "compress";
-  if (starts({'B', 'Z', 'h'})) return "bzip2";
-  if (starts({0xfd, '7', 'z', 'X', 'Z', 0x00})) return "xz";
-  if (starts({0x28, 0xb5, 0x2f, 0xfd})) return "zstd";
-  if (starts({0x04, 0x22, 0x4d, 0x18})) return "lz4";
-  if (starts({0x5d, 0x00, 0x00})) return "lzma";
-  if (starts({'P', 'K', 0x03, 0x04})) return "zip";
-  return {};
+  if (starts({0x1f, 0x8b})) return std::string_view("gzip");
+  if (starts({0x1f, 0x9d}) || starts({0x1f, 0xa0})) return std::string_view("compress");
+  if (starts({'B', 'Z', 'h'})) return std::string_view("bzip2");
+  if (starts({0xfd, '7', 'z', 'X', 'Z', 0x00})) return std::string_view("xz");
+  if (starts({0x28, 0xb5, 0x2f, 0xfd})) return std::string_view("zstd");
+  if (starts({0x04, 0x22, 0x4d, 0x18})) return std::string_view("lz4");
+  if (starts({0x5d, 0x00, 0x00})) return std::string_view("lzma");
+  if (starts({'P', 'K', 0x03, 0x04})) return std::string_view("zip");
+  return std::string_view();
 }
 
 TarReader::TarReader(std::span<const std::uint8_t> archive_bytes) : bytes_(archive_bytes) {
@@ -47,10 +52,42 @@ TarReader::TarReader(std::span<const std::uint8_t> archive_bytes) : bytes_(archi
     return;
   }
   archive_read_support_format_tar(ar_);
-  // archive_read_open_memory hands libarchive the whole span as one block, so
-  // archive_read_data_block returns pointers into it: no copy of the payload.
-  if (archive_read_open_memory(ar_, bytes_.data(), bytes_.size()) != ARCHIVE_OK)
-    open_status_ = verification_failed("not a tar archive: " + archive_message(ar_));
+  archive_read_set_read_callback(ar_, &TarReader::read_callback);
+  archive_read_set_skip_callback(ar_, &TarReader::skip_callback);
+  archive_read_set_callback_data(ar_, this);
+  if (archive_read_open1(ar_) != ARCHIVE_OK) open_status_ = archive_error("not a tar archive");
+}
+
+// Hands libarchive the next block as a copy. Headers and small entries are
+// all it reads; payload data is skipped (skip_callback) and hashed in place.
+la_ssize_t TarReader::read_callback(::archive* a, void* self, const void** block) {
+  constexpr std::size_t kBlockBytes = 64 * 1024;
+  auto* r = static_cast<TarReader*>(self);
+  const std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(kBlockBytes, r->bytes_.size() - r->position_));
+  *block = nullptr;
+  if (n == 0) return 0;
+  r->block_.resize(kBlockBytes);
+  if (!copy_guarded(r->block_.data(), r->bytes_.data() + r->position_, n)) {
+    r->shrank_ = true;
+    archive_set_error(a, EIO, "the file became shorter while it was being read");
+    return ARCHIVE_FATAL;
+  }
+  r->position_ += n;
+  *block = r->block_.data();
+  return static_cast<la_ssize_t>(n);
+}
+
+la_int64_t TarReader::skip_callback(::archive*, void* self, la_int64_t request) {
+  auto* r = static_cast<TarReader*>(self);
+  if (request <= 0) return 0;
+  const std::uint64_t n = std::min<std::uint64_t>(static_cast<std::uint64_t>(request), r->bytes_.size() - r->position_);
+  r->position_ += n;
+  return static_cast<la_int64_t>(n);
+}
+
+Status TarReader::archive_error(std::string_view what) {
+  if (shrank_) return file_shrank("bundle");
+  return verification_failed(std::string(what) + ": " + archive_message(ar_));
 }
 
 TarReader::~TarReader() {
@@ -65,7 +102,7 @@ Result<bool> TarReader::next(TarEntry* entry) {
     AIRLOCK_RETURN_IF_ERROR(check_end());
     return false;
   }
-  if (rc != ARCHIVE_OK) return verification_failed("damaged or truncated tar archive: " + archive_message(ar_));
+  if (rc != ARCHIVE_OK) return archive_error("damaged or truncated tar archive");
   const char* name = archive_entry_pathname(e);
   entry->name = name != nullptr ? std::string(name) : std::string();
   entry->size = archive_entry_size_is_set(e) && archive_entry_size(e) >= 0
@@ -96,11 +133,15 @@ Status TarReader::check_end() {
   if (consumed < 0 || static_cast<std::uint64_t>(consumed) > bytes_.size())
     return verification_failed("tar archive: cannot locate the end-of-archive marker");
   const std::span<const std::uint8_t> rest = bytes_.subspan(static_cast<std::size_t>(consumed));
-  const auto nonzero = std::find_if(rest.begin(), rest.end(), [](std::uint8_t b) { return b != 0; });
-  if (nonzero != rest.end())
+  std::size_t nonzero = 0;
+  auto scan = [&] {
+    nonzero = static_cast<std::size_t>(
+        std::find_if(rest.begin(), rest.end(), [](std::uint8_t b) { return b != 0; }) - rest.begin());
+  };
+  if (!read_guarded(scan)) return file_shrank("bundle");
+  if (nonzero != rest.size())
     return verification_failed("data after the end of the tar archive (offset " +
-                               std::to_string(static_cast<std::size_t>(consumed) +
-                                              static_cast<std::size_t>(nonzero - rest.begin())) +
+                               std::to_string(static_cast<std::size_t>(consumed) + nonzero) +
                                "); only zero padding may follow");
   return Status::ok();
 }
@@ -113,7 +154,7 @@ Status TarReader::read_data(const std::function<Status(const std::uint8_t*, std:
     la_int64_t offset = 0;
     int rc = archive_read_data_block(ar_, &block, &n, &offset);
     if (rc == ARCHIVE_EOF) break;
-    if (rc != ARCHIVE_OK) return verification_failed("damaged or truncated tar archive: " + archive_message(ar_));
+    if (rc != ARCHIVE_OK) return archive_error("damaged or truncated tar archive");
     if (offset < 0 || static_cast<std::uint64_t>(offset) != expected_offset)
       return verification_failed("entry data has a hole (sparse data is refused)");
     if (n > current_size_ - expected_offset) return verification_failed("entry data longer than its header says");
@@ -123,6 +164,24 @@ Status TarReader::read_data(const std::function<Status(const std::uint8_t*, std:
   if (expected_offset != current_size_)
     return verification_failed("archive ended inside an entry (" + std::to_string(expected_offset) + " of " +
                                std::to_string(current_size_) + " bytes)");
+  return Status::ok();
+}
+
+Result<std::uint64_t> TarReader::data_offset() {
+  // The client-level filter's position is what the tar reader has consumed:
+  // every header of the entry, and none of its data yet.
+  const la_int64_t at = archive_filter_bytes(ar_, -1);
+  if (at < 0 || static_cast<std::uint64_t>(at) > bytes_.size())
+    return verification_failed("truncated tar archive: cannot locate the entry's data");
+  const std::uint64_t present = bytes_.size() - static_cast<std::uint64_t>(at);
+  if (current_size_ > present)
+    return verification_failed("truncated tar archive: it ends inside the entry (" + std::to_string(present) + " of " +
+                               std::to_string(current_size_) + " bytes present)");
+  return static_cast<std::uint64_t>(at);
+}
+
+Status TarReader::skip_data() {
+  if (archive_read_data_skip(ar_) != ARCHIVE_OK) return archive_error("damaged or truncated tar archive");
   return Status::ok();
 }
 

@@ -1,5 +1,11 @@
-// Reads an uncompressed tar archive held in memory, through libarchive.
-// Internal to the verifier. Only the tar family is enabled (ustar, pax, GNU):
+// Reads an uncompressed tar archive held in memory (a file mapping), through
+// libarchive. Internal to the verifier.
+//
+// libarchive never reads the mapping itself: it gets the bytes it parses
+// (headers, small entries) as copies made by a guarded read
+// (guarded_read.h), and skips the data of large entries, which callers hash
+// in place at data_offset(). A mapping that shrinks while it is read fails
+// with kIoError instead of ending the process with SIGBUS. Only the tar family is enabled (ustar, pax, GNU):
 // no decompression filter and no other format is ever attempted, so a
 // compressed or foreign file fails at the first header.
 //
@@ -10,10 +16,11 @@
 #include <functional>
 #include <span>
 #include <string>
+#include <vector>
+
+#include <archive.h>
 
 #include "airlock/common/status.h"
-
-struct archive;
 
 namespace airlock::verifier {
 
@@ -44,10 +51,24 @@ class TarReader {
   // (checked from the header before reading).
   Status read_small(std::string* out, std::uint64_t max_bytes);
 
+  // Where the current entry's data starts in the archive (call right after
+  // next(), before reading any of it). Its `size` bytes lie inside the
+  // archive, or kVerificationFailed says the archive ends inside the entry.
+  Result<std::uint64_t> data_offset();
+
+  // Moves past the current entry's data without reading it.
+  Status skip_data();
+
  private:
+  static la_ssize_t read_callback(::archive* a, void* self, const void** block);
+  static la_int64_t skip_callback(::archive* a, void* self, la_int64_t request);
   Status check_end();
+  Status archive_error(std::string_view what);
 
   std::span<const std::uint8_t> bytes_;
+  std::uint64_t position_ = 0;       // next byte handed to libarchive
+  std::vector<std::uint8_t> block_;  // what libarchive reads: a copy of the mapping
+  bool shrank_ = false;              // a guarded copy faulted
   ::archive* ar_ = nullptr;
   std::uint64_t current_size_ = 0;
   Status open_status_;
@@ -57,8 +78,9 @@ class TarReader {
 // names are cut.
 std::string printable_name(std::string_view name);
 
-// Names a compression format from its magic bytes, or returns empty.
-std::string_view compression_magic(std::span<const std::uint8_t> head);
+// Names a compression format from the archive's magic bytes, or returns
+// empty. Reads the mapping guarded: kIoError if it shrank.
+Result<std::string_view> compression_magic(std::span<const std::uint8_t> archive);
 
 // kVerificationFailed unless the entry is a plain regular file.
 Status require_regular_file(const TarEntry& entry);

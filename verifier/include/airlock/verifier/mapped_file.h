@@ -1,9 +1,11 @@
 // A read-only memory mapping of a whole regular file.
 //
-// Bundles are verified straight from the mapping: libarchive parses the tar
-// headers in place and the hashing threads read file data without a copy.
-// The file must not be truncated while mapped (the kernel would deliver
-// SIGBUS); copy bundles off removable media before verifying them.
+// Bundles are verified straight from the mapping: the hashing threads read
+// file data without a copy. A file that becomes shorter while mapped makes
+// reads past its new end raise SIGBUS; the verifier reads mappings only
+// through guarded reads that turn this into kIoError (verifier/src/
+// guarded_read.h). Other readers of bytes() must do the same or accept the
+// risk.
 //
 // Errors from open(): kNotFound, kInvalidArgument (not a regular file),
 // kIoError. An empty file maps to an empty span.
