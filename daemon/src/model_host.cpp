@@ -1,6 +1,7 @@
 #include "model_host.h"
 
 #include <algorithm>
+#include <set>
 #include <thread>
 
 #include "airlock/common/log.h"
@@ -156,6 +157,19 @@ Result<ChosenBundle> choose_bundle(const Config& config) {
   if (chosen == nullptr)
     return not_found(config.model.empty() ? "no bundle has been imported into " + config.store
                                           : "bundle '" + config.model + "' has not been imported into " + config.store);
+  if (config.model.empty()) {
+    // The rollback record is kept per bundle name: with no name pinned, an
+    // older bundle imported under a new name is what gets served. Say so
+    // whenever that choice exists.
+    std::set<std::string> names;
+    for (const ImportRecord& r : imports) names.insert(r.name);
+    if (names.size() > 1)
+      airlock::log().warn(
+          "model is empty: serving '{}', the most recent import of the {} bundle names in the store. Rollback "
+          "protection is per name, so an older bundle imported under another name would be served; set model = "
+          "\"{}\" to pin the name",
+          chosen->name, names.size(), chosen->name);
+  }
   airlock::log().info("checking bundle {} version {} ({})", chosen->name, chosen->version,
                    config.verify_full ? "signature, sizes and every chunk" : "signature and sizes");
   AIRLOCK_ASSIGN_OR_RETURN(VerifiedBundle vb, store.check_installed(*chosen, trust, config.verify_full,

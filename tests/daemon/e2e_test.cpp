@@ -106,18 +106,18 @@ struct Enclave {
     EXPECT_EQ(run({AIRLOCK_CLI_PATH, "keys", "create", "--name", "tester", "--state", dir / "state"}, &out), 0);
     api_key = out.substr(0, out.find_last_not_of("\n") + 1);
   }
-  int make_bundle(int version) {
-    std::vector<std::string> argv = {AIRLOCK_CLI_PATH, "bundle", "create", "--key", dir / "signer.key", "--name", "stories",
+  int make_bundle(int version, const std::string& name = "stories") {
+    std::vector<std::string> argv = {AIRLOCK_CLI_PATH, "bundle", "create", "--key", dir / "signer.key", "--name", name,
                                      "--version", std::to_string(version), "--llm", llm, "--out",
-                                     dir / ("stories-" + std::to_string(version) + ".airlock"), "--quiet"};
+                                     dir / (name + "-" + std::to_string(version) + ".airlock"), "--quiet"};
     if (!embedding.empty()) {
       argv.push_back("--embedding");
       argv.push_back(embedding);
     }
     return run(argv);
   }
-  int import(int version) {
-    return run({AIRLOCK_CLI_PATH, "bundle", "import", dir / ("stories-" + std::to_string(version) + ".airlock"),
+  int import(int version, const std::string& name = "stories") {
+    return run({AIRLOCK_CLI_PATH, "bundle", "import", dir / (name + "-" + std::to_string(version) + ".airlock"),
                 "--store", dir / "store", "--trusted", dir / "trusted", "--quiet"});
   }
   std::string new_key(const std::string& name) {
@@ -1170,6 +1170,36 @@ TEST(DaemonLifecycle, DeviceCudaIsRefusedWithoutAGpu) {
   ASSERT_GT(cpu->port, 0) << cpu->log();
   EXPECT_NE(cpu->log().find("device = \"cpu\": cpu ("), std::string::npos) << cpu->log();
   EXPECT_EQ(cpu->stop(), 0);
+}
+
+// model = "" serves the most recent import of any name. Rollback records
+// are per name, so an older bundle imported under a second name is served:
+// the daemon says so in its log whenever the store holds more than one name,
+// and a pinned name serves that name without the warning.
+TEST(DaemonLifecycle, AnEmptyModelServesTheLatestImportAndWarnsWithTwoNames) {
+  Enclave e;
+  auto served = [](Daemon& d) { return json::parse(d.client().Get("/v1/models")->body)["data"][0]["id"].get<std::string>(); };
+  const std::string warning = "Rollback protection is per name";
+  auto one = Daemon::start(e);
+  ASSERT_GT(one->port, 0) << one->log();
+  EXPECT_EQ(served(*one), "stories");
+  EXPECT_EQ(one->log().find(warning), std::string::npos) << one->log();
+  EXPECT_EQ(one->stop(), 0);
+
+  ASSERT_EQ(e.make_bundle(1, "other-name"), 0);
+  ASSERT_EQ(e.import(1, "other-name"), 0);
+  auto two = Daemon::start(e);
+  ASSERT_GT(two->port, 0) << two->log();
+  EXPECT_EQ(served(*two), "other-name");
+  EXPECT_NE(two->log().find(warning), std::string::npos) << two->log();
+  EXPECT_NE(two->log().find("set model = \"other-name\""), std::string::npos) << two->log();
+  EXPECT_EQ(two->stop(), 0);
+
+  auto pinned = Daemon::start(e, "model = \"stories\"\n");
+  ASSERT_GT(pinned->port, 0) << pinned->log();
+  EXPECT_EQ(served(*pinned), "stories");
+  EXPECT_EQ(pinned->log().find(warning), std::string::npos) << pinned->log();
+  EXPECT_EQ(pinned->stop(), 0);
 }
 
 // tensor_parallel = 2 on the CPU: two ranks as threads, each holding half
