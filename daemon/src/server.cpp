@@ -422,21 +422,56 @@ struct Server::Impl {
     // A message's other strings (name, tool call names and arguments,
     // reasoning) are printed by some templates too, and are not located:
     // control-token text in them is refused outright.
+    // Every node is visited once; a node's path (for the error message) is
+    // rebuilt from its parents only when it is refused, so a long key under
+    // a large array costs nothing per element.
+    struct Node {
+      const ojson* v;
+      std::size_t parent;  // index into `nodes`; npos for a message's own field
+      std::string_view key;  // for object members
+      std::size_t index;     // for array elements
+      bool is_index;
+    };
+    constexpr std::size_t kTop = std::string::npos;
+    auto cut = [](std::string_view key) {
+      return key.size() <= 64 ? std::string(key) : std::string(key.substr(0, 64)) + "...";
+    };
+    auto path_of = [&cut](const std::vector<Node>& nodes, std::size_t at) {
+      std::vector<std::string> parts;
+      for (; at != kTop; at = nodes[at].parent) {
+        const Node& n = nodes[at];
+        parts.push_back(n.is_index ? "[" + std::to_string(n.index) + "]" : (n.parent != kTop ? "." : "") + cut(n.key));
+      }
+      std::string out;
+      for (auto it = parts.rbegin(); it != parts.rend(); ++it) out += *it;
+      return out;
+    };
     for (std::size_t i = 0; i < in.messages.size(); ++i) {
       if (!in.messages[i].is_object()) continue;
-      std::vector<std::pair<const ojson*, std::string>> stack;
+      std::vector<Node> nodes;
+      std::vector<std::size_t> stack;
       for (auto it = in.messages[i].begin(); it != in.messages[i].end(); ++it)
-        if (it.key() != "content" && it.key() != "role") stack.emplace_back(&it.value(), it.key());
+        if (it.key() != "content" && it.key() != "role") {
+          nodes.push_back({&it.value(), kTop, it.key(), 0, false});
+          stack.push_back(nodes.size() - 1);
+        }
       while (!stack.empty()) {
-        const auto [v, where] = stack.back();
+        const std::size_t at = stack.back();
         stack.pop_back();
+        const ojson* v = nodes[at].v;
         if (v->is_string() && has_control_text(v->get_ref<const std::string&>()))
-          return invalid_argument("messages[" + std::to_string(i) + "]." + where +
+          return invalid_argument("messages[" + std::to_string(i) + "]." + path_of(nodes, at) +
                                   " holds control-token text (a turn marker such as this model's special tokens)");
         if (v->is_object())
-          for (auto it = v->begin(); it != v->end(); ++it) stack.emplace_back(&it.value(), where + "." + it.key());
+          for (auto it = v->begin(); it != v->end(); ++it) {
+            nodes.push_back({&it.value(), at, it.key(), 0, false});
+            stack.push_back(nodes.size() - 1);
+          }
         if (v->is_array())
-          for (std::size_t k = 0; k < v->size(); ++k) stack.emplace_back(&(*v)[k], where + "[" + std::to_string(k) + "]");
+          for (std::size_t k = 0; k < v->size(); ++k) {
+            nodes.push_back({&(*v)[k], at, std::string_view(), k, true});
+            stack.push_back(nodes.size() - 1);
+          }
       }
     }
     bool any = false;

@@ -1811,6 +1811,20 @@ TEST(DaemonLifecycle, MessagesCannotForgeTurnsWithControlTokens) {
   ASSERT_TRUE(refused);
   EXPECT_EQ(refused->status, 400) << refused->body;
   EXPECT_NE(refused->body.find("messages[1].tool_calls[0].function.arguments"), std::string::npos) << refused->body;
+  // A 1 MiB key over 20,000 array items, the last holding control-token
+  // text: the search kept a copy of the path (the key) per item, 20 GB.
+  // The path is built for the refused item only, with the key cut.
+  json items = json::array();
+  for (int k = 0; k < 20000; ++k) items.push_back(0);
+  items.push_back(forged);
+  json wide_msg = {{"role", "user"}, {"content", "hi"}};
+  wide_msg[std::string(1 << 20, 'k')] = items;
+  auto wide = d->post("/v1/chat/completions", {{"model", "stories"}, {"messages", json::array({wide_msg})}, {"max_tokens", 1}});
+  ASSERT_TRUE(wide);
+  EXPECT_EQ(wide->status, 400) << wide->body.substr(0, 300);
+  EXPECT_NE(wide->body.find("messages[0]." + std::string(64, 'k') + "...[20000] holds control-token text"),
+            std::string::npos) << wide->body.substr(0, 300);
+  EXPECT_LT(wide->body.size(), 1000u);
   EXPECT_EQ(d->stop(), 0);
 }
 
