@@ -89,7 +89,37 @@ bool valid_utf8(std::string_view s) {
   return true;
 }
 
+// The running render's budget, charged by the free helpers below whose work
+// grows with their input (string decoding, repr, equality, tojson) and which
+// would otherwise cost one step however large the value: a list holding one
+// 100,000-item list 100,000 times is 20 MB, but 10^10 items to print or
+// compare. A helper that runs out stops early with a partial result; the
+// renderer sees `exceeded` at its next step and fails the render, so a
+// partial result is never used. None outside a render.
+struct WorkBudget {
+  std::size_t* steps = nullptr;
+  std::size_t max_steps = 0;
+  std::size_t max_bytes = 0;  // longest string a helper may build
+  bool exceeded = false;
+};
+thread_local WorkBudget* t_work = nullptr;
+
+// Charges n units; false once the budget is spent.
+bool work(std::size_t n) {
+  if (t_work == nullptr) return true;
+  *t_work->steps += n;
+  if (*t_work->steps > t_work->max_steps) t_work->exceeded = true;
+  return !t_work->exceeded;
+}
+// False (and the budget spent) once a string being built passes max_bytes.
+bool length_ok(std::size_t n_bytes) {
+  if (t_work == nullptr || n_bytes <= t_work->max_bytes) return true;
+  t_work->exceeded = true;
+  return false;
+}
+
 std::u32string to_u32(std::string_view s) {
+  work(s.size() / 64);
   std::u32string r;
   r.reserve(s.size());
   for (std::size_t i = 0; i < s.size();) r.push_back(next_cp(s, &i));
@@ -437,7 +467,10 @@ std::string repr(const Value& v) {
     case Type::kString: return py_repr_str(v.s());
     case Type::kList: {
       std::string out = v.tuple ? "(" : "[";
-      for (std::size_t k = 0; k < v.list->size(); ++k) out += (k ? ", " : "") + repr((*v.list)[k]);
+      for (std::size_t k = 0; k < v.list->size(); ++k) {
+        if (!work(1) || !length_ok(out.size())) return out;
+        out += (k ? ", " : "") + repr((*v.list)[k]);
+      }
       if (v.tuple && v.list->size() == 1) out += ",";
       return out + (v.tuple ? ")" : "]");
     }
@@ -445,6 +478,7 @@ std::string repr(const Value& v) {
       std::string out = "{";
       bool first = true;
       for (const auto& [k, x] : v.dict->entries) {
+        if (!work(1) || !length_ok(out.size())) return out;
         out += (first ? "" : ", ") + py_repr_str(k) + ": " + repr(x);
         first = false;
       }
@@ -457,6 +491,7 @@ std::string repr(const Value& v) {
 }
 
 bool equal(const Value& a, const Value& b) {
+  if (!work(1)) return false;
   if (a.numeric() && b.numeric()) {
     if (a.is(Type::kFloat) || b.is(Type::kFloat)) return a.as_double() == b.as_double();
     return a.as_int() == b.as_int();
@@ -522,6 +557,7 @@ void json_string(std::string_view s, bool ensure_ascii, std::string* out) {
 
 // Returns the name of the first type json.dumps cannot serialize, or "".
 std::string to_json(const Value& v, const JsonStyle& st, int level, std::string* out) {
+  if (!work(1) || !length_ok(out->size())) return "";
   auto newline = [&](int lvl) {
     if (!st.indent) return;
     out->push_back('\n');
@@ -1581,6 +1617,13 @@ class Renderer {
   Renderer& operator=(const Renderer&) = delete;
 
   Result<std::string> run() {
+    WorkBudget budget{&steps_, lim_.max_steps, lim_.max_output_bytes, false};
+    struct Install {
+      WorkBudget* previous;
+      explicit Install(WorkBudget* b) : previous(t_work) { t_work = b; }
+      ~Install() { t_work = previous; }
+    } install(&budget);
+    work_ = &budget;
     frames_.emplace_back();  // globals
     AIRLOCK_RETURN_IF_ERROR(init_globals());
     frames_.emplace_back();  // the template's own variables
@@ -1600,7 +1643,8 @@ class Renderer {
   }
   Status step(std::size_t n = 1) {
     steps_ += n;
-    if (steps_ > lim_.max_steps) return resource_exhausted("chat template: step limit exceeded");
+    if (steps_ > lim_.max_steps || (work_ != nullptr && work_->exceeded))
+      return resource_exhausted("chat template: step limit exceeded");
     return Status::ok();
   }
   Status charge(std::size_t n_bytes) {
@@ -1665,7 +1709,11 @@ class Renderer {
       case nlohmann::ordered_json::value_t::number_float: return floating(j.get<double>());
       case nlohmann::ordered_json::value_t::string: return make_string(j.get<std::string>());
       case nlohmann::ordered_json::value_t::array: {
+        // Refused before any element is converted: a request body of
+        // 4 million zeros would otherwise build a list of that many values.
+        if (j.size() > lim_.max_list_items) return resource_exhausted("chat template input: list too long");
         List items;
+        items.reserve(j.size());
         for (const auto& x : j) {
           AIRLOCK_ASSIGN_OR_RETURN(Value v, from_json(x, depth + 1));
           items.push_back(std::move(v));
@@ -1673,6 +1721,7 @@ class Renderer {
         return make_list(std::move(items));
       }
       case nlohmann::ordered_json::value_t::object: {
+        if (j.size() > lim_.max_list_items) return resource_exhausted("chat template input: object too large");
         Dict d;
         for (auto it = j.begin(); it != j.end(); ++it) {
           AIRLOCK_ASSIGN_OR_RETURN(Value v, from_json(it.value(), depth + 1));
@@ -1798,7 +1847,9 @@ class Renderer {
   Result<List> iterate(const Value& v, int line) {
     switch (v.type) {
       case Type::kUndefined: return List{};
-      case Type::kList: return *v.list;
+      case Type::kList:
+        AIRLOCK_RETURN_IF_ERROR(step(v.list->size()));  // a copy of every item
+        return *v.list;
       case Type::kDict: {
         List keys;
         for (const auto& kv : v.dict->entries) keys.push_back(string_value(kv.first));
@@ -2261,6 +2312,7 @@ class Renderer {
       const std::size_t cap = seq.is(Type::kString) ? lim_.max_output_bytes : lim_.max_list_items;
       if (unit != 0 && static_cast<std::uint64_t>(times) > cap / unit)
         return resource_exhausted("chat template: repeated sequence too long");
+      if (unit == 0) return seq.is(Type::kString) ? make_string(std::string()) : make_list(List(), seq.tuple);
       if (seq.is(Type::kString)) {
         std::string out;
         for (std::int64_t k = 0; k < times; ++k) out += seq.s();
@@ -2600,7 +2652,10 @@ class Renderer {
   }
 
   Result<Value> apply_filter(const std::string& name, const Value& v, const Args& a, int line) {
-    AIRLOCK_RETURN_IF_ERROR(step());
+    // map('map', 'map', ...) recurses here once per argument.
+    Depth filter_depth(&depth_);
+    AIRLOCK_RETURN_IF_ERROR(check_depth());
+    AIRLOCK_RETURN_IF_ERROR(step(1 + a.pos.size()));
     auto str_arg = [&](const std::optional<Value>& p, const char* what) -> Result<std::string> {
       if (!p) return std::string();
       if (!p->is(Type::kString)) return error(line, name + "(): " + what + " must be a string");
@@ -2812,6 +2867,7 @@ class Renderer {
       }
       if (a.pos.empty() || !a.pos[0].is(Type::kString)) return error(line, "map() needs a filter name or attribute=");
       Args rest;
+      AIRLOCK_RETURN_IF_ERROR(charge((a.pos.size() - 1) * sizeof(Value)));
       rest.pos.assign(a.pos.begin() + 1, a.pos.end());
       for (const Value& item : items) {
         AIRLOCK_ASSIGN_OR_RETURN(Value x, apply_filter(a.pos[0].s(), item, rest, line));
@@ -3016,6 +3072,7 @@ class Renderer {
   std::size_t scope_base_ = 0;
   std::string* out_ = nullptr;
   std::size_t steps_ = 0, alloc_ = 0;
+  WorkBudget* work_ = nullptr;  // run()'s, while it runs
   int depth_ = 0;
   Flow flow_ = Flow::kNormal;
 };

@@ -297,6 +297,44 @@ TEST(ChatTemplateHostile, OutputAndMemoryBombsAreBounded) {
   EXPECT_TRUE(render("{{ 'x' * 16 }}", {}, small).is_ok());
 }
 
+// Work that one step used to hide: values shared many times over (20 MB of
+// lists holding 10^10 items to print or compare), filters recursing through
+// their own arguments, repeating an empty sequence 2^63 times, and request
+// messages holding millions of array items. Each must end in a limit, fast.
+TEST(ChatTemplateHostile, SharedValuesAndRecursiveFiltersAreBounded) {
+  const std::string shared = "{% set a = [0] * 100000 %}{% set b = [a] * 100000 %}";
+  expect_limit(render(shared + "{{ b }}"), "printing a shared list");
+  expect_limit(render(shared + "{{ b == b }}"), "comparing a shared list");
+  expect_limit(render(shared + "{{ b | tojson }}"), "tojson of a shared list");
+  expect_limit(render(shared + "{{ b | string | length }}"), "string of a shared list");
+  expect_limit(render(shared + "{{ b | join(',') | length }}"), "join of a shared list");
+  expect_limit(render("{% set big = range(100000) | list %}{% for i in big %}{% set x = big | first %}{% endfor %}"),
+               "copying a list once per iteration");
+  std::string maps = "{{ 'a' | map(";
+  for (int k = 0; k < 20000; ++k) maps += "'map', ";
+  expect_limit(render(maps + "'upper') | list }}"), "map recursing through its arguments");
+
+  auto empty = render("[{{ '' * 9223372036854775807 }}][{{ [] * 1000000000000000000 }}]");
+  ASSERT_TRUE(empty.is_ok()) << empty.status().to_string();
+  EXPECT_EQ(*empty, "[][[]]");  // as Python: an empty sequence repeated is empty
+}
+
+TEST(ChatTemplateHostile, HugeArraysInMessagesAreRefusedBeforeConversion) {
+  ordered_json zeros = ordered_json::array();
+  for (int k = 0; k < 200000; ++k) zeros.push_back(0);
+  ordered_json msg = {{"role", "user"}, {"content", "hi"}, {"junk", zeros}};
+  auto refused = render("{{ messages | length }}", {{"messages", ordered_json::array({msg})}});
+  expect_limit(refused, "200,000 zeros");
+  // Refused while reading the input, before the items were converted (a
+  // list refused only once built cost ~100 bytes per item first).
+  EXPECT_NE(refused.status().message().find("chat template input: list too long"), std::string::npos)
+      << refused.status().message();
+  msg["junk"] = ordered_json::array({1, 2, 3});
+  auto fine = render("{{ messages | length }}", {{"messages", ordered_json::array({msg})}});
+  ASSERT_TRUE(fine.is_ok()) << fine.status().to_string();
+  EXPECT_EQ(*fine, "1");
+}
+
 TEST(ChatTemplateHostile, CyclicNamespaceDoesNotHang) {
   auto out = render("{% set ns = namespace() %}{% set ns.self = ns %}{{ ns }}{{ ns == ns }}{{ [ns] == [ns] }}");
   ASSERT_TRUE(out.is_ok()) << out.status().to_string();
