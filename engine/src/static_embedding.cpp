@@ -35,7 +35,7 @@ Result<nlohmann::json> parse_hf_tokenizer_json(std::string_view text) {
 
 Result<TokenizerSpec> wordpiece_spec_from_hf_json(std::string_view text) {
   AIRLOCK_ASSIGN_OR_RETURN(nlohmann::json j, parse_hf_tokenizer_json(text));
-  return wordpiece_spec(j);
+  return catching_json("tokenizer.json", [&] { return wordpiece_spec(j); });
 }
 
 Result<TokenizerSpec> wordpiece_spec(const nlohmann::json& j) {
@@ -78,7 +78,10 @@ Result<TokenizerSpec> wordpiece_spec(const nlohmann::json& j) {
     auto u = m["vocab"].find(m["unk_token"].get<std::string>());
     if (u != m["vocab"].end()) s.unk = u.value().get<std::int32_t>();
   }
-  s.max_word_chars = m.value("max_input_chars_per_word", 100);
+  // At most 1,000: the longest-match search costs a word's length times the
+  // longest token, per word (Hugging Face's default and every model seen: 100).
+  s.max_word_chars = std::min<std::size_t>(m.value("max_input_chars_per_word", std::size_t{100}), 1000);
+  if (s.max_word_chars == 0) s.max_word_chars = 100;
   return s;
 }
 
@@ -86,12 +89,16 @@ Result<TokenizerSpec> spec_from_hf_json(std::string_view text) {
   // Parsed once (tokenizer.json files are up to a few MB) and dispatched.
   AIRLOCK_ASSIGN_OR_RETURN(nlohmann::json j, parse_hf_tokenizer_json(text));
   const std::string type = j["model"]["type"].get<std::string>();
-  if (type == "WordPiece") return wordpiece_spec(j);
-  if (type == "Unigram") return unigram_spec(j);
+  if (type == "WordPiece") return catching_json("tokenizer.json", [&] { return wordpiece_spec(j); });
+  if (type == "Unigram") return catching_json("tokenizer.json", [&] { return unigram_spec(j); });
   return invalid_argument("tokenizer.json: model type '" + type + "' is not supported (WordPiece, Unigram)");
 }
 
 Result<std::unique_ptr<StaticEmbedding>> StaticEmbedding::load(const std::string& dir) {
+  return catching_json(dir, [&] { return load_checked(dir); });
+}
+
+Result<std::unique_ptr<StaticEmbedding>> StaticEmbedding::load_checked(const std::string& dir) {
   std::unique_ptr<StaticEmbedding> e(new StaticEmbedding());
   AIRLOCK_ASSIGN_OR_RETURN(std::string config_text, slurp(dir + "/config.json", 1 << 20));
   const nlohmann::json config = nlohmann::json::parse(config_text, nullptr, /*allow_exceptions=*/false);

@@ -237,6 +237,11 @@ Result<std::unique_ptr<Tokenizer>> Tokenizer::from_gguf(const GgufFile& f) {
     if (f.find("tokenizer.ggml.eos_token_id") == nullptr)
       s.eos = f.find("tokenizer.ggml.seperator_token_id") ? id("tokenizer.ggml.seperator_token_id")
                                                           : id("tokenizer.ggml.separator_token_id");
+    // Hugging Face's BertTokenizer turns a word of more than 100 characters
+    // into [UNK] (max_input_chars_per_word; GGUF does not carry it). It also
+    // bounds the longest-match search, which costs the word's length times
+    // the longest token for each word.
+    s.max_word_chars = 100;
   }
   AIRLOCK_RETURN_IF_ERROR(bad_id);
   if (s.model == "llama" && s.tokens.size() > 2) {

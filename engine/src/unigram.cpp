@@ -468,7 +468,7 @@ Status read_pre_tokenizer(const nlohmann::json& j, TokenizerSpec* s) {
 
 Result<TokenizerSpec> unigram_spec_from_hf_json(std::string_view text) {
   AIRLOCK_ASSIGN_OR_RETURN(nlohmann::json j, parse_hf_tokenizer_json(text));
-  return unigram_spec(j);
+  return catching_json("tokenizer.json", [&] { return unigram_spec(j); });
 }
 
 Result<TokenizerSpec> unigram_spec(const nlohmann::json& j) {

@@ -2,6 +2,7 @@
 // in ../shared/models reproduce their reference vectors; hostile files are
 // refused.
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <cmath>
 #include <cstring>
@@ -51,6 +52,23 @@ TEST(StaticEmbeddingTest, Float32FixtureReproducesTheReference) {
   // The reference sums 512 rows in f32; this sums in double: 1e-5 apart.
   EXPECT_LT(max_abs_diff(longer, reference("embeddings_long.json")), 1e-5) << longer[0] << " " << longer[1];
   EXPECT_EQ((*m)->embed(""), std::vector<float>(2, 0.0f));
+}
+
+// A config.json value of the wrong type is refused at load (it used to
+// throw out of load() and end the daemon).
+TEST(StaticEmbeddingTest, WrongTypesInConfigAreRefused) {
+  if (fixtures().empty() || !std::filesystem::exists(fixtures() + "/test-model-float32"))
+    GTEST_SKIP() << "model2vec fixtures not found (set AIRLOCK_MODELS_DIR to ../shared/models)";
+  const std::filesystem::path dir = std::filesystem::temp_directory_path() /
+                                    ("airlock-m2v-" + std::to_string(::getpid()));
+  std::filesystem::remove_all(dir);
+  std::filesystem::copy(fixtures() + "/test-model-float32", dir, std::filesystem::copy_options::recursive);
+  std::ofstream(dir / "config.json", std::ios::trunc) << R"({"normalize":"yes"})";
+  auto m = StaticEmbedding::load(dir.string());
+  std::filesystem::remove_all(dir);
+  ASSERT_FALSE(m.is_ok());
+  EXPECT_EQ(m.status().code(), StatusCode::kVerificationFailed) << m.status().to_string();
+  EXPECT_NE(m.status().message().find("wrong type"), std::string::npos) << m.status().message();
 }
 
 TEST(StaticEmbeddingTest, VocabQuantizedUnigramFixtureReproducesTheReference) {
@@ -206,6 +224,13 @@ TEST(UnigramTest, HostileTokenizerJsonIsRefused) {
       {R"({"model":{"type":"BPE","vocab":{}}})", StatusCode::kInvalidArgument, "BPE"},
       {R"({"model":{"type":"Unigram"}})", StatusCode::kVerificationFailed, "vocab"},
       {"[", StatusCode::kVerificationFailed, "JSON"},
+      // A value of the wrong type where the reader asks for a default
+      // (nlohmann's value() throws): refused, not an exception.
+      {R"({"normalizer":{"type":1,"lowercase":true},"model":{"type":"WordPiece","vocab":{"a":0}}})", StatusCode::kVerificationFailed, "wrong type"},
+      {R"({"normalizer":{"type":"BertNormalizer","lowercase":"yes"},"model":{"type":"WordPiece","vocab":{"a":0}}})", StatusCode::kVerificationFailed, "wrong type"},
+      {R"({"normalizer":{"type":"BertNormalizer","lowercase":true},"model":{"type":"WordPiece","vocab":{"a":0},"continuing_subword_prefix":5}})", StatusCode::kVerificationFailed, "wrong type"},
+      {R"({"normalizer":{"type":"BertNormalizer","lowercase":true},"model":{"type":"WordPiece","vocab":{"a":0},"max_input_chars_per_word":"x"}})", StatusCode::kVerificationFailed, "wrong type"},
+      {R"({"normalizer":{"type":"BertNormalizer","lowercase":true},"added_tokens":[{"id":0,"content":"a","special":"y"}],"model":{"type":"WordPiece","vocab":{"a":0}}})", StatusCode::kVerificationFailed, "wrong type"},
   };
   for (const Case& c : cases) {
     Result<std::unique_ptr<Tokenizer>> t = invalid_argument("unset");

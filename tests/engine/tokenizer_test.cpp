@@ -114,6 +114,14 @@ TEST_P(GgufVocabTest, ReproducesLlamaCppVectors) {
     EXPECT_EQ((*tok)->token_bytes(ids.front(), true), "[CLS]");
     EXPECT_EQ((*tok)->token_bytes(ids.back(), true), "[SEP]");
     EXPECT_EQ((*tok)->token_bytes(ids[1]) + (*tok)->token_bytes(ids[2]), " hello world");
+    // A word of more than 100 characters is [UNK], as in Hugging Face's
+    // BertTokenizer (max_input_chars_per_word); 100 are still split.
+    const std::vector<std::int32_t> long_ids = (*tok)->encode(std::string(101, 'a'), false, false);
+    ASSERT_EQ(long_ids.size(), 1u);
+    EXPECT_EQ((*tok)->token_bytes(long_ids[0], true), "[UNK]");
+    const std::vector<std::int32_t> hundred = (*tok)->encode(std::string(100, 'a'), false, false);
+    EXPECT_GT(hundred.size(), 1u);
+    for (std::int32_t id : hundred) EXPECT_NE((*tok)->token_bytes(id, true), "[UNK]");
   }
   // Random bytes (mostly invalid UTF-8) and a long word without spaces: ids
   // stay in range, the text comes back, and the encoder stays fast (a

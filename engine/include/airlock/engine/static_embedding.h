@@ -45,6 +45,7 @@ class StaticEmbedding final : public Embedder {
 
  private:
   StaticEmbedding() = default;
+  static Result<std::unique_ptr<StaticEmbedding>> load_checked(const std::string& dir);  // may throw json errors
   std::unique_ptr<SafetensorsFile> file_;
   std::unique_ptr<Tokenizer> tokenizer_;
   std::vector<float> rows_;           // [n_rows, dim]

@@ -78,7 +78,7 @@ struct TokenizerSpec {
   std::int32_t bos = -1, eos = -1, unk = -1, eot = -1;
   bool add_bos = false, add_eos = false;
   bool add_space_prefix = true;      // SentencePiece only
-  std::size_t max_word_chars = 0;    // WordPiece: longer words are [UNK] (Hugging Face: 100; 0: no limit, as llama.cpp)
+  std::size_t max_word_chars = 0;    // WordPiece: longer words are [UNK] (Hugging Face: 100, also set for GGUF BERT; 0: no limit)
 
   // Unigram only. unk may be -1: unknown characters are then dropped (the
   // Hugging Face library fails the whole encoding instead).
