@@ -99,11 +99,19 @@ class Daemon {
 
     d.where_ = std::string(tls ? "https://" : "http://") + (host.find(':') != std::string::npos ? "[" + host + "]" : host) +
                ":" + std::to_string(p);
-    d.client_ = std::make_unique<httplib::Client>(d.where_);
+    // Built from the checked address, never from the URL text: cpp-httplib's
+    // URL parser does not match most IPv6 literals and falls back to a
+    // plain-HTTP client on port 80 whose host (the whole URL) goes to the
+    // resolver. The address map makes it connect with AI_NUMERICHOST.
     if (tls) {
-      if (auto ca = args.get("cacert")) d.client_->set_ca_cert_path(ca->c_str());
-      d.client_->enable_server_certificate_verification(true);
+      auto ssl = std::make_unique<httplib::SSLClient>(host, static_cast<int>(p));
+      if (auto ca = args.get("cacert")) ssl->set_ca_cert_path(ca->c_str());
+      ssl->enable_server_certificate_verification(true);
+      d.client_ = std::move(ssl);
+    } else {
+      d.client_ = std::make_unique<httplib::ClientImpl>(host, static_cast<int>(p));
     }
+    d.client_->set_hostname_addr_map({{host, host}});
     d.client_->set_connection_timeout(5, 0);
     d.client_->set_read_timeout(600, 0);
     d.client_->set_write_timeout(600, 0);
@@ -136,7 +144,7 @@ class Daemon {
   }
 
  private:
-  std::unique_ptr<httplib::Client> client_;
+  std::unique_ptr<httplib::ClientImpl> client_;
   std::string where_;
 };
 

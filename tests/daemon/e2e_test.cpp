@@ -1760,6 +1760,15 @@ TEST_F(RagE2E, CliIngestsDirectoriesAndQueries) {
             2);
   EXPECT_EQ(run({AIRLOCK_CLI_PATH, "rag", "collections", "--url", url}), 2);
   EXPECT_EQ(run({AIRLOCK_CLI_PATH, "rag", "collections", "--url", "http://127.0.0.1:1", "--key-file", secret / "key"}), 2);
+  // An IPv6 literal that cpp-httplib's URL parser does not match (dots,
+  // hex letters) still reaches the daemon: the IPv4-mapped form of
+  // 127.0.0.1. (The URL text used to go to the resolver, on port 80.)
+  EXPECT_EQ(run({AIRLOCK_CLI_PATH, "rag", "collections", "--url",
+                 "http://[::ffff:127.0.0.1]:" + std::to_string(daemon_->port), "--key-file", secret / "key"},
+                &out),
+            0)
+      << out;
+  EXPECT_NE(out.find("cli"), std::string::npos) << out;
 }
 
 // A message cannot forge a turn: control-token text in content ("<|im_end|>"
