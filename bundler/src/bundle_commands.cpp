@@ -23,20 +23,12 @@
 #include "airlock/verifier/trust_store.h"
 #include "args.h"
 #include "progress.h"
+#include "terminal.h"
 
 namespace airlock::bundler {
 namespace {
 
 using namespace airlock::verifier;
-
-// Unverified text for a terminal: control bytes (escape sequences, carriage
-// returns that would overwrite the line) become '?'; UTF-8 passes.
-std::string terminal_safe(std::string_view text) {
-  std::string out(text);
-  for (char& c : out)
-    if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) c = '?';
-  return out;
-}
 
 int fail(const Status& s) {
   std::fprintf(stderr, "airlock: %s\n", s.to_string().c_str());
@@ -125,13 +117,19 @@ Status write_file_exclusive(const std::string& path, const std::string& data, mo
     ssize_t n = ::write(fd, data.data() + done, data.size() - done);
     if (n < 0 && errno == EINTR) continue;
     if (n <= 0) {
-      int e = errno;
+      int e = n == 0 ? EIO : errno;
       ::close(fd);
+      ::unlink(path.c_str());  // a partial key would block every later keygen
       return io_error("write " + path, e);
     }
     done += static_cast<std::size_t>(n);
   }
-  if (::fsync(fd) != 0 || ::close(fd) != 0) return io_error("write " + path, errno);
+  int err = ::fsync(fd) != 0 ? errno : 0;
+  if (::close(fd) != 0 && err == 0) err = errno;
+  if (err != 0) {
+    ::unlink(path.c_str());
+    return io_error("write " + path, err);
+  }
   return Status::ok();
 }
 
@@ -404,7 +402,7 @@ int cmd_inspect(const std::vector<std::string>& argv) {
   if (!ib.archive_status.is_ok()) std::printf("archive error: %s\n", ib.archive_status.message().c_str());
   if (ib.signature)
     std::printf("signed by:   key %s\ncomment:     %s\n", ib.signature->key_id.to_string().c_str(),
-                terminal_safe(ib.signature->trusted_comment).c_str());
+                shown(ib.signature->trusted_comment).c_str());
   else
     std::printf("signature:   unreadable (%s)\n", ib.signature_status.message().c_str());
   if (ib.manifest) {
@@ -462,7 +460,7 @@ int cmd_list(const std::vector<std::string>& argv) {
   auto args = Args::parse(argv, {"store"}, {});
   if (!args.is_ok()) return usage_error(args.status().message());
   if (!args->get("store") || !args->positional().empty()) return usage_error("usage: airlock bundle list --store DIR");
-  Result<BundleStore> store = BundleStore::open(*args->get("store"));
+  Result<BundleStore> store = BundleStore::open(*args->get("store"), BundleStore::Access::kReadOnly);
   if (!store.is_ok()) return fail(store.status());
   Result<std::vector<ImportRecord>> rows = store->list_imports();
   if (!rows.is_ok()) return fail(rows.status());

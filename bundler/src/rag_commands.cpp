@@ -148,8 +148,10 @@ class Daemon {
   std::string where_;
 };
 
+// The message can carry the daemon's text (an error body): shown() keeps
+// its escape sequences off the terminal.
 int fail(const Status& s) {
-  std::fprintf(stderr, "airlock: %s\n", s.to_string().c_str());
+  std::fprintf(stderr, "airlock: %s\n", shown(s.to_string()).c_str());
   return 2;
 }
 
