@@ -7,7 +7,9 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <csignal>
 #include <cstdlib>
+#include <functional>
 #include <fstream>
 #include <string>
 #include <vector>
@@ -28,8 +30,9 @@ struct RunResult {
   std::string err;
 };
 
+// `during`, if given, runs with the child's pid while it runs.
 RunResult run(const std::vector<std::string>& argv, const std::vector<std::string>& extra_env = {},
-              const std::string& work_dir = "/tmp") {
+              const std::string& work_dir = "/tmp", const std::function<void(pid_t)>& during = nullptr) {
   TempDir io;
   std::string out_path = io / "out", err_path = io / "err";
   std::vector<std::string> env_store;
@@ -55,6 +58,7 @@ RunResult run(const std::vector<std::string>& argv, const std::vector<std::strin
     return r;
   }
   posix_spawn_file_actions_destroy(&fa);
+  if (during) during(pid);
   int status = 0;
   waitpid(pid, &status, 0);
   if (WIFEXITED(status)) r.exit_code = WEXITSTATUS(status);
@@ -161,6 +165,10 @@ TEST_F(CliTest, CreateVerifyInspectImportList) {
   RunResult l = airlock({"bundle", "list", "--store", dir / "store"});
   EXPECT_EQ(l.exit_code, 0);
   EXPECT_NE(l.out.find("demo"), std::string::npos);
+  // list reads: a mistyped store is an error, and nothing is created there.
+  RunResult typo = airlock({"bundle", "list", "--store", dir / "stroe"});
+  EXPECT_EQ(typo.exit_code, 2);
+  EXPECT_FALSE(testing::exists(dir / "stroe"));
 
   // verify --store checks "not older" against the store's record.
   RunResult vs = airlock({"bundle", "verify", dir / "demo-1.airlock", "--trusted", dir / "trusted", "--store",
@@ -180,6 +188,58 @@ TEST_F(CliTest, CreateVerifyInspectImportList) {
   EXPECT_EQ(again.exit_code, 1);
   EXPECT_NE(again.err.find("rollback"), std::string::npos) << again.err;
 }
+
+// inspect prints the signature's trusted comment before anything is
+// verified: C1 controls (CSI as U+009B) and bidirectional overrides in it
+// must not reach the terminal.
+TEST_F(CliTest, InspectKeepsControlsInTheUnverifiedCommentOffTheTerminal) {
+  const verifier::SecretKey key = testing::test_key(2);
+  testing::BundleSpec spec;
+  spec.files = {{"model.gguf", "weights"}};
+  const std::string manifest = verifier::serialize_manifest(testing::manifest_for(spec, key));
+  std::string sig = testing::sign_manifest(key, manifest);
+  const std::size_t at = sig.find("trusted comment: ");
+  ASSERT_NE(at, std::string::npos);
+  sig.replace(at, sig.find('\n', at) - at, "trusted comment: evil \xC2\x9B" "31m red \xE2\x80\xAE" "txt.exe");
+  testing::write_file(dir / "evil.airlock",
+                      testing::build_tar({{"manifest.json", manifest}, {"manifest.json.minisig", sig},
+                                          {"model.gguf", "weights"}}));
+  RunResult i = airlock({"bundle", "inspect", dir / "evil.airlock"});
+  EXPECT_EQ(i.exit_code, 0) << i.err;
+  EXPECT_NE(i.out.find("evil"), std::string::npos) << i.out;  // the comment is printed
+  EXPECT_EQ(i.out.find("\xC2\x9B"), std::string::npos) << i.out;
+  EXPECT_EQ(i.out.find("\xE2\x80\xAE"), std::string::npos) << i.out;
+}
+
+#if defined(AIRLOCK_TEST_HOOKS)
+// SIGTERM (or Ctrl-C) while create writes: the partial file beside the
+// output is removed, nothing appears under the final name, and the process
+// still ends by the signal. The test hook holds the write open for 10 s.
+TEST_F(CliTest, InterruptedCreateLeavesNoPartialFile) {
+  auto leftovers = [&] {
+    std::vector<std::string> found;
+    for (const std::string& p : testing::list_tree(dir.path()))
+      if (p.rfind("cut.airlock", 0) == 0) found.push_back(p);
+    return found;
+  };
+  bool sent = false;
+  RunResult r = run({AIRLOCK_CLI_PATH, "bundle", "create", "--key", dir / "signer.key", "--name", "demo", "--version",
+                     "1", "--file", "other=" + dir / "weights.bin", "--out", dir / "cut.airlock", "--quiet"},
+                    {"AIRLOCK_TEST_CREATE_PAUSE_MS=10000"}, "/tmp", [&](pid_t pid) {
+                      for (int i = 0; i < 2000 && !sent; ++i) {
+                        if (!leftovers().empty()) {
+                          ::kill(pid, SIGTERM);
+                          sent = true;
+                        } else {
+                          ::usleep(5000);
+                        }
+                      }
+                    });
+  ASSERT_TRUE(sent) << "the partial output never appeared";
+  EXPECT_EQ(r.signal, SIGTERM) << r.err;
+  EXPECT_TRUE(leftovers().empty()) << leftovers()[0];
+}
+#endif
 
 TEST_F(CliTest, ExitCodesForTamperedMissingAndUsage) {
   ASSERT_EQ(create("1", dir / "b.airlock").exit_code, 0);

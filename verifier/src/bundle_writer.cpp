@@ -3,15 +3,21 @@
 #include <archive.h>
 #include <archive_entry.h>
 #include <fcntl.h>
+#include <limits.h>
+#include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <cerrno>
 #include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
 #include <ctime>
 #include <memory>
 #include <mutex>
+#include <thread>
 
 #include "airlock/verifier/gguf_facts.h"
 #include "airlock/verifier/mapped_file.h"
@@ -23,12 +29,72 @@ namespace {
 
 constexpr std::size_t kWriteBlock = 1 << 20;
 
+// Partial outputs are removed when the process is interrupted while writing
+// them (Ctrl-C during a multi-GB write to a transfer medium would otherwise
+// leave a .partial file there). A fixed table, so the handler needs no
+// allocation or lock: it unlinks what is registered, restores the signal's
+// previous disposition and raises the signal again. Signals that were
+// ignored when the first output opened (nohup) are left alone.
+constexpr int kMaxPartials = 16;
+char g_partial_paths[kMaxPartials][PATH_MAX];
+std::atomic<bool> g_partial_used[kMaxPartials];     // the path is complete; the handler may read it
+std::atomic<bool> g_partial_claimed[kMaxPartials];  // the slot is taken
+constexpr int kCleanupSignals[] = {SIGINT, SIGTERM, SIGHUP};
+struct sigaction g_previous_action[3];
+
+void remove_partials_and_reraise(int sig) {
+  for (int i = 0; i < kMaxPartials; ++i)
+    if (g_partial_used[i].load()) ::unlink(g_partial_paths[i]);
+  for (int k = 0; k < 3; ++k)
+    if (kCleanupSignals[k] == sig) ::sigaction(sig, &g_previous_action[k], nullptr);
+  ::raise(sig);  // delivered when the handler returns, to the previous disposition
+}
+
+void install_cleanup_handlers_once() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    for (int k = 0; k < 3; ++k) {
+      struct sigaction current {};
+      if (::sigaction(kCleanupSignals[k], nullptr, &current) != 0 || current.sa_handler == SIG_IGN) continue;
+      struct sigaction sa {};
+      sa.sa_handler = remove_partials_and_reraise;
+      sigemptyset(&sa.sa_mask);
+      ::sigaction(kCleanupSignals[k], &sa, &g_previous_action[k]);
+    }
+  });
+}
+
+// A slot in the table for `path`, or -1 (table full or path too long: the
+// output is then just not cleaned up on a signal).
+int register_partial(const std::string& path) {
+  if (path.size() >= PATH_MAX) return -1;
+  install_cleanup_handlers_once();
+  for (int i = 0; i < kMaxPartials; ++i) {
+    bool expected = false;
+    if (!g_partial_claimed[i].compare_exchange_strong(expected, true)) continue;
+    std::memcpy(g_partial_paths[i], path.c_str(), path.size() + 1);
+    g_partial_used[i].store(true);
+    return i;
+  }
+  return -1;
+}
+
+// Test hook: AIRLOCK_TEST_CREATE_PAUSE_MS sleeps once the partial output
+// exists, so a test can interrupt the write. Only with AIRLOCK_TEST_HOOKS.
+void test_pause_after_open() {
+#if defined(AIRLOCK_TEST_HOOKS)
+  if (const char* v = std::getenv("AIRLOCK_TEST_CREATE_PAUSE_MS"))
+    std::this_thread::sleep_for(std::chrono::milliseconds(std::strtoul(v, nullptr, 10)));
+#endif
+}
+
 // Owns the temporary output until it is renamed into place.
 class TempOutput {
  public:
   ~TempOutput() {
     if (fd_ >= 0) ::close(fd_);
     if (!path_.empty()) ::unlink(path_.c_str());
+    release();
   }
   Status open(const std::string& final_path) {
     path_ = final_path + ".partial-XXXXXX";
@@ -39,6 +105,8 @@ class TempOutput {
       return io_error("cannot create a temporary file beside " + final_path, e);
     }
     ::fchmod(fd_, 0644);
+    slot_ = register_partial(path_);
+    test_pause_after_open();
     return Status::ok();
   }
   int fd() const { return fd_; }
@@ -49,13 +117,23 @@ class TempOutput {
       return io_error("close " + path_, errno);
     }
     fd_ = -1;
-    // link() refuses to replace an existing file, unlike rename().
-    if (::link(path_.c_str(), final_path.c_str()) != 0) {
+    // Never replaces an existing file, unlike rename(). RENAME_NOREPLACE
+    // works on the media bundles travel on (vfat, exFAT), where link() fails
+    // with EPERM; link() is the fallback for file systems without it.
+    if (::renameat2(AT_FDCWD, path_.c_str(), AT_FDCWD, final_path.c_str(), RENAME_NOREPLACE) == 0) {
+      release();
+      path_.clear();
+    } else {
       if (errno == EEXIST) return already_exists(final_path + " already exists");
-      return io_error("cannot create " + final_path, errno);
+      if (errno != EINVAL && errno != ENOSYS && errno != ENOTSUP) return io_error("cannot create " + final_path, errno);
+      if (::link(path_.c_str(), final_path.c_str()) != 0) {
+        if (errno == EEXIST) return already_exists(final_path + " already exists");
+        return io_error("cannot create " + final_path, errno);
+      }
+      ::unlink(path_.c_str());
+      release();
+      path_.clear();
     }
-    ::unlink(path_.c_str());
-    path_.clear();
     const std::size_t slash = final_path.rfind('/');
     const std::string dir = slash == std::string::npos ? std::string(".")
                             : slash == 0                ? std::string("/")
@@ -69,8 +147,16 @@ class TempOutput {
   }
 
  private:
+  void release() {
+    if (slot_ < 0) return;
+    g_partial_used[slot_].store(false);  // first: the handler no longer reads the path
+    g_partial_claimed[slot_].store(false);
+    slot_ = -1;
+  }
+
   std::string path_;
   int fd_ = -1;
+  int slot_ = -1;
 };
 
 class TarWriter {

@@ -3,8 +3,12 @@
 // create_bundle() hashes every input (whole file and every chunk, in
 // parallel), reads GGUF facts for model roles, builds and signs the manifest,
 // and writes the tar to a temporary file beside `out_path` that is fsynced
-// and renamed into place only when complete: a crash never leaves a
-// half-written bundle under the final name.
+// and renamed into place only when complete (renameat2 RENAME_NOREPLACE,
+// which vfat and exFAT transfer media support; link() where it is missing):
+// a crash never leaves a half-written bundle under the final name. While the
+// temporary file exists, SIGINT, SIGTERM and SIGHUP (those not ignored when
+// the first bundle is written) remove it and then take their previous
+// action; the handlers stay installed for the life of the process.
 //
 // Errors: kInvalidArgument for bad options or inputs (named), kNotFound for a
 // missing input, kAlreadyExists when out_path exists, kIoError for the OS.
