@@ -107,6 +107,13 @@ in_chroot apt-get install -y -q -o Dpkg::Options::=--force-confold airlock > "$w
 [ "$(in_chroot dpkg-query -W -f '${Version}' airlock)" = "${ver%-*}-99" ] || fail "not upgraded"
 grep -q "edited by the operator" "$chroot_dir/etc/airlock/airlockd.toml" || fail "configuration lost on upgrade"
 [ -L "$chroot_dir/etc/systemd/system/multi-user.target.wants/airlockd.service" ] || fail "disabled by the upgrade"
+# An operator's disable survives an upgrade (reinstalling the same version
+# runs postinst configure with the old version, as an upgrade does).
+in_chroot systemctl disable airlockd.service 2>/dev/null
+in_chroot apt-get install -y -q --reinstall -o Dpkg::Options::=--force-confold airlock > "$work/reinstall.log" 2>&1 || {
+  cat "$work/reinstall.log"; fail "reinstall"; }
+[ ! -e "$chroot_dir/etc/systemd/system/multi-user.target.wants/airlockd.service" ] || fail "re-enabled by an upgrade"
+in_chroot systemctl enable airlockd.service 2>/dev/null
 
 step "remove keeps /var/lib/airlock and the configuration; purge removes them"
 echo "keep me" > "$chroot_dir/var/lib/airlock/bundles/marker"
