@@ -433,14 +433,19 @@ struct Server::Impl {
       bool is_index;
     };
     constexpr std::size_t kTop = std::string::npos;
-    auto cut = [](std::string_view key) {
-      return key.size() <= 64 ? std::string(key) : std::string(key.substr(0, 64)) + "...";
-    };
-    auto path_of = [&cut](const std::vector<Node>& nodes, std::size_t at) {
-      std::vector<std::string> parts;
+    auto path_of = [](const std::vector<Node>& nodes, std::size_t at) {
+      std::vector<std::string> parts;  // innermost first
       for (; at != kTop; at = nodes[at].parent) {
         const Node& n = nodes[at];
-        parts.push_back(n.is_index ? "[" + std::to_string(n.index) + "]" : (n.parent != kTop ? "." : "") + cut(n.key));
+        std::string part;
+        if (n.is_index) {
+          part.append(1, '[').append(std::to_string(n.index)).append(1, ']');
+        } else {
+          if (n.parent != kTop) part.append(1, '.');
+          part.append(n.key.substr(0, 64));  // keys can be megabytes long
+          if (n.key.size() > 64) part.append("...");
+        }
+        parts.push_back(std::move(part));
       }
       std::string out;
       for (auto it = parts.rbegin(); it != parts.rend(); ++it) out += *it;
