@@ -29,6 +29,7 @@
 // re-hash) the bundle every few seconds. A missing bundle, or a file that
 // cannot be opened or mapped, exits 1 and is retried.
 #include <signal.h>
+#include <sys/prctl.h>
 #include <unistd.h>
 #include <systemd/sd-daemon.h>
 
@@ -43,6 +44,7 @@
 
 #include "airlock/common/log.h"
 #include "airlock/common/version.h"
+#include "airlock/rag/extract.h"
 #include "airlock/statedb/state_db.h"
 #include "config.h"
 #include "model_host.h"
@@ -229,8 +231,14 @@ int main(int argc, char** argv) {
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
   ::signal(SIGPIPE, SIG_IGN);
 
+  // Not dumpable: another process of the same user (an exploited PDF
+  // extractor, say) cannot ptrace airlockd or read /proc/PID/mem for the
+  // bearer keys and TLS private key in memory, and no core file holds them.
+  if (::prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0) log().warn("prctl(PR_SET_DUMPABLE, 0) failed: {}", std::strerror(errno));
+
   if (config.node_rank > 0) return run_follower(config, signals);
   log().info("airlockd {} starting", kVersion);
+  if (config.rag.enabled) log().info("PDF extraction sandbox: {}", rag::pdf_sandbox_summary());
   Result<state::StateDb> db = state::StateDb::open(config.state);
   if (!db.is_ok()) {
     log().error("state: {}", db.status().to_string());

@@ -1,11 +1,19 @@
 #include "pdf_sandbox.h"
 
+#include "airlock/rag/extract.h"
+
 #include <fcntl.h>
+#include <linux/filter.h>
+#include <linux/landlock.h>
 #include <poll.h>
+#include <seccomp.h>
 #include <pthread.h>
 #include <signal.h>
 #include <sys/prctl.h>
+#include <sys/mman.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -14,6 +22,7 @@
 #include <algorithm>
 #include <cstring>
 #include <ctime>
+#include <vector>
 
 #include "text_builder.h"
 
@@ -122,6 +131,139 @@ class SigpipeBlock {
   bool was_pending_ = false;
 };
 
+// ---- the child's confinement beyond rlimits
+
+// System calls the extractor never needs and an exploit would: any socket
+// (no network, no local services), tracing and reading other processes'
+// memory (airlockd's keys), kernel attack surface (bpf, userfaultfd,
+// io_uring, perf, keyrings), and namespace or mount changes. Each fails with
+// EPERM. libseccomp allocates, so the program is built once in the parent
+// and only installed in the child.
+struct SeccompProgram {
+  std::vector<sock_filter> code;
+  std::string error;  // why there is none
+};
+
+const SeccompProgram& child_seccomp() {
+  static const SeccompProgram program = [] {
+    SeccompProgram p;
+    scmp_filter_ctx ctx = seccomp_init(SCMP_ACT_ALLOW);  // other architectures' calls: killed (libseccomp's default)
+    if (ctx == nullptr) {
+      p.error = "seccomp_init failed";
+      return p;
+    }
+    const int denied[] = {
+        SCMP_SYS(socket), SCMP_SYS(socketpair), SCMP_SYS(connect), SCMP_SYS(bind), SCMP_SYS(listen),
+        SCMP_SYS(accept), SCMP_SYS(accept4), SCMP_SYS(ptrace), SCMP_SYS(process_vm_readv),
+        SCMP_SYS(process_vm_writev), SCMP_SYS(kcmp), SCMP_SYS(pidfd_getfd), SCMP_SYS(perf_event_open),
+        SCMP_SYS(bpf), SCMP_SYS(userfaultfd), SCMP_SYS(io_uring_setup), SCMP_SYS(io_uring_enter),
+        SCMP_SYS(io_uring_register), SCMP_SYS(keyctl), SCMP_SYS(add_key), SCMP_SYS(request_key), SCMP_SYS(mount),
+        SCMP_SYS(umount2), SCMP_SYS(unshare), SCMP_SYS(setns), SCMP_SYS(pivot_root), SCMP_SYS(chroot),
+        SCMP_SYS(open_by_handle_at), SCMP_SYS(name_to_handle_at), SCMP_SYS(init_module), SCMP_SYS(finit_module),
+        SCMP_SYS(kexec_load), SCMP_SYS(personality), SCMP_SYS(execveat)};
+    for (int nr : denied) {
+      if (nr < 0) continue;  // not a call on this architecture
+      if (seccomp_rule_add(ctx, SCMP_ACT_ERRNO(EPERM), nr, 0) != 0) {
+        p.error = "seccomp_rule_add failed for call " + std::to_string(nr);
+        seccomp_release(ctx);
+        return p;
+      }
+    }
+    const int fd = ::memfd_create("airlock-seccomp", MFD_CLOEXEC);
+    if (fd < 0 || seccomp_export_bpf(ctx, fd) != 0) {
+      p.error = "cannot export the seccomp program";
+    } else {
+      const off_t n = ::lseek(fd, 0, SEEK_END);
+      p.code.resize(static_cast<std::size_t>(n > 0 ? n : 0) / sizeof(sock_filter));
+      if (n <= 0 || ::pread(fd, p.code.data(), p.code.size() * sizeof(sock_filter), 0) != n) {
+        p.code.clear();
+        p.error = "cannot read the seccomp program back";
+      }
+    }
+    if (fd >= 0) ::close(fd);
+    seccomp_release(ctx);
+    return p;
+  }();
+  return program;
+}
+
+// Landlock (Linux 5.13+): the child may read and execute under /usr (the
+// program, its libraries, locale and poppler data) and read a few files in
+// /etc and /dev; nothing else, and it may write nothing: not airlockd's
+// state, rag.db, the audit log or /etc/airlock. With ABI 4 TCP is denied
+// too, with ABI 6 signals to processes outside the sandbox (airlockd).
+// Where the kernel or the service's system call filter lacks Landlock, the
+// child runs without it (landlock_abi() says so for the log).
+constexpr std::uint64_t kFsRead = LANDLOCK_ACCESS_FS_READ_FILE | LANDLOCK_ACCESS_FS_READ_DIR;
+constexpr std::uint64_t kFsExec = LANDLOCK_ACCESS_FS_EXECUTE;
+constexpr std::uint64_t kFsFileRights = LANDLOCK_ACCESS_FS_EXECUTE | LANDLOCK_ACCESS_FS_WRITE_FILE |
+                                        LANDLOCK_ACCESS_FS_READ_FILE | (1ULL << 14) /* TRUNCATE, ABI 3 */ |
+                                        (1ULL << 15) /* IOCTL_DEV, ABI 5 */;
+
+struct LandlockAttr {  // struct landlock_ruleset_attr as of ABI 6; the size passed follows the ABI
+  std::uint64_t handled_access_fs;
+  std::uint64_t handled_access_net;
+  std::uint64_t scoped;
+};
+
+std::uint64_t handled_fs(int abi) {
+  std::uint64_t fs = (1ULL << 13) - 1;  // ABI 1: EXECUTE .. MAKE_SYM
+  if (abi >= 2) fs |= 1ULL << 13;       // REFER
+  if (abi >= 3) fs |= 1ULL << 14;       // TRUNCATE
+  if (abi >= 5) fs |= 1ULL << 15;       // IOCTL_DEV
+  return fs;
+}
+
+struct LandlockPath {
+  const char* path;
+  std::uint64_t rights;
+};
+constexpr LandlockPath kLandlockPaths[] = {
+    {"/usr", kFsRead | kFsExec},        {"/lib", kFsRead | kFsExec},
+    {"/lib64", kFsRead | kFsExec},      {"/bin", kFsRead | kFsExec},
+    {"/etc/ld.so.cache", kFsRead},      {"/etc/fonts", kFsRead},
+    {"/etc/localtime", kFsRead},        {"/usr/share/poppler", kFsRead},
+    {"/dev/null", kFsRead | LANDLOCK_ACCESS_FS_WRITE_FILE}, {"/dev/urandom", kFsRead},
+    {"/proc/self", kFsRead},  // opened before exec: the child's own /proc/PID (some libraries read maps)
+};
+
+// Child side, async-signal-safe. Returns 0, or an errno for the status pipe.
+int apply_landlock(int abi, const char* program_dir) {
+  if (abi < 1) return 0;  // not available: runs without (logged at start)
+  LandlockAttr attr{handled_fs(abi), abi >= 4 ? 3ULL /* BIND_TCP | CONNECT_TCP */ : 0,
+                    abi >= 6 ? 3ULL /* ABSTRACT_UNIX_SOCKET | SIGNAL */ : 0};
+  const std::size_t attr_size = abi >= 6 ? 24 : abi >= 4 ? 16 : 8;
+  const int ruleset = static_cast<int>(::syscall(SYS_landlock_create_ruleset, &attr, attr_size, 0));
+  if (ruleset < 0) return errno;
+  auto allow = [&](const char* path, std::uint64_t rights) {
+    const int fd = ::open(path, O_PATH | O_CLOEXEC);
+    if (fd < 0) return;  // absent here (e.g. /lib64 on arm64)
+    struct stat st {};
+    if (::fstat(fd, &st) == 0) {
+      if (!S_ISDIR(st.st_mode)) rights &= kFsFileRights;
+      landlock_path_beneath_attr rule{rights & attr.handled_access_fs, fd};
+      (void)::syscall(SYS_landlock_add_rule, ruleset, LANDLOCK_RULE_PATH_BENEATH, &rule, 0);
+    }
+    ::close(fd);
+  };
+  for (const LandlockPath& p : kLandlockPaths) allow(p.path, p.rights);
+  if (program_dir != nullptr) allow(program_dir, kFsRead | kFsExec);  // a pdftotext outside /usr
+  const long r = ::syscall(SYS_landlock_restrict_self, ruleset, 0);
+  const int e = errno;
+  ::close(ruleset);
+  return r == 0 ? 0 : e;
+}
+
+// The Landlock ABI this process can use (0: none; the child inherits the
+// same kernel and system call filter).
+int landlock_abi() {
+  static const int abi = [] {
+    const long v = ::syscall(SYS_landlock_create_ruleset, nullptr, 0, LANDLOCK_CREATE_RULESET_VERSION);
+    return v > 0 ? static_cast<int>(v) : 0;
+  }();
+  return abi;
+}
+
 // Child side: reports errno on the status pipe and exits.
 [[noreturn]] void fail(int status_fd) {
   const int e = errno;
@@ -132,7 +274,8 @@ class SigpipeBlock {
 // In the child between fork and exec: async-signal-safe calls only (no
 // allocation, no locks). Reports a failure as an errno on status_fd.
 [[noreturn]] void exec_child(pid_t parent, int in_fd, int out_fd, int err_fd, int status_fd, const char* path,
-                             char* const argv[], char* const envp[], const ChildLimits& limits) {
+                             char* const argv[], char* const envp[], const ChildLimits& limits,
+                             const sock_fprog* seccomp_program, int abi, const char* program_dir) {
   sigset_t none;
   sigemptyset(&none);
   ::sigprocmask(SIG_SETMASK, &none, nullptr);  // exec keeps the mask: undo the parent's SIGPIPE block
@@ -167,6 +310,12 @@ class SigpipeBlock {
     const rlimit v{r.soft, r.hard};
     if (::setrlimit(r.resource, &v) != 0) fail(3);
   }
+  if (const int e = apply_landlock(abi, program_dir); e != 0) {
+    errno = e;
+    fail(3);
+  }
+  // Last: from here on the denied calls fail, and execve is still allowed.
+  if (::prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, seccomp_program) != 0) fail(3);
   ::execve(path, argv, envp);
   fail(3);
 }
@@ -184,6 +333,12 @@ Result<ChildOutput> run_sandboxed(const std::vector<std::string>& argv, std::str
   char env_path[] = "PATH=/usr/bin:/bin";
   char env_lang[] = "LANG=C.UTF-8";
   char* envp[] = {env_path, env_lang, nullptr};
+  const SeccompProgram& filter = child_seccomp();
+  if (filter.code.empty()) return internal_error("sandbox: " + filter.error);
+  const sock_fprog seccomp_program{static_cast<unsigned short>(filter.code.size()),
+                                   const_cast<sock_filter*>(filter.code.data())};
+  const int abi = landlock_abi();
+  const std::string program_dir = argv[0].substr(0, std::max<std::size_t>(argv[0].rfind('/'), 1));
 
   Fd in_r, in_w, out_r, out_w, err_r, err_w, status_r, status_w;
   if (!make_pipe(&in_r, &in_w) || !make_pipe(&out_r, &out_w) || !make_pipe(&err_r, &err_w) ||
@@ -195,7 +350,8 @@ Result<ChildOutput> run_sandboxed(const std::vector<std::string>& argv, std::str
   const pid_t pid = ::fork();
   if (pid < 0) return io_error("fork", errno);
   if (pid == 0)
-    exec_child(parent, in_r.get(), out_w.get(), err_w.get(), status_w.get(), args[0], args.data(), envp, limits);
+    exec_child(parent, in_r.get(), out_w.get(), err_w.get(), status_w.get(), args[0], args.data(), envp, limits,
+               &seccomp_program, abi, program_dir == "/" ? nullptr : program_dir.c_str());
   Child child(pid);
   in_r.reset();
   out_w.reset();
@@ -288,6 +444,17 @@ Result<ChildOutput> run_sandboxed(const std::vector<std::string>& argv, std::str
   return result;
 }
 
+std::string sandbox_summary_line() {
+  const SeccompProgram& filter = child_seccomp();
+  std::string out = filter.code.empty() ? "system call filter UNAVAILABLE (" + filter.error + "): PDFs are refused"
+                                        : "system call filter on (no sockets, no tracing)";
+  const int abi = landlock_abi();
+  out += abi > 0 ? ", Landlock ABI " + std::to_string(abi) + " on (reads /usr and a few /etc files, writes nothing)"
+                 : ", Landlock not available (kernel < 5.13, disabled, or blocked by the service's system call "
+                   "filter): the extractor can read what airlockd's user can";
+  return out + ", rlimits on";
+}
+
 Result<ExtractedDocument> extract_pdf(std::string_view bytes, const ExtractLimits& limits) {
   if (limits.pdftotext.empty() || limits.pdftotext[0] != '/' || ::access(limits.pdftotext.c_str(), X_OK) != 0)
     return unavailable("pdftotext not installed at '" + limits.pdftotext + "' (apt install poppler-utils)");
@@ -318,3 +485,7 @@ Result<ExtractedDocument> extract_pdf(std::string_view bytes, const ExtractLimit
 }
 
 }  // namespace airlock::rag::internal
+
+namespace airlock::rag {
+std::string pdf_sandbox_summary() { return internal::sandbox_summary_line(); }
+}  // namespace airlock::rag

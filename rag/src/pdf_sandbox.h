@@ -2,8 +2,13 @@
 // as a confined child process. The child gets the input on stdin, an empty
 // environment (PATH=/usr/bin:/bin, LANG=C.UTF-8), cwd "/", no other file
 // descriptors, its own process group, PR_SET_NO_NEW_PRIVS, PR_SET_PDEATHSIG
-// SIGKILL, and rlimits: RLIMIT_AS memory_bytes, RLIMIT_CPU timeout rounded up
-// to seconds, RLIMIT_FSIZE 0, RLIMIT_NOFILE 32, RLIMIT_CORE 0.
+// SIGKILL, rlimits (RLIMIT_AS memory_bytes, RLIMIT_CPU timeout rounded up to
+// seconds, RLIMIT_FSIZE 0, RLIMIT_NOFILE 32, RLIMIT_CORE 0), a Landlock
+// ruleset where the kernel has one (read and execute under /usr, read a few
+// files of /etc and /dev, write nothing, no TCP, no signals out) and a
+// seccomp filter (no sockets, no ptrace or process_vm_*, no bpf, io_uring,
+// userfaultfd, keyrings, mounts or namespaces: EPERM). If the filter cannot
+// be built the program is not run (kInternal).
 //
 // The parent feeds stdin and drains stdout and stderr through one poll()
 // loop (no deadlock whatever the child does first), SIGKILLs the child's
@@ -46,5 +51,9 @@ struct ChildOutput {
 // signal is not an error here: the caller reads ChildOutput.
 Result<ChildOutput> run_sandboxed(const std::vector<std::string>& argv, std::string_view input,
                                   const ChildLimits& limits);
+
+// One line for the log: which of the confinements above this process can
+// apply (the kernel's Landlock ABI, the seccomp filter).
+std::string sandbox_summary_line();
 
 }  // namespace airlock::rag::internal

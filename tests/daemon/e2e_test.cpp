@@ -1443,6 +1443,8 @@ std::string* RagE2E::outsider_ = nullptr;
 std::string* RagE2E::analyst_ = nullptr;
 
 TEST_F(RagE2E, EveryFormatIsIngestedAndFoundByItsQuestion) {
+  // The start-up log says how the PDF extractor is confined.
+  EXPECT_NE(daemon_->log().find("PDF extraction sandbox: system call filter on"), std::string::npos) << daemon_->log();
   make_collection("formats", json::array());
   auto list = daemon_->client().Get("/v1/rag/collections/formats/documents");
   ASSERT_EQ(list->status, 200);

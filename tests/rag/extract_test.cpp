@@ -577,6 +577,58 @@ TEST(ExtractTest, PdfChildRunsConfined) {
   expect_no_children();
 }
 
+// What an exploited pdftotext could try: open a socket, trace airlockd,
+// read files airlockd's user can read (rag.db, the state database, TLS keys)
+// or create files. The seccomp filter refuses the first two everywhere;
+// Landlock, where the kernel has it, the last two.
+TEST(ExtractTest, PdfChildCannotConnectTraceReadOrWrite) {
+  if (::access("/usr/bin/python3", X_OK) != 0) GTEST_SKIP() << "python3 not installed (scripts/setup installs it)";
+  ScriptDir dir;
+  char secret_tmpl[] = "/tmp/airlock-secret-XXXXXX";
+  const char* secret_dir = ::mkdtemp(secret_tmpl);
+  ASSERT_NE(secret_dir, nullptr);
+  const std::string secret = std::string(secret_dir) + "/rag.db";
+  std::ofstream(secret) << "every collection's text";
+  const std::string created = std::string(secret_dir) + "/dropped";
+  ExtractLimits limits;
+  limits.pdf_timeout_ms = 20000;
+  limits.pdf_memory_bytes = 1024u << 20;
+  limits.pdftotext = dir.script(
+      "escape",
+      "/usr/bin/python3 - <<'EOF'\n"
+      "import ctypes, os, socket\n"
+      "def attempt(what, f):\n"
+      "    try:\n"
+      "        f(); print(what, 'allowed')\n"
+      "    except OSError as e:\n"
+      "        print(what, os.strerror(e.errno))\n"
+      "attempt('socket', lambda: socket.socket(socket.AF_INET, socket.SOCK_STREAM))\n"
+      "attempt('unix', lambda: socket.socket(socket.AF_UNIX, socket.SOCK_STREAM))\n"
+      "libc = ctypes.CDLL(None, use_errno=True)\n"
+      "r = libc.ptrace(16, os.getppid(), 0, 0)\n"
+      "print('ptrace', 'allowed' if r == 0 else os.strerror(ctypes.get_errno()))\n"
+      "attempt('read', lambda: open('" + secret + "').read())\n"
+      "attempt('create', lambda: open('" + created + "', 'w'))\n"
+      "EOF");
+  auto r = extract_document("escape.pdf", make_pdf("x"), limits);
+  ASSERT_TRUE(r.is_ok()) << r.status().to_string();
+  const std::string summary = pdf_sandbox_summary();
+  EXPECT_NE(r->text.find("socket Operation not permitted"), std::string::npos) << r->text;
+  EXPECT_NE(r->text.find("unix Operation not permitted"), std::string::npos) << r->text;
+  EXPECT_NE(r->text.find("ptrace Operation not permitted"), std::string::npos) << r->text;
+  if (summary.find("Landlock ABI") != std::string::npos) {
+    EXPECT_NE(r->text.find("read Permission denied"), std::string::npos) << r->text;
+    EXPECT_NE(r->text.find("create Permission denied"), std::string::npos) << r->text;
+    EXPECT_NE(::access(created.c_str(), F_OK), 0);
+  } else {
+    std::printf("Landlock not available here (%s): file confinement not checked\n", summary.c_str());
+  }
+  ::unlink(created.c_str());
+  ::unlink(secret.c_str());
+  ::rmdir(secret_dir);
+  expect_no_children();
+}
+
 TEST(ExtractTest, PdfChildCrashOrBadOutputIsReported) {
   ScriptDir dir;
   ExtractLimits limits;

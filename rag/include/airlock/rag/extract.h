@@ -88,4 +88,8 @@ Result<DocFormat> detect_format(std::string_view file_name, std::string_view byt
 Result<ExtractedDocument> extract_document(std::string_view file_name, std::string_view bytes,
                                            const ExtractLimits& limits = {});
 
+// One line for the log: how the PDF extractor is confined in this process
+// (seccomp filter, Landlock ABI or its absence, rlimits).
+std::string pdf_sandbox_summary();
+
 }  // namespace airlock::rag
