@@ -38,6 +38,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <functional>
+#include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
@@ -346,6 +347,32 @@ int main(int argc, char** argv) {
     return m && m->scheduler->healthy();
   });
 
+  // A reload runs on its own thread so that a SIGTERM during it (a long
+  // rehash with verify_on_load = "full") is answered at once: the rehash is
+  // cancelled and the new model, if it finished loading, is dropped.
+  // reload_mu orders "publish the new model" against "begin the shutdown".
+  std::mutex reload_mu;
+  std::atomic<bool> reload_cancel{false};
+  std::atomic<bool> reloading{false};
+  std::thread reload_thread;
+  auto reload = [&] {
+    log().info("SIGHUP: reloading keys and re-checking the bundle store");
+    if (Status s = reload_keys(); !s.is_ok()) log().error("keys not reloaded: {}", s.to_string());
+    Result<std::shared_ptr<LoadedModel>> next = load_model(config, server.model(), &reload_cancel);
+    std::lock_guard<std::mutex> lock(reload_mu);
+    if (reload_cancel.load()) {
+      log().info("reload abandoned: airlockd is stopping");
+    } else if (next.is_ok()) {
+      server.set_model(*next);
+      log().info("now serving {} version {}", (*next)->id, (*next)->version);
+      ::sd_notify(0, "READY=1\nSTATUS=serving");
+    } else {
+      log().error("reload failed, still serving the previous model: {}", next.status().to_string());
+      ::sd_notify(0, "READY=1\nSTATUS=serving");
+    }
+    reloading = false;
+  };
+
   std::thread signal_thread([&] {
     while (true) {
       int sig = 0;
@@ -357,23 +384,24 @@ int main(int argc, char** argv) {
         continue;
       }
       if (sig == SIGHUP) {
+        if (reloading.exchange(true)) {
+          log().warn("SIGHUP: a reload is already running; send SIGHUP again once it has finished");
+          continue;
+        }
         ::sd_notifyf(0, "RELOADING=1\nMONOTONIC_USEC=%llu", static_cast<unsigned long long>(
                                                                  std::chrono::duration_cast<std::chrono::microseconds>(
                                                                      std::chrono::steady_clock::now().time_since_epoch())
                                                                      .count()));
-        log().info("SIGHUP: reloading keys and re-checking the bundle store");
-        if (Status s = reload_keys(); !s.is_ok()) log().error("keys not reloaded: {}", s.to_string());
-        Result<std::shared_ptr<LoadedModel>> next = load_model(config, server.model());
-        if (next.is_ok()) {
-          server.set_model(*next);
-          log().info("now serving {} version {}", (*next)->id, (*next)->version);
-        } else {
-          log().error("reload failed, still serving the previous model: {}", next.status().to_string());
-        }
-        ::sd_notify(0, "READY=1\nSTATUS=serving");
+        if (reload_thread.joinable()) reload_thread.join();  // the previous one, finished
+        reload_thread = std::thread(reload);
         continue;
       }
       log().info("signal {}: draining", sig == SIGTERM ? "SIGTERM" : "SIGINT");
+      {
+        std::lock_guard<std::mutex> lock(reload_mu);
+        if (reloading.load()) log().info("cancelling the reload in progress");
+        reload_cancel = true;
+      }
       ::sd_notify(0, "STOPPING=1");
       server.shutdown();
       return;
@@ -391,6 +419,7 @@ int main(int argc, char** argv) {
   }
   stopping = true;
   signal_thread.join();
+  if (reload_thread.joinable()) reload_thread.join();  // cancelled: returns at its next chunk
   watchdog.join();
   if (!audit_writer.flush()) log().error("audit: stopping while audit writes fail; the queued records get one more attempt");
   log().info("stopped");

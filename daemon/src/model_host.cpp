@@ -144,7 +144,7 @@ struct ChosenBundle {
   std::optional<verifier::ManifestFile> embedding;
 };
 
-Result<ChosenBundle> choose_bundle(const Config& config) {
+Result<ChosenBundle> choose_bundle(const Config& config, const std::atomic<bool>* cancel = nullptr) {
   using namespace airlock::verifier;
   AIRLOCK_ASSIGN_OR_RETURN(TrustStore trust, TrustStore::load(config.trusted));
   AIRLOCK_ASSIGN_OR_RETURN(BundleStore store, BundleStore::open(config.store, BundleStore::Access::kReadOnly));
@@ -173,7 +173,7 @@ Result<ChosenBundle> choose_bundle(const Config& config) {
   airlock::log().info("checking bundle {} version {} ({})", chosen->name, chosen->version,
                    config.verify_full ? "signature, sizes and every chunk" : "signature and sizes");
   AIRLOCK_ASSIGN_OR_RETURN(VerifiedBundle vb, store.check_installed(*chosen, trust, config.verify_full,
-                                                                    static_cast<unsigned>(config.threads)));
+                                                                    static_cast<unsigned>(config.threads), cancel));
   const ManifestFile* llm = nullptr;
   for (const ManifestFile& f : vb.manifest.files)
     if (f.role == FileRole::kLlm) llm = &f;
@@ -202,10 +202,11 @@ Result<std::unique_ptr<FollowerHost>> load_follower(const Config& config) {
   return host;
 }
 
-Result<std::shared_ptr<LoadedModel>> load_model(const Config& config, std::shared_ptr<const LoadedModel> previous) {
+Result<std::shared_ptr<LoadedModel>> load_model(const Config& config, std::shared_ptr<const LoadedModel> previous,
+                                                const std::atomic<bool>* cancel) {
   using namespace airlock::verifier;
   if (config.node_rank != 0) return invalid_argument("node " + std::to_string(config.node_rank) + " follows node 0");
-  AIRLOCK_ASSIGN_OR_RETURN(ChosenBundle c, choose_bundle(config));
+  AIRLOCK_ASSIGN_OR_RETURN(ChosenBundle c, choose_bundle(config, cancel));
   const ImportRecord* chosen = &c.record;
   const VerifiedBundle& vb = c.vb;
   const ManifestFile* embedding = c.embedding ? &*c.embedding : nullptr;

@@ -14,6 +14,7 @@
 // reload can swap models while old requests finish on the old one.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -80,8 +81,10 @@ Result<std::unique_ptr<FollowerHost>> load_follower(const Config& config);
 
 // `previous` (a reload): its RAG store is reused when the embedding model and
 // the database path are unchanged, so writes in flight on the old model and
-// searches on the new one share one in-memory index.
+// searches on the new one share one in-memory index. `cancel` (a SIGTERM
+// during a reload) stops the rehash at its next chunk: kUnavailable.
 Result<std::shared_ptr<LoadedModel>> load_model(const Config& config,
-                                                std::shared_ptr<const LoadedModel> previous = nullptr);
+                                                std::shared_ptr<const LoadedModel> previous = nullptr,
+                                                const std::atomic<bool>* cancel = nullptr);
 
 }  // namespace airlock::daemon

@@ -894,6 +894,36 @@ TEST(DaemonLifecycle, SighupLoadsANewVersionAndRefusesATamperedOne) {
   EXPECT_EQ(bad->exit_status, 2) << bad->log();
 }
 
+#if defined(AIRLOCK_TEST_HOOKS)
+// SIGTERM while a reload re-hashes the new bundle (verify_on_load = "full"
+// on a large model takes minutes): the rehash is cancelled and airlockd
+// drains and exits 0 at once instead of finishing the reload first. The
+// test hook makes each rehashed chunk wait up to 60 s once the file exists.
+TEST(DaemonLifecycle, SigtermDuringAReloadCancelsItsRehash) {
+  Enclave e;
+  const std::string delay = e.dir / "rehash-delay";
+  ::setenv("AIRLOCK_TEST_REHASH_DELAY_FILE", delay.c_str(), 1);
+  auto d = Daemon::start(e, "verify_on_load = \"full\"\n");
+  ::unsetenv("AIRLOCK_TEST_REHASH_DELAY_FILE");
+  ASSERT_GT(d->port, 0) << d->log();
+  ASSERT_EQ(e.make_bundle(2), 0);
+  ASSERT_EQ(e.import(2), 0);
+  testing::write_file(delay, "60000");
+  ::kill(d->pid, SIGHUP);
+  for (int i = 0; i < 200 && d->log().find("SIGHUP: reloading") == std::string::npos; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(25));
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));  // into the rehash
+  // Still serving version 1 meanwhile.
+  EXPECT_EQ(d->post("/v1/chat/completions", chat("during the reload", 4))->status, 200);
+  const auto t0 = std::chrono::steady_clock::now();
+  EXPECT_EQ(d->stop(), 0);
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  EXPECT_LT(seconds, 30.0) << "the stop waited for the rehash";  // 60 s per chunk without the cancel
+  EXPECT_NE(d->log().find("cancelling the reload in progress"), std::string::npos) << d->log();
+  EXPECT_NE(d->log().find("reload abandoned"), std::string::npos) << d->log();
+}
+#endif
+
 // SIGTERM after a reload: a request admitted before the reload still runs
 // on the model the reload replaced, and is drained (here: cancelled at the
 // 1 s grace) with the current one, so the daemon exits in about the grace

@@ -13,6 +13,9 @@
 #include <set>
 #include <cerrno>
 #include <cstdlib>
+#include <thread>
+#include <cstdio>
+#include <chrono>
 #include <ctime>
 #include <mutex>
 #include <optional>
@@ -513,8 +516,28 @@ Result<std::string> read_installed(int root_fd, const std::string& rel, std::uin
 
 }  // namespace
 
+// Test hook: while the file named by AIRLOCK_TEST_REHASH_DELAY_FILE exists,
+// each rehashed chunk waits up to that many milliseconds (its content) or
+// until cancelled, so a test can interrupt a reload mid-rehash. Only with
+// AIRLOCK_TEST_HOOKS.
+static void test_rehash_delay(const std::atomic<bool>* cancel) {
+#if defined(AIRLOCK_TEST_HOOKS)
+  const char* path = std::getenv("AIRLOCK_TEST_REHASH_DELAY_FILE");
+  if (path == nullptr) return;
+  std::FILE* f = std::fopen(path, "r");
+  if (f == nullptr) return;
+  long ms = 0;
+  if (std::fscanf(f, "%ld", &ms) != 1) ms = 0;
+  std::fclose(f);
+  for (long waited = 0; waited < ms && !(cancel != nullptr && cancel->load()); waited += 10)
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+#else
+  (void)cancel;
+#endif
+}
+
 Result<VerifiedBundle> BundleStore::check_installed(const ImportRecord& record, const TrustStore& trust, bool rehash,
-                                                    unsigned n_threads) const {
+                                                    unsigned n_threads, const std::atomic<bool>* cancel) const {
   const std::string where = record.name + "/" + std::to_string(record.version);
   auto fail = [&](const Status& s) { return s.with_context(where); };
   std::string manifest_bytes, signature_text;
@@ -571,6 +594,8 @@ Result<VerifiedBundle> BundleStore::check_installed(const ImportRecord& record, 
       std::shared_ptr<void> mapping(map, [size = f.size](void* p) { ::munmap(p, size); });
       for (std::uint64_t c = 0; c < f.chunk_sha256.size(); ++c) {
         pool.submit([&, mapping, i, c] {
+          test_rehash_delay(cancel);
+          if (cancel != nullptr && cancel->load(std::memory_order_relaxed)) return;
           const ManifestFile& file = m.files[i];
           const std::uint64_t off = c * m.chunk_size;
           const std::uint64_t len = std::min<std::uint64_t>(m.chunk_size, file.size - off);
@@ -588,6 +613,7 @@ Result<VerifiedBundle> BundleStore::check_installed(const ImportRecord& record, 
     pool_status = pool.wait();
   }
   AIRLOCK_RETURN_IF_ERROR(pool_status);
+  if (cancel != nullptr && cancel->load()) return fail(unavailable("cancelled"));
   if (!first_bad.empty()) return fail(verification_failed(first_bad));
   if (!map_status.is_ok()) return fail(map_status);
   return vb;

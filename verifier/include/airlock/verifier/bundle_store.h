@@ -16,6 +16,7 @@
 // separate processes are serialised by the lock.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -66,9 +67,10 @@ class BundleStore {
   // keys, expiry), that it is the manifest recorded at import, and every
   // file's type and size; with `rehash`, also every chunk's SHA-256, on
   // `n_threads` threads (0: one per core). kVerificationFailed names the
-  // first problem.
+  // first problem. When `cancel` becomes true the rehash stops at the next
+  // chunk and the call returns kUnavailable ("cancelled").
   Result<VerifiedBundle> check_installed(const ImportRecord& record, const TrustStore& trust, bool rehash,
-                                         unsigned n_threads = 0) const;
+                                         unsigned n_threads = 0, const std::atomic<bool>* cancel = nullptr) const;
 
   // Every recorded import, oldest first.
   Result<std::vector<ImportRecord>> list_imports() const;
