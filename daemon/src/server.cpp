@@ -80,8 +80,12 @@ struct Choice {
   Status error;
   bool done = false;
   int completion_tokens = 0;
-  ojson logprobs = ojson::array();  // chat logprobs.content entries
-  std::vector<std::size_t> text_offsets;  // of each logprobs entry: the bytes of the tokens before it
+  // The sampled tokens' log-probabilities (compact; JSON is built when sent:
+  // as JSON they took ~8 KB a token with 20 alternatives). A stream releases
+  // them once written; logprobs[0] is then token number logprobs_base.
+  std::vector<engine::SampledToken> logprobs;
+  std::size_t logprobs_base = 0;
+  std::vector<std::size_t> text_offsets;  // of every token with logprobs: the bytes of the tokens before it
   std::size_t token_bytes = 0;            // of the tokens so far (less a leading space the decoder drops)
   bool strips_leading_space = false;      // the decoder drops the first token's leading space
 };
@@ -168,9 +172,9 @@ struct Generation {
       last_token = now;
       ++c.completion_tokens;
       if (request.logprobs) {
-        c.logprobs.push_back(token_logprob(*e.token));
-        const ojson& bytes = c.logprobs.back()["bytes"];
-        const bool dropped = c.text_offsets.empty() && c.strips_leading_space && !bytes.empty() && bytes[0].get<int>() == ' ';
+        const std::string bytes = model->tokenizer->token_bytes(e.token->token, true);
+        const bool dropped = c.text_offsets.empty() && c.strips_leading_space && !bytes.empty() && bytes[0] == ' ';
+        c.logprobs.push_back(*e.token);
         c.text_offsets.push_back(c.token_bytes);
         c.token_bytes += bytes.size() - (dropped ? 1 : 0);
       }
@@ -558,26 +562,36 @@ struct Server::Impl {
     return c;
   }
 
-  // /v1/completions' logprobs object for the last `n` entries of choice c
-  // (all of them for a whole answer): tokens, their log-probabilities, the
-  // alternatives as {token: logprob}, and each token's offset in the text
-  // (in bytes; the same as characters for ASCII).
-  static ojson legacy_logprobs(const Choice& c, std::size_t n) {
+  // Log-probabilities of some of choice c's tokens, `first` being the
+  // number of the first among all its tokens. Chat: logprobs.content
+  // entries. /v1/completions: the legacy object of tokens, their
+  // log-probabilities, the alternatives as {token: logprob}, and each
+  // token's offset in the text (in bytes; the same as characters for ASCII).
+  static ojson logprobs_json(const Generation& g, const Choice& c, std::span<const engine::SampledToken> entries,
+                             std::size_t first) {
+    if (g.request.endpoint == Endpoint::kChat) {
+      ojson content = ojson::array();
+      for (const engine::SampledToken& t : entries) content.push_back(g.token_logprob(t));
+      return ojson({{"content", std::move(content)}});
+    }
     ojson tokens = ojson::array(), token_logprobs = ojson::array(), top = ojson::array(), offsets = ojson::array();
-    for (std::size_t k = c.logprobs.size() - n; k < c.logprobs.size(); ++k) {
-      const ojson& e = c.logprobs[k];
+    for (std::size_t k = 0; k < entries.size(); ++k) {
+      const ojson e = g.token_logprob(entries[k]);
       tokens.push_back(e["token"]);
       token_logprobs.push_back(e["logprob"]);
       ojson alts = ojson::object();
       for (const ojson& a : e["top_logprobs"]) alts[a["token"].get<std::string>()] = a["logprob"];
       top.push_back(std::move(alts));
-      offsets.push_back(c.text_offsets[k]);
+      offsets.push_back(c.text_offsets[first + k]);
     }
     return {{"tokens", tokens}, {"token_logprobs", token_logprobs}, {"top_logprobs", top}, {"text_offset", offsets}};
   }
 
-  ojson choice_delta(const Generation& g, std::size_t index, const std::string& text, const ojson& logprobs,
-                     const std::string& finish, bool role) const {
+  // `logprobs`: the new tokens' entries, the first being token number
+  // `lp_first` of the choice.
+  ojson choice_delta(const Generation& g, std::size_t index, const std::string& text,
+                     std::span<const engine::SampledToken> logprobs, std::size_t lp_first, const std::string& finish,
+                     bool role) const {
     ojson ch;
     ch["index"] = index;
     if (g.request.endpoint == Endpoint::kChat) {
@@ -585,11 +599,10 @@ struct Server::Impl {
       if (role) delta["role"] = "assistant";
       if (role || !text.empty()) delta["content"] = text;
       ch["delta"] = delta;
-      ch["logprobs"] = logprobs.empty() ? ojson() : ojson({{"content", logprobs}});
     } else {
       ch["text"] = text;
-      ch["logprobs"] = logprobs.empty() ? ojson() : legacy_logprobs(g.choices[index], logprobs.size());
     }
+    ch["logprobs"] = logprobs.empty() ? ojson() : logprobs_json(g, g.choices[index], logprobs, lp_first);
     ch["finish_reason"] = finish.empty() ? ojson() : ojson(finish);
     return ch;
   }
@@ -608,13 +621,12 @@ struct Server::Impl {
       ch["index"] = i;
       if (g.request.endpoint == Endpoint::kChat) {
         ch["message"] = {{"role", "assistant"}, {"content", c.text}};
-        ch["logprobs"] = g.request.logprobs ? ojson({{"content", c.logprobs}}) : ojson();
       } else {
         ch["text"] = g.request.echo ? g.request.prompt + c.text : c.text;
-        ch["logprobs"] = g.request.logprobs ? legacy_logprobs(c, c.logprobs.size()) : ojson();
       }
+      ch["logprobs"] = g.request.logprobs ? logprobs_json(g, c, c.logprobs, c.logprobs_base) : ojson();
       ch["finish_reason"] = c.finish;
-      r["choices"].push_back(ch);
+      r["choices"].push_back(std::move(ch));
     }
     r["usage"] = g.usage();
     if (g.grounded) r["airlock"] = grounding_json(*g.grounded);
@@ -887,9 +899,9 @@ void Server::Impl::answer_without_model(const httplib::Request& req, httplib::Re
       if (g.request.include_usage) ch["usage"] = nullptr;
       return ch;
     };
-    body += sse(chunk(ojson::array({choice_delta(g, 0, "", ojson(), "", true)})));
-    if (!g.choices[0].text.empty()) body += sse(chunk(ojson::array({choice_delta(g, 0, g.choices[0].text, ojson(), "", false)})));
-    ojson fin = chunk(ojson::array({choice_delta(g, 0, "", ojson(), "stop", false)}));
+    body += sse(chunk(ojson::array({choice_delta(g, 0, "", {}, 0, "", true)})));
+    if (!g.choices[0].text.empty()) body += sse(chunk(ojson::array({choice_delta(g, 0, g.choices[0].text, {}, 0, "", false)})));
+    ojson fin = chunk(ojson::array({choice_delta(g, 0, "", {}, 0, "stop", false)}));
     fin["airlock"] = grounding_json(*g.grounded);
     body += sse(fin);
     if (g.request.include_usage) {
@@ -1070,27 +1082,28 @@ void Server::Impl::completions(const httplib::Request& req, httplib::Response& r
           state->started = true;
           if (g->request.endpoint == Endpoint::kChat)
             for (std::size_t i = 0; i < g->choices.size(); ++i)
-              if (!send(chunk(ojson::array({choice_delta(*g, i, "", ojson(), "", true)})))) return false;
+              if (!send(chunk(ojson::array({choice_delta(*g, i, "", {}, 0, "", true)})))) return false;
           // echo: each choice's text begins with the prompt, streamed too.
           if (g->request.endpoint == Endpoint::kCompletions && g->request.echo)
             for (std::size_t i = 0; i < g->choices.size(); ++i)
-              if (!send(chunk(ojson::array({choice_delta(*g, i, g->request.prompt, ojson(), "", false)})))) return false;
+              if (!send(chunk(ojson::array({choice_delta(*g, i, g->request.prompt, {}, 0, "", false)})))) return false;
         }
         // Wait for the next events of any choice, then send what they gave:
         // one chunk per choice however many tokens it brought. With a stream
         // interval, collect until that much time has passed since the last
         // write or a choice ends, without waking for each token.
         std::vector<std::string> texts(g->choices.size());
-        std::vector<ojson> lps(g->choices.size(), ojson::array());
+        std::vector<std::vector<engine::SampledToken>> lps(g->choices.size());
+        std::vector<std::size_t> lp_first(g->choices.size(), 0);  // token number of lps[i][0]
         // The interval runs from the last write of tokens (the role chunk
         // written alone does not hold back the first token).
         auto send_deltas = [&] {
           for (std::size_t i = 0; i < g->choices.size(); ++i) {
             if (texts[i].empty() && lps[i].empty()) continue;
             state->last_write = Clock::now();
-            if (!send(chunk(ojson::array({choice_delta(*g, i, texts[i], lps[i], "", false)})))) return false;
+            if (!send(chunk(ojson::array({choice_delta(*g, i, texts[i], lps[i], lp_first[i], "", false)})))) return false;
             texts[i].clear();
-            lps[i] = ojson::array();
+            lps[i].clear();
           }
           return true;
         };
@@ -1123,7 +1136,12 @@ void Server::Impl::completions(const httplib::Request& req, httplib::Response& r
                   text.swap(gr.pending);
                 }
               }
-              for (std::size_t k = n_lp; k < c.logprobs.size(); ++k) lps[i].push_back(c.logprobs[k]);
+              // Entries move to this write and leave the choice: a stream
+              // holds only what it has not sent yet.
+              if (lps[i].empty()) lp_first[i] = c.logprobs_base + n_lp;
+              for (std::size_t k = n_lp; k < c.logprobs.size(); ++k) lps[i].push_back(std::move(c.logprobs[k]));
+              c.logprobs_base += c.logprobs.size();
+              c.logprobs.clear();
               texts[i] += text;
               if (!any && (!texts[i].empty() || !lps[i].empty())) {
                 any = true;
@@ -1151,11 +1169,11 @@ void Server::Impl::completions(const httplib::Request& req, httplib::Response& r
           settle(*g);
           count_answer(*g->grounded);
           if (g->grounded->reason == "no_citation" &&
-              !send(chunk(ojson::array({choice_delta(*g, 0, g->choices[0].text, ojson(), "", false)}))))
+              !send(chunk(ojson::array({choice_delta(*g, 0, g->choices[0].text, {}, 0, "", false)}))))
             return false;
         }
         for (std::size_t i = 0; i < g->choices.size(); ++i) {
-          ojson fin = chunk(ojson::array({choice_delta(*g, i, "", ojson(), g->choices[i].finish, false)}));
+          ojson fin = chunk(ojson::array({choice_delta(*g, i, "", {}, 0, g->choices[i].finish, false)}));
           if (g->grounded) fin["airlock"] = grounding_json(*g->grounded);
           if (!send(fin)) return false;
         }
