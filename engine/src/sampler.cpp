@@ -1,6 +1,7 @@
 #include "airlock/engine/sampler.h"
 
 #include <algorithm>
+#include <cstdint>
 #include <cmath>
 #include <numeric>
 #include <unordered_map>
@@ -26,11 +27,28 @@ SampleRow Sampler::next_row(std::span<const std::int32_t> history) {
   row.params = params_;
   if (!history.empty() && (params_.repetition_penalty != 1.0f || params_.presence_penalty != 0.0f ||
                            params_.frequency_penalty != 0.0f)) {
-    std::unordered_map<std::int32_t, std::int32_t> counts;
-    for (std::int32_t t : history)
-      if (t >= 0) ++counts[t];
-    row.counts.assign(counts.begin(), counts.end());
-    std::sort(row.counts.begin(), row.counts.end());  // the same rows for the same history
+    // Counted afresh the first time, after a large step (a prompt) or for a
+    // history that is not the last one extended; otherwise only the tokens
+    // appended since (one per decode step).
+    const bool extends = counted_ > 0 && counted_ <= history.size() && history[counted_ - 1] == last_counted_;
+    if (!extends || history.size() - counted_ > 64) {
+      std::unordered_map<std::int32_t, std::int32_t> counts;
+      for (std::int32_t t : history)
+        if (t >= 0) ++counts[t];
+      counts_.assign(counts.begin(), counts.end());
+      std::sort(counts_.begin(), counts_.end());  // the same rows for the same history
+    } else {
+      for (std::size_t i = counted_; i < history.size(); ++i) {
+        const std::int32_t t = history[i];
+        if (t < 0) continue;
+        auto at = std::lower_bound(counts_.begin(), counts_.end(), std::pair<std::int32_t, std::int32_t>(t, INT32_MIN));
+        if (at != counts_.end() && at->first == t) ++at->second;
+        else counts_.insert(at, {t, 1});
+      }
+    }
+    counted_ = history.size();
+    last_counted_ = history.back();
+    row.counts = counts_;
   }
   // 53 random bits -> [0, 1): the same on every platform for the same seed.
   if (params_.temperature != 0.0f) row.u = static_cast<double>(rng_() >> 11) * 0x1.0p-53;

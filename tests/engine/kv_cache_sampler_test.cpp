@@ -3,6 +3,7 @@
 #include <cmath>
 #include <map>
 #include <random>
+#include <vector>
 
 #include "airlock/engine/kv_cache.h"
 #include "airlock/engine/sampler.h"
@@ -265,6 +266,28 @@ TEST(SamplerTest, SampleRowIsSampleSplitInTwo) {
   far.counts = {{1 << 30, 3}, {-4, 1}};
   far.params.temperature = 0;
   EXPECT_EQ(sample_row(logits, far).token, sample_row(logits, greedy).token);
+}
+
+// The penalty counts are kept between rows and extended by the tokens
+// appended since: the same counts as counting the whole history afresh,
+// one token at a time, after a prompt-sized step, and for a history that
+// is not an extension of the last.
+TEST(SamplerTest, PenaltyCountsFollowTheHistoryIncrementally) {
+  SamplingParams p;
+  p.frequency_penalty = 0.5f;
+  p.presence_penalty = 0.25f;
+  Sampler kept(p);
+  std::mt19937 rng(3);
+  std::vector<std::int32_t> history;
+  auto fresh = [&](const std::vector<std::int32_t>& h) { return Sampler(p).next_row(h).counts; };
+  for (int step = 0; step < 400; ++step) {
+    const int add = step == 0 ? 300 : step == 200 ? 100 : 1;  // a prompt, a long step, decode steps
+    for (int k = 0; k < add; ++k) history.push_back(static_cast<std::int32_t>(rng() % 50));
+    ASSERT_EQ(kept.next_row(history).counts, fresh(history)) << "step " << step;
+  }
+  std::vector<std::int32_t> other(history.begin(), history.begin() + 120);
+  other.back() = (other.back() + 1) % 50;  // shorter, and not a prefix
+  EXPECT_EQ(kept.next_row(other).counts, fresh(other));
 }
 
 TEST(SamplerTest, ValidateNamesTheParameter) {

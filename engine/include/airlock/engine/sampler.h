@@ -77,11 +77,18 @@ class Sampler {
   // What the next sample() would use besides the logits: it advances the
   // generator as sample() does (once per token unless greedy), so that
   // sample_row(logits, next_row(history)) is sample(logits, history).
+  // The penalty counts are kept between calls and updated with the tokens
+  // added since the last one, so a call costs O(distinct tokens), not
+  // O(history): `history` is expected to grow by appending (any other
+  // history is counted afresh).
   SampleRow next_row(std::span<const std::int32_t> history);
 
  private:
   SamplingParams params_;
   std::mt19937_64 rng_;
+  std::vector<std::pair<std::int32_t, std::int32_t>> counts_;  // sorted by token; for history[0, counted_)
+  std::size_t counted_ = 0;
+  std::int32_t last_counted_ = -1;  // history[counted_ - 1], to notice a different history
 };
 
 }  // namespace airlock::engine
