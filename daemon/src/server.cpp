@@ -105,6 +105,7 @@ struct Grounded {
   // Streaming: text is held back until the answer cites a source.
   bool released = false;
   std::string pending;
+  std::size_t scan_from = 0;  // where in the answer the next citation scan starts
 };
 
 struct Generation {
@@ -1131,7 +1132,9 @@ void Server::Impl::completions(const httplib::Request& req, httplib::Response& r
                 const bool may_cite = text.find(']') != std::string::npos;  // a citation completes with ']'
                 gr.pending += text;
                 text.clear();
-                if (may_cite && !rag::cited_sources(c.text, gr.sources.size()).empty()) {
+                // Scanned from where a citation can still begin (rescanning
+                // the whole answer at every ']' was quadratic).
+                if (may_cite && rag::cites_a_source(c.text, gr.sources.size(), &gr.scan_from)) {
                   gr.released = true;
                   text.swap(gr.pending);
                 }

@@ -47,6 +47,16 @@ std::string grounding_instructions(const std::vector<SearchHit>& sources, const 
   return s;
 }
 
+bool cites_a_source(std::string_view answer, std::size_t n_sources, std::size_t* scan_from) {
+  if (*scan_from > answer.size()) *scan_from = 0;  // not the answer scanned before
+  const std::string_view tail = answer.substr(*scan_from);
+  if (!cited_sources(tail, n_sources).empty()) return true;
+  // Only a '[' still open can begin a citation that later text completes.
+  const std::size_t open = tail.rfind('['), close = tail.rfind(']');
+  *scan_from += open != std::string_view::npos && (close == std::string_view::npos || open > close) ? open : tail.size();
+  return false;
+}
+
 std::vector<int> cited_sources(std::string_view answer, std::size_t n_sources) {
   std::vector<int> out;
   for (std::size_t i = 0; i < answer.size(); ++i) {

@@ -39,6 +39,39 @@ TEST(GroundingTest, CitationsAreNumbersOfRealSources) {
   EXPECT_EQ(cited_sources("[[1]]", 1), (std::vector<int>{1}));
 }
 
+// Streaming: the answer grows piece by piece; a citation split across
+// pieces is found when it completes, and each scan starts where a citation
+// can still begin, so an answer of many ']' costs linear time.
+TEST(GroundingTest, CitesASourceScansOnlyWhatCanStillCite) {
+  std::string answer;
+  std::size_t from = 0;
+  const std::vector<std::string> pieces = {"Text a] b] [", "x] [1", ", ", "2", "]"};
+  std::vector<bool> found;
+  for (const std::string& p : pieces) {
+    answer += p;
+    found.push_back(cites_a_source(answer, 3, &from));
+  }
+  EXPECT_EQ(found, (std::vector<bool>{false, false, false, false, true}));
+  // After a miss the scan resumes at the last open '[' (or the end).
+  answer = "no [citation] here]";
+  from = 0;
+  EXPECT_FALSE(cites_a_source(answer, 3, &from));
+  EXPECT_EQ(from, answer.size());
+  answer += " but [";
+  EXPECT_FALSE(cites_a_source(answer, 3, &from));
+  EXPECT_EQ(from, answer.size() - 1);
+  answer += "3]";
+  EXPECT_TRUE(cites_a_source(answer, 3, &from));
+  // 200,000 pieces of "]": each scan is short.
+  answer.clear();
+  from = 0;
+  for (int k = 0; k < 200000; ++k) {
+    answer += "a]";
+    ASSERT_FALSE(cites_a_source(answer, 3, &from));
+    ASSERT_EQ(from, answer.size());
+  }
+}
+
 TEST(GroundingTest, InstructionsNumberTheSourcesAndCutLongOnes) {
   GroundingPolicy p;
   p.max_source_bytes = 10;

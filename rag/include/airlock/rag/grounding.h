@@ -49,6 +49,13 @@ std::string grounding_instructions(const std::vector<SearchHit>& sources, const 
 // each once, in order of first citation.
 std::vector<int> cited_sources(std::string_view answer, std::size_t n_sources);
 
+// For an answer that grows (streaming): whether `answer` cites a source,
+// scanning only from *scan_from, which it advances past everything that can
+// no longer begin a citation (a citation holds no '[' but its own). Start
+// with *scan_from = 0 and pass the whole answer each time; the total work is
+// linear in the answer's length however its pieces arrive.
+bool cites_a_source(std::string_view answer, std::size_t n_sources, std::size_t* scan_from);
+
 // At most `max_bytes` of `text` cut at a UTF-8 boundary, "..." when cut.
 std::string snippet(std::string_view text, std::size_t max_bytes);
 
