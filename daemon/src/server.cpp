@@ -958,10 +958,35 @@ void Server::Impl::completions(const httplib::Request& req, httplib::Response& r
   // the answer (max_tokens, or a quarter of the context).
   if (g->grounded) {
     const int room = r.max_tokens.value_or(max_ctx / 4);
-    while (static_cast<int>(prompt->size()) + room > max_ctx && g->grounded->sources.size() > 1) {
-      give_sources(*g, g->grounded->sources.size() - 1);
-      prompt = prompt_tokens_of(*m, r);
-      if (!prompt.is_ok()) return fail(api_error(400, "invalid_request_error", prompt.status().message()));
+    if (room >= max_ctx)  // no number of sources can help
+      return fail(api_error(400, "invalid_request_error",
+                            "max_tokens (" + std::to_string(room) + ") leaves no room for a prompt in the context of " +
+                                std::to_string(max_ctx),
+                            "context_length_exceeded"));
+    Grounded& gr = *g->grounded;
+    if (static_cast<int>(prompt->size()) + room > max_ctx && gr.sources.size() > 1) {
+      // The most sources that fit, by bisection: each try renders and
+      // tokenises the whole conversation, so not one try per source.
+      const std::vector<rag::SearchHit> all = gr.sources;
+      const std::vector<std::size_t> all_usable = gr.evidence.usable;
+      auto keep = [&](std::size_t k) -> Result<bool> {
+        gr.sources = all;
+        gr.evidence.usable = all_usable;
+        give_sources(*g, k);
+        prompt = prompt_tokens_of(*m, r);
+        if (!prompt.is_ok()) return prompt.status();
+        return static_cast<int>(prompt->size()) + room <= max_ctx;
+      };
+      std::size_t fits = 1, fails = all.size();  // fails: known not to fit
+      Result<bool> ok = keep(1);
+      while (ok.is_ok() && *ok && fails - fits > 1) {
+        const std::size_t mid = fits + (fails - fits) / 2;
+        Result<bool> f = keep(mid);
+        if (!f.is_ok()) ok = f;
+        else (*f ? fits : fails) = mid;
+      }
+      if (ok.is_ok() && *ok && gr.sources.size() != fits) ok = keep(fits);
+      if (!ok.is_ok()) return fail(api_error(400, "invalid_request_error", ok.status().message()));
     }
     if (g->grounded->evidence.usable.empty()) {  // the sources that counted did not fit
       g->grounded->reason = "no_evidence";

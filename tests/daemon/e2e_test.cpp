@@ -1910,6 +1910,37 @@ TEST(RagLifecycle, ACitedAnswerIsGrounded) {
   EXPECT_EQ(last["grounded"], true) << last.dump();
   EXPECT_EQ(last["citations"][0]["document"], "wing.txt");
   EXPECT_GE(metric(d->client().Get("/metrics")->body, "airlock_rag_answers_total{outcome=\"grounded\"}"), 2.0);
+
+  // Sources that do not fit beside the answer are given up, weakest first,
+  // and the most that fit are kept; max_tokens that fills the context is
+  // refused at once, before any source is tried.
+  for (int k = 0; k < 6; ++k)
+    ASSERT_EQ(d->post("/v1/rag/collections/c/documents",
+                      {{"source", "note" + std::to_string(k) + ".txt"},
+                       {"content", "Flutter note " + std::to_string(k) + ". The flutter speed of a swept wing rises with "
+                                   "torsional stiffness and falls as the sweep angle grows, test " + std::to_string(k) + "."}})
+                  ->status,
+              201);
+  const int ctx = json::parse(d->client().Get("/v1/models")->body)["data"][0]["airlock"]["context_length"].get<int>();
+  auto grounded_chat = [&](int max_tokens) {
+    json b = {{"model", "stories"}, {"messages", json::array({{{"role", "user"}, {"content", corpus()[0].question}}})},
+              {"temperature", 0}, {"max_tokens", max_tokens}, {"airlock", {{"collections", {"c"}}}}};
+    return d->post("/v1/chat/completions", b);
+  };
+  auto all = grounded_chat(1);
+  ASSERT_EQ(all->status, 200) << all->body;
+  const json all_j = json::parse(all->body);
+  const std::size_t n_all = all_j["airlock"]["sources"].size();
+  const int p_all = all_j["usage"]["prompt_tokens"].get<int>();
+  ASSERT_GE(n_all, 3u) << all->body;
+  auto fewer = grounded_chat(ctx - p_all + 1);  // one token short of room for every source
+  ASSERT_EQ(fewer->status, 200) << fewer->body;
+  const json fewer_j = json::parse(fewer->body);
+  EXPECT_EQ(fewer_j["airlock"]["sources"].size(), n_all - 1) << fewer->body;  // only the weakest goes
+  EXPECT_LE(fewer_j["usage"]["prompt_tokens"].get<int>() + ctx - p_all + 1, ctx);
+  auto none = grounded_chat(ctx);
+  EXPECT_EQ(none->status, 400) << none->body;
+  EXPECT_NE(none->body.find("context_length_exceeded"), std::string::npos) << none->body;
   EXPECT_EQ(d->stop(), 0);
 }
 
