@@ -3,6 +3,7 @@
 // nothing behind in the store or anywhere else.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <functional>
 #include <string>
 #include <vector>
@@ -51,6 +52,54 @@ void replace_once(std::string& s, const std::string& from, const std::string& to
   s.replace(at, from.size(), to);
 }
 
+// Raw tar editing for the header cases below.
+std::string tar_octal(std::uint64_t v, std::size_t width) {  // width-1 octal digits, then NUL
+  std::string digits(width - 1, '0');
+  for (std::size_t k = width - 1; k-- > 0; v >>= 3) digits[k] = static_cast<char>('0' + (v & 7));
+  return digits + '\0';
+}
+void tar_checksum(std::string& block, std::size_t at) {  // the header block at `at`
+  std::fill(block.begin() + static_cast<std::ptrdiff_t>(at + 148), block.begin() + static_cast<std::ptrdiff_t>(at + 156), ' ');
+  unsigned sum = 0;
+  for (std::size_t k = 0; k < 512; ++k) sum += static_cast<unsigned char>(block[at + k]);
+  const std::string field = tar_octal(sum, 7) + " ";
+  block.replace(at + 148, 8, field);
+}
+std::size_t tar_header_of(const std::string& tar, const std::string& name) {  // ustar header naming `name`
+  for (std::size_t at = 0; at + 512 <= tar.size(); at += 512)
+    if (tar.compare(at, name.size() + 1, name + std::string(1, '\0')) == 0) return at;
+  ADD_FAILURE() << name << " not found";
+  return 0;
+}
+// Entry `name` (of `n` data bytes) made to store n + extra.size() bytes (the
+// extra ones after its data) while a pax SCHILY.realsize record tells
+// libarchive its size is still n: GNU tar would extract the extra bytes.
+std::string with_realsize(std::string tar, const std::string& name, std::size_t n, const std::string& extra) {
+  const std::size_t h = tar_header_of(tar, name);
+  const std::size_t stored = n + extra.size();
+  auto padded = [](std::size_t v) { return (v + 511) / 512 * 512; };
+  std::string header = tar.substr(h, 512);
+  header.replace(124, 12, tar_octal(stored, 12));
+  tar_checksum(header, 0);
+  std::string body = "SCHILY.realsize=" + std::to_string(n) + "\n";
+  std::string record = std::to_string(body.size() + 3) + " " + body;  // a 2-digit length plus its space
+  if (record.size() != body.size() + 3) record = std::to_string(body.size() + 4) + " " + body;
+  std::string pax(512, '\0');
+  pax.replace(0, 13, "PaxHeader/a.b");
+  pax.replace(100, 8, tar_octal(0644, 8));
+  pax.replace(108, 8, tar_octal(0, 8));
+  pax.replace(116, 8, tar_octal(0, 8));
+  pax.replace(124, 12, tar_octal(record.size(), 12));
+  pax.replace(136, 12, tar_octal(0, 12));
+  pax[156] = 'x';
+  pax.replace(257, 8, std::string("ustar\0" "00", 8));
+  tar_checksum(pax, 0);
+  std::string records = record + std::string(padded(record.size()) - record.size(), '\0');
+  std::string data = tar.substr(h + 512, n) + extra;
+  data += std::string(padded(data.size()) - data.size(), '\0');
+  return tar.substr(0, h) + pax + records + header + data + tar.substr(h + 512 + padded(n));
+}
+
 struct HostileCase {
   std::string name;
   std::function<std::string()> make;  // the bundle bytes
@@ -82,6 +131,22 @@ std::vector<HostileCase> hostile_cases() {
                  b[at] = b[at] == 'A' ? 'B' : 'A';
                  return b;
                }, "signature"});
+  // Entries whose stored data differs from the size libarchive reports:
+  // the bytes after the hashed ones would reach anyone extracting the
+  // verified bundle with GNU tar.
+  c.push_back({"gnu_header", [valid] {
+                 std::string b = valid();
+                 const std::size_t h = tar_header_of(b, "a.bin");
+                 b.replace(h + 257, 8, std::string("ustar  \0", 8));
+                 tar_checksum(b, h);
+                 return b;
+               }, "GNU tar header"});
+  c.push_back({"realsize_hides_bytes_in_the_padding", [valid] {
+                 return with_realsize(valid(), "a.bin", 1000, "#!/bin/sh\necho hidden\n");  // stored 1023: one block
+               }, "padding"});
+  c.push_back({"realsize_hides_a_block", [valid] {
+                 return with_realsize(valid(), "a.bin", 1000, std::string(600, 'X'));  // stored 1600: two blocks more
+               }, "another tar reader"});
   c.push_back({"truncated_mid_payload", [valid] {
                  std::string b = valid();
                  return b.substr(0, b.size() / 2);

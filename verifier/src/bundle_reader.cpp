@@ -167,13 +167,14 @@ Status read_payload(TarReader& tar, std::span<const std::uint8_t> archive, const
                                  " bytes, the manifest says " + std::to_string(f.size));
     if (sink != nullptr) AIRLOCK_RETURN_IF_ERROR(sink->open_file(i));
     check.set_chunks(i, f.chunk_sha256.size());
-    if (f.size == 0) {
-      check.close(i);
-      continue;
-    }
     // The entry's data is hashed in place; libarchive only skips it.
     Result<std::uint64_t> at = tar.data_offset();
     if (!at.is_ok()) return at.status().with_context("file '" + f.path + "'");
+    if (f.size == 0) {
+      if (Status s = tar.skip_data(); !s.is_ok()) return s.with_context("file '" + f.path + "'");
+      check.close(i);
+      continue;
+    }
     const std::span<const std::uint8_t> data = archive.subspan(static_cast<std::size_t>(*at),
                                                                static_cast<std::size_t>(f.size));
     for (std::uint64_t c = 0; c < f.chunk_sha256.size(); ++c) {

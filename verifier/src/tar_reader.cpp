@@ -103,6 +103,11 @@ Result<bool> TarReader::next(TarEntry* entry) {
     return false;
   }
   if (rc != ARCHIVE_OK) return archive_error("damaged or truncated tar archive");
+  // GNU headers can carry a "realsize" that libarchive reports as the size
+  // while other readers extract the stored length; bundles are written with
+  // ustar and pax headers only.
+  if (archive_format(ar_) == ARCHIVE_FORMAT_TAR_GNUTAR)
+    return verification_failed("GNU tar header: bundles use ustar and pax headers only");
   const char* name = archive_entry_pathname(e);
   entry->name = name != nullptr ? std::string(name) : std::string();
   entry->size = archive_entry_size_is_set(e) && archive_entry_size(e) >= 0
@@ -181,7 +186,24 @@ Result<std::uint64_t> TarReader::data_offset() {
 }
 
 Status TarReader::skip_data() {
+  const la_int64_t at = archive_filter_bytes(ar_, -1);
   if (archive_read_data_skip(ar_) != ARCHIVE_OK) return archive_error("damaged or truncated tar archive");
+  // What was skipped must be exactly the entry's size rounded up to a block:
+  // a header can give libarchive a size (a "realsize") other than the
+  // length of data stored, and another tar reader would then extract bytes
+  // that were never hashed.
+  const la_int64_t after = archive_filter_bytes(ar_, -1);
+  const std::uint64_t padded = (current_size_ + 511) / 512 * 512;
+  if (at < 0 || after < at || static_cast<std::uint64_t>(after - at) != padded || after > static_cast<la_int64_t>(bytes_.size()))
+    return verification_failed("the entry stores " + std::to_string(after - at) + " bytes of data and padding, but its size is " +
+                               std::to_string(current_size_) + " (another tar reader would see other bytes)");
+  // The padding after the data is zero, as every writer leaves it.
+  const std::span<const std::uint8_t> pad =
+      bytes_.subspan(static_cast<std::size_t>(at) + current_size_, padded - current_size_);
+  bool zero = true;
+  auto scan = [&] { zero = std::all_of(pad.begin(), pad.end(), [](std::uint8_t b) { return b == 0; }); };
+  if (!read_guarded(scan)) return file_shrank("bundle");
+  if (!zero) return verification_failed("non-zero bytes in the padding after the entry's data");
   return Status::ok();
 }
 
