@@ -580,7 +580,7 @@ Result<VerifiedBundle> BundleStore::check_installed(const ImportRecord& record, 
   // import, against the same signed manifest.
   std::mutex mu;
   std::string first_bad;
-  Status pool_status, map_status;  // map_status: a file that could not be mapped (not a mismatch)
+  Status pool_status, map_status;  // map_status: a file that could not be mapped or shrank (not a mismatch); under mu
   {
     TaskPool pool(n_threads);
     for (std::size_t i = 0; i < m.files.size(); ++i) {
@@ -588,6 +588,7 @@ Result<VerifiedBundle> BundleStore::check_installed(const ImportRecord& record, 
       if (f.size == 0) continue;
       void* map = ::mmap(nullptr, f.size, PROT_READ, MAP_PRIVATE, fds[i], 0);
       if (map == MAP_FAILED) {
+        std::lock_guard<std::mutex> lock(mu);
         map_status = io_error("cannot map '" + f.path + "'", errno);
         break;
       }
@@ -601,11 +602,12 @@ Result<VerifiedBundle> BundleStore::check_installed(const ImportRecord& record, 
           const std::uint64_t len = std::min<std::uint64_t>(m.chunk_size, file.size - off);
           std::span<const std::uint8_t> piece(static_cast<const std::uint8_t*>(mapping.get()) + off, len);
           Result<Sha256Digest> digest = sha256_guarded(piece, "'" + file.path + "'");
-          if (!digest.is_ok() || *digest != file.chunk_sha256[c]) {
+          if (!digest.is_ok()) {
             std::lock_guard<std::mutex> lock(mu);
-            if (first_bad.empty())
-              first_bad = digest.is_ok() ? "file '" + file.path + "' chunk " + std::to_string(c) + " does not match its SHA-256"
-                                         : digest.status().message();
+            if (map_status.is_ok()) map_status = digest.status();  // the file shrank: an I/O error
+          } else if (*digest != file.chunk_sha256[c]) {
+            std::lock_guard<std::mutex> lock(mu);
+            if (first_bad.empty()) first_bad = "file '" + file.path + "' chunk " + std::to_string(c) + " does not match its SHA-256";
           }
         });
       }

@@ -43,11 +43,13 @@ constexpr int kCleanupSignals[] = {SIGINT, SIGTERM, SIGHUP};
 struct sigaction g_previous_action[3];
 
 void remove_partials_and_reraise(int sig) {
+  const int saved_errno = errno;
   for (int i = 0; i < kMaxPartials; ++i)
     if (g_partial_used[i].load()) ::unlink(g_partial_paths[i]);
   for (int k = 0; k < 3; ++k)
     if (kCleanupSignals[k] == sig) ::sigaction(sig, &g_previous_action[k], nullptr);
   ::raise(sig);  // delivered when the handler returns, to the previous disposition
+  errno = saved_errno;
 }
 
 void install_cleanup_handlers_once() {
@@ -68,7 +70,6 @@ void install_cleanup_handlers_once() {
 // output is then just not cleaned up on a signal).
 int register_partial(const std::string& path) {
   if (path.size() >= PATH_MAX) return -1;
-  install_cleanup_handlers_once();
   for (int i = 0; i < kMaxPartials; ++i) {
     bool expected = false;
     if (!g_partial_claimed[i].compare_exchange_strong(expected, true)) continue;
@@ -98,14 +99,22 @@ class TempOutput {
   }
   Status open(const std::string& final_path) {
     path_ = final_path + ".partial-XXXXXX";
+    // The cleanup signals wait while the file is created and registered, so
+    // none can leave it unregistered.
+    install_cleanup_handlers_once();
+    sigset_t cleanup, old;
+    sigemptyset(&cleanup);
+    for (int sig : kCleanupSignals) sigaddset(&cleanup, sig);
+    ::pthread_sigmask(SIG_BLOCK, &cleanup, &old);
     fd_ = ::mkostemp(path_.data(), O_CLOEXEC);
+    const int e = errno;
+    if (fd_ >= 0) slot_ = register_partial(path_);
+    ::pthread_sigmask(SIG_SETMASK, &old, nullptr);
     if (fd_ < 0) {
-      int e = errno;
       path_.clear();
       return io_error("cannot create a temporary file beside " + final_path, e);
     }
     ::fchmod(fd_, 0644);
-    slot_ = register_partial(path_);
     test_pause_after_open();
     return Status::ok();
   }

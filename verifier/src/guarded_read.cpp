@@ -20,13 +20,25 @@ void on_sigbus(int sig, siginfo_t* info, void* context) {
     t_jump = nullptr;
     siglongjmp(*jump, 1);
   }
-  // Not a guarded read: hand the signal back to whoever had it. For a fault,
-  // returning re-runs the faulting instruction, which faults again into the
-  // previous handler (by default: the process ends with SIGBUS, as without
-  // this handler). A SIGBUS from kill() is raised again, pending until return.
-  ::sigaction(SIGBUS, &g_previous, nullptr);
-  if (info == nullptr || info->si_code <= 0) ::raise(sig);
-  (void)context;
+  // Not a guarded read: as if the previous disposition had handled it. A
+  // handler is called directly (ours stays installed); for the default
+  // action, it is restored and the fault re-runs into it (or a signal from
+  // kill() is raised again), ending the process as it would have. An
+  // ignored SIGBUS from kill() stays ignored; a real fault cannot be.
+  const bool from_fault = info != nullptr && info->si_code > 0;
+  if ((g_previous.sa_flags & SA_SIGINFO) != 0 && g_previous.sa_sigaction != nullptr) {
+    g_previous.sa_sigaction(sig, info, context);
+  } else if (g_previous.sa_handler != SIG_DFL && g_previous.sa_handler != SIG_IGN && g_previous.sa_handler != nullptr) {
+    g_previous.sa_handler(sig);
+  } else if (g_previous.sa_handler == SIG_IGN && !from_fault) {
+    // ignored, as before
+  } else {
+    struct sigaction dfl {};
+    dfl.sa_handler = SIG_DFL;
+    sigemptyset(&dfl.sa_mask);
+    ::sigaction(SIGBUS, &dfl, nullptr);
+    if (!from_fault) ::raise(sig);
+  }
 }
 
 void install_handler_once() {
