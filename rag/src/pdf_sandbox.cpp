@@ -6,6 +6,7 @@
 #include <linux/filter.h>
 #include <linux/landlock.h>
 #include <poll.h>
+#include <sched.h>
 #include <seccomp.h>
 #include <pthread.h>
 #include <signal.h>
@@ -160,15 +161,49 @@ const SeccompProgram& child_seccomp() {
         SCMP_SYS(io_uring_register), SCMP_SYS(keyctl), SCMP_SYS(add_key), SCMP_SYS(request_key), SCMP_SYS(mount),
         SCMP_SYS(umount2), SCMP_SYS(unshare), SCMP_SYS(setns), SCMP_SYS(pivot_root), SCMP_SYS(chroot),
         SCMP_SYS(open_by_handle_at), SCMP_SYS(name_to_handle_at), SCMP_SYS(init_module), SCMP_SYS(finit_module),
-        SCMP_SYS(kexec_load), SCMP_SYS(personality), SCMP_SYS(execveat)};
-    for (int nr : denied) {
-      if (nr < 0) continue;  // not a call on this architecture
-      if (seccomp_rule_add(ctx, SCMP_ACT_ERRNO(EPERM), nr, 0) != 0) {
-        p.error = "seccomp_rule_add failed for call " + std::to_string(nr);
-        seccomp_release(ctx);
-        return p;
-      }
+        SCMP_SYS(kexec_load), SCMP_SYS(personality), SCMP_SYS(execveat),
+        // The new mount API.
+        SCMP_SYS(fsopen), SCMP_SYS(fsconfig), SCMP_SYS(fsmount), SCMP_SYS(fspick), SCMP_SYS(move_mount),
+        SCMP_SYS(open_tree), SCMP_SYS(mount_setattr),
+        // Modes, owners, times and attributes of files airlockd's user owns
+        // (rag.db, the state database): Landlock does not restrict these.
+        SCMP_SYS(chmod), SCMP_SYS(fchmod), SCMP_SYS(fchmodat), SCMP_SYS(chown), SCMP_SYS(fchown),
+        SCMP_SYS(lchown), SCMP_SYS(fchownat), SCMP_SYS(truncate), SCMP_SYS(utime), SCMP_SYS(utimes),
+        SCMP_SYS(utimensat), SCMP_SYS(futimesat), SCMP_SYS(setxattr), SCMP_SYS(lsetxattr), SCMP_SYS(fsetxattr),
+        SCMP_SYS(removexattr), SCMP_SYS(lremovexattr), SCMP_SYS(fremovexattr),
+        // Signals by other routes than kill and tgkill (below).
+        SCMP_SYS(tkill), SCMP_SYS(pidfd_send_signal), SCMP_SYS(rt_sigqueueinfo), SCMP_SYS(rt_tgsigqueueinfo)};
+    auto add = [&](int nr, std::uint32_t action, unsigned n_args, const scmp_arg_cmp* args) {
+      if (nr < 0) return true;  // not a call on this architecture
+      if (seccomp_rule_add_array(ctx, action, nr, n_args, args) == 0) return true;
+      p.error = "seccomp_rule_add failed for call " + std::to_string(nr);
+      seccomp_release(ctx);
+      return false;
+    };
+    for (int nr : denied)
+      if (!add(nr, SCMP_ACT_ERRNO(EPERM), 0, nullptr)) return p;
+    // Signals to airlockd (it runs as the same user; the filter is built
+    // once, in airlockd, so getpid() is its pid), and kill() to any process
+    // group or to every process (a negative pid). The child may still
+    // signal itself and its own group (raise, abort, kill 0). Compared on
+    // the low 32 bits: pid_t is an int.
+    const scmp_datum_t self = static_cast<std::uint32_t>(::getpid());
+    const scmp_arg_cmp to_airlockd[] = {SCMP_A0(SCMP_CMP_MASKED_EQ, 0xFFFFFFFFu, self)};
+    const scmp_arg_cmp negative[] = {SCMP_A0(SCMP_CMP_MASKED_EQ, 0x80000000u, 0x80000000u)};
+    if (!add(SCMP_SYS(tgkill), SCMP_ACT_ERRNO(EPERM), 1, to_airlockd) ||
+        !add(SCMP_SYS(kill), SCMP_ACT_ERRNO(EPERM), 1, to_airlockd) ||
+        !add(SCMP_SYS(kill), SCMP_ACT_ERRNO(EPERM), 1, negative))
+      return p;
+    // clone with new namespaces; clone3 hides its flags in memory, so it
+    // reports ENOSYS and the C library falls back to clone.
+    for (scmp_datum_t flag : {static_cast<scmp_datum_t>(CLONE_NEWNS), static_cast<scmp_datum_t>(CLONE_NEWCGROUP),
+                              static_cast<scmp_datum_t>(CLONE_NEWUTS), static_cast<scmp_datum_t>(CLONE_NEWIPC),
+                              static_cast<scmp_datum_t>(CLONE_NEWUSER), static_cast<scmp_datum_t>(CLONE_NEWPID),
+                              static_cast<scmp_datum_t>(CLONE_NEWNET)}) {
+      const scmp_arg_cmp with_flag[] = {SCMP_A0(SCMP_CMP_MASKED_EQ, flag, flag)};
+      if (!add(SCMP_SYS(clone), SCMP_ACT_ERRNO(EPERM), 1, with_flag)) return p;
     }
+    if (!add(SCMP_SYS(clone3), SCMP_ACT_ERRNO(ENOSYS), 0, nullptr)) return p;
     const int fd = ::memfd_create("airlock-seccomp", MFD_CLOEXEC);
     if (fd < 0 || seccomp_export_bpf(ctx, fd) != 0) {
       p.error = "cannot export the seccomp program";

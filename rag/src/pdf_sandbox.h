@@ -6,9 +6,10 @@
 // seconds, RLIMIT_FSIZE 0, RLIMIT_NOFILE 32, RLIMIT_CORE 0), a Landlock
 // ruleset where the kernel has one (read and execute under /usr, read a few
 // files of /etc and /dev, write nothing, no TCP, no signals out) and a
-// seccomp filter (no sockets, no ptrace or process_vm_*, no bpf, io_uring,
-// userfaultfd, keyrings, mounts or namespaces: EPERM). If the filter cannot
-// be built the program is not run (kInternal).
+// seccomp filter (EPERM for sockets, ptrace and process_vm_*, bpf, io_uring,
+// userfaultfd, keyrings, mounts and namespaces, chmod/chown/truncate/utimes/
+// xattrs, and signals to airlockd or to any process group). If the filter
+// cannot be built the program is not run (kInternal).
 //
 // The parent feeds stdin and drains stdout and stderr through one poll()
 // loop (no deadlock whatever the child does first), SIGKILLs the child's

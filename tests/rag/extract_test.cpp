@@ -577,10 +577,11 @@ TEST(ExtractTest, PdfChildRunsConfined) {
   expect_no_children();
 }
 
-// What an exploited pdftotext could try: open a socket, trace airlockd,
-// read files airlockd's user can read (rag.db, the state database, TLS keys)
-// or create files. The seccomp filter refuses the first two everywhere;
-// Landlock, where the kernel has it, the last two.
+// What an exploited pdftotext could try: open a socket, trace or signal
+// airlockd, change the mode or length of files airlockd's user owns, read
+// them (rag.db, the state database, TLS keys) or create files. The seccomp
+// filter refuses all but reading and creating everywhere; Landlock, where
+// the kernel has it, those two.
 TEST(ExtractTest, PdfChildCannotConnectTraceReadOrWrite) {
   if (::access("/usr/bin/python3", X_OK) != 0) GTEST_SKIP() << "python3 not installed (scripts/setup installs it)";
   ScriptDir dir;
@@ -589,6 +590,8 @@ TEST(ExtractTest, PdfChildCannotConnectTraceReadOrWrite) {
   ASSERT_NE(secret_dir, nullptr);
   const std::string secret = std::string(secret_dir) + "/rag.db";
   std::ofstream(secret) << "every collection's text";
+  struct stat before {};
+  ASSERT_EQ(::stat(secret.c_str(), &before), 0);
   const std::string created = std::string(secret_dir) + "/dropped";
   ExtractLimits limits;
   limits.pdf_timeout_ms = 20000;
@@ -607,6 +610,10 @@ TEST(ExtractTest, PdfChildCannotConnectTraceReadOrWrite) {
       "libc = ctypes.CDLL(None, use_errno=True)\n"
       "r = libc.ptrace(16, os.getppid(), 0, 0)\n"
       "print('ptrace', 'allowed' if r == 0 else os.strerror(ctypes.get_errno()))\n"
+      "attempt('chmod', lambda: os.chmod('" + secret + "', 0o666))\n"
+      "attempt('truncate', lambda: os.truncate('" + secret + "', 0))\n"
+      "attempt('signal', lambda: os.kill(" + std::to_string(::getpid()) + ", 0))\n"  // this process: airlockd's place
+      "attempt('group', lambda: os.kill(-" + std::to_string(::getpgid(0)) + ", 0))\n"
       "attempt('read', lambda: open('" + secret + "').read())\n"
       "attempt('create', lambda: open('" + created + "', 'w'))\n"
       "EOF");
@@ -616,6 +623,12 @@ TEST(ExtractTest, PdfChildCannotConnectTraceReadOrWrite) {
   EXPECT_NE(r->text.find("socket Operation not permitted"), std::string::npos) << r->text;
   EXPECT_NE(r->text.find("unix Operation not permitted"), std::string::npos) << r->text;
   EXPECT_NE(r->text.find("ptrace Operation not permitted"), std::string::npos) << r->text;
+  for (const char* what : {"chmod", "truncate", "signal", "group"})
+    EXPECT_NE(r->text.find(std::string(what) + " Operation not permitted"), std::string::npos) << what << ": " << r->text;
+  struct stat after {};
+  ASSERT_EQ(::stat(secret.c_str(), &after), 0);
+  EXPECT_EQ(after.st_size, before.st_size);  // not truncated
+  EXPECT_EQ(after.st_mode, before.st_mode);
   if (summary.find("Landlock ABI") != std::string::npos) {
     EXPECT_NE(r->text.find("read Permission denied"), std::string::npos) << r->text;
     EXPECT_NE(r->text.find("create Permission denied"), std::string::npos) << r->text;
