@@ -499,7 +499,10 @@ bool equal(const Value& a, const Value& b) {
   if (a.type != b.type) return false;
   switch (a.type) {
     case Type::kUndefined: case Type::kNone: return true;
-    case Type::kString: return a.s() == b.s();
+    case Type::kString:
+      if (a.s().size() != b.s().size()) return false;
+      if (!work(a.s().size() / 64)) return false;  // a megabyte string compared 100,000 times
+      return a.s() == b.s();
     case Type::kList:
       if (a.list->size() != b.list->size()) return false;
       for (std::size_t k = 0; k < a.list->size(); ++k)
@@ -1630,6 +1633,9 @@ class Renderer {
     std::string out;
     out_ = &out;
     AIRLOCK_RETURN_IF_ERROR(exec_body(prog_.body));
+    // A helper that ran out in the last statement returned early (a false
+    // comparison, say) with no step after it to notice.
+    if (budget.exceeded) return resource_exhausted("chat template: step limit exceeded");
     return out;
   }
 
@@ -2180,7 +2186,10 @@ class Renderer {
       if (a.is(Type::kFloat) || b.is(Type::kFloat)) return a.as_double() < b.as_double();
       return a.as_int() < b.as_int();
     }
-    if (a.is(Type::kString) && b.is(Type::kString)) return a.s() < b.s();
+    if (a.is(Type::kString) && b.is(Type::kString)) {
+      AIRLOCK_RETURN_IF_ERROR(step(1 + std::min(a.s().size(), b.s().size()) / 64));
+      return a.s() < b.s();
+    }
     if (a.is(Type::kList) && b.is(Type::kList)) {
       const List& x = *a.list;
       const List& y = *b.list;
@@ -2201,8 +2210,11 @@ class Renderer {
       case Type::kString:
         if (!item.is(Type::kString))
           return error(line, std::string("'in <string>' requires string as left operand, not ") + type_name(item));
-        AIRLOCK_RETURN_IF_ERROR(step(container.s().size() / 64));
-        return container.s().find(item.s()) != std::string::npos;
+        AIRLOCK_RETURN_IF_ERROR(step(1 + (container.s().size() + item.s().size()) / 64));
+        // memmem (two-way search) is linear; std::string::find can take
+        // the product of the two lengths ('a'*n in 'a'*m + 'b').
+        return item.s().empty() || ::memmem(container.s().data(), container.s().size(), item.s().data(),
+                                            item.s().size()) != nullptr;
       case Type::kList:
         AIRLOCK_RETURN_IF_ERROR(step(container.list->size()));
         for (const Value& x : *container.list)
@@ -2959,7 +2971,10 @@ class Renderer {
       else if (attr) {
         AIRLOCK_ASSIGN_OR_RETURN(key, attribute_path(item, to_str(*attr), line));
       }
-      if (!case_sensitive && key.is(Type::kString)) key = string_value(change_case(key.s(), Case::kLower));
+      if (!case_sensitive && key.is(Type::kString)) {
+        AIRLOCK_RETURN_IF_ERROR(charge(key.s().size()));  // a lower-cased copy of every key
+        key = string_value(change_case(key.s(), Case::kLower));
+      }
       keyed.emplace_back(std::move(key), item);
     }
     AIRLOCK_RETURN_IF_ERROR(step(keyed.size() * 16));

@@ -314,6 +314,18 @@ TEST(ChatTemplateHostile, SharedValuesAndRecursiveFiltersAreBounded) {
   for (int k = 0; k < 20000; ++k) maps += "'map', ";
   expect_limit(render(maps + "'upper') | list }}"), "map recursing through its arguments");
 
+  // Long strings compared many times are charged by their length.
+  const std::string long_strings = "{% set s = 'x' * 1000000 %}{% set a = [s] * 100000 %}";
+  expect_limit(render(long_strings + "{{ a | sort | length }}"), "sorting long equal strings");
+  expect_limit(render(long_strings + "{{ a == a }}"), "comparing lists of long strings");
+  // A comparison that runs out in the last statement fails the render
+  // instead of reading as false.
+  expect_limit(render(shared + "{% if b == b %}equal{% endif %}"), "running out in the last statement");
+  // Substring search is linear: this is 5 x 10^11 steps for a naive find.
+  auto search = render("{{ ('a' * 500000 ~ 'b') in ('a' * 1000000) }}");
+  ASSERT_TRUE(search.is_ok()) << search.status().to_string();
+  EXPECT_EQ(*search, "False");
+
   auto empty = render("[{{ '' * 9223372036854775807 }}][{{ [] * 1000000000000000000 }}]");
   ASSERT_TRUE(empty.is_ok()) << empty.status().to_string();
   EXPECT_EQ(*empty, "[][[]]");  // as Python: an empty sequence repeated is empty
