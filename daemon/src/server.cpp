@@ -1415,6 +1415,9 @@ void Server::routes() {
     s.completions(req, res, Endpoint::kChat, /*rag_query=*/true);
   });
   s.rag_routes();
+  // Tokens one /v1/embeddings request may embed, after each input is cut
+  // to the model's input length (docs/daemon.md).
+  static constexpr std::size_t kMaxEmbeddingTokens = 65536;
   h.Post("/v1/embeddings", [&s](const httplib::Request& req, httplib::Response& res) {
     if (s.body_too_large(req, res)) return;
     if (s.draining) return s.send_error(res, api_error(503, "server_error", "the server is shutting down"));
@@ -1434,6 +1437,22 @@ void Server::routes() {
       e.param = "dimensions";
       return s.send_error(res, e);
     }
+    // The work is bounded by tokens, not only by inputs and bytes: 2,048
+    // inputs of 512 tokens each held the shared compute threads for minutes.
+    std::vector<std::size_t> n_tokens(r.inputs.size());
+    std::size_t n_embedded = 0;  // after each input is cut to what the model takes
+    for (std::size_t i = 0; i < r.inputs.size(); ++i) {
+      n_tokens[i] = m->embedder->count_tokens(r.inputs[i]);
+      n_embedded += std::min(n_tokens[i], m->embedder->max_tokens());
+    }
+    if (n_embedded > kMaxEmbeddingTokens) {
+      ApiError e = api_error(400, "invalid_request_error",
+                             "the inputs hold " + std::to_string(n_embedded) + " tokens (each cut to the model's " +
+                                 std::to_string(m->embedder->max_tokens()) + "); at most " +
+                                 std::to_string(kMaxEmbeddingTokens) + " per request");
+      e.param = "input";
+      return s.send_error(res, e);
+    }
     ojson data = ojson::array();
     std::int64_t tokens = 0;
     for (std::size_t i = 0; i < r.inputs.size(); ++i) {
@@ -1444,7 +1463,7 @@ void Server::routes() {
           !std::all_of(v.begin(), v.end(), [](float x) { return std::isfinite(x); }))
         return s.send_error(res, api_error(500, "server_error",
                                            "the embedding model failed on input " + std::to_string(i)));
-      tokens += static_cast<std::int64_t>(m->embedder->count_tokens(r.inputs[i]));
+      tokens += static_cast<std::int64_t>(n_tokens[i]);
       ojson item = {{"object", "embedding"}, {"index", i}};
       if (r.base64) {
         // Little-endian float32 bytes, as OpenAI's encoding_format=base64.

@@ -671,6 +671,15 @@ TEST_F(DaemonE2E, EmbeddingsFromTheBundlesStaticModel) {
   EXPECT_EQ(tok->status, 400);
   EXPECT_EQ(json::parse(tok->body)["error"]["param"], "input");
   EXPECT_EQ(daemon_->post("/v1/embeddings", {{"model", "stories"}, {"input", "x"}, {"dimensions", 3}})->status, 400);
+  // At most 65,536 tokens a request (after each input is cut to the model's
+  // input length): 300 long inputs are refused before any is embedded.
+  json many = json::array();
+  std::string words;
+  for (int k = 0; k < 700; ++k) words += "flutter ";
+  for (int k = 0; k < 300; ++k) many.push_back(words);
+  auto refused = daemon_->post("/v1/embeddings", {{"model", "stories"}, {"input", many}});
+  EXPECT_EQ(refused->status, 400) << refused->body.substr(0, 300);
+  EXPECT_NE(refused->body.find("at most 65536 per request"), std::string::npos) << refused->body.substr(0, 300);
   EXPECT_EQ(daemon_->client(false).Post("/v1/embeddings", "{}", "application/json")->status, 401);
 }
 
