@@ -317,6 +317,16 @@ void Scheduler::step(std::unique_lock<std::mutex>& lock) {
   int n_prompt_tokens = 0;
   for (auto& s : running_) {
     if (s->n_prefilled < s->prefill_len) {
+      // A sequence about to compute its first prompt tokens looks for cached
+      // blocks again: an identical prompt admitted in the same step (the
+      // choices of an n > 1 request, a shared system prompt) has published
+      // its blocks by now, prefilled oldest first.
+      if (s->n_prefilled == 0 && prefill_budget > 0 && s->prefill_len > kBlockTokens) {
+        const int hit = cache_.attach_prefix(s->id, std::span<const std::int32_t>(s->history.data(), s->prefill_len),
+                                             (s->prefill_len - 1) / kBlockTokens);
+        s->n_prefilled = hit * kBlockTokens;
+        stats_.prefix_hit_tokens += static_cast<std::uint64_t>(s->n_prefilled);
+      }
       const int take = step_tokens(*s, &prefill_budget);
       if (take == 0) continue;
       for (int i = 0; i < take; ++i) {

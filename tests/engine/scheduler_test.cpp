@@ -404,6 +404,32 @@ TEST(SchedulerTest, RepeatedPrefixIsNotComputedAgainAndGivesTheSameTokens) {
   EXPECT_EQ(o3.tokens, run_alone(*l.model, greedy(follow, 5)).tokens);
 }
 
+// The choices of an n > 1 request (the same prompt, submitted together)
+// are admitted in one step, but the prompt is not computed once per choice:
+// the others find the first one's published blocks when their turn to
+// prefill comes (prefill goes oldest first), and give the same tokens as
+// alone.
+TEST(SchedulerTest, IdenticalPromptsSubmittedTogetherComputeThePromptOnce) {
+  Loaded l = load();
+  const std::vector<std::int32_t> p = prompt(300, 41);  // 18 full blocks before the last token's block
+  const Outcome alone = run_alone(*l.model, greedy(p, 6));  // first: one scheduler on a model at a time
+  auto s = Scheduler::start(*l.model, opts(128));
+  ASSERT_TRUE(s.is_ok());
+  std::vector<std::shared_ptr<TokenStream>> streams;
+  for (int k = 0; k < 4; ++k) {
+    auto st = (*s)->submit(greedy(p, 6));
+    ASSERT_TRUE(st.is_ok());
+    streams.push_back(*st);
+  }
+  for (auto& st : streams) EXPECT_EQ(collect(*st).tokens, alone.tokens);
+  // Step 1 prefills the first 256 tokens (the budget) of the first choice
+  // only; in step 2 it computes its last 44 and the others, starting with
+  // the 256 now cached, compute the same 44 (before this: all 300 each).
+  const SchedulerStats stats = (*s)->stats();
+  EXPECT_EQ(stats.prefix_hit_tokens, 3u * 256u);
+  EXPECT_EQ(stats.prompt_tokens, 300u + 3u * 44u);
+}
+
 TEST(SchedulerTest, DrainFinishesRunningAndRefusesNewWork) {
   Loaded l = load();
   auto s = Scheduler::start(*l.model, opts(64));
