@@ -163,6 +163,11 @@ struct Generation {
     return e;
   }
 
+  // A token as /v1/completions' logprobs name it (token_logprob's "token").
+  std::string token_text(std::int32_t token_id) const {
+    return valid_utf8(model->tokenizer->token_bytes(token_id, true));
+  }
+
   // Consumes one scheduler event for choice `c`; returns the text to send.
   std::string on_event(Choice& c, TokenEvent& e) {
     if (c.done) return {};
@@ -577,11 +582,11 @@ struct Server::Impl {
     }
     ojson tokens = ojson::array(), token_logprobs = ojson::array(), top = ojson::array(), offsets = ojson::array();
     for (std::size_t k = 0; k < entries.size(); ++k) {
-      const ojson e = g.token_logprob(entries[k]);
-      tokens.push_back(e["token"]);
-      token_logprobs.push_back(e["logprob"]);
+      const engine::SampledToken& t = entries[k];
+      tokens.push_back(g.token_text(t.token));
+      token_logprobs.push_back(t.logprob);
       ojson alts = ojson::object();
-      for (const ojson& a : e["top_logprobs"]) alts[a["token"].get<std::string>()] = a["logprob"];
+      for (const auto& alt : t.top) alts[g.token_text(alt.token)] = alt.logprob;
       top.push_back(std::move(alts));
       offsets.push_back(c.text_offsets[first + k]);
     }
@@ -1149,7 +1154,6 @@ void Server::Impl::completions(const httplib::Request& req, httplib::Response& r
             else if (!std::exchange(waited, true)) events = c.stream->pop_until(deadline);
             else events = c.stream->pop(std::chrono::milliseconds(0));
             for (TokenEvent& e : events) {
-              const std::size_t n_lp = c.logprobs.size();
               std::string text = g->on_event(c, e);
               if (g->grounded && !g->grounded->released) {
                 // Nothing of a grounded answer is shown until it cites a source.
@@ -1166,8 +1170,8 @@ void Server::Impl::completions(const httplib::Request& req, httplib::Response& r
               }
               // Entries move to this write and leave the choice: a stream
               // holds only what it has not sent yet.
-              if (lps[i].empty()) lp_first[i] = c.logprobs_base + n_lp;
-              for (std::size_t k = n_lp; k < c.logprobs.size(); ++k) lps[i].push_back(std::move(c.logprobs[k]));
+              if (lps[i].empty()) lp_first[i] = c.logprobs_base;
+              for (engine::SampledToken& t : c.logprobs) lps[i].push_back(std::move(t));
               c.logprobs_base += c.logprobs.size();
               c.logprobs.clear();
               texts[i] += text;
