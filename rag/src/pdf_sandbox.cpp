@@ -257,7 +257,7 @@ constexpr LandlockPath kLandlockPaths[] = {
     {"/usr", kFsRead | kFsExec},        {"/lib", kFsRead | kFsExec},
     {"/lib64", kFsRead | kFsExec},      {"/bin", kFsRead | kFsExec},
     {"/etc/ld.so.cache", kFsRead},      {"/etc/fonts", kFsRead},
-    {"/etc/localtime", kFsRead},        {"/usr/share/poppler", kFsRead},
+    {"/etc/localtime", kFsRead},
     {"/dev/null", kFsRead | LANDLOCK_ACCESS_FS_WRITE_FILE}, {"/dev/urandom", kFsRead},
     {"/proc/self", kFsRead},  // opened before exec: the child's own /proc/PID (some libraries read maps)
 };

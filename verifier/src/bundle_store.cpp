@@ -9,16 +9,16 @@
 #include <unistd.h>
 
 #include <atomic>
-#include <functional>
-#include <set>
 #include <cerrno>
-#include <cstdlib>
-#include <thread>
-#include <cstdio>
 #include <chrono>
+#include <cstdio>
+#include <cstdlib>
 #include <ctime>
+#include <functional>
 #include <mutex>
 #include <optional>
+#include <set>
+#include <thread>
 
 #include <sodium.h>
 #include <sqlite3.h>

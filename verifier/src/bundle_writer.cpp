@@ -129,20 +129,20 @@ class TempOutput {
     // Never replaces an existing file, unlike rename(). RENAME_NOREPLACE
     // works on the media bundles travel on (vfat, exFAT), where link() fails
     // with EPERM; link() is the fallback for file systems without it.
-    if (::renameat2(AT_FDCWD, path_.c_str(), AT_FDCWD, final_path.c_str(), RENAME_NOREPLACE) == 0) {
-      release();
-      path_.clear();
-    } else {
+    const bool renamed = ::renameat2(AT_FDCWD, path_.c_str(), AT_FDCWD, final_path.c_str(), RENAME_NOREPLACE) == 0;
+    if (!renamed && errno != EINVAL && errno != ENOSYS && errno != ENOTSUP) {
       if (errno == EEXIST) return already_exists(final_path + " already exists");
-      if (errno != EINVAL && errno != ENOSYS && errno != ENOTSUP) return io_error("cannot create " + final_path, errno);
+      return io_error("cannot create " + final_path, errno);
+    }
+    if (!renamed) {
       if (::link(path_.c_str(), final_path.c_str()) != 0) {
         if (errno == EEXIST) return already_exists(final_path + " already exists");
         return io_error("cannot create " + final_path, errno);
       }
       ::unlink(path_.c_str());
-      release();
-      path_.clear();
     }
+    release();
+    path_.clear();
     const std::size_t slash = final_path.rfind('/');
     const std::string dir = slash == std::string::npos ? std::string(".")
                             : slash == 0                ? std::string("/")

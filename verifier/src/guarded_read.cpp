@@ -16,7 +16,8 @@ thread_local sigjmp_buf* t_jump = nullptr;
 struct sigaction g_previous {};
 
 void on_sigbus(int sig, siginfo_t* info, void* context) {
-  if (sigjmp_buf* jump = t_jump; jump != nullptr && info != nullptr && info->si_code > 0) {
+  const bool from_fault = info != nullptr && info->si_code > 0;  // not from kill()
+  if (sigjmp_buf* jump = t_jump; jump != nullptr && from_fault) {
     t_jump = nullptr;
     siglongjmp(*jump, 1);
   }
@@ -25,7 +26,6 @@ void on_sigbus(int sig, siginfo_t* info, void* context) {
   // action, it is restored and the fault re-runs into it (or a signal from
   // kill() is raised again), ending the process as it would have. An
   // ignored SIGBUS from kill() stays ignored; a real fault cannot be.
-  const bool from_fault = info != nullptr && info->si_code > 0;
   if ((g_previous.sa_flags & SA_SIGINFO) != 0 && g_previous.sa_sigaction != nullptr) {
     g_previous.sa_sigaction(sig, info, context);
   } else if (g_previous.sa_handler != SIG_DFL && g_previous.sa_handler != SIG_IGN && g_previous.sa_handler != nullptr) {

@@ -17,6 +17,18 @@ std::string archive_message(::archive* ar) {
   return m != nullptr ? std::string(m) : std::string("unknown archive error");
 }
 
+// The offset of the first non-zero byte of a mapped span (its size when all
+// are zero), read guarded.
+Result<std::size_t> first_nonzero(std::span<const std::uint8_t> bytes) {
+  std::size_t at = 0;
+  auto scan = [&] {
+    at = static_cast<std::size_t>(std::find_if(bytes.begin(), bytes.end(), [](std::uint8_t b) { return b != 0; }) -
+                                  bytes.begin());
+  };
+  if (!read_guarded(scan)) return file_shrank("bundle");
+  return at;
+}
+
 }  // namespace
 
 std::string printable_name(std::string_view name) {
@@ -138,12 +150,7 @@ Status TarReader::check_end() {
   if (consumed < 0 || static_cast<std::uint64_t>(consumed) > bytes_.size())
     return verification_failed("tar archive: cannot locate the end-of-archive marker");
   const std::span<const std::uint8_t> rest = bytes_.subspan(static_cast<std::size_t>(consumed));
-  std::size_t nonzero = 0;
-  auto scan = [&] {
-    nonzero = static_cast<std::size_t>(
-        std::find_if(rest.begin(), rest.end(), [](std::uint8_t b) { return b != 0; }) - rest.begin());
-  };
-  if (!read_guarded(scan)) return file_shrank("bundle");
+  AIRLOCK_ASSIGN_OR_RETURN(std::size_t nonzero, first_nonzero(rest));
   if (nonzero != rest.size())
     return verification_failed("data after the end of the tar archive (offset " +
                                std::to_string(static_cast<std::size_t>(consumed) + nonzero) +
@@ -200,10 +207,8 @@ Status TarReader::skip_data() {
   // The padding after the data is zero, as every writer leaves it.
   const std::span<const std::uint8_t> pad =
       bytes_.subspan(static_cast<std::size_t>(at) + current_size_, padded - current_size_);
-  bool zero = true;
-  auto scan = [&] { zero = std::all_of(pad.begin(), pad.end(), [](std::uint8_t b) { return b == 0; }); };
-  if (!read_guarded(scan)) return file_shrank("bundle");
-  if (!zero) return verification_failed("non-zero bytes in the padding after the entry's data");
+  AIRLOCK_ASSIGN_OR_RETURN(std::size_t nonzero, first_nonzero(pad));
+  if (nonzero != pad.size()) return verification_failed("non-zero bytes in the padding after the entry's data");
   return Status::ok();
 }
 

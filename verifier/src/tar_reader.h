@@ -5,9 +5,12 @@
 // (headers, small entries) as copies made by a guarded read
 // (guarded_read.h), and skips the data of large entries, which callers hash
 // in place at data_offset(). A mapping that shrinks while it is read fails
-// with kIoError instead of ending the process with SIGBUS. Only the tar family is enabled (ustar, pax, GNU):
-// no decompression filter and no other format is ever attempted, so a
-// compressed or foreign file fails at the first header.
+// with kIoError instead of ending the process with SIGBUS.
+//
+// Only the tar family is enabled, and of it ustar and pax headers are
+// accepted (GNU headers are refused): no decompression filter and no other
+// format is ever attempted, so a compressed or foreign file fails at the
+// first header.
 //
 // Thread-safety: one TarReader per thread.
 #pragma once
