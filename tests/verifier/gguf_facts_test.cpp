@@ -1,11 +1,13 @@
 #include "airlock/verifier/gguf_facts.h"
 
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <cstring>
 #include <string>
 #include <vector>
 
+#include "airlock/verifier/mapped_file.h"
 #include "test_bundles.h"
 
 namespace airlock::verifier {
@@ -148,6 +150,62 @@ TEST(GgufFactsTest, HostileHeaders) {
     ASSERT_FALSE(f.is_ok()) << "accepted; expected: " << expect;
     EXPECT_EQ(f.status().code(), StatusCode::kVerificationFailed);
     EXPECT_NE(f.status().message().find(expect), std::string::npos) << expect << " vs " << f.status().message();
+  }
+}
+
+// A header longer than the first copy (1 MiB) read from a mapping: the
+// mapped reader copies longer prefixes until the header fits, and agrees with
+// the reader of the whole file.
+std::string long_header_model() {
+  return GgufBuilder()
+      .kv_string("general.architecture", "llama")
+      .kv_raw("tokenizer.blob", 9, GgufBuilder::le<std::uint32_t>(0) + GgufBuilder::le<std::uint64_t>(5u << 20) +
+                                       std::string(5u << 20, 'x'))  // 5 MiB of u8, skipped unread
+      .kv_u32("llama.context_length", 4096)
+      .tensor("a", {32, 32}, 8, 32 * 34)
+      .tensor("b", {64}, 0, 256)
+      .finish();
+}
+
+TEST(GgufFactsTest, MappedReaderGrowsItsCopyUntilTheHeaderFits) {
+  testing::TempDir dir;
+  const std::string path = dir / "long.gguf";
+  const std::string bytes = long_header_model();
+  testing::write_file(path, bytes);
+  Result<ModelFacts> whole = facts(bytes);
+  Result<ModelFacts> mapped = read_gguf_facts_file(path);
+  ASSERT_TRUE(whole.is_ok()) << whole.status().to_string();
+  ASSERT_TRUE(mapped.is_ok()) << mapped.status().to_string();
+  EXPECT_EQ(mapped->architecture, "llama");
+  EXPECT_EQ(mapped->tensor_count, 2u);
+  EXPECT_EQ(mapped->parameter_count, whole->parameter_count);
+  EXPECT_EQ(mapped->context_length, 4096u);
+  EXPECT_EQ(mapped->quantization, whole->quantization);
+  // Truncations of the file are refused the same way through the mapping.
+  for (std::size_t n : {std::size_t{0}, std::size_t{100}, std::size_t{1} << 20, (std::size_t{5} << 20) + 200,
+                        bytes.size() - 1}) {
+    testing::write_file(path, bytes.substr(0, n));
+    Result<ModelFacts> cut = read_gguf_facts_file(path);
+    ASSERT_FALSE(cut.is_ok()) << "accepted a file cut at " << n;
+    EXPECT_EQ(cut.status().code(), StatusCode::kVerificationFailed) << cut.status().to_string();
+  }
+}
+
+// A source file truncated while `bundle create` reads its header (another
+// process, media pulled out) is an I/O error, not SIGBUS.
+TEST(GgufFactsTest, MappedReaderOfAShrunkFileFailsWithIoError) {
+  testing::TempDir dir;
+  const std::string path = dir / "long.gguf";
+  testing::write_file(path, long_header_model());
+  for (std::size_t keep : {std::size_t{0}, std::size_t{8192}, std::size_t{3} << 20}) {
+    testing::write_file(path, long_header_model());
+    Result<MappedFile> file = MappedFile::open(path);
+    ASSERT_TRUE(file.is_ok());
+    ASSERT_EQ(::truncate(path.c_str(), static_cast<off_t>(keep)), 0);
+    Result<ModelFacts> f = read_gguf_facts_mapped(file->bytes(), "long.gguf");
+    ASSERT_FALSE(f.is_ok()) << "kept " << keep;
+    EXPECT_EQ(f.status().code(), StatusCode::kIoError) << f.status().to_string();
+    EXPECT_NE(f.status().message().find("long.gguf"), std::string::npos);
   }
 }
 

@@ -244,8 +244,12 @@ Result<VerifiedBundle> create_bundle(const std::vector<BundleInput>& inputs, con
     f.role = in.role;
     f.size = mf.bytes().size();
     bool model_role = in.role == FileRole::kLlm || in.role == FileRole::kEmbedding || in.role == FileRole::kReranker;
-    if (model_role && looks_like_gguf(mf.bytes())) {
-      Result<ModelFacts> facts = read_gguf_facts(mf.bytes());
+    std::uint8_t magic[4] = {};
+    const std::size_t n_magic = std::min<std::size_t>(4, mf.bytes().size());
+    if (model_role && !copy_guarded(magic, mf.bytes().data(), n_magic)) return file_shrank(in.source_path);
+    if (model_role && looks_like_gguf(std::span<const std::uint8_t>(magic, n_magic))) {
+      Result<ModelFacts> facts = read_gguf_facts_mapped(mf.bytes(), in.source_path);
+      if (facts.status().code() == StatusCode::kIoError) return facts.status();
       if (!facts.is_ok()) return invalid_argument(in.source_path + ": " + facts.status().message());
       f.model = *facts;
     }

@@ -1,11 +1,13 @@
 #include "airlock/verifier/gguf_facts.h"
 
+#include <algorithm>
 #include <cstring>
 #include <map>
 #include <optional>
 #include <vector>
 
 #include "airlock/verifier/mapped_file.h"
+#include "guarded_read.h"
 
 namespace airlock::verifier {
 namespace {
@@ -56,18 +58,27 @@ const char* file_type_name(std::uint32_t v) {
   }
 }
 
-// A cursor over the file that refuses to move past its end.
+// A cursor over the file that refuses to move past its end. It may hold
+// only the first bytes of a file of `file_size` bytes (a copy of a prefix):
+// bounds are checked against the whole file, and a read that the file has
+// but the prefix does not fails with *prefix_short set, so the caller can
+// retry with a longer prefix.
 class Cursor {
  public:
-  explicit Cursor(std::span<const std::uint8_t> bytes) : bytes_(bytes) {}
+  Cursor(std::span<const std::uint8_t> prefix, std::uint64_t file_size, bool* prefix_short)
+      : bytes_(prefix), file_size_(file_size), prefix_short_(prefix_short) {}
 
   std::uint64_t pos() const { return pos_; }
-  std::uint64_t remaining() const { return bytes_.size() - pos_; }
+  std::uint64_t remaining() const { return file_size_ - pos_; }
 
   Status need(std::uint64_t n, const char* what) const {
     if (n > remaining())
       return verification_failed("gguf: " + std::string(what) + " at offset " + std::to_string(pos_) +
                                  " runs past the end of the file");
+    if (pos_ > bytes_.size() || n > bytes_.size() - pos_) {
+      *prefix_short_ = true;
+      return verification_failed("gguf: the header runs past the bytes read");
+    }
     return Status::ok();
   }
   template <typename T>
@@ -77,8 +88,12 @@ class Cursor {
     pos_ += sizeof(T);
     return Status::ok();
   }
+  // Skipped bytes need not be in the prefix (the end of the file is
+  // checked; a later read past the prefix asks for more).
   Status skip(std::uint64_t n, const char* what) {
-    AIRLOCK_RETURN_IF_ERROR(need(n, what));
+    if (n > remaining())
+      return verification_failed("gguf: " + std::string(what) + " at offset " + std::to_string(pos_) +
+                                 " runs past the end of the file");
     pos_ += n;
     return Status::ok();
   }
@@ -88,14 +103,19 @@ class Cursor {
     if (n > max_bytes)
       return verification_failed("gguf: " + std::string(what) + " at offset " + std::to_string(pos_ - 8) +
                                  " claims " + std::to_string(n) + " bytes");
-    AIRLOCK_RETURN_IF_ERROR(need(n, what));
-    if (out != nullptr) out->assign(reinterpret_cast<const char*>(bytes_.data() + pos_), n);
-    pos_ += n;
-    return Status::ok();
+    if (out != nullptr) {
+      AIRLOCK_RETURN_IF_ERROR(need(n, what));
+      out->assign(reinterpret_cast<const char*>(bytes_.data() + pos_), n);
+      pos_ += n;
+      return Status::ok();
+    }
+    return skip(n, what);
   }
 
  private:
   std::span<const std::uint8_t> bytes_;
+  std::uint64_t file_size_;
+  bool* prefix_short_;
   std::uint64_t pos_ = 0;
 };
 
@@ -147,6 +167,9 @@ Status skip_value(Cursor& c, std::uint32_t type, int depth, std::optional<std::u
   return c.skip(n, "value");
 }
 
+// Parses a file of `file_size` bytes from its first bytes, `prefix`.
+Result<ModelFacts> parse(std::span<const std::uint8_t> prefix, std::uint64_t file_size, bool* prefix_short);
+
 }  // namespace
 
 bool looks_like_gguf(std::span<const std::uint8_t> b) {
@@ -154,8 +177,35 @@ bool looks_like_gguf(std::span<const std::uint8_t> b) {
 }
 
 Result<ModelFacts> read_gguf_facts(std::span<const std::uint8_t> file) {
-  if (!looks_like_gguf(file)) return verification_failed("gguf: missing GGUF magic");
-  Cursor c(file);
+  bool prefix_short = false;
+  return parse(file, file.size(), &prefix_short);
+}
+
+Result<ModelFacts> read_gguf_facts_mapped(std::span<const std::uint8_t> mapped, const std::string& what) {
+  // The header is parsed from guarded copies of the mapping's first bytes
+  // (parsing allocates, so it cannot run under the guard itself), from 1 MiB
+  // up, four times longer while the header goes on past the copy: real
+  // headers (tokenizer vocabularies included) are a few MiB to tens of MiB.
+  std::vector<std::uint8_t> copy;
+  for (std::uint64_t n = std::min<std::uint64_t>(mapped.size(), 1 << 20);; n = std::min<std::uint64_t>(mapped.size(), 4 * n)) {
+    copy.resize(n);
+    if (!copy_guarded(copy.data(), mapped.data(), n)) return file_shrank(what);
+    bool prefix_short = false;
+    Result<ModelFacts> facts = parse(copy, mapped.size(), &prefix_short);
+    if (!prefix_short || n == mapped.size()) return facts;
+  }
+}
+
+Result<ModelFacts> read_gguf_facts_file(const std::string& path) {
+  AIRLOCK_ASSIGN_OR_RETURN(MappedFile file, MappedFile::open(path));
+  return read_gguf_facts_mapped(file.bytes(), path);
+}
+
+namespace {
+
+Result<ModelFacts> parse(std::span<const std::uint8_t> prefix, std::uint64_t file_size, bool* prefix_short) {
+  if (!looks_like_gguf(prefix)) return verification_failed("gguf: missing GGUF magic");
+  Cursor c(prefix, file_size, prefix_short);
   AIRLOCK_RETURN_IF_ERROR(c.skip(4, "magic"));
   ModelFacts facts;
   std::uint64_t n_tensors = 0, n_kv = 0;
@@ -237,8 +287,8 @@ Result<ModelFacts> read_gguf_facts(std::span<const std::uint8_t> file) {
     // Compare block counts before multiplying: 2^61 eight-byte elements
     // would otherwise wrap to 0 bytes and pass.
     const std::uint64_t n_blocks = tensors[i].n_elements / info.block_elems;
-    if (data_start > file.size() || tensors[i].offset > file.size() - data_start ||
-        n_blocks > (file.size() - data_start - tensors[i].offset) / info.block_bytes)
+    if (data_start > file_size || tensors[i].offset > file_size - data_start ||
+        n_blocks > (file_size - data_start - tensors[i].offset) / info.block_bytes)
       return verification_failed("gguf: tensor " + std::to_string(i) + " data (offset " +
                                  std::to_string(tensors[i].offset) + ", " + std::to_string(n_blocks) +
                                  " blocks) lies outside the file");
@@ -259,9 +309,6 @@ Result<ModelFacts> read_gguf_facts(std::span<const std::uint8_t> file) {
   return facts;
 }
 
-Result<ModelFacts> read_gguf_facts_file(const std::string& path) {
-  AIRLOCK_ASSIGN_OR_RETURN(MappedFile file, MappedFile::open(path));
-  return read_gguf_facts(file.bytes());
-}
+}  // namespace
 
 }  // namespace airlock::verifier

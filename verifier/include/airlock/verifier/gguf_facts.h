@@ -34,7 +34,12 @@ bool looks_like_gguf(std::span<const std::uint8_t> first_bytes);
 // Parses `file` (the whole file, e.g. a mapping). Never reads outside it.
 Result<ModelFacts> read_gguf_facts(std::span<const std::uint8_t> file);
 
-// Maps `path` read-only and parses it. kNotFound / kIoError for the OS.
+// Parses a memory mapping of a file that may shrink while it is read
+// (another process truncating it): the header is read through guarded
+// copies, and a fault is kIoError naming `what` instead of SIGBUS.
+Result<ModelFacts> read_gguf_facts_mapped(std::span<const std::uint8_t> mapped, const std::string& what);
+
+// Maps `path` read-only and parses it as above. kNotFound / kIoError for the OS.
 Result<ModelFacts> read_gguf_facts_file(const std::string& path);
 
 }  // namespace airlock::verifier
