@@ -21,6 +21,8 @@
 #include <cerrno>
 #include <chrono>
 #include <algorithm>
+#include <atomic>
+#include <climits>
 #include <cstring>
 #include <ctime>
 #include <vector>
@@ -291,12 +293,14 @@ int apply_landlock(int abi, const char* program_dir) {
 
 // The Landlock ABI this process can use (0: none; the child inherits the
 // same kernel and system call filter).
+std::atomic<int> g_landlock_abi_limit{INT_MAX};  // lowered by tests only
+
 int landlock_abi() {
   static const int abi = [] {
     const long v = ::syscall(SYS_landlock_create_ruleset, nullptr, 0, LANDLOCK_CREATE_RULESET_VERSION);
     return v > 0 ? static_cast<int>(v) : 0;
   }();
-  return abi;
+  return std::min(abi, g_landlock_abi_limit.load());
 }
 
 // Child side: reports errno on the status pipe and exits.
@@ -478,6 +482,8 @@ Result<ChildOutput> run_sandboxed(const std::vector<std::string>& argv, std::str
   else if (WIFSIGNALED(status)) result.term_signal = WTERMSIG(status);
   return result;
 }
+
+void limit_landlock_abi_for_testing(int abi) { g_landlock_abi_limit.store(abi); }
 
 std::string sandbox_summary_line() {
   const SeccompProgram& filter = child_seccomp();

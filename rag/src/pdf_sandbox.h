@@ -57,4 +57,10 @@ Result<ChildOutput> run_sandboxed(const std::vector<std::string>& argv, std::str
 // apply (the kernel's Landlock ABI, the seccomp filter).
 std::string sandbox_summary_line();
 
+// Tests only: children started from now on use at most this Landlock ABI
+// (INT_MAX: the kernel's), so the rulesets of older kernels (Debian 12's
+// 6.1 has ABI 2) can be checked on a newer one. Nothing in the product
+// calls it.
+void limit_landlock_abi_for_testing(int abi);
+
 }  // namespace airlock::rag::internal

@@ -3,6 +3,7 @@
 // entity bombs, broken and runaway PDFs), each refused with its own error.
 #include "airlock/rag/extract.h"
 #include "doc_builders.h"
+#include "pdf_sandbox.h"
 
 #include <archive.h>
 #include <archive_entry.h>
@@ -15,6 +16,8 @@
 #include <gtest/gtest.h>
 
 #include <chrono>
+#include <climits>
+#include <cstdlib>
 #include <cstdio>
 #include <fstream>
 #include <random>
@@ -581,9 +584,8 @@ TEST(ExtractTest, PdfChildRunsConfined) {
 // airlockd, change the mode or length of files airlockd's user owns, read
 // them (rag.db, the state database, TLS keys) or create files. The seccomp
 // filter refuses all but reading and creating everywhere; Landlock, where
-// the kernel has it, those two.
-TEST(ExtractTest, PdfChildCannotConnectTraceReadOrWrite) {
-  if (::access("/usr/bin/python3", X_OK) != 0) GTEST_SKIP() << "python3 not installed (scripts/setup installs it)";
+// the kernel has it, those two (checked when expect_landlock).
+void expect_child_cannot_escape(bool expect_landlock) {
   ScriptDir dir;
   char secret_tmpl[] = "/tmp/airlock-secret-XXXXXX";
   const char* secret_dir = ::mkdtemp(secret_tmpl);
@@ -619,7 +621,6 @@ TEST(ExtractTest, PdfChildCannotConnectTraceReadOrWrite) {
       "EOF");
   auto r = extract_document("escape.pdf", make_pdf("x"), limits);
   ASSERT_TRUE(r.is_ok()) << r.status().to_string();
-  const std::string summary = pdf_sandbox_summary();
   EXPECT_NE(r->text.find("socket Operation not permitted"), std::string::npos) << r->text;
   EXPECT_NE(r->text.find("unix Operation not permitted"), std::string::npos) << r->text;
   EXPECT_NE(r->text.find("ptrace Operation not permitted"), std::string::npos) << r->text;
@@ -629,17 +630,41 @@ TEST(ExtractTest, PdfChildCannotConnectTraceReadOrWrite) {
   ASSERT_EQ(::stat(secret.c_str(), &after), 0);
   EXPECT_EQ(after.st_size, before.st_size);  // not truncated
   EXPECT_EQ(after.st_mode, before.st_mode);
-  if (summary.find("Landlock ABI") != std::string::npos) {
+  if (expect_landlock) {
     EXPECT_NE(r->text.find("read Permission denied"), std::string::npos) << r->text;
     EXPECT_NE(r->text.find("create Permission denied"), std::string::npos) << r->text;
     EXPECT_NE(::access(created.c_str(), F_OK), 0);
-  } else {
-    std::printf("Landlock not available here (%s): file confinement not checked\n", summary.c_str());
   }
   ::unlink(created.c_str());
   ::unlink(secret.c_str());
   ::rmdir(secret_dir);
   expect_no_children();
+}
+
+TEST(ExtractTest, PdfChildCannotConnectTraceReadOrWrite) {
+  if (::access("/usr/bin/python3", X_OK) != 0) GTEST_SKIP() << "python3 not installed (scripts/setup installs it)";
+  const std::string summary = pdf_sandbox_summary();
+  const bool landlock = summary.find("Landlock ABI") != std::string::npos;
+  if (!landlock) std::printf("Landlock not available here (%s): file confinement not checked\n", summary.c_str());
+  expect_child_cannot_escape(landlock);
+}
+
+// The rulesets of older kernels (ABI 1 of 5.13, ABI 2 of Debian 12's 6.1,
+// ...), applied on this kernel: each still runs the program and denies
+// reading and creating files outside its paths.
+TEST(ExtractTest, PdfChildIsConfinedAtEveryLandlockAbi) {
+  if (::access("/usr/bin/python3", X_OK) != 0) GTEST_SKIP() << "python3 not installed (scripts/setup installs it)";
+  const std::string summary = pdf_sandbox_summary();
+  const std::size_t at = summary.find("Landlock ABI ");
+  if (at == std::string::npos) GTEST_SKIP() << "this kernel has no Landlock: " << summary;
+  const int kernel_abi = std::atoi(summary.c_str() + at + 13);
+  for (int abi = 1; abi < kernel_abi; ++abi) {
+    SCOPED_TRACE("Landlock ABI " + std::to_string(abi));
+    internal::limit_landlock_abi_for_testing(abi);
+    EXPECT_NE(pdf_sandbox_summary().find("Landlock ABI " + std::to_string(abi) + " on"), std::string::npos);
+    expect_child_cannot_escape(true);
+  }
+  internal::limit_landlock_abi_for_testing(INT_MAX);
 }
 
 TEST(ExtractTest, PdfChildCrashOrBadOutputIsReported) {
