@@ -181,13 +181,15 @@ Result<ModelFacts> read_gguf_facts(std::span<const std::uint8_t> file) {
   return parse(file, file.size(), &prefix_short);
 }
 
-Result<ModelFacts> read_gguf_facts_mapped(std::span<const std::uint8_t> mapped, const std::string& what) {
+Result<ModelFacts> read_gguf_facts_mapped(std::span<const std::uint8_t> mapped, const std::string& what,
+                                          std::uint64_t first_copy_bytes) {
   // The header is parsed from guarded copies of the mapping's first bytes
   // (parsing allocates, so it cannot run under the guard itself), from 1 MiB
   // up, four times longer while the header goes on past the copy: real
   // headers (tokenizer vocabularies included) are a few MiB to tens of MiB.
   std::vector<std::uint8_t> copy;
-  for (std::uint64_t n = std::min<std::uint64_t>(mapped.size(), 1 << 20);; n = std::min<std::uint64_t>(mapped.size(), 4 * n)) {
+  for (std::uint64_t n = std::min<std::uint64_t>(mapped.size(), std::max<std::uint64_t>(first_copy_bytes, 1));;
+       n = std::min<std::uint64_t>(mapped.size(), 4 * n)) {
     copy.resize(n);
     if (!copy_guarded(copy.data(), mapped.data(), n)) return file_shrank(what);
     bool prefix_short = false;
@@ -204,8 +206,10 @@ Result<ModelFacts> read_gguf_facts_file(const std::string& path) {
 namespace {
 
 Result<ModelFacts> parse(std::span<const std::uint8_t> prefix, std::uint64_t file_size, bool* prefix_short) {
-  if (!looks_like_gguf(prefix)) return verification_failed("gguf: missing GGUF magic");
   Cursor c(prefix, file_size, prefix_short);
+  if (file_size < 4) return verification_failed("gguf: missing GGUF magic");
+  AIRLOCK_RETURN_IF_ERROR(c.need(4, "magic"));
+  if (!looks_like_gguf(prefix)) return verification_failed("gguf: missing GGUF magic");
   AIRLOCK_RETURN_IF_ERROR(c.skip(4, "magic"));
   ModelFacts facts;
   std::uint64_t n_tensors = 0, n_kv = 0;

@@ -37,7 +37,10 @@ Result<ModelFacts> read_gguf_facts(std::span<const std::uint8_t> file);
 // Parses a memory mapping of a file that may shrink while it is read
 // (another process truncating it): the header is read through guarded
 // copies, and a fault is kIoError naming `what` instead of SIGBUS.
-Result<ModelFacts> read_gguf_facts_mapped(std::span<const std::uint8_t> mapped, const std::string& what);
+// `first_copy_bytes` is the length of the first copy (grown four times while
+// the header goes on past it); tests and the fuzz target make it small.
+Result<ModelFacts> read_gguf_facts_mapped(std::span<const std::uint8_t> mapped, const std::string& what,
+                                          std::uint64_t first_copy_bytes = 1 << 20);
 
 // Maps `path` read-only and parses it as above. kNotFound / kIoError for the OS.
 Result<ModelFacts> read_gguf_facts_file(const std::string& path);
