@@ -198,13 +198,26 @@ class CudaBackend final : public Backend {
       stride = key_.ctx_blocks;
       max_ctx = key_.ctx_blocks * kBlockTokens;
     }
-    tables_.assign(static_cast<std::size_t>(a.n_tokens * stride), 0);
-    for (std::int64_t t = 0; t < a.n_tokens; ++t)
-      std::copy(a.block_table[t], a.block_table[t] + (a.n_ctx[t] + kBlockTokens - 1) / kBlockTokens,
-                tables_.begin() + t * stride);
-    const std::int32_t* d_ctx = stage(kContexts, a.n_ctx, a.n_tokens);
-    const std::int32_t* d_tables = stage(kTables, tables_.data(), static_cast<std::int64_t>(tables_.size()));
-    if (d_ctx == nullptr || d_tables == nullptr || replaying()) return;
+    // Every layer of a pass passes the same tables: they are flattened and
+    // staged at the first layer and reused by the others (rebuilding and
+    // comparing them per layer was ~1 MB of host work a layer for 32
+    // sequences at 64k positions).
+    TablesCache& tc = tables_cache_;
+    if (!(tc.pass == pass_number_ && tc.block_table == a.block_table && tc.n_ctx == a.n_ctx &&
+          tc.n_tokens == a.n_tokens && tc.stride == stride && error_.is_ok())) {
+      tc = TablesCache{};
+      tables_.assign(static_cast<std::size_t>(a.n_tokens * stride), 0);
+      for (std::int64_t t = 0; t < a.n_tokens; ++t)
+        std::copy(a.block_table[t], a.block_table[t] + (a.n_ctx[t] + kBlockTokens - 1) / kBlockTokens,
+                  tables_.begin() + t * stride);
+      const std::int32_t* d_ctx = stage(kContexts, a.n_ctx, a.n_tokens);
+      const std::int32_t* d_tables = stage(kTables, tables_.data(), static_cast<std::int64_t>(tables_.size()));
+      if (d_ctx == nullptr || d_tables == nullptr) return;
+      tc = TablesCache{pass_number_, a.block_table, a.n_ctx, a.n_tokens, stride, d_ctx, d_tables};
+    }
+    const std::int32_t* d_ctx = tc.d_ctx;
+    const std::int32_t* d_tables = tc.d_tables;
+    if (replaying()) return;
     cuda::AttentionShape s;
     s.n_tokens = a.n_tokens;
     s.n_head = a.n_head;
@@ -292,6 +305,7 @@ class CudaBackend final : public Backend {
 
   void begin_pass(const PassInfo& info) override {
     if (mode_ != Mode::kEager) abort_pass();
+    ++pass_number_;  // nothing staged for an earlier pass (or an earlier try of this one) is reused
     std::optional<cuda::GraphKey> key;
     if (info.replayable && error_.is_ok()) {
       cuda::GraphLimits limits;
@@ -368,6 +382,8 @@ class CudaBackend final : public Backend {
     if (mode_ != Mode::kEager) abort_pass();
     // Always waits: the next pass refills buffers a launched graph reads.
     Status s = cuda::synchronize();
+    // An error some call left unread belongs to this pass, not the next.
+    (void)cudaGetLastError();
     if (!error_.is_ok()) s = error_;
     error_ = Status::ok();
     return s;
@@ -381,7 +397,9 @@ class CudaBackend final : public Backend {
     if (error_.is_ok() && !s.is_ok()) error_ = std::move(s);
   }
   void note_cuda(cudaError_t e) {
-    if (e != cudaSuccess) note(internal_error(std::string("CUDA: ") + cudaGetErrorString(e)));
+    if (e == cudaSuccess) return;
+    (void)cudaGetLastError();  // as in cuda_status(): not left to fail the next launch check
+    note(internal_error(std::string("CUDA: ") + cudaGetErrorString(e)));
   }
 
   // What stage() copies, each kind in its own buffer.
@@ -542,6 +560,18 @@ class CudaBackend final : public Backend {
   CudaGraphStats stats_;
   std::vector<std::int32_t> staged_[kStagedKinds];  // what each staging buffer holds
   std::vector<std::int32_t> tables_;
+  // The block tables of the pass being issued, as staged by its first
+  // attention() (see there).
+  struct TablesCache {
+    std::uint64_t pass = 0;
+    const std::int32_t* const* block_table = nullptr;
+    const std::int32_t* n_ctx = nullptr;
+    std::int64_t n_tokens = 0, stride = 0;
+    const std::int32_t* d_ctx = nullptr;
+    const std::int32_t* d_tables = nullptr;
+  };
+  TablesCache tables_cache_;
+  std::uint64_t pass_number_ = 0;
 };
 
 }  // namespace

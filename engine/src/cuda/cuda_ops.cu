@@ -19,6 +19,10 @@ namespace {
 
 Status cuda_status(cudaError_t e, const char* what) {
   if (e == cudaSuccess) return Status::ok();
+  // A failed call also leaves its error as the thread's last error until
+  // read; left there, a failed cudaMalloc would fail the next pass's first
+  // launch check. Sticky errors (a kernel fault) come back regardless.
+  (void)cudaGetLastError();
   if (e == cudaErrorMemoryAllocation)
     return resource_exhausted(std::string("CUDA: ") + what + ": " + cudaGetErrorString(e));
   return internal_error(std::string("CUDA: ") + what + ": " + cudaGetErrorString(e));
