@@ -88,7 +88,7 @@ int run_keys_command(const std::vector<std::string>& argv) {
 int run_audit_command(const std::vector<std::string>& argv) {
   if (argv.empty()) return usage("usage: airlock audit verify|tail ...");
   const std::string sub = argv[0];
-  auto args = Args::parse({argv.begin() + 1, argv.end()}, {"state", "last"}, {"json"});
+  auto args = Args::parse({argv.begin() + 1, argv.end()}, {"state", "last", "expect-hash"}, {"json"});
   if (!args.is_ok()) return usage(args.status().message());
   if (!args->positional().empty()) return usage("unexpected argument '" + args->positional()[0] + "'");
   if (!one_of(sub, {"verify", "tail"})) return usage("unknown audit command '" + sub + "' (verify, tail)");
@@ -102,15 +102,23 @@ int run_audit_command(const std::vector<std::string>& argv) {
   // A missing database is an error, never "OK 0 rows".
   Result<StateDb> db = StateDb::open(args->get("state").value_or(kDefaultState), StateDb::Open::kExisting);
   if (!db.is_ok()) return fail(db.status());
+  std::optional<std::string> expect;
+  if (auto v = args->get("expect-hash")) {
+    if (sub != "verify") return usage("--expect-hash is an option of audit verify");
+    if (v->size() != 64 || v->find_first_not_of("0123456789abcdefABCDEF") != std::string::npos)
+      return usage("--expect-hash needs a row hash as verify or tail print it (64 hex digits)");
+    expect = std::string(*v);
+  }
   if (sub == "verify") {
-    Result<state::AuditVerifyResult> r = db->verify_audit();
+    Result<state::AuditVerifyResult> r = db->verify_audit(expect);
     if (!r.is_ok()) return fail(r.status());
     if (!r->ok) {
       std::fprintf(stderr, "airlock: audit log FAILED at row %lld: %s\n",
                    static_cast<long long>(r->first_bad_row.value_or(0)), r->why.c_str());
       return 1;
     }
-    std::printf("OK %lld rows: the audit hash chain is intact\n", static_cast<long long>(r->rows));
+    std::printf("OK %lld rows: the audit hash chain is intact%s\nhead %s\n", static_cast<long long>(r->rows),
+                expect ? ", and holds the expected row" : "", r->head_hex.c_str());
     return 0;
   }
   if (sub == "tail") {
@@ -135,6 +143,8 @@ int run_audit_command(const std::vector<std::string>& argv) {
                   shown(r.model).c_str(), r.status, static_cast<long long>(r.prompt_tokens),
                   static_cast<long long>(r.completion_tokens), r.latency_s);
     }
+    // The newest row's hash, to keep elsewhere for verify --expect-hash.
+    if (!rows->empty()) std::printf("head %s\n", rows->back().row_hash_hex.c_str());
     return 0;
   }
   return usage("unknown audit command '" + sub + "' (verify, tail)");
@@ -147,8 +157,10 @@ void print_state_usage() {
       "  list    [--json]\n"
       "  revoke  --name NAME\n"
       "\nairlock audit   (airlockd's hash-chained audit log)\n"
-      "  verify                  exit 0 when the chain is intact, 1 naming the first bad row\n"
-      "  tail    [--last N] [--json]   the newest N rows (default 20)\n");
+      "  verify  [--expect-hash HASH]   exit 0 when the chain is intact (and still holds the row\n"
+      "                          whose hash was recorded earlier), 1 naming the first bad row;\n"
+      "                          prints the head hash: keep it outside this machine\n"
+      "  tail    [--last N] [--json]   the newest N rows (default 20), then the head hash\n");
 }
 
 }  // namespace airlock::bundler

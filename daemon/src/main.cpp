@@ -67,6 +67,14 @@ int load_failure_exit(const Status& s) {
   return kExitBundleRefused;
 }
 
+// The audit log's size and newest hash, into the journal: an anchor outside
+// the database for `airlock audit verify --expect-hash`.
+void log_audit_head(const state::StateDb& db, const char* when) {
+  Result<std::pair<std::int64_t, std::string>> head = db.audit_head();
+  if (head.is_ok()) log().info("audit log {}: {} rows, head {}", when, head->first, head->second);
+  else log().error("audit log {}: {}", when, head.status().to_string());
+}
+
 // The unit's WatchdogSec (nothing without it): WATCHDOG=1 every half
 // period while alive() says so, until `stop`.
 std::thread start_watchdog(const std::atomic<bool>& stop, std::function<bool()> alive) {
@@ -245,6 +253,7 @@ int main(int argc, char** argv) {
     log().error("state: {}", db.status().to_string());
     return 1;
   }
+  log_audit_head(*db, "at start");
   auto keys = std::make_shared<std::shared_ptr<const state::KeyVerifier>>();
   std::mutex keys_mu;
   auto reload_keys = [&]() -> Status {
@@ -271,6 +280,7 @@ int main(int argc, char** argv) {
     else log().error("audit: writing {} records failed (kept, retrying): {}", records, why.to_string());
   });
 
+  std::atomic<std::int64_t> audit_drop_logged{0};  // when a drop was last logged (unix seconds)
   Server server(
       config,
       [&](std::string_view token) -> std::optional<std::string> {
@@ -297,7 +307,15 @@ int main(int argc, char** argv) {
           r.prompt_text = e.prompt_text;
           r.completion_text = e.completion_text;
         }
-        if (!audit_writer.record(std::move(r))) audit_drops.inc();
+        const std::int64_t now_s = r.time_ms / 1000;
+        if (!audit_writer.record(std::move(r))) {
+          audit_drops.inc();
+          // Logged at most every 10 s; the chain gets an "(audit gap)" row with the count.
+          std::int64_t last = audit_drop_logged.load();
+          if (now_s >= last + 10 && audit_drop_logged.compare_exchange_strong(last, now_s))
+            log().error("audit: the queue is full (the database is not taking writes fast enough); records are being "
+                        "dropped, see airlock_audit_dropped_total");
+        }
       },
       metrics);
 
@@ -422,6 +440,7 @@ int main(int argc, char** argv) {
   if (reload_thread.joinable()) reload_thread.join();  // cancelled: returns at its next chunk
   watchdog.join();
   if (!audit_writer.flush()) log().error("audit: stopping while audit writes fail; the queued records get one more attempt");
+  log_audit_head(*db, "at stop");
   log().info("stopped");
   return unasked ? 1 : 0;
 }

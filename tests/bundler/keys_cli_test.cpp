@@ -311,8 +311,27 @@ TEST_F(KeysCliTest, AuditVerifyAndTail) {
 
   RunResult text = airlock({"audit", "tail", "--state", state()});  // default: the newest 20
   ASSERT_EQ(text.exit_code, 0) << text.err;
-  EXPECT_EQ(std::count(text.out.begin(), text.out.end(), '\n'), 12);
+  EXPECT_EQ(std::count(text.out.begin(), text.out.end(), '\n'), 13);  // 12 rows and the head hash
   EXPECT_NE(text.out.find("/v1/chat/completions"), std::string::npos);
+  const std::string head = j[2].at("row_hash").get<std::string>();
+  EXPECT_NE(text.out.find("\nhead " + head + "\n"), std::string::npos) << text.out;
+  EXPECT_NE(ok.out.find("\nhead " + head + "\n"), std::string::npos) << ok.out;
+
+  // Anchored to a hash kept elsewhere: row 10's is still in the log.
+  const std::string row10 = j[0].at("row_hash").get<std::string>();
+  RunResult anchored = airlock({"audit", "verify", "--expect-hash", row10, "--state", state()});
+  EXPECT_EQ(anchored.exit_code, 0) << anchored.err;
+  EXPECT_NE(anchored.out.find("holds the expected row"), std::string::npos) << anchored.out;
+  RunResult unknown = airlock({"audit", "verify", "--expect-hash", std::string(64, 'a'), "--state", state()});
+  EXPECT_EQ(unknown.exit_code, 1) << unknown.out;
+  EXPECT_NE(unknown.err.find("recorded earlier"), std::string::npos) << unknown.err;
+  for (const std::vector<std::string>& bad :
+       {std::vector<std::string>{"audit", "verify", "--expect-hash", "abc", "--state", state()},
+        std::vector<std::string>{"audit", "verify", "--expect-hash", std::string(64, 'g'), "--state", state()},
+        std::vector<std::string>{"audit", "tail", "--expect-hash", row10, "--state", state()}}) {
+    RunResult r = airlock(bad);
+    EXPECT_EQ(r.exit_code, 2) << r.err;
+  }
 }
 
 TEST_F(KeysCliTest, AuditTailNeutralisesTerminalControlCharacters) {
@@ -331,7 +350,7 @@ TEST_F(KeysCliTest, AuditTailNeutralisesTerminalControlCharacters) {
   ASSERT_EQ(text.exit_code, 0) << text.err;
   EXPECT_EQ(text.out.find('\x1b'), std::string::npos);
   EXPECT_EQ(text.out.find('\r'), std::string::npos);
-  EXPECT_EQ(std::count(text.out.begin(), text.out.end(), '\n'), 2);
+  EXPECT_EQ(std::count(text.out.begin(), text.out.end(), '\n'), 3);  // 2 rows and the head hash
   EXPECT_EQ(text.out.find("\xc2\x9b"), std::string::npos);
   EXPECT_EQ(text.out.find('\x9b'), std::string::npos);
   EXPECT_EQ(text.out.find("\xe2\x80\xae"), std::string::npos);

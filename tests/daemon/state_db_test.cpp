@@ -4,6 +4,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <atomic>
+#include <cctype>
+#include <cstdlib>
 #include <mutex>
 #include <optional>
 #include <thread>
@@ -40,6 +43,28 @@ void sql(const std::string& db_path, const std::string& statement) {
   EXPECT_EQ(sqlite3_exec(db, statement.c_str(), nullptr, nullptr, &err), SQLITE_OK) << (err ? err : "");
   sqlite3_free(err);
   sqlite3_close(db);
+}
+
+// A state directory whose log holds rec(0) .. rec(n - 1), closed again.
+void write_audit_rows(const std::string& state_dir, int n) {
+  Result<StateDb> db = StateDb::open(state_dir);
+  ASSERT_TRUE(db.is_ok());
+  std::vector<AuditRecord> batch;
+  for (int i = 0; i < n; ++i) batch.push_back(rec(i));
+  ASSERT_TRUE(db->append_audit(batch).is_ok());
+}
+
+// Verifies a copy of the database at `path` after running `tamper` on it.
+AuditVerifyResult verify_tampered_copy(const std::string& path, const std::string& tamper,
+                                       const std::optional<std::string>& expect_hash = std::nullopt) {
+  TempDir copy;
+  testing::write_file(copy / "airlock-state.db", testing::read_file(path));
+  sql(copy / "airlock-state.db", tamper);
+  Result<StateDb> db = StateDb::open(copy.path());
+  EXPECT_TRUE(db.is_ok());
+  Result<AuditVerifyResult> v = db->verify_audit(expect_hash);
+  EXPECT_TRUE(v.is_ok());
+  return v.is_ok() ? *v : AuditVerifyResult{};
 }
 
 TEST(StateDbTest, KeysAreShownOnceStoredHashedAndChecked) {
@@ -144,6 +169,174 @@ TEST(StateDbTest, AuditChainDetectsEditsDeletionsAndReordering) {
   AuditVerifyResult text = verify_after("UPDATE audit SET prompt_text = NULL WHERE seq = 8");
   EXPECT_FALSE(text.ok);
   EXPECT_EQ(text.first_bad_row, 8);
+}
+
+// A value stored with another type than it was written with (SQLite keeps
+// what an UPDATE stores) is an edit, though the column readers would see
+// only its leading number.
+TEST(StateDbTest, AuditChainDetectsValuesOfTheWrongType) {
+  TempDir dir;
+  write_audit_rows(dir / "state", 10);
+  for (const char* edit : {"UPDATE audit SET prompt_tokens = '19 (really 9000)' WHERE seq = 10",
+                           "UPDATE audit SET status = '200abc' WHERE seq = 10",
+                           "UPDATE audit SET latency_s = '2.25s' WHERE seq = 10",
+                           "UPDATE audit SET key_name = CAST('app0' AS BLOB) WHERE seq = 10"}) {
+    AuditVerifyResult v = verify_tampered_copy(dir / "state/airlock-state.db", edit);
+    EXPECT_FALSE(v.ok) << edit;
+    EXPECT_EQ(v.first_bad_row, 10) << edit << ": " << v.why;
+  }
+}
+
+// Cutting the log back and rewriting the head to match, or wiping it, is
+// only visible against a hash kept elsewhere: verify --expect-hash.
+TEST(StateDbTest, AuditVerifyAgainstAHashRecordedEarlier) {
+  TempDir dir;
+  {
+    Result<StateDb> db = StateDb::open(dir / "state");
+    ASSERT_TRUE(db.is_ok());
+    Result<AuditVerifyResult> empty = db->verify_audit(std::string(64, '0'));
+    ASSERT_TRUE(empty.is_ok());
+    EXPECT_TRUE(empty->ok) << empty->why;  // the empty log's head
+  }
+  write_audit_rows(dir / "state", 10);
+  Result<StateDb> db = StateDb::open(dir / "state");
+  ASSERT_TRUE(db.is_ok());
+  Result<std::vector<AuditRow>> rows = db->tail_audit(10);
+  ASSERT_TRUE(rows.is_ok());
+  const std::string row5 = (*rows)[4].row_hash_hex;
+  Result<AuditVerifyResult> v = db->verify_audit(row5);
+  ASSERT_TRUE(v.is_ok());
+  EXPECT_TRUE(v->ok) << v->why;  // the log has grown past the recorded row: fine
+  EXPECT_EQ(v->head_hex, rows->back().row_hash_hex);
+  Result<std::pair<std::int64_t, std::string>> h = db->audit_head();
+  ASSERT_TRUE(h.is_ok());
+  EXPECT_EQ(h->first, 10);
+  EXPECT_EQ(h->second, v->head_hex);
+  std::string upper = row5;
+  for (char& c : upper) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+  EXPECT_TRUE(db->verify_audit(upper)->ok);
+  for (const char* tamper : {"DELETE FROM audit WHERE seq > 4; UPDATE audit_head SET rows = 4,"
+                             " head = (SELECT row_hash FROM audit WHERE seq = 4)",
+                             "DELETE FROM audit; DELETE FROM audit_head", "DROP TABLE audit; DROP TABLE audit_head"}) {
+    EXPECT_TRUE(verify_tampered_copy(dir / "state/airlock-state.db", tamper).ok)
+        << tamper << ": consistent in itself, as documented";
+    AuditVerifyResult anchored = verify_tampered_copy(dir / "state/airlock-state.db", tamper, row5);
+    EXPECT_FALSE(anchored.ok) << tamper;
+    EXPECT_NE(anchored.why.find("recorded earlier"), std::string::npos) << anchored.why;
+  }
+}
+
+// Rows and head are read from one snapshot: a log airlockd is writing
+// verifies (read separately, the newer head made it look truncated).
+TEST(StateDbTest, AuditVerifyWhileTheDaemonWrites) {
+  TempDir dir;
+  Result<StateDb> writer_db = StateDb::open(dir / "state");
+  ASSERT_TRUE(writer_db.is_ok());
+  Result<StateDb> reader_db = StateDb::open(dir / "state", StateDb::Open::kExisting);
+  ASSERT_TRUE(reader_db.is_ok());
+  std::atomic<bool> stop{false};
+  std::atomic<int> written{0};
+  std::thread writer([&] {
+    for (int i = 0; !stop.load(); ++i) {
+      ASSERT_TRUE(writer_db->append_audit({rec(i)}).is_ok());
+      ++written;
+    }
+  });
+  int failed = 0, checked = 0;
+  for (; checked < 30 || written.load() < 500; ++checked) {
+    Result<AuditVerifyResult> v = reader_db->verify_audit();
+    ASSERT_TRUE(v.is_ok()) << v.status().to_string();
+    if (!v->ok && failed++ == 0) ADD_FAILURE() << "verify " << checked << ": " << v->why;
+  }
+  stop = true;
+  writer.join();
+  EXPECT_EQ(failed, 0) << "of " << checked;
+  Result<AuditVerifyResult> v = reader_db->verify_audit();
+  ASSERT_TRUE(v.is_ok());
+  EXPECT_TRUE(v->ok) << v->why;
+  EXPECT_GE(v->rows, 500);
+}
+
+std::vector<AuditRow> all_rows(const StateDb& db) {
+  Result<std::vector<AuditRow>> rows = db.tail_audit(100000);
+  EXPECT_TRUE(rows.is_ok());
+  return rows.is_ok() ? *rows : std::vector<AuditRow>{};
+}
+
+// A flood of requests without a key (anyone who can connect can send them)
+// is written as a few rows one by one and one summary row per batch with
+// the rest's count; nothing is lost from the count.
+TEST(StateDbTest, AuditWriterCountsRefusedRequestsBeyondItsRate) {
+  TempDir dir;
+  Result<StateDb> db = StateDb::open(dir / "state");
+  ASSERT_TRUE(db.is_ok());
+  {
+    AuditWriter w(*db, 65536, nullptr, std::chrono::seconds(1), /*anonymous_per_second=*/2);
+    for (int i = 0; i < 5000; ++i) {
+      AuditRecord r = rec(i);
+      r.key_name.clear();
+      r.status = 401;
+      ASSERT_TRUE(w.record(std::move(r)));
+    }
+    ASSERT_TRUE(w.record(rec(7)));  // a key's request is written as always
+    ASSERT_TRUE(w.flush());
+  }
+  std::int64_t one_by_one = 0, counted = 0, with_key = 0;
+  for (const AuditRow& row : all_rows(*db)) {
+    if (row.record.route == "(refused requests)") {
+      EXPECT_EQ(row.record.status, 401);
+      counted += std::atoll(row.record.request_id.c_str());
+      EXPECT_NE(row.record.request_id.find("more requests without a valid key"), std::string::npos);
+    } else if (row.record.key_name.empty()) {
+      ++one_by_one;
+    } else {
+      ++with_key;
+    }
+  }
+  EXPECT_EQ(with_key, 1);
+  EXPECT_GE(one_by_one, 20);  // the burst
+  EXPECT_LE(one_by_one, 40);
+  EXPECT_EQ(one_by_one + counted, 5000);
+  EXPECT_TRUE(db->verify_audit()->ok);
+}
+
+// While the database is slow, refused requests fill at most half the queue:
+// requests with a key still have room. Records refused for a full queue
+// leave an "(audit gap)" row with their count.
+TEST(StateDbTest, AuditWriterKeepsRoomForKeysAndRecordsGaps) {
+  TempDir dir;
+  Result<StateDb> db = StateDb::open(dir / "state");
+  ASSERT_TRUE(db.is_ok());
+  sqlite3* blocker = nullptr;
+  ASSERT_EQ(sqlite3_open((dir / "state" + "/airlock-state.db").c_str(), &blocker), SQLITE_OK);
+  int anonymous_accepted = 0, keyed_accepted = 0, refused = 0;
+  {
+    AuditWriter w(*db, 100, nullptr, std::chrono::milliseconds(50), 1000000);
+    ASSERT_EQ(sqlite3_exec(blocker, "BEGIN IMMEDIATE", nullptr, nullptr, nullptr), SQLITE_OK);
+    ASSERT_TRUE(w.record(rec(0)));
+    std::this_thread::sleep_for(std::chrono::milliseconds(400));  // taken as a batch; its write waits for the lock
+    for (int i = 0; i < 100; ++i) {
+      AuditRecord r = rec(1000 + i);
+      r.key_name.clear();
+      (w.record(std::move(r)) ? anonymous_accepted : refused) += 1;
+    }
+    for (int i = 0; i < 100; ++i) (w.record(rec(2000 + i)) ? keyed_accepted : refused) += 1;
+    ASSERT_EQ(sqlite3_exec(blocker, "COMMIT", nullptr, nullptr, nullptr), SQLITE_OK);
+    EXPECT_TRUE(w.flush());
+  }
+  sqlite3_close(blocker);
+  EXPECT_GE(anonymous_accepted, 49);
+  EXPECT_LE(anonymous_accepted, 50);
+  EXPECT_GE(keyed_accepted, 49);  // room kept for them although refused requests came first
+  EXPECT_EQ(anonymous_accepted + keyed_accepted + refused, 200);
+  std::int64_t gap = 0, rows = 0;
+  for (const AuditRow& row : all_rows(*db)) {
+    ++rows;
+    if (row.record.route == "(audit gap)") gap += std::atoll(row.record.request_id.c_str());
+  }
+  EXPECT_EQ(gap, refused);
+  EXPECT_EQ(rows, 1 + anonymous_accepted + keyed_accepted + 1);
+  EXPECT_TRUE(db->verify_audit()->ok);
 }
 
 TEST(StateDbTest, AuditWriterBatchesFromManyThreads) {

@@ -339,36 +339,67 @@ AuditRecord read_record(const Stmt& st) {
   return r;
 }
 
+// The columns read_record() and the chain need; callers add FROM and more.
 constexpr const char* kSelectAudit =
     "SELECT seq, time_ms, key_name, route, model, request_id, status, prompt_tokens, completion_tokens,"
-    " latency_s, prompt_text, completion_text, prev_hash, row_hash FROM audit";
+    " latency_s, prompt_text, completion_text, prev_hash, row_hash";
 
 }  // namespace
 
-Result<AuditVerifyResult> StateDb::verify_audit() const {
+Result<AuditVerifyResult> StateDb::verify_audit(const std::optional<std::string>& expect_row_hash) const {
   std::lock_guard<std::mutex> lock(*mu_);
+  // Rows and head are read in one transaction, so from one snapshot: rows
+  // airlockd appends meanwhile are in neither (read separately, a log being
+  // written looked truncated).
+  AIRLOCK_RETURN_IF_ERROR(exec(db_, "BEGIN"));
+  struct EndRead {
+    sqlite3* db;
+    ~EndRead() { (void)exec(db, "ROLLBACK"); }  // a read transaction: nothing to keep
+  } end_read{db_};
   AuditVerifyResult out;
-  Stmt st(db_, (std::string(kSelectAudit) + " ORDER BY seq").c_str());
-  if (!st.ok()) return db_error(db_, "prepare");
   std::string prev(kHashBytes, '\0');
-  std::int64_t expect = 1;
-  int rc;
+  // The hash recorded earlier (hex), a row's or the empty log's.
+  std::optional<std::string> expect;
+  if (expect_row_hash) {
+    expect = *expect_row_hash;
+    std::transform(expect->begin(), expect->end(), expect->begin(), [](unsigned char c) { return std::tolower(c); });
+  }
+  bool expected_seen = expect && *expect == to_hex(prev);
   auto bad = [&](std::int64_t row, const std::string& why) {
     out.first_bad_row = row;
     out.why = why;
     return out;
   };
-  while ((rc = st.step()) == SQLITE_ROW) {
-    const std::int64_t seq = st.col_i64(0);
-    if (seq != expect) return bad(expect, "row " + std::to_string(expect) + " is missing");
-    if (st.col_blob(12) != prev) return bad(seq, "row " + std::to_string(seq) + " does not follow the row before it");
-    const std::string want = blake2b(encode_row(seq, read_record(st), prev));
-    if (st.col_blob(13) != want) return bad(seq, "row " + std::to_string(seq) + " was changed");
-    prev = want;
-    ++expect;
+  {
+    // Each value must have the type it was written with: SQLite keeps what
+    // an UPDATE stores ('2 (really 9000)' in an integer column), and the
+    // column readers would take only its leading number.
+    Stmt st(db_, (std::string(kSelectAudit) +
+                  ", typeof(seq) = 'integer' AND typeof(time_ms) = 'integer' AND typeof(key_name) = 'text'"
+                  " AND typeof(route) = 'text' AND typeof(model) = 'text' AND typeof(request_id) = 'text'"
+                  " AND typeof(status) = 'integer' AND typeof(prompt_tokens) = 'integer'"
+                  " AND typeof(completion_tokens) = 'integer' AND typeof(latency_s) = 'real'"
+                  " AND typeof(prompt_text) IN ('text', 'null') AND typeof(completion_text) IN ('text', 'null')"
+                  " AND typeof(prev_hash) = 'blob' AND typeof(row_hash) = 'blob'"
+                  " FROM audit ORDER BY seq")
+                     .c_str());
+    if (!st.ok()) return db_error(db_, "prepare");
+    std::int64_t next = 1;
+    int rc;
+    while ((rc = st.step()) == SQLITE_ROW) {
+      const std::int64_t seq = st.col_i64(0);
+      if (seq != next) return bad(next, "row " + std::to_string(next) + " is missing");
+      if (st.col_i64(14) != 1) return bad(seq, "row " + std::to_string(seq) + " was changed (a value of the wrong type)");
+      if (st.col_blob(12) != prev) return bad(seq, "row " + std::to_string(seq) + " does not follow the row before it");
+      const std::string want = blake2b(encode_row(seq, read_record(st), prev));
+      if (st.col_blob(13) != want) return bad(seq, "row " + std::to_string(seq) + " was changed");
+      prev = want;
+      expected_seen = expected_seen || (expect && *expect == to_hex(want));
+      ++next;
+    }
+    if (rc != SQLITE_DONE) return db_error(db_, "read audit");
+    out.rows = next - 1;
   }
-  if (rc != SQLITE_DONE) return db_error(db_, "read audit");
-  out.rows = expect - 1;
   Stmt h(db_, "SELECT rows, head FROM audit_head WHERE id = 1");
   if (!h.ok()) return db_error(db_, "prepare");
   std::int64_t head_rows = 0;
@@ -380,13 +411,17 @@ Result<AuditVerifyResult> StateDb::verify_audit() const {
   if (head_rows != out.rows || head != prev)
     return bad(out.rows + 1, "the log ends at row " + std::to_string(out.rows) + " but its head records " +
                                  std::to_string(head_rows) + " rows: the newest rows were removed or the head changed");
+  out.head_hex = to_hex(prev);
+  if (expect && !expected_seen)
+    return bad(out.rows + 1, "no row of the log has the hash recorded earlier (" + *expect +
+                                 "): the log was cut back past it, replaced or rewritten");
   out.ok = true;
   return out;
 }
 
 Result<std::vector<AuditRow>> StateDb::tail_audit(int n) const {
   std::lock_guard<std::mutex> lock(*mu_);
-  Stmt st(db_, (std::string(kSelectAudit) + " ORDER BY seq DESC LIMIT ?").c_str());
+  Stmt st(db_, (std::string(kSelectAudit) + " FROM audit ORDER BY seq DESC LIMIT ?").c_str());
   if (!st.ok()) return db_error(db_, "prepare");
   st.i64(1, n);
   std::vector<AuditRow> out;
@@ -395,6 +430,16 @@ Result<std::vector<AuditRow>> StateDb::tail_audit(int n) const {
   if (rc != SQLITE_DONE) return db_error(db_, "read audit");
   std::reverse(out.begin(), out.end());
   return out;
+}
+
+Result<std::pair<std::int64_t, std::string>> StateDb::audit_head() const {
+  std::lock_guard<std::mutex> lock(*mu_);
+  Stmt h(db_, "SELECT rows, head FROM audit_head WHERE id = 1");
+  if (!h.ok()) return db_error(db_, "prepare");
+  const int rc = h.step();
+  if (rc == SQLITE_ROW) return std::make_pair(h.col_i64(0), to_hex(h.col_blob(1)));
+  if (rc != SQLITE_DONE) return db_error(db_, "read audit head");
+  return std::make_pair(std::int64_t{0}, to_hex(std::string(kHashBytes, '\0')));
 }
 
 // ---------------------------------------------------------------- KeyVerifier
@@ -415,8 +460,15 @@ std::optional<std::string> KeyVerifier::authenticate(std::string_view token) con
 
 // ---------------------------------------------------------------- AuditWriter
 
-AuditWriter::AuditWriter(StateDb& db, std::size_t max_queue, ErrorFn on_error, std::chrono::milliseconds retry_after)
-    : db_(db), max_queue_(max_queue), on_error_(std::move(on_error)), retry_after_(retry_after) {
+AuditWriter::AuditWriter(StateDb& db, std::size_t max_queue, ErrorFn on_error, std::chrono::milliseconds retry_after,
+                         int anonymous_per_second)
+    : db_(db),
+      max_queue_(max_queue),
+      on_error_(std::move(on_error)),
+      retry_after_(retry_after),
+      anonymous_per_second_(std::max(1, anonymous_per_second)),
+      anonymous_allowance_(10.0 * anonymous_per_second_),
+      anonymous_refilled_(std::chrono::steady_clock::now()) {
   thread_ = std::thread([this] { run(); });
 }
 
@@ -432,12 +484,44 @@ AuditWriter::~AuditWriter() {
 bool AuditWriter::record(AuditRecord r) {
   {
     std::lock_guard<std::mutex> lock(mu_);
-    if (queue_.size() >= max_queue_) return false;
+    if (r.key_name.empty()) {
+      const auto now = std::chrono::steady_clock::now();
+      anonymous_allowance_ = std::min(10.0 * anonymous_per_second_,
+                                      anonymous_allowance_ + anonymous_per_second_ *
+                                                                 std::chrono::duration<double>(now - anonymous_refilled_).count());
+      anonymous_refilled_ = now;
+      if (anonymous_allowance_ < 1) {
+        if (anonymous_folded_++ == 0) cv_.notify_all();  // the writer may be waiting for a first record
+        return true;  // counted in the next "(refused requests)" row
+      }
+      if (queue_.size() >= max_queue_ / 2) {
+        ++refused_queue_full_;
+        return false;
+      }
+      anonymous_allowance_ -= 1;
+    } else if (queue_.size() >= max_queue_) {
+      ++refused_queue_full_;
+      return false;
+    }
     queue_.push_back(std::move(r));
   }
   cv_.notify_all();
   return true;
 }
+
+namespace {
+
+AuditRecord summary_row(const char* route, int status, std::string what) {
+  AuditRecord r;
+  r.time_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                  std::chrono::system_clock::now().time_since_epoch()).count();
+  r.route = route;
+  r.status = status;
+  r.request_id = std::move(what);
+  return r;
+}
+
+}  // namespace
 
 bool AuditWriter::flush() {
   std::unique_lock<std::mutex> lock(mu_);
@@ -458,8 +542,9 @@ void AuditWriter::run() {
   std::unique_lock<std::mutex> lock(mu_);
   std::chrono::milliseconds backoff = retry_after_;
   while (true) {
-    cv_.wait(lock, [this] { return stopping_ || !queue_.empty(); });
-    if (queue_.empty() && stopping_) return;
+    auto pending = [this] { return !queue_.empty() || anonymous_folded_ > 0 || refused_queue_full_ > 0; };
+    cv_.wait(lock, [&] { return stopping_ || pending(); });
+    if (!pending() && stopping_) return;
     // Gather for up to 100 ms or 256 records, then write them in one transaction.
     cv_.wait_for(lock, std::chrono::milliseconds(100),
                  [this] { return stopping_ || flushing_ > 0 || queue_.size() >= 256; });
@@ -468,6 +553,16 @@ void AuditWriter::run() {
       batch.push_back(std::move(queue_.front()));
       queue_.pop_front();
     }
+    // The counts become rows of the chain (queued like any record if this
+    // write fails).
+    if (anonymous_folded_ > 0)
+      batch.push_back(summary_row("(refused requests)", 401,
+                                  std::to_string(std::exchange(anonymous_folded_, 0)) +
+                                      " more requests without a valid key, counted here instead of one row each"));
+    if (refused_queue_full_ > 0)
+      batch.push_back(summary_row("(audit gap)", 0,
+                                  std::to_string(std::exchange(refused_queue_full_, 0)) +
+                                      " records were not written: the audit queue was full"));
     writing_ = true;
     lock.unlock();
     Status s = db_.append_audit(batch);

@@ -77,6 +77,7 @@ struct AuditRow {
 struct AuditVerifyResult {
   bool ok = false;
   std::int64_t rows = 0;
+  std::string head_hex;  // the newest row's hash (64 zero bytes for an empty log), when ok
   std::optional<std::int64_t> first_bad_row;
   std::string why;
 };
@@ -102,8 +103,16 @@ class StateDb {
   Result<std::vector<StoredKey>> load_active_keys() const;
 
   Status append_audit(const std::vector<AuditRecord>& batch);
-  Result<AuditVerifyResult> verify_audit() const;
+  // With expect_row_hash (hex, as verify and tail print it, recorded
+  // earlier outside this database): the log must still hold a row with that
+  // hash, so cutting the log back past it, or replacing the whole log, is
+  // detected as well.
+  Result<AuditVerifyResult> verify_audit(const std::optional<std::string>& expect_row_hash = std::nullopt) const;
   Result<std::vector<AuditRow>> tail_audit(int n) const;
+  // The head row: how many rows the log has and the newest one's hash (hex),
+  // read without checking the chain (for the daemon's log, an anchor kept
+  // outside this database).
+  Result<std::pair<std::int64_t, std::string>> audit_head() const;
 
  private:
   StateDb(sqlite3* db) : db_(db), mu_(std::make_unique<std::mutex>()) {}
@@ -132,12 +141,21 @@ class KeyVerifier {
 // order once the database is writable. Meanwhile the queue fills and new
 // records are refused. When the writer is destroyed it makes one last
 // attempt; if that fails, `on_error` is told the records are dropped.
+//
+// Records without a key name (requests refused for a missing or wrong key,
+// which anyone who can connect can send by the thousand a second) are kept
+// from crowding out the rest: at most `anonymous_per_second` of them (with
+// bursts of ten times that) are written one by one, the others are counted
+// into one "(refused requests)" row per batch; and they may fill only half
+// the queue. Records refused because the queue was full leave an "(audit
+// gap)" row with their count in the chain once writing resumes, so `audit
+// verify` and `tail` show that records are missing where they are.
 class AuditWriter {
  public:
   // records: how many are queued (and, with dropped, now lost).
   using ErrorFn = std::function<void(const Status& why, std::size_t records, bool dropped)>;
   explicit AuditWriter(StateDb& db, std::size_t max_queue = 65536, ErrorFn on_error = nullptr,
-                       std::chrono::milliseconds retry_after = std::chrono::seconds(1));
+                       std::chrono::milliseconds retry_after = std::chrono::seconds(1), int anonymous_per_second = 50);
   ~AuditWriter();  // writes what is queued (one attempt)
   bool record(AuditRecord r);
   // Blocks until everything recorded so far is written (true), or a write
@@ -158,6 +176,11 @@ class AuditWriter {
   bool writing_ = false;
   int flushing_ = 0;
   std::uint64_t failed_attempts_ = 0;
+  std::uint64_t refused_queue_full_ = 0;  // since the last "(audit gap)" row
+  std::uint64_t anonymous_folded_ = 0;    // since the last "(refused requests)" row
+  const double anonymous_per_second_;
+  double anonymous_allowance_;
+  std::chrono::steady_clock::time_point anonymous_refilled_;
   std::thread thread_;
 };
 
