@@ -251,6 +251,26 @@ void Scheduler::step(std::unique_lock<std::mutex>& lock) {
   //    when they do not fit, the newest are preempted until they do.
   //    Kept per sequence, in running_ order, so that preempting the last
   //    or admitting one more updates the total without a rescan.
+  //    First, a sequence about to compute its first prompt tokens this
+  //    step looks for cached blocks again: an identical prompt admitted in
+  //    an earlier step (the choices of an n > 1 request, a shared system
+  //    prompt) may have published them since, prefilled oldest first. This
+  //    comes before the count: the blocks it takes leave the free count,
+  //    and what is left of its prompt is what it needs.
+  {
+    int look_budget = options_.prefill_chunk;
+    for (auto& s : running_) {
+      if (s->n_prefilled == 0 && look_budget > 0 && s->prefill_len > kBlockTokens) {
+        const int hit = cache_.attach_prefix(s->id, std::span<const std::int32_t>(s->history.data(), s->prefill_len),
+                                             (s->prefill_len - 1) / kBlockTokens);
+        s->n_prefilled = hit * kBlockTokens;
+        // Counted for a first prefill only (a resumed sequence's query was
+        // not counted again either).
+        if (s->prompt_counted == 0) stats_.prefix_hit_tokens += static_cast<std::uint64_t>(s->n_prefilled);
+      }
+      (void)step_tokens(*s, &look_budget);
+    }
+  }
   struct StepNeed {
     int blocks, budget_taken;
   };
@@ -317,16 +337,6 @@ void Scheduler::step(std::unique_lock<std::mutex>& lock) {
   int n_prompt_tokens = 0;
   for (auto& s : running_) {
     if (s->n_prefilled < s->prefill_len) {
-      // A sequence about to compute its first prompt tokens looks for cached
-      // blocks again: an identical prompt admitted in the same step (the
-      // choices of an n > 1 request, a shared system prompt) has published
-      // its blocks by now, prefilled oldest first.
-      if (s->n_prefilled == 0 && prefill_budget > 0 && s->prefill_len > kBlockTokens) {
-        const int hit = cache_.attach_prefix(s->id, std::span<const std::int32_t>(s->history.data(), s->prefill_len),
-                                             (s->prefill_len - 1) / kBlockTokens);
-        s->n_prefilled = hit * kBlockTokens;
-        stats_.prefix_hit_tokens += static_cast<std::uint64_t>(s->n_prefilled);
-      }
       const int take = step_tokens(*s, &prefill_budget);
       if (take == 0) continue;
       for (int i = 0; i < take; ++i) {

@@ -3,7 +3,9 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <condition_variable>
 #include <cstdlib>
+#include <mutex>
 #include <random>
 #include <thread>
 
@@ -428,6 +430,70 @@ TEST(SchedulerTest, IdenticalPromptsSubmittedTogetherComputeThePromptOnce) {
   const SchedulerStats stats = (*s)->stats();
   EXPECT_EQ(stats.prefix_hit_tokens, 3u * 256u);
   EXPECT_EQ(stats.prompt_tokens, 300u + 3u * 44u);
+}
+
+// Holds the first forward pass until released, so that requests submitted
+// meanwhile meet in the scheduler's queue in a known order.
+struct GatedDecoder : Decoder {
+  std::unique_ptr<Decoder> inner;
+  std::mutex mu;
+  std::condition_variable cv;
+  bool open = false;
+  int calls = 0;
+  const ModelParams& params() const override { return inner->params(); }
+  Status alloc_kv(int n_blocks, KvType type) override { return inner->alloc_kv(n_blocks, type); }
+  using Decoder::forward;
+  Status forward(const Batch& b, KvCache& c, const PassOutput& o) override {
+    {
+      std::unique_lock<std::mutex> lock(mu);
+      if (calls++ == 0) cv.wait(lock, [&] { return open; });
+    }
+    return inner->forward(b, c, o);
+  }
+  void release() {
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      open = true;
+    }
+    cv.notify_all();
+  }
+};
+
+// A sequence that starts its prompt a few steps after admission looks for
+// cached blocks again, and may take blocks another request has published
+// meanwhile. That lookup comes before the step's blocks are counted: taken
+// after the count (as it was), the step could need more blocks than were
+// free, the pass failed with "KV cache full", every running request ended
+// with an error and the scheduler called itself unhealthy, where waiting
+// or preempting was the answer. (Order found by a review: G runs long; A
+// publishes the prompt B shares while B waits for prefill budget behind C.)
+TEST(SchedulerTest, PrefixFoundAtPrefillIsCountedBeforeTheStepsBlocks) {
+  Loaded l = load();
+  const std::vector<std::int32_t> shared = prompt(49, 5);
+  const GenerationRequest g = greedy(prompt(33, 1), 60), a = greedy(shared, 1), c = greedy(prompt(23, 3), 8),
+                          b = greedy(shared, 4);
+  std::vector<Outcome> alone;
+  for (const GenerationRequest& r : {g, a, c, b}) alone.push_back(run_alone(*l.model, r));
+  auto gate = std::make_unique<GatedDecoder>();
+  gate->inner = make_single_decoder(*l.model);
+  GatedDecoder* gated = gate.get();
+  SchedulerOptions o = opts(8);
+  o.prefill_chunk = 16;
+  o.max_running = 8;
+  auto s = Scheduler::start(std::move(gate), o);
+  ASSERT_TRUE(s.is_ok()) << s.status().to_string();
+  std::vector<std::shared_ptr<TokenStream>> streams;
+  streams.push_back(*(*s)->submit(g));
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));  // G's first pass is held at the gate
+  for (const GenerationRequest& r : {a, c, b}) streams.push_back(*(*s)->submit(r));
+  gated->release();
+  for (std::size_t i = 0; i < streams.size(); ++i) {
+    const Outcome out = collect(*streams[i]);
+    EXPECT_NE(out.finish, FinishReason::kError) << "request " << i << ": " << out.error.to_string();
+    EXPECT_EQ(out.tokens, alone[i].tokens) << "request " << i;
+  }
+  EXPECT_TRUE((*s)->healthy());
+  EXPECT_EQ((*s)->stats().failed_steps, 0u);
 }
 
 TEST(SchedulerTest, DrainFinishesRunningAndRefusesNewWork) {
