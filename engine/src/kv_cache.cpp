@@ -26,6 +26,9 @@ int KvCache::take_block() {
     unpublish(b);
   }
   ref_[b] = 1;
+  // New contents: a published child that names this block as its parent
+  // no longer matches, even if the block was never published itself.
+  ++pub_[static_cast<std::size_t>(b)].generation;
   return b;
 }
 
@@ -183,7 +186,11 @@ Status KvCache::fork(int src_seq_id, int dst_seq_id) {
 void KvCache::remove_sequence(int seq_id) {
   auto it = seqs_.find(seq_id);
   if (it == seqs_.end()) return;
-  for (int b : it->second.blocks) release_block(b);
+  // Tail first: the least recently used end of the cache then holds chain
+  // tails, and eviction takes them before the blocks they hang from (taking
+  // a chain's first block strands all the others until they age out).
+  const std::vector<std::int32_t>& blocks = it->second.blocks;
+  for (auto b = blocks.rbegin(); b != blocks.rend(); ++b) release_block(*b);
   seqs_.erase(it);
 }
 

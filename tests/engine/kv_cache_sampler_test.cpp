@@ -60,6 +60,32 @@ std::vector<std::int32_t> seq_tokens(int n, int start) {
   return t;
 }
 
+// Eviction takes the end of a cached chain before its beginning: a prompt
+// that lost one block to pressure still finds the others (evicting the
+// first block left the rest unreachable, and a recomputed prompt could not
+// publish over them).
+TEST(KvCacheTest, EvictionTakesChainTailsFirst) {
+  KvCache c(8);
+  const std::vector<std::int32_t> a = seq_tokens(48, 300);  // 3 full blocks
+  ASSERT_TRUE(c.add_sequence(1).is_ok());
+  ASSERT_TRUE(c.reserve(1, 48, nullptr).is_ok());
+  c.publish(1, a);
+  c.remove_sequence(1);
+  ASSERT_EQ(c.n_cached_blocks(), 3);
+  ASSERT_TRUE(c.add_sequence(2).is_ok());
+  ASSERT_TRUE(c.reserve(2, 6 * kBlockTokens, nullptr).is_ok());  // 5 free blocks and one evicted
+  c.remove_sequence(2);
+  ASSERT_EQ(c.n_cached_blocks(), 2);
+  for (int round = 0; round < 3; ++round) {
+    const int id = 3 + round;
+    ASSERT_TRUE(c.add_sequence(id).is_ok());
+    EXPECT_EQ(c.attach_prefix(id, a, 3), round == 0 ? 2 : 3) << "round " << round;
+    ASSERT_TRUE(c.reserve(id, 48, nullptr).is_ok());
+    c.publish(id, a);
+    c.remove_sequence(id);
+  }
+}
+
 TEST(KvCacheTest, PrefixBlocksArePublishedReusedAndEvicted) {
   KvCache c(8);
   const std::vector<std::int32_t> a = seq_tokens(40, 100);  // 2 full blocks + 8
