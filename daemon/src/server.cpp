@@ -403,11 +403,31 @@ struct Server::Impl {
     res.set_content(error_body(e), "application/json");
   }
 
-  std::optional<std::string> key_of(const httplib::Request& req) {
+  // The key a request was admitted with. It is checked once, before
+  // routing, and that answer stands for the whole request (handlers, the
+  // audit row, the RAG principal): checked again later, a key revoked (and
+  // reloaded) while the client trickled its body in was served and then
+  // audited as no key at all. httplib runs a request's pre-routing,
+  // handler, content provider and logger on one thread, one request at a
+  // time, so the answer is kept per thread, tagged with the request.
+  struct AdmittedKey {
+    const httplib::Request* request = nullptr;
+    std::optional<std::string> name;
+  };
+  static AdmittedKey& admitted_key() {
+    thread_local AdmittedKey k;
+    return k;
+  }
+  std::optional<std::string> check_key(const httplib::Request& req) {
     const std::string h = req.get_header_value("Authorization");
     constexpr std::string_view kBearer = "Bearer ";
     if (h.size() <= kBearer.size() || h.compare(0, kBearer.size(), kBearer) != 0) return std::nullopt;
     return authenticate(std::string_view(h).substr(kBearer.size()));
+  }
+  std::optional<std::string> key_of(const httplib::Request& req) {
+    const AdmittedKey& k = admitted_key();
+    if (k.request == &req) return k.name;
+    return check_key(req);  // a request that never reached routing (a malformed one)
   }
 
   // Renders and tokenizes the prompt of a request.
@@ -1266,6 +1286,7 @@ void Server::routes() {
   });
 
   h.set_pre_routing_handler([&s](const httplib::Request& req, httplib::Response& res) {
+    Impl::admitted_key() = {&req, req.path == "/health" ? std::nullopt : s.check_key(req)};
     if (req.path == "/health") return httplib::Server::HandlerResponse::Unhandled;
     if (!s.key_of(req)) {
       ApiError e = api_error(401, "invalid_request_error",
@@ -1304,6 +1325,10 @@ void Server::routes() {
     s.send_error(res, api_error(500, "server_error", "internal error"));
   });
   h.set_logger([&s](const httplib::Request& req, const httplib::Response& res) {
+    const std::optional<std::string> key = s.key_of(req);
+    // The next request on this thread (a new Request, maybe at this
+    // address) is checked afresh.
+    Impl::admitted_key() = {};
     if (res.is_chunked_content_provider_) return;  // counted and audited when the stream ends
     if (res.status == 401) return;  // counted and audited when refused
     s.count(req, res.status);
@@ -1311,7 +1336,7 @@ void Server::routes() {
     // other request but /health gets a row here.
     if (req.path != "/v1/chat/completions" && req.path != "/v1/completions" && req.path != "/v1/rag/query" &&
         req.path != "/health")
-      s.write_audit(s.key_of(req).value_or(""), req, nullptr, res.status);
+      s.write_audit(key.value_or(""), req, nullptr, res.status);
   });
 
   h.Get("/health", [](const httplib::Request&, httplib::Response& res) {

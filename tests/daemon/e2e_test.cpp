@@ -1190,6 +1190,63 @@ int loopback_listener(int type = SOCK_STREAM, bool listen = true) {
   return fd;
 }
 
+// A request is served and audited under the key it was admitted with: the
+// key is checked once, before the body is read. A key revoked (and
+// reloaded) while a client trickled its body in used to be looked up again
+// by the handler and the audit, so the request was served and its row said
+// "no key". The next request with that key is refused.
+TEST(DaemonLifecycle, AKeyRevokedMidRequestStillNamesItsRequest) {
+  Enclave e;
+  const std::string key = e.new_key("racer");
+  auto d = Daemon::start(e);
+  ASSERT_GT(d->port, 0) << d->log();
+  const std::string body = json{{"model", "stories"}, {"prompt", "Once"}, {"max_tokens", 3}, {"temperature", 0}}.dump();
+  const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  a.sin_port = htons(static_cast<std::uint16_t>(d->port));
+  ASSERT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a), 0) << std::strerror(errno);
+  const std::string head = "POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer " + key +
+                           "\r\nContent-Type: application/json\r\nContent-Length: " + std::to_string(body.size()) +
+                           "\r\nConnection: close\r\n\r\n";
+  const std::string first = head + body.substr(0, 10);
+  ASSERT_EQ(::write(fd, first.data(), first.size()), static_cast<ssize_t>(first.size()));
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));  // admitted; reading the body
+  ASSERT_EQ(run({AIRLOCK_CLI_PATH, "keys", "revoke", "--name", "racer", "--state", e.dir / "state"}), 0);
+  const std::size_t reloads = d->log().find("SIGHUP: reloading keys");
+  ::kill(d->pid, SIGHUP);
+  for (int i = 0; i < 200 && d->log().find("SIGHUP: reloading keys", reloads == std::string::npos ? 0 : reloads + 1) ==
+                                 std::string::npos;
+       ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(25));
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));  // the keys are reloaded first
+  const std::string rest = body.substr(10);
+  ASSERT_EQ(::write(fd, rest.data(), rest.size()), static_cast<ssize_t>(rest.size()));
+  std::string response;
+  char buf[4096];
+  for (ssize_t n; (n = ::read(fd, buf, sizeof buf)) > 0;) response.append(buf, static_cast<std::size_t>(n));
+  ::close(fd);
+  ASSERT_EQ(response.rfind("HTTP/1.1 200", 0), 0u) << response;
+  const std::string id = json::parse(response.substr(response.find("\r\n\r\n") + 4))["id"];
+
+  httplib::Client c("127.0.0.1", d->port);
+  c.set_default_headers({{"Authorization", "Bearer " + key}});
+  EXPECT_EQ(c.Get("/v1/models")->status, 401);  // revoked for what comes next
+  json row;
+  for (int i = 0; i < 100 && row.is_null(); ++i) {
+    std::string out;
+    ASSERT_EQ(run({AIRLOCK_CLI_PATH, "audit", "tail", "--last", "100", "--json", "--state", e.dir / "state"}, &out), 0);
+    for (const json& r : json::parse(out))
+      if (r["request_id"] == id) row = r;
+    if (row.is_null()) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  ASSERT_FALSE(row.is_null());
+  EXPECT_EQ(row["key"], "racer") << row.dump();
+  EXPECT_EQ(row["status"], 200) << row.dump();
+  EXPECT_EQ(d->stop(), 0);
+}
+
 // device = "cuda" on a machine without a GPU (or a build without CUDA) is
 // refused at start with the reason; where a GPU is present it serves on it.
 TEST(DaemonLifecycle, DeviceCudaIsRefusedWithoutAGpu) {
