@@ -1,10 +1,19 @@
 #include "config.h"
 
+#include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/x509.h>
+
 #include <arpa/inet.h>
 
 #include <algorithm>
 #include <cctype>
+#include <cerrno>
 #include <charconv>
+#include <cstdio>
+#include <cstring>
+#include <memory>
 #include <fstream>
 #include <set>
 #include <sstream>
@@ -258,6 +267,43 @@ Result<Config> load_config(const std::string& path, bool must_exist) {
   ss << in.rdbuf();
   if (ss.str().size() > (1u << 20)) return invalid_argument(path + ": larger than 1 MiB");
   return parse_config(ss.str(), path);
+}
+
+namespace {
+
+struct FileCloser {
+  void operator()(std::FILE* f) const { std::fclose(f); }
+};
+using File = std::unique_ptr<std::FILE, FileCloser>;
+
+Status tls_file_error(const std::string& what, const std::string& path, const std::string& why) {
+  ERR_clear_error();
+  return invalid_argument("TLS: " + what + " '" + path + "': " + why);
+}
+
+}  // namespace
+
+Status check_tls_files(const Config& c) {
+  if (c.tls_cert.empty()) return Status::ok();
+  File cert_file(std::fopen(c.tls_cert.c_str(), "re"));
+  if (!cert_file) return tls_file_error("certificate", c.tls_cert, std::strerror(errno));
+  std::unique_ptr<X509, decltype(&X509_free)> cert(PEM_read_X509(cert_file.get(), nullptr, nullptr, nullptr), X509_free);
+  if (!cert) return tls_file_error("certificate", c.tls_cert, "no PEM certificate in it");
+  File key_file(std::fopen(c.tls_key.c_str(), "re"));
+  if (!key_file) return tls_file_error("key", c.tls_key, std::strerror(errno));
+  std::unique_ptr<EVP_PKEY, decltype(&EVP_PKEY_free)> key(PEM_read_PrivateKey(key_file.get(), nullptr, nullptr, nullptr),
+                                                          EVP_PKEY_free);
+  if (!key) return tls_file_error("key", c.tls_key, "no unencrypted PEM private key in it");
+  if (X509_check_private_key(cert.get(), key.get()) != 1)
+    return tls_file_error("key", c.tls_key, "it is not the key of the certificate '" + c.tls_cert + "'");
+  if (!c.tls_client_ca.empty()) {
+    File ca_file(std::fopen(c.tls_client_ca.c_str(), "re"));
+    if (!ca_file) return tls_file_error("client CA", c.tls_client_ca, std::strerror(errno));
+    std::unique_ptr<X509, decltype(&X509_free)> ca(PEM_read_X509(ca_file.get(), nullptr, nullptr, nullptr), X509_free);
+    if (!ca) return tls_file_error("client CA", c.tls_client_ca, "no PEM certificate in it");
+  }
+  ERR_clear_error();
+  return Status::ok();
 }
 
 }  // namespace airlock::daemon

@@ -93,4 +93,11 @@ Result<Config> load_config(const std::string& path, bool must_exist);
 // "HOST:PORT", "[v6]:PORT" with a numeric address.
 Status parse_listen(const std::string& value, Config* config);
 
+// With TLS configured: the certificate, its private key (and that they
+// belong together) and the client CA file (at least one certificate) can be
+// read. kInvalidArgument naming the file otherwise. Run by --check-config and
+// before serving (httplib does not say which file failed, and ignores a CA
+// file it cannot read: every client would then be refused without a word).
+Status check_tls_files(const Config& config);
+
 }  // namespace airlock::daemon

@@ -217,6 +217,10 @@ int main(int argc, char** argv) {
     }
   }
   if (a.check_only) {
+    if (Status s = check_tls_files(config); !s.is_ok()) {
+      std::fprintf(stderr, "airlockd: %s\n", s.message().c_str());
+      return 2;
+    }
     std::printf("configuration OK: listen %s:%d, store %s, trusted %s, state %s\n", config.listen_host.c_str(),
                 config.listen_port, config.store.c_str(), config.trusted.c_str(), config.state.c_str());
     if (config.nodes > 1)

@@ -830,6 +830,7 @@ namespace {
 
 // bind() and adopt() refuse to serve when the TLS files did not load.
 Status tls_loaded(const httplib::Server& http, const Config& c) {
+  AIRLOCK_RETURN_IF_ERROR(check_tls_files(c));  // says which file, and checks the client CA
   if (http.is_valid()) return Status::ok();
   return invalid_argument("TLS: cannot load the certificate '" + c.tls_cert + "', key '" + c.tls_key + "'" +
                           (c.tls_client_ca.empty() ? std::string() : " or client CA '" + c.tls_client_ca + "'"));

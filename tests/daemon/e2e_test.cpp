@@ -1409,7 +1409,25 @@ TEST(DaemonLifecycle, TlsWithClientCertificates) {
   // A certificate that cannot be loaded stops the start, saying why.
   auto broken = Daemon::start(e, "[tls]\ncert = \"" + d + "/missing.pem\"\nkey = \"" + d + "/server.key\"\n");
   EXPECT_EQ(broken->port, 0);
-  EXPECT_NE(broken->log().find("TLS: cannot load"), std::string::npos) << broken->log();
+  EXPECT_NE(broken->log().find("TLS: certificate '" + d + "/missing.pem': No such file"), std::string::npos)
+      << broken->log();
+  // So does a client CA file that cannot be read (httplib ignored it, and
+  // then refused every client), and a key of another certificate; and
+  // --check-config says the same.
+  const std::string tls = "[tls]\ncert = \"" + d + "/server.pem\"\nkey = \"" + d + "/server.key\"\n";
+  for (const auto& [extra, expect] :
+       std::vector<std::pair<std::string, std::string>>{
+           {"client_ca = \"" + d + "/missing-ca.pem\"\n", "TLS: client CA '" + d + "/missing-ca.pem'"},
+           {"client_ca = \"" + d + "/server.key\"\n", "TLS: client CA '" + d + "/server.key': no PEM certificate"}}) {
+    auto refused = Daemon::start(e, tls + extra);
+    EXPECT_EQ(refused->port, 0);
+    EXPECT_NE(refused->log().find(expect), std::string::npos) << refused->log();
+  }
+  const std::string mismatched = "[tls]\ncert = \"" + d + "/server.pem\"\nkey = \"" + d + "/client.key\"\n";
+  testing::write_file(d + "/mismatched.toml", mismatched);
+  std::string out;
+  EXPECT_EQ(run({"sh", "-c", std::string(AIRLOCKD_PATH) + " --config '" + d + "/mismatched.toml' --check-config 2>&1"}, &out), 2);
+  EXPECT_NE(out.find("is not the key of the certificate"), std::string::npos) << out;
 }
 
 // ---------------------------------------------------------------- RAG
