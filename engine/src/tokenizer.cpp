@@ -679,34 +679,37 @@ std::string StreamDecoder::push(std::int32_t id) {
     started_ = true;
     if (tok_.strips_leading_space() && pending_[0] == ' ') pending_.erase(0, 1);
   }
-  // Emit every complete character; replace invalid bytes with U+FFFD.
+  // Emit every complete character; replace with U+FFFD each byte that
+  // cannot begin or continue a well-formed one (Unicode table 3-7: no
+  // overlong forms, surrogates or values above U+10FFFF), as soon as that
+  // is known.
   std::string out;
   std::size_t i = 0;
   while (i < pending_.size()) {
     const unsigned char c = static_cast<unsigned char>(pending_[i]);
-    const int n = utf8_len(c);
-    if (n == 1 && c >= 0x80) {
+    if (c < 0x80) {
+      out.push_back(static_cast<char>(c));
+      ++i;
+      continue;
+    }
+    // The length a lead byte starts, and the range of the byte after it.
+    int n = 0;
+    unsigned char lo = 0x80, hi = 0xBF;
+    if (c >= 0xC2 && c <= 0xDF) n = 2;
+    else if (c >= 0xE0 && c <= 0xEF) n = 3, lo = c == 0xE0 ? 0xA0 : 0x80, hi = c == 0xED ? 0x9F : 0xBF;
+    else if (c >= 0xF0 && c <= 0xF4) n = 4, lo = c == 0xF0 ? 0x90 : 0x80, hi = c == 0xF4 ? 0x8F : 0xBF;
+    const std::size_t have = std::min(pending_.size() - i, static_cast<std::size_t>(std::max(n, 1)));
+    bool ok = n > 0;
+    for (std::size_t k = 1; ok && k < have; ++k) {
+      const unsigned char b = static_cast<unsigned char>(pending_[i + k]);
+      ok = k == 1 ? b >= lo && b <= hi : b >= 0x80 && b <= 0xBF;
+    }
+    if (!ok) {
       out += "\xEF\xBF\xBD";
       ++i;
       continue;
     }
-    if (i + static_cast<std::size_t>(n) > pending_.size()) {
-      bool ok_so_far = true;
-      for (std::size_t k = i + 1; k < pending_.size(); ++k)
-        if ((static_cast<unsigned char>(pending_[k]) & 0xC0) != 0x80) ok_so_far = false;
-      if (ok_so_far) break;  // wait for the rest of the character
-      out += "\xEF\xBF\xBD";
-      ++i;
-      continue;
-    }
-    bool valid = true;
-    for (int k = 1; k < n; ++k)
-      if ((static_cast<unsigned char>(pending_[i + static_cast<std::size_t>(k)]) & 0xC0) != 0x80) valid = false;
-    if (!valid) {
-      out += "\xEF\xBF\xBD";
-      ++i;
-      continue;
-    }
+    if (have < static_cast<std::size_t>(n)) break;  // wait for the rest of the character
     out.append(pending_, i, static_cast<std::size_t>(n));
     i += static_cast<std::size_t>(n);
   }

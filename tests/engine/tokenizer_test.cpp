@@ -350,6 +350,31 @@ TEST(TokenizerTest, StreamDecoderNeverSplitsACharacter) {
   mixed += d3.push(1 << 30);
   mixed += d3.finish();
   EXPECT_EQ(mixed, "\xEF\xBF\xBD" "A");
+  // Byte tokens that make a well-shaped but ill-formed sequence (overlong
+  // forms, a surrogate, past U+10FFFF) never come out as raw bytes: each
+  // byte becomes U+FFFD once it cannot lead to a valid character.
+  auto bytes = [&](std::initializer_list<int> bs) {
+    StreamDecoder dec(**tok);
+    std::string got;
+    for (int b : bs) {
+      char name[8];
+      std::snprintf(name, sizeof name, "<0x%02X>", b);
+      got += dec.push((*tok)->token_id(name));
+    }
+    return got + dec.finish();
+  };
+  const std::string r = "\xEF\xBF\xBD";
+  EXPECT_EQ(bytes({0xC0, 0x80}), r + r);              // overlong NUL
+  EXPECT_EQ(bytes({0xE0, 0x80, 0x80}), r + r + r);    // overlong 3-byte
+  EXPECT_EQ(bytes({0xED, 0xA0, 0x80}), r + r + r);    // a surrogate, U+D800
+  EXPECT_EQ(bytes({0xF4, 0x90, 0x80, 0x80}), r + r + r + r);  // U+110000
+  EXPECT_EQ(bytes({0xF5, 0x80, 0x80, 0x80}), r + r + r + r);
+  EXPECT_EQ(bytes({0xED, 0x9F, 0xBF}), "\xED\x9F\xBF");      // U+D7FF is fine
+  EXPECT_EQ(bytes({0xF4, 0x8F, 0xBF, 0xBF}), "\xF4\x8F\xBF\xBF");  // U+10FFFF is fine
+  // Known at the second byte, not held back until the third.
+  StreamDecoder early(**tok);
+  EXPECT_EQ(early.push((*tok)->token_id("<0xE0>")), "");
+  EXPECT_EQ(early.push((*tok)->token_id("<0x80>")), r + r);
 }
 
 TEST(TokenizerTest, SpecialTokensAndAddSpecial) {
