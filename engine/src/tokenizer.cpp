@@ -554,10 +554,43 @@ void Tokenizer::bpe_word(const std::string& word, std::vector<std::int32_t>* out
   }
 }
 
+namespace {
+
+// NFC of valid UTF-8 text; nullopt when the text is ASCII, already NFC, or
+// not valid UTF-8 (whose bytes are kept as they are).
+std::optional<std::string> nfc_if_changed(std::string_view text) {
+  bool ascii = true;
+  for (char c : text) ascii = ascii && static_cast<unsigned char>(c) < 0x80;
+  if (ascii) return std::nullopt;
+  for (std::size_t i = 0, len = 0; i < text.size(); i += len)
+    if (next_code_point(text, i, &len) == 0xFFFD && text.compare(i, 3, "\xEF\xBF\xBD") != 0) return std::nullopt;
+  UErrorCode err = U_ZERO_ERROR;
+  const icu::Normalizer2* nfc = icu::Normalizer2::getNFCInstance(err);
+  if (U_FAILURE(err) || nfc == nullptr) return std::nullopt;
+  const icu::UnicodeString src =
+      icu::UnicodeString::fromUTF8(icu::StringPiece(text.data(), static_cast<std::int32_t>(text.size())));
+  if (nfc->isNormalized(src, err) || U_FAILURE(err)) return std::nullopt;
+  err = U_ZERO_ERROR;
+  const icu::UnicodeString norm = nfc->normalize(src, err);
+  if (U_FAILURE(err)) return std::nullopt;
+  std::string out;
+  norm.toUTF8String(out);
+  return out;
+}
+
+}  // namespace
+
 void Tokenizer::encode_bpe(std::string_view text, std::vector<std::int32_t>* out) const {
   PreRules rules = PreRules::kGpt2;
   if (spec_.pre == "llama-bpe" || spec_.pre == "llama3") rules = PreRules::kLlama3;
   else if (spec_.pre == "qwen2") rules = PreRules::kQwen2;
+  // Qwen2/3's tokenizer.json normalises to NFC before splitting (Llama 3's
+  // and GPT-2's do not normalise): decomposed text, as macOS and many PDFs
+  // write it ("n" + U+0303), gets the ids of the composed characters, as
+  // Hugging Face gives. (llama.cpp skips this step.)
+  std::optional<std::string> normalized;
+  if (rules == PreRules::kQwen2) normalized = nfc_if_changed(text);
+  if (normalized) text = *normalized;
   const ByteMap& bm = byte_map();
   for (auto [b, e] : pre_split(text, rules)) {
     std::string mapped;

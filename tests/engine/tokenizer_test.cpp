@@ -191,6 +191,31 @@ TEST(HfVocabTest, Llama3AndQwen2Vectors) {
   }
 }
 
+// Qwen2/3 normalise to NFC first (their tokenizer.json says so): decomposed
+// text gets the ids of the composed characters, as Hugging Face gives them.
+// Llama 3 does not normalise. Special tokens and invalid bytes are kept.
+TEST(HfVocabTest, Qwen2NormalisesToNfcAndLlama3DoesNot) {
+  const std::string dir = models_dir() + "/tokenizers/";
+  if (!exists(dir + "qwen3/tokenizer.json") || !exists(dir + "llama3/tokenizer.json"))
+    GTEST_SKIP() << dir << "qwen3 or llama3 tokenizer.json not found (set AIRLOCK_MODELS_DIR)";
+  auto qwen = from_hf_json(dir + "qwen3/tokenizer.json", "qwen2");
+  ASSERT_TRUE(qwen.is_ok()) << qwen.status().to_string();
+  const std::pair<const char*, const char*> pairs[] = {
+      {"Espan\xCC\x83" "a", "Espa\xC3\xB1" "a"},                 // n + U+0303 -> U+00F1
+      {"A\xCC\x8Angstr\xC3\xB6m", "\xC3\x85ngstr\xC3\xB6m"},    // A + U+030A -> U+00C5
+      {"\xE1\x84\x80\xE1\x85\xA1", "\xEA\xB0\x80"},                // Hangul jamo -> U+AC00
+      {"caf\x65\xCC\x81 <|im_end|> x", "caf\xC3\xA9 <|im_end|> x"}};  // around a special token
+  for (const auto& [decomposed, composed] : pairs)
+    EXPECT_EQ((*qwen)->encode(decomposed, false, true), (*qwen)->encode(composed, false, true)) << composed;
+  EXPECT_EQ((*qwen)->encode("\xEA\xB0\x80", false, false), std::vector<std::int32_t>{19969});  // HF's id for U+AC00
+  // Invalid UTF-8 is not normalised (its bytes are encoded as they are).
+  const std::string invalid = "e\xCC\x81\xFF";
+  EXPECT_NE((*qwen)->encode(invalid, false, false), (*qwen)->encode("\xC3\xA9\xFF", false, false));
+  auto llama = from_hf_json(dir + "llama3/tokenizer.json", "llama-bpe");
+  ASSERT_TRUE(llama.is_ok()) << llama.status().to_string();
+  EXPECT_NE((*llama)->encode("Espan\xCC\x83" "a", false, false), (*llama)->encode("Espa\xC3\xB1" "a", false, false));
+}
+
 // The Llama 2 vocabulary (ggml-vocab-llama-spm.gguf is Llama 2's) on the
 // README's known vector, and the same vocabulary read from llama2.c's
 // tokenizer.bin (pieces with " " for U+2581) agreeing on every vector.
