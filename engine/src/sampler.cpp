@@ -92,10 +92,13 @@ SampledToken sample_row(std::span<const float> logits, const SampleRow& row) {
     } else {
       std::sort(idx.begin(), idx.end(), by_logit);
     }
-    // Probabilities at temperature 1 for the top-p and min-p filters.
+    // Probabilities at the request's temperature for the top-p and min-p
+    // filters (the order OpenAI, vLLM and Hugging Face use; llama.cpp
+    // filters at temperature 1).
     std::vector<double> prob(idx.size());
     double z = 0;
-    for (std::size_t i = 0; i < idx.size(); ++i) z += prob[i] = std::exp(static_cast<double>(l[idx[i]] - l[idx[0]]));
+    for (std::size_t i = 0; i < idx.size(); ++i)
+      z += prob[i] = std::exp(static_cast<double>(l[idx[i]] - l[idx[0]]) / params.temperature);
     for (double& pr : prob) pr /= z;
     if (params.top_p < 1.0f) {
       double cum = 0;

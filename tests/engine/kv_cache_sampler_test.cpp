@@ -243,6 +243,27 @@ TEST(SamplerTest, FiltersAndPenalties) {
   EXPECT_EQ(rep.sample(logits, history).token, 2);  // log 4 / 1.5 < log 3
 }
 
+// Top-p and min-p see the distribution at the request's temperature (as
+// OpenAI, vLLM and Hugging Face apply them): two tokens with logits 0 and
+// -1 are 0.73 / 0.27 at temperature 1, where top_p 0.7 keeps only the
+// first, and 0.56 / 0.44 at temperature 4, where it keeps both.
+TEST(SamplerTest, FiltersSeeTheTemperedDistribution) {
+  const std::vector<float> logits = {0.0f, -1.0f};
+  SampleRow row;
+  row.u = 0.99;  // the last kept token
+  row.params.top_p = 0.7f;
+  row.params.temperature = 1.0f;
+  EXPECT_EQ(sample_row(logits, row).token, 0);
+  row.params.temperature = 4.0f;
+  EXPECT_EQ(sample_row(logits, row).token, 1);
+  row.params.top_p = 1.0f;
+  row.params.min_p = 0.5f;  // keeps p >= 0.5 p_max: 0.27 / 0.73 is below, 0.44 / 0.56 above
+  row.params.temperature = 1.0f;
+  EXPECT_EQ(sample_row(logits, row).token, 0);
+  row.params.temperature = 4.0f;
+  EXPECT_EQ(sample_row(logits, row).token, 1);
+}
+
 // sample() is next_row() then sample_row(), the split a device backend
 // uses: the same random numbers drawn, the same tokens chosen.
 TEST(SamplerTest, SampleRowIsSampleSplitInTwo) {

@@ -144,8 +144,10 @@ __global__ void choose_kernel(const float* sorted, const int* sorted_ids, std::i
   const int n = static_cast<int>(n_vocab);
   const int keep = a.top_k > 0 ? min(a.top_k, n) : n;
   const float l0 = s[0];
-  // exp(l_i - l_0), the difference in float as on the host.
-  auto rel = [&](int i) { return exp(static_cast<double>(__fsub_rn(s[i], l0))); };
+  const double temperature = a.temperature;
+  // exp((l_i - l_0) / T), the difference in float as on the host: the
+  // filters see the tempered distribution, as the draw does.
+  auto rel = [&](int i) { return exp(static_cast<double>(__fsub_rn(s[i], l0)) / temperature); };
   double z = 0;
   for (int i = threadIdx.x; i < keep; i += kThreads) z += rel(i);
   z = block_sum<kThreads>(z);
@@ -162,13 +164,11 @@ __global__ void choose_kernel(const float* sorted, const int* sorted_ids, std::i
     // at the same place.
     k = first_by_prefix(1, k, [](int) { return 0.0; }, [&](int i, double) { return !(rel(i) / z >= floor_p); });
   }
-  const double temperature = a.temperature;
-  auto weight = [&](int i) { return exp(static_cast<double>(__fsub_rn(s[i], l0)) / temperature); };
   double wz = 0;
-  for (int i = threadIdx.x; i < k; i += kThreads) wz += weight(i);
+  for (int i = threadIdx.x; i < k; i += kThreads) wz += rel(i);
   wz = block_sum<kThreads>(wz);
   const double r = a.u * wz;
-  int pick = first_by_prefix(0, k, weight, [&](int, double prefix) { return !(r >= prefix); });
+  int pick = first_by_prefix(0, k, rel, [&](int, double prefix) { return !(r >= prefix); });
   if (pick >= k) pick = k - 1;
   if (threadIdx.x == 0) results[row].token = id[pick];
 }

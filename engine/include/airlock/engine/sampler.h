@@ -1,9 +1,11 @@
 // Choosing the next token from logits.
 //
-// Order of operations (as llama.cpp and vLLM apply them): repetition,
-// presence and frequency penalties over the token history; then top-k,
-// top-p (nucleus) and min-p filters; then temperature; then a draw from the
-// seeded generator. temperature 0 is greedy (the highest logit; ties go to
+// Order of operations: repetition, presence and frequency penalties over
+// the token history (prompt and generated tokens; vLLM and OpenAI count only
+// generated ones for presence and frequency); then temperature; then top-k,
+// top-p (nucleus) and min-p filters on the tempered distribution (as OpenAI,
+// vLLM and Hugging Face apply them; llama.cpp filters before temperature);
+// then a draw from the seeded generator. temperature 0 is greedy (the highest logit; ties go to
 // the lowest id). The same seed, logits and history always give the same
 // token. Log-probabilities are those of the model's own distribution
 // (log-softmax of the raw logits), as OpenAI's `logprobs` reports them.
