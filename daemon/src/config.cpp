@@ -6,6 +6,7 @@
 #include <openssl/x509.h>
 
 #include <arpa/inet.h>
+#include <sys/stat.h>
 
 #include <algorithm>
 #include <cctype>
@@ -258,11 +259,16 @@ Result<Config> parse_config(std::string_view text, const std::string& origin, Co
 }
 
 Result<Config> load_config(const std::string& path, bool must_exist) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) {
-    if (must_exist) return not_found(path + ": cannot read the configuration file");
-    return Config{};
+  // Only a file that is not there means "the defaults"; one that cannot be
+  // read (permissions, a directory) is an error, never silently ignored.
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0) {
+    if (errno == ENOENT && !must_exist) return Config{};
+    return not_found(path + ": cannot read the configuration file: " + std::strerror(errno));
   }
+  if (!S_ISREG(st.st_mode)) return invalid_argument(path + ": the configuration is not a regular file");
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return not_found(path + ": cannot read the configuration file: " + std::strerror(errno));
   std::ostringstream ss;
   ss << in.rdbuf();
   if (ss.str().size() > (1u << 20)) return invalid_argument(path + ": larger than 1 MiB");

@@ -188,6 +188,10 @@ TEST(ConfigTest, RagTable) {
 TEST(ConfigTest, MissingFile) {
   EXPECT_EQ(load_config("/nonexistent/airlockd.toml", true).status().code(), StatusCode::kNotFound);
   EXPECT_TRUE(load_config("/nonexistent/airlockd.toml", false).is_ok());
+  // There but not readable as a file: an error even where it is optional
+  // (it used to mean "the defaults").
+  EXPECT_EQ(load_config("/", false).status().code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(load_config("/proc/self/status/airlockd.toml", false).status().code(), StatusCode::kNotFound);  // ENOTDIR
 }
 
 }  // namespace
