@@ -209,6 +209,31 @@ TEST(GgufFactsTest, MappedReaderOfAShrunkFileFailsWithIoError) {
   }
 }
 
+// A header that skips far (an array checked against the file size only)
+// and goes on after it: the copies stop at their cap (256 MiB by default, 1
+// MiB here) with a clear error instead of growing to the size of the file
+// (a model of tens of GB).
+TEST(GgufFactsTest, MappedReaderBoundsItsCopy) {
+  testing::TempDir dir;
+  const std::string path = dir / "far.gguf";
+  const std::uint64_t skip = 3ull << 20;
+  std::string head = GgufBuilder()
+                         .kv_string("general.architecture", "llama")
+                         .kv_raw("big", 9, GgufBuilder::le<std::uint32_t>(0) + GgufBuilder::le<std::uint64_t>(skip))
+                         .finish();
+  std::memcpy(head.data() + 16, "\x03\0\0\0\0\0\0\0", 8);  // a third key/value after the array (zeros: an empty key, a u8)
+  testing::write_file(path, head);
+  ASSERT_EQ(::truncate(path.c_str(), static_cast<off_t>(head.size() + skip + 4096)), 0);  // sparse
+  Result<MappedFile> file = MappedFile::open(path);
+  ASSERT_TRUE(file.is_ok());
+  Result<ModelFacts> f = read_gguf_facts_mapped(file->bytes(), "far.gguf", 64 << 10, 1 << 20);
+  ASSERT_FALSE(f.is_ok());
+  EXPECT_EQ(f.status().code(), StatusCode::kVerificationFailed);
+  EXPECT_NE(f.status().message().find("longer than 1048576 bytes"), std::string::npos) << f.status().to_string();
+  // With room for it, the same header parses.
+  EXPECT_TRUE(read_gguf_facts_mapped(file->bytes(), "far.gguf", 64 << 10, 8 << 20).is_ok());
+}
+
 TEST(GgufFactsTest, RealStoriesModel) {
   const char* dir = std::getenv("AIRLOCK_MODELS_DIR");
   std::string path = std::string(dir ? dir : "") + "/stories260K.gguf";

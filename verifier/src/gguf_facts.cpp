@@ -182,19 +182,26 @@ Result<ModelFacts> read_gguf_facts(std::span<const std::uint8_t> file) {
 }
 
 Result<ModelFacts> read_gguf_facts_mapped(std::span<const std::uint8_t> mapped, const std::string& what,
-                                          std::uint64_t first_copy_bytes) {
+                                          std::uint64_t first_copy_bytes, std::uint64_t max_copy_bytes) {
   // The header is parsed from guarded copies of the mapping's first bytes
   // (parsing allocates, so it cannot run under the guard itself), from 1 MiB
   // up, four times longer while the header goes on past the copy: real
   // headers (tokenizer vocabularies included) are a few MiB to tens of MiB.
+  // A header may skip far (a huge array is checked against the file size
+  // only): the copy stops at max_copy_bytes (by default 256 MiB, far above
+  // any real header) instead of growing to the size of the file.
+  const std::uint64_t cap = std::max<std::uint64_t>(max_copy_bytes, 1);
   std::vector<std::uint8_t> copy;
-  for (std::uint64_t n = std::min<std::uint64_t>(mapped.size(), std::max<std::uint64_t>(first_copy_bytes, 1));;
-       n = std::min<std::uint64_t>(mapped.size(), 4 * n)) {
+  for (std::uint64_t n = std::min({mapped.size(), std::max<std::uint64_t>(first_copy_bytes, 1), cap});;
+       n = std::min({mapped.size(), 4 * n, cap})) {
     copy.resize(n);
     if (!copy_guarded(copy.data(), mapped.data(), n)) return file_shrank(what);
     bool prefix_short = false;
     Result<ModelFacts> facts = parse(copy, mapped.size(), &prefix_short);
     if (!prefix_short || n == mapped.size()) return facts;
+    if (n == cap)
+      return verification_failed("gguf: the header (metadata and tensor table) is longer than " +
+                                 std::to_string(cap) + " bytes");
   }
 }
 

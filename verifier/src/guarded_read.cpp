@@ -67,6 +67,7 @@ bool read_guarded(void (*read)(void* context), void* context) {
 }
 
 bool copy_guarded(void* to, const std::uint8_t* from, std::size_t n_bytes) {
+  if (n_bytes == 0) return true;  // an empty mapping's data() may be null, which memcpy must not get
   auto copy = [&] { std::memcpy(to, from, n_bytes); };
   return read_guarded(copy);
 }

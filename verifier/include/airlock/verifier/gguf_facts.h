@@ -38,9 +38,11 @@ Result<ModelFacts> read_gguf_facts(std::span<const std::uint8_t> file);
 // (another process truncating it): the header is read through guarded
 // copies, and a fault is kIoError naming `what` instead of SIGBUS.
 // `first_copy_bytes` is the length of the first copy (grown four times while
-// the header goes on past it); tests and the fuzz target make it small.
+// the header goes on past it, up to `max_copy_bytes`: a longer header is
+// kVerificationFailed); tests and the fuzz target make them small.
 Result<ModelFacts> read_gguf_facts_mapped(std::span<const std::uint8_t> mapped, const std::string& what,
-                                          std::uint64_t first_copy_bytes = 1 << 20);
+                                          std::uint64_t first_copy_bytes = 1 << 20,
+                                          std::uint64_t max_copy_bytes = 256u << 20);
 
 // Maps `path` read-only and parses it as above. kNotFound / kIoError for the OS.
 Result<ModelFacts> read_gguf_facts_file(const std::string& path);
