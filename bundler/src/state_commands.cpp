@@ -142,6 +142,9 @@ int run_audit_command(const std::vector<std::string>& argv) {
                   verifier::format_utc(r.time_ms / 1000).c_str(), shown(r.key_name).c_str(), shown(r.route).c_str(),
                   shown(r.model).c_str(), r.status, static_cast<long long>(r.prompt_tokens),
                   static_cast<long long>(r.completion_tokens), r.latency_s);
+      // Rows the writer adds itself ("(refused requests)", "(audit gap)")
+      // carry their count and meaning in the request id.
+      if (!r.route.empty() && r.route[0] == '(') std::printf("       %s\n", shown(r.request_id).c_str());
     }
     // The newest row's hash, to keep elsewhere for verify --expect-hash.
     if (!rows->empty()) std::printf("head %s\n", rows->back().row_hash_hex.c_str());

@@ -236,20 +236,25 @@ TEST(StateDbTest, AuditVerifyWhileTheDaemonWrites) {
   ASSERT_TRUE(reader_db.is_ok());
   std::atomic<bool> stop{false};
   std::atomic<int> written{0};
+  std::atomic<bool> write_failed{false};
   std::thread writer([&] {
     for (int i = 0; !stop.load(); ++i) {
-      ASSERT_TRUE(writer_db->append_audit({rec(i)}).is_ok());
+      if (!writer_db->append_audit({rec(i)}).is_ok()) {
+        write_failed = true;
+        return;
+      }
       ++written;
     }
   });
   int failed = 0, checked = 0;
-  for (; checked < 30 || written.load() < 500; ++checked) {
+  for (; (checked < 30 || written.load() < 500) && !write_failed.load(); ++checked) {
     Result<AuditVerifyResult> v = reader_db->verify_audit();
     ASSERT_TRUE(v.is_ok()) << v.status().to_string();
     if (!v->ok && failed++ == 0) ADD_FAILURE() << "verify " << checked << ": " << v->why;
   }
   stop = true;
   writer.join();
+  ASSERT_FALSE(write_failed.load());
   EXPECT_EQ(failed, 0) << "of " << checked;
   Result<AuditVerifyResult> v = reader_db->verify_audit();
   ASSERT_TRUE(v.is_ok());
@@ -264,31 +269,34 @@ std::vector<AuditRow> all_rows(const StateDb& db) {
 }
 
 // A flood of requests without a key (anyone who can connect can send them)
-// is written as a few rows one by one and one summary row per batch with
-// the rest's count; nothing is lost from the count.
+// is written as a few rows one by one and summary rows per batch with the
+// rest's count, 401s and other statuses apart; nothing is lost from the
+// count, and flush() waits for the counts too.
 TEST(StateDbTest, AuditWriterCountsRefusedRequestsBeyondItsRate) {
   TempDir dir;
   Result<StateDb> db = StateDb::open(dir / "state");
   ASSERT_TRUE(db.is_ok());
-  {
-    AuditWriter w(*db, 65536, nullptr, std::chrono::seconds(1), /*anonymous_per_second=*/2);
-    for (int i = 0; i < 5000; ++i) {
-      AuditRecord r = rec(i);
-      r.key_name.clear();
-      r.status = 401;
-      ASSERT_TRUE(w.record(std::move(r)));
-    }
-    ASSERT_TRUE(w.record(rec(7)));  // a key's request is written as always
-    ASSERT_TRUE(w.flush());
+  AuditWriter w(*db, 65536, nullptr, std::chrono::seconds(1), /*anonymous_per_second=*/2);
+  for (int i = 0; i < 5000; ++i) {
+    AuditRecord r = rec(i);
+    r.key_name.clear();
+    r.status = i < 4900 ? 401 : 400;  // the last 100: malformed requests, refused before their key was read
+    ASSERT_TRUE(w.record(std::move(r)));
   }
-  std::int64_t one_by_one = 0, counted = 0, with_key = 0;
+  ASSERT_TRUE(w.record(rec(7)));  // a key's request is written as always
+  ASSERT_TRUE(w.flush());         // the counts are written too, not left for the writer's end
+  std::int64_t one_by_one = 0, refused = 0, other = 0, with_key = 0;
   for (const AuditRow& row : all_rows(*db)) {
     if (row.record.route == "(refused requests)") {
       EXPECT_EQ(row.record.status, 401);
-      counted += std::atoll(row.record.request_id.c_str());
+      refused += std::atoll(row.record.request_id.c_str());
       EXPECT_NE(row.record.request_id.find("more requests without a valid key"), std::string::npos);
+    } else if (row.record.route == "(requests without a key)") {
+      EXPECT_EQ(row.record.status, 0);
+      other += std::atoll(row.record.request_id.c_str());
     } else if (row.record.key_name.empty()) {
       ++one_by_one;
+      EXPECT_EQ(row.record.status, 401);
     } else {
       ++with_key;
     }
@@ -296,20 +304,22 @@ TEST(StateDbTest, AuditWriterCountsRefusedRequestsBeyondItsRate) {
   EXPECT_EQ(with_key, 1);
   EXPECT_GE(one_by_one, 20);  // the burst
   EXPECT_LE(one_by_one, 40);
-  EXPECT_EQ(one_by_one + counted, 5000);
+  EXPECT_EQ(one_by_one + refused, 4900);
+  EXPECT_EQ(other, 100);
   EXPECT_TRUE(db->verify_audit()->ok);
 }
 
-// While the database is slow, refused requests fill at most half the queue:
-// requests with a key still have room. Records refused for a full queue
-// leave an "(audit gap)" row with their count.
+// While the database is slow, requests without a key fill at most half the
+// queue (the rest are counted): requests with a key still have room.
+// Records with a key refused for a full queue leave an "(audit gap)" row
+// with their count.
 TEST(StateDbTest, AuditWriterKeepsRoomForKeysAndRecordsGaps) {
   TempDir dir;
   Result<StateDb> db = StateDb::open(dir / "state");
   ASSERT_TRUE(db.is_ok());
   sqlite3* blocker = nullptr;
   ASSERT_EQ(sqlite3_open((dir / "state" + "/airlock-state.db").c_str(), &blocker), SQLITE_OK);
-  int anonymous_accepted = 0, keyed_accepted = 0, refused = 0;
+  int keyed_accepted = 0, refused = 0;
   {
     AuditWriter w(*db, 100, nullptr, std::chrono::milliseconds(50), 1000000);
     ASSERT_EQ(sqlite3_exec(blocker, "BEGIN IMMEDIATE", nullptr, nullptr, nullptr), SQLITE_OK);
@@ -318,24 +328,28 @@ TEST(StateDbTest, AuditWriterKeepsRoomForKeysAndRecordsGaps) {
     for (int i = 0; i < 100; ++i) {
       AuditRecord r = rec(1000 + i);
       r.key_name.clear();
-      (w.record(std::move(r)) ? anonymous_accepted : refused) += 1;
+      r.status = 401;
+      EXPECT_TRUE(w.record(std::move(r)));  // queued, or counted
     }
     for (int i = 0; i < 100; ++i) (w.record(rec(2000 + i)) ? keyed_accepted : refused) += 1;
     ASSERT_EQ(sqlite3_exec(blocker, "COMMIT", nullptr, nullptr, nullptr), SQLITE_OK);
     EXPECT_TRUE(w.flush());
   }
   sqlite3_close(blocker);
-  EXPECT_GE(anonymous_accepted, 49);
-  EXPECT_LE(anonymous_accepted, 50);
   EXPECT_GE(keyed_accepted, 49);  // room kept for them although refused requests came first
-  EXPECT_EQ(anonymous_accepted + keyed_accepted + refused, 200);
-  std::int64_t gap = 0, rows = 0;
+  EXPECT_EQ(keyed_accepted + refused, 100);
+  std::int64_t gap = 0, counted = 0, anonymous_rows = 0, keyed_rows = 0;
   for (const AuditRow& row : all_rows(*db)) {
-    ++rows;
     if (row.record.route == "(audit gap)") gap += std::atoll(row.record.request_id.c_str());
+    else if (row.record.route == "(refused requests)") counted += std::atoll(row.record.request_id.c_str());
+    else if (row.record.key_name.empty()) ++anonymous_rows;
+    else ++keyed_rows;
   }
+  EXPECT_GE(anonymous_rows, 49);
+  EXPECT_LE(anonymous_rows, 50);
+  EXPECT_EQ(anonymous_rows + counted, 100);
+  EXPECT_EQ(keyed_rows, 1 + keyed_accepted);
   EXPECT_EQ(gap, refused);
-  EXPECT_EQ(rows, 1 + anonymous_accepted + keyed_accepted + 1);
   EXPECT_TRUE(db->verify_audit()->ok);
 }
 

@@ -490,13 +490,12 @@ bool AuditWriter::record(AuditRecord r) {
                                       anonymous_allowance_ + anonymous_per_second_ *
                                                                  std::chrono::duration<double>(now - anonymous_refilled_).count());
       anonymous_refilled_ = now;
-      if (anonymous_allowance_ < 1) {
+      // Beyond the rate, or once they would fill half the queue, they are
+      // counted into the next summary row instead.
+      if (anonymous_allowance_ < 1 || queue_.size() >= max_queue_ / 2) {
         if (anonymous_folded_++ == 0) cv_.notify_all();  // the writer may be waiting for a first record
-        return true;  // counted in the next "(refused requests)" row
-      }
-      if (queue_.size() >= max_queue_ / 2) {
-        ++refused_queue_full_;
-        return false;
+        ++(r.status == 401 ? anonymous_folded_refused_ : anonymous_folded_other_);
+        return true;
       }
       anonymous_allowance_ -= 1;
     } else if (queue_.size() >= max_queue_) {
@@ -528,9 +527,11 @@ bool AuditWriter::flush() {
   const std::uint64_t failures = failed_attempts_;
   ++flushing_;
   cv_.notify_all();
-  idle_.wait(lock, [&] { return (queue_.empty() && !writing_) || failed_attempts_ != failures; });
+  // Written means the queue and the counts waiting to become summary rows.
+  auto written = [this] { return queue_.empty() && !writing_ && anonymous_folded_ == 0 && refused_queue_full_ == 0; };
+  idle_.wait(lock, [&] { return written() || failed_attempts_ != failures; });
   --flushing_;
-  return queue_.empty() && !writing_;
+  return written();
 }
 
 std::uint64_t AuditWriter::failed_attempts() const {
@@ -555,10 +556,17 @@ void AuditWriter::run() {
     }
     // The counts become rows of the chain (queued like any record if this
     // write fails).
-    if (anonymous_folded_ > 0)
+    // Refused for their key (401), or failed before routing (malformed:
+    // 400, 414, ...); each kind its own row.
+    if (anonymous_folded_refused_ > 0)
       batch.push_back(summary_row("(refused requests)", 401,
-                                  std::to_string(std::exchange(anonymous_folded_, 0)) +
+                                  std::to_string(std::exchange(anonymous_folded_refused_, 0)) +
                                       " more requests without a valid key, counted here instead of one row each"));
+    if (anonymous_folded_other_ > 0)
+      batch.push_back(summary_row("(requests without a key)", 0,
+                                  std::to_string(std::exchange(anonymous_folded_other_, 0)) +
+                                      " more requests without a key (not refused for it: malformed, ...), counted here"));
+    anonymous_folded_ = 0;
     if (refused_queue_full_ > 0)
       batch.push_back(summary_row("(audit gap)", 0,
                                   std::to_string(std::exchange(refused_queue_full_, 0)) +
@@ -570,7 +578,7 @@ void AuditWriter::run() {
     writing_ = false;
     if (s.is_ok()) {
       backoff = retry_after_;
-      if (queue_.empty()) idle_.notify_all();
+      if (!pending()) idle_.notify_all();
       continue;
     }
     ++failed_attempts_;

@@ -145,9 +145,11 @@ class KeyVerifier {
 // Records without a key name (requests refused for a missing or wrong key,
 // which anyone who can connect can send by the thousand a second) are kept
 // from crowding out the rest: at most `anonymous_per_second` of them (with
-// bursts of ten times that) are written one by one, the others are counted
-// into one "(refused requests)" row per batch; and they may fill only half
-// the queue. Records refused because the queue was full leave an "(audit
+// bursts of ten times that) are written one by one, and beyond that rate,
+// or once the queue is half full, they are counted instead: one
+// "(refused requests)" row (401s) and one "(requests without a key)" row
+// (others, e.g. malformed requests) per batch, the count in request_id.
+// Records with a key refused because the queue was full leave an "(audit
 // gap)" row with their count in the chain once writing resumes, so `audit
 // verify` and `tail` show that records are missing where they are.
 class AuditWriter {
@@ -177,7 +179,8 @@ class AuditWriter {
   int flushing_ = 0;
   std::uint64_t failed_attempts_ = 0;
   std::uint64_t refused_queue_full_ = 0;  // since the last "(audit gap)" row
-  std::uint64_t anonymous_folded_ = 0;    // since the last "(refused requests)" row
+  std::uint64_t anonymous_folded_ = 0;    // since the last summary rows: the two below together
+  std::uint64_t anonymous_folded_refused_ = 0, anonymous_folded_other_ = 0;  // status 401, and any other
   const double anonymous_per_second_;
   double anonymous_allowance_;
   std::chrono::steady_clock::time_point anonymous_refilled_;
