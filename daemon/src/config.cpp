@@ -263,10 +263,14 @@ Result<Config> load_config(const std::string& path, bool must_exist) {
   // read (permissions, a directory) is an error, never silently ignored.
   struct stat st {};
   if (::stat(path.c_str(), &st) != 0) {
-    if (errno == ENOENT && !must_exist) return Config{};
-    return not_found(path + ": cannot read the configuration file: " + std::strerror(errno));
+    const int e = errno;
+    struct stat link {};
+    const bool dangling = ::lstat(path.c_str(), &link) == 0;  // a link to nothing is not "no file"
+    if (e == ENOENT && !must_exist && !dangling) return Config{};
+    return not_found(path + ": cannot read the configuration file: " +
+                     (dangling ? std::string("a symbolic link to a file that does not exist") : std::strerror(e)));
   }
-  if (!S_ISREG(st.st_mode)) return invalid_argument(path + ": the configuration is not a regular file");
+  if (S_ISDIR(st.st_mode)) return invalid_argument(path + ": the configuration is a directory");
   std::ifstream in(path, std::ios::binary);
   if (!in) return not_found(path + ": cannot read the configuration file: " + std::strerror(errno));
   std::ostringstream ss;
@@ -293,7 +297,7 @@ Status check_tls_files(const Config& c) {
   if (c.tls_cert.empty()) return Status::ok();
   File cert_file(std::fopen(c.tls_cert.c_str(), "re"));
   if (!cert_file) return tls_file_error("certificate", c.tls_cert, std::strerror(errno));
-  std::unique_ptr<X509, decltype(&X509_free)> cert(PEM_read_X509(cert_file.get(), nullptr, nullptr, nullptr), X509_free);
+  std::unique_ptr<X509, decltype(&X509_free)> cert(PEM_read_X509_AUX(cert_file.get(), nullptr, nullptr, nullptr), X509_free);
   if (!cert) return tls_file_error("certificate", c.tls_cert, "no PEM certificate in it");
   File key_file(std::fopen(c.tls_key.c_str(), "re"));
   if (!key_file) return tls_file_error("key", c.tls_key, std::strerror(errno));
@@ -305,7 +309,7 @@ Status check_tls_files(const Config& c) {
   if (!c.tls_client_ca.empty()) {
     File ca_file(std::fopen(c.tls_client_ca.c_str(), "re"));
     if (!ca_file) return tls_file_error("client CA", c.tls_client_ca, std::strerror(errno));
-    std::unique_ptr<X509, decltype(&X509_free)> ca(PEM_read_X509(ca_file.get(), nullptr, nullptr, nullptr), X509_free);
+    std::unique_ptr<X509, decltype(&X509_free)> ca(PEM_read_X509_AUX(ca_file.get(), nullptr, nullptr, nullptr), X509_free);
     if (!ca) return tls_file_error("client CA", c.tls_client_ca, "no PEM certificate in it");
   }
   ERR_clear_error();

@@ -1,5 +1,6 @@
 // airlockd.toml parsing: defaults, every key, and refusals that name the key.
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include "config.h"
 
@@ -191,6 +192,25 @@ TEST(ConfigTest, MissingFile) {
   // There but not readable as a file: an error even where it is optional
   // (it used to mean "the defaults").
   EXPECT_EQ(load_config("/", false).status().code(), StatusCode::kInvalidArgument);
+  char dir_tmpl[] = "/tmp/airlock-config-XXXXXX";
+  const std::string dir = ::mkdtemp(dir_tmpl);
+  const std::string link = dir + "/airlockd.toml";
+  ASSERT_EQ(::symlink((dir + "/gone.toml").c_str(), link.c_str()), 0);
+  Result<Config> dangling = load_config(link, false);
+  EXPECT_EQ(dangling.status().code(), StatusCode::kNotFound);
+  EXPECT_NE(dangling.status().message().find("symbolic link"), std::string::npos) << dangling.status().to_string();
+  ::unlink(link.c_str());
+  ::rmdir(dir.c_str());
+  // A pipe (--config <(...)) is read like a file.
+  int fds[2];
+  ASSERT_EQ(::pipe(fds), 0);
+  const std::string text = "listen = \"127.0.0.1:9001\"\n";
+  ASSERT_EQ(::write(fds[1], text.data(), text.size()), static_cast<ssize_t>(text.size()));
+  ::close(fds[1]);
+  Result<Config> piped = load_config("/proc/self/fd/" + std::to_string(fds[0]), true);
+  ::close(fds[0]);
+  ASSERT_TRUE(piped.is_ok()) << piped.status().to_string();
+  EXPECT_EQ(piped->listen_port, 9001);
   EXPECT_EQ(load_config("/proc/self/status/airlockd.toml", false).status().code(), StatusCode::kNotFound);  // ENOTDIR
 }
 

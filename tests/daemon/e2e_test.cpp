@@ -1428,6 +1428,12 @@ TEST(DaemonLifecycle, TlsWithClientCertificates) {
   std::string out;
   EXPECT_EQ(run({"sh", "-c", std::string(AIRLOCKD_PATH) + " --config '" + d + "/mismatched.toml' --check-config 2>&1"}, &out), 2);
   EXPECT_NE(out.find("is not the key of the certificate"), std::string::npos) << out;
+  // A CA file of TRUSTED CERTIFICATE blocks (openssl x509 -trustout, as
+  // some distributions ship bundles) is accepted, as httplib reads it.
+  ASSERT_EQ(run({"sh", "-c", "openssl x509 -in '" + d + "/ca.pem' -trustout -out '" + d + "/ca-trusted.pem'"}), 0);
+  testing::write_file(d + "/trusted.toml", tls + "client_ca = \"" + d + "/ca-trusted.pem\"\n");
+  EXPECT_EQ(run({"sh", "-c", std::string(AIRLOCKD_PATH) + " --config '" + d + "/trusted.toml' --check-config 2>&1"}, &out), 0)
+      << out;
 }
 
 // ---------------------------------------------------------------- RAG

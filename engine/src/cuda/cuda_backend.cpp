@@ -380,6 +380,7 @@ class CudaBackend final : public Backend {
 
   Status take_error() override {
     if (mode_ != Mode::kEager) abort_pass();
+    ++pass_number_;  // the tables cache ends with the pass, also for callers that never call begin_pass
     // Always waits: the next pass refills buffers a launched graph reads.
     Status s = cuda::synchronize();
     // An error some call left unread belongs to this pass, not the next.
