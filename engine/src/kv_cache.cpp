@@ -166,7 +166,14 @@ Status KvCache::truncate(int seq_id, int length) {
     s.blocks.pop_back();
   }
   s.length = length;
-  if (s.n_published > static_cast<int>(s.blocks.size())) {
+  const int full = length / kBlockTokens;
+  if (s.n_published > full) {
+    // A kept block cut into will be written again: published, it could be
+    // attached under its old tokens while it holds new ones. Held by this
+    // sequence alone it stops being findable; shared, the next write copies
+    // it (reserve) and the published block stays as it is.
+    if (full < static_cast<int>(s.blocks.size()) && ref_[s.blocks[static_cast<std::size_t>(full)]] == 1)
+      unpublish(s.blocks[static_cast<std::size_t>(full)]);
     s.n_published = 0;  // publish() recomputes the chain from the start
     s.chain = 0;
   }

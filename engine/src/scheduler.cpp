@@ -75,6 +75,7 @@ struct Scheduler::Sequence {
   int n_generated = 0;
   bool in_cache = false;
   bool admitted_once = false;
+  bool looked_again = false;  // its second prefix lookup's hits are counted (once in its life)
 };
 
 Result<std::unique_ptr<Scheduler>> Scheduler::start(Model& model, const SchedulerOptions& options) {
@@ -264,9 +265,10 @@ void Scheduler::step(std::unique_lock<std::mutex>& lock) {
         const int hit = cache_.attach_prefix(s->id, std::span<const std::int32_t>(s->history.data(), s->prefill_len),
                                              (s->prefill_len - 1) / kBlockTokens);
         s->n_prefilled = hit * kBlockTokens;
-        // Counted for a first prefill only (a resumed sequence's query was
+        // Counted once, for a first prefill (a resumed sequence's query was
         // not counted again either).
-        if (s->prompt_counted == 0) stats_.prefix_hit_tokens += static_cast<std::uint64_t>(s->n_prefilled);
+        if (s->prompt_counted == 0 && !std::exchange(s->looked_again, true))
+          stats_.prefix_hit_tokens += static_cast<std::uint64_t>(s->n_prefilled);
       }
       (void)step_tokens(*s, &look_budget);
     }

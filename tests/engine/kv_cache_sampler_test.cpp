@@ -86,6 +86,27 @@ TEST(KvCacheTest, EvictionTakesChainTailsFirst) {
   }
 }
 
+// Truncating into a published block and writing other tokens there: the
+// block no longer matches its old tokens (it used to stay findable, so a
+// new sequence attached keys and values of the new tokens under the old).
+TEST(KvCacheTest, TruncatedIntoAPublishedBlockItIsNotFoundUnderItsOldTokens) {
+  KvCache c(8);
+  const std::vector<std::int32_t> a = seq_tokens(32, 500);  // 2 full blocks
+  ASSERT_TRUE(c.add_sequence(1).is_ok());
+  ASSERT_TRUE(c.reserve(1, 32, nullptr).is_ok());
+  c.publish(1, a);
+  ASSERT_TRUE(c.truncate(1, 24).is_ok());
+  std::vector<std::int32_t> b = a;
+  for (int i = 24; i < 32; ++i) b[static_cast<std::size_t>(i)] = 90 + i % 5;
+  ASSERT_TRUE(c.reserve(1, 8, nullptr).is_ok());
+  c.publish(1, b);
+  ASSERT_TRUE(c.add_sequence(2).is_ok());
+  EXPECT_EQ(c.attach_prefix(2, a, 2), 1);  // the first block only
+  ASSERT_TRUE(c.add_sequence(3).is_ok());
+  EXPECT_EQ(c.attach_prefix(3, b, 2), 2);  // the rewritten block under its new tokens
+  EXPECT_EQ(c.block_table(3)[1], c.block_table(1)[1]);
+}
+
 TEST(KvCacheTest, PrefixBlocksArePublishedReusedAndEvicted) {
   KvCache c(8);
   const std::vector<std::int32_t> a = seq_tokens(40, 100);  // 2 full blocks + 8
