@@ -81,14 +81,6 @@ char32_t next_cp(std::string_view s, std::size_t* i) {
   return cp;
 }
 
-bool valid_utf8(std::string_view s) {
-  for (std::size_t i = 0; i < s.size();) {
-    const std::size_t at = i;
-    if (next_cp(s, &i) == 0xFFFD && !(i - at == 3 && s.substr(at, 3) == "\xEF\xBF\xBD")) return false;
-  }
-  return true;
-}
-
 // The running render's budget, charged by the free helpers below whose work
 // grows with their input (string decoding, repr, equality, tojson) and which
 // would otherwise cost one step however large the value: a list holding one

@@ -562,8 +562,7 @@ std::optional<std::string> nfc_if_changed(std::string_view text) {
   bool ascii = true;
   for (char c : text) ascii = ascii && static_cast<unsigned char>(c) < 0x80;
   if (ascii) return std::nullopt;
-  for (std::size_t i = 0, len = 0; i < text.size(); i += len)
-    if (next_code_point(text, i, &len) == 0xFFFD && text.compare(i, 3, "\xEF\xBF\xBD") != 0) return std::nullopt;
+  if (!valid_utf8(text)) return std::nullopt;
   UErrorCode err = U_ZERO_ERROR;
   const icu::Normalizer2* nfc = icu::Normalizer2::getNFCInstance(err);
   if (U_FAILURE(err) || nfc == nullptr) return std::nullopt;

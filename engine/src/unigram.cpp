@@ -37,12 +37,6 @@ std::string to_utf8(std::u32string_view s) {
   return out;
 }
 
-bool valid_utf8(std::string_view s) {
-  for (std::size_t i = 0, len = 0; i < s.size(); i += len)
-    if (next_code_point(s, i, &len) == 0xFFFD && !(len == 3 && s.compare(i, 3, "\xEF\xBF\xBD") == 0)) return false;
-  return true;
-}
-
 // Rust's char::is_whitespace (the White_Space property), which the Hugging
 // Face normalizers and Oniguruma's \s use.
 bool is_white(char32_t c) { return u_isUWhiteSpace(static_cast<UChar32>(c)) != 0; }

@@ -55,4 +55,11 @@ inline char32_t next_code_point(std::string_view s, std::size_t i, std::size_t* 
   return cp;
 }
 
+// True when `s` is well-formed UTF-8 (a U+FFFD written in it is fine).
+inline bool valid_utf8(std::string_view s) {
+  for (std::size_t i = 0, len = 0; i < s.size(); i += len)
+    if (next_code_point(s, i, &len) == 0xFFFD && !(len == 3 && s.compare(i, 3, "\xEF\xBF\xBD") == 0)) return false;
+  return true;
+}
+
 }  // namespace airlock::engine
