@@ -161,6 +161,12 @@ int Scheduler::step_tokens(const Sequence& s, int* prefill_budget) const {
   return 1;
 }
 
+void Scheduler::attach_cached(Sequence& s) {
+  const int hit = cache_.attach_prefix(s.id, std::span<const std::int32_t>(s.history.data(), s.prefill_len),
+                                       (s.prefill_len - 1) / kBlockTokens);
+  s.n_prefilled = hit * kBlockTokens;
+}
+
 void Scheduler::preempt(Sequence& s) {
   // Its blocks go back (published ones stay cached, so the recomputation
   // often finds them); it waits at the front of the queue, to be
@@ -262,9 +268,7 @@ void Scheduler::step(std::unique_lock<std::mutex>& lock) {
     int look_budget = options_.prefill_chunk;
     for (auto& s : running_) {
       if (s->n_prefilled == 0 && look_budget > 0 && s->prefill_len > kBlockTokens) {
-        const int hit = cache_.attach_prefix(s->id, std::span<const std::int32_t>(s->history.data(), s->prefill_len),
-                                             (s->prefill_len - 1) / kBlockTokens);
-        s->n_prefilled = hit * kBlockTokens;
+        attach_cached(*s);
         // Counted once, for a first prefill (a resumed sequence's query was
         // not counted again either).
         if (s->prompt_counted == 0 && !std::exchange(s->looked_again, true))
@@ -311,11 +315,7 @@ void Scheduler::step(std::unique_lock<std::mutex>& lock) {
     waiting_.pop_front();
     (void)cache_.add_sequence(s->id);  // ids are unique, so this cannot fail
     s->in_cache = true;
-    // Reuse cached blocks of what is to be prefilled; the last token is
-    // always computed, for its logits.
-    const int hit = cache_.attach_prefix(s->id, std::span<const std::int32_t>(s->history.data(), s->prefill_len),
-                                         (s->prefill_len - 1) / kBlockTokens);
-    s->n_prefilled = hit * kBlockTokens;
+    attach_cached(*s);
     if (!s->admitted_once) {
       s->admitted_once = true;
       stats_.prefix_query_tokens += static_cast<std::uint64_t>(s->prefill_len);

@@ -493,7 +493,8 @@ bool AuditWriter::record(AuditRecord r) {
       // Beyond the rate, or once they would fill half the queue, they are
       // counted into the next summary row instead.
       if (anonymous_allowance_ < 1 || queue_.size() >= max_queue_ / 2) {
-        if (anonymous_folded_++ == 0) cv_.notify_all();  // the writer may be waiting for a first record
+        if (anonymous_folded_refused_ + anonymous_folded_other_ == 0)
+          cv_.notify_all();  // the writer may be waiting for a first record
         ++(r.status == 401 ? anonymous_folded_refused_ : anonymous_folded_other_);
         return true;
       }
@@ -528,7 +529,9 @@ bool AuditWriter::flush() {
   ++flushing_;
   cv_.notify_all();
   // Written means the queue and the counts waiting to become summary rows.
-  auto written = [this] { return queue_.empty() && !writing_ && anonymous_folded_ == 0 && refused_queue_full_ == 0; };
+  auto written = [this] {
+    return queue_.empty() && !writing_ && anonymous_folded_refused_ + anonymous_folded_other_ + refused_queue_full_ == 0;
+  };
   idle_.wait(lock, [&] { return written() || failed_attempts_ != failures; });
   --flushing_;
   return written();
@@ -543,7 +546,9 @@ void AuditWriter::run() {
   std::unique_lock<std::mutex> lock(mu_);
   std::chrono::milliseconds backoff = retry_after_;
   while (true) {
-    auto pending = [this] { return !queue_.empty() || anonymous_folded_ > 0 || refused_queue_full_ > 0; };
+    auto pending = [this] {
+      return !queue_.empty() || anonymous_folded_refused_ + anonymous_folded_other_ + refused_queue_full_ > 0;
+    };
     cv_.wait(lock, [&] { return stopping_ || pending(); });
     if (!pending() && stopping_) return;
     // Gather for up to 100 ms or 256 records, then write them in one transaction.
@@ -566,7 +571,6 @@ void AuditWriter::run() {
       batch.push_back(summary_row("(requests without a key)", 0,
                                   std::to_string(std::exchange(anonymous_folded_other_, 0)) +
                                       " more requests without a key (not refused for it: malformed, ...), counted here"));
-    anonymous_folded_ = 0;
     if (refused_queue_full_ > 0)
       batch.push_back(summary_row("(audit gap)", 0,
                                   std::to_string(std::exchange(refused_queue_full_, 0)) +

@@ -171,6 +171,9 @@ class Scheduler {
   // Tokens `s` puts in this step's batch (a prompt chunk takes from
   // *prefill_budget; 0 when the budget is spent).
   int step_tokens(const Sequence& s, int* prefill_budget) const;
+  // Attaches the cached blocks of what `s` has to prefill (its last token is
+  // always computed, for its logits) and sets n_prefilled to them.
+  void attach_cached(Sequence& s);
   void preempt(Sequence& s);
   void finish(Sequence& s, FinishReason reason, Status error = Status::ok());
 

@@ -179,8 +179,8 @@ class AuditWriter {
   int flushing_ = 0;
   std::uint64_t failed_attempts_ = 0;
   std::uint64_t refused_queue_full_ = 0;  // since the last "(audit gap)" row
-  std::uint64_t anonymous_folded_ = 0;    // since the last summary rows: the two below together
-  std::uint64_t anonymous_folded_refused_ = 0, anonymous_folded_other_ = 0;  // status 401, and any other
+  // Records without a key counted since the last summary rows: status 401, and any other.
+  std::uint64_t anonymous_folded_refused_ = 0, anonymous_folded_other_ = 0;
   const double anonymous_per_second_;
   double anonymous_allowance_;
   std::chrono::steady_clock::time_point anonymous_refilled_;
