@@ -114,7 +114,7 @@ int main(int argc, char** argv) {
   auto t_gen = std::chrono::steady_clock::now();
   int n_generated = 0;
   for (; n_generated < n_predict; ++n_generated) {
-    SampledToken next = sampler.sample(logits, tokens);
+    SampledToken next = sampler.sample(logits, tokens, n_prompt);
     if ((*tok)->is_end_of_generation(next.token)) break;
     tokens.push_back(next.token);
     std::string text = decoder.push(next.token);

@@ -22,31 +22,43 @@ Status validate(const SamplingParams& p) {
 
 Sampler::Sampler(const SamplingParams& params) : params_(params), rng_(params.seed) {}
 
-SampleRow Sampler::next_row(std::span<const std::int32_t> history) {
+SampleRow Sampler::next_row(std::span<const std::int32_t> history, std::size_t prompt_length) {
   SampleRow row;
   row.params = params_;
-  if (!history.empty() && (params_.repetition_penalty != 1.0f || params_.presence_penalty != 0.0f ||
-                           params_.frequency_penalty != 0.0f)) {
+  prompt_length = std::min(prompt_length, history.size());
+  const bool with_prompt = params_.repetition_penalty != 1.0f;
+  if (!history.empty() && (with_prompt || params_.presence_penalty != 0.0f || params_.frequency_penalty != 0.0f)) {
     // Counted afresh the first time, after a large step (a prompt) or for a
     // history that is not the last one extended; otherwise only the tokens
     // appended since (one per decode step).
-    const bool extends = counted_ > 0 && counted_ <= history.size() && history[counted_ - 1] == last_counted_;
+    const bool extends = counted_ > 0 && counted_ <= history.size() && history[counted_ - 1] == last_counted_ &&
+                         prompt_length == prompt_length_;
+    std::size_t from = counted_;
     if (!extends || history.size() - counted_ > 64) {
+      counts_.clear();
+      from = 0;
+    }
+    if (history.size() - from > 64) {
       std::unordered_map<std::int32_t, std::int32_t> counts;
-      for (std::int32_t t : history)
-        if (t >= 0) ++counts[t];
+      for (std::size_t i = from; i < history.size(); ++i) {
+        const std::int32_t t = history[i];
+        if (t < 0) continue;
+        if (i >= prompt_length) ++counts[t];
+        else if (with_prompt) counts.try_emplace(t, 0);
+      }
       counts_.assign(counts.begin(), counts.end());
       std::sort(counts_.begin(), counts_.end());  // the same rows for the same history
     } else {
-      for (std::size_t i = counted_; i < history.size(); ++i) {
+      for (std::size_t i = from; i < history.size(); ++i) {
         const std::int32_t t = history[i];
-        if (t < 0) continue;
+        if (t < 0 || (i < prompt_length && !with_prompt)) continue;
         auto at = std::lower_bound(counts_.begin(), counts_.end(), std::pair<std::int32_t, std::int32_t>(t, INT32_MIN));
-        if (at != counts_.end() && at->first == t) ++at->second;
-        else counts_.insert(at, {t, 1});
+        if (at == counts_.end() || at->first != t) at = counts_.insert(at, {t, 0});
+        if (i >= prompt_length) ++at->second;
       }
     }
     counted_ = history.size();
+    prompt_length_ = prompt_length;
     last_counted_ = history.back();
     row.counts = counts_;
   }
@@ -55,8 +67,9 @@ SampleRow Sampler::next_row(std::span<const std::int32_t> history) {
   return row;
 }
 
-SampledToken Sampler::sample(std::span<const float> logits, std::span<const std::int32_t> history) {
-  return sample_row(logits, next_row(history));
+SampledToken Sampler::sample(std::span<const float> logits, std::span<const std::int32_t> history,
+                             std::size_t prompt_length) {
+  return sample_row(logits, next_row(history, prompt_length));
 }
 
 SampledToken sample_row(std::span<const float> logits, const SampleRow& row) {
@@ -75,7 +88,7 @@ SampledToken sample_row(std::span<const float> logits, const SampleRow& row) {
     if (t < 0 || static_cast<std::size_t>(t) >= n) continue;
     float& v = l[t];
     if (params.repetition_penalty != 1.0f) v = v > 0 ? v / params.repetition_penalty : v * params.repetition_penalty;
-    v -= params.presence_penalty + params.frequency_penalty * static_cast<float>(c);
+    if (c > 0) v -= params.presence_penalty + params.frequency_penalty * static_cast<float>(c);
   }
   if (params.temperature == 0.0f) {
     out.token = static_cast<std::int32_t>(std::max_element(l.begin(), l.end()) - l.begin());

@@ -361,7 +361,7 @@ void Scheduler::step(std::unique_lock<std::mutex>& lock) {
   // made by the backend, where the logits are.
   std::vector<SampleRow> rows;
   rows.reserve(wants.size());
-  for (Sequence* s : wants) rows.push_back(s->sampler->next_row(s->history));
+  for (Sequence* s : wants) rows.push_back(s->sampler->next_row(s->history, s->request.prompt.size()));
 
   lock.unlock();
   std::vector<SampledToken> sampled;

@@ -138,7 +138,7 @@ std::vector<std::int32_t> greedy_from_bos(Model& m, int n) {
     Status s = m.forward(b, cache, *kv, &logits);
     EXPECT_TRUE(s.is_ok()) << s.to_string();
     if (!s.is_ok()) break;
-    tok = greedy.sample(logits, {}).token;
+    tok = greedy.sample(logits, {}, 0).token;
     out.push_back(tok);
   }
   return out;

@@ -43,7 +43,7 @@ std::vector<SampleRow> mixed_rows(int n_rows, int n_vocab, std::mt19937& rng) {
     }
     p.n_logprobs = r % 21;
     if (p.repetition_penalty != 1.0f || p.presence_penalty != 0.0f)
-      row.counts = {{0, 3}, {static_cast<std::int32_t>(rng() % n_vocab), 1}, {n_vocab + 5, 2}, {0, 1}};
+      row.counts = {{0, 3}, {static_cast<std::int32_t>(rng() % n_vocab), 1}, {n_vocab + 5, 2}, {0, 1}, {1, 0}};
     row.u = r == 1 ? 0.0 : r == 2 ? 1.0 - 0x1.0p-53 : u(rng);
   }
   return rows;
@@ -141,7 +141,7 @@ TEST(CudaSampling, SameDrawsSameTokens) {
   p.top_p = 0.7f;
   Sampler host(p);
   std::vector<SampleRow> rows;
-  for (int r = 0; r < n_rows; ++r) rows.push_back(host.next_row({}));
+  for (int r = 0; r < n_rows; ++r) rows.push_back(host.next_row({}, 0));
   expect_same(on_device(logits, n_vocab, rows), logits, n_vocab, rows);
 }
 

@@ -213,7 +213,7 @@ TEST(SamplerTest, GreedyPicksTheMaximumAndReportsLogprobs) {
   p.temperature = 0;
   p.n_logprobs = 2;
   Sampler s(p);
-  SampledToken t = s.sample(logits, {});
+  SampledToken t = s.sample(logits, {}, 0);
   EXPECT_EQ(t.token, 1);  // ties go to the lowest id
   double z = std::exp(1.0) + 2 * std::exp(3.0) + std::exp(2.0);
   EXPECT_NEAR(t.logprob, 3.0 - std::log(z), 1e-5);
@@ -229,8 +229,8 @@ TEST(SamplerTest, SameSeedSameTokensAndDistributionFollowsTemperature) {
   Sampler a(p), b(p);
   std::map<int, int> counts;
   for (int i = 0; i < 20000; ++i) {
-    SampledToken x = a.sample(logits, {});
-    EXPECT_EQ(x.token, b.sample(logits, {}).token);
+    SampledToken x = a.sample(logits, {}, 0);
+    EXPECT_EQ(x.token, b.sample(logits, {}, 0).token);
     ++counts[x.token];
   }
   // Probabilities 0.1, 0.2, 0.3, 0.4.
@@ -243,25 +243,64 @@ TEST(SamplerTest, FiltersAndPenalties) {
   p.seed = 1;
   p.top_k = 2;
   Sampler topk(p);
-  for (int i = 0; i < 200; ++i) EXPECT_GE(topk.sample(logits, {}).token, 2);
+  for (int i = 0; i < 200; ++i) EXPECT_GE(topk.sample(logits, {}, 0).token, 2);
   p.top_k = 0;
   p.top_p = 0.5f;  // 0.4 + 0.3 covers it
   Sampler topp(p);
-  for (int i = 0; i < 200; ++i) EXPECT_GE(topp.sample(logits, {}).token, 2);
+  for (int i = 0; i < 200; ++i) EXPECT_GE(topp.sample(logits, {}, 0).token, 2);
   p.top_p = 1.0f;
   p.min_p = 0.6f;  // keeps tokens with p >= 0.24: 2 and 3
   Sampler minp(p);
-  for (int i = 0; i < 200; ++i) EXPECT_GE(minp.sample(logits, {}).token, 2);
+  for (int i = 0; i < 200; ++i) EXPECT_GE(minp.sample(logits, {}, 0).token, 2);
   SamplingParams g;
   g.temperature = 0;
   g.presence_penalty = 2.0f;
   Sampler pen(g);
   std::vector<std::int32_t> history = {3};
-  EXPECT_EQ(pen.sample(logits, history).token, 2);  // 3 was penalised below 2
+  EXPECT_EQ(pen.sample(logits, history, 0).token, 2);  // 3 was generated and penalised below 2
   g.presence_penalty = 0;
   g.repetition_penalty = 1.5f;
   Sampler rep(g);
-  EXPECT_EQ(rep.sample(logits, history).token, 2);  // log 4 / 1.5 < log 3
+  EXPECT_EQ(rep.sample(logits, history, 0).token, 2);  // log 4 / 1.5 < log 3
+}
+
+// Presence and frequency penalties count the generated tokens only (as
+// OpenAI describes them and vLLM applies them); the repetition penalty
+// counts the prompt's tokens too. logits: 1 (1.0), 2 (0.9), 3 (0.8).
+TEST(SamplerTest, PresenceAndFrequencyCountOnlyGeneratedTokens) {
+  const std::vector<float> logits = {-5.0f, 1.0f, 0.9f, 0.8f};
+  SamplingParams g;
+  g.temperature = 0;
+  g.presence_penalty = 0.5f;
+  g.frequency_penalty = 0.5f;
+  // Token 1 three times in the prompt: not penalised.
+  const std::vector<std::int32_t> prompt_only = {1, 1, 1};
+  EXPECT_EQ(Sampler(g).sample(logits, prompt_only, 3).token, 1);
+  EXPECT_TRUE(Sampler(g).next_row(prompt_only, 3).counts.empty());
+  // Once in the prompt and once generated: penalised once (1.0 - 0.5 - 0.5 < 0.9).
+  const std::vector<std::int32_t> once = {1, 1};
+  EXPECT_EQ(Sampler(g).sample(logits, once, 1).token, 2);
+  const std::vector<std::pair<std::int32_t, std::int32_t>> one_generated = {{1, 1}};
+  EXPECT_EQ(Sampler(g).next_row(once, 1).counts, one_generated);
+  // The frequency penalty scales with the generated occurrences only: 1
+  // generated once (1.0 - 0.5 - 0.5 = 0), 2 generated twice (0.9 - 0.5 - 1.0).
+  const std::vector<std::int32_t> mixed = {2, 2, 2, 1, 2, 2};
+  EXPECT_EQ(Sampler(g).sample(logits, mixed, 3).token, 3);
+  const std::vector<std::pair<std::int32_t, std::int32_t>> mixed_counts = {{1, 1}, {2, 2}};
+  EXPECT_EQ(Sampler(g).next_row(mixed, 3).counts, mixed_counts);
+  // A repetition penalty lists the prompt's tokens too (0 generated) and
+  // reaches them: log 1.0 / 2 < 0.9. Presence and frequency still do not.
+  g.presence_penalty = 0;
+  g.frequency_penalty = 0;
+  g.repetition_penalty = 2.0f;
+  EXPECT_EQ(Sampler(g).sample(logits, prompt_only, 3).token, 2);
+  const std::vector<std::pair<std::int32_t, std::int32_t>> listed = {{1, 0}};
+  EXPECT_EQ(Sampler(g).next_row(prompt_only, 3).counts, listed);
+  g.presence_penalty = 2.0f;
+  EXPECT_EQ(Sampler(g).sample(logits, prompt_only, 3).token, 2);  // 0.5 only: presence does not apply
+  SampleRow row = Sampler(g).next_row(prompt_only, 3);
+  row.params.repetition_penalty = 1.0f;
+  EXPECT_EQ(sample_row(logits, row).token, 1);  // a listed token with 0 generated is left alone
 }
 
 // Top-p and min-p see the distribution at the request's temperature (as
@@ -311,8 +350,8 @@ TEST(SamplerTest, SampleRowIsSampleSplitInTwo) {
     Sampler whole(cases[c]), split(cases[c]);
     for (int i = 0; i < 50; ++i) {
       for (float& l : logits) l = normal(gen);
-      SampledToken a = whole.sample(logits, history);
-      SampledToken b = sample_row(logits, split.next_row(history));
+      SampledToken a = whole.sample(logits, history, 2);
+      SampledToken b = sample_row(logits, split.next_row(history, 2));
       EXPECT_EQ(a.token, b.token);
       EXPECT_EQ(a.logprob, b.logprob);
       ASSERT_EQ(a.top.size(), b.top.size());
@@ -320,13 +359,14 @@ TEST(SamplerTest, SampleRowIsSampleSplitInTwo) {
     }
   }
   // The row: counts only when a penalty needs them (each token once, in
-  // order; negative ids dropped), a draw only when not greedy.
-  SampleRow pen = Sampler(cases[4]).next_row(history);
-  const std::vector<std::pair<std::int32_t, std::int32_t>> want = {{5, 2}, {9, 1}, {12, 1}, {700, 1}};
+  // order; negative ids dropped; the prompt's {5, 5} listed with 0 for the
+  // repetition penalty), a draw only when not greedy.
+  SampleRow pen = Sampler(cases[4]).next_row(history, 2);
+  const std::vector<std::pair<std::int32_t, std::int32_t>> want = {{5, 0}, {9, 1}, {12, 1}, {700, 1}};
   EXPECT_EQ(pen.counts, want);
   EXPECT_GT(pen.u, 0.0);
   EXPECT_LT(pen.u, 1.0);
-  SampleRow greedy = Sampler(cases[0]).next_row(history);
+  SampleRow greedy = Sampler(cases[0]).next_row(history, 2);
   EXPECT_TRUE(greedy.counts.empty());
   EXPECT_EQ(greedy.u, 0.0);
   // A count past the vocabulary is ignored, not read.
@@ -341,21 +381,31 @@ TEST(SamplerTest, SampleRowIsSampleSplitInTwo) {
 // one token at a time, after a prompt-sized step, and for a history that
 // is not an extension of the last.
 TEST(SamplerTest, PenaltyCountsFollowTheHistoryIncrementally) {
-  SamplingParams p;
-  p.frequency_penalty = 0.5f;
-  p.presence_penalty = 0.25f;
-  Sampler kept(p);
-  std::mt19937 rng(3);
-  std::vector<std::int32_t> history;
-  auto fresh = [&](const std::vector<std::int32_t>& h) { return Sampler(p).next_row(h).counts; };
-  for (int step = 0; step < 400; ++step) {
-    const int add = step == 0 ? 300 : step == 200 ? 100 : 1;  // a prompt, a long step, decode steps
-    for (int k = 0; k < add; ++k) history.push_back(static_cast<std::int32_t>(rng() % 50));
-    ASSERT_EQ(kept.next_row(history).counts, fresh(history)) << "step " << step;
+  for (float repetition : {1.0f, 1.2f}) {
+    for (std::size_t prompt : {std::size_t{300}, std::size_t{10}}) {
+      SCOPED_TRACE(testing::Message() << "repetition " << repetition << ", prompt " << prompt);
+      SamplingParams p;
+      p.frequency_penalty = 0.5f;
+      p.presence_penalty = 0.25f;
+      p.repetition_penalty = repetition;
+      Sampler kept(p);
+      std::mt19937 rng(3);
+      std::vector<std::int32_t> history;
+      auto fresh = [&](const std::vector<std::int32_t>& h, std::size_t n) { return Sampler(p).next_row(h, n).counts; };
+      for (int step = 0; step < 400; ++step) {
+        // A prompt (in one step, or the first 10 as a prompt and the rest
+        // as a long step of generated tokens), a long step, decode steps.
+        const int add = step == 0 ? 300 : step == 200 ? 100 : 1;
+        for (int k = 0; k < add; ++k) history.push_back(static_cast<std::int32_t>(rng() % 80));
+        ASSERT_EQ(kept.next_row(history, prompt).counts, fresh(history, prompt)) << "step " << step;
+      }
+      std::vector<std::int32_t> other(history.begin(), history.begin() + 120);
+      other.back() = (other.back() + 1) % 80;  // shorter, and not a prefix
+      EXPECT_EQ(kept.next_row(other, prompt).counts, fresh(other, prompt));
+      other.push_back(7);
+      EXPECT_EQ(kept.next_row(other, 60).counts, fresh(other, 60));  // another prompt length
+    }
   }
-  std::vector<std::int32_t> other(history.begin(), history.begin() + 120);
-  other.back() = (other.back() + 1) % 50;  // shorter, and not a prefix
-  EXPECT_EQ(kept.next_row(other).counts, fresh(other));
 }
 
 TEST(SamplerTest, ValidateNamesTheParameter) {

@@ -413,7 +413,7 @@ TEST(RealModelTest, Stories260KGreedyTokenIds) {
     Batch b;
     b.add(tok, pos, 0, true);
     ASSERT_TRUE((*m)->forward(b, cache, *kv, &logits).is_ok());
-    tok = greedy.sample(logits, {}).token;
+    tok = greedy.sample(logits, {}, 0).token;
     got.push_back(tok);
   }
   // From ../shared/models/README.md.
@@ -449,7 +449,7 @@ TEST(RealModelTest, Stories260KGreedyTextMatchesTheReference) {
     Batch b;
     b.add(next, pos, 0, true);
     ASSERT_TRUE((*m)->forward(b, cache, *kv, &logits).is_ok());
-    next = greedy.sample(logits, {}).token;
+    next = greedy.sample(logits, {}, 0).token;
     text += decoder.push(next);
   }
   text += decoder.finish();

@@ -5,7 +5,9 @@
 #include <atomic>
 #include <condition_variable>
 #include <cstdlib>
+#include <map>
 #include <mutex>
+#include <optional>
 #include <random>
 #include <thread>
 
@@ -353,6 +355,48 @@ TEST(SchedulerTest, StopTokensEndTheSequenceUnemitted) {
   // Everything before the first occurrence of the stop token, nothing after.
   auto first = std::find(free_run.tokens.begin(), free_run.tokens.end(), free_run.tokens[4]);
   EXPECT_EQ(stopped.tokens, std::vector<std::int32_t>(free_run.tokens.begin(), first));
+}
+
+// The scheduler tells the sampler where the prompt ends: presence and
+// frequency penalties count the generated tokens only. A boost (-2 each)
+// that would lift a prompt token above the greedy choice if the prompt
+// counted leaves the first token as it is.
+TEST(SchedulerTest, PresenceAndFrequencyPenaltiesSkipThePrompt) {
+  Loaded l = load();
+  GenerationRequest r = greedy(prompt(40, 21), 1);
+  r.sampling.n_logprobs = 20;
+  auto s = Scheduler::start(*l.model, opts(64));
+  ASSERT_TRUE(s.is_ok());
+  auto first = [&](const GenerationRequest& req) {
+    auto st = (*s)->submit(req);
+    EXPECT_TRUE(st.is_ok()) << st.status().to_string();
+    std::optional<SampledToken> tok;
+    for (bool done = false; !done;)
+      for (TokenEvent& e : (*st)->pop(std::chrono::milliseconds(2000))) {
+        if (e.token && !tok) tok = e.token;
+        done = done || e.finish != FinishReason::kNone;
+      }
+    return tok;
+  };
+  const std::optional<SampledToken> plain = first(r);
+  ASSERT_TRUE(plain.has_value());
+  // The token counting the prompt would choose, from the top 20 (a
+  // lifted token must already be close to the top).
+  std::map<std::int32_t, int> in_prompt;
+  for (std::int32_t t : r.prompt) ++in_prompt[t];
+  std::int32_t if_counted = plain->token;
+  float best = -1e30f;
+  for (const TokenLogprob& c : plain->top) {
+    const auto it = in_prompt.find(c.token);
+    const float v = c.logprob + (it == in_prompt.end() ? 0.0f : 2.0f + 2.0f * static_cast<float>(it->second));
+    if (v > best) best = v, if_counted = c.token;
+  }
+  ASSERT_NE(if_counted, plain->token) << "the test's prompt no longer tells the two apart; choose another";
+  r.sampling.presence_penalty = -2.0f;
+  r.sampling.frequency_penalty = -2.0f;
+  const std::optional<SampledToken> boosted = first(r);
+  ASSERT_TRUE(boosted.has_value());
+  EXPECT_EQ(boosted->token, plain->token);
 }
 
 TEST(SchedulerTest, SeededSamplingIsReproducibleUnderBatching) {

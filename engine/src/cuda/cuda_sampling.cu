@@ -121,7 +121,8 @@ __global__ void prepare_kernel(const float* logits, std::int64_t n_vocab, const 
       if (t < 0 || t >= n_vocab) continue;
       float v = key[t];
       if (a.repetition != 1.0f) v = v > 0 ? __fdiv_rn(v, a.repetition) : __fmul_rn(v, a.repetition);
-      key[t] = __fsub_rn(v, __fadd_rn(a.presence, __fmul_rn(a.frequency, static_cast<float>(counts[c].y))));
+      if (counts[c].y > 0) v = __fsub_rn(v, __fadd_rn(a.presence, __fmul_rn(a.frequency, static_cast<float>(counts[c].y))));
+      key[t] = v;
     }
   }
   if (a.temperature != 0.0f) return;  // the whole block: temperature is the row's

@@ -1,8 +1,8 @@
 // Choosing the next token from logits.
 //
-// Order of operations: repetition, presence and frequency penalties over
-// the token history (prompt and generated tokens; vLLM and OpenAI count only
-// generated ones for presence and frequency); then temperature; then top-k,
+// Order of operations: the penalties (repetition over the prompt and the
+// generated tokens, presence and frequency over the generated tokens only,
+// as OpenAI describes them and vLLM applies them); then temperature; then top-k,
 // top-p (nucleus) and min-p filters on the tempered distribution (as OpenAI,
 // vLLM and Hugging Face apply them; llama.cpp filters before temperature);
 // then a draw from the seeded generator. temperature 0 is greedy (the highest logit; ties go to
@@ -35,9 +35,9 @@ struct SamplingParams {
   int top_k = 0;                   // 0 = off
   float top_p = 1.0f;              // 1 = off
   float min_p = 0.0f;              // 0 = off
-  float repetition_penalty = 1.0f; // 1 = off (divides positive logits, multiplies negative)
-  float presence_penalty = 0.0f;   // subtracted once per token present in the history
-  float frequency_penalty = 0.0f;  // subtracted per occurrence
+  float repetition_penalty = 1.0f; // 1 = off (divides positive logits, multiplies negative) of prompt and generated tokens
+  float presence_penalty = 0.0f;   // subtracted once per token generated so far
+  float frequency_penalty = 0.0f;  // subtracted per time it was generated
   std::uint64_t seed = 0;
   int n_logprobs = 0;              // top alternatives to report (0..20)
 };
@@ -59,8 +59,11 @@ struct SampledToken {
 // Everything a choice needs besides the logits.
 struct SampleRow {
   SamplingParams params;
-  // (token, occurrences in the history), each token once, for the
-  // penalties; empty when no penalty is set.
+  // (token, times generated), each token once, for the penalties: every
+  // generated token and, when a repetition penalty is set, every prompt
+  // token too (0 when it was not generated); empty when no penalty is set.
+  // The repetition penalty applies to each listed token, the presence and
+  // frequency penalties to those generated.
   std::vector<std::pair<std::int32_t, std::int32_t>> counts;
   // The draw, uniform in [0, 1) (53 random bits); unused when greedy.
   double u = 0;
@@ -74,22 +77,25 @@ class Sampler {
  public:
   explicit Sampler(const SamplingParams& params);
   // `logits` has one entry per vocabulary token; `history` holds the tokens
-  // already in the sequence (prompt and generated) for the penalties.
-  SampledToken sample(std::span<const float> logits, std::span<const std::int32_t> history);
+  // already in the sequence for the penalties: its first `prompt_length`
+  // are the prompt, the rest were generated.
+  SampledToken sample(std::span<const float> logits, std::span<const std::int32_t> history,
+                      std::size_t prompt_length);
   // What the next sample() would use besides the logits: it advances the
   // generator as sample() does (once per token unless greedy), so that
   // sample_row(logits, next_row(history)) is sample(logits, history).
   // The penalty counts are kept between calls and updated with the tokens
   // added since the last one, so a call costs O(distinct tokens), not
   // O(history): `history` is expected to grow by appending (any other
-  // history is counted afresh).
-  SampleRow next_row(std::span<const std::int32_t> history);
+  // history, or another prompt length, is counted afresh).
+  SampleRow next_row(std::span<const std::int32_t> history, std::size_t prompt_length);
 
  private:
   SamplingParams params_;
   std::mt19937_64 rng_;
   std::vector<std::pair<std::int32_t, std::int32_t>> counts_;  // sorted by token; for history[0, counted_)
   std::size_t counted_ = 0;
+  std::size_t prompt_length_ = 0;   // of the history counted
   std::int32_t last_counted_ = -1;  // history[counted_ - 1], to notice a different history
 };
 
