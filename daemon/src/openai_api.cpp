@@ -30,6 +30,7 @@ std::optional<ApiError> flatten_content(const ojson& content, const std::string&
     return std::nullopt;
   }
   if (!content.is_array()) return invalid(param, param + " must be a string or an array of content parts");
+  bool first = true;
   for (const ojson& part : content) {
     if (!part.is_object() || !part.contains("type") || !part["type"].is_string())
       return invalid(param, param + ": each content part needs a \"type\"");
@@ -37,8 +38,58 @@ std::optional<ApiError> flatten_content(const ojson& content, const std::string&
       return invalid(param, param + ": content parts of type '" + part["type"].get<std::string>() +
                                 "' are not supported (text only)");
     if (!part.contains("text") || !part["text"].is_string()) return invalid(param, param + ": a text part needs \"text\"");
+    // Parts are joined by a newline, as vLLM joins them: two parts are two
+    // pieces of text, not one word split in two.
+    if (!first) *out += '\n';
+    first = false;
     *out += part["text"].get<std::string>();
   }
+  return std::nullopt;
+}
+
+bool present(const ojson& j, const char* key) {
+  if (!j.contains(key)) return false;
+  const ojson& v = j[key];
+  if (v.is_string()) return !v.get_ref<const std::string&>().empty();
+  return !v.is_null() && !((v.is_array() || v.is_object()) && v.empty());
+}
+
+// Fields that would change the answer and that this server cannot honour
+// are refused by name, not ignored: a client asking for a tool call, JSON
+// output or a token ban must not get a 200 with something else. An empty
+// or null value, or one that asks for the default, is accepted.
+std::optional<ApiError> refuse_unsupported(const ojson& j, Endpoint endpoint, int n) {
+  auto is = [&](const char* key, const char* value) { return j.contains(key) && j[key].is_string() && j[key] == value; };
+  if (endpoint == Endpoint::kChat) {
+    // tool_choice "none" forbids calls: the tools would only be described.
+    if (present(j, "tools") && !is("tool_choice", "none"))
+      return invalid("tools", "tool calling (tools) is not supported by this server");
+    if (present(j, "tool_choice") && !is("tool_choice", "none") && !is("tool_choice", "auto"))
+      return invalid("tool_choice", "tool_choice must be \"none\" or \"auto\": tool calling is not supported by this server");
+    if (present(j, "functions") && !is("function_call", "none"))
+      return invalid("functions", "function calling (functions) is not supported by this server");
+    if (present(j, "response_format")) {
+      const ojson& f = j["response_format"];
+      if (!f.is_object() || !f.contains("type") || !f["type"].is_string())
+        return invalid("response_format", "response_format must be an object with a \"type\"");
+      if (f["type"] != "text")
+        return invalid("response_format", "response_format '" + f["type"].get<std::string>() +
+                                              "' is not supported by this server (only \"text\"): output is not "
+                                              "constrained to JSON");
+    }
+    if (present(j, "audio") || (present(j, "modalities") && !(j["modalities"].is_array() && j["modalities"].size() == 1 &&
+                                                               j["modalities"][0] == "text")))
+      return invalid(present(j, "audio") ? "audio" : "modalities", "this server answers with text only");
+  } else {
+    if (present(j, "suffix")) return invalid("suffix", "suffix (insertion) is not supported by this server");
+    if (j.contains("best_of") && !j["best_of"].is_null()) {
+      if (!j["best_of"].is_number_integer() || j["best_of"].get<std::int64_t>() < 1)
+        return invalid("best_of", "best_of must be a positive integer");
+      if (j["best_of"].get<std::int64_t>() != 1 && j["best_of"].get<std::int64_t>() != n)
+        return invalid("best_of", "best_of other than n is not supported by this server");
+    }
+  }
+  if (present(j, "logit_bias")) return invalid("logit_bias", "logit_bias is not supported by this server");
   return std::nullopt;
 }
 
@@ -140,7 +191,9 @@ std::optional<ApiError> parse_request(std::string_view body, Endpoint endpoint, 
     r.sampling.top_p = 1;
   }
   if (auto e = number("min_p", 0, 1, [&](double v) { r.sampling.min_p = static_cast<float>(v); })) return e;
-  if (auto e = integer("top_k", 0, 1 << 20, [&](std::int64_t v) { r.sampling.top_k = static_cast<int>(v); })) return e;
+  // top_k -1 is vLLM's spelling of "off", sent by clients written for it.
+  if (auto e = integer("top_k", -1, 1 << 20, [&](std::int64_t v) { r.sampling.top_k = static_cast<int>(std::max<std::int64_t>(v, 0)); }))
+    return e;
   if (auto e = number("presence_penalty", -2, 2, [&](double v) { r.sampling.presence_penalty = static_cast<float>(v); })) return e;
   if (auto e = number("frequency_penalty", -2, 2, [&](double v) { r.sampling.frequency_penalty = static_cast<float>(v); })) return e;
   if (auto e = number("repetition_penalty", 0.01, 10, [&](double v) { r.sampling.repetition_penalty = static_cast<float>(v); })) return e;
@@ -226,6 +279,7 @@ std::optional<ApiError> parse_request(std::string_view body, Endpoint endpoint, 
     if (!has_user) return invalid("messages", "a grounded answer needs a user message (the question)");
     r.grounding = std::move(g);
   }
+  if (auto e = refuse_unsupported(j, endpoint, r.n)) return e;
   if (j.contains("user") && j["user"].is_string()) r.user = j["user"].get<std::string>().substr(0, 256);
   if (Status s = engine::validate(r.sampling); !s.is_ok()) return invalid("", s.message());
   *out = std::move(r);

@@ -6,7 +6,9 @@
 // and string it keeps, and names the offending parameter in its error.
 // Unknown top-level fields are ignored (SDKs send fields that do not apply
 // here, as OpenAI itself tolerates); known fields of the wrong type or out
-// of range are errors.
+// of range are errors, and so are fields that would change the answer and
+// are not supported here (tools, a response_format other than text,
+// logit_bias, suffix, best_of other than n), each named in the 400.
 //
 // Thread-safety: free functions without shared state.
 #pragma once
@@ -55,7 +57,7 @@ struct CompletionRequest {
   std::string model;
   ojson messages = ojson::array();  // chat: role/content objects, content flattened to a string
   std::string prompt;                // completions
-  std::optional<int> max_tokens;     // absent: up to the context length
+  std::optional<int> max_tokens;     // absent: chat up to the context length, completions 16 (as OpenAI)
   engine::SamplingParams sampling;
   bool seeded = false;
   std::vector<std::string> stop;

@@ -560,7 +560,10 @@ struct Server::Impl {
 
   Result<std::vector<std::int32_t>> prompt_tokens_of(const LoadedModel& m, const CompletionRequest& r) {
     const engine::Tokenizer& tok = *m.tokenizer;
-    if (r.endpoint == Endpoint::kCompletions) return tok.encode(r.prompt, /*add_special=*/true, /*parse_special=*/false);
+    // A completions prompt is the caller's whole text: its control-token
+    // text is parsed (a hand-written ChatML or Llama 3 prompt works, as in
+    // vLLM and llama.cpp). Chat messages are not parsed (below).
+    if (r.endpoint == Endpoint::kCompletions) return tok.encode(r.prompt, /*add_special=*/true, /*parse_special=*/true);
     engine::ChatTemplateInputs in;
     in.messages = r.messages;
     in.add_generation_prompt = true;
@@ -607,6 +610,9 @@ struct Server::Impl {
       token_logprobs.push_back(t.logprob);
       ojson alts = ojson::object();
       for (const auto& alt : t.top) alts[g.token_text(alt.token)] = alt.logprob;
+      // The sampled token is always among them (OpenAI: up to logprobs + 1
+      // entries), even when it was not one of the most likely.
+      if (!t.top.empty() && !alts.contains(g.token_text(t.token))) alts[g.token_text(t.token)] = t.logprob;
       top.push_back(std::move(alts));
       offsets.push_back(c.text_offsets[first + k]);
     }
@@ -980,15 +986,21 @@ void Server::Impl::completions(const httplib::Request& req, httplib::Response& r
   Result<std::vector<std::int32_t>> prompt = prompt_tokens_of(*m, r);
   if (!prompt.is_ok()) return fail(api_error(400, "invalid_request_error", prompt.status().message()));
   const int max_ctx = m->scheduler->max_context();
+  // OpenAI names the messages (or the prompt) in a context-length error.
+  const std::string prompt_param = r.endpoint == Endpoint::kChat ? "messages" : "prompt";
+  auto too_long = [](const std::string& message, const std::string& param) {
+    ApiError e = api_error(400, "invalid_request_error", message, "context_length_exceeded");
+    e.param = param;
+    return e;
+  };
   // A grounded prompt gives up its weakest sources until it leaves room for
   // the answer (max_tokens, or a quarter of the context).
   if (g->grounded) {
     const int room = r.max_tokens.value_or(max_ctx / 4);
     if (room >= max_ctx)  // no number of sources can help
-      return fail(api_error(400, "invalid_request_error",
-                            "max_tokens (" + std::to_string(room) + ") leaves no room for a prompt in the context of " +
-                                std::to_string(max_ctx),
-                            "context_length_exceeded"));
+      return fail(too_long("max_tokens (" + std::to_string(room) + ") leaves no room for a prompt in the context of " +
+                               std::to_string(max_ctx),
+                           "max_tokens"));
     Grounded& gr = *g->grounded;
     if (static_cast<int>(prompt->size()) + room > max_ctx && gr.sources.size() > 1) {
       // The most sources that fit, by bisection: each try renders and
@@ -1021,16 +1033,17 @@ void Server::Impl::completions(const httplib::Request& req, httplib::Response& r
   }
   g->prompt_tokens = static_cast<int>(prompt->size());
   if (g->prompt_tokens >= max_ctx)
-    return fail(api_error(400, "invalid_request_error",
-                          "the prompt is " + std::to_string(g->prompt_tokens) + " tokens; this model's context is " +
-                              std::to_string(max_ctx),
-                          "context_length_exceeded"));
-  const int max_tokens = r.max_tokens.value_or(max_ctx - g->prompt_tokens);
+    return fail(too_long("the prompt is " + std::to_string(g->prompt_tokens) + " tokens; this model's context is " +
+                             std::to_string(max_ctx),
+                         prompt_param));
+  // Without max_tokens a chat answer may run to the end of the context; a
+  // completion stops at 16 tokens, OpenAI's default for that endpoint.
+  const int room = max_ctx - g->prompt_tokens;
+  const int max_tokens = r.max_tokens.value_or(r.endpoint == Endpoint::kCompletions ? std::min(16, room) : room);
   if (g->prompt_tokens + max_tokens > max_ctx)
-    return fail(api_error(400, "invalid_request_error",
-                          "prompt (" + std::to_string(g->prompt_tokens) + " tokens) plus max_tokens (" +
-                              std::to_string(max_tokens) + ") exceeds the context of " + std::to_string(max_ctx),
-                          "context_length_exceeded"));
+    return fail(too_long("prompt (" + std::to_string(g->prompt_tokens) + " tokens) plus max_tokens (" +
+                             std::to_string(max_tokens) + ") exceeds the context of " + std::to_string(max_ctx),
+                         prompt_param));
   for (const std::string& s : r.stop) g->max_stop = std::max(g->max_stop, s.size());
 
   // Continue the prompt's text: keep a SentencePiece leading space unless
@@ -1104,10 +1117,11 @@ void Server::Impl::completions(const httplib::Request& req, httplib::Response& r
     bool started = false;
     bool finished = false;
     int failed_status = 0;  // a failure mid-stream: what its error event said (500, or 503 when draining)
-    std::size_t finals_sent = 0;
+    std::vector<bool> finish_sent;  // per choice: its chunk with finish_reason has been sent
     Clock::time_point last_write;  // of this stream's last tokens (the epoch before the first)
   };
   auto state = std::make_shared<StreamState>();
+  state->finish_sent.assign(g->choices.size(), false);
   res.set_chunked_content_provider(
       "text/event-stream",
       [this, g, state](std::size_t, httplib::DataSink& sink) -> bool {
@@ -1217,6 +1231,15 @@ void Server::Impl::completions(const httplib::Request& req, httplib::Response& r
           }
         }
         if (!send_deltas()) return false;
+        // With n > 1 a choice that has ended gets its finish chunk now, not
+        // when the last one ends (OpenAI sends each as it comes). A grounded
+        // answer (n = 1) waits: its chunk carries the citations.
+        if (!g->grounded)
+          for (std::size_t i = 0; i < g->choices.size(); ++i)
+            if (g->choices[i].done && g->choices[i].error.is_ok() && !state->finish_sent[i]) {
+              if (!send(chunk(ojson::array({choice_delta(*g, i, "", {}, 0, g->choices[i].finish, false)})))) return false;
+              state->finish_sent[i] = true;
+            }
         if (!g->all_done()) return flush();  // called again
         if (g->grounded) {
           settle(*g);
@@ -1226,6 +1249,7 @@ void Server::Impl::completions(const httplib::Request& req, httplib::Response& r
             return false;
         }
         for (std::size_t i = 0; i < g->choices.size(); ++i) {
+          if (state->finish_sent[i]) continue;
           ojson fin = chunk(ojson::array({choice_delta(*g, i, "", {}, 0, g->choices[i].finish, false)}));
           if (g->grounded) fin["airlock"] = grounding_json(*g->grounded);
           if (!send(fin)) return false;

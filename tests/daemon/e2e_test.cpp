@@ -248,6 +248,15 @@ json chat(const std::string& user, int max_tokens, bool stream = false) {
           {"stream", stream}};
 }
 
+// A daemon whose scheduler steps take at least `ms` (the test hook, in
+// builds with AIRLOCK_TEST_HOOKS), so that a test can act between steps.
+std::unique_ptr<Daemon> start_with_step_delay(const Enclave& e, int ms, const std::string& extra_config = "") {
+  ::setenv("AIRLOCK_TEST_STEP_DELAY_MS", std::to_string(ms).c_str(), 1);
+  auto d = Daemon::start(e, extra_config);
+  ::unsetenv("AIRLOCK_TEST_STEP_DELAY_MS");
+  return d;
+}
+
 // The `data:` payloads of an SSE body, in order.
 std::vector<std::string> sse_events(const std::string& body) {
   std::vector<std::string> out;
@@ -529,6 +538,43 @@ TEST_F(DaemonE2E, ErrorsUseTheOpenAiEnvelope) {
   auto l = daemon_->post("/v1/chat/completions", too_long);
   EXPECT_EQ(l->status, 400);
   EXPECT_EQ(json::parse(l->body)["error"]["code"], "context_length_exceeded");
+  EXPECT_EQ(json::parse(l->body)["error"]["param"], "messages");  // as OpenAI names it
+}
+
+// /v1/completions as OpenAI defines it: 16 tokens when max_tokens is not
+// given; the prompt is the caller's whole text, so its control-token text
+// is parsed ("</s>" is the EOS token, as vLLM and llama.cpp read it); the
+// legacy top_logprobs always hold the sampled token (up to logprobs + 1
+// entries), also when sampling chose an unlikely one.
+TEST_F(DaemonE2E, CompletionsFollowOpenAiDefaults) {
+  auto r = daemon_->post("/v1/completions", {{"model", "stories"}, {"prompt", "Once upon a time"}, {"temperature", 0},
+                                             {"ignore_eos", true}});
+  ASSERT_TRUE(r);
+  ASSERT_EQ(r->status, 200) << r->body;
+  EXPECT_EQ(json::parse(r->body)["usage"]["completion_tokens"], 16);
+  EXPECT_EQ(json::parse(r->body)["choices"][0]["finish_reason"], "length");
+
+  auto special = daemon_->post("/v1/completions", {{"model", "stories"}, {"prompt", "</s>"}, {"max_tokens", 1}});
+  ASSERT_TRUE(special);
+  ASSERT_EQ(special->status, 200) << special->body;
+  EXPECT_EQ(json::parse(special->body)["usage"]["prompt_tokens"], 2) << special->body;  // BOS, EOS
+
+  json body = {{"model", "stories"}, {"prompt", "Once upon a time"}, {"max_tokens", 60}, {"temperature", 2.0},
+               {"seed", 5}, {"logprobs", 1}};
+  auto hot = daemon_->post("/v1/completions", body);
+  ASSERT_TRUE(hot);
+  ASSERT_EQ(hot->status, 200) << hot->body;
+  const json lp = json::parse(hot->body)["choices"][0]["logprobs"];
+  int beyond_the_top = 0;  // sampled tokens that were not the most likely
+  for (std::size_t k = 0; k < lp["tokens"].size(); ++k) {
+    const std::string tok = lp["tokens"][k];
+    const json& top = lp["top_logprobs"][k];
+    ASSERT_TRUE(top.contains(tok)) << k << ": " << tok << " " << top.dump();
+    EXPECT_EQ(top[tok].get<double>(), lp["token_logprobs"][k].get<double>());
+    EXPECT_LE(top.size(), 2u);
+    beyond_the_top += top.size() == 2;
+  }
+  EXPECT_GT(beyond_the_top, 0) << "temperature 2 never chose an unlikely token; the test checks nothing";
 }
 
 TEST_F(DaemonE2E, SixteenConcurrentStreamsMatchTheirSoloRuns) {
@@ -831,9 +877,7 @@ TEST(DaemonLifecycle, StreamIntervalDoesNotHoldBackTheFirstToken) {
   GTEST_SKIP() << "built with AIRLOCK_TEST_HOOKS=OFF: the step-delay hook is not compiled in";
 #endif
   Enclave e;
-  ::setenv("AIRLOCK_TEST_STEP_DELAY_MS", "700", 1);
-  auto d = Daemon::start(e, "stream_interval_ms = 1000\n");
-  ::unsetenv("AIRLOCK_TEST_STEP_DELAY_MS");
+  auto d = start_with_step_delay(e, 700, "stream_interval_ms = 1000\n");
   ASSERT_GT(d->port, 0) << d->log();
   json body = chat("Hello", 2, true);
   body["ignore_eos"] = true;
@@ -849,6 +893,49 @@ TEST(DaemonLifecycle, StreamIntervalDoesNotHoldBackTheFirstToken) {
     if (lp.is_object()) per_chunk.push_back(lp["content"].size());
   }
   EXPECT_EQ(per_chunk, (std::vector<std::size_t>{1, 1}));
+  EXPECT_EQ(d->stop(), 0);
+}
+
+// With n > 1 a streamed choice gets its finish chunk when it ends, not when
+// the last choice does (OpenAI's order). Steps of 20 ms (test hook) and two
+// choices that end at least 5 tokens apart.
+TEST(DaemonLifecycle, EachStreamedChoiceFinishesWhenItEnds) {
+#if !defined(AIRLOCK_TEST_HOOKS)
+  GTEST_SKIP() << "built with AIRLOCK_TEST_HOOKS=OFF: the step-delay hook is not compiled in";
+#endif
+  Enclave e;
+  auto d = start_with_step_delay(e, 20);
+  ASSERT_GT(d->port, 0) << d->log();
+  json body = {{"model", "stories"}, {"prompt", "Once upon a time"}, {"max_tokens", 40}, {"temperature", 1.0},
+               {"n", 2}, {"stop", json::array({".", " and"})}, {"logprobs", 0}};
+  // A seed whose choices end at least 5 tokens apart (a seed gives the
+  // same choices every time).
+  int shorter = -1;
+  for (int seed = 1; seed <= 40 && shorter < 0; ++seed) {
+    body["seed"] = seed;
+    auto r = d->post("/v1/completions", body);
+    ASSERT_TRUE(r);
+    ASSERT_EQ(r->status, 200) << r->body;
+    const json c = json::parse(r->body)["choices"];
+    const std::size_t a = c[0]["logprobs"]["tokens"].size(), b = c[1]["logprobs"]["tokens"].size();
+    if (a + 5 <= b) shorter = 0;
+    else if (b + 5 <= a) shorter = 1;
+  }
+  ASSERT_GE(shorter, 0) << "no seed gave choices of different lengths";
+  body["stream"] = true;
+  auto s = d->post("/v1/completions", body);
+  ASSERT_TRUE(s);
+  ASSERT_EQ(s->status, 200) << s->body;
+  const std::vector<std::string> events = sse_events(s->body);
+  std::ptrdiff_t short_finish = -1, long_last_text = -1;
+  for (std::size_t i = 0; i < events.size(); ++i) {
+    if (events[i] == "[DONE]") continue;
+    const json ch = json::parse(events[i])["choices"][0];
+    if (ch["index"] == shorter && ch["finish_reason"].is_string()) short_finish = static_cast<std::ptrdiff_t>(i);
+    if (ch["index"] == 1 - shorter && !ch["text"].get<std::string>().empty()) long_last_text = static_cast<std::ptrdiff_t>(i);
+  }
+  ASSERT_GE(short_finish, 0) << s->body;
+  EXPECT_LT(short_finish, long_last_text) << s->body;
   EXPECT_EQ(d->stop(), 0);
 }
 
@@ -943,9 +1030,7 @@ TEST(DaemonLifecycle, SigtermAfterReloadDrainsTheReplacedModel) {
   GTEST_SKIP() << "built with AIRLOCK_TEST_HOOKS=OFF: the step-delay hook is not compiled in";
 #endif
   Enclave e;
-  ::setenv("AIRLOCK_TEST_STEP_DELAY_MS", "20", 1);
-  auto d = Daemon::start(e, "drain_seconds = 1\n");
-  ::unsetenv("AIRLOCK_TEST_STEP_DELAY_MS");
+  auto d = start_with_step_delay(e, 20, "drain_seconds = 1\n");
   ASSERT_GT(d->port, 0) << d->log();
   json body = chat("A very long story", 800, true);
   body["ignore_eos"] = true;
@@ -1103,9 +1188,7 @@ TEST(DaemonLifecycle, NonStreamedHangUpCancelsAndFreesBlocks) {
   GTEST_SKIP() << "built with AIRLOCK_TEST_HOOKS=OFF: the step-delay hook is not compiled in";
 #endif
   Enclave e;
-  ::setenv("AIRLOCK_TEST_STEP_DELAY_MS", "20", 1);
-  auto d = Daemon::start(e);
-  ::unsetenv("AIRLOCK_TEST_STEP_DELAY_MS");
+  auto d = start_with_step_delay(e, 20);
   ASSERT_GT(d->port, 0) << d->log();
   json body = chat("A very long story", 400);
   body["ignore_eos"] = true;
@@ -1144,9 +1227,7 @@ TEST(DaemonLifecycle, QueuedStreamHangUpLeavesTheQueue) {
   GTEST_SKIP() << "built with AIRLOCK_TEST_HOOKS=OFF: the step-delay hook is not compiled in";
 #endif
   Enclave e;
-  ::setenv("AIRLOCK_TEST_STEP_DELAY_MS", "20", 1);
-  auto d = Daemon::start(e, "max_running = 1\ndrain_seconds = 0\n");
-  ::unsetenv("AIRLOCK_TEST_STEP_DELAY_MS");
+  auto d = start_with_step_delay(e, 20, "max_running = 1\ndrain_seconds = 0\n");
   ASSERT_GT(d->port, 0) << d->log();
   json first = chat("A very long story", 400, true);  // 8 s at 20 ms a step
   first["ignore_eos"] = true;

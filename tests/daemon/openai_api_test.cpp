@@ -20,7 +20,7 @@ TEST(OpenAiApiTest, ChatRequestAsSdksSendIt) {
   ASSERT_FALSE(e) << e->message;
   EXPECT_EQ(r.model, "m");
   ASSERT_EQ(r.messages.size(), 3u);
-  EXPECT_EQ(r.messages[1]["content"], "hello");
+  EXPECT_EQ(r.messages[1]["content"], "hel\nlo");  // text parts joined by a newline, as vLLM joins them
   EXPECT_EQ(r.messages[2]["role"], "system");
   EXPECT_EQ(r.max_tokens, 12);
   EXPECT_FLOAT_EQ(r.sampling.temperature, 0.5f);
@@ -31,6 +31,26 @@ TEST(OpenAiApiTest, ChatRequestAsSdksSendIt) {
   EXPECT_EQ(r.top_logprobs, 3);
   EXPECT_EQ(r.sampling.n_logprobs, 3);
   EXPECT_TRUE(r.stream && r.include_usage);
+}
+
+// What SDKs and clients written for vLLM send by default, asking for
+// nothing this server lacks, is accepted: empty tools, tool_choice none or
+// auto, response_format text, an empty logit_bias, best_of equal to n,
+// top_k -1 (vLLM's "off"), modalities ["text"].
+TEST(OpenAiApiTest, DefaultsOfUnsupportedFeaturesAreAccepted) {
+  CompletionRequest r;
+  for (const char* body :
+       {R"({"model":"m","messages":[{"role":"user","content":"x"}],"tools":[],"tool_choice":"auto","logit_bias":{},
+           "response_format":{"type":"text"},"modalities":["text"],"functions":null,"top_k":-1})",
+        R"({"model":"m","messages":[{"role":"user","content":"x"}],"tools":[{"type":"function","function":{"name":"f"}}],
+           "tool_choice":"none"})"}) {
+    const std::optional<ApiError> e = parse_request(body, Endpoint::kChat, &r);
+    EXPECT_FALSE(e) << body << ": " << e->message;
+    EXPECT_EQ(r.sampling.top_k, 0);
+  }
+  const std::optional<ApiError> e =
+      parse_request(R"({"model":"m","prompt":"x","n":2,"best_of":2,"suffix":"","logit_bias":null})", Endpoint::kCompletions, &r);
+  EXPECT_FALSE(e) << e->message;
 }
 
 TEST(OpenAiApiTest, CompletionsRequest) {
@@ -92,6 +112,30 @@ TEST(OpenAiApiTest, BadRequestsNameTheParameter) {
       {R"({"model":"m","prompt":5})", Endpoint::kCompletions, "prompt"},
       {R"({"model":"m"})", Endpoint::kCompletions, "prompt"},
       {R"({"model":"m","prompt":"x","logprobs":9})", Endpoint::kCompletions, "logprobs"},
+      // Asked for, would change the answer, not supported: named, not ignored.
+      {R"({"model":"m","messages":[{"role":"user","content":"x"}],"tools":[{"type":"function","function":{"name":"f"}}]})",
+       Endpoint::kChat, "tools"},
+      {R"({"model":"m","messages":[{"role":"user","content":"x"}],"tools":[{"type":"function"}],"tool_choice":"required"})",
+       Endpoint::kChat, "tools"},
+      {R"({"model":"m","messages":[{"role":"user","content":"x"}],"tool_choice":{"type":"function","function":{"name":"f"}}})",
+       Endpoint::kChat, "tool_choice"},
+      {R"({"model":"m","messages":[{"role":"user","content":"x"}],"functions":[{"name":"f"}]})", Endpoint::kChat,
+       "functions"},
+      {R"({"model":"m","messages":[{"role":"user","content":"x"}],"response_format":{"type":"json_object"}})",
+       Endpoint::kChat, "response_format"},
+      {R"({"model":"m","messages":[{"role":"user","content":"x"}],"response_format":{"type":"json_schema","json_schema":{}}})",
+       Endpoint::kChat, "response_format"},
+      {R"({"model":"m","messages":[{"role":"user","content":"x"}],"response_format":"json"})", Endpoint::kChat,
+       "response_format"},
+      {R"({"model":"m","messages":[{"role":"user","content":"x"}],"logit_bias":{"50256":-100}})", Endpoint::kChat,
+       "logit_bias"},
+      {R"({"model":"m","messages":[{"role":"user","content":"x"}],"modalities":["text","audio"]})", Endpoint::kChat,
+       "modalities"},
+      {R"({"model":"m","prompt":"x","logit_bias":{"7":5}})", Endpoint::kCompletions, "logit_bias"},
+      {R"({"model":"m","prompt":"def f(","suffix":"  return x"})", Endpoint::kCompletions, "suffix"},
+      {R"({"model":"m","prompt":"x","best_of":3})", Endpoint::kCompletions, "best_of"},
+      {R"({"model":"m","prompt":"x","best_of":0})", Endpoint::kCompletions, "best_of"},
+      {R"({"model":"m","prompt":"x","top_k":-2})", Endpoint::kCompletions, "top_k"},
   };
   for (const auto& [body, ep, param] : cases) {
     CompletionRequest r;
