@@ -30,6 +30,7 @@
 // cannot be opened or mapped, exits 1 and is retried.
 #include <signal.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <unistd.h>
 #include <systemd/sd-daemon.h>
 
@@ -248,6 +249,16 @@ int main(int argc, char** argv) {
   // extractor, say) cannot ptrace airlockd or read /proc/PID/mem for the
   // bearer keys and TLS private key in memory, and no core file holds them.
   if (::prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0) log().warn("prctl(PR_SET_DUMPABLE, 0) failed: {}", std::strerror(errno));
+
+  // The bundle check holds every file of the bundle open until it ends (up
+  // to 4,096 files), beside sockets and databases: the soft limit on open
+  // files (often 1,024) is raised to the hard one, as it may be.
+  if (struct rlimit nofile; ::getrlimit(RLIMIT_NOFILE, &nofile) == 0 && nofile.rlim_cur < nofile.rlim_max) {
+    const rlim_t was = nofile.rlim_cur;
+    nofile.rlim_cur = nofile.rlim_max;
+    if (::setrlimit(RLIMIT_NOFILE, &nofile) != 0)
+      log().warn("could not raise the open-file limit from {}: {}", static_cast<unsigned long long>(was), std::strerror(errno));
+  }
 
   if (config.node_rank > 0) return run_follower(config, signals);
   log().info("airlockd {} starting", kVersion);

@@ -3,6 +3,7 @@
 // serves it on 127.0.0.1 with an ephemeral port, and these tests drive it
 // over HTTP.
 #include <gtest/gtest.h>
+#include <sys/resource.h>
 #include <httplib.h>
 #include <netinet/in.h>
 #include <signal.h>
@@ -936,6 +937,26 @@ TEST(DaemonLifecycle, EachStreamedChoiceFinishesWhenItEnds) {
   }
   ASSERT_GE(short_finish, 0) << s->body;
   EXPECT_LT(short_finish, long_last_text) << s->body;
+  EXPECT_EQ(d->stop(), 0);
+}
+
+// A low soft limit on open files (the bundle check holds every file of a
+// bundle open, up to 4,096) is raised to the hard limit at start: a daemon
+// started with a soft limit of 12 still loads and serves.
+TEST(DaemonLifecycle, ALowOpenFileLimitIsRaised) {
+  Enclave e;
+  struct rlimit saved;
+  ASSERT_EQ(::getrlimit(RLIMIT_NOFILE, &saved), 0);
+  if (saved.rlim_max < 256) GTEST_SKIP() << "the hard open-file limit here is " << saved.rlim_max;
+  struct rlimit low = saved;
+  low.rlim_cur = 12;
+  ASSERT_EQ(::setrlimit(RLIMIT_NOFILE, &low), 0);
+  auto d = Daemon::start(e);
+  ASSERT_EQ(::setrlimit(RLIMIT_NOFILE, &saved), 0);
+  ASSERT_GT(d->port, 0) << d->log();
+  auto r = d->post("/v1/completions", {{"model", "stories"}, {"prompt", "Once"}, {"max_tokens", 2}});
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 200) << r->body;
   EXPECT_EQ(d->stop(), 0);
 }
 

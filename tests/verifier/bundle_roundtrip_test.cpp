@@ -106,6 +106,36 @@ TEST(BundleRoundTrip, RollbackRefusedUnlessAllowed) {
   EXPECT_EQ(twice.status().code(), StatusCode::kAlreadyExists);
 }
 
+// A store whose state.db is gone but whose bundles are still there has
+// lost its rollback record: opening it for an import is refused (a new
+// record would forget every version and the sweep would delete them all),
+// and nothing in it changes. A new, empty store starts a record as before.
+TEST(BundleRoundTrip, AStoreWithBundlesButNoRecordIsNotStartedAfresh) {
+  Fixture f;
+  ASSERT_TRUE(f.create(1, f.dir / "v1.airlock").is_ok());
+  ASSERT_TRUE(f.create(2, f.dir / "v2.airlock").is_ok());
+  {
+    Result<BundleStore> store = BundleStore::open(f.dir / "store");
+    ASSERT_TRUE(store.is_ok());
+    ASSERT_TRUE(store->import_bundle(f.dir / "v2.airlock", testing::trust_only(f.key), {}).is_ok());
+  }
+  for (const char* leftover : {"state.db", "state.db-wal", "state.db-shm"})
+    ::unlink((f.dir / "store/" + leftover).c_str());
+  Result<BundleStore> reopened = BundleStore::open(f.dir / "store");
+  ASSERT_FALSE(reopened.is_ok());
+  EXPECT_EQ(reopened.status().code(), StatusCode::kVerificationFailed);
+  EXPECT_NE(reopened.status().message().find("no state.db"), std::string::npos) << reopened.status().message();
+  EXPECT_EQ(testing::read_file(f.dir / "store/demo-model/2/weights.bin"), f.big);
+  EXPECT_FALSE(testing::exists(f.dir / "store/state.db"));
+  // Anything else in the directory (no NAME/VERSION) does not hold it back.
+  ASSERT_EQ(::mkdir((f.dir / "fresh").c_str(), 0750), 0);
+  ASSERT_EQ(::mkdir((f.dir / "fresh/notes").c_str(), 0750), 0);
+  testing::write_file(f.dir / "fresh/README", "x");
+  Result<BundleStore> fresh = BundleStore::open(f.dir / "fresh");
+  ASSERT_TRUE(fresh.is_ok()) << fresh.status().to_string();
+  EXPECT_TRUE(fresh->import_bundle(f.dir / "v1.airlock", testing::trust_only(f.key), {}).is_ok());
+}
+
 TEST(BundleRoundTrip, ConcurrentImportIsRefusedWhileTheLockIsHeld) {
   Fixture f;
   ASSERT_TRUE(f.create(1, f.dir / "v1.airlock").is_ok());

@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "test_bundles.h"
 
@@ -45,6 +46,16 @@ TEST(TrustStoreTest, ErrorsNameTheProblem) {
   EXPECT_NE(rev.status().message().find("revoked:2"), std::string::npos) << rev.status().message();
   testing::write_file(dir / "huge.pub", std::string(10000, 'A'));
   EXPECT_FALSE(TrustStore::load(dir / "huge.pub").is_ok());
+  ::unlink((dir / "huge.pub").c_str());
+  // A revocation list that is a link to nothing is an error, not an empty
+  // list (failing open would trust a revoked key).
+  ::unlink((dir / "revoked").c_str());
+  ASSERT_EQ(::symlink((dir / "gone").c_str(), (dir / "revoked").c_str()), 0);
+  Result<TrustStore> dangling = TrustStore::load(dir.path());
+  ASSERT_FALSE(dangling.is_ok());
+  EXPECT_NE(dangling.status().message().find("revocation list"), std::string::npos) << dangling.status().message();
+  ::unlink((dir / "revoked").c_str());
+  EXPECT_TRUE(TrustStore::load(dir.path()).is_ok());  // no list at all is an empty one
 }
 
 }  // namespace

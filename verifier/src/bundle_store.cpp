@@ -8,6 +8,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <chrono>
@@ -322,6 +323,30 @@ Result<BundleStore> BundleStore::open(const std::string& dir, Access access) {
   if (read_only && ::faccessat(fd, kStateDb, F_OK, AT_SYMLINK_NOFOLLOW) != 0) {
     ::close(fd);
     return not_found(dir + ": not a bundle store (no " + kStateDb + ")");
+  }
+  // A store that holds bundles but no state.db has lost its rollback
+  // record. Starting a new one would forget every version seen (rollback
+  // protection reset) and the first import's sweep would delete every
+  // bundle as unrecorded: refuse, and say what to do.
+  if (!read_only && ::faccessat(fd, kStateDb, F_OK, AT_SYMLINK_NOFOLLOW) != 0 && errno == ENOENT) {
+    Result<std::vector<std::string>> names = list_dir_at(fd, ".");
+    Status held;
+    if (!names.is_ok()) held = names.status();
+    for (std::size_t i = 0; held.is_ok() && i < names->size(); ++i) {
+      const std::string& name = (*names)[i];
+      if (!validate_bundle_name(name).is_ok() || !is_dir_at(fd, name)) continue;
+      Result<std::vector<std::string>> versions = list_dir_at(fd, name);
+      if (!versions.is_ok()) held = versions.status();
+      else if (std::any_of(versions->begin(), versions->end(), [](const std::string& v) { return parse_version_dir(v).has_value(); }))
+        held = verification_failed(dir + " holds bundles (" + name + "/...) but no " + kStateDb +
+                                   ", its record of imported versions: refusing to start a new record over them "
+                                   "(that would reset rollback protection and delete them as unrecorded). Restore " +
+                                   kStateDb + " from a backup, or move the bundle directories out of the store");
+    }
+    if (!held.is_ok()) {
+      ::close(fd);
+      return held;
+    }
   }
   sqlite3* db = nullptr;
   const int flags = (read_only ? SQLITE_OPEN_READONLY : SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE) | SQLITE_OPEN_NOFOLLOW;

@@ -94,6 +94,11 @@ Result<TrustStore> TrustStore::load(const std::string& path) {
       for (const KeyId& id : ids) store.revoke(id);
     } else if (revoked.status().code() != StatusCode::kNotFound) {
       return revoked.status();
+    } else if (struct stat st; ::lstat(revoked_path.c_str(), &st) == 0) {
+      // A link to nothing is not an empty list: fail closed.
+      return io_error(revoked_path + ": a link to a file that does not exist; a revocation list that cannot be read "
+                      "is not taken as empty",
+                      ENOENT);
     }
   } else {
     AIRLOCK_RETURN_IF_ERROR(add_key_file(path));
