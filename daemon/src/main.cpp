@@ -38,6 +38,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <ctime>
 #include <functional>
 #include <mutex>
 #include <string>
@@ -48,6 +49,7 @@
 #include "airlock/common/version.h"
 #include "airlock/rag/extract.h"
 #include "airlock/statedb/state_db.h"
+#include "airlock/verifier/manifest.h"
 #include "config.h"
 #include "model_host.h"
 #include "server.h"
@@ -377,7 +379,7 @@ int main(int argc, char** argv) {
   std::atomic<bool> stopping{false};
   std::thread watchdog = start_watchdog(stopping, [&] {
     std::shared_ptr<LoadedModel> m = server.model();
-    return m && m->scheduler->healthy();
+    return m ? m->scheduler->healthy() : server.withdrawn();  // withdrawn on purpose: alive
   });
 
   // A reload runs on its own thread so that a SIGTERM during it (a long
@@ -388,6 +390,15 @@ int main(int argc, char** argv) {
   std::atomic<bool> reload_cancel{false};
   std::atomic<bool> reloading{false};
   std::thread reload_thread;
+  // A served bundle that may no longer be served (a revoked key found by a
+  // reload, its expiry passed) is withdrawn: 503 naming why, until a reload
+  // loads a good bundle; /health stays up and the watchdog keeps pinging.
+  auto withdraw = [&](const LoadedModel& m, const std::string& why) {
+    const std::string what = m.id + " version " + std::to_string(m.version) + " may no longer be served: " + why;
+    server.withdraw_model(what);
+    log().error("{}; not serving it any more (503) until a good bundle is imported and airlockd reloaded", what);
+    ::sd_notifyf(0, "READY=1\nSTATUS=not serving: %s", what.c_str());
+  };
   auto reload = [&] {
     log().info("SIGHUP: reloading keys and re-checking the bundle store");
     if (Status s = reload_keys(); !s.is_ok()) log().error("keys not reloaded: {}", s.to_string());
@@ -399,6 +410,13 @@ int main(int argc, char** argv) {
       server.set_model(*next);
       log().info("now serving {} version {}", (*next)->id, (*next)->version);
       ::sd_notify(0, "READY=1\nSTATUS=serving");
+    } else if (std::shared_ptr<LoadedModel> served = server.model(); !served) {
+      log().error("reload failed, no model is served: {}", next.status().to_string());
+      ::sd_notify(0, "READY=1\nSTATUS=no model served");
+    } else if (Status still = recheck_served(config, *served); still.code() == StatusCode::kVerificationFailed) {
+      // The bundle being served is itself refused now (its key revoked or
+      // no longer trusted, expired): it stops being served.
+      withdraw(*served, still.message());
     } else {
       log().error("reload failed, still serving the previous model: {}", next.status().to_string());
       ::sd_notify(0, "READY=1\nSTATUS=serving");
@@ -408,8 +426,16 @@ int main(int argc, char** argv) {
 
   std::thread signal_thread([&] {
     while (true) {
-      int sig = 0;
-      if (sigwait(&signals, &sig) != 0) continue;
+      // Woken every second to withdraw a bundle whose expiry has passed.
+      const struct timespec second = {1, 0};
+      const int sig = ::sigtimedwait(&signals, nullptr, &second);
+      if (sig < 0) {
+        std::shared_ptr<LoadedModel> m = server.model();
+        std::lock_guard<std::mutex> lock(reload_mu);  // not while a reload publishes
+        if (m && m->expires_at && std::time(nullptr) >= *m->expires_at && server.model() == m)
+          withdraw(*m, "the bundle expired at " + verifier::format_utc(*m->expires_at));
+        continue;
+      }
       if (sig == SIGHUP && config.nodes > 1) {
         log().info("SIGHUP: reloading keys");
         if (Status s = reload_keys(); !s.is_ok()) log().error("keys not reloaded: {}", s.to_string());

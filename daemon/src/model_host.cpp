@@ -190,6 +190,17 @@ Result<ChosenBundle> choose_bundle(const Config& config, const std::atomic<bool>
 
 }  // namespace
 
+Status recheck_served(const Config& config, const LoadedModel& served) {
+  using namespace airlock::verifier;
+  AIRLOCK_ASSIGN_OR_RETURN(TrustStore trust, TrustStore::load(config.trusted));
+  AIRLOCK_ASSIGN_OR_RETURN(BundleStore store, BundleStore::open(config.store, BundleStore::Access::kReadOnly));
+  AIRLOCK_ASSIGN_OR_RETURN(std::vector<ImportRecord> imports, store.list_imports());
+  for (const ImportRecord& r : imports)
+    if (r.name == served.id && r.version == served.version && r.manifest_sha256 == served.manifest_sha256)
+      return store.check_installed(r, trust, /*rehash=*/false, 1).status();
+  return not_found(served.id + " version " + std::to_string(served.version) + " is no longer recorded in the store");
+}
+
 Result<std::unique_ptr<FollowerHost>> load_follower(const Config& config) {
   if (config.node_rank == 0) return invalid_argument("node 0 serves; only the other nodes follow");
   AIRLOCK_ASSIGN_OR_RETURN(ChosenBundle c, choose_bundle(config));
@@ -217,6 +228,7 @@ Result<std::shared_ptr<LoadedModel>> load_model(const Config& config, std::share
   m->created = vb.manifest.created_at;
   m->manifest_sha256 = vb.manifest_sha256;
   m->key_id = vb.manifest.key_id.to_string();
+  m->expires_at = vb.manifest.expires_at;
   m->gguf_path = c.gguf_path;
   std::vector<std::shared_ptr<engine::Model>> ranks;
   AIRLOCK_ASSIGN_OR_RETURN(std::unique_ptr<engine::Decoder> decoder, load_ranks(config, *m, &ranks));

@@ -40,6 +40,7 @@ struct LoadedModel {
   std::int64_t created = 0;  // the bundle's created_at
   std::string manifest_sha256;
   std::string key_id;
+  std::optional<std::int64_t> expires_at;  // the manifest's, unix seconds
   std::string gguf_path;
   bool chat_template_from_model = false;
   std::vector<std::int32_t> end_of_generation;  // token ids that end an answer (EOS, EOT, ...)
@@ -78,6 +79,13 @@ struct FollowerHost {
 // and joined to the group (which waits for every node). kInvalidArgument
 // on node 0 (load_model() serves there).
 Result<std::unique_ptr<FollowerHost>> load_follower(const Config& config);
+
+// The served bundle checked again for trust as load_model() checks it
+// (signature under the trusted keys now, revocation, expiry, the manifest
+// recorded at import, sizes; no rehash): a reload whose new bundle failed
+// uses it to tell "keep serving" from "this bundle may no longer be
+// served" (kVerificationFailed).
+Status recheck_served(const Config& config, const LoadedModel& served);
 
 // `previous` (a reload): its RAG store is reused when the embedding model and
 // the database path are unchanged, so writes in flight on the old model and

@@ -342,6 +342,7 @@ struct Server::Impl {
   httplib::Server& http;
   mutable std::mutex model_mu;
   std::shared_ptr<LoadedModel> model;
+  std::string withdrawn_why;  // set by withdraw_model(), cleared by set_model()
   // Models replaced by a reload that requests still hold: shutdown drains
   // them too.
   std::vector<std::weak_ptr<LoadedModel>> retired;
@@ -374,6 +375,21 @@ struct Server::Impl {
   std::shared_ptr<LoadedModel> current() const {
     std::lock_guard<std::mutex> lock(model_mu);
     return model;
+  }
+
+  // The replaced model joins `retired` while requests still hold it.
+  void replace_model(std::shared_ptr<LoadedModel> next, std::string why) {
+    std::lock_guard<std::mutex> lock(model_mu);
+    std::erase_if(retired, [](const std::weak_ptr<LoadedModel>& w) { return w.expired(); });
+    if (model) retired.push_back(model);
+    model = std::move(next);
+    withdrawn_why = std::move(why);
+  }
+
+  // "no model is loaded", and why when the model was withdrawn.
+  std::string no_model() const {
+    std::lock_guard<std::mutex> lock(model_mu);
+    return withdrawn_why.empty() ? "no model is loaded" : "no model is loaded: " + withdrawn_why;
   }
 
   void count(const httplib::Request& req, int status) {
@@ -823,11 +839,13 @@ Server::Server(Config config, Authenticator authenticate, AuditSink audit, Metri
 
 Server::~Server() = default;
 
-void Server::set_model(std::shared_ptr<LoadedModel> model) {
+void Server::set_model(std::shared_ptr<LoadedModel> model) { impl_->replace_model(std::move(model), ""); }
+
+void Server::withdraw_model(std::string why) { impl_->replace_model(nullptr, std::move(why)); }
+
+bool Server::withdrawn() const {
   std::lock_guard<std::mutex> lock(impl_->model_mu);
-  std::erase_if(impl_->retired, [](const std::weak_ptr<LoadedModel>& w) { return w.expired(); });
-  if (impl_->model) impl_->retired.push_back(impl_->model);
-  impl_->model = std::move(model);
+  return !impl_->withdrawn_why.empty();
 }
 
 std::shared_ptr<LoadedModel> Server::model() const { return impl_->current(); }
@@ -962,7 +980,7 @@ void Server::Impl::completions(const httplib::Request& req, httplib::Response& r
                           "the request body is larger than " + std::to_string(config.max_body_bytes) + " bytes"));
   if (draining) return fail(api_error(503, "server_error", "the server is shutting down"));
   std::shared_ptr<LoadedModel> m = current();
-  if (!m) return fail(api_error(503, "server_error", "no model is loaded"));
+  if (!m) return fail(api_error(503, "server_error", no_model()));
   auto g = std::make_shared<Generation>();
   g->start = start;
   g->model = m;
@@ -1371,7 +1389,7 @@ void Server::routes() {
     std::shared_ptr<LoadedModel> m = s.current();
     std::string why;
     if (s.draining) why = "shutting down";
-    else if (!m) why = "no model loaded";
+    else if (!m) why = s.no_model();
     else {
       // "Recently": within 30 s. An idle server, or one whose last pass
       // failed, proves it with a one-token pass (so a transient failure
@@ -1476,7 +1494,7 @@ void Server::routes() {
     if (s.body_too_large(req, res)) return;
     if (s.draining) return s.send_error(res, api_error(503, "server_error", "the server is shutting down"));
     std::shared_ptr<LoadedModel> m = s.current();
-    if (!m) return s.send_error(res, api_error(503, "server_error", "no model is loaded"));
+    if (!m) return s.send_error(res, api_error(503, "server_error", s.no_model()));
     EmbeddingRequest r;
     if (auto e = parse_embedding_request(req.body, &r)) return s.send_error(res, *e);
     if (r.model != m->id)
@@ -1573,7 +1591,7 @@ void Server::Impl::rag_routes() {
   auto store_or_fail = [this](httplib::Response& res) -> std::shared_ptr<LoadedModel> {
     std::shared_ptr<LoadedModel> m = current();
     if (draining) send_error(res, api_error(503, "server_error", "the server is shutting down"));
-    else if (!m) send_error(res, api_error(503, "server_error", "no model is loaded"));
+    else if (!m) send_error(res, api_error(503, "server_error", no_model()));
     else if (!m->rag_store)
       send_error(res, api_error(503, "server_error", "RAG is off: " + m->rag_off_reason, "rag_unavailable"));
     else return m;

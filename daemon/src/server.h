@@ -55,6 +55,11 @@ class Server {
   ~Server();
 
   void set_model(std::shared_ptr<LoadedModel> model);
+  // Stops serving the model (its bundle was refused after it was loaded: a
+  // revoked or no longer trusted key, expiry): requests get 503 naming
+  // `why` until set_model(); requests in flight finish.
+  void withdraw_model(std::string why);
+  bool withdrawn() const;
   std::shared_ptr<LoadedModel> model() const;
 
   // Binds the listening socket; returns the port (useful with port 0).

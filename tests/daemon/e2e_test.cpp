@@ -3,6 +3,7 @@
 // serves it on 127.0.0.1 with an ephemeral port, and these tests drive it
 // over HTTP.
 #include <gtest/gtest.h>
+#include <ctime>
 #include <sys/resource.h>
 #include <httplib.h>
 #include <netinet/in.h>
@@ -1009,6 +1010,71 @@ TEST(DaemonLifecycle, SighupLoadsANewVersionAndRefusesATamperedOne) {
   auto bad = Daemon::start(e, "max_running = 0\n");
   EXPECT_EQ(bad->port, 0);
   EXPECT_EQ(bad->exit_status, 2) << bad->log();
+}
+
+// Revoking the key that signed the served bundle, then SIGHUP: the bundle
+// stops being served (503 naming the revocation; /health stays up) instead
+// of "reload failed, still serving". A bundle signed by a new trusted key,
+// imported and reloaded, is served again.
+TEST(DaemonLifecycle, RevokingTheServedBundlesKeyStopsServingIt) {
+  Enclave e;
+  auto d = Daemon::start(e);
+  ASSERT_GT(d->port, 0) << d->log();
+  const std::string signer =
+      json::parse(d->client().Get("/v1/models")->body)["data"][0]["airlock"]["signed_by"].get<std::string>();
+  testing::write_file(e.dir / "trusted/revoked", signer + "\n");
+  ::kill(d->pid, SIGHUP);
+  for (int i = 0; i < 200 && d->log().find("may no longer be served") == std::string::npos; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(25));
+  ASSERT_NE(d->log().find("may no longer be served"), std::string::npos) << d->log();
+  auto refused = d->post("/v1/chat/completions", chat("hello", 4));
+  ASSERT_TRUE(refused);
+  EXPECT_EQ(refused->status, 503);
+  EXPECT_NE(refused->body.find("revoked"), std::string::npos) << refused->body;
+  auto ready = d->client().Get("/ready");
+  ASSERT_TRUE(ready);
+  EXPECT_EQ(ready->status, 503);
+  EXPECT_NE(ready->body.find("revoked"), std::string::npos) << ready->body;
+  EXPECT_EQ(d->client().Get("/health")->status, 200);
+
+  ASSERT_EQ(run({AIRLOCK_CLI_PATH, "bundle", "keygen", "--out", e.dir / "signer2", "--unencrypted"}), 0);
+  testing::write_file(e.dir / "trusted/signer2.pub", testing::read_file(e.dir / "signer2.pub"));
+  ASSERT_EQ(run({AIRLOCK_CLI_PATH, "bundle", "create", "--key", e.dir / "signer2.key", "--name", "stories", "--version",
+                 "2", "--llm", e.llm, "--out", e.dir / "stories-2.airlock", "--quiet"}),
+            0);
+  ASSERT_EQ(e.import(2), 0);
+  ::kill(d->pid, SIGHUP);
+  for (int i = 0; i < 200 && d->log().find("now serving stories version 2") == std::string::npos; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(25));
+  EXPECT_EQ(d->post("/v1/chat/completions", chat("hello", 4))->status, 200) << d->log();
+  EXPECT_EQ(d->stop(), 0);
+}
+
+// A served bundle whose expiry passes is withdrawn within a second or so,
+// without a reload.
+TEST(DaemonLifecycle, AnExpiredBundleStopsBeingServed) {
+  Enclave e;
+  const std::time_t at = std::time(nullptr) + 4;
+  char expires[32];
+  std::strftime(expires, sizeof expires, "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&at));
+  ASSERT_EQ(run({AIRLOCK_CLI_PATH, "bundle", "create", "--key", e.dir / "signer.key", "--name", "stories", "--version",
+                 "2", "--llm", e.llm, "--expires", expires, "--out", e.dir / "stories-2.airlock", "--quiet"}),
+            0);
+  ASSERT_EQ(e.import(2), 0);
+  auto d = Daemon::start(e);
+  ASSERT_GT(d->port, 0) << d->log();
+  if (std::time(nullptr) + 1 < at) {
+    EXPECT_EQ(d->post("/v1/chat/completions", chat("hello", 2))->status, 200);
+  }
+  std::this_thread::sleep_for(std::chrono::seconds(std::max<std::time_t>(0, at - std::time(nullptr))));
+  int status = 0;
+  for (int i = 0; i < 100 && (status = d->post("/v1/chat/completions", chat("hello", 2))->status) != 503; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  EXPECT_EQ(status, 503);
+  auto ready = d->client().Get("/ready");
+  ASSERT_TRUE(ready);
+  EXPECT_NE(ready->body.find("expired"), std::string::npos) << ready->body;
+  EXPECT_EQ(d->stop(), 0);
 }
 
 #if defined(AIRLOCK_TEST_HOOKS)
