@@ -423,8 +423,20 @@ Result<CollectionInfo> Store::create_collection(const std::string& name, const P
   if (readers.size() > kMaxReaders) return invalid_argument("at most 256 readers");
   for (const std::string& r : readers) {
     if (!valid_reader(r)) return invalid_argument("reader '" + r + "' is not key:NAME, group:NAME or *");
-    // Every key's default searches would include such a collection.
-    if (r == "*" && !creator.admin) return permission_denied("only an admin may make a collection readable by every key (*)");
+    // A reader's default searches (no collections named) include every
+    // collection it may read, and the sources go into its system message:
+    // a key that could name any reader could plant text there. So a key
+    // that is not an admin may share only with groups it belongs to (the
+    // admin made those) and name only itself; * and other keys are the
+    // admins' to grant.
+    if (creator.admin) continue;
+    if (r == "*") return permission_denied("only an admin may make a collection readable by every key (*)");
+    if (r.rfind("key:", 0) == 0 && r.substr(4) != creator.key)
+      return permission_denied("only an admin may make a collection readable by another key ('" + r +
+                               "'); share it with a group you belong to instead");
+    if (r.rfind("group:", 0) == 0 &&
+        std::find(creator.groups.begin(), creator.groups.end(), r.substr(6)) == creator.groups.end())
+      return permission_denied("you may share a collection only with groups you belong to ('" + r + "')");
   }
   if (description.size() > 4096) return invalid_argument("description is longer than 4096 bytes");
   Impl& s = *impl_;

@@ -1624,7 +1624,7 @@ std::string rag_embedder_dir() {
 
 constexpr const char* kRagConfig =
     "[rag]\nmin_similarity = 0.95\nmin_term_coverage = 0.6\nchunk_tokens = 64\nchunk_overlap = 8\n"
-    "[rag.groups]\nanalysts = [\"analyst\"]\n";
+    "[rag.groups]\nanalysts = [\"analyst\", \"tester\"]\n";
 
 bool have_pdftotext() { return ::access("/usr/bin/pdftotext", X_OK) == 0; }
 
@@ -1858,6 +1858,17 @@ TEST_F(RagE2E, CollectionAccessIsEnforced) {
   auto w = post(*analyst_, "/v1/rag/collections/shared/documents", {{"source", "x.txt"}, {"content", "some words here"}});
   EXPECT_EQ(w->status, 403) << w->body;
   EXPECT_EQ(as(*analyst_).Delete("/v1/rag/collections/shared/documents/wing.txt")->status, 403);
+  // Readers are not for any key to grant: the outsider may not plant a
+  // collection in the analyst's default searches (by key or by a group it
+  // is not in), nor the analyst in the tester's (by key).
+  for (const auto& [who, readers] : std::vector<std::pair<const std::string*, json>>{
+           {outsider_, json::array({"key:analyst"})},
+           {outsider_, json::array({"group:analysts"})},
+           {analyst_, json::array({"key:tester"})}}) {
+    auto planted = post(*who, "/v1/rag/collections", {{"name", "planted"}, {"readers", readers}});
+    ASSERT_TRUE(planted);
+    EXPECT_EQ(planted->status, 403) << readers.dump() << " " << planted->body;
+  }
   // Without a key, nothing at all.
   EXPECT_EQ(daemon_->client(false).Get("/v1/rag/collections")->status, 401);
 }

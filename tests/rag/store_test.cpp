@@ -88,11 +88,17 @@ class StoreTest : public ::testing::Test {
 
 TEST_F(StoreTest, CollectionsAndReaders) {
   auto s = open();
-  ASSERT_TRUE(s->create_collection("manuals", alice, {"key:bob", "group:ops"}, "aircraft manuals").is_ok());
+  const Principal alice_ops = key("alice", {"ops"}), root{"root", {}, true};
+  ASSERT_TRUE(s->create_collection("manuals", alice_ops, {"key:alice", "group:ops"}, "aircraft manuals").is_ok());
   ASSERT_TRUE(s->create_collection("hr", alice, {}, "").is_ok());
-  // Only an admin may open a collection to every key.
+  // Only an admin may open a collection to every key, or to another key;
+  // others share with groups they belong to (a reader's default searches
+  // cover what it may read: no key may plant text there).
   EXPECT_EQ(s->create_collection("public", key("carol"), {"*"}, "").status().code(), StatusCode::kPermissionDenied);
+  EXPECT_EQ(s->create_collection("x", alice_ops, {"key:bob"}, "").status().code(), StatusCode::kPermissionDenied);
+  EXPECT_EQ(s->create_collection("x", alice_ops, {"group:finance"}, "").status().code(), StatusCode::kPermissionDenied);
   ASSERT_TRUE(s->create_collection("public", Principal{"carol", {}, true}, {"*"}, "").is_ok());
+  ASSERT_TRUE(s->create_collection("briefs", root, {"key:bob", "group:finance"}, "").is_ok());
   EXPECT_EQ(s->create_collection("hr", alice, {}, "").status().code(), StatusCode::kAlreadyExists);
   for (const std::string& bad : std::vector<std::string>{"", ".hidden", "has space", "a/b", std::string(65, 'x')})
     EXPECT_EQ(s->create_collection(bad, alice, {}, "").status().code(), StatusCode::kInvalidArgument) << bad;
@@ -106,21 +112,22 @@ TEST_F(StoreTest, CollectionsAndReaders) {
     return out;
   };
   EXPECT_EQ(names(alice), (std::vector<std::string>{"hr", "manuals", "public"}));
-  EXPECT_EQ(names(key("bob")), (std::vector<std::string>{"manuals", "public"}));
+  EXPECT_EQ(names(key("bob")), (std::vector<std::string>{"briefs", "public"}));
   EXPECT_EQ(names(key("dave", {"ops"})), (std::vector<std::string>{"manuals", "public"}));
   EXPECT_EQ(names(key("eve")), (std::vector<std::string>{"public"}));
-  EXPECT_EQ(names(Principal{"root", {}, true}), (std::vector<std::string>{"hr", "manuals", "public"}));
+  EXPECT_EQ(names(root), (std::vector<std::string>{"briefs", "hr", "manuals", "public"}));
   // Existence is not revealed to those who may not read.
   EXPECT_EQ(s->get_collection("hr", key("eve")).status().code(), StatusCode::kNotFound);
   // Readers may not change a collection; strangers do not see it.
-  EXPECT_EQ(s->delete_collection("manuals", key("bob")).code(), StatusCode::kPermissionDenied);
+  const Principal dave = key("dave", {"ops"});
+  EXPECT_EQ(s->delete_collection("manuals", dave).code(), StatusCode::kPermissionDenied);
   EXPECT_EQ(s->delete_collection("hr", key("eve")).code(), StatusCode::kNotFound);
-  EXPECT_EQ(s->put_document("manuals", doc("a.txt", "some text here."), key("bob")).status().code(),
+  EXPECT_EQ(s->put_document("manuals", doc("a.txt", "some text here."), dave).status().code(),
             StatusCode::kPermissionDenied);
-  Result<CollectionInfo> m = s->get_collection("manuals", key("bob"));
+  Result<CollectionInfo> m = s->get_collection("manuals", dave);
   ASSERT_TRUE(m.is_ok());
   EXPECT_EQ(m->owner, "alice");
-  EXPECT_EQ(m->readers, (std::vector<std::string>{"group:ops", "key:bob"}));
+  EXPECT_EQ(m->readers, (std::vector<std::string>{"group:ops", "key:alice"}));
 }
 
 TEST_F(StoreTest, PutReplaceDuplicateDelete) {
@@ -220,7 +227,7 @@ TEST_F(StoreTest, BadDocumentsAreRefusedWithoutWriting) {
 
 TEST_F(StoreTest, AccessIsFilteredDuringTheSearchNotAfterTopK) {
   auto s = open();
-  ASSERT_TRUE(s->create_collection("open", alice, {"key:bob"}, "").is_ok());
+  ASSERT_TRUE(s->create_collection("open", key("alice", {"team"}), {"group:team"}, "").is_ok());
   ASSERT_TRUE(s->create_collection("secret", alice, {}, "").is_ok());
   // The secret collection matches the query far better, many times over.
   for (int i = 0; i < 20; ++i)
@@ -236,7 +243,7 @@ TEST_F(StoreTest, AccessIsFilteredDuringTheSearchNotAfterTopK) {
   for (SearchMode mode : {SearchMode::kBm25, SearchMode::kVector, SearchMode::kHybrid}) {
     SearchRequest r = query("shock wave interaction", mode, 3);
     r.candidates = 3;  // tighter than the secret matches: post-filtering would leave nothing
-    auto bob = s->search(r, key("bob"));
+    auto bob = s->search(r, key("bob", {"team"}));
     ASSERT_TRUE(bob.is_ok());
     ASSERT_EQ(bob->size(), 3u) << "mode " << static_cast<int>(mode);
     for (const SearchHit& h : *bob) EXPECT_EQ(h.collection, "open");
@@ -244,7 +251,7 @@ TEST_F(StoreTest, AccessIsFilteredDuringTheSearchNotAfterTopK) {
     EXPECT_EQ((*al)[0].collection, "secret");
   }
   // Naming a collection one may not read is "not found", as if it did not exist.
-  EXPECT_EQ(s->search(query("shock", SearchMode::kHybrid, 3, {"secret"}), key("bob")).status().code(),
+  EXPECT_EQ(s->search(query("shock", SearchMode::kHybrid, 3, {"secret"}), key("bob", {"team"})).status().code(),
             StatusCode::kNotFound);
   EXPECT_TRUE(s->search(query("shock"), key("eve"))->empty());
 }
