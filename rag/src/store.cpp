@@ -169,14 +169,17 @@ std::string strip_suffix(std::string w) {
 
 // An FTS5 query: the content words of the question OR-ed, each quoted so no
 // FTS5 syntax from the user's text is interpreted.
-// The words of a question that carry its content: stop words dropped (all
-// of them kept when nothing else is left), each once, at most 64.
-std::vector<std::string> query_words(std::string_view question) {
+// The words of a question that carry its content: stop words dropped, each
+// once, at most 64. For the FTS query all of them are kept when nothing
+// else is left (a search still ranks something); for term coverage not: a
+// question of stop words only ("What is it?") has no term evidence, or
+// every English chunk would cover it fully.
+std::vector<std::string> query_words(std::string_view question, bool stop_words_if_nothing_else = true) {
   std::vector<std::string> words = words_of(question);
   std::vector<std::string> kept;
   for (const std::string& w : words)
     if (!stop_words().count(w)) kept.push_back(w);
-  if (kept.empty()) kept = words;
+  if (kept.empty() && stop_words_if_nothing_else) kept = words;
   std::sort(kept.begin(), kept.end());
   kept.erase(std::unique(kept.begin(), kept.end()), kept.end());
   if (kept.size() > 64) kept.resize(64);
@@ -824,7 +827,7 @@ Result<std::vector<SearchHit>> Store::search(const SearchRequest& req, const Pri
   ranked.swap(kept);
   // Term coverage: for each content word of the question, which hits the
   // FTS5 index (Porter-stemmed, as BM25 sees them) says contain it.
-  const std::vector<std::string> words = query_words(req.query);
+  const std::vector<std::string> words = query_words(req.query, /*stop_words_if_nothing_else=*/false);
   if (!ranked.empty() && !words.empty()) {
     std::string ids;
     std::map<std::int64_t, std::size_t> at;

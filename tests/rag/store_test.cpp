@@ -265,6 +265,22 @@ TEST_F(StoreTest, CurlyQuotesSeparateWordsAsFts5Does) {
   EXPECT_DOUBLE_EQ((*hits)[0].term_coverage, 1.0);
 }
 
+// A question of stop words only still finds something to rank, but its
+// hits have no term evidence: "What is it?" is not covered by every
+// English chunk that says "what", "is" and "it".
+TEST_F(StoreTest, AQuestionOfStopWordsOnlyHasNoTermCoverage) {
+  auto s = open();
+  ASSERT_TRUE(s->create_collection("c", alice, {}, "").is_ok());
+  ASSERT_TRUE(s->put_document("c", doc("m.txt", "What it is: the memo says leave is granted in May."), alice).is_ok());
+  auto hits = s->search(query("What is it?", SearchMode::kBm25), alice);
+  ASSERT_TRUE(hits.is_ok());
+  ASSERT_EQ(hits->size(), 1u);
+  EXPECT_DOUBLE_EQ((*hits)[0].term_coverage, 0.0);
+  auto content = s->search(query("What is the leave memo?", SearchMode::kBm25), alice);
+  ASSERT_EQ(content->size(), 1u);
+  EXPECT_DOUBLE_EQ((*content)[0].term_coverage, 1.0);
+}
+
 TEST_F(StoreTest, ReplacedDocumentsDoNotGrowTheIndexForever) {
   StoreOptions o;
   o.ann_threshold = 200;
