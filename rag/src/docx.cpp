@@ -87,6 +87,16 @@ bool is_word(xmlTextReader* r) {
   return v == kWordNs || v == kWordStrictNs;
 }
 
+// <mc:Fallback> of Office's markup-compatibility namespace.
+bool is_fallback(xmlTextReader* r) {
+  const xmlChar* ns = xmlTextReaderConstNamespaceUri(r);
+  const xmlChar* local = xmlTextReaderConstLocalName(r);
+  return ns != nullptr && local != nullptr &&
+         std::string_view(reinterpret_cast<const char*>(ns)) ==
+             "http://schemas.openxmlformats.org/markup-compatibility/2006" &&
+         std::string_view(reinterpret_cast<const char*>(local)) == "Fallback";
+}
+
 Status walk_document_xml(const std::string& xml, TextBuilder* text) {
   if (xml.size() > static_cast<std::size_t>(INT_MAX)) return resource_exhausted("docx: word/document.xml over 2 GiB");
   // Refused before libxml2 sees it: a DTD is where entity bombs and external
@@ -106,6 +116,10 @@ Status walk_document_xml(const std::string& xml, TextBuilder* text) {
   std::string xml_error;
   xmlTextReaderSetStructuredErrorHandler(r.get(), keep_first_error, &xml_error);
   bool in_text = false;  // inside <w:t>
+  // Inside <mc:Fallback>: Word writes text boxes and other new content
+  // twice, in <mc:Choice> and again in <mc:Fallback> for older readers;
+  // the fallback is skipped so the text is read once. Its depth, or -1.
+  int fallback_depth = -1;
   for (;;) {
     const int rc = xmlTextReaderRead(r.get());
     if (rc == 0) break;
@@ -113,10 +127,17 @@ Status walk_document_xml(const std::string& xml, TextBuilder* text) {
       return invalid_argument("docx: word/document.xml is not well-formed XML" +
                               (xml_error.empty() ? std::string() : ": " + xml_error));
     const int type = xmlTextReaderNodeType(r.get());
+    if (type == XML_READER_TYPE_DOCUMENT_TYPE || type == XML_READER_TYPE_ENTITY_REFERENCE)
+      return invalid_argument("docx: word/document.xml declares a DTD or entities (refused)");
+    if (fallback_depth >= 0) {
+      if (type == XML_READER_TYPE_END_ELEMENT && xmlTextReaderDepth(r.get()) == fallback_depth) fallback_depth = -1;
+      continue;
+    }
+    if (type == XML_READER_TYPE_ELEMENT && xmlTextReaderIsEmptyElement(r.get()) != 1 && is_fallback(r.get())) {
+      fallback_depth = xmlTextReaderDepth(r.get());
+      continue;
+    }
     switch (type) {
-      case XML_READER_TYPE_DOCUMENT_TYPE:
-      case XML_READER_TYPE_ENTITY_REFERENCE:
-        return invalid_argument("docx: word/document.xml declares a DTD or entities (refused)");
       case XML_READER_TYPE_ELEMENT: {
         if (!is_word(r.get())) break;
         const char* local = reinterpret_cast<const char*>(xmlTextReaderConstLocalName(r.get()));

@@ -137,18 +137,46 @@ Result<std::string> TextBuilder::finish() {
   return std::move(out_);
 }
 
+namespace {
+
+// U+0080-U+009F (C1 controls) as Windows-1252 reads those bytes: what a
+// page labelled ISO-8859-1, or decoded as Latin-1 for want of a label,
+// meant by them (HTML5 decodes that label as Windows-1252). 0: undefined.
+constexpr char16_t kCp1252High[32] = {
+    0x20AC, 0,      0x201A, 0x0192, 0x201E, 0x2026, 0x2020, 0x2021, 0x02C6, 0x2030, 0x0160, 0x2039, 0x0152, 0, 0x017D, 0,
+    0,      0x2018, 0x2019, 0x201C, 0x201D, 0x2022, 0x2013, 0x2014, 0x02DC, 0x2122, 0x0161, 0x203A, 0x0153, 0, 0x017E, 0x0178};
+
+void append_utf8(std::string* out, char32_t cp) {
+  if (cp < 0x800) {
+    *out += static_cast<char>(0xC0 | (cp >> 6));
+  } else {
+    *out += static_cast<char>(0xE0 | (cp >> 12));
+    *out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
+  }
+  *out += static_cast<char>(0x80 | (cp & 0x3F));
+}
+
+}  // namespace
+
 std::string one_line(std::string_view s, std::size_t max_bytes) {
   std::string out;
   bool space = false;
-  for (char c : s) {
-    const auto u = static_cast<unsigned char>(c);
-    if (u <= 0x20 || u == 0x7f) {
+  for (std::size_t i = 0; i < s.size(); ++i) {
+    const auto u = static_cast<unsigned char>(s[i]);
+    // A C1 control (UTF-8 C2 80-9F) becomes its Windows-1252 character, or
+    // a space where that is undefined: a title is one line of text.
+    char16_t c1 = 0;
+    const bool is_c1 = u == 0xC2 && i + 1 < s.size() && static_cast<unsigned char>(s[i + 1]) >= 0x80 &&
+                       static_cast<unsigned char>(s[i + 1]) <= 0x9F;
+    if (is_c1) c1 = kCp1252High[static_cast<unsigned char>(s[++i]) - 0x80];
+    if (u <= 0x20 || u == 0x7f || (is_c1 && c1 == 0)) {
       space = !out.empty();
       continue;
     }
     if (space) out += ' ';
     space = false;
-    out += c;
+    if (is_c1) append_utf8(&out, c1);
+    else out += s[i];
     if (out.size() > max_bytes) break;
   }
   if (out.size() > max_bytes) {

@@ -51,5 +51,12 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   if (!r.is_ok()) return 0;
   check_contract(r->text);
   if (r->title.size() > 1024 || !valid_utf8(r->title) || r->title.find('\n') != std::string::npos) std::abort();
+  // A title is one line of printable text, as the store accepts it: no
+  // ASCII control, no C1 control (UTF-8 C2 80-9F).
+  for (std::size_t i = 0; i < r->title.size(); ++i) {
+    const auto u = static_cast<unsigned char>(r->title[i]);
+    if (u < 0x20 || u == 0x7f) std::abort();
+    if (u == 0xC2 && i + 1 < r->title.size() && static_cast<unsigned char>(r->title[i + 1]) <= 0x9F) std::abort();
+  }
   return 0;
 }

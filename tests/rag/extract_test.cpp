@@ -290,6 +290,22 @@ TEST(ExtractTest, HtmlKeepsReadableTextOnly) {
             "code\nindented\n\ncaf\xC3\xA9 \xE2\x98\xBA\xC2\xA0!");
 }
 
+// Titles from pages in ISO-8859-1 (or read as Latin-1 for want of a
+// label) with Windows-1252 punctuation: the C1 code points become the
+// characters meant (as HTML5 decodes that label), not a refused document.
+TEST(ExtractTest, HtmlTitlesWithWindows1252PunctuationAreKept) {
+  for (const std::string head : {"<meta charset=\"iso-8859-1\">", ""}) {
+    auto r = extract_document("legacy.html", "<html><head>" + head +
+                                                 "<title>Don\x92t panic\x85 \x93now\x94\x81</title></head>"
+                                                 "<body><p>Body text.</p></body></html>");
+    ASSERT_TRUE(r.is_ok()) << r.status().to_string();
+    EXPECT_EQ(r->title, "Don\u2019t panic\u2026 \u201cnow\u201d") << head;
+  }
+  auto md = extract_document("note.md", "# Caf\xc2\x85 notes\n\nText.\n");
+  ASSERT_TRUE(md.is_ok()) << md.status().to_string();
+  EXPECT_EQ(md->title, "Caf\u2026 notes");
+}
+
 TEST(ExtractTest, HtmlScriptAndStyleNeverAppear) {
   const std::string html =
       "<p>visible</p><script>document.write('<p>SECRET1</p>')</script>"
@@ -379,6 +395,20 @@ TEST(ExtractTest, DocxRunsTabsBreaksAndParagraphs) {
   ASSERT_TRUE(r.is_ok()) << r.status().to_string();
   EXPECT_EQ(r->format, DocFormat::kDocx);
   EXPECT_EQ(r->text, "Quarterly report & notes\n\nName\tValue\nsecond\nthird\n\nkept \xC3\xA9\n\ncell");
+}
+
+// Word writes a text box twice, in <mc:Choice> and in <mc:Fallback> for
+// older readers: its text is read once.
+TEST(ExtractTest, DocxTextBoxesAreReadOnce) {
+  const std::string mc = "http://schemas.openxmlformats.org/markup-compatibility/2006";
+  const std::string box = "<w:txbxContent><w:p><w:r><w:t>Payment limit is 500.</w:t></w:r></w:p></w:txbxContent>";
+  const std::string body = "<w:p><w:r><w:t>Intro paragraph.</w:t></w:r></w:p><w:p><w:r><mc:AlternateContent xmlns:mc=\"" +
+                           mc + "\"><mc:Choice Requires=\"wps\"><w:drawing>" + box +
+                           "</w:drawing></mc:Choice><mc:Fallback><w:pict>" + box +
+                           "</w:pict></mc:Fallback></mc:AlternateContent></w:r></w:p><w:p><w:r><w:t>After.</w:t></w:r></w:p>";
+  auto r = extract_document("box.docx", make_docx(document_xml(body)));
+  ASSERT_TRUE(r.is_ok()) << r.status().to_string();
+  EXPECT_EQ(r->text, "Intro paragraph.\n\nPayment limit is 500.\n\nAfter.");
 }
 
 TEST(ExtractTest, DocxZipBombFailsFastWithBoundedMemory) {
