@@ -8,6 +8,7 @@
 #include "airlock/engine/backend.h"
 #include "airlock/engine/thread_pool.h"
 #include "airlock/verifier/bundle_store.h"
+#include "airlock/verifier/sha256.h"
 #include "airlock/verifier/trust_store.h"
 #include "rag_embedder.h"
 
@@ -20,10 +21,29 @@ constexpr const char* kFallbackTemplate =
     "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
     "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
 
+// What names the embedding model to the RAG store (vectors made by another
+// model must not share an index): a GGUF encoder is its file's SHA-256; a
+// model2vec directory is its vectors, tokenizer and configuration together
+// (the same vectors with another tokenizer.json map tokens to other rows).
+std::string embedding_identity(const verifier::Manifest& manifest, const verifier::ManifestFile& embedding) {
+  using verifier::FileRole;
+  const std::string dir = embedding.path.substr(0, embedding.path.rfind('/') + 1);
+  std::vector<const verifier::ManifestFile*> parts = {&embedding};
+  if (!dir.empty())
+    for (const verifier::ManifestFile& f : manifest.files)
+      if ((f.role == FileRole::kTokenizer || f.role == FileRole::kConfig) && f.path.rfind(dir, 0) == 0 &&
+          f.path.find('/', dir.size()) == std::string::npos)
+        parts.push_back(&f);
+  if (parts.size() == 1) return "sha256:" + verifier::to_hex(embedding.sha256);
+  std::sort(parts.begin() + 1, parts.end(), [](auto* a, auto* b) { return a->path < b->path; });
+  std::string all;
+  for (const verifier::ManifestFile* f : parts) all += f->path + "=" + verifier::to_hex(f->sha256) + "\n";
+  return "model2vec:sha256:" + verifier::to_hex(verifier::sha256(all));
+}
+
 // Opens the RAG store for the bundle's embedding model. RAG problems never
 // stop the daemon: chat keeps working and the RAG routes say why they are off.
-void open_rag(const Config& config, const verifier::ManifestFile* embedding, LoadedModel& m,
-              const LoadedModel* previous) {
+void open_rag(const Config& config, const std::string& embedding_id, LoadedModel& m, const LoadedModel* previous) {
   if (!config.rag.enabled) {
     m.rag_off_reason = "RAG is disabled in the configuration ([rag] enabled = false)";
     return;
@@ -32,7 +52,7 @@ void open_rag(const Config& config, const verifier::ManifestFile* embedding, Loa
     m.rag_off_reason = "the bundle '" + m.id + "' has no embedding model (airlock bundle create --embedding)";
     return;
   }
-  auto adapter = std::make_unique<RagEmbedder>(*m.embedder, "sha256:" + verifier::to_hex(embedding->sha256));
+  auto adapter = std::make_unique<RagEmbedder>(*m.embedder, embedding_id);
   const std::string path = config.rag.database.empty() ? config.state + "/rag.db" : config.rag.database;
   if (previous != nullptr && previous->rag_store && previous->rag_embedder &&
       previous->rag_embedder->model_id() == adapter->model_id() && previous->rag_path == path) {
@@ -264,7 +284,7 @@ Result<std::shared_ptr<LoadedModel>> load_model(const Config& config, std::share
                           pool && m->embedder->kind() != "model2vec" ? ", on the decoder's compute threads" : "");
     }
   }
-  open_rag(config, embedding, *m, previous.get());
+  open_rag(config, embedding != nullptr ? embedding_identity(vb.manifest, *embedding) : "", *m, previous.get());
   if (m->rag_store && m->embedder &&
       static_cast<std::size_t>(config.rag.chunk_tokens) > m->embedder->max_tokens())
     airlock::log().warn("rag.chunk_tokens = {} is more than the embedding model takes; documents are chunked at {} tokens",

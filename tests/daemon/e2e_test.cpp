@@ -1959,6 +1959,43 @@ TEST_F(RagE2E, HostileDocumentsAreRefusedOneByOne) {
 // rag.chunk_tokens above what the embedding model takes: the daemon says so
 // at start and chunks at the model's limit, so no chunk's tail goes
 // unembedded (each chunk is at most max_tokens of the model).
+// A model2vec embedding model is its vectors, tokenizer and configuration
+// together: a new bundle version with the same vectors but another
+// tokenizer.json is another embedding model to the RAG store, whose
+// vectors were made with the old token-to-row map (RAG says so and is off;
+// chat still works). The same three files again keep the store.
+TEST(RagLifecycle, AnotherTokenizerForTheSameVectorsIsAnotherEmbeddingModel) {
+  Enclave e(rag_embedder_dir());
+  auto d = Daemon::start(e, kRagConfig);
+  ASSERT_GT(d->port, 0) << d->log();
+  ASSERT_EQ(d->post("/v1/rag/collections", {{"name", "c"}})->status, 201);
+  // Version 2: the same three files. Version 3: tokenizer.json changed.
+  ASSERT_EQ(e.make_bundle(2), 0);
+  ASSERT_EQ(e.import(2), 0);
+  ::kill(d->pid, SIGHUP);
+  for (int i = 0; i < 200 && d->log().find("now serving stories version 2") == std::string::npos; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(25));
+  EXPECT_NE(d->log().find("kept across the reload (same embedding model)"), std::string::npos) << d->log();
+  EXPECT_EQ(d->client().Get("/v1/rag/collections")->status, 200);
+  const std::string other = e.dir / "m2v-other";
+  ::mkdir(other.c_str(), 0750);
+  for (const char* f : {"model.safetensors", "config.json"})
+    testing::write_file(other + "/" + f, testing::read_file(e.embedding + "/" + f));
+  testing::write_file(other + "/tokenizer.json", testing::read_file(e.embedding + "/tokenizer.json") + "\n");
+  e.embedding = other;
+  ASSERT_EQ(e.make_bundle(3), 0);
+  ASSERT_EQ(e.import(3), 0);
+  ::kill(d->pid, SIGHUP);
+  for (int i = 0; i < 200 && d->log().find("now serving stories version 3") == std::string::npos; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(25));
+  auto rag = d->client().Get("/v1/rag/collections");
+  ASSERT_TRUE(rag);
+  EXPECT_EQ(rag->status, 503) << rag->body;
+  EXPECT_NE(rag->body.find("holds vectors of embedding model"), std::string::npos) << rag->body;
+  EXPECT_EQ(d->post("/v1/chat/completions", chat("hello", 2))->status, 200);
+  EXPECT_EQ(d->stop(), 0);
+}
+
 TEST(RagLifecycle, ChunksNeverExceedTheEmbeddingModelsInput) {
   Enclave e(rag_embedder_dir());
   auto d = Daemon::start(e, "[rag]\nchunk_tokens = 8192\nchunk_overlap = 8\n");
