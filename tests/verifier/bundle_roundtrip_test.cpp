@@ -11,6 +11,7 @@
 #include "airlock/verifier/bundle_reader.h"
 #include "airlock/verifier/bundle_store.h"
 #include "airlock/verifier/bundle_writer.h"
+#include "task_pool.h"
 #include "test_bundles.h"
 
 namespace airlock::verifier {
@@ -134,6 +135,17 @@ TEST(BundleRoundTrip, AStoreWithBundlesButNoRecordIsNotStartedAfresh) {
   Result<BundleStore> fresh = BundleStore::open(f.dir / "fresh");
   ASSERT_TRUE(fresh.is_ok()) << fresh.status().to_string();
   EXPECT_TRUE(fresh->import_bundle(f.dir / "v1.airlock", testing::trust_only(f.key), {}).is_ok());
+}
+
+// An import's hashing threads each copy a chunk: they are held to 1 GiB of
+// copies in all, whatever the cores or --threads (1 GiB chunks: one
+// thread), and never to none.
+TEST(BundleRoundTrip, ImportThreadsAreHeldToTheCopyBudget) {
+  EXPECT_EQ(extract_threads(64, 1ULL << 30), 1u);
+  EXPECT_EQ(extract_threads(64, 256ULL << 20), 4u);
+  EXPECT_EQ(extract_threads(3, 64ULL << 20), 3u);
+  EXPECT_EQ(extract_threads(0, 1ULL << 30), 1u);
+  EXPECT_EQ(extract_threads(0, 64ULL << 20), std::min(16u, available_cores()));
 }
 
 TEST(BundleRoundTrip, ConcurrentImportIsRefusedWhileTheLockIsHeld) {

@@ -1,5 +1,6 @@
 #include "airlock/verifier/bundle_reader.h"
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstring>
@@ -14,6 +15,13 @@
 #include "tar_reader.h"
 
 namespace airlock::verifier {
+
+unsigned extract_threads(unsigned requested, std::uint64_t chunk_size) {
+  constexpr std::uint64_t kBudget = 1ULL << 30;  // the chunk copies of all threads together
+  const unsigned n = requested == 0 ? available_cores() : requested;
+  return static_cast<unsigned>(std::clamp<std::uint64_t>(kBudget / std::max<std::uint64_t>(chunk_size, 1), 1, n));
+}
+
 namespace {
 
 std::span<const std::uint8_t> as_bytes(const std::string& s) {
@@ -254,8 +262,13 @@ Result<VerifiedBundle> verify_bundle(std::span<const std::uint8_t> archive, cons
   PayloadCheck check(vb, sink);
   Status read_status;
   Status pool_status;
+  // Extracting, each hashing thread copies one chunk at a time into its
+  // own buffer: the threads are held to 1 GiB of such buffers in all (a
+  // bundle of 1 GiB chunks on 64 cores would otherwise need 64 GiB).
+  const unsigned n_threads = sink != nullptr ? extract_threads(options.n_threads, vb.manifest.chunk_size)
+                                             : options.n_threads;
   {
-    TaskPool pool(options.n_threads);
+    TaskPool pool(n_threads);
     read_status = read_payload(tar, archive, vb, check, pool, sink, progress);
     pool_status = pool.wait();  // workers hold references into `check`, `vb` and the sink
   }

@@ -11,6 +11,7 @@
 #pragma once
 
 #include <condition_variable>
+#include <cstdint>
 #include <deque>
 #include <functional>
 #include <mutex>
@@ -50,5 +51,10 @@ class TaskPool {
 
 // Cores this process may use (sched_getaffinity), at least 1.
 unsigned available_cores();
+
+// Hashing threads for an import (`requested`, 0 for every core): each holds
+// a copy of one chunk, so they are held to 1 GiB of copies in all (one
+// thread for 1 GiB chunks; a 64-core host would otherwise need 64 GiB).
+unsigned extract_threads(unsigned requested, std::uint64_t chunk_size);
 
 }  // namespace airlock::verifier
