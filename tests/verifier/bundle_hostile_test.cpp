@@ -71,6 +71,27 @@ std::size_t tar_header_of(const std::string& tar, const std::string& name) {  //
   ADD_FAILURE() << name << " not found";
   return 0;
 }
+// A pax header block of `type` ('x', 'g') with one record, or a bare header
+// of another type, padded to whole blocks.
+std::string pax_header(char type, const std::string& key_value) {
+  auto padded = [](std::size_t v) { return (v + 511) / 512 * 512; };
+  const std::string body = key_value + "\n";
+  std::string record = std::to_string(body.size() + 3) + " " + body;  // a 2-digit length plus its space
+  if (record.size() != body.size() + 3) record = std::to_string(body.size() + 4) + " " + body;
+  if (type != 'x' && type != 'g') record.clear();
+  std::string pax(512, '\0');
+  pax.replace(0, 13, "PaxHeader/a.b");
+  pax.replace(100, 8, tar_octal(0644, 8));
+  pax.replace(108, 8, tar_octal(0, 8));
+  pax.replace(116, 8, tar_octal(0, 8));
+  pax.replace(124, 12, tar_octal(record.size(), 12));
+  pax.replace(136, 12, tar_octal(0, 12));
+  pax[156] = type;
+  pax.replace(257, 8, std::string("ustar\0" "00", 8));
+  tar_checksum(pax, 0);
+  return pax + record + std::string(padded(record.size()) - record.size(), '\0');
+}
+
 // Entry `name` (of `n` data bytes) made to store n + extra.size() bytes (the
 // extra ones after its data) while a pax SCHILY.realsize record tells
 // libarchive its size is still n: GNU tar would extract the extra bytes.
@@ -81,23 +102,17 @@ std::string with_realsize(std::string tar, const std::string& name, std::size_t 
   std::string header = tar.substr(h, 512);
   header.replace(124, 12, tar_octal(stored, 12));
   tar_checksum(header, 0);
-  std::string body = "SCHILY.realsize=" + std::to_string(n) + "\n";
-  std::string record = std::to_string(body.size() + 3) + " " + body;  // a 2-digit length plus its space
-  if (record.size() != body.size() + 3) record = std::to_string(body.size() + 4) + " " + body;
-  std::string pax(512, '\0');
-  pax.replace(0, 13, "PaxHeader/a.b");
-  pax.replace(100, 8, tar_octal(0644, 8));
-  pax.replace(108, 8, tar_octal(0, 8));
-  pax.replace(116, 8, tar_octal(0, 8));
-  pax.replace(124, 12, tar_octal(record.size(), 12));
-  pax.replace(136, 12, tar_octal(0, 12));
-  pax[156] = 'x';
-  pax.replace(257, 8, std::string("ustar\0" "00", 8));
-  tar_checksum(pax, 0);
-  std::string records = record + std::string(padded(record.size()) - record.size(), '\0');
   std::string data = tar.substr(h + 512, n) + extra;
   data += std::string(padded(data.size()) - data.size(), '\0');
-  return tar.substr(0, h) + pax + records + header + data + tar.substr(h + 512 + padded(n));
+  return tar.substr(0, h) + pax_header('x', "SCHILY.realsize=" + std::to_string(n)) + header + data +
+         tar.substr(h + 512 + padded(n));
+}
+
+// An entry at `at` that another tar reader would see and libarchive hides: a
+// pax global header ('g', applied by GNU tar and Python's tarfile to every
+// later entry) or a volume label ('V').
+std::string with_header_at(const std::string& tar, std::size_t at, char type, const std::string& record) {
+  return tar.substr(0, at) + pax_header(type, record) + tar.substr(at);
 }
 
 struct HostileCase {
@@ -141,6 +156,35 @@ std::vector<HostileCase> hostile_cases() {
                  tar_checksum(b, h);
                  return b;
                }, "GNU tar header"});
+  // Headers libarchive applies without showing them, which other readers
+  // act on, and bytes libarchive never looks at.
+  c.push_back({"pax_global_header_before_an_entry", [valid] {
+                 std::string b = valid();
+                 return with_header_at(b, tar_header_of(b, "a.bin"), 'g', "path=../../../tmp/pwned");
+               }, "global"});
+  c.push_back({"pax_global_header_before_the_manifest", [valid] {
+                 return with_header_at(valid(), 0, 'g', "comment=" + std::string(2000, 'c'));
+               }, "global"});
+  c.push_back({"pax_global_header_after_the_last_entry", [valid] {
+                 std::string b = valid();
+                 const std::size_t last = tar_header_of(b, "b.bin") + 512 + 1024;  // b.bin: 1000 bytes, two blocks
+                 return with_header_at(b, last, 'g', "path=x");
+               }, "after the last entry"});
+  c.push_back({"volume_header_before_an_entry", [valid] {
+                 std::string b = valid();
+                 return with_header_at(b, tar_header_of(b, "LICENSE"), 'V', "");
+               }, "volume"});
+  c.push_back({"two_pax_extended_headers", [valid] {
+                 std::string b = valid();
+                 const std::size_t h = tar_header_of(b, "a.bin");
+                 return b.substr(0, h) + pax_header('x', "comment=a") + pax_header('x', "comment=b") + b.substr(h);
+               }, "pax"});  // libarchive itself refuses the second one
+  c.push_back({"bytes_in_the_manifests_padding", [valid] {
+                 std::string b = valid();
+                 const std::size_t sig = tar_header_of(b, "manifest.json.minisig");
+                 b[sig - 1] = 'X';  // the last byte of the manifest's padding
+                 return b;
+               }, "padding"});
   c.push_back({"realsize_hides_bytes_in_the_padding", [valid] {
                  return with_realsize(valid(), "a.bin", 1000, "#!/bin/sh\necho hidden\n");  // stored 1023: one block
                }, "padding"});

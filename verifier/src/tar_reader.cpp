@@ -120,11 +120,16 @@ Result<bool> TarReader::next(TarEntry* entry) {
   // ustar and pax headers only.
   if (archive_format(ar_) == ARCHIVE_FORMAT_TAR_GNUTAR)
     return verification_failed("GNU tar header: bundles use ustar and pax headers only");
+  const la_int64_t data_at = archive_filter_bytes(ar_, -1);
+  if (data_at < 0 || static_cast<std::uint64_t>(data_at) > bytes_.size())
+    return verification_failed("truncated tar archive: cannot locate the entry's data");
+  AIRLOCK_RETURN_IF_ERROR(check_headers(static_cast<std::uint64_t>(data_at)));
   const char* name = archive_entry_pathname(e);
   entry->name = name != nullptr ? std::string(name) : std::string();
   entry->size = archive_entry_size_is_set(e) && archive_entry_size(e) >= 0
                     ? static_cast<std::uint64_t>(archive_entry_size(e)) : 0;
   current_size_ = entry->size;
+  prev_data_end_ = static_cast<std::uint64_t>(data_at) + entry->size;
   if (archive_entry_hardlink(e) != nullptr) entry->kind = "hardlink";
   else if (archive_entry_symlink(e) != nullptr) entry->kind = "symlink";
   else if (archive_entry_sparse_count(e) > 0) entry->kind = "sparse file";
@@ -142,6 +147,49 @@ Result<bool> TarReader::next(TarEntry* entry) {
   return true;
 }
 
+// Every byte from the end of the previous entry's data to this entry's
+// data is accounted for: zero padding, at most one pax extended header
+// ('x') with its records, then the entry's own header. libarchive applies
+// other headers silently (a pax global header 'g', a volume label 'V'),
+// where GNU tar and Python's tarfile apply a global header's path to every
+// later entry (outside the extraction directory); and it never looks at
+// the padding after data it hands out whole.
+Status TarReader::check_headers(std::uint64_t data_at) {
+  const std::uint64_t padded = (prev_data_end_ + 511) / 512 * 512;
+  if (padded > data_at) return verification_failed("tar archive: an entry's headers overlap the previous entry's data");
+  AIRLOCK_ASSIGN_OR_RETURN(std::size_t nonzero, first_nonzero(bytes_.subspan(prev_data_end_, padded - prev_data_end_)));
+  if (nonzero != padded - prev_data_end_)
+    return verification_failed("non-zero bytes in the padding after an entry's data");
+  std::uint64_t pos = padded;
+  bool extended = false;
+  while (true) {
+    if (data_at - pos < 512) return verification_failed("tar archive: an entry's headers do not end where its data begins");
+    std::uint8_t h[512];
+    if (!copy_guarded(h, bytes_.data() + pos, sizeof h)) return file_shrank("bundle");
+    pos += 512;
+    const char type = static_cast<char>(h[156]);
+    if (pos == data_at && type != 'x' && type != 'g') return Status::ok();  // the entry's own header
+    if (type != 'x' || extended) {
+      const std::string shown = std::isprint(static_cast<unsigned char>(type)) ? std::string(1, type) : "\\0";
+      return verification_failed("tar header of type '" + shown + "' at offset " + std::to_string(pos - 512) +
+                                 ": bundles hold ustar headers with at most one pax extended header each (no global "
+                                 "or volume headers)");
+    }
+    extended = true;
+    // The pax records' length: octal in the size field.
+    std::uint64_t size = 0;
+    int digits = 0;
+    for (int i = 124; i < 136 && h[i] != 0 && h[i] != ' '; ++i, ++digits) {
+      if (h[i] < '0' || h[i] > '7' || size > (std::uint64_t{1} << 40)) return verification_failed("tar header: bad size field");
+      size = size * 8 + (h[i] - '0');
+    }
+    if (digits == 0) return verification_failed("tar header: bad size field");
+    const std::uint64_t records = (size + 511) / 512 * 512;
+    if (records > data_at - pos) return verification_failed("tar archive: a pax header's records overrun the entry");
+    pos += records;
+  }
+}
+
 // libarchive stops at the first zero block; what follows it could carry
 // anything (a second archive, a script) that a different tar reader would
 // see. Only zero padding may follow the end-of-archive marker.
@@ -149,6 +197,14 @@ Status TarReader::check_end() {
   const la_int64_t consumed = archive_filter_bytes(ar_, -1);
   if (consumed < 0 || static_cast<std::uint64_t>(consumed) > bytes_.size())
     return verification_failed("tar archive: cannot locate the end-of-archive marker");
+  // From the last entry's data to the end marker: its padding and zero
+  // blocks only (not a global header that applies to nothing).
+  if (prev_data_end_ > static_cast<std::uint64_t>(consumed))
+    return verification_failed("tar archive: cannot locate the end-of-archive marker");
+  AIRLOCK_ASSIGN_OR_RETURN(std::size_t tail, first_nonzero(bytes_.subspan(prev_data_end_, static_cast<std::size_t>(consumed) - prev_data_end_)));
+  if (tail != static_cast<std::size_t>(consumed) - prev_data_end_)
+    return verification_failed("tar archive: a header or data after the last entry (offset " +
+                               std::to_string(prev_data_end_ + tail) + ")");
   const std::span<const std::uint8_t> rest = bytes_.subspan(static_cast<std::size_t>(consumed));
   AIRLOCK_ASSIGN_OR_RETURN(std::size_t nonzero, first_nonzero(rest));
   if (nonzero != rest.size())

@@ -66,6 +66,7 @@ class TarReader {
   static la_ssize_t read_callback(::archive* a, void* self, const void** block);
   static la_int64_t skip_callback(::archive* a, void* self, la_int64_t request);
   Status check_end();
+  Status check_headers(std::uint64_t data_at);
   Status archive_error(std::string_view what);
 
   std::span<const std::uint8_t> bytes_;
@@ -74,6 +75,7 @@ class TarReader {
   bool shrank_ = false;              // a guarded copy faulted
   ::archive* ar_ = nullptr;
   std::uint64_t current_size_ = 0;
+  std::uint64_t prev_data_end_ = 0;  // where the last entry's data ended (0 before the first)
   Status open_status_;
 };
 
