@@ -198,6 +198,12 @@ echo "watchdog timestamp advanced by $(((last - first) / 1000)) ms; still active
 rm "$root/etc/systemd/system/airlockd.service.d/boot-test-watchdog.conf"
 in_ct systemctl daemon-reload
 
+step "the bundle store is read-only to the service"
+pid=$(in_ct systemctl show -p MainPID --value airlockd)
+mnt=$(in_ct awk '$5 == "/var/lib/airlock/bundles" {print $6}' "/proc/$pid/mountinfo" | tail -1)
+case ",$mnt," in *,ro,*) ;; *) fail "/var/lib/airlock/bundles is mounted '$mnt' for airlockd, not read-only" ;; esac
+echo "/var/lib/airlock/bundles in airlockd's mount namespace: $mnt"
+
 step "systemctl reload: a newly imported version is served"
 in_ct runuser -u airlock -- airlock bundle import /srv/boot-test/boottest-2.airlock \
   --store /var/lib/airlock/bundles --trusted /etc/airlock/trusted.d --quiet

@@ -8,6 +8,8 @@
 
 #include <filesystem>
 
+#include <sqlite3.h>
+
 #include "airlock/verifier/bundle_reader.h"
 #include "airlock/verifier/bundle_store.h"
 #include "airlock/verifier/bundle_writer.h"
@@ -140,6 +142,42 @@ TEST(BundleRoundTrip, AStoreWithBundlesButNoRecordIsNotStartedAfresh) {
 // An import's hashing threads each copy a chunk: they are held to 1 GiB of
 // copies in all, whatever the cores or --threads (1 GiB chunks: one
 // thread), and never to none.
+// The store's record uses a rollback journal, not WAL: airlockd reads it
+// through a read-only mount, where a WAL reader could not create its -shm
+// file. After an import no -wal or -shm file is left, and a read-only open
+// and listing create none (a store made in WAL mode is converted).
+TEST(BundleRoundTrip, TheRecordIsReadableWithoutWritingBesideIt) {
+  Fixture f;
+  ASSERT_TRUE(f.create(1, f.dir / "v1.airlock").is_ok());
+  {
+    sqlite3* db = nullptr;  // a store made by an earlier version, in WAL mode
+    ::mkdir((f.dir / "store").c_str(), 0750);
+    ASSERT_EQ(sqlite3_open((f.dir / "store/state.db").c_str(), &db), SQLITE_OK);
+    ASSERT_EQ(sqlite3_exec(db, "PRAGMA journal_mode=WAL;", nullptr, nullptr, nullptr), SQLITE_OK);
+    sqlite3_close(db);
+  }
+  {
+    Result<BundleStore> store = BundleStore::open(f.dir / "store");
+    ASSERT_TRUE(store.is_ok()) << store.status().to_string();
+    ASSERT_TRUE(store->import_bundle(f.dir / "v1.airlock", testing::trust_only(f.key), {}).is_ok());
+  }
+  auto beside = [&] {
+    std::vector<std::string> out;
+    for (const char* suffix : {"-wal", "-shm", "-journal"})
+      if (testing::exists(f.dir / ("store/state.db" + std::string(suffix)))) out.push_back(suffix);
+    return out;
+  };
+  EXPECT_TRUE(beside().empty());
+  std::string header = testing::read_file(f.dir / "store/state.db").substr(18, 2);
+  EXPECT_EQ(header, std::string("\x01\x01", 2));  // file format bytes: 1 = rollback journal, 2 = WAL
+  Result<BundleStore> ro = BundleStore::open(f.dir / "store", BundleStore::Access::kReadOnly);
+  ASSERT_TRUE(ro.is_ok()) << ro.status().to_string();
+  Result<std::vector<ImportRecord>> listed = ro->list_imports();
+  ASSERT_TRUE(listed.is_ok()) << listed.status().to_string();
+  EXPECT_EQ(listed->size(), 1u);
+  EXPECT_TRUE(beside().empty());
+}
+
 TEST(BundleRoundTrip, ImportThreadsAreHeldToTheCopyBudget) {
   EXPECT_EQ(extract_threads(64, 1ULL << 30), 1u);
   EXPECT_EQ(extract_threads(64, 256ULL << 20), 4u);

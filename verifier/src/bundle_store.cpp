@@ -360,7 +360,12 @@ Result<BundleStore> BundleStore::open(const std::string& dir, Access access) {
   store.read_only_ = read_only;
   sqlite3_busy_timeout(db, 5000);
   if (read_only) return store;
-  AIRLOCK_RETURN_IF_ERROR(exec(db, "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;"));
+  // A rollback journal, not WAL: the service reads the store through a
+  // read-only mount (ReadOnlyPaths in airlockd.service, so that it can
+  // change neither the bundles nor this record), and a reader of a WAL
+  // database must be able to create its -shm file. Imports are rare; a
+  // store made in WAL mode is converted by its next import.
+  AIRLOCK_RETURN_IF_ERROR(exec(db, "PRAGMA journal_mode=DELETE; PRAGMA synchronous=FULL;"));
   AIRLOCK_RETURN_IF_ERROR(exec(db,
       "CREATE TABLE IF NOT EXISTS imports ("
       " id INTEGER PRIMARY KEY,"
