@@ -1535,7 +1535,7 @@ void Server::routes() {
           !std::all_of(v.begin(), v.end(), [](float x) { return std::isfinite(x); }))
         return s.send_error(res, api_error(500, "server_error",
                                            "the embedding model failed on input " + std::to_string(i)));
-      tokens += static_cast<std::int64_t>(n_tokens[i]);
+      tokens += static_cast<std::int64_t>(std::min(n_tokens[i], m->embedder->max_tokens()));  // what was embedded
       ojson item = {{"object", "embedding"}, {"index", i}};
       if (r.base64) {
         // Little-endian float32 bytes, as OpenAI's encoding_format=base64.

@@ -728,6 +728,15 @@ TEST_F(DaemonE2E, EmbeddingsFromTheBundlesStaticModel) {
   auto refused = daemon_->post("/v1/embeddings", {{"model", "stories"}, {"input", many}});
   EXPECT_EQ(refused->status, 400) << refused->body.substr(0, 300);
   EXPECT_NE(refused->body.find("at most 65536 per request"), std::string::npos) << refused->body.substr(0, 300);
+  // An input longer than the model takes is cut, and usage counts the
+  // tokens embedded: 1,400 and 2,100 words give the same count, below 1,400.
+  auto longer = daemon_->post("/v1/embeddings", {{"model", "stories"}, {"input", words + words}});
+  auto longest = daemon_->post("/v1/embeddings", {{"model", "stories"}, {"input", words + words + words}});
+  ASSERT_EQ(longer->status, 200) << longer->body.substr(0, 300);
+  ASSERT_EQ(longest->status, 200) << longest->body.substr(0, 300);
+  const int used = json::parse(longer->body)["usage"]["prompt_tokens"];
+  EXPECT_LT(used, 1400);
+  EXPECT_EQ(json::parse(longest->body)["usage"]["prompt_tokens"].get<int>(), used);
   EXPECT_EQ(daemon_->client(false).Post("/v1/embeddings", "{}", "application/json")->status, 401);
 }
 
