@@ -3,6 +3,7 @@
 #include <openssl/evp.h>
 
 #include <algorithm>
+#include <cmath>
 
 #include "text_builder.h"
 
@@ -79,6 +80,12 @@ Result<IngestResult> ingest_document(Store& store, const Embedder& embedder, con
     for (std::size_t k = 0; k < n; ++k) texts.push_back(chunks[i + k].text);
     std::vector<std::vector<float>> vectors = embedder.embed(texts);
     if (vectors.size() != n) return internal_error("the embedding model returned the wrong number of vectors");
+    // An encoder that failed answers with empty vectors: the server's fault,
+    // not the document's (the store would call it a bad chunk vector).
+    for (const std::vector<float>& v : vectors)
+      if (v.size() != static_cast<std::size_t>(store.dim()) ||
+          !std::all_of(v.begin(), v.end(), [](float x) { return std::isfinite(x); }))
+        return internal_error("the embedding model failed on a chunk of this document");
     for (std::size_t k = 0; k < n; ++k) {
       TextChunk& c = chunks[i + k];
       ChunkRecord r;

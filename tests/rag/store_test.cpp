@@ -423,6 +423,26 @@ TEST_F(StoreTest, AnnRecallAgainstExactSearch) {
   EXPECT_GE(recall, 0.95);
 }
 
+// An embedding model that fails (empty vectors) is the server's fault, not
+// the document's: kInternal (500), not kInvalidArgument (400 invalid
+// document), and nothing is written.
+TEST_F(StoreTest, AFailingEmbeddingModelIsNotABadDocument) {
+  auto s = open();
+  ASSERT_TRUE(s->create_collection("c", alice, {}, "").is_ok());
+  struct Failing final : Embedder {
+    std::string model_id() const override { return kEmbedder.model_id(); }
+    int dim() const override { return kEmbedder.dim(); }
+    std::size_t count_tokens(std::string_view t) const override { return kEmbedder.count_tokens(t); }
+    std::vector<std::vector<float>> embed(std::span<const std::string> t) const override {
+      return std::vector<std::vector<float>>(t.size());
+    }
+  } failing;
+  Result<IngestResult> r = ingest_document(*s, failing, "c", "a.txt", "Shock waves in nozzles.", "{}", alice);
+  ASSERT_FALSE(r.is_ok());
+  EXPECT_EQ(r.status().code(), StatusCode::kInternal) << r.status().to_string();
+  EXPECT_TRUE(s->list_documents("c", alice)->empty());
+}
+
 // Through ingest_document (which checks for known content before it
 // extracts anything): new content under a new name already held by another
 // document is a duplicate, but an existing name given that content is
