@@ -89,7 +89,6 @@ std::optional<ApiError> refuse_unsupported(const ojson& j, Endpoint endpoint, in
         return invalid("best_of", "best_of other than n is not supported by this server");
     }
   }
-  if (present(j, "logit_bias")) return invalid("logit_bias", "logit_bias is not supported by this server");
   return std::nullopt;
 }
 
@@ -280,6 +279,21 @@ std::optional<ApiError> parse_request(std::string_view body, Endpoint endpoint, 
     r.grounding = std::move(g);
   }
   if (auto e = refuse_unsupported(j, endpoint, r.n)) return e;
+  // {"token id": bias}: ids as decimal strings (OpenAI's shape), biases in
+  // [-100, 100]. Ids past the vocabulary are refused by the server, which
+  // knows the model.
+  if (j.contains("logit_bias") && !j["logit_bias"].is_null()) {
+    const ojson& b = j["logit_bias"];
+    if (!b.is_object()) return invalid("logit_bias", "logit_bias must be an object of token id to bias");
+    if (b.size() > engine::kMaxLogitBias) return invalid("logit_bias", "logit_bias holds more than 1024 tokens");
+    for (const auto& [k, v] : b.items()) {
+      const bool digits = !k.empty() && k.size() <= 9 && std::all_of(k.begin(), k.end(), [](char c) { return c >= '0' && c <= '9'; });
+      if (!digits) return invalid("logit_bias", "logit_bias keys must be token ids ('" + k.substr(0, 32) + "' is not)");
+      if (!v.is_number() || !std::isfinite(v.get<double>()) || v.get<double>() < -100 || v.get<double>() > 100)
+        return invalid("logit_bias", "logit_bias values must be numbers from -100 to 100");
+      r.sampling.logit_bias.emplace_back(std::stoi(k), static_cast<float>(v.get<double>()));
+    }
+  }
   if (j.contains("user") && j["user"].is_string()) r.user = j["user"].get<std::string>().substr(0, 256);
   if (Status s = engine::validate(r.sampling); !s.is_ok()) return invalid("", s.message());
   *out = std::move(r);

@@ -8,7 +8,7 @@
 // here, as OpenAI itself tolerates); known fields of the wrong type or out
 // of range are errors, and so are fields that would change the answer and
 // are not supported here (tools, a response_format other than text,
-// logit_bias, suffix, best_of other than n), each named in the 400.
+// suffix, best_of other than n), each named in the 400.
 //
 // Thread-safety: free functions without shared state.
 #pragma once

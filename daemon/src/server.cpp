@@ -741,6 +741,8 @@ struct Server::Impl {
     if (sr.mode != rag::SearchMode::kBm25) {
       const std::string q[] = {gr.question};
       sr.query_vector = m.rag_embedder->embed(q)[0];
+      if (sr.query_vector.size() != static_cast<std::size_t>(m.rag_embedder->dim()))  // the encoder failed: not the question's fault
+        return api_error(500, "server_error", "the embedding model failed on the question");
     }
     Result<std::vector<rag::SearchHit>> hits = m.rag_store->search(sr, principal_of(key));
     if (!hits.is_ok()) return status_error(hits.status());
@@ -996,6 +998,14 @@ void Server::Impl::completions(const httplib::Request& req, httplib::Response& r
   if (r.model != m->id)
     return fail(api_error(404, "invalid_request_error", "the model '" + r.model + "' does not exist (GET /v1/models)",
                           "model_not_found"));
+  for (const auto& [t, bias] : r.sampling.logit_bias)
+    if (t >= m->tokenizer->n_vocab()) {
+      ApiError e = api_error(400, "invalid_request_error",
+                             "logit_bias: token " + std::to_string(t) + " is not in this model's vocabulary of " +
+                                 std::to_string(m->tokenizer->n_vocab()));
+      e.param = "logit_bias";
+      return fail(e);
+    }
   if (r.grounding) {
     if (auto e = ground(*m, key, *g, rag_query, generate)) return fail(*e);
     // Weak evidence: the model is not asked at all.

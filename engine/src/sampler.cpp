@@ -17,6 +17,9 @@ Status validate(const SamplingParams& p) {
   if (!(p.presence_penalty >= -2 && p.presence_penalty <= 2)) return invalid_argument("presence_penalty must be in [-2, 2]");
   if (!(p.frequency_penalty >= -2 && p.frequency_penalty <= 2)) return invalid_argument("frequency_penalty must be in [-2, 2]");
   if (p.n_logprobs < 0 || p.n_logprobs > 20) return invalid_argument("top_logprobs must be in [0, 20]");
+  if (p.logit_bias.size() > kMaxLogitBias) return invalid_argument("logit_bias holds more than 1024 tokens");
+  for (const auto& [t, b] : p.logit_bias)
+    if (t < 0 || !(b >= -100 && b <= 100)) return invalid_argument("logit_bias: token ids >= 0, biases in [-100, 100]");
   return Status::ok();
 }
 
@@ -84,6 +87,8 @@ SampledToken sample_row(std::span<const float> logits, const SampleRow& row) {
   auto logprob = [&](std::int32_t t) { return static_cast<float>(logits[t] - log_z); };
 
   std::vector<float> l(logits.begin(), logits.end());
+  for (auto [t, b] : params.logit_bias)
+    if (t >= 0 && static_cast<std::size_t>(t) < n) l[t] += b;
   for (auto [t, c] : row.counts) {
     if (t < 0 || static_cast<std::size_t>(t) >= n) continue;
     float& v = l[t];

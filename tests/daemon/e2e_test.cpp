@@ -579,6 +579,46 @@ TEST_F(DaemonE2E, CompletionsFollowOpenAiDefaults) {
   EXPECT_GT(beyond_the_top, 0) << "temperature 2 never chose an unlikely token; the test checks nothing";
 }
 
+// logit_bias as OpenAI applies it: -100 bans the greedy answer's first
+// token, +100 on one token makes it the whole answer; ids past the
+// vocabulary are refused by name.
+TEST_F(DaemonE2E, LogitBiasBansAndForcesTokens) {
+  json body = {{"model", "stories"}, {"prompt", "Once upon a time"}, {"max_tokens", 4}, {"temperature", 0},
+               {"logprobs", 0}, {"ignore_eos", true}};
+  auto plain = daemon_->post("/v1/completions", body);
+  ASSERT_EQ(plain->status, 200) << plain->body;
+  const json lp = json::parse(plain->body)["choices"][0]["logprobs"];
+  // The first token's id (the API shows text, not ids): the id that, forced
+  // with +100, gives the same text with the same log-probability (a byte
+  // token can spell the same text with another one).
+  const std::string first = lp["tokens"][0];
+  const double first_logprob = lp["token_logprobs"][0];
+  int first_id = -1;
+  for (int id = 0; id < 512 && first_id < 0; ++id) {
+    body["logit_bias"] = {{std::to_string(id), 100}};
+    body["max_tokens"] = 1;
+    auto forced = daemon_->post("/v1/completions", body);
+    ASSERT_EQ(forced->status, 200) << forced->body;
+    const json f = json::parse(forced->body)["choices"][0]["logprobs"];
+    if (f["tokens"][0] == first && std::abs(f["token_logprobs"][0].get<double>() - first_logprob) < 1e-6) first_id = id;
+  }
+  ASSERT_GE(first_id, 0) << "no id gives the first token '" << first << "'";
+  body["max_tokens"] = 4;
+  body["logit_bias"] = {{std::to_string(first_id), -100}};
+  auto banned = daemon_->post("/v1/completions", body);
+  ASSERT_EQ(banned->status, 200) << banned->body;
+  EXPECT_NE(json::parse(banned->body)["choices"][0]["logprobs"]["tokens"][0], first) << banned->body;
+  body["logit_bias"] = {{std::to_string(first_id), 100}};
+  auto forced = daemon_->post("/v1/completions", body);
+  const json ft = json::parse(forced->body)["choices"][0]["logprobs"]["tokens"];
+  ASSERT_EQ(ft.size(), 4u);
+  for (const json& t : ft) EXPECT_EQ(t, first) << forced->body;
+  body["logit_bias"] = {{"512", 1}};  // stories260K has 512 tokens
+  auto outside = daemon_->post("/v1/completions", body);
+  EXPECT_EQ(outside->status, 400);
+  EXPECT_EQ(json::parse(outside->body)["error"]["param"], "logit_bias") << outside->body;
+}
+
 TEST_F(DaemonE2E, SixteenConcurrentStreamsMatchTheirSoloRuns) {
   std::vector<std::string> solo(16);
   for (int i = 0; i < 16; ++i) {

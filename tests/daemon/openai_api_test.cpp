@@ -53,6 +53,14 @@ TEST(OpenAiApiTest, DefaultsOfUnsupportedFeaturesAreAccepted) {
   EXPECT_FALSE(e) << e->message;
 }
 
+TEST(OpenAiApiTest, LogitBiasIsTokenIdsToBiases) {
+  CompletionRequest r;
+  ASSERT_FALSE(parse_request(R"({"model":"m","prompt":"x","logit_bias":{"50256":-100,"7":2.5,"0":100}})",
+                             Endpoint::kCompletions, &r));
+  std::vector<std::pair<std::int32_t, float>> want = {{50256, -100.0f}, {7, 2.5f}, {0, 100.0f}};
+  EXPECT_EQ(r.sampling.logit_bias, want);
+}
+
 TEST(OpenAiApiTest, CompletionsRequest) {
   CompletionRequest r;
   ASSERT_FALSE(parse_request(R"({"model":"m","prompt":["abc"],"max_tokens":3,"logprobs":2})", Endpoint::kCompletions, &r));
@@ -127,11 +135,17 @@ TEST(OpenAiApiTest, BadRequestsNameTheParameter) {
        Endpoint::kChat, "response_format"},
       {R"({"model":"m","messages":[{"role":"user","content":"x"}],"response_format":"json"})", Endpoint::kChat,
        "response_format"},
-      {R"({"model":"m","messages":[{"role":"user","content":"x"}],"logit_bias":{"50256":-100}})", Endpoint::kChat,
+      {R"({"model":"m","messages":[{"role":"user","content":"x"}],"logit_bias":{"50256":-101}})", Endpoint::kChat,
+       "logit_bias"},
+      {R"({"model":"m","messages":[{"role":"user","content":"x"}],"logit_bias":{"hello":1}})", Endpoint::kChat,
+       "logit_bias"},
+      {R"({"model":"m","messages":[{"role":"user","content":"x"}],"logit_bias":{"-3":1}})", Endpoint::kChat,
+       "logit_bias"},
+      {R"({"model":"m","messages":[{"role":"user","content":"x"}],"logit_bias":[1,2]})", Endpoint::kChat,
        "logit_bias"},
       {R"({"model":"m","messages":[{"role":"user","content":"x"}],"modalities":["text","audio"]})", Endpoint::kChat,
        "modalities"},
-      {R"({"model":"m","prompt":"x","logit_bias":{"7":5}})", Endpoint::kCompletions, "logit_bias"},
+      {R"({"model":"m","prompt":"x","logit_bias":{"7":"5"}})", Endpoint::kCompletions, "logit_bias"},
       {R"({"model":"m","prompt":"def f(","suffix":"  return x"})", Endpoint::kCompletions, "suffix"},
       {R"({"model":"m","prompt":"x","best_of":3})", Endpoint::kCompletions, "best_of"},
       {R"({"model":"m","prompt":"x","best_of":0})", Endpoint::kCompletions, "best_of"},

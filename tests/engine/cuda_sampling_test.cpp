@@ -42,6 +42,10 @@ std::vector<SampleRow> mixed_rows(int n_rows, int n_vocab, std::mt19937& rng) {
       default: p.temperature = 0; p.presence_penalty = 2.0f; p.frequency_penalty = -0.5f; break;
     }
     p.n_logprobs = r % 21;
+    // Logit bias on every third row: a ban, a boost, a token twice, one
+    // outside the vocabulary.
+    if (r % 3 == 0)
+      p.logit_bias = {{static_cast<std::int32_t>(rng() % n_vocab), -100.0f}, {2, 7.5f}, {2, -0.25f}, {n_vocab + 3, 50.0f}};
     if (p.repetition_penalty != 1.0f || p.presence_penalty != 0.0f)
       row.counts = {{0, 3}, {static_cast<std::int32_t>(rng() % n_vocab), 1}, {n_vocab + 5, 2}, {0, 1}, {1, 0}};
     row.u = r == 1 ? 0.0 : r == 2 ? 1.0 - 0x1.0p-53 : u(rng);

@@ -303,6 +303,28 @@ TEST(SamplerTest, PresenceAndFrequencyCountOnlyGeneratedTokens) {
   EXPECT_EQ(sample_row(logits, row).token, 1);  // a listed token with 0 generated is left alone
 }
 
+// logit_bias is added to the logits before anything else (greedy too): -100
+// bans a token, a large bias forces one; ids outside the vocabulary are
+// ignored; logprobs stay those of the model's own distribution.
+TEST(SamplerTest, LogitBiasShiftsTheLogitsFirst) {
+  const std::vector<float> logits = {0.0f, 3.0f, 2.5f, -1.0f};
+  SampleRow row;
+  row.params.temperature = 0;
+  EXPECT_EQ(sample_row(logits, row).token, 1);
+  row.params.logit_bias = {{1, -100.0f}, {99, 100.0f}};
+  EXPECT_EQ(sample_row(logits, row).token, 2);
+  row.params.logit_bias = {{3, 10.0f}};
+  const SampledToken forced = sample_row(logits, row);
+  EXPECT_EQ(forced.token, 3);
+  EXPECT_LT(forced.logprob, -4.0f);  // the model's own log-probability of token 3
+  // Before the penalties: a repetition penalty of 2 halves the biased logit.
+  row.params.logit_bias = {{0, 3.2f}};
+  EXPECT_EQ(sample_row(logits, row).token, 0);  // 0 + 3.2 > 3
+  row.params.repetition_penalty = 2.0f;
+  row.counts = {{0, 1}};
+  EXPECT_EQ(sample_row(logits, row).token, 1);  // (0 + 3.2) / 2 < 3
+}
+
 // Top-p and min-p see the distribution at the request's temperature (as
 // OpenAI, vLLM and Hugging Face apply them): two tokens with logits 0 and
 // -1 are 0.73 / 0.27 at temperature 1, where top_p 0.7 keeps only the

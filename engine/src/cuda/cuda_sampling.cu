@@ -20,6 +20,7 @@ struct RowArgs {
   float temperature, top_p, min_p, repetition, presence, frequency;
   int top_k, n_top;  // n_top: log-probabilities to report, at most kMaxLogprobs and n_vocab
   double u;
+  int bias_begin;                // its (token, bias bits) pairs, [bias_begin, counts_begin)
   int counts_begin, counts_end;  // its (token, count) pairs
 };
 
@@ -115,7 +116,12 @@ __global__ void prepare_kernel(const float* logits, std::int64_t n_vocab, const 
   if (threadIdx.x == 0) {
     results[row].log_z = static_cast<double>(m) + log(s);
     // In the row's order, one at a time, as the host (a token listed twice
-    // is penalised twice there too); no contraction into FMA.
+    // is penalised twice there too); no contraction into FMA. The bias
+    // first, then the penalties.
+    for (int c = a.bias_begin; c < a.counts_begin; ++c) {
+      const int t = counts[c].x;
+      if (t >= 0 && t < n_vocab) key[t] = __fadd_rn(key[t], __int_as_float(counts[c].y));
+    }
     for (int c = a.counts_begin; c < a.counts_end; ++c) {
       const int t = counts[c].x;
       if (t < 0 || t >= n_vocab) continue;
@@ -249,7 +255,13 @@ Status DeviceSampler::sample(const float* logits, std::int64_t n_vocab, std::spa
     RowArgs& a = args[static_cast<std::size_t>(r)];
     a = RowArgs{p.temperature, p.top_p, p.min_p, p.repetition_penalty, p.presence_penalty, p.frequency_penalty,
                 p.top_k, static_cast<int>(std::min<std::int64_t>(std::clamp(p.n_logprobs, 0, kMaxLogprobs), n_vocab)),
-                row.u, static_cast<int>(counts.size()), 0};
+                row.u, static_cast<int>(counts.size()), 0, 0};
+    for (auto [t, b] : p.logit_bias) {
+      std::int32_t bits;
+      std::memcpy(&bits, &b, sizeof bits);
+      counts.push_back(int2{t, bits});
+    }
+    a.counts_begin = static_cast<int>(counts.size());
     for (auto [t, c] : row.counts) counts.push_back(int2{t, c});
     a.counts_end = static_cast<int>(counts.size());
     const int local = r % kSampleGroupRows;

@@ -1,6 +1,8 @@
 // Choosing the next token from logits.
 //
-// Order of operations: the penalties (repetition over the prompt and the
+// Order of operations: logit_bias added to the raw logits (OpenAI's
+// logit_bias; -100 bans a token, +100 all but forces it); the penalties
+// (repetition over the prompt and the
 // generated tokens, presence and frequency over the generated tokens only,
 // as OpenAI describes them and vLLM applies them); then temperature; then top-k,
 // top-p (nucleus) and min-p filters on the tempered distribution (as OpenAI,
@@ -40,7 +42,12 @@ struct SamplingParams {
   float frequency_penalty = 0.0f;  // subtracted per time it was generated
   std::uint64_t seed = 0;
   int n_logprobs = 0;              // top alternatives to report (0..20)
+  // (token, bias) added to those logits before anything else, each in
+  // [-100, 100]; tokens outside the vocabulary are ignored.
+  std::vector<std::pair<std::int32_t, float>> logit_bias = {};
 };
+
+inline constexpr std::size_t kMaxLogitBias = 1024;  // entries of SamplingParams::logit_bias
 
 // kInvalidArgument naming the first parameter out of range.
 Status validate(const SamplingParams& p);
