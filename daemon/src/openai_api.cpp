@@ -13,6 +13,8 @@ constexpr std::size_t kMaxMessages = 4096;
 constexpr std::size_t kMaxStop = 4;
 constexpr std::size_t kMaxStopBytes = 256;
 constexpr int kMaxN = 16;
+constexpr std::size_t kMaxPrompts = 64;  // /v1/completions prompts a request
+constexpr std::size_t kMaxChoices = 64;  // prompts x n
 
 ApiError invalid(const std::string& param, const std::string& message) {
   ApiError e;
@@ -172,9 +174,19 @@ std::optional<ApiError> parse_request(std::string_view body, Endpoint endpoint, 
   } else {
     if (!j.contains("prompt")) return invalid("prompt", "prompt is required");
     const ojson& p = j["prompt"];
-    if (p.is_string()) r.prompt = p.get<std::string>();
-    else if (p.is_array() && p.size() == 1 && p[0].is_string()) r.prompt = p[0].get<std::string>();
-    else return invalid("prompt", "prompt must be a string (or an array holding one string)");
+    // A string, or an array of strings answered together (n choices each,
+    // in order: choice index = prompt index * n + k, as OpenAI numbers them).
+    if (p.is_string()) {
+      r.prompts.push_back(p.get<std::string>());
+    } else if (p.is_array() && !p.empty() && p.size() <= kMaxPrompts &&
+               std::all_of(p.begin(), p.end(), [](const ojson& x) { return x.is_string(); })) {
+      for (const ojson& x : p) r.prompts.push_back(x.get<std::string>());
+    } else if (p.is_array() && !p.empty() && std::all_of(p.begin(), p.end(), [](const ojson& x) { return !x.is_string(); })) {
+      return invalid("prompt", "prompt must be a string or an array of strings (token arrays are not supported)");
+    } else {
+      return invalid("prompt", "prompt must be a string or an array of 1 to 64 strings");
+    }
+    for (const std::string& x : r.prompts) r.prompt += (r.prompt.empty() ? "" : "\n") + x;
     if (auto e = boolean("echo", &r.echo)) return e;
   }
 
@@ -202,6 +214,8 @@ std::optional<ApiError> parse_request(std::string_view body, Endpoint endpoint, 
       }))
     return e;
   if (auto e = integer("n", 1, kMaxN, [&](std::int64_t v) { r.n = static_cast<int>(v); })) return e;
+  if (r.prompts.size() * static_cast<std::size_t>(r.n) > kMaxChoices)
+    return invalid("n", "prompts times n is more than 64 choices in one request");
   if (auto e = boolean("stream", &r.stream)) return e;
   if (auto e = boolean("ignore_eos", &r.ignore_eos)) return e;
   if (j.contains("stream_options") && !j["stream_options"].is_null()) {

@@ -56,7 +56,8 @@ struct CompletionRequest {
   Endpoint endpoint = Endpoint::kChat;
   std::string model;
   ojson messages = ojson::array();  // chat: role/content objects, content flattened to a string
-  std::string prompt;                // completions
+  std::vector<std::string> prompts;  // completions: one or more, each with n choices
+  std::string prompt;                // completions: prompts joined (for the audit log)
   std::optional<int> max_tokens;     // absent: chat up to the context length, completions 16 (as OpenAI)
   engine::SamplingParams sampling;
   bool seeded = false;

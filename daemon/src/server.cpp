@@ -88,6 +88,7 @@ struct Choice {
   std::vector<std::size_t> text_offsets;  // of every token with logprobs: the bytes of the tokens before it
   std::size_t token_bytes = 0;            // of the tokens so far (less a leading space the decoder drops)
   bool strips_leading_space = false;      // the decoder drops the first token's leading space
+  std::string echo;                       // /v1/completions with echo: its prompt, before its text
 };
 
 // A grounded answer's retrieval and what became of it.
@@ -579,7 +580,7 @@ struct Server::Impl {
     // A completions prompt is the caller's whole text: its control-token
     // text is parsed (a hand-written ChatML or Llama 3 prompt works, as in
     // vLLM and llama.cpp). Chat messages are not parsed (below).
-    if (r.endpoint == Endpoint::kCompletions) return tok.encode(r.prompt, /*add_special=*/true, /*parse_special=*/true);
+    if (r.endpoint == Endpoint::kCompletions) return tok.encode(r.prompts.at(0), /*add_special=*/true, /*parse_special=*/true);
     engine::ChatTemplateInputs in;
     in.messages = r.messages;
     in.add_generation_prompt = true;
@@ -670,7 +671,7 @@ struct Server::Impl {
       if (g.request.endpoint == Endpoint::kChat) {
         ch["message"] = {{"role", "assistant"}, {"content", c.text}};
       } else {
-        ch["text"] = g.request.echo ? g.request.prompt + c.text : c.text;
+        ch["text"] = c.echo + c.text;
       }
       ch["logprobs"] = g.request.logprobs ? logprobs_json(g, c, c.logprobs, c.logprobs_base) : ojson();
       ch["finish_reason"] = c.finish;
@@ -1059,49 +1060,64 @@ void Server::Impl::completions(const httplib::Request& req, httplib::Response& r
       return answer_without_model(req, res, key, *g);
     }
   }
-  g->prompt_tokens = static_cast<int>(prompt->size());
-  if (g->prompt_tokens >= max_ctx)
-    return fail(too_long("the prompt is " + std::to_string(g->prompt_tokens) + " tokens; this model's context is " +
-                             std::to_string(max_ctx),
-                         prompt_param));
-  // Without max_tokens a chat answer may run to the end of the context; a
-  // completion stops at 16 tokens, OpenAI's default for that endpoint.
-  const int room = max_ctx - g->prompt_tokens;
-  const int max_tokens = r.max_tokens.value_or(r.endpoint == Endpoint::kCompletions ? std::min(16, room) : room);
-  if (g->prompt_tokens + max_tokens > max_ctx)
-    return fail(too_long("prompt (" + std::to_string(g->prompt_tokens) + " tokens) plus max_tokens (" +
-                             std::to_string(max_tokens) + ") exceeds the context of " + std::to_string(max_ctx),
-                         prompt_param));
+  // The prompts, each answered with n choices: chat has one; /v1/completions
+  // may send several (choice index = prompt index * n + k, as OpenAI).
+  std::vector<std::vector<std::int32_t>> inputs;
+  inputs.push_back(std::move(*prompt));
+  for (std::size_t p = 1; p < r.prompts.size(); ++p)
+    inputs.push_back(m->tokenizer->encode(r.prompts[p], /*add_special=*/true, /*parse_special=*/true));
+  std::vector<int> max_tokens(inputs.size());
+  for (std::size_t p = 0; p < inputs.size(); ++p) {
+    const int n_prompt = static_cast<int>(inputs[p].size());
+    const std::string which = inputs.size() > 1 ? "prompt " + std::to_string(p) : "the prompt";
+    if (n_prompt >= max_ctx)
+      return fail(too_long(which + " is " + std::to_string(n_prompt) + " tokens; this model's context is " +
+                               std::to_string(max_ctx),
+                           prompt_param));
+    // Without max_tokens a chat answer may run to the end of the context; a
+    // completion stops at 16 tokens, OpenAI's default for that endpoint.
+    const int room = max_ctx - n_prompt;
+    max_tokens[p] = r.max_tokens.value_or(r.endpoint == Endpoint::kCompletions ? std::min(16, room) : room);
+    if (n_prompt + max_tokens[p] > max_ctx)
+      return fail(too_long(which + " (" + std::to_string(n_prompt) + " tokens) plus max_tokens (" +
+                               std::to_string(max_tokens[p]) + ") exceeds the context of " + std::to_string(max_ctx),
+                           prompt_param));
+    g->prompt_tokens += n_prompt;  // each prompt once, however many choices (as OpenAI counts)
+  }
   for (const std::string& s : r.stop) g->max_stop = std::max(g->max_stop, s.size());
 
-  // Continue the prompt's text: keep a SentencePiece leading space unless
-  // generation starts right after BOS.
-  const bool after_text = !(prompt->size() == 1 && (*prompt)[0] == m->tokenizer->bos());
-  for (int i = 0; i < r.n; ++i) {
-    engine::GenerationRequest gr;
-    gr.prompt = *prompt;
-    gr.max_tokens = max_tokens;
-    gr.sampling = r.sampling;
-    if (r.seeded) gr.sampling.seed = r.sampling.seed + static_cast<std::uint64_t>(i);
-    else randombytes_buf(&gr.sampling.seed, sizeof gr.sampling.seed);
-    if (!r.ignore_eos) gr.stop_tokens = m->end_of_generation;
-    Result<std::shared_ptr<TokenStream>> s = m->scheduler->submit(std::move(gr));
-    if (!s.is_ok()) {
-      g->cancel_all();
-      const Status& st = s.status();
-      if (st.code() == StatusCode::kResourceExhausted)
-        return fail(api_error(429, "rate_limit_error", st.message() + "; retry later", "queue_full"));
-      if (st.code() == StatusCode::kUnavailable) return fail(api_error(503, "server_error", st.message()));
-      return fail(api_error(400, "invalid_request_error", st.message()));
+  for (std::size_t p = 0; p < inputs.size(); ++p) {
+    // Continue the prompt's text: keep a SentencePiece leading space unless
+    // generation starts right after BOS.
+    const bool after_text = !(inputs[p].size() == 1 && inputs[p][0] == m->tokenizer->bos());
+    for (int i = 0; i < r.n; ++i) {
+      engine::GenerationRequest gr;
+      gr.prompt = inputs[p];
+      gr.max_tokens = max_tokens[p];
+      gr.sampling = r.sampling;
+      const std::uint64_t k = p * static_cast<std::uint64_t>(r.n) + static_cast<std::uint64_t>(i);  // the choice's index
+      if (r.seeded) gr.sampling.seed = r.sampling.seed + k;
+      else randombytes_buf(&gr.sampling.seed, sizeof gr.sampling.seed);
+      if (!r.ignore_eos) gr.stop_tokens = m->end_of_generation;
+      Result<std::shared_ptr<TokenStream>> s = m->scheduler->submit(std::move(gr));
+      if (!s.is_ok()) {
+        g->cancel_all();
+        const Status& st = s.status();
+        if (st.code() == StatusCode::kResourceExhausted)
+          return fail(api_error(429, "rate_limit_error", st.message() + "; retry later", "queue_full"));
+        if (st.code() == StatusCode::kUnavailable) return fail(api_error(503, "server_error", st.message()));
+        return fail(api_error(400, "invalid_request_error", st.message()));
+      }
+      Choice c;
+      c.stream = *s;
+      c.decoder = std::make_unique<engine::StreamDecoder>(
+          *m->tokenizer, after_text ? engine::StreamDecoder::LeadingSpace::kKeep : engine::StreamDecoder::LeadingSpace::kStrip);
+      c.strips_leading_space = !after_text;
+      if (r.endpoint == Endpoint::kCompletions && r.echo) c.echo = r.prompts[p];
+      g->choices.push_back(std::move(c));
     }
-    Choice c;
-    c.stream = *s;
-    c.decoder = std::make_unique<engine::StreamDecoder>(
-        *m->tokenizer, after_text ? engine::StreamDecoder::LeadingSpace::kKeep : engine::StreamDecoder::LeadingSpace::kStrip);
-    c.strips_leading_space = !after_text;
-    g->choices.push_back(std::move(c));
   }
-  prompt_tokens.inc(g->prompt_tokens * r.n);
+  prompt_tokens.inc(static_cast<double>(g->prompt_tokens) * r.n);
 
   if (!r.stream) {
     // Nothing is written until the answer is whole, so a client that hangs
@@ -1180,7 +1196,7 @@ void Server::Impl::completions(const httplib::Request& req, httplib::Response& r
           // echo: each choice's text begins with the prompt, streamed too.
           if (g->request.endpoint == Endpoint::kCompletions && g->request.echo)
             for (std::size_t i = 0; i < g->choices.size(); ++i)
-              if (!send(chunk(ojson::array({choice_delta(*g, i, g->request.prompt, {}, 0, "", false)})))) return false;
+              if (!send(chunk(ojson::array({choice_delta(*g, i, g->choices[i].echo, {}, 0, "", false)})))) return false;
         }
         // Wait for the next events of any choice, then send what they gave:
         // one chunk per choice however many tokens it brought. With a stream

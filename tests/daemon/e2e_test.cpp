@@ -579,6 +579,50 @@ TEST_F(DaemonE2E, CompletionsFollowOpenAiDefaults) {
   EXPECT_GT(beyond_the_top, 0) << "temperature 2 never chose an unlikely token; the test checks nothing";
 }
 
+// /v1/completions with an array of prompts (LangChain sends them in
+// batches): n choices per prompt, numbered prompt * n + k, each the same as
+// its prompt alone; usage counts each prompt once; echo gives each choice
+// its own prompt; streamed the same.
+TEST_F(DaemonE2E, CompletionsTakeAnArrayOfPrompts) {
+  const std::vector<std::string> prompts = {"Once upon a time", "The cat sat", "Lily and Ben"};
+  std::vector<std::string> solo;
+  int prompt_tokens = 0;
+  for (const std::string& p : prompts) {
+    auto r = daemon_->post("/v1/completions", {{"model", "stories"}, {"prompt", p}, {"max_tokens", 8}, {"temperature", 0}});
+    ASSERT_EQ(r->status, 200) << r->body;
+    solo.push_back(json::parse(r->body)["choices"][0]["text"]);
+    prompt_tokens += json::parse(r->body)["usage"]["prompt_tokens"].get<int>();
+  }
+  json body = {{"model", "stories"}, {"prompt", prompts}, {"max_tokens", 8}, {"temperature", 0}, {"n", 2}, {"echo", true}};
+  auto all = daemon_->post("/v1/completions", body);
+  ASSERT_EQ(all->status, 200) << all->body;
+  const json j = json::parse(all->body);
+  ASSERT_EQ(j["choices"].size(), 6u);
+  for (std::size_t i = 0; i < 6; ++i) {
+    EXPECT_EQ(j["choices"][i]["index"], i);
+    EXPECT_EQ(j["choices"][i]["text"], prompts[i / 2] + solo[i / 2]) << i;
+  }
+  EXPECT_EQ(j["usage"]["prompt_tokens"], prompt_tokens);
+  body["stream"] = true;
+  auto s = daemon_->post("/v1/completions", body);
+  ASSERT_EQ(s->status, 200) << s->body;
+  std::vector<std::string> streamed(6);
+  for (const std::string& ev : sse_events(s->body)) {
+    if (ev == "[DONE]") continue;
+    const json ch = json::parse(ev)["choices"][0];
+    streamed[ch["index"].get<std::size_t>()] += ch["text"].get<std::string>();
+  }
+  for (std::size_t i = 0; i < 6; ++i) EXPECT_EQ(streamed[i], prompts[i / 2] + solo[i / 2]) << i;
+  // Bounds: 65 prompts, or prompts x n over 64 choices, are refused by name.
+  json many = json::array();
+  for (int i = 0; i < 65; ++i) many.push_back("x");
+  EXPECT_EQ(json::parse(daemon_->post("/v1/completions", {{"model", "stories"}, {"prompt", many}})->body)["error"]["param"], "prompt");
+  many.erase(many.begin());
+  auto wide = daemon_->post("/v1/completions", {{"model", "stories"}, {"prompt", many}, {"n", 2}});
+  EXPECT_EQ(wide->status, 400);
+  EXPECT_EQ(json::parse(wide->body)["error"]["param"], "n") << wide->body;
+}
+
 // logit_bias as OpenAI applies it: -100 bans the greedy answer's first
 // token, +100 on one token makes it the whole answer; ids past the
 // vocabulary are refused by name.

@@ -65,6 +65,10 @@ TEST(OpenAiApiTest, CompletionsRequest) {
   CompletionRequest r;
   ASSERT_FALSE(parse_request(R"({"model":"m","prompt":["abc"],"max_tokens":3,"logprobs":2})", Endpoint::kCompletions, &r));
   EXPECT_EQ(r.prompt, "abc");
+  EXPECT_EQ(r.prompts, std::vector<std::string>{"abc"});
+  CompletionRequest two;
+  ASSERT_FALSE(parse_request(R"({"model":"m","prompt":["a","b"],"n":3})", Endpoint::kCompletions, &two));
+  EXPECT_EQ(two.prompts, (std::vector<std::string>{"a", "b"}));
   EXPECT_TRUE(r.logprobs);
   EXPECT_EQ(r.top_logprobs, 2);
   EXPECT_FALSE(r.echo);
