@@ -393,8 +393,10 @@ int main(int argc, char** argv) {
   // A served bundle that may no longer be served (a revoked key found by a
   // reload, its expiry passed) is withdrawn: 503 naming why, until a reload
   // loads a good bundle; /health stays up and the watchdog keeps pinging.
-  auto withdraw = [&](const LoadedModel& m, const std::string& why) {
-    const std::string what = m.id + " version " + std::to_string(m.version) + " may no longer be served: " + why;
+  std::weak_ptr<LoadedModel> withdrawn;  // while requests still hold it: the next reload keeps its RAG store
+  auto withdraw = [&](const std::shared_ptr<LoadedModel>& m, const std::string& why) {
+    const std::string what = m->id + " version " + std::to_string(m->version) + " may no longer be served: " + why;
+    withdrawn = m;
     server.withdraw_model(what);
     log().error("{}; not serving it any more (503) until a good bundle is imported and airlockd reloaded", what);
     ::sd_notifyf(0, "READY=1\nSTATUS=not serving: %s", what.c_str());
@@ -402,7 +404,15 @@ int main(int argc, char** argv) {
   auto reload = [&] {
     log().info("SIGHUP: reloading keys and re-checking the bundle store");
     if (Status s = reload_keys(); !s.is_ok()) log().error("keys not reloaded: {}", s.to_string());
-    Result<std::shared_ptr<LoadedModel>> next = load_model(config, server.model(), &reload_cancel);
+    // The model served, or one withdrawn that requests still use: its RAG
+    // store (and in-memory index) is kept rather than opened twice.
+    std::shared_ptr<LoadedModel> previous = server.model();
+    if (!previous) {
+      std::lock_guard<std::mutex> lock(reload_mu);  // withdraw() writes it under reload_mu
+      previous = withdrawn.lock();
+    }
+    Result<std::shared_ptr<LoadedModel>> next = load_model(config, previous, &reload_cancel);
+    previous.reset();
     std::lock_guard<std::mutex> lock(reload_mu);
     if (reload_cancel.load()) {
       log().info("reload abandoned: airlockd is stopping");
@@ -416,7 +426,7 @@ int main(int argc, char** argv) {
     } else if (Status still = recheck_served(config, *served); still.code() == StatusCode::kVerificationFailed) {
       // The bundle being served is itself refused now (its key revoked or
       // no longer trusted, expired): it stops being served.
-      withdraw(*served, still.message());
+      withdraw(served, still.message());
     } else {
       log().error("reload failed, still serving the previous model: {}", next.status().to_string());
       ::sd_notify(0, "READY=1\nSTATUS=serving");
@@ -433,7 +443,7 @@ int main(int argc, char** argv) {
         std::shared_ptr<LoadedModel> m = server.model();
         std::lock_guard<std::mutex> lock(reload_mu);  // not while a reload publishes
         if (m && m->expires_at && std::time(nullptr) >= *m->expires_at && server.model() == m)
-          withdraw(*m, "the bundle expired at " + verifier::format_utc(*m->expires_at));
+          withdraw(m, "the bundle expired at " + verifier::format_utc(*m->expires_at));
         continue;
       }
       if (sig == SIGHUP && config.nodes > 1) {

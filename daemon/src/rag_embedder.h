@@ -1,6 +1,7 @@
 // The engine's embedding model seen through rag::Embedder (rag/ never links
-// the engine). The model id is the SHA-256 of the embedding file as signed
-// in the bundle manifest, so a store refuses vectors from any other model.
+// the engine). The model id names the model's files as signed in the bundle
+// manifest (model_host.cpp, embedding_identity), so a store refuses vectors
+// from any other model.
 //
 // Thread-safety: as the wrapped engine::Embedder (concurrent calls allowed).
 #pragma once

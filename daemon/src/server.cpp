@@ -1469,6 +1469,12 @@ void Server::routes() {
           .set(static_cast<double>(st.prefix_hit_tokens));
       s.metrics.gauge("airlock_preemptions", "Requests sent back to wait (and recomputed) when KV blocks ran out (current model)")
           .set(static_cast<double>(st.preemptions));
+    } else {
+      // No model (withdrawn: a revoked key, an expired bundle): nothing is
+      // ready or running, whatever the last model said.
+      s.metrics.gauge("airlock_model_ready", "1 when the last forward pass succeeded").set(0);
+      s.metrics.gauge("airlock_requests_running", "Sequences in the running batch").set(0);
+      s.metrics.gauge("airlock_requests_waiting", "Sequences waiting for admission").set(0);
     }
     res.set_content(s.metrics.render(), "text/plain; version=0.0.4");
   });

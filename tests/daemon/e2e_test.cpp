@@ -1129,6 +1129,8 @@ TEST(DaemonLifecycle, RevokingTheServedBundlesKeyStopsServingIt) {
   EXPECT_EQ(ready->status, 503);
   EXPECT_NE(ready->body.find("revoked"), std::string::npos) << ready->body;
   EXPECT_EQ(d->client().Get("/health")->status, 200);
+  const std::string metrics = d->client().Get("/metrics")->body;
+  EXPECT_NE(metrics.find("\nairlock_model_ready 0\n"), std::string::npos) << metrics;  // monitoring sees it too
 
   ASSERT_EQ(run({AIRLOCK_CLI_PATH, "bundle", "keygen", "--out", e.dir / "signer2", "--unencrypted"}), 0);
   testing::write_file(e.dir / "trusted/signer2.pub", testing::read_file(e.dir / "signer2.pub"));
@@ -2049,9 +2051,6 @@ TEST_F(RagE2E, HostileDocumentsAreRefusedOneByOne) {
   EXPECT_EQ(daemon_->post("/v1/rag/collections/hostile/documents", {{"source", "x"}})->status, 400);
 }
 
-// rag.chunk_tokens above what the embedding model takes: the daemon says so
-// at start and chunks at the model's limit, so no chunk's tail goes
-// unembedded (each chunk is at most max_tokens of the model).
 // A model2vec embedding model is its vectors, tokenizer and configuration
 // together: a new bundle version with the same vectors but another
 // tokenizer.json is another embedding model to the RAG store, whose
@@ -2089,6 +2088,9 @@ TEST(RagLifecycle, AnotherTokenizerForTheSameVectorsIsAnotherEmbeddingModel) {
   EXPECT_EQ(d->stop(), 0);
 }
 
+// rag.chunk_tokens above what the embedding model takes: the daemon says so
+// at start and chunks at the model's limit, so no chunk's tail goes
+// unembedded (each chunk is at most max_tokens of the model).
 TEST(RagLifecycle, ChunksNeverExceedTheEmbeddingModelsInput) {
   Enclave e(rag_embedder_dir());
   auto d = Daemon::start(e, "[rag]\nchunk_tokens = 8192\nchunk_overlap = 8\n");

@@ -139,9 +139,6 @@ TEST(BundleRoundTrip, AStoreWithBundlesButNoRecordIsNotStartedAfresh) {
   EXPECT_TRUE(fresh->import_bundle(f.dir / "v1.airlock", testing::trust_only(f.key), {}).is_ok());
 }
 
-// An import's hashing threads each copy a chunk: they are held to 1 GiB of
-// copies in all, whatever the cores or --threads (1 GiB chunks: one
-// thread), and never to none.
 // The store's record uses a rollback journal, not WAL: airlockd reads it
 // through a read-only mount, where a WAL reader could not create its -shm
 // file. After an import no -wal or -shm file is left, and a read-only open
@@ -176,8 +173,29 @@ TEST(BundleRoundTrip, TheRecordIsReadableWithoutWritingBesideIt) {
   ASSERT_TRUE(listed.is_ok()) << listed.status().to_string();
   EXPECT_EQ(listed->size(), 1u);
   EXPECT_TRUE(beside().empty());
+
+  // A store last written before this change (still in WAL mode, closed
+  // cleanly) is read as immutable: it lists its imports and creates no
+  // side file, as on the service's read-only mount after an upgrade.
+  {
+    sqlite3* db = nullptr;
+    ASSERT_EQ(sqlite3_open((f.dir / "store/state.db").c_str(), &db), SQLITE_OK);
+    ASSERT_EQ(sqlite3_exec(db, "PRAGMA journal_mode=WAL;", nullptr, nullptr, nullptr), SQLITE_OK);
+    sqlite3_close(db);
+  }
+  ASSERT_EQ(testing::read_file(f.dir / "store/state.db").substr(18, 2), std::string("\x02\x02", 2));
+  ASSERT_TRUE(beside().empty());
+  Result<BundleStore> legacy = BundleStore::open(f.dir / "store", BundleStore::Access::kReadOnly);
+  ASSERT_TRUE(legacy.is_ok()) << legacy.status().to_string();
+  Result<std::vector<ImportRecord>> old_listed = legacy->list_imports();
+  ASSERT_TRUE(old_listed.is_ok()) << old_listed.status().to_string();
+  EXPECT_EQ(old_listed->size(), 1u);
+  EXPECT_TRUE(beside().empty());
 }
 
+// An import's hashing threads each copy a chunk: they are held to 1 GiB of
+// copies in all, whatever the cores or --threads (1 GiB chunks: one
+// thread), and never to none.
 TEST(BundleRoundTrip, ImportThreadsAreHeldToTheCopyBudget) {
   EXPECT_EQ(extract_threads(64, 1ULL << 30), 1u);
   EXPECT_EQ(extract_threads(64, 256ULL << 20), 4u);

@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cctype>
 #include <cerrno>
 #include <chrono>
 #include <cstdio>
@@ -314,6 +315,27 @@ BundleStore::~BundleStore() {
   if (dir_fd_ >= 0) ::close(dir_fd_);
 }
 
+namespace {
+
+// file: URI for a path, every byte outside [A-Za-z0-9/._~-] percent-encoded.
+std::string sqlite_uri(const std::string& path, const char* query) {
+  static const char kHex[] = "0123456789ABCDEF";
+  std::string out = "file:";
+  for (char c : path) {
+    const auto u = static_cast<unsigned char>(c);
+    if (std::isalnum(u) || c == '/' || c == '.' || c == '_' || c == '~' || c == '-') {
+      out += c;
+    } else {
+      out += '%';
+      out += kHex[u >> 4];
+      out += kHex[u & 15];
+    }
+  }
+  return out + "?" + query;
+}
+
+}  // namespace
+
 Result<BundleStore> BundleStore::open(const std::string& dir, Access access) {
   const bool read_only = access == Access::kReadOnly;
   if (!read_only && ::mkdir(dir.c_str(), 0750) != 0 && errno != EEXIST) return io_error("create store " + dir, errno);
@@ -348,9 +370,27 @@ Result<BundleStore> BundleStore::open(const std::string& dir, Access access) {
       return held;
     }
   }
+  // A record made before the store used a rollback journal is in WAL mode
+  // (header byte 18 is 2), and a WAL reader must create a -shm file beside
+  // it, which the service's read-only mount of the store forbids: after an
+  // upgrade airlockd could not read its store until the next import. One
+  // closed cleanly (no -wal file) holds everything in the main file, so it
+  // is read as immutable (no locks, no side files); the next import
+  // converts it.
+  bool legacy_wal = false;
+  if (read_only) {
+    const int db_fd = ::openat(fd, kStateDb, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    unsigned char header[20];
+    if (db_fd >= 0 && ::pread(db_fd, header, sizeof header, 0) == static_cast<ssize_t>(sizeof header) && header[18] == 2 &&
+        ::faccessat(fd, (std::string(kStateDb) + "-wal").c_str(), F_OK, AT_SYMLINK_NOFOLLOW) != 0)
+      legacy_wal = true;
+    if (db_fd >= 0) ::close(db_fd);
+  }
   sqlite3* db = nullptr;
-  const int flags = (read_only ? SQLITE_OPEN_READONLY : SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE) | SQLITE_OPEN_NOFOLLOW;
-  if (sqlite3_open_v2(db_path.c_str(), &db, flags, nullptr) != SQLITE_OK) {
+  const int flags = (read_only ? SQLITE_OPEN_READONLY : SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE) | SQLITE_OPEN_NOFOLLOW |
+                    (legacy_wal ? SQLITE_OPEN_URI : 0);
+  if (sqlite3_open_v2(legacy_wal ? sqlite_uri(db_path, "immutable=1").c_str() : db_path.c_str(), &db, flags, nullptr) !=
+      SQLITE_OK) {
     Status s = sqlite_status(db, "open " + db_path);
     sqlite3_close(db);
     ::close(fd);
