@@ -526,11 +526,11 @@ Result<PutResult> Store::put_document(const std::string& collection, const Docum
   Status st = s.transaction([&]() -> Status {
     std::optional<std::int64_t> existing;
     {
-      Stmt find(s.db, "SELECT id, content_hash FROM documents WHERE collection_id = ? AND source = ?");
+      Stmt find(s.db, "SELECT id, content_hash, metadata FROM documents WHERE collection_id = ? AND source = ?");
       find.bind(1, c.id).bind(2, doc.source);
       if (find.step() == SQLITE_ROW) {
         existing = find.i64(0);
-        if (find.text(1) == doc.content_hash) {
+        if (find.text(1) == doc.content_hash && find.text(2) == doc.metadata_json) {
           result.outcome = PutOutcome::kUnchanged;
           result.document_id = *existing;
           return Status();

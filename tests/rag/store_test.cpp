@@ -481,6 +481,17 @@ TEST_F(StoreTest, IngestReplacesAnExistingNameEvenWithAnothersContent) {
   EXPECT_EQ(put("b.txt", "Shock waves in supersonic nozzles."), PutOutcome::kUnchanged);
   EXPECT_EQ(put("a.txt", "Shock waves in supersonic nozzles."), PutOutcome::kUnchanged);
   EXPECT_EQ(counting.texts, embedded);
+  // The same bytes with new metadata replace it too: the metadata is not
+  // dropped as "unchanged".
+  Result<IngestResult> tagged = ingest_document(*s, counting, "c", "a.txt", "Shock waves in supersonic nozzles.",
+                                                R"({"dept":"aero"})", alice);
+  ASSERT_TRUE(tagged.is_ok()) << tagged.status().to_string();
+  EXPECT_EQ(tagged->put.outcome, PutOutcome::kReplaced);
+  EXPECT_EQ((*s->find_document("c", "a.txt", alice))->metadata_json, R"({"dept":"aero"})");
+  Result<IngestResult> again = ingest_document(*s, counting, "c", "a.txt", "Shock waves in supersonic nozzles.",
+                                               R"({"dept":"aero"})", alice);
+  ASSERT_TRUE(again.is_ok());
+  EXPECT_EQ(again->put.outcome, PutOutcome::kUnchanged);
   expect_consistent(*s);
 }
 
