@@ -1691,7 +1691,7 @@ void Server::Impl::rag_routes() {
     if (!m) return;
     // JSON {source, content | content_base64, metadata}, or the raw file
     // with ?source=NAME (any other content type).
-    std::string source, bytes, metadata = "{}";
+    std::string source, bytes, metadata;  // metadata "" when not given: kept for unchanged bytes
     const std::string type = req.get_header_value("Content-Type");
     if (type.rfind("application/json", 0) == 0) {
       ojson j;

@@ -40,13 +40,14 @@ Result<IngestResult> ingest_document(Store& store, const Embedder& embedder, con
   doc.n_bytes = static_cast<std::int64_t>(bytes.size());
 
   // Nothing to do for content the collection already holds: this source's
-  // own with the same metadata (unchanged), or, for a new source, another's
-  // (a duplicate). An existing source given other content, or new
-  // metadata, is replaced (below), even when another document holds that
-  // content: its old text (or metadata) must not stay.
+  // own, with no metadata given or the same (unchanged), or, for a new
+  // source, another's (a duplicate). An existing source given other
+  // content, or other metadata, is replaced (below), even when another
+  // document holds that content: its old text (or metadata) must not stay.
   AIRLOCK_ASSIGN_OR_RETURN(std::optional<DocumentInfo> mine, store.find_document(collection, source, who));
   std::optional<std::string> holder;
-  if (mine && mine->content_hash == doc.content_hash && mine->metadata_json == doc.metadata_json) holder = source;
+  if (mine && mine->content_hash == doc.content_hash && (metadata_json.empty() || mine->metadata_json == doc.metadata_json))
+    holder = source;
   if (!mine) {
     AIRLOCK_ASSIGN_OR_RETURN(holder, store.source_with_hash(collection, doc.content_hash, who));
   }

@@ -492,6 +492,11 @@ TEST_F(StoreTest, IngestReplacesAnExistingNameEvenWithAnothersContent) {
                                                R"({"dept":"aero"})", alice);
   ASSERT_TRUE(again.is_ok());
   EXPECT_EQ(again->put.outcome, PutOutcome::kUnchanged);
+  // No metadata given with the same bytes: unchanged, the metadata kept.
+  Result<IngestResult> bare = ingest_document(*s, counting, "c", "a.txt", "Shock waves in supersonic nozzles.", "", alice);
+  ASSERT_TRUE(bare.is_ok());
+  EXPECT_EQ(bare->put.outcome, PutOutcome::kUnchanged);
+  EXPECT_EQ((*s->find_document("c", "a.txt", alice))->metadata_json, R"({"dept":"aero"})");
   expect_consistent(*s);
 }
 

@@ -39,7 +39,8 @@ struct IngestResult {
 };
 
 // Errors do not name the document: the caller, which knows it as `source`,
-// names it once.
+// names it once. `metadata_json` empty: none given ("{}" for a new or
+// changed document; an unchanged one keeps its metadata).
 Result<IngestResult> ingest_document(Store& store, const Embedder& embedder, const std::string& collection,
                                      const std::string& source, std::string_view bytes, const std::string& metadata_json,
                                      const Principal& who, const IngestOptions& options = {});
