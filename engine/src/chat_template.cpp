@@ -25,7 +25,7 @@
 //    compare equal to lists;
 //  - filters outside the list in apply_filter() and tests outside run_test().
 #include "airlock/engine/chat_template.h"
-#include "utf8.h"
+#include "airlock/common/utf8.h"
 
 #include <unicode/locid.h>
 #include <unicode/uchar.h>

@@ -1,6 +1,6 @@
 #include "airlock/engine/tokenizer.h"
 #include "unigram.h"
-#include "utf8.h"
+#include "airlock/common/utf8.h"
 
 #include <unicode/normalizer2.h>
 #include <unicode/uchar.h>

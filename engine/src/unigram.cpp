@@ -13,7 +13,7 @@
 
 #include "airlock/engine/static_embedding.h"
 #include "hf_tokenizer_json.h"
-#include "utf8.h"
+#include "airlock/common/utf8.h"
 
 namespace airlock::engine {
 namespace {

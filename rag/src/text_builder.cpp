@@ -2,6 +2,8 @@
 
 #include <algorithm>
 
+#include "airlock/common/utf8.h"
+
 namespace airlock::rag::internal {
 
 std::optional<std::size_t> first_invalid_utf8(std::string_view s) {
@@ -146,16 +148,6 @@ constexpr char16_t kCp1252High[32] = {
     0x20AC, 0,      0x201A, 0x0192, 0x201E, 0x2026, 0x2020, 0x2021, 0x02C6, 0x2030, 0x0160, 0x2039, 0x0152, 0, 0x017D, 0,
     0,      0x2018, 0x2019, 0x201C, 0x201D, 0x2022, 0x2013, 0x2014, 0x02DC, 0x2122, 0x0161, 0x203A, 0x0153, 0, 0x017E, 0x0178};
 
-void append_utf8(std::string* out, char32_t cp) {
-  if (cp < 0x800) {
-    *out += static_cast<char>(0xC0 | (cp >> 6));
-  } else {
-    *out += static_cast<char>(0xE0 | (cp >> 12));
-    *out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
-  }
-  *out += static_cast<char>(0x80 | (cp & 0x3F));
-}
-
 }  // namespace
 
 std::string one_line(std::string_view s, std::size_t max_bytes) {
@@ -175,7 +167,7 @@ std::string one_line(std::string_view s, std::size_t max_bytes) {
     }
     if (space) out += ' ';
     space = false;
-    if (is_c1) append_utf8(&out, c1);
+    if (is_c1) append_utf8(out, c1);
     else out += s[i];
     if (out.size() > max_bytes) break;
   }

@@ -1,10 +1,10 @@
-// UTF-8 helpers shared inside the engine (tokenizers, chat templates).
+// UTF-8 helpers (the engine's tokenizers and chat templates, rag's text).
 #pragma once
 
 #include <string>
 #include <string_view>
 
-namespace airlock::engine {
+namespace airlock {
 
 // Appends the UTF-8 encoding of code point `cp` (at most U+10FFFF; callers
 // replace surrogates and invalid values before).
@@ -62,4 +62,4 @@ inline bool valid_utf8(std::string_view s) {
   return true;
 }
 
-}  // namespace airlock::engine
+}  // namespace airlock
