@@ -575,12 +575,17 @@ struct Server::Impl {
         "chat template changes message text in a way that does not let it be kept as plain text");
   }
 
+  // A completions prompt is the caller's whole text: its control-token
+  // text is parsed (a hand-written ChatML or Llama 3 prompt works, as in
+  // vLLM and llama.cpp). Chat messages are not parsed (prompt_tokens_of).
+  static std::vector<std::int32_t> completion_prompt_tokens(const LoadedModel& m, const std::string& prompt) {
+    return m.tokenizer->encode(prompt, /*add_special=*/true, /*parse_special=*/true);
+  }
+
+  // The first prompt of /v1/completions, or the chat's rendered messages.
   Result<std::vector<std::int32_t>> prompt_tokens_of(const LoadedModel& m, const CompletionRequest& r) {
     const engine::Tokenizer& tok = *m.tokenizer;
-    // A completions prompt is the caller's whole text: its control-token
-    // text is parsed (a hand-written ChatML or Llama 3 prompt works, as in
-    // vLLM and llama.cpp). Chat messages are not parsed (below).
-    if (r.endpoint == Endpoint::kCompletions) return tok.encode(r.prompts.at(0), /*add_special=*/true, /*parse_special=*/true);
+    if (r.endpoint == Endpoint::kCompletions) return completion_prompt_tokens(m, r.prompts.at(0));
     engine::ChatTemplateInputs in;
     in.messages = r.messages;
     in.add_generation_prompt = true;
@@ -1065,7 +1070,7 @@ void Server::Impl::completions(const httplib::Request& req, httplib::Response& r
   std::vector<std::vector<std::int32_t>> inputs;
   inputs.push_back(std::move(*prompt));
   for (std::size_t p = 1; p < r.prompts.size(); ++p)
-    inputs.push_back(m->tokenizer->encode(r.prompts[p], /*add_special=*/true, /*parse_special=*/true));
+    inputs.push_back(completion_prompt_tokens(*m, r.prompts[p]));
   std::vector<int> max_tokens(inputs.size());
   for (std::size_t p = 0; p < inputs.size(); ++p) {
     const int n_prompt = static_cast<int>(inputs[p].size());
@@ -1451,15 +1456,17 @@ void Server::routes() {
     res.set_content(j.dump(), "application/json");
   });
   h.Get("/metrics", [&s](const httplib::Request&, httplib::Response& res) {
-    if (std::shared_ptr<LoadedModel> m = s.current()) {
-      engine::SchedulerStats st = m->scheduler->stats();
-      s.metrics.gauge("airlock_requests_running", "Sequences in the running batch").set(st.running);
-      s.metrics.gauge("airlock_requests_waiting", "Sequences waiting for admission").set(st.waiting);
+    // No model (withdrawn: a revoked key, an expired bundle): nothing is
+    // ready or running, whatever the last model said.
+    const std::shared_ptr<LoadedModel> m = s.current();
+    const engine::SchedulerStats st = m ? m->scheduler->stats() : engine::SchedulerStats{};
+    s.metrics.gauge("airlock_requests_running", "Sequences in the running batch").set(st.running);
+    s.metrics.gauge("airlock_requests_waiting", "Sequences waiting for admission").set(st.waiting);
+    if (m) {
       s.metrics.gauge("airlock_kv_blocks_total", "KV cache blocks").set(st.kv_blocks_total);
       s.metrics.gauge("airlock_kv_blocks_used", "KV cache blocks in use").set(st.kv_blocks_used);
       s.metrics.gauge("airlock_kv_cache_usage_ratio", "KV cache blocks in use / total")
           .set(st.kv_blocks_total > 0 ? static_cast<double>(st.kv_blocks_used) / st.kv_blocks_total : 0);
-      s.metrics.gauge("airlock_model_ready", "1 when the last forward pass succeeded").set(m->scheduler->healthy() ? 1 : 0);
       s.metrics.gauge("airlock_kv_blocks_cached", "KV blocks holding cached prefixes no request uses").set(st.kv_blocks_cached);
       // The scheduler's own totals (per loaded model; a reload starts them
       // again, so they are mirrored as gauges of the current model).
@@ -1469,13 +1476,8 @@ void Server::routes() {
           .set(static_cast<double>(st.prefix_hit_tokens));
       s.metrics.gauge("airlock_preemptions", "Requests sent back to wait (and recomputed) when KV blocks ran out (current model)")
           .set(static_cast<double>(st.preemptions));
-    } else {
-      // No model (withdrawn: a revoked key, an expired bundle): nothing is
-      // ready or running, whatever the last model said.
-      s.metrics.gauge("airlock_model_ready", "1 when the last forward pass succeeded").set(0);
-      s.metrics.gauge("airlock_requests_running", "Sequences in the running batch").set(0);
-      s.metrics.gauge("airlock_requests_waiting", "Sequences waiting for admission").set(0);
     }
+    s.metrics.gauge("airlock_model_ready", "1 when the last forward pass succeeded").set(m && m->scheduler->healthy() ? 1 : 0);
     res.set_content(s.metrics.render(), "text/plain; version=0.0.4");
   });
   h.Get("/v1/models", [&s](const httplib::Request&, httplib::Response& res) {

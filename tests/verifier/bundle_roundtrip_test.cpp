@@ -146,51 +146,45 @@ TEST(BundleRoundTrip, AStoreWithBundlesButNoRecordIsNotStartedAfresh) {
 TEST(BundleRoundTrip, TheRecordIsReadableWithoutWritingBesideIt) {
   Fixture f;
   ASSERT_TRUE(f.create(1, f.dir / "v1.airlock").is_ok());
-  {
-    sqlite3* db = nullptr;  // a store made by an earlier version, in WAL mode
-    ::mkdir((f.dir / "store").c_str(), 0750);
+  auto to_wal = [&] {  // the record as an earlier version left it
+    sqlite3* db = nullptr;
     ASSERT_EQ(sqlite3_open((f.dir / "store/state.db").c_str(), &db), SQLITE_OK);
     ASSERT_EQ(sqlite3_exec(db, "PRAGMA journal_mode=WAL;", nullptr, nullptr, nullptr), SQLITE_OK);
     sqlite3_close(db);
-  }
-  {
-    Result<BundleStore> store = BundleStore::open(f.dir / "store");
-    ASSERT_TRUE(store.is_ok()) << store.status().to_string();
-    ASSERT_TRUE(store->import_bundle(f.dir / "v1.airlock", testing::trust_only(f.key), {}).is_ok());
-  }
+  };
   auto beside = [&] {
     std::vector<std::string> out;
     for (const char* suffix : {"-wal", "-shm", "-journal"})
       if (testing::exists(f.dir / ("store/state.db" + std::string(suffix)))) out.push_back(suffix);
     return out;
   };
+  auto read_only_lists_the_import = [&] {
+    Result<BundleStore> ro = BundleStore::open(f.dir / "store", BundleStore::Access::kReadOnly);
+    ASSERT_TRUE(ro.is_ok()) << ro.status().to_string();
+    Result<std::vector<ImportRecord>> listed = ro->list_imports();
+    ASSERT_TRUE(listed.is_ok()) << listed.status().to_string();
+    EXPECT_EQ(listed->size(), 1u);
+    EXPECT_TRUE(beside().empty());
+  };
+  ::mkdir((f.dir / "store").c_str(), 0750);
+  to_wal();  // a store made by an earlier version
+  {
+    Result<BundleStore> store = BundleStore::open(f.dir / "store");
+    ASSERT_TRUE(store.is_ok()) << store.status().to_string();
+    ASSERT_TRUE(store->import_bundle(f.dir / "v1.airlock", testing::trust_only(f.key), {}).is_ok());
+  }
   EXPECT_TRUE(beside().empty());
   std::string header = testing::read_file(f.dir / "store/state.db").substr(18, 2);
   EXPECT_EQ(header, std::string("\x01\x01", 2));  // file format bytes: 1 = rollback journal, 2 = WAL
-  Result<BundleStore> ro = BundleStore::open(f.dir / "store", BundleStore::Access::kReadOnly);
-  ASSERT_TRUE(ro.is_ok()) << ro.status().to_string();
-  Result<std::vector<ImportRecord>> listed = ro->list_imports();
-  ASSERT_TRUE(listed.is_ok()) << listed.status().to_string();
-  EXPECT_EQ(listed->size(), 1u);
-  EXPECT_TRUE(beside().empty());
+  read_only_lists_the_import();
 
   // A store last written before this change (still in WAL mode, closed
   // cleanly) is read as immutable: it lists its imports and creates no
   // side file, as on the service's read-only mount after an upgrade.
-  {
-    sqlite3* db = nullptr;
-    ASSERT_EQ(sqlite3_open((f.dir / "store/state.db").c_str(), &db), SQLITE_OK);
-    ASSERT_EQ(sqlite3_exec(db, "PRAGMA journal_mode=WAL;", nullptr, nullptr, nullptr), SQLITE_OK);
-    sqlite3_close(db);
-  }
+  to_wal();
   ASSERT_EQ(testing::read_file(f.dir / "store/state.db").substr(18, 2), std::string("\x02\x02", 2));
   ASSERT_TRUE(beside().empty());
-  Result<BundleStore> legacy = BundleStore::open(f.dir / "store", BundleStore::Access::kReadOnly);
-  ASSERT_TRUE(legacy.is_ok()) << legacy.status().to_string();
-  Result<std::vector<ImportRecord>> old_listed = legacy->list_imports();
-  ASSERT_TRUE(old_listed.is_ok()) << old_listed.status().to_string();
-  EXPECT_EQ(old_listed->size(), 1u);
-  EXPECT_TRUE(beside().empty());
+  read_only_lists_the_import();
 }
 
 // An import's hashing threads each copy a chunk: they are held to 1 GiB of
