@@ -2,7 +2,7 @@
 //                   [--kv-heads N] [--ctx N] [--f32 | --type T] [--bench-weights]
 //                   [--chat-template FILE]
 // airlock-gen-model --model2vec OUT_DIR --tokenizer TOKENIZER.json|builtin [--dim N] [--seed N]
-// airlock-gen-model --answer TEXT OUT.gguf
+// airlock-gen-model --answer TEXT OUT.gguf [--token PIECE]... [--chat-template FILE] [--chatml-tokens]
 // airlock-gen-model --bert OUT.gguf --vocab VOCAB.gguf
 // writes a random Llama-architecture model (Q8_0 weights unless --f32) with a
 // byte-level SentencePiece vocabulary (every byte is a token, so any text
@@ -24,12 +24,15 @@
 // machines without a real tokenizer.json.
 //
 // --answer writes a Llama-architecture model that, decoding greedily, says
-// TEXT (distinct bytes) after any prompt and then stops: its layers are zero
-// (the residual stream is the token embedding), so the output matrix is a
-// bigram table. For end-to-end tests of paths that need a known answer (a
-// grounded answer citing "[1]"); it is a test fixture, not a language model.
+// TEXT after any prompt and then stops: its layers are zero (the residual
+// stream is the token embedding), so the output matrix is a bigram table.
+// TEXT is made of bytes and of the --token pieces (user-defined tokens in
+// the vocabulary, longest match first), each token at most once. For
+// end-to-end tests of paths that need a known answer (a grounded answer
+// citing "[1]", a tool call); it is a test fixture, not a language model.
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
@@ -87,8 +90,9 @@ std::string builtin_tokenizer() {
 
 // The byte-level SentencePiece vocabulary of the random models: <unk>, <s>,
 // </s>, then one token per byte (and with `chatml`, the control tokens
-// <|im_start|> and <|im_end|>).
-void byte_vocabulary(testing::GgufWriter& w, bool chatml = false) {
+// <|im_start|> and <|im_end|>), then `pieces` as user-defined tokens (text
+// that decodes as itself).
+void byte_vocabulary(testing::GgufWriter& w, bool chatml = false, const std::vector<std::string>& pieces = {}) {
   std::vector<std::string> tokens = {"<unk>", "<s>", "</s>"};
   std::vector<std::int32_t> types = {2, 3, 3};  // unknown, control, control
   for (int b = 0; b < 256; ++b) {
@@ -101,6 +105,10 @@ void byte_vocabulary(testing::GgufWriter& w, bool chatml = false) {
     tokens.insert(tokens.end(), {"<|im_start|>", "<|im_end|>"});
     types.insert(types.end(), {3, 3});
   }
+  for (const std::string& p : pieces) {
+    tokens.push_back(p);
+    types.push_back(4);  // user-defined
+  }
   w.set_string("tokenizer.ggml.model", "llama");
   w.set_string_array("tokenizer.ggml.tokens", tokens);
   w.set_f32_array("tokenizer.ggml.scores", std::vector<float>(tokens.size(), 0.0f));
@@ -110,25 +118,51 @@ void byte_vocabulary(testing::GgufWriter& w, bool chatml = false) {
   w.set_u32("tokenizer.ggml.eos_token_id", 2);
 }
 
-int write_answer_model(const std::string& text, const std::string& out_path) {
-  // Classes of the previous token: 0 any other token, k + 1 the k-th byte of
-  // TEXT; class c's embedding is the unit vector e_c, and the output row of
-  // the token that should follow class c has a large weight at c.
-  if (text.empty() || text.size() > 30) return std::fprintf(stderr, "airlock-gen-model: --answer needs 1-30 bytes\n"), 2;
-  for (std::size_t i = 0; i < text.size(); ++i)
-    if (text.find(text[i]) != i) return std::fprintf(stderr, "airlock-gen-model: --answer bytes must be distinct\n"), 2;
-  const int n_vocab = 3 + 256, n_embd = 32, n_ff = 32, n_layer = 1;
+struct AnswerOptions {
+  std::string text;
+  std::vector<std::string> pieces;           // --token: multi-byte tokens the answer may use
+  std::optional<std::string> chat_template;  // --chat-template
+  bool chatml = false;                       // --chatml-tokens
+};
+
+int write_answer_model(const AnswerOptions& o, const std::string& out_path) {
+  // The answer as tokens: at each point the longest --token piece that
+  // matches, else one byte. Every token may appear once (the model's next
+  // token depends on the previous one alone).
+  const int first_piece = 3 + 256 + (o.chatml ? 2 : 0);
   auto byte_token = [](char c) { return 3 + static_cast<int>(static_cast<unsigned char>(c)); };
+  std::vector<int> answer;
+  for (std::size_t at = 0; at < o.text.size();) {
+    int best = -1;
+    std::size_t best_len = 0;
+    for (std::size_t k = 0; k < o.pieces.size(); ++k)
+      if (o.pieces[k].size() > best_len && o.text.compare(at, o.pieces[k].size(), o.pieces[k]) == 0) {
+        best = first_piece + static_cast<int>(k);
+        best_len = o.pieces[k].size();
+      }
+    answer.push_back(best >= 0 ? best : byte_token(o.text[at]));
+    at += best >= 0 ? best_len : 1;
+  }
+  if (answer.empty() || answer.size() > 60)
+    return std::fprintf(stderr, "airlock-gen-model: --answer needs 1-60 tokens\n"), 2;
+  for (std::size_t i = 0; i < answer.size(); ++i)
+    if (std::find(answer.begin(), answer.end(), answer[i]) != answer.begin() + static_cast<std::ptrdiff_t>(i))
+      return std::fprintf(stderr, "airlock-gen-model: --answer tokens must be distinct (bytes, or --token pieces)\n"), 2;
+  // Classes of the previous token: 0 any other token, k + 1 the k-th token
+  // of the answer; class c's embedding is the unit vector e_c, and the
+  // output row of the token that should follow class c has a large weight
+  // at c.
+  const int n_vocab = first_piece + static_cast<int>(o.pieces.size()), n_embd = 64, n_ff = 32, n_layer = 1;
   std::vector<float> embd(static_cast<std::size_t>(n_vocab) * n_embd, 0.0f), out(embd.size(), 0.0f);
   for (int t = 0; t < n_vocab; ++t) embd[static_cast<std::size_t>(t) * n_embd] = 1.0f;  // class 0
-  for (std::size_t k = 0; k < text.size(); ++k) {
-    std::fill_n(embd.begin() + static_cast<std::ptrdiff_t>(byte_token(text[k]) * n_embd), n_embd, 0.0f);
-    embd[static_cast<std::size_t>(byte_token(text[k])) * n_embd + k + 1] = 1.0f;
+  for (std::size_t k = 0; k < answer.size(); ++k) {
+    std::fill_n(embd.begin() + static_cast<std::ptrdiff_t>(answer[k] * n_embd), n_embd, 0.0f);
+    embd[static_cast<std::size_t>(answer[k]) * n_embd + k + 1] = 1.0f;
   }
-  // class 0 -> text[0]; class k+1 -> text[k+1], the last -> </s>.
-  out[static_cast<std::size_t>(byte_token(text[0])) * n_embd + 0] = 20.0f;
-  for (std::size_t k = 0; k < text.size(); ++k) {
-    const int next = k + 1 < text.size() ? byte_token(text[k + 1]) : 2;
+  // class 0 -> answer[0]; class k+1 -> answer[k+1], the last -> </s>.
+  out[static_cast<std::size_t>(answer[0]) * n_embd + 0] = 20.0f;
+  for (std::size_t k = 0; k < answer.size(); ++k) {
+    const int next = k + 1 < answer.size() ? answer[k + 1] : 2;
     out[static_cast<std::size_t>(next) * n_embd + k + 1] = 20.0f;
   }
   testing::GgufWriter w;
@@ -142,7 +176,8 @@ int write_answer_model(const std::string& text, const std::string& out_path) {
   w.set_u32("llama.attention.head_count_kv", 2);
   w.set_f32("llama.attention.layer_norm_rms_epsilon", 1e-5f);
   w.set_f32("llama.rope.freq_base", 10000.0f);
-  byte_vocabulary(w);
+  byte_vocabulary(w, o.chatml, o.pieces);
+  if (o.chat_template) w.set_string("tokenizer.chat_template", *o.chat_template);
   using engine::GgmlType;
   const std::vector<float> ones(n_embd, 1.0f);
   w.add_tensor("token_embd.weight", GgmlType::kF32, {n_embd, n_vocab}, embd);
@@ -160,7 +195,7 @@ int write_answer_model(const std::string& text, const std::string& out_path) {
   std::ofstream f(out_path, std::ios::binary | std::ios::trunc);
   f.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
   if (!f) return std::fprintf(stderr, "airlock-gen-model: cannot write %s\n", out_path.c_str()), 1;
-  std::printf("wrote %s: a test model that answers \"%s\" to any prompt\n", out_path.c_str(), text.c_str());
+  std::printf("wrote %s: a test model that answers \"%s\" to any prompt\n", out_path.c_str(), o.text.c_str());
   return 0;
 }
 
@@ -241,7 +276,25 @@ int write_model2vec(int argc, char** argv) {
 
 int main(int argc, char** argv) {
   if (argc > 1 && std::string(argv[1]) == "--model2vec") return write_model2vec(argc, argv);
-  if (argc == 4 && std::string(argv[1]) == "--answer") return write_answer_model(argv[2], argv[3]);
+  if (argc >= 4 && std::string(argv[1]) == "--answer") {
+    AnswerOptions o;
+    o.text = argv[2];
+    for (int i = 4; i < argc; ++i) {
+      const std::string a = argv[i];
+      if (a == "--chatml-tokens") {
+        o.chatml = true;
+      } else if (a == "--token" && i + 1 < argc && argv[i + 1][0] != '\0') {
+        o.pieces.push_back(argv[++i]);
+      } else if (a == "--chat-template" && i + 1 < argc) {
+        std::ifstream f(argv[++i], std::ios::binary);
+        if (!f) return std::fprintf(stderr, "airlock-gen-model: cannot read %s\n", argv[i]), 2;
+        o.chat_template = std::string(std::istreambuf_iterator<char>(f), {});
+      } else {
+        return std::fprintf(stderr, "airlock-gen-model: unknown --answer option %s\n", a.c_str()), 2;
+      }
+    }
+    return write_answer_model(o, argv[3]);
+  }
   if (argc == 5 && std::string(argv[1]) == "--bert" && std::string(argv[3]) == "--vocab") return write_bert(argv[2], argv[4]);
   if (argc < 2) {
     std::fprintf(stderr,

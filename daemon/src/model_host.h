@@ -31,6 +31,7 @@
 #include "airlock/rag/embedder.h"
 #include "airlock/rag/store.h"
 #include "config.h"
+#include "tool_calls.h"
 
 namespace airlock::daemon {
 
@@ -43,6 +44,7 @@ struct LoadedModel {
   std::optional<std::int64_t> expires_at;  // the manifest's, unix seconds
   std::string gguf_path;
   bool chat_template_from_model = false;
+  ToolFormat tool_format = ToolFormat::kNone;  // how the model's template teaches tool calls (none: tools refused)
   std::vector<std::int32_t> end_of_generation;  // token ids that end an answer (EOS, EOT, ...)
   // Declaration order is destruction order in reverse: the scheduler (which
   // uses the model) goes first. With tensor_parallel > 1, `model` is rank 0

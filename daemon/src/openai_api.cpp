@@ -15,6 +15,7 @@ constexpr std::size_t kMaxStopBytes = 256;
 constexpr int kMaxN = 16;
 constexpr std::size_t kMaxPrompts = 64;  // /v1/completions prompts a request
 constexpr std::size_t kMaxChoices = 64;  // prompts x n
+constexpr std::size_t kMaxTools = 128;
 
 ApiError invalid(const std::string& param, const std::string& message) {
   ApiError e;
@@ -63,13 +64,13 @@ bool present(const ojson& j, const char* key) {
 std::optional<ApiError> refuse_unsupported(const ojson& j, Endpoint endpoint, int n) {
   auto is = [&](const char* key, const char* value) { return j.contains(key) && j[key].is_string() && j[key] == value; };
   if (endpoint == Endpoint::kChat) {
-    // tool_choice "none" forbids calls: the tools would only be described.
-    if (present(j, "tools") && !is("tool_choice", "none"))
-      return invalid("tools", "tool calling (tools) is not supported by this server");
+    // "required" and a named function promise a call, which takes
+    // constrained decoding; the model here may always answer in prose.
     if (present(j, "tool_choice") && !is("tool_choice", "none") && !is("tool_choice", "auto"))
-      return invalid("tool_choice", "tool_choice must be \"none\" or \"auto\": tool calling is not supported by this server");
+      return invalid("tool_choice", "tool_choice must be \"none\" or \"auto\": forcing a tool call (\"required\" or a "
+                                    "named function) needs constrained decoding, which this server does not have");
     if (present(j, "functions") && !is("function_call", "none"))
-      return invalid("functions", "function calling (functions) is not supported by this server");
+      return invalid("functions", "the deprecated functions parameter is not supported by this server: use tools");
     if (present(j, "response_format")) {
       const ojson& f = j["response_format"];
       if (!f.is_object() || !f.contains("type") || !f["type"].is_string())
@@ -89,6 +90,77 @@ std::optional<ApiError> refuse_unsupported(const ojson& j, Endpoint endpoint, in
         return invalid("best_of", "best_of must be a positive integer");
       if (j["best_of"].get<std::int64_t>() != 1 && j["best_of"].get<std::int64_t>() != n)
         return invalid("best_of", "best_of other than n is not supported by this server");
+    }
+  }
+  return std::nullopt;
+}
+
+// OpenAI function names: 1 to 64 letters, digits, '_' and '-'.
+bool valid_tool_name(const std::string& n) {
+  return !n.empty() && n.size() <= 64 && std::all_of(n.begin(), n.end(), [](char c) {
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' || c == '-';
+  });
+}
+
+// `tools` (with tool_choice other than "none"): up to kMaxTools functions
+// with distinct names, kept as sent for the chat template.
+std::optional<ApiError> parse_tools(const ojson& j, CompletionRequest* r) {
+  if (!present(j, "tools") || (j.contains("tool_choice") && j["tool_choice"] == "none")) return std::nullopt;
+  const ojson& tools = j["tools"];
+  if (!tools.is_array() || tools.size() > kMaxTools) return invalid("tools", "tools must be an array of up to 128 tools");
+  for (std::size_t i = 0; i < tools.size(); ++i) {
+    const ojson& t = tools[i];
+    const std::string param = "tools[" + std::to_string(i) + "]";
+    if (!t.is_object() || !t.contains("type") || t["type"] != "function")
+      return invalid(param + ".type", param + " must be an object of type \"function\" (the only tool type here)");
+    if (!t.contains("function") || !t["function"].is_object())
+      return invalid(param + ".function", param + ".function must be an object");
+    const ojson& f = t["function"];
+    if (!f.contains("name") || !f["name"].is_string() || !valid_tool_name(f["name"].get<std::string>()))
+      return invalid(param + ".function.name", param + ".function.name must be 1 to 64 letters, digits, '_' or '-'");
+    const std::string name = f["name"].get<std::string>();
+    if (std::find(r->tool_names.begin(), r->tool_names.end(), name) != r->tool_names.end())
+      return invalid(param + ".function.name", "two tools are named '" + name + "'");
+    if (f.contains("description") && !f["description"].is_string() && !f["description"].is_null())
+      return invalid(param + ".function.description", param + ".function.description must be a string");
+    if (f.contains("parameters") && !f["parameters"].is_object() && !f["parameters"].is_null())
+      return invalid(param + ".function.parameters", param + ".function.parameters must be a JSON Schema object");
+    // strict promises arguments that follow the schema: constrained decoding again.
+    if (f.contains("strict") && f["strict"] == true)
+      return invalid(param + ".function.strict", "strict function calling (arguments guaranteed to follow the schema) "
+                                                 "needs constrained decoding, which this server does not have");
+    r->tool_names.push_back(name);
+  }
+  r->tools = tools;
+  if (j.contains("parallel_tool_calls") && !j["parallel_tool_calls"].is_null()) {
+    if (!j["parallel_tool_calls"].is_boolean()) return invalid("parallel_tool_calls", "parallel_tool_calls must be true or false");
+    r->parallel_tool_calls = j["parallel_tool_calls"].get<bool>();
+  }
+  return std::nullopt;
+}
+
+// An assistant message's tool_calls: function names and arguments checked;
+// arguments sent as a JSON string (OpenAI's shape) become the object it
+// holds, as vLLM and Hugging Face give them to templates (which print them
+// with `tojson`).
+std::optional<ApiError> normalise_tool_calls(ojson& msg, const std::string& param) {
+  if (!msg.contains("tool_calls") || msg["tool_calls"].is_null()) return std::nullopt;
+  ojson& calls = msg["tool_calls"];
+  if (!calls.is_array()) return invalid(param + ".tool_calls", param + ".tool_calls must be an array");
+  for (std::size_t k = 0; k < calls.size(); ++k) {
+    const std::string p = param + ".tool_calls[" + std::to_string(k) + "]";
+    ojson& c = calls[k];
+    if (!c.is_object() || !c.contains("function") || !c["function"].is_object())
+      return invalid(p + ".function", p + ".function must be an object");
+    ojson& f = c["function"];
+    if (!f.contains("name") || !f["name"].is_string()) return invalid(p + ".function.name", p + ".function.name must be a string");
+    if (!f.contains("arguments")) continue;
+    ojson& a = f["arguments"];
+    if (a.is_string()) {
+      ojson parsed = ojson::parse(a.get_ref<const std::string&>(), nullptr, /*allow_exceptions=*/false);
+      if (!parsed.is_discarded() && parsed.is_object()) a = std::move(parsed);  // else the string stays
+    } else if (!a.is_object()) {
+      return invalid(p + ".function.arguments", p + ".function.arguments must be a JSON string or an object");
     }
   }
   return std::nullopt;
@@ -169,6 +241,7 @@ std::optional<ApiError> parse_request(std::string_view body, Endpoint endpoint, 
       ojson msg = m;  // keeps name, tool_calls, ... for templates that use them
       msg["role"] = role == "developer" ? "system" : role;
       msg["content"] = content;
+      if (auto e = normalise_tool_calls(msg, param)) return e;
       r.messages.push_back(std::move(msg));
     }
   } else {
@@ -293,6 +366,10 @@ std::optional<ApiError> parse_request(std::string_view body, Endpoint endpoint, 
     r.grounding = std::move(g);
   }
   if (auto e = refuse_unsupported(j, endpoint, r.n)) return e;
+  if (endpoint == Endpoint::kChat) {
+    if (auto e = parse_tools(j, &r)) return e;
+    if (!r.tools.empty() && r.grounding) return invalid("tools", "grounded answers (airlock) do not call tools");
+  }
   // {"token id": bias}: ids as decimal strings (OpenAI's shape), biases in
   // [-100, 100]. Ids past the vocabulary are refused by the server, which
   // knows the model.

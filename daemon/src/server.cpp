@@ -18,6 +18,7 @@
 #include "airlock/rag/ingest.h"
 #include "connection.h"
 #include "openai_api.h"
+#include "tool_calls.h"
 
 namespace airlock::daemon {
 namespace {
@@ -71,6 +72,72 @@ std::size_t utf8_safe_cut(const std::string& s, std::size_t n) {
 }
 
 // One choice of a request: its sequence, decoder and stop-string state.
+// Whether `v` holds text the tokenizer would read as a control token (a
+// turn marker such as "<|im_end|>").
+bool has_control_token_text(const engine::Tokenizer& tok, const std::string& v) {
+  return tok.encode(v, false, true) != tok.encode(v, false, false);
+}
+
+// Keys can be megabytes long: a path names at most 64 bytes of one.
+std::string short_key(std::string_view key) {
+  std::string out(key.substr(0, 64));
+  if (key.size() > 64) out += "...";
+  return out;
+}
+
+// kInvalidArgument naming the first string under any of `roots` (each with
+// the path that names it) that holds control-token text. For the strings a
+// chat template prints that are not located as message content (tool
+// call names and arguments, names, tool descriptions): refused outright.
+// Every node is visited once; a node's path is rebuilt from its parents
+// only when it is refused, so a long key under a large array costs nothing
+// per element.
+Status refuse_control_text(const engine::Tokenizer& tok, const std::vector<std::pair<std::string, const ojson*>>& roots) {
+  struct Node {
+    const ojson* v;
+    std::size_t parent;    // index into `nodes`; npos for a root
+    std::string_view key;  // for object members
+    std::size_t index;     // for array elements, or the root's number
+    bool is_index;
+  };
+  constexpr std::size_t kTop = std::string::npos;
+  auto path_of = [&roots](const std::vector<Node>& nodes, std::size_t at) {
+    std::vector<std::string> parts;  // innermost first
+    for (; at != kTop; at = nodes[at].parent) {
+      const Node& n = nodes[at];
+      if (n.parent == kTop) parts.push_back(roots[n.index].first);
+      else if (n.is_index) parts.push_back("[" + std::to_string(n.index) + "]");
+      else parts.push_back("." + short_key(n.key));
+    }
+    std::string out;
+    for (auto it = parts.rbegin(); it != parts.rend(); ++it) out += *it;
+    return out;
+  };
+  for (std::size_t r = 0; r < roots.size(); ++r) {
+    std::vector<Node> nodes = {{roots[r].second, kTop, std::string_view(), r, false}};
+    std::vector<std::size_t> stack = {0};
+    while (!stack.empty()) {
+      const std::size_t at = stack.back();
+      stack.pop_back();
+      const ojson* v = nodes[at].v;
+      if (v->is_string() && has_control_token_text(tok, v->get_ref<const std::string&>()))
+        return invalid_argument(path_of(nodes, at) +
+                                " holds control-token text (a turn marker such as this model's special tokens)");
+      if (v->is_object())
+        for (auto it = v->begin(); it != v->end(); ++it) {
+          nodes.push_back({&it.value(), at, it.key(), 0, false});
+          stack.push_back(nodes.size() - 1);
+        }
+      if (v->is_array())
+        for (std::size_t k = 0; k < v->size(); ++k) {
+          nodes.push_back({&(*v)[k], at, std::string_view(), k, true});
+          stack.push_back(nodes.size() - 1);
+        }
+    }
+  }
+  return Status::ok();
+}
+
 struct Choice {
   std::shared_ptr<TokenStream> stream;
   std::unique_ptr<engine::StreamDecoder> decoder;
@@ -89,6 +156,10 @@ struct Choice {
   std::size_t token_bytes = 0;            // of the tokens so far (less a leading space the decoder drops)
   bool strips_leading_space = false;      // the decoder drops the first token's leading space
   std::string echo;                       // /v1/completions with echo: its prompt, before its text
+  // With tools: the bytes of `text` streamed as content so far, and the
+  // calls parsed from the whole answer once it has ended.
+  std::size_t tool_sent = 0;
+  std::optional<ToolOutput> tool_output;
 };
 
 // A grounded answer's retrieval and what became of it.
@@ -210,6 +281,46 @@ struct Generation {
 
   bool all_done() const {
     return std::all_of(choices.begin(), choices.end(), [](const Choice& c) { return c.done; });
+  }
+  bool calls_tools() const { return !request.tools.empty(); }
+  // A tool-calling choice that has ended: its calls, parsed once. An answer
+  // with calls that ended by itself finishes with "tool_calls" (OpenAI); one
+  // cut by max_tokens stays "length".
+  const ToolOutput& tool_output(Choice& c) const {
+    if (!c.tool_output) {
+      c.tool_output = parse_tool_calls(model->tool_format, c.text, request.tool_names,
+                                       request.parallel_tool_calls ? static_cast<std::size_t>(-1) : 1);
+      if (!c.tool_output->calls.empty() && c.finish == "stop") c.finish = "tool_calls";
+      for (ToolCall& call : c.tool_output->calls) call.id = random_id("call_");
+    }
+    return *c.tool_output;
+  }
+  // A choice's calls as OpenAI's tool_calls (streamed: numbered by index).
+  static ojson tool_calls_json(const ToolOutput& t, bool streamed) {
+    ojson calls = ojson::array();
+    for (std::size_t k = 0; k < t.calls.size(); ++k) {
+      ojson call;
+      if (streamed) call["index"] = k;
+      call["id"] = t.calls[k].id;
+      call["type"] = "function";
+      call["function"] = {{"name", t.calls[k].name}, {"arguments", t.calls[k].arguments}};
+      calls.push_back(std::move(call));
+    }
+    return calls;
+  }
+  // The next piece of a tool-calling choice's content to stream: what has
+  // become safe to send since the last call, or at its end what is left.
+  std::string tool_content_delta(Choice& c) const {
+    std::size_t upto = tool_streamable_prefix(model->tool_format, c.text);
+    const std::string* source = &c.text;
+    if (c.done && c.error.is_ok()) {
+      source = &tool_output(c).content;
+      upto = source->size();
+    }
+    if (upto <= c.tool_sent) return {};
+    std::string out = source->substr(c.tool_sent, upto - c.tool_sent);
+    c.tool_sent = upto;
+    return out;
   }
   int completion_tokens() const {
     int n = 0;
@@ -465,66 +576,16 @@ struct Server::Impl {
                  ? &msg["content"].get_ref<const std::string&>()
                  : nullptr;
     };
-    auto has_control_text = [&](const std::string& v) { return tok.encode(v, false, true) != tok.encode(v, false, false); };
+    auto has_control_text = [&](const std::string& v) { return has_control_token_text(tok, v); };
     // A message's other strings (name, tool call names and arguments,
     // reasoning) are printed by some templates too, and are not located:
     // control-token text in them is refused outright.
-    // Every node is visited once; a node's path (for the error message) is
-    // rebuilt from its parents only when it is refused, so a long key under
-    // a large array costs nothing per element.
-    struct Node {
-      const ojson* v;
-      std::size_t parent;  // index into `nodes`; npos for a message's own field
-      std::string_view key;  // for object members
-      std::size_t index;     // for array elements
-      bool is_index;
-    };
-    constexpr std::size_t kTop = std::string::npos;
-    auto path_of = [](const std::vector<Node>& nodes, std::size_t at) {
-      std::vector<std::string> parts;  // innermost first
-      for (; at != kTop; at = nodes[at].parent) {
-        const Node& n = nodes[at];
-        std::string part;
-        if (n.is_index) {
-          part.append(1, '[').append(std::to_string(n.index)).append(1, ']');
-        } else {
-          if (n.parent != kTop) part.append(1, '.');
-          part.append(n.key.substr(0, 64));  // keys can be megabytes long
-          if (n.key.size() > 64) part.append("...");
-        }
-        parts.push_back(std::move(part));
-      }
-      std::string out;
-      for (auto it = parts.rbegin(); it != parts.rend(); ++it) out += *it;
-      return out;
-    };
     for (std::size_t i = 0; i < in.messages.size(); ++i) {
       if (!in.messages[i].is_object()) continue;
-      std::vector<Node> nodes;
-      std::vector<std::size_t> stack;
+      std::vector<std::pair<std::string, const ojson*>> roots;
       for (auto it = in.messages[i].begin(); it != in.messages[i].end(); ++it)
-        if (it.key() != "content" && it.key() != "role") {
-          nodes.push_back({&it.value(), kTop, it.key(), 0, false});
-          stack.push_back(nodes.size() - 1);
-        }
-      while (!stack.empty()) {
-        const std::size_t at = stack.back();
-        stack.pop_back();
-        const ojson* v = nodes[at].v;
-        if (v->is_string() && has_control_text(v->get_ref<const std::string&>()))
-          return invalid_argument("messages[" + std::to_string(i) + "]." + path_of(nodes, at) +
-                                  " holds control-token text (a turn marker such as this model's special tokens)");
-        if (v->is_object())
-          for (auto it = v->begin(); it != v->end(); ++it) {
-            nodes.push_back({&it.value(), at, it.key(), 0, false});
-            stack.push_back(nodes.size() - 1);
-          }
-        if (v->is_array())
-          for (std::size_t k = 0; k < v->size(); ++k) {
-            nodes.push_back({&(*v)[k], at, std::string_view(), k, true});
-            stack.push_back(nodes.size() - 1);
-          }
-      }
+        if (it.key() != "content" && it.key() != "role") roots.emplace_back("messages[" + std::to_string(i) + "]." + short_key(it.key()), &it.value());
+      AIRLOCK_RETURN_IF_ERROR(refuse_control_text(tok, roots));
     }
     bool any = false;
     for (const ojson& msg : in.messages)
@@ -591,6 +652,11 @@ struct Server::Impl {
     in.add_generation_prompt = true;
     in.bos_token = tok.bos() >= 0 ? tok.token_bytes(tok.bos(), true) : "";
     in.eos_token = tok.eos() >= 0 ? tok.token_bytes(tok.eos(), true) : "";
+    if (!r.tools.empty()) {
+      // The template prints the tools' names, descriptions and schemas.
+      AIRLOCK_RETURN_IF_ERROR(refuse_control_text(tok, {{"tools", &r.tools}}));
+      in.extra["tools"] = r.tools;
+    }
     AIRLOCK_ASSIGN_OR_RETURN(std::string text, m.chat_template->render(in));
     // The template's markup is parsed for control tokens; the messages'
     // content is not, so a message (or a RAG document in the system message)
@@ -673,8 +739,13 @@ struct Server::Impl {
       const Choice& c = g.choices[i];
       ojson ch;
       ch["index"] = i;
-      if (g.request.endpoint == Endpoint::kChat) {
-        ch["message"] = {{"role", "assistant"}, {"content", c.text}};
+      if (g.request.endpoint == Endpoint::kChat && c.tool_output && !c.tool_output->calls.empty()) {
+        const ToolOutput& t = *c.tool_output;
+        ch["message"] = {{"role", "assistant"},
+                         {"content", t.content.empty() ? ojson() : ojson(t.content)},
+                         {"tool_calls", Generation::tool_calls_json(t, false)}};
+      } else if (g.request.endpoint == Endpoint::kChat) {
+        ch["message"] = {{"role", "assistant"}, {"content", c.tool_output ? c.tool_output->content : c.text}};
       } else {
         ch["text"] = c.echo + c.text;
       }
@@ -1012,6 +1083,14 @@ void Server::Impl::completions(const httplib::Request& req, httplib::Response& r
       e.param = "logit_bias";
       return fail(e);
     }
+  if (!r.tools.empty() && m->tool_format == ToolFormat::kNone) {
+    ApiError e = api_error(400, "invalid_request_error",
+                           "tools: this model's chat template does not teach it a tool-call format this server reads "
+                           "(Hermes <tool_call> blocks, as Qwen2.5/Qwen3; Llama 3.1+ JSON calls), so its answer could "
+                           "not be returned as tool_calls");
+    e.param = "tools";
+    return fail(e);
+  }
   if (r.grounding) {
     if (auto e = ground(*m, key, *g, rag_query, generate)) return fail(*e);
     // Weak evidence: the model is not asked at all.
@@ -1150,6 +1229,8 @@ void Server::Impl::completions(const httplib::Request& req, httplib::Response& r
       }
     observe(*g);
     settle(*g);
+    if (g->calls_tools())
+      for (Choice& c : g->choices) (void)g->tool_output(c);
     if (g->grounded) count_answer(*g->grounded);
     const ojson body = g->grounded && g->grounded->answer_shape ? rag_answer(*g) : whole_response(*g);
     res.set_content(body.dump(-1, ' ', false, ojson::error_handler_t::replace), "application/json");
@@ -1252,6 +1333,9 @@ void Server::Impl::completions(const httplib::Request& req, httplib::Response& r
                   text.swap(gr.pending);
                 }
               }
+              // With tools, content goes out as far as no call can start
+              // in it; the rest when the answer ends (tool_content_delta).
+              if (g->calls_tools()) text = g->tool_content_delta(c);
               // Entries move to this write and leave the choice: a stream
               // holds only what it has not sent yet.
               if (lps[i].empty()) lp_first[i] = c.logprobs_base;
@@ -1283,9 +1367,18 @@ void Server::Impl::completions(const httplib::Request& req, httplib::Response& r
         // With n > 1 a choice that has ended gets its finish chunk now, not
         // when the last one ends (OpenAI sends each as it comes). A grounded
         // answer (n = 1) waits: its chunk carries the citations.
+        // A choice's calls go out whole, in one delta before its finish chunk.
+        auto send_tool_calls = [&](std::size_t i) {
+          Choice& c = g->choices[i];
+          if (!g->calls_tools() || g->tool_output(c).calls.empty()) return true;
+          ojson ch = choice_delta(*g, i, "", {}, 0, "", false);
+          ch["delta"]["tool_calls"] = Generation::tool_calls_json(*c.tool_output, true);
+          return send(chunk(ojson::array({std::move(ch)})));
+        };
         if (!g->grounded)
           for (std::size_t i = 0; i < g->choices.size(); ++i)
             if (g->choices[i].done && g->choices[i].error.is_ok() && !state->finish_sent[i]) {
+              if (!send_tool_calls(i)) return false;
               if (!send(chunk(ojson::array({choice_delta(*g, i, "", {}, 0, g->choices[i].finish, false)})))) return false;
               state->finish_sent[i] = true;
             }
@@ -1299,6 +1392,7 @@ void Server::Impl::completions(const httplib::Request& req, httplib::Response& r
         }
         for (std::size_t i = 0; i < g->choices.size(); ++i) {
           if (state->finish_sent[i]) continue;
+          if (!send_tool_calls(i)) return false;
           ojson fin = chunk(ojson::array({choice_delta(*g, i, "", {}, 0, g->choices[i].finish, false)}));
           if (g->grounded) fin["airlock"] = grounding_json(*g->grounded);
           if (!send(fin)) return false;
@@ -1498,7 +1592,8 @@ void Server::routes() {
                         {"tensor_parallel", m->n_ranks},
                         {"context_length", m->scheduler->max_context()},
                         {"kv_blocks", m->scheduler->stats().kv_blocks_total},
-                        {"max_running", m->scheduler->options().max_running}}}});
+                        {"max_running", m->scheduler->options().max_running},
+                        {"tool_calls", tool_format_name(m->tool_format)}}}});
     }
     res.set_content(ojson({{"object", "list"}, {"data", data}}).dump(), "application/json");
   });

@@ -43,7 +43,8 @@ TEST(OpenAiApiTest, DefaultsOfUnsupportedFeaturesAreAccepted) {
        {R"({"model":"m","messages":[{"role":"user","content":"x"}],"tools":[],"tool_choice":"auto","logit_bias":{},
            "response_format":{"type":"text"},"modalities":["text"],"functions":null,"top_k":-1})",
         R"({"model":"m","messages":[{"role":"user","content":"x"}],"tools":[{"type":"function","function":{"name":"f"}}],
-           "tool_choice":"none"})"}) {
+           "tool_choice":"none"})",
+        R"({"model":"m","messages":[{"role":"user","content":"x"}],"tools":[{"type":"function","function":{"name":"f"}}]})"}) {
     const std::optional<ApiError> e = parse_request(body, Endpoint::kChat, &r);
     EXPECT_FALSE(e) << body << ": " << e->message;
     EXPECT_EQ(r.sampling.top_k, 0);
@@ -125,10 +126,10 @@ TEST(OpenAiApiTest, BadRequestsNameTheParameter) {
       {R"({"model":"m"})", Endpoint::kCompletions, "prompt"},
       {R"({"model":"m","prompt":"x","logprobs":9})", Endpoint::kCompletions, "logprobs"},
       // Asked for, would change the answer, not supported: named, not ignored.
-      {R"({"model":"m","messages":[{"role":"user","content":"x"}],"tools":[{"type":"function","function":{"name":"f"}}]})",
-       Endpoint::kChat, "tools"},
       {R"({"model":"m","messages":[{"role":"user","content":"x"}],"tools":[{"type":"function"}],"tool_choice":"required"})",
-       Endpoint::kChat, "tools"},
+       Endpoint::kChat, "tool_choice"},
+      {R"({"model":"m","messages":[{"role":"user","content":"x"}],"tools":[{"type":"function","function":{"name":"f",
+           "strict":true}}]})", Endpoint::kChat, "tools[0].function.strict"},
       {R"({"model":"m","messages":[{"role":"user","content":"x"}],"tool_choice":{"type":"function","function":{"name":"f"}}})",
        Endpoint::kChat, "tool_choice"},
       {R"({"model":"m","messages":[{"role":"user","content":"x"}],"functions":[{"name":"f"}]})", Endpoint::kChat,
@@ -323,6 +324,72 @@ TEST(OpenAiApiTest, ErrorEnvelope) {
   EXPECT_EQ(j["error"]["param"], "x");
   EXPECT_TRUE(j["error"]["code"].is_null());
   EXPECT_EQ(j["error"]["type"], "invalid_request_error");
+}
+
+
+TEST(OpenAiApiTest, Tools) {
+  CompletionRequest r;
+  auto e = parse_request(R"({"model":"m","messages":[{"role":"user","content":"Weather?"},
+      {"role":"assistant","content":null,"tool_calls":[
+        {"id":"call_1","type":"function","function":{"name":"get_weather","arguments":"{\"city\": \"Bern\", \"a\": 1}"}},
+        {"id":"call_2","type":"function","function":{"name":"get_time","arguments":"not json"}}]},
+      {"role":"tool","tool_call_id":"call_1","content":"18 C"}],
+    "tools":[{"type":"function","function":{"name":"get_weather","description":"d","parameters":{"type":"object"},"strict":false}},
+             {"type":"function","function":{"name":"get_time"}}],
+    "tool_choice":"auto","parallel_tool_calls":false})",
+                         Endpoint::kChat, &r);
+  ASSERT_FALSE(e) << e->message;
+  EXPECT_EQ(r.tool_names, (std::vector<std::string>{"get_weather", "get_time"}));
+  EXPECT_EQ(r.tools.size(), 2u);
+  EXPECT_FALSE(r.parallel_tool_calls);
+  const ojson& calls = r.messages[1]["tool_calls"];
+  // Arguments holding a JSON object reach the template as that object, in
+  // its order; others stay the string they were.
+  EXPECT_EQ(calls[0]["function"]["arguments"].dump(), R"({"city":"Bern","a":1})");
+  EXPECT_EQ(calls[1]["function"]["arguments"], "not json");
+  EXPECT_EQ(r.messages[1]["content"], "");
+
+  // tool_choice "none": nothing to describe, nothing to parse.
+  CompletionRequest n;
+  ASSERT_FALSE(parse_request(R"({"model":"m","messages":[{"role":"user","content":"x"}],
+      "tools":[{"type":"function","function":{"name":"f"}}],"tool_choice":"none"})", Endpoint::kChat, &n));
+  EXPECT_TRUE(n.tools.empty());
+  EXPECT_TRUE(n.tool_names.empty());
+
+  const std::string user = R"("model":"m","messages":[{"role":"user","content":"x"}])";
+  const std::vector<std::pair<std::string, std::string>> bad = {
+      {R"("tools":{"type":"function"})", "tools"},
+      {R"("tools":[{"type":"retrieval"}])", "tools[0].type"},
+      {R"("tools":[{"type":"function"}])", "tools[0].function"},
+      {R"("tools":[{"type":"function","function":{"name":"get weather"}}])", "tools[0].function.name"},
+      {R"("tools":[{"type":"function","function":{"name":""}}])", "tools[0].function.name"},
+      {R"("tools":[{"type":"function","function":{"name":"f"}},{"type":"function","function":{"name":"f"}}])",
+       "tools[1].function.name"},
+      {R"("tools":[{"type":"function","function":{"name":"f","description":5}}])", "tools[0].function.description"},
+      {R"("tools":[{"type":"function","function":{"name":"f","parameters":"x"}}])", "tools[0].function.parameters"},
+      {R"("tools":[{"type":"function","function":{"name":"f"}}],"parallel_tool_calls":"yes")", "parallel_tool_calls"},
+      {R"("tools":[{"type":"function","function":{"name":"f"}}],"airlock":{})", "tools"},
+  };
+  for (const auto& [extra, param] : bad) {
+    CompletionRequest b;
+    const std::string body = "{" + user + "," + extra + "}";
+    auto err = parse_request(body, Endpoint::kChat, &b);
+    ASSERT_TRUE(err) << body;
+    EXPECT_EQ(err->param, param) << body << ": " << err->message;
+  }
+  for (const auto& [msg, param] : std::vector<std::pair<std::string, std::string>>{
+           {R"({"role":"assistant","content":"","tool_calls":{"id":"x"}})", "messages[0].tool_calls"},
+           {R"({"role":"assistant","content":"","tool_calls":[{"id":"x"}]})", "messages[0].tool_calls[0].function"},
+           {R"({"role":"assistant","content":"","tool_calls":[{"function":{"arguments":"{}"}}]})",
+            "messages[0].tool_calls[0].function.name"},
+           {R"({"role":"assistant","content":"","tool_calls":[{"function":{"name":"f","arguments":5}}]})",
+            "messages[0].tool_calls[0].function.arguments"}}) {
+    CompletionRequest b;
+    const std::string body = R"({"model":"m","messages":[)" + msg + "]}";
+    auto err = parse_request(body, Endpoint::kChat, &b);
+    ASSERT_TRUE(err) << body;
+    EXPECT_EQ(err->param, param) << body << ": " << err->message;
+  }
 }
 
 }  // namespace

@@ -1,7 +1,9 @@
 // The official `openai` npm package, used unchanged, against a running
 // airlockd. Run by tests/daemon/e2e_test.cpp (OfficialOpenAiNodeSdk):
 //   node openai_sdk_test.mjs   with AIRLOCK_BASE_URL, AIRLOCK_API_KEY,
-//   AIRLOCK_FULL_BASE_URL (a daemon whose queue is always full) and
+//   AIRLOCK_FULL_BASE_URL (a daemon whose queue is always full),
+//   AIRLOCK_TOOLS_BASE_URL and AIRLOCK_TOOLS_API_KEY (a daemon serving a
+//   test model that answers with a tool call; optional) and
 //   NODE_PATH-style AIRLOCK_OPENAI_MODULE (the installed package's entry).
 // Prints one line per check; exits 1 on the first failure.
 const { default: OpenAI, AuthenticationError, RateLimitError } = await import(process.env.AIRLOCK_OPENAI_MODULE);
@@ -84,4 +86,35 @@ const limited = burst.filter((r) => r.status === 'rejected');
 check(burst.some((r) => r.status === 'fulfilled'), 'a burst: some requests are served');
 check(limited.length > 0 && limited.every((r) => r.reason instanceof RateLimitError && r.reason.status === 429),
       `a burst: the overflow raises RateLimitError (${limited.map((r) => r.reason?.constructor?.name)})`);
+if (process.env.AIRLOCK_TOOLS_BASE_URL) {
+  // A test model that always answers "Checking." and a call of get_weather
+  // for Paris in its template's (Hermes) form.
+  const tools = new OpenAI({ baseURL: process.env.AIRLOCK_TOOLS_BASE_URL, apiKey: process.env.AIRLOCK_TOOLS_API_KEY, maxRetries: 0 });
+  const params = {
+    model: 'stories',
+    messages: [{ role: 'user', content: 'Weather in Paris?' }],
+    tools: [{ type: 'function', function: { name: 'get_weather', parameters: { type: 'object', properties: { city: { type: 'string' } } } } }],
+    temperature: 0,
+  };
+  const called = await tools.chat.completions.create(params);
+  const call = called.choices[0].message.tool_calls?.[0];
+  check(called.choices[0].finish_reason === 'tool_calls' && call?.type === 'function' && call.function.name === 'get_weather',
+        'tool call: create() gives message.tool_calls');
+  check(JSON.parse(call.function.arguments).city === 'Paris', `tool call arguments ${call.function.arguments}`);
+  // The SDK's stream helper merges the deltas (it throws on ones it cannot).
+  const final = await tools.chat.completions.stream(params).finalChatCompletion();
+  const streamed = final.choices[0].message;
+  check(streamed.content === 'Checking.' && streamed.tool_calls?.length === 1 &&
+        streamed.tool_calls[0].function.name === 'get_weather' &&
+        streamed.tool_calls[0].function.arguments === call.function.arguments,
+        'tool call: stream().finalChatCompletion() assembles the same call');
+  // The call and its result sent back, as an agent loop does.
+  const next = await tools.chat.completions.create({
+    ...params,
+    messages: [...params.messages, called.choices[0].message,
+               { role: 'tool', tool_call_id: call.id, content: '18 C, clear' }],
+  });
+  check(next.choices.length === 1, 'tool call: the conversation with the call and its result is accepted');
+}
+
 console.log('all checks passed');

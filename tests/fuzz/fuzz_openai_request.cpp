@@ -1,20 +1,41 @@
 // libFuzzer target: request bodies of /v1/chat/completions and
 // /v1/completions (parse_request, with the airlock grounding extension),
-// /v1/embeddings, /v1/rag/query (parse_rag_query) and airlockd.toml
-// (parse_config, with its [rag] table). The first byte picks which; nothing
-// may crash, hang or leak.
+// /v1/embeddings, /v1/rag/query (parse_rag_query), airlockd.toml
+// (parse_config, with its [rag] table) and model output read for tool calls
+// (parse_tool_calls, with the streaming rule that what was sent early is
+// the start of the final content). The first byte picks which; nothing may
+// crash, hang or leak.
 #include <cstddef>
 #include <cstdint>
 #include <string_view>
 
 #include "config.h"
 #include "openai_api.h"
+#include "tool_calls.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
   if (size == 0) return 0;
   const std::string_view body(reinterpret_cast<const char*>(data + 1), size - 1);
   using namespace airlock::daemon;
-  switch (data[0] % 5) {
+  switch (data[0] % 6) {
+    case 5: {
+      const ToolFormat f = body.size() % 2 == 0 ? ToolFormat::kHermes : ToolFormat::kLlamaJson;
+      const std::vector<std::string> tools = {"get_weather", "f"};
+      const ToolOutput whole = parse_tool_calls(f, body, tools);
+      for (const ToolCall& c : whole.calls)
+        if (c.arguments.empty() || c.arguments[0] != '{' || (c.name != "get_weather" && c.name != "f")) __builtin_trap();
+      // The server streams the safe prefix as the text grows (here in steps
+      // of 7 bytes), then the rest of the content.
+      std::size_t last = 0;
+      for (std::size_t have = 0;; have = std::min(body.size(), have + 7)) {
+        const std::size_t p = tool_streamable_prefix(f, body.substr(0, have));
+        if (p < last || p > have) __builtin_trap();
+        last = p;
+        if (have == body.size()) break;
+      }
+      if (whole.content.compare(0, last, body, 0, last) != 0) __builtin_trap();
+      break;
+    }
     case 4: {
       CompletionRequest r;
       bool generate = true;

@@ -1,0 +1,64 @@
+// Tool calling (OpenAI `tools`): which convention a model's chat template
+// teaches it for calling a tool, and the calls found in what it wrote.
+//
+// The template describes the tools to the model; the model then answers
+// with text in that convention, which is parsed here into OpenAI
+// `tool_calls`. Two conventions are known (vLLM's parsers of the same
+// names, for the same model families):
+//  - hermes: `<tool_call>{"name": ..., "arguments": {...}}</tool_call>`
+//    blocks, any number, possibly after some text (Qwen2.5, Qwen3, Hermes
+//    2/3 and the many models trained on that format). Found by the
+//    template's own "<tool_call>".
+//  - llama3_json: the whole answer is `{"name": ..., "parameters": {...}}`,
+//    or several such objects separated by ';' (Llama 3.1, 3.2, 3.3). Found
+//    by the template's "<|python_tag|>", its "Environment: ipython" or its
+//    instruction to answer {"name": ..., "parameters": dictionary of ...}.
+// A template with neither (no tool support, or a convention not known here,
+// such as Mistral's [TOOL_CALLS] control token) gets kNone, and a request
+// with tools is refused for it rather than answered with unparsed text.
+//
+// The model's output is untrusted text: a block that is not a JSON object
+// naming a declared tool with an object of arguments is left in the answer
+// as text, never half-parsed; nothing here throws.
+//
+// Thread-safety: free functions without shared state.
+#pragma once
+
+#include <cstddef>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace airlock::daemon {
+
+enum class ToolFormat { kNone, kHermes, kLlamaJson };
+
+// The convention `chat_template` (the template's source) teaches.
+ToolFormat tool_format_of(std::string_view chat_template);
+const char* tool_format_name(ToolFormat f);  // "none", "hermes", "llama3_json"
+
+struct ToolCall {
+  std::string name;
+  std::string arguments;  // a JSON object, compact (as OpenAI sends it)
+  std::string id;         // left empty here; the server names each call
+};
+
+struct ToolOutput {
+  std::string content;  // the answer's text outside the calls (trailing whitespace removed when there are calls)
+  std::vector<ToolCall> calls;
+};
+
+// The calls in a whole answer. Calls must name one of `tools`; at most
+// `max_calls` are kept (1 for parallel_tool_calls false), later ones are
+// dropped. Without a call the content is `text` unchanged.
+ToolOutput parse_tool_calls(ToolFormat f, std::string_view text, const std::vector<std::string>& tools,
+                            std::size_t max_calls = static_cast<std::size_t>(-1));
+
+// While an answer streams: how many of its first bytes can be sent as
+// content now, knowing only `text` so far (nothing after them can turn out
+// to be part of a call). Never shrinks as text grows; the rest is held
+// until the answer ends. Trailing whitespace is held too, so that the
+// streamed content equals parse_tool_calls(...).content.
+std::size_t tool_streamable_prefix(ToolFormat f, std::string_view text);
+
+}  // namespace airlock::daemon

@@ -1,0 +1,198 @@
+// Tool calls in model output: the Hermes and Llama 3 JSON forms, hostile
+// and malformed output, and streaming (what is sent as content while the
+// answer grows equals the content of the whole answer).
+#include "tool_calls.h"
+
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+#include <fstream>
+#include <random>
+#include <sstream>
+
+#include <nlohmann/json.hpp>
+
+namespace airlock::daemon {
+namespace {
+
+const std::vector<std::string> kTools = {"get_weather", "get_time"};
+
+TEST(ToolCalls, FormatFromTheTemplate) {
+  EXPECT_EQ(tool_format_of("{% if tools %}<tool_call>{% endif %}"), ToolFormat::kHermes);
+  EXPECT_EQ(tool_format_of("{{- \"<|python_tag|>\" + tool_call.name }}"), ToolFormat::kLlamaJson);
+  EXPECT_EQ(tool_format_of("{{- \"Environment: ipython\\n\" }}"), ToolFormat::kLlamaJson);
+  EXPECT_EQ(tool_format_of("{% for m in messages %}<|im_start|>{{ m.content }}{% endfor %}"), ToolFormat::kNone);
+  EXPECT_EQ(tool_format_of("[TOOL_CALLS]"), ToolFormat::kNone);  // Mistral's form is not read
+  EXPECT_STREQ(tool_format_name(ToolFormat::kHermes), "hermes");
+  EXPECT_STREQ(tool_format_name(ToolFormat::kLlamaJson), "llama3_json");
+  EXPECT_STREQ(tool_format_name(ToolFormat::kNone), "none");
+}
+
+// The real templates where ../shared/models has them.
+TEST(ToolCalls, FormatOfRealTemplates) {
+  const char* dir = std::getenv("AIRLOCK_MODELS_DIR");
+  if (dir == nullptr) GTEST_SKIP() << "AIRLOCK_MODELS_DIR not set";
+  auto template_of = [&](const std::string& model) -> std::string {
+    std::ifstream f(std::string(dir) + "/tokenizers/" + model + "/tokenizer_config.json");
+    if (!f) return {};
+    std::stringstream ss;
+    ss << f.rdbuf();
+    return nlohmann::json::parse(ss.str())["chat_template"].get<std::string>();
+  };
+  const std::string qwen3 = template_of("qwen3"), llama3 = template_of("llama3");
+  if (qwen3.empty() || llama3.empty()) GTEST_SKIP() << "tokenizer_config.json files not found under " << dir;
+  EXPECT_EQ(tool_format_of(qwen3), ToolFormat::kHermes);
+  EXPECT_EQ(tool_format_of(llama3), ToolFormat::kNone);  // Llama 3.0's template has no tools
+}
+
+TEST(ToolCalls, HermesBlocks) {
+  // Qwen's own layout: text, then blocks on their own lines.
+  ToolOutput o = parse_tool_calls(ToolFormat::kHermes,
+                                  "Let me look.\n<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": "
+                                  "\"Z\u00fcrich\", \"days\": [1, 2]}}\n</tool_call>\n<tool_call>\n{\"name\": \"get_time\", "
+                                  "\"arguments\": {}}\n</tool_call>\n",
+                                  kTools);
+  EXPECT_EQ(o.content, "Let me look.");
+  ASSERT_EQ(o.calls.size(), 2u);
+  EXPECT_EQ(o.calls[0].name, "get_weather");
+  EXPECT_EQ(o.calls[0].arguments, "{\"city\":\"Z\u00fcrich\",\"days\":[1,2]}");
+  EXPECT_EQ(o.calls[1].name, "get_time");
+  EXPECT_EQ(o.calls[1].arguments, "{}");
+  EXPECT_TRUE(o.calls[0].id.empty());
+
+  // Only calls: no content. Arguments absent mean {}; arguments as a JSON
+  // string holding an object are that object; key order is kept.
+  o = parse_tool_calls(ToolFormat::kHermes,
+                       "<tool_call>{\"name\": \"get_time\"}</tool_call><tool_call>{\"name\": \"get_weather\", "
+                       "\"arguments\": \"{\\\"z\\\": 1, \\\"a\\\": 2}\"}</tool_call>",
+                       kTools);
+  EXPECT_EQ(o.content, "");
+  ASSERT_EQ(o.calls.size(), 2u);
+  EXPECT_EQ(o.calls[0].arguments, "{}");
+  EXPECT_EQ(o.calls[1].arguments, "{\"z\":1,\"a\":2}");  // in the model's order
+
+  // parallel_tool_calls false: the first call only.
+  o = parse_tool_calls(ToolFormat::kHermes,
+                       "<tool_call>{\"name\": \"get_time\"}</tool_call><tool_call>{\"name\": \"get_weather\"}</tool_call>",
+                       kTools, 1);
+  ASSERT_EQ(o.calls.size(), 1u);
+  EXPECT_EQ(o.calls[0].name, "get_time");
+
+  // An answer cut inside its last block (max_tokens) still gives the call
+  // when the block's JSON is whole.
+  o = parse_tool_calls(ToolFormat::kHermes, "<tool_call>\n{\"name\": \"get_time\", \"arguments\": {}}\n", kTools);
+  ASSERT_EQ(o.calls.size(), 1u);
+}
+
+TEST(ToolCalls, WhatIsNotACallStaysText) {
+  const std::vector<std::string> bad = {
+      "<tool_call>{\"name\": \"rm_rf\", \"arguments\": {}}</tool_call>",           // a tool not offered
+      "<tool_call>{\"name\": \"get_time\", \"arguments\": [1]}</tool_call>",       // arguments not an object
+      "<tool_call>{\"name\": \"get_time\", \"arguments\": \"not json\"}</tool_call>",
+      "<tool_call>{\"name\": 7}</tool_call>",
+      "<tool_call>[{\"name\": \"get_time\"}]</tool_call>",                          // not an object
+      "<tool_call>{\"name\": \"get_time\", \"arguments\": {</tool_call>",           // broken JSON
+      "<tool_call>{\"name\": \"get_time\"",                                         // cut off
+      "<tool_call>",
+      "<tool_call></tool_call>",
+      "</tool_call>{\"name\": \"get_time\"}",
+      "<tool_call>{\"name\": \"get_time\"}{\"name\": \"get_time\"}</tool_call>",  // two objects in one block
+  };
+  for (const std::string& text : bad) {
+    ToolOutput o = parse_tool_calls(ToolFormat::kHermes, text, kTools);
+    EXPECT_TRUE(o.calls.empty()) << text;
+    EXPECT_EQ(o.content, text) << "text must come back unchanged";
+  }
+  // A bad block beside a good one: the good one is a call, the bad one text.
+  ToolOutput o = parse_tool_calls(
+      ToolFormat::kHermes, "<tool_call>{\"name\": \"nope\"}</tool_call> <tool_call>{\"name\": \"get_time\"}</tool_call>", kTools);
+  ASSERT_EQ(o.calls.size(), 1u);
+  EXPECT_EQ(o.content, "<tool_call>{\"name\": \"nope\"}</tool_call>");
+  // Deep or wide JSON from the model is refused as a request body would be.
+  std::string deep = "<tool_call>{\"name\": \"get_time\", \"arguments\": {\"a\": " + std::string(100, '[') +
+                     std::string(100, ']') + "}}</tool_call>";
+  EXPECT_TRUE(parse_tool_calls(ToolFormat::kHermes, deep, kTools).calls.empty());
+  // Without a format nothing is parsed.
+  EXPECT_TRUE(parse_tool_calls(ToolFormat::kNone, "<tool_call>{\"name\": \"get_time\"}</tool_call>", kTools).calls.empty());
+}
+
+TEST(ToolCalls, LlamaJson) {
+  ToolOutput o = parse_tool_calls(ToolFormat::kLlamaJson,
+                                  "{\"name\": \"get_weather\", \"parameters\": {\"city\": \"Paris; France\", \"q\": \"}\"}}",
+                                  kTools);
+  ASSERT_EQ(o.calls.size(), 1u);
+  EXPECT_EQ(o.calls[0].arguments, "{\"city\":\"Paris; France\",\"q\":\"}\"}");
+  EXPECT_EQ(o.content, "");
+  o = parse_tool_calls(ToolFormat::kLlamaJson,
+                       " <|python_tag|>{\"name\": \"get_time\", \"parameters\": {}}; {\"name\": \"get_weather\", "
+                       "\"arguments\": {\"city\": \"Bern\"}}\n",
+                       kTools);
+  ASSERT_EQ(o.calls.size(), 2u);
+  EXPECT_EQ(o.calls[1].arguments, "{\"city\":\"Bern\"}");
+  EXPECT_EQ(parse_tool_calls(ToolFormat::kLlamaJson, "{\"name\": \"get_time\"};", kTools).calls.size(), 1u);
+  for (const std::string text : {"The weather is fine.", "{\"name\": \"get_time\"} and then some prose",
+                                 "{\"name\": \"get_time\"}; {\"name\": \"nope\"}",
+                                 "{\"name\": \"get_time\", \"parameters\": {", "{\"answer\": 42}", "{\"name\": \"get_time\"} {"}) {
+    o = parse_tool_calls(ToolFormat::kLlamaJson, text, kTools);
+    EXPECT_TRUE(o.calls.empty()) << text;
+    EXPECT_EQ(o.content, text);
+  }
+}
+
+TEST(ToolCalls, StreamablePrefix) {
+  using F = ToolFormat;
+  EXPECT_EQ(tool_streamable_prefix(F::kHermes, "Hello"), 5u);
+  EXPECT_EQ(tool_streamable_prefix(F::kHermes, "Hello <tool"), 5u);  // might become a call; the space waits too
+  EXPECT_EQ(tool_streamable_prefix(F::kHermes, "Hello <tools"), 12u);
+  EXPECT_EQ(tool_streamable_prefix(F::kHermes, "Hi\n<tool_call>{\"name\""), 2u);
+  EXPECT_EQ(tool_streamable_prefix(F::kHermes, "Hi <"), 2u);
+  EXPECT_EQ(tool_streamable_prefix(F::kLlamaJson, "  "), 0u);
+  EXPECT_EQ(tool_streamable_prefix(F::kLlamaJson, " {\"name\""), 0u);
+  EXPECT_EQ(tool_streamable_prefix(F::kLlamaJson, "<|pyth"), 0u);
+  EXPECT_EQ(tool_streamable_prefix(F::kLlamaJson, "Sure, "), 6u);
+  EXPECT_EQ(tool_streamable_prefix(F::kNone, "<tool_call>"), 11u);
+}
+
+// The server's streaming, as it does it: at each point the safe prefix is
+// sent; at the end what is left of the whole answer's content. Whatever the
+// pieces the text arrives in, the streamed content is the content.
+std::string streamed(ToolFormat f, const std::string& text, std::mt19937& rng) {
+  std::string out;
+  std::size_t sent = 0, have = 0, last_prefix = 0;
+  while (have < text.size()) {
+    have = std::min(text.size(), have + 1 + rng() % 5);
+    const std::size_t p = tool_streamable_prefix(f, std::string_view(text).substr(0, have));
+    EXPECT_GE(p, last_prefix) << "the prefix shrank at " << have << " of: " << text;
+    last_prefix = p;
+    if (p > sent) {
+      out += text.substr(sent, p - sent);
+      sent = p;
+    }
+  }
+  const std::string content = parse_tool_calls(f, text, kTools).content;
+  EXPECT_EQ(content.compare(0, sent, text, 0, sent), 0) << "streamed bytes are not the content's start: " << text;
+  if (content.size() > sent) out += content.substr(sent);
+  return out;
+}
+
+TEST(ToolCalls, StreamedContentEqualsTheWholeAnswersContent) {
+  std::mt19937 rng(7);
+  const std::vector<std::string> texts = {
+      "Plain answer with <tags> and < signs.\n",
+      "Let me check.\n<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}\n</tool_call>",
+      "a\n<tool_call>{\"name\": \"get_time\"}</tool_call>\nb  ",
+      "  \n<tool_call>{\"name\": \"get_time\"}</tool_call>",
+      "<tool_call>{\"name\": \"nope\"}</tool_call> tail",
+      "x <tool_call>{\"name\": \"get_time\"",
+      "<tool_cal",
+      "{\"name\": \"get_time\", \"parameters\": {}}",
+      " Sure: {\"name\": \"get_time\"}",
+  };
+  for (ToolFormat f : {ToolFormat::kHermes, ToolFormat::kLlamaJson})
+    for (const std::string& t : texts)
+      for (int round = 0; round < 20; ++round)
+        EXPECT_EQ(streamed(f, t, rng), parse_tool_calls(f, t, kTools).content) << tool_format_name(f) << ": " << t;
+}
+
+}  // namespace
+}  // namespace airlock::daemon
