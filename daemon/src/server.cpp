@@ -45,6 +45,15 @@ std::string random_id(const char* prefix) {
   return out;
 }
 
+// `n` random letters and digits (Mistral's templates want tool call ids of
+// exactly 9 of them).
+std::string alnum_id(std::size_t n) {
+  static const char* kChars = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+  std::string out;
+  for (std::size_t i = 0; i < n; ++i) out += kChars[randombytes_uniform(62)];
+  return out;
+}
+
 // Bytes that are not valid UTF-8 become U+FFFD, so the JSON stays valid.
 std::string valid_utf8(const std::string& s) {
   std::string out;
@@ -159,6 +168,7 @@ struct Choice {
   // With tools: the bytes of `text` streamed as content so far, and the
   // calls parsed from the whole answer once it has ended.
   std::size_t tool_sent = 0;
+  ToolStream tool_stream{ToolFormat::kNone};
   std::optional<ToolOutput> tool_output;
 };
 
@@ -291,7 +301,8 @@ struct Generation {
       c.tool_output = parse_tool_calls(model->tool_format, c.text, request.tool_names,
                                        request.parallel_tool_calls ? static_cast<std::size_t>(-1) : 1);
       if (!c.tool_output->calls.empty() && c.finish == "stop") c.finish = "tool_calls";
-      for (ToolCall& call : c.tool_output->calls) call.id = random_id("call_");
+      for (ToolCall& call : c.tool_output->calls)
+        call.id = model->tool_format == ToolFormat::kMistral ? alnum_id(9) : random_id("call_");
     }
     return *c.tool_output;
   }
@@ -311,7 +322,7 @@ struct Generation {
   // The next piece of a tool-calling choice's content to stream: what has
   // become safe to send since the last call, or at its end what is left.
   std::string tool_content_delta(Choice& c) const {
-    std::size_t upto = tool_streamable_prefix(model->tool_format, c.text);
+    std::size_t upto = c.tool_stream.safe_prefix(c.text);
     const std::string* source = &c.text;
     if (c.done && c.error.is_ok()) {
       source = &tool_output(c).content;
@@ -1197,6 +1208,7 @@ void Server::Impl::completions(const httplib::Request& req, httplib::Response& r
       c.decoder = std::make_unique<engine::StreamDecoder>(
           *m->tokenizer, after_text ? engine::StreamDecoder::LeadingSpace::kKeep : engine::StreamDecoder::LeadingSpace::kStrip);
       c.strips_leading_space = !after_text;
+      if (g->calls_tools()) c.tool_stream = ToolStream(m->tool_format);
       if (r.endpoint == Endpoint::kCompletions && r.echo) c.echo = r.prompts[p];
       g->choices.push_back(std::move(c));
     }

@@ -15,6 +15,7 @@ using json = nlohmann::ordered_json;  // the model's key order is kept
 constexpr std::string_view kOpen = "<tool_call>";
 constexpr std::string_view kClose = "</tool_call>";
 constexpr std::string_view kPythonTag = "<|python_tag|>";
+constexpr std::string_view kMistralCalls = "[TOOL_CALLS]";
 constexpr std::string_view kSpace = " \t\n\r\f\v";
 
 std::string_view trim(std::string_view s) {
@@ -120,10 +121,30 @@ ToolOutput parse_llama_json(std::string_view text, const std::vector<std::string
   return out;
 }
 
+// The whole answer is a JSON array of call objects.
+ToolOutput parse_mistral(std::string_view text, const std::vector<std::string>& tools, std::size_t max_calls) {
+  ToolOutput none{std::string(text), {}};
+  std::string_view rest = trim(text);
+  if (rest.substr(0, kMistralCalls.size()) == kMistralCalls) rest = trim(rest.substr(kMistralCalls.size()));
+  if (rest.empty() || rest[0] != '[') return none;
+  if (json_text_has_wide_object<json>(rest)) return none;
+  json j = json::parse(rest.begin(), rest.end(), nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded() || !j.is_array() || j.empty() || json_deeper_than(j)) return none;
+  ToolOutput out;
+  for (const json& item : j) {
+    std::optional<ToolCall> call = item.is_object() ? call_of(item, tools) : std::nullopt;
+    if (!call) return none;
+    if (out.calls.size() < max_calls) out.calls.push_back(std::move(*call));
+  }
+  return out;
+}
+
 }  // namespace
 
 ToolFormat tool_format_of(std::string_view t) {
   if (t.find(kOpen) != std::string_view::npos) return ToolFormat::kHermes;
+  if (t.find(kMistralCalls) != std::string_view::npos)
+    return t.find("[ARGS]") == std::string_view::npos ? ToolFormat::kMistral : ToolFormat::kNone;
   if (t.find(kPythonTag) != std::string_view::npos || t.find("Environment: ipython") != std::string_view::npos ||
       t.find("\"parameters\": dictionary of argument name") != std::string_view::npos)
     return ToolFormat::kLlamaJson;
@@ -134,6 +155,7 @@ const char* tool_format_name(ToolFormat f) {
   switch (f) {
     case ToolFormat::kHermes: return "hermes";
     case ToolFormat::kLlamaJson: return "llama3_json";
+    case ToolFormat::kMistral: return "mistral";
     case ToolFormat::kNone: break;
   }
   return "none";
@@ -144,40 +166,56 @@ ToolOutput parse_tool_calls(ToolFormat f, std::string_view text, const std::vect
   switch (f) {
     case ToolFormat::kHermes: return parse_hermes(text, tools, max_calls);
     case ToolFormat::kLlamaJson: return parse_llama_json(text, tools, max_calls);
+    case ToolFormat::kMistral: return parse_mistral(text, tools, max_calls);
     case ToolFormat::kNone: break;
   }
   return ToolOutput{std::string(text), {}};
 }
 
-std::size_t tool_streamable_prefix(ToolFormat f, std::string_view text) {
-  switch (f) {
-    case ToolFormat::kHermes: {
-      std::size_t end = text.find(kOpen);
-      if (end == std::string_view::npos) {
-        // A tail that could still grow into "<tool_call>" waits.
-        end = text.size();
-        for (std::size_t k = std::min(text.size(), kOpen.size() - 1); k > 0; --k)
-          if (text.substr(text.size() - k) == kOpen.substr(0, k)) {
-            end = text.size() - k;
-            break;
-          }
+std::size_t ToolStream::safe_prefix(std::string_view text) {
+  if (frozen_) return safe_;
+  if (free_ || f_ == ToolFormat::kNone) return safe_ = text.size();
+  auto is_space = [](char c) { return kSpace.find(c) != std::string_view::npos; };
+  if (f_ == ToolFormat::kHermes) {
+    // Bytes are taken in order; at each, whether "<tool_call>" starts there
+    // (once the text is long enough to tell: a byte looked at is never a
+    // tag's start, as the text only grows).
+    for (; scanned_ + kOpen.size() <= text.size(); ++scanned_) {
+      if (text.compare(scanned_, kOpen.size(), kOpen) == 0) {
+        frozen_ = true;
+        return safe_ = std::max(safe_, nonws_end_);
       }
-      return rtrimmed_size(text.substr(0, end));
+      if (!is_space(text[scanned_])) nonws_end_ = scanned_ + 1;
     }
-    case ToolFormat::kLlamaJson: {
-      // An answer that starts with '{' (or the python tag) may be a call: all of it waits.
-      const std::size_t b = text.find_first_not_of(kSpace);
-      if (b == std::string_view::npos) return 0;
-      const std::string_view rest = text.substr(b);
-      if (rest[0] == '{') return 0;
-      if (rest.size() < kPythonTag.size() ? kPythonTag.substr(0, rest.size()) == rest
-                                          : rest.substr(0, kPythonTag.size()) == kPythonTag)
-        return 0;
-      return text.size();
-    }
-    case ToolFormat::kNone: break;
+    // The tail not looked at (under 11 bytes) may still grow into the tag:
+    // the text before the longest part of it that could is safe, less its
+    // trailing whitespace.
+    std::size_t end = text.size();
+    for (std::size_t k = text.size() - scanned_; k > 0; --k)
+      if (text.substr(text.size() - k) == kOpen.substr(0, k)) {
+        end = text.size() - k;
+        break;
+      }
+    std::size_t last = nonws_end_;
+    for (std::size_t i = scanned_; i < end; ++i)
+      if (!is_space(text[i])) last = i + 1;
+    return safe_ = std::max(safe_, last);
   }
-  return text.size();
+  // llama3_json and mistral: an answer that starts with '{' or '[' (or with
+  // the tag before it) may be a call, and then all of it waits.
+  const char open = f_ == ToolFormat::kLlamaJson ? '{' : '[';
+  const std::string_view tag = f_ == ToolFormat::kLlamaJson ? kPythonTag : kMistralCalls;
+  while (scanned_ < text.size() && is_space(text[scanned_])) ++scanned_;
+  if (scanned_ == text.size()) return safe_;  // whitespace so far
+  const std::string_view rest = text.substr(scanned_);
+  const std::size_t n = std::min(rest.size(), tag.size());
+  if (rest[0] == open || (n == tag.size() && rest.substr(0, n) == tag)) {
+    frozen_ = true;
+    return safe_;
+  }
+  if (rest.substr(0, n) == tag.substr(0, n)) return safe_;  // could still become the tag
+  free_ = true;
+  return safe_ = text.size();
 }
 
 }  // namespace airlock::daemon

@@ -13,9 +13,16 @@
 //    or several such objects separated by ';' (Llama 3.1, 3.2, 3.3). Found
 //    by the template's "<|python_tag|>", its "Environment: ipython" or its
 //    instruction to answer {"name": ..., "parameters": dictionary of ...}.
-// A template with neither (no tool support, or a convention not known here,
-// such as Mistral's [TOOL_CALLS] control token) gets kNone, and a request
-// with tools is refused for it rather than answered with unparsed text.
+//  - mistral: the answer is `[{"name": ..., "arguments": {...}}, ...]`
+//    after the [TOOL_CALLS] control token, which decoding drops (Mistral 7B
+//    Instruct v0.3, Nemo, Small up to 2501: tokenizer v3). Found by the
+//    template's "[TOOL_CALLS]" without "[ARGS]". Its templates require call
+//    ids of 9 letters and digits.
+// A template with none of these (no tool support, or a convention not
+// known here, such as the `[TOOL_CALLS]name[ARGS]{...}` of Mistral's later
+// tokenizers, whose structure lives in control tokens) gets kNone, and a
+// request with tools is refused for it rather than answered with unparsed
+// text.
 //
 // The model's output is untrusted text: a block that is not a JSON object
 // naming a declared tool with an object of arguments is left in the answer
@@ -31,11 +38,11 @@
 
 namespace airlock::daemon {
 
-enum class ToolFormat { kNone, kHermes, kLlamaJson };
+enum class ToolFormat { kNone, kHermes, kLlamaJson, kMistral };
 
 // The convention `chat_template` (the template's source) teaches.
 ToolFormat tool_format_of(std::string_view chat_template);
-const char* tool_format_name(ToolFormat f);  // "none", "hermes", "llama3_json"
+const char* tool_format_name(ToolFormat f);  // "none", "hermes", "llama3_json", "mistral"
 
 struct ToolCall {
   std::string name;
@@ -55,10 +62,24 @@ ToolOutput parse_tool_calls(ToolFormat f, std::string_view text, const std::vect
                             std::size_t max_calls = static_cast<std::size_t>(-1));
 
 // While an answer streams: how many of its first bytes can be sent as
-// content now, knowing only `text` so far (nothing after them can turn out
-// to be part of a call). Never shrinks as text grows; the rest is held
-// until the answer ends. Trailing whitespace is held too, so that the
-// streamed content equals parse_tool_calls(...).content.
-std::size_t tool_streamable_prefix(ToolFormat f, std::string_view text);
+// content now, knowing only the text so far (nothing after them can turn
+// out to be part of a call). Given the answer each time it has grown, it
+// looks only at what was added (an answer of a million bytes in a million
+// pieces costs a million steps, not 10^12). The prefix never shrinks; the
+// rest is held until the answer ends. Trailing whitespace is held too, so
+// that the streamed content equals parse_tool_calls(...).content.
+class ToolStream {
+ public:
+  explicit ToolStream(ToolFormat f) : f_(f) {}
+  std::size_t safe_prefix(std::string_view text);
+
+ private:
+  ToolFormat f_;
+  std::size_t scanned_ = 0;     // bytes of the answer looked at
+  std::size_t nonws_end_ = 0;   // Hermes: one past the last non-whitespace byte among them
+  std::size_t safe_ = 0;
+  bool frozen_ = false;         // a call may have begun: nothing more is sent before the end
+  bool free_ = false;           // no call can begin any more: everything is sent
+};
 
 }  // namespace airlock::daemon

@@ -2437,6 +2437,58 @@ TEST(DaemonLifecycle, ToolCallsInTheModelsFormatBecomeToolCalls) {
   EXPECT_EQ(d->stop(), 0);
 }
 
+// Mistral's form (tokenizer v3): the calls are a JSON array after the
+// [TOOL_CALLS] control token, and its templates refuse call ids that are not
+// 9 letters and digits, so the ids given out must be such for the
+// conversation to go on.
+TEST(DaemonLifecycle, MistralToolCallsHaveIdsItsTemplateTakes) {
+  TempDir models;
+  testing::write_file(models / "mistral.jinja",
+                      "{%- for m in messages %}{% if m.role == 'user' %}"
+                      "{% if tools and loop.last %}[AVAILABLE_TOOLS] {{ tools | tojson }}[/AVAILABLE_TOOLS]{% endif %}"
+                      "[INST] {{ m.content }}[/INST]"
+                      "{% elif m.tool_calls %}[TOOL_CALLS] [{% for tc in m.tool_calls %}"
+                      "{% if tc.id | length != 9 %}{{ raise_exception('Tool call IDs should be alphanumeric strings with "
+                      "length 9!') }}{% endif %}{{ (tc.function | tojson)[:-1] }}, \"id\": \"{{ tc.id }}\"}"
+                      "{% endfor %}]</s>{% elif m.role == 'tool' %}"
+                      "{% if m.tool_call_id | length != 9 %}{{ raise_exception('bad id') }}{% endif %}"
+                      "[TOOL_RESULTS] {\"content\": {{ m.content | tojson }}, \"call_id\": \"{{ m.tool_call_id }}\"}[/TOOL_RESULTS]"
+                      "{% else %} {{ m.content }}</s>{% endif %}{% endfor %}");
+  const std::string answer = "[{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}]";
+  ASSERT_EQ(run_tool({AIRLOCK_GEN_MODEL_PATH, "--answer", answer, models / "mistral.gguf", "--token", answer,
+                      "--chat-template", models / "mistral.jinja"}),
+            0);
+  Enclave e("", models / "mistral.gguf");
+  auto d = Daemon::start(e);
+  ASSERT_GT(d->port, 0) << d->log();
+  EXPECT_NE(d->log().find("tool calls: mistral"), std::string::npos) << d->log();
+  json body = {{"model", "stories"},
+               {"messages", json::array({{{"role", "user"}, {"content", "Weather in Paris?"}}})},
+               {"tools", {weather_tool()}},
+               {"temperature", 0}};
+  auto r = d->post("/v1/chat/completions", body);
+  ASSERT_EQ(r->status, 200) << r->body;
+  json msg = json::parse(r->body)["choices"][0]["message"];
+  EXPECT_TRUE(msg["content"].is_null()) << r->body;
+  ASSERT_EQ(msg["tool_calls"].size(), 1u) << r->body;
+  const std::string id = msg["tool_calls"][0]["id"].get<std::string>();
+  EXPECT_EQ(id.size(), 9u) << id;
+  EXPECT_TRUE(std::all_of(id.begin(), id.end(), [](char c) { return std::isalnum(static_cast<unsigned char>(c)); })) << id;
+  json streamed = body;
+  streamed["stream"] = true;
+  StreamedChoice sc = read_stream(d->post("/v1/chat/completions", streamed)->body);
+  EXPECT_EQ(sc.content, "");
+  ASSERT_EQ(sc.tool_calls.size(), 1u);
+  EXPECT_EQ(sc.finish, "tool_calls");
+  // The answer sent back with the tool's result, as an agent loop does.
+  body["messages"].push_back(msg);
+  body["messages"].push_back({{"role", "tool"}, {"tool_call_id", id}, {"content", "18 C"}});
+  body["max_tokens"] = 1;
+  auto next = d->post("/v1/chat/completions", body);
+  EXPECT_EQ(next->status, 200) << next->body;
+  EXPECT_EQ(d->stop(), 0);
+}
+
 // A model whose template has no tool-call convention: tools are refused (an
 // answer would come back as unparsed text).
 TEST_F(DaemonE2E, ToolsAreRefusedForAModelWithoutAToolFormat) {

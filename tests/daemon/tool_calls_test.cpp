@@ -1,4 +1,4 @@
-// Tool calls in model output: the Hermes and Llama 3 JSON forms, hostile
+// Tool calls in model output: the Hermes, Llama 3 JSON and Mistral forms, hostile
 // and malformed output, and streaming (what is sent as content while the
 // answer grows equals the content of the whole answer).
 #include "tool_calls.h"
@@ -22,9 +22,10 @@ TEST(ToolCalls, FormatFromTheTemplate) {
   EXPECT_EQ(tool_format_of("{{- \"<|python_tag|>\" + tool_call.name }}"), ToolFormat::kLlamaJson);
   EXPECT_EQ(tool_format_of("{{- \"Environment: ipython\\n\" }}"), ToolFormat::kLlamaJson);
   EXPECT_EQ(tool_format_of("{% for m in messages %}<|im_start|>{{ m.content }}{% endfor %}"), ToolFormat::kNone);
-  EXPECT_EQ(tool_format_of("[TOOL_CALLS]"), ToolFormat::kNone);  // Mistral's form is not read
+  EXPECT_EQ(tool_format_of("[TOOL_CALLS]"), ToolFormat::kMistral);
   EXPECT_STREQ(tool_format_name(ToolFormat::kHermes), "hermes");
   EXPECT_STREQ(tool_format_name(ToolFormat::kLlamaJson), "llama3_json");
+  EXPECT_STREQ(tool_format_name(ToolFormat::kMistral), "mistral");
   EXPECT_STREQ(tool_format_name(ToolFormat::kNone), "none");
 }
 
@@ -139,18 +140,64 @@ TEST(ToolCalls, LlamaJson) {
   }
 }
 
+std::size_t prefix(ToolFormat f, std::string_view text) { return ToolStream(f).safe_prefix(text); }
+
+TEST(ToolCalls, MistralArray) {
+  ToolOutput o = parse_tool_calls(ToolFormat::kMistral,
+                                  " [{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}, "
+                                  "{\"name\": \"get_time\", \"arguments\": {}}]",
+                                  kTools);
+  ASSERT_EQ(o.calls.size(), 2u);
+  EXPECT_EQ(o.calls[0].arguments, "{\"city\":\"Paris\"}");
+  EXPECT_EQ(o.content, "");
+  EXPECT_EQ(parse_tool_calls(ToolFormat::kMistral, "[TOOL_CALLS][{\"name\": \"get_time\"}]", kTools).calls.size(), 1u);
+  EXPECT_EQ(parse_tool_calls(ToolFormat::kMistral, "[{\"name\": \"get_time\"}, {\"name\": \"get_time\"}]", kTools, 1).calls.size(), 1u);
+  for (const std::string text : {"[1] Paris is in France.", "[]", "[{\"name\": \"nope\"}]", "[{\"name\": \"get_time\"}, 5]",
+                                 "[{\"name\": \"get_time\"}] and more", "[{\"name\": \"get_time\"}"}) {
+    o = parse_tool_calls(ToolFormat::kMistral, text, kTools);
+    EXPECT_TRUE(o.calls.empty()) << text;
+    EXPECT_EQ(o.content, text);
+  }
+  EXPECT_EQ(tool_format_of("{{- \"[TOOL_CALLS] [\" }}{{- \"[AVAILABLE_TOOLS]\" }}"), ToolFormat::kMistral);
+  // Later Mistral tokenizers: [TOOL_CALLS]name[ARGS]{...}, control tokens
+  // that decoding drops: not read.
+  EXPECT_EQ(tool_format_of("{{- \"[TOOL_CALLS]\" + name + \"[ARGS]\" + arguments }}"), ToolFormat::kNone);
+}
+
 TEST(ToolCalls, StreamablePrefix) {
   using F = ToolFormat;
-  EXPECT_EQ(tool_streamable_prefix(F::kHermes, "Hello"), 5u);
-  EXPECT_EQ(tool_streamable_prefix(F::kHermes, "Hello <tool"), 5u);  // might become a call; the space waits too
-  EXPECT_EQ(tool_streamable_prefix(F::kHermes, "Hello <tools"), 12u);
-  EXPECT_EQ(tool_streamable_prefix(F::kHermes, "Hi\n<tool_call>{\"name\""), 2u);
-  EXPECT_EQ(tool_streamable_prefix(F::kHermes, "Hi <"), 2u);
-  EXPECT_EQ(tool_streamable_prefix(F::kLlamaJson, "  "), 0u);
-  EXPECT_EQ(tool_streamable_prefix(F::kLlamaJson, " {\"name\""), 0u);
-  EXPECT_EQ(tool_streamable_prefix(F::kLlamaJson, "<|pyth"), 0u);
-  EXPECT_EQ(tool_streamable_prefix(F::kLlamaJson, "Sure, "), 6u);
-  EXPECT_EQ(tool_streamable_prefix(F::kNone, "<tool_call>"), 11u);
+  EXPECT_EQ(prefix(F::kHermes, "Hello"), 5u);
+  EXPECT_EQ(prefix(F::kHermes, "Hello <tool"), 5u);  // might become a call; the space waits too
+  EXPECT_EQ(prefix(F::kHermes, "Hello <tools"), 12u);
+  EXPECT_EQ(prefix(F::kHermes, "Hi\n<tool_call>{\"name\""), 2u);
+  EXPECT_EQ(prefix(F::kHermes, "Hi <"), 2u);
+  EXPECT_EQ(prefix(F::kHermes, "<tool_call>"), 0u);
+  EXPECT_EQ(prefix(F::kLlamaJson, "  "), 0u);
+  EXPECT_EQ(prefix(F::kLlamaJson, " {\"name\""), 0u);
+  EXPECT_EQ(prefix(F::kLlamaJson, "<|pyth"), 0u);
+  EXPECT_EQ(prefix(F::kLlamaJson, "<|python_tag|>"), 0u);
+  EXPECT_EQ(prefix(F::kLlamaJson, "<|pythons"), 9u);
+  EXPECT_EQ(prefix(F::kLlamaJson, "Sure, "), 6u);
+  EXPECT_EQ(prefix(F::kMistral, " [{\"name\""), 0u);
+  EXPECT_EQ(prefix(F::kMistral, "No call."), 8u);
+  EXPECT_EQ(prefix(F::kNone, "<tool_call>"), 11u);
+}
+
+// Fed the answer as it grows, a stream says what a fresh one says of the
+// text so far (it looks only at what was added, and must lose nothing).
+TEST(ToolCalls, IncrementalPrefixEqualsAFreshOne) {
+  std::mt19937 rng(11);
+  const std::string alphabet[] = {"<tool_call>", "</tool_call>", "<tool_c", "<", " ", "\n", "a", "{", "[", "<|python_tag|>",
+                                  "[TOOL_CALLS]", "<|py", "x"};
+  for (ToolFormat f : {ToolFormat::kHermes, ToolFormat::kLlamaJson, ToolFormat::kMistral})
+    for (int round = 0; round < 300; ++round) {
+      std::string text;
+      ToolStream s(f);
+      for (int step = 0; step < 12; ++step) {
+        text += alphabet[rng() % std::size(alphabet)];
+        ASSERT_EQ(s.safe_prefix(text), prefix(f, text)) << tool_format_name(f) << ": " << text;
+      }
+    }
 }
 
 // The server's streaming, as it does it: at each point the safe prefix is
@@ -159,9 +206,10 @@ TEST(ToolCalls, StreamablePrefix) {
 std::string streamed(ToolFormat f, const std::string& text, std::mt19937& rng) {
   std::string out;
   std::size_t sent = 0, have = 0, last_prefix = 0;
+  ToolStream stream(f);
   while (have < text.size()) {
     have = std::min(text.size(), have + 1 + rng() % 5);
-    const std::size_t p = tool_streamable_prefix(f, std::string_view(text).substr(0, have));
+    const std::size_t p = stream.safe_prefix(std::string_view(text).substr(0, have));
     EXPECT_GE(p, last_prefix) << "the prefix shrank at " << have << " of: " << text;
     last_prefix = p;
     if (p > sent) {
@@ -187,8 +235,10 @@ TEST(ToolCalls, StreamedContentEqualsTheWholeAnswersContent) {
       "<tool_cal",
       "{\"name\": \"get_time\", \"parameters\": {}}",
       " Sure: {\"name\": \"get_time\"}",
+      " [{\"name\": \"get_time\", \"arguments\": {}}]",
+      "[1] is a citation, not a call.",
   };
-  for (ToolFormat f : {ToolFormat::kHermes, ToolFormat::kLlamaJson})
+  for (ToolFormat f : {ToolFormat::kHermes, ToolFormat::kLlamaJson, ToolFormat::kMistral})
     for (const std::string& t : texts)
       for (int round = 0; round < 20; ++round)
         EXPECT_EQ(streamed(f, t, rng), parse_tool_calls(f, t, kTools).content) << tool_format_name(f) << ": " << t;

@@ -19,7 +19,9 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   using namespace airlock::daemon;
   switch (data[0] % 6) {
     case 5: {
-      const ToolFormat f = body.size() % 2 == 0 ? ToolFormat::kHermes : ToolFormat::kLlamaJson;
+      const ToolFormat f = body.size() % 3 == 0 ? ToolFormat::kHermes
+                           : body.size() % 3 == 1 ? ToolFormat::kLlamaJson
+                                                  : ToolFormat::kMistral;
       const std::vector<std::string> tools = {"get_weather", "f"};
       const ToolOutput whole = parse_tool_calls(f, body, tools);
       for (const ToolCall& c : whole.calls)
@@ -27,8 +29,9 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
       // The server streams the safe prefix as the text grows (here in steps
       // of 7 bytes), then the rest of the content.
       std::size_t last = 0;
+      ToolStream stream(f);
       for (std::size_t have = 0;; have = std::min(body.size(), have + 7)) {
-        const std::size_t p = tool_streamable_prefix(f, body.substr(0, have));
+        const std::size_t p = stream.safe_prefix(body.substr(0, have));
         if (p < last || p > have) __builtin_trap();
         last = p;
         if (have == body.size()) break;
