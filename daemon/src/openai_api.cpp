@@ -5,6 +5,7 @@
 #include <iterator>
 
 #include "airlock/common/json_depth.h"
+#include "tool_calls.h"
 
 namespace airlock::daemon {
 namespace {
@@ -16,6 +17,10 @@ constexpr int kMaxN = 16;
 constexpr std::size_t kMaxPrompts = 64;  // /v1/completions prompts a request
 constexpr std::size_t kMaxChoices = 64;  // prompts x n
 constexpr std::size_t kMaxTools = 128;
+// Arguments sit 6 levels deep in a body (body, messages, message,
+// tool_calls, call, function): parsed from their string, they may nest this
+// much more, so that the whole stays within kMaxJsonDepth.
+constexpr int kMaxArgumentsDepth = kMaxJsonDepth - 6;
 
 ApiError invalid(const std::string& param, const std::string& message) {
   ApiError e;
@@ -119,17 +124,25 @@ std::optional<ApiError> parse_tools(const ojson& j, CompletionRequest* r) {
     if (!f.contains("name") || !f["name"].is_string() || !valid_tool_name(f["name"].get<std::string>()))
       return invalid(param + ".function.name", param + ".function.name must be 1 to 64 letters, digits, '_' or '-'");
     const std::string name = f["name"].get<std::string>();
-    if (std::find(r->tool_names.begin(), r->tool_names.end(), name) != r->tool_names.end())
+    if (std::any_of(r->tool_specs.begin(), r->tool_specs.end(), [&](const ToolSpec& spec) { return spec.name == name; }))
       return invalid(param + ".function.name", "two tools are named '" + name + "'");
     if (f.contains("description") && !f["description"].is_string() && !f["description"].is_null())
       return invalid(param + ".function.description", param + ".function.description must be a string");
     if (f.contains("parameters") && !f["parameters"].is_object() && !f["parameters"].is_null())
       return invalid(param + ".function.parameters", param + ".function.parameters must be a JSON Schema object");
-    // strict promises arguments that follow the schema: constrained decoding again.
-    if (f.contains("strict") && f["strict"] == true)
-      return invalid(param + ".function.strict", "strict function calling (arguments guaranteed to follow the schema) "
-                                                 "needs constrained decoding, which this server does not have");
-    r->tool_names.push_back(name);
+    if (f.contains("strict") && !f["strict"].is_boolean() && !f["strict"].is_null())
+      return invalid(param + ".function.strict", param + ".function.strict must be true or false");
+    ToolSpec spec;
+    spec.name = name;
+    // strict: a call counts only if its arguments follow the schema (they
+    // are checked; nothing constrains the model), so the schema must be one
+    // that can be checked here.
+    spec.strict = f.contains("strict") && f["strict"] == true;
+    if (f.contains("parameters") && !f["parameters"].is_null()) spec.parameters = f["parameters"];
+    if (spec.strict && !spec.parameters.is_null())
+      if (std::optional<std::string> why = unsupported_schema(spec.parameters))
+        return invalid(param + ".function.parameters", param + ".function." + *why);
+    r->tool_specs.push_back(std::move(spec));
   }
   r->tools = tools;
   if (j.contains("parallel_tool_calls") && !j["parallel_tool_calls"].is_null()) {
@@ -157,8 +170,17 @@ std::optional<ApiError> normalise_tool_calls(ojson& msg, const std::string& para
     if (!f.contains("arguments")) continue;
     ojson& a = f["arguments"];
     if (a.is_string()) {
-      ojson parsed = ojson::parse(a.get_ref<const std::string&>(), nullptr, /*allow_exceptions=*/false);
-      if (!parsed.is_discarded() && parsed.is_object()) a = std::move(parsed);  // else the string stays
+      // Held to the body's limits: the string was not part of its checks.
+      const std::string& text = a.get_ref<const std::string&>();
+      if (json_text_has_wide_object<ojson>(text))
+        return invalid(p + ".function.arguments", p + ".function.arguments has an object with more than 256 keys");
+      ojson parsed = ojson::parse(text, nullptr, /*allow_exceptions=*/false);
+      if (!parsed.is_discarded() && parsed.is_object()) {
+        if (json_deeper_than(parsed, kMaxArgumentsDepth))
+          return invalid(p + ".function.arguments", p + ".function.arguments is nested deeper than " +
+                                                        std::to_string(kMaxArgumentsDepth) + " levels");
+        a = std::move(parsed);
+      }  // else the string stays
     } else if (!a.is_object()) {
       return invalid(p + ".function.arguments", p + ".function.arguments must be a JSON string or an object");
     }

@@ -7,9 +7,9 @@
 // Unknown top-level fields are ignored (SDKs send fields that do not apply
 // here, as OpenAI itself tolerates); known fields of the wrong type or out
 // of range are errors, and so are fields that would change the answer and
-// are not supported here (a forced tool call, strict functions, a
-// response_format other than text, suffix, best_of other than n), each
-// named in the 400.
+// are not supported here (a forced tool call, a strict function whose
+// schema cannot be checked, a response_format other than text, suffix,
+// best_of other than n), each named in the 400.
 //
 // Thread-safety: free functions without shared state.
 #pragma once
@@ -23,6 +23,7 @@
 
 #include "airlock/common/status.h"
 #include "airlock/engine/sampler.h"
+#include "tool_calls.h"
 
 namespace airlock::daemon {
 
@@ -58,9 +59,10 @@ struct CompletionRequest {
   std::string model;
   ojson messages = ojson::array();  // chat: role/content objects, content flattened to a string
   // Chat with tools (and tool_choice not "none"): the tools as sent, for
-  // the chat template, and their names. Empty: no tool calling.
+  // the chat template, and what a call of each must be. Empty: no tool
+  // calling.
   ojson tools = ojson::array();
-  std::vector<std::string> tool_names;
+  std::vector<ToolSpec> tool_specs;
   bool parallel_tool_calls = true;  // false: at most one call per answer
   std::vector<std::string> prompts;  // completions: one or more, each with n choices
   std::string prompt;                // completions: prompts joined (for the audit log)

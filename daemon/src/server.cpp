@@ -134,6 +134,10 @@ Status refuse_control_text(const engine::Tokenizer& tok, const std::vector<std::
                                 " holds control-token text (a turn marker such as this model's special tokens)");
       if (v->is_object())
         for (auto it = v->begin(); it != v->end(); ++it) {
+          // Keys too: templates print objects (schemas, arguments) with tojson.
+          if (has_control_token_text(tok, it.key()))
+            return invalid_argument(path_of(nodes, at) + " has a key that holds control-token text (a turn marker such "
+                                                         "as this model's special tokens)");
           nodes.push_back({&it.value(), at, it.key(), 0, false});
           stack.push_back(nodes.size() - 1);
         }
@@ -298,7 +302,7 @@ struct Generation {
   // cut by max_tokens stays "length".
   const ToolOutput& tool_output(Choice& c) const {
     if (!c.tool_output) {
-      c.tool_output = parse_tool_calls(model->tool_format, c.text, request.tool_names,
+      c.tool_output = parse_tool_calls(model->tool_format, c.text, request.tool_specs,
                                        request.parallel_tool_calls ? static_cast<std::size_t>(-1) : 1);
       if (!c.tool_output->calls.empty() && c.finish == "stop") c.finish = "tool_calls";
       for (ToolCall& call : c.tool_output->calls)
@@ -594,8 +598,11 @@ struct Server::Impl {
     for (std::size_t i = 0; i < in.messages.size(); ++i) {
       if (!in.messages[i].is_object()) continue;
       std::vector<std::pair<std::string, const ojson*>> roots;
-      for (auto it = in.messages[i].begin(); it != in.messages[i].end(); ++it)
+      for (auto it = in.messages[i].begin(); it != in.messages[i].end(); ++it) {
+        if (has_control_token_text(tok, it.key()))
+          return invalid_argument("messages[" + std::to_string(i) + "] has a key that holds control-token text");
         if (it.key() != "content" && it.key() != "role") roots.emplace_back("messages[" + std::to_string(i) + "]." + short_key(it.key()), &it.value());
+      }
       AIRLOCK_RETURN_IF_ERROR(refuse_control_text(tok, roots));
     }
     bool any = false;
@@ -663,11 +670,7 @@ struct Server::Impl {
     in.add_generation_prompt = true;
     in.bos_token = tok.bos() >= 0 ? tok.token_bytes(tok.bos(), true) : "";
     in.eos_token = tok.eos() >= 0 ? tok.token_bytes(tok.eos(), true) : "";
-    if (!r.tools.empty()) {
-      // The template prints the tools' names, descriptions and schemas.
-      AIRLOCK_RETURN_IF_ERROR(refuse_control_text(tok, {{"tools", &r.tools}}));
-      in.extra["tools"] = r.tools;
-    }
+    if (!r.tools.empty()) in.extra["tools"] = r.tools;  // checked for control-token text by the caller
     AIRLOCK_ASSIGN_OR_RETURN(std::string text, m.chat_template->render(in));
     // The template's markup is parsed for control tokens; the messages'
     // content is not, so a message (or a RAG document in the system message)
@@ -728,7 +731,10 @@ struct Server::Impl {
     if (g.request.endpoint == Endpoint::kChat) {
       ojson delta = ojson::object();
       if (role) delta["role"] = "assistant";
-      if (role || !text.empty()) delta["content"] = text;
+      // With tools an answer may be calls alone, whose content is null (as
+      // OpenAI starts such a stream); the SDKs append text to a null.
+      if (role && text.empty() && g.calls_tools()) delta["content"] = nullptr;
+      else if (role || !text.empty()) delta["content"] = text;
       ch["delta"] = delta;
     } else {
       ch["text"] = text;
@@ -1101,6 +1107,14 @@ void Server::Impl::completions(const httplib::Request& req, httplib::Response& r
                            "not be returned as tool_calls");
     e.param = "tools";
     return fail(e);
+  }
+  if (!r.tools.empty()) {
+    // The template prints the tools' names, descriptions and schemas.
+    if (Status st = refuse_control_text(*m->tokenizer, {{"tools", &r.tools}}); !st.is_ok()) {
+      ApiError e = api_error(400, "invalid_request_error", st.message());
+      e.param = "tools";
+      return fail(e);
+    }
   }
   if (r.grounding) {
     if (auto e = ground(*m, key, *g, rag_query, generate)) return fail(*e);

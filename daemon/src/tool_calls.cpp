@@ -1,6 +1,8 @@
 #include "tool_calls.h"
 
 #include <algorithm>
+#include <cmath>
+#include <iterator>
 #include <optional>
 
 #include <nlohmann/json.hpp>
@@ -40,10 +42,11 @@ std::optional<json> parse_object(std::string_view s) {
 
 // {"name": a declared tool, "arguments" (or Llama's "parameters"): an
 // object, or a string holding one}, as a call; anything else is not one.
-std::optional<ToolCall> call_of(const json& j, const std::vector<std::string>& tools) {
+std::optional<ToolCall> call_of(const json& j, const std::vector<ToolSpec>& tools) {
   if (!j.contains("name") || !j["name"].is_string()) return std::nullopt;
   const std::string name = j["name"].get<std::string>();
-  if (std::find(tools.begin(), tools.end(), name) == tools.end()) return std::nullopt;
+  const auto tool = std::find_if(tools.begin(), tools.end(), [&](const ToolSpec& t) { return t.name == name; });
+  if (tool == tools.end()) return std::nullopt;
   const char* key = j.contains("arguments") ? "arguments" : j.contains("parameters") ? "parameters" : nullptr;
   json args = json::object();
   if (key != nullptr) {
@@ -55,6 +58,8 @@ std::optional<ToolCall> call_of(const json& j, const std::vector<std::string>& t
     }
     if (!args.is_object()) return std::nullopt;
   }
+  if (tool->strict && !(tool->parameters.is_null() ? args.empty() : follows_schema(tool->parameters, args)))
+    return std::nullopt;
   return ToolCall{name, args.dump(-1, ' ', false, json::error_handler_t::replace), {}};
 }
 
@@ -77,7 +82,7 @@ std::size_t json_value_end(std::string_view s) {
   return std::string_view::npos;
 }
 
-ToolOutput parse_hermes(std::string_view text, const std::vector<std::string>& tools, std::size_t max_calls) {
+ToolOutput parse_hermes(std::string_view text, const std::vector<ToolSpec>& tools, std::size_t max_calls) {
   ToolOutput out;
   std::size_t pos = 0;
   for (std::size_t start; (start = text.find(kOpen, pos)) != std::string_view::npos;) {
@@ -99,7 +104,7 @@ ToolOutput parse_hermes(std::string_view text, const std::vector<std::string>& t
 }
 
 // The whole answer is one call object, or several separated by ';'.
-ToolOutput parse_llama_json(std::string_view text, const std::vector<std::string>& tools, std::size_t max_calls) {
+ToolOutput parse_llama_json(std::string_view text, const std::vector<ToolSpec>& tools, std::size_t max_calls) {
   ToolOutput none{std::string(text), {}};
   std::string_view rest = trim(text);
   if (rest.substr(0, kPythonTag.size()) == kPythonTag) rest = trim(rest.substr(kPythonTag.size()));
@@ -122,7 +127,7 @@ ToolOutput parse_llama_json(std::string_view text, const std::vector<std::string
 }
 
 // The whole answer is a JSON array of call objects.
-ToolOutput parse_mistral(std::string_view text, const std::vector<std::string>& tools, std::size_t max_calls) {
+ToolOutput parse_mistral(std::string_view text, const std::vector<ToolSpec>& tools, std::size_t max_calls) {
   ToolOutput none{std::string(text), {}};
   std::string_view rest = trim(text);
   if (rest.substr(0, kMistralCalls.size()) == kMistralCalls) rest = trim(rest.substr(kMistralCalls.size()));
@@ -139,10 +144,180 @@ ToolOutput parse_mistral(std::string_view text, const std::vector<std::string>& 
   return out;
 }
 
+// ---- JSON Schema, the subset strict tools may use.
+
+constexpr std::string_view kSchemaKeywords[] = {
+    "type", "properties", "required", "additionalProperties", "items", "enum", "const", "anyOf", "allOf", "oneOf",
+    "$ref", "$defs", "definitions", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "minItems",
+    "maxItems", "minLength", "maxLength", "description", "title", "default", "examples"};
+constexpr std::string_view kTypes[] = {"string", "number", "integer", "boolean", "object", "array", "null"};
+
+template <std::size_t N>
+bool one_of(std::string_view x, const std::string_view (&set)[N]) {
+  return std::find(std::begin(set), std::end(set), x) != std::end(set);
+}
+
+// The schema a "$ref" names in `root`, or null.
+const json* resolve_ref(const json& root, const json& ref) {
+  if (!ref.is_string()) return nullptr;
+  const std::string& r = ref.get_ref<const std::string&>();
+  if (r == "#") return &root;
+  for (std::string_view prefix : {"#/$defs/", "#/definitions/"}) {
+    if (r.compare(0, prefix.size(), prefix) != 0) continue;
+    const std::string name = r.substr(prefix.size());
+    const std::string table(prefix.substr(2, prefix.size() - 3));
+    if (name.find_first_of("/~") != std::string::npos || !root.contains(table) || !root[table].is_object() ||
+        !root[table].contains(name))
+      return nullptr;
+    return &root[table][name];
+  }
+  return nullptr;
+}
+
+struct SchemaCheck {
+  const json& root;
+  long steps = 1'000'000;  // subschemas looked at, in all
+  static constexpr int kMaxRefs = 64;  // $refs followed on one path
+
+  bool type_matches(std::string_view t, const json& v) const {
+    if (t == "string") return v.is_string();
+    if (t == "integer") return v.is_number_integer() || (v.is_number_float() && std::floor(v.get<double>()) == v.get<double>());
+    if (t == "number") return v.is_number();
+    if (t == "boolean") return v.is_boolean();
+    if (t == "object") return v.is_object();
+    if (t == "array") return v.is_array();
+    return t == "null" && v.is_null();
+  }
+
+  static std::size_t code_points(const std::string& s) {
+    return static_cast<std::size_t>(std::count_if(s.begin(), s.end(), [](char c) { return (c & 0xC0) != 0x80; }));
+  }
+
+  bool follows(const json& schema, const json& v, int refs) {
+    if (--steps < 0) return false;
+    if (schema.is_boolean()) return schema.get<bool>();
+    if (!schema.is_object()) return false;
+    if (schema.contains("$ref")) {
+      const json* target = resolve_ref(root, schema["$ref"]);
+      if (target == nullptr || refs >= kMaxRefs || !follows(*target, v, refs + 1)) return false;
+    }
+    if (schema.contains("type")) {
+      const json& t = schema["type"];
+      bool ok = false;
+      if (t.is_string()) ok = type_matches(t.get_ref<const std::string&>(), v);
+      else if (t.is_array())
+        for (const json& x : t) ok = ok || (x.is_string() && type_matches(x.get_ref<const std::string&>(), v));
+      if (!ok) return false;
+    }
+    if (schema.contains("enum")) {
+      const json& e = schema["enum"];
+      if (!e.is_array() || std::find(e.begin(), e.end(), v) == e.end()) return false;
+    }
+    if (schema.contains("const") && schema["const"] != v) return false;
+    if (v.is_number()) {
+      const double x = v.get<double>();
+      auto bound = [&](const char* k) { return schema.contains(k) && schema[k].is_number() ? std::optional<double>(schema[k].get<double>()) : std::nullopt; };
+      if (auto b = bound("minimum"); b && x < *b) return false;
+      if (auto b = bound("maximum"); b && x > *b) return false;
+      if (auto b = bound("exclusiveMinimum"); b && x <= *b) return false;
+      if (auto b = bound("exclusiveMaximum"); b && x >= *b) return false;
+    }
+    auto count = [&](const char* k) {
+      return schema.contains(k) && schema[k].is_number_unsigned() ? std::optional<std::uint64_t>(schema[k].get<std::uint64_t>())
+                                                                  : std::nullopt;
+    };
+    if (v.is_string()) {
+      const std::size_t n = code_points(v.get_ref<const std::string&>());
+      if (auto c = count("minLength"); c && n < *c) return false;
+      if (auto c = count("maxLength"); c && n > *c) return false;
+    }
+    if (v.is_array()) {
+      if (auto c = count("minItems"); c && v.size() < *c) return false;
+      if (auto c = count("maxItems"); c && v.size() > *c) return false;
+      if (schema.contains("items"))
+        for (const json& x : v)
+          if (!follows(schema["items"], x, refs)) return false;
+    }
+    if (v.is_object()) {
+      if (schema.contains("required") && schema["required"].is_array())
+        for (const json& k : schema["required"])
+          if (!k.is_string() || !v.contains(k.get_ref<const std::string&>())) return false;
+      const json* props = schema.contains("properties") && schema["properties"].is_object() ? &schema["properties"] : nullptr;
+      for (auto it = v.begin(); it != v.end(); ++it) {
+        if (props != nullptr && props->contains(it.key())) {
+          if (!follows((*props)[it.key()], it.value(), refs)) return false;
+        } else if (schema.contains("additionalProperties") && !follows(schema["additionalProperties"], it.value(), refs)) {
+          return false;
+        }
+      }
+    }
+    auto branches = [&](const char* k) -> int {  // how many of the listed schemas v follows (-1: none listed)
+      if (!schema.contains(k) || !schema[k].is_array()) return -1;
+      int n = 0;
+      for (const json& b : schema[k]) n += follows(b, v, refs) ? 1 : 0;
+      return n;
+    };
+    if (const int n = branches("anyOf"); n == 0) return false;
+    if (schema.contains("allOf") && schema["allOf"].is_array() && branches("allOf") != static_cast<int>(schema["allOf"].size()))
+      return false;
+    if (const int n = branches("oneOf"); n != -1 && n != 1) return false;
+    return steps >= 0;
+  }
+};
+
 }  // namespace
 
+std::optional<std::string> unsupported_schema(const json& schema) {
+  // Every subschema, iteratively (the schema came in a request body, so
+  // its depth is bounded, but its width is not).
+  std::vector<std::pair<const json*, std::string>> todo = {{&schema, "parameters"}};
+  while (!todo.empty()) {
+    auto [s, where] = todo.back();
+    todo.pop_back();
+    if (s->is_boolean()) continue;
+    if (!s->is_object()) return where + " is not a schema (an object)";
+    for (auto it = s->begin(); it != s->end(); ++it) {
+      const std::string& k = it.key();
+      const json& v = it.value();
+      if (!one_of(k, kSchemaKeywords))
+        return where + ": the keyword '" + k.substr(0, 64) + "' cannot be checked here (strict)";
+      if (k == "type") {
+        const bool ok = v.is_string() ? one_of(v.get_ref<const std::string&>(), kTypes)
+                                      : v.is_array() && std::all_of(v.begin(), v.end(), [](const json& x) {
+                                          return x.is_string() && one_of(x.get_ref<const std::string&>(), kTypes);
+                                        });
+        if (!ok) return where + ".type is not a JSON Schema type (or a list of them)";
+      } else if (k == "$ref") {
+        if (resolve_ref(schema, v) == nullptr)
+          return where + ".$ref must name \"#\", \"#/$defs/NAME\" or \"#/definitions/NAME\" of these parameters";
+      } else if (k == "properties" || k == "$defs" || k == "definitions") {
+        if (!v.is_object()) return where + "." + k + " must be an object";
+        for (auto p = v.begin(); p != v.end(); ++p) todo.emplace_back(&p.value(), where + "." + k + "." + p.key().substr(0, 64));
+      } else if (k == "items" || k == "additionalProperties") {
+        todo.emplace_back(&v, where + "." + k);
+      } else if (k == "anyOf" || k == "allOf" || k == "oneOf") {
+        if (!v.is_array()) return where + "." + k + " must be an array";
+        for (std::size_t i = 0; i < v.size(); ++i) todo.emplace_back(&v[i], where + "." + k + "[" + std::to_string(i) + "]");
+      } else if (k == "required" || k == "enum") {
+        if (!v.is_array()) return where + "." + k + " must be an array";
+      } else if (k.rfind("min", 0) == 0 || k.rfind("max", 0) == 0 || k.rfind("exclusive", 0) == 0) {
+        if (!v.is_number()) return where + "." + k + " must be a number";
+      }
+    }
+  }
+  return std::nullopt;
+}
+
+bool follows_schema(const json& schema, const json& value) {
+  SchemaCheck check{schema};
+  return check.follows(schema, value, 0);
+}
+
 ToolFormat tool_format_of(std::string_view t) {
-  if (t.find(kOpen) != std::string_view::npos) return ToolFormat::kHermes;
+  auto has = [&](std::string_view x) { return t.find(x) != std::string_view::npos; };
+  // <tool_call> with JSON inside; not the XML-style calls some templates
+  // also put in <tool_call> (Qwen3-Coder's <function=...>, GLM's <arg_key>).
+  if (has(kOpen)) return has("\"name") && !has("<function=") && !has("<arg_key>") ? ToolFormat::kHermes : ToolFormat::kNone;
   if (t.find(kMistralCalls) != std::string_view::npos)
     return t.find("[ARGS]") == std::string_view::npos ? ToolFormat::kMistral : ToolFormat::kNone;
   if (t.find(kPythonTag) != std::string_view::npos || t.find("Environment: ipython") != std::string_view::npos ||
@@ -161,7 +336,7 @@ const char* tool_format_name(ToolFormat f) {
   return "none";
 }
 
-ToolOutput parse_tool_calls(ToolFormat f, std::string_view text, const std::vector<std::string>& tools,
+ToolOutput parse_tool_calls(ToolFormat f, std::string_view text, const std::vector<ToolSpec>& tools,
                             std::size_t max_calls) {
   switch (f) {
     case ToolFormat::kHermes: return parse_hermes(text, tools, max_calls);

@@ -8,7 +8,9 @@
 //  - hermes: `<tool_call>{"name": ..., "arguments": {...}}</tool_call>`
 //    blocks, any number, possibly after some text (Qwen2.5, Qwen3, Hermes
 //    2/3 and the many models trained on that format). Found by the
-//    template's own "<tool_call>".
+//    template's own "<tool_call>" beside a JSON "name", and neither
+//    "<function=" nor "<arg_key>" (Qwen3-Coder and GLM put XML-style
+//    calls in the same tags: not read).
 //  - llama3_json: the whole answer is `{"name": ..., "parameters": {...}}`,
 //    or several such objects separated by ';' (Llama 3.1, 3.2, 3.3). Found
 //    by the template's "<|python_tag|>", its "Environment: ipython" or its
@@ -32,9 +34,12 @@
 #pragma once
 
 #include <cstddef>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
+
+#include <nlohmann/json.hpp>
 
 namespace airlock::daemon {
 
@@ -43,6 +48,31 @@ enum class ToolFormat { kNone, kHermes, kLlamaJson, kMistral };
 // The convention `chat_template` (the template's source) teaches.
 ToolFormat tool_format_of(std::string_view chat_template);
 const char* tool_format_name(ToolFormat f);  // "none", "hermes", "llama3_json", "mistral"
+
+// A tool the request offers. With `strict` (OpenAI's strict function
+// calling), a call counts only if its arguments follow `parameters`, a JSON
+// Schema in the subset below: nothing constrains what the model writes, so
+// arguments that do not follow it leave the call as text, and a client
+// gets no call it was promised would conform.
+struct ToolSpec {
+  std::string name;
+  bool strict = false;
+  nlohmann::ordered_json parameters;  // null: none (strict: the arguments must be {})
+};
+
+// Why `schema` (a strict tool's parameters) cannot be checked here, or
+// nullopt. Supported: type (a name or a list), properties, required,
+// additionalProperties, items, enum, const, anyOf, allOf, oneOf, $ref to
+// "#", "#/$defs/NAME" or "#/definitions/NAME", $defs, definitions, minimum,
+// maximum, exclusiveMinimum, exclusiveMaximum, minItems, maxItems,
+// minLength, maxLength, and the annotations description, title, default,
+// examples. Anything else (pattern, format, multipleOf, ...) is named.
+std::optional<std::string> unsupported_schema(const nlohmann::ordered_json& schema);
+
+// Whether `value` follows `schema` (one that unsupported_schema accepts).
+// Bounded work whatever the schema ($ref loops, nested anyOf): past the
+// bounds the answer is no.
+bool follows_schema(const nlohmann::ordered_json& schema, const nlohmann::ordered_json& value);
 
 struct ToolCall {
   std::string name;
@@ -55,10 +85,11 @@ struct ToolOutput {
   std::vector<ToolCall> calls;
 };
 
-// The calls in a whole answer. Calls must name one of `tools`; at most
+// The calls in a whole answer. Calls must name one of `tools` (and follow
+// its schema when it is strict); at most
 // `max_calls` are kept (1 for parallel_tool_calls false), later ones are
 // dropped. Without a call the content is `text` unchanged.
-ToolOutput parse_tool_calls(ToolFormat f, std::string_view text, const std::vector<std::string>& tools,
+ToolOutput parse_tool_calls(ToolFormat f, std::string_view text, const std::vector<ToolSpec>& tools,
                             std::size_t max_calls = static_cast<std::size_t>(-1));
 
 // While an answer streams: how many of its first bytes can be sent as

@@ -129,7 +129,10 @@ TEST(OpenAiApiTest, BadRequestsNameTheParameter) {
       {R"({"model":"m","messages":[{"role":"user","content":"x"}],"tools":[{"type":"function"}],"tool_choice":"required"})",
        Endpoint::kChat, "tool_choice"},
       {R"({"model":"m","messages":[{"role":"user","content":"x"}],"tools":[{"type":"function","function":{"name":"f",
-           "strict":true}}]})", Endpoint::kChat, "tools[0].function.strict"},
+           "strict":true,"parameters":{"type":"object","properties":{"a":{"type":"string","format":"email"}}}}}]})",
+       Endpoint::kChat, "tools[0].function.parameters"},
+      {R"({"model":"m","messages":[{"role":"user","content":"x"}],"tools":[{"type":"function","function":{"name":"f",
+           "strict":"yes"}}]})", Endpoint::kChat, "tools[0].function.strict"},
       {R"({"model":"m","messages":[{"role":"user","content":"x"}],"tool_choice":{"type":"function","function":{"name":"f"}}})",
        Endpoint::kChat, "tool_choice"},
       {R"({"model":"m","messages":[{"role":"user","content":"x"}],"functions":[{"name":"f"}]})", Endpoint::kChat,
@@ -339,7 +342,12 @@ TEST(OpenAiApiTest, Tools) {
     "tool_choice":"auto","parallel_tool_calls":false})",
                          Endpoint::kChat, &r);
   ASSERT_FALSE(e) << e->message;
-  EXPECT_EQ(r.tool_names, (std::vector<std::string>{"get_weather", "get_time"}));
+  ASSERT_EQ(r.tool_specs.size(), 2u);
+  EXPECT_EQ(r.tool_specs[0].name, "get_weather");
+  EXPECT_FALSE(r.tool_specs[0].strict);
+  EXPECT_EQ(r.tool_specs[0].parameters, ojson({{"type", "object"}}));
+  EXPECT_EQ(r.tool_specs[1].name, "get_time");
+  EXPECT_TRUE(r.tool_specs[1].parameters.is_null());
   EXPECT_EQ(r.tools.size(), 2u);
   EXPECT_FALSE(r.parallel_tool_calls);
   const ojson& calls = r.messages[1]["tool_calls"];
@@ -354,7 +362,7 @@ TEST(OpenAiApiTest, Tools) {
   ASSERT_FALSE(parse_request(R"({"model":"m","messages":[{"role":"user","content":"x"}],
       "tools":[{"type":"function","function":{"name":"f"}}],"tool_choice":"none"})", Endpoint::kChat, &n));
   EXPECT_TRUE(n.tools.empty());
-  EXPECT_TRUE(n.tool_names.empty());
+  EXPECT_TRUE(n.tool_specs.empty());
 
   const std::string user = R"("model":"m","messages":[{"role":"user","content":"x"}])";
   const std::vector<std::pair<std::string, std::string>> bad = {

@@ -93,7 +93,11 @@ if (process.env.AIRLOCK_TOOLS_BASE_URL) {
   const params = {
     model: 'stories',
     messages: [{ role: 'user', content: 'Weather in Paris?' }],
-    tools: [{ type: 'function', function: { name: 'get_weather', parameters: { type: 'object', properties: { city: { type: 'string' } } } } }],
+    // strict, as the Agents SDK and pydantic_function_tool send it: the
+    // call's arguments are checked against the schema.
+    tools: [{ type: 'function', function: { name: 'get_weather', strict: true,
+                                             parameters: { type: 'object', properties: { city: { type: 'string' } },
+                                                           required: ['city'], additionalProperties: false } } }],
     temperature: 0,
   };
   const called = await tools.chat.completions.create(params);

@@ -15,10 +15,13 @@
 namespace airlock::daemon {
 namespace {
 
-const std::vector<std::string> kTools = {"get_weather", "get_time"};
+const std::vector<ToolSpec> kTools = {{"get_weather", false, {}}, {"get_time", false, {}}};
+using ojson = nlohmann::ordered_json;
 
 TEST(ToolCalls, FormatFromTheTemplate) {
-  EXPECT_EQ(tool_format_of("{% if tools %}<tool_call>{% endif %}"), ToolFormat::kHermes);
+  EXPECT_EQ(tool_format_of("{% if tools %}<tool_call>\\n{\\\"name\\\": <function-name>}{% endif %}"), ToolFormat::kHermes);
+  EXPECT_EQ(tool_format_of("<tool_call>\n<function={{ name }}>\n<parameter=city>\"name"), ToolFormat::kNone);  // Qwen3-Coder
+  EXPECT_EQ(tool_format_of("<tool_call>{{ name }}<arg_key>\"name"), ToolFormat::kNone);                         // GLM-4.5
   EXPECT_EQ(tool_format_of("{{- \"<|python_tag|>\" + tool_call.name }}"), ToolFormat::kLlamaJson);
   EXPECT_EQ(tool_format_of("{{- \"Environment: ipython\\n\" }}"), ToolFormat::kLlamaJson);
   EXPECT_EQ(tool_format_of("{% for m in messages %}<|im_start|>{{ m.content }}{% endfor %}"), ToolFormat::kNone);
@@ -138,6 +141,63 @@ TEST(ToolCalls, LlamaJson) {
     EXPECT_TRUE(o.calls.empty()) << text;
     EXPECT_EQ(o.content, text);
   }
+}
+
+TEST(ToolCalls, StrictSchemasThatCanBeChecked) {
+  auto why = [](const char* schema) { return unsupported_schema(ojson::parse(schema)); };
+  EXPECT_FALSE(why(R"({"type":"object","properties":{"city":{"type":"string","description":"d"},
+      "unit":{"anyOf":[{"type":"string","enum":["c","f"]},{"type":"null"}]},
+      "days":{"type":"array","items":{"type":"integer","minimum":1},"maxItems":7},
+      "where":{"$ref":"#/$defs/Place"}},"required":["city"],"additionalProperties":false,
+      "$defs":{"Place":{"type":"object","properties":{"near":{"$ref":"#/$defs/Place"}}}}})"));
+  EXPECT_EQ(*why(R"({"type":"object","properties":{"zip":{"type":"string","pattern":"^[0-9]+$"}}})"),
+            "parameters.properties.zip: the keyword 'pattern' cannot be checked here (strict)");
+  EXPECT_TRUE(why(R"({"type":"thing"})"));
+  EXPECT_TRUE(why(R"({"$ref":"#/$defs/Missing"})"));
+  EXPECT_TRUE(why(R"({"$ref":"https://example.com/schema"})"));
+  EXPECT_TRUE(why(R"({"anyOf":{"type":"string"}})"));
+  EXPECT_TRUE(why(R"({"properties":{"a":5}})"));
+  EXPECT_TRUE(why(R"({"minLength":"3"})"));
+  EXPECT_TRUE(why(R"("object")"));
+}
+
+TEST(ToolCalls, ArgumentsFollowTheSchemaOrNot) {
+  const ojson schema = ojson::parse(R"({"type":"object","properties":{"city":{"type":"string","minLength":2},
+      "unit":{"anyOf":[{"type":"string","enum":["c","f"]},{"type":"null"}]},
+      "days":{"type":"array","items":{"type":"integer","minimum":1},"maxItems":3},
+      "where":{"$ref":"#/$defs/Place"}},"required":["city"],"additionalProperties":false,
+      "$defs":{"Place":{"type":"object","properties":{"near":{"$ref":"#/$defs/Place"},"x":{"const":1}},
+                        "additionalProperties":false}}})");
+  for (const char* ok : {R"({"city":"Bern"})", R"({"city":"Z\u00fcrich","unit":null,"days":[1,2.0]})",
+                         R"({"city":"Bern","unit":"c","where":{"near":{"near":{"x":1}}}})"})
+    EXPECT_TRUE(follows_schema(schema, ojson::parse(ok))) << ok;
+  for (const char* bad : {R"({})", R"({"city":5})", R"({"city":"B"})", R"({"city":"Bern","unit":"k"})",
+                          R"({"city":"Bern","days":[0]})", R"({"city":"Bern","days":[1,2,3,4]})",
+                          R"({"city":"Bern","days":[1.5]})", R"({"city":"Bern","extra":1})",
+                          R"({"city":"Bern","where":{"near":{"x":2}}})", R"({"city":"Bern","where":{"y":1}})"})
+    EXPECT_FALSE(follows_schema(schema, ojson::parse(bad))) << bad;
+  // A $ref loop and a tower of anyOf end within their bounds: no.
+  EXPECT_FALSE(follows_schema(ojson::parse(R"({"$ref":"#/$defs/A","$defs":{"A":{"$ref":"#/$defs/A"}}})"), ojson::object()));
+  // Each level two references to the one below: 2^40 paths in a small schema.
+  ojson tower = {{"$ref", "#/$defs/A40"}, {"$defs", {{"A0", {{"type", "string"}}}}}};
+  for (int i = 1; i <= 40; ++i) {
+    const ojson below = {{"$ref", "#/$defs/A" + std::to_string(i - 1)}};
+    tower["$defs"]["A" + std::to_string(i)] = {{"anyOf", ojson::array({below, below})}};
+  }
+  EXPECT_FALSE(unsupported_schema(tower));
+  EXPECT_FALSE(follows_schema(tower, ojson::parse("{}")));  // the step bound says no
+
+  // A strict tool's call counts only if its arguments follow the schema.
+  const std::vector<ToolSpec> strict = {{"get_weather", true, schema}, {"get_time", true, nullptr}};
+  EXPECT_EQ(parse_tool_calls(ToolFormat::kHermes, "<tool_call>{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Bern\"}}</tool_call>", strict)
+                .calls.size(), 1u);
+  ToolOutput o = parse_tool_calls(ToolFormat::kHermes,
+                                  "<tool_call>{\"name\": \"get_weather\", \"arguments\": {\"town\": \"Bern\"}}</tool_call>", strict);
+  EXPECT_TRUE(o.calls.empty());
+  EXPECT_EQ(o.content, "<tool_call>{\"name\": \"get_weather\", \"arguments\": {\"town\": \"Bern\"}}</tool_call>");
+  EXPECT_EQ(parse_tool_calls(ToolFormat::kHermes, "<tool_call>{\"name\": \"get_time\"}</tool_call>", strict).calls.size(), 1u);
+  EXPECT_TRUE(parse_tool_calls(ToolFormat::kHermes, "<tool_call>{\"name\": \"get_time\", \"arguments\": {\"a\": 1}}</tool_call>", strict)
+                  .calls.empty());
 }
 
 std::size_t prefix(ToolFormat f, std::string_view text) { return ToolStream(f).safe_prefix(text); }

@@ -22,10 +22,21 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
       const ToolFormat f = body.size() % 3 == 0 ? ToolFormat::kHermes
                            : body.size() % 3 == 1 ? ToolFormat::kLlamaJson
                                                   : ToolFormat::kMistral;
-      const std::vector<std::string> tools = {"get_weather", "f"};
+      // A strict tool (its arguments checked against a schema with a
+      // recursive $ref and anyOf) and a plain one.
+      static const std::vector<ToolSpec> tools = {
+          {"get_weather", true,
+           nlohmann::ordered_json::parse(
+               R"({"type":"object","properties":{"city":{"type":"string","maxLength":40},"n":{"type":"integer","minimum":0},
+                   "unit":{"anyOf":[{"enum":["c","f"]},{"type":"null"}]},"at":{"$ref":"#/$defs/P"}},
+                   "required":["city"],"additionalProperties":false,
+                   "$defs":{"P":{"type":"object","properties":{"near":{"$ref":"#/$defs/P"}},"additionalProperties":{"type":"number"}}}})")},
+          {"f", false, {}}};
       const ToolOutput whole = parse_tool_calls(f, body, tools);
       for (const ToolCall& c : whole.calls)
-        if (c.arguments.empty() || c.arguments[0] != '{' || (c.name != "get_weather" && c.name != "f")) __builtin_trap();
+        if (c.arguments.empty() || c.arguments[0] != '{' || (c.name != "get_weather" && c.name != "f") ||
+            (c.name == "get_weather" && !follows_schema(tools[0].parameters, nlohmann::ordered_json::parse(c.arguments))))
+          __builtin_trap();
       // The server streams the safe prefix as the text grows (here in steps
       // of 7 bytes), then the rest of the content.
       std::size_t last = 0;
