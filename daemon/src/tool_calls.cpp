@@ -84,16 +84,27 @@ std::size_t json_value_end(std::string_view s) {
 
 ToolOutput parse_hermes(std::string_view text, const std::vector<ToolSpec>& tools, std::size_t max_calls) {
   ToolOutput out;
-  std::size_t pos = 0;
+  std::size_t pos = 0, close = std::string_view::npos;
+  bool close_searched = false;
   for (std::size_t start; (start = text.find(kOpen, pos)) != std::string_view::npos;) {
     out.content.append(text.substr(pos, start - pos));
     const std::size_t body = start + kOpen.size();
-    const std::size_t close = text.find(kClose, body);
-    // An unclosed last block (the answer ended inside it) is parsed too.
-    const std::size_t end = close == std::string_view::npos ? text.size() : close + kClose.size();
+    // A block ends at its "</tool_call>", or unclosed at the next
+    // "<tool_call>" (a tag written in passing, say while thinking, must not
+    // swallow the real call after it) or at the end of the answer (cut by
+    // max_tokens): an unclosed block is parsed too.
+    // (The close found for an earlier block is kept while it lies ahead:
+    // searching again from each of many openers before one far close
+    // would cost the square of the answer.)
+    if (!close_searched || (close != std::string_view::npos && close < body)) {
+      close = text.find(kClose, body);
+      close_searched = true;
+    }
+    const std::size_t next = text.find(kOpen, body);
+    const std::size_t body_end = std::min({close, next, text.size()});
+    const std::size_t end = body_end == close ? close + kClose.size() : body_end;
     std::optional<ToolCall> call;
-    if (std::optional<json> j = parse_object(trim(text.substr(body, std::min(close, text.size()) - body))))
-      call = call_of(*j, tools);
+    if (std::optional<json> j = parse_object(trim(text.substr(body, body_end - body)))) call = call_of(*j, tools);
     if (!call) out.content.append(text.substr(start, end - start));  // not a call: stays text
     else if (out.calls.size() < max_calls) out.calls.push_back(std::move(*call));
     pos = end;

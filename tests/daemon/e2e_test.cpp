@@ -287,10 +287,11 @@ constexpr const char* kToolTemplate =
     "{% else %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endif %}{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
 
-// A test model (airlock-gen-model --answer) with that template that answers
-// "Checking." and a call of get_weather for Paris, to anything.
-std::string make_tool_model(const TempDir& dir) {
-  testing::write_file(dir / "tools.jinja", kToolTemplate);
+// A test model (airlock-gen-model --answer) with that template (or
+// `chat_template`) that answers "Checking." and a call of get_weather for
+// Paris, to anything.
+std::string make_tool_model(const TempDir& dir, const std::string& chat_template = kToolTemplate) {
+  testing::write_file(dir / "tools.jinja", chat_template);
   const std::string call = "\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}\n";
   const std::string path = dir / "tools.gguf";
   EXPECT_EQ(run_tool({AIRLOCK_GEN_MODEL_PATH, "--answer", "Checking.<tool_call>" + call + "</tool_call>", path, "--token",
@@ -2474,6 +2475,41 @@ TEST(DaemonLifecycle, ToolCallsInTheModelsFormatBecomeToolCalls) {
   auto wide = history_with_arguments(wide_args.dump());
   EXPECT_EQ(wide->status, 400) << wide->body.substr(0, 300);
   EXPECT_EQ(d->client().Get("/health")->status, 200);
+  EXPECT_EQ(d->stop(), 0);
+}
+
+// The same with Qwen3's own chat template (from ../shared/models): tools
+// described, the call read, and the conversation with the call and its
+// result rendered by the real template.
+TEST(DaemonLifecycle, ToolCallsWithTheRealQwen3Template) {
+  const std::string config = models_dir() + "/tokenizers/qwen3/tokenizer_config.json";
+  if (models_dir().empty() || !testing::exists(config)) GTEST_SKIP() << "no " << config;
+  TempDir models;
+  Enclave e("", make_tool_model(models, json::parse(testing::read_file(config))["chat_template"].get<std::string>()));
+  auto d = Daemon::start(e);
+  ASSERT_GT(d->port, 0) << d->log();
+  EXPECT_NE(d->log().find("tool calls: hermes"), std::string::npos) << d->log();
+  json body = {{"model", "stories"},
+               {"messages", json::array({{{"role", "system"}, {"content", "You can call tools."}},
+                                         {{"role", "user"}, {"content", "Weather in Paris?"}}})},
+               {"tools", {weather_tool()}},
+               {"temperature", 0}};
+  auto r = d->post("/v1/chat/completions", body);
+  ASSERT_EQ(r->status, 200) << r->body;
+  json msg = json::parse(r->body)["choices"][0]["message"];
+  ASSERT_EQ(msg["tool_calls"].size(), 1u) << r->body;
+  EXPECT_EQ(msg["content"], "Checking.");
+  EXPECT_EQ(msg["tool_calls"][0]["function"]["name"], "get_weather");
+  const int first = json::parse(r->body)["usage"]["prompt_tokens"].get<int>();
+  body["messages"].push_back(msg);  // content and tool_calls, as the SDKs send the message back
+  body["messages"].push_back({{"role", "tool"}, {"tool_call_id", msg["tool_calls"][0]["id"]}, {"content", "18 C, clear"}});
+  body["max_tokens"] = 1;
+  auto next = d->post("/v1/chat/completions", body);
+  ASSERT_EQ(next->status, 200) << next->body;
+  EXPECT_GT(json::parse(next->body)["usage"]["prompt_tokens"].get<int>(), first + 20);
+  // content null beside the calls (as OpenAI sends it back) renders too.
+  body["messages"][2]["content"] = nullptr;
+  EXPECT_EQ(d->post("/v1/chat/completions", body)->status, 200);
   EXPECT_EQ(d->stop(), 0);
 }
 

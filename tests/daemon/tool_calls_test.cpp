@@ -112,6 +112,12 @@ TEST(ToolCalls, WhatIsNotACallStaysText) {
       ToolFormat::kHermes, "<tool_call>{\"name\": \"nope\"}</tool_call> <tool_call>{\"name\": \"get_time\"}</tool_call>", kTools);
   ASSERT_EQ(o.calls.size(), 1u);
   EXPECT_EQ(o.content, "<tool_call>{\"name\": \"nope\"}</tool_call>");
+  // A tag written in passing (while thinking, say) does not swallow the
+  // real call after it.
+  o = parse_tool_calls(ToolFormat::kHermes,
+                       "<think>I could use <tool_call> here.</think>\n<tool_call>{\"name\": \"get_time\"}</tool_call>", kTools);
+  ASSERT_EQ(o.calls.size(), 1u);
+  EXPECT_EQ(o.content, "<think>I could use <tool_call> here.</think>");
   // Deep or wide JSON from the model is refused as a request body would be.
   std::string deep = "<tool_call>{\"name\": \"get_time\", \"arguments\": {\"a\": " + std::string(100, '[') +
                      std::string(100, ']') + "}}</tool_call>";
