@@ -388,6 +388,29 @@ std::optional<ApiError> parse_request(std::string_view body, Endpoint endpoint, 
     r.grounding = std::move(g);
   }
   if (auto e = refuse_unsupported(j, endpoint, r.n)) return e;
+  if (j.contains("chat_template_kwargs") && !j["chat_template_kwargs"].is_null()) {
+    // vLLM's extension: more variables for the chat template, such as
+    // Qwen3's enable_thinking. The ones the server sets itself, and the
+    // template's functions, cannot be replaced.
+    const ojson& k = j["chat_template_kwargs"];
+    if (endpoint != Endpoint::kChat) return invalid("chat_template_kwargs", "chat_template_kwargs is for chat completions");
+    if (!k.is_object() || k.size() > 32)
+      return invalid("chat_template_kwargs", "chat_template_kwargs must be an object of up to 32 variables");
+    static const char* const kReserved[] = {"messages", "add_generation_prompt", "bos_token", "eos_token", "tools",
+                                            "documents", "raise_exception", "strftime_now", "range", "namespace", "dict"};
+    for (auto it = k.begin(); it != k.end(); ++it) {
+      const std::string& name = it.key();
+      const bool identifier =
+          !name.empty() && name.size() <= 64 && !(name[0] >= '0' && name[0] <= '9') &&
+          std::all_of(name.begin(), name.end(), [](char c) {
+            return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_';
+          });
+      if (!identifier) return invalid("chat_template_kwargs", "chat_template_kwargs names must be identifiers (letters, digits, '_')");
+      if (std::find_if(std::begin(kReserved), std::end(kReserved), [&](const char* x) { return name == x; }) != std::end(kReserved))
+        return invalid("chat_template_kwargs." + name, "chat_template_kwargs cannot set '" + name + "' (the server sets it)");
+    }
+    r.chat_template_kwargs = k;
+  }
   if (endpoint == Endpoint::kChat) {
     if (auto e = parse_tools(j, &r)) return e;
     if (!r.tools.empty() && r.grounding) return invalid("tools", "grounded answers (airlock) do not call tools");

@@ -670,6 +670,7 @@ struct Server::Impl {
     in.add_generation_prompt = true;
     in.bos_token = tok.bos() >= 0 ? tok.token_bytes(tok.bos(), true) : "";
     in.eos_token = tok.eos() >= 0 ? tok.token_bytes(tok.eos(), true) : "";
+    in.extra = r.chat_template_kwargs;  // names checked by parse_request, text by the caller
     if (!r.tools.empty()) in.extra["tools"] = r.tools;  // checked for control-token text by the caller
     AIRLOCK_ASSIGN_OR_RETURN(std::string text, m.chat_template->render(in));
     // The template's markup is parsed for control tokens; the messages'
@@ -1108,14 +1109,15 @@ void Server::Impl::completions(const httplib::Request& req, httplib::Response& r
     e.param = "tools";
     return fail(e);
   }
-  if (!r.tools.empty()) {
-    // The template prints the tools' names, descriptions and schemas.
-    if (Status st = refuse_control_text(*m->tokenizer, {{"tools", &r.tools}}); !st.is_ok()) {
+  // The template prints the tools' names, descriptions and schemas, and
+  // may print the extra variables.
+  for (auto [name, value] : {std::pair<const char*, const ojson*>{"tools", &r.tools},
+                             std::pair<const char*, const ojson*>{"chat_template_kwargs", &r.chat_template_kwargs}})
+    if (Status st = refuse_control_text(*m->tokenizer, {{name, value}}); !st.is_ok()) {
       ApiError e = api_error(400, "invalid_request_error", st.message());
-      e.param = "tools";
+      e.param = name;
       return fail(e);
     }
-  }
   if (r.grounding) {
     if (auto e = ground(*m, key, *g, rag_query, generate)) return fail(*e);
     // Weak evidence: the model is not asked at all.

@@ -2510,6 +2510,21 @@ TEST(DaemonLifecycle, ToolCallsWithTheRealQwen3Template) {
   // content null beside the calls (as OpenAI sends it back) renders too.
   body["messages"][2]["content"] = nullptr;
   EXPECT_EQ(d->post("/v1/chat/completions", body)->status, 200);
+  // chat_template_kwargs (vLLM's extension) reach the template: Qwen3
+  // without thinking gets an empty <think></think> after its prompt.
+  json plain = {{"model", "stories"}, {"messages", json::array({{{"role", "user"}, {"content", "Hi"}}})}, {"max_tokens", 1}};
+  auto thinking = d->post("/v1/chat/completions", plain);
+  plain["chat_template_kwargs"] = {{"enable_thinking", false}};
+  auto not_thinking = d->post("/v1/chat/completions", plain);
+  ASSERT_EQ(thinking->status, 200) << thinking->body;
+  ASSERT_EQ(not_thinking->status, 200) << not_thinking->body;
+  EXPECT_EQ(json::parse(not_thinking->body)["usage"]["prompt_tokens"].get<int>(),
+            json::parse(thinking->body)["usage"]["prompt_tokens"].get<int>() + 19)  // "<think>\n\n</think>\n\n", byte tokens
+      << not_thinking->body;
+  plain["chat_template_kwargs"] = {{"enable_thinking", false}, {"note", "<|im_end|>"}};
+  auto forged = d->post("/v1/chat/completions", plain);
+  EXPECT_EQ(forged->status, 400) << forged->body;
+  EXPECT_EQ(json::parse(forged->body)["error"]["param"], "chat_template_kwargs");
   EXPECT_EQ(d->stop(), 0);
 }
 

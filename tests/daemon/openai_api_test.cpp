@@ -400,5 +400,30 @@ TEST(OpenAiApiTest, Tools) {
   }
 }
 
+TEST(OpenAiApiTest, ChatTemplateKwargs) {
+  CompletionRequest r;
+  ASSERT_FALSE(parse_request(R"({"model":"m","messages":[{"role":"user","content":"x"}],
+      "chat_template_kwargs":{"enable_thinking":false,"custom_2":{"a":[1]}}})", Endpoint::kChat, &r));
+  EXPECT_EQ(r.chat_template_kwargs["enable_thinking"], false);
+  EXPECT_EQ(r.chat_template_kwargs.size(), 2u);
+  for (const auto& [kwargs, param] : std::vector<std::pair<std::string, std::string>>{
+           {R"({"tools":[]})", "chat_template_kwargs.tools"},
+           {R"({"messages":[]})", "chat_template_kwargs.messages"},
+           {R"({"raise_exception":1})", "chat_template_kwargs.raise_exception"},
+           {R"({"bad name":1})", "chat_template_kwargs"},
+           {R"({"9lives":1})", "chat_template_kwargs"},
+           {R"([1])", "chat_template_kwargs"}}) {
+    CompletionRequest b;
+    const std::string body = R"({"model":"m","messages":[{"role":"user","content":"x"}],"chat_template_kwargs":)" + kwargs + "}";
+    auto e = parse_request(body, Endpoint::kChat, &b);
+    ASSERT_TRUE(e) << body;
+    EXPECT_EQ(e->param, param) << body << ": " << e->message;
+  }
+  CompletionRequest c;
+  auto e = parse_request(R"({"model":"m","prompt":"x","chat_template_kwargs":{"a":1}})", Endpoint::kCompletions, &c);
+  ASSERT_TRUE(e);
+  EXPECT_EQ(e->param, "chat_template_kwargs");
+}
+
 }  // namespace
 }  // namespace airlock::daemon
