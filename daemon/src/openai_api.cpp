@@ -160,6 +160,12 @@ std::optional<ApiError> normalise_tool_calls(ojson& msg, const std::string& para
   if (!msg.contains("tool_calls") || msg["tool_calls"].is_null()) return std::nullopt;
   ojson& calls = msg["tool_calls"];
   if (!calls.is_array()) return invalid(param + ".tool_calls", param + ".tool_calls must be an array");
+  // An empty list (some clients send one) is no calls: templates that test
+  // "tool_calls is defined" would print an empty call turn.
+  if (calls.empty()) {
+    msg.erase("tool_calls");
+    return std::nullopt;
+  }
   for (std::size_t k = 0; k < calls.size(); ++k) {
     const std::string p = param + ".tool_calls[" + std::to_string(k) + "]";
     ojson& c = calls[k];
@@ -414,6 +420,9 @@ std::optional<ApiError> parse_request(std::string_view body, Endpoint endpoint, 
   if (endpoint == Endpoint::kChat) {
     if (auto e = parse_tools(j, &r)) return e;
     if (!r.tools.empty() && r.grounding) return invalid("tools", "grounded answers (airlock) do not call tools");
+    // The tokens of a call (and of text held back in case it is one) are
+    // not content: their log-probabilities would show what the answer does not.
+    if (!r.tools.empty() && r.logprobs) return invalid("logprobs", "logprobs are not returned with tools");
   }
   // {"token id": bias}: ids as decimal strings (OpenAI's shape), biases in
   // [-100, 100]. Ids past the vocabulary are refused by the server, which

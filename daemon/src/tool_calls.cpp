@@ -162,6 +162,43 @@ constexpr std::string_view kSchemaKeywords[] = {
     "$ref", "$defs", "definitions", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "minItems",
     "maxItems", "minLength", "maxLength", "description", "title", "default", "examples"};
 constexpr std::string_view kTypes[] = {"string", "number", "integer", "boolean", "object", "array", "null"};
+// Accepted and not checked (JSON Schema leaves "format" to annotation by
+// default; "discriminator" is pydantic's note beside its oneOf).
+constexpr std::string_view kAnnotations[] = {"$schema", "$id", "$comment", "format", "readOnly", "writeOnly",
+                                             "deprecated", "discriminator", "contentEncoding", "contentMediaType"};
+constexpr std::size_t kMaxSubschemas = 10'000;
+constexpr std::size_t kMaxEntries = 10'000;  // enum and required entries in one schema
+
+// A whole number of 0 or more (3 or 3.0), as length and count bounds are.
+std::optional<std::uint64_t> count_of(const json& v) {
+  if (v.is_number_unsigned()) return v.get<std::uint64_t>();
+  if (v.is_number_integer()) return v.get<std::int64_t>() >= 0 ? std::optional<std::uint64_t>(v.get<std::int64_t>()) : std::nullopt;
+  if (v.is_number_float()) {
+    const double d = v.get<double>();
+    if (d >= 0 && d < 1e18 && std::floor(d) == d) return static_cast<std::uint64_t>(d);
+  }
+  return std::nullopt;
+}
+
+// JSON equality as JSON Schema has it: objects whatever their key order,
+// 1 and 1.0 alike.
+bool same_json(const json& a, const json& b) {
+  if (a.is_object() && b.is_object()) {
+    if (a.size() != b.size()) return false;
+    for (auto it = a.begin(); it != a.end(); ++it) {
+      auto other = b.find(it.key());
+      if (other == b.end() || !same_json(it.value(), *other)) return false;
+    }
+    return true;
+  }
+  if (a.is_array() && b.is_array()) {
+    if (a.size() != b.size()) return false;
+    for (std::size_t i = 0; i < a.size(); ++i)
+      if (!same_json(a[i], b[i])) return false;
+    return true;
+  }
+  return a == b;
+}
 
 template <std::size_t N>
 bool one_of(std::string_view x, const std::string_view (&set)[N]) {
@@ -177,7 +214,7 @@ const json* resolve_ref(const json& root, const json& ref) {
     if (r.compare(0, prefix.size(), prefix) != 0) continue;
     const std::string name = r.substr(prefix.size());
     const std::string table(prefix.substr(2, prefix.size() - 3));
-    if (name.find_first_of("/~") != std::string::npos || !root.contains(table) || !root[table].is_object() ||
+    if (name.find_first_of("/~%") != std::string::npos || !root.contains(table) || !root[table].is_object() ||
         !root[table].contains(name))
       return nullptr;
     return &root[table][name];
@@ -187,7 +224,9 @@ const json* resolve_ref(const json& root, const json& ref) {
 
 struct SchemaCheck {
   const json& root;
-  long steps = 1'000'000;  // subschemas looked at, in all
+  // Work allowed, in all: a subschema looked at costs 1, plus its enum and
+  // required entries, plus the members of the value it looks at.
+  long steps = 250'000;
   static constexpr int kMaxRefs = 64;  // $refs followed on one path
 
   bool type_matches(std::string_view t, const json& v) const {
@@ -208,6 +247,10 @@ struct SchemaCheck {
     if (--steps < 0) return false;
     if (schema.is_boolean()) return schema.get<bool>();
     if (!schema.is_object()) return false;
+    steps -= static_cast<long>((v.is_object() || v.is_array()) ? v.size() : 0);
+    for (const char* k : {"enum", "required"})
+      if (schema.contains(k) && schema[k].is_array()) steps -= static_cast<long>(schema[k].size());
+    if (steps < 0) return false;
     if (schema.contains("$ref")) {
       const json* target = resolve_ref(root, schema["$ref"]);
       if (target == nullptr || refs >= kMaxRefs || !follows(*target, v, refs + 1)) return false;
@@ -222,9 +265,9 @@ struct SchemaCheck {
     }
     if (schema.contains("enum")) {
       const json& e = schema["enum"];
-      if (!e.is_array() || std::find(e.begin(), e.end(), v) == e.end()) return false;
+      if (!e.is_array() || std::none_of(e.begin(), e.end(), [&](const json& x) { return same_json(x, v); })) return false;
     }
-    if (schema.contains("const") && schema["const"] != v) return false;
+    if (schema.contains("const") && !same_json(schema["const"], v)) return false;
     if (v.is_number()) {
       const double x = v.get<double>();
       auto bound = [&](const char* k) { return schema.contains(k) && schema[k].is_number() ? std::optional<double>(schema[k].get<double>()) : std::nullopt; };
@@ -233,10 +276,7 @@ struct SchemaCheck {
       if (auto b = bound("exclusiveMinimum"); b && x <= *b) return false;
       if (auto b = bound("exclusiveMaximum"); b && x >= *b) return false;
     }
-    auto count = [&](const char* k) {
-      return schema.contains(k) && schema[k].is_number_unsigned() ? std::optional<std::uint64_t>(schema[k].get<std::uint64_t>())
-                                                                  : std::nullopt;
-    };
+    auto count = [&](const char* k) { return schema.contains(k) ? count_of(schema[k]) : std::nullopt; };
     if (v.is_string()) {
       const std::size_t n = code_points(v.get_ref<const std::string&>());
       if (auto c = count("minLength"); c && n < *c) return false;
@@ -280,39 +320,70 @@ struct SchemaCheck {
 
 std::optional<std::string> unsupported_schema(const json& schema) {
   // Every subschema, iteratively (the schema came in a request body, so
-  // its depth is bounded, but its width is not).
-  std::vector<std::pair<const json*, std::string>> todo = {{&schema, "parameters"}};
-  while (!todo.empty()) {
-    auto [s, where] = todo.back();
-    todo.pop_back();
+  // its depth is bounded, but its width is not). A node's path is built
+  // only for the message of a refusal, from its parents.
+  struct Node {
+    const json* s;
+    std::size_t parent;        // npos for the root
+    std::string_view keyword;  // that leads to it from its parent
+    std::string_view name;     // under properties / $defs / definitions: the name
+    std::size_t index;         // within anyOf / allOf / oneOf, or npos
+  };
+  constexpr std::size_t kNone = std::string::npos;
+  std::vector<Node> nodes = {{&schema, kNone, "parameters", {}, kNone}};
+  auto path = [&](std::size_t at) {
+    std::vector<std::string> parts;
+    for (; at != kNone; at = nodes[at].parent) {
+      const Node& n = nodes[at];
+      std::string part = n.parent == kNone ? std::string(n.keyword) : "." + std::string(n.keyword);
+      if (!n.name.empty()) part += "." + std::string(n.name.substr(0, 64)) + (n.name.size() > 64 ? "..." : "");
+      if (n.index != kNone) part += "[" + std::to_string(n.index) + "]";
+      parts.push_back(std::move(part));
+    }
+    std::string out;
+    for (auto it = parts.rbegin(); it != parts.rend(); ++it) out += *it;
+    return out;
+  };
+  std::size_t entries = 0;  // enum and required entries, in all
+  auto room_for = [&](std::size_t n) { return nodes.size() + n <= kMaxSubschemas; };
+  const std::string too_many = "parameters has more than 10,000 subschemas";
+  for (std::size_t at = 0; at < nodes.size(); ++at) {
+    const json* s = nodes[at].s;
     if (s->is_boolean()) continue;
-    if (!s->is_object()) return where + " is not a schema (an object)";
+    if (!s->is_object()) return path(at) + " is not a schema (an object)";
     for (auto it = s->begin(); it != s->end(); ++it) {
       const std::string& k = it.key();
       const json& v = it.value();
-      if (!one_of(k, kSchemaKeywords))
-        return where + ": the keyword '" + k.substr(0, 64) + "' cannot be checked here (strict)";
+      auto here = [&] { return path(at) + "." + k; };
+      if (!one_of(k, kSchemaKeywords) && !one_of(k, kAnnotations))
+        return path(at) + ": the keyword '" + k.substr(0, 64) + "' cannot be checked here (strict)";
       if (k == "type") {
         const bool ok = v.is_string() ? one_of(v.get_ref<const std::string&>(), kTypes)
                                       : v.is_array() && std::all_of(v.begin(), v.end(), [](const json& x) {
                                           return x.is_string() && one_of(x.get_ref<const std::string&>(), kTypes);
                                         });
-        if (!ok) return where + ".type is not a JSON Schema type (or a list of them)";
+        if (!ok) return here() + " is not a JSON Schema type (or a list of them)";
       } else if (k == "$ref") {
         if (resolve_ref(schema, v) == nullptr)
-          return where + ".$ref must name \"#\", \"#/$defs/NAME\" or \"#/definitions/NAME\" of these parameters";
+          return here() + " must name \"#\", \"#/$defs/NAME\" or \"#/definitions/NAME\" of these parameters";
       } else if (k == "properties" || k == "$defs" || k == "definitions") {
-        if (!v.is_object()) return where + "." + k + " must be an object";
-        for (auto p = v.begin(); p != v.end(); ++p) todo.emplace_back(&p.value(), where + "." + k + "." + p.key().substr(0, 64));
+        if (!v.is_object()) return here() + " must be an object";
+        if (!room_for(v.size())) return too_many;
+        for (auto p = v.begin(); p != v.end(); ++p) nodes.push_back({&p.value(), at, k, p.key(), kNone});
       } else if (k == "items" || k == "additionalProperties") {
-        todo.emplace_back(&v, where + "." + k);
+        if (!room_for(1)) return too_many;
+        nodes.push_back({&v, at, k, {}, kNone});
       } else if (k == "anyOf" || k == "allOf" || k == "oneOf") {
-        if (!v.is_array()) return where + "." + k + " must be an array";
-        for (std::size_t i = 0; i < v.size(); ++i) todo.emplace_back(&v[i], where + "." + k + "[" + std::to_string(i) + "]");
+        if (!v.is_array()) return here() + " must be an array";
+        if (!room_for(v.size())) return too_many;
+        for (std::size_t i = 0; i < v.size(); ++i) nodes.push_back({&v[i], at, k, {}, i});
       } else if (k == "required" || k == "enum") {
-        if (!v.is_array()) return where + "." + k + " must be an array";
+        if (!v.is_array()) return here() + " must be an array";
+        if ((entries += v.size()) > kMaxEntries) return "parameters has more than 10,000 enum and required entries";
+      } else if (k == "minLength" || k == "maxLength" || k == "minItems" || k == "maxItems") {
+        if (!count_of(v)) return here() + " must be a whole number, 0 or more";
       } else if (k.rfind("min", 0) == 0 || k.rfind("max", 0) == 0 || k.rfind("exclusive", 0) == 0) {
-        if (!v.is_number()) return where + "." + k + " must be a number";
+        if (!v.is_number()) return here() + " must be a number";
       }
     }
   }

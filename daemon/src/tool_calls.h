@@ -65,8 +65,11 @@ struct ToolSpec {
 // additionalProperties, items, enum, const, anyOf, allOf, oneOf, $ref to
 // "#", "#/$defs/NAME" or "#/definitions/NAME", $defs, definitions, minimum,
 // maximum, exclusiveMinimum, exclusiveMaximum, minItems, maxItems,
-// minLength, maxLength, and the annotations description, title, default,
-// examples. Anything else (pattern, format, multipleOf, ...) is named.
+// minLength, maxLength, the annotations description, title, default,
+// examples, and, accepted but not checked, $schema, $id, $comment, format,
+// readOnly, writeOnly, deprecated, discriminator, contentEncoding,
+// contentMediaType. Anything else (pattern, multipleOf, ...) is named. At
+// most 10,000 subschemas and 10,000 enum and required entries.
 std::optional<std::string> unsupported_schema(const nlohmann::ordered_json& schema);
 
 // Whether `value` follows `schema` (one that unsupported_schema accepts).

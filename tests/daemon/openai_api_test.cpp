@@ -129,7 +129,7 @@ TEST(OpenAiApiTest, BadRequestsNameTheParameter) {
       {R"({"model":"m","messages":[{"role":"user","content":"x"}],"tools":[{"type":"function"}],"tool_choice":"required"})",
        Endpoint::kChat, "tool_choice"},
       {R"({"model":"m","messages":[{"role":"user","content":"x"}],"tools":[{"type":"function","function":{"name":"f",
-           "strict":true,"parameters":{"type":"object","properties":{"a":{"type":"string","format":"email"}}}}}]})",
+           "strict":true,"parameters":{"type":"object","properties":{"a":{"type":"string","pattern":"@"}}}}}]})",
        Endpoint::kChat, "tools[0].function.parameters"},
       {R"({"model":"m","messages":[{"role":"user","content":"x"}],"tools":[{"type":"function","function":{"name":"f",
            "strict":"yes"}}]})", Endpoint::kChat, "tools[0].function.strict"},
@@ -364,8 +364,15 @@ TEST(OpenAiApiTest, Tools) {
   EXPECT_TRUE(n.tools.empty());
   EXPECT_TRUE(n.tool_specs.empty());
 
+  // An empty tool_calls list is no calls.
+  CompletionRequest empty;
+  ASSERT_FALSE(parse_request(R"({"model":"m","messages":[{"role":"user","content":"x"},
+      {"role":"assistant","content":"y","tool_calls":[]},{"role":"user","content":"z"}]})", Endpoint::kChat, &empty));
+  EXPECT_FALSE(empty.messages[1].contains("tool_calls"));
+
   const std::string user = R"("model":"m","messages":[{"role":"user","content":"x"}])";
   const std::vector<std::pair<std::string, std::string>> bad = {
+      {R"("tools":[{"type":"function","function":{"name":"f"}}],"logprobs":true)", "logprobs"},
       {R"("tools":{"type":"function"})", "tools"},
       {R"("tools":[{"type":"retrieval"}])", "tools[0].type"},
       {R"("tools":[{"type":"function"}])", "tools[0].function"},

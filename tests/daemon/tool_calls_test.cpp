@@ -158,6 +158,22 @@ TEST(ToolCalls, StrictSchemasThatCanBeChecked) {
       "$defs":{"Place":{"type":"object","properties":{"near":{"$ref":"#/$defs/Place"}}}}})"));
   EXPECT_EQ(*why(R"({"type":"object","properties":{"zip":{"type":"string","pattern":"^[0-9]+$"}}})"),
             "parameters.properties.zip: the keyword 'pattern' cannot be checked here (strict)");
+  // What SDKs put in: openai-node's zodFunction a $schema, pydantic a
+  // format for datetime, a discriminator beside oneOf (annotations).
+  EXPECT_FALSE(why(R"({"$schema":"http://json-schema.org/draft-07/schema#","type":"object","properties":{
+      "when":{"type":"string","format":"date-time"},"pet":{"oneOf":[{"type":"string"}],"discriminator":{"propertyName":"t"}}}})"));
+  EXPECT_TRUE(why(R"({"type":"string","minLength":-1})"));
+  EXPECT_TRUE(why(R"({"type":"array","maxItems":0.5})"));
+  EXPECT_FALSE(why(R"({"type":"string","minLength":3.0})"));
+  EXPECT_TRUE(why(R"({"$ref":"#/$defs/a%25b","$defs":{"a%25b":{}}})"));  // percent-escapes are not decoded
+  // Size: at most 10,000 subschemas and 10,000 enum entries, refused
+  // before anything is built per subschema.
+  ojson wide = {{"anyOf", ojson::array()}};
+  for (int i = 0; i < 20000; ++i) wide["anyOf"].push_back(ojson::object());
+  EXPECT_EQ(unsupported_schema(wide), "parameters has more than 10,000 subschemas");
+  ojson big_enum = {{"enum", ojson::array()}};
+  for (int i = 0; i < 10001; ++i) big_enum["enum"].push_back(i);
+  EXPECT_TRUE(unsupported_schema(big_enum));
   EXPECT_TRUE(why(R"({"type":"thing"})"));
   EXPECT_TRUE(why(R"({"$ref":"#/$defs/Missing"})"));
   EXPECT_TRUE(why(R"({"$ref":"https://example.com/schema"})"));
@@ -182,6 +198,12 @@ TEST(ToolCalls, ArgumentsFollowTheSchemaOrNot) {
                           R"({"city":"Bern","days":[1.5]})", R"({"city":"Bern","extra":1})",
                           R"({"city":"Bern","where":{"near":{"x":2}}})", R"({"city":"Bern","where":{"y":1}})"})
     EXPECT_FALSE(follows_schema(schema, ojson::parse(bad))) << bad;
+  // Equality as JSON Schema has it: key order does not matter, 1 is 1.0;
+  // length bounds written as 3.0 count.
+  EXPECT_TRUE(follows_schema(ojson::parse(R"({"const":{"a":1,"b":[2]}})"), ojson::parse(R"({"b":[2.0],"a":1})")));
+  EXPECT_TRUE(follows_schema(ojson::parse(R"({"enum":[{"a":1,"b":2}]})"), ojson::parse(R"({"b":2,"a":1})")));
+  EXPECT_FALSE(follows_schema(ojson::parse(R"({"const":{"a":1}})"), ojson::parse(R"({"a":1,"b":2})")));
+  EXPECT_FALSE(follows_schema(ojson::parse(R"({"type":"string","minLength":3.0})"), "ab"));
   // A $ref loop and a tower of anyOf end within their bounds: no.
   EXPECT_FALSE(follows_schema(ojson::parse(R"({"$ref":"#/$defs/A","$defs":{"A":{"$ref":"#/$defs/A"}}})"), ojson::object()));
   // Each level two references to the one below: 2^40 paths in a small schema.
