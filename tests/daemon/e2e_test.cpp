@@ -2380,6 +2380,30 @@ TEST(DaemonLifecycle, ToolCallsInTheModelsFormatBecomeToolCalls) {
   EXPECT_EQ(sc.finish, "tool_calls");
   EXPECT_EQ(s->body.find("<tool_call>"), std::string::npos) << "the call's text was streamed as content";
 
+  // n = 2, streamed: each choice its content, its call (its own id) and
+  // its finish.
+  auto two = ask({{"tools", {weather_tool()}}, {"n", 2}}, true);
+  ASSERT_EQ(two->status, 200) << two->body;
+  std::map<int, StreamedChoice> per_choice;
+  for (const std::string& ev : sse_events(two->body)) {
+    if (ev == "[DONE]") continue;
+    const json chunk = json::parse(ev);
+    for (const json& ch : chunk["choices"]) {
+      StreamedChoice& c = per_choice[ch["index"].get<int>()];
+      if (ch["delta"].contains("content") && ch["delta"]["content"].is_string()) c.content += ch["delta"]["content"].get<std::string>();
+      if (ch["delta"].contains("tool_calls"))
+        for (const json& t : ch["delta"]["tool_calls"]) c.tool_calls.push_back(t);
+      if (ch["finish_reason"].is_string()) c.finish = ch["finish_reason"].get<std::string>();
+    }
+  }
+  ASSERT_EQ(per_choice.size(), 2u) << two->body;
+  for (auto& [index, c] : per_choice) {
+    EXPECT_EQ(c.content, "Checking.") << index;
+    ASSERT_EQ(c.tool_calls.size(), 1u) << index;
+    EXPECT_EQ(c.finish, "tool_calls") << index;
+  }
+  EXPECT_NE(per_choice[0].tool_calls[0]["id"], per_choice[1].tool_calls[0]["id"]);
+
   // A call of a tool that was not offered stays text, whole and streamed.
   const std::string as_text = "Checking.<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}\n</tool_call>";
   auto other = ask({{"tools", {weather_tool("get_time")}}});
