@@ -80,7 +80,6 @@ std::size_t utf8_safe_cut(const std::string& s, std::size_t n) {
   return n;
 }
 
-// One choice of a request: its sequence, decoder and stop-string state.
 // Whether `v` holds text the tokenizer would read as a control token (a
 // turn marker such as "<|im_end|>").
 bool has_control_token_text(const engine::Tokenizer& tok, const std::string& v) {
@@ -151,6 +150,7 @@ Status refuse_control_text(const engine::Tokenizer& tok, const std::vector<std::
   return Status::ok();
 }
 
+// One choice of a request: its sequence, decoder and stop-string state.
 struct Choice {
   std::shared_ptr<TokenStream> stream;
   std::unique_ptr<engine::StreamDecoder> decoder;
