@@ -2552,6 +2552,53 @@ TEST(DaemonLifecycle, ToolCallsWithTheRealQwen3Template) {
   EXPECT_EQ(d->stop(), 0);
 }
 
+// Llama 3.1's form: the whole answer is a JSON call with "parameters".
+// A shortened template with Llama 3.1's markers ("Environment: ipython",
+// tool results under the ipython role).
+TEST(DaemonLifecycle, Llama31JsonToolCalls) {
+  TempDir models;
+  testing::write_file(models / "llama31.jinja",
+                      "{% if tools %}<|im_start|>system\nEnvironment: ipython\n{% for t in tools %}{{ t | tojson }}\n{% endfor %}"
+                      "Respond in the format {\"name\": function name, \"parameters\": dictionary of argument name and its "
+                      "value}.<|im_end|>\n{% endif %}{% for m in messages %}{% if m.tool_calls %}<|im_start|>assistant\n"
+                      "{% for tc in m.tool_calls %}{\"name\": \"{{ tc.function.name }}\", \"parameters\": "
+                      "{{ tc.function.arguments | tojson }}}{% endfor %}<|im_end|>\n{% elif m.role == 'tool' %}"
+                      "<|im_start|>ipython\n{{ m.content }}<|im_end|>\n{% else %}<|im_start|>{{ m.role }}\n{{ m.content }}"
+                      "<|im_end|>\n{% endif %}{% endfor %}<|im_start|>assistant\n");
+  const std::string answer = "{\"name\": \"get_weather\", \"parameters\": {\"city\": \"Paris\"}}";
+  ASSERT_EQ(run_tool({AIRLOCK_GEN_MODEL_PATH, "--answer", answer, models / "llama31.gguf", "--token", answer,
+                      "--chatml-tokens", "--chat-template", models / "llama31.jinja"}),
+            0);
+  Enclave e("", models / "llama31.gguf");
+  auto d = Daemon::start(e);
+  ASSERT_GT(d->port, 0) << d->log();
+  EXPECT_NE(d->log().find("tool calls: llama3_json"), std::string::npos) << d->log();
+  json body = {{"model", "stories"},
+               {"messages", json::array({{{"role", "user"}, {"content", "Weather in Paris?"}}})},
+               {"tools", {weather_tool()}},
+               {"temperature", 0}};
+  auto r = d->post("/v1/chat/completions", body);
+  ASSERT_EQ(r->status, 200) << r->body;
+  json j = json::parse(r->body);
+  json msg = j["choices"][0]["message"];
+  EXPECT_TRUE(msg["content"].is_null()) << r->body;
+  ASSERT_EQ(msg["tool_calls"].size(), 1u) << r->body;
+  EXPECT_EQ(json::parse(msg["tool_calls"][0]["function"]["arguments"].get<std::string>()), json({{"city", "Paris"}}));
+  EXPECT_EQ(j["choices"][0]["finish_reason"], "tool_calls");
+  json streamed = body;
+  streamed["stream"] = true;
+  StreamedChoice sc = read_stream(d->post("/v1/chat/completions", streamed)->body);
+  EXPECT_EQ(sc.content, "");  // the answer began with '{': held, and it was a call
+  ASSERT_EQ(sc.tool_calls.size(), 1u);
+  EXPECT_EQ(sc.finish, "tool_calls");
+  // Offered another tool, the same answer is text (streamed at its end).
+  body["tools"] = {weather_tool("get_time")};
+  streamed["tools"] = body["tools"];
+  EXPECT_EQ(json::parse(d->post("/v1/chat/completions", body)->body)["choices"][0]["message"]["content"], answer);
+  EXPECT_EQ(read_stream(d->post("/v1/chat/completions", streamed)->body).content, answer);
+  EXPECT_EQ(d->stop(), 0);
+}
+
 // Mistral's form (tokenizer v3): the calls are a JSON array after the
 // [TOOL_CALLS] control token, and its templates refuse call ids that are not
 // 9 letters and digits, so the ids given out must be such for the
