@@ -114,8 +114,8 @@ Status refuse_control_text(const engine::Tokenizer& tok, const std::vector<std::
     for (; at != kTop; at = nodes[at].parent) {
       const Node& n = nodes[at];
       if (n.parent == kTop) parts.push_back(roots[n.index].first);
-      else if (n.is_index) parts.push_back("[" + std::to_string(n.index) + "]");
-      else parts.push_back("." + short_key(n.key));
+      else if (n.is_index) parts.push_back(std::string(1, '[').append(std::to_string(n.index)).append(1, ']'));
+      else parts.push_back(std::string(1, '.').append(short_key(n.key)));  // not "." + string: GCC 12's false -Wrestrict
     }
     std::string out;
     for (auto it = parts.rbegin(); it != parts.rend(); ++it) out += *it;

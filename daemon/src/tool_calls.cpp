@@ -335,9 +335,21 @@ std::optional<std::string> unsupported_schema(const json& schema) {
     std::vector<std::string> parts;
     for (; at != kNone; at = nodes[at].parent) {
       const Node& n = nodes[at];
-      std::string part = n.parent == kNone ? std::string(n.keyword) : "." + std::string(n.keyword);
-      if (!n.name.empty()) part += "." + std::string(n.name.substr(0, 64)) + (n.name.size() > 64 ? "..." : "");
-      if (n.index != kNone) part += "[" + std::to_string(n.index) + "]";
+      // (Appended piece by piece: GCC 12 at -O2 warns, wrongly, of overlap
+      // in "." + std::string.)
+      std::string part;
+      if (n.parent != kNone) part += '.';
+      part.append(n.keyword);
+      if (!n.name.empty()) {
+        part += '.';
+        part.append(n.name.substr(0, 64));
+        if (n.name.size() > 64) part += "...";
+      }
+      if (n.index != kNone) {
+        part += '[';
+        part += std::to_string(n.index);
+        part += ']';
+      }
       parts.push_back(std::move(part));
     }
     std::string out;
