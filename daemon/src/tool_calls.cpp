@@ -33,11 +33,24 @@ std::size_t rtrimmed_size(std::string_view s) {
 
 // A JSON object, within the request limits (the model's output is as
 // untrusted as a body), or nothing.
-std::optional<json> parse_object(std::string_view s) {
+std::optional<json> parse_value(std::string_view s) {
   if (json_text_has_wide_object<json>(s)) return std::nullopt;
   json j = json::parse(s.begin(), s.end(), nullptr, /*allow_exceptions=*/false);
-  if (j.is_discarded() || !j.is_object() || json_deeper_than(j)) return std::nullopt;
+  if (j.is_discarded() || json_deeper_than(j)) return std::nullopt;
   return j;
+}
+std::optional<json> parse_object(std::string_view s) {
+  std::optional<json> j = parse_value(s);
+  return j && j->is_object() ? j : std::nullopt;
+}
+
+// A whole answer that may be calls: trimmed, past `tag` if it starts
+// with it, and starting with `open` ('{' or '['); else nothing.
+std::optional<std::string_view> calls_part(std::string_view text, std::string_view tag, char open) {
+  std::string_view rest = trim(text);
+  if (rest.substr(0, tag.size()) == tag) rest = trim(rest.substr(tag.size()));
+  if (rest.empty() || rest[0] != open) return std::nullopt;
+  return rest;
 }
 
 // {"name": a declared tool, "arguments" (or Llama's "parameters"): an
@@ -117,9 +130,9 @@ ToolOutput parse_hermes(std::string_view text, const std::vector<ToolSpec>& tool
 // The whole answer is one call object, or several separated by ';'.
 ToolOutput parse_llama_json(std::string_view text, const std::vector<ToolSpec>& tools, std::size_t max_calls) {
   ToolOutput none{std::string(text), {}};
-  std::string_view rest = trim(text);
-  if (rest.substr(0, kPythonTag.size()) == kPythonTag) rest = trim(rest.substr(kPythonTag.size()));
-  if (rest.empty() || rest[0] != '{') return none;
+  const std::optional<std::string_view> part = calls_part(text, kPythonTag, '{');
+  if (!part) return none;
+  std::string_view rest = *part;
   ToolOutput out;
   while (!rest.empty()) {
     const std::size_t end = json_value_end(rest);
@@ -140,14 +153,11 @@ ToolOutput parse_llama_json(std::string_view text, const std::vector<ToolSpec>& 
 // The whole answer is a JSON array of call objects.
 ToolOutput parse_mistral(std::string_view text, const std::vector<ToolSpec>& tools, std::size_t max_calls) {
   ToolOutput none{std::string(text), {}};
-  std::string_view rest = trim(text);
-  if (rest.substr(0, kMistralCalls.size()) == kMistralCalls) rest = trim(rest.substr(kMistralCalls.size()));
-  if (rest.empty() || rest[0] != '[') return none;
-  if (json_text_has_wide_object<json>(rest)) return none;
-  json j = json::parse(rest.begin(), rest.end(), nullptr, /*allow_exceptions=*/false);
-  if (j.is_discarded() || !j.is_array() || j.empty() || json_deeper_than(j)) return none;
+  const std::optional<std::string_view> part = calls_part(text, kMistralCalls, '[');
+  std::optional<json> j = part ? parse_value(*part) : std::nullopt;
+  if (!j || !j->is_array() || j->empty()) return none;
   ToolOutput out;
-  for (const json& item : j) {
+  for (const json& item : *j) {
     std::optional<ToolCall> call = item.is_object() ? call_of(item, tools) : std::nullopt;
     if (!call) return none;
     if (out.calls.size() < max_calls) out.calls.push_back(std::move(*call));
