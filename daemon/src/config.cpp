@@ -161,7 +161,7 @@ Result<Config> parse_config(std::string_view text, const std::string& origin, Co
   static const std::set<std::string> kTopKeys = {
       "listen", "store", "state", "trusted", "model", "verify_on_load", "device", "threads", "tensor_parallel", "nodes", "node_rank", "nccl_root", "kv_cache_mib", "kv_cache_type", "device_reserve_mib",
       "max_running",
-      "max_waiting", "prefill_chunk", "max_body_bytes", "drain_seconds", "http_threads", "stream_interval_ms", "audit_text", "tls", "rag"};
+      "max_waiting", "prefill_chunk", "max_body_bytes", "drain_seconds", "http_threads", "stream_interval_ms", "reasoning", "audit_text", "tls", "rag"};
   for (const auto& [k, v] : t)
     if (!kTopKeys.count(std::string(k.str()))) return invalid_argument(origin + ": unknown key '" + std::string(k.str()) + "'");
 
@@ -234,6 +234,10 @@ Result<Config> parse_config(std::string_view text, const std::string& origin, Co
                                    "must still be answered with 429 (\"auto\" adds " +
                                    std::to_string(kSpareHttpThreads) + " spare threads)");
   AIRLOCK_RETURN_IF_ERROR(get_int("stream_interval_ms", 0, 1000, &c.stream_interval_ms));
+  std::string reasoning = c.separate_reasoning ? "separate" : "inline";
+  AIRLOCK_RETURN_IF_ERROR(get_string(t, "reasoning", &reasoning));
+  if (reasoning != "separate" && reasoning != "inline") return bad("reasoning", "must be \"separate\" or \"inline\"");
+  c.separate_reasoning = reasoning == "separate";
   if (const toml::node* n = t.get("audit_text")) {
     if (!n->is_boolean()) return bad("audit_text", "must be true or false");
     c.audit_text = n->as_boolean()->get();

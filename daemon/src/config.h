@@ -67,6 +67,9 @@ struct Config {
   int drain_seconds = 30;
   int http_threads = 0;                     // 0: "auto", http_thread_count()
   int stream_interval_ms = 0;               // SSE: least time between two writes of one stream (0: every token at once)
+  // A thinking model's <think> block: "separate" returns it as
+  // reasoning_content beside the content; "inline" leaves it in the content.
+  bool separate_reasoning = true;
   bool audit_text = false;                 // store prompt and completion text in the audit log
   std::string tls_cert, tls_key, tls_client_ca;
   RagConfig rag;

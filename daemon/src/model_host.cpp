@@ -262,6 +262,7 @@ Result<std::shared_ptr<LoadedModel>> load_model(const Config& config, std::share
   m->chat_template = std::move(*ct);
   if (!tmpl) airlock::log().warn("{}: the model has no chat template; chat requests use ChatML", m->id);
   if (tmpl) m->tool_format = tool_format_of(*tmpl);
+  if (tmpl && config.separate_reasoning) m->reasoning = reasoning_format_of(*tmpl);
 
   if (embedding != nullptr) {
     // A model2vec directory (its vectors file names the directory) or a
@@ -319,12 +320,13 @@ Result<std::shared_ptr<LoadedModel>> load_model(const Config& config, std::share
   const int full_ctx = std::min(p.n_ctx_train, m->scheduler->max_context());
   airlock::log().info(
       "model {} version {}: {} ({} layers), {} parameters{}, {:.1f} MiB of weights, context {}; KV cache {} blocks "
-      "({:.1f} MiB, {}, set by {}), {} sequences at full context; tool calls: {}",
+      "({:.1f} MiB, {}, set by {}), {} sequences at full context; tool calls: {}; reasoning: {}",
       m->id, m->version, p.arch, p.n_layer, m->model->n_params(),
       m->n_ranks > 1 ? " in rank 0 of " + std::to_string(m->n_ranks) + " (the figures are per rank)" : std::string(),
       static_cast<double>(m->model->weight_bytes()) / (1 << 20), full_ctx, blocks,
       static_cast<double>(per_block) * blocks / (1 << 20), engine::kv_type_name(config.kv_cache_type),
-      budget.limited_by, blocks / std::max(1, engine::KvCache::blocks_for(full_ctx)), tool_format_name(m->tool_format));
+      budget.limited_by, blocks / std::max(1, engine::KvCache::blocks_for(full_ctx)), tool_format_name(m->tool_format),
+      reasoning_format_name(m->reasoning));
 
   // Warm-up: one token through the whole model before the server says ready.
   engine::GenerationRequest warm;

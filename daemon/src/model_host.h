@@ -31,6 +31,7 @@
 #include "airlock/rag/embedder.h"
 #include "airlock/rag/store.h"
 #include "config.h"
+#include "reasoning.h"
 #include "tool_calls.h"
 
 namespace airlock::daemon {
@@ -45,6 +46,7 @@ struct LoadedModel {
   std::string gguf_path;
   bool chat_template_from_model = false;
   ToolFormat tool_format = ToolFormat::kNone;  // how the model's template teaches tool calls (none: tools refused)
+  ReasoningFormat reasoning = ReasoningFormat::kNone;  // how chat answers' reasoning is split off (none: not at all)
   std::vector<std::int32_t> end_of_generation;  // token ids that end an answer (EOS, EOT, ...)
   // Declaration order is destruction order in reverse: the scheduler (which
   // uses the model) goes first. With tensor_parallel > 1, `model` is rank 0

@@ -194,6 +194,20 @@ std::optional<ApiError> normalise_tool_calls(ojson& msg, const std::string& para
   return std::nullopt;
 }
 
+// An assistant message's reasoning, sent back as this server returned it
+// (reasoning_content, or vLLM's reasoning): a string, which templates that
+// keep the reasoning of the turn in progress (Qwen3's, calling tools) read
+// as reasoning_content.
+std::optional<ApiError> normalise_reasoning(ojson& msg, const std::string& param) {
+  for (const char* key : {"reasoning_content", "reasoning"})
+    if (msg.contains(key) && !msg[key].is_null() && !msg[key].is_string())
+      return invalid(param + "." + key, param + "." + key + " must be a string");
+  const bool has_content = msg.contains("reasoning_content") && msg["reasoning_content"].is_string();
+  if (!has_content && msg.contains("reasoning") && msg["reasoning"].is_string())
+    msg["reasoning_content"] = msg["reasoning"];
+  return std::nullopt;
+}
+
 }  // namespace
 
 // The body as a JSON object, or the 400 that says why not. Objects wider
@@ -270,6 +284,7 @@ std::optional<ApiError> parse_request(std::string_view body, Endpoint endpoint, 
       msg["role"] = role == "developer" ? "system" : role;
       msg["content"] = content;
       if (auto e = normalise_tool_calls(msg, param)) return e;
+      if (auto e = normalise_reasoning(msg, param)) return e;
       r.messages.push_back(std::move(msg));
     }
   } else {

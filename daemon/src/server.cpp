@@ -154,7 +154,13 @@ Status refuse_control_text(const engine::Tokenizer& tok, const std::vector<std::
 struct Choice {
   std::shared_ptr<TokenStream> stream;
   std::unique_ptr<engine::StreamDecoder> decoder;
-  std::string text;     // final text so far (what the client has or will get)
+  std::string text;     // the answer so far, stop strings applied (all of it, reasoning included)
+  // A chat answer split (ReasoningSplitter): what has come out of it so
+  // far. Without a split, content is text.
+  ReasoningSplitter split;
+  std::string reasoning, content;
+  std::size_t reasoning_sent = 0;  // bytes of `reasoning` streamed
+  int reasoning_tokens = 0;        // tokens generated inside the think block, its tags included
   std::string held;     // decoded but possibly the start of a stop string
   std::string finish;   // "", "stop", "length"
   Status error;
@@ -205,9 +211,11 @@ struct Generation {
   std::size_t max_stop = 0;
   Clock::time_point start;
   std::optional<Clock::time_point> first_token, last_token;
+  bool split_reasoning = false;  // a chat answer of a thinking model: reasoning apart from content
 
-  // Appends decoded text to a choice, applying stop strings. Returns the
-  // text now safe to send.
+  // Appends decoded text to a choice, applying stop strings, and splits
+  // off its reasoning. Returns the content now safe to send (the reasoning
+  // that came out waits in c.reasoning).
   std::string accept(Choice& c, const std::string& piece, bool final) {
     c.held += piece;
     std::size_t cut = std::string::npos;
@@ -229,7 +237,10 @@ struct Generation {
       c.held.erase(0, n);
     }
     c.text += out;
-    return out;
+    ReasoningSplitter::Delta d = c.split.push(out, final || c.done);
+    c.reasoning += d.reasoning;
+    c.content += d.content;
+    return std::move(d.content);
   }
 
   ojson token_logprob(const engine::SampledToken& t) const {
@@ -270,7 +281,9 @@ struct Generation {
         c.text_offsets.push_back(c.token_bytes);
         c.token_bytes += bytes.size() - (dropped ? 1 : 0);
       }
+      const bool reasoning = c.split.in_reasoning();
       out += accept(c, c.decoder->push(e.token->token), false);
+      if (reasoning || c.split.in_reasoning()) ++c.reasoning_tokens;
       if (c.done) return out;
     }
     switch (e.finish) {
@@ -302,7 +315,7 @@ struct Generation {
   // cut by max_tokens stays "length".
   const ToolOutput& tool_output(Choice& c) const {
     if (!c.tool_output) {
-      c.tool_output = parse_tool_calls(model->tool_format, c.text, request.tool_specs,
+      c.tool_output = parse_tool_calls(model->tool_format, c.content, request.tool_specs,
                                        request.parallel_tool_calls ? static_cast<std::size_t>(-1) : 1);
       if (!c.tool_output->calls.empty() && c.finish == "stop") c.finish = "tool_calls";
       for (ToolCall& call : c.tool_output->calls)
@@ -326,8 +339,8 @@ struct Generation {
   // The next piece of a tool-calling choice's content to stream: what has
   // become safe to send since the last call, or at its end what is left.
   std::string tool_content_delta(Choice& c) const {
-    std::size_t upto = c.tool_stream.safe_prefix(c.text);
-    const std::string* source = &c.text;
+    std::size_t upto = c.tool_stream.safe_prefix(c.content);
+    const std::string* source = &c.content;
     if (c.done && c.error.is_ok()) {
       source = &tool_output(c).content;
       upto = source->size();
@@ -347,6 +360,11 @@ struct Generation {
     u["prompt_tokens"] = prompt_tokens;
     u["completion_tokens"] = completion_tokens();
     u["total_tokens"] = prompt_tokens + completion_tokens();
+    if (split_reasoning) {
+      int n = 0;
+      for (const Choice& c : choices) n += c.reasoning_tokens;
+      u["completion_tokens_details"] = {{"reasoning_tokens", n}};
+    }
     return u;
   }
   void cancel_all() {
@@ -662,7 +680,10 @@ struct Server::Impl {
   }
 
   // The first prompt of /v1/completions, or the chat's rendered messages.
-  Result<std::vector<std::int32_t>> prompt_tokens_of(const LoadedModel& m, const CompletionRequest& r) {
+  // `opens_reasoning`: set to whether the chat prompt leaves the answer
+  // inside a think block.
+  Result<std::vector<std::int32_t>> prompt_tokens_of(const LoadedModel& m, const CompletionRequest& r,
+                                                     bool* opens_reasoning = nullptr) {
     const engine::Tokenizer& tok = *m.tokenizer;
     if (r.endpoint == Endpoint::kCompletions) return completion_prompt_tokens(m, r.prompts.at(0));
     engine::ChatTemplateInputs in;
@@ -673,6 +694,7 @@ struct Server::Impl {
     in.extra = r.chat_template_kwargs;  // names checked by parse_request, text by the caller
     if (!r.tools.empty()) in.extra["tools"] = r.tools;  // checked for control-token text by the caller
     AIRLOCK_ASSIGN_OR_RETURN(std::string text, m.chat_template->render(in));
+    if (opens_reasoning) *opens_reasoning = prompt_opens_reasoning(text);
     // The template's markup is parsed for control tokens; the messages'
     // content is not, so a message (or a RAG document in the system message)
     // cannot forge a turn by writing "<|im_end|>...<|im_start|>system".
@@ -726,12 +748,13 @@ struct Server::Impl {
   // `lp_first` of the choice.
   ojson choice_delta(const Generation& g, std::size_t index, const std::string& text,
                      std::span<const engine::SampledToken> logprobs, std::size_t lp_first, const std::string& finish,
-                     bool role) const {
+                     bool role, const std::string& reasoning = {}) const {
     ojson ch;
     ch["index"] = index;
     if (g.request.endpoint == Endpoint::kChat) {
       ojson delta = ojson::object();
       if (role) delta["role"] = "assistant";
+      add_reasoning(delta, reasoning);
       // With tools an answer may be calls alone, whose content is null (as
       // OpenAI starts such a stream); the SDKs append text to a null.
       if (role && text.empty() && g.calls_tools()) delta["content"] = nullptr;
@@ -743,6 +766,14 @@ struct Server::Impl {
     ch["logprobs"] = logprobs.empty() ? ojson() : logprobs_json(g, g.choices[index], logprobs, lp_first);
     ch["finish_reason"] = finish.empty() ? ojson() : ojson(finish);
     return ch;
+  }
+
+  // Reasoning under the names clients read: DeepSeek's and llama.cpp's
+  // reasoning_content, vLLM's and OpenRouter's reasoning.
+  static void add_reasoning(ojson& message, const std::string& reasoning) {
+    if (reasoning.empty()) return;
+    message["reasoning_content"] = reasoning;
+    message["reasoning"] = reasoning;
   }
 
   ojson whole_response(const Generation& g) const {
@@ -762,8 +793,10 @@ struct Server::Impl {
         ch["message"] = {{"role", "assistant"},
                          {"content", t.content.empty() ? ojson() : ojson(t.content)},
                          {"tool_calls", Generation::tool_calls_json(t, false)}};
+        add_reasoning(ch["message"], c.reasoning);
       } else if (g.request.endpoint == Endpoint::kChat) {
-        ch["message"] = {{"role", "assistant"}, {"content", c.tool_output ? c.tool_output->content : c.text}};
+        ch["message"] = {{"role", "assistant"}, {"content", c.tool_output ? c.tool_output->content : c.content}};
+        add_reasoning(ch["message"], c.reasoning);
       } else {
         ch["text"] = c.echo + c.text;
       }
@@ -785,7 +818,8 @@ struct Server::Impl {
     r["created"] = g.created;
     r["model"] = g.model->id;
     r["question"] = gr.question;
-    r["answer"] = gr.generate && !g.choices.empty() ? ojson(g.choices[0].text) : ojson();
+    r["answer"] = gr.generate && !g.choices.empty() ? ojson(g.choices[0].content) : ojson();
+    if (gr.generate && !g.choices.empty() && !g.choices[0].reasoning.empty()) r["reasoning"] = g.choices[0].reasoning;
     ojson a = grounding_json(gr);
     for (auto& [k, v] : a.items()) r[k] = v;
     r["usage"] = g.usage();
@@ -874,10 +908,12 @@ struct Server::Impl {
   void settle(Generation& g) {
     if (!g.grounded || g.choices.empty() || !g.grounded->reason.empty()) return;
     Choice& c = g.choices[0];
-    g.grounded->cited = rag::cited_sources(c.text, g.grounded->sources.size());
+    g.grounded->cited = rag::cited_sources(c.content, g.grounded->sources.size());
     if (g.grounded->cited.empty()) {
+      // The reasoning behind an answer withheld goes with it.
       g.grounded->reason = "no_citation";
-      c.text = g.grounded->refusal;
+      c.text = c.content = g.grounded->refusal;
+      c.reasoning.clear();
     }
   }
 
@@ -1028,7 +1064,7 @@ void Server::shutdown() {
 void Server::Impl::answer_without_model(const httplib::Request& req, httplib::Response& res, const std::string& key,
                                         Generation& g) {
   Choice c;
-  c.text = g.grounded->generate ? g.grounded->refusal : "";
+  c.text = c.content = g.grounded->generate ? g.grounded->refusal : "";
   c.finish = "stop";
   c.done = true;
   g.choices.push_back(std::move(c));
@@ -1048,7 +1084,8 @@ void Server::Impl::answer_without_model(const httplib::Request& req, httplib::Re
       return ch;
     };
     body += sse(chunk(ojson::array({choice_delta(g, 0, "", {}, 0, "", true)})));
-    if (!g.choices[0].text.empty()) body += sse(chunk(ojson::array({choice_delta(g, 0, g.choices[0].text, {}, 0, "", false)})));
+    if (!g.choices[0].content.empty())
+      body += sse(chunk(ojson::array({choice_delta(g, 0, g.choices[0].content, {}, 0, "", false)})));
     ojson fin = chunk(ojson::array({choice_delta(g, 0, "", {}, 0, "stop", false)}));
     fin["airlock"] = grounding_json(*g.grounded);
     body += sse(fin);
@@ -1123,7 +1160,8 @@ void Server::Impl::completions(const httplib::Request& req, httplib::Response& r
     // Weak evidence: the model is not asked at all.
     if (!g->grounded->reason.empty() || !generate) return answer_without_model(req, res, key, *g);
   }
-  Result<std::vector<std::int32_t>> prompt = prompt_tokens_of(*m, r);
+  bool opens_reasoning = false;
+  Result<std::vector<std::int32_t>> prompt = prompt_tokens_of(*m, r, &opens_reasoning);
   if (!prompt.is_ok()) return fail(api_error(400, "invalid_request_error", prompt.status().message()));
   const int max_ctx = m->scheduler->max_context();
   // OpenAI names the messages (or the prompt) in a context-length error.
@@ -1151,7 +1189,7 @@ void Server::Impl::completions(const httplib::Request& req, httplib::Response& r
         gr.sources = all;
         gr.evidence.usable = all_usable;
         give_sources(*g, k);
-        prompt = prompt_tokens_of(*m, r);
+        prompt = prompt_tokens_of(*m, r, &opens_reasoning);
         if (!prompt.is_ok()) return prompt.status();
         return static_cast<int>(prompt->size()) + room <= max_ctx;
       };
@@ -1196,6 +1234,7 @@ void Server::Impl::completions(const httplib::Request& req, httplib::Response& r
     g->prompt_tokens += n_prompt;  // each prompt once, however many choices (as OpenAI counts)
   }
   for (const std::string& s : r.stop) g->max_stop = std::max(g->max_stop, s.size());
+  g->split_reasoning = r.endpoint == Endpoint::kChat && m->reasoning != ReasoningFormat::kNone;
 
   for (std::size_t p = 0; p < inputs.size(); ++p) {
     // Continue the prompt's text: keep a SentencePiece leading space unless
@@ -1225,6 +1264,7 @@ void Server::Impl::completions(const httplib::Request& req, httplib::Response& r
           *m->tokenizer, after_text ? engine::StreamDecoder::LeadingSpace::kKeep : engine::StreamDecoder::LeadingSpace::kStrip);
       c.strips_leading_space = !after_text;
       if (g->calls_tools()) c.tool_stream = ToolStream(m->tool_format);
+      c.split = ReasoningSplitter(g->split_reasoning, opens_reasoning);
       if (r.endpoint == Endpoint::kCompletions && r.echo) c.echo = r.prompts[p];
       g->choices.push_back(std::move(c));
     }
@@ -1316,17 +1356,19 @@ void Server::Impl::completions(const httplib::Request& req, httplib::Response& r
         // one chunk per choice however many tokens it brought. With a stream
         // interval, collect until that much time has passed since the last
         // write or a choice ends, without waking for each token.
-        std::vector<std::string> texts(g->choices.size());
+        std::vector<std::string> texts(g->choices.size()), reasonings(g->choices.size());
         std::vector<std::vector<engine::SampledToken>> lps(g->choices.size());
         std::vector<std::size_t> lp_first(g->choices.size(), 0);  // token number of lps[i][0]
         // The interval runs from the last write of tokens (the role chunk
         // written alone does not hold back the first token).
         auto send_deltas = [&] {
           for (std::size_t i = 0; i < g->choices.size(); ++i) {
-            if (texts[i].empty() && lps[i].empty()) continue;
+            if (texts[i].empty() && lps[i].empty() && reasonings[i].empty()) continue;
             state->last_write = Clock::now();
-            if (!send(chunk(ojson::array({choice_delta(*g, i, texts[i], lps[i], lp_first[i], "", false)})))) return false;
+            if (!send(chunk(ojson::array({choice_delta(*g, i, texts[i], lps[i], lp_first[i], "", false, reasonings[i])}))))
+              return false;
             texts[i].clear();
+            reasonings[i].clear();
             lps[i].clear();
           }
           return true;
@@ -1356,7 +1398,7 @@ void Server::Impl::completions(const httplib::Request& req, httplib::Response& r
                 text.clear();
                 // Scanned from where a citation can still begin (rescanning
                 // the whole answer at every ']' was quadratic).
-                if (may_cite && rag::cites_a_source(c.text, gr.sources.size(), &gr.scan_from)) {
+                if (may_cite && rag::cites_a_source(c.content, gr.sources.size(), &gr.scan_from)) {
                   gr.released = true;
                   text.swap(gr.pending);
                 }
@@ -1364,6 +1406,12 @@ void Server::Impl::completions(const httplib::Request& req, httplib::Response& r
               // With tools, content goes out as far as no call can start
               // in it; the rest when the answer ends (tool_content_delta).
               if (g->calls_tools()) text = g->tool_content_delta(c);
+              // Reasoning streams as it comes, but a grounded answer's waits
+              // with its content.
+              if (!g->grounded || g->grounded->released) {
+                reasonings[i].append(c.reasoning, c.reasoning_sent);
+                c.reasoning_sent = c.reasoning.size();
+              }
               // Entries move to this write and leave the choice: a stream
               // holds only what it has not sent yet.
               if (lps[i].empty()) lp_first[i] = c.logprobs_base;
@@ -1371,7 +1419,7 @@ void Server::Impl::completions(const httplib::Request& req, httplib::Response& r
               c.logprobs_base += c.logprobs.size();
               c.logprobs.clear();
               texts[i] += text;
-              if (!any && (!texts[i].empty() || !lps[i].empty())) {
+              if (!any && (!texts[i].empty() || !lps[i].empty() || !reasonings[i].empty())) {
                 any = true;
                 deadline = state->last_write + stream_interval;
               }
@@ -1415,7 +1463,7 @@ void Server::Impl::completions(const httplib::Request& req, httplib::Response& r
           settle(*g);
           count_answer(*g->grounded);
           if (g->grounded->reason == "no_citation" &&
-              !send(chunk(ojson::array({choice_delta(*g, 0, g->choices[0].text, {}, 0, "", false)}))))
+              !send(chunk(ojson::array({choice_delta(*g, 0, g->choices[0].content, {}, 0, "", false)}))))
             return false;
         }
         for (std::size_t i = 0; i < g->choices.size(); ++i) {
@@ -1621,7 +1669,8 @@ void Server::routes() {
                         {"context_length", m->scheduler->max_context()},
                         {"kv_blocks", m->scheduler->stats().kv_blocks_total},
                         {"max_running", m->scheduler->options().max_running},
-                        {"tool_calls", tool_format_name(m->tool_format)}}}});
+                        {"tool_calls", tool_format_name(m->tool_format)},
+                        {"reasoning", reasoning_format_name(m->reasoning)}}}});
     }
     res.set_content(ojson({{"object", "list"}, {"data", data}}).dump(), "application/json");
   });

@@ -14,6 +14,7 @@ TEST(ConfigTest, DefaultsAreLocalAndSafe) {
   EXPECT_EQ(c->listen_port, 8080);
   EXPECT_FALSE(c->verify_full);
   EXPECT_FALSE(c->audit_text);
+  EXPECT_TRUE(c->separate_reasoning);
   EXPECT_TRUE(c->tls_cert.empty());
   EXPECT_EQ(c->kv_cache_type, engine::KvType::kF16);
   EXPECT_EQ(c->device, engine::Device::kAuto);
@@ -46,6 +47,7 @@ max_body_bytes = 100000
 drain_seconds = 5
 http_threads = 32
 stream_interval_ms = 20
+reasoning = "inline"
 audit_text = true
 [tls]
 cert = "/c.pem"
@@ -68,6 +70,7 @@ client_ca = "/ca.pem"
   EXPECT_EQ(c->http_threads, 32);
   EXPECT_EQ(c->stream_interval_ms, 20);
   EXPECT_TRUE(c->audit_text);
+  EXPECT_FALSE(c->separate_reasoning);
   EXPECT_EQ(c->tls_client_ca, "/ca.pem");
 }
 
@@ -96,6 +99,8 @@ TEST(ConfigTest, RefusalsNameTheKey) {
       {"threads = \"2\"", "threads: must be an integer"},
       {"verify_on_load = \"some\"", "verify_on_load"},
       {"audit_text = 1", "audit_text"},
+      {"reasoning = \"hidden\"", "reasoning"},
+      {"reasoning = true", "reasoning"},
       {"kv_cache_type = \"q8_0\"", "kv_cache_type: must be \"f16\" or \"f32\""},
       {"kv_cache_type = 16", "kv_cache_type: must be a string"},
       {"device = \"gpu\"", "device: must be \"auto\", \"cpu\" or \"cuda\""},

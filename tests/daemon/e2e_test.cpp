@@ -311,6 +311,7 @@ json weather_tool(const std::string& name = "get_weather") {
 // finish_reason of choice 0.
 struct StreamedChoice {
   std::string content;
+  std::string reasoning;  // reasoning_content deltas joined
   json tool_calls = json::array();
   std::string finish;
 };
@@ -323,6 +324,10 @@ StreamedChoice read_stream(const std::string& body) {
     const json& ch = c["choices"][0];
     if (ch["delta"].contains("content") && ch["delta"]["content"].is_string())
       out.content += ch["delta"]["content"].get<std::string>();
+    if (ch["delta"].contains("reasoning_content")) {
+      out.reasoning += ch["delta"]["reasoning_content"].get<std::string>();
+      EXPECT_EQ(ch["delta"]["reasoning"], ch["delta"]["reasoning_content"]);
+    }
     if (ch["delta"].contains("tool_calls"))
       for (const json& t : ch["delta"]["tool_calls"]) out.tool_calls.push_back(t);
     if (ch["finish_reason"].is_string()) out.finish = ch["finish_reason"].get<std::string>();
@@ -2552,6 +2557,156 @@ TEST(DaemonLifecycle, ToolCallsWithTheRealQwen3Template) {
   EXPECT_EQ(d->stop(), 0);
 }
 
+// A thinking model (the real Qwen3 template): its <think> block comes back
+// as reasoning_content beside the content, whole and streamed; tool calls
+// are read from the content only; the reasoning sent back in the history
+// reaches the template.
+TEST(DaemonLifecycle, ReasoningIsSplitFromTheContent) {
+  const std::string config = models_dir() + "/tokenizers/qwen3/tokenizer_config.json";
+  if (models_dir().empty() || !testing::exists(config)) GTEST_SKIP() << "no " << config;
+  TempDir models;
+  testing::write_file(models / "qwen3.jinja", json::parse(testing::read_file(config))["chat_template"].get<std::string>());
+  const std::string call = "\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}\n";
+  // The thinking mentions a <tool_call> in passing: not a call.
+  const std::string thought = "\nThe user wants <tool_call> weather.\n";
+  const std::string answer = "<think>" + thought + "</think>\n\nChecking.<tool_call>" + call + "</tool_call>";
+  ASSERT_EQ(run_tool({AIRLOCK_GEN_MODEL_PATH, "--answer", answer, models / "qwen3.gguf", "--token", "<think>", "--token",
+                      "</think>", "--token", "\n\n", "--token", "<tool_call>", "--token", "</tool_call>", "--token", call,
+                      "--token", thought, "--chatml-tokens", "--chat-template", models / "qwen3.jinja"}),
+            0);
+  Enclave e("", models / "qwen3.gguf");
+  auto d = Daemon::start(e);
+  ASSERT_GT(d->port, 0) << d->log();
+  EXPECT_NE(d->log().find("reasoning: think_tags"), std::string::npos) << d->log();
+  auto models_list = d->client().Get("/v1/models");
+  EXPECT_EQ(json::parse(models_list->body)["data"][0]["airlock"]["reasoning"], "think_tags") << models_list->body;
+
+  json body = {{"model", "stories"},
+               {"messages", json::array({{{"role", "user"}, {"content", "Weather in Paris?"}}})},
+               {"temperature", 0}};
+  // Without tools the call is text, but the thinking is apart.
+  auto r = d->post("/v1/chat/completions", body);
+  ASSERT_EQ(r->status, 200) << r->body;
+  json j = json::parse(r->body);
+  json msg = j["choices"][0]["message"];
+  EXPECT_EQ(msg["reasoning_content"], "The user wants <tool_call> weather.") << r->body;
+  EXPECT_EQ(msg["reasoning"], msg["reasoning_content"]);
+  EXPECT_EQ(msg["content"], "Checking.<tool_call>" + call + "</tool_call>");
+  const int reasoning_tokens = j["usage"]["completion_tokens_details"]["reasoning_tokens"].get<int>();
+  EXPECT_GE(reasoning_tokens, 3) << r->body;  // <think>, the thought, </think>
+  EXPECT_LT(reasoning_tokens, j["usage"]["completion_tokens"].get<int>()) << r->body;
+  json streamed = body;
+  streamed["stream"] = true;
+  StreamedChoice sc = read_stream(d->post("/v1/chat/completions", streamed)->body);
+  EXPECT_EQ(sc.reasoning, msg["reasoning_content"]);
+  EXPECT_EQ(sc.content, msg["content"]);
+
+  // With tools: the call in the content is read; the one in the thinking
+  // is not.
+  body["tools"] = {weather_tool()};
+  streamed["tools"] = body["tools"];
+  r = d->post("/v1/chat/completions", body);
+  ASSERT_EQ(r->status, 200) << r->body;
+  msg = json::parse(r->body)["choices"][0]["message"];
+  EXPECT_EQ(msg["content"], "Checking.");
+  EXPECT_EQ(msg["reasoning_content"], "The user wants <tool_call> weather.");
+  ASSERT_EQ(msg["tool_calls"].size(), 1u) << r->body;
+  EXPECT_EQ(json::parse(r->body)["choices"][0]["finish_reason"], "tool_calls");
+  sc = read_stream(d->post("/v1/chat/completions", streamed)->body);
+  EXPECT_EQ(sc.reasoning, msg["reasoning_content"]);
+  EXPECT_EQ(sc.content, "Checking.");
+  ASSERT_EQ(sc.tool_calls.size(), 1u);
+  EXPECT_EQ(sc.finish, "tool_calls");
+
+  // The message sent back with its reasoning: Qwen3's template keeps the
+  // reasoning of the turn in progress (after the last user message), under
+  // either name.
+  body["max_tokens"] = 1;
+  json without = body;
+  json m = msg;
+  m.erase("reasoning_content");
+  m.erase("reasoning");
+  without["messages"].push_back(m);
+  without["messages"].push_back({{"role", "tool"}, {"tool_call_id", msg["tool_calls"][0]["id"]}, {"content", "18 C"}});
+  json with = without;
+  with["messages"][1]["reasoning_content"] = msg["reasoning_content"];
+  json with_alias = without;
+  with_alias["messages"][1]["reasoning"] = msg["reasoning_content"];
+  auto prompt_tokens = [&](const json& b) {
+    auto rr = d->post("/v1/chat/completions", b);
+    EXPECT_EQ(rr->status, 200) << rr->body;
+    return json::parse(rr->body)["usage"]["prompt_tokens"].get<int>();
+  };
+  const int n_without = prompt_tokens(without);
+  EXPECT_GT(prompt_tokens(with), n_without);
+  EXPECT_EQ(prompt_tokens(with_alias), prompt_tokens(with));
+  with["messages"][1]["reasoning_content"] = 5;
+  auto bad = d->post("/v1/chat/completions", with);
+  EXPECT_EQ(bad->status, 400) << bad->body;
+  EXPECT_EQ(json::parse(bad->body)["error"]["param"], "messages[1].reasoning_content");
+  with["messages"][1]["reasoning_content"] = "<|im_end|>";
+  EXPECT_EQ(d->post("/v1/chat/completions", with)->status, 400);
+  // /v1/completions is raw text: nothing is split.
+  auto c = d->post("/v1/completions", {{"model", "stories"}, {"prompt", "Q"}, {"max_tokens", 40}, {"temperature", 0}});
+  ASSERT_EQ(c->status, 200) << c->body;
+  EXPECT_EQ(json::parse(c->body)["choices"][0]["text"].get<std::string>().rfind("<think>", 0), 0u) << c->body;
+  EXPECT_FALSE(json::parse(c->body)["usage"].contains("completion_tokens_details"));
+  EXPECT_EQ(d->stop(), 0);
+
+  // reasoning = "inline" leaves the thinking in the content.
+  auto inline_d = Daemon::start(e, "reasoning = \"inline\"\n");
+  ASSERT_GT(inline_d->port, 0) << inline_d->log();
+  body.erase("tools");
+  body.erase("max_tokens");
+  r = inline_d->post("/v1/chat/completions", body);
+  ASSERT_EQ(r->status, 200) << r->body;
+  msg = json::parse(r->body)["choices"][0]["message"];
+  EXPECT_EQ(msg["content"], answer);
+  EXPECT_FALSE(msg.contains("reasoning_content"));
+  EXPECT_EQ(inline_d->stop(), 0);
+}
+
+// DeepSeek-R1, QwQ and Qwen3-Thinking-2507 open the block in the prompt:
+// the answer starts inside it.
+TEST(DaemonLifecycle, ReasoningOpenedByThePrompt) {
+  TempDir models;
+  testing::write_file(models / "r1.jinja",
+                      "{% for m in messages %}<|im_start|>{{ m.role }}\n{% if m.role == 'assistant' %}"
+                      "{{ m.content.split('</think>')[-1] }}{% else %}{{ m.content }}{% endif %}<|im_end|>\n{% endfor %}"
+                      "{% if add_generation_prompt %}<|im_start|>assistant\n<think>\n{% endif %}");
+  const std::string answer = "Two and two make four.\n</think>\n\n4";
+  ASSERT_EQ(run_tool({AIRLOCK_GEN_MODEL_PATH, "--answer", answer, models / "r1.gguf", "--token", "Two and two", "--token",
+                      " make four.\n", "--token", "</think>", "--token", "\n\n", "--chatml-tokens", "--chat-template",
+                      models / "r1.jinja"}),
+            0);
+  Enclave e("", models / "r1.gguf");
+  auto d = Daemon::start(e);
+  ASSERT_GT(d->port, 0) << d->log();
+  json body = {{"model", "stories"},
+               {"messages", json::array({{{"role", "user"}, {"content", "2+2?"}}})},
+               {"temperature", 0}};
+  auto r = d->post("/v1/chat/completions", body);
+  ASSERT_EQ(r->status, 200) << r->body;
+  json msg = json::parse(r->body)["choices"][0]["message"];
+  EXPECT_EQ(msg["reasoning_content"], "Two and two make four.") << r->body;
+  EXPECT_EQ(msg["content"], "4");
+  body["stream"] = true;
+  StreamedChoice sc = read_stream(d->post("/v1/chat/completions", body)->body);
+  EXPECT_EQ(sc.reasoning, "Two and two make four.");
+  EXPECT_EQ(sc.content, "4");
+  // Cut inside the thinking: all reasoning, no content, finish "length".
+  body["stream"] = false;
+  body["max_tokens"] = 2;
+  r = d->post("/v1/chat/completions", body);
+  ASSERT_EQ(r->status, 200) << r->body;
+  json ch = json::parse(r->body)["choices"][0];
+  EXPECT_EQ(ch["finish_reason"], "length");
+  EXPECT_EQ(ch["message"]["content"], "");
+  EXPECT_EQ(ch["message"]["reasoning_content"], "Two and two make four.") << r->body;
+  EXPECT_EQ(json::parse(r->body)["usage"]["completion_tokens_details"]["reasoning_tokens"], 2);
+  EXPECT_EQ(d->stop(), 0);
+}
+
 // Llama 3.1's form: the whole answer is a JSON call with "parameters".
 // A shortened template with Llama 3.1's markers ("Environment: ipython",
 // tool results under the ipython role).
@@ -2738,6 +2893,65 @@ TEST(RagLifecycle, ACitedAnswerIsGrounded) {
   EXPECT_EQ(none->status, 400) << none->body;
   EXPECT_NE(none->body.find("context_length_exceeded"), std::string::npos) << none->body;
   EXPECT_EQ(d->stop(), 0);
+}
+
+// A thinking model's grounded answer: the citation must be in the answer,
+// not in the thinking. Cited, the reasoning comes back beside it (and
+// streams once the answer cites); withheld, its reasoning goes with it.
+TEST(RagLifecycle, GroundedAnswersOfAThinkingModel) {
+  TempDir models;
+  testing::write_file(models / "think.jinja",
+                      "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content.split('</think>')[-1] }}<|im_end|>\n"
+                      "{% endfor %}<|im_start|>assistant\n");
+  auto serve = [&](const std::string& name, const std::string& answer, const std::vector<std::string>& pieces) {
+    std::vector<std::string> argv = {AIRLOCK_GEN_MODEL_PATH, "--answer", answer, models / name, "--chatml-tokens",
+                                     "--chat-template", models / "think.jinja"};
+    for (const std::string& p : pieces) {
+      argv.push_back("--token");
+      argv.push_back(p);
+    }
+    EXPECT_EQ(run_tool(argv), 0);
+    auto e = std::make_unique<Enclave>(rag_embedder_dir(), models / name);
+    auto d = Daemon::start(*e, kRagConfig);
+    EXPECT_GT(d->port, 0) << d->log();
+    EXPECT_EQ(d->post("/v1/rag/collections", {{"name", "c"}})->status, 201);
+    EXPECT_EQ(d->post("/v1/rag/collections/c/documents", {{"source", "wing.txt"}, {"content", corpus()[0].bytes}})->status,
+              201);
+    return std::make_pair(std::move(e), std::move(d));
+  };
+  json query = {{"collection", "c"}, {"question", corpus()[0].question}, {"temperature", 0}};
+  json chat = {{"model", "stories"}, {"messages", json::array({{{"role", "user"}, {"content", corpus()[0].question}}})},
+               {"temperature", 0}, {"stream", true}, {"airlock", {{"collections", {"c"}}}}};
+  {
+    auto [e, d] = serve("cites.gguf", "<think>Source one says so.</think>[1]", {"<think>", "Source one says so.", "</think>"});
+    ASSERT_GT(d->port, 0);
+    auto r = d->post("/v1/rag/query", query);
+    ASSERT_EQ(r->status, 200) << r->body;
+    json j = json::parse(r->body);
+    EXPECT_EQ(j["answer"], "[1]");
+    EXPECT_EQ(j["reasoning"], "Source one says so.");
+    EXPECT_EQ(j["grounded"], true);
+    StreamedChoice sc = read_stream(d->post("/v1/chat/completions", chat)->body);
+    EXPECT_EQ(sc.reasoning, "Source one says so.");
+    EXPECT_EQ(sc.content, "[1]");
+    EXPECT_EQ(d->stop(), 0);
+  }
+  {
+    auto [e, d] = serve("thinks.gguf", "<think>See [1].</think>No idea.", {"<think>", "See [1].", "</think>", "No idea."});
+    ASSERT_GT(d->port, 0);
+    auto r = d->post("/v1/rag/query", query);
+    ASSERT_EQ(r->status, 200) << r->body;
+    json j = json::parse(r->body);
+    EXPECT_EQ(j["grounded"], false);
+    EXPECT_EQ(j["handoff_reason"], "no_citation");
+    EXPECT_FALSE(j.contains("reasoning")) << r->body;
+    EXPECT_EQ(r->body.find("See [1]"), std::string::npos) << r->body;
+    auto s = d->post("/v1/chat/completions", chat);
+    ASSERT_EQ(s->status, 200) << s->body;
+    EXPECT_EQ(s->body.find("See [1]"), std::string::npos) << s->body;  // neither streamed nor sent at the end
+    EXPECT_EQ(read_stream(s->body).reasoning, "");
+    EXPECT_EQ(d->stop(), 0);
+  }
 }
 
 TEST(RagLifecycle, KillNineDuringIngestLeavesAConsistentStore) {

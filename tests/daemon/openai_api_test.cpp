@@ -407,6 +407,25 @@ TEST(OpenAiApiTest, Tools) {
   }
 }
 
+// An assistant message's reasoning, under either name clients send it,
+// reaches the template as reasoning_content; anything but a string is a 400.
+TEST(OpenAiApiTest, AssistantReasoning) {
+  CompletionRequest r;
+  ASSERT_FALSE(parse_request(R"({"model":"m","messages":[{"role":"user","content":"x"},
+      {"role":"assistant","content":"y","reasoning":"why"},{"role":"assistant","content":"z","reasoning_content":"a",
+      "reasoning":"b"},{"role":"assistant","content":"w","reasoning":null}]})", Endpoint::kChat, &r));
+  EXPECT_EQ(r.messages[1]["reasoning_content"], "why");
+  EXPECT_EQ(r.messages[2]["reasoning_content"], "a");  // the explicit one wins
+  EXPECT_FALSE(r.messages[3].contains("reasoning_content"));
+  for (const char* key : {"reasoning_content", "reasoning"}) {
+    const std::string body = std::string(R"({"model":"m","messages":[{"role":"assistant","content":"y",")") + key +
+                             R"(":["no"]}]})";
+    std::optional<ApiError> e = parse_request(body, Endpoint::kChat, &r);
+    ASSERT_TRUE(e) << key;
+    EXPECT_EQ(e->param, std::string("messages[0].") + key);
+  }
+}
+
 TEST(OpenAiApiTest, ChatTemplateKwargs) {
   CompletionRequest r;
   ASSERT_FALSE(parse_request(R"({"model":"m","messages":[{"role":"user","content":"x"}],

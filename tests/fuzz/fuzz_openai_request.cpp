@@ -1,9 +1,10 @@
 // libFuzzer target: request bodies of /v1/chat/completions and
 // /v1/completions (parse_request, with the airlock grounding extension),
 // /v1/embeddings, /v1/rag/query (parse_rag_query), airlockd.toml
-// (parse_config, with its [rag] table) and model output read for tool calls
-// (parse_tool_calls, with the streaming rule that what was sent early is
-// the start of the final content). The first byte picks which; nothing may
+// (parse_config, with its [rag] table) and model output split into
+// reasoning and content (ReasoningSplitter: pieces join up to the whole
+// split) and read for tool calls (parse_tool_calls, with the streaming rule
+// that what was sent early is the start of the final content). The first byte picks which; nothing may
 // crash, hang or leak.
 #include <cstddef>
 #include <cstdint>
@@ -11,6 +12,7 @@
 
 #include "config.h"
 #include "openai_api.h"
+#include "reasoning.h"
 #include "tool_calls.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
@@ -19,6 +21,19 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   using namespace airlock::daemon;
   switch (data[0] % 6) {
     case 5: {
+      // The thinking apart (opened by the prompt for some sizes), as a
+      // stream of 7-byte pieces and whole: the same split.
+      const bool open = body.size() % 5 == 0;
+      ReasoningSplitter::Delta split = ReasoningSplitter(true, open).push(body, true);
+      ReasoningSplitter pieces(true, open);
+      std::string reasoning, content;
+      for (std::size_t at = 0; at <= body.size(); at += 7) {
+        ReasoningSplitter::Delta d = pieces.push(body.substr(at, 7), at + 7 > body.size());
+        reasoning += d.reasoning;
+        content += d.content;
+      }
+      if (reasoning != split.reasoning || content != split.content) __builtin_trap();
+      if (split.content.size() + split.reasoning.size() > body.size()) __builtin_trap();
       const ToolFormat f = body.size() % 3 == 0 ? ToolFormat::kHermes
                            : body.size() % 3 == 1 ? ToolFormat::kLlamaJson
                                                   : ToolFormat::kMistral;
@@ -32,7 +47,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
                    "required":["city"],"additionalProperties":false,
                    "$defs":{"P":{"type":"object","properties":{"near":{"$ref":"#/$defs/P"}},"additionalProperties":{"type":"number"}}}})")},
           {"f", false, {}}};
-      const ToolOutput whole = parse_tool_calls(f, body, tools);
+      const std::string_view text = split.content;  // tools are read from the content
+      const ToolOutput whole = parse_tool_calls(f, text, tools);
       for (const ToolCall& c : whole.calls)
         if (c.arguments.empty() || c.arguments[0] != '{' || (c.name != "get_weather" && c.name != "f") ||
             (c.name == "get_weather" && !follows_schema(tools[0].parameters, nlohmann::ordered_json::parse(c.arguments))))
@@ -41,13 +57,13 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
       // of 7 bytes), then the rest of the content.
       std::size_t last = 0;
       ToolStream stream(f);
-      for (std::size_t have = 0;; have = std::min(body.size(), have + 7)) {
-        const std::size_t p = stream.safe_prefix(body.substr(0, have));
+      for (std::size_t have = 0;; have = std::min(text.size(), have + 7)) {
+        const std::size_t p = stream.safe_prefix(text.substr(0, have));
         if (p < last || p > have) __builtin_trap();
         last = p;
-        if (have == body.size()) break;
+        if (have == text.size()) break;
       }
-      if (whole.content.compare(0, last, body, 0, last) != 0) __builtin_trap();
+      if (whole.content.compare(0, last, text, 0, last) != 0) __builtin_trap();
       break;
     }
     case 4: {
