@@ -21,10 +21,14 @@ const char* reasoning_format_name(ReasoningFormat f) {
   return f == ReasoningFormat::kThinkTags ? "think_tags" : "none";
 }
 
-bool prompt_opens_reasoning(std::string_view prompt) {
+ReasoningStart reasoning_start(std::string_view prompt) {
   const std::size_t end = prompt.find_last_not_of(kSpace);
-  return end != std::string_view::npos && end + 1 >= kOpen.size() &&
-         prompt.substr(end + 1 - kOpen.size(), kOpen.size()) == kOpen;
+  if (end == std::string_view::npos) return ReasoningStart::kBefore;
+  const std::string_view p = prompt.substr(0, end + 1);
+  auto ends_with = [&](std::string_view tag) { return p.size() >= tag.size() && p.substr(p.size() - tag.size()) == tag; };
+  if (ends_with(kOpen)) return ReasoningStart::kInside;
+  if (ends_with(kClose)) return ReasoningStart::kAfter;
+  return ReasoningStart::kBefore;
 }
 
 ReasoningSplitter::ReasoningSplitter(bool enabled, bool starts_open)

@@ -14,9 +14,9 @@
 //    "<think>\n" (DeepSeek-R1, QwQ, Qwen3-Thinking-2507), and the answer
 //    is "...\n</think>\n\nAnswer".
 // An answer that never closes the block (cut by max_tokens) is all
-// reasoning; an answer that does not begin with <think> (Qwen3 with
-// enable_thinking false, whose prompt holds an empty block) is all content,
-// byte for byte.
+// reasoning; an answer that does not begin with <think>, or follows a
+// prompt that closed the block (Qwen3 with enable_thinking false writes an
+// empty one), is all content, byte for byte.
 //
 // Thread-safety: free functions without shared state; a ReasoningSplitter
 // belongs to one answer.
@@ -34,11 +34,14 @@ enum class ReasoningFormat { kNone, kThinkTags };
 ReasoningFormat reasoning_format_of(std::string_view chat_template);
 const char* reasoning_format_name(ReasoningFormat f);  // "none", "think_tags"
 
-// Whether a rendered chat prompt leaves the answer inside a think block:
-// it ends with "<think>" (and whitespace). Only the generation prompt,
-// which the template writes last, can end the prompt, so message text
-// cannot make this true.
-bool prompt_opens_reasoning(std::string_view prompt);
+// Where a rendered chat prompt leaves the answer: inside a think block (the
+// prompt ends with "<think>" and whitespace), after one (it ends with
+// "</think>": Qwen3 with enable_thinking false writes an empty block, and
+// the answer is then all content, even one that begins with "<think>"), or
+// before any. Only the generation prompt, which the template writes last,
+// can end the prompt, so message text cannot decide this.
+enum class ReasoningStart { kBefore, kInside, kAfter };
+ReasoningStart reasoning_start(std::string_view prompt);
 
 // Splits one answer, given in pieces as it is generated, into reasoning
 // and content. Whitespace around the reasoning and before the content is
@@ -51,7 +54,7 @@ bool prompt_opens_reasoning(std::string_view prompt);
 class ReasoningSplitter {
  public:
   ReasoningSplitter() = default;  // disabled
-  // starts_open: the prompt opened the block (prompt_opens_reasoning).
+  // starts_open: the prompt opened the block (ReasoningStart::kInside).
   ReasoningSplitter(bool enabled, bool starts_open);
 
   struct Delta {

@@ -154,9 +154,9 @@ Status refuse_control_text(const engine::Tokenizer& tok, const std::vector<std::
 struct Choice {
   std::shared_ptr<TokenStream> stream;
   std::unique_ptr<engine::StreamDecoder> decoder;
-  std::string text;     // the answer so far, stop strings applied (all of it, reasoning included)
-  // A chat answer split (ReasoningSplitter): what has come out of it so
-  // far. Without a split, content is text.
+  // The answer so far: a chat answer's think block (ReasoningSplitter) in
+  // `reasoning`, the rest in `content`, stop strings applied; without a
+  // split, all of it is content.
   ReasoningSplitter split;
   std::string reasoning, content;
   std::size_t reasoning_sent = 0;  // bytes of `reasoning` streamed
@@ -213,11 +213,15 @@ struct Generation {
   std::optional<Clock::time_point> first_token, last_token;
   bool split_reasoning = false;  // a chat answer of a thinking model: reasoning apart from content
 
-  // Appends decoded text to a choice, applying stop strings, and splits
-  // off its reasoning. Returns the content now safe to send (the reasoning
-  // that came out waits in c.reasoning).
+  // Appends decoded text to a choice: splits off its reasoning, then applies
+  // stop strings to the rest (to the answer only: a thinking model writes
+  // them while it reasons, "\n\n" or a ReAct "Observation:", and an agent
+  // means them for its answer). Returns the content now safe to send (the
+  // reasoning that came out waits in c.reasoning).
   std::string accept(Choice& c, const std::string& piece, bool final) {
-    c.held += piece;
+    ReasoningSplitter::Delta d = c.split.push(piece, final);
+    c.reasoning += d.reasoning;
+    c.held += d.content;
     std::size_t cut = std::string::npos;
     for (const std::string& s : request.stop) cut = std::min(cut, c.held.find(s));
     std::string out;
@@ -236,11 +240,8 @@ struct Generation {
       out = c.held.substr(0, n);
       c.held.erase(0, n);
     }
-    c.text += out;
-    ReasoningSplitter::Delta d = c.split.push(out, final || c.done);
-    c.reasoning += d.reasoning;
-    c.content += d.content;
-    return std::move(d.content);
+    c.content += out;
+    return out;
   }
 
   ojson token_logprob(const engine::SampledToken& t) const {
@@ -680,10 +681,9 @@ struct Server::Impl {
   }
 
   // The first prompt of /v1/completions, or the chat's rendered messages.
-  // `opens_reasoning`: set to whether the chat prompt leaves the answer
-  // inside a think block.
+  // `start`: set to where the chat prompt leaves the answer (reasoning.h).
   Result<std::vector<std::int32_t>> prompt_tokens_of(const LoadedModel& m, const CompletionRequest& r,
-                                                     bool* opens_reasoning = nullptr) {
+                                                     ReasoningStart* start = nullptr) {
     const engine::Tokenizer& tok = *m.tokenizer;
     if (r.endpoint == Endpoint::kCompletions) return completion_prompt_tokens(m, r.prompts.at(0));
     engine::ChatTemplateInputs in;
@@ -694,7 +694,7 @@ struct Server::Impl {
     in.extra = r.chat_template_kwargs;  // names checked by parse_request, text by the caller
     if (!r.tools.empty()) in.extra["tools"] = r.tools;  // checked for control-token text by the caller
     AIRLOCK_ASSIGN_OR_RETURN(std::string text, m.chat_template->render(in));
-    if (opens_reasoning) *opens_reasoning = prompt_opens_reasoning(text);
+    if (start) *start = reasoning_start(text);
     // The template's markup is parsed for control tokens; the messages'
     // content is not, so a message (or a RAG document in the system message)
     // cannot forge a turn by writing "<|im_end|>...<|im_start|>system".
@@ -798,7 +798,7 @@ struct Server::Impl {
         ch["message"] = {{"role", "assistant"}, {"content", c.tool_output ? c.tool_output->content : c.content}};
         add_reasoning(ch["message"], c.reasoning);
       } else {
-        ch["text"] = c.echo + c.text;
+        ch["text"] = c.echo + c.content;
       }
       ch["logprobs"] = g.request.logprobs ? logprobs_json(g, c, c.logprobs, c.logprobs_base) : ojson();
       ch["finish_reason"] = c.finish;
@@ -912,7 +912,7 @@ struct Server::Impl {
     if (g.grounded->cited.empty()) {
       // The reasoning behind an answer withheld goes with it.
       g.grounded->reason = "no_citation";
-      c.text = c.content = g.grounded->refusal;
+      c.content = g.grounded->refusal;
       c.reasoning.clear();
     }
   }
@@ -953,7 +953,8 @@ struct Server::Impl {
         e.prompt_text = g->request.endpoint == Endpoint::kChat
                             ? g->request.messages.dump(-1, ' ', false, ojson::error_handler_t::replace)
                             : g->request.prompt;
-        for (const Choice& c : g->choices) e.completion_text += c.text;
+        for (const Choice& c : g->choices)
+          e.completion_text += c.reasoning.empty() ? c.content : "<think>" + c.reasoning + "</think>" + c.content;
       }
     }
     audit(std::move(e));
@@ -1064,7 +1065,7 @@ void Server::shutdown() {
 void Server::Impl::answer_without_model(const httplib::Request& req, httplib::Response& res, const std::string& key,
                                         Generation& g) {
   Choice c;
-  c.text = c.content = g.grounded->generate ? g.grounded->refusal : "";
+  c.content = g.grounded->generate ? g.grounded->refusal : "";
   c.finish = "stop";
   c.done = true;
   g.choices.push_back(std::move(c));
@@ -1160,8 +1161,8 @@ void Server::Impl::completions(const httplib::Request& req, httplib::Response& r
     // Weak evidence: the model is not asked at all.
     if (!g->grounded->reason.empty() || !generate) return answer_without_model(req, res, key, *g);
   }
-  bool opens_reasoning = false;
-  Result<std::vector<std::int32_t>> prompt = prompt_tokens_of(*m, r, &opens_reasoning);
+  ReasoningStart reasoning_at = ReasoningStart::kBefore;
+  Result<std::vector<std::int32_t>> prompt = prompt_tokens_of(*m, r, &reasoning_at);
   if (!prompt.is_ok()) return fail(api_error(400, "invalid_request_error", prompt.status().message()));
   const int max_ctx = m->scheduler->max_context();
   // OpenAI names the messages (or the prompt) in a context-length error.
@@ -1189,7 +1190,7 @@ void Server::Impl::completions(const httplib::Request& req, httplib::Response& r
         gr.sources = all;
         gr.evidence.usable = all_usable;
         give_sources(*g, k);
-        prompt = prompt_tokens_of(*m, r, &opens_reasoning);
+        prompt = prompt_tokens_of(*m, r, &reasoning_at);
         if (!prompt.is_ok()) return prompt.status();
         return static_cast<int>(prompt->size()) + room <= max_ctx;
       };
@@ -1264,7 +1265,8 @@ void Server::Impl::completions(const httplib::Request& req, httplib::Response& r
           *m->tokenizer, after_text ? engine::StreamDecoder::LeadingSpace::kKeep : engine::StreamDecoder::LeadingSpace::kStrip);
       c.strips_leading_space = !after_text;
       if (g->calls_tools()) c.tool_stream = ToolStream(m->tool_format);
-      c.split = ReasoningSplitter(g->split_reasoning, opens_reasoning);
+      c.split = ReasoningSplitter(g->split_reasoning && reasoning_at != ReasoningStart::kAfter,
+                                  reasoning_at == ReasoningStart::kInside);
       if (r.endpoint == Endpoint::kCompletions && r.echo) c.echo = r.prompts[p];
       g->choices.push_back(std::move(c));
     }

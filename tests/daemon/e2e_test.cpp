@@ -2646,6 +2646,15 @@ TEST(DaemonLifecycle, ReasoningIsSplitFromTheContent) {
   EXPECT_EQ(json::parse(bad->body)["error"]["param"], "messages[1].reasoning_content");
   with["messages"][1]["reasoning_content"] = "<|im_end|>";
   EXPECT_EQ(d->post("/v1/chat/completions", with)->status, 400);
+  // With thinking turned off the prompt holds an empty, closed block (this
+  // test model then goes on after its own "\n\n"): all content.
+  json off = {{"model", "stories"}, {"messages", json::array({{{"role", "user"}, {"content", "Hi"}}})},
+              {"chat_template_kwargs", {{"enable_thinking", false}}}};
+  auto r_off = d->post("/v1/chat/completions", off);
+  ASSERT_EQ(r_off->status, 200) << r_off->body;
+  EXPECT_EQ(json::parse(r_off->body)["choices"][0]["message"]["content"], "Checking.<tool_call>" + call + "</tool_call>")
+      << r_off->body;
+  EXPECT_FALSE(json::parse(r_off->body)["choices"][0]["message"].contains("reasoning_content"));
   // /v1/completions is raw text: nothing is split.
   auto c = d->post("/v1/completions", {{"model", "stories"}, {"prompt", "Q"}, {"max_tokens", 40}, {"temperature", 0}});
   ASSERT_EQ(c->status, 200) << c->body;
@@ -2694,6 +2703,23 @@ TEST(DaemonLifecycle, ReasoningOpenedByThePrompt) {
   StreamedChoice sc = read_stream(d->post("/v1/chat/completions", body)->body);
   EXPECT_EQ(sc.reasoning, "Two and two make four.");
   EXPECT_EQ(sc.content, "4");
+  // Stop strings are for the answer: written while thinking they do not
+  // end it, and the reasoning tokens are counted the same with them.
+  body["stream"] = false;
+  auto usage_of = [](const httplib::Result& res) { return json::parse(res->body)["usage"]; };
+  const json plain_usage = usage_of(d->post("/v1/chat/completions", body));
+  EXPECT_EQ(plain_usage["completion_tokens_details"]["reasoning_tokens"], 3);  // "Two and two", " make four.\n", "</think>"
+  for (const json& stop : {json::array({"make", "a stop string longer than the whole answer"}), json::array({"4"})}) {
+    body["stop"] = stop;
+    r = d->post("/v1/chat/completions", body);
+    ASSERT_EQ(r->status, 200) << r->body;
+    json c = json::parse(r->body)["choices"][0];
+    EXPECT_EQ(c["message"]["reasoning_content"], "Two and two make four.") << r->body;
+    EXPECT_EQ(c["message"]["content"], stop[0] == "4" ? "" : "4") << r->body;
+    EXPECT_EQ(c["finish_reason"], "stop");
+    EXPECT_EQ(usage_of(r)["completion_tokens_details"], plain_usage["completion_tokens_details"]) << r->body;
+  }
+  body.erase("stop");
   // Cut inside the thinking: all reasoning, no content, finish "length".
   body["stream"] = false;
   body["max_tokens"] = 2;
@@ -2704,6 +2730,31 @@ TEST(DaemonLifecycle, ReasoningOpenedByThePrompt) {
   EXPECT_EQ(ch["message"]["content"], "");
   EXPECT_EQ(ch["message"]["reasoning_content"], "Two and two make four.") << r->body;
   EXPECT_EQ(json::parse(r->body)["usage"]["completion_tokens_details"]["reasoning_tokens"], 2);
+  EXPECT_EQ(d->stop(), 0);
+}
+
+// A prompt that closed the block (an empty one, as Qwen3 without
+// thinking writes it) leaves the answer all content, even one that opens a
+// block of its own.
+TEST(DaemonLifecycle, NoReasoningAfterABlockThePromptClosed) {
+  TempDir models;
+  testing::write_file(models / "closed.jinja",
+                      "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+                      "<|im_start|>assistant\n<think></think>\t");
+  const std::string answer = "<think>tags</think> go around it.";
+  ASSERT_EQ(run_tool({AIRLOCK_GEN_MODEL_PATH, "--answer", answer, models / "closed.gguf", "--token", "<think>", "--token",
+                      "</think>", "--token", " go around it.", "--chatml-tokens", "--chat-template", models / "closed.jinja"}),
+            0);
+  Enclave e("", models / "closed.gguf");
+  auto d = Daemon::start(e);
+  ASSERT_GT(d->port, 0) << d->log();
+  json body = {{"model", "stories"}, {"messages", json::array({{{"role", "user"}, {"content", "Hi"}}})}};
+  auto r = d->post("/v1/chat/completions", body);
+  ASSERT_EQ(r->status, 200) << r->body;
+  json msg = json::parse(r->body)["choices"][0]["message"];
+  EXPECT_EQ(msg["content"], answer) << r->body;
+  EXPECT_FALSE(msg.contains("reasoning_content"));
+  EXPECT_EQ(json::parse(r->body)["usage"]["completion_tokens_details"]["reasoning_tokens"], 0);
   EXPECT_EQ(d->stop(), 0);
 }
 

@@ -55,15 +55,16 @@ TEST(Reasoning, FormatOfTheTemplate) {
   EXPECT_STREQ(reasoning_format_name(ReasoningFormat::kNone), "none");
 }
 
-TEST(Reasoning, PromptThatOpensTheBlock) {
-  EXPECT_TRUE(prompt_opens_reasoning("<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n<think>\n"));
-  EXPECT_TRUE(prompt_opens_reasoning("<think>"));
+TEST(Reasoning, WhereThePromptLeavesTheAnswer) {
+  EXPECT_EQ(reasoning_start("<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n<think>\n"), ReasoningStart::kInside);
+  EXPECT_EQ(reasoning_start("<think>"), ReasoningStart::kInside);
   // Qwen3 with enable_thinking false: an empty block, closed.
-  EXPECT_FALSE(prompt_opens_reasoning("<|im_start|>assistant\n<think>\n\n</think>\n\n"));
-  EXPECT_FALSE(prompt_opens_reasoning("<|im_start|>assistant\n"));
-  EXPECT_FALSE(prompt_opens_reasoning("think>\n"));
-  EXPECT_FALSE(prompt_opens_reasoning(""));
-  EXPECT_FALSE(prompt_opens_reasoning("  \n"));
+  EXPECT_EQ(reasoning_start("<|im_start|>assistant\n<think>\n\n</think>\n\n"), ReasoningStart::kAfter);
+  EXPECT_EQ(reasoning_start("<|im_start|>assistant\n"), ReasoningStart::kBefore);
+  EXPECT_EQ(reasoning_start("think>\n"), ReasoningStart::kBefore);
+  EXPECT_EQ(reasoning_start("/think>"), ReasoningStart::kBefore);
+  EXPECT_EQ(reasoning_start(""), ReasoningStart::kBefore);
+  EXPECT_EQ(reasoning_start("  \n"), ReasoningStart::kBefore);
 }
 
 TEST(Reasoning, WholeAnswers) {
