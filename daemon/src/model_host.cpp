@@ -255,6 +255,7 @@ Result<std::shared_ptr<LoadedModel>> load_model(const Config& config, std::share
   AIRLOCK_ASSIGN_OR_RETURN(m->tokenizer, engine::Tokenizer::from_gguf(m->model->gguf()));
   for (std::int32_t t = 0; t < m->tokenizer->n_vocab(); ++t)
     if (m->tokenizer->is_end_of_generation(t)) m->end_of_generation.push_back(t);
+  m->json_vocab = std::make_shared<const engine::JsonVocab>(*m->tokenizer);
   std::optional<std::string_view> tmpl = m->model->gguf().get_string("tokenizer.chat_template");
   m->chat_template_from_model = tmpl.has_value();
   Result<engine::ChatTemplate> ct = engine::ChatTemplate::parse(tmpl ? *tmpl : kFallbackTemplate);

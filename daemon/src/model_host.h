@@ -23,6 +23,7 @@
 
 #include "airlock/common/status.h"
 #include "airlock/engine/chat_template.h"
+#include "airlock/engine/constraint.h"
 #include "airlock/engine/decoder.h"
 #include "airlock/engine/model.h"
 #include "airlock/engine/scheduler.h"
@@ -55,6 +56,7 @@ struct LoadedModel {
   std::shared_ptr<engine::Model> model;
   int n_ranks = 1;
   std::unique_ptr<engine::Tokenizer> tokenizer;
+  std::shared_ptr<const engine::JsonVocab> json_vocab;  // the tokenizer's pieces, for response_format json_object
   std::optional<engine::ChatTemplate> chat_template;
   std::unique_ptr<engine::Scheduler> scheduler;
   // The bundle's embedding model, if it has one.

@@ -80,10 +80,10 @@ std::optional<ApiError> refuse_unsupported(const ojson& j, Endpoint endpoint, in
       const ojson& f = j["response_format"];
       if (!f.is_object() || !f.contains("type") || !f["type"].is_string())
         return invalid("response_format", "response_format must be an object with a \"type\"");
-      if (f["type"] != "text")
+      if (f["type"] != "text" && f["type"] != "json_object")
         return invalid("response_format", "response_format '" + f["type"].get<std::string>() +
-                                              "' is not supported by this server (only \"text\"): output is not "
-                                              "constrained to JSON");
+                                              "' is not supported by this server (only \"text\" and \"json_object\"): "
+                                              "output is held to JSON syntax, not to a schema");
     }
     if (present(j, "audio") || (present(j, "modalities") && !(j["modalities"].is_array() && j["modalities"].size() == 1 &&
                                                                j["modalities"][0] == "text")))
@@ -433,6 +433,10 @@ std::optional<ApiError> parse_request(std::string_view body, Endpoint endpoint, 
     r.chat_template_kwargs = k;
   }
   if (endpoint == Endpoint::kChat) {
+    // Shape checked by refuse_unsupported.
+    r.json_object = present(j, "response_format") && j["response_format"]["type"] == "json_object";
+    if (r.json_object && r.grounding)
+      return invalid("response_format", "grounded answers (airlock) are text with citations, not JSON");
     if (auto e = parse_tools(j, &r)) return e;
     if (!r.tools.empty() && r.grounding) return invalid("tools", "grounded answers (airlock) do not call tools");
     // The tokens of a call (and of text held back in case it is one) are

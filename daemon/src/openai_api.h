@@ -64,6 +64,7 @@ struct CompletionRequest {
   ojson tools = ojson::array();
   std::vector<ToolSpec> tool_specs;
   bool parallel_tool_calls = true;  // false: at most one call per answer
+  bool json_object = false;          // chat: response_format "json_object" (the answer held to one JSON object)
   ojson chat_template_kwargs = ojson::object();  // chat: more template variables (vLLM's extension)
   std::vector<std::string> prompts;  // completions: one or more, each with n choices
   std::string prompt;                // completions: prompts joined (for the audit log)

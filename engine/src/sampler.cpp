@@ -95,16 +95,32 @@ SampledToken sample_row(std::span<const float> logits, const SampleRow& row) {
     if (params.repetition_penalty != 1.0f) v = v > 0 ? v / params.repetition_penalty : v * params.repetition_penalty;
     if (c > 0) v -= params.presence_penalty + params.frequency_penalty * static_cast<float>(c);
   }
-  if (params.temperature == 0.0f) {
+  // The candidates: every token, or those the constraint allows.
+  std::vector<std::int32_t> idx;
+  if (row.allowed) {
+    const std::vector<std::uint64_t>& mask = *row.allowed;
+    for (std::size_t t = 0; t < n && t / 64 < mask.size(); ++t)
+      if ((mask[t / 64] >> (t % 64)) & 1u) idx.push_back(static_cast<std::int32_t>(t));
+  }
+  const bool constrained = !idx.empty();  // (a constraint always allows one)
+  if (params.temperature == 0.0f && !constrained) {
     out.token = static_cast<std::int32_t>(std::max_element(l.begin(), l.end()) - l.begin());
+  } else if (params.temperature == 0.0f) {
+    // The highest logit allowed; ties go to the lowest id.
+    out.token = *std::min_element(idx.begin(), idx.end(), [&](std::int32_t a, std::int32_t b) {
+      return l[a] > l[b] || (l[a] == l[b] && a < b);
+    });
   } else {
+    if (!constrained) {
+      idx.resize(n);
+      std::iota(idx.begin(), idx.end(), 0);
+    }
     // Candidates sorted by adjusted logit, most likely first.
-    std::vector<std::int32_t> idx(n);
-    std::iota(idx.begin(), idx.end(), 0);
-    std::size_t keep = n;
+    const std::size_t n_candidates = idx.size();
+    std::size_t keep = n_candidates;
     if (params.top_k > 0) keep = std::min<std::size_t>(keep, static_cast<std::size_t>(params.top_k));
     auto by_logit = [&](std::int32_t a, std::int32_t b) { return l[a] > l[b] || (l[a] == l[b] && a < b); };
-    if (keep < n) {
+    if (keep < n_candidates) {
       std::partial_sort(idx.begin(), idx.begin() + static_cast<std::ptrdiff_t>(keep), idx.end(), by_logit);
       idx.resize(keep);
     } else {

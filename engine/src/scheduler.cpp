@@ -364,6 +364,14 @@ void Scheduler::step(std::unique_lock<std::mutex>& lock) {
   for (Sequence* s : wants) rows.push_back(s->sampler->next_row(s->history, s->request.prompt.size()));
 
   lock.unlock();
+  // Constrained sequences' allowed tokens, outside the lock (a pass over
+  // the vocabulary each). Only this thread touches the running sequences.
+  for (std::size_t i = 0; i < wants.size(); ++i)
+    if (const std::shared_ptr<TokenConstraint>& c = wants[i]->request.constraint) {
+      auto mask = std::make_shared<std::vector<std::uint64_t>>();
+      c->allowed(mask.get());
+      rows[i].allowed = std::move(mask);
+    }
   std::vector<SampledToken> sampled;
   PassOutput out;
   out.rows = rows;
@@ -398,6 +406,7 @@ void Scheduler::step(std::unique_lock<std::mutex>& lock) {
       Sequence& s = *wants[row];
       SampledToken t = std::move(sampled[row]);
       ++stats_.generated_tokens;
+      if (s.request.constraint) s.request.constraint->accept(t.token);
       if (std::find(s.request.stop_tokens.begin(), s.request.stop_tokens.end(), t.token) !=
           s.request.stop_tokens.end()) {
         finish(s, FinishReason::kStop);

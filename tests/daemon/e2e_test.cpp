@@ -2758,6 +2758,79 @@ TEST(DaemonLifecycle, NoReasoningAfterABlockThePromptClosed) {
   EXPECT_EQ(d->stop(), 0);
 }
 
+// response_format json_object: a model that would answer 'Sure: {"a": 1}'
+// is held to one JSON object, whole and streamed. (This test model prefers
+// nothing but its next answer token: refused "Sure:", it takes the allowed
+// token of lowest id, whitespace, until the bound on whitespace leaves only
+// '{'; from there its answer is an object.) A thinking model whose prompt
+// opened its reasoning thinks first, then writes the object.
+TEST(DaemonLifecycle, JsonObjectModeHoldsTheAnswerToAnObject) {
+  TempDir models;
+  const std::string answer = "Sure: {\"a\": 1}";
+  ASSERT_EQ(run_tool({AIRLOCK_GEN_MODEL_PATH, "--answer", answer, models / "sure.gguf", "--token", "Sure:", "--token",
+                      "\"a\": 1}", "--chatml-tokens"}),
+            0);
+  Enclave e("", models / "sure.gguf");
+  auto d = Daemon::start(e);
+  ASSERT_GT(d->port, 0) << d->log();
+  json body = {{"model", "stories"}, {"messages", json::array({{{"role", "user"}, {"content", "JSON please"}}})},
+               {"temperature", 0}};
+  auto free_answer = d->post("/v1/chat/completions", body);
+  ASSERT_EQ(free_answer->status, 200) << free_answer->body;
+  EXPECT_EQ(json::parse(free_answer->body)["choices"][0]["message"]["content"], answer);
+  body["response_format"] = {{"type", "json_object"}};
+  auto r = d->post("/v1/chat/completions", body);
+  ASSERT_EQ(r->status, 200) << r->body;
+  json ch = json::parse(r->body)["choices"][0];
+  const std::string content = ch["message"]["content"].get<std::string>();
+  EXPECT_EQ(ch["finish_reason"], "stop") << r->body;
+  ASSERT_TRUE(json::accept(content)) << content;
+  EXPECT_EQ(json::parse(content), json({{"a", 1}})) << content;
+  EXPECT_EQ(content.find_first_not_of('\t'), 32u) << content;  // JsonGrammar::kMaxSpaces
+  body["stream"] = true;
+  EXPECT_EQ(read_stream(d->post("/v1/chat/completions", body)->body).content, content);
+  // Sampled, too: whatever is drawn is an object (or cut by max_tokens).
+  body["stream"] = false;
+  body["temperature"] = 1.5;
+  body["max_tokens"] = 100;
+  for (int seed = 0; seed < 5; ++seed) {
+    body["seed"] = seed;
+    auto s = d->post("/v1/chat/completions", body);
+    ASSERT_EQ(s->status, 200) << s->body;
+    json c = json::parse(s->body)["choices"][0];
+    if (c["finish_reason"] == "stop") {
+      EXPECT_TRUE(json::parse(c["message"]["content"].get<std::string>()).is_object()) << s->body;
+    }
+  }
+  body["response_format"] = {{"type", "json_schema"}, {"json_schema", {{"name", "x"}, {"schema", {{"type", "object"}}}}}};
+  auto schema = d->post("/v1/chat/completions", body);
+  EXPECT_EQ(schema->status, 400) << schema->body;
+  EXPECT_EQ(json::parse(schema->body)["error"]["param"], "response_format");
+  EXPECT_EQ(d->stop(), 0);
+
+  testing::write_file(models / "r1.jinja",
+                      "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content.split('</think>')[-1] }}<|im_end|>\n"
+                      "{% endfor %}<|im_start|>assistant\n<think>\n");
+  const std::string thinking = "An object it is.\n</think>\n\n{\"sum\": 4}";
+  ASSERT_EQ(run_tool({AIRLOCK_GEN_MODEL_PATH, "--answer", thinking, models / "r1.gguf", "--token", "An object it is.\n",
+                      "--token", "</think>", "--token", "\n\n", "--token", "{\"sum\": 4}", "--chatml-tokens",
+                      "--chat-template", models / "r1.jinja"}),
+            0);
+  Enclave e1("", models / "r1.gguf");
+  auto d1 = Daemon::start(e1);
+  ASSERT_GT(d1->port, 0) << d1->log();
+  body.erase("seed");
+  body.erase("max_tokens");
+  body["temperature"] = 0;
+  body["response_format"] = {{"type", "json_object"}};
+  r = d1->post("/v1/chat/completions", body);
+  ASSERT_EQ(r->status, 200) << r->body;
+  json msg = json::parse(r->body)["choices"][0]["message"];
+  EXPECT_EQ(msg["reasoning_content"], "An object it is.") << r->body;
+  EXPECT_EQ(msg["content"], "{\"sum\": 4}");
+  EXPECT_EQ(d1->stop(), 0);
+}
+
 // Llama 3.1's form: the whole answer is a JSON call with "parameters".
 // A shortened template with Llama 3.1's markers ("Environment: ipython",
 // tool results under the ipython role).

@@ -137,7 +137,8 @@ TEST(OpenAiApiTest, BadRequestsNameTheParameter) {
        Endpoint::kChat, "tool_choice"},
       {R"({"model":"m","messages":[{"role":"user","content":"x"}],"functions":[{"name":"f"}]})", Endpoint::kChat,
        "functions"},
-      {R"({"model":"m","messages":[{"role":"user","content":"x"}],"response_format":{"type":"json_object"}})",
+      {R"({"model":"m","messages":[{"role":"user","content":"x"}],"response_format":{"type":"json_object"},
+          "airlock":{}})",
        Endpoint::kChat, "response_format"},
       {R"({"model":"m","messages":[{"role":"user","content":"x"}],"response_format":{"type":"json_schema","json_schema":{}}})",
        Endpoint::kChat, "response_format"},
@@ -424,6 +425,16 @@ TEST(OpenAiApiTest, AssistantReasoning) {
     ASSERT_TRUE(e) << key;
     EXPECT_EQ(e->param, std::string("messages[0].") + key);
   }
+}
+
+TEST(OpenAiApiTest, JsonObjectMode) {
+  CompletionRequest r;
+  ASSERT_FALSE(parse_request(R"({"model":"m","messages":[{"role":"user","content":"x"}],
+      "response_format":{"type":"json_object"}})", Endpoint::kChat, &r));
+  EXPECT_TRUE(r.json_object);
+  ASSERT_FALSE(parse_request(R"({"model":"m","messages":[{"role":"user","content":"x"}],
+      "response_format":{"type":"text"}})", Endpoint::kChat, &r));
+  EXPECT_FALSE(r.json_object);
 }
 
 TEST(OpenAiApiTest, ChatTemplateKwargs) {

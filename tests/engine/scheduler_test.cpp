@@ -357,6 +357,56 @@ TEST(SchedulerTest, StopTokensEndTheSequenceUnemitted) {
   EXPECT_EQ(stopped.tokens, std::vector<std::int32_t>(free_run.tokens.begin(), first));
 }
 
+// A constraint is asked before each token and told each token taken; the
+// sampler chooses among the allowed only, greedy and drawn, inside a batch
+// with unconstrained sequences that it leaves alone.
+TEST(SchedulerTest, ConstraintsChooseAmongTheAllowedTokens) {
+  struct Multiples : TokenConstraint {
+    explicit Multiples(int every) : k(every) {}
+    void allowed(std::vector<std::uint64_t>* mask) override {
+      mask->assign(2, 0);  // 96 tokens
+      for (int t = 0; t < 96; t += k) (*mask)[t / 64] |= std::uint64_t{1} << (t % 64);
+      ++asked;
+    }
+    void accept(std::int32_t token) override { taken.push_back(token); }
+    int k;
+    int asked = 0;
+    std::vector<std::int32_t> taken;
+  };
+  Loaded l = load();
+  GenerationRequest plain = greedy(prompt(12, 9), 20);
+  const Outcome free_run = run_alone(*l.model, plain);
+  auto s = Scheduler::start(*l.model, opts(64));
+  ASSERT_TRUE(s.is_ok());
+  std::vector<std::shared_ptr<Multiples>> constraints;
+  std::vector<std::shared_ptr<TokenStream>> streams;
+  for (int i = 0; i < 4; ++i) {
+    GenerationRequest r = greedy(prompt(12, 9), 20);
+    if (i % 2 == 1) {
+      r.sampling.temperature = 1.0f;
+      r.sampling.seed = 42 + static_cast<std::uint64_t>(i);
+    }
+    constraints.push_back(std::make_shared<Multiples>(i + 2));
+    r.constraint = constraints.back();
+    streams.push_back(*(*s)->submit(r));
+  }
+  auto unconstrained = (*s)->submit(plain);
+  ASSERT_TRUE(unconstrained.is_ok());
+  for (std::size_t i = 0; i < streams.size(); ++i) {
+    const Outcome got = collect(*streams[i]);
+    ASSERT_EQ(got.tokens.size(), 20u);
+    for (std::int32_t t : got.tokens) EXPECT_EQ(t % constraints[i]->k, 0) << "request " << i << " took " << t;
+    EXPECT_EQ(constraints[i]->taken, got.tokens);
+    EXPECT_EQ(constraints[i]->asked, 20);
+  }
+  EXPECT_EQ(collect(**unconstrained).tokens, free_run.tokens);
+  // Greedy under the constraint is the most likely allowed token: with
+  // every token allowed it is the free run.
+  GenerationRequest all = plain;
+  all.constraint = std::make_shared<Multiples>(1);
+  EXPECT_EQ(run_alone(*l.model, all).tokens, free_run.tokens);
+}
+
 // The scheduler tells the sampler where the prompt ends: presence and
 // frequency penalties count the generated tokens only. A boost (-2 each)
 // that would lift a prompt token above the greedy choice if the prompt

@@ -1,15 +1,20 @@
 // libFuzzer target: request bodies of /v1/chat/completions and
 // /v1/completions (parse_request, with the airlock grounding extension),
 // /v1/embeddings, /v1/rag/query (parse_rag_query), airlockd.toml
-// (parse_config, with its [rag] table) and model output split into
+// (parse_config, with its [rag] table) and model output: split into
 // reasoning and content (ReasoningSplitter: pieces join up to the whole
-// split) and read for tool calls (parse_tool_calls, with the streaming rule
-// that what was sent early is the start of the final content). The first byte picks which; nothing may
-// crash, hang or leak.
+// split), read by JSON mode's recogniser (what it reads whole, a JSON
+// parser takes for an object) and read for tool calls (parse_tool_calls,
+// with the streaming rule that what was sent early is the start of the
+// final content). The first byte picks which; nothing may crash, hang or
+// leak.
 #include <cstddef>
 #include <cstdint>
 #include <string_view>
 
+#include <nlohmann/json.hpp>
+
+#include "airlock/engine/constraint.h"
 #include "config.h"
 #include "openai_api.h"
 #include "reasoning.h"
@@ -34,6 +39,10 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
       }
       if (reasoning != split.reasoning || content != split.content) __builtin_trap();
       if (split.content.size() + split.reasoning.size() > body.size()) __builtin_trap();
+      airlock::engine::JsonGrammar grammar;
+      if (grammar.feed(body) && grammar.complete() &&
+          !(nlohmann::json::accept(body) && nlohmann::json::parse(body).is_object()))
+        __builtin_trap();
       const ToolFormat f = body.size() % 3 == 0 ? ToolFormat::kHermes
                            : body.size() % 3 == 1 ? ToolFormat::kLlamaJson
                                                   : ToolFormat::kMistral;

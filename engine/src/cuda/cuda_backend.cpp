@@ -260,6 +260,10 @@ class CudaBackend final : public Backend {
     // running is not waited for here (its faults surface at the sampler's
     // one wait, for the tokens).
     if (!error_.is_ok()) return take_error();
+    // Constrained rows (an allowed-token mask) are chosen on the host, from
+    // the downloaded logits, as the CPU does: the device sampler has no mask.
+    if (std::any_of(rows.begin(), rows.end(), [](const SampleRow& r) { return r.allowed != nullptr; }))
+      return Backend::sample(logits, n_vocab, rows, out);
     Status s = sampler_.sample(logits, n_vocab, rows, out);
     if (!s.is_ok()) (void)cuda::synchronize();  // let queued work finish before the pass is failed
     return s;

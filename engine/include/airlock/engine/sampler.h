@@ -23,6 +23,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <random>
 #include <span>
 #include <utility>
@@ -74,6 +75,11 @@ struct SampleRow {
   std::vector<std::pair<std::int32_t, std::int32_t>> counts;
   // The draw, uniform in [0, 1) (53 random bits); unused when greedy.
   double u = 0;
+  // Constrained decoding (constraint.h): the tokens that may be chosen, a
+  // bit each (bit t % 64 of word t / 64); null: any. The choice is made
+  // among them as if the others had no probability; log-probabilities stay
+  // those of the model's own distribution.
+  std::shared_ptr<const std::vector<std::uint64_t>> allowed;
 };
 
 // The token `row` chooses from `logits` (one entry per vocabulary token).

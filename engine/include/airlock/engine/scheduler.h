@@ -53,6 +53,7 @@
 #include "airlock/engine/decoder.h"
 #include "airlock/engine/kv_cache.h"
 #include "airlock/engine/model.h"
+#include "airlock/engine/constraint.h"
 #include "airlock/engine/sampler.h"
 
 namespace airlock::engine {
@@ -64,6 +65,10 @@ struct GenerationRequest {
   SamplingParams sampling;
   int max_tokens = 16;               // > 0
   std::vector<std::int32_t> stop_tokens;  // end the sequence (not emitted)
+  // Constrained decoding (constraint.h): asked for the allowed tokens
+  // before each token is chosen, told the token after; null: none. Used by
+  // the scheduler's thread only.
+  std::shared_ptr<TokenConstraint> constraint;
 };
 
 enum class FinishReason { kNone, kStop, kLength, kCancelled, kError };

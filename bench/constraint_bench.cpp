@@ -1,0 +1,49 @@
+// JSON mode's cost: the time to work out the allowed tokens for one step
+// (JsonConstraint::allowed) over a real vocabulary, at a few points of an
+// object (before it, inside a string, inside a number in nested
+// containers), and the time to prepare the vocabulary once per model.
+//
+//   constraint_bench VOCAB.gguf [REPEATS]
+// VOCAB.gguf: any GGUF with a tokenizer (a model, or llama.cpp's
+// vocabulary-only files in ../shared/models/tokenizers/llama.cpp-vocab).
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "airlock/engine/constraint.h"
+#include "airlock/engine/gguf.h"
+#include "airlock/engine/tokenizer.h"
+
+using namespace airlock::engine;
+using Clock = std::chrono::steady_clock;
+
+int main(int argc, char** argv) {
+  if (argc < 2) {
+    std::fprintf(stderr, "usage: constraint_bench VOCAB.gguf [REPEATS]\n");
+    return 2;
+  }
+  const int repeats = argc > 2 ? std::max(1, std::atoi(argv[2])) : 200;
+  auto file = GgufFile::open(argv[1]);
+  if (!file.is_ok()) return std::fprintf(stderr, "%s\n", file.status().to_string().c_str()), 2;
+  auto tok = Tokenizer::from_gguf(**file);
+  if (!tok.is_ok()) return std::fprintf(stderr, "%s\n", tok.status().to_string().c_str()), 2;
+  const Clock::time_point t0 = Clock::now();
+  auto vocab = std::make_shared<const JsonVocab>(**tok);
+  const double build_ms = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
+  std::printf("%s: %d tokens; vocabulary prepared in %.1f ms\n", argv[1], (*tok)->n_vocab(), build_ms);
+  for (const char* prefix : {"", "{\"key\": \"some text here", "{\"key\": [1, 2, {\"a\": 12"}) {
+    JsonConstraint c(vocab);
+    for (std::int32_t t : (*tok)->encode(prefix, false, false)) c.accept(t);
+    std::vector<std::uint64_t> mask;
+    const Clock::time_point a = Clock::now();
+    for (int i = 0; i < repeats; ++i) c.allowed(&mask);
+    const double ms = std::chrono::duration<double, std::milli>(Clock::now() - a).count() / repeats;
+    std::size_t n = 0;
+    for (std::uint64_t w : mask) n += static_cast<std::size_t>(__builtin_popcountll(w));
+    std::printf("  after '%s': %.3f ms a step, %zu tokens allowed\n", prefix, ms, n);
+  }
+  return 0;
+}

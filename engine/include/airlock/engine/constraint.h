@@ -1,0 +1,136 @@
+// Constrained decoding: which tokens a sequence may take next.
+//
+// A TokenConstraint is given to a GenerationRequest (scheduler.h). Before
+// each of the sequence's tokens is chosen the scheduler asks it for the
+// allowed tokens, and the sampler chooses among those only (sampler.h,
+// SampleRow::allowed); the token chosen is then given back to it.
+//
+// JsonConstraint holds a sequence to one JSON object (RFC 8259) followed by
+// an end-of-generation token: OpenAI's response_format "json_object". It
+// runs a byte-level JSON recogniser (JsonGrammar) over each candidate
+// token's bytes, so any tokenizer works, whatever its pieces. Bounds keep
+// the model from running away inside the structure: 32 nested containers,
+// 32 whitespace bytes in a row outside strings, 64 characters in a number
+// and two digits in its exponent (so that every number is a finite double).
+// Nothing bounds a string's length but max_tokens.
+//
+// Cost: a pass over the vocabulary per step of the sequence, on the
+// scheduler's thread: each token's bytes are tried, except inside strings,
+// where tokens of plain text are known to fit (docs/benchmarks.md).
+//
+// Thread-safety: a constraint belongs to one sequence and is used by one
+// thread at a time (the scheduler's); a JsonVocab is immutable and shared.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "airlock/engine/tokenizer.h"
+
+namespace airlock::engine {
+
+class TokenConstraint {
+ public:
+  virtual ~TokenConstraint() = default;
+  // Sets `mask` (n_vocab bits: bit t % 64 of word t / 64) to the tokens
+  // allowed next. At least one is always allowed: a constraint that cannot
+  // go on allows the end-of-generation tokens.
+  virtual void allowed(std::vector<std::uint64_t>* mask) = 0;
+  // The token the sequence took (one that was allowed).
+  virtual void accept(std::int32_t token) = 0;
+};
+
+// A byte-level recogniser of one JSON object, fed a byte at a time.
+// Copying it is cheap (a few words): candidates are tried on copies.
+class JsonGrammar {
+ public:
+  static constexpr int kMaxDepth = 32;
+  static constexpr int kMaxSpaces = 32;
+  static constexpr int kMaxNumber = 64;
+  static constexpr int kMaxExponentDigits = 2;
+
+  // Takes the next byte: false when no valid JSON object within the bounds
+  // starts with what was fed plus `c` (the grammar is then unusable).
+  bool feed(unsigned char c);
+  bool feed(std::string_view bytes) {
+    for (char c : bytes)
+      if (!feed(static_cast<unsigned char>(c))) return false;
+    return true;
+  }
+  // A whole object has been read (nothing more may follow).
+  bool complete() const { return mode_ == Mode::kDone; }
+  // Inside a string, between characters and escapes: any plain text (no
+  // quote, backslash or control byte; whole UTF-8 characters) may follow.
+  bool in_plain_string() const { return mode_ == Mode::kString && utf8_left_ == 0 && !high_surrogate_; }
+
+ private:
+  enum class Mode : std::uint8_t {
+    kStart,       // before the top-level object
+    kValue,       // a value is due
+    kArrayFirst,  // after '[': a value or ']'
+    kKeyFirst,    // after '{': a key or '}'
+    kKey,         // after ',' in an object: a key
+    kColon,       // after a key
+    kAfterValue,  // ',' or the container's close
+    kString,
+    kEscape,      // after '\' in a string
+    kHex,         // in \uXXXX
+    kNumber,
+    kLiteral,     // true, false, null
+    kDone,
+    kFailed,
+  };
+  bool value_start(unsigned char c);
+  bool close(unsigned char c);
+  bool number(unsigned char c);
+
+  Mode mode_ = Mode::kStart;
+  bool key_ = false;             // the string being read is a key
+  std::uint8_t sub_ = 0;         // number: its part; \u: hex digits left; literal: which one
+  std::uint8_t count_ = 0;       // number: characters so far; literal: characters matched
+  std::uint8_t utf8_left_ = 0;   // continuation bytes due in a string
+  std::uint8_t lead_ = 0;        // the lead byte, until the byte after it has come
+  std::uint8_t exp_digits_ = 0;  // number: digits of its exponent
+  std::uint8_t spaces_ = 0;      // whitespace bytes in a row
+  bool high_surrogate_ = false;  // a string's last escape was \uD800-\uDBFF: its low half must follow
+  std::uint16_t code_ = 0;       // the \u escape's value so far
+  std::int8_t depth_ = 0;
+  std::uint32_t arrays_ = 0;     // bit d: the container at depth d + 1 is an array
+};
+
+// Each token's bytes, as the stream decoder gives them, and the
+// end-of-generation tokens, prepared once per tokenizer.
+struct JsonVocab {
+  explicit JsonVocab(const Tokenizer& tokenizer);
+  std::vector<std::string> bytes;  // empty: never allowed as text (end, control and unknown tokens)
+  std::vector<bool> plain;         // plain text inside a string (JsonGrammar::in_plain_string)
+  std::vector<std::int32_t> end_tokens;
+};
+
+// With `after` (such as "</think>", for a model whose prompt opened its
+// reasoning), any text but the end comes first, up to and including that
+// marker; the object follows it.
+class JsonConstraint : public TokenConstraint {
+ public:
+  explicit JsonConstraint(std::shared_ptr<const JsonVocab> vocab, std::string after = {})
+      : vocab_(std::move(vocab)), after_(std::move(after)), waiting_(!after_.empty()) {}
+  void allowed(std::vector<std::uint64_t>* mask) override;
+  void accept(std::int32_t token) override;
+  bool complete() const { return grammar_.complete(); }
+
+ private:
+  // Whether `bytes` may come next; *rest: what of them the grammar reads.
+  bool fits(const std::string& bytes, std::string_view* rest) const;
+
+  std::shared_ptr<const JsonVocab> vocab_;
+  std::string after_;
+  bool waiting_;       // `after` has not come yet
+  std::string tail_;   // while waiting: the text's last bytes, fewer than after_'s
+  JsonGrammar grammar_;
+  bool failed_ = false;  // a token that was not allowed was accepted: only the end is left
+};
+
+}  // namespace airlock::engine

@@ -1,0 +1,312 @@
+#include "airlock/engine/constraint.h"
+
+#include <algorithm>
+
+namespace airlock::engine {
+namespace {
+
+bool is_space(unsigned char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r'; }
+bool is_digit(unsigned char c) { return c >= '0' && c <= '9'; }
+int hex_value(unsigned char c) {
+  if (is_digit(c)) return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  return -1;
+}
+
+constexpr std::string_view kLiterals[] = {"true", "false", "null"};
+
+// The parts of a number (RFC 8259: -? (0 | [1-9][0-9]*) (. [0-9]+)? ([eE] [+-]? [0-9]+)?).
+enum NumberPart : std::uint8_t { kSign, kZero, kInt, kDot, kFrac, kE, kExpSign, kExp };
+
+}  // namespace
+
+bool JsonGrammar::value_start(unsigned char c) {
+  switch (c) {
+    case '{':
+    case '[':
+      if (depth_ >= kMaxDepth) break;
+      arrays_ = (arrays_ & ~(1u << depth_)) | (c == '[' ? 1u << depth_ : 0u);
+      ++depth_;
+      mode_ = c == '[' ? Mode::kArrayFirst : Mode::kKeyFirst;
+      return true;
+    case '"':
+      mode_ = Mode::kString;
+      key_ = false;
+      return true;
+    case '-':
+      mode_ = Mode::kNumber;
+      sub_ = kSign;
+      count_ = 1;
+      exp_digits_ = 0;
+      return true;
+    case 't':
+    case 'f':
+    case 'n':
+      mode_ = Mode::kLiteral;
+      sub_ = c == 't' ? 0 : c == 'f' ? 1 : 2;
+      count_ = 1;
+      return true;
+    default:
+      if (!is_digit(c)) break;
+      mode_ = Mode::kNumber;
+      sub_ = c == '0' ? kZero : kInt;
+      count_ = 1;
+      exp_digits_ = 0;
+      return true;
+  }
+  mode_ = Mode::kFailed;
+  return false;
+}
+
+bool JsonGrammar::close(unsigned char c) {
+  const bool array = depth_ > 0 && ((arrays_ >> (depth_ - 1)) & 1u) != 0;
+  if (depth_ == 0 || c != (array ? ']' : '}')) {
+    mode_ = Mode::kFailed;
+    return false;
+  }
+  --depth_;
+  mode_ = depth_ == 0 ? Mode::kDone : Mode::kAfterValue;
+  return true;
+}
+
+// True when the number took `c`; false when it ended before `c` (mode_ is
+// then kAfterValue) or `c` cannot follow (mode_ kFailed).
+bool JsonGrammar::number(unsigned char c) {
+  const bool digit = is_digit(c), e = c == 'e' || c == 'E';
+  int next = -1;  // -1: the number ends here, -2: invalid
+  switch (sub_) {
+    case kSign: next = c == '0' ? kZero : digit ? kInt : -2; break;
+    case kZero: next = c == '.' ? kDot : e ? kE : -1; break;
+    case kInt: next = digit ? kInt : c == '.' ? kDot : e ? kE : -1; break;
+    case kDot: next = digit ? kFrac : -2; break;
+    case kFrac: next = digit ? kFrac : e ? kE : -1; break;
+    case kE: next = c == '+' || c == '-' ? kExpSign : digit ? kExp : -2; break;
+    case kExpSign: next = digit ? kExp : -2; break;
+    case kExp: next = digit ? kExp : -1; break;
+    default: next = -2;
+  }
+  if (next == -1) {
+    mode_ = Mode::kAfterValue;
+    return false;
+  }
+  // An exponent of at most two digits: with at most kMaxNumber characters
+  // the value stays within a double's range, which parsers need (some
+  // refuse 1e400, others make it infinity).
+  if (next == kExp) ++exp_digits_;
+  if (next == -2 || ++count_ > kMaxNumber || exp_digits_ > kMaxExponentDigits) {
+    mode_ = Mode::kFailed;
+    return false;
+  }
+  sub_ = static_cast<std::uint8_t>(next);
+  return true;
+}
+
+bool JsonGrammar::feed(unsigned char c) {
+  auto fail = [this] {
+    mode_ = Mode::kFailed;
+    return false;
+  };
+  switch (mode_) {
+    case Mode::kDone:
+    case Mode::kFailed:
+      return fail();
+    case Mode::kString:
+      if (utf8_left_ > 0) {
+        // The byte after the lead has a narrower range for some leads (no
+        // overlong forms, surrogates or values above U+10FFFF: what the
+        // stream decoder passes unchanged).
+        const unsigned char lo = lead_ == 0xE0 ? 0xA0 : lead_ == 0xF0 ? 0x90 : 0x80;
+        const unsigned char hi = lead_ == 0xED ? 0x9F : lead_ == 0xF4 ? 0x8F : 0xBF;
+        if (c < lo || c > hi) return fail();
+        lead_ = 0;
+        --utf8_left_;
+        return true;
+      }
+      // After a high surrogate escape only its low half may come.
+      if (high_surrogate_ && c != '\\') return fail();
+      if (c == '"') {
+        mode_ = key_ ? Mode::kColon : Mode::kAfterValue;
+        return true;
+      }
+      if (c == '\\') {
+        mode_ = Mode::kEscape;
+        return true;
+      }
+      if (c < 0x20) return fail();
+      if (c < 0x80) return true;
+      // UTF-8: the lead byte says how many continuation bytes follow
+      // (no overlong two-byte forms, nothing above U+10FFFF's lead).
+      if (c >= 0xC2 && c <= 0xDF) utf8_left_ = 1;
+      else if (c >= 0xE0 && c <= 0xEF) utf8_left_ = 2;
+      else if (c >= 0xF0 && c <= 0xF4) utf8_left_ = 3;
+      else return fail();
+      lead_ = c;
+      return true;
+    case Mode::kEscape:
+      if (c == 'u') {
+        mode_ = Mode::kHex;
+        sub_ = 4;
+        code_ = 0;
+        return true;
+      }
+      if (high_surrogate_) return fail();
+      if (c == '"' || c == '\\' || c == '/' || c == 'b' || c == 'f' || c == 'n' || c == 'r' || c == 't') {
+        mode_ = Mode::kString;
+        return true;
+      }
+      return fail();
+    case Mode::kHex: {
+      const int v = hex_value(c);
+      if (v < 0) return fail();
+      code_ = static_cast<std::uint16_t>(code_ << 4 | v);
+      if (--sub_ > 0) return true;
+      // Surrogates come in pairs (strict parsers refuse a lone half).
+      const bool high = code_ >= 0xD800 && code_ <= 0xDBFF, low = code_ >= 0xDC00 && code_ <= 0xDFFF;
+      if (high_surrogate_) {
+        if (!low) return fail();
+        high_surrogate_ = false;
+      } else if (low) {
+        return fail();
+      } else {
+        high_surrogate_ = high;
+      }
+      mode_ = Mode::kString;
+      return true;
+    }
+    case Mode::kLiteral: {
+      const std::string_view word = kLiterals[sub_];
+      if (c != static_cast<unsigned char>(word[count_])) return fail();
+      if (++count_ == word.size()) mode_ = Mode::kAfterValue;
+      return true;
+    }
+    case Mode::kNumber:
+      if (number(c)) return true;
+      if (mode_ == Mode::kFailed) return false;
+      break;  // the number ended: `c` is read as what follows it
+    default:
+      break;
+  }
+  if (is_space(c)) {
+    if (++spaces_ > kMaxSpaces) return fail();
+    return true;
+  }
+  spaces_ = 0;
+  switch (mode_) {
+    case Mode::kStart:
+      if (c != '{') return fail();
+      return value_start(c);
+    case Mode::kValue:
+      return value_start(c);
+    case Mode::kArrayFirst:
+      return c == ']' ? close(c) : value_start(c);
+    case Mode::kKeyFirst:
+      if (c == '}') return close(c);
+      [[fallthrough]];
+    case Mode::kKey:
+      if (c != '"') return fail();
+      mode_ = Mode::kString;
+      key_ = true;
+      return true;
+    case Mode::kColon:
+      if (c != ':') return fail();
+      mode_ = Mode::kValue;
+      return true;
+    case Mode::kAfterValue:
+      if (c == ',') {
+        mode_ = ((arrays_ >> (depth_ - 1)) & 1u) != 0 ? Mode::kValue : Mode::kKey;
+        return true;
+      }
+      return close(c);
+    default:
+      return fail();
+  }
+}
+
+namespace {
+
+// No quote, backslash or control byte, and whole UTF-8 characters as the
+// grammar reads them.
+bool plain_text(const std::string& b) {
+  if (b.empty() || b.find_first_of("\"\\") != std::string::npos) return false;  // never leaves the string
+  JsonGrammar g;
+  if (!g.feed(std::string_view("{\"\":\"")) || !g.feed(b)) return false;
+  return g.in_plain_string();
+}
+
+}  // namespace
+
+JsonVocab::JsonVocab(const Tokenizer& tokenizer)
+    : bytes(static_cast<std::size_t>(tokenizer.n_vocab())), plain(static_cast<std::size_t>(tokenizer.n_vocab())) {
+  for (std::int32_t t = 0; t < tokenizer.n_vocab(); ++t) {
+    if (tokenizer.is_end_of_generation(t)) {
+      end_tokens.push_back(t);
+      continue;
+    }
+    // Control and unknown tokens (those that render otherwise when asked
+    // to show their markup) are not text an answer may hold.
+    std::string b = tokenizer.token_bytes(t);
+    if (b != tokenizer.token_bytes(t, /*render_special=*/true)) continue;
+    plain[static_cast<std::size_t>(t)] = plain_text(b);
+    bytes[static_cast<std::size_t>(t)] = std::move(b);
+  }
+}
+
+bool JsonConstraint::fits(const std::string& bytes, std::string_view* rest) const {
+  *rest = bytes;
+  if (waiting_) {
+    // Free text, unless these bytes complete the marker: then what follows
+    // it in them must start the object.
+    if (bytes.find(after_.back()) == std::string::npos) return true;
+    const std::string text = tail_ + bytes;
+    const std::size_t at = text.find(after_);
+    if (at == std::string::npos) return true;
+    *rest = std::string_view(bytes).substr(at + after_.size() - tail_.size());
+  }
+  JsonGrammar g = grammar_;
+  return g.feed(*rest);
+}
+
+void JsonConstraint::allowed(std::vector<std::uint64_t>* mask) {
+  const std::size_t n = vocab_->bytes.size();
+  mask->assign((n + 63) / 64, 0);
+  bool any = false;
+  std::string_view rest;
+  const bool in_text = !waiting_ && grammar_.in_plain_string();
+  if (!failed_ && !grammar_.complete())
+    for (std::size_t t = 0; t < n; ++t) {
+      const std::string& b = vocab_->bytes[t];
+      if (b.empty() || (!(in_text && vocab_->plain[t]) && !fits(b, &rest))) continue;
+      (*mask)[t / 64] |= std::uint64_t{1} << (t % 64);
+      any = true;
+    }
+  if (any) return;
+  // The object is whole (or cannot go on): only the end is left. A
+  // vocabulary without an end token cannot be held to anything.
+  for (std::int32_t t : vocab_->end_tokens) (*mask)[static_cast<std::size_t>(t) / 64] |= std::uint64_t{1} << (t % 64);
+  if (vocab_->end_tokens.empty())
+    for (std::size_t t = 0; t < n; ++t) (*mask)[t / 64] |= std::uint64_t{1} << (t % 64);
+}
+
+void JsonConstraint::accept(std::int32_t token) {
+  if (failed_ || token < 0 || static_cast<std::size_t>(token) >= vocab_->bytes.size()) return;
+  const std::string& b = vocab_->bytes[static_cast<std::size_t>(token)];
+  if (b.empty()) return;
+  std::string_view rest;
+  if (!fits(b, &rest)) {
+    failed_ = true;
+    return;
+  }
+  if (waiting_) {
+    const std::string text = tail_ + b;
+    if (text.find(after_) == std::string::npos) {
+      tail_ = text.substr(text.size() - std::min(text.size(), after_.size() - 1));
+      return;
+    }
+    waiting_ = false;
+    tail_.clear();
+  }
+  if (!grammar_.feed(rest)) failed_ = true;
+}
+
+}  // namespace airlock::engine
