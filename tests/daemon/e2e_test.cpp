@@ -1418,6 +1418,19 @@ TEST(DaemonLifecycle, OfficialOpenAiNodeSdk) {
   ASSERT_GT(tools->port, 0) << tools->log();
   ::setenv("AIRLOCK_TOOLS_BASE_URL", ("http://127.0.0.1:" + std::to_string(tools->port) + "/v1").c_str(), 1);
   ::setenv("AIRLOCK_TOOLS_API_KEY", te.api_key.c_str(), 1);
+  // A thinking model whose prompt opens the block, answering {"a": 1}.
+  testing::write_file(models / "think.jinja",
+                      "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content.split('</think>')[-1] }}<|im_end|>\n"
+                      "{% endfor %}<|im_start|>assistant\n<think>\n");
+  ASSERT_EQ(run_tool({AIRLOCK_GEN_MODEL_PATH, "--answer", "Thinking it over.\n</think>\n\n{\"a\": 1}", models / "think.gguf",
+                      "--token", "Thinking it over.\n", "--token", "</think>", "--token", "\n\n", "--token",
+                      "{\"a\": 1}", "--chatml-tokens", "--chat-template", models / "think.jinja"}),
+            0);
+  Enclave ke("", models / "think.gguf");
+  auto thinking = Daemon::start(ke);
+  ASSERT_GT(thinking->port, 0) << thinking->log();
+  ::setenv("AIRLOCK_THINKING_BASE_URL", ("http://127.0.0.1:" + std::to_string(thinking->port) + "/v1").c_str(), 1);
+  ::setenv("AIRLOCK_THINKING_API_KEY", ke.api_key.c_str(), 1);
   ::setenv("AIRLOCK_BASE_URL", ("http://127.0.0.1:" + std::to_string(d->port) + "/v1").c_str(), 1);
   ::setenv("AIRLOCK_FULL_BASE_URL", ("http://127.0.0.1:" + std::to_string(full->port) + "/v1").c_str(), 1);
   ::setenv("AIRLOCK_API_KEY", e.api_key.c_str(), 1);
@@ -1428,9 +1441,11 @@ TEST(DaemonLifecycle, OfficialOpenAiNodeSdk) {
   EXPECT_EQ(rc, 0) << out << d->log();
   EXPECT_NE(out.find("all checks passed"), std::string::npos) << out;
   EXPECT_NE(out.find("ok: tool call: stream().finalChatCompletion() assembles the same call"), std::string::npos) << out;
+  EXPECT_NE(out.find("ok: reasoning and json_object streamed with for await"), std::string::npos) << out;
   EXPECT_EQ(d->stop(), 0);
   EXPECT_EQ(full->stop(), 0);
   EXPECT_EQ(tools->stop(), 0);
+  EXPECT_EQ(thinking->stop(), 0);
 }
 
 // A non-streamed request writes nothing until its answer is whole; a client

@@ -3,7 +3,9 @@
 //   node openai_sdk_test.mjs   with AIRLOCK_BASE_URL, AIRLOCK_API_KEY,
 //   AIRLOCK_FULL_BASE_URL (a daemon whose queue is always full),
 //   AIRLOCK_TOOLS_BASE_URL and AIRLOCK_TOOLS_API_KEY (a daemon serving a
-//   test model that answers with a tool call; optional) and
+//   test model that answers with a tool call; optional),
+//   AIRLOCK_THINKING_BASE_URL and AIRLOCK_THINKING_API_KEY (a daemon
+//   serving a test model that thinks, then answers {"a": 1}; optional) and
 //   NODE_PATH-style AIRLOCK_OPENAI_MODULE (the installed package's entry).
 // Prints one line per check; exits 1 on the first failure.
 const { default: OpenAI, AuthenticationError, RateLimitError } = await import(process.env.AIRLOCK_OPENAI_MODULE);
@@ -119,6 +121,33 @@ if (process.env.AIRLOCK_TOOLS_BASE_URL) {
                { role: 'tool', tool_call_id: call.id, content: '18 C, clear' }],
   });
   check(next.choices.length === 1, 'tool call: the conversation with the call and its result is accepted');
+}
+
+if (process.env.AIRLOCK_THINKING_BASE_URL) {
+  // A test model whose prompt opens its thinking: it writes
+  // "Thinking it over.\n</think>\n\n" then {"a": 1}.
+  const thinking = new OpenAI({ baseURL: process.env.AIRLOCK_THINKING_BASE_URL,
+                                apiKey: process.env.AIRLOCK_THINKING_API_KEY, maxRetries: 0 });
+  const params = {
+    model: 'stories',
+    messages: [{ role: 'user', content: 'Answer in JSON.' }],
+    response_format: { type: 'json_object' },
+    temperature: 0,
+  };
+  const answer = await thinking.chat.completions.create(params);
+  const message = answer.choices[0].message;
+  check(JSON.stringify(JSON.parse(message.content)) === '{"a":1}', `json_object: JSON.parse(content) of ${message.content}`);
+  check(message.reasoning_content === 'Thinking it over.' && message.reasoning === message.reasoning_content,
+        'reasoning: message.reasoning_content and .reasoning');
+  check(answer.usage.completion_tokens_details?.reasoning_tokens > 0, 'reasoning: usage.completion_tokens_details.reasoning_tokens');
+  let content = '';
+  let reasoning = '';
+  for await (const chunk of await thinking.chat.completions.create({ ...params, stream: true })) {
+    content += chunk.choices[0]?.delta?.content ?? '';
+    reasoning += chunk.choices[0]?.delta?.reasoning_content ?? '';
+  }
+  check(content === message.content && reasoning === message.reasoning_content,
+        'reasoning and json_object streamed with for await: the same content and reasoning');
 }
 
 console.log('all checks passed');
