@@ -437,7 +437,15 @@ std::optional<ApiError> parse_request(std::string_view body, Endpoint endpoint, 
     r.json_object = present(j, "response_format") && j["response_format"]["type"] == "json_object";
     if (r.json_object && r.grounding)
       return invalid("response_format", "grounded answers (airlock) are text with citations, not JSON");
+    // Once the object is whole only the end may come: ignoring it would
+    // write end tokens to max_tokens.
+    if (r.json_object && r.ignore_eos) return invalid("ignore_eos", "ignore_eos cannot be used with response_format json_object");
     if (auto e = parse_tools(j, &r)) return e;
+    // The constraint would keep the model from writing a call (<tool_call>,
+    // [TOOL_CALLS]) and could make an object look like one.
+    if (r.json_object && !r.tools.empty())
+      return invalid("response_format", "response_format json_object cannot be combined with tools here: the JSON "
+                                        "constraint would keep the model from calling them");
     if (!r.tools.empty() && r.grounding) return invalid("tools", "grounded answers (airlock) do not call tools");
     // The tokens of a call (and of text held back in case it is one) are
     // not content: their log-probabilities would show what the answer does not.

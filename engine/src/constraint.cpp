@@ -94,7 +94,10 @@ bool JsonGrammar::number(unsigned char c) {
   // the value stays within a double's range, which parsers need (some
   // refuse 1e400, others make it infinity).
   if (next == kExp) ++exp_digits_;
-  if (next == -2 || ++count_ > kMaxNumber || exp_digits_ > kMaxExponentDigits) {
+  // '.', 'e' and an exponent's sign need a digit after them: refused
+  // without room for one (else the answer could not go on, nor end).
+  const int digit_due = next == kDot || next == kE || next == kExpSign ? 1 : 0;
+  if (next == -2 || ++count_ + digit_due > kMaxNumber || exp_digits_ > kMaxExponentDigits) {
     mode_ = Mode::kFailed;
     return false;
   }
@@ -253,6 +256,7 @@ JsonVocab::JsonVocab(const Tokenizer& tokenizer)
 }
 
 bool JsonConstraint::fits(const std::string& bytes, std::string_view* rest) const {
+  // (End tokens have no bytes: allowed() decides on them.)
   *rest = bytes;
   if (waiting_) {
     // Free text, unless these bytes complete the marker: then what follows
@@ -280,7 +284,10 @@ void JsonConstraint::allowed(std::vector<std::uint64_t>* mask) {
       (*mask)[t / 64] |= std::uint64_t{1} << (t % 64);
       any = true;
     }
-  if (any) return;
+  // While waiting for the marker the answer may also end: a model that
+  // stops inside its thinking gives no object (and empty content) rather
+  // than being kept writing to max_tokens.
+  if (any && !waiting_) return;
   // The object is whole (or cannot go on): only the end is left. A
   // vocabulary without an end token cannot be held to anything.
   for (std::int32_t t : vocab_->end_tokens) (*mask)[static_cast<std::size_t>(t) / 64] |= std::uint64_t{1} << (t % 64);

@@ -2844,6 +2844,23 @@ TEST(DaemonLifecycle, JsonObjectModeHoldsTheAnswerToAnObject) {
   EXPECT_EQ(msg["reasoning_content"], "An object it is.") << r->body;
   EXPECT_EQ(msg["content"], "{\"sum\": 4}");
   EXPECT_EQ(d1->stop(), 0);
+
+  // A model that ends inside its thinking is let end (no object), not kept
+  // writing to the end of the context.
+  ASSERT_EQ(run_tool({AIRLOCK_GEN_MODEL_PATH, "--answer", "Just thinking.", models / "r1-quiet.gguf", "--token",
+                      "Just thinking.", "--chatml-tokens", "--chat-template", models / "r1.jinja"}),
+            0);
+  Enclave e2("", models / "r1-quiet.gguf");
+  auto d2 = Daemon::start(e2);
+  ASSERT_GT(d2->port, 0) << d2->log();
+  r = d2->post("/v1/chat/completions", body);
+  ASSERT_EQ(r->status, 200) << r->body;
+  ch = json::parse(r->body)["choices"][0];
+  EXPECT_EQ(ch["finish_reason"], "stop") << r->body;
+  EXPECT_EQ(ch["message"]["content"], "");
+  EXPECT_EQ(ch["message"]["reasoning_content"], "Just thinking.");
+  EXPECT_EQ(json::parse(r->body)["usage"]["completion_tokens"], 1);
+  EXPECT_EQ(d2->stop(), 0);
 }
 
 // Llama 3.1's form: the whole answer is a JSON call with "parameters".

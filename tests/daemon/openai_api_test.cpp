@@ -435,6 +435,16 @@ TEST(OpenAiApiTest, JsonObjectMode) {
   ASSERT_FALSE(parse_request(R"({"model":"m","messages":[{"role":"user","content":"x"}],
       "response_format":{"type":"text"}})", Endpoint::kChat, &r));
   EXPECT_FALSE(r.json_object);
+  // Refused beside it: ignore_eos (end tokens to max_tokens once the object
+  // is whole) and tools (the constraint keeps calls from being written).
+  std::optional<ApiError> e = parse_request(R"({"model":"m","messages":[{"role":"user","content":"x"}],
+      "response_format":{"type":"json_object"},"ignore_eos":true})", Endpoint::kChat, &r);
+  ASSERT_TRUE(e);
+  EXPECT_EQ(e->param, "ignore_eos");
+  e = parse_request(R"({"model":"m","messages":[{"role":"user","content":"x"}],"response_format":{"type":"json_object"},
+      "tools":[{"type":"function","function":{"name":"f"}}]})", Endpoint::kChat, &r);
+  ASSERT_TRUE(e);
+  EXPECT_EQ(e->param, "response_format");
 }
 
 TEST(OpenAiApiTest, ChatTemplateKwargs) {

@@ -88,6 +88,14 @@ TEST(JsonGrammarTest, BoundsTheStructure) {
   const std::string digits(JsonGrammar::kMaxNumber, '1');
   EXPECT_TRUE(whole("{\"n\":" + digits + "}"));
   EXPECT_EQ(accepted("{\"n\":" + digits + "1}"), 5 + digits.size());
+  // No dead end at the bound: '.', 'e' or a sign only with room for a digit.
+  for (const char* tail : {".", "e", "E"}) {
+    const std::string at_bound = "{\"n\":" + digits.substr(1) + tail;
+    EXPECT_EQ(accepted(at_bound), at_bound.size() - 1) << at_bound;
+  }
+  EXPECT_EQ(accepted("{\"n\":" + digits.substr(3) + "e+"), 5 + digits.size() - 3 + 2);
+  EXPECT_EQ(accepted("{\"n\":" + digits.substr(2) + "e+"), 5 + digits.size() - 2 + 1);
+  EXPECT_TRUE(whole("{\"n\":" + digits.substr(2) + ".5}"));
   // Every number a finite double: 64 digits times 10^99 is.
   EXPECT_TRUE(whole("{\"n\":-" + digits.substr(5) + "e+99}"));  // 64 characters
   EXPECT_EQ(accepted("{\"n\":1e999}"), 9u);
@@ -229,15 +237,19 @@ TEST(JsonConstraintTest, TheObjectFollowsTheMarker) {
     return n;
   };
   const std::vector<std::int32_t> thinking = (*tok)->encode("Sure, an object with a key.\n</think>\n\n", false, false);
+  std::string text;
   for (std::int32_t t : thinking) {
     c.allowed(&mask);
     ASSERT_TRUE(allowed(t)) << "token " << t;
-    for (std::int32_t e : vocab->end_tokens) EXPECT_FALSE(allowed(e));
+    // The answer may end while thinking, not once the object is due.
+    for (std::int32_t e : vocab->end_tokens) EXPECT_EQ(allowed(e), text.find("</think>") == std::string::npos) << text;
     c.accept(t);
+    text += vocab->bytes[static_cast<std::size_t>(t)];
   }
   c.allowed(&mask);
   const std::size_t after = count();
   EXPECT_LT(after, static_cast<std::size_t>((*tok)->n_vocab()) / 2);  // held to the object now
+  for (std::int32_t e : vocab->end_tokens) EXPECT_FALSE(allowed(e));
   for (std::int32_t t = 0; t < (*tok)->n_vocab(); ++t)
     if (allowed(t)) {
       const std::string b = vocab->bytes[static_cast<std::size_t>(t)];

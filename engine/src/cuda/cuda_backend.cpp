@@ -260,13 +260,23 @@ class CudaBackend final : public Backend {
     // running is not waited for here (its faults surface at the sampler's
     // one wait, for the tokens).
     if (!error_.is_ok()) return take_error();
-    // Constrained rows (an allowed-token mask) are chosen on the host, from
-    // the downloaded logits, as the CPU does: the device sampler has no mask.
-    if (std::any_of(rows.begin(), rows.end(), [](const SampleRow& r) { return r.allowed != nullptr; }))
-      return Backend::sample(logits, n_vocab, rows, out);
     Status s = sampler_.sample(logits, n_vocab, rows, out);
-    if (!s.is_ok()) (void)cuda::synchronize();  // let queued work finish before the pass is failed
-    return s;
+    if (!s.is_ok()) {
+      (void)cuda::synchronize();  // let queued work finish before the pass is failed
+      return s;
+    }
+    // Constrained rows (an allowed-token mask) are chosen again on the host,
+    // from their downloaded logits, as the CPU chooses them: the device
+    // sampler has no mask. The other rows keep the device's choice.
+    std::vector<float> host;
+    for (std::size_t i = 0; i < rows.size(); ++i) {
+      if (rows[i].allowed == nullptr) continue;
+      host.resize(static_cast<std::size_t>(n_vocab));
+      download(logits + static_cast<std::int64_t>(i) * n_vocab, n_vocab, host.data());
+      AIRLOCK_RETURN_IF_ERROR(take_error());
+      (*out)[i] = sample_row(host, rows[i]);
+    }
+    return Status::ok();
   }
 
   void bind_thread() override {

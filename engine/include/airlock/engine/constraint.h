@@ -111,8 +111,9 @@ struct JsonVocab {
 };
 
 // With `after` (such as "</think>", for a model whose prompt opened its
-// reasoning), any text but the end comes first, up to and including that
-// marker; the object follows it.
+// reasoning), any text comes first, up to and including that marker, and
+// the object follows it; the answer may end before the marker (with no
+// object).
 class JsonConstraint : public TokenConstraint {
  public:
   explicit JsonConstraint(std::shared_ptr<const JsonVocab> vocab, std::string after = {})
