@@ -1251,10 +1251,13 @@ void Server::Impl::completions(const httplib::Request& req, httplib::Response& r
       else randombytes_buf(&gr.sampling.seed, sizeof gr.sampling.seed);
       if (!r.ignore_eos) gr.stop_tokens = m->end_of_generation;
       // JSON mode: the answer is held to one object, after the thinking
-      // when the prompt opened it.
-      if (r.json_object)
-        gr.constraint = std::make_shared<engine::JsonConstraint>(
-            m->json_vocab, g->split_reasoning && reasoning_at == ReasoningStart::kInside ? "</think>" : "");
+      // of a model that thinks (its own block, or the one its prompt opened).
+      if (r.json_object) {
+        std::optional<engine::ThinkBlock> think;
+        if (g->split_reasoning && reasoning_at == ReasoningStart::kInside) think = engine::ThinkBlock{"", "</think>"};
+        if (g->split_reasoning && reasoning_at == ReasoningStart::kBefore) think = engine::ThinkBlock{"<think>", "</think>"};
+        gr.constraint = std::make_shared<engine::JsonConstraint>(m->json_vocab, std::move(think));
+      }
       Result<std::shared_ptr<TokenStream>> s = m->scheduler->submit(std::move(gr));
       if (!s.is_ok()) {
         g->cancel_all();

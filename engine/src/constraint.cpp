@@ -255,39 +255,89 @@ JsonVocab::JsonVocab(const Tokenizer& tokenizer)
   }
 }
 
-bool JsonConstraint::fits(const std::string& bytes, std::string_view* rest) const {
-  // (End tokens have no bytes: allowed() decides on them.)
-  *rest = bytes;
-  if (waiting_) {
-    // Free text, unless these bytes complete the marker: then what follows
-    // it in them must start the object.
-    if (bytes.find(after_.back()) == std::string::npos) return true;
-    const std::string text = tail_ + bytes;
-    const std::size_t at = text.find(after_);
-    if (at == std::string::npos) return true;
-    *rest = std::string_view(bytes).substr(at + after_.size() - tail_.size());
+JsonConstraint::JsonConstraint(std::shared_ptr<const JsonVocab> vocab, std::optional<ThinkBlock> think)
+    : vocab_(std::move(vocab)) {
+  if (think && !think->close.empty()) {
+    think_ = std::move(*think);
+    state_.phase = think_.open.empty() ? Phase::kThinking : Phase::kOpening;
   }
-  JsonGrammar g = grammar_;
-  return g.feed(*rest);
+}
+
+bool JsonConstraint::take(State& s, std::string_view bytes) const {
+  switch (s.phase) {
+    case Phase::kObject:
+      return s.grammar.feed(bytes);
+    case Phase::kThinking: {
+      // Free text, unless these bytes complete the close tag: then what
+      // follows it must start the object.
+      const std::string& close = think_.close;
+      std::string text = s.held;
+      text.append(bytes);
+      const std::size_t at = text.find(close);
+      if (at == std::string::npos) {
+        s.held = text.substr(text.size() - std::min(text.size(), close.size() - 1));
+        return true;
+      }
+      s.phase = Phase::kObject;
+      s.held.clear();
+      return s.grammar.feed(std::string_view(text).substr(at + close.size()));
+    }
+    case Phase::kOpening: {
+      // Whitespace, then the open tag or the object.
+      const std::string& open = think_.open;
+      std::string text = s.held;
+      text.append(bytes);
+      std::size_t i = 0;
+      while (i < text.size() && is_space(static_cast<unsigned char>(text[i]))) ++i;
+      const std::string_view rest = std::string_view(text).substr(i);
+      if (rest.substr(0, open.size()) == open) {
+        s.phase = Phase::kThinking;
+        s.held.clear();
+        return take(s, rest.substr(open.size()));
+      }
+      if (rest.size() < open.size() && std::string_view(open).substr(0, rest.size()) == rest) {
+        // Not known yet; whitespace held to the object's bound.
+        JsonGrammar g;
+        if (!g.feed(std::string_view(text).substr(0, i))) return false;
+        s.held = std::move(text);
+        return true;
+      }
+      s.phase = Phase::kObject;
+      s.held.clear();
+      return s.grammar.feed(text);
+    }
+  }
+  return false;
 }
 
 void JsonConstraint::allowed(std::vector<std::uint64_t>* mask) {
   const std::size_t n = vocab_->bytes.size();
   mask->assign((n + 63) / 64, 0);
   bool any = false;
-  std::string_view rest;
-  const bool in_text = !waiting_ && grammar_.in_plain_string();
-  if (!failed_ && !grammar_.complete())
+  const bool object = state_.phase == Phase::kObject;
+  const bool in_text = object && state_.grammar.in_plain_string();
+  if (!failed_ && !complete())
     for (std::size_t t = 0; t < n; ++t) {
       const std::string& b = vocab_->bytes[t];
-      if (b.empty() || (!(in_text && vocab_->plain[t]) && !fits(b, &rest))) continue;
+      if (b.empty()) continue;
+      if (!(in_text && vocab_->plain[t])) {
+        if (object) {
+          JsonGrammar g = state_.grammar;
+          if (!g.feed(b)) continue;
+        } else if (state_.phase == Phase::kThinking && b.find(think_.close.back()) == std::string::npos) {
+          // Free text that cannot complete the close tag.
+        } else {
+          State s = state_;
+          if (!take(s, b)) continue;
+        }
+      }
       (*mask)[t / 64] |= std::uint64_t{1} << (t % 64);
       any = true;
     }
-  // While waiting for the marker the answer may also end: a model that
-  // stops inside its thinking gives no object (and empty content) rather
-  // than being kept writing to max_tokens.
-  if (any && !waiting_) return;
+  // Inside the thinking the answer may also end: a model that stops there
+  // gives no object (and empty content) rather than being kept writing to
+  // max_tokens.
+  if (any && state_.phase != Phase::kThinking) return;
   // The object is whole (or cannot go on): only the end is left. A
   // vocabulary without an end token cannot be held to anything.
   for (std::int32_t t : vocab_->end_tokens) (*mask)[static_cast<std::size_t>(t) / 64] |= std::uint64_t{1} << (t % 64);
@@ -298,22 +348,7 @@ void JsonConstraint::allowed(std::vector<std::uint64_t>* mask) {
 void JsonConstraint::accept(std::int32_t token) {
   if (failed_ || token < 0 || static_cast<std::size_t>(token) >= vocab_->bytes.size()) return;
   const std::string& b = vocab_->bytes[static_cast<std::size_t>(token)];
-  if (b.empty()) return;
-  std::string_view rest;
-  if (!fits(b, &rest)) {
-    failed_ = true;
-    return;
-  }
-  if (waiting_) {
-    const std::string text = tail_ + b;
-    if (text.find(after_) == std::string::npos) {
-      tail_ = text.substr(text.size() - std::min(text.size(), after_.size() - 1));
-      return;
-    }
-    waiting_ = false;
-    tail_.clear();
-  }
-  if (!grammar_.feed(rest)) failed_ = true;
+  if (!b.empty() && !take(state_, b)) failed_ = true;
 }
 
 }  // namespace airlock::engine

@@ -2777,8 +2777,9 @@ TEST(DaemonLifecycle, NoReasoningAfterABlockThePromptClosed) {
 // is held to one JSON object, whole and streamed. (This test model prefers
 // nothing but its next answer token: refused "Sure:", it takes the allowed
 // token of lowest id, whitespace, until the bound on whitespace leaves only
-// '{'; from there its answer is an object.) A thinking model whose prompt
-// opened its reasoning thinks first, then writes the object.
+// '{'; from there its answer is an object.) A thinking model, whose prompt
+// opened its reasoning or which opens it itself, thinks first, then writes
+// the object.
 TEST(DaemonLifecycle, JsonObjectModeHoldsTheAnswerToAnObject) {
   TempDir models;
   const std::string answer = "Sure: {\"a\": 1}";
@@ -2823,44 +2824,49 @@ TEST(DaemonLifecycle, JsonObjectModeHoldsTheAnswerToAnObject) {
   EXPECT_EQ(json::parse(schema->body)["error"]["param"], "response_format");
   EXPECT_EQ(d->stop(), 0);
 
-  testing::write_file(models / "r1.jinja",
-                      "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content.split('</think>')[-1] }}<|im_end|>\n"
-                      "{% endfor %}<|im_start|>assistant\n<think>\n");
-  const std::string thinking = "An object it is.\n</think>\n\n{\"sum\": 4}";
-  ASSERT_EQ(run_tool({AIRLOCK_GEN_MODEL_PATH, "--answer", thinking, models / "r1.gguf", "--token", "An object it is.\n",
-                      "--token", "</think>", "--token", "\n\n", "--token", "{\"sum\": 4}", "--chatml-tokens",
-                      "--chat-template", models / "r1.jinja"}),
-            0);
-  Enclave e1("", models / "r1.gguf");
-  auto d1 = Daemon::start(e1);
-  ASSERT_GT(d1->port, 0) << d1->log();
+  // Thinking models: each answers `text` (made of the `pieces` tokens)
+  // under `chat_template`; its JSON-mode answer.
   body.erase("seed");
   body.erase("max_tokens");
   body["temperature"] = 0;
   body["response_format"] = {{"type", "json_object"}};
-  r = d1->post("/v1/chat/completions", body);
-  ASSERT_EQ(r->status, 200) << r->body;
-  json msg = json::parse(r->body)["choices"][0]["message"];
-  EXPECT_EQ(msg["reasoning_content"], "An object it is.") << r->body;
-  EXPECT_EQ(msg["content"], "{\"sum\": 4}");
-  EXPECT_EQ(d1->stop(), 0);
-
+  auto json_answer = [&](const std::string& name, const std::string& text, const std::vector<std::string>& pieces,
+                         const std::string& chat_template) {
+    testing::write_file(models / (name + ".jinja"), chat_template);
+    std::vector<std::string> argv = {AIRLOCK_GEN_MODEL_PATH, "--answer", text, models / (name + ".gguf"),
+                                     "--chatml-tokens", "--chat-template", models / (name + ".jinja")};
+    for (const std::string& p : pieces) {
+      argv.push_back("--token");
+      argv.push_back(p);
+    }
+    EXPECT_EQ(run_tool(argv), 0);
+    Enclave te("", models / (name + ".gguf"));
+    auto td = Daemon::start(te);
+    EXPECT_GT(td->port, 0) << td->log();
+    auto tr = td->post("/v1/chat/completions", body);
+    EXPECT_EQ(tr->status, 200) << tr->body;
+    EXPECT_EQ(td->stop(), 0);
+    return json::parse(tr->body);
+  };
+  const std::string history = "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content.split('</think>')[-1] }}"
+                              "<|im_end|>\n{% endfor %}<|im_start|>assistant\n";
+  // The prompt opens the block (DeepSeek-R1, QwQ).
+  json a = json_answer("r1", "An object it is.\n</think>\n\n{\"sum\": 4}",
+                       {"An object it is.\n", "</think>", "\n\n", "{\"sum\": 4}"}, history + "<think>\n");
+  EXPECT_EQ(a["choices"][0]["message"]["reasoning_content"], "An object it is.") << a.dump();
+  EXPECT_EQ(a["choices"][0]["message"]["content"], "{\"sum\": 4}");
+  // The model opens its own block (Qwen3): it may think first too.
+  a = json_answer("own", "<think>Hmm.</think>\n\n{\"a\": 2}", {"<think>", "Hmm.", "</think>", "\n\n", "{\"a\": 2}"},
+                  history);
+  EXPECT_EQ(a["choices"][0]["message"]["reasoning_content"], "Hmm.") << a.dump();
+  EXPECT_EQ(a["choices"][0]["message"]["content"], "{\"a\": 2}");
   // A model that ends inside its thinking is let end (no object), not kept
   // writing to the end of the context.
-  ASSERT_EQ(run_tool({AIRLOCK_GEN_MODEL_PATH, "--answer", "Just thinking.", models / "r1-quiet.gguf", "--token",
-                      "Just thinking.", "--chatml-tokens", "--chat-template", models / "r1.jinja"}),
-            0);
-  Enclave e2("", models / "r1-quiet.gguf");
-  auto d2 = Daemon::start(e2);
-  ASSERT_GT(d2->port, 0) << d2->log();
-  r = d2->post("/v1/chat/completions", body);
-  ASSERT_EQ(r->status, 200) << r->body;
-  ch = json::parse(r->body)["choices"][0];
-  EXPECT_EQ(ch["finish_reason"], "stop") << r->body;
-  EXPECT_EQ(ch["message"]["content"], "");
-  EXPECT_EQ(ch["message"]["reasoning_content"], "Just thinking.");
-  EXPECT_EQ(json::parse(r->body)["usage"]["completion_tokens"], 1);
-  EXPECT_EQ(d2->stop(), 0);
+  a = json_answer("quiet", "Just thinking.", {"Just thinking."}, history + "<think>\n");
+  EXPECT_EQ(a["choices"][0]["finish_reason"], "stop") << a.dump();
+  EXPECT_EQ(a["choices"][0]["message"]["content"], "");
+  EXPECT_EQ(a["choices"][0]["message"]["reasoning_content"], "Just thinking.");
+  EXPECT_EQ(a["usage"]["completion_tokens"], 1);
 }
 
 // Llama 3.1's form: the whole answer is a JSON call with "parameters".

@@ -6,6 +6,8 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <memory>
+#include <optional>
 #include <random>
 #include <string>
 
@@ -156,17 +158,34 @@ TEST(JsonGrammarTest, AgreesWithAJsonParser) {
   }
 }
 
+// A real vocabulary from ../shared/models (tokenizer and JsonVocab), or
+// nothing when the file is absent.
+struct Vocab {
+  std::unique_ptr<Tokenizer> tok;
+  std::shared_ptr<const JsonVocab> json;
+};
+std::optional<Vocab> load_vocab(const std::string& vocab_file) {
+  auto file = GgufFile::open(models_dir() + "/tokenizers/llama.cpp-vocab/" + vocab_file);
+  if (!file.is_ok()) return std::nullopt;
+  auto tok = Tokenizer::from_gguf(**file);
+  EXPECT_TRUE(tok.is_ok()) << tok.status().to_string();
+  if (!tok.is_ok()) return std::nullopt;
+  Vocab v{std::move(*tok), nullptr};
+  v.json = std::make_shared<const JsonVocab>(*v.tok);
+  return v;
+}
+#define LOAD_VOCAB_OR_SKIP(var, file)                                                             \
+  std::optional<Vocab> var##_loaded = load_vocab(file);                                           \
+  if (!var##_loaded) GTEST_SKIP() << file << " not found (set AIRLOCK_MODELS_DIR)";               \
+  std::unique_ptr<Tokenizer>& tok = var##_loaded->tok;                                            \
+  std::shared_ptr<const JsonVocab>& var = var##_loaded->json
+
 // A walk through a real vocabulary, taking a random allowed token each
 // step (closing what is open once it has gone on long enough): every token
 // offered keeps the text a prefix of an object, and the walk ends with the
 // end token alone allowed and a text that parses.
 void walk(const std::string& vocab_file) {
-  const std::string path = models_dir() + "/tokenizers/llama.cpp-vocab/" + vocab_file;
-  auto file = GgufFile::open(path);
-  if (!file.is_ok()) GTEST_SKIP() << path << " not found (set AIRLOCK_MODELS_DIR)";
-  auto tok = Tokenizer::from_gguf(**file);
-  ASSERT_TRUE(tok.is_ok()) << tok.status().to_string();
-  auto vocab = std::make_shared<const JsonVocab>(**tok);
+  LOAD_VOCAB_OR_SKIP(vocab, vocab_file);
   ASSERT_FALSE(vocab->end_tokens.empty());
   std::mt19937 rng(3);
   for (int run = 0; run < 5; ++run) {
@@ -177,7 +196,7 @@ void walk(const std::string& vocab_file) {
     for (int step = 0; step < 400 && !ended; ++step) {
       c.allowed(&mask);
       std::vector<std::int32_t> ok;
-      for (std::int32_t t = 0; t < (*tok)->n_vocab(); ++t)
+      for (std::int32_t t = 0; t < tok->n_vocab(); ++t)
         if ((mask[static_cast<std::size_t>(t) / 64] >> (t % 64)) & 1u) ok.push_back(t);
       ASSERT_FALSE(ok.empty());
       // Every allowed token keeps the text a prefix, and every token that
@@ -189,7 +208,7 @@ void walk(const std::string& vocab_file) {
         ASSERT_EQ(accepted(next), next.size()) << next;
       }
       for (int k = 0; k < 300 && !c.complete(); ++k) {
-        const std::int32_t t = static_cast<std::int32_t>(rng() % static_cast<std::uint32_t>((*tok)->n_vocab()));
+        const std::int32_t t = static_cast<std::int32_t>(rng() % static_cast<std::uint32_t>(tok->n_vocab()));
         const std::string& b = vocab->bytes[static_cast<std::size_t>(t)];
         if (b.empty()) continue;
         const std::string next = text + b;
@@ -222,13 +241,8 @@ TEST(JsonConstraintTest, SentencePieceVocabulary) { walk("ggml-vocab-llama-spm.g
 // With a marker to wait for (the end of the thinking of a model whose
 // prompt opened it): free text first, the end refused, then the object.
 TEST(JsonConstraintTest, TheObjectFollowsTheMarker) {
-  const std::string path = models_dir() + "/tokenizers/llama.cpp-vocab/ggml-vocab-gpt-2.gguf";
-  auto file = GgufFile::open(path);
-  if (!file.is_ok()) GTEST_SKIP() << path << " not found (set AIRLOCK_MODELS_DIR)";
-  auto tok = Tokenizer::from_gguf(**file);
-  ASSERT_TRUE(tok.is_ok()) << tok.status().to_string();
-  auto vocab = std::make_shared<const JsonVocab>(**tok);
-  JsonConstraint c(vocab, "</think>");
+  LOAD_VOCAB_OR_SKIP(vocab, "ggml-vocab-gpt-2.gguf");
+  JsonConstraint c(vocab, ThinkBlock{"", "</think>"});
   std::vector<std::uint64_t> mask;
   auto allowed = [&](std::int32_t t) { return ((mask[static_cast<std::size_t>(t) / 64] >> (t % 64)) & 1u) != 0; };
   auto count = [&] {
@@ -236,7 +250,7 @@ TEST(JsonConstraintTest, TheObjectFollowsTheMarker) {
     for (std::uint64_t w : mask) n += static_cast<std::size_t>(__builtin_popcountll(w));
     return n;
   };
-  const std::vector<std::int32_t> thinking = (*tok)->encode("Sure, an object with a key.\n</think>\n\n", false, false);
+  const std::vector<std::int32_t> thinking = tok->encode("Sure, an object with a key.\n</think>\n\n", false, false);
   std::string text;
   for (std::int32_t t : thinking) {
     c.allowed(&mask);
@@ -248,14 +262,14 @@ TEST(JsonConstraintTest, TheObjectFollowsTheMarker) {
   }
   c.allowed(&mask);
   const std::size_t after = count();
-  EXPECT_LT(after, static_cast<std::size_t>((*tok)->n_vocab()) / 2);  // held to the object now
+  EXPECT_LT(after, static_cast<std::size_t>(tok->n_vocab()) / 2);  // held to the object now
   for (std::int32_t e : vocab->end_tokens) EXPECT_FALSE(allowed(e));
-  for (std::int32_t t = 0; t < (*tok)->n_vocab(); ++t)
+  for (std::int32_t t = 0; t < tok->n_vocab(); ++t)
     if (allowed(t)) {
       const std::string b = vocab->bytes[static_cast<std::size_t>(t)];
       ASSERT_EQ(accepted(b), b.size()) << b;
     }
-  for (std::int32_t t : (*tok)->encode("{\"key\": [1, 2]}", false, false)) {
+  for (std::int32_t t : tok->encode("{\"key\": [1, 2]}", false, false)) {
     c.allowed(&mask);
     ASSERT_TRUE(allowed(t)) << "token " << t;
     c.accept(t);
@@ -265,6 +279,44 @@ TEST(JsonConstraintTest, TheObjectFollowsTheMarker) {
   EXPECT_EQ(count(), vocab->end_tokens.size());
 }
 TEST(JsonConstraintTest, ByteLevelBpeVocabulary) { walk("ggml-vocab-gpt-2.gguf"); }
+
+// A model that may open its own block (Qwen3): the answer begins with the
+// block or with the object; inside the block it may end, before it not.
+TEST(JsonConstraintTest, AnOptionalBlockBeforeTheObject) {
+  LOAD_VOCAB_OR_SKIP(vocab, "ggml-vocab-gpt-2.gguf");
+  std::vector<std::uint64_t> mask;
+  auto allowed = [&](std::int32_t t) { return ((mask[static_cast<std::size_t>(t) / 64] >> (t % 64)) & 1u) != 0; };
+  auto ends = [&] {
+    return std::all_of(vocab->end_tokens.begin(), vocab->end_tokens.end(), [&](std::int32_t e) { return allowed(e); });
+  };
+  for (const std::string answer : {"\n<think>\nHmm, a key.\n</think>\n\n{\"k\": 1}", " {\"k\": <think>1}",
+                                   "<think></think>{}", "{\"<think>\": \"</think>\"}"}) {
+    const bool valid = answer.find("<think>1") == std::string::npos;
+    JsonConstraint c(vocab, ThinkBlock{"<think>", "</think>"});
+    std::string text;
+    bool refused = false;
+    for (std::int32_t t : tok->encode(answer, false, false)) {
+      c.allowed(&mask);
+      if (!allowed(t)) {
+        refused = true;
+        break;
+      }
+      const bool thinking = text.find("<think>") != std::string::npos && text.find("</think>") == std::string::npos &&
+                            text.find('{') == std::string::npos;
+      EXPECT_EQ(ends(), thinking) << answer << " at '" << text << "'";
+      c.accept(t);
+      text += vocab->bytes[static_cast<std::size_t>(t)];
+    }
+    EXPECT_EQ(refused, !valid) << answer;
+    EXPECT_EQ(c.complete(), valid) << answer;
+  }
+  // Neither the tag nor the object: refused.
+  JsonConstraint c(vocab, ThinkBlock{"<think>", "</think>"});
+  for (std::int32_t t : tok->encode("<thi", false, false)) c.accept(t);
+  c.allowed(&mask);
+  for (std::int32_t t : tok->encode("{", false, false)) EXPECT_FALSE(allowed(t));
+  EXPECT_TRUE(allowed(tok->encode("nk>", false, false).at(0)));
+}
 
 }  // namespace
 }  // namespace airlock::engine

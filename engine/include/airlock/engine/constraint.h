@@ -24,6 +24,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -110,27 +111,36 @@ struct JsonVocab {
   std::vector<std::int32_t> end_tokens;
 };
 
-// With `after` (such as "</think>", for a model whose prompt opened its
-// reasoning), any text comes first, up to and including that marker, and
-// the object follows it; the answer may end before the marker (with no
-// object).
+// A thinking model's reasoning block before the object: free text from
+// `open` (empty: the prompt has opened it already) up to and including
+// `close`. With an `open`, the answer may begin with it (after whitespace)
+// or with the object. Inside the block the answer may also end (with no
+// object) rather than be kept writing to max_tokens.
+struct ThinkBlock {
+  std::string open;   // "<think>", or empty
+  std::string close;  // "</think>"
+};
+
 class JsonConstraint : public TokenConstraint {
  public:
-  explicit JsonConstraint(std::shared_ptr<const JsonVocab> vocab, std::string after = {})
-      : vocab_(std::move(vocab)), after_(std::move(after)), waiting_(!after_.empty()) {}
+  explicit JsonConstraint(std::shared_ptr<const JsonVocab> vocab, std::optional<ThinkBlock> think = std::nullopt);
   void allowed(std::vector<std::uint64_t>* mask) override;
   void accept(std::int32_t token) override;
-  bool complete() const { return grammar_.complete(); }
+  bool complete() const { return state_.grammar.complete(); }
 
  private:
-  // Whether `bytes` may come next; *rest: what of them the grammar reads.
-  bool fits(const std::string& bytes, std::string_view* rest) const;
+  enum class Phase : std::uint8_t { kOpening, kThinking, kObject };
+  struct State {
+    Phase phase = Phase::kObject;
+    std::string held;  // opening: the text so far; thinking: its last bytes (fewer than close's)
+    JsonGrammar grammar;
+  };
+  // Takes `bytes` into `s`: false when they cannot come next.
+  bool take(State& s, std::string_view bytes) const;
 
   std::shared_ptr<const JsonVocab> vocab_;
-  std::string after_;
-  bool waiting_;       // `after` has not come yet
-  std::string tail_;   // while waiting: the text's last bytes, fewer than after_'s
-  JsonGrammar grammar_;
+  ThinkBlock think_;
+  State state_;
   bool failed_ = false;  // a token that was not allowed was accepted: only the end is left
 };
 
