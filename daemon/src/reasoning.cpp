@@ -5,8 +5,8 @@
 namespace airlock::daemon {
 namespace {
 
-constexpr std::string_view kOpen = "<think>";
-constexpr std::string_view kClose = "</think>";
+constexpr std::string_view kOpen = kThinkOpen;
+constexpr std::string_view kClose = kThinkClose;
 constexpr std::string_view kSpace = " \t\n\r\f\v";
 
 bool is_space(char c) { return kSpace.find(c) != std::string_view::npos; }

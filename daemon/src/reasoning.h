@@ -30,6 +30,10 @@ namespace airlock::daemon {
 
 enum class ReasoningFormat { kNone, kThinkTags };
 
+// The tags of a think block.
+inline constexpr std::string_view kThinkOpen = "<think>";
+inline constexpr std::string_view kThinkClose = "</think>";
+
 // kThinkTags when the chat template (its source) mentions "</think>".
 ReasoningFormat reasoning_format_of(std::string_view chat_template);
 const char* reasoning_format_name(ReasoningFormat f);  // "none", "think_tags"

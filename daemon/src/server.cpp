@@ -1254,8 +1254,9 @@ void Server::Impl::completions(const httplib::Request& req, httplib::Response& r
       // of a model that thinks (its own block, or the one its prompt opened).
       if (r.json_object) {
         std::optional<engine::ThinkBlock> think;
-        if (g->split_reasoning && reasoning_at == ReasoningStart::kInside) think = engine::ThinkBlock{"", "</think>"};
-        if (g->split_reasoning && reasoning_at == ReasoningStart::kBefore) think = engine::ThinkBlock{"<think>", "</think>"};
+        if (g->split_reasoning && reasoning_at != ReasoningStart::kAfter)
+          think = engine::ThinkBlock{reasoning_at == ReasoningStart::kInside ? "" : std::string(kThinkOpen),
+                                     std::string(kThinkClose)};
         gr.constraint = std::make_shared<engine::JsonConstraint>(m->json_vocab, std::move(think));
       }
       Result<std::shared_ptr<TokenStream>> s = m->scheduler->submit(std::move(gr));

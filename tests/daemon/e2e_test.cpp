@@ -301,6 +301,25 @@ std::string make_tool_model(const TempDir& dir, const std::string& chat_template
   return path;
 }
 
+// A test model (airlock-gen-model --answer) at dir/NAME.gguf that answers
+// `answer`, made of the `pieces` tokens (and bytes), with ChatML tokens and
+// `chat_template` (a file) when given.
+std::string make_answer_model(const TempDir& dir, const std::string& name, const std::string& answer,
+                              const std::vector<std::string>& pieces, const std::string& chat_template = "") {
+  const std::string path = dir / (name + ".gguf");
+  std::vector<std::string> argv = {AIRLOCK_GEN_MODEL_PATH, "--answer", answer, path, "--chatml-tokens"};
+  if (!chat_template.empty()) {
+    argv.push_back("--chat-template");
+    argv.push_back(chat_template);
+  }
+  for (const std::string& p : pieces) {
+    argv.push_back("--token");
+    argv.push_back(p);
+  }
+  EXPECT_EQ(run_tool(argv), 0);
+  return path;
+}
+
 json weather_tool(const std::string& name = "get_weather") {
   json params = {{"type", "object"}, {"properties", {{"city", {{"type", "string"}}}}}, {"required", {"city"}}};
   json f = {{"name", name}, {"description", "The weather in a city."}, {"parameters", params}};
@@ -2833,14 +2852,7 @@ TEST(DaemonLifecycle, JsonObjectModeHoldsTheAnswerToAnObject) {
   auto json_answer = [&](const std::string& name, const std::string& text, const std::vector<std::string>& pieces,
                          const std::string& chat_template) {
     testing::write_file(models / (name + ".jinja"), chat_template);
-    std::vector<std::string> argv = {AIRLOCK_GEN_MODEL_PATH, "--answer", text, models / (name + ".gguf"),
-                                     "--chatml-tokens", "--chat-template", models / (name + ".jinja")};
-    for (const std::string& p : pieces) {
-      argv.push_back("--token");
-      argv.push_back(p);
-    }
-    EXPECT_EQ(run_tool(argv), 0);
-    Enclave te("", models / (name + ".gguf"));
+    Enclave te("", make_answer_model(models, name, text, pieces, models / (name + ".jinja")));
     auto td = Daemon::start(te);
     EXPECT_GT(td->port, 0) << td->log();
     auto tr = td->post("/v1/chat/completions", body);
@@ -3066,14 +3078,8 @@ TEST(RagLifecycle, GroundedAnswersOfAThinkingModel) {
                       "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content.split('</think>')[-1] }}<|im_end|>\n"
                       "{% endfor %}<|im_start|>assistant\n");
   auto serve = [&](const std::string& name, const std::string& answer, const std::vector<std::string>& pieces) {
-    std::vector<std::string> argv = {AIRLOCK_GEN_MODEL_PATH, "--answer", answer, models / name, "--chatml-tokens",
-                                     "--chat-template", models / "think.jinja"};
-    for (const std::string& p : pieces) {
-      argv.push_back("--token");
-      argv.push_back(p);
-    }
-    EXPECT_EQ(run_tool(argv), 0);
-    auto e = std::make_unique<Enclave>(rag_embedder_dir(), models / name);
+    auto e = std::make_unique<Enclave>(rag_embedder_dir(), make_answer_model(models, name, answer, pieces,
+                                                                              models / "think.jinja"));
     auto d = Daemon::start(*e, kRagConfig);
     EXPECT_GT(d->port, 0) << d->log();
     EXPECT_EQ(d->post("/v1/rag/collections", {{"name", "c"}})->status, 201);
@@ -3085,7 +3091,7 @@ TEST(RagLifecycle, GroundedAnswersOfAThinkingModel) {
   json chat = {{"model", "stories"}, {"messages", json::array({{{"role", "user"}, {"content", corpus()[0].question}}})},
                {"temperature", 0}, {"stream", true}, {"airlock", {{"collections", {"c"}}}}};
   {
-    auto [e, d] = serve("cites.gguf", "<think>Source one says so.</think>[1]", {"<think>", "Source one says so.", "</think>"});
+    auto [e, d] = serve("cites", "<think>Source one says so.</think>[1]", {"<think>", "Source one says so.", "</think>"});
     ASSERT_GT(d->port, 0);
     auto r = d->post("/v1/rag/query", query);
     ASSERT_EQ(r->status, 200) << r->body;
@@ -3099,7 +3105,7 @@ TEST(RagLifecycle, GroundedAnswersOfAThinkingModel) {
     EXPECT_EQ(d->stop(), 0);
   }
   {
-    auto [e, d] = serve("thinks.gguf", "<think>See [1].</think>No idea.", {"<think>", "See [1].", "</think>", "No idea."});
+    auto [e, d] = serve("thinks", "<think>See [1].</think>No idea.", {"<think>", "See [1].", "</think>", "No idea."});
     ASSERT_GT(d->port, 0);
     auto r = d->post("/v1/rag/query", query);
     ASSERT_EQ(r->status, 200) << r->body;
