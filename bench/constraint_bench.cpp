@@ -2,6 +2,8 @@
 // (JsonConstraint::allowed) over a real vocabulary, at a few points of an
 // object (before it, inside a string, inside a number in nested
 // containers), and the time to prepare the vocabulary once per model.
+// Then the same with a JSON Schema's grammar (response_format json_schema):
+// the schema's compile time, and the step at points of an instance.
 //
 //   constraint_bench VOCAB.gguf [REPEATS]
 // VOCAB.gguf: any GGUF with a tokenizer (a model, or llama.cpp's
@@ -16,6 +18,7 @@
 #include "airlock/engine/constraint.h"
 #include "airlock/engine/gguf.h"
 #include "airlock/engine/tokenizer.h"
+#include "schema_grammar.h"
 
 using namespace airlock::engine;
 using Clock = std::chrono::steady_clock;
@@ -34,8 +37,32 @@ int main(int argc, char** argv) {
   auto vocab = std::make_shared<const JsonVocab>(**tok);
   const double build_ms = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
   std::printf("%s: %d tokens; vocabulary prepared in %.1f ms\n", argv[1], (*tok)->n_vocab(), build_ms);
-  for (const char* prefix : {"", "{\"key\": \"some text here", "{\"key\": [1, 2, {\"a\": 12"}) {
-    JsonConstraint c(vocab);
+  // A schema of the usual shape: named members of several types, an enum,
+  // a nullable member, an array of objects.
+  const char* schema_text = R"({"type":"object","properties":{"title":{"type":"string"},"year":{"type":"integer"},
+      "rating":{"type":"number","minimum":0},"genre":{"enum":["drama","comedy","documentary","science fiction"]},
+      "sequel_of":{"anyOf":[{"type":"string"},{"type":"null"}]},"cast":{"type":"array","items":{"type":"object",
+      "properties":{"name":{"type":"string"},"role":{"type":"string"}},"required":["name","role"],
+      "additionalProperties":false}}},"required":["title","year","rating","genre","sequel_of","cast"],
+      "additionalProperties":false})";
+  const Clock::time_point c0 = Clock::now();
+  std::string why;
+  std::shared_ptr<const Grammar> grammar =
+      airlock::daemon::compile_schema(nlohmann::ordered_json::parse(schema_text), "schema", &why);
+  if (!grammar) return std::fprintf(stderr, "%s\n", why.c_str()), 2;
+  std::printf("schema compiled in %.2f ms (%zu grammar elements)\n",
+              std::chrono::duration<double, std::milli>(Clock::now() - c0).count(), grammar->elements());
+  struct Case {
+    const char* prefix;
+    bool schema;
+  };
+  for (const Case& k : {Case{"", false}, Case{"{\"key\": \"some text here", false}, Case{"{\"key\": [1, 2, {\"a\": 12", false},
+                        Case{"", true}, Case{"{\"title\": \"some text here", true}, Case{"{\"title\": \"x\", \"year\": 19", true},
+                        Case{"{\"title\": \"x\", \"year\": 1999, ", true},
+                        Case{"{\"title\": \"x\", \"year\": 1999, \"rating\": 7.5, \"genre\": \"do", true}}) {
+    const char* prefix = k.prefix;
+    JsonConstraint c(vocab, std::nullopt, k.schema ? grammar : nullptr);
+    if (k.schema) std::printf("  schema");
     for (std::int32_t t : (*tok)->encode(prefix, false, false)) c.accept(t);
     std::vector<std::uint64_t> mask;
     const Clock::time_point a = Clock::now();
@@ -43,7 +70,7 @@ int main(int argc, char** argv) {
     const double ms = std::chrono::duration<double, std::milli>(Clock::now() - a).count() / repeats;
     std::size_t n = 0;
     for (std::uint64_t w : mask) n += static_cast<std::size_t>(__builtin_popcountll(w));
-    std::printf("  after '%s': %.3f ms a step, %zu tokens allowed\n", prefix, ms, n);
+    std::printf("%s after '%s': %.3f ms a step, %zu tokens allowed\n", k.schema ? "" : "  json_object", prefix, ms, n);
   }
   return 0;
 }

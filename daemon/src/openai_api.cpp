@@ -5,6 +5,7 @@
 #include <iterator>
 
 #include "airlock/common/json_depth.h"
+#include "schema_grammar.h"
 #include "tool_calls.h"
 
 namespace airlock::daemon {
@@ -66,6 +67,28 @@ bool present(const ojson& j, const char* key) {
 // are refused by name, not ignored: a client asking for a tool call, JSON
 // output or a token ban must not get a 200 with something else. An empty
 // or null value, or one that asks for the default, is accepted.
+// response_format {"type": "json_schema", "json_schema": {"name",
+// "description", "schema", "strict"}}: the schema compiled to the grammar
+// the answer is held to. Held whether or not strict is true (as vLLM); a
+// schema that cannot be held to exactly is refused, named, either way.
+// Without a schema the answer is one JSON object (as json_object).
+std::optional<ApiError> parse_json_schema(const ojson& f, CompletionRequest* r) {
+  const std::string param = "response_format.json_schema";
+  if (!f.contains("json_schema") || !f["json_schema"].is_object())
+    return invalid(param, "response_format json_schema needs a json_schema object (name, schema)");
+  const ojson& js = f["json_schema"];
+  if (js.contains("name") && !js["name"].is_string()) return invalid(param + ".name", param + ".name must be a string");
+  if (js.contains("strict") && !js["strict"].is_boolean() && !js["strict"].is_null())
+    return invalid(param + ".strict", param + ".strict must be true or false");
+  if (!js.contains("schema") || js["schema"].is_null()) return std::nullopt;
+  if (!js["schema"].is_object() && !js["schema"].is_boolean())
+    return invalid(param + ".schema", param + ".schema must be a JSON Schema (an object)");
+  std::string why;
+  r->response_grammar = compile_schema(js["schema"], "schema", &why);
+  if (!r->response_grammar) return invalid(param + ".schema", "response_format json_schema: " + why);
+  return std::nullopt;
+}
+
 std::optional<ApiError> refuse_unsupported(const ojson& j, Endpoint endpoint, int n) {
   auto is = [&](const char* key, const char* value) { return j.contains(key) && j[key].is_string() && j[key] == value; };
   if (endpoint == Endpoint::kChat) {
@@ -80,10 +103,10 @@ std::optional<ApiError> refuse_unsupported(const ojson& j, Endpoint endpoint, in
       const ojson& f = j["response_format"];
       if (!f.is_object() || !f.contains("type") || !f["type"].is_string())
         return invalid("response_format", "response_format must be an object with a \"type\"");
-      if (f["type"] != "text" && f["type"] != "json_object")
-        return invalid("response_format", "response_format '" + f["type"].get<std::string>() +
-                                              "' is not supported by this server (only \"text\" and \"json_object\"): "
-                                              "output is held to JSON syntax, not to a schema");
+      if (f["type"] != "text" && f["type"] != "json_object" && f["type"] != "json_schema")
+        return invalid("response_format.type", "response_format '" + f["type"].get<std::string>().substr(0, 64) +
+                                                   "' is not supported by this server (only \"text\", \"json_object\" "
+                                                   "and \"json_schema\")");
     }
     if (present(j, "audio") || (present(j, "modalities") && !(j["modalities"].is_array() && j["modalities"].size() == 1 &&
                                                                j["modalities"][0] == "text")))
@@ -434,17 +457,19 @@ std::optional<ApiError> parse_request(std::string_view body, Endpoint endpoint, 
   }
   if (endpoint == Endpoint::kChat) {
     // Shape checked by refuse_unsupported.
-    r.json_object = present(j, "response_format") && j["response_format"]["type"] == "json_object";
+    r.json_object = present(j, "response_format") && j["response_format"]["type"] != "text";
+    if (r.json_object && j["response_format"]["type"] == "json_schema")
+      if (auto e = parse_json_schema(j["response_format"], &r)) return e;
     if (r.json_object && r.grounding)
       return invalid("response_format", "grounded answers (airlock) are text with citations, not JSON");
     // Once the object is whole only the end may come: ignoring it would
     // write end tokens to max_tokens.
-    if (r.json_object && r.ignore_eos) return invalid("ignore_eos", "ignore_eos cannot be used with response_format json_object");
+    if (r.json_object && r.ignore_eos) return invalid("ignore_eos", "ignore_eos cannot be used with a JSON response_format");
     if (auto e = parse_tools(j, &r)) return e;
     // The constraint would keep the model from writing a call (<tool_call>,
     // [TOOL_CALLS]) and could make an object look like one.
     if (r.json_object && !r.tools.empty())
-      return invalid("response_format", "response_format json_object cannot be combined with tools here: the JSON "
+      return invalid("response_format", "a JSON response_format cannot be combined with tools here: the JSON "
                                         "constraint would keep the model from calling them");
     if (!r.tools.empty() && r.grounding) return invalid("tools", "grounded answers (airlock) do not call tools");
     // The tokens of a call (and of text held back in case it is one) are

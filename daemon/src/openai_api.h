@@ -8,13 +8,14 @@
 // here, as OpenAI itself tolerates); known fields of the wrong type or out
 // of range are errors, and so are fields that would change the answer and
 // are not supported here (a forced tool call, a strict function whose
-// schema cannot be checked, a response_format other than text, suffix,
-// best_of other than n), each named in the 400.
+// schema cannot be checked, a response_format json_schema whose schema
+// cannot be held to, suffix, best_of other than n), each named in the 400.
 //
 // Thread-safety: free functions without shared state.
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -22,6 +23,7 @@
 #include <nlohmann/json.hpp>
 
 #include "airlock/common/status.h"
+#include "airlock/engine/grammar.h"
 #include "airlock/engine/sampler.h"
 #include "tool_calls.h"
 
@@ -64,7 +66,9 @@ struct CompletionRequest {
   ojson tools = ojson::array();
   std::vector<ToolSpec> tool_specs;
   bool parallel_tool_calls = true;  // false: at most one call per answer
-  bool json_object = false;          // chat: response_format "json_object" (the answer held to one JSON object)
+  bool json_object = false;          // chat: response_format "json_object" or "json_schema" (the answer held to JSON)
+  // json_schema: the grammar of the schema's instances (null: one JSON object).
+  std::shared_ptr<const engine::Grammar> response_grammar;
   ojson chat_template_kwargs = ojson::object();  // chat: more template variables (vLLM's extension)
   std::vector<std::string> prompts;  // completions: one or more, each with n choices
   std::string prompt;                // completions: prompts joined (for the audit log)

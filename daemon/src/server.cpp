@@ -1257,7 +1257,7 @@ void Server::Impl::completions(const httplib::Request& req, httplib::Response& r
         if (g->split_reasoning && reasoning_at != ReasoningStart::kAfter)
           think = engine::ThinkBlock{reasoning_at == ReasoningStart::kInside ? "" : std::string(kThinkOpen),
                                      std::string(kThinkClose)};
-        gr.constraint = std::make_shared<engine::JsonConstraint>(m->json_vocab, std::move(think));
+        gr.constraint = std::make_shared<engine::JsonConstraint>(m->json_vocab, std::move(think), r.response_grammar);
       }
       Result<std::shared_ptr<TokenStream>> s = m->scheduler->submit(std::move(gr));
       if (!s.is_ok()) {

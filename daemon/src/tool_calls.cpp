@@ -328,7 +328,7 @@ struct SchemaCheck {
 
 }  // namespace
 
-std::optional<std::string> unsupported_schema(const json& schema) {
+std::optional<std::string> unsupported_schema(const json& schema, std::string_view root) {
   // Every subschema, iteratively (the schema came in a request body, so
   // its depth is bounded, but its width is not). A node's path is built
   // only for the message of a refusal, from its parents.
@@ -340,7 +340,7 @@ std::optional<std::string> unsupported_schema(const json& schema) {
     std::size_t index;         // within anyOf / allOf / oneOf, or npos
   };
   constexpr std::size_t kNone = std::string::npos;
-  std::vector<Node> nodes = {{&schema, kNone, "parameters", {}, kNone}};
+  std::vector<Node> nodes = {{&schema, kNone, root, {}, kNone}};
   auto path = [&](std::size_t at) {
     std::vector<std::string> parts;
     for (; at != kNone; at = nodes[at].parent) {
@@ -368,7 +368,7 @@ std::optional<std::string> unsupported_schema(const json& schema) {
   };
   std::size_t entries = 0;  // enum and required entries, in all
   auto room_for = [&](std::size_t n) { return nodes.size() + n <= kMaxSubschemas; };
-  const std::string too_many = "parameters has more than 10,000 subschemas";
+  const std::string too_many = std::string(root) + " has more than 10,000 subschemas";
   for (std::size_t at = 0; at < nodes.size(); ++at) {
     const json* s = nodes[at].s;
     if (s->is_boolean()) continue;
@@ -387,7 +387,7 @@ std::optional<std::string> unsupported_schema(const json& schema) {
         if (!ok) return here() + " is not a JSON Schema type (or a list of them)";
       } else if (k == "$ref") {
         if (resolve_ref(schema, v) == nullptr)
-          return here() + " must name \"#\", \"#/$defs/NAME\" or \"#/definitions/NAME\" of these parameters";
+          return here() + " must name \"#\", \"#/$defs/NAME\" or \"#/definitions/NAME\" of " + std::string(root);
       } else if (k == "properties" || k == "$defs" || k == "definitions") {
         if (!v.is_object()) return here() + " must be an object";
         if (!room_for(v.size())) return too_many;
@@ -401,7 +401,7 @@ std::optional<std::string> unsupported_schema(const json& schema) {
         for (std::size_t i = 0; i < v.size(); ++i) nodes.push_back({&v[i], at, k, {}, i});
       } else if (k == "required" || k == "enum") {
         if (!v.is_array()) return here() + " must be an array";
-        if ((entries += v.size()) > kMaxEntries) return "parameters has more than 10,000 enum and required entries";
+        if ((entries += v.size()) > kMaxEntries) return std::string(root) + " has more than 10,000 enum and required entries";
       } else if (k == "minLength" || k == "maxLength" || k == "minItems" || k == "maxItems") {
         if (!count_of(v)) return here() + " must be a whole number, 0 or more";
       } else if (k.rfind("min", 0) == 0 || k.rfind("max", 0) == 0 || k.rfind("exclusive", 0) == 0) {

@@ -69,8 +69,9 @@ struct ToolSpec {
 // examples, and, accepted but not checked, $schema, $id, $comment, format,
 // readOnly, writeOnly, deprecated, discriminator, contentEncoding,
 // contentMediaType. Anything else (pattern, multipleOf, ...) is named. At
-// most 10,000 subschemas and 10,000 enum and required entries.
-std::optional<std::string> unsupported_schema(const nlohmann::ordered_json& schema);
+// most 10,000 subschemas and 10,000 enum and required entries. `root`
+// names the schema in the reason.
+std::optional<std::string> unsupported_schema(const nlohmann::ordered_json& schema, std::string_view root = "parameters");
 
 // Whether `value` follows `schema` (one that unsupported_schema accepts).
 // Bounded work whatever the schema ($ref loops, nested anyOf): past the

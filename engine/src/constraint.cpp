@@ -255,8 +255,13 @@ JsonVocab::JsonVocab(const Tokenizer& tokenizer)
   }
 }
 
-JsonConstraint::JsonConstraint(std::shared_ptr<const JsonVocab> vocab, std::optional<ThinkBlock> think)
-    : vocab_(std::move(vocab)) {
+JsonConstraint::JsonConstraint(std::shared_ptr<const JsonVocab> vocab, std::optional<ThinkBlock> think,
+                               std::shared_ptr<const Grammar> grammar)
+    : vocab_(std::move(vocab)), grammar_(std::move(grammar)) {
+  if (grammar_) {
+    arena_ = std::make_unique<GrammarArena>();
+    state_.matcher.emplace(grammar_.get(), arena_.get());
+  }
   if (think && !think->close.empty()) {
     think_ = std::move(*think);
     state_.phase = think_.open.empty() ? Phase::kThinking : Phase::kOpening;
@@ -266,7 +271,7 @@ JsonConstraint::JsonConstraint(std::shared_ptr<const JsonVocab> vocab, std::opti
 bool JsonConstraint::take(State& s, std::string_view bytes) const {
   switch (s.phase) {
     case Phase::kObject:
-      return s.grammar.feed(bytes);
+      return s.feed(bytes);
     case Phase::kThinking: {
       // Free text, unless these bytes complete the close tag: then what
       // follows it must start the object.
@@ -280,7 +285,7 @@ bool JsonConstraint::take(State& s, std::string_view bytes) const {
       }
       s.phase = Phase::kObject;
       s.held.clear();
-      return s.grammar.feed(std::string_view(text).substr(at + close.size()));
+      return s.feed(std::string_view(text).substr(at + close.size()));
     }
     case Phase::kOpening: {
       // Whitespace, then the open tag or the object.
@@ -304,44 +309,106 @@ bool JsonConstraint::take(State& s, std::string_view bytes) const {
       }
       s.phase = Phase::kObject;
       s.held.clear();
-      return s.grammar.feed(text);
+      return s.feed(text);
     }
   }
   return false;
 }
 
+bool JsonConstraint::complete() const {
+  return state_.phase == Phase::kObject && (state_.matcher ? state_.matcher->complete() : state_.json.complete());
+}
+
+namespace {
+
+Grammar::ByteSet next_bytes(const GrammarMatcher& m) { return m.next_bytes(); }
+
+Grammar::ByteSet next_bytes(const JsonGrammar& g) {
+  Grammar::ByteSet out;
+  for (unsigned c = 0; c < 256; ++c) {
+    JsonGrammar copy = g;
+    if (copy.feed(static_cast<unsigned char>(c))) out.set(c);
+  }
+  return out;
+}
+
+bool in_text(const GrammarMatcher& m) { return m.in_free_text(); }
+bool in_text(const JsonGrammar& g) { return g.in_plain_string(); }
+
+// Sets in `mask` the tokens of `vocab` that recogniser `r` (a JsonGrammar
+// or a GrammarMatcher) may take next; returns whether there is one. The
+// recogniser after each byte that may come first, and the bytes that may
+// come second, are worked out once: most tokens are refused at their first
+// or second byte without being tried (in many vocabularies half the tokens
+// start with a space, which JSON allows). Inside a string, plain text is
+// known to fit.
+template <class R>
+bool object_mask(const R& r, const JsonVocab& vocab, std::vector<std::uint64_t>* mask) {
+  const bool text = in_text(r);
+  const Grammar::ByteSet first = next_bytes(r);
+  std::vector<std::optional<R>> after(256);  // worked out when first needed
+  std::vector<Grammar::ByteSet> second(256);
+  R scratch = r;
+  bool any = false;
+  for (std::size_t t = 0; t < vocab.bytes.size(); ++t) {
+    const std::string& b = vocab.bytes[t];
+    if (b.empty()) continue;
+    if (!(text && vocab.plain[t])) {
+      const auto c0 = static_cast<unsigned char>(b[0]);
+      if (!first[c0]) continue;
+      if (b.size() > 1) {
+        if (!after[c0]) {
+          after[c0] = r;
+          if (after[c0]->feed(c0)) second[c0] = next_bytes(*after[c0]);
+        }
+        if (!second[c0][static_cast<unsigned char>(b[1])]) continue;
+        scratch = *after[c0];
+        if (!scratch.feed(std::string_view(b).substr(1))) continue;
+      }
+    }
+    (*mask)[t / 64] |= std::uint64_t{1} << (t % 64);
+    any = true;
+  }
+  return any;
+}
+
+}  // namespace
+
 void JsonConstraint::allowed(std::vector<std::uint64_t>* mask) {
   const std::size_t n = vocab_->bytes.size();
   mask->assign((n + 63) / 64, 0);
+  const std::size_t mark = arena_ ? arena_->nodes.size() : 0;  // what the tries add is dropped after
   bool any = false;
+  bool may_end = false;  // besides other tokens
   const bool object = state_.phase == Phase::kObject;
-  const bool in_text = object && state_.grammar.in_plain_string();
-  if (!failed_ && !complete())
+  if (failed_ || complete()) {
+  } else if (object && state_.matcher) {
+    any = object_mask(*state_.matcher, *vocab_, mask);
+    may_end = state_.matcher->accepting();
+  } else if (object) {
+    any = object_mask(state_.json, *vocab_, mask);
+  } else {
     for (std::size_t t = 0; t < n; ++t) {
       const std::string& b = vocab_->bytes[t];
       if (b.empty()) continue;
-      if (!(in_text && vocab_->plain[t])) {
-        if (object) {
-          JsonGrammar g = state_.grammar;
-          if (!g.feed(b)) continue;
-        } else if (state_.phase == Phase::kThinking && b.find(think_.close.back()) == std::string::npos) {
-          // Free text that cannot complete the close tag.
-        } else {
-          State s = state_;
-          if (!take(s, b)) continue;
-        }
+      // Free text that cannot complete the close tag needs no trying.
+      if (state_.phase != Phase::kThinking || b.find(think_.close.back()) != std::string::npos) {
+        State s = state_;
+        if (!take(s, b)) continue;
       }
       (*mask)[t / 64] |= std::uint64_t{1} << (t % 64);
       any = true;
     }
+  }
+  if (arena_) arena_->nodes.resize(mark);
   // Inside the thinking the answer may also end: a model that stops there
   // gives no object (and empty content) rather than being kept writing to
   // max_tokens.
-  if (any && state_.phase != Phase::kThinking) return;
-  // The object is whole (or cannot go on): only the end is left. A
-  // vocabulary without an end token cannot be held to anything.
+  if (any && !may_end && state_.phase != Phase::kThinking) return;
+  // The object is whole (or cannot go on): the end may come. A vocabulary
+  // without an end token cannot be held to anything.
   for (std::int32_t t : vocab_->end_tokens) (*mask)[static_cast<std::size_t>(t) / 64] |= std::uint64_t{1} << (t % 64);
-  if (vocab_->end_tokens.empty())
+  if (vocab_->end_tokens.empty() && !any)
     for (std::size_t t = 0; t < n; ++t) (*mask)[t / 64] |= std::uint64_t{1} << (t % 64);
 }
 
@@ -349,6 +416,9 @@ void JsonConstraint::accept(std::int32_t token) {
   if (failed_ || token < 0 || static_cast<std::size_t>(token) >= vocab_->bytes.size()) return;
   const std::string& b = vocab_->bytes[static_cast<std::size_t>(token)];
   if (!b.empty() && !take(state_, b)) failed_ = true;
+  // Stacks left behind by earlier bytes are garbage; past a size, the
+  // arena keeps only the matcher's.
+  if (arena_ && arena_->nodes.size() > (std::size_t{1} << 20)) state_.matcher->compact();
 }
 
 }  // namespace airlock::engine

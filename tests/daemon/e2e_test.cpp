@@ -2837,10 +2837,46 @@ TEST(DaemonLifecycle, JsonObjectModeHoldsTheAnswerToAnObject) {
       EXPECT_TRUE(json::parse(c["message"]["content"].get<std::string>()).is_object()) << s->body;
     }
   }
-  body["response_format"] = {{"type", "json_schema"}, {"json_schema", {{"name", "x"}, {"schema", {{"type", "object"}}}}}};
+  // json_schema: a schema the answer fits gives the answer; one it does
+  // not fit gives an instance of the schema all the same.
+  // (This model takes the allowed token of lowest id, a tab, up to the
+  // bound at every place whitespace may go: room for those.)
+  body.erase("seed");
+  body.erase("max_tokens");
+  body["temperature"] = 0;
+  const json fits = {{"type", "object"},
+                     {"properties", {{"a", {{"type", "integer"}, {"minimum", 0}}}}},
+                     {"required", {"a"}},
+                     {"additionalProperties", false}};
+  body["response_format"] = {{"type", "json_schema"}, {"json_schema", {{"name", "a"}, {"strict", true}, {"schema", fits}}}};
   auto schema = d->post("/v1/chat/completions", body);
+  ASSERT_EQ(schema->status, 200) << schema->body;
+  ch = json::parse(schema->body)["choices"][0];
+  EXPECT_EQ(ch["finish_reason"], "stop") << schema->body;
+  EXPECT_EQ(json::parse(ch["message"]["content"].get<std::string>()), json({{"a", 1}})) << schema->body;
+  const json other = {{"type", "object"},
+                      {"properties", {{"b", {{"enum", {"x", "y"}}}}, {"n", {{"type", "array"}, {"items", {{"type", "boolean"}}}, {"maxItems", 2}}}}},
+                      {"required", {"b", "n"}},
+                      {"additionalProperties", false}};
+  body["response_format"]["json_schema"]["schema"] = other;
+  schema = d->post("/v1/chat/completions", body);
+  ASSERT_EQ(schema->status, 200) << schema->body;
+  ch = json::parse(schema->body)["choices"][0];
+  EXPECT_EQ(ch["finish_reason"], "stop") << schema->body;
+  const std::string held = ch["message"]["content"].get<std::string>();
+  ASSERT_TRUE(json::accept(held)) << held;
+  const json v = json::parse(held);
+  EXPECT_EQ(v.size(), 2u) << held;
+  EXPECT_TRUE(v["b"] == "x" || v["b"] == "y") << held;
+  EXPECT_TRUE(v["n"].is_array() && v["n"].size() <= 2) << held;
+  body["stream"] = true;
+  EXPECT_EQ(read_stream(d->post("/v1/chat/completions", body)->body).content, held);
+  body["stream"] = false;
+  // A schema that cannot be held to exactly is refused, named.
+  body["response_format"]["json_schema"]["schema"] = {{"type", "string"}, {"pattern", "^a"}};
+  schema = d->post("/v1/chat/completions", body);
   EXPECT_EQ(schema->status, 400) << schema->body;
-  EXPECT_EQ(json::parse(schema->body)["error"]["param"], "response_format");
+  EXPECT_EQ(json::parse(schema->body)["error"]["param"], "response_format.json_schema.schema");
   EXPECT_EQ(d->stop(), 0);
 
   // Thinking models: each answers `text` (made of the `pieces` tokens)

@@ -140,8 +140,13 @@ TEST(OpenAiApiTest, BadRequestsNameTheParameter) {
       {R"({"model":"m","messages":[{"role":"user","content":"x"}],"response_format":{"type":"json_object"},
           "airlock":{}})",
        Endpoint::kChat, "response_format"},
-      {R"({"model":"m","messages":[{"role":"user","content":"x"}],"response_format":{"type":"json_schema","json_schema":{}}})",
-       Endpoint::kChat, "response_format"},
+      {R"({"model":"m","messages":[{"role":"user","content":"x"}],"response_format":{"type":"json_schema",
+          "json_schema":{"name":"x","schema":{"type":"string","pattern":"^a"}}}})",
+       Endpoint::kChat, "response_format.json_schema.schema"},
+      {R"({"model":"m","messages":[{"role":"user","content":"x"}],"response_format":{"type":"json_schema"}})",
+       Endpoint::kChat, "response_format.json_schema"},
+      {R"({"model":"m","messages":[{"role":"user","content":"x"}],"response_format":{"type":"grammar"}})",
+       Endpoint::kChat, "response_format.type"},
       {R"({"model":"m","messages":[{"role":"user","content":"x"}],"response_format":"json"})", Endpoint::kChat,
        "response_format"},
       {R"({"model":"m","messages":[{"role":"user","content":"x"}],"logit_bias":{"50256":-101}})", Endpoint::kChat,
@@ -445,6 +450,43 @@ TEST(OpenAiApiTest, JsonObjectMode) {
       "tools":[{"type":"function","function":{"name":"f"}}]})", Endpoint::kChat, &r);
   ASSERT_TRUE(e);
   EXPECT_EQ(e->param, "response_format");
+}
+
+// response_format json_schema: the schema compiled (the grammar is
+// tested in schema_grammar_test.cpp), its fields checked, and the same
+// refusals beside it as json_object.
+TEST(OpenAiApiTest, JsonSchemaMode) {
+  CompletionRequest r;
+  ASSERT_FALSE(parse_request(R"({"model":"m","messages":[{"role":"user","content":"x"}],
+      "response_format":{"type":"json_schema","json_schema":{"name":"point","strict":true,"schema":{"type":"object",
+      "properties":{"x":{"type":"number"}},"required":["x"],"additionalProperties":false}}}})", Endpoint::kChat, &r));
+  EXPECT_TRUE(r.json_object);
+  ASSERT_TRUE(r.response_grammar);
+  engine::GrammarArena arena;
+  engine::GrammarMatcher m(r.response_grammar.get(), &arena);
+  EXPECT_TRUE(m.feed(R"({"x": 2.5})") && m.accepting());
+  // Without a schema: one JSON object, as json_object.
+  ASSERT_FALSE(parse_request(R"({"model":"m","messages":[{"role":"user","content":"x"}],
+      "response_format":{"type":"json_schema","json_schema":{"name":"any"}}})", Endpoint::kChat, &r));
+  EXPECT_TRUE(r.json_object);
+  EXPECT_FALSE(r.response_grammar);
+  for (const auto& [format, param] : std::vector<std::pair<std::string, std::string>>{
+           {R"({"type":"json_schema","json_schema":"x"})", "response_format.json_schema"},
+           {R"({"type":"json_schema","json_schema":{"name":1}})", "response_format.json_schema.name"},
+           {R"({"type":"json_schema","json_schema":{"strict":"yes"}})", "response_format.json_schema.strict"},
+           {R"({"type":"json_schema","json_schema":{"schema":[1]}})", "response_format.json_schema.schema"},
+           {R"({"type":"json_schema","json_schema":{"schema":{"allOf":[{},{}]}}})", "response_format.json_schema.schema"},
+       }) {
+    std::optional<ApiError> e = parse_request(R"({"model":"m","messages":[{"role":"user","content":"x"}],"response_format":)" +
+                                                  format + "}",
+                                              Endpoint::kChat, &r);
+    ASSERT_TRUE(e) << format;
+    EXPECT_EQ(e->param, param) << format;
+  }
+  std::optional<ApiError> e = parse_request(R"({"model":"m","messages":[{"role":"user","content":"x"}],
+      "response_format":{"type":"json_schema","json_schema":{"schema":{}}},"ignore_eos":true})", Endpoint::kChat, &r);
+  ASSERT_TRUE(e);
+  EXPECT_EQ(e->param, "ignore_eos");
 }
 
 TEST(OpenAiApiTest, ChatTemplateKwargs) {

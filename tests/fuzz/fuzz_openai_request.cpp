@@ -6,10 +6,14 @@
 // split), read by JSON mode's recogniser (what it reads whole, a JSON
 // parser takes for an object) and read for tool calls (parse_tool_calls,
 // with the streaming rule that what was sent early is the start of the
-// final content). The first byte picks which; nothing may crash, hang or
-// leak.
+// final content), and JSON Schemas compiled to grammars (compile_schema:
+// random sentences of the grammar parse as JSON, and follow the schema
+// where every keyword in it is held exactly). The first byte picks which;
+// nothing may crash, hang or leak.
 #include <cstddef>
 #include <cstdint>
+#include <random>
+#include <string>
 #include <string_view>
 
 #include <nlohmann/json.hpp>
@@ -18,13 +22,57 @@
 #include "config.h"
 #include "openai_api.h"
 #include "reasoning.h"
+#include "schema_grammar.h"
 #include "tool_calls.h"
+
+namespace {
+
+// A schema as a request would carry it: a few random sentences of its
+// grammar (bytes drawn among those allowed, closing brackets and quotes
+// favoured) must be JSON, and instances of the schema unless it uses a
+// keyword held only in part (number bounds, oneOf).
+void check_schema(std::string_view text) {
+  using airlock::engine::Grammar;
+  if (!nlohmann::ordered_json::accept(text)) return;
+  const nlohmann::ordered_json schema = nlohmann::ordered_json::parse(text);
+  std::string why;
+  std::shared_ptr<const Grammar> g = airlock::daemon::compile_schema(schema, "schema", &why);
+  if (!g) {
+    if (why.empty()) __builtin_trap();
+    return;
+  }
+  const bool exact = text.find("imum") == std::string_view::npos && text.find("oneOf") == std::string_view::npos;
+  std::mt19937 rng(static_cast<std::uint32_t>(text.size()));
+  for (int i = 0; i < 4; ++i) {
+    airlock::engine::GrammarArena arena;
+    airlock::engine::GrammarMatcher m(g.get(), &arena);
+    std::string out;
+    while (out.size() < 2048 && !(m.accepting() && (m.complete() || rng() % 2 == 0))) {
+      const Grammar::ByteSet next = m.next_bytes();
+      if (next.none()) __builtin_trap();  // a live matcher always has a way on
+      unsigned c = rng() % 256;
+      for (unsigned char close : {'"', '}', ']'})
+        if (next[close] && rng() % 6 == 0) c = close;
+      while (!next[c]) c = (c + 1) % 256;
+      if (!m.feed(static_cast<unsigned char>(c))) __builtin_trap();
+      out += static_cast<char>(c);
+    }
+    if (!m.accepting()) continue;  // cut at the bound
+    if (!nlohmann::ordered_json::accept(out)) __builtin_trap();
+    if (exact && !airlock::daemon::follows_schema(schema, nlohmann::ordered_json::parse(out))) __builtin_trap();
+  }
+}
+
+}  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
   if (size == 0) return 0;
   const std::string_view body(reinterpret_cast<const char*>(data + 1), size - 1);
   using namespace airlock::daemon;
-  switch (data[0] % 6) {
+  switch (data[0] % 7) {
+    case 6:
+      check_schema(body);
+      break;
     case 5: {
       // The thinking apart (opened by the prompt for some sizes), as a
       // stream of 7-byte pieces and whole: the same split.

@@ -14,6 +14,10 @@
 // and two digits in its exponent (so that every number is a finite double).
 // Nothing bounds a string's length but max_tokens.
 //
+// Given a Grammar (grammar.h; airlockd compiles a response_format's JSON
+// Schema into one), the object is held to the grammar's sentences instead
+// of to JsonGrammar, and the end may come once a sentence is whole.
+//
 // Cost: a pass over the vocabulary per step of the sequence, on the
 // scheduler's thread: each token's bytes are tried, except inside strings,
 // where tokens of plain text are known to fit (docs/benchmarks.md).
@@ -29,6 +33,7 @@
 #include <string_view>
 #include <vector>
 
+#include "airlock/engine/grammar.h"
 #include "airlock/engine/tokenizer.h"
 
 namespace airlock::engine {
@@ -123,23 +128,29 @@ struct ThinkBlock {
 
 class JsonConstraint : public TokenConstraint {
  public:
-  explicit JsonConstraint(std::shared_ptr<const JsonVocab> vocab, std::optional<ThinkBlock> think = std::nullopt);
+  explicit JsonConstraint(std::shared_ptr<const JsonVocab> vocab, std::optional<ThinkBlock> think = std::nullopt,
+                          std::shared_ptr<const Grammar> grammar = nullptr);
   void allowed(std::vector<std::uint64_t>* mask) override;
   void accept(std::int32_t token) override;
-  bool complete() const { return state_.grammar.complete(); }
+  // The object is whole and nothing more may follow it.
+  bool complete() const;
 
  private:
   enum class Phase : std::uint8_t { kOpening, kThinking, kObject };
   struct State {
     Phase phase = Phase::kObject;
     std::string held;  // opening: the text so far; thinking: its last bytes (fewer than close's)
-    JsonGrammar grammar;
+    JsonGrammar json;  // the object, without a grammar
+    std::optional<GrammarMatcher> matcher;  // the object, with one
+    bool feed(std::string_view bytes) { return matcher ? matcher->feed(bytes) : json.feed(bytes); }
   };
   // Takes `bytes` into `s`: false when they cannot come next.
   bool take(State& s, std::string_view bytes) const;
 
   std::shared_ptr<const JsonVocab> vocab_;
   ThinkBlock think_;
+  std::shared_ptr<const Grammar> grammar_;
+  std::unique_ptr<GrammarArena> arena_;  // the matchers' stacks
   State state_;
   bool failed_ = false;  // a token that was not allowed was accepted: only the end is left
 };

@@ -1,0 +1,49 @@
+// Structured outputs (response_format "json_schema"): a JSON Schema compiled
+// into a grammar (airlock/engine/grammar.h) whose sentences are JSON texts
+// that follow it, so that constrained decoding (JsonConstraint) holds the
+// answer to the schema, not only to JSON syntax.
+//
+// Held to, exactly: type (a name or a list); properties, written in the
+// order given, those in `required` always and the others when the model
+// chooses; `required` names not among the properties (any value, or the
+// additionalProperties schema); additionalProperties without properties
+// (an object of any keys whose values follow it; false: `{}`); beside
+// properties only the named keys are written (an instance of any
+// additionalProperties); items, minItems, maxItems; minLength, maxLength
+// (in characters: an escape is one, a \u surrogate pair too); enum
+// and const (their values in compact JSON, those that also follow the
+// rest of the schema); anyOf and oneOf (a choice of branches: oneOf's "only
+// one" is not held); allOf of one schema; $ref to "#", "#/$defs/NAME" or
+// "#/definitions/NAME", recursion included; numbers with minimum or
+// exclusiveMinimum of 0 or more have no minus sign; an integer between
+// bounds at most 1,000 apart is one of those values.
+// Not held (accepted): other number bounds, and the annotations
+// unsupported_schema accepts unchecked (format, ...).
+// Refused, with the reason: what unsupported_schema refuses; allOf of more
+// than one schema; $ref, anyOf, oneOf or allOf beside keywords that
+// constrain; a schema no value follows (false, an enum of none); a $ref
+// loop that reads no value between; repetition bounds over 10,000; a
+// grammar of more than 2,000,000 elements.
+//
+// Between tokens the answer may have up to 32 whitespace bytes; after the
+// value, nothing.
+//
+// Thread-safety: free function, no shared state.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <string_view>
+
+#include <nlohmann/json.hpp>
+
+#include "airlock/engine/grammar.h"
+
+namespace airlock::daemon {
+
+// The grammar of `schema`'s instances, or null with *error set (the reason,
+// naming the subschema from `root`).
+std::shared_ptr<const engine::Grammar> compile_schema(const nlohmann::ordered_json& schema, std::string_view root,
+                                                      std::string* error);
+
+}  // namespace airlock::daemon

@@ -1,0 +1,135 @@
+// A context-free grammar over bytes, and a recogniser for it that reads a
+// byte at a time: what constrained decoding holds a sequence to when the
+// shape is richer than "one JSON object" (a JSON Schema, compiled to a
+// grammar by airlockd).
+//
+// A grammar is a set of rules; each rule has alternatives, each a sequence
+// of symbols: a set of bytes (matches one byte in the set) or another rule.
+// Rules must not be left-recursive (a rule that can reach itself without
+// reading a byte): the recogniser drops such expansions past a bound rather
+// than loop. The sentences of the grammar are those of its start rule.
+//
+// GrammarMatcher is a nondeterministic pushdown recogniser: its state is a
+// set of stacks, each a path through the rules still open, stored as
+// shared-tail lists in a GrammarArena. Copying a matcher copies the set
+// (a few words each), not the stacks, so candidates are tried on copies;
+// the arena only grows, and its owner truncates it to a mark once the
+// copies are gone, or compacts it around the one matcher left.
+//
+// Bounds: at most kMaxStacks stacks (past that, later ones are dropped:
+// a very ambiguous grammar may lose sentences, never gain any), at most
+// kMaxDepth open rules on one stack, kMaxExpansion rules entered without
+// reading a byte.
+//
+// Thread-safety: a Grammar is immutable once built and may be shared; a
+// matcher and its arena belong to one thread at a time.
+#pragma once
+
+#include <bitset>
+#include <cstdint>
+#include <string_view>
+#include <unordered_map>
+#include <vector>
+
+namespace airlock::engine {
+
+class Grammar {
+ public:
+  using RuleId = std::uint32_t;
+  using ByteSet = std::bitset<256>;
+
+  struct Symbol {
+    bool is_rule = false;
+    RuleId rule = 0;
+    ByteSet bytes;
+    // Marks the byte set through which a rule loops over plain text (any
+    // run of whole UTF-8 characters without quote, backslash or control
+    // byte returns to the same place): see GrammarMatcher::in_free_text.
+    bool free_text = false;
+  };
+  static Symbol byte(unsigned char c);
+  static Symbol range(unsigned char lo, unsigned char hi);
+  static Symbol set(const ByteSet& s, bool free_text = false);
+  static Symbol ref(RuleId r);
+  // Appends the bytes of `text`, one symbol each.
+  static void literal(std::string_view text, std::vector<Symbol>* out);
+
+  RuleId add_rule();
+  // Adds an alternative (empty: the empty string) to rule r.
+  void add_alternative(RuleId r, const std::vector<Symbol>& symbols);
+  void set_start(RuleId r) { start_ = r; }
+  RuleId start() const { return start_; }
+  std::size_t rules() const { return rules_.size(); }
+  std::size_t elements() const { return elements_.size(); }  // its size, for bounds
+
+ private:
+  friend class GrammarMatcher;
+  enum class Kind : std::uint8_t { kBytes, kRule, kEnd };
+  struct Element {
+    Kind kind;
+    bool free_text;
+    std::uint32_t arg;  // kBytes: index in sets_; kRule: the rule
+  };
+  std::vector<Element> elements_;             // alternatives, each ended by kEnd
+  std::vector<std::vector<std::uint32_t>> rules_;  // each alternative's first element
+  std::vector<ByteSet> sets_;
+  std::unordered_map<ByteSet, std::uint32_t> set_index_;
+  RuleId start_ = 0;
+};
+
+struct GrammarArena {
+  struct Node {
+    std::uint32_t pos;    // an element: kBytes, or the kRule to go on with
+    std::uint32_t next;   // the rest of the stack (kBottom: none)
+    std::uint32_t depth;  // nodes in the stack, this one included
+  };
+  std::vector<Node> nodes;
+};
+
+class GrammarMatcher {
+ public:
+  static constexpr std::size_t kMaxStacks = 1024;
+  static constexpr std::uint32_t kMaxDepth = 2048;
+  static constexpr int kMaxExpansion = 64;
+
+  // At the start of `grammar`; both must outlive the matcher and its copies.
+  GrammarMatcher(const Grammar* grammar, GrammarArena* arena);
+
+  // Takes the next byte: false when no sentence starts with what was fed
+  // plus `c` (the matcher is then dead).
+  bool feed(unsigned char c);
+  bool feed(std::string_view bytes) {
+    for (char c : bytes)
+      if (!feed(static_cast<unsigned char>(c))) return false;
+    return true;
+  }
+  // What was fed is a whole sentence (more may still follow it).
+  bool accepting() const;
+  // Nothing but the end may follow (or nothing at all, when dead).
+  bool complete() const;
+  // Some stack is in a free-text loop: any plain text may follow.
+  bool in_free_text() const;
+  // The bytes that may come next.
+  Grammar::ByteSet next_bytes() const;
+  // Rebuilds the arena with this matcher's stacks only; other matchers on
+  // the same arena become invalid.
+  void compact();
+
+ private:
+  static constexpr std::uint32_t kBottom = 0xFFFFFFFFu;
+  static constexpr std::uint32_t kAccept = 0xFFFFFFFEu;  // a "stack" that has read a whole sentence
+  static constexpr std::uint32_t kDropped = 0xFFFFFFFDu;
+  std::uint32_t push(std::uint32_t pos, std::uint32_t tail);
+  void expand(std::uint32_t pos, std::uint32_t tail, int guard);
+  void expand_rule(std::uint32_t pos, std::uint32_t tail, int guard);
+  void emit(std::uint32_t top);
+  void dedupe();
+  bool same_stack(std::uint32_t a, std::uint32_t b) const;
+
+  const Grammar* g_;
+  GrammarArena* arena_;
+  std::vector<std::uint32_t> tops_;  // node ids whose pos is a kBytes element, or kAccept
+  std::vector<std::uint32_t> next_;  // scratch
+};
+
+}  // namespace airlock::engine

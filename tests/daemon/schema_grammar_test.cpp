@@ -1,0 +1,246 @@
+// JSON Schemas compiled to grammars: instances read whole, non-instances
+// refused, random sentences that follow the schema (checked by the
+// independent validator and parser), refusals named, and a walk through a
+// real vocabulary under JsonConstraint.
+#include "schema_grammar.h"
+
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+#include <random>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "airlock/engine/constraint.h"
+#include "airlock/engine/gguf.h"
+#include "airlock/engine/tokenizer.h"
+#include "tool_calls.h"
+
+namespace airlock::daemon {
+namespace {
+
+using ojson = nlohmann::ordered_json;
+using engine::Grammar;
+using engine::GrammarArena;
+using engine::GrammarMatcher;
+
+std::shared_ptr<const Grammar> compile(const char* schema) {
+  std::string why;
+  auto g = compile_schema(ojson::parse(schema), "schema", &why);
+  EXPECT_TRUE(g) << schema << ": " << why;
+  return g;
+}
+
+std::string refusal(const char* schema) {
+  std::string why;
+  auto g = compile_schema(ojson::parse(schema), "schema", &why);
+  EXPECT_FALSE(g) << schema;
+  return why;
+}
+
+bool instance(const Grammar& g, std::string_view text) {
+  GrammarArena arena;
+  GrammarMatcher m(&g, &arena);
+  return m.feed(text) && m.accepting();
+}
+
+// A random sentence of `g`: a byte drawn among those allowed each step,
+// ending (when a sentence is whole) with probability `stop`; empty when
+// it grew past `limit` bytes.
+std::string random_sentence(const Grammar& g, std::mt19937& rng, double stop = 0.5, std::size_t limit = 20000) {
+  GrammarArena arena;
+  GrammarMatcher m(&g, &arena);
+  std::string text;
+  std::uniform_real_distribution<double> coin(0, 1);
+  while (text.size() < limit) {
+    if (m.accepting() && (m.complete() || coin(rng) < stop)) return text;
+    const Grammar::ByteSet next = m.next_bytes();
+    std::vector<unsigned char> choices;
+    for (unsigned c = 0; c < 256; ++c)
+      if (next[c]) choices.push_back(static_cast<unsigned char>(c));
+    if (choices.empty()) return {};
+    // Structure over text: a quote or closing bracket, when allowed, half
+    // the time (else strings run to hundreds of bytes).
+    unsigned char c = choices[rng() % choices.size()];
+    for (unsigned char close : {'"', '}', ']'})
+      if (next[close] && coin(rng) < 0.15) c = close;
+    EXPECT_TRUE(m.feed(c)) << text;
+    text += static_cast<char>(c);
+  }
+  return {};
+}
+
+// Schemas whose every keyword is held to: each random sentence parses and
+// follows the schema.
+TEST(SchemaGrammarTest, RandomSentencesFollowTheSchema) {
+  const char* schemas[] = {
+      R"({"type":"object","properties":{"name":{"type":"string"},"age":{"type":"integer"},"ok":{"type":"boolean"}},
+          "required":["name","age","ok"],"additionalProperties":false})",
+      R"({"type":"object","properties":{"a":{"type":"number"},"b":{"type":"string","maxLength":3},"c":{"type":"null"},
+          "d":{"enum":["x","y",3,null,{"k":[1]}]}},"required":["b"]})",
+      R"({"type":"object","properties":{"tags":{"type":"array","items":{"type":"string","minLength":1,"maxLength":4},
+          "minItems":1,"maxItems":3},"score":{"type":"integer","minimum":-2,"maximum":12}},"required":["tags","score"],
+          "additionalProperties":false})",
+      R"({"type":"object","properties":{"when":{"anyOf":[{"type":"string","minLength":2,"maxLength":2},{"type":"null"}]},
+          "kind":{"const":"fixed"},"n":{"type":["integer","null"],"minimum":0}},"required":["when","kind","n"]})",
+      R"({"$defs":{"node":{"type":"object","properties":{"v":{"type":"integer"},"kids":{"type":"array",
+          "items":{"$ref":"#/$defs/node"},"maxItems":2}},"required":["v","kids"],"additionalProperties":false}},
+          "$ref":"#/$defs/node"})",
+      R"({"type":"object","additionalProperties":{"type":"array","items":{"type":"boolean"}}})",
+      R"({"type":"object","properties":{"p":{"type":"object"},"q":{},"r":true,"s":{"type":"array"}},
+          "required":["p","q","r","s"]})",
+      R"({"type":"array","items":{"oneOf":[{"type":"integer","exclusiveMinimum":0,"exclusiveMaximum":4},
+          {"type":"string","enum":["é","\u00ff\ud83d\ude00"]}]},"minItems":2})",
+      R"({"type":"object","required":["x","y"],"properties":{"y":{"type":"number","minimum":0}}})",
+      R"({"type":"object","properties":{"a":{"allOf":[{"type":"string","maxLength":1}],"description":"one"},
+          "o1":{"type":"integer"},"o2":{"type":"integer"},"o3":{"type":"integer"}},"required":["a"],
+          "additionalProperties":false})",
+  };
+  std::mt19937 rng(7);
+  for (const char* s : schemas) {
+    const ojson schema = ojson::parse(s);
+    auto g = compile(s);
+    ASSERT_TRUE(g);
+    int whole = 0;
+    for (int i = 0; i < 300; ++i) {
+      const std::string text = random_sentence(*g, rng);
+      if (text.empty()) continue;
+      ++whole;
+      ASSERT_TRUE(ojson::accept(text)) << s << "\n" << text;
+      const ojson v = ojson::parse(text);
+      ASSERT_TRUE(follows_schema(schema, v)) << s << "\n" << text;
+    }
+    EXPECT_GT(whole, 250) << s;
+  }
+}
+
+TEST(SchemaGrammarTest, InstancesAreReadAndOthersRefused) {
+  auto g = compile(R"({"type":"object","properties":{"name":{"type":"string","maxLength":5},
+      "level":{"enum":["low","high"]},"n":{"type":"integer","minimum":1,"maximum":3},"x":{"type":"number"}},
+      "required":["name","level"],"additionalProperties":false})");
+  ASSERT_TRUE(g);
+  for (const char* ok : {
+           R"({"name":"ab","level":"low"})",
+           R"(  {"name" : "é\u00e9\n", "level":"high", "n": 2, "x": -1.5e+3})",
+           "{\n  \"name\": \"\",\n  \"level\": \"low\",\n  \"x\": 0\n}",
+           R"({"name":"abcde","level":"low","x":12345678901234567890.12345678901234567890E-12})",
+       })
+    EXPECT_TRUE(instance(*g, ok)) << ok;
+  for (const char* bad : {
+           R"({"level":"low","name":"ab"})",              // order: as the schema gives
+           R"({"name":"ab"})",                            // level required
+           R"({"name":"abcdef","level":"low"})",          // maxLength
+           R"({"name":"ab","level":"mid"})",              // enum
+           R"({"name":"ab","level":"low","n":4})",        // integer range
+           R"({"name":"ab","level":"low","n":1.5})",      // integer
+           R"({"name":"ab","level":"low","other":1})",    // additionalProperties
+           R"({"name":"ab","level":"low","x":01})",       // JSON numbers
+           R"({"name":"ab","level":"low","x":1e123})",    // two exponent digits at most
+           R"({"name":"\ud800","level":"low"})",          // a lone surrogate
+           "{\"name\":\"\xc0\xaf\",\"level\":\"low\"}",   // overlong UTF-8
+           R"({"name":"ab","level":"low"} )",             // nothing after the value
+           R"([])",
+       })
+    EXPECT_FALSE(instance(*g, bad)) << bad;
+}
+
+TEST(SchemaGrammarTest, RefusalsNameTheSubschema) {
+  EXPECT_EQ(refusal(R"({"type":"string","pattern":"a+"})"),
+            "schema: the keyword 'pattern' cannot be checked here (strict)");
+  EXPECT_NE(refusal(R"({"allOf":[{"type":"string"},{"maxLength":2}]})").find("schema.allOf"), std::string::npos);
+  EXPECT_NE(refusal(R"({"type":"object","anyOf":[{"required":["a"]}]})").find("'type' beside anyOf"), std::string::npos);
+  EXPECT_NE(refusal("false").find("no value"), std::string::npos);
+  EXPECT_NE(refusal(R"({"properties":{"a":false},"required":["a"]})").find("schema.properties.a"), std::string::npos);
+  EXPECT_NE(refusal(R"({"$defs":{"a":{"$ref":"#/$defs/b"},"b":{"anyOf":[{"$ref":"#/$defs/a"}]}},"$ref":"#/$defs/a"})")
+                .find("refers back to itself"),
+            std::string::npos);
+  EXPECT_NE(refusal(R"({"type":"string","maxLength":100000})").find("10,000"), std::string::npos);
+  EXPECT_NE(refusal(R"({"type":"integer","minimum":5,"maximum":4})").find("no integer"), std::string::npos);
+  EXPECT_NE(refusal(R"({"enum":[1,2],"type":"string"})").find("enum"), std::string::npos);
+  EXPECT_NE(refusal(R"({"type":"string","minLength":3,"maxLength":2})").find("minLength"), std::string::npos);
+  // Wide but within the bounds: compiled, whatever its size.
+  std::string many = R"({"type":"object","properties":{)";
+  for (int i = 0; i < 2000; ++i) many += (i ? "," : "") + std::string("\"k") + std::to_string(i) + R"(":{"type":"string","maxLength":20})";
+  many += "}}";
+  EXPECT_TRUE(compile(many.c_str()));
+}
+
+TEST(SchemaGrammarTest, OptionalMembersTakeTheirCommas) {
+  auto g = compile(R"({"properties":{"a":{"type":"integer"},"b":{"type":"integer"},"c":{"type":"integer"}}})");
+  ASSERT_TRUE(g);
+  for (const char* ok : {"{}", R"({"a":1})", R"({"b":1})", R"({"c":1})", R"({"a":1,"c":2})", R"({"b":1,"c":2})",
+                         R"({"a":1,"b":2,"c":3})", "{ }"})
+    EXPECT_TRUE(instance(*g, ok)) << ok;
+  for (const char* bad : {R"({,"a":1})", R"({"a":1,})", R"({"a":1 "b":2})", R"({"c":1,"a":2})", R"({"a":1,"a":2})"})
+    EXPECT_FALSE(instance(*g, bad)) << bad;
+}
+
+// CTest sets AIRLOCK_MODELS_DIR; run by hand, the shared folder is the default.
+std::string models_dir() {
+  const char* d = std::getenv("AIRLOCK_MODELS_DIR");
+  return d && *d ? d : "/work/shared/models";
+}
+
+// Under JsonConstraint with a schema's grammar, a walk through gpt-2's
+// vocabulary taking random allowed tokens (structure preferred once it has
+// gone on) ends with the end token and a text that follows the schema;
+// every sampled allowed token keeps the text a prefix of a sentence.
+TEST(SchemaGrammarTest, ConstrainedWalkThroughARealVocabulary) {
+  auto file = engine::GgufFile::open(models_dir() + "/tokenizers/llama.cpp-vocab/ggml-vocab-gpt-2.gguf");
+  if (!file.is_ok()) GTEST_SKIP() << "ggml-vocab-gpt-2.gguf not found (set AIRLOCK_MODELS_DIR)";
+  auto tok = engine::Tokenizer::from_gguf(**file);
+  ASSERT_TRUE(tok.is_ok()) << tok.status().to_string();
+  auto vocab = std::make_shared<const engine::JsonVocab>(**tok);
+  const char* text_schema = R"({"type":"object","properties":{"title":{"type":"string","maxLength":12},
+      "year":{"type":"integer","minimum":1900,"maximum":2030},"genres":{"type":"array","items":{"enum":["drama","comedy",
+      "sci-fi"]},"maxItems":3},"note":{"anyOf":[{"type":"string"},{"type":"null"}]}},
+      "required":["title","year","genres","note"],"additionalProperties":false})";
+  const ojson schema = ojson::parse(text_schema);
+  auto g = compile(text_schema);
+  ASSERT_TRUE(g);
+  std::mt19937 rng(11);
+  for (int run = 0; run < 4; ++run) {
+    engine::JsonConstraint c(vocab, std::nullopt, g);
+    std::string text;
+    std::vector<std::uint64_t> mask;
+    bool ended = false;
+    for (int step = 0; step < 300 && !ended; ++step) {
+      c.allowed(&mask);
+      std::vector<std::int32_t> ok;
+      for (std::int32_t t = 0; t < (*tok)->n_vocab(); ++t)
+        if ((mask[static_cast<std::size_t>(t) / 64] >> (t % 64)) & 1u) ok.push_back(t);
+      ASSERT_FALSE(ok.empty());
+      auto is_end = [&](std::int32_t t) {
+        return std::find(vocab->end_tokens.begin(), vocab->end_tokens.end(), t) != vocab->end_tokens.end();
+      };
+      for (int k = 0; k < 20; ++k) {
+        const std::int32_t t = ok[rng() % ok.size()];
+        if (is_end(t)) continue;
+        GrammarArena arena;
+        GrammarMatcher m(g.get(), &arena);
+        ASSERT_TRUE(m.feed(text + vocab->bytes[static_cast<std::size_t>(t)])) << text << " + " << t;
+      }
+      std::int32_t pick = ok[rng() % ok.size()];
+      if (step > 15)
+        for (std::int32_t t : ok)
+          if (const std::string& b = vocab->bytes[static_cast<std::size_t>(t)]; is_end(t) || b == "\"" || b == "]" || b == "}") {
+            pick = t;
+            break;
+          }
+      if (is_end(pick)) {
+        ended = true;
+        break;
+      }
+      c.accept(pick);
+      text += vocab->bytes[static_cast<std::size_t>(pick)];
+    }
+    ASSERT_TRUE(ended) << text;
+    ASSERT_TRUE(ojson::accept(text)) << text;
+    EXPECT_TRUE(follows_schema(schema, ojson::parse(text))) << text;
+  }
+}
+
+}  // namespace
+}  // namespace airlock::daemon
