@@ -92,11 +92,14 @@ std::optional<ApiError> parse_json_schema(const ojson& f, CompletionRequest* r) 
 std::optional<ApiError> refuse_unsupported(const ojson& j, Endpoint endpoint, int n) {
   auto is = [&](const char* key, const char* value) { return j.contains(key) && j[key].is_string() && j[key] == value; };
   if (endpoint == Endpoint::kChat) {
-    // "required" and a named function promise a call, which takes
-    // constrained decoding; the model here may always answer in prose.
-    if (present(j, "tool_choice") && !is("tool_choice", "none") && !is("tool_choice", "auto"))
-      return invalid("tool_choice", "tool_choice must be \"none\" or \"auto\": forcing a tool call (\"required\" or a "
-                                    "named function) needs constrained decoding, which this server does not have");
+    if (present(j, "tool_choice") && !is("tool_choice", "none") && !is("tool_choice", "auto") &&
+        !is("tool_choice", "required")) {
+      const ojson& c = j["tool_choice"];
+      if (!c.is_object() || !c.contains("type") || c["type"] != "function" || !c.contains("function") ||
+          !c["function"].is_object() || !c["function"].contains("name") || !c["function"]["name"].is_string())
+        return invalid("tool_choice", "tool_choice must be \"none\", \"auto\", \"required\" or "
+                                      "{\"type\": \"function\", \"function\": {\"name\": ...}}");
+    }
     if (present(j, "functions") && !is("function_call", "none"))
       return invalid("functions", "the deprecated functions parameter is not supported by this server: use tools");
     if (present(j, "response_format")) {
@@ -171,6 +174,15 @@ std::optional<ApiError> parse_tools(const ojson& j, CompletionRequest* r) {
   if (j.contains("parallel_tool_calls") && !j["parallel_tool_calls"].is_null()) {
     if (!j["parallel_tool_calls"].is_boolean()) return invalid("parallel_tool_calls", "parallel_tool_calls must be true or false");
     r->parallel_tool_calls = j["parallel_tool_calls"].get<bool>();
+  }
+  // A forced call (shape checked by refuse_unsupported).
+  if (j.contains("tool_choice") && j["tool_choice"].is_object()) {
+    r->forced_tool = j["tool_choice"]["function"]["name"].get<std::string>();
+    if (std::none_of(r->tool_specs.begin(), r->tool_specs.end(), [&](const ToolSpec& t) { return t.name == r->forced_tool; }))
+      return invalid("tool_choice", "tool_choice names '" + r->forced_tool.substr(0, 64) + "', which is not among the tools");
+    r->tool_required = true;
+  } else if (j.contains("tool_choice") && j["tool_choice"] == "required") {
+    r->tool_required = true;
   }
   return std::nullopt;
 }
@@ -466,6 +478,10 @@ std::optional<ApiError> parse_request(std::string_view body, Endpoint endpoint, 
     // write end tokens to max_tokens.
     if (r.json_object && r.ignore_eos) return invalid("ignore_eos", "ignore_eos cannot be used with a JSON response_format");
     if (auto e = parse_tools(j, &r)) return e;
+    if (r.tools.empty() && present(j, "tool_choice") && !(j["tool_choice"] == "none" || j["tool_choice"] == "auto"))
+      return invalid("tool_choice", "tool_choice forces a call, and the request has no tools");
+    // Once the calls are whole only the end may come.
+    if (r.tool_required && r.ignore_eos) return invalid("ignore_eos", "ignore_eos cannot be used with a forced tool call");
     // The constraint would keep the model from writing a call (<tool_call>,
     // [TOOL_CALLS]) and could make an object look like one.
     if (r.json_object && !r.tools.empty())

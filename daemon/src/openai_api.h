@@ -7,7 +7,7 @@
 // Unknown top-level fields are ignored (SDKs send fields that do not apply
 // here, as OpenAI itself tolerates); known fields of the wrong type or out
 // of range are errors, and so are fields that would change the answer and
-// are not supported here (a forced tool call, a strict function whose
+// are not supported here (a strict function whose
 // schema cannot be checked, a response_format json_schema whose schema
 // cannot be held to, suffix, best_of other than n), each named in the 400.
 //
@@ -66,6 +66,10 @@ struct CompletionRequest {
   ojson tools = ojson::array();
   std::vector<ToolSpec> tool_specs;
   bool parallel_tool_calls = true;  // false: at most one call per answer
+  // tool_choice "required", or a named function (forced_tool): the answer
+  // is held to calls (schema_grammar.h, tool_call_grammar).
+  bool tool_required = false;
+  std::string forced_tool;
   bool json_object = false;          // chat: response_format "json_object" or "json_schema" (the answer held to JSON)
   // json_schema: the grammar of the schema's instances (null: one JSON object).
   std::shared_ptr<const engine::Grammar> response_grammar;

@@ -75,25 +75,32 @@ std::optional<std::uint64_t> count_at(const json& s, const char* k) {
   return d >= 1e18 ? std::uint64_t{1'000'000'000'000'000'000} : static_cast<std::uint64_t>(d);
 }
 
+// Compiles schemas into one grammar: the rules every schema uses are made
+// once, then each schema() adds the rules of one schema (its own root for
+// $ref), and finish() makes the grammar with a start.
 class Compiler {
  public:
-  Compiler(const json& root, std::string_view name) : root_(root), name_(name) { common(); }
+  Compiler() { common(); }
 
-  std::shared_ptr<const Grammar> run(std::string* error) {
-    const std::optional<Rule> v = value(root_, std::string(name_));
+  // The rule of `root`'s instances, or nullopt (error() says why).
+  std::optional<Rule> schema(const json& root, std::string_view name) {
+    root_ = &root;
+    name_ = name;
+    refs_.clear();
+    open_refs_.clear();
+    containers_ = 0;
+    error_.clear();
+    const std::optional<Rule> v = value(root, std::string(name_));
     if (v && g_.elements() > kMaxElements) fail(std::string(name_) + " is too large to hold an answer to");
-    if (!v || !error_.empty()) {
-      *error = error_;
-      return nullptr;
-    }
-    g_.set_start(alternatives({sym({Grammar::ref(ws_), Grammar::ref(*v)})}));
-    return std::make_shared<const Grammar>(std::move(g_));
+    if (!error_.empty()) return std::nullopt;
+    return v;
   }
+  const std::string& error() const { return error_; }
 
- private:
-  std::nullopt_t fail(std::string why) {
-    if (error_.empty()) error_ = std::move(why);
-    return std::nullopt;
+  // The grammar of leading whitespace, then `sentence`.
+  std::shared_ptr<const Grammar> finish(const Seq& sentence) {
+    g_.set_start(alternatives({sym({ref(ws_)}) + sentence}));
+    return std::make_shared<const Grammar>(std::move(g_));
   }
 
   Rule alternatives(const std::vector<Seq>& alts) {
@@ -101,8 +108,23 @@ class Compiler {
     for (const Seq& a : alts) g_.add_alternative(r, a);
     return r;
   }
-
   Grammar::Symbol ref(Rule r) const { return Grammar::ref(r); }
+  Rule ws() const { return ws_; }
+  Rule any_object() { return map_of(any_); }
+  // `item`, then any number of (ws `separator` ws `item`): a loop.
+  Rule one_or_more(const Seq& item, const Seq& separator) {
+    const Rule more = g_.add_rule();
+    g_.add_alternative(more, {});
+    const Seq between = separator.empty() ? sym({ref(ws_)}) : sym({ref(ws_)}) + separator + sym({ref(ws_)});
+    g_.add_alternative(more, between + item + sym({ref(more)}));
+    return alternatives({item + sym({ref(more)})});
+  }
+
+ private:
+  std::nullopt_t fail(std::string why) {
+    if (error_.empty()) error_ = std::move(why);
+    return std::nullopt;
+  }
 
   // Rules every schema may use.
   void common() {
@@ -316,7 +338,7 @@ class Compiler {
   }
 
   std::optional<Rule> referenced(const std::string& ref_text, const std::string& path) {
-    const json* target = ref_target(root_, ref_text);
+    const json* target = ref_target(*root_, ref_text);
     if (target == nullptr) return fail(path + ".$ref: unknown target");
     if (auto it = refs_.find(target); it != refs_.end()) {
       // Still being compiled with no container opened since: a loop that
@@ -473,7 +495,7 @@ class Compiler {
     return out;
   }
 
-  const json& root_;
+  const json* root_ = nullptr;
   std::string_view name_;
   Grammar g_;
   std::string error_;
@@ -491,7 +513,67 @@ std::shared_ptr<const engine::Grammar> compile_schema(const nlohmann::ordered_js
     *error = *why;
     return nullptr;
   }
-  return Compiler(schema, root).run(error);
+  Compiler c;
+  const std::optional<Rule> v = c.schema(schema, root);
+  if (!v) {
+    *error = c.error();
+    return nullptr;
+  }
+  return c.finish(sym({c.ref(*v)}));
+}
+
+std::shared_ptr<const engine::Grammar> tool_call_grammar(ToolFormat format, const std::vector<ToolSpec>& tools,
+                                                         const std::string& only, bool parallel, std::string* error) {
+  if (format != ToolFormat::kHermes && format != ToolFormat::kLlamaJson) {
+    *error = std::string("this model's tool-call form (") + tool_format_name(format) +
+             ") cannot be forced: only hermes and llama3_json calls can";
+    return nullptr;
+  }
+  Compiler c;
+  const Rule ws = c.ws();
+  // One alternative per tool: "NAME", "arguments": ARGS (Llama's
+  // template teaches "parameters").
+  const char* args_key = format == ToolFormat::kHermes ? "\"arguments\"" : "\"parameters\"";
+  std::vector<Seq> named;
+  for (std::size_t i = 0; i < tools.size(); ++i) {
+    const ToolSpec& t = tools[i];
+    if (!only.empty() && t.name != only) continue;
+    const std::string param = "tools[" + std::to_string(i) + "].function.parameters";
+    std::optional<Rule> args;
+    const json& p = t.parameters;
+    if (p.is_null()) {
+      args = c.alternatives({lit("{") + sym({c.ref(ws)}) + lit("}")});  // no parameters: {}
+    } else if (p.is_object() && p.empty()) {
+      args = c.any_object();
+    } else if (std::optional<std::string> why = unsupported_schema(p, param); !why) {
+      args = c.schema(p, param);
+    }
+    if (!args) {
+      // Arguments a strict tool promises must be held; others can be any
+      // object (the schema is what the model was told).
+      if (t.strict) {
+        *error = c.error().empty() ? param + " cannot be held to" : c.error();
+        return nullptr;
+      }
+      args = c.any_object();
+    }
+    named.push_back(lit(nlohmann::json(t.name).dump()) + sym({c.ref(ws), Grammar::byte(','), c.ref(ws)}) + lit(args_key) +
+                    sym({c.ref(ws), Grammar::byte(':'), c.ref(ws), c.ref(*args)}));
+  }
+  if (named.empty()) {
+    *error = "no tool is named '" + only + "'";
+    return nullptr;
+  }
+  const Seq object = lit("{") + sym({c.ref(ws)}) + lit("\"name\"") + sym({c.ref(ws), Grammar::byte(':'), c.ref(ws),
+                                                                        c.ref(c.alternatives(named)), c.ref(ws)}) + lit("}");
+  Seq call = object, separator;
+  if (format == ToolFormat::kHermes) {
+    call = lit("<tool_call>") + sym({c.ref(ws)}) + object + sym({c.ref(ws)}) + lit("</tool_call>");
+  } else {
+    separator = lit(";");
+  }
+  if (!parallel) return c.finish(call);
+  return c.finish(sym({c.ref(c.one_or_more(call, separator))}));
 }
 
 }  // namespace airlock::daemon

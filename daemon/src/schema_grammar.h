@@ -34,10 +34,12 @@
 #include <memory>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
 #include "airlock/engine/grammar.h"
+#include "tool_calls.h"
 
 namespace airlock::daemon {
 
@@ -45,5 +47,21 @@ namespace airlock::daemon {
 // naming the subschema from `root`).
 std::shared_ptr<const engine::Grammar> compile_schema(const nlohmann::ordered_json& schema, std::string_view root,
                                                       std::string* error);
+
+// A forced tool call (tool_choice "required", or a named function): the
+// grammar of an answer that is nothing but calls, in the model's form,
+// each naming one of `tools` (only the one named `only`, when not empty)
+// with arguments held to its parameters' schema as above. A tool without
+// parameters takes {}; a schema that cannot be held gives a strict tool's
+// error, and any object for a tool that is not strict. One call without
+// `parallel`, else one or more.
+//  - hermes: <tool_call>{"name": "NAME", "arguments": ARGS}</tool_call>,
+//    the calls separated by whitespace;
+//  - llama3_json: {"name": "NAME", "parameters": ARGS}, separated by ';'.
+// Other forms (mistral: its calls follow a control token that is not text
+// an answer may hold) are refused with the reason, as is an `only` that
+// names no tool.
+std::shared_ptr<const engine::Grammar> tool_call_grammar(ToolFormat format, const std::vector<ToolSpec>& tools,
+                                                         const std::string& only, bool parallel, std::string* error);
 
 }  // namespace airlock::daemon

@@ -18,6 +18,7 @@
 #include "airlock/rag/ingest.h"
 #include "connection.h"
 #include "openai_api.h"
+#include "schema_grammar.h"
 #include "tool_calls.h"
 
 namespace airlock::daemon {
@@ -1147,6 +1148,17 @@ void Server::Impl::completions(const httplib::Request& req, httplib::Response& r
     e.param = "tools";
     return fail(e);
   }
+  // A forced call: the answer is held to calls in the model's form.
+  std::shared_ptr<const engine::Grammar> answer_grammar = r.response_grammar;
+  if (r.tool_required) {
+    std::string why;
+    answer_grammar = tool_call_grammar(m->tool_format, r.tool_specs, r.forced_tool, r.parallel_tool_calls, &why);
+    if (!answer_grammar) {
+      ApiError e = api_error(400, "invalid_request_error", "tool_choice: " + why);
+      e.param = "tool_choice";
+      return fail(e);
+    }
+  }
   // The template prints the tools' names, descriptions and schemas, and
   // may print the extra variables.
   for (auto [name, value] : {std::pair<const char*, const ojson*>{"tools", &r.tools},
@@ -1250,14 +1262,15 @@ void Server::Impl::completions(const httplib::Request& req, httplib::Response& r
       if (r.seeded) gr.sampling.seed = r.sampling.seed + k;
       else randombytes_buf(&gr.sampling.seed, sizeof gr.sampling.seed);
       if (!r.ignore_eos) gr.stop_tokens = m->end_of_generation;
-      // JSON mode: the answer is held to one object, after the thinking
-      // of a model that thinks (its own block, or the one its prompt opened).
-      if (r.json_object) {
+      // JSON mode, a schema or a forced call: the answer is held to it,
+      // after the thinking of a model that thinks (its own block, or the
+      // one its prompt opened).
+      if (r.json_object || r.tool_required) {
         std::optional<engine::ThinkBlock> think;
         if (g->split_reasoning && reasoning_at != ReasoningStart::kAfter)
           think = engine::ThinkBlock{reasoning_at == ReasoningStart::kInside ? "" : std::string(kThinkOpen),
                                      std::string(kThinkClose)};
-        gr.constraint = std::make_shared<engine::JsonConstraint>(m->json_vocab, std::move(think), r.response_grammar);
+        gr.constraint = std::make_shared<engine::JsonConstraint>(m->json_vocab, std::move(think), answer_grammar);
       }
       Result<std::shared_ptr<TokenStream>> s = m->scheduler->submit(std::move(gr));
       if (!s.is_ok()) {

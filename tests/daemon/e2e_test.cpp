@@ -326,6 +326,15 @@ json weather_tool(const std::string& name = "get_weather") {
   return {{"type", "function"}, {"function", f}};
 }
 
+// weather_tool, strict, its city one of "Paris" and "Rome".
+json city_tool(const std::string& name) {
+  json t = weather_tool(name);
+  t["function"]["parameters"]["properties"]["city"]["enum"] = {"Paris", "Rome"};
+  t["function"]["parameters"]["additionalProperties"] = false;
+  t["function"]["strict"] = true;
+  return t;
+}
+
 // Streamed chat: the content deltas joined, the tool_calls deltas, and the
 // finish_reason of choice 0.
 struct StreamedChoice {
@@ -2486,9 +2495,10 @@ TEST(DaemonLifecycle, ToolCallsInTheModelsFormatBecomeToolCalls) {
     EXPECT_EQ(res->status, 400) << res->body;
     return json::parse(res->body)["error"]["param"];
   };
-  EXPECT_EQ(param_of({{"tools", {weather_tool()}}, {"tool_choice", "required"}}), "tool_choice");
-  EXPECT_EQ(param_of({{"tools", {weather_tool()}}, {"tool_choice", {{"type", "function"}, {"function", {{"name", "get_weather"}}}}}}),
+  EXPECT_EQ(param_of({{"tool_choice", "required"}}), "tool_choice");  // no tools
+  EXPECT_EQ(param_of({{"tools", {weather_tool()}}, {"tool_choice", {{"type", "function"}, {"function", {{"name", "get_time"}}}}}}),
             "tool_choice");
+  EXPECT_EQ(param_of({{"tools", {weather_tool()}}, {"tool_choice", "required"}, {"ignore_eos", true}}), "ignore_eos");
   // strict: the call's arguments are checked against the schema; one that
   // does not follow it stays text.
   json strict = weather_tool();
@@ -2544,6 +2554,64 @@ TEST(DaemonLifecycle, ToolCallsInTheModelsFormatBecomeToolCalls) {
 // The same with Qwen3's own chat template (from ../shared/models): tools
 // described, the call read, and the conversation with the call and its
 // result rendered by the real template.
+// tool_choice "required" or a named function: the answer is held to calls
+// in the model's form. The test model would answer "Checking." before its
+// call; refused that, it takes the allowed token of lowest id (a tab, to
+// the whitespace bound, then the bytes of the call), so its calls are
+// known: the city enum's first value.
+TEST(DaemonLifecycle, ToolChoiceForcesACall) {
+  TempDir models;
+  Enclave e("", make_tool_model(models));
+  auto d = Daemon::start(e);
+  ASSERT_GT(d->port, 0) << d->log();
+  json body = {{"model", "stories"},
+               {"messages", json::array({{{"role", "user"}, {"content", "Weather in Paris?"}}})},
+               {"tools", {city_tool("get_weather"), city_tool("get_time")}},
+               {"temperature", 0}};
+  for (const json& choice : {json("required"), json({{"type", "function"}, {"function", {{"name", "get_weather"}}}})}) {
+    // required: the name of lowest bytes ("get_t" < "get_w"); named: that one
+    const std::string want = choice.is_string() ? "get_time" : "get_weather";
+    body["tool_choice"] = choice;
+    body["stream"] = false;
+    auto r = d->post("/v1/chat/completions", body);
+    ASSERT_EQ(r->status, 200) << r->body;
+    json ch = json::parse(r->body)["choices"][0];
+    EXPECT_EQ(ch["finish_reason"], "tool_calls") << r->body;
+    EXPECT_TRUE(ch["message"]["content"].is_null()) << r->body;
+    ASSERT_EQ(ch["message"]["tool_calls"].size(), 1u) << r->body;
+    EXPECT_EQ(ch["message"]["tool_calls"][0]["function"]["name"], want) << r->body;
+    EXPECT_EQ(json::parse(ch["message"]["tool_calls"][0]["function"]["arguments"].get<std::string>()),
+              json({{"city", "Paris"}}));
+    body["stream"] = true;
+    StreamedChoice sc = read_stream(d->post("/v1/chat/completions", body)->body);
+    EXPECT_EQ(sc.finish, "tool_calls");
+    ASSERT_EQ(sc.tool_calls.size(), 1u);
+    EXPECT_EQ(sc.tool_calls[0]["function"]["name"], want);
+  }
+  // Sampled: every whole answer is calls of the named tool, arguments that
+  // follow its schema (or an answer cut by max_tokens).
+  body["stream"] = false;
+  body["temperature"] = 1.5;
+  body["max_tokens"] = 200;
+  body["parallel_tool_calls"] = false;
+  int whole = 0;
+  for (int seed = 0; seed < 4; ++seed) {
+    body["seed"] = seed;
+    auto r = d->post("/v1/chat/completions", body);
+    ASSERT_EQ(r->status, 200) << r->body;
+    json ch = json::parse(r->body)["choices"][0];
+    if (ch["finish_reason"] == "length") continue;
+    ++whole;
+    EXPECT_EQ(ch["finish_reason"], "tool_calls") << r->body;
+    ASSERT_EQ(ch["message"]["tool_calls"].size(), 1u) << r->body;
+    EXPECT_EQ(ch["message"]["tool_calls"][0]["function"]["name"], "get_weather") << r->body;
+    const json args = json::parse(ch["message"]["tool_calls"][0]["function"]["arguments"].get<std::string>());
+    EXPECT_TRUE(args == json({{"city", "Paris"}}) || args == json({{"city", "Rome"}})) << r->body;
+  }
+  EXPECT_GT(whole, 0);
+  EXPECT_EQ(d->stop(), 0);
+}
+
 TEST(DaemonLifecycle, ToolCallsWithTheRealQwen3Template) {
   const std::string config = models_dir() + "/tokenizers/qwen3/tokenizer_config.json";
   if (models_dir().empty() || !testing::exists(config)) GTEST_SKIP() << "no " << config;
@@ -2588,6 +2656,21 @@ TEST(DaemonLifecycle, ToolCallsWithTheRealQwen3Template) {
   auto forged = d->post("/v1/chat/completions", plain);
   EXPECT_EQ(forged->status, 400) << forged->body;
   EXPECT_EQ(json::parse(forged->body)["error"]["param"], "chat_template_kwargs");
+  // A forced call in Qwen3's form (the prompt closed the thinking): no
+  // "Checking." before it.
+  json forced = {{"model", "stories"},
+                 {"messages", json::array({{{"role", "user"}, {"content", "Weather in Paris?"}}})},
+                 {"tools", {city_tool("get_weather")}},
+                 {"tool_choice", "required"},
+                 {"chat_template_kwargs", {{"enable_thinking", false}}},
+                 {"temperature", 0}};
+  auto call = d->post("/v1/chat/completions", forced);
+  ASSERT_EQ(call->status, 200) << call->body;
+  json fc = json::parse(call->body)["choices"][0];
+  EXPECT_EQ(fc["finish_reason"], "tool_calls") << call->body;
+  EXPECT_TRUE(fc["message"]["content"].is_null()) << call->body;
+  ASSERT_EQ(fc["message"]["tool_calls"].size(), 1u) << call->body;
+  EXPECT_EQ(json::parse(fc["message"]["tool_calls"][0]["function"]["arguments"].get<std::string>()), json({{"city", "Paris"}}));
   EXPECT_EQ(d->stop(), 0);
 }
 
@@ -2993,6 +3076,12 @@ TEST(DaemonLifecycle, MistralToolCallsHaveIdsItsTemplateTakes) {
                {"messages", json::array({{{"role", "user"}, {"content", "Weather in Paris?"}}})},
                {"tools", {weather_tool()}},
                {"temperature", 0}};
+  // Its calls follow a control token: they cannot be forced.
+  body["tool_choice"] = "required";
+  auto forced = d->post("/v1/chat/completions", body);
+  EXPECT_EQ(forced->status, 400) << forced->body;
+  EXPECT_EQ(json::parse(forced->body)["error"]["param"], "tool_choice");
+  body.erase("tool_choice");
   auto r = d->post("/v1/chat/completions", body);
   ASSERT_EQ(r->status, 200) << r->body;
   json msg = json::parse(r->body)["choices"][0]["message"];

@@ -126,7 +126,8 @@ TEST(OpenAiApiTest, BadRequestsNameTheParameter) {
       {R"({"model":"m"})", Endpoint::kCompletions, "prompt"},
       {R"({"model":"m","prompt":"x","logprobs":9})", Endpoint::kCompletions, "logprobs"},
       // Asked for, would change the answer, not supported: named, not ignored.
-      {R"({"model":"m","messages":[{"role":"user","content":"x"}],"tools":[{"type":"function"}],"tool_choice":"required"})",
+      {R"({"model":"m","messages":[{"role":"user","content":"x"}],"tools":[{"type":"function","function":{"name":"f"}}],
+          "tool_choice":7})",
        Endpoint::kChat, "tool_choice"},
       {R"({"model":"m","messages":[{"role":"user","content":"x"}],"tools":[{"type":"function","function":{"name":"f",
            "strict":true,"parameters":{"type":"object","properties":{"a":{"type":"string","pattern":"@"}}}}}]})",
@@ -487,6 +488,33 @@ TEST(OpenAiApiTest, JsonSchemaMode) {
       "response_format":{"type":"json_schema","json_schema":{"schema":{}}},"ignore_eos":true})", Endpoint::kChat, &r);
   ASSERT_TRUE(e);
   EXPECT_EQ(e->param, "ignore_eos");
+}
+
+// tool_choice "required" or a named function: a call is forced (the
+// grammar is made by the server, for the model's form).
+TEST(OpenAiApiTest, ToolChoiceForcesACall) {
+  const std::string head = R"({"model":"m","messages":[{"role":"user","content":"x"}],)";
+  const std::string tools = R"("tools":[{"type":"function","function":{"name":"f"}},{"type":"function","function":{"name":"g"}}])";
+  CompletionRequest r;
+  ASSERT_FALSE(parse_request(head + tools + R"(,"tool_choice":"required"})", Endpoint::kChat, &r));
+  EXPECT_TRUE(r.tool_required);
+  EXPECT_EQ(r.forced_tool, "");
+  ASSERT_FALSE(parse_request(head + tools + R"(,"tool_choice":{"type":"function","function":{"name":"g"}}})", Endpoint::kChat, &r));
+  EXPECT_TRUE(r.tool_required);
+  EXPECT_EQ(r.forced_tool, "g");
+  ASSERT_FALSE(parse_request(head + tools + R"(,"tool_choice":"auto"})", Endpoint::kChat, &r));
+  EXPECT_FALSE(r.tool_required);
+  for (const auto& [body, param] : std::vector<std::pair<std::string, std::string>>{
+           {head + tools + R"(,"tool_choice":{"type":"function","function":{"name":"h"}}})", "tool_choice"},
+           {head + tools + R"(,"tool_choice":{"type":"function"}})", "tool_choice"},
+           {head + tools + R"(,"tool_choice":"always"})", "tool_choice"},
+           {head + R"("tool_choice":"required"})", "tool_choice"},
+           {head + tools + R"(,"tool_choice":"required","ignore_eos":true})", "ignore_eos"},
+       }) {
+    std::optional<ApiError> e = parse_request(body, Endpoint::kChat, &r);
+    ASSERT_TRUE(e) << body;
+    EXPECT_EQ(e->param, param) << body;
+  }
 }
 
 TEST(OpenAiApiTest, ChatTemplateKwargs) {

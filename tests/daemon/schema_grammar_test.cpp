@@ -177,6 +177,73 @@ TEST(SchemaGrammarTest, OptionalMembersTakeTheirCommas) {
     EXPECT_FALSE(instance(*g, bad)) << bad;
 }
 
+// Forced tool calls: random answers of the call grammar are read back by
+// the server's own parser as calls of the tools, nothing else, with
+// arguments that follow a strict tool's schema.
+TEST(SchemaGrammarTest, ForcedToolCalls) {
+  std::vector<ToolSpec> tools = {
+      {"get_weather", true, ojson::parse(R"({"type":"object","properties":{"city":{"type":"string","maxLength":20},
+          "unit":{"enum":["c","f"]}},"required":["city"],"additionalProperties":false})")},
+      {"no_args", false, nullptr},
+      {"loose", false, ojson::parse(R"({"allOf":[{"type":"object"},{"required":["x"]}]})")},
+  };
+  std::mt19937 rng(5);
+  struct Case {
+    ToolFormat format;
+    std::string only;
+    bool parallel;
+  };
+  for (const Case& k : {Case{ToolFormat::kHermes, "", true}, Case{ToolFormat::kHermes, "", false},
+                        Case{ToolFormat::kHermes, "no_args", true}, Case{ToolFormat::kLlamaJson, "", true},
+                        Case{ToolFormat::kLlamaJson, "get_weather", false}}) {
+    std::string why;
+    auto g = tool_call_grammar(k.format, tools, k.only, k.parallel, &why);
+    ASSERT_TRUE(g) << why;
+    int whole = 0;
+    std::size_t most = 0;
+    for (int i = 0; i < 200; ++i) {
+      const std::string text = random_sentence(*g, rng, 0.3);
+      if (text.empty()) continue;
+      ++whole;
+      const ToolOutput out = parse_tool_calls(k.format, text, tools);
+      ASSERT_FALSE(out.calls.empty()) << text;
+      EXPECT_EQ(out.content, "") << text;
+      if (k.format == ToolFormat::kHermes) {
+        std::size_t blocks = 0;
+        for (std::size_t at = 0; (at = text.find("<tool_call>", at)) != std::string::npos; ++at) ++blocks;
+        EXPECT_EQ(out.calls.size(), blocks) << text;
+      }
+      if (!k.parallel) {
+        EXPECT_EQ(out.calls.size(), 1u) << text;
+      }
+      most = std::max(most, out.calls.size());
+      for (const ToolCall& c : out.calls) {
+        if (!k.only.empty()) {
+          EXPECT_EQ(c.name, k.only) << text;
+        }
+        if (c.name == "no_args") {
+          EXPECT_EQ(ojson::parse(c.arguments), ojson::object()) << text;
+        }
+        if (c.name == "get_weather") {
+          EXPECT_TRUE(follows_schema(tools[0].parameters, ojson::parse(c.arguments))) << text;
+        }
+      }
+    }
+    EXPECT_GT(whole, 150);
+    if (k.parallel) {
+      EXPECT_GT(most, 1u);
+    }
+  }
+  std::string why;
+  EXPECT_FALSE(tool_call_grammar(ToolFormat::kMistral, tools, "", true, &why));
+  EXPECT_NE(why.find("mistral"), std::string::npos) << why;
+  EXPECT_FALSE(tool_call_grammar(ToolFormat::kHermes, tools, "nope", true, &why));
+  EXPECT_NE(why.find("nope"), std::string::npos) << why;
+  tools[2].strict = true;  // a strict tool whose schema cannot be held to
+  EXPECT_FALSE(tool_call_grammar(ToolFormat::kHermes, tools, "", true, &why));
+  EXPECT_NE(why.find("tools[2].function.parameters"), std::string::npos) << why;
+}
+
 // CTest sets AIRLOCK_MODELS_DIR; run by hand, the shared folder is the default.
 std::string models_dir() {
   const char* d = std::getenv("AIRLOCK_MODELS_DIR");
