@@ -37,9 +37,10 @@ int main(int argc, char** argv) {
   auto vocab = std::make_shared<const JsonVocab>(**tok);
   const double build_ms = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
   std::printf("%s: %d tokens; vocabulary prepared in %.1f ms\n", argv[1], (*tok)->n_vocab(), build_ms);
-  // A schema of the usual shape: named members of several types, an enum,
+  // A schema of the usual shape: named members of several types (a
+  // string with length bounds, as pydantic and zod write min and max), an enum,
   // a nullable member, an array of objects.
-  const char* schema_text = R"({"type":"object","properties":{"title":{"type":"string"},"year":{"type":"integer"},
+  const char* schema_text = R"({"type":"object","properties":{"title":{"type":"string","minLength":1,"maxLength":200},"year":{"type":"integer"},
       "rating":{"type":"number","minimum":0},"genre":{"enum":["drama","comedy","documentary","science fiction"]},
       "sequel_of":{"anyOf":[{"type":"string"},{"type":"null"}]},"cast":{"type":"array","items":{"type":"object",
       "properties":{"name":{"type":"string"},"role":{"type":"string"}},"required":["name","role"],

@@ -134,48 +134,12 @@ class Compiler {
       for (char c : {' ', '\t', '\n', '\r'}) space.set(static_cast<unsigned char>(c));
       ws_ = alternatives({{}, sym({Grammar::set(space), ref(ws_)})});
     }
-    // One character of a string: plain ASCII, a whole UTF-8 sequence
-    // (RFC 3629: no overlong forms, no surrogates, nothing past U+10FFFF),
-    // or an escape (a \u high surrogate only with its low half).
-    Grammar::ByteSet plain;
-    for (unsigned c = 0x20; c < 0x80; ++c) plain.set(c);
-    plain.reset('"');
-    plain.reset('\\');
-    const auto cont = Grammar::range(0x80, 0xBF);
-    const Rule multibyte = alternatives({
-        sym({Grammar::range(0xC2, 0xDF), cont}),
-        sym({Grammar::byte(0xE0), Grammar::range(0xA0, 0xBF), cont}),
-        sym({Grammar::range(0xE1, 0xEC), cont, cont}),
-        sym({Grammar::byte(0xED), Grammar::range(0x80, 0x9F), cont}),
-        sym({Grammar::range(0xEE, 0xEF), cont, cont}),
-        sym({Grammar::byte(0xF0), Grammar::range(0x90, 0xBF), cont, cont}),
-        sym({Grammar::range(0xF1, 0xF3), cont, cont, cont}),
-        sym({Grammar::byte(0xF4), Grammar::range(0x80, 0x8F), cont, cont}),
-    });
-    Grammar::ByteSet hex_set, short_escape;
-    for (char c : std::string_view("0123456789abcdefABCDEF")) hex_set.set(static_cast<unsigned char>(c));
-    for (char c : std::string_view("\"\\/bfnrt")) short_escape.set(static_cast<unsigned char>(c));
-    const auto hex = Grammar::set(hex_set);
+    string_ = alternatives({sym({Grammar::string()})});
     auto of = [](std::string_view chars) {
       Grammar::ByteSet b;
       for (char c : chars) b.set(static_cast<unsigned char>(c));
       return Grammar::set(b);
     };
-    const Rule code = alternatives({
-        sym({of("0123456789abcABC"), hex, hex, hex}),
-        sym({of("dD"), of("01234567"), hex, hex}),
-        sym({of("eEfF"), hex, hex, hex}),
-        sym({of("dD"), of("89abAB"), hex, hex, Grammar::byte('\\'), Grammar::byte('u'), of("dD"), of("cdefCDEF"), hex, hex}),
-    });
-    const Rule escape = alternatives({sym({Grammar::byte('\\'), Grammar::set(short_escape)}),
-                                      sym({Grammar::byte('\\'), Grammar::byte('u'), ref(code)})});
-    char_ = alternatives({sym({Grammar::set(plain)}), sym({ref(multibyte)}), sym({ref(escape)})});
-    const Rule chars = g_.add_rule();
-    g_.add_alternative(chars, {});
-    g_.add_alternative(chars, sym({Grammar::set(plain, /*free_text=*/true), ref(chars)}));
-    g_.add_alternative(chars, sym({ref(multibyte), ref(chars)}));
-    g_.add_alternative(chars, sym({ref(escape), ref(chars)}));
-    string_ = alternatives({sym({Grammar::byte('"'), ref(chars), Grammar::byte('"')})});
 
     // Numbers: at most 20 digits before the point and after it, an
     // exponent of two digits at most (every such number is a finite double).
@@ -214,9 +178,12 @@ class Compiler {
       tail = alternatives({{}});
       for (std::uint64_t i = lo; i < *hi; ++i) tail = alternatives({{}, item + sym({ref(tail)})});
     }
+    if (item.size() * lo > kMaxElements) return fail(std::string(name_) + " is too large to hold an answer to");
     Seq head;
-    for (std::uint64_t i = 0; i < lo; ++i) head = head + item;
-    return alternatives({head + sym({ref(tail)})});
+    head.reserve(item.size() * lo + 1);
+    for (std::uint64_t i = 0; i < lo; ++i) head.insert(head.end(), item.begin(), item.end());
+    head.push_back(ref(tail));
+    return alternatives({head});
   }
 
   // {"key": value, ...} with any keys, each value of rule v.
@@ -277,6 +244,13 @@ class Compiler {
     if (g_.elements() > kMaxElements) return fail(std::string(name_) + " is too large to hold an answer to");
     if (s.is_boolean()) return s.get<bool>() ? std::optional<Rule>(any_) : fail(path + " is false: no value follows it");
     if (!s.is_object()) return fail(path + " is not a schema");
+    if (s.contains("nullable")) {  // OpenAPI 3.0's (zod's nullable()): null, or a value of the rest
+      json rest = s;
+      rest.erase("nullable");
+      const std::optional<Rule> v = value(rest, path);
+      if (!v || !s["nullable"].get<bool>()) return v;
+      return alternatives({sym({ref(*v)}), lit("null")});
+    }
     if (s.contains("$ref")) {
       if (std::string k = other_constraint(s, "$ref"); !k.empty())
         return fail(path + ": '" + k + "' beside $ref cannot be held to");
@@ -373,8 +347,12 @@ class Compiler {
       candidates.assign(s["enum"].begin(), s["enum"].end());
     }
     std::vector<std::string> texts;
+    std::size_t bytes = 0;
     for (const json& v : candidates)
-      if (follows_schema(rest, v)) texts.push_back(v.dump());
+      if (follows_schema(rest, v)) {
+        texts.push_back(v.dump());
+        if ((bytes += texts.back().size()) > kMaxElements) return fail(std::string(name_) + " is too large to hold an answer to");
+      }
     if (texts.empty()) return fail(path + ": no value of its enum or const follows the rest of it");
     return literals(texts);
   }
@@ -404,9 +382,9 @@ class Compiler {
     const std::optional<std::uint64_t> lo = count_at(s, "minLength"), hi = count_at(s, "maxLength");
     if (!lo && !hi) return string_;
     if (lo && hi && *lo > *hi) return fail(path + ": minLength is over maxLength");
-    const std::optional<Rule> body = repeat(sym({ref(char_)}), lo.value_or(0), hi, path);
-    if (!body) return std::nullopt;
-    return alternatives({sym({Grammar::byte('"'), ref(*body), Grammar::byte('"')})});
+    constexpr std::uint64_t kMost = Grammar::kUnbounded - 1;
+    return alternatives({sym({Grammar::string(static_cast<std::uint32_t>(std::min(lo.value_or(0), kMost)),
+                                              hi ? static_cast<std::uint32_t>(std::min(*hi, kMost)) : Grammar::kUnbounded)})});
   }
 
   std::optional<Rule> array_schema(const json& s, const std::string& path) {
@@ -499,7 +477,7 @@ class Compiler {
   std::string_view name_;
   Grammar g_;
   std::string error_;
-  Rule ws_ = 0, char_ = 0, string_ = 0, number_ = 0, nonneg_number_ = 0, integer_ = 0, nonneg_integer_ = 0, any_ = 0;
+  Rule ws_ = 0, string_ = 0, number_ = 0, nonneg_number_ = 0, integer_ = 0, nonneg_integer_ = 0, any_ = 0;
   std::unordered_map<const json*, Rule> refs_;
   std::vector<std::pair<const json*, int>> open_refs_;  // $refs being compiled, and the containers open then
   int containers_ = 0;

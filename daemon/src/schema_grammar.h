@@ -22,8 +22,9 @@
 // Refused, with the reason: what unsupported_schema refuses; allOf of more
 // than one schema; $ref, anyOf, oneOf or allOf beside keywords that
 // constrain; a schema no value follows (false, an enum of none); a $ref
-// loop that reads no value between; repetition bounds over 10,000; a
-// grammar of more than 2,000,000 elements.
+// loop that reads no value between; minItems or maxItems over 10,000; a
+// grammar of more than 2,000,000 elements. nullable (OpenAPI 3.0's, as
+// openai-node sends zod's nullable()) allows null as well.
 //
 // Between tokens the answer may have up to 32 whitespace bytes; after the
 // value, nothing.

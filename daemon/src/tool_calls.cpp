@@ -170,7 +170,7 @@ ToolOutput parse_mistral(std::string_view text, const std::vector<ToolSpec>& too
 constexpr std::string_view kSchemaKeywords[] = {
     "type", "properties", "required", "additionalProperties", "items", "enum", "const", "anyOf", "allOf", "oneOf",
     "$ref", "$defs", "definitions", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "minItems",
-    "maxItems", "minLength", "maxLength", "description", "title", "default", "examples"};
+    "maxItems", "minLength", "maxLength", "description", "title", "default", "examples", "nullable"};
 constexpr std::string_view kTypes[] = {"string", "number", "integer", "boolean", "object", "array", "null"};
 // Accepted and not checked (JSON Schema leaves "format" to annotation by
 // default; "discriminator" is pydantic's note beside its oneOf).
@@ -261,6 +261,9 @@ struct SchemaCheck {
     for (const char* k : {"enum", "required"})
       if (schema.contains(k) && schema[k].is_array()) steps -= static_cast<long>(schema[k].size());
     if (steps < 0) return false;
+    // OpenAPI 3.0's nullable (zod's nullable() as openai-node sends it):
+    // null as well as what the rest allows.
+    if (v.is_null() && schema.contains("nullable") && schema["nullable"] == true) return true;
     if (schema.contains("$ref")) {
       const json* target = resolve_ref(root, schema["$ref"]);
       if (target == nullptr || refs >= kMaxRefs || !follows(*target, v, refs + 1)) return false;
@@ -402,6 +405,8 @@ std::optional<std::string> unsupported_schema(const json& schema, std::string_vi
       } else if (k == "required" || k == "enum") {
         if (!v.is_array()) return here() + " must be an array";
         if ((entries += v.size()) > kMaxEntries) return std::string(root) + " has more than 10,000 enum and required entries";
+      } else if (k == "nullable") {
+        if (!v.is_boolean()) return here() + " must be true or false";
       } else if (k == "minLength" || k == "maxLength" || k == "minItems" || k == "maxItems") {
         if (!count_of(v)) return here() + " must be a whole number, 0 or more";
       } else if (k.rfind("min", 0) == 0 || k.rfind("max", 0) == 0 || k.rfind("exclusive", 0) == 0) {

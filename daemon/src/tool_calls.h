@@ -63,7 +63,8 @@ struct ToolSpec {
 // Why `schema` (a strict tool's parameters) cannot be checked here, or
 // nullopt. Supported: type (a name or a list), properties, required,
 // additionalProperties, items, enum, const, anyOf, allOf, oneOf, $ref to
-// "#", "#/$defs/NAME" or "#/definitions/NAME", $defs, definitions, minimum,
+// "#", "#/$defs/NAME" or "#/definitions/NAME", $defs, definitions, nullable
+// (OpenAPI 3.0's, as zod's nullable() is sent: null allowed too), minimum,
 // maximum, exclusiveMinimum, exclusiveMaximum, minItems, maxItems,
 // minLength, maxLength, the annotations description, title, default,
 // examples, and, accepted but not checked, $schema, $id, $comment, format,

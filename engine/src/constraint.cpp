@@ -1,6 +1,7 @@
 #include "airlock/engine/constraint.h"
 
 #include <algorithm>
+#include <array>
 #include <optional>
 #include <type_traits>
 
@@ -242,7 +243,9 @@ bool plain_text(const std::string& b) {
 }  // namespace
 
 JsonVocab::JsonVocab(const Tokenizer& tokenizer)
-    : bytes(static_cast<std::size_t>(tokenizer.n_vocab())), plain(static_cast<std::size_t>(tokenizer.n_vocab())) {
+    : bytes(static_cast<std::size_t>(tokenizer.n_vocab())),
+      plain(static_cast<std::size_t>(tokenizer.n_vocab())),
+      chars(static_cast<std::size_t>(tokenizer.n_vocab())) {
   for (std::int32_t t = 0; t < tokenizer.n_vocab(); ++t) {
     if (tokenizer.is_end_of_generation(t)) {
       end_tokens.push_back(t);
@@ -253,6 +256,8 @@ JsonVocab::JsonVocab(const Tokenizer& tokenizer)
     std::string b = tokenizer.token_bytes(t);
     if (b != tokenizer.token_bytes(t, /*render_special=*/true)) continue;
     plain[static_cast<std::size_t>(t)] = plain_text(b);
+    chars[static_cast<std::size_t>(t)] = static_cast<std::uint32_t>(
+        std::count_if(b.begin(), b.end(), [](char c) { return (static_cast<unsigned char>(c) & 0xC0) != 0x80; }));
     bytes[static_cast<std::size_t>(t)] = std::move(b);
   }
 }
@@ -334,8 +339,8 @@ Grammar::ByteSet next_bytes(const JsonGrammar& g) {
   return out;
 }
 
-bool in_text(const GrammarMatcher& m) { return m.in_free_text(); }
-bool in_text(const JsonGrammar& g) { return g.in_plain_string(); }
+std::uint32_t text_room(const GrammarMatcher& m) { return m.free_text_room(); }
+std::uint32_t text_room(const JsonGrammar& g) { return g.in_plain_string() ? Grammar::kUnbounded : 0; }
 
 // Sets in `mask` the tokens of `vocab` that recogniser `r` (a JsonGrammar
 // or a GrammarMatcher) may take next; returns whether there is one. The
@@ -346,36 +351,52 @@ bool in_text(const JsonGrammar& g) { return g.in_plain_string(); }
 // known to fit.
 template <class R>
 bool object_mask(const R& r, const JsonVocab& vocab, std::vector<std::uint64_t>* mask) {
-  const bool text = in_text(r);
+  const std::uint32_t room = text_room(r);  // characters of plain text that fit
+  auto allow = [&](std::size_t t) { (*mask)[t / 64] |= std::uint64_t{1} << (t % 64); };
+  bool any = false;
+  R scratch = r;
+  if constexpr (std::is_same_v<R, JsonGrammar>) {
+    if (room > 0) {
+      // Inside a string the tokens left to try have many first bytes
+      // (quotes, escapes, parts of UTF-8 characters): JsonGrammar, cheap to
+      // copy, tries each rather than work out a state per first byte
+      // (measured: 0.10 against 0.16 ms a step, gpt-2 vocabulary).
+      for (std::size_t t = 0; t < vocab.bytes.size(); ++t) {
+        const std::string& b = vocab.bytes[t];
+        if (b.empty()) continue;
+        if (!vocab.plain[t]) {
+          scratch = r;
+          if (!scratch.feed(b)) continue;
+        }
+        allow(t);
+        any = true;
+      }
+      return any;
+    }
+  }
   const Grammar::ByteSet first = next_bytes(r);
   std::vector<std::optional<R>> after(256);  // worked out when first needed
   std::vector<Grammar::ByteSet> second(256);
-  R scratch = r;
-  bool any = false;
+  std::array<bool, 256> fits{};  // (next_bytes may say a byte fits that, at a bound, does not)
   for (std::size_t t = 0; t < vocab.bytes.size(); ++t) {
     const std::string& b = vocab.bytes[t];
     if (b.empty()) continue;
-    if (!(text && vocab.plain[t])) {
+    if (!(room > 0 && vocab.plain[t] && vocab.chars[t] <= room)) {
       const auto c0 = static_cast<unsigned char>(b[0]);
       if (!first[c0]) continue;
-      if (text && std::is_same_v<R, JsonGrammar>) {
-        // Inside a string the tokens left to try have many first bytes
-        // (quotes, escapes, parts of UTF-8 characters): JsonGrammar, cheap
-        // to copy, tries each rather than work out a state per first byte
-        // (measured: 0.10 against 0.16 ms a step, gpt-2 vocabulary).
-        scratch = r;
-        if (!scratch.feed(b)) continue;
-      } else if (b.size() > 1) {
-        if (!after[c0]) {
-          after[c0] = r;
-          if (after[c0]->feed(c0)) second[c0] = next_bytes(*after[c0]);
-        }
+      if (!after[c0]) {
+        after[c0] = r;
+        fits[c0] = after[c0]->feed(c0);
+        if (fits[c0]) second[c0] = next_bytes(*after[c0]);
+      }
+      if (!fits[c0]) continue;
+      if (b.size() > 1) {
         if (!second[c0][static_cast<unsigned char>(b[1])]) continue;
         scratch = *after[c0];
         if (!scratch.feed(std::string_view(b).substr(1))) continue;
       }
     }
-    (*mask)[t / 64] |= std::uint64_t{1} << (t % 64);
+    allow(t);
     any = true;
   }
   return any;

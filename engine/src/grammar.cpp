@@ -17,17 +17,24 @@ Grammar::Symbol Grammar::range(unsigned char lo, unsigned char hi) {
   return s;
 }
 
-Grammar::Symbol Grammar::set(const ByteSet& bytes, bool free_text) {
+Grammar::Symbol Grammar::set(const ByteSet& bytes) {
   Symbol s;
   s.bytes = bytes;
-  s.free_text = free_text;
   return s;
 }
 
 Grammar::Symbol Grammar::ref(RuleId r) {
   Symbol s;
-  s.is_rule = true;
+  s.kind = Symbol::Kind::kRule;
   s.rule = r;
+  return s;
+}
+
+Grammar::Symbol Grammar::string(std::uint32_t min_chars, std::uint32_t max_chars) {
+  Symbol s;
+  s.kind = Symbol::Kind::kString;
+  s.min_chars = min_chars;
+  s.max_chars = max_chars;
   return s;
 }
 
@@ -43,26 +50,159 @@ Grammar::RuleId Grammar::add_rule() {
 void Grammar::add_alternative(RuleId r, const std::vector<Symbol>& symbols) {
   rules_[r].push_back(static_cast<std::uint32_t>(elements_.size()));
   for (const Symbol& s : symbols) {
-    if (s.is_rule) {
-      elements_.push_back({Kind::kRule, false, s.rule});
-      continue;
+    switch (s.kind) {
+      case Symbol::Kind::kRule:
+        elements_.push_back({Kind::kRule, s.rule});
+        break;
+      case Symbol::Kind::kString:
+        elements_.push_back({Kind::kString, static_cast<std::uint32_t>(strings_.size())});
+        strings_.push_back({s.min_chars, s.max_chars});
+        break;
+      case Symbol::Kind::kBytes: {
+        auto [it, added] = set_index_.try_emplace(s.bytes, static_cast<std::uint32_t>(sets_.size()));
+        if (added) sets_.push_back(s.bytes);
+        elements_.push_back({Kind::kBytes, it->second});
+        break;
+      }
     }
-    auto [it, added] = set_index_.try_emplace(s.bytes, static_cast<std::uint32_t>(sets_.size()));
-    if (added) sets_.push_back(s.bytes);
-    elements_.push_back({Kind::kBytes, s.free_text, it->second});
   }
-  elements_.push_back({Kind::kEnd, false, 0});
+  elements_.push_back({Kind::kEnd, 0});
 }
 
+namespace {
+
+// Where a string element is (GrammarArena::Node::lex): the low four bits
+// say which state, the rest that state's details.
+enum Lex : std::uint32_t {
+  kBefore = 0,     // its opening quote is due
+  kBody = 1,       // between characters
+  kEscape = 2,     // after a backslash
+  kHex = 3,        // in \\uXXXX: bits 4-7 digits left, bit 8 the low half of a pair, bit 9 first digit D, bit 10 a high half
+  kUtf8 = 4,       // in a UTF-8 character: bits 4-7 bytes left, bits 8-11 the next byte's range
+  kLowSlash = 5,   // after a high surrogate's escape: its low half's backslash is due
+  kLowU = 6,       // then its 'u'
+};
+constexpr std::uint32_t kLowHalf = 1u << 8, kFirstD = 1u << 9, kHighHalf = 1u << 10;
+
+bool is_hex(unsigned char c) { return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F'); }
+
+// The next byte's range in a UTF-8 character: narrower after some leads
+// (no overlong forms, no surrogates, nothing past U+10FFFF).
+bool in_range(std::uint32_t range, unsigned char c) {
+  switch (range) {
+    case 1: return c >= 0xA0 && c <= 0xBF;
+    case 2: return c >= 0x80 && c <= 0x9F;
+    case 3: return c >= 0x90 && c <= 0xBF;
+    case 4: return c >= 0x80 && c <= 0x8F;
+    default: return c >= 0x80 && c <= 0xBF;
+  }
+}
+
+enum class Step { kRefused, kInside, kClosed };
+
+// Byte c of a string with `b`'s bounds, at (*lex, *count).
+Step string_step(std::uint32_t min_chars, std::uint32_t max_chars, std::uint32_t* lex, std::uint32_t* count, unsigned char c) {
+  const std::uint32_t state = *lex & 0xFu;
+  auto begin_char = [&] {
+    if (*count >= max_chars) return false;
+    ++*count;
+    return true;
+  };
+  switch (state) {
+    case kBefore:
+      if (c != '"') return Step::kRefused;
+      *lex = kBody;
+      return Step::kInside;
+    case kBody:
+      if (c == '"') return *count >= min_chars ? Step::kClosed : Step::kRefused;
+      if (c < 0x20) return Step::kRefused;
+      if (c == '\\') {
+        if (!begin_char()) return Step::kRefused;
+        *lex = kEscape;
+        return Step::kInside;
+      }
+      if (c < 0x80) return begin_char() ? Step::kInside : Step::kRefused;
+      {
+        std::uint32_t left = 0, range = 0;
+        if (c >= 0xC2 && c <= 0xDF) left = 1;
+        else if (c == 0xE0) left = 2, range = 1;
+        else if ((c >= 0xE1 && c <= 0xEC) || c == 0xEE || c == 0xEF) left = 2;
+        else if (c == 0xED) left = 2, range = 2;
+        else if (c == 0xF0) left = 3, range = 3;
+        else if (c >= 0xF1 && c <= 0xF3) left = 3;
+        else if (c == 0xF4) left = 3, range = 4;
+        else return Step::kRefused;
+        if (!begin_char()) return Step::kRefused;
+        *lex = kUtf8 | (left << 4) | (range << 8);
+        return Step::kInside;
+      }
+    case kUtf8: {
+      const std::uint32_t left = (*lex >> 4) & 0xFu, range = (*lex >> 8) & 0xFu;
+      if (!in_range(range, c)) return Step::kRefused;
+      *lex = left == 1 ? kBody : kUtf8 | ((left - 1) << 4);
+      return Step::kInside;
+    }
+    case kEscape:
+      if (c == 'u') {
+        *lex = kHex | (4u << 4);
+        return Step::kInside;
+      }
+      if (c != '"' && c != '\\' && c != '/' && c != 'b' && c != 'f' && c != 'n' && c != 'r' && c != 't') return Step::kRefused;
+      *lex = kBody;
+      return Step::kInside;
+    case kHex: {
+      if (!is_hex(c)) return Step::kRefused;
+      const std::uint32_t left = (*lex >> 4) & 0xFu;
+      std::uint32_t flags = *lex & (kLowHalf | kFirstD | kHighHalf);
+      const bool d = c == 'd' || c == 'D';
+      if (left == 4) {
+        if (flags & kLowHalf) {
+          if (!d) return Step::kRefused;  // a low half is \\uDC00-\\uDFFF
+        } else if (d) {
+          flags |= kFirstD;
+        }
+      } else if (left == 3) {
+        const bool c_to_f = (c >= 'c' && c <= 'f') || (c >= 'C' && c <= 'F');
+        const bool eight_to_b = c == '8' || c == '9' || (c >= 'a' && c <= 'b') || (c >= 'A' && c <= 'B');
+        if (flags & kLowHalf) {
+          if (!c_to_f) return Step::kRefused;
+        } else if (flags & kFirstD) {
+          if (c_to_f) return Step::kRefused;  // a low half alone
+          if (eight_to_b) flags |= kHighHalf;
+        }
+      }
+      if (left > 1) {
+        *lex = kHex | ((left - 1) << 4) | flags;
+        return Step::kInside;
+      }
+      *lex = (flags & kHighHalf) ? kLowSlash : kBody;
+      return Step::kInside;
+    }
+    case kLowSlash:
+      if (c != '\\') return Step::kRefused;
+      *lex = kLowU;
+      return Step::kInside;
+    case kLowU:
+      if (c != 'u') return Step::kRefused;
+      *lex = kHex | (4u << 4) | kLowHalf;
+      return Step::kInside;
+    default:
+      return Step::kRefused;
+  }
+}
+
+}  // namespace
+
 GrammarMatcher::GrammarMatcher(const Grammar* grammar, GrammarArena* arena) : g_(grammar), arena_(arena) {
+  work_ = kMaxWork;
   for (std::uint32_t start : g_->rules_[g_->start_]) expand(start, kBottom, 0);
   dedupe();
 }
 
-std::uint32_t GrammarMatcher::push(std::uint32_t pos, std::uint32_t tail) {
+std::uint32_t GrammarMatcher::push(std::uint32_t pos, std::uint32_t tail, std::uint32_t lex, std::uint32_t count) {
   const std::uint32_t depth = tail == kBottom ? 1 : arena_->nodes[tail].depth + 1;
   if (depth > kMaxDepth) return kDropped;
-  arena_->nodes.push_back({pos, tail, depth});
+  arena_->nodes.push_back({pos, tail, depth, lex, count});
   return static_cast<std::uint32_t>(arena_->nodes.size() - 1);
 }
 
@@ -70,12 +210,14 @@ void GrammarMatcher::emit(std::uint32_t top) {
   if (next_.size() < kMaxStacks) next_.push_back(top);
 }
 
-// Brings the stack "element `pos`, then `tail`" to a byte set on top,
-// one stack per way there.
+// Brings the stack "element `pos`, then `tail`" to a byte set or a string
+// on top, one stack per way there.
 void GrammarMatcher::expand(std::uint32_t pos, std::uint32_t tail, int guard) {
+  if (next_.size() >= kMaxStacks || --work_ < 0) return;
   const Grammar::Element e = g_->elements_[pos];
   switch (e.kind) {
     case Grammar::Kind::kBytes:
+    case Grammar::Kind::kString:
       if (const std::uint32_t n = push(pos, tail); n != kDropped) emit(n);
       return;
     case Grammar::Kind::kRule:
@@ -87,9 +229,10 @@ void GrammarMatcher::expand(std::uint32_t pos, std::uint32_t tail, int guard) {
         return;
       }
       // The alternative is done: go on with what its rule was followed by
-      // (a node in an arena is a byte set or a rule, never an end).
+      // (a node below the top is a byte set, a string or a rule, never an
+      // end; a string there has not begun).
       const GrammarArena::Node t = arena_->nodes[tail];
-      if (g_->elements_[t.pos].kind == Grammar::Kind::kBytes) emit(tail);
+      if (g_->elements_[t.pos].kind != Grammar::Kind::kRule) emit(tail);
       else expand_rule(t.pos, t.next, guard);
       return;
     }
@@ -108,12 +251,35 @@ void GrammarMatcher::expand_rule(std::uint32_t pos, std::uint32_t tail, int guar
   for (std::uint32_t start : g_->rules_[g_->elements_[pos].arg]) expand(start, cont, guard + 1);
 }
 
+void GrammarMatcher::string_step(std::uint32_t top, unsigned char c) {
+  const GrammarArena::Node n = arena_->nodes[top];
+  const Grammar::Bounds b = g_->strings_[g_->elements_[n.pos].arg];
+  std::uint32_t lex = n.lex, count = n.count;
+  switch (::airlock::engine::string_step(b.min_chars, b.max_chars, &lex, &count, c)) {
+    case Step::kRefused:
+      return;
+    case Step::kClosed:
+      expand(n.pos + 1, n.next, 0);
+      return;
+    case Step::kInside:
+      if (next_.size() < kMaxStacks)
+        if (const std::uint32_t id = push(n.pos, n.next, lex, count); id != kDropped) emit(id);
+      return;
+  }
+}
+
 bool GrammarMatcher::feed(unsigned char c) {
   next_.clear();
+  work_ = kMaxWork;
   for (std::uint32_t top : tops_) {
     if (top == kAccept) continue;
     const GrammarArena::Node n = arena_->nodes[top];
-    if (!g_->sets_[g_->elements_[n.pos].arg][c]) continue;
+    const Grammar::Element e = g_->elements_[n.pos];
+    if (e.kind == Grammar::Kind::kString) {
+      string_step(top, c);
+      continue;
+    }
+    if (!g_->sets_[e.arg][c]) continue;
     expand(n.pos + 1, n.next, 0);
   }
   dedupe();
@@ -125,7 +291,7 @@ bool GrammarMatcher::same_stack(std::uint32_t a, std::uint32_t b) const {
     if (a == kBottom || b == kBottom || a == kAccept || b == kAccept) return false;
     const GrammarArena::Node& x = arena_->nodes[a];
     const GrammarArena::Node& y = arena_->nodes[b];
-    if (x.pos != y.pos || x.depth != y.depth) return false;
+    if (x.pos != y.pos || x.depth != y.depth || x.lex != y.lex || x.count != y.count) return false;
     a = x.next;
     b = y.next;
   }
@@ -156,16 +322,35 @@ bool GrammarMatcher::accepting() const { return std::find(tops_.begin(), tops_.e
 
 bool GrammarMatcher::complete() const { return std::all_of(tops_.begin(), tops_.end(), [](std::uint32_t t) { return t == kAccept; }); }
 
-bool GrammarMatcher::in_free_text() const {
-  return std::any_of(tops_.begin(), tops_.end(), [&](std::uint32_t t) {
-    return t != kAccept && g_->elements_[arena_->nodes[t].pos].free_text;
-  });
+std::uint32_t GrammarMatcher::free_text_room() const {
+  std::uint32_t room = 0;
+  for (std::uint32_t t : tops_) {
+    if (t == kAccept) continue;
+    const GrammarArena::Node& n = arena_->nodes[t];
+    const Grammar::Element e = g_->elements_[n.pos];
+    if (e.kind != Grammar::Kind::kString || n.lex != kBody) continue;
+    room = std::max(room, g_->strings_[e.arg].max_chars - n.count);
+  }
+  return room;
 }
 
 Grammar::ByteSet GrammarMatcher::next_bytes() const {
   Grammar::ByteSet out;
-  for (std::uint32_t t : tops_)
-    if (t != kAccept) out |= g_->sets_[g_->elements_[arena_->nodes[t].pos].arg];
+  for (std::uint32_t t : tops_) {
+    if (t == kAccept) continue;
+    const GrammarArena::Node& n = arena_->nodes[t];
+    const Grammar::Element e = g_->elements_[n.pos];
+    if (e.kind == Grammar::Kind::kBytes) {
+      out |= g_->sets_[e.arg];
+      continue;
+    }
+    const Grammar::Bounds b = g_->strings_[e.arg];
+    for (unsigned c = 0; c < 256; ++c) {
+      std::uint32_t lex = n.lex, count = n.count;
+      if (!out[c] && ::airlock::engine::string_step(b.min_chars, b.max_chars, &lex, &count, static_cast<unsigned char>(c)) != Step::kRefused)
+        out.set(c);
+    }
+  }
   return out;
 }
 
@@ -182,7 +367,7 @@ void GrammarMatcher::compact() {
     std::uint32_t below = id == kBottom ? kBottom : moved[id];
     for (auto it = path.rbegin(); it != path.rend(); ++it) {
       const GrammarArena::Node& n = arena_->nodes[*it];
-      fresh.nodes.push_back({n.pos, below, n.depth});
+      fresh.nodes.push_back({n.pos, below, n.depth, n.lex, n.count});
       below = static_cast<std::uint32_t>(fresh.nodes.size() - 1);
       moved[*it] = below;
     }

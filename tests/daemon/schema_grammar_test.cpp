@@ -156,7 +156,7 @@ TEST(SchemaGrammarTest, RefusalsNameTheSubschema) {
   EXPECT_NE(refusal(R"({"$defs":{"a":{"$ref":"#/$defs/b"},"b":{"anyOf":[{"$ref":"#/$defs/a"}]}},"$ref":"#/$defs/a"})")
                 .find("refers back to itself"),
             std::string::npos);
-  EXPECT_NE(refusal(R"({"type":"string","maxLength":100000})").find("10,000"), std::string::npos);
+  EXPECT_NE(refusal(R"({"type":"array","maxItems":100000})").find("10,000"), std::string::npos);
   EXPECT_NE(refusal(R"({"type":"integer","minimum":5,"maximum":4})").find("no integer"), std::string::npos);
   EXPECT_NE(refusal(R"({"enum":[1,2],"type":"string"})").find("enum"), std::string::npos);
   EXPECT_NE(refusal(R"({"type":"string","minLength":3,"maxLength":2})").find("minLength"), std::string::npos);
@@ -242,6 +242,65 @@ TEST(SchemaGrammarTest, ForcedToolCalls) {
   tools[2].strict = true;  // a strict tool whose schema cannot be held to
   EXPECT_FALSE(tool_call_grammar(ToolFormat::kHermes, tools, "", true, &why));
   EXPECT_NE(why.find("tools[2].function.parameters"), std::string::npos) << why;
+}
+
+// Shapes found by review: many optional members (a long chain of rules
+// read without a byte), zod's nullable, string bounds of any size, and
+// schemas whose ways multiply ($ref graphs, many string branches): held,
+// and the work of a byte bounded.
+TEST(SchemaGrammarTest, HardShapes) {
+  std::string many = R"({"type":"object","properties":{)";
+  for (int i = 0; i < 70; ++i) many += (i ? "," : "") + std::string("\"p") + std::to_string(i) + R"(":{"type":"integer"})";
+  many += "}}";
+  auto g = compile(many.c_str());
+  ASSERT_TRUE(g);
+  for (const char* ok : {"{}", R"({"p0":1})", R"({"p69":2})", R"({"p0":1,"p69":2})", R"({"p3":1,"p40":2,"p68":3})"})
+    EXPECT_TRUE(instance(*g, ok)) << ok;
+
+  const char* nullable = R"({"type":"object","properties":{"phone":{"type":"string","nullable":true},
+      "n":{"type":"integer","nullable":false}},"required":["phone","n"],"additionalProperties":false})";
+  g = compile(nullable);
+  ASSERT_TRUE(g);
+  EXPECT_TRUE(instance(*g, R"({"phone":null,"n":1})"));
+  EXPECT_TRUE(instance(*g, R"({"phone":"x","n":1})"));
+  EXPECT_FALSE(instance(*g, R"({"phone":"x","n":null})"));
+  EXPECT_TRUE(follows_schema(ojson::parse(nullable), ojson::parse(R"({"phone":null,"n":1})")));
+  EXPECT_FALSE(follows_schema(ojson::parse(nullable), ojson::parse(R"({"phone":"x","n":null})")));
+
+  g = compile(R"({"type":"string","minLength":3,"maxLength":1000000})");
+  ASSERT_TRUE(g);
+  EXPECT_TRUE(instance(*g, "\"" + std::string(5000, 'x') + "\""));
+  EXPECT_FALSE(instance(*g, R"("xy")"));
+
+  // 4 ways at each of 16 levels: 4^16 paths to a string.
+  ojson dag = {{"$defs", ojson::object()}};
+  for (int i = 0; i < 16; ++i) {
+    const std::string next = "#/$defs/d" + std::to_string(i + 1);
+    dag["$defs"]["d" + std::to_string(i)] = {{"anyOf", ojson::array({{{"$ref", next}}, {{"$ref", next}}, {{"$ref", next}}, {{"$ref", next}}})}};
+  }
+  dag["$defs"]["d16"] = {{"type", "string"}};
+  dag["$ref"] = "#/$defs/d0";
+  std::string why;
+  g = compile_schema(dag, "schema", &why);
+  ASSERT_TRUE(g) << why;
+  {
+    GrammarArena arena;
+    GrammarMatcher m(g.get(), &arena);
+    EXPECT_LT(arena.nodes.size(), 200'000u);
+    const std::size_t before = arena.nodes.size();
+    EXPECT_TRUE(m.feed(R"("abc")"));
+    EXPECT_LT(arena.nodes.size() - before, 200'000u);
+  }
+  std::string strings = R"({"anyOf":[)";
+  for (int i = 0; i < 50; ++i) strings += (i ? "," : "") + std::string(R"({"type":"string","maxLength":)") + std::to_string(50 + i) + "}";
+  strings += "]}";
+  g = compile(strings.c_str());
+  ASSERT_TRUE(g);
+  GrammarArena arena;
+  GrammarMatcher m(g.get(), &arena);
+  ASSERT_TRUE(m.feed(R"("hello)"));
+  EXPECT_EQ(m.free_text_room(), 99u - 5u);
+  EXPECT_LT(arena.nodes.size(), 2000u);
 }
 
 // CTest sets AIRLOCK_MODELS_DIR; run by hand, the shared folder is the default.

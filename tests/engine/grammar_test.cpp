@@ -1,11 +1,17 @@
 // The byte-level grammar recogniser: sentences read whole, the first byte
-// that cannot lead refused, recursion, ambiguity, copies and compaction.
+// that cannot lead refused, recursion, ambiguity, copies and compaction,
+// strings against the JSON recogniser, and the bounds on work.
 #include "airlock/engine/grammar.h"
 
 #include <gtest/gtest.h>
 
+#include <random>
 #include <string>
 #include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "airlock/engine/constraint.h"
 
 namespace airlock::engine {
 namespace {
@@ -133,8 +139,11 @@ TEST(GrammarTest, LeftRecursionIsDroppedNotLooped) {
   g.set_start(r);
   GrammarArena arena;
   GrammarMatcher m(&g, &arena);
-  EXPECT_TRUE(m.feed('b'));
-  EXPECT_TRUE(m.accepting());
+  // Expanded to the bounds (kMaxExpansion rules deep, kMaxStacks stacks),
+  // no further; what it then reads is a sentence of the grammar.
+  EXPECT_LE(arena.nodes.size(), static_cast<std::size_t>(GrammarMatcher::kMaxExpansion) + GrammarMatcher::kMaxStacks + 2);
+  ASSERT_TRUE(m.feed('b'));
+  ASSERT_TRUE(m.feed('a'));
 }
 
 TEST(GrammarTest, CompactionKeepsTheState) {
@@ -155,25 +164,88 @@ TEST(GrammarTest, CompactionKeepsTheState) {
   EXPECT_TRUE(whole);
 }
 
-TEST(GrammarTest, FreeTextIsMarked) {
-  // s ::= "\"" c "\"";  c ::= [a-z]* (marked free text)
+// The string element against JsonGrammar, the JSON recogniser, on random
+// bytes that favour what strings are made of: both take exactly the same
+// prefixes (a string value inside an object for JsonGrammar).
+TEST(GrammarTest, StringsAgreeWithTheJsonRecogniser) {
   Grammar g;
-  const auto c = g.add_rule();
-  g.add_alternative(c, {});
-  Grammar::ByteSet letters;
-  for (char x = 'a'; x <= 'z'; ++x) letters.set(static_cast<unsigned char>(x));
-  g.add_alternative(c, Seq{Grammar::set(letters, /*free_text=*/true), Grammar::ref(c)});
   const auto s = g.add_rule();
-  g.add_alternative(s, Seq{Grammar::byte('"'), Grammar::ref(c), Grammar::byte('"')});
+  g.add_alternative(s, Seq{Grammar::string()});
   g.set_start(s);
+  const std::string alphabet[] = {"a", " ", "\"", "\\", "u", "d", "D", "8", "b", "C", "0", "f", "n", "/", "\x01", "\x7f",
+                                  "\xc3", "\xa9", "\xe0", "\xed", "\xa0", "\x9f", "\xf0", "\x90", "\xf4", "\x8f", "\xc0",
+                                  "\xff", "\x80"};
+  std::mt19937 rng(9);
+  int whole = 0;
+  for (int run = 0; run < 20000; ++run) {
+    std::string text = "\"";
+    const int n = 1 + static_cast<int>(rng() % 12);
+    for (int i = 0; i < n; ++i) text += alphabet[rng() % std::size(alphabet)];
+    GrammarArena arena;
+    GrammarMatcher m(&g, &arena);
+    JsonGrammar j;
+    ASSERT_TRUE(j.feed(std::string_view("{\"k\":")));
+    for (std::size_t i = 0; i < text.size(); ++i) {
+      const bool a = m.feed(static_cast<unsigned char>(text[i]));
+      const bool b = j.feed(static_cast<unsigned char>(text[i]));
+      ASSERT_EQ(a, b) << "at " << i << " of " << ::testing::PrintToString(text);
+      if (!a) break;
+      if (m.accepting()) {  // the string is whole (JsonGrammar goes on with the object)
+        ++whole;
+        EXPECT_TRUE(m.complete());
+        EXPECT_TRUE(nlohmann::json::accept(text.substr(0, i + 1))) << ::testing::PrintToString(text);
+        break;
+      }
+    }
+  }
+  EXPECT_GT(whole, 1000);
+}
+
+// Bounds count characters (a UTF-8 character, an escape and a surrogate
+// pair each one), and the room left for plain text.
+TEST(GrammarTest, StringBounds) {
+  Grammar g;
+  const auto s = g.add_rule();
+  g.add_alternative(s, Seq{Grammar::string(2, 4)});
+  g.set_start(s);
+  auto whole = [&](std::string_view text) {
+    GrammarArena arena;
+    GrammarMatcher m(&g, &arena);
+    return m.feed(text) && m.accepting();
+  };
+  for (const char* ok : {R"("ab")", R"("abcd")", "\"\xc3\xa9\xe2\x82\xac\"", R"("\n\u00e9")", R"("\ud83d\ude00x")"})
+    EXPECT_TRUE(whole(ok)) << ok;
+  for (const char* bad : {R"("a")", R"("abcde")", R"("\ud83d\ude00")", R"("")"}) EXPECT_FALSE(whole(bad)) << bad;
   GrammarArena arena;
   GrammarMatcher m(&g, &arena);
-  EXPECT_FALSE(m.in_free_text());
-  ASSERT_TRUE(m.feed('"'));
-  EXPECT_TRUE(m.in_free_text());
-  ASSERT_TRUE(m.feed("abc\""));
-  EXPECT_FALSE(m.in_free_text());
-  EXPECT_TRUE(m.complete());
+  EXPECT_EQ(m.free_text_room(), 0u);  // before the quote
+  ASSERT_TRUE(m.feed("\"a"));
+  EXPECT_EQ(m.free_text_room(), 3u);
+  ASSERT_TRUE(m.feed("\xc3"));
+  EXPECT_EQ(m.free_text_room(), 0u);  // inside a character
+  ASSERT_TRUE(m.feed("\xa9" "bc"));
+  EXPECT_EQ(m.free_text_room(), 0u);
+  EXPECT_FALSE(m.feed('d'));
+}
+
+// A grammar whose ways multiply (each rule two ways to the next, 40 deep:
+// 2^40 paths to the same byte) is bounded by kMaxWork, not expanded.
+TEST(GrammarTest, ExponentialWaysAreBounded) {
+  Grammar g;
+  auto r = g.add_rule();
+  g.add_alternative(r, Seq{Grammar::byte('x')});
+  for (int i = 0; i < 40; ++i) {
+    const auto up = g.add_rule();
+    g.add_alternative(up, Seq{Grammar::ref(r)});
+    g.add_alternative(up, Seq{Grammar::ref(r)});
+    r = up;
+  }
+  g.set_start(r);
+  GrammarArena arena;
+  GrammarMatcher m(&g, &arena);
+  EXPECT_LT(arena.nodes.size(), static_cast<std::size_t>(GrammarMatcher::kMaxWork) + 10);
+  EXPECT_TRUE(m.feed('x'));
+  EXPECT_TRUE(m.accepting());
 }
 
 }  // namespace

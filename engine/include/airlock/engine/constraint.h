@@ -113,6 +113,7 @@ struct JsonVocab {
   explicit JsonVocab(const Tokenizer& tokenizer);
   std::vector<std::string> bytes;  // empty: never allowed as text (end, control and unknown tokens)
   std::vector<bool> plain;         // plain text inside a string (JsonGrammar::in_plain_string)
+  std::vector<std::uint32_t> chars;  // its UTF-8 characters
   std::vector<std::int32_t> end_tokens;
 };
 

@@ -4,7 +4,13 @@
 // grammar by airlockd).
 //
 // A grammar is a set of rules; each rule has alternatives, each a sequence
-// of symbols: a set of bytes (matches one byte in the set) or another rule.
+// of symbols: a set of bytes (matches one byte in the set), a JSON string
+// (matches one whole string, quotes included, of min to max characters:
+// RFC 8259 escapes, a \u surrogate pair as one character, whole UTF-8 as
+// RFC 3629 has it), or another rule. Strings are recognised natively
+// rather than spelled as rules: one stack and a counter whatever their
+// length bounds, and tokens of plain text inside them are known to fit
+// without being tried (free_text_room).
 // Rules must not be left-recursive (a rule that can reach itself without
 // reading a byte): the recogniser drops such expansions past a bound rather
 // than loop. The sentences of the grammar are those of its start rule.
@@ -18,8 +24,9 @@
 //
 // Bounds: at most kMaxStacks stacks (past that, later ones are dropped:
 // a very ambiguous grammar may lose sentences, never gain any), at most
-// kMaxDepth open rules on one stack, kMaxExpansion rules entered without
-// reading a byte.
+// kMaxDepth open rules on one stack, kMaxExpansion rules entered in a row
+// without reading a byte, and kMaxWork rule expansions for one byte (or
+// for the start), whatever the grammar: work past it is dropped likewise.
 //
 // Thread-safety: a Grammar is immutable once built and may be shared; a
 // matcher and its arena belong to one thread at a time.
@@ -39,18 +46,20 @@ class Grammar {
   using ByteSet = std::bitset<256>;
 
   struct Symbol {
-    bool is_rule = false;
+    enum class Kind : std::uint8_t { kBytes, kRule, kString };
+    Kind kind = Kind::kBytes;
     RuleId rule = 0;
     ByteSet bytes;
-    // Marks the byte set through which a rule loops over plain text (any
-    // run of whole UTF-8 characters without quote, backslash or control
-    // byte returns to the same place): see GrammarMatcher::in_free_text.
-    bool free_text = false;
+    std::uint32_t min_chars = 0, max_chars = 0;  // kString
   };
+  static constexpr std::uint32_t kUnbounded = 0xFFFFFFFFu;
   static Symbol byte(unsigned char c);
   static Symbol range(unsigned char lo, unsigned char hi);
-  static Symbol set(const ByteSet& s, bool free_text = false);
+  static Symbol set(const ByteSet& s);
   static Symbol ref(RuleId r);
+  // A JSON string of min_chars to max_chars characters (kUnbounded: no
+  // upper bound).
+  static Symbol string(std::uint32_t min_chars = 0, std::uint32_t max_chars = kUnbounded);
   // Appends the bytes of `text`, one symbol each.
   static void literal(std::string_view text, std::vector<Symbol>* out);
 
@@ -64,24 +73,29 @@ class Grammar {
 
  private:
   friend class GrammarMatcher;
-  enum class Kind : std::uint8_t { kBytes, kRule, kEnd };
+  enum class Kind : std::uint8_t { kBytes, kRule, kEnd, kString };
   struct Element {
     Kind kind;
-    bool free_text;
-    std::uint32_t arg;  // kBytes: index in sets_; kRule: the rule
+    std::uint32_t arg;  // kBytes: index in sets_; kRule: the rule; kString: index in strings_
   };
-  std::vector<Element> elements_;             // alternatives, each ended by kEnd
+  struct Bounds {
+    std::uint32_t min_chars, max_chars;
+  };
+  std::vector<Element> elements_;                  // alternatives, each ended by kEnd
   std::vector<std::vector<std::uint32_t>> rules_;  // each alternative's first element
   std::vector<ByteSet> sets_;
   std::unordered_map<ByteSet, std::uint32_t> set_index_;
+  std::vector<Bounds> strings_;
   RuleId start_ = 0;
 };
 
 struct GrammarArena {
   struct Node {
-    std::uint32_t pos;    // an element: kBytes, or the kRule to go on with
+    std::uint32_t pos;    // an element: kBytes, kString, or the kRule to go on with
     std::uint32_t next;   // the rest of the stack (kBottom: none)
     std::uint32_t depth;  // nodes in the stack, this one included
+    std::uint32_t lex;    // kString: where in the string (0: before its quote)
+    std::uint32_t count;  // kString: characters so far
   };
   std::vector<Node> nodes;
 };
@@ -90,7 +104,8 @@ class GrammarMatcher {
  public:
   static constexpr std::size_t kMaxStacks = 1024;
   static constexpr std::uint32_t kMaxDepth = 2048;
-  static constexpr int kMaxExpansion = 64;
+  static constexpr int kMaxExpansion = 1024;
+  static constexpr int kMaxWork = 1 << 16;
 
   // At the start of `grammar`; both must outlive the matcher and its copies.
   GrammarMatcher(const Grammar* grammar, GrammarArena* arena);
@@ -107,9 +122,12 @@ class GrammarMatcher {
   bool accepting() const;
   // Nothing but the end may follow (or nothing at all, when dead).
   bool complete() const;
-  // Some stack is in a free-text loop: any plain text may follow.
-  bool in_free_text() const;
-  // The bytes that may come next.
+  // Inside a string, between characters: how many more characters of
+  // plain text (no quote, backslash or control byte; whole UTF-8
+  // characters) may follow, the most over the stacks (0: none).
+  std::uint32_t free_text_room() const;
+  // The bytes that may come next (a byte some stack can take; at the
+  // bounds above, taking it may still leave nothing).
   Grammar::ByteSet next_bytes() const;
   // Rebuilds the arena with this matcher's stacks only; other matchers on
   // the same arena become invalid.
@@ -119,17 +137,20 @@ class GrammarMatcher {
   static constexpr std::uint32_t kBottom = 0xFFFFFFFFu;
   static constexpr std::uint32_t kAccept = 0xFFFFFFFEu;  // a "stack" that has read a whole sentence
   static constexpr std::uint32_t kDropped = 0xFFFFFFFDu;
-  std::uint32_t push(std::uint32_t pos, std::uint32_t tail);
+  std::uint32_t push(std::uint32_t pos, std::uint32_t tail, std::uint32_t lex = 0, std::uint32_t count = 0);
   void expand(std::uint32_t pos, std::uint32_t tail, int guard);
   void expand_rule(std::uint32_t pos, std::uint32_t tail, int guard);
   void emit(std::uint32_t top);
   void dedupe();
   bool same_stack(std::uint32_t a, std::uint32_t b) const;
+  // Takes byte c into the string at the top of stack `top`.
+  void string_step(std::uint32_t top, unsigned char c);
 
   const Grammar* g_;
   GrammarArena* arena_;
-  std::vector<std::uint32_t> tops_;  // node ids whose pos is a kBytes element, or kAccept
+  std::vector<std::uint32_t> tops_;  // node ids whose pos is a kBytes or kString element, or kAccept
   std::vector<std::uint32_t> next_;  // scratch
+  int work_ = 0;                     // rule expansions left for this byte
 };
 
 }  // namespace airlock::engine
