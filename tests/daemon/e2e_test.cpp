@@ -1470,6 +1470,8 @@ TEST(DaemonLifecycle, OfficialOpenAiNodeSdk) {
   EXPECT_NE(out.find("all checks passed"), std::string::npos) << out;
   EXPECT_NE(out.find("ok: tool call: stream().finalChatCompletion() assembles the same call"), std::string::npos) << out;
   EXPECT_NE(out.find("ok: reasoning and json_object streamed with for await"), std::string::npos) << out;
+  EXPECT_NE(out.find("ok: json_schema: parse() gives message.parsed"), std::string::npos) << out;
+  EXPECT_NE(out.find("ok: tool_choice required: parse() gives the call alone"), std::string::npos) << out;
   EXPECT_EQ(d->stop(), 0);
   EXPECT_EQ(full->stop(), 0);
   EXPECT_EQ(tools->stop(), 0);

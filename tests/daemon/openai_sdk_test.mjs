@@ -121,6 +121,21 @@ if (process.env.AIRLOCK_TOOLS_BASE_URL) {
                { role: 'tool', tool_call_id: call.id, content: '18 C, clear' }],
   });
   check(next.choices.length === 1, 'tool call: the conversation with the call and its result is accepted');
+  // tool_choice "required": the model would write "Checking." first; held
+  // to calls, it writes the call alone (its city one of an enum: the test
+  // model takes the allowed token of lowest id where its own is refused).
+  // parse() gives the strict call's arguments parsed.
+  const forced = await tools.chat.completions.parse({
+    ...params,
+    tools: [{ type: 'function', function: { name: 'get_weather', strict: true,
+                                             parameters: { type: 'object', properties: { city: { type: 'string', enum: ['Paris', 'Rome'] } },
+                                                           required: ['city'], additionalProperties: false } } }],
+    tool_choice: 'required',
+  });
+  const fm = forced.choices[0].message;
+  check(forced.choices[0].finish_reason === 'tool_calls' && fm.content === null && fm.tool_calls?.length === 1 &&
+        fm.tool_calls[0].function.parsed_arguments?.city === 'Paris',
+        `tool_choice required: parse() gives the call alone (${JSON.stringify(fm)})`);
 }
 
 if (process.env.AIRLOCK_THINKING_BASE_URL) {
@@ -148,6 +163,17 @@ if (process.env.AIRLOCK_THINKING_BASE_URL) {
   }
   check(content === message.content && reasoning === message.reasoning_content,
         'reasoning and json_object streamed with for await: the same content and reasoning');
+  // Structured outputs: parse() with a json_schema response format gives
+  // message.parsed.
+  const parsed = await thinking.chat.completions.parse({
+    ...params,
+    response_format: { type: 'json_schema',
+                       json_schema: { name: 'answer', strict: true,
+                                      schema: { type: 'object', properties: { a: { type: 'integer' } }, required: ['a'],
+                                                additionalProperties: false } } },
+  });
+  check(parsed.choices[0].message.parsed?.a === 1 && parsed.choices[0].message.reasoning_content === 'Thinking it over.',
+        `json_schema: parse() gives message.parsed (${JSON.stringify(parsed.choices[0].message)})`);
 }
 
 console.log('all checks passed');
