@@ -6,6 +6,7 @@
 #include <initializer_list>
 #include <map>
 #include <optional>
+#include <set>
 #include <unordered_map>
 #include <utility>
 #include <vector>
@@ -90,12 +91,16 @@ class Compiler {
     open_refs_.clear();
     containers_ = 0;
     error_.clear();
+    exact_ = true;
     const std::optional<Rule> v = value(root, std::string(name_));
     if (v && g_.elements() > kMaxElements) fail(std::string(name_) + " is too large to hold an answer to");
     if (!error_.empty()) return std::nullopt;
     return v;
   }
   const std::string& error() const { return error_; }
+  // The last schema() held every keyword exactly (no number bound or oneOf
+  // held only in part): its sentences all follow it.
+  bool exact() const { return exact_; }
 
   // The grammar of leading whitespace, then `sentence`.
   std::shared_ptr<const Grammar> finish(const Seq& sentence) {
@@ -264,6 +269,7 @@ class Compiler {
     }
     for (const char* k : {"anyOf", "oneOf"}) {
       if (!s.contains(k)) continue;
+      if (std::string_view(k) == "oneOf" && s[k].size() > 1) exact_ = false;  // held as anyOf
       if (std::string other = other_constraint(s, k); !other.empty())
         return fail(path + ": '" + other + "' beside " + k + " cannot be held to");
       std::vector<Seq> alts;
@@ -298,7 +304,7 @@ class Compiler {
     for (const std::string& t : types) {
       std::optional<Rule> r;
       if (t == "string") r = string_of(s, path);
-      else if (t == "number") r = nonneg(s) ? nonneg_number_ : number_;
+      else if (t == "number") r = number_of(s);
       else if (t == "integer") r = integer_of(s, path);
       else if (t == "boolean") r = literals({"true", "false"});
       else if (t == "null") r = literals({"null"});
@@ -357,6 +363,16 @@ class Compiler {
     return literals(texts);
   }
 
+  // Number bounds: held exactly when there are none, or only a minimum of
+  // 0 (no minus sign); otherwise only a lower bound of 0 or more is held
+  // in part (no minus sign).
+  std::optional<Rule> number_of(const json& s) {
+    const bool only_min_zero = !s.contains("maximum") && !s.contains("exclusiveMaximum") && !s.contains("exclusiveMinimum") &&
+                               (!s.contains("minimum") || number_at(s, "minimum") == 0.0);
+    if (!only_min_zero) exact_ = false;
+    return nonneg(s) ? nonneg_number_ : number_;
+  }
+
   static bool nonneg(const json& s) {
     const std::optional<double> lo = number_at(s, "minimum"), xlo = number_at(s, "exclusiveMinimum");
     return (lo && *lo >= 0) || (xlo && *xlo >= 0);
@@ -375,6 +391,8 @@ class Compiler {
         return literals(texts);
       }
     }
+    const std::optional<Rule> bounded = number_of(s);  // (for exact_)
+    if (!bounded) return bounded;
     return nonneg(s) ? nonneg_integer_ : integer_;
   }
 
@@ -415,15 +433,17 @@ class Compiler {
     std::vector<std::string> required;
     if (s.contains("required"))
       for (const json& k : s["required"]) required.push_back(k.get<std::string>());
-    auto is_required = [&](const std::string& k) { return std::find(required.begin(), required.end(), k) != required.end(); };
+    const std::set<std::string> required_set(required.begin(), required.end());
+    auto is_required = [&](const std::string& k) { return required_set.count(k) > 0; };
     static const json kAny = true;
     const json* extra = s.contains("additionalProperties") ? &s["additionalProperties"] : &kAny;
     std::vector<Member> members;
     if (s.contains("properties"))
       for (auto it = s["properties"].begin(); it != s["properties"].end(); ++it) members.push_back({it.key(), &it.value(), is_required(it.key())});
+    std::set<std::string> named;
+    for (const Member& m : members) named.insert(m.key);
     for (const std::string& k : required)
-      if (std::none_of(members.begin(), members.end(), [&](const Member& m) { return m.key == k; }))
-        members.push_back({k, extra, true});
+      if (named.insert(k).second) members.push_back({k, extra, true});
 
     ++containers_;
     struct Compiled {
@@ -481,6 +501,7 @@ class Compiler {
   std::unordered_map<const json*, Rule> refs_;
   std::vector<std::pair<const json*, int>> open_refs_;  // $refs being compiled, and the containers open then
   int containers_ = 0;
+  bool exact_ = true;
 };
 
 }  // namespace
@@ -525,6 +546,13 @@ std::shared_ptr<const engine::Grammar> tool_call_grammar(ToolFormat format, cons
       args = c.any_object();
     } else if (std::optional<std::string> why = unsupported_schema(p, param); !why) {
       args = c.schema(p, param);
+      // A strict call whose arguments did not follow the schema would not
+      // be returned as a call: what is forced must be held exactly.
+      if (args && t.strict && !c.exact()) {
+        *error = param + ": number bounds other than a minimum of 0, or oneOf, cannot be held exactly, and a forced "
+                         "call of a strict function must follow its schema";
+        return nullptr;
+      }
     }
     if (!args) {
       // Arguments a strict tool promises must be held; others can be any

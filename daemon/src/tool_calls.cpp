@@ -99,9 +99,27 @@ ToolOutput parse_hermes(std::string_view text, const std::vector<ToolSpec>& tool
   ToolOutput out;
   std::size_t pos = 0, close = std::string_view::npos;
   bool close_searched = false;
+  int whole_tries = 64;  // blocks read as a whole object first (each a scan to its end: bounded)
   for (std::size_t start; (start = text.find(kOpen, pos)) != std::string_view::npos;) {
     out.content.append(text.substr(pos, start - pos));
     const std::size_t body = start + kOpen.size();
+    // A block that is one whole call object, then its "</tool_call>", ends
+    // there, whatever its strings hold (an argument may itself mention
+    // "</tool_call>").
+    if (const std::size_t lead = text.find_first_not_of(kSpace, body);
+        lead != std::string_view::npos && text[lead] == '{' && whole_tries-- > 0) {
+      const std::size_t n = json_value_end(text.substr(lead));
+      const std::size_t after = n == std::string_view::npos ? n : text.find_first_not_of(kSpace, lead + n);
+      if (after != std::string_view::npos && text.compare(after, kClose.size(), kClose) == 0) {
+        std::optional<ToolCall> call;
+        if (std::optional<json> j = parse_object(text.substr(lead, n))) call = call_of(*j, tools);
+        if (call) {
+          if (out.calls.size() < max_calls) out.calls.push_back(std::move(*call));
+          pos = after + kClose.size();
+          continue;
+        }
+      }
+    }
     // A block ends at its "</tool_call>", or unclosed at the next
     // "<tool_call>" (a tag written in passing, say while thinking, must not
     // swallow the real call after it) or at the end of the answer (cut by

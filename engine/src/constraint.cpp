@@ -349,8 +349,10 @@ std::uint32_t text_room(const JsonGrammar& g) { return g.in_plain_string() ? Gra
 // or second byte without being tried (in many vocabularies half the tokens
 // start with a space, which JSON allows). Inside a string, plain text is
 // known to fit.
-template <class R>
-bool object_mask(const R& r, const JsonVocab& vocab, std::vector<std::uint64_t>* mask) {
+// `spent()` says when the tries have cost too much: the tokens not yet
+// tried are then refused (plain text known to fit is still allowed).
+template <class R, class Spent>
+bool object_mask(const R& r, const JsonVocab& vocab, std::vector<std::uint64_t>* mask, Spent spent) {
   const std::uint32_t room = text_room(r);  // characters of plain text that fit
   auto allow = [&](std::size_t t) { (*mask)[t / 64] |= std::uint64_t{1} << (t % 64); };
   bool any = false;
@@ -383,7 +385,7 @@ bool object_mask(const R& r, const JsonVocab& vocab, std::vector<std::uint64_t>*
     if (b.empty()) continue;
     if (!(room > 0 && vocab.plain[t] && vocab.chars[t] <= room)) {
       const auto c0 = static_cast<unsigned char>(b[0]);
-      if (!first[c0]) continue;
+      if (!first[c0] || spent()) continue;
       if (!after[c0]) {
         after[c0] = r;
         fits[c0] = after[c0]->feed(c0);
@@ -413,10 +415,18 @@ void JsonConstraint::allowed(std::vector<std::uint64_t>* mask) {
   const bool object = state_.phase == Phase::kObject;
   if (failed_ || complete()) {
   } else if (object && state_.matcher) {
-    any = object_mask(*state_.matcher, *vocab_, mask);
+    // A very ambiguous grammar makes each try dear: the step's tries are
+    // bounded by the work they do (2^18 stacks stepped, rules entered and
+    // nodes compared: about 10 ms) and the stack nodes they make
+    // (about 20 MB).
+    GrammarArena* arena = arena_.get();
+    const std::uint64_t work = arena->work;
+    any = object_mask(*state_.matcher, *vocab_, mask, [arena, mark, work] {
+      return arena->work - work > (std::uint64_t{1} << 18) || arena->nodes.size() - mark > (std::size_t{1} << 20);
+    });
     may_end = state_.matcher->accepting();
   } else if (object) {
-    any = object_mask(state_.json, *vocab_, mask);
+    any = object_mask(state_.json, *vocab_, mask, [] { return false; });
   } else {
     for (std::size_t t = 0; t < n; ++t) {
       const std::string& b = vocab_->bytes[t];
@@ -430,7 +440,11 @@ void JsonConstraint::allowed(std::vector<std::uint64_t>* mask) {
       any = true;
     }
   }
-  if (arena_) arena_->nodes.resize(mark);
+  if (arena_) {
+    arena_->nodes.resize(mark);
+    // What the tries grew is not kept past the step.
+    if (arena_->nodes.capacity() > (std::size_t{1} << 18) && arena_->nodes.capacity() > 4 * mark) arena_->nodes.shrink_to_fit();
+  }
   // Inside the thinking the answer may also end: a model that stops there
   // gives no object (and empty content) rather than being kept writing to
   // max_tokens.

@@ -283,12 +283,15 @@ bool GrammarMatcher::feed(unsigned char c) {
     expand(n.pos + 1, n.next, 0);
   }
   dedupe();
+  arena_->work += tops_.size() + static_cast<std::uint64_t>(kMaxWork - std::max(work_, 0)) +
+                  static_cast<std::uint64_t>(kMaxWork - std::max(compare_budget_, 0));
   return !tops_.empty();
 }
 
-bool GrammarMatcher::same_stack(std::uint32_t a, std::uint32_t b) const {
+bool GrammarMatcher::same_stack(std::uint32_t a, std::uint32_t b) {
   while (a != b) {
     if (a == kBottom || b == kBottom || a == kAccept || b == kAccept) return false;
+    if (--compare_budget_ < 0) return false;  // past the budget: kept as different
     const GrammarArena::Node& x = arena_->nodes[a];
     const GrammarArena::Node& y = arena_->nodes[b];
     if (x.pos != y.pos || x.depth != y.depth || x.lex != y.lex || x.count != y.count) return false;
@@ -308,6 +311,10 @@ void GrammarMatcher::dedupe() {
   };
   std::sort(next_.begin(), next_.end(), [&](std::uint32_t a, std::uint32_t b) { return key(a) < key(b) || (key(a) == key(b) && a < b); });
   tops_.clear();
+  // Stacks alike down to a deep difference cost their depth to compare:
+  // the comparisons of one byte are bounded (past it, stacks that may be
+  // the same are kept apart: more work later, the same sentences).
+  compare_budget_ = kMaxWork;
   std::size_t group = 0;  // first of the run of equal keys in tops_
   for (std::uint32_t t : next_) {
     if (!tops_.empty() && key(tops_.back()) != key(t)) group = tops_.size();
@@ -323,12 +330,15 @@ bool GrammarMatcher::accepting() const { return std::find(tops_.begin(), tops_.e
 bool GrammarMatcher::complete() const { return std::all_of(tops_.begin(), tops_.end(), [](std::uint32_t t) { return t == kAccept; }); }
 
 std::uint32_t GrammarMatcher::free_text_room() const {
+  // Only when every stack is inside a string: plain text then steps each
+  // string (one stack each, no expansion), so what it allows is exactly
+  // what feeding the text would take.
   std::uint32_t room = 0;
   for (std::uint32_t t : tops_) {
     if (t == kAccept) continue;
     const GrammarArena::Node& n = arena_->nodes[t];
     const Grammar::Element e = g_->elements_[n.pos];
-    if (e.kind != Grammar::Kind::kString || n.lex != kBody) continue;
+    if (e.kind != Grammar::Kind::kString || n.lex != kBody) return 0;
     room = std::max(room, g_->strings_[e.arg].max_chars - n.count);
   }
   return room;

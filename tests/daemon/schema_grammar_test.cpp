@@ -26,6 +26,12 @@ using engine::Grammar;
 using engine::GrammarArena;
 using engine::GrammarMatcher;
 
+// CTest sets AIRLOCK_MODELS_DIR; run by hand, the shared folder is the default.
+std::string models_dir() {
+  const char* d = std::getenv("AIRLOCK_MODELS_DIR");
+  return d && *d ? d : "/work/shared/models";
+}
+
 std::shared_ptr<const Grammar> compile(const char* schema) {
   std::string why;
   auto g = compile_schema(ojson::parse(schema), "schema", &why);
@@ -242,6 +248,62 @@ TEST(SchemaGrammarTest, ForcedToolCalls) {
   tools[2].strict = true;  // a strict tool whose schema cannot be held to
   EXPECT_FALSE(tool_call_grammar(ToolFormat::kHermes, tools, "", true, &why));
   EXPECT_NE(why.find("tools[2].function.parameters"), std::string::npos) << why;
+  // ... or held only in part: its forced call might not follow it, and
+  // would then not be returned as a call.
+  for (const char* p : {R"({"type":"object","properties":{"n":{"type":"integer","minimum":1}},"required":["n"]})",
+                        R"({"type":"object","properties":{"n":{"type":"number","exclusiveMinimum":0}},"required":["n"]})",
+                        R"({"type":"object","properties":{"n":{"oneOf":[{"type":"integer"},{"type":"number"}]}}})"}) {
+    std::vector<ToolSpec> strict = {{"f", true, ojson::parse(p)}};
+    EXPECT_FALSE(tool_call_grammar(ToolFormat::kHermes, strict, "", true, &why)) << p;
+    EXPECT_NE(why.find("cannot be held exactly"), std::string::npos) << why;
+    strict[0].strict = false;  // not strict: forced, arguments as the model writes them within the grammar
+    EXPECT_TRUE(tool_call_grammar(ToolFormat::kHermes, strict, "", true, &why)) << p;
+  }
+  std::vector<ToolSpec> exact = {{"f", true, ojson::parse(R"({"type":"object","properties":{"n":{"type":"integer",
+      "minimum":0},"m":{"type":"integer","minimum":1,"maximum":5}},"required":["n","m"]})")}};
+  EXPECT_TRUE(tool_call_grammar(ToolFormat::kHermes, exact, "", true, &why)) << why;
+  // An argument may mention the tags: the call is read whole all the same.
+  const std::vector<ToolSpec> writer = {{"write", false, ojson::parse(R"({"type":"object"})")}};
+  for (const char* text : {"<tool_call>{\"name\": \"write\", \"arguments\": {\"text\": \"a</tool_call>b\"}}</tool_call>",
+                           "<tool_call>\n{\"name\": \"write\", \"arguments\": {\"text\": \"<tool_call>\"}}\n</tool_call>"}) {
+    const ToolOutput out = parse_tool_calls(ToolFormat::kHermes, text, writer);
+    ASSERT_EQ(out.calls.size(), 1u) << text;
+    EXPECT_EQ(out.content, "") << text;
+  }
+}
+
+// A grammar crowded with ways (1,100 string branches: past the bound on
+// stacks, and past the bound on a step's work inside an escape): what the
+// mask allows is still only what the recogniser takes.
+TEST(SchemaGrammarTest, CrowdedGrammarsStaySound) {
+  auto file = engine::GgufFile::open(models_dir() + "/tokenizers/llama.cpp-vocab/ggml-vocab-gpt-2.gguf");
+  if (!file.is_ok()) GTEST_SKIP() << "ggml-vocab-gpt-2.gguf not found (set AIRLOCK_MODELS_DIR)";
+  auto tok = engine::Tokenizer::from_gguf(**file);
+  ASSERT_TRUE(tok.is_ok());
+  auto vocab = std::make_shared<const engine::JsonVocab>(**tok);
+  std::string schema = R"({"type":"array","items":{"anyOf":[)";
+  for (int i = 0; i < 1100; ++i) schema += (i ? "," : "") + std::string(R"({"type":"string","maxLength":)") + std::to_string(20 + i) + "}";
+  schema += "]}}";
+  auto g = compile(schema.c_str());
+  ASSERT_TRUE(g);
+  for (const std::string prefix : {"[\"", "[\"abc\\", "[\"abc\\u00"}) {
+    engine::JsonConstraint c(vocab, std::nullopt, g);
+    for (std::int32_t t : (*tok)->encode(prefix, false, false)) c.accept(t);
+    std::vector<std::uint64_t> mask;
+    c.allowed(&mask);
+    int allowed = 0, plain = 0;
+    for (std::int32_t t = 0; t < (*tok)->n_vocab(); ++t) {
+      const std::string& b = vocab->bytes[static_cast<std::size_t>(t)];
+      if (b.empty() || !((mask[static_cast<std::size_t>(t) / 64] >> (t % 64)) & 1u)) continue;
+      ++allowed;
+      // (Tokens of plain text, 49,000 of them inside a string, sampled.)
+      if (vocab->plain[static_cast<std::size_t>(t)] && ++plain % 50 != 0) continue;
+      GrammarArena arena;
+      GrammarMatcher m(g.get(), &arena);
+      ASSERT_TRUE(m.feed(prefix + b)) << prefix << " + " << b;
+    }
+    EXPECT_GT(allowed, 0) << prefix;
+  }
 }
 
 // Shapes found by review: many optional members (a long chain of rules
@@ -301,12 +363,6 @@ TEST(SchemaGrammarTest, HardShapes) {
   ASSERT_TRUE(m.feed(R"("hello)"));
   EXPECT_EQ(m.free_text_room(), 99u - 5u);
   EXPECT_LT(arena.nodes.size(), 2000u);
-}
-
-// CTest sets AIRLOCK_MODELS_DIR; run by hand, the shared folder is the default.
-std::string models_dir() {
-  const char* d = std::getenv("AIRLOCK_MODELS_DIR");
-  return d && *d ? d : "/work/shared/models";
 }
 
 // Under JsonConstraint with a schema's grammar, a walk through gpt-2's

@@ -22,11 +22,13 @@
 // the arena only grows, and its owner truncates it to a mark once the
 // copies are gone, or compacts it around the one matcher left.
 //
-// Bounds: at most kMaxStacks stacks (past that, later ones are dropped:
+// Bounds: at most kMaxStacks (256) stacks (past that, later ones are dropped:
 // a very ambiguous grammar may lose sentences, never gain any), at most
 // kMaxDepth open rules on one stack, kMaxExpansion rules entered in a row
-// without reading a byte, and kMaxWork rule expansions for one byte (or
-// for the start), whatever the grammar: work past it is dropped likewise.
+// without reading a byte, and kMaxWork rule expansions and as many node
+// comparisons for one byte (or for the start), whatever the grammar: work
+// past them is dropped likewise (or, for comparisons, stacks are kept
+// apart that might have been merged).
 //
 // Thread-safety: a Grammar is immutable once built and may be shared; a
 // matcher and its arena belong to one thread at a time.
@@ -98,11 +100,12 @@ struct GrammarArena {
     std::uint32_t count;  // kString: characters so far
   };
   std::vector<Node> nodes;
+  std::uint64_t work = 0;  // stacks stepped, rules entered and nodes compared, by every matcher on it
 };
 
 class GrammarMatcher {
  public:
-  static constexpr std::size_t kMaxStacks = 1024;
+  static constexpr std::size_t kMaxStacks = 256;
   static constexpr std::uint32_t kMaxDepth = 2048;
   static constexpr int kMaxExpansion = 1024;
   static constexpr int kMaxWork = 1 << 16;
@@ -122,9 +125,10 @@ class GrammarMatcher {
   bool accepting() const;
   // Nothing but the end may follow (or nothing at all, when dead).
   bool complete() const;
-  // Inside a string, between characters: how many more characters of
-  // plain text (no quote, backslash or control byte; whole UTF-8
-  // characters) may follow, the most over the stacks (0: none).
+  // With every stack inside a string, between characters: how many more
+  // characters of plain text (no quote, backslash or control byte; whole
+  // UTF-8 characters) may follow, the most over the stacks (0: none, or a
+  // stack elsewhere).
   std::uint32_t free_text_room() const;
   // The bytes that may come next (a byte some stack can take; at the
   // bounds above, taking it may still leave nothing).
@@ -142,7 +146,7 @@ class GrammarMatcher {
   void expand_rule(std::uint32_t pos, std::uint32_t tail, int guard);
   void emit(std::uint32_t top);
   void dedupe();
-  bool same_stack(std::uint32_t a, std::uint32_t b) const;
+  bool same_stack(std::uint32_t a, std::uint32_t b);
   // Takes byte c into the string at the top of stack `top`.
   void string_step(std::uint32_t top, unsigned char c);
 
@@ -151,6 +155,7 @@ class GrammarMatcher {
   std::vector<std::uint32_t> tops_;  // node ids whose pos is a kBytes or kString element, or kAccept
   std::vector<std::uint32_t> next_;  // scratch
   int work_ = 0;                     // rule expansions left for this byte
+  int compare_budget_ = 0;           // node comparisons left for this byte's dedupe
 };
 
 }  // namespace airlock::engine
