@@ -271,15 +271,15 @@ void GrammarMatcher::string_step(std::uint32_t top, unsigned char c) {
 bool GrammarMatcher::feed(unsigned char c) {
   next_.clear();
   work_ = kMaxWork;
+  // Strings first: each steps to one stack, so none is lost to kMaxStacks
+  // however the others expand (free_text_room counts on it).
+  for (std::uint32_t top : tops_)
+    if (top != kAccept && g_->elements_[arena_->nodes[top].pos].kind == Grammar::Kind::kString) string_step(top, c);
   for (std::uint32_t top : tops_) {
     if (top == kAccept) continue;
     const GrammarArena::Node n = arena_->nodes[top];
     const Grammar::Element e = g_->elements_[n.pos];
-    if (e.kind == Grammar::Kind::kString) {
-      string_step(top, c);
-      continue;
-    }
-    if (!g_->sets_[e.arg][c]) continue;
+    if (e.kind == Grammar::Kind::kString || !g_->sets_[e.arg][c]) continue;
     expand(n.pos + 1, n.next, 0);
   }
   dedupe();
@@ -330,15 +330,15 @@ bool GrammarMatcher::accepting() const { return std::find(tops_.begin(), tops_.e
 bool GrammarMatcher::complete() const { return std::all_of(tops_.begin(), tops_.end(), [](std::uint32_t t) { return t == kAccept; }); }
 
 std::uint32_t GrammarMatcher::free_text_room() const {
-  // Only when every stack is inside a string: plain text then steps each
-  // string (one stack each, no expansion), so what it allows is exactly
-  // what feeding the text would take.
+  // A string stack steps through plain text to one stack, and feed() steps
+  // strings before the rest, so none is lost to kMaxStacks: plain text that
+  // fits one string's room is taken, whatever the other stacks do.
   std::uint32_t room = 0;
   for (std::uint32_t t : tops_) {
     if (t == kAccept) continue;
     const GrammarArena::Node& n = arena_->nodes[t];
     const Grammar::Element e = g_->elements_[n.pos];
-    if (e.kind != Grammar::Kind::kString || n.lex != kBody) return 0;
+    if (e.kind != Grammar::Kind::kString || n.lex != kBody) continue;
     room = std::max(room, g_->strings_[e.arg].max_chars - n.count);
   }
   return room;
@@ -346,6 +346,9 @@ std::uint32_t GrammarMatcher::free_text_room() const {
 
 Grammar::ByteSet GrammarMatcher::next_bytes() const {
   Grammar::ByteSet out;
+  // A string's next bytes depend only on its state and on whether it may
+  // close and may take another character: each such case is worked out once.
+  std::vector<std::uint64_t> seen;
   for (std::uint32_t t : tops_) {
     if (t == kAccept) continue;
     const GrammarArena::Node& n = arena_->nodes[t];
@@ -355,6 +358,9 @@ Grammar::ByteSet GrammarMatcher::next_bytes() const {
       continue;
     }
     const Grammar::Bounds b = g_->strings_[e.arg];
+    const std::uint64_t key = std::uint64_t{n.lex} << 2 | std::uint64_t{n.count >= b.min_chars} << 1 | (n.count < b.max_chars);
+    if (std::find(seen.begin(), seen.end(), key) != seen.end()) continue;
+    seen.push_back(key);
     for (unsigned c = 0; c < 256; ++c) {
       std::uint32_t lex = n.lex, count = n.count;
       if (!out[c] && ::airlock::engine::string_step(b.min_chars, b.max_chars, &lex, &count, static_cast<unsigned char>(c)) != Step::kRefused)

@@ -22,7 +22,7 @@
 // the arena only grows, and its owner truncates it to a mark once the
 // copies are gone, or compacts it around the one matcher left.
 //
-// Bounds: at most kMaxStacks (256) stacks (past that, later ones are dropped:
+// Bounds: at most kMaxStacks (1,024) stacks (past that, later ones are dropped:
 // a very ambiguous grammar may lose sentences, never gain any), at most
 // kMaxDepth open rules on one stack, kMaxExpansion rules entered in a row
 // without reading a byte, and kMaxWork rule expansions and as many node
@@ -105,7 +105,7 @@ struct GrammarArena {
 
 class GrammarMatcher {
  public:
-  static constexpr std::size_t kMaxStacks = 256;
+  static constexpr std::size_t kMaxStacks = 1024;
   static constexpr std::uint32_t kMaxDepth = 2048;
   static constexpr int kMaxExpansion = 1024;
   static constexpr int kMaxWork = 1 << 16;
@@ -125,10 +125,9 @@ class GrammarMatcher {
   bool accepting() const;
   // Nothing but the end may follow (or nothing at all, when dead).
   bool complete() const;
-  // With every stack inside a string, between characters: how many more
-  // characters of plain text (no quote, backslash or control byte; whole
-  // UTF-8 characters) may follow, the most over the stacks (0: none, or a
-  // stack elsewhere).
+  // Inside a string, between characters: how many more characters of
+  // plain text (no quote, backslash or control byte; whole UTF-8
+  // characters) may follow, the most over the stacks (0: none).
   std::uint32_t free_text_room() const;
   // The bytes that may come next (a byte some stack can take; at the
   // bounds above, taking it may still leave nothing).
