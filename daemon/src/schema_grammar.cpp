@@ -55,17 +55,6 @@ Seq lit(std::string_view text) {
 
 Seq sym(std::initializer_list<Grammar::Symbol> symbols) { return Seq(symbols); }
 
-// The schema `ref` (a "$ref" value unsupported_schema accepted) names in `root`.
-const json* ref_target(const json& root, const std::string& ref) {
-  if (ref == "#") return &root;
-  for (std::string_view prefix : {"#/$defs/", "#/definitions/"})
-    if (ref.compare(0, prefix.size(), prefix) == 0) {
-      const std::string table(prefix.substr(2, prefix.size() - 3));
-      return &root[table][ref.substr(prefix.size())];
-    }
-  return nullptr;
-}
-
 std::optional<double> number_at(const json& s, const char* k) {
   return s.contains(k) && s[k].is_number() ? std::optional<double>(s[k].get<double>()) : std::nullopt;
 }
@@ -318,7 +307,7 @@ class Compiler {
   }
 
   std::optional<Rule> referenced(const std::string& ref_text, const std::string& path) {
-    const json* target = ref_target(*root_, ref_text);
+    const json* target = resolve_ref(*root_, json(ref_text));
     if (target == nullptr) return fail(path + ".$ref: unknown target");
     if (auto it = refs_.find(target); it != refs_.end()) {
       // Still being compiled with no container opened since: a loop that

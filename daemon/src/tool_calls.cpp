@@ -233,22 +233,6 @@ bool one_of(std::string_view x, const std::string_view (&set)[N]) {
   return std::find(std::begin(set), std::end(set), x) != std::end(set);
 }
 
-// The schema a "$ref" names in `root`, or null.
-const json* resolve_ref(const json& root, const json& ref) {
-  if (!ref.is_string()) return nullptr;
-  const std::string& r = ref.get_ref<const std::string&>();
-  if (r == "#") return &root;
-  for (std::string_view prefix : {"#/$defs/", "#/definitions/"}) {
-    if (r.compare(0, prefix.size(), prefix) != 0) continue;
-    const std::string name = r.substr(prefix.size());
-    const std::string table(prefix.substr(2, prefix.size() - 3));
-    if (name.find_first_of("/~%") != std::string::npos || !root.contains(table) || !root[table].is_object() ||
-        !root[table].contains(name))
-      return nullptr;
-    return &root[table][name];
-  }
-  return nullptr;
-}
 
 struct SchemaCheck {
   const json& root;
@@ -348,6 +332,22 @@ struct SchemaCheck {
 };
 
 }  // namespace
+
+const json* resolve_ref(const json& root, const json& ref) {
+  if (!ref.is_string()) return nullptr;
+  const std::string& r = ref.get_ref<const std::string&>();
+  if (r == "#") return &root;
+  for (std::string_view prefix : {"#/$defs/", "#/definitions/"}) {
+    if (r.compare(0, prefix.size(), prefix) != 0) continue;
+    const std::string name = r.substr(prefix.size());
+    const std::string table(prefix.substr(2, prefix.size() - 3));
+    if (name.find_first_of("/~%") != std::string::npos || !root.contains(table) || !root[table].is_object() ||
+        !root[table].contains(name))
+      return nullptr;
+    return &root[table][name];
+  }
+  return nullptr;
+}
 
 std::optional<std::string> unsupported_schema(const json& schema, std::string_view root) {
   // Every subschema, iteratively (the schema came in a request body, so

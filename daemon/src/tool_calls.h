@@ -74,6 +74,10 @@ struct ToolSpec {
 // names the schema in the reason.
 std::optional<std::string> unsupported_schema(const nlohmann::ordered_json& schema, std::string_view root = "parameters");
 
+// The schema a "$ref" value names in `root` ("#", "#/$defs/NAME" or
+// "#/definitions/NAME"), or null.
+const nlohmann::ordered_json* resolve_ref(const nlohmann::ordered_json& root, const nlohmann::ordered_json& ref);
+
 // Whether `value` follows `schema` (one that unsupported_schema accepts).
 // Bounded work whatever the schema ($ref loops, nested anyOf): past the
 // bounds the answer is no.
