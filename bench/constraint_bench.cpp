@@ -3,7 +3,8 @@
 // object (before it, inside a string, inside a number in nested
 // containers), and the time to prepare the vocabulary once per model.
 // Then the same with a JSON Schema's grammar (response_format json_schema):
-// the schema's compile time, and the step at points of an instance.
+// the schema's compile time, and the step at points of an instance; and
+// with a second schema of number bounds and string formats.
 //
 //   constraint_bench VOCAB.gguf [REPEATS]
 // VOCAB.gguf: any GGUF with a tokenizer (a model, or llama.cpp's
@@ -46,24 +47,37 @@ int main(int argc, char** argv) {
       "properties":{"name":{"type":"string"},"role":{"type":"string"}},"required":["name","role"],
       "additionalProperties":false}}},"required":["title","year","rating","genre","sequel_of","cast"],
       "additionalProperties":false})";
-  const Clock::time_point c0 = Clock::now();
-  std::string why;
-  std::shared_ptr<const Grammar> grammar =
-      airlock::daemon::compile_schema(nlohmann::ordered_json::parse(schema_text), "schema", &why);
-  if (!grammar) return std::fprintf(stderr, "%s\n", why.c_str()), 2;
-  std::printf("schema compiled in %.2f ms (%zu grammar elements)\n",
-              std::chrono::duration<double, std::milli>(Clock::now() - c0).count(), grammar->elements());
+  // The same shape with what pydantic writes for bounded numbers, dates and
+  // ids: number bounds, string formats.
+  const char* bounded_text = R"({"type":"object","properties":{"title":{"type":"string","minLength":1,"maxLength":200},
+      "year":{"type":"integer","minimum":1888,"maximum":2100},"rating":{"type":"number","minimum":0,"maximum":10},
+      "released":{"type":"string","format":"date"},"id":{"type":"string","format":"uuid"}},
+      "required":["title","year","rating","released","id"],"additionalProperties":false})";
+  std::shared_ptr<const Grammar> grammars[2];
+  int s = 0;
+  for (const char* text : {schema_text, bounded_text}) {
+    const Clock::time_point c0 = Clock::now();
+    std::string why;
+    grammars[s] = airlock::daemon::compile_schema(nlohmann::ordered_json::parse(text), "schema", &why);
+    if (!grammars[s]) return std::fprintf(stderr, "%s\n", why.c_str()), 2;
+    std::printf("schema %d compiled in %.2f ms (%zu grammar elements)\n", s + 1,
+                std::chrono::duration<double, std::milli>(Clock::now() - c0).count(), grammars[s]->elements());
+    ++s;
+  }
   struct Case {
     const char* prefix;
-    bool schema;
+    int schema;  // 0: none (json_object), else which
   };
-  for (const Case& k : {Case{"", false}, Case{"{\"key\": \"some text here", false}, Case{"{\"key\": [1, 2, {\"a\": 12", false},
-                        Case{"", true}, Case{"{\"title\": \"some text here", true}, Case{"{\"title\": \"x\", \"year\": 19", true},
-                        Case{"{\"title\": \"x\", \"year\": 1999, ", true},
-                        Case{"{\"title\": \"x\", \"year\": 1999, \"rating\": 7.5, \"genre\": \"do", true}}) {
+  for (const Case& k : {Case{"", 0}, Case{"{\"key\": \"some text here", 0}, Case{"{\"key\": [1, 2, {\"a\": 12", 0},
+                        Case{"", 1}, Case{"{\"title\": \"some text here", 1}, Case{"{\"title\": \"x\", \"year\": 19", 1},
+                        Case{"{\"title\": \"x\", \"year\": 1999, ", 1},
+                        Case{"{\"title\": \"x\", \"year\": 1999, \"rating\": 7.5, \"genre\": \"do", 1},
+                        Case{"{\"title\": \"x\", \"year\": 19", 2}, Case{"{\"title\": \"x\", \"year\": 1999, \"rating\": 7.", 2},
+                        Case{"{\"title\": \"x\", \"year\": 1999, \"rating\": 7.5, \"released\": \"1999-0", 2},
+                        Case{"{\"title\": \"x\", \"year\": 1999, \"rating\": 7.5, \"released\": \"1999-01-02\", \"id\": \"12ab", 2}}) {
     const char* prefix = k.prefix;
-    JsonConstraint c(vocab, std::nullopt, k.schema ? grammar : nullptr);
-    if (k.schema) std::printf("  schema");
+    JsonConstraint c(vocab, std::nullopt, k.schema > 0 ? grammars[k.schema - 1] : nullptr);
+    if (k.schema > 0) std::printf("  schema %d", k.schema);
     for (std::int32_t t : (*tok)->encode(prefix, false, false)) c.accept(t);
     std::vector<std::uint64_t> mask;
     const Clock::time_point a = Clock::now();
@@ -71,7 +85,7 @@ int main(int argc, char** argv) {
     const double ms = std::chrono::duration<double, std::milli>(Clock::now() - a).count() / repeats;
     std::size_t n = 0;
     for (std::uint64_t w : mask) n += static_cast<std::size_t>(__builtin_popcountll(w));
-    std::printf("%s after '%s': %.3f ms a step, %zu tokens allowed\n", k.schema ? "" : "  json_object", prefix, ms, n);
+    std::printf("%s after '%s': %.3f ms a step, %zu tokens allowed\n", k.schema > 0 ? "" : "  json_object", prefix, ms, n);
   }
   return 0;
 }

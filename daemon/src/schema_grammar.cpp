@@ -1,12 +1,14 @@
 #include "schema_grammar.h"
 
 #include <algorithm>
+#include <charconv>
 #include <cmath>
 #include <cstdint>
 #include <initializer_list>
 #include <map>
 #include <optional>
 #include <set>
+#include <system_error>
 #include <unordered_map>
 #include <utility>
 #include <vector>
@@ -23,7 +25,6 @@ using Seq = std::vector<Grammar::Symbol>;
 
 constexpr std::size_t kMaxElements = 2'000'000;
 constexpr std::uint64_t kMaxRepeat = 10'000;
-constexpr std::int64_t kMaxIntegerChoices = 1'000;
 constexpr int kMaxSpaces = 32;   // whitespace bytes between two tokens
 constexpr int kMaxDigits = 20;   // in a number's integer part, and in its fraction
 
@@ -258,7 +259,8 @@ class Compiler {
     }
     for (const char* k : {"anyOf", "oneOf"}) {
       if (!s.contains(k)) continue;
-      if (std::string_view(k) == "oneOf" && s[k].size() > 1) exact_ = false;  // held as anyOf
+      // Held as anyOf: exactly when no value follows two of the branches.
+      if (std::string_view(k) == "oneOf" && !pairwise_disjoint(s[k])) exact_ = false;
       if (std::string other = other_constraint(s, k); !other.empty())
         return fail(path + ": '" + other + "' beside " + k + " cannot be held to");
       std::vector<Seq> alts;
@@ -293,8 +295,8 @@ class Compiler {
     for (const std::string& t : types) {
       std::optional<Rule> r;
       if (t == "string") r = string_of(s, path);
-      else if (t == "number") r = number_of(s);
-      else if (t == "integer") r = integer_of(s, path);
+      else if (t == "number") r = number_of(s, false, path);
+      else if (t == "integer") r = number_of(s, true, path);
       else if (t == "boolean") r = literals({"true", "false"});
       else if (t == "null") r = literals({"null"});
       else if (t == "object") r = object_of(s, path);
@@ -304,6 +306,81 @@ class Compiler {
     }
     if (alts.empty()) return fail(path + ".type lists no type");
     return alts.size() == 1 ? alts[0][0].rule : alternatives(alts);
+  }
+
+  // Whether no value follows two of `branches`, by a sufficient check (a
+  // pydantic union, say): each pair has types that exclude each other, or
+  // values (const or enum) of which none is the other's, or is made of
+  // objects that both require a member whose schemas are disjoint so. At
+  // most 64 branches are compared; past that, no.
+  bool pairwise_disjoint(const json& branches) const {
+    if (branches.size() > 64) return false;
+    for (std::size_t i = 0; i < branches.size(); ++i)
+      for (std::size_t j = i + 1; j < branches.size(); ++j)
+        if (!disjoint(branches[i], branches[j], 2)) return false;
+    return true;
+  }
+
+  // The schema `s` names by $ref (followed up to 16 times), or `s`.
+  const json& target_of(const json& s) const {
+    const json* at = &s;
+    for (int i = 0; i < 16 && at->is_object() && at->contains("$ref"); ++i) {
+      const json* next = resolve_ref(*root_, (*at)["$ref"]);
+      if (next == nullptr) break;
+      at = next;
+    }
+    return *at;
+  }
+
+  // The types a value of `s` may have (nullopt: any, as far as read here).
+  static std::optional<std::set<std::string>> types_of(const json& s) {
+    std::set<std::string> out;
+    if (s.contains("const") || s.contains("enum")) {
+      const json values = s.contains("const") ? json::array({s["const"]}) : s["enum"];
+      for (const json& v : values) out.insert(v.is_number() ? "number" : v.is_string() ? "string" : v.is_boolean() ? "boolean"
+                                                : v.is_null() ? "null" : v.is_object() ? "object" : "array");
+    } else if (s.contains("type")) {
+      const json& t = s["type"];
+      for (const json& x : t.is_array() ? t : json::array({t})) out.insert(x.get<std::string>() == "integer" ? "number" : x.get<std::string>());
+    } else {
+      return std::nullopt;
+    }
+    if (s.contains("nullable") && s["nullable"] == true) out.insert("null");
+    return out;
+  }
+
+  bool disjoint(const json& a_in, const json& b_in, int depth) const {
+    const json& a = target_of(a_in);
+    const json& b = target_of(b_in);
+    if (!a.is_object() || !b.is_object()) return a == false || b == false;
+    for (const json* s : {&a, &b})
+      for (const char* k : {"anyOf", "oneOf", "allOf", "$ref"})
+        if (s->contains(k)) return false;
+    const auto ta = types_of(a), tb = types_of(b);
+    if (ta && tb && std::none_of(ta->begin(), ta->end(), [&](const std::string& t) { return tb->count(t) > 0; })) return true;
+    if ((a.contains("const") || a.contains("enum")) && (b.contains("const") || b.contains("enum"))) {
+      const json va = a.contains("const") ? json::array({a["const"]}) : a["enum"];
+      const json vb = b.contains("const") ? json::array({b["const"]}) : b["enum"];
+      if (va.size() * vb.size() <= 4096 &&
+          std::none_of(va.begin(), va.end(), [&](const json& x) { return follows_schema(json{{"enum", vb}}, x); }))
+        return true;
+    }
+    // Objects both requiring a member whose schemas are disjoint.
+    if (depth == 0 || !ta || !tb || *ta != std::set<std::string>{"object"} || *tb != std::set<std::string>{"object"})
+      return false;
+    if (!a.contains("required") || !b.contains("required") || !a.contains("properties") || !b.contains("properties"))
+      return false;
+    int tries = 16;
+    for (const json& k : a["required"]) {
+      if (tries-- == 0) break;
+      if (!k.is_string()) return false;
+      const std::string& key = k.get_ref<const std::string&>();
+      const bool both = std::any_of(b["required"].begin(), b["required"].end(), [&](const json& x) { return x == k; });
+      if (both && a["properties"].contains(key) && b["properties"].contains(key) &&
+          disjoint(a["properties"][key], b["properties"][key], depth - 1))
+        return true;
+    }
+    return false;
   }
 
   std::optional<Rule> referenced(const std::string& ref_text, const std::string& path) {
@@ -352,46 +429,287 @@ class Compiler {
     return literals(texts);
   }
 
-  // Number bounds: held exactly when there are none, or only a minimum of
-  // 0 (no minus sign); otherwise only a lower bound of 0 or more is held
-  // in part (no minus sign).
-  std::optional<Rule> number_of(const json& s) {
-    const bool only_min_zero = !s.contains("maximum") && !s.contains("exclusiveMaximum") && !s.contains("exclusiveMinimum") &&
-                               (!s.contains("minimum") || number_at(s, "minimum") == 0.0);
-    if (!only_min_zero) exact_ = false;
-    return nonneg(s) ? nonneg_number_ : number_;
-  }
-
-  static bool nonneg(const json& s) {
-    const std::optional<double> lo = number_at(s, "minimum"), xlo = number_at(s, "exclusiveMinimum");
-    return (lo && *lo >= 0) || (xlo && *xlo >= 0);
-  }
-
-  std::optional<Rule> integer_of(const json& s, const std::string& path) {
-    std::optional<double> lo = number_at(s, "minimum"), hi = number_at(s, "maximum");
-    if (auto x = number_at(s, "exclusiveMinimum")) lo = std::max(lo.value_or(-1e300), std::floor(*x) + 1);
-    if (auto x = number_at(s, "exclusiveMaximum")) hi = std::min(hi.value_or(1e300), std::ceil(*x) - 1);
-    if (lo && hi) {
-      const double a = std::ceil(*lo), b = std::floor(*hi);
-      if (a > b) return fail(path + ": no integer lies between its bounds");
-      if (b - a < kMaxIntegerChoices && std::fabs(a) < 1e15 && std::fabs(b) < 1e15) {
-        std::vector<std::string> texts;
-        for (auto i = static_cast<std::int64_t>(a); i <= static_cast<std::int64_t>(b); ++i) texts.push_back(std::to_string(i));
-        return literals(texts);
-      }
+  // Numbers between bounds, held exactly: a bound is read as the double
+  // the validator compares with, written in its shortest decimal form (a
+  // decimal at or past that form rounds to a double at or past the
+  // bound); an exclusive bound is the next double in. Bounded numbers are
+  // written without an exponent. An unbounded number, or one whose only
+  // bound is a minimum of 0, keeps the exponent.
+  std::optional<Rule> number_of(const json& s, bool integer, const std::string& path) {
+    // -inf and +inf: no bound.
+    double lo = number_at(s, "minimum").value_or(-HUGE_VAL), hi = number_at(s, "maximum").value_or(HUGE_VAL);
+    if (auto x = number_at(s, "exclusiveMinimum")) lo = std::max(lo, std::nextafter(*x, HUGE_VAL));
+    if (auto x = number_at(s, "exclusiveMaximum")) hi = std::min(hi, std::nextafter(*x, -HUGE_VAL));
+    const bool has_lo = lo > -HUGE_VAL, has_hi = hi < HUGE_VAL;
+    if (!has_lo && !has_hi) return integer ? integer_ : number_;
+    if (lo > hi || lo == HUGE_VAL || hi == -HUGE_VAL)
+      return fail(path + ": no " + std::string(integer ? "integer" : "number") + " lies between its bounds");
+    if (lo == 0 && !has_hi && !s.contains("exclusiveMinimum")) return integer ? nonneg_integer_ : nonneg_number_;
+    const int places = integer ? 0 : kMaxDigits;  // fraction digits
+    std::vector<Seq> alts;
+    // 0 or more: a magnitude from max(lo, 0) to hi.
+    if (hi >= 0) {
+      const std::optional<Decimal> from = lo > 0 ? decimal_of(lo) : std::nullopt;
+      const std::optional<Decimal> to = has_hi ? decimal_of(hi) : std::nullopt;
+      if (std::optional<Rule> r = magnitude(from, to, places)) alts.push_back(sym({ref(*r)}));
     }
-    const std::optional<Rule> bounded = number_of(s);  // (for exact_)
-    if (!bounded) return bounded;
-    return nonneg(s) ? nonneg_integer_ : integer_;
+    // Below 0: a minus, then a magnitude from max(-hi, 0) to -lo.
+    if (lo < 0) {
+      const std::optional<Decimal> from = hi < 0 ? decimal_of(-hi) : std::nullopt;
+      const std::optional<Decimal> to = has_lo ? decimal_of(-lo) : std::nullopt;
+      if (std::optional<Rule> r = magnitude(from, to, places)) alts.push_back(sym({Grammar::byte('-'), ref(*r)}));
+    }
+    if (alts.empty())
+      return fail(path + ": no " + (integer ? "integer" : "number") + " an answer can write lies between its bounds");
+    return alternatives(alts);
+  }
+
+  // A number of 0 or more in decimal: its whole part (no leading zero, "0"
+  // for none) and its fraction's digits (no trailing zero).
+  struct Decimal {
+    std::string whole, fraction;
+  };
+  static std::optional<Decimal> decimal_of(double d) {
+    if (!std::isfinite(d) || d < 0) return std::nullopt;
+    char buf[64];
+    const auto [end, ec] = std::to_chars(buf, buf + sizeof buf, d);  // the shortest that reads back as d
+    if (ec != std::errc()) return std::nullopt;
+    const std::string_view text(buf, static_cast<std::size_t>(end - buf));
+    const std::size_t e = text.find_first_of("eE");
+    const std::string_view mantissa = text.substr(0, e);
+    const int exponent = e == std::string_view::npos ? 0 : std::stoi(std::string(text.substr(e + 1)));
+    std::string digits;
+    int point = -1;  // digits before the point
+    for (char c : mantissa) {
+      if (c == '.') point = static_cast<int>(digits.size());
+      else digits += c;
+    }
+    if (point < 0) point = static_cast<int>(digits.size());
+    point += exponent;  // |exponent| <= 324: the strings below stay short
+    Decimal out;
+    if (point <= 0) {
+      out.whole = "0";
+      out.fraction = std::string(static_cast<std::size_t>(-point), '0') + digits;
+    } else if (static_cast<std::size_t>(point) >= digits.size()) {
+      out.whole = digits + std::string(static_cast<std::size_t>(point) - digits.size(), '0');
+    } else {
+      out.whole = digits.substr(0, static_cast<std::size_t>(point));
+      out.fraction = digits.substr(static_cast<std::size_t>(point));
+    }
+    out.whole.erase(0, std::min(out.whole.find_first_not_of('0'), out.whole.size() - 1));
+    out.fraction.erase(out.fraction.find_last_not_of('0') + 1);
+    return out;
+  }
+
+  // Whole numbers in decimal, a string each (no leading zero): n + 1, n - 1
+  // (nullopt below 0).
+  static std::string successor(std::string n) {
+    std::size_t i = n.size();
+    while (i > 0 && n[i - 1] == '9') n[--i] = '0';
+    if (i == 0) return "1" + n;
+    ++n[i - 1];
+    return n;
+  }
+  static std::optional<std::string> predecessor(std::string n) {
+    if (n == "0") return std::nullopt;
+    std::size_t i = n.size();
+    while (n[i - 1] == '0') n[--i] = '9';
+    --n[i - 1];
+    if (n.size() > 1 && n[0] == '0') n.erase(0, 1);
+    return n;
+  }
+
+  // Digit strings of exactly n digits from `lo` to `hi` (each n digits long,
+  // or empty for no bound), the first digit at least `first`; nullopt when
+  // there are none.
+  std::optional<Rule> digits_between(const std::string& lo, const std::string& hi, std::size_t n, int first) {
+    const std::string key = "d" + lo + "/" + hi + "/" + std::to_string(n) + "/" + std::to_string(first);
+    if (auto it = digit_rules_.find(key); it != digit_rules_.end()) return it->second;
+    std::optional<Rule> out;
+    if (n == 0) {
+      out = alternatives({{}});
+    } else {
+      const int a = std::max(first, lo.empty() ? 0 : lo[0] - '0'), b = hi.empty() ? 9 : hi[0] - '0';
+      std::vector<Seq> alts;
+      for (int d = a; d <= b; ++d) {
+        const std::string rest_lo = !lo.empty() && d == lo[0] - '0' ? lo.substr(1) : "";
+        const std::string rest_hi = !hi.empty() && d == hi[0] - '0' ? hi.substr(1) : "";
+        if (std::optional<Rule> rest = digits_between(rest_lo, rest_hi, n - 1, 0))
+          alts.push_back(sym({Grammar::byte(static_cast<unsigned char>('0' + d)), ref(*rest)}));
+      }
+      if (!alts.empty()) out = alternatives(alts);
+    }
+    digit_rules_.emplace(key, out);
+    return out;
+  }
+
+  // Whole numbers (no leading zero, at most kMaxDigits digits) from `lo`
+  // to `hi` (nullopt: no bound).
+  std::optional<Rule> whole_between(const std::optional<std::string>& lo, const std::optional<std::string>& hi) {
+    std::vector<Seq> alts;
+    for (std::size_t n = 1; n <= static_cast<std::size_t>(kMaxDigits); ++n) {
+      if ((lo && n < lo->size()) || (hi && n > hi->size())) continue;
+      if (std::optional<Rule> r = digits_between(lo && n == lo->size() ? *lo : "", hi && n == hi->size() ? *hi : "", n, n > 1 ? 1 : 0))
+        alts.push_back(sym({ref(*r)}));
+    }
+    if (alts.empty()) return std::nullopt;
+    return alternatives(alts);
+  }
+
+  // Fractions' digits f (at most `places`, possibly none) with 0.lo <= 0.f
+  // <= 0.hi (lo: "" for 0; hi: nullopt for no bound); `with_point` puts the
+  // point before them (and the empty f, when it is one, is no fraction at all).
+  std::optional<Rule> fraction_between(const std::string& lo, const std::optional<std::string>& hi, int places, bool with_point) {
+    const std::string key = std::string(with_point ? "p" : "f") + lo + "/" + (hi ? "<" + *hi : "-") + "/" + std::to_string(places);
+    if (auto it = digit_rules_.find(key); it != digit_rules_.end()) return it->second;
+    std::vector<Seq> alts, digits;
+    if (lo.empty()) alts.push_back({});  // f empty: 0.f = 0, within
+    for (int d = 0; places > 0 && d <= 9; ++d) {
+      const int a = lo.empty() ? 0 : lo[0] - '0', b = !hi ? 9 : hi->empty() ? 0 : (*hi)[0] - '0';
+      if (d < a || d > b) continue;
+      const std::string rest_lo = !lo.empty() && d == a ? lo.substr(1) : "";
+      const std::optional<std::string> rest_hi = hi && d == b ? std::optional<std::string>(hi->empty() ? "" : hi->substr(1)) : std::nullopt;
+      if (std::optional<Rule> rest = fraction_between(rest_lo, rest_hi, places - 1, false))
+        digits.push_back(sym({Grammar::byte(static_cast<unsigned char>('0' + d)), ref(*rest)}));
+    }
+    if (!digits.empty()) {
+      if (with_point) alts.push_back(sym({Grammar::byte('.'), ref(alternatives(digits))}));
+      else alts.insert(alts.end(), digits.begin(), digits.end());
+    }
+    std::optional<Rule> out;
+    if (!alts.empty()) out = alternatives(alts);
+    digit_rules_.emplace(key, out);
+    return out;
+  }
+
+  // Numbers of 0 or more from `lo` to `hi` (nullopt: no bound), with at
+  // most `places` fraction digits.
+  std::optional<Rule> magnitude(const std::optional<Decimal>& lo, const std::optional<Decimal>& hi, int places) {
+    std::vector<Seq> alts;
+    auto whole_then = [&](const std::string& whole, const std::string& f_lo, const std::optional<std::string>& f_hi) {
+      if (whole.size() > static_cast<std::size_t>(kMaxDigits)) return;
+      if (std::optional<Rule> f = fraction_between(f_lo, f_hi, places, true)) alts.push_back(lit(whole) + sym({ref(*f)}));
+    };
+    if (lo && hi && lo->whole == hi->whole) {
+      whole_then(lo->whole, lo->fraction, hi->fraction);
+    } else {
+      if (lo) whole_then(lo->whole, lo->fraction, std::nullopt);
+      // Whole parts strictly between, any fraction.
+      const std::optional<std::string> from = lo ? std::optional<std::string>(successor(lo->whole)) : std::string("0");
+      const std::optional<std::string> to = hi ? predecessor(hi->whole) : std::nullopt;
+      if (!hi || to) {
+        const bool empty = to && (from->size() > to->size() || (from->size() == to->size() && *from > *to));
+        std::optional<Rule> w = empty ? std::nullopt : whole_between(from, to);
+        std::optional<Rule> f = fraction_between("", std::nullopt, places, true);
+        if (w && f) alts.push_back(sym({ref(*w), ref(*f)}));
+      }
+      if (hi) whole_then(hi->whole, "", hi->fraction);
+    }
+    if (alts.empty()) return std::nullopt;
+    return alternatives(alts);
   }
 
   std::optional<Rule> string_of(const json& s, const std::string& path) {
     const std::optional<std::uint64_t> lo = count_at(s, "minLength"), hi = count_at(s, "maxLength");
-    if (!lo && !hi) return string_;
+    if (!lo && !hi) {
+      if (s.contains("format") && s["format"].is_string())
+        if (std::optional<Rule> f = formatted(s["format"].get<std::string>())) return f;
+      return string_;
+    }
     if (lo && hi && *lo > *hi) return fail(path + ": minLength is over maxLength");
     constexpr std::uint64_t kMost = Grammar::kUnbounded - 1;
     return alternatives({sym({Grammar::string(static_cast<std::uint32_t>(std::min(lo.value_or(0), kMost)),
                                               hi ? static_cast<std::uint32_t>(std::min(*hi, kMost)) : Grammar::kUnbounded)})});
+  }
+
+  // A string in one of the formats JSON Schema names whose text a grammar
+  // can spell (nullopt for others: any string). Beside a length bound a
+  // format is not held (the bound is). Written as RFC 3339 and RFC 4122
+  // have them: date YYYY-MM-DD (months 01-12, days 01-31); time
+  // HH:MM:SS[.fraction] then Z or an offset; date-time, a date, "T", a
+  // time; duration P... (years, months, weeks, days, hours, minutes,
+  // seconds, each of up to 9 digits, in that order); uuid (lowercase hex,
+  // 8-4-4-4-12); ipv4 (0-255 each, no leading zero); hostname (labels of
+  // letters, digits and inner hyphens, up to 63 bytes, joined by dots);
+  // email (a dot-atom local part of common characters, @, a hostname of
+  // two labels or more). Every byte is plain ASCII: no escape is needed.
+  std::optional<Rule> formatted(const std::string& format) {
+    if (auto it = formats_.find(format); it != formats_.end()) return it->second;
+    auto chars = [](std::string_view ranges) {  // "az09.-": pairs of bounds
+      Grammar::ByteSet b;
+      for (std::size_t i = 0; i + 1 < ranges.size(); i += 2)
+        for (int c = static_cast<unsigned char>(ranges[i]); c <= static_cast<unsigned char>(ranges[i + 1]); ++c) b.set(static_cast<unsigned>(c));
+      return Grammar::set(b);
+    };
+    const auto digit = chars("09");
+    auto two = [&](std::string_view first, std::string_view second) { return sym({chars(first), chars(second)}); };
+    // 1 to n of `item`.
+    auto up_to = [&](const Seq& item, int n) {
+      Rule r = alternatives({item});
+      for (int i = 1; i < n; ++i) r = alternatives({item, item + sym({ref(r)})});
+      return r;
+    };
+    auto quoted = [&](const Seq& body) { return alternatives({lit("\"") + body + lit("\"")}); };
+    std::optional<Rule> out;
+    auto date = [&] {
+      return alternatives({sym({digit, digit, digit, digit, Grammar::byte('-'), ref(alternatives({two("00", "19"), two("11", "02")})),
+                                Grammar::byte('-'), ref(alternatives({two("00", "19"), two("12", "09"), two("33", "01")}))})});
+    };
+    auto time = [&] {
+      const Rule hour = alternatives({two("01", "09"), two("22", "03")});
+      const Rule offset = alternatives({sym({chars("ZZzz")}), sym({chars("++--"), ref(hour), Grammar::byte(':'), chars("05"), digit})});
+      return alternatives({sym({ref(hour), Grammar::byte(':'), chars("05"), digit, Grammar::byte(':'),
+                                ref(alternatives({two("05", "09"), lit("60")})),
+                                ref(alternatives({{}, sym({Grammar::byte('.'), ref(up_to(sym({digit}), 9))})})), ref(offset)})});
+    };
+    // A hostname label: a letter or digit, then up to 62 more letters,
+    // digits or hyphens, the last not a hyphen.
+    auto host_label = [&] {
+      Rule inner = alternatives({sym({chars("azAZ09")})});  // ends in a letter or digit
+      for (int i = 1; i < 62; ++i) inner = alternatives({sym({chars("azAZ09")}), sym({chars("azAZ09--"), ref(inner)})});
+      return alternatives({sym({chars("azAZ09")}), sym({chars("azAZ09"), ref(inner)})});
+    };
+    // `item`, then any number of ("." item).
+    auto dotted = [&](Rule item) {
+      const Rule more = g_.add_rule();
+      g_.add_alternative(more, {});
+      g_.add_alternative(more, lit(".") + sym({ref(item), ref(more)}));
+      return alternatives({sym({ref(item), ref(more)})});
+    };
+    if (format == "date") {
+      out = quoted(sym({ref(date())}));
+    } else if (format == "time") {
+      out = quoted(sym({ref(time())}));
+    } else if (format == "date-time") {
+      out = quoted(sym({ref(date()), chars("TTtt"), ref(time())}));
+    } else if (format == "duration") {
+      const Rule n = up_to(sym({digit}), 9);
+      auto part = [&](char unit, std::optional<Rule> then) {  // N unit, then (optionally) `then`
+        const Seq head = sym({ref(n), Grammar::byte(static_cast<unsigned char>(unit))});
+        return then ? alternatives({head, head + sym({ref(*then)})}) : alternatives({head});
+      };
+      const Rule second = part('S', std::nullopt), minute = part('M', second), hour = part('H', minute);
+      const Rule t = alternatives({lit("T") + sym({ref(hour)}), lit("T") + sym({ref(minute)}), lit("T") + sym({ref(second)})});
+      const Rule day = part('D', std::nullopt), month = part('M', day), year = part('Y', month);
+      const Rule date_part = alternatives({sym({ref(day)}), sym({ref(month)}), sym({ref(year)})});
+      out = quoted(lit("P") + sym({ref(alternatives({sym({ref(date_part)}), sym({ref(date_part), ref(t)}), sym({ref(t)}),
+                                                     sym({ref(n), Grammar::byte('W')})}))}));
+    } else if (format == "uuid") {
+      auto hex = [&](int k) { return Seq(static_cast<std::size_t>(k), chars("09af")); };
+      out = quoted(hex(8) + lit("-") + hex(4) + lit("-") + hex(4) + lit("-") + hex(4) + lit("-") + hex(12));
+    } else if (format == "ipv4") {
+      const Rule octet = alternatives({sym({digit}), two("19", "09"), sym({Grammar::byte('1'), digit, digit}),
+                                       sym({Grammar::byte('2'), chars("04"), digit}), lit("25") + sym({chars("05")})});
+      out = quoted(sym({ref(octet)}) + lit(".") + sym({ref(octet)}) + lit(".") + sym({ref(octet)}) + lit(".") + sym({ref(octet)}));
+    } else if (format == "hostname") {
+      out = quoted(sym({ref(dotted(host_label()))}));
+    } else if (format == "email") {
+      const Rule label = host_label();
+      const Rule local = dotted(up_to(sym({chars("azAZ09!!##$$%%&&''**++--//==??^^__``{{||}}~~")}), 64));
+      out = quoted(sym({ref(local), Grammar::byte('@'), ref(label), Grammar::byte('.'), ref(dotted(label))}));
+    }
+    formats_.emplace(format, out);
+    return out;
   }
 
   std::optional<Rule> array_schema(const json& s, const std::string& path) {
@@ -488,6 +806,8 @@ class Compiler {
   std::string error_;
   Rule ws_ = 0, string_ = 0, number_ = 0, nonneg_number_ = 0, integer_ = 0, nonneg_integer_ = 0, any_ = 0;
   std::unordered_map<const json*, Rule> refs_;
+  std::unordered_map<std::string, std::optional<Rule>> digit_rules_;  // bounded numbers' parts, by their bounds
+  std::unordered_map<std::string, std::optional<Rule>> formats_;
   std::vector<std::pair<const json*, int>> open_refs_;  // $refs being compiled, and the containers open then
   int containers_ = 0;
   bool exact_ = true;
@@ -496,7 +816,7 @@ class Compiler {
 }  // namespace
 
 std::shared_ptr<const engine::Grammar> compile_schema(const nlohmann::ordered_json& schema, std::string_view root,
-                                                      std::string* error) {
+                                                      std::string* error, bool* exact) {
   if (std::optional<std::string> why = unsupported_schema(schema, root)) {
     *error = *why;
     return nullptr;
@@ -507,6 +827,7 @@ std::shared_ptr<const engine::Grammar> compile_schema(const nlohmann::ordered_js
     *error = c.error();
     return nullptr;
   }
+  if (exact != nullptr) *exact = c.exact();
   return c.finish(sym({c.ref(*v)}));
 }
 
@@ -538,8 +859,8 @@ std::shared_ptr<const engine::Grammar> tool_call_grammar(ToolFormat format, cons
       // A strict call whose arguments did not follow the schema would not
       // be returned as a call: what is forced must be held exactly.
       if (args && t.strict && !c.exact()) {
-        *error = param + ": number bounds other than a minimum of 0, or oneOf, cannot be held exactly, and a forced "
-                         "call of a strict function must follow its schema";
+        *error = param + ": a oneOf whose branches may overlap is held only as anyOf, and a forced call of a "
+                         "strict function must follow its schema exactly";
         return nullptr;
       }
     }

@@ -12,13 +12,19 @@
 // additionalProperties); items, minItems, maxItems; minLength, maxLength
 // (in characters: an escape is one, a \u surrogate pair too); enum
 // and const (their values in compact JSON, those that also follow the
-// rest of the schema); anyOf and oneOf (a choice of branches: oneOf's "only
-// one" is not held); allOf of one schema; $ref to "#", "#/$defs/NAME" or
-// "#/definitions/NAME", recursion included; numbers with minimum or
-// exclusiveMinimum of 0 or more have no minus sign; an integer between
-// bounds at most 1,000 apart is one of those values.
-// Not held (accepted): other number bounds, and the annotations
-// unsupported_schema accepts unchecked (format, ...).
+// rest of the schema); anyOf; oneOf whose branches no value can follow two
+// of (types that exclude each other, disjoint const/enum values, or
+// objects requiring a member so told apart: pydantic's discriminated
+// unions); allOf of one schema; $ref to "#", "#/$defs/NAME" or
+// "#/definitions/NAME", recursion included; minimum, maximum,
+// exclusiveMinimum and exclusiveMaximum (as the validator compares them, in
+// doubles; a bounded number is written without an exponent).
+// Held in part: other oneOf (as anyOf: "only one" is not held).
+// String formats that a grammar can spell (date, time, date-time,
+// duration, uuid, ipv4, hostname, email) are written in that form, unless
+// beside a length bound; others are any string.
+// Not held (accepted): the other annotations unsupported_schema accepts
+// unchecked.
 // Refused, with the reason: what unsupported_schema refuses; allOf of more
 // than one schema; $ref, anyOf, oneOf or allOf beside keywords that
 // constrain; a schema no value follows (false, an enum of none); a $ref
@@ -45,9 +51,11 @@
 namespace airlock::daemon {
 
 // The grammar of `schema`'s instances, or null with *error set (the reason,
-// naming the subschema from `root`).
+// naming the subschema from `root`). *exact, when given, says whether every
+// keyword is held exactly (no oneOf held only as anyOf): then every
+// sentence follows the schema.
 std::shared_ptr<const engine::Grammar> compile_schema(const nlohmann::ordered_json& schema, std::string_view root,
-                                                      std::string* error);
+                                                      std::string* error, bool* exact = nullptr);
 
 // A forced tool call (tool_choice "required", or a named function): the
 // grammar of an answer that is nothing but calls, in the model's form,

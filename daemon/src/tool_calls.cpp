@@ -422,6 +422,8 @@ std::optional<std::string> unsupported_schema(const json& schema, std::string_vi
         for (std::size_t i = 0; i < v.size(); ++i) nodes.push_back({&v[i], at, k, {}, i});
       } else if (k == "required" || k == "enum") {
         if (!v.is_array()) return here() + " must be an array";
+        if (k == "required" && !std::all_of(v.begin(), v.end(), [](const json& x) { return x.is_string(); }))
+          return here() + " must list names (strings)";
         if ((entries += v.size()) > kMaxEntries) return std::string(root) + " has more than 10,000 enum and required entries";
       } else if (k == "nullable") {
         if (!v.is_boolean()) return here() + " must be true or false";

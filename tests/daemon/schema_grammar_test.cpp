@@ -6,8 +6,12 @@
 
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <cstdlib>
+#include <optional>
 #include <random>
+#include <regex>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -152,6 +156,211 @@ TEST(SchemaGrammarTest, InstancesAreReadAndOthersRefused) {
     EXPECT_FALSE(instance(*g, bad)) << bad;
 }
 
+// Number bounds are held exactly: every number written without an
+// exponent (at most 3 fraction digits here) is read when it lies between
+// the bounds and refused otherwise, compared as exact decimals; whatever is
+// read also follows the schema by the validator's doubles.
+TEST(SchemaGrammarTest, NumberBoundsAreExact) {
+  struct Bound {
+    const char* text;
+    long milli;  // the value times 1,000
+  };
+  const Bound values[] = {{"-1000.5", -1000500}, {"-7", -7000}, {"-2.5", -2500}, {"-0.125", -125}, {"0", 0},
+                          {"0.1", 100}, {"0.3", 300}, {"1", 1000}, {"2.5", 2500}, {"9", 9000}, {"10", 10000},
+                          {"99.99", 99990}, {"100", 100000}, {"1000", 1000000}};
+  // Candidates: their text and value times 1,000; canonical ones (no
+  // leading or trailing zero, no "-0") must be read whenever they are within.
+  struct Candidate {
+    std::string text;
+    long milli;
+    bool whole, canonical;
+  };
+  std::vector<Candidate> candidates;
+  std::set<long> at;  // each bound and around it, and a sparse grid
+  for (const Bound& b : values)
+    for (long d : {-1001, -1000, -999, -501, -500, -1, 0, 1, 499, 500, 999, 1000, 1001}) at.insert(b.milli + d);
+  for (long m = -1100000; m <= 1100000; m += 7919) at.insert(m);
+  for (long m = -3000; m <= 3000; m += 125) at.insert(m);
+  for (long m : at) {
+    const long a = m < 0 ? -m : m;
+    const std::string whole = (m < 0 ? "-" : "") + std::to_string(a / 1000);
+    std::string frac = std::to_string(1000 + a % 1000).substr(1);
+    if (a % 1000 == 0) {
+      candidates.push_back({whole, m, true, m != 0});
+    } else {
+      std::string shortest = frac.substr(0, frac.find_last_not_of('0') + 1);
+      candidates.push_back({whole + "." + shortest, m, false, true});
+    }
+    candidates.push_back({whole + "." + frac + "0", m, false, false});  // trailing zeros
+  }
+  candidates.push_back({"0", 0, true, true});
+  for (const char* t : {"-0", "-0.0", "0.0", "00", "-00.5", "1e2", "0.5e1"}) {
+    const double v = std::strtod(t, nullptr);
+    candidates.push_back({t, std::lround(v * 1000), std::floor(v) == v, false});
+  }
+  std::mt19937 rng(11);
+  auto pick = [&] { return values[rng() % std::size(values)]; };
+  for (int round = 0; round < 240; ++round) {
+    const bool integer = round % 2 == 0;
+    ojson schema = {{"type", integer ? "integer" : "number"}};
+    std::optional<long> lo, hi;
+    bool lo_open = false, hi_open = false;
+    if (rng() % 3 != 0) {
+      const Bound b = pick();
+      lo_open = rng() % 2 == 0;
+      schema[lo_open ? "exclusiveMinimum" : "minimum"] = ojson::parse(b.text);
+      lo = b.milli;
+    }
+    if (rng() % 3 != 0 || !lo) {
+      const Bound b = pick();
+      hi_open = rng() % 2 == 0;
+      schema[hi_open ? "exclusiveMaximum" : "maximum"] = ojson::parse(b.text);
+      hi = b.milli;
+    }
+    std::string why;
+    auto g = compile_schema(schema, "schema", &why);
+    auto within = [&](long m) {
+      return (!lo || (lo_open ? m > *lo : m >= *lo)) && (!hi || (hi_open ? m < *hi : m <= *hi));
+    };
+    bool any = false;
+    for (const Candidate& c : candidates) any = any || (within(c.milli) && (c.whole || !integer) && c.canonical);
+    if (!g) {
+      // Refused only when nothing lies between (a narrow integer range).
+      EXPECT_FALSE(any) << schema.dump() << ": " << why;
+      EXPECT_NE(why.find("lies between its bounds"), std::string::npos) << why;
+      continue;
+    }
+    for (const Candidate& c : candidates) {
+      const bool in = within(c.milli) && (c.whole || !integer);
+      const bool read = instance(*g, c.text);
+      if (read) {
+        EXPECT_TRUE(in) << schema.dump() << " read " << c.text;
+        EXPECT_TRUE(follows_schema(schema, ojson::parse(c.text))) << schema.dump() << " " << c.text;
+      } else if (c.canonical) {
+        EXPECT_FALSE(in) << schema.dump() << " refused " << c.text;
+      }
+    }
+    for (int i = 0; i < 20; ++i) {
+      const std::string text = random_sentence(*g, rng, 0.3);
+      ASSERT_FALSE(text.empty()) << schema.dump();
+      EXPECT_TRUE(follows_schema(schema, ojson::parse(text))) << schema.dump() << " wrote " << text;
+    }
+  }
+  // Bounds at the edges of what doubles and the grammar hold.
+  auto g = compile(R"({"type":"number","exclusiveMinimum":0})");
+  for (const char* ok : {"0.00000000000000000001", "1", "12345678901234567890.5"}) EXPECT_TRUE(instance(*g, ok)) << ok;
+  for (const char* bad : {"0", "0.00000000000000000000", "-1"}) EXPECT_FALSE(instance(*g, bad)) << bad;
+  g = compile(R"({"type":"number","exclusiveMinimum":0.1,"maximum":1e300})");
+  EXPECT_TRUE(instance(*g, "0.10000000000000002"));
+  EXPECT_FALSE(instance(*g, "0.1000000000000000100"));  // above 0.1, yet read as the double 0.1
+  EXPECT_TRUE(instance(*g, "99999999999999999999"));
+  g = compile(R"({"type":"integer","minimum":-1e-300,"maximum":1e-300})");
+  EXPECT_TRUE(instance(*g, "0"));
+  EXPECT_FALSE(instance(*g, "1"));
+  EXPECT_NE(refusal(R"({"type":"integer","minimum":2.2,"maximum":2.8})").find("no integer"), std::string::npos);
+  EXPECT_NE(refusal(R"({"type":"number","minimum":1e-30,"maximum":1e-29})").find("no number"), std::string::npos);
+}
+
+// oneOf is held exactly when no value can follow two branches; the check
+// is sufficient, not complete: overlapping (or unknown) branches say no.
+TEST(SchemaGrammarTest, DisjointOneOfIsExact) {
+  // A pydantic discriminated union: $refs to objects with a const tag.
+  const char* pets = R"({"$defs":{"Cat":{"type":"object","properties":{"pet_type":{"const":"cat","type":"string"},
+      "meows":{"type":"integer","minimum":0}},"required":["pet_type","meows"],"additionalProperties":false},
+      "Dog":{"type":"object","properties":{"pet_type":{"const":"dog","type":"string"},"barks":{"type":"number"}},
+      "required":["pet_type","barks"],"additionalProperties":false}},"type":"object","properties":{"pet":{"oneOf":[
+      {"$ref":"#/$defs/Cat"},{"$ref":"#/$defs/Dog"}],"discriminator":{"propertyName":"pet_type","mapping":{
+      "cat":"#/$defs/Cat","dog":"#/$defs/Dog"}}}},"required":["pet"],"additionalProperties":false})";
+  struct Case {
+    const char* schema;
+    bool exact;
+  };
+  for (const Case& c : {
+           Case{pets, true},
+           Case{R"({"oneOf":[{"type":"string"},{"type":["integer","null"]},{"type":"boolean"}]})", true},
+           Case{R"({"oneOf":[{"enum":["a","b"]},{"enum":["c",1]},{"const":"d"}]})", true},
+           Case{R"({"oneOf":[{"type":"string"},{"type":"null"},{"type":"integer","nullable":true}]})", false},
+           Case{R"({"oneOf":[{"type":"integer"},{"type":"number","minimum":0.5}]})", false},
+           Case{R"({"oneOf":[{"enum":["a","b"]},{"enum":["b"]}]})", false},
+           Case{R"({"oneOf":[{"type":"object","properties":{"t":{"const":1}},"required":["t"]},
+                   {"type":"object","properties":{"t":{"const":1},"u":{"const":2}},"required":["t","u"]}]})", false},
+           Case{R"({"oneOf":[{"type":"object","properties":{"t":{"const":1}},"required":["t"]},
+                   {"type":"object","properties":{"t":{"const":2}}}]})", false},
+           Case{R"({"oneOf":[{"type":"string"},{"anyOf":[{"type":"integer"}]}]})", false},
+           Case{R"({"oneOf":[{"type":"string"},{}]})", false},
+       }) {
+    std::string why;
+    bool exact = !c.exact;
+    const ojson schema = ojson::parse(c.schema);
+    auto g = compile_schema(schema, "schema", &why, &exact);
+    ASSERT_TRUE(g) << c.schema << ": " << why;
+    EXPECT_EQ(exact, c.exact) << c.schema;
+    if (!exact) continue;
+    std::mt19937 rng(3);
+    for (int i = 0; i < 200; ++i) {
+      const std::string text = random_sentence(*g, rng, 0.3);
+      if (text.empty()) continue;
+      EXPECT_TRUE(follows_schema(schema, ojson::parse(text))) << c.schema << "\n" << text;
+    }
+  }
+}
+
+// String formats a grammar can spell are held: examples read, others
+// refused, and random sentences match the format's regular expression.
+TEST(SchemaGrammarTest, FormatsAreSpelled) {
+  struct Case {
+    const char* format;
+    const char* pattern;  // ECMAScript, whole string
+    std::vector<const char*> ok, bad;
+  };
+  const char* hour = "([01][0-9]|2[0-3])";
+  const std::string time = std::string(hour) + ":[0-5][0-9]:([0-5][0-9]|60)(\\.[0-9]{1,9})?([Zz]|[+-]" + hour + ":[0-5][0-9])";
+  const std::string date = "[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])";
+  const std::string label = "[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?";
+  const std::string duration_time = "T([0-9]{1,9}H([0-9]{1,9}M([0-9]{1,9}S)?)?|[0-9]{1,9}M([0-9]{1,9}S)?|[0-9]{1,9}S)";
+  const std::string duration_date = "([0-9]{1,9}D|[0-9]{1,9}M([0-9]{1,9}D)?|[0-9]{1,9}Y([0-9]{1,9}M([0-9]{1,9}D)?)?)";
+  const std::string patterns[] = {
+      date,
+      time,
+      date + "[Tt]" + time,
+      "P(" + duration_date + "(" + duration_time + ")?|" + duration_time + "|[0-9]{1,9}W)",
+      "[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}",
+      "(([0-9]|[1-9][0-9]|1[0-9]{2}|2[0-4][0-9]|25[0-5])\\.){3}([0-9]|[1-9][0-9]|1[0-9]{2}|2[0-4][0-9]|25[0-5])",
+      label + "(\\." + label + ")*",
+      "[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]{1,64}(\\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]{1,64})*@" + label + "(\\." + label + ")+",
+  };
+  const Case cases[] = {
+      {"date", "", {"2024-02-29", "0001-12-31"}, {"2024-2-29", "2024-13-01", "2024-00-10", "2024-01-32", "24-01-01"}},
+      {"time", "", {"23:59:60Z", "00:00:00.123456789+05:30", "12:30:00z"}, {"24:00:00Z", "12:30:00", "12:60:00Z", "1:00:00Z"}},
+      {"date-time", "", {"2024-02-29T12:00:00Z", "1999-12-31t23:59:59.5-08:00"}, {"2024-02-29 12:00:00Z", "2024-02-29T12:00Z"}},
+      {"duration", "", {"P3Y6M4DT12H30M5S", "PT20M", "P2W", "P1M", "P1DT1S", "PT1H5M"}, {"P", "PT", "P1H", "P1S", "P1W1D", "P1D1M", "PT1H5S"}},
+      {"uuid", "", {"123e4567-e89b-12d3-a456-426614174000"}, {"123e4567e89b12d3a456426614174000", "123E4567-E89B-12D3-A456-426614174000"}},
+      {"ipv4", "", {"0.0.0.0", "192.168.1.255", "10.0.10.100"}, {"256.1.1.1", "01.1.1.1", "1.1.1", "1.1.1.1.1"}},
+      {"hostname", "", {"localhost", "a-b.example.org", "x1"}, {"-a.example", "a-.example", "a..b", ".a"}},
+      {"email", "", {"jane.doe+tag@example.co.uk", "x@a.b"}, {"jane@localhost", "@a.b", "a@@b.c", ".a@b.c", "a b@c.d"}},
+  };
+  std::mt19937 rng(13);
+  for (std::size_t i = 0; i < std::size(cases); ++i) {
+    const Case& c = cases[i];
+    auto g = compile(("{\"type\":\"string\",\"format\":\"" + std::string(c.format) + "\"}").c_str());
+    ASSERT_TRUE(g);
+    for (const char* ok : c.ok) EXPECT_TRUE(instance(*g, "\"" + std::string(ok) + "\"")) << c.format << " " << ok;
+    for (const char* bad : c.bad) EXPECT_FALSE(instance(*g, "\"" + std::string(bad) + "\"")) << c.format << " " << bad;
+    const std::regex re(patterns[i]);
+    for (int k = 0; k < 200; ++k) {
+      const std::string text = random_sentence(*g, rng, 0.3);
+      ASSERT_GE(text.size(), 2u) << c.format;
+      const std::string value = ojson::parse(text).get<std::string>();
+      EXPECT_TRUE(std::regex_match(value, re)) << c.format << " wrote " << text;
+    }
+  }
+  // Beside a length bound, or unknown: any string (of those lengths).
+  for (const char* any : {R"({"type":"string","format":"date","maxLength":40})", R"({"type":"string","format":"uri"})"}) {
+    auto g = compile(any);
+    EXPECT_TRUE(instance(*g, "\"not a date\"")) << any;
+  }
+}
+
 TEST(SchemaGrammarTest, RefusalsNameTheSubschema) {
   EXPECT_EQ(refusal(R"({"type":"string","pattern":"a+"})"),
             "schema: the keyword 'pattern' cannot be checked here (strict)");
@@ -166,6 +375,7 @@ TEST(SchemaGrammarTest, RefusalsNameTheSubschema) {
   EXPECT_NE(refusal(R"({"type":"integer","minimum":5,"maximum":4})").find("no integer"), std::string::npos);
   EXPECT_NE(refusal(R"({"enum":[1,2],"type":"string"})").find("enum"), std::string::npos);
   EXPECT_NE(refusal(R"({"type":"string","minLength":3,"maxLength":2})").find("minLength"), std::string::npos);
+  EXPECT_EQ(refusal(R"({"type":"object","required":["a",1]})"), "schema.required must list names (strings)");
   // Wide but within the bounds: compiled, whatever its size.
   std::string many = R"({"type":"object","properties":{)";
   for (int i = 0; i < 2000; ++i) many += (i ? "," : "") + std::string("\"k") + std::to_string(i) + R"(":{"type":"string","maxLength":20})";
@@ -248,20 +458,25 @@ TEST(SchemaGrammarTest, ForcedToolCalls) {
   tools[2].strict = true;  // a strict tool whose schema cannot be held to
   EXPECT_FALSE(tool_call_grammar(ToolFormat::kHermes, tools, "", true, &why));
   EXPECT_NE(why.find("tools[2].function.parameters"), std::string::npos) << why;
-  // ... or held only in part: its forced call might not follow it, and
-  // would then not be returned as a call.
-  for (const char* p : {R"({"type":"object","properties":{"n":{"type":"integer","minimum":1}},"required":["n"]})",
-                        R"({"type":"object","properties":{"n":{"type":"number","exclusiveMinimum":0}},"required":["n"]})",
-                        R"({"type":"object","properties":{"n":{"oneOf":[{"type":"integer"},{"type":"number"}]}}})"}) {
+  // ... or held only in part (a oneOf whose branches overlap): its forced
+  // call might not follow it, and would then not be returned as a call.
+  for (const char* p : {R"({"type":"object","properties":{"n":{"oneOf":[{"type":"integer"},{"type":"number"}]}}})",
+                        R"({"type":"object","properties":{"n":{"oneOf":[{"type":"object","properties":{"k":{"const":1}},
+                            "required":["k"]},{"type":"object"}]}}})"}) {
     std::vector<ToolSpec> strict = {{"f", true, ojson::parse(p)}};
     EXPECT_FALSE(tool_call_grammar(ToolFormat::kHermes, strict, "", true, &why)) << p;
-    EXPECT_NE(why.find("cannot be held exactly"), std::string::npos) << why;
+    EXPECT_NE(why.find("held only as anyOf"), std::string::npos) << why;
     strict[0].strict = false;  // not strict: forced, arguments as the model writes them within the grammar
     EXPECT_TRUE(tool_call_grammar(ToolFormat::kHermes, strict, "", true, &why)) << p;
   }
-  std::vector<ToolSpec> exact = {{"f", true, ojson::parse(R"({"type":"object","properties":{"n":{"type":"integer",
-      "minimum":0},"m":{"type":"integer","minimum":1,"maximum":5}},"required":["n","m"]})")}};
-  EXPECT_TRUE(tool_call_grammar(ToolFormat::kHermes, exact, "", true, &why)) << why;
+  // Held exactly: number bounds, and oneOf of branches no value follows two of.
+  for (const char* p : {R"({"type":"object","properties":{"n":{"type":"integer","minimum":0},"m":{"type":"integer",
+                            "minimum":1,"maximum":5}},"required":["n","m"]})",
+                        R"({"type":"object","properties":{"n":{"type":"number","exclusiveMinimum":0}},"required":["n"]})",
+                        R"({"type":"object","properties":{"n":{"oneOf":[{"type":"integer"},{"type":"string"}]}}})"}) {
+    std::vector<ToolSpec> exact = {{"f", true, ojson::parse(p)}};
+    EXPECT_TRUE(tool_call_grammar(ToolFormat::kHermes, exact, "", true, &why)) << p << ": " << why;
+  }
   // An argument may mention the tags: the call is read whole all the same.
   const std::vector<ToolSpec> writer = {{"write", false, ojson::parse(R"({"type":"object"})")}};
   for (const char* text : {"<tool_call>{\"name\": \"write\", \"arguments\": {\"text\": \"a</tool_call>b\"}}</tool_call>",
