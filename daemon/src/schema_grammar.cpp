@@ -9,10 +9,12 @@
 #include <optional>
 #include <set>
 #include <system_error>
+#include <tuple>
 #include <unordered_map>
 #include <utility>
 #include <vector>
 
+#include "json_pattern.h"
 #include "tool_calls.h"
 
 namespace airlock::daemon {
@@ -284,7 +286,7 @@ class Compiler {
       types = {"object"};
     } else if (s.contains("items") || s.contains("minItems") || s.contains("maxItems")) {
       types = {"array"};
-    } else if (s.contains("minLength") || s.contains("maxLength")) {
+    } else if (s.contains("minLength") || s.contains("maxLength") || s.contains("pattern")) {
       types = {"string"};
     } else if (s.contains("minimum") || s.contains("maximum") || s.contains("exclusiveMinimum") || s.contains("exclusiveMaximum")) {
       types = {"number"};
@@ -310,10 +312,11 @@ class Compiler {
 
   // Whether no value follows two of `branches`, by a sufficient check (a
   // pydantic union, say): each pair has types that exclude each other, or
-  // values (const or enum) of which none is the other's, or is made of
-  // objects that both require a member whose schemas are disjoint so. At
-  // most 64 branches are compared; past that, no.
-  bool pairwise_disjoint(const json& branches) const {
+  // scalar values (const or enum) of which none is the other's, or is made
+  // of objects that both require a member whose schemas are disjoint so.
+  // null counts wherever nullable allows it. At most 64 branches are
+  // compared, within a work budget per compile (past either: no).
+  bool pairwise_disjoint(const json& branches) {
     if (branches.size() > 64) return false;
     for (std::size_t i = 0; i < branches.size(); ++i)
       for (std::size_t j = i + 1; j < branches.size(); ++j)
@@ -321,19 +324,23 @@ class Compiler {
     return true;
   }
 
-  // The schema `s` names by $ref (followed up to 16 times), or `s`.
-  const json& target_of(const json& s) const {
+  // The schema `s` names by $ref (followed up to 16 times), or `s`; and
+  // whether a nullable on the way (or on it) also allows null.
+  std::pair<const json*, bool> target_of(const json& s) const {
     const json* at = &s;
-    for (int i = 0; i < 16 && at->is_object() && at->contains("$ref"); ++i) {
+    bool null = false;
+    for (int i = 0; at->is_object(); ++i) {
+      null = null || (at->contains("nullable") && (*at)["nullable"] == true);
+      if (i == 16 || !at->contains("$ref")) break;
       const json* next = resolve_ref(*root_, (*at)["$ref"]);
       if (next == nullptr) break;
       at = next;
     }
-    return *at;
+    return {at, null};
   }
 
   // The types a value of `s` may have (nullopt: any, as far as read here).
-  static std::optional<std::set<std::string>> types_of(const json& s) {
+  static std::optional<std::set<std::string>> types_of(const json& s, bool null) {
     std::set<std::string> out;
     if (s.contains("const") || s.contains("enum")) {
       const json values = s.contains("const") ? json::array({s["const"]}) : s["enum"];
@@ -345,42 +352,80 @@ class Compiler {
     } else {
       return std::nullopt;
     }
-    if (s.contains("nullable") && s["nullable"] == true) out.insert("null");
+    if (null) out.insert("null");
     return out;
   }
 
-  bool disjoint(const json& a_in, const json& b_in, int depth) const {
-    const json& a = target_of(a_in);
-    const json& b = target_of(b_in);
+  // The const or enum values of `s` as keys that equal JSON values share
+  // (1 and 1.0 alike), plus null when `null`; nullopt when there are none,
+  // or one is an object or array (not compared).
+  static std::optional<std::set<std::string>> scalar_values(const json& s, bool null) {
+    if (!s.contains("const") && !s.contains("enum")) return std::nullopt;
+    std::set<std::string> out;
+    const json values = s.contains("const") ? json::array({s["const"]}) : s["enum"];
+    for (const json& v : values) {
+      if (v.is_object() || v.is_array()) return std::nullopt;
+      if (v.is_number()) {
+        const double d = v.get<double>();
+        // (As the validator compares numbers: by their doubles.)
+        out.insert(std::fabs(d) < 9e15 && std::floor(d) == d ? "n" + std::to_string(static_cast<std::int64_t>(d)) : "n" + json(d).dump());
+      } else {
+        out.insert(v.dump());
+      }
+    }
+    if (null) out.insert("null");
+    return out;
+  }
+
+  // scalar_values, worked out once per schema.
+  const std::set<std::string>* values_of(const json& s, bool null) {
+    auto it = values_memo_.find({&s, null});
+    if (it == values_memo_.end()) {
+      disjoint_budget_ -= static_cast<long>(s.contains("enum") ? s["enum"].size() : 1);
+      it = values_memo_.emplace(std::make_pair(&s, null), scalar_values(s, null)).first;
+    }
+    return it->second ? &*it->second : nullptr;
+  }
+
+  bool disjoint(const json& a_in, const json& b_in, int depth) {
+    const auto [a_at, a_null] = target_of(a_in);
+    const auto [b_at, b_null] = target_of(b_in);
+    const json& a = *a_at;
+    const json& b = *b_at;
     if (!a.is_object() || !b.is_object()) return a == false || b == false;
+    if (a_null && b_null) return false;
+    const auto key = std::make_tuple(a_at, b_at, depth);
+    if (auto it = disjoint_memo_.find(key); it != disjoint_memo_.end()) return it->second;
+    // Each pair looked at costs its values and members: past the budget,
+    // no more are proven disjoint (exact() is then false).
+    disjoint_budget_ -= 1 + static_cast<long>(a.contains("enum") ? a["enum"].size() : 0);
+    if (disjoint_budget_ < 0) return false;
+    bool out = false;
+    bool open = false;  // a keyword not read here: nothing is proven
     for (const json* s : {&a, &b})
-      for (const char* k : {"anyOf", "oneOf", "allOf", "$ref"})
-        if (s->contains(k)) return false;
-    const auto ta = types_of(a), tb = types_of(b);
-    if (ta && tb && std::none_of(ta->begin(), ta->end(), [&](const std::string& t) { return tb->count(t) > 0; })) return true;
-    if ((a.contains("const") || a.contains("enum")) && (b.contains("const") || b.contains("enum"))) {
-      const json va = a.contains("const") ? json::array({a["const"]}) : a["enum"];
-      const json vb = b.contains("const") ? json::array({b["const"]}) : b["enum"];
-      if (va.size() * vb.size() <= 4096 &&
-          std::none_of(va.begin(), va.end(), [&](const json& x) { return follows_schema(json{{"enum", vb}}, x); }))
-        return true;
+      for (const char* k : {"anyOf", "oneOf", "allOf", "$ref"}) open = open || s->contains(k);
+    const auto ta = types_of(a, a_null), tb = types_of(b, b_null);
+    if (open) {
+    } else if (ta && tb && std::none_of(ta->begin(), ta->end(), [&](const std::string& t) { return tb->count(t) > 0; })) {
+      out = true;
+    } else if (const auto *va = values_of(a, a_null), *vb = values_of(b, b_null);
+               va && vb && std::none_of(va->begin(), va->end(), [&](const std::string& x) { return vb->count(x) > 0; })) {
+      out = true;
+    } else if (depth > 0 && ta && tb && *ta == std::set<std::string>{"object"} && *tb == std::set<std::string>{"object"} &&
+               a.contains("required") && b.contains("required") && a.contains("properties") && b.contains("properties")) {
+      // Objects both requiring a member whose schemas are disjoint.
+      const std::set<std::string> b_required(b["required"].begin(), b["required"].end());
+      disjoint_budget_ -= static_cast<long>(b_required.size());
+      int tries = 16;
+      for (const json& k : a["required"]) {
+        if (tries-- == 0 || out) break;
+        const std::string& name = k.get_ref<const std::string&>();
+        if (b_required.count(name) > 0 && a["properties"].contains(name) && b["properties"].contains(name))
+          out = disjoint(a["properties"][name], b["properties"][name], depth - 1);
+      }
     }
-    // Objects both requiring a member whose schemas are disjoint.
-    if (depth == 0 || !ta || !tb || *ta != std::set<std::string>{"object"} || *tb != std::set<std::string>{"object"})
-      return false;
-    if (!a.contains("required") || !b.contains("required") || !a.contains("properties") || !b.contains("properties"))
-      return false;
-    int tries = 16;
-    for (const json& k : a["required"]) {
-      if (tries-- == 0) break;
-      if (!k.is_string()) return false;
-      const std::string& key = k.get_ref<const std::string&>();
-      const bool both = std::any_of(b["required"].begin(), b["required"].end(), [&](const json& x) { return x == k; });
-      if (both && a["properties"].contains(key) && b["properties"].contains(key) &&
-          disjoint(a["properties"][key], b["properties"][key], depth - 1))
-        return true;
-    }
-    return false;
+    disjoint_memo_.emplace(key, out);
+    return out;
   }
 
   std::optional<Rule> referenced(const std::string& ref_text, const std::string& path) {
@@ -440,6 +485,7 @@ class Compiler {
     double lo = number_at(s, "minimum").value_or(-HUGE_VAL), hi = number_at(s, "maximum").value_or(HUGE_VAL);
     if (auto x = number_at(s, "exclusiveMinimum")) lo = std::max(lo, std::nextafter(*x, HUGE_VAL));
     if (auto x = number_at(s, "exclusiveMaximum")) hi = std::min(hi, std::nextafter(*x, -HUGE_VAL));
+    lo += 0.0, hi += 0.0;  // -0.0 is 0
     const bool has_lo = lo > -HUGE_VAL, has_hi = hi < HUGE_VAL;
     if (!has_lo && !has_hi) return integer ? integer_ : number_;
     if (lo > hi || lo == HUGE_VAL || hi == -HUGE_VAL)
@@ -470,6 +516,7 @@ class Compiler {
     std::string whole, fraction;
   };
   static std::optional<Decimal> decimal_of(double d) {
+    d += 0.0;  // no "-0"
     if (!std::isfinite(d) || d < 0) return std::nullopt;
     char buf[64];
     const auto [end, ec] = std::to_chars(buf, buf + sizeof buf, d);  // the shortest that reads back as d
@@ -611,6 +658,14 @@ class Compiler {
 
   std::optional<Rule> string_of(const json& s, const std::string& path) {
     const std::optional<std::uint64_t> lo = count_at(s, "minLength"), hi = count_at(s, "maxLength");
+    if (s.contains("pattern")) {
+      // The pattern is held; beside it, length bounds are not (held in part).
+      if (lo || hi) exact_ = false;
+      std::string why;
+      const std::optional<Rule> r = pattern_rule(&g_, s["pattern"].get<std::string>(), path + ".pattern", &why);
+      if (!r) return fail(why);
+      return r;
+    }
     if (!lo && !hi) {
       if (s.contains("format") && s["format"].is_string())
         if (std::optional<Rule> f = formatted(s["format"].get<std::string>())) return f;
@@ -808,6 +863,9 @@ class Compiler {
   std::unordered_map<const json*, Rule> refs_;
   std::unordered_map<std::string, std::optional<Rule>> digit_rules_;  // bounded numbers' parts, by their bounds
   std::unordered_map<std::string, std::optional<Rule>> formats_;
+  std::map<std::tuple<const json*, const json*, int>, bool> disjoint_memo_;
+  std::map<std::pair<const json*, bool>, std::optional<std::set<std::string>>> values_memo_;
+  long disjoint_budget_ = 1'000'000;  // oneOf branches' values and members compared, in all
   std::vector<std::pair<const json*, int>> open_refs_;  // $refs being compiled, and the containers open then
   int containers_ = 0;
   bool exact_ = true;
@@ -859,8 +917,8 @@ std::shared_ptr<const engine::Grammar> tool_call_grammar(ToolFormat format, cons
       // A strict call whose arguments did not follow the schema would not
       // be returned as a call: what is forced must be held exactly.
       if (args && t.strict && !c.exact()) {
-        *error = param + ": a oneOf whose branches may overlap is held only as anyOf, and a forced call of a "
-                         "strict function must follow its schema exactly";
+        *error = param + ": held only in part (a oneOf whose branches may overlap, as anyOf; or lengths beside a "
+                         "pattern), and a forced call of a strict function must follow its schema exactly";
         return nullptr;
       }
     }

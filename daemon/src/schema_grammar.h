@@ -10,7 +10,9 @@
 // (an object of any keys whose values follow it; false: `{}`); beside
 // properties only the named keys are written (an instance of any
 // additionalProperties); items, minItems, maxItems; minLength, maxLength
-// (in characters: an escape is one, a \u surrogate pair too); enum
+// (in characters: an escape is one, a \u surrogate pair too); pattern
+// (json_pattern.h: the string is held to it; beside a length bound the
+// bound is not held, so not exactly); enum
 // and const (their values in compact JSON, those that also follow the
 // rest of the schema); anyOf; oneOf whose branches no value can follow two
 // of (types that exclude each other, disjoint const/enum values, or

@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include "airlock/common/json_depth.h"
+#include "json_pattern.h"
 
 namespace airlock::daemon {
 namespace {
@@ -188,7 +189,7 @@ ToolOutput parse_mistral(std::string_view text, const std::vector<ToolSpec>& too
 constexpr std::string_view kSchemaKeywords[] = {
     "type", "properties", "required", "additionalProperties", "items", "enum", "const", "anyOf", "allOf", "oneOf",
     "$ref", "$defs", "definitions", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "minItems",
-    "maxItems", "minLength", "maxLength", "description", "title", "default", "examples", "nullable"};
+    "maxItems", "minLength", "maxLength", "pattern", "description", "title", "default", "examples", "nullable"};
 constexpr std::string_view kTypes[] = {"string", "number", "integer", "boolean", "object", "array", "null"};
 // Accepted and not checked (JSON Schema leaves "format" to annotation by
 // default; "discriminator" is pydantic's note beside its oneOf).
@@ -296,6 +297,13 @@ struct SchemaCheck {
       const std::size_t n = code_points(v.get_ref<const std::string&>());
       if (auto c = count("minLength"); c && n < *c) return false;
       if (auto c = count("maxLength"); c && n > *c) return false;
+      if (schema.contains("pattern")) {
+        // Each byte of the string is a step, on top of the pattern's own size.
+        steps -= static_cast<long>(v.get_ref<const std::string&>().size());
+        if (steps < 0 || !schema["pattern"].is_string()) return false;
+        if (pattern_matches(schema["pattern"].get_ref<const std::string&>(), v.get_ref<const std::string&>()) != true)
+          return false;
+      }
     }
     if (v.is_array()) {
       if (auto c = count("minItems"); c && v.size() < *c) return false;
@@ -425,6 +433,11 @@ std::optional<std::string> unsupported_schema(const json& schema, std::string_vi
         if (k == "required" && !std::all_of(v.begin(), v.end(), [](const json& x) { return x.is_string(); }))
           return here() + " must list names (strings)";
         if ((entries += v.size()) > kMaxEntries) return std::string(root) + " has more than 10,000 enum and required entries";
+      } else if (k == "pattern") {
+        if (!v.is_string()) return here() + " must be a string";
+        engine::Grammar scratch;
+        std::string why;
+        if (!pattern_rule(&scratch, v.get_ref<const std::string&>(), here(), &why)) return why;
       } else if (k == "nullable") {
         if (!v.is_boolean()) return here() + " must be true or false";
       } else if (k == "minLength" || k == "maxLength" || k == "minItems" || k == "maxItems") {

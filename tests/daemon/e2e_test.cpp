@@ -23,6 +23,7 @@
 #include <iostream>
 #include <map>
 #include <optional>
+#include <regex>
 #include <set>
 #include <mutex>
 #include <cmath>
@@ -2515,7 +2516,7 @@ TEST(DaemonLifecycle, ToolCallsInTheModelsFormatBecomeToolCalls) {
   ASSERT_EQ(sn->status, 200) << sn->body;
   EXPECT_EQ(json::parse(sn->body)["choices"][0]["message"]["content"], as_text) << sn->body;
   EXPECT_EQ(json::parse(sn->body)["choices"][0]["finish_reason"], "stop");
-  strict["function"]["parameters"]["properties"]["unit"]["pattern"] = "^[cf]$";
+  strict["function"]["parameters"]["properties"]["unit"]["pattern"] = "^([cf])\\1$";  // a back-reference
   EXPECT_EQ(param_of({{"tools", {strict}}}), "tools[0].function.parameters");
   EXPECT_EQ(param_of({{"tools", {weather_tool(), weather_tool()}}}), "tools[1].function.name");
   json forged = weather_tool();
@@ -2957,8 +2958,22 @@ TEST(DaemonLifecycle, JsonObjectModeHoldsTheAnswerToAnObject) {
   body["stream"] = true;
   EXPECT_EQ(read_stream(d->post("/v1/chat/completions", body)->body).content, held);
   body["stream"] = false;
+  // A pattern and number bounds the model's own answer does not fit.
+  const json bounded = {{"type", "object"},
+                        {"properties", {{"code", {{"type", "string"}, {"pattern", "^[B-D]{2}\\d$"}}},
+                                        {"k", {{"type", "integer"}, {"minimum", 3}, {"exclusiveMaximum", 8}}}}},
+                        {"required", {"code", "k"}},
+                        {"additionalProperties", false}};
+  body["response_format"]["json_schema"]["schema"] = bounded;
+  schema = d->post("/v1/chat/completions", body);
+  ASSERT_EQ(schema->status, 200) << schema->body;
+  ch = json::parse(schema->body)["choices"][0];
+  EXPECT_EQ(ch["finish_reason"], "stop") << schema->body;
+  const json b = json::parse(ch["message"]["content"].get<std::string>());
+  EXPECT_TRUE(std::regex_match(b["code"].get<std::string>(), std::regex("[B-D]{2}[0-9]"))) << b.dump();
+  EXPECT_TRUE(b["k"].is_number_integer() && b["k"] >= 3 && b["k"] < 8) << b.dump();
   // A schema that cannot be held to exactly is refused, named.
-  body["response_format"]["json_schema"]["schema"] = {{"type", "string"}, {"pattern", "^a"}};
+  body["response_format"]["json_schema"]["schema"] = {{"type", "string"}, {"pattern", "(?=a)"}};
   schema = d->post("/v1/chat/completions", body);
   EXPECT_EQ(schema->status, 400) << schema->body;
   EXPECT_EQ(json::parse(schema->body)["error"]["param"], "response_format.json_schema.schema");

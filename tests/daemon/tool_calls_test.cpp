@@ -156,8 +156,11 @@ TEST(ToolCalls, StrictSchemasThatCanBeChecked) {
       "days":{"type":"array","items":{"type":"integer","minimum":1},"maxItems":7},
       "where":{"$ref":"#/$defs/Place"}},"required":["city"],"additionalProperties":false,
       "$defs":{"Place":{"type":"object","properties":{"near":{"$ref":"#/$defs/Place"}}}}})"));
-  EXPECT_EQ(*why(R"({"type":"object","properties":{"zip":{"type":"string","pattern":"^[0-9]+$"}}})"),
-            "parameters.properties.zip: the keyword 'pattern' cannot be checked here (strict)");
+  EXPECT_EQ(*why(R"({"type":"object","properties":{"zip":{"type":"integer","multipleOf":5}}})"),
+            "parameters.properties.zip: the keyword 'multipleOf' cannot be checked here (strict)");
+  EXPECT_FALSE(why(R"({"type":"object","properties":{"zip":{"type":"string","pattern":"^[0-9]+$"}}})"));
+  EXPECT_EQ(*why(R"({"type":"object","properties":{"zip":{"type":"string","pattern":"^(?![0-9]+$)."}}})"),
+            "parameters.properties.zip.pattern: the pattern uses look-around (not supported)");
   // What SDKs put in: openai-node's zodFunction a $schema, pydantic a
   // format for datetime, a discriminator beside oneOf (annotations).
   EXPECT_FALSE(why(R"({"$schema":"http://json-schema.org/draft-07/schema#","type":"object","properties":{

@@ -1,0 +1,655 @@
+#include "json_pattern.h"
+
+#include <algorithm>
+#include <bitset>
+#include <cstdint>
+#include <map>
+#include <utility>
+#include <vector>
+
+namespace airlock::daemon {
+namespace {
+
+using engine::Grammar;
+using Rule = Grammar::RuleId;
+using Seq = std::vector<Grammar::Symbol>;
+
+constexpr std::size_t kMaxPatternBytes = 1000;
+constexpr int kMaxCount = 1000;
+constexpr int kMaxNesting = 64;
+
+constexpr std::uint32_t kLastCodePoint = 0x10FFFF;
+
+// A set of characters: ASCII ones by bit, the others as sorted, disjoint
+// intervals of code points from U+0080 (surrogates never in them).
+struct CharSet {
+  std::bitset<128> ascii;
+  std::vector<std::pair<std::uint32_t, std::uint32_t>> wide;
+};
+
+// Adds code points lo to hi (either side of ASCII, surrogates left out).
+void set_range(CharSet* s, std::uint32_t lo, std::uint32_t hi) {
+  for (std::uint32_t c = lo; c <= hi && c < 128; ++c) s->ascii.set(c);
+  lo = std::max<std::uint32_t>(lo, 0x80);
+  hi = std::min(hi, kLastCodePoint);
+  if (lo > hi) return;
+  auto& w = s->wide;
+  if (lo < 0xD800 && hi >= 0xD800) w.emplace_back(lo, 0xD7FF);
+  if (hi > 0xDFFF && lo <= 0xDFFF) w.emplace_back(0xE000, hi);
+  if (hi < 0xD800 || lo > 0xDFFF) w.emplace_back(lo, hi);
+  std::sort(w.begin(), w.end());
+  std::vector<std::pair<std::uint32_t, std::uint32_t>> merged;
+  for (const auto& r : w) {
+    if (!merged.empty() && r.first <= merged.back().second + 1) merged.back().second = std::max(merged.back().second, r.second);
+    else merged.push_back(r);
+  }
+  w = std::move(merged);
+}
+
+void add(CharSet* to, const CharSet& from) {
+  to->ascii |= from.ascii;
+  for (const auto& [lo, hi] : from.wide) set_range(to, lo, hi);
+}
+
+CharSet complement(const CharSet& s) {
+  CharSet out;
+  out.ascii = ~s.ascii;
+  std::uint32_t next = 0x80;
+  for (const auto& [lo, hi] : s.wide) {
+    if (lo > next) set_range(&out, next, lo - 1);
+    next = hi + 1;
+  }
+  if (next <= kLastCodePoint) set_range(&out, next, kLastCodePoint);
+  return out;
+}
+
+CharSet digits() {
+  CharSet s;
+  set_range(&s, '0', '9');
+  return s;
+}
+CharSet word() {
+  CharSet s = digits();
+  set_range(&s, 'a', 'z');
+  set_range(&s, 'A', 'Z');
+  s.ascii.set('_');
+  return s;
+}
+CharSet space() {  // ECMA-262's WhiteSpace and LineTerminator
+  CharSet s;
+  set_range(&s, 9, 13);
+  s.ascii.set(' ');
+  for (std::uint32_t c : {0xA0u, 0x1680u, 0x2028u, 0x2029u, 0x202Fu, 0x205Fu, 0x3000u, 0xFEFFu}) set_range(&s, c, c);
+  set_range(&s, 0x2000, 0x200A);
+  return s;
+}
+
+// A parsed pattern: a character, a sequence, alternatives or a repetition.
+struct Node {
+  enum class Kind : std::uint8_t { kSet, kSequence, kAlternatives, kRepeat };
+  Kind kind = Kind::kSequence;
+  CharSet set;              // kSet
+  std::vector<Node> kids;   // kSequence, kAlternatives; kRepeat: one
+  int min = 0, max = 0;     // kRepeat; max -1: no bound
+  bool nullable() const {
+    switch (kind) {
+      case Kind::kSet: return false;
+      case Kind::kSequence:
+        for (const Node& k : kids)
+          if (!k.nullable()) return false;
+        return true;
+      case Kind::kAlternatives:
+        for (const Node& k : kids)
+          if (k.nullable()) return true;
+        return false;
+      case Kind::kRepeat: return min == 0 || kids[0].nullable();
+    }
+    return true;
+  }
+};
+
+// A top-level alternative and its anchors.
+struct Branch {
+  Node body;
+  bool at_start = false, at_end = false;
+};
+
+class Parser {
+ public:
+  Parser(std::string_view p, const std::string& path) : p_(p), path_(path) {}
+
+  std::optional<std::vector<Branch>> parse() {
+    if (p_.size() > kMaxPatternBytes) return fail("is longer than 1,000 bytes");
+    std::vector<Branch> out;
+    while (true) {
+      Branch b;
+      if (peek('^')) {
+        ++i_;
+        b.at_start = true;
+      }
+      std::optional<Node> body = sequence(0, &b.at_end);
+      if (!body) return std::nullopt;
+      b.body = std::move(*body);
+      out.push_back(std::move(b));
+      if (i_ == p_.size()) break;
+      if (p_[i_] == '|') {
+        ++i_;
+        continue;
+      }
+      return fail("has an unmatched ')'");
+    }
+    return out;
+  }
+  const std::string& error() const { return error_; }
+
+ private:
+  std::nullopt_t fail(const std::string& why) {
+    if (error_.empty()) error_ = path_ + ": the pattern " + why;
+    return std::nullopt;
+  }
+  bool peek(char c) const { return i_ < p_.size() && p_[i_] == c; }
+
+  // Items up to '|', ')' or the end. At depth 0, a '$' before '|' or the
+  // end anchors the alternative (*at_end).
+  std::optional<Node> sequence(int depth, bool* at_end) {
+    Node seq;
+    while (i_ < p_.size() && p_[i_] != '|' && p_[i_] != ')') {
+      if (p_[i_] == '$') {
+        if (depth == 0 && (i_ + 1 == p_.size() || p_[i_ + 1] == '|')) {
+          ++i_;
+          *at_end = true;
+          break;
+        }
+        return fail("has a '$' other than at the end (not supported)");
+      }
+      if (p_[i_] == '^') return fail("has a '^' other than at the start (not supported)");
+      std::optional<Node> a = atom(depth);
+      if (!a) return std::nullopt;
+      std::optional<Node> q = quantified(std::move(*a));
+      if (!q) return std::nullopt;
+      seq.kids.push_back(std::move(*q));
+    }
+    return seq;
+  }
+
+  std::optional<Node> alternatives(int depth) {
+    Node alts;
+    alts.kind = Node::Kind::kAlternatives;
+    while (true) {
+      bool unused = false;
+      std::optional<Node> s = sequence(depth, &unused);
+      if (!s) return std::nullopt;
+      alts.kids.push_back(std::move(*s));
+      if (!peek('|')) break;
+      ++i_;
+    }
+    return alts;
+  }
+
+  static Node of(CharSet s) {
+    Node n;
+    n.kind = Node::Kind::kSet;
+    n.set = std::move(s);
+    return n;
+  }
+
+  std::optional<Node> atom(int depth) {
+    const char c = p_[i_];
+    if (c == '(') {
+      if (depth + 1 > kMaxNesting) return fail("nests groups more than 64 deep");
+      ++i_;
+      if (peek('?')) {
+        const std::string_view rest = p_.substr(i_);
+        if (rest.substr(0, 2) == "?:") {
+          i_ += 2;
+        } else if (rest.substr(0, 2) == "?<" && rest.substr(0, 3) != "?<=" && rest.substr(0, 3) != "?<!") {
+          const std::size_t close = p_.find('>', i_);
+          if (close == std::string_view::npos) return fail("has an unclosed group name");
+          i_ = close + 1;
+        } else {
+          return fail("uses look-around (not supported)");
+        }
+      }
+      std::optional<Node> inner = alternatives(depth + 1);
+      if (!inner) return std::nullopt;
+      if (!peek(')')) return fail("has an unclosed '('");
+      ++i_;
+      return inner;
+    }
+    if (c == '[') return class_set();
+    if (c == '.') {
+      ++i_;
+      CharSet ends;
+      for (std::uint32_t e : {0x0Au, 0x0Du, 0x2028u, 0x2029u}) set_range(&ends, e, e);
+      return of(complement(ends));
+    }
+    if (c == '*' || c == '+' || c == '?') return fail("has a quantifier with nothing before it");
+    if (c == '\\') {
+      std::optional<CharSet> s = escape(false);
+      if (!s) return std::nullopt;
+      return of(*s);
+    }
+    std::optional<std::uint32_t> cp = literal();
+    if (!cp) return std::nullopt;
+    return of(single(*cp));
+  }
+
+  // The one character of `s`, if it has one only (a range's end).
+  static std::optional<std::uint32_t> only_member(const CharSet& s) {
+    if (s.ascii.count() == 1 && s.wide.empty()) {
+      for (std::uint32_t c = 0; c < 128; ++c)
+        if (s.ascii[c]) return c;
+    }
+    if (s.ascii.none() && s.wide.size() == 1 && s.wide[0].first == s.wide[0].second) return s.wide[0].first;
+    return std::nullopt;
+  }
+
+  static CharSet single(std::uint32_t cp) {
+    CharSet s;
+    set_range(&s, cp, cp);
+    return s;
+  }
+
+  // One UTF-8 character of the pattern.
+  std::optional<std::uint32_t> literal() {
+    const auto b = static_cast<unsigned char>(p_[i_]);
+    if (b < 0x80) {
+      ++i_;
+      return b;
+    }
+    const int n = b >= 0xF0 ? 4 : b >= 0xE0 ? 3 : b >= 0xC0 ? 2 : 0;
+    if (n == 0 || i_ + static_cast<std::size_t>(n) > p_.size()) return fail("is not UTF-8");
+    std::uint32_t cp = b & (0x7F >> n);
+    for (int k = 1; k < n; ++k) {
+      const auto x = static_cast<unsigned char>(p_[i_ + static_cast<std::size_t>(k)]);
+      if ((x & 0xC0) != 0x80) return fail("is not UTF-8");
+      cp = (cp << 6) | (x & 0x3F);
+    }
+    i_ += static_cast<std::size_t>(n);
+    return cp;
+  }
+
+  std::optional<std::uint32_t> hex(int n) {
+    if (i_ + static_cast<std::size_t>(n) > p_.size()) return fail("has a short \\x or \\u escape");
+    std::uint32_t v = 0;
+    for (int k = 0; k < n; ++k) {
+      const char h = p_[i_++];
+      const int d = h >= '0' && h <= '9' ? h - '0' : h >= 'a' && h <= 'f' ? h - 'a' + 10 : h >= 'A' && h <= 'F' ? h - 'A' + 10 : -1;
+      if (d < 0) return fail("has a bad \\x or \\u escape");
+      v = v * 16 + static_cast<std::uint32_t>(d);
+    }
+    return v;
+  }
+
+  // After a backslash (at i_): the characters it stands for.
+  std::optional<CharSet> escape(bool in_class) {
+    ++i_;
+    if (i_ == p_.size()) return fail("ends with a backslash");
+    const char c = p_[i_++];
+    switch (c) {
+      case 'd': return digits();
+      case 'D': return complement(digits());
+      case 'w': return word();
+      case 'W': return complement(word());
+      case 's': return space();
+      case 't': return single('\t');
+      case 'n': return single('\n');
+      case 'r': return single('\r');
+      case 'v': return single('\v');
+      case 'f': return single('\f');
+      case '0': return single(0);
+      case 'x': {
+        std::optional<std::uint32_t> v = hex(2);
+        if (!v) return std::nullopt;
+        return single(*v);
+      }
+      case 'u': {
+        std::optional<std::uint32_t> v = hex(4);
+        if (!v) return std::nullopt;
+        if (*v >= 0xD800 && *v <= 0xDFFF) return fail("names a surrogate (not supported)");
+        return single(*v);
+      }
+      case 'b':
+        if (in_class) return single('\b');
+        return fail("uses \\b (not supported)");
+      case 'S': return complement(space());
+      default: break;
+    }
+    if ((c >= '1' && c <= '9') || c == 'k') return fail("uses a back-reference (not supported)");
+    if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z')) return fail(std::string("uses the escape \\") + c + " (not supported)");
+    if (static_cast<unsigned char>(c) >= 0x80) return fail("escapes a non-ASCII character");
+    return single(static_cast<unsigned char>(c));  // \. \\ \/ \- ...
+  }
+
+  std::optional<Node> class_set() {
+    ++i_;  // '['
+    const bool negated = peek('^');
+    if (negated) ++i_;
+    CharSet s;
+    while (true) {
+      if (i_ == p_.size()) return fail("has an unclosed '['");
+      if (p_[i_] == ']') {
+        ++i_;
+        break;
+      }
+      // One member: a character or an escape, then maybe "-" and a character.
+      std::optional<CharSet> a;
+      std::optional<std::uint32_t> a_cp;
+      if (p_[i_] == '\\') {
+        a = escape(true);
+        if (!a) return std::nullopt;
+        a_cp = only_member(*a);
+      } else {
+        a_cp = literal();
+        if (!a_cp) return std::nullopt;
+        a = single(*a_cp);
+      }
+      if (peek('-') && i_ + 1 < p_.size() && p_[i_ + 1] != ']') {
+        ++i_;
+        std::optional<std::uint32_t> b_cp;
+        if (p_[i_] == '\\') {
+          std::optional<CharSet> b = escape(true);
+          if (!b) return std::nullopt;
+          b_cp = only_member(*b);
+        } else {
+          b_cp = literal();
+          if (!b_cp) return std::nullopt;
+        }
+        if (!a_cp || !b_cp) return fail("has a range with a class at one end");
+        if (*a_cp > *b_cp) return fail("has a range out of order");
+        set_range(&s, *a_cp, *b_cp);
+        continue;
+      }
+      add(&s, *a);
+    }
+    return of(negated ? complement(s) : s);
+  }
+
+  std::optional<int> number() {
+    if (i_ == p_.size() || p_[i_] < '0' || p_[i_] > '9') return std::nullopt;
+    long v = 0;
+    while (i_ < p_.size() && p_[i_] >= '0' && p_[i_] <= '9') {
+      v = v * 10 + (p_[i_++] - '0');
+      if (v > 1'000'000) v = 1'000'000;
+    }
+    return static_cast<int>(v);
+  }
+
+  std::optional<Node> quantified(Node a) {
+    int lo = 0, hi = 0;
+    if (peek('*')) {
+      lo = 0, hi = -1;
+    } else if (peek('+')) {
+      lo = 1, hi = -1;
+    } else if (peek('?')) {
+      lo = 0, hi = 1;
+    } else if (peek('{')) {
+      // {n}, {n,}, {n,m}; any other '{' is the character itself.
+      const std::size_t save = i_;
+      ++i_;
+      std::optional<int> n = number();
+      std::optional<int> m = n;
+      bool ok = n.has_value();
+      if (ok && peek(',')) {
+        ++i_;
+        m = peek('}') ? std::optional<int>(-1) : number();
+        ok = m.has_value();
+      }
+      if (!ok || !peek('}')) {
+        i_ = save;
+        return a;  // a literal '{' follows, read as the next atom
+      }
+      lo = *n, hi = *m;
+      if (hi != -1 && hi < lo) return fail("has a count {n,m} with m below n");
+      if (lo > kMaxCount || hi > kMaxCount) return fail("has a count over 1,000");
+    } else {
+      return a;
+    }
+    ++i_;  // the quantifier's last character
+    if (peek('?')) ++i_;  // lazy: the same strings
+    if (hi == -1 && a.nullable()) return fail("repeats what can match nothing (not supported)");
+    if (peek('*') || peek('+') || peek('?') || (peek('{') && i_ + 1 < p_.size() && p_[i_ + 1] >= '0' && p_[i_ + 1] <= '9'))
+      return fail("has two quantifiers in a row");
+    Node r;
+    r.kind = Node::Kind::kRepeat;
+    r.min = lo;
+    r.max = hi;
+    r.kids.push_back(std::move(a));
+    return r;
+  }
+
+  std::string_view p_;
+  const std::string& path_;
+  std::size_t i_ = 0;
+  std::string error_;
+};
+
+void append_utf8(std::uint32_t cp, std::string* out) {
+  if (cp < 0x80) {
+    *out += static_cast<char>(cp);
+  } else if (cp < 0x800) {
+    *out += static_cast<char>(0xC0 | (cp >> 6));
+    *out += static_cast<char>(0x80 | (cp & 0x3F));
+  } else if (cp < 0x10000) {
+    *out += static_cast<char>(0xE0 | (cp >> 12));
+    *out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
+    *out += static_cast<char>(0x80 | (cp & 0x3F));
+  } else {
+    *out += static_cast<char>(0xF0 | (cp >> 18));
+    *out += static_cast<char>(0x80 | ((cp >> 12) & 0x3F));
+    *out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
+    *out += static_cast<char>(0x80 | (cp & 0x3F));
+  }
+}
+
+// The JSON spelling of one ASCII character.
+std::string ascii_json(unsigned c) {
+  switch (c) {
+    case '"': return "\\\"";
+    case '\\': return "\\\\";
+    case '\b': return "\\b";
+    case '\f': return "\\f";
+    case '\n': return "\\n";
+    case '\r': return "\\r";
+    case '\t': return "\\t";
+    default: break;
+  }
+  if (c < 0x20) {
+    static const char* kHex = "0123456789abcdef";
+    return std::string("\\u00") + kHex[c >> 4] + kHex[c & 15];
+  }
+  return std::string(1, static_cast<char>(c));
+}
+
+class Emitter {
+ public:
+  Emitter(Grammar* g, const std::string& path) : g_(g), path_(path), start_elements_(g->elements()) {}
+
+  std::optional<Rule> pattern(const std::vector<Branch>& branches) {
+    std::vector<Seq> alts;
+    const Rule anything = loop(sym(set(complement(CharSet{}))));
+    for (const Branch& b : branches) {
+      std::optional<Rule> body = node(b.body);
+      if (!body) return std::nullopt;
+      Seq s;
+      if (!b.at_start) s.push_back(sym(anything));
+      s.push_back(sym(*body));
+      if (!b.at_end) s.push_back(sym(anything));
+      alts.push_back(std::move(s));
+    }
+    const Rule inner = alternatives(alts);
+    Seq quoted;
+    Grammar::literal("\"", &quoted);
+    quoted.push_back(sym(inner));
+    Grammar::literal("\"", &quoted);
+    if (!error_.empty() || too_large()) return std::nullopt;
+    return alternatives({quoted});
+  }
+  const std::string& error() const { return error_; }
+
+ private:
+  static Grammar::Symbol sym(Rule r) { return Grammar::ref(r); }
+  Rule alternatives(const std::vector<Seq>& alts) {
+    const Rule r = g_->add_rule();
+    for (const Seq& a : alts) g_->add_alternative(r, a);
+    return r;
+  }
+  bool too_large() {
+    if (g_->elements() - start_elements_ <= kMaxPatternElements) return false;
+    if (error_.empty()) error_ = path_ + ": the pattern is too large to hold an answer to";
+    return true;
+  }
+  // item*, as a right-recursive loop.
+  Rule loop(Grammar::Symbol item) {
+    const Rule r = g_->add_rule();
+    g_->add_alternative(r, {});
+    g_->add_alternative(r, {item, sym(r)});
+    return r;
+  }
+
+  // The UTF-8 forms of code points lo to hi (from U+0080, no surrogates),
+  // as sequences of byte ranges: split where the length changes, then where
+  // a continuation byte would not run over its whole range (as the regex
+  // crate's Utf8Sequences does).
+  static void utf8_ranges(std::uint32_t lo, std::uint32_t hi, std::vector<Seq>* out) {
+    for (std::uint32_t edge : {0x7FFu, 0xFFFFu}) {
+      if (lo <= edge && hi > edge) {
+        utf8_ranges(lo, edge, out);
+        utf8_ranges(edge + 1, hi, out);
+        return;
+      }
+    }
+    const int n = lo <= 0x7FF ? 2 : lo <= 0xFFFF ? 3 : 4;
+    for (int i = 1; i < n; ++i) {
+      const std::uint32_t m = (1u << (6 * i)) - 1;
+      if ((lo & ~m) != (hi & ~m)) {
+        if ((lo & m) != 0) {
+          utf8_ranges(lo, lo | m, out);
+          utf8_ranges((lo | m) + 1, hi, out);
+          return;
+        }
+        if ((hi & m) != m) {
+          utf8_ranges(lo, (hi & ~m) - 1, out);
+          utf8_ranges(hi & ~m, hi, out);
+          return;
+        }
+      }
+    }
+    std::string a, b;
+    append_utf8(lo, &a);
+    append_utf8(hi, &b);
+    Seq seq;
+    for (std::size_t k = 0; k < a.size(); ++k)
+      seq.push_back(Grammar::range(static_cast<unsigned char>(a[k]), static_cast<unsigned char>(b[k])));
+    out->push_back(std::move(seq));
+  }
+
+  Rule set(const CharSet& s) {
+    std::string key(s.ascii.to_string());
+    for (const auto& [lo, hi] : s.wide) key += std::to_string(lo) + "-" + std::to_string(hi) + ",";
+    if (auto it = sets_.find(key); it != sets_.end()) return it->second;
+    std::vector<Seq> alts;
+    Grammar::ByteSet plain;
+    for (unsigned c = 0; c < 128; ++c) {
+      if (!s.ascii[c]) continue;
+      const std::string j = ascii_json(c);
+      if (j.size() == 1) {
+        plain.set(c);
+      } else {
+        Seq q;
+        Grammar::literal(j, &q);
+        alts.push_back(std::move(q));
+      }
+    }
+    if (plain.any()) alts.push_back({Grammar::set(plain)});
+    for (const auto& [lo, hi] : s.wide) utf8_ranges(lo, hi, &alts);
+    const Rule r = alternatives(alts);  // no alternative: nothing matches ([])
+    sets_.emplace(std::move(key), r);
+    return r;
+  }
+
+  std::optional<Rule> node(const Node& n) {
+    if (too_large()) return std::nullopt;
+    switch (n.kind) {
+      case Node::Kind::kSet: return set(n.set);
+      case Node::Kind::kSequence: {
+        Seq s;
+        for (const Node& k : n.kids) {
+          std::optional<Rule> r = node(k);
+          if (!r) return std::nullopt;
+          s.push_back(sym(*r));
+        }
+        return alternatives({s});
+      }
+      case Node::Kind::kAlternatives: {
+        std::vector<Seq> alts;
+        for (const Node& k : n.kids) {
+          std::optional<Rule> r = node(k);
+          if (!r) return std::nullopt;
+          alts.push_back({sym(*r)});
+        }
+        return alternatives(alts);
+      }
+      case Node::Kind::kRepeat: {
+        std::optional<Rule> item = node(n.kids[0]);
+        if (!item) return std::nullopt;
+        Rule tail;
+        if (n.max == -1) {
+          tail = loop(sym(*item));
+        } else {
+          tail = alternatives({{}});
+          for (int i = n.min; i < n.max; ++i) tail = alternatives({{}, {sym(*item), sym(tail)}});
+        }
+        Seq head(static_cast<std::size_t>(n.min), sym(*item));
+        head.push_back(sym(tail));
+        return alternatives({head});
+      }
+    }
+    return std::nullopt;
+  }
+
+  Grammar* g_;
+  const std::string& path_;
+  std::size_t start_elements_;
+  std::map<std::string, Rule> sets_;
+  std::string error_;
+};
+
+}  // namespace
+
+std::optional<Grammar::RuleId> pattern_rule(Grammar* g, std::string_view pattern, const std::string& path, std::string* error) {
+  Parser p(pattern, path);
+  std::optional<std::vector<Branch>> branches = p.parse();
+  if (!branches) {
+    *error = p.error();
+    return std::nullopt;
+  }
+  Emitter e(g, path);
+  std::optional<Rule> r = e.pattern(*branches);
+  if (!r) *error = e.error();
+  return r;
+}
+
+std::string pattern_json_text(std::string_view text) {
+  std::string out = "\"";
+  for (char c : text) {
+    const auto b = static_cast<unsigned char>(c);
+    if (b < 0x80) out += ascii_json(b);
+    else out += c;
+  }
+  out += '"';
+  return out;
+}
+
+std::optional<bool> pattern_matches(std::string_view pattern, std::string_view text) {
+  Grammar g;
+  std::string error;
+  std::optional<Rule> r = pattern_rule(&g, pattern, "pattern", &error);
+  if (!r) return std::nullopt;
+  g.set_start(*r);
+  engine::GrammarArena arena;
+  engine::GrammarMatcher m(&g, &arena);
+  return m.feed(pattern_json_text(text)) && m.accepting();
+}
+
+}  // namespace airlock::daemon

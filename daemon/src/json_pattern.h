@@ -1,0 +1,54 @@
+// JSON Schema's "pattern": a regular expression (ECMA-262 syntax) that a
+// string must match somewhere (unless anchored with ^ and $), compiled into
+// grammar rules whose sentences are the JSON texts of the matching strings,
+// quotes included. Used by the schema compiler (constrained decoding holds
+// the string to the pattern) and by the validator (a decoded string is
+// checked by the same rules, re-encoded).
+//
+// The subset read: literal characters (UTF-8 in the pattern), escapes
+// (\t \n \r \v \f \0 \xHH \uHHHH, and a backslash before punctuation), `.`
+// (any character but \n, \r, U+2028, U+2029), classes `[...]` and `[^...]`
+// with ranges (of any code points), \d \w \s \D \W \S (digits and word
+// characters in ASCII, as ECMA-262 has them without the u flag; \s with
+// its Unicode spaces), groups `(...)`, `(?:...)` and `(?<name>...)`,
+// alternation, the quantifiers * + ? {n} {n,} {n,m} (lazy forms alike: the
+// same strings match), ^ at the start and $ at the end of a top-level
+// alternative. Characters are code points (as Python's re and Rust's regex
+// count them, not UTF-16 units); a set of them becomes UTF-8 byte ranges.
+// Refused, with the reason: back-references, look-around, \b \B, \c and
+// other letters' escapes, ^ or $ elsewhere, a surrogate, a repetition of
+// what can match nothing (a loop that reads no character), counts over
+// 1,000, patterns over 1,000 bytes or groups over 64 deep, and rules past
+// kMaxPatternElements.
+// The JSON text of a matching string is written one way: `\"`, `\\`, the
+// short escapes \b \f \n \r \t, \u00XX (lowercase hex) for other control
+// characters, every other character as itself (UTF-8).
+//
+// Thread-safety: free functions, no shared state.
+#pragma once
+
+#include <cstddef>
+#include <optional>
+#include <string>
+#include <string_view>
+
+#include "airlock/engine/grammar.h"
+
+namespace airlock::daemon {
+
+inline constexpr std::size_t kMaxPatternElements = 200'000;
+
+// Adds to `g` the rules of `pattern`'s strings as JSON texts and returns
+// the one to refer to, or nullopt with *error set (the reason, about
+// `path`).
+std::optional<engine::Grammar::RuleId> pattern_rule(engine::Grammar* g, std::string_view pattern, const std::string& path,
+                                                    std::string* error);
+
+// Whether `text` (a decoded string, UTF-8) matches `pattern`; nullopt when
+// the pattern is not in the subset above.
+std::optional<bool> pattern_matches(std::string_view pattern, std::string_view text);
+
+// The JSON text of `text` as pattern_rule's sentences write it.
+std::string pattern_json_text(std::string_view text);
+
+}  // namespace airlock::daemon

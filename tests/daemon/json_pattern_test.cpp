@@ -1,0 +1,276 @@
+// JSON Schema patterns compiled to grammar rules: matching checked against
+// std::regex (ECMAScript, search semantics) on random ASCII strings; random
+// sentences of the rules are JSON strings that match; non-ASCII and escape
+// handling by hand; refusals named; the schema compiler and validator use it.
+#include "json_pattern.h"
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <random>
+#include <regex>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "schema_grammar.h"
+#include "tool_calls.h"
+
+namespace airlock::daemon {
+namespace {
+
+using engine::Grammar;
+using engine::GrammarArena;
+using engine::GrammarMatcher;
+using ojson = nlohmann::ordered_json;
+
+// Patterns whose meaning on ASCII strings std::regex shares.
+const char* kPatterns[] = {
+    "^\\d{3}-\\d{4}$",
+    "^[A-Z]{2}[0-9]{2,4}$",
+    "ab+c",
+    "^(?:[a-z0-9-]+\\.)+[a-z]{2,}$",
+    "^(cat|dog|bird)s?$",
+    "x|^y|z$",
+    "^[^\"\\\\]*$",
+    "^\\w+(\\s\\w+)*$",
+    "[.]\\.",
+    "^a{2}b{0,2}c{1,}$",
+    "^(\\d{4})-(0[1-9]|1[0-2])$",
+    "^[\\x41-\\x43\\u0064]+$",
+    "^.{3}$",
+    "\\W\\D",
+    "^[-a]+$",
+    "^[a-]+$",
+    "^$",
+    "^[^\\W\\d]+$",
+    "^a*?b+?$",
+    "^[\\]\\[]+$",
+    "^\\n?\\t\\\\\"$",
+};
+
+// A random ASCII string from characters the patterns use.
+std::string random_text(std::mt19937& rng) {
+  static const std::string alphabet = "abcxyzABC0123456789-._ \"\\\n\t{},[]dogcatsbird";
+  const std::size_t n = rng() % 9;
+  std::string s;
+  for (std::size_t i = 0; i < n; ++i) s += alphabet[rng() % alphabet.size()];
+  return s;
+}
+
+TEST(JsonPatternTest, MatchesAsStdRegexOnAscii) {
+  std::mt19937 rng(17);
+  for (const char* p : kPatterns) {
+    const std::regex re(p, std::regex::ECMAScript);
+    std::vector<std::string> texts;
+    for (int i = 0; i < 3000; ++i) texts.push_back(random_text(rng));
+    for (const char* t : {"555-1234", "AB123", "abbbc", "mail.example.org", "dogs", "y", "z", "ab cd", "aabbc", "aac",
+                          "2024-12", "ABCd", "abc", "", "a{,2}", "][", "\n\t\\\"", "\t\\\""})
+      texts.push_back(t);
+    int matched = 0;
+    for (const std::string& t : texts) {
+      const std::optional<bool> ours = pattern_matches(p, t);
+      ASSERT_TRUE(ours.has_value()) << p;
+      const bool theirs = std::regex_search(t, re);
+      EXPECT_EQ(*ours, theirs) << p << " on " << ojson(t).dump();
+      matched += theirs ? 1 : 0;
+    }
+    EXPECT_GT(matched, 0) << p;  // the cases reach both answers
+    EXPECT_LT(matched, static_cast<int>(texts.size())) << p;
+  }
+}
+
+// Random sentences of a pattern's rules are JSON strings that match it.
+TEST(JsonPatternTest, SentencesAreJsonStringsThatMatch) {
+  std::mt19937 rng(19);
+  for (const char* p : kPatterns) {
+    Grammar g;
+    std::string why;
+    const std::optional<Grammar::RuleId> r = pattern_rule(&g, p, "pattern", &why);
+    ASSERT_TRUE(r) << p << ": " << why;
+    g.set_start(*r);
+    const std::regex re(p, std::regex::ECMAScript);
+    int whole = 0;
+    for (int i = 0; i < 200; ++i) {
+      GrammarArena arena;
+      GrammarMatcher m(&g, &arena);
+      std::string text;
+      while (text.size() < 400 && !(m.accepting() && (m.complete() || rng() % 3 == 0))) {
+        const Grammar::ByteSet next = m.next_bytes();
+        std::vector<unsigned char> choices;
+        for (unsigned c = 0; c < 256; ++c)
+          if (next[c]) choices.push_back(static_cast<unsigned char>(c));
+        ASSERT_FALSE(choices.empty()) << p << " after " << text;
+        unsigned char c = choices[rng() % choices.size()];
+        if (next['"'] && rng() % 4 == 0) c = '"';
+        ASSERT_TRUE(m.feed(c));
+        text += static_cast<char>(c);
+      }
+      if (!m.accepting()) continue;
+      ++whole;
+      ASSERT_TRUE(ojson::accept(text)) << p << ": " << text;
+      const std::string value = ojson::parse(text).get<std::string>();
+      EXPECT_EQ(pattern_json_text(value), text) << p;  // one spelling
+      EXPECT_EQ(pattern_matches(p, value), true) << p << ": " << text;
+      const bool ascii = std::all_of(value.begin(), value.end(), [](char c) { return static_cast<unsigned char>(c) < 0x80; });
+      if (ascii) {
+        EXPECT_TRUE(std::regex_search(value, re)) << p << ": " << text;
+      }
+    }
+    if (p[0] == '^') {  // (a walk seldom writes an unanchored pattern's match by chance)
+      EXPECT_GT(whole, 100) << p;
+    }
+  }
+}
+
+TEST(JsonPatternTest, CharactersAreCodePoints) {
+  EXPECT_EQ(pattern_matches("^.$", "é"), true);
+  EXPECT_EQ(pattern_matches("^.$", "\xF0\x9F\x98\x80"), true);  // U+1F600: one character, not two units
+  EXPECT_EQ(pattern_matches("^..$", "\xF0\x9F\x98\x80"), false);
+  EXPECT_EQ(pattern_matches("^.$", "\n"), false);
+  EXPECT_EQ(pattern_matches("^.$", "\xE2\x80\xA8"), false);  // U+2028, a line terminator
+  EXPECT_EQ(pattern_matches("^.$", "\xE2\x80\xA7"), true);
+  EXPECT_EQ(pattern_matches("^[\\s]+$", " \t\xC2\xA0\xE3\x80\x80"), true);  // U+00A0, U+3000
+  EXPECT_EQ(pattern_matches("^\\W$", "é"), true);
+  EXPECT_EQ(pattern_matches("^\\w$", "é"), false);
+  EXPECT_EQ(pattern_matches("^[^a]$", "é"), true);
+  EXPECT_EQ(pattern_matches("^[éa]+$", "aéa"), true);
+  EXPECT_EQ(pattern_matches("^caf\\u00e9$", "café"), true);
+  EXPECT_EQ(pattern_matches("^[^]$", "\n"), true);
+  EXPECT_EQ(pattern_matches("^a{,2}$", "a{,2}"), true);  // not a count: the characters
+  EXPECT_EQ(pattern_matches("^(?<year>\\d{4})-(?<m>\\d\\d)$", "2024-12"), true);  // named groups
+  EXPECT_EQ(pattern_matches("^[]$", "a"), false);
+  EXPECT_EQ(pattern_json_text("a\"b\\c\n\x01é"), "\"a\\\"b\\\\c\\n\\u0001é\"");
+  EXPECT_EQ(pattern_matches("^\\S+$", "é\xE2\x82\xAC"), true);
+  EXPECT_EQ(pattern_matches("^\\S$", "\xE3\x80\x80"), false);  // U+3000 is a space
+  EXPECT_EQ(pattern_matches("^[à-ü]+$", "éü"), true);
+  EXPECT_EQ(pattern_matches("^[à-ü]$", "ÿ"), false);
+  EXPECT_EQ(pattern_matches("^[^é]$", "é"), false);
+  EXPECT_EQ(pattern_matches("^[^é]$", "è"), true);
+  EXPECT_EQ(pattern_matches("^[^\\s\"]+$", "a\"b"), false);
+  EXPECT_EQ(pattern_matches("^[\\x00-\\u00ff]+$", "a\té"), true);
+
+}
+
+// Sets of non-ASCII characters become UTF-8 byte ranges: every code point
+// of the BMP from U+0080 (and a sample above it) is read or refused as the
+// set says.
+TEST(JsonPatternTest, EveryCodePointOfASet) {
+  struct Case {
+    const char* pattern;
+    bool (*member)(std::uint32_t);
+  };
+  const Case cases[] = {
+      {"^.$", [](std::uint32_t c) { return c != 0x2028 && c != 0x2029; }},
+      {"^\\S$", [](std::uint32_t c) {
+         return c != 0xA0 && c != 0x1680 && !(c >= 0x2000 && c <= 0x200A) && c != 0x2028 && c != 0x2029 && c != 0x202F &&
+                c != 0x205F && c != 0x3000 && c != 0xFEFF;
+       }},
+      {"^[^à-ü\\u4e00-\\u9fff\\u07ff\\u0800]$", [](std::uint32_t c) {
+         return !(c >= 0xE0 && c <= 0xFC) && !(c >= 0x4E00 && c <= 0x9FFF) && c != 0x7FF && c != 0x800;
+       }},
+      {"^[\\u00ff-\\u0901\\uffff]$", [](std::uint32_t c) { return (c >= 0xFF && c <= 0x901) || c == 0xFFFF; }},
+  };
+  for (const Case& k : cases) {
+    Grammar g;
+    std::string why;
+    const std::optional<Grammar::RuleId> r = pattern_rule(&g, k.pattern, "p", &why);
+    ASSERT_TRUE(r) << why;
+    g.set_start(*r);
+    int wrong = 0;
+    for (std::uint32_t c = 0x80; c <= 0x10FFFF && wrong < 5; ++c) {
+      if (c >= 0xD800 && c <= 0xDFFF) continue;
+      // Above the BMP: a sample, and each 4,096's edges.
+      if (c >= 0x10000 && c % 61 != 0 && (c & 0xFFF) != 0 && (c & 0xFFF) != 0xFFF) continue;
+      std::string text = "\"";
+      if (c < 0x800) {
+        text += static_cast<char>(0xC0 | (c >> 6));
+      } else if (c < 0x10000) {
+        text += static_cast<char>(0xE0 | (c >> 12));
+        text += static_cast<char>(0x80 | ((c >> 6) & 0x3F));
+      } else {
+        text += static_cast<char>(0xF0 | (c >> 18));
+        text += static_cast<char>(0x80 | ((c >> 12) & 0x3F));
+        text += static_cast<char>(0x80 | ((c >> 6) & 0x3F));
+      }
+      text += static_cast<char>(0x80 | (c & 0x3F));
+      text += '"';
+      GrammarArena arena;
+      GrammarMatcher m(&g, &arena);
+      const bool read = m.feed(text) && m.accepting();
+      if (read != k.member(c)) {
+        ++wrong;
+        ADD_FAILURE() << k.pattern << " U+" << std::hex << c << (read ? " read" : " refused");
+      }
+    }
+  }
+}
+
+TEST(JsonPatternTest, RefusalsSayWhy) {
+  struct Case {
+    const char* pattern;
+    const char* why;
+  };
+  for (const Case& c : {Case{"(a)\\1", "back-reference"}, Case{"a(?=b)", "look-around"}, Case{"(?<!a)b", "look-around"},
+                        Case{"\\bword", "\\b"}, Case{"a^b", "'^'"}, Case{"a$b", "'$'"}, Case{"(a$)", "'$'"},
+                        Case{"(a*)*", "can match nothing"}, Case{"a{2000}", "over 1,000"}, Case{"a{3,2}", "below n"},
+                        Case{"(ab", "unclosed '('"}, Case{"ab)", "unmatched ')'"}, Case{"[ab", "unclosed '['"},
+                        Case{"*a", "nothing before"}, Case{"a**", "two quantifiers"}, Case{"\\", "backslash"},
+                        Case{"\\q", "\\q"}, Case{"[z-a]", "out of order"}, Case{"\\ud800", "surrogate"},
+                        Case{"\xff", "UTF-8"}}) {
+    Grammar g;
+    std::string why;
+    EXPECT_FALSE(pattern_rule(&g, c.pattern, "schema.pattern", &why)) << c.pattern;
+    EXPECT_NE(why.find(c.why), std::string::npos) << c.pattern << ": " << why;
+    EXPECT_EQ(why.rfind("schema.pattern: the pattern ", 0), 0u) << why;
+    EXPECT_FALSE(pattern_matches(c.pattern, "a").has_value()) << c.pattern;
+  }
+  Grammar g;
+  std::string why;
+  EXPECT_FALSE(pattern_rule(&g, std::string(1001, 'a'), "p", &why));
+  EXPECT_NE(why.find("1,000 bytes"), std::string::npos) << why;
+  // Large but within the bounds, and then too large.
+  EXPECT_TRUE(pattern_rule(&g, "^((a{1000}b?){1000}c?){1000}$", "p", &why)) << why;  // each count refers to one rule
+  std::string wide;
+  for (int i = 0; i < 100; ++i) wide += "a{0,1000}";  // 1,000 optional rules each
+  EXPECT_FALSE(pattern_rule(&g, wide, "p", &why));
+  EXPECT_NE(why.find("too large"), std::string::npos) << why;
+}
+
+// The schema compiler holds patterns; the validator checks them; a pattern
+// beside a length bound is held, the bound is not (so not exactly).
+TEST(JsonPatternTest, SchemasHoldPatterns) {
+  const ojson schema = ojson::parse(R"({"type":"object","properties":{"zip":{"type":"string","pattern":"^\\d{5}$"},
+      "code":{"pattern":"^[A-Z]{3}$"}},"required":["zip","code"],"additionalProperties":false})");
+  std::string why;
+  bool exact = false;
+  auto g = compile_schema(schema, "schema", &why, &exact);
+  ASSERT_TRUE(g) << why;
+  EXPECT_TRUE(exact);
+  auto read = [&](const std::string& text) {
+    GrammarArena arena;
+    GrammarMatcher m(g.get(), &arena);
+    return m.feed(text) && m.accepting();
+  };
+  EXPECT_TRUE(read(R"({"zip":"12345","code":"ABC"})"));
+  EXPECT_FALSE(read(R"({"zip":"1234","code":"ABC"})"));
+  EXPECT_FALSE(read(R"({"zip":"12345","code":"abc"})"));
+  EXPECT_TRUE(follows_schema(schema, ojson::parse(R"({"zip":"12345","code":"ABC"})")));
+  EXPECT_FALSE(follows_schema(schema, ojson::parse(R"({"zip":"1234x","code":"ABC"})")));
+  EXPECT_FALSE(follows_schema(schema, ojson::parse(R"({"zip":"12345","code":"AB"})")));
+
+  ASSERT_TRUE(compile_schema(ojson::parse(R"({"type":"string","pattern":"^a+$","maxLength":3})"), "schema", &why, &exact));
+  EXPECT_FALSE(exact);
+  EXPECT_FALSE(compile_schema(ojson::parse(R"({"type":"string","pattern":"(a)\\1"})"), "schema", &why));
+  EXPECT_EQ(why, "schema.pattern: the pattern uses a back-reference (not supported)");
+  EXPECT_FALSE(compile_schema(ojson::parse(R"({"type":"string","pattern":3})"), "schema", &why));
+  EXPECT_EQ(why, "schema.pattern must be a string");
+  // A strict forced call with a pattern is held exactly.
+  const std::vector<ToolSpec> tools = {{"f", true, ojson::parse(R"({"type":"object","properties":{"id":{"type":"string",
+      "pattern":"^[a-f0-9]{4}$"}},"required":["id"],"additionalProperties":false})")}};
+  EXPECT_TRUE(tool_call_grammar(ToolFormat::kHermes, tools, "", false, &why)) << why;
+}
+
+}  // namespace
+}  // namespace airlock::daemon
