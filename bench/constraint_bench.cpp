@@ -4,7 +4,7 @@
 // containers), and the time to prepare the vocabulary once per model.
 // Then the same with a JSON Schema's grammar (response_format json_schema):
 // the schema's compile time, and the step at points of an instance; and
-// with a second schema of number bounds and string formats.
+// with a second schema of number bounds, string formats and patterns.
 //
 //   constraint_bench VOCAB.gguf [REPEATS]
 // VOCAB.gguf: any GGUF with a tokenizer (a model, or llama.cpp's
@@ -47,12 +47,13 @@ int main(int argc, char** argv) {
       "properties":{"name":{"type":"string"},"role":{"type":"string"}},"required":["name","role"],
       "additionalProperties":false}}},"required":["title","year","rating","genre","sequel_of","cast"],
       "additionalProperties":false})";
-  // The same shape with what pydantic writes for bounded numbers, dates and
-  // ids: number bounds, string formats.
+  // The same shape with what pydantic writes for bounded numbers, dates,
+  // ids and constrained strings: number bounds, string formats, patterns.
   const char* bounded_text = R"({"type":"object","properties":{"title":{"type":"string","minLength":1,"maxLength":200},
       "year":{"type":"integer","minimum":1888,"maximum":2100},"rating":{"type":"number","minimum":0,"maximum":10},
-      "released":{"type":"string","format":"date"},"id":{"type":"string","format":"uuid"}},
-      "required":["title","year","rating","released","id"],"additionalProperties":false})";
+      "released":{"type":"string","format":"date"},"id":{"type":"string","format":"uuid"},
+      "code":{"type":"string","pattern":"^[A-Z]{3}-\\d{4}$"},"note":{"type":"string","pattern":"^[^\\n]*\\.$"}},
+      "required":["title","year","rating","released","id","code","note"],"additionalProperties":false})";
   std::shared_ptr<const Grammar> grammars[2];
   int s = 0;
   for (const char* text : {schema_text, bounded_text}) {
@@ -74,7 +75,11 @@ int main(int argc, char** argv) {
                         Case{"{\"title\": \"x\", \"year\": 1999, \"rating\": 7.5, \"genre\": \"do", 1},
                         Case{"{\"title\": \"x\", \"year\": 19", 2}, Case{"{\"title\": \"x\", \"year\": 1999, \"rating\": 7.", 2},
                         Case{"{\"title\": \"x\", \"year\": 1999, \"rating\": 7.5, \"released\": \"1999-0", 2},
-                        Case{"{\"title\": \"x\", \"year\": 1999, \"rating\": 7.5, \"released\": \"1999-01-02\", \"id\": \"12ab", 2}}) {
+                        Case{"{\"title\": \"x\", \"year\": 1999, \"rating\": 7.5, \"released\": \"1999-01-02\", \"id\": \"12ab", 2},
+                        Case{"{\"title\": \"x\", \"year\": 1999, \"rating\": 7.5, \"released\": \"1999-01-02\", \"id\": "
+                             "\"12345678-1234-1234-1234-123456789abc\", \"code\": \"AB", 2},
+                        Case{"{\"title\": \"x\", \"year\": 1999, \"rating\": 7.5, \"released\": \"1999-01-02\", \"id\": "
+                             "\"12345678-1234-1234-1234-123456789abc\", \"code\": \"ABC-1234\", \"note\": \"some text here", 2}}) {
     const char* prefix = k.prefix;
     JsonConstraint c(vocab, std::nullopt, k.schema > 0 ? grammars[k.schema - 1] : nullptr);
     if (k.schema > 0) std::printf("  schema %d", k.schema);

@@ -467,7 +467,7 @@ class Emitter {
 
   std::optional<Rule> pattern(const std::vector<Branch>& branches) {
     std::vector<Seq> alts;
-    const Rule anything = loop(sym(set(complement(CharSet{}))));
+    const Rule anything = alternatives({{*run_of(complement(CharSet{}), 0, Grammar::kUnbounded)}});
     for (const Branch& b : branches) {
       std::optional<Rule> body = node(b.body);
       if (!body) return std::nullopt;
@@ -544,24 +544,45 @@ class Emitter {
     out->push_back(std::move(seq));
   }
 
+  // The run of `s` (min to max characters), if its non-ASCII part is one a
+  // run's class can say.
+  static std::optional<Grammar::Symbol> run_of(const CharSet& s, std::uint32_t min, std::uint32_t max) {
+    using Ranges = std::vector<std::pair<std::uint32_t, std::uint32_t>>;
+    static const Ranges kAll = {{0x80, 0xD7FF}, {0xE000, 0x10FFFF}};
+    static const Ranges kButEnds = {{0x80, 0x2027}, {0x202A, 0xD7FF}, {0xE000, 0x10FFFF}};
+    Grammar::ByteSet cls;
+    for (unsigned c = 0; c < 128; ++c) cls[c] = s.ascii[c];
+    if (s.wide == kAll) cls.set(Grammar::kAllWide);
+    else if (s.wide == kButEnds) cls.set(Grammar::kWideButLineEnds);
+    else if (!s.wide.empty()) return std::nullopt;
+    return Grammar::run(cls, min, max);
+  }
+
   Rule set(const CharSet& s) {
     std::string key(s.ascii.to_string());
     for (const auto& [lo, hi] : s.wide) key += std::to_string(lo) + "-" + std::to_string(hi) + ",";
     if (auto it = sets_.find(key); it != sets_.end()) return it->second;
+    // Few alternatives, each with a different first byte, so that a step
+    // through the set makes few stacks: the plain bytes as one set, the
+    // escapes after one backslash (\uXXXX grouped by its third digit), and
+    // the UTF-8 forms.
     std::vector<Seq> alts;
-    Grammar::ByteSet plain;
+    Grammar::ByteSet plain, short_escape;
+    Grammar::ByteSet control[2];  // \u000Y and \u001Y: the Ys
     for (unsigned c = 0; c < 128; ++c) {
       if (!s.ascii[c]) continue;
       const std::string j = ascii_json(c);
-      if (j.size() == 1) {
-        plain.set(c);
-      } else {
-        Seq q;
-        Grammar::literal(j, &q);
-        alts.push_back(std::move(q));
-      }
+      if (j.size() == 1) plain.set(c);
+      else if (j.size() == 2) short_escape.set(static_cast<unsigned char>(j[1]));
+      else control[c >> 4].set(static_cast<unsigned char>(j[5]));
     }
     if (plain.any()) alts.push_back({Grammar::set(plain)});
+    std::vector<Seq> escapes, controls;
+    if (short_escape.any()) escapes.push_back({Grammar::set(short_escape)});
+    for (unsigned hi = 0; hi < 2; ++hi)
+      if (control[hi].any()) controls.push_back({Grammar::byte(static_cast<unsigned char>('0' + hi)), Grammar::set(control[hi])});
+    if (!controls.empty()) escapes.push_back({Grammar::byte('u'), Grammar::byte('0'), Grammar::byte('0'), sym(alternatives(controls))});
+    if (!escapes.empty()) alts.push_back({Grammar::byte('\\'), sym(alternatives(escapes))});
     for (const auto& [lo, hi] : s.wide) utf8_ranges(lo, hi, &alts);
     const Rule r = alternatives(alts);  // no alternative: nothing matches ([])
     sets_.emplace(std::move(key), r);
@@ -591,6 +612,12 @@ class Emitter {
         return alternatives(alts);
       }
       case Node::Kind::kRepeat: {
+        // A repeated set whose non-ASCII part is none, all, or all but the
+        // line ends is a run: read natively, one stack whatever its counts.
+        if (n.kids[0].kind == Node::Kind::kSet)
+          if (std::optional<Grammar::Symbol> r = run_of(n.kids[0].set, static_cast<std::uint32_t>(n.min),
+                                                        n.max == -1 ? Grammar::kUnbounded : static_cast<std::uint32_t>(n.max)))
+            return alternatives({{*r}});
         std::optional<Rule> item = node(n.kids[0]);
         if (!item) return std::nullopt;
         Rule tail;

@@ -38,6 +38,15 @@ Grammar::Symbol Grammar::string(std::uint32_t min_chars, std::uint32_t max_chars
   return s;
 }
 
+Grammar::Symbol Grammar::run(const ByteSet& cls, std::uint32_t min_chars, std::uint32_t max_chars) {
+  Symbol s;
+  s.kind = Symbol::Kind::kRun;
+  s.bytes = cls;
+  s.min_chars = min_chars;
+  s.max_chars = max_chars;
+  return s;
+}
+
 void Grammar::literal(std::string_view text, std::vector<Symbol>* out) {
   for (char c : text) out->push_back(byte(static_cast<unsigned char>(c)));
 }
@@ -57,6 +66,10 @@ void Grammar::add_alternative(RuleId r, const std::vector<Symbol>& symbols) {
       case Symbol::Kind::kString:
         elements_.push_back({Kind::kString, static_cast<std::uint32_t>(strings_.size())});
         strings_.push_back({s.min_chars, s.max_chars});
+        break;
+      case Symbol::Kind::kRun:
+        elements_.push_back({Kind::kRun, static_cast<std::uint32_t>(runs_.size())});
+        runs_.push_back({s.min_chars, s.max_chars, s.bytes});
         break;
       case Symbol::Kind::kBytes: {
         auto [it, added] = set_index_.try_emplace(s.bytes, static_cast<std::uint32_t>(sets_.size()));
@@ -98,7 +111,31 @@ bool in_range(std::uint32_t range, unsigned char c) {
   }
 }
 
+// A UTF-8 lead byte: the bytes left after it and the next one's range
+// (in_range); false for a byte that cannot lead.
+bool utf8_lead(unsigned char c, std::uint32_t* left, std::uint32_t* range) {
+  *range = 0;
+  if (c >= 0xC2 && c <= 0xDF) *left = 1;
+  else if (c == 0xE0) *left = 2, *range = 1;
+  else if ((c >= 0xE1 && c <= 0xEC) || c == 0xEE || c == 0xEF) *left = 2;
+  else if (c == 0xED) *left = 2, *range = 2;
+  else if (c == 0xF0) *left = 3, *range = 3;
+  else if (c >= 0xF1 && c <= 0xF3) *left = 3;
+  else if (c == 0xF4) *left = 3, *range = 4;
+  else return false;
+  return true;
+}
+
 enum class Step { kRefused, kInside, kClosed };
+
+// A run's class holds every character of plain text (printable ASCII but
+// the quote and the backslash, DEL, and every non-ASCII character).
+bool holds_plain_text(const Grammar::ByteSet& cls) {
+  if (!cls[Grammar::kAllWide]) return false;
+  for (unsigned c = 0x20; c < 0x80; ++c)
+    if (c != '"' && c != '\\' && !cls[c]) return false;
+  return true;
+}
 
 // Byte c of a string with `b`'s bounds, at (*lex, *count).
 Step string_step(std::uint32_t min_chars, std::uint32_t max_chars, std::uint32_t* lex, std::uint32_t* count, unsigned char c) {
@@ -124,15 +161,7 @@ Step string_step(std::uint32_t min_chars, std::uint32_t max_chars, std::uint32_t
       if (c < 0x80) return begin_char() ? Step::kInside : Step::kRefused;
       {
         std::uint32_t left = 0, range = 0;
-        if (c >= 0xC2 && c <= 0xDF) left = 1;
-        else if (c == 0xE0) left = 2, range = 1;
-        else if ((c >= 0xE1 && c <= 0xEC) || c == 0xEE || c == 0xEF) left = 2;
-        else if (c == 0xED) left = 2, range = 2;
-        else if (c == 0xF0) left = 3, range = 3;
-        else if (c >= 0xF1 && c <= 0xF3) left = 3;
-        else if (c == 0xF4) left = 3, range = 4;
-        else return Step::kRefused;
-        if (!begin_char()) return Step::kRefused;
+        if (!utf8_lead(c, &left, &range) || !begin_char()) return Step::kRefused;
         *lex = kUtf8 | (left << 4) | (range << 8);
         return Step::kInside;
       }
@@ -191,6 +220,117 @@ Step string_step(std::uint32_t min_chars, std::uint32_t max_chars, std::uint32_t
   }
 }
 
+// A run's character steps: kInside (within a character), kChar (one
+// ended), kRefused.
+enum class RunStep { kRefused, kInside, kChar };
+
+// Lex states of a run beyond a string's: in \u00xx, bits 4-7 the digits
+// left and bits 8-15 the value so far; in UTF-8, range 5 is a third byte
+// after E2 80 other than A8 or A9 (U+2028, U+2029), range 6 the byte after
+// E2 when those two are out.
+constexpr std::uint32_t kAfterE280 = 5, kAfterE2 = 6;
+
+// Byte c of a run of class `cls` at (*lex, *count). Each character is
+// written one way (grammar.h).
+// Whether the class holds a control character written \u00xx whose first
+// hex digit after "00" is `hi` (0 or 1; 2: either).
+bool holds_u_escape(const Grammar::ByteSet& cls, unsigned hi) {
+  for (unsigned v = 0; v < 0x20; ++v)
+    if (cls[v] && v != '\b' && v != '\t' && v != '\n' && v != '\f' && v != '\r' && (hi == 2 || v >> 4 == hi)) return true;
+  return false;
+}
+
+RunStep run_step(const Grammar::ByteSet& cls, std::uint32_t max_chars, std::uint32_t* lex, std::uint32_t* count,
+                 unsigned char c) {
+  // A byte is taken only if the character it begins or goes on with can
+  // still end in the class: a live matcher always has a way on.
+  const std::uint32_t state = *lex & 0xFu;
+  auto ascii = [&](unsigned v) {
+    if (!cls[v]) return RunStep::kRefused;
+    *lex = kBody;
+    return RunStep::kChar;
+  };
+  switch (state) {
+    case kBody: {
+      if (*count >= max_chars || c < 0x20 || c == '"') return RunStep::kRefused;
+      if (c == '\\') {
+        if (!cls['"'] && !cls['\\'] && !cls['\b'] && !cls['\f'] && !cls['\n'] && !cls['\r'] && !cls['\t'] && !holds_u_escape(cls, 2))
+          return RunStep::kRefused;
+        ++*count;
+        *lex = kEscape;
+        return RunStep::kInside;
+      }
+      if (c < 0x80) {
+        if (!cls[c]) return RunStep::kRefused;
+        ++*count;
+        return RunStep::kChar;
+      }
+      const bool all = cls[Grammar::kAllWide], but_ends = cls[Grammar::kWideButLineEnds];
+      if (!all && !but_ends) return RunStep::kRefused;
+      std::uint32_t left = 0, range = 0;
+      if (!utf8_lead(c, &left, &range)) return RunStep::kRefused;
+      if (c == 0xE2 && !all) range = kAfterE2;
+      ++*count;
+      *lex = kUtf8 | (left << 4) | (range << 8);
+      return RunStep::kInside;
+    }
+    case kUtf8: {
+      const std::uint32_t left = (*lex >> 4) & 0xFu, range = (*lex >> 8) & 0xFu;
+      std::uint32_t next = 0;
+      if (range == kAfterE2) {
+        if (c < 0x80 || c > 0xBF) return RunStep::kRefused;
+        next = c == 0x80 ? kAfterE280 : 0;
+      } else if (range == kAfterE280) {
+        if (c < 0x80 || c > 0xBF || c == 0xA8 || c == 0xA9) return RunStep::kRefused;
+      } else if (!in_range(range, c)) {
+        return RunStep::kRefused;
+      }
+      if (left == 1) {
+        *lex = kBody;
+        return RunStep::kChar;
+      }
+      *lex = kUtf8 | ((left - 1) << 4) | (next << 8);
+      return RunStep::kInside;
+    }
+    case kEscape:
+      switch (c) {
+        case '"': return ascii('"');
+        case '\\': return ascii('\\');
+        case 'b': return ascii('\b');
+        case 'f': return ascii('\f');
+        case 'n': return ascii('\n');
+        case 'r': return ascii('\r');
+        case 't': return ascii('\t');
+        case 'u':
+          if (!holds_u_escape(cls, 2)) return RunStep::kRefused;
+          *lex = kHex | (4u << 4);
+          return RunStep::kInside;
+        default: return RunStep::kRefused;
+      }
+    case kHex: {
+      // \u00xx for control characters without a short escape.
+      const std::uint32_t left = (*lex >> 4) & 0xFu, value = (*lex >> 8) & 0xFFu;
+      if (left >= 3) {
+        if (c != '0') return RunStep::kRefused;
+        *lex = kHex | ((left - 1) << 4);
+        return RunStep::kInside;
+      }
+      if (left == 2) {
+        if ((c != '0' && c != '1') || !holds_u_escape(cls, static_cast<unsigned>(c - '0'))) return RunStep::kRefused;
+        *lex = kHex | (1u << 4) | (static_cast<std::uint32_t>(c - '0') << 8);
+        return RunStep::kInside;
+      }
+      const int d = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+      if (d < 0) return RunStep::kRefused;
+      const unsigned v = value * 16 + static_cast<unsigned>(d);
+      if (v == '\b' || v == '\t' || v == '\n' || v == '\f' || v == '\r') return RunStep::kRefused;  // written short
+      return ascii(v);
+    }
+    default:
+      return RunStep::kRefused;
+  }
+}
+
 }  // namespace
 
 GrammarMatcher::GrammarMatcher(const Grammar* grammar, GrammarArena* arena) : g_(grammar), arena_(arena) {
@@ -220,6 +360,13 @@ void GrammarMatcher::expand(std::uint32_t pos, std::uint32_t tail, int guard) {
     case Grammar::Kind::kString:
       if (const std::uint32_t n = push(pos, tail); n != kDropped) emit(n);
       return;
+    case Grammar::Kind::kRun: {
+      const Grammar::Run& r = g_->runs_[e.arg];
+      if (r.max_chars > 0)
+        if (const std::uint32_t n = push(pos, tail, kBody, 0); n != kDropped) emit(n);
+      if (r.min_chars == 0) expand(pos + 1, tail, guard);
+      return;
+    }
     case Grammar::Kind::kRule:
       expand_rule(pos, tail, guard);
       return;
@@ -229,11 +376,13 @@ void GrammarMatcher::expand(std::uint32_t pos, std::uint32_t tail, int guard) {
         return;
       }
       // The alternative is done: go on with what its rule was followed by
-      // (a node below the top is a byte set, a string or a rule, never an
-      // end; a string there has not begun).
+      // (a node below the top is a byte set, a string, a run or a rule,
+      // never an end; a string or run there has not begun).
       const GrammarArena::Node t = arena_->nodes[tail];
-      if (g_->elements_[t.pos].kind != Grammar::Kind::kRule) emit(tail);
-      else expand_rule(t.pos, t.next, guard);
+      const Grammar::Kind k = g_->elements_[t.pos].kind;
+      if (k == Grammar::Kind::kRule) expand_rule(t.pos, t.next, guard);
+      else if (k == Grammar::Kind::kRun) expand(t.pos, t.next, guard);  // begun afresh (pushed with lex 0)
+      else emit(tail);
       return;
     }
   }
@@ -268,18 +417,36 @@ void GrammarMatcher::string_step(std::uint32_t top, unsigned char c) {
   }
 }
 
+void GrammarMatcher::run_step(std::uint32_t top, unsigned char c) {
+  const GrammarArena::Node n = arena_->nodes[top];
+  const Grammar::Run& r = g_->runs_[g_->elements_[n.pos].arg];
+  std::uint32_t lex = n.lex, count = n.count;
+  const RunStep step = ::airlock::engine::run_step(r.cls, r.max_chars, &lex, &count, c);
+  if (step == RunStep::kRefused) return;
+  // Within a character, or between two with room for more: the run goes
+  // on (pushed first, so kMaxStacks never drops it for the rest).
+  if ((step == RunStep::kInside || count < r.max_chars) && next_.size() < kMaxStacks)
+    if (const std::uint32_t id = push(n.pos, n.next, lex, count); id != kDropped) emit(id);
+  if (step == RunStep::kChar && count >= r.min_chars) expand(n.pos + 1, n.next, 0);
+}
+
 bool GrammarMatcher::feed(unsigned char c) {
   next_.clear();
   work_ = kMaxWork;
-  // Strings first: each steps to one stack, so none is lost to kMaxStacks
-  // however the others expand (free_text_room counts on it).
-  for (std::uint32_t top : tops_)
-    if (top != kAccept && g_->elements_[arena_->nodes[top].pos].kind == Grammar::Kind::kString) string_step(top, c);
+  // Strings and runs first: each steps to one stack of its own, so none is
+  // lost to kMaxStacks however the others expand (free_text_room counts on
+  // it).
+  for (std::uint32_t top : tops_) {
+    if (top == kAccept) continue;
+    const Grammar::Kind k = g_->elements_[arena_->nodes[top].pos].kind;
+    if (k == Grammar::Kind::kString) string_step(top, c);
+    else if (k == Grammar::Kind::kRun) run_step(top, c);
+  }
   for (std::uint32_t top : tops_) {
     if (top == kAccept) continue;
     const GrammarArena::Node n = arena_->nodes[top];
     const Grammar::Element e = g_->elements_[n.pos];
-    if (e.kind == Grammar::Kind::kString || !g_->sets_[e.arg][c]) continue;
+    if (e.kind != Grammar::Kind::kBytes || !g_->sets_[e.arg][c]) continue;
     expand(n.pos + 1, n.next, 0);
   }
   dedupe();
@@ -338,8 +505,10 @@ std::uint32_t GrammarMatcher::free_text_room() const {
     if (t == kAccept) continue;
     const GrammarArena::Node& n = arena_->nodes[t];
     const Grammar::Element e = g_->elements_[n.pos];
-    if (e.kind != Grammar::Kind::kString || n.lex != kBody) continue;
-    room = std::max(room, g_->strings_[e.arg].max_chars - n.count);
+    if (n.lex != kBody) continue;
+    if (e.kind == Grammar::Kind::kString) room = std::max(room, g_->strings_[e.arg].max_chars - n.count);
+    if (e.kind == Grammar::Kind::kRun && holds_plain_text(g_->runs_[e.arg].cls))
+      room = std::max(room, g_->runs_[e.arg].max_chars - n.count);
   }
   return room;
 }
@@ -355,6 +524,15 @@ Grammar::ByteSet GrammarMatcher::next_bytes() const {
     const Grammar::Element e = g_->elements_[n.pos];
     if (e.kind == Grammar::Kind::kBytes) {
       out |= g_->sets_[e.arg];
+      continue;
+    }
+    if (e.kind == Grammar::Kind::kRun) {
+      const Grammar::Run& r = g_->runs_[e.arg];
+      for (unsigned c = 0; c < 256; ++c) {
+        std::uint32_t lex = n.lex, count = n.count;
+        if (!out[c] && ::airlock::engine::run_step(r.cls, r.max_chars, &lex, &count, static_cast<unsigned char>(c)) != RunStep::kRefused)
+          out.set(c);
+      }
       continue;
     }
     const Grammar::Bounds b = g_->strings_[e.arg];

@@ -228,6 +228,51 @@ TEST(GrammarTest, StringBounds) {
   EXPECT_FALSE(m.feed('d'));
 }
 
+// Runs: characters of a class between bounds, each written one way, no
+// quotes; plain text fits when the class holds all of it.
+TEST(GrammarTest, RunsOfAClass) {
+  Grammar::ByteSet any;
+  for (unsigned c = 0; c < 128; ++c) any.set(c);
+  any.set(Grammar::kAllWide);
+  Grammar::ByteSet digits;
+  for (unsigned c = '0'; c <= '9'; ++c) digits.set(c);
+  Grammar g;
+  const auto s = g.add_rule();
+  g.add_alternative(s, Seq{Grammar::byte('"'), Grammar::run(digits, 1, 3), Grammar::byte('-'), Grammar::run(any, 0, 4),
+                           Grammar::byte('"')});
+  g.set_start(s);
+  for (const char* ok : {R"("1-")", R"("123-abcd")", "\"9-\xc3\xa9\\n\\\"\\u001f\"", R"("0-\\")"})
+    EXPECT_TRUE(sentence(g, ok)) << ok;
+  for (const char* bad : {R"("-")", R"("1234-")", R"("1-abcde")", R"("a-")", R"("1-\u000a")", R"("1-\/")",
+                          R"("1-\u001F")", R"("\u0031-")", "\"1-\xc0\xaf\"", R"("1-\ud83d\ude00")"})
+    EXPECT_FALSE(sentence(g, bad)) << bad;
+  GrammarArena arena;
+  GrammarMatcher m(&g, &arena);
+  ASSERT_TRUE(m.feed("\"1"));
+  EXPECT_EQ(m.free_text_room(), 0u);  // digits only: not plain text
+  EXPECT_FALSE(m.next_bytes()['\\']);  // no escape is a digit: no way on after a backslash
+  ASSERT_TRUE(m.feed("2-a"));
+  EXPECT_EQ(m.free_text_room(), 3u);
+  ASSERT_TRUE(m.feed("\xe2\x82"));
+  EXPECT_EQ(m.free_text_room(), 0u);  // inside a character
+  ASSERT_TRUE(m.feed("\xac" "bc"));
+  EXPECT_EQ(m.free_text_room(), 0u);
+  EXPECT_TRUE(m.next_bytes()['"']);
+  EXPECT_FALSE(m.next_bytes()['d']);
+  // All but the line ends: U+2028 and U+2029 (E2 80 A8, E2 80 A9) only.
+  Grammar::ByteSet but_ends;
+  but_ends.set(Grammar::kWideButLineEnds);
+  Grammar h;
+  const auto t = h.add_rule();
+  h.add_alternative(t, Seq{Grammar::run(but_ends, 1, 1)});
+  h.set_start(t);
+  EXPECT_TRUE(sentence(h, "\xe2\x80\xa7"));
+  EXPECT_TRUE(sentence(h, "\xe2\x81\xa8"));
+  EXPECT_FALSE(sentence(h, "\xe2\x80\xa8"));
+  EXPECT_FALSE(sentence(h, "\xe2\x80\xa9"));
+  EXPECT_FALSE(sentence(h, "a"));
+}
+
 // A grammar whose ways multiply (each rule two ways to the next, 40 deep:
 // 2^40 paths to the same byte) is bounded by kMaxWork, not expanded.
 TEST(GrammarTest, ExponentialWaysAreBounded) {

@@ -7,7 +7,11 @@
 // of symbols: a set of bytes (matches one byte in the set), a JSON string
 // (matches one whole string, quotes included, of min to max characters:
 // RFC 8259 escapes, a \u surrogate pair as one character, whole UTF-8 as
-// RFC 3629 has it), or another rule. Strings are recognised natively
+// RFC 3629 has it), a run (min to max characters of a string's body, each
+// in a class: no quotes around it, escapes and UTF-8 as in a string, each
+// character written one way: the short escapes \" \\ \b \f \n \r \t,
+// \u00xx in lowercase for the other control characters, the rest as
+// themselves), or another rule. Strings and runs are recognised natively
 // rather than spelled as rules: one stack and a counter whatever their
 // length bounds, and tokens of plain text inside them are known to fit
 // without being tried (free_text_room).
@@ -48,12 +52,16 @@ class Grammar {
   using ByteSet = std::bitset<256>;
 
   struct Symbol {
-    enum class Kind : std::uint8_t { kBytes, kRule, kString };
+    enum class Kind : std::uint8_t { kBytes, kRule, kString, kRun };
     Kind kind = Kind::kBytes;
     RuleId rule = 0;
-    ByteSet bytes;
-    std::uint32_t min_chars = 0, max_chars = 0;  // kString
+    ByteSet bytes;                               // kBytes; kRun: its class (see run())
+    std::uint32_t min_chars = 0, max_chars = 0;  // kString, kRun
   };
+  // A run's class: bits 0-127 the ASCII characters in it; bit kAllWide
+  // every other character; bit kWideButLineEnds every other character but
+  // U+2028 and U+2029.
+  static constexpr unsigned kAllWide = 128, kWideButLineEnds = 129;
   static constexpr std::uint32_t kUnbounded = 0xFFFFFFFFu;
   static Symbol byte(unsigned char c);
   static Symbol range(unsigned char lo, unsigned char hi);
@@ -62,6 +70,8 @@ class Grammar {
   // A JSON string of min_chars to max_chars characters (kUnbounded: no
   // upper bound).
   static Symbol string(std::uint32_t min_chars = 0, std::uint32_t max_chars = kUnbounded);
+  // A run of min_chars to max_chars characters of class `cls`.
+  static Symbol run(const ByteSet& cls, std::uint32_t min_chars, std::uint32_t max_chars);
   // Appends the bytes of `text`, one symbol each.
   static void literal(std::string_view text, std::vector<Symbol>* out);
 
@@ -75,29 +85,34 @@ class Grammar {
 
  private:
   friend class GrammarMatcher;
-  enum class Kind : std::uint8_t { kBytes, kRule, kEnd, kString };
+  enum class Kind : std::uint8_t { kBytes, kRule, kEnd, kString, kRun };
   struct Element {
     Kind kind;
-    std::uint32_t arg;  // kBytes: index in sets_; kRule: the rule; kString: index in strings_
+    std::uint32_t arg;  // kBytes: index in sets_; kRule: the rule; kString: index in strings_; kRun: in runs_
   };
   struct Bounds {
     std::uint32_t min_chars, max_chars;
+  };
+  struct Run {
+    std::uint32_t min_chars, max_chars;
+    ByteSet cls;
   };
   std::vector<Element> elements_;                  // alternatives, each ended by kEnd
   std::vector<std::vector<std::uint32_t>> rules_;  // each alternative's first element
   std::vector<ByteSet> sets_;
   std::unordered_map<ByteSet, std::uint32_t> set_index_;
   std::vector<Bounds> strings_;
+  std::vector<Run> runs_;
   RuleId start_ = 0;
 };
 
 struct GrammarArena {
   struct Node {
-    std::uint32_t pos;    // an element: kBytes, kString, or the kRule to go on with
+    std::uint32_t pos;    // an element: kBytes, kString, kRun, or the kRule to go on with
     std::uint32_t next;   // the rest of the stack (kBottom: none)
     std::uint32_t depth;  // nodes in the stack, this one included
-    std::uint32_t lex;    // kString: where in the string (0: before its quote)
-    std::uint32_t count;  // kString: characters so far
+    std::uint32_t lex;    // kString, kRun: where in the string (0: before its quote)
+    std::uint32_t count;  // kString, kRun: characters so far
   };
   std::vector<Node> nodes;
   std::uint64_t work = 0;  // stacks stepped, rules entered and nodes compared, by every matcher on it
@@ -125,9 +140,10 @@ class GrammarMatcher {
   bool accepting() const;
   // Nothing but the end may follow (or nothing at all, when dead).
   bool complete() const;
-  // Inside a string, between characters: how many more characters of
-  // plain text (no quote, backslash or control byte; whole UTF-8
-  // characters) may follow, the most over the stacks (0: none).
+  // Inside a string, or a run whose class holds every character of plain
+  // text, between characters: how many more characters of plain text (no
+  // quote, backslash or control byte; whole UTF-8 characters) may follow,
+  // the most over the stacks (0: none).
   std::uint32_t free_text_room() const;
   // The bytes that may come next (a byte some stack can take; at the
   // bounds above, taking it may still leave nothing).
@@ -148,10 +164,12 @@ class GrammarMatcher {
   bool same_stack(std::uint32_t a, std::uint32_t b);
   // Takes byte c into the string at the top of stack `top`.
   void string_step(std::uint32_t top, unsigned char c);
+  // Takes byte c into the run at the top of stack `top`.
+  void run_step(std::uint32_t top, unsigned char c);
 
   const Grammar* g_;
   GrammarArena* arena_;
-  std::vector<std::uint32_t> tops_;  // node ids whose pos is a kBytes or kString element, or kAccept
+  std::vector<std::uint32_t> tops_;  // node ids whose pos is a kBytes, kString or kRun element, or kAccept
   std::vector<std::uint32_t> next_;  // scratch
   int work_ = 0;                     // rule expansions left for this byte
   int compare_budget_ = 0;           // node comparisons left for this byte's dedupe
