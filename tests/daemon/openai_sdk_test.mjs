@@ -174,6 +174,20 @@ if (process.env.AIRLOCK_THINKING_BASE_URL) {
   });
   check(parsed.choices[0].message.parsed?.a === 1 && parsed.choices[0].message.reasoning_content === 'Thinking it over.',
         `json_schema: parse() gives message.parsed (${JSON.stringify(parsed.choices[0].message)})`);
+  // A schema the model's own answer does not fit (a bound, a pattern): the
+  // answer is held to it.
+  const held = await thinking.chat.completions.parse({
+    ...params,
+    response_format: { type: 'json_schema',
+                       json_schema: { name: 'held', strict: true,
+                                      schema: { type: 'object',
+                                                properties: { a: { type: 'integer', minimum: 5, maximum: 9 },
+                                                              b: { type: 'string', pattern: '^[x-z]{2}$' } },
+                                                required: ['a', 'b'], additionalProperties: false } } },
+  });
+  const hp = held.choices[0].message.parsed;
+  check(Number.isInteger(hp?.a) && hp.a >= 5 && hp.a <= 9 && /^[x-z]{2}$/.test(hp?.b ?? ''),
+        `json_schema: bounds and pattern held (${JSON.stringify(held.choices[0].message)})`);
 }
 
 console.log('all checks passed');
