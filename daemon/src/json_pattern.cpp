@@ -4,6 +4,9 @@
 #include <bitset>
 #include <cstdint>
 #include <map>
+#include <memory>
+#include <mutex>
+#include <unordered_map>
 #include <utility>
 #include <vector>
 
@@ -17,6 +20,8 @@ using Seq = std::vector<Grammar::Symbol>;
 constexpr std::size_t kMaxPatternBytes = 1000;
 constexpr int kMaxCount = 1000;
 constexpr int kMaxNesting = 64;
+constexpr int kMaxNullableCount = 64;
+constexpr long kMaxChain = 256;  // rules entered in a row without reading (the recogniser allows 1,024)
 
 constexpr std::uint32_t kLastCodePoint = 0x10FFFF;
 
@@ -105,6 +110,34 @@ struct Node {
       case Kind::kRepeat: return min == 0 || kids[0].nullable();
     }
     return true;
+  }
+  // At most how many rules the recogniser enters in a row without reading
+  // a character, through this node (an upper bound).
+  long chain() const {
+    long n = 1;
+    switch (kind) {
+      case Kind::kSet: break;
+      case Kind::kSequence: {
+        // From any kid on, through those that can match nothing, to the
+        // first that cannot.
+        long from = 0, most = 0;
+        for (auto k = kids.rbegin(); k != kids.rend(); ++k) {
+          from = std::min(k->chain() + (k->nullable() ? from : 0), 1L << 20);
+          most = std::max(most, from);
+        }
+        n += most;
+        break;
+      }
+      case Kind::kAlternatives:
+        for (const Node& k : kids) n = std::max(n, 1 + k.chain());
+        break;
+      case Kind::kRepeat: {
+        const long times = kids[0].nullable() ? std::max(max, min) : 1;
+        n += std::min(times * kids[0].chain(), 1L << 20);
+        break;
+      }
+    }
+    return std::min(n, 1L << 20);
   }
 };
 
@@ -203,11 +236,18 @@ class Parser {
         if (rest.substr(0, 2) == "?:") {
           i_ += 2;
         } else if (rest.substr(0, 2) == "?<" && rest.substr(0, 3) != "?<=" && rest.substr(0, 3) != "?<!") {
-          const std::size_t close = p_.find('>', i_);
-          if (close == std::string_view::npos) return fail("has an unclosed group name");
-          i_ = close + 1;
-        } else {
+          // A name: a letter, '_' or '$', then those or digits (ASCII here).
+          std::size_t end = i_ + 2;
+          auto name_char = [&](char x, bool first) {
+            return (x >= 'a' && x <= 'z') || (x >= 'A' && x <= 'Z') || x == '_' || x == '$' || (!first && x >= '0' && x <= '9');
+          };
+          while (end < p_.size() && name_char(p_[end], end == i_ + 2)) ++end;
+          if (end == i_ + 2 || end == p_.size() || p_[end] != '>') return fail("has a bad group name");
+          i_ = end + 1;
+        } else if (rest.substr(0, 2) == "?=" || rest.substr(0, 2) == "?!" || rest.substr(0, 3) == "?<=" || rest.substr(0, 3) == "?<!") {
           return fail("uses look-around (not supported)");
+        } else {
+          return fail("has a group form ECMA-262 does not have, or flags (not supported)");
         }
       }
       std::optional<Node> inner = alternatives(depth + 1);
@@ -224,6 +264,12 @@ class Parser {
       return of(complement(ends));
     }
     if (c == '*' || c == '+' || c == '?') return fail("has a quantifier with nothing before it");
+    if (c == '{' && i_ + 1 < p_.size() && p_[i_ + 1] >= '0' && p_[i_ + 1] <= '9') {
+      // A count with nothing before it is an error, not the characters.
+      std::size_t end = i_ + 1;
+      while (end < p_.size() && ((p_[end] >= '0' && p_[end] <= '9') || p_[end] == ',')) ++end;
+      if (end < p_.size() && p_[end] == '}') return fail("has a quantifier with nothing before it");
+    }
     if (c == '\\') {
       std::optional<CharSet> s = escape(false);
       if (!s) return std::nullopt;
@@ -257,7 +303,7 @@ class Parser {
       ++i_;
       return b;
     }
-    const int n = b >= 0xF0 ? 4 : b >= 0xE0 ? 3 : b >= 0xC0 ? 2 : 0;
+    const int n = b >= 0xF8 ? 0 : b >= 0xF0 ? 4 : b >= 0xE0 ? 3 : b >= 0xC0 ? 2 : 0;
     if (n == 0 || i_ + static_cast<std::size_t>(n) > p_.size()) return fail("is not UTF-8");
     std::uint32_t cp = b & (0x7F >> n);
     for (int k = 1; k < n; ++k) {
@@ -265,6 +311,9 @@ class Parser {
       if ((x & 0xC0) != 0x80) return fail("is not UTF-8");
       cp = (cp << 6) | (x & 0x3F);
     }
+    // Overlong forms, surrogates and what lies past U+10FFFF are not UTF-8.
+    const std::uint32_t least = n == 2 ? 0x80 : n == 3 ? 0x800 : 0x10000;
+    if (cp < least || (cp >= 0xD800 && cp <= 0xDFFF) || cp > 0x10FFFF) return fail("is not UTF-8");
     i_ += static_cast<std::size_t>(n);
     return cp;
   }
@@ -297,7 +346,10 @@ class Parser {
       case 'r': return single('\r');
       case 'v': return single('\v');
       case 'f': return single('\f');
-      case '0': return single(0);
+      case '0':
+        // \0 then a digit is an octal escape in ECMA-262's web form.
+        if (i_ < p_.size() && p_[i_] >= '0' && p_[i_] <= '9') return fail("uses an octal escape (not supported)");
+        return single(0);
       case 'x': {
         std::optional<std::uint32_t> v = hex(2);
         if (!v) return std::nullopt;
@@ -407,7 +459,10 @@ class Parser {
     }
     ++i_;  // the quantifier's last character
     if (peek('?')) ++i_;  // lazy: the same strings
-    if (hi == -1 && a.nullable()) return fail("repeats what can match nothing (not supported)");
+    // What can match nothing, repeated: a loop that reads no character, or
+    // a chain of rules entered without reading one (the recogniser's
+    // kMaxExpansion): refused past a few.
+    if (a.nullable() && (hi == -1 || hi > kMaxNullableCount)) return fail("repeats what can match nothing (not supported)");
     if (peek('*') || peek('+') || peek('?') || (peek('{') && i_ + 1 < p_.size() && p_[i_ + 1] >= '0' && p_[i_ + 1] <= '9'))
       return fail("has two quantifiers in a row");
     Node r;
@@ -415,6 +470,7 @@ class Parser {
     r.min = lo;
     r.max = hi;
     r.kids.push_back(std::move(a));
+    if (r.chain() > kMaxChain) return fail("repeats what can match nothing too many times over (not supported)");
     return r;
   }
 
@@ -668,14 +724,36 @@ std::string pattern_json_text(std::string_view text) {
   return out;
 }
 
-std::optional<bool> pattern_matches(std::string_view pattern, std::string_view text) {
-  Grammar g;
+std::shared_ptr<const Grammar> pattern_grammar(std::string_view pattern) {
+  // Compiled once: a schema's pattern is checked for each string value, and
+  // each enum entry, it meets. Bounded: past kCached patterns the cache
+  // starts again.
+  static constexpr std::size_t kCached = 256;
+  static std::mutex mutex;
+  static std::unordered_map<std::string, std::shared_ptr<const Grammar>> cache;
+  {
+    std::lock_guard<std::mutex> lock(mutex);
+    if (auto it = cache.find(std::string(pattern)); it != cache.end()) return it->second;
+  }
+  auto g = std::make_shared<Grammar>();
   std::string error;
-  std::optional<Rule> r = pattern_rule(&g, pattern, "pattern", &error);
-  if (!r) return std::nullopt;
-  g.set_start(*r);
+  std::optional<Rule> r = pattern_rule(g.get(), pattern, "pattern", &error);
+  std::shared_ptr<const Grammar> out;
+  if (r) {
+    g->set_start(*r);
+    out = std::move(g);
+  }
+  std::lock_guard<std::mutex> lock(mutex);
+  if (cache.size() >= kCached) cache.clear();
+  cache.emplace(std::string(pattern), out);
+  return out;
+}
+
+std::optional<bool> pattern_matches(std::string_view pattern, std::string_view text) {
+  const std::shared_ptr<const Grammar> g = pattern_grammar(pattern);
+  if (!g) return std::nullopt;
   engine::GrammarArena arena;
-  engine::GrammarMatcher m(&g, &arena);
+  engine::GrammarMatcher m(g.get(), &arena);
   return m.feed(pattern_json_text(text)) && m.accepting();
 }
 

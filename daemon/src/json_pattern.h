@@ -24,10 +24,11 @@
 // short escapes \b \f \n \r \t, \u00XX (lowercase hex) for other control
 // characters, every other character as itself (UTF-8).
 //
-// Thread-safety: free functions, no shared state.
+// Thread-safety: free functions; pattern_grammar's cache is locked.
 #pragma once
 
 #include <cstddef>
+#include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -43,6 +44,11 @@ inline constexpr std::size_t kMaxPatternElements = 200'000;
 // `path`).
 std::optional<engine::Grammar::RuleId> pattern_rule(engine::Grammar* g, std::string_view pattern, const std::string& path,
                                                     std::string* error);
+
+// The grammar of `pattern` alone (pattern_rule's, as its start), or null
+// when the pattern is not in the subset above. Compiled once and kept (up
+// to 256 patterns, shared by every thread).
+std::shared_ptr<const engine::Grammar> pattern_grammar(std::string_view pattern);
 
 // Whether `text` (a decoded string, UTF-8) matches `pattern`; nullopt when
 // the pattern is not in the subset above.

@@ -284,7 +284,8 @@ class Compiler {
         for (const json& t : s["type"]) types.push_back(t.get<std::string>());
     } else if (s.contains("properties") || s.contains("additionalProperties") || s.contains("required")) {
       types = {"object"};
-    } else if (s.contains("items") || s.contains("minItems") || s.contains("maxItems")) {
+    } else if (s.contains("items") || s.contains("minItems") || s.contains("maxItems") || s.contains("prefixItems") ||
+               s.contains("uniqueItems")) {
       types = {"array"};
     } else if (s.contains("minLength") || s.contains("maxLength") || s.contains("pattern")) {
       types = {"string"};
@@ -767,23 +768,68 @@ class Compiler {
     return out;
   }
 
+  // items (and prefixItems, one schema for each first item), minItems,
+  // maxItems; uniqueItems is not held (held in part) unless at most one
+  // item may be written.
   std::optional<Rule> array_schema(const json& s, const std::string& path) {
     const std::optional<std::uint64_t> lo = count_at(s, "minItems"), hi = count_at(s, "maxItems");
     if (lo && hi && *lo > *hi) return fail(path + ": minItems is over maxItems");
+    if (s.contains("uniqueItems") && s["uniqueItems"] == true && hi.value_or(2) > 1) exact_ = false;
     Rule item = any_;
+    bool more = true;  // items after the prefix (false: items is false)
     if (s.contains("items")) {
       const json& items = s["items"];
       if (items.is_boolean() && !items.get<bool>()) {
-        if (lo.value_or(0) > 0) return fail(path + ": items is false and minItems over 0");
+        more = false;
+      } else {
+        ++containers_;
+        const std::optional<Rule> v = value(items, path + ".items");
+        --containers_;
+        if (!v) return std::nullopt;
+        item = *v;
+      }
+    }
+    std::vector<Rule> prefix;
+    if (s.contains("prefixItems")) {
+      ++containers_;
+      for (std::size_t i = 0; i < s["prefixItems"].size(); ++i) {
+        const std::optional<Rule> v = value(s["prefixItems"][i], path + ".prefixItems[" + std::to_string(i) + "]");
+        if (!v) {
+          --containers_;
+          return std::nullopt;
+        }
+        prefix.push_back(*v);
+      }
+      --containers_;
+    }
+    const std::uint64_t min = lo.value_or(0);
+    if (prefix.empty()) {
+      if (!more) {
+        if (min > 0) return fail(path + ": items is false and minItems over 0");
         return array_of(any_, 0, 0, path);
       }
-      ++containers_;
-      const std::optional<Rule> v = value(items, path + ".items");
-      --containers_;
-      if (!v) return std::nullopt;
-      item = *v;
+      return array_of(item, min, hi, path);
     }
-    return array_of(item, lo.value_or(0), hi, path);
+    // after[k]: what may follow once k items are written, the comma before
+    // the next included; then "]".
+    const std::uint64_t most_prefix = std::min<std::uint64_t>(prefix.size(), hi.value_or(prefix.size()));
+    std::optional<Rule> rest;  // after the prefix: more items of `item`, each after a comma
+    if (more && most_prefix == prefix.size() && (!hi || *hi > prefix.size()))
+      rest = repeat(sym({Grammar::byte(','), ref(ws_), ref(item), ref(ws_)}), min > prefix.size() ? min - prefix.size() : 0,
+                    hi ? std::optional<std::uint64_t>(*hi - prefix.size()) : std::nullopt, path);
+    if (!error_.empty()) return std::nullopt;
+    if (min > most_prefix && !rest) return fail(path + ": minItems asks for more items than prefixItems and items allow");
+    Rule after = rest ? alternatives({sym({ref(*rest), Grammar::byte(']')})}) : alternatives({lit("]")});
+    for (std::uint64_t k = most_prefix; k-- > 1;) {  // k items written: the next is prefix[k]
+      std::vector<Seq> alts = {sym({Grammar::byte(','), ref(ws_), ref(prefix[k]), ref(ws_), ref(after)})};
+      if (k >= min) alts.push_back(lit("]"));
+      after = alternatives(alts);
+    }
+    const Seq open = sym({Grammar::byte('['), ref(ws_)});
+    std::vector<Seq> alts;
+    if (most_prefix > 0) alts.push_back(open + sym({ref(prefix[0]), ref(ws_), ref(after)}));
+    if (min == 0) alts.push_back(open + lit("]"));
+    return alternatives(alts);
   }
 
   std::optional<Rule> object_of(const json& s, const std::string& path) {

@@ -189,7 +189,8 @@ ToolOutput parse_mistral(std::string_view text, const std::vector<ToolSpec>& too
 constexpr std::string_view kSchemaKeywords[] = {
     "type", "properties", "required", "additionalProperties", "items", "enum", "const", "anyOf", "allOf", "oneOf",
     "$ref", "$defs", "definitions", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "minItems",
-    "maxItems", "minLength", "maxLength", "pattern", "description", "title", "default", "examples", "nullable"};
+    "maxItems", "minLength", "maxLength", "pattern", "prefixItems", "uniqueItems", "description", "title", "default",
+    "examples", "nullable"};
 constexpr std::string_view kTypes[] = {"string", "number", "integer", "boolean", "object", "array", "null"};
 // Accepted and not checked (JSON Schema leaves "format" to annotation by
 // default; "discriminator" is pydantic's note beside its oneOf).
@@ -197,6 +198,7 @@ constexpr std::string_view kAnnotations[] = {"$schema", "$id", "$comment", "form
                                              "deprecated", "discriminator", "contentEncoding", "contentMediaType"};
 constexpr std::size_t kMaxSubschemas = 10'000;
 constexpr std::size_t kMaxEntries = 10'000;  // enum and required entries in one schema
+constexpr std::size_t kMaxPatternBytesInAll = 32'768;  // each pattern is compiled: their size in one schema
 
 // A whole number of 0 or more (3 or 3.0), as length and count bounds are.
 std::optional<std::uint64_t> count_of(const json& v) {
@@ -298,8 +300,9 @@ struct SchemaCheck {
       if (auto c = count("minLength"); c && n < *c) return false;
       if (auto c = count("maxLength"); c && n > *c) return false;
       if (schema.contains("pattern")) {
-        // Each byte of the string is a step, on top of the pattern's own size.
-        steps -= static_cast<long>(v.get_ref<const std::string&>().size());
+        // Each byte of the string is a step, and each check 64 (the
+        // pattern is compiled once, pattern_grammar).
+        steps -= 64 + static_cast<long>(v.get_ref<const std::string&>().size());
         if (steps < 0 || !schema["pattern"].is_string()) return false;
         if (pattern_matches(schema["pattern"].get_ref<const std::string&>(), v.get_ref<const std::string&>()) != true)
           return false;
@@ -308,9 +311,23 @@ struct SchemaCheck {
     if (v.is_array()) {
       if (auto c = count("minItems"); c && v.size() < *c) return false;
       if (auto c = count("maxItems"); c && v.size() > *c) return false;
-      if (schema.contains("items"))
-        for (const json& x : v)
-          if (!follows(schema["items"], x, refs)) return false;
+      // prefixItems: the first items, one schema each; items: the rest.
+      const json* prefix = schema.contains("prefixItems") && schema["prefixItems"].is_array() ? &schema["prefixItems"] : nullptr;
+      const std::size_t n_prefix = prefix != nullptr ? prefix->size() : 0;
+      for (std::size_t i = 0; i < v.size(); ++i) {
+        if (i < n_prefix) {
+          if (!follows((*prefix)[i], v[i], refs)) return false;
+        } else if (schema.contains("items") && !follows(schema["items"], v[i], refs)) {
+          return false;
+        }
+      }
+      if (schema.contains("uniqueItems") && schema["uniqueItems"] == true) {
+        steps -= static_cast<long>(v.size() * v.size() / 2);  // each pair compared
+        if (steps < 0) return false;
+        for (std::size_t i = 0; i < v.size(); ++i)
+          for (std::size_t j = i + 1; j < v.size(); ++j)
+            if (same_json(v[i], v[j])) return false;
+      }
     }
     if (v.is_object()) {
       if (schema.contains("required") && schema["required"].is_array())
@@ -395,7 +412,8 @@ std::optional<std::string> unsupported_schema(const json& schema, std::string_vi
     for (auto it = parts.rbegin(); it != parts.rend(); ++it) out += *it;
     return out;
   };
-  std::size_t entries = 0;  // enum and required entries, in all
+  std::size_t entries = 0;        // enum and required entries, in all
+  std::size_t pattern_bytes = 0;  // patterns' bytes, in all
   auto room_for = [&](std::size_t n) { return nodes.size() + n <= kMaxSubschemas; };
   const std::string too_many = std::string(root) + " has more than 10,000 subschemas";
   for (std::size_t at = 0; at < nodes.size(); ++at) {
@@ -424,7 +442,9 @@ std::optional<std::string> unsupported_schema(const json& schema, std::string_vi
       } else if (k == "items" || k == "additionalProperties") {
         if (!room_for(1)) return too_many;
         nodes.push_back({&v, at, k, {}, kNone});
-      } else if (k == "anyOf" || k == "allOf" || k == "oneOf") {
+      } else if (k == "uniqueItems") {
+        if (!v.is_boolean()) return here() + " must be true or false";
+      } else if (k == "anyOf" || k == "allOf" || k == "oneOf" || k == "prefixItems") {
         if (!v.is_array()) return here() + " must be an array";
         if (!room_for(v.size())) return too_many;
         for (std::size_t i = 0; i < v.size(); ++i) nodes.push_back({&v[i], at, k, {}, i});
@@ -435,9 +455,14 @@ std::optional<std::string> unsupported_schema(const json& schema, std::string_vi
         if ((entries += v.size()) > kMaxEntries) return std::string(root) + " has more than 10,000 enum and required entries";
       } else if (k == "pattern") {
         if (!v.is_string()) return here() + " must be a string";
-        engine::Grammar scratch;
-        std::string why;
-        if (!pattern_rule(&scratch, v.get_ref<const std::string&>(), here(), &why)) return why;
+        if ((pattern_bytes += v.get_ref<const std::string&>().size()) > kMaxPatternBytesInAll)
+          return std::string(root) + " has more than 32,768 bytes of patterns";
+        if (!pattern_grammar(v.get_ref<const std::string&>())) {
+          engine::Grammar scratch;
+          std::string why;
+          pattern_rule(&scratch, v.get_ref<const std::string&>(), here(), &why);
+          return why;
+        }
       } else if (k == "nullable") {
         if (!v.is_boolean()) return here() + " must be true or false";
       } else if (k == "minLength" || k == "maxLength" || k == "minItems" || k == "maxItems") {

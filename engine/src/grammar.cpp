@@ -423,6 +423,10 @@ void GrammarMatcher::run_step(std::uint32_t top, unsigned char c) {
   std::uint32_t lex = n.lex, count = n.count;
   const RunStep step = ::airlock::engine::run_step(r.cls, r.max_chars, &lex, &count, c);
   if (step == RunStep::kRefused) return;
+  // Without an upper bound, counts past the lower one behave alike: kept
+  // equal, such stacks merge (else an unanchored pattern's tail would keep
+  // one stack per place it could have begun).
+  if (r.max_chars == Grammar::kUnbounded && count > r.min_chars) count = r.min_chars;
   // Within a character, or between two with room for more: the run goes
   // on (pushed first, so kMaxStacks never drops it for the rest).
   if ((step == RunStep::kInside || count < r.max_chars) && next_.size() < kMaxStacks)

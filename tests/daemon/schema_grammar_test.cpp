@@ -392,6 +392,59 @@ TEST(SchemaGrammarTest, FormatsAreSpelled) {
   }
 }
 
+// Tuples (prefixItems, as pydantic writes tuple[int, str]) and sets
+// (uniqueItems: checked by the validator, held only in part).
+TEST(SchemaGrammarTest, TuplesAndSets) {
+  struct Case {
+    const char* schema;
+    std::vector<const char*> ok, bad;
+  };
+  const Case cases[] = {
+      {R"({"type":"array","prefixItems":[{"type":"integer"},{"type":"string"}],"minItems":2,"maxItems":2})",
+       {R"([1,"a"])", R"([ -3 , "" ])"}, {R"([1])", R"([1,"a",2])", R"(["a",1])", "[]"}},
+      {R"({"type":"array","prefixItems":[{"type":"integer"},{"type":"string"}],"items":false})",
+       {"[]", "[1]", R"([1,"a"])"}, {R"([1,"a",2])", R"(["a"])"}},
+      {R"({"type":"array","prefixItems":[{"type":"integer"}],"items":{"type":"boolean"},"minItems":3,"maxItems":4})",
+       {"[1,true,false]", "[1,true,false,true]"}, {"[1,true]", "[1,true,false,true,true]", "[1,2,true]"}},
+      {R"({"type":"array","prefixItems":[{"const":"a"},{"const":"b"},{"const":"c"}],"maxItems":2})",
+       {"[]", R"(["a"])", R"(["a","b"])"}, {R"(["a","b","c"])", R"(["b"])"}},
+  };
+  std::mt19937 rng(29);
+  for (const Case& c : cases) {
+    const ojson schema = ojson::parse(c.schema);
+    std::string why;
+    bool exact = false;
+    auto g = compile_schema(schema, "schema", &why, &exact);
+    ASSERT_TRUE(g) << c.schema << ": " << why;
+    EXPECT_TRUE(exact) << c.schema;
+    for (const char* ok : c.ok) {
+      EXPECT_TRUE(instance(*g, ok)) << c.schema << " " << ok;
+      EXPECT_TRUE(follows_schema(schema, ojson::parse(ok))) << c.schema << " " << ok;
+    }
+    for (const char* bad : c.bad) {
+      EXPECT_FALSE(instance(*g, bad)) << c.schema << " " << bad;
+      EXPECT_FALSE(follows_schema(schema, ojson::parse(bad))) << c.schema << " " << bad;
+    }
+    for (int i = 0; i < 100; ++i) {
+      const std::string text = random_sentence(*g, rng, 0.3);
+      if (text.empty()) continue;
+      EXPECT_TRUE(follows_schema(schema, ojson::parse(text))) << c.schema << "\n" << text;
+    }
+  }
+  EXPECT_NE(refusal(R"({"type":"array","prefixItems":[{"type":"integer"}],"items":false,"minItems":2})").find("minItems"),
+            std::string::npos);
+  const ojson set = ojson::parse(R"({"type":"array","items":{"type":"integer"},"uniqueItems":true})");
+  std::string why;
+  bool exact = true;
+  ASSERT_TRUE(compile_schema(set, "schema", &why, &exact)) << why;
+  EXPECT_FALSE(exact);  // [1,1] is a sentence
+  EXPECT_TRUE(follows_schema(set, ojson::parse("[1,2,3]")));
+  EXPECT_FALSE(follows_schema(set, ojson::parse("[1,2,1.0]")));
+  ASSERT_TRUE(compile_schema(ojson::parse(R"({"type":"array","uniqueItems":true,"maxItems":1})"), "schema", &why, &exact));
+  EXPECT_TRUE(exact);
+  EXPECT_EQ(refusal(R"({"type":"array","uniqueItems":1})"), "schema.uniqueItems must be true or false");
+}
+
 TEST(SchemaGrammarTest, RefusalsNameTheSubschema) {
   EXPECT_EQ(refusal(R"({"type":"number","multipleOf":0.5})"),
             "schema: the keyword 'multipleOf' cannot be checked here (strict)");
