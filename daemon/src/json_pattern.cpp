@@ -21,7 +21,7 @@ constexpr std::size_t kMaxPatternBytes = 1000;
 constexpr int kMaxCount = 1000;
 constexpr int kMaxNesting = 64;
 constexpr int kMaxNullableCount = 64;
-constexpr long kMaxChain = 256;  // rules entered in a row without reading (the recogniser allows 1,024)
+constexpr long kMaxChain = 512;  // rules entered in a row without reading (the recogniser allows 1,024)
 
 constexpr std::uint32_t kLastCodePoint = 0x10FFFF;
 

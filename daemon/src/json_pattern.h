@@ -15,11 +15,13 @@
 // same strings match), ^ at the start and $ at the end of a top-level
 // alternative. Characters are code points (as Python's re and Rust's regex
 // count them, not UTF-16 units); a set of them becomes UTF-8 byte ranges.
-// Refused, with the reason: back-references, look-around, \b \B, \c and
-// other letters' escapes, ^ or $ elsewhere, a surrogate, a repetition of
-// what can match nothing (a loop that reads no character), counts over
-// 1,000, patterns over 1,000 bytes or groups over 64 deep, and rules past
-// kMaxPatternElements.
+// Refused, with the reason: back-references, look-around, flags and other
+// group forms, \b \B, \c and other letters' escapes, octal escapes (\0
+// then a digit), ^ or $ elsewhere, a surrogate, malformed UTF-8, a count
+// with nothing before it, a repetition of what can match nothing past 64
+// times (or nested so that the recogniser would enter over 512 rules in a
+// row without reading), counts over 1,000, patterns over 1,000 bytes or
+// groups over 64 deep, and rules past kMaxPatternElements.
 // The JSON text of a matching string is written one way: `\"`, `\\`, the
 // short escapes \b \f \n \r \t, \u00XX (lowercase hex) for other control
 // characters, every other character as itself (UTF-8).

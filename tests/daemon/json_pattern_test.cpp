@@ -139,6 +139,16 @@ TEST(JsonPatternTest, CharactersAreCodePoints) {
   EXPECT_EQ(pattern_matches("^caf\\u00e9$", "café"), true);
   EXPECT_EQ(pattern_matches("^[^]$", "\n"), true);
   EXPECT_EQ(pattern_matches("^a{,2}$", "a{,2}"), true);  // not a count: the characters
+  EXPECT_EQ(pattern_matches("^(a?){64}$", ""), true);
+  EXPECT_EQ(pattern_matches("^(a?){64}$", std::string(64, 'a')), true);
+  EXPECT_EQ(pattern_matches("\\0", std::string(1, '\0')), true);
+  // Long strings: an unanchored match early, then much more (every place a
+  // match could begin is one way through, merged).
+  std::string long_text(65536, 'x');
+  long_text[10] = 'a';
+  EXPECT_EQ(pattern_matches("a", long_text), true);
+  EXPECT_EQ(pattern_matches(".{64}x", long_text), true);
+  EXPECT_EQ(pattern_matches("^[^a]*$", long_text), false);
   EXPECT_EQ(pattern_matches("^(?<year>\\d{4})-(?<m>\\d\\d)$", "2024-12"), true);  // named groups
   EXPECT_EQ(pattern_matches("^[]$", "a"), false);
   EXPECT_EQ(pattern_json_text("a\"b\\c\n\x01é"), "\"a\\\"b\\\\c\\n\\u0001é\"");
@@ -269,7 +279,11 @@ TEST(JsonPatternTest, RefusalsSayWhy) {
                         Case{"(ab", "unclosed '('"}, Case{"ab)", "unmatched ')'"}, Case{"[ab", "unclosed '['"},
                         Case{"*a", "nothing before"}, Case{"a**", "two quantifiers"}, Case{"\\", "backslash"},
                         Case{"\\q", "\\q"}, Case{"[z-a]", "out of order"}, Case{"\\ud800", "surrogate"},
-                        Case{"\xff", "UTF-8"}}) {
+                        Case{"\xff", "UTF-8"}, Case{"\xc0\x80", "UTF-8"}, Case{"\xed\xa0\x80", "UTF-8"},
+                        Case{"\\01", "octal"}, Case{"[\\07]", "octal"}, Case{"{1}", "nothing before"},
+                        Case{"a|{3}", "nothing before"}, Case{"(?<>a)", "group name"}, Case{"(?<a)b>c)", "group name"},
+                        Case{"(?i)a", "flags"}, Case{"(a?){1000}", "can match nothing"},
+                        Case{"((a?){64}){64}", "too many times over"}}) {
     Grammar g;
     std::string why;
     EXPECT_FALSE(pattern_rule(&g, c.pattern, "schema.pattern", &why)) << c.pattern;
