@@ -3,7 +3,6 @@
 #include <algorithm>
 #include <bitset>
 #include <cstdint>
-#include <map>
 #include <memory>
 #include <mutex>
 #include <unordered_map>
@@ -480,24 +479,6 @@ class Parser {
   std::string error_;
 };
 
-void append_utf8(std::uint32_t cp, std::string* out) {
-  if (cp < 0x80) {
-    *out += static_cast<char>(cp);
-  } else if (cp < 0x800) {
-    *out += static_cast<char>(0xC0 | (cp >> 6));
-    *out += static_cast<char>(0x80 | (cp & 0x3F));
-  } else if (cp < 0x10000) {
-    *out += static_cast<char>(0xE0 | (cp >> 12));
-    *out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
-    *out += static_cast<char>(0x80 | (cp & 0x3F));
-  } else {
-    *out += static_cast<char>(0xF0 | (cp >> 18));
-    *out += static_cast<char>(0x80 | ((cp >> 12) & 0x3F));
-    *out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
-    *out += static_cast<char>(0x80 | (cp & 0x3F));
-  }
-}
-
 // The JSON spelling of one ASCII character.
 std::string ascii_json(unsigned c) {
   switch (c) {
@@ -523,7 +504,7 @@ class Emitter {
 
   std::optional<Rule> pattern(const std::vector<Branch>& branches) {
     std::vector<Seq> alts;
-    const Rule anything = alternatives({{*run_of(complement(CharSet{}), 0, Grammar::kUnbounded)}});
+    const Rule anything = alternatives({{run_of(complement(CharSet{}), 0, Grammar::kUnbounded)}});
     for (const Branch& b : branches) {
       std::optional<Rule> body = node(b.body);
       if (!body) return std::nullopt;
@@ -563,92 +544,17 @@ class Emitter {
     return r;
   }
 
-  // The UTF-8 forms of code points lo to hi (from U+0080, no surrogates),
-  // as sequences of byte ranges: split where the length changes, then where
-  // a continuation byte would not run over its whole range (as the regex
-  // crate's Utf8Sequences does).
-  static void utf8_ranges(std::uint32_t lo, std::uint32_t hi, std::vector<Seq>* out) {
-    for (std::uint32_t edge : {0x7FFu, 0xFFFFu}) {
-      if (lo <= edge && hi > edge) {
-        utf8_ranges(lo, edge, out);
-        utf8_ranges(edge + 1, hi, out);
-        return;
-      }
-    }
-    const int n = lo <= 0x7FF ? 2 : lo <= 0xFFFF ? 3 : 4;
-    for (int i = 1; i < n; ++i) {
-      const std::uint32_t m = (1u << (6 * i)) - 1;
-      if ((lo & ~m) != (hi & ~m)) {
-        if ((lo & m) != 0) {
-          utf8_ranges(lo, lo | m, out);
-          utf8_ranges((lo | m) + 1, hi, out);
-          return;
-        }
-        if ((hi & m) != m) {
-          utf8_ranges(lo, (hi & ~m) - 1, out);
-          utf8_ranges(hi & ~m, hi, out);
-          return;
-        }
-      }
-    }
-    std::string a, b;
-    append_utf8(lo, &a);
-    append_utf8(hi, &b);
-    Seq seq;
-    for (std::size_t k = 0; k < a.size(); ++k)
-      seq.push_back(Grammar::range(static_cast<unsigned char>(a[k]), static_cast<unsigned char>(b[k])));
-    out->push_back(std::move(seq));
-  }
-
-  // The run of `s` (min to max characters), if its non-ASCII part is one a
-  // run's class can say.
-  static std::optional<Grammar::Symbol> run_of(const CharSet& s, std::uint32_t min, std::uint32_t max) {
-    using Ranges = std::vector<std::pair<std::uint32_t, std::uint32_t>>;
-    static const Ranges kAll = {{0x80, 0xD7FF}, {0xE000, 0x10FFFF}};
-    static const Ranges kButEnds = {{0x80, 0x2027}, {0x202A, 0xD7FF}, {0xE000, 0x10FFFF}};
-    Grammar::ByteSet cls;
-    for (unsigned c = 0; c < 128; ++c) cls[c] = s.ascii[c];
-    if (s.wide == kAll) cls.set(Grammar::kAllWide);
-    else if (s.wide == kButEnds) cls.set(Grammar::kWideButLineEnds);
-    else if (!s.wide.empty()) return std::nullopt;
-    return Grammar::run(cls, min, max);
-  }
-
-  Rule set(const CharSet& s) {
-    std::string key(s.ascii.to_string());
-    for (const auto& [lo, hi] : s.wide) key += std::to_string(lo) + "-" + std::to_string(hi) + ",";
-    if (auto it = sets_.find(key); it != sets_.end()) return it->second;
-    // Few alternatives, each with a different first byte, so that a step
-    // through the set makes few stacks: the plain bytes as one set, the
-    // escapes after one backslash (\uXXXX grouped by its third digit), and
-    // the UTF-8 forms.
-    std::vector<Seq> alts;
-    Grammar::ByteSet plain, short_escape;
-    Grammar::ByteSet control[2];  // \u000Y and \u001Y: the Ys
-    for (unsigned c = 0; c < 128; ++c) {
-      if (!s.ascii[c]) continue;
-      const std::string j = ascii_json(c);
-      if (j.size() == 1) plain.set(c);
-      else if (j.size() == 2) short_escape.set(static_cast<unsigned char>(j[1]));
-      else control[c >> 4].set(static_cast<unsigned char>(j[5]));
-    }
-    if (plain.any()) alts.push_back({Grammar::set(plain)});
-    std::vector<Seq> escapes, controls;
-    if (short_escape.any()) escapes.push_back({Grammar::set(short_escape)});
-    for (unsigned hi = 0; hi < 2; ++hi)
-      if (control[hi].any()) controls.push_back({Grammar::byte(static_cast<unsigned char>('0' + hi)), Grammar::set(control[hi])});
-    if (!controls.empty()) escapes.push_back({Grammar::byte('u'), Grammar::byte('0'), Grammar::byte('0'), sym(alternatives(controls))});
-    if (!escapes.empty()) alts.push_back({Grammar::byte('\\'), sym(alternatives(escapes))});
-    for (const auto& [lo, hi] : s.wide) utf8_ranges(lo, hi, &alts);
-    const Rule r = alternatives(alts);  // no alternative: nothing matches ([])
-    sets_.emplace(std::move(key), r);
-    return r;
+  // A run of `s`'s characters, min to max of them.
+  static Grammar::Symbol run_of(const CharSet& s, std::uint32_t min, std::uint32_t max) {
+    Grammar::ByteSet ascii;
+    for (unsigned c = 0; c < 128; ++c) ascii[c] = s.ascii[c];
+    return Grammar::run(ascii, s.wide, min, max);
   }
 
   std::optional<Rule> node(const Node& n) {
     if (too_large()) return std::nullopt;
     switch (n.kind) {
-      case Node::Kind::kSet: return set(n.set);
+      case Node::Kind::kSet: return alternatives({{run_of(n.set, 1, 1)}});
       case Node::Kind::kSequence: {
         Seq s;
         for (const Node& k : n.kids) {
@@ -668,12 +574,11 @@ class Emitter {
         return alternatives(alts);
       }
       case Node::Kind::kRepeat: {
-        // A repeated set whose non-ASCII part is none, all, or all but the
-        // line ends is a run: read natively, one stack whatever its counts.
+        // A repeated set is a run: read natively, one stack whatever its
+        // counts.
         if (n.kids[0].kind == Node::Kind::kSet)
-          if (std::optional<Grammar::Symbol> r = run_of(n.kids[0].set, static_cast<std::uint32_t>(n.min),
-                                                        n.max == -1 ? Grammar::kUnbounded : static_cast<std::uint32_t>(n.max)))
-            return alternatives({{*r}});
+          return alternatives({{run_of(n.kids[0].set, static_cast<std::uint32_t>(n.min),
+                                       n.max == -1 ? Grammar::kUnbounded : static_cast<std::uint32_t>(n.max))}});
         std::optional<Rule> item = node(n.kids[0]);
         if (!item) return std::nullopt;
         Rule tail;
@@ -694,7 +599,6 @@ class Emitter {
   Grammar* g_;
   const std::string& path_;
   std::size_t start_elements_;
-  std::map<std::string, Rule> sets_;
   std::string error_;
 };
 
@@ -749,12 +653,23 @@ std::shared_ptr<const Grammar> pattern_grammar(std::string_view pattern) {
   return out;
 }
 
-std::optional<bool> pattern_matches(std::string_view pattern, std::string_view text) {
+std::optional<bool> pattern_matches(std::string_view pattern, std::string_view text, std::uint64_t* work) {
   const std::shared_ptr<const Grammar> g = pattern_grammar(pattern);
   if (!g) return std::nullopt;
   engine::GrammarArena arena;
   engine::GrammarMatcher m(g.get(), &arena);
-  return m.feed(pattern_json_text(text)) && m.accepting();
+  const std::string json = pattern_json_text(text);
+  for (std::size_t i = 0; i < json.size(); ++i) {
+    if (!m.feed(static_cast<unsigned char>(json[i]))) return false;
+    if (work != nullptr && arena.work > *work) {
+      *work = 0;
+      return false;
+    }
+    // The stacks left behind are garbage; keep the arena small.
+    if (arena.nodes.size() > (std::size_t{1} << 16)) m.compact();
+  }
+  if (work != nullptr) *work -= arena.work;
+  return m.accepting();
 }
 
 }  // namespace airlock::daemon

@@ -30,6 +30,7 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 #include <memory>
 #include <optional>
 #include <string>
@@ -53,8 +54,11 @@ std::optional<engine::Grammar::RuleId> pattern_rule(engine::Grammar* g, std::str
 std::shared_ptr<const engine::Grammar> pattern_grammar(std::string_view pattern);
 
 // Whether `text` (a decoded string, UTF-8) matches `pattern`; nullopt when
-// the pattern is not in the subset above.
-std::optional<bool> pattern_matches(std::string_view pattern, std::string_view text);
+// the pattern is not in the subset above. With `work`, the recogniser's
+// work (GrammarArena::work) is taken from *work, and past it the answer is
+// false: a pattern whose counts overlap (".{1000}x" unanchored) keeps a
+// way through for each, up to 1,024, at every byte.
+std::optional<bool> pattern_matches(std::string_view pattern, std::string_view text, std::uint64_t* work = nullptr);
 
 // The JSON text of `text` as pattern_rule's sentences write it.
 std::string pattern_json_text(std::string_view text);

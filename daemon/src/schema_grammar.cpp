@@ -467,7 +467,7 @@ class Compiler {
     std::vector<std::string> texts;
     std::size_t bytes = 0;
     for (const json& v : candidates)
-      if (follows_schema(rest, v)) {
+      if (follows_schema(rest, v, &enum_pattern_work_)) {
         texts.push_back(v.dump());
         if ((bytes += texts.back().size()) > kMaxElements) return fail(std::string(name_) + " is too large to hold an answer to");
       }
@@ -911,7 +911,8 @@ class Compiler {
   std::unordered_map<std::string, std::optional<Rule>> formats_;
   std::map<std::tuple<const json*, const json*, int>, bool> disjoint_memo_;
   std::map<std::pair<const json*, bool>, std::optional<std::set<std::string>>> values_memo_;
-  long disjoint_budget_ = 1'000'000;  // oneOf branches' values and members compared, in all
+  long disjoint_budget_ = 1'000'000;
+  std::uint64_t enum_pattern_work_ = 4'000'000;  // patterns' work over the enum values, in all (json_pattern.h)  // oneOf branches' values and members compared, in all
   std::vector<std::pair<const json*, int>> open_refs_;  // $refs being compiled, and the containers open then
   int containers_ = 0;
   bool exact_ = true;

@@ -34,6 +34,7 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -82,6 +83,10 @@ const nlohmann::ordered_json* resolve_ref(const nlohmann::ordered_json& root, co
 // Bounded work whatever the schema ($ref loops, nested anyOf): past the
 // bounds the answer is no.
 bool follows_schema(const nlohmann::ordered_json& schema, const nlohmann::ordered_json& value);
+// The same, with the patterns' work (json_pattern.h) taken from
+// *pattern_work instead of a budget of its own (for many checks against
+// one budget).
+bool follows_schema(const nlohmann::ordered_json& schema, const nlohmann::ordered_json& value, std::uint64_t* pattern_work);
 
 struct ToolCall {
   std::string name;

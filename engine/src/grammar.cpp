@@ -1,6 +1,7 @@
 #include "airlock/engine/grammar.h"
 
 #include <algorithm>
+#include <array>
 #include <utility>
 
 namespace airlock::engine {
@@ -38,10 +39,11 @@ Grammar::Symbol Grammar::string(std::uint32_t min_chars, std::uint32_t max_chars
   return s;
 }
 
-Grammar::Symbol Grammar::run(const ByteSet& cls, std::uint32_t min_chars, std::uint32_t max_chars) {
+Grammar::Symbol Grammar::run(const ByteSet& ascii, CodePoints wide, std::uint32_t min_chars, std::uint32_t max_chars) {
   Symbol s;
   s.kind = Symbol::Kind::kRun;
-  s.bytes = cls;
+  for (unsigned c = 0; c < 128; ++c) s.bytes[c] = ascii[c];
+  s.wide = std::move(wide);
   s.min_chars = min_chars;
   s.max_chars = max_chars;
   return s;
@@ -69,7 +71,7 @@ void Grammar::add_alternative(RuleId r, const std::vector<Symbol>& symbols) {
         break;
       case Symbol::Kind::kRun:
         elements_.push_back({Kind::kRun, static_cast<std::uint32_t>(runs_.size())});
-        runs_.push_back({s.min_chars, s.max_chars, s.bytes});
+        runs_.push_back({s.min_chars, s.max_chars, s.bytes, s.wide});
         break;
       case Symbol::Kind::kBytes: {
         auto [it, added] = set_index_.try_emplace(s.bytes, static_cast<std::uint32_t>(sets_.size()));
@@ -130,10 +132,11 @@ enum class Step { kRefused, kInside, kClosed };
 
 // A run's class holds every character of plain text (printable ASCII but
 // the quote and the backslash, DEL, and every non-ASCII character).
-bool holds_plain_text(const Grammar::ByteSet& cls) {
-  if (!cls[Grammar::kAllWide]) return false;
+bool holds_plain_text(const Grammar::Run& r) {
+  static const Grammar::CodePoints kAll = {{0x80, 0xD7FF}, {0xE000, 0x10FFFF}};
+  if (r.wide != kAll) return false;
   for (unsigned c = 0x20; c < 0x80; ++c)
-    if (c != '"' && c != '\\' && !cls[c]) return false;
+    if (c != '"' && c != '\\' && !r.ascii[c]) return false;
   return true;
 }
 
@@ -224,85 +227,89 @@ Step string_step(std::uint32_t min_chars, std::uint32_t max_chars, std::uint32_t
 // ended), kRefused.
 enum class RunStep { kRefused, kInside, kChar };
 
-// Lex states of a run beyond a string's: in \u00xx, bits 4-7 the digits
-// left and bits 8-15 the value so far; in UTF-8, range 5 is a third byte
-// after E2 80 other than A8 or A9 (U+2028, U+2029), range 6 the byte after
-// E2 when those two are out.
-constexpr std::uint32_t kAfterE280 = 5, kAfterE2 = 6;
+// In a run's UTF-8 character, lex holds: bits 4-7 the bytes left, bits 8-10
+// the character's length, bits 11-31 its code point's bits so far. In
+// \u00xx: bits 4-7 the digits left, bits 8-15 the value so far.
+constexpr unsigned kLengthShift = 8, kPointShift = 11;
 
-// Byte c of a run of class `cls` at (*lex, *count). Each character is
-// written one way (grammar.h).
+// Some code point of `wide` begins with `bits` (then `left` more bytes'
+// worth) in an n-byte UTF-8 form.
+bool could_be(const Grammar::CodePoints& wide, std::uint32_t bits, std::uint32_t left, std::uint32_t n) {
+  const std::uint32_t least = n == 2 ? 0x80 : n == 3 ? 0x800 : 0x10000;  // (shorter forms are overlong)
+  const std::uint32_t lo = std::max(bits << (6 * left), least);
+  const std::uint32_t hi = std::min((bits << (6 * left)) | ((1u << (6 * left)) - 1), 0x10FFFFu);
+  if (lo > hi) return false;
+  const auto it = std::partition_point(wide.begin(), wide.end(), [&](const auto& r) { return r.second < lo; });
+  return it != wide.end() && it->first <= hi;
+}
+
 // Whether the class holds a control character written \u00xx whose first
 // hex digit after "00" is `hi` (0 or 1; 2: either).
-bool holds_u_escape(const Grammar::ByteSet& cls, unsigned hi) {
+bool holds_u_escape(const Grammar::ByteSet& ascii, unsigned hi) {
   for (unsigned v = 0; v < 0x20; ++v)
-    if (cls[v] && v != '\b' && v != '\t' && v != '\n' && v != '\f' && v != '\r' && (hi == 2 || v >> 4 == hi)) return true;
+    if (ascii[v] && v != '\b' && v != '\t' && v != '\n' && v != '\f' && v != '\r' && (hi == 2 || v >> 4 == hi)) return true;
   return false;
 }
 
-RunStep run_step(const Grammar::ByteSet& cls, std::uint32_t max_chars, std::uint32_t* lex, std::uint32_t* count,
-                 unsigned char c) {
-  // A byte is taken only if the character it begins or goes on with can
-  // still end in the class: a live matcher always has a way on.
+// Byte c of run `r` at (*lex, *count). Each character is written one way
+// (grammar.h). A byte is taken only if the character it begins or goes on
+// with can still end in the class: a live matcher always has a way on.
+RunStep run_step(const Grammar::Run& r, std::uint32_t* lex, std::uint32_t* count, unsigned char c) {
+  const Grammar::ByteSet& ascii = r.ascii;
   const std::uint32_t state = *lex & 0xFu;
-  auto ascii = [&](unsigned v) {
-    if (!cls[v]) return RunStep::kRefused;
+  auto one = [&](unsigned v) {
+    if (!ascii[v]) return RunStep::kRefused;
     *lex = kBody;
     return RunStep::kChar;
   };
   switch (state) {
     case kBody: {
-      if (*count >= max_chars || c < 0x20 || c == '"') return RunStep::kRefused;
+      if (*count >= r.max_chars || c < 0x20 || c == '"') return RunStep::kRefused;
       if (c == '\\') {
-        if (!cls['"'] && !cls['\\'] && !cls['\b'] && !cls['\f'] && !cls['\n'] && !cls['\r'] && !cls['\t'] && !holds_u_escape(cls, 2))
+        if (!ascii['"'] && !ascii['\\'] && !ascii['\b'] && !ascii['\f'] && !ascii['\n'] && !ascii['\r'] && !ascii['\t'] &&
+            !holds_u_escape(ascii, 2))
           return RunStep::kRefused;
         ++*count;
         *lex = kEscape;
         return RunStep::kInside;
       }
       if (c < 0x80) {
-        if (!cls[c]) return RunStep::kRefused;
+        if (!ascii[c]) return RunStep::kRefused;
         ++*count;
         return RunStep::kChar;
       }
-      const bool all = cls[Grammar::kAllWide], but_ends = cls[Grammar::kWideButLineEnds];
-      if (!all && !but_ends) return RunStep::kRefused;
-      std::uint32_t left = 0, range = 0;
-      if (!utf8_lead(c, &left, &range)) return RunStep::kRefused;
-      if (c == 0xE2 && !all) range = kAfterE2;
+      std::uint32_t n = 0, bits = 0;
+      if (c >= 0xC2 && c <= 0xDF) n = 2, bits = c & 0x1Fu;
+      else if (c >= 0xE0 && c <= 0xEF) n = 3, bits = c & 0x0Fu;
+      else if (c >= 0xF0 && c <= 0xF4) n = 4, bits = c & 0x07u;
+      if (n == 0 || !could_be(r.wide, bits, n - 1, n)) return RunStep::kRefused;
       ++*count;
-      *lex = kUtf8 | (left << 4) | (range << 8);
+      *lex = kUtf8 | ((n - 1) << 4) | (n << kLengthShift) | (bits << kPointShift);
       return RunStep::kInside;
     }
     case kUtf8: {
-      const std::uint32_t left = (*lex >> 4) & 0xFu, range = (*lex >> 8) & 0xFu;
-      std::uint32_t next = 0;
-      if (range == kAfterE2) {
-        if (c < 0x80 || c > 0xBF) return RunStep::kRefused;
-        next = c == 0x80 ? kAfterE280 : 0;
-      } else if (range == kAfterE280) {
-        if (c < 0x80 || c > 0xBF || c == 0xA8 || c == 0xA9) return RunStep::kRefused;
-      } else if (!in_range(range, c)) {
-        return RunStep::kRefused;
-      }
+      const std::uint32_t left = (*lex >> 4) & 0xFu, n = (*lex >> kLengthShift) & 0x7u;
+      if (c < 0x80 || c > 0xBF) return RunStep::kRefused;
+      const std::uint32_t bits = ((*lex >> kPointShift) << 6) | (c & 0x3Fu);
+      if (!could_be(r.wide, bits, left - 1, n)) return RunStep::kRefused;
       if (left == 1) {
         *lex = kBody;
         return RunStep::kChar;
       }
-      *lex = kUtf8 | ((left - 1) << 4) | (next << 8);
+      *lex = kUtf8 | ((left - 1) << 4) | (n << kLengthShift) | (bits << kPointShift);
       return RunStep::kInside;
     }
     case kEscape:
       switch (c) {
-        case '"': return ascii('"');
-        case '\\': return ascii('\\');
-        case 'b': return ascii('\b');
-        case 'f': return ascii('\f');
-        case 'n': return ascii('\n');
-        case 'r': return ascii('\r');
-        case 't': return ascii('\t');
+        case '"': return one('"');
+        case '\\': return one('\\');
+        case 'b': return one('\b');
+        case 'f': return one('\f');
+        case 'n': return one('\n');
+        case 'r': return one('\r');
+        case 't': return one('\t');
         case 'u':
-          if (!holds_u_escape(cls, 2)) return RunStep::kRefused;
+          if (!holds_u_escape(ascii, 2)) return RunStep::kRefused;
           *lex = kHex | (4u << 4);
           return RunStep::kInside;
         default: return RunStep::kRefused;
@@ -316,7 +323,7 @@ RunStep run_step(const Grammar::ByteSet& cls, std::uint32_t max_chars, std::uint
         return RunStep::kInside;
       }
       if (left == 2) {
-        if ((c != '0' && c != '1') || !holds_u_escape(cls, static_cast<unsigned>(c - '0'))) return RunStep::kRefused;
+        if ((c != '0' && c != '1') || !holds_u_escape(ascii, static_cast<unsigned>(c - '0'))) return RunStep::kRefused;
         *lex = kHex | (1u << 4) | (static_cast<std::uint32_t>(c - '0') << 8);
         return RunStep::kInside;
       }
@@ -324,7 +331,7 @@ RunStep run_step(const Grammar::ByteSet& cls, std::uint32_t max_chars, std::uint
       if (d < 0) return RunStep::kRefused;
       const unsigned v = value * 16 + static_cast<unsigned>(d);
       if (v == '\b' || v == '\t' || v == '\n' || v == '\f' || v == '\r') return RunStep::kRefused;  // written short
-      return ascii(v);
+      return one(v);
     }
     default:
       return RunStep::kRefused;
@@ -421,7 +428,7 @@ void GrammarMatcher::run_step(std::uint32_t top, unsigned char c) {
   const GrammarArena::Node n = arena_->nodes[top];
   const Grammar::Run& r = g_->runs_[g_->elements_[n.pos].arg];
   std::uint32_t lex = n.lex, count = n.count;
-  const RunStep step = ::airlock::engine::run_step(r.cls, r.max_chars, &lex, &count, c);
+  const RunStep step = ::airlock::engine::run_step(r, &lex, &count, c);
   if (step == RunStep::kRefused) return;
   // Without an upper bound, counts past the lower one behave alike: kept
   // equal, such stacks merge (else an unanchored pattern's tail would keep
@@ -475,10 +482,13 @@ bool GrammarMatcher::same_stack(std::uint32_t a, std::uint32_t b) {
 // Leaves one of each stack in tops_ (ways through the rules that met
 // again would otherwise multiply at every byte).
 void GrammarMatcher::dedupe() {
+  // (The lexer state and count are in the key: runs and strings at one
+  // place but different counts are told apart without comparing stacks.)
+  using Key = std::array<std::uint32_t, 4>;
   auto key = [&](std::uint32_t t) {
-    if (t == kAccept) return std::pair<std::uint32_t, std::uint32_t>{kAccept, 0};
+    if (t == kAccept) return Key{kAccept, 0, 0, 0};
     const GrammarArena::Node& n = arena_->nodes[t];
-    return std::pair<std::uint32_t, std::uint32_t>{n.pos, n.depth};
+    return Key{n.pos, n.depth, n.lex, n.count};
   };
   std::sort(next_.begin(), next_.end(), [&](std::uint32_t a, std::uint32_t b) { return key(a) < key(b) || (key(a) == key(b) && a < b); });
   tops_.clear();
@@ -511,7 +521,7 @@ std::uint32_t GrammarMatcher::free_text_room() const {
     const Grammar::Element e = g_->elements_[n.pos];
     if (n.lex != kBody) continue;
     if (e.kind == Grammar::Kind::kString) room = std::max(room, g_->strings_[e.arg].max_chars - n.count);
-    if (e.kind == Grammar::Kind::kRun && holds_plain_text(g_->runs_[e.arg].cls))
+    if (e.kind == Grammar::Kind::kRun && holds_plain_text(g_->runs_[e.arg]))
       room = std::max(room, g_->runs_[e.arg].max_chars - n.count);
   }
   return room;
@@ -534,7 +544,7 @@ Grammar::ByteSet GrammarMatcher::next_bytes() const {
       const Grammar::Run& r = g_->runs_[e.arg];
       for (unsigned c = 0; c < 256; ++c) {
         std::uint32_t lex = n.lex, count = n.count;
-        if (!out[c] && ::airlock::engine::run_step(r.cls, r.max_chars, &lex, &count, static_cast<unsigned char>(c)) != RunStep::kRefused)
+        if (!out[c] && ::airlock::engine::run_step(r, &lex, &count, static_cast<unsigned char>(c)) != RunStep::kRefused)
           out.set(c);
       }
       continue;

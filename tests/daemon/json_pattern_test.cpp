@@ -149,6 +149,11 @@ TEST(JsonPatternTest, CharactersAreCodePoints) {
   EXPECT_EQ(pattern_matches("a", long_text), true);
   EXPECT_EQ(pattern_matches(".{64}x", long_text), true);
   EXPECT_EQ(pattern_matches("^[^a]*$", long_text), false);
+  // Counted sets of many ranges are one way through each (the review's
+  // \S{19} had run out of ways).
+  EXPECT_EQ(pattern_matches("\\S{40}", std::string(40, 'a')), true);
+  EXPECT_EQ(pattern_matches("\\S{40}", std::string(39, 'a') + " "), false);
+  EXPECT_EQ(pattern_matches("^[\\s\\S]{1000}x$", std::string(1000, 'y') + "x"), true);
   EXPECT_EQ(pattern_matches("^(?<year>\\d{4})-(?<m>\\d\\d)$", "2024-12"), true);  // named groups
   EXPECT_EQ(pattern_matches("^[]$", "a"), false);
   EXPECT_EQ(pattern_json_text("a\"b\\c\n\x01é"), "\"a\\\"b\\\\c\\n\\u0001é\"");

@@ -233,13 +233,13 @@ TEST(GrammarTest, StringBounds) {
 TEST(GrammarTest, RunsOfAClass) {
   Grammar::ByteSet any;
   for (unsigned c = 0; c < 128; ++c) any.set(c);
-  any.set(Grammar::kAllWide);
+  const Grammar::CodePoints all_wide = {{0x80, 0xD7FF}, {0xE000, 0x10FFFF}};
   Grammar::ByteSet digits;
   for (unsigned c = '0'; c <= '9'; ++c) digits.set(c);
   Grammar g;
   const auto s = g.add_rule();
-  g.add_alternative(s, Seq{Grammar::byte('"'), Grammar::run(digits, 1, 3), Grammar::byte('-'), Grammar::run(any, 0, 4),
-                           Grammar::byte('"')});
+  g.add_alternative(s, Seq{Grammar::byte('"'), Grammar::run(digits, {}, 1, 3), Grammar::byte('-'),
+                           Grammar::run(any, all_wide, 0, 4), Grammar::byte('"')});
   g.set_start(s);
   for (const char* ok : {R"("1-")", R"("123-abcd")", "\"9-\xc3\xa9\\n\\\"\\u001f\"", R"("0-\\")"})
     EXPECT_TRUE(sentence(g, ok)) << ok;
@@ -259,18 +259,30 @@ TEST(GrammarTest, RunsOfAClass) {
   EXPECT_EQ(m.free_text_room(), 0u);
   EXPECT_TRUE(m.next_bytes()['"']);
   EXPECT_FALSE(m.next_bytes()['d']);
-  // All but the line ends: U+2028 and U+2029 (E2 80 A8, E2 80 A9) only.
-  Grammar::ByteSet but_ends;
-  but_ends.set(Grammar::kWideButLineEnds);
+  // Non-ASCII ranges: all but U+2028 and U+2029 (E2 80 A8, E2 80 A9); a
+  // byte that could begin no character of them is refused at once.
   Grammar h;
   const auto t = h.add_rule();
-  h.add_alternative(t, Seq{Grammar::run(but_ends, 1, 1)});
+  h.add_alternative(t, Seq{Grammar::run({}, {{0x80, 0x2027}, {0x202A, 0xD7FF}, {0xE000, 0x10FFFF}}, 1, 1)});
   h.set_start(t);
   EXPECT_TRUE(sentence(h, "\xe2\x80\xa7"));
   EXPECT_TRUE(sentence(h, "\xe2\x81\xa8"));
   EXPECT_FALSE(sentence(h, "\xe2\x80\xa8"));
   EXPECT_FALSE(sentence(h, "\xe2\x80\xa9"));
   EXPECT_FALSE(sentence(h, "a"));
+  Grammar k;
+  const auto u = k.add_rule();
+  k.add_alternative(u, Seq{Grammar::run({}, {{0xE9, 0xE9}, {0x1F600, 0x1F600}}, 1, 2)});  // é and U+1F600
+  k.set_start(u);
+  EXPECT_TRUE(sentence(k, "\xc3\xa9\xf0\x9f\x98\x80"));
+  EXPECT_FALSE(sentence(k, "\xc3\xa8"));
+  GrammarArena ka;
+  GrammarMatcher km(&k, &ka);
+  const Grammar::ByteSet first = km.next_bytes();
+  EXPECT_EQ(first.count(), 2u);  // C3 and F0 only
+  EXPECT_TRUE(first[0xC3] && first[0xF0]);
+  ASSERT_TRUE(km.feed(0xF0));
+  EXPECT_EQ(km.next_bytes().count(), 1u);  // 9F
 }
 
 // A grammar whose ways multiply (each rule two ways to the next, 40 deep:

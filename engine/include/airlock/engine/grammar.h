@@ -42,6 +42,7 @@
 #include <cstdint>
 #include <string_view>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 namespace airlock::engine {
@@ -50,18 +51,18 @@ class Grammar {
  public:
   using RuleId = std::uint32_t;
   using ByteSet = std::bitset<256>;
+  // Code points from U+0080 to U+10FFFF as sorted, disjoint, inclusive
+  // ranges, without surrogates.
+  using CodePoints = std::vector<std::pair<std::uint32_t, std::uint32_t>>;
 
   struct Symbol {
     enum class Kind : std::uint8_t { kBytes, kRule, kString, kRun };
     Kind kind = Kind::kBytes;
     RuleId rule = 0;
-    ByteSet bytes;                               // kBytes; kRun: its class (see run())
+    ByteSet bytes;                               // kBytes; kRun: its ASCII characters (bits 0-127)
+    CodePoints wide;                             // kRun: its other characters
     std::uint32_t min_chars = 0, max_chars = 0;  // kString, kRun
   };
-  // A run's class: bits 0-127 the ASCII characters in it; bit kAllWide
-  // every other character; bit kWideButLineEnds every other character but
-  // U+2028 and U+2029.
-  static constexpr unsigned kAllWide = 128, kWideButLineEnds = 129;
   static constexpr std::uint32_t kUnbounded = 0xFFFFFFFFu;
   static Symbol byte(unsigned char c);
   static Symbol range(unsigned char lo, unsigned char hi);
@@ -70,8 +71,15 @@ class Grammar {
   // A JSON string of min_chars to max_chars characters (kUnbounded: no
   // upper bound).
   static Symbol string(std::uint32_t min_chars = 0, std::uint32_t max_chars = kUnbounded);
-  // A run of min_chars to max_chars characters of class `cls`.
-  static Symbol run(const ByteSet& cls, std::uint32_t min_chars, std::uint32_t max_chars);
+  // A run as the grammar keeps it.
+  struct Run {
+    std::uint32_t min_chars, max_chars;
+    ByteSet ascii;
+    CodePoints wide;
+  };
+  // A run of min_chars to max_chars characters, each one of `ascii`
+  // (bits 0-127) or of `wide`.
+  static Symbol run(const ByteSet& ascii, CodePoints wide, std::uint32_t min_chars, std::uint32_t max_chars);
   // Appends the bytes of `text`, one symbol each.
   static void literal(std::string_view text, std::vector<Symbol>* out);
 
@@ -92,10 +100,6 @@ class Grammar {
   };
   struct Bounds {
     std::uint32_t min_chars, max_chars;
-  };
-  struct Run {
-    std::uint32_t min_chars, max_chars;
-    ByteSet cls;
   };
   std::vector<Element> elements_;                  // alternatives, each ended by kEnd
   std::vector<std::vector<std::uint32_t>> rules_;  // each alternative's first element
