@@ -413,7 +413,9 @@ class Parser {
       }
       add(&s, *a);
     }
-    return of(negated ? complement(s) : s);
+    CharSet out = negated ? complement(s) : s;
+    if (out.ascii.none() && out.wide.empty()) return fail("has a class no character is in");
+    return of(std::move(out));
   }
 
   std::optional<int> number() {
@@ -660,9 +662,13 @@ std::optional<bool> pattern_matches(std::string_view pattern, std::string_view t
   engine::GrammarMatcher m(g.get(), &arena);
   const std::string json = pattern_json_text(text);
   for (std::size_t i = 0; i < json.size(); ++i) {
-    if (!m.feed(static_cast<unsigned char>(json[i]))) return false;
+    const bool alive = m.feed(static_cast<unsigned char>(json[i]));
     if (work != nullptr && arena.work > *work) {
       *work = 0;
+      return false;
+    }
+    if (!alive) {
+      if (work != nullptr) *work -= arena.work;  // a string that fails costs its work too
       return false;
     }
     // The stacks left behind are garbage; keep the arena small.

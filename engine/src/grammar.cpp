@@ -438,7 +438,11 @@ void GrammarMatcher::run_step(std::uint32_t top, unsigned char c) {
   // on (pushed first, so kMaxStacks never drops it for the rest).
   if ((step == RunStep::kInside || count < r.max_chars) && next_.size() < kMaxStacks)
     if (const std::uint32_t id = push(n.pos, n.next, lex, count); id != kDropped) emit(id);
-  if (step == RunStep::kChar && count >= r.min_chars) expand(n.pos + 1, n.next, 0);
+  // What follows the run is expanded once every string and run has
+  // stepped (feed): expanding it here could fill kMaxStacks before a later
+  // run had pushed itself, and free_text_room counts on runs never being
+  // dropped.
+  if (step == RunStep::kChar && count >= r.min_chars) after_runs_.emplace_back(n.pos + 1, n.next);
 }
 
 bool GrammarMatcher::feed(unsigned char c) {
@@ -447,12 +451,14 @@ bool GrammarMatcher::feed(unsigned char c) {
   // Strings and runs first: each steps to one stack of its own, so none is
   // lost to kMaxStacks however the others expand (free_text_room counts on
   // it).
+  after_runs_.clear();
   for (std::uint32_t top : tops_) {
     if (top == kAccept) continue;
     const Grammar::Kind k = g_->elements_[arena_->nodes[top].pos].kind;
     if (k == Grammar::Kind::kString) string_step(top, c);
     else if (k == Grammar::Kind::kRun) run_step(top, c);
   }
+  for (const auto& [pos, tail] : after_runs_) expand(pos, tail, 0);
   for (std::uint32_t top : tops_) {
     if (top == kAccept) continue;
     const GrammarArena::Node n = arena_->nodes[top];
@@ -541,7 +547,11 @@ Grammar::ByteSet GrammarMatcher::next_bytes() const {
       continue;
     }
     if (e.kind == Grammar::Kind::kRun) {
+      // (Worked out once for each run, state and whether there is room.)
       const Grammar::Run& r = g_->runs_[e.arg];
+      const std::uint64_t key = std::uint64_t{1} << 63 | std::uint64_t{e.arg} << 33 | std::uint64_t{n.lex} << 1 | (n.count < r.max_chars);
+      if (std::find(seen.begin(), seen.end(), key) != seen.end()) continue;
+      seen.push_back(key);
       for (unsigned c = 0; c < 256; ++c) {
         std::uint32_t lex = n.lex, count = n.count;
         if (!out[c] && ::airlock::engine::run_step(r, &lex, &count, static_cast<unsigned char>(c)) != RunStep::kRefused)

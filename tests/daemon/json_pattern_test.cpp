@@ -154,8 +154,21 @@ TEST(JsonPatternTest, CharactersAreCodePoints) {
   EXPECT_EQ(pattern_matches("\\S{40}", std::string(40, 'a')), true);
   EXPECT_EQ(pattern_matches("\\S{40}", std::string(39, 'a') + " "), false);
   EXPECT_EQ(pattern_matches("^[\\s\\S]{1000}x$", std::string(1000, 'y') + "x"), true);
+  // A run that may end has what follows it expanded after every run has
+  // stepped: 1,000+ ways after one run's end must not crowd out another run
+  // (a review's case: free_text_room promised room that was then lost).
+  std::string crowd = "^[a-z]+(?:(?:";
+  for (char c = 'a'; c <= 'z'; ++c) crowd += std::string(c == 'a' ? "" : "|") + "z" + c;
+  crowd += ")?){40}0$|^[^\\n]{0,50}!$";
+  EXPECT_EQ(pattern_matches(crowd, "a1!"), true);
+  // A budget is spent by strings that fail as well as by those that match.
+  std::uint64_t work = 1'000'000;
+  EXPECT_EQ(pattern_matches("[^x]{100}x", std::string(300, 'a'), &work), false);
+  EXPECT_LT(work, 1'000'000u);
+  std::uint64_t little = 10;
+  EXPECT_EQ(pattern_matches("a", std::string(300, 'b') + "a", &little), false);  // past the budget: no
+  EXPECT_EQ(little, 0u);
   EXPECT_EQ(pattern_matches("^(?<year>\\d{4})-(?<m>\\d\\d)$", "2024-12"), true);  // named groups
-  EXPECT_EQ(pattern_matches("^[]$", "a"), false);
   EXPECT_EQ(pattern_json_text("a\"b\\c\n\x01é"), "\"a\\\"b\\\\c\\n\\u0001é\"");
   EXPECT_EQ(pattern_matches("^\\S+$", "é\xE2\x82\xAC"), true);
   EXPECT_EQ(pattern_matches("^\\S$", "\xE3\x80\x80"), false);  // U+3000 is a space
@@ -288,7 +301,8 @@ TEST(JsonPatternTest, RefusalsSayWhy) {
                         Case{"\\01", "octal"}, Case{"[\\07]", "octal"}, Case{"{1}", "nothing before"},
                         Case{"a|{3}", "nothing before"}, Case{"(?<>a)", "group name"}, Case{"(?<a)b>c)", "group name"},
                         Case{"(?i)a", "flags"}, Case{"(a?){1000}", "can match nothing"},
-                        Case{"((a?){64}){64}", "too many times over"}}) {
+                        Case{"((a?){64}){64}", "too many times over"}, Case{"^a[]$", "no character"},
+                        Case{"[^\\s\\S]", "no character"}}) {
     Grammar g;
     std::string why;
     EXPECT_FALSE(pattern_rule(&g, c.pattern, "schema.pattern", &why)) << c.pattern;

@@ -175,6 +175,7 @@ class GrammarMatcher {
   GrammarArena* arena_;
   std::vector<std::uint32_t> tops_;  // node ids whose pos is a kBytes, kString or kRun element, or kAccept
   std::vector<std::uint32_t> next_;  // scratch
+  std::vector<std::pair<std::uint32_t, std::uint32_t>> after_runs_;  // scratch: what follows runs that may end
   int work_ = 0;                     // rule expansions left for this byte
   int compare_budget_ = 0;           // node comparisons left for this byte's dedupe
 };
