@@ -113,21 +113,6 @@ bool in_range(std::uint32_t range, unsigned char c) {
   }
 }
 
-// A UTF-8 lead byte: the bytes left after it and the next one's range
-// (in_range); false for a byte that cannot lead.
-bool utf8_lead(unsigned char c, std::uint32_t* left, std::uint32_t* range) {
-  *range = 0;
-  if (c >= 0xC2 && c <= 0xDF) *left = 1;
-  else if (c == 0xE0) *left = 2, *range = 1;
-  else if ((c >= 0xE1 && c <= 0xEC) || c == 0xEE || c == 0xEF) *left = 2;
-  else if (c == 0xED) *left = 2, *range = 2;
-  else if (c == 0xF0) *left = 3, *range = 3;
-  else if (c >= 0xF1 && c <= 0xF3) *left = 3;
-  else if (c == 0xF4) *left = 3, *range = 4;
-  else return false;
-  return true;
-}
-
 enum class Step { kRefused, kInside, kClosed };
 
 // A run's class holds every character of plain text (printable ASCII but
@@ -164,7 +149,15 @@ Step string_step(std::uint32_t min_chars, std::uint32_t max_chars, std::uint32_t
       if (c < 0x80) return begin_char() ? Step::kInside : Step::kRefused;
       {
         std::uint32_t left = 0, range = 0;
-        if (!utf8_lead(c, &left, &range) || !begin_char()) return Step::kRefused;
+        if (c >= 0xC2 && c <= 0xDF) left = 1;
+        else if (c == 0xE0) left = 2, range = 1;
+        else if ((c >= 0xE1 && c <= 0xEC) || c == 0xEE || c == 0xEF) left = 2;
+        else if (c == 0xED) left = 2, range = 2;
+        else if (c == 0xF0) left = 3, range = 3;
+        else if (c >= 0xF1 && c <= 0xF3) left = 3;
+        else if (c == 0xF4) left = 3, range = 4;
+        else return Step::kRefused;
+        if (!begin_char()) return Step::kRefused;
         *lex = kUtf8 | (left << 4) | (range << 8);
         return Step::kInside;
       }

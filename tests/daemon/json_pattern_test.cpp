@@ -59,6 +59,35 @@ std::string random_text(std::mt19937& rng) {
   return s;
 }
 
+// A random walk through `g` by the bytes it allows, up to `limit` bytes:
+// ended, once a sentence is whole, one time in `stop` (0: only when
+// nothing may follow), a quote taken one time in `quote` when allowed (0:
+// never favoured). A live matcher must always allow a byte and take it;
+// when one does not, the test fails and the walk stops there. *whole: it
+// ended on a sentence.
+std::string walk(GrammarMatcher m, std::mt19937& rng, std::size_t limit, unsigned stop, unsigned quote, bool* whole) {
+  std::string text;
+  while (text.size() < limit && !m.complete() && !(stop > 0 && m.accepting() && rng() % stop == 0)) {
+    const Grammar::ByteSet next = m.next_bytes();
+    std::vector<unsigned char> choices;
+    for (unsigned c = 0; c < 256; ++c)
+      if (next[c]) choices.push_back(static_cast<unsigned char>(c));
+    if (choices.empty()) {
+      ADD_FAILURE() << "stuck after " << text;
+      break;
+    }
+    unsigned char c = choices[rng() % choices.size()];
+    if (quote > 0 && next['"'] && rng() % quote == 0) c = '"';
+    if (!m.feed(c)) {
+      ADD_FAILURE() << "an allowed byte refused after " << text;
+      break;
+    }
+    text += static_cast<char>(c);
+  }
+  *whole = m.accepting();
+  return text;
+}
+
 TEST(JsonPatternTest, MatchesAsStdRegexOnAscii) {
   std::mt19937 rng(17);
   for (const char* p : kPatterns) {
@@ -94,20 +123,9 @@ TEST(JsonPatternTest, SentencesAreJsonStringsThatMatch) {
     int whole = 0;
     for (int i = 0; i < 200; ++i) {
       GrammarArena arena;
-      GrammarMatcher m(&g, &arena);
-      std::string text;
-      while (text.size() < 400 && !(m.accepting() && (m.complete() || rng() % 3 == 0))) {
-        const Grammar::ByteSet next = m.next_bytes();
-        std::vector<unsigned char> choices;
-        for (unsigned c = 0; c < 256; ++c)
-          if (next[c]) choices.push_back(static_cast<unsigned char>(c));
-        ASSERT_FALSE(choices.empty()) << p << " after " << text;
-        unsigned char c = choices[rng() % choices.size()];
-        if (next['"'] && rng() % 4 == 0) c = '"';
-        ASSERT_TRUE(m.feed(c));
-        text += static_cast<char>(c);
-      }
-      if (!m.accepting()) continue;
+      bool accepted = false;
+      const std::string text = walk(GrammarMatcher(&g, &arena), rng, 400, 3, 4, &accepted);
+      if (!accepted) continue;
       ++whole;
       ASSERT_TRUE(ojson::accept(text)) << p << ": " << text;
       const std::string value = ojson::parse(text).get<std::string>();
@@ -178,11 +196,10 @@ TEST(JsonPatternTest, CharactersAreCodePoints) {
   EXPECT_EQ(pattern_matches("^[^é]$", "è"), true);
   EXPECT_EQ(pattern_matches("^[^\\s\"]+$", "a\"b"), false);
   EXPECT_EQ(pattern_matches("^[\\x00-\\u00ff]+$", "a\té"), true);
-
 }
 
-// Sets of non-ASCII characters become UTF-8 byte ranges: every code point
-// of the BMP from U+0080 (and a sample above it) is read or refused as the
+// Sets of characters are runs over code-point ranges: every code point of
+// the BMP from U+0080 (and a sample above it) is read or refused as the
 // set says.
 TEST(JsonPatternTest, EveryCodePointOfASet) {
   struct Case {
@@ -201,7 +218,7 @@ TEST(JsonPatternTest, EveryCodePointOfASet) {
        }},
       {"^[\\u00ff-\\u0901\\uffff]$", [](std::uint32_t c) { return (c >= 0xFF && c <= 0x901) || c == 0xFFFF; }},
   };
-  for (int form = 0; form < 2; ++form)  // the set as rules, then as a run ("{1}")
+  for (int form = 0; form < 2; ++form)  // the set alone, then counted ("{1}")
   for (const Case& k : cases) {
     Grammar g;
     std::string why;
@@ -239,9 +256,9 @@ TEST(JsonPatternTest, EveryCodePointOfASet) {
   }
 }
 
-// A repeated set is read natively (a run); the same set inside a group is
-// spelled as rules. Both read the same strings, and a random walk through
-// either never reaches a dead end.
+// A repeated set is one run with the counts; the same set inside a group
+// is a run of one, repeated by rules. Both read the same strings, and a
+// random walk through either never reaches a dead end.
 TEST(JsonPatternTest, RunsReadAsRules) {
   const char* sets[] = {"\\d", "[^\\n]", ".", "\\W", "[^\"\\\\]", "[\\x00-\\x1f]", "[^a]", "[\\x01\\x1f\"]", "[\\n\\\\]",
                         "[^]"};
@@ -265,21 +282,11 @@ TEST(JsonPatternTest, RunsReadAsRules) {
       const std::optional<Grammar::RuleId> r = pattern_rule(&g, as_run, "p", &why);
       ASSERT_TRUE(r) << why;
       g.set_start(*r);
-      for (int walk = 0; walk < 40; ++walk) {
+      for (int i = 0; i < 40; ++i) {
         GrammarArena arena;
-        GrammarMatcher m(&g, &arena);
-        std::string out;
-        while (!m.complete() && out.size() < 60) {
-          const Grammar::ByteSet next = m.next_bytes();
-          ASSERT_TRUE(next.any()) << as_run << " stuck after " << out;
-          std::vector<unsigned char> choices;
-          for (unsigned c = 0; c < 256; ++c)
-            if (next[c]) choices.push_back(static_cast<unsigned char>(c));
-          const unsigned char c = choices[rng() % choices.size()];
-          ASSERT_TRUE(m.feed(c)) << as_run << " after " << out;
-          out += static_cast<char>(c);
-        }
-        if (!m.accepting()) continue;
+        bool accepted = false;
+        const std::string out = walk(GrammarMatcher(&g, &arena), rng, 60, 0, 0, &accepted);
+        if (!accepted) continue;
         EXPECT_EQ(pattern_matches(as_rules, ojson::parse(out).get<std::string>()), true) << as_run << ": " << out;
       }
     }
