@@ -242,7 +242,7 @@ struct SchemaCheck {
   // Work allowed, in all: a subschema looked at costs 1, plus its enum and
   // required entries, plus the members of the value it looks at.
   long steps = 250'000;
-  // The patterns' recognisers' work, in all (about 0.3 s at most): past
+  // The patterns' recognisers' work, in all (a few ms where measured): past
   // it, no string matches.
   std::uint64_t pattern_work = 2'000'000;
   static constexpr int kMaxRefs = 64;  // $refs followed on one path
