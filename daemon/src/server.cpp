@@ -313,13 +313,15 @@ struct Generation {
   }
   bool calls_tools() const { return !request.tools.empty(); }
   // A tool-calling choice that has ended: its calls, parsed once. An answer
-  // with calls that ended by itself finishes with "tool_calls" (OpenAI); one
-  // cut by max_tokens stays "length".
+  // with calls that ended by itself finishes with "tool_calls", except when
+  // tool_choice named the function: OpenAI answers "stop" there, streamed or
+  // not (vLLM does the same). One cut by max_tokens stays "length".
   const ToolOutput& tool_output(Choice& c) const {
     if (!c.tool_output) {
       c.tool_output = parse_tool_calls(model->tool_format, c.content, request.tool_specs,
                                        request.parallel_tool_calls ? static_cast<std::size_t>(-1) : 1);
-      if (!c.tool_output->calls.empty() && c.finish == "stop") c.finish = "tool_calls";
+      if (!c.tool_output->calls.empty() && c.finish == "stop" && request.forced_tool.empty())
+        c.finish = "tool_calls";
       for (ToolCall& call : c.tool_output->calls)
         call.id = model->tool_format == ToolFormat::kMistral ? alnum_id(9) : random_id("call_");
     }
