@@ -13,6 +13,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -67,7 +68,8 @@ int main(int argc, char** argv) {
   }
   struct Case {
     const char* prefix;
-    int schema;  // 0: none (json_object), else which
+    int schema;          // 0: none (json_object), else which
+    bool think = false;  // a model that may open a <think> block first (Qwen3)
   };
   for (const Case& k : {Case{"", 0}, Case{"{\"key\": \"some text here", 0}, Case{"{\"key\": [1, 2, {\"a\": 12", 0},
                         Case{"", 1}, Case{"{\"title\": \"some text here", 1}, Case{"{\"title\": \"x\", \"year\": 19", 1},
@@ -79,10 +81,15 @@ int main(int argc, char** argv) {
                         Case{"{\"title\": \"x\", \"year\": 1999, \"rating\": 7.5, \"released\": \"1999-01-02\", \"id\": "
                              "\"12345678-1234-1234-1234-123456789abc\", \"code\": \"AB", 2},
                         Case{"{\"title\": \"x\", \"year\": 1999, \"rating\": 7.5, \"released\": \"1999-01-02\", \"id\": "
-                             "\"12345678-1234-1234-1234-123456789abc\", \"code\": \"ABC-1234\", \"note\": \"some text here", 2}}) {
+                             "\"12345678-1234-1234-1234-123456789abc\", \"code\": \"ABC-1234\", \"note\": \"some text here", 2},
+                        Case{"", 0, true}, Case{"", 1, true}, Case{"<think>Let me see", 1, true},
+                        Case{"<think>Let me see</think>\n\n", 1, true}}) {
     const char* prefix = k.prefix;
-    JsonConstraint c(vocab, std::nullopt, k.schema > 0 ? grammars[k.schema - 1] : nullptr);
+    std::optional<ThinkBlock> think;
+    if (k.think) think = ThinkBlock{"<think>", "</think>"};
+    JsonConstraint c(vocab, think, k.schema > 0 ? grammars[k.schema - 1] : nullptr);
     if (k.schema > 0) std::printf("  schema %d", k.schema);
+    if (k.think) std::printf(" (thinking model)");
     for (std::int32_t t : (*tok)->encode(prefix, false, false)) c.accept(t);
     std::vector<std::uint64_t> mask;
     const Clock::time_point a = Clock::now();

@@ -275,7 +275,7 @@ JsonConstraint::JsonConstraint(std::shared_ptr<const JsonVocab> vocab, std::opti
   }
 }
 
-bool JsonConstraint::take(State& s, std::string_view bytes) const {
+bool JsonConstraint::take(State& s, std::string_view bytes, bool into_object) const {
   switch (s.phase) {
     case Phase::kObject:
       return s.feed(bytes);
@@ -292,7 +292,8 @@ bool JsonConstraint::take(State& s, std::string_view bytes) const {
       }
       s.phase = Phase::kObject;
       s.held.clear();
-      return s.feed(std::string_view(text).substr(at + close.size()));
+      const std::string_view rest = std::string_view(text).substr(at + close.size());
+      return rest.empty() || (into_object && s.feed(rest));
     }
     case Phase::kOpening: {
       // Whitespace, then the open tag or the object.
@@ -305,7 +306,7 @@ bool JsonConstraint::take(State& s, std::string_view bytes) const {
       if (rest.substr(0, open.size()) == open) {
         s.phase = Phase::kThinking;
         s.held.clear();
-        return take(s, rest.substr(open.size()));
+        return take(s, rest.substr(open.size()), into_object);
       }
       if (rest.size() < open.size() && std::string_view(open).substr(0, rest.size()) == rest) {
         // Not known yet; whitespace held to the object's bound.
@@ -316,7 +317,7 @@ bool JsonConstraint::take(State& s, std::string_view bytes) const {
       }
       s.phase = Phase::kObject;
       s.held.clear();
-      return s.feed(text);
+      return into_object && s.feed(text);
     }
   }
   return false;
@@ -406,35 +407,82 @@ bool object_mask(const R& r, const JsonVocab& vocab, std::vector<std::uint64_t>*
 
 }  // namespace
 
+// Before the answer's first bytes: whitespace, then the open tag or the
+// object. The tokens that begin the object are worked out as in the object
+// (object_mask, from the recogniser after the whitespace held), so a dear
+// grammar costs what it costs there and is bounded the same way; the
+// tokens that may continue the open tag, or are whitespace, are tried.
+template <class Spent>
+bool JsonConstraint::opening_mask(std::vector<std::uint64_t>* mask, Spent spent) const {
+  const std::string& open = think_.open;
+  const std::string& held = state_.held;
+  // held: whitespace, then at most a proper prefix of the open tag
+  std::size_t tag = 0;
+  while (tag < held.size() && is_space(static_cast<unsigned char>(held[tag]))) ++tag;
+  const std::string_view after_tag = std::string_view(open).substr(held.size() - tag);
+  if (tag == held.size()) {
+    State s = state_;
+    s.phase = Phase::kObject;
+    s.held.clear();
+    if (s.feed(held)) {
+      if (s.matcher)
+        object_mask(*s.matcher, *vocab_, mask, spent);
+      else
+        object_mask(s.json, *vocab_, mask, spent);
+    }
+  }
+  for (std::size_t t = 0; t < vocab_->bytes.size(); ++t) {
+    const std::string_view b = vocab_->bytes[t];
+    if (b.empty()) continue;
+    std::size_t i = 0;
+    if (tag == held.size())
+      while (i < b.size() && is_space(static_cast<unsigned char>(b[i]))) ++i;
+    // What follows the whitespace must agree with the rest of the tag
+    // (the rest begin the object: object_mask has decided those)
+    const std::string_view r = b.substr(i);
+    const std::size_t k = std::min(r.size(), after_tag.size());
+    if (!r.empty() && r.substr(0, k) != after_tag.substr(0, k)) continue;
+    // Whitespace alone (which the object takes too) or the tag: decided
+    // by trying, as accept() will.
+    State s = state_;
+    const std::uint64_t bit = std::uint64_t{1} << (t % 64);
+    if (take(s, b, /*into_object=*/!spent()))
+      (*mask)[t / 64] |= bit;
+    else
+      (*mask)[t / 64] &= ~bit;
+  }
+  return std::any_of(mask->begin(), mask->end(), [](std::uint64_t w) { return w != 0; });
+}
+
 void JsonConstraint::allowed(std::vector<std::uint64_t>* mask) {
   const std::size_t n = vocab_->bytes.size();
   mask->assign((n + 63) / 64, 0);
   const std::size_t mark = arena_ ? arena_->nodes.size() : 0;  // what the tries add is dropped after
+  // A very ambiguous grammar makes each try dear: the step's tries are
+  // bounded by the work they do (2^18 stacks stepped, rules entered and
+  // nodes compared: about 10 ms) and the stack nodes they make (about
+  // 20 MB). Past that, the tries that would feed the grammar are refused.
+  GrammarArena* arena = arena_.get();
+  const std::uint64_t work = arena ? arena->work : 0;
+  auto spent = [arena, mark, work] {
+    return arena && (arena->work - work > (std::uint64_t{1} << 18) || arena->nodes.size() - mark > (std::size_t{1} << 20));
+  };
   bool any = false;
   bool may_end = false;  // besides other tokens
-  const bool object = state_.phase == Phase::kObject;
   if (failed_ || complete()) {
-  } else if (object && state_.matcher) {
-    // A very ambiguous grammar makes each try dear: the step's tries are
-    // bounded by the work they do (2^18 stacks stepped, rules entered and
-    // nodes compared: about 10 ms) and the stack nodes they make
-    // (about 20 MB).
-    GrammarArena* arena = arena_.get();
-    const std::uint64_t work = arena->work;
-    any = object_mask(*state_.matcher, *vocab_, mask, [arena, mark, work] {
-      return arena->work - work > (std::uint64_t{1} << 18) || arena->nodes.size() - mark > (std::size_t{1} << 20);
-    });
-    may_end = state_.matcher->accepting();
-  } else if (object) {
-    any = object_mask(state_.json, *vocab_, mask, [] { return false; });
+  } else if (state_.phase == Phase::kObject) {
+    any = state_.matcher ? object_mask(*state_.matcher, *vocab_, mask, spent) : object_mask(state_.json, *vocab_, mask, spent);
+    may_end = state_.matcher && state_.matcher->accepting();
+  } else if (state_.phase == Phase::kOpening) {
+    any = opening_mask(mask, spent);
   } else {
     for (std::size_t t = 0; t < n; ++t) {
       const std::string& b = vocab_->bytes[t];
       if (b.empty()) continue;
       // Free text that cannot complete the close tag needs no trying.
-      if (state_.phase != Phase::kThinking || b.find(think_.close.back()) != std::string::npos) {
+      if (b.find(think_.close.back()) != std::string::npos) {
         State s = state_;
-        if (!take(s, b)) continue;
+        if (!take(s, b, /*into_object=*/!spent())) continue;
       }
       (*mask)[t / 64] |= std::uint64_t{1} << (t % 64);
       any = true;

@@ -14,6 +14,7 @@
 #include <nlohmann/json.hpp>
 
 #include "airlock/engine/gguf.h"
+#include "airlock/engine/grammar.h"
 
 namespace airlock::engine {
 namespace {
@@ -316,6 +317,64 @@ TEST(JsonConstraintTest, AnOptionalBlockBeforeTheObject) {
   c.allowed(&mask);
   for (std::int32_t t : tok->encode("{", false, false)) EXPECT_FALSE(allowed(t));
   EXPECT_TRUE(allowed(tok->encode("nk>", false, false).at(0)));
+}
+
+// The mask before and inside the block, over the whole vocabulary, against
+// what the block allows spelled out: whitespace, then the tag (and free
+// text up to the close, then the object) or the object itself. Without a
+// grammar (json_object) and with one (the object held to {"k": DIGITS}).
+TEST(JsonConstraintTest, TheBlockMaskIsEveryTokenThatFits) {
+  LOAD_VOCAB_OR_SKIP(vocab, "ggml-vocab-gpt-2.gguf");
+  using Seq = std::vector<Grammar::Symbol>;
+  auto grammar = std::make_shared<Grammar>();
+  const Grammar::RuleId start = grammar->add_rule(), space = grammar->add_rule();
+  grammar->add_alternative(space, Seq{Grammar::byte(' '), Grammar::ref(space)});
+  grammar->add_alternative(space, Seq{});
+  Seq object{Grammar::ref(space)};
+  Grammar::literal("{\"k\": ", &object);
+  Grammar::ByteSet digits;
+  for (char c = '0'; c <= '9'; ++c) digits.set(static_cast<unsigned char>(c));
+  object.push_back(Grammar::run(digits, {}, 1, 8));
+  object.push_back(Grammar::byte('}'));
+  grammar->add_alternative(start, object);
+  grammar->set_start(start);
+  auto held_prefix = [&](std::string_view text) {  // the grammar's prefixes
+    GrammarArena arena;
+    GrammarMatcher m(grammar.get(), &arena);
+    return m.feed(text);
+  };
+  auto json_prefix = [](std::string_view text) { return accepted(text) == text.size(); };
+  const std::string open = "<think>", close = "</think>";
+  for (const bool with_grammar : {false, true}) {
+    auto object_prefix = [&](std::string_view text) { return with_grammar ? held_prefix(text) : json_prefix(text); };
+    auto fits = [&](std::string_view text) {
+      std::size_t i = 0;
+      while (i < text.size() && (text[i] == ' ' || text[i] == '\n' || text[i] == '\t' || text[i] == '\r')) ++i;
+      const std::string_view rest = text.substr(i);
+      if (rest.substr(0, open.size()) == open) {
+        const std::size_t at = rest.find(close);
+        return at == std::string_view::npos || object_prefix(rest.substr(at + close.size()));
+      }
+      if (rest.size() < open.size() && std::string_view(open).substr(0, rest.size()) == rest)
+        return json_prefix(text.substr(0, i));  // whitespace, to JSON's bound
+      return object_prefix(text);
+    };
+    for (const std::string prefix : {"", "  ", "\n<th", " <think", "<think>a b", "<think>a</thi", "<think></think> "}) {
+      JsonConstraint c(vocab, ThinkBlock{open, close}, with_grammar ? grammar : nullptr);
+      for (std::int32_t t : tok->encode(prefix, false, false)) c.accept(t);
+      std::vector<std::uint64_t> mask;
+      c.allowed(&mask);
+      std::size_t n = 0;
+      for (std::int32_t t = 0; t < tok->n_vocab(); ++t) {
+        const std::string& b = vocab->bytes[static_cast<std::size_t>(t)];
+        if (b.empty()) continue;
+        const bool allowed = (mask[static_cast<std::size_t>(t) / 64] >> (t % 64)) & 1u;
+        ASSERT_EQ(allowed, fits(prefix + b)) << with_grammar << " '" << prefix << "' + '" << b << "'";
+        n += allowed;
+      }
+      EXPECT_GT(n, 0u) << prefix;
+    }
+  }
 }
 
 }  // namespace

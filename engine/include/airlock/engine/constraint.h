@@ -145,8 +145,12 @@ class JsonConstraint : public TokenConstraint {
     std::optional<GrammarMatcher> matcher;  // the object, with one
     bool feed(std::string_view bytes) { return matcher ? matcher->feed(bytes) : json.feed(bytes); }
   };
-  // Takes `bytes` into `s`: false when they cannot come next.
-  bool take(State& s, std::string_view bytes) const;
+  // Takes `bytes` into `s`: false when they cannot come next, or when they
+  // would feed the object and `into_object` is false.
+  bool take(State& s, std::string_view bytes, bool into_object = true) const;
+  // The tokens allowed before the answer's first bytes (Phase::kOpening).
+  template <class Spent>
+  bool opening_mask(std::vector<std::uint64_t>* mask, Spent spent) const;
 
   std::shared_ptr<const JsonVocab> vocab_;
   ThinkBlock think_;
