@@ -2,7 +2,8 @@
 //                   [--kv-heads N] [--ctx N] [--f32 | --type T] [--bench-weights]
 //                   [--chat-template FILE]
 // airlock-gen-model --model2vec OUT_DIR --tokenizer TOKENIZER.json|builtin [--dim N] [--seed N]
-// airlock-gen-model --answer TEXT OUT.gguf [--token PIECE]... [--chat-template FILE] [--chatml-tokens]
+// airlock-gen-model --answer TEXT OUT.gguf [--token PIECE]... [--control PIECE]... [--chat-template FILE]
+//                   [--chatml-tokens]
 // airlock-gen-model --bert OUT.gguf --vocab VOCAB.gguf
 // writes a random Llama-architecture model (Q8_0 weights unless --f32) with a
 // byte-level SentencePiece vocabulary (every byte is a token, so any text
@@ -27,7 +28,8 @@
 // TEXT after any prompt and then stops: its layers are zero (the residual
 // stream is the token embedding), so the output matrix is a bigram table.
 // TEXT is made of bytes and of the --token pieces (user-defined tokens in
-// the vocabulary, longest match first), each token at most once. For
+// the vocabulary) and --control pieces (control tokens, which decode as
+// nothing), longest match first, each token at most once. For
 // end-to-end tests of paths that need a known answer (a grounded answer
 // citing "[1]", a tool call); it is a test fixture, not a language model.
 #include <sys/stat.h>
@@ -90,9 +92,10 @@ std::string builtin_tokenizer() {
 
 // The byte-level SentencePiece vocabulary of the random models: <unk>, <s>,
 // </s>, then one token per byte (and with `chatml`, the control tokens
-// <|im_start|> and <|im_end|>), then `pieces` as user-defined tokens (text
-// that decodes as itself).
-void byte_vocabulary(testing::GgufWriter& w, bool chatml = false, const std::vector<std::string>& pieces = {}) {
+// <|im_start|> and <|im_end|>), then `controls` as control tokens, then
+// `pieces` as user-defined tokens (text that decodes as itself).
+void byte_vocabulary(testing::GgufWriter& w, bool chatml = false, const std::vector<std::string>& pieces = {},
+                     const std::vector<std::string>& controls = {}) {
   std::vector<std::string> tokens = {"<unk>", "<s>", "</s>"};
   std::vector<std::int32_t> types = {2, 3, 3};  // unknown, control, control
   for (int b = 0; b < 256; ++b) {
@@ -104,6 +107,10 @@ void byte_vocabulary(testing::GgufWriter& w, bool chatml = false, const std::vec
   if (chatml) {
     tokens.insert(tokens.end(), {"<|im_start|>", "<|im_end|>"});
     types.insert(types.end(), {3, 3});
+  }
+  for (const std::string& c : controls) {
+    tokens.push_back(c);
+    types.push_back(3);  // control
   }
   for (const std::string& p : pieces) {
     tokens.push_back(p);
@@ -121,6 +128,7 @@ void byte_vocabulary(testing::GgufWriter& w, bool chatml = false, const std::vec
 struct AnswerOptions {
   std::string text;
   std::vector<std::string> pieces;           // --token: multi-byte tokens the answer may use
+  std::vector<std::string> controls;         // --control: control tokens the answer may use
   std::optional<std::string> chat_template;  // --chat-template
   bool chatml = false;                       // --chatml-tokens
 };
@@ -129,17 +137,19 @@ int write_answer_model(const AnswerOptions& o, const std::string& out_path) {
   // The answer as tokens: at each point the longest --token piece that
   // matches, else one byte. Every token may appear once (the model's next
   // token depends on the previous one alone).
-  const int first_piece = 3 + 256 + (o.chatml ? 2 : 0);
+  const int first_control = 3 + 256 + (o.chatml ? 2 : 0);
+  const int first_piece = first_control + static_cast<int>(o.controls.size());
   auto byte_token = [](char c) { return 3 + static_cast<int>(static_cast<unsigned char>(c)); };
   std::vector<int> answer;
   for (std::size_t at = 0; at < o.text.size();) {
     int best = -1;
     std::size_t best_len = 0;
-    for (std::size_t k = 0; k < o.pieces.size(); ++k)
-      if (o.pieces[k].size() > best_len && o.text.compare(at, o.pieces[k].size(), o.pieces[k]) == 0) {
-        best = first_piece + static_cast<int>(k);
-        best_len = o.pieces[k].size();
-      }
+    for (const auto& [list, first] : {std::pair{&o.controls, first_control}, std::pair{&o.pieces, first_piece}})
+      for (std::size_t k = 0; k < list->size(); ++k)
+        if ((*list)[k].size() > best_len && o.text.compare(at, (*list)[k].size(), (*list)[k]) == 0) {
+          best = first + static_cast<int>(k);
+          best_len = (*list)[k].size();
+        }
     answer.push_back(best >= 0 ? best : byte_token(o.text[at]));
     at += best >= 0 ? best_len : 1;
   }
@@ -176,7 +186,7 @@ int write_answer_model(const AnswerOptions& o, const std::string& out_path) {
   w.set_u32("llama.attention.head_count_kv", 2);
   w.set_f32("llama.attention.layer_norm_rms_epsilon", 1e-5f);
   w.set_f32("llama.rope.freq_base", 10000.0f);
-  byte_vocabulary(w, o.chatml, o.pieces);
+  byte_vocabulary(w, o.chatml, o.pieces, o.controls);
   if (o.chat_template) w.set_string("tokenizer.chat_template", *o.chat_template);
   using engine::GgmlType;
   const std::vector<float> ones(n_embd, 1.0f);
@@ -285,6 +295,8 @@ int main(int argc, char** argv) {
         o.chatml = true;
       } else if (a == "--token" && i + 1 < argc && argv[i + 1][0] != '\0') {
         o.pieces.push_back(argv[++i]);
+      } else if (a == "--control" && i + 1 < argc && argv[i + 1][0] != '\0') {
+        o.controls.push_back(argv[++i]);
       } else if (a == "--chat-template" && i + 1 < argc) {
         std::ifstream f(argv[++i], std::ios::binary);
         if (!f) return std::fprintf(stderr, "airlock-gen-model: cannot read %s\n", argv[i]), 2;

@@ -894,16 +894,16 @@ std::shared_ptr<const engine::Grammar> compile_schema(const nlohmann::ordered_js
 
 std::shared_ptr<const engine::Grammar> tool_call_grammar(ToolFormat format, const std::vector<ToolSpec>& tools,
                                                          const std::string& only, bool parallel, std::string* error) {
-  if (format != ToolFormat::kHermes && format != ToolFormat::kLlamaJson) {
+  if (format != ToolFormat::kHermes && format != ToolFormat::kLlamaJson && format != ToolFormat::kMistral) {
     *error = std::string("this model's tool-call form (") + tool_format_name(format) +
-             ") cannot be forced: only hermes and llama3_json calls can";
+             ") cannot be forced: only hermes, llama3_json and mistral calls can";
     return nullptr;
   }
   Compiler c;
   const Rule ws = c.ws();
   // One alternative per tool: "NAME", "arguments": ARGS (Llama's
   // template teaches "parameters").
-  const char* args_key = format == ToolFormat::kHermes ? "\"arguments\"" : "\"parameters\"";
+  const char* args_key = format == ToolFormat::kLlamaJson ? "\"parameters\"" : "\"arguments\"";
   std::vector<Seq> named;
   for (std::size_t i = 0; i < tools.size(); ++i) {
     const ToolSpec& t = tools[i];
@@ -946,8 +946,14 @@ std::shared_ptr<const engine::Grammar> tool_call_grammar(ToolFormat format, cons
   Seq call = object, separator;
   if (format == ToolFormat::kHermes) {
     call = lit("<tool_call>") + sym({c.ref(ws)}) + object + sym({c.ref(ws)}) + lit("</tool_call>");
-  } else {
+  } else if (format == ToolFormat::kLlamaJson) {
     separator = lit(";");
+  } else {
+    // Mistral: one JSON array of the calls (after its [TOOL_CALLS] control
+    // token, which the constraint lets the answer begin with).
+    separator = lit(",");
+    const Seq calls = parallel ? sym({c.ref(c.one_or_more(call, separator))}) : call;
+    return c.finish(lit("[") + sym({c.ref(ws)}) + calls + sym({c.ref(ws)}) + lit("]"));
   }
   if (!parallel) return c.finish(call);
   return c.finish(sym({c.ref(c.one_or_more(call, separator))}));

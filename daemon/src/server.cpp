@@ -1272,7 +1272,13 @@ void Server::Impl::completions(const httplib::Request& req, httplib::Response& r
         if (g->split_reasoning && reasoning_at != ReasoningStart::kAfter)
           think = engine::ThinkBlock{reasoning_at == ReasoningStart::kInside ? "" : std::string(kThinkOpen),
                                      std::string(kThinkClose)};
-        gr.constraint = std::make_shared<engine::JsonConstraint>(m->json_vocab, std::move(think), answer_grammar);
+        // Mistral writes its calls after the [TOOL_CALLS] control token:
+        // a forced answer may begin with it, as the model would.
+        std::vector<std::int32_t> lead;
+        if (r.tool_required && m->tool_format == ToolFormat::kMistral)
+          if (const std::int32_t t = m->tokenizer->token_id(kMistralCallsToken); t >= 0) lead.push_back(t);
+        gr.constraint =
+            std::make_shared<engine::JsonConstraint>(m->json_vocab, std::move(think), answer_grammar, std::move(lead));
       }
       Result<std::shared_ptr<TokenStream>> s = m->scheduler->submit(std::move(gr));
       if (!s.is_ok()) {

@@ -18,7 +18,6 @@ using json = nlohmann::ordered_json;  // the model's key order is kept
 constexpr std::string_view kOpen = "<tool_call>";
 constexpr std::string_view kClose = "</tool_call>";
 constexpr std::string_view kPythonTag = "<|python_tag|>";
-constexpr std::string_view kMistralCalls = "[TOOL_CALLS]";
 constexpr std::string_view kSpace = " \t\n\r\f\v";
 
 std::string_view trim(std::string_view s) {
@@ -172,7 +171,7 @@ ToolOutput parse_llama_json(std::string_view text, const std::vector<ToolSpec>& 
 // The whole answer is a JSON array of call objects.
 ToolOutput parse_mistral(std::string_view text, const std::vector<ToolSpec>& tools, std::size_t max_calls) {
   ToolOutput none{std::string(text), {}};
-  const std::optional<std::string_view> part = calls_part(text, kMistralCalls, '[');
+  const std::optional<std::string_view> part = calls_part(text, kMistralCallsToken, '[');
   std::optional<json> j = part ? parse_value(*part) : std::nullopt;
   if (!j || !j->is_array() || j->empty()) return none;
   ToolOutput out;
@@ -497,7 +496,7 @@ ToolFormat tool_format_of(std::string_view t) {
   // <tool_call> with JSON inside; not the XML-style calls some templates
   // also put in <tool_call> (Qwen3-Coder's <function=...>, GLM's <arg_key>).
   if (has(kOpen)) return has("\"name") && !has("<function=") && !has("<arg_key>") ? ToolFormat::kHermes : ToolFormat::kNone;
-  if (t.find(kMistralCalls) != std::string_view::npos)
+  if (t.find(kMistralCallsToken) != std::string_view::npos)
     return t.find("[ARGS]") == std::string_view::npos ? ToolFormat::kMistral : ToolFormat::kNone;
   if (t.find(kPythonTag) != std::string_view::npos || t.find("Environment: ipython") != std::string_view::npos ||
       t.find("\"parameters\": dictionary of argument name") != std::string_view::npos)
@@ -558,7 +557,7 @@ std::size_t ToolStream::safe_prefix(std::string_view text) {
   // llama3_json and mistral: an answer that starts with '{' or '[' (or with
   // the tag before it) may be a call, and then all of it waits.
   const char open = f_ == ToolFormat::kLlamaJson ? '{' : '[';
-  const std::string_view tag = f_ == ToolFormat::kLlamaJson ? kPythonTag : kMistralCalls;
+  const std::string_view tag = f_ == ToolFormat::kLlamaJson ? kPythonTag : kMistralCallsToken;
   while (scanned_ < text.size() && is_space(text[scanned_])) ++scanned_;
   if (scanned_ == text.size()) return safe_;  // whitespace so far
   const std::string_view rest = text.substr(scanned_);

@@ -46,6 +46,9 @@ namespace airlock::daemon {
 
 enum class ToolFormat { kNone, kHermes, kLlamaJson, kMistral };
 
+// The control token before Mistral's calls (tokenizer v3).
+inline constexpr std::string_view kMistralCallsToken = "[TOOL_CALLS]";
+
 // The convention `chat_template` (the template's source) teaches.
 ToolFormat tool_format_of(std::string_view chat_template);
 const char* tool_format_name(ToolFormat f);  // "none", "hermes", "llama3_json", "mistral"

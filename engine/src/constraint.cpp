@@ -263,8 +263,10 @@ JsonVocab::JsonVocab(const Tokenizer& tokenizer)
 }
 
 JsonConstraint::JsonConstraint(std::shared_ptr<const JsonVocab> vocab, std::optional<ThinkBlock> think,
-                               std::shared_ptr<const Grammar> grammar)
+                               std::shared_ptr<const Grammar> grammar, std::vector<std::int32_t> lead)
     : vocab_(std::move(vocab)), grammar_(std::move(grammar)) {
+  for (std::int32_t t : lead)
+    if (t >= 0 && static_cast<std::size_t>(t) < vocab_->bytes.size()) lead_.push_back(t);
   if (grammar_) {
     arena_ = std::make_unique<GrammarArena>();
     state_.matcher.emplace(grammar_.get(), arena_.get());
@@ -493,6 +495,8 @@ void JsonConstraint::allowed(std::vector<std::uint64_t>* mask) {
     // What the tries grew is not kept past the step.
     if (arena_->nodes.capacity() > (std::size_t{1} << 18) && arena_->nodes.capacity() > 4 * mark) arena_->nodes.shrink_to_fit();
   }
+  if (!started_ && !failed_)
+    for (std::int32_t t : lead_) (*mask)[static_cast<std::size_t>(t) / 64] |= std::uint64_t{1} << (t % 64);
   // Inside the thinking the answer may also end: a model that stops there
   // gives no object (and empty content) rather than being kept writing to
   // max_tokens.
@@ -505,6 +509,9 @@ void JsonConstraint::allowed(std::vector<std::uint64_t>* mask) {
 }
 
 void JsonConstraint::accept(std::int32_t token) {
+  const bool first = !started_;
+  started_ = true;
+  if (first && std::find(lead_.begin(), lead_.end(), token) != lead_.end()) return;
   if (failed_ || token < 0 || static_cast<std::size_t>(token) >= vocab_->bytes.size()) return;
   const std::string& b = vocab_->bytes[static_cast<std::size_t>(token)];
   if (!b.empty() && !take(state_, b)) failed_ = true;

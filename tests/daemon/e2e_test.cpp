@@ -3070,7 +3070,7 @@ TEST(DaemonLifecycle, Llama31JsonToolCalls) {
 // Mistral's form (tokenizer v3): the calls are a JSON array after the
 // [TOOL_CALLS] control token, and its templates refuse call ids that are not
 // 9 letters and digits, so the ids given out must be such for the
-// conversation to go on.
+// conversation to go on. tool_choice holds the answer to the array.
 TEST(DaemonLifecycle, MistralToolCallsHaveIdsItsTemplateTakes) {
   TempDir models;
   testing::write_file(models / "mistral.jinja",
@@ -3085,8 +3085,8 @@ TEST(DaemonLifecycle, MistralToolCallsHaveIdsItsTemplateTakes) {
                       "[TOOL_RESULTS] {\"content\": {{ m.content | tojson }}, \"call_id\": \"{{ m.tool_call_id }}\"}[/TOOL_RESULTS]"
                       "{% else %} {{ m.content }}</s>{% endif %}{% endfor %}");
   const std::string answer = "[{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}]";
-  ASSERT_EQ(run_tool({AIRLOCK_GEN_MODEL_PATH, "--answer", answer, models / "mistral.gguf", "--token", answer,
-                      "--chat-template", models / "mistral.jinja"}),
+  ASSERT_EQ(run_tool({AIRLOCK_GEN_MODEL_PATH, "--answer", "[TOOL_CALLS]" + answer, models / "mistral.gguf", "--token",
+                      answer, "--control", "[TOOL_CALLS]", "--chat-template", models / "mistral.jinja"}),
             0);
   Enclave e("", models / "mistral.gguf");
   auto d = Daemon::start(e);
@@ -3096,11 +3096,29 @@ TEST(DaemonLifecycle, MistralToolCallsHaveIdsItsTemplateTakes) {
                {"messages", json::array({{{"role", "user"}, {"content", "Weather in Paris?"}}})},
                {"tools", {weather_tool()}},
                {"temperature", 0}};
-  // Its calls follow a control token: they cannot be forced.
-  body["tool_choice"] = "required";
-  auto forced = d->post("/v1/chat/completions", body);
-  EXPECT_EQ(forced->status, 400) << forced->body;
-  EXPECT_EQ(json::parse(forced->body)["error"]["param"], "tool_choice");
+  // Forced: the answer may begin with the control token, as the model's
+  // does, then holds to the array (were the token refused, the test model
+  // would take the allowed token of lowest id at each step, and no
+  // "Paris").
+  for (const json& choice : {json("required"), json({{"type", "function"}, {"function", {{"name", "get_weather"}}}})}) {
+    body["tool_choice"] = choice;
+    auto forced = d->post("/v1/chat/completions", body);
+    ASSERT_EQ(forced->status, 200) << forced->body;
+    json fc = json::parse(forced->body)["choices"][0];
+    EXPECT_EQ(fc["finish_reason"], choice.is_string() ? "tool_calls" : "stop") << forced->body;
+    EXPECT_TRUE(fc["message"]["content"].is_null()) << forced->body;
+    ASSERT_EQ(fc["message"]["tool_calls"].size(), 1u) << forced->body;
+    EXPECT_EQ(json::parse(fc["message"]["tool_calls"][0]["function"]["arguments"].get<std::string>()),
+              json({{"city", "Paris"}}));
+    EXPECT_EQ(fc["message"]["tool_calls"][0]["id"].get<std::string>().size(), 9u);
+    json streamed = body;
+    streamed["stream"] = true;
+    StreamedChoice sc = read_stream(d->post("/v1/chat/completions", streamed)->body);
+    EXPECT_EQ(sc.content, "");
+    ASSERT_EQ(sc.tool_calls.size(), 1u);
+    EXPECT_EQ(sc.tool_calls[0]["function"]["arguments"], fc["message"]["tool_calls"][0]["function"]["arguments"]);
+    EXPECT_EQ(sc.finish, fc["finish_reason"]);
+  }
   body.erase("tool_choice");
   auto r = d->post("/v1/chat/completions", body);
   ASSERT_EQ(r->status, 200) << r->body;

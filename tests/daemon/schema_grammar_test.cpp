@@ -495,7 +495,8 @@ TEST(SchemaGrammarTest, ForcedToolCalls) {
   };
   for (const Case& k : {Case{ToolFormat::kHermes, "", true}, Case{ToolFormat::kHermes, "", false},
                         Case{ToolFormat::kHermes, "no_args", true}, Case{ToolFormat::kLlamaJson, "", true},
-                        Case{ToolFormat::kLlamaJson, "get_weather", false}}) {
+                        Case{ToolFormat::kLlamaJson, "get_weather", false}, Case{ToolFormat::kMistral, "", true},
+                        Case{ToolFormat::kMistral, "get_weather", false}}) {
     std::string why;
     auto g = tool_call_grammar(k.format, tools, k.only, k.parallel, &why);
     ASSERT_TRUE(g) << why;
@@ -512,6 +513,9 @@ TEST(SchemaGrammarTest, ForcedToolCalls) {
         std::size_t blocks = 0;
         for (std::size_t at = 0; (at = text.find("<tool_call>", at)) != std::string::npos; ++at) ++blocks;
         EXPECT_EQ(out.calls.size(), blocks) << text;
+      }
+      if (k.format == ToolFormat::kMistral) {
+        EXPECT_EQ(out.calls.size(), ojson::parse(text).size()) << text;  // one array of the calls
       }
       if (!k.parallel) {
         EXPECT_EQ(out.calls.size(), 1u) << text;
@@ -535,8 +539,8 @@ TEST(SchemaGrammarTest, ForcedToolCalls) {
     }
   }
   std::string why;
-  EXPECT_FALSE(tool_call_grammar(ToolFormat::kMistral, tools, "", true, &why));
-  EXPECT_NE(why.find("mistral"), std::string::npos) << why;
+  EXPECT_FALSE(tool_call_grammar(ToolFormat::kNone, tools, "", true, &why));
+  EXPECT_NE(why.find("cannot be forced"), std::string::npos) << why;
   EXPECT_FALSE(tool_call_grammar(ToolFormat::kHermes, tools, "nope", true, &why));
   EXPECT_NE(why.find("nope"), std::string::npos) << why;
   tools[2].strict = true;  // a strict tool whose schema cannot be held to

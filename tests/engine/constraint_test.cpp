@@ -319,6 +319,36 @@ TEST(JsonConstraintTest, AnOptionalBlockBeforeTheObject) {
   EXPECT_TRUE(allowed(tok->encode("nk>", false, false).at(0)));
 }
 
+// A lead token (Mistral's [TOOL_CALLS], here any token that is not JSON):
+// allowed first only, taken as no text.
+TEST(JsonConstraintTest, ALeadTokenMayComeFirstOnly) {
+  LOAD_VOCAB_OR_SKIP(vocab, "ggml-vocab-gpt-2.gguf");
+  const std::int32_t lead = tok->token_id("hello");
+  ASSERT_GE(lead, 0);
+  std::vector<std::uint64_t> mask;
+  auto allowed = [&](std::int32_t t) { return ((mask[static_cast<std::size_t>(t) / 64] >> (t % 64)) & 1u) != 0; };
+  const std::int32_t brace = tok->token_id("{");
+  for (const bool take_lead : {true, false}) {
+    JsonConstraint c(vocab, std::nullopt, nullptr, {lead});
+    c.allowed(&mask);
+    EXPECT_TRUE(allowed(lead));
+    EXPECT_TRUE(allowed(brace));
+    if (take_lead) {
+      c.accept(lead);
+      c.allowed(&mask);
+      EXPECT_FALSE(allowed(lead));  // once
+      EXPECT_TRUE(allowed(brace));  // and it was no text
+    }
+    for (std::int32_t t : tok->encode("{ }", false, false)) {  // (no string: "hello" fits in one)
+      c.allowed(&mask);
+      ASSERT_TRUE(allowed(t));
+      EXPECT_EQ(allowed(lead), !take_lead && t == brace);
+      c.accept(t);
+    }
+    EXPECT_TRUE(c.complete());
+  }
+}
+
 // The mask before and inside the block, over the whole vocabulary, against
 // what the block allows spelled out: whitespace, then the tag (and free
 // text up to the close, then the object) or the object itself. Without a

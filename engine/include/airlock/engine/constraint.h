@@ -129,8 +129,10 @@ struct ThinkBlock {
 
 class JsonConstraint : public TokenConstraint {
  public:
+  // `lead`: tokens the answer may begin with, taken as no text (a control
+  // token a model writes before its calls, as Mistral's [TOOL_CALLS]).
   explicit JsonConstraint(std::shared_ptr<const JsonVocab> vocab, std::optional<ThinkBlock> think = std::nullopt,
-                          std::shared_ptr<const Grammar> grammar = nullptr);
+                          std::shared_ptr<const Grammar> grammar = nullptr, std::vector<std::int32_t> lead = {});
   void allowed(std::vector<std::uint64_t>* mask) override;
   void accept(std::int32_t token) override;
   // The object is whole and nothing more may follow it.
@@ -157,7 +159,9 @@ class JsonConstraint : public TokenConstraint {
   std::shared_ptr<const Grammar> grammar_;
   std::unique_ptr<GrammarArena> arena_;  // the matchers' stacks
   State state_;
-  bool failed_ = false;  // a token that was not allowed was accepted: only the end is left
+  std::vector<std::int32_t> lead_;
+  bool started_ = false;  // a token has been accepted
+  bool failed_ = false;   // a token that was not allowed was accepted: only the end is left
 };
 
 }  // namespace airlock::engine
