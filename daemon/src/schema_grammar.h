@@ -68,9 +68,10 @@ std::shared_ptr<const engine::Grammar> compile_schema(const nlohmann::ordered_js
 // `parallel`, else one or more.
 //  - hermes: <tool_call>{"name": "NAME", "arguments": ARGS}</tool_call>,
 //    the calls separated by whitespace;
-//  - llama3_json: {"name": "NAME", "parameters": ARGS}, separated by ';'.
-// Other forms (mistral: its calls follow a control token that is not text
-// an answer may hold) are refused with the reason, as is an `only` that
+//  - llama3_json: {"name": "NAME", "parameters": ARGS}, separated by ';';
+//  - mistral: [{"name": "NAME", "arguments": ARGS}, ...], one array (its
+//    [TOOL_CALLS] control token before it is the constraint's lead token).
+// A model without a form is refused with the reason, as is an `only` that
 // names no tool.
 std::shared_ptr<const engine::Grammar> tool_call_grammar(ToolFormat format, const std::vector<ToolSpec>& tools,
                                                          const std::string& only, bool parallel, std::string* error);

@@ -422,16 +422,17 @@ bool JsonConstraint::opening_mask(std::vector<std::uint64_t>* mask, Spent spent)
   std::size_t tag = 0;
   while (tag < held.size() && is_space(static_cast<unsigned char>(held[tag]))) ++tag;
   const std::string_view after_tag = std::string_view(open).substr(held.size() - tag);
-  if (tag == held.size()) {
-    State s = state_;
-    s.phase = Phase::kObject;
-    s.held.clear();
-    if (s.feed(held)) {
-      if (s.matcher)
-        object_mask(*s.matcher, *vocab_, mask, spent);
-      else
-        object_mask(s.json, *vocab_, mask, spent);
-    }
+  // The object from what is held (whitespace, or the start of the tag
+  // where the object may begin as the tag does: Hermes calls'
+  // "<tool_call>").
+  State s = state_;
+  s.phase = Phase::kObject;
+  s.held.clear();
+  if (s.feed(held)) {
+    if (s.matcher)
+      object_mask(*s.matcher, *vocab_, mask, spent);
+    else
+      object_mask(s.json, *vocab_, mask, spent);
   }
   for (std::size_t t = 0; t < vocab_->bytes.size(); ++t) {
     const std::string_view b = vocab_->bytes[t];
@@ -440,15 +441,15 @@ bool JsonConstraint::opening_mask(std::vector<std::uint64_t>* mask, Spent spent)
     if (tag == held.size())
       while (i < b.size() && is_space(static_cast<unsigned char>(b[i]))) ++i;
     // What follows the whitespace must agree with the rest of the tag
-    // (the rest begin the object: object_mask has decided those)
+    // (the rest go on to the object: object_mask has decided those)
     const std::string_view r = b.substr(i);
     const std::size_t k = std::min(r.size(), after_tag.size());
     if (!r.empty() && r.substr(0, k) != after_tag.substr(0, k)) continue;
     // Whitespace alone (which the object takes too) or the tag: decided
     // by trying, as accept() will.
-    State s = state_;
+    State tried = state_;
     const std::uint64_t bit = std::uint64_t{1} << (t % 64);
-    if (take(s, b, /*into_object=*/!spent()))
+    if (take(tried, b, /*into_object=*/!spent()))
       (*mask)[t / 64] |= bit;
     else
       (*mask)[t / 64] &= ~bit;
@@ -495,7 +496,7 @@ void JsonConstraint::allowed(std::vector<std::uint64_t>* mask) {
     // What the tries grew is not kept past the step.
     if (arena_->nodes.capacity() > (std::size_t{1} << 18) && arena_->nodes.capacity() > 4 * mark) arena_->nodes.shrink_to_fit();
   }
-  if (!started_ && !failed_)
+  if (lead_allowed())
     for (std::int32_t t : lead_) (*mask)[static_cast<std::size_t>(t) / 64] |= std::uint64_t{1} << (t % 64);
   // Inside the thinking the answer may also end: a model that stops there
   // gives no object (and empty content) rather than being kept writing to
@@ -508,10 +509,24 @@ void JsonConstraint::allowed(std::vector<std::uint64_t>* mask) {
     for (std::size_t t = 0; t < n; ++t) (*mask)[t / 64] |= std::uint64_t{1} << (t % 64);
 }
 
+bool JsonConstraint::lead_allowed() const {
+  if (lead_.empty() || lead_taken_ || failed_) return false;
+  if (state_.phase == Phase::kObject) return !state_.fed;
+  return state_.phase == Phase::kOpening &&
+         std::all_of(state_.held.begin(), state_.held.end(), [](char c) { return is_space(static_cast<unsigned char>(c)); });
+}
+
 void JsonConstraint::accept(std::int32_t token) {
-  const bool first = !started_;
-  started_ = true;
-  if (first && std::find(lead_.begin(), lead_.end(), token) != lead_.end()) return;
+  if (lead_allowed() && std::find(lead_.begin(), lead_.end(), token) != lead_.end()) {
+    // No text; the object follows (no thinking after it).
+    lead_taken_ = true;
+    if (state_.phase == Phase::kOpening) {
+      state_.phase = Phase::kObject;
+      if (!state_.feed(state_.held)) failed_ = true;
+      state_.held.clear();
+    }
+    return;
+  }
   if (failed_ || token < 0 || static_cast<std::size_t>(token) >= vocab_->bytes.size()) return;
   const std::string& b = vocab_->bytes[static_cast<std::size_t>(token)];
   if (!b.empty() && !take(state_, b)) failed_ = true;

@@ -352,31 +352,36 @@ TEST(JsonConstraintTest, ALeadTokenMayComeFirstOnly) {
 // The mask before and inside the block, over the whole vocabulary, against
 // what the block allows spelled out: whitespace, then the tag (and free
 // text up to the close, then the object) or the object itself. Without a
-// grammar (json_object) and with one (the object held to {"k": DIGITS}).
+// grammar (json_object), with one (the object held to {"k": DIGITS}), and
+// with one whose sentences begin as the tag does (<tool>DIGITS, as Hermes
+// calls begin with "<tool_call>").
 TEST(JsonConstraintTest, TheBlockMaskIsEveryTokenThatFits) {
   LOAD_VOCAB_OR_SKIP(vocab, "ggml-vocab-gpt-2.gguf");
   using Seq = std::vector<Grammar::Symbol>;
-  auto grammar = std::make_shared<Grammar>();
-  const Grammar::RuleId start = grammar->add_rule(), space = grammar->add_rule();
-  grammar->add_alternative(space, Seq{Grammar::byte(' '), Grammar::ref(space)});
-  grammar->add_alternative(space, Seq{});
-  Seq object{Grammar::ref(space)};
-  Grammar::literal("{\"k\": ", &object);
   Grammar::ByteSet digits;
   for (char c = '0'; c <= '9'; ++c) digits.set(static_cast<unsigned char>(c));
-  object.push_back(Grammar::run(digits, {}, 1, 8));
-  object.push_back(Grammar::byte('}'));
-  grammar->add_alternative(start, object);
-  grammar->set_start(start);
-  auto held_prefix = [&](std::string_view text) {  // the grammar's prefixes
-    GrammarArena arena;
-    GrammarMatcher m(grammar.get(), &arena);
-    return m.feed(text);
+  auto make = [&](std::string_view before, std::string_view after) {
+    auto g = std::make_shared<Grammar>();
+    const Grammar::RuleId start = g->add_rule(), space = g->add_rule();
+    g->add_alternative(space, Seq{Grammar::byte(' '), Grammar::ref(space)});
+    g->add_alternative(space, Seq{});
+    Seq sentence{Grammar::ref(space)};
+    Grammar::literal(before, &sentence);
+    sentence.push_back(Grammar::run(digits, {}, 1, 8));
+    Grammar::literal(after, &sentence);
+    g->add_alternative(start, sentence);
+    g->set_start(start);
+    return g;
   };
-  auto json_prefix = [](std::string_view text) { return accepted(text) == text.size(); };
+  const std::shared_ptr<const Grammar> grammars[] = {nullptr, make("{\"k\": ", "}"), make("<tool>", "</tool>")};
   const std::string open = "<think>", close = "</think>";
-  for (const bool with_grammar : {false, true}) {
-    auto object_prefix = [&](std::string_view text) { return with_grammar ? held_prefix(text) : json_prefix(text); };
+  for (const std::shared_ptr<const Grammar>& grammar : grammars) {
+    auto object_prefix = [&](std::string_view text) {
+      if (!grammar) return accepted(text) == text.size();
+      GrammarArena arena;
+      GrammarMatcher m(grammar.get(), &arena);
+      return m.feed(text);
+    };
     auto fits = [&](std::string_view text) {
       std::size_t i = 0;
       while (i < text.size() && (text[i] == ' ' || text[i] == '\n' || text[i] == '\t' || text[i] == '\r')) ++i;
@@ -386,24 +391,65 @@ TEST(JsonConstraintTest, TheBlockMaskIsEveryTokenThatFits) {
         return at == std::string_view::npos || object_prefix(rest.substr(at + close.size()));
       }
       if (rest.size() < open.size() && std::string_view(open).substr(0, rest.size()) == rest)
-        return json_prefix(text.substr(0, i));  // whitespace, to JSON's bound
+        return accepted(text.substr(0, i)) == i;  // whitespace, to JSON's bound
       return object_prefix(text);
     };
-    for (const std::string prefix : {"", "  ", "\n<th", " <think", "<think>a b", "<think>a</thi", "<think></think> "}) {
-      JsonConstraint c(vocab, ThinkBlock{open, close}, with_grammar ? grammar : nullptr);
-      for (std::int32_t t : tok->encode(prefix, false, false)) c.accept(t);
+    for (const std::string prefix : {"", "  ", "<", "\n<t", "\n<th", " <think", "<think>a b", "<think>a</thi", "<think></think> "}) {
+      JsonConstraint c(vocab, ThinkBlock{open, close}, grammar);
       std::vector<std::uint64_t> mask;
+      for (std::int32_t t : tok->encode(prefix, false, false)) {
+        c.allowed(&mask);
+        ASSERT_TRUE((mask[static_cast<std::size_t>(t) / 64] >> (t % 64)) & 1u) << prefix;
+        c.accept(t);
+      }
       c.allowed(&mask);
       std::size_t n = 0;
       for (std::int32_t t = 0; t < tok->n_vocab(); ++t) {
         const std::string& b = vocab->bytes[static_cast<std::size_t>(t)];
         if (b.empty()) continue;
         const bool allowed = (mask[static_cast<std::size_t>(t) / 64] >> (t % 64)) & 1u;
-        ASSERT_EQ(allowed, fits(prefix + b)) << with_grammar << " '" << prefix << "' + '" << b << "'";
+        ASSERT_EQ(allowed, fits(prefix + b)) << (grammar ? grammar->elements() : 0) << " '" << prefix << "' + '" << b << "'";
         n += allowed;
       }
       EXPECT_GT(n, 0u) << prefix;
     }
+  }
+}
+
+// A lead token with a block: allowed before the answer and after the
+// block, not inside it; after it, the object (no block).
+TEST(JsonConstraintTest, ALeadTokenComesBeforeTheObject) {
+  LOAD_VOCAB_OR_SKIP(vocab, "ggml-vocab-gpt-2.gguf");
+  const std::int32_t lead = tok->token_id("hello");
+  std::vector<std::uint64_t> mask;
+  auto allowed = [&](std::int32_t t) { return ((mask[static_cast<std::size_t>(t) / 64] >> (t % 64)) & 1u) != 0; };
+  auto feed = [&](JsonConstraint& c, std::string_view text) {
+    for (std::int32_t t : tok->encode(text, false, false)) {
+      c.allowed(&mask);
+      ASSERT_TRUE(allowed(t)) << text;
+      c.accept(t);
+    }
+  };
+  {
+    JsonConstraint c(vocab, ThinkBlock{"<think>", "</think>"}, nullptr, {lead});
+    feed(c, "\n");
+    c.allowed(&mask);
+    EXPECT_TRUE(allowed(lead));  // after whitespace
+    c.accept(lead);
+    c.allowed(&mask);
+    EXPECT_FALSE(allowed(lead));
+    EXPECT_FALSE(allowed(tok->token_id("<")));  // no block after it
+    feed(c, "{}");
+    EXPECT_TRUE(c.complete());
+  }
+  {
+    JsonConstraint c(vocab, ThinkBlock{"<think>", "</think>"}, nullptr, {lead});
+    feed(c, "<think>Hmm.</think>\n");
+    c.allowed(&mask);
+    EXPECT_TRUE(allowed(lead));  // after it
+    c.accept(lead);
+    feed(c, "{}");
+    EXPECT_TRUE(c.complete());
   }
 }
 

@@ -129,8 +129,9 @@ struct ThinkBlock {
 
 class JsonConstraint : public TokenConstraint {
  public:
-  // `lead`: tokens the answer may begin with, taken as no text (a control
-  // token a model writes before its calls, as Mistral's [TOOL_CALLS]).
+  // `lead`: tokens the object may follow, taken as no text (a control
+  // token a model writes before its calls, as Mistral's [TOOL_CALLS]): at
+  // the start of the answer, or after the thinking, once.
   explicit JsonConstraint(std::shared_ptr<const JsonVocab> vocab, std::optional<ThinkBlock> think = std::nullopt,
                           std::shared_ptr<const Grammar> grammar = nullptr, std::vector<std::int32_t> lead = {});
   void allowed(std::vector<std::uint64_t>* mask) override;
@@ -145,7 +146,11 @@ class JsonConstraint : public TokenConstraint {
     std::string held;  // opening: the text so far; thinking: its last bytes (fewer than close's)
     JsonGrammar json;  // the object, without a grammar
     std::optional<GrammarMatcher> matcher;  // the object, with one
-    bool feed(std::string_view bytes) { return matcher ? matcher->feed(bytes) : json.feed(bytes); }
+    bool fed = false;  // the object has been fed more than whitespace
+    bool feed(std::string_view bytes) {
+      fed = fed || bytes.find_first_not_of(" \t\n\r") != std::string_view::npos;
+      return matcher ? matcher->feed(bytes) : json.feed(bytes);
+    }
   };
   // Takes `bytes` into `s`: false when they cannot come next, or when they
   // would feed the object and `into_object` is false.
@@ -153,6 +158,9 @@ class JsonConstraint : public TokenConstraint {
   // The tokens allowed before the answer's first bytes (Phase::kOpening).
   template <class Spent>
   bool opening_mask(std::vector<std::uint64_t>* mask, Spent spent) const;
+  // A lead token may come now: before the answer or the object (after
+  // whitespace at most), once.
+  bool lead_allowed() const;
 
   std::shared_ptr<const JsonVocab> vocab_;
   ThinkBlock think_;
@@ -160,8 +168,8 @@ class JsonConstraint : public TokenConstraint {
   std::unique_ptr<GrammarArena> arena_;  // the matchers' stacks
   State state_;
   std::vector<std::int32_t> lead_;
-  bool started_ = false;  // a token has been accepted
-  bool failed_ = false;   // a token that was not allowed was accepted: only the end is left
+  bool lead_taken_ = false;
+  bool failed_ = false;  // a token that was not allowed was accepted: only the end is left
 };
 
 }  // namespace airlock::engine
