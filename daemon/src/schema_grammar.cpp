@@ -289,7 +289,8 @@ class Compiler {
       types = {"array"};
     } else if (s.contains("minLength") || s.contains("maxLength") || s.contains("pattern")) {
       types = {"string"};
-    } else if (s.contains("minimum") || s.contains("maximum") || s.contains("exclusiveMinimum") || s.contains("exclusiveMaximum")) {
+    } else if (s.contains("minimum") || s.contains("maximum") || s.contains("exclusiveMinimum") || s.contains("exclusiveMaximum") ||
+               s.contains("multipleOf")) {
       types = {"number"};
     } else {
       return any_;
@@ -491,11 +492,37 @@ class Compiler {
     if (auto x = number_at(s, "exclusiveMaximum")) hi = std::min(hi, std::nextafter(*x, -HUGE_VAL));
     lo += 0.0, hi += 0.0;  // -0.0 is 0
     const bool has_lo = lo > -HUGE_VAL, has_hi = hi < HUGE_VAL;
-    if (!has_lo && !has_hi) return integer ? integer_ : number_;
     if (lo > hi || lo == HUGE_VAL || hi == -HUGE_VAL)
       return fail(path + ": no " + std::string(integer ? "integer" : "number") + " lies between its bounds");
-    if (lo == 0 && !has_hi && !s.contains("exclusiveMinimum")) return integer ? nonneg_integer_ : nonneg_number_;
-    const int places = integer ? 0 : kMaxDigits;  // fraction digits
+    int places = integer ? 0 : kMaxDigits;  // fraction digits
+    if (const std::optional<Decimal> m = number_at(s, "multipleOf") ? decimal_of(*number_at(s, "multipleOf")) : std::nullopt) {
+      // multipleOf (Q times 10^E): alone, or with the bounds of the
+      // positive or non-negative numbers, by the remainder of the digits
+      // (multiples); with bounds between which few multiples lie, each
+      // written out; with 10^E for E <= 0 and any bounds, as fraction digits
+      // (at most -E). Otherwise the bounds are held and multipleOf is not.
+      std::string q = m->whole == "0" ? m->fraction : m->whole + m->fraction;
+      q.erase(0, q.find_first_not_of('0'));
+      int e = -static_cast<int>(m->fraction.size());
+      for (; q.size() > 1 && q.back() == '0'; ++e) q.pop_back();
+      const double md = *number_at(s, "multipleOf");
+      std::optional<Rule> r;
+      if (!has_lo && !has_hi) r = multiples(q, e, integer, Sign::kAny);
+      else if (lo == 0 && !has_hi && !s.contains("exclusiveMinimum")) r = multiples(q, e, integer, Sign::kNonNegative);
+      else if (lo > 0 && lo <= md && !has_hi) r = multiples(q, e, integer, Sign::kPositive);
+      else if (has_lo && has_hi) r = multiples_between(q, e, integer, lo, hi, path);
+      if (r) return r;
+      if (!error_.empty()) return std::nullopt;
+      if (q == "1" && e <= 0) {
+        places = std::min(places, -e);
+      } else {
+        exact_ = false;
+      }
+      if (!has_lo && !has_hi) return integer ? integer_ : number_;
+    }
+    if (!has_lo && !has_hi) return integer ? integer_ : number_;
+    if (lo == 0 && !has_hi && !s.contains("exclusiveMinimum") && places == (integer ? 0 : kMaxDigits))
+      return integer ? nonneg_integer_ : nonneg_number_;
     std::vector<Seq> alts;
     // 0 or more: a magnitude from max(lo, 0) to hi.
     if (hi >= 0) {
@@ -512,6 +539,129 @@ class Compiler {
     if (alts.empty())
       return fail(path + ": no " + (integer ? "integer" : "number") + " an answer can write lies between its bounds");
     return alternatives(alts);
+  }
+
+  // The multiples of Q * 10^E (Q: digits, no leading or trailing zero),
+  // by the remainder modulo Q of the digits read so far: the whole part's
+  // digits (at most kMaxDigits, the last max(E, 0) of them zeros), then
+  // the fraction's (at most -E, none for an integer), followed in the
+  // remainder by the fraction digits not written as zeros. nullopt when the
+  // rules would be too many (Q over 1,000 for about 20 digits).
+  enum class Sign { kAny, kNonNegative, kPositive };
+  std::optional<Rule> multiples(const std::string& q_digits, int e, bool integer, Sign sign) {
+    if (q_digits.size() > 4) return std::nullopt;
+    const unsigned q = static_cast<unsigned>(std::stoul(q_digits));
+    const int zeros = std::max(e, 0), pad = std::max(-e, 0), written = integer ? 0 : pad;
+    if (q == 0 || zeros >= kMaxDigits || pad > kMaxDigits || q * (kMaxDigits + written) > 20'000) return std::nullopt;
+    std::vector<unsigned> p10(static_cast<std::size_t>(pad) + 1, 1 % q);  // 10^k mod q
+    for (std::size_t k = 1; k < p10.size(); ++k) p10[k] = p10[k - 1] * 10 % q;
+    auto digit = [](unsigned d) { return Grammar::byte(static_cast<unsigned char>('0' + d)); };
+    // After j fraction digits with remainder r: the end may come when the
+    // number is a multiple (the digits not written are zeros).
+    auto ends = [&](unsigned r, int j) { return r * p10[static_cast<std::size_t>(pad - j)] % q == 0; };
+    std::map<std::pair<int, unsigned>, std::optional<Rule>> memo;  // (j, r) fraction; (-1 - n, r) whole part
+    // j fraction digits read, remainder r: more digits, or the end.
+    auto fraction = [&](auto& self, int j, unsigned r) -> std::optional<Rule> {
+      if (auto it = memo.find({j, r}); it != memo.end()) return it->second;
+      std::vector<Seq> alts;
+      if (ends(r, j)) alts.push_back({});
+      for (unsigned d = 0; j < written && d <= 9; ++d)
+        if (std::optional<Rule> more = self(self, j + 1, (10 * r + d) % q)) alts.push_back(sym({digit(d), ref(*more)}));
+      std::optional<Rule> out;
+      if (!alts.empty()) out = alternatives(alts);
+      memo.emplace(std::pair{j, r}, out);
+      return out;
+    };
+    // After the whole part (remainder r): its zeros, or the end, or a fraction.
+    auto after_whole = [&](unsigned r) -> std::optional<Seq> {
+      if (zeros > 0) return r == 0 ? std::optional<Seq>(lit(std::string(static_cast<std::size_t>(zeros), '0'))) : std::nullopt;
+      std::vector<Seq> alts;
+      if (ends(r, 0)) alts.push_back({});
+      std::vector<Seq> first;
+      for (unsigned d = 0; written > 0 && d <= 9; ++d)
+        if (std::optional<Rule> more = fraction(fraction, 1, (10 * r + d) % q)) first.push_back(sym({digit(d), ref(*more)}));
+      if (!first.empty()) alts.push_back(sym({Grammar::byte('.'), ref(alternatives(first))}));
+      if (alts.empty()) return std::nullopt;
+      return sym({ref(alternatives(alts))});
+    };
+    // Whole-part digits read with remainder r, n more allowed.
+    auto whole = [&](auto& self, int n, unsigned r) -> std::optional<Rule> {
+      if (auto it = memo.find({-1 - n, r}); it != memo.end()) return it->second;
+      std::vector<Seq> alts;
+      if (std::optional<Seq> rest = after_whole(r)) alts.push_back(*rest);
+      for (unsigned d = 0; n > 0 && d <= 9; ++d)
+        if (std::optional<Rule> more = self(self, n - 1, (10 * r + d) % q)) alts.push_back(sym({digit(d), ref(*more)}));
+      std::optional<Rule> out;
+      if (!alts.empty()) out = alternatives(alts);
+      memo.emplace(std::pair{-1 - n, r}, out);
+      return out;
+    };
+    // Over 0: a first digit 1-9, or "0." and a fraction not all zeros.
+    std::vector<Seq> positive;
+    for (unsigned d = 1; d <= 9; ++d)
+      if (std::optional<Rule> rest = whole(whole, kMaxDigits - zeros - 1, d % q)) positive.push_back(sym({digit(d), ref(*rest)}));
+    std::vector<Seq> over_zero = positive;
+    if (zeros == 0 && written > 0 && sign != Sign::kNonNegative) {
+      // j zero digits read after "0.": a nonzero digit must come.
+      std::optional<Rule> zero_run;
+      for (int j = written - 1; j >= 0; --j) {
+        std::vector<Seq> run;
+        if (zero_run) run.push_back(sym({Grammar::byte('0'), ref(*zero_run)}));
+        for (unsigned d = 1; d <= 9; ++d)
+          if (std::optional<Rule> more = fraction(fraction, j + 1, d % q)) run.push_back(sym({digit(d), ref(*more)}));
+        zero_run.reset();
+        if (!run.empty()) zero_run = alternatives(run);
+      }
+      if (zero_run) over_zero.push_back(lit("0.") + sym({ref(*zero_run)}));
+    }
+    if (sign == Sign::kPositive) {
+      if (over_zero.empty()) return std::nullopt;
+      return alternatives(over_zero);
+    }
+    // 0, and (when no zeros close the whole part) 0.f for any fraction.
+    std::vector<Seq> alts = positive;
+    alts.push_back(lit("0") + (zeros > 0 ? Seq{} : after_whole(0).value_or(Seq{})));
+    // Below 0: a minus and a number over 0.
+    if (sign == Sign::kAny && !over_zero.empty()) alts.push_back(sym({Grammar::byte('-'), ref(alternatives(over_zero))}));
+    return alternatives(alts);
+  }
+
+  // The multiples of Q * 10^E from lo to hi (by the validator's doubles),
+  // each written out (as a trie), when there are at most 1,000 of them.
+  std::optional<Rule> multiples_between(const std::string& q_digits, int e, bool integer, double lo, double hi,
+                                        const std::string& path) {
+    const double m = std::stod(q_digits) * std::pow(10.0, e);
+    const double k_lo = std::floor(lo / m) - 2, k_hi = std::ceil(hi / m) + 2;
+    if (!(k_hi - k_lo <= 1004) || std::fabs(k_lo) > 1e15 || std::fabs(k_hi) > 1e15 || q_digits.size() > 15) return std::nullopt;
+    const auto q = static_cast<unsigned long long>(std::stoull(q_digits));
+    std::vector<std::string> texts;
+    for (auto k = static_cast<long long>(k_lo); k <= static_cast<long long>(k_hi); ++k) {
+      const unsigned long long a = static_cast<unsigned long long>(k < 0 ? -k : k);
+      if (a != 0 && q > ~0ULL / a) return std::nullopt;
+      std::string digits = std::to_string(a * q), text;
+      if (e >= 0) {
+        if (digits != "0") digits.append(static_cast<std::size_t>(e), '0');
+        text = digits;
+      } else {
+        const std::size_t places = static_cast<std::size_t>(-e);
+        if (digits.size() <= places) digits.insert(0, places + 1 - digits.size(), '0');
+        std::string whole_part = digits.substr(0, digits.size() - places), fraction_part = digits.substr(digits.size() - places);
+        fraction_part.erase(fraction_part.find_last_not_of('0') + 1);
+        if (integer && !fraction_part.empty()) continue;
+        if (fraction_part.size() > static_cast<std::size_t>(kMaxDigits)) return std::nullopt;
+        text = whole_part;
+        if (!fraction_part.empty()) {
+          text += '.';
+          text += fraction_part;
+        }
+      }
+      if (text.size() > static_cast<std::size_t>(2 * kMaxDigits)) return std::nullopt;
+      if (k < 0) text.insert(0, 1, '-');
+      const double x = std::strtod(text.c_str(), nullptr);
+      if (x >= lo && x <= hi) texts.push_back(std::move(text));
+    }
+    if (texts.empty()) return fail(path + ": no multiple of multipleOf lies between its bounds");
+    return literals(texts);
   }
 
   // A number of 0 or more in decimal: its whole part (no leading zero, "0"
@@ -920,8 +1070,9 @@ std::shared_ptr<const engine::Grammar> tool_call_grammar(ToolFormat format, cons
       // A strict call whose arguments did not follow the schema would not
       // be returned as a call: what is forced must be held exactly.
       if (args && t.strict && !c.exact()) {
-        *error = param + ": held only in part (a oneOf whose branches may overlap, as anyOf; or lengths beside a "
-                         "pattern), and a forced call of a strict function must follow its schema exactly";
+        *error = param + ": held only in part (a oneOf whose branches may overlap, as anyOf; lengths beside a "
+                         "pattern; or a multipleOf beside bounds), and a forced call of a strict function must follow "
+                         "its schema exactly";
         return nullptr;
       }
     }

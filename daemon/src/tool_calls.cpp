@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <iterator>
 #include <optional>
 
@@ -188,8 +189,8 @@ ToolOutput parse_mistral(std::string_view text, const std::vector<ToolSpec>& too
 constexpr std::string_view kSchemaKeywords[] = {
     "type", "properties", "required", "additionalProperties", "items", "enum", "const", "anyOf", "allOf", "oneOf",
     "$ref", "$defs", "definitions", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "minItems",
-    "maxItems", "minLength", "maxLength", "pattern", "prefixItems", "uniqueItems", "description", "title", "default",
-    "examples", "nullable"};
+    "maxItems", "minLength", "maxLength", "pattern", "prefixItems", "uniqueItems", "multipleOf", "description", "title",
+    "default", "examples", "nullable"};
 constexpr std::string_view kTypes[] = {"string", "number", "integer", "boolean", "object", "array", "null"};
 // Accepted and not checked (JSON Schema leaves "format" to annotation by
 // default; "discriminator" is pydantic's note beside its oneOf).
@@ -208,6 +209,24 @@ std::optional<std::uint64_t> count_of(const json& v) {
     if (d >= 0 && d < 1e18 && std::floor(d) == d) return static_cast<std::uint64_t>(d);
   }
   return std::nullopt;
+}
+
+// multipleOf: an integer against a whole m exactly; otherwise x / m within
+// rounding of a whole number (8 units in the last place of the quotient:
+// a decimal that is a multiple of m's shortest decimal form, read as a
+// double, divides to within about 2), as JSON Schema validators in floating
+// point do. m is over 0 (unsupported_schema).
+bool multiple_of(const json& v, double m) {
+  if (v.is_number_integer() && m == std::floor(m) && m < 1e18) {
+    const auto k = static_cast<std::uint64_t>(m);
+    if (v.is_number_unsigned()) return v.get<std::uint64_t>() % k == 0;
+    const std::int64_t x = v.get<std::int64_t>();
+    const std::uint64_t magnitude = x < 0 ? ~static_cast<std::uint64_t>(x) + 1 : static_cast<std::uint64_t>(x);
+    return magnitude % k == 0;
+  }
+  const double q = v.get<double>() / m;
+  if (!std::isfinite(q)) return false;
+  return std::fabs(q - std::nearbyint(q)) <= 8 * std::numeric_limits<double>::epsilon() * std::fabs(q);
 }
 
 // JSON equality as JSON Schema has it: objects whatever their key order,
@@ -295,6 +314,7 @@ struct SchemaCheck {
       if (auto b = bound("maximum"); b && x > *b) return false;
       if (auto b = bound("exclusiveMinimum"); b && x <= *b) return false;
       if (auto b = bound("exclusiveMaximum"); b && x >= *b) return false;
+      if (auto m = bound("multipleOf"); m && !multiple_of(v, *m)) return false;
     }
     auto count = [&](const char* k) { return schema.contains(k) ? count_of(schema[k]) : std::nullopt; };
     if (v.is_string()) {
@@ -466,6 +486,9 @@ std::optional<std::string> unsupported_schema(const json& schema, std::string_vi
           pattern_rule(&scratch, v.get_ref<const std::string&>(), here(), &why);
           return why;
         }
+      } else if (k == "multipleOf") {
+        if (!v.is_number() || !(v.get<double>() > 0) || !std::isfinite(v.get<double>()))
+          return here() + " must be a number over 0";
       } else if (k == "nullable") {
         if (!v.is_boolean()) return here() + " must be true or false";
       } else if (k == "minLength" || k == "maxLength" || k == "minItems" || k == "maxItems") {
