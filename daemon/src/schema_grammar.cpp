@@ -839,7 +839,7 @@ class Compiler {
   // offset; date-time, a date, "T", a time; duration P... (years, months,
   // weeks, days, hours, minutes, seconds, each of up to 9 digits, in that
   // order); uuid (lowercase hex, 8-4-4-4-12); ipv4 (0-255 each, no leading
-  // zero); hostname (labels of letters, digits and inner hyphens, up to 63
+  // zero); ipv6 (RFC 3986's forms, lowercase hex); hostname (labels of letters, digits and inner hyphens, up to 63
   // bytes, joined by dots); email (a dot-atom local part of common
   // characters, @, a hostname of two labels or more).
   std::optional<Rule> formatted(const std::string& format) {
@@ -855,6 +855,20 @@ class Compiler {
         "T([0-9]{1,9}H([0-9]{1,9}M([0-9]{1,9}S)?)?|[0-9]{1,9}M([0-9]{1,9}S)?|[0-9]{1,9}S)";
     static const std::string kDurationDate =
         "([0-9]{1,9}D|[0-9]{1,9}M([0-9]{1,9}D)?|[0-9]{1,9}Y([0-9]{1,9}M([0-9]{1,9}D)?)?)";
+    // IPv6 as RFC 3986 spells it (lowercase hex, as RFC 5952 writes it):
+    // eight groups, or fewer around one "::", the last two groups perhaps
+    // an IPv4 address.
+    static const std::string kIpv6 = [] {
+      const std::string h = "[0-9a-f]{1,4}";
+      // What comes before the last 32 bits: six groups, or fewer around
+      // "::" (at most k groups before it and 4 - k after, k from 0 to 4).
+      std::string before = "(" + h + ":){6}|::(" + h + ":){5}";
+      for (int k = 0; k <= 4; ++k)
+        before += "|(" + (k > 0 ? "(" + h + ":){0," + std::to_string(k) + "}" : std::string()) + h + ")?::" +
+                  (k < 4 ? "(" + h + ":){" + std::to_string(4 - k) + "}" : std::string());
+      const std::string ls32 = "(" + h + ":" + h + "|" + kOctet + "(\\." + kOctet + "){3})";
+      return "((" + before + ")" + ls32 + "|((" + h + ":){0,5}" + h + ")?::" + h + "|((" + h + ":){0,6}" + h + ")?::)";
+    }();
     static const std::map<std::string, std::string> kFormats = {
         {"date", kDate},
         {"time", kTime},
@@ -862,6 +876,7 @@ class Compiler {
         {"duration", "P(" + kDurationDate + "(" + kDurationTime + ")?|" + kDurationTime + "|[0-9]{1,9}W)"},
         {"uuid", "[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"},
         {"ipv4", kOctet + "(\\." + kOctet + "){3}"},
+        {"ipv6", kIpv6},
         {"hostname", kLabel + "(\\." + kLabel + ")*"},
         {"email", kAtom + "(\\." + kAtom + ")*@" + kLabel + "(\\." + kLabel + ")+"},
     };

@@ -4,6 +4,7 @@
 // real vocabulary under JsonConstraint.
 #include "schema_grammar.h"
 
+#include <arpa/inet.h>
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -495,6 +496,50 @@ TEST(SchemaGrammarTest, FormatsAreSpelled) {
       const std::string value = ojson::parse(text).get<std::string>();
       EXPECT_TRUE(std::regex_match(value, re)) << c.format << " wrote " << text;
     }
+  }
+  // ipv6, against the C library's parser: what is written parses, and
+  // the library's own spelling of random addresses (RFC 5952: compressed,
+  // lowercase, IPv4-mapped ones with a dotted tail) is read, as are
+  // uncompressed and dotted forms.
+  {
+    auto g = compile(R"({"type":"string","format":"ipv6"})");
+    ASSERT_TRUE(g);
+    auto parses = [](const std::string& text) {
+      in6_addr a;
+      return inet_pton(AF_INET6, text.c_str(), &a) == 1;
+    };
+    for (int k = 0; k < 300; ++k) {
+      const std::string text = random_sentence(*g, rng, 0.3);
+      ASSERT_GE(text.size(), 2u);
+      const std::string value = ojson::parse(text).get<std::string>();
+      EXPECT_TRUE(parses(value)) << "wrote " << value;
+    }
+    for (int k = 0; k < 2000; ++k) {
+      in6_addr a{};
+      for (int i = 0; i < 16; ++i) {
+        // zero runs of every length and place, and IPv4-mapped addresses
+        const int zeros_from = static_cast<int>(rng() % 17), zeros_to = zeros_from + static_cast<int>(rng() % 17);
+        a.s6_addr[i] = i >= zeros_from && i < zeros_to ? 0 : static_cast<std::uint8_t>(rng());
+      }
+      if (k % 10 == 0) {
+        std::fill(a.s6_addr, a.s6_addr + 10, 0);
+        a.s6_addr[10] = a.s6_addr[11] = 0xff;
+      }
+      char text[INET6_ADDRSTRLEN];
+      ASSERT_TRUE(inet_ntop(AF_INET6, &a, text, sizeof text));
+      EXPECT_TRUE(instance(*g, "\"" + std::string(text) + "\"")) << text;
+    }
+    for (const char* ok : {"0:0:0:0:0:0:0:1", "::", "::1", "1::", "1:2:3:4:5:6:7::", "::2:3:4:5:6:7:8", "fe80::1:2",
+                           "1:2:3:4:5:6:1.2.3.4", "::1.2.3.4", "1::1.2.3.4", "2001:db8::ff00:42:8329"}) {
+      EXPECT_TRUE(parses(ok)) << ok;
+      EXPECT_TRUE(instance(*g, "\"" + std::string(ok) + "\"")) << ok;
+    }
+    for (const char* bad : {"1:2:3:4:5:6:7:8:9", "1::2::3", ":1:2:3:4:5:6:7", "12345::", "1:2:3:4:5:6:7", "g::1",
+                            "1:2:3:4:5:6:7:1.2.3.4", "::1.2.3", "::256.1.1.1", ":::"}) {
+      EXPECT_FALSE(parses(bad)) << bad;
+      EXPECT_FALSE(instance(*g, "\"" + std::string(bad) + "\"")) << bad;
+    }
+    EXPECT_FALSE(instance(*g, "\"FE80::1\""));  // lowercase, as RFC 5952 writes it
   }
   // Beside a length bound, or unknown: any string (of those lengths).
   for (const char* any : {R"({"type":"string","format":"date","maxLength":40})", R"({"type":"string","format":"uri"})"}) {
