@@ -19,6 +19,7 @@
 
 #include "airlock/engine/constraint.h"
 #include "airlock/engine/gguf.h"
+#include "airlock/engine/thread_pool.h"
 #include "airlock/engine/tokenizer.h"
 #include "schema_grammar.h"
 
@@ -98,6 +99,33 @@ int main(int argc, char** argv) {
     std::size_t n = 0;
     for (std::uint64_t w : mask) n += static_cast<std::size_t>(__builtin_popcountll(w));
     std::printf("%s after '%s': %.3f ms a step, %zu tokens allowed\n", k.schema > 0 ? "" : "  json_object", prefix, ms, n);
+  }
+  // A step of several constrained sequences, as the scheduler works their
+  // masks out: one after the other, and on the compute threads.
+  ThreadPool pool;
+  for (const int n_seq : {4, 16}) {
+    std::vector<std::unique_ptr<JsonConstraint>> cs;
+    for (int i = 0; i < n_seq; ++i) {
+      cs.push_back(std::make_unique<JsonConstraint>(vocab, std::nullopt, grammars[0]));
+      for (std::int32_t t : (*tok)->encode(i % 2 == 0 ? "{\"title\": \"x\", \"year\": 1999, " : "{\"title\": \"x\", \"year\": 19",
+                                           false, false))
+        cs.back()->accept(t);
+    }
+    std::vector<std::vector<std::uint64_t>> masks(static_cast<std::size_t>(n_seq));
+    auto work_out = [&](std::int64_t b, std::int64_t e) {
+      for (std::int64_t i = b; i < e; ++i) cs[static_cast<std::size_t>(i)]->allowed(&masks[static_cast<std::size_t>(i)]);
+    };
+    double ms[2] = {0, 0};
+    for (int round = 0; round < 2 * repeats / n_seq + 2; ++round)
+      for (int on_pool = 0; on_pool < 2; ++on_pool) {
+        const Clock::time_point a = Clock::now();
+        if (on_pool) pool.parallel_for(n_seq, work_out);
+        else work_out(0, n_seq);
+        ms[on_pool] += std::chrono::duration<double, std::milli>(Clock::now() - a).count();
+      }
+    const int rounds = 2 * repeats / n_seq + 2;
+    std::printf("%d sequences of schema 1 in one step: %.3f ms one after the other, %.3f ms on %d threads\n", n_seq,
+                ms[0] / rounds, ms[1] / rounds, pool.n_threads());
   }
   return 0;
 }

@@ -317,6 +317,9 @@ Result<std::shared_ptr<LoadedModel>> load_model(const Config& config, std::share
   so.max_waiting = config.max_waiting;
   so.prefill_chunk = config.prefill_chunk;
   so.kv_type = config.kv_cache_type;
+  // The constrained sequences' allowed tokens on the decoder's compute
+  // threads (between passes, when they are idle).
+  if (m->n_ranks == 1) so.pool = m->model->backend().cpu_pool();
   AIRLOCK_ASSIGN_OR_RETURN(m->scheduler, engine::Scheduler::start(std::move(decoder), so));
   const int full_ctx = std::min(p.n_ctx_train, m->scheduler->max_context());
   airlock::log().info(

@@ -6,6 +6,8 @@
 #include <cstdlib>
 #include <span>
 
+#include "airlock/engine/thread_pool.h"
+
 namespace airlock::engine {
 
 // ---------------------------------------------------------------- TokenStream
@@ -79,7 +81,9 @@ struct Scheduler::Sequence {
 };
 
 Result<std::unique_ptr<Scheduler>> Scheduler::start(Model& model, const SchedulerOptions& options) {
-  return start(make_single_decoder(model), options);
+  SchedulerOptions o = options;
+  if (!o.pool) o.pool = model.backend().cpu_pool();
+  return start(make_single_decoder(model), o);
 }
 
 Result<std::unique_ptr<Scheduler>> Scheduler::start(std::unique_ptr<Decoder> decoder, const SchedulerOptions& options) {
@@ -365,13 +369,24 @@ void Scheduler::step(std::unique_lock<std::mutex>& lock) {
 
   lock.unlock();
   // Constrained sequences' allowed tokens, outside the lock (a pass over
-  // the vocabulary each). Only this thread touches the running sequences.
+  // the vocabulary each), on the pool's threads when there are several.
+  // Each constraint is its own; what they share (vocabulary, grammar) is
+  // immutable.
+  std::vector<std::size_t> constrained;
   for (std::size_t i = 0; i < wants.size(); ++i)
-    if (const std::shared_ptr<TokenConstraint>& c = wants[i]->request.constraint) {
-      auto mask = std::make_shared<std::vector<std::uint64_t>>();
-      c->allowed(mask.get());
-      rows[i].allowed = std::move(mask);
+    if (wants[i]->request.constraint) constrained.push_back(i);
+  std::vector<std::shared_ptr<std::vector<std::uint64_t>>> masks(constrained.size());
+  auto work_out = [&](std::int64_t begin, std::int64_t end) {
+    for (auto k = static_cast<std::size_t>(begin); k < static_cast<std::size_t>(end); ++k) {
+      masks[k] = std::make_shared<std::vector<std::uint64_t>>();
+      wants[constrained[k]]->request.constraint->allowed(masks[k].get());
     }
+  };
+  if (options_.pool && constrained.size() > 1)
+    options_.pool->parallel_for(static_cast<std::int64_t>(constrained.size()), work_out);
+  else
+    work_out(0, static_cast<std::int64_t>(constrained.size()));
+  for (std::size_t k = 0; k < constrained.size(); ++k) rows[constrained[k]].allowed = std::move(masks[k]);
   std::vector<SampledToken> sampled;
   PassOutput out;
   out.rows = rows;

@@ -18,12 +18,13 @@
 // Schema into one), the object is held to the grammar's sentences instead
 // of to JsonGrammar, and the end may come once a sentence is whole.
 //
-// Cost: a pass over the vocabulary per step of the sequence, on the
-// scheduler's thread: each token's bytes are tried, except inside strings,
-// where tokens of plain text are known to fit (docs/benchmarks.md).
+// Cost: a pass over the vocabulary per step of the sequence, between the
+// scheduler's passes (the sequences of a step on the CPU compute threads,
+// SchedulerOptions::pool): each token's bytes are tried, except inside
+// strings, where tokens of plain text are known to fit (docs/benchmarks.md).
 //
 // Thread-safety: a constraint belongs to one sequence and is used by one
-// thread at a time (the scheduler's); a JsonVocab is immutable and shared.
+// thread at a time; a JsonVocab is immutable and shared.
 #pragma once
 
 #include <cstdint>

@@ -119,12 +119,18 @@ class TokenStream {
   int prompt_tokens_ = 0;
 };
 
+class ThreadPool;
+
 struct SchedulerOptions {
   int kv_blocks = 0;        // KV cache size in blocks of kBlockTokens
   int max_running = 16;     // sequences in one batch
   int max_waiting = 64;     // queued beyond that: kResourceExhausted
   int prefill_chunk = 256;  // prompt tokens per step, all sequences together
   KvType kv_type = KvType::kF32;  // how the KV storage holds keys and values
+  // Threads for the CPU work between passes: the constrained sequences'
+  // allowed tokens, one sequence per thread. Null: on the scheduler's
+  // thread (start(Model&) lends it the model's CPU compute threads).
+  std::shared_ptr<ThreadPool> pool;
 };
 
 struct SchedulerStats {
