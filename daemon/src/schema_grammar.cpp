@@ -835,7 +835,7 @@ class Compiler {
   // can spell (nullopt for others: any string), compiled as that pattern
   // (json_pattern.h). Beside a length bound a format is not held (the bound
   // is). Written as RFC 3339 and RFC 4122 have them: date YYYY-MM-DD
-  // (months 01-12, days 01-31); time HH:MM:SS[.fraction] then Z or an
+  // (a day the month has); time HH:MM:SS[.fraction] then Z or an
   // offset; date-time, a date, "T", a time; duration P... (years, months,
   // weeks, days, hours, minutes, seconds, each of up to 9 digits, in that
   // order); uuid (lowercase hex, 8-4-4-4-12); ipv4 (0-255 each, no leading
@@ -845,7 +845,11 @@ class Compiler {
   std::optional<Rule> formatted(const std::string& format) {
     if (auto it = formats_.find(format); it != formats_.end()) return it->second;
     static const std::string kHour = "([01][0-9]|2[0-3])";
-    static const std::string kDate = "[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])";
+    // Days as each month has them; February 29th in leap years only
+    // (Gregorian: every 4th year, not every 100th, every 400th).
+    static const std::string kDate =
+        "([0-9]{4}-((0[13578]|1[02])-(0[1-9]|[12][0-9]|3[01])|(0[469]|11)-(0[1-9]|[12][0-9]|30)|02-(0[1-9]|1[0-9]|2[0-8]))|"
+        "([0-9]{2}(0[48]|[2468][048]|[13579][26])|([02468][048]|[13579][26])00)-02-29)";
     static const std::string kTime =
         kHour + ":[0-5][0-9]:([0-5][0-9]|60)(\\.[0-9]{1,9})?([Zz]|[+-]" + kHour + ":[0-5][0-9])";
     static const std::string kLabel = "[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?";

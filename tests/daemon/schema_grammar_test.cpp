@@ -7,6 +7,7 @@
 #include <arpa/inet.h>
 #include <gtest/gtest.h>
 
+#include <chrono>
 #include <cmath>
 #include <cstdlib>
 #include <optional>
@@ -458,7 +459,7 @@ TEST(SchemaGrammarTest, FormatsAreSpelled) {
   };
   const char* hour = "([01][0-9]|2[0-3])";
   const std::string time = std::string(hour) + ":[0-5][0-9]:([0-5][0-9]|60)(\\.[0-9]{1,9})?([Zz]|[+-]" + hour + ":[0-5][0-9])";
-  const std::string date = "[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])";
+  const std::string date = "[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])";  // (the calendar is checked below)
   const std::string label = "[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?";
   const std::string duration_time = "T([0-9]{1,9}H([0-9]{1,9}M([0-9]{1,9}S)?)?|[0-9]{1,9}M([0-9]{1,9}S)?|[0-9]{1,9}S)";
   const std::string duration_date = "([0-9]{1,9}D|[0-9]{1,9}M([0-9]{1,9}D)?|[0-9]{1,9}Y([0-9]{1,9}M([0-9]{1,9}D)?)?)";
@@ -473,7 +474,9 @@ TEST(SchemaGrammarTest, FormatsAreSpelled) {
       "[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]{1,64}(\\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]{1,64})*@" + label + "(\\." + label + ")+",
   };
   const Case cases[] = {
-      {"date", "", {"2024-02-29", "0001-12-31"}, {"2024-2-29", "2024-13-01", "2024-00-10", "2024-01-32", "24-01-01"}},
+      {"date", "", {"2024-02-29", "2000-02-29", "0001-12-31", "2023-04-30", "2023-02-28"},
+       {"2024-2-29", "2024-13-01", "2024-00-10", "2024-01-32", "24-01-01", "2023-02-29", "1900-02-29", "2024-04-31",
+        "2024-02-30", "2024-11-31"}},
       {"time", "", {"23:59:60Z", "00:00:00.123456789+05:30", "12:30:00z"}, {"24:00:00Z", "12:30:00", "12:60:00Z", "1:00:00Z"}},
       {"date-time", "", {"2024-02-29T12:00:00Z", "1999-12-31t23:59:59.5-08:00"}, {"2024-02-29 12:00:00Z", "2024-02-29T12:00Z"}},
       {"duration", "", {"P3Y6M4DT12H30M5S", "PT20M", "P2W", "P1M", "P1DT1S", "PT1H5M"}, {"P", "PT", "P1H", "P1S", "P1W1D", "P1D1M", "PT1H5S"}},
@@ -495,6 +498,13 @@ TEST(SchemaGrammarTest, FormatsAreSpelled) {
       ASSERT_GE(text.size(), 2u) << c.format;
       const std::string value = ojson::parse(text).get<std::string>();
       EXPECT_TRUE(std::regex_match(value, re)) << c.format << " wrote " << text;
+      if (c.format == std::string("date") || c.format == std::string("date-time")) {
+        // a day of the calendar
+        const std::chrono::year_month_day day{std::chrono::year(std::stoi(value.substr(0, 4))),
+                                              std::chrono::month(static_cast<unsigned>(std::stoi(value.substr(5, 2)))),
+                                              std::chrono::day(static_cast<unsigned>(std::stoi(value.substr(8, 2))))};
+        EXPECT_TRUE(day.ok()) << c.format << " wrote " << text;
+      }
     }
   }
   // ipv6, against the C library's parser: what is written parses, and
