@@ -4,6 +4,7 @@
 #include <charconv>
 #include <cmath>
 #include <cstdint>
+#include <deque>
 #include <initializer_list>
 #include <map>
 #include <optional>
@@ -254,10 +255,16 @@ class Compiler {
       return referenced(s["$ref"].get<std::string>(), path);
     }
     if (s.contains("allOf")) {
-      if (std::string k = other_constraint(s, "allOf"); !k.empty())
-        return fail(path + ": '" + k + "' beside allOf cannot be held to");
-      if (s["allOf"].size() != 1) return fail(path + ".allOf: only an allOf of one schema can be held to");
-      return value(s["allOf"][0], path + ".allOf[0]");
+      const json& all = s["allOf"];
+      if (all.size() == 1 && other_constraint(s, "allOf").empty()) return value(all[0], path + ".allOf[0]");
+      // Several (and the keywords beside them): merged into one schema.
+      json rest = s;
+      rest.erase("allOf");
+      std::optional<json> m = other_constraint(s, "allOf").empty() ? json(true) : std::optional<json>(rest);
+      for (std::size_t i = 0; m && i < all.size(); ++i) m = merge(*m, all[i], path + ".allOf[" + std::to_string(i) + "]", 0);
+      if (!m) return std::nullopt;
+      merged_.push_back(std::move(*m));
+      return value(merged_.back(), path + ".allOf");
     }
     for (const char* k : {"anyOf", "oneOf"}) {
       if (!s.contains(k)) continue;
@@ -454,6 +461,165 @@ class Compiler {
     return r;
   }
 
+  // Two schemas as one that admits exactly the values both admit (allOf):
+  // types intersected, bounds tightened, enum/const values in common,
+  // required names joined, and each member name held to both sides'
+  // schemas for it (its `properties` entry, or else `additionalProperties`,
+  // or else anything), as are items; false where no value is both. $refs
+  // at the top of either side are followed and nested allOf flattened.
+  // Refused (named): anyOf, oneOf or
+  // nullable on both sides of one merge, two different patterns or
+  // multipleOf values, prefixItems beside the other side's items.
+  std::optional<json> merge(const json& a, const json& b, const std::string& path, int depth) {
+    if (depth > 32) return fail(path + ": allOf nests or refers too deep to be merged");
+    if (a.is_boolean()) return a.get<bool>() ? std::optional<json>(b) : std::optional<json>(json(false));
+    if (b.is_boolean()) return b.get<bool>() ? std::optional<json>(a) : std::optional<json>(json(false));
+    if (!a.is_object() || !b.is_object()) return fail(path + " is not a schema");
+    // A side that is a $ref or an allOf is read as what it stands for.
+    for (const json* side : {&a, &b}) {
+      const json& other = side == &a ? b : a;
+      if (side->contains("$ref")) {
+        if (std::string k = other_constraint(*side, "$ref"); !k.empty())
+          return fail(path + ": '" + k + "' beside $ref cannot be held to");
+        const json* target = resolve_ref(*root_, (*side)["$ref"]);
+        if (target == nullptr) return fail(path + ".$ref: unknown target");
+        return merge(*target, other, path, depth + 1);
+      }
+      if (side->contains("allOf") && (*side)["allOf"].is_array()) {
+        json rest = *side;
+        rest.erase("allOf");
+        std::optional<json> m = other;
+        m = merge(*m, rest, path, depth + 1);
+        for (std::size_t i = 0; m && i < (*side)["allOf"].size(); ++i)
+          m = merge(*m, (*side)["allOf"][i], path + ".allOf[" + std::to_string(i) + "]", depth + 1);
+        return m;
+      }
+    }
+    for (const char* k : {"anyOf", "oneOf", "nullable"})
+      if (a.contains(k) || b.contains(k)) {
+        // One side alone constrains: nothing to merge.
+        if (other_constraint(a, "").empty()) return b;
+        if (other_constraint(b, "").empty()) return a;
+        return fail(path + ": an allOf member with " + k + " cannot be merged with another that constrains");
+      }
+    json out = json::object();
+    auto both = [&](const char* k) { return a.contains(k) && b.contains(k); };
+    auto copy = [&](const char* k) {
+      if (a.contains(k)) out[k] = a[k];
+      else if (b.contains(k)) out[k] = b[k];
+    };
+    // type: the names both allow (an integer is a number).
+    if (both("type")) {
+      auto names = [](const json& t) {
+        std::set<std::string> n;
+        if (t.is_string()) n.insert(t.get<std::string>());
+        else
+          for (const json& x : t) n.insert(x.get<std::string>());
+        return n;
+      };
+      const std::set<std::string> ta = names(a["type"]), tb = names(b["type"]);
+      json types = json::array();
+      for (const std::string& t : ta)
+        if (tb.count(t) || (t == "integer" && tb.count("number"))) types.push_back(t);
+      if (ta.count("number") && tb.count("integer") && !ta.count("integer")) types.push_back("integer");
+      if (types.empty()) return json(false);  // no value is of both
+      out["type"] = types.size() == 1 ? types[0] : types;
+    } else {
+      copy("type");
+    }
+    // enum / const: the values in both.
+    if ((a.contains("enum") || a.contains("const")) && (b.contains("enum") || b.contains("const"))) {
+      auto values = [](const json& s) { return s.contains("const") ? json::array({s["const"]}) : s["enum"]; };
+      json common = json::array();
+      for (const json& x : values(a))
+        for (const json& y : values(b))
+          if (follows_schema(json{{"const", x}}, y)) {
+            common.push_back(x);
+            break;
+          }
+      if (common.empty()) return json(false);
+      out["enum"] = common;
+    } else {
+      copy("enum");
+      copy("const");
+    }
+    // Bounds: the tighter.
+    static constexpr std::pair<const char*, bool> kBounds[] = {
+        {"minimum", true}, {"exclusiveMinimum", true}, {"minLength", true}, {"minItems", true},
+        {"maximum", false}, {"exclusiveMaximum", false}, {"maxLength", false}, {"maxItems", false}};
+    for (const auto& [k, lower] : kBounds) {
+      if (both(k) && a[k].is_number() && b[k].is_number())
+        out[k] = (a[k].get<double>() >= b[k].get<double>()) == lower ? a[k] : b[k];
+      else
+        copy(k);
+    }
+    for (const char* k : {"pattern", "multipleOf"}) {
+      if (both(k) && a[k] != b[k] && !(a[k].is_number() && a[k].get<double>() == b[k].get<double>()))
+        return fail(path + ": two allOf members with different " + std::string(k) + " values cannot be held together");
+      copy(k);
+    }
+    copy("format");  // (an annotation to the validator: one is enough)
+    if (a.value("uniqueItems", false) || b.value("uniqueItems", false)) out["uniqueItems"] = true;
+    // Items.
+    if ((a.contains("prefixItems") && (b.contains("prefixItems") || b.contains("items"))) ||
+        (b.contains("prefixItems") && a.contains("items")))
+      return fail(path + ": prefixItems beside the other allOf member's items cannot be merged");
+    copy("prefixItems");
+    if (both("items")) {
+      std::optional<json> items = merge(a["items"], b["items"], path + ".items", depth + 1);
+      if (!items) return std::nullopt;
+      out["items"] = std::move(*items);
+    } else {
+      copy("items");
+    }
+    // Objects: each name to both sides' schemas for it.
+    if (a.contains("required") || b.contains("required")) {
+      json names = json::array();
+      for (const json* side : {&a, &b})
+        if (side->contains("required"))
+          for (const json& n : (*side)["required"])
+            if (std::find(names.begin(), names.end(), n) == names.end()) names.push_back(n);
+      out["required"] = names;
+    }
+    const bool objects = a.contains("properties") || b.contains("properties") || a.contains("additionalProperties") ||
+                         b.contains("additionalProperties");
+    if (objects) {
+      auto schema_for = [](const json& s, const std::string& name) -> json {
+        if (s.contains("properties") && s["properties"].contains(name)) return s["properties"][name];
+        return s.contains("additionalProperties") ? s["additionalProperties"] : json(true);
+      };
+      json props = json::object();
+      for (const json* side : {&a, &b})
+        if (side->contains("properties"))
+          for (auto it = (*side)["properties"].begin(); it != (*side)["properties"].end(); ++it) {
+            if (props.contains(it.key())) continue;
+            std::optional<json> p = merge(schema_for(a, it.key()), schema_for(b, it.key()),
+                                          path + ".properties." + it.key().substr(0, 64), depth + 1);
+            if (!p) return std::nullopt;
+            props[it.key()] = std::move(*p);
+          }
+      if (!props.empty()) out["properties"] = std::move(props);
+      if (a.contains("additionalProperties") || b.contains("additionalProperties")) {
+        std::optional<json> rest = merge(a.value("additionalProperties", json(true)), b.value("additionalProperties", json(true)),
+                                         path + ".additionalProperties", depth + 1);
+        if (!rest) return std::nullopt;
+        out["additionalProperties"] = std::move(*rest);
+      }
+    }
+    // Enum values (numbers, strings, ...) that the rest refuses: none left
+    // is no value (an optional member then goes unwritten).
+    if (out.contains("enum")) {
+      json rest = out;
+      rest.erase("enum");
+      json kept = json::array();
+      for (const json& v : out["enum"])
+        if (v.is_structured() || follows_schema(rest, v)) kept.push_back(v);
+      if (kept.empty()) return json(false);
+      out["enum"] = std::move(kept);
+    }
+    return out;
+  }
+
   // enum / const: the values that also follow the rest of the schema.
   std::optional<Rule> choices(const json& s, const std::string& path) {
     json rest = s;
@@ -495,6 +661,7 @@ class Compiler {
     if (lo > hi || lo == HUGE_VAL || hi == -HUGE_VAL)
       return fail(path + ": no " + std::string(integer ? "integer" : "number") + " lies between its bounds");
     int places = integer ? 0 : kMaxDigits;  // fraction digits
+    bool no_exponent = false;               // (a multiple of a power of ten: its fraction digits)
     if (const std::optional<Decimal> m = number_at(s, "multipleOf") ? decimal_of(*number_at(s, "multipleOf")) : std::nullopt) {
       // multipleOf (Q times 10^E): alone, or with the bounds of the
       // positive or non-negative numbers, by the remainder of the digits
@@ -506,23 +673,33 @@ class Compiler {
       int e = -static_cast<int>(m->fraction.size());
       for (; q.size() > 1 && q.back() == '0'; ++e) q.pop_back();
       const double md = *number_at(s, "multipleOf");
+      // Every integer is a multiple of 1 / n (0.5, 0.25, 0.2, ...).
+      bool all = false;
+      if (integer && e < 0 && e >= -18 && q.size() <= 18) {
+        std::uint64_t p10 = 1;
+        for (int k = 0; k < -e; ++k) p10 *= 10;
+        all = p10 % std::stoull(q) == 0;
+      }
       std::optional<Rule> r;
-      if (!has_lo && !has_hi) r = multiples(q, e, integer, Sign::kAny);
+      if (all) r = std::nullopt;
+      else if (!has_lo && !has_hi) r = multiples(q, e, integer, Sign::kAny);
       else if (lo == 0 && !has_hi && !s.contains("exclusiveMinimum")) r = multiples(q, e, integer, Sign::kNonNegative);
       else if (lo > 0 && lo <= md && !has_hi) r = multiples(q, e, integer, Sign::kPositive);
       else if (has_lo && has_hi) r = multiples_between(q, e, integer, lo, hi, path);
       if (r) return r;
       if (!error_.empty()) return std::nullopt;
-      if (q == "1" && e <= 0) {
+      if (all) {
+      } else if (q == "1" && e <= 0) {
+        // At most -E fraction digits (at most 20: each such decimal is a
+        // multiple of 10^-20 and so of a smaller power), no exponent.
         places = std::min(places, -e);
+        no_exponent = true;
       } else {
         exact_ = false;
       }
-      if (!has_lo && !has_hi) return integer ? integer_ : number_;
     }
-    if (!has_lo && !has_hi) return integer ? integer_ : number_;
-    if (lo == 0 && !has_hi && !s.contains("exclusiveMinimum") && places == (integer ? 0 : kMaxDigits))
-      return integer ? nonneg_integer_ : nonneg_number_;
+    if (!has_lo && !has_hi && !no_exponent) return integer ? integer_ : number_;
+    if (lo == 0 && !has_hi && !s.contains("exclusiveMinimum") && !no_exponent) return integer ? nonneg_integer_ : nonneg_number_;
     std::vector<Seq> alts;
     // 0 or more: a magnitude from max(lo, 0) to hi.
     if (hi >= 0) {
@@ -549,6 +726,14 @@ class Compiler {
   // rules would be too many (Q over 1,000 for about 20 digits).
   enum class Sign { kAny, kNonNegative, kPositive };
   std::optional<Rule> multiples(const std::string& q_digits, int e, bool integer, Sign sign) {
+    // The same keyword in several subschemas: one set of rules.
+    const std::string key = "m" + q_digits + "e" + std::to_string(e) + (integer ? "i" : "n") + std::to_string(static_cast<int>(sign));
+    if (auto it = digit_rules_.find(key); it != digit_rules_.end()) return it->second;
+    const std::optional<Rule> out = multiples_uncached(q_digits, e, integer, sign);
+    digit_rules_.emplace(key, out);
+    return out;
+  }
+  std::optional<Rule> multiples_uncached(const std::string& q_digits, int e, bool integer, Sign sign) {
     if (q_digits.size() > 4) return std::nullopt;
     const unsigned q = static_cast<unsigned>(std::stoul(q_digits));
     const int zeros = std::max(e, 0), pad = std::max(-e, 0), written = integer ? 0 : pad;
@@ -1039,6 +1224,7 @@ class Compiler {
   long disjoint_budget_ = 1'000'000;
   std::uint64_t enum_pattern_work_ = 4'000'000;  // patterns' work over the enum values, in all (json_pattern.h)  // oneOf branches' values and members compared, in all
   std::vector<std::pair<const json*, int>> open_refs_;  // $refs being compiled, and the containers open then
+  std::deque<json> merged_;  // allOf members merged (the compiler keeps pointers into schemas)
   int containers_ = 0;
   bool exact_ = true;
 };

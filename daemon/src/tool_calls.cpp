@@ -217,7 +217,7 @@ std::optional<std::uint64_t> count_of(const json& v) {
 // double, divides to within about 2), as JSON Schema validators in floating
 // point do. m is over 0 (unsupported_schema).
 bool multiple_of(const json& v, double m) {
-  if (v.is_number_integer() && m == std::floor(m) && m < 1e18) {
+  if (v.is_number_integer() && m == std::floor(m) && m <= 9007199254740992.0) {  // 2^53: m is its decimal
     const auto k = static_cast<std::uint64_t>(m);
     if (v.is_number_unsigned()) return v.get<std::uint64_t>() % k == 0;
     const std::int64_t x = v.get<std::int64_t>();
@@ -487,8 +487,10 @@ std::optional<std::string> unsupported_schema(const json& schema, std::string_vi
           return why;
         }
       } else if (k == "multipleOf") {
+        // (below 1e-300 a quotient loses its precision, or overflows)
         if (!v.is_number() || !(v.get<double>() > 0) || !std::isfinite(v.get<double>()))
           return here() + " must be a number over 0";
+        if (v.get<double>() < 1e-300) return here() + " must be at least 1e-300";
       } else if (k == "nullable") {
         if (!v.is_boolean()) return here() + " must be true or false";
       } else if (k == "minLength" || k == "maxLength" || k == "minItems" || k == "maxItems") {

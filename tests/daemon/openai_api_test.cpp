@@ -476,7 +476,8 @@ TEST(OpenAiApiTest, JsonSchemaMode) {
            {R"({"type":"json_schema","json_schema":{"name":1}})", "response_format.json_schema.name"},
            {R"({"type":"json_schema","json_schema":{"strict":"yes"}})", "response_format.json_schema.strict"},
            {R"({"type":"json_schema","json_schema":{"schema":[1]}})", "response_format.json_schema.schema"},
-           {R"({"type":"json_schema","json_schema":{"schema":{"allOf":[{},{}]}}})", "response_format.json_schema.schema"},
+           {R"({"type":"json_schema","json_schema":{"schema":{"allOf":[{"pattern":"a"},{"pattern":"b"}]}}})",
+            "response_format.json_schema.schema"},
        }) {
     std::optional<ApiError> e = parse_request(R"({"model":"m","messages":[{"role":"user","content":"x"}],"response_format":)" +
                                                   format + "}",

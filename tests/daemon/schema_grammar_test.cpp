@@ -378,6 +378,33 @@ TEST(SchemaGrammarTest, MultiplesAreExact) {
     EXPECT_NE(refusal(bad).find("multipleOf must be a number over 0"), std::string::npos) << bad;
   // No multiple between the bounds.
   EXPECT_NE(refusal(R"({"type":"integer","multipleOf":10,"minimum":1,"maximum":9})").find("no multiple"), std::string::npos);
+  EXPECT_NE(refusal(R"({"multipleOf":1e-310})").find("at least 1e-300"), std::string::npos);
+  // Review cases: a power of ten below 10^-20 (at most 20 fraction digits,
+  // no exponent: 1e-30 is no multiple of 1e-21); a whole keyword past 2^53
+  // (the validator reads it as its decimal, as the grammar does); the same
+  // keyword in several members (one set of rules).
+  for (const char* text : {R"({"type":"number","multipleOf":1e-21})", R"({"type":"number","multipleOf":1e-21,"minimum":0})",
+                           R"({"type":"integer","multipleOf":757705733973000000,"minimum":1,"maximum":1e19})",
+                           R"({"type":"object","properties":{"a":{"multipleOf":0.0625},"b":{"multipleOf":0.0625},
+                               "c":{"multipleOf":0.0625},"d":{"multipleOf":0.0625}},"required":["a","b","c","d"]})"}) {
+    const ojson schema = ojson::parse(text);
+    std::string reason;
+    bool held = false;
+    auto g = compile_schema(schema, "schema", &reason, &held);
+    ASSERT_TRUE(g) << text << ": " << reason;
+    EXPECT_TRUE(held) << text;
+    EXPECT_LT(g->elements(), 1'000'000u) << text;
+    for (int i = 0; i < 50; ++i) {
+      const std::string sentence = random_sentence(*g, rng, 0.3);
+      ASSERT_FALSE(sentence.empty()) << text;
+      EXPECT_TRUE(follows_schema(schema, ojson::parse(sentence))) << text << " wrote " << sentence;
+    }
+  }
+  auto tiny = compile(R"({"type":"number","multipleOf":1e-21})");
+  EXPECT_FALSE(instance(*tiny, "1e-30"));
+  EXPECT_TRUE(instance(*tiny, "0.00000000000000000001"));
+  EXPECT_TRUE(follows_schema(ojson::parse(R"({"type":"integer","multipleOf":757705733973000000})"),
+                             ojson::parse("757705733973000000")));
 }
 
 // oneOf is held exactly when no value can follow two branches; the check
@@ -611,10 +638,130 @@ TEST(SchemaGrammarTest, TuplesAndSets) {
   EXPECT_EQ(refusal(R"({"type":"array","uniqueItems":1})"), "schema.uniqueItems must be true or false");
 }
 
+// allOf of several schemas, merged: over every ordered pair of a set of
+// members (objects open and closed, a $ref, nested allOf, types, bounds,
+// enums, arrays), what the grammar writes follows the allOf, and every
+// candidate value that follows it is written (in some order of its
+// members: the grammar writes them in the merged schema's order).
+TEST(SchemaGrammarTest, AllOfIsMerged) {
+  const char* members[] = {
+      R"({"type":"object","properties":{"a":{"type":"integer","minimum":0}},"required":["a"]})",
+      R"({"type":"object","properties":{"b":{"type":"string","maxLength":3}},"required":["b"],"additionalProperties":false})",
+      R"({"type":"object","properties":{"a":{"type":"integer","maximum":5},"b":{"enum":["x","yy","zzzz"]}}})",
+      R"({"properties":{"c":{"type":"boolean"}},"additionalProperties":{"type":"integer"}})",
+      R"({"$ref":"#/$defs/P"})",
+      R"({"allOf":[{"type":"object"},{"required":["c"]}]})",
+      R"({"type":["object","null"]})",
+      R"({"type":"integer","minimum":-3})",
+      R"({"type":"number","maximum":4.5})",
+      R"({"enum":[1,2,"x",null]})",
+      R"({"type":"string","minLength":2})",
+      R"({"const":"yy"})",
+      R"({"type":"array","items":{"type":"integer"},"maxItems":3})",
+      R"({"type":"array","items":{"minimum":0},"minItems":1})",
+      R"({"anyOf":[{"type":"string"},{"type":"integer"}]})",
+      R"({"description":"annotations only"})",
+      "true",
+  };
+  const char* candidates[] = {R"({})", R"({"a":1})", R"({"a":-1})", R"({"a":7})", R"({"a":1,"b":"x"})",
+                              R"({"a":2,"b":"yy"})", R"({"a":3,"b":"zzzz"})", R"({"b":"x"})", R"({"a":1.5})",
+                              R"({"a":2,"c":true})", R"({"a":2,"c":true,"d":4})", R"({"a":2,"d":"s"})", R"({"c":false})",
+                              R"({"a":0,"b":"yy","c":true})", R"({"a":0.5,"c":true})", "null", "1", "2", "-3", "-4", "4",
+                              "5", "4.5", R"("x")", R"("yy")", R"("abc")", R"("")", "[]", "[1]", "[1,2,3]", "[1,2,3,4]",
+                              "[-1]", "[0,5]", "true"};
+  // The candidate's members in every order (ordered_json keeps insertion).
+  auto orders = [](const ojson& v) {
+    std::vector<ojson> out;
+    if (!v.is_object()) return std::vector<ojson>{v};
+    std::vector<std::string> keys;
+    for (auto it = v.begin(); it != v.end(); ++it) keys.push_back(it.key());
+    std::sort(keys.begin(), keys.end());
+    do {
+      ojson o = ojson::object();
+      for (const std::string& k : keys) o[k] = v[k];
+      out.push_back(o);
+    } while (std::next_permutation(keys.begin(), keys.end()));
+    return out;
+  };
+  std::mt19937 rng(23);
+  int compiled = 0, refused[2] = {0, 0};
+  for (const char* first : members)
+    for (const char* second : members) {
+      ojson schema = {{"allOf", {ojson::parse(first), ojson::parse(second)}}};
+      schema["$defs"] = ojson::parse(R"({"P":{"type":"object","properties":{"a":{"type":"number","multipleOf":0.5}},"required":["a"]}})");
+      std::string why;
+      bool exact = false;
+      auto g = compile_schema(schema, "schema", &why, &exact);
+      if (!g) {
+        ++refused[why.find("anyOf cannot be merged") != std::string::npos ? 0 : 1];
+        // Refused with the reason: an anyOf beside constraints, or no value.
+        EXPECT_TRUE(why.find("anyOf cannot be merged") != std::string::npos || why.find("no ") != std::string::npos)
+            << schema.dump() << ": " << why;
+        if (why.find("no ") != std::string::npos) {
+          for (const char* c : candidates) EXPECT_FALSE(follows_schema(schema, ojson::parse(c))) << schema.dump() << " " << c;
+        }
+        continue;
+      }
+      ++compiled;
+      ASSERT_TRUE(exact) << schema.dump();
+      // Beside named members only those are written (as for one schema):
+      // the names of either member's properties and required.
+      // And, as for one schema, object keywords without a type are read as
+      // an object's (JSON Schema lets other values through).
+      std::set<std::string> named;
+      bool typed = false, object_words = false;
+      for (const ojson* m : {&schema["allOf"][0], &schema["allOf"][1]}) {
+        const ojson& target = m->contains("$ref") ? schema["$defs"]["P"] : *m;
+        for (const ojson* at : {&target, target.contains("allOf") ? &target["allOf"][0] : &target,
+                                target.contains("allOf") ? &target["allOf"][1] : &target}) {
+          if (!at->is_object()) continue;
+          typed = typed || at->contains("type") || at->contains("enum") || at->contains("const") || at->contains("anyOf");
+          object_words = object_words || at->contains("properties") || at->contains("required");
+          if (at->contains("properties"))
+            for (auto it = (*at)["properties"].begin(); it != (*at)["properties"].end(); ++it) named.insert(it.key());
+          if (at->contains("required"))
+            for (const ojson& k : (*at)["required"]) named.insert(k.get<std::string>());
+        }
+      }
+      for (const char* c : candidates) {
+        const ojson v = ojson::parse(c);
+        bool written = false;
+        for (const ojson& o : orders(v)) written = written || instance(*g, o.dump());
+        bool only_named = v.is_object() || typed || !object_words;
+        if (v.is_object() && !named.empty())
+          for (auto it = v.begin(); it != v.end(); ++it) only_named = only_named && named.count(it.key()) > 0;
+        if (written) {
+          EXPECT_TRUE(follows_schema(schema, v)) << schema.dump() << " " << c;
+        } else {
+          EXPECT_FALSE(follows_schema(schema, v) && only_named) << schema.dump() << " " << c;
+        }
+      }
+      for (int i = 0; i < 10; ++i) {
+        const std::string text = random_sentence(*g, rng, 0.3);
+        if (text.empty()) continue;  // (cut at the walk's bound)
+        EXPECT_TRUE(follows_schema(schema, ojson::parse(text))) << schema.dump() << " wrote " << text;
+      }
+    }
+  EXPECT_GT(compiled, 100) << refused[0] << " refused for an anyOf, " << refused[1] << " for no value";
+  // A closed member forbids the other's names (additionalProperties
+  // applies to the names it does not list itself).
+  EXPECT_NE(refusal(R"({"type":"object","allOf":[{"properties":{"v":{"type":"integer"}}}],"required":["v"],
+                       "additionalProperties":false})").find("no value"), std::string::npos);
+  // Keywords beside allOf are one more member; a $ref's recursion is kept
+  // where one side alone constrains.
+  auto g = compile(R"({"type":"object","allOf":[{"properties":{"n":{"$ref":"#"}}},{"properties":{"v":{"type":"integer"}}}],
+                      "required":["v"]})");
+  ASSERT_TRUE(g);
+  EXPECT_TRUE(instance(*g, R"({"n":{"n":{"v":1},"v":2},"v":3})"));
+  EXPECT_FALSE(instance(*g, R"({"n":{"v":1},"v":3,"w":4})"));
+  EXPECT_FALSE(instance(*g, R"({"n":{"n":{}},"v":3})"));
+}
+
 TEST(SchemaGrammarTest, RefusalsNameTheSubschema) {
   EXPECT_EQ(refusal(R"({"type":"object","patternProperties":{"^x":{}}})"),
             "schema: the keyword 'patternProperties' cannot be checked here (strict)");
-  EXPECT_NE(refusal(R"({"allOf":[{"type":"string"},{"maxLength":2}]})").find("schema.allOf"), std::string::npos);
+  EXPECT_NE(refusal(R"({"allOf":[{"type":"string"},{"pattern":"a"},{"pattern":"b"}]})").find("schema.allOf[2]"),
+            std::string::npos);
   EXPECT_NE(refusal(R"({"type":"object","anyOf":[{"required":["a"]}]})").find("'type' beside anyOf"), std::string::npos);
   EXPECT_NE(refusal("false").find("no value"), std::string::npos);
   EXPECT_NE(refusal(R"({"properties":{"a":false},"required":["a"]})").find("schema.properties.a"), std::string::npos);
@@ -651,7 +798,7 @@ TEST(SchemaGrammarTest, ForcedToolCalls) {
       {"get_weather", true, ojson::parse(R"({"type":"object","properties":{"city":{"type":"string","maxLength":20},
           "unit":{"enum":["c","f"]}},"required":["city"],"additionalProperties":false})")},
       {"no_args", false, nullptr},
-      {"loose", false, ojson::parse(R"({"allOf":[{"type":"object"},{"required":["x"]}]})")},
+      {"loose", false, ojson::parse(R"({"type":"object","patternProperties":{"^x":{"type":"integer"}}})")},
   };
   std::mt19937 rng(5);
   struct Case {
