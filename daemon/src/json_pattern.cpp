@@ -606,12 +606,146 @@ class Emitter {
 
 }  // namespace
 
-std::optional<Grammar::RuleId> pattern_rule(Grammar* g, std::string_view pattern, const std::string& path, std::string* error) {
+namespace {
+
+// The fewest and most characters `n` matches (most -1: no bound).
+std::pair<long, long> span(const Node& n) {
+  constexpr long kFar = 1L << 40;  // (counts are at most 1,000 and patterns 1,000 bytes: far below)
+  switch (n.kind) {
+    case Node::Kind::kSet: return {1, 1};
+    case Node::Kind::kSequence: {
+      long lo = 0, hi = 0;
+      for (const Node& k : n.kids) {
+        const auto [a, b] = span(k);
+        lo = std::min(lo + a, kFar);
+        hi = hi < 0 || b < 0 ? -1 : std::min(hi + b, kFar);
+      }
+      return {lo, hi};
+    }
+    case Node::Kind::kAlternatives: {
+      long lo = kFar, hi = 0;
+      for (const Node& k : n.kids) {
+        const auto [a, b] = span(k);
+        lo = std::min(lo, a);
+        hi = hi < 0 || b < 0 ? -1 : std::max(hi, b);
+      }
+      return {n.kids.empty() ? 0 : lo, hi};
+    }
+    case Node::Kind::kRepeat: {
+      const auto [a, b] = span(n.kids[0]);
+      return {std::min(a * n.min, kFar), n.max < 0 || b < 0 ? (b == 0 ? 0 : -1) : std::min(b * n.max, kFar)};
+    }
+  }
+  return {0, -1};
+}
+
+void flatten(const Node& n, std::vector<Node>* out) {
+  if (n.kind == Node::Kind::kSequence) {
+    for (const Node& k : n.kids) flatten(k, out);
+  } else {
+    out->push_back(n);
+  }
+}
+
+// Holds each branch to strings of lo to hi characters (hi -1: no bound),
+// where that can be done exactly: a branch whose every string already has
+// such a length is kept; one whose parts (its unanchored ends read as runs
+// of any characters) all have a fixed length but one run has that run's
+// counts narrowed (and is dropped when none fits). False when a branch is
+// neither (its lengths are then not held).
+bool fit_lengths(std::vector<Branch>* branches, long lo, long hi) {
+  std::vector<Branch> out;
+  for (Branch& b : *branches) {
+    std::vector<Node> parts;
+    auto any_run = [] {
+      Node run;
+      run.kind = Node::Kind::kRepeat;
+      run.min = 0;
+      run.max = -1;
+      Node all;
+      all.kind = Node::Kind::kSet;
+      all.set = complement(CharSet{});
+      run.kids.push_back(std::move(all));
+      return run;
+    };
+    flatten(b.body, &parts);
+    // Beside an unanchored end, a repetition matches as its fewest: the
+    // run of any characters takes the rest (x+ then anything is x then
+    // anything).
+    if (!b.at_end)
+      while (!parts.empty() && parts.back().kind == Node::Kind::kRepeat && parts.back().max != parts.back().min) {
+        Node& r = parts.back();
+        r.max = r.min;
+        if (r.min == 0) parts.pop_back();
+      }
+    if (!b.at_start)
+      while (!parts.empty() && parts.front().kind == Node::Kind::kRepeat && parts.front().max != parts.front().min) {
+        Node& r = parts.front();
+        r.max = r.min;
+        if (r.min == 0) parts.erase(parts.begin());
+      }
+    if (!b.at_start) parts.insert(parts.begin(), any_run());
+    if (!b.at_end && (b.at_start || parts.size() > 1)) parts.push_back(any_run());  // (anything twice is anything)
+    long fixed = 0, least = 0, most = 0;
+    int open = -1;  // the one part whose length varies
+    bool exact = true;
+    for (std::size_t i = 0; i < parts.size(); ++i) {
+      const auto [a, m] = span(parts[i]);
+      least += a;
+      most = most < 0 || m < 0 ? -1 : most + m;
+      if (a == m) {
+        fixed += a;
+      } else if (open < 0 && parts[i].kind == Node::Kind::kRepeat && parts[i].kids[0].kind == Node::Kind::kSet) {
+        open = static_cast<int>(i);
+      } else {
+        exact = false;
+      }
+    }
+    if (least >= lo && (hi < 0 || (most >= 0 && most <= hi))) {  // every length fits already
+      out.push_back(std::move(b));
+      continue;
+    }
+    if (!exact) return false;
+    if (open < 0) {  // one length, which does not fit
+      continue;
+    }
+    if (hi >= 0 && hi < fixed) continue;  // too long whatever the run
+    Node& run = parts[static_cast<std::size_t>(open)];
+    const long run_lo = std::max<long>(run.min, lo - fixed);
+    const long run_hi = hi < 0 ? run.max : run.max < 0 ? hi - fixed : std::min<long>(run.max, hi - fixed);
+    if (run_hi >= 0 && run_lo > run_hi) continue;  // no length fits
+    if (run_lo > 1000 || run_hi > 1000) return false;  // (counts stay within the parser's bound)
+    run.min = static_cast<int>(run_lo);
+    run.max = static_cast<int>(run_hi);
+    Branch fitted;
+    fitted.at_start = fitted.at_end = true;
+    fitted.body.kind = Node::Kind::kSequence;
+    fitted.body.kids = std::move(parts);
+    out.push_back(std::move(fitted));
+  }
+  *branches = std::move(out);
+  return true;
+}
+
+}  // namespace
+
+std::optional<Grammar::RuleId> pattern_rule(Grammar* g, std::string_view pattern, const std::string& path, std::string* error,
+                                            std::optional<std::pair<std::uint64_t, std::uint64_t>> lengths, bool* exact) {
   Parser p(pattern, path);
   std::optional<std::vector<Branch>> branches = p.parse();
   if (!branches) {
     *error = p.error();
     return std::nullopt;
+  }
+  if (lengths) {
+    const long lo = static_cast<long>(std::min<std::uint64_t>(lengths->first, 1L << 40));
+    const long hi = lengths->second == UINT64_MAX ? -1 : static_cast<long>(std::min<std::uint64_t>(lengths->second, 1L << 40));
+    const bool fits = fit_lengths(&*branches, lo, hi);
+    if (exact != nullptr) *exact = fits;
+    if (fits && branches->empty()) {
+      *error = path + ": no string of those lengths matches the pattern";
+      return std::nullopt;
+    }
   }
   Emitter e(g, path);
   std::optional<Rule> r = e.pattern(*branches);

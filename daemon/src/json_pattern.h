@@ -35,6 +35,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <utility>
 
 #include "airlock/engine/grammar.h"
 
@@ -44,9 +45,16 @@ inline constexpr std::size_t kMaxPatternElements = 200'000;
 
 // Adds to `g` the rules of `pattern`'s strings as JSON texts and returns
 // the one to refer to, or nullopt with *error set (the reason, about
-// `path`).
+// `path`). With `lengths` (minLength, maxLength; UINT64_MAX: none) the
+// strings are held to them too where that can be done exactly (*exact
+// says whether it was): when every string of a top-level alternative
+// already fits, or when all of its parts but one run have a fixed length
+// (the run's counts are then narrowed: "^[A-Z][a-z]+$", "^id-\d+",
+// "^[a-z_]*$"). Otherwise the lengths are not held.
 std::optional<engine::Grammar::RuleId> pattern_rule(engine::Grammar* g, std::string_view pattern, const std::string& path,
-                                                    std::string* error);
+                                                    std::string* error,
+                                                    std::optional<std::pair<std::uint64_t, std::uint64_t>> lengths = std::nullopt,
+                                                    bool* exact = nullptr);
 
 // The grammar of `pattern` alone (pattern_rule's, as its start), or null
 // when the pattern is not in the subset above. Compiled once and kept (up

@@ -257,14 +257,26 @@ class Compiler {
     if (s.contains("allOf")) {
       const json& all = s["allOf"];
       if (all.size() == 1 && other_constraint(s, "allOf").empty()) return value(all[0], path + ".allOf[0]");
-      // Several (and the keywords beside them): merged into one schema.
-      json rest = s;
-      rest.erase("allOf");
-      std::optional<json> m = other_constraint(s, "allOf").empty() ? json(true) : std::optional<json>(rest);
-      for (std::size_t i = 0; m && i < all.size(); ++i) m = merge(*m, all[i], path + ".allOf[" + std::to_string(i) + "]", 0);
+      // Several (and the keywords beside them): merged into one schema, a
+      // level at a time (members' names and items are merged when they are
+      // compiled), once for each set of members: a member that is a $ref
+      // counts as its target, so recursive schemas close their loops.
+      std::vector<const json*> key;
+      for (const json& m : all) key.push_back(m.is_object() && m.contains("$ref") && other_constraint(m, "$ref").empty()
+                                                  ? resolve_ref(*root_, m["$ref"])
+                                                  : &m);
+      if (!other_constraint(s, "allOf").empty()) key.push_back(&s);
+      if (auto it = merges_.find(key); it != merges_.end()) return it->second;
+      std::optional<json> m = merge_all(s, path);
       if (!m) return std::nullopt;
+      if (merged_.size() >= 10'000) return fail(path + ": too many allOf merges to hold an answer to");
       merged_.push_back(std::move(*m));
-      return value(merged_.back(), path + ".allOf");
+      const Rule r = g_.add_rule();
+      merges_.emplace(key, r);
+      const std::optional<Rule> body = value(merged_.back(), path + ".allOf");
+      if (!body) return std::nullopt;
+      g_.add_alternative(r, sym({ref(*body)}));
+      return r;
     }
     for (const char* k : {"anyOf", "oneOf"}) {
       if (!s.contains(k)) continue;
@@ -470,6 +482,33 @@ class Compiler {
   // Refused (named): anyOf, oneOf or
   // nullable on both sides of one merge, two different patterns or
   // multipleOf values, prefixItems beside the other side's items.
+  // s's allOf members and the keywords beside them, merged.
+  std::optional<json> merge_all(const json& s, const std::string& path) {
+    json rest = s;
+    rest.erase("allOf");
+    std::optional<json> m = other_constraint(s, "allOf").empty() ? json(true) : std::optional<json>(rest);
+    for (std::size_t i = 0; m && i < s["allOf"].size(); ++i)
+      m = merge(*m, s["allOf"][i], path + ".allOf[" + std::to_string(i) + "]", 0);
+    return m;
+  }
+  // No value follows s: false, or an allOf whose members no value follows
+  // together (an optional member is then not written).
+  bool admits_nothing(const json& s, const std::string& path) {
+    if (s.is_boolean()) return !s.get<bool>();
+    if (!s.is_object() || !s.contains("allOf") || !s["allOf"].is_array() || s["allOf"].size() < 2) return false;
+    const std::optional<json> m = merge_all(s, path);
+    return m && m->is_boolean() && !m->get<bool>();
+  }
+
+  // Both schemas, unmerged (an allOf of the two, merged when compiled).
+  static json both_of(const json& a, const json& b) {
+    if (a.is_boolean()) return a.get<bool>() ? b : a;
+    if (b.is_boolean()) return b.get<bool>() ? a : b;
+    if (other_constraint(a, "").empty()) return b;
+    if (other_constraint(b, "").empty()) return a;
+    return json{{"allOf", json::array({a, b})}};
+  }
+
   std::optional<json> merge(const json& a, const json& b, const std::string& path, int depth) {
     if (depth > 32) return fail(path + ": allOf nests or refers too deep to be merged");
     if (a.is_boolean()) return a.get<bool>() ? std::optional<json>(b) : std::optional<json>(json(false));
@@ -529,7 +568,14 @@ class Compiler {
     }
     // enum / const: the values in both.
     if ((a.contains("enum") || a.contains("const")) && (b.contains("enum") || b.contains("const"))) {
-      auto values = [](const json& s) { return s.contains("const") ? json::array({s["const"]}) : s["enum"]; };
+      // (a side with both: its const, if its enum lists it)
+      auto values = [](const json& s) {
+        if (!s.contains("const")) return s["enum"];
+        if (s.contains("enum") && !std::any_of(s["enum"].begin(), s["enum"].end(),
+                                               [&](const json& v) { return follows_schema(json{{"const", s["const"]}}, v); }))
+          return json::array();
+        return json::array({s["const"]});
+      };
       json common = json::array();
       for (const json& x : values(a))
         for (const json& y : values(b))
@@ -558,7 +604,9 @@ class Compiler {
         return fail(path + ": two allOf members with different " + std::string(k) + " values cannot be held together");
       copy(k);
     }
-    copy("format");  // (an annotation to the validator: one is enough)
+    // format: an annotation to the validator; two different ones are not
+    // spelled (either could be meant).
+    if (!both("format") || a["format"] == b["format"]) copy("format");
     if (a.value("uniqueItems", false) || b.value("uniqueItems", false)) out["uniqueItems"] = true;
     // Items.
     if ((a.contains("prefixItems") && (b.contains("prefixItems") || b.contains("items"))) ||
@@ -566,9 +614,7 @@ class Compiler {
       return fail(path + ": prefixItems beside the other allOf member's items cannot be merged");
     copy("prefixItems");
     if (both("items")) {
-      std::optional<json> items = merge(a["items"], b["items"], path + ".items", depth + 1);
-      if (!items) return std::nullopt;
-      out["items"] = std::move(*items);
+      out["items"] = both_of(a["items"], b["items"]);
     } else {
       copy("items");
     }
@@ -591,21 +637,23 @@ class Compiler {
       json props = json::object();
       for (const json* side : {&a, &b})
         if (side->contains("properties"))
-          for (auto it = (*side)["properties"].begin(); it != (*side)["properties"].end(); ++it) {
-            if (props.contains(it.key())) continue;
-            std::optional<json> p = merge(schema_for(a, it.key()), schema_for(b, it.key()),
-                                          path + ".properties." + it.key().substr(0, 64), depth + 1);
-            if (!p) return std::nullopt;
-            props[it.key()] = std::move(*p);
-          }
+          for (auto it = (*side)["properties"].begin(); it != (*side)["properties"].end(); ++it)
+            if (!props.contains(it.key())) props[it.key()] = both_of(schema_for(a, it.key()), schema_for(b, it.key()));
       if (!props.empty()) out["properties"] = std::move(props);
-      if (a.contains("additionalProperties") || b.contains("additionalProperties")) {
-        std::optional<json> rest = merge(a.value("additionalProperties", json(true)), b.value("additionalProperties", json(true)),
-                                         path + ".additionalProperties", depth + 1);
-        if (!rest) return std::nullopt;
-        out["additionalProperties"] = std::move(*rest);
-      }
+      if (a.contains("additionalProperties") || b.contains("additionalProperties"))
+        out["additionalProperties"] = both_of(a.value("additionalProperties", json(true)), b.value("additionalProperties", json(true)));
     }
+    // A required name whose schema is false: no object (and without a
+    // type, no value, as the compiler reads object keywords).
+    if (out.contains("required"))
+      for (const json& n : out["required"]) {
+        const std::string& name = n.get_ref<const std::string&>();
+        const json& at = out.contains("properties") && out["properties"].contains(name) ? out["properties"][name]
+                         : out.contains("additionalProperties")                         ? out["additionalProperties"]
+                                                                                        : json(true);
+        const bool objects_only = !out.contains("type") || out["type"] == "object";  // (as the compiler reads it)
+        if (objects_only && at.is_boolean() && !at.get<bool>()) return json(false);
+      }
     // Enum values (numbers, strings, ...) that the rest refuses: none left
     // is no value (an optional member then goes unwritten).
     if (out.contains("enum")) {
@@ -613,7 +661,7 @@ class Compiler {
       rest.erase("enum");
       json kept = json::array();
       for (const json& v : out["enum"])
-        if (v.is_structured() || follows_schema(rest, v)) kept.push_back(v);
+        if (v.is_structured() || follows_subschema(*root_, rest, v, &enum_pattern_work_)) kept.push_back(v);
       if (kept.empty()) return json(false);
       out["enum"] = std::move(kept);
     }
@@ -637,7 +685,7 @@ class Compiler {
     std::vector<std::string> texts;
     std::size_t bytes = 0;
     for (const json& v : candidates)
-      if (follows_schema(rest, v, &enum_pattern_work_)) {
+      if (follows_subschema(*root_, rest, v, &enum_pattern_work_)) {
         texts.push_back(v.dump());
         if ((bytes += texts.back().size()) > kMaxElements) return fail(std::string(name_) + " is too large to hold an answer to");
       }
@@ -998,11 +1046,16 @@ class Compiler {
   std::optional<Rule> string_of(const json& s, const std::string& path) {
     const std::optional<std::uint64_t> lo = count_at(s, "minLength"), hi = count_at(s, "maxLength");
     if (s.contains("pattern")) {
-      // The pattern is held; beside it, length bounds are not (held in part).
-      if (lo || hi) exact_ = false;
+      // The pattern is held, and beside it the lengths where they can be
+      // exactly (else held in part).
       std::string why;
-      const std::optional<Rule> r = pattern_rule(&g_, s["pattern"].get<std::string>(), path + ".pattern", &why);
+      bool fitted = true;
+      std::optional<std::pair<std::uint64_t, std::uint64_t>> lengths;
+      if (lo || hi) lengths.emplace(lo.value_or(0), hi.value_or(UINT64_MAX));
+      if (lo && hi && *lo > *hi) return fail(path + ": minLength is over maxLength");
+      const std::optional<Rule> r = pattern_rule(&g_, s["pattern"].get<std::string>(), path + ".pattern", &why, lengths, &fitted);
       if (!r) return fail(why);
+      if (!fitted) exact_ = false;
       return r;
     }
     if (!lo && !hi) {
@@ -1171,10 +1224,10 @@ class Compiler {
     std::vector<Compiled> parts;
     for (const Member& m : members) {
       const std::string at = path + ".properties." + m.key.substr(0, 64);
-      if (m.schema->is_boolean() && !m.schema->get<bool>()) {
+      if (admits_nothing(*m.schema, at)) {
         if (m.required) {
           --containers_;
-          return fail(at + ": required, and no value follows its schema (false)");
+          return fail(at + ": required, and no value follows its schema");
         }
         continue;
       }
@@ -1225,6 +1278,7 @@ class Compiler {
   std::uint64_t enum_pattern_work_ = 4'000'000;  // patterns' work over the enum values, in all (json_pattern.h)  // oneOf branches' values and members compared, in all
   std::vector<std::pair<const json*, int>> open_refs_;  // $refs being compiled, and the containers open then
   std::deque<json> merged_;  // allOf members merged (the compiler keeps pointers into schemas)
+  std::map<std::vector<const json*>, Rule> merges_;  // by their members (a $ref's target for a $ref)
   int containers_ = 0;
   bool exact_ = true;
 };
@@ -1276,8 +1330,8 @@ std::shared_ptr<const engine::Grammar> tool_call_grammar(ToolFormat format, cons
       // be returned as a call: what is forced must be held exactly.
       if (args && t.strict && !c.exact()) {
         *error = param + ": held only in part (a oneOf whose branches may overlap, as anyOf; lengths beside a "
-                         "pattern; or a multipleOf beside bounds), and a forced call of a strict function must follow "
-                         "its schema exactly";
+                         "pattern whose length varies in more than one place; or a multipleOf beside bounds), and a "
+                         "forced call of a strict function must follow its schema exactly";
         return nullptr;
       }
     }

@@ -509,7 +509,11 @@ bool follows_schema(const json& schema, const json& value) {
 }
 
 bool follows_schema(const json& schema, const json& value, std::uint64_t* pattern_work) {
-  SchemaCheck check{schema};
+  return follows_subschema(schema, schema, value, pattern_work);
+}
+
+bool follows_subschema(const json& root, const json& schema, const json& value, std::uint64_t* pattern_work) {
+  SchemaCheck check{root};
   check.pattern_work = *pattern_work;
   const bool out = check.follows(schema, value, 0);
   *pattern_work = check.pattern_work;

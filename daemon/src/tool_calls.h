@@ -90,6 +90,9 @@ bool follows_schema(const nlohmann::ordered_json& schema, const nlohmann::ordere
 // *pattern_work instead of a budget of its own (for many checks against
 // one budget).
 bool follows_schema(const nlohmann::ordered_json& schema, const nlohmann::ordered_json& value, std::uint64_t* pattern_work);
+// The same for `schema`, a part of `root` (its $refs are read in root).
+bool follows_subschema(const nlohmann::ordered_json& root, const nlohmann::ordered_json& schema,
+                       const nlohmann::ordered_json& value, std::uint64_t* pattern_work);
 
 struct ToolCall {
   std::string name;

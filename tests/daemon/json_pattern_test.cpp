@@ -351,7 +351,11 @@ TEST(JsonPatternTest, SchemasHoldPatterns) {
   EXPECT_FALSE(follows_schema(schema, ojson::parse(R"({"zip":"1234x","code":"ABC"})")));
   EXPECT_FALSE(follows_schema(schema, ojson::parse(R"({"zip":"12345","code":"AB"})")));
 
+  // Lengths beside a pattern: held where one run varies (schema_grammar_test
+  // has the rest), not where two do.
   ASSERT_TRUE(compile_schema(ojson::parse(R"({"type":"string","pattern":"^a+$","maxLength":3})"), "schema", &why, &exact));
+  EXPECT_TRUE(exact);
+  ASSERT_TRUE(compile_schema(ojson::parse(R"({"type":"string","pattern":"^a+b+$","maxLength":3})"), "schema", &why, &exact));
   EXPECT_FALSE(exact);
   EXPECT_FALSE(compile_schema(ojson::parse(R"({"type":"string","pattern":"(a)\\1"})"), "schema", &why));
   EXPECT_EQ(why, "schema.pattern: the pattern uses a back-reference (not supported)");

@@ -22,6 +22,7 @@
 #include "airlock/engine/constraint.h"
 #include "airlock/engine/gguf.h"
 #include "airlock/engine/tokenizer.h"
+#include "json_pattern.h"
 #include "tool_calls.h"
 
 namespace airlock::daemon {
@@ -478,6 +479,69 @@ TEST(SchemaGrammarTest, DisjointOneOfIsExact) {
 
 // String formats a grammar can spell are held: examples read, others
 // refused, and random sentences match the format's regular expression.
+// minLength/maxLength beside a pattern: held exactly where each top-level
+// alternative already fits them or varies in one run only; checked against
+// std::regex and the lengths on strings drawn from the pattern alone and
+// on random ones.
+TEST(SchemaGrammarTest, LengthsBesideAPattern) {
+  struct Case {
+    const char* pattern;
+    bool held;  // exactly, with every bound below
+  };
+  const Case cases[] = {{"^[A-Z][a-z]+$", true}, {"^id-\\d+", true},     {"[a-z_]*", true},  {"x+y?z*", false},
+                        {"^\\d{5}$", true},      {"^(ab|cd)x*$", true}, {"^[a-z]*x$|^yy$", true},
+                        {"^(a|bc)+$", false},     {"^[A-Z]{2,}-[0-9]{1,3}$", false}, {"foo", false}};
+  const std::pair<int, int> bounds[] = {{0, 3}, {2, 5}, {5, 5}, {1, 20}, {3, -1}, {-1, 4}};
+  std::mt19937 rng(31);
+  const std::string alphabet = "AaBbxyz_-0123idfoc";
+  for (const Case& c : cases) {
+    const std::regex re(std::string(c.pattern).c_str());
+    auto from_pattern = pattern_grammar(std::string(c.pattern).substr(0));
+    ASSERT_TRUE(from_pattern) << c.pattern;
+    std::vector<std::string> candidates;
+    for (int i = 0; i < 60; ++i) {
+      const std::string text = random_sentence(*from_pattern, rng, 0.2, 400);
+      if (!text.empty()) candidates.push_back(ojson::parse(text).get<std::string>());
+      std::string r;
+      for (int k = static_cast<int>(rng() % 24); k > 0; --k) r += alphabet[rng() % alphabet.size()];
+      candidates.push_back(r);
+    }
+    for (const auto& [lo, hi] : bounds) {
+      ojson schema = {{"type", "string"}, {"pattern", c.pattern}};
+      if (lo >= 0) schema["minLength"] = lo;
+      if (hi >= 0) schema["maxLength"] = hi;
+      std::string why;
+      bool exact = false;
+      auto g = compile_schema(schema, "schema", &why, &exact);
+      if (!g) {
+        // Only when no string of those lengths matches.
+        EXPECT_NE(why.find("no string of those lengths"), std::string::npos) << schema.dump() << ": " << why;
+        for (const std::string& x : candidates) EXPECT_FALSE(follows_schema(schema, ojson(x))) << schema.dump() << " " << x;
+        continue;
+      }
+      if (c.held) {
+        EXPECT_TRUE(exact) << schema.dump();
+      }
+      for (const std::string& x : candidates) {
+        const int n = static_cast<int>(std::count_if(x.begin(), x.end(), [](char ch) { return (ch & 0xC0) != 0x80; }));
+        const bool in = std::regex_search(x, re) && n >= std::max(lo, 0) && (hi < 0 || n <= hi);
+        ASSERT_EQ(follows_schema(schema, ojson(x)), in) << schema.dump() << " " << x;
+        const bool read = instance(*g, ojson(x).dump());
+        if (exact) {
+          EXPECT_EQ(read, in) << schema.dump() << " " << x;
+        } else if (!read) {
+          EXPECT_FALSE(std::regex_search(x, re)) << schema.dump() << " " << x;  // the pattern is held either way
+        }
+      }
+      for (int i = 0; exact && i < 15; ++i) {
+        const std::string text = random_sentence(*g, rng, 0.2);
+        if (text.empty()) continue;
+        EXPECT_TRUE(follows_schema(schema, ojson::parse(text))) << schema.dump() << " wrote " << text;
+      }
+    }
+  }
+}
+
 TEST(SchemaGrammarTest, FormatsAreSpelled) {
   struct Case {
     const char* format;
@@ -755,6 +819,41 @@ TEST(SchemaGrammarTest, AllOfIsMerged) {
   EXPECT_TRUE(instance(*g, R"({"n":{"n":{"v":1},"v":2},"v":3})"));
   EXPECT_FALSE(instance(*g, R"({"n":{"v":1},"v":3,"w":4})"));
   EXPECT_FALSE(instance(*g, R"({"n":{"n":{}},"v":3})"));
+  // Review cases. A member with both enum and const: its const, if its
+  // enum lists it.
+  EXPECT_NE(refusal(R"({"allOf":[{"enum":[1],"const":2},{"enum":[2]}]})").find("no value"), std::string::npos);
+  // The same recursive $ref on both sides: merged once a level, the loop
+  // closed (it had been expanded into a tree, exponential in the depth).
+  g = compile(R"({"$defs":{"N":{"type":"object","properties":{"next":{"$ref":"#/$defs/N"}}}},
+                  "allOf":[{"$ref":"#/$defs/N"},{"properties":{"next":{"$ref":"#/$defs/N"},"v":{"type":"integer"}}}]})");
+  ASSERT_TRUE(g);
+  EXPECT_TRUE(instance(*g, R"({"next":{"next":{}},"v":1})"));
+  std::string wide = R"({"$defs":{)";
+  for (int i = 0; i < 10; ++i) {
+    wide += "\"D" + std::to_string(i) + "\":{\"type\":\"object\",\"properties\":{";
+    for (int k = 0; k < 5; ++k) wide += std::string(k ? "," : "") + "\"p" + std::to_string(k) + "\":{\"$ref\":\"#/$defs/D" + std::to_string(i + 1) + "\"}";
+    wide += "}},";
+  }
+  wide += R"("D10":{"type":"string"}},"allOf":[{"$ref":"#/$defs/D0"},{"$ref":"#/$defs/D0"}]})";
+  g = compile(wide.c_str());
+  ASSERT_TRUE(g);
+  EXPECT_LT(g->elements(), 100'000u);
+  // An enum beside a recursive $ref: the enum's values checked in the root.
+  EXPECT_NE(refusal(R"({"type":"object","properties":{"v":{"allOf":[{"enum":[{"n":"s"}]},{"properties":{"n":{"$ref":"#"}}}]}}})")
+                .find("no value"),
+            std::string::npos);  // "s" is no object (it had been checked against the member, as a root)
+  g = compile(R"({"$defs":{"S":{"type":"string"}},"allOf":[{"enum":[{"a":"x"}]},{"properties":{"a":{"$ref":"#/$defs/S"}}}]})");
+  ASSERT_TRUE(g);
+  EXPECT_TRUE(instance(*g, R"({"a":"x"})"));
+  // An optional member no value follows is not written; two formats are
+  // not spelled.
+  g = compile(R"({"type":"object","properties":{"o":{"allOf":[{"required":["x"]},{"properties":{"y":{}},"additionalProperties":false}]},
+                  "p":{"type":"integer"}}})");
+  ASSERT_TRUE(g);
+  EXPECT_TRUE(instance(*g, R"({"p":1})"));
+  g = compile(R"({"allOf":[{"type":"string","format":"date"},{"format":"uuid"}]})");
+  ASSERT_TRUE(g);
+  EXPECT_TRUE(instance(*g, R"("not a date")"));
 }
 
 TEST(SchemaGrammarTest, RefusalsNameTheSubschema) {
