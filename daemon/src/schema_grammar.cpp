@@ -668,6 +668,64 @@ class Compiler {
     return out;
   }
 
+  // The values `s` admits when they are at most 8 scalars (an enum or
+  // const, booleans, null; through $refs), as JSON texts, no two equal as
+  // JSON; else nullopt.
+  std::optional<std::vector<std::string>> few_values(const json& s, int depth = 0) {
+    if (!s.is_object() || depth > 8) return std::nullopt;
+    if (s.contains("$ref") && other_constraint(s, "$ref").empty()) {
+      const json* target = resolve_ref(*root_, s["$ref"]);
+      return target ? few_values(*target, depth + 1) : std::nullopt;
+    }
+    std::vector<json> candidates;
+    json rest = s;
+    if (s.contains("enum") || s.contains("const")) {
+      if (s.contains("const")) candidates.push_back(s["const"]);
+      else candidates.assign(s["enum"].begin(), s["enum"].end());
+      rest.erase("enum");
+      rest.erase("const");
+    } else if (s.contains("type") && (s["type"] == "boolean" || s["type"] == "null") && other_constraint(s, "type").empty()) {
+      candidates = s["type"] == "boolean" ? std::vector<json>{json(false), json(true)} : std::vector<json>{json(nullptr)};
+    } else {
+      return std::nullopt;
+    }
+    std::vector<json> kept;
+    for (const json& v : candidates) {
+      if (v.is_structured()) return std::nullopt;
+      if (!follows_subschema(*root_, rest, v, &enum_pattern_work_)) continue;
+      if (std::any_of(kept.begin(), kept.end(), [&](const json& k) { return follows_schema(json{{"const", k}}, v); })) continue;
+      kept.push_back(v);
+    }
+    if (kept.empty() || kept.size() > 8) return std::nullopt;
+    std::vector<std::string> texts;
+    for (const json& v : kept) texts.push_back(v.dump());
+    return texts;
+  }
+
+  // An array of distinct items of `values` (at most 8), lo to hi of them:
+  // a rule for each set of values written so far.
+  std::optional<Rule> distinct_items(const std::vector<std::string>& values, std::uint64_t lo, std::optional<std::uint64_t> hi,
+                                     const std::string& path) {
+    const unsigned k = static_cast<unsigned>(values.size());
+    const std::uint64_t most = std::min<std::uint64_t>(hi.value_or(k), k);
+    if (lo > most) return fail(path + ": minItems asks for more distinct items than items allow");
+    std::vector<Rule> after(1u << k);  // after[S]: the set S written; the rest of the array
+    for (unsigned set = (1u << k); set-- > 0;) {
+      const auto n = static_cast<std::uint64_t>(__builtin_popcount(set));
+      std::vector<Seq> alts;
+      if (n >= lo) alts.push_back(lit("]"));
+      for (unsigned i = 0; n < most && i < k; ++i)
+        if (!(set & (1u << i)))
+          alts.push_back(sym({Grammar::byte(','), ref(ws_)}) + lit(values[i]) + sym({ref(ws_), ref(after[set | (1u << i)])}));
+      after[set] = alternatives(alts.empty() ? std::vector<Seq>{lit("]")} : alts);
+    }
+    std::vector<Seq> alts;
+    if (lo == 0) alts.push_back(sym({Grammar::byte('['), ref(ws_), Grammar::byte(']')}));
+    for (unsigned i = 0; most > 0 && i < k; ++i)
+      alts.push_back(sym({Grammar::byte('['), ref(ws_)}) + lit(values[i]) + sym({ref(ws_), ref(after[1u << i])}));
+    return alternatives(alts);
+  }
+
   // enum / const: the values that also follow the rest of the schema.
   std::optional<Rule> choices(const json& s, const std::string& path) {
     json rest = s;
@@ -1137,7 +1195,14 @@ class Compiler {
   std::optional<Rule> array_schema(const json& s, const std::string& path) {
     const std::optional<std::uint64_t> lo = count_at(s, "minItems"), hi = count_at(s, "maxItems");
     if (lo && hi && *lo > *hi) return fail(path + ": minItems is over maxItems");
-    if (s.contains("uniqueItems") && s["uniqueItems"] == true && hi.value_or(2) > 1) exact_ = false;
+    if (s.contains("uniqueItems") && s["uniqueItems"] == true && hi.value_or(2) > 1) {
+      // Items of a few values (an enum, booleans: pydantic's set of a
+      // Literal or an Enum): each subset, in every order, held exactly.
+      if (!s.contains("prefixItems") && s.contains("items"))
+        if (std::optional<std::vector<std::string>> values = few_values(s["items"]))
+          return distinct_items(*values, lo.value_or(0), hi, path);
+      exact_ = false;
+    }
     Rule item = any_;
     bool more = true;  // items after the prefix (false: items is false)
     if (s.contains("items")) {

@@ -700,6 +700,46 @@ TEST(SchemaGrammarTest, TuplesAndSets) {
   ASSERT_TRUE(compile_schema(ojson::parse(R"({"type":"array","uniqueItems":true,"maxItems":1})"), "schema", &why, &exact));
   EXPECT_TRUE(exact);
   EXPECT_EQ(refusal(R"({"type":"array","uniqueItems":1})"), "schema.uniqueItems must be true or false");
+  // A set of a few values (pydantic's set of a Literal or an Enum): held
+  // exactly. Every array of up to 4 items drawn from the values (repeats
+  // included) against the validator, both ways. An enum holding an object
+  // is not such a set (held in part).
+  ASSERT_TRUE(compile_schema(ojson::parse(R"({"type":"array","items":{"enum":["a",{"x":1}]},"uniqueItems":true})"), "schema",
+                             &why, &exact));
+  EXPECT_FALSE(exact);
+  for (const char* text : {R"({"type":"array","items":{"enum":["a","b","c",1,1.0]},"uniqueItems":true})",
+                           R"({"type":"array","items":{"$ref":"#/$defs/E"},"uniqueItems":true,"minItems":1,"maxItems":2,
+                               "$defs":{"E":{"type":"string","enum":["r","g","b",3]}}})",
+                           R"({"type":"array","items":{"type":"boolean"},"uniqueItems":true})"}) {
+    const ojson schema = ojson::parse(text);
+    auto g = compile_schema(schema, "schema", &why, &exact);
+    ASSERT_TRUE(g) << text << ": " << why;
+    EXPECT_TRUE(exact) << text;
+    const std::vector<ojson> pool = {"a", "b", "c", 1, 1.0, "r", "g", 3, true, false};
+    std::vector<std::vector<std::size_t>> arrays = {{}};
+    for (std::size_t len = 1; len <= 4; ++len) {
+      std::vector<std::vector<std::size_t>> next;
+      for (const auto& a : arrays)
+        if (a.size() == len - 1)
+          for (std::size_t i = 0; i < pool.size(); ++i) {
+            auto b = a;
+            b.push_back(i);
+            next.push_back(b);
+          }
+      arrays.insert(arrays.end(), next.begin(), next.end());
+    }
+    for (const auto& a : arrays) {
+      ojson v = ojson::array();
+      for (std::size_t i : a) v.push_back(pool[i]);
+      // (1.0 is the value 1, written "1")
+      const bool spelled = std::none_of(v.begin(), v.end(), [](const ojson& x) { return x.is_number_float(); });
+      if (instance(*g, v.dump())) {
+        EXPECT_TRUE(follows_schema(schema, v)) << text << " " << v.dump();
+      } else {
+        EXPECT_FALSE(follows_schema(schema, v) && spelled) << text << " " << v.dump();
+      }
+    }
+  }
 }
 
 // allOf of several schemas, merged: over every ordered pair of a set of
