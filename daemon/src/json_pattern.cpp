@@ -655,7 +655,7 @@ void flatten(const Node& n, std::vector<Node>* out) {
 // neither (its lengths are then not held).
 bool fit_lengths(std::vector<Branch>* branches, long lo, long hi) {
   std::vector<Branch> out;
-  for (Branch& b : *branches) {
+  for (Branch b : *branches) {  // (a copy: on false, *branches is left as it was)
     std::vector<Node> parts;
     auto any_run = [] {
       Node run;

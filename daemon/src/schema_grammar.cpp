@@ -238,14 +238,25 @@ class Compiler {
 
   std::optional<Rule> value(const json& s, const std::string& path) {
     if (!error_.empty()) return std::nullopt;
+    // Nested schemas are compiled recursively: bounded, whatever merges
+    // and $refs make of them.
+    struct Depth {
+      int& d;
+      explicit Depth(int& x) : d(++x) {}
+      ~Depth() { --d; }
+    } depth(value_depth_);
+    if (value_depth_ > 256) return fail(path + ": the schema nests too deep to hold an answer to");
     // Checked as it grows: one subschema adds a bounded amount.
     if (g_.elements() > kMaxElements) return fail(std::string(name_) + " is too large to hold an answer to");
     if (s.is_boolean()) return s.get<bool>() ? std::optional<Rule>(any_) : fail(path + " is false: no value follows it");
     if (!s.is_object()) return fail(path + " is not a schema");
     if (s.contains("nullable")) {  // OpenAPI 3.0's (zod's nullable()): null, or a value of the rest
+      // (kept: the compiler's memos hold pointers into what it compiles)
       json rest = s;
       rest.erase("nullable");
-      const std::optional<Rule> v = value(rest, path);
+      if (merged_.size() >= kMaxCopies) return fail(path + ": too many schemas to hold an answer to");
+      merged_.push_back(std::move(rest));
+      const std::optional<Rule> v = value(merged_.back(), path);
       if (!v || !s["nullable"].get<bool>()) return v;
       return alternatives({sym({ref(*v)}), lit("null")});
     }
@@ -261,15 +272,30 @@ class Compiler {
       // level at a time (members' names and items are merged when they are
       // compiled), once for each set of members: a member that is a $ref
       // counts as its target, so recursive schemas close their loops.
-      std::vector<const json*> key;
-      for (const json& m : all) key.push_back(m.is_object() && m.contains("$ref") && other_constraint(m, "$ref").empty()
-                                                  ? resolve_ref(*root_, m["$ref"])
-                                                  : &m);
-      if (!other_constraint(s, "allOf").empty()) key.push_back(&s);
+      // The key: the members (nested allOf flattened) by their text, a $ref
+      // by its target.
+      std::string key;
+      std::vector<const json*> members = {&s};
+      for (std::size_t i = 0; i < members.size(); ++i) {
+        const json& m = *members[i];
+        if (m.is_object() && m.contains("allOf") && m["allOf"].is_array() && (i == 0 || other_constraint(m, "allOf").empty())) {
+          for (const json& x : m["allOf"]) members.push_back(&x);
+          if (i == 0 && !other_constraint(m, "allOf").empty()) {
+            json rest = m;
+            rest.erase("allOf");
+            key += rest.dump() + '\n';
+          }
+        } else if (m.is_object() && m.contains("$ref") && other_constraint(m, "$ref").empty()) {
+          key += "$" + std::to_string(reinterpret_cast<std::uintptr_t>(resolve_ref(*root_, m["$ref"]))) + '\n';
+        } else {
+          key += m.dump() + '\n';
+        }
+        if (key.size() > (1u << 20)) return fail(path + ": the allOf is too large to hold an answer to");
+      }
       if (auto it = merges_.find(key); it != merges_.end()) return it->second;
       std::optional<json> m = merge_all(s, path);
       if (!m) return std::nullopt;
-      if (merged_.size() >= 10'000) return fail(path + ": too many allOf merges to hold an answer to");
+      if (merged_.size() >= kMaxCopies) return fail(path + ": too many allOf merges to hold an answer to");
       merged_.push_back(std::move(*m));
       const Rule r = g_.add_rule();
       merges_.emplace(key, r);
@@ -495,8 +521,13 @@ class Compiler {
   // together (an optional member is then not written).
   bool admits_nothing(const json& s, const std::string& path) {
     if (s.is_boolean()) return !s.get<bool>();
-    if (!s.is_object() || !s.contains("allOf") || !s["allOf"].is_array() || s["allOf"].size() < 2) return false;
+    if (!s.is_object() || !s.contains("allOf") || !s["allOf"].is_array() || s["allOf"].size() < 2 || s.contains("nullable"))
+      return false;
+    // A trial: a merge that cannot be made is refused when the member is
+    // compiled, not here.
+    const std::string before = error_;
     const std::optional<json> m = merge_all(s, path);
+    error_ = before;
     return m && m->is_boolean() && !m->get<bool>();
   }
 
@@ -506,11 +537,21 @@ class Compiler {
     if (b.is_boolean()) return b.get<bool>() ? a : b;
     if (other_constraint(a, "").empty()) return b;
     if (other_constraint(b, "").empty()) return a;
-    return json{{"allOf", json::array({a, b})}};
+    // (an allOf alone is spread out: nested ones would make a new schema at
+    // each level of a recursive one)
+    json all = json::array();
+    for (const json* x : {&a, &b}) {
+      if (x->contains("allOf") && (*x)["allOf"].is_array() && other_constraint(*x, "allOf").empty())
+        for (const json& m : (*x)["allOf"]) all.push_back(m);
+      else
+        all.push_back(*x);
+    }
+    return json{{"allOf", std::move(all)}};
   }
 
   std::optional<json> merge(const json& a, const json& b, const std::string& path, int depth) {
     if (depth > 32) return fail(path + ": allOf nests or refers too deep to be merged");
+    if (--merge_budget_ < 0) return fail(path + ": the allOf is too intricate to merge");
     if (a.is_boolean()) return a.get<bool>() ? std::optional<json>(b) : std::optional<json>(json(false));
     if (b.is_boolean()) return b.get<bool>() ? std::optional<json>(a) : std::optional<json>(json(false));
     if (!a.is_object() || !b.is_object()) return fail(path + " is not a schema");
@@ -1343,7 +1384,10 @@ class Compiler {
   std::uint64_t enum_pattern_work_ = 4'000'000;  // patterns' work over the enum values, in all (json_pattern.h)  // oneOf branches' values and members compared, in all
   std::vector<std::pair<const json*, int>> open_refs_;  // $refs being compiled, and the containers open then
   std::deque<json> merged_;  // allOf members merged (the compiler keeps pointers into schemas)
-  std::map<std::vector<const json*>, Rule> merges_;  // by their members (a $ref's target for a $ref)
+  std::map<std::string, Rule> merges_;  // by their members (a $ref's target for a $ref)
+  static constexpr std::size_t kMaxCopies = 10'000;  // schemas made while compiling (merged_)
+  long merge_budget_ = 100'000;                      // merge() calls
+  int value_depth_ = 0;
   int containers_ = 0;
   bool exact_ = true;
 };

@@ -490,7 +490,7 @@ TEST(SchemaGrammarTest, LengthsBesideAPattern) {
   };
   const Case cases[] = {{"^[A-Z][a-z]+$", true}, {"^id-\\d+", true},     {"[a-z_]*", true},  {"x+y?z*", false},
                         {"^\\d{5}$", true},      {"^(ab|cd)x*$", true}, {"^[a-z]*x$|^yy$", true},
-                        {"^(a|bc)+$", false},     {"^[A-Z]{2,}-[0-9]{1,3}$", false}, {"foo", false}};
+                        {"^(a|bc)+$", false},      {"^abc$|^a+b+$", false},     {"^[A-Z]{2,}-[0-9]{1,3}$", false}, {"foo", false}};
   const std::pair<int, int> bounds[] = {{0, 3}, {2, 5}, {5, 5}, {1, 20}, {3, -1}, {-1, 4}};
   std::mt19937 rng(31);
   const std::string alphabet = "AaBbxyz_-0123idfoc";
@@ -894,6 +894,46 @@ TEST(SchemaGrammarTest, AllOfIsMerged) {
   g = compile(R"({"allOf":[{"type":"string","format":"date"},{"format":"uuid"}]})");
   ASSERT_TRUE(g);
   EXPECT_TRUE(instance(*g, R"("not a date")"));
+  // Second review. Three members on a recursive $ref (the lazy merges had
+  // nested allOf in allOf, a new schema at each level: a stack overflow).
+  for (const char* e : {R"({"type":"object","properties":{"b":{"$ref":"#/$defs/E"}}})",
+                        R"({"type":"array","items":{"$ref":"#/$defs/E"}})"}) {
+    ojson schema = ojson::parse(R"({"allOf":[{"$ref":"#/$defs/E"},{"$ref":"#/$defs/E"},{"$ref":"#/$defs/E"}]})");
+    schema["$defs"]["E"] = ojson::parse(e);
+    std::string why;
+    ASSERT_TRUE(compile_schema(schema, "schema", &why)) << why;
+  }
+  // Merges were memoized by the members' addresses, which a copy made for
+  // nullable (then freed) could hand to the next: one item got another's
+  // grammar.
+  {
+    const ojson schema = ojson::parse(R"({"type":"array","items":false,"prefixItems":[
+        {"nullable":true,"allOf":[{"type":"integer"},{"minimum":5}]},{"nullable":true,"allOf":[{"type":"string"},{"maxLength":3}]},
+        {"nullable":true,"allOf":[{"type":"string"},{"maxLength":3}]}]})");
+    std::string why;
+    bool held = false;
+    auto tuple = compile_schema(schema, "schema", &why, &held);
+    ASSERT_TRUE(tuple) << why;
+    EXPECT_TRUE(held);
+    EXPECT_TRUE(instance(*tuple, R"([7,"ab","ab"])"));
+    EXPECT_FALSE(instance(*tuple, R"([7,"ab",7])"));
+    EXPECT_TRUE(instance(*tuple, R"([null,null,"abc"])"));
+  }
+  // An optional member with nullable beside an allOf is compiled as before.
+  g = compile(R"({"type":"object","properties":{"a":{"nullable":true,"allOf":[{"type":"string"},{"maxLength":3}]}}})");
+  ASSERT_TRUE(g);
+  EXPECT_TRUE(instance(*g, R"({"a":null})"));
+  // allOf of allOf of $refs, k members a level: the merges are bounded.
+  std::string chain = R"({"$defs":{)";
+  for (int i = 0; i < 14; ++i)
+    chain += "\"D" + std::to_string(i) + "\":{\"allOf\":[" + [&] {
+      std::string refs;
+      for (int k = 0; k < 4; ++k) refs += std::string(k ? "," : "") + "{\"$ref\":\"#/$defs/D" + std::to_string(i + 1) + "\"}";
+      return refs;
+    }() + "]},";
+  chain += R"("D14":{"type":"string"}},"$ref":"#/$defs/D0"})";
+  std::string why;
+  compile_schema(ojson::parse(chain), "schema", &why);  // compiled or refused, within its budget
 }
 
 TEST(SchemaGrammarTest, RefusalsNameTheSubschema) {
