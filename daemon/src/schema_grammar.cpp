@@ -46,6 +46,16 @@ std::string other_constraint(const json& s, std::string_view self) {
   return {};
 }
 
+// The values an enum / const names: the const (only if an enum beside it
+// lists it), else the enum's.
+json listed_values(const json& s) {
+  if (!s.contains("const")) return s["enum"];
+  const json same = {{"const", s["const"]}};
+  if (s.contains("enum") && std::none_of(s["enum"].begin(), s["enum"].end(), [&](const json& v) { return follows_schema(same, v); }))
+    return json::array();
+  return json::array({s["const"]});
+}
+
 Seq operator+(Seq a, const Seq& b) {
   a.insert(a.end(), b.begin(), b.end());
   return a;
@@ -609,17 +619,9 @@ class Compiler {
     }
     // enum / const: the values in both.
     if ((a.contains("enum") || a.contains("const")) && (b.contains("enum") || b.contains("const"))) {
-      // (a side with both: its const, if its enum lists it)
-      auto values = [](const json& s) {
-        if (!s.contains("const")) return s["enum"];
-        if (s.contains("enum") && !std::any_of(s["enum"].begin(), s["enum"].end(),
-                                               [&](const json& v) { return follows_schema(json{{"const", s["const"]}}, v); }))
-          return json::array();
-        return json::array({s["const"]});
-      };
       json common = json::array();
-      for (const json& x : values(a))
-        for (const json& y : values(b))
+      for (const json& x : listed_values(a))
+        for (const json& y : listed_values(b))
           if (follows_schema(json{{"const", x}}, y)) {
             common.push_back(x);
             break;
@@ -721,8 +723,8 @@ class Compiler {
     std::vector<json> candidates;
     json rest = s;
     if (s.contains("enum") || s.contains("const")) {
-      if (s.contains("const")) candidates.push_back(s["const"]);
-      else candidates.assign(s["enum"].begin(), s["enum"].end());
+      const json listed = listed_values(s);
+      candidates.assign(listed.begin(), listed.end());
       rest.erase("enum");
       rest.erase("const");
     } else if (s.contains("type") && (s["type"] == "boolean" || s["type"] == "null") && other_constraint(s, "type").empty()) {
@@ -772,15 +774,7 @@ class Compiler {
     json rest = s;
     rest.erase("enum");
     rest.erase("const");
-    std::vector<json> candidates;
-    if (s.contains("const")) {
-      // With an enum as well, the const only if the enum lists it.
-      const json same = {{"const", s["const"]}};
-      if (!s.contains("enum") || std::any_of(s["enum"].begin(), s["enum"].end(), [&](const json& v) { return follows_schema(same, v); }))
-        candidates.push_back(s["const"]);
-    } else {
-      candidates.assign(s["enum"].begin(), s["enum"].end());
-    }
+    const json candidates = listed_values(s);
     std::vector<std::string> texts;
     std::size_t bytes = 0;
     for (const json& v : candidates)
