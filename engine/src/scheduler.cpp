@@ -49,6 +49,11 @@ std::optional<Clock::time_point> TokenStream::admitted_at() const {
   return admitted_at_;
 }
 
+int TokenStream::cached_tokens() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return cached_tokens_;
+}
+
 void TokenStream::push(TokenEvent e) {
   bool wake = true;
   {
@@ -326,6 +331,7 @@ void Scheduler::step(std::unique_lock<std::mutex>& lock) {
       stats_.prefix_hit_tokens += static_cast<std::uint64_t>(s->n_prefilled);
       std::lock_guard<std::mutex> slock(s->stream->mu_);
       s->stream->admitted_at_ = Clock::now();
+      s->stream->cached_tokens_ = s->n_prefilled;
     }
     running_.push_back(std::move(s));
     add_need(*running_.back());

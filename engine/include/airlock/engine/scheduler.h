@@ -103,6 +103,9 @@ class TokenStream {
   Clock::time_point queued_at() const { return queued_at_; }
   std::optional<Clock::time_point> admitted_at() const;
   int prompt_tokens() const { return prompt_tokens_; }
+  // Of those, the tokens whose KV came from the prefix cache when the
+  // request was first admitted (0 before that).
+  int cached_tokens() const;
 
  private:
   friend class Scheduler;
@@ -117,6 +120,7 @@ class TokenStream {
   Clock::time_point queued_at_;
   std::optional<Clock::time_point> admitted_at_;
   int prompt_tokens_ = 0;
+  int cached_tokens_ = 0;
 };
 
 class ThreadPool;
