@@ -269,10 +269,14 @@ std::string error_body(const ApiError& e) {
 }
 
 std::optional<ApiError> parse_request(std::string_view body, Endpoint endpoint, CompletionRequest* out) {
-  CompletionRequest r;
-  r.endpoint = endpoint;
   ojson j;
   if (auto e = parse_json_object(body, &j)) return e;
+  return parse_request_object(j, endpoint, out);
+}
+
+std::optional<ApiError> parse_request_object(const ojson& j, Endpoint endpoint, CompletionRequest* out) {
+  CompletionRequest r;
+  r.endpoint = endpoint;
 
   auto number = [&](const char* key, double lo, double hi, auto apply) -> std::optional<ApiError> {
     if (!j.contains(key) || j[key].is_null()) return std::nullopt;
@@ -550,7 +554,7 @@ std::optional<ApiError> parse_rag_query(std::string_view body, const std::string
   for (const char* k : {"top_k", "mode"})
     if (j.contains(k)) a[k] = j[k];
   chat["airlock"] = a;
-  if (auto e = parse_request(chat.dump(), Endpoint::kChat, out)) {
+  if (auto e = parse_request_object(chat, Endpoint::kChat, out)) {
     if (e->param.rfind("airlock.", 0) == 0) e->param = e->param.substr(8);
     return e;
   }

@@ -46,7 +46,9 @@ std::string error_body(const ApiError& e);
 // 400 that says why not.
 std::optional<ApiError> parse_json_object(std::string_view body, ojson* j);
 
-enum class Endpoint { kChat, kCompletions };
+// kResponses: POST /v1/responses (responses_api.h), a chat request once
+// parsed (its CompletionRequest has endpoint kChat and `responses` set).
+enum class Endpoint { kChat, kCompletions, kResponses };
 
 // The `airlock` extension of a chat request: answer grounded in these
 // collections (docs/rag.md).
@@ -56,8 +58,13 @@ struct GroundingSpec {
   std::string mode = "hybrid";            // hybrid, bm25, vector
 };
 
+struct ResponsesEcho;  // responses_api.h
+
 struct CompletionRequest {
   Endpoint endpoint = Endpoint::kChat;
+  // Set for POST /v1/responses: what its answer repeats of the request, and
+  // the answer's shape (a response object, typed stream events).
+  std::shared_ptr<const ResponsesEcho> responses;
   std::string model;
   ojson messages = ojson::array();  // chat: role/content objects, content flattened to a string
   // Chat with tools (and tool_choice not "none"): the tools as sent, for
@@ -112,5 +119,7 @@ std::optional<ApiError> parse_embedding_request(std::string_view body, Embedding
 // Parses and validates a request body into *out. Returns the error to send
 // (status 400, the offending parameter named) or nullopt when *out is set.
 std::optional<ApiError> parse_request(std::string_view body, Endpoint endpoint, CompletionRequest* out);
+// The same for a body already parsed by parse_json_object.
+std::optional<ApiError> parse_request_object(const ojson& body, Endpoint endpoint, CompletionRequest* out);
 
 }  // namespace airlock::daemon

@@ -18,6 +18,7 @@
 #include "airlock/rag/ingest.h"
 #include "connection.h"
 #include "openai_api.h"
+#include "responses_api.h"
 #include "schema_grammar.h"
 #include "tool_calls.h"
 
@@ -359,16 +360,26 @@ struct Generation {
     for (const Choice& c : choices) n += c.completion_tokens;
     return n;
   }
+  int reasoning_tokens() const {
+    int n = 0;
+    for (const Choice& c : choices) n += c.reasoning_tokens;
+    return n;
+  }
+  // Of the prompt tokens, those whose KV the prefix cache held: each
+  // prompt's first choice (its other choices share that prompt).
+  int cached_tokens() const {
+    int n = 0;
+    for (std::size_t k = 0; k < choices.size(); k += static_cast<std::size_t>(request.n))
+      if (choices[k].stream) n += choices[k].stream->cached_tokens();
+    return n;
+  }
   ojson usage() const {
     ojson u;
     u["prompt_tokens"] = prompt_tokens;
     u["completion_tokens"] = completion_tokens();
     u["total_tokens"] = prompt_tokens + completion_tokens();
-    if (split_reasoning) {
-      int n = 0;
-      for (const Choice& c : choices) n += c.reasoning_tokens;
-      u["completion_tokens_details"] = {{"reasoning_tokens", n}};
-    }
+    if (request.endpoint == Endpoint::kChat) u["prompt_tokens_details"] = {{"cached_tokens", cached_tokens()}};
+    if (split_reasoning) u["completion_tokens_details"] = {{"reasoning_tokens", reasoning_tokens()}};
     return u;
   }
   void cancel_all() {
@@ -545,7 +556,8 @@ struct Server::Impl {
     std::string route = req.path;
     if (route.rfind("/v1/rag/collections", 0) == 0) route = "/v1/rag/collections";
     if (route != "/health" && route != "/ready" && route != "/metrics" && route != "/v1/models" &&
-        route != "/v1/chat/completions" && route != "/v1/completions" && route != "/v1/embeddings" &&
+        route != "/v1/chat/completions" && route != "/v1/completions" && route != "/v1/responses" &&
+        route != "/v1/embeddings" &&
         route != "/v1/rag/query" && route != "/v1/rag/collections")
       route = "other";
     metrics
@@ -963,6 +975,37 @@ struct Server::Impl {
     audit(std::move(e));
   }
 
+  // A streamed answer's progress between calls of its content provider.
+  struct StreamState {
+    bool started = false;
+    bool finished = false;
+    int failed_status = 0;  // a failure mid-stream: what its error event said (500, or 503 when draining)
+    std::vector<bool> finish_sent;  // per choice: its chunk with finish_reason has been sent
+    Clock::time_point last_write;   // of this stream's last tokens (the epoch before the first)
+    // The Responses API's events: their next sequence number, and the
+    // output items opened so far (index -1: not yet).
+    std::int64_t sequence = 0;
+    std::string reasoning_id, message_id;
+    int items = 0, reasoning_index = -1, message_index = -1;
+    bool reasoning_closed = false;
+    std::string text;                       // the message text sent
+    ojson text_logprobs = ojson::array();  // its log-probabilities, sent
+  };
+  // What the next events of a stream's choices gave, per choice.
+  struct Gathered {
+    std::vector<std::string> texts, reasonings;
+    std::vector<std::vector<engine::SampledToken>> lps;
+    std::vector<std::size_t> lp_first;  // the token number of lps[i][0]
+    std::optional<std::size_t> failed;  // a choice that failed (what came before it is above)
+  };
+  Gathered gather(Generation& g, Clock::time_point last_write) const;
+  // One call of a stream's content provider: false when the client has gone.
+  bool chat_chunks(Generation& g, StreamState& state, httplib::DataSink& sink);
+  bool response_events(Generation& g, StreamState& state, httplib::DataSink& sink);
+  // The response object of a Responses request as it stands (`state`: the
+  // stream's, whose item ids and sent log-probabilities it uses).
+  ResponseOutput response_output(Generation& g, const StreamState* state) const;
+
   void completions(const httplib::Request& req, httplib::Response& res, Endpoint endpoint, bool rag_query = false);
   void answer_without_model(const httplib::Request& req, httplib::Response& res, const std::string& key,
                             Generation& g);
@@ -1122,11 +1165,16 @@ void Server::Impl::completions(const httplib::Request& req, httplib::Response& r
   auto g = std::make_shared<Generation>();
   g->start = start;
   g->model = m;
-  g->id = random_id(rag_query ? "rag-" : endpoint == Endpoint::kChat ? "chatcmpl-" : "cmpl-");
+  g->id = random_id(rag_query                          ? "rag-"
+                    : endpoint == Endpoint::kChat        ? "chatcmpl-"
+                    : endpoint == Endpoint::kResponses   ? "resp_"
+                                                         : "cmpl-");
   g->created = static_cast<std::int64_t>(std::time(nullptr));
   bool generate = true;
   if (rag_query) {
     if (auto e = parse_rag_query(req.body, m->id, &g->request, &generate)) return fail(*e);
+  } else if (endpoint == Endpoint::kResponses) {
+    if (auto e = parse_responses_request(req.body, &g->request)) return fail(*e);
   } else if (auto e = parse_request(req.body, endpoint, &g->request)) {
     return fail(*e);
   }
@@ -1180,7 +1228,7 @@ void Server::Impl::completions(const httplib::Request& req, httplib::Response& r
   if (!prompt.is_ok()) return fail(api_error(400, "invalid_request_error", prompt.status().message()));
   const int max_ctx = m->scheduler->max_context();
   // OpenAI names the messages (or the prompt) in a context-length error.
-  const std::string prompt_param = r.endpoint == Endpoint::kChat ? "messages" : "prompt";
+  const std::string prompt_param = r.responses ? "input" : r.endpoint == Endpoint::kChat ? "messages" : "prompt";
   auto too_long = [](const std::string& message, const std::string& param) {
     ApiError e = api_error(400, "invalid_request_error", message, "context_length_exceeded");
     e.param = param;
@@ -1243,7 +1291,8 @@ void Server::Impl::completions(const httplib::Request& req, httplib::Response& r
     const int room = max_ctx - n_prompt;
     max_tokens[p] = r.max_tokens.value_or(r.endpoint == Endpoint::kCompletions ? std::min(16, room) : room);
     if (n_prompt + max_tokens[p] > max_ctx)
-      return fail(too_long(which + " (" + std::to_string(n_prompt) + " tokens) plus max_tokens (" +
+      return fail(too_long(which + " (" + std::to_string(n_prompt) + " tokens) plus " +
+                               (r.responses ? "max_output_tokens" : "max_tokens") + " (" +
                                std::to_string(max_tokens[p]) + ") exceeds the context of " + std::to_string(max_ctx),
                            prompt_param));
     g->prompt_tokens += n_prompt;  // each prompt once, however many choices (as OpenAI counts)
@@ -1332,191 +1381,26 @@ void Server::Impl::completions(const httplib::Request& req, httplib::Response& r
     if (g->calls_tools())
       for (Choice& c : g->choices) (void)g->tool_output(c);
     if (g->grounded) count_answer(*g->grounded);
-    const ojson body = g->grounded && g->grounded->answer_shape ? rag_answer(*g) : whole_response(*g);
+    const ojson body = g->grounded && g->grounded->answer_shape ? rag_answer(*g)
+                       : r.responses                             ? response_json(*r.responses, response_output(*g, nullptr))
+                                                                 : whole_response(*g);
     res.set_content(body.dump(-1, ' ', false, ojson::error_handler_t::replace), "application/json");
     write_audit(key, req, g.get(), 200);
     return;
   }
 
-  // Server-Sent Events: the role chunk, content deltas as tokens arrive, a
-  // finish chunk per choice, the usage chunk when asked, then [DONE].
+  // Server-Sent Events as tokens arrive: chat and completions chunks, or
+  // the Responses API's typed events.
   ++in_flight;
   res.set_header("Cache-Control", "no-cache");
   res.set_header("X-Accel-Buffering", "no");
-  struct StreamState {
-    bool started = false;
-    bool finished = false;
-    int failed_status = 0;  // a failure mid-stream: what its error event said (500, or 503 when draining)
-    std::vector<bool> finish_sent;  // per choice: its chunk with finish_reason has been sent
-    Clock::time_point last_write;  // of this stream's last tokens (the epoch before the first)
-  };
   auto state = std::make_shared<StreamState>();
   state->finish_sent.assign(g->choices.size(), false);
+  auto provider = [this, g, state](std::size_t, httplib::DataSink& sink) -> bool {
+    return g->request.responses ? response_events(*g, *state, sink) : chat_chunks(*g, *state, sink);
+  };
   res.set_chunked_content_provider(
-      "text/event-stream",
-      [this, g, state](std::size_t, httplib::DataSink& sink) -> bool {
-        // The events of one call go out in one write (one system call and
-        // one chunk however many tokens arrived since the last call).
-        std::string pending;
-        auto send = [&](const ojson& j) {
-          pending += "data: " + j.dump(-1, ' ', false, ojson::error_handler_t::replace) + "\n\n";
-          return true;
-        };
-        auto flush = [&] {
-          const bool ok = pending.empty() || sink.write(pending.data(), pending.size());
-          pending.clear();
-          return ok;
-        };
-        const bool usage_nulls = g->request.include_usage;
-        auto chunk = [&](ojson choices) {
-          ojson c = chunk_base(*g);
-          c["choices"] = std::move(choices);
-          if (usage_nulls) c["usage"] = nullptr;
-          return c;
-        };
-        if (!state->started) {
-          state->started = true;
-          if (g->request.endpoint == Endpoint::kChat)
-            for (std::size_t i = 0; i < g->choices.size(); ++i)
-              if (!send(chunk(ojson::array({choice_delta(*g, i, "", {}, 0, "", true)})))) return false;
-          // echo: each choice's text begins with the prompt, streamed too.
-          if (g->request.endpoint == Endpoint::kCompletions && g->request.echo)
-            for (std::size_t i = 0; i < g->choices.size(); ++i)
-              if (!send(chunk(ojson::array({choice_delta(*g, i, g->choices[i].echo, {}, 0, "", false)})))) return false;
-        }
-        // Wait for the next events of any choice, then send what they gave:
-        // one chunk per choice however many tokens it brought. With a stream
-        // interval, collect until that much time has passed since the last
-        // write or a choice ends, without waking for each token.
-        std::vector<std::string> texts(g->choices.size()), reasonings(g->choices.size());
-        std::vector<std::vector<engine::SampledToken>> lps(g->choices.size());
-        std::vector<std::size_t> lp_first(g->choices.size(), 0);  // token number of lps[i][0]
-        // The interval runs from the last write of tokens (the role chunk
-        // written alone does not hold back the first token).
-        auto send_deltas = [&] {
-          for (std::size_t i = 0; i < g->choices.size(); ++i) {
-            if (texts[i].empty() && lps[i].empty() && reasonings[i].empty()) continue;
-            state->last_write = Clock::now();
-            if (!send(chunk(ojson::array({choice_delta(*g, i, texts[i], lps[i], lp_first[i], "", false, reasonings[i])}))))
-              return false;
-            texts[i].clear();
-            reasonings[i].clear();
-            lps[i].clear();
-          }
-          return true;
-        };
-        const std::chrono::milliseconds stream_interval(config.stream_interval_ms);
-        bool any = false;
-        Clock::time_point deadline;
-        // Up to 50 rounds (about 0.5 s per choice) waiting for a first
-        // token; once one has come, until the deadline.
-        for (int round = 0; (any || round < 50) && !g->all_done(); ++round) {
-          if (any && Clock::now() >= deadline) break;
-          bool waited = false;  // this round has waited for the deadline (or a choice's end)
-          for (std::size_t i = 0; i < g->choices.size(); ++i) {
-            Choice& c = g->choices[i];
-            if (c.done) continue;
-            std::vector<TokenEvent> events;
-            if (!any) events = c.stream->pop(std::chrono::milliseconds(10));
-            else if (!std::exchange(waited, true)) events = c.stream->pop_until(deadline);
-            else events = c.stream->pop(std::chrono::milliseconds(0));
-            for (TokenEvent& e : events) {
-              std::string text = g->on_event(c, e);
-              if (g->grounded && !g->grounded->released) {
-                // Nothing of a grounded answer is shown until it cites a source.
-                Grounded& gr = *g->grounded;
-                const bool may_cite = text.find(']') != std::string::npos;  // a citation completes with ']'
-                gr.pending += text;
-                text.clear();
-                // Scanned from where a citation can still begin (rescanning
-                // the whole answer at every ']' was quadratic).
-                if (may_cite && rag::cites_a_source(c.content, gr.sources.size(), &gr.scan_from)) {
-                  gr.released = true;
-                  text.swap(gr.pending);
-                }
-              }
-              // With tools, content goes out as far as no call can start
-              // in it; the rest when the answer ends (tool_content_delta).
-              if (g->calls_tools()) text = g->tool_content_delta(c);
-              // Reasoning streams as it comes, but a grounded answer's waits
-              // with its content.
-              if (!g->grounded || g->grounded->released) {
-                reasonings[i].append(c.reasoning, c.reasoning_sent);
-                c.reasoning_sent = c.reasoning.size();
-              }
-              // Entries move to this write and leave the choice: a stream
-              // holds only what it has not sent yet.
-              if (lps[i].empty()) lp_first[i] = c.logprobs_base;
-              for (engine::SampledToken& t : c.logprobs) lps[i].push_back(std::move(t));
-              c.logprobs_base += c.logprobs.size();
-              c.logprobs.clear();
-              texts[i] += text;
-              if (!any && (!texts[i].empty() || !lps[i].empty() || !reasonings[i].empty())) {
-                any = true;
-                deadline = state->last_write + stream_interval;
-              }
-              if (c.done && !c.error.is_ok()) {
-                // A failure mid-stream: what came before it, an error event,
-                // then the stream ends.
-                if (!send_deltas()) return false;
-                state->failed_status = c.error.code() == StatusCode::kUnavailable ? 503 : 500;
-                ApiError err = api_error(state->failed_status, "server_error", c.error.message());
-                pending += "data: " + error_body(err) + "\n\n";
-                flush();
-                g->cancel_all();
-                state->finished = true;
-                sink.done();
-                return true;
-              }
-            }
-          }
-        }
-        if (!send_deltas()) return false;
-        // With n > 1 a choice that has ended gets its finish chunk now, not
-        // when the last one ends (OpenAI sends each as it comes). A grounded
-        // answer (n = 1) waits: its chunk carries the citations.
-        // A choice's calls go out whole, in one delta before its finish chunk.
-        auto send_tool_calls = [&](std::size_t i) {
-          Choice& c = g->choices[i];
-          if (!g->calls_tools() || g->tool_output(c).calls.empty()) return true;
-          ojson ch = choice_delta(*g, i, "", {}, 0, "", false);
-          ch["delta"]["tool_calls"] = Generation::tool_calls_json(*c.tool_output, true);
-          return send(chunk(ojson::array({std::move(ch)})));
-        };
-        if (!g->grounded)
-          for (std::size_t i = 0; i < g->choices.size(); ++i)
-            if (g->choices[i].done && g->choices[i].error.is_ok() && !state->finish_sent[i]) {
-              if (!send_tool_calls(i)) return false;
-              if (!send(chunk(ojson::array({choice_delta(*g, i, "", {}, 0, g->choices[i].finish, false)})))) return false;
-              state->finish_sent[i] = true;
-            }
-        if (!g->all_done()) return flush();  // called again
-        if (g->grounded) {
-          settle(*g);
-          count_answer(*g->grounded);
-          if (g->grounded->reason == "no_citation" &&
-              !send(chunk(ojson::array({choice_delta(*g, 0, g->choices[0].content, {}, 0, "", false)}))))
-            return false;
-        }
-        for (std::size_t i = 0; i < g->choices.size(); ++i) {
-          if (state->finish_sent[i]) continue;
-          if (!send_tool_calls(i)) return false;
-          ojson fin = chunk(ojson::array({choice_delta(*g, i, "", {}, 0, g->choices[i].finish, false)}));
-          if (g->grounded) fin["airlock"] = grounding_json(*g->grounded);
-          if (!send(fin)) return false;
-        }
-        if (g->request.include_usage) {
-          ojson u = chunk_base(*g);
-          u["choices"] = ojson::array();
-          u["usage"] = g->usage();
-          if (!send(u)) return false;
-        }
-        pending += "data: [DONE]\n\n";
-        if (!flush()) return false;
-        state->finished = true;
-        sink.done();
-        return true;
-      },
+      "text/event-stream", std::move(provider),
       [this, g, state, key, path = req.path](bool success) {
         // The client went away (or the stream ended): free the sequences.
         g->cancel_all();
@@ -1535,6 +1419,341 @@ void Server::Impl::completions(const httplib::Request& req, httplib::Response& r
         }
         --in_flight;
       });
+}
+
+Server::Impl::Gathered Server::Impl::gather(Generation& g, Clock::time_point last_write) const {
+  Gathered got;
+  got.texts.resize(g.choices.size());
+  got.reasonings.resize(g.choices.size());
+  got.lps.resize(g.choices.size());
+  got.lp_first.assign(g.choices.size(), 0);
+  // Wait for the next events of any choice, then take what they gave. With
+  // a stream interval, collect until that much time has passed since the
+  // last write or a choice ends, without waking for each token. The
+  // interval runs from the last write of tokens (the role chunk written
+  // alone does not hold back the first token).
+  const std::chrono::milliseconds stream_interval(config.stream_interval_ms);
+  bool any = false;
+  Clock::time_point deadline;
+  // Up to 50 rounds (about 0.5 s per choice) waiting for a first token;
+  // once one has come, until the deadline.
+  for (int round = 0; (any || round < 50) && !g.all_done(); ++round) {
+    if (any && Clock::now() >= deadline) break;
+    bool waited = false;  // this round has waited for the deadline (or a choice's end)
+    for (std::size_t i = 0; i < g.choices.size(); ++i) {
+      Choice& c = g.choices[i];
+      if (c.done) continue;
+      std::vector<TokenEvent> events;
+      if (!any) events = c.stream->pop(std::chrono::milliseconds(10));
+      else if (!std::exchange(waited, true)) events = c.stream->pop_until(deadline);
+      else events = c.stream->pop(std::chrono::milliseconds(0));
+      for (TokenEvent& e : events) {
+        std::string text = g.on_event(c, e);
+        if (g.grounded && !g.grounded->released) {
+          // Nothing of a grounded answer is shown until it cites a source.
+          Grounded& gr = *g.grounded;
+          const bool may_cite = text.find(']') != std::string::npos;  // a citation completes with ']'
+          gr.pending += text;
+          text.clear();
+          // Scanned from where a citation can still begin (rescanning the
+          // whole answer at every ']' was quadratic).
+          if (may_cite && rag::cites_a_source(c.content, gr.sources.size(), &gr.scan_from)) {
+            gr.released = true;
+            text.swap(gr.pending);
+          }
+        }
+        // With tools, content goes out as far as no call can start in it;
+        // the rest when the answer ends (tool_content_delta).
+        if (g.calls_tools()) text = g.tool_content_delta(c);
+        // Reasoning streams as it comes, but a grounded answer's waits with
+        // its content.
+        if (!g.grounded || g.grounded->released) {
+          got.reasonings[i].append(c.reasoning, c.reasoning_sent);
+          c.reasoning_sent = c.reasoning.size();
+        }
+        // Entries move to this write and leave the choice: a stream holds
+        // only what it has not sent yet.
+        if (got.lps[i].empty()) got.lp_first[i] = c.logprobs_base;
+        for (engine::SampledToken& t : c.logprobs) got.lps[i].push_back(std::move(t));
+        c.logprobs_base += c.logprobs.size();
+        c.logprobs.clear();
+        got.texts[i] += text;
+        if (!any && (!got.texts[i].empty() || !got.lps[i].empty() || !got.reasonings[i].empty())) {
+          any = true;
+          deadline = last_write + stream_interval;
+        }
+        if (c.done && !c.error.is_ok()) {
+          got.failed = i;
+          return got;
+        }
+      }
+    }
+  }
+  return got;
+}
+
+bool Server::Impl::chat_chunks(Generation& g, StreamState& state, httplib::DataSink& sink) {
+  // The events of one call go out in one write (one system call and one
+  // chunk however many tokens arrived since the last call).
+  std::string pending;
+  auto send = [&](const ojson& j) {
+    pending += sse(j);
+    return true;
+  };
+  auto flush = [&] {
+    const bool ok = pending.empty() || sink.write(pending.data(), pending.size());
+    pending.clear();
+    return ok;
+  };
+  const bool usage_nulls = g.request.include_usage;
+  auto chunk = [&](ojson choices) {
+    ojson c = chunk_base(g);
+    c["choices"] = std::move(choices);
+    if (usage_nulls) c["usage"] = nullptr;
+    return c;
+  };
+  if (!state.started) {
+    state.started = true;
+    if (g.request.endpoint == Endpoint::kChat)
+      for (std::size_t i = 0; i < g.choices.size(); ++i)
+        if (!send(chunk(ojson::array({choice_delta(g, i, "", {}, 0, "", true)})))) return false;
+    // echo: each choice's text begins with the prompt, streamed too.
+    if (g.request.endpoint == Endpoint::kCompletions && g.request.echo)
+      for (std::size_t i = 0; i < g.choices.size(); ++i)
+        if (!send(chunk(ojson::array({choice_delta(g, i, g.choices[i].echo, {}, 0, "", false)})))) return false;
+  }
+  // One chunk per choice however many tokens it brought.
+  Gathered got = gather(g, state.last_write);
+  auto send_deltas = [&] {
+    for (std::size_t i = 0; i < g.choices.size(); ++i) {
+      if (got.texts[i].empty() && got.lps[i].empty() && got.reasonings[i].empty()) continue;
+      state.last_write = Clock::now();
+      if (!send(chunk(ojson::array(
+              {choice_delta(g, i, got.texts[i], got.lps[i], got.lp_first[i], "", false, got.reasonings[i])}))))
+        return false;
+    }
+    return true;
+  };
+  if (!send_deltas()) return false;
+  if (got.failed) {
+    // A failure mid-stream: what came before it, an error event, then the
+    // stream ends.
+    const Choice& c = g.choices[*got.failed];
+    state.failed_status = c.error.code() == StatusCode::kUnavailable ? 503 : 500;
+    pending += "data: " + error_body(api_error(state.failed_status, "server_error", c.error.message())) + "\n\n";
+    flush();
+    g.cancel_all();
+    state.finished = true;
+    sink.done();
+    return true;
+  }
+  // With n > 1 a choice that has ended gets its finish chunk now, not when
+  // the last one ends (OpenAI sends each as it comes). A grounded answer
+  // (n = 1) waits: its chunk carries the citations. A choice's calls go out
+  // whole, in one delta before its finish chunk.
+  auto send_tool_calls = [&](std::size_t i) {
+    Choice& c = g.choices[i];
+    if (!g.calls_tools() || g.tool_output(c).calls.empty()) return true;
+    ojson ch = choice_delta(g, i, "", {}, 0, "", false);
+    ch["delta"]["tool_calls"] = Generation::tool_calls_json(*c.tool_output, true);
+    return send(chunk(ojson::array({std::move(ch)})));
+  };
+  if (!g.grounded)
+    for (std::size_t i = 0; i < g.choices.size(); ++i)
+      if (g.choices[i].done && g.choices[i].error.is_ok() && !state.finish_sent[i]) {
+        if (!send_tool_calls(i)) return false;
+        if (!send(chunk(ojson::array({choice_delta(g, i, "", {}, 0, g.choices[i].finish, false)})))) return false;
+        state.finish_sent[i] = true;
+      }
+  if (!g.all_done()) return flush();  // called again
+  if (g.grounded) {
+    settle(g);
+    count_answer(*g.grounded);
+    if (g.grounded->reason == "no_citation" &&
+        !send(chunk(ojson::array({choice_delta(g, 0, g.choices[0].content, {}, 0, "", false)}))))
+      return false;
+  }
+  for (std::size_t i = 0; i < g.choices.size(); ++i) {
+    if (state.finish_sent[i]) continue;
+    if (!send_tool_calls(i)) return false;
+    ojson fin = chunk(ojson::array({choice_delta(g, i, "", {}, 0, g.choices[i].finish, false)}));
+    if (g.grounded) fin["airlock"] = grounding_json(*g.grounded);
+    if (!send(fin)) return false;
+  }
+  if (g.request.include_usage) {
+    ojson u = chunk_base(g);
+    u["choices"] = ojson::array();
+    u["usage"] = g.usage();
+    if (!send(u)) return false;
+  }
+  pending += "data: [DONE]\n\n";
+  if (!flush()) return false;
+  state.finished = true;
+  sink.done();
+  return true;
+}
+
+ResponseOutput Server::Impl::response_output(Generation& g, const StreamState* state) const {
+  Choice& c = g.choices.at(0);
+  ResponseOutput out;
+  out.id = g.id;
+  out.created_at = g.created;
+  out.model = g.model->id;
+  out.reasoning_id = state ? state->reasoning_id : "rs_" + g.id.substr(5);
+  out.message_id = state ? state->message_id : "msg_" + g.id.substr(5);
+  if (!c.done) return out;
+  if (!c.error.is_ok()) {
+    out.status = "failed";
+    out.error = {{"code", "server_error"}, {"message", c.error.message()}};
+    return out;
+  }
+  out.status = c.finish == "length" ? "incomplete" : "completed";
+  out.reasoning = c.reasoning;
+  if (g.calls_tools()) {
+    const ToolOutput& t = g.tool_output(c);
+    out.text = t.content;
+    out.calls = t.calls;
+  } else {
+    out.text = c.content;
+  }
+  // A message when there is text, or when nothing else came (output_text
+  // is then "", not missing).
+  out.has_message = !out.text.empty() || out.calls.empty();
+  if (g.request.logprobs) {
+    if (state) {
+      out.logprobs = state->text_logprobs;
+    } else {
+      out.logprobs = ojson::array();
+      for (const engine::SampledToken& t : c.logprobs) out.logprobs.push_back(g.token_logprob(t));
+    }
+  }
+  out.usage = responses_usage(g.prompt_tokens, g.cached_tokens(), g.completion_tokens(), g.reasoning_tokens());
+  return out;
+}
+
+bool Server::Impl::response_events(Generation& g, StreamState& state, httplib::DataSink& sink) {
+  const ResponsesEcho& echo = *g.request.responses;
+  std::string pending;
+  // Every event carries its type and a sequence number, named in the SSE
+  // event line too (as OpenAI writes them).
+  auto event = [&](const char* type, ojson fields) {
+    ojson e = {{"type", type}, {"sequence_number", state.sequence++}};
+    for (auto& [k, v] : fields.items()) e[k] = std::move(v);
+    pending += "event: ";
+    pending += type;
+    pending += '\n';
+    pending += sse(e);
+  };
+  auto flush = [&] {
+    const bool ok = pending.empty() || sink.write(pending.data(), pending.size());
+    pending.clear();
+    return ok;
+  };
+  auto at = [](const std::string& item_id, int index) {
+    return ojson({{"item_id", item_id}, {"output_index", index}, {"content_index", 0}});
+  };
+  auto with = [](ojson base, const char* key, ojson value) {
+    base[key] = std::move(value);
+    return base;
+  };
+  if (!state.started) {
+    state.started = true;
+    state.reasoning_id = "rs_" + g.id.substr(5);
+    state.message_id = "msg_" + g.id.substr(5);
+    const ojson snapshot = response_json(echo, response_output(g, &state));
+    event("response.created", {{"response", snapshot}});
+    event("response.in_progress", {{"response", snapshot}});
+  }
+  Choice& c = g.choices.at(0);
+  // Closed when the message opens (the reasoning has ended), or at the end
+  // with the status the response gives it.
+  auto close_reasoning = [&](const std::string& status) {
+    if (state.reasoning_index < 0 || state.reasoning_closed) return;
+    state.reasoning_closed = true;
+    const ojson where = at(state.reasoning_id, state.reasoning_index);
+    const ojson part = {{"type", "reasoning_text"}, {"text", c.reasoning}};
+    event("response.reasoning_text.done", with(where, "text", c.reasoning));
+    event("response.content_part.done", with(where, "part", part));
+    event("response.output_item.done", {{"output_index", state.reasoning_index},
+                                        {"item", reasoning_item(state.reasoning_id, c.reasoning, status)}});
+  };
+  auto open_message = [&] {
+    if (state.message_index >= 0) return;
+    close_reasoning("completed");
+    state.message_index = state.items++;
+    event("response.output_item.added",
+          {{"output_index", state.message_index},
+           {"item", message_item(state.message_id, "", ojson(), "in_progress", /*with_content=*/false)}});
+    event("response.content_part.added",
+          with(at(state.message_id, state.message_index), "part", output_text_part("", ojson())));
+  };
+
+  Gathered got = gather(g, state.last_write);
+  if (!got.reasonings[0].empty()) {
+    if (state.reasoning_index < 0) {
+      state.reasoning_index = state.items++;
+      event("response.output_item.added",
+            {{"output_index", state.reasoning_index}, {"item", reasoning_item(state.reasoning_id, "", "in_progress")}});
+      event("response.content_part.added", with(at(state.reasoning_id, state.reasoning_index), "part",
+                                                {{"type", "reasoning_text"}, {"text", ""}}));
+    }
+    event("response.reasoning_text.delta", with(at(state.reasoning_id, state.reasoning_index), "delta", got.reasonings[0]));
+    state.last_write = Clock::now();
+  }
+  if (!got.texts[0].empty() || !got.lps[0].empty()) {
+    open_message();
+    ojson lps = ojson::array();
+    for (const engine::SampledToken& t : got.lps[0]) lps.push_back(g.token_logprob(t));
+    for (const ojson& e : lps) state.text_logprobs.push_back(e);
+    state.text += got.texts[0];
+    ojson delta = with(at(state.message_id, state.message_index), "delta", got.texts[0]);
+    delta["logprobs"] = std::move(lps);
+    event("response.output_text.delta", std::move(delta));
+    state.last_write = Clock::now();
+  }
+  if (got.failed) {
+    // A failure mid-stream: the response fails, and the stream ends.
+    state.failed_status = c.error.code() == StatusCode::kUnavailable ? 503 : 500;
+    event("response.failed", {{"response", response_json(echo, response_output(g, &state))}});
+    flush();
+    g.cancel_all();
+    state.finished = true;
+    sink.done();
+    return true;
+  }
+  if (!c.done) return flush();  // called again
+
+  // The end: the items still open are closed, the calls follow whole, and
+  // the response as it ended.
+  ResponseOutput out = response_output(g, &state);
+  close_reasoning(reasoning_status(out));
+  const std::string ended = out.status == "incomplete" ? "incomplete" : "completed";
+  if (out.has_message) {
+    open_message();
+    const ojson where = at(state.message_id, state.message_index);
+    ojson done = with(where, "text", out.text);
+    done["logprobs"] = out.logprobs.is_array() ? out.logprobs : ojson::array();
+    event("response.output_text.done", std::move(done));
+    event("response.content_part.done", with(where, "part", output_text_part(out.text, out.logprobs)));
+    event("response.output_item.done",
+          {{"output_index", state.message_index}, {"item", message_item(state.message_id, out.text, out.logprobs, ended)}});
+  }
+  for (const ToolCall& call : out.calls) {
+    const int index = state.items++;
+    const std::string id = function_call_item_id(call);
+    event("response.output_item.added", {{"output_index", index}, {"item", function_call_item(call, "", "in_progress")}});
+    event("response.function_call_arguments.delta", {{"item_id", id}, {"output_index", index}, {"delta", call.arguments}});
+    event("response.function_call_arguments.done",
+          {{"item_id", id}, {"output_index", index}, {"name", call.name}, {"arguments", call.arguments}});
+    event("response.output_item.done",
+          {{"output_index", index}, {"item", function_call_item(call, call.arguments, "completed")}});
+  }
+  event(out.status == "incomplete" ? "response.incomplete" : "response.completed",
+        {{"response", response_json(echo, out)}});
+  if (!flush()) return false;
+  state.finished = true;
+  sink.done();
+  return true;
 }
 
 void Server::routes() {
@@ -1610,8 +1829,8 @@ void Server::routes() {
     s.count(req, res.status);
     // The completion routes audit themselves (with token counts); every
     // other request but /health gets a row here.
-    if (req.path != "/v1/chat/completions" && req.path != "/v1/completions" && req.path != "/v1/rag/query" &&
-        req.path != "/health")
+    if (req.path != "/v1/chat/completions" && req.path != "/v1/completions" && req.path != "/v1/responses" &&
+        req.path != "/v1/rag/query" && req.path != "/health")
       s.write_audit(key.value_or(""), req, nullptr, res.status);
   });
 
@@ -1720,6 +1939,9 @@ void Server::routes() {
   });
   h.Post("/v1/completions", [&s](const httplib::Request& req, httplib::Response& res) {
     s.completions(req, res, Endpoint::kCompletions);
+  });
+  h.Post("/v1/responses", [&s](const httplib::Request& req, httplib::Response& res) {
+    s.completions(req, res, Endpoint::kResponses);
   });
   h.Post("/v1/rag/query", [&s](const httplib::Request& req, httplib::Response& res) {
     s.completions(req, res, Endpoint::kChat, /*rag_query=*/true);

@@ -1,9 +1,11 @@
 // airlockd's HTTP surface (cpp-httplib): OpenAI-compatible completions,
-// chat completions (streamed as Server-Sent Events or whole), models,
-// health, readiness and Prometheus metrics, behind bearer API keys.
+// chat completions and responses (streamed as Server-Sent Events or
+// whole), embeddings, RAG, models, health, readiness and Prometheus
+// metrics, behind bearer API keys.
 //
 // Routes: GET /health (no key), GET /ready, GET /metrics, GET /v1/models,
-// POST /v1/chat/completions, POST /v1/completions. Every error is an OpenAI
+// POST /v1/chat/completions, POST /v1/completions, POST /v1/responses
+// (responses_api.h), POST /v1/embeddings, /v1/rag/... Every error is an OpenAI
 // envelope {"error": {message, type, param, code}} with 400 (bad JSON or
 // parameter, named), 401 (missing or wrong key), 404 (unknown model or
 // route), 413 (body over max_body_bytes), 429 (queue full, Retry-After),

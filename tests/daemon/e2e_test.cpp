@@ -480,9 +480,200 @@ TEST_F(DaemonE2E, ChatStreamedEqualsChatWhole) {
   }
   json usage = json::parse(events[events.size() - 2]);
   EXPECT_TRUE(usage["choices"].empty());
+  // The same prompt a second time: its full blocks come from the prefix
+  // cache, and the usage says so (OpenAI's prompt_tokens_details).
+  const int cached = usage["usage"]["prompt_tokens_details"]["cached_tokens"].get<int>();
+  EXPECT_GT(cached, 0) << s->body;
+  EXPECT_EQ(cached % 16, 0);
+  EXPECT_LT(cached, usage["usage"]["prompt_tokens"].get<int>());
+  EXPECT_LE(w["usage"]["prompt_tokens_details"]["cached_tokens"].get<int>(), cached);
+  usage["usage"].erase("prompt_tokens_details");
+  w["usage"].erase("prompt_tokens_details");
   EXPECT_EQ(usage["usage"], w["usage"]);
   EXPECT_EQ(streamed, content);
   EXPECT_EQ(finish, w["choices"][0]["finish_reason"]);
+}
+
+// A Responses API stream's events, in order, each checked against the
+// rules every stream follows: the SSE event line names the event's type,
+// sequence numbers count from 0, and the first and last events are the
+// response's creation and its end.
+std::vector<json> response_events(const std::string& body) {
+  std::vector<json> out;
+  std::size_t at = 0;
+  while ((at = body.find("event: ", at)) != std::string::npos) {
+    const std::size_t nl = body.find('\n', at);
+    const std::string type = body.substr(at + 7, nl - at - 7);
+    EXPECT_EQ(body.compare(nl + 1, 6, "data: "), 0) << body.substr(at, 200);
+    const std::size_t end = body.find("\n\n", nl);
+    json e = json::parse(body.substr(nl + 7, end - nl - 7));
+    EXPECT_EQ(e["type"], type);
+    EXPECT_EQ(e["sequence_number"], static_cast<int>(out.size()));
+    out.push_back(std::move(e));
+    at = end == std::string::npos ? body.size() : end + 2;
+  }
+  EXPECT_EQ(body.find("[DONE]"), std::string::npos);
+  if (out.size() >= 2) {
+    EXPECT_EQ(out[0]["type"], "response.created");
+    EXPECT_EQ(out[0]["response"]["status"], "in_progress");
+    EXPECT_EQ(out[1]["type"], "response.in_progress");
+  }
+  return out;
+}
+
+// The text of a response object's message items.
+std::string output_text(const json& response) {
+  std::string text;
+  for (const json& item : response["output"])
+    if (item["type"] == "message")
+      for (const json& part : item["content"])
+        if (part["type"] == "output_text") text += part["text"].get<std::string>();
+  return text;
+}
+
+// The Responses API gives the answer chat gives the same conversation,
+// whole or streamed as its typed events.
+TEST_F(DaemonE2E, ResponsesAnswerAsChatDoes) {
+  auto c = daemon_->post("/v1/chat/completions",
+                         {{"model", "stories"},
+                          {"messages", json::array({{{"role", "system"}, {"content", "Be kind."}},
+                                                    {{"role", "user"}, {"content", "Tell me about a cat."}}})},
+                          {"max_tokens", 40},
+                          {"temperature", 0}});
+  ASSERT_TRUE(c);
+  ASSERT_EQ(c->status, 200) << c->body;
+  const json chat_answer = json::parse(c->body);
+  const json request = {{"model", "stories"},
+                        {"instructions", "Be kind."},
+                        {"input", "Tell me about a cat."},
+                        {"max_output_tokens", 40},
+                        {"temperature", 0},
+                        {"metadata", {{"ticket", "42"}}}};
+  auto r = daemon_->post("/v1/responses", request);
+  ASSERT_TRUE(r);
+  ASSERT_EQ(r->status, 200) << r->body;
+  const json whole = json::parse(r->body);
+  EXPECT_EQ(whole["object"], "response");
+  EXPECT_EQ(whole["id"].get<std::string>().rfind("resp_", 0), 0u);
+  EXPECT_EQ(whole["model"], "stories");
+  EXPECT_EQ(whole["store"], false);
+  EXPECT_EQ(whole["instructions"], "Be kind.");
+  EXPECT_EQ(whole["metadata"]["ticket"], "42");
+  EXPECT_EQ(whole["max_output_tokens"], 40);
+  ASSERT_EQ(whole["output"].size(), 1u) << r->body;
+  const json& item = whole["output"][0];
+  EXPECT_EQ(item["type"], "message");
+  EXPECT_EQ(item["role"], "assistant");
+  EXPECT_EQ(item["id"].get<std::string>().rfind("msg_", 0), 0u);
+  EXPECT_EQ(output_text(whole), chat_answer["choices"][0]["message"]["content"]);
+  const bool cut = chat_answer["choices"][0]["finish_reason"] == "length";
+  EXPECT_EQ(whole["status"], cut ? "incomplete" : "completed");
+  EXPECT_EQ(item["status"], whole["status"]);
+  if (cut) {
+    EXPECT_EQ(whole["incomplete_details"]["reason"], "max_output_tokens");
+  }
+  EXPECT_EQ(whole["usage"]["input_tokens"], chat_answer["usage"]["prompt_tokens"]);
+  EXPECT_EQ(whole["usage"]["output_tokens"], chat_answer["usage"]["completion_tokens"]);
+  EXPECT_EQ(whole["usage"]["total_tokens"], chat_answer["usage"]["total_tokens"]);
+  // The same prompt again: its full blocks come from the prefix cache.
+  EXPECT_GT(whole["usage"]["input_tokens_details"]["cached_tokens"].get<int>(), 0) << r->body;
+  EXPECT_EQ(chat_answer["usage"]["prompt_tokens_details"]["cached_tokens"].get<int>() % 16, 0) << c->body;
+
+  // Streamed: the events build the same response.
+  json streamed = request;
+  streamed["stream"] = true;
+  auto s = daemon_->post("/v1/responses", streamed);
+  ASSERT_TRUE(s);
+  ASSERT_EQ(s->status, 200) << s->body;
+  EXPECT_NE(s->get_header_value("Content-Type").find("text/event-stream"), std::string::npos);
+  const std::vector<json> events = response_events(s->body);
+  ASSERT_GE(events.size(), 8u) << s->body;
+  std::vector<std::string> types;
+  std::string deltas;
+  for (const json& e : events) {
+    types.push_back(e["type"]);
+    if (e["type"] == "response.output_text.delta") {
+      deltas += e["delta"].get<std::string>();
+      EXPECT_EQ(e["output_index"], 0);
+      EXPECT_EQ(e["content_index"], 0);
+      EXPECT_EQ(e["item_id"], events[2]["item"]["id"]);
+      EXPECT_TRUE(e["logprobs"].is_array() && e["logprobs"].empty());
+    }
+  }
+  EXPECT_EQ(types[2], "response.output_item.added");
+  EXPECT_EQ(events[2]["item"]["status"], "in_progress");
+  EXPECT_EQ(types[3], "response.content_part.added");
+  const std::size_t n = types.size();
+  EXPECT_EQ(types[n - 4], "response.output_text.done");
+  EXPECT_EQ(types[n - 3], "response.content_part.done");
+  EXPECT_EQ(types[n - 2], "response.output_item.done");
+  EXPECT_EQ(types[n - 1], cut ? "response.incomplete" : "response.completed");
+  for (std::size_t i = 4; i + 4 < n; ++i) EXPECT_EQ(types[i], "response.output_text.delta");
+  EXPECT_EQ(deltas, output_text(whole));
+  EXPECT_EQ(events[n - 4]["text"], deltas);
+  const json& last = events[n - 1]["response"];
+  EXPECT_EQ(last["id"], events[0]["response"]["id"]);
+  EXPECT_EQ(last["output"][0]["id"], events[2]["item"]["id"]);
+  EXPECT_EQ(last["output"][0], events[n - 2]["item"]);
+  EXPECT_EQ(output_text(last), deltas);
+  EXPECT_EQ(last["usage"]["output_tokens"], whole["usage"]["output_tokens"]);
+
+  // Log-probabilities, asked for as the Responses API asks.
+  json lp = request;
+  lp["include"] = {"message.output_text.logprobs"};
+  lp["top_logprobs"] = 2;
+  auto l = daemon_->post("/v1/responses", lp);
+  ASSERT_EQ(l->status, 200) << l->body;
+  const json lpw = json::parse(l->body);
+  const json& entries = lpw["output"][0]["content"][0]["logprobs"];
+  ASSERT_EQ(entries.size(), lpw["usage"]["output_tokens"].get<std::size_t>()) << l->body;
+  EXPECT_EQ(entries[0]["top_logprobs"].size(), 2u);
+  std::string joined;
+  for (const json& e : entries) joined += e["token"].get<std::string>();
+  EXPECT_EQ(joined, output_text(lpw));
+  lp["stream"] = true;
+  std::size_t streamed_entries = 0;
+  json final_entries;
+  for (const json& e : response_events(daemon_->post("/v1/responses", lp)->body)) {
+    if (e["type"] == "response.output_text.delta") streamed_entries += e["logprobs"].size();
+    if (e["type"] == "response.completed" || e["type"] == "response.incomplete")
+      final_entries = e["response"]["output"][0]["content"][0]["logprobs"];
+  }
+  EXPECT_EQ(streamed_entries, entries.size());
+  EXPECT_EQ(final_entries, entries);
+}
+
+TEST_F(DaemonE2E, ResponsesErrors) {
+  auto expect = [&](const json& body, int status, const std::string& param, const std::string& code = "") {
+    auto r = daemon_->post("/v1/responses", body);
+    ASSERT_TRUE(r);
+    EXPECT_EQ(r->status, status) << body.dump() << " -> " << r->body;
+    const json e = json::parse(r->body);
+    EXPECT_EQ(e["error"]["param"], param.empty() ? json() : json(param)) << r->body;
+    if (!code.empty()) {
+      EXPECT_EQ(e["error"]["code"], code) << r->body;
+    }
+  };
+  const json base = {{"model", "stories"}, {"input", "hi"}};
+  auto with = [&](const char* key, json v) {
+    json b = base;
+    b[key] = std::move(v);
+    return b;
+  };
+  expect(with("previous_response_id", "resp_x"), 400, "previous_response_id");
+  expect(with("input", json::array({{{"role", "user"}, {"content", {{{"type", "input_image"}, {"image_url", "x"}}}}}})),
+         400, "input[0].content");
+  expect(with("tools", {{{"type", "web_search"}}}), 400, "tools[0].type");
+  expect(with("max_output_tokens", 0), 400, "max_output_tokens");
+  expect(with("model", "gpt-4o"), 404, "", "model_not_found");
+  expect(with("input", std::string(200000, 'a') + " b"), 400, "input", "context_length_exceeded");
+  expect(with("max_output_tokens", 1 << 20), 400, "input", "context_length_exceeded");
+  auto anon = daemon_->client(false).Post("/v1/responses", base.dump(), "application/json");
+  ASSERT_TRUE(anon);
+  EXPECT_EQ(anon->status, 401);
+  // The route is counted under its own name.
+  const std::string metrics = daemon_->client().Get("/metrics")->body;
+  EXPECT_NE(metrics.find("route=\"/v1/responses\",status=\"400\""), std::string::npos);
 }
 
 TEST_F(DaemonE2E, StopStringsNAndLogprobs) {
@@ -1469,10 +1660,15 @@ TEST(DaemonLifecycle, OfficialOpenAiNodeSdk) {
   const int rc = run({"node", AIRLOCK_SDK_SCRIPT}, &out);
   EXPECT_EQ(rc, 0) << out << d->log();
   EXPECT_NE(out.find("all checks passed"), std::string::npos) << out;
+  if (std::getenv("AIRLOCK_SHOW_SDK_OUTPUT") != nullptr) std::cout << out;
   EXPECT_NE(out.find("ok: tool call: stream().finalChatCompletion() assembles the same call"), std::string::npos) << out;
   EXPECT_NE(out.find("ok: reasoning and json_object streamed with for await"), std::string::npos) << out;
   EXPECT_NE(out.find("ok: json_schema: parse() gives message.parsed"), std::string::npos) << out;
   EXPECT_NE(out.find("ok: tool_choice required: parse() gives the call alone"), std::string::npos) << out;
+  EXPECT_NE(out.find("ok: responses.create: output_text equals the chat answer"), std::string::npos) << out;
+  EXPECT_NE(out.find("ok: responses.stream().finalResponse() assembles the same text"), std::string::npos) << out;
+  EXPECT_NE(out.find("ok: responses tool call: stream().finalResponse() assembles the same call"), std::string::npos) << out;
+  EXPECT_NE(out.find("ok: responses: parse() gives output_parsed and a reasoning item"), std::string::npos) << out;
   EXPECT_EQ(d->stop(), 0);
   EXPECT_EQ(full->stop(), 0);
   EXPECT_EQ(tools->stop(), 0);
@@ -2594,6 +2790,27 @@ TEST(DaemonLifecycle, ToolChoiceForcesACall) {
     ASSERT_EQ(sc.tool_calls.size(), 1u);
     EXPECT_EQ(sc.tool_calls[0]["function"]["name"], want);
   }
+  // The Responses API forces calls the same way: the answer is the call
+  // alone, with no message item.
+  for (const json& choice : {json("required"), json({{"type", "function"}, {"name", "get_weather"}})}) {
+    json tools = json::array();
+    for (const json& t : body["tools"]) {
+      json flat = t["function"];
+      flat["type"] = "function";
+      tools.push_back(flat);
+    }
+    const json rbody = {{"model", "stories"}, {"input", "Weather in Paris?"}, {"tools", tools},
+                        {"tool_choice", choice}, {"temperature", 0}};
+    auto rr = d->post("/v1/responses", rbody);
+    ASSERT_EQ(rr->status, 200) << rr->body;
+    const json resp = json::parse(rr->body);
+    ASSERT_EQ(resp["output"].size(), 1u) << rr->body;
+    EXPECT_EQ(resp["output"][0]["type"], "function_call");
+    EXPECT_EQ(resp["output"][0]["name"], choice.is_string() ? "get_time" : "get_weather");
+    EXPECT_EQ(json::parse(resp["output"][0]["arguments"].get<std::string>()), json({{"city", "Paris"}}));
+    EXPECT_EQ(resp["status"], "completed");
+    EXPECT_EQ(resp["tool_choice"], choice);
+  }
   // Sampled: every whole answer is calls of the named tool, arguments that
   // follow its schema (or an answer cut by max_tokens).
   body["stream"] = false;
@@ -2783,6 +3000,98 @@ TEST(DaemonLifecycle, ReasoningIsSplitFromTheContent) {
   ASSERT_EQ(c->status, 200) << c->body;
   EXPECT_EQ(json::parse(c->body)["choices"][0]["text"].get<std::string>().rfind("<think>", 0), 0u) << c->body;
   EXPECT_FALSE(json::parse(c->body)["usage"].contains("completion_tokens_details"));
+
+  // The Responses API: a reasoning item, the message, the call; streamed
+  // as their events, in that order.
+  const json tool = weather_tool();
+  const json rbody = {{"model", "stories"},
+                      {"input", "Weather in Paris?"},
+                      {"temperature", 0},
+                      {"tools", {{{"type", "function"}, {"name", tool["function"]["name"]},
+                                  {"description", tool["function"]["description"]},
+                                  {"parameters", tool["function"]["parameters"]}, {"strict", false}}}}};
+  auto rr = d->post("/v1/responses", rbody);
+  ASSERT_EQ(rr->status, 200) << rr->body;
+  const json resp = json::parse(rr->body);
+  EXPECT_EQ(resp["status"], "completed");
+  ASSERT_EQ(resp["output"].size(), 3u) << rr->body;
+  EXPECT_EQ(resp["output"][0]["type"], "reasoning");
+  EXPECT_EQ(resp["output"][0]["content"][0], json({{"type", "reasoning_text"}, {"text", "The user wants <tool_call> weather."}}));
+  EXPECT_EQ(resp["output"][0]["status"], "completed");
+  EXPECT_EQ(output_text(resp), "Checking.");
+  const json& fc = resp["output"][2];
+  EXPECT_EQ(fc["type"], "function_call");
+  EXPECT_EQ(fc["name"], "get_weather");
+  EXPECT_EQ(json::parse(fc["arguments"].get<std::string>()), json({{"city", "Paris"}}));
+  EXPECT_EQ(fc["call_id"].get<std::string>().rfind("call_", 0), 0u);
+  EXPECT_EQ(fc["id"], "fc_" + fc["call_id"].get<std::string>().substr(5));
+  EXPECT_EQ(resp["usage"]["output_tokens_details"]["reasoning_tokens"], reasoning_tokens) << rr->body;
+  json rstream = rbody;
+  rstream["stream"] = true;
+  const std::vector<json> events = response_events(d->post("/v1/responses", rstream)->body);
+  std::vector<std::string> types;
+  std::string reasoning_text, text, arguments;
+  for (const json& ev : events) {
+    types.push_back(ev["type"]);
+    if (ev["type"] == "response.reasoning_text.delta") reasoning_text += ev["delta"].get<std::string>();
+    if (ev["type"] == "response.output_text.delta") text += ev["delta"].get<std::string>();
+    if (ev["type"] == "response.function_call_arguments.delta") arguments += ev["delta"].get<std::string>();
+    if (ev["type"] == "response.output_item.added" || ev["type"] == "response.output_item.done") {
+      EXPECT_EQ(ev["item"]["status"], ev["type"] == "response.output_item.added" ? "in_progress" : "completed") << ev;
+    }
+  }
+  EXPECT_EQ(reasoning_text, "The user wants <tool_call> weather.");
+  EXPECT_EQ(text, "Checking.");
+  EXPECT_EQ(arguments, fc["arguments"]);
+  // Each item is added, filled and done before the next is added.
+  std::vector<std::pair<std::string, int>> items;  // (type, output_index) as added
+  int open = -1;
+  for (const json& ev : events) {
+    if (ev["type"] == "response.output_item.added") {
+      EXPECT_EQ(open, -1) << "an item was added while another was open";
+      open = ev["output_index"];
+      EXPECT_EQ(open, static_cast<int>(items.size()));
+      items.emplace_back(ev["item"]["type"], open);
+    } else if (ev["type"] == "response.output_item.done") {
+      EXPECT_EQ(ev["output_index"], open);
+      open = -1;
+    } else if (ev.contains("output_index")) {
+      EXPECT_EQ(ev["output_index"], open) << ev;
+    }
+  }
+  ASSERT_EQ(items.size(), 3u);
+  EXPECT_EQ(items[0].first, "reasoning");
+  EXPECT_EQ(items[1].first, "message");
+  EXPECT_EQ(items[2].first, "function_call");
+  EXPECT_EQ(types.back(), "response.completed");
+  const json final_response = events.back()["response"];
+  EXPECT_EQ(final_response["output"][0]["content"], resp["output"][0]["content"]);
+  EXPECT_EQ(final_response["output"][1]["content"], resp["output"][1]["content"]);
+  EXPECT_EQ(final_response["output"][2]["arguments"], fc["arguments"]);
+  // The next turn sends the items back with the call's output: the prompt
+  // is the one chat builds from the same conversation, reasoning included.
+  json next = rbody;
+  next["input"] = json::array({{{"role", "user"}, {"content", "Weather in Paris?"}}});
+  for (const json& item : resp["output"]) next["input"].push_back(item);
+  next["input"].push_back({{"type", "function_call_output"}, {"call_id", fc["call_id"]}, {"output", "18 C"}});
+  next["max_output_tokens"] = 1;
+  auto rn = d->post("/v1/responses", next);
+  ASSERT_EQ(rn->status, 200) << rn->body;
+  json chat_next = {{"model", "stories"}, {"max_tokens", 1}, {"tools", {tool}},
+                    {"messages", json::array({{{"role", "user"}, {"content", "Weather in Paris?"}},
+                                              {{"role", "assistant"}, {"content", "Checking."},
+                                               {"reasoning_content", "The user wants <tool_call> weather."},
+                                               {"tool_calls", {{{"id", fc["call_id"]}, {"type", "function"},
+                                                                {"function", {{"name", "get_weather"},
+                                                                              {"arguments", fc["arguments"]}}}}}}},
+                                              {{"role", "tool"}, {"tool_call_id", fc["call_id"]}, {"content", "18 C"}}})}};
+  chat_next["tools"][0]["function"]["strict"] = false;
+  auto cn = d->post("/v1/chat/completions", chat_next);
+  ASSERT_EQ(cn->status, 200) << cn->body;
+  EXPECT_EQ(json::parse(rn->body)["usage"]["input_tokens"], json::parse(cn->body)["usage"]["prompt_tokens"]);
+  chat_next["messages"][1].erase("reasoning_content");
+  EXPECT_LT(prompt_tokens(chat_next), json::parse(cn->body)["usage"]["prompt_tokens"].get<int>())
+      << "the template does not print the reasoning: the check above shows nothing";
   EXPECT_EQ(d->stop(), 0);
 
   // reasoning = "inline" leaves the thinking in the content.

@@ -58,6 +58,26 @@ check(text === whole.choices[0].message.content, 'streamed chat (for await) equa
 check(finish === whole.choices[0].finish_reason, `streamed finish_reason ${finish}`);
 check(usage && usage.completion_tokens === whole.usage.completion_tokens, 'streamed usage chunk');
 
+// The Responses API: the same answer as chat, whole, streamed with for
+// await, and assembled by the SDK's stream helper (which throws on events
+// it cannot place).
+const rparams = { model: 'stories', input: 'Tell me a story.', max_output_tokens: 24, temperature: 0 };
+const resp = await client.responses.create(rparams);
+check(resp.object === 'response' && resp.id.startsWith('resp_') && resp.output_text === whole.choices[0].message.content,
+      `responses.create: output_text equals the chat answer (${JSON.stringify(resp.output_text)})`);
+check(resp.usage.input_tokens === whole.usage.prompt_tokens && resp.usage.output_tokens === whole.usage.completion_tokens,
+      'responses.create: usage');
+let rtext = '';
+let ended = null;
+for await (const ev of await client.responses.create({ ...rparams, stream: true })) {
+  if (ev.type === 'response.output_text.delta') rtext += ev.delta;
+  if (ev.type === 'response.completed' || ev.type === 'response.incomplete') ended = ev.response;
+}
+check(rtext === resp.output_text && ended?.status === resp.status, `responses streamed (for await): the same text, ${ended?.status}`);
+const helper = await client.responses.stream(rparams).finalResponse();
+const helperText = helper.output.filter((o) => o.type === 'message').flatMap((o) => o.content).map((c) => c.text).join('');
+check(helperText === resp.output_text, 'responses.stream().finalResponse() assembles the same text');
+
 const completion = await client.completions.create({ model: 'stories', prompt: 'Once upon a time', max_tokens: 8, temperature: 0 });
 check(completion.choices[0].text.length > 0, 'completions.create');
 
@@ -121,6 +141,26 @@ if (process.env.AIRLOCK_TOOLS_BASE_URL) {
                { role: 'tool', tool_call_id: call.id, content: '18 C, clear' }],
   });
   check(next.choices.length === 1, 'tool call: the conversation with the call and its result is accepted');
+  // The Responses API: a message item and a function_call item.
+  const rtools = [{ type: 'function', name: 'get_weather', strict: true,
+                    parameters: { type: 'object', properties: { city: { type: 'string' } }, required: ['city'],
+                                  additionalProperties: false } }];
+  const rcalled = await tools.responses.create({ model: 'stories', input: 'Weather in Paris?', tools: rtools, temperature: 0 });
+  const fc = rcalled.output.find((o) => o.type === 'function_call');
+  check(rcalled.output_text === 'Checking.' && fc?.name === 'get_weather' && JSON.parse(fc.arguments).city === 'Paris',
+        `responses tool call: output_text and a function_call item (${JSON.stringify(rcalled.output)})`);
+  const rfinal = await tools.responses.stream({ model: 'stories', input: 'Weather in Paris?', tools: rtools, temperature: 0 })
+    .finalResponse();
+  const sfc = rfinal.output.find((o) => o.type === 'function_call');
+  check(sfc?.arguments === fc.arguments && sfc.call_id.startsWith('call_'),
+        'responses tool call: stream().finalResponse() assembles the same call');
+  const rnext = await tools.responses.create({
+    model: 'stories', tools: rtools, temperature: 0,
+    input: [{ role: 'user', content: 'Weather in Paris?' }, ...rcalled.output,
+            { type: 'function_call_output', call_id: fc.call_id, output: '18 C, clear' }],
+  });
+  check(rnext.status === 'completed' || rnext.status === 'incomplete',
+        'responses tool call: the items sent back with the output are accepted');
   // tool_choice "required": the model would write "Checking." first; held
   // to calls, it writes the call alone (its city one of an enum: the test
   // model takes the allowed token of lowest id where its own is refused).
@@ -185,6 +225,17 @@ if (process.env.AIRLOCK_THINKING_BASE_URL) {
                                                               b: { type: 'string', pattern: '^[x-z]{2}$' } },
                                                 required: ['a', 'b'], additionalProperties: false } } },
   });
+  // The Responses API: the reasoning item, and parse() with text.format.
+  const rparsed = await thinking.responses.parse({
+    model: 'stories', input: 'Answer in JSON.', temperature: 0,
+    text: { format: { type: 'json_schema', name: 'answer', strict: true,
+                      schema: { type: 'object', properties: { a: { type: 'integer' } }, required: ['a'],
+                                additionalProperties: false } } },
+  });
+  const ritem = rparsed.output.find((o) => o.type === 'reasoning');
+  check(rparsed.output_parsed?.a === 1 && ritem?.content?.[0]?.text === 'Thinking it over.',
+        `responses: parse() gives output_parsed and a reasoning item (${JSON.stringify(rparsed.output)})`);
+  check(rparsed.usage.output_tokens_details.reasoning_tokens > 0, 'responses: usage.output_tokens_details.reasoning_tokens');
   const hp = held.choices[0].message.parsed;
   check(Number.isInteger(hp?.a) && hp.a >= 5 && hp.a <= 9 && /^[x-z]{2}$/.test(hp?.b ?? ''),
         `json_schema: bounds and pattern held (${JSON.stringify(held.choices[0].message)})`);

@@ -1,6 +1,7 @@
 // libFuzzer target: request bodies of /v1/chat/completions and
 // /v1/completions (parse_request, with the airlock grounding extension),
-// /v1/embeddings, /v1/rag/query (parse_rag_query), airlockd.toml
+// /v1/responses (parse_responses_request, and the response object built
+// from what it accepted), /v1/embeddings, /v1/rag/query (parse_rag_query), airlockd.toml
 // (parse_config, with its [rag] table) and model output: split into
 // reasoning and content (ReasoningSplitter: pieces join up to the whole
 // split), read by JSON mode's recogniser (what it reads whole, a JSON
@@ -22,6 +23,7 @@
 #include "config.h"
 #include "openai_api.h"
 #include "reasoning.h"
+#include "responses_api.h"
 #include "schema_grammar.h"
 #include "tool_calls.h"
 
@@ -69,7 +71,21 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   if (size == 0) return 0;
   const std::string_view body(reinterpret_cast<const char*>(data + 1), size - 1);
   using namespace airlock::daemon;
-  switch (data[0] % 7) {
+  switch (data[0] % 8) {
+    case 7: {
+      CompletionRequest r;
+      if (!parse_responses_request(body, &r)) {
+        // An accepted request is a chat request of one choice, and its
+        // response object can be written (as JSON, whatever its strings).
+        if (!r.responses || r.endpoint != Endpoint::kChat || r.messages.empty() || r.n != 1) __builtin_trap();
+        ResponseOutput out;
+        out.status = "completed";
+        out.has_message = true;
+        out.text = std::string(body.substr(0, 16));
+        (void)response_json(*r.responses, out).dump(-1, ' ', false, nlohmann::ordered_json::error_handler_t::replace);
+      }
+      break;
+    }
     case 6:
       check_schema(body);
       break;
