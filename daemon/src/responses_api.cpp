@@ -58,9 +58,16 @@ std::optional<ApiError> item_string(const ojson& item, const char* key, const st
   return std::nullopt;
 }
 
-// The chat messages of `instructions` and `input`; origins[k] names the
-// Responses parameter message k came from (for errors).
-std::optional<ApiError> input_messages(const ojson& j, ojson* messages, std::vector<std::string>* origins) {
+// Where each chat message (and each of its tool calls) came from in the
+// Responses request, to name it in errors.
+struct Origins {
+  std::vector<std::string> messages;                               // per message
+  std::map<std::pair<std::size_t, std::size_t>, std::string> calls;  // (message, call) -> its function_call item
+};
+
+// The chat messages of `instructions` and `input`.
+std::optional<ApiError> input_messages(const ojson& j, ojson* messages, Origins* origins_out) {
+  std::vector<std::string>* origins = &origins_out->messages;
   if (given(j, "instructions")) {
     if (!j["instructions"].is_string()) return invalid("instructions", "instructions must be a string");
     if (!j["instructions"].get_ref<const std::string&>().empty()) {
@@ -78,7 +85,7 @@ std::optional<ApiError> input_messages(const ojson& j, ojson* messages, std::vec
   if (!input.is_array() || input.empty()) return invalid("input", "input must be a string or a non-empty array of items");
   if (input.size() > kMaxItems) return invalid("input", "input has more than 4096 items");
   std::map<std::string, std::string> call_names;  // call_id -> function name, for the outputs
-  std::string reasoning;  // of a reasoning item, for the assistant turn after it
+  std::string reasoning;  // of reasoning items, for the assistant turn they lead to
   // Whether the last message is an assistant turn that function_call items
   // join (OpenAI sends a turn's text and its calls as separate items).
   bool assistant_open = false;
@@ -117,6 +124,7 @@ std::optional<ApiError> input_messages(const ojson& j, ojson* messages, std::vec
         messages->push_back({{"role", role}, {"content", std::move(text)}});
         origins->push_back(param);
         assistant_open = false;
+        reasoning.clear();  // it led to no assistant turn
       }
     } else if (type == "function_call") {
       std::string call_id, name;
@@ -127,6 +135,7 @@ std::optional<ApiError> input_messages(const ojson& j, ojson* messages, std::vec
       call_names[call_id] = name;
       ojson& turn = assistant_turn(param);
       if (!turn.contains("tool_calls")) turn["tool_calls"] = ojson::array();
+      origins_out->calls[{messages->size() - 1, turn["tool_calls"].size()}] = param;
       turn["tool_calls"].push_back(
           {{"id", call_id}, {"type", "function"}, {"function", {{"name", name}, {"arguments", item["arguments"]}}}});
     } else if (type == "function_call_output") {
@@ -139,15 +148,26 @@ std::optional<ApiError> input_messages(const ojson& j, ojson* messages, std::vec
       messages->push_back(std::move(msg));
       origins->push_back(param);
       assistant_open = false;
+      reasoning.clear();
     } else if (type == "reasoning") {
-      // Its text goes with the assistant turn that follows (templates that
-      // keep the reasoning of a turn in progress print it); a summary or
-      // encrypted content alone has nothing to give back.
+      // Its text goes with the assistant turn it leads to (templates that
+      // keep the reasoning of a turn in progress print it): the one that
+      // follows, or the one open (reasoning between a turn's text and its
+      // calls). A summary or encrypted content alone has nothing to give
+      // back.
+      std::string text;
       if (item.contains("content") && !item["content"].is_null()) {
         if (!item["content"].is_array()) return invalid(param + ".content", param + ".content must be an array");
         for (const ojson& part : item["content"])
           if (part.is_object() && part.contains("text") && part["text"].is_string())
-            reasoning += part["text"].get<std::string>();
+            text += part["text"].get<std::string>();
+      }
+      if (assistant_open && !text.empty()) {
+        ojson& turn = messages->back();
+        turn["reasoning_content"] =
+            (turn.contains("reasoning_content") ? turn["reasoning_content"].get<std::string>() : std::string()) + text;
+      } else {
+        reasoning += text;
       }
     } else if (type == "item_reference") {
       return invalid(param, param + ": item references need stored items, and this server stores none (send the "
@@ -247,18 +267,42 @@ std::optional<ApiError> text_format_of(const ojson& j, ojson* chat, ResponsesEch
 }
 
 // A chat parameter named in an error, as the Responses request named it.
-ApiError renamed(ApiError e, const std::vector<std::string>& origins) {
+// The number in "[N]" at p[at], and the index after its ']' (npos when
+// there is none).
+std::size_t index_at(const std::string& p, std::size_t at, std::size_t* after) {
+  *after = std::string::npos;
+  if (p.compare(at, 1, "[") != 0) return 0;
+  const std::size_t close = p.find(']', at);
+  if (close == std::string::npos || close == at + 1 || close - at > 8 ||
+      p.find_first_not_of("0123456789", at + 1) != close)
+    return 0;
+  *after = close + 1;
+  return std::stoul(p.substr(at + 1, close - at - 1));
+}
+
+ApiError renamed(ApiError e, const Origins& origins) {
   std::string from, to;
+  bool in_message = true;  // the message names the parameter as `from` too
   const std::string& p = e.param;
   auto starts = [&](const std::string& prefix) { return p.compare(0, prefix.size(), prefix) == 0; };
   if (starts("messages[")) {
-    const std::size_t close = p.find(']');
-    std::size_t k = origins.size();
-    if (close != std::string::npos && close > 9 && close - 9 < 8 &&
-        p.find_first_not_of("0123456789", 9) == close)
-      k = std::stoul(p.substr(9, close - 9));
-    from = p.substr(0, close + 1);
-    to = k < origins.size() ? origins[k] : "input";
+    std::size_t after = 0;
+    const std::size_t k = index_at(p, 8, &after);
+    if (after == std::string::npos) return e;
+    from = p.substr(0, after);
+    to = k < origins.messages.size() ? origins.messages[k] : "input";
+    // One of a turn's calls: its own function_call item.
+    constexpr std::string_view kCalls = ".tool_calls";
+    if (p.compare(after, kCalls.size(), kCalls) == 0) {
+      std::size_t call_end = 0;
+      const std::size_t m = index_at(p, after + kCalls.size(), &call_end);
+      if (auto it = origins.calls.find({k, m}); call_end != std::string::npos && it != origins.calls.end()) {
+        constexpr std::string_view kFunction = ".function";
+        from = p.substr(0, call_end);
+        if (p.compare(call_end, kFunction.size(), kFunction) == 0) from += kFunction;
+        to = it->second;
+      }
+    }
   } else if (p == "messages") {
     from = p;
     to = "input";
@@ -274,14 +318,19 @@ ApiError renamed(ApiError e, const std::vector<std::string>& origins) {
   } else if (p == "logprobs") {
     from = p;
     to = "include";
+    in_message = false;  // "logprobs are not returned with tools" says what it means
   } else if (starts("tools[") && p.find("].function") != std::string::npos) {
     from = p.substr(0, p.find("].function") + 10);
     to = p.substr(0, p.find("].function") + 1);
   }
   if (from.empty()) return e;
-  // In the message too, which names the parameter as the error's param.
-  for (std::size_t at = 0; (at = e.message.find(from, at)) != std::string::npos; at += to.size())
-    e.message.replace(at, from.size(), to);
+  // In the message too, which names the parameter as the error's param
+  // (and json_schema's messages name response_format alone).
+  auto replace_all = [&](const std::string& a, const std::string& b) {
+    for (std::size_t at = 0; (at = e.message.find(a, at)) != std::string::npos; at += b.size()) e.message.replace(at, a.size(), b);
+  };
+  if (in_message) replace_all(from, to);
+  if (starts("response_format")) replace_all("response_format", "text.format");
   e.param = to + p.substr(from.size());
   return e;
 }
@@ -301,15 +350,18 @@ std::optional<ApiError> parse_responses_request(std::string_view body, Completio
   if (given(j, "background") && j["background"] != false)
     return invalid("background", "background responses need stored responses, and this server stores none");
   if (given(j, "store") && !j["store"].is_boolean()) return invalid("store", "store must be true or false");
-  if (given(j, "truncation") && j["truncation"] != "disabled")
-    return invalid("truncation", "truncation must be \"disabled\" (an input longer than the context is a 400)");
+  // "auto" drops early items from an input that does not fit; here such an
+  // input is a 400 either way, and one that fits is answered the same.
+  if (given(j, "truncation") && j["truncation"] != "disabled" && j["truncation"] != "auto")
+    return invalid("truncation", "truncation must be \"disabled\" or \"auto\"");
+  if (given(j, "user") && !j["user"].is_string()) return invalid("user", "user must be a string");
   if (given(j, "airlock"))
     return invalid("airlock", "grounded answers are served by /v1/chat/completions and /v1/rag/query");
 
   ojson chat = ojson::object();
   if (j.contains("model")) chat["model"] = j["model"];  // checked as chat's
   ojson messages = ojson::array();
-  std::vector<std::string> origins;
+  Origins origins;
   if (auto e = input_messages(j, &messages, &origins)) return e;
   chat["messages"] = std::move(messages);
   if (given(j, "instructions")) echo->instructions = j["instructions"];
@@ -361,6 +413,7 @@ std::optional<ApiError> parse_responses_request(std::string_view body, Completio
   if (j.contains("top_p") && j["top_p"].is_number()) echo->top_p = j["top_p"];
   if (r.max_tokens) echo->max_output_tokens = *r.max_tokens;
   if (given(j, "user")) echo->user = j["user"];
+  if (given(j, "truncation")) echo->truncation = j["truncation"];
   echo->top_logprobs = r.top_logprobs;
   r.responses = std::move(echo);
   *out = std::move(r);
@@ -374,8 +427,7 @@ std::string function_call_item_id(const ToolCall& call) {
 }
 
 std::string reasoning_status(const ResponseOutput& out) {
-  // Cut inside the reasoning: nothing came after it.
-  return out.status == "incomplete" && out.text.empty() && out.calls.empty() ? "incomplete" : "completed";
+  return out.status == "incomplete" && !out.reasoning_ended ? "incomplete" : "completed";
 }
 
 ojson reasoning_item(const std::string& id, const std::string& text, const std::string& status) {
@@ -444,7 +496,7 @@ ojson response_json(const ResponsesEcho& echo, const ResponseOutput& out) {
   r["tools"] = echo.tools;
   r["top_logprobs"] = echo.top_logprobs;
   r["top_p"] = echo.top_p;
-  r["truncation"] = "disabled";
+  r["truncation"] = echo.truncation;
   r["usage"] = out.usage;
   r["user"] = echo.user;
   r["metadata"] = echo.metadata;

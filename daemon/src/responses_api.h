@@ -39,6 +39,7 @@ struct ResponsesEcho {
   ojson max_output_tokens;                   // null when absent
   ojson temperature = 1.0, top_p = 1.0;      // as sent, else OpenAI's defaults
   ojson user;                                // null when absent
+  ojson truncation = "disabled";             // or "auto" (an input that does not fit is a 400 either way)
   bool parallel_tool_calls = true;
   bool output_logprobs = false;              // include: "message.output_text.logprobs"
   int top_logprobs = 0;
@@ -56,6 +57,7 @@ struct ResponseOutput {
   std::string status = "in_progress";  // in_progress, completed, incomplete, failed
   std::string reasoning_id, message_id;  // of the items, when present
   std::string reasoning;                 // the reasoning item's text (none when empty)
+  bool reasoning_ended = true;           // its block was closed (false: cut inside it)
   bool has_message = false;              // a message item (its text may be empty)
   std::string text;
   ojson logprobs;                        // the text's entries (array), or null when not asked
@@ -65,7 +67,7 @@ struct ResponseOutput {
 };
 
 // The reasoning item's status once the answer has ended: "incomplete" when
-// the answer was cut inside its reasoning.
+// the answer was cut inside its reasoning block.
 std::string reasoning_status(const ResponseOutput& out);
 
 // The function_call item id of a call ("fc_" and the call id's own part).

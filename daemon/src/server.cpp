@@ -280,13 +280,16 @@ struct Generation {
       if (request.logprobs) {
         const std::string bytes = model->tokenizer->token_bytes(e.token->token, true);
         const bool dropped = c.text_offsets.empty() && c.strips_leading_space && !bytes.empty() && bytes[0] == ' ';
-        c.logprobs.push_back(*e.token);
         c.text_offsets.push_back(c.token_bytes);
         c.token_bytes += bytes.size() - (dropped ? 1 : 0);
       }
       const bool reasoning = c.split.in_reasoning();
       out += accept(c, c.decoder->push(e.token->token), false);
-      if (reasoning || c.split.in_reasoning()) ++c.reasoning_tokens;
+      const bool in_reasoning = reasoning || c.split.in_reasoning();
+      if (in_reasoning) ++c.reasoning_tokens;
+      // A response's log-probabilities are its output text's: the reasoning
+      // item has none (chat's are every token's, as before).
+      if (request.logprobs && !(request.responses && in_reasoning)) c.logprobs.push_back(*e.token);
       if (c.done) return out;
     }
     switch (e.finish) {
@@ -988,8 +991,7 @@ struct Server::Impl {
     std::string reasoning_id, message_id;
     int items = 0, reasoning_index = -1, message_index = -1;
     bool reasoning_closed = false;
-    std::string text;                       // the message text sent
-    ojson text_logprobs = ojson::array();  // its log-probabilities, sent
+    std::vector<engine::SampledToken> text_logprobs;  // the message text's, sent (JSON only at the end)
   };
   // What the next events of a stream's choices gave, per choice.
   struct Gathered {
@@ -1616,16 +1618,14 @@ ResponseOutput Server::Impl::response_output(Generation& g, const StreamState* s
   } else {
     out.text = c.content;
   }
-  // A message when there is text, or when nothing else came (output_text
-  // is then "", not missing).
-  out.has_message = !out.text.empty() || out.calls.empty();
+  out.reasoning_ended = !c.split.in_reasoning();
+  // A message when there is text, or when nothing else came (an answer
+  // cut inside its reasoning is the reasoning item alone, as OpenAI's).
+  out.has_message = !out.text.empty() || (out.calls.empty() && out.reasoning.empty());
   if (g.request.logprobs) {
-    if (state) {
-      out.logprobs = state->text_logprobs;
-    } else {
-      out.logprobs = ojson::array();
-      for (const engine::SampledToken& t : c.logprobs) out.logprobs.push_back(g.token_logprob(t));
-    }
+    out.logprobs = ojson::array();
+    for (const engine::SampledToken& t : state ? state->text_logprobs : c.logprobs)
+      out.logprobs.push_back(g.token_logprob(t));
   }
   out.usage = responses_usage(g.prompt_tokens, g.cached_tokens(), g.completion_tokens(), g.reasoning_tokens());
   return out;
@@ -1703,9 +1703,10 @@ bool Server::Impl::response_events(Generation& g, StreamState& state, httplib::D
   if (!got.texts[0].empty() || !got.lps[0].empty()) {
     open_message();
     ojson lps = ojson::array();
-    for (const engine::SampledToken& t : got.lps[0]) lps.push_back(g.token_logprob(t));
-    for (const ojson& e : lps) state.text_logprobs.push_back(e);
-    state.text += got.texts[0];
+    for (engine::SampledToken& t : got.lps[0]) {
+      lps.push_back(g.token_logprob(t));
+      state.text_logprobs.push_back(std::move(t));
+    }
     ojson delta = with(at(state.message_id, state.message_index), "delta", got.texts[0]);
     delta["logprobs"] = std::move(lps);
     event("response.output_text.delta", std::move(delta));

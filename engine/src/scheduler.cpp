@@ -280,8 +280,11 @@ void Scheduler::step(std::unique_lock<std::mutex>& lock) {
         attach_cached(*s);
         // Counted once, for a first prefill (a resumed sequence's query was
         // not counted again either).
-        if (s->prompt_counted == 0 && !std::exchange(s->looked_again, true))
+        if (s->prompt_counted == 0 && !std::exchange(s->looked_again, true)) {
           stats_.prefix_hit_tokens += static_cast<std::uint64_t>(s->n_prefilled);
+          std::lock_guard<std::mutex> slock(s->stream->mu_);
+          s->stream->cached_tokens_ = s->n_prefilled;
+        }
       }
       (void)step_tokens(*s, &look_budget);
     }

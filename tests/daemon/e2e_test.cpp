@@ -3068,6 +3068,35 @@ TEST(DaemonLifecycle, ReasoningIsSplitFromTheContent) {
   EXPECT_EQ(final_response["output"][0]["content"], resp["output"][0]["content"]);
   EXPECT_EQ(final_response["output"][1]["content"], resp["output"][1]["content"]);
   EXPECT_EQ(final_response["output"][2]["arguments"], fc["arguments"]);
+  // Log-probabilities are the output text's: none for the reasoning's
+  // tokens, and the reasoning item still comes first in the stream.
+  json with_lp = {{"model", "stories"}, {"input", "Weather in Paris?"}, {"temperature", 0},
+                  {"include", {"message.output_text.logprobs"}}, {"stream", true}};
+  const std::vector<json> lp_events = response_events(d->post("/v1/responses", with_lp)->body);
+  ASSERT_FALSE(lp_events.empty());
+  const json& lp_final = lp_events.back()["response"];
+  ASSERT_EQ(lp_final["output"].size(), 2u) << lp_final;
+  EXPECT_EQ(lp_final["output"][0]["type"], "reasoning");
+  const json& lp_entries = lp_final["output"][1]["content"][0]["logprobs"];
+  EXPECT_EQ(static_cast<int>(lp_entries.size()), lp_final["usage"]["output_tokens"].get<int>() - reasoning_tokens)
+      << lp_final;
+  for (const json& entry : lp_entries) EXPECT_EQ(entry["token"].get<std::string>().find("think>"), std::string::npos);
+  std::size_t lp_streamed = 0;
+  for (const json& ev : lp_events) {
+    if (ev["type"] == "response.output_item.added") {
+      EXPECT_EQ(ev["output_index"], ev["item"]["type"] == "reasoning" ? 0 : 1) << ev;
+    }
+    if (ev["type"] == "response.output_text.delta") lp_streamed += ev["logprobs"].size();
+  }
+  EXPECT_EQ(lp_streamed, lp_entries.size());
+  // Cut inside the reasoning: the reasoning item alone, incomplete.
+  json cut_short = {{"model", "stories"}, {"input", "Weather in Paris?"}, {"temperature", 0}, {"max_output_tokens", 2}};
+  const json cut = json::parse(d->post("/v1/responses", cut_short)->body);
+  EXPECT_EQ(cut["status"], "incomplete") << cut;
+  ASSERT_EQ(cut["output"].size(), 1u) << cut;
+  EXPECT_EQ(cut["output"][0]["type"], "reasoning");
+  EXPECT_EQ(cut["output"][0]["status"], "incomplete");
+
   // The next turn sends the items back with the call's output: the prompt
   // is the one chat builds from the same conversation, reasoning included.
   json next = rbody;

@@ -65,6 +65,19 @@ TEST(ResponsesApiTest, ItemsBecomeTheConversation) {
     {"role":"user","content":"Thanks."}])");
   EXPECT_EQ(r.messages, want) << r.messages.dump(1);
 
+  // Reasoning goes with the assistant turn it leads to: not across a user
+  // message, and into the open turn when it comes between text and calls.
+  CompletionRequest across = parsed({{"model", "m"},
+                                     {"input", ojson::parse(R"([{"role":"user","content":"q"},
+      {"type":"reasoning","summary":[],"content":[{"type":"reasoning_text","text":"R1"}]},
+      {"role":"user","content":"q2"},
+      {"role":"assistant","content":"a2"},
+      {"type":"reasoning","summary":[],"content":[{"type":"reasoning_text","text":"R2"}]},
+      {"type":"function_call","call_id":"c","name":"f","arguments":"{}"}])")}});
+  ASSERT_EQ(across.messages.size(), 3u) << across.messages.dump();
+  EXPECT_EQ(across.messages[2]["reasoning_content"], "R2") << across.messages.dump();
+  EXPECT_EQ(across.messages[2]["tool_calls"].size(), 1u);
+
   // Calls without a message before them make an assistant turn of their own.
   CompletionRequest calls = parsed({{"model", "m"},
                                     {"input", ojson::parse(R"([{"role":"user","content":"hi"},
@@ -130,7 +143,7 @@ TEST(ResponsesApiTest, WhatNeedsStateOrHostedToolsIsRefusedByName) {
   EXPECT_EQ(refused(with("previous_response_id", "resp_1")).param, "previous_response_id");
   EXPECT_EQ(refused(with("conversation", "conv_1")).param, "conversation");
   EXPECT_EQ(refused(with("background", true)).param, "background");
-  EXPECT_EQ(refused(with("truncation", "auto")).param, "truncation");
+  EXPECT_EQ(refused(with("truncation", "middle")).param, "truncation");
   EXPECT_EQ(refused(with("prompt", {{"id", "pmpt_1"}})).param, "prompt");
   EXPECT_EQ(refused(with("tools", {{{"type", "web_search"}}})).param, "tools[0].type");
   EXPECT_EQ(refused(with("tool_choice", {{"type", "allowed_tools"}, {"mode", "auto"}, {"tools", ojson::array()}})).param,
@@ -139,7 +152,7 @@ TEST(ResponsesApiTest, WhatNeedsStateOrHostedToolsIsRefusedByName) {
   EXPECT_EQ(refused(with("airlock", {{"collections", {"a"}}})).param, "airlock");
   EXPECT_EQ(refused(with("text", {{"format", {{"type", "grammar"}}}})).param, "text.format.type");
   // Allowed: what asks for the default, or concerns nothing an answer here has.
-  for (const ojson& b : {with("store", true), with("truncation", "disabled"), with("background", false),
+  for (const ojson& b : {with("store", true), with("truncation", "disabled"), with("truncation", "auto"), with("background", false),
                          with("service_tier", "auto"), with("reasoning", {{"effort", "low"}, {"summary", "auto"}}),
                          with("metadata", {{"k", "v"}}), with("prompt_cache_key", "x"),
                          with("stream_options", {{"include_obfuscation", false}})})
@@ -176,7 +189,18 @@ TEST(ResponsesApiTest, BadInputIsNamedAsTheResponsesApiNamesIt) {
   for (int i = 0; i < 60; ++i) deep = "{\"k\":" + deep + "}";
   ojson items = ojson::parse(R"([{"role":"user","content":"a"},{"type":"function_call","call_id":"c","name":"f"}])");
   items[1]["arguments"] = deep;
-  EXPECT_EQ(refused({{"model", "m"}, {"input", items}}).param, "input[1].tool_calls[0].function.arguments");
+  EXPECT_EQ(refused({{"model", "m"}, {"input", items}}).param, "input[1].arguments");
+  // A call joined to the turn before it is named as its own item.
+  ojson joined = ojson::parse(R"([{"role":"user","content":"a"},{"role":"assistant","content":"b"},
+      {"type":"function_call","call_id":"c1","name":"f","arguments":"{}"},{"type":"function_call","call_id":"c2","name":"f"}])");
+  joined[3]["arguments"] = deep;
+  ApiError second = refused({{"model", "m"}, {"input", joined}});
+  EXPECT_EQ(second.param, "input[3].arguments");
+  EXPECT_EQ(second.message.rfind("input[3].arguments", 0), 0u) << second.message;
+  ApiError lp = refused({{"model", "m"}, {"input", "hi"}, {"top_logprobs", 2}, {"tools", {{{"type", "function"}, {"name", "f"}}}}});
+  EXPECT_EQ(lp.param, "include");
+  EXPECT_NE(lp.message.find("logprobs"), std::string::npos) << lp.message;
+  EXPECT_EQ(refused({{"model", "m"}, {"input", "hi"}, {"user", 5}}).param, "user");
   EXPECT_EQ(refused({{"model", "m"}, {"input", "hi"}, {"metadata", {{"k", 5}}}}).param, "metadata");
   EXPECT_EQ(refused({{"model", "m"}, {"input", "hi"}, {"include", "x"}}).param, "include");
   EXPECT_EQ(refused({{"model", "m"}, {"input", "hi"}, {"instructions", 5}}).param, "instructions");
@@ -210,14 +234,23 @@ TEST(ResponsesApiTest, TheResponseObjectAndItsItems) {
   ojson done = response_json(*r.responses, out);
   EXPECT_EQ(done["incomplete_details"]["reason"], "max_output_tokens");
   ASSERT_EQ(done["output"].size(), 3u);
+  // The reasoning ended before the text that was cut.
   EXPECT_EQ(done["output"][0], ojson::parse(R"({"id":"rs_1","type":"reasoning","summary":[],
-      "content":[{"type":"reasoning_text","text":"hmm"}],"status":"incomplete"})"));
+      "content":[{"type":"reasoning_text","text":"hmm"}],"status":"completed"})"));
   EXPECT_EQ(done["output"][1], ojson::parse(R"({"id":"msg_1","type":"message","status":"incomplete","role":"assistant",
       "content":[{"type":"output_text","text":"Checking.","annotations":[],"logprobs":[]}]})"));
   EXPECT_EQ(done["output"][2], ojson::parse(R"({"id":"fc_xyz","type":"function_call","status":"completed",
       "arguments":"{\"a\":1}","call_id":"call_xyz","name":"f"})"));
   EXPECT_EQ(done["usage"], ojson::parse(R"({"input_tokens":10,"input_tokens_details":{"cached_tokens":4},
       "output_tokens":6,"output_tokens_details":{"reasoning_tokens":2},"total_tokens":16})"));
+  // Cut inside the reasoning: the reasoning item alone, incomplete.
+  ResponseOutput thinking = out;
+  thinking.reasoning_ended = false;
+  thinking.has_message = false;
+  thinking.calls.clear();
+  ojson cut = response_json(*r.responses, thinking);
+  ASSERT_EQ(cut["output"].size(), 1u);
+  EXPECT_EQ(cut["output"][0]["status"], "incomplete");
   // Mistral's call ids have no prefix to drop.
   EXPECT_EQ(function_call_item_id(ToolCall{"f", "{}", "aB3dE5gH9"}), "fc_aB3dE5gH9");
 }

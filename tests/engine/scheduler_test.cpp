@@ -486,6 +486,9 @@ TEST(SchedulerTest, RepeatedPrefixIsNotComputedAgainAndGivesTheSameTokens) {
   EXPECT_EQ(after.prefix_hit_tokens, 48u);
   EXPECT_EQ(after.prefix_query_tokens, 102u);
   EXPECT_EQ(after.prompt_tokens - before.prompt_tokens, 3u);  // 51 - 48 computed
+  // Each request says what it took from the cache (its usage reports it).
+  EXPECT_EQ((*first)->cached_tokens(), 0);
+  EXPECT_EQ((*second)->cached_tokens(), 48);
   // The cached keys and values give exactly what a fresh computation gives.
   EXPECT_EQ(o2.tokens, run_alone(*l.model, greedy(p2, 10)).tokens);
   EXPECT_EQ(o1.tokens, run_alone(*l.model, greedy(p1, 10)).tokens);
@@ -524,6 +527,9 @@ TEST(SchedulerTest, IdenticalPromptsSubmittedTogetherComputeThePromptOnce) {
   const SchedulerStats stats = (*s)->stats();
   EXPECT_EQ(stats.prefix_hit_tokens, 3u * 256u);
   EXPECT_EQ(stats.prompt_tokens, 300u + 3u * 44u);
+  // Found when they looked again, and counted as each one's cached tokens.
+  EXPECT_EQ(streams[0]->cached_tokens(), 0);
+  for (int k = 1; k < 4; ++k) EXPECT_EQ(streams[k]->cached_tokens(), 256) << k;
 }
 
 // Holds the first forward pass until released, so that requests submitted
