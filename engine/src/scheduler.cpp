@@ -4,6 +4,8 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <exception>
+#include <new>
 #include <span>
 
 #include "airlock/engine/thread_pool.h"
@@ -377,30 +379,40 @@ void Scheduler::step(std::unique_lock<std::mutex>& lock) {
   for (Sequence* s : wants) rows.push_back(s->sampler->next_row(s->history, s->request.prompt.size()));
 
   lock.unlock();
-  // Constrained sequences' allowed tokens, outside the lock (a pass over
-  // the vocabulary each), on the pool's threads when there are several.
-  // Each constraint is its own; what they share (vocabulary, grammar) is
-  // immutable.
-  std::vector<std::size_t> constrained;
-  for (std::size_t i = 0; i < wants.size(); ++i)
-    if (wants[i]->request.constraint) constrained.push_back(i);
-  std::vector<std::shared_ptr<std::vector<std::uint64_t>>> masks(constrained.size());
-  auto work_out = [&](std::int64_t begin, std::int64_t end) {
-    for (auto k = static_cast<std::size_t>(begin); k < static_cast<std::size_t>(end); ++k) {
-      masks[k] = std::make_shared<std::vector<std::uint64_t>>();
-      wants[constrained[k]]->request.constraint->allowed(masks[k].get());
-    }
-  };
-  if (options_.pool && constrained.size() > 1)
-    options_.pool->parallel_for(static_cast<std::int64_t>(constrained.size()), work_out);
-  else
-    work_out(0, static_cast<std::int64_t>(constrained.size()));
-  for (std::size_t k = 0; k < constrained.size(); ++k) rows[constrained[k]].allowed = std::move(masks[k]);
+  // An exception out of this thread would end the process (std::terminate):
+  // the step fails instead, as a failed forward pass does (its sequences end
+  // with the error, the scheduler reports unhealthy until a step succeeds).
+  Status st;
   std::vector<SampledToken> sampled;
-  PassOutput out;
-  out.rows = rows;
-  out.tokens = &sampled;
-  Status st = decoder_->forward(batch, cache_, out);
+  try {
+    // Constrained sequences' allowed tokens, outside the lock (a pass over
+    // the vocabulary each), on the pool's threads when there are several.
+    // Each constraint is its own; what they share (vocabulary, grammar) is
+    // immutable.
+    std::vector<std::size_t> constrained;
+    for (std::size_t i = 0; i < wants.size(); ++i)
+      if (wants[i]->request.constraint) constrained.push_back(i);
+    std::vector<std::shared_ptr<std::vector<std::uint64_t>>> masks(constrained.size());
+    auto work_out = [&](std::int64_t begin, std::int64_t end) {
+      for (auto k = static_cast<std::size_t>(begin); k < static_cast<std::size_t>(end); ++k) {
+        masks[k] = std::make_shared<std::vector<std::uint64_t>>();
+        wants[constrained[k]]->request.constraint->allowed(masks[k].get());
+      }
+    };
+    if (options_.pool && constrained.size() > 1)
+      options_.pool->parallel_for(static_cast<std::int64_t>(constrained.size()), work_out);
+    else
+      work_out(0, static_cast<std::int64_t>(constrained.size()));
+    for (std::size_t k = 0; k < constrained.size(); ++k) rows[constrained[k]].allowed = std::move(masks[k]);
+    PassOutput out;
+    out.rows = rows;
+    out.tokens = &sampled;
+    st = decoder_->forward(batch, cache_, out);
+  } catch (const std::bad_alloc&) {
+    st = resource_exhausted("out of memory in a forward pass");
+  } catch (const std::exception& e) {
+    st = internal_error(std::string("forward pass: ") + e.what());
+  }
   if (step_delay_.count() > 0) std::this_thread::sleep_for(step_delay_);  // test hook (zero unless set)
   lock.lock();
 

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <utility>
 
 namespace airlock::engine {
 namespace {
@@ -84,23 +85,48 @@ void ThreadPool::parallel_for(std::int64_t n, const std::function<void(std::int6
     generation_.fetch_add(1, std::memory_order_release);
   }
   start_cv_.notify_all();
-  // Ends the job even when fn throws here: the workers finish the ranges
-  // left, and the next caller gets its turn.
-  struct JobEnd {
-    ThreadPool* pool;
-    std::uint64_t ticket;
-    ~JobEnd() { pool->finish_job(ticket); }
-  } end{this, ticket};
-  InJob in_job;
-  run_chunks();  // the caller works too
+  // Ends the job even when fn throws here: the workers stop claiming
+  // ranges, and the next caller gets its turn. A worker's exception is
+  // rethrown here, after that.
+  std::exception_ptr failed;
+  {
+    struct JobEnd {
+      ThreadPool* pool;
+      std::uint64_t ticket;
+      std::exception_ptr* failed;
+      ~JobEnd() { *failed = pool->finish_job(ticket); }
+    } end{this, ticket, &failed};
+    InJob in_job;
+    try {
+      run_chunks();  // the caller works too
+    } catch (...) {
+      next_.store(job_n_, std::memory_order_relaxed);  // the ranges left are skipped
+      throw;
+    }
+  }
+  if (failed) std::rethrow_exception(failed);
 }
 
-void ThreadPool::finish_job(std::uint64_t ticket) {
+void ThreadPool::fail_job(std::exception_ptr e) {
+  next_.store(job_n_, std::memory_order_relaxed);
+  std::lock_guard<std::mutex> lock(mu_);
+  if (!job_error_) job_error_ = std::move(e);
+  job_failed_.store(true, std::memory_order_release);
+}
+
+std::exception_ptr ThreadPool::finish_job(std::uint64_t ticket) {
   if (!spin_for([this] { return pending_.load(std::memory_order_acquire) == 0; }, kSpinMicros)) {
     std::unique_lock<std::mutex> lock(mu_);
     done_cv_.wait(lock, [this] { return pending_.load(std::memory_order_acquire) == 0; });
   }
   job_ = nullptr;
+  // (The flag spares every job a lock: jobs run a few hundred times a token.)
+  std::exception_ptr failed;
+  if (job_failed_.load(std::memory_order_acquire)) {
+    std::lock_guard<std::mutex> lock(mu_);
+    failed = std::exchange(job_error_, nullptr);
+    job_failed_.store(false, std::memory_order_relaxed);
+  }
   // The next turn. A caller that took its ticket before this store and
   // found it not yet served is waiting, or about to wait, holding turn_mu_:
   // taking the mutex here orders the wake-up after its wait began.
@@ -109,6 +135,7 @@ void ThreadPool::finish_job(std::uint64_t ticket) {
     { std::lock_guard<std::mutex> turn(turn_mu_); }
     turn_cv_.notify_all();
   }
+  return failed;
 }
 
 // Ranges are claimed from a shared counter, each a share of what is left
@@ -142,7 +169,13 @@ void ThreadPool::worker(int index) {
     seen = generation_.load(std::memory_order_acquire);
     if (index < job_parts_) {
       InJob in_job;
-      run_chunks();
+      // Thrown out of a worker it would end the process (std::terminate):
+      // the caller gets it instead.
+      try {
+        run_chunks();
+      } catch (...) {
+        fail_job(std::current_exception());
+      }
     }
     if (pending_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
       std::lock_guard<std::mutex> lock(mu_);  // the caller may be between its check and its wait

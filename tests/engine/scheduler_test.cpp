@@ -7,6 +7,7 @@
 #include <cstdlib>
 #include <map>
 #include <mutex>
+#include <new>
 #include <optional>
 #include <random>
 #include <thread>
@@ -405,6 +406,40 @@ TEST(SchedulerTest, ConstraintsChooseAmongTheAllowedTokens) {
   GenerationRequest all = plain;
   all.constraint = std::make_shared<Multiples>(1);
   EXPECT_EQ(run_alone(*l.model, all).tokens, free_run.tokens);
+}
+
+// Work of a step that throws (here a constraint, as a bad_alloc would):
+// the step fails as a failed forward pass does, its sequences ending with
+// the error, and the scheduler serves the next request. Thrown out of the
+// scheduler's thread, or a pool worker's, it ended the process.
+TEST(SchedulerTest, AStepThatThrowsFailsItsSequencesAndServesTheNext) {
+  struct Throws : TokenConstraint {
+    void allowed(std::vector<std::uint64_t>*) override { throw std::bad_alloc(); }
+    void accept(std::int32_t) override {}
+  };
+  Loaded l = load();
+  const Outcome free_run = run_alone(*l.model, greedy(prompt(12, 9), 8));
+  auto s = Scheduler::start(*l.model, opts(64));
+  ASSERT_TRUE(s.is_ok());
+  for (int n : {1, 3}) {  // on the scheduler's thread, then on the pool's threads
+    std::vector<std::shared_ptr<TokenStream>> streams;
+    for (int i = 0; i < n; ++i) {
+      GenerationRequest r = greedy(prompt(12, 9), 8);
+      r.constraint = std::make_shared<Throws>();
+      auto st = (*s)->submit(r);
+      ASSERT_TRUE(st.is_ok());
+      streams.push_back(*st);
+    }
+    for (auto& st : streams) {
+      const Outcome o = collect(*st);
+      EXPECT_EQ(o.finish, FinishReason::kError);
+      EXPECT_EQ(o.error.code(), StatusCode::kResourceExhausted) << o.error.message();
+    }
+    auto next = (*s)->submit(greedy(prompt(12, 9), 8));
+    ASSERT_TRUE(next.is_ok());
+    EXPECT_EQ(collect(**next).tokens, free_run.tokens) << n;
+    EXPECT_TRUE((*s)->healthy());
+  }
 }
 
 // The scheduler tells the sampler where the prompt ends: presence and

@@ -9,6 +9,7 @@
 #include <atomic>
 #include <chrono>
 #include <mutex>
+#include <new>
 #include <stdexcept>
 #include <thread>
 #include <vector>
@@ -149,6 +150,32 @@ TEST(ThreadPoolTest, AJobThrowingOnTheCallerLeavesThePoolUsable) {
   std::thread other([&] { check_job(pool, 777, 1); });
   other.join();
   check_job(pool, 777, 4);
+}
+
+// A range that throws on a worker: the exception reaches the caller (out
+// of the worker's thread it would end the process), the ranges left are
+// skipped, and the pool serves the next jobs.
+TEST(ThreadPoolTest, AJobThrowingOnAWorkerReachesTheCaller) {
+  ThreadPool pool(3);
+  const std::thread::id caller = std::this_thread::get_id();
+  int thrown = 0;
+  for (int attempt = 0; attempt < 50 && thrown == 0; ++attempt) {
+    std::atomic<int> ran{0};
+    try {
+      pool.parallel_for(1000, [&](std::int64_t, std::int64_t) {
+        ++ran;
+        if (std::this_thread::get_id() != caller) throw std::bad_alloc();
+        std::this_thread::sleep_for(std::chrono::microseconds(200));
+      });
+    } catch (const std::bad_alloc&) {
+      ++thrown;
+      EXPECT_LT(ran.load(), 1000);  // not every range ran after the failure
+    }
+  }
+  ASSERT_EQ(thrown, 1) << "no worker ever ran a range";
+  check_job(pool, 777, 1);
+  std::thread other([&] { check_job(pool, 777, 4); });
+  other.join();
 }
 
 TEST(ThreadPoolTest, EmptyAndNegativeRangesRunNothing) {

@@ -17,11 +17,17 @@
 // turns, one job at a time, in the order the callers asked; a waiting caller
 // sleeps. A parallel_for() called from inside a job runs inline on the
 // calling thread.
+//
+// A range that throws (std::bad_alloc, say) ends the job early: the ranges
+// not yet claimed are skipped, and parallel_for() rethrows the first
+// exception to its caller once every thread is done, whichever thread threw
+// it; the pool serves the next job as usual.
 #pragma once
 
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
+#include <exception>
 #include <functional>
 #include <mutex>
 #include <thread>
@@ -49,13 +55,18 @@ class ThreadPool {
  private:
   void worker(int index);
   void run_chunks();
-  void finish_job(std::uint64_t ticket);  // waits for the workers, then passes the turn on
+  // Waits for the workers, then passes the turn on; returns the exception a
+  // worker's range threw, if any.
+  std::exception_ptr finish_job(std::uint64_t ticket);
+  void fail_job(std::exception_ptr e);  // keeps the first, skips the ranges left
 
   static constexpr int kSpinMicros = 100;
 
   int n_threads_;
   std::vector<std::thread> workers_;
   std::mutex mu_;
+  std::exception_ptr job_error_;  // under mu_: the first exception a worker's range threw
+  std::atomic<bool> job_failed_{false};  // job_error_ is set
   std::condition_variable start_cv_;
   std::condition_variable done_cv_;
   // The job fields are written before generation_ is bumped (release) and
