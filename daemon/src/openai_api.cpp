@@ -86,6 +86,7 @@ std::optional<ApiError> parse_json_schema(const ojson& f, CompletionRequest* r) 
   std::string why;
   r->response_grammar = compile_schema(js["schema"], "schema", &why);
   if (!r->response_grammar) return invalid(param + ".schema", "response_format json_schema: " + why);
+  r->response_schema = js["schema"];
   return std::nullopt;
 }
 
@@ -486,11 +487,6 @@ std::optional<ApiError> parse_request_object(const ojson& j, Endpoint endpoint, 
       return invalid("tool_choice", "tool_choice forces a call, and the request has no tools");
     // Once the calls are whole only the end may come.
     if (r.tool_required && r.ignore_eos) return invalid("ignore_eos", "ignore_eos cannot be used with a forced tool call");
-    // The constraint would keep the model from writing a call (<tool_call>,
-    // [TOOL_CALLS]) and could make an object look like one.
-    if (r.json_object && !r.tools.empty())
-      return invalid("response_format", "a JSON response_format cannot be combined with tools here: the JSON "
-                                        "constraint would keep the model from calling them");
     if (!r.tools.empty() && r.grounding) return invalid("tools", "grounded answers (airlock) do not call tools");
     // The tokens of a call (and of text held back in case it is one) are
     // not content: their log-probabilities would show what the answer does not.

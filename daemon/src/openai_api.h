@@ -78,8 +78,10 @@ struct CompletionRequest {
   bool tool_required = false;
   std::string forced_tool;
   bool json_object = false;          // chat: response_format "json_object" or "json_schema" (the answer held to JSON)
-  // json_schema: the grammar of the schema's instances (null: one JSON object).
+  // json_schema: the grammar of the schema's instances (null: one JSON
+  // object), and the schema (null without one).
   std::shared_ptr<const engine::Grammar> response_grammar;
+  ojson response_schema;
   ojson chat_template_kwargs = ojson::object();  // chat: more template variables (vLLM's extension)
   std::vector<std::string> prompts;  // completions: one or more, each with n choices
   std::string prompt;                // completions: prompts joined (for the audit log)

@@ -1405,7 +1405,8 @@ std::shared_ptr<const engine::Grammar> compile_schema(const nlohmann::ordered_js
 }
 
 std::shared_ptr<const engine::Grammar> tool_call_grammar(ToolFormat format, const std::vector<ToolSpec>& tools,
-                                                         const std::string& only, bool parallel, std::string* error) {
+                                                         const std::string& only, bool parallel, std::string* error,
+                                                         const nlohmann::ordered_json* answer) {
   if (format != ToolFormat::kHermes && format != ToolFormat::kLlamaJson && format != ToolFormat::kMistral) {
     *error = std::string("this model's tool-call form (") + tool_format_name(format) +
              ") cannot be forced: only hermes, llama3_json and mistral calls can";
@@ -1434,7 +1435,7 @@ std::shared_ptr<const engine::Grammar> tool_call_grammar(ToolFormat format, cons
       if (args && t.strict && !c.exact()) {
         *error = param + ": held only in part (a oneOf whose branches may overlap, as anyOf; lengths beside a "
                          "pattern whose length varies in more than one place; or a multipleOf beside bounds), and a "
-                         "forced call of a strict function must follow its schema exactly";
+                         "call of a strict function held to its schema must follow it exactly";
         return nullptr;
       }
     }
@@ -1462,14 +1463,27 @@ std::shared_ptr<const engine::Grammar> tool_call_grammar(ToolFormat format, cons
   } else if (format == ToolFormat::kLlamaJson) {
     separator = lit(";");
   } else {
-    // Mistral: one JSON array of the calls (after its [TOOL_CALLS] control
-    // token, which the constraint lets the answer begin with).
     separator = lit(",");
-    const Seq calls = parallel ? sym({c.ref(c.one_or_more(call, separator))}) : call;
-    return c.finish(lit("[") + sym({c.ref(ws)}) + calls + sym({c.ref(ws)}) + lit("]"));
   }
-  if (!parallel) return c.finish(call);
-  return c.finish(sym({c.ref(c.one_or_more(call, separator))}));
+  Seq calls = parallel ? sym({c.ref(c.one_or_more(call, separator))}) : call;
+  // Mistral: one JSON array of the calls (after its [TOOL_CALLS] control
+  // token, which the constraint lets the answer begin with).
+  if (format == ToolFormat::kMistral) calls = lit("[") + sym({c.ref(ws)}) + calls + sym({c.ref(ws)}) + lit("]");
+  if (answer == nullptr) return c.finish(calls);
+  // Or the answer itself, compiled after the calls (whose strict check
+  // reads the compiler's exactness).
+  std::optional<Rule> value;
+  const std::string path = "response_format.json_schema.schema";
+  if (answer->is_null()) {
+    value = c.any_object();
+  } else if (std::optional<std::string> why = unsupported_schema(*answer, path)) {
+    *error = *why;
+    return nullptr;
+  } else if (!(value = c.schema(*answer, path))) {
+    *error = c.error();
+    return nullptr;
+  }
+  return c.finish(sym({c.ref(c.alternatives({calls, sym({c.ref(*value)})}))}));
 }
 
 }  // namespace airlock::daemon

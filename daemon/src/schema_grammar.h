@@ -73,7 +73,11 @@ std::shared_ptr<const engine::Grammar> compile_schema(const nlohmann::ordered_js
 //    [TOOL_CALLS] control token before it is the constraint's lead token).
 // A model without a form is refused with the reason, as is an `only` that
 // names no tool.
+// With `answer` (tools beside a JSON response_format, tool_choice "auto"):
+// calls as above, or else the answer in JSON, an instance of *answer (a
+// JSON Schema; null: any object).
 std::shared_ptr<const engine::Grammar> tool_call_grammar(ToolFormat format, const std::vector<ToolSpec>& tools,
-                                                         const std::string& only, bool parallel, std::string* error);
+                                                         const std::string& only, bool parallel, std::string* error,
+                                                         const nlohmann::ordered_json* answer = nullptr);
 
 }  // namespace airlock::daemon

@@ -1200,14 +1200,17 @@ void Server::Impl::completions(const httplib::Request& req, httplib::Response& r
     e.param = "tools";
     return fail(e);
   }
-  // A forced call: the answer is held to calls in the model's form.
+  // A forced call: the answer is held to calls in the model's form. Tools
+  // beside a JSON response_format: to calls, or else the JSON answer.
   std::shared_ptr<const engine::Grammar> answer_grammar = r.response_grammar;
-  if (r.tool_required) {
+  if (r.tool_required || (r.json_object && !r.tools.empty())) {
     std::string why;
-    answer_grammar = tool_call_grammar(m->tool_format, r.tool_specs, r.forced_tool, r.parallel_tool_calls, &why);
+    answer_grammar = tool_call_grammar(m->tool_format, r.tool_specs, r.forced_tool, r.parallel_tool_calls, &why,
+                                       r.tool_required ? nullptr : &r.response_schema);
     if (!answer_grammar) {
-      ApiError e = api_error(400, "invalid_request_error", "tool_choice: " + why);
-      e.param = "tool_choice";
+      const char* param = r.tool_required ? "tool_choice" : r.responses ? "text.format" : "response_format";
+      ApiError e = api_error(400, "invalid_request_error", std::string(param) + ": " + why);
+      e.param = param;
       return fail(e);
     }
   }
@@ -1326,7 +1329,7 @@ void Server::Impl::completions(const httplib::Request& req, httplib::Response& r
         // Mistral writes its calls after the [TOOL_CALLS] control token:
         // a forced answer may begin with it, as the model would.
         std::vector<std::int32_t> lead;
-        if (r.tool_required && m->tool_format == ToolFormat::kMistral)
+        if (!r.tools.empty() && m->tool_format == ToolFormat::kMistral)
           if (const std::int32_t t = m->tokenizer->token_id(kMistralCallsToken); t >= 0) lead.push_back(t);
         gr.constraint =
             std::make_shared<engine::JsonConstraint>(m->json_vocab, std::move(think), answer_grammar, std::move(lead));

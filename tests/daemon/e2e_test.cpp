@@ -2835,6 +2835,108 @@ TEST(DaemonLifecycle, ToolChoiceForcesACall) {
   EXPECT_EQ(d->stop(), 0);
 }
 
+// Tools beside a JSON response format (an agent with tools and a
+// structured final output): the answer is calls, or else JSON in the
+// schema's shape, on both APIs.
+TEST(DaemonLifecycle, ToolsBesideAJsonResponseFormat) {
+  TempDir models;
+  testing::write_file(models / "tools.jinja", kToolTemplate);
+  const std::string call = "\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}\n";
+  Enclave calls_e("", make_answer_model(models, "calls", "<tool_call>" + call + "</tool_call>",
+                                        {"<tool_call>", "</tool_call>", call}, models / "tools.jinja"));
+  Enclave json_e("", make_answer_model(models, "json", "{\"a\": 1}", {"{\"a\": 1}"}, models / "tools.jinja"));
+  Enclave chatty_e("", make_tool_model(models));  // "Checking." first: neither a call nor JSON
+  auto calls_d = Daemon::start(calls_e);
+  auto json_d = Daemon::start(json_e);
+  auto chatty_d = Daemon::start(chatty_e);
+  ASSERT_GT(calls_d->port, 0) << calls_d->log();
+  ASSERT_GT(json_d->port, 0) << json_d->log();
+  ASSERT_GT(chatty_d->port, 0) << chatty_d->log();
+  const json schema = {{"type", "object"}, {"properties", {{"a", {{"type", "integer"}}}}}, {"required", {"a"}},
+                       {"additionalProperties", false}};
+  json body = {{"model", "stories"},
+               {"messages", json::array({{{"role", "user"}, {"content", "Weather in Paris?"}}})},
+               {"tools", {weather_tool()}},
+               {"response_format", {{"type", "json_schema"}, {"json_schema", {{"name", "answer"}, {"strict", true}, {"schema", schema}}}}},
+               {"temperature", 0}};
+  json streamed = body;
+  streamed["stream"] = true;
+
+  auto r = calls_d->post("/v1/chat/completions", body);
+  ASSERT_EQ(r->status, 200) << r->body;
+  json ch = json::parse(r->body)["choices"][0];
+  EXPECT_EQ(ch["finish_reason"], "tool_calls") << r->body;
+  EXPECT_TRUE(ch["message"]["content"].is_null()) << r->body;
+  ASSERT_EQ(ch["message"]["tool_calls"].size(), 1u) << r->body;
+  EXPECT_EQ(ch["message"]["tool_calls"][0]["function"]["name"], "get_weather");
+  StreamedChoice sc = read_stream(calls_d->post("/v1/chat/completions", streamed)->body);
+  EXPECT_EQ(sc.finish, "tool_calls");
+  ASSERT_EQ(sc.tool_calls.size(), 1u);
+
+  r = json_d->post("/v1/chat/completions", body);
+  ASSERT_EQ(r->status, 200) << r->body;
+  ch = json::parse(r->body)["choices"][0];
+  EXPECT_EQ(ch["finish_reason"], "stop") << r->body;
+  EXPECT_EQ(ch["message"]["content"], "{\"a\": 1}") << r->body;
+  EXPECT_FALSE(ch["message"].contains("tool_calls")) << r->body;
+  sc = read_stream(json_d->post("/v1/chat/completions", streamed)->body);
+  EXPECT_EQ(sc.content, "{\"a\": 1}");
+  EXPECT_TRUE(sc.tool_calls.empty());
+  EXPECT_EQ(sc.finish, "stop");
+
+  // A model that would write text first is held to one or the other (this
+  // test model then writes its own tokens wherever they are allowed, inside
+  // a string: cut by max_tokens, the answer still begins as a call or an
+  // object does).
+  for (const json& format : {body["response_format"], json({{"type", "json_object"}})}) {
+    json b = body;
+    b["response_format"] = format;
+    b["max_tokens"] = 64;
+    r = chatty_d->post("/v1/chat/completions", b);
+    ASSERT_EQ(r->status, 200) << r->body;
+    ch = json::parse(r->body)["choices"][0];
+    if (ch["finish_reason"] == "length") {
+      const std::string content = ch["message"]["content"];
+      const std::size_t first = content.find_first_not_of(" \t\n\r");
+      ASSERT_NE(first, std::string::npos) << r->body;
+      EXPECT_TRUE(content.compare(first, 11, "<tool_call>") == 0 || content[first] == '{') << r->body;
+    } else if (ch["message"].contains("tool_calls")) {
+      EXPECT_EQ(ch["finish_reason"], "tool_calls") << r->body;
+      EXPECT_TRUE(ch["message"]["content"].is_null()) << r->body;
+      EXPECT_EQ(ch["message"]["tool_calls"][0]["function"]["name"], "get_weather") << r->body;
+    } else {
+      const std::string content = ch["message"]["content"];
+      ASSERT_TRUE(json::accept(content)) << r->body;
+      const json v = json::parse(content);
+      ASSERT_TRUE(v.is_object()) << r->body;
+      if (format["type"] == "json_schema") {
+        EXPECT_TRUE(v.contains("a") && v["a"].is_number_integer() && v.size() == 1) << r->body;
+      }
+    }
+  }
+
+  // The Responses API, as the Agents SDK sends an agent with an output type.
+  const json rbody = {{"model", "stories"},
+                      {"input", "Weather in Paris?"},
+                      {"tools", {{{"type", "function"}, {"name", "get_weather"}, {"parameters", weather_tool()["function"]["parameters"]},
+                                  {"strict", false}}}},
+                      {"text", {{"format", {{"type", "json_schema"}, {"name", "answer"}, {"strict", true}, {"schema", schema}}}}},
+                      {"temperature", 0}};
+  auto rc = calls_d->post("/v1/responses", rbody);
+  ASSERT_EQ(rc->status, 200) << rc->body;
+  const json called = json::parse(rc->body);
+  ASSERT_EQ(called["output"].size(), 1u) << rc->body;
+  EXPECT_EQ(called["output"][0]["type"], "function_call");
+  auto rj = json_d->post("/v1/responses", rbody);
+  ASSERT_EQ(rj->status, 200) << rj->body;
+  const json answered = json::parse(rj->body);
+  EXPECT_EQ(output_text(answered), "{\"a\": 1}") << rj->body;
+  EXPECT_EQ(answered["text"]["format"]["name"], "answer");
+  EXPECT_EQ(calls_d->stop(), 0);
+  EXPECT_EQ(json_d->stop(), 0);
+  EXPECT_EQ(chatty_d->stop(), 0);
+}
+
 TEST(DaemonLifecycle, ToolCallsWithTheRealQwen3Template) {
   const std::string config = models_dir() + "/tokenizers/qwen3/tokenizer_config.json";
   if (models_dir().empty() || !testing::exists(config)) GTEST_SKIP() << "no " << config;

@@ -442,15 +442,20 @@ TEST(OpenAiApiTest, JsonObjectMode) {
       "response_format":{"type":"text"}})", Endpoint::kChat, &r));
   EXPECT_FALSE(r.json_object);
   // Refused beside it: ignore_eos (end tokens to max_tokens once the object
-  // is whole) and tools (the constraint keeps calls from being written).
+  // is whole).
   std::optional<ApiError> e = parse_request(R"({"model":"m","messages":[{"role":"user","content":"x"}],
       "response_format":{"type":"json_object"},"ignore_eos":true})", Endpoint::kChat, &r);
   ASSERT_TRUE(e);
   EXPECT_EQ(e->param, "ignore_eos");
-  e = parse_request(R"({"model":"m","messages":[{"role":"user","content":"x"}],"response_format":{"type":"json_object"},
+  // Taken beside tools: the answer is then calls or the object (the
+  // server's grammar, schema_grammar_test CallsOrAnAnswer).
+  e = parse_request(R"({"model":"m","messages":[{"role":"user","content":"x"}],"response_format":{"type":"json_schema",
+      "json_schema":{"name":"a","schema":{"type":"object","properties":{"a":{"type":"integer"}}}}},
       "tools":[{"type":"function","function":{"name":"f"}}]})", Endpoint::kChat, &r);
-  ASSERT_TRUE(e);
-  EXPECT_EQ(e->param, "response_format");
+  ASSERT_FALSE(e) << e->message;
+  EXPECT_TRUE(r.json_object);
+  EXPECT_EQ(r.tools.size(), 1u);
+  EXPECT_EQ(r.response_schema["properties"]["a"]["type"], "integer");
 }
 
 // response_format json_schema: the schema compiled (the grammar is

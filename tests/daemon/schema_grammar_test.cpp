@@ -969,6 +969,60 @@ TEST(SchemaGrammarTest, OptionalMembersTakeTheirCommas) {
     EXPECT_FALSE(instance(*g, bad)) << bad;
 }
 
+// Tools beside a JSON response format: an answer of the grammar is calls
+// (read back as calls, nothing else) or else the JSON answer (read back as
+// content, no call, an instance of the schema), both kinds drawn.
+TEST(SchemaGrammarTest, CallsOrAnAnswer) {
+  const std::vector<ToolSpec> tools = {
+      {"get_weather", true, ojson::parse(R"({"type":"object","properties":{"city":{"type":"string","maxLength":20}},
+          "required":["city"],"additionalProperties":false})")}};
+  const ojson schema = ojson::parse(
+      R"({"type":"object","properties":{"a":{"type":"integer","minimum":0,"maximum":9}},"required":["a"],"additionalProperties":false})");
+  std::mt19937 rng(7);
+  for (ToolFormat format : {ToolFormat::kHermes, ToolFormat::kLlamaJson, ToolFormat::kMistral})
+    for (const ojson& answer : {schema, ojson()}) {
+      std::string why;
+      auto g = tool_call_grammar(format, tools, "", true, &why, &answer);
+      ASSERT_TRUE(g) << why;
+      int calls = 0, answers = 0;
+      for (int i = 0; i < 300; ++i) {
+        const std::string text = random_sentence(*g, rng, 0.3);
+        if (text.empty()) continue;
+        const ToolOutput out = parse_tool_calls(format, text, tools);
+        if (!out.calls.empty()) {
+          ++calls;
+          EXPECT_EQ(out.content, "") << text;
+          for (const ToolCall& c : out.calls) EXPECT_TRUE(follows_schema(tools[0].parameters, ojson::parse(c.arguments))) << text;
+        } else {
+          ++answers;
+          EXPECT_EQ(out.content, text);
+          ASSERT_TRUE(ojson::accept(text)) << text;
+          const ojson v = ojson::parse(text);
+          EXPECT_TRUE(v.is_object()) << text;
+          if (!answer.is_null()) {
+            EXPECT_TRUE(follows_schema(schema, v)) << text;
+          }
+        }
+      }
+      // (llama3_json calls are objects too: beside any object, a random
+      // walk almost never spells a call out.)
+      if (format != ToolFormat::kLlamaJson || !answer.is_null()) {
+        EXPECT_GT(calls, 30) << static_cast<int>(format);
+      }
+      EXPECT_GT(answers, 30) << static_cast<int>(format);
+      EXPECT_TRUE(instance(*g, R"({"a": 3})"));
+      EXPECT_FALSE(instance(*g, "Checking."));
+      EXPECT_FALSE(instance(*g, R"(Checking. {"a": 3})"));
+      if (!answer.is_null()) {
+        EXPECT_FALSE(instance(*g, R"({"a": 30})"));
+      }
+      if (format == ToolFormat::kHermes) {
+        EXPECT_TRUE(instance(*g, R"(<tool_call>{"name": "get_weather", "arguments": {"city": "Paris"}}</tool_call>)"));
+        EXPECT_FALSE(instance(*g, R"({"a": 3}<tool_call>{"name": "get_weather", "arguments": {"city": "Paris"}}</tool_call>)"));
+      }
+    }
+}
+
 // Forced tool calls: random answers of the call grammar are read back by
 // the server's own parser as calls of the tools, nothing else, with
 // arguments that follow a strict tool's schema.
