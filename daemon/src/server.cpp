@@ -1219,7 +1219,12 @@ void Server::Impl::completions(const httplib::Request& req, httplib::Response& r
   for (auto [name, value] : {std::pair<const char*, const ojson*>{"tools", &r.tools},
                              std::pair<const char*, const ojson*>{"chat_template_kwargs", &r.chat_template_kwargs}})
     if (Status st = refuse_control_text(*m->tokenizer, {{name, value}}); !st.is_ok()) {
-      ApiError e = api_error(400, "invalid_request_error", st.message());
+      std::string message = st.message();
+      // The Responses API's tools are flat: tools[0].description, not
+      // tools[0].function.description.
+      if (r.responses)
+        for (std::size_t at; (at = message.find("].function.")) != std::string::npos;) message.erase(at + 1, 9);
+      ApiError e = api_error(400, "invalid_request_error", message);
       e.param = name;
       return fail(e);
     }
