@@ -282,9 +282,11 @@ class Compiler {
       // level at a time (members' names and items are merged when they are
       // compiled), once for each set of members: a member that is a $ref
       // counts as its target, so recursive schemas close their loops.
-      // The key: the members (nested allOf flattened) by their text, a $ref
-      // by its target.
-      std::string key;
+      // The key: the schema compiled (its $refs resolve in its own root: one
+      // compiler may compile several, as the tools beside an answer), then
+      // the members (nested allOf flattened) by their text, a $ref by its
+      // target.
+      std::string key = std::to_string(reinterpret_cast<std::uintptr_t>(root_)) + '\n';
       std::vector<const json*> members = {&s};
       for (std::size_t i = 0; i < members.size(); ++i) {
         const json& m = *members[i];

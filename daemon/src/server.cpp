@@ -1208,8 +1208,12 @@ void Server::Impl::completions(const httplib::Request& req, httplib::Response& r
     answer_grammar = tool_call_grammar(m->tool_format, r.tool_specs, r.forced_tool, r.parallel_tool_calls, &why,
                                        r.tool_required ? nullptr : &r.response_schema);
     if (!answer_grammar) {
-      const char* param = r.tool_required ? "tool_choice" : r.responses ? "text.format" : "response_format";
-      ApiError e = api_error(400, "invalid_request_error", std::string(param) + ": " + why);
+      // Beside a JSON answer, a tool that cannot be held is the tools' fault.
+      const bool a_tool = !r.tool_required && why.rfind("tools[", 0) == 0;
+      if (a_tool && r.responses)
+        for (std::size_t at; (at = why.find("].function.")) != std::string::npos;) why.erase(at + 1, 9);
+      const char* param = r.tool_required ? "tool_choice" : a_tool ? "tools" : r.responses ? "text.format" : "response_format";
+      ApiError e = api_error(400, "invalid_request_error", a_tool ? why : std::string(param) + ": " + why);
       e.param = param;
       return fail(e);
     }

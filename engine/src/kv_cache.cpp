@@ -134,6 +134,10 @@ Status KvCache::reserve(int seq_id, int n_new, std::vector<std::pair<int, int>>*
   // The partly filled last block is written too: copy it first if shared.
   bool cow = n_new > 0 && s.length % kBlockTokens != 0 && ref_[s.blocks.back()] > 1;
   int need = blocks_for(s.length + n_new) - static_cast<int>(s.blocks.size());
+  // Room first: a block taken and then lost to a failed push_back
+  // (bad_alloc) would never come back.
+  s.blocks.reserve(s.blocks.size() + static_cast<std::size_t>(std::max(need, 0)));
+  if (cow && copies) copies->reserve(copies->size() + 1);
   if (cow) {
     int old = s.blocks.back();
     int fresh = take_block();

@@ -250,7 +250,26 @@ void Scheduler::run() {
       stats_.kv_blocks_used = 0;
       return;
     }
-    step(lock);
+    // The step catches what its own work throws; what is left (an
+    // allocation failing while it hands out tokens) fails what is running
+    // rather than ending the process.
+    try {
+      step(lock);
+    } catch (const std::exception& e) {
+      if (!lock.owns_lock()) lock.lock();
+      const Status st = dynamic_cast<const std::bad_alloc*>(&e) ? resource_exhausted("out of memory in a scheduler step")
+                                                                : internal_error(std::string("scheduler step: ") + e.what());
+      ++stats_.failed_steps;
+      healthy_ = false;
+      for (auto& s : running_) {
+        try {
+          finish(*s, FinishReason::kError, st);
+        } catch (...) {  // its stream could not take the event; it is dropped all the same
+        }
+      }
+      running_.clear();
+      stats_.running = 0;
+    }
   }
 }
 
@@ -384,6 +403,7 @@ void Scheduler::step(std::unique_lock<std::mutex>& lock) {
   // with the error, the scheduler reports unhealthy until a step succeeds).
   Status st;
   std::vector<SampledToken> sampled;
+  std::vector<Status> row_errors(wants.size());  // per row: its own failure (a constraint that threw)
   try {
     // Constrained sequences' allowed tokens, outside the lock (a pass over
     // the vocabulary each), on the pool's threads when there are several.
@@ -393,10 +413,19 @@ void Scheduler::step(std::unique_lock<std::mutex>& lock) {
     for (std::size_t i = 0; i < wants.size(); ++i)
       if (wants[i]->request.constraint) constrained.push_back(i);
     std::vector<std::shared_ptr<std::vector<std::uint64_t>>> masks(constrained.size());
+    // A constraint that throws fails its own sequence, not the step: its
+    // row is sampled unconstrained and the token dropped (below).
     auto work_out = [&](std::int64_t begin, std::int64_t end) {
       for (auto k = static_cast<std::size_t>(begin); k < static_cast<std::size_t>(end); ++k) {
-        masks[k] = std::make_shared<std::vector<std::uint64_t>>();
-        wants[constrained[k]]->request.constraint->allowed(masks[k].get());
+        try {
+          auto mask = std::make_shared<std::vector<std::uint64_t>>();
+          wants[constrained[k]]->request.constraint->allowed(mask.get());
+          masks[k] = std::move(mask);
+        } catch (const std::bad_alloc&) {
+          row_errors[constrained[k]] = resource_exhausted("out of memory working out the allowed tokens");
+        } catch (const std::exception& e) {
+          row_errors[constrained[k]] = internal_error(std::string("constraint: ") + e.what());
+        }
       }
     };
     if (options_.pool && constrained.size() > 1)
@@ -440,9 +469,22 @@ void Scheduler::step(std::unique_lock<std::mutex>& lock) {
     for (auto& s : running_) cache_.publish(s->id, s->history);
     for (std::size_t row = 0; row < wants.size(); ++row) {
       Sequence& s = *wants[row];
+      if (!row_errors[row].is_ok()) {
+        finish(s, FinishReason::kError, row_errors[row]);
+        continue;
+      }
       SampledToken t = std::move(sampled[row]);
       ++stats_.generated_tokens;
-      if (s.request.constraint) s.request.constraint->accept(t.token);
+      if (s.request.constraint) {
+        try {
+          s.request.constraint->accept(t.token);
+        } catch (const std::exception& e) {
+          finish(s, FinishReason::kError,
+                 dynamic_cast<const std::bad_alloc*>(&e) ? resource_exhausted("out of memory in the constraint")
+                                                          : internal_error(std::string("constraint: ") + e.what()));
+          continue;
+        }
+      }
       if (std::find(s.request.stop_tokens.begin(), s.request.stop_tokens.end(), t.token) !=
           s.request.stop_tokens.end()) {
         finish(s, FinishReason::kStop);

@@ -2922,6 +2922,17 @@ TEST(DaemonLifecycle, ToolsBesideAJsonResponseFormat) {
     }
   }
 
+  // A strict tool whose schema cannot be held exactly: the tools are named.
+  json inexact = body;
+  inexact["tools"][0]["function"]["strict"] = true;
+  inexact["tools"][0]["function"]["parameters"] = json::parse(
+      R"({"type":"object","properties":{"n":{"oneOf":[{"type":"integer"},{"type":"number"}]}}})");
+  r = calls_d->post("/v1/chat/completions", inexact);
+  EXPECT_EQ(r->status, 400) << r->body;
+  EXPECT_EQ(json::parse(r->body)["error"]["param"], "tools") << r->body;
+  EXPECT_EQ(json::parse(r->body)["error"]["message"].get<std::string>().rfind("tools[0].function.parameters", 0), 0u)
+      << r->body;
+
   // The Responses API, as the Agents SDK sends an agent with an output type.
   const json rbody = {{"model", "stories"},
                       {"input", "Weather in Paris?"},

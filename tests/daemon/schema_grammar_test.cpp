@@ -1018,6 +1018,19 @@ TEST(SchemaGrammarTest, CallsOrAnAnswer) {
       }
       if (format == ToolFormat::kHermes) {
         EXPECT_TRUE(instance(*g, R"(<tool_call>{"name": "get_weather", "arguments": {"city": "Paris"}}</tool_call>)"));
+        // The same allOf text in a tool's schema and in the answer's, its
+        // $ref read in each one's own root: each holds to its own.
+        const std::string allof = R"("type":"object","properties":{"p":{"allOf":[{"type":"object","properties":
+            {"a":{"$ref":"#/$defs/X"}}},{"required":["a"]}]}},"required":["p"],"additionalProperties":false)";
+        const std::vector<ToolSpec> defs_tool = {
+            {"f", false, ojson::parse(R"({"$defs":{"X":{"type":"integer"}},)" + allof + "}")}};
+        const ojson defs_answer = ojson::parse(R"({"$defs":{"X":{"type":"string"}},)" + allof + "}");
+        auto both = tool_call_grammar(format, defs_tool, "", true, &why, &defs_answer);
+        ASSERT_TRUE(both) << why;
+        EXPECT_TRUE(instance(*both, R"({"p":{"a":"s"}})"));
+        EXPECT_FALSE(instance(*both, R"({"p":{"a":1}})"));
+        EXPECT_TRUE(instance(*both, R"(<tool_call>{"name": "f", "arguments": {"p":{"a":1}}}</tool_call>)"));
+        EXPECT_FALSE(instance(*both, R"(<tool_call>{"name": "f", "arguments": {"p":{"a":"s"}}}</tool_call>)"));
         EXPECT_FALSE(instance(*g, R"({"a": 3}<tool_call>{"name": "get_weather", "arguments": {"city": "Paris"}}</tool_call>)"));
       }
     }

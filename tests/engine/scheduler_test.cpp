@@ -10,6 +10,7 @@
 #include <new>
 #include <optional>
 #include <random>
+#include <stdexcept>
 #include <thread>
 
 #include "airlock/engine/scheduler.h"
@@ -408,14 +409,19 @@ TEST(SchedulerTest, ConstraintsChooseAmongTheAllowedTokens) {
   EXPECT_EQ(run_alone(*l.model, all).tokens, free_run.tokens);
 }
 
-// Work of a step that throws (here a constraint, as a bad_alloc would):
-// the step fails as a failed forward pass does, its sequences ending with
-// the error, and the scheduler serves the next request. Thrown out of the
+// A constraint that throws (as a bad_alloc would), asking for the allowed
+// tokens or taking one: its own sequence ends with the error, and the
+// sequences beside it in the same steps go on untouched. Thrown out of the
 // scheduler's thread, or a pool worker's, it ended the process.
-TEST(SchedulerTest, AStepThatThrowsFailsItsSequencesAndServesTheNext) {
+TEST(SchedulerTest, AConstraintThatThrowsFailsItsOwnSequenceOnly) {
   struct Throws : TokenConstraint {
-    void allowed(std::vector<std::uint64_t>*) override { throw std::bad_alloc(); }
-    void accept(std::int32_t) override {}
+    explicit Throws(bool on_accept) : in_accept(on_accept) {}
+    void allowed(std::vector<std::uint64_t>* mask) override {
+      if (!in_accept) throw std::bad_alloc();
+      mask->assign(2, ~std::uint64_t{0});
+    }
+    void accept(std::int32_t) override { throw std::runtime_error("grammar broke"); }
+    bool in_accept;
   };
   Loaded l = load();
   const Outcome free_run = run_alone(*l.model, greedy(prompt(12, 9), 8));
@@ -425,20 +431,22 @@ TEST(SchedulerTest, AStepThatThrowsFailsItsSequencesAndServesTheNext) {
     std::vector<std::shared_ptr<TokenStream>> streams;
     for (int i = 0; i < n; ++i) {
       GenerationRequest r = greedy(prompt(12, 9), 8);
-      r.constraint = std::make_shared<Throws>();
+      r.constraint = std::make_shared<Throws>(i == 1);
       auto st = (*s)->submit(r);
       ASSERT_TRUE(st.is_ok());
       streams.push_back(*st);
     }
-    for (auto& st : streams) {
-      const Outcome o = collect(*st);
+    auto beside = (*s)->submit(greedy(prompt(12, 9), 8));
+    ASSERT_TRUE(beside.is_ok());
+    for (int i = 0; i < n; ++i) {
+      const Outcome o = collect(*streams[static_cast<std::size_t>(i)]);
       EXPECT_EQ(o.finish, FinishReason::kError);
-      EXPECT_EQ(o.error.code(), StatusCode::kResourceExhausted) << o.error.message();
+      EXPECT_TRUE(o.tokens.empty());
+      EXPECT_EQ(o.error.code(), i == 1 ? StatusCode::kInternal : StatusCode::kResourceExhausted) << o.error.message();
     }
-    auto next = (*s)->submit(greedy(prompt(12, 9), 8));
-    ASSERT_TRUE(next.is_ok());
-    EXPECT_EQ(collect(**next).tokens, free_run.tokens) << n;
+    EXPECT_EQ(collect(**beside).tokens, free_run.tokens) << n;
     EXPECT_TRUE((*s)->healthy());
+    EXPECT_EQ((*s)->stats().failed_steps, 0u);
   }
 }
 

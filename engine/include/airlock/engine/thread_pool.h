@@ -19,9 +19,9 @@
 // calling thread.
 //
 // A range that throws (std::bad_alloc, say) ends the job early: the ranges
-// not yet claimed are skipped, and parallel_for() rethrows the first
-// exception to its caller once every thread is done, whichever thread threw
-// it; the pool serves the next job as usual.
+// not yet claimed are skipped, and parallel_for() throws to its caller once
+// every thread is done: the caller's own exception if its range threw, else
+// the first a worker's threw. The pool serves the next job as usual.
 #pragma once
 
 #include <atomic>
