@@ -427,7 +427,7 @@ std::string function_call_item_id(const ToolCall& call) {
 }
 
 std::string reasoning_status(const ResponseOutput& out) {
-  return out.status == "incomplete" && !out.reasoning_ended ? "incomplete" : "completed";
+  return out.status != "completed" && !out.reasoning_ended ? "incomplete" : "completed";
 }
 
 ojson reasoning_item(const std::string& id, const std::string& text, const std::string& status) {

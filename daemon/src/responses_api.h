@@ -54,7 +54,7 @@ struct ResponseOutput {
   std::string id;  // resp_...
   std::int64_t created_at = 0;
   std::string model;
-  std::string status = "in_progress";  // in_progress, completed, incomplete, failed
+  std::string status = "in_progress";  // in_progress, completed, incomplete, failed (items so far, incomplete)
   std::string reasoning_id, message_id;  // of the items, when present
   std::string reasoning;                 // the reasoning item's text (none when empty)
   bool reasoning_ended = true;           // its block was closed (false: cut inside it)

@@ -1616,9 +1616,16 @@ ResponseOutput Server::Impl::response_output(Generation& g, const StreamState* s
   out.reasoning_id = state ? state->reasoning_id : "rs_" + g.id.substr(5);
   out.message_id = state ? state->message_id : "msg_" + g.id.substr(5);
   if (!c.done) return out;
+  out.usage = responses_usage(g.prompt_tokens, g.cached_tokens(), g.completion_tokens(), g.reasoning_tokens());
+  out.reasoning_ended = !c.split.in_reasoning();
   if (!c.error.is_ok()) {
+    // What came before the failure, as far as it was shown, its items
+    // incomplete; no call (an answer cut short is not read for calls).
     out.status = "failed";
     out.error = {{"code", "server_error"}, {"message", c.error.message()}};
+    out.reasoning = state ? c.reasoning.substr(0, c.reasoning_sent) : c.reasoning;
+    out.text = g.calls_tools() ? c.content.substr(0, c.tool_sent) : c.content;
+    out.has_message = !out.text.empty();
     return out;
   }
   out.status = c.finish == "length" ? "incomplete" : "completed";
@@ -1630,7 +1637,6 @@ ResponseOutput Server::Impl::response_output(Generation& g, const StreamState* s
   } else {
     out.text = c.content;
   }
-  out.reasoning_ended = !c.split.in_reasoning();
   // A message when there is text, or when nothing else came (an answer
   // cut inside its reasoning is the reasoning item alone, as OpenAI's).
   out.has_message = !out.text.empty() || (out.calls.empty() && out.reasoning.empty());
@@ -1639,7 +1645,6 @@ ResponseOutput Server::Impl::response_output(Generation& g, const StreamState* s
     for (const engine::SampledToken& t : state ? state->text_logprobs : c.logprobs)
       out.logprobs.push_back(g.token_logprob(t));
   }
-  out.usage = responses_usage(g.prompt_tokens, g.cached_tokens(), g.completion_tokens(), g.reasoning_tokens());
   return out;
 }
 

@@ -1569,6 +1569,38 @@ TEST(DaemonLifecycle, ForwardFailureMidStream) {
   EXPECT_EQ(ready->status, 200) << ready->body;
   EXPECT_EQ(d->post("/v1/chat/completions", chat("again", 4))->status, 200);
   EXPECT_EQ(d->stop(), 0);
+
+  // The Responses API: response.failed ends the stream, with the error and
+  // the text shown so far in an incomplete message.
+  ::setenv("AIRLOCK_TEST_FAIL_STEPS", "4-5", 1);
+  auto rd = Daemon::start(e);
+  ::unsetenv("AIRLOCK_TEST_FAIL_STEPS");
+  ASSERT_GT(rd->port, 0) << rd->log();
+  auto rr = rd->post("/v1/responses", {{"model", "stories"}, {"input", "hi"}, {"max_output_tokens", 20},
+                                       {"temperature", 0}, {"ignore_eos", true}, {"stream", true}});
+  ASSERT_TRUE(rr);
+  EXPECT_EQ(rr->status, 200);
+  const std::vector<json> revents = response_events(rr->body);
+  ASSERT_GE(revents.size(), 3u) << rr->body;
+  std::string shown;
+  for (const json& ev : revents)
+    if (ev["type"] == "response.output_text.delta") shown += ev["delta"].get<std::string>();
+  const json& fail = revents.back();
+  EXPECT_EQ(fail["type"], "response.failed") << rr->body;
+  EXPECT_EQ(fail["response"]["status"], "failed");
+  EXPECT_EQ(fail["response"]["error"]["code"], "server_error");
+  if (!shown.empty()) {
+    ASSERT_EQ(fail["response"]["output"].size(), 1u) << fail;
+    EXPECT_EQ(fail["response"]["output"][0]["status"], "incomplete");
+    EXPECT_EQ(output_text(fail["response"]), shown);
+  } else {
+    EXPECT_TRUE(fail["response"]["output"].empty()) << fail;
+  }
+  const std::string rfailed = "airlock_requests_total{route=\"/v1/responses\",status=\"500\"} 1";
+  for (int i = 0; i < 100 && (m = rd->client().Get("/metrics")->body).find(rfailed) == std::string::npos; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  EXPECT_NE(m.find(rfailed), std::string::npos) << m;
+  EXPECT_EQ(rd->stop(), 0);
 }
 
 // systemd's notify protocol, with this test as the service manager: a
