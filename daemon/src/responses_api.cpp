@@ -266,7 +266,6 @@ std::optional<ApiError> text_format_of(const ojson& j, ojson* chat, ResponsesEch
   return std::nullopt;
 }
 
-// A chat parameter named in an error, as the Responses request named it.
 // The number in "[N]" at p[at], and the index after its ']' (npos when
 // there is none).
 std::size_t index_at(const std::string& p, std::size_t at, std::size_t* after) {
@@ -280,6 +279,7 @@ std::size_t index_at(const std::string& p, std::size_t at, std::size_t* after) {
   return std::stoul(p.substr(at + 1, close - at - 1));
 }
 
+// A chat parameter named in an error, as the Responses request named it.
 ApiError renamed(ApiError e, const Origins& origins) {
   std::string from, to;
   bool in_message = true;  // the message names the parameter as `from` too
@@ -418,6 +418,12 @@ std::optional<ApiError> parse_responses_request(std::string_view body, Completio
   r.responses = std::move(echo);
   *out = std::move(r);
   return std::nullopt;
+}
+
+std::string flat_tool_paths(std::string text) {
+  constexpr std::string_view kNested = "].function.";
+  for (std::size_t at; (at = text.find(kNested)) != std::string::npos;) text.erase(at + 1, kNested.size() - 2);
+  return text;
 }
 
 std::string function_call_item_id(const ToolCall& call) {

@@ -70,6 +70,10 @@ struct ResponseOutput {
 // the answer was cut inside its reasoning block.
 std::string reasoning_status(const ResponseOutput& out);
 
+// `text` (an error message) with chat's tool paths as the Responses API's
+// flat tools name them: tools[0].function.description -> tools[0].description.
+std::string flat_tool_paths(std::string text);
+
 // The function_call item id of a call ("fc_" and the call id's own part).
 std::string function_call_item_id(const ToolCall& call);
 

@@ -988,7 +988,6 @@ struct Server::Impl {
     // The Responses API's events: their next sequence number, and the
     // output items opened so far (index -1: not yet).
     std::int64_t sequence = 0;
-    std::string reasoning_id, message_id;
     int items = 0, reasoning_index = -1, message_index = -1;
     bool reasoning_closed = false;
     std::vector<engine::SampledToken> text_logprobs;  // the message text's, sent (JSON only at the end)
@@ -1005,7 +1004,7 @@ struct Server::Impl {
   bool chat_chunks(Generation& g, StreamState& state, httplib::DataSink& sink);
   bool response_events(Generation& g, StreamState& state, httplib::DataSink& sink);
   // The response object of a Responses request as it stands (`state`: the
-  // stream's, whose item ids and sent log-probabilities it uses).
+  // stream's, whose sent text and log-probabilities it uses).
   ResponseOutput response_output(Generation& g, const StreamState* state) const;
 
   void completions(const httplib::Request& req, httplib::Response& res, Endpoint endpoint, bool rag_query = false);
@@ -1210,8 +1209,7 @@ void Server::Impl::completions(const httplib::Request& req, httplib::Response& r
     if (!answer_grammar) {
       // Beside a JSON answer, a tool that cannot be held is the tools' fault.
       const bool a_tool = !r.tool_required && why.rfind("tools[", 0) == 0;
-      if (a_tool && r.responses)
-        for (std::size_t at; (at = why.find("].function.")) != std::string::npos;) why.erase(at + 1, 9);
+      if (a_tool && r.responses) why = flat_tool_paths(std::move(why));
       const char* param = r.tool_required ? "tool_choice" : a_tool ? "tools" : r.responses ? "text.format" : "response_format";
       ApiError e = api_error(400, "invalid_request_error", a_tool ? why : std::string(param) + ": " + why);
       e.param = param;
@@ -1223,12 +1221,8 @@ void Server::Impl::completions(const httplib::Request& req, httplib::Response& r
   for (auto [name, value] : {std::pair<const char*, const ojson*>{"tools", &r.tools},
                              std::pair<const char*, const ojson*>{"chat_template_kwargs", &r.chat_template_kwargs}})
     if (Status st = refuse_control_text(*m->tokenizer, {{name, value}}); !st.is_ok()) {
-      std::string message = st.message();
-      // The Responses API's tools are flat: tools[0].description, not
-      // tools[0].function.description.
-      if (r.responses)
-        for (std::size_t at; (at = message.find("].function.")) != std::string::npos;) message.erase(at + 1, 9);
-      ApiError e = api_error(400, "invalid_request_error", message);
+      // The Responses API's tools are flat: tools[0].description.
+      ApiError e = api_error(400, "invalid_request_error", r.responses ? flat_tool_paths(st.message()) : st.message());
       e.param = name;
       return fail(e);
     }
@@ -1607,14 +1601,19 @@ bool Server::Impl::chat_chunks(Generation& g, StreamState& state, httplib::DataS
   return true;
 }
 
+namespace {
+// A response's items' ids follow its own (resp_X: rs_X, msg_X).
+std::string item_id(const Generation& g, const char* prefix) { return prefix + g.id.substr(5); }
+}  // namespace
+
 ResponseOutput Server::Impl::response_output(Generation& g, const StreamState* state) const {
   Choice& c = g.choices.at(0);
   ResponseOutput out;
   out.id = g.id;
   out.created_at = g.created;
   out.model = g.model->id;
-  out.reasoning_id = state ? state->reasoning_id : "rs_" + g.id.substr(5);
-  out.message_id = state ? state->message_id : "msg_" + g.id.substr(5);
+  out.reasoning_id = item_id(g, "rs_");
+  out.message_id = item_id(g, "msg_");
   if (!c.done) return out;
   out.usage = responses_usage(g.prompt_tokens, g.cached_tokens(), g.completion_tokens(), g.reasoning_tokens());
   out.reasoning_ended = !c.split.in_reasoning();
@@ -1673,10 +1672,9 @@ bool Server::Impl::response_events(Generation& g, StreamState& state, httplib::D
     base[key] = std::move(value);
     return base;
   };
+  const std::string reasoning_id = item_id(g, "rs_"), message_id = item_id(g, "msg_");
   if (!state.started) {
     state.started = true;
-    state.reasoning_id = "rs_" + g.id.substr(5);
-    state.message_id = "msg_" + g.id.substr(5);
     const ojson snapshot = response_json(echo, response_output(g, &state));
     event("response.created", {{"response", snapshot}});
     event("response.in_progress", {{"response", snapshot}});
@@ -1687,12 +1685,12 @@ bool Server::Impl::response_events(Generation& g, StreamState& state, httplib::D
   auto close_reasoning = [&](const std::string& status) {
     if (state.reasoning_index < 0 || state.reasoning_closed) return;
     state.reasoning_closed = true;
-    const ojson where = at(state.reasoning_id, state.reasoning_index);
+    const ojson where = at(reasoning_id, state.reasoning_index);
     const ojson part = {{"type", "reasoning_text"}, {"text", c.reasoning}};
     event("response.reasoning_text.done", with(where, "text", c.reasoning));
     event("response.content_part.done", with(where, "part", part));
     event("response.output_item.done", {{"output_index", state.reasoning_index},
-                                        {"item", reasoning_item(state.reasoning_id, c.reasoning, status)}});
+                                        {"item", reasoning_item(reasoning_id, c.reasoning, status)}});
   };
   auto open_message = [&] {
     if (state.message_index >= 0) return;
@@ -1700,9 +1698,9 @@ bool Server::Impl::response_events(Generation& g, StreamState& state, httplib::D
     state.message_index = state.items++;
     event("response.output_item.added",
           {{"output_index", state.message_index},
-           {"item", message_item(state.message_id, "", ojson(), "in_progress", /*with_content=*/false)}});
+           {"item", message_item(message_id, "", ojson(), "in_progress", /*with_content=*/false)}});
     event("response.content_part.added",
-          with(at(state.message_id, state.message_index), "part", output_text_part("", ojson())));
+          with(at(message_id, state.message_index), "part", output_text_part("", ojson())));
   };
 
   Gathered got = gather(g, state.last_write);
@@ -1710,11 +1708,11 @@ bool Server::Impl::response_events(Generation& g, StreamState& state, httplib::D
     if (state.reasoning_index < 0) {
       state.reasoning_index = state.items++;
       event("response.output_item.added",
-            {{"output_index", state.reasoning_index}, {"item", reasoning_item(state.reasoning_id, "", "in_progress")}});
-      event("response.content_part.added", with(at(state.reasoning_id, state.reasoning_index), "part",
+            {{"output_index", state.reasoning_index}, {"item", reasoning_item(reasoning_id, "", "in_progress")}});
+      event("response.content_part.added", with(at(reasoning_id, state.reasoning_index), "part",
                                                 {{"type", "reasoning_text"}, {"text", ""}}));
     }
-    event("response.reasoning_text.delta", with(at(state.reasoning_id, state.reasoning_index), "delta", got.reasonings[0]));
+    event("response.reasoning_text.delta", with(at(reasoning_id, state.reasoning_index), "delta", got.reasonings[0]));
     state.last_write = Clock::now();
   }
   if (!got.texts[0].empty() || !got.lps[0].empty()) {
@@ -1724,7 +1722,7 @@ bool Server::Impl::response_events(Generation& g, StreamState& state, httplib::D
       lps.push_back(g.token_logprob(t));
       state.text_logprobs.push_back(std::move(t));
     }
-    ojson delta = with(at(state.message_id, state.message_index), "delta", got.texts[0]);
+    ojson delta = with(at(message_id, state.message_index), "delta", got.texts[0]);
     delta["logprobs"] = std::move(lps);
     event("response.output_text.delta", std::move(delta));
     state.last_write = Clock::now();
@@ -1748,13 +1746,13 @@ bool Server::Impl::response_events(Generation& g, StreamState& state, httplib::D
   const std::string ended = out.status == "incomplete" ? "incomplete" : "completed";
   if (out.has_message) {
     open_message();
-    const ojson where = at(state.message_id, state.message_index);
+    const ojson where = at(message_id, state.message_index);
     ojson done = with(where, "text", out.text);
     done["logprobs"] = out.logprobs.is_array() ? out.logprobs : ojson::array();
     event("response.output_text.done", std::move(done));
     event("response.content_part.done", with(where, "part", output_text_part(out.text, out.logprobs)));
     event("response.output_item.done",
-          {{"output_index", state.message_index}, {"item", message_item(state.message_id, out.text, out.logprobs, ended)}});
+          {{"output_index", state.message_index}, {"item", message_item(message_id, out.text, out.logprobs, ended)}});
   }
   for (const ToolCall& call : out.calls) {
     const int index = state.items++;
