@@ -70,6 +70,15 @@ void TokenStream::push(TokenEvent e) {
 
 // ---------------------------------------------------------------- Scheduler
 
+namespace {
+// What an exception thrown in `where` becomes: out of memory, or the error
+// it says.
+Status failure(const std::exception& e, const std::string& where) {
+  if (dynamic_cast<const std::bad_alloc*>(&e) != nullptr) return resource_exhausted("out of memory in " + where);
+  return internal_error(where + ": " + e.what());
+}
+}  // namespace
+
 struct Scheduler::Sequence {
   int id = 0;
   GenerationRequest request;
@@ -257,8 +266,7 @@ void Scheduler::run() {
       step(lock);
     } catch (const std::exception& e) {
       if (!lock.owns_lock()) lock.lock();
-      const Status st = dynamic_cast<const std::bad_alloc*>(&e) ? resource_exhausted("out of memory in a scheduler step")
-                                                                : internal_error(std::string("scheduler step: ") + e.what());
+      const Status st = failure(e, "a scheduler step");
       ++stats_.failed_steps;
       healthy_ = false;
       for (auto& s : running_) {
@@ -421,10 +429,8 @@ void Scheduler::step(std::unique_lock<std::mutex>& lock) {
           auto mask = std::make_shared<std::vector<std::uint64_t>>();
           wants[constrained[k]]->request.constraint->allowed(mask.get());
           masks[k] = std::move(mask);
-        } catch (const std::bad_alloc&) {
-          row_errors[constrained[k]] = resource_exhausted("out of memory working out the allowed tokens");
         } catch (const std::exception& e) {
-          row_errors[constrained[k]] = internal_error(std::string("constraint: ") + e.what());
+          row_errors[constrained[k]] = failure(e, "the constraint");
         }
       }
     };
@@ -437,10 +443,8 @@ void Scheduler::step(std::unique_lock<std::mutex>& lock) {
     out.rows = rows;
     out.tokens = &sampled;
     st = decoder_->forward(batch, cache_, out);
-  } catch (const std::bad_alloc&) {
-    st = resource_exhausted("out of memory in a forward pass");
   } catch (const std::exception& e) {
-    st = internal_error(std::string("forward pass: ") + e.what());
+    st = failure(e, "a forward pass");
   }
   if (step_delay_.count() > 0) std::this_thread::sleep_for(step_delay_);  // test hook (zero unless set)
   lock.lock();
@@ -479,9 +483,7 @@ void Scheduler::step(std::unique_lock<std::mutex>& lock) {
         try {
           s.request.constraint->accept(t.token);
         } catch (const std::exception& e) {
-          finish(s, FinishReason::kError,
-                 dynamic_cast<const std::bad_alloc*>(&e) ? resource_exhausted("out of memory in the constraint")
-                                                          : internal_error(std::string("constraint: ") + e.what()));
+          finish(s, FinishReason::kError, failure(e, "the constraint"));
           continue;
         }
       }
