@@ -5,6 +5,7 @@
 // airlock-gen-model --answer TEXT OUT.gguf [--token PIECE]... [--control PIECE]... [--chat-template FILE]
 //                   [--chatml-tokens]
 // airlock-gen-model --bert OUT.gguf --vocab VOCAB.gguf
+// airlock-gen-model --bert-reranker OUT.gguf --vocab VOCAB.gguf
 // writes a random Llama-architecture model (Q8_0 weights unless --f32) with a
 // byte-level SentencePiece vocabulary (every byte is a token, so any text
 // tokenizes). For demos, tests and benchmarks on machines without a real
@@ -210,8 +211,9 @@ int write_answer_model(const AnswerOptions& o, const std::string& out_path) {
 }
 
 // A random BERT encoder (bge-small-like shape, much smaller) carrying the
-// WordPiece vocabulary of VOCAB.gguf (ggml-vocab-bert-bge.gguf, say).
-int write_bert(const std::string& out_path, const std::string& vocab_path) {
+// WordPiece vocabulary of VOCAB.gguf (ggml-vocab-bert-bge.gguf, say); with
+// `reranker`, a cross-encoder (pooling rank, the RoBERTa-style head).
+int write_bert(const std::string& out_path, const std::string& vocab_path, bool reranker) {
   auto vocab = engine::GgufFile::open(vocab_path);
   if (!vocab.is_ok()) return std::fprintf(stderr, "airlock-gen-model: %s\n", vocab.status().to_string().c_str()), 2;
   auto tokens = (*vocab)->get_string_array("tokenizer.ggml.tokens");
@@ -223,14 +225,19 @@ int write_bert(const std::string& out_path, const std::string& vocab_path) {
   spec.n_head = 4;
   spec.n_ff = 128;
   spec.n_ctx = 128;
+  if (reranker) {
+    spec.pooling = 4;
+    spec.rank_head = 2;
+    spec.seed = 7;
+  }
   const engine::GgufFile& v = **vocab;
   spec.metadata = [&v](testing::GgufWriter& w) { w.copy_metadata(v, "tokenizer.", {"tokenizer.ggml.token_type_count"}); };
   const testing::BertTestModel m = testing::make_bert_model(spec);
   std::ofstream f(out_path, std::ios::binary | std::ios::trunc);
   f.write(m.gguf.data(), static_cast<std::streamsize>(m.gguf.size()));
   if (!f) return std::fprintf(stderr, "airlock-gen-model: cannot write %s\n", out_path.c_str()), 1;
-  std::printf("wrote %s: a random BERT encoder (%d tokens, %d dimensions); its vectors mean nothing\n", out_path.c_str(),
-              spec.n_vocab, spec.n_embd);
+  std::printf("wrote %s: a random BERT %s (%d tokens, %d dimensions); its %s mean nothing\n", out_path.c_str(),
+              reranker ? "reranker" : "encoder", spec.n_vocab, spec.n_embd, reranker ? "scores" : "vectors");
   return 0;
 }
 
@@ -307,7 +314,9 @@ int main(int argc, char** argv) {
     }
     return write_answer_model(o, argv[3]);
   }
-  if (argc == 5 && std::string(argv[1]) == "--bert" && std::string(argv[3]) == "--vocab") return write_bert(argv[2], argv[4]);
+  if (argc == 5 && (std::string(argv[1]) == "--bert" || std::string(argv[1]) == "--bert-reranker") &&
+      std::string(argv[3]) == "--vocab")
+    return write_bert(argv[2], argv[4], std::string(argv[1]) == "--bert-reranker");
   if (argc < 2) {
     std::fprintf(stderr,
                  "usage: airlock-gen-model OUT.gguf [--embd N] [--layers N] [--ff N] [--heads N] [--kv-heads N] "

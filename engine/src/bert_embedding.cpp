@@ -50,16 +50,16 @@ BertEmbedding::BertEmbedding() = default;
 BertEmbedding::~BertEmbedding() = default;
 
 Result<std::unique_ptr<BertEmbedding>> BertEmbedding::load(const std::string& gguf_path,
-                                                           std::shared_ptr<Backend> backend) {
+                                                           std::shared_ptr<Backend> backend, EncoderUse use) {
   Result<std::unique_ptr<GgufFile>> file = GgufFile::open(gguf_path);
   if (!file.is_ok()) return file.status().with_context(gguf_path);
-  Result<std::unique_ptr<BertEmbedding>> e = from_gguf(std::move(*file), std::move(backend));
+  Result<std::unique_ptr<BertEmbedding>> e = from_gguf(std::move(*file), std::move(backend), use);
   if (!e.is_ok()) return e.status().with_context(gguf_path);
   return e;
 }
 
 Result<std::unique_ptr<BertEmbedding>> BertEmbedding::from_gguf(std::unique_ptr<GgufFile> file,
-                                                                std::shared_ptr<Backend> backend) {
+                                                                std::shared_ptr<Backend> backend, EncoderUse use) {
   if (!backend) return invalid_argument("bert: no backend");
   std::unique_ptr<BertEmbedding> e(new BertEmbedding());
   e->file_ = std::move(file);
@@ -109,11 +109,18 @@ Result<std::unique_ptr<BertEmbedding>> BertEmbedding::from_gguf(std::unique_ptr<
       case 1: p.pooling = PoolingType::kMean; break;
       case 2: p.pooling = PoolingType::kCls; break;
       case 3: p.pooling = PoolingType::kLast; break;
+      case 4:
+        if (use != EncoderUse::kRerank) return invalid_argument("pooling type 4 (rank) is a reranker, not an embedding model");
+        p.pooling = PoolingType::kRank;
+        break;
       case 0: return invalid_argument("pooling type 0 (none) gives per-token vectors, not an embedding");
-      case 4: return invalid_argument("pooling type 4 (rank) is a reranker, not an embedding model");
       default: return invalid_argument("pooling type " + std::to_string(*v) + " is not known");
     }
   }
+  if (use == EncoderUse::kRerank && p.pooling != PoolingType::kRank)
+    return invalid_argument("not a reranker: " + a + "pooling_type is not 4 (rank); this is an embedding model");
+  if (use == EncoderUse::kRerank && p.arch != "bert")
+    return invalid_argument("architecture '" + p.arch + "' is not a supported reranker (bert)");
   if (p.arch == "nomic-bert") {
     p.rope.n_rot = p.head_dim;
     if (f.find(a + "rope.dimension_count")) AIRLOCK_RETURN_IF_ERROR(need_uint("rope.dimension_count", &p.rope.n_rot, 1 << 12));
@@ -130,17 +137,23 @@ Result<std::unique_ptr<BertEmbedding>> BertEmbedding::from_gguf(std::unique_ptr<
   if (*tok_model != "bert")
     return invalid_argument("tokenizer '" + std::string(*tok_model) + "' is not WordPiece (tokenizer.ggml.model \"bert\")");
   AIRLOCK_ASSIGN_OR_RETURN(e->tokenizer_, Tokenizer::from_gguf(f));
-  const int n_special = (e->tokenizer_->add_bos() ? 1 : 0) + (e->tokenizer_->add_eos() ? 1 : 0);
+  int n_special = (e->tokenizer_->add_bos() ? 1 : 0) + (e->tokenizer_->add_eos() ? 1 : 0);
+  if (use == EncoderUse::kRerank) {
+    // [CLS] query [SEP] document [SEP]: both ids must be known.
+    if (e->tokenizer_->bos() < 0 || e->tokenizer_->eos() < 0)
+      return verification_failed("gguf: a reranker needs the [CLS] and [SEP] token ids");
+    n_special = 3;
+  }
   if (p.n_ctx_train <= n_special)
     return verification_failed("gguf: context_length " + std::to_string(p.n_ctx_train) + " leaves no room for text");
-  AIRLOCK_RETURN_IF_ERROR(e->load_weights());
+  AIRLOCK_RETURN_IF_ERROR(e->load_weights(use));
   if (e->tokenizer_->n_vocab() > p.n_vocab)
     return verification_failed("gguf: the tokenizer has " + std::to_string(e->tokenizer_->n_vocab()) +
                                " tokens, token_embd.weight " + std::to_string(p.n_vocab) + " rows");
   return e;
 }
 
-Status BertEmbedding::load_weights() {
+Status BertEmbedding::load_weights(EncoderUse use) {
   const GgufFile& f = *file_;
   BertParams& p = params_;
   enum class Kind { kMatrix, kVector };
@@ -167,7 +180,8 @@ Status BertEmbedding::load_weights() {
   p.n_vocab = static_cast<int>(embd->ne[1]);
   AIRLOCK_RETURN_IF_ERROR(get("token_embd.weight", d, p.n_vocab, &tok_embd_, Kind::kMatrix));
 
-  // Token types: llama.cpp always uses type 0 ("sentence A"), row 0.
+  // Token types: one text is type 0 ("sentence A"), row 0, as llama.cpp
+  // does throughout.
   if (const GgufTensor* types = f.tensor("token_types.weight")) {
     std::int64_t n_types = types->ne[1];
     if (auto meta = f.get_uint("tokenizer.ggml.token_type_count")) {
@@ -179,6 +193,8 @@ Status BertEmbedding::load_weights() {
     AIRLOCK_RETURN_IF_ERROR(get("token_types.weight", d, n_types, &all, Kind::kMatrix));
     p.n_token_types = static_cast<int>(n_types);
     type_row0_ = row_view(all, 0, 1, "type 0");
+    // A pair's second part: type 1, where the model has one.
+    if (n_types >= 2) type_row1_ = row_view(all, 1, 1, "type 1");
   }
   if (p.arch == "bert")
     AIRLOCK_RETURN_IF_ERROR(get("position_embd.weight", d, p.n_ctx_train, &pos_embd_, Kind::kMatrix));
@@ -232,6 +248,20 @@ Status BertEmbedding::load_weights() {
     AIRLOCK_RETURN_IF_ERROR(get(b + "layer_output_norm.weight", d, 1, &l.layer_out_norm, Kind::kVector));
     AIRLOCK_RETURN_IF_ERROR(get(b + "layer_output_norm.bias", d, 1, &l.layer_out_norm_b, Kind::kVector));
   }
+  if (use == EncoderUse::kRerank) {
+    // The classification head on the [CLS] state. One output: a relevance
+    // logit (a head of several labels is a classifier, not a reranker).
+    AIRLOCK_RETURN_IF_ERROR(get("cls.weight", d, d, &cls_, Kind::kMatrix, false));
+    p.cls_dense = present(cls_);
+    if (p.cls_dense) AIRLOCK_RETURN_IF_ERROR(get("cls.bias", d, 1, &cls_b_, Kind::kVector, false));
+    const GgufTensor* out = f.tensor("cls.output.weight");
+    if (out == nullptr) return verification_failed("gguf: a reranker needs its classification head: tensor 'cls.output.weight' is missing");
+    if (out->ne[0] == d && out->ne[1] > 1 && out->ne[2] == 1 && out->ne[3] == 1)
+      return invalid_argument("cls.output.weight has " + std::to_string(out->ne[1]) +
+                              " outputs: a classifier, not a reranker (one relevance score)");
+    AIRLOCK_RETURN_IF_ERROR(get("cls.output.weight", d, 1, &cls_out_, Kind::kMatrix));
+    AIRLOCK_RETURN_IF_ERROR(get("cls.output.bias", 1, 1, &cls_out_b_, Kind::kVector, false));
+  }
   return Status::ok();
 }
 
@@ -275,8 +305,7 @@ Result<std::vector<std::vector<float>>> BertEmbedding::encode(std::span<const st
   return embed_tokens(seqs);
 }
 
-Result<std::vector<std::vector<float>>> BertEmbedding::embed_tokens(
-    std::span<const std::vector<std::int32_t>> seqs) const {
+Status BertEmbedding::check_tokens(std::span<const std::vector<std::int32_t>> seqs) const {
   for (std::size_t s = 0; s < seqs.size(); ++s) {
     if (seqs[s].empty() || seqs[s].size() > static_cast<std::size_t>(params_.n_ctx_train))
       return invalid_argument("sequence " + std::to_string(s) + " has " + std::to_string(seqs[s].size()) +
@@ -285,8 +314,70 @@ Result<std::vector<std::vector<float>>> BertEmbedding::embed_tokens(
       if (id < 0 || id >= params_.n_vocab)
         return invalid_argument("token id " + std::to_string(id) + " is outside the vocabulary");
   }
+  return Status::ok();
+}
+
+Result<std::vector<std::vector<float>>> BertEmbedding::embed_tokens(
+    std::span<const std::vector<std::int32_t>> seqs) const {
+  if (is_reranker()) return invalid_argument("this model is a reranker: it scores pairs and embeds nothing");
+  AIRLOCK_RETURN_IF_ERROR(check_tokens(seqs));
+  std::vector<std::size_t> second(seqs.size());
+  for (std::size_t s = 0; s < seqs.size(); ++s) second[s] = seqs[s].size();
   std::vector<std::vector<float>> out;
-  out.reserve(seqs.size());
+  AIRLOCK_RETURN_IF_ERROR(run_passes(seqs, second, &out));
+  return out;
+}
+
+BertEmbedding::Pair BertEmbedding::pair(std::string_view query, std::string_view document) const {
+  // Special tokens written in either text stay text.
+  std::vector<std::int32_t> q = tokenizer_->encode(query, /*add_special=*/false, /*parse_special=*/false);
+  std::vector<std::int32_t> d = tokenizer_->encode(document, /*add_special=*/false, /*parse_special=*/false);
+  Pair p;
+  // Longest first, as Hugging Face's truncation=True cuts a pair: one token
+  // at a time from the longer part, from the document when they are equal.
+  const std::size_t room = static_cast<std::size_t>(params_.n_ctx_train) - 3;
+  if (q.size() + d.size() > room) {
+    p.cut = true;
+    std::size_t cut = q.size() + d.size() - room;
+    const std::size_t diff = q.size() > d.size() ? q.size() - d.size() : d.size() - q.size();
+    const std::size_t first = std::min(diff, cut), rest = cut - first;
+    std::size_t from_q = rest / 2, from_d = rest - rest / 2;
+    (q.size() > d.size() ? from_q : from_d) += first;
+    q.resize(q.size() - from_q);
+    d.resize(d.size() - from_d);
+  }
+  p.ids.reserve(q.size() + d.size() + 3);
+  p.ids.push_back(tokenizer_->bos());
+  p.ids.insert(p.ids.end(), q.begin(), q.end());
+  p.ids.push_back(tokenizer_->eos());
+  p.second = p.ids.size();
+  p.ids.insert(p.ids.end(), d.begin(), d.end());
+  p.ids.push_back(tokenizer_->eos());
+  return p;
+}
+
+Result<std::vector<float>> BertEmbedding::score(std::span<const Pair> pairs) const {
+  if (!is_reranker()) return invalid_argument("this model is an embedding model, not a reranker");
+  std::vector<std::vector<std::int32_t>> seqs;
+  std::vector<std::size_t> second;
+  seqs.reserve(pairs.size());
+  for (const Pair& p : pairs) {
+    if (p.second > p.ids.size()) return invalid_argument("a pair's second part begins past its end");
+    seqs.push_back(p.ids);
+    second.push_back(p.second);
+  }
+  AIRLOCK_RETURN_IF_ERROR(check_tokens(seqs));
+  std::vector<std::vector<float>> out;
+  AIRLOCK_RETURN_IF_ERROR(run_passes(seqs, second, &out));
+  std::vector<float> scores;
+  scores.reserve(out.size());
+  for (const std::vector<float>& o : out) scores.push_back(o[0]);
+  return scores;
+}
+
+Status BertEmbedding::run_passes(std::span<const std::vector<std::int32_t>> seqs, std::span<const std::size_t> second,
+                                 std::vector<std::vector<float>>* out) const {
+  out->reserve(seqs.size());
   std::lock_guard<std::mutex> lock(forward_mu_);
   // Greedy packing in order: as many sequences per pass as kMaxBatchTokens
   // allows (always at least one).
@@ -295,13 +386,13 @@ Result<std::vector<std::vector<float>>> BertEmbedding::embed_tokens(
     std::int64_t n = 0;
     while (last < seqs.size() && (last == first || n + static_cast<std::int64_t>(seqs[last].size()) <= kMaxBatchTokens))
       n += static_cast<std::int64_t>(seqs[last++].size());
-    AIRLOCK_RETURN_IF_ERROR(forward(seqs.subspan(first, last - first), &out));
+    AIRLOCK_RETURN_IF_ERROR(forward(seqs.subspan(first, last - first), second.subspan(first, last - first), out));
     first = last;
   }
-  return out;
+  return Status::ok();
 }
 
-Status BertEmbedding::forward(std::span<const std::vector<std::int32_t>> seqs,
+Status BertEmbedding::forward(std::span<const std::vector<std::int32_t>> seqs, std::span<const std::size_t> second,
                               std::vector<std::vector<float>>* result) const {
   const BertParams& p = params_;
   Backend& be = *backend_;
@@ -351,9 +442,17 @@ Status BertEmbedding::forward(std::span<const std::vector<std::int32_t>> seqs,
   float *x = x_buf.get(), *h = h_buf.get(), *q = q_buf.get(), *k = k_buf.get(), *v = v_buf.get(),
         *att = att_buf.get(), *up = up_buf.get(), *gate = gate_buf.get();
 
-  // Embeddings: token + type 0 + position (bert), then LayerNorm.
+  // Embeddings: token + type + position (bert), then LayerNorm. Type 1
+  // from second[s] on, where the model has it (a reranker's pairs).
   be.get_rows(tok_embd_, tokens.data(), n, x);
-  if (present(type_row0_)) be.add_bias(x, type_row0_, n, d);
+  if (present(type_row0_)) {
+    for (std::size_t s = 0; s < seqs.size(); ++s) {
+      const std::int64_t len = static_cast<std::int64_t>(seqs[s].size());
+      const std::int64_t b = present(type_row1_) ? static_cast<std::int64_t>(second[s]) : len;
+      if (b > 0) be.add_bias(x + tok0[s] * d, type_row0_, b, d);
+      if (b < len) be.add_bias(x + (tok0[s] + b) * d, type_row1_, len - b, d);
+    }
+  }
   if (present(pos_embd_)) {
     be.get_rows(pos_embd_, positions.data(), n, h);
     be.add(x, h, n * d);
@@ -404,6 +503,7 @@ Status BertEmbedding::forward(std::span<const std::vector<std::int32_t>> seqs,
     be.layer_norm(x, l.layer_out_norm, l.layer_out_norm_b, n, d, p.norm_eps, x);
   }
 
+  if (is_reranker()) return rank_head(x, tok0, result);
   // Pooling and L2 normalisation, per sequence.
   for (std::size_t s = 0; s < seqs.size(); ++s) {
     const std::int64_t len = static_cast<std::int64_t>(seqs[s].size());
@@ -427,6 +527,28 @@ Status BertEmbedding::forward(std::span<const std::vector<std::int32_t>> seqs,
     for (std::int64_t i = 0; i < d; ++i) e[static_cast<std::size_t>(i)] = static_cast<float>(acc[static_cast<std::size_t>(i)] * inv);
     result->push_back(std::move(e));
   }
+  return Status::ok();
+}
+
+Status BertEmbedding::rank_head(const float* x, std::span<const std::int64_t> tok0,
+                                std::vector<std::vector<float>>* result) const {
+  Backend& be = *backend_;
+  const std::int64_t d = params_.n_embd, ns = static_cast<std::int64_t>(tok0.size());
+  AIRLOCK_ASSIGN_OR_RETURN(std::shared_ptr<float> cls_buf, be.alloc(ns * d));  // (ns, d) the [CLS] states
+  AIRLOCK_ASSIGN_OR_RETURN(std::shared_ptr<float> h_buf, be.alloc(ns * d));    // (ns, d) after the dense layer
+  AIRLOCK_ASSIGN_OR_RETURN(std::shared_ptr<float> y_buf, be.alloc(ns));        // (ns, 1) the scores
+  float *c = cls_buf.get(), *h = h_buf.get(), *y = y_buf.get();
+  for (std::int64_t s = 0; s < ns; ++s) std::copy_n(x + tok0[static_cast<std::size_t>(s)] * d, d, c + s * d);
+  const float* in = c;
+  if (params_.cls_dense) {
+    be.matmul(cls_, c, ns, h);
+    if (present(cls_b_)) be.add_bias(h, cls_b_, ns, d);
+    for (std::int64_t i = 0; i < ns * d; ++i) h[i] = std::tanh(h[i]);
+    in = h;
+  }
+  be.matmul(cls_out_, in, ns, y);
+  if (present(cls_out_b_)) be.add_bias(y, cls_out_b_, ns, 1);
+  for (std::int64_t s = 0; s < ns; ++s) result->push_back({y[s]});
   return Status::ok();
 }
 

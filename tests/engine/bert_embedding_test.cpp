@@ -78,16 +78,19 @@ struct Ref {
       }
   }
 
-  // The pooled, L2-normalised embedding of one token sequence.
-  Vec embed(const std::vector<std::int32_t>& tokens, int pooling) const {
+  // The last hidden states of one token sequence, tokens from `second` on
+  // of token type 1 (when the model has two types).
+  std::vector<Vec> hidden(const std::vector<std::int32_t>& tokens, std::size_t second) const {
     const BertModelSpec& s = m.spec;
     const bool nomic = s.arch == "nomic-bert";
     const std::size_t n = tokens.size(), d = static_cast<std::size_t>(s.n_embd), ff = static_cast<std::size_t>(s.n_ff);
     const std::size_t hd = d / static_cast<std::size_t>(s.n_head);
     std::vector<Vec> x(n, Vec(d));
     for (std::size_t t = 0; t < n; ++t) {
+      const std::size_t type = t >= second && s.n_token_types >= 2 ? 1 : 0;
       for (std::size_t i = 0; i < d; ++i) {
-        x[t][i] = w("token_embd.weight")[static_cast<std::size_t>(tokens[t]) * d + i] + w("token_types.weight")[i];
+        x[t][i] = w("token_embd.weight")[static_cast<std::size_t>(tokens[t]) * d + i] +
+                  w("token_types.weight")[type * d + i];
         if (!nomic) x[t][i] += w("position_embd.weight")[t * d + i];
       }
       x[t] = layer_norm(x[t], "token_embd_norm");
@@ -147,6 +150,13 @@ struct Ref {
       }
       x = std::move(next);
     }
+    return x;
+  }
+
+  // The pooled, L2-normalised embedding of one token sequence.
+  Vec embed(const std::vector<std::int32_t>& tokens, int pooling) const {
+    const std::vector<Vec> x = hidden(tokens, tokens.size());
+    const std::size_t n = tokens.size(), d = static_cast<std::size_t>(m.spec.n_embd);
     Vec pooled(d, 0.0);
     if (pooling == 2) {
       pooled = x[0];
@@ -158,6 +168,19 @@ struct Ref {
     for (double e : pooled) norm += e * e;
     for (double& e : pooled) e /= std::sqrt(norm);
     return pooled;
+  }
+
+  // A cross-encoder's score: the head on the [CLS] state.
+  double score(const std::vector<std::int32_t>& tokens, std::size_t second) const {
+    Vec c = hidden(tokens, second)[0];
+    if (has("cls.weight")) {
+      c = linear("cls.weight", c, c.size());
+      add_bias(c, "cls.bias");
+      for (double& e : c) e = std::tanh(e);
+    }
+    Vec y = linear("cls.output.weight", c, 1);
+    add_bias(y, "cls.output.bias");
+    return y[0];
   }
 };
 
@@ -537,6 +560,207 @@ TEST(BertEmbeddingTest, TruncatedFilesAreRefused) {
     EXPECT_FALSE(e.is_ok()) << cut;
   }
 }
+
+// ---- cross-encoder rerankers ------------------------------------------------
+
+Result<std::unique_ptr<BertEmbedding>> load_reranker_bytes(const std::string& bytes) {
+  auto f = GgufFile::parse({reinterpret_cast<const std::uint8_t*>(bytes.data()), bytes.size()});
+  if (!f.is_ok()) return f.status();
+  return BertEmbedding::from_gguf(std::move(*f), cpu(), EncoderUse::kRerank);
+}
+
+BertModelSpec reranker_spec(int head, std::uint32_t seed = 11) {
+  BertModelSpec s = bert_spec(seed);
+  s.pooling = 4;
+  s.rank_head = head;
+  return s;
+}
+
+struct RankCase {
+  const char* name;
+  int head;          // BertModelSpec::rank_head
+  int token_types;
+  GgmlType type;
+  double tolerance;  // of |score - reference| / max(1, |reference|)
+};
+void PrintTo(const RankCase& c, std::ostream* os) { *os << c.name; }
+
+class BertRerankerTest : public ::testing::TestWithParam<RankCase> {};
+
+TEST_P(BertRerankerTest, ScoresAgreeWithTheReferenceSingleAndBatched) {
+  REQUIRE_VOCAB();
+  const RankCase& c = GetParam();
+  BertModelSpec s = reranker_spec(c.head, static_cast<std::uint32_t>(std::string(c.name).size() * 5 + 1));
+  s.n_token_types = c.token_types;
+  s.weight_type = c.type;
+  BertTestModel tm = testing::make_bert_model(s);
+  auto loaded = load_reranker_bytes(tm.gguf);
+  ASSERT_TRUE(loaded.is_ok()) << loaded.status().to_string();
+  const BertEmbedding& e = **loaded;
+  EXPECT_TRUE(e.is_reranker());
+  EXPECT_EQ(e.params().cls_dense, c.head == 2);
+  Ref ref{tm};
+  const std::string query = "how fast does a swept wing flutter?";
+  const std::vector<std::int32_t> q = e.tokenizer().encode(query, false, false);
+  std::vector<BertEmbedding::Pair> pairs;
+  std::vector<double> want;
+  for (const std::string& t : texts()) {
+    BertEmbedding::Pair p = e.pair(query, t);
+    // [CLS] query [SEP] document [SEP]
+    const std::vector<std::int32_t> d = e.tokenizer().encode(t, false, false);
+    ASSERT_EQ(p.ids.size(), q.size() + d.size() + 3);
+    EXPECT_EQ(p.ids[0], e.tokenizer().bos());
+    EXPECT_TRUE(std::equal(q.begin(), q.end(), p.ids.begin() + 1));
+    EXPECT_EQ(p.second, q.size() + 2);
+    EXPECT_EQ(p.ids[p.second - 1], e.tokenizer().eos());
+    EXPECT_TRUE(std::equal(d.begin(), d.end(), p.ids.begin() + static_cast<std::ptrdiff_t>(p.second)));
+    EXPECT_EQ(p.ids.back(), e.tokenizer().eos());
+    EXPECT_FALSE(p.cut);
+    want.push_back(ref.score(p.ids, p.second));
+    pairs.push_back(std::move(p));
+  }
+  auto err = [](double got, double w) { return std::fabs(got - w) / std::max(1.0, std::fabs(w)); };
+  Result<std::vector<float>> batch = e.score(pairs);
+  ASSERT_TRUE(batch.is_ok()) << batch.status().to_string();
+  ASSERT_EQ(batch->size(), pairs.size());
+  double worst_single = 0, worst_batch = 0, worst_diff = 0, spread = 0;
+  for (std::size_t i = 0; i < pairs.size(); ++i) {
+    Result<std::vector<float>> one = e.score(std::span<const BertEmbedding::Pair>(&pairs[i], 1));
+    ASSERT_TRUE(one.is_ok());
+    worst_single = std::max(worst_single, err((*one)[0], want[i]));
+    worst_batch = std::max(worst_batch, err((*batch)[i], want[i]));
+    worst_diff = std::max(worst_diff, static_cast<double>(std::fabs((*one)[0] - (*batch)[i])));
+    spread = std::max(spread, std::fabs(want[i] - want[0]));
+  }
+  EXPECT_GT(spread, 1e-3) << "the documents should not all score the same";
+  EXPECT_LT(worst_single, c.tolerance) << c.name << " " << kernel_isa();
+  EXPECT_LT(worst_batch, c.tolerance) << c.name << " " << kernel_isa();
+  EXPECT_LT(worst_diff, 1e-5) << "a pair's score does not depend on its batch companions";
+  std::printf("[ rerank   ] %s (%s): max error %.2e single, %.2e batched\n", c.name, kernel_isa(), worst_single,
+              worst_batch);
+
+  force_scalar_kernels(true);
+  Result<std::vector<float>> exact = e.score(pairs);
+  force_scalar_kernels(false);
+  ASSERT_TRUE(exact.is_ok());
+  double worst_exact = 0;
+  for (std::size_t i = 0; i < pairs.size(); ++i) worst_exact = std::max(worst_exact, err((*exact)[i], want[i]));
+  EXPECT_LT(worst_exact, 1e-4) << c.name << " scalar";
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Models, BertRerankerTest,
+    ::testing::Values(RankCase{"projection_f32", 1, 2, GgmlType::kF32, 1e-4},
+                      RankCase{"dense_tanh_f32", 2, 2, GgmlType::kF32, 1e-4},
+                      RankCase{"dense_tanh_one_type_f16", 2, 1, GgmlType::kF16, 1e-4},
+                      RankCase{"projection_q8_0", 1, 2, GgmlType::kQ8_0, 5e-2}),
+    [](const auto& param_info) { return std::string(param_info.param.name); });
+
+// The document's part is token type 1, as Hugging Face's tokenizer marks a
+// pair's second text; all type 0 (llama.cpp's input) scores differently.
+TEST(BertRerankerTest, TheDocumentIsTokenTypeOne) {
+  REQUIRE_VOCAB();
+  BertTestModel tm = testing::make_bert_model(reranker_spec(2));
+  auto e = load_reranker_bytes(tm.gguf);
+  ASSERT_TRUE(e.is_ok()) << e.status().to_string();
+  Ref ref{tm};
+  BertEmbedding::Pair p = (*e)->pair("swept wing flutter", "The flutter speed of a swept wing was measured.");
+  BertEmbedding::Pair all_a = p;
+  all_a.second = all_a.ids.size();
+  Result<std::vector<float>> got = (*e)->score(std::vector<BertEmbedding::Pair>{p, all_a});
+  ASSERT_TRUE(got.is_ok());
+  EXPECT_NEAR((*got)[0], ref.score(p.ids, p.second), 1e-4);
+  EXPECT_NEAR((*got)[1], ref.score(all_a.ids, all_a.ids.size()), 1e-4);
+  EXPECT_GT(std::fabs((*got)[0] - (*got)[1]), 1e-3);
+}
+
+// Pairs longer than the context lose tokens longest-first, one at a time
+// from the longer part (from the document when equal), as Hugging Face's
+// truncation=True does; written here as that loop.
+TEST(BertRerankerTest, LongPairsAreCutLongestFirst) {
+  REQUIRE_VOCAB();
+  BertModelSpec s = reranker_spec(1);
+  s.n_ctx = 32;
+  BertTestModel tm = testing::make_bert_model(s);
+  auto e = load_reranker_bytes(tm.gguf);
+  ASSERT_TRUE(e.is_ok()) << e.status().to_string();
+  const Tokenizer& tok = (*e)->tokenizer();
+  auto words = [](int n) {
+    std::string t;
+    for (int i = 0; i < n; ++i) t += (i % 3 == 0 ? "wing " : i % 3 == 1 ? "flutter " : "speed ");
+    return t;
+  };
+  int cut = 0;
+  for (int nq : {1, 5, 14, 20, 40})
+    for (int nd : {1, 5, 14, 15, 28, 29, 60}) {
+      const std::string q = words(nq), d = words(nd);
+      std::vector<std::int32_t> wq = tok.encode(q, false, false), wd = tok.encode(d, false, false);
+      while (wq.size() + wd.size() > 29) (wq.size() > wd.size() ? wq : wd).pop_back();
+      BertEmbedding::Pair p = (*e)->pair(q, d);
+      SCOPED_TRACE(std::to_string(nq) + " + " + std::to_string(nd));
+      ASSERT_LE(p.ids.size(), 32u);
+      EXPECT_EQ(p.second, wq.size() + 2);
+      EXPECT_EQ(p.ids.size(), wq.size() + wd.size() + 3);
+      EXPECT_TRUE(std::equal(wq.begin(), wq.end(), p.ids.begin() + 1));
+      EXPECT_TRUE(std::equal(wd.begin(), wd.end(), p.ids.begin() + static_cast<std::ptrdiff_t>(p.second)));
+      EXPECT_EQ(p.ids.back(), tok.eos());
+      EXPECT_EQ(p.cut, static_cast<std::size_t>(nq + nd) > 29);
+      cut += p.cut ? 1 : 0;
+      Result<std::vector<float>> sc = (*e)->score(std::span<const BertEmbedding::Pair>(&p, 1));
+      EXPECT_TRUE(sc.is_ok());
+    }
+  EXPECT_GT(cut, 10);
+}
+
+TEST(BertRerankerTest, EachKindRefusesTheOthersWork) {
+  REQUIRE_VOCAB();
+  BertTestModel rr = testing::make_bert_model(reranker_spec(1));
+  auto r = load_reranker_bytes(rr.gguf);
+  ASSERT_TRUE(r.is_ok());
+  EXPECT_EQ((*r)->embed_tokens(std::vector<std::vector<std::int32_t>>{{101, 102}}).status().code(),
+            StatusCode::kInvalidArgument);
+  EXPECT_TRUE((*r)->embed("hello").empty());
+  Loaded emb = load(bert_spec());
+  ASSERT_TRUE(emb.e);
+  BertEmbedding::Pair p{{101, 2000, 102, 2001, 102}, 3, false};
+  EXPECT_EQ(emb.e->score(std::span<const BertEmbedding::Pair>(&p, 1)).status().code(), StatusCode::kInvalidArgument);
+  // Malformed pairs: a second part past the end, an id outside the vocabulary.
+  BertEmbedding::Pair past{{101, 102}, 3, false}, alien{{101, 1 << 30, 102}, 2, false};
+  EXPECT_EQ((*r)->score(std::span<const BertEmbedding::Pair>(&past, 1)).status().code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ((*r)->score(std::span<const BertEmbedding::Pair>(&alien, 1)).status().code(), StatusCode::kInvalidArgument);
+}
+
+class BertRerankerHostileTest : public ::testing::TestWithParam<HostileCase> {};
+
+TEST_P(BertRerankerHostileTest, IsRefusedWithAClearStatus) {
+  REQUIRE_VOCAB();
+  const HostileCase& c = GetParam();
+  BertModelSpec s = reranker_spec(2);
+  c.edit(s);
+  auto e = load_reranker_bytes(testing::make_bert_model(s).gguf);
+  ASSERT_FALSE(e.is_ok()) << c.name;
+  EXPECT_EQ(e.status().code(), c.code) << e.status().to_string();
+  EXPECT_NE(e.status().to_string().find(c.message), std::string::npos) << e.status().to_string();
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Files, BertRerankerHostileTest,
+    ::testing::Values(
+        HostileCase{"embedding_model", [](BertModelSpec& s) { s.pooling = 1; }, StatusCode::kInvalidArgument,
+                    "not a reranker"},
+        HostileCase{"no_pooling_key", [](BertModelSpec& s) { s.pooling = -1; }, StatusCode::kInvalidArgument,
+                    "not a reranker"},
+        HostileCase{"no_head", [](BertModelSpec& s) { s.rank_head = 0; }, StatusCode::kVerificationFailed,
+                    "'cls.output.weight' is missing"},
+        HostileCase{"two_labels", [](BertModelSpec& s) { s.n_labels = 2; }, StatusCode::kInvalidArgument,
+                    "2 outputs"},
+        HostileCase{"misshaped_dense", [](BertModelSpec& s) { s.misshape_tensor = "cls.weight"; },
+                    StatusCode::kVerificationFailed, "'cls.weight' has shape [64, 65]"},
+        HostileCase{"misshaped_output_bias", [](BertModelSpec& s) { s.misshape_tensor = "cls.output.bias"; },
+                    StatusCode::kVerificationFailed, "'cls.output.bias' has shape [2]"},
+        HostileCase{"nomic", [](BertModelSpec& s) { s.arch = "nomic-bert"; }, StatusCode::kInvalidArgument,
+                    "not a supported reranker"}),
+    [](const auto& param_info) { return std::string(param_info.param.name); });
 
 class TempDir {
  public:

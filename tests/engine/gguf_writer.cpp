@@ -310,6 +310,14 @@ BertTestModel make_bert_model(const BertModelSpec& spec) {
     add(b + "layer_output_norm.weight", d, 1, 0, 'g');
     add(b + "layer_output_norm.bias", d, 1, 0.1f, 'b');
   }
+  if (s.rank_head == 2) {
+    add("cls.weight", d, d, ws, 'w');
+    add("cls.bias", d, 1, 0.1f, 'b');
+  }
+  if (s.rank_head >= 1) {
+    add("cls.output.weight", d, s.n_labels, ws, 'w');
+    add("cls.output.bias", s.n_labels, 1, 0.1f, 'b');
+  }
   m.gguf = w.bytes();
   return m;
 }

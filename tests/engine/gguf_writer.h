@@ -112,7 +112,12 @@ struct BertModelSpec {
   int n_ff = 128;
   int n_ctx = 64;
   int n_token_types = 2;
-  int pooling = 1;             // <arch>.pooling_type; -1: not written
+  int pooling = 1;             // <arch>.pooling_type; -1: not written (4: rank, a reranker)
+  // A reranker's classification head (llama.cpp's tensors): 0 none,
+  // 1 cls.output alone (BertForSequenceClassification as llama.cpp
+  // converts it), 2 cls (dense, tanh) then cls.output (the RoBERTa head).
+  int rank_head = 0;
+  int n_labels = 1;            // rows of cls.output.weight
   float norm_eps = 1e-12f;
   float rope_base = 1000.0f;   // nomic-bert
   engine::GgmlType weight_type = engine::GgmlType::kF32;  // matrices and tables; norms and biases are F32

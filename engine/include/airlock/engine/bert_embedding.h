@@ -15,12 +15,24 @@
 // backend operation sees all their tokens; attention is confined to each
 // text), in passes of at most kMaxBatchTokens tokens.
 //
+// Cross-encoder rerankers (loaded with EncoderUse::kRerank): a "bert" file
+// with pooling_type 4 (rank) and llama.cpp's classification head: either
+// cls.output alone (a projection of the [CLS] state: BertForSequenceClassification
+// as llama.cpp converts it) or cls (dense + tanh) then cls.output (the
+// RoBERTa head: bge-reranker and others). A (query, document) pair is
+// [CLS] query [SEP] document [SEP], the document's part with token type 1
+// when the file has two token types (as Hugging Face's tokenizer sets
+// token_type_ids; llama.cpp feeds type 0 throughout), cut longest-first to
+// the context length as Hugging Face's truncation=True does. The score is
+// the head's single output, a logit.
+//
 // Errors from load(): kVerificationFailed for a malformed file (a missing
 // tensor, a shape or type that disagrees with the metadata, zero heads, a
 // head count that does not divide the embedding length, a tokenizer larger
 // than the embedding table), kInvalidArgument for what this engine does not
-// do (another architecture, causal attention, pooling "none" or "rank", a
-// tokenizer other than WordPiece). The file is untrusted: nothing in it can
+// do (another architecture, causal attention, pooling "none", "rank" for an
+// embedding model or anything else for a reranker, a head with more than
+// one output, a tokenizer other than WordPiece). The file is untrusted: nothing in it can
 // make a forward pass read out of bounds.
 //
 // Thread-safety: immutable after load() except for the forward pass, which
@@ -49,6 +61,10 @@ namespace airlock::engine {
 // llama.cpp's LLAMA_POOLING_TYPE numbers, as <arch>.pooling_type stores them.
 enum class PoolingType : std::uint32_t { kNone = 0, kMean = 1, kCls = 2, kLast = 3, kRank = 4 };
 
+// What a BERT file is loaded as: a sentence encoder, or a cross-encoder
+// that scores (query, document) pairs.
+enum class EncoderUse { kEmbedding, kRerank };
+
 struct BertParams {
   std::string arch;          // "bert" or "nomic-bert"
   int n_vocab = 0;           // rows of token_embd.weight
@@ -60,6 +76,7 @@ struct BertParams {
   int n_ff = 0;
   int n_ctx_train = 0;       // longest sequence, special tokens included
   int n_token_types = 0;
+  bool cls_dense = false;    // reranker: the head has the dense + tanh layer before cls.output
   float norm_eps = 1e-12f;
   PoolingType pooling = PoolingType::kMean;
   RopeParams rope;           // nomic-bert only
@@ -71,9 +88,11 @@ class BertEmbedding final : public Embedder {
   // Most tokens one forward pass holds; embed_batch() splits larger batches.
   static constexpr std::int64_t kMaxBatchTokens = 4096;
 
-  static Result<std::unique_ptr<BertEmbedding>> load(const std::string& gguf_path, std::shared_ptr<Backend> backend);
+  static Result<std::unique_ptr<BertEmbedding>> load(const std::string& gguf_path, std::shared_ptr<Backend> backend,
+                                                     EncoderUse use = EncoderUse::kEmbedding);
   static Result<std::unique_ptr<BertEmbedding>> from_gguf(std::unique_ptr<GgufFile> file,
-                                                          std::shared_ptr<Backend> backend);
+                                                          std::shared_ptr<Backend> backend,
+                                                          EncoderUse use = EncoderUse::kEmbedding);
   ~BertEmbedding() override;
 
   const BertParams& params() const { return params_; }
@@ -98,21 +117,48 @@ class BertEmbedding final : public Embedder {
   std::vector<std::int32_t> input_ids(std::string_view text) const;
   // Pooled, normalised embeddings of ready-made token sequences (ids in
   // [0, n_vocab), 1..n_ctx_train tokens each; kInvalidArgument otherwise).
+  // A reranker embeds nothing: kInvalidArgument here, and empty vectors
+  // from embed() and embed_batch().
   Result<std::vector<std::vector<float>>> embed_tokens(std::span<const std::vector<std::int32_t>> seqs) const;
+
+  // ---- cross-encoders (loaded with EncoderUse::kRerank) ----
+  bool is_reranker() const { return params_.pooling == PoolingType::kRank; }
+  // A (query, document) pair as the model reads it.
+  struct Pair {
+    std::vector<std::int32_t> ids;  // [CLS] query [SEP] document [SEP]
+    std::size_t second = 0;         // where the document's part (token type 1) begins
+    bool cut = false;               // the query or the document lost tokens to the context length
+  };
+  Pair pair(std::string_view query, std::string_view document) const;
+  // The relevance logit of each pair; kInvalidArgument for an embedding
+  // model or a malformed pair (as embed_tokens checks),
+  // kResourceExhausted when the backend cannot allocate the activations.
+  Result<std::vector<float>> score(std::span<const Pair> pairs) const;
 
  private:
   struct Layer;
   BertEmbedding();
-  Status load_weights();
-  // One forward pass over `seqs` (already checked), appending their pooled
-  // embeddings to `out`. Caller holds forward_mu_.
-  Status forward(std::span<const std::vector<std::int32_t>> seqs, std::vector<std::vector<float>>* out) const;
+  Status load_weights(EncoderUse use);
+  Status check_tokens(std::span<const std::vector<std::int32_t>> seqs) const;
+  // One forward pass over `seqs` (already checked; second[s] is where
+  // sequence s's token type 1 begins, its length for none), appending one
+  // vector per sequence to `out`: its pooled, normalised embedding, or for
+  // a reranker its score (one float). Caller holds forward_mu_.
+  Status forward(std::span<const std::vector<std::int32_t>> seqs, std::span<const std::size_t> second,
+                 std::vector<std::vector<float>>* out) const;
+  // A reranker's head over the [CLS] rows of the hidden states `x` (the
+  // sequences start at rows tok0), one score each onto `out`.
+  Status rank_head(const float* x, std::span<const std::int64_t> tok0, std::vector<std::vector<float>>* out) const;
+  // forward() over all of `seqs` in passes of at most kMaxBatchTokens.
+  Status run_passes(std::span<const std::vector<std::int32_t>> seqs, std::span<const std::size_t> second,
+                    std::vector<std::vector<float>>* out) const;
 
   std::unique_ptr<GgufFile> file_;
   std::shared_ptr<Backend> backend_;
   std::unique_ptr<Tokenizer> tokenizer_;
   BertParams params_;
-  WeightTensor tok_embd_, type_row0_, pos_embd_, embd_norm_, embd_norm_b_;
+  WeightTensor tok_embd_, type_row0_, type_row1_, pos_embd_, embd_norm_, embd_norm_b_;
+  WeightTensor cls_, cls_b_, cls_out_, cls_out_b_;  // a reranker's head
   std::vector<Layer> layers_;
   mutable std::mutex forward_mu_;  // one forward pass at a time on the backend
 };
