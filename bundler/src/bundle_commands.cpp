@@ -195,6 +195,7 @@ Result<std::vector<BundleInput>> collect_inputs(const Args& args) {
     inputs.push_back({role, source, base});
   };
   for (const std::string& f : args.all("llm")) add(FileRole::kLlm, f);
+  for (const std::string& f : args.all("reranker")) add(FileRole::kReranker, f);
   for (std::string f : args.all("embedding")) {
     // A model2vec static model is a directory: its three files go into the
     // bundle under embedding/ (the daemon finds them there).
@@ -224,13 +225,13 @@ Result<std::vector<BundleInput>> collect_inputs(const Args& args) {
                               "license, config, other; got '" + spec + "'");
     add(role, spec.substr(eq + 1));
   }
-  if (inputs.empty()) return invalid_argument("nothing to bundle: give --llm, --embedding or --file ROLE=PATH");
+  if (inputs.empty()) return invalid_argument("nothing to bundle: give --llm, --embedding, --reranker or --file ROLE=PATH");
   return inputs;
 }
 
 int cmd_create(const std::vector<std::string>& argv) {
   auto args = Args::parse(argv,
-                          {"key", "name", "version", "llm", "embedding", "file", "out", "expires", "chunk-size",
+                          {"key", "name", "version", "llm", "embedding", "reranker", "file", "out", "expires", "chunk-size",
                            "passphrase-file", "threads"},
                           {"quiet"});
   if (!args.is_ok()) return usage_error(args.status().message());
@@ -478,7 +479,7 @@ void print_bundle_usage() {
       "  keygen  --out NAME [--unencrypted] [--passphrase-file F]\n"
       "          writes NAME.key (minisign secret key, 0600) and NAME.pub\n"
       "  create  --key K --name N --version V [--llm F.gguf] [--embedding F.gguf|MODEL2VEC_DIR]\n"
-      "          [--file ROLE=PATH ...] [--out N-V.airlock] [--expires DATE|+DAYSd]\n"
+      "          [--reranker F.gguf] [--file ROLE=PATH ...] [--out N-V.airlock] [--expires DATE|+DAYSd]\n"
       "          [--chunk-size BYTES] [--passphrase-file F] [--threads N] [--quiet]\n"
       "  verify  BUNDLE --trusted DIR_OR_PUBKEY [--store DIR] [--threads N] [--quiet]\n"
       "          (--store: also refuse a version not newer than the store's)\n"

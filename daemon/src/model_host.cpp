@@ -162,6 +162,7 @@ struct ChosenBundle {
   verifier::VerifiedBundle vb;
   std::string gguf_path;
   std::optional<verifier::ManifestFile> embedding;
+  std::optional<verifier::ManifestFile> reranker;
 };
 
 Result<ChosenBundle> choose_bundle(const Config& config, const std::atomic<bool>* cancel = nullptr) {
@@ -204,6 +205,7 @@ Result<ChosenBundle> choose_bundle(const Config& config, const std::atomic<bool>
   c.gguf_path = chosen->path + "/" + llm->path;
   for (const ManifestFile& f : vb.manifest.files)
     if (f.role == FileRole::kEmbedding) c.embedding = f;
+    else if (f.role == FileRole::kReranker) c.reranker = f;
   c.vb = std::move(vb);
   return c;
 }
@@ -285,6 +287,24 @@ Result<std::shared_ptr<LoadedModel>> load_model(const Config& config, std::share
       airlock::log().info("embedding model {}: {}, {} dimensions, up to {} tokens{}", embedding->path,
                           m->embedder->kind(), m->embedder->dim(), m->embedder->max_tokens(),
                           pool && m->embedder->kind() != "model2vec" ? ", on the decoder's compute threads" : "");
+    }
+  }
+  if (c.reranker) {
+    // A BERT cross-encoder GGUF, on the decoder's compute threads as the
+    // embedding model is. Chat and embeddings work without it; /v1/rerank
+    // says it is missing and RAG ranks without it.
+    const std::string full = chosen->path + "/" + c.reranker->path;
+    std::shared_ptr<engine::ThreadPool> pool = m->n_ranks == 1 ? m->model->backend().cpu_pool() : nullptr;
+    Result<std::unique_ptr<engine::BertEmbedding>> r = engine::BertEmbedding::load(
+        full, engine::make_cpu_backend(pool ? pool : std::make_shared<engine::ThreadPool>()), engine::EncoderUse::kRerank);
+    if (!r.is_ok()) {
+      airlock::log().error("{}: reranker {} could not be loaded: {}", chosen->name, c.reranker->path,
+                           r.status().to_string());
+    } else {
+      m->reranker = std::move(*r);
+      airlock::log().info("reranker {}: {} layers, pairs of up to {} tokens{}", c.reranker->path,
+                          m->reranker->params().n_layer, m->reranker->params().n_ctx_train,
+                          pool ? ", on the decoder's compute threads" : "");
     }
   }
   open_rag(config, embedding != nullptr ? embedding_identity(vb.manifest, *embedding) : "", *m, previous.get());

@@ -417,8 +417,8 @@ std::optional<ApiError> parse_request_object(const ojson& j, Endpoint endpoint, 
     if (endpoint != Endpoint::kChat) return invalid("airlock", "the airlock extension is for chat completions");
     if (!a.is_object()) return invalid("airlock", "airlock must be an object");
     for (const auto& [k, v] : a.items())
-      if (k != "collections" && k != "top_k" && k != "mode")
-        return invalid("airlock." + k, "unknown airlock field '" + k + "' (collections, top_k, mode)");
+      if (k != "collections" && k != "top_k" && k != "mode" && k != "rerank")
+        return invalid("airlock." + k, "unknown airlock field '" + k + "' (collections, top_k, mode, rerank)");
     GroundingSpec g;
     if (a.contains("collections")) {
       const ojson& c = a["collections"];
@@ -438,6 +438,10 @@ std::optional<ApiError> parse_request_object(const ojson& j, Endpoint endpoint, 
       if (!a["mode"].is_string() || (a["mode"] != "hybrid" && a["mode"] != "bm25" && a["mode"] != "vector"))
         return invalid("airlock.mode", "mode must be hybrid, bm25 or vector");
       g.mode = a["mode"].get<std::string>();
+    }
+    if (a.contains("rerank") && !a["rerank"].is_null()) {
+      if (!a["rerank"].is_boolean()) return invalid("airlock.rerank", "rerank must be true or false");
+      g.rerank = a["rerank"].get<bool>();
     }
     if (r.n != 1) return invalid("n", "grounded answers (airlock) take n = 1");
     // Log probabilities would carry the tokens of an answer that is withheld
@@ -517,8 +521,8 @@ std::optional<ApiError> parse_rag_query(std::string_view body, const std::string
                                         CompletionRequest* out, bool* generate) {
   ojson j;
   if (auto e = parse_json_object(body, &j)) return e;
-  static const char* kKnown[] = {"collection", "collections", "question", "top_k", "mode", "generate", "stream",
-                                 "stream_options", "max_tokens", "temperature", "seed", "model", "user"};
+  static const char* kKnown[] = {"collection", "collections", "question", "top_k", "mode", "rerank", "generate",
+                                 "stream", "stream_options", "max_tokens", "temperature", "seed", "model", "user"};
   for (auto it = j.begin(); it != j.end(); ++it) {
     const std::string& k = it.key();
     if (std::find_if(std::begin(kKnown), std::end(kKnown), [&](const char* n) { return k == n; }) == std::end(kKnown))
@@ -547,7 +551,7 @@ std::optional<ApiError> parse_rag_query(std::string_view body, const std::string
   } else if (j.contains("collections")) {
     a["collections"] = j["collections"];
   }
-  for (const char* k : {"top_k", "mode"})
+  for (const char* k : {"top_k", "mode", "rerank"})
     if (j.contains(k)) a[k] = j[k];
   chat["airlock"] = a;
   if (auto e = parse_request_object(chat, Endpoint::kChat, out)) {
@@ -588,6 +592,49 @@ std::optional<ApiError> parse_embedding_request(std::string_view body, Embedding
     if (!j["dimensions"].is_number_integer() || j["dimensions"].get<std::int64_t>() < 1 || j["dimensions"].get<std::int64_t>() > 65536)
       return invalid("dimensions", "dimensions must be a positive integer");
     r.dimensions = j["dimensions"].get<int>();
+  }
+  *out = std::move(r);
+  return std::nullopt;
+}
+
+std::optional<ApiError> parse_rerank_request(std::string_view body, RerankRequest* out) {
+  constexpr std::size_t kMaxDocuments = 1000;
+  constexpr std::size_t kMaxTextBytes = 1 << 20;
+  RerankRequest r;
+  ojson j;
+  if (auto e = parse_json_object(body, &j)) return e;
+  if (j.contains("model") && !j["model"].is_null()) {
+    if (!j["model"].is_string()) return invalid("model", "model must be a string naming a model (GET /v1/models)");
+    r.model = j["model"].get<std::string>();
+  }
+  if (!j.contains("query") || !j["query"].is_string() || j["query"].get_ref<const std::string&>().empty())
+    return invalid("query", "query must be a non-empty string");
+  if (j["query"].get_ref<const std::string&>().size() > kMaxTextBytes) return invalid("query", "query is longer than 1 MiB");
+  r.query = j["query"].get<std::string>();
+  if (!j.contains("documents") || !j["documents"].is_array() || j["documents"].empty() ||
+      j["documents"].size() > kMaxDocuments)
+    return invalid("documents", "documents must be an array of 1 to 1000 strings or {\"text\": string} objects");
+  for (std::size_t i = 0; i < j["documents"].size(); ++i) {
+    const ojson& d = j["documents"][i];
+    const std::string param = "documents[" + std::to_string(i) + "]";
+    const ojson* text = &d;
+    if (d.is_object()) {
+      auto it = d.find("text");
+      if (it == d.end()) return invalid(param, param + " must be a string or an object with a \"text\" string");
+      text = &*it;
+    }
+    if (!text->is_string()) return invalid(param, param + " must be a string or an object with a \"text\" string");
+    if (text->get_ref<const std::string&>().size() > kMaxTextBytes) return invalid(param, param + " is longer than 1 MiB");
+    r.documents.push_back(text->get<std::string>());
+  }
+  if (j.contains("top_n") && !j["top_n"].is_null()) {
+    if (!j["top_n"].is_number_unsigned() || j["top_n"].get<std::uint64_t>() == 0)
+      return invalid("top_n", "top_n must be a positive integer");
+    r.top_n = static_cast<std::size_t>(std::min<std::uint64_t>(j["top_n"].get<std::uint64_t>(), kMaxDocuments));
+  }
+  if (j.contains("return_documents") && !j["return_documents"].is_null()) {
+    if (!j["return_documents"].is_boolean()) return invalid("return_documents", "return_documents must be a boolean");
+    r.return_documents = j["return_documents"].get<bool>();
   }
   *out = std::move(r);
   return std::nullopt;

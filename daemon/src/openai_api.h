@@ -56,6 +56,9 @@ struct GroundingSpec {
   std::vector<std::string> collections;  // empty: every collection the key may read
   int top_k = 0;                          // 0: the configured default
   std::string mode = "hybrid";            // hybrid, bm25, vector
+  // The bundle's reranker reorders the candidates (config rag.rerank_candidates);
+  // absent: when there is one, false: never, true: required (400 without one).
+  std::optional<bool> rerank;
 };
 
 struct ResponsesEcho;  // responses_api.h
@@ -101,7 +104,7 @@ struct CompletionRequest {
 };
 
 // POST /v1/rag/query: {collection | collections, question, top_k, mode,
-// generate, stream, max_tokens, temperature, seed, model}. Parsed into the
+// rerank, generate, stream, max_tokens, temperature, seed, model}. Parsed into the
 // grounded chat request it becomes (model defaults to `default_model`);
 // *generate is false when only retrieval is wanted.
 std::optional<ApiError> parse_rag_query(std::string_view body, const std::string& default_model,
@@ -117,6 +120,20 @@ struct EmbeddingRequest {
 // POST /v1/embeddings: `input` a string or an array of strings (token-id
 // arrays are refused), `encoding_format` float or base64.
 std::optional<ApiError> parse_embedding_request(std::string_view body, EmbeddingRequest* out);
+
+struct RerankRequest {
+  std::optional<std::string> model;  // absent: the served bundle
+  std::string query;
+  std::vector<std::string> documents;
+  std::optional<std::size_t> top_n;  // absent: every document
+  bool return_documents = false;
+};
+
+// POST /v1/rerank (the shape Cohere's, Jina's and llama.cpp's rerank APIs
+// share): `query` a non-empty string, `documents` 1..1000 strings or
+// {"text": string} objects, `top_n` a positive integer, `return_documents`
+// a boolean, `model` a string. Other fields are ignored.
+std::optional<ApiError> parse_rerank_request(std::string_view body, RerankRequest* out);
 
 // Parses and validates a request body into *out. Returns the error to send
 // (status 400, the offending parameter named) or nullopt when *out is set.

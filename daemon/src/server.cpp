@@ -8,9 +8,11 @@
 #include <algorithm>
 #include <cmath>
 #include <chrono>
+#include <cstdint>
 #include <cstdio>
 #include <cstring>
 #include <ctime>
+#include <numeric>
 
 #include "airlock/common/log.h"
 #include "airlock/common/version.h"
@@ -463,6 +465,7 @@ ojson source_json(const rag::SearchHit& h, int n) {
   j["similarity"] = h.similarity ? ojson(*h.similarity) : ojson();
   j["bm25"] = h.bm25 ? ojson(*h.bm25) : ojson();
   j["term_coverage"] = h.term_coverage;
+  if (h.rerank_score) j["rerank_score"] = *h.rerank_score;
   j["snippet"] = rag::snippet(h.text, 300);
   return j;
 }
@@ -560,7 +563,7 @@ struct Server::Impl {
     if (route.rfind("/v1/rag/collections", 0) == 0) route = "/v1/rag/collections";
     if (route != "/health" && route != "/ready" && route != "/metrics" && route != "/v1/models" &&
         route != "/v1/chat/completions" && route != "/v1/completions" && route != "/v1/responses" &&
-        route != "/v1/embeddings" &&
+        route != "/v1/embeddings" && route != "/v1/rerank" &&
         route != "/v1/rag/query" && route != "/v1/rag/collections")
       route = "other";
     metrics
@@ -575,6 +578,19 @@ struct Server::Impl {
     send_error(res, api_error(413, "invalid_request_error",
                               "the request body is larger than " + std::to_string(config.max_body_bytes) + " bytes"));
     return true;
+  }
+
+  // The model a retrieval-model request (/v1/embeddings, /v1/rerank) runs
+  // on; null, with the error sent (413, 503), when it may not run.
+  std::shared_ptr<LoadedModel> model_for(const httplib::Request& req, httplib::Response& res) {
+    if (body_too_large(req, res)) return nullptr;
+    if (draining) {
+      send_error(res, api_error(503, "server_error", "the server is shutting down"));
+      return nullptr;
+    }
+    std::shared_ptr<LoadedModel> m = current();
+    if (!m) send_error(res, api_error(503, "server_error", no_model()));
+    return m;
   }
 
   void send_error(httplib::Response& res, const ApiError& e) {
@@ -861,6 +877,41 @@ struct Server::Impl {
     return p;
   }
 
+  // Pair tokens one /v1/rerank request may score, after each pair is cut
+  // to the model's input length (docs/daemon.md).
+  static constexpr std::size_t kMaxRerankTokens = 65536;
+
+  // The reranker's relevance (0..1: the logistic of its logit) of each
+  // document for `query`, and the pair tokens it read (*tokens). 400 over
+  // `max_tokens` (param `param`), 500 when the model fails.
+  std::optional<ApiError> rerank(const LoadedModel& m, const std::string& query, const std::vector<std::string>& docs,
+                                 std::size_t max_tokens, const char* param, std::vector<double>* relevance,
+                                 std::size_t* tokens) const {
+    std::vector<engine::BertEmbedding::Pair> pairs;
+    pairs.reserve(docs.size());
+    *tokens = 0;
+    for (const std::string& d : docs) {
+      pairs.push_back(m.reranker->pair(query, d));
+      *tokens += pairs.back().ids.size();
+    }
+    if (*tokens > max_tokens) {
+      ApiError e = api_error(400, "invalid_request_error",
+                             "the pairs hold " + std::to_string(*tokens) + " tokens (each cut to the model's " +
+                                 std::to_string(m.reranker->params().n_ctx_train) + "); at most " +
+                                 std::to_string(max_tokens) + " per request");
+      e.param = param;
+      return e;
+    }
+    Result<std::vector<float>> logits = m.reranker->score(pairs);
+    if (!logits.is_ok()) return api_error(500, "server_error", "the reranker failed: " + logits.status().message());
+    relevance->clear();
+    for (float l : *logits) {
+      if (!std::isfinite(l)) return api_error(500, "server_error", "the reranker gave a score that is not a number");
+      relevance->push_back(1.0 / (1.0 + std::exp(-static_cast<double>(l))));
+    }
+    return std::nullopt;
+  }
+
   // Retrieves the sources of a grounded request and, when the evidence is
   // good enough, puts them in front of the conversation as numbered sources.
   std::optional<ApiError> ground(const LoadedModel& m, const std::string& key, Generation& g, bool answer_shape,
@@ -885,6 +936,16 @@ struct Server::Impl {
                                                                                    : rag::SearchMode::kHybrid;
     sr.top_k = spec.top_k > 0 ? spec.top_k : config.rag.top_k;
     sr.candidates = config.rag.candidates;
+    if (spec.rerank == true && !m.reranker) {
+      ApiError e = api_error(400, "invalid_request_error", "rerank is true, but the bundle '" + m.id + "' has no reranker");
+      e.param = "rerank";
+      return e;
+    }
+    // The reranker reorders the fused candidates; the best top_k of its
+    // order are the sources.
+    const bool reranking = m.reranker && spec.rerank != false && config.rag.rerank_candidates > 0;
+    const int top_k = sr.top_k;
+    if (reranking) sr.top_k = std::max(top_k, config.rag.rerank_candidates);
     if (sr.mode != rag::SearchMode::kBm25) {
       const std::string q[] = {gr.question};
       sr.query_vector = m.rag_embedder->embed(q)[0];
@@ -894,6 +955,19 @@ struct Server::Impl {
     Result<std::vector<rag::SearchHit>> hits = m.rag_store->search(sr, principal_of(key));
     if (!hits.is_ok()) return status_error(hits.status());
     gr.sources = std::move(*hits);
+    if (reranking && !gr.sources.empty()) {
+      std::vector<std::string> texts;
+      for (const rag::SearchHit& h : gr.sources) texts.push_back(h.text);
+      std::vector<double> relevance;
+      std::size_t tokens = 0;
+      // The operator's rag.rerank_candidates bounds this work, not the request.
+      if (auto e = rerank(m, gr.question, texts, SIZE_MAX, "question", &relevance, &tokens)) return e;
+      for (std::size_t i = 0; i < gr.sources.size(); ++i) gr.sources[i].rerank_score = relevance[i];
+      // Ties keep the retrieval order.
+      std::stable_sort(gr.sources.begin(), gr.sources.end(),
+                       [](const rag::SearchHit& a, const rag::SearchHit& b) { return *a.rerank_score > *b.rerank_score; });
+    }
+    if (gr.sources.size() > static_cast<std::size_t>(top_k)) gr.sources.resize(static_cast<std::size_t>(top_k));
     gr.evidence = rag::assess_evidence(gr.sources, policy());
     if (!gr.evidence.sufficient) gr.reason = "no_evidence";
     gr.original_messages = r.messages;
@@ -1937,7 +2011,11 @@ void Server::routes() {
                         {"kv_blocks", m->scheduler->stats().kv_blocks_total},
                         {"max_running", m->scheduler->options().max_running},
                         {"tool_calls", tool_format_name(m->tool_format)},
-                        {"reasoning", reasoning_format_name(m->reasoning)}}}});
+                        {"reasoning", reasoning_format_name(m->reasoning)},
+                        // What /v1/embeddings and /v1/rerank have to work with.
+                        {"embedding", m->embedder ? ojson{{"kind", std::string(m->embedder->kind())}, {"dimensions", m->embedder->dim()}}
+                                                  : ojson()},
+                        {"reranker", m->reranker ? ojson{{"context_length", m->reranker->params().n_ctx_train}} : ojson()}}}});
     }
     res.set_content(ojson({{"object", "list"}, {"data", data}}).dump(), "application/json");
   });
@@ -1967,10 +2045,8 @@ void Server::routes() {
   // to the model's input length (docs/daemon.md).
   static constexpr std::size_t kMaxEmbeddingTokens = 65536;
   h.Post("/v1/embeddings", [&s](const httplib::Request& req, httplib::Response& res) {
-    if (s.body_too_large(req, res)) return;
-    if (s.draining) return s.send_error(res, api_error(503, "server_error", "the server is shutting down"));
-    std::shared_ptr<LoadedModel> m = s.current();
-    if (!m) return s.send_error(res, api_error(503, "server_error", s.no_model()));
+    std::shared_ptr<LoadedModel> m = s.model_for(req, res);
+    if (!m) return;
     EmbeddingRequest r;
     if (auto e = parse_embedding_request(req.body, &r)) return s.send_error(res, *e);
     if (r.model != m->id)
@@ -2028,6 +2104,35 @@ void Server::routes() {
     ojson out = {{"object", "list"}, {"data", std::move(data)}, {"model", m->id},
                  {"usage", {{"prompt_tokens", tokens}, {"total_tokens", tokens}}}};
     res.set_content(out.dump(), "application/json");
+  });
+  h.Post("/v1/rerank", [&s](const httplib::Request& req, httplib::Response& res) {
+    std::shared_ptr<LoadedModel> m = s.model_for(req, res);
+    if (!m) return;
+    RerankRequest r;
+    if (auto e = parse_rerank_request(req.body, &r)) return s.send_error(res, *e);
+    if (r.model && *r.model != m->id)
+      return s.send_error(res, api_error(404, "invalid_request_error",
+                                         "the model '" + *r.model + "' does not exist (GET /v1/models)", "model_not_found"));
+    if (!m->reranker)
+      return s.send_error(res, api_error(404, "invalid_request_error", "the bundle '" + m->id + "' has no reranker",
+                                         "model_not_found"));
+    std::vector<double> relevance;
+    std::size_t tokens = 0;
+    if (auto e = s.rerank(*m, r.query, r.documents, Impl::kMaxRerankTokens, "documents", &relevance, &tokens))
+      return s.send_error(res, *e);
+    std::vector<std::size_t> order(relevance.size());
+    std::iota(order.begin(), order.end(), std::size_t{0});
+    std::stable_sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) { return relevance[a] > relevance[b]; });
+    order.resize(std::min(order.size(), r.top_n.value_or(order.size())));
+    ojson results = ojson::array();
+    for (std::size_t i : order) {
+      ojson item = {{"index", i}, {"relevance_score", relevance[i]}};
+      if (r.return_documents) item["document"] = {{"text", r.documents[i]}};
+      results.push_back(std::move(item));
+    }
+    ojson out = {{"id", random_id("rerank-")}, {"object", "list"}, {"model", m->id}, {"results", std::move(results)},
+                 {"usage", {{"prompt_tokens", tokens}, {"total_tokens", tokens}}}};
+    res.set_content(out.dump(-1, ' ', false, ojson::error_handler_t::replace), "application/json");
   });
 }
 

@@ -153,7 +153,7 @@ TEST(ConfigTest, HttpThreadsFollowTheAdmittedRequests) {
 TEST(ConfigTest, RagTable) {
   Result<Config> c = parse_config(
       "[rag]\nenabled = false\ndatabase = \"/srv/rag.db\"\nchunk_tokens = 128\nchunk_overlap = 16\ntop_k = 3\n"
-      "min_similarity = 0.7\nmin_term_coverage = 1\nann_threshold = 5000\nrefusal = \"Ask the help desk.\"\n"
+      "rerank_candidates = 0\nmin_similarity = 0.7\nmin_term_coverage = 1\nann_threshold = 5000\nrefusal = \"Ask the help desk.\"\n"
       "admins = [\"ops\"]\n[rag.groups]\nhr = [\"app-a\", \"app-b\"]\n",
       "t.toml");
   ASSERT_TRUE(c.is_ok()) << c.status().to_string();
@@ -162,6 +162,7 @@ TEST(ConfigTest, RagTable) {
   EXPECT_EQ(c->rag.chunk_tokens, 128);
   EXPECT_EQ(c->rag.chunk_overlap, 16);
   EXPECT_EQ(c->rag.top_k, 3);
+  EXPECT_EQ(c->rag.rerank_candidates, 0);
   EXPECT_DOUBLE_EQ(c->rag.min_similarity, 0.7);
   EXPECT_DOUBLE_EQ(c->rag.min_term_coverage, 1.0);
   EXPECT_EQ(c->rag.ann_threshold, 5000u);
@@ -172,11 +173,14 @@ TEST(ConfigTest, RagTable) {
   Result<Config> d = parse_config("", "t.toml");
   EXPECT_TRUE(d->rag.enabled);
   EXPECT_EQ(d->rag.chunk_tokens, 256);
+  EXPECT_EQ(d->rag.rerank_candidates, 20);
   for (const auto& [text, want] : std::vector<std::pair<std::string, std::string>>{
            {"[rag]\nchunk_token = 1", "rag.chunk_token: unknown key"},
            {"[rag]\nchunk_tokens = 8", "rag.chunk_tokens: must be between"},
            {"[rag]\nchunk_tokens = 64\nchunk_overlap = 64", "chunk_overlap: must be smaller"},
            {"[rag]\nmin_similarity = 2.5", "rag.min_similarity"},
+           {"[rag]\nrerank_candidates = 201", "rag.rerank_candidates: must be between"},
+           {"[rag]\nrerank_candidates = -1", "rag.rerank_candidates: must be between"},
            {"[rag]\nmin_similarity = \"high\"", "must be a number"},
            {"[rag]\nadmins = \"ops\"", "rag.admins"},
            {"[rag]\nadmins = [\"has space\"]", "rag.admins"},

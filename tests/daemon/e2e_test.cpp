@@ -96,10 +96,11 @@ struct Enclave {
   std::string api_key;
   std::string embedding;  // model2vec directory packed as the bundle's embedding model ("" for none)
   std::string llm;        // the chat model
+  std::string reranker;   // a cross-encoder GGUF packed as the bundle's reranker ("" for none)
 
   Enclave() : Enclave(have_embedder() ? embedder_dir() : "") {}
-  explicit Enclave(std::string embedding_dir, std::string llm_path = model_path())
-      : embedding(std::move(embedding_dir)), llm(std::move(llm_path)) {
+  explicit Enclave(std::string embedding_dir, std::string llm_path = model_path(), std::string reranker_path = "")
+      : embedding(std::move(embedding_dir)), llm(std::move(llm_path)), reranker(std::move(reranker_path)) {
     EXPECT_EQ(run({AIRLOCK_CLI_PATH, "bundle", "keygen", "--out", dir / "signer", "--unencrypted"}), 0);
     ::mkdir((dir / "trusted").c_str(), 0750);
     testing::write_file(dir / "trusted/signer.pub", testing::read_file(dir / "signer.pub"));
@@ -116,6 +117,10 @@ struct Enclave {
     if (!embedding.empty()) {
       argv.push_back("--embedding");
       argv.push_back(embedding);
+    }
+    if (!reranker.empty()) {
+      argv.push_back("--reranker");
+      argv.push_back(reranker);
     }
     return run(argv);
   }
@@ -423,6 +428,12 @@ TEST_F(DaemonE2E, ModelsAndReady) {
   EXPECT_EQ(j["data"][0]["object"], "model");
   EXPECT_EQ(j["data"][0]["airlock"]["bundle_version"], 1);
   EXPECT_GT(j["data"][0]["airlock"]["kv_blocks"].get<int>(), 0);
+  EXPECT_TRUE(j["data"][0]["airlock"]["reranker"].is_null());
+  if (have_embedder()) {
+    EXPECT_EQ(j["data"][0]["airlock"]["embedding"]["kind"], "model2vec");
+  } else {
+    EXPECT_TRUE(j["data"][0]["airlock"]["embedding"].is_null());
+  }
   auto ready = daemon_->client().Get("/ready");
   ASSERT_TRUE(ready);
   EXPECT_EQ(ready->status, 200) << ready->body;
@@ -1108,6 +1119,19 @@ TEST_F(DaemonE2E, EmbeddingsFromTheBundlesStaticModel) {
   EXPECT_EQ(daemon_->client(false).Post("/v1/embeddings", "{}", "application/json")->status, 401);
 }
 
+TEST_F(DaemonE2E, RerankNeedsAReranker) {
+  auto r = daemon_->post("/v1/rerank", {{"model", "stories"}, {"query", "q"}, {"documents", {"a"}}});
+  EXPECT_EQ(r->status, 404) << r->body;
+  EXPECT_EQ(json::parse(r->body)["error"]["code"], "model_not_found");
+  EXPECT_NE(r->body.find("has no reranker"), std::string::npos) << r->body;
+  if (!have_embedder()) return;  // RAG is off without an embedding model
+  auto q = daemon_->post("/v1/rag/query", {{"question", "q"}, {"generate", false}, {"rerank", true}});
+  EXPECT_EQ(q->status, 400) << q->body;
+  EXPECT_EQ(json::parse(q->body)["error"]["param"], "rerank");
+  auto plain = daemon_->post("/v1/rag/query", {{"question", "q"}, {"generate", false}});
+  EXPECT_EQ(plain->status, 200) << plain->body;
+}
+
 // A bundle whose embedding model is a BERT GGUF (here a random one with the
 // real bge vocabulary): /v1/embeddings and RAG run on the encoder.
 TEST(DaemonLifecycle, BertGgufEmbeddingModel) {
@@ -1158,6 +1182,126 @@ TEST(DaemonLifecycle, BertGgufEmbeddingModel) {
     EXPECT_EQ(json::parse(again->body)["data"], j["data"]);
   }
   generating.join();
+  EXPECT_EQ(d->stop(), 0);
+}
+
+// A bundle with a reranker (a random cross-encoder with the real bge
+// vocabulary) beside a BERT embedding model: /v1/rerank, and RAG's sources
+// in the reranker's order. The scores' numerics are checked against a
+// reference in bert_embedding_test; here, what the API makes of them.
+TEST(DaemonLifecycle, RerankerInTheBundle) {
+  const std::string vocab = models_dir() + "/tokenizers/llama.cpp-vocab/ggml-vocab-bert-bge.gguf";
+  if (models_dir().empty() || !testing::exists(vocab)) GTEST_SKIP() << "ggml-vocab-bert-bge.gguf not found (AIRLOCK_MODELS_DIR)";
+  TempDir models;
+  ASSERT_EQ(run_tool({AIRLOCK_GEN_MODEL_PATH, "--bert", models / "encoder.gguf", "--vocab", vocab}), 0);
+  ASSERT_EQ(run_tool({AIRLOCK_GEN_MODEL_PATH, "--bert-reranker", models / "reranker.gguf", "--vocab", vocab}), 0);
+  Enclave e(models / "encoder.gguf", model_path(), models / "reranker.gguf");
+  auto d = Daemon::start(e);
+  ASSERT_GT(d->port, 0) << d->log();
+  EXPECT_NE(d->log().find("reranker reranker.gguf: 2 layers, pairs of up to 128 tokens"), std::string::npos)
+      << d->log();
+
+  const json listed = json::parse(d->client().Get("/v1/models")->body)["data"][0]["airlock"];
+  EXPECT_EQ(listed["reranker"]["context_length"], 128) << listed;
+  EXPECT_EQ(listed["embedding"]["kind"], "bert") << listed;
+  EXPECT_EQ(listed["embedding"]["dimensions"], 64) << listed;
+  const std::vector<std::string> docs = {"The flutter speed of a swept wing.", "Boundary layers on a flat plate.",
+                                         "Heat transfer at hypersonic speeds.", "Swept wings flutter at high speed."};
+  const json query = "at what speed does a swept wing flutter?";
+  json sent = json::array({docs[0], {{"text", docs[1]}}, docs[2], docs[3]});
+  auto r = d->post("/v1/rerank", {{"model", "stories"}, {"query", query}, {"documents", sent}, {"return_documents", true}});
+  ASSERT_EQ(r->status, 200) << r->body;
+  json j = json::parse(r->body);
+  EXPECT_EQ(j["object"], "list");
+  EXPECT_EQ(j["model"], "stories");
+  EXPECT_EQ(j["id"].get<std::string>().rfind("rerank-", 0), 0u);
+  ASSERT_EQ(j["results"].size(), docs.size());
+  std::vector<double> score(docs.size(), -1);
+  std::set<int> seen;
+  for (std::size_t i = 0; i < docs.size(); ++i) {
+    const json& x = j["results"][i];
+    const int idx = x["index"].get<int>();
+    ASSERT_TRUE(idx >= 0 && idx < 4) << x;
+    seen.insert(idx);
+    EXPECT_EQ(x["document"]["text"], docs[static_cast<std::size_t>(idx)]);
+    score[static_cast<std::size_t>(idx)] = x["relevance_score"].get<double>();
+    EXPECT_GT(score[static_cast<std::size_t>(idx)], 0.0);
+    EXPECT_LT(score[static_cast<std::size_t>(idx)], 1.0);
+    if (i > 0) {
+      EXPECT_GE(j["results"][i - 1]["relevance_score"].get<double>(), x["relevance_score"].get<double>());
+    }
+  }
+  EXPECT_EQ(seen.size(), docs.size());
+  EXPECT_GT(j["usage"]["prompt_tokens"].get<int>(), 20);
+  EXPECT_EQ(j["usage"]["total_tokens"], j["usage"]["prompt_tokens"]);
+  // A document's score is its own: alone, or among others in another order.
+  for (std::size_t i = 0; i < docs.size(); ++i) {
+    auto one = d->post("/v1/rerank", {{"query", query}, {"documents", {docs[i]}}});
+    ASSERT_EQ(one->status, 200) << one->body;
+    const json o = json::parse(one->body);
+    EXPECT_EQ(o["results"][0]["index"], 0);
+    EXPECT_FALSE(o["results"][0].contains("document"));
+    EXPECT_NEAR(o["results"][0]["relevance_score"].get<double>(), score[i], 1e-6) << i;
+  }
+  auto top = d->post("/v1/rerank", {{"query", query}, {"documents", json::array({docs[3], docs[2], docs[1], docs[0]})},
+                                     {"top_n", 2}});
+  ASSERT_EQ(top->status, 200) << top->body;
+  const json t = json::parse(top->body);
+  ASSERT_EQ(t["results"].size(), 2u);
+  EXPECT_EQ(3 - t["results"][0]["index"].get<int>(), j["results"][0]["index"].get<int>());
+  EXPECT_EQ(3 - t["results"][1]["index"].get<int>(), j["results"][1]["index"].get<int>());
+
+  // Errors, named.
+  auto param_of = [&](const json& body) {
+    auto x = d->post("/v1/rerank", body);
+    return std::to_string(x->status) + " " + json::parse(x->body)["error"]["param"].dump();
+  };
+  EXPECT_EQ(param_of({{"documents", {"a"}}}), "400 \"query\"");
+  EXPECT_EQ(param_of({{"query", ""}, {"documents", {"a"}}}), "400 \"query\"");
+  EXPECT_EQ(param_of({{"query", "q"}, {"documents", json::array()}}), "400 \"documents\"");
+  EXPECT_EQ(param_of({{"query", "q"}, {"documents", {"a", 5}}}), "400 \"documents[1]\"");
+  EXPECT_EQ(param_of({{"query", "q"}, {"documents", {"a", {{"txt", "b"}}}}}), "400 \"documents[1]\"");
+  EXPECT_EQ(param_of({{"query", "q"}, {"documents", {"a"}}, {"top_n", 0}}), "400 \"top_n\"");
+  EXPECT_EQ(param_of({{"query", "q"}, {"documents", {"a"}}, {"return_documents", "yes"}}), "400 \"return_documents\"");
+  auto other = d->post("/v1/rerank", {{"model", "nope"}, {"query", "q"}, {"documents", {"a"}}});
+  EXPECT_EQ(other->status, 404);
+  EXPECT_EQ(json::parse(other->body)["error"]["code"], "model_not_found");
+  // The work is bounded in pair tokens: 600 pairs of 128 tokens are too many.
+  std::string words;
+  for (int i = 0; i < 150; ++i) words += "wing ";
+  auto many = d->post("/v1/rerank", {{"query", "q"}, {"documents", json(std::vector<std::string>(600, words))}});
+  EXPECT_EQ(many->status, 400) << many->body;
+  EXPECT_NE(json::parse(many->body)["error"]["message"].get<std::string>().find("at most 65536"), std::string::npos);
+  EXPECT_EQ(d->client(false).Post("/v1/rerank", "{}", "application/json")->status, 401);
+
+  // RAG: the candidates in the reranker's order, each source with its score,
+  // the same score /v1/rerank gives the pair (the texts are whole snippets).
+  ASSERT_EQ(d->post("/v1/rag/collections", {{"name", "c"}})->status, 201);
+  for (std::size_t i = 0; i < docs.size(); ++i)
+    ASSERT_EQ(d->post("/v1/rag/collections/c/documents",
+                      {{"source", "d" + std::to_string(i) + ".txt"}, {"content", docs[i]}})->status, 201);
+  auto q = d->post("/v1/rag/query", {{"collection", "c"}, {"question", query}, {"generate", false}, {"top_k", 3}});
+  ASSERT_EQ(q->status, 200) << q->body;
+  const json src = json::parse(q->body)["sources"];
+  ASSERT_EQ(src.size(), 3u) << q->body;
+  for (std::size_t i = 0; i < src.size(); ++i) {
+    ASSERT_TRUE(src[i].contains("rerank_score")) << src[i];
+    const std::string text = src[i]["snippet"];
+    const std::size_t k = static_cast<std::size_t>(std::find(docs.begin(), docs.end(), text) - docs.begin());
+    ASSERT_LT(k, docs.size()) << text;
+    EXPECT_NEAR(src[i]["rerank_score"].get<double>(), score[k], 1e-6) << text;
+    if (i > 0) {
+      EXPECT_GE(src[i - 1]["rerank_score"].get<double>(), src[i]["rerank_score"].get<double>());
+    }
+  }
+  // The best of the four by the reranker leads, wherever retrieval put it.
+  EXPECT_EQ(src[0]["snippet"], docs[static_cast<std::size_t>(j["results"][0]["index"].get<int>())]);
+  auto plain = d->post("/v1/rag/query", {{"collection", "c"}, {"question", query}, {"generate", false}, {"rerank", false}});
+  ASSERT_EQ(plain->status, 200) << plain->body;
+  for (const json& x : json::parse(plain->body)["sources"]) EXPECT_FALSE(x.contains("rerank_score")) << x;
+  EXPECT_EQ(d->post("/v1/rag/query", {{"collection", "c"}, {"question", query}, {"rerank", "yes"}})->status, 400);
+  EXPECT_NE(d->client().Get("/metrics")->body.find("airlock_requests_total{route=\"/v1/rerank\",status=\"200\"}"),
+            std::string::npos);
   EXPECT_EQ(d->stop(), 0);
 }
 

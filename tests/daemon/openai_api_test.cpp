@@ -274,6 +274,41 @@ TEST(OpenAiApiTest, EmbeddingRequests) {
   }
 }
 
+TEST(OpenAiApiTest, RerankRequests) {
+  RerankRequest r;
+  ASSERT_FALSE(parse_rerank_request(R"({"query":"q","documents":["a",{"text":"b","title":"t"}],"max_chunks_per_doc":2})", &r));
+  EXPECT_FALSE(r.model.has_value());
+  EXPECT_EQ(r.query, "q");
+  EXPECT_EQ(r.documents, (std::vector<std::string>{"a", "b"}));
+  EXPECT_FALSE(r.top_n.has_value());
+  EXPECT_FALSE(r.return_documents);
+  ASSERT_FALSE(parse_rerank_request(R"({"model":"m","query":"q","documents":[""],"top_n":99999999999,"return_documents":true})", &r));
+  EXPECT_EQ(r.model, "m");
+  EXPECT_EQ(r.documents, std::vector<std::string>{""});
+  EXPECT_EQ(r.top_n, 1000u);
+  EXPECT_TRUE(r.return_documents);
+  const std::string thousand_and_one = "{\"query\":\"q\",\"documents\":[" + [] {
+    std::string d = "\"x\"";
+    for (int i = 0; i < 1000; ++i) d += ",\"x\"";
+    return d;
+  }() + "]}";
+  for (const std::string& body :
+       {std::string(R"({"documents":["a"]})"), std::string(R"({"query":"","documents":["a"]})"),
+        std::string(R"({"query":5,"documents":["a"]})"), std::string(R"({"query":"q"})"),
+        std::string(R"({"query":"q","documents":[]})"), std::string(R"({"query":"q","documents":"a"})"),
+        std::string(R"({"query":"q","documents":[{"title":"a"}]})"), std::string(R"({"query":"q","documents":[["a"]]})"),
+        std::string(R"({"query":"q","documents":["a"],"top_n":0})"), std::string(R"({"query":"q","documents":["a"],"top_n":-1})"),
+        std::string(R"({"query":"q","documents":["a"],"top_n":1.5})"),
+        std::string(R"({"query":"q","documents":["a"],"return_documents":1})"),
+        std::string(R"({"model":3,"query":"q","documents":["a"]})"), thousand_and_one, std::string("[]")}) {
+    RerankRequest x;
+    auto e = parse_rerank_request(body, &x);
+    ASSERT_TRUE(e) << body.substr(0, 80);
+    EXPECT_EQ(e->http_status, 400);
+    EXPECT_FALSE(e->param.empty() && body != "[]") << body.substr(0, 80);
+  }
+}
+
 TEST(OpenAiApiTest, GroundingExtensionAndRagQuery) {
   CompletionRequest r;
   ASSERT_FALSE(parse_request(R"({"model":"m","messages":[{"role":"user","content":"q?"}],

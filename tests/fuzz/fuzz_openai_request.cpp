@@ -1,7 +1,7 @@
 // libFuzzer target: request bodies of /v1/chat/completions and
 // /v1/completions (parse_request, with the airlock grounding extension),
 // /v1/responses (parse_responses_request, and the response object built
-// from what it accepted), /v1/embeddings, /v1/rag/query (parse_rag_query), airlockd.toml
+// from what it accepted), /v1/embeddings and /v1/rerank, /v1/rag/query (parse_rag_query), airlockd.toml
 // (parse_config, with its [rag] table) and model output: split into
 // reasoning and content (ReasoningSplitter: pieces join up to the whole
 // split), read by JSON mode's recogniser (what it reads whole, a JSON
@@ -149,8 +149,13 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
       break;
     }
     case 3: {
+      // Both parsers of retrieval-model requests on the same body.
       EmbeddingRequest r;
       if (!parse_embedding_request(body, &r) && r.inputs.empty()) __builtin_trap();
+      RerankRequest rr;
+      if (!parse_rerank_request(body, &rr) &&
+          (rr.query.empty() || rr.documents.empty() || rr.documents.size() > 1000 || (rr.top_n && *rr.top_n == 0)))
+        __builtin_trap();
       break;
     }
     case 0: {

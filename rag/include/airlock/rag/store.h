@@ -116,6 +116,7 @@ struct SearchHit {
   std::optional<double> bm25;       // FTS5 bm25() (lower is better)
   std::optional<double> similarity; // cosine similarity with the query
   double term_coverage = 0;         // share of the query's content words the chunk contains (FTS5, stemmed)
+  std::optional<double> rerank_score;  // set by a caller that reorders hits with a cross-encoder (0..1)
 };
 
 struct ConsistencyReport {
