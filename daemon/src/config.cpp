@@ -128,7 +128,7 @@ Status parse_rag(const toml::table& t, const std::string& origin, RagConfig* r) 
   if (r->chunk_overlap >= r->chunk_tokens) return bad("chunk_overlap", "must be smaller than chunk_tokens");
   AIRLOCK_RETURN_IF_ERROR(get_int("top_k", 1, 50, &r->top_k));
   AIRLOCK_RETURN_IF_ERROR(get_int("candidates", 1, 1000, &r->candidates));
-  AIRLOCK_RETURN_IF_ERROR(get_int("rerank_candidates", 0, 200, &r->rerank_candidates));
+  AIRLOCK_RETURN_IF_ERROR(get_int("rerank_candidates", 0, 100, &r->rerank_candidates));
   AIRLOCK_RETURN_IF_ERROR(get_ratio("min_similarity", &r->min_similarity));
   AIRLOCK_RETURN_IF_ERROR(get_ratio("min_term_coverage", &r->min_term_coverage));
   AIRLOCK_RETURN_IF_ERROR(get_int("ann_threshold", 1, std::int64_t{1} << 40, &r->ann_threshold));

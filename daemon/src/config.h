@@ -27,7 +27,7 @@ struct RagConfig {
   int chunk_overlap = 32;
   int top_k = 5;                          // sources given to the model by default
   int candidates = 50;                    // per retriever before fusion
-  int rerank_candidates = 20;             // fused hits the bundle's reranker reorders (0: no reranking)
+  int rerank_candidates = 20;             // fused hits the bundle's reranker reorders (0-100, the most a search returns; 0: no reranking)
   double min_similarity = 0.55;           // evidence thresholds (rag/grounding.h)
   double min_term_coverage = 0.6;
   std::uint64_t ann_threshold = 20000;    // vectors per collection before HNSW is used

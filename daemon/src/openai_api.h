@@ -57,7 +57,8 @@ struct GroundingSpec {
   int top_k = 0;                          // 0: the configured default
   std::string mode = "hybrid";            // hybrid, bm25, vector
   // The bundle's reranker reorders the candidates (config rag.rerank_candidates);
-  // absent: when there is one, false: never, true: required (400 without one).
+  // absent: when there is one, false: never, true: required (400 without
+  // one, or with rag.rerank_candidates = 0).
   std::optional<bool> rerank;
 };
 

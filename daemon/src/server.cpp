@@ -890,9 +890,11 @@ struct Server::Impl {
     std::vector<engine::BertEmbedding::Pair> pairs;
     pairs.reserve(docs.size());
     *tokens = 0;
+    const std::vector<std::int32_t> q = m.reranker->query_ids(query);  // once, however many documents
     for (const std::string& d : docs) {
-      pairs.push_back(m.reranker->pair(query, d));
+      pairs.push_back(m.reranker->pair(q, d));
       *tokens += pairs.back().ids.size();
+      if (*tokens > max_tokens) break;  // refused below; the rest need not be read
     }
     if (*tokens > max_tokens) {
       ApiError e = api_error(400, "invalid_request_error",
@@ -936,8 +938,10 @@ struct Server::Impl {
                                                                                    : rag::SearchMode::kHybrid;
     sr.top_k = spec.top_k > 0 ? spec.top_k : config.rag.top_k;
     sr.candidates = config.rag.candidates;
-    if (spec.rerank == true && !m.reranker) {
-      ApiError e = api_error(400, "invalid_request_error", "rerank is true, but the bundle '" + m.id + "' has no reranker");
+    if (spec.rerank == true && (!m.reranker || config.rag.rerank_candidates == 0)) {
+      ApiError e = api_error(400, "invalid_request_error",
+                             !m.reranker ? "rerank is true, but the bundle '" + m.id + "' has no reranker"
+                                         : std::string("rerank is true, but rag.rerank_candidates is 0 on this server"));
       e.param = "rerank";
       return e;
     }

@@ -111,16 +111,21 @@ Result<std::unique_ptr<BertEmbedding>> BertEmbedding::from_gguf(std::unique_ptr<
       case 3: p.pooling = PoolingType::kLast; break;
       case 4:
         if (use != EncoderUse::kRerank) return invalid_argument("pooling type 4 (rank) is a reranker, not an embedding model");
-        p.pooling = PoolingType::kRank;
         break;
-      case 0: return invalid_argument("pooling type 0 (none) gives per-token vectors, not an embedding");
+      case 0:
+        if (use != EncoderUse::kRerank) return invalid_argument("pooling type 0 (none) gives per-token vectors, not an embedding");
+        break;
       default: return invalid_argument("pooling type " + std::to_string(*v) + " is not known");
     }
   }
-  if (use == EncoderUse::kRerank && p.pooling != PoolingType::kRank)
-    return invalid_argument("not a reranker: " + a + "pooling_type is not 4 (rank); this is an embedding model");
-  if (use == EncoderUse::kRerank && p.arch != "bert")
-    return invalid_argument("architecture '" + p.arch + "' is not a supported reranker (bert)");
+  if (use == EncoderUse::kRerank) {
+    // What the bundle calls a reranker is read as one whatever its pooling
+    // key says: llama.cpp's converter writes none (or a sentence-transformers
+    // pooling) for a sequence classifier, and llama.cpp is told to rank at
+    // run time. The classification head is what makes it one (below).
+    if (p.arch != "bert") return invalid_argument("architecture '" + p.arch + "' is not a supported reranker (bert)");
+    p.pooling = PoolingType::kRank;
+  }
   if (p.arch == "nomic-bert") {
     p.rope.n_rot = p.head_dim;
     if (f.find(a + "rope.dimension_count")) AIRLOCK_RETURN_IF_ERROR(need_uint("rope.dimension_count", &p.rope.n_rot, 1 << 12));
@@ -255,7 +260,9 @@ Status BertEmbedding::load_weights(EncoderUse use) {
     p.cls_dense = present(cls_);
     if (p.cls_dense) AIRLOCK_RETURN_IF_ERROR(get("cls.bias", d, 1, &cls_b_, Kind::kVector, false));
     const GgufTensor* out = f.tensor("cls.output.weight");
-    if (out == nullptr) return verification_failed("gguf: a reranker needs its classification head: tensor 'cls.output.weight' is missing");
+    if (out == nullptr)
+      return invalid_argument("not a reranker: the file has no classification head (tensor 'cls.output.weight'); "
+                              "an embedding model?");
     if (out->ne[0] == d && out->ne[1] > 1 && out->ne[2] == 1 && out->ne[3] == 1)
       return invalid_argument("cls.output.weight has " + std::to_string(out->ne[1]) +
                               " outputs: a classifier, not a reranker (one relevance score)");
@@ -328,23 +335,35 @@ Result<std::vector<std::vector<float>>> BertEmbedding::embed_tokens(
   return out;
 }
 
+std::vector<std::int32_t> BertEmbedding::query_ids(std::string_view query) const {
+  // Special tokens written in the text stay text.
+  return tokenizer_->encode(query, /*add_special=*/false, /*parse_special=*/false);
+}
+
 BertEmbedding::Pair BertEmbedding::pair(std::string_view query, std::string_view document) const {
-  // Special tokens written in either text stay text.
-  std::vector<std::int32_t> q = tokenizer_->encode(query, /*add_special=*/false, /*parse_special=*/false);
+  return pair(query_ids(query), document);
+}
+
+BertEmbedding::Pair BertEmbedding::pair(std::span<const std::int32_t> query, std::string_view document) const {
+  std::vector<std::int32_t> q(query.begin(), query.end());
   std::vector<std::int32_t> d = tokenizer_->encode(document, /*add_special=*/false, /*parse_special=*/false);
   Pair p;
-  // Longest first, as Hugging Face's truncation=True cuts a pair: one token
-  // at a time from the longer part, from the document when they are equal.
+  // Longest first, as Hugging Face's fast tokenizers cut a pair (what
+  // sentence-transformers' CrossEncoder uses): the shorter part stays whole
+  // when the longer can take the rest; otherwise each gets half the room,
+  // the longer part (the document on a tie) the odd token.
   const std::size_t room = static_cast<std::size_t>(params_.n_ctx_train) - 3;
   if (q.size() + d.size() > room) {
     p.cut = true;
-    std::size_t cut = q.size() + d.size() - room;
-    const std::size_t diff = q.size() > d.size() ? q.size() - d.size() : d.size() - q.size();
-    const std::size_t first = std::min(diff, cut), rest = cut - first;
-    std::size_t from_q = rest / 2, from_d = rest - rest / 2;
-    (q.size() > d.size() ? from_q : from_d) += first;
-    q.resize(q.size() - from_q);
-    d.resize(d.size() - from_d);
+    const bool q_longer = q.size() > d.size();
+    const std::size_t shorter = std::min(q.size(), d.size());
+    std::size_t keep_short = shorter, keep_long = room - shorter;
+    if (shorter > room / 2) {
+      keep_short = room / 2;
+      keep_long = room / 2 + room % 2;
+    }
+    q.resize(q_longer ? keep_long : keep_short);
+    d.resize(q_longer ? keep_short : keep_long);
   }
   p.ids.reserve(q.size() + d.size() + 3);
   p.ids.push_back(tokenizer_->bos());

@@ -179,7 +179,7 @@ TEST(ConfigTest, RagTable) {
            {"[rag]\nchunk_tokens = 8", "rag.chunk_tokens: must be between"},
            {"[rag]\nchunk_tokens = 64\nchunk_overlap = 64", "chunk_overlap: must be smaller"},
            {"[rag]\nmin_similarity = 2.5", "rag.min_similarity"},
-           {"[rag]\nrerank_candidates = 201", "rag.rerank_candidates: must be between"},
+           {"[rag]\nrerank_candidates = 101", "rag.rerank_candidates: must be between"},
            {"[rag]\nrerank_candidates = -1", "rag.rerank_candidates: must be between"},
            {"[rag]\nmin_similarity = \"high\"", "must be a number"},
            {"[rag]\nadmins = \"ops\"", "rag.admins"},

@@ -1196,7 +1196,7 @@ TEST(DaemonLifecycle, RerankerInTheBundle) {
   ASSERT_EQ(run_tool({AIRLOCK_GEN_MODEL_PATH, "--bert", models / "encoder.gguf", "--vocab", vocab}), 0);
   ASSERT_EQ(run_tool({AIRLOCK_GEN_MODEL_PATH, "--bert-reranker", models / "reranker.gguf", "--vocab", vocab}), 0);
   Enclave e(models / "encoder.gguf", model_path(), models / "reranker.gguf");
-  auto d = Daemon::start(e);
+  auto d = Daemon::start(e, "[rag]\nrerank_candidates = 100\n");  // the most a search returns
   ASSERT_GT(d->port, 0) << d->log();
   EXPECT_NE(d->log().find("reranker reranker.gguf: 2 layers, pairs of up to 128 tokens"), std::string::npos)
       << d->log();

@@ -674,9 +674,11 @@ TEST(BertRerankerTest, TheDocumentIsTokenTypeOne) {
   EXPECT_GT(std::fabs((*got)[0] - (*got)[1]), 1e-3);
 }
 
-// Pairs longer than the context lose tokens longest-first, one at a time
-// from the longer part (from the document when equal), as Hugging Face's
-// truncation=True does; written here as that loop.
+// Pairs longer than the context are cut longest-first as Hugging Face's
+// fast tokenizers cut them (tokenizers' truncate_encodings, LongestFirst:
+// n1 the shorter, n2 = max(n1, room - n1), and when that is still too long
+// room / 2 each with the odd token to the longer); written here in that
+// form, with an odd room (29) where the slow tokenizer's rule differs.
 TEST(BertRerankerTest, LongPairsAreCutLongestFirst) {
   REQUIRE_VOCAB();
   BertModelSpec s = reranker_spec(1);
@@ -695,7 +697,19 @@ TEST(BertRerankerTest, LongPairsAreCutLongestFirst) {
     for (int nd : {1, 5, 14, 15, 28, 29, 60}) {
       const std::string q = words(nq), d = words(nd);
       std::vector<std::int32_t> wq = tok.encode(q, false, false), wd = tok.encode(d, false, false);
-      while (wq.size() + wd.size() > 29) (wq.size() > wd.size() ? wq : wd).pop_back();
+      if (wq.size() + wd.size() > 29) {
+        std::size_t n1 = wq.size(), n2 = wd.size();
+        const bool swap = n1 > n2;
+        if (swap) std::swap(n1, n2);
+        n2 = n1 > 29 ? n1 : std::max(n1, 29 - n1);
+        if (n1 + n2 > 29) {
+          n1 = 29 / 2;
+          n2 = n1 + 29 % 2;
+        }
+        if (swap) std::swap(n1, n2);
+        wq.resize(n1);
+        wd.resize(n2);
+      }
       BertEmbedding::Pair p = (*e)->pair(q, d);
       SCOPED_TRACE(std::to_string(nq) + " + " + std::to_string(nd));
       ASSERT_LE(p.ids.size(), 32u);
@@ -710,6 +724,24 @@ TEST(BertRerankerTest, LongPairsAreCutLongestFirst) {
       EXPECT_TRUE(sc.is_ok());
     }
   EXPECT_GT(cut, 10);
+}
+
+// The pooling key does not decide: llama.cpp's converter writes none (or
+// a sentence-transformers pooling) for a sequence classifier. The head does.
+TEST(BertRerankerTest, AnyPoolingKeyWithAHeadIsAReranker) {
+  REQUIRE_VOCAB();
+  for (int pooling : {-1, 0, 1, 2}) {
+    BertModelSpec s = reranker_spec(1);
+    s.pooling = pooling;
+    BertTestModel tm = testing::make_bert_model(s);
+    auto e = load_reranker_bytes(tm.gguf);
+    ASSERT_TRUE(e.is_ok()) << pooling << ": " << e.status().to_string();
+    EXPECT_TRUE((*e)->is_reranker());
+    BertEmbedding::Pair p = (*e)->pair("swept wing", "flutter of a swept wing");
+    Result<std::vector<float>> got = (*e)->score(std::span<const BertEmbedding::Pair>(&p, 1));
+    ASSERT_TRUE(got.is_ok());
+    EXPECT_NEAR((*got)[0], Ref{tm}.score(p.ids, p.second), 1e-4) << pooling;
+  }
 }
 
 TEST(BertRerankerTest, EachKindRefusesTheOthersWork) {
@@ -746,12 +778,16 @@ TEST_P(BertRerankerHostileTest, IsRefusedWithAClearStatus) {
 INSTANTIATE_TEST_SUITE_P(
     Files, BertRerankerHostileTest,
     ::testing::Values(
-        HostileCase{"embedding_model", [](BertModelSpec& s) { s.pooling = 1; }, StatusCode::kInvalidArgument,
-                    "not a reranker"},
-        HostileCase{"no_pooling_key", [](BertModelSpec& s) { s.pooling = -1; }, StatusCode::kInvalidArgument,
-                    "not a reranker"},
-        HostileCase{"no_head", [](BertModelSpec& s) { s.rank_head = 0; }, StatusCode::kVerificationFailed,
-                    "'cls.output.weight' is missing"},
+        HostileCase{"embedding_model",
+                    [](BertModelSpec& s) {
+                      s.pooling = 1;
+                      s.rank_head = 0;
+                    },
+                    StatusCode::kInvalidArgument, "not a reranker: the file has no classification head"},
+        HostileCase{"no_head", [](BertModelSpec& s) { s.rank_head = 0; }, StatusCode::kInvalidArgument,
+                    "no classification head"},
+        HostileCase{"unknown_pooling", [](BertModelSpec& s) { s.pooling = 9; }, StatusCode::kInvalidArgument,
+                    "pooling type 9"},
         HostileCase{"two_labels", [](BertModelSpec& s) { s.n_labels = 2; }, StatusCode::kInvalidArgument,
                     "2 outputs"},
         HostileCase{"misshaped_dense", [](BertModelSpec& s) { s.misshape_tensor = "cls.weight"; },

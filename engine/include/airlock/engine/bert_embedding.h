@@ -16,23 +16,27 @@
 // text), in passes of at most kMaxBatchTokens tokens.
 //
 // Cross-encoder rerankers (loaded with EncoderUse::kRerank): a "bert" file
-// with pooling_type 4 (rank) and llama.cpp's classification head: either
-// cls.output alone (a projection of the [CLS] state: BertForSequenceClassification
-// as llama.cpp converts it) or cls (dense + tanh) then cls.output (the
-// RoBERTa head: bge-reranker and others). A (query, document) pair is
-// [CLS] query [SEP] document [SEP], the document's part with token type 1
-// when the file has two token types (as Hugging Face's tokenizer sets
-// token_type_ids; llama.cpp feeds type 0 throughout), cut longest-first to
-// the context length as Hugging Face's truncation=True does. The score is
-// the head's single output, a logit.
+// with llama.cpp's classification head, whatever its pooling_type says:
+// cls (dense, tanh) then cls.output, which is what Hugging Face's
+// BertForSequenceClassification computes (pooler, then classifier) and
+// RoBERTa's classification head; or cls.output alone, a projection of the
+// [CLS] state, which is what llama.cpp's converter leaves of a
+// BertForSequenceClassification (it drops the pooler, so such files score
+// otherwise than the original model, in llama.cpp too). A (query,
+// document) pair is [CLS] query [SEP] document [SEP], the document's part
+// with token type 1 when the file has two token types (as Hugging Face's
+// tokenizer sets token_type_ids; llama.cpp feeds type 0 throughout, and
+// its own pair layout differs by file), cut longest-first to the context
+// length as Hugging Face's fast tokenizers cut a pair. The score is the
+// head's single output, a logit.
 //
 // Errors from load(): kVerificationFailed for a malformed file (a missing
 // tensor, a shape or type that disagrees with the metadata, zero heads, a
 // head count that does not divide the embedding length, a tokenizer larger
 // than the embedding table), kInvalidArgument for what this engine does not
-// do (another architecture, causal attention, pooling "none", "rank" for an
-// embedding model or anything else for a reranker, a head with more than
-// one output, a tokenizer other than WordPiece). The file is untrusted: nothing in it can
+// do (another architecture, causal attention, pooling "none" or "rank" for
+// an embedding model, a reranker without a classification head or with a
+// head of more than one output, a tokenizer other than WordPiece). The file is untrusted: nothing in it can
 // make a forward pass read out of bounds.
 //
 // Thread-safety: immutable after load() except for the forward pass, which
@@ -130,6 +134,9 @@ class BertEmbedding final : public Embedder {
     bool cut = false;               // the query or the document lost tokens to the context length
   };
   Pair pair(std::string_view query, std::string_view document) const;
+  // The same with the query tokenised once (query_ids) for many documents.
+  std::vector<std::int32_t> query_ids(std::string_view query) const;
+  Pair pair(std::span<const std::int32_t> query_ids, std::string_view document) const;
   // The relevance logit of each pair; kInvalidArgument for an embedding
   // model or a malformed pair (as embed_tokens checks),
   // kResourceExhausted when the backend cannot allocate the activations.
