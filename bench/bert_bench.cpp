@@ -4,7 +4,14 @@
 // embed_batch() call. Reports tokens per second for both.
 //
 // usage: bert_bench [--threads N] [--type f32|f16|q8_0] [--vocab ggml-vocab-bert-bge.gguf]
-//                   [--decoder MODEL.gguf]
+//                   [--decoder MODEL.gguf] [--rerank]
+//
+// With --rerank, it measures a cross-encoder instead: a generated
+// ms-marco-MiniLM-L-6-shaped reranker (384 wide, 6 layers, 12 heads,
+// feed-forward 1536, 512 positions, the dense + tanh head) scoring what a
+// RAG query with rag.rerank_candidates = 20 scores: a 12-word question
+// against 20 chunks of about 256 tokens, as one score() call, five times.
+// Reports milliseconds per query and pair tokens per second.
 //
 // With --decoder, it then measures embedding while MODEL decodes one
 // sequence in another thread (the daemon ingesting documents while it
@@ -12,6 +19,7 @@
 // pool of N threads (2N compute threads on N cores), and the encoder on the
 // decoder's pool (their jobs take turns). Reports both rates during the
 // overlap, and each alone.
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdio>
@@ -84,6 +92,7 @@ std::pair<double, double> overlapped(Embedder& e, Model& decoder, const std::vec
 int main(int argc, char** argv) {
   int n_threads = 0;
   std::string decoder_path;
+  bool rerank = false;
   GgmlType type = GgmlType::kF16;
   const char* models = std::getenv("AIRLOCK_MODELS_DIR");
   std::string vocab_path = std::string(models ? models : "../shared/models") +
@@ -93,11 +102,12 @@ int main(int argc, char** argv) {
     if (a == "--threads" && i + 1 < argc) n_threads = std::atoi(argv[++i]);
     else if (a == "--vocab" && i + 1 < argc) vocab_path = argv[++i];
     else if (a == "--decoder" && i + 1 < argc) decoder_path = argv[++i];
+    else if (a == "--rerank") rerank = true;
     else if (a == "--type" && i + 1 < argc) {
       std::string t = argv[++i];
       type = t == "f32" ? GgmlType::kF32 : t == "q8_0" ? GgmlType::kQ8_0 : GgmlType::kF16;
     } else {
-      std::fprintf(stderr, "usage: bert_bench [--threads N] [--type f32|f16|q8_0] [--vocab PATH] [--decoder MODEL.gguf]\n");
+      std::fprintf(stderr, "usage: bert_bench [--threads N] [--type f32|f16|q8_0] [--vocab PATH] [--decoder MODEL.gguf] [--rerank]\n");
       return 2;
     }
   }
@@ -117,6 +127,47 @@ int main(int argc, char** argv) {
   s.metadata = [&](testing::GgufWriter& w) {
     w.copy_metadata(**vocab, "tokenizer.", {"tokenizer.ggml.token_type_count"});
   };
+  std::mt19937 rng(1);
+  const char* words[] = {"offline", "language", "model", "appliance", "bundle", "signature", "embedding",
+                         "vector", "search", "document", "the", "of", "and", "quickly", "retrieval"};
+  if (rerank) {
+    s.n_layer = 6;
+    s.pooling = 4;
+    s.rank_head = 2;
+    testing::BertTestModel rm = testing::make_bert_model(s);
+    auto f = GgufFile::parse({reinterpret_cast<const std::uint8_t*>(rm.gguf.data()), rm.gguf.size()});
+    if (!f.is_ok()) return 1;
+    auto rpool = std::make_shared<ThreadPool>(n_threads);
+    auto r = BertEmbedding::from_gguf(std::move(*f), make_cpu_backend(rpool), EncoderUse::kRerank);
+    if (!r.is_ok()) {
+      std::fprintf(stderr, "%s\n", r.status().to_string().c_str());
+      return 1;
+    }
+    std::string question;
+    for (int w = 0; w < 12; ++w) question += std::string(words[rng() % 15]) + " ";
+    const std::vector<std::int32_t> q = (*r)->query_ids(question);
+    std::vector<BertEmbedding::Pair> pairs;
+    std::size_t pair_tokens = 0;
+    for (int c = 0; c < 20; ++c) {
+      std::string chunk;
+      for (int w = 0; w < 240; ++w) chunk += std::string(words[rng() % 15]) + " ";
+      pairs.push_back((*r)->pair(q, chunk));
+      pair_tokens += pairs.back().ids.size();
+    }
+    (void)(*r)->score(std::span<const BertEmbedding::Pair>(pairs.data(), 1));  // warm up
+    std::vector<double> ms;
+    for (int round = 0; round < 5; ++round) {
+      const double t0 = now_s();
+      if (!(*r)->score(pairs).is_ok()) return 1;
+      ms.push_back((now_s() - t0) * 1000);
+    }
+    std::sort(ms.begin(), ms.end());
+    std::printf("reranker 384x6 %s, %d threads (%s): 20 pairs, %zu tokens; per query %.0f ms median (%.0f-%.0f), "
+                "%.0f pair tok/s\n",
+                std::string(traits(type).name).c_str(), rpool->n_threads(), kernel_isa(), pair_tokens, ms[2], ms[0],
+                ms[4], static_cast<double>(pair_tokens) / (ms[2] / 1000));
+    return 0;
+  }
   testing::BertTestModel tm = testing::make_bert_model(s);
   auto file = GgufFile::parse({reinterpret_cast<const std::uint8_t*>(tm.gguf.data()), tm.gguf.size()});
   if (!file.is_ok()) return 1;
@@ -126,9 +177,6 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "%s\n", e.status().to_string().c_str());
     return 1;
   }
-  std::mt19937 rng(1);
-  const char* words[] = {"offline", "language", "model", "appliance", "bundle", "signature", "embedding",
-                         "vector", "search", "document", "the", "of", "and", "quickly", "retrieval"};
   std::vector<std::string> texts(64);
   std::size_t n_tokens = 0;
   for (std::string& t : texts) {

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <iterator>
 
 #include "airlock/common/json_depth.h"
@@ -597,16 +598,33 @@ std::optional<ApiError> parse_embedding_request(std::string_view body, Embedding
   return std::nullopt;
 }
 
+namespace {
+
+// `model`, when present and not null, into *out (a string).
+std::optional<ApiError> optional_model(const ojson& j, std::optional<std::string>* out) {
+  if (!j.contains("model") || j["model"].is_null()) return std::nullopt;
+  if (!j["model"].is_string()) return invalid("model", "model must be a string naming a model (GET /v1/models)");
+  *out = j["model"].get<std::string>();
+  return std::nullopt;
+}
+
+// A boolean field, when present and not null, into *out.
+std::optional<ApiError> optional_bool(const ojson& j, const char* key, bool* out) {
+  if (!j.contains(key) || j[key].is_null()) return std::nullopt;
+  if (!j[key].is_boolean()) return invalid(key, std::string(key) + " must be true or false");
+  *out = j[key].get<bool>();
+  return std::nullopt;
+}
+
+}  // namespace
+
 std::optional<ApiError> parse_rerank_request(std::string_view body, RerankRequest* out) {
   constexpr std::size_t kMaxDocuments = 1000;
   constexpr std::size_t kMaxTextBytes = 1 << 20;
   RerankRequest r;
   ojson j;
   if (auto e = parse_json_object(body, &j)) return e;
-  if (j.contains("model") && !j["model"].is_null()) {
-    if (!j["model"].is_string()) return invalid("model", "model must be a string naming a model (GET /v1/models)");
-    r.model = j["model"].get<std::string>();
-  }
+  if (auto e = optional_model(j, &r.model)) return e;
   if (!j.contains("query") || !j["query"].is_string() || j["query"].get_ref<const std::string&>().empty())
     return invalid("query", "query must be a non-empty string");
   if (j["query"].get_ref<const std::string&>().size() > kMaxTextBytes) return invalid("query", "query is longer than 1 MiB");
@@ -632,10 +650,58 @@ std::optional<ApiError> parse_rerank_request(std::string_view body, RerankReques
       return invalid("top_n", "top_n must be a positive integer");
     r.top_n = static_cast<std::size_t>(std::min<std::uint64_t>(j["top_n"].get<std::uint64_t>(), kMaxDocuments));
   }
-  if (j.contains("return_documents") && !j["return_documents"].is_null()) {
-    if (!j["return_documents"].is_boolean()) return invalid("return_documents", "return_documents must be a boolean");
-    r.return_documents = j["return_documents"].get<bool>();
+  if (auto e = optional_bool(j, "return_documents", &r.return_documents)) return e;
+  *out = std::move(r);
+  return std::nullopt;
+}
+
+std::optional<ApiError> parse_tokenize_request(std::string_view body, TokenizeRequest* out) {
+  TokenizeRequest r;
+  ojson j;
+  if (auto e = parse_json_object(body, &j)) return e;
+  if (auto e = optional_model(j, &r.model)) return e;
+  const bool has_prompt = j.contains("prompt") && !j["prompt"].is_null();
+  const bool has_messages = j.contains("messages") && !j["messages"].is_null();
+  if (has_prompt == has_messages) return invalid("prompt", "give prompt (a string) or messages, not both");
+  if (auto e = optional_bool(j, "return_token_strs", &r.return_token_strs)) return e;
+  if (has_prompt) {
+    if (!j["prompt"].is_string()) return invalid("prompt", "prompt must be a string");
+    r.prompt = j["prompt"].get<std::string>();
+    if (auto e = optional_bool(j, "add_special_tokens", &r.add_special_tokens)) return e;
+    *out = std::move(r);
+    return std::nullopt;
   }
+  bool special = false, continue_final = false;
+  if (auto e = optional_bool(j, "add_special_tokens", &special)) return e;
+  if (special) return invalid("add_special_tokens", "with messages the chat template decides the special tokens");
+  if (auto e = optional_bool(j, "continue_final_message", &continue_final)) return e;
+  if (continue_final) return invalid("continue_final_message", "continue_final_message is not supported");
+  if (auto e = optional_bool(j, "add_generation_prompt", &r.add_generation_prompt)) return e;
+  // The chat request these messages make, checked as chat checks them.
+  ojson chat = ojson::object();
+  chat["model"] = r.model.value_or("");
+  for (const char* k : {"messages", "tools", "chat_template_kwargs"})
+    if (j.contains(k)) chat[k] = j[k];
+  if (auto e = parse_request_object(chat, Endpoint::kChat, &r.chat)) return e;
+  *out = std::move(r);
+  return std::nullopt;
+}
+
+std::optional<ApiError> parse_detokenize_request(std::string_view body, DetokenizeRequest* out) {
+  constexpr std::size_t kMaxTokens = 1 << 20;
+  DetokenizeRequest r;
+  ojson j;
+  if (auto e = parse_json_object(body, &j)) return e;
+  if (auto e = optional_model(j, &r.model)) return e;
+  if (!j.contains("tokens") || !j["tokens"].is_array() || j["tokens"].size() > kMaxTokens)
+    return invalid("tokens", "tokens must be an array of up to 1048576 token ids");
+  r.tokens.reserve(j["tokens"].size());
+  for (const ojson& t : j["tokens"]) {
+    if (!t.is_number_integer()) return invalid("tokens", "tokens must hold integers (token ids)");
+    // Unsigned values past the signed range read as -1: outside every vocabulary.
+    r.tokens.push_back(t.is_number_unsigned() && t.get<std::uint64_t>() > INT64_MAX ? -1 : t.get<std::int64_t>());
+  }
+  if (auto e = optional_bool(j, "skip_special_tokens", &r.skip_special_tokens)) return e;
   *out = std::move(r);
   return std::nullopt;
 }

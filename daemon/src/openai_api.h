@@ -136,6 +136,34 @@ struct RerankRequest {
 // a boolean, `model` a string. Other fields are ignored.
 std::optional<ApiError> parse_rerank_request(std::string_view body, RerankRequest* out);
 
+struct TokenizeRequest {
+  std::optional<std::string> model;  // absent: the served bundle
+  std::optional<std::string> prompt;  // a completions prompt, or else:
+  CompletionRequest chat;             // the chat request `messages` (with tools, chat_template_kwargs) make
+  bool add_special_tokens = true;     // prompt: BOS/EOS as the tokenizer adds them
+  bool add_generation_prompt = true;  // messages: end with the assistant's turn opened
+  bool return_token_strs = false;
+};
+
+// POST /tokenize (vLLM's shape): `prompt` a string, tokenised as
+// /v1/completions tokenises it (control-token text read as those tokens),
+// `add_special_tokens` (true); or `messages` (with `tools`,
+// `chat_template_kwargs`), rendered and tokenised as /v1/chat/completions
+// does, `add_generation_prompt` (true). `return_token_strs`, `model`.
+// `add_special_tokens` true and `continue_final_message` true are refused
+// with messages (the chat template decides the special tokens).
+std::optional<ApiError> parse_tokenize_request(std::string_view body, TokenizeRequest* out);
+
+struct DetokenizeRequest {
+  std::optional<std::string> model;
+  std::vector<std::int64_t> tokens;  // checked against the vocabulary by the caller
+  bool skip_special_tokens = false;
+};
+
+// POST /detokenize (vLLM's shape): `tokens` an array of integers (up to
+// 1,048,576), `skip_special_tokens` (false), `model`.
+std::optional<ApiError> parse_detokenize_request(std::string_view body, DetokenizeRequest* out);
+
 // Parses and validates a request body into *out. Returns the error to send
 // (status 400, the offending parameter named) or nullopt when *out is set.
 std::optional<ApiError> parse_request(std::string_view body, Endpoint endpoint, CompletionRequest* out);

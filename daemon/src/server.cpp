@@ -450,6 +450,12 @@ ApiError status_error(const Status& st) {
   return e;
 }
 
+// 404 for a request naming a model this server does not serve.
+ApiError unknown_model(const std::string& name) {
+  return api_error(404, "invalid_request_error", "the model '" + name + "' does not exist (GET /v1/models)",
+                   "model_not_found");
+}
+
 ojson source_json(const rag::SearchHit& h, int n) {
   ojson j;
   j["n"] = n;
@@ -563,7 +569,7 @@ struct Server::Impl {
     if (route.rfind("/v1/rag/collections", 0) == 0) route = "/v1/rag/collections";
     if (route != "/health" && route != "/ready" && route != "/metrics" && route != "/v1/models" &&
         route != "/v1/chat/completions" && route != "/v1/completions" && route != "/v1/responses" &&
-        route != "/v1/embeddings" && route != "/v1/rerank" &&
+        route != "/v1/embeddings" && route != "/v1/rerank" && route != "/tokenize" && route != "/detokenize" &&
         route != "/v1/rag/query" && route != "/v1/rag/collections")
       route = "other";
     metrics
@@ -707,6 +713,30 @@ struct Server::Impl {
         "chat template changes message text in a way that does not let it be kept as plain text");
   }
 
+  // What a chat request gives the template besides its messages, checked:
+  // tools need a tool-call format this server reads, and the template
+  // prints the tools' names, descriptions and schemas, and may print the
+  // extra variables, so control-token text in them is refused.
+  static std::optional<ApiError> check_template_inputs(const LoadedModel& m, const CompletionRequest& r) {
+    if (!r.tools.empty() && m.tool_format == ToolFormat::kNone) {
+      ApiError e = api_error(400, "invalid_request_error",
+                             "tools: this model's chat template does not teach it a tool-call format this server reads "
+                             "(Hermes <tool_call> blocks, as Qwen2.5/Qwen3; Llama 3.1+ JSON calls), so its answer could "
+                             "not be returned as tool_calls");
+      e.param = "tools";
+      return e;
+    }
+    for (auto [name, value] : {std::pair<const char*, const ojson*>{"tools", &r.tools},
+                               std::pair<const char*, const ojson*>{"chat_template_kwargs", &r.chat_template_kwargs}})
+      if (Status st = refuse_control_text(*m.tokenizer, {{name, value}}); !st.is_ok()) {
+        // The Responses API's tools are flat: tools[0].description.
+        ApiError e = api_error(400, "invalid_request_error", r.responses ? flat_tool_paths(st.message()) : st.message());
+        e.param = name;
+        return e;
+      }
+    return std::nullopt;
+  }
+
   // A completions prompt is the caller's whole text: its control-token
   // text is parsed (a hand-written ChatML or Llama 3 prompt works, as in
   // vLLM and llama.cpp). Chat messages are not parsed (prompt_tokens_of).
@@ -716,13 +746,15 @@ struct Server::Impl {
 
   // The first prompt of /v1/completions, or the chat's rendered messages.
   // `start`: set to where the chat prompt leaves the answer (reasoning.h).
+  // add_generation_prompt false: without the assistant's opened turn
+  // (POST /tokenize only).
   Result<std::vector<std::int32_t>> prompt_tokens_of(const LoadedModel& m, const CompletionRequest& r,
-                                                     ReasoningStart* start = nullptr) {
+                                                     ReasoningStart* start = nullptr, bool add_generation_prompt = true) {
     const engine::Tokenizer& tok = *m.tokenizer;
     if (r.endpoint == Endpoint::kCompletions) return completion_prompt_tokens(m, r.prompts.at(0));
     engine::ChatTemplateInputs in;
     in.messages = r.messages;
-    in.add_generation_prompt = true;
+    in.add_generation_prompt = add_generation_prompt;
     in.bos_token = tok.bos() >= 0 ? tok.token_bytes(tok.bos(), true) : "";
     in.eos_token = tok.eos() >= 0 ? tok.token_bytes(tok.eos(), true) : "";
     in.extra = r.chat_template_kwargs;  // names checked by parse_request, text by the caller
@@ -1259,8 +1291,7 @@ void Server::Impl::completions(const httplib::Request& req, httplib::Response& r
   }
   CompletionRequest& r = g->request;
   if (r.model != m->id)
-    return fail(api_error(404, "invalid_request_error", "the model '" + r.model + "' does not exist (GET /v1/models)",
-                          "model_not_found"));
+    return fail(unknown_model(r.model));
   for (const auto& [t, bias] : r.sampling.logit_bias)
     if (t >= m->tokenizer->n_vocab()) {
       ApiError e = api_error(400, "invalid_request_error",
@@ -1269,14 +1300,7 @@ void Server::Impl::completions(const httplib::Request& req, httplib::Response& r
       e.param = "logit_bias";
       return fail(e);
     }
-  if (!r.tools.empty() && m->tool_format == ToolFormat::kNone) {
-    ApiError e = api_error(400, "invalid_request_error",
-                           "tools: this model's chat template does not teach it a tool-call format this server reads "
-                           "(Hermes <tool_call> blocks, as Qwen2.5/Qwen3; Llama 3.1+ JSON calls), so its answer could "
-                           "not be returned as tool_calls");
-    e.param = "tools";
-    return fail(e);
-  }
+  if (auto e = check_template_inputs(*m, r)) return fail(*e);
   // A forced call: the answer is held to calls in the model's form. Tools
   // beside a JSON response_format: to calls, or else the JSON answer.
   std::shared_ptr<const engine::Grammar> answer_grammar = r.response_grammar;
@@ -1294,16 +1318,6 @@ void Server::Impl::completions(const httplib::Request& req, httplib::Response& r
       return fail(e);
     }
   }
-  // The template prints the tools' names, descriptions and schemas, and
-  // may print the extra variables.
-  for (auto [name, value] : {std::pair<const char*, const ojson*>{"tools", &r.tools},
-                             std::pair<const char*, const ojson*>{"chat_template_kwargs", &r.chat_template_kwargs}})
-    if (Status st = refuse_control_text(*m->tokenizer, {{name, value}}); !st.is_ok()) {
-      // The Responses API's tools are flat: tools[0].description.
-      ApiError e = api_error(400, "invalid_request_error", r.responses ? flat_tool_paths(st.message()) : st.message());
-      e.param = name;
-      return fail(e);
-    }
   if (r.grounding) {
     if (auto e = ground(*m, key, *g, rag_query, generate)) return fail(*e);
     // Weak evidence: the model is not asked at all.
@@ -2054,8 +2068,7 @@ void Server::routes() {
     EmbeddingRequest r;
     if (auto e = parse_embedding_request(req.body, &r)) return s.send_error(res, *e);
     if (r.model != m->id)
-      return s.send_error(res, api_error(404, "invalid_request_error",
-                                         "the model '" + r.model + "' does not exist (GET /v1/models)", "model_not_found"));
+      return s.send_error(res, unknown_model(r.model));
     if (!m->embedder)
       return s.send_error(res, api_error(404, "invalid_request_error",
                                          "the bundle '" + m->id + "' has no embedding model", "model_not_found"));
@@ -2109,14 +2122,81 @@ void Server::routes() {
                  {"usage", {{"prompt_tokens", tokens}, {"total_tokens", tokens}}}};
     res.set_content(out.dump(), "application/json");
   });
+  // vLLM's token counting routes: what a prompt or a conversation costs
+  // in this model's tokens, exactly as the completion routes count it.
+  h.Post("/tokenize", [&s](const httplib::Request& req, httplib::Response& res) {
+    std::shared_ptr<LoadedModel> m = s.model_for(req, res);
+    if (!m) return;
+    TokenizeRequest r;
+    if (auto e = parse_tokenize_request(req.body, &r)) return s.send_error(res, *e);
+    if (r.model && *r.model != m->id)
+      return s.send_error(res, unknown_model(*r.model));
+    const engine::Tokenizer& tok = *m->tokenizer;
+    std::vector<std::int32_t> ids;
+    if (r.prompt) {
+      ids = tok.encode(*r.prompt, r.add_special_tokens, /*parse_special=*/true);
+    } else {
+      if (auto e = s.check_template_inputs(*m, r.chat)) return s.send_error(res, *e);
+      Result<std::vector<std::int32_t>> p = s.prompt_tokens_of(*m, r.chat, nullptr, r.add_generation_prompt);
+      if (!p.is_ok()) {
+        ApiError e = api_error(400, "invalid_request_error", p.status().message());
+        e.param = "messages";
+        return s.send_error(res, e);
+      }
+      ids = std::move(*p);
+    }
+    ojson out = {{"count", ids.size()}, {"max_model_len", m->scheduler->max_context()}, {"tokens", ids}};
+    if (r.return_token_strs) {
+      // Each token's text (a control token's name); a piece of a UTF-8
+      // character shows as U+FFFD.
+      ojson strs = ojson::array();
+      for (std::int32_t id : ids) strs.push_back(tok.token_bytes(id, /*render_special=*/true));
+      out["token_strs"] = std::move(strs);
+    }
+    res.set_content(out.dump(-1, ' ', false, ojson::error_handler_t::replace), "application/json");
+  });
+  h.Post("/detokenize", [&s](const httplib::Request& req, httplib::Response& res) {
+    std::shared_ptr<LoadedModel> m = s.model_for(req, res);
+    if (!m) return;
+    DetokenizeRequest r;
+    if (auto e = parse_detokenize_request(req.body, &r)) return s.send_error(res, *e);
+    if (r.model && *r.model != m->id)
+      return s.send_error(res, unknown_model(*r.model));
+    const engine::Tokenizer& tok = *m->tokenizer;
+    for (std::size_t i = 0; i < r.tokens.size(); ++i)
+      if (r.tokens[i] < 0 || r.tokens[i] >= tok.n_vocab()) {
+        ApiError e = api_error(400, "invalid_request_error",
+                               "tokens[" + std::to_string(i) + "] (" + std::to_string(r.tokens[i]) +
+                                   ") is not a token id of this model (0.." + std::to_string(tok.n_vocab() - 1) + ")");
+        e.param = "tokens";
+        return s.send_error(res, e);
+      }
+    // As a generated answer decodes (whole UTF-8 characters; the
+    // SentencePiece leading space dropped), control tokens by name unless
+    // skip_special_tokens.
+    engine::StreamDecoder decoder(tok);
+    std::string text;
+    for (std::int64_t t : r.tokens) {
+      const std::int32_t id = static_cast<std::int32_t>(t);
+      const std::string shown = tok.token_bytes(id, /*render_special=*/true);
+      if (tok.token_bytes(id, false).empty() && !shown.empty()) {
+        if (r.skip_special_tokens) continue;
+        text += decoder.finish();
+        text += shown;
+        continue;
+      }
+      text += decoder.push(id);
+    }
+    text += decoder.finish();
+    res.set_content(ojson({{"prompt", text}}).dump(-1, ' ', false, ojson::error_handler_t::replace), "application/json");
+  });
   h.Post("/v1/rerank", [&s](const httplib::Request& req, httplib::Response& res) {
     std::shared_ptr<LoadedModel> m = s.model_for(req, res);
     if (!m) return;
     RerankRequest r;
     if (auto e = parse_rerank_request(req.body, &r)) return s.send_error(res, *e);
     if (r.model && *r.model != m->id)
-      return s.send_error(res, api_error(404, "invalid_request_error",
-                                         "the model '" + *r.model + "' does not exist (GET /v1/models)", "model_not_found"));
+      return s.send_error(res, unknown_model(*r.model));
     if (!m->reranker)
       return s.send_error(res, api_error(404, "invalid_request_error", "the bundle '" + m->id + "' has no reranker",
                                          "model_not_found"));

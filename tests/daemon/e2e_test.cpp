@@ -439,6 +439,83 @@ TEST_F(DaemonE2E, ModelsAndReady) {
   EXPECT_EQ(ready->status, 200) << ready->body;
 }
 
+// POST /tokenize and /detokenize (vLLM's shape): the counts the completion
+// routes report, and text back from tokens.
+TEST_F(DaemonE2E, TokenizeCountsAsTheCompletionRoutesDo) {
+  const std::string text = "Once upon a time, there was a little girl.";
+  auto t = daemon_->post("/tokenize", {{"model", "stories"}, {"prompt", text}, {"return_token_strs", true}});
+  ASSERT_EQ(t->status, 200) << t->body;
+  const json j = json::parse(t->body);
+  const std::vector<int> ids = j["tokens"].get<std::vector<int>>();
+  ASSERT_GT(ids.size(), 5u);
+  EXPECT_EQ(j["count"], ids.size());
+  const json listed = json::parse(daemon_->client().Get("/v1/models")->body)["data"][0]["airlock"];
+  EXPECT_EQ(j["max_model_len"], listed["context_length"]);
+  ASSERT_EQ(j["token_strs"].size(), ids.size());
+  std::string joined;
+  for (std::size_t i = 1; i < ids.size(); ++i) joined += j["token_strs"][i].get<std::string>();
+  EXPECT_EQ(joined.substr(joined.size() - text.size()), text) << joined;
+  auto c = daemon_->post("/v1/completions", {{"model", "stories"}, {"prompt", text}, {"max_tokens", 1}});
+  ASSERT_EQ(c->status, 200) << c->body;
+  EXPECT_EQ(json::parse(c->body)["usage"]["prompt_tokens"], j["count"]);
+  // Without the special tokens: the same less BOS.
+  auto plain = daemon_->post("/tokenize", {{"prompt", text}, {"add_special_tokens", false}});
+  ASSERT_EQ(plain->status, 200) << plain->body;
+  const std::vector<int> bare = json::parse(plain->body)["tokens"].get<std::vector<int>>();
+  EXPECT_EQ(bare, std::vector<int>(ids.begin() + 1, ids.end()));
+  EXPECT_FALSE(json::parse(plain->body).contains("token_strs"));
+
+  // Messages: rendered and counted as chat counts them.
+  const json messages = json::array({{{"role", "system"}, {"content", "Be brief."}}, {{"role", "user"}, {"content", "Hello there"}}});
+  auto m = daemon_->post("/tokenize", {{"messages", messages}});
+  ASSERT_EQ(m->status, 200) << m->body;
+  auto cm = daemon_->post("/v1/chat/completions", {{"model", "stories"}, {"messages", messages}, {"max_tokens", 1}});
+  ASSERT_EQ(cm->status, 200) << cm->body;
+  EXPECT_EQ(json::parse(cm->body)["usage"]["prompt_tokens"], json::parse(m->body)["count"]);
+  auto open = daemon_->post("/tokenize", {{"messages", messages}, {"add_generation_prompt", false}});
+  ASSERT_EQ(open->status, 200) << open->body;
+  EXPECT_LT(json::parse(open->body)["count"].get<int>(), json::parse(m->body)["count"].get<int>());
+
+  // Text back: whole, with BOS by name unless skipped.
+  auto back = daemon_->post("/detokenize", {{"model", "stories"}, {"tokens", bare}});
+  ASSERT_EQ(back->status, 200) << back->body;
+  EXPECT_EQ(json::parse(back->body)["prompt"], text);
+  auto with_bos = daemon_->post("/detokenize", {{"tokens", ids}});
+  EXPECT_EQ(json::parse(with_bos->body)["prompt"], j["token_strs"][0].get<std::string>() + text);
+  auto skipped = daemon_->post("/detokenize", {{"tokens", ids}, {"skip_special_tokens", true}});
+  EXPECT_EQ(json::parse(skipped->body)["prompt"], text);
+  const std::string unicode = "na\xc3\xafve caf\xc3\xa9 \xf0\x9f\x98\x80 ok";
+  auto u = daemon_->post("/tokenize", {{"prompt", unicode}, {"add_special_tokens", false}});
+  auto ub = daemon_->post("/detokenize", {{"tokens", json::parse(u->body)["tokens"]}});
+  EXPECT_EQ(json::parse(ub->body)["prompt"], unicode);
+
+  // Errors, named.
+  auto param_of = [&](const char* route, const json& body) {
+    auto x = daemon_->post(route, body);
+    return std::to_string(x->status) + " " + json::parse(x->body)["error"]["param"].dump();
+  };
+  EXPECT_EQ(param_of("/tokenize", {{"prompt", "a"}, {"messages", messages}}), "400 \"prompt\"");
+  EXPECT_EQ(param_of("/tokenize", json::object()), "400 \"prompt\"");
+  EXPECT_EQ(param_of("/tokenize", {{"prompt", 5}}), "400 \"prompt\"");
+  EXPECT_EQ(param_of("/tokenize", {{"messages", messages}, {"add_special_tokens", true}}), "400 \"add_special_tokens\"");
+  EXPECT_EQ(param_of("/tokenize", {{"messages", messages}, {"continue_final_message", true}}),
+            "400 \"continue_final_message\"");
+  EXPECT_EQ(param_of("/tokenize", {{"messages", json::array({{{"role", "wizard"}, {"content", "a"}}})}}).substr(0, 13),
+            "400 \"messages");
+  // Chat's checks of what the template prints besides the messages: this
+  // model reads no tool calls, so chat refuses tools, and so does this.
+  const json tools = json::array({{{"type", "function"}, {"function", {{"name", "f"}, {"parameters", json::object()}}}}});
+  EXPECT_EQ(param_of("/tokenize", {{"messages", messages}, {"tools", tools}}), "400 \"tools\"");
+  EXPECT_EQ(param_of("/detokenize", {{"tokens", {1, -1}}}), "400 \"tokens\"");
+  EXPECT_EQ(param_of("/detokenize", {{"tokens", {1, 1 << 30}}}), "400 \"tokens\"");
+  EXPECT_EQ(param_of("/detokenize", {{"tokens", {1, 2.5}}}), "400 \"tokens\"");
+  EXPECT_EQ(param_of("/detokenize", {{"tokens", "1 2"}}), "400 \"tokens\"");
+  EXPECT_EQ(daemon_->post("/tokenize", {{"model", "nope"}, {"prompt", "a"}})->status, 404);
+  EXPECT_EQ(daemon_->post("/detokenize", {{"model", "nope"}, {"tokens", {1}}})->status, 404);
+  EXPECT_EQ(daemon_->client(false).Post("/tokenize", "{}", "application/json")->status, 401);
+  EXPECT_EQ(daemon_->client(false).Post("/detokenize", "{}", "application/json")->status, 401);
+}
+
 TEST_F(DaemonE2E, CompletionFromBosReproducesTheReferenceStory) {
   if (!have_stories()) GTEST_SKIP() << "stories260K.gguf not found (AIRLOCK_MODELS_DIR): the reference text is its own";
   // models/README.md: greedy generation from BOS gives stories260K.expected.txt.

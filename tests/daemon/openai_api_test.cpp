@@ -309,6 +309,46 @@ TEST(OpenAiApiTest, RerankRequests) {
   }
 }
 
+TEST(OpenAiApiTest, TokenizeAndDetokenizeRequests) {
+  TokenizeRequest t;
+  ASSERT_FALSE(parse_tokenize_request(R"({"prompt":"hi","add_special_tokens":false})", &t));
+  EXPECT_EQ(t.prompt, "hi");
+  EXPECT_FALSE(t.add_special_tokens);
+  ASSERT_FALSE(parse_tokenize_request(
+      R"({"model":"m","messages":[{"role":"user","content":"hi"}],"add_generation_prompt":false,"return_token_strs":true,
+          "chat_template_kwargs":{"enable_thinking":false}})",
+      &t));
+  EXPECT_FALSE(t.prompt.has_value());
+  EXPECT_EQ(t.model, "m");
+  EXPECT_EQ(t.chat.messages.size(), 1u);
+  EXPECT_FALSE(t.add_generation_prompt);
+  EXPECT_TRUE(t.return_token_strs);
+  EXPECT_EQ(t.chat.chat_template_kwargs["enable_thinking"], false);
+  for (const char* body : {R"({})", R"({"prompt":null})", R"({"prompt":"a","messages":[]})", R"({"prompt":["a"]})",
+                           R"({"prompt":"a","add_special_tokens":"no"})", R"({"messages":[]})",
+                           R"({"messages":[{"role":"user","content":"a"}],"add_special_tokens":true})",
+                           R"({"messages":[{"role":"user","content":"a"}],"continue_final_message":true})",
+                           R"({"messages":[{"role":"wizard","content":"a"}]})", R"({"model":1,"prompt":"a"})"}) {
+    TokenizeRequest x;
+    auto e = parse_tokenize_request(body, &x);
+    ASSERT_TRUE(e) << body;
+    EXPECT_EQ(e->http_status, 400);
+  }
+  DetokenizeRequest d;
+  ASSERT_FALSE(parse_detokenize_request(R"({"tokens":[],"skip_special_tokens":true})", &d));
+  EXPECT_TRUE(d.tokens.empty());
+  EXPECT_TRUE(d.skip_special_tokens);
+  ASSERT_FALSE(parse_detokenize_request(R"({"tokens":[1,-5,18446744073709551615,9223372036854775807]})", &d));
+  EXPECT_EQ(d.tokens, (std::vector<std::int64_t>{1, -5, -1, INT64_MAX}));
+  for (const char* body : {R"({})", R"({"tokens":1})", R"({"tokens":[1.5]})", R"({"tokens":["1"]})",
+                           R"({"tokens":[1],"skip_special_tokens":1})"}) {
+    DetokenizeRequest x;
+    auto e = parse_detokenize_request(body, &x);
+    ASSERT_TRUE(e) << body;
+    EXPECT_EQ(e->param, std::string(body).find("skip") != std::string::npos ? "skip_special_tokens" : "tokens") << body;
+  }
+}
+
 TEST(OpenAiApiTest, GroundingExtensionAndRagQuery) {
   CompletionRequest r;
   ASSERT_FALSE(parse_request(R"({"model":"m","messages":[{"role":"user","content":"q?"}],

@@ -1,5 +1,6 @@
 // libFuzzer target: request bodies of /v1/chat/completions and
-// /v1/completions (parse_request, with the airlock grounding extension),
+// /v1/completions (parse_request, with the airlock grounding extension;
+// /tokenize and /detokenize ride with the latter),
 // /v1/responses (parse_responses_request, and the response object built
 // from what it accepted), /v1/embeddings and /v1/rerank, /v1/rag/query (parse_rag_query), airlockd.toml
 // (parse_config, with its [rag] table) and model output: split into
@@ -169,6 +170,12 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     case 1: {
       CompletionRequest r;
       (void)parse_request(body, Endpoint::kCompletions, &r);
+      // The token counting routes on the same body: a prompt, or the chat
+      // request the messages make.
+      TokenizeRequest t;
+      if (!parse_tokenize_request(body, &t) && !t.prompt && t.chat.messages.empty()) __builtin_trap();
+      DetokenizeRequest d;
+      if (!parse_detokenize_request(body, &d) && d.tokens.size() > (1u << 20)) __builtin_trap();
       break;
     }
     default:
