@@ -162,6 +162,10 @@ int main(int argc, char** argv) {
       ms.push_back((now_s() - t0) * 1000);
     }
     std::sort(ms.begin(), ms.end());
+    const double t1 = now_s();
+    for (const BertEmbedding::Pair& p : pairs)
+      if (!(*r)->score(std::span<const BertEmbedding::Pair>(&p, 1)).is_ok()) return 1;
+    std::printf("one pair at a time: %.0f ms for the 20\n", (now_s() - t1) * 1000);
     std::printf("reranker 384x6 %s, %d threads (%s): 20 pairs, %zu tokens; per query %.0f ms median (%.0f-%.0f), "
                 "%.0f pair tok/s\n",
                 std::string(traits(type).name).c_str(), rpool->n_threads(), kernel_isa(), pair_tokens, ms[2], ms[0],

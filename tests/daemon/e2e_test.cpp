@@ -1375,7 +1375,9 @@ TEST(DaemonLifecycle, RerankerInTheBundle) {
   EXPECT_EQ(src[0]["snippet"], docs[static_cast<std::size_t>(j["results"][0]["index"].get<int>())]);
   auto plain = d->post("/v1/rag/query", {{"collection", "c"}, {"question", query}, {"generate", false}, {"rerank", false}});
   ASSERT_EQ(plain->status, 200) << plain->body;
-  for (const json& x : json::parse(plain->body)["sources"]) EXPECT_FALSE(x.contains("rerank_score")) << x;
+  const json plain_sources = json::parse(plain->body)["sources"];  // not a temporary's member: range-for keeps only the member
+  ASSERT_FALSE(plain_sources.empty()) << plain->body;
+  for (const json& x : plain_sources) EXPECT_FALSE(x.contains("rerank_score")) << x;
   EXPECT_EQ(d->post("/v1/rag/query", {{"collection", "c"}, {"question", query}, {"rerank", "yes"}})->status, 400);
   EXPECT_NE(d->client().Get("/metrics")->body.find("airlock_requests_total{route=\"/v1/rerank\",status=\"200\"}"),
             std::string::npos);
