@@ -10,8 +10,9 @@
 // ms-marco-MiniLM-L-6-shaped reranker (384 wide, 6 layers, 12 heads,
 // feed-forward 1536, 512 positions, the dense + tanh head) scoring what a
 // RAG query with rag.rerank_candidates = 20 scores: a 12-word question
-// against 20 chunks of about 256 tokens, as one score() call, five times.
-// Reports milliseconds per query and pair tokens per second.
+// against 20 chunks of about 256 tokens, as one score() call, five times,
+// then the 20 pairs one call each. Reports milliseconds per query (the
+// median of the five) and pair tokens per second.
 //
 // With --decoder, it then measures embedding while MODEL decodes one
 // sequence in another thread (the daemon ingesting documents while it
