@@ -680,7 +680,8 @@ std::optional<ApiError> parse_tokenize_request(std::string_view body, TokenizeRe
   // The chat request these messages make, checked as chat checks them.
   ojson chat = ojson::object();
   chat["model"] = r.model.value_or("");
-  for (const char* k : {"messages", "tools", "chat_template_kwargs"})
+  // tool_choice too: "none" drops the tools from what the template prints.
+  for (const char* k : {"messages", "tools", "tool_choice", "chat_template_kwargs"})
     if (j.contains(k)) chat[k] = j[k];
   if (auto e = parse_request_object(chat, Endpoint::kChat, &r.chat)) return e;
   *out = std::move(r);

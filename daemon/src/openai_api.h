@@ -147,7 +147,7 @@ struct TokenizeRequest {
 
 // POST /tokenize (vLLM's shape): `prompt` a string, tokenised as
 // /v1/completions tokenises it (control-token text read as those tokens),
-// `add_special_tokens` (true); or `messages` (with `tools`,
+// `add_special_tokens` (true); or `messages` (with `tools`, `tool_choice`,
 // `chat_template_kwargs`), rendered and tokenised as /v1/chat/completions
 // does, `add_generation_prompt` (true). `return_token_strs`, `model`.
 // `add_special_tokens` true and `continue_final_message` true are refused

@@ -506,6 +506,13 @@ TEST_F(DaemonE2E, TokenizeCountsAsTheCompletionRoutesDo) {
   // model reads no tool calls, so chat refuses tools, and so does this.
   const json tools = json::array({{{"type", "function"}, {"function", {{"name", "f"}, {"parameters", json::object()}}}}});
   EXPECT_EQ(param_of("/tokenize", {{"messages", messages}, {"tools", tools}}), "400 \"tools\"");
+  // tool_choice "none" drops the tools from the template, as in chat.
+  auto none = daemon_->post("/tokenize", {{"messages", messages}, {"tools", tools}, {"tool_choice", "none"}});
+  ASSERT_EQ(none->status, 200) << none->body;
+  auto chat_none = daemon_->post("/v1/chat/completions", {{"model", "stories"}, {"messages", messages}, {"tools", tools},
+                                                          {"tool_choice", "none"}, {"max_tokens", 1}});
+  ASSERT_EQ(chat_none->status, 200) << chat_none->body;
+  EXPECT_EQ(json::parse(none->body)["count"], json::parse(chat_none->body)["usage"]["prompt_tokens"]);
   EXPECT_EQ(param_of("/detokenize", {{"tokens", {1, -1}}}), "400 \"tokens\"");
   EXPECT_EQ(param_of("/detokenize", {{"tokens", {1, 1 << 30}}}), "400 \"tokens\"");
   EXPECT_EQ(param_of("/detokenize", {{"tokens", {1, 2.5}}}), "400 \"tokens\"");
