@@ -1,4 +1,5 @@
-// The Llama family forward pass (llama, qwen2, qwen3), written against the
+// The Llama family forward pass (llama, qwen2, qwen3, and the Gemma
+// family's variations on it: gemma, gemma2, gemma3), written against the
 // backend operations only.
 #include <algorithm>
 #include <cmath>
@@ -202,6 +203,7 @@ Status Model::compute(const Batch& batch, const PassPlan& plan, const KvStorage&
   // backend could not capture or replay them: Backend::end_pass).
   auto issue = [&]() -> Status {
     be.get_rows(tok_embd_, batch.tokens.data(), n, x);
+    if (p.embd_scale != 1.0f) be.scale(x, n * d, p.embd_scale);
     AttentionArgs aa;
     aa.q = q;
     aa.out = att;
@@ -209,7 +211,8 @@ Status Model::compute(const Batch& batch, const PassPlan& plan, const KvStorage&
     aa.n_head = n_head;
     aa.n_kv_head = n_head_kv;
     aa.head_dim = p.head_dim;
-    aa.scale = 1.0f / std::sqrt(static_cast<float>(p.head_dim));
+    aa.scale = p.attn_scale;
+    aa.softcap = p.attn_softcap;
     aa.kv = &kv;
     aa.n_ctx = plan.n_ctx.data();
     aa.block_table = plan.tables.data();
@@ -230,13 +233,17 @@ Status Model::compute(const Batch& batch, const PassPlan& plan, const KvStorage&
         be.rms_norm(q, l.q_norm, n * n_head, p.head_dim, p.rms_eps, q);
         be.rms_norm(k, l.k_norm, n * n_head_kv, p.head_dim, p.rms_eps, k);
       }
-      be.rope(q, n, n_head, p.head_dim, batch.positions.data(), p.rope);
-      be.rope(k, n, n_head_kv, p.head_dim, batch.positions.data(), p.rope);
+      const bool swa = p.is_swa_layer(il);  // a sliding-window layer (gemma2, gemma3)
+      const RopeParams& rope = swa ? p.rope_swa : p.rope;
+      be.rope(q, n, n_head, p.head_dim, batch.positions.data(), rope);
+      be.rope(k, n, n_head_kv, p.head_dim, batch.positions.data(), rope);
       be.kv_write(kv, il, k, v, n, slots.data());
       aa.layer = il;
+      aa.window = swa ? p.swa_window : 0;
       be.attention(aa);
       be.matmul(l.wo, att, n, o);
       if (tp_.n_ranks > 1) AIRLOCK_RETURN_IF_ERROR(tp_.comm->all_reduce_sum(o, n * d));  // the heads' partial sums
+      if (p.post_norms) be.rms_norm(o, l.post_attn_norm, n, d, p.rms_eps, o);
       be.add(x, o, n * d);
 
       be.rms_norm(x, l.ffn_norm, n, d, p.rms_eps, h);
@@ -245,9 +252,11 @@ Status Model::compute(const Batch& batch, const PassPlan& plan, const KvStorage&
         float* y[2] = {gate, up};
         be.matmul_many(w, y, 2, h, n);
       }
-      be.swiglu(gate, up, n * n_ff, gate);
+      if (p.gelu_ffn) be.geglu(gate, up, n * n_ff, gate);
+      else be.swiglu(gate, up, n * n_ff, gate);
       be.matmul(l.w_down, gate, n, o);
       if (tp_.n_ranks > 1) AIRLOCK_RETURN_IF_ERROR(tp_.comm->all_reduce_sum(o, n * d));  // the columns' partial sums
+      if (p.post_norms) be.rms_norm(o, l.post_ffn_norm, n, d, p.rms_eps, o);
       be.add(x, o, n * d);
     }
 
@@ -255,6 +264,7 @@ Status Model::compute(const Batch& batch, const PassPlan& plan, const KvStorage&
       be.gather_rows(x, rows.data(), m, d, x);
       be.rms_norm(x, output_norm_, m, d, p.rms_eps, h);
       be.matmul(output_, h, m, out);
+      if (p.final_softcap > 0) be.softcap(out, m * p.n_vocab, p.final_softcap);
     }
     return Status::ok();
   };

@@ -21,6 +21,13 @@ std::shared_ptr<float> aligned_floats(std::int64_t n) {
   return std::shared_ptr<float>(static_cast<float*>(p), [](float* q) { std::free(q); });
 }
 
+// ggml's tanh form of GELU: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).
+inline float gelu_tanh(float v) {
+  constexpr float kSqrt2OverPi = 0.79788456080286535588f;
+  constexpr float kCoef = 0.044715f;
+  return 0.5f * v * (1.0f + std::tanh(kSqrt2OverPi * v * (1.0f + kCoef * v * v)));
+}
+
 // A small weight vector (norm, bias) as floats.
 const float* as_f32(const WeightTensor& w, std::vector<float>& scratch) {
   if (w.type == GgmlType::kF32) return reinterpret_cast<const float*>(w.data);
@@ -182,15 +189,32 @@ class CpuBackend final : public Backend {
   }
 
   void gelu(const float* x, std::int64_t n, float* y) override {
-    constexpr float kSqrt2OverPi = 0.79788456080286535588f;
-    constexpr float kCoef = 0.044715f;
     pool_->parallel_for(
         n,
         [&](std::int64_t i0, std::int64_t i1) {
-          for (std::int64_t i = i0; i < i1; ++i) {
-            const float v = x[i];
-            y[i] = 0.5f * v * (1.0f + std::tanh(kSqrt2OverPi * v * (1.0f + kCoef * v * v)));
-          }
+          for (std::int64_t i = i0; i < i1; ++i) y[i] = gelu_tanh(x[i]);
+        },
+        4096);
+  }
+
+  void geglu(const float* gate, const float* up, std::int64_t n, float* out) override {
+    pool_->parallel_for(
+        n,
+        [&](std::int64_t i0, std::int64_t i1) {
+          for (std::int64_t i = i0; i < i1; ++i) out[i] = gelu_tanh(gate[i]) * up[i];
+        },
+        4096);
+  }
+
+  void scale(float* x, std::int64_t n, float s) override {
+    for (std::int64_t i = 0; i < n; ++i) x[i] *= s;
+  }
+
+  void softcap(float* x, std::int64_t n, float cap) override {
+    pool_->parallel_for(
+        n,
+        [&](std::int64_t i0, std::int64_t i1) {
+          for (std::int64_t i = i0; i < i1; ++i) x[i] = cap * std::tanh(x[i] / cap);
         },
         4096);
   }
@@ -279,12 +303,17 @@ class CpuBackend final : public Backend {
     // (attend_heads, the same arithmetic, so the same result), and the
     // parts of a whole prompt chunk are never held at once.
     const bool split = a.n_tokens * a.n_kv_head < 4 * static_cast<std::int64_t>(pool_->n_threads());
+    const AttendScore score{a.scale, a.softcap};
+    // The first position token t attends to (a sliding window starts later).
+    auto first_pos = [&](std::int64_t t) { return a.window > 0 ? std::max(0, a.n_ctx[t] - a.window) : 0; };
+    // Its spans of kAttendSpan positions from there.
+    auto n_spans = [&](std::int64_t t) -> int { return (a.n_ctx[t] - first_pos(t) + kAttendSpan - 1) / kAttendSpan; };
     job_start_.resize(static_cast<std::size_t>(a.n_tokens) + 1);
     part_start_.resize(static_cast<std::size_t>(a.n_tokens));
     std::int64_t n_jobs = 0, n_parts = 0;
     bool merge = false;
     for (std::int64_t t = 0; t < a.n_tokens; ++t) {
-      const std::int64_t spans = split ? (a.n_ctx[t] + kAttendSpan - 1) / kAttendSpan : 1;
+      const std::int64_t spans = split ? n_spans(t) : 1;
       job_start_[static_cast<std::size_t>(t)] = n_jobs;
       part_start_[static_cast<std::size_t>(t)] = n_parts;
       n_jobs += spans * a.n_kv_head;
@@ -309,19 +338,21 @@ class CpuBackend final : public Backend {
         const int n_kv = static_cast<int>(std::min<std::int64_t>(a.n_kv_head - h0, end - job));
         const std::int64_t first = t * a.n_head + static_cast<std::int64_t>(h0) * group;
         job += n_kv;
+        const int start = first_pos(t);
         if (!split) {
-          scores.resize(static_cast<std::size_t>(group) * static_cast<std::size_t>(a.n_ctx[t]));
+          scores.resize(static_cast<std::size_t>(group) *
+                        static_cast<std::size_t>(std::min(a.n_ctx[t] - start, kAttendSpan)));
           attend_heads(a.q + first * a.head_dim, group, n_kv, kd + h0 * a.head_dim, vd + h0 * a.head_dim, kv_dim,
-                       a.block_table[t], kBlockTokens, a.n_ctx[t], a.head_dim, a.scale, scores.data(),
+                       a.block_table[t], kBlockTokens, start, a.n_ctx[t], a.head_dim, score, scores.data(),
                        a.out + first * a.head_dim);
           continue;
         }
-        const int p0 = span * kAttendSpan, p1 = std::min(a.n_ctx[t], p0 + kAttendSpan);
-        const bool alone = a.n_ctx[t] <= kAttendSpan;
+        const int p0 = start + span * kAttendSpan, p1 = std::min(a.n_ctx[t], p0 + kAttendSpan);
+        const bool alone = n_spans(t) == 1;
         float* part = (alone ? own.data() : parts_.data() + (part_start_[static_cast<std::size_t>(t)] + span) * span_floats) +
                       static_cast<std::int64_t>(h0) * group * part_floats;
         attend_span(a.q + first * a.head_dim, group, n_kv, kd + h0 * a.head_dim, vd + h0 * a.head_dim, kv_dim,
-                    a.block_table[t], kBlockTokens, p0, p1, a.head_dim, a.scale, scores.data(), part);
+                    a.block_table[t], kBlockTokens, p0, p1, a.head_dim, score, scores.data(), part);
         if (alone) attend_merge(part, 1, 0, n_kv * group, a.head_dim, a.out + first * a.head_dim);
       }
     });
@@ -329,8 +360,8 @@ class CpuBackend final : public Backend {
     pool_->parallel_for(a.n_tokens * a.n_head, [&](std::int64_t begin, std::int64_t end) {
       for (std::int64_t i = begin; i < end; ++i) {
         const std::int64_t t = i / a.n_head, j = i % a.n_head;
-        if (a.n_ctx[t] <= kAttendSpan) continue;
-        const int spans = (a.n_ctx[t] + kAttendSpan - 1) / kAttendSpan;
+        const int spans = n_spans(t);
+        if (spans == 1) continue;
         attend_merge(parts_.data() + part_start_[static_cast<std::size_t>(t)] * span_floats + j * part_floats, spans,
                      span_floats, 1, a.head_dim, a.out + i * a.head_dim);
       }

@@ -1284,6 +1284,10 @@ AIRLOCK_AVX2 inline __m256 hsum8(const __m256 v[8]) {
   return _mm256_add_ps(_mm256_permute2f128_ps(s0123, s4567, 0x20), _mm256_permute2f128_ps(s0123, s4567, 0x31));
 }
 
+// c * tanh(s / c) for a cap c > 0 (a score of any size ends within
+// (-c, c), near s while |s| is well below c); s itself for c = 0.
+inline float soft_cap(float s, float c) { return c > 0 ? c * std::tanh(s / c) : s; }
+
 inline float cached_value(float x) { return x; }
 inline float cached_value(std::uint16_t h) { return fp16_to_fp32(h); }
 
@@ -1291,12 +1295,12 @@ inline float cached_value(std::uint16_t h) { return fp16_to_fp32(h); }
 // part = {m, l, o} as attend_span defines them.
 template <typename T>
 void attend_span_scalar(const float* q, const T* k, const T* v, const std::int64_t* offs, int n, int head_dim,
-                        float scale, float* scores, float* part) {
+                        AttendScore score, float* scores, float* part) {
   float m = -INFINITY;
   for (int p = 0; p < n; ++p) {
     float s = 0;
     for (int i = 0; i < head_dim; ++i) s += q[i] * cached_value(k[offs[p] + i]);
-    scores[p] = s * scale;
+    scores[p] = soft_cap(s * score.scale, score.softcap);
     m = std::max(m, scores[p]);
   }
   float l = 0;
@@ -1360,11 +1364,14 @@ AIRLOCK_AVX2 void attend_values(const T* v, const std::int64_t* offs, int n_q, i
   }
 }
 
-// n_q heads' scores (rows of n) to softmax weights against each row's
-// maximum, unnormalised: part[g * part_stride] = {m, l} for head g.
-AIRLOCK_AVX2 void span_weights(float* scores, int n_q, int n, float* part, int part_stride) {
+// n_q heads' scores (rows of n), capped first when softcap > 0, to
+// softmax weights against each row's maximum, unnormalised:
+// part[g * part_stride] = {m, l} for head g.
+AIRLOCK_AVX2 void span_weights(float* scores, int n_q, int n, float softcap, float* part, int part_stride) {
   for (int g = 0; g < n_q; ++g) {
     float* s = scores + g * n;
+    if (softcap > 0)
+      for (int j = 0; j < n; ++j) s[j] = soft_cap(s[j], softcap);
     __m256 m8 = _mm256_set1_ps(-INFINITY);
     int i = 0;
     for (; i + 8 <= n; i += 8) m8 = _mm256_max_ps(m8, _mm256_loadu_ps(s + i));
@@ -1388,10 +1395,10 @@ AIRLOCK_AVX2 void span_weights(float* scores, int n_q, int n, float* part, int p
 // then span_weights into the heads' parts.
 template <typename T>
 AIRLOCK_AVX2 void finish_span_scores(const float* q, int n_q, const T* k, const std::int64_t* offs, int p, int n,
-                                     int head_dim, float scale, float* scores, float* part) {
+                                     int head_dim, AttendScore score, float* scores, float* part) {
   for (; p < n; ++p)
-    for (int g = 0; g < n_q; ++g) scores[g * n + p] = dot_cached(q + g * head_dim, k + offs[p], head_dim) * scale;
-  span_weights(scores, n_q, n, part, attend_part_floats(head_dim));
+    for (int g = 0; g < n_q; ++g) scores[g * n + p] = dot_cached(q + g * head_dim, k + offs[p], head_dim) * score.scale;
+  span_weights(scores, n_q, n, score.softcap, part, attend_part_floats(head_dim));
 }
 
 // n positions (row offsets offs[0, n)) for n_q (<= 4) query heads sharing
@@ -1404,7 +1411,7 @@ AIRLOCK_AVX2 void finish_span_scores(const float* q, int n_q, const T* k, const 
 // part + g * (head_dim + 2).
 template <typename T>
 AIRLOCK_AVX2 void attend_span_avx2(const float* q, int n_q, const T* k, const T* v, const std::int64_t* offs, int n,
-                                   int head_dim, float scale, std::size_t pf_bytes, float* scores, float* part) {
+                                   int head_dim, AttendScore score, std::size_t pf_bytes, float* scores, float* part) {
   prefetch_rows_start(k, offs, n, pf_bytes);
   // Scores.
   int p = 0;
@@ -1427,14 +1434,14 @@ AIRLOCK_AVX2 void attend_span_avx2(const float* q, int n_q, const T* k, const T*
     }
     // lane 2g + j: head g at position p + j
     const __m256 sums[8] = {acc[0][0], acc[1][0], acc[0][1], acc[1][1], acc[0][2], acc[1][2], acc[0][3], acc[1][3]};
-    const __m256 sc = _mm256_mul_ps(hsum8(sums), _mm256_set1_ps(scale));
+    const __m256 sc = _mm256_mul_ps(hsum8(sums), _mm256_set1_ps(score.scale));
     const __m128 lo = _mm256_castps256_ps128(sc), hi = _mm256_extractf128_ps(sc, 1);
     _mm_storel_pi(reinterpret_cast<__m64*>(scores + p), lo);
     if (n_q > 1) _mm_storeh_pi(reinterpret_cast<__m64*>(scores + n + p), lo);
     if (n_q > 2) _mm_storel_pi(reinterpret_cast<__m64*>(scores + 2 * n + p), hi);
     if (n_q > 3) _mm_storeh_pi(reinterpret_cast<__m64*>(scores + 3 * n + p), hi);
   }
-  finish_span_scores(q, n_q, k, offs, p, n, head_dim, scale, scores, part);
+  finish_span_scores(q, n_q, k, offs, p, n, head_dim, score, scores, part);
   // the first pass over the values prefetches as the scores did, the
   // others find the rows near
   const int stride = attend_part_floats(head_dim);
@@ -1505,7 +1512,7 @@ AIRLOCK_VNNI void attend_values512(const T* v, const std::int64_t* offs, int n_q
 
 template <typename T>
 AIRLOCK_VNNI void attend_span512(const float* q, int n_q, const T* k, const T* v, const std::int64_t* offs, int n,
-                                 int head_dim, float scale, std::size_t pf_bytes, float* scores, float* part) {
+                                 int head_dim, AttendScore score, std::size_t pf_bytes, float* scores, float* part) {
   prefetch_rows_start(k, offs, n, pf_bytes);
   int p = 0;
   for (; p + 4 <= n; p += 4) {
@@ -1523,13 +1530,13 @@ AIRLOCK_VNNI void attend_span512(const float* q, int n_q, const T* k, const T* v
         }
       }
     }
-    const __m512 sc = _mm512_mul_ps(hsum16x16(acc), _mm512_set1_ps(scale));
+    const __m512 sc = _mm512_mul_ps(hsum16x16(acc), _mm512_set1_ps(score.scale));
     _mm_storeu_ps(scores + p, _mm512_castps512_ps128(sc));
     if (n_q > 1) _mm_storeu_ps(scores + n + p, _mm512_extractf32x4_ps(sc, 1));
     if (n_q > 2) _mm_storeu_ps(scores + 2 * n + p, _mm512_extractf32x4_ps(sc, 2));
     if (n_q > 3) _mm_storeu_ps(scores + 3 * n + p, _mm512_extractf32x4_ps(sc, 3));
   }
-  finish_span_scores(q, n_q, k, offs, p, n, head_dim, scale, scores, part);
+  finish_span_scores(q, n_q, k, offs, p, n, head_dim, score, scores, part);
   const int stride = attend_part_floats(head_dim);
   const std::size_t slice_bytes = 64 * sizeof(T);
   int d = 0;
@@ -1555,8 +1562,8 @@ AIRLOCK_VNNI void attend_span512(const float* q, int n_q, const T* k, const T* v
 // context, then the next head's.
 template <typename T>
 void attend_span_impl(const float* q, int n_q, int n_kv, const T* k, const T* v, std::int64_t kv_stride,
-                      const std::int32_t* table, int block, int p0, int p1, int head_dim, float scale, float* scores,
-                      float* part) {
+                      const std::int32_t* table, int block, int p0, int p1, int head_dim, AttendScore score,
+                      float* scores, float* part) {
   const int n = p1 - p0;
   thread_local std::vector<std::int64_t> offs;
   offs.resize(static_cast<std::size_t>(n));
@@ -1567,7 +1574,7 @@ void attend_span_impl(const float* q, int n_q, int n_kv, const T* k, const T* v,
   if (isa < KernelIsa::kAvx2 || head_dim % 8 != 0) {
     for (int head = 0; head < n_q * n_kv; ++head)
       attend_span_scalar(q + head * head_dim, k + head / n_q * head_dim, v + head / n_q * head_dim, offs.data(), n,
-                         head_dim, scale, scores, part + head * stride);
+                         head_dim, score, scores, part + head * stride);
     return;
   }
   const bool wide = isa >= KernelIsa::kAvx512Vnni && head_dim % 16 == 0;
@@ -1577,22 +1584,23 @@ void attend_span_impl(const float* q, int n_q, int n_kv, const T* k, const T* v,
       const int head = h * n_q + g;
       const std::size_t pf_bytes = head == 0 ? row_bytes : head_dim * sizeof(T);
       (wide ? attend_span512<T> : attend_span_avx2<T>)(q + head * head_dim, std::min(4, n_q - g), k + h * head_dim,
-                                                      v + h * head_dim, offs.data(), n, head_dim, scale, pf_bytes,
+                                                      v + h * head_dim, offs.data(), n, head_dim, score, pf_bytes,
                                                       scores + static_cast<std::int64_t>(g) * n, part + head * stride);
     }
 }
 
 template <typename T>
 void attend_heads_impl(const float* q, int n_q, int n_kv, const T* k, const T* v, std::int64_t kv_stride,
-                       const std::int32_t* table, int block, int n_ctx, int head_dim, float scale, float* scores,
-                       float* out) {
-  const int n_spans = (n_ctx + kAttendSpan - 1) / kAttendSpan, n_heads = n_q * n_kv;
+                       const std::int32_t* table, int block, int p0, int n_ctx, int head_dim, AttendScore score,
+                       float* scores, float* out) {
+  const int n_spans = (n_ctx - p0 + kAttendSpan - 1) / kAttendSpan, n_heads = n_q * n_kv;
   const std::int64_t span_floats = static_cast<std::int64_t>(n_heads) * attend_part_floats(head_dim);
   thread_local std::vector<float> parts;
   parts.resize(static_cast<std::size_t>(n_spans * span_floats));
   for (int s = 0; s < n_spans; ++s)
-    attend_span_impl(q, n_q, n_kv, k, v, kv_stride, table, block, s * kAttendSpan,
-                     std::min(n_ctx, (s + 1) * kAttendSpan), head_dim, scale, scores, parts.data() + s * span_floats);
+    attend_span_impl(q, n_q, n_kv, k, v, kv_stride, table, block, p0 + s * kAttendSpan,
+                     std::min(n_ctx, p0 + (s + 1) * kAttendSpan), head_dim, score, scores,
+                     parts.data() + s * span_floats);
   attend_merge(parts.data(), n_spans, span_floats, n_heads, head_dim, out);
 }
 
@@ -1654,15 +1662,15 @@ void silu_mul_row(const float* gate, const float* up, std::int64_t n, float* out
 }
 
 void attend_span(const float* q, int n_q, int n_kv, const float* k, const float* v, std::int64_t kv_stride,
-                 const std::int32_t* table, int block, int p0, int p1, int head_dim, float scale, float* scores,
+                 const std::int32_t* table, int block, int p0, int p1, int head_dim, AttendScore score, float* scores,
                  float* part) {
-  attend_span_impl(q, n_q, n_kv, k, v, kv_stride, table, block, p0, p1, head_dim, scale, scores, part);
+  attend_span_impl(q, n_q, n_kv, k, v, kv_stride, table, block, p0, p1, head_dim, score, scores, part);
 }
 
 void attend_span(const float* q, int n_q, int n_kv, const std::uint16_t* k, const std::uint16_t* v,
                  std::int64_t kv_stride, const std::int32_t* table, int block, int p0, int p1, int head_dim,
-                 float scale, float* scores, float* part) {
-  attend_span_impl(q, n_q, n_kv, k, v, kv_stride, table, block, p0, p1, head_dim, scale, scores, part);
+                 AttendScore score, float* scores, float* part) {
+  attend_span_impl(q, n_q, n_kv, k, v, kv_stride, table, block, p0, p1, head_dim, score, scores, part);
 }
 
 // out = sum_s exp(m_s - M) o_s / sum_s exp(m_s - M) l_s with M = max_s m_s,
@@ -1687,15 +1695,15 @@ void attend_merge(const float* parts, int n_parts, std::int64_t part_stride, int
 }
 
 void attend_heads(const float* q, int n_q, int n_kv, const float* k, const float* v, std::int64_t kv_stride,
-                  const std::int32_t* table, int block, int n_ctx, int head_dim, float scale, float* scores,
-                  float* out) {
-  attend_heads_impl(q, n_q, n_kv, k, v, kv_stride, table, block, n_ctx, head_dim, scale, scores, out);
+                  const std::int32_t* table, int block, int p0, int n_ctx, int head_dim, AttendScore score,
+                  float* scores, float* out) {
+  attend_heads_impl(q, n_q, n_kv, k, v, kv_stride, table, block, p0, n_ctx, head_dim, score, scores, out);
 }
 
 void attend_heads(const float* q, int n_q, int n_kv, const std::uint16_t* k, const std::uint16_t* v,
-                  std::int64_t kv_stride, const std::int32_t* table, int block, int n_ctx, int head_dim, float scale,
-                  float* scores, float* out) {
-  attend_heads_impl(q, n_q, n_kv, k, v, kv_stride, table, block, n_ctx, head_dim, scale, scores, out);
+                  std::int64_t kv_stride, const std::int32_t* table, int block, int p0, int n_ctx, int head_dim,
+                  AttendScore score, float* scores, float* out) {
+  attend_heads_impl(q, n_q, n_kv, k, v, kv_stride, table, block, p0, n_ctx, head_dim, score, scores, out);
 }
 
 void fp32_to_fp16_row(const float* x, std::uint16_t* y, std::int64_t n) {

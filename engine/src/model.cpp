@@ -47,6 +47,55 @@ Result<GgufTensor> slice_cols(const GgufTensor& t, std::int64_t c0, std::int64_t
   return s;
 }
 
+// A soft-capping key: absent is 0 (no cap), present must be positive.
+Status read_cap(const GgufFile& f, const std::string& key, float* out) {
+  if (!f.find(key)) return Status::ok();
+  const double c = f.get_float(key).value_or(0.0);
+  if (!(c > 0 && c < 1e30)) return verification_failed("gguf: " + key + " must be a positive number");
+  *out = static_cast<float>(c);
+  return Status::ok();
+}
+
+// The Gemma family's differences from Llama, as llama.cpp reads and runs
+// them: GeGLU, embeddings times sqrt(n_embd), and for gemma2/gemma3 norms
+// after attention and the feed-forward, sliding-window layers and the
+// query scale of the larger models; gemma2's soft-capping. (The converter
+// has already added Gemma's +1 to every norm weight.)
+Status read_gemma_params(const GgufFile& f, ModelParams* p) {
+  p->gelu_ffn = true;
+  p->embd_scale = std::sqrt(static_cast<float>(p->n_embd));
+  if (p->arch == "gemma") return Status::ok();
+  p->post_norms = true;
+  // The 27B models scale queries by 1/sqrt(n_embd / n_head) (their
+  // query_pre_attn_scalar); llama.cpp knows them by their layer count, and
+  // so does this unless the file says `attention.scale`.
+  const int big_layers = p->arch == "gemma2" ? 46 : 62;
+  if (p->n_layer == big_layers) p->attn_scale = 1.0f / std::sqrt(static_cast<float>(p->n_embd / p->n_head));
+  if (f.find(p->arch + ".attention.scale")) {
+    const double sc = f.get_float(p->arch + ".attention.scale").value_or(0.0);
+    if (!(sc > 0 && sc < 1e6)) return verification_failed("gguf: " + p->arch + ".attention.scale must be positive");
+    p->attn_scale = static_cast<float>(sc);
+  }
+  AIRLOCK_RETURN_IF_ERROR(read_cap(f, p->arch + ".attn_logit_softcapping", &p->attn_softcap));
+  AIRLOCK_RETURN_IF_ERROR(read_cap(f, p->arch + ".final_logit_softcapping", &p->final_softcap));
+  // Gemma 2: every other layer local (the first one of each pair), 4096
+  // positions unless the file says; Gemma 3: five local layers then one
+  // global, the local ones rotating at base 10000 without scaling.
+  const std::string window_key = p->arch + ".attention.sliding_window";
+  std::uint64_t window = p->arch == "gemma2" ? 4096 : 0;
+  if (f.find(window_key)) window = f.get_uint(window_key).value_or(0);
+  if (window == 0 || window > (1u << 24)) return verification_failed("gguf: " + window_key + " is missing or out of range");
+  p->swa_window = static_cast<int>(window);
+  p->swa_period = p->arch == "gemma2" ? 2 : 6;
+  p->rope_swa = p->rope;
+  if (p->arch == "gemma3") {
+    p->rope_swa.freq_base = static_cast<float>(f.get_float(p->arch + ".rope.freq_base_swa").value_or(10000.0));
+    p->rope_swa.freq_scale = 1.0f;
+    if (!(p->rope_swa.freq_base > 0)) return verification_failed("gguf: rope.freq_base_swa must be positive");
+  }
+  return Status::ok();
+}
+
 }  // namespace
 
 Model::~Model() = default;
@@ -73,8 +122,10 @@ Result<std::unique_ptr<Model>> Model::from_gguf(std::unique_ptr<GgufFile> file, 
   auto arch = f.get_string("general.architecture");
   if (!arch) return verification_failed("gguf: general.architecture is missing");
   p.arch = std::string(*arch);
-  if (p.arch != "llama" && p.arch != "qwen2" && p.arch != "qwen3")
-    return invalid_argument("architecture '" + p.arch + "' is not supported (llama, qwen2, qwen3)");
+  const bool gemma = p.arch == "gemma" || p.arch == "gemma2" || p.arch == "gemma3";
+  if (p.arch != "llama" && p.arch != "qwen2" && p.arch != "qwen3" && !gemma)
+    return invalid_argument("architecture '" + p.arch +
+                            "' is not supported (llama, qwen2, qwen3, gemma, gemma2, gemma3)");
   auto need_uint = [&](const std::string& key, int* out, std::uint64_t max) -> Status {
     auto v = f.get_uint(p.arch + "." + key);
     if (!v || *v == 0 || *v > max) return verification_failed("gguf: " + p.arch + "." + key + " is missing or out of range");
@@ -110,7 +161,9 @@ Result<std::unique_ptr<Model>> Model::from_gguf(std::unique_ptr<GgufFile> file, 
   // Qwen families rotate halves (NeoX style).
   p.rope.neox = p.arch != "llama";
   p.qkv_bias = p.arch == "qwen2";
-  p.qk_norm = p.arch == "qwen3";
+  p.qk_norm = p.arch == "qwen3" || p.arch == "gemma3";
+  p.attn_scale = 1.0f / std::sqrt(static_cast<float>(p.head_dim));
+  if (gemma) AIRLOCK_RETURN_IF_ERROR(read_gemma_params(f, &p));
   // Whole key/value heads per rank (each rank's query heads then share
   // only its own), and equal feed-forward slices.
   if (p.n_head_kv % tp.n_ranks != 0 || p.n_ff % tp.n_ranks != 0)
@@ -185,6 +238,10 @@ Status Model::load_weights() {
     if (p.qk_norm) {
       AIRLOCK_RETURN_IF_ERROR(get(b + "attn_q_norm.weight", p.head_dim, 1, &l.q_norm));
       AIRLOCK_RETURN_IF_ERROR(get(b + "attn_k_norm.weight", p.head_dim, 1, &l.k_norm));
+    }
+    if (p.post_norms) {
+      AIRLOCK_RETURN_IF_ERROR(get(b + "post_attention_norm.weight", p.n_embd, 1, &l.post_attn_norm));
+      AIRLOCK_RETURN_IF_ERROR(get(b + "post_ffw_norm.weight", p.n_embd, 1, &l.post_ffn_norm));
     }
     AIRLOCK_RETURN_IF_ERROR(get(b + "ffn_norm.weight", p.n_embd, 1, &l.ffn_norm));
     AIRLOCK_RETURN_IF_ERROR(get_part(b + "ffn_gate.weight", p.n_embd, p.n_ff, &l.w_gate, Split::kRows, f0, f1));

@@ -9,7 +9,8 @@ namespace airlock::engine {
 struct Model::Layer {
   WeightTensor attn_norm, wq, wk, wv, wo;
   WeightTensor bq, bk, bv;          // qwen2 only
-  WeightTensor q_norm, k_norm;      // qwen3 only
+  WeightTensor q_norm, k_norm;      // qwen3, gemma3
+  WeightTensor post_attn_norm, post_ffn_norm;  // gemma2, gemma3
   WeightTensor ffn_norm, w_gate, w_up, w_down;
 };
 

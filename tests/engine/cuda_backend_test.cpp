@@ -102,6 +102,27 @@ testing::TestModelSpec spec(const char* arch, int n_embd, int n_head, int n_head
   return testing::decoder_spec(arch, n_embd, n_head, n_head_kv, n_ff, tied, t, head_dim);
 }
 
+// Gemma: GeGLU, scaled embeddings, post-norms; gemma2's sliding window of
+// 8 on every other layer (run() goes to 23 positions) and its caps;
+// gemma3's five local layers to one global on their own RoPE base.
+testing::TestModelSpec gemma(const char* arch, GgmlType t) {
+  testing::TestModelSpec s = spec(arch, 64, 4, 2, 96, t, 32, true);
+  s.sliding_window = 8;
+  if (std::string(arch) == "gemma2") {
+    s.attn_softcap = 2.0f;
+    s.final_softcap = 1.5f;
+  } else {
+    s.n_layer = 6;
+    s.rope_base = 1e6f;
+  }
+  return s;
+}
+
+INSTANTIATE_TEST_SUITE_P(Gemma, CudaForwardTest,
+                         ::testing::Values(Case{"gemma2_f32", gemma("gemma2", GgmlType::kF32)},
+                                           Case{"gemma3_q8_0_f16kv", gemma("gemma3", GgmlType::kQ8_0), KvType::kF16}),
+                         [](const ::testing::TestParamInfo<Case>& p) { return std::string(p.param.name); });
+
 INSTANTIATE_TEST_SUITE_P(
     Models, CudaForwardTest,
     ::testing::Values(Case{"llama_gqa_f32", spec("llama", 64, 4, 2, 96, GgmlType::kF32)},

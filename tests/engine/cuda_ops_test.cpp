@@ -90,6 +90,18 @@ TEST_F(CudaOpsTest, ElementwiseOps) {
     expect_close(on_host(dout, n), silu, 1e-6, "swiglu");
     ASSERT_TRUE(cuda::gelu(dx.as<float>(), n, dout.as<float>()).is_ok());
     expect_close(on_host(dout, n), g, 1e-6, "gelu");
+    std::vector<float> geglu(static_cast<std::size_t>(n)), scaled = x, capped = x;
+    cpu_->geglu(x.data(), y.data(), n, geglu.data());
+    cpu_->scale(scaled.data(), n, 1.75f);
+    cpu_->softcap(capped.data(), n, 2.5f);
+    ASSERT_TRUE(cuda::geglu(dx.as<float>(), dy.as<float>(), n, dout.as<float>()).is_ok());
+    expect_close(on_host(dout, n), geglu, 1e-6, "geglu");
+    auto dz = on_device(x);
+    ASSERT_TRUE(cuda::scale(dz.as<float>(), n, 1.75f).is_ok());
+    expect_close(on_host(dz, n), scaled, 0, "scale");
+    auto dc = on_device(x);
+    ASSERT_TRUE(cuda::softcap(dc.as<float>(), n, 2.5f).is_ok());
+    expect_close(on_host(dc, n), capped, 1e-6, "softcap");
     ASSERT_TRUE(cuda::add(dy.as<float>(), dx.as<float>(), n).is_ok());
     expect_close(on_host(dy, n), sum, 0, "add");
   }

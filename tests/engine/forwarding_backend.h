@@ -38,6 +38,9 @@ class ForwardingBackend : public engine::Backend {
   }
   void swiglu(const float* g, const float* u, std::int64_t n, float* o) override { be_->swiglu(g, u, n, o); }
   void gelu(const float* x, std::int64_t n, float* y) override { be_->gelu(x, n, y); }
+  void geglu(const float* g, const float* u, std::int64_t n, float* o) override { be_->geglu(g, u, n, o); }
+  void scale(float* x, std::int64_t n, float s) override { be_->scale(x, n, s); }
+  void softcap(float* x, std::int64_t n, float cap) override { be_->softcap(x, n, cap); }
   void add(float* y, const float* x, std::int64_t n) override { be_->add(y, x, n); }
   void kv_write(const engine::KvStorage& kv, int l, const float* k, const float* v, std::int64_t n,
                 const std::int32_t* slots) override {

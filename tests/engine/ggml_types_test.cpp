@@ -479,8 +479,9 @@ INSTANTIATE_TEST_SUITE_P(Levels, KernelsTest, ::testing::Values(KernelIsa::kAvx2
 // table, with and without a tail of the four-position score step and
 // across the spans of 256 positions, and scores spread wide enough that
 // exp() underflows for some positions, with the largest score in a late
-// span (so the earlier spans' sums are rescaled). At every kernel level
-// this CPU has.
+// span (so the earlier spans' sums are rescaled); sliding windows (a first
+// position p0 > 0, spans counted from it) and soft-capped scores. At every
+// kernel level this CPU has.
 //
 // T is the cache's element type: float, or f16 bits (the reference then
 // uses the rounded numbers the cache holds; accumulation stays f32).
@@ -499,6 +500,8 @@ void check_attention_against_double_reference() {
   const int block = 16;
   struct Shape {
     int head_dim, n_q, n_kv, n_ctx;
+    int p0 = 0;            // the first position (a sliding window's start)
+    float softcap = 0.0f;  // scores capped at softcap * tanh(s / softcap)
   };
   std::vector<Shape> shapes;
   for (int head_dim : {36, 40, 64, 72, 80, 112, 128})
@@ -507,6 +510,11 @@ void check_attention_against_double_reference() {
   for (int head_dim : {40, 64, 96})
     for (int n_q : {1, 4, 5})
       for (int n_ctx : {17, 255, 256, 257, 600}) shapes.push_back({head_dim, n_q, 3, n_ctx});
+  for (int head_dim : {40, 64})
+    for (int n_q : {1, 5})
+      for (float cap : {0.0f, 3.0f})
+        for (auto [n_ctx, p0] : {std::pair{70, 30}, {257, 256}, {600, 77}, {600, 344}, {17, 0}})
+          shapes.push_back({head_dim, n_q, 2, n_ctx, p0, cap});
   for (KernelIsa level : {KernelIsa::kScalar, KernelIsa::kAvx2, KernelIsa::kAvx512Vnni}) {
     if (best_kernel_isa() < level) continue;
     limit_kernel_isa(level);
@@ -531,14 +539,16 @@ void check_attention_against_double_reference() {
                 store(q[static_cast<std::size_t>(j * head_dim + i)] / 6.0f);
       }
       const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
+      const int p0 = sh.p0;
+      const float cap = sh.softcap;
       std::vector<float> scores(static_cast<std::size_t>(n_q * n_ctx)), out(q.size());
-      attend_heads(q.data(), n_q, n_kv, k.data(), v.data(), kv_stride, table.data(), block, n_ctx, head_dim, scale,
-                   scores.data(), out.data());
+      attend_heads(q.data(), n_q, n_kv, k.data(), v.data(), kv_stride, table.data(), block, p0, n_ctx, head_dim,
+                   AttendScore{scale, cap}, scores.data(), out.data());
       for (int h = 0; h < n_kv * n_q; ++h) {
         const std::int64_t head_off = static_cast<std::int64_t>(h / n_q) * head_dim;
-        std::vector<double> s(static_cast<std::size_t>(n_ctx));
+        std::vector<double> s(static_cast<std::size_t>(n_ctx), -1e300);  // before p0: weight 0
         double m = -1e300, dot_mag = 0;
-        for (int p = 0; p < n_ctx; ++p) {
+        for (int p = p0; p < n_ctx; ++p) {
           const std::int64_t slot = static_cast<std::int64_t>(table[static_cast<std::size_t>(p / block)]) * block + p % block;
           double dot = 0, mag = 0;
           for (int i = 0; i < head_dim; ++i) {
@@ -547,7 +557,7 @@ void check_attention_against_double_reference() {
             dot += x;
             mag += std::fabs(x);
           }
-          s[static_cast<std::size_t>(p)] = dot * scale;
+          s[static_cast<std::size_t>(p)] = cap > 0 ? cap * std::tanh(dot * scale / cap) : dot * scale;
           m = std::max(m, s[static_cast<std::size_t>(p)]);
           dot_mag = std::max(dot_mag, mag * scale);
         }
@@ -567,7 +577,7 @@ void check_attention_against_double_reference() {
           }
           ASSERT_NEAR(out[static_cast<std::size_t>(h * head_dim + i)], want, tol * (mag + 1e-3))
               << kernel_isa() << " head_dim " << head_dim << " n_q " << n_q << " n_kv " << n_kv << " n_ctx " << n_ctx
-              << " head " << h << (std::is_same_v<T, float> ? " f32" : " f16");
+              << " p0 " << p0 << " cap " << cap << " head " << h << (std::is_same_v<T, float> ? " f32" : " f16");
         }
       }
     }
@@ -586,7 +596,8 @@ TEST(AttentionKernelTest, F16CacheMatchesDoubleReference) { check_attention_agai
 // each token gets exactly what attend_heads computes for it alone:
 // contexts of one position, just under, at and over one span, and several
 // spans, in one batch, each through its own shuffled block table, f32 and
-// f16 caches, at every kernel level this CPU has.
+// f16 caches, at every kernel level this CPU has; and the same with a
+// sliding window (spans counted from its start) and soft-capped scores.
 TEST(AttentionKernelTest, BackendSplitAcrossThreadsMatchesAttendHeadsBitForBit) {
   const int n_head = 8, n_kv_head = 2, head_dim = 64, group = n_head / n_kv_head;
   const std::vector<std::int32_t> n_ctx = {1, 255, 256, 257, 600, 1000, 3};
@@ -597,7 +608,8 @@ TEST(AttentionKernelTest, BackendSplitAcrossThreadsMatchesAttendHeadsBitForBit) 
     for (KernelIsa level : {KernelIsa::kScalar, KernelIsa::kAvx2, KernelIsa::kAvx512Vnni}) {
       if (best_kernel_isa() < level) continue;
       limit_kernel_isa(level);
-      for (int threads : {1, 2, 3}) {
+      for (int threads : {1, 2, 3})
+      for (auto [window, cap] : {std::pair{0, 0.0f}, {300, 0.0f}, {100, 4.0f}}) {
         auto be = make_cpu_backend(std::make_shared<ThreadPool>(threads));
         std::int64_t n_blocks = 0;
         for (std::int32_t c : n_ctx) n_blocks += (c + kBlockTokens - 1) / kBlockTokens;
@@ -629,6 +641,8 @@ TEST(AttentionKernelTest, BackendSplitAcrossThreadsMatchesAttendHeadsBitForBit) 
         a.n_kv_head = n_kv_head;
         a.head_dim = head_dim;
         a.scale = 0.125f;
+        a.window = window;
+        a.softcap = cap;
         a.kv = &*kv;
         a.n_ctx = n_ctx.data();
         a.block_table = tables.data();
@@ -650,21 +664,23 @@ TEST(AttentionKernelTest, BackendSplitAcrossThreadsMatchesAttendHeadsBitForBit) 
         for (std::size_t t = 0; t < n_ctx.size(); ++t) {
           std::vector<float> want(static_cast<std::size_t>(n_head * head_dim)), scores(static_cast<std::size_t>(group * n_ctx[t]));
           const float* qt = q.data() + t * n_head * head_dim;
+          const int p0 = window > 0 ? std::max(0, n_ctx[t] - window) : 0;
+          const AttendScore score{a.scale, cap};
           if (type == KvType::kF32)
             attend_heads(qt, group, n_kv_head, static_cast<const float*>(kv->k_layer(0)),
-                         static_cast<const float*>(kv->v_layer(0)), kv_dim, tables[t], kBlockTokens, n_ctx[t], head_dim,
-                         a.scale, scores.data(), want.data());
+                         static_cast<const float*>(kv->v_layer(0)), kv_dim, tables[t], kBlockTokens, p0, n_ctx[t],
+                         head_dim, score, scores.data(), want.data());
           else
             attend_heads(qt, group, n_kv_head, static_cast<const std::uint16_t*>(kv->k_layer(0)),
-                         static_cast<const std::uint16_t*>(kv->v_layer(0)), kv_dim, tables[t], kBlockTokens, n_ctx[t],
-                         head_dim, a.scale, scores.data(), want.data());
+                         static_cast<const std::uint16_t*>(kv->v_layer(0)), kv_dim, tables[t], kBlockTokens, p0,
+                         n_ctx[t], head_dim, score, scores.data(), want.data());
           for (std::size_t i = 0; i < want.size(); ++i) {
             ASSERT_EQ(out[t * want.size() + i], want[i])
-                << kernel_isa() << " " << kv_type_name(type) << " threads " << threads << " token " << t << " n_ctx "
-                << n_ctx[t] << " value " << i << " (in the batch)";
+                << kernel_isa() << " " << kv_type_name(type) << " threads " << threads << " window " << window
+                << " token " << t << " n_ctx " << n_ctx[t] << " value " << i << " (in the batch)";
             ASSERT_EQ(out_alone[t * want.size() + i], want[i])
-                << kernel_isa() << " " << kv_type_name(type) << " threads " << threads << " token " << t << " n_ctx "
-                << n_ctx[t] << " value " << i << " (alone)";
+                << kernel_isa() << " " << kv_type_name(type) << " threads " << threads << " window " << window
+                << " token " << t << " n_ctx " << n_ctx[t] << " value " << i << " (alone)";
           }
         }
       }

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <numbers>
 #include <random>
 #include <stdexcept>
 #include <thread>
@@ -169,6 +170,11 @@ TestModel make_test_model(const TestModelSpec& spec_in) {
   w.set_u32(s.arch + ".rope.dimension_count", static_cast<std::uint32_t>(s.head_dim));
   w.set_f32(s.arch + ".rope.freq_base", s.rope_base);
   w.set_f32(s.arch + ".attention.layer_norm_rms_epsilon", 1e-5f);
+  if (s.sliding_window > 0) w.set_u32(s.arch + ".attention.sliding_window", static_cast<std::uint32_t>(s.sliding_window));
+  if (s.rope_base_swa > 0) w.set_f32(s.arch + ".rope.freq_base_swa", s.rope_base_swa);
+  if (s.attn_softcap > 0) w.set_f32(s.arch + ".attn_logit_softcapping", s.attn_softcap);
+  if (s.final_softcap > 0) w.set_f32(s.arch + ".final_logit_softcapping", s.final_softcap);
+  if (s.attn_scale > 0) w.set_f32(s.arch + ".attention.scale", s.attn_scale);
   if (s.metadata) s.metadata(w);
 
   std::uint64_t bench_seed = s.seed;
@@ -212,9 +218,13 @@ TestModel make_test_model(const TestModelSpec& spec_in) {
       add(b + "attn_k.bias", kv_dim, 1, 0, true);
       add(b + "attn_v.bias", kv_dim, 1, 0, true);
     }
-    if (s.arch == "qwen3") {
+    if (s.arch == "qwen3" || s.arch == "gemma3") {
       add(b + "attn_q_norm.weight", s.head_dim, 1, 0, true);
       add(b + "attn_k_norm.weight", s.head_dim, 1, 0, true);
+    }
+    if (s.arch == "gemma2" || s.arch == "gemma3") {
+      add(b + "post_attention_norm.weight", s.n_embd, 1, 0, true);
+      add(b + "post_ffw_norm.weight", s.n_embd, 1, 0, true);
     }
     add(b + "ffn_norm.weight", s.n_embd, 1, 0, true);
     add(b + "ffn_gate.weight", s.n_embd, s.n_ff, ws, false);
@@ -364,12 +374,27 @@ std::vector<double> reference_forward(const TestModel& model, const std::vector<
   const std::size_t hd = static_cast<std::size_t>(s.head_dim);
   const std::size_t q_dim = static_cast<std::size_t>(s.n_head) * hd, kv_dim = static_cast<std::size_t>(s.n_head_kv) * hd;
   const bool neox = s.arch != "llama";
+  const bool gemma = s.arch == "gemma" || s.arch == "gemma2" || s.arch == "gemma3";
+  const bool post_norms = s.arch == "gemma2" || s.arch == "gemma3";
+  const bool qk_norm = s.arch == "qwen3" || s.arch == "gemma3";
+  // Gemma 2 alternates local and global layers from a local one, Gemma 3
+  // has five local ones before each global one; gemma2's window is 4096
+  // unless the file says.
+  const int swa_period = s.arch == "gemma2" ? 2 : s.arch == "gemma3" ? 6 : 0;
+  const int window = s.arch == "gemma2" && s.sliding_window == 0 ? 4096 : s.sliding_window;
+  const double scale = s.attn_scale > 0 && post_norms ? s.attn_scale : 1.0 / std::sqrt(static_cast<double>(hd));
+  auto cap = [](double x, double c) { return c > 0 ? c * std::tanh(x / c) : x; };
   std::vector<Vec> x(n);
-  for (std::size_t t = 0; t < n; ++t)
+  for (std::size_t t = 0; t < n; ++t) {
     x[t] = Vec(W("token_embd.weight").begin() + static_cast<std::ptrdiff_t>(tokens[t] * d),
                W("token_embd.weight").begin() + static_cast<std::ptrdiff_t>((tokens[t] + 1) * d));
+    if (gemma)
+      for (double& e : x[t]) e *= std::sqrt(static_cast<double>(d));
+  }
   for (int l = 0; l < s.n_layer; ++l) {
     const std::string b = "blk." + std::to_string(l) + ".";
+    const bool swa = swa_period > 0 && (l + 1) % swa_period != 0;
+    const double base = swa && s.arch == "gemma3" ? (s.rope_base_swa > 0 ? s.rope_base_swa : 10000.0) : s.rope_base;
     std::vector<Vec> q(n), k(n), v(n);
     for (std::size_t t = 0; t < n; ++t) {
       Vec h = rms_norm(x[t], W(b + "attn_norm.weight").data(), 1e-5);
@@ -383,45 +408,54 @@ std::vector<double> reference_forward(const TestModel& model, const std::vector<
       }
       for (int h2 = 0; h2 < s.n_head; ++h2) {
         double* qh = q[t].data() + h2 * hd;
-        if (s.arch == "qwen3") {
+        if (qk_norm) {
           Vec tmp = rms_norm(Vec(qh, qh + hd), W(b + "attn_q_norm.weight").data(), 1e-5);
           std::copy(tmp.begin(), tmp.end(), qh);
         }
-        rope(qh, s.head_dim, static_cast<int>(t), s.rope_base, neox);
+        rope(qh, s.head_dim, static_cast<int>(t), base, neox);
       }
       for (int h2 = 0; h2 < s.n_head_kv; ++h2) {
         double* kh = k[t].data() + h2 * hd;
-        if (s.arch == "qwen3") {
+        if (qk_norm) {
           Vec tmp = rms_norm(Vec(kh, kh + hd), W(b + "attn_k_norm.weight").data(), 1e-5);
           std::copy(tmp.begin(), tmp.end(), kh);
         }
-        rope(kh, s.head_dim, static_cast<int>(t), s.rope_base, neox);
+        rope(kh, s.head_dim, static_cast<int>(t), base, neox);
       }
     }
     for (std::size_t t = 0; t < n; ++t) {
       Vec att(q_dim, 0.0);
+      // a local layer sees the last `window` positions, t among them
+      const std::size_t first = swa && t + 1 > static_cast<std::size_t>(window) ? t + 1 - static_cast<std::size_t>(window) : 0;
       for (int h2 = 0; h2 < s.n_head; ++h2) {
         const int kvh = h2 / (s.n_head / s.n_head_kv);
-        std::vector<double> sc(t + 1);
+        std::vector<double> sc(t + 1, 0.0);
         double mx = -1e300;
-        for (std::size_t p = 0; p <= t; ++p) {
+        for (std::size_t p = first; p <= t; ++p) {
           double dot = 0;
           for (std::size_t i = 0; i < hd; ++i) dot += q[t][h2 * hd + i] * k[p][kvh * hd + i];
-          sc[p] = dot / std::sqrt(static_cast<double>(hd));
+          sc[p] = cap(dot * scale, s.attn_softcap);
           mx = std::max(mx, sc[p]);
         }
         double z = 0;
-        for (double& e : sc) z += e = std::exp(e - mx);
-        for (std::size_t p = 0; p <= t; ++p)
+        for (std::size_t p = first; p <= t; ++p) z += sc[p] = std::exp(sc[p] - mx);
+        for (std::size_t p = first; p <= t; ++p)
           for (std::size_t i = 0; i < hd; ++i) att[h2 * hd + i] += sc[p] / z * v[p][kvh * hd + i];
       }
       Vec o = matvec(W(b + "attn_output.weight"), att, d);
+      if (post_norms) o = rms_norm(o, W(b + "post_attention_norm.weight").data(), 1e-5);
       for (std::size_t i = 0; i < d; ++i) x[t][i] += o[i];
       Vec h = rms_norm(x[t], W(b + "ffn_norm.weight").data(), 1e-5);
       Vec g = matvec(W(b + "ffn_gate.weight"), h, static_cast<std::size_t>(s.n_ff));
       Vec u = matvec(W(b + "ffn_up.weight"), h, static_cast<std::size_t>(s.n_ff));
-      for (std::size_t i = 0; i < g.size(); ++i) g[i] = g[i] / (1.0 + std::exp(-g[i])) * u[i];
+      for (std::size_t i = 0; i < g.size(); ++i) {
+        const double a = g[i];
+        const double act = gemma ? 0.5 * a * (1.0 + std::tanh(std::sqrt(2.0 / std::numbers::pi) * (a + 0.044715 * a * a * a)))
+                                 : a / (1.0 + std::exp(-a));
+        g[i] = act * u[i];
+      }
       Vec dn = matvec(W(b + "ffn_down.weight"), g, d);
+      if (post_norms) dn = rms_norm(dn, W(b + "post_ffw_norm.weight").data(), 1e-5);
       for (std::size_t i = 0; i < d; ++i) x[t][i] += dn[i];
     }
   }
@@ -430,6 +464,7 @@ std::vector<double> reference_forward(const TestModel& model, const std::vector<
   for (std::size_t t = 0; t < n; ++t) {
     Vec h = rms_norm(x[t], W("output_norm.weight").data(), 1e-5);
     Vec l = matvec(out, h, static_cast<std::size_t>(s.n_vocab));
+    for (double& e : l) e = cap(e, s.final_softcap);
     logits.insert(logits.end(), l.begin(), l.end());
   }
   return logits;

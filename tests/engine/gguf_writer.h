@@ -61,7 +61,7 @@ class GgufWriter {
 };
 
 struct TestModelSpec {
-  std::string arch = "llama";  // llama, qwen2, qwen3
+  std::string arch = "llama";  // llama, qwen2, qwen3, gemma, gemma2, gemma3
   int n_vocab = 64;
   int n_embd = 64;
   int n_layer = 2;
@@ -73,6 +73,14 @@ struct TestModelSpec {
   bool tied_output = false;
   engine::GgmlType weight_type = engine::GgmlType::kF32;
   float rope_base = 10000.0f;
+  // The Gemma family's keys, written when set: attention.sliding_window,
+  // rope.freq_base_swa (gemma3), attn_logit_softcapping,
+  // final_logit_softcapping, attention.scale.
+  int sliding_window = 0;
+  float rope_base_swa = 0.0f;
+  float attn_softcap = 0.0f;
+  float final_softcap = 0.0f;
+  float attn_scale = 0.0f;
   std::uint32_t seed = 1;
   // Adds more metadata (a tokenizer, say) after the hyper-parameters.
   std::function<void(GgufWriter&)> metadata;

@@ -122,6 +122,41 @@ TestModelSpec spec(const char* arch, int n_embd, int n_head, int n_head_kv, int 
   return testing::decoder_spec(arch, n_embd, n_head, n_head_kv, n_ff, tied, t, head_dim);
 }
 
+// The Gemma family: GeGLU, embeddings times sqrt(n_embd), and for gemma2
+// and gemma3 post-norms and sliding-window layers whose window (8) is well
+// inside the 37 tokens, so that dropping it changes the logits. gemma2
+// also caps attention scores and logits (at values its random scores and
+// logits reach); gemma3 has six layers (five local, one global), QK-norm
+// and its own local RoPE base.
+TestModelSpec gemma_spec(const char* arch, int n_embd, int n_head, int n_head_kv, int n_ff, GgmlType t, int head_dim,
+                         int n_layer = 2, int window = 8) {
+  TestModelSpec s = spec(arch, n_embd, n_head, n_head_kv, n_ff, true, t, head_dim);
+  s.n_layer = n_layer;
+  if (std::string(arch) != "gemma") s.sliding_window = window;
+  if (std::string(arch) == "gemma2") {
+    s.attn_softcap = 2.0f;
+    s.final_softcap = 1.5f;
+  }
+  if (std::string(arch) == "gemma3") s.rope_base = 1e6f;
+  return s;
+}
+
+TestModelSpec gemma3_with_keys(GgmlType t) {
+  TestModelSpec s = gemma_spec("gemma3", 256, 4, 2, 256, t, 64, 6);
+  s.rope_base_swa = 5000.0f;
+  s.attn_scale = 0.2f;
+  return s;
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Gemma, ReferenceTest,
+    ::testing::Values(ShapeCase{"gemma_mqa_f32", gemma_spec("gemma", 64, 4, 1, 96, GgmlType::kF32, 32), 1e-4},
+                      ShapeCase{"gemma2_swa_softcap_f32", gemma_spec("gemma2", 64, 4, 2, 96, GgmlType::kF32, 32), 1e-4},
+                      ShapeCase{"gemma3_swa_qknorm_f32", gemma_spec("gemma3", 64, 4, 2, 96, GgmlType::kF32, 32, 6), 1e-4},
+                      ShapeCase{"gemma3_keys_f16", gemma3_with_keys(GgmlType::kF16), 1e-4},
+                      ShapeCase{"gemma3_keys_q4_k", gemma3_with_keys(GgmlType::kQ4_K), 3e-2}),
+    [](const auto& param_info) { return std::string(param_info.param.name); });
+
 INSTANTIATE_TEST_SUITE_P(
     Shapes, ReferenceTest,
     ::testing::Values(
@@ -203,6 +238,13 @@ TEST_P(KvTypeTest, ASequenceGetsTheSameLogitsInsideABatch) {
   check_batch_invariance(spec("llama", 64, 4, 2, 96, false, GgmlType::kF32), GetParam(), 1e-5);
 }
 
+// Sliding windows (of 8: the longer sequences run far past them) and soft
+// caps change nothing of that.
+TEST_P(KvTypeTest, GemmaWindowsGetTheSameLogitsInsideABatch) {
+  check_batch_invariance(gemma_spec("gemma2", 64, 4, 2, 96, GgmlType::kF32, 32), GetParam(), 1e-5);
+  check_batch_invariance(gemma_spec("gemma3", 64, 4, 2, 96, GgmlType::kF32, 32, 6), GetParam(), 1e-5);
+}
+
 // With quantised weights the integer kernels compute each token the same
 // way whatever else is in the batch (the token groups and the order of the
 // row blocks change, a token's arithmetic does not), so the logits are
@@ -217,6 +259,35 @@ TEST(BatchTest, QuantisedWeightsGiveBitIdenticalLogitsInsideABatch) {
     }
   }
   force_scalar_kernels(false);
+}
+
+// Gemma metadata a loader must not guess: gemma3's window (its layers'
+// pattern depends on it), caps and scales that are not positive numbers.
+TEST(GemmaTest, BadMetadataIsRefusedByName) {
+  struct Case {
+    TestModelSpec spec;
+    std::string message;
+  };
+  std::vector<Case> cases;
+  TestModelSpec no_window = gemma_spec("gemma3", 64, 4, 2, 96, GgmlType::kF32, 32, 6, 0);
+  cases.push_back({no_window, "gemma3.attention.sliding_window is missing or out of range"});
+  TestModelSpec bad_cap = gemma_spec("gemma2", 64, 4, 2, 96, GgmlType::kF32, 32);
+  bad_cap.attn_softcap = 0;
+  bad_cap.metadata = [](testing::GgufWriter& w) { w.set_f32("gemma2.attn_logit_softcapping", -50.0f); };
+  cases.push_back({bad_cap, "gemma2.attn_logit_softcapping must be a positive number"});
+  TestModelSpec bad_scale = gemma_spec("gemma3", 64, 4, 2, 96, GgmlType::kF32, 32, 6);
+  bad_scale.metadata = [](testing::GgufWriter& w) { w.set_f32("gemma3.attention.scale", 0.0f); };
+  cases.push_back({bad_scale, "gemma3.attention.scale must be positive"});
+  TestModelSpec other = spec("phi3", 64, 4, 2, 96, false, GgmlType::kF32);
+  cases.push_back({other, "architecture 'phi3' is not supported (llama, qwen2, qwen3, gemma, gemma2, gemma3)"});
+  for (const Case& c : cases) {
+    testing::TestModel tm = testing::make_test_model(c.spec);
+    auto f = GgufFile::parse({reinterpret_cast<const std::uint8_t*>(tm.gguf.data()), tm.gguf.size()});
+    ASSERT_TRUE(f.is_ok());
+    auto m = Model::from_gguf(std::move(*f), cpu());
+    ASSERT_FALSE(m.is_ok()) << c.message;
+    EXPECT_NE(m.status().message().find(c.message), std::string::npos) << m.status().to_string();
+  }
 }
 
 TEST(BatchTest, KvExhaustionIsAllOrNothingAndFreedBlocksAreReused) {

@@ -3,6 +3,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <bit>
 #include <climits>
 #include <cstring>
 #include <map>
@@ -160,6 +161,19 @@ class CudaBackend final : public Backend {
     trace({x, y}, {n});
     if (!replaying()) note(cuda::gelu(x, n, y));
   }
+  void geglu(const float* gate, const float* up, std::int64_t n, float* out) override {
+    trace({gate, up, out}, {n});
+    if (!replaying()) note(cuda::geglu(gate, up, n, out));
+  }
+  // The float argument goes into a graph's signature by its bits.
+  void scale(float* x, std::int64_t n, float s) override {
+    trace({x}, {n, static_cast<std::int64_t>(std::bit_cast<std::uint32_t>(s))});
+    if (!replaying()) note(cuda::scale(x, n, s));
+  }
+  void softcap(float* x, std::int64_t n, float cap) override {
+    trace({x}, {n, static_cast<std::int64_t>(std::bit_cast<std::uint32_t>(cap))});
+    if (!replaying()) note(cuda::softcap(x, n, cap));
+  }
   void add(float* y, const float* x, std::int64_t n) override {
     trace({y, x}, {n});
     if (!replaying()) note(cuda::add(y, x, n));
@@ -187,7 +201,8 @@ class CudaBackend final : public Backend {
 
   void attention(const AttentionArgs& a) override {
     trace({a.q, a.out, a.kv->k_layer(a.layer), a.kv->v_layer(a.layer)},
-          {a.n_tokens, a.n_head, a.n_kv_head, a.head_dim, a.layer});
+          {a.n_tokens, a.n_head, a.n_kv_head, a.head_dim, a.layer, a.window,
+           static_cast<std::int64_t>(std::bit_cast<std::uint32_t>(a.softcap))});
     // Block tables flattened to one row per token, as long as the longest;
     // in a graph, as long as its context bucket (cuda_graph_plan.h), which
     // also sets the ranges attention is split into.
@@ -224,6 +239,8 @@ class CudaBackend final : public Backend {
     s.n_kv_head = a.n_kv_head;
     s.head_dim = a.head_dim;
     s.scale = a.scale;
+    s.softcap = a.softcap;
+    s.window = a.window;
     s.block = kBlockTokens;
     s.table_stride = stride;
     s.max_ctx = max_ctx;

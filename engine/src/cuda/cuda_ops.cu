@@ -77,11 +77,28 @@ __global__ void swiglu_kernel(const float* gate, const float* up, std::int64_t n
   if (i < n) out[i] = gate[i] / (1.0f + expf(-gate[i])) * up[i];
 }
 
+__device__ inline float gelu_tanh(float v) {
+  return 0.5f * v * (1.0f + tanhf(0.79788456080286535588f * v * (1.0f + 0.044715f * v * v)));
+}
+
 __global__ void gelu_kernel(const float* x, std::int64_t n, float* y) {
   const std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x;
-  if (i >= n) return;
-  const float v = x[i];
-  y[i] = 0.5f * v * (1.0f + tanhf(0.79788456080286535588f * v * (1.0f + 0.044715f * v * v)));
+  if (i < n) y[i] = gelu_tanh(x[i]);
+}
+
+__global__ void geglu_kernel(const float* gate, const float* up, std::int64_t n, float* out) {
+  const std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x;
+  if (i < n) out[i] = gelu_tanh(gate[i]) * up[i];
+}
+
+__global__ void scale_kernel(float* x, std::int64_t n, float s) {
+  const std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x;
+  if (i < n) x[i] *= s;
+}
+
+__global__ void softcap_kernel(float* x, std::int64_t n, float cap) {
+  const std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x;
+  if (i < n) x[i] = cap * tanhf(x[i] / cap);
 }
 
 // One thread per (token, rotated pair); the pair's angle is shared by every
@@ -417,7 +434,9 @@ __global__ void attention_split_kernel(AttentionShape s, int split_len, const fl
   const int h = static_cast<int>(th % s.n_head);
   const int kvh = h / (s.n_head / s.n_kv_head);
   const int warp = static_cast<int>(threadIdx.x) / 32, lane = static_cast<int>(threadIdx.x) % 32;
-  const int p0 = split * split_len, p1 = min(n_ctx[t], p0 + split_len);
+  // a sliding window starts at n_ctx - window; ranges before it are empty
+  const int first = s.window > 0 ? max(0, n_ctx[t] - s.window) : 0;
+  const int p0 = max(first, split * split_len), p1 = min(n_ctx[t], split * split_len + split_len);
   const std::int32_t* table = tables + t * s.table_stride;
   const float* qh = q + th * s.head_dim;
   float qr[kAttnLaneDims], acc[kAttnLaneDims];
@@ -438,6 +457,7 @@ __global__ void attention_split_kernel(AttentionShape s, int split_len, const fl
       if (d < s.head_dim) dot += qr[r] * load_kv(kd + at + d);
     }
     for (int o = 16; o > 0; o /= 2) dot += __shfl_xor_sync(0xffffffffu, dot, o);
+    if (s.softcap > 0) dot = s.softcap * tanhf(dot / s.softcap);
     const float m_new = fmaxf(m, dot);
     const float keep = rescale(m, m_new), e = expf(dot - m_new);
     l = l * keep + e;
@@ -619,6 +639,25 @@ Status gelu(const float* x, std::int64_t n, float* y) {
   if (n == 0) return Status::ok();
   gelu_kernel<<<blocks_for(n), kThreads>>>(x, n, y);
   return launched("gelu");
+}
+
+Status geglu(const float* gate, const float* up, std::int64_t n, float* out) {
+  if (n == 0) return Status::ok();
+  geglu_kernel<<<blocks_for(n), kThreads>>>(gate, up, n, out);
+  return launched("geglu");
+}
+
+Status scale(float* x, std::int64_t n, float s) {
+  if (n == 0) return Status::ok();
+  scale_kernel<<<blocks_for(n), kThreads>>>(x, n, s);
+  return launched("scale");
+}
+
+Status softcap(float* x, std::int64_t n, float cap) {
+  if (n == 0) return Status::ok();
+  if (!(cap > 0)) return invalid_argument("CUDA softcap: the cap must be positive");
+  softcap_kernel<<<blocks_for(n), kThreads>>>(x, n, cap);
+  return launched("softcap");
 }
 
 Status rope(float* x, std::int64_t n_tokens, int n_heads, int head_dim, const std::int32_t* positions,

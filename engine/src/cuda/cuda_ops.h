@@ -109,6 +109,12 @@ Status add_bias(float* y, const float* bias, std::int64_t n_rows, std::int64_t d
 Status swiglu(const float* gate, const float* up, std::int64_t n, float* out);
 // y (n) = gelu(x), tanh form. y may be x.
 Status gelu(const float* x, std::int64_t n, float* y);
+// out (n) = gelu(gate) * up, tanh form. out may be gate.
+Status geglu(const float* gate, const float* up, std::int64_t n, float* out);
+// x (n) *= s.
+Status scale(float* x, std::int64_t n, float s);
+// x (n) = cap * tanh(x / cap).
+Status softcap(float* x, std::int64_t n, float cap);
 // x (n_tokens, n_heads * head_dim) rotated in place at `positions`
 // (n_tokens, device). p.freq_factors, when set, is device memory too.
 Status rope(float* x, std::int64_t n_tokens, int n_heads, int head_dim, const std::int32_t* positions,
@@ -187,6 +193,8 @@ struct AttentionShape {
   std::int64_t n_tokens = 0;
   int n_head = 0, n_kv_head = 0, head_dim = 0;
   float scale = 1.0f;
+  float softcap = 0.0f;           // > 0: scores become softcap * tanh(score / softcap)
+  int window = 0;                 // > 0: a token attends to its last `window` positions
   int block = 16;                 // positions per KV block
   std::int64_t table_stride = 0;  // entries per token in `tables`
   int max_ctx = 0;                // the longest n_ctx (known on the host)

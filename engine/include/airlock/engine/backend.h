@@ -97,10 +97,13 @@ struct AttentionArgs {
   int n_kv_head = 0;
   int head_dim = 0;
   float scale = 1.0f;               // usually 1/sqrt(head_dim)
+  float softcap = 0.0f;             // > 0: scores capped to softcap * tanh(score / softcap) (Gemma 2)
+  int window = 0;                   // > 0: each token attends to its last `window` positions only
   const KvStorage* kv = nullptr;
   int layer = 0;
-  // Token t attends to positions [0, n_ctx[t]) of its sequence, whose slots
-  // are block_table[t][p / kBlockTokens] * kBlockTokens + p % kBlockTokens.
+  // Token t attends to positions [0, n_ctx[t]) of its sequence (with a
+  // window, [max(0, n_ctx[t] - window), n_ctx[t])), whose slots are
+  // block_table[t][p / kBlockTokens] * kBlockTokens + p % kBlockTokens.
   const std::int32_t* n_ctx = nullptr;
   const std::int32_t* const* block_table = nullptr;
 };
@@ -146,6 +149,13 @@ class Backend {
   // y (n) = gelu(x) in ggml's tanh form, 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))),
   // which llama.cpp uses for BERT. y may be x.
   virtual void gelu(const float* x, std::int64_t n, float* y) = 0;
+  // out (n) = gelu(gate) * up (GeGLU, gelu in the tanh form above).
+  virtual void geglu(const float* gate, const float* up, std::int64_t n, float* out) = 0;
+  // x (n) *= s.
+  virtual void scale(float* x, std::int64_t n, float s) = 0;
+  // x (n) = cap * tanh(x / cap), in place (Gemma 2's final logit
+  // soft-capping); cap > 0.
+  virtual void softcap(float* x, std::int64_t n, float cap) = 0;
   // y (n) += x (n).
   virtual void add(float* y, const float* x, std::int64_t n) = 0;
   // Stores k and v (n_tokens, kv_dim) at `slots` of `layer`, rounded to the

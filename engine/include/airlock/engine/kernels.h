@@ -68,44 +68,54 @@ bool shares_matmul_input(GgmlType a, GgmlType b);
 void matmul_rows(GgmlType type, const std::uint8_t* w, std::int64_t n_in, const float* x,
                  std::int64_t n_tokens, float* y, std::int64_t n_out, std::int64_t r0, std::int64_t r1);
 
+// How attention scores a key: s = scale * q . k; with softcap c > 0 then
+// c * tanh(s / c) (Gemma 2's attention logit soft-capping), before the
+// softmax.
+struct AttendScore {
+  float scale = 1.0f;
+  float softcap = 0.0f;
+};
+
 // Attention for one token's query heads: n_kv consecutive key/value heads
 // with n_q query heads each (grouped-query attention; n_q 1 without
-// grouping), over n_ctx cached positions. For query head j (of n_q * n_kv,
-// sharing key/value head j / n_q):
-//   out[j] (head_dim) = softmax_p(scale * q[j] . k_p) weighted sum of v_p,
-// where q and out hold the heads one after another, key/value head h of
-// position p is at k + slot(p) * kv_stride + h * head_dim (likewise v) and
+// grouping), over cached positions [p0, n_ctx) (p0 > 0: a sliding window).
+// For query head j (of n_q * n_kv, sharing key/value head j / n_q):
+//   out[j] (head_dim) = softmax_p(s_p) weighted sum of v_p,
+// s_p the score of q[j] and k_p (AttendScore), where q and out hold the
+// heads one after another, key/value head h of position p is at
+// k + slot(p) * kv_stride + h * head_dim (likewise v) and
 // slot(p) = table[p / block] * block + p % block. `scores` is scratch of
-// n_q * n_ctx. The vector paths read each key and value once per group.
+// n_q * min(n_ctx - p0, kAttendSpan). The vector paths read each key and
+// value once per group.
 //
-// The context goes in spans of kAttendSpan positions (attend_span), their
+// The positions go in spans of kAttendSpan from p0 (attend_span), their
 // parts combined in order (attend_merge), so that a span's rows stay near
 // while every head uses them, and so that the spans of one long context
 // can go to different threads: whichever thread computes a span, and in
 // whatever batch, a token's result is the same.
 void attend_heads(const float* q, int n_q, int n_kv, const float* k, const float* v, std::int64_t kv_stride,
-                  const std::int32_t* table, int block, int n_ctx, int head_dim, float scale, float* scores,
-                  float* out);
+                  const std::int32_t* table, int block, int p0, int n_ctx, int head_dim, AttendScore score,
+                  float* scores, float* out);
 // The same over an f16 cache (IEEE half bits), accumulating in f32.
 void attend_heads(const float* q, int n_q, int n_kv, const std::uint16_t* k, const std::uint16_t* v,
-                  std::int64_t kv_stride, const std::int32_t* table, int block, int n_ctx, int head_dim, float scale,
-                  float* scores, float* out);
+                  std::int64_t kv_stride, const std::int32_t* table, int block, int p0, int n_ctx, int head_dim,
+                  AttendScore score, float* scores, float* out);
 
 inline constexpr int kAttendSpan = 256;
 // Floats in one query head's part of a span: m, l, then o (head_dim).
 inline constexpr int attend_part_floats(int head_dim) { return head_dim + 2; }
 
-// attend_heads' work over positions [p0, p1) only (a span: p0 a multiple
-// of kAttendSpan, p1 at most kAttendSpan further). For query head j, at
+// attend_heads' work over positions [p0, p1) only (a span: p1 at most
+// kAttendSpan further). For query head j, at
 // part + j * attend_part_floats(head_dim):
 //   m = max_p s_p, l = sum_p exp(s_p - m), o = sum_p exp(s_p - m) v_p
-// with s_p = scale * q[j] . k_p. `scores` is scratch of n_q * (p1 - p0).
+// with s_p the score of q[j] and k_p. `scores` is scratch of n_q * (p1 - p0).
 void attend_span(const float* q, int n_q, int n_kv, const float* k, const float* v, std::int64_t kv_stride,
-                 const std::int32_t* table, int block, int p0, int p1, int head_dim, float scale, float* scores,
+                 const std::int32_t* table, int block, int p0, int p1, int head_dim, AttendScore score, float* scores,
                  float* part);
 void attend_span(const float* q, int n_q, int n_kv, const std::uint16_t* k, const std::uint16_t* v,
                  std::int64_t kv_stride, const std::int32_t* table, int block, int p0, int p1, int head_dim,
-                 float scale, float* scores, float* part);
+                 AttendScore score, float* scores, float* part);
 // out[j] (n_heads of head_dim) from n_parts consecutive spans' parts,
 // span s's at parts + s * part_stride, laid out as attend_span writes them.
 void attend_merge(const float* parts, int n_parts, std::int64_t part_stride, int n_heads, int head_dim, float* out);

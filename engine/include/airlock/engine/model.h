@@ -1,7 +1,7 @@
 // A loaded decoder model and its batched forward pass.
 //
 // Model::load() opens a GGUF file, reads the hyper-parameters of its
-// architecture (llama, qwen2, qwen3), checks every tensor's presence, type
+// architecture (llama, qwen2, qwen3, gemma, gemma2, gemma3), checks every tensor's presence, type
 // and shape, and hands the weights to a backend (the CPU backend keeps them in
 // the file mapping: no copy). forward() runs one batch that mixes prompt
 // chunks and decode steps of many sequences over a paged KV cache.
@@ -32,7 +32,7 @@
 namespace airlock::engine {
 
 struct ModelParams {
-  std::string arch;         // "llama", "qwen2", "qwen3"
+  std::string arch;         // "llama", "qwen2", "qwen3", "gemma", "gemma2", "gemma3"
   int n_vocab = 0;
   int n_embd = 0;
   int n_layer = 0;
@@ -44,8 +44,22 @@ struct ModelParams {
   float rms_eps = 1e-5f;
   RopeParams rope;
   bool qkv_bias = false;    // qwen2
-  bool qk_norm = false;     // qwen3
+  bool qk_norm = false;     // qwen3, gemma3
   bool tied_output = false; // no output.weight: the embedding table is reused
+  // The Gemma family:
+  bool gelu_ffn = false;        // GeGLU feed-forward (gelu(gate) * up) instead of SwiGLU
+  float embd_scale = 1.0f;      // the token embeddings times this (sqrt(n_embd))
+  bool post_norms = false;      // gemma2/3: RMSNorm of the attention and feed-forward outputs before the residual add
+  float attn_scale = 0.0f;      // attention's score scale (1/sqrt(head_dim) unless the family says otherwise)
+  float attn_softcap = 0.0f;    // gemma2: attention scores capped at c * tanh(s / c)
+  float final_softcap = 0.0f;   // gemma2: the logits capped likewise
+  // Sliding-window attention (gemma2, gemma3): a layer il with
+  // (il + 1) % swa_period != 0 attends to its last `swa_window` positions
+  // and rotates with rope_swa; the others attend to the whole context.
+  int swa_window = 0;           // 0: every layer attends to the whole context
+  int swa_period = 0;
+  RopeParams rope_swa;
+  bool is_swa_layer(int il) const { return swa_window > 0 && (il + 1) % swa_period != 0; }
   int kv_dim() const { return n_head_kv * head_dim; }
 };
 
