@@ -170,7 +170,7 @@ class CpuBackend final : public Backend {
       const float pos = static_cast<float>(positions[t]) * p.freq_scale;
       for (int i = 0; i < half; ++i) {
         const float theta = pos * inv_freq[i];
-        const float c = std::cos(theta), s = std::sin(theta);
+        const float c = std::cos(theta) * p.attn_factor, s = std::sin(theta) * p.attn_factor;
         for (int h = 0; h < n_heads; ++h) {
           float* v = x + (t * n_heads + h) * head_dim;
           const int a = p.neox ? i : 2 * i;

@@ -123,9 +123,9 @@ Result<std::unique_ptr<Model>> Model::from_gguf(std::unique_ptr<GgufFile> file, 
   if (!arch) return verification_failed("gguf: general.architecture is missing");
   p.arch = std::string(*arch);
   const bool gemma = p.arch == "gemma" || p.arch == "gemma2" || p.arch == "gemma3";
-  if (p.arch != "llama" && p.arch != "qwen2" && p.arch != "qwen3" && !gemma)
+  if (p.arch != "llama" && p.arch != "qwen2" && p.arch != "qwen3" && p.arch != "phi3" && !gemma)
     return invalid_argument("architecture '" + p.arch +
-                            "' is not supported (llama, qwen2, qwen3, gemma, gemma2, gemma3)");
+                            "' is not supported (llama, qwen2, qwen3, phi3, gemma, gemma2, gemma3)");
   auto need_uint = [&](const std::string& key, int* out, std::uint64_t max) -> Status {
     auto v = f.get_uint(p.arch + "." + key);
     if (!v || *v == 0 || *v > max) return verification_failed("gguf: " + p.arch + "." + key + " is missing or out of range");
@@ -154,8 +154,15 @@ Result<std::unique_ptr<Model>> Model::from_gguf(std::unique_ptr<GgufFile> file, 
     double factor = f.get_float(p.arch + ".rope.scaling.factor").value_or(1.0);
     if (!(factor > 0)) return verification_failed("gguf: rope.scaling.factor must be positive");
     p.rope.freq_scale = static_cast<float>(1.0 / factor);
-  } else if (scaling && *scaling != "none") {
+  } else if (scaling && *scaling != "none" && *scaling != "longrope") {
+    // (longrope: the frequency factors are tensors, read with the weights)
     return invalid_argument("rope scaling '" + std::string(*scaling) + "' is not supported");
+  }
+  // LongRoPE's magnitude scale (Phi-3 and Phi-4 with long contexts).
+  if (f.find(p.arch + ".rope.scaling.attn_factor")) {
+    const double af = f.get_float(p.arch + ".rope.scaling.attn_factor").value_or(0.0);
+    if (!(af > 0 && af < 1e3)) return verification_failed("gguf: rope.scaling.attn_factor must be positive");
+    p.rope.attn_factor = static_cast<float>(af);
   }
   // llama.cpp's converters permute llama Q/K for adjacent-pair rotation; the
   // Qwen families rotate halves (NeoX style).
@@ -180,20 +187,35 @@ Status Model::load_weights() {
   ModelParams& p = params_;
   // This rank's part of a tensor: whole, rows [lo, hi) or columns [lo, hi).
   enum class Split { kWhole, kRows, kCols };
-  auto get_part = [&](const std::string& name, std::int64_t ne0, std::int64_t ne1, WeightTensor* out, Split split,
-                      std::int64_t lo, std::int64_t hi) -> Status {
+  auto take = [&](const GgufTensor& part, WeightTensor* out) -> Status {
+    AIRLOCK_ASSIGN_OR_RETURN(*out, backend_->upload(part));
+    n_params_ += static_cast<std::uint64_t>(part.n_elements);
+    weight_bytes_ += part.data.size();
+    return Status::ok();
+  };
+  auto find = [&](const std::string& name, std::int64_t ne0, std::int64_t ne1) -> Result<const GgufTensor*> {
     const GgufTensor* t = f.tensor(name);
     if (t == nullptr) return verification_failed("gguf: tensor '" + name + "' is missing");
     AIRLOCK_RETURN_IF_ERROR(check_shape(*t, ne0, ne1));
+    return t;
+  };
+  auto get_part = [&](const std::string& name, std::int64_t ne0, std::int64_t ne1, WeightTensor* out, Split split,
+                      std::int64_t lo, std::int64_t hi) -> Status {
+    AIRLOCK_ASSIGN_OR_RETURN(const GgufTensor* t, find(name, ne0, ne1));
     GgufTensor part = *t;
     if (split == Split::kRows && tp_.n_ranks > 1) part = slice_rows(*t, lo, hi);
     if (split == Split::kCols && tp_.n_ranks > 1) {
       AIRLOCK_ASSIGN_OR_RETURN(part, slice_cols(*t, lo, hi, &column_slices_));
     }
-    AIRLOCK_ASSIGN_OR_RETURN(*out, backend_->upload(part));
-    n_params_ += static_cast<std::uint64_t>(part.n_elements);
-    weight_bytes_ += part.data.size();
-    return Status::ok();
+    return take(part, out);
+  };
+  // Rows [offset, offset + rows) of a fused matrix (ne0, total) as a
+  // matrix of its own (a view); with several ranks this rank's rows
+  // [lo, hi) of those.
+  auto get_fused = [&](const std::string& name, std::int64_t ne0, std::int64_t total, std::int64_t offset,
+                       std::int64_t rows, WeightTensor* out, std::int64_t lo, std::int64_t hi) -> Status {
+    AIRLOCK_ASSIGN_OR_RETURN(const GgufTensor* t, find(name, ne0, total));
+    return take(tp_.n_ranks > 1 ? slice_rows(*t, offset + lo, offset + hi) : slice_rows(*t, offset, offset + rows), out);
   };
   auto get = [&](const std::string& name, std::int64_t ne0, std::int64_t ne1, WeightTensor* out) {
     return get_part(name, ne0, ne1, out, Split::kWhole, 0, 0);
@@ -221,14 +243,44 @@ Status Model::load_weights() {
                               reinterpret_cast<const float*>(rf->data.data()) + rf->ne[0]);
     p.rope.freq_factors = rope_freq_factors_.data();
   }
+  // LongRoPE (Phi-3, Phi-4): frequency factors for contexts up to the
+  // original length and for longer ones. As llama.cpp does, the long ones
+  // serve when the model's context is longer than the original (the
+  // context is the whole trained one here), so the short ones go unused.
+  const GgufTensor* rope_long = f.tensor("rope_factors_long.weight");
+  const GgufTensor* rope_short = f.tensor("rope_factors_short.weight");
+  if (rope_long != nullptr || rope_short != nullptr) {
+    if (p.rope.freq_factors != nullptr)
+      return verification_failed("gguf: both rope_freqs and rope_factors_long/short are present");
+    for (const GgufTensor* t : {rope_long, rope_short})
+      if (t == nullptr || t->type != GgmlType::kF32 || t->ne[0] != p.rope.n_rot / 2 || t->n_elements != t->ne[0])
+        return verification_failed("gguf: rope_factors_long and rope_factors_short must both be F32 of rope dimensions / 2");
+    const std::uint64_t orig =
+        f.get_uint(p.arch + ".rope.scaling.original_context_length").value_or(static_cast<std::uint64_t>(p.n_ctx_train));
+    const GgufTensor* use = static_cast<std::uint64_t>(p.n_ctx_train) > orig ? rope_long : rope_short;
+    rope_freq_factors_.assign(reinterpret_cast<const float*>(use->data.data()),
+                              reinterpret_cast<const float*>(use->data.data()) + use->ne[0]);
+    for (float x : rope_freq_factors_)
+      if (!(x > 0 && std::isfinite(x))) return verification_failed("gguf: a rope frequency factor is not positive");
+    p.rope.freq_factors = rope_freq_factors_.data();
+  }
   layers_.resize(static_cast<std::size_t>(p.n_layer));
   for (int i = 0; i < p.n_layer; ++i) {
     const std::string b = "blk." + std::to_string(i) + ".";
     Layer& l = layers_[i];
     AIRLOCK_RETURN_IF_ERROR(get(b + "attn_norm.weight", p.n_embd, 1, &l.attn_norm));
-    AIRLOCK_RETURN_IF_ERROR(get_part(b + "attn_q.weight", p.n_embd, q_dim, &l.wq, Split::kRows, q0, q1));
-    AIRLOCK_RETURN_IF_ERROR(get_part(b + "attn_k.weight", p.n_embd, p.kv_dim(), &l.wk, Split::kRows, k0, k1));
-    AIRLOCK_RETURN_IF_ERROR(get_part(b + "attn_v.weight", p.n_embd, p.kv_dim(), &l.wv, Split::kRows, k0, k1));
+    if (f.tensor(b + "attn_qkv.weight") != nullptr) {  // q, k and v in one matrix (phi3)
+      if (p.qkv_bias) return invalid_argument("gguf: a fused attn_qkv with biases is not supported");
+      const std::string qkv = b + "attn_qkv.weight";
+      const std::int64_t total = q_dim + 2 * p.kv_dim();
+      AIRLOCK_RETURN_IF_ERROR(get_fused(qkv, p.n_embd, total, 0, q_dim, &l.wq, q0, q1));
+      AIRLOCK_RETURN_IF_ERROR(get_fused(qkv, p.n_embd, total, q_dim, p.kv_dim(), &l.wk, k0, k1));
+      AIRLOCK_RETURN_IF_ERROR(get_fused(qkv, p.n_embd, total, q_dim + p.kv_dim(), p.kv_dim(), &l.wv, k0, k1));
+    } else {
+      AIRLOCK_RETURN_IF_ERROR(get_part(b + "attn_q.weight", p.n_embd, q_dim, &l.wq, Split::kRows, q0, q1));
+      AIRLOCK_RETURN_IF_ERROR(get_part(b + "attn_k.weight", p.n_embd, p.kv_dim(), &l.wk, Split::kRows, k0, k1));
+      AIRLOCK_RETURN_IF_ERROR(get_part(b + "attn_v.weight", p.n_embd, p.kv_dim(), &l.wv, Split::kRows, k0, k1));
+    }
     AIRLOCK_RETURN_IF_ERROR(get_part(b + "attn_output.weight", q_dim, p.n_embd, &l.wo, Split::kCols, q0, q1));
     if (p.qkv_bias) {
       AIRLOCK_RETURN_IF_ERROR(get_part(b + "attn_q.bias", q_dim, 1, &l.bq, Split::kCols, q0, q1));
@@ -244,8 +296,16 @@ Status Model::load_weights() {
       AIRLOCK_RETURN_IF_ERROR(get(b + "post_ffw_norm.weight", p.n_embd, 1, &l.post_ffn_norm));
     }
     AIRLOCK_RETURN_IF_ERROR(get(b + "ffn_norm.weight", p.n_embd, 1, &l.ffn_norm));
-    AIRLOCK_RETURN_IF_ERROR(get_part(b + "ffn_gate.weight", p.n_embd, p.n_ff, &l.w_gate, Split::kRows, f0, f1));
-    AIRLOCK_RETURN_IF_ERROR(get_part(b + "ffn_up.weight", p.n_embd, p.n_ff, &l.w_up, Split::kRows, f0, f1));
+    if (f.tensor(b + "ffn_gate.weight") == nullptr && f.tensor(b + "ffn_up.weight") != nullptr &&
+        f.tensor(b + "ffn_up.weight")->ne[1] == 2 * static_cast<std::int64_t>(p.n_ff)) {
+      // gate then up in one matrix (phi3): silu(first half) * second half
+      const std::string up = b + "ffn_up.weight";
+      AIRLOCK_RETURN_IF_ERROR(get_fused(up, p.n_embd, 2 * p.n_ff, 0, p.n_ff, &l.w_gate, f0, f1));
+      AIRLOCK_RETURN_IF_ERROR(get_fused(up, p.n_embd, 2 * p.n_ff, p.n_ff, p.n_ff, &l.w_up, f0, f1));
+    } else {
+      AIRLOCK_RETURN_IF_ERROR(get_part(b + "ffn_gate.weight", p.n_embd, p.n_ff, &l.w_gate, Split::kRows, f0, f1));
+      AIRLOCK_RETURN_IF_ERROR(get_part(b + "ffn_up.weight", p.n_embd, p.n_ff, &l.w_up, Split::kRows, f0, f1));
+    }
     AIRLOCK_RETURN_IF_ERROR(get_part(b + "ffn_down.weight", p.n_ff, p.n_embd, &l.w_down, Split::kCols, f0, f1));
   }
   return Status::ok();

@@ -118,8 +118,19 @@ testing::TestModelSpec gemma(const char* arch, GgmlType t) {
   return s;
 }
 
-INSTANTIATE_TEST_SUITE_P(Gemma, CudaForwardTest,
+// phi3: fused matrices, LongRoPE factors and magnitude over a partial
+// rotation (24 of 32 numbers per head).
+testing::TestModelSpec phi3_longrope() {
+  testing::TestModelSpec s = spec("phi3", 128, 4, 2, 128, GgmlType::kQ8_0, 32);
+  s.n_rot = 24;
+  s.rope_orig_ctx = 256;
+  s.rope_attn_factor = 1.19f;
+  return s;
+}
+
+INSTANTIATE_TEST_SUITE_P(GemmaPhi3, CudaForwardTest,
                          ::testing::Values(Case{"gemma2_f32", gemma("gemma2", GgmlType::kF32)},
+                                           Case{"phi3_longrope_q8_0", phi3_longrope()},
                                            Case{"gemma3_q8_0_f16kv", gemma("gemma3", GgmlType::kQ8_0), KvType::kF16}),
                          [](const ::testing::TestParamInfo<Case>& p) { return std::string(p.param.name); });
 

@@ -167,7 +167,10 @@ TestModel make_test_model(const TestModelSpec& spec_in) {
   w.set_u32(s.arch + ".attention.head_count", static_cast<std::uint32_t>(s.n_head));
   w.set_u32(s.arch + ".attention.head_count_kv", static_cast<std::uint32_t>(s.n_head_kv));
   w.set_u32(s.arch + ".attention.key_length", static_cast<std::uint32_t>(s.head_dim));
-  w.set_u32(s.arch + ".rope.dimension_count", static_cast<std::uint32_t>(s.head_dim));
+  if (s.n_rot == 0) s.n_rot = s.head_dim;
+  w.set_u32(s.arch + ".rope.dimension_count", static_cast<std::uint32_t>(s.n_rot));
+  if (s.rope_orig_ctx > 0) w.set_u32(s.arch + ".rope.scaling.original_context_length", static_cast<std::uint32_t>(s.rope_orig_ctx));
+  if (s.rope_attn_factor > 0) w.set_f32(s.arch + ".rope.scaling.attn_factor", s.rope_attn_factor);
   w.set_f32(s.arch + ".rope.freq_base", s.rope_base);
   w.set_f32(s.arch + ".attention.layer_norm_rms_epsilon", 1e-5f);
   if (s.sliding_window > 0) w.set_u32(s.arch + ".attention.sliding_window", static_cast<std::uint32_t>(s.sliding_window));
@@ -178,7 +181,10 @@ TestModel make_test_model(const TestModelSpec& spec_in) {
   if (s.metadata) s.metadata(w);
 
   std::uint64_t bench_seed = s.seed;
-  auto add = [&](const std::string& name, std::int64_t ne0, std::int64_t ne1, float scale, bool norm) {
+  // `fused`: the values go there (to be written as part of a fused
+  // tensor) instead of into the file; the engine will read them as `name`.
+  auto add = [&](const std::string& name, std::int64_t ne0, std::int64_t ne1, float scale, bool norm,
+                 std::vector<float>* fused = nullptr) {
     GgmlType type = norm ? GgmlType::kF32 : s.weight_type;
     std::vector<std::int64_t> ne = ne1 == 1 ? std::vector<std::int64_t>{ne0} : std::vector<std::int64_t>{ne0, ne1};
     if (s.bench_weights) {
@@ -189,7 +195,8 @@ TestModel make_test_model(const TestModelSpec& spec_in) {
     }
     std::vector<float> v(static_cast<std::size_t>(ne0 * ne1));
     for (float& x : v) x = norm ? 1.0f + 0.1f * gauss(rng) : scale * gauss(rng);
-    w.add_tensor(name, type, ne, v);
+    if (fused != nullptr) fused->insert(fused->end(), v.begin(), v.end());
+    else w.add_tensor(name, type, ne, v);
     // What the engine will read: quantise then dequantise.
     std::vector<float> back(v.size());
     const std::size_t rb = engine::row_bytes(type, ne0);
@@ -206,12 +213,24 @@ TestModel make_test_model(const TestModelSpec& spec_in) {
   add("token_embd.weight", s.n_embd, s.n_vocab, 1.0f, false);
   add("output_norm.weight", s.n_embd, 1, 0, true);
   if (!s.tied_output) add("output.weight", s.n_embd, s.n_vocab, ws, false);
+  if (s.rope_orig_ctx > 0) {
+    std::uniform_real_distribution<float> factor(1.0f, 4.0f);
+    for (const char* name : {"rope_factors_long.weight", "rope_factors_short.weight"}) {
+      std::vector<float> f(static_cast<std::size_t>(s.n_rot / 2));
+      for (float& x : f) x = factor(rng);
+      w.add_tensor(name, GgmlType::kF32, {s.n_rot / 2}, f);
+      m.weights[name] = std::vector<double>(f.begin(), f.end());
+    }
+  }
   for (int l = 0; l < s.n_layer; ++l) {
     const std::string b = "blk." + std::to_string(l) + ".";
     add(b + "attn_norm.weight", s.n_embd, 1, 0, true);
-    add(b + "attn_q.weight", s.n_embd, q_dim, ws, false);
-    add(b + "attn_k.weight", s.n_embd, kv_dim, ws, false);
-    add(b + "attn_v.weight", s.n_embd, kv_dim, ws, false);
+    const bool phi3 = s.arch == "phi3";
+    std::vector<float> qkv, gate_up;
+    add(b + "attn_q.weight", s.n_embd, q_dim, ws, false, phi3 ? &qkv : nullptr);
+    add(b + "attn_k.weight", s.n_embd, kv_dim, ws, false, phi3 ? &qkv : nullptr);
+    add(b + "attn_v.weight", s.n_embd, kv_dim, ws, false, phi3 ? &qkv : nullptr);
+    if (phi3) w.add_tensor(b + "attn_qkv.weight", s.weight_type, {s.n_embd, q_dim + 2 * kv_dim}, qkv);
     add(b + "attn_output.weight", q_dim, s.n_embd, 1.0f / std::sqrt(static_cast<float>(q_dim)), false);
     if (s.arch == "qwen2") {
       add(b + "attn_q.bias", q_dim, 1, 0, true);
@@ -227,8 +246,9 @@ TestModel make_test_model(const TestModelSpec& spec_in) {
       add(b + "post_ffw_norm.weight", s.n_embd, 1, 0, true);
     }
     add(b + "ffn_norm.weight", s.n_embd, 1, 0, true);
-    add(b + "ffn_gate.weight", s.n_embd, s.n_ff, ws, false);
-    add(b + "ffn_up.weight", s.n_embd, s.n_ff, ws, false);
+    add(b + "ffn_gate.weight", s.n_embd, s.n_ff, ws, false, phi3 ? &gate_up : nullptr);
+    add(b + "ffn_up.weight", s.n_embd, s.n_ff, ws, false, phi3 ? &gate_up : nullptr);
+    if (phi3) w.add_tensor(b + "ffn_up.weight", s.weight_type, {s.n_embd, 2 * s.n_ff}, gate_up);
     add(b + "ffn_down.weight", s.n_ff, s.n_embd, 1.0f / std::sqrt(static_cast<float>(s.n_ff)), false);
   }
   m.gguf = w.bytes();
@@ -354,14 +374,18 @@ Vec rms_norm(const Vec& x, const double* g, double eps) {
   return y;
 }
 
-void rope(double* v, int head_dim, int pos, double base, bool neox) {
-  const int half = head_dim / 2;
+// The first n_rot numbers of a head rotated; frequency i divided by
+// factors[i] when given, the rotated numbers times mscale.
+void rope(double* v, int n_rot, int pos, double base, bool neox, const double* factors = nullptr,
+          double mscale = 1.0) {
+  const int half = n_rot / 2;
   for (int i = 0; i < half; ++i) {
-    const double theta = pos * std::pow(base, -2.0 * i / head_dim);
+    double theta = pos * std::pow(base, -2.0 * i / n_rot);
+    if (factors != nullptr) theta /= factors[i];
     const int a = neox ? i : 2 * i, b = neox ? i + half : 2 * i + 1;
-    const double x0 = v[a], x1 = v[b];
-    v[a] = x0 * std::cos(theta) - x1 * std::sin(theta);
-    v[b] = x0 * std::sin(theta) + x1 * std::cos(theta);
+    const double x0 = v[a], x1 = v[b], c = std::cos(theta) * mscale, sn = std::sin(theta) * mscale;
+    v[a] = x0 * c - x1 * sn;
+    v[b] = x0 * sn + x1 * c;
   }
 }
 
@@ -395,6 +419,10 @@ std::vector<double> reference_forward(const TestModel& model, const std::vector<
     const std::string b = "blk." + std::to_string(l) + ".";
     const bool swa = swa_period > 0 && (l + 1) % swa_period != 0;
     const double base = swa && s.arch == "gemma3" ? (s.rope_base_swa > 0 ? s.rope_base_swa : 10000.0) : s.rope_base;
+    const double* factors = nullptr;
+    if (s.rope_orig_ctx > 0)
+      factors = W(s.n_ctx > s.rope_orig_ctx ? "rope_factors_long.weight" : "rope_factors_short.weight").data();
+    const double mscale = s.rope_attn_factor > 0 ? s.rope_attn_factor : 1.0;
     std::vector<Vec> q(n), k(n), v(n);
     for (std::size_t t = 0; t < n; ++t) {
       Vec h = rms_norm(x[t], W(b + "attn_norm.weight").data(), 1e-5);
@@ -412,7 +440,7 @@ std::vector<double> reference_forward(const TestModel& model, const std::vector<
           Vec tmp = rms_norm(Vec(qh, qh + hd), W(b + "attn_q_norm.weight").data(), 1e-5);
           std::copy(tmp.begin(), tmp.end(), qh);
         }
-        rope(qh, s.head_dim, static_cast<int>(t), base, neox);
+        rope(qh, s.n_rot, static_cast<int>(t), base, neox, factors, mscale);
       }
       for (int h2 = 0; h2 < s.n_head_kv; ++h2) {
         double* kh = k[t].data() + h2 * hd;
@@ -420,7 +448,7 @@ std::vector<double> reference_forward(const TestModel& model, const std::vector<
           Vec tmp = rms_norm(Vec(kh, kh + hd), W(b + "attn_k_norm.weight").data(), 1e-5);
           std::copy(tmp.begin(), tmp.end(), kh);
         }
-        rope(kh, s.head_dim, static_cast<int>(t), base, neox);
+        rope(kh, s.n_rot, static_cast<int>(t), base, neox, factors, mscale);
       }
     }
     for (std::size_t t = 0; t < n; ++t) {

@@ -61,7 +61,7 @@ class GgufWriter {
 };
 
 struct TestModelSpec {
-  std::string arch = "llama";  // llama, qwen2, qwen3, gemma, gemma2, gemma3
+  std::string arch = "llama";  // llama, qwen2, qwen3, phi3 (fused attn_qkv and ffn_up), gemma, gemma2, gemma3
   int n_vocab = 64;
   int n_embd = 64;
   int n_layer = 2;
@@ -81,6 +81,13 @@ struct TestModelSpec {
   float attn_softcap = 0.0f;
   float final_softcap = 0.0f;
   float attn_scale = 0.0f;
+  int n_rot = 0;               // rope.dimension_count (0: head_dim)
+  // LongRoPE: rope_factors_long/short tensors (random factors in [1, 4])
+  // and the keys rope.scaling.original_context_length (this) and
+  // rope.scaling.attn_factor (when > 0); n_ctx > rope_orig_ctx selects the
+  // long factors.
+  int rope_orig_ctx = 0;
+  float rope_attn_factor = 0.0f;
   std::uint32_t seed = 1;
   // Adds more metadata (a tokenizer, say) after the hyper-parameters.
   std::function<void(GgufWriter&)> metadata;

@@ -148,6 +148,27 @@ TestModelSpec gemma3_with_keys(GgmlType t) {
   return s;
 }
 
+// Phi-3 and Phi-4 (phi3): q/k/v in one matrix and gate/up in another;
+// with LongRoPE, frequency factors (the long ones: the context, 512, is
+// longer than the original 256; the short ones when it is not) and a
+// magnitude scale, over a partial rotation (24 of 32 numbers per head, as
+// Phi-4-mini rotates 96 of 128).
+TestModelSpec phi3_spec(GgmlType t, int orig_ctx, float attn_factor) {
+  TestModelSpec s = spec("phi3", 128, 4, 2, 128, false, t, 32);
+  s.n_rot = 24;
+  s.rope_orig_ctx = orig_ctx;
+  s.rope_attn_factor = attn_factor;
+  return s;
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Phi3, ReferenceTest,
+    ::testing::Values(ShapeCase{"phi3_fused_f32", spec("phi3", 64, 4, 2, 96, false, GgmlType::kF32), 1e-4},
+                      ShapeCase{"phi3_longrope_f32", phi3_spec(GgmlType::kF32, 256, 1.19f), 1e-4},
+                      ShapeCase{"phi3_short_factors_f32", phi3_spec(GgmlType::kF32, 512, 0.0f), 1e-4},
+                      ShapeCase{"phi3_longrope_q8_0", phi3_spec(GgmlType::kQ8_0, 256, 1.19f), 3e-2}),
+    [](const auto& param_info) { return std::string(param_info.param.name); });
+
 INSTANTIATE_TEST_SUITE_P(
     Gemma, ReferenceTest,
     ::testing::Values(ShapeCase{"gemma_mqa_f32", gemma_spec("gemma", 64, 4, 1, 96, GgmlType::kF32, 32), 1e-4},
@@ -261,8 +282,9 @@ TEST(BatchTest, QuantisedWeightsGiveBitIdenticalLogitsInsideABatch) {
   force_scalar_kernels(false);
 }
 
-// Gemma metadata a loader must not guess: gemma3's window (its layers'
-// pattern depends on it), caps and scales that are not positive numbers.
+// Metadata a loader must not guess: gemma3's window (its layers' pattern
+// depends on it), caps and scales that are not positive numbers, an
+// architecture it does not run.
 TEST(GemmaTest, BadMetadataIsRefusedByName) {
   struct Case {
     TestModelSpec spec;
@@ -279,7 +301,11 @@ TEST(GemmaTest, BadMetadataIsRefusedByName) {
   bad_scale.metadata = [](testing::GgufWriter& w) { w.set_f32("gemma3.attention.scale", 0.0f); };
   cases.push_back({bad_scale, "gemma3.attention.scale must be positive"});
   TestModelSpec other = spec("phi3", 64, 4, 2, 96, false, GgmlType::kF32);
-  cases.push_back({other, "architecture 'phi3' is not supported (llama, qwen2, qwen3, gemma, gemma2, gemma3)"});
+  other.arch = "phi2";
+  cases.push_back({other, "architecture 'phi2' is not supported (llama, qwen2, qwen3, phi3, gemma, gemma2, gemma3)"});
+  TestModelSpec bad_factor = phi3_spec(GgmlType::kF32, 256, 0.0f);
+  bad_factor.metadata = [](testing::GgufWriter& w) { w.set_f32("phi3.rope.scaling.attn_factor", -1.0f); };
+  cases.push_back({bad_factor, "rope.scaling.attn_factor must be positive"});
   for (const Case& c : cases) {
     testing::TestModel tm = testing::make_test_model(c.spec);
     auto f = GgufFile::parse({reinterpret_cast<const std::uint8_t*>(tm.gguf.data()), tm.gguf.size()});

@@ -37,6 +37,15 @@ TestModelSpec shape(const char* arch, int n_embd, int n_head, int n_head_kv, int
   return testing::decoder_spec(arch, n_embd, n_head, n_head_kv, n_ff, tied, type, head_dim);
 }
 
+// Post-norms after the partial sums, sliding windows of 8 on five of six
+// layers.
+TestModelSpec gemma3_shape() {
+  TestModelSpec s = shape("gemma3", 128, 4, 2, 128, GgmlType::kQ8_0, 32, true);
+  s.n_layer = 6;
+  s.sliding_window = 8;
+  return s;
+}
+
 Result<std::unique_ptr<Model>> load(const testing::TestModel& tm, TensorParallel tp = {}) {
   AIRLOCK_ASSIGN_OR_RETURN(auto file,
                            GgufFile::parse({reinterpret_cast<const std::uint8_t*>(tm.gguf.data()), tm.gguf.size()}));
@@ -148,6 +157,9 @@ INSTANTIATE_TEST_SUITE_P(
         Case{"llama_mha_tied_f32_4_ranks", shape("llama", 64, 4, 4, 96, GgmlType::kF32, 0, true), 4},
         Case{"qwen2_bias_f32_2_ranks", shape("qwen2", 64, 4, 2, 96, GgmlType::kF32), 2},
         Case{"qwen3_qknorm_f16_2_ranks", shape("qwen3", 64, 4, 2, 96, GgmlType::kF16, 32), 2},
+        // fused q/k/v and gate/up: each rank's rows of each part
+        Case{"phi3_fused_f32_2_ranks", shape("phi3", 64, 8, 4, 128, GgmlType::kF32), 2},
+        Case{"gemma3_q8_0_2_ranks", gemma3_shape(), 2},
         Case{"llama_q8_0_2_ranks", shape("llama", 128, 4, 2, 128, GgmlType::kQ8_0), 2},
         Case{"qwen2_q4_k_2_ranks", shape("qwen2", 512, 4, 2, 512, GgmlType::kQ4_K, 128), 2},
         Case{"qwen3_q6_k_2_ranks", shape("qwen3", 512, 4, 2, 512, GgmlType::kQ6_K, 128), 2}),

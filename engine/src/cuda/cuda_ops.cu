@@ -104,7 +104,8 @@ __global__ void softcap_kernel(float* x, std::int64_t n, float cap) {
 // One thread per (token, rotated pair); the pair's angle is shared by every
 // head, so each thread rotates that pair in all heads.
 __global__ void rope_kernel(float* x, std::int64_t n_tokens, int n_heads, int head_dim, const std::int32_t* positions,
-                            int n_rot, float freq_base, float freq_scale, bool neox, const float* freq_factors) {
+                            int n_rot, float freq_base, float freq_scale, bool neox, const float* freq_factors,
+                            float attn_factor) {
   const int half = n_rot / 2;
   const std::int64_t job = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x;
   if (job >= n_tokens * half) return;
@@ -113,7 +114,7 @@ __global__ void rope_kernel(float* x, std::int64_t n_tokens, int n_heads, int he
   double f = pow(static_cast<double>(freq_base), -2.0 * i / n_rot);
   if (freq_factors != nullptr) f /= freq_factors[i];
   const float theta = static_cast<float>(positions[t]) * freq_scale * static_cast<float>(f);
-  const float c = cosf(theta), s = sinf(theta);
+  const float c = cosf(theta) * attn_factor, s = sinf(theta) * attn_factor;
   const int a = neox ? i : 2 * i, b = neox ? i + half : 2 * i + 1;
   for (int h = 0; h < n_heads; ++h) {
     float* v = x + (t * n_heads + h) * head_dim;
@@ -665,7 +666,7 @@ Status rope(float* x, std::int64_t n_tokens, int n_heads, int head_dim, const st
   const std::int64_t jobs = n_tokens * (p.n_rot / 2);
   if (jobs == 0) return Status::ok();
   rope_kernel<<<blocks_for(jobs), kThreads>>>(x, n_tokens, n_heads, head_dim, positions, p.n_rot, p.freq_base,
-                                              p.freq_scale, p.neox, p.freq_factors);
+                                              p.freq_scale, p.neox, p.freq_factors, p.attn_factor);
   return launched("rope");
 }
 

@@ -53,6 +53,7 @@ struct RopeParams {
   float freq_scale = 1.0f;     // linear scaling: positions are multiplied by this
   bool neox = false;           // pairs (i, i + n_rot/2) instead of (2i, 2i+1)
   const float* freq_factors = nullptr;  // optional (n_rot / 2): divides each frequency
+  float attn_factor = 1.0f;    // the rotated numbers are also multiplied by this (LongRoPE's magnitude scale)
 };
 
 // How cached keys and values are stored. F16 halves the cache (twice the

@@ -1,7 +1,7 @@
 // A loaded decoder model and its batched forward pass.
 //
 // Model::load() opens a GGUF file, reads the hyper-parameters of its
-// architecture (llama, qwen2, qwen3, gemma, gemma2, gemma3), checks every tensor's presence, type
+// architecture (llama, qwen2, qwen3, phi3, gemma, gemma2, gemma3), checks every tensor's presence, type
 // and shape, and hands the weights to a backend (the CPU backend keeps them in
 // the file mapping: no copy). forward() runs one batch that mixes prompt
 // chunks and decode steps of many sequences over a paged KV cache.
@@ -32,7 +32,7 @@
 namespace airlock::engine {
 
 struct ModelParams {
-  std::string arch;         // "llama", "qwen2", "qwen3", "gemma", "gemma2", "gemma3"
+  std::string arch;         // "llama", "qwen2", "qwen3", "phi3", "gemma", "gemma2", "gemma3"
   int n_vocab = 0;
   int n_embd = 0;
   int n_layer = 0;
