@@ -47,7 +47,7 @@ Result<GgufTensor> slice_cols(const GgufTensor& t, std::int64_t c0, std::int64_t
   return s;
 }
 
-// A soft-capping key: absent is 0 (no cap), present must be positive.
+// A soft-capping key: absent leaves *out, present must be positive.
 Status read_cap(const GgufFile& f, const std::string& key, float* out) {
   if (!f.find(key)) return Status::ok();
   const double c = f.get_float(key).value_or(0.0);
@@ -57,41 +57,51 @@ Status read_cap(const GgufFile& f, const std::string& key, float* out) {
 }
 
 // The Gemma family's differences from Llama, as llama.cpp reads and runs
-// them: GeGLU, embeddings times sqrt(n_embd), and for gemma2/gemma3 norms
-// after attention and the feed-forward, sliding-window layers and the
-// query scale of the larger models; gemma2's soft-capping. (The converter
-// has already added Gemma's +1 to every norm weight.)
+// them (keys it ignores for these architectures are ignored here too):
+// GeGLU, embeddings times sqrt(n_embd), and for gemma2/gemma3 norms after
+// attention and the feed-forward, sliding-window layers and the query
+// scale of the 27B models; gemma2's soft-capping. (The converter has
+// already added Gemma's +1 to every norm weight.)
 Status read_gemma_params(const GgufFile& f, ModelParams* p) {
   p->gelu_ffn = true;
   p->embd_scale = std::sqrt(static_cast<float>(p->n_embd));
   if (p->arch == "gemma") return Status::ok();
   p->post_norms = true;
   // The 27B models scale queries by 1/sqrt(n_embd / n_head) (their
-  // query_pre_attn_scalar); llama.cpp knows them by their layer count, and
-  // so does this unless the file says `attention.scale`.
+  // query_pre_attn_scalar, not their head size); llama.cpp knows them by
+  // their layer count, and so does this.
   const int big_layers = p->arch == "gemma2" ? 46 : 62;
-  if (p->n_layer == big_layers) p->attn_scale = 1.0f / std::sqrt(static_cast<float>(p->n_embd / p->n_head));
-  if (f.find(p->arch + ".attention.scale")) {
-    const double sc = f.get_float(p->arch + ".attention.scale").value_or(0.0);
-    if (!(sc > 0 && sc < 1e6)) return verification_failed("gguf: " + p->arch + ".attention.scale must be positive");
-    p->attn_scale = static_cast<float>(sc);
+  if (p->n_layer == big_layers) {
+    if (p->n_embd < p->n_head)
+      return verification_failed("gguf: " + p->arch + " with " + std::to_string(p->n_layer) +
+                                 " layers needs embedding_length >= head_count (its query scale)");
+    p->attn_scale = 1.0f / std::sqrt(static_cast<float>(p->n_embd / p->n_head));
   }
-  AIRLOCK_RETURN_IF_ERROR(read_cap(f, p->arch + ".attn_logit_softcapping", &p->attn_softcap));
-  AIRLOCK_RETURN_IF_ERROR(read_cap(f, p->arch + ".final_logit_softcapping", &p->final_softcap));
+  // gemma2 always caps, at 50 and 30 unless the file says (llama.cpp's
+  // defaults); gemma3 never does.
+  if (p->arch == "gemma2") {
+    p->attn_softcap = 50.0f;
+    p->final_softcap = 30.0f;
+    AIRLOCK_RETURN_IF_ERROR(read_cap(f, p->arch + ".attn_logit_softcapping", &p->attn_softcap));
+    AIRLOCK_RETURN_IF_ERROR(read_cap(f, p->arch + ".final_logit_softcapping", &p->final_softcap));
+  }
   // Gemma 2: every other layer local (the first one of each pair), 4096
   // positions unless the file says; Gemma 3: five local layers then one
-  // global, the local ones rotating at base 10000 without scaling.
+  // global, the local ones rotating at base 10000 without scaling, or,
+  // without a window in the file, every layer global.
   const std::string window_key = p->arch + ".attention.sliding_window";
   std::uint64_t window = p->arch == "gemma2" ? 4096 : 0;
-  if (f.find(window_key)) window = f.get_uint(window_key).value_or(0);
-  if (window == 0 || window > (1u << 24)) return verification_failed("gguf: " + window_key + " is missing or out of range");
+  if (f.find(window_key)) {
+    window = f.get_uint(window_key).value_or(0);
+    if ((window == 0 && p->arch == "gemma2") || window > (1u << 24))
+      return verification_failed("gguf: " + window_key + " is out of range");
+  }
   p->swa_window = static_cast<int>(window);
   p->swa_period = p->arch == "gemma2" ? 2 : 6;
   p->rope_swa = p->rope;
   if (p->arch == "gemma3") {
-    p->rope_swa.freq_base = static_cast<float>(f.get_float(p->arch + ".rope.freq_base_swa").value_or(10000.0));
+    p->rope_swa.freq_base = 10000.0f;
     p->rope_swa.freq_scale = 1.0f;
-    if (!(p->rope_swa.freq_base > 0)) return verification_failed("gguf: rope.freq_base_swa must be positive");
   }
   return Status::ok();
 }
@@ -236,6 +246,10 @@ Status Model::load_weights() {
   p.tied_output = f.tensor("output.weight") == nullptr;
   if (p.tied_output) output_ = tok_embd_;
   else AIRLOCK_RETURN_IF_ERROR(get("output.weight", p.n_embd, p.n_vocab, &output_));
+  const bool gemma = p.arch.rfind("gemma", 0) == 0;  // the Gemma family rotates without factors
+  if (gemma && (f.tensor("rope_freqs.weight") || f.tensor("rope_factors_long.weight") ||
+                f.tensor("rope_factors_short.weight")))
+    return verification_failed("gguf: a " + p.arch + " file has rope frequency factors, which Gemma does not use");
   if (const GgufTensor* rf = f.tensor("rope_freqs.weight")) {
     if (rf->type != GgmlType::kF32 || rf->ne[0] != p.rope.n_rot / 2)
       return verification_failed("gguf: rope_freqs.weight must be F32 of rope dimensions / 2");

@@ -305,19 +305,24 @@ TEST_F(CudaOpsTest, GemmEveryWeightTypeAgainstDoubleReference) {
 // caches, grouped heads, contexts of one position to several blocks through
 // a shuffled block table, several tokens of different contexts at once (few
 // ranges per head), and one decode token at a context of 20,000 positions
-// (many ranges, beyond the old kernel's 12,000 limit).
+// (many ranges, beyond the old kernel's 12,000 limit); then sliding windows
+// (ranges counted from the window's start) with soft-capped scores.
 TEST_F(CudaOpsTest, KvWriteAndPagedAttentionMatchTheCpu) {
   struct Shape {
     int n_blocks;
     std::vector<std::int32_t> n_ctx;
     int head_dim;
+    int window = 0;
+    float softcap = 0.0f;
   };
-  const Shape shapes[] = {{24, {1, 17, 200, 384}, 64}, {1251, {20000}, 128}, {1251, {3, 20000}, 256}};
+  const Shape shapes[] = {{24, {1, 17, 200, 384}, 64},         {1251, {20000}, 128},
+                          {1251, {3, 20000}, 256},             {1251, {20000}, 128, 300, 5.0f},
+                          {24, {1, 17, 200, 384}, 64, 100, 0}, {1251, {250, 20000}, 256, 4096, 2.0f}};
   for (const Shape& sh : shapes)
   for (KvType type : {KvType::kF32, KvType::kF16}) {
     const int n_head = 8, n_kv_head = 2, head_dim = sh.head_dim, block = 16, n_blocks = sh.n_blocks;
     const std::string what = std::string(kv_type_name(type)) + " head_dim " + std::to_string(head_dim) + " ctx " +
-                             std::to_string(sh.n_ctx.back());
+                             std::to_string(sh.n_ctx.back()) + " window " + std::to_string(sh.window);
     const std::int64_t kv_dim = n_kv_head * head_dim, n_slots = static_cast<std::int64_t>(n_blocks) * block;
     Result<KvStorage> host = cpu_->alloc_kv(1, n_slots, kv_dim, type);
     ASSERT_TRUE(host.is_ok());
@@ -356,6 +361,8 @@ TEST_F(CudaOpsTest, KvWriteAndPagedAttentionMatchTheCpu) {
     a.n_kv_head = n_kv_head;
     a.head_dim = head_dim;
     a.scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
+    a.window = sh.window;
+    a.softcap = sh.softcap;
     a.kv = &*host;
     a.n_ctx = n_ctx.data();
     a.block_table = table_ptrs.data();
@@ -366,6 +373,8 @@ TEST_F(CudaOpsTest, KvWriteAndPagedAttentionMatchTheCpu) {
     s.n_kv_head = n_kv_head;
     s.head_dim = head_dim;
     s.scale = a.scale;
+    s.window = sh.window;
+    s.softcap = sh.softcap;
     s.block = block;
     s.table_stride = stride;
     s.max_ctx = *std::max_element(n_ctx.begin(), n_ctx.end());

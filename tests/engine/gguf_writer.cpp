@@ -174,10 +174,12 @@ TestModel make_test_model(const TestModelSpec& spec_in) {
   w.set_f32(s.arch + ".rope.freq_base", s.rope_base);
   w.set_f32(s.arch + ".attention.layer_norm_rms_epsilon", 1e-5f);
   if (s.sliding_window > 0) w.set_u32(s.arch + ".attention.sliding_window", static_cast<std::uint32_t>(s.sliding_window));
-  if (s.rope_base_swa > 0) w.set_f32(s.arch + ".rope.freq_base_swa", s.rope_base_swa);
   if (s.attn_softcap > 0) w.set_f32(s.arch + ".attn_logit_softcapping", s.attn_softcap);
   if (s.final_softcap > 0) w.set_f32(s.arch + ".final_logit_softcapping", s.final_softcap);
-  if (s.attn_scale > 0) w.set_f32(s.arch + ".attention.scale", s.attn_scale);
+  if (s.rope_linear > 0) {
+    w.set_string(s.arch + ".rope.scaling.type", "linear");
+    w.set_f32(s.arch + ".rope.scaling.factor", s.rope_linear);
+  }
   if (s.metadata) s.metadata(w);
 
   std::uint64_t bench_seed = s.seed;
@@ -376,7 +378,7 @@ Vec rms_norm(const Vec& x, const double* g, double eps) {
 
 // The first n_rot numbers of a head rotated; frequency i divided by
 // factors[i] when given, the rotated numbers times mscale.
-void rope(double* v, int n_rot, int pos, double base, bool neox, const double* factors = nullptr,
+void rope(double* v, int n_rot, double pos, double base, bool neox, const double* factors = nullptr,
           double mscale = 1.0) {
   const int half = n_rot / 2;
   for (int i = 0; i < half; ++i) {
@@ -402,11 +404,17 @@ std::vector<double> reference_forward(const TestModel& model, const std::vector<
   const bool post_norms = s.arch == "gemma2" || s.arch == "gemma3";
   const bool qk_norm = s.arch == "qwen3" || s.arch == "gemma3";
   // Gemma 2 alternates local and global layers from a local one, Gemma 3
-  // has five local ones before each global one; gemma2's window is 4096
-  // unless the file says.
+  // has five local ones before each global one (all global without a
+  // window); gemma2's window is 4096 unless the file says, its caps 50 and
+  // 30.
   const int swa_period = s.arch == "gemma2" ? 2 : s.arch == "gemma3" ? 6 : 0;
   const int window = s.arch == "gemma2" && s.sliding_window == 0 ? 4096 : s.sliding_window;
-  const double scale = s.attn_scale > 0 && post_norms ? s.attn_scale : 1.0 / std::sqrt(static_cast<double>(hd));
+  const bool gemma2 = s.arch == "gemma2";
+  const double attn_cap = gemma2 ? (s.attn_softcap > 0 ? s.attn_softcap : 50.0) : 0.0;
+  const double final_cap = gemma2 ? (s.final_softcap > 0 ? s.final_softcap : 30.0) : 0.0;
+  // the 27B models' query scale, by layer count
+  const bool big = (gemma2 && s.n_layer == 46) || (s.arch == "gemma3" && s.n_layer == 62);
+  const double scale = 1.0 / std::sqrt(big ? static_cast<double>(s.n_embd / s.n_head) : static_cast<double>(hd));
   auto cap = [](double x, double c) { return c > 0 ? c * std::tanh(x / c) : x; };
   std::vector<Vec> x(n);
   for (std::size_t t = 0; t < n; ++t) {
@@ -417,8 +425,10 @@ std::vector<double> reference_forward(const TestModel& model, const std::vector<
   }
   for (int l = 0; l < s.n_layer; ++l) {
     const std::string b = "blk." + std::to_string(l) + ".";
-    const bool swa = swa_period > 0 && (l + 1) % swa_period != 0;
-    const double base = swa && s.arch == "gemma3" ? (s.rope_base_swa > 0 ? s.rope_base_swa : 10000.0) : s.rope_base;
+    const bool swa = swa_period > 0 && window > 0 && (l + 1) % swa_period != 0;
+    const bool local_rope = swa && s.arch == "gemma3";  // base 10000, unscaled
+    const double base = local_rope ? 10000.0 : s.rope_base;
+    const double pos_scale = s.rope_linear > 0 && !local_rope ? 1.0 / s.rope_linear : 1.0;
     const double* factors = nullptr;
     if (s.rope_orig_ctx > 0)
       factors = W(s.n_ctx > s.rope_orig_ctx ? "rope_factors_long.weight" : "rope_factors_short.weight").data();
@@ -440,7 +450,7 @@ std::vector<double> reference_forward(const TestModel& model, const std::vector<
           Vec tmp = rms_norm(Vec(qh, qh + hd), W(b + "attn_q_norm.weight").data(), 1e-5);
           std::copy(tmp.begin(), tmp.end(), qh);
         }
-        rope(qh, s.n_rot, static_cast<int>(t), base, neox, factors, mscale);
+        rope(qh, s.n_rot, static_cast<double>(t) * pos_scale, base, neox, factors, mscale);
       }
       for (int h2 = 0; h2 < s.n_head_kv; ++h2) {
         double* kh = k[t].data() + h2 * hd;
@@ -448,7 +458,7 @@ std::vector<double> reference_forward(const TestModel& model, const std::vector<
           Vec tmp = rms_norm(Vec(kh, kh + hd), W(b + "attn_k_norm.weight").data(), 1e-5);
           std::copy(tmp.begin(), tmp.end(), kh);
         }
-        rope(kh, s.n_rot, static_cast<int>(t), base, neox, factors, mscale);
+        rope(kh, s.n_rot, static_cast<double>(t) * pos_scale, base, neox, factors, mscale);
       }
     }
     for (std::size_t t = 0; t < n; ++t) {
@@ -462,7 +472,7 @@ std::vector<double> reference_forward(const TestModel& model, const std::vector<
         for (std::size_t p = first; p <= t; ++p) {
           double dot = 0;
           for (std::size_t i = 0; i < hd; ++i) dot += q[t][h2 * hd + i] * k[p][kvh * hd + i];
-          sc[p] = cap(dot * scale, s.attn_softcap);
+          sc[p] = cap(dot * scale, attn_cap);
           mx = std::max(mx, sc[p]);
         }
         double z = 0;
@@ -492,7 +502,7 @@ std::vector<double> reference_forward(const TestModel& model, const std::vector<
   for (std::size_t t = 0; t < n; ++t) {
     Vec h = rms_norm(x[t], W("output_norm.weight").data(), 1e-5);
     Vec l = matvec(out, h, static_cast<std::size_t>(s.n_vocab));
-    for (double& e : l) e = cap(e, s.final_softcap);
+    for (double& e : l) e = cap(e, final_cap);
     logits.insert(logits.end(), l.begin(), l.end());
   }
   return logits;

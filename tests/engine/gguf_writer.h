@@ -74,13 +74,14 @@ struct TestModelSpec {
   engine::GgmlType weight_type = engine::GgmlType::kF32;
   float rope_base = 10000.0f;
   // The Gemma family's keys, written when set: attention.sliding_window,
-  // rope.freq_base_swa (gemma3), attn_logit_softcapping,
-  // final_logit_softcapping, attention.scale.
+  // attn_logit_softcapping, final_logit_softcapping (the reference then
+  // caps gemma2 at 50 and 30 without them, gemma3 never).
   int sliding_window = 0;
-  float rope_base_swa = 0.0f;
   float attn_softcap = 0.0f;
   float final_softcap = 0.0f;
-  float attn_scale = 0.0f;
+  // rope.scaling.type linear with this factor when > 0 (gemma3: its global
+  // layers only).
+  float rope_linear = 0.0f;
   int n_rot = 0;               // rope.dimension_count (0: head_dim)
   // LongRoPE: rope_factors_long/short tensors (random factors in [1, 4])
   // and the keys rope.scaling.original_context_length (this) and

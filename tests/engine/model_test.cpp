@@ -141,10 +141,11 @@ TestModelSpec gemma_spec(const char* arch, int n_embd, int n_head, int n_head_kv
   return s;
 }
 
-TestModelSpec gemma3_with_keys(GgmlType t) {
+// Gemma 3 4B-27B: linear RoPE scaling (factor 8) on the global layers
+// only.
+TestModelSpec gemma3_scaled(GgmlType t) {
   TestModelSpec s = gemma_spec("gemma3", 256, 4, 2, 256, t, 64, 6);
-  s.rope_base_swa = 5000.0f;
-  s.attn_scale = 0.2f;
+  s.rope_linear = 8.0f;
   return s;
 }
 
@@ -174,8 +175,9 @@ INSTANTIATE_TEST_SUITE_P(
     ::testing::Values(ShapeCase{"gemma_mqa_f32", gemma_spec("gemma", 64, 4, 1, 96, GgmlType::kF32, 32), 1e-4},
                       ShapeCase{"gemma2_swa_softcap_f32", gemma_spec("gemma2", 64, 4, 2, 96, GgmlType::kF32, 32), 1e-4},
                       ShapeCase{"gemma3_swa_qknorm_f32", gemma_spec("gemma3", 64, 4, 2, 96, GgmlType::kF32, 32, 6), 1e-4},
-                      ShapeCase{"gemma3_keys_f16", gemma3_with_keys(GgmlType::kF16), 1e-4},
-                      ShapeCase{"gemma3_keys_q4_k", gemma3_with_keys(GgmlType::kQ4_K), 3e-2}),
+                      ShapeCase{"gemma3_all_global_f32", gemma_spec("gemma3", 64, 4, 2, 96, GgmlType::kF32, 32, 6, 0), 1e-4},
+                      ShapeCase{"gemma3_scaled_f16", gemma3_scaled(GgmlType::kF16), 1e-4},
+                      ShapeCase{"gemma3_scaled_q4_k", gemma3_scaled(GgmlType::kQ4_K), 3e-2}),
     [](const auto& param_info) { return std::string(param_info.param.name); });
 
 INSTANTIATE_TEST_SUITE_P(
@@ -282,6 +284,34 @@ TEST(BatchTest, QuantisedWeightsGiveBitIdenticalLogitsInsideABatch) {
   force_scalar_kernels(false);
 }
 
+// What llama.cpp assumes where a Gemma file is silent, and the keys it
+// ignores: gemma2 caps at 50 and 30 and slides 4096 positions; gemma3 caps
+// nothing even when a file says to; the 27B models (46 / 62 layers) scale
+// queries by 1/sqrt(n_embd / n_head), not by their head size.
+TEST(GemmaTest, DefaultsIgnoredKeysAndTheLargeModelsQueryScale) {
+  TestModelSpec g2 = gemma_spec("gemma2", 64, 4, 2, 96, GgmlType::kF32, 32, 46, 0);
+  g2.attn_softcap = g2.final_softcap = 0;  // no keys
+  Loaded l2 = load(g2);
+  ASSERT_TRUE(l2.model);
+  const ModelParams& p2 = l2.model->params();
+  EXPECT_EQ(p2.attn_softcap, 50.0f);
+  EXPECT_EQ(p2.final_softcap, 30.0f);
+  EXPECT_EQ(p2.swa_window, 4096);
+  EXPECT_FLOAT_EQ(p2.attn_scale, 0.25f);  // 1/sqrt(64 / 4), not 1/sqrt(32)
+  TestModelSpec g3 = gemma_spec("gemma3", 64, 4, 2, 96, GgmlType::kF32, 32, 6);
+  g3.attn_softcap = 50.0f;
+  g3.final_softcap = 30.0f;
+  Loaded l3 = load(g3);
+  ASSERT_TRUE(l3.model);
+  EXPECT_EQ(l3.model->params().attn_softcap, 0.0f);
+  EXPECT_EQ(l3.model->params().final_softcap, 0.0f);
+  EXPECT_FLOAT_EQ(l3.model->params().attn_scale, 1.0f / std::sqrt(32.0f));
+  // the reference agrees with those defaults on a short prompt
+  std::vector<std::int32_t> tokens = random_tokens(9, g2.n_vocab, 3);
+  std::vector<double> want = testing::reference_forward(l2.tm, tokens);
+  EXPECT_LT(rel_error(run_chunks(*l2.model, tokens, {9}), want), 1e-4);
+}
+
 // Metadata a loader must not guess: gemma3's window (its layers' pattern
 // depends on it), caps and scales that are not positive numbers, an
 // architecture it does not run.
@@ -291,15 +321,20 @@ TEST(GemmaTest, BadMetadataIsRefusedByName) {
     std::string message;
   };
   std::vector<Case> cases;
-  TestModelSpec no_window = gemma_spec("gemma3", 64, 4, 2, 96, GgmlType::kF32, 32, 6, 0);
-  cases.push_back({no_window, "gemma3.attention.sliding_window is missing or out of range"});
+  TestModelSpec zero_window = gemma_spec("gemma2", 64, 4, 2, 96, GgmlType::kF32, 32);
+  zero_window.sliding_window = 0;
+  zero_window.metadata = [](testing::GgufWriter& w) { w.set_u32("gemma2.attention.sliding_window", 0); };
+  cases.push_back({zero_window, "gemma2.attention.sliding_window is out of range"});
   TestModelSpec bad_cap = gemma_spec("gemma2", 64, 4, 2, 96, GgmlType::kF32, 32);
   bad_cap.attn_softcap = 0;
   bad_cap.metadata = [](testing::GgufWriter& w) { w.set_f32("gemma2.attn_logit_softcapping", -50.0f); };
   cases.push_back({bad_cap, "gemma2.attn_logit_softcapping must be a positive number"});
-  TestModelSpec bad_scale = gemma_spec("gemma3", 64, 4, 2, 96, GgmlType::kF32, 32, 6);
-  bad_scale.metadata = [](testing::GgufWriter& w) { w.set_f32("gemma3.attention.scale", 0.0f); };
-  cases.push_back({bad_scale, "gemma3.attention.scale must be positive"});
+  // a "27B" (by its layer count) whose query scale would divide by zero
+  TestModelSpec wide = gemma_spec("gemma2", 16, 32, 32, 16, GgmlType::kF32, 16, 46, 4);
+  cases.push_back({wide, "gemma2 with 46 layers needs embedding_length >= head_count"});
+  TestModelSpec factors = gemma_spec("gemma3", 64, 4, 2, 96, GgmlType::kF32, 32, 6);
+  factors.metadata = [](testing::GgufWriter& w) { w.add_tensor("rope_freqs.weight", GgmlType::kF32, {16}, std::vector<float>(16, 1.0f)); };
+  cases.push_back({factors, "a gemma3 file has rope frequency factors"});
   TestModelSpec other = spec("phi3", 64, 4, 2, 96, false, GgmlType::kF32);
   other.arch = "phi2";
   cases.push_back({other, "architecture 'phi2' is not supported (llama, qwen2, qwen3, phi3, gemma, gemma2, gemma3)"});

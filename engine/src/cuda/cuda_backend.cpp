@@ -202,6 +202,7 @@ class CudaBackend final : public Backend {
   void attention(const AttentionArgs& a) override {
     trace({a.q, a.out, a.kv->k_layer(a.layer), a.kv->v_layer(a.layer)},
           {a.n_tokens, a.n_head, a.n_kv_head, a.head_dim, a.layer, a.window,
+           static_cast<std::int64_t>(std::bit_cast<std::uint32_t>(a.scale)),
            static_cast<std::int64_t>(std::bit_cast<std::uint32_t>(a.softcap))});
     // Block tables flattened to one row per token, as long as the longest;
     // in a graph, as long as its context bucket (cuda_graph_plan.h), which

@@ -435,9 +435,9 @@ __global__ void attention_split_kernel(AttentionShape s, int split_len, const fl
   const int h = static_cast<int>(th % s.n_head);
   const int kvh = h / (s.n_head / s.n_kv_head);
   const int warp = static_cast<int>(threadIdx.x) / 32, lane = static_cast<int>(threadIdx.x) % 32;
-  // a sliding window starts at n_ctx - window; ranges before it are empty
+  // the ranges count from the first position (a sliding window's start)
   const int first = s.window > 0 ? max(0, n_ctx[t] - s.window) : 0;
-  const int p0 = max(first, split * split_len), p1 = min(n_ctx[t], split * split_len + split_len);
+  const int p0 = first + split * split_len, p1 = min(n_ctx[t], p0 + split_len);
   const std::int32_t* table = tables + t * s.table_stride;
   const float* qh = q + th * s.head_dim;
   float qr[kAttnLaneDims], acc[kAttnLaneDims];
@@ -746,8 +746,11 @@ Status attention(const AttentionShape& s, const float* q, KvType type, const voi
     return invalid_argument("CUDA attention: heads of " + std::to_string(s.head_dim) + " numbers (at most " +
                             std::to_string(kMaxHeadDim) + ")");
   if (s.max_ctx < 1) return invalid_argument("CUDA attention: every token attends to at least one position");
-  const int n_splits = attention_splits(s.n_tokens, s.n_head, s.max_ctx);
-  const int split_len = (s.max_ctx + n_splits - 1) / n_splits;
+  // The most positions a token attends to (a window holds fewer than its
+  // context): the ranges cover them from its first position.
+  const int span = s.window > 0 ? std::min(s.max_ctx, s.window) : s.max_ctx;
+  const int n_splits = attention_splits(s.n_tokens, s.n_head, span);
+  const int split_len = (span + n_splits - 1) / n_splits;
   const std::int64_t parts = s.n_tokens * s.n_head * n_splits;
   const std::size_t bytes = static_cast<std::size_t>(parts * (s.head_dim + 2)) * sizeof(float);
   AIRLOCK_RETURN_IF_ERROR(workspace->grow(bytes));
