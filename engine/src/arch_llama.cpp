@@ -1,5 +1,5 @@
-// The Llama family forward pass (llama, qwen2, qwen3, and the Gemma
-// family's variations on it: gemma, gemma2, gemma3), written against the
+// The Llama family forward pass (llama, qwen2, qwen3, phi3, granite, and
+// the Gemma family's variations on it: gemma, gemma2, gemma3), written against the
 // backend operations only.
 #include <algorithm>
 #include <cmath>
@@ -235,8 +235,10 @@ Status Model::compute(const Batch& batch, const PassPlan& plan, const KvStorage&
       }
       const bool swa = p.is_swa_layer(il);  // a sliding-window layer (gemma2, gemma3)
       const RopeParams& rope = swa ? p.rope_swa : p.rope;
-      be.rope(q, n, n_head, p.head_dim, batch.positions.data(), rope);
-      be.rope(k, n, n_head_kv, p.head_dim, batch.positions.data(), rope);
+      if (p.use_rope) {
+        be.rope(q, n, n_head, p.head_dim, batch.positions.data(), rope);
+        be.rope(k, n, n_head_kv, p.head_dim, batch.positions.data(), rope);
+      }
       be.kv_write(kv, il, k, v, n, slots.data());
       aa.layer = il;
       aa.window = swa ? p.swa_window : 0;
@@ -244,6 +246,7 @@ Status Model::compute(const Batch& batch, const PassPlan& plan, const KvStorage&
       be.matmul(l.wo, att, n, o);
       if (tp_.n_ranks > 1) AIRLOCK_RETURN_IF_ERROR(tp_.comm->all_reduce_sum(o, n * d));  // the heads' partial sums
       if (p.post_norms) be.rms_norm(o, l.post_attn_norm, n, d, p.rms_eps, o);
+      if (p.residual_scale != 1.0f) be.scale(o, n * d, p.residual_scale);
       be.add(x, o, n * d);
 
       be.rms_norm(x, l.ffn_norm, n, d, p.rms_eps, h);
@@ -257,6 +260,7 @@ Status Model::compute(const Batch& batch, const PassPlan& plan, const KvStorage&
       be.matmul(l.w_down, gate, n, o);
       if (tp_.n_ranks > 1) AIRLOCK_RETURN_IF_ERROR(tp_.comm->all_reduce_sum(o, n * d));  // the columns' partial sums
       if (p.post_norms) be.rms_norm(o, l.post_ffn_norm, n, d, p.rms_eps, o);
+      if (p.residual_scale != 1.0f) be.scale(o, n * d, p.residual_scale);
       be.add(x, o, n * d);
     }
 
@@ -265,6 +269,7 @@ Status Model::compute(const Batch& batch, const PassPlan& plan, const KvStorage&
       be.rms_norm(x, output_norm_, m, d, p.rms_eps, h);
       be.matmul(output_, h, m, out);
       if (p.final_softcap > 0) be.softcap(out, m * p.n_vocab, p.final_softcap);
+      if (p.logit_scale != 1.0f) be.scale(out, m * p.n_vocab, 1.0f / p.logit_scale);
     }
     return Status::ok();
   };

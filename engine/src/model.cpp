@@ -106,6 +106,26 @@ Status read_gemma_params(const GgufFile& f, ModelParams* p) {
   return Status::ok();
 }
 
+// IBM Granite (3.x dense): Llama with four multipliers, as llama.cpp reads
+// them: logit_scale (required), and residual_scale, embedding_scale and
+// attention.scale when present; rope.scaling.finetuned false turns RoPE off.
+Status read_granite_params(const GgufFile& f, ModelParams* p) {
+  auto factor = [&](const std::string& key, bool required, float* out) -> Status {
+    const std::string k = p->arch + "." + key;
+    if (!f.find(k)) return required ? verification_failed("gguf: " + k + " is missing") : Status::ok();
+    const double v = f.get_float(k).value_or(0.0);
+    if (!(v > 0 && v < 1e6)) return verification_failed("gguf: " + k + " must be a positive number");
+    *out = static_cast<float>(v);
+    return Status::ok();
+  };
+  AIRLOCK_RETURN_IF_ERROR(factor("logit_scale", true, &p->logit_scale));
+  AIRLOCK_RETURN_IF_ERROR(factor("residual_scale", false, &p->residual_scale));
+  AIRLOCK_RETURN_IF_ERROR(factor("embedding_scale", false, &p->embd_scale));
+  AIRLOCK_RETURN_IF_ERROR(factor("attention.scale", false, &p->attn_scale));
+  p->use_rope = f.get_bool(p->arch + ".rope.scaling.finetuned").value_or(true);
+  return Status::ok();
+}
+
 }  // namespace
 
 Model::~Model() = default;
@@ -133,9 +153,9 @@ Result<std::unique_ptr<Model>> Model::from_gguf(std::unique_ptr<GgufFile> file, 
   if (!arch) return verification_failed("gguf: general.architecture is missing");
   p.arch = std::string(*arch);
   const bool gemma = p.arch == "gemma" || p.arch == "gemma2" || p.arch == "gemma3";
-  if (p.arch != "llama" && p.arch != "qwen2" && p.arch != "qwen3" && p.arch != "phi3" && !gemma)
+  if (p.arch != "llama" && p.arch != "qwen2" && p.arch != "qwen3" && p.arch != "phi3" && p.arch != "granite" && !gemma)
     return invalid_argument("architecture '" + p.arch +
-                            "' is not supported (llama, qwen2, qwen3, phi3, gemma, gemma2, gemma3)");
+                            "' is not supported (llama, qwen2, qwen3, phi3, granite, gemma, gemma2, gemma3)");
   auto need_uint = [&](const std::string& key, int* out, std::uint64_t max) -> Status {
     auto v = f.get_uint(p.arch + "." + key);
     if (!v || *v == 0 || *v > max) return verification_failed("gguf: " + p.arch + "." + key + " is missing or out of range");
@@ -174,13 +194,14 @@ Result<std::unique_ptr<Model>> Model::from_gguf(std::unique_ptr<GgufFile> file, 
     if (!(af > 0 && af < 1e3)) return verification_failed("gguf: rope.scaling.attn_factor must be positive");
     p.rope.attn_factor = static_cast<float>(af);
   }
-  // llama.cpp's converters permute llama Q/K for adjacent-pair rotation; the
-  // Qwen families rotate halves (NeoX style).
-  p.rope.neox = p.arch != "llama";
+  // llama.cpp's converters permute llama (and granite) Q/K for
+  // adjacent-pair rotation; the others rotate halves (NeoX style).
+  p.rope.neox = p.arch != "llama" && p.arch != "granite";
   p.qkv_bias = p.arch == "qwen2";
   p.qk_norm = p.arch == "qwen3" || p.arch == "gemma3";
   p.attn_scale = 1.0f / std::sqrt(static_cast<float>(p.head_dim));
   if (gemma) AIRLOCK_RETURN_IF_ERROR(read_gemma_params(f, &p));
+  if (p.arch == "granite") AIRLOCK_RETURN_IF_ERROR(read_granite_params(f, &p));
   // Whole key/value heads per rank (each rank's query heads then share
   // only its own), and equal feed-forward slices.
   if (p.n_head_kv % tp.n_ranks != 0 || p.n_ff % tp.n_ranks != 0)
@@ -278,6 +299,12 @@ Status Model::load_weights() {
       if (!(x > 0 && std::isfinite(x))) return verification_failed("gguf: a rope frequency factor is not positive");
     p.rope.freq_factors = rope_freq_factors_.data();
   }
+  // Biases this pass has no place for (some Granite and other files carry
+  // them): refused rather than ignored, which would change every answer.
+  for (const char* bias : {"attn_output.bias", "ffn_gate.bias", "ffn_up.bias", "ffn_down.bias"})
+    if (f.tensor("blk.0." + std::string(bias)) != nullptr)
+      return invalid_argument("gguf: tensor 'blk.0." + std::string(bias) + "' (a bias this engine does not apply to " +
+                              p.arch + ") is not supported");
   layers_.resize(static_cast<std::size_t>(p.n_layer));
   for (int i = 0; i < p.n_layer; ++i) {
     const std::string b = "blk." + std::to_string(i) + ".";

@@ -176,6 +176,11 @@ TestModel make_test_model(const TestModelSpec& spec_in) {
   if (s.sliding_window > 0) w.set_u32(s.arch + ".attention.sliding_window", static_cast<std::uint32_t>(s.sliding_window));
   if (s.attn_softcap > 0) w.set_f32(s.arch + ".attn_logit_softcapping", s.attn_softcap);
   if (s.final_softcap > 0) w.set_f32(s.arch + ".final_logit_softcapping", s.final_softcap);
+  if (s.arch == "granite") w.set_f32(s.arch + ".logit_scale", s.logit_scale > 0 ? s.logit_scale : 1.0f);
+  if (s.residual_scale > 0) w.set_f32(s.arch + ".residual_scale", s.residual_scale);
+  if (s.embedding_scale > 0) w.set_f32(s.arch + ".embedding_scale", s.embedding_scale);
+  if (s.attention_scale > 0) w.set_f32(s.arch + ".attention.scale", s.attention_scale);
+  if (s.rope_finetuned >= 0) w.set_bool(s.arch + ".rope.scaling.finetuned", s.rope_finetuned == 1);
   if (s.rope_linear > 0) {
     w.set_string(s.arch + ".rope.scaling.type", "linear");
     w.set_f32(s.arch + ".rope.scaling.factor", s.rope_linear);
@@ -399,7 +404,11 @@ std::vector<double> reference_forward(const TestModel& model, const std::vector<
   const std::size_t n = tokens.size(), d = static_cast<std::size_t>(s.n_embd);
   const std::size_t hd = static_cast<std::size_t>(s.head_dim);
   const std::size_t q_dim = static_cast<std::size_t>(s.n_head) * hd, kv_dim = static_cast<std::size_t>(s.n_head_kv) * hd;
-  const bool neox = s.arch != "llama";
+  const bool neox = s.arch != "llama" && s.arch != "granite";
+  const bool granite = s.arch == "granite";
+  const double residual_scale = granite && s.residual_scale > 0 ? s.residual_scale : 1.0;
+  const double logit_scale = granite && s.logit_scale > 0 ? s.logit_scale : 1.0;
+  const bool use_rope = !(granite && s.rope_finetuned == 0);
   const bool gemma = s.arch == "gemma" || s.arch == "gemma2" || s.arch == "gemma3";
   const bool post_norms = s.arch == "gemma2" || s.arch == "gemma3";
   const bool qk_norm = s.arch == "qwen3" || s.arch == "gemma3";
@@ -414,7 +423,9 @@ std::vector<double> reference_forward(const TestModel& model, const std::vector<
   const double final_cap = gemma2 ? (s.final_softcap > 0 ? s.final_softcap : 30.0) : 0.0;
   // the 27B models' query scale, by layer count
   const bool big = (gemma2 && s.n_layer == 46) || (s.arch == "gemma3" && s.n_layer == 62);
-  const double scale = 1.0 / std::sqrt(big ? static_cast<double>(s.n_embd / s.n_head) : static_cast<double>(hd));
+  const double scale = granite && s.attention_scale > 0
+                           ? s.attention_scale
+                           : 1.0 / std::sqrt(big ? static_cast<double>(s.n_embd / s.n_head) : static_cast<double>(hd));
   auto cap = [](double x, double c) { return c > 0 ? c * std::tanh(x / c) : x; };
   std::vector<Vec> x(n);
   for (std::size_t t = 0; t < n; ++t) {
@@ -422,6 +433,8 @@ std::vector<double> reference_forward(const TestModel& model, const std::vector<
                W("token_embd.weight").begin() + static_cast<std::ptrdiff_t>((tokens[t] + 1) * d));
     if (gemma)
       for (double& e : x[t]) e *= std::sqrt(static_cast<double>(d));
+    if (granite && s.embedding_scale > 0)
+      for (double& e : x[t]) e *= s.embedding_scale;
   }
   for (int l = 0; l < s.n_layer; ++l) {
     const std::string b = "blk." + std::to_string(l) + ".";
@@ -450,7 +463,7 @@ std::vector<double> reference_forward(const TestModel& model, const std::vector<
           Vec tmp = rms_norm(Vec(qh, qh + hd), W(b + "attn_q_norm.weight").data(), 1e-5);
           std::copy(tmp.begin(), tmp.end(), qh);
         }
-        rope(qh, s.n_rot, static_cast<double>(t) * pos_scale, base, neox, factors, mscale);
+        if (use_rope) rope(qh, s.n_rot, static_cast<double>(t) * pos_scale, base, neox, factors, mscale);
       }
       for (int h2 = 0; h2 < s.n_head_kv; ++h2) {
         double* kh = k[t].data() + h2 * hd;
@@ -458,7 +471,7 @@ std::vector<double> reference_forward(const TestModel& model, const std::vector<
           Vec tmp = rms_norm(Vec(kh, kh + hd), W(b + "attn_k_norm.weight").data(), 1e-5);
           std::copy(tmp.begin(), tmp.end(), kh);
         }
-        rope(kh, s.n_rot, static_cast<double>(t) * pos_scale, base, neox, factors, mscale);
+        if (use_rope) rope(kh, s.n_rot, static_cast<double>(t) * pos_scale, base, neox, factors, mscale);
       }
     }
     for (std::size_t t = 0; t < n; ++t) {
@@ -482,7 +495,7 @@ std::vector<double> reference_forward(const TestModel& model, const std::vector<
       }
       Vec o = matvec(W(b + "attn_output.weight"), att, d);
       if (post_norms) o = rms_norm(o, W(b + "post_attention_norm.weight").data(), 1e-5);
-      for (std::size_t i = 0; i < d; ++i) x[t][i] += o[i];
+      for (std::size_t i = 0; i < d; ++i) x[t][i] += residual_scale * o[i];
       Vec h = rms_norm(x[t], W(b + "ffn_norm.weight").data(), 1e-5);
       Vec g = matvec(W(b + "ffn_gate.weight"), h, static_cast<std::size_t>(s.n_ff));
       Vec u = matvec(W(b + "ffn_up.weight"), h, static_cast<std::size_t>(s.n_ff));
@@ -494,7 +507,7 @@ std::vector<double> reference_forward(const TestModel& model, const std::vector<
       }
       Vec dn = matvec(W(b + "ffn_down.weight"), g, d);
       if (post_norms) dn = rms_norm(dn, W(b + "post_ffw_norm.weight").data(), 1e-5);
-      for (std::size_t i = 0; i < d; ++i) x[t][i] += dn[i];
+      for (std::size_t i = 0; i < d; ++i) x[t][i] += residual_scale * dn[i];
     }
   }
   const Vec& out = s.tied_output ? W("token_embd.weight") : W("output.weight");
@@ -502,7 +515,7 @@ std::vector<double> reference_forward(const TestModel& model, const std::vector<
   for (std::size_t t = 0; t < n; ++t) {
     Vec h = rms_norm(x[t], W("output_norm.weight").data(), 1e-5);
     Vec l = matvec(out, h, static_cast<std::size_t>(s.n_vocab));
-    for (double& e : l) e = cap(e, final_cap);
+    for (double& e : l) e = cap(e, final_cap) / logit_scale;
     logits.insert(logits.end(), l.begin(), l.end());
   }
   return logits;

@@ -89,6 +89,13 @@ struct TestModelSpec {
   // long factors.
   int rope_orig_ctx = 0;
   float rope_attn_factor = 0.0f;
+  // granite's multipliers (logit_scale is required there: 1 unless set),
+  // written when > 0; rope.scaling.finetuned written when 0 or 1.
+  float logit_scale = 0.0f;
+  float residual_scale = 0.0f;
+  float embedding_scale = 0.0f;
+  float attention_scale = 0.0f;
+  int rope_finetuned = -1;
   std::uint32_t seed = 1;
   // Adds more metadata (a tokenizer, say) after the hyper-parameters.
   std::function<void(GgufWriter&)> metadata;

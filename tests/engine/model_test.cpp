@@ -170,6 +170,26 @@ INSTANTIATE_TEST_SUITE_P(
                       ShapeCase{"phi3_longrope_q8_0", phi3_spec(GgmlType::kQ8_0, 256, 1.19f), 3e-2}),
     [](const auto& param_info) { return std::string(param_info.param.name); });
 
+// IBM Granite 3.x: Llama (adjacent-pair RoPE) with its four multipliers
+// (values of Granite 3.1's size: embeddings x12, residuals x0.22,
+// attention 1/head_dim... here 0.03, logits / 8); and with RoPE off.
+TestModelSpec granite_spec(GgmlType t, int rope_finetuned) {
+  TestModelSpec s = spec("granite", 64, 4, 2, 96, true, t, 16);
+  s.embedding_scale = 12.0f;
+  s.residual_scale = 0.22f;
+  s.attention_scale = 0.03f;
+  s.logit_scale = 8.0f;
+  s.rope_finetuned = rope_finetuned;
+  return s;
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Granite, ReferenceTest,
+    ::testing::Values(ShapeCase{"granite_f32", granite_spec(GgmlType::kF32, -1), 1e-4},
+                      ShapeCase{"granite_no_rope_f32", granite_spec(GgmlType::kF32, 0), 1e-4},
+                      ShapeCase{"granite_q8_0", granite_spec(GgmlType::kQ8_0, 1), 3e-2}),
+    [](const auto& param_info) { return std::string(param_info.param.name); });
+
 INSTANTIATE_TEST_SUITE_P(
     Gemma, ReferenceTest,
     ::testing::Values(ShapeCase{"gemma_mqa_f32", gemma_spec("gemma", 64, 4, 1, 96, GgmlType::kF32, 32), 1e-4},
@@ -337,10 +357,18 @@ TEST(GemmaTest, BadMetadataIsRefusedByName) {
   cases.push_back({factors, "a gemma3 file has rope frequency factors"});
   TestModelSpec other = spec("phi3", 64, 4, 2, 96, false, GgmlType::kF32);
   other.arch = "phi2";
-  cases.push_back({other, "architecture 'phi2' is not supported (llama, qwen2, qwen3, phi3, gemma, gemma2, gemma3)"});
+  cases.push_back({other, "architecture 'phi2' is not supported (llama, qwen2, qwen3, phi3, granite, gemma, gemma2, gemma3)"});
   TestModelSpec bad_factor = phi3_spec(GgmlType::kF32, 256, 0.0f);
   bad_factor.metadata = [](testing::GgufWriter& w) { w.set_f32("phi3.rope.scaling.attn_factor", -1.0f); };
   cases.push_back({bad_factor, "rope.scaling.attn_factor must be positive"});
+  TestModelSpec bad_residual = granite_spec(GgmlType::kF32, -1);
+  bad_residual.arch = "granite";
+  bad_residual.metadata = [](testing::GgufWriter& w) { w.set_f32("granite.residual_scale", -1.0f); };
+  bad_residual.residual_scale = 0;
+  cases.push_back({bad_residual, "granite.residual_scale must be a positive number"});
+  TestModelSpec bias = spec("llama", 64, 4, 2, 96, false, GgmlType::kF32);
+  bias.metadata = [](testing::GgufWriter& w) { w.add_tensor("blk.0.ffn_down.bias", GgmlType::kF32, {64}, std::vector<float>(64, 0.5f)); };
+  cases.push_back({bias, "tensor 'blk.0.ffn_down.bias' (a bias this engine does not apply to llama) is not supported"});
   for (const Case& c : cases) {
     testing::TestModel tm = testing::make_test_model(c.spec);
     auto f = GgufFile::parse({reinterpret_cast<const std::uint8_t*>(tm.gguf.data()), tm.gguf.size()});

@@ -1,7 +1,7 @@
 // A loaded decoder model and its batched forward pass.
 //
 // Model::load() opens a GGUF file, reads the hyper-parameters of its
-// architecture (llama, qwen2, qwen3, phi3, gemma, gemma2, gemma3), checks every tensor's presence, type
+// architecture (llama, qwen2, qwen3, phi3, granite, gemma, gemma2, gemma3), checks every tensor's presence, type
 // and shape, and hands the weights to a backend (the CPU backend keeps them in
 // the file mapping: no copy). forward() runs one batch that mixes prompt
 // chunks and decode steps of many sequences over a paged KV cache.
@@ -32,7 +32,7 @@
 namespace airlock::engine {
 
 struct ModelParams {
-  std::string arch;         // "llama", "qwen2", "qwen3", "phi3", "gemma", "gemma2", "gemma3"
+  std::string arch;         // "llama", "qwen2", "qwen3", "phi3", "granite", "gemma", "gemma2", "gemma3"
   int n_vocab = 0;
   int n_embd = 0;
   int n_layer = 0;
@@ -60,6 +60,13 @@ struct ModelParams {
   int swa_period = 0;
   RopeParams rope_swa;
   bool is_swa_layer(int il) const { return swa_window > 0 && (il + 1) % swa_period != 0; }
+  // Granite: each layer's attention and feed-forward outputs times
+  // residual_scale before their residual add, the logits divided by
+  // logit_scale (embd_scale and attn_scale above from its keys too), and
+  // no rotation at all when rope.scaling.finetuned says false.
+  float residual_scale = 1.0f;
+  float logit_scale = 1.0f;
+  bool use_rope = true;
   int kv_dim() const { return n_head_kv * head_dim; }
 };
 
