@@ -156,9 +156,22 @@ Result<std::unique_ptr<Model>> Model::from_gguf(std::unique_ptr<GgufFile> file, 
   if (p.arch != "llama" && p.arch != "qwen2" && p.arch != "qwen3" && p.arch != "phi3" && p.arch != "granite" && !gemma)
     return invalid_argument("architecture '" + p.arch +
                             "' is not supported (llama, qwen2, qwen3, phi3, granite, gemma, gemma2, gemma3)");
+  // A positive count, or (as llama.cpp's get_key_or_arr reads it) an array
+  // of one per layer, which must all be the same here.
   auto need_uint = [&](const std::string& key, int* out, std::uint64_t max) -> Status {
-    auto v = f.get_uint(p.arch + "." + key);
-    if (!v || *v == 0 || *v > max) return verification_failed("gguf: " + p.arch + "." + key + " is missing or out of range");
+    const std::string k = p.arch + "." + key;
+    std::optional<std::uint64_t> v = f.get_uint(k);
+    const GgufValue* raw = f.find(k);
+    if (!v && raw != nullptr && raw->type == GgufValueType::kArray && p.n_layer > 0) {
+      Result<std::vector<std::int64_t>> per_layer = f.get_int_array(k);
+      if (per_layer.is_ok() && static_cast<int>(per_layer->size()) == p.n_layer) {
+        for (std::int64_t x : *per_layer)
+          if (x != per_layer->front())
+            return invalid_argument("gguf: " + k + " differs from layer to layer, which is not supported");
+        if (per_layer->front() > 0) v = static_cast<std::uint64_t>(per_layer->front());
+      }
+    }
+    if (!v || *v == 0 || *v > max) return verification_failed("gguf: " + k + " is missing or out of range");
     *out = static_cast<int>(*v);
     return Status::ok();
   };
@@ -271,13 +284,19 @@ Status Model::load_weights() {
   if (gemma && (f.tensor("rope_freqs.weight") || f.tensor("rope_factors_long.weight") ||
                 f.tensor("rope_factors_short.weight")))
     return verification_failed("gguf: a " + p.arch + " file has rope frequency factors, which Gemma does not use");
-  if (const GgufTensor* rf = f.tensor("rope_freqs.weight")) {
-    if (rf->type != GgmlType::kF32 || rf->ne[0] != p.rope.n_rot / 2)
-      return verification_failed("gguf: rope_freqs.weight must be F32 of rope dimensions / 2");
-    rope_freq_factors_.assign(reinterpret_cast<const float*>(rf->data.data()),
-                              reinterpret_cast<const float*>(rf->data.data()) + rf->ne[0]);
+  // Frequency factors (F32, one per rotated pair, positive) become the
+  // rotation's.
+  auto use_factors = [&](const GgufTensor& t) -> Status {
+    if (t.type != GgmlType::kF32 || t.ne[0] != p.rope.n_rot / 2 || t.n_elements != t.ne[0])
+      return verification_failed("gguf: '" + t.name + "' must be an F32 vector of rope dimensions / 2");
+    rope_freq_factors_.assign(reinterpret_cast<const float*>(t.data.data()),
+                              reinterpret_cast<const float*>(t.data.data()) + t.ne[0]);
+    for (float x : rope_freq_factors_)
+      if (!(x > 0 && std::isfinite(x))) return verification_failed("gguf: a factor of '" + t.name + "' is not positive");
     p.rope.freq_factors = rope_freq_factors_.data();
-  }
+    return Status::ok();
+  };
+  if (const GgufTensor* rf = f.tensor("rope_freqs.weight")) AIRLOCK_RETURN_IF_ERROR(use_factors(*rf));
   // LongRoPE (Phi-3, Phi-4): frequency factors for contexts up to the
   // original length and for longer ones. As llama.cpp does, the long ones
   // serve when the model's context is longer than the original (the
@@ -287,17 +306,11 @@ Status Model::load_weights() {
   if (rope_long != nullptr || rope_short != nullptr) {
     if (p.rope.freq_factors != nullptr)
       return verification_failed("gguf: both rope_freqs and rope_factors_long/short are present");
-    for (const GgufTensor* t : {rope_long, rope_short})
-      if (t == nullptr || t->type != GgmlType::kF32 || t->ne[0] != p.rope.n_rot / 2 || t->n_elements != t->ne[0])
-        return verification_failed("gguf: rope_factors_long and rope_factors_short must both be F32 of rope dimensions / 2");
+    if (rope_long == nullptr || rope_short == nullptr)
+      return verification_failed("gguf: rope_factors_long and rope_factors_short must both be present");
     const std::uint64_t orig =
         f.get_uint(p.arch + ".rope.scaling.original_context_length").value_or(static_cast<std::uint64_t>(p.n_ctx_train));
-    const GgufTensor* use = static_cast<std::uint64_t>(p.n_ctx_train) > orig ? rope_long : rope_short;
-    rope_freq_factors_.assign(reinterpret_cast<const float*>(use->data.data()),
-                              reinterpret_cast<const float*>(use->data.data()) + use->ne[0]);
-    for (float x : rope_freq_factors_)
-      if (!(x > 0 && std::isfinite(x))) return verification_failed("gguf: a rope frequency factor is not positive");
-    p.rope.freq_factors = rope_freq_factors_.data();
+    AIRLOCK_RETURN_IF_ERROR(use_factors(static_cast<std::uint64_t>(p.n_ctx_train) > orig ? *rope_long : *rope_short));
   }
   // Biases this pass has no place for (some Granite and other files carry
   // them): refused rather than ignored, which would change every answer.
@@ -337,8 +350,7 @@ Status Model::load_weights() {
       AIRLOCK_RETURN_IF_ERROR(get(b + "post_ffw_norm.weight", p.n_embd, 1, &l.post_ffn_norm));
     }
     AIRLOCK_RETURN_IF_ERROR(get(b + "ffn_norm.weight", p.n_embd, 1, &l.ffn_norm));
-    if (f.tensor(b + "ffn_gate.weight") == nullptr && f.tensor(b + "ffn_up.weight") != nullptr &&
-        f.tensor(b + "ffn_up.weight")->ne[1] == 2 * static_cast<std::int64_t>(p.n_ff)) {
+    if (p.arch == "phi3") {
       // gate then up in one matrix (phi3): silu(first half) * second half
       const std::string up = b + "ffn_up.weight";
       AIRLOCK_RETURN_IF_ERROR(get_fused(up, p.n_embd, 2 * p.n_ff, 0, p.n_ff, &l.w_gate, f0, f1));

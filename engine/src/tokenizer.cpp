@@ -185,6 +185,20 @@ const ByteMap& byte_map() {
 
 Tokenizer::Tokenizer(TokenizerSpec spec) : spec_(std::move(spec)) {}
 
+namespace {
+
+// tokenizer.ggml.pre names whose rules encode_bpe() applies: GPT-2's
+// (and the names llama.cpp gives the same rules), Llama 3's, Qwen2's.
+bool known_bpe_pre(const std::string& pre) {
+  static const char* const kKnown[] = {"gpt-2",      "phi-2",      "jina-es", "jina-de", "gigachat",  "jina-v2-es",
+                                       "jina-v2-de", "a.x-4.0",    "mellum",  "llama-bpe", "llama3",  "qwen2"};
+  for (const char* k : kKnown)
+    if (pre == k) return true;
+  return false;
+}
+
+}  // namespace
+
 Result<std::unique_ptr<Tokenizer>> Tokenizer::from_gguf(const GgufFile& f) {
   TokenizerSpec s;
   auto model = f.get_string("tokenizer.ggml.model");
@@ -254,6 +268,15 @@ Result<std::unique_ptr<Tokenizer>> Tokenizer::from_gguf(const GgufFile& f) {
   s.add_bos = f.get_bool("tokenizer.ggml.add_bos_token").value_or(s.model == "llama" || s.model == "bert");
   s.add_eos = f.get_bool("tokenizer.ggml.add_eos_token").value_or(s.model == "bert");
   s.add_space_prefix = f.get_bool("tokenizer.ggml.add_space_prefix").value_or(true);
+  // A byte-level BPE vocabulary is split by its pre-tokenizer's rules
+  // before merging; one whose rules this tokenizer does not have (GPT-4o's
+  // for Phi-4, "tekken" for Mistral Nemo/Small 3, "refact" for Granite,
+  // llama.cpp's "default" for files older than the key...) would get other
+  // token ids than the model was trained on, so it is refused, as llama.cpp
+  // refuses names it does not know.
+  if (s.model == "gpt2" && !known_bpe_pre(s.pre))
+    return invalid_argument("tokenizer: pre-tokenizer '" + s.pre +
+                            "' is not supported (gpt-2 and its aliases, llama-bpe, llama3, qwen2)");
   return from_spec(std::move(s));
 }
 

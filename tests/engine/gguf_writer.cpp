@@ -165,7 +165,10 @@ TestModel make_test_model(const TestModelSpec& spec_in) {
   w.set_u32(s.arch + ".block_count", static_cast<std::uint32_t>(s.n_layer));
   w.set_u32(s.arch + ".feed_forward_length", static_cast<std::uint32_t>(s.n_ff));
   w.set_u32(s.arch + ".attention.head_count", static_cast<std::uint32_t>(s.n_head));
-  w.set_u32(s.arch + ".attention.head_count_kv", static_cast<std::uint32_t>(s.n_head_kv));
+  if (s.kv_heads_per_layer.empty())
+    w.set_u32(s.arch + ".attention.head_count_kv", static_cast<std::uint32_t>(s.n_head_kv));
+  else
+    w.set_i32_array(s.arch + ".attention.head_count_kv", s.kv_heads_per_layer);
   w.set_u32(s.arch + ".attention.key_length", static_cast<std::uint32_t>(s.head_dim));
   if (s.n_rot == 0) s.n_rot = s.head_dim;
   w.set_u32(s.arch + ".rope.dimension_count", static_cast<std::uint32_t>(s.n_rot));

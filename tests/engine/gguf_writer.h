@@ -96,6 +96,9 @@ struct TestModelSpec {
   float embedding_scale = 0.0f;
   float attention_scale = 0.0f;
   int rope_finetuned = -1;
+  // attention.head_count_kv written as this per-layer array instead
+  // (Granite 4's converter writes one).
+  std::vector<std::int32_t> kv_heads_per_layer;
   std::uint32_t seed = 1;
   // Adds more metadata (a tokenizer, say) after the hyper-parameters.
   std::function<void(GgufWriter&)> metadata;

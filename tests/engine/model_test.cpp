@@ -183,11 +183,19 @@ TestModelSpec granite_spec(GgmlType t, int rope_finetuned) {
   return s;
 }
 
+TestModelSpec granite_per_layer() {
+  TestModelSpec s = granite_spec(GgmlType::kF32, -1);
+  s.kv_heads_per_layer = {2, 2};
+  return s;
+}
+
 INSTANTIATE_TEST_SUITE_P(
     Granite, ReferenceTest,
     ::testing::Values(ShapeCase{"granite_f32", granite_spec(GgmlType::kF32, -1), 1e-4},
                       ShapeCase{"granite_no_rope_f32", granite_spec(GgmlType::kF32, 0), 1e-4},
-                      ShapeCase{"granite_q8_0", granite_spec(GgmlType::kQ8_0, 1), 3e-2}),
+                      ShapeCase{"granite_q8_0", granite_spec(GgmlType::kQ8_0, 1), 3e-2},
+                      // head_count_kv as one value per layer, all equal
+                      ShapeCase{"granite_per_layer_kv_heads", granite_per_layer(), 1e-4}),
     [](const auto& param_info) { return std::string(param_info.param.name); });
 
 INSTANTIATE_TEST_SUITE_P(
@@ -361,6 +369,30 @@ TEST(GemmaTest, BadMetadataIsRefusedByName) {
   TestModelSpec bad_factor = phi3_spec(GgmlType::kF32, 256, 0.0f);
   bad_factor.metadata = [](testing::GgufWriter& w) { w.set_f32("phi3.rope.scaling.attn_factor", -1.0f); };
   cases.push_back({bad_factor, "rope.scaling.attn_factor must be positive"});
+  // LongRoPE factor tensors: one alone, the chosen one misshapen, a zero
+  TestModelSpec one_factor = phi3_spec(GgmlType::kF32, 0, 0.0f);
+  one_factor.metadata = [](testing::GgufWriter& w) {
+    w.add_tensor("rope_factors_long.weight", GgmlType::kF32, {12}, std::vector<float>(12, 1.5f));
+  };
+  cases.push_back({one_factor, "rope_factors_long and rope_factors_short must both be present"});
+  TestModelSpec short_long = phi3_spec(GgmlType::kF32, 0, 0.0f);
+  short_long.metadata = [](testing::GgufWriter& w) {
+    w.set_u32("phi3.rope.scaling.original_context_length", 256);
+    w.add_tensor("rope_factors_long.weight", GgmlType::kF32, {11}, std::vector<float>(11, 1.5f));
+    w.add_tensor("rope_factors_short.weight", GgmlType::kF32, {12}, std::vector<float>(12, 1.5f));
+  };
+  cases.push_back({short_long, "'rope_factors_long.weight' must be an F32 vector of rope dimensions / 2"});
+  TestModelSpec zero_factor = phi3_spec(GgmlType::kF32, 0, 0.0f);
+  zero_factor.metadata = [](testing::GgufWriter& w) {
+    std::vector<float> f(12, 1.5f);
+    f[3] = 0.0f;
+    w.add_tensor("rope_factors_long.weight", GgmlType::kF32, {12}, f);
+    w.add_tensor("rope_factors_short.weight", GgmlType::kF32, {12}, f);
+  };
+  cases.push_back({zero_factor, "a factor of 'rope_factors_short.weight' is not positive"});
+  TestModelSpec uneven = granite_spec(GgmlType::kF32, -1);
+  uneven.kv_heads_per_layer = {2, 1};
+  cases.push_back({uneven, "granite.attention.head_count_kv differs from layer to layer, which is not supported"});
   TestModelSpec bad_residual = granite_spec(GgmlType::kF32, -1);
   bad_residual.arch = "granite";
   bad_residual.metadata = [](testing::GgufWriter& w) { w.set_f32("granite.residual_scale", -1.0f); };

@@ -583,9 +583,33 @@ TEST(TokenizerTest, DamagedGgufVocabularyIsRefusedOrSafe) {
   {
     testing::GgufWriter w;  // BPE with merges naming unknown pieces, no byte tokens
     w.set_string("tokenizer.ggml.model", "gpt2");
+    w.set_string("tokenizer.ggml.pre", "gpt-2");
     w.set_string_array("tokenizer.ggml.tokens", {"a", "b"});
     w.set_string_array("tokenizer.ggml.merges", {"a b", "ab c", "\xC4\xA0 a"});
     EXPECT_TRUE(load(w).is_ok()) << load(w).to_string();
+  }
+  // BPE pre-tokenizers whose rules are not here (Phi-4's, Mistral's,
+  // Granite's), or none named (llama.cpp's "default" rules): refused, as
+  // their words would split otherwise than in training.
+  for (const char* pre : {"gpt-4o", "tekken", "refact", "default", ""}) {
+    testing::GgufWriter w;
+    w.set_string("tokenizer.ggml.model", "gpt2");
+    if (*pre != '\0') w.set_string("tokenizer.ggml.pre", pre);
+    w.set_string_array("tokenizer.ggml.tokens", {"a", "b"});
+    w.set_string_array("tokenizer.ggml.merges", {"a b"});
+    const Status st = load(w);
+    EXPECT_EQ(st.code(), StatusCode::kInvalidArgument) << pre;
+    EXPECT_NE(st.message().find("pre-tokenizer '" + std::string(*pre ? pre : "default") + "' is not supported"),
+              std::string::npos)
+        << st.to_string();
+  }
+  for (const char* pre : {"gpt-2", "llama-bpe", "qwen2"}) {  // and the names whose rules are here load
+    testing::GgufWriter w;
+    w.set_string("tokenizer.ggml.model", "gpt2");
+    w.set_string("tokenizer.ggml.pre", pre);
+    w.set_string_array("tokenizer.ggml.tokens", {"a", "b"});
+    w.set_string_array("tokenizer.ggml.merges", {"a b"});
+    EXPECT_TRUE(load(w).is_ok()) << pre;
   }
   {
     testing::GgufWriter w;  // tokens missing
