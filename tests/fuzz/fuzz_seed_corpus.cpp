@@ -1,4 +1,4 @@
-// Writes seed inputs for the fuzzers into DIR/{manifest,bundle,gguf}/.
+// Writes seed inputs for the fuzzers into DIR/{manifest,bundle,gguf,model}/.
 #include <sys/stat.h>
 
 #include <cstdio>
@@ -7,6 +7,7 @@
 
 #include "airlock/verifier/bundle_writer.h"
 #include "fuzz_keys.h"
+#include "gguf_writer.h"
 
 namespace {
 void write(const std::string& path, const std::string& data) {
@@ -21,7 +22,66 @@ int main(int argc, char** argv) {
     return 2;
   }
   std::string dir = argv[1];
-  for (const char* sub : {"", "/manifest", "/bundle", "/gguf", "/work"}) ::mkdir((dir + sub).c_str(), 0755);
+  for (const char* sub : {"", "/manifest", "/bundle", "/gguf", "/work", "/model"}) ::mkdir((dir + sub).c_str(), 0755);
+  // Small models of every architecture the loader knows (a few KB each),
+  // with the keys and tensors each variation reads.
+  {
+    using airlock::testing::TestModelSpec;
+    auto tiny = [](const char* arch) {
+      TestModelSpec s;
+      s.arch = arch;
+      s.n_vocab = 32;
+      s.n_embd = 32;
+      s.n_head = 2;
+      s.n_head_kv = 1;
+      s.n_ff = 32;
+      s.n_ctx = 64;
+      s.tied_output = true;
+      s.weight_type = airlock::engine::GgmlType::kQ8_0;
+      return s;
+    };
+    std::vector<TestModelSpec> specs = {tiny("llama"), tiny("qwen2"), tiny("qwen3"), tiny("phi3"), tiny("granite"),
+                                        tiny("gemma"), tiny("gemma2"), tiny("gemma3")};
+    specs[3].n_rot = 12;
+    specs[3].rope_orig_ctx = 32;
+    specs[3].rope_attn_factor = 1.2f;
+    specs[4].residual_scale = 0.2f;
+    specs[4].embedding_scale = 12.0f;
+    specs[4].kv_heads_per_layer = {1, 1};
+    specs[6].sliding_window = 4;
+    specs[7].sliding_window = 4;
+    specs[7].rope_linear = 8.0f;
+    // vocabularies for Tokenizer::from_gguf: SentencePiece and byte-level BPE
+    auto spm = [](airlock::testing::GgufWriter& w) {
+      std::vector<std::string> tokens = {"<unk>", "<s>", "</s>", "<0x0A>"};
+      std::vector<float> scores = {0, 0, 0, 0};
+      std::vector<std::int32_t> types = {2, 3, 3, 6};
+      for (char c = 'a'; tokens.size() < 32; ++c) {
+        tokens.push_back(std::string("\xE2\x96\x81") + c);
+        scores.push_back(-static_cast<float>(tokens.size()));
+        types.push_back(1);
+      }
+      w.set_string("tokenizer.ggml.model", "llama");
+      w.set_string_array("tokenizer.ggml.tokens", tokens);
+      w.set_f32_array("tokenizer.ggml.scores", scores);
+      w.set_i32_array("tokenizer.ggml.token_type", types);
+    };
+    auto bpe = [](airlock::testing::GgufWriter& w) {
+      std::vector<std::string> tokens;
+      for (char c = 'a'; c <= 'z'; ++c) tokens.push_back(std::string(1, c));
+      for (const char* t : {"ab", "abc", "\xC4\xA0", "\xC4\xA0" "a", "<|endoftext|>", "<|im_end|>"}) tokens.push_back(t);
+      w.set_string("tokenizer.ggml.model", "gpt2");
+      w.set_string("tokenizer.ggml.pre", "qwen2");
+      w.set_string_array("tokenizer.ggml.tokens", tokens);
+      w.set_string_array("tokenizer.ggml.merges", {"a b", "ab c", "\xC4\xA0 a"});
+      w.set_u32("tokenizer.ggml.eos_token_id", 30);
+    };
+    specs[0].metadata = spm;
+    specs[1].metadata = bpe;
+    specs[7].metadata = spm;
+    for (const TestModelSpec& s : specs)
+      write(dir + "/model/" + s.arch + ".gguf", airlock::testing::make_test_model(s).gguf);
+  }
   // A tiny GGUF v3 header: one metadata key, one F32 tensor of 4 elements.
   std::string gguf("GGUF", 4);
   auto u32 = [&](std::uint32_t v) { gguf.append(reinterpret_cast<const char*>(&v), 4); };
