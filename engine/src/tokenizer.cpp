@@ -68,7 +68,7 @@ bool is_newline(char32_t c) { return c == '\r' || c == '\n'; }
 
 // ---------------------------------------------------------------- pre-tokenizers
 
-enum class PreRules { kGpt2, kLlama3, kQwen2 };
+enum class PreRules { kGpt2, kLlama3, kQwen2, kRefact };
 
 struct Cpts {
   std::vector<char32_t> cp;
@@ -161,6 +161,29 @@ std::vector<std::pair<std::size_t, std::size_t>> pre_split(std::string_view text
   return out;
 }
 
+// llama.cpp's "refact" rules (Granite 3.x; HF's Digits(individual_digits)
+// then ByteLevel): every number character is a word of its own, and the
+// text between them is split by GPT-2's rules.
+std::vector<std::pair<std::size_t, std::size_t>> pre_split_refact(std::string_view text) {
+  const Cpts c = to_cpts(text);
+  const std::size_t n = c.cp.size();
+  std::vector<std::pair<std::size_t, std::size_t>> out;
+  std::size_t run = 0;  // the first code point of the text since the last number
+  auto flush = [&](std::size_t upto) {
+    if (upto == run) return;
+    const std::size_t b = c.offset[run];
+    for (auto [pb, pe] : pre_split(text.substr(b, c.offset[upto] - b), PreRules::kGpt2)) out.emplace_back(b + pb, b + pe);
+  };
+  for (std::size_t i = 0; i < n; ++i) {
+    if (!is_number(c.cp[i])) continue;
+    flush(i);
+    out.emplace_back(c.offset[i], c.offset[i + 1]);
+    run = i + 1;
+  }
+  flush(n);
+  return out;
+}
+
 // GPT-2's reversible byte <-> printable code point mapping.
 struct ByteMap {
   char32_t to_cp[256];
@@ -188,10 +211,12 @@ Tokenizer::Tokenizer(TokenizerSpec spec) : spec_(std::move(spec)) {}
 namespace {
 
 // tokenizer.ggml.pre names whose rules encode_bpe() applies: GPT-2's
-// (and the names llama.cpp gives the same rules), Llama 3's, Qwen2's.
+// (and the names llama.cpp gives the same rules), Llama 3's, Qwen2's,
+// refact's.
 bool known_bpe_pre(const std::string& pre) {
-  static const char* const kKnown[] = {"gpt-2",      "phi-2",      "jina-es", "jina-de", "gigachat",  "jina-v2-es",
-                                       "jina-v2-de", "a.x-4.0",    "mellum",  "llama-bpe", "llama3",  "qwen2"};
+  static const char* const kKnown[] = {"gpt-2",      "phi-2",   "jina-es", "jina-de",   "gigachat", "jina-v2-es",
+                                       "jina-v2-de", "a.x-4.0", "mellum",  "llama-bpe", "llama3",   "qwen2",
+                                       "refact"};
   for (const char* k : kKnown)
     if (pre == k) return true;
   return false;
@@ -270,13 +295,13 @@ Result<std::unique_ptr<Tokenizer>> Tokenizer::from_gguf(const GgufFile& f) {
   s.add_space_prefix = f.get_bool("tokenizer.ggml.add_space_prefix").value_or(true);
   // A byte-level BPE vocabulary is split by its pre-tokenizer's rules
   // before merging; one whose rules this tokenizer does not have (GPT-4o's
-  // for Phi-4, "tekken" for Mistral Nemo/Small 3, "refact" for Granite,
-  // llama.cpp's "default" for files older than the key...) would get other
+  // for Phi-4, "tekken" for Mistral Nemo/Small 3, llama.cpp's "default"
+  // for files older than the key...) would get other
   // token ids than the model was trained on, so it is refused, as llama.cpp
   // refuses names it does not know.
   if (s.model == "gpt2" && !known_bpe_pre(s.pre))
     return invalid_argument("tokenizer: pre-tokenizer '" + s.pre +
-                            "' is not supported (gpt-2 and its aliases, llama-bpe, llama3, qwen2)");
+                            "' is not supported (gpt-2 and its aliases, llama-bpe, llama3, qwen2, refact)");
   return from_spec(std::move(s));
 }
 
@@ -606,6 +631,7 @@ void Tokenizer::encode_bpe(std::string_view text, std::vector<std::int32_t>* out
   PreRules rules = PreRules::kGpt2;
   if (spec_.pre == "llama-bpe" || spec_.pre == "llama3") rules = PreRules::kLlama3;
   else if (spec_.pre == "qwen2") rules = PreRules::kQwen2;
+  else if (spec_.pre == "refact") rules = PreRules::kRefact;
   // Qwen2/3's tokenizer.json normalises to NFC before splitting (Llama 3's
   // and GPT-2's do not normalise): decomposed text, as macOS and many PDFs
   // write it ("n" + U+0303), gets the ids of the composed characters, as
@@ -614,7 +640,7 @@ void Tokenizer::encode_bpe(std::string_view text, std::vector<std::int32_t>* out
   if (rules == PreRules::kQwen2) normalized = nfc_if_changed(text);
   if (normalized) text = *normalized;
   const ByteMap& bm = byte_map();
-  for (auto [b, e] : pre_split(text, rules)) {
+  for (auto [b, e] : rules == PreRules::kRefact ? pre_split_refact(text) : pre_split(text, rules)) {
     std::string mapped;
     for (std::size_t i = b; i < e; ++i) append_utf8(mapped, bm.to_cp[static_cast<unsigned char>(text[i])]);
     bpe_word(mapped, out);

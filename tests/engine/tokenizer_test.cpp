@@ -588,10 +588,10 @@ TEST(TokenizerTest, DamagedGgufVocabularyIsRefusedOrSafe) {
     w.set_string_array("tokenizer.ggml.merges", {"a b", "ab c", "\xC4\xA0 a"});
     EXPECT_TRUE(load(w).is_ok()) << load(w).to_string();
   }
-  // BPE pre-tokenizers whose rules are not here (Phi-4's, Mistral's,
-  // Granite's), or none named (llama.cpp's "default" rules): refused, as
+  // BPE pre-tokenizers whose rules are not here (Phi-4's, Mistral's), or
+  // none named (llama.cpp's "default" rules): refused, as
   // their words would split otherwise than in training.
-  for (const char* pre : {"gpt-4o", "tekken", "refact", "default", ""}) {
+  for (const char* pre : {"gpt-4o", "tekken", "default", ""}) {
     testing::GgufWriter w;
     w.set_string("tokenizer.ggml.model", "gpt2");
     if (*pre != '\0') w.set_string("tokenizer.ggml.pre", pre);
@@ -603,7 +603,7 @@ TEST(TokenizerTest, DamagedGgufVocabularyIsRefusedOrSafe) {
               std::string::npos)
         << st.to_string();
   }
-  for (const char* pre : {"gpt-2", "llama-bpe", "qwen2"}) {  // and the names whose rules are here load
+  for (const char* pre : {"gpt-2", "llama-bpe", "qwen2", "refact"}) {  // and the names whose rules are here load
     testing::GgufWriter w;
     w.set_string("tokenizer.ggml.model", "gpt2");
     w.set_string("tokenizer.ggml.pre", pre);
@@ -616,6 +616,37 @@ TEST(TokenizerTest, DamagedGgufVocabularyIsRefusedOrSafe) {
     w.set_string("tokenizer.ggml.model", "gpt2");
     EXPECT_EQ(load(w).code(), StatusCode::kVerificationFailed);
   }
+}
+
+// "refact" (Granite 3.x): every digit a word of its own, GPT-2's rules
+// between them. With merges that join "1 2" and " 1 2", GPT-2's rules keep
+// "12" and " 12" whole, refact's never let digits meet (nor a space meet
+// a digit).
+TEST(TokenizerTest, RefactSplitsEveryDigitAlone) {
+  auto make = [](const char* pre) {
+    testing::GgufWriter w;
+    w.set_string("tokenizer.ggml.model", "gpt2");
+    w.set_string("tokenizer.ggml.pre", pre);
+    //                                   0    1    2     3    4    5     6           7               8
+    w.set_string_array("tokenizer.ggml.tokens", {"a", "b", "ab", "1", "2", "12", "\xC4\xA0", "\xC4\xA0" "1", "\xC4\xA0" "12"});
+    w.set_string_array("tokenizer.ggml.merges", {"a b", "\xC4\xA0 1", "\xC4\xA0" "1 2", "1 2"});
+    std::string bytes = w.bytes();
+    auto g = GgufFile::parse({reinterpret_cast<const std::uint8_t*>(bytes.data()), bytes.size()});
+    EXPECT_TRUE(g.is_ok());
+    auto t = Tokenizer::from_gguf(**g);
+    EXPECT_TRUE(t.is_ok()) << t.status().to_string();
+    return std::move(*t);
+  };
+  auto gpt2 = make("gpt-2"), refact = make("refact");
+  using Ids = std::vector<std::int32_t>;
+  EXPECT_EQ(gpt2->encode("ab12", false, false), (Ids{2, 5}));
+  EXPECT_EQ(refact->encode("ab12", false, false), (Ids{2, 3, 4}));
+  EXPECT_EQ(gpt2->encode("a 12", false, false), (Ids{0, 8}));
+  EXPECT_EQ(refact->encode("a 12", false, false), (Ids{0, 6, 3, 4}));
+  EXPECT_EQ(refact->encode("1ab2", false, false), (Ids{3, 2, 4}));
+  std::string back;
+  for (std::int32_t id : refact->encode("a 12 ab", false, false)) back += refact->token_bytes(id);
+  EXPECT_EQ(back, "a 12 ab");
 }
 
 }  // namespace

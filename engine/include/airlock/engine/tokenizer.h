@@ -70,7 +70,7 @@ enum class PrependScheme { kAlways, kFirst, kNever };
 // or a Hugging Face tokenizer.json in tests).
 struct TokenizerSpec {
   std::string model;                 // "llama" (SentencePiece), "gpt2" (byte-level BPE), "bert" (WordPiece)
-  std::string pre;                   // gpt2 pre-tokenizer: "gpt-2"/"default", "llama-bpe"/"llama3", "qwen2"
+  std::string pre;                   // gpt2 pre-tokenizer: "gpt-2" (and aliases), "llama-bpe"/"llama3", "qwen2", "refact"
   std::vector<std::string> tokens;
   std::vector<float> scores;         // SentencePiece only (may be empty for BPE)
   std::vector<TokenType> types;      // may be empty: all normal
