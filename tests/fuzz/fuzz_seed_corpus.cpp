@@ -66,18 +66,22 @@ int main(int argc, char** argv) {
       w.set_f32_array("tokenizer.ggml.scores", scores);
       w.set_i32_array("tokenizer.ggml.token_type", types);
     };
-    auto bpe = [](airlock::testing::GgufWriter& w) {
-      std::vector<std::string> tokens;
-      for (char c = 'a'; c <= 'z'; ++c) tokens.push_back(std::string(1, c));
-      for (const char* t : {"ab", "abc", "\xC4\xA0", "\xC4\xA0" "a", "<|endoftext|>", "<|im_end|>"}) tokens.push_back(t);
-      w.set_string("tokenizer.ggml.model", "gpt2");
-      w.set_string("tokenizer.ggml.pre", "qwen2");
-      w.set_string_array("tokenizer.ggml.tokens", tokens);
-      w.set_string_array("tokenizer.ggml.merges", {"a b", "ab c", "\xC4\xA0 a"});
-      w.set_u32("tokenizer.ggml.eos_token_id", 30);
+    auto bpe_with = [](const char* pre) {
+      return [pre](airlock::testing::GgufWriter& w) {
+        std::vector<std::string> tokens;
+        for (char c = 'a'; c <= 'z'; ++c) tokens.push_back(std::string(1, c));
+        for (const char* t : {"ab", "abc", "\xC4\xA0", "\xC4\xA0" "a", "<|endoftext|>", "<|im_end|>"}) tokens.push_back(t);
+        w.set_string("tokenizer.ggml.model", "gpt2");
+        w.set_string("tokenizer.ggml.pre", pre);
+        w.set_string_array("tokenizer.ggml.tokens", tokens);
+        w.set_string_array("tokenizer.ggml.merges", {"a b", "ab c", "\xC4\xA0 a"});
+        w.set_u32("tokenizer.ggml.eos_token_id", 30);
+      };
     };
     specs[0].metadata = spm;
-    specs[1].metadata = bpe;
+    specs[1].metadata = bpe_with("qwen2");
+    specs[2].metadata = bpe_with("llama-bpe");
+    specs[4].metadata = bpe_with("refact");
     specs[7].metadata = spm;
     for (const TestModelSpec& s : specs)
       write(dir + "/model/" + s.arch + ".gguf", airlock::testing::make_test_model(s).gguf);
