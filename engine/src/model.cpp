@@ -47,12 +47,13 @@ Result<GgufTensor> slice_cols(const GgufTensor& t, std::int64_t c0, std::int64_t
   return s;
 }
 
-// A soft-capping key: absent leaves *out, present must be positive.
-Status read_cap(const GgufFile& f, const std::string& key, float* out) {
-  if (!f.find(key)) return Status::ok();
-  const double c = f.get_float(key).value_or(0.0);
-  if (!(c > 0 && c < 1e30)) return verification_failed("gguf: " + key + " must be a positive number");
-  *out = static_cast<float>(c);
+// A positive number under `max` at `key`: absent leaves *out (or fails
+// when required).
+Status read_positive(const GgufFile& f, const std::string& key, bool required, double max, float* out) {
+  if (!f.find(key)) return required ? verification_failed("gguf: " + key + " is missing") : Status::ok();
+  const double v = f.get_float(key).value_or(0.0);
+  if (!(v > 0 && v < max)) return verification_failed("gguf: " + key + " must be a positive number");
+  *out = static_cast<float>(v);
   return Status::ok();
 }
 
@@ -82,8 +83,8 @@ Status read_gemma_params(const GgufFile& f, ModelParams* p) {
   if (p->arch == "gemma2") {
     p->attn_softcap = 50.0f;
     p->final_softcap = 30.0f;
-    AIRLOCK_RETURN_IF_ERROR(read_cap(f, p->arch + ".attn_logit_softcapping", &p->attn_softcap));
-    AIRLOCK_RETURN_IF_ERROR(read_cap(f, p->arch + ".final_logit_softcapping", &p->final_softcap));
+    AIRLOCK_RETURN_IF_ERROR(read_positive(f, p->arch + ".attn_logit_softcapping", false, 1e30, &p->attn_softcap));
+    AIRLOCK_RETURN_IF_ERROR(read_positive(f, p->arch + ".final_logit_softcapping", false, 1e30, &p->final_softcap));
   }
   // Gemma 2: every other layer local (the first one of each pair), 4096
   // positions unless the file says; Gemma 3: five local layers then one
@@ -110,13 +111,8 @@ Status read_gemma_params(const GgufFile& f, ModelParams* p) {
 // them: logit_scale (required), and residual_scale, embedding_scale and
 // attention.scale when present; rope.scaling.finetuned false turns RoPE off.
 Status read_granite_params(const GgufFile& f, ModelParams* p) {
-  auto factor = [&](const std::string& key, bool required, float* out) -> Status {
-    const std::string k = p->arch + "." + key;
-    if (!f.find(k)) return required ? verification_failed("gguf: " + k + " is missing") : Status::ok();
-    const double v = f.get_float(k).value_or(0.0);
-    if (!(v > 0 && v < 1e6)) return verification_failed("gguf: " + k + " must be a positive number");
-    *out = static_cast<float>(v);
-    return Status::ok();
+  auto factor = [&](const std::string& key, bool required, float* out) {
+    return read_positive(f, p->arch + "." + key, required, 1e6, out);
   };
   AIRLOCK_RETURN_IF_ERROR(factor("logit_scale", true, &p->logit_scale));
   AIRLOCK_RETURN_IF_ERROR(factor("residual_scale", false, &p->residual_scale));

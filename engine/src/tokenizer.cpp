@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <optional>
 
 namespace airlock::engine {
 namespace {
@@ -161,6 +162,20 @@ std::vector<std::pair<std::size_t, std::size_t>> pre_split(std::string_view text
   return out;
 }
 
+// The rules a tokenizer.ggml.pre name stands for: GPT-2's (and the names
+// llama.cpp gives the same rules), Llama 3's, Qwen2's, refact's; nullopt
+// for names whose rules are not here.
+std::optional<PreRules> pre_rules_of(std::string_view pre) {
+  static const char* const kGpt2Names[] = {"gpt-2",      "phi-2",      "jina-es", "jina-de", "gigachat",
+                                           "jina-v2-es", "jina-v2-de", "a.x-4.0", "mellum"};
+  for (const char* k : kGpt2Names)
+    if (pre == k) return PreRules::kGpt2;
+  if (pre == "llama-bpe" || pre == "llama3") return PreRules::kLlama3;
+  if (pre == "qwen2") return PreRules::kQwen2;
+  if (pre == "refact") return PreRules::kRefact;
+  return std::nullopt;
+}
+
 // llama.cpp's "refact" rules (Granite 3.x; HF's Digits(individual_digits)
 // then ByteLevel): every number character is a word of its own, and the
 // text between them is split by GPT-2's rules.
@@ -207,22 +222,6 @@ const ByteMap& byte_map() {
 // ---------------------------------------------------------------- construction
 
 Tokenizer::Tokenizer(TokenizerSpec spec) : spec_(std::move(spec)) {}
-
-namespace {
-
-// tokenizer.ggml.pre names whose rules encode_bpe() applies: GPT-2's
-// (and the names llama.cpp gives the same rules), Llama 3's, Qwen2's,
-// refact's.
-bool known_bpe_pre(const std::string& pre) {
-  static const char* const kKnown[] = {"gpt-2",      "phi-2",   "jina-es", "jina-de",   "gigachat", "jina-v2-es",
-                                       "jina-v2-de", "a.x-4.0", "mellum",  "llama-bpe", "llama3",   "qwen2",
-                                       "refact"};
-  for (const char* k : kKnown)
-    if (pre == k) return true;
-  return false;
-}
-
-}  // namespace
 
 Result<std::unique_ptr<Tokenizer>> Tokenizer::from_gguf(const GgufFile& f) {
   TokenizerSpec s;
@@ -299,7 +298,7 @@ Result<std::unique_ptr<Tokenizer>> Tokenizer::from_gguf(const GgufFile& f) {
   // for files older than the key...) would get other
   // token ids than the model was trained on, so it is refused, as llama.cpp
   // refuses names it does not know.
-  if (s.model == "gpt2" && !known_bpe_pre(s.pre))
+  if (s.model == "gpt2" && !pre_rules_of(s.pre))
     return invalid_argument("tokenizer: pre-tokenizer '" + s.pre +
                             "' is not supported (gpt-2 and its aliases, llama-bpe, llama3, qwen2, refact)");
   return from_spec(std::move(s));
@@ -628,10 +627,8 @@ std::optional<std::string> nfc_if_changed(std::string_view text) {
 }  // namespace
 
 void Tokenizer::encode_bpe(std::string_view text, std::vector<std::int32_t>* out) const {
-  PreRules rules = PreRules::kGpt2;
-  if (spec_.pre == "llama-bpe" || spec_.pre == "llama3") rules = PreRules::kLlama3;
-  else if (spec_.pre == "qwen2") rules = PreRules::kQwen2;
-  else if (spec_.pre == "refact") rules = PreRules::kRefact;
+  // (a spec built in code may name no rules: GPT-2's)
+  const PreRules rules = pre_rules_of(spec_.pre).value_or(PreRules::kGpt2);
   // Qwen2/3's tokenizer.json normalises to NFC before splitting (Llama 3's
   // and GPT-2's do not normalise): decomposed text, as macOS and many PDFs
   // write it ("n" + U+0303), gets the ids of the composed characters, as

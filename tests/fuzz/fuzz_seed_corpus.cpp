@@ -28,16 +28,9 @@ int main(int argc, char** argv) {
   {
     using airlock::testing::TestModelSpec;
     auto tiny = [](const char* arch) {
-      TestModelSpec s;
-      s.arch = arch;
+      TestModelSpec s = airlock::testing::decoder_spec(arch, 32, 2, 1, 32, true, airlock::engine::GgmlType::kQ8_0);
       s.n_vocab = 32;
-      s.n_embd = 32;
-      s.n_head = 2;
-      s.n_head_kv = 1;
-      s.n_ff = 32;
       s.n_ctx = 64;
-      s.tied_output = true;
-      s.weight_type = airlock::engine::GgmlType::kQ8_0;
       return s;
     };
     std::vector<TestModelSpec> specs = {tiny("llama"), tiny("qwen2"), tiny("qwen3"), tiny("phi3"), tiny("granite"),
