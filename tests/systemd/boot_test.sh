@@ -119,6 +119,14 @@ for _ in $(seq 100); do
   sleep 0.2
 done
 [ -n "$leader" ] || { cat "$work/console.log"; fail "no systemd in the container"; }
+# systemctl needs the manager's private socket, which systemd makes a moment
+# after it starts: until then `is-system-running --wait` fails at once
+# ("Failed to connect to bus"), so wait for the socket first.
+for _ in $(seq 300); do
+  [ -S "/proc/$leader/root/run/systemd/private" ] && break
+  kill -0 "$nspawn_pid" 2>/dev/null || { cat "$work/console.log"; fail "systemd-nspawn exited"; }
+  sleep 0.2
+done
 state=$(timeout 120 nsenter -t "$leader" -a systemctl is-system-running --wait || true)
 echo "system state: $state"
 case "$state" in running|degraded) ;; *) cat "$work/console.log"; fail "container did not boot ($state)";; esac
