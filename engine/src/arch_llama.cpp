@@ -224,11 +224,9 @@ Status Model::compute(const Batch& batch, const PassPlan& plan, const KvStorage&
         float* y[3] = {q, k, v};
         be.matmul_many(w, y, 3, h, n);
       }
-      if (p.qkv_bias) {
-        be.add_bias(q, l.bq, n, q_dim);
-        be.add_bias(k, l.bk, n, kv_dim);
-        be.add_bias(v, l.bv, n, kv_dim);
-      }
+      if (present(l.bq)) be.add_bias(q, l.bq, n, q_dim);
+      if (present(l.bk)) be.add_bias(k, l.bk, n, kv_dim);
+      if (present(l.bv)) be.add_bias(v, l.bv, n, kv_dim);
       if (p.qk_norm) {  // qwen3: RMSNorm over each head before rotation
         be.rms_norm(q, l.q_norm, n * n_head, p.head_dim, p.rms_eps, q);
         be.rms_norm(k, l.k_norm, n * n_head_kv, p.head_dim, p.rms_eps, k);
@@ -245,6 +243,7 @@ Status Model::compute(const Batch& batch, const PassPlan& plan, const KvStorage&
       be.attention(aa);
       be.matmul(l.wo, att, n, o);
       if (tp_.n_ranks > 1) AIRLOCK_RETURN_IF_ERROR(tp_.comm->all_reduce_sum(o, n * d));  // the heads' partial sums
+      if (present(l.bo)) be.add_bias(o, l.bo, n, d);
       if (p.post_norms) be.rms_norm(o, l.post_attn_norm, n, d, p.rms_eps, o);
       if (p.residual_scale != 1.0f) be.scale(o, n * d, p.residual_scale);
       be.add(x, o, n * d);
@@ -255,10 +254,13 @@ Status Model::compute(const Batch& batch, const PassPlan& plan, const KvStorage&
         float* y[2] = {gate, up};
         be.matmul_many(w, y, 2, h, n);
       }
+      if (present(l.b_gate)) be.add_bias(gate, l.b_gate, n, n_ff);
+      if (present(l.b_up)) be.add_bias(up, l.b_up, n, n_ff);
       if (p.gelu_ffn) be.geglu(gate, up, n * n_ff, gate);
       else be.swiglu(gate, up, n * n_ff, gate);
       be.matmul(l.w_down, gate, n, o);
       if (tp_.n_ranks > 1) AIRLOCK_RETURN_IF_ERROR(tp_.comm->all_reduce_sum(o, n * d));  // the columns' partial sums
+      if (present(l.b_down)) be.add_bias(o, l.b_down, n, d);
       if (p.post_norms) be.rms_norm(o, l.post_ffn_norm, n, d, p.rms_eps, o);
       if (p.residual_scale != 1.0f) be.scale(o, n * d, p.residual_scale);
       be.add(x, o, n * d);

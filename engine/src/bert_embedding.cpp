@@ -20,8 +20,6 @@ struct BertEmbedding::Layer {
 
 namespace {
 
-bool present(const WeightTensor& w) { return w.data != nullptr; }
-
 std::string shape_string(std::int64_t ne0, std::int64_t ne1) {
   // Appended piece by piece: GCC 12 at -O3 warns (-Wrestrict) on "[" + string&&.
   std::string s = "[";

@@ -1,5 +1,7 @@
 #include <cmath>
 #include <cstring>
+#include <set>
+#include <string>
 
 #include "model_internal.h"
 
@@ -233,10 +235,14 @@ Status Model::load_weights() {
     weight_bytes_ += part.data.size();
     return Status::ok();
   };
+  // Every tensor the pass reads; any other in the file is refused at the
+  // end (as llama.cpp does): a tensor run without would change every answer.
+  std::set<std::string, std::less<>> used;
   auto find = [&](const std::string& name, std::int64_t ne0, std::int64_t ne1) -> Result<const GgufTensor*> {
     const GgufTensor* t = f.tensor(name);
     if (t == nullptr) return verification_failed("gguf: tensor '" + name + "' is missing");
     AIRLOCK_RETURN_IF_ERROR(check_shape(*t, ne0, ne1));
+    used.insert(name);
     return t;
   };
   auto get_part = [&](const std::string& name, std::int64_t ne0, std::int64_t ne1, WeightTensor* out, Split split,
@@ -259,6 +265,12 @@ Status Model::load_weights() {
   };
   auto get = [&](const std::string& name, std::int64_t ne0, std::int64_t ne1, WeightTensor* out) {
     return get_part(name, ne0, ne1, out, Split::kWhole, 0, 0);
+  };
+  // A bias vector of ne0 where the file has one (this rank's [lo, hi) of
+  // it with kCols); none leaves *out without data.
+  auto get_bias = [&](const std::string& name, std::int64_t ne0, WeightTensor* out, Split split, std::int64_t lo,
+                      std::int64_t hi) -> Status {
+    return f.tensor(name) == nullptr ? Status::ok() : get_part(name, ne0, 1, out, split, lo, hi);
   };
   // This rank's query dimensions, key/value dimensions and feed-forward columns.
   const std::int64_t r = tp_.rank, hd = p.head_dim;
@@ -283,6 +295,7 @@ Status Model::load_weights() {
   // Frequency factors (F32, one per rotated pair, positive) become the
   // rotation's.
   auto use_factors = [&](const GgufTensor& t) -> Status {
+    used.insert(t.name);
     if (t.type != GgmlType::kF32 || t.ne[0] != p.rope.n_rot / 2 || t.n_elements != t.ne[0])
       return verification_failed("gguf: '" + t.name + "' must be an F32 vector of rope dimensions / 2");
     rope_freq_factors_.assign(reinterpret_cast<const float*>(t.data.data()),
@@ -307,20 +320,15 @@ Status Model::load_weights() {
     const std::uint64_t orig =
         f.get_uint(p.arch + ".rope.scaling.original_context_length").value_or(static_cast<std::uint64_t>(p.n_ctx_train));
     AIRLOCK_RETURN_IF_ERROR(use_factors(static_cast<std::uint64_t>(p.n_ctx_train) > orig ? *rope_long : *rope_short));
+    used.insert(rope_long->name);  // the other set is read, and deliberately unused
+    used.insert(rope_short->name);
   }
-  // Biases this pass has no place for (some Granite and other files carry
-  // them): refused rather than ignored, which would change every answer.
-  for (const char* bias : {"attn_output.bias", "ffn_gate.bias", "ffn_up.bias", "ffn_down.bias"})
-    if (f.tensor("blk.0." + std::string(bias)) != nullptr)
-      return invalid_argument("gguf: tensor 'blk.0." + std::string(bias) + "' (a bias this engine does not apply to " +
-                              p.arch + ") is not supported");
   layers_.resize(static_cast<std::size_t>(p.n_layer));
   for (int i = 0; i < p.n_layer; ++i) {
     const std::string b = "blk." + std::to_string(i) + ".";
     Layer& l = layers_[i];
     AIRLOCK_RETURN_IF_ERROR(get(b + "attn_norm.weight", p.n_embd, 1, &l.attn_norm));
     if (f.tensor(b + "attn_qkv.weight") != nullptr) {  // q, k and v in one matrix (phi3)
-      if (p.qkv_bias) return invalid_argument("gguf: a fused attn_qkv with biases is not supported");
       const std::string qkv = b + "attn_qkv.weight";
       const std::int64_t total = q_dim + 2 * p.kv_dim();
       AIRLOCK_RETURN_IF_ERROR(get_fused(qkv, p.n_embd, total, 0, q_dim, &l.wq, q0, q1));
@@ -332,11 +340,18 @@ Status Model::load_weights() {
       AIRLOCK_RETURN_IF_ERROR(get_part(b + "attn_v.weight", p.n_embd, p.kv_dim(), &l.wv, Split::kRows, k0, k1));
     }
     AIRLOCK_RETURN_IF_ERROR(get_part(b + "attn_output.weight", q_dim, p.n_embd, &l.wo, Split::kCols, q0, q1));
-    if (p.qkv_bias) {
-      AIRLOCK_RETURN_IF_ERROR(get_part(b + "attn_q.bias", q_dim, 1, &l.bq, Split::kCols, q0, q1));
-      AIRLOCK_RETURN_IF_ERROR(get_part(b + "attn_k.bias", p.kv_dim(), 1, &l.bk, Split::kCols, k0, k1));
-      AIRLOCK_RETURN_IF_ERROR(get_part(b + "attn_v.bias", p.kv_dim(), 1, &l.bv, Split::kCols, k0, k1));
-    }
+    // Biases: q, k and v (required for qwen2), split with their matrices'
+    // rows; attn_output and ffn_down ones whole, added once after the
+    // ranks' partial sums are reduced. (Fused attn_qkv with a bias: no
+    // converter writes one; refused below as unused.)
+    auto qkv_bias = [&](const char* name, std::int64_t dim, WeightTensor* out, std::int64_t lo, std::int64_t hi) {
+      return p.qkv_bias ? get_part(b + name, dim, 1, out, Split::kCols, lo, hi)
+                        : get_bias(b + name, dim, out, Split::kCols, lo, hi);
+    };
+    AIRLOCK_RETURN_IF_ERROR(qkv_bias("attn_q.bias", q_dim, &l.bq, q0, q1));
+    AIRLOCK_RETURN_IF_ERROR(qkv_bias("attn_k.bias", p.kv_dim(), &l.bk, k0, k1));
+    AIRLOCK_RETURN_IF_ERROR(qkv_bias("attn_v.bias", p.kv_dim(), &l.bv, k0, k1));
+    AIRLOCK_RETURN_IF_ERROR(get_bias(b + "attn_output.bias", p.n_embd, &l.bo, Split::kWhole, 0, 0));
     if (p.qk_norm) {
       AIRLOCK_RETURN_IF_ERROR(get(b + "attn_q_norm.weight", p.head_dim, 1, &l.q_norm));
       AIRLOCK_RETURN_IF_ERROR(get(b + "attn_k_norm.weight", p.head_dim, 1, &l.k_norm));
@@ -356,7 +371,16 @@ Status Model::load_weights() {
       AIRLOCK_RETURN_IF_ERROR(get_part(b + "ffn_up.weight", p.n_embd, p.n_ff, &l.w_up, Split::kRows, f0, f1));
     }
     AIRLOCK_RETURN_IF_ERROR(get_part(b + "ffn_down.weight", p.n_ff, p.n_embd, &l.w_down, Split::kCols, f0, f1));
+    if (p.arch != "phi3") {  // (phi3's fused gate/up has no bias in any converter)
+      AIRLOCK_RETURN_IF_ERROR(get_bias(b + "ffn_gate.bias", p.n_ff, &l.b_gate, Split::kCols, f0, f1));
+      AIRLOCK_RETURN_IF_ERROR(get_bias(b + "ffn_up.bias", p.n_ff, &l.b_up, Split::kCols, f0, f1));
+    }
+    AIRLOCK_RETURN_IF_ERROR(get_bias(b + "ffn_down.bias", p.n_embd, &l.b_down, Split::kWhole, 0, 0));
   }
+  for (const GgufTensor& t : f.tensors())
+    if (!used.contains(t.name))
+      return invalid_argument("gguf: tensor '" + t.name + "' has no place in this engine's " + p.arch +
+                              " pass; the file is refused rather than run without it");
   return Status::ok();
 }
 

@@ -128,10 +128,18 @@ testing::TestModelSpec phi3_longrope() {
   return s;
 }
 
+// Every optional bias: q/k/v, attn_output, ffn gate/up/down.
+testing::TestModelSpec all_biases() {
+  testing::TestModelSpec s = spec("llama", 128, 4, 2, 128, GgmlType::kQ8_0);
+  s.biases = true;
+  return s;
+}
+
 INSTANTIATE_TEST_SUITE_P(GemmaPhi3, CudaForwardTest,
                          ::testing::Values(Case{"gemma2_f32", gemma("gemma2", GgmlType::kF32)},
                                            Case{"phi3_longrope_q8_0", phi3_longrope()},
-                                           Case{"gemma3_q8_0_f16kv", gemma("gemma3", GgmlType::kQ8_0), KvType::kF16}),
+                                           Case{"gemma3_q8_0_f16kv", gemma("gemma3", GgmlType::kQ8_0), KvType::kF16},
+                                           Case{"llama_all_biases_q8_0", all_biases()}),
                          [](const ::testing::TestParamInfo<Case>& p) { return std::string(p.param.name); });
 
 INSTANTIATE_TEST_SUITE_P(

@@ -217,6 +217,13 @@ TestModel make_test_model(const TestModelSpec& spec_in) {
     }
     m.weights[name] = std::vector<double>(back.begin(), back.end());
   };
+  // A bias: F32, about 0.
+  auto add_bias = [&](const std::string& name, std::int64_t ne0) {
+    std::vector<float> v(static_cast<std::size_t>(ne0));
+    for (float& x : v) x = 0.2f * gauss(rng);
+    w.add_tensor(name, GgmlType::kF32, {ne0}, v);
+    m.weights[name] = std::vector<double>(v.begin(), v.end());
+  };
   const std::int64_t q_dim = static_cast<std::int64_t>(s.n_head) * s.head_dim;
   const std::int64_t kv_dim = static_cast<std::int64_t>(s.n_head_kv) * s.head_dim;
   const float ws = 1.0f / std::sqrt(static_cast<float>(s.n_embd));
@@ -246,7 +253,12 @@ TestModel make_test_model(const TestModelSpec& spec_in) {
       add(b + "attn_q.bias", q_dim, 1, 0, true);
       add(b + "attn_k.bias", kv_dim, 1, 0, true);
       add(b + "attn_v.bias", kv_dim, 1, 0, true);
+    } else if (s.biases) {
+      add_bias(b + "attn_q.bias", q_dim);
+      add_bias(b + "attn_k.bias", kv_dim);
+      add_bias(b + "attn_v.bias", kv_dim);
     }
+    if (s.biases) add_bias(b + "attn_output.bias", s.n_embd);
     if (s.arch == "qwen3" || s.arch == "gemma3") {
       add(b + "attn_q_norm.weight", s.head_dim, 1, 0, true);
       add(b + "attn_k_norm.weight", s.head_dim, 1, 0, true);
@@ -260,6 +272,11 @@ TestModel make_test_model(const TestModelSpec& spec_in) {
     add(b + "ffn_up.weight", s.n_embd, s.n_ff, ws, false, phi3 ? &gate_up : nullptr);
     if (phi3) w.add_tensor(b + "ffn_up.weight", s.weight_type, {s.n_embd, 2 * s.n_ff}, gate_up);
     add(b + "ffn_down.weight", s.n_ff, s.n_embd, 1.0f / std::sqrt(static_cast<float>(s.n_ff)), false);
+    if (s.biases) {
+      add_bias(b + "ffn_gate.bias", s.n_ff);
+      add_bias(b + "ffn_up.bias", s.n_ff);
+      add_bias(b + "ffn_down.bias", s.n_embd);
+    }
   }
   m.gguf = w.bytes();
   return m;
@@ -404,6 +421,11 @@ void rope(double* v, int n_rot, double pos, double base, bool neox, const double
 std::vector<double> reference_forward(const TestModel& model, const std::vector<std::int32_t>& tokens) {
   const TestModelSpec& s = model.spec;
   auto W = [&](const std::string& n) -> const Vec& { return model.weights.at(n); };
+  auto add_bias = [&](Vec& y, const std::string& name) {  // where the file has one
+    auto it = model.weights.find(name);
+    if (it == model.weights.end()) return;
+    for (std::size_t i = 0; i < y.size(); ++i) y[i] += it->second.at(i);
+  };
   const std::size_t n = tokens.size(), d = static_cast<std::size_t>(s.n_embd);
   const std::size_t hd = static_cast<std::size_t>(s.head_dim);
   const std::size_t q_dim = static_cast<std::size_t>(s.n_head) * hd, kv_dim = static_cast<std::size_t>(s.n_head_kv) * hd;
@@ -455,11 +477,9 @@ std::vector<double> reference_forward(const TestModel& model, const std::vector<
       q[t] = matvec(W(b + "attn_q.weight"), h, q_dim);
       k[t] = matvec(W(b + "attn_k.weight"), h, kv_dim);
       v[t] = matvec(W(b + "attn_v.weight"), h, kv_dim);
-      if (s.arch == "qwen2") {
-        for (std::size_t i = 0; i < q_dim; ++i) q[t][i] += W(b + "attn_q.bias")[i];
-        for (std::size_t i = 0; i < kv_dim; ++i) k[t][i] += W(b + "attn_k.bias")[i];
-        for (std::size_t i = 0; i < kv_dim; ++i) v[t][i] += W(b + "attn_v.bias")[i];
-      }
+      add_bias(q[t], b + "attn_q.bias");
+      add_bias(k[t], b + "attn_k.bias");
+      add_bias(v[t], b + "attn_v.bias");
       for (int h2 = 0; h2 < s.n_head; ++h2) {
         double* qh = q[t].data() + h2 * hd;
         if (qk_norm) {
@@ -497,11 +517,14 @@ std::vector<double> reference_forward(const TestModel& model, const std::vector<
           for (std::size_t i = 0; i < hd; ++i) att[h2 * hd + i] += sc[p] / z * v[p][kvh * hd + i];
       }
       Vec o = matvec(W(b + "attn_output.weight"), att, d);
+      add_bias(o, b + "attn_output.bias");
       if (post_norms) o = rms_norm(o, W(b + "post_attention_norm.weight").data(), 1e-5);
       for (std::size_t i = 0; i < d; ++i) x[t][i] += residual_scale * o[i];
       Vec h = rms_norm(x[t], W(b + "ffn_norm.weight").data(), 1e-5);
       Vec g = matvec(W(b + "ffn_gate.weight"), h, static_cast<std::size_t>(s.n_ff));
       Vec u = matvec(W(b + "ffn_up.weight"), h, static_cast<std::size_t>(s.n_ff));
+      add_bias(g, b + "ffn_gate.bias");
+      add_bias(u, b + "ffn_up.bias");
       for (std::size_t i = 0; i < g.size(); ++i) {
         const double a = g[i];
         const double act = gemma ? 0.5 * a * (1.0 + std::tanh(std::sqrt(2.0 / std::numbers::pi) * (a + 0.044715 * a * a * a)))
@@ -509,6 +532,7 @@ std::vector<double> reference_forward(const TestModel& model, const std::vector<
         g[i] = act * u[i];
       }
       Vec dn = matvec(W(b + "ffn_down.weight"), g, d);
+      add_bias(dn, b + "ffn_down.bias");
       if (post_norms) dn = rms_norm(dn, W(b + "post_ffw_norm.weight").data(), 1e-5);
       for (std::size_t i = 0; i < d; ++i) x[t][i] += residual_scale * dn[i];
     }

@@ -183,6 +183,13 @@ TestModelSpec granite_spec(GgmlType t, int rope_finetuned) {
   return s;
 }
 
+// Every optional bias (q/k/v, attn_output, ffn gate/up/down), which
+// llama.cpp's llama loader takes where a file has them.
+TestModelSpec with_biases(TestModelSpec s) {
+  s.biases = true;
+  return s;
+}
+
 TestModelSpec granite_per_layer() {
   TestModelSpec s = granite_spec(GgmlType::kF32, -1);
   s.kv_heads_per_layer = {2, 2};
@@ -195,7 +202,8 @@ INSTANTIATE_TEST_SUITE_P(
                       ShapeCase{"granite_no_rope_f32", granite_spec(GgmlType::kF32, 0), 1e-4},
                       ShapeCase{"granite_q8_0", granite_spec(GgmlType::kQ8_0, 1), 3e-2},
                       // head_count_kv as one value per layer, all equal
-                      ShapeCase{"granite_per_layer_kv_heads", granite_per_layer(), 1e-4}),
+                      ShapeCase{"granite_per_layer_kv_heads", granite_per_layer(), 1e-4},
+                      ShapeCase{"granite_biases_q8_0", with_biases(granite_spec(GgmlType::kQ8_0, 1)), 3e-2}),
     [](const auto& param_info) { return std::string(param_info.param.name); });
 
 INSTANTIATE_TEST_SUITE_P(
@@ -205,7 +213,10 @@ INSTANTIATE_TEST_SUITE_P(
                       ShapeCase{"gemma3_swa_qknorm_f32", gemma_spec("gemma3", 64, 4, 2, 96, GgmlType::kF32, 32, 6), 1e-4},
                       ShapeCase{"gemma3_all_global_f32", gemma_spec("gemma3", 64, 4, 2, 96, GgmlType::kF32, 32, 6, 0), 1e-4},
                       ShapeCase{"gemma3_scaled_f16", gemma3_scaled(GgmlType::kF16), 1e-4},
-                      ShapeCase{"gemma3_scaled_q4_k", gemma3_scaled(GgmlType::kQ4_K), 3e-2}),
+                      ShapeCase{"gemma3_scaled_q4_k", gemma3_scaled(GgmlType::kQ4_K), 3e-2},
+                      // the biases come before the post-norms
+                      ShapeCase{"gemma2_biases_f32",
+                                with_biases(gemma_spec("gemma2", 64, 4, 2, 96, GgmlType::kF32, 32)), 1e-4}),
     [](const auto& param_info) { return std::string(param_info.param.name); });
 
 INSTANTIATE_TEST_SUITE_P(
@@ -215,6 +226,8 @@ INSTANTIATE_TEST_SUITE_P(
         ShapeCase{"llama_mha_tied_f32", spec("llama", 64, 8, 8, 160, true, GgmlType::kF32), 1e-4},
         ShapeCase{"llama_mqa_f32", spec("llama", 96, 6, 1, 64, false, GgmlType::kF32), 1e-4},
         ShapeCase{"qwen2_bias_neox_f32", spec("qwen2", 64, 4, 2, 96, false, GgmlType::kF32), 1e-4},
+        ShapeCase{"llama_biases_f32", with_biases(spec("llama", 64, 4, 2, 96, false, GgmlType::kF32)), 1e-4},
+        ShapeCase{"qwen2_all_biases_f16", with_biases(spec("qwen2", 64, 4, 2, 96, true, GgmlType::kF16)), 1e-4},
         ShapeCase{"qwen3_qknorm_f32", spec("qwen3", 64, 4, 2, 96, true, GgmlType::kF32, 32), 1e-4},
         ShapeCase{"llama_f16", spec("llama", 64, 4, 2, 96, false, GgmlType::kF16), 1e-4},
         ShapeCase{"llama_bf16", spec("llama", 64, 4, 2, 96, false, GgmlType::kBF16), 1e-4},
@@ -398,9 +411,30 @@ TEST(GemmaTest, BadMetadataIsRefusedByName) {
   bad_residual.metadata = [](testing::GgufWriter& w) { w.set_f32("granite.residual_scale", -1.0f); };
   bad_residual.residual_scale = 0;
   cases.push_back({bad_residual, "granite.residual_scale must be a positive number"});
-  TestModelSpec bias = spec("llama", 64, 4, 2, 96, false, GgmlType::kF32);
-  bias.metadata = [](testing::GgufWriter& w) { w.add_tensor("blk.0.ffn_down.bias", GgmlType::kF32, {64}, std::vector<float>(64, 0.5f)); };
-  cases.push_back({bias, "tensor 'blk.0.ffn_down.bias' (a bias this engine does not apply to llama) is not supported"});
+  // Tensors the pass has no place for are refused by name, never ignored:
+  // an output bias, a fused q/k/v bias, anything unknown.
+  const char* kNoPlace = "has no place in this engine's ";
+  TestModelSpec output_bias = spec("llama", 64, 4, 2, 96, false, GgmlType::kF32);
+  output_bias.metadata = [](testing::GgufWriter& w) {
+    w.add_tensor("output.bias", GgmlType::kF32, {64}, std::vector<float>(64, 0.5f));
+  };
+  cases.push_back({output_bias, "tensor 'output.bias' " + std::string(kNoPlace) + "llama pass"});
+  TestModelSpec qkv_bias = spec("phi3", 64, 4, 2, 96, false, GgmlType::kF32);
+  qkv_bias.metadata = [](testing::GgufWriter& w) {
+    w.add_tensor("blk.1.attn_qkv.bias", GgmlType::kF32, {128}, std::vector<float>(128, 0.5f));
+  };
+  cases.push_back({qkv_bias, "tensor 'blk.1.attn_qkv.bias' " + std::string(kNoPlace) + "phi3 pass"});
+  TestModelSpec unknown = spec("qwen3", 64, 4, 2, 96, true, GgmlType::kF32, 32);
+  unknown.metadata = [](testing::GgufWriter& w) {
+    w.add_tensor("blk.0.ffn_gate_inp.weight", GgmlType::kF32, {64, 4}, std::vector<float>(256, 0.5f));
+  };
+  cases.push_back({unknown, "tensor 'blk.0.ffn_gate_inp.weight' " + std::string(kNoPlace) + "qwen3 pass"});
+  // A bias of the wrong length.
+  TestModelSpec short_bias = spec("llama", 64, 4, 2, 96, false, GgmlType::kF32);
+  short_bias.metadata = [](testing::GgufWriter& w) {
+    w.add_tensor("blk.1.ffn_down.bias", GgmlType::kF32, {63}, std::vector<float>(63, 0.5f));
+  };
+  cases.push_back({short_bias, "tensor 'blk.1.ffn_down.bias' has shape [63, 1], expected [64, 1]"});
   for (const Case& c : cases) {
     testing::TestModel tm = testing::make_test_model(c.spec);
     auto f = GgufFile::parse({reinterpret_cast<const std::uint8_t*>(tm.gguf.data()), tm.gguf.size()});

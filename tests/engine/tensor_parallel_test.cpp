@@ -46,6 +46,11 @@ TestModelSpec gemma3_shape() {
   return s;
 }
 
+TestModelSpec with_biases(TestModelSpec s) {
+  s.biases = true;
+  return s;
+}
+
 Result<std::unique_ptr<Model>> load(const testing::TestModel& tm, TensorParallel tp = {}) {
   AIRLOCK_ASSIGN_OR_RETURN(auto file,
                            GgufFile::parse({reinterpret_cast<const std::uint8_t*>(tm.gguf.data()), tm.gguf.size()}));
@@ -156,6 +161,8 @@ INSTANTIATE_TEST_SUITE_P(
         Case{"llama_gqa_f32_4_ranks", shape("llama", 64, 8, 4, 128, GgmlType::kF32), 4},
         Case{"llama_mha_tied_f32_4_ranks", shape("llama", 64, 4, 4, 96, GgmlType::kF32, 0, true), 4},
         Case{"qwen2_bias_f32_2_ranks", shape("qwen2", 64, 4, 2, 96, GgmlType::kF32), 2},
+        // q/k/v and gate/up biases split, attn_output/ffn_down ones added once
+        Case{"llama_all_biases_f32_4_ranks", with_biases(shape("llama", 64, 8, 4, 128, GgmlType::kF32)), 4},
         Case{"qwen3_qknorm_f16_2_ranks", shape("qwen3", 64, 4, 2, 96, GgmlType::kF16, 32), 2},
         // fused q/k/v and gate/up: each rank's rows of each part
         Case{"phi3_fused_f32_2_ranks", shape("phi3", 64, 8, 4, 128, GgmlType::kF32), 2},

@@ -41,6 +41,7 @@ int main(int argc, char** argv) {
     specs[4].residual_scale = 0.2f;
     specs[4].embedding_scale = 12.0f;
     specs[4].kv_heads_per_layer = {1, 1};
+    specs[4].biases = true;
     specs[6].sliding_window = 4;
     specs[7].sliding_window = 4;
     specs[7].rope_linear = 8.0f;

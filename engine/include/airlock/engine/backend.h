@@ -47,6 +47,9 @@ struct WeightTensor {
   std::int64_t n_rows() const { return ne[1] * ne[2] * ne[3]; }
 };
 
+// Whether an optional weight (a bias, say) was loaded.
+inline bool present(const WeightTensor& w) { return w.data != nullptr; }
+
 struct RopeParams {
   int n_rot = 0;               // leading dimensions of each head that rotate
   float freq_base = 10000.0f;

@@ -43,7 +43,7 @@ struct ModelParams {
   int n_ctx_train = 0;
   float rms_eps = 1e-5f;
   RopeParams rope;
-  bool qkv_bias = false;    // qwen2
+  bool qkv_bias = false;    // qwen2: q, k and v biases required (optional elsewhere)
   bool qk_norm = false;     // qwen3, gemma3
   bool tied_output = false; // no output.weight: the embedding table is reused
   // The Gemma family:
