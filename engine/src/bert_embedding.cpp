@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <numeric>
+#include <set>
 
 #include "airlock/engine/kv_cache.h"
 
@@ -160,11 +161,15 @@ Status BertEmbedding::load_weights(EncoderUse use) {
   const GgufFile& f = *file_;
   BertParams& p = params_;
   enum class Kind { kMatrix, kVector };
+  // Every tensor the pass reads: any other in the file is refused at the
+  // end, not ignored.
+  std::set<std::string, std::less<>> used;
   // Checks presence, shape and type, then hands the tensor to the backend.
   auto get = [&](const std::string& name, std::int64_t ne0, std::int64_t ne1, WeightTensor* out, Kind kind,
                  bool required = true) -> Status {
     const GgufTensor* t = f.tensor(name);
     if (t == nullptr) return required ? verification_failed("gguf: tensor '" + name + "' is missing") : Status::ok();
+    used.insert(name);
     if (t->ne[0] != ne0 || t->ne[1] != ne1 || t->ne[2] != 1 || t->ne[3] != 1)
       return verification_failed("gguf: tensor '" + name + "' has shape " + shape_string(t->ne[0], t->ne[1]) +
                                  (t->ne[2] != 1 || t->ne[3] != 1 ? " (and more dimensions)" : "") + ", expected " +
@@ -267,6 +272,12 @@ Status BertEmbedding::load_weights(EncoderUse use) {
     AIRLOCK_RETURN_IF_ERROR(get("cls.output.weight", d, 1, &cls_out_, Kind::kMatrix));
     AIRLOCK_RETURN_IF_ERROR(get("cls.output.bias", 1, 1, &cls_out_b_, Kind::kVector, false));
   }
+  // (A classification head serves only reranking; llama.cpp loads it
+  // optionally for every use.)
+  for (const GgufTensor& t : f.tensors())
+    if (!used.contains(t.name) && !(use != EncoderUse::kRerank && t.name.starts_with("cls.")))
+      return invalid_argument("gguf: tensor '" + t.name + "' has no place in this engine's " + p.arch +
+                              " pass; the file is refused rather than run without it");
   return Status::ok();
 }
 

@@ -526,6 +526,9 @@ INSTANTIATE_TEST_SUITE_P(
         HostileCase{"position_table_shorter_than_context",
                     [](BertModelSpec& s) { s.misshape_tensor = "position_embd.weight"; },
                     StatusCode::kVerificationFailed, "'position_embd.weight' has shape [64, 65]"},
+        // a tensor with no place in the pass is refused, not ignored
+        HostileCase{"unused_tensor", [](BertModelSpec& s) { s.extra_tensor = "blk.0.attn_norm_2.bias"; },
+                    StatusCode::kInvalidArgument, "tensor 'blk.0.attn_norm_2.bias' has no place in this engine's bert"},
         HostileCase{"causal", [](BertModelSpec& s) { s.causal = 1; }, StatusCode::kInvalidArgument, "causal"},
         HostileCase{"zero_heads", [](BertModelSpec& s) { s.meta_n_head = 0; }, StatusCode::kVerificationFailed,
                     "bert.attention.head_count is missing or out of range"},

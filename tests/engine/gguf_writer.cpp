@@ -375,6 +375,7 @@ BertTestModel make_bert_model(const BertModelSpec& spec) {
     add("cls.output.weight", d, s.n_labels, ws, 'w');
     add("cls.output.bias", s.n_labels, 1, 0.1f, 'b');
   }
+  if (!s.extra_tensor.empty()) add(s.extra_tensor, d, 1, 0.1f, 'b');
   m.gguf = w.bytes();
   return m;
 }

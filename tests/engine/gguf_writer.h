@@ -159,6 +159,7 @@ struct BertModelSpec {
   std::string arch_written;    // general.architecture (empty: arch)
   std::string omit_tensor;     // left out of the file
   std::string misshape_tensor; // written with one row (or element) too many
+  std::string extra_tensor;    // an F32 vector of n_embd the encoder has no use for
 };
 
 struct BertTestModel {
