@@ -66,10 +66,24 @@ bool is_number(char32_t c) {
 }
 bool is_space(char32_t c) { return u_isUWhiteSpace(static_cast<UChar32>(c)) != 0; }
 bool is_newline(char32_t c) { return c == '\r' || c == '\n'; }
+// GPT-4o's and Tekken's two letter classes: [\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]
+// ("upper", a word's head) and [\p{Ll}\p{Lm}\p{Lo}\p{M}] ("lower", its tail).
+bool is_mark_or_caseless(std::int8_t t) {
+  return t == U_MODIFIER_LETTER || t == U_OTHER_LETTER || t == U_NON_SPACING_MARK || t == U_COMBINING_SPACING_MARK ||
+         t == U_ENCLOSING_MARK;
+}
+bool is_word_head(char32_t c) {
+  const std::int8_t t = u_charType(static_cast<UChar32>(c));
+  return t == U_UPPERCASE_LETTER || t == U_TITLECASE_LETTER || is_mark_or_caseless(t);
+}
+bool is_word_tail(char32_t c) {
+  const std::int8_t t = u_charType(static_cast<UChar32>(c));
+  return t == U_LOWERCASE_LETTER || is_mark_or_caseless(t);
+}
 
 // ---------------------------------------------------------------- pre-tokenizers
 
-enum class PreRules { kGpt2, kLlama3, kQwen2, kRefact };
+enum class PreRules { kGpt2, kLlama3, kQwen2, kRefact, kGpt4o, kTekken };
 
 struct Cpts {
   std::vector<char32_t> cp;
@@ -162,9 +176,94 @@ std::vector<std::pair<std::size_t, std::size_t>> pre_split(std::string_view text
   return out;
 }
 
+// GPT-4o's rules (o200k; Phi-4-mini's "gpt-4o") and Mistral's Tekken
+// rules (Nemo, Small 3), which differ only in numbers and contractions:
+//   [^\r\n\p{L}\p{N}]?HEAD*TAIL+('s|'t|'re|'ve|'m|'ll|'d)?      (the suffix: GPT-4o, any case)
+//   |[^\r\n\p{L}\p{N}]?HEAD+TAIL*('s|'t|'re|'ve|'m|'ll|'d)?
+//   |\p{N}{1,3}   (Tekken: \p{N})
+//   | ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+
+// with HEAD = [\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}], TAIL = [\p{Ll}\p{Lm}\p{Lo}\p{M}]:
+// a capitalised word is one piece, a lower-case word after capitals
+// ("HTTPServer") starts a new one. The backtracking of the regex is
+// worked out below; the splits agree with Python's `regex` module on the
+// vectors in tests/engine/data (tests/engine/gen_pretokenizer_vectors.py).
+std::vector<std::pair<std::size_t, std::size_t>> pre_split_o200k(std::string_view text, bool gpt4o) {
+  const Cpts c = to_cpts(text);
+  const std::size_t n = c.cp.size(), kNone = std::string_view::npos;
+  auto at = [&](std::size_t i) -> char32_t { return i < n ? c.cp[i] : 0; };
+  auto head = [&](std::size_t i) { return i < n && is_word_head(c.cp[i]); };
+  auto tail = [&](std::size_t i) { return i < n && is_word_tail(c.cp[i]); };
+  auto other = [&](std::size_t i) { return i < n && !is_space(c.cp[i]) && !is_letter(c.cp[i]) && !is_number(c.cp[i]); };
+  // HEAD*TAIL+ from j: HEAD* takes the longest run, then gives back until
+  // TAIL+ can start; TAIL+ then runs as far as it can.
+  auto head_tail = [&](std::size_t j) -> std::size_t {
+    std::size_t k = j;
+    while (head(k)) ++k;
+    if (tail(k)) {
+      while (tail(k)) ++k;
+      return k;
+    }
+    for (std::size_t u = k; u > j; --u)  // TAIL+ of one: nothing after it is a tail
+      if (tail(u - 1)) return u;
+    return kNone;
+  };
+  auto heads_tails = [&](std::size_t j) -> std::size_t {  // HEAD+TAIL*
+    if (!head(j)) return kNone;
+    std::size_t k = j;
+    while (head(k)) ++k;
+    while (tail(k)) ++k;
+    return k;
+  };
+  // The optional [^\r\n\p{L}\p{N}] in front: tried with it, then without.
+  auto with_prefix = [&](std::size_t i, auto word) -> std::size_t {
+    const char32_t x = at(i);
+    if (i < n && !is_newline(x) && !is_letter(x) && !is_number(x)) {
+      const std::size_t e = word(i + 1);
+      if (e != kNone) return e;
+    }
+    return word(i);
+  };
+  auto contraction = [&](std::size_t e) -> std::size_t {  // (?i:'s|'t|'re|'ve|'m|'ll|'d)?
+    if (!gpt4o || at(e) != '\'') return e;
+    auto low = [&](std::size_t i) { return at(i) < 128 ? static_cast<char32_t>(std::tolower(static_cast<int>(at(i)))) : at(i); };
+    const char32_t a = low(e + 1), b = low(e + 2);
+    if (a == 's' || a == 't' || a == 'm' || a == 'd') return e + 2;
+    if ((a == 'r' && b == 'e') || (a == 'v' && b == 'e') || (a == 'l' && b == 'l')) return e + 3;
+    return e;
+  };
+  std::vector<std::pair<std::size_t, std::size_t>> out;
+  std::size_t i = 0;
+  while (i < n) {
+    std::size_t end = with_prefix(i, head_tail);
+    if (end == kNone) end = with_prefix(i, heads_tails);
+    if (end != kNone) {
+      end = contraction(end);
+    } else if (is_number(at(i))) {
+      end = i;
+      while (end < n && end - i < (gpt4o ? 3u : 1u) && is_number(at(end))) ++end;
+    } else if (other(i) || (at(i) == ' ' && other(i + 1))) {  // ' ?[^\s\p{L}\p{N}]+[\r\n/]*'
+      end = at(i) == ' ' ? i + 1 : i;
+      while (other(end)) ++end;
+      while (end < n && (is_newline(at(end)) || at(end) == '/')) ++end;
+    } else {  // whitespace
+      std::size_t j = i;
+      while (j < n && is_space(at(j))) ++j;
+      end = i;
+      for (std::size_t k = i; k < j; ++k)  // \s*[\r\n]+ : up to the last newline of the run
+        if (is_newline(at(k))) end = k + 1;
+      if (end == i) end = j < n && j - i >= 2 ? j - 1 : j;  // \s+(?!\S), else \s+
+      if (end == i) end = i + 1;  // never loop forever
+    }
+    out.emplace_back(c.offset[i], c.offset[end]);
+    i = end;
+  }
+  return out;
+}
+
 // The rules a tokenizer.ggml.pre name stands for: GPT-2's (and the names
-// llama.cpp gives the same rules), Llama 3's, Qwen2's, refact's; nullopt
-// for names whose rules are not here.
+// llama.cpp gives the same rules), Llama 3's, Qwen2's, refact's, GPT-4o's
+// (Llama 4 has them too), Tekken's; nullopt for names whose rules are not
+// here.
 std::optional<PreRules> pre_rules_of(std::string_view pre) {
   static const char* const kGpt2Names[] = {"gpt-2",      "phi-2",      "jina-es", "jina-de", "gigachat",
                                            "jina-v2-es", "jina-v2-de", "a.x-4.0", "mellum"};
@@ -173,6 +272,8 @@ std::optional<PreRules> pre_rules_of(std::string_view pre) {
   if (pre == "llama-bpe" || pre == "llama3") return PreRules::kLlama3;
   if (pre == "qwen2") return PreRules::kQwen2;
   if (pre == "refact") return PreRules::kRefact;
+  if (pre == "gpt-4o" || pre == "llama4") return PreRules::kGpt4o;
+  if (pre == "tekken") return PreRules::kTekken;
   return std::nullopt;
 }
 
@@ -289,18 +390,22 @@ Result<std::unique_ptr<Tokenizer>> Tokenizer::from_gguf(const GgufFile& f) {
     if (f.find("tokenizer.ggml.eos_token_id") == nullptr) s.eos = 2;
   }
   // WordPiece (BERT) wraps every input in [CLS] ... [SEP] unless told otherwise.
-  s.add_bos = f.get_bool("tokenizer.ggml.add_bos_token").value_or(s.model == "llama" || s.model == "bert");
+  // (llama.cpp: Llama 3's and Tekken's BPE vocabularies add BOS too, where
+  // they have one.)
+  const bool bos_pre = s.pre == "llama-bpe" || s.pre == "llama3" || s.pre == "tekken";
+  s.add_bos = f.get_bool("tokenizer.ggml.add_bos_token")
+                  .value_or(s.model == "llama" || s.model == "bert" || (bos_pre && s.bos >= 0));
   s.add_eos = f.get_bool("tokenizer.ggml.add_eos_token").value_or(s.model == "bert");
   s.add_space_prefix = f.get_bool("tokenizer.ggml.add_space_prefix").value_or(true);
   // A byte-level BPE vocabulary is split by its pre-tokenizer's rules
-  // before merging; one whose rules this tokenizer does not have (GPT-4o's
-  // for Phi-4, "tekken" for Mistral Nemo/Small 3, llama.cpp's "default"
-  // for files older than the key...) would get other
-  // token ids than the model was trained on, so it is refused, as llama.cpp
-  // refuses names it does not know.
+  // before merging; one whose rules this tokenizer does not have
+  // (llama.cpp's "default" for files older than the key, deepseek's...)
+  // would get other token ids than the model was trained on, so it is
+  // refused, as llama.cpp refuses names it does not know.
   if (s.model == "gpt2" && !pre_rules_of(s.pre))
     return invalid_argument("tokenizer: pre-tokenizer '" + s.pre +
-                            "' is not supported (gpt-2 and its aliases, llama-bpe, llama3, qwen2, refact)");
+                            "' is not supported (gpt-2 and its aliases, llama-bpe, llama3, qwen2, refact, "
+                            "gpt-4o, llama4, tekken)");
   return from_spec(std::move(s));
 }
 
@@ -348,7 +453,7 @@ Result<std::unique_ptr<Tokenizer>> Tokenizer::from_spec(TokenizerSpec s) {
     std::snprintf(name, sizeof name, "<0x%02X>", b);
     t->byte_tokens_[b] = t->token_id(name);
   }
-  t->ignore_merges_ = sp.pre == "llama-bpe" || sp.pre == "llama3";
+  t->ignore_merges_ = sp.pre == "llama-bpe" || sp.pre == "llama3" || sp.pre == "tekken";
   for (const std::string& tok : sp.tokens) t->max_token_bytes_ = std::max(t->max_token_bytes_, tok.size());
   return t;
 }
@@ -626,20 +731,33 @@ std::optional<std::string> nfc_if_changed(std::string_view text) {
 
 }  // namespace
 
-void Tokenizer::encode_bpe(std::string_view text, std::vector<std::int32_t>* out) const {
+std::vector<std::string> Tokenizer::pre_tokens(std::string_view text) const {
   // (a spec built in code may name no rules: GPT-2's)
   const PreRules rules = pre_rules_of(spec_.pre).value_or(PreRules::kGpt2);
-  // Qwen2/3's tokenizer.json normalises to NFC before splitting (Llama 3's
-  // and GPT-2's do not normalise): decomposed text, as macOS and many PDFs
+  // Qwen2/3's tokenizer.json normalises to NFC before splitting (the
+  // others do not normalise): decomposed text, as macOS and many PDFs
   // write it ("n" + U+0303), gets the ids of the composed characters, as
   // Hugging Face gives. (llama.cpp skips this step.)
   std::optional<std::string> normalized;
   if (rules == PreRules::kQwen2) normalized = nfc_if_changed(text);
   if (normalized) text = *normalized;
+  std::vector<std::pair<std::size_t, std::size_t>> ranges;
+  switch (rules) {
+    case PreRules::kRefact: ranges = pre_split_refact(text); break;
+    case PreRules::kGpt4o: case PreRules::kTekken: ranges = pre_split_o200k(text, rules == PreRules::kGpt4o); break;
+    default: ranges = pre_split(text, rules); break;
+  }
+  std::vector<std::string> pieces;
+  pieces.reserve(ranges.size());
+  for (auto [b, e] : ranges) pieces.emplace_back(text.substr(b, e - b));
+  return pieces;
+}
+
+void Tokenizer::encode_bpe(std::string_view text, std::vector<std::int32_t>* out) const {
   const ByteMap& bm = byte_map();
-  for (auto [b, e] : rules == PreRules::kRefact ? pre_split_refact(text) : pre_split(text, rules)) {
+  for (const std::string& piece : pre_tokens(text)) {
     std::string mapped;
-    for (std::size_t i = b; i < e; ++i) append_utf8(mapped, bm.to_cp[static_cast<unsigned char>(text[i])]);
+    for (char ch : piece) append_utf8(mapped, bm.to_cp[static_cast<unsigned char>(ch)]);
     bpe_word(mapped, out);
   }
 }

@@ -9,6 +9,7 @@
 #include <chrono>
 #include <cstring>
 #include <fstream>
+#include <map>
 #include <random>
 #include <sstream>
 
@@ -588,10 +589,10 @@ TEST(TokenizerTest, DamagedGgufVocabularyIsRefusedOrSafe) {
     w.set_string_array("tokenizer.ggml.merges", {"a b", "ab c", "\xC4\xA0 a"});
     EXPECT_TRUE(load(w).is_ok()) << load(w).to_string();
   }
-  // BPE pre-tokenizers whose rules are not here (Phi-4's, Mistral's), or
-  // none named (llama.cpp's "default" rules): refused, as
-  // their words would split otherwise than in training.
-  for (const char* pre : {"gpt-4o", "tekken", "default", ""}) {
+  // BPE pre-tokenizers whose rules are not here (DeepSeek's), or none
+  // named (llama.cpp's "default" rules): refused, as their words would
+  // split otherwise than in training.
+  for (const char* pre : {"deepseek-llm", "default", ""}) {
     testing::GgufWriter w;
     w.set_string("tokenizer.ggml.model", "gpt2");
     if (*pre != '\0') w.set_string("tokenizer.ggml.pre", pre);
@@ -603,7 +604,8 @@ TEST(TokenizerTest, DamagedGgufVocabularyIsRefusedOrSafe) {
               std::string::npos)
         << st.to_string();
   }
-  for (const char* pre : {"gpt-2", "llama-bpe", "qwen2", "refact"}) {  // and the names whose rules are here load
+  // and the names whose rules are here load
+  for (const char* pre : {"gpt-2", "llama-bpe", "qwen2", "refact", "gpt-4o", "llama4", "tekken"}) {
     testing::GgufWriter w;
     w.set_string("tokenizer.ggml.model", "gpt2");
     w.set_string("tokenizer.ggml.pre", pre);
@@ -647,6 +649,84 @@ TEST(TokenizerTest, RefactSplitsEveryDigitAlone) {
   std::string back;
   for (std::int32_t id : refact->encode("a 12 ab", false, false)) back += refact->token_bytes(id);
   EXPECT_EQ(back, "a 12 ab");
+}
+
+// A byte-level BPE tokenizer of two tokens whose pre-tokenizer is `pre`.
+std::unique_ptr<Tokenizer> bpe_with_pre(const std::string& pre) {
+  testing::GgufWriter w;
+  w.set_string("tokenizer.ggml.model", "gpt2");
+  w.set_string("tokenizer.ggml.pre", pre);
+  w.set_string_array("tokenizer.ggml.tokens", {"a", "b"});
+  w.set_string_array("tokenizer.ggml.merges", {"a b"});
+  std::string bytes = w.bytes();
+  auto g = GgufFile::parse({reinterpret_cast<const std::uint8_t*>(bytes.data()), bytes.size()});
+  EXPECT_TRUE(g.is_ok());
+  auto t = Tokenizer::from_gguf(**g);
+  EXPECT_TRUE(t.is_ok()) << pre << ": " << t.status().to_string();
+  return t.is_ok() ? std::move(*t) : nullptr;
+}
+
+// Every pre-tokenizer splits as its tokenizer.json regex does under
+// Python's `regex` module: 1900 texts (fixed ones aimed at each rule,
+// random ones over characters of every class the rules tell apart), made
+// by pretokenizer/make_vectors.py. A missing file is a failure.
+TEST(TokenizerTest, PreTokenizersSplitAsTheirRegexes) {
+  const std::string path = std::string(__FILE__).substr(0, std::string(__FILE__).rfind('/')) + "/pretokenizer/vectors.json";
+  ASSERT_TRUE(exists(path)) << path;
+  const nlohmann::json vectors = nlohmann::json::parse(slurp(path));
+  ASSERT_GT(vectors.size(), 1000u);
+  std::map<std::string, std::unique_ptr<Tokenizer>> by_pre;
+  std::map<std::string, int> checked, failed;
+  for (const auto& v : vectors) {
+    const std::string pre = v.at("pre");
+    auto& t = by_pre[pre];
+    if (!t) t = bpe_with_pre(pre);
+    ASSERT_NE(t, nullptr);
+    const std::string text = v.at("text");
+    const std::vector<std::string> want = v.at("pieces");
+    const std::vector<std::string> got = t->pre_tokens(text);
+    ++checked[pre];
+    if (got != want && ++failed[pre] <= 5) {
+      ADD_FAILURE() << pre << " splits " << nlohmann::json(text).dump() << " into " << nlohmann::json(got).dump()
+                    << ", the regex into " << nlohmann::json(want).dump();
+    }
+  }
+  for (const char* pre : {"gpt-2", "llama-bpe", "qwen2", "gpt-4o", "tekken"}) {
+    EXPECT_GT(checked[pre], 300) << pre;
+    EXPECT_EQ(failed[pre], 0) << pre << ": " << failed[pre] << " of " << checked[pre] << " differ";
+  }
+}
+
+// GPT-4o keeps a contraction on its word, Tekken splits it off; Tekken
+// takes digits one at a time, GPT-4o three. Through encode(): with the
+// merges to make them, "don't" is one token only for GPT-4o.
+TEST(TokenizerTest, Gpt4oAndTekkenDifferInContractionsAndDigits) {
+  auto gpt4o = bpe_with_pre("gpt-4o"), tekken = bpe_with_pre("tekken");
+  ASSERT_TRUE(gpt4o && tekken);
+  using Pieces = std::vector<std::string>;
+  EXPECT_EQ(gpt4o->pre_tokens("I don't 12345"), (Pieces{"I", " don't", " ", "123", "45"}));
+  EXPECT_EQ(tekken->pre_tokens("I don't 12345"), (Pieces{"I", " don", "'t", " ", "1", "2", "3", "4", "5"}));
+  EXPECT_EQ(gpt4o->pre_tokens("HTTPServer XMLHttpRequest"), (Pieces{"HTTPServer", " XMLHttp", "Request"}));
+  // a symbol run takes the newlines and slashes after it
+  EXPECT_EQ(tekken->pre_tokens("a/b\n/c x.\n/ y"), (Pieces{"a", "/b", "\n", "/c", " x", ".\n/", " y"}));
+  // Tekken adds BOS when the file does not say and has one (llama.cpp's
+  // default for it); GPT-4o does not.
+  EXPECT_FALSE(tekken->add_bos());  // (no BOS id here)
+  for (const char* pre : {"tekken", "gpt-4o"}) {
+    testing::GgufWriter w;
+    w.set_string("tokenizer.ggml.model", "gpt2");
+    w.set_string("tokenizer.ggml.pre", pre);
+    w.set_string_array("tokenizer.ggml.tokens", {"a", "b", "<s>"});
+    w.set_string_array("tokenizer.ggml.merges", {"a b"});
+    w.set_u32("tokenizer.ggml.bos_token_id", 2);
+    std::string bytes = w.bytes();
+    auto g = GgufFile::parse({reinterpret_cast<const std::uint8_t*>(bytes.data()), bytes.size()});
+    ASSERT_TRUE(g.is_ok());
+    auto t = Tokenizer::from_gguf(**g);
+    ASSERT_TRUE(t.is_ok()) << t.status().to_string();
+    EXPECT_EQ((*t)->add_bos(), std::string(pre) == "tekken") << pre;
+    EXPECT_EQ((*t)->encode("ab", true, false).front(), std::string(pre) == "tekken" ? 2 : 0) << pre;
+  }
 }
 
 }  // namespace

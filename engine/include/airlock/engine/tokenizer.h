@@ -70,7 +70,8 @@ enum class PrependScheme { kAlways, kFirst, kNever };
 // or a Hugging Face tokenizer.json in tests).
 struct TokenizerSpec {
   std::string model;                 // "llama" (SentencePiece), "gpt2" (byte-level BPE), "bert" (WordPiece)
-  std::string pre;                   // gpt2 pre-tokenizer: "gpt-2" (and aliases), "llama-bpe"/"llama3", "qwen2", "refact"
+  std::string pre;                   // gpt2 pre-tokenizer: "gpt-2" (and aliases), "llama-bpe"/"llama3", "qwen2", "refact",
+                                     // "gpt-4o"/"llama4", "tekken"
   std::vector<std::string> tokens;
   std::vector<float> scores;         // SentencePiece only (may be empty for BPE)
   std::vector<TokenType> types;      // may be empty: all normal
@@ -132,6 +133,10 @@ class Tokenizer {
            (spec_.model == "unigram" && spec_.metaspace && spec_.prepend_scheme != PrependScheme::kNever);
   }
   bool is_end_of_generation(std::int32_t id) const;
+  // A byte-level BPE ("gpt2") vocabulary's pre-tokenizer: the pieces its
+  // rules split `text` into (after its normalisation), on which the merges
+  // then run separately.
+  std::vector<std::string> pre_tokens(std::string_view text) const;
   std::int32_t token_id(std::string_view text) const;  // -1 when absent
 
  private:
