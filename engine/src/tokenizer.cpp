@@ -66,6 +66,12 @@ bool is_number(char32_t c) {
 }
 bool is_space(char32_t c) { return u_isUWhiteSpace(static_cast<UChar32>(c)) != 0; }
 bool is_newline(char32_t c) { return c == '\r' || c == '\n'; }
+// A contraction letter under (?i:...): ASCII lower case, and U+017F (long
+// s), whose case folding is "s".
+char32_t fold_contraction(char32_t c) {
+  if (c == 0x17F) return 's';
+  return c < 128 ? static_cast<char32_t>(std::tolower(static_cast<int>(c))) : c;
+}
 // GPT-4o's and Tekken's two letter classes: [\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]
 // ("upper", a word's head) and [\p{Ll}\p{Lm}\p{Lo}\p{M}] ("lower", its tail).
 bool is_mark_or_caseless(std::int8_t t) {
@@ -115,7 +121,7 @@ std::vector<std::pair<std::size_t, std::size_t>> pre_split(std::string_view text
     const char32_t x = at(i);
     // 's 't 're 've 'm 'll 'd (case-insensitive except for GPT-2)
     if (x == '\'' && i + 1 < n) {
-      auto low = [&](char32_t y) { return rules == PreRules::kGpt2 ? y : (y < 128 ? static_cast<char32_t>(std::tolower(static_cast<int>(y))) : y); };
+      auto low = [&](char32_t y) { return rules == PreRules::kGpt2 ? y : fold_contraction(y); };
       const char32_t a = low(at(i + 1)), b = i + 2 < n ? low(at(i + 2)) : 0;
       if (a == 's' || a == 't' || a == 'm' || a == 'd') end = i + 2;
       else if ((a == 'r' && b == 'e') || (a == 'v' && b == 'e') || (a == 'l' && b == 'l')) end = i + 3;
@@ -186,7 +192,9 @@ std::vector<std::pair<std::size_t, std::size_t>> pre_split(std::string_view text
 // a capitalised word is one piece, a lower-case word after capitals
 // ("HTTPServer") starts a new one. The backtracking of the regex is
 // worked out below; the splits agree with Python's `regex` module on the
-// vectors in tests/engine/data (tests/engine/gen_pretokenizer_vectors.py).
+// vectors in tests/engine/pretokenizer (make_vectors.py). Like Hugging
+// Face, and unlike llama.cpp (which approximates the classes by ASCII
+// case), non-ASCII case counts: "ωΩ" is two pieces.
 std::vector<std::pair<std::size_t, std::size_t>> pre_split_o200k(std::string_view text, bool gpt4o) {
   const Cpts c = to_cpts(text);
   const std::size_t n = c.cp.size(), kNone = std::string_view::npos;
@@ -225,7 +233,7 @@ std::vector<std::pair<std::size_t, std::size_t>> pre_split_o200k(std::string_vie
   };
   auto contraction = [&](std::size_t e) -> std::size_t {  // (?i:'s|'t|'re|'ve|'m|'ll|'d)?
     if (!gpt4o || at(e) != '\'') return e;
-    auto low = [&](std::size_t i) { return at(i) < 128 ? static_cast<char32_t>(std::tolower(static_cast<int>(at(i)))) : at(i); };
+    auto low = [&](std::size_t i) { return fold_contraction(at(i)); };
     const char32_t a = low(e + 1), b = low(e + 2);
     if (a == 's' || a == 't' || a == 'm' || a == 'd') return e + 2;
     if ((a == 'r' && b == 'e') || (a == 'v' && b == 'e') || (a == 'l' && b == 'l')) return e + 3;
@@ -261,15 +269,16 @@ std::vector<std::pair<std::size_t, std::size_t>> pre_split_o200k(std::string_vie
 }
 
 // The rules a tokenizer.ggml.pre name stands for: GPT-2's (and the names
-// llama.cpp gives the same rules), Llama 3's, Qwen2's, refact's, GPT-4o's
-// (Llama 4 has them too), Tekken's; nullopt for names whose rules are not
-// here.
+// llama.cpp gives the same rules), Llama 3's (also named dbrx and
+// smaug-bpe, cl100k-style vocabularies), Qwen2's, refact's, GPT-4o's
+// (llama.cpp's name llama4 too), Tekken's; nullopt for names whose rules
+// are not here.
 std::optional<PreRules> pre_rules_of(std::string_view pre) {
   static const char* const kGpt2Names[] = {"gpt-2",      "phi-2",      "jina-es", "jina-de", "gigachat",
                                            "jina-v2-es", "jina-v2-de", "a.x-4.0", "mellum"};
   for (const char* k : kGpt2Names)
     if (pre == k) return PreRules::kGpt2;
-  if (pre == "llama-bpe" || pre == "llama3") return PreRules::kLlama3;
+  if (pre == "llama-bpe" || pre == "llama3" || pre == "dbrx" || pre == "smaug-bpe") return PreRules::kLlama3;
   if (pre == "qwen2") return PreRules::kQwen2;
   if (pre == "refact") return PreRules::kRefact;
   if (pre == "gpt-4o" || pre == "llama4") return PreRules::kGpt4o;
@@ -404,8 +413,8 @@ Result<std::unique_ptr<Tokenizer>> Tokenizer::from_gguf(const GgufFile& f) {
   // refused, as llama.cpp refuses names it does not know.
   if (s.model == "gpt2" && !pre_rules_of(s.pre))
     return invalid_argument("tokenizer: pre-tokenizer '" + s.pre +
-                            "' is not supported (gpt-2 and its aliases, llama-bpe, llama3, qwen2, refact, "
-                            "gpt-4o, llama4, tekken)");
+                            "' is not supported (gpt-2 and its aliases, llama-bpe, llama3, dbrx, smaug-bpe, qwen2, "
+                            "refact, gpt-4o, llama4, tekken)");
   return from_spec(std::move(s));
 }
 

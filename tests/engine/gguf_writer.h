@@ -100,8 +100,9 @@ struct TestModelSpec {
   // (Granite 4's converter writes one).
   std::vector<std::int32_t> kv_heads_per_layer;
   // Every layer's optional biases (attn_q/k/v, attn_output, ffn_gate/up/down;
-  // F32, small random numbers), as llama.cpp's llama loader takes them.
-  // qwen2 has the q/k/v ones either way. Not for phi3.
+  // F32, small random numbers), as llama.cpp's llama/granite loader takes
+  // them (the engine applies them on any architecture). qwen2 has the
+  // q/k/v ones either way. Not for phi3.
   bool biases = false;
   std::uint32_t seed = 1;
   // Adds more metadata (a tokenizer, say) after the hyper-parameters.

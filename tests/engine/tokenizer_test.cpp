@@ -605,7 +605,7 @@ TEST(TokenizerTest, DamagedGgufVocabularyIsRefusedOrSafe) {
         << st.to_string();
   }
   // and the names whose rules are here load
-  for (const char* pre : {"gpt-2", "llama-bpe", "qwen2", "refact", "gpt-4o", "llama4", "tekken"}) {
+  for (const char* pre : {"gpt-2", "llama-bpe", "dbrx", "smaug-bpe", "qwen2", "refact", "gpt-4o", "llama4", "tekken"}) {
     testing::GgufWriter w;
     w.set_string("tokenizer.ggml.model", "gpt2");
     w.set_string("tokenizer.ggml.pre", pre);
@@ -667,7 +667,7 @@ std::unique_ptr<Tokenizer> bpe_with_pre(const std::string& pre) {
 }
 
 // Every pre-tokenizer splits as its tokenizer.json regex does under
-// Python's `regex` module: 1900 texts (fixed ones aimed at each rule,
+// Python's `regex` module: 381 texts each (fixed ones aimed at each rule,
 // random ones over characters of every class the rules tell apart), made
 // by pretokenizer/make_vectors.py. A missing file is a failure.
 TEST(TokenizerTest, PreTokenizersSplitAsTheirRegexes) {

@@ -44,7 +44,7 @@ FIXED = [
     "Hello world",
     "HTTPServer and XMLHttpRequest",
     "don't I'LL we've THEY'RE she'd it's",
-    "'s 'S ''s",
+    "'s 'S ''s it'\u017f IT'\u017fT",  # U+017F (long s) folds to s under (?i:...)
     "1234567 12 1",
     "a  b   c    ",
     "line one\n\nline two\r\n  indented\n",
@@ -72,7 +72,7 @@ POOL = (
     + ["\u0301", "\u0308", "\u0903"] # Mn, Mc
     + list("0189") + ["٣", "Ⅻ", "²", "½"]  # Nd, Nl, No
     + [" ", " ", " ", "\t", "\n", "\r", "\u00a0", "\u3000", "\u2009"]
-    + ["'", "'", "/", ".", ",", "-", "!", "(", ")", "€", "😀", "×"]
+    + ["'", "'", "/", ".", ",", "-", "!", "(", ")", "€", "😀", "×", "\u017f"]
 )
 
 
