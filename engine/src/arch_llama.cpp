@@ -31,6 +31,8 @@ Status Model::forward(const Batch& batch, KvCache& cache, const KvStorage& kv, s
 }
 
 Status Model::check_output(const PassOutput& out, std::int64_t n_out) {
+  if (out.hidden != nullptr && (out.tokens != nullptr || out.logits != nullptr))
+    return invalid_argument("forward: hidden states are asked for instead of logits or tokens, not with them");
   if (out.tokens != nullptr && static_cast<std::int64_t>(out.rows.size()) != n_out)
     return invalid_argument("forward: " + std::to_string(out.rows.size()) + " sampling rows for " +
                             std::to_string(n_out) + " tokens that want logits");
@@ -190,7 +192,7 @@ Status Model::compute(const Batch& batch, const PassPlan& plan, const KvStorage&
   Backend::PassInfo info;
   info.n_tokens = n;
   for (std::int32_t c : plan.n_ctx) info.max_ctx = std::max(info.max_ctx, c);
-  info.replayable = tp_.n_ranks == 1 && n_out == n && (pass_out.logits != nullptr || pass_out.tokens != nullptr);
+  info.replayable = tp_.n_ranks == 1 && n_out == n && (pass_out.logits != nullptr || pass_out.tokens != nullptr);  // (not hidden)
   info.kv = &kv;
   // Only the rows that want logits go through the output matrix.
   std::vector<std::int64_t> rows;
@@ -198,6 +200,7 @@ Status Model::compute(const Batch& batch, const PassPlan& plan, const KvStorage&
     if (batch.want_logits[i]) rows.push_back(i);
   const std::int64_t m = static_cast<std::int64_t>(rows.size());
   const bool want_tokens = pass_out.tokens != nullptr, want_logits = !want_tokens && pass_out.logits != nullptr;
+  const bool want_hidden = pass_out.hidden != nullptr;  // (check_output: alone)
 
   // The pass's operations, up to the logits (issued again, eagerly, when a
   // backend could not capture or replay them: Backend::end_pass).
@@ -266,9 +269,10 @@ Status Model::compute(const Batch& batch, const PassPlan& plan, const KvStorage&
       be.add(x, o, n * d);
     }
 
-    if (m > 0 && (want_tokens || want_logits)) {
+    if (m > 0 && (want_tokens || want_logits || want_hidden)) {
       be.gather_rows(x, rows.data(), m, d, x);
       be.rms_norm(x, output_norm_, m, d, p.rms_eps, h);
+      if (want_hidden) return Status::ok();
       be.matmul(output_, h, m, out);
       if (p.final_softcap > 0) be.softcap(out, m * p.n_vocab, p.final_softcap);
       if (p.logit_scale != 1.0f) be.scale(out, m * p.n_vocab, 1.0f / p.logit_scale);
@@ -287,6 +291,10 @@ Status Model::compute(const Batch& batch, const PassPlan& plan, const KvStorage&
 
   if (want_tokens) pass_out.tokens->clear();
   if (want_logits) pass_out.logits->assign(static_cast<std::size_t>(n_out * p.n_vocab), 0.0f);
+  if (want_hidden) {
+    pass_out.hidden->assign(static_cast<std::size_t>(n_out * d), 0.0f);
+    if (m > 0) be.download(h, m * d, pass_out.hidden->data());
+  }
   if (m > 0 && (want_tokens || want_logits)) {
     if (want_logits) be.download(out, m * p.n_vocab, pass_out.logits->data());
     else AIRLOCK_RETURN_IF_ERROR(be.sample(out, p.n_vocab, pass_out.rows, pass_out.tokens));

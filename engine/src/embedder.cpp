@@ -5,7 +5,9 @@
 
 #include "airlock/engine/backend.h"
 #include "airlock/engine/bert_embedding.h"
+#include "airlock/engine/decoder_embedding.h"
 #include "airlock/engine/gguf.h"
+#include "airlock/engine/model.h"
 #include "airlock/engine/static_embedding.h"
 #include "airlock/engine/thread_pool.h"
 
@@ -32,10 +34,16 @@ Result<std::unique_ptr<Embedder>> load_embedder(const std::string& path, std::sh
   if (!file.is_ok()) return file.status().with_context(path);
   auto arch = (*file)->get_string("general.architecture");
   if (!arch) return verification_failed(path + ": gguf: general.architecture is missing");
-  if (*arch != "bert" && *arch != "nomic-bert")
-    return invalid_argument(path + ": architecture '" + std::string(*arch) +
-                            "' is not an embedding encoder (bert, nomic-bert)");
   if (!backend) backend = make_cpu_backend(std::make_shared<ThreadPool>());
+  if (*arch != "bert" && *arch != "nomic-bert") {
+    if (!is_decoder_architecture(*arch))
+      return invalid_argument(path + ": architecture '" + std::string(*arch) +
+                              "' is not an embedding model (bert, nomic-bert, or a decoder: " +
+                              std::string(kDecoderArchitectures) + ")");
+    Result<std::unique_ptr<DecoderEmbedding>> d = DecoderEmbedding::from_gguf(std::move(*file), std::move(backend));
+    if (!d.is_ok()) return d.status().with_context(path);
+    return std::unique_ptr<Embedder>(std::move(*d));
+  }
   Result<std::unique_ptr<BertEmbedding>> e = BertEmbedding::from_gguf(std::move(*file), std::move(backend));
   if (!e.is_ok()) return e.status().with_context(path);
   return std::unique_ptr<Embedder>(std::move(*e));

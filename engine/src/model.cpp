@@ -126,6 +126,12 @@ Status read_granite_params(const GgufFile& f, ModelParams* p) {
 
 }  // namespace
 
+bool is_decoder_architecture(std::string_view arch) {
+  for (std::string_view a : {"llama", "qwen2", "qwen3", "phi3", "granite", "gemma", "gemma2", "gemma3"})
+    if (arch == a) return true;
+  return false;
+}
+
 Model::~Model() = default;
 
 Result<std::unique_ptr<Model>> Model::load(const std::string& path, std::shared_ptr<Backend> backend,
@@ -151,9 +157,8 @@ Result<std::unique_ptr<Model>> Model::from_gguf(std::unique_ptr<GgufFile> file, 
   if (!arch) return verification_failed("gguf: general.architecture is missing");
   p.arch = std::string(*arch);
   const bool gemma = p.arch == "gemma" || p.arch == "gemma2" || p.arch == "gemma3";
-  if (p.arch != "llama" && p.arch != "qwen2" && p.arch != "qwen3" && p.arch != "phi3" && p.arch != "granite" && !gemma)
-    return invalid_argument("architecture '" + p.arch +
-                            "' is not supported (llama, qwen2, qwen3, phi3, granite, gemma, gemma2, gemma3)");
+  if (!is_decoder_architecture(p.arch))
+    return invalid_argument("architecture '" + p.arch + "' is not supported (" + std::string(kDecoderArchitectures) + ")");
   // A positive count, or (as llama.cpp's get_key_or_arr reads it) an array
   // of one per layer, which must all be the same here.
   auto need_uint = [&](const std::string& key, int* out, std::uint64_t max) -> Status {

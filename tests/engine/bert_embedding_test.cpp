@@ -829,14 +829,17 @@ TEST(LoadEmbedderTest, PicksTheKindFromThePath) {
   EXPECT_EQ((*e)->dim(), 32);
   EXPECT_EQ((*e)->embed("hello").size(), 32u);
 
-  // A decoder GGUF is not an embedding model.
-  testing::TestModelSpec llama;
-  const std::string llama_path = dir.path() + "/decoder.gguf";
-  std::ofstream(llama_path, std::ios::binary) << testing::make_test_model(llama).gguf;
-  auto d = load_embedder(llama_path, cpu());
+  // A GGUF of an architecture neither encoder nor decoder here is refused
+  // by name (decoders: decoder_embedding_test.cpp).
+  testing::TestModelSpec other_arch;
+  other_arch.arch = "mamba";
+  const std::string other_path = dir.path() + "/other.gguf";
+  std::ofstream(other_path, std::ios::binary) << testing::make_test_model(other_arch).gguf;
+  auto d = load_embedder(other_path, cpu());
   ASSERT_FALSE(d.is_ok());
   EXPECT_EQ(d.status().code(), StatusCode::kInvalidArgument) << d.status().to_string();
-  EXPECT_NE(d.status().to_string().find("'llama'"), std::string::npos) << d.status().to_string();
+  EXPECT_NE(d.status().to_string().find("'mamba' is not an embedding model"), std::string::npos)
+      << d.status().to_string();
 
   EXPECT_EQ(load_embedder(dir.path() + "/absent.gguf").status().code(), StatusCode::kNotFound);
   const std::string other = dir.path() + "/notes.txt";

@@ -417,9 +417,9 @@ void rope(double* v, int n_rot, double pos, double base, bool neox, const double
   }
 }
 
-}  // namespace
-
-std::vector<double> reference_forward(const TestModel& model, const std::vector<std::int32_t>& tokens) {
+// The final hidden states (after the output norm), or with `logits` the
+// logits made from them.
+std::vector<double> reference_pass(const TestModel& model, const std::vector<std::int32_t>& tokens, bool logits_out) {
   const TestModelSpec& s = model.spec;
   auto W = [&](const std::string& n) -> const Vec& { return model.weights.at(n); };
   auto add_bias = [&](Vec& y, const std::string& name) {  // where the file has one
@@ -539,14 +539,28 @@ std::vector<double> reference_forward(const TestModel& model, const std::vector<
     }
   }
   const Vec& out = s.tied_output ? W("token_embd.weight") : W("output.weight");
-  std::vector<double> logits;
+  std::vector<double> result;
   for (std::size_t t = 0; t < n; ++t) {
     Vec h = rms_norm(x[t], W("output_norm.weight").data(), 1e-5);
+    if (!logits_out) {
+      result.insert(result.end(), h.begin(), h.end());
+      continue;
+    }
     Vec l = matvec(out, h, static_cast<std::size_t>(s.n_vocab));
     for (double& e : l) e = cap(e, final_cap) / logit_scale;
-    logits.insert(logits.end(), l.begin(), l.end());
+    result.insert(result.end(), l.begin(), l.end());
   }
-  return logits;
+  return result;
+}
+
+}  // namespace
+
+std::vector<double> reference_forward(const TestModel& model, const std::vector<std::int32_t>& tokens) {
+  return reference_pass(model, tokens, true);
+}
+
+std::vector<double> reference_hidden(const TestModel& model, const std::vector<std::int32_t>& tokens) {
+  return reference_pass(model, tokens, false);
 }
 
 }  // namespace airlock::testing

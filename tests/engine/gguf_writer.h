@@ -128,6 +128,9 @@ TestModelSpec decoder_spec(const char* arch, int n_embd, int n_head, int n_head_
 // Logits (n_tokens, n_vocab) of the causal sequence `tokens` at positions
 // 0..n-1, computed in double precision with straightforward loops.
 std::vector<double> reference_forward(const TestModel& model, const std::vector<std::int32_t>& tokens);
+// The same pass's final hidden states (n_tokens, n_embd), after the output
+// norm: what an embedding model reads out.
+std::vector<double> reference_hidden(const TestModel& model, const std::vector<std::int32_t>& tokens);
 
 // A random BERT-family encoder ("bert": learned positions, token types,
 // post-LayerNorm blocks with biases and a GELU feed-forward; "nomic-bert":

@@ -45,6 +45,9 @@ class Embedder {
 //   - a .gguf file whose general.architecture is "bert" or "nomic-bert": a
 //     BertEmbedding (bert_embedding.h) running on `backend`; when `backend`
 //     is null, on a CPU backend of its own with one thread per core;
+//   - a .gguf file of a decoder architecture (model.h,
+//     kDecoderArchitectures): a DecoderEmbedding (decoder_embedding.h), on
+//     `backend` likewise;
 //   - a directory, or the model.safetensors file inside one: a model2vec
 //     StaticEmbedding (static_embedding.h); `backend` is not used.
 // Errors: kInvalidArgument for a GGUF of another architecture or a path

@@ -20,6 +20,7 @@
 #include <memory>
 #include <span>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "airlock/common/status.h"
@@ -30,6 +31,10 @@
 #include "airlock/engine/sampler.h"
 
 namespace airlock::engine {
+
+// The decoder architectures Model loads (general.architecture).
+inline constexpr std::string_view kDecoderArchitectures = "llama, qwen2, qwen3, phi3, granite, gemma, gemma2, gemma3";
+bool is_decoder_architecture(std::string_view arch);
 
 struct ModelParams {
   std::string arch;         // "llama", "qwen2", "qwen3", "phi3", "granite", "gemma", "gemma2", "gemma3"
@@ -112,6 +117,9 @@ struct PassOutput {
   std::vector<float>* logits = nullptr;
   std::span<const SampleRow> rows;
   std::vector<SampledToken>* tokens = nullptr;
+  // Instead of logits: each wanting token's final hidden state, after the
+  // output norm (n_wanted, n_embd), for embedding models.
+  std::vector<float>* hidden = nullptr;
 };
 
 // One pass's changes to the KV cache, made once (Model::commit) and shared

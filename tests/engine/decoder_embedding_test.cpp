@@ -1,0 +1,188 @@
+// Embeddings read out of a decoder (Qwen3-Embedding style): the pooled
+// final hidden states against the double-precision reference pass, last
+// and mean pooling, batches, the input's special tokens and cut, refusals.
+#include "airlock/engine/decoder_embedding.h"
+
+#include <gtest/gtest.h>
+#include <stdlib.h>
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "airlock/engine/backend.h"
+#include "airlock/engine/embedder.h"
+#include "airlock/engine/gguf.h"
+#include "airlock/engine/thread_pool.h"
+#include "gguf_writer.h"
+
+namespace airlock::engine {
+namespace {
+
+using testing::TestModelSpec;
+
+constexpr std::int32_t kEos = 63;
+
+// A qwen3 model over a byte-level BPE vocabulary of 64 tokens: letters,
+// digits, the space symbol and <|endoftext|> (63, end of sequence).
+// pooling: the qwen3.pooling_type key (-1: none); add_eos as the
+// tokenizer's add_eos_token.
+TestModelSpec embed_spec(int pooling, bool add_eos, int n_ctx = 512) {
+  TestModelSpec s = testing::decoder_spec("qwen3", 64, 4, 2, 96, true, GgmlType::kF32, 32);
+  s.n_ctx = n_ctx;
+  s.metadata = [pooling, add_eos](testing::GgufWriter& w) {
+    std::vector<std::string> tokens;
+    for (char c = 'a'; c <= 'z'; ++c) tokens.emplace_back(1, c);
+    for (char c = 'A'; c <= 'Z'; ++c) tokens.emplace_back(1, c);
+    for (char c = '0'; c <= '9'; ++c) tokens.emplace_back(1, c);
+    tokens.push_back("\xC4\xA0");  // a space
+    tokens.push_back("<|endoftext|>");
+    std::vector<std::int32_t> types(tokens.size(), 1);
+    types[kEos] = 3;  // control
+    w.set_string("tokenizer.ggml.model", "gpt2");
+    w.set_string("tokenizer.ggml.pre", "qwen2");
+    w.set_string_array("tokenizer.ggml.tokens", tokens);
+    w.set_i32_array("tokenizer.ggml.token_type", types);
+    w.set_string_array("tokenizer.ggml.merges", {"a b"});
+    w.set_u32("tokenizer.ggml.eos_token_id", kEos);
+    w.set_bool("tokenizer.ggml.add_eos_token", add_eos);
+    if (pooling >= 0) w.set_u32("qwen3.pooling_type", static_cast<std::uint32_t>(pooling));
+  };
+  return s;
+}
+
+struct Loaded {
+  testing::TestModel tm;
+  std::unique_ptr<DecoderEmbedding> e;
+};
+
+Result<std::unique_ptr<DecoderEmbedding>> load_bytes(const std::string& bytes) {
+  AIRLOCK_ASSIGN_OR_RETURN(auto f, GgufFile::parse({reinterpret_cast<const std::uint8_t*>(bytes.data()), bytes.size()}));
+  return DecoderEmbedding::from_gguf(std::move(f), make_cpu_backend(std::make_shared<ThreadPool>(2)));
+}
+
+Loaded load(const TestModelSpec& s) {
+  Loaded l;
+  l.tm = testing::make_test_model(s);
+  auto e = load_bytes(l.tm.gguf);
+  EXPECT_TRUE(e.is_ok()) << e.status().to_string();
+  if (e.is_ok()) l.e = std::move(*e);
+  return l;
+}
+
+// The reference embedding of `ids`: the last row, or the mean of all
+// rows, of the final hidden states, normalised.
+std::vector<double> reference(const testing::TestModel& tm, const std::vector<std::int32_t>& ids, bool mean) {
+  const std::size_t d = static_cast<std::size_t>(tm.spec.n_embd);
+  const std::vector<double> h = testing::reference_hidden(tm, ids);
+  std::vector<double> v(d, 0.0);
+  const std::size_t first = mean ? 0 : ids.size() - 1;
+  for (std::size_t t = first; t < ids.size(); ++t)
+    for (std::size_t j = 0; j < d; ++j) v[j] += h[t * d + j];
+  double n = 0;
+  for (double x : v) n += x * x;
+  for (double& x : v) x /= std::sqrt(n);
+  return v;
+}
+
+TEST(DecoderEmbeddingTest, LastPoolingIsTheNormalisedLastHiddenState) {
+  for (int pooling : {-1, 0, 3}) {  // no key, "unspecified" and "last" alike
+    Loaded l = load(embed_spec(pooling, true));
+    ASSERT_TRUE(l.e);
+    EXPECT_EQ(l.e->pooling(), DecoderEmbedding::Pooling::kLast);
+    EXPECT_EQ(l.e->dim(), 64);
+    EXPECT_EQ(l.e->kind(), "decoder");
+    const std::vector<std::int32_t> ids = l.e->input_ids("Hello world 42");
+    ASSERT_EQ(ids.size(), 15u);  // 14 characters and the end-of-sequence token the tokenizer adds
+    EXPECT_EQ(ids.back(), kEos);
+    const std::vector<float> got = l.e->embed("Hello world 42");
+    const std::vector<double> want = reference(l.tm, ids, false);
+    ASSERT_EQ(got.size(), want.size());
+    EXPECT_LT(testing::rel_l2_error(got, want), 1e-4) << "pooling key " << pooling;
+    // Not the mean of the states, not the state before the end token.
+    EXPECT_GT(testing::rel_l2_error(got, reference(l.tm, ids, true)), 1e-2);
+    std::vector<std::int32_t> without_eos(ids.begin(), ids.end() - 1);
+    EXPECT_GT(testing::rel_l2_error(got, reference(l.tm, without_eos, false)), 1e-2);
+  }
+}
+
+TEST(DecoderEmbeddingTest, MeanPoolingAveragesEveryToken) {
+  Loaded l = load(embed_spec(1, false));
+  ASSERT_TRUE(l.e);
+  EXPECT_EQ(l.e->pooling(), DecoderEmbedding::Pooling::kMean);
+  const std::vector<std::int32_t> ids = l.e->input_ids("mean of 12 tokens");
+  EXPECT_EQ(ids.size(), 17u);  // no end token: add_eos_token is false
+  EXPECT_LT(testing::rel_l2_error(l.e->embed("mean of 12 tokens"), reference(l.tm, ids, true)), 1e-4);
+}
+
+// Texts of different lengths in one pass get what each gets alone, and
+// passes split at kMaxBatchTokens change nothing.
+TEST(DecoderEmbeddingTest, ABatchEqualsEachTextAlone) {
+  Loaded l = load(embed_spec(3, true));
+  ASSERT_TRUE(l.e);
+  std::vector<std::string> texts = {"a", "Two words", "", "Digits 0123456789 and letters", std::string(200, 'x')};
+  const std::vector<std::vector<float>> together = l.e->embed_batch(texts);
+  ASSERT_EQ(together.size(), texts.size());
+  for (std::size_t i = 0; i < texts.size(); ++i) {
+    const std::vector<float> alone = l.e->embed(texts[i]);
+    ASSERT_EQ(alone.size(), 64u) << i;
+    EXPECT_LT(testing::rel_l2_error(together[i], alone), 1e-5) << i;
+    double n = 0;
+    for (float x : alone) n += static_cast<double>(x) * x;
+    EXPECT_NEAR(n, 1.0, 1e-5) << i;
+  }
+  // More tokens than one pass holds: several passes, the same vectors.
+  std::vector<std::string> many(30, std::string(300, 'y'));
+  many[7] = "Two words";
+  const std::vector<std::vector<float>> split = l.e->embed_batch(many);
+  ASSERT_EQ(split.size(), many.size());
+  EXPECT_LT(testing::rel_l2_error(split[7], together[1]), 1e-5);
+}
+
+// A text longer than the context keeps its first tokens and still ends in
+// the end-of-sequence token.
+TEST(DecoderEmbeddingTest, LongTextsAreCutAndKeepTheirEndToken) {
+  Loaded l = load(embed_spec(3, true, 32));
+  ASSERT_TRUE(l.e);
+  EXPECT_EQ(l.e->max_tokens(), 31u);
+  const std::string text(100, 'z');
+  const std::vector<std::int32_t> ids = l.e->input_ids(text);
+  ASSERT_EQ(ids.size(), 32u);
+  EXPECT_EQ(ids.back(), kEos);
+  EXPECT_LT(testing::rel_l2_error(l.e->embed(text), reference(l.tm, ids, false)), 1e-4);
+}
+
+TEST(DecoderEmbeddingTest, OtherPoolingTypesAreRefused) {
+  for (int pooling : {2, 4, 7}) {
+    auto e = load_bytes(testing::make_test_model(embed_spec(pooling, true)).gguf);
+    ASSERT_FALSE(e.is_ok()) << pooling;
+    EXPECT_EQ(e.status().code(), StatusCode::kInvalidArgument);
+    EXPECT_NE(e.status().message().find("qwen3.pooling_type " + std::to_string(pooling)), std::string::npos)
+        << e.status().to_string();
+  }
+  // A decoder without a vocabulary cannot embed text.
+  auto bare = load_bytes(testing::make_test_model(testing::decoder_spec("llama", 64, 4, 2, 96, true, GgmlType::kF32)).gguf);
+  EXPECT_FALSE(bare.is_ok());
+}
+
+TEST(DecoderEmbeddingTest, LoadEmbedderTakesADecoderFile) {
+  char tmpl[] = "/tmp/airlock-decoder-embed-XXXXXX";
+  const std::string dir = mkdtemp(tmpl);
+  const testing::TestModel tm = testing::make_test_model(embed_spec(-1, true));
+  const std::string path = dir + "/qwen3-embedding.gguf";
+  std::ofstream(path, std::ios::binary) << tm.gguf;
+  auto e = load_embedder(path, make_cpu_backend(std::make_shared<ThreadPool>(1)));
+  ASSERT_TRUE(e.is_ok()) << e.status().to_string();
+  EXPECT_EQ((*e)->kind(), "decoder");
+  EXPECT_EQ((*e)->dim(), 64);
+  const std::vector<std::int32_t> ids = {7, 4, 11, 11, 14, kEos};  // "hello", then the end token
+  EXPECT_LT(testing::rel_l2_error((*e)->embed("hello"), reference(tm, ids, false)), 1e-4);
+  EXPECT_EQ((*e)->count_tokens("hello"), 5u);
+  std::filesystem::remove_all(dir);
+}
+
+}  // namespace
+}  // namespace airlock::engine
