@@ -83,7 +83,7 @@ Status parse_rag(const toml::table& t, const std::string& origin, RagConfig* r) 
   static const std::set<std::string> kKeys = {
       "enabled", "database", "chunk_tokens", "chunk_overlap", "top_k", "candidates", "rerank_candidates", "min_similarity",
       "min_term_coverage", "ann_threshold", "max_document_bytes", "pdf_timeout_ms", "pdf_memory_mib", "refusal",
-      "admins", "groups"};
+      "query_prefix", "document_prefix", "admins", "groups"};
   auto bad = [&](const std::string& key, const std::string& why) {
     return invalid_argument(origin + ": rag." + key + ": " + why);
   };
@@ -123,6 +123,11 @@ Status parse_rag(const toml::table& t, const std::string& origin, RagConfig* r) 
       return bad("refusal", "must be a text of 1 to 4096 bytes");
     r->refusal = n->as_string()->get();
   }
+  for (auto [key, out] : {std::pair{"query_prefix", &r->query_prefix}, std::pair{"document_prefix", &r->document_prefix}})
+    if (const toml::node* n = t.get(key)) {
+      if (!n->is_string() || n->as_string()->get().size() > 1024) return bad(key, "must be a text of at most 1024 bytes");
+      *out = n->as_string()->get();
+    }
   AIRLOCK_RETURN_IF_ERROR(get_int("chunk_tokens", 16, 8192, &r->chunk_tokens));
   AIRLOCK_RETURN_IF_ERROR(get_int("chunk_overlap", 0, 4096, &r->chunk_overlap));
   if (r->chunk_overlap >= r->chunk_tokens) return bad("chunk_overlap", "must be smaller than chunk_tokens");

@@ -35,6 +35,11 @@ struct RagConfig {
   int pdf_timeout_ms = 30000;
   std::uint64_t pdf_memory_mib = 512;
   std::string refusal;                    // empty: the built-in text
+  // Put in front of every question / every chunk before embedding (models
+  // trained with instructions: "search_query: ", "query: ", ...). A new
+  // document prefix makes a new store (ingest again).
+  std::string query_prefix;
+  std::string document_prefix;
   std::vector<std::string> admins;        // key names that may read and manage every collection
   std::map<std::string, std::vector<std::string>> groups;  // group -> key names
 };

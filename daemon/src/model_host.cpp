@@ -52,7 +52,8 @@ void open_rag(const Config& config, const std::string& embedding_id, LoadedModel
     m.rag_off_reason = "the bundle '" + m.id + "' has no embedding model (airlock bundle create --embedding)";
     return;
   }
-  auto adapter = std::make_unique<RagEmbedder>(*m.embedder, embedding_id);
+  auto adapter =
+      std::make_unique<RagEmbedder>(*m.embedder, embedding_id, config.rag.query_prefix, config.rag.document_prefix);
   const std::string path = config.rag.database.empty() ? config.state + "/rag.db" : config.rag.database;
   if (previous != nullptr && previous->rag_store && previous->rag_embedder &&
       previous->rag_embedder->model_id() == adapter->model_id() && previous->rag_path == path) {

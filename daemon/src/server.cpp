@@ -983,8 +983,7 @@ struct Server::Impl {
     const int top_k = sr.top_k;
     if (reranking) sr.top_k = std::max(top_k, config.rag.rerank_candidates);
     if (sr.mode != rag::SearchMode::kBm25) {
-      const std::string q[] = {gr.question};
-      sr.query_vector = m.rag_embedder->embed(q)[0];
+      sr.query_vector = m.rag_embedder->embed_query(gr.question);
       if (sr.query_vector.size() != static_cast<std::size_t>(m.rag_embedder->dim()))  // the encoder failed: not the question's fault
         return api_error(500, "server_error", "the embedding model failed on the question");
     }

@@ -154,6 +154,7 @@ TEST(ConfigTest, RagTable) {
   Result<Config> c = parse_config(
       "[rag]\nenabled = false\ndatabase = \"/srv/rag.db\"\nchunk_tokens = 128\nchunk_overlap = 16\ntop_k = 3\n"
       "rerank_candidates = 0\nmin_similarity = 0.7\nmin_term_coverage = 1\nann_threshold = 5000\nrefusal = \"Ask the help desk.\"\n"
+      "query_prefix = \"search_query: \"\ndocument_prefix = \"search_document: \"\n"
       "admins = [\"ops\"]\n[rag.groups]\nhr = [\"app-a\", \"app-b\"]\n",
       "t.toml");
   ASSERT_TRUE(c.is_ok()) << c.status().to_string();
@@ -167,6 +168,8 @@ TEST(ConfigTest, RagTable) {
   EXPECT_DOUBLE_EQ(c->rag.min_term_coverage, 1.0);
   EXPECT_EQ(c->rag.ann_threshold, 5000u);
   EXPECT_EQ(c->rag.refusal, "Ask the help desk.");
+  EXPECT_EQ(c->rag.query_prefix, "search_query: ");
+  EXPECT_EQ(c->rag.document_prefix, "search_document: ");
   EXPECT_EQ(c->rag.admins, std::vector<std::string>{"ops"});
   EXPECT_EQ(c->rag.groups.at("hr"), (std::vector<std::string>{"app-a", "app-b"}));
   // Defaults without the table.
@@ -174,6 +177,8 @@ TEST(ConfigTest, RagTable) {
   EXPECT_TRUE(d->rag.enabled);
   EXPECT_EQ(d->rag.chunk_tokens, 256);
   EXPECT_EQ(d->rag.rerank_candidates, 20);
+  EXPECT_EQ(d->rag.query_prefix, "");
+  EXPECT_EQ(d->rag.document_prefix, "");
   for (const auto& [text, want] : std::vector<std::pair<std::string, std::string>>{
            {"[rag]\nchunk_token = 1", "rag.chunk_token: unknown key"},
            {"[rag]\nchunk_tokens = 8", "rag.chunk_tokens: must be between"},
@@ -187,6 +192,8 @@ TEST(ConfigTest, RagTable) {
            {"[rag]\ngroups = 1", "rag.groups"},
            {"[rag.groups]\nhr = [1]", "rag.groups.hr"},
            {"[rag]\nrefusal = \"\"", "rag.refusal"},
+           {"[rag]\nquery_prefix = 1", "rag.query_prefix: must be a text"},
+           {"[rag]\ndocument_prefix = \"" + std::string(1025, 'x') + "\"", "rag.document_prefix: must be a text"},
            {"rag = 1", "rag: must be a table"},
        }) {
     Result<Config> bad = parse_config(text, "t.toml");

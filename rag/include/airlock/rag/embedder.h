@@ -23,8 +23,16 @@ class Embedder {
   virtual int dim() const = 0;
   // Tokens the model sees for `text`; the chunker sizes chunks with it.
   virtual std::size_t count_tokens(std::string_view text) const = 0;
-  // One L2-normalised vector of dim() floats per text.
+  // One L2-normalised vector of dim() floats per text: the documents'
+  // chunks.
   virtual std::vector<std::vector<float>> embed(std::span<const std::string> texts) const = 0;
+  // A search's question. Models trained with different instructions for
+  // queries and documents override this (the default embeds it as a
+  // chunk); empty when the model failed.
+  virtual std::vector<float> embed_query(const std::string& query) const {
+    std::vector<std::vector<float>> v = embed(std::span<const std::string>(&query, 1));
+    return v.empty() ? std::vector<float>() : std::move(v[0]);
+  }
 };
 
 }  // namespace airlock::rag
