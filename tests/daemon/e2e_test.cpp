@@ -1218,6 +1218,43 @@ TEST_F(DaemonE2E, RerankNeedsAReranker) {
 
 // A bundle whose embedding model is a BERT GGUF (here a random one with the
 // real bge vocabulary): /v1/embeddings and RAG run on the encoder.
+// A decoder GGUF as the embedding model (Qwen3-Embedding's kind; here the
+// generated Llama model with its byte-level vocabulary): /v1/embeddings
+// and RAG run on it.
+TEST(DaemonLifecycle, DecoderGgufEmbeddingModel) {
+  TempDir models;
+  ASSERT_EQ(run_tool({AIRLOCK_GEN_MODEL_PATH, models / "decoder-embedding.gguf", "--embd", "96", "--layers", "2"}), 0);
+  Enclave e(models / "decoder-embedding.gguf");
+  auto d = Daemon::start(e);
+  ASSERT_GT(d->port, 0) << d->log();
+  EXPECT_NE(d->log().find("decoder, 96 dimensions"), std::string::npos) << d->log();
+  auto r = d->post("/v1/embeddings", {{"model", "stories"}, {"input", json::array({"flutter of a swept wing", "hello"})}});
+  ASSERT_EQ(r->status, 200) << r->body;
+  json j = json::parse(r->body);
+  ASSERT_EQ(j["data"].size(), 2u);
+  const std::vector<double> v = j["data"][0]["embedding"].get<std::vector<double>>();
+  ASSERT_EQ(v.size(), 96u);
+  double norm = 0;
+  for (double x : v) norm += x * x;
+  EXPECT_NEAR(norm, 1.0, 1e-5);
+  EXPECT_NE(j["data"][0]["embedding"], j["data"][1]["embedding"]);
+  // The same text alone gives the same vector as in the batch.
+  auto alone = d->post("/v1/embeddings", {{"model", "stories"}, {"input", "hello"}});
+  ASSERT_EQ(alone->status, 200) << alone->body;
+  const std::vector<double> a = json::parse(alone->body)["data"][0]["embedding"].get<std::vector<double>>();
+  const std::vector<double> b = j["data"][1]["embedding"].get<std::vector<double>>();
+  ASSERT_EQ(a.size(), b.size());
+  for (std::size_t i = 0; i < a.size(); ++i) EXPECT_NEAR(a[i], b[i], 1e-5) << i;
+  ASSERT_EQ(d->post("/v1/rag/collections", {{"name", "c"}})->status, 201);
+  auto doc = d->post("/v1/rag/collections/c/documents", {{"source", "a.txt"}, {"content", "Swept wing flutter speed."}});
+  ASSERT_EQ(doc->status, 201) << doc->body;
+  auto q = d->post("/v1/rag/query", {{"collection", "c"}, {"question", "swept wing flutter speed"}, {"generate", false},
+                                      {"mode", "vector"}});
+  ASSERT_EQ(q->status, 200) << q->body;
+  EXPECT_EQ(json::parse(q->body)["sources"][0]["document"], "a.txt");
+  EXPECT_EQ(d->stop(), 0);
+}
+
 TEST(DaemonLifecycle, BertGgufEmbeddingModel) {
   const std::string vocab = models_dir() + "/tokenizers/llama.cpp-vocab/ggml-vocab-bert-bge.gguf";
   if (models_dir().empty() || !testing::exists(vocab)) GTEST_SKIP() << "ggml-vocab-bert-bge.gguf not found (AIRLOCK_MODELS_DIR)";
