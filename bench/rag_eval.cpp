@@ -1,13 +1,16 @@
 // Retrieval quality and RAG store performance.
 //
 //   rag_eval quality --eval DIR [--embedding MODEL] [--chunk-tokens N]
+//                    [--query-prefix TEXT] [--document-prefix TEXT]
 //     ingests the Cranfield collection (DIR: cran.all.1400, cran.qry,
 //     cranqrel), runs its 225 queries through BM25 alone, vectors alone and
 //     hybrid (reciprocal-rank fusion), and prints nDCG@10 (gain 5 - grade)
 //     and recall@100 per mode; then the evidence the grounding policy sees
 //     for in-domain queries and for out-of-domain questions (which should be
 //     handed off), and the share handed off at the configured thresholds.
-//     MODEL: a model2vec directory or a BERT GGUF; without it, BM25 only.
+//     MODEL: a model2vec directory, a BERT GGUF or a decoder GGUF; without
+//     it, BM25 only. The prefixes as airlockd's [rag] query_prefix and
+//     document_prefix.
 //
 //   rag_eval perf [--chunks N] [--dim D] [--queries Q]
 //     N chunks of random text with random unit vectors: ingest throughput
@@ -135,14 +138,15 @@ const char* kOutOfDomain[] = {
     "How do I bake sourdough bread at home?",
 };
 
-int quality(const std::string& dir, const std::string& model_path, int chunk_tokens) {
+int quality(const std::string& dir, const std::string& model_path, int chunk_tokens, const std::string& query_prefix,
+            const std::string& document_prefix) {
   std::unique_ptr<engine::Embedder> model;
   std::unique_ptr<rag::Embedder> embedder;
   if (!model_path.empty()) {
     auto m = engine::load_embedder(model_path);
     if (!m.is_ok()) return std::fprintf(stderr, "rag_eval: %s\n", m.status().to_string().c_str()), 2;
     model = std::move(*m);
-    embedder = std::make_unique<daemon::RagEmbedder>(*model, "eval");
+    embedder = std::make_unique<daemon::RagEmbedder>(*model, "eval", query_prefix, document_prefix);
   } else {
     embedder = std::make_unique<NoEmbedder>();
   }
@@ -203,10 +207,7 @@ int quality(const std::string& dir, const std::string& model_path, int chunk_tok
       sr.mode = mode;
       sr.top_k = 100;
       sr.candidates = 200;
-      if (mode != rag::SearchMode::kBm25) {
-        const std::string q[] = {sr.query};
-        sr.query_vector = embedder->embed(q)[0];
-      }
+      if (mode != rag::SearchMode::kBm25) sr.query_vector = embedder->embed_query(sr.query);
       const auto t = Clock::now();
       auto hits = (*store)->search(sr, who);
       lat.push_back(ms_since(t));
@@ -247,10 +248,7 @@ int quality(const std::string& dir, const std::string& model_path, int chunk_tok
     sr.query = q;
     sr.mode = modes.back().second;
     sr.top_k = 5;
-    if (sr.mode != rag::SearchMode::kBm25) {
-      const std::string qs[] = {q};
-      sr.query_vector = embedder->embed(qs)[0];
-    }
+    if (sr.mode != rag::SearchMode::kBm25) sr.query_vector = embedder->embed_query(q);
     auto hits = (*store)->search(sr, who);
     rag::Evidence e = rag::assess_evidence(*hits, policy);
     out_sim.push_back(e.best_similarity);
@@ -401,6 +399,7 @@ int main(int argc, char** argv) {
   if (argc < 2) {
     std::fprintf(stderr,
                  "usage: rag_eval quality --eval DIR [--embedding MODEL] [--chunk-tokens N]\n"
+                 "                        [--query-prefix TEXT] [--document-prefix TEXT]\n"
                  "       rag_eval perf [--chunks N] [--dim D] [--queries Q] [--ef-search N]\n");
     return 2;
   }
@@ -410,7 +409,8 @@ int main(int argc, char** argv) {
   if (cmd == "quality") {
     if (!opt.count("--eval")) return std::fprintf(stderr, "rag_eval quality needs --eval DIR\n"), 2;
     return quality(opt["--eval"], opt.count("--embedding") ? opt["--embedding"] : "",
-                   opt.count("--chunk-tokens") ? std::stoi(opt["--chunk-tokens"]) : 256);
+                   opt.count("--chunk-tokens") ? std::stoi(opt["--chunk-tokens"]) : 256, opt["--query-prefix"],
+                   opt["--document-prefix"]);
   }
   if (cmd == "perf")
     return perf(opt.count("--chunks") ? std::stoul(opt["--chunks"]) : 10000,

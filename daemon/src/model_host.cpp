@@ -6,6 +6,7 @@
 
 #include "airlock/common/log.h"
 #include "airlock/engine/backend.h"
+#include "airlock/engine/decoder_embedding.h"
 #include "airlock/engine/thread_pool.h"
 #include "airlock/verifier/bundle_store.h"
 #include "airlock/verifier/sha256.h"
@@ -269,8 +270,9 @@ Result<std::shared_ptr<LoadedModel>> load_model(const Config& config, std::share
   if (tmpl && config.separate_reasoning) m->reasoning = reasoning_format_of(*tmpl);
 
   if (embedding != nullptr) {
-    // A model2vec directory (its vectors file names the directory) or a
-    // BERT-family GGUF encoder. The encoder gets its own CPU backend, so it
+    // A model2vec directory (its vectors file names the directory), a
+    // BERT-family GGUF encoder or a decoder GGUF (Qwen3-Embedding). The
+    // model gets its own CPU backend, so it
     // never shares forward-pass buffers with the decoder, but a decoder on
     // the CPU lends it its threads: with a pool each, embedding while
     // generating ran twice the threads there are cores, and decoding fell
@@ -288,6 +290,13 @@ Result<std::shared_ptr<LoadedModel>> load_model(const Config& config, std::share
       airlock::log().info("embedding model {}: {}, {} dimensions, up to {} tokens{}", embedding->path,
                           m->embedder->kind(), m->embedder->dim(), m->embedder->max_tokens(),
                           pool && m->embedder->kind() != "model2vec" ? ", on the decoder's compute threads" : "");
+      const auto* as_decoder = dynamic_cast<const engine::DecoderEmbedding*>(m->embedder.get());
+      if (as_decoder != nullptr && as_decoder->pooling() == engine::DecoderEmbedding::Pooling::kLast &&
+          !as_decoder->appends_eos())
+        airlock::log().warn("embedding model {}: its tokenizer adds no end-of-sequence token (add_eos_token), so "
+                            "last-token pooling reads each text's last word; Qwen3-Embedding files need "
+                            "add_eos_token = true (converted by llama.cpp since mid-2025)",
+                            embedding->path);
     }
   }
   if (c.reranker) {

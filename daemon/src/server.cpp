@@ -2368,9 +2368,13 @@ void Server::Impl::rag_routes() {
                                        "document_too_large"));
     rag::IngestOptions o;
     // A chunk longer than the embedding model takes would be cut before it
-    // is embedded: its tail stored, and citable, but never searched by meaning.
+    // is embedded: its tail stored, and citable, but never searched by
+    // meaning. The document prefix goes in front of every chunk.
     o.chunk.max_tokens = static_cast<std::size_t>(config.rag.chunk_tokens);
-    if (m->embedder) o.chunk.max_tokens = std::min(o.chunk.max_tokens, m->embedder->max_tokens());
+    if (m->embedder) {
+      const std::size_t prefix = m->embedder->count_tokens(config.rag.document_prefix), room = m->embedder->max_tokens();
+      o.chunk.max_tokens = std::min(o.chunk.max_tokens, room > prefix + 1 ? room - prefix : std::size_t{1});
+    }
     o.chunk.overlap_tokens = static_cast<std::size_t>(config.rag.chunk_overlap);
     if (o.chunk.overlap_tokens >= o.chunk.max_tokens) o.chunk.overlap_tokens = o.chunk.max_tokens / 8;
     o.limits.max_input_bytes = config.rag.max_document_bytes;

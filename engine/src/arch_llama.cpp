@@ -47,7 +47,8 @@ Status Model::forward(const Batch& batch, KvCache& cache, const KvStorage& kv, c
   AIRLOCK_ASSIGN_OR_RETURN(const std::int64_t n_out, check(batch, cache));
   AIRLOCK_RETURN_IF_ERROR(check_output(out, n_out));
   // Buffers before the cache: a failed allocation leaves the cache untouched.
-  Status s = prepare(static_cast<std::int64_t>(batch.size()), n_out);
+  // (hidden states need no logits buffer: n_vocab floats a row)
+  Status s = prepare(static_cast<std::int64_t>(batch.size()), out.hidden != nullptr ? 0 : n_out);
   if (s.is_ok()) {
     AIRLOCK_ASSIGN_OR_RETURN(PassPlan plan, commit(batch, cache));
     s = compute(batch, plan, kv, out);
@@ -181,7 +182,8 @@ Status Model::compute(const Batch& batch, const PassPlan& plan, const KvStorage&
   const int n_head = shard_.n_head, n_head_kv = shard_.n_head_kv;
   const std::int64_t d = p.n_embd, q_dim = static_cast<std::int64_t>(n_head) * p.head_dim,
                      kv_dim = static_cast<std::int64_t>(n_head_kv) * p.head_dim, n_ff = shard_.n_ff;
-  AIRLOCK_ASSIGN_OR_RETURN(const Activations act, activations(n, n_out));  // allocates nothing after prepare()
+  // (allocates nothing after prepare(); no logits rows for hidden states)
+  AIRLOCK_ASSIGN_OR_RETURN(const Activations act, activations(n, pass_out.hidden != nullptr ? 0 : n_out));
   float *x = act.x, *h = act.h, *q = act.q, *k = act.k, *v = act.v, *att = act.att, *o = act.o, *gate = act.gate,
         *up = act.up, *out = act.out;
   for (auto [from, to] : plan.copies) be.kv_copy_blocks(kv, from, to);

@@ -25,20 +25,30 @@ Result<std::unique_ptr<DecoderEmbedding>> DecoderEmbedding::from_gguf(std::uniqu
       return invalid_argument(arch + ".pooling_type " + std::to_string(type) +
                               " is not a decoder's embedding pooling (1 mean, 3 last)");
   }
+  // A bidirectional embedder in a decoder's clothes (gte-Qwen2, LLM2Vec)
+  // would run causally here and give other vectors: refused.
+  if (file->find(arch + ".attention.causal") != nullptr && !file->get_bool(arch + ".attention.causal").value_or(true))
+    return invalid_argument(arch + ".attention.causal is false: bidirectional attention is not supported for " + arch);
   AIRLOCK_ASSIGN_OR_RETURN(e->tokenizer_, Tokenizer::from_gguf(*file));
   AIRLOCK_ASSIGN_OR_RETURN(e->model_, Model::from_gguf(std::move(file), std::move(backend)));
   if (e->tokenizer_->n_vocab() > e->model_->params().n_vocab)
     return verification_failed("gguf: the vocabulary has " + std::to_string(e->tokenizer_->n_vocab()) +
                                " tokens, token_embd.weight " + std::to_string(e->model_->params().n_vocab) + " rows");
+  const int n_special = (e->tokenizer_->add_bos() ? 1 : 0) + (e->tokenizer_->add_eos() ? 1 : 0);
+  if (e->model_->params().n_ctx_train <= n_special)
+    return verification_failed("gguf: a context of " + std::to_string(e->model_->params().n_ctx_train) +
+                               " tokens leaves no room for text");
   return e;
 }
 
 int DecoderEmbedding::dim() const { return model_->params().n_embd; }
 
+bool DecoderEmbedding::appends_eos() const { return tokenizer_->add_eos(); }
+
 std::size_t DecoderEmbedding::max_tokens() const {
   const std::size_t n_special = (tokenizer_->add_bos() ? 1 : 0) + (tokenizer_->add_eos() ? 1 : 0);
   const std::size_t n_ctx = std::min<std::size_t>(static_cast<std::size_t>(model_->params().n_ctx_train), kMaxContext);
-  return n_ctx > n_special ? n_ctx - n_special : 1;
+  return n_ctx - n_special;  // (from_gguf: positive)
 }
 
 std::vector<std::int32_t> DecoderEmbedding::input_ids(std::string_view text) const {

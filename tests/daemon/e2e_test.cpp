@@ -1216,8 +1216,6 @@ TEST_F(DaemonE2E, RerankNeedsAReranker) {
   EXPECT_EQ(plain->status, 200) << plain->body;
 }
 
-// A bundle whose embedding model is a BERT GGUF (here a random one with the
-// real bge vocabulary): /v1/embeddings and RAG run on the encoder.
 // A decoder GGUF as the embedding model (Qwen3-Embedding's kind; here the
 // generated Llama model with its byte-level vocabulary): /v1/embeddings
 // and RAG run on it.
@@ -1228,6 +1226,9 @@ TEST(DaemonLifecycle, DecoderGgufEmbeddingModel) {
   auto d = Daemon::start(e);
   ASSERT_GT(d->port, 0) << d->log();
   EXPECT_NE(d->log().find("decoder, 96 dimensions"), std::string::npos) << d->log();
+  // Its SentencePiece vocabulary adds no end token: last-token pooling
+  // then reads the last word, which the log says.
+  EXPECT_NE(d->log().find("adds no end-of-sequence token"), std::string::npos) << d->log();
   auto r = d->post("/v1/embeddings", {{"model", "stories"}, {"input", json::array({"flutter of a swept wing", "hello"})}});
   ASSERT_EQ(r->status, 200) << r->body;
   json j = json::parse(r->body);
@@ -1238,23 +1239,33 @@ TEST(DaemonLifecycle, DecoderGgufEmbeddingModel) {
   for (double x : v) norm += x * x;
   EXPECT_NEAR(norm, 1.0, 1e-5);
   EXPECT_NE(j["data"][0]["embedding"], j["data"][1]["embedding"]);
-  // The same text alone gives the same vector as in the batch.
+  // The same text in another request: the same vector.
   auto alone = d->post("/v1/embeddings", {{"model", "stories"}, {"input", "hello"}});
   ASSERT_EQ(alone->status, 200) << alone->body;
   const std::vector<double> a = json::parse(alone->body)["data"][0]["embedding"].get<std::vector<double>>();
   const std::vector<double> b = j["data"][1]["embedding"].get<std::vector<double>>();
   ASSERT_EQ(a.size(), b.size());
   for (std::size_t i = 0; i < a.size(); ++i) EXPECT_NEAR(a[i], b[i], 1e-5) << i;
+  // Vector search finds, of two documents, the one whose text is the
+  // question (a random model knows no meaning, but the same text is the
+  // same vector).
   ASSERT_EQ(d->post("/v1/rag/collections", {{"name", "c"}})->status, 201);
-  auto doc = d->post("/v1/rag/collections/c/documents", {{"source", "a.txt"}, {"content", "Swept wing flutter speed."}});
-  ASSERT_EQ(doc->status, 201) << doc->body;
-  auto q = d->post("/v1/rag/query", {{"collection", "c"}, {"question", "swept wing flutter speed"}, {"generate", false},
-                                      {"mode", "vector"}});
-  ASSERT_EQ(q->status, 200) << q->body;
-  EXPECT_EQ(json::parse(q->body)["sources"][0]["document"], "a.txt");
+  for (const auto& [source, content] : {std::pair{"a.txt", "Swept wing flutter speed."},
+                                        std::pair{"b.txt", "Boundary layer transition on a flat plate."}}) {
+    auto doc = d->post("/v1/rag/collections/c/documents", {{"source", source}, {"content", content}});
+    ASSERT_EQ(doc->status, 201) << doc->body;
+  }
+  for (const char* want : {"a.txt", "b.txt"}) {
+    const std::string question = std::string(want) == "a.txt" ? "Swept wing flutter speed." : "Boundary layer transition on a flat plate.";
+    auto q = d->post("/v1/rag/query", {{"collection", "c"}, {"question", question}, {"generate", false}, {"mode", "vector"}});
+    ASSERT_EQ(q->status, 200) << q->body;
+    EXPECT_EQ(json::parse(q->body)["sources"][0]["document"], want) << q->body;
+  }
   EXPECT_EQ(d->stop(), 0);
 }
 
+// A bundle whose embedding model is a BERT GGUF (here a random one with the
+// real bge vocabulary): /v1/embeddings and RAG run on the encoder.
 TEST(DaemonLifecycle, BertGgufEmbeddingModel) {
   const std::string vocab = models_dir() + "/tokenizers/llama.cpp-vocab/ggml-vocab-bert-bge.gguf";
   if (models_dir().empty() || !testing::exists(vocab)) GTEST_SKIP() << "ggml-vocab-bert-bge.gguf not found (AIRLOCK_MODELS_DIR)";

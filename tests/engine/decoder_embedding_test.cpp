@@ -163,6 +163,21 @@ TEST(DecoderEmbeddingTest, OtherPoolingTypesAreRefused) {
     EXPECT_NE(e.status().message().find("qwen3.pooling_type " + std::to_string(pooling)), std::string::npos)
         << e.status().to_string();
   }
+  // A bidirectional decoder (attention.causal false) would run causally
+  // here: refused.
+  TestModelSpec bidirectional = embed_spec(3, true);
+  auto with_vocab = bidirectional.metadata;
+  bidirectional.metadata = [with_vocab](testing::GgufWriter& w) {
+    with_vocab(w);
+    w.set_bool("qwen3.attention.causal", false);
+  };
+  auto bi = load_bytes(testing::make_test_model(bidirectional).gguf);
+  ASSERT_FALSE(bi.is_ok());
+  EXPECT_NE(bi.status().message().find("qwen3.attention.causal is false"), std::string::npos) << bi.status().to_string();
+  // A context with room for the end token alone.
+  auto tiny = load_bytes(testing::make_test_model(embed_spec(3, true, 1)).gguf);
+  ASSERT_FALSE(tiny.is_ok());
+  EXPECT_NE(tiny.status().message().find("leaves no room for text"), std::string::npos) << tiny.status().to_string();
   // A decoder without a vocabulary cannot embed text.
   auto bare = load_bytes(testing::make_test_model(testing::decoder_spec("llama", 64, 4, 2, 96, true, GgmlType::kF32)).gguf);
   EXPECT_FALSE(bare.is_ok());

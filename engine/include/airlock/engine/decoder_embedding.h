@@ -6,8 +6,13 @@
 // says (3 last, 1 mean; absent or 0 means last, as Qwen's published
 // GGUF files are run: llama.cpp's --pooling last), normalised to unit
 // length. The input is the tokenizer's with its special tokens (BOS/EOS
-// as tokenizer.ggml.add_bos_token/add_eos_token say, as llama.cpp's
-// embedding tool tokenises), the content cut to max_tokens().
+// as tokenizer.ggml.add_bos_token/add_eos_token say; Qwen3-Embedding's
+// files from llama.cpp's converter since mid-2025 say add_eos_token =
+// true with <|endoftext|> as EOS, as its Hugging Face tokenizer appends),
+// the content cut to max_tokens(). Unlike llama.cpp's embedding tool,
+// special tokens written in the text stay text (a document cannot end
+// its own input early). appends_eos() false with last pooling reads the
+// last content token: older conversions; the daemon warns.
 //
 // Thread-safety: all methods may be called concurrently (passes are
 // serialised inside).
@@ -41,8 +46,10 @@ class DecoderEmbedding final : public Embedder {
   static constexpr std::int64_t kMaxBatchTokens = 4096;
 
   // kInvalidArgument for pooling types other than last and mean (2, CLS,
-  // is an encoder's; 4, rank, a reranker's), or what Model::from_gguf and
-  // Tokenizer::from_gguf refuse.
+  // is an encoder's; 4, rank, a reranker's) and for <arch>.attention.causal
+  // false (bidirectional decoders); kVerificationFailed for a context with
+  // no room for text; or what Model::from_gguf and Tokenizer::from_gguf
+  // refuse.
   static Result<std::unique_ptr<DecoderEmbedding>> from_gguf(std::unique_ptr<GgufFile> file,
                                                              std::shared_ptr<Backend> backend);
   ~DecoderEmbedding() override;
@@ -52,6 +59,7 @@ class DecoderEmbedding final : public Embedder {
   const Tokenizer& tokenizer() const override { return *tokenizer_; }
   std::string_view kind() const override { return "decoder"; }
   Pooling pooling() const { return pooling_; }
+  bool appends_eos() const;
 
   // Empty (every vector empty) when a pass failed; encode() gives the error.
   std::vector<float> embed(std::string_view text) const override;
