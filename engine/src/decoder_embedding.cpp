@@ -85,14 +85,15 @@ Result<std::vector<std::vector<float>>> DecoderEmbedding::encode(std::span<const
   for (const std::string& t : texts) seqs.push_back(input_ids(t));
   std::vector<std::vector<float>> out;
   out.reserve(seqs.size());
-  std::lock_guard lock(mu_);
   // Greedy packing in order: as many sequences per pass as kMaxBatchTokens
-  // holds (a longer one alone).
+  // holds (a longer one alone). One pass at a time holds the model, so a
+  // RAG question waits for a pass, not for a whole large request.
   for (std::size_t first = 0; first < seqs.size();) {
     std::size_t last = first;
     std::int64_t n = 0;
     while (last < seqs.size() && (last == first || n + static_cast<std::int64_t>(seqs[last].size()) <= kMaxBatchTokens))
       n += static_cast<std::int64_t>(seqs[last++].size());
+    std::lock_guard lock(mu_);
     AIRLOCK_RETURN_IF_ERROR(pass(std::span(seqs).subspan(first, last - first), &out));
     first = last;
   }

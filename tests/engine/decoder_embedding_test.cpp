@@ -11,6 +11,7 @@
 #include <fstream>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "airlock/engine/backend.h"
@@ -135,11 +136,30 @@ TEST(DecoderEmbeddingTest, ABatchEqualsEachTextAlone) {
     EXPECT_NEAR(n, 1.0, 1e-5) << i;
   }
   // More tokens than one pass holds: several passes, the same vectors.
-  std::vector<std::string> many(30, std::string(300, 'y'));
+  std::vector<std::string> many(12, std::string(300, 'y'));
   many[7] = "Two words";
   const std::vector<std::vector<float>> split = l.e->embed_batch(many);
   ASSERT_EQ(split.size(), many.size());
   EXPECT_LT(testing::rel_l2_error(split[7], together[1]), 1e-5);
+}
+
+// Calls from several threads interleave pass by pass and get what they
+// get alone.
+TEST(DecoderEmbeddingTest, ConcurrentCallsAgreeWithSequentialOnes) {
+  Loaded l = load(embed_spec(3, true));
+  ASSERT_TRUE(l.e);
+  std::vector<std::vector<std::string>> work(3);
+  for (int t = 0; t < 3; ++t)
+    for (int i = 0; i < 6; ++i) work[t].push_back(std::string(150 + 40 * i + t, static_cast<char>('a' + t + i)));
+  std::vector<std::vector<std::vector<float>>> want(3), got(3);
+  for (int t = 0; t < 3; ++t) want[t] = l.e->embed_batch(work[t]);
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 3; ++t) threads.emplace_back([&, t] { got[t] = l.e->embed_batch(work[t]); });
+  for (std::thread& th : threads) th.join();
+  for (int t = 0; t < 3; ++t) {
+    ASSERT_EQ(got[t].size(), want[t].size());
+    for (std::size_t i = 0; i < want[t].size(); ++i) EXPECT_LT(testing::rel_l2_error(got[t][i], want[t][i]), 1e-6) << t << " " << i;
+  }
 }
 
 // A text longer than the context keeps its first tokens and still ends in

@@ -15,7 +15,7 @@
 // last content token: older conversions; the daemon warns.
 //
 // Thread-safety: all methods may be called concurrently (passes are
-// serialised inside).
+// serialised inside: concurrent calls interleave pass by pass).
 #pragma once
 
 #include <cstddef>
@@ -42,8 +42,9 @@ class DecoderEmbedding final : public Embedder {
   // The longest input: the trained context, at most this (the KV cache of
   // one pass is allocated per call).
   static constexpr std::size_t kMaxContext = 8192;
-  // Tokens per forward pass; texts are packed into passes up to this.
-  static constexpr std::int64_t kMaxBatchTokens = 4096;
+  // Tokens per forward pass; texts are packed into passes up to this (a
+  // longer text runs alone). Passes take turns with other callers'.
+  static constexpr std::int64_t kMaxBatchTokens = 1024;
 
   // kInvalidArgument for pooling types other than last and mean (2, CLS,
   // is an encoder's; 4, rank, a reranker's) and for <arch>.attention.causal
