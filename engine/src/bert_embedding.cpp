@@ -8,6 +8,7 @@
 #include <set>
 
 #include "airlock/engine/kv_cache.h"
+#include "pass_packing.h"
 
 namespace airlock::engine {
 
@@ -407,17 +408,9 @@ Status BertEmbedding::run_passes(std::span<const std::vector<std::int32_t>> seqs
                                  std::vector<std::vector<float>>* out) const {
   out->reserve(seqs.size());
   std::lock_guard<std::mutex> lock(forward_mu_);
-  // Greedy packing in order: as many sequences per pass as kMaxBatchTokens
-  // allows (always at least one).
-  for (std::size_t first = 0; first < seqs.size();) {
-    std::size_t last = first;
-    std::int64_t n = 0;
-    while (last < seqs.size() && (last == first || n + static_cast<std::int64_t>(seqs[last].size()) <= kMaxBatchTokens))
-      n += static_cast<std::int64_t>(seqs[last++].size());
-    AIRLOCK_RETURN_IF_ERROR(forward(seqs.subspan(first, last - first), second.subspan(first, last - first), out));
-    first = last;
-  }
-  return Status::ok();
+  return for_each_pass(seqs, kMaxBatchTokens, [&](std::size_t first, std::size_t last) {
+    return forward(seqs.subspan(first, last - first), second.subspan(first, last - first), out);
+  });
 }
 
 Status BertEmbedding::forward(std::span<const std::vector<std::int32_t>> seqs, std::span<const std::size_t> second,

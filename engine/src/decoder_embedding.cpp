@@ -8,6 +8,7 @@
 #include "airlock/engine/kv_cache.h"
 #include "airlock/engine/model.h"
 #include "airlock/engine/tokenizer.h"
+#include "pass_packing.h"
 
 namespace airlock::engine {
 
@@ -34,8 +35,7 @@ Result<std::unique_ptr<DecoderEmbedding>> DecoderEmbedding::from_gguf(std::uniqu
   if (e->tokenizer_->n_vocab() > e->model_->params().n_vocab)
     return verification_failed("gguf: the vocabulary has " + std::to_string(e->tokenizer_->n_vocab()) +
                                " tokens, token_embd.weight " + std::to_string(e->model_->params().n_vocab) + " rows");
-  const int n_special = (e->tokenizer_->add_bos() ? 1 : 0) + (e->tokenizer_->add_eos() ? 1 : 0);
-  if (e->model_->params().n_ctx_train <= n_special)
+  if (e->model_->params().n_ctx_train <= e->n_special())
     return verification_failed("gguf: a context of " + std::to_string(e->model_->params().n_ctx_train) +
                                " tokens leaves no room for text");
   return e;
@@ -45,10 +45,11 @@ int DecoderEmbedding::dim() const { return model_->params().n_embd; }
 
 bool DecoderEmbedding::appends_eos() const { return tokenizer_->add_eos(); }
 
+int DecoderEmbedding::n_special() const { return (tokenizer_->add_bos() ? 1 : 0) + (tokenizer_->add_eos() ? 1 : 0); }
+
 std::size_t DecoderEmbedding::max_tokens() const {
-  const std::size_t n_special = (tokenizer_->add_bos() ? 1 : 0) + (tokenizer_->add_eos() ? 1 : 0);
   const std::size_t n_ctx = std::min<std::size_t>(static_cast<std::size_t>(model_->params().n_ctx_train), kMaxContext);
-  return n_ctx - n_special;  // (from_gguf: positive)
+  return n_ctx - static_cast<std::size_t>(n_special());  // (from_gguf: positive)
 }
 
 std::vector<std::int32_t> DecoderEmbedding::input_ids(std::string_view text) const {
@@ -85,18 +86,12 @@ Result<std::vector<std::vector<float>>> DecoderEmbedding::encode(std::span<const
   for (const std::string& t : texts) seqs.push_back(input_ids(t));
   std::vector<std::vector<float>> out;
   out.reserve(seqs.size());
-  // Greedy packing in order: as many sequences per pass as kMaxBatchTokens
-  // holds (a longer one alone). One pass at a time holds the model, so a
-  // RAG question waits for a pass, not for a whole large request.
-  for (std::size_t first = 0; first < seqs.size();) {
-    std::size_t last = first;
-    std::int64_t n = 0;
-    while (last < seqs.size() && (last == first || n + static_cast<std::int64_t>(seqs[last].size()) <= kMaxBatchTokens))
-      n += static_cast<std::int64_t>(seqs[last++].size());
+  // One pass at a time holds the model, so a RAG question waits for a
+  // pass, not for a whole large request.
+  AIRLOCK_RETURN_IF_ERROR(for_each_pass(seqs, kMaxBatchTokens, [&](std::size_t first, std::size_t last) {
     std::lock_guard lock(mu_);
-    AIRLOCK_RETURN_IF_ERROR(pass(std::span(seqs).subspan(first, last - first), &out));
-    first = last;
-  }
+    return pass(std::span<const std::vector<std::int32_t>>(seqs).subspan(first, last - first), &out);
+  }));
   return out;
 }
 

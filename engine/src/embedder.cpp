@@ -39,7 +39,7 @@ Result<std::unique_ptr<Embedder>> load_embedder(const std::string& path, std::sh
     if (!is_decoder_architecture(*arch))
       return invalid_argument(path + ": architecture '" + std::string(*arch) +
                               "' is not an embedding model (bert, nomic-bert, or a decoder: " +
-                              std::string(kDecoderArchitectures) + ")");
+                              decoder_architecture_list() + ")");
     Result<std::unique_ptr<DecoderEmbedding>> d = DecoderEmbedding::from_gguf(std::move(*file), std::move(backend));
     if (!d.is_ok()) return d.status().with_context(path);
     return std::unique_ptr<Embedder>(std::move(*d));

@@ -1,5 +1,7 @@
+#include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <iterator>
 #include <set>
 #include <string>
 
@@ -127,9 +129,17 @@ Status read_granite_params(const GgufFile& f, ModelParams* p) {
 }  // namespace
 
 bool is_decoder_architecture(std::string_view arch) {
-  for (std::string_view a : {"llama", "qwen2", "qwen3", "phi3", "granite", "gemma", "gemma2", "gemma3"})
-    if (arch == a) return true;
-  return false;
+  return std::find(std::begin(kDecoderArchitectures), std::end(kDecoderArchitectures), arch) !=
+         std::end(kDecoderArchitectures);
+}
+
+std::string decoder_architecture_list() {
+  std::string out;
+  for (std::string_view a : kDecoderArchitectures) {
+    if (!out.empty()) out += ", ";
+    out += a;
+  }
+  return out;
 }
 
 Model::~Model() = default;
@@ -158,7 +168,7 @@ Result<std::unique_ptr<Model>> Model::from_gguf(std::unique_ptr<GgufFile> file, 
   p.arch = std::string(*arch);
   const bool gemma = p.arch == "gemma" || p.arch == "gemma2" || p.arch == "gemma3";
   if (!is_decoder_architecture(p.arch))
-    return invalid_argument("architecture '" + p.arch + "' is not supported (" + std::string(kDecoderArchitectures) + ")");
+    return invalid_argument("architecture '" + p.arch + "' is not supported (" + decoder_architecture_list() + ")");
   // A positive count, or (as llama.cpp's get_key_or_arr reads it) an array
   // of one per layer, which must all be the same here.
   auto need_uint = [&](const std::string& key, int* out, std::uint64_t max) -> Status {

@@ -71,6 +71,7 @@ class DecoderEmbedding final : public Embedder {
 
  private:
   DecoderEmbedding() = default;
+  int n_special() const;  // BOS and EOS the input gets around its content
   // One pass over seqs (each non-empty, within the context), pooled
   // vectors appended to *out. Caller holds mu_.
   Status pass(std::span<const std::vector<std::int32_t>> seqs, std::vector<std::vector<float>>* out) const;

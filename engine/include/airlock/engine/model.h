@@ -32,9 +32,12 @@
 
 namespace airlock::engine {
 
-// The decoder architectures Model loads (general.architecture).
-inline constexpr std::string_view kDecoderArchitectures = "llama, qwen2, qwen3, phi3, granite, gemma, gemma2, gemma3";
+// The decoder architectures Model loads (general.architecture), and
+// their names as a list for messages ("llama, qwen2, ...").
+inline constexpr std::string_view kDecoderArchitectures[] = {"llama",   "qwen2", "qwen3",  "phi3",
+                                                            "granite", "gemma", "gemma2", "gemma3"};
 bool is_decoder_architecture(std::string_view arch);
+std::string decoder_architecture_list();
 
 struct ModelParams {
   std::string arch;         // "llama", "qwen2", "qwen3", "phi3", "granite", "gemma", "gemma2", "gemma3"
