@@ -392,6 +392,23 @@ Result<std::unique_ptr<Tokenizer>> Tokenizer::from_gguf(const GgufFile& f) {
     s.max_word_chars = 100;
   }
   AIRLOCK_RETURN_IF_ERROR(bad_id);
+  if (s.model == "t5") {
+    // llama.cpp's defaults for a UGM vocabulary that names no ids.
+    auto named = [&](std::string_view what, std::int32_t fallback) {
+      return f.find("tokenizer.ggml." + std::string(what) + "_token_id") == nullptr &&
+                     fallback < static_cast<std::int32_t>(s.tokens.size())
+                 ? fallback
+                 : -2;
+    };
+    if (std::int32_t d = named("eos", 1); d != -2) s.eos = d;
+    if (std::int32_t d = named("unknown", 2); d != -2) s.unk = d;
+    if (const GgufValue* v = f.find("tokenizer.ggml.precompiled_charsmap")) {
+      if (v->type != GgufValueType::kArray || (v->elem_type != GgufValueType::kU8 && v->elem_type != GgufValueType::kI8))
+        return verification_failed("tokenizer: tokenizer.ggml.precompiled_charsmap is not an array of bytes");
+      s.precompiled_charsmap.assign(reinterpret_cast<const char*>(v->raw.data()), v->raw.size());
+    }
+    s.remove_extra_whitespaces = f.get_bool("tokenizer.ggml.remove_extra_whitespaces").value_or(false);
+  }
   if (s.model == "llama" && s.tokens.size() > 2) {
     // llama.cpp's SentencePiece defaults when the file names no ids.
     if (f.find("tokenizer.ggml.unknown_token_id") == nullptr) s.unk = 0;
@@ -404,7 +421,7 @@ Result<std::unique_ptr<Tokenizer>> Tokenizer::from_gguf(const GgufFile& f) {
   const bool bos_pre = s.pre == "llama-bpe" || s.pre == "llama3" || s.pre == "tekken";
   s.add_bos = f.get_bool("tokenizer.ggml.add_bos_token")
                   .value_or(s.model == "llama" || s.model == "bert" || (bos_pre && s.bos >= 0));
-  s.add_eos = f.get_bool("tokenizer.ggml.add_eos_token").value_or(s.model == "bert");
+  s.add_eos = f.get_bool("tokenizer.ggml.add_eos_token").value_or(s.model == "bert" || s.model == "t5");
   s.add_space_prefix = f.get_bool("tokenizer.ggml.add_space_prefix").value_or(true);
   // A byte-level BPE vocabulary is split by its pre-tokenizer's rules
   // before merging; one whose rules this tokenizer does not have
@@ -419,12 +436,13 @@ Result<std::unique_ptr<Tokenizer>> Tokenizer::from_gguf(const GgufFile& f) {
 }
 
 Result<std::unique_ptr<Tokenizer>> Tokenizer::from_spec(TokenizerSpec s) {
-  if (s.model != "llama" && s.model != "gpt2" && s.model != "bert" && s.model != "unigram")
-    return invalid_argument("tokenizer model '" + s.model + "' is not supported (llama, gpt2, bert, unigram)");
+  if (s.model != "llama" && s.model != "gpt2" && s.model != "bert" && s.model != "unigram" && s.model != "t5")
+    return invalid_argument("tokenizer model '" + s.model + "' is not supported (llama, gpt2, bert, unigram, t5)");
   const std::size_t n = s.tokens.size();
   if (n == 0 || n > (1u << 24)) return verification_failed("tokenizer: vocabulary is empty or implausibly large");
   if (!s.scores.empty() && s.scores.size() != n) return verification_failed("tokenizer: scores and tokens differ in length");
   if (!s.types.empty() && s.types.size() != n) return verification_failed("tokenizer: token_type and tokens differ in length");
+  if (s.model == "t5" && s.piece_scores.empty()) s.piece_scores.assign(s.scores.begin(), s.scores.end());
   if (s.scores.empty()) s.scores.assign(n, 0.0f);
   if (s.types.empty()) s.types.assign(n, TokenType::kNormal);
   for (std::int32_t* idp : {&s.bos, &s.eos, &s.unk, &s.eot}) {
@@ -434,8 +452,10 @@ Result<std::unique_ptr<Tokenizer>> Tokenizer::from_spec(TokenizerSpec s) {
   if ((s.add_bos && s.bos < 0) || (s.add_eos && s.eos < 0))
     return verification_failed("tokenizer: add_bos/add_eos without a BOS/EOS id");
   std::shared_ptr<const UnigramModel> unigram;
-  if (s.model == "unigram") {
+  if (s.model == "unigram" || s.model == "t5") {
     AIRLOCK_ASSIGN_OR_RETURN(unigram, UnigramModel::build(s));
+    s.precompiled_charsmap.clear();
+    s.precompiled_charsmap.shrink_to_fit();
     s.piece_scores.clear();  // the model keeps its own copy
     s.piece_scores.shrink_to_fit();
   }
@@ -554,7 +574,7 @@ std::vector<std::int32_t> Tokenizer::encode(std::string_view text, bool add_spec
       encode_spm(t, &out);
     } else if (spec_.model == "bert") {
       encode_wpm(f.text, &out);
-    } else if (spec_.model == "unigram") {
+    } else if (unigram_) {
       unigram_->encode(f.text, /*at_start=*/f.text.data() == text.data(), &out);
     } else {
       encode_bpe(f.text, &out);
@@ -850,9 +870,9 @@ std::string Tokenizer::token_bytes(std::int32_t id, bool render_special) const {
   const std::string& t = spec_.tokens[id];
   const TokenType type = spec_.types[id];
   if (type == TokenType::kControl) return render_special ? t : std::string();
-  if (type == TokenType::kUnknown && spec_.model == "llama") return render_special ? t : std::string("\xE2\x96\x85");
+  if (type == TokenType::kUnknown && (spec_.model == "llama" || spec_.model == "t5")) return render_special ? t : std::string("\xE2\x96\x85");
   if (type == TokenType::kUserDefined) return t;
-  if (spec_.model == "llama" || spec_.model == "bert" || spec_.model == "unigram") {
+  if (spec_.model == "llama" || spec_.model == "bert" || spec_.model == "unigram" || spec_.model == "t5") {
     if (spec_.model != "bert" && type == TokenType::kByte && t.size() == 6) return std::string(1, static_cast<char>(std::strtol(t.c_str() + 3, nullptr, 16)));
     std::string out;
     for (std::size_t i = 0; i < t.size();) {

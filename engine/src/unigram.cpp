@@ -94,20 +94,32 @@ Result<std::shared_ptr<const UnigramModel>> UnigramModel::build(const TokenizerS
     return verification_failed("tokenizer: Unigram needs one score per piece (" + std::to_string(s.piece_scores.size()) +
                                " scores, " + std::to_string(n) + " pieces)");
   std::shared_ptr<UnigramModel> m(new UnigramModel());
+  m->spm_ = s.model == "t5";
   m->scores_ = s.piece_scores;
+  // sentencepiece: only normal, user-defined (score 0) and unused pieces are
+  // candidates, and the unknown score comes from the normal ones.
+  auto type = [&](std::size_t i) { return i < s.types.size() ? s.types[i] : TokenType::kNormal; };
+  auto candidate = [&](std::size_t i) {
+    return !m->spm_ || type(i) == TokenType::kNormal || type(i) == TokenType::kUserDefined || type(i) == TokenType::kUnused;
+  };
   double min_score = 0;
+  bool have_min = false;
   for (std::size_t i = 0; i < n; ++i) {
     if (!std::isfinite(s.piece_scores[i]))
       return verification_failed("tokenizer: piece " + std::to_string(i) + " has a score that is not a finite number");
-    if (i == 0 || s.piece_scores[i] < min_score) min_score = s.piece_scores[i];
+    if (m->spm_ && type(i) == TokenType::kUserDefined) m->scores_[i] = 0;
+    if (m->spm_ && type(i) != TokenType::kNormal) continue;
+    if (!have_min || s.piece_scores[i] < min_score) min_score = s.piece_scores[i];
+    have_min = true;
   }
   m->unk_score_ = min_score - kUnkPenalty;
   m->unk_ = s.unk;
-  m->byte_fallback_ = s.byte_fallback;
+  m->byte_fallback_ = s.byte_fallback && !m->spm_;
   // The trie: built with a hash map, then kept as sorted arrays (12 bytes an edge).
   std::unordered_map<std::uint64_t, std::int32_t> edges;
   m->node_piece_.push_back(-1);
   for (std::size_t id = 0; id < n; ++id) {
+    if (!candidate(id)) continue;
     const std::string& piece = s.tokens[id];
     if (piece.empty()) return verification_failed("tokenizer: piece " + std::to_string(id) + " is empty");
     if (!valid_utf8(piece)) return verification_failed("tokenizer: piece " + std::to_string(id) + " is not valid UTF-8");
@@ -118,7 +130,7 @@ Result<std::shared_ptr<const UnigramModel>> UnigramModel::build(const TokenizerS
       if (added) m->node_piece_.push_back(-1);
       node = it->second;
     }
-    if (m->node_piece_[static_cast<std::size_t>(node)] >= 0)
+    if (m->node_piece_[static_cast<std::size_t>(node)] >= 0 && !m->spm_)
       return verification_failed("tokenizer: piece " + std::to_string(id) + " repeats piece " +
                                  std::to_string(m->node_piece_[static_cast<std::size_t>(node)]));
     m->node_piece_[static_cast<std::size_t>(node)] = static_cast<std::int32_t>(id);
@@ -156,6 +168,28 @@ Result<std::shared_ptr<const UnigramModel>> UnigramModel::build(const TokenizerS
   }
   m->prepend_ = s.prepend_scheme;
   m->split_ = s.metaspace_split;
+  if (m->spm_) {
+    m->dummy_prefix_ = s.add_space_prefix;
+    m->remove_extra_spaces_ = s.remove_extra_whitespaces;
+    // <trie size: u32 little-endian><trie: u32 units><replacements>, as
+    // sentencepiece's DecodePrecompiledCharsMap reads it.
+    const std::string& blob = s.precompiled_charsmap;
+    if (!blob.empty()) {
+      std::uint32_t trie_bytes = 0;
+      if (blob.size() > 4)
+        for (int b = 3; b >= 0; --b) trie_bytes = (trie_bytes << 8) | static_cast<unsigned char>(blob[static_cast<std::size_t>(b)]);
+      if (blob.size() <= 4 || trie_bytes >= blob.size() - 4 || trie_bytes % 4 != 0 || trie_bytes == 0)
+        return verification_failed("tokenizer: precompiled_charsmap of " + std::to_string(blob.size()) +
+                                   " bytes has a malformed header (trie of " + std::to_string(trie_bytes) + " bytes)");
+      m->charsmap_units_.resize(trie_bytes / 4);
+      for (std::size_t u = 0; u < m->charsmap_units_.size(); ++u) {
+        std::uint32_t v = 0;
+        for (int b = 3; b >= 0; --b) v = (v << 8) | static_cast<unsigned char>(blob[4 + 4 * u + static_cast<std::size_t>(b)]);
+        m->charsmap_units_[u] = v;
+      }
+      m->charsmap_pool_ = blob.substr(4 + trie_bytes);
+    }
+  }
   return std::shared_ptr<const UnigramModel>(std::move(m));
 }
 
@@ -262,11 +296,87 @@ std::u32string UnigramModel::normalize32(std::string_view text) const {
   return s;
 }
 
-std::string UnigramModel::normalize(std::string_view text) const { return to_utf8(normalize32(text)); }
+std::string UnigramModel::normalize(std::string_view text) const {
+  return spm_ ? normalize_spm(text) : to_utf8(normalize32(text));
+}
+
+std::pair<std::string_view, std::size_t> UnigramModel::charsmap_rule(std::string_view text) const {
+  // darts-clone units: bits 10..30 the offset (shifted 8 more when bit 9 is
+  // set), bit 8 "has a leaf", bits 0..7 and 31 the label; a leaf's value is
+  // the unit's low 31 bits. Every index is checked: the table is untrusted.
+  const std::vector<std::uint32_t>& u = charsmap_units_;
+  auto offset = [](std::uint32_t unit) -> std::size_t { return (unit >> 10) << ((unit & (1u << 9)) >> 6); };
+  if (u.empty()) return {{}, 0};
+  std::size_t node = offset(u[0]), best_len = 0;
+  std::uint32_t best = 0;
+  for (std::size_t i = 0; i < text.size() && i < kMaxCharsmapRule; ++i) {
+    const unsigned char c = static_cast<unsigned char>(text[i]);
+    if (c == 0) break;
+    node ^= c;
+    if (node >= u.size() || (u[node] & ((1u << 31) | 0xFFu)) != c) break;
+    const bool leaf = (u[node] >> 8) & 1;
+    node ^= offset(u[node]);
+    if (leaf) {
+      if (node >= u.size()) break;
+      best_len = i + 1;
+      best = u[node] & ((1u << 31) - 1);
+    }
+  }
+  // A replacement outside the table reads as no rule.
+  if (best_len == 0 || best >= charsmap_pool_.size()) return {{}, 0};
+  std::string_view rep(charsmap_pool_);
+  rep.remove_prefix(best);
+  return {rep.substr(0, rep.find('\0')), best_len};
+}
+
+std::string UnigramModel::normalize_spm(std::string_view text) const {
+  // sentencepiece's Normalizer::Normalize, user-defined symbols aside (the
+  // tokenizer splits those out first).
+  static constexpr std::string_view kSpace = "\xE2\x96\x81";
+  auto next = [&](std::string_view in) -> std::pair<std::string_view, std::size_t> {
+    if (auto rule = charsmap_rule(in); rule.second > 0) return rule;
+    std::size_t len = 0;
+    if (next_code_point(in, 0, &len) == 0xFFFD && !(len == 3 && in.starts_with("\xEF\xBF\xBD")))
+      return {"\xEF\xBF\xBD", 1};  // a malformed byte
+    return {in.substr(0, len), len};
+  };
+  if (remove_extra_spaces_)
+    while (!text.empty()) {
+      const auto [piece, used] = next(text);
+      if (piece != " ") break;
+      text.remove_prefix(used);
+    }
+  std::string out;
+  if (text.empty()) return out;
+  const std::size_t cap = 8 * text.size() + 4096;
+  if (dummy_prefix_) out += kSpace;
+  bool prev_space = remove_extra_spaces_;
+  while (!text.empty() && out.size() <= cap) {
+    auto [piece, used] = next(text);
+    while (prev_space && piece.starts_with(' ')) piece.remove_prefix(1);
+    if (!piece.empty()) {
+      for (char c : piece) {
+        if (c == ' ') out += kSpace;
+        else out.push_back(c);
+      }
+      prev_space = piece.ends_with(' ');
+    }
+    text.remove_prefix(used);
+    if (!remove_extra_spaces_) prev_space = false;
+  }
+  if (remove_extra_spaces_)
+    while (out.ends_with(kSpace)) out.resize(out.size() - kSpace.size());
+  return out;  // at most cap plus one replacement
+
+}
 
 // ---------------------------------------------------------------- encoding
 
 void UnigramModel::encode(std::string_view text, bool at_start, std::vector<std::int32_t>* out) const {
+  if (spm_) {
+    segment(normalize_spm(text), out);
+    return;
+  }
   std::u32string s = normalize32(text);
   if (s.empty()) return;
   if (metaspace_) {
@@ -342,7 +452,7 @@ void UnigramModel::segment(std::string_view word, std::vector<std::int32_t>* out
       continue;
     }
     const std::string_view str = word.substr(it->start, it->end - it->start);
-    if (const std::int32_t id = find(str); id >= 0) {
+    if (const std::int32_t id = spm_ ? -1 : find(str); id >= 0) {
       out->push_back(id);
       continue;
     }

@@ -11,14 +11,27 @@
 //   characters become one token: the piece they spell if there is one, else
 //   their <0xNN> byte pieces (byte_fallback), else the unk piece.
 //
+// SentencePiece's own Unigram ("t5" in GGUF: T5, XLM-RoBERTa) is the same
+// Viterbi with SentencePiece's front end instead: the precompiled charsmap
+// (a darts-clone double array of byte strings and the replacement of each;
+// at each position the longest rule that matches is applied, else the
+// character is copied, a malformed byte becoming U+FFFD), then its white
+// space rules (a dummy prefix; optionally leading, trailing and repeated
+// spaces removed; every space becomes U+2581). The segmentation runs over
+// the whole text; only normal, user-defined (score 0) and unused pieces
+// are candidates, the unknown score is the lowest normal score minus 10,
+// and a run of unknown characters is one unk token, as sentencepiece and
+// llama.cpp have it.
+//
 // Internal to the engine: Tokenizer (tokenizer.h) owns one for "unigram"
-// specs. Immutable after build(); encode() may run concurrently.
+// and "t5" specs. Immutable after build(); encode() may run concurrently.
 #pragma once
 
 #include <cstdint>
 #include <memory>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "airlock/common/status.h"
@@ -38,12 +51,20 @@ class UnigramModel {
   // 8 * |text| + 4096 characters, so no normalizer can blow it up.
   void encode(std::string_view text, bool at_start, std::vector<std::int32_t>* out) const;
 
-  // The normalizer alone, as UTF-8.
+  // The normalizer alone, as UTF-8 ("t5": with the white space rules).
   std::string normalize(std::string_view text) const;
+
+  // A rule in the charsmap longer than this never matches; it bounds the
+  // work per input byte whatever the table says.
+  static constexpr std::size_t kMaxCharsmapRule = 256;
 
  private:
   UnigramModel() = default;
   std::u32string normalize32(std::string_view text) const;
+  std::string normalize_spm(std::string_view text) const;
+  // The charsmap's longest rule at the start of `text`: its replacement and
+  // the bytes it covers (0 when none).
+  std::pair<std::string_view, std::size_t> charsmap_rule(std::string_view text) const;
   std::int32_t child(std::int32_t node, unsigned char byte) const;
   std::int32_t find(std::string_view piece) const;  // the id of exactly `piece`, or -1
   void segment(std::string_view word, std::vector<std::int32_t>* out) const;
@@ -63,6 +84,12 @@ class UnigramModel {
   char32_t replacement_ = 0x2581;
   PrependScheme prepend_ = PrependScheme::kAlways;
   bool split_ = true;
+
+  // "t5" (SentencePiece's front end).
+  bool spm_ = false;
+  bool dummy_prefix_ = true, remove_extra_spaces_ = false;
+  std::vector<std::uint32_t> charsmap_units_;  // darts-clone double array
+  std::string charsmap_pool_;                  // NUL-terminated replacements
 };
 
 }  // namespace airlock::engine

@@ -40,6 +40,11 @@ void GgufWriter::set_i32_array(const std::string& k, const std::vector<std::int3
   ++n_kv_;
 }
 
+void GgufWriter::set_u8_array(const std::string& k, const std::string& bytes) {
+  kv_ += gstr(k) + le<std::uint32_t>(9) + le<std::uint32_t>(0) + le<std::uint64_t>(bytes.size()) + bytes;
+  ++n_kv_;
+}
+
 void GgufWriter::copy_metadata(const engine::GgufFile& from, const std::string& prefix,
                                const std::vector<std::string>& skip) {
   using VT = engine::GgufValueType;

@@ -38,6 +38,7 @@ class GgufWriter {
   void set_string_array(const std::string& key, const std::vector<std::string>& v);
   void set_f32_array(const std::string& key, const std::vector<float>& v);
   void set_i32_array(const std::string& key, const std::vector<std::int32_t>& v);
+  void set_u8_array(const std::string& key, const std::string& bytes);
   // Copies every metadata entry of `from` whose key starts with `prefix`
   // (a real vocabulary's tokenizer.* keys, say), except those in `skip`.
   void copy_metadata(const engine::GgufFile& from, const std::string& prefix, const std::vector<std::string>& skip = {});

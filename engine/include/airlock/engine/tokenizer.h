@@ -6,7 +6,9 @@
 // Unigram model ("unigram": a normalizer, the Metaspace pre-tokenizer and a
 // Viterbi segmentation over the pieces' log probabilities, as the Hugging
 // Face tokenizers library does it) are built from a tokenizer.json
-// (static_embedding.h).
+// (static_embedding.h). SentencePiece's Unigram with its precompiled
+// normalization charsmap ("t5": T5, XLM-RoBERTa's multilingual-e5, bge-m3
+// and bge-reranker-v2-m3) comes from GGUF, as sentencepiece encodes it.
 //
 // Errors from the factories: kVerificationFailed for missing or
 // inconsistent metadata (no tokenizer.ggml.model or tokens, arrays of the
@@ -69,7 +71,8 @@ enum class PrependScheme { kAlways, kFirst, kNever };
 // Everything a tokenizer is built from, whatever the source (GGUF metadata,
 // or a Hugging Face tokenizer.json in tests).
 struct TokenizerSpec {
-  std::string model;                 // "llama" (SentencePiece), "gpt2" (byte-level BPE), "bert" (WordPiece)
+  std::string model;                 // "llama" (SentencePiece BPE), "gpt2" (byte-level BPE), "bert" (WordPiece),
+                                     // "unigram" (Hugging Face Unigram), "t5" (SentencePiece Unigram)
   std::string pre;                   // gpt2 pre-tokenizer: "gpt-2" (and aliases), "llama-bpe"/"llama3", "qwen2", "refact",
                                      // "gpt-4o"/"llama4", "tekken"
   std::vector<std::string> tokens;
@@ -78,7 +81,12 @@ struct TokenizerSpec {
   std::vector<std::string> merges;   // BPE only: "left right", best first
   std::int32_t bos = -1, eos = -1, unk = -1, eot = -1;
   bool add_bos = false, add_eos = false;
-  bool add_space_prefix = true;      // SentencePiece only
+  bool add_space_prefix = true;      // SentencePiece only ("llama", "t5")
+  // "t5" only: sentencepiece's normalizer_spec.precompiled_charsmap (may be
+  // empty: no rules) and remove_extra_whitespaces. piece_scores is filled
+  // from scores.
+  std::string precompiled_charsmap;
+  bool remove_extra_whitespaces = false;
   std::size_t max_word_chars = 0;    // WordPiece: longer words are [UNK] (Hugging Face: 100, also set for GGUF BERT; 0: no limit)
 
   // Unigram only. unk may be -1: unknown characters are then dropped (the
@@ -98,13 +106,16 @@ class Tokenizer {
  public:
   // Reads tokenizer.ggml.{model, pre, tokens, scores, token_type, merges,
   // bos/eos/unknown/eot_token_id, add_bos_token, add_eos_token,
-  // add_space_prefix}. A negative or 0xFFFFFFFF id means "none".
+  // add_space_prefix, precompiled_charsmap, remove_extra_whitespaces}. A
+  // negative or 0xFFFFFFFF id means "none".
   static Result<std::unique_ptr<Tokenizer>> from_gguf(const GgufFile& file);
   // The same checks on a spec built by other means (a Hugging Face
   // tokenizer.json, static_embedding.h). A "unigram" spec must also have one
   // finite score per token, no empty or repeated piece, a Metaspace
   // replacement of exactly one character and Replace patterns that are not
-  // empty (kVerificationFailed otherwise).
+  // empty (kVerificationFailed otherwise). A "t5" spec: a finite score per
+  // token and a charsmap whose header fits it; of pieces that repeat, the
+  // last is the one encode() emits (as llama.cpp).
   static Result<std::unique_ptr<Tokenizer>> from_spec(TokenizerSpec spec);
 
   // add_special: BOS/EOS as the metadata says. parse_special: control tokens
@@ -130,7 +141,8 @@ class Tokenizer {
   // True when SentencePiece decoding should drop the space it added in front.
   bool strips_leading_space() const {
     return (spec_.model == "llama" && spec_.add_space_prefix) || spec_.model == "bert" ||
-           (spec_.model == "unigram" && spec_.metaspace && spec_.prepend_scheme != PrependScheme::kNever);
+           (spec_.model == "unigram" && spec_.metaspace && spec_.prepend_scheme != PrependScheme::kNever) ||
+           (spec_.model == "t5" && spec_.add_space_prefix);
   }
   bool is_end_of_generation(std::int32_t id) const;
   // A byte-level BPE ("gpt2") vocabulary's pre-tokenizer: the pieces its
@@ -153,7 +165,7 @@ class Tokenizer {
   std::int32_t byte_tokens_[256];
   bool ignore_merges_ = false;
   std::size_t max_token_bytes_ = 0;
-  std::shared_ptr<const UnigramModel> unigram_;  // "unigram" only (unigram.h)
+  std::shared_ptr<const UnigramModel> unigram_;  // "unigram" and "t5" only (unigram.h)
 };
 
 // Turns generated tokens into text that never splits a UTF-8 character:
