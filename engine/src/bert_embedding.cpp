@@ -139,15 +139,19 @@ Result<std::unique_ptr<BertEmbedding>> BertEmbedding::from_gguf(std::unique_ptr<
 
   auto tok_model = f.get_string("tokenizer.ggml.model");
   if (!tok_model) return verification_failed("gguf: tokenizer.ggml.model is missing");
-  if (*tok_model != "bert")
-    return invalid_argument("tokenizer '" + std::string(*tok_model) + "' is not WordPiece (tokenizer.ggml.model \"bert\")");
+  if (*tok_model != "bert" && *tok_model != "t5")
+    return invalid_argument("tokenizer '" + std::string(*tok_model) +
+                            "' is neither WordPiece nor SentencePiece Unigram (tokenizer.ggml.model \"bert\" or \"t5\")");
   AIRLOCK_ASSIGN_OR_RETURN(e->tokenizer_, Tokenizer::from_gguf(f));
+  // XLM-RoBERTa (a SentencePiece vocabulary) separates a pair's parts with
+  // </s></s>, BERT with one [SEP].
+  e->pair_separators_ = *tok_model == "t5" ? 2 : 1;
   int n_special = (e->tokenizer_->add_bos() ? 1 : 0) + (e->tokenizer_->add_eos() ? 1 : 0);
   if (use == EncoderUse::kRerank) {
     // [CLS] query [SEP] document [SEP]: both ids must be known.
     if (e->tokenizer_->bos() < 0 || e->tokenizer_->eos() < 0)
       return verification_failed("gguf: a reranker needs the [CLS] and [SEP] token ids");
-    n_special = 3;
+    n_special = 2 + e->pair_separators_;
   }
   if (p.n_ctx_train <= n_special)
     return verification_failed("gguf: context_length " + std::to_string(p.n_ctx_train) + " leaves no room for text");
@@ -362,7 +366,7 @@ BertEmbedding::Pair BertEmbedding::pair(std::span<const std::int32_t> query, std
   // sentence-transformers' CrossEncoder uses): the shorter part stays whole
   // when the longer can take the rest; otherwise each gets half the room,
   // the longer part (the document on a tie) the odd token.
-  const std::size_t room = static_cast<std::size_t>(params_.n_ctx_train) - 3;
+  const std::size_t room = static_cast<std::size_t>(params_.n_ctx_train) - 2 - static_cast<std::size_t>(pair_separators_);
   if (q.size() + d.size() > room) {
     p.cut = true;
     const bool q_longer = q.size() > d.size();
@@ -375,10 +379,10 @@ BertEmbedding::Pair BertEmbedding::pair(std::span<const std::int32_t> query, std
     q.resize(q_longer ? keep_long : keep_short);
     d.resize(q_longer ? keep_short : keep_long);
   }
-  p.ids.reserve(q.size() + d.size() + 3);
+  p.ids.reserve(q.size() + d.size() + 4);
   p.ids.push_back(tokenizer_->bos());
   p.ids.insert(p.ids.end(), q.begin(), q.end());
-  p.ids.push_back(tokenizer_->eos());
+  for (int i = 0; i < pair_separators_; ++i) p.ids.push_back(tokenizer_->eos());
   p.second = p.ids.size();
   p.ids.insert(p.ids.end(), d.begin(), d.end());
   p.ids.push_back(tokenizer_->eos());

@@ -22,6 +22,7 @@
 #include "airlock/engine/kernels.h"
 #include "airlock/engine/thread_pool.h"
 #include "gguf_writer.h"
+#include "sentencepiece_vocab.h"
 
 namespace airlock::engine {
 namespace {
@@ -857,6 +858,107 @@ TEST(LoadEmbedderTest, PicksTheKindFromThePath) {
     ASSERT_TRUE(b.is_ok()) << b.status().to_string();
     EXPECT_EQ((*b)->kind(), "model2vec");
   }
+}
+
+// ---- XLM-RoBERTa: "bert" with a SentencePiece Unigram ("t5") vocabulary --
+// (multilingual-e5, bge-m3, bge-reranker-v2-m3). The vocabulary is one
+// trained by tests/engine/sentencepiece/make_vectors.py; no shared files.
+
+BertModelSpec xlmr_spec(int pooling, std::uint32_t seed) {
+  BertModelSpec s;
+  s.n_vocab = static_cast<int>(testing::model_named("nfkc").at("pieces").size());
+  s.n_token_types = 1;  // RoBERTa has one
+  s.n_ctx = 256;
+  s.pooling = pooling;
+  s.seed = seed;
+  s.metadata = [](testing::GgufWriter& w) { testing::set_t5_vocab(w, testing::model_named("nfkc"), /*with_ids=*/true); };
+  return s;
+}
+
+TEST(XlmRobertaTest, EmbeddingsMatchTheReference) {
+  for (int pooling : {1, 2}) {
+    Loaded l = load(xlmr_spec(pooling, 31));
+    ASSERT_NE(l.e, nullptr);
+    Ref ref{l.tm};
+    const Tokenizer& tok = l.e->tokenizer();
+    EXPECT_EQ(tok.bos(), 1);
+    EXPECT_EQ(tok.eos(), 2);
+    const std::vector<std::string> multilingual = {
+        "Die Strömung über dem Flügel", "翼の周りの流れ", "ｆｕｌｌ-width ﬁeld", "  boundary   layer  ", "unknown ䷀䷁"};
+    std::vector<std::string> all = texts();
+    all.insert(all.end(), multilingual.begin(), multilingual.end());
+    const std::vector<std::vector<float>> batch = l.e->embed_batch(all);
+    ASSERT_EQ(batch.size(), all.size());
+    double worst = 0;
+    for (std::size_t i = 0; i < all.size(); ++i) {
+      // <s> text </s>, the text as sentencepiece encodes it.
+      std::vector<std::int32_t> ids = tok.encode(all[i], false, false);
+      ids.insert(ids.begin(), 1);
+      ids.push_back(2);
+      EXPECT_EQ(l.e->input_ids(all[i]), ids) << all[i];
+      worst = std::max(worst, rel_error(batch[i], ref.embed(ids, pooling)));
+      EXPECT_EQ(l.e->embed(all[i]), batch[i]) << "alone and in a batch";
+    }
+    EXPECT_LT(worst, 1e-4) << "pooling " << pooling;
+  }
+}
+
+// HF's XLM-R tokenizer pairs as <s> q </s></s> d </s>; the score is the
+// head's on that sequence, and cuts leave room for the four specials.
+TEST(XlmRobertaTest, RerankerPairsWithTwoSeparators) {
+  BertModelSpec s = xlmr_spec(4, 43);
+  s.rank_head = 2;  // XLMRobertaForSequenceClassification: dense, tanh, out_proj
+  BertTestModel tm = testing::make_bert_model(s);
+  auto e = load_reranker_bytes(tm.gguf);
+  ASSERT_TRUE(e.is_ok()) << e.status().to_string();
+  Ref ref{tm};
+  const Tokenizer& tok = (*e)->tokenizer();
+  const std::string query = "Wie schnell flattert ein gepfeilter Flügel?";
+  const std::vector<std::int32_t> q = tok.encode(query, false, false);
+  double spread = 0, first = 0;
+  for (const std::string& doc : {std::string("The flutter speed of a swept wing was measured."),
+                                 std::string("Die Strömung über dem Flügel bleibt anliegend."), std::string("")}) {
+    BertEmbedding::Pair p = (*e)->pair(query, doc);
+    const std::vector<std::int32_t> d = tok.encode(doc, false, false);
+    std::vector<std::int32_t> want = {1};
+    want.insert(want.end(), q.begin(), q.end());
+    want.insert(want.end(), {2, 2});
+    want.insert(want.end(), d.begin(), d.end());
+    want.push_back(2);
+    EXPECT_EQ(p.ids, want);
+    EXPECT_EQ(p.second, q.size() + 3);
+    Result<std::vector<float>> got = (*e)->score(std::span<const BertEmbedding::Pair>(&p, 1));
+    ASSERT_TRUE(got.is_ok()) << got.status().to_string();
+    const double r = ref.score(p.ids, p.second);
+    EXPECT_NEAR((*got)[0], r, 1e-4 * std::max(1.0, std::fabs(r)));
+    if (doc.size() == 48) first = r;
+    spread = std::max(spread, std::fabs(r - first));
+  }
+  EXPECT_GT(spread, 1e-3);
+  std::string longer;
+  for (int i = 0; i < 100; ++i) longer += "wing flutter ";
+  BertEmbedding::Pair cut = (*e)->pair(longer, longer);
+  EXPECT_TRUE(cut.cut);
+  EXPECT_EQ(cut.ids.size(), static_cast<std::size_t>(s.n_ctx));
+  EXPECT_EQ(cut.ids[cut.second - 1], 2);
+  EXPECT_EQ(cut.ids[cut.second - 2], 2);
+}
+
+TEST(XlmRobertaTest, OtherTokenizersAreRefusedByName) {
+  BertModelSpec s = xlmr_spec(1, 5);
+  s.metadata = [](testing::GgufWriter& w) {
+    const engine::TokenizerSpec t5 = testing::spec_of(testing::model_named("nfkc"));
+    w.set_string("tokenizer.ggml.model", "llama");
+    w.set_string_array("tokenizer.ggml.tokens", t5.tokens);
+    w.set_f32_array("tokenizer.ggml.scores", t5.scores);
+  };
+  BertTestModel tm = testing::make_bert_model(s);
+  auto e = load_bytes(tm.gguf);
+  ASSERT_FALSE(e.is_ok());
+  EXPECT_EQ(e.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(e.status().message().find("tokenizer 'llama' is neither WordPiece nor SentencePiece Unigram"),
+            std::string::npos)
+      << e.status().message();
 }
 
 }  // namespace

@@ -6,7 +6,11 @@
 // A text becomes [CLS] tokens [SEP] (the WordPiece tokenizer from the same
 // file, tokenizer.ggml.model = "bert"; lower-casing and accent stripping as
 // the vocabulary needs), cut to the context length, with token type 0 and
-// positions 0..n-1. The encoder's last hidden states are pooled as
+// positions 0..n-1. XLM-RoBERTa files (multilingual-e5, bge-m3,
+// bge-reranker-v2-m3: "bert" with a SentencePiece Unigram vocabulary,
+// tokenizer.ggml.model = "t5") give <s> tokens </s> the same way; llama.cpp's
+// converter has already dropped the position table's rows below RoBERTa's
+// padding offset, so positions start at 0 there too. The encoder's last hidden states are pooled as
 // <arch>.pooling_type says (1 mean over every token including [CLS] and
 // [SEP], 2 the [CLS] token, 3 the last token; absent: mean) and
 // L2-normalised, as llama.cpp's embedding output is.
@@ -23,7 +27,8 @@
 // [CLS] state, which is what llama.cpp's converter leaves of a
 // BertForSequenceClassification (it drops the pooler, so such files score
 // otherwise than the original model, in llama.cpp too). A (query,
-// document) pair is [CLS] query [SEP] document [SEP], the document's part
+// document) pair is [CLS] query [SEP] document [SEP] (XLM-RoBERTa:
+// <s> query </s></s> document </s>, as its tokenizer pairs), the document's part
 // with token type 1 when the file has two token types (as Hugging Face's
 // tokenizer sets token_type_ids; llama.cpp feeds type 0 throughout, and
 // its own pair layout differs by file), cut longest-first to the context
@@ -36,7 +41,8 @@
 // than the embedding table), kInvalidArgument for what this engine does not
 // do (another architecture, causal attention, pooling "none" or "rank" for
 // an embedding model, a reranker without a classification head or with a
-// head of more than one output, a tokenizer other than WordPiece). The file is untrusted: nothing in it can
+// head of more than one output, a tokenizer other than WordPiece or
+// SentencePiece Unigram). The file is untrusted: nothing in it can
 // make a forward pass read out of bounds.
 //
 // Thread-safety: immutable after load() except for the forward pass, which
@@ -163,6 +169,7 @@ class BertEmbedding final : public Embedder {
   std::unique_ptr<GgufFile> file_;
   std::shared_ptr<Backend> backend_;
   std::unique_ptr<Tokenizer> tokenizer_;
+  int pair_separators_ = 1;  // [SEP] (BERT) or </s></s> (XLM-RoBERTa) between a pair's parts
   BertParams params_;
   WeightTensor tok_embd_, type_row0_, type_row1_, pos_embd_, embd_norm_, embd_norm_b_;
   WeightTensor cls_, cls_b_, cls_out_, cls_out_b_;  // a reranker's head
