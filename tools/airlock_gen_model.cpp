@@ -6,6 +6,7 @@
 //                   [--chatml-tokens]
 // airlock-gen-model --bert OUT.gguf --vocab VOCAB.gguf
 // airlock-gen-model --bert-reranker OUT.gguf --vocab VOCAB.gguf
+// airlock-gen-model --t5-vocab OUT.gguf
 // writes a random Llama-architecture model (Q8_0 weights unless --f32) with a
 // byte-level SentencePiece vocabulary (every byte is a token, so any text
 // tokenizes). For demos, tests and benchmarks on machines without a real
@@ -24,6 +25,12 @@
 // knows nothing of meaning. `--tokenizer builtin` makes a small WordPiece
 // vocabulary (common English words, letters and digits, "##" pieces) for
 // machines without a real tokenizer.json.
+//
+// --t5-vocab writes a GGUF of tokenizer keys alone: a SentencePiece Unigram
+// vocabulary ("t5", XLM-RoBERTa's kind) trained by the tests'
+// sentencepiece/make_vectors.py, with its nmt_nfkc charsmap, <s>/</s> added.
+// Give it to --bert or --bert-reranker as VOCAB.gguf for a random
+// XLM-RoBERTa encoder.
 //
 // --answer writes a Llama-architecture model that, decoding greedily, says
 // TEXT after any prompt and then stops: its layers are zero (the residual
@@ -49,6 +56,7 @@
 #include <nlohmann/json.hpp>
 
 #include "gguf_writer.h"
+#include "sentencepiece_vocab.h"
 
 namespace {
 
@@ -313,6 +321,17 @@ int main(int argc, char** argv) {
       }
     }
     return write_answer_model(o, argv[3]);
+  }
+  if (argc == 3 && std::string(argv[1]) == "--t5-vocab") {
+    airlock::testing::GgufWriter w;
+    w.set_string("general.architecture", "bert");
+    airlock::testing::set_t5_vocab(w, airlock::testing::model_named("nfkc"), /*with_ids=*/true);
+    const std::string bytes = w.bytes();
+    std::ofstream f(argv[2], std::ios::binary | std::ios::trunc);
+    f.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+    if (!f) return std::fprintf(stderr, "airlock-gen-model: cannot write %s\n", argv[2]), 1;
+    std::printf("wrote %s: a SentencePiece Unigram vocabulary (t5) of tokenizer keys alone\n", argv[2]);
+    return 0;
   }
   if (argc == 5 && (std::string(argv[1]) == "--bert" || std::string(argv[1]) == "--bert-reranker") &&
       std::string(argv[3]) == "--vocab")

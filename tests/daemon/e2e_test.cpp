@@ -1317,6 +1317,53 @@ TEST(DaemonLifecycle, BertGgufEmbeddingModel) {
   EXPECT_EQ(d->stop(), 0);
 }
 
+// XLM-RoBERTa files (multilingual-e5, bge-m3, bge-reranker-v2-m3: "bert"
+// with a SentencePiece Unigram "t5" vocabulary; here random ones over a
+// vocabulary trained by sentencepiece in the tests): the embedding model
+// and the reranker of one bundle, through the API. Compatibility forms
+// normalise as NFKC: full-width text embeds as its ASCII form.
+TEST(DaemonLifecycle, XlmRobertaEmbeddingAndReranker) {
+  TempDir models;
+  ASSERT_EQ(run_tool({AIRLOCK_GEN_MODEL_PATH, "--t5-vocab", models / "t5-vocab.gguf"}), 0);
+  ASSERT_EQ(run_tool({AIRLOCK_GEN_MODEL_PATH, "--bert", models / "encoder.gguf", "--vocab", models / "t5-vocab.gguf"}), 0);
+  ASSERT_EQ(run_tool({AIRLOCK_GEN_MODEL_PATH, "--bert-reranker", models / "reranker.gguf", "--vocab",
+                      models / "t5-vocab.gguf"}), 0);
+  Enclave e(models / "encoder.gguf", model_path(), models / "reranker.gguf");
+  auto d = Daemon::start(e);
+  ASSERT_GT(d->port, 0) << d->log();
+  EXPECT_NE(d->log().find("bert, 64 dimensions"), std::string::npos) << d->log();
+  const std::string wide = "\xEF\xBD\x86\xEF\xBD\x8C\xEF\xBD\x95\xEF\xBD\x94\xEF\xBD\x94\xEF\xBD\x85\xEF\xBD\x92";
+  auto r = d->post("/v1/embeddings",
+                   {{"model", "stories"}, {"input", json::array({"flutter of a swept wing", "flutter", wide})}});
+  ASSERT_EQ(r->status, 200) << r->body;
+  json j = json::parse(r->body);
+  ASSERT_EQ(j["data"].size(), 3u);
+  const std::vector<double> v = j["data"][0]["embedding"].get<std::vector<double>>();
+  ASSERT_EQ(v.size(), 64u);
+  double norm = 0;
+  for (double x : v) norm += x * x;
+  EXPECT_NEAR(norm, 1.0, 1e-5);
+  EXPECT_NE(j["data"][0]["embedding"], j["data"][1]["embedding"]);
+  const std::vector<double> ascii = j["data"][1]["embedding"].get<std::vector<double>>();
+  const std::vector<double> full = j["data"][2]["embedding"].get<std::vector<double>>();
+  ASSERT_EQ(ascii.size(), full.size());
+  for (std::size_t i = 0; i < ascii.size(); ++i) EXPECT_NEAR(ascii[i], full[i], 1e-6) << i;
+  // The reranker: every document scored once, best first; alone the same.
+  const std::vector<std::string> docs = {"The flutter speed of a swept wing.", "Die Strömung über dem Flügel.",
+                                         "Heat transfer at hypersonic speeds."};
+  auto rr = d->post("/v1/rerank", {{"query", "swept wing flutter"}, {"documents", docs}});
+  ASSERT_EQ(rr->status, 200) << rr->body;
+  const json res = json::parse(rr->body)["results"];
+  ASSERT_EQ(res.size(), docs.size());
+  for (std::size_t i = 1; i < res.size(); ++i)
+    EXPECT_GE(res[i - 1]["relevance_score"].get<double>(), res[i]["relevance_score"].get<double>());
+  auto one = d->post("/v1/rerank", {{"query", "swept wing flutter"}, {"documents", {docs[res[0]["index"].get<std::size_t>()]}}});
+  ASSERT_EQ(one->status, 200) << one->body;
+  EXPECT_NEAR(json::parse(one->body)["results"][0]["relevance_score"].get<double>(), res[0]["relevance_score"].get<double>(),
+              1e-6);
+  EXPECT_EQ(d->stop(), 0);
+}
+
 // A bundle with a reranker (a random cross-encoder with the real bge
 // vocabulary) beside a BERT embedding model: /v1/rerank, and RAG's sources
 // in the reranker's order. The scores' numerics are checked against a
