@@ -235,16 +235,20 @@ Result<std::unique_ptr<Model>> Model::from_gguf(std::unique_ptr<GgufFile> file, 
                             "feed-forward width of " + std::to_string(p.n_ff) + " do not divide among " +
                             std::to_string(tp.n_ranks) + " ranks");
   m->shard_ = {p.n_head / tp.n_ranks, p.n_head_kv / tp.n_ranks, p.n_ff / tp.n_ranks};
-  AIRLOCK_RETURN_IF_ERROR(m->load_weights());
+  // Every check first, uploading nothing: a file refused for a shape or
+  // a tensor the pass has no place for costs no copy to the device.
+  AIRLOCK_RETURN_IF_ERROR(m->load_weights(/*dry_run=*/true));
+  AIRLOCK_RETURN_IF_ERROR(m->load_weights(/*dry_run=*/false));
   return m;
 }
 
-Status Model::load_weights() {
+Status Model::load_weights(bool dry_run) {
   const GgufFile& f = *file_;
   ModelParams& p = params_;
   // This rank's part of a tensor: whole, rows [lo, hi) or columns [lo, hi).
   enum class Split { kWhole, kRows, kCols };
   auto take = [&](const GgufTensor& part, WeightTensor* out) -> Status {
+    if (dry_run) return Status::ok();
     AIRLOCK_ASSIGN_OR_RETURN(*out, backend_->upload(part));
     n_params_ += static_cast<std::uint64_t>(part.n_elements);
     weight_bytes_ += part.data.size();
@@ -263,6 +267,7 @@ Status Model::load_weights() {
   auto get_part = [&](const std::string& name, std::int64_t ne0, std::int64_t ne1, WeightTensor* out, Split split,
                       std::int64_t lo, std::int64_t hi) -> Status {
     AIRLOCK_ASSIGN_OR_RETURN(const GgufTensor* t, find(name, ne0, ne1));
+    if (dry_run) return Status::ok();
     GgufTensor part = *t;
     if (split == Split::kRows && tp_.n_ranks > 1) part = slice_rows(*t, lo, hi);
     if (split == Split::kCols && tp_.n_ranks > 1) {
@@ -276,6 +281,7 @@ Status Model::load_weights() {
   auto get_fused = [&](const std::string& name, std::int64_t ne0, std::int64_t total, std::int64_t offset,
                        std::int64_t rows, WeightTensor* out, std::int64_t lo, std::int64_t hi) -> Status {
     AIRLOCK_ASSIGN_OR_RETURN(const GgufTensor* t, find(name, ne0, total));
+    if (dry_run) return Status::ok();
     return take(tp_.n_ranks > 1 ? slice_rows(*t, offset + lo, offset + hi) : slice_rows(*t, offset, offset + rows), out);
   };
   auto get = [&](const std::string& name, std::int64_t ne0, std::int64_t ne1, WeightTensor* out) {

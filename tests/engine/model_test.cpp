@@ -435,14 +435,35 @@ TEST(GemmaTest, BadMetadataIsRefusedByName) {
     w.add_tensor("blk.1.ffn_down.bias", GgmlType::kF32, {63}, std::vector<float>(63, 0.5f));
   };
   cases.push_back({short_bias, "tensor 'blk.1.ffn_down.bias' has shape [63, 1], expected [64, 1]"});
+  // Every refusal comes before a single weight reaches the backend (a
+  // refused file costs no copy to a GPU).
+  class UploadCounting final : public testing::ForwardingBackend {
+   public:
+    UploadCounting() : ForwardingBackend(make_cpu_backend(std::make_shared<ThreadPool>(1))) {}
+    Result<WeightTensor> upload(const GgufTensor& t) override {
+      ++uploads;
+      return ForwardingBackend::upload(t);
+    }
+    int uploads = 0;
+  };
   for (const Case& c : cases) {
     testing::TestModel tm = testing::make_test_model(c.spec);
     auto f = GgufFile::parse({reinterpret_cast<const std::uint8_t*>(tm.gguf.data()), tm.gguf.size()});
     ASSERT_TRUE(f.is_ok());
-    auto m = Model::from_gguf(std::move(*f), cpu());
+    auto be = std::make_shared<UploadCounting>();
+    auto m = Model::from_gguf(std::move(*f), be);
     ASSERT_FALSE(m.is_ok()) << c.message;
     EXPECT_NE(m.status().message().find(c.message), std::string::npos) << m.status().to_string();
+    EXPECT_EQ(be->uploads, 0) << c.message;
   }
+  // A file that loads uploads each tensor it reads once.
+  testing::TestModel good = testing::make_test_model(spec("llama", 64, 4, 2, 96, false, GgmlType::kF32));
+  auto f = GgufFile::parse({reinterpret_cast<const std::uint8_t*>(good.gguf.data()), good.gguf.size()});
+  ASSERT_TRUE(f.is_ok());
+  const int n_tensors = static_cast<int>((*f)->tensors().size());
+  auto be = std::make_shared<UploadCounting>();
+  ASSERT_TRUE(Model::from_gguf(std::move(*f), be).is_ok());
+  EXPECT_EQ(be->uploads, n_tensors);
 }
 
 TEST(BatchTest, KvExhaustionIsAllOrNothingAndFreedBlocksAreReused) {

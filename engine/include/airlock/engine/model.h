@@ -220,7 +220,8 @@ class Model {
     std::int64_t n_floats = 0;
   };
   Model() = default;
-  Status load_weights();
+  // dry_run: every check, nothing uploaded.
+  Status load_weights(bool dry_run);
   struct Activations {
     float *x, *h, *q, *k, *v, *att, *o, *gate, *up, *out;
   };
