@@ -245,6 +245,8 @@ Result<std::unique_ptr<Model>> Model::from_gguf(std::unique_ptr<GgufFile> file, 
 Status Model::load_weights(bool dry_run) {
   const GgufFile& f = *file_;
   ModelParams& p = params_;
+  p.rope.freq_factors = nullptr;  // set again below (the dry run set it too)
+  rope_freq_factors_.clear();
   // This rank's part of a tensor: whole, rows [lo, hi) or columns [lo, hi).
   enum class Split { kWhole, kRows, kCols };
   auto take = [&](const GgufTensor& part, WeightTensor* out) -> Status {
