@@ -325,7 +325,11 @@ int main(int argc, char** argv) {
   if (argc == 3 && std::string(argv[1]) == "--t5-vocab") {
     airlock::testing::GgufWriter w;
     w.set_string("general.architecture", "bert");
-    airlock::testing::set_t5_vocab(w, airlock::testing::model_named("nfkc"), /*with_ids=*/true);
+    try {  // the vocabulary is read from the source tree's tests/engine/sentencepiece
+      airlock::testing::set_t5_vocab(w, airlock::testing::model_named("nfkc"), /*with_ids=*/true);
+    } catch (const std::exception& e) {
+      return std::fprintf(stderr, "airlock-gen-model: %s\n", e.what()), 2;
+    }
     const std::string bytes = w.bytes();
     std::ofstream f(argv[2], std::ios::binary | std::ios::trunc);
     f.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));

@@ -146,6 +146,12 @@ Result<std::unique_ptr<BertEmbedding>> BertEmbedding::from_gguf(std::unique_ptr<
   // XLM-RoBERTa (a SentencePiece vocabulary) separates a pair's parts with
   // </s></s>, BERT with one [SEP].
   e->pair_separators_ = *tok_model == "t5" ? 2 : 1;
+  // An XLM-RoBERTa input is <s> text </s>: without the <s>, CLS pooling
+  // would read the first word (llama.cpp's default for a "t5" vocabulary
+  // is no BOS; its converter writes the key).
+  if (*tok_model == "t5" && (!e->tokenizer_->add_bos() || !e->tokenizer_->add_eos()))
+    return verification_failed("gguf: an XLM-RoBERTa vocabulary (\"t5\") must add <s> and </s> "
+                               "(tokenizer.ggml.add_bos_token and add_eos_token true)");
   int n_special = (e->tokenizer_->add_bos() ? 1 : 0) + (e->tokenizer_->add_eos() ? 1 : 0);
   if (use == EncoderUse::kRerank) {
     // [CLS] query [SEP] document [SEP]: both ids must be known.
@@ -397,7 +403,8 @@ Result<std::vector<float>> BertEmbedding::score(std::span<const Pair> pairs) con
   for (const Pair& p : pairs) {
     if (p.second > p.ids.size()) return invalid_argument("a pair's second part begins past its end");
     seqs.push_back(p.ids);
-    second.push_back(p.second);
+    // RoBERTa's tokenizers give a pair's second part type 0, like the first.
+    second.push_back(pair_separators_ == 2 ? p.ids.size() : p.second);
   }
   AIRLOCK_RETURN_IF_ERROR(check_tokens(seqs));
   std::vector<std::vector<float>> out;

@@ -119,7 +119,7 @@ Result<std::shared_ptr<const UnigramModel>> UnigramModel::build(const TokenizerS
   std::unordered_map<std::uint64_t, std::int32_t> edges;
   m->node_piece_.push_back(-1);
   for (std::size_t id = 0; id < n; ++id) {
-    if (!candidate(id)) continue;
+    if (!candidate(id) || s.tokens[id].size() > kMaxPieceBytes) continue;
     const std::string& piece = s.tokens[id];
     if (piece.empty()) return verification_failed("tokenizer: piece " + std::to_string(id) + " is empty");
     if (!valid_utf8(piece)) return verification_failed("tokenizer: piece " + std::to_string(id) + " is not valid UTF-8");
@@ -188,6 +188,11 @@ Result<std::shared_ptr<const UnigramModel>> UnigramModel::build(const TokenizerS
         m->charsmap_units_[u] = v;
       }
       m->charsmap_pool_ = blob.substr(4 + trie_bytes);
+      std::size_t run = 0;
+      for (char c : m->charsmap_pool_)
+        if ((run = c == '\0' ? 0 : run + 1) > kMaxReplacement)
+          return verification_failed("tokenizer: precompiled_charsmap has a replacement longer than " +
+                                     std::to_string(kMaxReplacement) + " bytes");
     }
   }
   return std::shared_ptr<const UnigramModel>(std::move(m));
@@ -367,7 +372,6 @@ std::string UnigramModel::normalize_spm(std::string_view text) const {
   if (remove_extra_spaces_)
     while (out.ends_with(kSpace)) out.resize(out.size() - kSpace.size());
   return out;  // at most cap plus one replacement
-
 }
 
 // ---------------------------------------------------------------- encoding

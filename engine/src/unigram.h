@@ -18,10 +18,18 @@
 // character is copied, a malformed byte becoming U+FFFD), then its white
 // space rules (a dummy prefix; optionally leading, trailing and repeated
 // spaces removed; every space becomes U+2581). The segmentation runs over
-// the whole text; only normal, user-defined (score 0) and unused pieces
-// are candidates, the unknown score is the lowest normal score minus 10,
-// and a run of unknown characters is one unk token, as sentencepiece and
-// llama.cpp have it.
+// the whole text; a run of unknown characters is one unk token, and the
+// unknown score is the lowest normal score minus 10, as in sentencepiece.
+// Candidates are normal, user-defined (score 0) and unused pieces, as
+// llama.cpp has it (sentencepiece skips unused pieces and scores
+// user-defined ones otherwise; neither matters for real files: their
+// unused pieces score -10000, and user-defined pieces are split out of the
+// text before it gets here).
+//
+// Bounds, whatever the metadata says: a piece longer than kMaxPieceBytes
+// is never a candidate (Viterbi costs at most that many steps a byte), a
+// charsmap rule matches at most kMaxCharsmapRule bytes and a replacement
+// longer than kMaxReplacement bytes is refused.
 //
 // Internal to the engine: Tokenizer (tokenizer.h) owns one for "unigram"
 // and "t5" specs. Immutable after build(); encode() may run concurrently.
@@ -48,15 +56,22 @@ class UnigramModel {
   // Appends the ids of `text`, one piece of input between special tokens;
   // at_start says whether it begins the input (PrependScheme::kFirst).
   // Invalid UTF-8 reads as U+FFFD. The normalized text is capped at
-  // 8 * |text| + 4096 characters, so no normalizer can blow it up.
+  // 8 * |text| + 4096 characters ("t5": bytes, plus at most one
+  // replacement), so no normalizer can blow it up.
   void encode(std::string_view text, bool at_start, std::vector<std::int32_t>* out) const;
 
   // The normalizer alone, as UTF-8 ("t5": with the white space rules).
   std::string normalize(std::string_view text) const;
 
   // A rule in the charsmap longer than this never matches; it bounds the
-  // work per input byte whatever the table says.
+  // work per input byte whatever the table says. (nmt_nfkc's longest: 10.)
   static constexpr std::size_t kMaxCharsmapRule = 256;
+  // A charsmap with a replacement longer than this is refused. (nmt_nfkc's
+  // longest: 33.)
+  static constexpr std::size_t kMaxReplacement = 256;
+  // Longer pieces are never candidates. (sentencepiece's trainer makes
+  // pieces of at most 16 characters by default.)
+  static constexpr std::size_t kMaxPieceBytes = 256;
 
  private:
   UnigramModel() = default;

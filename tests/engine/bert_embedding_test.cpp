@@ -931,7 +931,7 @@ TEST(XlmRobertaTest, RerankerPairsWithTwoSeparators) {
     ASSERT_TRUE(got.is_ok()) << got.status().to_string();
     const double r = ref.score(p.ids, p.second);
     EXPECT_NEAR((*got)[0], r, 1e-4 * std::max(1.0, std::fabs(r)));
-    if (doc.size() == 48) first = r;
+    if (doc == "The flutter speed of a swept wing was measured.") first = r;  // the first document
     spread = std::max(spread, std::fabs(r - first));
   }
   EXPECT_GT(spread, 1e-3);
@@ -942,6 +942,35 @@ TEST(XlmRobertaTest, RerankerPairsWithTwoSeparators) {
   EXPECT_EQ(cut.ids.size(), static_cast<std::size_t>(s.n_ctx));
   EXPECT_EQ(cut.ids[cut.second - 1], 2);
   EXPECT_EQ(cut.ids[cut.second - 2], 2);
+}
+
+// Hugging Face's XLM-R tokenizer gives a pair's second part type 0, like
+// the first: so does the engine, where the file has a second type row.
+TEST(XlmRobertaTest, PairsAreTypeZeroThroughout) {
+  BertModelSpec s = xlmr_spec(4, 47);
+  s.rank_head = 2;
+  s.n_token_types = 2;
+  BertTestModel tm = testing::make_bert_model(s);
+  auto e = load_reranker_bytes(tm.gguf);
+  ASSERT_TRUE(e.is_ok()) << e.status().to_string();
+  Ref ref{tm};
+  const BertEmbedding::Pair p = (*e)->pair("swept wing flutter", "The flutter speed of a swept wing was measured.");
+  Result<std::vector<float>> got = (*e)->score(std::span<const BertEmbedding::Pair>(&p, 1));
+  ASSERT_TRUE(got.is_ok()) << got.status().to_string();
+  const double all_zero = ref.score(p.ids, p.ids.size()), typed = ref.score(p.ids, p.second);
+  EXPECT_NEAR((*got)[0], all_zero, 1e-4 * std::max(1.0, std::fabs(all_zero)));
+  EXPECT_GT(std::fabs(all_zero - typed), 1e-3);
+}
+
+// A vocabulary that would not wrap the text in <s> ... </s> (no
+// add_bos_token: llama.cpp's default for "t5" is no BOS) is refused.
+TEST(XlmRobertaTest, AVocabularyWithoutBosIsRefused) {
+  BertModelSpec s = xlmr_spec(2, 5);
+  s.metadata = [](testing::GgufWriter& w) { testing::set_t5_vocab(w, testing::model_named("nfkc"), /*with_ids=*/false); };
+  BertTestModel tm = testing::make_bert_model(s);
+  auto e = load_bytes(tm.gguf);
+  ASSERT_FALSE(e.is_ok());
+  EXPECT_NE(e.status().message().find("must add <s> and </s>"), std::string::npos) << e.status().message();
 }
 
 TEST(XlmRobertaTest, OtherTokenizersAreRefusedByName) {

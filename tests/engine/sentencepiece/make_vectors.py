@@ -21,7 +21,8 @@ Each model's charsmap (normalizer_spec.precompiled_charsmap, field 2 of
 field 3 in the model's protobuf) is stored once per rule, base64; the texts
 once, each model's ids in the same order.
 
-The C++ test (tests/engine/tokenizer_test.cpp) reads only vectors.json.
+The C++ tests (tests/engine/sentencepiece_test.cpp and the XLM-RoBERTa
+tests through sentencepiece_vocab.h) read only vectors.json.
 
 Usage: /usr/bin/python3 make_vectors.py /path/to/shared/eval/cranfield/cran.all.1400
 (needs python3-sentencepiece from apt)
@@ -76,6 +77,9 @@ FIXED = [
     "unknown 𝔘𝔫𝔦𝔠𝔬𝔡𝔢 ⅧⅨ ䷀䷁䷂ ok",
     "control\x01\x02chars\x7f here",
     "MiXeD CaSe ΑΒΓ Straße İstanbul",
+    "control <s> and </s> and <unk> and <pad> written as text",
+    "a <mask> written as text",
+    "unused [PAD0] and [PAD1] written as text",
     "a" * 300,
     "The quick brown fox jumps over the lazy dog. " * 4,
 ]

@@ -8,12 +8,13 @@
 // the vocabulary needs), cut to the context length, with token type 0 and
 // positions 0..n-1. XLM-RoBERTa files (multilingual-e5, bge-m3,
 // bge-reranker-v2-m3: "bert" with a SentencePiece Unigram vocabulary,
-// tokenizer.ggml.model = "t5") give <s> tokens </s> the same way; llama.cpp's
-// converter has already dropped the position table's rows below RoBERTa's
-// padding offset, so positions start at 0 there too. The encoder's last hidden states are pooled as
-// <arch>.pooling_type says (1 mean over every token including [CLS] and
-// [SEP], 2 the [CLS] token, 3 the last token; absent: mean) and
-// L2-normalised, as llama.cpp's embedding output is.
+// tokenizer.ggml.model = "t5") give <s> tokens </s> the same way (a file
+// whose vocabulary would not add both is refused); llama.cpp's converter
+// has already dropped the position table's rows below RoBERTa's padding
+// offset, so positions start at 0 there too. The encoder's last hidden
+// states are pooled as <arch>.pooling_type says (1 mean over every token
+// including [CLS] and [SEP], 2 the [CLS] token, 3 the last token; absent:
+// mean) and L2-normalised, as llama.cpp's embedding output is.
 //
 // Batching: embed_batch() packs several texts into one forward pass (every
 // backend operation sees all their tokens; attention is confined to each
@@ -28,11 +29,11 @@
 // BertForSequenceClassification (it drops the pooler, so such files score
 // otherwise than the original model, in llama.cpp too). A (query,
 // document) pair is [CLS] query [SEP] document [SEP] (XLM-RoBERTa:
-// <s> query </s></s> document </s>, as its tokenizer pairs), the document's part
-// with token type 1 when the file has two token types (as Hugging Face's
-// tokenizer sets token_type_ids; llama.cpp feeds type 0 throughout, and
-// its own pair layout differs by file), cut longest-first to the context
-// length as Hugging Face's fast tokenizers cut a pair. The score is the
+// <s> query </s></s> document </s>, all type 0, as its tokenizer pairs),
+// the document's part with token type 1 when the file has two token types
+// (as Hugging Face's tokenizer sets token_type_ids; llama.cpp feeds type 0
+// throughout, and its own pair layout differs by file), cut longest-first
+// to the context length as Hugging Face's fast tokenizers cut a pair. The score is the
 // head's single output, a logit.
 //
 // Errors from load(): kVerificationFailed for a malformed file (a missing
