@@ -300,20 +300,21 @@ Result<std::shared_ptr<LoadedModel>> load_model(const Config& config, std::share
     }
   }
   if (c.reranker) {
-    // A BERT cross-encoder GGUF, on the decoder's compute threads as the
-    // embedding model is. Chat and embeddings work without it; /v1/rerank
-    // says it is missing and RAG ranks without it.
+    // A cross-encoder GGUF (BERT with a head, or a yes/no decoder such as
+    // Qwen3-Reranker), on the decoder's compute threads as the embedding
+    // model is. Chat and embeddings work without it; /v1/rerank says it is
+    // missing and RAG ranks without it.
     const std::string full = chosen->path + "/" + c.reranker->path;
     std::shared_ptr<engine::ThreadPool> pool = m->n_ranks == 1 ? m->model->backend().cpu_pool() : nullptr;
-    Result<std::unique_ptr<engine::BertEmbedding>> r = engine::BertEmbedding::load(
-        full, engine::make_cpu_backend(pool ? pool : std::make_shared<engine::ThreadPool>()), engine::EncoderUse::kRerank);
+    Result<std::unique_ptr<engine::Reranker>> r = engine::load_reranker(
+        full, engine::make_cpu_backend(pool ? pool : std::make_shared<engine::ThreadPool>()));
     if (!r.is_ok()) {
       airlock::log().error("{}: reranker {} could not be loaded: {}", chosen->name, c.reranker->path,
                            r.status().to_string());
     } else {
       m->reranker = std::move(*r);
-      airlock::log().info("reranker {}: {} layers, pairs of up to {} tokens{}", c.reranker->path,
-                          m->reranker->params().n_layer, m->reranker->params().n_ctx_train,
+      airlock::log().info("reranker {}: {}, {} layers, pairs of up to {} tokens{}", c.reranker->path,
+                          m->reranker->reranker_kind(), m->reranker->n_layer(), m->reranker->context_length(),
                           pool ? ", on the decoder's compute threads" : "");
     }
   }

@@ -23,6 +23,7 @@
 
 #include "airlock/common/status.h"
 #include "airlock/engine/bert_embedding.h"
+#include "airlock/engine/reranker.h"
 #include "airlock/engine/chat_template.h"
 #include "airlock/engine/constraint.h"
 #include "airlock/engine/decoder.h"
@@ -64,7 +65,7 @@ struct LoadedModel {
   std::unique_ptr<engine::Embedder> embedder;
   // The bundle's reranker (a cross-encoder), if it has one: /v1/rerank, and
   // the order of RAG's sources.
-  std::unique_ptr<engine::BertEmbedding> reranker;
+  std::unique_ptr<engine::Reranker> reranker;
   // RAG over it (config [rag]): the adapter and the store, or why RAG is off.
   std::unique_ptr<rag::Embedder> rag_embedder;
   std::shared_ptr<rag::Store> rag_store;  // kept across reloads while the embedding model stays the same

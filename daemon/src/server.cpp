@@ -919,7 +919,7 @@ struct Server::Impl {
   std::optional<ApiError> rerank(const LoadedModel& m, const std::string& query, const std::vector<std::string>& docs,
                                  std::size_t max_tokens, const char* param, std::vector<double>* relevance,
                                  std::size_t* tokens) const {
-    std::vector<engine::BertEmbedding::Pair> pairs;
+    std::vector<engine::RerankPair> pairs;
     pairs.reserve(docs.size());
     *tokens = 0;
     const std::vector<std::int32_t> q = m.reranker->query_ids(query);  // once, however many documents
@@ -931,7 +931,7 @@ struct Server::Impl {
     if (*tokens > max_tokens) {
       ApiError e = api_error(400, "invalid_request_error",
                              "the pairs hold " + std::to_string(*tokens) + " tokens (each cut to the model's " +
-                                 std::to_string(m.reranker->params().n_ctx_train) + "); at most " +
+                                 std::to_string(m.reranker->context_length()) + "); at most " +
                                  std::to_string(max_tokens) + " per request");
       e.param = param;
       return e;
@@ -2032,7 +2032,9 @@ void Server::routes() {
                         // What /v1/embeddings and /v1/rerank have to work with.
                         {"embedding", m->embedder ? ojson{{"kind", std::string(m->embedder->kind())}, {"dimensions", m->embedder->dim()}}
                                                   : ojson()},
-                        {"reranker", m->reranker ? ojson{{"context_length", m->reranker->params().n_ctx_train}} : ojson()}}}});
+                        {"reranker", m->reranker ? ojson{{"context_length", m->reranker->context_length()},
+                                                     {"kind", m->reranker->reranker_kind()}}
+                                               : ojson()}}}});
     }
     res.set_content(ojson({{"object", "list"}, {"data", data}}).dump(), "application/json");
   });

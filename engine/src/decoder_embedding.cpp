@@ -5,9 +5,9 @@
 
 #include "airlock/engine/backend.h"
 #include "airlock/engine/gguf.h"
-#include "airlock/engine/kv_cache.h"
 #include "airlock/engine/model.h"
 #include "airlock/engine/tokenizer.h"
+#include "decoder_pass.h"
 #include "pass_packing.h"
 
 namespace airlock::engine {
@@ -97,22 +97,9 @@ Result<std::vector<std::vector<float>>> DecoderEmbedding::encode(std::span<const
 
 Status DecoderEmbedding::pass(std::span<const std::vector<std::int32_t>> seqs,
                               std::vector<std::vector<float>>* out) const {
-  int n_blocks = 0;
-  for (const std::vector<std::int32_t>& s : seqs) n_blocks += KvCache::blocks_for(static_cast<int>(s.size()));
-  KvCache cache(n_blocks);
-  AIRLOCK_ASSIGN_OR_RETURN(KvStorage kv, model_->alloc_kv(n_blocks));
-  Batch batch;
   const bool mean = pooling_ == Pooling::kMean;
-  for (std::size_t i = 0; i < seqs.size(); ++i) {
-    const int seq = static_cast<int>(i);
-    AIRLOCK_RETURN_IF_ERROR(cache.add_sequence(seq));
-    for (std::size_t t = 0; t < seqs[i].size(); ++t)
-      batch.add(seqs[i][t], static_cast<std::int32_t>(t), seq, mean || t + 1 == seqs[i].size());
-  }
   std::vector<float> hidden;
-  PassOutput po;
-  po.hidden = &hidden;
-  AIRLOCK_RETURN_IF_ERROR(model_->forward(batch, cache, kv, po));
+  AIRLOCK_RETURN_IF_ERROR(decoder_hidden_pass(*model_, seqs, /*all_rows=*/mean, &hidden));
   const std::size_t d = static_cast<std::size_t>(dim());
   std::size_t row = 0;  // the rows come in batch order: each sequence's wanted tokens together
   for (const std::vector<std::int32_t>& s : seqs) {

@@ -150,8 +150,18 @@ Result<std::unique_ptr<Model>> Model::load(const std::string& path, std::shared_
   return from_gguf(std::move(file), std::move(backend), tp);
 }
 
+Result<std::unique_ptr<Model>> Model::from_gguf_with_rank_head(std::unique_ptr<GgufFile> file,
+                                                               std::shared_ptr<Backend> backend) {
+  return from_gguf_impl(std::move(file), std::move(backend), {}, /*rank_head=*/true);
+}
+
 Result<std::unique_ptr<Model>> Model::from_gguf(std::unique_ptr<GgufFile> file, std::shared_ptr<Backend> backend,
                                                 TensorParallel tp) {
+  return from_gguf_impl(std::move(file), std::move(backend), tp, /*rank_head=*/false);
+}
+
+Result<std::unique_ptr<Model>> Model::from_gguf_impl(std::unique_ptr<GgufFile> file, std::shared_ptr<Backend> backend,
+                                                     TensorParallel tp, bool rank_head) {
   if (tp.n_ranks < 1 || tp.rank < 0 || tp.rank >= tp.n_ranks)
     return invalid_argument("tensor parallelism: rank " + std::to_string(tp.rank) + " of " + std::to_string(tp.n_ranks));
   if (tp.n_ranks > 1 && (tp.comm == nullptr || tp.comm->n_ranks() != tp.n_ranks || tp.comm->rank() != tp.rank))
@@ -161,6 +171,7 @@ Result<std::unique_ptr<Model>> Model::from_gguf(std::unique_ptr<GgufFile> file, 
   m->file_ = std::move(file);
   m->backend_ = std::move(backend);
   m->tp_ = tp;
+  m->rank_head_ = rank_head;
   const GgufFile& f = *m->file_;
   ModelParams& p = m->params_;
   auto arch = f.get_string("general.architecture");
@@ -400,6 +411,7 @@ Status Model::load_weights(bool dry_run) {
     }
     AIRLOCK_RETURN_IF_ERROR(get_bias(b + "ffn_down.bias", p.n_embd, &l.b_down, Split::kWhole, 0, 0));
   }
+  if (rank_head_) used.insert("cls.output.weight");
   for (const GgufTensor& t : f.tensors())
     if (!used.contains(t.name))
       return invalid_argument("gguf: tensor '" + t.name + "' has no place in this engine's " + p.arch +

@@ -35,20 +35,7 @@ TestModelSpec embed_spec(int pooling, bool add_eos, int n_ctx = 512) {
   TestModelSpec s = testing::decoder_spec("qwen3", 64, 4, 2, 96, true, GgmlType::kF32, 32);
   s.n_ctx = n_ctx;
   s.metadata = [pooling, add_eos](testing::GgufWriter& w) {
-    std::vector<std::string> tokens;
-    for (char c = 'a'; c <= 'z'; ++c) tokens.emplace_back(1, c);
-    for (char c = 'A'; c <= 'Z'; ++c) tokens.emplace_back(1, c);
-    for (char c = '0'; c <= '9'; ++c) tokens.emplace_back(1, c);
-    tokens.push_back("\xC4\xA0");  // a space
-    tokens.push_back("<|endoftext|>");
-    std::vector<std::int32_t> types(tokens.size(), 1);
-    types[kEos] = 3;  // control
-    w.set_string("tokenizer.ggml.model", "gpt2");
-    w.set_string("tokenizer.ggml.pre", "qwen2");
-    w.set_string_array("tokenizer.ggml.tokens", tokens);
-    w.set_i32_array("tokenizer.ggml.token_type", types);
-    w.set_string_array("tokenizer.ggml.merges", {"a b"});
-    w.set_u32("tokenizer.ggml.eos_token_id", kEos);
+    testing::set_letter_vocab(w);
     w.set_bool("tokenizer.ggml.add_eos_token", add_eos);
     if (pooling >= 0) w.set_u32("qwen3.pooling_type", static_cast<std::uint32_t>(pooling));
   };

@@ -45,6 +45,27 @@ void GgufWriter::set_u8_array(const std::string& k, const std::string& bytes) {
   ++n_kv_;
 }
 
+void set_letter_vocab(GgufWriter& w, const std::vector<std::string>& controls) {
+  std::vector<std::string> tokens;
+  for (char c = 'a'; c <= 'z'; ++c) tokens.emplace_back(1, c);
+  for (char c = 'A'; c <= 'Z'; ++c) tokens.emplace_back(1, c);
+  for (char c = '0'; c <= '9'; ++c) tokens.emplace_back(1, c);
+  tokens.push_back("\xC4\xA0");  // a space
+  tokens.push_back("<|endoftext|>");
+  std::vector<std::int32_t> types(tokens.size(), 1);
+  types.back() = 3;  // control
+  for (const std::string& c : controls) {
+    tokens.push_back(c);
+    types.push_back(3);
+  }
+  w.set_string("tokenizer.ggml.model", "gpt2");
+  w.set_string("tokenizer.ggml.pre", "qwen2");
+  w.set_string_array("tokenizer.ggml.tokens", tokens);
+  w.set_i32_array("tokenizer.ggml.token_type", types);
+  w.set_string_array("tokenizer.ggml.merges", {"a b"});
+  w.set_u32("tokenizer.ggml.eos_token_id", 63);
+}
+
 void GgufWriter::copy_metadata(const engine::GgufFile& from, const std::string& prefix,
                                const std::vector<std::string>& skip) {
   using VT = engine::GgufValueType;

@@ -122,6 +122,11 @@ struct TestModel {
 
 TestModel make_test_model(const TestModelSpec& spec);
 
+// A byte-level BPE vocabulary ("gpt2", qwen2 rules) of 64 tokens: the
+// letters, the digits, the space symbol and <|endoftext|> (63, control,
+// EOS); then `controls`, control tokens from id 64 on.
+void set_letter_vocab(GgufWriter& w, const std::vector<std::string>& controls = {});
+
 // A decoder spec of the given shape, its seed derived from the shape.
 TestModelSpec decoder_spec(const char* arch, int n_embd, int n_head, int n_head_kv, int n_ff, bool tied,
                            engine::GgmlType type, int head_dim = 0);

@@ -64,6 +64,7 @@
 #include "airlock/common/status.h"
 #include "airlock/engine/backend.h"
 #include "airlock/engine/embedder.h"
+#include "airlock/engine/reranker.h"
 #include "airlock/engine/gguf.h"
 #include "airlock/engine/tokenizer.h"
 
@@ -94,7 +95,7 @@ struct BertParams {
   int kv_dim() const { return n_head_kv * head_dim; }
 };
 
-class BertEmbedding final : public Embedder {
+class BertEmbedding final : public Embedder, public Reranker {
  public:
   // Most tokens one forward pass holds; embed_batch() splits larger batches.
   static constexpr std::int64_t kMaxBatchTokens = 4096;
@@ -134,20 +135,20 @@ class BertEmbedding final : public Embedder {
 
   // ---- cross-encoders (loaded with EncoderUse::kRerank) ----
   bool is_reranker() const { return params_.pooling == PoolingType::kRank; }
-  // A (query, document) pair as the model reads it.
-  struct Pair {
-    std::vector<std::int32_t> ids;  // [CLS] query [SEP] document [SEP]
-    std::size_t second = 0;         // where the document's part (token type 1) begins
-    bool cut = false;               // the query or the document lost tokens to the context length
-  };
+  // A (query, document) pair as the model reads it: [CLS] query [SEP]
+  // document [SEP], `second` where the document's part (token type 1) begins.
+  using Pair = RerankPair;
   Pair pair(std::string_view query, std::string_view document) const;
   // The same with the query tokenised once (query_ids) for many documents.
-  std::vector<std::int32_t> query_ids(std::string_view query) const;
-  Pair pair(std::span<const std::int32_t> query_ids, std::string_view document) const;
+  std::vector<std::int32_t> query_ids(std::string_view query) const override;
+  Pair pair(std::span<const std::int32_t> query_ids, std::string_view document) const override;
   // The relevance logit of each pair; kInvalidArgument for an embedding
   // model or a malformed pair (as embed_tokens checks),
   // kResourceExhausted when the backend cannot allocate the activations.
-  Result<std::vector<float>> score(std::span<const Pair> pairs) const;
+  Result<std::vector<float>> score(std::span<const Pair> pairs) const override;
+  int context_length() const override { return params_.n_ctx_train; }
+  int n_layer() const override { return params_.n_layer; }
+  std::string_view reranker_kind() const override { return params_.arch; }
 
  private:
   struct Layer;

@@ -151,6 +151,10 @@ class Model {
                                              TensorParallel tp = {});
   static Result<std::unique_ptr<Model>> from_gguf(std::unique_ptr<GgufFile> file, std::shared_ptr<Backend> backend,
                                                   TensorParallel tp = {});
+  // A reranker's decoder (decoder_reranker.h): the file's classification
+  // head (cls.output.weight) is its caller's to read, not an unread tensor.
+  static Result<std::unique_ptr<Model>> from_gguf_with_rank_head(std::unique_ptr<GgufFile> file,
+                                                                 std::shared_ptr<Backend> backend);
   ~Model();
 
   const ModelParams& params() const { return params_; }  // the whole model's
@@ -220,6 +224,8 @@ class Model {
     std::int64_t n_floats = 0;
   };
   Model() = default;
+  static Result<std::unique_ptr<Model>> from_gguf_impl(std::unique_ptr<GgufFile> file, std::shared_ptr<Backend> backend,
+                                                       TensorParallel tp, bool rank_head);
   // dry_run: every check, nothing uploaded.
   Status load_weights(bool dry_run);
   struct Activations {
@@ -234,6 +240,7 @@ class Model {
   std::shared_ptr<Backend> backend_;
   ModelParams params_;
   TensorParallel tp_;
+  bool rank_head_ = false;  // cls.output.weight is read by the reranker
   Shard shard_;
   std::vector<std::unique_ptr<std::uint8_t[]>> column_slices_;  // weights a column split copied
   WeightTensor tok_embd_, output_norm_, output_;

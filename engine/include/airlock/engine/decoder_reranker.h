@@ -1,0 +1,77 @@
+// A decoder that reranks by answering "yes" or "no": Qwen3-Reranker as
+// llama.cpp's converter writes it (a decoder architecture model.h loads,
+// <arch>.pooling_type 4 (rank), cls.output.weight holding the output
+// matrix's rows for "yes" and "no" in that order (<arch>.classifier.
+// output_labels ["yes", "no"] where the file names them), and the prompt
+// in tokenizer.chat_template.rerank with {query} and {document} in it).
+//
+// A pair is that prompt with the query and the document put in: the
+// prompt's own markup (<|im_start|>...) parsed as special tokens, the
+// query's and the document's text never (a document cannot close the
+// prompt early); BOS in front when the vocabulary adds one, nothing after.
+// The score is the last token's final-norm hidden state times (yes - no):
+// its logistic is softmax([no, yes])'s "yes", the model card's relevance.
+// A pair longer than the input length (the trained context, at most
+// kMaxContext) loses the end of its document first, then of its query.
+//
+// Thread-safety: all methods may be called concurrently (passes are
+// serialised inside).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "airlock/common/status.h"
+#include "airlock/engine/reranker.h"
+
+namespace airlock::engine {
+
+class Backend;
+class GgufFile;
+class Model;
+class Tokenizer;
+
+class DecoderReranker final : public Reranker {
+ public:
+  static constexpr std::size_t kMaxContext = 8192;
+  static constexpr std::int64_t kMaxBatchTokens = 1024;  // tokens a pass; a longer pair runs alone
+
+  // kInvalidArgument for a file that is not such a reranker (another
+  // pooling type, no template, labels other than yes/no, causal attention
+  // off); kVerificationFailed for a head of the wrong shape or a template
+  // that leaves no room for text; or what Model and Tokenizer refuse.
+  static Result<std::unique_ptr<DecoderReranker>> from_gguf(std::unique_ptr<GgufFile> file,
+                                                            std::shared_ptr<Backend> backend);
+  ~DecoderReranker() override;
+
+  std::vector<std::int32_t> query_ids(std::string_view query) const override;
+  RerankPair pair(std::span<const std::int32_t> query_ids, std::string_view document) const override;
+  RerankPair pair(std::string_view query, std::string_view document) const;
+  Result<std::vector<float>> score(std::span<const RerankPair> pairs) const override;
+  int context_length() const override;
+  int n_layer() const override;
+  std::string_view reranker_kind() const override { return "decoder"; }
+  const Tokenizer& tokenizer() const { return *tokenizer_; }
+
+ private:
+  DecoderReranker() = default;
+  std::vector<std::int32_t> render(std::string_view query, std::string_view document) const;
+  std::string text_of(std::span<const std::int32_t> ids) const;
+  // One pass; logits appended to *out. Caller holds mu_.
+  Status pass(std::span<const std::vector<std::int32_t>> seqs, std::vector<float>* out) const;
+
+  std::unique_ptr<Model> model_;
+  std::unique_ptr<Tokenizer> tokenizer_;
+  std::string before_, between_, after_;  // the template around its two fields
+  bool document_first_ = false;           // {document} comes before {query}
+  std::vector<float> yes_minus_no_;       // n_embd
+  mutable std::mutex mu_;
+};
+
+}  // namespace airlock::engine
