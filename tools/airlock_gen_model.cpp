@@ -1,6 +1,6 @@
 // airlock-gen-model OUT.gguf [--embd N] [--layers N] [--ff N] [--heads N]
 //                   [--kv-heads N] [--ctx N] [--f32 | --type T] [--bench-weights]
-//                   [--chat-template FILE]
+//                   [--chat-template FILE] [--rank-head]
 // airlock-gen-model --model2vec OUT_DIR --tokenizer TOKENIZER.json|builtin [--dim N] [--seed N]
 // airlock-gen-model --answer TEXT OUT.gguf [--token PIECE]... [--control PIECE]... [--chat-template FILE]
 //                   [--chatml-tokens]
@@ -16,6 +16,8 @@
 // (for multi-GB benchmark models; the output is random text either way).
 // --chat-template stores FILE's text as tokenizer.chat_template (without it
 // the model has none, and airlockd renders chat requests as ChatML).
+// --rank-head makes it a yes/no reranker instead (Qwen3-Reranker's kind:
+// pooling_type 4, a rerank prompt, cls.output); its scores mean nothing.
 //
 // --model2vec writes a model2vec directory (model.safetensors with random
 // Gaussian token vectors, the given WordPiece tokenizer.json, config.json):
@@ -43,6 +45,7 @@
 #include <sys/stat.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
@@ -343,7 +346,8 @@ int main(int argc, char** argv) {
   if (argc < 2) {
     std::fprintf(stderr,
                  "usage: airlock-gen-model OUT.gguf [--embd N] [--layers N] [--ff N] [--heads N] [--kv-heads N] "
-                 "[--ctx N] [--f32 | --type Q8_0|Q4_K|...] [--bench-weights] [--chat-template FILE] [--chatml-tokens]\n");
+                 "[--ctx N] [--f32 | --type Q8_0|Q4_K|...] [--bench-weights] [--chat-template FILE] [--chatml-tokens] "
+                 "[--rank-head]\n");
     return 2;
   }
   using namespace airlock;
@@ -357,9 +361,13 @@ int main(int argc, char** argv) {
   spec.n_ctx = 2048;
   spec.weight_type = engine::GgmlType::kQ8_0;
   std::optional<std::string> chat_template;
-  bool chatml = false;
+  bool chatml = false, rank_head = false;
   for (int i = 2; i < argc; ++i) {
     const std::string a = argv[i];
+    if (a == "--rank-head") {
+      rank_head = true;
+      continue;
+    }
     if (a == "--chatml-tokens") {
       chatml = true;
       spec.n_vocab = 3 + 256 + 2;
@@ -405,10 +413,20 @@ int main(int argc, char** argv) {
   }
   if (spec.n_embd % spec.n_head != 0 || spec.n_head % spec.n_head_kv != 0 || spec.n_embd % 32 != 0)
     return std::fprintf(stderr, "airlock-gen-model: embd must divide by heads and 32, heads by kv-heads\n"), 2;
-  spec.metadata = [&chat_template, chatml](testing::GgufWriter& w) {
+  spec.metadata = [&chat_template, chatml, rank_head, &spec](testing::GgufWriter& w) {
     w.set_string("general.name", "airlock generated random model");
     byte_vocabulary(w, chatml);
     if (chat_template) w.set_string("tokenizer.chat_template", *chat_template);
+    if (rank_head) {  // a yes/no reranker as llama.cpp converts Qwen3-Reranker
+      w.set_u32("llama.pooling_type", 4);
+      w.set_string_array("llama.classifier.output_labels", {"yes", "no"});
+      w.set_string("tokenizer.chat_template.rerank",
+                   "Judge whether the Document answers the Query (yes or no).\nQuery: {query}\nDocument: "
+                   "{document}\nAnswer: ");
+      std::vector<float> head(2 * static_cast<std::size_t>(spec.n_embd));
+      for (std::size_t i = 0; i < head.size(); ++i) head[i] = static_cast<float>(std::sin(0.37 * static_cast<double>(i)));
+      w.add_tensor("cls.output.weight", engine::GgmlType::kF32, {spec.n_embd, 2}, head);
+    }
   };
   const testing::TestModel m = testing::make_test_model(spec);
   std::ofstream out(argv[1], std::ios::binary | std::ios::trunc);

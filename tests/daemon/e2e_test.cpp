@@ -1364,6 +1364,66 @@ TEST(DaemonLifecycle, XlmRobertaEmbeddingAndReranker) {
   EXPECT_EQ(d->stop(), 0);
 }
 
+// A decoder reranker (Qwen3-Reranker's kind: a yes/no head on a decoder,
+// here a random one) in the bundle: /v1/rerank and RAG's reordering run on
+// it; its relevance is the logistic of yes - no.
+TEST(DaemonLifecycle, DecoderRerankerInTheBundle) {
+  TempDir models;
+  ASSERT_EQ(run_tool({AIRLOCK_GEN_MODEL_PATH, "--t5-vocab", models / "t5-vocab.gguf"}), 0);
+  ASSERT_EQ(run_tool({AIRLOCK_GEN_MODEL_PATH, "--bert", models / "encoder.gguf", "--vocab", models / "t5-vocab.gguf"}), 0);
+  ASSERT_EQ(run_tool({AIRLOCK_GEN_MODEL_PATH, models / "reranker.gguf", "--embd", "64", "--layers", "2", "--heads", "4",
+                      "--kv-heads", "2", "--ff", "96", "--ctx", "512", "--rank-head"}), 0);
+  Enclave e(models / "encoder.gguf", model_path(), models / "reranker.gguf");
+  auto d = Daemon::start(e);
+  ASSERT_GT(d->port, 0) << d->log();
+  EXPECT_NE(d->log().find("reranker reranker.gguf: decoder, 2 layers, pairs of up to 512 tokens"), std::string::npos)
+      << d->log();
+  const json listed = json::parse(d->client().Get("/v1/models")->body)["data"][0]["airlock"];
+  EXPECT_EQ(listed["reranker"]["kind"], "decoder") << listed;
+  EXPECT_EQ(listed["reranker"]["context_length"], 512) << listed;
+  const std::vector<std::string> docs = {"The flutter speed of a swept wing.", "Boundary layers on a flat plate.",
+                                         "Heat transfer at hypersonic speeds."};
+  auto rr = d->post("/v1/rerank", {{"query", "swept wing flutter"}, {"documents", docs}, {"return_documents", true}});
+  ASSERT_EQ(rr->status, 200) << rr->body;
+  const json res = json::parse(rr->body)["results"];
+  ASSERT_EQ(res.size(), docs.size());
+  std::set<int> seen;
+  for (std::size_t i = 0; i < res.size(); ++i) {
+    seen.insert(res[i]["index"].get<int>());
+    EXPECT_EQ(res[i]["document"]["text"], docs[res[i]["index"].get<std::size_t>()]);
+    EXPECT_GT(res[i]["relevance_score"].get<double>(), 0.0);
+    EXPECT_LT(res[i]["relevance_score"].get<double>(), 1.0);
+    if (i > 0) {
+      EXPECT_GE(res[i - 1]["relevance_score"].get<double>(), res[i]["relevance_score"].get<double>());
+    }
+  }
+  EXPECT_EQ(seen.size(), docs.size());
+  EXPECT_GT(json::parse(rr->body)["usage"]["prompt_tokens"].get<int>(), 3 * 40);  // the prompt around each pair
+  for (std::size_t i = 0; i < res.size(); ++i) {
+    const std::size_t idx = res[i]["index"].get<std::size_t>();
+    auto one = d->post("/v1/rerank", {{"query", "swept wing flutter"}, {"documents", {docs[idx]}}});
+    ASSERT_EQ(one->status, 200) << one->body;
+    EXPECT_NEAR(json::parse(one->body)["results"][0]["relevance_score"].get<double>(),
+                res[i]["relevance_score"].get<double>(), 1e-6);
+  }
+  // RAG: the sources come in the reranker's order, with its scores.
+  ASSERT_EQ(d->post("/v1/rag/collections", {{"name", "c"}})->status, 201);
+  for (std::size_t i = 0; i < docs.size(); ++i)
+    ASSERT_EQ(d->post("/v1/rag/collections/c/documents",
+                      {{"source", "d" + std::to_string(i) + ".txt"}, {"content", docs[i]}})->status, 201);
+  auto q = d->post("/v1/rag/query", {{"collection", "c"}, {"question", "swept wing flutter"}, {"generate", false}});
+  ASSERT_EQ(q->status, 200) << q->body;
+  const json src = json::parse(q->body)["sources"];
+  ASSERT_FALSE(src.empty()) << q->body;
+  for (std::size_t i = 0; i < src.size(); ++i) {
+    ASSERT_TRUE(src[i].contains("rerank_score")) << src[i];
+    if (i > 0) {
+      EXPECT_GE(src[i - 1]["rerank_score"].get<double>(), src[i]["rerank_score"].get<double>());
+    }
+  }
+  EXPECT_EQ(d->stop(), 0);
+}
+
 // A bundle with a reranker (a random cross-encoder with the real bge
 // vocabulary) beside a BERT embedding model: /v1/rerank, and RAG's sources
 // in the reranker's order. The scores' numerics are checked against a
@@ -1377,7 +1437,7 @@ TEST(DaemonLifecycle, RerankerInTheBundle) {
   Enclave e(models / "encoder.gguf", model_path(), models / "reranker.gguf");
   auto d = Daemon::start(e, "[rag]\nrerank_candidates = 100\n");  // the most a search returns
   ASSERT_GT(d->port, 0) << d->log();
-  EXPECT_NE(d->log().find("reranker reranker.gguf: 2 layers, pairs of up to 128 tokens"), std::string::npos)
+  EXPECT_NE(d->log().find("reranker reranker.gguf: bert, 2 layers, pairs of up to 128 tokens"), std::string::npos)
       << d->log();
 
   const json listed = json::parse(d->client().Get("/v1/models")->body)["data"][0]["airlock"];
