@@ -17,7 +17,8 @@
 // --chat-template stores FILE's text as tokenizer.chat_template (without it
 // the model has none, and airlockd renders chat requests as ChatML).
 // --rank-head makes it a yes/no reranker instead (Qwen3-Reranker's kind:
-// pooling_type 4, a rerank prompt, cls.output); its scores mean nothing.
+// qwen3, pooling_type 4, a rerank prompt, cls.output); its scores mean
+// nothing.
 //
 // --model2vec writes a model2vec directory (model.safetensors with random
 // Gaussian token vectors, the given WordPiece tokenizer.json, config.json):
@@ -411,6 +412,7 @@ int main(int argc, char** argv) {
     else if (a == "--ctx") spec.n_ctx = v;
     else return std::fprintf(stderr, "airlock-gen-model: unknown option %s\n", a.c_str()), 2;
   }
+  if (rank_head) spec.arch = "qwen3";
   if (spec.n_embd % spec.n_head != 0 || spec.n_head % spec.n_head_kv != 0 || spec.n_embd % 32 != 0)
     return std::fprintf(stderr, "airlock-gen-model: embd must divide by heads and 32, heads by kv-heads\n"), 2;
   spec.metadata = [&chat_template, chatml, rank_head, &spec](testing::GgufWriter& w) {
@@ -418,8 +420,8 @@ int main(int argc, char** argv) {
     byte_vocabulary(w, chatml);
     if (chat_template) w.set_string("tokenizer.chat_template", *chat_template);
     if (rank_head) {  // a yes/no reranker as llama.cpp converts Qwen3-Reranker
-      w.set_u32("llama.pooling_type", 4);
-      w.set_string_array("llama.classifier.output_labels", {"yes", "no"});
+      w.set_u32("qwen3.pooling_type", 4);
+      w.set_string_array("qwen3.classifier.output_labels", {"yes", "no"});
       w.set_string("tokenizer.chat_template.rerank",
                    "Judge whether the Document answers the Query (yes or no).\nQuery: {query}\nDocument: "
                    "{document}\nAnswer: ");

@@ -22,14 +22,13 @@
 #include <vector>
 
 #include "airlock/common/status.h"
-#include "airlock/engine/bert_embedding.h"
-#include "airlock/engine/reranker.h"
 #include "airlock/engine/chat_template.h"
 #include "airlock/engine/constraint.h"
 #include "airlock/engine/decoder.h"
-#include "airlock/engine/model.h"
-#include "airlock/engine/scheduler.h"
 #include "airlock/engine/embedder.h"
+#include "airlock/engine/model.h"
+#include "airlock/engine/reranker.h"
+#include "airlock/engine/scheduler.h"
 #include "airlock/engine/tokenizer.h"
 #include "airlock/rag/embedder.h"
 #include "airlock/rag/store.h"

@@ -19,6 +19,11 @@ Result<std::unique_ptr<DecoderReranker>> DecoderReranker::from_gguf(std::unique_
                                                                     std::shared_ptr<Backend> backend) {
   std::unique_ptr<DecoderReranker> r(new DecoderReranker());
   const std::string arch(file->get_string("general.architecture").value_or(""));
+  // Scored as llama.cpp scores rank pooling on qwen3 (the last token's
+  // normed state through the head). Others differ: gemma2 soft-caps and
+  // granite scales its logits, and llama.cpp reads their first token.
+  if (arch != "qwen3")
+    return invalid_argument("a decoder reranker must be a qwen3 file (Qwen3-Reranker), not " + arch);
   if (file->get_uint(arch + ".pooling_type").value_or(0) != 4)
     return invalid_argument(arch + ".pooling_type is not 4 (rank): not a reranker");
   if (file->find(arch + ".attention.causal") != nullptr && !file->get_bool(arch + ".attention.causal").value_or(true))
@@ -26,7 +31,8 @@ Result<std::unique_ptr<DecoderReranker>> DecoderReranker::from_gguf(std::unique_
   if (file->find(arch + ".classifier.output_labels") != nullptr) {
     auto labels = file->get_string_array(arch + ".classifier.output_labels");
     if (!labels.is_ok() || labels->size() != 2 || (*labels)[0] != "yes" || (*labels)[1] != "no")
-      return invalid_argument(arch + ".classifier.output_labels must be [\"yes\", \"no\"]: other heads are not supported");
+      return invalid_argument(arch +
+                              ".classifier.output_labels must be [\"yes\", \"no\"]: other heads are not supported");
   }
   const std::string_view tmpl = file->get_string("tokenizer.chat_template.rerank").value_or("");
   const std::size_t q = tmpl.find("{query}"), d = tmpl.find("{document}");
@@ -50,13 +56,17 @@ Result<std::unique_ptr<DecoderReranker>> DecoderReranker::from_gguf(std::unique_
   if (head->n_dims != 2 || head->ne[0] != n_embd || head->ne[1] != 2)
     return verification_failed("gguf: tensor 'cls.output.weight' must be [" + std::to_string(n_embd) +
                                ", 2] (the rows for yes and no)");
+  const TypeTraits& tt = traits(head->type);
+  if (!tt.supported || n_embd % tt.block_elems != 0)
+    return verification_failed("gguf: tensor 'cls.output.weight' is of type " + std::string(tt.name) +
+                               ", which rows of " + std::to_string(n_embd) + " cannot hold");
   const std::size_t row = row_bytes(head->type, n_embd);
   if (row == 0 || head->data.size() < 2 * row) return verification_failed("gguf: tensor 'cls.output.weight' is short");
   std::vector<float> yes(static_cast<std::size_t>(n_embd)), no(static_cast<std::size_t>(n_embd));
   dequantize_row(head->type, head->data.data(), yes.data(), n_embd);
   dequantize_row(head->type, head->data.data() + row, no.data(), n_embd);
   r->yes_minus_no_.resize(static_cast<std::size_t>(n_embd));
-  for (int i = 0; i < n_embd; ++i) r->yes_minus_no_[static_cast<std::size_t>(i)] = yes[static_cast<std::size_t>(i)] - no[static_cast<std::size_t>(i)];
+  for (std::size_t i = 0; i < yes.size(); ++i) r->yes_minus_no_[i] = yes[i] - no[i];
   if (r->tokenizer_->n_vocab() > r->model_->params().n_vocab)
     return verification_failed("gguf: the vocabulary has " + std::to_string(r->tokenizer_->n_vocab()) +
                                " tokens, token_embd.weight " + std::to_string(r->model_->params().n_vocab) + " rows");
@@ -81,6 +91,15 @@ std::string DecoderReranker::text_of(std::span<const std::int32_t> ids) const {
   std::string s;
   for (std::int32_t id : ids) s += tokenizer_->token_bytes(id, /*render_special=*/false);
   if (tokenizer_->strips_leading_space() && !s.empty() && s[0] == ' ') s.erase(0, 1);
+  // A cut can end inside a character: its lead bytes would read as other
+  // characters; they go.
+  std::size_t lead = s.size();
+  while (lead > 0 && lead + 4 > s.size() && (static_cast<unsigned char>(s[lead - 1]) & 0xC0) == 0x80) --lead;
+  if (lead > 0) {
+    const unsigned char c = static_cast<unsigned char>(s[lead - 1]);
+    const std::size_t need = c >= 0xF0 ? 4 : c >= 0xE0 ? 3 : c >= 0xC0 ? 2 : 1;
+    if (s.size() - (lead - 1) < need) s.resize(lead - 1);
+  }
   return s;
 }
 
@@ -95,10 +114,9 @@ std::vector<std::int32_t> DecoderReranker::render(std::string_view query, std::s
   text += after_;
   // The prompt's markup is parsed; the query's and the document's text is not.
   const std::pair<std::size_t, std::size_t> literal[2] = {first, second};
-  std::vector<std::int32_t> ids =
-      tokenizer_->encode(text, /*add_special=*/false, std::span<const std::pair<std::size_t, std::size_t>>(literal));
-  if (tokenizer_->add_bos()) ids.insert(ids.begin(), tokenizer_->bos());
-  return ids;
+  // No BOS or EOS: the model card tokenizes without special tokens, as
+  // llama.cpp's server does the rerank prompt.
+  return tokenizer_->encode(text, /*add_special=*/false, std::span<const std::pair<std::size_t, std::size_t>>(literal));
 }
 
 RerankPair DecoderReranker::pair(std::string_view query, std::string_view document) const {
@@ -126,7 +144,6 @@ RerankPair DecoderReranker::pair(std::span<const std::int32_t> query, std::strin
         p.ids = render(q_text, d_text);
       }
     }
-    if (p.ids.size() > limit) p.ids.resize(limit);  // (from_gguf leaves room: not reached)
   }
   p.second = p.ids.size();  // no token types
   return p;
@@ -142,7 +159,8 @@ Result<std::vector<float>> DecoderReranker::score(std::span<const RerankPair> pa
       return invalid_argument("pair " + std::to_string(i) + " has " + std::to_string(ids.size()) + " tokens (1.." +
                               std::to_string(context_length()) + ")");
     for (std::int32_t id : ids)
-      if (id < 0 || id >= n_vocab) return invalid_argument("token id " + std::to_string(id) + " is outside the vocabulary");
+      if (id < 0 || id >= n_vocab)
+        return invalid_argument("token id " + std::to_string(id) + " is outside the vocabulary");
     seqs.push_back(ids);
   }
   std::vector<float> out;

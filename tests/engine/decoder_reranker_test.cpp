@@ -36,6 +36,12 @@ constexpr const char* kTemplate =
 // What a test file says; the defaults are a Qwen3-Reranker as llama.cpp
 // converts it.
 struct RankFile {
+  std::string arch = "qwen3";
+  bool tied = true;
+  bool head = true;
+  std::vector<float> head_values;  // 2 * 64; empty: a fixed pattern
+  std::int64_t head_rows = 2;
+  bool raw_q4_1_head = false;      // a head of a type the engine cannot compute with
   int pooling = 4;
   std::string tmpl = kTemplate;
   std::vector<std::string> labels = {"yes", "no"};
@@ -48,17 +54,24 @@ struct RankFile {
 // digits, the space symbol, <|endoftext|> (63), <|im_start|> (64) and
 // <|im_end|> (65).
 TestModelSpec rank_spec(const RankFile& o = {}) {
-  TestModelSpec s = testing::decoder_spec("qwen3", 64, 4, 2, 96, true, GgmlType::kF32, 32);
+  TestModelSpec s = testing::decoder_spec(o.arch.c_str(), 64, 4, 2, 96, o.tied, GgmlType::kF32, 32);
   s.n_vocab = 66;
   s.n_ctx = o.n_ctx;
   s.metadata = [o](testing::GgufWriter& w) {
     testing::set_letter_vocab(w, {"<|im_start|>", "<|im_end|>"});  // 64 and 65
-    w.set_u32("qwen3.pooling_type", static_cast<std::uint32_t>(o.pooling));
-    w.set_string_array("qwen3.classifier.output_labels", o.labels);
+    if (o.pooling >= 0) w.set_u32(o.arch + ".pooling_type", static_cast<std::uint32_t>(o.pooling));
+    w.set_string_array(o.arch + ".classifier.output_labels", o.labels);
     w.set_string("tokenizer.chat_template.rerank", o.tmpl);
-    std::vector<float> head(2 * 64);
-    for (std::size_t i = 0; i < head.size(); ++i) head[i] = static_cast<float>(std::sin(0.7 * static_cast<double>(i) + 0.3));
-    w.add_tensor("cls.output.weight", o.head_type, {64, 2}, head);
+    std::vector<float> head = o.head_values;
+    if (head.empty()) {
+      head.resize(static_cast<std::size_t>(o.head_rows) * 64);
+      for (std::size_t i = 0; i < head.size(); ++i) head[i] = static_cast<float>(std::sin(0.7 * static_cast<double>(i) + 0.3));
+    }
+    if (o.raw_q4_1_head) {
+      w.add_tensor_bytes("cls.output.weight", GgmlType::kQ4_1, {64, 2}, std::string(2 * 2 * 20, '\x11'));
+    } else if (o.head) {
+      w.add_tensor("cls.output.weight", o.head_type, {64, o.head_rows}, head);
+    }
     if (o.head_bias) w.add_tensor("cls.output.bias", GgmlType::kF32, {2}, {0.5f, 0.5f});
   };
   return s;
@@ -116,8 +129,9 @@ TEST(DecoderRerankerTest, ScoresAreTheReferenceLogitsAloneAndInBatches) {
     testing::TestModel tm = testing::make_test_model(rank_spec(o));
     auto r = load_bytes(tm.gguf);
     ASSERT_TRUE(r.is_ok()) << r.status().to_string();
+    // More tokens than one pass holds (kMaxBatchTokens): several passes.
     const std::vector<std::string> docs = {"The flutter speed of a swept wing", "Boundary layers", "", "x",
-                                           std::string(300, 'w')};
+                                           std::string(300, 'w'), std::string(400, 'v'), "Heat transfer"};
     std::vector<RerankPair> pairs;
     for (const std::string& d : docs) pairs.push_back((*r)->pair("swept wing flutter", d));
     Result<std::vector<float>> batch = (*r)->score(pairs);
@@ -186,6 +200,21 @@ TEST(DecoderRerankerTest, FilesThatAreNotSuchRerankersAreRefusedByName) {
   o = {};
   o.head_bias = true;
   cases.push_back({o, "tensor 'cls.output.bias' has no place"});
+  o = {};
+  o.head = false;
+  cases.push_back({o, "a reranker needs its head, tensor 'cls.output.weight'"});
+  o.head = true;
+  o.head_rows = 3;
+  cases.push_back({o, "tensor 'cls.output.weight' must be [64, 2]"});
+  o = {};
+  o.raw_q4_1_head = true;
+  cases.push_back({o, "tensor 'cls.output.weight' is of type Q4_1"});
+  o = {};
+  o.arch = "llama";
+  cases.push_back({o, "a decoder reranker must be a qwen3 file (Qwen3-Reranker), not llama"});
+  o = {};
+  o.n_ctx = 40;
+  cases.push_back({o, "the rerank prompt leaves no room for text"});
   for (const auto& [file, message] : cases) {
     testing::TestModel tm = testing::make_test_model(rank_spec(file));
     auto r = load_bytes(tm.gguf);
@@ -201,6 +230,50 @@ TEST(DecoderRerankerTest, FilesThatAreNotSuchRerankersAreRefusedByName) {
   EXPECT_NE(chat.status().message().find("'cls.output.weight' has no place"), std::string::npos) << chat.status().to_string();
 }
 
+// What the score means, checked against the model itself: with the head's
+// rows copied from an untied output matrix's rows for "y" and "n", the
+// score's logistic is softmax([logit n, logit y])'s "y" at the pair's last
+// position, as the model card computes relevance from the full logits.
+TEST(DecoderRerankerTest, TheScoreIsTheYesProbabilityOfTheFullLogits) {
+  constexpr std::int32_t kYes = 'y' - 'a', kNo = 'n' - 'a';
+  RankFile chat;
+  chat.tied = false;
+  chat.pooling = -1;
+  chat.head = false;
+  const testing::TestModel lm = testing::make_test_model(rank_spec(chat));
+  const std::vector<double>& out = lm.weights.at("output.weight");
+  RankFile o;
+  o.tied = false;
+  for (std::int32_t row : {kYes, kNo})
+    for (std::size_t j = 0; j < 64; ++j) o.head_values.push_back(static_cast<float>(out[static_cast<std::size_t>(row) * 64 + j]));
+  const testing::TestModel rm = testing::make_test_model(rank_spec(o));
+  ASSERT_EQ(rm.weights.at("output.weight"), out) << "the same model, with a head";
+  auto r = load_bytes(rm.gguf);
+  ASSERT_TRUE(r.is_ok()) << r.status().to_string();
+  for (const char* doc : {"The flutter speed of a swept wing", "Boundary layers", "yes yes yes"}) {
+    const RerankPair p = (*r)->pair("swept wing flutter", doc);
+    Result<std::vector<float>> got = (*r)->score(std::span<const RerankPair>(&p, 1));
+    ASSERT_TRUE(got.is_ok()) << got.status().to_string();
+    const std::vector<double> logits = testing::reference_forward(lm, p.ids);
+    const std::size_t last = (p.ids.size() - 1) * 66;
+    const double p_yes = 1.0 / (1.0 + std::exp(logits[last + kNo] - logits[last + kYes]));
+    EXPECT_NEAR(1.0 / (1.0 + std::exp(-static_cast<double>((*got)[0]))), p_yes, 1e-5) << doc;
+  }
+}
+
+// {document} may come before {query} in the template.
+TEST(DecoderRerankerTest, TheTemplatesFieldsMayComeInEitherOrder) {
+  RankFile o;
+  o.tmpl = "<|im_start|>Document {document} Query {query}<|im_end|>";
+  testing::TestModel tm = testing::make_test_model(rank_spec(o));
+  auto r = load_bytes(tm.gguf);
+  ASSERT_TRUE(r.is_ok()) << r.status().to_string();
+  const RerankPair p = (*r)->pair("q1", "d2");
+  std::string text;
+  for (std::int32_t id : p.ids) text += (*r)->tokenizer().token_bytes(id, true);
+  EXPECT_EQ(text, "<|im_start|>Document d2 Query q1<|im_end|>");
+}
+
 TEST(DecoderRerankerTest, LoadRerankerPicksTheKind) {
   const std::filesystem::path dir = std::filesystem::temp_directory_path() / ("rr-" + std::to_string(::getpid()));
   std::filesystem::create_directories(dir);
@@ -214,7 +287,7 @@ TEST(DecoderRerankerTest, LoadRerankerPicksTheKind) {
       << testing::make_test_model(testing::decoder_spec("llama", 64, 4, 2, 96, false, GgmlType::kF32)).gguf;
   auto chat = load_reranker(chat_path, nullptr);
   ASSERT_FALSE(chat.is_ok());
-  EXPECT_NE(chat.status().message().find("pooling_type is not 4 (rank)"), std::string::npos) << chat.status().to_string();
+  EXPECT_NE(chat.status().message().find("must be a qwen3 file"), std::string::npos) << chat.status().to_string();
   std::filesystem::remove_all(dir);
 }
 

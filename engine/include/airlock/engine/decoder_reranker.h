@@ -1,6 +1,7 @@
 // A decoder that reranks by answering "yes" or "no": Qwen3-Reranker as
-// llama.cpp's converter writes it (a decoder architecture model.h loads,
-// <arch>.pooling_type 4 (rank), cls.output.weight holding the output
+// llama.cpp's converter writes it (a qwen3 file: llama.cpp scores rank
+// pooling this way only there; <arch>.pooling_type 4 (rank),
+// cls.output.weight holding the output
 // matrix's rows for "yes" and "no" in that order (<arch>.classifier.
 // output_labels ["yes", "no"] where the file names them), and the prompt
 // in tokenizer.chat_template.rerank with {query} and {document} in it).
@@ -8,7 +9,8 @@
 // A pair is that prompt with the query and the document put in: the
 // prompt's own markup (<|im_start|>...) parsed as special tokens, the
 // query's and the document's text never (a document cannot close the
-// prompt early); BOS in front when the vocabulary adds one, nothing after.
+// prompt early); no BOS or EOS, as the model card and llama.cpp's server
+// tokenize it. A cut never leaves half a character behind.
 // The score is the last token's final-norm hidden state times (yes - no):
 // its logistic is softmax([no, yes])'s "yes", the model card's relevance.
 // A pair longer than the input length (the trained context, at most
@@ -42,10 +44,11 @@ class DecoderReranker final : public Reranker {
   static constexpr std::size_t kMaxContext = 8192;
   static constexpr std::int64_t kMaxBatchTokens = 1024;  // tokens a pass; a longer pair runs alone
 
-  // kInvalidArgument for a file that is not such a reranker (another
-  // pooling type, no template, labels other than yes/no, causal attention
-  // off); kVerificationFailed for a head of the wrong shape or a template
-  // that leaves no room for text; or what Model and Tokenizer refuse.
+  // kInvalidArgument for a file that is not such a reranker (not qwen3,
+  // another pooling type, no template, labels other than yes/no, causal
+  // attention off, no head); kVerificationFailed for a head of the wrong
+  // shape or type or a template that leaves no room for text; or what
+  // Model and Tokenizer refuse.
   static Result<std::unique_ptr<DecoderReranker>> from_gguf(std::unique_ptr<GgufFile> file,
                                                             std::shared_ptr<Backend> backend);
   ~DecoderReranker() override;

@@ -23,7 +23,7 @@ class Backend;
 // A (query, document) pair as the model reads it.
 struct RerankPair {
   std::vector<std::int32_t> ids;  // the whole input, special tokens included
-  std::size_t second = 0;         // where the document's part begins (token type 1 for BERT)
+  std::size_t second = 0;         // BERT: where token type 1 (the document) begins; ids.size() for none
   bool cut = false;               // the query or the document lost tokens to the context length
 };
 
