@@ -216,7 +216,14 @@ step "systemctl reload: a newly imported version is served"
 in_ct runuser -u airlock -- airlock bundle import /srv/boot-test/boottest-2.airlock \
   --store /var/lib/airlock/bundles --trusted /etc/airlock/trusted.d --quiet
 in_ct systemctl reload airlockd || fail "systemctl reload"
-[ "$(in_ct systemctl is-active airlockd)" = active ] || fail "not active after reload"
+# ExecReload (kill -HUP) returns before airlockd has said RELOADING=1, so
+# the unit may pass through "reloading" until its READY=1: wait that out.
+for _ in $(seq 1 60); do
+  state=$(in_ct systemctl is-active airlockd || true)
+  [ "$state" = reloading ] || break
+  sleep 0.5
+done
+[ "$state" = active ] || fail "not active after reload ($state)"
 # ExecReload= only sends SIGHUP; the reload itself is bracketed by
 # RELOADING=1 ... READY=1, so wait for its outcome in the journal.
 for _ in $(seq 100); do journal_has "now serving boottest version 2" && break; sleep 0.1; done
