@@ -394,14 +394,8 @@ Result<std::unique_ptr<Tokenizer>> Tokenizer::from_gguf(const GgufFile& f) {
   AIRLOCK_RETURN_IF_ERROR(bad_id);
   if (s.model == "t5") {
     // llama.cpp's defaults for a UGM vocabulary that names no ids.
-    auto named = [&](std::string_view what, std::int32_t fallback) {
-      return f.find("tokenizer.ggml." + std::string(what) + "_token_id") == nullptr &&
-                     fallback < static_cast<std::int32_t>(s.tokens.size())
-                 ? fallback
-                 : -2;
-    };
-    if (std::int32_t d = named("eos", 1); d != -2) s.eos = d;
-    if (std::int32_t d = named("unknown", 2); d != -2) s.unk = d;
+    if (f.find("tokenizer.ggml.eos_token_id") == nullptr && s.tokens.size() > 1) s.eos = 1;
+    if (f.find("tokenizer.ggml.unknown_token_id") == nullptr && s.tokens.size() > 2) s.unk = 2;
     if (const GgufValue* v = f.find("tokenizer.ggml.precompiled_charsmap")) {
       if (v->type != GgufValueType::kArray || (v->elem_type != GgufValueType::kU8 && v->elem_type != GgufValueType::kI8))
         return verification_failed("tokenizer: tokenizer.ggml.precompiled_charsmap is not an array of bytes");
