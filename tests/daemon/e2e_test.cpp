@@ -1216,6 +1216,13 @@ TEST_F(DaemonE2E, RerankNeedsAReranker) {
   EXPECT_EQ(plain->status, 200) << plain->body;
 }
 
+// An embedding's squared length (1 for the unit vectors /v1/embeddings gives).
+double squared_norm(const std::vector<double>& v) {
+  double n = 0;
+  for (double x : v) n += x * x;
+  return n;
+}
+
 // A decoder GGUF as the embedding model (Qwen3-Embedding's kind; here the
 // generated Llama model with its byte-level vocabulary): /v1/embeddings
 // and RAG run on it.
@@ -1235,9 +1242,7 @@ TEST(DaemonLifecycle, DecoderGgufEmbeddingModel) {
   ASSERT_EQ(j["data"].size(), 2u);
   const std::vector<double> v = j["data"][0]["embedding"].get<std::vector<double>>();
   ASSERT_EQ(v.size(), 96u);
-  double norm = 0;
-  for (double x : v) norm += x * x;
-  EXPECT_NEAR(norm, 1.0, 1e-5);
+  EXPECT_NEAR(squared_norm(v), 1.0, 1e-5);
   EXPECT_NE(j["data"][0]["embedding"], j["data"][1]["embedding"]);
   // The same text in another request: the same vector.
   auto alone = d->post("/v1/embeddings", {{"model", "stories"}, {"input", "hello"}});
@@ -1282,9 +1287,7 @@ TEST(DaemonLifecycle, BertGgufEmbeddingModel) {
   ASSERT_EQ(j["data"].size(), 2u);
   const std::vector<double> v = j["data"][0]["embedding"].get<std::vector<double>>();
   ASSERT_EQ(v.size(), 64u);
-  double norm = 0;
-  for (double x : v) norm += x * x;
-  EXPECT_NEAR(norm, 1.0, 1e-5);
+  EXPECT_NEAR(squared_norm(v), 1.0, 1e-5);
   EXPECT_NE(j["data"][0]["embedding"], j["data"][1]["embedding"]);
   EXPECT_GT(j["usage"]["prompt_tokens"].get<int>(), 0);
   ASSERT_EQ(d->post("/v1/rag/collections", {{"name", "c"}})->status, 201);
@@ -1340,9 +1343,7 @@ TEST(DaemonLifecycle, XlmRobertaEmbeddingAndReranker) {
   ASSERT_EQ(j["data"].size(), 3u);
   const std::vector<double> v = j["data"][0]["embedding"].get<std::vector<double>>();
   ASSERT_EQ(v.size(), 64u);
-  double norm = 0;
-  for (double x : v) norm += x * x;
-  EXPECT_NEAR(norm, 1.0, 1e-5);
+  EXPECT_NEAR(squared_norm(v), 1.0, 1e-5);
   EXPECT_NE(j["data"][0]["embedding"], j["data"][1]["embedding"]);
   const std::vector<double> ascii = j["data"][1]["embedding"].get<std::vector<double>>();
   const std::vector<double> full = j["data"][2]["embedding"].get<std::vector<double>>();
