@@ -7,6 +7,7 @@
 #include "airlock/common/log.h"
 #include "airlock/engine/backend.h"
 #include "airlock/engine/decoder_embedding.h"
+#include "airlock/engine/decoder_reranker.h"
 #include "airlock/engine/thread_pool.h"
 #include "airlock/verifier/bundle_store.h"
 #include "airlock/verifier/sha256.h"
@@ -280,7 +281,8 @@ Result<std::shared_ptr<LoadedModel>> load_model(const Config& config, std::share
     const std::string full = chosen->path + "/" + embedding->path;
     std::shared_ptr<engine::ThreadPool> pool = m->n_ranks == 1 ? m->model->backend().cpu_pool() : nullptr;
     Result<std::unique_ptr<engine::Embedder>> e =
-        engine::load_embedder(full, pool ? std::shared_ptr<engine::Backend>(engine::make_cpu_backend(pool)) : nullptr);
+        engine::load_embedder(full, pool ? std::shared_ptr<engine::Backend>(engine::make_cpu_backend(pool)) : nullptr,
+                              config.kv_cache_type);
     if (!e.is_ok()) {
       // Chat still works; /v1/embeddings and RAG say the model is missing.
       airlock::log().error("{}: embedding model {} could not be loaded: {}", chosen->name, embedding->path,
@@ -291,6 +293,10 @@ Result<std::shared_ptr<LoadedModel>> load_model(const Config& config, std::share
                           m->embedder->kind(), m->embedder->dim(), m->embedder->max_tokens(),
                           pool && m->embedder->kind() != "model2vec" ? ", on the decoder's compute threads" : "");
       const auto* as_decoder = dynamic_cast<const engine::DecoderEmbedding*>(m->embedder.get());
+      if (as_decoder != nullptr)
+        airlock::log().info("embedding model {}: a pass holds up to {:.1f} MiB besides the weights ({} KV cache)",
+                            embedding->path, static_cast<double>(as_decoder->pass_bytes()) / (1 << 20),
+                            engine::kv_type_name(config.kv_cache_type));
       if (as_decoder != nullptr && as_decoder->pooling() == engine::DecoderEmbedding::Pooling::kLast &&
           !as_decoder->appends_eos())
         airlock::log().warn("embedding model {}: its tokenizer adds no end-of-sequence token (add_eos_token), so "
@@ -307,7 +313,7 @@ Result<std::shared_ptr<LoadedModel>> load_model(const Config& config, std::share
     const std::string full = chosen->path + "/" + c.reranker->path;
     std::shared_ptr<engine::ThreadPool> pool = m->n_ranks == 1 ? m->model->backend().cpu_pool() : nullptr;
     Result<std::unique_ptr<engine::Reranker>> r = engine::load_reranker(
-        full, engine::make_cpu_backend(pool ? pool : std::make_shared<engine::ThreadPool>()));
+        full, engine::make_cpu_backend(pool ? pool : std::make_shared<engine::ThreadPool>()), config.kv_cache_type);
     if (!r.is_ok()) {
       airlock::log().error("{}: reranker {} could not be loaded: {}", chosen->name, c.reranker->path,
                            r.status().to_string());
@@ -316,6 +322,10 @@ Result<std::shared_ptr<LoadedModel>> load_model(const Config& config, std::share
       airlock::log().info("reranker {}: {}, {} layers, pairs of up to {} tokens{}", c.reranker->path,
                           m->reranker->reranker_kind(), m->reranker->n_layer(), m->reranker->context_length(),
                           pool ? ", on the decoder's compute threads" : "");
+      if (const auto* d = dynamic_cast<const engine::DecoderReranker*>(m->reranker.get()))
+        airlock::log().info("reranker {}: a pass holds up to {:.1f} MiB besides the weights ({} KV cache)",
+                            c.reranker->path, static_cast<double>(d->pass_bytes()) / (1 << 20),
+                            engine::kv_type_name(config.kv_cache_type));
     }
   }
   open_rag(config, embedding != nullptr ? embedding_identity(vb.manifest, *embedding) : "", *m, previous.get());

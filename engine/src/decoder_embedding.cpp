@@ -8,15 +8,16 @@
 #include "airlock/engine/model.h"
 #include "airlock/engine/tokenizer.h"
 #include "decoder_pass.h"
-#include "pass_packing.h"
 
 namespace airlock::engine {
 
 DecoderEmbedding::~DecoderEmbedding() = default;
 
 Result<std::unique_ptr<DecoderEmbedding>> DecoderEmbedding::from_gguf(std::unique_ptr<GgufFile> file,
-                                                                      std::shared_ptr<Backend> backend) {
+                                                                      std::shared_ptr<Backend> backend,
+                                                                      KvType kv_type) {
   std::unique_ptr<DecoderEmbedding> e(new DecoderEmbedding());
+  e->kv_type_ = kv_type;
   const std::string arch(file->get_string("general.architecture").value_or(""));
   if (file->find(arch + ".pooling_type") != nullptr) {
     const std::uint64_t type = file->get_uint(arch + ".pooling_type").value_or(99);
@@ -44,6 +45,11 @@ Result<std::unique_ptr<DecoderEmbedding>> DecoderEmbedding::from_gguf(std::uniqu
 int DecoderEmbedding::dim() const { return model_->params().n_embd; }
 
 bool DecoderEmbedding::appends_eos() const { return tokenizer_->add_eos(); }
+
+std::uint64_t DecoderEmbedding::pass_bytes() const {
+  return decoder_pass_bytes(*model_, max_tokens() + static_cast<std::size_t>(n_special()), pooling_ == Pooling::kMean,
+                            kv_type_);
+}
 
 int DecoderEmbedding::n_special() const { return (tokenizer_->add_bos() ? 1 : 0) + (tokenizer_->add_eos() ? 1 : 0); }
 
@@ -88,7 +94,7 @@ Result<std::vector<std::vector<float>>> DecoderEmbedding::encode(std::span<const
   out.reserve(seqs.size());
   // One pass at a time holds the model, so a RAG question waits for a
   // pass, not for a whole large request.
-  AIRLOCK_RETURN_IF_ERROR(for_each_pass(seqs, kMaxBatchTokens, [&](std::size_t first, std::size_t last) {
+  AIRLOCK_RETURN_IF_ERROR(for_each_decoder_pass(seqs, [&](std::size_t first, std::size_t last) {
     std::lock_guard lock(mu_);
     return pass(std::span<const std::vector<std::int32_t>>(seqs).subspan(first, last - first), &out);
   }));
@@ -99,7 +105,7 @@ Status DecoderEmbedding::pass(std::span<const std::vector<std::int32_t>> seqs,
                               std::vector<std::vector<float>>* out) const {
   const bool mean = pooling_ == Pooling::kMean;
   std::vector<float> hidden;
-  AIRLOCK_RETURN_IF_ERROR(decoder_hidden_pass(*model_, seqs, /*all_rows=*/mean, &hidden));
+  AIRLOCK_RETURN_IF_ERROR(decoder_hidden_pass(*model_, seqs, /*all_rows=*/mean, kv_type_, &hidden));
   const std::size_t d = static_cast<std::size_t>(dim());
   std::size_t row = 0;  // the rows come in batch order: each sequence's wanted tokens together
   for (const std::vector<std::int32_t>& s : seqs) {

@@ -9,15 +9,16 @@
 #include "airlock/engine/model.h"
 #include "airlock/engine/tokenizer.h"
 #include "decoder_pass.h"
-#include "pass_packing.h"
 
 namespace airlock::engine {
 
 DecoderReranker::~DecoderReranker() = default;
 
 Result<std::unique_ptr<DecoderReranker>> DecoderReranker::from_gguf(std::unique_ptr<GgufFile> file,
-                                                                    std::shared_ptr<Backend> backend) {
+                                                                    std::shared_ptr<Backend> backend,
+                                                                    KvType kv_type) {
   std::unique_ptr<DecoderReranker> r(new DecoderReranker());
+  r->kv_type_ = kv_type;
   const std::string arch(file->get_string("general.architecture").value_or(""));
   // Scored as llama.cpp scores rank pooling on qwen3 (the last token's
   // normed state through the head). Others differ: gemma2 soft-caps and
@@ -82,6 +83,10 @@ int DecoderReranker::context_length() const {
 }
 
 int DecoderReranker::n_layer() const { return model_->params().n_layer; }
+
+std::uint64_t DecoderReranker::pass_bytes() const {
+  return decoder_pass_bytes(*model_, static_cast<std::size_t>(context_length()), /*all_rows=*/false, kv_type_);
+}
 
 std::vector<std::int32_t> DecoderReranker::query_ids(std::string_view query) const {
   return tokenizer_->encode(query, /*add_special=*/false, /*parse_special=*/false);
@@ -165,7 +170,7 @@ Result<std::vector<float>> DecoderReranker::score(std::span<const RerankPair> pa
   }
   std::vector<float> out;
   out.reserve(seqs.size());
-  AIRLOCK_RETURN_IF_ERROR(for_each_pass(seqs, kMaxBatchTokens, [&](std::size_t first, std::size_t last) {
+  AIRLOCK_RETURN_IF_ERROR(for_each_decoder_pass(seqs, [&](std::size_t first, std::size_t last) {
     std::lock_guard lock(mu_);
     return pass(std::span<const std::vector<std::int32_t>>(seqs).subspan(first, last - first), &out);
   }));
@@ -174,7 +179,7 @@ Result<std::vector<float>> DecoderReranker::score(std::span<const RerankPair> pa
 
 Status DecoderReranker::pass(std::span<const std::vector<std::int32_t>> seqs, std::vector<float>* out) const {
   std::vector<float> hidden;
-  AIRLOCK_RETURN_IF_ERROR(decoder_hidden_pass(*model_, seqs, /*all_rows=*/false, &hidden));
+  AIRLOCK_RETURN_IF_ERROR(decoder_hidden_pass(*model_, seqs, /*all_rows=*/false, kv_type_, &hidden));
   const std::size_t d = yes_minus_no_.size();
   for (std::size_t s = 0; s < seqs.size(); ++s) {
     double logit = 0;

@@ -13,7 +13,8 @@
 
 namespace airlock::engine {
 
-Result<std::unique_ptr<Embedder>> load_embedder(const std::string& path, std::shared_ptr<Backend> backend) {
+Result<std::unique_ptr<Embedder>> load_embedder(const std::string& path, std::shared_ptr<Backend> backend,
+                                                KvType decoder_kv) {
   namespace fs = std::filesystem;
   std::error_code ec;
   const fs::file_status st = fs::status(path, ec);
@@ -40,7 +41,7 @@ Result<std::unique_ptr<Embedder>> load_embedder(const std::string& path, std::sh
       return invalid_argument(path + ": architecture '" + std::string(*arch) +
                               "' is not an embedding model (bert, nomic-bert, or a decoder: " +
                               decoder_architecture_list() + ")");
-    Result<std::unique_ptr<DecoderEmbedding>> d = DecoderEmbedding::from_gguf(std::move(*file), std::move(backend));
+    Result<std::unique_ptr<DecoderEmbedding>> d = DecoderEmbedding::from_gguf(std::move(*file), std::move(backend), decoder_kv);
     if (!d.is_ok()) return d.status().with_context(path);
     return std::unique_ptr<Embedder>(std::move(*d));
   }

@@ -9,7 +9,8 @@
 
 namespace airlock::engine {
 
-Result<std::unique_ptr<Reranker>> load_reranker(const std::string& path, std::shared_ptr<Backend> backend) {
+Result<std::unique_ptr<Reranker>> load_reranker(const std::string& path, std::shared_ptr<Backend> backend,
+                                                KvType decoder_kv) {
   Result<std::unique_ptr<GgufFile>> file = GgufFile::open(path);
   if (!file.is_ok()) return file.status().with_context(path);
   auto arch = (*file)->get_string("general.architecture");
@@ -24,7 +25,7 @@ Result<std::unique_ptr<Reranker>> load_reranker(const std::string& path, std::sh
   if (!is_decoder_architecture(*arch))
     return invalid_argument(path + ": architecture '" + std::string(*arch) +
                             "' is not a reranker (bert, or a decoder: " + decoder_architecture_list() + ")");
-  Result<std::unique_ptr<DecoderReranker>> d = DecoderReranker::from_gguf(std::move(*file), std::move(backend));
+  Result<std::unique_ptr<DecoderReranker>> d = DecoderReranker::from_gguf(std::move(*file), std::move(backend), decoder_kv);
   if (!d.is_ok()) return d.status().with_context(path);
   return std::unique_ptr<Reranker>(std::move(*d));
 }

@@ -18,6 +18,7 @@
 #include "airlock/engine/embedder.h"
 #include "airlock/engine/gguf.h"
 #include "airlock/engine/thread_pool.h"
+#include "forwarding_backend.h"
 #include "gguf_writer.h"
 
 namespace airlock::engine {
@@ -128,6 +129,89 @@ TEST(DecoderEmbeddingTest, ABatchEqualsEachTextAlone) {
   const std::vector<std::vector<float>> split = l.e->embed_batch(many);
   ASSERT_EQ(split.size(), many.size());
   EXPECT_LT(testing::rel_l2_error(split[7], together[1]), 1e-5);
+}
+
+// What each pass asks of the backend: its KV storage and the tokens of
+// each forward() (Backend::reserve_pass), largest so far.
+class PassWatching final : public testing::ForwardingBackend {
+ public:
+  PassWatching() : ForwardingBackend(make_cpu_backend(std::make_shared<ThreadPool>(2))) {}
+  Result<KvStorage> alloc_kv(int l, std::int64_t s, std::int64_t d, KvType t) override {
+    max_slots = std::max(max_slots, s);
+    max_kv_bytes = std::max<std::uint64_t>(max_kv_bytes, 2 * static_cast<std::uint64_t>(l * s * d) * kv_type_bytes(t));
+    types.push_back(t);
+    return ForwardingBackend::alloc_kv(l, s, d, t);
+  }
+  Status reserve_pass(const PassShape& p) override {
+    max_tokens = std::max(max_tokens, p.n_tokens);
+    return ForwardingBackend::reserve_pass(p);
+  }
+  std::int64_t max_slots = 0, max_tokens = 0;
+  std::uint64_t max_kv_bytes = 0;
+  std::vector<KvType> types;
+};
+
+std::string letters(std::size_t n) {
+  std::string s;
+  for (std::size_t i = 0; i < n; ++i) s += static_cast<char>('a' + (i * 7 + i / 26) % 26);
+  return s;
+}
+
+// A text longer than a chunk runs through forward() 1024 tokens at a
+// time and gets the reference's vector; many short texts share passes of
+// at most 1024 KV slots, whatever their token count; the storage is of
+// the type asked for, within what pass_bytes() says.
+TEST(DecoderEmbeddingTest, PassesHoldBoundedStorageAndChunks) {
+  for (int pooling : {1, 3}) {
+    const bool mean = pooling == 1;
+    testing::TestModel tm = testing::make_test_model(embed_spec(pooling, true, 4096));
+    auto file = GgufFile::parse({reinterpret_cast<const std::uint8_t*>(tm.gguf.data()), tm.gguf.size()});
+    ASSERT_TRUE(file.is_ok());
+    auto watch = std::make_shared<PassWatching>();
+    auto e = DecoderEmbedding::from_gguf(std::move(*file), watch);
+    ASSERT_TRUE(e.is_ok()) << e.status().to_string();
+    const std::string text = letters(3000);
+    const std::vector<std::int32_t> ids = (*e)->input_ids(text);
+    ASSERT_GT(ids.size(), 2500u);
+    EXPECT_LT(testing::rel_l2_error((*e)->embed(text), reference(tm, ids, mean)), 1e-4) << pooling;
+    EXPECT_EQ(watch->max_tokens, 1024) << pooling;  // chunks, not the whole text at once
+    EXPECT_EQ(watch->max_slots, (static_cast<std::int64_t>(ids.size()) + 15) / 16 * 16) << pooling;
+    EXPECT_LE(watch->max_kv_bytes, (*e)->pass_bytes()) << pooling;
+
+    // 300 two-token texts: a block each, 64 to a pass.
+    watch->max_slots = watch->max_tokens = 0;
+    const std::vector<std::string> tiny(300, "q");
+    const std::vector<std::vector<float>> together = (*e)->embed_batch(tiny);
+    ASSERT_EQ(together.size(), tiny.size());
+    EXPECT_EQ(watch->max_slots, 1024) << pooling;
+    EXPECT_EQ(watch->max_tokens, 128) << pooling;
+    EXPECT_LT(testing::rel_l2_error(together[299], (*e)->embed("q")), 1e-5) << pooling;
+  }
+}
+
+// With an f16 KV cache (airlockd's default) a pass stores half the bytes
+// and the vectors stay close to the f32 ones.
+TEST(DecoderEmbeddingTest, F16KvStorageIsUsedWhenAskedFor) {
+  testing::TestModel tm = testing::make_test_model(embed_spec(3, true, 4096));
+  std::uint64_t pass_bytes[2] = {0, 0};
+  std::vector<float> v[2];
+  for (KvType t : {KvType::kF32, KvType::kF16}) {
+    auto file = GgufFile::parse({reinterpret_cast<const std::uint8_t*>(tm.gguf.data()), tm.gguf.size()});
+    ASSERT_TRUE(file.is_ok());
+    auto watch = std::make_shared<PassWatching>();
+    auto e = DecoderEmbedding::from_gguf(std::move(*file), watch, t);
+    ASSERT_TRUE(e.is_ok()) << e.status().to_string();
+    const int i = t == KvType::kF16 ? 1 : 0;
+    v[i] = (*e)->embed(letters(1500));
+    ASSERT_FALSE(watch->types.empty());
+    for (KvType used : watch->types) EXPECT_EQ(used, t);
+    EXPECT_LE(watch->max_kv_bytes, (*e)->pass_bytes());
+    pass_bytes[i] = (*e)->pass_bytes();
+  }
+  EXPECT_LT(pass_bytes[1], pass_bytes[0]);
+  const double err = testing::rel_l2_error(v[1], v[0]);
+  EXPECT_GT(err, 0.0);  // the f16 rounding shows
+  EXPECT_LT(err, 5e-3);
 }
 
 // Calls from several threads interleave pass by pass and get what they

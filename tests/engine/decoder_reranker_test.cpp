@@ -122,6 +122,29 @@ TEST(DecoderRerankerTest, ThePromptWrapsTheQueryAndTheDocument) {
   EXPECT_EQ((*r)->pair(q, "The flutter speed").ids, p.ids);
 }
 
+// A pair longer than one forward() chunk (1024 tokens) runs in chunks and
+// scores as the reference does, with either KV storage type close.
+TEST(DecoderRerankerTest, APairLongerThanAChunkScoresAsTheReference) {
+  RankFile o;
+  o.n_ctx = 2048;
+  testing::TestModel tm = testing::make_test_model(rank_spec(o));
+  std::string doc;
+  for (int i = 0; i < 1500; ++i) doc += static_cast<char>('a' + (i * 5 + i / 26) % 26);
+  for (KvType t : {KvType::kF32, KvType::kF16}) {
+    auto file = GgufFile::parse({reinterpret_cast<const std::uint8_t*>(tm.gguf.data()), tm.gguf.size()});
+    ASSERT_TRUE(file.is_ok());
+    auto r = DecoderReranker::from_gguf(std::move(*file), make_cpu_backend(std::make_shared<ThreadPool>(2)), t);
+    ASSERT_TRUE(r.is_ok()) << r.status().to_string();
+    const RerankPair p = (*r)->pair("swept wing flutter", doc);
+    ASSERT_GT(p.ids.size(), 1500u);
+    Result<std::vector<float>> s = (*r)->score(std::span<const RerankPair>(&p, 1));
+    ASSERT_TRUE(s.is_ok()) << s.status().to_string();
+    const double want = reference(tm, p.ids);
+    EXPECT_NEAR((*s)[0], want, (t == KvType::kF32 ? 1e-4 : 1e-2) * std::max(1.0, std::fabs(want)));
+    EXPECT_GT((*r)->pass_bytes(), 0u);
+  }
+}
+
 TEST(DecoderRerankerTest, ScoresAreTheReferenceLogitsAloneAndInBatches) {
   for (GgmlType head_type : {GgmlType::kF32, GgmlType::kF16}) {
     RankFile o;
@@ -129,7 +152,7 @@ TEST(DecoderRerankerTest, ScoresAreTheReferenceLogitsAloneAndInBatches) {
     testing::TestModel tm = testing::make_test_model(rank_spec(o));
     auto r = load_bytes(tm.gguf);
     ASSERT_TRUE(r.is_ok()) << r.status().to_string();
-    // More tokens than one pass holds (kMaxBatchTokens): several passes.
+    // More tokens than one pass holds (1024 KV slots): several passes.
     const std::vector<std::string> docs = {"The flutter speed of a swept wing", "Boundary layers", "", "x",
                                            std::string(300, 'w'), std::string(400, 'v'), "Heat transfer"};
     std::vector<RerankPair> pairs;

@@ -28,6 +28,7 @@
 #include <vector>
 
 #include "airlock/common/status.h"
+#include "airlock/engine/backend.h"
 #include "airlock/engine/embedder.h"
 
 namespace airlock::engine {
@@ -40,19 +41,19 @@ class DecoderEmbedding final : public Embedder {
  public:
   enum class Pooling { kLast, kMean };
   // The longest input: the trained context, at most this (the KV cache of
-  // one pass is allocated per call).
+  // one pass is allocated per pass: see pass_bytes()). Texts are packed
+  // into passes of up to 1024 KV slots (a longer text runs alone, in
+  // chunks of 1024 tokens); passes take turns with other callers'.
   static constexpr std::size_t kMaxContext = 8192;
-  // Tokens per forward pass; texts are packed into passes up to this (a
-  // longer text runs alone). Passes take turns with other callers'.
-  static constexpr std::int64_t kMaxBatchTokens = 1024;
 
   // kInvalidArgument for pooling types other than last and mean (2, CLS,
   // is an encoder's; 4, rank, a reranker's) and for <arch>.attention.causal
   // false (bidirectional decoders); kVerificationFailed for a context with
   // no room for text; or what Model::from_gguf and Tokenizer::from_gguf
-  // refuse.
+  // refuse. Each pass's KV storage is of `kv_type`.
   static Result<std::unique_ptr<DecoderEmbedding>> from_gguf(std::unique_ptr<GgufFile> file,
-                                                             std::shared_ptr<Backend> backend);
+                                                             std::shared_ptr<Backend> backend,
+                                                             KvType kv_type = KvType::kF32);
   ~DecoderEmbedding() override;
 
   int dim() const override;
@@ -61,6 +62,9 @@ class DecoderEmbedding final : public Embedder {
   std::string_view kind() const override { return "decoder"; }
   Pooling pooling() const { return pooling_; }
   bool appends_eos() const;
+  // The most memory a pass holds besides the weights (its KV storage at
+  // the longest input, one chunk's activations), for the logs.
+  std::uint64_t pass_bytes() const;
 
   // Empty (every vector empty) when a pass failed; encode() gives the error.
   std::vector<float> embed(std::string_view text) const override;
@@ -78,6 +82,7 @@ class DecoderEmbedding final : public Embedder {
 
   std::unique_ptr<Model> model_;
   std::unique_ptr<Tokenizer> tokenizer_;
+  KvType kv_type_ = KvType::kF32;
   Pooling pooling_ = Pooling::kLast;
   mutable std::mutex mu_;
 };

@@ -30,6 +30,7 @@
 #include <vector>
 
 #include "airlock/common/status.h"
+#include "airlock/engine/backend.h"
 #include "airlock/engine/reranker.h"
 
 namespace airlock::engine {
@@ -41,16 +42,18 @@ class Tokenizer;
 
 class DecoderReranker final : public Reranker {
  public:
+  // Pairs are packed into passes of up to 1024 KV slots (a longer pair runs
+  // alone, in chunks of 1024 tokens).
   static constexpr std::size_t kMaxContext = 8192;
-  static constexpr std::int64_t kMaxBatchTokens = 1024;  // tokens a pass; a longer pair runs alone
 
   // kInvalidArgument for a file that is not such a reranker (not qwen3,
   // another pooling type, no template, labels other than yes/no, causal
   // attention off, no head); kVerificationFailed for a head of the wrong
   // shape or type or a template that leaves no room for text; or what
-  // Model and Tokenizer refuse.
+  // Model and Tokenizer refuse. Each pass's KV storage is of `kv_type`.
   static Result<std::unique_ptr<DecoderReranker>> from_gguf(std::unique_ptr<GgufFile> file,
-                                                            std::shared_ptr<Backend> backend);
+                                                            std::shared_ptr<Backend> backend,
+                                                            KvType kv_type = KvType::kF32);
   ~DecoderReranker() override;
 
   std::vector<std::int32_t> query_ids(std::string_view query) const override;
@@ -61,6 +64,9 @@ class DecoderReranker final : public Reranker {
   int n_layer() const override;
   std::string_view reranker_kind() const override { return "decoder"; }
   const Tokenizer& tokenizer() const { return *tokenizer_; }
+  // The most memory a pass holds besides the weights (its KV storage for
+  // the longest pair, one chunk's activations), for the logs.
+  std::uint64_t pass_bytes() const;
 
  private:
   DecoderReranker() = default;
@@ -71,6 +77,7 @@ class DecoderReranker final : public Reranker {
 
   std::unique_ptr<Model> model_;
   std::unique_ptr<Tokenizer> tokenizer_;
+  KvType kv_type_ = KvType::kF32;
   std::string before_, between_, after_;  // the template around its two fields
   bool document_first_ = false;           // {document} comes before {query}
   std::vector<float> yes_minus_no_;       // n_embd

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "airlock/common/status.h"
+#include "airlock/engine/backend.h"
 #include "airlock/engine/tokenizer.h"
 
 namespace airlock::engine {
@@ -47,12 +48,13 @@ class Embedder {
 //     is null, on a CPU backend of its own with one thread per core;
 //   - a .gguf file of a decoder architecture (model.h,
 //     kDecoderArchitectures): a DecoderEmbedding (decoder_embedding.h), on
-//     `backend` likewise;
+//     `backend` likewise, its passes' KV storage of `decoder_kv`;
 //   - a directory, or the model.safetensors file inside one: a model2vec
 //     StaticEmbedding (static_embedding.h); `backend` is not used.
 // Errors: kInvalidArgument for a GGUF of another architecture or a path
 // that is neither; kNotFound when the path does not exist; otherwise the
 // loader's own errors, prefixed with the path.
-Result<std::unique_ptr<Embedder>> load_embedder(const std::string& path, std::shared_ptr<Backend> backend = nullptr);
+Result<std::unique_ptr<Embedder>> load_embedder(const std::string& path, std::shared_ptr<Backend> backend = nullptr,
+                                                KvType decoder_kv = KvType::kF32);
 
 }  // namespace airlock::engine

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "airlock/common/status.h"
+#include "airlock/engine/backend.h"
 
 namespace airlock::engine {
 
@@ -45,8 +46,10 @@ class Reranker {
 
 // Loads the reranker at `path`: a "bert" GGUF with a classification head,
 // or a GGUF of a decoder architecture with <arch>.pooling_type 4 (rank) and
-// cls.output (Qwen3-Reranker as llama.cpp converts it), on `backend`.
+// cls.output (Qwen3-Reranker as llama.cpp converts it), on `backend` (a
+// decoder's passes with KV storage of `decoder_kv`).
 // kInvalidArgument for other architectures; otherwise the loaders' errors.
-Result<std::unique_ptr<Reranker>> load_reranker(const std::string& path, std::shared_ptr<Backend> backend);
+Result<std::unique_ptr<Reranker>> load_reranker(const std::string& path, std::shared_ptr<Backend> backend,
+                                                KvType decoder_kv = KvType::kF32);
 
 }  // namespace airlock::engine
