@@ -30,7 +30,7 @@
 #include <thread>
 #include <vector>
 
-#include <nlohmann/json.hpp>
+#include "airlock/common/json.h"
 
 #include "airlock/engine/backend_registry.h"
 #include "airlock/engine/thread_pool.h"

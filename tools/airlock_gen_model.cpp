@@ -57,7 +57,7 @@
 #include <string>
 #include <vector>
 
-#include <nlohmann/json.hpp>
+#include "airlock/common/json.h"
 
 #include "gguf_writer.h"
 #include "sentencepiece_vocab.h"

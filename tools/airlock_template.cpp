@@ -25,7 +25,7 @@
 #include <string>
 #include <string_view>
 
-#include <nlohmann/json.hpp>
+#include "airlock/common/json.h"
 
 #include "airlock/common/json_depth.h"
 #include "airlock/common/version.h"

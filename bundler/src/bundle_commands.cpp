@@ -12,7 +12,7 @@
 #include <ctime>
 #include <iostream>
 
-#include <nlohmann/json.hpp>
+#include "airlock/common/json.h"
 #include <sodium.h>
 
 #include "airlock/common/version.h"

@@ -14,7 +14,7 @@
 #include <sstream>
 
 #include <httplib.h>
-#include <nlohmann/json.hpp>
+#include "airlock/common/json.h"
 
 #include "airlock/verifier/manifest.h"
 #include "args.h"

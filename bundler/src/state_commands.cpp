@@ -5,7 +5,7 @@
 #include <initializer_list>
 #include <iostream>
 
-#include <nlohmann/json.hpp>
+#include "airlock/common/json.h"
 
 #include "airlock/statedb/state_db.h"
 #include "airlock/verifier/manifest.h"

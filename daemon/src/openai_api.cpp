@@ -178,7 +178,7 @@ std::optional<ApiError> parse_tools(const ojson& j, CompletionRequest* r) {
     r->parallel_tool_calls = j["parallel_tool_calls"].get<bool>();
   }
   // A forced call (shape checked by refuse_unsupported).
-  if (j.contains("tool_choice") && j["tool_choice"].is_object()) {
+  if (present(j, "tool_choice") && j["tool_choice"].is_object()) {
     r->forced_tool = j["tool_choice"]["function"]["name"].get<std::string>();
     if (std::none_of(r->tool_specs.begin(), r->tool_specs.end(), [&](const ToolSpec& t) { return t.name == r->forced_tool; }))
       return invalid("tool_choice", "tool_choice names '" + r->forced_tool.substr(0, 64) + "', which is not among the tools");

@@ -45,7 +45,7 @@
 #include <string_view>
 #include <vector>
 
-#include <nlohmann/json.hpp>
+#include "airlock/common/json.h"
 
 #include "airlock/engine/grammar.h"
 #include "tool_calls.h"

@@ -6,7 +6,7 @@
 #include <iterator>
 #include <optional>
 
-#include <nlohmann/json.hpp>
+#include "airlock/common/json.h"
 
 #include "airlock/common/json_depth.h"
 #include "json_pattern.h"

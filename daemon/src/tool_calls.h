@@ -40,7 +40,7 @@
 #include <string_view>
 #include <vector>
 
-#include <nlohmann/json.hpp>
+#include "airlock/common/json.h"
 
 namespace airlock::daemon {
 

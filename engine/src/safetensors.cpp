@@ -8,7 +8,7 @@
 #include <algorithm>
 #include <cstring>
 
-#include <nlohmann/json.hpp>
+#include "airlock/common/json.h"
 
 #include "airlock/engine/ggml_types.h"
 

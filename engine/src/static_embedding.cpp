@@ -5,7 +5,7 @@
 #include <fstream>
 #include <sstream>
 
-#include <nlohmann/json.hpp>
+#include "airlock/common/json.h"
 
 #include "airlock/common/json_depth.h"
 #include "hf_tokenizer_json.h"

@@ -9,7 +9,7 @@
 #include <cmath>
 #include <unordered_map>
 
-#include <nlohmann/json.hpp>
+#include "airlock/common/json.h"
 
 #include "airlock/engine/static_embedding.h"
 #include "hf_tokenizer_json.h"

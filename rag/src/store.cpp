@@ -15,7 +15,7 @@
 #include <shared_mutex>
 #include <unordered_map>
 
-#include <nlohmann/json.hpp>
+#include "airlock/common/json.h"
 
 #include "airlock/common/log.h"
 #include "sqlite_util.h"

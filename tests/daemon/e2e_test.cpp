@@ -31,7 +31,7 @@
 #include <fstream>
 #include <sstream>
 #include <sodium.h>
-#include <nlohmann/json.hpp>
+#include "airlock/common/json.h"
 #include <thread>
 
 #include "doc_builders.h"

@@ -12,7 +12,7 @@
 #include <string>
 #include <vector>
 
-#include <nlohmann/json.hpp>
+#include "airlock/common/json.h"
 
 #include "schema_grammar.h"
 #include "tool_calls.h"

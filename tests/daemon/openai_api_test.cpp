@@ -585,6 +585,12 @@ TEST(OpenAiApiTest, ToolChoiceForcesACall) {
   EXPECT_EQ(r.forced_tool, "g");
   ASSERT_FALSE(parse_request(head + tools + R"(,"tool_choice":"auto"})", Endpoint::kChat, &r));
   EXPECT_FALSE(r.tool_required);
+  // An empty object is no choice, as an empty value is everywhere (it
+  // once read the missing "function" of the empty object: a crash).
+  r = CompletionRequest();
+  ASSERT_FALSE(parse_request(head + tools + R"(,"tool_choice":{}})", Endpoint::kChat, &r));
+  EXPECT_FALSE(r.tool_required);
+  EXPECT_EQ(r.forced_tool, "");
   for (const auto& [body, param] : std::vector<std::pair<std::string, std::string>>{
            {head + tools + R"(,"tool_choice":{"type":"function","function":{"name":"h"}}})", "tool_choice"},
            {head + tools + R"(,"tool_choice":{"type":"function"}})", "tool_choice"},

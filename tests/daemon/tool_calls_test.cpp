@@ -10,7 +10,7 @@
 #include <random>
 #include <sstream>
 
-#include <nlohmann/json.hpp>
+#include "airlock/common/json.h"
 
 namespace airlock::daemon {
 namespace {

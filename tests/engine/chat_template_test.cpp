@@ -21,7 +21,7 @@
 #include <optional>
 #include <thread>
 
-#include <nlohmann/json.hpp>
+#include "airlock/common/json.h"
 
 namespace airlock::engine {
 namespace {

@@ -11,7 +11,7 @@
 #include <random>
 #include <string>
 
-#include <nlohmann/json.hpp>
+#include "airlock/common/json.h"
 
 #include "airlock/engine/gguf.h"
 #include "airlock/engine/grammar.h"

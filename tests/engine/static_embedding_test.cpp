@@ -11,7 +11,7 @@
 #include <random>
 #include <sstream>
 
-#include <nlohmann/json.hpp>
+#include "airlock/common/json.h"
 
 #include "airlock/engine/static_embedding.h"
 

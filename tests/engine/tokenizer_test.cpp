@@ -13,7 +13,7 @@
 #include <random>
 #include <sstream>
 
-#include <nlohmann/json.hpp>
+#include "airlock/common/json.h"
 
 #include "gguf_writer.h"
 

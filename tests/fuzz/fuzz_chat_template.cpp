@@ -6,7 +6,7 @@
 #include <cstdint>
 #include <string_view>
 
-#include <nlohmann/json.hpp>
+#include "airlock/common/json.h"
 
 #include "airlock/engine/chat_template.h"
 

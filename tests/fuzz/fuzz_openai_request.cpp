@@ -18,7 +18,7 @@
 #include <string>
 #include <string_view>
 
-#include <nlohmann/json.hpp>
+#include "airlock/common/json.h"
 
 #include "airlock/engine/constraint.h"
 #include "config.h"

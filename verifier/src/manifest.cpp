@@ -7,7 +7,7 @@
 #include <set>
 #include <string>
 
-#include <nlohmann/json.hpp>
+#include "airlock/common/json.h"
 
 namespace airlock::verifier {
 namespace {
