@@ -3,6 +3,7 @@
 #include <httplib.h>
 #include <fcntl.h>
 #include <netinet/tcp.h>
+#include <sys/socket.h>
 #include <sodium.h>
 
 #include <algorithm>
@@ -36,6 +37,30 @@ double seconds(Clock::duration d) { return std::chrono::duration<double>(d).coun
 
 // The longest route an audit row keeps (the API's own are far shorter).
 constexpr std::size_t kMaxAuditRouteBytes = 512;
+
+// After a refusal that leaves bytes unread (a body, a target that is not
+// a path): the answer is written, so end the connection's sending side.
+// httplib 0.11 keeps a connection open whatever "Connection: close" the
+// answer says, and would read what follows the refused head as further
+// requests; whatever it makes of them, no answer can follow the refusal
+// on this connection (no response desync behind a proxy), and the client
+// sees the end of the connection after the refusal.
+void end_answers(const httplib::Request& req) {
+  if (std::optional<PeerSocket> p = PeerSocket::find(req.local_addr, req.local_port, req.remote_addr, req.remote_port))
+    ::shutdown(p->fd(), SHUT_WR);
+}
+
+// Why httplib would read a request's body without a bound, if it would:
+// it applies its payload limit to a Content-Length only, so a chunked
+// body (or any other transfer coding) and a POST without a length (read
+// until the client closes) are held in memory whole first.
+std::optional<std::string> unbounded_body(const httplib::Request& req) {
+  if (req.has_header("Transfer-Encoding"))
+    return "request bodies with a Transfer-Encoding (chunked) are not accepted: send the body with a Content-Length";
+  if ((req.method == "POST" || req.method == "PUT" || req.method == "PATCH") && !req.has_header("Content-Length"))
+    return "a " + req.method + " needs a Content-Length (0 for no body)";
+  return std::nullopt;
+}
 
 std::string random_id(const char* prefix) {
   unsigned char b[12];
@@ -615,6 +640,7 @@ struct Server::Impl {
   struct AdmittedKey {
     const httplib::Request* request = nullptr;
     std::optional<std::string> name;
+    bool audited = false;  // the request has its audit row
   };
   static AdmittedKey& admitted_key() {
     thread_local AdmittedKey k;
@@ -1063,12 +1089,16 @@ struct Server::Impl {
   }
 
   void write_audit(const std::string& key, const httplib::Request& req, const Generation* g, int status) {
+    if (admitted_key().request == &req) admitted_key().audited = true;
     if (!audit) return;
     AuditEvent e;
     e.key_name = key;
     // Paths are chosen by the caller, refused ones included: a 401 flood of
     // 8 KiB paths would grow the log by 8 KiB a row.
     e.route = req.path.size() <= kMaxAuditRouteBytes ? req.path : req.path.substr(0, kMaxAuditRouteBytes) + "...";
+    // Rows the writer adds itself have routes in parentheses; a client's
+    // target that is not a path (refused) cannot pass for one.
+    if (e.route.empty() || e.route[0] != '/') e.route = "(not a path) " + e.route;
     e.status = status;
     if (g != nullptr) {
       e.model = g->model->id;
@@ -1889,6 +1919,11 @@ void Server::routes() {
 
   h.set_pre_routing_handler([&s](const httplib::Request& req, httplib::Response& res) {
     Impl::admitted_key() = {&req, req.path == "/health" ? std::nullopt : s.check_key(req)};
+    if (req.path.empty() || req.path[0] != '/') {  // "GET (audit gap)": no route, and no look-alike audit rows
+      s.send_error(res, api_error(400, "invalid_request_error", "the request target must be a path ('/...')"));
+      res.set_header("Connection", "close");
+      return httplib::Server::HandlerResponse::Handled;
+    }
     if (req.path == "/health") return httplib::Server::HandlerResponse::Unhandled;
     if (!s.key_of(req)) {
       ApiError e = api_error(401, "invalid_request_error",
@@ -1900,6 +1935,15 @@ void Server::routes() {
       s.write_audit("", req, nullptr, 401);  // refused attempts are audited too
       return httplib::Server::HandlerResponse::Handled;
     }
+    // httplib limits a body only by its Content-Length: a chunked body, or
+    // a POST without a length (read until the client closes), would be
+    // held in memory whole before any limit applied. Such requests get
+    // 411 before their body is read (OpenAI's SDKs always send a length).
+    if (const std::optional<std::string> why = unbounded_body(req)) {
+      s.send_error(res, api_error(411, "invalid_request_error", *why, "length_required"));
+      res.set_header("Connection", "close");  // the unread body must not be taken for a request
+      return httplib::Server::HandlerResponse::Handled;  // counted and audited by the logger
+    }
     return httplib::Server::HandlerResponse::Unhandled;
   });
 
@@ -1910,6 +1954,9 @@ void Server::routes() {
     ApiError e;
     e.http_status = res.status;
     if (res.status == 404) e.message = "no route " + req.method + " " + req.path;
+    else if (res.status == 413 && req.get_header_value("Content-Type").rfind("application/x-www-form-urlencoded", 0) == 0)
+      e.message = "a body sent as a form (application/x-www-form-urlencoded, what curl -d sends) is limited to 8 KiB "
+                  "by the HTTP library: send JSON with 'Content-Type: application/json'";
     else if (res.status == 413) e.message = "the request body is larger than " + std::to_string(s.config.max_body_bytes) + " bytes";
     else e.message = "bad request";
     e.type = res.status >= 500 ? "server_error" : "invalid_request_error";
@@ -1928,17 +1975,20 @@ void Server::routes() {
   });
   h.set_logger([&s](const httplib::Request& req, const httplib::Response& res) {
     const std::optional<std::string> key = s.key_of(req);
+    const bool audited = Impl::admitted_key().request == &req && Impl::admitted_key().audited;
     // The next request on this thread (a new Request, maybe at this
     // address) is checked afresh.
     Impl::admitted_key() = {};
+    // (The logger runs once the answer is written.)
+    if (res.get_header_value("Connection") == "close") end_answers(req);
     if (res.is_chunked_content_provider_) return;  // counted and audited when the stream ends
     if (res.status == 401) return;  // counted and audited when refused
     s.count(req, res.status);
     // The completion routes audit themselves (with token counts); every
-    // other request but /health gets a row here.
-    if (req.path != "/v1/chat/completions" && req.path != "/v1/completions" && req.path != "/v1/responses" &&
-        req.path != "/v1/rag/query" && req.path != "/health")
-      s.write_audit(key.value_or(""), req, nullptr, res.status);
+    // other request but /health gets a row here, and so does one that
+    // httplib or the pre-routing handler answered before any handler ran
+    // (a body over the limit, a malformed one, 411).
+    if (!audited && req.path != "/health") s.write_audit(key.value_or(""), req, nullptr, res.status);
   });
 
   h.Get("/health", [](const httplib::Request&, httplib::Response& res) {
@@ -2357,6 +2407,13 @@ void Server::Impl::rag_routes() {
         if (!j["metadata"].is_object()) return send_error(res, api_error(400, "invalid_request_error", "metadata must be an object"));
         metadata = j["metadata"].dump();
       }
+    } else if (type.rfind("application/x-www-form-urlencoded", 0) == 0) {
+      // (curl -d): the HTTP library reads such a body as form fields, so
+      // its bytes could name the document.
+      return send_error(res, api_error(415, "invalid_request_error",
+                                       "send a document's raw bytes with its own Content-Type (curl --data-binary "
+                                       "@FILE -H 'Content-Type: application/pdf'), or JSON, not as a form "
+                                       "(application/x-www-form-urlencoded)"));
     } else {
       source = req.get_param_value("source");
       if (source.empty())

@@ -1143,6 +1143,87 @@ TEST_F(DaemonE2E, AuditLogRecordsRequestsAndRefusals) {
   EXPECT_EQ(run({AIRLOCK_CLI_PATH, "audit", "verify", "--state", enclave_->dir / "state"}, &out), 0) << out;
 }
 
+// Everything one connection gets back for `request` (and `then`, sent
+// 300 ms later on the same connection), up to its end (or 10 s without a
+// byte).
+std::string raw_exchange(int port, const std::string& request, const std::string& then = "") {
+  const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  a.sin_port = htons(static_cast<std::uint16_t>(port));
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) {
+    ::close(fd);
+    return "connect: " + std::string(std::strerror(errno));
+  }
+  const timeval tv{10, 0};
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  std::string response;
+  if (::write(fd, request.data(), request.size()) == static_cast<ssize_t>(request.size())) {
+    if (!then.empty()) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(300));
+      (void)::send(fd, then.data(), then.size(), MSG_NOSIGNAL);
+    }
+    char buf[4096];
+    for (ssize_t n; (n = ::read(fd, buf, sizeof buf)) > 0;) response.append(buf, static_cast<std::size_t>(n));
+  }
+  ::close(fd);
+  return response;
+}
+
+// Bodies httplib would read without a bound (chunked, or a POST with no
+// length, read until the client closes) are refused with 411 before a
+// byte of them is read, and the connection ends after the answer: what
+// the client sent after the head (here a request of its own) gets no
+// answer. A target that is not a path gets 400. Every such refusal, and a
+// body over httplib's own limit on a completion route (answered before
+// any handler ran), has its audit row: the completion routes' rows used
+// to come from their handlers alone.
+TEST_F(DaemonE2E, UnboundedBodiesAreRefusedAndEveryRefusalIsAudited) {
+  const std::string auth = "Authorization: Bearer " + daemon_->api_key + "\r\n";
+  const std::string chunked = raw_exchange(
+      daemon_->port, "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n" + auth +
+                         "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n",
+      "GET /health HTTP/1.1\r\nHost: x\r\n\r\n");
+  EXPECT_EQ(chunked.rfind("HTTP/1.1 411", 0), 0u) << chunked;
+  EXPECT_EQ(chunked.find("HTTP/1.1", 1), std::string::npos) << "an answer after the refusal: " << chunked;
+  EXPECT_NE(chunked.find("Content-Length"), std::string::npos) << chunked;  // the message says what to send
+  const std::string no_length = raw_exchange(
+      daemon_->port, "POST /v1/embeddings HTTP/1.1\r\nHost: x\r\n" + auth + "Content-Type: application/json\r\n\r\n{}");
+  EXPECT_EQ(no_length.rfind("HTTP/1.1 411", 0), 0u) << no_length;
+  const std::string not_a_path = raw_exchange(daemon_->port, "GET (audit%20gap) HTTP/1.1\r\nHost: x\r\n\r\n");
+  EXPECT_EQ(not_a_path.rfind("HTTP/1.1 400", 0), 0u) << not_a_path;
+  // Over httplib's payload limit (max_body_bytes, or a document's base64
+  // size when that is larger): refused by httplib itself.
+  httplib::Client c = daemon_->client();
+  auto huge = c.Post("/v1/chat/completions", std::string(48u << 20, ' '), "application/json");
+  ASSERT_TRUE(huge);
+  EXPECT_EQ(huge->status, 413);
+  // Still serving on a fresh connection.
+  EXPECT_EQ(daemon_->client().Get("/v1/models")->status, 200);
+
+  bool chunked_row = false, no_length_row = false, not_a_path_row = false, huge_row = false;
+  for (int i = 0; i < 100 && !(chunked_row && no_length_row && not_a_path_row && huge_row); ++i) {
+    std::string out;
+    ASSERT_EQ(run({AIRLOCK_CLI_PATH, "audit", "tail", "--last", "1000", "--json", "--state", enclave_->dir / "state"}, &out), 0);
+    for (const json& row : json::parse(out)) {
+      chunked_row = chunked_row || (row["status"] == 411 && row["route"] == "/v1/chat/completions" && row["key"] == "tester");
+      no_length_row = no_length_row || (row["status"] == 411 && row["route"] == "/v1/embeddings");
+      not_a_path_row = not_a_path_row || (row["status"] == 400 && row["route"] == "(not a path) (audit gap)");
+      huge_row = huge_row || (row["status"] == 413 && row["route"] == "/v1/chat/completions");
+    }
+    if (!(chunked_row && no_length_row && not_a_path_row && huge_row))
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  EXPECT_TRUE(chunked_row);
+  EXPECT_TRUE(no_length_row);
+  EXPECT_TRUE(not_a_path_row);
+  EXPECT_TRUE(huge_row);
+  auto metrics = daemon_->client().Get("/metrics");
+  ASSERT_TRUE(metrics);
+  EXPECT_NE(metrics->body.find("route=\"/v1/chat/completions\",status=\"411\""), std::string::npos);
+}
+
 TEST_F(DaemonE2E, EmbeddingsFromTheBundlesStaticModel) {
   if (!have_embedder()) GTEST_SKIP() << "model2vec fixture not found (AIRLOCK_MODELS_DIR)";
   std::ifstream in(models_dir() + "/embeddings/model2vec-rs-fixtures/embeddings_short.json");
@@ -2733,6 +2814,13 @@ TEST_F(RagE2E, ReplacedAndDeletedDocumentsLeaveTheAnswers) {
 TEST_F(RagE2E, HostileDocumentsAreRefusedOneByOne) {
   auto c = daemon_->post("/v1/rag/collections", {{"name", "hostile"}});
   ASSERT_EQ(c->status, 201) << c->body;
+  // A form body (curl -d) is read by the HTTP library as fields, which
+  // could name the document: refused, saying what to send instead.
+  auto form = daemon_->client().Post("/v1/rag/collections/hostile/documents?source=f.txt", "source=g.txt&x=1",
+                                     "application/x-www-form-urlencoded");
+  ASSERT_TRUE(form);
+  EXPECT_EQ(form->status, 415) << form->body;
+  EXPECT_NE(form->body.find("--data-binary"), std::string::npos) << form->body;
   struct Bad {
     std::string name, bytes, code;
     int status;
