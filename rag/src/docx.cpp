@@ -106,6 +106,7 @@ Status walk_document_xml(const std::string& xml, TextBuilder* text) {
   // refused too, which costs nothing for files Word writes.
   if (xml.find("<!DOCTYPE") != std::string::npos)
     return invalid_argument("docx: word/document.xml declares a DTD (refused: entity expansion)");
+  AIRLOCK_RETURN_IF_ERROR(check_attribute_work(xml, /*html=*/false, "docx: word/document.xml"));
   xmlInitParser();
   // No NOENT (entities stay references), no DTDLOAD/DTDATTR/DTDVALID (no
   // external subset), NONET (no network even if asked).

@@ -4,11 +4,16 @@
 // open elements and scans all of it for each end tag that matches none (a
 // stray end tag never reaches our callbacks): kMaxDepth bounds that stack,
 // and kMaxMismatchedEndTags (counted through libxml2's error reports) the
-// number of such scans, so hostile input cannot make parsing quadratic.
+// number of such scans, and check_attribute_work() the attributes it
+// compares, so hostile input cannot make parsing quadratic. The document
+// is parsed whole (htmlParseDocument): libxml2 2.9's push parser drops
+// everything after </html> or after a stray end tag at the start, and
+// does not look for a UTF-16 byte order mark.
 #include <libxml/HTMLparser.h>
 #include <libxml/parser.h>
 
 #include <algorithm>
+#include <climits>
 #include <array>
 #include <cstring>
 
@@ -19,7 +24,6 @@ namespace {
 
 constexpr int kMaxDepth = 1024;  // browsers stop nesting at 512
 constexpr std::size_t kMaxMismatchedEndTags = 100000;
-constexpr std::size_t kChunkBytes = 1 << 20;
 
 // Elements whose content is never text for a reader.
 constexpr std::array kSkipped = {"script", "style", "noscript", "template", "head", "svg", "math",
@@ -150,18 +154,27 @@ Result<ExtractedDocument> extract_html(std::string_view bytes, const ExtractLimi
   sax.initialized = XML_SAX2_MAGIC;  // libxml2 reports errors to serror only then (SAX1 callbacks still used)
   // cdataBlock (the raw content of <script> and <style>), comments and
   // processing instructions stay unset: never text.
+  if (bytes.size() > static_cast<std::size_t>(INT_MAX)) return resource_exhausted("html: over 2 GiB");
+  AIRLOCK_RETURN_IF_ERROR(check_attribute_work(bytes, /*html=*/true, "html"));
   HtmlState state(limits.max_output_bytes);
-  const int first = static_cast<int>(std::min<std::size_t>(bytes.size(), 4));  // lets libxml2 sniff a BOM
-  state.ctxt = htmlCreatePushParserCtxt(&sax, &state, bytes.data(), first, nullptr, XML_CHAR_ENCODING_NONE);
-  if (state.ctxt == nullptr) return internal_error("html: libxml2 could not create a parser");
-  htmlCtxtUseOptions(state.ctxt, HTML_PARSE_RECOVER | HTML_PARSE_NONET | HTML_PARSE_NOERROR | HTML_PARSE_NOWARNING);
-  std::string_view rest = bytes.substr(static_cast<std::size_t>(first));
-  while (state.error.is_ok() && !rest.empty()) {
-    const std::size_t n = std::min(rest.size(), kChunkBytes);
-    htmlParseChunk(state.ctxt, rest.data(), static_cast<int>(n), 0);
-    rest.remove_prefix(n);
+  if (bytes.empty()) {  // (libxml2 makes no context for no bytes) no text
+    AIRLOCK_ASSIGN_OR_RETURN(std::string none, state.text.finish());
+    return ExtractedDocument{DocFormat::kHtml, "", std::move(none)};
   }
-  if (state.error.is_ok()) htmlParseChunk(state.ctxt, nullptr, 0, 1);
+  // (htmlParseDocument detects the encoding from the first bytes: a UTF-16
+  // or UTF-8 byte order mark, or a <meta> charset.)
+  state.ctxt = htmlCreateMemoryParserCtxt(bytes.data(), static_cast<int>(bytes.size()));
+  if (state.ctxt == nullptr) return internal_error("html: libxml2 could not create a parser");
+  // Our callbacks instead of the context's own (which would build a tree),
+  // taken back before the context is freed, as htmlSAXParseDoc does.
+  if (state.ctxt->sax != nullptr) xmlFree(state.ctxt->sax);
+  state.ctxt->sax = reinterpret_cast<xmlSAXHandlerPtr>(&sax);
+  state.ctxt->userData = &state;
+  htmlCtxtUseOptions(state.ctxt, HTML_PARSE_RECOVER | HTML_PARSE_NONET | HTML_PARSE_NOERROR | HTML_PARSE_NOWARNING);
+  htmlParseDocument(state.ctxt);
+  state.ctxt->sax = nullptr;
+  state.ctxt->userData = nullptr;
+  if (state.ctxt->myDoc != nullptr) xmlFreeDoc(state.ctxt->myDoc);  // (none: no tree callbacks)
   htmlFreeParserCtxt(state.ctxt);
   state.ctxt = nullptr;
   AIRLOCK_RETURN_IF_ERROR(state.error);

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -20,6 +21,17 @@ std::optional<std::size_t> first_invalid_utf8(std::string_view s);
 // The input as text or Markdown: valid UTF-8 and no NUL, else
 // kInvalidArgument naming the byte offset. `what` prefixes the message.
 Status check_text_input(std::string_view bytes, std::string_view what);
+
+// The attribute comparisons libxml2 2.9's start-tag parsing makes over
+// the whole input (pairs of attributes of one tag), at most this many: a
+// tag of 8,000 attributes alone, or 100,000 elements of 25 each. About a
+// fifth of a second.
+inline constexpr std::uint64_t kMaxAttributePairs = 32'000'000;
+
+// kInvalidArgument, before libxml2 sees `markup` (HTML, or XML when `html`
+// is false), when parsing it would compare more attribute pairs than
+// kMaxAttributePairs (markup_limits.cpp). `what` prefixes the message.
+Status check_attribute_work(std::string_view markup, bool html, std::string_view what);
 
 // s without a leading UTF-8 byte order mark.
 std::string_view strip_bom(std::string_view s);

@@ -381,6 +381,60 @@ TEST(ExtractTest, StrayEndTagsAreBounded) {
   EXPECT_EQ(ok->text, "kept");
 }
 
+// libxml2 2.9 compares each attribute of a start tag with every earlier
+// one: 80,000 on one element took 15.6 s. Such input is refused before
+// parsing; attributes spread over elements, and '<' in scripts, are not
+// counted against a page.
+TEST(ExtractTest, AttributeBombsAreRefusedBeforeParsing) {
+  std::string attrs;
+  for (int i = 0; i < 9000; ++i) attrs += " a" + std::to_string(i) + "=1";
+  auto r = extract_document("bomb.html", "<p" + attrs + ">text</p>");
+  EXPECT_EQ(r.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(message(r).find("too many attributes"), std::string::npos) << message(r);
+  // Quoted values may hold '>' and spaces; a value without its quote runs
+  // to the end.
+  std::string quoted;
+  for (int i = 0; i < 9000; ++i) quoted += " b" + std::to_string(i) + "=\"> x\"";
+  EXPECT_EQ(extract_document("q.html", "<div" + quoted + ">t</div>").status().code(), StatusCode::kInvalidArgument);
+  auto docx = extract_document("bomb.docx", make_docx(document_xml("<w:p" + attrs + "><w:r><w:t>x</w:t></w:r></w:p>")));
+  EXPECT_EQ(docx.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(message(docx).find("too many attributes"), std::string::npos) << message(docx);
+
+  std::string page = "<html><body>";
+  for (int i = 0; i < 3000; ++i) page += "<p class=\"c\" id=\"p" + std::to_string(i) + "\" data-x=1 title='t'>para</p>";
+  page += "<script>";
+  for (int i = 0; i < 9000; ++i) page += "if (a<b" + std::to_string(i) + " && c) x = ";  // not a tag
+  page += "1;</script><p>end</p></body></html>";
+  auto ok = extract_document("fine.html", page);
+  ASSERT_TRUE(ok.is_ok()) << ok.status().to_string();
+  EXPECT_EQ(ok->text.substr(ok->text.size() - 3), "end");
+  std::string body;
+  for (int i = 0; i < 2000; ++i) body += "<w:p w:rsidR=\"00A1\" w:rsidRDefault=\"00A1\"><w:r><w:t>p</w:t></w:r></w:p>";
+  EXPECT_TRUE(extract_document("fine.docx", make_docx(document_xml(body))).is_ok());
+}
+
+// The page is parsed whole: text after </html> and after a stray end tag
+// at the start is kept (libxml2's push parser dropped both), and a UTF-16
+// page with its byte order mark is decoded.
+TEST(ExtractTest, HtmlTextAfterTheDocumentEndAndUtf16AreRead) {
+  auto after = extract_document("after.html", "<html><body><p>first</p></body></html><p>more text</p>");
+  ASSERT_TRUE(after.is_ok()) << after.status().to_string();
+  EXPECT_NE(after->text.find("more text"), std::string::npos) << after->text;
+  auto stray = extract_document("stray.html", "</div><p>kept text</p>");
+  ASSERT_TRUE(stray.is_ok()) << stray.status().to_string();
+  EXPECT_EQ(stray->text, "kept text");
+  const std::string ascii = "<html><head><title>Wide</title><script>var s = 1;</script></head><body><p>Hello wide</p></body></html>";
+  std::string utf16 = "\xff\xfe";
+  for (char c : ascii) {
+    utf16 += c;
+    utf16 += '\0';
+  }
+  auto wide = extract_document("wide.html", utf16);
+  ASSERT_TRUE(wide.is_ok()) << wide.status().to_string();
+  EXPECT_EQ(wide->title, "Wide");
+  EXPECT_EQ(wide->text, "Hello wide");
+}
+
 // ---------------------------------------------------------------- DOCX
 
 TEST(ExtractTest, DocxRunsTabsBreaksAndParagraphs) {
