@@ -217,12 +217,17 @@ Result<ChosenBundle> choose_bundle(const Config& config, const std::atomic<bool>
 
 Status recheck_served(const Config& config, const LoadedModel& served) {
   using namespace airlock::verifier;
-  AIRLOCK_ASSIGN_OR_RETURN(TrustStore trust, TrustStore::load(config.trusted));
+  // Fails closed: a revocation list that cannot be read (a mistyped line
+  // added while revoking a key, say) cannot clear the bundle served.
+  Result<TrustStore> trust = TrustStore::load(config.trusted);
+  if (!trust.is_ok())
+    return verification_failed("the trusted keys or the revocation list cannot be read (" +
+                               trust.status().to_string() + "), so the bundle served cannot be checked");
   AIRLOCK_ASSIGN_OR_RETURN(BundleStore store, BundleStore::open(config.store, BundleStore::Access::kReadOnly));
   AIRLOCK_ASSIGN_OR_RETURN(std::vector<ImportRecord> imports, store.list_imports());
   for (const ImportRecord& r : imports)
     if (r.name == served.id && r.version == served.version && r.manifest_sha256 == served.manifest_sha256)
-      return store.check_installed(r, trust, /*rehash=*/false, 1).status();
+      return store.check_installed(r, *trust, /*rehash=*/false, 1).status();
   return not_found(served.id + " version " + std::to_string(served.version) + " is no longer recorded in the store");
 }
 

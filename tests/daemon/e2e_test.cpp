@@ -1856,6 +1856,28 @@ TEST(DaemonLifecycle, SighupLoadsANewVersionAndRefusesATamperedOne) {
   EXPECT_EQ(bad->exit_status, 2) << bad->log();
 }
 
+// A revocation list that cannot be read at a reload (a mistyped line
+// beside the key being revoked) withdraws the served bundle rather than
+// keeping it: the list may revoke its key.
+TEST(DaemonLifecycle, AnUnreadableRevocationListStopsServing) {
+  Enclave e;
+  auto d = Daemon::start(e);
+  ASSERT_GT(d->port, 0) << d->log();
+  const std::string signer =
+      json::parse(d->client().Get("/v1/models")->body)["data"][0]["airlock"]["signed_by"].get<std::string>();
+  testing::write_file(e.dir / "trusted/revoked", signer + "\nDEADBEEF;\n");
+  ::kill(d->pid, SIGHUP);
+  for (int i = 0; i < 200 && d->log().find("may no longer be served") == std::string::npos; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(25));
+  ASSERT_NE(d->log().find("may no longer be served"), std::string::npos) << d->log();
+  EXPECT_EQ(d->log().find("still serving the previous model"), std::string::npos) << d->log();
+  auto refused = d->post("/v1/chat/completions", chat("hello", 4));
+  ASSERT_TRUE(refused);
+  EXPECT_EQ(refused->status, 503);
+  EXPECT_NE(refused->body.find("revocation list cannot be read"), std::string::npos) << refused->body;
+  EXPECT_EQ(d->stop(), 0);
+}
+
 // Revoking the key that signed the served bundle, then SIGHUP: the bundle
 // stops being served (503 naming the revocation; /health stays up) instead
 // of "reload failed, still serving". A bundle signed by a new trusted key,
