@@ -248,12 +248,15 @@ std::optional<ApiError> normalise_reasoning(ojson& msg, const std::string& param
 }  // namespace
 
 // The body as a JSON object, or the 400 that says why not. Objects wider
-// than kMaxJsonObjectKeys are refused before the parse (its cost grows with
-// their square), and the depth is checked before anything copies the value
-// (copies recurse: json_depth.h).
+// than kMaxJsonObjectKeys (the parse's cost grows with their square) and
+// nesting deeper than kMaxJsonDepth (a value a level: memory) are refused
+// before the parse, and the depth is checked again before anything copies
+// the value (copies recurse: json_depth.h).
 std::optional<ApiError> parse_json_object(std::string_view body, ojson* j) {
   static_assert(kMaxJsonObjectKeys == 256 && kMaxJsonDepth == 64, "the messages name the limits");
-  if (json_text_has_wide_object<ojson>(body)) return invalid("", "the request body has an object with more than 256 keys");
+  const JsonTextCheck shape = check_json_text<ojson>(body);
+  if (shape.wide) return invalid("", "the request body has an object with more than 256 keys");
+  if (shape.deep) return invalid("", "the request body is nested deeper than 64 levels");
   *j = ojson::parse(body.begin(), body.end(), nullptr, /*allow_exceptions=*/false);
   if (j->is_discarded()) return invalid("", "the request body is not valid JSON");
   if (json_deeper_than(*j)) return invalid("", "the request body is nested deeper than 64 levels");
@@ -293,7 +296,9 @@ std::optional<ApiError> parse_request_object(const ojson& j, Endpoint endpoint, 
     if (!j.contains(key) || j[key].is_null()) return std::nullopt;
     if (!j[key].is_number_integer()) return invalid(key, std::string(key) + " must be an integer");
     const std::int64_t v = j[key].get<std::int64_t>();
-    if (v < lo || v > hi) return invalid(key, std::string(key) + " must be between " + std::to_string(lo) + " and " + std::to_string(hi));
+    // (an unsigned value past INT64_MAX would read as a negative one)
+    const bool wraps = j[key].is_number_unsigned() && j[key].get<std::uint64_t>() > static_cast<std::uint64_t>(INT64_MAX);
+    if (wraps || v < lo || v > hi) return invalid(key, std::string(key) + " must be between " + std::to_string(lo) + " and " + std::to_string(hi));
     apply(v);
     return std::nullopt;
   };

@@ -2,6 +2,8 @@
 // release builds and throw instead of reading out of bounds.
 #include "airlock/common/json.h"
 
+#include "airlock/common/json_depth.h"
+
 #include <gtest/gtest.h>
 
 #include <stdexcept>
@@ -16,6 +18,29 @@ TEST(JsonTest, AMissingKeyOfAConstObjectThrowsInsteadOfReadingPastTheMap) {
   EXPECT_THROW((void)j["a"]["function"], std::logic_error);
   const nlohmann::ordered_json o = nlohmann::ordered_json::parse(R"({"a": 1})");
   EXPECT_THROW((void)o["b"], std::logic_error);
+}
+
+// The pass before a parse finds nesting past the limit (and wide objects)
+// without building anything: it stops at the first level too many.
+TEST(JsonTest, TheTextCheckFindsDepthAndWidthBeforeAParse) {
+  auto nested = [](int depth, const std::string& inner) {
+    std::string s;
+    for (int i = 0; i < depth; ++i) s += i % 2 ? "{\"k\":" : "[";
+    s += inner;
+    for (int i = depth - 1; i >= 0; --i) s += i % 2 ? "}" : "]";
+    return s;
+  };
+  EXPECT_FALSE(check_json_text<nlohmann::json>(nested(kMaxJsonDepth, "1")).deep);
+  EXPECT_TRUE(check_json_text<nlohmann::json>(nested(kMaxJsonDepth + 1, "1")).deep);
+  EXPECT_TRUE(check_json_text<nlohmann::ordered_json>(std::string(8u << 20, '[')).deep);  // not valid JSON either
+  EXPECT_FALSE(check_json_text<nlohmann::json>("[" + std::string(1000, '1').insert(1, ",") + "]").deep);
+  std::string wide = "{";
+  for (int i = 0; i <= static_cast<int>(kMaxJsonObjectKeys); ++i) wide += (i ? ",\"" : "\"") + std::to_string(i) + "\":0";
+  wide += "}";
+  EXPECT_TRUE(check_json_text<nlohmann::json>(wide).wide);
+  EXPECT_FALSE(check_json_text<nlohmann::json>(wide).deep);
+  EXPECT_TRUE(json_text_has_wide_object<nlohmann::json>(wide));
+  EXPECT_FALSE(json_text_has_wide_object<nlohmann::json>(nested(1000, "1")));  // depth is not its business
 }
 
 }  // namespace

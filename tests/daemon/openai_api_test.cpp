@@ -165,6 +165,7 @@ TEST(OpenAiApiTest, BadRequestsNameTheParameter) {
       {R"({"model":"m","prompt":"x","best_of":3})", Endpoint::kCompletions, "best_of"},
       {R"({"model":"m","prompt":"x","best_of":0})", Endpoint::kCompletions, "best_of"},
       {R"({"model":"m","prompt":"x","top_k":-2})", Endpoint::kCompletions, "top_k"},
+      {R"({"model":"m","prompt":"x","top_k":18446744073709551615})", Endpoint::kCompletions, "top_k"},  // not -1 wrapped
   };
   for (const auto& [body, ep, param] : cases) {
     CompletionRequest r;

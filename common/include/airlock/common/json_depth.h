@@ -9,6 +9,7 @@
 #pragma once
 
 #include <cstddef>
+#include <limits>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -43,15 +44,30 @@ bool json_deeper_than(const Json& root, int limit = kMaxJsonDepth) {
 // few dozen keys per object.
 inline constexpr std::size_t kMaxJsonObjectKeys = 256;
 
-// True when `text` holds an object with more than `max_keys` keys, found by
-// a pass that builds nothing and stops at the first such object (linear in
-// the text). Invalid JSON gives false: the real parse reports it.
+// What a pass over outside JSON text found before anything is built.
+struct JsonTextCheck {
+  bool wide = false;  // an object with more than the keys allowed
+  bool deep = false;  // more arrays and objects open at once than the depth allowed
+};
+
+// A pass that builds nothing and stops at the first object with more than
+// `max_keys` keys, or at the first array or object nested more than
+// `max_depth` deep (linear in the text). A parse builds a value per level
+// of nesting: 8 MiB of '[' took ~315 MB before json_deeper_than() could
+// refuse the result. Invalid JSON passes: the real parse reports it.
 template <typename Json>
-bool json_text_has_wide_object(std::string_view text, std::size_t max_keys = kMaxJsonObjectKeys) {
+JsonTextCheck check_json_text(std::string_view text, std::size_t max_keys = kMaxJsonObjectKeys,
+                              int max_depth = kMaxJsonDepth) {
   struct Counter {
     std::vector<std::size_t> keys;  // per open object
     std::size_t max_keys;
-    bool wide = false;
+    int max_depth;
+    int open = 0;
+    bool wide = false, deep = false;
+    bool open_one() {
+      deep = ++open > max_depth;
+      return !deep;
+    }
     bool null() { return true; }
     bool boolean(bool) { return true; }
     bool number_integer(typename Json::number_integer_t) { return true; }
@@ -61,7 +77,7 @@ bool json_text_has_wide_object(std::string_view text, std::size_t max_keys = kMa
     bool binary(typename Json::binary_t&) { return true; }
     bool start_object(std::size_t) {
       keys.push_back(0);
-      return true;
+      return open_one();
     }
     bool key(typename Json::string_t&) {
       wide = ++keys.back() > max_keys;
@@ -69,15 +85,25 @@ bool json_text_has_wide_object(std::string_view text, std::size_t max_keys = kMa
     }
     bool end_object() {
       keys.pop_back();
+      --open;
       return true;
     }
-    bool start_array(std::size_t) { return true; }
-    bool end_array() { return true; }
+    bool start_array(std::size_t) { return open_one(); }
+    bool end_array() {
+      --open;
+      return true;
+    }
     bool parse_error(std::size_t, const std::string&, const typename Json::exception&) { return false; }
   };
-  Counter c{{}, max_keys};
+  Counter c{{}, max_keys, max_depth};
   Json::sax_parse(text.begin(), text.end(), &c);
-  return c.wide;
+  return {c.wide, c.deep};
+}
+
+// True when `text` holds an object with more than `max_keys` keys.
+template <typename Json>
+bool json_text_has_wide_object(std::string_view text, std::size_t max_keys = kMaxJsonObjectKeys) {
+  return check_json_text<Json>(text, max_keys, std::numeric_limits<int>::max()).wide;
 }
 
 }  // namespace airlock
