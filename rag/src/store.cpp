@@ -564,14 +564,30 @@ Result<PutResult> Store::put_document(const std::string& collection, const Docum
       result.outcome = PutOutcome::kReplaced;
       result.document_id = *existing;
     } else {
+      // A document id is never reused, as a chunk id is not (a citation's
+      // document_id names one document for good): meta's 'document_ids'
+      // holds the highest id given, deleted documents' included. (The
+      // table predates this: its ids are plain rowids, which SQLite gives
+      // again after the highest is deleted; stores made before it may
+      // have given some id twice.)
+      Stmt next(s.db,
+                "SELECT MAX(COALESCE((SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'document_ids'), 0),"
+                " COALESCE((SELECT MAX(id) FROM documents), 0)) + 1");
+      if (next.step() != SQLITE_ROW) return sql::error(s.db, "next document id");
+      const std::int64_t id = next.i64(0);
       Stmt ins(s.db,
-               "INSERT INTO documents (collection_id, source, content_hash, format, title, metadata, owner,"
-               " ingested_at, n_bytes) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)");
-      ins.bind(1, c.id).bind(2, doc.source).bind(3, doc.content_hash).bind(4, doc.format).bind(5, doc.title);
-      ins.bind(6, doc.metadata_json).bind(7, doc.owner).bind(8, now).bind(9, doc.n_bytes);
+               "INSERT INTO documents (id, collection_id, source, content_hash, format, title, metadata, owner,"
+               " ingested_at, n_bytes) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)");
+      ins.bind(1, id).bind(2, c.id).bind(3, doc.source).bind(4, doc.content_hash).bind(5, doc.format);
+      ins.bind(6, doc.title).bind(7, doc.metadata_json).bind(8, doc.owner).bind(9, now).bind(10, doc.n_bytes);
       if (ins.step() != SQLITE_DONE) return sql::error(s.db, "insert document");
+      Stmt issued(s.db,
+                  "INSERT INTO meta (key, value) VALUES ('document_ids', ?)"
+                  " ON CONFLICT(key) DO UPDATE SET value = excluded.value");
+      issued.bind(1, std::to_string(id));
+      if (issued.step() != SQLITE_DONE) return sql::error(s.db, "record document id");
       result.outcome = PutOutcome::kAdded;
-      result.document_id = sqlite3_last_insert_rowid(s.db);
+      result.document_id = id;
     }
     Stmt ins(s.db,
              "INSERT INTO chunks (document_id, collection_id, position, begin_byte, end_byte, n_tokens, text, embedding)"

@@ -180,6 +180,22 @@ TEST_F(StoreTest, PutReplaceDuplicateDelete) {
 
   ASSERT_TRUE(s->delete_document("c", "wing.txt", alice).is_ok());
   EXPECT_EQ(s->delete_document("c", "wing.txt", alice).code(), StatusCode::kNotFound);
+  // A document id is never given again, not even the highest one's after
+  // its deletion (an old citation must not name a new document), also
+  // after the store is opened again.
+  Result<PutResult> last = s->put_document("c", doc("last.txt", "Vortex shedding behind bluff bodies."), alice);
+  ASSERT_TRUE(last.is_ok());
+  ASSERT_TRUE(s->delete_document("c", "last.txt", alice).is_ok());
+  Result<PutResult> after_last = s->put_document("c", doc("next.txt", "Shock tube measurements of ignition."), alice);
+  ASSERT_TRUE(after_last.is_ok());
+  EXPECT_GT(after_last->document_id, last->document_id);
+  ASSERT_TRUE(s->delete_document("c", "next.txt", alice).is_ok());
+  s.reset();
+  s = open();
+  Result<PutResult> reopened = s->put_document("c", doc("again.txt", "Transition on swept wings."), alice);
+  ASSERT_TRUE(reopened.is_ok());
+  EXPECT_GT(reopened->document_id, after_last->document_id);
+  ASSERT_TRUE(s->delete_document("c", "again.txt", alice).is_ok());
   for (SearchMode mode : {SearchMode::kBm25, SearchMode::kVector, SearchMode::kHybrid}) {
     auto after = s->search(query("propeller noise", mode), alice);
     ASSERT_TRUE(after.is_ok());
