@@ -185,12 +185,35 @@ std::vector<HostileCase> hostile_cases() {
                  b[sig - 1] = 'X';  // the last byte of the manifest's padding
                  return b;
                }, "padding"});
+  // (Both were refused by the padding and end checks before the ustar
+  // size field was compared with the size.)
   c.push_back({"realsize_hides_bytes_in_the_padding", [valid] {
                  return with_realsize(valid(), "a.bin", 1000, "#!/bin/sh\necho hidden\n");  // stored 1023: one block
-               }, "padding"});
+               }, "size field says 1022"});
   c.push_back({"realsize_hides_a_block", [valid] {
                  return with_realsize(valid(), "a.bin", 1000, std::string(600, 'X'));  // stored 1600: two blocks more
-               }, "another tar reader"});
+               }, "size field says 1600"});
+  // The raw ustar fields of an entry say what a reader that ignores pax
+  // headers uses: they must agree with the pax values libarchive applies.
+  c.push_back({"ustar_name_escapes_while_pax_names_the_file", [valid] {
+                 std::string b = valid();
+                 const std::size_t h = tar_header_of(b, "a.bin");
+                 b.replace(h, 100, std::string("../../../tmp/pwned").append(82, '\0'));
+                 tar_checksum(b, h);
+                 return b.substr(0, h) + pax_header('x', "path=a.bin") + b.substr(h);
+               }, "ustar name '../../../tmp/pwned'"});
+  c.push_back({"gnu_sparse_name_renames_an_entry", [valid] {
+                 std::string b = valid();
+                 const std::size_t h = tar_header_of(b, "a.bin");
+                 return b.substr(0, h) + pax_header('x', "GNU.sparse.name=a.bin") + b.substr(h);
+               }, "GNU.sparse"});
+  c.push_back({"ustar_size_zero_while_pax_gives_the_size", [valid] {
+                 std::string b = valid();
+                 const std::size_t h = tar_header_of(b, "a.bin");
+                 b.replace(h + 124, 12, tar_octal(0, 12));
+                 tar_checksum(b, h);
+                 return b.substr(0, h) + pax_header('x', "size=1000") + b.substr(h);
+               }, "size field says 0"});
   c.push_back({"truncated_mid_payload", [valid] {
                  std::string b = valid();
                  return b.substr(0, b.size() / 2);

@@ -83,6 +83,34 @@ TEST(BundleRoundTrip, CreateVerifyImport) {
   EXPECT_EQ(hv->value_or(0), 1u);
 }
 
+// Paths as long as bundles allow: one that ustar splits into prefix and
+// name, and one that fits neither (pax path, a shortened ustar name).
+// Both verify and import: the ustar fields' checks accept what the writer
+// makes of them.
+TEST(BundleRoundTrip, TheLongestPathsVerify) {
+  Fixture f;
+  testing::write_file(f.dir / "x.bin", "x");
+  const std::string split = std::string(100, 'a') + "/" + std::string(50, 'b') + "/" + std::string(99, 'c');  // 251
+  const std::string unsplittable = std::string(100, 'd') + "/" + std::string(100, 'e') + "/" + std::string(53, 'f');
+  CreateOptions o;
+  o.name = "long-paths";
+  o.version = 1;
+  const std::string out = f.dir / "long.airlock";
+  Result<VerifiedBundle> made = create_bundle({{FileRole::kLlm, f.dir / "x.bin", "model.gguf"},
+                                               {FileRole::kConfig, f.dir / "x.bin", split},
+                                               {FileRole::kConfig, f.dir / "x.bin", unsplittable}},
+                                              f.key, o, out);
+  ASSERT_TRUE(made.is_ok()) << made.status().to_string();
+  TrustStore trust = testing::trust_only(f.key);
+  Result<VerifiedBundle> checked = verify_bundle_file(out, trust, {});
+  ASSERT_TRUE(checked.is_ok()) << checked.status().to_string();
+  Result<BundleStore> store = BundleStore::open(f.dir / "store");
+  ASSERT_TRUE(store.is_ok());
+  Result<ImportRecord> rec = store->import_bundle(out, trust, {});
+  ASSERT_TRUE(rec.is_ok()) << rec.status().to_string();
+  EXPECT_EQ(testing::read_file(f.dir / ("store/long-paths/1/" + unsplittable)), "x");
+}
+
 TEST(BundleRoundTrip, RollbackRefusedUnlessAllowed) {
   Fixture f;
   ASSERT_TRUE(f.create(1, f.dir / "v1.airlock").is_ok());

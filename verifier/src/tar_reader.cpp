@@ -12,6 +12,10 @@
 namespace airlock::verifier {
 namespace {
 
+// The longest pax records an entry may carry (a bundle's: a long path, a
+// large size).
+constexpr std::uint64_t kMaxPaxRecordBytes = 64 * 1024;
+
 std::string archive_message(::archive* ar) {
   const char* m = archive_error_string(ar);
   return m != nullptr ? std::string(m) : std::string("unknown archive error");
@@ -128,6 +132,7 @@ Result<bool> TarReader::next(TarEntry* entry) {
   entry->name = name != nullptr ? std::string(name) : std::string();
   entry->size = archive_entry_size_is_set(e) && archive_entry_size(e) >= 0
                     ? static_cast<std::uint64_t>(archive_entry_size(e)) : 0;
+  AIRLOCK_RETURN_IF_ERROR(check_ustar_fields(entry->name, entry->size));
   current_size_ = entry->size;
   prev_data_end_ = static_cast<std::uint64_t>(data_at) + entry->size;
   if (archive_entry_hardlink(e) != nullptr) entry->kind = "hardlink";
@@ -168,7 +173,10 @@ Status TarReader::check_headers(std::uint64_t data_at) {
     if (!copy_guarded(h, bytes_.data() + pos, sizeof h)) return file_shrank("bundle");
     pos += 512;
     const char type = static_cast<char>(h[156]);
-    if (pos == data_at && type != 'x' && type != 'g') return Status::ok();  // the entry's own header
+    if (pos == data_at && type != 'x' && type != 'g') {  // the entry's own header
+      std::memcpy(entry_header_.data(), h, sizeof h);
+      return Status::ok();
+    }
     if (type != 'x' || extended) {
       const std::string shown = std::isprint(static_cast<unsigned char>(type)) ? std::string(1, type) : "\\0";
       return verification_failed("tar header of type '" + shown + "' at offset " + std::to_string(pos - 512) +
@@ -186,8 +194,59 @@ Status TarReader::check_headers(std::uint64_t data_at) {
     if (digits == 0) return verification_failed("tar header: bad size field");
     const std::uint64_t records = (size + 511) / 512 * 512;
     if (records > data_at - pos) return verification_failed("tar archive: a pax header's records overrun the entry");
+    // GNU.sparse.* records rename and reshape an entry for the readers
+    // that apply them (libarchive: GNU.sparse.name replaces the path)
+    // and not for others; bundles never carry them, nor records this long.
+    if (size > kMaxPaxRecordBytes) return verification_failed("tar archive: a pax header's records are over 64 KiB");
+    std::string text(size, '\0');
+    if (!copy_guarded(text.data(), bytes_.data() + pos, size)) return file_shrank("bundle");
+    if (text.find(" GNU.sparse.") != std::string::npos)
+      return verification_failed("tar archive: a pax header with GNU.sparse records (bundles hold plain files)");
     pos += records;
   }
+}
+
+// The entry's own ustar header against what libarchive made of it (with
+// its pax records applied): a reader that ignores pax headers uses the raw
+// fields, so they must say the same. The path: prefix/name equal to the
+// entry's path, or, when the path needs pax (it does not fit), a relative
+// path without '.' components; the size field equal to the size (octal,
+// or base-256 when the high bit of its first byte is set).
+Status TarReader::check_ustar_fields(const std::string& name, std::uint64_t size) const {
+  const std::uint8_t* h = entry_header_.data();
+  auto field = [h](std::size_t at, std::size_t n) {
+    std::size_t len = 0;
+    while (len < n && h[at + len] != 0) ++len;
+    return std::string(reinterpret_cast<const char*>(h + at), len);
+  };
+  const std::string prefix = field(345, 155), base = field(0, 100);
+  const std::string raw = prefix.empty() ? base : prefix + "/" + base;
+  if (raw != name) {
+    bool safe = name.size() > 100 && !raw.empty() && raw[0] != '/';
+    for (std::size_t start = 0; safe && start <= raw.size();) {
+      const std::size_t slash = std::min(raw.find('/', start), raw.size());
+      safe = slash > start && raw[start] != '.';
+      start = slash + 1;
+    }
+    if (!safe)
+      return verification_failed("tar header: its ustar name '" + printable_name(raw) + "' differs from the entry's path '" +
+                                 printable_name(name) + "' (a reader that ignores pax headers would use it)");
+  }
+  std::uint64_t raw_size = 0;
+  if (h[124] & 0x80) {  // base-256
+    if ((h[124] & 0x7f) != 0 || h[125] != 0 || h[126] != 0 || h[127] != 0)
+      return verification_failed("tar header: a base-256 size field over 2^64");
+    for (std::size_t i = 128; i < 136; ++i) raw_size = raw_size << 8 | h[i];
+  } else {
+    std::size_t i = 124;
+    while (i < 136 && h[i] == ' ') ++i;
+    for (; i < 136 && h[i] >= '0' && h[i] <= '7'; ++i) raw_size = raw_size * 8 + (h[i] - '0');
+    if (i < 136 && h[i] != 0 && h[i] != ' ') return verification_failed("tar header: bad size field");
+  }
+  if (raw_size != size)
+    return verification_failed("tar header: its size field says " + std::to_string(raw_size) + " bytes, the entry has " +
+                               std::to_string(size) + " (a reader that ignores pax headers would read other bytes)");
+  return Status::ok();
 }
 
 // libarchive stops at the first zero block; what follows it could carry

@@ -15,6 +15,7 @@
 // Thread-safety: one TarReader per thread.
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <functional>
 #include <span>
@@ -67,6 +68,7 @@ class TarReader {
   static la_int64_t skip_callback(::archive* a, void* self, la_int64_t request);
   Status check_end();
   Status check_headers(std::uint64_t data_at);
+  Status check_ustar_fields(const std::string& name, std::uint64_t size) const;
   Status archive_error(std::string_view what);
 
   std::span<const std::uint8_t> bytes_;
@@ -76,6 +78,7 @@ class TarReader {
   ::archive* ar_ = nullptr;
   std::uint64_t current_size_ = 0;
   std::uint64_t prev_data_end_ = 0;  // where the last entry's data ended (0 before the first)
+  std::array<std::uint8_t, 512> entry_header_{};  // the current entry's own ustar header, raw
   Status open_status_;
 };
 
