@@ -1,25 +1,49 @@
 #include "airlock/engine/static_embedding.h"
 
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <cerrno>
 #include <cmath>
 #include <fstream>
 #include <sstream>
 
 #include "airlock/common/json.h"
-
 #include "airlock/common/json_depth.h"
 #include "hf_tokenizer_json.h"
 
 namespace airlock::engine {
 namespace {
 
+// A regular file of at most max_bytes, whole. Its size is checked before
+// reading, and no more than max_bytes + 1 bytes are ever read; a FIFO or
+// device is refused without waiting on it (O_NONBLOCK).
 Result<std::string> slurp(const std::string& path, std::size_t max_bytes) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return not_found(path + ": cannot read");
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  if (ss.str().size() > max_bytes) return verification_failed(path + ": larger than " + std::to_string(max_bytes) + " bytes");
-  return ss.str();
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+  if (fd < 0) return not_found(path + ": cannot read");
+  struct stat st {};
+  std::string out;
+  Status s;
+  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    s = verification_failed(path + ": not a regular file");
+  } else if (static_cast<std::uint64_t>(st.st_size) > max_bytes) {
+    s = verification_failed(path + ": larger than " + std::to_string(max_bytes) + " bytes");
+  } else {
+    char buf[65536];
+    for (ssize_t n; s.is_ok() && (n = ::read(fd, buf, sizeof buf)) != 0;) {
+      if (n < 0) {
+        if (errno != EINTR) s = io_error(path + ": read", errno);
+        continue;
+      }
+      out.append(buf, static_cast<std::size_t>(n));
+      if (out.size() > max_bytes) s = verification_failed(path + ": larger than " + std::to_string(max_bytes) + " bytes");
+    }
+  }
+  ::close(fd);
+  AIRLOCK_RETURN_IF_ERROR(s);
+  return out;
 }
 
 }  // namespace

@@ -348,6 +348,11 @@ TEST(BundleRoundTrip, CheckInstalledCatchesTamperingInTheStore) {
   ASSERT_EQ(::symlink("/etc/hostname", lic.c_str()), 0);
   EXPECT_FALSE(check(false, trust).is_ok());
   ASSERT_EQ(::unlink(lic.c_str()), 0);
+  // Nor is a FIFO waited on (opening one for reading blocks until a writer
+  // comes).
+  ASSERT_EQ(::mkfifo(lic.c_str(), 0640), 0);
+  EXPECT_NE(check(false, trust).status().message().find("not a regular file"), std::string::npos);
+  ASSERT_EQ(::unlink(lic.c_str()), 0);
   testing::write_file(lic, "MIT\n");
   ASSERT_TRUE(check(true, trust).is_ok());
 
@@ -359,6 +364,33 @@ TEST(BundleRoundTrip, CheckInstalledCatchesTamperingInTheStore) {
   ::chmod(manifest.c_str(), 0640);
   testing::write_file(manifest, testing::read_file(manifest) + " ");
   EXPECT_NE(check(false, trust).status().message().find("not the manifest recorded"), std::string::npos);
+}
+
+// A state.db whose import record lacks a column (written by something
+// else: the schema says NOT NULL) is refused, not read through a null
+// pointer.
+TEST(BundleRoundTrip, AnImportRecordWithNullsIsRefused) {
+  Fixture f;
+  ASSERT_TRUE(f.create(1, f.dir / "v1.airlock").is_ok());
+  {
+    Result<BundleStore> store = BundleStore::open(f.dir / "store");
+    ASSERT_TRUE(store.is_ok());
+    ASSERT_TRUE(store->import_bundle(f.dir / "v1.airlock", testing::trust_only(f.key), {}).is_ok());
+  }
+  sqlite3* db = nullptr;
+  ASSERT_EQ(sqlite3_open((f.dir / "store/state.db").c_str(), &db), SQLITE_OK);
+  ASSERT_EQ(sqlite3_exec(db,
+                         "CREATE TABLE loose AS SELECT * FROM imports; DROP TABLE imports;"
+                         "ALTER TABLE loose RENAME TO imports; UPDATE imports SET key_id = NULL;",
+                         nullptr, nullptr, nullptr),
+            SQLITE_OK)
+      << sqlite3_errmsg(db);
+  sqlite3_close(db);
+  Result<BundleStore> store = BundleStore::open(f.dir / "store", BundleStore::Access::kReadOnly);
+  ASSERT_TRUE(store.is_ok()) << store.status().to_string();
+  Result<std::vector<ImportRecord>> imports = store->list_imports();
+  ASSERT_FALSE(imports.is_ok());
+  EXPECT_NE(imports.status().message().find("lacks"), std::string::npos) << imports.status().to_string();
 }
 
 TEST(BundleRoundTrip, ManyDirectoriesDoNotExhaustDescriptors) {

@@ -472,6 +472,13 @@ Result<std::vector<ImportRecord>> BundleStore::list_imports() const {
   std::vector<ImportRecord> out;
   int rc;
   while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+    // The columns are NOT NULL in the schema this code creates; a state.db
+    // written otherwise is refused, not read through a null pointer.
+    if (sqlite3_column_type(st, 0) != SQLITE_TEXT || sqlite3_column_type(st, 2) != SQLITE_TEXT ||
+        sqlite3_column_type(st, 3) != SQLITE_TEXT) {
+      sqlite3_finalize(st);
+      return verification_failed("state.db: an import record lacks its name, key id or manifest hash");
+    }
     ImportRecord r;
     r.name = reinterpret_cast<const char*>(sqlite3_column_text(st, 0));
     r.version = static_cast<std::uint64_t>(sqlite3_column_int64(st, 1));
@@ -548,7 +555,9 @@ Result<int> open_file_nofollow(int root_fd, const std::string& rel) {
     dir = *next;
     start = slash + 1;
   }
-  int fd = ::openat(dir, rel.substr(start).c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+  // O_NONBLOCK: opening a FIFO planted in the store would wait for a
+  // writer (the fstat below refuses it).
+  int fd = ::openat(dir, rel.substr(start).c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK);
   const int err = errno;
   ::close(dir);
   if (fd < 0) return io_error("open " + rel, err);
