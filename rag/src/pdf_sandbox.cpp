@@ -167,6 +167,10 @@ const SeccompProgram& child_seccomp() {
         // The new mount API.
         SCMP_SYS(fsopen), SCMP_SYS(fsconfig), SCMP_SYS(fsmount), SCMP_SYS(fspick), SCMP_SYS(move_mount),
         SCMP_SYS(open_tree), SCMP_SYS(mount_setattr),
+        // Leaving the process group (set before the filter): whatever the
+        // child starts stays in it, and dies with it when the extraction
+        // ends (a setsid'd grandchild outlived it).
+        SCMP_SYS(setsid), SCMP_SYS(setpgid),
         // Modes, owners, times and attributes of files airlockd's user owns
         // (rag.db, the state database): Landlock does not restrict these.
         SCMP_SYS(chmod), SCMP_SYS(fchmod), SCMP_SYS(fchmodat), SCMP_SYS(chown), SCMP_SYS(fchown),

@@ -19,7 +19,9 @@
 #include <climits>
 #include <cstdlib>
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <random>
 #include <string>
 #include <thread>
@@ -600,6 +602,18 @@ TEST(ExtractTest, PdfChildPastTheDeadlineIsKilledAndReaped) {
   auto r2 = extract_document("slow.pdf", make_pdf("x"), limits);
   EXPECT_EQ(r2.status().code(), StatusCode::kResourceExhausted) << message(r2);
   expect_no_children();
+  // One that starts a process in a session of its own before it exits: a
+  // new session is refused, so nothing it starts outlives the extraction.
+  limits.pdftotext = dir.script("leaver", "setsid sleep 7.77 &\nsleep 0.2\necho text\nexit 0");
+  (void)extract_document("leave.pdf", make_pdf("x"), limits);
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  for (const auto& p : std::filesystem::directory_iterator("/proc")) {
+    std::ifstream in(p.path() / "cmdline", std::ios::binary);
+    const std::string cmd((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    if (cmd != std::string("sleep\0" "7.77\0", 11)) continue;
+    ADD_FAILURE() << "a process outlived the extraction: " << p.path();
+    ::kill(std::stoi(p.path().filename().string()), SIGKILL);
+  }
 }
 
 TEST(ExtractTest, PdfChildOutputOverTheCapIsKilled) {
@@ -700,6 +714,8 @@ void expect_child_cannot_escape(bool expect_landlock) {
       "attempt('truncate', lambda: os.truncate('" + secret + "', 0))\n"
       "attempt('signal', lambda: os.kill(" + std::to_string(::getpid()) + ", 0))\n"  // this process: airlockd's place
       "attempt('group', lambda: os.kill(-" + std::to_string(::getpgid(0)) + ", 0))\n"
+      "attempt('setsid', os.setsid)\n"
+      "attempt('setpgid', lambda: os.setpgid(0, 0))\n"
       "attempt('read', lambda: open('" + secret + "').read())\n"
       "attempt('create', lambda: open('" + created + "', 'w'))\n"
       "EOF");
@@ -708,7 +724,7 @@ void expect_child_cannot_escape(bool expect_landlock) {
   EXPECT_NE(r->text.find("socket Operation not permitted"), std::string::npos) << r->text;
   EXPECT_NE(r->text.find("unix Operation not permitted"), std::string::npos) << r->text;
   EXPECT_NE(r->text.find("ptrace Operation not permitted"), std::string::npos) << r->text;
-  for (const char* what : {"chmod", "truncate", "signal", "group"})
+  for (const char* what : {"chmod", "truncate", "signal", "group", "setsid", "setpgid"})
     EXPECT_NE(r->text.find(std::string(what) + " Operation not permitted"), std::string::npos) << what << ": " << r->text;
   struct stat after {};
   ASSERT_EQ(::stat(secret.c_str(), &after), 0);
