@@ -29,6 +29,11 @@ Result<IngestResult> ingest_document(Store& store, const Embedder& embedder, con
   if (embedder.dim() != store.dim())
     return invalid_argument("the embedding model gives " + std::to_string(embedder.dim()) +
                             " dimensions, the store holds " + std::to_string(store.dim()));
+  // Same dimension, another model: its vectors would sit beside the
+  // store's in one space they do not share.
+  if (embedder.model_id() != store.embedder_id())
+    return invalid_argument("the embedding model is " + embedder.model_id() + ", the store holds vectors of " +
+                            store.embedder_id());
   AIRLOCK_RETURN_IF_ERROR(check_source_name(source));
   AIRLOCK_RETURN_IF_ERROR(store.check_writable(collection, who));
   IngestResult result;

@@ -240,6 +240,7 @@ struct Store::Impl {
   sqlite3* db = nullptr;   // writes (and the checks), serialised by write_mu
   sqlite3* rdb = nullptr;  // searches: a read-only connection, so they never see a write in progress
   int dim = 0;
+  std::string embedder_id;
   AnnOptions ann;
   mutable std::mutex write_mu;            // one writer at a time (and SQLite transactions never interleave)
   mutable std::shared_mutex index_mu;     // the vector indexes
@@ -365,6 +366,8 @@ Store::Store(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 Store::~Store() = default;
 int Store::dim() const { return impl_->dim; }
 
+const std::string& Store::embedder_id() const { return impl_->embedder_id; }
+
 Result<std::unique_ptr<Store>> Store::open(const std::string& path, const std::string& embedder_id, int dim,
                                            const StoreOptions& options) {
   if (dim < 1 || dim > 65536) return invalid_argument("embedding dimension must be 1 to 65536");
@@ -375,6 +378,7 @@ Result<std::unique_ptr<Store>> Store::open(const std::string& path, const std::s
   ::close(fd);
   auto impl = std::make_unique<Impl>();
   impl->dim = dim;
+  impl->embedder_id = embedder_id;
   impl->ann.threshold = options.ann_threshold;
   impl->ann.m = options.hnsw_m;
   impl->ann.ef_construction = options.hnsw_ef_construction;

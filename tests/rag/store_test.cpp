@@ -442,6 +442,24 @@ TEST_F(StoreTest, AnnRecallAgainstExactSearch) {
 // An embedding model that fails (empty vectors) is the server's fault, not
 // the document's: kInternal (500), not kInvalidArgument (400 invalid
 // document), and nothing is written.
+// Vectors of another model of the same dimension are refused at ingest,
+// as they are when the store is opened.
+TEST_F(StoreTest, IngestRefusesAnotherEmbeddingModel) {
+  auto s = open();
+  ASSERT_TRUE(s->create_collection("c", alice, {}, "").is_ok());
+  struct Other final : Embedder {
+    std::string model_id() const override { return "other-model"; }
+    int dim() const override { return kEmbedder.dim(); }
+    std::size_t count_tokens(std::string_view t) const override { return kEmbedder.count_tokens(t); }
+    std::vector<std::vector<float>> embed(std::span<const std::string> t) const override { return kEmbedder.embed(t); }
+  } other;
+  Result<IngestResult> r = ingest_document(*s, other, "c", "a.txt", "Shock waves in nozzles.", "{}", alice);
+  ASSERT_FALSE(r.is_ok());
+  EXPECT_NE(r.status().message().find("other-model"), std::string::npos) << r.status().to_string();
+  EXPECT_TRUE(s->list_documents("c", alice)->empty());
+  EXPECT_TRUE(ingest_document(*s, kEmbedder, "c", "a.txt", "Shock waves in nozzles.", "{}", alice).is_ok());
+}
+
 TEST_F(StoreTest, AFailingEmbeddingModelIsNotABadDocument) {
   auto s = open();
   ASSERT_TRUE(s->create_collection("c", alice, {}, "").is_ok());

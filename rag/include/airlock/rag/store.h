@@ -138,6 +138,8 @@ class Store {
   Store& operator=(const Store&) = delete;
 
   int dim() const;
+  // The embedding model whose vectors the store holds (open()'s embedder_id).
+  const std::string& embedder_id() const;
 
   // Collection names: 1-64 characters of [A-Za-z0-9._-], not starting with
   // '.'. The creator owns it. Readers: "key:NAME", "group:NAME" or "*".
