@@ -62,6 +62,18 @@ std::optional<std::string> unbounded_body(const httplib::Request& req) {
   return std::nullopt;
 }
 
+// True when the request's head announces a body httplib will not read:
+// it reads one only for POST, PUT, PATCH and DELETE, and never when the
+// request is answered before routing (401). Its bytes would then be read
+// as the next request on the connection.
+bool body_left_unread(const httplib::Request& req, bool answered_early) {
+  const bool has_body = req.has_header("Transfer-Encoding") ||
+                        (req.has_header("Content-Length") && req.get_header_value("Content-Length") != "0");
+  if (!has_body) return false;
+  const bool read = req.method == "POST" || req.method == "PUT" || req.method == "PATCH" || req.method == "DELETE";
+  return answered_early || !read;
+}
+
 std::string random_id(const char* prefix) {
   unsigned char b[12];
   randombytes_buf(b, sizeof b);
@@ -862,9 +874,10 @@ struct Server::Impl {
   }
 
   // whole_response(g) as text, its log-probabilities written by
-  // logprobs_text(): the tree holds a marker per choice, replaced in order
-  // (a marker cannot occur inside a dumped string: its quotes would be
-  // escaped there).
+  // logprobs_text(): the tree holds a marker per choice, replaced in order.
+  // What is looked for is the key with its marker value, "logprobs":"@@..@@":
+  // a string the model wrote may equal a marker, but inside a dumped string
+  // the quotes of '":"' would be escaped.
   std::string whole_response_text(const Generation& g) const {
     ojson r = whole_response(g, /*logprobs=*/false);
     const bool lp = g.request.logprobs;
@@ -875,12 +888,12 @@ struct Server::Impl {
     std::string out;
     std::size_t from = 0;
     for (std::size_t i = 0; i < g.choices.size(); ++i) {
-      const std::string marker = "\"@@airlock-logprobs-" + std::to_string(i) + "@@\"";
+      const std::string key = "\"logprobs\":", marker = key + "\"@@airlock-logprobs-" + std::to_string(i) + "@@\"";
       const std::size_t at = skeleton.find(marker, from);
       if (at == std::string::npos) break;  // (cannot happen: each choice has its marker)
       out.append(skeleton, from, at - from);
       const Choice& c = g.choices[i];
-      out += logprobs_text(g, c, c.logprobs, c.logprobs_base);
+      out += key + logprobs_text(g, c, c.logprobs, c.logprobs_base);
       from = at + marker.size();
     }
     out.append(skeleton, from, std::string::npos);
@@ -1981,6 +1994,11 @@ void Server::routes() {
       res.set_header("Connection", "close");
       return httplib::Server::HandlerResponse::Handled;
     }
+    if (body_left_unread(req, /*answered_early=*/false)) {  // a GET with a body, /health's too
+      s.send_error(res, api_error(400, "invalid_request_error", "a " + req.method + " request carries no body"));
+      res.set_header("Connection", "close");
+      return httplib::Server::HandlerResponse::Handled;
+    }
     if (req.path == "/health") return httplib::Server::HandlerResponse::Unhandled;
     if (!s.key_of(req)) {
       ApiError e = api_error(401, "invalid_request_error",
@@ -1988,6 +2006,9 @@ void Server::routes() {
                              "invalid_api_key");
       s.send_error(res, e);
       res.set_header("WWW-Authenticate", "Bearer");
+      // Its body is not read: the connection ends after this answer
+      // (the logger), or the body's bytes would be taken for a request.
+      if (body_left_unread(req, /*answered_early=*/true)) res.set_header("Connection", "close");
       s.count(req, 401);
       s.write_audit("", req, nullptr, 401);  // refused attempts are audited too
       return httplib::Server::HandlerResponse::Handled;

@@ -3,9 +3,13 @@
 // attribute of a start tag against every earlier one of the same tag, so
 // one element with tens of thousands of attributes takes seconds to hours
 // (80,000 in a 709 KB page: 15.6 s). The scan follows start tags as the
-// parsers do (quoted and unquoted values; comments, CDATA, declarations and
-// processing instructions skipped; in HTML the raw text of <script> and
-// <style> too) and counts the attribute pairs they would compare.
+// parsers do (quoted and unquoted values) and counts the attribute pairs
+// they would compare. It skips only what the parser skips: comments, a
+// DOCTYPE, processing instructions that have a target, CDATA in XML, and
+// in HTML the raw text of <script> and <style>; anything else after a '<'
+// that starts no tag for the parser (in HTML: not an ASCII letter) is
+// text, and the scan goes on at the next byte. Where the scan and the
+// parser could disagree, the scan counts more, never less.
 #include <cstdint>
 
 #include "text_builder.h"
@@ -14,6 +18,8 @@ namespace airlock::rag::internal {
 namespace {
 
 bool is_space(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f'; }
+
+bool is_ascii_letter(char c) { return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z'); }
 
 bool iequals_at(std::string_view s, std::size_t at, std::string_view word) {
   if (at + word.size() > s.size()) return false;
@@ -42,21 +48,27 @@ Status check_attribute_work(std::string_view s, bool html, std::string_view what
       i = past(s, i + 3, "-->");
       continue;
     }
-    if (s.compare(i, 8, "![CDATA[") == 0) {
-      i = past(s, i + 8, "]]>");
-      continue;
-    }
-    if (s[i] == '!' || s[i] == '?') {  // <!DOCTYPE ...>, <?xml ...?>
+    if (iequals_at(s, i, "!doctype")) {
       i = past(s, i, ">");
       continue;
     }
+    if (!html && s.compare(i, 8, "![CDATA[") == 0) {
+      i = past(s, i + 8, "]]>");
+      continue;
+    }
+    if (s[i] == '?' && i + 1 < n && (is_ascii_letter(s[i + 1]) || s[i + 1] == '_' || s[i + 1] == ':')) {
+      i = past(s, i, html ? ">" : "?>");  // a processing instruction (HTML ends it at '>')
+      continue;
+    }
     const unsigned char first = static_cast<unsigned char>(s[i]);
-    if (!((first >= 'a' && first <= 'z') || (first >= 'A' && first <= 'Z') || first == '_' || first >= 0x80))
-      continue;  // an end tag, or a '<' that is text
+    const bool starts_tag = is_ascii_letter(s[i]) || (!html && (first == '_' || first == ':' || first >= 0x80));
+    if (!starts_tag) continue;  // an end tag, or a '<' that is text: on from the next byte
     const std::size_t name = i;
     while (i < n && !is_space(s[i]) && s[i] != '>' && s[i] != '/') ++i;
-    const bool raw_text = html && (iequals_at(s, name, "script") || iequals_at(s, name, "style"));
-    const std::string_view raw_end = iequals_at(s, name, "script") ? "</script" : "</style";
+    const std::string_view tag = s.substr(name, i - name);
+    const bool is_script = tag.size() == 6 && iequals_at(tag, 0, "script"), is_style = tag.size() == 5 && iequals_at(tag, 0, "style");
+    const bool raw_text = html && (is_script || is_style);
+    const std::string_view raw_end = is_script ? "</script" : "</style";
     std::uint64_t attributes = 0;
     while (i < n) {
       while (i < n && (is_space(s[i]) || s[i] == '/')) ++i;

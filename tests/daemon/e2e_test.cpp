@@ -1193,6 +1193,21 @@ TEST_F(DaemonE2E, UnboundedBodiesAreRefusedAndEveryRefusalIsAudited) {
   EXPECT_EQ(no_length.rfind("HTTP/1.1 411", 0), 0u) << no_length;
   const std::string not_a_path = raw_exchange(daemon_->port, "GET (audit%20gap) HTTP/1.1\r\nHost: x\r\n\r\n");
   EXPECT_EQ(not_a_path.rfind("HTTP/1.1 400", 0), 0u) << not_a_path;
+  // Bodies httplib never reads: a refused request's (401, before routing)
+  // and a GET's. Their bytes, here a request of their own, get no answer.
+  const std::string inner = "GET /health HTTP/1.1\r\nHost: x\r\n\r\n";
+  const std::string refused = raw_exchange(
+      daemon_->port, "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     "Content-Length: " + std::to_string(inner.size()) + "\r\n\r\n",
+      inner);
+  EXPECT_EQ(refused.rfind("HTTP/1.1 401", 0), 0u) << refused;
+  EXPECT_EQ(refused.find("HTTP/1.1", 1), std::string::npos) << "an answer after the refusal: " << refused;
+  const std::string get_body = raw_exchange(
+      daemon_->port, "GET /health HTTP/1.1\r\nHost: x\r\nContent-Length: " + std::to_string(inner.size()) + "\r\n\r\n",
+      inner);
+  EXPECT_EQ(get_body.rfind("HTTP/1.1 400", 0), 0u) << get_body;
+  EXPECT_EQ(get_body.find("HTTP/1.1", 1), std::string::npos) << "an answer after the refusal: " << get_body;
+  EXPECT_EQ(daemon_->client(false).Get("/health")->status, 200);  // without a body, as ever
   // Over httplib's payload limit (max_body_bytes, or a document's base64
   // size when that is larger): refused by httplib itself.
   httplib::Client c = daemon_->client();

@@ -398,6 +398,14 @@ TEST(ExtractTest, AttributeBombsAreRefusedBeforeParsing) {
   std::string quoted;
   for (int i = 0; i < 9000; ++i) quoted += " b" + std::to_string(i) + "=\"> x\"";
   EXPECT_EQ(extract_document("q.html", "<div" + quoted + ">t</div>").status().code(), StatusCode::kInvalidArgument);
+  // Behind what looks like a declaration, a processing instruction, a tag
+  // of another alphabet or a script-like name, the parser still parses the
+  // tag that follows (the scan once skipped ahead there).
+  for (const std::string& before : {std::string("<!x "), std::string("<? "), std::string("<\xc3\xa9 x=\""),
+                                    std::string("<stylex>"), std::string("<scripts>")}) {
+    auto hidden = extract_document("hidden.html", "<p>a</p>" + before + "<div" + attrs + ">text</div>");
+    EXPECT_EQ(hidden.status().code(), StatusCode::kInvalidArgument) << before;
+  }
   auto docx = extract_document("bomb.docx", make_docx(document_xml("<w:p" + attrs + "><w:r><w:t>x</w:t></w:r></w:p>")));
   EXPECT_EQ(docx.status().code(), StatusCode::kInvalidArgument);
   EXPECT_NE(message(docx).find("too many attributes"), std::string::npos) << message(docx);
