@@ -652,7 +652,8 @@ struct Server::Impl {
   struct AdmittedKey {
     const httplib::Request* request = nullptr;
     std::optional<std::string> name;
-    bool audited = false;  // the request has its audit row
+    bool audited = false;       // the request has its audit row
+    bool unread_bytes = false;  // refused with bytes left unread: the logger ends the connection
   };
   static AdmittedKey& admitted_key() {
     thread_local AdmittedKey k;
@@ -1989,16 +1990,18 @@ void Server::routes() {
 
   h.set_pre_routing_handler([&s](const httplib::Request& req, httplib::Response& res) {
     Impl::admitted_key() = {&req, req.path == "/health" ? std::nullopt : s.check_key(req)};
-    if (req.path.empty() || req.path[0] != '/') {  // "GET (audit gap)": no route, and no look-alike audit rows
-      s.send_error(res, api_error(400, "invalid_request_error", "the request target must be a path ('/...')"));
+    // A refusal that leaves bytes unread: the logger ends the connection
+    // once the answer is written (end_answers); counted and audited there.
+    auto refuse_and_close = [&](const ApiError& e) {
+      s.send_error(res, e);
       res.set_header("Connection", "close");
+      Impl::admitted_key().unread_bytes = true;
       return httplib::Server::HandlerResponse::Handled;
-    }
-    if (body_left_unread(req, /*answered_early=*/false)) {  // a GET with a body, /health's too
-      s.send_error(res, api_error(400, "invalid_request_error", "a " + req.method + " request carries no body"));
-      res.set_header("Connection", "close");
-      return httplib::Server::HandlerResponse::Handled;
-    }
+    };
+    if (req.path.empty() || req.path[0] != '/')  // "GET (audit gap)": no route, and no look-alike audit rows
+      return refuse_and_close(api_error(400, "invalid_request_error", "the request target must be a path ('/...')"));
+    if (body_left_unread(req, /*answered_early=*/false))  // a GET with a body, /health's too
+      return refuse_and_close(api_error(400, "invalid_request_error", "a " + req.method + " request carries no body"));
     if (req.path == "/health") return httplib::Server::HandlerResponse::Unhandled;
     if (!s.key_of(req)) {
       ApiError e = api_error(401, "invalid_request_error",
@@ -2008,7 +2011,10 @@ void Server::routes() {
       res.set_header("WWW-Authenticate", "Bearer");
       // Its body is not read: the connection ends after this answer
       // (the logger), or the body's bytes would be taken for a request.
-      if (body_left_unread(req, /*answered_early=*/true)) res.set_header("Connection", "close");
+      if (body_left_unread(req, /*answered_early=*/true)) {
+        res.set_header("Connection", "close");
+        Impl::admitted_key().unread_bytes = true;
+      }
       s.count(req, 401);
       s.write_audit("", req, nullptr, 401);  // refused attempts are audited too
       return httplib::Server::HandlerResponse::Handled;
@@ -2017,11 +2023,8 @@ void Server::routes() {
     // a POST without a length (read until the client closes), would be
     // held in memory whole before any limit applied. Such requests get
     // 411 before their body is read (OpenAI's SDKs always send a length).
-    if (const std::optional<std::string> why = unbounded_body(req)) {
-      s.send_error(res, api_error(411, "invalid_request_error", *why, "length_required"));
-      res.set_header("Connection", "close");  // the unread body must not be taken for a request
-      return httplib::Server::HandlerResponse::Handled;  // counted and audited by the logger
-    }
+    if (const std::optional<std::string> why = unbounded_body(req))
+      return refuse_and_close(api_error(411, "invalid_request_error", *why, "length_required"));
     return httplib::Server::HandlerResponse::Unhandled;
   });
 
@@ -2053,12 +2056,14 @@ void Server::routes() {
   });
   h.set_logger([&s](const httplib::Request& req, const httplib::Response& res) {
     const std::optional<std::string> key = s.key_of(req);
-    const bool audited = Impl::admitted_key().request == &req && Impl::admitted_key().audited;
+    const bool own = Impl::admitted_key().request == &req;
+    const bool audited = own && Impl::admitted_key().audited, unread = own && Impl::admitted_key().unread_bytes;
     // The next request on this thread (a new Request, maybe at this
     // address) is checked afresh.
     Impl::admitted_key() = {};
-    // (The logger runs once the answer is written.)
-    if (res.get_header_value("Connection") == "close") end_answers(req);
+    // (The logger runs once the answer is written. Only these refusals:
+    // finding the socket scans the process's descriptors.)
+    if (unread) end_answers(req);
     if (res.is_chunked_content_provider_) return;  // counted and audited when the stream ends
     if (res.status == 401) return;  // counted and audited when refused
     s.count(req, res.status);

@@ -13,8 +13,8 @@
 #include <libxml/parser.h>
 
 #include <algorithm>
-#include <climits>
 #include <array>
+#include <climits>
 #include <cstring>
 
 #include "text_builder.h"

@@ -66,7 +66,8 @@ Status check_attribute_work(std::string_view s, bool html, std::string_view what
     const std::size_t name = i;
     while (i < n && !is_space(s[i]) && s[i] != '>' && s[i] != '/') ++i;
     const std::string_view tag = s.substr(name, i - name);
-    const bool is_script = tag.size() == 6 && iequals_at(tag, 0, "script"), is_style = tag.size() == 5 && iequals_at(tag, 0, "style");
+    const bool is_script = tag.size() == 6 && iequals_at(tag, 0, "script");
+    const bool is_style = tag.size() == 5 && iequals_at(tag, 0, "style");
     const bool raw_text = html && (is_script || is_style);
     const std::string_view raw_end = is_script ? "</script" : "</style";
     std::uint64_t attributes = 0;

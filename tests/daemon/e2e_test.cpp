@@ -1871,6 +1871,19 @@ TEST(DaemonLifecycle, SighupLoadsANewVersionAndRefusesATamperedOne) {
   EXPECT_EQ(bad->exit_status, 2) << bad->log();
 }
 
+// Writes the served bundle's signing key into the revocation list, followed
+// by `more` lines, and reloads; true once airlockd says the bundle may no
+// longer be served (within 5 s).
+bool revoke_served_key_and_reload(const Enclave& e, Daemon& d, const std::string& more = "") {
+  const std::string signer =
+      json::parse(d.client().Get("/v1/models")->body)["data"][0]["airlock"]["signed_by"].get<std::string>();
+  testing::write_file(e.dir / "trusted/revoked", signer + "\n" + more);
+  ::kill(d.pid, SIGHUP);
+  for (int i = 0; i < 200 && d.log().find("may no longer be served") == std::string::npos; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(25));
+  return d.log().find("may no longer be served") != std::string::npos;
+}
+
 // A revocation list that cannot be read at a reload (a mistyped line
 // beside the key being revoked) withdraws the served bundle rather than
 // keeping it: the list may revoke its key.
@@ -1878,13 +1891,7 @@ TEST(DaemonLifecycle, AnUnreadableRevocationListStopsServing) {
   Enclave e;
   auto d = Daemon::start(e);
   ASSERT_GT(d->port, 0) << d->log();
-  const std::string signer =
-      json::parse(d->client().Get("/v1/models")->body)["data"][0]["airlock"]["signed_by"].get<std::string>();
-  testing::write_file(e.dir / "trusted/revoked", signer + "\nDEADBEEF;\n");
-  ::kill(d->pid, SIGHUP);
-  for (int i = 0; i < 200 && d->log().find("may no longer be served") == std::string::npos; ++i)
-    std::this_thread::sleep_for(std::chrono::milliseconds(25));
-  ASSERT_NE(d->log().find("may no longer be served"), std::string::npos) << d->log();
+  ASSERT_TRUE(revoke_served_key_and_reload(e, *d, "DEADBEEF;\n")) << d->log();
   EXPECT_EQ(d->log().find("still serving the previous model"), std::string::npos) << d->log();
   auto refused = d->post("/v1/chat/completions", chat("hello", 4));
   ASSERT_TRUE(refused);
@@ -1901,13 +1908,7 @@ TEST(DaemonLifecycle, RevokingTheServedBundlesKeyStopsServingIt) {
   Enclave e;
   auto d = Daemon::start(e);
   ASSERT_GT(d->port, 0) << d->log();
-  const std::string signer =
-      json::parse(d->client().Get("/v1/models")->body)["data"][0]["airlock"]["signed_by"].get<std::string>();
-  testing::write_file(e.dir / "trusted/revoked", signer + "\n");
-  ::kill(d->pid, SIGHUP);
-  for (int i = 0; i < 200 && d->log().find("may no longer be served") == std::string::npos; ++i)
-    std::this_thread::sleep_for(std::chrono::milliseconds(25));
-  ASSERT_NE(d->log().find("may no longer be served"), std::string::npos) << d->log();
+  ASSERT_TRUE(revoke_served_key_and_reload(e, *d)) << d->log();
   auto refused = d->post("/v1/chat/completions", chat("hello", 4));
   ASSERT_TRUE(refused);
   EXPECT_EQ(refused->status, 503);
