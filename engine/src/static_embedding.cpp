@@ -7,8 +7,6 @@
 #include <algorithm>
 #include <cerrno>
 #include <cmath>
-#include <fstream>
-#include <sstream>
 
 #include "airlock/common/json.h"
 #include "airlock/common/json_depth.h"
