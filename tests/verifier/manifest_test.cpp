@@ -66,6 +66,51 @@ TEST(ManifestTest, NameAndSemanticRules) {
   EXPECT_FALSE(validate_manifest(m).is_ok());
 }
 
+// A model2vec embedding is read with the config.json and tokenizer.json
+// beside it: a manifest that leaves either out (or gives it another role)
+// would have the daemon read an unsigned file from the store.
+TEST(ManifestTest, Model2VecNeedsItsConfigAndTokenizer) {
+  Manifest m = sample();
+  ManifestFile vectors = m.files[1];
+  vectors.path = "embedding/model.safetensors";
+  vectors.role = FileRole::kEmbedding;
+  ManifestFile config = vectors, tokenizer = vectors;
+  config.path = "embedding/config.json";
+  config.role = FileRole::kConfig;
+  tokenizer.path = "embedding/tokenizer.json";
+  tokenizer.role = FileRole::kTokenizer;
+  m.files.insert(m.files.end(), {vectors, config, tokenizer});
+  ASSERT_TRUE(validate_manifest(m).is_ok()) << validate_manifest(m).to_string();
+
+  Manifest without = m;
+  without.files.pop_back();
+  Status s = validate_manifest(without);
+  EXPECT_FALSE(s.is_ok());
+  EXPECT_NE(s.message().find("needs 'embedding/tokenizer.json' with role 'tokenizer'"), std::string::npos) << s.to_string();
+  without = m;
+  without.files.erase(without.files.end() - 2);
+  EXPECT_NE(validate_manifest(without).message().find("'embedding/config.json'"), std::string::npos);
+  Manifest wrong_role = m;
+  wrong_role.files.back().role = FileRole::kOther;
+  EXPECT_FALSE(validate_manifest(wrong_role).is_ok());
+  Manifest elsewhere = m;
+  elsewhere.files.back().path = "tokenizer.json";  // not beside the vectors
+  EXPECT_FALSE(validate_manifest(elsewhere).is_ok());
+  // Top level: the parts are top-level too.
+  Manifest top = m;
+  for (ManifestFile& f : top.files) f.path = f.path.substr(f.path.find('/') + 1);
+  top.files[1].path = "docs/LICENSE";
+  EXPECT_TRUE(validate_manifest(top).is_ok()) << validate_manifest(top).to_string();
+  top.files.pop_back();
+  EXPECT_FALSE(validate_manifest(top).is_ok());
+  // A GGUF embedding needs neither.
+  Manifest gguf = m;
+  gguf.files.resize(2);
+  gguf.files[1].path = "embed.gguf";
+  gguf.files[1].role = FileRole::kEmbedding;
+  EXPECT_TRUE(validate_manifest(gguf).is_ok());
+}
+
 TEST(ManifestTest, HostileJson) {
   std::string good = serialize_manifest(sample());
   auto edit = [&](const std::string& from, const std::string& to) {

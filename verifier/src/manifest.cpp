@@ -6,6 +6,7 @@
 #include <ctime>
 #include <set>
 #include <string>
+#include <utility>
 
 #include "airlock/common/json.h"
 
@@ -252,6 +253,33 @@ int compare_semver(const std::uint64_t a[3], const std::uint64_t b[3]) {
   return 0;
 }
 
+namespace {
+
+// A model2vec embedding is a directory: the daemon reads the vectors'
+// config.json and tokenizer.json beside them, so those must be signed too,
+// with the roles that name them (the store holds nothing unsigned).
+Status check_model2vec_parts(const Manifest& m) {
+  for (const ManifestFile& e : m.files) {
+    if (e.role != FileRole::kEmbedding) continue;
+    const std::size_t slash = e.path.rfind('/');
+    const std::string dir = slash == std::string::npos ? "" : e.path.substr(0, slash + 1);
+    if (e.path.substr(dir.size()) != "model.safetensors") continue;
+    static constexpr std::pair<const char*, FileRole> kParts[] = {{"config.json", FileRole::kConfig},
+                                                                   {"tokenizer.json", FileRole::kTokenizer}};
+    for (const auto& part : kParts) {
+      const std::string path = dir + part.first;
+      const bool listed = std::any_of(m.files.begin(), m.files.end(),
+                                      [&](const ManifestFile& f) { return f.path == path && f.role == part.second; });
+      if (!listed)
+        return verification_failed("the model2vec embedding '" + e.path + "' needs '" + path + "' with role '" +
+                                   std::string(role_name(part.second)) + "' in the bundle");
+    }
+  }
+  return Status::ok();
+}
+
+}  // namespace
+
 Status validate_manifest(const Manifest& m) {
   AIRLOCK_RETURN_IF_ERROR(validate_bundle_name(m.name));
   if (m.version < 1 || m.version > kMaxJsonInteger) return verification_failed("version must be 1 to 2^53-1");
@@ -295,7 +323,7 @@ Status validate_manifest(const Manifest& m) {
   }
   for (const std::string& dir : directories)
     if (folded_paths.count(dir)) return verification_failed("path '" + dir + "' is both a file and a directory");
-  return Status::ok();
+  return check_model2vec_parts(m);
 }
 
 std::string serialize_manifest(const Manifest& m) {
