@@ -147,85 +147,101 @@ struct SeccompProgram {
   std::string error;  // why there is none
 };
 
-const SeccompProgram& child_seccomp() {
-  static const SeccompProgram program = [] {
-    SeccompProgram p;
-    scmp_filter_ctx ctx = seccomp_init(SCMP_ACT_ALLOW);  // other architectures' calls: killed (libseccomp's default)
-    if (ctx == nullptr) {
-      p.error = "seccomp_init failed";
-      return p;
-    }
-    const int denied[] = {
-        SCMP_SYS(socket), SCMP_SYS(socketpair), SCMP_SYS(connect), SCMP_SYS(bind), SCMP_SYS(listen),
-        SCMP_SYS(accept), SCMP_SYS(accept4), SCMP_SYS(ptrace), SCMP_SYS(process_vm_readv),
-        SCMP_SYS(process_vm_writev), SCMP_SYS(kcmp), SCMP_SYS(pidfd_getfd), SCMP_SYS(perf_event_open),
-        SCMP_SYS(bpf), SCMP_SYS(userfaultfd), SCMP_SYS(io_uring_setup), SCMP_SYS(io_uring_enter),
-        SCMP_SYS(io_uring_register), SCMP_SYS(keyctl), SCMP_SYS(add_key), SCMP_SYS(request_key), SCMP_SYS(mount),
-        SCMP_SYS(umount2), SCMP_SYS(unshare), SCMP_SYS(setns), SCMP_SYS(pivot_root), SCMP_SYS(chroot),
-        SCMP_SYS(open_by_handle_at), SCMP_SYS(name_to_handle_at), SCMP_SYS(init_module), SCMP_SYS(finit_module),
-        SCMP_SYS(kexec_load), SCMP_SYS(personality), SCMP_SYS(execveat),
-        // The new mount API.
-        SCMP_SYS(fsopen), SCMP_SYS(fsconfig), SCMP_SYS(fsmount), SCMP_SYS(fspick), SCMP_SYS(move_mount),
-        SCMP_SYS(open_tree), SCMP_SYS(mount_setattr),
-        // Leaving the process group (set before the filter): whatever the
-        // child starts stays in it, and dies with it when the extraction
-        // ends (a setsid'd grandchild outlived it).
-        SCMP_SYS(setsid), SCMP_SYS(setpgid),
-        // Modes, owners, times and attributes of files airlockd's user owns
-        // (rag.db, the state database): Landlock does not restrict these.
-        SCMP_SYS(chmod), SCMP_SYS(fchmod), SCMP_SYS(fchmodat), SCMP_SYS(chown), SCMP_SYS(fchown),
-        SCMP_SYS(lchown), SCMP_SYS(fchownat), SCMP_SYS(truncate), SCMP_SYS(utime), SCMP_SYS(utimes),
-        SCMP_SYS(utimensat), SCMP_SYS(futimesat), SCMP_SYS(setxattr), SCMP_SYS(lsetxattr), SCMP_SYS(fsetxattr),
-        SCMP_SYS(removexattr), SCMP_SYS(lremovexattr), SCMP_SYS(fremovexattr),
-        // Signals by other routes than kill and tgkill (below).
-        SCMP_SYS(tkill), SCMP_SYS(pidfd_send_signal), SCMP_SYS(rt_sigqueueinfo), SCMP_SYS(rt_tgsigqueueinfo)};
-    auto add = [&](int nr, std::uint32_t action, unsigned n_args, const scmp_arg_cmp* args) {
-      if (nr < 0) return true;  // not a call on this architecture
-      if (seccomp_rule_add_array(ctx, action, nr, n_args, args) == 0) return true;
-      p.error = "seccomp_rule_add failed for call " + std::to_string(nr);
-      seccomp_release(ctx);
-      return false;
-    };
-    for (int nr : denied)
-      if (!add(nr, SCMP_ACT_ERRNO(EPERM), 0, nullptr)) return p;
-    // Signals to airlockd (it runs as the same user; the filter is built
-    // once, in airlockd, so getpid() is its pid), and kill() to any process
-    // group or to every process (a negative pid). The child may still
-    // signal itself and its own group (raise, abort, kill 0). Compared on
-    // the low 32 bits: pid_t is an int.
-    const scmp_datum_t self = static_cast<std::uint32_t>(::getpid());
-    const scmp_arg_cmp to_airlockd[] = {SCMP_A0(SCMP_CMP_MASKED_EQ, 0xFFFFFFFFu, self)};
-    const scmp_arg_cmp negative[] = {SCMP_A0(SCMP_CMP_MASKED_EQ, 0x80000000u, 0x80000000u)};
-    if (!add(SCMP_SYS(tgkill), SCMP_ACT_ERRNO(EPERM), 1, to_airlockd) ||
-        !add(SCMP_SYS(kill), SCMP_ACT_ERRNO(EPERM), 1, to_airlockd) ||
-        !add(SCMP_SYS(kill), SCMP_ACT_ERRNO(EPERM), 1, negative))
-      return p;
-    // clone with new namespaces; clone3 hides its flags in memory, so it
-    // reports ENOSYS and the C library falls back to clone.
-    for (scmp_datum_t flag : {static_cast<scmp_datum_t>(CLONE_NEWNS), static_cast<scmp_datum_t>(CLONE_NEWCGROUP),
-                              static_cast<scmp_datum_t>(CLONE_NEWUTS), static_cast<scmp_datum_t>(CLONE_NEWIPC),
-                              static_cast<scmp_datum_t>(CLONE_NEWUSER), static_cast<scmp_datum_t>(CLONE_NEWPID),
-                              static_cast<scmp_datum_t>(CLONE_NEWNET)}) {
-      const scmp_arg_cmp with_flag[] = {SCMP_A0(SCMP_CMP_MASKED_EQ, flag, flag)};
-      if (!add(SCMP_SYS(clone), SCMP_ACT_ERRNO(EPERM), 1, with_flag)) return p;
-    }
-    if (!add(SCMP_SYS(clone3), SCMP_ACT_ERRNO(ENOSYS), 0, nullptr)) return p;
-    const int fd = ::memfd_create("airlock-seccomp", MFD_CLOEXEC);
-    if (fd < 0 || seccomp_export_bpf(ctx, fd) != 0) {
-      p.error = "cannot export the seccomp program";
-    } else {
-      const off_t n = ::lseek(fd, 0, SEEK_END);
-      p.code.resize(static_cast<std::size_t>(n > 0 ? n : 0) / sizeof(sock_filter));
-      if (n <= 0 || ::pread(fd, p.code.data(), p.code.size() * sizeof(sock_filter), 0) != n) {
-        p.code.clear();
-        p.error = "cannot read the seccomp program back";
-      }
-    }
-    if (fd >= 0) ::close(fd);
-    seccomp_release(ctx);
+// New processes: pdftotext starts none (nor threads), so an exploited one
+// cannot fork-bomb the service's task limit, which airlockd's own threads
+// share, for the timeout's length. Threads (clone with CLONE_THREAD) stay
+// allowed. The tests' shell stand-ins fork: they lift this (below).
+std::atomic<bool> g_allow_child_processes{false};
+
+SeccompProgram build_child_seccomp(bool allow_processes) {
+  SeccompProgram p;
+  scmp_filter_ctx ctx = seccomp_init(SCMP_ACT_ALLOW);  // other architectures' calls: killed (libseccomp's default)
+  if (ctx == nullptr) {
+    p.error = "seccomp_init failed";
     return p;
-  }();
-  return program;
+  }
+  const int denied[] = {
+      SCMP_SYS(socket), SCMP_SYS(socketpair), SCMP_SYS(connect), SCMP_SYS(bind), SCMP_SYS(listen),
+      SCMP_SYS(accept), SCMP_SYS(accept4), SCMP_SYS(ptrace), SCMP_SYS(process_vm_readv),
+      SCMP_SYS(process_vm_writev), SCMP_SYS(kcmp), SCMP_SYS(pidfd_getfd), SCMP_SYS(perf_event_open),
+      SCMP_SYS(bpf), SCMP_SYS(userfaultfd), SCMP_SYS(io_uring_setup), SCMP_SYS(io_uring_enter),
+      SCMP_SYS(io_uring_register), SCMP_SYS(keyctl), SCMP_SYS(add_key), SCMP_SYS(request_key), SCMP_SYS(mount),
+      SCMP_SYS(umount2), SCMP_SYS(unshare), SCMP_SYS(setns), SCMP_SYS(pivot_root), SCMP_SYS(chroot),
+      SCMP_SYS(open_by_handle_at), SCMP_SYS(name_to_handle_at), SCMP_SYS(init_module), SCMP_SYS(finit_module),
+      SCMP_SYS(kexec_load), SCMP_SYS(personality), SCMP_SYS(execveat),
+      // The new mount API.
+      SCMP_SYS(fsopen), SCMP_SYS(fsconfig), SCMP_SYS(fsmount), SCMP_SYS(fspick), SCMP_SYS(move_mount),
+      SCMP_SYS(open_tree), SCMP_SYS(mount_setattr),
+      // Leaving the process group (set before the filter): whatever the
+      // child starts stays in it, and dies with it when the extraction
+      // ends (a setsid'd grandchild outlived it).
+      SCMP_SYS(setsid), SCMP_SYS(setpgid),
+      // Modes, owners, times and attributes of files airlockd's user owns
+      // (rag.db, the state database): Landlock does not restrict these.
+      SCMP_SYS(chmod), SCMP_SYS(fchmod), SCMP_SYS(fchmodat), SCMP_SYS(chown), SCMP_SYS(fchown),
+      SCMP_SYS(lchown), SCMP_SYS(fchownat), SCMP_SYS(truncate), SCMP_SYS(utime), SCMP_SYS(utimes),
+      SCMP_SYS(utimensat), SCMP_SYS(futimesat), SCMP_SYS(setxattr), SCMP_SYS(lsetxattr), SCMP_SYS(fsetxattr),
+      SCMP_SYS(removexattr), SCMP_SYS(lremovexattr), SCMP_SYS(fremovexattr),
+      // Signals by other routes than kill and tgkill (below).
+      SCMP_SYS(tkill), SCMP_SYS(pidfd_send_signal), SCMP_SYS(rt_sigqueueinfo), SCMP_SYS(rt_tgsigqueueinfo)};
+  auto add = [&](int nr, std::uint32_t action, unsigned n_args, const scmp_arg_cmp* args) {
+    if (nr < 0) return true;  // not a call on this architecture
+    if (seccomp_rule_add_array(ctx, action, nr, n_args, args) == 0) return true;
+    p.error = "seccomp_rule_add failed for call " + std::to_string(nr);
+    seccomp_release(ctx);
+    return false;
+  };
+  for (int nr : denied)
+    if (!add(nr, SCMP_ACT_ERRNO(EPERM), 0, nullptr)) return p;
+  // Signals to airlockd (it runs as the same user; the filter is built
+  // once, in airlockd, so getpid() is its pid), and kill() to any process
+  // group or to every process (a negative pid). The child may still
+  // signal itself and its own group (raise, abort, kill 0). Compared on
+  // the low 32 bits: pid_t is an int.
+  const scmp_datum_t self = static_cast<std::uint32_t>(::getpid());
+  const scmp_arg_cmp to_airlockd[] = {SCMP_A0(SCMP_CMP_MASKED_EQ, 0xFFFFFFFFu, self)};
+  const scmp_arg_cmp negative[] = {SCMP_A0(SCMP_CMP_MASKED_EQ, 0x80000000u, 0x80000000u)};
+  if (!add(SCMP_SYS(tgkill), SCMP_ACT_ERRNO(EPERM), 1, to_airlockd) ||
+      !add(SCMP_SYS(kill), SCMP_ACT_ERRNO(EPERM), 1, to_airlockd) ||
+      !add(SCMP_SYS(kill), SCMP_ACT_ERRNO(EPERM), 1, negative))
+    return p;
+  // clone with new namespaces; clone3 hides its flags in memory, so it
+  // reports ENOSYS and the C library falls back to clone.
+  for (scmp_datum_t flag : {static_cast<scmp_datum_t>(CLONE_NEWNS), static_cast<scmp_datum_t>(CLONE_NEWCGROUP),
+                            static_cast<scmp_datum_t>(CLONE_NEWUTS), static_cast<scmp_datum_t>(CLONE_NEWIPC),
+                            static_cast<scmp_datum_t>(CLONE_NEWUSER), static_cast<scmp_datum_t>(CLONE_NEWPID),
+                            static_cast<scmp_datum_t>(CLONE_NEWNET)}) {
+    const scmp_arg_cmp with_flag[] = {SCMP_A0(SCMP_CMP_MASKED_EQ, flag, flag)};
+    if (!add(SCMP_SYS(clone), SCMP_ACT_ERRNO(EPERM), 1, with_flag)) return p;
+  }
+  if (!add(SCMP_SYS(clone3), SCMP_ACT_ERRNO(ENOSYS), 0, nullptr)) return p;
+  if (!allow_processes) {
+    const scmp_arg_cmp not_thread[] = {SCMP_A0(SCMP_CMP_MASKED_EQ, CLONE_THREAD, 0)};
+    if (!add(SCMP_SYS(clone), SCMP_ACT_ERRNO(EPERM), 1, not_thread) ||
+        !add(SCMP_SYS(fork), SCMP_ACT_ERRNO(EPERM), 0, nullptr) ||
+        !add(SCMP_SYS(vfork), SCMP_ACT_ERRNO(EPERM), 0, nullptr))
+      return p;
+  }
+  const int fd = ::memfd_create("airlock-seccomp", MFD_CLOEXEC);
+  if (fd < 0 || seccomp_export_bpf(ctx, fd) != 0) {
+    p.error = "cannot export the seccomp program";
+  } else {
+    const off_t n = ::lseek(fd, 0, SEEK_END);
+    p.code.resize(static_cast<std::size_t>(n > 0 ? n : 0) / sizeof(sock_filter));
+    if (n <= 0 || ::pread(fd, p.code.data(), p.code.size() * sizeof(sock_filter), 0) != n) {
+      p.code.clear();
+      p.error = "cannot read the seccomp program back";
+    }
+  }
+  if (fd >= 0) ::close(fd);
+  seccomp_release(ctx);
+  return p;
+}
+
+const SeccompProgram& child_seccomp() {
+  static const SeccompProgram without_processes = build_child_seccomp(false);
+  static const SeccompProgram with_processes = build_child_seccomp(true);
+  return g_allow_child_processes.load() ? with_processes : without_processes;
 }
 
 // Landlock (Linux 5.13+): the child may read and execute under /usr (the
@@ -489,10 +505,12 @@ Result<ChildOutput> run_sandboxed(const std::vector<std::string>& argv, std::str
 
 void limit_landlock_abi_for_testing(int abi) { g_landlock_abi_limit.store(abi); }
 
+void allow_child_processes_for_testing(bool allow) { g_allow_child_processes.store(allow); }
+
 std::string sandbox_summary_line() {
   const SeccompProgram& filter = child_seccomp();
   std::string out = filter.code.empty() ? "system call filter UNAVAILABLE (" + filter.error + "): PDFs are refused"
-                                        : "system call filter on (no sockets, no tracing)";
+                                        : "system call filter on (no sockets, no tracing, no new processes)";
   const int abi = landlock_abi();
   out += abi > 0 ? ", Landlock ABI " + std::to_string(abi) + " on (reads /usr and a few /etc files, writes nothing)"
                  : ", Landlock not available (kernel < 5.13, disabled, or blocked by the service's system call "

@@ -63,4 +63,9 @@ std::string sandbox_summary_line();
 // calls it.
 void limit_landlock_abi_for_testing(int abi);
 
+// Lets the sandboxed program start processes (fork, vfork, clone without
+// CLONE_THREAD), which the filter otherwise refuses: the tests' shell
+// scripts that stand in for pdftotext fork. Nothing in the product calls it.
+void allow_child_processes_for_testing(bool allow);
+
 }  // namespace airlock::rag::internal

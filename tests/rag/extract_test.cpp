@@ -41,6 +41,10 @@ constexpr const char* kPdftotext = "/usr/bin/pdftotext";
 std::string message(const Result<ExtractedDocument>& r) { return r.is_ok() ? "(ok)" : r.status().message(); }
 
 // A temporary folder with executable scripts that stand in for pdftotext.
+// Shell scripts fork (pipes, command substitution, any command not run with
+// exec), which the sandbox refuses to pdftotext: while a ScriptDir lives its
+// children may start processes (expect_child_cannot_escape() takes that back
+// to check the refusal).
 class ScriptDir {
  public:
   ScriptDir() {
@@ -48,8 +52,10 @@ class ScriptDir {
     const char* d = ::mkdtemp(tmpl);
     EXPECT_NE(d, nullptr);
     dir_ = d != nullptr ? d : "/tmp";
+    internal::allow_child_processes_for_testing(true);
   }
   ~ScriptDir() {
+    internal::allow_child_processes_for_testing(false);
     for (const std::string& f : files_) ::unlink(f.c_str());
     ::rmdir(dir_.c_str());
   }
@@ -704,9 +710,11 @@ void expect_child_cannot_escape(bool expect_landlock) {
   ExtractLimits limits;
   limits.pdf_timeout_ms = 20000;
   limits.pdf_memory_bytes = 1024u << 20;
+  internal::allow_child_processes_for_testing(false);  // the product's filter, whole
   limits.pdftotext = dir.script(
       "escape",
-      "/usr/bin/python3 - <<'EOF'\n"
+      "exec /usr/bin/python3 - <<'EOF'\n"
+      "import threading\n"
       "import ctypes, os, socket\n"
       "def attempt(what, f):\n"
       "    try:\n"
@@ -726,13 +734,23 @@ void expect_child_cannot_escape(bool expect_landlock) {
       "attempt('setpgid', lambda: os.setpgid(0, 0))\n"
       "attempt('read', lambda: open('" + secret + "').read())\n"
       "attempt('create', lambda: open('" + created + "', 'w'))\n"
+      "def fork():\n"
+      "    if os.fork() == 0: os._exit(0)\n"
+      "    os.wait()\n"
+      "attempt('fork', fork)\n"
+      "import subprocess\n"
+      "attempt('spawn', lambda: subprocess.run(['/usr/bin/true']))\n"
+      "seen = []\n"
+      "t = threading.Thread(target=lambda: seen.append(1)); t.start(); t.join()\n"
+      "print('thread', 'ran' if seen else 'did not run')\n"
       "EOF");
   auto r = extract_document("escape.pdf", make_pdf("x"), limits);
   ASSERT_TRUE(r.is_ok()) << r.status().to_string();
   EXPECT_NE(r->text.find("socket Operation not permitted"), std::string::npos) << r->text;
   EXPECT_NE(r->text.find("unix Operation not permitted"), std::string::npos) << r->text;
   EXPECT_NE(r->text.find("ptrace Operation not permitted"), std::string::npos) << r->text;
-  for (const char* what : {"chmod", "truncate", "signal", "group", "setsid", "setpgid"})
+  EXPECT_NE(r->text.find("thread ran"), std::string::npos) << r->text;  // threads are not processes
+  for (const char* what : {"chmod", "truncate", "signal", "group", "setsid", "setpgid", "fork", "spawn"})
     EXPECT_NE(r->text.find(std::string(what) + " Operation not permitted"), std::string::npos) << what << ": " << r->text;
   struct stat after {};
   ASSERT_EQ(::stat(secret.c_str(), &after), 0);
