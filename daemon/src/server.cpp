@@ -1596,7 +1596,13 @@ void Server::Impl::completions(const httplib::Request& req, httplib::Response& r
   res.set_header("X-Accel-Buffering", "no");
   auto state = std::make_shared<StreamState>();
   state->finish_sent.assign(g->choices.size(), false);
-  auto provider = [this, g, state](std::size_t, httplib::DataSink& sink) -> bool {
+  // Output can be held back for long (a grounded answer until it cites, a
+  // tool call until it is whole), and the HTTP library notices a client that
+  // left only when a write fails: its socket is checked at every call.
+  const std::optional<PeerSocket> peer =
+      PeerSocket::find(req.local_addr, req.local_port, req.remote_addr, req.remote_port);
+  auto provider = [this, g, state, peer](std::size_t, httplib::DataSink& sink) -> bool {
+    if (peer && peer->peer_closed()) return false;
     return g->request.responses ? response_events(*g, *state, sink) : chat_chunks(*g, *state, sink);
   };
   res.set_chunked_content_provider(

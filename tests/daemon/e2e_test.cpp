@@ -2574,6 +2574,49 @@ constexpr const char* kRagConfig =
 
 bool have_pdftotext() { return ::access("/usr/bin/pdftotext", X_OK) == 0; }
 
+// A stream whose output is held back writes nothing for a long time: here a
+// grounded answer, shown only once it cites a source (the test model does
+// not cite). Its client hanging up is noticed on the socket all the same,
+// and the sequence freed long before the 400 tokens (8 s at 20 ms a step)
+// are done; it used to run to the end.
+TEST(DaemonLifecycle, HeldBackStreamHangUpCancels) {
+#if !defined(AIRLOCK_TEST_HOOKS)
+  GTEST_SKIP() << "built with AIRLOCK_TEST_HOOKS=OFF: the step-delay hook is not compiled in";
+#endif
+  Enclave e(rag_embedder_dir());
+  auto d = start_with_step_delay(e, 20);
+  ASSERT_GT(d->port, 0) << d->log();
+  ASSERT_EQ(d->post("/v1/rag/collections", {{"name", "c"}})->status, 201);
+  ASSERT_EQ(d->post("/v1/rag/collections/c/documents",
+                    {{"source", "leave.txt"}, {"content", "Staff get thirty days of annual leave each year."}})
+                ->status,
+            201);
+  json body = chat("How many days of annual leave do staff get each year?", 400, true);
+  body["ignore_eos"] = true;
+  body["airlock"] = {{"collections", {"c"}}};
+  const auto t0 = std::chrono::steady_clock::now();
+  {
+    httplib::Client c = d->client();
+    c.set_read_timeout(0, 800000);  // gives up after 0.8 s and closes the connection
+    (void)c.Post("/v1/chat/completions", body.dump(), "application/json");
+  }
+  double used = -1, running = -1;
+  std::string m;
+  for (int i = 0; i < 150; ++i) {
+    m = d->client().Get("/metrics")->body;
+    used = metric(m, "airlock_kv_blocks_used");
+    running = metric(m, "airlock_requests_running");
+    if (used == 0 && running == 0) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  EXPECT_EQ(running, 0);
+  EXPECT_EQ(used, 0);
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(4));  // well before the 8 s answer
+  EXPECT_NE(m.find("airlock_requests_total{route=\"/v1/chat/completions\",status=\"499\"} 1"), std::string::npos) << m;
+  EXPECT_LT(metric(m, "airlock_generation_tokens_total"), 200) << m;
+  EXPECT_EQ(d->stop(), 0);
+}
+
 struct Corpus {
   std::string name, bytes, question;
 };
