@@ -50,8 +50,8 @@ std::string other_constraint(const json& s, std::string_view self) {
 // lists it), else the enum's.
 json listed_values(const json& s) {
   if (!s.contains("const")) return s["enum"];
-  const json same = {{"const", s["const"]}};
-  if (s.contains("enum") && std::none_of(s["enum"].begin(), s["enum"].end(), [&](const json& v) { return follows_schema(same, v); }))
+  if (s.contains("enum") &&
+      std::none_of(s["enum"].begin(), s["enum"].end(), [&](const json& v) { return same_json(s["const"], v); }))
     return json::array();
   return json::array({s["const"]});
 }
@@ -217,29 +217,51 @@ class Compiler {
   }
 
   // Exactly one of `texts`, as a trie (one way through for each prefix).
-  Rule literals(const std::vector<std::string>& texts) {
+  // One of `texts`, as a tree of their shared prefixes with a rule only
+  // where they part (a rule per byte took ~200 times an enum's text in
+  // memory: 9,000 strings of 200 bytes, 400 MB).
+  Rule literals(std::vector<std::string> texts) {
+    std::sort(texts.begin(), texts.end());
+    texts.erase(std::unique(texts.begin(), texts.end()), texts.end());
+    // A node: texts [lo, hi), alike in their first `depth` bytes. Children
+    // come after their parents: rules are made from the last node back.
     struct Node {
-      std::map<unsigned char, std::size_t> next;
-      bool end = false;
+      std::size_t lo, hi, depth;
+      std::vector<std::pair<std::size_t, std::size_t>> parts;  // (child node, the bytes before it: up to its depth)
+      bool end = false;  // texts[lo] ends here
     };
-    std::vector<Node> trie(1);
-    for (const std::string& t : texts) {
-      std::size_t at = 0;
-      for (char c : t) {
-        auto [it, added] = trie[at].next.try_emplace(static_cast<unsigned char>(c), trie.size());
-        if (added) trie.emplace_back();
-        at = it->second;
+    std::vector<Node> nodes{{0, texts.size(), 0, {}, false}};
+    for (std::size_t n = 0; n < nodes.size(); ++n) {
+      std::size_t at = nodes[n].lo;
+      const std::size_t hi = nodes[n].hi, depth = nodes[n].depth;
+      if (at < hi && texts[at].size() == depth) {  // (sorted: the one that ends sorts first)
+        nodes[n].end = true;
+        ++at;
       }
-      trie[at].end = true;
+      while (at < hi) {
+        // The texts with this next byte, and how far they stay alike.
+        const char c = texts[at][depth];
+        std::size_t last = at + 1;
+        while (last < hi && texts[last][depth] == c) ++last;
+        const std::string& first = texts[at];
+        const std::string& end_text = texts[last - 1];  // (sorted: the first and last bound what all share)
+        std::size_t shared = depth + 1;
+        while (shared < first.size() && shared < end_text.size() && first[shared] == end_text[shared]) ++shared;
+        nodes[n].parts.emplace_back(nodes.size(), shared);
+        nodes.push_back({at, last, shared, {}, false});
+        at = last;
+      }
     }
-    // Children come after their parents: build from the last node back.
-    std::vector<Rule> rule(trie.size());
-    for (std::size_t i = trie.size(); i-- > 0;) {
+    std::vector<Rule> rule(nodes.size());
+    for (std::size_t i = nodes.size(); i-- > 0;) {
+      const Node& node = nodes[i];
       std::vector<Seq> alts;
-      if (trie[i].end) alts.push_back({});
-      for (const auto& [c, child] : trie[i].next) {
-        if (trie[child].next.empty()) alts.push_back(sym({Grammar::byte(c)}));
-        else alts.push_back(sym({Grammar::byte(c), ref(rule[child])}));
+      if (node.end) alts.push_back({});
+      for (const auto& [child, depth] : node.parts) {
+        Seq part = lit(std::string_view(texts[nodes[child].lo]).substr(node.depth, depth - node.depth));
+        const Node& c = nodes[child];
+        if (!(c.parts.empty() && c.end)) part.push_back(ref(rule[child]));  // (a leaf: the text ends there)
+        alts.push_back(std::move(part));
       }
       rule[i] = alternatives(alts);
     }
@@ -535,12 +557,16 @@ class Compiler {
     if (s.is_boolean()) return !s.get<bool>();
     if (!s.is_object() || !s.contains("allOf") || !s["allOf"].is_array() || s["allOf"].size() < 2 || s.contains("nullable"))
       return false;
+    // Once per schema: one allOf under many properties is merged once.
+    if (auto it = admits_nothing_.find(&s); it != admits_nothing_.end()) return it->second;
     // A trial: a merge that cannot be made is refused when the member is
     // compiled, not here.
     const std::string before = error_;
     const std::optional<json> m = merge_all(s, path);
     error_ = before;
-    return m && m->is_boolean() && !m->get<bool>();
+    const bool nothing = m && m->is_boolean() && !m->get<bool>();
+    admits_nothing_.emplace(&s, nothing);
+    return nothing;
   }
 
   // Both schemas, unmerged (an allOf of the two, merged when compiled).
@@ -621,13 +647,14 @@ class Compiler {
     }
     // enum / const: the values in both.
     if ((a.contains("enum") || a.contains("const")) && (b.contains("enum") || b.contains("const"))) {
+      const json xs = listed_values(a), ys = listed_values(b);
+      // Each pair compared, against one budget for the whole compile (the
+      // same $defs merged under many properties).
+      if ((compare_budget_ -= static_cast<long>(xs.size() * ys.size())) < 0)
+        return fail(path + ": the allOf's enum values are too many to intersect");
       json common = json::array();
-      for (const json& x : listed_values(a))
-        for (const json& y : listed_values(b))
-          if (follows_schema(json{{"const", x}}, y)) {
-            common.push_back(x);
-            break;
-          }
+      for (const json& x : xs)
+        if (std::any_of(ys.begin(), ys.end(), [&](const json& y) { return same_json(x, y); })) common.push_back(x);
       if (common.empty()) return json(false);
       out["enum"] = common;
     } else {
@@ -666,10 +693,11 @@ class Compiler {
     // Objects: each name to both sides' schemas for it.
     if (a.contains("required") || b.contains("required")) {
       json names = json::array();
+      std::set<json> seen;
       for (const json* side : {&a, &b})
         if (side->contains("required"))
           for (const json& n : (*side)["required"])
-            if (std::find(names.begin(), names.end(), n) == names.end()) names.push_back(n);
+            if (seen.insert(n).second) names.push_back(n);
       out["required"] = names;
     }
     const bool objects = a.contains("properties") || b.contains("properties") || a.contains("additionalProperties") ||
@@ -705,8 +733,10 @@ class Compiler {
       json rest = out;
       rest.erase("enum");
       json kept = json::array();
-      for (const json& v : out["enum"])
-        if (v.is_structured() || follows_subschema(*root_, rest, v, &enum_pattern_work_)) kept.push_back(v);
+      for (const json& v : out["enum"]) {
+        if (v.is_structured() || follows_subschema(*root_, rest, v, &enum_work_)) kept.push_back(v);
+        if (enum_work_.spent()) return fail(path + ": " + kEnumWorkSpent);
+      }
       if (kept.empty()) return json(false);
       out["enum"] = std::move(kept);
     }
@@ -737,11 +767,14 @@ class Compiler {
     std::vector<json> kept;
     for (const json& v : candidates) {
       if (v.is_structured()) return std::nullopt;
-      if (!follows_subschema(*root_, rest, v, &enum_pattern_work_)) continue;
-      if (std::any_of(kept.begin(), kept.end(), [&](const json& k) { return follows_schema(json{{"const", k}}, v); })) continue;
+      const bool follows = follows_subschema(*root_, rest, v, &enum_work_);
+      if (enum_work_.spent()) return std::nullopt;  // (the compile of s says so)
+      if (!follows) continue;
+      if (std::any_of(kept.begin(), kept.end(), [&](const json& k) { return same_json(k, v); })) continue;
       kept.push_back(v);
+      if (kept.size() > 8) return std::nullopt;
     }
-    if (kept.empty() || kept.size() > 8) return std::nullopt;
+    if (kept.empty()) return std::nullopt;
     std::vector<std::string> texts;
     for (const json& v : kept) texts.push_back(v.dump());
     return texts;
@@ -779,11 +812,13 @@ class Compiler {
     const json candidates = listed_values(s);
     std::vector<std::string> texts;
     std::size_t bytes = 0;
-    for (const json& v : candidates)
-      if (follows_subschema(*root_, rest, v, &enum_pattern_work_)) {
+    for (const json& v : candidates) {
+      if (follows_subschema(*root_, rest, v, &enum_work_)) {
         texts.push_back(v.dump());
         if ((bytes += texts.back().size()) > kMaxElements) return fail(std::string(name_) + " is too large to hold an answer to");
       }
+      if (enum_work_.spent()) return fail(path + ": " + kEnumWorkSpent);
+    }
     if (texts.empty()) return fail(path + ": no value of its enum or const follows the rest of it");
     return literals(texts);
   }
@@ -1377,7 +1412,12 @@ class Compiler {
   std::map<std::tuple<const json*, const json*, int>, bool> disjoint_memo_;
   std::map<std::pair<const json*, bool>, std::optional<std::set<std::string>>> values_memo_;
   long disjoint_budget_ = 1'000'000;
-  std::uint64_t enum_pattern_work_ = 4'000'000;  // patterns' work over the enum values, in all (json_pattern.h)  // oneOf branches' values and members compared, in all
+  // Checking enum values against the rest of their schema, in all (one
+  // budget, not one per value: a value can cost a check its whole budget).
+  SchemaWork enum_work_{4'000'000, 4'000'000};
+  static constexpr const char* kEnumWorkSpent = "its enum values take too much work to check against the rest of it";
+  long compare_budget_ = 4'000'000;  // pairs of enum values compared by allOf merges, in all
+  std::unordered_map<const json*, bool> admits_nothing_;  // by schema (they stay where they are while compiling)
   std::vector<std::pair<const json*, int>> open_refs_;  // $refs being compiled, and the containers open then
   std::deque<json> merged_;  // allOf members merged (the compiler keeps pointers into schemas)
   std::map<std::string, Rule> merges_;  // by their members (a $ref's target for a $ref)

@@ -229,25 +229,6 @@ bool multiple_of(const json& v, double m) {
   return std::fabs(q - std::nearbyint(q)) <= 8 * std::numeric_limits<double>::epsilon() * std::fabs(q);
 }
 
-// JSON equality as JSON Schema has it: objects whatever their key order,
-// 1 and 1.0 alike.
-bool same_json(const json& a, const json& b) {
-  if (a.is_object() && b.is_object()) {
-    if (a.size() != b.size()) return false;
-    for (auto it = a.begin(); it != a.end(); ++it) {
-      auto other = b.find(it.key());
-      if (other == b.end() || !same_json(it.value(), *other)) return false;
-    }
-    return true;
-  }
-  if (a.is_array() && b.is_array()) {
-    if (a.size() != b.size()) return false;
-    for (std::size_t i = 0; i < a.size(); ++i)
-      if (!same_json(a[i], b[i])) return false;
-    return true;
-  }
-  return a == b;
-}
 
 template <std::size_t N>
 bool one_of(std::string_view x, const std::string_view (&set)[N]) {
@@ -257,12 +238,10 @@ bool one_of(std::string_view x, const std::string_view (&set)[N]) {
 
 struct SchemaCheck {
   const json& root;
-  // Work allowed, in all: a subschema looked at costs 1, plus its enum and
-  // required entries, plus the members of the value it looks at.
-  long steps = 250'000;
-  // The patterns' recognisers' work, in all (a few ms where measured): past
-  // it, no string matches.
-  std::uint64_t pattern_work = 2'000'000;
+  // Work allowed, in all (SchemaWork). Past the patterns' work (a few ms
+  // where measured) no string matches.
+  long steps = SchemaWork{}.steps;
+  std::uint64_t pattern_work = SchemaWork{}.pattern_work;
   static constexpr int kMaxRefs = 64;  // $refs followed on one path
 
   bool type_matches(std::string_view t, const json& v) const {
@@ -380,6 +359,24 @@ struct SchemaCheck {
 };
 
 }  // namespace
+
+bool same_json(const json& a, const json& b) {
+  if (a.is_object() && b.is_object()) {
+    if (a.size() != b.size()) return false;
+    for (auto it = a.begin(); it != a.end(); ++it) {
+      auto other = b.find(it.key());
+      if (other == b.end() || !same_json(it.value(), *other)) return false;
+    }
+    return true;
+  }
+  if (a.is_array() && b.is_array()) {
+    if (a.size() != b.size()) return false;
+    for (std::size_t i = 0; i < a.size(); ++i)
+      if (!same_json(a[i], b[i])) return false;
+    return true;
+  }
+  return a == b;
+}
 
 const json* resolve_ref(const json& root, const json& ref) {
   if (!ref.is_string()) return nullptr;
@@ -508,15 +505,11 @@ bool follows_schema(const json& schema, const json& value) {
   return check.follows(schema, value, 0);
 }
 
-bool follows_schema(const json& schema, const json& value, std::uint64_t* pattern_work) {
-  return follows_subschema(schema, schema, value, pattern_work);
-}
-
-bool follows_subschema(const json& root, const json& schema, const json& value, std::uint64_t* pattern_work) {
-  SchemaCheck check{root};
-  check.pattern_work = *pattern_work;
+bool follows_subschema(const json& root, const json& schema, const json& value, SchemaWork* work) {
+  SchemaCheck check{root, work->steps, work->pattern_work};
   const bool out = check.follows(schema, value, 0);
-  *pattern_work = check.pattern_work;
+  work->steps = check.steps;
+  work->pattern_work = check.pattern_work;
   return out;
 }
 

@@ -86,13 +86,24 @@ const nlohmann::ordered_json* resolve_ref(const nlohmann::ordered_json& root, co
 // Bounded work whatever the schema ($ref loops, nested anyOf): past the
 // bounds the answer is no.
 bool follows_schema(const nlohmann::ordered_json& schema, const nlohmann::ordered_json& value);
-// The same, with the patterns' work (json_pattern.h) taken from
-// *pattern_work instead of a budget of its own (for many checks against
-// one budget).
-bool follows_schema(const nlohmann::ordered_json& schema, const nlohmann::ordered_json& value, std::uint64_t* pattern_work);
-// The same for `schema`, a part of `root` (its $refs are read in root).
+
+// The work one check may do: subschemas looked at (each also costs its enum
+// and required entries and the members of the value it looks at), and the
+// patterns' recognisers' work (json_pattern.h).
+struct SchemaWork {
+  long steps = 250'000;
+  std::uint64_t pattern_work = 2'000'000;
+  // The steps ran out: an answer may be "no" only for that.
+  bool spent() const { return steps < 0; }
+};
+// The same for `schema`, a part of `root` (its $refs are read in root),
+// taking its work from *work (for many checks against one budget).
 bool follows_subschema(const nlohmann::ordered_json& root, const nlohmann::ordered_json& schema,
-                       const nlohmann::ordered_json& value, std::uint64_t* pattern_work);
+                       const nlohmann::ordered_json& value, SchemaWork* work);
+
+// JSON equality as JSON Schema has it: objects whatever their key order,
+// 1 and 1.0 alike.
+bool same_json(const nlohmann::ordered_json& a, const nlohmann::ordered_json& b);
 
 struct ToolCall {
   std::string name;

@@ -1227,6 +1227,77 @@ TEST(SchemaGrammarTest, HardShapes) {
   EXPECT_LT(arena.nodes.size(), 2000u);
 }
 
+// Enum values sharing prefixes (held as a tree of the prefixes): each one
+// is read, and neither a prefix of one nor one with more after it.
+TEST(SchemaGrammarTest, EnumsWithSharedPrefixes) {
+  auto g = compile(R"({"enum":["ab","abc","abd","abcdef","b","",1,10,100,"ab"]})");
+  ASSERT_TRUE(g);
+  for (const char* ok : {R"("ab")", R"("abc")", R"("abd")", R"("abcdef")", R"("b")", R"("")", "1", "10", "100"})
+    EXPECT_TRUE(instance(*g, ok)) << ok;
+  for (const char* no : {R"("a")", R"("abcd")", R"("abcde")", R"("abcdefg")", R"("abe")", R"("bb")", "1000", "0", R"("ab )"})
+    EXPECT_FALSE(instance(*g, no)) << no;
+  // 9,000 strings of 197 bytes each (1.8 MB of text): held as their shared
+  // prefixes, not a node per byte (which took ~400 MB); every one read.
+  std::mt19937 rng(5);
+  ojson many = ojson::array();
+  for (int i = 0; i < 9000; ++i) {
+    std::string v(197, 'a');
+    for (char& c : v) c = static_cast<char>('a' + rng() % 26);
+    many.push_back(v);
+  }
+  std::string why;
+  auto big = compile_schema({{"enum", many}}, "schema", &why);
+  ASSERT_TRUE(big) << why;
+  for (int i : {0, 4500, 8999}) EXPECT_TRUE(instance(*big, many[i].dump())) << i;
+  std::string near = many[7].get<std::string>();
+  near.back() = near.back() == 'a' ? 'b' : 'a';
+  EXPECT_FALSE(instance(*big, ojson(near).dump()));
+}
+
+// Compiling a hostile schema is bounded work (it runs on the request's
+// thread, before any answer): each of these took from seconds to minutes.
+// One budget over the compile, not one per merge or per enum value.
+TEST(SchemaGrammarTest, HostileEnumsAndMergesAreRefused) {
+  auto range = [](int lo, int hi) {
+    ojson a = ojson::array();
+    for (int i = lo; i < hi; ++i) a.push_back(i);
+    return a;
+  };
+  std::string why;
+  // Two enums of 4,000 intersected: 16 million pairs.
+  ojson pair = {{"allOf", ojson::array({{{"enum", range(0, 4000)}}, {{"enum", range(4000, 8000)}}})}};
+  EXPECT_FALSE(compile_schema(pair, "schema", &why));
+  EXPECT_NE(why.find("too many to intersect"), std::string::npos) << why;
+  // Small enough, once: merged, and the intersection exact.
+  ojson fits = {{"allOf", ojson::array({{{"enum", range(0, 100)}}, {{"enum", range(50, 150)}}})}};
+  auto g = compile_schema(fits, "schema", &why);
+  ASSERT_TRUE(g) << why;
+  EXPECT_TRUE(instance(*g, "50"));
+  EXPECT_TRUE(instance(*g, "99"));
+  EXPECT_FALSE(instance(*g, "49"));
+  EXPECT_FALSE(instance(*g, "100"));
+  // The same pair of $defs merged under many properties: the budget is the
+  // compile's, so the repeats run it out instead of multiplying the work.
+  ojson shared = {{"$defs", {{"A", {{"enum", range(0, 1500)}}}, {"B", {{"enum", range(1000, 2500)}}}}},
+                  {"type", "object"}, {"properties", ojson::object()}};
+  for (int i = 0; i < 64; ++i)
+    shared["properties"]["p" + std::to_string(i)] = {
+        {"allOf", ojson::array({{{"$ref", "#/$defs/A"}}, {{"$ref", "#/$defs/B"}}})}, {"minimum", i}};
+  EXPECT_FALSE(compile_schema(shared, "schema", &why));
+  EXPECT_NE(why.find("too many to intersect"), std::string::npos) << why;
+  // Enum values each costing a validator its whole budget (an anyOf of 4
+  // ways at each of 14 levels): one budget for all of them.
+  ojson x = {{"type", "array"},
+             {"items", {{"anyOf", ojson::array({{{"$ref", "#/$defs/X"}}, {{"$ref", "#/$defs/X"}}, {{"$ref", "#/$defs/X"}},
+                                                {{"$ref", "#/$defs/X"}}})}}}};
+  ojson deep = 0;
+  for (int i = 0; i < 14; ++i) deep = ojson::array({deep});
+  ojson costly = {{"$defs", {{"X", x}}}, {"enum", ojson::array()}, {"items", x["items"]}};
+  for (int i = 0; i < 200; ++i) costly["enum"].push_back(deep);
+  EXPECT_FALSE(compile_schema(costly, "schema", &why));
+  EXPECT_NE(why.find("its enum values take too much work to check"), std::string::npos) << why;
+}
+
 // Under JsonConstraint with a schema's grammar, a walk through gpt-2's
 // vocabulary taking random allowed tokens (structure preferred once it has
 // gone on) ends with the end token and a text that follows the schema;
