@@ -466,6 +466,19 @@ TEST(StateDbTest, HostileStateDirectories) {
   EXPECT_EQ(g.status().code(), StatusCode::kIoError);
   testing::write_file(dir / "file", "x");
   EXPECT_FALSE(StateDb::open(dir / "file").is_ok());
+  // A hard link to a file elsewhere (root running `keys create` would
+  // tighten it and hand it to the directory's owner): refused, untouched.
+  ASSERT_EQ(::mkdir((dir / "linked").c_str(), 0750), 0);
+  testing::write_file(dir / "victim", "root's file");
+  ASSERT_EQ(::chmod((dir / "victim").c_str(), 0644), 0);
+  ASSERT_EQ(::link((dir / "victim").c_str(), (dir / "linked/airlock-state.db").c_str()), 0);
+  Result<StateDb> l = StateDb::open(dir / "linked");
+  ASSERT_FALSE(l.is_ok());
+  EXPECT_NE(l.status().message().find("not a plain file with one name"), std::string::npos) << l.status().to_string();
+  struct stat st {};
+  ASSERT_EQ(::stat((dir / "victim").c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0644u);
+  EXPECT_EQ(testing::read_file(dir / "victim"), "root's file");
 }
 
 }  // namespace

@@ -131,10 +131,22 @@ std::string encode_row(std::int64_t seq, const AuditRecord& r, const std::string
 // Root running `airlock keys create` on the daemon's state directory: the
 // files it creates there go to the directory's owner, or airlockd (User=airlock)
 // could no longer open its own database.
+// By descriptor, and only a plain file with no other name: the directory's
+// owner could have put a hard link to a file of root's there (where
+// fs.protected_hardlinks is off), and root must not hand that over.
 void hand_to_dir_owner(const std::string& path, const struct stat& dir) {
   if (::geteuid() != 0 || dir.st_uid == 0) return;
-  if (::lchown(path.c_str(), dir.st_uid, dir.st_gid) != 0 && errno != ENOENT)
+  const int fd = ::open(path.c_str(), O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+  if (fd < 0) {
+    if (errno != ENOENT) airlock::log().warn("could not hand {} to uid {}: {}", path, dir.st_uid, std::strerror(errno));
+    return;
+  }
+  struct stat st {};
+  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_nlink != 1)
+    airlock::log().warn("not handing {} to uid {}: not a plain file with one name", path, dir.st_uid);
+  else if (::fchown(fd, dir.st_uid, dir.st_gid) != 0)
     airlock::log().warn("could not hand {} to uid {}: {}", path, dir.st_uid, std::strerror(errno));
+  ::close(fd);
 }
 
 }  // namespace
@@ -158,7 +170,11 @@ Result<StateDb> StateDb::open(const std::string& state_dir, Open mode) {
     return io_error("open " + path, errno);
   }
   struct stat fst {};
-  if (::fstat(fd, &fst) == 0 && (fst.st_mode & 077) != 0 && ::fchmod(fd, 0600) != 0) {
+  if (::fstat(fd, &fst) != 0 || !S_ISREG(fst.st_mode) || fst.st_nlink != 1) {
+    ::close(fd);
+    return io_error(path + " is not a plain file with one name (a hard link elsewhere?)", EINVAL);
+  }
+  if ((fst.st_mode & 077) != 0 && ::fchmod(fd, 0600) != 0) {
     const int e = errno;
     ::close(fd);
     return io_error("tighten " + path + " to 0600", e);
