@@ -87,6 +87,7 @@ done
 [ -d "$chroot_dir/var/lib/airlock/bundles" ] && [ -d "$chroot_dir/etc/airlock/trusted.d" ] || fail "directories"
 in_chroot getent passwd airlock | grep -q ':/var/lib/airlock:/usr/sbin/nologin$' || fail "no airlock user"
 [ "$(in_chroot stat -c %U /var/lib/airlock)" = airlock ] || fail "/var/lib/airlock not owned by airlock"
+[ "$(in_chroot stat -c %U:%G:%a /var/lib/airlock/bundles)" = root:airlock:2750 ] || fail "the store is not root's, 2750, group airlock"
 [ -L "$chroot_dir/etc/systemd/system/multi-user.target.wants/airlockd.service" ] || fail "airlockd not enabled"
 [ ! -e "$chroot_dir/etc/systemd/system/sockets.target.wants/airlockd.socket" ] || fail "socket activation on by default"
 in_chroot airlock --version

@@ -83,6 +83,41 @@ TEST(BundleRoundTrip, CreateVerifyImport) {
   EXPECT_EQ(hv->value_or(0), 1u);
 }
 
+// The store is written for its group whatever the importer's umask (root
+// imports into a store of group airlock that airlockd reads): files 0640,
+// directories 0750, and a set-group-ID store keeps the bit, and so the
+// group, all the way down.
+TEST(BundleRoundTrip, TheStoreIsReadableByItsGroupWhateverTheUmask) {
+  Fixture f;
+  const std::string out = f.dir / "demo-model-1.airlock";
+  ASSERT_TRUE(f.create(1, out).is_ok());
+  const std::string dir = f.dir / "store";
+  ASSERT_EQ(::mkdir(dir.c_str(), 0750), 0);
+  ASSERT_EQ(::chmod(dir.c_str(), 02750), 0);
+  const mode_t old_umask = ::umask(077);
+  Result<BundleStore> store = BundleStore::open(dir);
+  Result<ImportRecord> rec = store.is_ok() ? store->import_bundle(out, testing::trust_only(f.key), {})
+                                           : Result<ImportRecord>(store.status());
+  ::umask(old_umask);
+  ASSERT_TRUE(rec.is_ok()) << rec.status().to_string();
+  int files = 0, dirs = 0;
+  for (const auto& e : std::filesystem::recursive_directory_iterator(dir)) {
+    struct stat st {};
+    ASSERT_EQ(::lstat(e.path().c_str(), &st), 0);
+    const std::string rel = e.path().string().substr(dir.size());
+    if (rel.rfind("/.staging", 0) == 0 || rel == "/.lock") continue;  // (the importer's own)
+    if (S_ISDIR(st.st_mode)) {
+      EXPECT_EQ(st.st_mode & 07777, 02750u) << rel;
+      ++dirs;
+    } else if (rel.rfind("/state.db", 0) != 0 || rel == "/state.db") {
+      EXPECT_EQ(st.st_mode & 07777, 0640u) << rel;
+      ++files;
+    }
+  }
+  EXPECT_EQ(dirs, 3);   // demo-model, demo-model/1, demo-model/1/docs
+  EXPECT_EQ(files, 6);  // state.db, the three files, manifest.json and its signature
+}
+
 // Paths as long as bundles allow: one that ustar splits into prefix and
 // name, and one that fits neither (pax path, a shortened ustar name).
 // Both verify and import: the ustar fields' checks accept what the writer

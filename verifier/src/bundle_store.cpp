@@ -101,10 +101,46 @@ std::optional<std::uint64_t> parse_version_dir(const std::string& name) {
   return v;
 }
 
+// What the store writes is readable by its group (airlockd's, where root
+// owns the store: docs/install.md) whatever the importer's umask: files
+// 0640, directories 0750, keeping a directory's set-group-ID bit (inherited
+// from a parent that has it, so that everything below stays in the group).
+Status set_store_mode(int fd, const std::string& what) {
+  struct stat st {};
+  if (::fstat(fd, &st) != 0) return io_error("stat " + what, errno);
+  const mode_t mode = S_ISDIR(st.st_mode) ? (0750 | (st.st_mode & S_ISGID)) : 0640;
+  if ((st.st_mode & 07777) != mode && ::fchmod(fd, mode) != 0) return io_error("chmod " + what, errno);
+  return Status::ok();
+}
+
+// Creates the directory `name` under `parent_fd` (false: it was there).
+Result<bool> make_dir_at(int parent_fd, const std::string& name) {
+  if (::mkdirat(parent_fd, name.c_str(), 0750) != 0) {
+    if (errno == EEXIST) return false;
+    return io_error("mkdir " + name, errno);
+  }
+  const int fd = ::openat(parent_fd, name.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+  if (fd < 0) return io_error("open directory " + name, errno);
+  const Status s = set_store_mode(fd, name);
+  ::close(fd);
+  AIRLOCK_RETURN_IF_ERROR(s);
+  return true;
+}
+
+// Creates the file `name` under `dir_fd` (it must not exist), for writing.
+Result<int> create_file_at(int dir_fd, const std::string& name, int flags = O_WRONLY) {
+  const int fd = ::openat(dir_fd, name.c_str(), flags | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0640);
+  if (fd < 0) return io_error("create " + name, errno);
+  if (Status s = set_store_mode(fd, name); !s.is_ok()) {
+    ::close(fd);
+    return s;
+  }
+  return fd;
+}
+
 // Opens (creating if needed) the directory `name` under `parent_fd`.
 Result<int> open_dir_at(int parent_fd, const std::string& name, bool create) {
-  if (create && ::mkdirat(parent_fd, name.c_str(), 0750) != 0 && errno != EEXIST)
-    return io_error("mkdir " + name, errno);
+  if (create) AIRLOCK_RETURN_IF_ERROR(make_dir_at(parent_fd, name).status());
   int fd = ::openat(parent_fd, name.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
   if (fd < 0) return io_error("open directory " + name + " (links are never followed)", errno);
   return fd;
@@ -123,8 +159,7 @@ Status write_all(int fd, const std::uint8_t* p, std::size_t n, std::uint64_t off
 }
 
 Status write_new_file(int dir_fd, const std::string& name, const std::string& data) {
-  int fd = ::openat(dir_fd, name.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0640);
-  if (fd < 0) return io_error("create " + name, errno);
+  AIRLOCK_ASSIGN_OR_RETURN(const int fd, create_file_at(dir_fd, name));
   Status s = write_all(fd, reinterpret_cast<const std::uint8_t*>(data.data()), data.size(), 0, name);
   if (s.is_ok() && ::fsync(fd) != 0) s = io_error("fsync " + name, errno);
   ::close(fd);
@@ -181,7 +216,8 @@ class StagingSink : public ExtractSink {
     std::uint8_t rnd[8];
     randombytes_buf(rnd, sizeof rnd);
     std::string name = "import-" + std::to_string(::getpid()) + "-" + to_hex(rnd);
-    if (::mkdirat(staging_parent_fd_, name.c_str(), 0750) != 0) return io_error("mkdir staging " + name, errno);
+    AIRLOCK_ASSIGN_OR_RETURN(const bool made, make_dir_at(staging_parent_fd_, name));
+    if (!made) return io_error("mkdir staging " + name, EEXIST);
     staging_name_ = name;
     AIRLOCK_ASSIGN_OR_RETURN(int root, open_dir_at(staging_parent_fd_, name, false));
     Status s = write_new_file(root, std::string(kManifestEntry), bundle.manifest_bytes);
@@ -202,11 +238,10 @@ class StagingSink : public ExtractSink {
     const std::size_t leaf_at = path.rfind('/') == std::string::npos ? 0 : path.rfind('/') + 1;
     AIRLOCK_ASSIGN_OR_RETURN(int parent, open_staging_dir(path.substr(0, leaf_at == 0 ? 0 : leaf_at - 1), true));
     std::string leaf = path.substr(leaf_at);
-    int fd = ::openat(parent, leaf.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0640);
-    const int err = errno;
+    Result<int> fd = create_file_at(parent, leaf);
     ::close(parent);
-    if (fd < 0) return io_error("create " + path, err);
-    file_fds_[index] = fd;
+    if (!fd.is_ok()) return fd.status().with_context(path);
+    file_fds_[index] = *fd;
     return Status::ok();
   }
 
@@ -385,6 +420,16 @@ Result<BundleStore> BundleStore::open(const std::string& dir, Access access) {
         ::faccessat(fd, (std::string(kStateDb) + "-wal").c_str(), F_OK, AT_SYMLINK_NOFOLLOW) != 0)
       legacy_wal = true;
     if (db_fd >= 0) ::close(db_fd);
+  }
+  // A new record is made here, not by SQLite (0644 less the umask): with
+  // the store's mode (its journal takes the same).
+  if (!read_only && ::faccessat(fd, kStateDb, F_OK, AT_SYMLINK_NOFOLLOW) != 0 && errno == ENOENT) {
+    Result<int> made = create_file_at(fd, kStateDb, O_RDWR);
+    if (!made.is_ok()) {
+      ::close(fd);
+      return made.status().with_context(dir);
+    }
+    ::close(*made);
   }
   sqlite3* db = nullptr;
   const int flags = (read_only ? SQLITE_OPEN_READONLY : SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE) | SQLITE_OPEN_NOFOLLOW |
