@@ -471,6 +471,24 @@ Result<std::unique_ptr<Tokenizer>> Tokenizer::from_spec(TokenizerSpec s) {
   std::stable_sort(t->specials_.begin(), t->specials_.end(), [&](std::int32_t a, std::int32_t b) {
     return sp.tokens[a].size() > sp.tokens[b].size();
   });
+  t->special_trie_.emplace_back();
+  for (std::size_t r = 0; r < t->specials_.size(); ++r) {
+    std::uint32_t at = 0;
+    for (unsigned char c : sp.tokens[t->specials_[r]]) {
+      auto& next = t->special_trie_[at].next;
+      auto it = std::find_if(next.begin(), next.end(), [&](const auto& e) { return e.first == c; });
+      if (it != next.end()) {
+        at = it->second;
+        continue;
+      }
+      const auto child = static_cast<std::uint32_t>(t->special_trie_.size());
+      t->special_trie_[at].next.emplace_back(c, child);
+      t->special_trie_.emplace_back();
+      at = child;
+    }
+    if (t->special_trie_[at].rank < 0) t->special_trie_[at].rank = static_cast<std::int32_t>(r);  // (a twin never wins)
+  }
+  for (SpecialNode& node : t->special_trie_) std::sort(node.next.begin(), node.next.end());
   for (int b = 0; b < 256; ++b) {
     char name[8];
     std::snprintf(name, sizeof name, "<0x%02X>", b);
@@ -496,6 +514,64 @@ bool Tokenizer::is_end_of_generation(std::int32_t id) const {
 
 // ---------------------------------------------------------------- encoding
 
+// Each special, longest first, takes its leftmost occurrences that do not
+// overlap one taken before (a control token never inside a literal range):
+// as searching the text for each special in turn would, with every
+// occurrence of every special found in one pass over the text.
+std::vector<Tokenizer::Fragment> Tokenizer::split_at_specials(std::string_view text, std::vector<Fragment> frags) const {
+  if (specials_.empty()) return frags;
+  std::vector<std::vector<std::size_t>> found(specials_.size());  // by rank: where it starts, in order
+  for (const Fragment& f : frags) {
+    const std::size_t begin = static_cast<std::size_t>(f.text.data() - text.data()), end = begin + f.text.size();
+    for (std::size_t start = begin; start < end; ++start) {
+      std::uint32_t at = 0;
+      for (std::size_t i = start; i < end; ++i) {
+        const auto& next = special_trie_[at].next;
+        const unsigned char c = static_cast<unsigned char>(text[i]);
+        auto it = std::lower_bound(next.begin(), next.end(), std::pair<unsigned char, std::uint32_t>(c, 0));
+        if (it == next.end() || it->first != c) break;
+        at = it->second;
+        const std::int32_t rank = special_trie_[at].rank;
+        if (rank >= 0 && !(f.literal && spec_.types[specials_[rank]] == TokenType::kControl))
+          found[rank].push_back(start);
+      }
+    }
+  }
+  std::vector<bool> taken(text.size(), false);
+  std::vector<std::pair<std::size_t, std::int32_t>> chosen;  // (start, rank)
+  for (std::size_t rank = 0; rank < specials_.size(); ++rank) {
+    const std::size_t len = spec_.tokens[specials_[rank]].size();
+    std::size_t free_from = 0;  // its previous occurrence taken ends here
+    for (std::size_t start : found[rank]) {
+      if (start < free_from ||
+          std::any_of(taken.begin() + static_cast<std::ptrdiff_t>(start),
+                      taken.begin() + static_cast<std::ptrdiff_t>(start + len), [](bool b) { return b; }))
+        continue;
+      std::fill(taken.begin() + static_cast<std::ptrdiff_t>(start), taken.begin() + static_cast<std::ptrdiff_t>(start + len),
+                true);
+      chosen.emplace_back(start, static_cast<std::int32_t>(rank));
+      free_from = start + len;
+    }
+  }
+  if (chosen.empty()) return frags;
+  std::sort(chosen.begin(), chosen.end());
+  // The fragments cut at the specials taken (each lies inside one).
+  std::vector<Fragment> out;
+  std::size_t next_special = 0;
+  for (const Fragment& f : frags) {
+    const std::size_t begin = static_cast<std::size_t>(f.text.data() - text.data()), end = begin + f.text.size();
+    std::size_t from = begin;
+    for (; next_special < chosen.size() && chosen[next_special].first < end; ++next_special) {
+      const auto [start, rank] = chosen[next_special];
+      if (start > from) out.push_back({text.substr(from, start - from), -1, f.literal});
+      out.push_back({{}, specials_[static_cast<std::size_t>(rank)]});
+      from = start + spec_.tokens[specials_[static_cast<std::size_t>(rank)]].size();
+    }
+    if (from < end) out.push_back({text.substr(from, end - from), -1, f.literal});
+  }
+  return out;
+}
+
 std::vector<std::int32_t> Tokenizer::encode(std::string_view text, bool add_special, bool parse_special) const {
   if (parse_special) return encode(text, add_special, std::span<const std::pair<std::size_t, std::size_t>>());
   const std::pair<std::size_t, std::size_t> all{0, text.size()};
@@ -509,11 +585,6 @@ std::vector<std::int32_t> Tokenizer::encode(std::string_view text, bool add_spec
   // Split the text around special tokens (longest first), then encode the
   // plain fragments. Fragments inside `literal` ranges are not searched for
   // control tokens.
-  struct Fragment {
-    std::string_view text;
-    std::int32_t special;
-    bool literal = false;
-  };
   std::vector<Fragment> frags;
   std::size_t pos = 0;
   for (const auto& [b, e] : literal) {
@@ -523,25 +594,7 @@ std::vector<std::int32_t> Tokenizer::encode(std::string_view text, bool add_spec
     pos = le;
   }
   if (pos < text.size() || frags.empty()) frags.push_back({text.substr(pos), -1, false});
-  for (std::int32_t sid : specials_) {
-    const bool control = spec_.types[sid] == TokenType::kControl;
-    const std::string& st = spec_.tokens[sid];
-    std::vector<Fragment> next;
-    for (const Fragment& f : frags) {
-      if (f.special >= 0 || (control && f.literal)) {
-        next.push_back(f);
-        continue;
-      }
-      std::string_view rest = f.text;
-      for (std::size_t at; (at = rest.find(st)) != std::string_view::npos;) {
-        if (at > 0) next.push_back({rest.substr(0, at), -1, f.literal});
-        next.push_back({{}, sid});
-        rest.remove_prefix(at + st.size());
-      }
-      if (!rest.empty()) next.push_back({rest, -1, f.literal});
-    }
-    frags = std::move(next);
-  }
+  frags = split_at_specials(text, std::move(frags));
   // Neighbouring text fragments (split only at a literal range's edge) are
   // one piece of text again, encoded as it would be without the ranges.
   std::vector<Fragment> joined;

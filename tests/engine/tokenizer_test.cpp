@@ -423,6 +423,90 @@ TEST(TokenizerTest, SpecialTokensAndAddSpecial) {
   EXPECT_EQ((*tok)->token_bytes(s.eot, true), "<|eot|>");
 }
 
+// Special tokens are found in one pass over the text, with the outcome of
+// searching for each in turn, longest first: overlapping and nested
+// specials, control ones never inside a literal range, user-defined ones
+// anywhere. Checked against that search (written out here) on random texts.
+TEST(TokenizerTest, SpecialsSplitAsTheLongestFirstSearchWould) {
+  // Byte-level BPE without merges: plain text is one token per byte, never
+  // a special (a SentencePiece vocabulary would merge "<" "|" into "<|").
+  TokenizerSpec s;
+  s.model = "gpt2";
+  s.pre = "gpt2";
+  for (const char* c : {"<", "|", "a", ">", "x"}) {
+    s.tokens.push_back(c);
+    s.types.push_back(TokenType::kNormal);
+  }
+  const std::vector<std::pair<std::string, TokenType>> specials = {
+      {"<|a|>", TokenType::kControl},     {"<|a", TokenType::kControl},  {"a|>", TokenType::kControl},
+      {"<|", TokenType::kControl},        {"|a|", TokenType::kUserDefined}, {"aa", TokenType::kUserDefined},
+      {"<<|a|>>", TokenType::kUserDefined}, {"a", TokenType::kUserDefined}, {"|a|", TokenType::kControl}};
+  for (const auto& [text, type] : specials) {
+    s.tokens.push_back(text);
+    s.types.push_back(type);
+  }
+  auto tok = Tokenizer::from_spec(s);
+  ASSERT_TRUE(tok.is_ok()) << tok.status().to_string();
+  // The reference: each special (longest first, in vocabulary order among
+  // equals) splits the fragments left, at its leftmost occurrences.
+  std::vector<std::int32_t> order;
+  for (std::size_t i = 0; i < s.tokens.size(); ++i)
+    if ((s.types[i] == TokenType::kControl || s.types[i] == TokenType::kUserDefined) && !s.tokens[i].empty())
+      order.push_back(static_cast<std::int32_t>(i));
+  std::stable_sort(order.begin(), order.end(), [&](std::int32_t a, std::int32_t b) { return s.tokens[a].size() > s.tokens[b].size(); });
+  struct Frag {
+    std::string text;
+    std::int32_t special;
+    bool literal;
+  };
+  auto reference = [&](const std::string& text, std::size_t lb, std::size_t le) {
+    std::vector<Frag> frags;
+    if (lb > 0) frags.push_back({text.substr(0, lb), -1, false});
+    if (le > lb) frags.push_back({text.substr(lb, le - lb), -1, true});
+    if (le < text.size()) frags.push_back({text.substr(le), -1, false});
+    for (std::int32_t sid : order) {
+      std::vector<Frag> next;
+      for (const Frag& f : frags) {
+        if (f.special >= 0 || (s.types[sid] == TokenType::kControl && f.literal)) {
+          next.push_back(f);
+          continue;
+        }
+        std::string rest = f.text;
+        for (std::size_t at; (at = rest.find(s.tokens[sid])) != std::string::npos;) {
+          if (at > 0) next.push_back({rest.substr(0, at), -1, f.literal});
+          next.push_back({"", sid, false});
+          rest = rest.substr(at + s.tokens[sid].size());
+        }
+        if (!rest.empty()) next.push_back({rest, -1, f.literal});
+      }
+      frags = std::move(next);
+    }
+    std::vector<std::int32_t> ids;
+    for (const Frag& f : frags)
+      if (f.special >= 0) ids.push_back(f.special);
+    return ids;
+  };
+  std::mt19937 rng(11);
+  const char* pieces[] = {"<", "|", "a", ">", "<|a|>", "x", "<<", ">>", "aa"};
+  for (int trial = 0; trial < 3000; ++trial) {
+    std::string text;
+    const int n = 1 + static_cast<int>(rng() % 12);
+    for (int i = 0; i < n; ++i) text += pieces[rng() % std::size(pieces)];
+    std::size_t lb = rng() % (text.size() + 1), le = rng() % (text.size() + 1);
+    if (lb > le) std::swap(lb, le);
+    const std::vector<std::pair<std::size_t, std::size_t>> literal = {{lb, le}};
+    std::vector<std::int32_t> got;
+    for (std::int32_t id : (*tok)->encode(text, false, literal))
+      if (std::find(order.begin(), order.end(), id) != order.end()) got.push_back(id);
+    ASSERT_EQ(got, reference(text, lb, le)) << "'" << text << "' literal [" << lb << ", " << le << ")";
+  }
+  // A text of nothing but the specials' first byte: one pass, nothing found
+  // (a search per special over it was quadratic in practice).
+  const std::vector<std::int32_t> plain = (*tok)->encode(std::string(1 << 20, '<'), false, true);
+  EXPECT_EQ(plain.size(), 1u << 20);  // a token per '<' (no special is "<" alone)
+  EXPECT_TRUE(std::all_of(plain.begin(), plain.end(), [](std::int32_t id) { return id == 0; }));
+}
+
 // Literal ranges: control tokens written inside them stay text, the rest
 // of the text is parsed as with parse_special, and text around a range's
 // edges is encoded as one piece (the same ids as without the ranges where

@@ -153,6 +153,14 @@ class Tokenizer {
 
  private:
   explicit Tokenizer(TokenizerSpec spec);
+  // A piece of a text being encoded: plain text (special < 0), inside a
+  // literal range or not, or a special token.
+  struct Fragment {
+    std::string_view text;
+    std::int32_t special;
+    bool literal = false;
+  };
+  std::vector<Fragment> split_at_specials(std::string_view text, std::vector<Fragment> frags) const;
   void encode_spm(std::string_view text, std::vector<std::int32_t>* out) const;
   void encode_bpe(std::string_view text, std::vector<std::int32_t>* out) const;
   void bpe_word(const std::string& word, std::vector<std::int32_t>* out) const;
@@ -161,7 +169,15 @@ class Tokenizer {
   TokenizerSpec spec_;
   std::unordered_map<std::string, std::int32_t> ids_;
   std::unordered_map<std::string, int> merge_rank_;  // "left\0right" -> rank
-  std::vector<std::int32_t> specials_;  // longest first
+  std::vector<std::int32_t> specials_;  // longest first: their rank is their priority
+  // specials_' texts as a tree of bytes, to find every occurrence of all of
+  // them in one pass over a text (one search per special took minutes on a
+  // vocabulary of thousands of them).
+  struct SpecialNode {
+    std::vector<std::pair<unsigned char, std::uint32_t>> next;  // by byte
+    std::int32_t rank = -1;                                      // the special (rank in specials_) ending here
+  };
+  std::vector<SpecialNode> special_trie_;
   std::int32_t byte_tokens_[256];
   bool ignore_merges_ = false;
   std::size_t max_token_bytes_ = 0;
