@@ -269,6 +269,7 @@ std::u32string UnigramModel::normalize32(std::string_view text) const {
           }
           while (i < s.size() && is_white(s[i])) ++i;
           t += contents_[k];
+          if (t.size() > cap) break;  // (each run may become 256 characters)
         }
         break;
       case Kind::kStrip: {

@@ -190,6 +190,15 @@ TEST(UnigramTest, ByteFallbackAndNormalizers) {
   auto g = unigram_tokenizer(unigram_json(metaspace("always", true), grow + "]}"));
   ASSERT_NE(g, nullptr);
   EXPECT_LE(g->encode("aaaa", false, true).size(), 8u * 4 + 4096 + 1);
+  // Nor one that makes every run of spaces 256 characters (the step now
+  // stops at the bound as it goes: 4 million runs made 4 GB before the cut
+  // at its end, which this does not see).
+  const std::string collapse = R"({"type":"Replace","pattern":{"Regex":"\\s+"},"content":")" + std::string(256, 'a') + R"("})";
+  auto c = unigram_tokenizer(unigram_json(metaspace("never", true), collapse));
+  ASSERT_NE(c, nullptr);
+  std::string spaced;
+  for (int i = 0; i < 20000; ++i) spaced += "b ";
+  EXPECT_LE(c->encode(spaced, false, true).size(), 8u * spaced.size() + 4096 + 1);
 }
 
 TEST(UnigramTest, HostileTokenizerJsonIsRefused) {
