@@ -110,6 +110,19 @@ bool length_ok(std::size_t n_bytes) {
   return false;
 }
 
+// Where `sub` first occurs in `s` at or after `from`, or npos: memmem (a
+// two-way search, linear), where std::string::find can take the product of
+// the two lengths ('a'*n in 'a'*m + 'b'). Charged by the bytes it passed.
+std::size_t find_bytes(std::string_view s, std::string_view sub, std::size_t from = 0) {
+  if (from > s.size()) return std::string_view::npos;
+  if (sub.empty()) return from;
+  const void* at = ::memmem(s.data() + from, s.size() - from, sub.data(), sub.size());
+  const std::size_t found =
+      at == nullptr ? std::string_view::npos : static_cast<std::size_t>(static_cast<const char*>(at) - s.data());
+  work(((found == std::string_view::npos ? s.size() : found) - from + sub.size()) / 64);
+  return found;
+}
+
 std::u32string to_u32(std::string_view s) {
   work(s.size() / 64);
   std::u32string r;
@@ -126,6 +139,7 @@ std::string to_u8(std::u32string_view s) {
 }
 
 std::size_t cp_count(std::string_view s) {
+  work(s.size() / 64);
   std::size_t n = 0;
   for (std::size_t i = 0; i < s.size(); ++n) next_cp(s, &i);
   return n;
@@ -2482,6 +2496,9 @@ class Renderer {
       if (!sep_v->is(Type::kString)) return error(line, "split(): separator must be a string");
       std::u32string sep = to_u32(sep_v->s());
       if (sep.empty()) return error(line, "empty separator");
+      // The search below can take the product of the two lengths: charged
+      // so up front ('a'*500000~'b' over a megabyte is refused, not run).
+      if (sep.size() <= u.size()) AIRLOCK_RETURN_IF_ERROR(step(1 + (u.size() - sep.size() + 1) * sep.size() / 64));
       if (from_right) std::reverse(sep.begin(), sep.end());
       std::size_t i = 0;
       while (true) {
@@ -2528,7 +2545,7 @@ class Renderer {
     std::size_t i = 0;
     std::int64_t done = 0;
     while (true) {
-      const std::size_t at = (count >= 0 && done >= count) ? std::string::npos : s.find(old, i);
+      const std::size_t at = (count >= 0 && done >= count) ? std::string::npos : find_bytes(s, old, i);
       if (at == std::string::npos) break;
       out.append(s, i, at - i);
       out += with;
@@ -2609,12 +2626,12 @@ class Renderer {
       if (!p[0] || !p[0]->is(Type::kString)) return error(line, name + "() takes a string");
       const std::string& sub = p[0]->s();
       if (name == "find") {
-        const std::size_t at = s.find(sub);
+        const std::size_t at = find_bytes(s, sub);
         return integer(at == std::string::npos ? -1 : static_cast<std::int64_t>(cp_count(s.substr(0, at))));
       }
       if (sub.empty()) return integer(static_cast<std::int64_t>(cp_count(s)) + 1);
       std::int64_t n = 0;
-      for (std::size_t at = s.find(sub); at != std::string::npos; at = s.find(sub, at + sub.size())) ++n;
+      for (std::size_t at = find_bytes(s, sub); at != std::string::npos; at = find_bytes(s, sub, at + sub.size())) ++n;
       return integer(n);
     }
     if (name == "join") {

@@ -273,6 +273,28 @@ TEST(ChatTemplateHostile, RecursionAndLoopsAreBounded) {
   expect_limit(render("{% for a in range(10000) %}{% endfor %}", {}, small), "step limit");
 }
 
+// String methods charge the work they do: a length is counted character by
+// character, and a search whose naive form takes the product of the two
+// lengths is linear (memmem) or charged as that product. Each took from
+// 8 s to over a minute.
+TEST(ChatTemplateHostile, StringSearchesAndLengthsAreCharged) {
+  ChatTemplateLimits steps;
+  steps.max_steps = 200000;  // a loop of 100 is 100-odd steps; a megabyte's length, 15,625
+  expect_limit(render("{% set x = 'a' * 1000000 %}{% for i in range(100) %}{{ x | length }}{% endfor %}", {}, steps),
+               "a megabyte's length, 100 times");
+  EXPECT_TRUE(render("{% set x = 'a' * 1000 %}{% for i in range(100) %}{{ x | length }}{% endfor %}", {}, steps).is_ok());
+  expect_limit(render("{% set x = 'a' * 1000000 %}{{ x.split('a' * 500000 ~ 'b') | length }}"), "quadratic split");
+  auto found = render("{% set x = 'a' * 1000000 %}{{ x.find('a' * 500000 ~ 'b') }} {{ x.count('a' * 500000 ~ 'b') }} "
+                      "{{ (x.replace('a' * 500000 ~ 'b', '')) | length }}");
+  ASSERT_TRUE(found.is_ok()) << found.status().to_string();
+  EXPECT_EQ(*found, "-1 0 1000000");
+  // What the methods answer is unchanged.
+  auto ok = render("{{ 'abcabc'.find('ca') }} {{ 'abcabc'.count('bc') }} {{ 'abcabc'.replace('bc', 'X', 1) }} "
+                   "{{ 'a,b,,c'.split(',') }} {{ 'héllo'.find('l') }} {{ 'aaaa'.count('aa') }} {{ 'x'.find('') }}");
+  ASSERT_TRUE(ok.is_ok()) << ok.status().to_string();
+  EXPECT_EQ(*ok, "2 2 aXabc ['a', 'b', '', 'c'] 2 2 0");
+}
+
 TEST(ChatTemplateHostile, OutputAndMemoryBombsAreBounded) {
   expect_limit(render("{% for a in range(100000) %}{% for b in range(100) %}xxxxxxxxxxxxxxxx{% endfor %}{% endfor %}"),
                "output bomb");
