@@ -196,8 +196,11 @@ Status GgufFile::parse_all() {
     if (a->type != GgufValueType::kU32 && a->type != GgufValueType::kU64)
       return verification_failed("gguf: general.alignment is not an unsigned integer");
     alignment_ = a->u;
-    if (alignment_ == 0 || (alignment_ & (alignment_ - 1)) != 0 || alignment_ > (1u << 20))
-      return verification_failed("gguf: general.alignment " + std::to_string(alignment_) + " is not a power of two");
+    // The spec asks for a multiple of 8; tensors are read in place as
+    // floats and wider, so less would misalign them.
+    if (alignment_ < 8 || (alignment_ & (alignment_ - 1)) != 0 || alignment_ > (1u << 20))
+      return verification_failed("gguf: general.alignment " + std::to_string(alignment_) +
+                                 " is not a power of two from 8 to 2^20");
   }
 
   struct Info {

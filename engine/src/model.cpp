@@ -210,6 +210,10 @@ Result<std::unique_ptr<Model>> Model::from_gguf_impl(std::unique_ptr<GgufFile> f
   p.head_dim = p.n_embd / p.n_head;
   if (f.find(p.arch + ".attention.key_length"))
     AIRLOCK_RETURN_IF_ERROR(need_uint("attention.key_length", &p.head_dim, 1 << 12));
+  // Read as ints below: a value past 2^31 would wrap (2^32 + 8 read as 8).
+  for (const char* key : {".context_length", ".rope.dimension_count"})
+    if (f.get_uint(p.arch + key).value_or(0) > (1u << 24))
+      return verification_failed("gguf: " + p.arch + key + " is implausibly large");
   p.n_ctx_train = static_cast<int>(f.get_uint(p.arch + ".context_length").value_or(2048));
   p.rms_eps = static_cast<float>(f.get_float(p.arch + ".attention.layer_norm_rms_epsilon").value_or(1e-5));
   p.rope.n_rot = static_cast<int>(f.get_uint(p.arch + ".rope.dimension_count").value_or(p.head_dim));

@@ -153,7 +153,9 @@ Result<std::unique_ptr<StaticEmbedding>> StaticEmbedding::load_checked(const std
   AIRLOCK_ASSIGN_OR_RETURN(e->tokenizer_, Tokenizer::from_spec(std::move(*spec)));
   AIRLOCK_ASSIGN_OR_RETURN(e->file_, SafetensorsFile::open(dir + "/model.safetensors"));
   const StTensor* emb = e->file_->find("embeddings");
-  if (emb == nullptr || emb->shape.size() != 2 || emb->shape[0] < 1 || emb->shape[1] < 1 || emb->shape[1] > 65536)
+  // (rows are named by int32 indices)
+  if (emb == nullptr || emb->shape.size() != 2 || emb->shape[0] < 1 || emb->shape[0] > INT32_MAX || emb->shape[1] < 1 ||
+      emb->shape[1] > 65536)
     return verification_failed(dir + "/model.safetensors: needs a 2-D 'embeddings' tensor");
   const std::int64_t rows = emb->shape[0];
   e->dim_ = static_cast<int>(emb->shape[1]);

@@ -116,6 +116,11 @@ TEST(GgufTest, HostileHeaders) {
   testing::GgufWriter align;
   align.set_u32("general.alignment", 48);
   EXPECT_NE(parse(align.bytes()).status().message().find("power of two"), std::string::npos);
+  for (std::uint32_t small : {1u, 2u, 4u}) {  // floats read in place would be misaligned
+    testing::GgufWriter w;
+    w.set_u32("general.alignment", small);
+    EXPECT_NE(parse(w.bytes()).status().message().find("from 8 to 2^20"), std::string::npos) << small;
+  }
   // A tensor whose data runs past the end.
   std::string t = one_tensor(GgmlType::kF32, {64, 4}, 256);
   EXPECT_NE(parse(t.substr(0, t.size() - 64)).status().message().find("outside the file"), std::string::npos);

@@ -403,6 +403,10 @@ TEST(GemmaTest, BadMetadataIsRefusedByName) {
     w.add_tensor("rope_factors_short.weight", GgmlType::kF32, {12}, f);
   };
   cases.push_back({zero_factor, "a factor of 'rope_factors_short.weight' is not positive"});
+  // Read as an int: 2^32 + 8 would have been 8, 2^31 + 1 negative.
+  TestModelSpec huge_ctx = spec("llama", 64, 4, 2, 96, false, GgmlType::kF32);
+  huge_ctx.n_ctx = (1 << 24) + 1;
+  cases.push_back({huge_ctx, "llama.context_length is implausibly large"});
   TestModelSpec uneven = granite_spec(GgmlType::kF32, -1);
   uneven.kv_heads_per_layer = {2, 1};
   cases.push_back({uneven, "granite.attention.head_count_kv differs from layer to layer, which is not supported"});
