@@ -287,9 +287,13 @@ void Scheduler::step(std::unique_lock<std::mutex>& lock) {
   for (auto& s : running_)
     if (s->stream->cancelled()) finish(*s, FinishReason::kCancelled);
   std::erase_if(running_, [](const auto& s) { return !s->in_cache; });
-  for (auto& s : waiting_)
-    if (s->stream->cancelled()) finish(*s, FinishReason::kCancelled);
-  std::erase_if(waiting_, [](const auto& s) { return s->stream->cancelled(); });
+  // (one pass: a cancel landing between a finishing pass and the removal
+  // would remove a sequence that was never told it ended)
+  std::erase_if(waiting_, [&](const auto& s) {
+    if (!s->stream->cancelled()) return false;
+    finish(*s, FinishReason::kCancelled);
+    return true;
+  });
 
   // 2. The blocks this step takes for the running sequences (a decode
   //    token each, prompt chunks within the prefill budget, oldest first);
@@ -352,8 +356,12 @@ void Scheduler::step(std::unique_lock<std::mutex>& lock) {
     if (!admitting_ && !w.admitted_once) break;
     const int want = KvCache::blocks_for(static_cast<int>(w.history.size()) + 1);
     if (!running_.empty() && need + want + margin > cache_.n_free_blocks()) break;
-    std::unique_ptr<Sequence> s = std::move(waiting_.front());
+    // Into running_ before anything that can throw: a failure below (an
+    // allocation) is then finished by run()'s catch, its blocks freed,
+    // rather than the sequence dropped with no final event.
+    running_.push_back(std::move(waiting_.front()));
     waiting_.pop_front();
+    Sequence* s = running_.back().get();
     (void)cache_.add_sequence(s->id);  // ids are unique, so this cannot fail
     s->in_cache = true;
     attach_cached(*s);
@@ -365,8 +373,7 @@ void Scheduler::step(std::unique_lock<std::mutex>& lock) {
       s->stream->admitted_at_ = Clock::now();
       s->stream->cached_tokens_ = s->n_prefilled;
     }
-    running_.push_back(std::move(s));
-    add_need(*running_.back());
+    add_need(*s);
   }
   stats_.running = static_cast<int>(running_.size());
   stats_.waiting = static_cast<int>(waiting_.size());
