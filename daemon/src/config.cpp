@@ -311,6 +311,11 @@ Status check_tls_files(const Config& c) {
   if (!cert) return tls_file_error("certificate", c.tls_cert, "no PEM certificate in it");
   File key_file(std::fopen(c.tls_key.c_str(), "re"));
   if (!key_file) return tls_file_error("key", c.tls_key, std::strerror(errno));
+  // A private key every local user can read is no secret (group-readable
+  // is common: the ssl-cert group).
+  struct stat key_stat {};
+  if (::fstat(::fileno(key_file.get()), &key_stat) == 0 && (key_stat.st_mode & S_IRWXO) != 0)
+    return tls_file_error("key", c.tls_key, "every user can read or write it (chmod o-rwx)");
   std::unique_ptr<EVP_PKEY, decltype(&EVP_PKEY_free)> key(PEM_read_PrivateKey(key_file.get(), nullptr, nullptr, nullptr),
                                                           EVP_PKEY_free);
   if (!key) return tls_file_error("key", c.tls_key, "no unencrypted PEM private key in it");

@@ -2537,6 +2537,13 @@ TEST(DaemonLifecycle, TlsWithClientCertificates) {
     EXPECT_EQ(refused->port, 0);
     EXPECT_NE(refused->log().find(expect), std::string::npos) << refused->log();
   }
+  // A private key every user can read is refused.
+  testing::write_file(d + "/open.key", testing::read_file(d + "/server.key"));
+  ASSERT_EQ(::chmod((d + "/open.key").c_str(), 0644), 0);
+  auto open_key = Daemon::start(e, "[tls]\ncert = \"" + d + "/server.pem\"\nkey = \"" + d + "/open.key\"\n");
+  EXPECT_EQ(open_key->port, 0);
+  EXPECT_NE(open_key->log().find("TLS: key '" + d + "/open.key': every user can read or write it"), std::string::npos)
+      << open_key->log();
   const std::string mismatched = "[tls]\ncert = \"" + d + "/server.pem\"\nkey = \"" + d + "/client.key\"\n";
   testing::write_file(d + "/mismatched.toml", mismatched);
   std::string out;
