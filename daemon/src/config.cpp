@@ -167,7 +167,7 @@ Result<Config> parse_config(std::string_view text, const std::string& origin, Co
   static const std::set<std::string> kTopKeys = {
       "listen", "store", "state", "trusted", "model", "verify_on_load", "device", "threads", "tensor_parallel", "nodes", "node_rank", "nccl_root", "kv_cache_mib", "kv_cache_type", "device_reserve_mib",
       "max_running",
-      "max_waiting", "prefill_chunk", "max_body_bytes", "drain_seconds", "http_threads", "stream_interval_ms", "reasoning", "audit_text", "tls", "rag"};
+      "max_waiting", "prefill_chunk", "max_body_bytes", "drain_seconds", "http_threads", "stream_interval_ms", "reasoning", "prefix_cache", "audit_text", "tls", "rag"};
   for (const auto& [k, v] : t)
     if (!kTopKeys.count(std::string(k.str()))) return invalid_argument(origin + ": unknown key '" + std::string(k.str()) + "'");
 
@@ -244,6 +244,10 @@ Result<Config> parse_config(std::string_view text, const std::string& origin, Co
   AIRLOCK_RETURN_IF_ERROR(get_string(t, "reasoning", &reasoning));
   if (reasoning != "separate" && reasoning != "inline") return bad("reasoning", "must be \"separate\" or \"inline\"");
   c.separate_reasoning = reasoning == "separate";
+  std::string prefix_cache = c.prefix_cache_per_key ? "per_key" : "shared";
+  AIRLOCK_RETURN_IF_ERROR(get_string(t, "prefix_cache", &prefix_cache));
+  if (prefix_cache != "per_key" && prefix_cache != "shared") return bad("prefix_cache", "must be \"per_key\" or \"shared\"");
+  c.prefix_cache_per_key = prefix_cache == "per_key";
   if (const toml::node* n = t.get("audit_text")) {
     if (!n->is_boolean()) return bad("audit_text", "must be true or false");
     c.audit_text = n->as_boolean()->get();

@@ -76,6 +76,10 @@ struct Config {
   // A thinking model's <think> block: "separate" returns it as
   // reasoning_content beside the content; "inline" leaves it in the content.
   bool separate_reasoning = true;
+  // Cached prompt blocks shared only among the requests of one API key
+  // (cache hits would otherwise tell one client what another sent), or
+  // among all.
+  bool prefix_cache_per_key = true;
   bool audit_text = false;                 // store prompt and completion text in the audit log
   std::string tls_cert, tls_key, tls_client_ca;
   RagConfig rag;

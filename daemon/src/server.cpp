@@ -7,6 +7,7 @@
 #include <sodium.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <chrono>
 #include <cstdint>
@@ -1356,6 +1357,25 @@ void Server::Impl::answer_without_model(const httplib::Request& req, httplib::Re
   write_audit(key, req, &g, 200);
 }
 
+namespace {
+
+// The prefix-cache scope of an API key (prefix_cache = "per_key"): a keyed
+// hash of its name (keyed per process, so no two names can be made to
+// collide), never 0, the scope of "shared".
+std::uint64_t cache_scope_of(const std::string& key) {
+  static const std::array<unsigned char, crypto_shorthash_KEYBYTES> secret = [] {
+    std::array<unsigned char, crypto_shorthash_KEYBYTES> a{};
+    randombytes_buf(a.data(), a.size());
+    return a;
+  }();
+  std::uint64_t out = 0;
+  crypto_shorthash(reinterpret_cast<unsigned char*>(&out), reinterpret_cast<const unsigned char*>(key.data()), key.size(),
+                   secret.data());
+  return out | 1;
+}
+
+}  // namespace
+
 void Server::Impl::completions(const httplib::Request& req, httplib::Response& res, Endpoint endpoint, bool rag_query) {
   Clock::time_point start = Clock::now();
   const std::string key = key_of(req).value_or("");
@@ -1496,6 +1516,7 @@ void Server::Impl::completions(const httplib::Request& req, httplib::Response& r
   for (const std::string& s : r.stop) g->max_stop = std::max(g->max_stop, s.size());
   g->split_reasoning = r.endpoint == Endpoint::kChat && m->reasoning != ReasoningFormat::kNone;
 
+  const std::uint64_t cache_scope = config.prefix_cache_per_key ? cache_scope_of(key) : 0;
   for (std::size_t p = 0; p < inputs.size(); ++p) {
     // Continue the prompt's text: keep a SentencePiece leading space unless
     // generation starts right after BOS.
@@ -1503,6 +1524,7 @@ void Server::Impl::completions(const httplib::Request& req, httplib::Response& r
     for (int i = 0; i < r.n; ++i) {
       engine::GenerationRequest gr;
       gr.prompt = inputs[p];
+      gr.cache_scope = cache_scope;
       gr.max_tokens = max_tokens[p];
       gr.sampling = r.sampling;
       const std::uint64_t k = p * static_cast<std::uint64_t>(r.n) + static_cast<std::uint64_t>(i);  // the choice's index

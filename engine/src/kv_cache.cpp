@@ -66,7 +66,7 @@ int KvCache::attach_prefix(int seq_id, std::span<const std::int32_t> tokens, int
   if (it == seqs_.end() || it->second.length != 0) return 0;
   Sequence& s = it->second;
   const int n = std::min(max_blocks, static_cast<int>(tokens.size()) / kBlockTokens);
-  std::uint64_t chain = 0;
+  std::uint64_t chain = s.scope;
   int parent = -1;
   std::uint64_t parent_generation = 0;
   for (int b = 0; b < n; ++b) {
@@ -77,7 +77,7 @@ int KvCache::attach_prefix(int seq_id, std::span<const std::int32_t> tokens, int
     const int block = hit->second;
     const Published& p = pub_[static_cast<std::size_t>(block)];
     // Exact check: the hash only finds candidates.
-    if (p.parent != parent || p.parent_generation != parent_generation ||
+    if (p.parent != parent || p.parent_generation != parent_generation || p.scope != s.scope ||
         !std::equal(bt.begin(), bt.end(), p.tokens.begin(), p.tokens.end()))
       break;
     if (ref_[block] == 0) lru_.erase(p.lru);
@@ -109,6 +109,7 @@ void KvCache::publish(int seq_id, std::span<const std::int32_t> tokens) {
       p.parent = b == 0 ? -1 : s.blocks[static_cast<std::size_t>(b) - 1];
       p.parent_generation = b == 0 ? 0 : pub_[static_cast<std::size_t>(p.parent)].generation;
       p.tokens.assign(bt.begin(), bt.end());
+      p.scope = s.scope;
       index_.emplace(h, block);
     }
     s.chain = h;
@@ -116,8 +117,11 @@ void KvCache::publish(int seq_id, std::span<const std::int32_t> tokens) {
   }
 }
 
-Status KvCache::add_sequence(int seq_id) {
-  if (!seqs_.emplace(seq_id, Sequence{}).second)
+Status KvCache::add_sequence(int seq_id, std::uint64_t scope) {
+  Sequence s;
+  s.scope = scope;
+  s.chain = scope;
+  if (!seqs_.emplace(seq_id, std::move(s)).second)
     return already_exists("sequence " + std::to_string(seq_id) + " already exists");
   return Status::ok();
 }

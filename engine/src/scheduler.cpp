@@ -362,7 +362,7 @@ void Scheduler::step(std::unique_lock<std::mutex>& lock) {
     running_.push_back(std::move(waiting_.front()));
     waiting_.pop_front();
     Sequence* s = running_.back().get();
-    (void)cache_.add_sequence(s->id);  // ids are unique, so this cannot fail
+    (void)cache_.add_sequence(s->id, s->request.cache_scope);  // ids are unique, so this cannot fail
     s->in_cache = true;
     attach_cached(*s);
     if (!s->admitted_once) {

@@ -101,6 +101,7 @@ TEST(ConfigTest, RefusalsNameTheKey) {
       {"audit_text = 1", "audit_text"},
       {"reasoning = \"hidden\"", "reasoning"},
       {"reasoning = true", "reasoning"},
+      {"prefix_cache = \"global\"", "prefix_cache"},
       {"kv_cache_type = \"q8_0\"", "kv_cache_type: must be \"f16\" or \"f32\""},
       {"kv_cache_type = 16", "kv_cache_type: must be a string"},
       {"device = \"gpu\"", "device: must be \"auto\", \"cpu\" or \"cuda\""},

@@ -2581,6 +2581,35 @@ constexpr const char* kRagConfig =
 
 bool have_pdftotext() { return ::access("/usr/bin/pdftotext", X_OK) == 0; }
 
+// The prefix cache is per API key by default: a prompt another key sent is
+// computed again (no cached_tokens: they would say what the other sent),
+// while the same key's repeat is served from the cache. prefix_cache =
+// "shared" shares it among all keys.
+TEST(DaemonLifecycle, ThePrefixCacheIsPerKey) {
+  Enclave e;
+  const std::string other = e.new_key("other");
+  const json body = chat(std::string(200, 'x') + " a long shared system prompt, well past a block", 1);
+  auto cached_tokens = [&](Daemon& d, const std::string& key) {
+    httplib::Client c = d.client();
+    c.set_default_headers({{"Authorization", "Bearer " + key}});
+    auto r = c.Post("/v1/chat/completions", body.dump(), "application/json");
+    EXPECT_TRUE(r && r->status == 200) << (r ? r->body : "no answer");
+    return r && r->status == 200 ? json::parse(r->body)["usage"]["prompt_tokens_details"]["cached_tokens"].get<int>() : -1;
+  };
+  auto d = Daemon::start(e);
+  ASSERT_GT(d->port, 0) << d->log();
+  EXPECT_EQ(cached_tokens(*d, d->api_key), 0);
+  EXPECT_EQ(cached_tokens(*d, other), 0);  // another key: computed again
+  EXPECT_GT(cached_tokens(*d, d->api_key), 0);
+  EXPECT_GT(cached_tokens(*d, other), 0);
+  EXPECT_EQ(d->stop(), 0);
+  auto shared = Daemon::start(e, "prefix_cache = \"shared\"\n");
+  ASSERT_GT(shared->port, 0) << shared->log();
+  EXPECT_EQ(cached_tokens(*shared, shared->api_key), 0);
+  EXPECT_GT(cached_tokens(*shared, other), 0);
+  EXPECT_EQ(shared->stop(), 0);
+}
+
 // A stream whose output is held back writes nothing for a long time: here a
 // grounded answer, shown only once it cites a source (the test model does
 // not cite). Its client hanging up is noticed on the socket all the same,

@@ -107,6 +107,28 @@ TEST(KvCacheTest, TruncatedIntoAPublishedBlockItIsNotFoundUnderItsOldTokens) {
   EXPECT_EQ(c.block_table(3)[1], c.block_table(1)[1]);
 }
 
+// Scopes (one per API key in airlockd): a prompt's blocks attach only to
+// sequences of the scope that published them.
+TEST(KvCacheTest, PrefixBlocksStayInTheirScope) {
+  KvCache c(8);
+  const std::vector<std::int32_t> a = seq_tokens(40, 100);
+  ASSERT_TRUE(c.add_sequence(1, 11).is_ok());
+  ASSERT_TRUE(c.reserve(1, 40, nullptr).is_ok());
+  c.publish(1, a);
+  ASSERT_TRUE(c.add_sequence(2, 22).is_ok());
+  EXPECT_EQ(c.attach_prefix(2, a, 10), 0);  // another scope: nothing
+  ASSERT_TRUE(c.add_sequence(3).is_ok());
+  EXPECT_EQ(c.attach_prefix(3, a, 10), 0);  // nor the shared one
+  ASSERT_TRUE(c.add_sequence(4, 11).is_ok());
+  EXPECT_EQ(c.attach_prefix(4, a, 10), 2);  // the same scope: both full blocks
+  // Scope 22 publishes the same tokens: its own blocks, found by its own.
+  ASSERT_TRUE(c.reserve(2, 40, nullptr).is_ok());
+  c.publish(2, a);
+  ASSERT_TRUE(c.add_sequence(5, 22).is_ok());
+  EXPECT_EQ(c.attach_prefix(5, a, 10), 2);
+  EXPECT_NE(c.block_table(5)[0], c.block_table(4)[0]);
+}
+
 TEST(KvCacheTest, PrefixBlocksArePublishedReusedAndEvicted) {
   KvCache c(8);
   const std::vector<std::int32_t> a = seq_tokens(40, 100);  // 2 full blocks + 8

@@ -9,8 +9,8 @@
 // away is kept (evictable, least recently used first) until its space is
 // needed; n_free_blocks() counts it as free. Lookups hash the tokens (with a
 // per-cache random key) and then compare the block's tokens and its parent
-// block exactly, so a hash collision can never attach another prompt's
-// keys and values.
+// block (the first block: its scope) exactly, so a hash collision can never
+// attach another prompt's keys and values, nor another scope's.
 //
 // KvCache does the bookkeeping only (which block holds which positions of
 // which sequence); the key/value numbers live in storage the backend
@@ -77,7 +77,10 @@ class KvCache {
   // at least the sequence's tokens (positions 0..length-1).
   void publish(int seq_id, std::span<const std::int32_t> tokens);
 
-  Status add_sequence(int seq_id);
+  // `scope`: prefix-cache blocks are shared only between sequences of the
+  // same scope (airlockd gives each API key its own, so that one client
+  // cannot learn from cache hits what another sent).
+  Status add_sequence(int seq_id, std::uint64_t scope = 0);
   // Makes room for positions [length, length + n_new) of `seq_id` and
   // advances its length. A block shared with another sequence (after fork)
   // is copied before it is written: `copies` receives (from, to) block pairs
@@ -106,7 +109,8 @@ class KvCache {
     std::vector<std::int32_t> blocks;
     int length = 0;
     int n_published = 0;      // leading blocks whose hash chain is known
-    std::uint64_t chain = 0;  // hash of blocks [0, n_published)
+    std::uint64_t chain = 0;  // hash of blocks [0, n_published) (the scope before the first)
+    std::uint64_t scope = 0;
   };
   struct Published {
     bool published = false;
@@ -115,6 +119,7 @@ class KvCache {
     std::uint64_t parent_generation = 0;
     std::uint64_t generation = 0;  // bumped whenever the block is unpublished
     std::vector<std::int32_t> tokens;
+    std::uint64_t scope = 0;       // of the sequence that published it
     std::list<int>::iterator lru;  // valid while ref_ == 0
   };
   int take_block();

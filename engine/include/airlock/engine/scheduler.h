@@ -69,6 +69,9 @@ struct GenerationRequest {
   // before each token is chosen, told the token after; null: none. Used by
   // the scheduler's thread only.
   std::shared_ptr<TokenConstraint> constraint;
+  // Cached prompt blocks are shared only between requests of one scope
+  // (KvCache::add_sequence).
+  std::uint64_t cache_scope = 0;
 };
 
 enum class FinishReason { kNone, kStop, kLength, kCancelled, kError };
