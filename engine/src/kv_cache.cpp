@@ -183,7 +183,7 @@ Status KvCache::truncate(int seq_id, int length) {
     if (full < static_cast<int>(s.blocks.size()) && ref_[s.blocks[static_cast<std::size_t>(full)]] == 1)
       unpublish(s.blocks[static_cast<std::size_t>(full)]);
     s.n_published = 0;  // publish() recomputes the chain from the start
-    s.chain = 0;
+    s.chain = s.scope;
   }
   return Status::ok();
 }

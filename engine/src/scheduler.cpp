@@ -94,6 +94,7 @@ struct Scheduler::Sequence {
   bool in_cache = false;
   bool admitted_once = false;
   bool looked_again = false;  // its second prefix lookup's hits are counted (once in its life)
+  bool leaving = false;       // cancelled while waiting: finished, removed from the queue next
 };
 
 Result<std::unique_ptr<Scheduler>> Scheduler::start(Model& model, const SchedulerOptions& options) {
@@ -287,13 +288,14 @@ void Scheduler::step(std::unique_lock<std::mutex>& lock) {
   for (auto& s : running_)
     if (s->stream->cancelled()) finish(*s, FinishReason::kCancelled);
   std::erase_if(running_, [](const auto& s) { return !s->in_cache; });
-  // (one pass: a cancel landing between a finishing pass and the removal
-  // would remove a sequence that was never told it ended)
-  std::erase_if(waiting_, [&](const auto& s) {
-    if (!s->stream->cancelled()) return false;
-    finish(*s, FinishReason::kCancelled);
-    return true;
-  });
+  // Marked first, so that a cancel landing between the passes is left for
+  // the next step rather than removed untold; finished (which may throw:
+  // the queue is intact then, and the next step finishes them again);
+  // then removed (nothing that throws).
+  for (auto& s : waiting_) s->leaving = s->leaving || s->stream->cancelled();
+  for (auto& s : waiting_)
+    if (s->leaving) finish(*s, FinishReason::kCancelled);
+  std::erase_if(waiting_, [](const auto& s) { return s->leaving; });
 
   // 2. The blocks this step takes for the running sequences (a decode
   //    token each, prompt chunks within the prefill budget, oldest first);

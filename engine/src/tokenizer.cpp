@@ -486,7 +486,12 @@ Result<std::unique_ptr<Tokenizer>> Tokenizer::from_spec(TokenizerSpec s) {
       t->special_trie_.emplace_back();
       at = child;
     }
-    if (t->special_trie_[at].rank < 0) t->special_trie_[at].rank = static_cast<std::int32_t>(r);  // (a twin never wins)
+    // Of twins (one text, two ids) the first wins, but a control token
+    // never inside a literal range: there the first one that is not.
+    SpecialNode& end = t->special_trie_[at];
+    if (end.rank < 0) end.rank = static_cast<std::int32_t>(r);
+    if (end.plain_rank < 0 && sp.types[t->specials_[r]] != TokenType::kControl)
+      end.plain_rank = static_cast<std::int32_t>(r);
   }
   for (SpecialNode& node : t->special_trie_) std::sort(node.next.begin(), node.next.end());
   for (int b = 0; b < 256; ++b) {
@@ -516,11 +521,43 @@ bool Tokenizer::is_end_of_generation(std::int32_t id) const {
 
 // Each special, longest first, takes its leftmost occurrences that do not
 // overlap one taken before (a control token never inside a literal range):
-// as searching the text for each special in turn would, with every
-// occurrence of every special found in one pass over the text.
+// the text searched for each special in turn. Time: the text times the
+// specials (minutes for a megabyte and thousands of specials), so it only
+// serves where split_at_specials would hold too many occurrences.
+std::vector<Tokenizer::Fragment> Tokenizer::split_by_search(std::vector<Fragment> frags) const {
+  for (std::int32_t sid : specials_) {
+    const bool control = spec_.types[sid] == TokenType::kControl;
+    const std::string& st = spec_.tokens[sid];
+    std::vector<Fragment> next;
+    for (const Fragment& f : frags) {
+      if (f.special >= 0 || (control && f.literal)) {
+        next.push_back(f);
+        continue;
+      }
+      std::string_view rest = f.text;
+      for (std::size_t at; (at = rest.find(st)) != std::string_view::npos;) {
+        if (at > 0) next.push_back({rest.substr(0, at), -1, f.literal});
+        next.push_back({{}, sid});
+        rest.remove_prefix(at + st.size());
+      }
+      if (!rest.empty()) next.push_back({rest, -1, f.literal});
+    }
+    frags = std::move(next);
+  }
+  return frags;
+}
+
+// The same outcome as split_by_search, with every occurrence of every
+// special found in one pass over the text (a tree of their bytes). A text
+// where specials nest many deep (runs of a byte that specials of every
+// length are made of) would make that list many times the text: past twice
+// its length, the search per special runs instead (few specials nest so).
 std::vector<Tokenizer::Fragment> Tokenizer::split_at_specials(std::string_view text, std::vector<Fragment> frags) const {
   if (specials_.empty()) return frags;
-  std::vector<std::vector<std::size_t>> found(specials_.size());  // by rank: where it starts, in order
+  if (text.size() > UINT32_MAX) return split_by_search(std::move(frags));
+  const std::size_t most = 2 * text.size() + 4096;
+  std::size_t n_found = 0;
+  std::vector<std::vector<std::uint32_t>> found(specials_.size());  // by rank: where it starts, in order
   for (const Fragment& f : frags) {
     const std::size_t begin = static_cast<std::size_t>(f.text.data() - text.data()), end = begin + f.text.size();
     for (std::size_t start = begin; start < end; ++start) {
@@ -531,9 +568,10 @@ std::vector<Tokenizer::Fragment> Tokenizer::split_at_specials(std::string_view t
         auto it = std::lower_bound(next.begin(), next.end(), std::pair<unsigned char, std::uint32_t>(c, 0));
         if (it == next.end() || it->first != c) break;
         at = it->second;
-        const std::int32_t rank = special_trie_[at].rank;
-        if (rank >= 0 && !(f.literal && spec_.types[specials_[rank]] == TokenType::kControl))
-          found[rank].push_back(start);
+        const std::int32_t rank = f.literal ? special_trie_[at].plain_rank : special_trie_[at].rank;
+        if (rank < 0) continue;
+        if (++n_found > most) return split_by_search(std::move(frags));
+        found[static_cast<std::size_t>(rank)].push_back(static_cast<std::uint32_t>(start));
       }
     }
   }
@@ -542,7 +580,7 @@ std::vector<Tokenizer::Fragment> Tokenizer::split_at_specials(std::string_view t
   for (std::size_t rank = 0; rank < specials_.size(); ++rank) {
     const std::size_t len = spec_.tokens[specials_[rank]].size();
     std::size_t free_from = 0;  // its previous occurrence taken ends here
-    for (std::size_t start : found[rank]) {
+    for (const std::uint32_t start : found[rank]) {
       if (start < free_from ||
           std::any_of(taken.begin() + static_cast<std::ptrdiff_t>(start),
                       taken.begin() + static_cast<std::ptrdiff_t>(start + len), [](bool b) { return b; }))

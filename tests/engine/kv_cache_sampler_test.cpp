@@ -127,6 +127,20 @@ TEST(KvCacheTest, PrefixBlocksStayInTheirScope) {
   ASSERT_TRUE(c.add_sequence(5, 22).is_ok());
   EXPECT_EQ(c.attach_prefix(5, a, 10), 2);
   EXPECT_NE(c.block_table(5)[0], c.block_table(4)[0]);
+  // Cut back and written again, a scoped sequence publishes under its scope
+  // still (the chain restarts from the scope, not from the shared root).
+  KvCache t(8);
+  const std::vector<std::int32_t> b = seq_tokens(40, 300);
+  ASSERT_TRUE(t.add_sequence(1, 33).is_ok());
+  ASSERT_TRUE(t.reserve(1, 40, nullptr).is_ok());
+  t.publish(1, b);
+  ASSERT_TRUE(t.truncate(1, 10).is_ok());
+  ASSERT_TRUE(t.reserve(1, 30, nullptr).is_ok());
+  t.publish(1, b);
+  ASSERT_TRUE(t.add_sequence(2, 33).is_ok());
+  EXPECT_GE(t.attach_prefix(2, b, 10), 1);
+  ASSERT_TRUE(t.add_sequence(3).is_ok());
+  EXPECT_EQ(t.attach_prefix(3, b, 10), 0);
 }
 
 TEST(KvCacheTest, PrefixBlocksArePublishedReusedAndEvicted) {

@@ -440,7 +440,12 @@ TEST(TokenizerTest, SpecialsSplitAsTheLongestFirstSearchWould) {
   const std::vector<std::pair<std::string, TokenType>> specials = {
       {"<|a|>", TokenType::kControl},     {"<|a", TokenType::kControl},  {"a|>", TokenType::kControl},
       {"<|", TokenType::kControl},        {"|a|", TokenType::kUserDefined}, {"aa", TokenType::kUserDefined},
-      {"<<|a|>>", TokenType::kUserDefined}, {"a", TokenType::kUserDefined}, {"|a|", TokenType::kControl}};
+      {"<<|a|>>", TokenType::kUserDefined}, {"a", TokenType::kUserDefined}, {"|a|", TokenType::kControl},
+      // twins the other way round: the control one first, then a plain one
+      // (which alone may match inside a literal range)
+      {"a>", TokenType::kControl},        {"a>", TokenType::kUserDefined},
+      // runs of one byte, nesting four deep
+      {"xx", TokenType::kUserDefined},    {"xxx", TokenType::kUserDefined}, {"xxxx", TokenType::kControl}};
   for (const auto& [text, type] : specials) {
     s.tokens.push_back(text);
     s.types.push_back(type);
@@ -487,7 +492,7 @@ TEST(TokenizerTest, SpecialsSplitAsTheLongestFirstSearchWould) {
     return ids;
   };
   std::mt19937 rng(11);
-  const char* pieces[] = {"<", "|", "a", ">", "<|a|>", "x", "<<", ">>", "aa"};
+  const char* pieces[] = {"<", "|", "a", ">", "<|a|>", "x", "<<", ">>", "aa", "xx"};
   for (int trial = 0; trial < 3000; ++trial) {
     std::string text;
     const int n = 1 + static_cast<int>(rng() % 12);
@@ -499,6 +504,15 @@ TEST(TokenizerTest, SpecialsSplitAsTheLongestFirstSearchWould) {
     for (std::int32_t id : (*tok)->encode(text, false, literal))
       if (std::find(order.begin(), order.end(), id) != order.end()) got.push_back(id);
     ASSERT_EQ(got, reference(text, lb, le)) << "'" << text << "' literal [" << lb << ", " << le << ")";
+  }
+  // Runs of x: occurrences nest past twice the text's length, and the
+  // search per special takes over, with the same outcome.
+  for (const std::string& text : {std::string(20000, 'x') + "<|a|>" + std::string(7, 'x'), std::string(30001, 'x')}) {
+    const std::vector<std::pair<std::size_t, std::size_t>> literal = {{100, 5000}};
+    std::vector<std::int32_t> got;
+    for (std::int32_t id : (*tok)->encode(text, false, literal))
+      if (std::find(order.begin(), order.end(), id) != order.end()) got.push_back(id);
+    EXPECT_EQ(got, reference(text, 100, 5000)) << text.size();
   }
   // A text of nothing but the specials' first byte: one pass, nothing found
   // (a search per special over it was quadratic in practice).

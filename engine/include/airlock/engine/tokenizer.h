@@ -161,6 +161,7 @@ class Tokenizer {
     bool literal = false;
   };
   std::vector<Fragment> split_at_specials(std::string_view text, std::vector<Fragment> frags) const;
+  std::vector<Fragment> split_by_search(std::vector<Fragment> frags) const;
   void encode_spm(std::string_view text, std::vector<std::int32_t>* out) const;
   void encode_bpe(std::string_view text, std::vector<std::int32_t>* out) const;
   void bpe_word(const std::string& word, std::vector<std::int32_t>* out) const;
@@ -175,7 +176,8 @@ class Tokenizer {
   // vocabulary of thousands of them).
   struct SpecialNode {
     std::vector<std::pair<unsigned char, std::uint32_t>> next;  // by byte
-    std::int32_t rank = -1;                                      // the special (rank in specials_) ending here
+    std::int32_t rank = -1;        // the special (rank in specials_) ending here (of twins, the first)
+    std::int32_t plain_rank = -1;  // the first that is not a control token (what a literal range may hold)
   };
   std::vector<SpecialNode> special_trie_;
   std::int32_t byte_tokens_[256];
