@@ -239,9 +239,13 @@ SeccompProgram build_child_seccomp(bool allow_processes) {
 }
 
 const SeccompProgram& child_seccomp() {
+  // Each built on first use: the product never asks for the second.
+  if (g_allow_child_processes.load()) {
+    static const SeccompProgram with_processes = build_child_seccomp(true);
+    return with_processes;
+  }
   static const SeccompProgram without_processes = build_child_seccomp(false);
-  static const SeccompProgram with_processes = build_child_seccomp(true);
-  return g_allow_child_processes.load() ? with_processes : without_processes;
+  return without_processes;
 }
 
 // Landlock (Linux 5.13+): the child may read and execute under /usr (the
