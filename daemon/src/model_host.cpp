@@ -263,11 +263,8 @@ Result<std::shared_ptr<LoadedModel>> load_model(const Config& config, std::share
   std::vector<std::shared_ptr<engine::Model>> ranks;
   AIRLOCK_ASSIGN_OR_RETURN(std::unique_ptr<engine::Decoder> decoder, load_ranks(config, *m, &ranks));
   AIRLOCK_ASSIGN_OR_RETURN(m->tokenizer, engine::Tokenizer::from_gguf(m->model->gguf()));
-  // Every token the tokenizer can make must have an embedding row (fewer
-  // tokens than rows is common: padded matrices).
-  if (m->tokenizer->n_vocab() > m->model->params().n_vocab)
-    return verification_failed(chosen->name + ": the vocabulary has " + std::to_string(m->tokenizer->n_vocab()) +
-                               " tokens, token_embd.weight " + std::to_string(m->model->params().n_vocab) + " rows");
+  if (Status fits = engine::check_vocab_fits(*m->tokenizer, m->model->params().n_vocab); !fits.is_ok())
+    return fits.with_context(chosen->name);
   for (std::int32_t t = 0; t < m->tokenizer->n_vocab(); ++t)
     if (m->tokenizer->is_end_of_generation(t)) m->end_of_generation.push_back(t);
   m->json_vocab = std::make_shared<const engine::JsonVocab>(*m->tokenizer);

@@ -33,9 +33,7 @@ Result<std::unique_ptr<DecoderEmbedding>> DecoderEmbedding::from_gguf(std::uniqu
     return invalid_argument(arch + ".attention.causal is false: bidirectional attention is not supported for " + arch);
   AIRLOCK_ASSIGN_OR_RETURN(e->tokenizer_, Tokenizer::from_gguf(*file));
   AIRLOCK_ASSIGN_OR_RETURN(e->model_, Model::from_gguf(std::move(file), std::move(backend)));
-  if (e->tokenizer_->n_vocab() > e->model_->params().n_vocab)
-    return verification_failed("gguf: the vocabulary has " + std::to_string(e->tokenizer_->n_vocab()) +
-                               " tokens, token_embd.weight " + std::to_string(e->model_->params().n_vocab) + " rows");
+  AIRLOCK_RETURN_IF_ERROR(check_vocab_fits(*e->tokenizer_, e->model_->params().n_vocab));
   if (e->model_->params().n_ctx_train <= e->n_special())
     return verification_failed("gguf: a context of " + std::to_string(e->model_->params().n_ctx_train) +
                                " tokens leaves no room for text");

@@ -68,9 +68,7 @@ Result<std::unique_ptr<DecoderReranker>> DecoderReranker::from_gguf(std::unique_
   dequantize_row(head->type, head->data.data() + row, no.data(), n_embd);
   r->yes_minus_no_.resize(static_cast<std::size_t>(n_embd));
   for (std::size_t i = 0; i < yes.size(); ++i) r->yes_minus_no_[i] = yes[i] - no[i];
-  if (r->tokenizer_->n_vocab() > r->model_->params().n_vocab)
-    return verification_failed("gguf: the vocabulary has " + std::to_string(r->tokenizer_->n_vocab()) +
-                               " tokens, token_embd.weight " + std::to_string(r->model_->params().n_vocab) + " rows");
+  AIRLOCK_RETURN_IF_ERROR(check_vocab_fits(*r->tokenizer_, r->model_->params().n_vocab));
   // The prompt alone must leave room for some of the pair's text.
   if (r->render("", "").size() + 16 > static_cast<std::size_t>(r->context_length()))
     return verification_failed("gguf: the rerank prompt leaves no room for text in a context of " +

@@ -610,6 +610,12 @@ std::vector<Tokenizer::Fragment> Tokenizer::split_at_specials(std::string_view t
   return out;
 }
 
+Status check_vocab_fits(const Tokenizer& tokenizer, int rows) {
+  if (tokenizer.n_vocab() <= rows) return Status::ok();
+  return verification_failed("gguf: the vocabulary has " + std::to_string(tokenizer.n_vocab()) +
+                             " tokens, token_embd.weight " + std::to_string(rows) + " rows");
+}
+
 std::vector<std::int32_t> Tokenizer::encode(std::string_view text, bool add_special, bool parse_special) const {
   if (parse_special) return encode(text, add_special, std::span<const std::pair<std::size_t, std::size_t>>());
   const std::pair<std::size_t, std::size_t> all{0, text.size()};

@@ -186,6 +186,11 @@ class Tokenizer {
   std::shared_ptr<const UnigramModel> unigram_;  // "unigram" and "t5" only (unigram.h)
 };
 
+// kVerificationFailed when `tokenizer` can make a token that an embedding
+// matrix of `rows` rows has no row for (fewer tokens than rows is common:
+// padded matrices).
+Status check_vocab_fits(const Tokenizer& tokenizer, int rows);
+
 // Turns generated tokens into text that never splits a UTF-8 character:
 // push() returns the complete bytes available so far, finish() the rest
 // (an incomplete trailing sequence becomes U+FFFD; an invalid byte anywhere
