@@ -10,7 +10,7 @@
 // context (f16 by default, as airlockd stores it).
 //
 // usage: engine_bench [--threads N] [--layers L] [--prompt N] [--type Q8_0|Q4_K] [--kv-type f16|f32]
-//                     [--mmap-only] [--model PATH.gguf]
+//                     [--mmap-only] [--model PATH.gguf] [--isa best|avx512vnni|avx2]
 #include <sys/resource.h>
 #include <unistd.h>
 
@@ -198,12 +198,16 @@ int main(int argc, char** argv) {
     else if (a == "--prompt" && i + 1 < argc) g_prompt = std::atoi(argv[++i]);
     else if (a == "--type" && i + 1 < argc) only_type = argv[++i];
     else if (a == "--mmap-only") mmap_only = true;
+    else if (a == "--isa" && i + 1 < argc && std::strcmp(argv[i + 1], "best") == 0) ++i;
+    else if (a == "--isa" && i + 1 < argc && std::strcmp(argv[i + 1], "avx512vnni") == 0)
+      ++i, limit_kernel_isa(KernelIsa::kAvx512Vnni);
+    else if (a == "--isa" && i + 1 < argc && std::strcmp(argv[i + 1], "avx2") == 0) ++i, limit_kernel_isa(KernelIsa::kAvx2);
     else if (a == "--kv-type" && i + 1 < argc && (std::strcmp(argv[i + 1], "f16") == 0 || std::strcmp(argv[i + 1], "f32") == 0))
       g_kv_type = std::strcmp(argv[++i], "f16") == 0 ? KvType::kF16 : KvType::kF32;
     else {
       std::fprintf(stderr,
                    "usage: engine_bench [--threads N] [--layers L] [--prompt N] [--type Q8_0|Q4_K] [--kv-type f16|f32] "
-                   "[--mmap-only] [--model PATH.gguf]\n");
+                   "[--mmap-only] [--model PATH.gguf] [--isa best|avx512vnni|avx2]\n");
       return 2;
     }
   }

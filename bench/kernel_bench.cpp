@@ -7,7 +7,7 @@
 // makes the rows N matrices, one call each, every call writing the same
 // output buffer as the model's scratch.
 //
-// usage: kernel_bench [--threads N] [--type Q8_0|Q4_0|Q4_K|Q5_K|Q6_K|all] [--isa best|avx2|scalar] [--rows N] [--n-in N] [--split N] [--attention CTX]
+// usage: kernel_bench [--threads N] [--type Q8_0|Q4_0|Q4_K|Q5_K|Q6_K|all] [--isa best|avx512vnni|avx2|scalar] [--rows N] [--n-in N] [--split N] [--tokens N,N,..] [--attention CTX]
 
 #include <algorithm>
 #include <chrono>
@@ -56,6 +56,7 @@ std::vector<std::uint8_t> random_rows(GgmlType type, std::int64_t n_in, std::int
 std::int64_t g_rows = 24 * 5632;
 std::int64_t g_n_in = 2048;  // row length: 2048 is a 1B Llama's n_embd, 5632 its n_ff (the down projection)
 std::int64_t g_split = 1;  // the rows as this many separate matmul calls (a model's many small matrices)
+std::vector<int> g_tokens = {1, 2, 3, 4, 8, 16};  // batch sizes (--tokens 1,16,64: prompt chunks too)
 
 void bench_type(GgmlType type, Backend& be, double bw) {
   // Rows of 2048 (a 1B Llama's n_embd), ~1/3 of such a model's weights.
@@ -67,7 +68,7 @@ void bench_type(GgmlType type, Backend& be, double bw) {
   wt.ne[0] = n_in;
   wt.ne[1] = n_rows;
   wt.data = w.data();
-  for (int nt : {1, 2, 3, 4, 8, 16}) {
+  for (int nt : g_tokens) {
     // With --split, one output buffer for every call, as the model's
     // scratch is reused from matrix to matrix.
     const std::int64_t part = n_rows / g_split;
@@ -167,16 +168,28 @@ int main(int argc, char** argv) {
     else if (a == "--rows" && i + 1 < argc) g_rows = std::atoll(argv[++i]);  // small: kernels from cache
     else if (a == "--n-in" && i + 1 < argc) g_n_in = std::max(256LL, std::atoll(argv[++i]) / 256 * 256);
     else if (a == "--split" && i + 1 < argc) g_split = std::max(1LL, std::atoll(argv[++i]));
+    else if (a == "--tokens" && i + 1 < argc) {
+      g_tokens.clear();
+      for (const char* p = argv[++i]; *p;) {
+        char* end = nullptr;
+        const long n = std::strtol(p, &end, 10);
+        if (end == p || n < 1 || n > 4096) break;
+        g_tokens.push_back(static_cast<int>(n));
+        p = *end == ',' ? end + 1 : end;
+      }
+      if (g_tokens.empty()) g_tokens = {1};
+    }
     else if (a == "--attention" && i + 1 < argc) attention_ctx = std::atoi(argv[++i]);
     else {
-      std::fprintf(stderr, "usage: kernel_bench [--threads N] [--type NAME|all] [--isa best|avx2|scalar] [--rows N] [--n-in N] [--split N] [--attention CTX]\n");
+      std::fprintf(stderr, "usage: kernel_bench [--threads N] [--type NAME|all] [--isa best|avx512vnni|avx2|scalar] [--rows N] [--n-in N] [--split N] [--tokens N,N,..] [--attention CTX]\n");
       return 2;
     }
   }
   if (isa == "scalar") limit_kernel_isa(KernelIsa::kScalar);
   else if (isa == "avx2") limit_kernel_isa(KernelIsa::kAvx2);
+  else if (isa == "avx512vnni") limit_kernel_isa(KernelIsa::kAvx512Vnni);
   else if (isa != "best") {
-    std::fprintf(stderr, "--isa: best, avx2 or scalar\n");
+    std::fprintf(stderr, "--isa: best, avx512vnni, avx2 or scalar\n");
     return 2;
   }
   auto pool = std::make_shared<ThreadPool>(n_threads);

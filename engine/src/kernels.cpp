@@ -8,10 +8,13 @@
 // (vpdpbusd: 32 byte multiply-adds into int32 per 256 bits in one
 // instruction where AVX2 needs sign, maddubs and madd; the lane kernels
 // below use 512-bit registers, the Q8_0/Q4_0 tiles 256-bit ones; the AVX2
-// K-quant kernels are in kernels_kquant.inc). Attention (attend_heads) has
-// a scalar and an AVX2 path.
+// K-quant kernels are in kernels_kquant.inc). A fourth level, AMX, adds
+// Intel's tile multiply unit for Q4_K/Q5_K batches (kernels_amx.inc).
+// Attention (attend_heads) has a scalar and an AVX2 path.
 #include <cpuid.h>
 #include <immintrin.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
@@ -28,7 +31,7 @@ namespace airlock::engine {
 namespace {
 
 // The highest level the kernels may use (tests lower it to compare paths).
-std::atomic<int> g_isa_limit{static_cast<int>(KernelIsa::kAvx512Vnni)};
+std::atomic<int> g_isa_limit{static_cast<int>(KernelIsa::kAmx)};
 
 // AVX2, FMA and F16C, and an OS that saves the YMM registers. Read from
 // CPUID directly: not every compiler's __builtin_cpu_supports knows "f16c".
@@ -60,10 +63,29 @@ bool detect_avx512_vnni() {
   return (xcr0_lo & 0xE6) == 0xE6;  // XMM, YMM, opmask, ZMM_Hi256, Hi16_ZMM
 }
 
+// AMX-TILE and AMX-INT8 beside the above, the OS saving the tile state
+// (XCR0 bits 17 and 18), and this process allowed to use it: Linux hands
+// out the 8 KiB tile data state only on request (ARCH_REQ_XCOMP_PERM,
+// kernel 5.16 and later; granted for the whole process). A refusal (an
+// older kernel, a seccomp filter) leaves the AVX-512 level.
+bool detect_amx() {
+  if (!detect_avx512_vnni()) return false;
+  unsigned a, b, c, d;
+  if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return false;
+  const bool tile = d & (1u << 24), int8 = d & (1u << 25);
+  if (!(tile && int8)) return false;
+  unsigned xcr0_lo, xcr0_hi;
+  __asm__("xgetbv" : "=a"(xcr0_lo), "=d"(xcr0_hi) : "c"(0));
+  if ((xcr0_lo & 0x60000u) != 0x60000u) return false;
+  constexpr long kArchReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
+  return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
+}
+
 KernelIsa cpu_isa() {
-  static const KernelIsa isa = detect_avx512_vnni() ? KernelIsa::kAvx512Vnni
-                               : detect_avx2()       ? KernelIsa::kAvx2
-                                                     : KernelIsa::kScalar;
+  static const KernelIsa isa = detect_amx()           ? KernelIsa::kAmx
+                               : detect_avx512_vnni() ? KernelIsa::kAvx512Vnni
+                               : detect_avx2()        ? KernelIsa::kAvx2
+                                                      : KernelIsa::kScalar;
   return isa;
 }
 
@@ -1069,6 +1091,8 @@ void matmul_q6_lanes(const std::uint8_t* w, std::int64_t n_in, const ActQ6Lanes*
                  n_tokens, y, n_out, r0, r1);
 }
 
+#include "kernels_amx.inc"
+
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic pop
 #endif
@@ -1089,18 +1113,27 @@ void MatmulInput::reset(GgmlType type, const float* x, std::int64_t n_in, std::i
   std::size_t bytes = 0;
   if (isa_ == KernelIsa::kScalar || (!q8_0 && !k)) {
     form_ = Form::kFloat;
-  } else if (k && isa_ == KernelIsa::kAvx512Vnni && type == GgmlType::kQ6_K) {
+  } else if (k && isa_ >= KernelIsa::kAvx512Vnni && type == GgmlType::kQ6_K) {
     form_ = Form::kQ6_KLanes;
     bytes = sizeof(ActQ6Lanes) * static_cast<std::size_t>(n_in / 256 * n_tokens);
-  } else if (k && isa_ == KernelIsa::kAvx512Vnni && n_tokens == 1) {
+  } else if (k && isa_ >= KernelIsa::kAmx && n_tokens >= kAmxMinTokens) {
+    form_ = Form::kQ8_KAmx;
+    const std::size_t group = sizeof(ActAmxPair) * static_cast<std::size_t>((n_in / 256 + 1) / 2);
+    const std::int64_t groups = (n_tokens + kAmxTokens - 1) / kAmxTokens;
+    bytes_.resize(group * static_cast<std::size_t>(groups));
+    // the last group's columns past the batch: zeros (never stale floats,
+    // which could be subnormal and slow)
+    if (n_tokens % kAmxTokens != 0) std::memset(bytes_.data() + group * static_cast<std::size_t>(groups - 1), 0, group);
+    return;
+  } else if (k && isa_ >= KernelIsa::kAvx512Vnni && n_tokens == 1) {
     form_ = Form::kQ8_KOne;
     bytes = sizeof(ActQ8_KNat) * static_cast<std::size_t>((n_in / 256 + 1) / 2);
   } else if (k) {
-    const bool lanes = isa_ == KernelIsa::kAvx512Vnni;
+    const bool lanes = isa_ >= KernelIsa::kAvx512Vnni;
     form_ = lanes ? Form::kQ8_KLanes : Form::kQ8_K;
     bytes = lanes ? sizeof(ActQ8_KPair) * static_cast<std::size_t>((n_in / 256 + 1) / 2 * n_tokens)
                   : sizeof(ActQ8_K) * static_cast<std::size_t>(n_in / 256 * n_tokens);
-  } else if (isa_ == KernelIsa::kAvx512Vnni) {
+  } else if (isa_ >= KernelIsa::kAvx512Vnni) {
     form_ = n_in % 256 == 0 ? Form::kQ8_0Lanes : Form::kQ8_0Vnni;
     bytes = VnniInput::token_bytes(n_in / 32) * static_cast<std::size_t>(n_tokens);
   } else {
@@ -1124,6 +1157,11 @@ void MatmulInput::quantize(std::int64_t t0, std::int64_t t1) {
       const std::int64_t nb = n_in_ / 256;
       auto* act = reinterpret_cast<ActQ6Lanes*>(bytes_.data());
       for (std::int64_t t = t0; t < t1; ++t) quantize_act_q6_lanes(x_ + t * n_in_, n_in_, act + t * nb);
+      return;
+    }
+    case Form::kQ8_KAmx: {
+      auto* act = reinterpret_cast<ActAmxPair*>(bytes_.data());
+      for (std::int64_t t = t0; t < t1; ++t) quantize_act_amx(x_ + t * n_in_, n_in_, t, act);
       return;
     }
     case Form::kQ8_KOne:
@@ -1214,6 +1252,11 @@ void matmul_rows(const MatmulInput& in, GgmlType type, const std::uint8_t* w, fl
       const auto* act = reinterpret_cast<const ActQ8_KPair*>(bytes);
       if (type == GgmlType::kQ5_K) return matmul_qk_pairs<true>(w, n_in, act, n_tokens, y, n_out, r0, r1);
       return matmul_qk_pairs<false>(w, n_in, act, n_tokens, y, n_out, r0, r1);
+    }
+    case MatmulInput::Form::kQ8_KAmx: {
+      const auto* act = reinterpret_cast<const ActAmxPair*>(bytes);
+      if (type == GgmlType::kQ5_K) return matmul_qk_amx<true>(w, n_in, act, n_tokens, y, n_out, r0, r1);
+      return matmul_qk_amx<false>(w, n_in, act, n_tokens, y, n_out, r0, r1);
     }
     case MatmulInput::Form::kQ8_KOne: {
       const auto* act = reinterpret_cast<const ActQ8_KNat*>(bytes);
@@ -1718,6 +1761,7 @@ const char* kernel_isa() { return kernel_isa_name(active_isa()); }
 
 const char* kernel_isa_name(KernelIsa isa) {
   switch (isa) {
+    case KernelIsa::kAmx: return "amx";
     case KernelIsa::kAvx512Vnni: return "avx512vnni";
     case KernelIsa::kAvx2: return "avx2";
     case KernelIsa::kScalar: break;
@@ -1729,6 +1773,6 @@ KernelIsa best_kernel_isa() { return cpu_isa(); }
 
 void limit_kernel_isa(KernelIsa max) { g_isa_limit.store(static_cast<int>(max)); }
 
-void force_scalar_kernels(bool on) { limit_kernel_isa(on ? KernelIsa::kScalar : KernelIsa::kAvx512Vnni); }
+void force_scalar_kernels(bool on) { limit_kernel_isa(on ? KernelIsa::kScalar : KernelIsa::kAmx); }
 
 }  // namespace airlock::engine

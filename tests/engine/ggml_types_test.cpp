@@ -420,8 +420,10 @@ TEST_P(KernelsTest, OneTokenEqualsItsRowInABatchBitForBit) {
   limit_kernel_isa(GetParam());
   std::mt19937 rng(13);
   for (GgmlType type : {GgmlType::kQ4_K, GgmlType::kQ5_K, GgmlType::kQ8_0, GgmlType::kQ6_K}) {
-    for (std::int64_t n_in : {256, 512, 768, 2304, 5632}) {
-      const std::int64_t n_out = 19, n_tokens = 9;
+    // 9 tokens: the lane kernels; 37: the AMX tiles where the CPU has them
+    for (auto [n_in, n_tokens] : {std::pair<std::int64_t, std::int64_t>{256, 9}, {512, 9}, {768, 9}, {2304, 9},
+                                  {5632, 9}, {256, 37}, {768, 37}, {2304, 37}}) {
+      const std::int64_t n_out = 19;
       const RandomProduct prod(type, n_in, n_out, n_tokens, rng);
       const std::vector<std::uint8_t>& w = prod.w;
       const std::vector<float>& x = prod.x;
@@ -467,7 +469,7 @@ TEST_P(KernelsTest, LongRowsInShorterPassesMatchScalar) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Levels, KernelsTest, ::testing::Values(KernelIsa::kAvx2, KernelIsa::kAvx512Vnni),
+INSTANTIATE_TEST_SUITE_P(Levels, KernelsTest, ::testing::Values(KernelIsa::kAvx2, KernelIsa::kAvx512Vnni, KernelIsa::kAmx),
                          [](const ::testing::TestParamInfo<KernelIsa>& p) { return std::string(kernel_isa_name(p.param)); });
 
 // attend_heads against a double-precision softmax attention, for group

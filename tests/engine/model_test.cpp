@@ -314,12 +314,33 @@ TEST_P(KvTypeTest, GemmaWindowsGetTheSameLogitsInsideABatch) {
 // row blocks change, a token's arithmetic does not), so the logits are
 // bit-identical, on every kernel level this CPU has.
 TEST(BatchTest, QuantisedWeightsGiveBitIdenticalLogitsInsideABatch) {
-  for (KernelIsa isa : {KernelIsa::kScalar, KernelIsa::kAvx2, KernelIsa::kAvx512Vnni}) {
+  for (KernelIsa isa : {KernelIsa::kScalar, KernelIsa::kAvx2, KernelIsa::kAvx512Vnni, KernelIsa::kAmx}) {
     if (isa > best_kernel_isa()) continue;
     limit_kernel_isa(isa);
     for (GgmlType t : {GgmlType::kQ8_0, GgmlType::kQ4_K, GgmlType::kQ6_K}) {
       SCOPED_TRACE(std::string(traits(t).name) + " " + kernel_isa());
       check_batch_invariance(spec("llama", 256, 4, 2, 512, false, t), KvType::kF16, 0);
+    }
+  }
+  force_scalar_kernels(false);
+}
+
+// A prompt in one chunk of 40 (on an AMX CPU, the tile kernels: they take
+// batches from 32 tokens), in chunks of 4 (the lane kernels) and token by
+// token (the one-token kernels): the same logits, bit for bit, on every
+// kernel level this CPU has.
+TEST(BatchTest, PromptChunkSizesGiveBitIdenticalLogits) {
+  for (KernelIsa isa : {KernelIsa::kScalar, KernelIsa::kAvx2, KernelIsa::kAvx512Vnni, KernelIsa::kAmx}) {
+    if (isa > best_kernel_isa()) continue;
+    limit_kernel_isa(isa);
+    for (GgmlType t : {GgmlType::kQ4_K, GgmlType::kQ5_K}) {
+      SCOPED_TRACE(std::string(traits(t).name) + " " + kernel_isa());
+      Loaded l = load(spec("llama", 512, 4, 2, 768, false, t));
+      ASSERT_TRUE(l.model);
+      const std::vector<std::int32_t> toks = random_tokens(44, static_cast<int>(l.model->params().n_vocab), 77);
+      const std::vector<float> whole = run_chunks(*l.model, toks, {40}, KvType::kF16);
+      EXPECT_EQ(whole, run_chunks(*l.model, toks, {4, 4, 4, 4, 4, 4, 4, 4, 4, 4}, KvType::kF16));
+      EXPECT_EQ(whole, run_chunks(*l.model, toks, {}, KvType::kF16));
     }
   }
   force_scalar_kernels(false);

@@ -17,7 +17,9 @@ namespace airlock::engine {
 
 // Kernel levels, lowest first. Each level falls back to the one below for
 // weight types it has no kernels of its own for.
-enum class KernelIsa { kScalar = 0, kAvx2 = 1, kAvx512Vnni = 2 };
+// kAmx: AVX-512 VNNI plus Intel AMX (tile) integer multiplies, which
+// serve batches of Q4_K/Q5_K; everything else runs as at kAvx512Vnni.
+enum class KernelIsa { kScalar = 0, kAvx2 = 1, kAvx512Vnni = 2, kAmx = 3 };
 
 // The activations of one matrix product, prepared once and then read by
 // every thread computing a share of the output rows: for quantised weights
@@ -42,7 +44,7 @@ class MatmulInput {
  private:
   friend void matmul_rows(const MatmulInput& in, GgmlType type, const std::uint8_t* w, float* y,
                           std::int64_t n_out, std::int64_t r0, std::int64_t r1);
-  enum class Form { kFloat, kQ8_0, kQ8_0Vnni, kQ8_0Lanes, kQ8_K, kQ8_KLanes, kQ8_KOne, kQ6_KLanes };
+  enum class Form { kFloat, kQ8_0, kQ8_0Vnni, kQ8_0Lanes, kQ8_K, kQ8_KLanes, kQ8_KOne, kQ8_KAmx, kQ6_KLanes };
   GgmlType type_ = GgmlType::kF32;
   KernelIsa isa_ = KernelIsa::kScalar;
   Form form_ = Form::kFloat;
@@ -129,7 +131,7 @@ void silu_mul_row(const float* gate, const float* up, std::int64_t n, float* out
 // y (n) = x rounded to IEEE half (nearest even), as fp32_to_fp16 does.
 void fp32_to_fp16_row(const float* x, std::uint16_t* y, std::int64_t n);
 
-// Which level matmul_rows uses now: "avx512vnni", "avx2" or "scalar".
+// Which level matmul_rows uses now: "amx", "avx512vnni", "avx2" or "scalar".
 const char* kernel_isa();
 const char* kernel_isa_name(KernelIsa isa);
 // The highest level this CPU supports.
