@@ -1116,9 +1116,11 @@ void MatmulInput::reset(GgmlType type, const float* x, std::int64_t n_in, std::i
   } else if (k && isa_ >= KernelIsa::kAvx512Vnni && type == GgmlType::kQ6_K) {
     form_ = Form::kQ6_KLanes;
     bytes = sizeof(ActQ6Lanes) * static_cast<std::size_t>(n_in / 256 * n_tokens);
-  } else if (k && isa_ >= KernelIsa::kAmx && n_tokens >= kAmxMinTokens) {
-    form_ = Form::kQ8_KAmx;
-    const std::size_t group = sizeof(ActAmxPair) * static_cast<std::size_t>((n_in / 256 + 1) / 2);
+  } else if (isa_ >= KernelIsa::kAmx && n_tokens >= kAmxMinTokens &&
+             (k || (type == GgmlType::kQ8_0 && n_in % 256 == 0))) {
+    form_ = k ? Form::kQ8_KAmx : Form::kQ8_0Amx;
+    // per group of 16 tokens: the pairs of super-blocks, or groups of 16 blocks
+    const std::size_t group = sizeof(ActAmxPair) * static_cast<std::size_t>(k ? (n_in / 256 + 1) / 2 : (n_in / 32 + 15) / 16);
     const std::int64_t groups = (n_tokens + kAmxTokens - 1) / kAmxTokens;
     bytes_.resize(group * static_cast<std::size_t>(groups));
     // the last group's columns past the batch: zeros (never stale floats,
@@ -1159,9 +1161,13 @@ void MatmulInput::quantize(std::int64_t t0, std::int64_t t1) {
       for (std::int64_t t = t0; t < t1; ++t) quantize_act_q6_lanes(x_ + t * n_in_, n_in_, act + t * nb);
       return;
     }
-    case Form::kQ8_KAmx: {
+    case Form::kQ8_KAmx:
+    case Form::kQ8_0Amx: {
       auto* act = reinterpret_cast<ActAmxPair*>(bytes_.data());
-      for (std::int64_t t = t0; t < t1; ++t) quantize_act_amx(x_ + t * n_in_, n_in_, t, act);
+      for (std::int64_t t = t0; t < t1; ++t) {
+        if (form_ == Form::kQ8_KAmx) quantize_act_amx(x_ + t * n_in_, n_in_, t, act);
+        else quantize_act_amx_q8_0(x_ + t * n_in_, n_in_, t, act);
+      }
       return;
     }
     case Form::kQ8_KOne:
@@ -1258,6 +1264,8 @@ void matmul_rows(const MatmulInput& in, GgmlType type, const std::uint8_t* w, fl
       if (type == GgmlType::kQ5_K) return matmul_qk_amx<true>(w, n_in, act, n_tokens, y, n_out, r0, r1);
       return matmul_qk_amx<false>(w, n_in, act, n_tokens, y, n_out, r0, r1);
     }
+    case MatmulInput::Form::kQ8_0Amx:
+      return matmul_q8_0_amx(w, n_in, reinterpret_cast<const ActAmxPair*>(bytes), n_tokens, y, n_out, r0, r1);
     case MatmulInput::Form::kQ8_KOne: {
       const auto* act = reinterpret_cast<const ActQ8_KNat*>(bytes);
       if (type == GgmlType::kQ5_K) return matmul_qk_nat<true>(w, n_in, act, y, r0, r1);

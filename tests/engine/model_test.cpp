@@ -327,13 +327,13 @@ TEST(BatchTest, QuantisedWeightsGiveBitIdenticalLogitsInsideABatch) {
 
 // A prompt in one chunk of 40 (on an AMX CPU, the tile kernels: they take
 // batches from 32 tokens), in chunks of 4 (the lane kernels) and token by
-// token (the one-token kernels): the same logits, bit for bit, on every
-// kernel level this CPU has.
+// token (the one-token kernels for the K-quants): the same logits, bit for
+// bit, on every kernel level this CPU has.
 TEST(BatchTest, PromptChunkSizesGiveBitIdenticalLogits) {
   for (KernelIsa isa : {KernelIsa::kScalar, KernelIsa::kAvx2, KernelIsa::kAvx512Vnni, KernelIsa::kAmx}) {
     if (isa > best_kernel_isa()) continue;
     limit_kernel_isa(isa);
-    for (GgmlType t : {GgmlType::kQ4_K, GgmlType::kQ5_K}) {
+    for (GgmlType t : {GgmlType::kQ4_K, GgmlType::kQ5_K, GgmlType::kQ8_0}) {
       SCOPED_TRACE(std::string(traits(t).name) + " " + kernel_isa());
       Loaded l = load(spec("llama", 512, 4, 2, 768, false, t));
       ASSERT_TRUE(l.model);

@@ -18,7 +18,8 @@ namespace airlock::engine {
 // Kernel levels, lowest first. Each level falls back to the one below for
 // weight types it has no kernels of its own for.
 // kAmx: AVX-512 VNNI plus Intel AMX (tile) integer multiplies, which
-// serve batches of Q4_K/Q5_K; everything else runs as at kAvx512Vnni.
+// serve prompt-sized batches of Q4_K/Q5_K and Q8_0; everything else runs as
+// at kAvx512Vnni.
 enum class KernelIsa { kScalar = 0, kAvx2 = 1, kAvx512Vnni = 2, kAmx = 3 };
 
 // The activations of one matrix product, prepared once and then read by
@@ -44,7 +45,7 @@ class MatmulInput {
  private:
   friend void matmul_rows(const MatmulInput& in, GgmlType type, const std::uint8_t* w, float* y,
                           std::int64_t n_out, std::int64_t r0, std::int64_t r1);
-  enum class Form { kFloat, kQ8_0, kQ8_0Vnni, kQ8_0Lanes, kQ8_K, kQ8_KLanes, kQ8_KOne, kQ8_KAmx, kQ6_KLanes };
+  enum class Form { kFloat, kQ8_0, kQ8_0Vnni, kQ8_0Lanes, kQ8_K, kQ8_KLanes, kQ8_KOne, kQ8_KAmx, kQ8_0Amx, kQ6_KLanes };
   GgmlType type_ = GgmlType::kF32;
   KernelIsa isa_ = KernelIsa::kScalar;
   Form form_ = Form::kFloat;
