@@ -9,7 +9,8 @@
 // instruction where AVX2 needs sign, maddubs and madd; the lane kernels
 // below use 512-bit registers, the Q8_0/Q4_0 tiles 256-bit ones; the AVX2
 // K-quant kernels are in kernels_kquant.inc). A fourth level, AMX, adds
-// Intel's tile multiply unit for Q4_K/Q5_K batches (kernels_amx.inc).
+// Intel's tile multiply unit for Q4_K/Q5_K and Q8_0 prompt-sized batches
+// (kernels_amx.inc).
 // Attention (attend_heads) has a scalar and an AVX2 path.
 #include <cpuid.h>
 #include <immintrin.h>
@@ -21,6 +22,7 @@
 #include <cmath>
 #include <cstddef>
 #include <cstring>
+#include <memory>
 #include <type_traits>
 #include <utility>
 #include <vector>

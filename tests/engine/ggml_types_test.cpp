@@ -421,14 +421,19 @@ TEST_P(KernelsTest, OneTokenEqualsItsRowInABatchBitForBit) {
   std::mt19937 rng(13);
   for (GgmlType type : {GgmlType::kQ4_K, GgmlType::kQ5_K, GgmlType::kQ8_0, GgmlType::kQ6_K}) {
     // 9 tokens: the lane kernels; 37: the AMX tiles where the CPU has them
-    for (auto [n_in, n_tokens] : {std::pair<std::int64_t, std::int64_t>{256, 9}, {512, 9}, {768, 9}, {2304, 9},
-                                  {5632, 9}, {256, 37}, {768, 37}, {2304, 37}}) {
+    // (odd and even super-block counts; Q8_0 rows ending in a half or a
+    // whole group of 16 blocks). The batch's rows in two calls split at
+    // row 7, as threads share them: tiles of 16 rows start off 16.
+    for (auto [n_in, n_tokens] :
+         {std::pair<std::int64_t, std::int64_t>{256, 9}, {512, 9}, {768, 9}, {2304, 9}, {5632, 9}, {256, 37},
+          {512, 37}, {768, 37}, {2304, 37}, {5632, 37}}) {
       const std::int64_t n_out = 19;
       const RandomProduct prod(type, n_in, n_out, n_tokens, rng);
       const std::vector<std::uint8_t>& w = prod.w;
       const std::vector<float>& x = prod.x;
       std::vector<float> batch(static_cast<std::size_t>(n_tokens * n_out));
-      matmul_rows(type, w.data(), n_in, x.data(), n_tokens, batch.data(), n_out, 0, n_out);
+      matmul_rows(type, w.data(), n_in, x.data(), n_tokens, batch.data(), n_out, 0, 7);
+      matmul_rows(type, w.data(), n_in, x.data(), n_tokens, batch.data(), n_out, 7, n_out);
       for (std::int64_t t = 0; t < n_tokens; ++t) {
         std::vector<float> one(static_cast<std::size_t>(n_out));
         matmul_rows(type, w.data(), n_in, x.data() + t * n_in, 1, one.data(), n_out, 0, n_out);
