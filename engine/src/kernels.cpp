@@ -746,6 +746,12 @@ struct ActQ8_KPair {
 // A row's activations as pairs of super-blocks (Pair: qs[512], dsum[16],
 // d[16]; an odd last super-block pairs with zeros): place(qs, h, a) puts
 // super-block h's quants where the kernel reads them.
+// (dsum_of: what every K-quant kernel with per-lane mins reads, the AMX
+// tiles' activations too, so that their float steps stay the same.)
+inline float dsum_of(const ActQ8_K& a, int k) {
+  return a.d * static_cast<float>(a.bsums[2 * k] + a.bsums[2 * k + 1]);
+}
+
 template <typename Pair, typename Place>
 void quantize_act_pairs(const float* x, std::int64_t n, Pair* out, Place place) {
   const std::int64_t nb = n / 256;
@@ -757,7 +763,7 @@ void quantize_act_pairs(const float* x, std::int64_t n, Pair* out, Place place) 
     quantize_act_q8_k(x + i * 256, 256, &tmp);
     place(pair.qs, h, tmp);
     for (int k = 0; k < 8; ++k) {
-      pair.dsum[8 * h + k] = tmp.d * static_cast<float>(tmp.bsums[2 * k] + tmp.bsums[2 * k + 1]);
+      pair.dsum[8 * h + k] = dsum_of(tmp, k);
       pair.d[8 * h + k] = tmp.d;
     }
   }

@@ -309,20 +309,29 @@ TEST_P(KvTypeTest, GemmaWindowsGetTheSameLogitsInsideABatch) {
   check_batch_invariance(gemma_spec("gemma3", 64, 4, 2, 96, GgmlType::kF32, 32, 6), GetParam(), 1e-5);
 }
 
+// f at every kernel level this CPU has, the level limited to it; then the
+// best level again.
+template <typename F>
+void at_every_kernel_level(F f) {
+  for (KernelIsa isa : {KernelIsa::kScalar, KernelIsa::kAvx2, KernelIsa::kAvx512Vnni, KernelIsa::kAmx}) {
+    if (isa > best_kernel_isa()) continue;
+    limit_kernel_isa(isa);
+    f();
+  }
+  force_scalar_kernels(false);
+}
+
 // With quantised weights the integer kernels compute each token the same
 // way whatever else is in the batch (the token groups and the order of the
 // row blocks change, a token's arithmetic does not), so the logits are
 // bit-identical, on every kernel level this CPU has.
 TEST(BatchTest, QuantisedWeightsGiveBitIdenticalLogitsInsideABatch) {
-  for (KernelIsa isa : {KernelIsa::kScalar, KernelIsa::kAvx2, KernelIsa::kAvx512Vnni, KernelIsa::kAmx}) {
-    if (isa > best_kernel_isa()) continue;
-    limit_kernel_isa(isa);
+  at_every_kernel_level([] {
     for (GgmlType t : {GgmlType::kQ8_0, GgmlType::kQ4_K, GgmlType::kQ6_K}) {
       SCOPED_TRACE(std::string(traits(t).name) + " " + kernel_isa());
       check_batch_invariance(spec("llama", 256, 4, 2, 512, false, t), KvType::kF16, 0);
     }
-  }
-  force_scalar_kernels(false);
+  });
 }
 
 // A prompt in one chunk of 40 (on an AMX CPU, the tile kernels: they take
@@ -330,9 +339,7 @@ TEST(BatchTest, QuantisedWeightsGiveBitIdenticalLogitsInsideABatch) {
 // token (the one-token kernels for the K-quants): the same logits, bit for
 // bit, on every kernel level this CPU has.
 TEST(BatchTest, PromptChunkSizesGiveBitIdenticalLogits) {
-  for (KernelIsa isa : {KernelIsa::kScalar, KernelIsa::kAvx2, KernelIsa::kAvx512Vnni, KernelIsa::kAmx}) {
-    if (isa > best_kernel_isa()) continue;
-    limit_kernel_isa(isa);
+  at_every_kernel_level([] {
     for (GgmlType t : {GgmlType::kQ4_K, GgmlType::kQ5_K, GgmlType::kQ8_0}) {
       SCOPED_TRACE(std::string(traits(t).name) + " " + kernel_isa());
       Loaded l = load(spec("llama", 512, 4, 2, 768, false, t));
@@ -342,8 +349,7 @@ TEST(BatchTest, PromptChunkSizesGiveBitIdenticalLogits) {
       EXPECT_EQ(whole, run_chunks(*l.model, toks, {4, 4, 4, 4, 4, 4, 4, 4, 4, 4}, KvType::kF16));
       EXPECT_EQ(whole, run_chunks(*l.model, toks, {}, KvType::kF16));
     }
-  }
-  force_scalar_kernels(false);
+  });
 }
 
 // What llama.cpp assumes where a Gemma file is silent, and the keys it
