@@ -10,7 +10,7 @@
 // context (f16 by default, as airlockd stores it).
 //
 // usage: engine_bench [--threads N] [--layers L] [--prompt N] [--type Q8_0|Q4_K] [--kv-type f16|f32]
-//                     [--mmap-only] [--model PATH.gguf] [--isa best|avx512vnni|avx2]
+//                     [--mmap-only] [--model PATH.gguf] [--isa best|avx512vnni|avx2] [--rows-in-order]
 #include <sys/resource.h>
 #include <unistd.h>
 
@@ -198,6 +198,7 @@ int main(int argc, char** argv) {
     else if (a == "--prompt" && i + 1 < argc) g_prompt = std::atoi(argv[++i]);
     else if (a == "--type" && i + 1 < argc) only_type = argv[++i];
     else if (a == "--mmap-only") mmap_only = true;
+    else if (a == "--rows-in-order") use_matmul_streams(false);
     else if (a == "--isa" && i + 1 < argc && std::strcmp(argv[i + 1], "best") == 0) ++i;
     else if (a == "--isa" && i + 1 < argc && std::strcmp(argv[i + 1], "avx512vnni") == 0)
       ++i, limit_kernel_isa(KernelIsa::kAvx512Vnni);
@@ -207,7 +208,7 @@ int main(int argc, char** argv) {
     else {
       std::fprintf(stderr,
                    "usage: engine_bench [--threads N] [--layers L] [--prompt N] [--type Q8_0|Q4_K] [--kv-type f16|f32] "
-                   "[--mmap-only] [--model PATH.gguf] [--isa best|avx512vnni|avx2]\n");
+                   "[--mmap-only] [--model PATH.gguf] [--isa best|avx512vnni|avx2] [--rows-in-order]\n");
       return 2;
     }
   }

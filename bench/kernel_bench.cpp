@@ -7,7 +7,7 @@
 // makes the rows N matrices, one call each, every call writing the same
 // output buffer as the model's scratch.
 //
-// usage: kernel_bench [--threads N] [--type Q8_0|Q4_0|Q4_K|Q5_K|Q6_K|all] [--isa best|avx512vnni|avx2|scalar] [--rows N] [--n-in N] [--split N] [--tokens N,N,..] [--attention CTX]
+// usage: kernel_bench [--threads N] [--type Q8_0|Q4_0|Q4_K|Q5_K|Q6_K|all] [--isa best|avx512vnni|avx2|scalar] [--rows N] [--n-in N] [--split N] [--tokens N,N,..] [--attention CTX] [--rows-in-order]
 
 #include <algorithm>
 #include <chrono>
@@ -168,6 +168,7 @@ int main(int argc, char** argv) {
     else if (a == "--rows" && i + 1 < argc) g_rows = std::atoll(argv[++i]);  // small: kernels from cache
     else if (a == "--n-in" && i + 1 < argc) g_n_in = std::max(256LL, std::atoll(argv[++i]) / 256 * 256);
     else if (a == "--split" && i + 1 < argc) g_split = std::max(1LL, std::atoll(argv[++i]));
+    else if (a == "--rows-in-order") airlock::engine::use_matmul_streams(false);
     else if (a == "--tokens" && i + 1 < argc) {
       g_tokens.clear();
       for (const char* p = argv[++i]; *p;) {
@@ -181,7 +182,7 @@ int main(int argc, char** argv) {
     }
     else if (a == "--attention" && i + 1 < argc) attention_ctx = std::atoi(argv[++i]);
     else {
-      std::fprintf(stderr, "usage: kernel_bench [--threads N] [--type NAME|all] [--isa best|avx512vnni|avx2|scalar] [--rows N] [--n-in N] [--split N] [--tokens N,N,..] [--attention CTX]\n");
+      std::fprintf(stderr, "usage: kernel_bench [--threads N] [--type NAME|all] [--isa best|avx512vnni|avx2|scalar] [--rows N] [--n-in N] [--split N] [--tokens N,N,..] [--attention CTX] [--rows-in-order]\n");
       return 2;
     }
   }

@@ -45,6 +45,10 @@ class MatmulInput {
  private:
   friend void matmul_rows(const MatmulInput& in, GgmlType type, const std::uint8_t* w, float* y,
                           std::int64_t n_out, std::int64_t r0, std::int64_t r1);
+  // Rows [r0, r1) with this input's kernels, in order (matmul_rows() may
+  // visit a range's rows in another order).
+  void run_rows(GgmlType type, const std::uint8_t* w, float* y, std::int64_t n_out, std::int64_t r0,
+                std::int64_t r1) const;
   enum class Form { kFloat, kQ8_0, kQ8_0Vnni, kQ8_0Lanes, kQ8_K, kQ8_KLanes, kQ8_KOne, kQ8_KAmx, kQ8_0Amx, kQ6_KLanes };
   GgmlType type_ = GgmlType::kF32;
   KernelIsa isa_ = KernelIsa::kScalar;
@@ -141,5 +145,8 @@ KernelIsa best_kernel_isa();
 // force_scalar_kernels(on) caps at kScalar, or lifts the cap.
 void limit_kernel_isa(KernelIsa max);
 void force_scalar_kernels(bool on);
+// Benchmarks compare products of a few tokens reading their rows in order
+// (off) with the interleaved streams matmul_rows uses (on, the default).
+void use_matmul_streams(bool on);
 
 }  // namespace airlock::engine
