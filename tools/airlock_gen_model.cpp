@@ -344,12 +344,19 @@ int main(int argc, char** argv) {
   if (argc == 5 && (std::string(argv[1]) == "--bert" || std::string(argv[1]) == "--bert-reranker") &&
       std::string(argv[3]) == "--vocab")
     return write_bert(argv[2], argv[4], std::string(argv[1]) == "--bert-reranker");
-  if (argc < 2) {
-    std::fprintf(stderr,
+  // An output path never starts with '-': "--help" (or a mistyped option)
+  // gets the usage, not a model file of that name.
+  if (argc < 2 || argv[1][0] == '-') {
+    const bool help = argc >= 2 && (std::string(argv[1]) == "-h" || std::string(argv[1]) == "--help");
+    std::fprintf(help ? stdout : stderr,
                  "usage: airlock-gen-model OUT.gguf [--embd N] [--layers N] [--ff N] [--heads N] [--kv-heads N] "
                  "[--ctx N] [--f32 | --type Q8_0|Q4_K|...] [--bench-weights] [--chat-template FILE] [--chatml-tokens] "
-                 "[--rank-head]\n");
-    return 2;
+                 "[--rank-head]\n"
+                 "       airlock-gen-model --answer TEXT OUT.gguf [--token PIECE] [--control PIECE] ...\n"
+                 "       airlock-gen-model --t5-vocab OUT.gguf\n"
+                 "       airlock-gen-model --bert|--bert-reranker OUT.gguf --vocab VOCAB.txt\n"
+                 "       airlock-gen-model --model2vec OUT_DIR --tokenizer TOKENIZER.json|builtin [--dim N] [--seed N]\n");
+    return help ? 0 : 2;
   }
   using namespace airlock;
   testing::TestModelSpec spec;
