@@ -202,6 +202,65 @@ TEST(BundleRoundTrip, AStoreWithBundlesButNoRecordIsNotStartedAfresh) {
   EXPECT_TRUE(fresh->import_bundle(f.dir / "v1.airlock", testing::trust_only(f.key), {}).is_ok());
 }
 
+// A state.db that is there but holds no record is as lost as a missing
+// one: emptied to 0 bytes, SQLite opened it as a new database, the import
+// started a fresh record, its sweep deleted v2 as unrecorded and v1 was
+// accepted again. Now the open is refused and nothing changes; an empty
+// state.db in a store without bundles still starts a record.
+TEST(BundleRoundTrip, AStoreWithBundlesAndAnEmptyRecordIsNotStartedAfresh) {
+  Fixture f;
+  ASSERT_TRUE(f.create(1, f.dir / "v1.airlock").is_ok());
+  ASSERT_TRUE(f.create(2, f.dir / "v2.airlock").is_ok());
+  TrustStore trust = testing::trust_only(f.key);
+  {
+    Result<BundleStore> store = BundleStore::open(f.dir / "store");
+    ASSERT_TRUE(store.is_ok());
+    ASSERT_TRUE(store->import_bundle(f.dir / "v1.airlock", trust, {}).is_ok());
+    ASSERT_TRUE(store->import_bundle(f.dir / "v2.airlock", trust, {}).is_ok());
+  }
+  ASSERT_EQ(::truncate((f.dir / "store/state.db").c_str(), 0), 0);
+  Result<BundleStore> reopened = BundleStore::open(f.dir / "store");
+  ASSERT_FALSE(reopened.is_ok());
+  EXPECT_EQ(reopened.status().code(), StatusCode::kVerificationFailed);
+  EXPECT_NE(reopened.status().message().find("imports table"), std::string::npos) << reopened.status().message();
+  EXPECT_EQ(testing::read_file(f.dir / "store/demo-model/1/weights.bin"), f.big);
+  EXPECT_EQ(testing::read_file(f.dir / "store/demo-model/2/weights.bin"), f.big);
+  EXPECT_EQ(testing::read_file(f.dir / "store/state.db"), "");
+
+  ASSERT_EQ(::mkdir((f.dir / "fresh").c_str(), 0750), 0);
+  testing::write_file(f.dir / "fresh/state.db", "");
+  Result<BundleStore> fresh = BundleStore::open(f.dir / "fresh");
+  ASSERT_TRUE(fresh.is_ok()) << fresh.status().to_string();
+  EXPECT_TRUE(fresh->import_bundle(f.dir / "v1.airlock", trust, {}).is_ok());
+}
+
+// The same for a state.db replaced by another SQLite database (a valid
+// file without the imports table).
+TEST(BundleRoundTrip, AStoreWithBundlesAndAForeignRecordIsNotStartedAfresh) {
+  Fixture f;
+  ASSERT_TRUE(f.create(1, f.dir / "v1.airlock").is_ok());
+  ASSERT_TRUE(f.create(2, f.dir / "v2.airlock").is_ok());
+  TrustStore trust = testing::trust_only(f.key);
+  {
+    Result<BundleStore> store = BundleStore::open(f.dir / "store");
+    ASSERT_TRUE(store.is_ok());
+    ASSERT_TRUE(store->import_bundle(f.dir / "v2.airlock", trust, {}).is_ok());
+  }
+  const std::string db_path = f.dir / "store/state.db";
+  ASSERT_EQ(::unlink(db_path.c_str()), 0);
+  sqlite3* db = nullptr;
+  ASSERT_EQ(sqlite3_open(db_path.c_str(), &db), SQLITE_OK);
+  ASSERT_EQ(sqlite3_exec(db, "CREATE TABLE other (x INTEGER);", nullptr, nullptr, nullptr), SQLITE_OK);
+  sqlite3_close(db);
+  const std::string before = testing::read_file(db_path);
+  Result<BundleStore> reopened = BundleStore::open(f.dir / "store");
+  ASSERT_FALSE(reopened.is_ok());
+  EXPECT_EQ(reopened.status().code(), StatusCode::kVerificationFailed);
+  EXPECT_NE(reopened.status().message().find("imports table"), std::string::npos) << reopened.status().message();
+  EXPECT_EQ(testing::read_file(f.dir / "store/demo-model/2/weights.bin"), f.big);
+  EXPECT_EQ(testing::read_file(db_path), before);
+}
+
 // The store's record uses a rollback journal, not WAL: airlockd reads it
 // through a read-only mount, where a WAL reader could not create its -shm
 // file. After an import no -wal or -shm file is left, and a read-only open

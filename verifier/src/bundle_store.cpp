@@ -339,6 +339,39 @@ Status exec(sqlite3* db, const char* sql) {
   return Status::ok();
 }
 
+// Whether state.db has the imports table (an empty file or another SQLite
+// database has none; a file that is not SQLite is an error).
+Result<bool> has_imports_table(sqlite3* db) {
+  sqlite3_stmt* st = nullptr;
+  if (sqlite3_prepare_v2(db, "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'imports'", -1, &st,
+                         nullptr) != SQLITE_OK)
+    return sqlite_status(db, "state.db");
+  const int rc = sqlite3_step(st);
+  sqlite3_finalize(st);
+  if (rc != SQLITE_ROW && rc != SQLITE_DONE) return sqlite_status(db, "state.db");
+  return rc == SQLITE_ROW;
+}
+
+// A store that holds bundles (any NAME/VERSION directory) but whose
+// state.db is missing or holds no record (`lost` says which) has lost its
+// rollback record. Starting a new one would forget every version seen
+// (rollback protection reset) and the first import's sweep would delete
+// every bundle as unrecorded: kVerificationFailed, saying what to do. OK
+// when the store holds no bundle.
+Status refuse_lost_record(int store_fd, const std::string& dir, const std::string& lost) {
+  AIRLOCK_ASSIGN_OR_RETURN(std::vector<std::string> names, list_dir_at(store_fd, "."));
+  for (const std::string& name : names) {
+    if (!validate_bundle_name(name).is_ok() || !is_dir_at(store_fd, name)) continue;
+    AIRLOCK_ASSIGN_OR_RETURN(std::vector<std::string> versions, list_dir_at(store_fd, name));
+    if (std::any_of(versions.begin(), versions.end(), [](const std::string& v) { return parse_version_dir(v).has_value(); }))
+      return verification_failed(dir + " holds bundles (" + name + "/...) but " + lost +
+                                 ", its record of imported versions: refusing to start a new record over them "
+                                 "(that would reset rollback protection and delete them as unrecorded). Restore " +
+                                 kStateDb + " from a backup, or move the bundle directories out of the store");
+  }
+  return Status::ok();
+}
+
 }  // namespace
 
 BundleStore::BundleStore(BundleStore&& other) noexcept
@@ -381,30 +414,6 @@ Result<BundleStore> BundleStore::open(const std::string& dir, Access access) {
     ::close(fd);
     return not_found(dir + ": not a bundle store (no " + kStateDb + ")");
   }
-  // A store that holds bundles but no state.db has lost its rollback
-  // record. Starting a new one would forget every version seen (rollback
-  // protection reset) and the first import's sweep would delete every
-  // bundle as unrecorded: refuse, and say what to do.
-  if (!read_only && ::faccessat(fd, kStateDb, F_OK, AT_SYMLINK_NOFOLLOW) != 0 && errno == ENOENT) {
-    Result<std::vector<std::string>> names = list_dir_at(fd, ".");
-    Status held;
-    if (!names.is_ok()) held = names.status();
-    for (std::size_t i = 0; held.is_ok() && i < names->size(); ++i) {
-      const std::string& name = (*names)[i];
-      if (!validate_bundle_name(name).is_ok() || !is_dir_at(fd, name)) continue;
-      Result<std::vector<std::string>> versions = list_dir_at(fd, name);
-      if (!versions.is_ok()) held = versions.status();
-      else if (std::any_of(versions->begin(), versions->end(), [](const std::string& v) { return parse_version_dir(v).has_value(); }))
-        held = verification_failed(dir + " holds bundles (" + name + "/...) but no " + kStateDb +
-                                   ", its record of imported versions: refusing to start a new record over them "
-                                   "(that would reset rollback protection and delete them as unrecorded). Restore " +
-                                   kStateDb + " from a backup, or move the bundle directories out of the store");
-    }
-    if (!held.is_ok()) {
-      ::close(fd);
-      return held;
-    }
-  }
   // A record made before the store used a rollback journal is in WAL mode
   // (header byte 18 is 2), and a WAL reader must create a -shm file beside
   // it, which the service's read-only mount of the store forbids: after an
@@ -422,8 +431,15 @@ Result<BundleStore> BundleStore::open(const std::string& dir, Access access) {
     if (db_fd >= 0) ::close(db_fd);
   }
   // A new record is made here, not by SQLite (0644 less the umask): with
-  // the store's mode (its journal takes the same).
+  // the store's mode (its journal takes the same). Only where the store
+  // holds no bundle: otherwise the record was lost (refuse_lost_record).
+  bool made_record = false;
   if (!read_only && ::faccessat(fd, kStateDb, F_OK, AT_SYMLINK_NOFOLLOW) != 0 && errno == ENOENT) {
+    if (Status held = refuse_lost_record(fd, dir, std::string("no ") + kStateDb); !held.is_ok()) {
+      ::close(fd);
+      return held;
+    }
+    made_record = true;
     Result<int> made = create_file_at(fd, kStateDb, O_RDWR);
     if (!made.is_ok()) {
       ::close(fd);
@@ -445,6 +461,16 @@ Result<BundleStore> BundleStore::open(const std::string& dir, Access access) {
   store.read_only_ = read_only;
   sqlite3_busy_timeout(db, 5000);
   if (read_only) return store;
+  // A state.db that is there but holds no imports table (emptied to 0
+  // bytes, or replaced by another SQLite file) has lost its record as surely
+  // as a missing one: SQLite would open it empty and the table below would
+  // start the record afresh. Only a record made just now, or one in a store
+  // without bundles, is given its tables.
+  if (!made_record) {
+    AIRLOCK_ASSIGN_OR_RETURN(const bool has_imports, has_imports_table(db));
+    if (!has_imports)
+      AIRLOCK_RETURN_IF_ERROR(refuse_lost_record(fd, dir, std::string("a ") + kStateDb + " without its imports table"));
+  }
   // A rollback journal, not WAL: the service reads the store through a
   // read-only mount (ReadOnlyPaths in airlockd.service, so that it can
   // change neither the bundles nor this record), and a reader of a WAL
