@@ -234,6 +234,24 @@ TEST(GgufFactsTest, MappedReaderBoundsItsCopy) {
   EXPECT_TRUE(read_gguf_facts_mapped(file->bytes(), "far.gguf", 64 << 10, 8 << 20).is_ok());
 }
 
+// A tensor count bounded only by the size of a sparse file (4e10 tensors
+// in ~1 TB of holes) read through a mapping: nothing is allocated from the
+// count (a reserve() of it threw std::bad_alloc and `bundle create`
+// aborted); the first tensor entry, zeros, is refused.
+TEST(GgufFactsTest, AHugeClaimedTensorCountIsRefusedWithoutAllocatingForIt) {
+  testing::TempDir dir;
+  const std::string path = dir / "many.gguf";
+  const std::uint64_t n_tensors = 40'000'000'000ULL;
+  std::string head = GgufBuilder().kv_string("general.architecture", "llama").finish();
+  std::memcpy(head.data() + 8, &n_tensors, 8);
+  testing::write_file(path, head);
+  ASSERT_EQ(::truncate(path.c_str(), static_cast<off_t>(head.size() + n_tensors * 24 + 4096)), 0);  // sparse
+  Result<ModelFacts> f = read_gguf_facts_file(path);
+  ASSERT_FALSE(f.is_ok());
+  EXPECT_EQ(f.status().code(), StatusCode::kVerificationFailed) << f.status().to_string();
+  EXPECT_NE(f.status().message().find("tensor 0"), std::string::npos) << f.status().to_string();
+}
+
 TEST(GgufFactsTest, RealStoriesModel) {
   const char* dir = std::getenv("AIRLOCK_MODELS_DIR");
   std::string path = std::string(dir ? dir : "") + "/stories260K.gguf";

@@ -258,8 +258,11 @@ Result<ModelFacts> parse(std::span<const std::uint8_t> prefix, std::uint64_t fil
     std::uint64_t n_elements;
     std::uint64_t offset;
   };
+  // Not reserved from n_tensors: through a mapping the count is bounded only
+  // by the file's size (a sparse file of 1 TB may claim 4e10 tensors), not by
+  // the bytes copied. The vector grows with the entries actually parsed, each
+  // of which took at least 24 bytes of the copy.
   std::vector<Tensor> tensors;
-  tensors.reserve(n_tensors);
   std::map<std::uint32_t, std::uint64_t> elements_by_type;
   for (std::uint64_t i = 0; i < n_tensors; ++i) {
     std::uint32_t n_dims = 0;
