@@ -156,6 +156,45 @@ std::vector<HostileCase> hostile_cases() {
                  tar_checksum(b, h);
                  return b;
                }, "GNU tar header"});
+  // Magic and version other than ustar's exact "ustar\0" "00": libarchive
+  // takes the prefix field whenever the magic begins "ustar", GNU tar reads
+  // anything but "ustar\0" as a v7 header and ignores it. Here the manifest
+  // names sub/a.bin and the header says prefix "sub", name "a.bin", magic
+  // "ustarX": libarchive saw sub/a.bin and it verified, GNU tar extracted
+  // a.bin.
+  c.push_back({"ustar_magic_not_exact_with_prefix", [] {
+                 BundleSpec s = base_spec();
+                 s.files[2].first = "sub/a.bin";
+                 std::string b = testing::build_bundle(s, signer());
+                 const std::size_t h = tar_header_of(b, "sub/a.bin");
+                 b.replace(h, 100, std::string("a.bin").append(95, '\0'));
+                 b.replace(h + 345, 3, "sub");
+                 b.replace(h + 257, 8, std::string("ustarX\0\0", 8));
+                 tar_checksum(b, h);
+                 return b;
+               }, "not POSIX ustar's"});
+  c.push_back({"v7_header", [valid] {  // no magic at all
+                 std::string b = valid();
+                 const std::size_t h = tar_header_of(b, "a.bin");
+                 b.replace(h + 257, 8, std::string(8, '\0'));
+                 tar_checksum(b, h);
+                 return b;
+               }, "not POSIX ustar's"});
+  c.push_back({"ustar_version_not_00", [valid] {
+                 std::string b = valid();
+                 const std::size_t h = tar_header_of(b, "LICENSE");
+                 b.replace(h + 263, 2, "01");
+                 tar_checksum(b, h);
+                 return b;
+               }, "not POSIX ustar's"});
+  c.push_back({"pax_header_magic_not_exact", [valid] {
+                 std::string b = valid();
+                 const std::size_t h = tar_header_of(b, "a.bin");
+                 std::string pax = pax_header('x', "comment=x");
+                 pax.replace(257, 8, std::string("ustar \0\0", 8));
+                 tar_checksum(pax, 0);
+                 return b.substr(0, h) + pax + b.substr(h);
+               }, "not POSIX ustar's"});
   // Headers libarchive applies without showing them, which other readers
   // act on, and bytes libarchive never looks at.
   c.push_back({"pax_global_header_before_an_entry", [valid] {

@@ -171,6 +171,16 @@ Status TarReader::check_headers(std::uint64_t data_at) {
     if (data_at - pos < 512) return verification_failed("tar archive: an entry's headers do not end where its data begins");
     std::uint8_t h[512];
     if (!copy_guarded(h, bytes_.data() + pos, sizeof h)) return file_shrank("bundle");
+    // The ustar magic and version exactly, as the writer emits them: the
+    // prefix field (check_ustar_fields) means the same to every reader only
+    // then. libarchive applies the prefix whenever the magic begins
+    // "ustar", GNU tar only for "ustar\0" (otherwise it reads a v7 header
+    // and ignores the prefix), so a bundle could verify as one path and
+    // extract to another.
+    if (std::memcmp(h + 257, "ustar\0" "00", 8) != 0)
+      return verification_failed("tar header at offset " + std::to_string(pos) +
+                                 ": its magic and version are not POSIX ustar's (\"ustar\\0\" \"00\"), which tar "
+                                 "readers interpret differently; bundles hold ustar headers only");
     pos += 512;
     const char type = static_cast<char>(h[156]);
     if (pos == data_at && type != 'x' && type != 'g') {  // the entry's own header
@@ -208,10 +218,11 @@ Status TarReader::check_headers(std::uint64_t data_at) {
 
 // The entry's own ustar header against what libarchive made of it (with
 // its pax records applied): a reader that ignores pax headers uses the raw
-// fields, so they must say the same. The path: prefix/name equal to the
-// entry's path, or, when the path needs pax (it does not fit), a relative
-// path without '.' components; the size field equal to the size (octal,
-// or base-256 when the high bit of its first byte is set).
+// fields, so they must say the same. The path: prefix/name (every reader
+// takes the prefix: check_headers has required the exact ustar magic) equal
+// to the entry's path, or, when the path needs pax (it does not fit), a
+// relative path without '.' components; the size field equal to the size
+// (octal, or base-256 when the high bit of its first byte is set).
 Status TarReader::check_ustar_fields(const std::string& name, std::uint64_t size) const {
   const std::uint8_t* h = entry_header_.data();
   auto field = [h](std::size_t at, std::size_t n) {
