@@ -460,6 +460,55 @@ TEST(BundleRoundTrip, CheckInstalledCatchesTamperingInTheStore) {
   EXPECT_NE(check(false, trust).status().message().find("not the manifest recorded"), std::string::npos);
 }
 
+// A link in place of a stored file or directory fails the check as
+// verification (airlockd exits 65, which systemd does not restart), as a
+// FIFO does, not as an I/O error (exit 1, restarted in a loop): openat's
+// ELOOP (the leaf) and ENOTDIR (a directory component) name the link.
+TEST(BundleRoundTrip, ALinkInTheStoreFailsVerificationNotIo) {
+  Fixture f;
+  ASSERT_TRUE(f.create(1, f.dir / "v1.airlock").is_ok());
+  const TrustStore trust = testing::trust_only(f.key);
+  Result<BundleStore> store = BundleStore::open(f.dir / "store");
+  ASSERT_TRUE(store.is_ok());
+  Result<ImportRecord> rec = store->import_bundle(f.dir / "v1.airlock", trust, {});
+  ASSERT_TRUE(rec.is_ok());
+  auto expect_refused = [&](const std::string& what, const std::string& expect) {
+    Result<VerifiedBundle> r = store->check_installed(*rec, trust, false, 2);
+    ASSERT_FALSE(r.is_ok()) << what;
+    EXPECT_EQ(r.status().code(), StatusCode::kVerificationFailed) << what << ": " << r.status().to_string();
+    EXPECT_NE(r.status().message().find(expect), std::string::npos) << what << ": " << r.status().message();
+  };
+  const std::string root = f.dir / "store/demo-model/1";
+  const std::string copy = f.dir / "copy";
+  ASSERT_EQ(::mkdir(copy.c_str(), 0750), 0);
+  testing::write_file(copy + "/LICENSE", "MIT\n");
+  testing::write_file(copy + "/manifest.json", testing::read_file(root + "/manifest.json"));
+
+  const std::string lic = root + "/docs/LICENSE";  // a payload file
+  ASSERT_EQ(::rename(lic.c_str(), (lic + ".away").c_str()), 0);
+  ASSERT_EQ(::symlink((copy + "/LICENSE").c_str(), lic.c_str()), 0);
+  expect_refused("payload file", "docs/LICENSE is a symbolic link");
+  ASSERT_EQ(::rename((lic + ".away").c_str(), lic.c_str()), 0);
+  ASSERT_TRUE(store->check_installed(*rec, trust, true, 2).is_ok());
+
+  const std::string manifest = root + "/manifest.json";  // read before the files
+  ASSERT_EQ(::rename(manifest.c_str(), (manifest + ".away").c_str()), 0);
+  ASSERT_EQ(::symlink((copy + "/manifest.json").c_str(), manifest.c_str()), 0);
+  expect_refused("manifest", "manifest.json is a symbolic link");
+  ASSERT_EQ(::rename((manifest + ".away").c_str(), manifest.c_str()), 0);
+
+  const std::string docs = root + "/docs";  // a directory component
+  ASSERT_EQ(::rename(docs.c_str(), (docs + ".away").c_str()), 0);
+  ASSERT_EQ(::symlink(copy.c_str(), docs.c_str()), 0);
+  expect_refused("directory", "docs is a symbolic link");
+  ASSERT_EQ(::unlink(docs.c_str()), 0);
+  testing::write_file(docs, "not a directory");  // and a file in its place
+  expect_refused("file for a directory", "docs is not a directory");
+  ASSERT_EQ(::unlink(docs.c_str()), 0);
+  ASSERT_EQ(::rename((docs + ".away").c_str(), docs.c_str()), 0);
+  ASSERT_TRUE(store->check_installed(*rec, trust, true, 2).is_ok());
+}
+
 // A state.db whose import record lacks a column (written by something
 // else: the schema says NOT NULL) is refused, not read through a null
 // pointer.

@@ -613,6 +613,22 @@ Status BundleStore::sweep_unrecorded() {
 
 namespace {
 
+// Why openat(O_NOFOLLOW) refused `component` under `dir_fd` (`shown`: its
+// path in the store). A symbolic link (ELOOP for the leaf, ENOTDIR for a
+// directory component) or a file in place of a directory is a store changed
+// since the import, like a FIFO in it: kVerificationFailed, so that airlockd
+// exits 65 and is not restarted in a loop. Anything else is an I/O error.
+Status open_failure(int dir_fd, const std::string& component, const std::string& shown, int err) {
+  if (err == ELOOP) return verification_failed(shown + " is a symbolic link (links in the store are never followed)");
+  if (err == ENOTDIR) {
+    struct stat st {};
+    if (::fstatat(dir_fd, component.c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISLNK(st.st_mode))
+      return verification_failed(shown + " is a symbolic link (links in the store are never followed)");
+    return verification_failed(shown + " is not a directory");
+  }
+  return io_error("open " + shown, err);
+}
+
 // Opens STORE/rel (a validated relative path) for reading, one component at a
 // time, never following a link; the leaf must be a regular file.
 Result<int> open_file_nofollow(int root_fd, const std::string& rel) {
@@ -620,18 +636,29 @@ Result<int> open_file_nofollow(int root_fd, const std::string& rel) {
   if (dir < 0) return io_error("dup", errno);
   std::size_t start = 0;
   for (std::size_t slash = rel.find('/'); slash != std::string::npos; slash = rel.find('/', start)) {
-    Result<int> next = open_dir_at(dir, rel.substr(start, slash - start), false);
+    const std::string component = rel.substr(start, slash - start);
+    const int next = ::openat(dir, component.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (next < 0) {
+      const int err = errno;
+      const Status s = open_failure(dir, component, rel.substr(0, slash), err);
+      ::close(dir);
+      return s;
+    }
     ::close(dir);
-    AIRLOCK_RETURN_IF_ERROR(next.status());
-    dir = *next;
+    dir = next;
     start = slash + 1;
   }
   // O_NONBLOCK: opening a FIFO planted in the store would wait for a
   // writer (the fstat below refuses it).
-  int fd = ::openat(dir, rel.substr(start).c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK);
-  const int err = errno;
+  const std::string leaf = rel.substr(start);
+  int fd = ::openat(dir, leaf.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK);
+  if (fd < 0) {
+    const int err = errno;
+    const Status s = open_failure(dir, leaf, rel, err);
+    ::close(dir);
+    return s;
+  }
   ::close(dir);
-  if (fd < 0) return io_error("open " + rel, err);
   struct stat st {};
   if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
     ::close(fd);
