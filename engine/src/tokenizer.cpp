@@ -1,4 +1,5 @@
 #include "airlock/engine/tokenizer.h"
+#include "special_matcher.h"
 #include "unigram.h"
 #include "airlock/common/utf8.h"
 
@@ -471,29 +472,15 @@ Result<std::unique_ptr<Tokenizer>> Tokenizer::from_spec(TokenizerSpec s) {
   std::stable_sort(t->specials_.begin(), t->specials_.end(), [&](std::int32_t a, std::int32_t b) {
     return sp.tokens[a].size() > sp.tokens[b].size();
   });
-  t->special_trie_.emplace_back();
-  for (std::size_t r = 0; r < t->specials_.size(); ++r) {
-    std::uint32_t at = 0;
-    for (unsigned char c : sp.tokens[t->specials_[r]]) {
-      auto& next = t->special_trie_[at].next;
-      auto it = std::find_if(next.begin(), next.end(), [&](const auto& e) { return e.first == c; });
-      if (it != next.end()) {
-        at = it->second;
-        continue;
-      }
-      const auto child = static_cast<std::uint32_t>(t->special_trie_.size());
-      t->special_trie_[at].next.emplace_back(c, child);
-      t->special_trie_.emplace_back();
-      at = child;
-    }
+  if (!t->specials_.empty()) {
     // Of twins (one text, two ids) the first wins, but a control token
     // never inside a literal range: there the first one that is not.
-    SpecialNode& end = t->special_trie_[at];
-    if (end.rank < 0) end.rank = static_cast<std::int32_t>(r);
-    if (end.plain_rank < 0 && sp.types[t->specials_[r]] != TokenType::kControl)
-      end.plain_rank = static_cast<std::int32_t>(r);
+    std::vector<SpecialMatcher::Special> by_rank;
+    by_rank.reserve(t->specials_.size());
+    for (const std::int32_t id : t->specials_)
+      by_rank.push_back({sp.tokens[id], sp.types[id] == TokenType::kControl});
+    t->special_matcher_ = std::make_shared<const SpecialMatcher>(by_rank);
   }
-  for (SpecialNode& node : t->special_trie_) std::sort(node.next.begin(), node.next.end());
   for (int b = 0; b < 256; ++b) {
     char name[8];
     std::snprintf(name, sizeof name, "<0x%02X>", b);
@@ -519,91 +506,35 @@ bool Tokenizer::is_end_of_generation(std::int32_t id) const {
 
 // ---------------------------------------------------------------- encoding
 
-// Each special, longest first, takes its leftmost occurrences that do not
-// overlap one taken before (a control token never inside a literal range):
-// the text searched for each special in turn. Time: the text times the
-// specials (minutes for a megabyte and thousands of specials), so it only
-// serves where split_at_specials would hold too many occurrences.
-std::vector<Tokenizer::Fragment> Tokenizer::split_by_search(std::vector<Fragment> frags) const {
-  for (std::int32_t sid : specials_) {
-    const bool control = spec_.types[sid] == TokenType::kControl;
-    const std::string& st = spec_.tokens[sid];
-    std::vector<Fragment> next;
-    for (const Fragment& f : frags) {
-      if (f.special >= 0 || (control && f.literal)) {
-        next.push_back(f);
-        continue;
-      }
-      std::string_view rest = f.text;
-      for (std::size_t at; (at = rest.find(st)) != std::string_view::npos;) {
-        if (at > 0) next.push_back({rest.substr(0, at), -1, f.literal});
-        next.push_back({{}, sid});
-        rest.remove_prefix(at + st.size());
-      }
-      if (!rest.empty()) next.push_back({rest, -1, f.literal});
-    }
-    frags = std::move(next);
-  }
-  return frags;
-}
-
-// The same outcome as split_by_search, with every occurrence of every
-// special found in one pass over the text (a tree of their bytes). A text
-// where specials nest many deep (runs of a byte that specials of every
-// length are made of) would make that list many times the text: past twice
-// its length, the search per special runs instead (few specials nest so).
+// Each special, longest first (in vocabulary order among those of one
+// length), takes its leftmost occurrences that do not overlap one taken
+// before; a control token never inside a literal range (llama.cpp's
+// tokenizer_st_partition, with the ranges). SpecialMatcher finds them all in
+// time linear in the text (times a log), whatever the specials: the earlier
+// walk of a byte tree from every position cost the text times the longest
+// special, and its fallback, a search per special, the text times their
+// number.
 std::vector<Tokenizer::Fragment> Tokenizer::split_at_specials(std::string_view text, std::vector<Fragment> frags) const {
-  if (specials_.empty()) return frags;
-  if (text.size() > UINT32_MAX) return split_by_search(std::move(frags));
-  const std::size_t most = 2 * text.size() + 4096;
-  std::size_t n_found = 0;
-  std::vector<std::vector<std::uint32_t>> found(specials_.size());  // by rank: where it starts, in order
+  if (!special_matcher_) return frags;
+  std::vector<SpecialMatcher::Span> spans;
+  spans.reserve(frags.size());
   for (const Fragment& f : frags) {
-    const std::size_t begin = static_cast<std::size_t>(f.text.data() - text.data()), end = begin + f.text.size();
-    for (std::size_t start = begin; start < end; ++start) {
-      std::uint32_t at = 0;
-      for (std::size_t i = start; i < end; ++i) {
-        const auto& next = special_trie_[at].next;
-        const unsigned char c = static_cast<unsigned char>(text[i]);
-        auto it = std::lower_bound(next.begin(), next.end(), std::pair<unsigned char, std::uint32_t>(c, 0));
-        if (it == next.end() || it->first != c) break;
-        at = it->second;
-        const std::int32_t rank = f.literal ? special_trie_[at].plain_rank : special_trie_[at].rank;
-        if (rank < 0) continue;
-        if (++n_found > most) return split_by_search(std::move(frags));
-        found[static_cast<std::size_t>(rank)].push_back(static_cast<std::uint32_t>(start));
-      }
-    }
+    const auto begin = static_cast<std::size_t>(f.text.data() - text.data());
+    spans.push_back({begin, begin + f.text.size(), f.literal});
   }
-  std::vector<bool> taken(text.size(), false);
-  std::vector<std::pair<std::size_t, std::int32_t>> chosen;  // (start, rank)
-  for (std::size_t rank = 0; rank < specials_.size(); ++rank) {
-    const std::size_t len = spec_.tokens[specials_[rank]].size();
-    std::size_t free_from = 0;  // its previous occurrence taken ends here
-    for (const std::uint32_t start : found[rank]) {
-      if (start < free_from ||
-          std::any_of(taken.begin() + static_cast<std::ptrdiff_t>(start),
-                      taken.begin() + static_cast<std::ptrdiff_t>(start + len), [](bool b) { return b; }))
-        continue;
-      std::fill(taken.begin() + static_cast<std::ptrdiff_t>(start), taken.begin() + static_cast<std::ptrdiff_t>(start + len),
-                true);
-      chosen.emplace_back(start, static_cast<std::int32_t>(rank));
-      free_from = start + len;
-    }
-  }
-  if (chosen.empty()) return frags;
-  std::sort(chosen.begin(), chosen.end());
+  const std::vector<SpecialMatcher::Match> found = special_matcher_->find(text, spans);
+  if (found.empty()) return frags;
   // The fragments cut at the specials taken (each lies inside one).
   std::vector<Fragment> out;
-  std::size_t next_special = 0;
+  std::size_t next = 0;
   for (const Fragment& f : frags) {
     const std::size_t begin = static_cast<std::size_t>(f.text.data() - text.data()), end = begin + f.text.size();
     std::size_t from = begin;
-    for (; next_special < chosen.size() && chosen[next_special].first < end; ++next_special) {
-      const auto [start, rank] = chosen[next_special];
-      if (start > from) out.push_back({text.substr(from, start - from), -1, f.literal});
-      out.push_back({{}, specials_[static_cast<std::size_t>(rank)]});
-      from = start + spec_.tokens[specials_[static_cast<std::size_t>(rank)]].size();
+    for (; next < found.size() && found[next].begin < end; ++next) {
+      const SpecialMatcher::Match& m = found[next];
+      if (m.begin > from) out.push_back({text.substr(from, m.begin - from), -1, f.literal});
+      out.push_back({{}, specials_[static_cast<std::size_t>(m.rank)]});
+      from = m.end;
     }
     if (from < end) out.push_back({text.substr(from, end - from), -1, f.literal});
   }

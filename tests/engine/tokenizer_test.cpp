@@ -505,8 +505,8 @@ TEST(TokenizerTest, SpecialsSplitAsTheLongestFirstSearchWould) {
       if (std::find(order.begin(), order.end(), id) != order.end()) got.push_back(id);
     ASSERT_EQ(got, reference(text, lb, le)) << "'" << text << "' literal [" << lb << ", " << le << ")";
   }
-  // Runs of x: occurrences nest past twice the text's length, and the
-  // search per special takes over, with the same outcome.
+  // Runs of x: occurrences nest three deep at every position (the matcher
+  // keeps only the longest that may still be taken at each).
   for (const std::string& text : {std::string(20000, 'x') + "<|a|>" + std::string(7, 'x'), std::string(30001, 'x')}) {
     const std::vector<std::pair<std::size_t, std::size_t>> literal = {{100, 5000}};
     std::vector<std::int32_t> got;
@@ -514,8 +514,9 @@ TEST(TokenizerTest, SpecialsSplitAsTheLongestFirstSearchWould) {
       if (std::find(order.begin(), order.end(), id) != order.end()) got.push_back(id);
     EXPECT_EQ(got, reference(text, 100, 5000)) << text.size();
   }
-  // A text of nothing but the specials' first byte: one pass, nothing found
-  // (a search per special over it was quadratic in practice).
+  // A text of nothing but the specials' first byte: nothing found (a
+  // search per special over it was quadratic in practice; the matcher's
+  // work is checked in special_matcher_test.cpp).
   const std::vector<std::int32_t> plain = (*tok)->encode(std::string(1 << 20, '<'), false, true);
   EXPECT_EQ(plain.size(), 1u << 20);  // a token per '<' (no special is "<" alone)
   EXPECT_TRUE(std::all_of(plain.begin(), plain.end(), [](std::int32_t id) { return id == 0; }));

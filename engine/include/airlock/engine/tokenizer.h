@@ -100,6 +100,7 @@ struct TokenizerSpec {
   bool byte_fallback = false;                // a piece-less character becomes its <0xNN> tokens when all exist
 };
 
+class SpecialMatcher;
 class UnigramModel;
 
 class Tokenizer {
@@ -161,7 +162,6 @@ class Tokenizer {
     bool literal = false;
   };
   std::vector<Fragment> split_at_specials(std::string_view text, std::vector<Fragment> frags) const;
-  std::vector<Fragment> split_by_search(std::vector<Fragment> frags) const;
   void encode_spm(std::string_view text, std::vector<std::int32_t>* out) const;
   void encode_bpe(std::string_view text, std::vector<std::int32_t>* out) const;
   void bpe_word(const std::string& word, std::vector<std::int32_t>* out) const;
@@ -171,15 +171,9 @@ class Tokenizer {
   std::unordered_map<std::string, std::int32_t> ids_;
   std::unordered_map<std::string, int> merge_rank_;  // "left\0right" -> rank
   std::vector<std::int32_t> specials_;  // longest first: their rank is their priority
-  // specials_' texts as a tree of bytes, to find every occurrence of all of
-  // them in one pass over a text (one search per special took minutes on a
-  // vocabulary of thousands of them).
-  struct SpecialNode {
-    std::vector<std::pair<unsigned char, std::uint32_t>> next;  // by byte
-    std::int32_t rank = -1;        // the special (rank in specials_) ending here (of twins, the first)
-    std::int32_t plain_rank = -1;  // the first that is not a control token (what a literal range may hold)
-  };
-  std::vector<SpecialNode> special_trie_;
+  // Finds specials_ (by rank) in a text in time linear in the text, times a
+  // log (special_matcher.h); null when there are none.
+  std::shared_ptr<const SpecialMatcher> special_matcher_;
   std::int32_t byte_tokens_[256];
   bool ignore_merges_ = false;
   std::size_t max_token_bytes_ = 0;
