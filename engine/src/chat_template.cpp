@@ -3017,6 +3017,10 @@ class Renderer {
       AIRLOCK_RETURN_IF_ERROR(failed);
       return keyed[best].second;
     }
+    // As Python's sorted(reverse=True): reversed, sorted stably, reversed
+    // back, so that equal keys keep their order (a stable sort reversed
+    // afterwards would swap them).
+    if (reverse) std::reverse(keyed.begin(), keyed.end());
     std::stable_sort(keyed.begin(), keyed.end(), cmp);
     AIRLOCK_RETURN_IF_ERROR(failed);
     if (reverse) std::reverse(keyed.begin(), keyed.end());

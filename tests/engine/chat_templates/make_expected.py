@@ -136,6 +136,8 @@ SNIPPETS = [
     ("{{ ['b', 'A', 'c'] | sort }}{{ ['b', 'A', 'c'] | sort(case_sensitive=true) }}{{ [3, 1, 2] | sort(reverse=true) }}{{ ['a', 'A', 'b'] | unique | list }}", {}),
     ("{{ [3, 1, 2] | min }}{{ [3, 1, 2] | max }}{{ [1, 2, 3] | sum }}{{ ms | sort(attribute='n') | map(attribute='n') | list }}{{ {'b': 1, 'a': 2} | dictsort }}",
      {"ms": [{"n": 2}, {"n": 1}]}),
+    # reverse=true keeps equal keys in their order, as Python's sorted()
+    ("{{ [{'k': 1, 'v': 'a'}, {'k': 1, 'v': 'b'}, {'k': 0, 'v': 'c'}] | sort(attribute='k', reverse=true) | map(attribute='v') | join }}|{{ ['B', 'a', 'b', 'A'] | sort(reverse=true) }}|{{ ['B', 'a', 'b', 'A'] | sort(reverse=true, case_sensitive=true) }}|{{ {'b': 1, 'A': 2, 'a': 3, 'B': 0} | dictsort(reverse=true) }}|{{ {'x': 1, 'y': 2, 'z': 1} | dictsort(by='value', reverse=true) }}", {}),
     ("{{ 'a\nb\n\nc' | indent(2) }}|{{ 'a\nb' | indent(2, true) }}|{{ 'a\n\nb' | indent(width='> ', blank=true) }}", {}),
     ("{{ [1, 2] | reverse | list }}{{ 'abc' | reverse }}{{ 'a<b>&\"\\'' | e }}{{ [1, 2] | count }}", {}),
     ("{{ 1 | nosuchfilter }}", {}),
