@@ -228,6 +228,29 @@ std::string change_case(const std::string& s, Case how) {
   return to_u8(u);
 }
 
+// jinja2's title filter, which is not str.title(): a word starts only after
+// white space, '-', '(', '{', '[' or '<' (so "o'neil" and "x1y" are one
+// word each), and its first character is upper-cased, not title-cased
+// (item[0].upper() + item[1:].lower() over re.split(r"([-\s({\[<]+)", s)).
+std::string jinja_title(const std::string& s) {
+  const std::u32string u = to_u32(s);
+  auto starts_word = [](char32_t c) { return py_space(c) || c == '-' || c == '(' || c == '{' || c == '[' || c == '<'; };
+  std::string out;
+  for (std::size_t i = 0; i < u.size();) {
+    std::size_t j = i + 1;
+    if (starts_word(u[i])) {
+      while (j < u.size() && starts_word(u[j])) ++j;
+      out += to_u8(u.substr(i, j - i));  // no case to change
+    } else {
+      while (j < u.size() && !starts_word(u[j])) ++j;
+      out += change_case(to_u8(u.substr(i, 1)), Case::kUpper);
+      out += change_case(to_u8(u.substr(i + 1, j - i - 1)), Case::kLower);
+    }
+    i = j;
+  }
+  return out;
+}
+
 // repr() of a float: the shortest round-trip digits, scientific notation
 // outside 1e-4 <= |x| < 1e16.
 std::string py_float(double d) {
@@ -2698,7 +2721,12 @@ class Renderer {
         default: return error(line, std::string("object of type '") + type_name(v) + "' has no len()");
       }
     }
-    if (name == "upper" || name == "lower" || name == "title" || name == "capitalize") {
+    if (name == "title") {
+      AIRLOCK_ASSIGN_OR_RETURN(auto p, bind(a, {}, name, line));
+      (void)p;
+      return make_string(jinja_title(to_str(v)));
+    }
+    if (name == "upper" || name == "lower" || name == "capitalize") {
       AIRLOCK_ASSIGN_OR_RETURN(Value s, make_string(to_str(v)));
       return call_method(name, s, a, line);
     }

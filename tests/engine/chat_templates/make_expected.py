@@ -121,6 +121,8 @@ SNIPPETS = [
     ("{{ [1, 2][::0] }}", {}),
     # filters
     ("{{ '  a b  ' | trim }}|{{ 'xxaxx' | trim('x') }}|{{ 'Hello' | upper }}{{ 'HeLLo' | lower }}|{{ 'hello wORLD' | capitalize }}|{{ 'hello wORLD-x y' | title }}", {}),
+    # the title filter is not str.title(): words start after white space and -({[< only, with an upper-cased first character
+    ("{{ \"o'neil mc-donald\" | title }}|{{ 'x1y 2z' | title }}|{{ 'a-b c_d' | title }}|{{ \"o'neil x1y\".title() }}|{{ 'ǆemal ßtraße (foo[bar{baz<qux x\u2003y ΣΑΣ' | title }}", {}),
     ("{{ [1, 2, 3] | first }}{{ [1, 2, 3] | last }}{{ 'abc' | first }}{{ [] | first is defined }}", {}),
     ("{{ [1, 'a', none] | join(', ') }}|{{ users | join(', ', attribute='name') }}|{{ 'abc' | join('-') }}",
      {"users": [{"name": "a"}, {"name": "b"}]}),
