@@ -2505,9 +2505,9 @@ class Renderer {
         while (i < u.size() && py_space(u[i])) ++i;
         if (i >= u.size()) break;
         if (maxsplit >= 0 && static_cast<std::int64_t>(parts.size()) >= maxsplit) {
-          std::size_t e = u.size();
-          while (e > i && py_space(u[e - 1])) --e;
-          parts.push_back(u.substr(i, e - i));
+          // The rest as it is: Python strips the white space before it, not
+          // after ("  a  b  ".split(None, 1) == ['a', 'b  ']).
+          parts.push_back(u.substr(i));
           break;
         }
         std::size_t j = i;

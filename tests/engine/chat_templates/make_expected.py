@@ -153,6 +153,8 @@ SNIPPETS = [
     ("{{ 1 is nosuchtest }}", {}),
     # methods
     ("{{ '  x  '.strip() }}|{{ '--x--'.lstrip('-') }}|{{ 'x\n\n'.rstrip('\n') }}|{{ 'a b  c'.split() }}|{{ 'a,b,,c'.split(',') }}|{{ 'a,b,c'.split(',', 1) }}|{{ 'a,b,c'.rsplit(',', 1) }}", {}),
+    # split(None, n): the rest keeps its white space on the far side
+    ("{{ '  a  b  '.split(none, 1) }}|{{ '  a  b  '.rsplit(none, 1) }}|{{ '  a  b  '.split(none, 0) }}|{{ '  a  b  '.rsplit(none, 0) }}|{{ '  a  b  c '.split(none, 2) }}|{{ ' a b  '.rsplit(none, 1) }}|{{ 'a  '.split(none, 1) }}|{{ '  '.split(none, 0) }}", {}),
     ("{{ 'hello'.startswith('he') }}{{ 'hello'.endswith(('x', 'lo')) }}{{ 'Hello'.upper() }}{{ 'Hello'.lower() }}{{ 'hello world'.title() }}{{ 'hello'.find('l') }}{{ 'héllo'.find('l') }}{{ 'hello'.count('l') }}{{ ', '.join(['a', 'b']) }}", {}),
     ("{{ c.split('</think>')[-1].lstrip('\\n') }}|{{ c.split('</think>')[0].rstrip('\\n').split('<think>')[-1].lstrip('\\n') }}",
      {"c": "<think>\nreason\n</think>\n\nanswer"}),
