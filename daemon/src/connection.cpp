@@ -88,6 +88,26 @@ bool PeerSocket::peer_closed() const {
   return (p.revents & (POLLRDHUP | POLLHUP | POLLERR | POLLNVAL)) != 0;
 }
 
+void PeerSocket::end_after_answer(std::chrono::milliseconds linger) const {
+  ::shutdown(fd_, SHUT_WR);
+  const auto deadline = std::chrono::steady_clock::now() + linger;
+  char dropped[64 * 1024];
+  for (;;) {
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+    if (left.count() <= 0) break;
+    pollfd p{};
+    p.fd = fd_;
+    p.events = POLLIN;
+    const int ready = ::poll(&p, 1, static_cast<int>(left.count()));
+    if (ready < 0 && errno == EINTR) continue;
+    if (ready <= 0) break;  // the time is up (or poll failed)
+    const ssize_t n = ::recv(fd_, dropped, sizeof dropped, MSG_DONTWAIT);
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) continue;
+    if (n <= 0) break;  // the client closed (or reset) the connection
+  }
+  ::shutdown(fd_, SHUT_RD);
+}
+
 std::string SocketAddress::to_string() const {
   const std::string p = std::to_string(port);
   return host.find(':') != std::string::npos ? "[" + host + "]:" + p : host + ":" + p;

@@ -1,7 +1,8 @@
 // Socket-level facts about airlockd's own connections, without the HTTP
 // library: the accepted socket that carries a request (to notice a client
-// that hangs up while its non-streamed answer is computed), and checks of a
-// listening socket handed over by systemd.
+// that hangs up while its non-streamed answer is computed, and to end a
+// connection after a refusal), and checks of a listening socket handed over
+// by systemd.
 //
 // Why the socket is looked up by its addresses: cpp-httplib 0.11 (Debian 12)
 // does not give a handler its connection, and a non-streamed answer writes
@@ -18,6 +19,7 @@
 // one handler thread that found it.
 #pragma once
 
+#include <chrono>
 #include <optional>
 #include <string>
 
@@ -41,6 +43,23 @@ class PeerSocket {
   // request counts as gone too: without writing, the two cannot be told
   // apart (nginx treats them alike by default).
   bool peer_closed() const;
+
+  // Ends the connection once an answer has been written to it while the
+  // client may still be sending (the body of a refused request), without
+  // taking what it sends for anything:
+  //   1. shuts down the sending side: the client reads the answer, then
+  //      the end of the connection, at once;
+  //   2. reads and drops what the client still sends, until it closes or
+  //      `linger` has passed (a lingering close, as nginx and Apache do: a
+  //      client still sending its body is not reset before it could read
+  //      the answer); nothing is kept (a fixed buffer on the stack);
+  //   3. shuts down the receiving side: a later read of the socket sees
+  //      the end of the connection, and bytes the client sends after that
+  //      reset it (Linux sends RST for data that arrives after both sides
+  //      were shut down).
+  // Blocks for up to `linger`. The descriptor stays open (its owner, the
+  // HTTP library, closes it).
+  void end_after_answer(std::chrono::milliseconds linger) const;
 
   int fd() const { return fd_; }
 

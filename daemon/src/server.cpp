@@ -39,16 +39,25 @@ double seconds(Clock::duration d) { return std::chrono::duration<double>(d).coun
 // The longest route an audit row keeps (the API's own are far shorter).
 constexpr std::size_t kMaxAuditRouteBytes = 512;
 
+// How long a connection ended after a refusal still takes (and drops) what
+// its client sends, so that a client still sending the refused body is not
+// reset before it could read the answer. It holds the connection's thread.
+constexpr std::chrono::milliseconds kLingerAfterRefusal{1000};
+
 // After a refusal that leaves bytes unread (a body, a target that is not
-// a path): the answer is written, so end the connection's sending side.
-// httplib 0.11 keeps a connection open whatever "Connection: close" the
-// answer says, and would read what follows the refused head as further
-// requests; whatever it makes of them, no answer can follow the refusal
-// on this connection (no response desync behind a proxy), and the client
-// sees the end of the connection after the refusal.
+// a path): the answer is written, so end the connection. httplib 0.11
+// keeps a connection open whatever "Connection: close" the answer says,
+// and would read what follows the refused head as further requests: no
+// answer may follow the refusal on this connection (no response desync
+// behind a proxy), and the bytes must not be kept either. httplib holds a
+// request line in memory until its newline, so a body without one (40 MB
+// of JSON on one line) would be held whole, as the refusal meant to
+// prevent. end_after_answer() sends the end of the connection after the
+// answer, drops what the client still sends for a moment, and then makes
+// httplib's next read see the end of the connection.
 void end_answers(const httplib::Request& req) {
   if (std::optional<PeerSocket> p = PeerSocket::find(req.local_addr, req.local_port, req.remote_addr, req.remote_port))
-    ::shutdown(p->fd(), SHUT_WR);
+    p->end_after_answer(kLingerAfterRefusal);
 }
 
 // Why httplib would read a request's body without a bound, if it would:
@@ -2030,7 +2039,16 @@ void Server::routes() {
       return refuse_and_close(api_error(400, "invalid_request_error", "the request target must be a path ('/...')"));
     if (body_left_unread(req, /*answered_early=*/false))  // a GET with a body, /health's too
       return refuse_and_close(api_error(400, "invalid_request_error", "a " + req.method + " request carries no body"));
-    if (req.path == "/health") return httplib::Server::HandlerResponse::Unhandled;
+    if (req.path == "/health") {
+      // No key is needed here, so nothing but a bodiless GET or HEAD gets
+      // further: httplib would read a POST's (PUT's, ...) body before
+      // finding that no handler takes it, and a chunked one or one without
+      // a length whole, for anyone who can connect.
+      if (req.method == "GET" || req.method == "HEAD") return httplib::Server::HandlerResponse::Unhandled;
+      res.set_header("Allow", "GET, HEAD");
+      return refuse_and_close(api_error(405, "invalid_request_error", "/health answers GET and HEAD only, without a body",
+                                        "method_not_allowed"));
+    }
     if (!s.key_of(req)) {
       ApiError e = api_error(401, "invalid_request_error",
                              "missing or invalid API key: send 'Authorization: Bearer <key>' (airlock keys create)",
@@ -2089,17 +2107,20 @@ void Server::routes() {
     // The next request on this thread (a new Request, maybe at this
     // address) is checked afresh.
     Impl::admitted_key() = {};
+    // Streams are counted and audited when they end, 401s when refused.
+    if (!res.is_chunked_content_provider_ && res.status != 401) {
+      s.count(req, res.status);
+      // The completion routes audit themselves (with token counts); every
+      // other request but an answered /health gets a row here, and so does
+      // one that httplib or the pre-routing handler answered before any
+      // handler ran (a body over the limit, a malformed one, 411, a
+      // /health refused with 400 or 405).
+      if (!audited && (req.path != "/health" || res.status != 200)) s.write_audit(key.value_or(""), req, nullptr, res.status);
+    }
     // (The logger runs once the answer is written. Only these refusals:
-    // finding the socket scans the process's descriptors.)
+    // finding the socket scans the process's descriptors, and ending the
+    // connection lingers, after the refusal was counted and audited.)
     if (unread) end_answers(req);
-    if (res.is_chunked_content_provider_) return;  // counted and audited when the stream ends
-    if (res.status == 401) return;  // counted and audited when refused
-    s.count(req, res.status);
-    // The completion routes audit themselves (with token counts); every
-    // other request but /health gets a row here, and so does one that
-    // httplib or the pre-routing handler answered before any handler ran
-    // (a body over the limit, a malformed one, 411).
-    if (!audited && req.path != "/health") s.write_audit(key.value_or(""), req, nullptr, res.status);
   });
 
   h.Get("/health", [](const httplib::Request&, httplib::Response& res) {

@@ -10,6 +10,11 @@
 
 #include <gtest/gtest.h>
 
+#include <cerrno>
+#include <chrono>
+#include <string>
+#include <thread>
+
 namespace airlock::daemon {
 namespace {
 
@@ -132,6 +137,54 @@ TEST(PeerSocket, MatchesIpv6AddressesHoweverSpelled) {
     EXPECT_EQ(p->fd(), accepted.fd) << spelling;
   }
   EXPECT_FALSE(PeerSocket::find("::2", server_port, "::1", client_port).has_value());
+}
+
+// After a refusal: the client reads the answer and then the end of the
+// connection; the body it sent is dropped, not left for the next read of
+// the socket (httplib would take it for requests); once the linger is over,
+// more bytes from the client reset the connection.
+TEST(PeerSocket, EndAfterAnswerDropsTheBodyAndEndsTheConnection) {
+  Connection c;
+  std::optional<PeerSocket> p = c.find();
+  ASSERT_TRUE(p.has_value());
+  const std::string body(256 * 1024, 'B');
+  ASSERT_EQ(::send(c.client.fd, body.data(), body.size(), MSG_NOSIGNAL), static_cast<ssize_t>(body.size()));
+  ASSERT_EQ(::write(c.accepted.fd, "ANSWER", 6), 6);
+  const auto start = std::chrono::steady_clock::now();
+  p->end_after_answer(std::chrono::milliseconds(200));  // the client neither closes nor sends: the whole linger
+  EXPECT_GE(std::chrono::steady_clock::now() - start, std::chrono::milliseconds(150));
+  char buf[64];
+  EXPECT_EQ(::recv(c.accepted.fd, buf, sizeof buf, MSG_DONTWAIT), 0);  // dropped, and the end
+  std::string got;
+  for (ssize_t n; (n = ::recv(c.client.fd, buf, sizeof buf, MSG_DONTWAIT)) > 0;) got.append(buf, static_cast<std::size_t>(n));
+  EXPECT_EQ(got, "ANSWER");
+  EXPECT_EQ(::recv(c.client.fd, buf, sizeof buf, MSG_DONTWAIT), 0);  // then the end of the connection
+  bool reset = false;
+  for (int i = 0; i < 20 && !reset; ++i) {
+    reset = ::send(c.client.fd, "more", 4, MSG_NOSIGNAL) < 0 && (errno == EPIPE || errno == ECONNRESET);
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_TRUE(reset);
+}
+
+// The linger ends as soon as the client closes, and what the client sends
+// during it is taken and dropped.
+TEST(PeerSocket, EndAfterAnswerLingersOnlyWhileTheClientStays) {
+  Connection c;
+  std::optional<PeerSocket> p = c.find();
+  ASSERT_TRUE(p.has_value());
+  std::thread client([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    const std::string more(1 << 20, 'B');
+    EXPECT_EQ(::send(c.client.fd, more.data(), more.size(), MSG_NOSIGNAL), static_cast<ssize_t>(more.size()));
+    c.client.reset();
+  });
+  const auto start = std::chrono::steady_clock::now();
+  p->end_after_answer(std::chrono::seconds(10));
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(5));
+  client.join();
+  char buf[64];
+  EXPECT_LE(::recv(c.accepted.fd, buf, sizeof buf, MSG_DONTWAIT), 0);
 }
 
 TEST(ListeningTcpAddress, AcceptsAListeningTcpSocket) {

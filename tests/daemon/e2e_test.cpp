@@ -1171,6 +1171,48 @@ std::string raw_exchange(int port, const std::string& request, const std::string
   return response;
 }
 
+// A connection to 127.0.0.1:`port` that sends `head` (a request head whose
+// body is never sent) and reads what comes back until the connection ends
+// or `wait_s` pass without a byte.
+struct HeadOnly {
+  std::string response;
+  bool ended = false;  // the daemon ended the connection (rather than the wait running out)
+  double seconds = 0;  // from sending the head until the end (or the wait ran out)
+};
+HeadOnly head_only(int port, const std::string& head, int wait_s = 10) {
+  HeadOnly out;
+  const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  a.sin_port = htons(static_cast<std::uint16_t>(port));
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) {
+    ::close(fd);
+    out.response = "connect: " + std::string(std::strerror(errno));
+    return out;
+  }
+  const timeval tv{wait_s, 0};
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  const auto start = std::chrono::steady_clock::now();
+  if (::send(fd, head.data(), head.size(), MSG_NOSIGNAL) == static_cast<ssize_t>(head.size())) {
+    char buf[4096];
+    ssize_t n;
+    while ((n = ::read(fd, buf, sizeof buf)) > 0) out.response.append(buf, static_cast<std::size_t>(n));
+    out.ended = n == 0 || errno == ECONNRESET;
+  }
+  out.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  ::close(fd);
+  return out;
+}
+
+// The resident memory of process `pid`, in bytes (0 when unknown).
+std::uint64_t rss_bytes(pid_t pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/status");
+  for (std::string line; std::getline(in, line);)
+    if (line.rfind("VmRSS:", 0) == 0) return std::stoull(line.substr(6)) * 1024;  // "VmRSS:   1234 kB"
+  return 0;
+}
+
 // Bodies httplib would read without a bound (chunked, or a POST with no
 // length, read until the client closes) are refused with 411 before a
 // byte of them is read, and the connection ends after the answer: what
@@ -1237,6 +1279,73 @@ TEST_F(DaemonE2E, UnboundedBodiesAreRefusedAndEveryRefusalIsAudited) {
   auto metrics = daemon_->client().Get("/metrics");
   ASSERT_TRUE(metrics);
   EXPECT_NE(metrics->body.find("route=\"/v1/chat/completions\",status=\"411\""), std::string::npos);
+}
+
+// /health needs no key, so anything but a bodiless GET or HEAD is refused
+// there before a byte of a body is read: httplib used to read a POST's
+// body (a chunked one, or one without a length, whole) before finding no
+// handler for it, for anyone who could connect. The refusal (405, with
+// Allow) comes at once, without waiting for the body, the connection
+// ends, and it is counted and audited as the other early refusals are.
+TEST_F(DaemonE2E, HealthTakesNoBodyAndNoOtherMethod) {
+  const HeadOnly chunked =
+      head_only(daemon_->port, "POST /health HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n");
+  EXPECT_EQ(chunked.response.rfind("HTTP/1.1 405", 0), 0u) << chunked.response;
+  EXPECT_TRUE(chunked.ended) << chunked.response;
+  EXPECT_LT(chunked.seconds, 3.0);  // httplib's own read timeout is 5 s
+  EXPECT_NE(chunked.response.find("Allow: GET, HEAD"), std::string::npos) << chunked.response;
+  EXPECT_NE(chunked.response.find("Connection: close"), std::string::npos) << chunked.response;
+  EXPECT_NE(chunked.response.find("\"code\":\"method_not_allowed\""), std::string::npos) << chunked.response;
+  for (const char* method : {"POST", "PUT", "PATCH", "DELETE"}) {
+    const HeadOnly large = head_only(daemon_->port, std::string(method) + " /health HTTP/1.1\r\nHost: x\r\n"
+                                                                          "Content-Length: 40000000\r\n\r\n");
+    EXPECT_EQ(large.response.rfind("HTTP/1.1 405", 0), 0u) << method << ": " << large.response;
+    EXPECT_TRUE(large.ended) << method;
+    EXPECT_LT(large.seconds, 3.0) << method;
+  }
+  const HeadOnly no_length = head_only(daemon_->port, "POST /health HTTP/1.1\r\nHost: x\r\n\r\n");
+  EXPECT_EQ(no_length.response.rfind("HTTP/1.1 405", 0), 0u) << no_length.response;
+  EXPECT_TRUE(no_length.ended);
+
+  // A body sent anyway (here without a length: read until the client
+  // closes, before) is dropped, not held: the daemon's memory stays put
+  // while the client sends 96 MiB (or is cut off sending them).
+  const std::uint64_t before = rss_bytes(daemon_->pid);
+  ASSERT_GT(before, 0u);
+  {
+    const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    a.sin_port = htons(static_cast<std::uint16_t>(daemon_->port));
+    ASSERT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+    const timeval tv{10, 0};
+    ::setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+    const std::string head = "POST /health HTTP/1.1\r\nHost: x\r\n\r\n";
+    ASSERT_EQ(::send(fd, head.data(), head.size(), MSG_NOSIGNAL), static_cast<ssize_t>(head.size()));
+    const std::string mib(1u << 20, 'B');
+    for (int i = 0; i < 96; ++i)
+      if (::send(fd, mib.data(), mib.size(), MSG_NOSIGNAL) != static_cast<ssize_t>(mib.size())) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    const std::uint64_t during = rss_bytes(daemon_->pid);
+    EXPECT_LT(during, before + (32u << 20)) << "RSS " << before << " -> " << during << " bytes";
+    ::close(fd);
+  }
+  EXPECT_EQ(daemon_->client(false).Get("/health")->status, 200);
+  EXPECT_EQ(daemon_->client(false).Head("/health")->status, 200);
+
+  bool audited = false;
+  for (int i = 0; i < 100 && !audited; ++i) {
+    std::string out;
+    ASSERT_EQ(run({AIRLOCK_CLI_PATH, "audit", "tail", "--last", "1000", "--json", "--state", enclave_->dir / "state"}, &out), 0);
+    for (const json& row : json::parse(out))
+      audited = audited || (row["status"] == 405 && row["route"] == "/health" && row["key"] == "");
+    if (!audited) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  EXPECT_TRUE(audited);
+  auto metrics = daemon_->client().Get("/metrics");
+  ASSERT_TRUE(metrics);
+  EXPECT_NE(metrics->body.find("route=\"/health\",status=\"405\""), std::string::npos);
 }
 
 TEST_F(DaemonE2E, EmbeddingsFromTheBundlesStaticModel) {
