@@ -15,6 +15,7 @@
 #include <cstring>
 #include <ctime>
 #include <numeric>
+#include <regex>
 
 #include "airlock/common/log.h"
 #include "airlock/common/version.h"
@@ -58,6 +59,23 @@ constexpr std::chrono::milliseconds kLingerAfterRefusal{1000};
 void end_answers(const httplib::Request& req) {
   if (std::optional<PeerSocket> p = PeerSocket::find(req.local_addr, req.local_port, req.remote_addr, req.remote_port))
     p->end_after_answer(kLingerAfterRefusal);
+}
+
+// The route that takes documents (POST): its bodies may be larger than
+// max_body_bytes (rag.max_document_bytes, base64 in JSON adds a third), and
+// httplib's payload limit is set for them. The same pattern routes and
+// exempts them from the 413 before reading.
+constexpr const char* kDocumentsRoute = R"(/v1/rag/collections/([^/]+)/documents)";
+
+bool is_document_upload(const httplib::Request& req) {
+  static const std::regex route(kDocumentsRoute);  // matched as httplib matches its routes
+  return req.method == "POST" && std::regex_match(req.path, route);
+}
+
+// httplib's payload limit: the larger of max_body_bytes and a document's
+// size in base64 (with room for the JSON around it).
+std::uint64_t payload_limit(const Config& c) {
+  return std::max<std::uint64_t>(c.max_body_bytes, c.rag.max_document_bytes / 3 * 4 + (1u << 20));
 }
 
 // Why httplib would read a request's body without a bound, if it would:
@@ -488,6 +506,11 @@ ApiError api_error(int status, const std::string& type, const std::string& messa
   return e;
 }
 
+ApiError body_over_limit(std::uint64_t max_body_bytes) {
+  return api_error(413, "invalid_request_error",
+                   "the request body is larger than " + std::to_string(max_body_bytes) + " bytes");
+}
+
 ApiError status_error(const Status& st) {
   ApiError e;
   e.http_status = http_status(st.code());
@@ -628,8 +651,7 @@ struct Server::Impl {
   // 413 for a body over max_body_bytes on routes other than document uploads.
   bool body_too_large(const httplib::Request& req, httplib::Response& res) {
     if (req.body.size() <= config.max_body_bytes) return false;
-    send_error(res, api_error(413, "invalid_request_error",
-                              "the request body is larger than " + std::to_string(config.max_body_bytes) + " bytes"));
+    send_error(res, body_over_limit(config.max_body_bytes));
     return true;
   }
 
@@ -1392,9 +1414,7 @@ void Server::Impl::completions(const httplib::Request& req, httplib::Response& r
     send_error(res, e);
     write_audit(key, req, nullptr, e.http_status);
   };
-  if (req.body.size() > config.max_body_bytes)
-    return fail(api_error(413, "invalid_request_error",
-                          "the request body is larger than " + std::to_string(config.max_body_bytes) + " bytes"));
+  if (req.body.size() > config.max_body_bytes) return fail(body_over_limit(config.max_body_bytes));
   if (draining) return fail(api_error(503, "server_error", "the server is shutting down"));
   std::shared_ptr<LoadedModel> m = current();
   if (!m) return fail(api_error(503, "server_error", no_model()));
@@ -2006,11 +2026,11 @@ void Server::routes() {
   httplib::Server& h = s.http;
   h.new_task_queue = [n = http_thread_count(s.config)] { return new httplib::ThreadPool(static_cast<std::size_t>(n)); };
   // Documents may be larger than other requests (rag.max_document_bytes,
-  // base64 in JSON adds a third); every other route holds its body to
-  // max_body_bytes itself (body_too_large). httplib reads a body only after
-  // the pre-routing handler has checked the key.
-  h.set_payload_max_length(std::max<std::uint64_t>(s.config.max_body_bytes,
-                                                   s.config.rag.max_document_bytes / 3 * 4 + (1u << 20)));
+  // base64 in JSON adds a third); every other route's body is held to
+  // max_body_bytes by the pre-routing handler, from its Content-Length,
+  // before it is read (and by body_too_large() after). httplib reads a
+  // body only after the pre-routing handler has checked the key.
+  h.set_payload_max_length(payload_limit(s.config));
   h.set_keep_alive_timeout(30);
   // Streams send small writes (a token or a few at a time): with Nagle's
   // algorithm a write behind one not yet acknowledged can wait for the
@@ -2071,6 +2091,12 @@ void Server::routes() {
     // 411 before their body is read (OpenAI's SDKs always send a length).
     if (const std::optional<std::string> why = unbounded_body(req))
       return refuse_and_close(api_error(411, "invalid_request_error", *why, "length_required"));
+    // httplib reads a body up to its payload limit, the documents' larger
+    // one, before a handler can look at its size: a body announced larger
+    // than max_body_bytes on any other route is refused before a byte of
+    // it is read. (httplib reads the length as strtoull does; so here.)
+    if (req.get_header_value<std::uint64_t>("Content-Length") > s.config.max_body_bytes && !is_document_upload(req))
+      return refuse_and_close(body_over_limit(s.config.max_body_bytes));
     return httplib::Server::HandlerResponse::Unhandled;
   });
 
@@ -2084,7 +2110,9 @@ void Server::routes() {
     else if (res.status == 413 && req.get_header_value("Content-Type").rfind("application/x-www-form-urlencoded", 0) == 0)
       e.message = "a body sent as a form (application/x-www-form-urlencoded, what curl -d sends) is limited to 8 KiB "
                   "by the HTTP library: send JSON with 'Content-Type: application/json'";
-    else if (res.status == 413) e.message = "the request body is larger than " + std::to_string(s.config.max_body_bytes) + " bytes";
+    else if (res.status == 413)  // only a document upload gets this far with a larger body
+      e.message = "the request body is larger than " +
+                  std::to_string(is_document_upload(req) ? payload_limit(s.config) : s.config.max_body_bytes) + " bytes";
     else e.message = "bad request";
     e.type = res.status >= 500 ? "server_error" : "invalid_request_error";
     res.set_content(error_body(e), "application/json");
@@ -2501,8 +2529,7 @@ void Server::Impl::rag_routes() {
     res.set_content(ojson({{"object", "rag.collection.deleted"}, {"name", req.matches[1]}, {"deleted", true}}).dump(),
                     "application/json");
   });
-  h.Post(R"(/v1/rag/collections/([^/]+)/documents)", [this, store_or_fail, who](const httplib::Request& req,
-                                                                                  httplib::Response& res) {
+  h.Post(kDocumentsRoute, [this, store_or_fail, who](const httplib::Request& req, httplib::Response& res) {
     std::shared_ptr<LoadedModel> m = store_or_fail(res);
     if (!m) return;
     // JSON {source, content | content_base64, metadata}, or the raw file

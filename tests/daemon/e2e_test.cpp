@@ -1250,12 +1250,12 @@ TEST_F(DaemonE2E, UnboundedBodiesAreRefusedAndEveryRefusalIsAudited) {
   EXPECT_EQ(get_body.rfind("HTTP/1.1 400", 0), 0u) << get_body;
   EXPECT_EQ(get_body.find("HTTP/1.1", 1), std::string::npos) << "an answer after the refusal: " << get_body;
   EXPECT_EQ(daemon_->client(false).Get("/health")->status, 200);  // without a body, as ever
-  // Over httplib's payload limit (max_body_bytes, or a document's base64
-  // size when that is larger): refused by httplib itself.
-  httplib::Client c = daemon_->client();
-  auto huge = c.Post("/v1/chat/completions", std::string(48u << 20, ' '), "application/json");
-  ASSERT_TRUE(huge);
-  EXPECT_EQ(huge->status, 413);
+  // Over max_body_bytes: refused from its Content-Length, before the body
+  // is read (BodiesOverTheLimitAreRefusedBeforeTheyAreRead).
+  const HeadOnly huge = head_only(daemon_->port, "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n" + auth +
+                                                     "Content-Type: application/json\r\nContent-Length: " +
+                                                     std::to_string(48u << 20) + "\r\n\r\n");
+  EXPECT_EQ(huge.response.rfind("HTTP/1.1 413", 0), 0u) << huge.response;
   // Still serving on a fresh connection.
   EXPECT_EQ(daemon_->client().Get("/v1/models")->status, 200);
 
@@ -1279,6 +1279,37 @@ TEST_F(DaemonE2E, UnboundedBodiesAreRefusedAndEveryRefusalIsAudited) {
   auto metrics = daemon_->client().Get("/metrics");
   ASSERT_TRUE(metrics);
   EXPECT_NE(metrics->body.find("route=\"/v1/chat/completions\",status=\"411\""), std::string::npos);
+}
+
+// httplib reads a body up to its payload limit (set for documents, ~44 MB
+// by default) before a handler can look at its size: a body announced
+// larger than max_body_bytes (8 MiB) is refused from its Content-Length at
+// once, before a byte of it is sent, and the connection ends. Document
+// uploads keep their own, larger, limit.
+TEST_F(DaemonE2E, BodiesOverTheLimitAreRefusedBeforeTheyAreRead) {
+  const std::string auth = "Authorization: Bearer " + daemon_->api_key + "\r\n";
+  const HeadOnly chat = head_only(daemon_->port, "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n" + auth +
+                                                     "Content-Type: application/json\r\nContent-Length: 40000000\r\n\r\n");
+  EXPECT_EQ(chat.response.rfind("HTTP/1.1 413", 0), 0u) << chat.response;
+  EXPECT_TRUE(chat.ended) << chat.response;
+  EXPECT_LT(chat.seconds, 3.0);  // httplib's own read timeout is 5 s
+  EXPECT_NE(chat.response.find("larger than 8388608 bytes"), std::string::npos) << chat.response;
+  EXPECT_NE(chat.response.find("Connection: close"), std::string::npos) << chat.response;
+  // One byte over, on a route that never checked a body's size itself.
+  const HeadOnly one_over = head_only(daemon_->port, "DELETE /v1/rag/collections/x HTTP/1.1\r\nHost: x\r\n" + auth +
+                                                         "Content-Length: 8388609\r\n\r\n");
+  EXPECT_EQ(one_over.response.rfind("HTTP/1.1 413", 0), 0u) << one_over.response;
+  EXPECT_TRUE(one_over.ended);
+  // A document upload over max_body_bytes is read (and answered by its
+  // handler: 400 for this body, or 503 without RAG), not refused early.
+  auto doc = daemon_->client().Post("/v1/rag/collections/x/documents", std::string(9u << 20, ' '), "application/json");
+  ASSERT_TRUE(doc);
+  EXPECT_NE(doc->status, 413) << doc->body;
+  // Exactly max_body_bytes is not refused for its size.
+  auto at_limit = daemon_->client().Post("/v1/chat/completions", std::string(8u << 20, ' '), "application/json");
+  ASSERT_TRUE(at_limit);
+  EXPECT_NE(at_limit->status, 413) << at_limit->body;  // 400: not JSON
+  EXPECT_EQ(daemon_->client().Get("/v1/models")->status, 200);
 }
 
 // /health needs no key, so anything but a bodiless GET or HEAD is refused
