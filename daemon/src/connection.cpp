@@ -88,6 +88,37 @@ bool PeerSocket::peer_closed() const {
   return (p.revents & (POLLRDHUP | POLLHUP | POLLERR | POLLNVAL)) != 0;
 }
 
+int shut_down_reading(int local_port) {
+  if (local_port <= 0) return 0;
+  DIR* dir = ::opendir("/proc/self/fd");
+  if (dir == nullptr) return 0;
+  const int own = ::dirfd(dir);
+  int n = 0;
+  while (const dirent* e = ::readdir(dir)) {
+    char* end = nullptr;
+    const long parsed = std::strtol(e->d_name, &end, 10);
+    if (end == e->d_name || *end != '\0' || parsed == own) continue;
+    const int fd = static_cast<int>(parsed);
+    // Local address first: it fails fast (ENOTSOCK) on files and pipes.
+    sockaddr_storage ss{};
+    socklen_t len = sizeof ss;
+    std::string host;
+    int port = 0;
+    if (::getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &len) != 0 || !to_text(ss, host, port) || port != local_port)
+      continue;
+    int type = 0, listening = 0;
+    socklen_t n_type = sizeof type, n_listening = sizeof listening;
+    if (::getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &n_type) != 0 || type != SOCK_STREAM ||
+        ::getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &n_listening) != 0 || listening != 0)
+      continue;
+    len = sizeof ss;
+    if (::getpeername(fd, reinterpret_cast<sockaddr*>(&ss), &len) != 0) continue;  // not connected
+    if (::shutdown(fd, SHUT_RD) == 0) ++n;
+  }
+  ::closedir(dir);
+  return n;
+}
+
 void PeerSocket::end_after_answer(std::chrono::milliseconds linger) const {
   ::shutdown(fd_, SHUT_WR);
   const auto deadline = std::chrono::steady_clock::now() + linger;

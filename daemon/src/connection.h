@@ -1,8 +1,8 @@
 // Socket-level facts about airlockd's own connections, without the HTTP
 // library: the accepted socket that carries a request (to notice a client
 // that hangs up while its non-streamed answer is computed, and to end a
-// connection after a refusal), and checks of a listening socket handed over
-// by systemd.
+// connection after a refusal), every accepted connection (to end them when
+// stopping), and checks of a listening socket handed over by systemd.
 //
 // Why the socket is looked up by its addresses: cpp-httplib 0.11 (Debian 12)
 // does not give a handler its connection, and a non-streamed answer writes
@@ -74,6 +74,17 @@ struct SocketAddress {
   int port = 0;
   std::string to_string() const;  // "127.0.0.1:8080", "[::1]:8080"
 };
+
+// Shuts down the receiving side of every accepted TCP connection of this
+// process whose local port is `local_port` (connected stream sockets; the
+// listening socket itself and every other socket are left alone); returns
+// how many. A thread blocked reading such a connection, or waiting for its
+// next request, then sees the end of the connection at once; writing is
+// not affected, so an answer being written is still written whole. Use it
+// when stopping, after the listening socket no longer accepts: a
+// connection accepted during the scan may be missed (call it again).
+// Scans /proc/self/fd: a few system calls per open descriptor.
+int shut_down_reading(int local_port);
 
 // The address a socket is bound to, or an error for a descriptor that is not
 // an IPv4/IPv6 stream socket listening for connections (what systemd must

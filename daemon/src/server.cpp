@@ -590,8 +590,13 @@ struct Server::Impl {
   std::vector<std::weak_ptr<LoadedModel>> retired;
   std::atomic<bool> draining{false};
   std::atomic<bool> run_returned{false};
-  std::atomic<int> in_flight{0};
+  std::atomic<int> in_flight{0};  // streams, until their resources are released
+  // Requests between the pre-routing handler and the logger (their answer
+  // written, streams included): shutdown() lets them finish before it ends
+  // the connections.
+  std::atomic<int> handling{0};
   int listen_fd = -1;
+  int listen_port = 0;  // of listen_fd: the accepted connections have it as their local port
 
   Histogram& ttft;
   Histogram& itl;
@@ -686,6 +691,7 @@ struct Server::Impl {
     std::optional<std::string> name;
     bool audited = false;       // the request has its audit row
     bool unread_bytes = false;  // refused with bytes left unread: the logger ends the connection
+    bool handling = false;      // counted in Impl::handling until the logger runs
   };
   static AdmittedKey& admitted_key() {
     thread_local AdmittedKey k;
@@ -1292,6 +1298,7 @@ Result<int> Server::bind() {
     return io_error("cannot listen on " + c.listen_host + ":" + std::to_string(port), errno);
   }
   if (impl_->listen_fd >= 0) ::listen(impl_->listen_fd, SOMAXCONN);
+  impl_->listen_port = port;
   return port;
 }
 
@@ -1304,6 +1311,7 @@ Result<SocketAddress> Server::adopt(int fd) {
   const int one = 1;
   ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
   impl_->listen_fd = fd;
+  impl_->listen_port = address.port;
   impl_->adopted = true;
   impl_->http.set_idle_interval(0, 100000);  // the accept loop checks for release() every 100 ms
   impl_->listener.adopt(fd);
@@ -1330,21 +1338,39 @@ void Server::shutdown() {
     for (const std::weak_ptr<LoadedModel>& w : impl_->retired)
       if (std::shared_ptr<LoadedModel> m = w.lock()) models.push_back(std::move(m));
   }
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(impl_->config.drain_seconds);
+  using std::chrono::steady_clock;
+  const auto deadline = steady_clock::now() + std::chrono::seconds(impl_->config.drain_seconds);
   for (const std::shared_ptr<LoadedModel>& m : models)
     m->scheduler->drain(std::chrono::duration_cast<std::chrono::milliseconds>(
-        std::max(deadline - std::chrono::steady_clock::now(), std::chrono::steady_clock::duration::zero())));
+        std::max(deadline - steady_clock::now(), steady_clock::duration::zero())));
   models.clear();
-  // Let handlers that are writing their last bytes finish.
-  for (int i = 0; i < 200 && impl_->in_flight.load() > 0; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  // Let the handlers finish: those writing the answers the drain finished
+  // or cancelled (at least 2 s for them), and requests that never run on a
+  // scheduler (documents, embeddings) within the same grace period.
+  const auto settled = std::max(deadline, steady_clock::now() + std::chrono::seconds(2));
+  while ((impl_->in_flight.load() > 0 || impl_->handling.load() > 0) && steady_clock::now() < settled)
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
   if (impl_->adopted) {
     impl_->listener.release();
-    return;
+  } else {
+    // httplib's stop() does nothing before its listen loop has started: a
+    // SIGTERM right after READY=1 would otherwise be lost, and run() serve on.
+    while (!impl_->run_returned && !impl_->http.is_running()) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    impl_->http.stop();
   }
-  // httplib's stop() does nothing before its listen loop has started: a
-  // SIGTERM right after READY=1 would otherwise be lost, and run() serve on.
-  while (!impl_->run_returned && !impl_->http.is_running()) std::this_thread::sleep_for(std::chrono::milliseconds(1));
-  impl_->http.stop();
+  // run() returns once httplib's pool has joined its threads, each of
+  // which serves one connection until it ends: one idle between requests
+  // waits for the next one up to the keep-alive timeout (30 s), whatever
+  // drain_seconds says, and would serve it. Shutting down the connections'
+  // reading side ends those waits at once; a handler still running past
+  // the grace period still writes its answer. Again until run() returns:
+  // a connection accepted while the listener stopped (the accept loop of
+  // an adopted socket ends at its next idle tick) is caught by the next
+  // round.
+  while (!impl_->run_returned) {
+    shut_down_reading(impl_->listen_port);
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
 }
 
 void Server::Impl::answer_without_model(const httplib::Request& req, httplib::Response& res, const std::string& key,
@@ -2046,7 +2072,11 @@ void Server::routes() {
   });
 
   h.set_pre_routing_handler([&s](const httplib::Request& req, httplib::Response& res) {
+    // (A request whose logger never ran leaves its count: given back here.)
+    if (Impl::admitted_key().handling) --s.handling;
     Impl::admitted_key() = {&req, req.path == "/health" ? std::nullopt : s.check_key(req)};
+    Impl::admitted_key().handling = true;
+    ++s.handling;
     // A refusal that leaves bytes unread: the logger ends the connection
     // once the answer is written (end_answers); counted and audited there.
     auto refuse_and_close = [&](const ApiError& e) {
@@ -2132,6 +2162,7 @@ void Server::routes() {
     const std::optional<std::string> key = s.key_of(req);
     const bool own = Impl::admitted_key().request == &req;
     const bool audited = own && Impl::admitted_key().audited, unread = own && Impl::admitted_key().unread_bytes;
+    if (own && Impl::admitted_key().handling) --s.handling;
     // The next request on this thread (a new Request, maybe at this
     // address) is checked afresh.
     Impl::admitted_key() = {};

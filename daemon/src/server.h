@@ -78,8 +78,13 @@ class Server {
   void run();
   // Stops admitting requests (503 + Retry-After), drains the schedulers of
   // the current model and of any a reload replaced that requests still use,
-  // within drain_seconds in all, then stops the listener (also when run()
-  // has not started listening yet).
+  // and lets the requests being handled finish, within drain_seconds in all
+  // (and at least 2 s after the drain, for the answers it cancelled to be
+  // written); then stops the listener (also when run() has not started
+  // listening yet) and ends every connection's reading side, so that idle
+  // keep-alive connections end at once (a handler still running still
+  // writes its answer). Returns once run() has returned, or would return
+  // at once. Called from another thread than run().
   void shutdown();
   bool stopping() const;
 

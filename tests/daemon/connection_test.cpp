@@ -187,6 +187,35 @@ TEST(PeerSocket, EndAfterAnswerLingersOnlyWhileTheClientStays) {
   EXPECT_LE(::recv(c.accepted.fd, buf, sizeof buf, MSG_DONTWAIT), 0);
 }
 
+// Stopping: the accepted connections of the served port stop reading (a
+// thread waiting on one for its next request wakes up to its end) and can
+// still write; the listening socket, the client ends and another port's
+// connections are left alone.
+TEST(ShutDownReading, EndsReadingOnTheAcceptedConnectionsOfOnePort) {
+  Connection c;
+  Connection other;
+  char buf[8];
+  EXPECT_EQ(::recv(c.accepted.fd, buf, sizeof buf, MSG_DONTWAIT), -1);  // idle: nothing to read yet
+  EXPECT_EQ(shut_down_reading(port_of(c.listen.fd)), 1);
+  EXPECT_EQ(::recv(c.accepted.fd, buf, sizeof buf, MSG_DONTWAIT), 0);  // the end, at once
+  EXPECT_EQ(::recv(other.accepted.fd, buf, sizeof buf, MSG_DONTWAIT), -1);
+  EXPECT_EQ(errno, EAGAIN);
+  EXPECT_EQ(::recv(c.client.fd, buf, sizeof buf, MSG_DONTWAIT), -1);  // the client end: its peer has the port
+  EXPECT_EQ(errno, EAGAIN);
+  ASSERT_EQ(::write(c.accepted.fd, "answer", 6), 6);  // an answer is still written
+  EXPECT_EQ(::recv(c.client.fd, buf, sizeof buf, 0), 6);
+  // The listening socket still accepts.
+  Fd late{::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0)};
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  a.sin_port = htons(static_cast<std::uint16_t>(port_of(c.listen.fd)));
+  ASSERT_EQ(::connect(late.fd, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+  Fd accepted{::accept(c.listen.fd, nullptr, nullptr)};
+  EXPECT_GE(accepted.fd, 0);
+  EXPECT_EQ(shut_down_reading(0), 0);
+}
+
 TEST(ListeningTcpAddress, AcceptsAListeningTcpSocket) {
   Fd l{listener()};
   Result<SocketAddress> a = listening_tcp_address(l.fd);

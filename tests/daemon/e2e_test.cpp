@@ -2173,6 +2173,55 @@ TEST(DaemonLifecycle, SigtermAfterReloadDrainsTheReplacedModel) {
   EXPECT_NE(last["error"]["message"].get<std::string>().find("shutting down"), std::string::npos) << events.back();
 }
 
+// httplib's pool joins every connection's thread when airlockd stops, and
+// a thread whose keep-alive connection was idle waited for its next request
+// up to the keep-alive timeout (30 s), whatever drain_seconds said, ready
+// to serve it. Once the drain is over, airlockd now ends such connections
+// (and ones that never sent a request) at once.
+TEST(DaemonLifecycle, SigtermDoesNotWaitForIdleKeepAliveConnections) {
+  Enclave e;
+  auto d = Daemon::start(e, "drain_seconds = 2\n");
+  ASSERT_GT(d->port, 0) << d->log();
+  auto connect_to_daemon = [&] {
+    const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    a.sin_port = htons(static_cast<std::uint16_t>(d->port));
+    EXPECT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+    const timeval tv{10, 0};
+    ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    return fd;
+  };
+  const int used = connect_to_daemon(), bare = connect_to_daemon();
+  const std::string request = "GET /v1/models HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + d->api_key + "\r\n\r\n";
+  ASSERT_EQ(::send(used, request.data(), request.size(), MSG_NOSIGNAL), static_cast<ssize_t>(request.size()));
+  // The whole answer (its head and Content-Length bytes), the connection
+  // left open.
+  std::string got;
+  char buf[4096];
+  for (ssize_t n; (n = ::read(used, buf, sizeof buf)) > 0;) {
+    got.append(buf, static_cast<std::size_t>(n));
+    const std::size_t head_end = got.find("\r\n\r\n");
+    const std::size_t length_at = got.find("Content-Length: ");
+    if (head_end != std::string::npos && length_at != std::string::npos &&
+        got.size() >= head_end + 4 + std::stoul(got.substr(length_at + 16)))
+      break;
+  }
+  ASSERT_EQ(got.rfind("HTTP/1.1 200", 0), 0u) << got;
+  EXPECT_EQ(got.find("Connection: close"), std::string::npos) << got;  // kept alive
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+
+  const auto t0 = std::chrono::steady_clock::now();
+  EXPECT_EQ(d->stop(), 0) << d->log();
+  const double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  EXPECT_LT(took, 2.0 + 3.0) << d->log();  // drain_seconds and a margin, not the 30 s keep-alive timeout
+  for (const int fd : {used, bare}) {
+    EXPECT_EQ(::read(fd, buf, sizeof buf), 0);  // ended, no further answer
+    ::close(fd);
+  }
+}
+
 // A forward pass that fails mid-stream (a test hook standing in for a
 // device error): the stream gets an error event and ends without [DONE],
 // /ready answers 503 while passes fail and 200 once one succeeds again.
