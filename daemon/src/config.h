@@ -94,9 +94,20 @@ inline constexpr int kSpareHttpThreads = 64;
 // life (cpp-httplib: a thread per connection), so "auto" gives every
 // admitted request one plus the spares; a set value must exceed
 // max_running + max_waiting, or a full pool would leave new connections
-// queued unanswered before the waiting queue could answer 429.
+// queued unanswered before the waiting queue could answer 429. These
+// threads are kept; more are started while every one is busy (an idle
+// connection holds one for up to the keep-alive timeout), up to
+// http_thread_cap().
 inline int http_thread_count(const Config& c) {
   return c.http_threads != 0 ? c.http_threads : c.max_running + c.max_waiting + kSpareHttpThreads;
+}
+
+// The most connection threads at once: beyond them, a new connection waits
+// for a thread to finish with its connection.
+inline constexpr int kMaxHttpThreads = 1024;
+inline int http_thread_cap(const Config& c) {
+  const int kept = http_thread_count(c);
+  return kept > kMaxHttpThreads ? kept : kMaxHttpThreads;
 }
 
 // Parses TOML text (`origin` names it in messages).

@@ -22,6 +22,7 @@
 #include "airlock/rag/grounding.h"
 #include "airlock/rag/ingest.h"
 #include "connection.h"
+#include "elastic_pool.h"
 #include "openai_api.h"
 #include "responses_api.h"
 #include "schema_grammar.h"
@@ -471,6 +472,22 @@ class AdoptingServer : public Base {
   using Base::Base;
   void adopt(socket_t fd) { this->svr_sock_ = fd; }
   void release() { this->svr_sock_ = INVALID_SOCKET; }
+};
+
+// httplib's connection threads (one per connection, from accept to close):
+// an ElasticPool that keeps `kept` threads and starts more, up to `max`,
+// whenever a connection would otherwise wait behind busy ones (connections
+// that send nothing hold their thread up to the keep-alive timeout).
+// Threads beyond the kept ones end after 10 s without a connection.
+class ConnectionThreads : public httplib::TaskQueue {
+ public:
+  ConnectionThreads(int kept, int max)
+      : pool_(static_cast<std::size_t>(kept), static_cast<std::size_t>(max), std::chrono::seconds(10)) {}
+  void enqueue(std::function<void()> fn) override { pool_.enqueue(std::move(fn)); }
+  void shutdown() override { pool_.shutdown(); }
+
+ private:
+  ElasticPool pool_;
 };
 
 struct ListenerControl {
@@ -2050,7 +2067,9 @@ bool Server::Impl::response_events(Generation& g, StreamState& state, httplib::D
 void Server::routes() {
   Impl& s = *impl_;
   httplib::Server& h = s.http;
-  h.new_task_queue = [n = http_thread_count(s.config)] { return new httplib::ThreadPool(static_cast<std::size_t>(n)); };
+  h.new_task_queue = [kept = http_thread_count(s.config), max = http_thread_cap(s.config)] {
+    return new ConnectionThreads(kept, max);
+  };
   // Documents may be larger than other requests (rag.max_document_bytes,
   // base64 in JSON adds a third); every other route's body is held to
   // max_body_bytes by the pre-routing handler, from its Content-Length,

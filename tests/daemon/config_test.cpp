@@ -149,6 +149,11 @@ TEST(ConfigTest, HttpThreadsFollowTheAdmittedRequests) {
   Result<Config> set = parse_config("max_running = 4\nmax_waiting = 4\nhttp_threads = 9", "t.toml");
   ASSERT_TRUE(set.is_ok()) << set.status().to_string();
   EXPECT_EQ(http_thread_count(*set), 9);
+  // The pool grows past them while they are busy, up to a cap: 1024, or
+  // the kept threads when there are more.
+  EXPECT_EQ(http_thread_cap(*d), kMaxHttpThreads);
+  EXPECT_EQ(http_thread_cap(*set), kMaxHttpThreads);
+  EXPECT_EQ(http_thread_cap(*big), 32 + 1000 + kSpareHttpThreads);
 }
 
 TEST(ConfigTest, RagTable) {

@@ -2222,6 +2222,41 @@ TEST(DaemonLifecycle, SigtermDoesNotWaitForIdleKeepAliveConnections) {
   }
 }
 
+// Connections that send nothing (no key needed) each hold a connection
+// thread up to the keep-alive timeout (30 s): with a fixed pool, a few
+// more of them than threads (here 3) left every other client's connection
+// waiting behind them. The pool now starts another thread instead.
+TEST(DaemonLifecycle, IdleConnectionsDoNotHoldUpOthers) {
+  Enclave e;
+  auto d = Daemon::start(e, "max_running = 1\nmax_waiting = 1\nhttp_threads = 3\n");
+  ASSERT_GT(d->port, 0) << d->log();
+  std::vector<int> idle;
+  for (int i = 0; i < 20; ++i) {
+    const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    a.sin_port = htons(static_cast<std::uint16_t>(d->port));
+    ASSERT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+    idle.push_back(fd);
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));  // all accepted, each on its thread
+  const auto t0 = std::chrono::steady_clock::now();
+  httplib::Client anon = d->client(false), keyed = d->client();
+  anon.set_read_timeout(10, 0);  // the fixed pool answered after minutes
+  keyed.set_read_timeout(10, 0);
+  auto health = anon.Get("/health");
+  ASSERT_TRUE(health);
+  EXPECT_EQ(health->status, 200);
+  auto answer = keyed.Post("/v1/chat/completions", chat("hello", 4).dump(), "application/json");
+  ASSERT_TRUE(answer);
+  EXPECT_EQ(answer->status, 200) << answer->body;
+  const double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  EXPECT_LT(took, 10.0);  // not behind the idle connections' 30 s
+  for (const int fd : idle) ::close(fd);
+  EXPECT_EQ(d->stop(), 0) << d->log();
+}
+
 // A forward pass that fails mid-stream (a test hook standing in for a
 // device error): the stream gets an error event and ends without [DONE],
 // /ready answers 503 while passes fail and 200 once one succeeds again.
