@@ -26,10 +26,12 @@ void ElasticPool::start_thread() {
     return;
   }
   ++n_live_;
+  ++n_starting_;
 }
 
 void ElasticPool::work(Threads::iterator self) {
   std::unique_lock<std::mutex> lock(mu_);
+  --n_starting_;
   for (;;) {
     if (jobs_.empty()) {
       if (stopping_) break;
@@ -55,8 +57,9 @@ void ElasticPool::enqueue(std::function<void()> job) {
   {
     std::lock_guard<std::mutex> lock(mu_);
     jobs_.push_back(std::move(job));
-    // Each idle thread takes one job; a job beyond them gets a new thread.
-    if (n_idle_ < jobs_.size() && n_live_ < max_) start_thread();
+    // Each idle thread takes one job, and so does each thread started but
+    // not yet looking for one; a job beyond them gets a new thread.
+    if (n_idle_ + n_starting_ < jobs_.size() && n_live_ < max_) start_thread();
     for (const Threads::iterator t : ended_) {
       ended.push_back(std::move(*t));
       threads_.erase(t);

@@ -65,6 +65,7 @@ class ElasticPool {
   std::vector<Threads::iterator> ended_;  // threads that have left work(): joined by enqueue() or shutdown()
   std::size_t n_live_ = 0;            // threads in work()
   std::size_t n_idle_ = 0;            // of them, waiting for a job
+  std::size_t n_starting_ = 0;        // threads started that have not yet entered work()'s loop
   bool stopping_ = false;
   bool shut_down_ = false;
 };
