@@ -31,7 +31,12 @@ inline constexpr std::uint64_t kMaxAttributePairs = 32'000'000;
 // kInvalidArgument, before libxml2 sees `markup` (HTML, or XML when `html`
 // is false), when parsing it would compare more attribute pairs than
 // kMaxAttributePairs (markup_limits.cpp). `what` prefixes the message.
+// The scan reads the bytes as given.
 Status check_attribute_work(std::string_view markup, bool html, std::string_view what);
+
+// The attributes libxml2 2.9's HTML parser reads in a start tag, `rest`
+// beginning just after the tag's name (markup_limits.cpp).
+std::uint64_t html_start_tag_attributes(std::string_view rest);
 
 // s without a leading UTF-8 byte order mark.
 std::string_view strip_bom(std::string_view s);

@@ -429,6 +429,51 @@ TEST(ExtractTest, AttributeBombsAreRefusedBeforeParsing) {
   EXPECT_TRUE(extract_document("fine.docx", make_docx(document_xml(body))).is_ok());
 }
 
+// libxml2 closes "<script/>" and "<style/>" at once and parses what follows
+// as markup; the scan once took them as the start of raw text and never
+// counted the tag after them. Nor does it skip what the parser reads: an
+// end tag that is not the element's own inside <script>, a comment closed
+// by "--!>", the rest of an end tag, a quoted DOCTYPE identifier, a
+// processing instruction with a non-ASCII target, or an attribute name
+// that is no name (dropped with its quotes).
+TEST(ExtractTest, SelfClosingScriptAndStyleDoNotHideAnAttributeBomb) {
+  std::string attrs;
+  for (int i = 0; i < 30000; ++i) attrs += " a" + std::to_string(i) + "=1";
+  const std::string bomb = "<x" + attrs + ">tail text</x>";
+  for (const std::string before : {"<script/>", "<style/>", "<SCRIPT/>", "<script />", "<script type=\"module\"/>",
+                                   "<style media='all'/>", "<script a/>"}) {
+    const auto start = Clock::now();
+    auto r = extract_document("selfclose.html", "<html><body><p>hello text</p>" + before + bomb + "</body></html>");
+    EXPECT_EQ(r.status().code(), StatusCode::kInvalidArgument) << before;
+    EXPECT_NE(message(r).find("too many attributes"), std::string::npos) << before << ": " << message(r);
+    EXPECT_NE(message(r).find("refused before parsing"), std::string::npos) << before << ": " << message(r);
+    EXPECT_LT(Clock::now() - start, std::chrono::seconds(2)) << before;
+  }
+  for (const std::string& page :
+       {"<p>hello text</p><script></scriptx></x </script> <!-- </script> " + bomb + " -->",
+        "<p>hello text</p><!-- --!>" + bomb + " -->", "<p>hello text</p></p <!-- > " + bomb + " -->",
+        "<!DOCTYPE html PUBLIC \"a> <!--\" ><p>hello text</p>" + bomb + " -->",
+        "<p>hello text</p><?\xc3\xa9 <!-- > " + bomb + " -->", "<p $a=\"x> " + bomb + " \">hello text</p>"}) {
+    auto r = extract_document("hidden.html", page);
+    EXPECT_EQ(r.status().code(), StatusCode::kInvalidArgument) << page.substr(0, 60);
+    EXPECT_NE(message(r).find("refused before parsing"), std::string::npos) << page.substr(0, 60) << ": " << message(r);
+  }
+  // The scan stays linear: 200,000 comments, none closed by "--!>".
+  std::string comments = "<p>hello text</p>";
+  for (int i = 0; i < 200000; ++i) comments += "<!-- c -->";
+  const auto start = Clock::now();
+  EXPECT_TRUE(extract_document("comments.html", comments).is_ok());
+  EXPECT_LT(Clock::now() - start, std::chrono::seconds(2));
+  // A script whose start tag does not end in "/>" is raw text up to its
+  // end tag, as before: what looks like a tag inside is not counted.
+  for (const std::string start_tag : {"<script a=b/>", "<script>", "<style/ >"}) {
+    const std::string end_tag = start_tag.find("style") != std::string::npos ? "</style>" : "</script>";
+    auto raw = extract_document("raw.html", "<p>hello text</p>" + start_tag + bomb + end_tag + "<p>end</p>");
+    ASSERT_TRUE(raw.is_ok()) << start_tag << ": " << raw.status().to_string();
+    EXPECT_EQ(raw->text, "hello text\n\nend") << start_tag;
+  }
+}
+
 // The page is parsed whole: text after </html> and after a stray end tag
 // at the start is kept (libxml2's push parser dropped both), and a UTF-16
 // page with its byte order mark is decoded.
