@@ -25,6 +25,7 @@
 #include <random>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 namespace airlock::rag {
@@ -472,6 +473,62 @@ TEST(ExtractTest, SelfClosingScriptAndStyleDoNotHideAnAttributeBomb) {
     ASSERT_TRUE(raw.is_ok()) << start_tag << ": " << raw.status().to_string();
     EXPECT_EQ(raw->text, "hello text\n\nend") << start_tag;
   }
+}
+
+// What the scan of the bytes cannot see, the parser bounds itself: a page
+// it decodes from UTF-16 or from a <meta> charset, an end tag that closes
+// <script> through the parser's element stack, a misplaced <body> that it
+// drops unreported, repeated attribute names, and names enough to fill its
+// dictionary. Each is refused within a fraction of a second (unbounded,
+// the bombs here take seconds to minutes).
+TEST(ExtractTest, AttributeBombsTheScanCannotSeeAreBoundedWhileParsing) {
+  const auto utf16 = [](const std::string& ascii) {
+    std::string out = "\xff\xfe";
+    for (char c : ascii) {
+      out += c;
+      out += '\0';
+    }
+    return out;
+  };
+  std::string attrs;
+  for (int i = 0; i < 100000; ++i) attrs += " a" + std::to_string(i) + "=1";
+  std::string body_tags;
+  for (int i = 0; i < 40; ++i) body_tags += "<body" + attrs.substr(0, attrs.find(" a5000=")) + ">";
+  std::string repeated = "<x" + attrs.substr(0, attrs.find(" a10000="));
+  for (int i = 0; i < 100000; ++i) repeated += " a9999=1";
+  std::string utf7_attrs;  // " a0=1 a1=1 ..." in UTF-7: "+ACA-a0+AD0-1..."
+  for (int i = 0; i < 100000; ++i) utf7_attrs += "+ACA-a" + std::to_string(i) + "+AD0-1";
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"utf-16", utf16("<html><body><p>hello text</p><x" + attrs + ">tail text</x></body></html>")},
+      {"meta charset", "<html><head><meta charset=\"UTF-7\"></head><body><p>hello text</p>+ADw-x" + utf7_attrs +
+                           "+AD4-tail</body></html>"},
+      {"element stack", "<p>hello text</p><scriptx><script></scriptx><x" + attrs + ">tail text</x>"},
+      {"misplaced body", utf16("<html><body><p>hello text</p>" + body_tags + "</body></html>")},
+      {"repeated names", utf16("<p>hello text</p>" + repeated + ">tail</x>")},
+  };
+  for (const auto& [what, page] : cases) {
+    const auto start = Clock::now();
+    auto r = extract_document("bomb.html", page);
+    EXPECT_EQ(r.status().code(), StatusCode::kInvalidArgument) << what;
+    EXPECT_NE(message(r).find("too many attributes for the parser"), std::string::npos) << what << ": " << message(r);
+    EXPECT_NE(message(r).find("parsing stopped"), std::string::npos) << what << ": " << message(r);
+    EXPECT_LT(Clock::now() - start, std::chrono::seconds(5)) << what;
+  }
+  // The dictionary holds the names of every element too: a page of
+  // 20,000 differently named elements fills it, and is refused rather
+  // than parsed without them (libxml2 would retry such a name for ever).
+  std::string elements = "<p>hello text</p>";
+  for (int i = 0; i < 20000; ++i) elements += "<e" + std::to_string(i) + ">t</e" + std::to_string(i) + ">";
+  auto names = extract_document("names.html", elements);
+  EXPECT_EQ(names.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(message(names).find("distinct element and attribute names"), std::string::npos) << message(names);
+  // Thousands of elements and attributes of a few hundred names are fine.
+  std::string page = "<p>hello text</p>";
+  for (int i = 0; i < 5000; ++i)
+    page += "<div data-k" + std::to_string(i % 300) + "=\"v\" class=\"c\"><span id=s" + std::to_string(i) + ">w</span></div>";
+  auto fine = extract_document("fine.html", utf16(page));
+  ASSERT_TRUE(fine.is_ok()) << fine.status().to_string();
+  EXPECT_EQ(fine->text.substr(0, 10), "hello text");
 }
 
 // The page is parsed whole: text after </html> and after a stray end tag
