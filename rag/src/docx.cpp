@@ -4,7 +4,9 @@
 // reader. The XML is parsed without XML_PARSE_NOENT or XML_PARSE_DTDLOAD and
 // any DOCTYPE is refused: Word never writes one, and refusing it stops
 // entity-expansion bombs ("billion laughs") and external entities before any
-// reference is read.
+// reference is read. It must be UTF-8, as Word writes it: the attribute
+// scan (check_attribute_work) reads its bytes, so libxml2 must not decode
+// them otherwise.
 #include <archive.h>
 #include <archive_entry.h>
 #include <libxml/parser.h>
@@ -97,8 +99,23 @@ bool is_fallback(xmlTextReader* r) {
          std::string_view(reinterpret_cast<const char*>(local)) == "Fallback";
 }
 
+// libxml2 decodes UTF-16 and UCS-4 (with or without a byte order mark) and
+// EBCDIC from the first bytes, and any charset an XML declaration names.
+// Here the bytes must start as UTF-8 XML does (a byte order mark, then
+// '<' or a blank) and hold no NUL; a declared encoding is then ignored
+// (XML_PARSE_IGNORE_ENC), so the parser reads the bytes the scan counted.
+Status check_utf8_xml(std::string_view xml) {
+  if (xml.starts_with("\xEF\xBB\xBF")) xml.remove_prefix(3);
+  const bool xml_start =
+      !xml.empty() && (xml[0] == '<' || xml[0] == ' ' || xml[0] == '\t' || xml[0] == '\r' || xml[0] == '\n');
+  if (!xml_start || xml.find('\0') != std::string_view::npos)
+    return invalid_argument("docx: word/document.xml is not UTF-8 XML (UTF-16, UTF-32 and EBCDIC are refused)");
+  return Status::ok();
+}
+
 Status walk_document_xml(const std::string& xml, TextBuilder* text) {
   if (xml.size() > static_cast<std::size_t>(INT_MAX)) return resource_exhausted("docx: word/document.xml over 2 GiB");
+  AIRLOCK_RETURN_IF_ERROR(check_utf8_xml(xml));
   // Refused before libxml2 sees it: a DTD is where entity bombs and external
   // entities are declared, and libxml2 may expand entities while reading
   // ahead of what the reader has returned. "<!DOCTYPE" cannot occur as
@@ -109,8 +126,10 @@ Status walk_document_xml(const std::string& xml, TextBuilder* text) {
   AIRLOCK_RETURN_IF_ERROR(check_attribute_work(xml, /*html=*/false, "docx: word/document.xml"));
   xmlInitParser();
   // No NOENT (entities stay references), no DTDLOAD/DTDATTR/DTDVALID (no
-  // external subset), NONET (no network even if asked).
-  const int options = XML_PARSE_NONET | XML_PARSE_NOERROR | XML_PARSE_NOWARNING | XML_PARSE_NOCDATA;
+  // external subset), NONET (no network even if asked), IGNORE_ENC (UTF-8
+  // whatever the declaration says).
+  const int options =
+      XML_PARSE_NONET | XML_PARSE_NOERROR | XML_PARSE_NOWARNING | XML_PARSE_NOCDATA | XML_PARSE_IGNORE_ENC;
   std::unique_ptr<xmlTextReader, ReaderDeleter> r(
       xmlReaderForMemory(xml.data(), static_cast<int>(xml.size()), nullptr, nullptr, options));
   if (r == nullptr) return internal_error("docx: libxml2 could not create a reader");

@@ -32,7 +32,7 @@ inline constexpr std::uint64_t kMaxAttributePairs = 32'000'000;
 // is false), when parsing it would compare more attribute pairs than
 // kMaxAttributePairs (markup_limits.cpp). `what` prefixes the message.
 // The scan reads the bytes as given: html.cpp bounds what an encoding the
-// HTML parser switches to could hide from it.
+// HTML parser switches to could hide from it, docx.cpp takes UTF-8 only.
 Status check_attribute_work(std::string_view markup, bool html, std::string_view what);
 
 // The attributes libxml2 2.9's HTML parser reads in a start tag, `rest`

@@ -625,6 +625,54 @@ TEST(ExtractTest, DocxEntityBombsAndExternalEntitiesAreRefused) {
   EXPECT_EQ(message(ext).find("root:"), std::string::npos);
 }
 
+// The attribute scan reads word/document.xml's bytes, so libxml2 must not
+// decode them otherwise: UTF-16 (with or without a byte order mark),
+// UTF-32 and EBCDIC are refused, and an encoding that the XML declaration
+// names is ignored (the bytes are read as UTF-8). A tag of 30,000
+// attributes in UTF-16 took 8 s to parse.
+TEST(ExtractTest, DocxThatIsNotUtf8IsRefused) {
+  std::string attrs;
+  for (int i = 0; i < 30000; ++i) attrs += " a" + std::to_string(i) + "=\"1\"";
+  const std::string xml = document_xml("<w:p" + attrs + "><w:r><w:t>x</w:t></w:r></w:p>");
+  const auto wide = [&](std::size_t width, bool big_endian) {
+    std::string out;
+    for (char c : xml) {
+      std::string unit(width, '\0');
+      unit[big_endian ? width - 1 : 0] = c;
+      out += unit;
+    }
+    return out;
+  };
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"UTF-16LE", "\xff\xfe" + wide(2, false)},
+      {"UTF-16BE", "\xfe\xff" + wide(2, true)},
+      {"UTF-16 without a byte order mark", wide(2, false)},
+      {"UTF-32", std::string("\xff\xfe\0\0", 4) + wide(4, false)},
+      {"EBCDIC", "\x4c\x6f\xa7\x94" + xml.substr(4)},
+  };
+  for (const auto& [what, bytes] : cases) {
+    const auto start = Clock::now();
+    auto r = extract_document("wide.docx", make_docx(bytes));
+    EXPECT_EQ(r.status().code(), StatusCode::kInvalidArgument) << what;
+    EXPECT_NE(message(r).find("not UTF-8"), std::string::npos) << what << ": " << message(r);
+    EXPECT_LT(Clock::now() - start, std::chrono::seconds(2)) << what;
+  }
+  // Declared UTF-7, "+ADw-" would be '<': read as UTF-8 it stays text.
+  std::string utf7;
+  for (int i = 0; i < 30000; ++i) utf7 += "+ACA-a" + std::to_string(i) + "+AD0-+ACI-1+ACI-";
+  auto r = extract_document("utf7.docx", make_docx("<?xml version=\"1.0\" encoding=\"UTF-7\"?><w:document xmlns:w=\"" +
+                                                     std::string(kWordNs) + "\"><w:body><w:p><w:r><w:t>+ADw-x" + utf7 +
+                                                     "+AD4-</w:t></w:r></w:p></w:body></w:document>"));
+  ASSERT_TRUE(r.is_ok()) << r.status().to_string();
+  EXPECT_EQ(r->text.substr(0, 13), "+ADw-x+ACA-a0");
+  // UTF-8 with a byte order mark is fine, whatever the declaration says.
+  auto bom = extract_document("bom.docx", make_docx("\xef\xbb\xbf<?xml version=\"1.0\" encoding=\"ISO-8859-1\"?>"
+                                                    "<w:document xmlns:w=\"" + std::string(kWordNs) +
+                                                    "\"><w:body><w:p><w:r><w:t>caf\xc3\xa9</w:t></w:r></w:p></w:body></w:document>"));
+  ASSERT_TRUE(bom.is_ok()) << bom.status().to_string();
+  EXPECT_EQ(bom->text, "caf\xc3\xa9");
+}
+
 TEST(ExtractTest, DocxThatIsNotAWordZipIsRefused) {
   auto not_zip = extract_document("a.docx", std::string("PK\3\4 this is no zip at all, just text", 38));
   EXPECT_EQ(not_zip.status().code(), StatusCode::kInvalidArgument);
