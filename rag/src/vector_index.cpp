@@ -95,6 +95,20 @@ std::size_t VectorIndex::size() const {
   return n_live_;
 }
 
+std::size_t VectorIndex::capacity_rows() const {
+  std::shared_lock lock(mu_);
+  std::size_t rows = 0;
+  for (std::size_t b = 0; b < blocks_.size(); ++b) rows += rows_in_block(b);
+  return rows;
+}
+
+float* VectorIndex::append_row(std::vector<std::unique_ptr<float[]>>& blocks, std::size_t r) const {
+  const RowAt at = locate(r);
+  // Not zero-filled: a row is read only once written.
+  if (at.offset == 0) blocks.push_back(std::make_unique_for_overwrite<float[]>(rows_in_block(at.block) * dim_));
+  return blocks[at.block].get() + at.offset * dim_;
+}
+
 bool VectorIndex::contains(std::int64_t id) const {
   std::shared_lock lock(mu_);
   return row_of_.count(id) != 0;
@@ -123,8 +137,7 @@ Status VectorIndex::add(std::int64_t id, const float* v) {
   std::unique_lock lock(mu_);
   if (row_of_.count(id) != 0) return already_exists("vector " + std::to_string(id) + " is already indexed");
   const std::size_t r = ids_.size();
-  if (r % kBlockRows == 0) blocks_.push_back(std::make_unique<float[]>(kBlockRows * dim_));
-  std::memcpy(blocks_.back().get() + (r % kBlockRows) * dim_, v, dim_ * sizeof(float));
+  std::memcpy(append_row(blocks_, r), v, dim_ * sizeof(float));
   ids_.push_back(id);
   row_of_.emplace(id, r);
   ++n_live_;
@@ -210,8 +223,7 @@ void VectorIndex::maybe_build() {
     for (std::size_t r = 0; r < ids_.size(); ++r) {
       if (ids_[r] < 0) continue;
       const std::size_t to = ids.size();
-      if (to % kBlockRows == 0) blocks.push_back(std::make_unique<float[]>(kBlockRows * dim_));
-      std::memcpy(blocks.back().get() + (to % kBlockRows) * dim_, row(r), dim_ * sizeof(float));
+      std::memcpy(append_row(blocks, to), row(r), dim_ * sizeof(float));
       row_of_.emplace(ids_[r], to);
       ids.push_back(ids_[r]);
     }
@@ -262,7 +274,10 @@ void VectorIndex::build(std::size_t n_rows, std::vector<std::int64_t> ids) {
     blocks.clear();
     for (const auto& b : blocks_) blocks.push_back(b.get());
   };
-  auto row_of = [&](std::size_t r) { return blocks[r / kBlockRows] + (r % kBlockRows) * dim_; };
+  auto row_of = [&](std::size_t r) {
+    const RowAt at = locate(r);
+    return blocks[at.block] + at.offset * dim_;
+  };
   snapshot_blocks();
   auto insert_rows = [&](std::size_t from, const std::vector<std::int64_t>& row_ids) {
     std::atomic<std::size_t> next{from};

@@ -13,6 +13,7 @@
 #pragma once
 
 #include <atomic>
+#include <bit>
 #include <cstdint>
 #include <memory>
 #include <shared_mutex>
@@ -51,6 +52,9 @@ class VectorIndex {
   Status add(std::int64_t id, const float* v);
   void remove(std::int64_t id);
   std::size_t size() const;
+  // Rows the blocks have room for (stored, removed and not yet used): the
+  // vectors take capacity_rows() * dim * 4 bytes. For tests.
+  std::size_t capacity_rows() const;
   bool contains(std::int64_t id) const;
   bool uses_ann() const;
 
@@ -67,8 +71,38 @@ class VectorIndex {
   void wait_for_build();
 
  private:
-  static constexpr std::size_t kBlockRows = 4096;  // rows never move once written
-  const float* row(std::size_t r) const { return blocks_[r / kBlockRows].get() + (r % kBlockRows) * dim_; }
+  // Rows live in blocks that never move once written (a build reads them
+  // without the lock). The first kBlockRows rows are in blocks of 8, 8, 16,
+  // ... 2048 rows, later ones in blocks of kBlockRows, so a collection's
+  // memory follows the vectors it holds (one vector of dim 1024: 32 KiB,
+  // not 16 MiB).
+  static constexpr std::size_t kFirstBlockRows = 8;
+  static constexpr std::size_t kBlockRows = 4096;
+  static_assert(std::has_single_bit(kFirstBlockRows) && std::has_single_bit(kBlockRows));
+  static_assert(kFirstBlockRows < kBlockRows);
+  static constexpr std::size_t kFirstBlockBits = std::bit_width(kFirstBlockRows) - 1;
+  // The blocks of rows [0, kBlockRows).
+  static constexpr std::size_t kSmallBlocks = std::bit_width(kBlockRows / kFirstBlockRows);
+  struct RowAt {
+    std::size_t block, offset;
+  };
+  static constexpr RowAt locate(std::size_t r) {
+    if (r < kFirstBlockRows) return {0, r};
+    if (r < kBlockRows) {
+      const std::size_t w = std::bit_width(r);  // r in [2^(w-1), 2^w): a block of 2^(w-1) rows
+      return {w - kFirstBlockBits, r - (std::size_t{1} << (w - 1))};
+    }
+    return {kSmallBlocks - 1 + r / kBlockRows, r % kBlockRows};
+  }
+  static constexpr std::size_t rows_in_block(std::size_t block) {
+    return block == 0 ? kFirstBlockRows : block < kSmallBlocks ? kFirstBlockRows << (block - 1) : kBlockRows;
+  }
+  const float* row(std::size_t r) const {
+    const RowAt at = locate(r);
+    return blocks_[at.block].get() + at.offset * dim_;
+  }
+  // Row r (the next one) of `blocks`, with a new block when it starts one.
+  float* append_row(std::vector<std::unique_ptr<float[]>>& blocks, std::size_t r) const;
   void scan(const float* q, std::size_t from_row, std::size_t k, std::vector<std::pair<std::int64_t, float>>& out) const;
   void build(std::size_t n_rows, std::vector<std::int64_t> ids);  // the background thread (ids: rows [0, n_rows))
   void insert_into_graph(std::size_t r);                           // with mu_ held exclusively
@@ -77,7 +111,7 @@ class VectorIndex {
   const AnnOptions options_;
   std::unique_ptr<DotSpace> space_;
   mutable std::shared_mutex mu_;
-  std::vector<std::unique_ptr<float[]>> blocks_;  // (rows, dim) in blocks of kBlockRows
+  std::vector<std::unique_ptr<float[]>> blocks_;  // (rows, dim) in blocks of rows_in_block() rows
   std::vector<std::int64_t> ids_;                 // (rows); -1 when removed
   std::unordered_map<std::int64_t, std::size_t> row_of_;
   std::size_t n_live_ = 0;
