@@ -1,6 +1,8 @@
 #include "airlock/rag/grounding.h"
 
 #include <algorithm>
+#include <optional>
+#include <vector>
 
 namespace airlock::rag {
 
@@ -27,10 +29,43 @@ std::string snippet(std::string_view text, std::size_t max_bytes) {
 
 namespace {
 
+// A citation marker starting at text[i] (a '['): "[n]" or "[n, m, ...]",
+// numbers of one to four digits, each followed by spaces and then ']' or a
+// comma and spaces. The one grammar behind cited_sources() (what counts as
+// citing) and quoted() (what a source may not contain): the end (past the
+// ']') and the numbers, or nullopt.
+struct Marker {
+  std::size_t end = 0;
+  std::vector<int> numbers;
+};
+
+std::optional<Marker> marker_at(std::string_view text, std::size_t i) {
+  Marker m;
+  std::size_t j = i + 1;
+  while (j < text.size()) {
+    std::size_t k = j;
+    int v = 0;
+    while (k < text.size() && text[k] >= '0' && text[k] <= '9' && k - j < 4) v = v * 10 + (text[k++] - '0');
+    if (k == j) return std::nullopt;
+    m.numbers.push_back(v);
+    while (k < text.size() && text[k] == ' ') ++k;
+    if (k < text.size() && text[k] == ']') {
+      m.end = k + 1;
+      return m;
+    }
+    if (k >= text.size() || text[k] != ',') return std::nullopt;
+    ++k;
+    while (k < text.size() && text[k] == ' ') ++k;
+    j = k;
+  }
+  return std::nullopt;
+}
+
 // A source's text as quoted in the prompt: it cannot close its quotation
 // early ("<<<" / ">>>" broken up) nor pass for one of our citations or
-// source headers ("[2]" in a document becomes "(2)": a paper's own
-// reference numbers are not the sources' numbers either).
+// source headers: every citation marker becomes parentheses ("[2]" and
+// "[1, 2]" become "(2)" and "(1, 2)": a paper's own reference numbers are
+// not the sources' numbers either).
 std::string quoted(std::string_view text) {
   std::string out;
   out.reserve(text.size());
@@ -42,13 +77,11 @@ std::string quoted(std::string_view text) {
       continue;
     }
     if (c == '[') {
-      std::size_t j = i + 1;
-      while (j < text.size() && j - i <= 4 && text[j] >= '0' && text[j] <= '9') ++j;
-      if (j > i + 1 && j < text.size() && text[j] == ']') {
+      if (const std::optional<Marker> m = marker_at(text, i)) {
         out += '(';
-        out.append(text.substr(i + 1, j - i - 1));
+        out.append(text.substr(i + 1, m->end - i - 2));
         out += ')';
-        i = j;
+        i = m->end - 1;
         continue;
       }
     }
@@ -97,35 +130,12 @@ std::vector<int> cited_sources(std::string_view answer, std::size_t n_sources) {
   std::vector<int> out;
   for (std::size_t i = 0; i < answer.size(); ++i) {
     if (answer[i] != '[') continue;
-    // [n] or [n, m, ...]: digits separated by commas and spaces, then ']'.
-    std::vector<int> nums;
-    std::size_t j = i + 1;
-    bool ok = false;
-    while (j < answer.size()) {
-      std::size_t k = j;
-      long v = 0;
-      while (k < answer.size() && answer[k] >= '0' && answer[k] <= '9' && k - j < 4) v = v * 10 + (answer[k++] - '0');
-      if (k == j) break;
-      nums.push_back(static_cast<int>(v));
-      while (k < answer.size() && answer[k] == ' ') ++k;
-      if (k < answer.size() && answer[k] == ']') {
-        ok = true;
-        j = k;
-        break;
-      }
-      if (k < answer.size() && answer[k] == ',') {
-        ++k;
-        while (k < answer.size() && answer[k] == ' ') ++k;
-        j = k;
-        continue;
-      }
-      break;
-    }
-    if (!ok) continue;
-    for (int n : nums)
+    const std::optional<Marker> m = marker_at(answer, i);
+    if (!m) continue;
+    for (int n : m->numbers)
       if (n >= 1 && static_cast<std::size_t>(n) <= n_sources && std::find(out.begin(), out.end(), n) == out.end())
         out.push_back(n);
-    i = j;
+    i = m->end - 1;
   }
   return out;
 }
