@@ -53,6 +53,12 @@ class Stmt {
     sqlite3_bind_blob(st_, i, p, static_cast<int>(n), SQLITE_TRANSIENT);
     return *this;
   }
+  // A pointer of SQLite's pointer-passing interface (`type` names it), for
+  // a function that takes one, e.g. fts5(): not owned, not freed.
+  Stmt& bind_pointer(int i, void* p, const char* type) {
+    sqlite3_bind_pointer(st_, i, p, type, nullptr);
+    return *this;
+  }
   // SQLITE_ROW, SQLITE_DONE or an error code.
   int step() { return st_ ? sqlite3_step(st_) : SQLITE_ERROR; }
   void reset() {

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <climits>
 #include <cmath>
 #include <cstring>
 #include <ctime>
@@ -167,15 +168,64 @@ std::string strip_suffix(std::string w) {
   return w;
 }
 
-// An FTS5 query: the content words of the question OR-ed, each quoted so no
-// FTS5 syntax from the user's text is interpreted.
-// The words of a question that carry its content: stop words dropped, each
-// once, at most 64. For the FTS query all of them are kept when nothing
-// else is left (a search still ranks something); for term coverage not: a
-// question of stop words only ("What is it?") has no term evidence, or
-// every English chunk would cover it fully.
-std::vector<std::string> query_words(std::string_view question, bool stop_words_if_nothing_else = true) {
-  std::vector<std::string> words = words_of(question);
+// Emoji and other pictographs (U+1F000-U+1FAFF, UTF-8 F0 9F 80 80 to
+// F0 9F AB BF) at s[i].
+bool is_pictograph_at(std::string_view s, std::size_t i) {
+  return i + 3 < s.size() && s[i] == '\xF0' && s[i + 1] == '\x9F' && static_cast<unsigned char>(s[i + 2]) <= 0xAB;
+}
+
+// The words of a question as chunks_fts reads them: its unicode61 tokenizer
+// (remove_diacritics 2; MATCH applies the porter stage to each) through the
+// FTS5 API of `db`, so lower case, diacritics removed, and nothing that it
+// takes for a separator (punctuation, symbols, the emoji its Unicode tables
+// know: U+1F600 once counted as a word that no chunk could contain). Emoji
+// newer than those tables (U+1F3D6, U+1F970...) it takes for letters; a
+// question's words are cut at every pictograph, so they are no words
+// either (a chunk that holds one is still found by its other words).
+Result<std::vector<std::string>> fts5_words(sqlite3* db, std::string_view text) {
+  fts5_api* api = nullptr;
+  {
+    Stmt st(db, "SELECT fts5(?1)");
+    if (!st.ok()) return sql::error(db, "FTS5 API");
+    st.bind_pointer(1, static_cast<void*>(&api), "fts5_api_ptr");
+    if (st.step() != SQLITE_ROW || api == nullptr) return sql::error(db, "FTS5 API");
+  }
+  fts5_tokenizer tokenizer;
+  void* user_data = nullptr;
+  if (api->xFindTokenizer(api, "unicode61", &user_data, &tokenizer) != SQLITE_OK)
+    return internal_error("FTS5 has no unicode61 tokenizer");
+  const char* args[] = {"remove_diacritics", "2"};
+  Fts5Tokenizer* unicode61 = nullptr;
+  if (tokenizer.xCreate(user_data, args, 2, &unicode61) != SQLITE_OK)
+    return internal_error("FTS5: cannot create unicode61");
+  std::vector<std::string> words;
+  const auto on_token = [](void* out, int /*flags*/, const char* token, int n, int /*begin*/, int /*end*/) {
+    auto* w = static_cast<std::vector<std::string>*>(out);
+    const std::string_view t(token, static_cast<std::size_t>(n));
+    std::size_t from = 0;
+    for (std::size_t i = 0; i <= t.size(); ++i) {
+      const bool pictograph = is_pictograph_at(t, i);
+      if (i < t.size() && !pictograph) continue;
+      if (i > from) w->emplace_back(t.substr(from, i - from));
+      if (pictograph) i += 3;
+      from = i + 1;
+    }
+    return SQLITE_OK;
+  };
+  text = text.substr(0, std::min<std::size_t>(text.size(), INT_MAX));
+  const int rc =
+      tokenizer.xTokenize(unicode61, &words, FTS5_TOKENIZE_QUERY, text.data(), static_cast<int>(text.size()), on_token);
+  tokenizer.xDelete(unicode61);
+  if (rc != SQLITE_OK) return internal_error("FTS5: tokenizing the question failed (" + std::to_string(rc) + ")");
+  return words;
+}
+
+// The words of a question that carry its content (`words`: fts5_words()):
+// stop words dropped, each once, at most 64. For the FTS query all of them
+// are kept when nothing else is left (a search still ranks something); for
+// term coverage not: a question of stop words only ("What is it?") has no
+// term evidence, or every English chunk would cover it fully.
+std::vector<std::string> query_words(const std::vector<std::string>& words, bool stop_words_if_nothing_else = true) {
   std::vector<std::string> kept;
   for (const std::string& w : words)
     if (!stop_words().count(w)) kept.push_back(w);
@@ -186,9 +236,11 @@ std::vector<std::string> query_words(std::string_view question, bool stop_words_
   return kept;
 }
 
-std::string fts_query(std::string_view question) {
+// An FTS5 query: the content words of the question OR-ed, each quoted so no
+// FTS5 syntax from the user's text is interpreted.
+std::string fts_query(const std::vector<std::string>& words) {
   std::string q;
-  for (const std::string& w : query_words(question)) {
+  for (const std::string& w : query_words(words)) {
     if (!q.empty()) q += " OR ";
     q += '"' + w + '"';  // words hold no quotes
   }
@@ -753,9 +805,10 @@ Result<std::vector<SearchHit>> Store::search(const SearchRequest& req, const Pri
   }
   if (allowed.empty()) return std::vector<SearchHit>();
 
+  AIRLOCK_ASSIGN_OR_RETURN(const std::vector<std::string> words_in_query, fts5_words(s.rdb, req.query));
   std::map<std::int64_t, SearchHit> hits;  // by chunk id
   if (use_bm25) {
-    const std::string match = fts_query(req.query);
+    const std::string match = fts_query(words_in_query);
     if (!match.empty()) {
       std::string in;
       for (const auto& [id, name] : allowed) in += (in.empty() ? "" : ",") + std::to_string(id);
@@ -850,7 +903,7 @@ Result<std::vector<SearchHit>> Store::search(const SearchRequest& req, const Pri
   ranked.swap(kept);
   // Term coverage: for each content word of the question, which hits the
   // FTS5 index (Porter-stemmed, as BM25 sees them) says contain it.
-  const std::vector<std::string> words = query_words(req.query, /*stop_words_if_nothing_else=*/false);
+  const std::vector<std::string> words = query_words(words_in_query, /*stop_words_if_nothing_else=*/false);
   if (!ranked.empty() && !words.empty()) {
     std::string ids;
     std::map<std::int64_t, std::size_t> at;

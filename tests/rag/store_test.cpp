@@ -17,6 +17,7 @@
 #include <thread>
 
 #include "airlock/rag/chunker.h"
+#include "airlock/rag/grounding.h"
 #include "airlock/rag/ingest.h"
 #include "airlock/rag/store.h"
 #include "rag_test_util.h"
@@ -279,6 +280,39 @@ TEST_F(StoreTest, CurlyQuotesSeparateWordsAsFts5Does) {
   auto hits = s->search(query("employee\u2019s handbook", SearchMode::kBm25), alice);
   ASSERT_EQ(hits->size(), 1u);
   EXPECT_DOUBLE_EQ((*hits)[0].term_coverage, 1.0);
+}
+
+// Term coverage counts a question's words as FTS5 reads them. Emoji and
+// other symbols, which its unicode61 tokenizer drops, are no words: "leave
+// \U0001F600" once had coverage 0.5 (a "no evidence" handoff) while
+// "leave \u00bf" was covered. Letters outside ASCII stay words, folded as
+// the index folds them.
+TEST_F(StoreTest, SymbolsAndEmojiInAQuestionAreNotWords) {
+  auto s = open();
+  ASSERT_TRUE(s->create_collection("c", alice, {}, "").is_ok());
+  ASSERT_TRUE(s->put_document("c", doc("h.txt", "Annual leave is 28 days for every employee."), alice).is_ok());
+  ASSERT_TRUE(s->put_document("c", doc("f.txt", "Le caf\u00e9 est ferm\u00e9 le lundi."), alice).is_ok());
+  for (const std::string q : {"leave", "leave \U0001F600", "leave \u00bf", "leave \u2605 \u20ac \u2192 \u00a9",
+                              "\U0001F600leave\U0001F44D", "Leave!!! \u2764\ufe0f", "\U0001F3D6\ufe0f leave?"}) {
+    for (SearchMode mode : {SearchMode::kBm25, SearchMode::kHybrid}) {
+      auto hits = s->search(query(q, mode), alice);
+      ASSERT_TRUE(hits.is_ok()) << q << ": " << hits.status().to_string();
+      auto leave = std::find_if(hits->begin(), hits->end(), [](const SearchHit& h) { return h.source == "h.txt"; });
+      ASSERT_NE(leave, hits->end()) << q;
+      EXPECT_DOUBLE_EQ(leave->term_coverage, 1.0) << q;
+      EXPECT_TRUE(assess_evidence({*leave}, GroundingPolicy{}).sufficient) << q;
+    }
+  }
+  for (const std::string q : {"caf\u00e9 ferm\u00e9", "cafe ferme", "CAF\u00c9 \U0001F600 FERM\u00c9"}) {
+    auto hits = s->search(query(q, SearchMode::kBm25), alice);
+    ASSERT_TRUE(hits.is_ok()) << q;
+    ASSERT_EQ(hits->size(), 1u) << q;
+    EXPECT_DOUBLE_EQ((*hits)[0].term_coverage, 1.0) << q;
+  }
+  // Symbols only: no words, so nothing to match and no term evidence.
+  auto none = s->search(query("\U0001F600 \u2605 \u00bf", SearchMode::kBm25), alice);
+  ASSERT_TRUE(none.is_ok()) << none.status().to_string();
+  EXPECT_TRUE(none->empty());
 }
 
 // A question of stop words only still finds something to rank, but its
