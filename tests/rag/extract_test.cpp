@@ -448,7 +448,7 @@ TEST(ExtractTest, SelfClosingScriptAndStyleDoNotHideAnAttributeBomb) {
     EXPECT_EQ(r.status().code(), StatusCode::kInvalidArgument) << before;
     EXPECT_NE(message(r).find("too many attributes"), std::string::npos) << before << ": " << message(r);
     EXPECT_NE(message(r).find("refused before parsing"), std::string::npos) << before << ": " << message(r);
-    EXPECT_LT(Clock::now() - start, std::chrono::seconds(2)) << before;
+    EXPECT_LT(Clock::now() - start, std::chrono::seconds(10)) << before;
   }
   for (const std::string& page :
        {"<p>hello text</p><script></scriptx></x </script> <!-- </script> " + bomb + " -->",
@@ -464,7 +464,7 @@ TEST(ExtractTest, SelfClosingScriptAndStyleDoNotHideAnAttributeBomb) {
   for (int i = 0; i < 200000; ++i) comments += "<!-- c -->";
   const auto start = Clock::now();
   EXPECT_TRUE(extract_document("comments.html", comments).is_ok());
-  EXPECT_LT(Clock::now() - start, std::chrono::seconds(2));
+  EXPECT_LT(Clock::now() - start, std::chrono::seconds(10));
   // A script whose start tag does not end in "/>" is raw text up to its
   // end tag, as before: what looks like a tag inside is not counted.
   for (const std::string start_tag : {"<script a=b/>", "<script>", "<style/ >"}) {
@@ -512,7 +512,7 @@ TEST(ExtractTest, AttributeBombsTheScanCannotSeeAreBoundedWhileParsing) {
     EXPECT_EQ(r.status().code(), StatusCode::kInvalidArgument) << what;
     EXPECT_NE(message(r).find("too many attributes for the parser"), std::string::npos) << what << ": " << message(r);
     EXPECT_NE(message(r).find("parsing stopped"), std::string::npos) << what << ": " << message(r);
-    EXPECT_LT(Clock::now() - start, std::chrono::seconds(5)) << what;
+    EXPECT_LT(Clock::now() - start, std::chrono::seconds(10)) << what;
   }
   // The dictionary holds the names of every element too: a page of
   // 20,000 differently named elements fills it, and is refused rather
@@ -617,7 +617,7 @@ TEST(ExtractTest, DocxEntityBombsAndExternalEntitiesAreRefused) {
   auto laughs = extract_document("lol.docx", make_docx(document_xml("<w:p><w:r><w:t>&lol9;</w:t></w:r></w:p>", dtd)));
   EXPECT_EQ(laughs.status().code(), StatusCode::kInvalidArgument);
   EXPECT_NE(message(laughs).find("DTD"), std::string::npos) << message(laughs);
-  EXPECT_LT(Clock::now() - start, std::chrono::seconds(5));
+  EXPECT_LT(Clock::now() - start, std::chrono::seconds(10));
 
   const std::string xxe = "<!DOCTYPE w:document [<!ENTITY xxe SYSTEM \"file:///etc/passwd\">]>\n";
   auto ext = extract_document("xxe.docx", make_docx(document_xml("<w:p><w:r><w:t>x&xxe;</w:t></w:r></w:p>", xxe)));
@@ -655,7 +655,7 @@ TEST(ExtractTest, DocxThatIsNotUtf8IsRefused) {
     auto r = extract_document("wide.docx", make_docx(bytes));
     EXPECT_EQ(r.status().code(), StatusCode::kInvalidArgument) << what;
     EXPECT_NE(message(r).find("not UTF-8"), std::string::npos) << what << ": " << message(r);
-    EXPECT_LT(Clock::now() - start, std::chrono::seconds(2)) << what;
+    EXPECT_LT(Clock::now() - start, std::chrono::seconds(10)) << what;
   }
   // Declared UTF-7, "+ADw-" would be '<': read as UTF-8 it stays text.
   std::string utf7;
@@ -693,7 +693,7 @@ TEST(ExtractTest, DocxWithTooManyNamespacesInScopeIsRefused) {
   auto r = extract_document("ns.docx", docx(decls(0, 7900), paragraphs + "<w:p><w:r><w:t>x</w:t></w:r></w:p>"));
   EXPECT_EQ(r.status().code(), StatusCode::kInvalidArgument);
   EXPECT_NE(message(r).find("more than 256 namespace declarations in scope"), std::string::npos) << message(r);
-  EXPECT_LT(Clock::now() - start, std::chrono::seconds(2));
+  EXPECT_LT(Clock::now() - start, std::chrono::seconds(10));
   // 201 on the root and 56 on a paragraph in it: 257 in scope.
   const std::string run = "<w:r><w:t>x</w:t></w:r>";
   auto nested = extract_document("nested.docx", docx(decls(0, 200), "<w:p" + decls(200, 56) + ">" + run + "</w:p>"));
