@@ -12,9 +12,11 @@
 #include <ctime>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <set>
 #include <shared_mutex>
 #include <unordered_map>
+#include <utility>
 
 #include "airlock/common/json.h"
 
@@ -289,8 +291,18 @@ std::vector<std::string> content_terms(std::string_view text) {
 }
 
 struct Store::Impl {
-  sqlite3* db = nullptr;   // writes (and the checks), serialised by write_mu
-  sqlite3* rdb = nullptr;  // searches: a read-only connection, so they never see a write in progress
+  sqlite3* db = nullptr;  // writes (and the checks), serialised by write_mu
+  // Reads go through read-only connections, so they never see a write in
+  // progress, each used by one reader at a time (Reader). One connection
+  // shared by every reader held its read transaction for as long as any
+  // of their statements was open: with searches overlapping without a gap
+  // it never moved to a newer snapshot (a deleted document still found, the
+  // WAL never checkpointed). A reader's statements end with its lease, so
+  // the next lease starts from the newest commit.
+  std::string path;
+  mutable std::mutex read_mu;
+  mutable std::vector<sqlite3*> idle_readers;  // kept for the next lease, at most kMaxIdleReaders
+  static constexpr std::size_t kMaxIdleReaders = 8;
   int dim = 0;
   std::string embedder_id;
   AnnOptions ann;
@@ -299,17 +311,72 @@ struct Store::Impl {
   std::unordered_map<std::int64_t, std::unique_ptr<VectorIndex>> indexes;  // by collection id
 
   ~Impl() {
-    if (rdb != nullptr) sqlite3_close(rdb);
+    for (sqlite3* r : idle_readers) sqlite3_close(r);
     if (db != nullptr) sqlite3_close(db);
+  }
+
+  // A read-only connection lent to one reader; back to the pool (its read
+  // transaction ended) when the lease ends. Statements on it must end
+  // first: declare them after the lease.
+  class Reader {
+   public:
+    Reader(const Impl* s, sqlite3* db) : s_(s), db_(db) {}
+    Reader(Reader&& o) noexcept : s_(o.s_), db_(std::exchange(o.db_, nullptr)) {}
+    Reader& operator=(Reader&&) = delete;
+    ~Reader() {
+      if (db_ != nullptr) s_->give_back(db_);
+    }
+    sqlite3* get() const { return db_; }
+
+   private:
+    const Impl* s_;
+    sqlite3* db_;
+  };
+  Result<Reader> reader() const {
+    {
+      std::lock_guard<std::mutex> lock(read_mu);
+      if (!idle_readers.empty()) {
+        sqlite3* r = idle_readers.back();
+        idle_readers.pop_back();
+        return Reader(this, r);
+      }
+    }
+    sqlite3* r = nullptr;
+    if (sqlite3_open_v2(path.c_str(), &r, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOFOLLOW | SQLITE_OPEN_NOMUTEX, nullptr) !=
+        SQLITE_OK) {
+      Status e = sql::error(r, "open " + path + " for reading");
+      sqlite3_close(r);
+      return e;
+    }
+    sqlite3_busy_timeout(r, 10000);
+    return Reader(this, r);
+  }
+  void give_back(sqlite3* r) const {
+    // A transaction a reader began (search) ends here, whatever happened.
+    if (sqlite3_get_autocommit(r) == 0) sqlite3_exec(r, "ROLLBACK", nullptr, nullptr, nullptr);
+    {
+      std::lock_guard<std::mutex> lock(read_mu);
+      if (idle_readers.size() < kMaxIdleReaders) {
+        idle_readers.push_back(r);
+        return;
+      }
+    }
+    sqlite3_close(r);
   }
 
   // Every collection with its readers; with_counts adds document and chunk
   // counts (index lookups, but not needed on the search path). Read through
-  // rdb unless the caller holds write_mu and passes db: reads on the write
-  // connection outside write_mu would see another thread's uncommitted
-  // transaction (and be aborted by its rollback).
+  // a reader's connection (one is leased when conn is null) unless the
+  // caller holds write_mu and passes db: reads on the write connection
+  // outside write_mu would see another thread's uncommitted transaction
+  // (and be aborted by its rollback).
   Result<std::vector<CollectionRow>> collections(bool with_counts = true, sqlite3* conn = nullptr) const {
-    if (conn == nullptr) conn = rdb;
+    std::optional<Reader> lease;
+    if (conn == nullptr) {
+      AIRLOCK_ASSIGN_OR_RETURN(Reader r, reader());
+      lease.emplace(std::move(r));
+      conn = lease->get();
+    }
     std::vector<CollectionRow> out;
     std::map<std::int64_t, std::size_t> at;
     {
@@ -360,7 +427,7 @@ struct Store::Impl {
 
   // Callers hold write_mu (check_writable, a check only, does not).
   Result<CollectionRow> writable(const std::string& name, const Principal& who, bool locked = true) const {
-    AIRLOCK_ASSIGN_OR_RETURN(CollectionRow r, readable(name, who, locked ? db : rdb));
+    AIRLOCK_ASSIGN_OR_RETURN(CollectionRow r, readable(name, who, locked ? db : nullptr));
     if (!may_write(r.info, who))
       return permission_denied("only the owner of collection '" + name + "' (or an admin) may change it");
     return r;
@@ -469,10 +536,10 @@ Result<std::unique_ptr<Store>> Store::open(const std::string& path, const std::s
   });
   AIRLOCK_RETURN_IF_ERROR(schema);
   AIRLOCK_RETURN_IF_ERROR(impl->load_vectors());
-  if (sqlite3_open_v2(path.c_str(), &impl->rdb, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOFOLLOW | SQLITE_OPEN_FULLMUTEX,
-                      nullptr) != SQLITE_OK)
-    return sql::error(impl->rdb, "open " + path + " for reading");
-  sqlite3_busy_timeout(impl->rdb, 10000);
+  impl->path = path;
+  {
+    AIRLOCK_ASSIGN_OR_RETURN(Impl::Reader first, impl->reader());  // opens for reading now, or says why not
+  }
   return std::unique_ptr<Store>(new Store(std::move(impl)));
 }
 
@@ -704,26 +771,30 @@ constexpr const char* kDocumentColumns =
 }  // namespace
 
 Result<std::vector<DocumentInfo>> Store::list_documents(const std::string& collection, const Principal& who) const {
-  AIRLOCK_ASSIGN_OR_RETURN(CollectionRow c, impl_->readable(collection, who));
-  Stmt st(impl_->rdb, std::string(kDocumentColumns) + " ORDER BY d.source");
-  if (!st.ok()) return sql::error(impl_->rdb, "list documents");
+  AIRLOCK_ASSIGN_OR_RETURN(Impl::Reader lease, impl_->reader());
+  sqlite3* const rdb = lease.get();
+  AIRLOCK_ASSIGN_OR_RETURN(CollectionRow c, impl_->readable(collection, who, rdb));
+  Stmt st(rdb, std::string(kDocumentColumns) + " ORDER BY d.source");
+  if (!st.ok()) return sql::error(rdb, "list documents");
   st.bind(1, c.id);
   std::vector<DocumentInfo> out;
   int rc;
   while ((rc = st.step()) == SQLITE_ROW) out.push_back(document_from(st, collection));
-  if (rc != SQLITE_DONE) return sql::error(impl_->rdb, "list documents");
+  if (rc != SQLITE_DONE) return sql::error(rdb, "list documents");
   return out;
 }
 
 Result<std::optional<DocumentInfo>> Store::find_document(const std::string& collection, const std::string& source,
                                                          const Principal& who) const {
-  AIRLOCK_ASSIGN_OR_RETURN(CollectionRow c, impl_->readable(collection, who));
-  Stmt st(impl_->rdb, std::string(kDocumentColumns) + " AND d.source = ?");
-  if (!st.ok()) return sql::error(impl_->rdb, "find document");
+  AIRLOCK_ASSIGN_OR_RETURN(Impl::Reader lease, impl_->reader());
+  sqlite3* const rdb = lease.get();
+  AIRLOCK_ASSIGN_OR_RETURN(CollectionRow c, impl_->readable(collection, who, rdb));
+  Stmt st(rdb, std::string(kDocumentColumns) + " AND d.source = ?");
+  if (!st.ok()) return sql::error(rdb, "find document");
   st.bind(1, c.id).bind(2, source);
   const int rc = st.step();
   if (rc == SQLITE_ROW) return std::optional<DocumentInfo>(document_from(st, collection));
-  if (rc != SQLITE_DONE) return sql::error(impl_->rdb, "find document");
+  if (rc != SQLITE_DONE) return sql::error(rdb, "find document");
   return std::optional<DocumentInfo>();
 }
 
@@ -766,18 +837,24 @@ Status Store::check_writable(const std::string& collection, const Principal& who
 
 Result<std::optional<std::string>> Store::source_with_hash(const std::string& collection, const std::string& content_hash,
                                                            const Principal& who) const {
-  AIRLOCK_ASSIGN_OR_RETURN(CollectionRow c, impl_->readable(collection, who));
-  Stmt st(impl_->rdb, "SELECT source FROM documents WHERE collection_id = ? AND content_hash = ? ORDER BY source LIMIT 1");
-  if (!st.ok()) return sql::error(impl_->rdb, "find by hash");
+  AIRLOCK_ASSIGN_OR_RETURN(Impl::Reader lease, impl_->reader());
+  sqlite3* const rdb = lease.get();
+  AIRLOCK_ASSIGN_OR_RETURN(CollectionRow c, impl_->readable(collection, who, rdb));
+  Stmt st(rdb, "SELECT source FROM documents WHERE collection_id = ? AND content_hash = ? ORDER BY source LIMIT 1");
+  if (!st.ok()) return sql::error(rdb, "find by hash");
   st.bind(1, c.id).bind(2, content_hash);
   const int rc = st.step();
   if (rc == SQLITE_ROW) return std::optional<std::string>(st.text(0));
-  if (rc != SQLITE_DONE) return sql::error(impl_->rdb, "find by hash");
+  if (rc != SQLITE_DONE) return sql::error(rdb, "find by hash");
   return std::optional<std::string>();
 }
 
 Result<std::vector<SearchHit>> Store::search(const SearchRequest& req, const Principal& who) const {
   const Impl& s = *impl_;
+  // One snapshot for the whole search (the lease ends its transaction).
+  AIRLOCK_ASSIGN_OR_RETURN(Impl::Reader lease, s.reader());
+  sqlite3* const rdb = lease.get();
+  AIRLOCK_RETURN_IF_ERROR(sql::exec(rdb, "BEGIN", "begin a search"));
   if (req.top_k < 1 || req.top_k > 100) return invalid_argument("top_k must be 1 to 100");
   const int candidates = std::clamp(req.candidates, req.top_k, 1000);
   const bool use_bm25 = req.mode != SearchMode::kVector;
@@ -791,7 +868,7 @@ Result<std::vector<SearchHit>> Store::search(const SearchRequest& req, const Pri
                             " dimensions, the store " + std::to_string(s.dim));
 
   // The collections this caller may read, narrowed to the ones asked for.
-  AIRLOCK_ASSIGN_OR_RETURN(std::vector<CollectionRow> all, s.collections(/*with_counts=*/false, s.rdb));
+  AIRLOCK_ASSIGN_OR_RETURN(std::vector<CollectionRow> all, s.collections(/*with_counts=*/false, rdb));
   std::map<std::int64_t, std::string> allowed;
   if (req.collections.empty()) {
     for (const CollectionRow& r : all)
@@ -805,7 +882,7 @@ Result<std::vector<SearchHit>> Store::search(const SearchRequest& req, const Pri
   }
   if (allowed.empty()) return std::vector<SearchHit>();
 
-  AIRLOCK_ASSIGN_OR_RETURN(const std::vector<std::string> words_in_query, fts5_words(s.rdb, req.query));
+  AIRLOCK_ASSIGN_OR_RETURN(const std::vector<std::string> words_in_query, fts5_words(rdb, req.query));
   std::map<std::int64_t, SearchHit> hits;  // by chunk id
   if (use_bm25) {
     const std::string match = fts_query(words_in_query);
@@ -813,12 +890,12 @@ Result<std::vector<SearchHit>> Store::search(const SearchRequest& req, const Pri
       std::string in;
       for (const auto& [id, name] : allowed) in += (in.empty() ? "" : ",") + std::to_string(id);
       // The collection filter is part of the ranked query, not applied after it.
-      Stmt st(s.rdb,
+      Stmt st(rdb,
               "SELECT chunks_fts.rowid, bm25(chunks_fts) AS score FROM chunks_fts"
               " JOIN chunks ON chunks.id = chunks_fts.rowid"
               " WHERE chunks_fts MATCH ? AND chunks.collection_id IN (" + in + ")"
               " ORDER BY score, chunks_fts.rowid LIMIT ?");
-      if (!st.ok()) return sql::error(s.rdb, "BM25 search");
+      if (!st.ok()) return sql::error(rdb, "BM25 search");
       st.bind(1, match).bind(2, static_cast<std::int64_t>(candidates));
       int rc, rank = 0;
       while ((rc = st.step()) == SQLITE_ROW) {
@@ -827,7 +904,7 @@ Result<std::vector<SearchHit>> Store::search(const SearchRequest& req, const Pri
         h.bm25_rank = ++rank;
         h.bm25 = st.f64(1);
       }
-      if (rc != SQLITE_DONE) return sql::error(s.rdb, "BM25 search");
+      if (rc != SQLITE_DONE) return sql::error(rdb, "BM25 search");
     }
   }
   if (use_vectors) {
@@ -865,10 +942,10 @@ Result<std::vector<SearchHit>> Store::search(const SearchRequest& req, const Pri
   if (ranked.size() > static_cast<std::size_t>(req.top_k)) ranked.resize(static_cast<std::size_t>(req.top_k));
 
   // Fill in the text and provenance of the winners.
-  Stmt st(s.rdb,
+  Stmt st(rdb,
           "SELECT k.document_id, k.position, k.begin_byte, k.end_byte, k.text, k.embedding, d.source, d.title,"
           " k.collection_id FROM chunks k JOIN documents d ON d.id = k.document_id WHERE k.id = ?");
-  if (!st.ok()) return sql::error(s.rdb, "read chunk");
+  if (!st.ok()) return sql::error(rdb, "read chunk");
   std::vector<SearchHit> kept;
   for (SearchHit& h : ranked) {
     st.reset();
@@ -877,7 +954,7 @@ Result<std::vector<SearchHit>> Store::search(const SearchRequest& req, const Pri
     // A vector of a chunk deleted since the index was read, or a chunk of a
     // collection that changed hands meanwhile: not a result.
     if (rc == SQLITE_DONE || (rc == SQLITE_ROW && !allowed.count(st.i64(8)))) continue;
-    if (rc != SQLITE_ROW) return sql::error(s.rdb, "read chunk " + std::to_string(h.chunk_id));
+    if (rc != SQLITE_ROW) return sql::error(rdb, "read chunk " + std::to_string(h.chunk_id));
     h.document_id = st.i64(0);
     h.position = st.i64(1);
     h.begin = st.i64(2);
@@ -912,14 +989,14 @@ Result<std::vector<SearchHit>> Store::search(const SearchRequest& req, const Pri
       at[ranked[i].chunk_id] = i;
     }
     std::vector<std::size_t> found(ranked.size(), 0);
-    Stmt cov(s.rdb, "SELECT rowid FROM chunks_fts WHERE chunks_fts MATCH ? AND rowid IN (" + ids + ")");
-    if (!cov.ok()) return sql::error(s.rdb, "term coverage");
+    Stmt cov(rdb, "SELECT rowid FROM chunks_fts WHERE chunks_fts MATCH ? AND rowid IN (" + ids + ")");
+    if (!cov.ok()) return sql::error(rdb, "term coverage");
     for (const std::string& w : words) {
       cov.reset();
       cov.bind(1, "\"" + w + "\"");
       int rc;
       while ((rc = cov.step()) == SQLITE_ROW) ++found[at[cov.i64(0)]];
-      if (rc != SQLITE_DONE) return sql::error(s.rdb, "term coverage");
+      if (rc != SQLITE_DONE) return sql::error(rdb, "term coverage");
     }
     for (std::size_t i = 0; i < ranked.size(); ++i)
       ranked[i].term_coverage = static_cast<double>(found[i]) / static_cast<double>(words.size());

@@ -603,6 +603,47 @@ TEST_F(StoreTest, ReadersNeverSeeAWriteInProgress) {
   EXPECT_EQ(partial.load(), 0) << "listings showed a document with part of its chunks";
 }
 
+// Searches that overlap without a gap once shared one read connection,
+// whose read transaction lasted while any of their statements ran: it
+// never moved past the snapshot it began with, and a document deleted
+// meanwhile was still found. A search that starts after a delete (or a
+// put) sees it, however many others are running.
+TEST_F(StoreTest, SearchesStartingAfterAChangeSeeItWhileOthersRun) {
+  auto s = open();
+  ASSERT_TRUE(s->create_collection("c", alice, {}, "").is_ok());
+  std::string common;
+  for (int i = 0; i < 400; ++i) common += "Sentence " + std::to_string(i) + " on boundary layer transition. ";
+  ASSERT_TRUE(s->put_document("c", doc("common.txt", common, 8), alice).is_ok());
+  std::atomic<bool> done{false};
+  std::atomic<int> searches{0};
+  std::vector<std::thread> searchers;
+  for (int t = 0; t < 4; ++t)
+    searchers.emplace_back([&] {
+      while (!done.load()) {
+        Result<std::vector<SearchHit>> r = s->search(query("boundary layer transition", SearchMode::kBm25, 20), alice);
+        EXPECT_TRUE(r.is_ok()) << r.status().to_string();
+        ++searches;
+      }
+    });
+  while (searches.load() < 20) std::this_thread::yield();
+  for (int round = 0; round < 5; ++round) {
+    const std::string source = "secret" + std::to_string(round) + ".txt";
+    ASSERT_TRUE(s->put_document("c", doc(source, "The zanzibar ledger holds the keys."), alice).is_ok());
+    Result<std::vector<SearchHit>> found = s->search(query("zanzibar ledger", SearchMode::kBm25), alice);
+    ASSERT_TRUE(found.is_ok()) << found.status().to_string();
+    EXPECT_EQ(sources(*found), std::set<std::string>{source}) << "round " << round << ": a put not seen";
+    ASSERT_TRUE(s->delete_document("c", source, alice).is_ok());
+    for (SearchMode mode : {SearchMode::kBm25, SearchMode::kHybrid}) {
+      Result<std::vector<SearchHit>> gone = s->search(query("zanzibar ledger", mode), alice);
+      ASSERT_TRUE(gone.is_ok()) << gone.status().to_string();
+      EXPECT_EQ(sources(*gone).count(source), 0u) << "round " << round << ": a deleted document found";
+    }
+  }
+  done = true;
+  for (std::thread& t : searchers) t.join();
+  EXPECT_GT(searches.load(), 20);
+}
+
 // A child process writes documents in a loop and is SIGKILLed at some point;
 // every document that exists afterwards is whole, in every index.
 TEST_F(StoreTest, KillNineDuringWritesLeavesAConsistentStore) {
