@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <array>
+#include <cctype>
 #include <cmath>
 #include <chrono>
 #include <cstdint>
@@ -715,10 +716,16 @@ struct Server::Impl {
     return k;
   }
   std::optional<std::string> check_key(const httplib::Request& req) {
+    // "Bearer" in any case (an authentication scheme's name is
+    // case-insensitive, RFC 9110 11.1), then one or more spaces, then the key.
     const std::string h = req.get_header_value("Authorization");
-    constexpr std::string_view kBearer = "Bearer ";
-    if (h.size() <= kBearer.size() || h.compare(0, kBearer.size(), kBearer) != 0) return std::nullopt;
-    return authenticate(std::string_view(h).substr(kBearer.size()));
+    constexpr std::string_view kBearer = "bearer";
+    if (h.size() <= kBearer.size() || h[kBearer.size()] != ' ') return std::nullopt;
+    for (std::size_t i = 0; i < kBearer.size(); ++i)
+      if (static_cast<char>(std::tolower(static_cast<unsigned char>(h[i]))) != kBearer[i]) return std::nullopt;
+    const std::size_t key_at = h.find_first_not_of(' ', kBearer.size());
+    if (key_at == std::string::npos) return std::nullopt;
+    return authenticate(std::string_view(h).substr(key_at));
   }
   std::optional<std::string> key_of(const httplib::Request& req) {
     const AdmittedKey& k = admitted_key();

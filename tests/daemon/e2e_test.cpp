@@ -415,6 +415,17 @@ TEST_F(DaemonE2E, HealthIsOpenEverythingElseNeedsAKey) {
   EXPECT_EQ(wrong.Get("/v1/models")->status, 401);
   wrong.set_default_headers({{"Authorization", "Basic " + daemon_->api_key}});
   EXPECT_EQ(wrong.Get("/v1/models")->status, 401);
+  wrong.set_default_headers({{"Authorization", "Bearer"}});
+  EXPECT_EQ(wrong.Get("/v1/models")->status, 401);
+  wrong.set_default_headers({{"Authorization", "Bearer  "}});
+  EXPECT_EQ(wrong.Get("/v1/models")->status, 401);
+  // The scheme's name is case-insensitive (RFC 9110, 11.1), and one or more
+  // spaces may follow it.
+  httplib::Client other_case("127.0.0.1", daemon_->port);
+  for (const std::string scheme : {"bearer ", "BEARER ", "bEaReR  "}) {
+    other_case.set_default_headers({{"Authorization", scheme + daemon_->api_key}});
+    EXPECT_EQ(other_case.Get("/v1/models")->status, 200) << scheme;
+  }
 }
 
 TEST_F(DaemonE2E, ModelsAndReady) {
