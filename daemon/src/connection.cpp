@@ -2,9 +2,11 @@
 
 #include <arpa/inet.h>
 #include <dirent.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
 #include <cerrno>
 #include <cstdlib>
@@ -98,22 +100,26 @@ int shut_down_reading(int local_port) {
     char* end = nullptr;
     const long parsed = std::strtol(e->d_name, &end, 10);
     if (end == e->d_name || *end != '\0' || parsed == own) continue;
-    const int fd = static_cast<int>(parsed);
+    // Checked and shut down through a copy: another thread may close the
+    // number meanwhile and a new socket (a link to another node) get it,
+    // but the copy stays the socket that was checked.
+    const int fd = ::fcntl(static_cast<int>(parsed), F_DUPFD_CLOEXEC, 0);
+    if (fd < 0) continue;
     // Local address first: it fails fast (ENOTSOCK) on files and pipes.
     sockaddr_storage ss{};
     socklen_t len = sizeof ss;
     std::string host;
     int port = 0;
-    if (::getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &len) != 0 || !to_text(ss, host, port) || port != local_port)
-      continue;
     int type = 0, listening = 0;
     socklen_t n_type = sizeof type, n_listening = sizeof listening;
-    if (::getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &n_type) != 0 || type != SOCK_STREAM ||
-        ::getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &n_listening) != 0 || listening != 0)
-      continue;
-    len = sizeof ss;
-    if (::getpeername(fd, reinterpret_cast<sockaddr*>(&ss), &len) != 0) continue;  // not connected
-    if (::shutdown(fd, SHUT_RD) == 0) ++n;
+    socklen_t n_peer = sizeof ss;
+    if (::getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &len) == 0 && to_text(ss, host, port) &&
+        port == local_port && ::getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &n_type) == 0 && type == SOCK_STREAM &&
+        ::getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &n_listening) == 0 && listening == 0 &&
+        ::getpeername(fd, reinterpret_cast<sockaddr*>(&ss), &n_peer) == 0 &&  // connected
+        ::shutdown(fd, SHUT_RD) == 0)
+      ++n;
+    ::close(fd);
   }
   ::closedir(dir);
   return n;
@@ -137,6 +143,11 @@ void PeerSocket::end_after_answer(std::chrono::milliseconds linger) const {
     if (n <= 0) break;  // the client closed (or reset) the connection
   }
   ::shutdown(fd_, SHUT_RD);
+  // Bytes already queued stay readable after SHUT_RD (only later ones
+  // reset the connection): drop them too, so httplib's next read sees the
+  // end, not the rest of a refused body.
+  while (::recv(fd_, dropped, sizeof dropped, MSG_DONTWAIT) > 0) {
+  }
 }
 
 std::string SocketAddress::to_string() const {

@@ -613,6 +613,9 @@ struct Server::Impl {
   // written, streams included): shutdown() lets them finish before it ends
   // the connections.
   std::atomic<int> handling{0};
+  // Set once shutdown() shuts down the connections' reading side: a socket
+  // shut down so polls as a client that hung up, which it is not.
+  std::atomic<bool> ending_connections{false};
   int listen_fd = -1;
   int listen_port = 0;  // of listen_fd: the accepted connections have it as their local port
 
@@ -1390,7 +1393,9 @@ void Server::shutdown() {
   // the grace period still writes its answer. Again until run() returns:
   // a connection accepted while the listener stopped (the accept loop of
   // an adopted socket ends at its next idle tick) is caught by the next
-  // round.
+  // round. (From here a connection's socket polls as hung up: the
+  // handlers stop asking, and a write that fails still ends an answer.)
+  impl_->ending_connections = true;
   while (!impl_->run_returned) {
     shut_down_reading(impl_->listen_port);
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
@@ -1657,7 +1662,7 @@ void Server::Impl::completions(const httplib::Request& req, httplib::Response& r
     for (Choice& c : g->choices)
       while (!c.done) {
         for (TokenEvent& e : c.stream->pop(std::chrono::milliseconds(100))) (void)g->on_event(c, e);
-        if (peer && peer->peer_closed()) {
+        if (peer && !ending_connections && peer->peer_closed()) {
           g->cancel_all();
           observe(*g);
           send_error(res, api_error(499, "invalid_request_error", "the client closed the connection"));
@@ -1703,7 +1708,7 @@ void Server::Impl::completions(const httplib::Request& req, httplib::Response& r
   const std::optional<PeerSocket> peer =
       PeerSocket::find(req.local_addr, req.local_port, req.remote_addr, req.remote_port);
   auto provider = [this, g, state, peer](std::size_t, httplib::DataSink& sink) -> bool {
-    if (peer && peer->peer_closed()) return false;
+    if (peer && !ending_connections && peer->peer_closed()) return false;
     return g->request.responses ? response_events(*g, *state, sink) : chat_chunks(*g, *state, sink);
   };
   res.set_chunked_content_provider(
@@ -2188,7 +2193,7 @@ void Server::routes() {
     const std::optional<std::string> key = s.key_of(req);
     const bool own = Impl::admitted_key().request == &req;
     const bool audited = own && Impl::admitted_key().audited, unread = own && Impl::admitted_key().unread_bytes;
-    if (own && Impl::admitted_key().handling) --s.handling;
+    if (Impl::admitted_key().handling) --s.handling;  // this thread's request, whichever it was
     // The next request on this thread (a new Request, maybe at this
     // address) is checked afresh.
     Impl::admitted_key() = {};

@@ -354,6 +354,10 @@ struct Store::Impl {
   void give_back(sqlite3* r) const {
     // A transaction a reader began (search) ends here, whatever happened.
     if (sqlite3_get_autocommit(r) == 0) sqlite3_exec(r, "ROLLBACK", nullptr, nullptr, nullptr);
+    if (sqlite3_get_autocommit(r) == 0) {  // still in it: never lent again
+      sqlite3_close(r);
+      return;
+    }
     {
       std::lock_guard<std::mutex> lock(read_mu);
       if (idle_readers.size() < kMaxIdleReaders) {
