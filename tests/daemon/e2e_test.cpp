@@ -1154,19 +1154,29 @@ TEST_F(DaemonE2E, AuditLogRecordsRequestsAndRefusals) {
   EXPECT_EQ(run({AIRLOCK_CLI_PATH, "audit", "verify", "--state", enclave_->dir / "state"}, &out), 0) << out;
 }
 
-// Everything one connection gets back for `request` (and `then`, sent
-// 300 ms later on the same connection), up to its end (or 10 s without a
-// byte).
-std::string raw_exchange(int port, const std::string& request, const std::string& then = "") {
+// A TCP connection to 127.0.0.1:port; -1 (errno set) when it fails.
+int connect_loopback(int port) {
   const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return -1;
   sockaddr_in a{};
   a.sin_family = AF_INET;
   a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
   a.sin_port = htons(static_cast<std::uint16_t>(port));
   if (::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) {
+    const int err = errno;
     ::close(fd);
-    return "connect: " + std::string(std::strerror(errno));
+    errno = err;
+    return -1;
   }
+  return fd;
+}
+
+// Everything one connection gets back for `request` (and `then`, sent
+// 300 ms later on the same connection), up to its end (or 10 s without a
+// byte).
+std::string raw_exchange(int port, const std::string& request, const std::string& then = "") {
+  const int fd = connect_loopback(port);
+  if (fd < 0) return "connect: " + std::string(std::strerror(errno));
   const timeval tv{10, 0};
   ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
   std::string response;
@@ -1192,13 +1202,8 @@ struct HeadOnly {
 };
 HeadOnly head_only(int port, const std::string& head, int wait_s = 10) {
   HeadOnly out;
-  const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  a.sin_port = htons(static_cast<std::uint16_t>(port));
-  if (::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) {
-    ::close(fd);
+  const int fd = connect_loopback(port);
+  if (fd < 0) {
     out.response = "connect: " + std::string(std::strerror(errno));
     return out;
   }
@@ -1355,12 +1360,8 @@ TEST_F(DaemonE2E, HealthTakesNoBodyAndNoOtherMethod) {
   const std::uint64_t before = rss_bytes(daemon_->pid);
   ASSERT_GT(before, 0u);
   {
-    const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    sockaddr_in a{};
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    a.sin_port = htons(static_cast<std::uint16_t>(daemon_->port));
-    ASSERT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+    const int fd = connect_loopback(daemon_->port);
+    ASSERT_GE(fd, 0);
     const timeval tv{10, 0};
     ::setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
     const std::string head = "POST /health HTTP/1.1\r\nHost: x\r\n\r\n";
@@ -2194,12 +2195,8 @@ TEST(DaemonLifecycle, SigtermDoesNotWaitForIdleKeepAliveConnections) {
   auto d = Daemon::start(e, "drain_seconds = 2\n");
   ASSERT_GT(d->port, 0) << d->log();
   auto connect_to_daemon = [&] {
-    const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    sockaddr_in a{};
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    a.sin_port = htons(static_cast<std::uint16_t>(d->port));
-    EXPECT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+    const int fd = connect_loopback(d->port);
+    EXPECT_GE(fd, 0);
     const timeval tv{10, 0};
     ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
     return fd;
@@ -2243,12 +2240,8 @@ TEST(DaemonLifecycle, IdleConnectionsDoNotHoldUpOthers) {
   ASSERT_GT(d->port, 0) << d->log();
   std::vector<int> idle;
   for (int i = 0; i < 20; ++i) {
-    const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    sockaddr_in a{};
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    a.sin_port = htons(static_cast<std::uint16_t>(d->port));
-    ASSERT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+    const int fd = connect_loopback(d->port);
+    ASSERT_GE(fd, 0);
     idle.push_back(fd);
   }
   std::this_thread::sleep_for(std::chrono::milliseconds(300));  // all accepted, each on its thread
@@ -2550,12 +2543,8 @@ TEST(DaemonLifecycle, AKeyRevokedMidRequestStillNamesItsRequest) {
   auto d = Daemon::start(e);
   ASSERT_GT(d->port, 0) << d->log();
   const std::string body = json{{"model", "stories"}, {"prompt", "Once"}, {"max_tokens", 3}, {"temperature", 0}}.dump();
-  const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  a.sin_port = htons(static_cast<std::uint16_t>(d->port));
-  ASSERT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a), 0) << std::strerror(errno);
+  const int fd = connect_loopback(d->port);
+  ASSERT_GE(fd, 0) << std::strerror(errno);
   const std::string head = "POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer " + key +
                            "\r\nContent-Type: application/json\r\nContent-Length: " + std::to_string(body.size()) +
                            "\r\nConnection: close\r\n\r\n";
