@@ -585,12 +585,16 @@ AIRLOCK_VNNI void matmul_q8_vnni(const std::uint8_t* w, std::int64_t n_in, const
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #endif
 
-// Tokens per pass over a row: as many as keep the pass's activations within
-// kLanesPassBytes, at most kLanesTokens. More than fit in L1 beside the
-// streaming weights ran much slower (kernel_bench, G mul-add/s: Q8_0 2048
-// wide, 16 tokens in one pass 155-165, in two passes of 8 205-260; Q4_K
-// 5632 wide, 16 tokens in passes of 8 164-171, of 4 279-287, of 3 239-245),
-// and the row is still in L1 for the next pass.
+// Tokens per pass over a row: at most kLanesTokens, with the row's columns
+// in chunks whose activations for the pass fit in kLanesPassBytes (see
+// for_rows_lanes). More than fit in L1 beside the streaming weights ran
+// much slower (kernel_bench, G mul-add/s: Q8_0 2048 wide, 16 tokens in one
+// pass 155-165, in two passes of 8 205-260; Q4_K 5632 wide, 16 tokens in
+// passes of 8 164-171, of 4 279-287, of 3 239-245), and the row is still
+// in L1 for the next pass. Passes of 16 tokens lose on the 2-core AMX VM
+// too, with the activations in L1: Q4_K 2048 wide at 16 tokens ran 159-182
+// with the sixteen sums in registers (GCC then keeps the weights on the
+// stack) and 163-177 with them in memory, against 176-200 in two passes.
 
 constexpr int kLanesTokens = 8;
 constexpr std::size_t kLanesPassBytes = 32 * 1024;
@@ -618,6 +622,31 @@ AIRLOCK_VNNI inline void transpose8x8_epi32_halves(__m512i r[8]) {
     r[m] = _mm512_permutex2var_epi64(u[m], lo, u[m + 4]);
     r[m + 4] = _mm512_permutex2var_epi64(u[m], hi, u[m + 4]);
   }
+}
+
+// A row kernel's share of one pass: column units [u0, u1) of n (groups of
+// 16 blocks, pairs of super-blocks or super-blocks, by kernel). When a row
+// comes in several chunks, each token's 16 partial sums wait in `carry`
+// between them (16 floats per token, 64-byte aligned), so the float steps
+// are the same, in the same order, as in one sweep over the row.
+struct LaneChunk {
+  std::int64_t u0, u1, n;
+  float* carry;
+};
+
+template <int T>
+AIRLOCK_VNNI inline void lanes_begin(const LaneChunk& c, __m512 acc[T]) {
+  AIRLOCK_UNROLL for (int t = 0; t < T; ++t) acc[t] = c.u0 == 0 ? _mm512_setzero_ps() : _mm512_load_ps(c.carry + 16 * t);
+}
+
+template <int T>
+AIRLOCK_VNNI inline void lanes_end(const LaneChunk& c, const __m512 acc[T], float* out, std::int64_t out_stride) {
+  if (c.u1 < c.n) {
+    AIRLOCK_UNROLL for (int t = 0; t < T; ++t) _mm512_store_ps(c.carry + 16 * t, acc[t]);
+    return;
+  }
+  AIRLOCK_UNROLL for (int t = 0; t < T; ++t)
+    out[t * out_stride] = hsum(_mm256_add_ps(_mm512_castps512_ps256(acc[t]), _mm512_extractf32x8_ps(acc[t], 1)));
 }
 
 // Blocks [g, g + 16) of a row against T tokens, added to acc: blocks g + k
@@ -649,52 +678,75 @@ AIRLOCK_VNNI inline void q8_lanes_group(const Block* b, std::int64_t g, const Ac
 
 // One row against T tokens: out[t * out_stride] = row . token t.
 template <bool kQ4, int T>
-AIRLOCK_VNNI void row_q8_lanes(const std::uint8_t* row, const ActVnni* act, std::int64_t nb, float* out,
-                               std::int64_t out_stride) {
+AIRLOCK_VNNI void row_q8_lanes(const std::uint8_t* row, const ActVnni* act, std::int64_t nb, const LaneChunk& c,
+                               float* out, std::int64_t out_stride) {
   using Block = std::conditional_t<kQ4, BlockQ4_0, BlockQ8_0>;
   const auto* b = reinterpret_cast<const Block*>(row);
   __m512 acc[T];
-  AIRLOCK_UNROLL for (int t = 0; t < T; ++t) acc[t] = _mm512_setzero_ps();
-  std::int64_t g = 0;
-  for (; g + 16 <= nb; g += 16) {
+  lanes_begin<T>(c, acc);
+  const std::int64_t end = std::min(nb, 16 * c.u1);
+  std::int64_t g = 16 * c.u0;
+  for (; g + 16 <= end; g += 16) {
     // Computing on a group takes long enough that the hardware prefetchers
     // fall behind the row: ask for the bytes 4 KiB ahead (bench/kernel_bench
     // measured 2x faster at 8 tokens and 1.5x at 16 than without).
     prefetch_bytes(reinterpret_cast<const char*>(b + g) + kLanesPrefetchBytes, 16 * sizeof(Block));
     q8_lanes_group<kQ4, true, T>(b, g, act, acc);
   }
-  if (g < nb) q8_lanes_group<kQ4, false, T>(b, g, act, acc);  // nb is a multiple of 8
-  AIRLOCK_UNROLL for (int t = 0; t < T; ++t)
-    out[t * out_stride] = hsum(_mm256_add_ps(_mm512_castps512_ps256(acc[t]), _mm512_extractf32x8_ps(acc[t], 1)));
+  if (g < end) q8_lanes_group<kQ4, false, T>(b, g, act, acc);  // nb is a multiple of 8
+  lanes_end<T>(c, acc, out, out_stride);
 }
 
 // Rows [r0, r1), each against the tokens in passes of up to kLanesTokens
-// (act_bytes: one token's prepared activations):
-// row(integral_constant<int, T>, row bytes, first token, out, out_stride)
-// computes out[t * out_stride] = row . token t for T tokens.
+// and, within a pass, over its n_units column units in chunks (unit_bytes:
+// one unit's prepared activations for one token):
+// row(integral_constant<int, T>, row bytes, first token, chunk, out,
+// out_stride) computes out[t * out_stride] = row . token t for T tokens.
 //
 // A prompt chunk's activations (512 tokens of 2048: 1 MiB) do not fit in
 // the caches, and streaming them once per row made prefill half as fast per
 // token as decoding 16 sequences. So the rows go in blocks of about
 // kLanesRowBlockBytes, which stay in L2 while every token group passes over
-// them; each group's activations (20 KiB at 2048) stay in L1 across the
-// block's rows.
+// them; each group's activations stay in L1 across the block's rows: the
+// whole row's when they fit in kLanesPassBytes, otherwise a chunk of the
+// columns at a time (5632-wide rows: 44 KiB for 8 tokens, so two chunks).
+// Before the chunks, a wide row took fewer tokens per pass instead (four at
+// 5632), which transposed each weight group for every four tokens rather
+// than eight. kernel_bench Q4_K --rows 24576 --n-in 5632, 2 threads, six
+// rounds alternating, G mul-add/s at 8 and 16 tokens: 184-197 and 184-196
+// in chunks, 167-189 and 171-188 before (~6%); 2048-wide rows (one chunk)
+// are unchanged.
 template <typename Row, typename Act>
-void for_rows_lanes(Row row, const std::uint8_t* w, std::size_t stride, const Act* act, std::size_t act_bytes,
-                    std::int64_t n_tokens, float* y, std::int64_t n_out, std::int64_t r0, std::int64_t r1) {
+void for_rows_lanes(Row row, const std::uint8_t* w, std::size_t stride, const Act* act, std::size_t unit_bytes,
+                    std::int64_t n_units, std::int64_t n_tokens, float* y, std::int64_t n_out, std::int64_t r0,
+                    std::int64_t r1) {
   const std::int64_t block_rows = std::max<std::int64_t>(1, static_cast<std::int64_t>(kLanesRowBlockBytes / stride));
-  const std::int64_t pass = std::clamp<std::int64_t>(static_cast<std::int64_t>(kLanesPassBytes / act_bytes), 1, kLanesTokens);
+  const std::int64_t pass = std::min<std::int64_t>(n_tokens, kLanesTokens);
+  const std::int64_t fit =
+      std::max<std::int64_t>(1, static_cast<std::int64_t>(kLanesPassBytes / (unit_bytes * static_cast<std::size_t>(pass))));
+  const std::int64_t n_chunks = (n_units + fit - 1) / fit;
+  const std::int64_t chunk = (n_units + n_chunks - 1) / n_chunks;
+  struct alignas(64) Lanes {
+    float v[16];
+  };
+  thread_local std::vector<Lanes> carry;
+  if (n_chunks > 1) carry.resize(static_cast<std::size_t>(block_rows * pass));
   for (std::int64_t rb = r0; rb < r1; rb += block_rows) {
     const std::int64_t re = std::min(r1, rb + block_rows);
     for (std::int64_t t0 = 0; t0 < n_tokens; t0 += pass) {
       const int nt = static_cast<int>(std::min<std::int64_t>(pass, n_tokens - t0));
-      [&]<int... T>(std::integer_sequence<int, T...>) {
-        auto rows = [&](auto t_const) {
-          for (std::int64_t r = rb; r < re; ++r)
-            row(t_const, w + stride * static_cast<std::size_t>(r), act + t0, y + t0 * n_out + r, n_out);
-        };
-        ((nt == T + 1 ? rows(std::integral_constant<int, T + 1>()) : void()), ...);
-      }(std::make_integer_sequence<int, kLanesTokens>());
+      for (std::int64_t u0 = 0; u0 < n_units; u0 += chunk) {
+        [&]<int... T>(std::integer_sequence<int, T...>) {
+          auto rows = [&](auto t_const) {
+            for (std::int64_t r = rb; r < re; ++r) {
+              const LaneChunk c{u0, std::min(n_units, u0 + chunk), n_units,
+                                n_chunks > 1 ? carry[static_cast<std::size_t>((r - rb) * pass)].v : nullptr};
+              row(t_const, w + stride * static_cast<std::size_t>(r), act + t0, c, y + t0 * n_out + r, n_out);
+            }
+          };
+          ((nt == T + 1 ? rows(std::integral_constant<int, T + 1>()) : void()), ...);
+        }(std::make_integer_sequence<int, kLanesTokens>());
+      }
     }
   }
 }
@@ -706,10 +758,11 @@ void matmul_q8_lanes(const std::uint8_t* w, std::int64_t n_in, const VnniInput& 
   thread_local std::vector<ActVnni> act;
   act.resize(static_cast<std::size_t>(n_tokens));
   for (std::int64_t t = 0; t < n_tokens; ++t) act[static_cast<std::size_t>(t)] = in.token(t, nb);
-  for_rows_lanes([nb](auto T, const std::uint8_t* row, const ActVnni* a, float* out,
-                      std::int64_t out_stride) { row_q8_lanes<kQ4, T()>(row, a, nb, out, out_stride); },
-                 w, row_bytes(kQ4 ? GgmlType::kQ4_0 : GgmlType::kQ8_0, n_in), act.data(), VnniInput::token_bytes(nb),
-                 n_tokens, y, n_out, r0, r1);
+  // unit: a group of 16 blocks (quants, scale and lane start of each)
+  for_rows_lanes([nb](auto T, const std::uint8_t* row, const ActVnni* a, const LaneChunk& c, float* out,
+                      std::int64_t out_stride) { row_q8_lanes<kQ4, T()>(row, a, nb, c, out, out_stride); },
+                 w, row_bytes(kQ4 ? GgmlType::kQ4_0 : GgmlType::kQ8_0, n_in), act.data(),
+                 16 * (32 + 2 * sizeof(float)), (nb + 15) / 16, n_tokens, y, n_out, r0, r1);
 }
 
 // ---- Q4_K / Q5_K with VNNI for batches, the same way: a super-block's
@@ -887,20 +940,20 @@ AIRLOCK_VNNI inline void qk_pair(const Block* b0, const Block* b1, const ActQ8_K
 }
 
 template <bool kFiveBit, int T>
-AIRLOCK_VNNI void row_qk_pairs(const std::uint8_t* row, const ActQ8_KPair* const* act, std::int64_t nb, float* out,
-                               std::int64_t out_stride) {
+AIRLOCK_VNNI void row_qk_pairs(const std::uint8_t* row, const ActQ8_KPair* const* act, std::int64_t nb,
+                               const LaneChunk& c, float* out, std::int64_t out_stride) {
   using Block = std::conditional_t<kFiveBit, BlockQ5_K, BlockQ4_K>;
   const auto* b = reinterpret_cast<const Block*>(row);
   __m512 acc[T];
-  AIRLOCK_UNROLL for (int t = 0; t < T; ++t) acc[t] = _mm512_setzero_ps();
-  std::int64_t i = 0;
-  for (; i + 2 <= nb; i += 2) {
+  lanes_begin<T>(c, acc);
+  const std::int64_t end = std::min(nb, 2 * c.u1);
+  std::int64_t i = 2 * c.u0;
+  for (; i + 2 <= end; i += 2) {
     prefetch_span<2 * sizeof(Block)>(reinterpret_cast<const char*>(b + i) + kLanesPrefetchBytes);
     qk_pair<kFiveBit, T>(b + i, b + i + 1, act, i / 2, acc);
   }
-  if (i < nb) qk_pair<kFiveBit, T>(b + i, static_cast<const Block*>(nullptr), act, i / 2, acc);
-  AIRLOCK_UNROLL for (int t = 0; t < T; ++t)
-    out[t * out_stride] = hsum(_mm256_add_ps(_mm512_castps512_ps256(acc[t]), _mm512_extractf32x8_ps(acc[t], 1)));
+  if (i < end) qk_pair<kFiveBit, T>(b + i, static_cast<const Block*>(nullptr), act, i / 2, acc);
+  lanes_end<T>(c, acc, out, out_stride);
 }
 
 template <bool kFiveBit>
@@ -910,10 +963,10 @@ void matmul_qk_pairs(const std::uint8_t* w, std::int64_t n_in, const ActQ8_KPair
   thread_local std::vector<const ActQ8_KPair*> act;
   act.resize(static_cast<std::size_t>(n_tokens));
   for (std::int64_t t = 0; t < n_tokens; ++t) act[static_cast<std::size_t>(t)] = in + t * np;
-  for_rows_lanes([nb](auto T, const std::uint8_t* row, const ActQ8_KPair* const* a, float* out,
-                      std::int64_t out_stride) { row_qk_pairs<kFiveBit, T()>(row, a, nb, out, out_stride); },
-                 w, row_bytes(kFiveBit ? GgmlType::kQ5_K : GgmlType::kQ4_K, n_in), act.data(),
-                 sizeof(ActQ8_KPair) * static_cast<std::size_t>(np), n_tokens, y, n_out, r0, r1);
+  for_rows_lanes([nb](auto T, const std::uint8_t* row, const ActQ8_KPair* const* a, const LaneChunk& c, float* out,
+                      std::int64_t out_stride) { row_qk_pairs<kFiveBit, T()>(row, a, nb, c, out, out_stride); },
+                 w, row_bytes(kFiveBit ? GgmlType::kQ5_K : GgmlType::kQ4_K, n_in), act.data(), sizeof(ActQ8_KPair), np,
+                 n_tokens, y, n_out, r0, r1);
 }
 
 // Sums of (lo, hi) per 128-bit chunk: [lo0 + lo2, hi0 + hi2, lo1 + lo3, hi1 + hi3].
@@ -1062,12 +1115,12 @@ AIRLOCK_VNNI inline void unpack_q6_lanes(const BlockQ6_K& b, __m512i r[4]) {
 }
 
 template <int T>
-AIRLOCK_VNNI void row_q6_lanes(const std::uint8_t* row, const ActQ6Lanes* const* act, std::int64_t nb, float* out,
+AIRLOCK_VNNI void row_q6_lanes(const std::uint8_t* row, const ActQ6Lanes* const* act, const LaneChunk& c, float* out,
                                std::int64_t out_stride) {
   const auto* b = reinterpret_cast<const BlockQ6_K*>(row);
   __m512 acc[T];
-  AIRLOCK_UNROLL for (int t = 0; t < T; ++t) acc[t] = _mm512_setzero_ps();
-  for (std::int64_t i = 0; i < nb; ++i) {
+  lanes_begin<T>(c, acc);
+  for (std::int64_t i = c.u0; i < c.u1; ++i) {
     prefetch_bytes(reinterpret_cast<const char*>(b + i) + kLanesPrefetchBytes, sizeof(BlockQ6_K));
     __m512i r[4];
     unpack_q6_lanes(b[i], r);
@@ -1083,8 +1136,7 @@ AIRLOCK_VNNI void row_q6_lanes(const std::uint8_t* row, const ActQ6Lanes* const*
       acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(scale, _mm512_set1_ps(y.d)), acc[t]);
     }
   }
-  AIRLOCK_UNROLL for (int t = 0; t < T; ++t)
-    out[t * out_stride] = hsum(_mm256_add_ps(_mm512_castps512_ps256(acc[t]), _mm512_extractf32x8_ps(acc[t], 1)));
+  lanes_end<T>(c, acc, out, out_stride);
 }
 
 void matmul_q6_lanes(const std::uint8_t* w, std::int64_t n_in, const ActQ6Lanes* in, std::int64_t n_tokens, float* y,
@@ -1093,10 +1145,9 @@ void matmul_q6_lanes(const std::uint8_t* w, std::int64_t n_in, const ActQ6Lanes*
   thread_local std::vector<const ActQ6Lanes*> act;
   act.resize(static_cast<std::size_t>(n_tokens));
   for (std::int64_t t = 0; t < n_tokens; ++t) act[static_cast<std::size_t>(t)] = in + t * nb;
-  for_rows_lanes([nb](auto T, const std::uint8_t* row, const ActQ6Lanes* const* a, float* out,
-                      std::int64_t out_stride) { row_q6_lanes<T()>(row, a, nb, out, out_stride); },
-                 w, row_bytes(GgmlType::kQ6_K, n_in), act.data(), sizeof(ActQ6Lanes) * static_cast<std::size_t>(nb),
-                 n_tokens, y, n_out, r0, r1);
+  for_rows_lanes([](auto T, const std::uint8_t* row, const ActQ6Lanes* const* a, const LaneChunk& c, float* out,
+                    std::int64_t out_stride) { row_q6_lanes<T()>(row, a, c, out, out_stride); },
+                 w, row_bytes(GgmlType::kQ6_K, n_in), act.data(), sizeof(ActQ6Lanes), nb, n_tokens, y, n_out, r0, r1);
 }
 
 #include "kernels_amx.inc"

@@ -459,9 +459,9 @@ TEST_P(KernelsTest, PromptBatchesOverRowBlocksMatchScalar) {
   }
 }
 
-// Long rows: the lane kernels take fewer tokens per pass over a row so that
-// a pass's activations stay in L1 (5632 wide: 4 tokens, 11264: 2), so 7
-// tokens go in uneven passes.
+// Long rows: the lane kernels take a row's columns in chunks so that a
+// pass's activations stay in L1 (Q4_K at 7 tokens: 5632 wide in two
+// chunks, 11264 in three), each token's sums carried from chunk to chunk.
 TEST_P(KernelsTest, LongRowsInShorterPassesMatchScalar) {
   if (best_kernel_isa() < GetParam()) GTEST_SKIP() << "this CPU lacks " << kernel_isa_name(GetParam());
   limit_kernel_isa(GetParam());
