@@ -223,11 +223,17 @@ Status recheck_served(const Config& config, const LoadedModel& served) {
   if (!trust.is_ok())
     return verification_failed("the trusted keys or the revocation list cannot be read (" +
                                trust.status().to_string() + "), so the bundle served cannot be checked");
-  AIRLOCK_ASSIGN_OR_RETURN(BundleStore store, BundleStore::open(config.store, BundleStore::Access::kReadOnly));
-  AIRLOCK_ASSIGN_OR_RETURN(std::vector<ImportRecord> imports, store.list_imports());
+  Result<BundleStore> store = BundleStore::open(config.store, BundleStore::Access::kReadOnly);
+  // A store refused as a whole (its rollback record lost since the start)
+  // says nothing against the bundle served, which was chosen from the record
+  // while it was intact: the reload fails, and it keeps serving.
+  if (!store.is_ok() && store.status().code() == StatusCode::kVerificationFailed)
+    return unavailable(store.status().message());
+  AIRLOCK_RETURN_IF_ERROR(store.status());
+  AIRLOCK_ASSIGN_OR_RETURN(std::vector<ImportRecord> imports, store->list_imports());
   for (const ImportRecord& r : imports)
     if (r.name == served.id && r.version == served.version && r.manifest_sha256 == served.manifest_sha256)
-      return store.check_installed(r, *trust, /*rehash=*/false, 1).status();
+      return store->check_installed(r, *trust, /*rehash=*/false, 1).status();
   return not_found(served.id + " version " + std::to_string(served.version) + " is no longer recorded in the store");
 }
 

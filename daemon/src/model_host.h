@@ -95,7 +95,8 @@ Result<std::unique_ptr<FollowerHost>> load_follower(const Config& config);
 // recorded at import, sizes; no rehash): a reload whose new bundle failed
 // uses it to tell "keep serving" from "this bundle may no longer be
 // served" (kVerificationFailed; also when the trusted keys or the
-// revocation list cannot be read: fails closed).
+// revocation list cannot be read: fails closed). A store whose rollback
+// record is lost is kUnavailable: it refuses no bundle in particular.
 Status recheck_served(const Config& config, const LoadedModel& served);
 
 // `previous` (a reload): its RAG store is reused when the embedding model and

@@ -189,6 +189,28 @@ TEST_F(CliTest, CreateVerifyInspectImportList) {
   EXPECT_NE(again.err.find("rollback"), std::string::npos) << again.err;
 }
 
+// verify --store and list on a store whose rollback record was lost
+// (state.db emptied to 0 bytes, here by `: > state.db`): exit 1 like any
+// other verification failure, saying what was lost, not exit 2 for an I/O
+// error on the missing table.
+TEST_F(CliTest, VerifyAgainstAStoreWithAnEmptiedRecordIsAVerificationFailure) {
+  ASSERT_EQ(create("1", dir / "demo-1.airlock").exit_code, 0);
+  ASSERT_EQ(create("2", dir / "demo-2.airlock").exit_code, 0);
+  ASSERT_EQ(airlock({"bundle", "import", dir / "demo-1.airlock", "--store", dir / "store", "--trusted",
+                     dir / "trusted", "--quiet"}).exit_code, 0);
+  ASSERT_EQ(::truncate((dir / "store/state.db").c_str(), 0), 0);
+  RunResult vs = airlock({"bundle", "verify", dir / "demo-2.airlock", "--trusted", dir / "trusted", "--store",
+                          dir / "store"});
+  EXPECT_EQ(vs.exit_code, 1) << vs.err;
+  EXPECT_NE(vs.err.find("verification_failed"), std::string::npos) << vs.err;
+  EXPECT_NE(vs.err.find("state.db without its imports table"), std::string::npos) << vs.err;
+  EXPECT_EQ(vs.out.find("OK"), std::string::npos) << vs.out;
+  RunResult l = airlock({"bundle", "list", "--store", dir / "store"});
+  EXPECT_EQ(l.exit_code, 1) << l.err;
+  EXPECT_NE(l.err.find("state.db without its imports table"), std::string::npos) << l.err;
+  EXPECT_EQ(testing::read_file(dir / "store/state.db"), "");
+}
+
 // inspect prints the signature's trusted comment before anything is
 // verified: C1 controls (CSI as U+009B) and bidirectional overrides in it
 // must not reach the terminal.

@@ -2023,6 +2023,40 @@ TEST(DaemonLifecycle, SighupLoadsANewVersionAndRefusesATamperedOne) {
   EXPECT_EQ(bad->exit_status, 2) << bad->log();
 }
 
+// A store whose rollback record was lost (state.db emptied to 0 bytes) is
+// refused at start as a bundle failing verification is: exit 65, which the
+// unit does not restart on (it was an I/O error, exit 1, restarted every
+// few seconds for ever). At a reload it is a failed reload: nothing in the
+// record could refuse the bundle served, which keeps serving. With the
+// record restored, airlockd starts again.
+TEST(DaemonLifecycle, ALostRollbackRecordIsRefusedNotRetried) {
+  Enclave e;
+  auto d = Daemon::start(e);
+  ASSERT_GT(d->port, 0) << d->log();
+  const std::string db = e.dir / "store/state.db";
+  const std::string saved = testing::read_file(db);
+  ASSERT_EQ(::truncate(db.c_str(), 0), 0);
+  ::kill(d->pid, SIGHUP);
+  for (int i = 0; i < 200 && d->log().find("reload failed") == std::string::npos; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(25));
+  EXPECT_NE(d->log().find("reload failed, still serving the previous model"), std::string::npos) << d->log();
+  EXPECT_NE(d->log().find("state.db without its imports table"), std::string::npos) << d->log();
+  EXPECT_EQ(d->post("/v1/chat/completions", chat("still serving", 4))->status, 200);
+  EXPECT_EQ(d->stop(), 0);
+
+  auto refused = Daemon::start(e);
+  EXPECT_EQ(refused->port, 0);
+  EXPECT_EQ(refused->exit_status, 65) << refused->log();
+  EXPECT_NE(refused->log().find("state.db without its imports table"), std::string::npos) << refused->log();
+  EXPECT_NE(refused->log().find("systemd does not restart airlockd"), std::string::npos) << refused->log();
+  EXPECT_EQ(testing::read_file(db), "");
+
+  testing::write_file(db, saved);
+  auto restored = Daemon::start(e);
+  ASSERT_GT(restored->port, 0) << restored->log();
+  EXPECT_EQ(restored->stop(), 0);
+}
+
 // Writes the served bundle's signing key into the revocation list, followed
 // by `more` lines, and reloads; true once airlockd says the bundle may no
 // longer be served (within 5 s).

@@ -261,6 +261,55 @@ TEST(BundleRoundTrip, AStoreWithBundlesAndAForeignRecordIsNotStartedAfresh) {
   EXPECT_EQ(testing::read_file(db_path), before);
 }
 
+// Readers (airlockd, `verify --store`, `list`) refuse a lost record as the
+// writer does: verification failed, naming it and what to do, rather than
+// the I/O error of a query on the missing imports table, which had
+// airlockd's unit restart it for ever. A missing state.db in a store with
+// bundles is the same loss; in a store without bundles, an empty state.db
+// is no store to a reader, as a missing one is. Nothing is written.
+TEST(BundleRoundTrip, ReadersRefuseALostRecordAsAVerificationFailure) {
+  Fixture f;
+  ASSERT_TRUE(f.create(1, f.dir / "v1.airlock").is_ok());
+  {
+    Result<BundleStore> store = BundleStore::open(f.dir / "store");
+    ASSERT_TRUE(store.is_ok());
+    ASSERT_TRUE(store->import_bundle(f.dir / "v1.airlock", testing::trust_only(f.key), {}).is_ok());
+  }
+  const std::string db_path = f.dir / "store/state.db";
+  auto expect_refused = [&](const std::string& lost) {
+    SCOPED_TRACE(lost);
+    const std::vector<std::string> before = testing::list_tree(f.dir / "store");
+    const std::string db_before = testing::exists(db_path) ? testing::read_file(db_path) : "(none)";
+    Result<BundleStore> ro = BundleStore::open(f.dir / "store", BundleStore::Access::kReadOnly);
+    ASSERT_FALSE(ro.is_ok());
+    EXPECT_EQ(ro.status().code(), StatusCode::kVerificationFailed) << ro.status().to_string();
+    EXPECT_NE(ro.status().message().find("holds bundles (demo-model/...) but " + lost), std::string::npos)
+        << ro.status().message();
+    EXPECT_NE(ro.status().message().find("Restore state.db from a backup"), std::string::npos) << ro.status().message();
+    EXPECT_EQ(testing::list_tree(f.dir / "store"), before);
+    EXPECT_EQ(testing::exists(db_path) ? testing::read_file(db_path) : "(none)", db_before);
+  };
+  ASSERT_EQ(::truncate(db_path.c_str(), 0), 0);
+  expect_refused("a state.db without its imports table");
+  ASSERT_EQ(::unlink(db_path.c_str()), 0);
+  sqlite3* db = nullptr;
+  ASSERT_EQ(sqlite3_open(db_path.c_str(), &db), SQLITE_OK);
+  ASSERT_EQ(sqlite3_exec(db, "CREATE TABLE other (x INTEGER);", nullptr, nullptr, nullptr), SQLITE_OK);
+  sqlite3_close(db);
+  expect_refused("a state.db without its imports table");
+  ASSERT_EQ(::unlink(db_path.c_str()), 0);
+  expect_refused("no state.db");
+
+  ASSERT_EQ(::mkdir((f.dir / "fresh").c_str(), 0750), 0);
+  testing::write_file(f.dir / "fresh/state.db", "");
+  Result<BundleStore> fresh = BundleStore::open(f.dir / "fresh", BundleStore::Access::kReadOnly);
+  ASSERT_FALSE(fresh.is_ok());
+  EXPECT_EQ(fresh.status().code(), StatusCode::kNotFound) << fresh.status().to_string();
+  EXPECT_NE(fresh.status().message().find("not a bundle store"), std::string::npos) << fresh.status().message();
+  EXPECT_EQ(testing::list_tree(f.dir / "fresh"), std::vector<std::string>{"state.db"});
+  EXPECT_EQ(testing::read_file(f.dir / "fresh/state.db"), "");
+}
+
 // The store's record uses a rollback journal, not WAL: airlockd reads it
 // through a read-only mount, where a WAL reader could not create its -shm
 // file. After an import no -wal or -shm file is left, and a read-only open

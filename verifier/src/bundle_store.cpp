@@ -356,18 +356,23 @@ Result<bool> has_imports_table(sqlite3* db) {
 // state.db is missing or holds no record (`lost` says which) has lost its
 // rollback record. Starting a new one would forget every version seen
 // (rollback protection reset) and the first import's sweep would delete
-// every bundle as unrecorded: kVerificationFailed, saying what to do. OK
-// when the store holds no bundle.
-Status refuse_lost_record(int store_fd, const std::string& dir, const std::string& lost) {
+// every bundle as unrecorded; a reader cannot tell which bundles were
+// imported or which version is the newest: kVerificationFailed, saying
+// what to do, for writers and readers alike (a reader's I/O error would
+// have airlockd's unit restart it for ever). OK when the store holds no
+// bundle.
+Status refuse_lost_record(int store_fd, const std::string& dir, const std::string& lost, bool read_only) {
   AIRLOCK_ASSIGN_OR_RETURN(std::vector<std::string> names, list_dir_at(store_fd, "."));
   for (const std::string& name : names) {
     if (!validate_bundle_name(name).is_ok() || !is_dir_at(store_fd, name)) continue;
     AIRLOCK_ASSIGN_OR_RETURN(std::vector<std::string> versions, list_dir_at(store_fd, name));
     if (std::any_of(versions.begin(), versions.end(), [](const std::string& v) { return parse_version_dir(v).has_value(); }))
-      return verification_failed(dir + " holds bundles (" + name + "/...) but " + lost +
-                                 ", its record of imported versions: refusing to start a new record over them "
-                                 "(that would reset rollback protection and delete them as unrecorded). Restore " +
-                                 kStateDb + " from a backup, or move the bundle directories out of the store");
+      return verification_failed(
+          dir + " holds bundles (" + name + "/...) but " + lost + ", its record of imported versions: " +
+          (read_only ? "without it no bundle in the store can be trusted as imported and not rolled back"
+                     : "refusing to start a new record over them (that would reset rollback protection and delete "
+                       "them as unrecorded)") +
+          ". Restore " + kStateDb + " from a backup, or move the bundle directories out of the store");
   }
   return Status::ok();
 }
@@ -411,7 +416,10 @@ Result<BundleStore> BundleStore::open(const std::string& dir, Access access) {
   if (fd < 0) return errno == ENOENT ? not_found(dir + ": no such store") : io_error("open store " + dir, errno);
   std::string db_path = dir + "/" + kStateDb;
   if (read_only && ::faccessat(fd, kStateDb, F_OK, AT_SYMLINK_NOFOLLOW) != 0) {
+    const Status lost =
+        errno == ENOENT ? refuse_lost_record(fd, dir, std::string("no ") + kStateDb, true) : Status::ok();
     ::close(fd);
+    AIRLOCK_RETURN_IF_ERROR(lost);
     return not_found(dir + ": not a bundle store (no " + kStateDb + ")");
   }
   // A record made before the store used a rollback journal is in WAL mode
@@ -435,7 +443,7 @@ Result<BundleStore> BundleStore::open(const std::string& dir, Access access) {
   // holds no bundle: otherwise the record was lost (refuse_lost_record).
   bool made_record = false;
   if (!read_only && ::faccessat(fd, kStateDb, F_OK, AT_SYMLINK_NOFOLLOW) != 0 && errno == ENOENT) {
-    if (Status held = refuse_lost_record(fd, dir, std::string("no ") + kStateDb); !held.is_ok()) {
+    if (Status held = refuse_lost_record(fd, dir, std::string("no ") + kStateDb, false); !held.is_ok()) {
       ::close(fd);
       return held;
     }
@@ -460,17 +468,22 @@ Result<BundleStore> BundleStore::open(const std::string& dir, Access access) {
   BundleStore store(dir, fd, db);
   store.read_only_ = read_only;
   sqlite3_busy_timeout(db, 5000);
-  if (read_only) return store;
   // A state.db that is there but holds no imports table (emptied to 0
   // bytes, or replaced by another SQLite file) has lost its record as surely
-  // as a missing one: SQLite would open it empty and the table below would
-  // start the record afresh. Only a record made just now, or one in a store
-  // without bundles, is given its tables.
+  // as a missing one: SQLite would open it empty, the table below would
+  // start the record afresh, and a reader's first query would fail on the
+  // missing table. Only a record made just now, or one in a store without
+  // bundles, is given its tables; to a reader, such a store is one without
+  // state.db.
   if (!made_record) {
     AIRLOCK_ASSIGN_OR_RETURN(const bool has_imports, has_imports_table(db));
-    if (!has_imports)
-      AIRLOCK_RETURN_IF_ERROR(refuse_lost_record(fd, dir, std::string("a ") + kStateDb + " without its imports table"));
+    if (!has_imports) {
+      AIRLOCK_RETURN_IF_ERROR(
+          refuse_lost_record(fd, dir, std::string("a ") + kStateDb + " without its imports table", read_only));
+      if (read_only) return not_found(dir + ": not a bundle store (its " + kStateDb + " holds no record)");
+    }
   }
+  if (read_only) return store;
   // A rollback journal, not WAL: the service reads the store through a
   // read-only mount (ReadOnlyPaths in airlockd.service, so that it can
   // change neither the bundles nor this record), and a reader of a WAL

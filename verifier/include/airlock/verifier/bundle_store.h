@@ -55,13 +55,14 @@ class BundleStore {
   enum class Access { kReadWrite, kReadOnly };
   // Opens the store at `dir`. kReadWrite creates it when missing (mode
   // 0750); kReadOnly (for readers such as `verify --store` and the daemon)
-  // changes nothing (SQLite may create its -wal/-shm files) and fails with kNotFound when `dir` holds no
-  // state.db. import_bundle() on a read-only store fails. kReadWrite fails
-  // with kVerificationFailed, changing nothing, when `dir` holds bundles
-  // (a NAME/VERSION directory) but its state.db is missing or has no
-  // imports table (an emptied file, another database): the rollback record
-  // is lost, and a new one would let older versions back in and delete
-  // every bundle as unrecorded.
+  // changes nothing (SQLite may create its -wal/-shm files) and fails with
+  // kNotFound when `dir` holds no state.db, or one without the imports
+  // table, and no bundle. import_bundle() on a read-only store fails.
+  // Both fail with kVerificationFailed, changing nothing, when `dir` holds
+  // bundles (a NAME/VERSION directory) but its state.db is missing or has
+  // no imports table (an emptied file, another database): the rollback
+  // record is lost. A new one would let older versions back in and delete
+  // every bundle as unrecorded; a reader cannot tell what was imported.
   static Result<BundleStore> open(const std::string& dir, Access access = Access::kReadWrite);
 
   Result<ImportRecord> import_bundle(const std::string& bundle_path, const TrustStore& trust,
