@@ -7,8 +7,10 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <csignal>
 #include <cstdlib>
+#include <filesystem>
 #include <functional>
 #include <fstream>
 #include <string>
@@ -369,6 +371,25 @@ TEST_F(CliTest, CreateNamesTheOutputAfterNameAndVersion) {
   EXPECT_TRUE(testing::exists(dir / "tiny-12.airlock"));
   EXPECT_EQ(airlock({"bundle", "create", "--key", dir / "signer.key", "--version", "1", "--file",
                      "license=" + dir / "LICENSE"}).exit_code, 2);
+}
+
+// A bundle whose manifest would be over 16 MiB (1 TiB, sparse, at 64 KiB
+// chunks) is refused before its inputs are read: exit 2 within moments
+// (hashing 1 TiB would take hours), saying what would fit, and no output
+// or partial file.
+TEST_F(CliTest, CreateRefusesAManifestOverTheLimitBeforeHashing) {
+  const std::string huge = dir / "huge.bin";
+  testing::write_file(huge, "");
+  std::filesystem::resize_file(huge, 1ull << 40);
+  const auto start = std::chrono::steady_clock::now();
+  RunResult c = airlock({"bundle", "create", "--key", dir / "signer.key", "--name", "huge", "--version", "1",
+                         "--file", "other=" + huge, "--chunk-size", "65536", "--out", dir / "huge.airlock"});
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(10));
+  EXPECT_EQ(c.exit_code, 2) << c.err;
+  EXPECT_NE(c.err.find("over the 16 MiB a bundle's manifest may have"), std::string::npos) << c.err;
+  EXPECT_NE(c.err.find("8388608 bytes or more would fit"), std::string::npos) << c.err;
+  EXPECT_EQ(c.err.find("create: "), std::string::npos) << c.err;  // no progress line
+  for (const std::string& p : testing::list_tree(dir.path())) EXPECT_EQ(p.find("huge.airlock"), std::string::npos) << p;
 }
 
 TEST_F(CliTest, ProgressLinesWhenNotATerminal) {

@@ -6,6 +6,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <filesystem>
 
 #include <sqlite3.h>
@@ -637,6 +638,54 @@ TEST(BundleRoundTrip, CreateRefusesToOverwriteAndBadInputs) {
             StatusCode::kInvalidArgument);
   EXPECT_FALSE(testing::exists(f.dir / "c.airlock"));
   for (const std::string& p : testing::list_tree(f.dir.path())) EXPECT_EQ(p.find(".partial-"), std::string::npos) << p;
+}
+
+// A bundle whose manifest cannot fit in 16 MiB is refused before any input
+// is read: 1 TiB (a sparse file) at 64 KiB chunks needs 16,777,216 chunk
+// hashes, a manifest of 1.2 GB. Hashing it would take hours; the refusal
+// takes no time, reports no progress (nothing was hashed), names a chunk
+// size that fits and leaves no output or partial file. (Were the check to
+// go, this test would hash until its timeout: the output is written only
+// after the hashing, so the disk would not fill.) A chunk size of 0 or 1 is
+// refused as such, also before the chunk lists are sized.
+TEST(BundleRoundTrip, AManifestOverTheLimitIsRefusedBeforeAnythingIsRead) {
+  Fixture f;
+  const std::string huge = f.dir / "huge.bin";
+  testing::write_file(huge, "");
+  std::filesystem::resize_file(huge, 1ull << 40);
+  testing::write_file(f.dir / "LICENSE", "MIT\n");
+  CreateOptions o;
+  o.name = "huge";
+  o.version = 1;
+  o.chunk_size = kMinChunkSize;
+  bool progressed = false;
+  o.progress = [&](std::uint64_t, std::uint64_t) { progressed = true; };
+  const std::vector<BundleInput> inputs = {{FileRole::kOther, huge, "huge.bin"},
+                                           {FileRole::kLicense, f.dir / "LICENSE", "LICENSE"}};
+  const auto start = std::chrono::steady_clock::now();
+  Result<VerifiedBundle> made = create_bundle(inputs, f.key, o, f.dir / "huge.airlock");
+  const auto took = std::chrono::steady_clock::now() - start;
+  ASSERT_FALSE(made.is_ok());
+  EXPECT_EQ(made.status().code(), StatusCode::kInvalidArgument);
+  const std::string& why = made.status().message();
+  EXPECT_NE(why.find("over the 16 MiB"), std::string::npos) << why;
+  EXPECT_NE(why.find("16777217 chunk hashes at a chunk size of 65536 bytes"), std::string::npos) << why;
+  // 8 MiB chunks: 131,073 hashes, 10 MB of manifest; 4 MiB would be 20 MB.
+  EXPECT_NE(why.find("a chunk size of 8388608 bytes or more would fit"), std::string::npos) << why;
+  EXPECT_FALSE(progressed);
+  EXPECT_LT(took, std::chrono::seconds(10));
+  EXPECT_EQ(testing::list_tree(f.dir.path()), (std::vector<std::string>{"LICENSE", "huge.bin"}));
+
+  for (const std::uint64_t bad : {0ull, 1ull}) {
+    o.chunk_size = bad;
+    made = create_bundle(inputs, f.key, o, f.dir / "huge.airlock");
+    ASSERT_FALSE(made.is_ok());
+    EXPECT_EQ(made.status().code(), StatusCode::kInvalidArgument);
+    EXPECT_NE(made.status().message().find("chunk_size must be a power of two"), std::string::npos)
+        << made.status().message();
+  }
+  EXPECT_FALSE(progressed);
+  EXPECT_FALSE(testing::exists(f.dir / "huge.airlock"));
 }
 
 TEST(BundleRoundTrip, GgufFactsReachTheManifest) {

@@ -66,6 +66,39 @@ TEST(ManifestTest, NameAndSemanticRules) {
   EXPECT_FALSE(validate_manifest(m).is_ok());
 }
 
+// serialized_manifest_size() predicts the serialized size from the sizes
+// alone (what bundle create checks before hashing): exact for every count
+// of chunk hashes, 0, 1, 2 and many, with and without model facts and an
+// expiry, whatever the chunk lists hold when it is asked.
+TEST(ManifestTest, SerializedSizeIsPredictedWithoutTheHashes) {
+  for (const std::uint64_t size : {0ull, 1ull, 65536ull, 65537ull, 150000ull, 1000ull * 65536 + 5}) {
+    for (const bool facts : {false, true}) {
+      Manifest m = sample();
+      m.files[0].size = size;
+      if (!facts) {
+        m.files[0].model.reset();
+        m.expires_at.reset();
+      }
+      for (ManifestFile& f : m.files) {
+        f.chunk_sha256.assign(chunk_count(f.size, m.chunk_size), Sha256Digest{});
+        for (std::size_t c = 0; c < f.chunk_sha256.size(); ++c) f.chunk_sha256[c][0] = static_cast<std::uint8_t>(c);
+      }
+      ASSERT_TRUE(validate_manifest(m).is_ok());
+      const std::size_t actual = serialize_manifest(m).size();
+      EXPECT_EQ(serialized_manifest_size(m), actual) << size << (facts ? " with facts" : "");
+      for (ManifestFile& f : m.files) f.chunk_sha256.clear();
+      ASSERT_TRUE(validate_manifest_unhashed(m).is_ok());
+      EXPECT_FALSE(size > 0 && validate_manifest(m).is_ok());
+      EXPECT_EQ(serialized_manifest_size(m), actual) << size << (facts ? " with facts" : "") << ", no chunk lists";
+    }
+  }
+  // Far over the limit, from the sizes alone: 2^40 bytes at 64 KiB chunks.
+  Manifest huge = sample();
+  for (ManifestFile& f : huge.files) f.chunk_sha256.clear();
+  huge.files[0].size = 1ull << 40;
+  EXPECT_GT(serialized_manifest_size(huge), 76ull << 24);
+}
+
 // A model2vec embedding is read with the config.json and tokenizer.json
 // beside it: a manifest that leaves either out (or gives it another role)
 // would have the daemon read an unsigned file from the store.

@@ -216,6 +216,28 @@ class TarWriter {
   std::string error_;
 };
 
+// Refuses a bundle whose manifest would be over kMaxManifestBytes, naming
+// the chunk size that would fit where one does. `m` holds no chunk hashes
+// or model facts yet: its size is exact but for the facts, which only add to
+// it, so what this refuses would certainly be refused after hashing.
+Status check_manifest_fits(const Manifest& m) {
+  const std::uint64_t n_bytes = serialized_manifest_size(m);
+  if (n_bytes <= kMaxManifestBytes) return Status::ok();
+  std::uint64_t n_chunks = 0;
+  for (const ManifestFile& f : m.files) n_chunks += chunk_count(f.size, m.chunk_size);
+  std::string remedy = "split the files over several bundles";
+  Manifest larger = m;
+  for (larger.chunk_size = m.chunk_size * 2; larger.chunk_size <= kMaxChunkSize; larger.chunk_size *= 2)
+    if (serialized_manifest_size(larger) <= kMaxManifestBytes) {
+      remedy = "a chunk size of " + std::to_string(larger.chunk_size) + " bytes or more would fit";
+      break;
+    }
+  return invalid_argument("the manifest would be at least " + std::to_string(n_bytes) + " bytes (" +
+                          std::to_string(n_chunks) + " chunk hashes at a chunk size of " +
+                          std::to_string(m.chunk_size) + " bytes), over the 16 MiB a bundle's manifest may have: " +
+                          remedy + ". Nothing was read or written");
+}
+
 std::span<const std::uint8_t> as_bytes(const std::string& s) {
   return {reinterpret_cast<const std::uint8_t*>(s.data()), s.size()};
 }
@@ -243,22 +265,34 @@ Result<VerifiedBundle> create_bundle(const std::vector<BundleInput>& inputs, con
     f.path = in.bundle_path;
     f.role = in.role;
     f.size = mf.bytes().size();
-    bool model_role = in.role == FileRole::kLlm || in.role == FileRole::kEmbedding || in.role == FileRole::kReranker;
-    std::uint8_t magic[4] = {};
-    const std::size_t n_magic = std::min<std::size_t>(4, mf.bytes().size());
-    if (model_role && !copy_guarded(magic, mf.bytes().data(), n_magic)) return file_shrank(in.source_path);
-    if (model_role && looks_like_gguf(std::span<const std::uint8_t>(magic, n_magic))) {
-      Result<ModelFacts> facts = read_gguf_facts_mapped(mf.bytes(), in.source_path);
-      if (facts.status().code() == StatusCode::kIoError) return facts.status();
-      if (!facts.is_ok()) return invalid_argument(in.source_path + ": " + facts.status().message());
-      f.model = *facts;
-    }
     m.files.push_back(std::move(f));
     sources.push_back(std::move(mf));
   }
-  // Validate everything but the hashes before spending time on them.
+  // Everything but the hashes and model facts is checked before a byte of
+  // the inputs is read, the manifest's size included: at a small chunk size
+  // a large input needs more chunk hashes than 16 MiB holds, and finding
+  // that out after hours of hashing and writing wastes them.
+  Status valid = validate_manifest_unhashed(m);
+  if (!valid.is_ok()) return invalid_argument(valid.message());
+  AIRLOCK_RETURN_IF_ERROR(check_manifest_fits(m));
+  for (std::size_t i = 0; i < m.files.size(); ++i) {
+    ManifestFile& f = m.files[i];
+    const std::span<const std::uint8_t> bytes = sources[i].bytes();
+    const std::string& source = inputs[i].source_path;
+    bool model_role = f.role == FileRole::kLlm || f.role == FileRole::kEmbedding || f.role == FileRole::kReranker;
+    std::uint8_t magic[4] = {};
+    const std::size_t n_magic = std::min<std::size_t>(4, bytes.size());
+    if (model_role && !copy_guarded(magic, bytes.data(), n_magic)) return file_shrank(source);
+    if (model_role && looks_like_gguf(std::span<const std::uint8_t>(magic, n_magic))) {
+      Result<ModelFacts> facts = read_gguf_facts_mapped(bytes, source);
+      if (facts.status().code() == StatusCode::kIoError) return facts.status();
+      if (!facts.is_ok()) return invalid_argument(source + ": " + facts.status().message());
+      f.model = *facts;
+    }
+  }
+  // The facts too, before spending time on the hashes.
   for (ManifestFile& f : m.files) f.chunk_sha256.resize(chunk_count(f.size, m.chunk_size));
-  Status valid = validate_manifest(m);
+  valid = validate_manifest(m);
   if (!valid.is_ok()) return invalid_argument(valid.message());
 
   const std::uint64_t total = 2 * m.total_bytes();
@@ -315,6 +349,11 @@ Result<VerifiedBundle> create_bundle(const std::vector<BundleInput>& inputs, con
 
   VerifiedBundle vb;
   vb.manifest_bytes = serialize_manifest(m);
+  // The authority on the limit (check_manifest_fits() did not count the
+  // model facts); readers refuse a larger manifest.
+  if (vb.manifest_bytes.size() > kMaxManifestBytes)
+    return invalid_argument("the manifest is " + std::to_string(vb.manifest_bytes.size()) +
+                            " bytes, over the 16 MiB a bundle's manifest may have");
   vb.signature_text = sign_message(key, as_bytes(vb.manifest_bytes), expected_trusted_comment(m, vb.manifest_bytes),
                                    "airlock bundle " + m.name + " " + std::to_string(m.version) +
                                        " signed with key " + key.id.to_string());

@@ -10,8 +10,14 @@
 // the first bundle is written) remove it and then take their previous
 // action; the handlers stay installed for the life of the process.
 //
-// Errors: kInvalidArgument for bad options or inputs (named), kNotFound for a
-// missing input, kAlreadyExists when out_path exists, kIoError for the OS.
+// Before reading any input it checks every manifest rule but the hashes,
+// and refuses inputs whose manifest would be over kMaxManifestBytes (too
+// many chunks for the chunk size): that is known from the sizes alone, and
+// finding it out after hashing a 100 GB input wastes hours.
+//
+// Errors: kInvalidArgument for bad options or inputs (named; a manifest over
+// the limit names a chunk size that fits), kNotFound for a missing input,
+// kAlreadyExists when out_path exists, kIoError for the OS.
 //
 // Thread-safety: may run concurrently for different outputs.
 #pragma once

@@ -69,9 +69,22 @@ std::uint64_t chunk_count(std::uint64_t size, std::uint64_t chunk_size);
 Status validate_bundle_name(std::string_view name);
 Status validate_bundle_path(std::string_view path);
 Status validate_manifest(const Manifest& manifest);
+// Every rule of validate_manifest() but the number of chunk hashes a file
+// has: what a writer can check before it has hashed anything.
+Status validate_manifest_unhashed(const Manifest& manifest);
 
 // Canonical UTF-8 JSON. Precondition: validate_manifest(m) is OK.
 std::string serialize_manifest(const Manifest& manifest);
+
+// The exact size of serialize_manifest(m) once every file carries its
+// chunk_count(size, chunk_size) chunk hashes, whatever its chunk_sha256 and
+// sha256 hold now (a digest's value does not change the size): what a writer
+// checks against kMaxManifestBytes before it hashes anything. Serializes a
+// copy of `m` with at most one chunk hash a file, so with empty chunk lists
+// it costs little even for a manifest far over the limit. Precondition:
+// validate_manifest_unhashed(m) is OK.
+std::uint64_t serialized_manifest_size(const Manifest& m);
+
 Result<Manifest> parse_manifest(std::string_view bytes);
 
 // "airlock-bundle name=N version=V manifest_sha256=HEX"
