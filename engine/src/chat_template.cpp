@@ -1737,9 +1737,14 @@ class Renderer {
       case nlohmann::ordered_json::value_t::boolean: return boolean(j.get<bool>());
       case nlohmann::ordered_json::value_t::number_integer: return integer(j.get<std::int64_t>());
       case nlohmann::ordered_json::value_t::number_unsigned: {
+        // Beyond int64 Python keeps the exact integer (tojson prints every
+        // digit); as a float it would reach the model changed (an account
+        // number in a tool call's arguments, say). Refused, as literals and
+        // arithmetic beyond 64 bits are.
         const auto u = j.get<std::uint64_t>();
         if (u <= static_cast<std::uint64_t>(INT64_MAX)) return integer(static_cast<std::int64_t>(u));
-        return floating(static_cast<double>(u));
+        return invalid_argument("chat template input: the integer " + std::to_string(u) +
+                                " does not fit in 64 bits (Python would use a big integer)");
       }
       case nlohmann::ordered_json::value_t::number_float: return floating(j.get<double>());
       case nlohmann::ordered_json::value_t::string: return make_string(j.get<std::string>());
@@ -2031,7 +2036,7 @@ class Renderer {
         if (!v.numeric()) return error(e.line, std::string("bad operand type for unary -: '") + type_name(v) + "'");
         if (e.kind == Ek::kPos) return v.is(Type::kBool) ? integer(v.as_int()) : v;
         if (v.is(Type::kFloat)) return floating(-v.f);
-        if (v.as_int() == INT64_MIN) return error(e.line, "integer overflow");
+        if (v.as_int() == INT64_MIN) return overflow_error(e.line);
         return integer(-v.as_int());
       }
       case Ek::kBinary: {
@@ -2280,7 +2285,7 @@ class Renderer {
     else if (op == "*") overflow = __builtin_mul_overflow(a, b, &r);
     else if (op == "//" || op == "%") {
       if (b == 0) return error(line, "integer division or modulo by zero");
-      if (a == INT64_MIN && b == -1) return error(line, "integer overflow");
+      if (a == INT64_MIN && b == -1) return op == "%" ? Result<Value>(integer(0)) : overflow_error(line);
       std::int64_t q = a / b, m = a % b;
       if (m != 0 && ((m < 0) != (b < 0))) {
         --q;
@@ -2288,7 +2293,7 @@ class Renderer {
       }
       r = op == "//" ? q : m;
     } else if (op == "**") {
-      if (b < 0) return floating(std::pow(static_cast<double>(a), static_cast<double>(b)));
+      if (b < 0) return float_power(static_cast<double>(a), static_cast<double>(b), line);
       r = 1;
       std::int64_t base = a;
       for (std::int64_t e = b; e > 0 && !overflow; e >>= 1) {
@@ -2296,8 +2301,24 @@ class Renderer {
         if (e > 1 && !overflow) overflow = __builtin_mul_overflow(base, base, &base);
       }
     }
-    if (overflow) return error(line, "integer overflow (Python would use a big integer)");
+    if (overflow) return overflow_error(line);
     return integer(r);
+  }
+
+  // An integer result beyond int64, which Python would hold exactly.
+  Result<Value> overflow_error(int line) { return error(line, "integer overflow (Python would use a big integer)"); }
+
+  // float ** float as Python computes it: 0.0 to a negative power and a
+  // finite result too large for a double are errors there (ZeroDivisionError,
+  // OverflowError), and a negative number to a fractional power is a complex
+  // number; std::pow would give inf or nan, printed as if all were well.
+  Result<Value> float_power(double x, double y, int line) {
+    if (x == 0 && y < 0) return error(line, "0.0 cannot be raised to a negative power");
+    if (x < 0 && std::isfinite(y) && y != std::trunc(y))
+      return error(line, "a negative number to a fractional power is a complex number (not supported)");
+    const double r = std::pow(x, y);
+    if (std::isinf(r) && std::isfinite(x) && std::isfinite(y)) return error(line, "numerical result out of range");
+    return floating(r);
   }
 
   Result<Value> binary(const std::string& op, const Value& a, const Value& b, int line) {
@@ -2314,7 +2335,7 @@ class Renderer {
       if (op == "+") return floating(x + y);
       if (op == "-") return floating(x - y);
       if (op == "*") return floating(x * y);
-      if (op == "**") return floating(std::pow(x, y));
+      if (op == "**") return float_power(x, y, line);
       if (y == 0) return error(line, "float division by zero");
       // CPython's float_divmod.
       double m = std::fmod(x, y);
@@ -2797,26 +2818,37 @@ class Renderer {
       if (v.numeric()) {
         d = v.as_double();
         if (name == "int" && is_int(v)) return integer(v.as_int());
+        // int(inf) raises in Python; int(nan) falls back to the default.
+        if (name == "int" && std::isinf(d)) return error(line, "cannot convert float infinity to integer");
       } else if (v.is(Type::kString)) {
         std::string t = to_u8(py_strip(to_u32(v.s()), nullptr, true, true));
         t.erase(std::remove(t.begin(), t.end(), '_'), t.end());
         std::int64_t iv = 0;
         const char* b = t.data() + (!t.empty() && t[0] == '+' ? 1 : 0);
         auto r = std::from_chars(b, t.data() + t.size(), iv);
-        if (name == "int" && !t.empty() && r.ec == std::errc() && r.ptr == t.data() + t.size()) return integer(iv);
+        if (name == "int" && !t.empty() && r.ptr == t.data() + t.size()) {
+          if (r.ec == std::errc()) return integer(iv);
+          if (r.ec == std::errc::result_out_of_range) return overflow_error(line);
+        }
         char* end = nullptr;
         d = std::strtod(t.c_str(), &end);
         if (t.empty() || end != t.c_str() + t.size() || t.find_first_of("xXpP") != std::string::npos) return fallback;
+        // A string that reads as inf or nan, or overflows a double ("1e400"):
+        // Python's int(float(...)) fails, and the default is taken.
+        if (name == "int" && !std::isfinite(d)) return fallback;
       } else {
         return fallback;
       }
       if (name == "float") return floating(d);
-      if (!std::isfinite(d) || std::fabs(d) >= 9.2e18) return fallback;
+      if (std::isnan(d)) return fallback;
+      // Exactly the doubles whose integer part fits int64 (-2^63 does,
+      // 2^63 does not); Python keeps the rest exactly.
+      if (!(d >= -0x1p63 && d < 0x1p63)) return overflow_error(line);
       return integer(static_cast<std::int64_t>(d));
     }
     if (name == "abs") {
       if (is_int(v)) {
-        if (v.as_int() == INT64_MIN) return error(line, "integer overflow");
+        if (v.as_int() == INT64_MIN) return overflow_error(line);
         return integer(v.as_int() < 0 ? -v.as_int() : v.as_int());
       }
       if (v.is(Type::kFloat)) return floating(std::fabs(v.f));

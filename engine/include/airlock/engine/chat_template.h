@@ -20,7 +20,10 @@
 // operators and string/dict methods that real templates use. Not supported:
 // include/extends/import, {% raw %}, {% call %}, {% filter %}, `%` string
 // formatting, str.format, recursive loops, Markup auto-escaping. See
-// chat_template.cpp for the full list.
+// chat_template.cpp for the full list. Integers are 64-bit where Python's
+// are unbounded: one that does not fit (a literal, an arithmetic result,
+// the int filter's, a number in the inputs) is an error, never a float or
+// a wrapped value printed in its place.
 //
 // Errors, all kInvalidArgument (the template or the request is at fault):
 //  - parse(): a syntax error, "chat template: line L col C: ...", or a
@@ -30,7 +33,7 @@
 //    (templates use it to reject conversations, e.g. roles that do not
 //    alternate); other failures say "chat template line L: ..." (a type
 //    error, an undefined value used where jinja2 raises, division by zero,
-//    an unknown filter).
+//    an integer beyond 64 bits, an unknown filter).
 //  kResourceExhausted when a limit below is hit (hostile template or input).
 //
 // The template comes from a model file and is untrusted: no source and no
