@@ -245,6 +245,44 @@ std::optional<ApiError> normalise_reasoning(ojson& msg, const std::string& param
   return std::nullopt;
 }
 
+// reasoning_effort: OpenAI's values, in order of effort.
+constexpr const char* kReasoningEfforts[] = {"none", "minimal", "low", "medium", "high"};
+
+std::optional<ApiError> check_reasoning_effort(const ojson& v, const std::string& param) {
+  const bool known = v.is_string() && std::find_if(std::begin(kReasoningEfforts), std::end(kReasoningEfforts),
+                                                   [&](const char* x) { return v == x; }) != std::end(kReasoningEfforts);
+  if (!known)
+    return invalid(param, param + " must be \"none\", \"minimal\", \"low\", \"medium\" or \"high\"");
+  return std::nullopt;
+}
+
+// reasoning_effort (OpenAI's) is the chat template variable of that name,
+// as vLLM passes it: gpt-oss's template prints it into its system turn,
+// and templates that do not read it are unchanged. chat_template_kwargs
+// may set the same variable; it is held to the same values, and the two
+// must agree, so neither silently wins. On r->chat_template_kwargs (set
+// first), as the template will see it.
+std::optional<ApiError> parse_reasoning_effort(const ojson& j, Endpoint endpoint, CompletionRequest* r) {
+  constexpr const char* kName = "reasoning_effort";
+  const bool top = j.contains(kName) && !j[kName].is_null();
+  if (top && endpoint != Endpoint::kChat)
+    return invalid(kName, "reasoning_effort is for chat completions (a completions prompt has no chat template)");
+  if (top)
+    if (auto e = check_reasoning_effort(j[kName], kName)) return e;
+  ojson& kwargs = r->chat_template_kwargs;
+  if (kwargs.contains(kName) && kwargs[kName].is_null()) kwargs.erase(kName);  // as absent, like the parameter
+  if (kwargs.contains(kName)) {
+    if (auto e = check_reasoning_effort(kwargs[kName], "chat_template_kwargs.reasoning_effort")) return e;
+    if (top && kwargs[kName] != j[kName])
+      return invalid("chat_template_kwargs.reasoning_effort",
+                     "chat_template_kwargs.reasoning_effort is \"" + kwargs[kName].get<std::string>() +
+                         "\" and the request's reasoning effort \"" + j[kName].get<std::string>() +
+                         "\": they set the same template variable (give one)");
+  }
+  if (top) kwargs[kName] = j[kName];
+  return std::nullopt;
+}
+
 }  // namespace
 
 // The body as a JSON object, or the 400 that says why not. Objects wider
@@ -482,6 +520,7 @@ std::optional<ApiError> parse_request_object(const ojson& j, Endpoint endpoint, 
     }
     r.chat_template_kwargs = k;
   }
+  if (auto e = parse_reasoning_effort(j, endpoint, &r)) return e;
   if (endpoint == Endpoint::kChat) {
     // Shape checked by refuse_unsupported.
     r.json_object = present(j, "response_format") && j["response_format"]["type"] != "text";
@@ -686,7 +725,7 @@ std::optional<ApiError> parse_tokenize_request(std::string_view body, TokenizeRe
   ojson chat = ojson::object();
   chat["model"] = r.model.value_or("");
   // tool_choice too: "none" drops the tools from what the template prints.
-  for (const char* k : {"messages", "tools", "tool_choice", "chat_template_kwargs"})
+  for (const char* k : {"messages", "tools", "tool_choice", "chat_template_kwargs", "reasoning_effort"})
     if (j.contains(k)) chat[k] = j[k];
   if (auto e = parse_request_object(chat, Endpoint::kChat, &r.chat)) return e;
   *out = std::move(r);

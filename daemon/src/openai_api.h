@@ -86,7 +86,10 @@ struct CompletionRequest {
   // object), and the schema (null without one).
   std::shared_ptr<const engine::Grammar> response_grammar;
   ojson response_schema;
-  ojson chat_template_kwargs = ojson::object();  // chat: more template variables (vLLM's extension)
+  // chat: more template variables (vLLM's extension), and reasoning_effort
+  // ("none", "minimal", "low", "medium", "high") when the request sets it,
+  // as the parameter or here (the two must agree).
+  ojson chat_template_kwargs = ojson::object();
   std::vector<std::string> prompts;  // completions: one or more, each with n choices
   std::string prompt;                // completions: prompts joined (for the audit log)
   std::optional<int> max_tokens;     // absent: chat up to the context length, completions 16 (as OpenAI)
@@ -139,7 +142,7 @@ std::optional<ApiError> parse_rerank_request(std::string_view body, RerankReques
 struct TokenizeRequest {
   std::optional<std::string> model;  // absent: the served bundle
   std::optional<std::string> prompt;  // a completions prompt, or else:
-  CompletionRequest chat;             // the chat request `messages` (with tools, chat_template_kwargs) make
+  CompletionRequest chat;             // the chat request `messages` (with tools, chat_template_kwargs, reasoning_effort) make
   bool add_special_tokens = true;     // prompt: BOS/EOS as the tokenizer adds them
   bool add_generation_prompt = true;  // messages: end with the assistant's turn opened
   bool return_token_strs = false;
@@ -148,7 +151,7 @@ struct TokenizeRequest {
 // POST /tokenize (vLLM's shape): `prompt` a string, tokenised as
 // /v1/completions tokenises it (control-token text read as those tokens),
 // `add_special_tokens` (true); or `messages` (with `tools`, `tool_choice`,
-// `chat_template_kwargs`), rendered and tokenised as /v1/chat/completions
+// `chat_template_kwargs`, `reasoning_effort`), rendered and tokenised as /v1/chat/completions
 // does, `add_generation_prompt` (true). `return_token_strs`, `model`.
 // `add_special_tokens` true and `continue_final_message` true are refused
 // with messages (the chat template decides the special tokens).

@@ -312,6 +312,9 @@ ApiError renamed(ApiError e, const Origins& origins) {
   } else if (starts("response_format")) {
     from = "response_format";
     to = "text.format";
+  } else if (p == "reasoning_effort") {
+    from = p;
+    to = "reasoning.effort";
   } else if (p == "max_completion_tokens") {
     from = p;
     to = "max_output_tokens";
@@ -391,11 +394,17 @@ std::optional<ApiError> parse_responses_request(std::string_view body, Completio
   if (given(j, "reasoning")) {
     const ojson& r = j["reasoning"];
     if (!r.is_object()) return invalid("reasoning", "reasoning must be an object");
-    for (const char* key : {"effort", "summary"})
-      if (given(r, key)) {
-        if (!r[key].is_string()) return invalid(std::string("reasoning.") + key, std::string("reasoning.") + key + " must be a string");
-        echo->reasoning[key] = r[key];
-      }
+    // effort is chat's reasoning_effort (the template variable), checked
+    // there and named back as reasoning.effort. summary changes nothing:
+    // the reasoning item carries the whole text, its summary empty.
+    if (given(r, "effort")) {
+      chat["reasoning_effort"] = r["effort"];
+      echo->reasoning["effort"] = r["effort"];
+    }
+    if (given(r, "summary")) {
+      if (!r["summary"].is_string()) return invalid("reasoning.summary", "reasoning.summary must be a string");
+      echo->reasoning["summary"] = r["summary"];
+    }
   }
   if (given(j, "metadata")) {
     const ojson& m = j["metadata"];

@@ -2280,39 +2280,50 @@ void Server::routes() {
     s.metrics.gauge("airlock_model_ready", "1 when the last forward pass succeeded").set(m && m->scheduler->healthy() ? 1 : 0);
     res.set_content(s.metrics.render(), "text/plain; version=0.0.4");
   });
+  // No model (withdrawn: a revoked or untrusted key, an expired bundle) is
+  // the 503 every API route answers, naming why, not an empty list: an SDK
+  // client would read that as "this server has no models" and never learn
+  // the reason, and monitoring would see a 200.
   h.Get("/v1/models", [&s](const httplib::Request&, httplib::Response& res) {
-    ojson data = ojson::array();
-    if (std::shared_ptr<LoadedModel> m = s.current()) {
-      const engine::ModelParams& p = m->model->params();
-      data.push_back({{"id", m->id},
-                      {"object", "model"},
-                      {"created", m->created},
-                      {"owned_by", "airlock"},
-                      {"airlock",
-                       {{"bundle_version", m->version},
-                        {"manifest_sha256", m->manifest_sha256},
-                        {"signed_by", m->key_id},
-                        {"architecture", p.arch},
-                        {"parameters", m->model->n_params()},      // held by each rank
-                        {"weight_bytes", m->model->weight_bytes()},  // on each rank's device
-                        {"tensor_parallel", m->n_ranks},
-                        {"context_length", m->scheduler->max_context()},
-                        {"kv_blocks", m->scheduler->stats().kv_blocks_total},
-                        {"max_running", m->scheduler->options().max_running},
-                        {"tool_calls", tool_format_name(m->tool_format)},
-                        {"reasoning", reasoning_format_name(m->reasoning)},
-                        // What /v1/embeddings and /v1/rerank have to work with.
-                        {"embedding", m->embedder ? ojson{{"kind", std::string(m->embedder->kind())}, {"dimensions", m->embedder->dim()}}
-                                                  : ojson()},
-                        {"reranker", m->reranker ? ojson{{"context_length", m->reranker->context_length()},
-                                                     {"kind", m->reranker->reranker_kind()}}
-                                               : ojson()}}}});
+    std::shared_ptr<LoadedModel> m = s.current();
+    if (!m) {
+      s.send_error(res, api_error(503, "server_error", s.no_model()));
+      return;
     }
+    ojson data = ojson::array();
+    const engine::ModelParams& p = m->model->params();
+    data.push_back({{"id", m->id},
+                    {"object", "model"},
+                    {"created", m->created},
+                    {"owned_by", "airlock"},
+                    {"airlock",
+                     {{"bundle_version", m->version},
+                      {"manifest_sha256", m->manifest_sha256},
+                      {"signed_by", m->key_id},
+                      {"architecture", p.arch},
+                      {"parameters", m->model->n_params()},      // held by each rank
+                      {"weight_bytes", m->model->weight_bytes()},  // on each rank's device
+                      {"tensor_parallel", m->n_ranks},
+                      {"context_length", m->scheduler->max_context()},
+                      {"kv_blocks", m->scheduler->stats().kv_blocks_total},
+                      {"max_running", m->scheduler->options().max_running},
+                      {"tool_calls", tool_format_name(m->tool_format)},
+                      {"reasoning", reasoning_format_name(m->reasoning)},
+                      // What /v1/embeddings and /v1/rerank have to work with.
+                      {"embedding", m->embedder ? ojson{{"kind", std::string(m->embedder->kind())}, {"dimensions", m->embedder->dim()}}
+                                                : ojson()},
+                      {"reranker", m->reranker ? ojson{{"context_length", m->reranker->context_length()},
+                                                   {"kind", m->reranker->reranker_kind()}}
+                                             : ojson()}}}});
     res.set_content(ojson({{"object", "list"}, {"data", data}}).dump(), "application/json");
   });
   h.Get(R"(/v1/models/(.+))", [&s](const httplib::Request& req, httplib::Response& res) {
     std::shared_ptr<LoadedModel> m = s.current();
-    if (!m || req.matches[1] != m->id) {
+    if (!m) {
+      s.send_error(res, api_error(503, "server_error", s.no_model()));
+      return;
+    }
+    if (req.matches[1] != m->id) {
       s.send_error(res, api_error(404, "invalid_request_error", "the model does not exist", "model_not_found"));
       return;
     }

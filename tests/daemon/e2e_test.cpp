@@ -2070,6 +2070,26 @@ bool revoke_served_key_and_reload(const Enclave& e, Daemon& d, const std::string
   return d.log().find("may no longer be served") != std::string::npos;
 }
 
+// While the served bundle is withdrawn, GET /v1/models and
+// /v1/models/{id} answer as every API route does: 503 in the OpenAI error
+// envelope naming why (`why` is found in the message), with Retry-After,
+// not a 200 with an empty list that an SDK's models.list() would take for
+// "this server has no models".
+void expect_withdrawn_models(Daemon& d, const std::string& why) {
+  for (const char* path : {"/v1/models", "/v1/models/stories"}) {
+    auto r = d.client().Get(path);
+    ASSERT_TRUE(r) << path;
+    EXPECT_EQ(r->status, 503) << path << ": " << r->body;
+    EXPECT_EQ(r->get_header_value("Retry-After"), "1") << path;
+    const json body = json::parse(r->body, nullptr, false);
+    ASSERT_TRUE(body.contains("error")) << path << ": " << r->body;
+    EXPECT_EQ(body["error"]["type"], "server_error") << r->body;
+    const std::string message = body["error"]["message"].get<std::string>();
+    EXPECT_NE(message.find("may no longer be served"), std::string::npos) << message;
+    EXPECT_NE(message.find(why), std::string::npos) << message;
+  }
+}
+
 // A revocation list that cannot be read at a reload (a mistyped line
 // beside the key being revoked) withdraws the served bundle rather than
 // keeping it: the list may revoke its key.
@@ -2083,6 +2103,7 @@ TEST(DaemonLifecycle, AnUnreadableRevocationListStopsServing) {
   ASSERT_TRUE(refused);
   EXPECT_EQ(refused->status, 503);
   EXPECT_NE(refused->body.find("revocation list cannot be read"), std::string::npos) << refused->body;
+  expect_withdrawn_models(*d, "revocation list cannot be read");
   EXPECT_EQ(d->stop(), 0);
 }
 
@@ -2099,10 +2120,12 @@ TEST(DaemonLifecycle, RevokingTheServedBundlesKeyStopsServingIt) {
   ASSERT_TRUE(refused);
   EXPECT_EQ(refused->status, 503);
   EXPECT_NE(refused->body.find("revoked"), std::string::npos) << refused->body;
+  EXPECT_EQ(refused->get_header_value("Retry-After"), "1");
   auto ready = d->client().Get("/ready");
   ASSERT_TRUE(ready);
   EXPECT_EQ(ready->status, 503);
   EXPECT_NE(ready->body.find("revoked"), std::string::npos) << ready->body;
+  expect_withdrawn_models(*d, "revoked");
   EXPECT_EQ(d->client().Get("/health")->status, 200);
   const std::string metrics = d->client().Get("/metrics")->body;
   EXPECT_NE(metrics.find("\nairlock_model_ready 0\n"), std::string::npos) << metrics;  // monitoring sees it too
@@ -2117,6 +2140,11 @@ TEST(DaemonLifecycle, RevokingTheServedBundlesKeyStopsServingIt) {
   for (int i = 0; i < 200 && d->log().find("now serving stories version 2") == std::string::npos; ++i)
     std::this_thread::sleep_for(std::chrono::milliseconds(25));
   EXPECT_EQ(d->post("/v1/chat/completions", chat("hello", 4))->status, 200) << d->log();
+  auto listed = d->client().Get("/v1/models");
+  ASSERT_TRUE(listed);
+  ASSERT_EQ(listed->status, 200) << listed->body;
+  EXPECT_EQ(json::parse(listed->body)["data"][0]["airlock"]["bundle_version"], 2) << listed->body;
+  EXPECT_EQ(d->client().Get("/v1/models/stories")->status, 200);
   EXPECT_EQ(d->stop(), 0);
 }
 
@@ -2144,6 +2172,7 @@ TEST(DaemonLifecycle, AnExpiredBundleStopsBeingServed) {
   auto ready = d->client().Get("/ready");
   ASSERT_TRUE(ready);
   EXPECT_NE(ready->body.find("expired"), std::string::npos) << ready->body;
+  expect_withdrawn_models(*d, "expired");
   EXPECT_EQ(d->stop(), 0);
 }
 
@@ -2468,6 +2497,8 @@ TEST(DaemonLifecycle, OfficialOpenAiNodeSdk) {
   EXPECT_NE(out.find("ok: responses.stream().finalResponse() assembles the same text"), std::string::npos) << out;
   EXPECT_NE(out.find("ok: responses tool call: stream().finalResponse() assembles the same call"), std::string::npos) << out;
   EXPECT_NE(out.find("ok: responses: parse() gives output_parsed and a reasoning item"), std::string::npos) << out;
+  EXPECT_NE(out.find("ok: reasoning_effort extreme raises BadRequestError naming it"), std::string::npos) << out;
+  EXPECT_NE(out.find("ok: responses: reasoning.effort is taken and repeated"), std::string::npos) << out;
   EXPECT_EQ(d->stop(), 0);
   EXPECT_EQ(full->stop(), 0);
   EXPECT_EQ(tools->stop(), 0);
@@ -3895,6 +3926,75 @@ TEST(DaemonLifecycle, ToolCallsWithTheRealQwen3Template) {
   EXPECT_TRUE(fc["message"]["content"].is_null()) << call->body;
   ASSERT_EQ(fc["message"]["tool_calls"].size(), 1u) << call->body;
   EXPECT_EQ(json::parse(fc["message"]["tool_calls"][0]["function"]["arguments"].get<std::string>()), json({{"city", "Paris"}}));
+  EXPECT_EQ(d->stop(), 0);
+}
+
+// reasoning_effort reaches the chat template as the variable of that name
+// (vLLM's way; gpt-oss's template prints it into its system turn): here a
+// template that prints it, read back through /tokenize and /detokenize, and
+// counted alike by chat, chat_template_kwargs and the Responses API's
+// reasoning.effort.
+TEST(DaemonLifecycle, ReasoningEffortReachesTheChatTemplate) {
+  TempDir models;
+  testing::write_file(models / "effort.jinja",
+                      "<|im_start|>system\nReasoning={% if reasoning_effort is defined %}{{ reasoning_effort }}"
+                      "{% else %}unset{% endif %}.<|im_end|>\n{% for m in messages %}<|im_start|>{{ m.role }}\n"
+                      "{{ m.content }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}");
+  Enclave e("", make_answer_model(models, "effort", "Done.", {"Done."}, models / "effort.jinja"));
+  auto d = Daemon::start(e);
+  ASSERT_GT(d->port, 0) << d->log();
+  const json messages = json::array({{{"role", "user"}, {"content", "Hi"}}});
+  // The prompt's text and token count with `extra` fields beside the messages.
+  auto rendered = [&](const json& extra) -> std::pair<std::string, int> {
+    json body = {{"messages", messages}};
+    body.update(extra);
+    auto t = d->post("/tokenize", body);
+    EXPECT_EQ(t->status, 200) << t->body;
+    const json tokens = json::parse(t->body)["tokens"];
+    auto back = d->post("/detokenize", {{"tokens", tokens}, {"skip_special_tokens", true}});
+    EXPECT_EQ(back->status, 200) << back->body;
+    return {json::parse(back->body)["prompt"].get<std::string>(), static_cast<int>(tokens.size())};
+  };
+  const auto [unset_text, unset_count] = rendered(json::object());
+  EXPECT_NE(unset_text.find("Reasoning=unset."), std::string::npos) << unset_text;
+  for (const char* effort : {"none", "minimal", "low", "medium", "high"}) {
+    const auto [text, count] = rendered({{"reasoning_effort", effort}});
+    EXPECT_NE(text.find(std::string("Reasoning=") + effort + "."), std::string::npos) << text;
+    // Chat renders the same prompt: the same count, which the value's
+    // length changes (this model's vocabulary spells it in bytes).
+    auto c = d->post("/v1/chat/completions",
+                     {{"model", "stories"}, {"messages", messages}, {"max_tokens", 1}, {"reasoning_effort", effort}});
+    ASSERT_EQ(c->status, 200) << c->body;
+    EXPECT_EQ(json::parse(c->body)["usage"]["prompt_tokens"], count) << effort;
+    EXPECT_NE(count, unset_count) << effort;
+  }
+  // chat_template_kwargs sets the same variable; the two agreeing is fine,
+  // differing is a 400 naming the kwargs' entry.
+  EXPECT_EQ(rendered({{"chat_template_kwargs", {{"reasoning_effort", "high"}}}}).first,
+            rendered({{"reasoning_effort", "high"}}).first);
+  EXPECT_EQ(rendered({{"reasoning_effort", "high"}, {"chat_template_kwargs", {{"reasoning_effort", "high"}}}}).first,
+            rendered({{"reasoning_effort", "high"}}).first);
+  auto param_of = [&](const std::string& route, json body) {
+    body["model"] = "stories";
+    auto r = d->post(route, body);
+    return std::to_string(r->status) + " " + json::parse(r->body)["error"]["param"].dump();
+  };
+  EXPECT_EQ(param_of("/v1/chat/completions", {{"messages", messages},
+                                              {"reasoning_effort", "low"},
+                                              {"chat_template_kwargs", {{"reasoning_effort", "high"}}}}),
+            "400 \"chat_template_kwargs.reasoning_effort\"");
+  EXPECT_EQ(param_of("/v1/chat/completions", {{"messages", messages}, {"reasoning_effort", "maximum"}}),
+            "400 \"reasoning_effort\"");
+  EXPECT_EQ(param_of("/v1/chat/completions", {{"messages", messages}, {"reasoning_effort", 2}}), "400 \"reasoning_effort\"");
+  EXPECT_EQ(param_of("/v1/completions", {{"prompt", "Hi"}, {"reasoning_effort", "low"}}), "400 \"reasoning_effort\"");
+  // The Responses API's reasoning.effort is the same variable.
+  const int medium = rendered({{"reasoning_effort", "medium"}}).second;
+  auto resp = d->post("/v1/responses",
+                      {{"model", "stories"}, {"input", "Hi"}, {"max_output_tokens", 1}, {"reasoning", {{"effort", "medium"}}}});
+  ASSERT_EQ(resp->status, 200) << resp->body;
+  EXPECT_EQ(json::parse(resp->body)["usage"]["input_tokens"], medium) << resp->body;
+  EXPECT_EQ(json::parse(resp->body)["reasoning"]["effort"], "medium") << resp->body;
+  EXPECT_EQ(param_of("/v1/responses", {{"input", "Hi"}, {"reasoning", {{"effort", "turbo"}}}}), "400 \"reasoning.effort\"");
   EXPECT_EQ(d->stop(), 0);
 }
 

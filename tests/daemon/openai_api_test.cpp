@@ -630,5 +630,77 @@ TEST(OpenAiApiTest, ChatTemplateKwargs) {
   EXPECT_EQ(e->param, "chat_template_kwargs");
 }
 
+// reasoning_effort: OpenAI's five values reach the chat template as the
+// variable reasoning_effort (vLLM's way, which gpt-oss's template reads);
+// anything else is a 400 naming it, null is absent.
+TEST(OpenAiApiTest, ReasoningEffortIsATemplateVariable) {
+  const std::string head = R"({"model":"m","messages":[{"role":"user","content":"x"}])";
+  for (const char* effort : {"none", "minimal", "low", "medium", "high"}) {
+    CompletionRequest r;
+    const std::string body = head + R"(,"reasoning_effort":")" + effort + "\"}";
+    auto e = parse_request(body, Endpoint::kChat, &r);
+    ASSERT_FALSE(e) << body << ": " << e->message;
+    EXPECT_EQ(r.chat_template_kwargs, ojson({{"reasoning_effort", effort}})) << body;
+  }
+  CompletionRequest unset;
+  ASSERT_FALSE(parse_request(head + R"(,"reasoning_effort":null})", Endpoint::kChat, &unset));
+  EXPECT_FALSE(unset.chat_template_kwargs.contains("reasoning_effort"));
+  for (const char* value : {R"("HIGH")", R"("max")", R"("")", R"("xhigh")", R"(" low")", "2", "true", R"(["low"])",
+                            R"({"effort":"low"})"}) {
+    CompletionRequest r;
+    const std::string body = head + R"(,"reasoning_effort":)" + value + "}";
+    auto e = parse_request(body, Endpoint::kChat, &r);
+    ASSERT_TRUE(e) << body;
+    EXPECT_EQ(e->http_status, 400);
+    EXPECT_EQ(e->param, "reasoning_effort") << body;
+    EXPECT_NE(e->message.find("\"minimal\""), std::string::npos) << e->message;  // says what is accepted
+  }
+  // A completions prompt has no chat template to give it to.
+  CompletionRequest c;
+  auto e = parse_request(R"({"model":"m","prompt":"x","reasoning_effort":"low"})", Endpoint::kCompletions, &c);
+  ASSERT_TRUE(e);
+  EXPECT_EQ(e->param, "reasoning_effort");
+  ASSERT_FALSE(parse_request(R"({"model":"m","prompt":"x","reasoning_effort":null})", Endpoint::kCompletions, &c));
+}
+
+// chat_template_kwargs may set the same variable: held to the same values,
+// and a value that differs from the parameter's is a 400, not a silent
+// choice of one of them.
+TEST(OpenAiApiTest, ReasoningEffortAndChatTemplateKwargsAgree) {
+  const std::string head = R"({"model":"m","messages":[{"role":"user","content":"x"}])";
+  CompletionRequest r;
+  ASSERT_FALSE(parse_request(head + R"(,"chat_template_kwargs":{"reasoning_effort":"low","enable_thinking":true}})",
+                             Endpoint::kChat, &r));
+  EXPECT_EQ(r.chat_template_kwargs, ojson({{"reasoning_effort", "low"}, {"enable_thinking", true}}));
+  ASSERT_FALSE(parse_request(head + R"(,"reasoning_effort":"high","chat_template_kwargs":{"reasoning_effort":"high"}})",
+                             Endpoint::kChat, &r));
+  EXPECT_EQ(r.chat_template_kwargs, ojson({{"reasoning_effort", "high"}}));
+  // null in the kwargs is absent too (a template would print "None").
+  ASSERT_FALSE(parse_request(head + R"(,"reasoning_effort":"low","chat_template_kwargs":{"reasoning_effort":null}})",
+                             Endpoint::kChat, &r));
+  EXPECT_EQ(r.chat_template_kwargs, ojson({{"reasoning_effort", "low"}}));
+  ASSERT_FALSE(parse_request(head + R"(,"chat_template_kwargs":{"reasoning_effort":null}})", Endpoint::kChat, &r));
+  EXPECT_TRUE(r.chat_template_kwargs.empty());
+  for (const auto& [extra, param] : std::vector<std::pair<std::string, std::string>>{
+           {R"("reasoning_effort":"high","chat_template_kwargs":{"reasoning_effort":"low"})",
+            "chat_template_kwargs.reasoning_effort"},
+           {R"("chat_template_kwargs":{"reasoning_effort":"extreme"})", "chat_template_kwargs.reasoning_effort"},
+           {R"("chat_template_kwargs":{"reasoning_effort":1})", "chat_template_kwargs.reasoning_effort"},
+           {R"("reasoning_effort":"extreme","chat_template_kwargs":{"reasoning_effort":"low"})", "reasoning_effort"}}) {
+    CompletionRequest b;
+    const std::string body = head + "," + extra + "}";
+    auto e = parse_request(body, Endpoint::kChat, &b);
+    ASSERT_TRUE(e) << body;
+    EXPECT_EQ(e->param, param) << body << ": " << e->message;
+  }
+  // POST /tokenize renders as chat renders: the same variable.
+  TokenizeRequest t;
+  ASSERT_FALSE(parse_tokenize_request(R"({"messages":[{"role":"user","content":"hi"}],"reasoning_effort":"minimal"})", &t));
+  EXPECT_EQ(t.chat.chat_template_kwargs, ojson({{"reasoning_effort", "minimal"}}));
+  auto e = parse_tokenize_request(R"({"messages":[{"role":"user","content":"hi"}],"reasoning_effort":"max"})", &t);
+  ASSERT_TRUE(e);
+  EXPECT_EQ(e->param, "reasoning_effort");
+}
+
 }  // namespace
 }  // namespace airlock::daemon

@@ -8,7 +8,7 @@
 //   serving a test model that thinks, then answers {"a": 1}; optional) and
 //   NODE_PATH-style AIRLOCK_OPENAI_MODULE (the installed package's entry).
 // Prints one line per check; exits 1 on the first failure.
-const { default: OpenAI, AuthenticationError, RateLimitError } = await import(process.env.AIRLOCK_OPENAI_MODULE);
+const { default: OpenAI, AuthenticationError, BadRequestError, RateLimitError } = await import(process.env.AIRLOCK_OPENAI_MODULE);
 
 function check(cond, what) {
   if (!cond) {
@@ -35,6 +35,26 @@ check(whole.choices[0].message.role === 'assistant', 'non-streamed chat: assista
 check(typeof whole.choices[0].message.content === 'string' && whole.choices[0].message.content.length > 0,
       'non-streamed chat: content');
 check(whole.usage.total_tokens === whole.usage.prompt_tokens + whole.usage.completion_tokens, 'non-streamed chat: usage');
+
+// reasoning_effort, as the SDK types it, is taken (a chat template
+// variable; this model's template does not read it, so the prompt is the
+// same); a value OpenAI does not define raises BadRequestError naming it.
+const effort = await client.chat.completions.create({
+  model: 'stories', messages: [{ role: 'user', content: 'Tell me a story.' }], max_tokens: 1, reasoning_effort: 'low',
+});
+check(effort.usage.prompt_tokens === whole.usage.prompt_tokens, 'reasoning_effort: low is taken');
+try {
+  await client.chat.completions.create({
+    model: 'stories', messages: [{ role: 'user', content: 'Hi' }], max_tokens: 1, reasoning_effort: 'extreme',
+  });
+  check(false, 'reasoning_effort extreme raises');
+} catch (e) {
+  check(e instanceof BadRequestError && e.param === 'reasoning_effort',
+        `reasoning_effort extreme raises BadRequestError naming it (${e.constructor.name}, ${e.param})`);
+}
+const reffort = await client.responses.create({ model: 'stories', input: 'Hi', max_output_tokens: 1,
+                                                reasoning: { effort: 'minimal' } });
+check(reffort.reasoning?.effort === 'minimal', `responses: reasoning.effort is taken and repeated (${JSON.stringify(reffort.reasoning)})`);
 
 const stream = await client.chat.completions.create({
   model: 'stories',

@@ -206,6 +206,32 @@ TEST(ResponsesApiTest, BadInputIsNamedAsTheResponsesApiNamesIt) {
   EXPECT_EQ(refused({{"model", "m"}, {"input", "hi"}, {"instructions", 5}}).param, "instructions");
 }
 
+// reasoning.effort is chat's reasoning_effort: the template variable, held
+// to OpenAI's values, repeated in the response, its errors named as the
+// Responses API names it.
+TEST(ResponsesApiTest, ReasoningEffortReachesTheTemplate) {
+  CompletionRequest r = parsed({{"model", "m"}, {"input", "hi"}, {"reasoning", {{"effort", "high"}, {"summary", "auto"}}}});
+  EXPECT_EQ(r.chat_template_kwargs, ojson({{"reasoning_effort", "high"}}));
+  EXPECT_EQ(r.responses->reasoning, ojson({{"effort", "high"}, {"summary", "auto"}}));
+  CompletionRequest none = parsed({{"model", "m"}, {"input", "hi"}, {"reasoning", {{"effort", nullptr}}}});
+  EXPECT_TRUE(none.chat_template_kwargs.empty());
+  EXPECT_TRUE(none.responses->reasoning["effort"].is_null());
+  for (const ojson& effort : {ojson("extreme"), ojson(3), ojson("High")}) {
+    ApiError e = refused({{"model", "m"}, {"input", "hi"}, {"reasoning", {{"effort", effort}}}});
+    EXPECT_EQ(e.param, "reasoning.effort") << effort;
+    EXPECT_EQ(e.message.rfind("reasoning.effort must be", 0), 0u) << e.message;
+  }
+  CompletionRequest same = parsed({{"model", "m"}, {"input", "hi"}, {"reasoning", {{"effort", "low"}}},
+                                   {"chat_template_kwargs", {{"reasoning_effort", "low"}}}});
+  EXPECT_EQ(same.chat_template_kwargs, ojson({{"reasoning_effort", "low"}}));
+  EXPECT_EQ(refused({{"model", "m"}, {"input", "hi"}, {"reasoning", {{"effort", "low"}}},
+                     {"chat_template_kwargs", {{"reasoning_effort", "high"}}}})
+                .param,
+            "chat_template_kwargs.reasoning_effort");
+  EXPECT_EQ(refused({{"model", "m"}, {"input", "hi"}, {"reasoning", {{"summary", 1}}}}).param, "reasoning.summary");
+  EXPECT_EQ(refused({{"model", "m"}, {"input", "hi"}, {"reasoning", "high"}}).param, "reasoning");
+}
+
 TEST(ResponsesApiTest, TheResponseObjectAndItsItems) {
   CompletionRequest r = parsed({{"model", "m"}, {"input", "hi"}, {"instructions", "x"}, {"metadata", {{"k", "v"}}},
                                 {"tools", {{{"type", "function"}, {"name", "f"}}}}});
