@@ -2,10 +2,17 @@
 // embedding model's tokens, cutting at sentence ends where it can.
 //
 // A chunk is a run of whole sentences of at most `max_tokens` tokens; a
-// sentence longer than that is cut at word boundaries, and a word longer
-// than that at UTF-8 character boundaries, so every chunk fits. Consecutive
-// chunks share up to `overlap_tokens` tokens (and 32 bytes a token) of whole
-// trailing sentences.
+// sentence longer than that is cut at word boundaries (and after the
+// clauses of CJK text, 、，；：), and a word longer than that (a run of CJK
+// text, a long token) at UTF-8 character boundaries, each piece as long as
+// the budget allows, so every chunk fits. (A single character that alone
+// counts more than `max_tokens` is a chunk of its own rather than cut.)
+// Sentences end at a line break; at . ! ? and closing quotes or brackets
+// before white space or CJK text; and at the ideographic and fullwidth
+// sentence ends 。！？． and the closing brackets and quotes after them
+// (」』）” ...), with no space needed. Consecutive chunks share up to
+// `overlap_tokens` tokens (and 32 bytes a token) of whole trailing
+// sentences.
 // Offsets are byte offsets into the input text, so a citation can point at
 // the exact passage.
 //
