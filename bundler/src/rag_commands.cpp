@@ -119,9 +119,11 @@ class Daemon {
     return d;
   }
 
-  // The parsed JSON answer, or the error the daemon (or the connection) gave.
+  // The parsed JSON answer, or the error the daemon (or the connection)
+  // gave: 429 (busy, try again) is kResourceExhausted, and *retry_after_s
+  // (when given) then gets the seconds its Retry-After asks for (1 to 60).
   Result<json> call(const std::string& method, const std::string& path, const std::string& body = "",
-                    const std::string& type = "application/json") {
+                    const std::string& type = "application/json", int* retry_after_s = nullptr) {
     httplib::Result r = method == "GET"      ? client_->Get(path.c_str())
                         : method == "DELETE" ? client_->Delete(path.c_str())
                                              : client_->Post(path.c_str(), body, type.c_str());
@@ -132,7 +134,12 @@ class Daemon {
                                 j["error"].contains("message") && j["error"]["message"].is_string()
                             ? j["error"]["message"].get<std::string>()
                             : "HTTP " + std::to_string(r->status);
+      if (r->status == 429 && retry_after_s != nullptr) {
+        const long after = std::strtol(r->get_header_value("Retry-After").c_str(), nullptr, 10);
+        *retry_after_s = static_cast<int>(std::clamp(after, 1L, 60L));
+      }
       return Status(r->status == 404 ? StatusCode::kNotFound
+                    : r->status == 429 ? StatusCode::kResourceExhausted
                     : r->status == 403 ? StatusCode::kPermissionDenied
                     : r->status == 401 ? StatusCode::kUnauthenticated
                     : r->status >= 500 ? StatusCode::kUnavailable
@@ -191,6 +198,10 @@ Result<std::vector<std::pair<std::string, std::string>>> gather(const std::vecto
   return out;
 }
 
+// How long `rag ingest` waits for a place for one file while the daemon
+// answers that it is ingesting as many documents as it may (429).
+constexpr int kBusyWaitS = 600;
+
 int ingest(Daemon& d, const Args& args) {
   std::optional<std::string> collection = args.get("collection");
   if (!collection || args.positional().empty())
@@ -221,8 +232,17 @@ int ingest(Daemon& d, const Args& args) {
       continue;
     }
     const std::string bytes = ss.str();
-    Result<json> r = d.call("POST", "/v1/rag/collections/" + encode(*collection, false) + "/documents?source=" +
-                                        encode(name, false), bytes, "application/octet-stream");
+    const std::string target =
+        "/v1/rag/collections/" + encode(*collection, false) + "/documents?source=" + encode(name, false);
+    int retry_after_s = 1;
+    Result<json> r = d.call("POST", target, bytes, "application/octet-stream", &retry_after_s);
+    // 429: the daemon is ingesting rag.max_concurrent_ingests documents
+    // already (others' uploads); this one waits its turn, for a while.
+    for (int waited_s = 0; !r.is_ok() && r.status().code() == StatusCode::kResourceExhausted && waited_s < kBusyWaitS;
+         waited_s += retry_after_s) {
+      ::sleep(static_cast<unsigned>(retry_after_s));
+      r = d.call("POST", target, bytes, "application/octet-stream", &retry_after_s);
+    }
     if (!r.is_ok()) {
       if (r.status().code() == StatusCode::kUnavailable && r.status().message().find("cannot reach") == 0)
         return fail(r.status());

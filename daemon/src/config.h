@@ -32,6 +32,10 @@ struct RagConfig {
   double min_term_coverage = 0.6;
   std::uint64_t ann_threshold = 20000;    // vectors per collection before HNSW is used
   std::uint64_t max_document_bytes = 32u << 20;
+  // Document uploads read or ingested at once; more get 429 with
+  // Retry-After before their body is read. Each holds its document in
+  // memory several times over (body, text, chunks) and a connection thread.
+  int max_concurrent_ingests = 2;
   int pdf_timeout_ms = 30000;
   std::uint64_t pdf_memory_mib = 512;
   std::string refusal;                    // empty: the built-in text

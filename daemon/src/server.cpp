@@ -24,6 +24,7 @@
 #include "airlock/rag/ingest.h"
 #include "connection.h"
 #include "elastic_pool.h"
+#include "ingest_gate.h"
 #include "openai_api.h"
 #include "responses_api.h"
 #include "schema_grammar.h"
@@ -47,6 +48,14 @@ constexpr std::size_t kMaxAuditRouteBytes = 512;
 // reset before it could read the answer. It holds the connection's thread.
 constexpr std::chrono::milliseconds kLingerAfterRefusal{1000};
 
+// The same for an upload refused because the ingests are full (429): its
+// client is meant to try again, so it should read that answer rather than
+// a reset, even while its body still comes (at 1 MiB/s, 1 ms a KiB, up to
+// a minute in all).
+std::chrono::milliseconds linger_for_upload(std::uint64_t n_bytes) {
+  return kLingerAfterRefusal + std::chrono::milliseconds(std::min<std::uint64_t>(n_bytes >> 10, 59000));
+}
+
 // After a refusal that leaves bytes unread (a body, a target that is not
 // a path): the answer is written, so end the connection. httplib 0.11
 // keeps a connection open whatever "Connection: close" the answer says,
@@ -58,9 +67,9 @@ constexpr std::chrono::milliseconds kLingerAfterRefusal{1000};
 // prevent. end_after_answer() sends the end of the connection after the
 // answer, drops what the client still sends for a moment, and then makes
 // httplib's next read see the end of the connection.
-void end_answers(const httplib::Request& req) {
+void end_answers(const httplib::Request& req, std::chrono::milliseconds linger) {
   if (std::optional<PeerSocket> p = PeerSocket::find(req.local_addr, req.local_port, req.remote_addr, req.remote_port))
-    p->end_after_answer(kLingerAfterRefusal);
+    p->end_after_answer(linger);
 }
 
 // The route that takes documents (POST): its bodies may be larger than
@@ -616,6 +625,8 @@ struct Server::Impl {
   // Set once shutdown() shuts down the connections' reading side: a socket
   // shut down so polls as a client that hung up, which it is not.
   std::atomic<bool> ending_connections{false};
+  // Document uploads being read or ingested (rag.max_concurrent_ingests).
+  IngestGate ingests;
   int listen_fd = -1;
   int listen_port = 0;  // of listen_fd: the accepted connections have it as their local port
 
@@ -628,7 +639,7 @@ struct Server::Impl {
 
   Impl(Config c, Authenticator a, AuditSink s, Metrics& m)
       : config(std::move(c)), authenticate(std::move(a)), audit(std::move(s)), metrics(m),
-        http_owner(make_http(config, listener)), http(*http_owner),
+        http_owner(make_http(config, listener)), http(*http_owner), ingests(config.rag.max_concurrent_ingests),
         ttft(m.histogram("airlock_time_to_first_token_seconds", "Time from request arrival to its first token",
                          latency_buckets())),
         itl(m.histogram("airlock_inter_token_latency_seconds", "Mean time between tokens of a request",
@@ -713,6 +724,12 @@ struct Server::Impl {
     bool audited = false;       // the request has its audit row
     bool unread_bytes = false;  // refused with bytes left unread: the logger ends the connection
     bool handling = false;      // counted in Impl::handling until the logger runs
+    std::chrono::milliseconds linger = kLingerAfterRefusal;  // with unread_bytes: end_answers()' wait
+    // A document upload's place among the ingests, taken before its body
+    // is read and given back when this is reset: by the logger once the
+    // answer is written, or, if the logger never ran, by the next request
+    // on this thread or the thread's end.
+    IngestGate::Slot ingest = {};
   };
   static AdmittedKey& admitted_key() {
     thread_local AdmittedKey k;
@@ -2158,6 +2175,24 @@ void Server::routes() {
     // it is read. (httplib reads the length as strtoull does; so here.)
     if (req.get_header_value<std::uint64_t>("Content-Length") > s.config.max_body_bytes && !is_document_upload(req))
       return refuse_and_close(body_over_limit(s.config.max_body_bytes));
+    // Documents are ingested rag.max_concurrent_ingests at a time: each
+    // holds its body, text and chunks in memory, runs a parser and embeds
+    // on the compute threads. The place is taken before the body is read,
+    // so that a refused upload (429) holds nothing either.
+    if (is_document_upload(req)) {
+      Impl::admitted_key().ingest = s.ingests.try_enter();
+      if (!Impl::admitted_key().ingest) {
+        Impl::admitted_key().linger = linger_for_upload(req.get_header_value<std::uint64_t>("Content-Length"));
+        s.metrics
+            .counter("airlock_rag_documents_total", "Documents submitted for ingestion by result", "status=\"busy\"")
+            .inc();
+        return refuse_and_close(api_error(429, "rate_limit_error",
+                                          std::to_string(s.ingests.limit()) +
+                                              " documents are being ingested already (rag.max_concurrent_ingests); "
+                                              "retry later",
+                                          "too_many_ingests"));
+      }
+    }
     return httplib::Server::HandlerResponse::Unhandled;
   });
 
@@ -2193,6 +2228,7 @@ void Server::routes() {
     const std::optional<std::string> key = s.key_of(req);
     const bool own = Impl::admitted_key().request == &req;
     const bool audited = own && Impl::admitted_key().audited, unread = own && Impl::admitted_key().unread_bytes;
+    const std::chrono::milliseconds linger = Impl::admitted_key().linger;
     if (Impl::admitted_key().handling) --s.handling;  // this thread's request, whichever it was
     // The next request on this thread (a new Request, maybe at this
     // address) is checked afresh.
@@ -2210,7 +2246,7 @@ void Server::routes() {
     // (The logger runs once the answer is written. Only these refusals:
     // finding the socket scans the process's descriptors, and ending the
     // connection lingers, after the refusal was counted and audited.)
-    if (unread) end_answers(req);
+    if (unread) end_answers(req, linger);
   });
 
   h.Get("/health", [](const httplib::Request&, httplib::Response& res) {
@@ -2278,6 +2314,8 @@ void Server::routes() {
           .set(static_cast<double>(st.preemptions));
     }
     s.metrics.gauge("airlock_model_ready", "1 when the last forward pass succeeded").set(m && m->scheduler->healthy() ? 1 : 0);
+    s.metrics.gauge("airlock_rag_ingests_running", "Document uploads being read or ingested (rag.max_concurrent_ingests at most)")
+        .set(s.ingests.running());
     res.set_content(s.metrics.render(), "text/plain; version=0.0.4");
   });
   // No model (withdrawn: a revoked or untrusted key, an expired bundle) is

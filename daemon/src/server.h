@@ -8,7 +8,8 @@
 // (responses_api.h), POST /v1/embeddings, /v1/rag/... Every error is an OpenAI
 // envelope {"error": {message, type, param, code}} with 400 (bad JSON or
 // parameter, named), 401 (missing or wrong key), 404 (unknown model or
-// route), 413 (body over max_body_bytes), 429 (queue full, Retry-After),
+// route), 413 (body over max_body_bytes), 429 (queue full, or
+// rag.max_concurrent_ingests documents being ingested; Retry-After),
 // 503 (no model, unhealthy, draining; Retry-After).
 //
 // A client that disconnects has its sequences cancelled, and its KV blocks

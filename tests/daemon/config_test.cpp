@@ -160,7 +160,7 @@ TEST(ConfigTest, RagTable) {
   Result<Config> c = parse_config(
       "[rag]\nenabled = false\ndatabase = \"/srv/rag.db\"\nchunk_tokens = 128\nchunk_overlap = 16\ntop_k = 3\n"
       "rerank_candidates = 0\nmin_similarity = 0.7\nmin_term_coverage = 1\nann_threshold = 5000\nrefusal = \"Ask the help desk.\"\n"
-      "query_prefix = \"search_query: \"\ndocument_prefix = \"search_document: \"\n"
+      "query_prefix = \"search_query: \"\ndocument_prefix = \"search_document: \"\nmax_concurrent_ingests = 8\n"
       "admins = [\"ops\"]\n[rag.groups]\nhr = [\"app-a\", \"app-b\"]\n",
       "t.toml");
   ASSERT_TRUE(c.is_ok()) << c.status().to_string();
@@ -178,6 +178,7 @@ TEST(ConfigTest, RagTable) {
   EXPECT_EQ(c->rag.document_prefix, "search_document: ");
   EXPECT_EQ(c->rag.admins, std::vector<std::string>{"ops"});
   EXPECT_EQ(c->rag.groups.at("hr"), (std::vector<std::string>{"app-a", "app-b"}));
+  EXPECT_EQ(c->rag.max_concurrent_ingests, 8);
   // Defaults without the table.
   Result<Config> d = parse_config("", "t.toml");
   EXPECT_TRUE(d->rag.enabled);
@@ -185,6 +186,10 @@ TEST(ConfigTest, RagTable) {
   EXPECT_EQ(d->rag.rerank_candidates, 20);
   EXPECT_EQ(d->rag.query_prefix, "");
   EXPECT_EQ(d->rag.document_prefix, "");
+  EXPECT_EQ(d->rag.max_concurrent_ingests, 2);
+  // The bounds of max_concurrent_ingests are allowed.
+  for (const char* ok : {"[rag]\nmax_concurrent_ingests = 1", "[rag]\nmax_concurrent_ingests = 1024"})
+    EXPECT_TRUE(parse_config(ok, "t.toml").is_ok()) << ok;
   for (const auto& [text, want] : std::vector<std::pair<std::string, std::string>>{
            {"[rag]\nchunk_token = 1", "rag.chunk_token: unknown key"},
            {"[rag]\nchunk_tokens = 8", "rag.chunk_tokens: must be between"},
@@ -201,6 +206,13 @@ TEST(ConfigTest, RagTable) {
            {"[rag]\nquery_prefix = 1", "rag.query_prefix: must be a text"},
            {"[rag]\ndocument_prefix = \"" + std::string(1025, 'x') + "\"", "rag.document_prefix: must be a text"},
            {"rag = 1", "rag: must be a table"},
+           // No bound at all (0) would let every client ingest at once.
+           {"[rag]\nmax_concurrent_ingests = 0", "rag.max_concurrent_ingests: must be between 1 and 1024"},
+           {"[rag]\nmax_concurrent_ingests = 1025", "rag.max_concurrent_ingests: must be between 1 and 1024"},
+           {"[rag]\nmax_concurrent_ingests = -1", "rag.max_concurrent_ingests: must be between"},
+           {"[rag]\nmax_concurrent_ingests = 2.5", "rag.max_concurrent_ingests: must be an integer"},
+           {"[rag]\nmax_concurrent_ingests = \"2\"", "rag.max_concurrent_ingests: must be an integer"},
+           {"max_concurrent_ingests = 2", "unknown key 'max_concurrent_ingests'"},  // a [rag] key
        }) {
     Result<Config> bad = parse_config(text, "t.toml");
     ASSERT_FALSE(bad.is_ok()) << text;

@@ -19,6 +19,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <fcntl.h>
 #include <iostream>
 #include <map>
@@ -4726,7 +4727,10 @@ TEST(RagLifecycle, GroundedAnswersOfAThinkingModel) {
 
 TEST(RagLifecycle, KillNineDuringIngestLeavesAConsistentStore) {
   Enclave e(rag_embedder_dir());
-  auto d = Daemon::start(e, kRagConfig);
+  // Four writers ingesting at once (rag.max_concurrent_ingests is 2 by default).
+  ASSERT_EQ(std::string(kRagConfig).rfind("[rag]\n", 0), 0u);
+  const std::string four_at_once = "[rag]\nmax_concurrent_ingests = 4\n" + std::string(kRagConfig).substr(6);
+  auto d = Daemon::start(e, four_at_once);
   ASSERT_GT(d->port, 0) << d->log();
   ASSERT_EQ(d->post("/v1/rag/collections", {{"name", "big"}})->status, 201);
   std::atomic<int> stored{0};
@@ -4782,6 +4786,212 @@ TEST(RagLifecycle, KillNineDuringIngestLeavesAConsistentStore) {
   ASSERT_EQ(q->status, 200) << q->body;
   EXPECT_EQ(json::parse(q->body)["grounded"], true);
   EXPECT_EQ(again->stop(), 0);
+}
+
+// A document upload held part-way through its body: its place among the
+// ingests stays taken until finish() sends the rest (or hang_up() closes
+// the connection). One more byte of the body every 200 ms keeps httplib's
+// 5 s read timeout from ending it however long the test takes.
+class HeldUpload {
+ public:
+  HeldUpload(int port, const std::string& key, const std::string& source) {
+    std::string content;
+    while (content.size() < (64u << 10)) content += "The upload " + source + " describes compressor stall margins. ";
+    const std::string body = json{{"source", source}, {"content", content}}.dump();
+    message_ = "POST /v1/rag/collections/c/documents HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + key +
+               "\r\nContent-Type: application/json\r\nConnection: close\r\nContent-Length: " +
+               std::to_string(body.size()) + "\r\n\r\n" + body;
+    fd_ = connect_loopback(port);
+    sent_ = message_.size() - body.size() + 100;  // the head and the start of the body
+    if (fd_ < 0 || ::send(fd_, message_.data(), sent_, MSG_NOSIGNAL) != static_cast<ssize_t>(sent_)) return;
+    keeper_ = std::thread([this] {
+      std::unique_lock<std::mutex> lock(mu_);
+      while (!stop_ && !cv_.wait_for(lock, std::chrono::milliseconds(200), [this] { return stop_; }))
+        if (::send(fd_, message_.data() + sent_, 1, MSG_NOSIGNAL) == 1) ++sent_;
+    });
+  }
+  ~HeldUpload() { hang_up(); }
+  bool connected() const { return fd_ >= 0 && keeper_.joinable(); }
+  // Sends the rest of the body and returns the whole answer.
+  std::string finish() {
+    stop_keeper();
+    const timeval tv{60, 0};
+    ::setsockopt(fd_, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    bool sent_all = true;
+    for (ssize_t k; sent_all && sent_ < message_.size(); sent_ += static_cast<std::size_t>(k))
+      sent_all = (k = ::send(fd_, message_.data() + sent_, message_.size() - sent_, MSG_NOSIGNAL)) > 0;
+    std::string response;
+    if (sent_all) {
+      char buf[4096];
+      for (ssize_t n; (n = ::read(fd_, buf, sizeof buf)) > 0;) response.append(buf, static_cast<std::size_t>(n));
+    }
+    hang_up();
+    return response;
+  }
+  // The client goes away with the body half sent.
+  void hang_up() {
+    stop_keeper();
+    if (fd_ >= 0) ::close(fd_);
+    fd_ = -1;
+  }
+
+ private:
+  void stop_keeper() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stop_ = true;
+    }
+    cv_.notify_all();
+    if (keeper_.joinable()) keeper_.join();
+  }
+  std::string message_;
+  int fd_ = -1;
+  std::size_t sent_ = 0;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool stop_ = false;
+  std::thread keeper_;
+};
+
+// The value of an unlabelled metric in /metrics (-1 when it is absent).
+double metric(const Daemon& d, const std::string& name) {
+  auto r = d.client().Get("/metrics");
+  if (!r) return -1;
+  const std::size_t at = r->body.find("\n" + name + " ");
+  return at == std::string::npos ? -1 : std::atof(r->body.c_str() + at + name.size() + 2);
+}
+
+// Waits (up to 60 s) until /metrics says that `n` documents are being
+// ingested; true when it does.
+bool ingests_running(const Daemon& d, int n) {
+  for (int i = 0; i < 3000; ++i) {
+    if (metric(d, "airlock_rag_ingests_running") == n) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  return false;
+}
+
+// rag.max_concurrent_ingests (2 by default): with two uploads in progress
+// (held part-way through their bodies), a third is refused at once, before
+// its body is read, with 429, Retry-After and the OpenAI envelope, while
+// other routes still answer; a place comes back when an upload is answered
+// and when its client goes away mid-body.
+TEST(RagLifecycle, ConcurrentIngestsAreBoundedWith429) {
+  Enclave e(rag_embedder_dir());
+  auto d = Daemon::start(e, kRagConfig);
+  ASSERT_GT(d->port, 0) << d->log();
+  ASSERT_EQ(d->post("/v1/rag/collections", {{"name", "c"}})->status, 201);
+  EXPECT_EQ(metric(*d, "airlock_rag_ingests_running"), 0);
+  const json small = {{"source", "third.txt"}, {"content", "Blade vibration limits the compressor."}};
+
+  HeldUpload first(d->port, d->api_key, "held-1.txt"), second(d->port, d->api_key, "held-2.txt");
+  ASSERT_TRUE(first.connected() && second.connected());
+  ASSERT_TRUE(ingests_running(*d, 2)) << metric(*d, "airlock_rag_ingests_running");
+
+  auto refused = d->post("/v1/rag/collections/c/documents", small);
+  ASSERT_TRUE(refused);
+  EXPECT_EQ(refused->status, 429) << refused->body;
+  EXPECT_EQ(refused->get_header_value("Retry-After"), "1");
+  const json err = json::parse(refused->body, nullptr, false);
+  ASSERT_TRUE(err.is_object()) << refused->body;
+  EXPECT_EQ(err["error"]["type"], "rate_limit_error");
+  EXPECT_EQ(err["error"]["code"], "too_many_ingests");
+  EXPECT_NE(err["error"]["message"].get<std::string>().find("2 documents are being ingested already "
+                                                            "(rag.max_concurrent_ingests)"),
+            std::string::npos)
+      << refused->body;
+  // Refused from its head, before a byte of its (large) body is read; a
+  // raw upload (?source=) the same.
+  const HeadOnly big = head_only(d->port, "POST /v1/rag/collections/c/documents?source=big.txt HTTP/1.1\r\nHost: x\r\n"
+                                          "Authorization: Bearer " + d->api_key + "\r\nContent-Type: text/plain\r\n"
+                                          "Content-Length: 30000000\r\n\r\n");
+  EXPECT_EQ(big.response.rfind("HTTP/1.1 429", 0), 0u) << big.response;
+  EXPECT_TRUE(big.ended) << big.response;
+  EXPECT_LT(big.seconds, 3.0);  // not answered by httplib's 5 s read timeout
+  // A client whose body is still coming well after the answer (longer than
+  // the 1 s other refusals wait) can send all of it and read the 429, not
+  // a reset: it is meant to try again.
+  {
+    const std::size_t n = 16u << 20, piece = n / 8;
+    const std::string head = "POST /v1/rag/collections/c/documents HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " +
+                             d->api_key + "\r\nContent-Type: application/json\r\nContent-Length: " +
+                             std::to_string(n) + "\r\n\r\n";
+    const std::string body(piece, ' ');
+    const int fd = connect_loopback(d->port);
+    ASSERT_GE(fd, 0);
+    auto send_all = [&](const char* p, std::size_t len) {
+      for (ssize_t k; len > 0; p += k, len -= static_cast<std::size_t>(k))
+        if ((k = ::send(fd, p, len, MSG_NOSIGNAL)) <= 0) return false;
+      return true;
+    };
+    bool sent_all = send_all(head.data(), head.size());
+    for (int i = 0; i < 8 && sent_all; ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(250));  // 2 s in all, as a slow link sends
+      sent_all = send_all(body.data(), body.size());
+    }
+    const timeval tv{30, 0};
+    ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    std::string response;
+    char buf[4096];
+    for (ssize_t k; (k = ::read(fd, buf, sizeof buf)) > 0;) response.append(buf, static_cast<std::size_t>(k));
+    ::close(fd);
+    EXPECT_TRUE(sent_all) << "reset while the body was still being sent";
+    EXPECT_EQ(response.rfind("HTTP/1.1 429", 0), 0u) << response;
+    EXPECT_NE(response.find("too_many_ingests"), std::string::npos) << response;
+  }
+  // Only ingests are bounded: reading the collection and asking it still work.
+  EXPECT_EQ(d->client().Get("/v1/rag/collections/c")->status, 200);
+  EXPECT_EQ(d->post("/v1/rag/query", {{"collection", "c"}, {"question", "compressor"}, {"generate", false}})->status, 200);
+  EXPECT_EQ(metric(*d, "airlock_rag_ingests_running"), 2);
+
+  // The first finishes: its answer, then its place is free again.
+  const std::string answer = first.finish();
+  EXPECT_EQ(answer.rfind("HTTP/1.1 201", 0), 0u) << answer;
+  ASSERT_TRUE(ingests_running(*d, 1));
+  auto admitted = d->post("/v1/rag/collections/c/documents", small);
+  ASSERT_TRUE(admitted);
+  EXPECT_EQ(admitted->status, 201) << admitted->body;
+  // The second's client hangs up mid-body: its place comes back too.
+  second.hang_up();
+  ASSERT_TRUE(ingests_running(*d, 0));
+  const std::string metrics = d->client().Get("/metrics")->body;
+  EXPECT_NE(metrics.find("airlock_rag_documents_total{status=\"busy\"} 3\n"), std::string::npos) << metrics;
+  EXPECT_NE(metrics.find("airlock_requests_total{route=\"/v1/rag/collections\",status=\"429\"} 3\n"), std::string::npos)
+      << metrics;
+
+  // `airlock rag ingest` refused (429) waits and sends the file again.
+  HeldUpload a(d->port, d->api_key, "held-3.txt"), b(d->port, d->api_key, "held-4.txt");
+  ASSERT_TRUE(ingests_running(*d, 2));
+  TempDir files;
+  testing::write_file(files / "key", d->api_key + "\n");
+  testing::write_file(files / "cli.txt", "Surge lines bound the compressor map.");
+  int cli_rc = -1;
+  std::string cli_out;
+  std::thread cli([&] {
+    cli_rc = run({AIRLOCK_CLI_PATH, "rag", "ingest", "--url", "http://127.0.0.1:" + std::to_string(d->port), "--key-file",
+                  files / "key", "--collection", "c", "--quiet", files / "cli.txt"},
+                 &cli_out);
+  });
+  bool cli_refused = false;
+  for (int i = 0; i < 3000 && !cli_refused; ++i) {
+    cli_refused = metric(*d, "airlock_rag_documents_total{status=\"busy\"}") >= 4;
+    if (!cli_refused) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  EXPECT_TRUE(cli_refused);
+  const std::string answer_a = a.finish(), answer_b = b.finish();
+  EXPECT_EQ(answer_a.rfind("HTTP/1.1 201", 0), 0u) << answer_a;
+  EXPECT_EQ(answer_b.rfind("HTTP/1.1 201", 0), 0u) << answer_b;
+  cli.join();
+  EXPECT_EQ(cli_rc, 0) << cli_out;
+  EXPECT_NE(cli_out.find("1 files: 1 added"), std::string::npos) << cli_out;
+
+  auto docs = d->client().Get("/v1/rag/collections/c/documents");
+  ASSERT_EQ(docs->status, 200) << docs->body;
+  std::set<std::string> sources;
+  const json listed = json::parse(docs->body)["data"];
+  for (const json& doc : listed) sources.insert(doc["source"].get<std::string>());
+  EXPECT_EQ(sources, (std::set<std::string>{"held-1.txt", "third.txt", "held-3.txt", "held-4.txt", "cli.txt"}));
+  EXPECT_EQ(d->stop(), 0);
 }
 
 }  // namespace
