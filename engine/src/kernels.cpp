@@ -709,7 +709,7 @@ AIRLOCK_VNNI void row_q8_lanes(const std::uint8_t* row, const ActVnni* act, std:
 // kLanesRowBlockBytes, which stay in L2 while every token group passes over
 // them; each group's activations stay in L1 across the block's rows: the
 // whole row's when they fit in kLanesPassBytes, otherwise a chunk of the
-// columns at a time (5632-wide rows: 44 KiB for 8 tokens, so two chunks).
+// columns at a time (5632-wide Q4_K rows: 55 KiB for 8 tokens, so two chunks).
 // Before the chunks, a wide row took fewer tokens per pass instead (four at
 // 5632), which transposed each weight group for every four tokens rather
 // than eight. kernel_bench Q4_K --rows 24576 --n-in 5632, 2 threads, six
@@ -720,6 +720,7 @@ template <typename Row, typename Act>
 void for_rows_lanes(Row row, const std::uint8_t* w, std::size_t stride, const Act* act, std::size_t unit_bytes,
                     std::int64_t n_units, std::int64_t n_tokens, float* y, std::int64_t n_out, std::int64_t r0,
                     std::int64_t r1) {
+  if (n_tokens <= 0 || n_units <= 0) return;
   const std::int64_t block_rows = std::max<std::int64_t>(1, static_cast<std::int64_t>(kLanesRowBlockBytes / stride));
   const std::int64_t pass = std::min<std::int64_t>(n_tokens, kLanesTokens);
   const std::int64_t fit =

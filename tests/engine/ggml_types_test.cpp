@@ -425,8 +425,8 @@ TEST_P(KernelsTest, OneTokenEqualsItsRowInABatchBitForBit) {
     // whole group of 16 blocks). The batch's rows in two calls split at
     // row 7, as threads share them: tiles of 16 rows start off 16.
     for (auto [n_in, n_tokens] :
-         {std::pair<std::int64_t, std::int64_t>{256, 9}, {512, 9}, {768, 9}, {2304, 9}, {5632, 9}, {256, 37},
-          {512, 37}, {768, 37}, {2304, 37}, {5632, 37}}) {
+         {std::pair<std::int64_t, std::int64_t>{256, 9}, {512, 9}, {768, 9}, {2304, 9}, {4352, 9}, {5632, 9},
+          {256, 37}, {512, 37}, {768, 37}, {2304, 37}, {5632, 37}}) {
       const std::int64_t n_out = 19;
       const RandomProduct prod(type, n_in, n_out, n_tokens, rng);
       const std::vector<std::uint8_t>& w = prod.w;
@@ -461,13 +461,16 @@ TEST_P(KernelsTest, PromptBatchesOverRowBlocksMatchScalar) {
 
 // Long rows: the lane kernels take a row's columns in chunks so that a
 // pass's activations stay in L1 (Q4_K at 7 tokens: 5632 wide in two
-// chunks, 11264 in three), each token's sums carried from chunk to chunk.
+// chunks, 11264 in four), each token's sums carried from chunk to chunk.
+// 4352 (17 super-blocks, 136 blocks) ends in a half unit (a Q4_K/Q5_K
+// super-block without its pair, a Q8_0/Q4_0 half group of eight blocks)
+// inside the last of two chunks.
 TEST_P(KernelsTest, LongRowsInShorterPassesMatchScalar) {
   if (best_kernel_isa() < GetParam()) GTEST_SKIP() << "this CPU lacks " << kernel_isa_name(GetParam());
   limit_kernel_isa(GetParam());
   std::mt19937 rng(13);
   for (GgmlType type : {GgmlType::kQ8_0, GgmlType::kQ4_0, GgmlType::kQ4_K, GgmlType::kQ5_K, GgmlType::kQ6_K}) {
-    for (std::int64_t n_in : {5632, 11264}) {
+    for (std::int64_t n_in : {4352, 5632, 11264}) {
       check_matmul_at_level(GetParam(), type, n_in, 13, 7, 1, 12, rng);
       if (HasFatalFailure()) return;
     }
