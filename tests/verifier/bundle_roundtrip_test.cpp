@@ -262,6 +262,39 @@ TEST(BundleRoundTrip, AStoreWithBundlesAndAForeignRecordIsNotStartedAfresh) {
   EXPECT_EQ(testing::read_file(db_path), before);
 }
 
+// The same for a state.db overwritten with bytes that are not SQLite; in a
+// store without bundles such a file stays an I/O error (nothing to lose,
+// nothing to start over it).
+TEST(BundleRoundTrip, AStoreWithBundlesAndAnUnreadableRecordIsNotStartedAfresh) {
+  Fixture f;
+  ASSERT_TRUE(f.create(1, f.dir / "v1.airlock").is_ok());
+  TrustStore trust = testing::trust_only(f.key);
+  {
+    Result<BundleStore> store = BundleStore::open(f.dir / "store");
+    ASSERT_TRUE(store.is_ok());
+    ASSERT_TRUE(store->import_bundle(f.dir / "v1.airlock", trust, {}).is_ok());
+  }
+  const std::string db_path = f.dir / "store/state.db";
+  const std::string garbage(8192, 'x');
+  testing::write_file(db_path, garbage);
+  Result<BundleStore> reopened = BundleStore::open(f.dir / "store");
+  ASSERT_FALSE(reopened.is_ok());
+  EXPECT_EQ(reopened.status().code(), StatusCode::kVerificationFailed) << reopened.status().to_string();
+  EXPECT_NE(reopened.status().message().find("not an intact SQLite database"), std::string::npos)
+      << reopened.status().message();
+  EXPECT_EQ(testing::read_file(f.dir / "store/demo-model/1/weights.bin"), f.big);
+  EXPECT_EQ(testing::read_file(db_path), garbage);
+
+  ASSERT_EQ(::mkdir((f.dir / "fresh").c_str(), 0750), 0);
+  testing::write_file(f.dir / "fresh/state.db", garbage);
+  for (BundleStore::Access access : {BundleStore::Access::kReadWrite, BundleStore::Access::kReadOnly}) {
+    Result<BundleStore> fresh = BundleStore::open(f.dir / "fresh", access);
+    ASSERT_FALSE(fresh.is_ok());
+    EXPECT_EQ(fresh.status().code(), StatusCode::kIoError) << fresh.status().to_string();
+  }
+  EXPECT_EQ(testing::read_file(f.dir / "fresh/state.db"), garbage);
+}
+
 // Readers (airlockd, `verify --store`, `list`) refuse a lost record as the
 // writer does: verification failed, naming it and what to do, rather than
 // the I/O error of a query on the missing imports table, which had
@@ -298,6 +331,10 @@ TEST(BundleRoundTrip, ReadersRefuseALostRecordAsAVerificationFailure) {
   ASSERT_EQ(sqlite3_exec(db, "CREATE TABLE other (x INTEGER);", nullptr, nullptr, nullptr), SQLITE_OK);
   sqlite3_close(db);
   expect_refused("a state.db without its imports table");
+  // not SQLite at all (SQLite calls it "not a database"): the same loss,
+  // not an I/O error that would have the service restarted for ever
+  testing::write_file(db_path, std::string(8192, 'x'));
+  expect_refused("a state.db that is not an intact SQLite database");
   ASSERT_EQ(::unlink(db_path.c_str()), 0);
   expect_refused("no state.db");
 

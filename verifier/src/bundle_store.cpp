@@ -339,17 +339,27 @@ Status exec(sqlite3* db, const char* sql) {
   return Status::ok();
 }
 
-// Whether state.db has the imports table (an empty file or another SQLite
-// database has none; a file that is not SQLite is an error).
-Result<bool> has_imports_table(sqlite3* db) {
+// Whether state.db has the imports table. False for an empty file or
+// another SQLite database (no such table), and for a file that is not an
+// intact SQLite database at all (*unreadable set: SQLite reports it as
+// "not a database" or corrupt); other failures (I/O, locking) are errors.
+Result<bool> has_imports_table(sqlite3* db, bool* unreadable) {
+  *unreadable = false;
   sqlite3_stmt* st = nullptr;
-  if (sqlite3_prepare_v2(db, "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'imports'", -1, &st,
-                         nullptr) != SQLITE_OK)
-    return sqlite_status(db, "state.db");
-  const int rc = sqlite3_step(st);
+  int rc = sqlite3_prepare_v2(db, "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'imports'", -1, &st,
+                              nullptr);
+  if (rc == SQLITE_OK) rc = sqlite3_step(st);
+  if (rc == SQLITE_ROW || rc == SQLITE_DONE) {
+    sqlite3_finalize(st);
+    return rc == SQLITE_ROW;
+  }
+  Status failed = sqlite_status(db, "state.db");
   sqlite3_finalize(st);
-  if (rc != SQLITE_ROW && rc != SQLITE_DONE) return sqlite_status(db, "state.db");
-  return rc == SQLITE_ROW;
+  if ((rc & 0xff) == SQLITE_NOTADB || (rc & 0xff) == SQLITE_CORRUPT) {
+    *unreadable = true;
+    return false;
+  }
+  return failed;
 }
 
 // A store that holds bundles (any NAME/VERSION directory) but whose
@@ -475,11 +485,18 @@ Result<BundleStore> BundleStore::open(const std::string& dir, Access access) {
   // missing table. Only a record made just now, or one in a store without
   // bundles, is given its tables; to a reader, such a store is one without
   // state.db.
+  // A state.db that is not an intact SQLite database (overwritten,
+  // truncated mid-page) has lost the record too, in a store with bundles;
+  // in one without, it stays the I/O error it is.
   if (!made_record) {
-    AIRLOCK_ASSIGN_OR_RETURN(const bool has_imports, has_imports_table(db));
+    bool unreadable = false;
+    AIRLOCK_ASSIGN_OR_RETURN(const bool has_imports, has_imports_table(db, &unreadable));
     if (!has_imports) {
-      AIRLOCK_RETURN_IF_ERROR(
-          refuse_lost_record(fd, dir, std::string("a ") + kStateDb + " without its imports table", read_only));
+      AIRLOCK_RETURN_IF_ERROR(refuse_lost_record(
+          fd, dir,
+          std::string("a ") + kStateDb + (unreadable ? " that is not an intact SQLite database" : " without its imports table"),
+          read_only));
+      if (unreadable) return io_error(dir + "/" + kStateDb + ": not an intact SQLite database", EIO);
       if (read_only) return not_found(dir + ": not a bundle store (its " + kStateDb + " holds no record)");
     }
   }
