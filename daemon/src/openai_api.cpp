@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstdint>
 #include <iterator>
+#include <limits>
 
 #include "airlock/common/json_depth.h"
 #include "schema_grammar.h"
@@ -29,6 +30,21 @@ ApiError invalid(const std::string& param, const std::string& message) {
   e.message = message;
   e.param = param;
   return e;
+}
+
+// "the integer N, which does not fit in 64 bits" for a literal that
+// check_json_text() found beyond -2^63 .. 2^64-1, N cut short when long
+// (up to ~310 characters: longer ones overflow a double, and nlohmann
+// refuses them as invalid JSON). Such a literal is refused: parsed,
+// it is a double, and a chat template would print a number other than the
+// one sent (an account number in a tool call's arguments), where Python's
+// jinja2 prints every digit; as chat_template.cpp refuses 2^63 .. 2^64-1.
+std::string big_integer_text(const std::string& literal) {
+  constexpr std::size_t kShown = 40;
+  const std::string n = literal.size() <= kShown
+                            ? literal
+                            : literal.substr(0, kShown) + "... (" + std::to_string(literal.size()) + " characters)";
+  return "the integer " + n + ", which does not fit in 64 bits";
 }
 
 // Flattens OpenAI message content: a string, null, or an array of parts of
@@ -215,15 +231,20 @@ std::optional<ApiError> normalise_tool_calls(ojson& msg, const std::string& para
     if (a.is_string()) {
       // Held to the body's limits: the string was not part of its checks.
       const std::string& text = a.get_ref<const std::string&>();
-      if (json_text_has_wide_object<ojson>(text))
+      const JsonTextCheck shape = check_json_text<ojson>(text, kMaxJsonObjectKeys, std::numeric_limits<int>::max());
+      if (shape.wide)
         return invalid(p + ".function.arguments", p + ".function.arguments has an object with more than 256 keys");
       ojson parsed = ojson::parse(text, nullptr, /*allow_exceptions=*/false);
       if (!parsed.is_discarded() && parsed.is_object()) {
         if (json_deeper_than(parsed, kMaxArgumentsDepth))
           return invalid(p + ".function.arguments", p + ".function.arguments is nested deeper than " +
                                                         std::to_string(kMaxArgumentsDepth) + " levels");
+        // The object replaces the string: a number in it must be the one sent.
+        if (!shape.big_integer.empty())
+          return invalid(p + ".function.arguments",
+                         p + ".function.arguments has " + big_integer_text(shape.big_integer));
         a = std::move(parsed);
-      }  // else the string stays
+      }  // else the string stays, printed as sent
     } else if (!a.is_object()) {
       return invalid(p + ".function.arguments", p + ".function.arguments must be a JSON string or an object");
     }
@@ -289,7 +310,10 @@ std::optional<ApiError> parse_reasoning_effort(const ojson& j, Endpoint endpoint
 // than kMaxJsonObjectKeys (the parse's cost grows with their square) and
 // nesting deeper than kMaxJsonDepth (a value a level: memory) are refused
 // before the parse, and the depth is checked again before anything copies
-// the value (copies recurse: json_depth.h).
+// the value (copies recurse: json_depth.h). An integer literal beyond 64
+// bits, which the parse would turn into a double, is found by the same
+// pass before the parse and refused after it, so that every other error
+// is reported as before.
 std::optional<ApiError> parse_json_object(std::string_view body, ojson* j) {
   static_assert(kMaxJsonObjectKeys == 256 && kMaxJsonDepth == 64, "the messages name the limits");
   const JsonTextCheck shape = check_json_text<ojson>(body);
@@ -299,6 +323,8 @@ std::optional<ApiError> parse_json_object(std::string_view body, ojson* j) {
   if (j->is_discarded()) return invalid("", "the request body is not valid JSON");
   if (json_deeper_than(*j)) return invalid("", "the request body is nested deeper than 64 levels");
   if (!j->is_object()) return invalid("", "the request body must be a JSON object");
+  if (!shape.big_integer.empty())
+    return invalid("", "the request body has " + big_integer_text(shape.big_integer));
   return std::nullopt;
 }
 

@@ -43,7 +43,8 @@ struct ApiError {
 std::string error_body(const ApiError& e);
 
 // A request body as a JSON object within the limits of json_depth.h, or the
-// 400 that says why not.
+// 400 that says why not (an integer beyond -2^63 .. 2^64-1 among them:
+// parsed, it would be a double, and reach a chat template changed).
 std::optional<ApiError> parse_json_object(std::string_view body, ojson* j);
 
 // kResponses: POST /v1/responses (responses_api.h), a chat request once

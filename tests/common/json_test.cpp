@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 
 #include <stdexcept>
+#include <string>
 
 namespace airlock {
 namespace {
@@ -41,6 +42,21 @@ TEST(JsonTest, TheTextCheckFindsDepthAndWidthBeforeAParse) {
   EXPECT_FALSE(check_json_text<nlohmann::json>(wide).deep);
   EXPECT_TRUE(json_text_has_wide_object<nlohmann::json>(wide));
   EXPECT_FALSE(json_text_has_wide_object<nlohmann::json>(nested(1000, "1")));  // depth is not its business
+}
+
+// The same pass names the first integer literal that nlohmann::json would
+// turn into a double (outside -2^63 .. 2^64-1), as written; floats are not
+// integers however large, and the edges of int64 and uint64 fit.
+TEST(JsonTest, TheTextCheckFindsIntegersBeyond64Bits) {
+  using nlohmann::ordered_json;
+  EXPECT_EQ(check_json_text<ordered_json>(R"({"a":[1,18446744073709551616,-9223372036854775809]})").big_integer,
+            "18446744073709551616");
+  EXPECT_EQ(check_json_text<nlohmann::json>("-9223372036854775809").big_integer, "-9223372036854775809");
+  EXPECT_EQ(check_json_text<ordered_json>(R"({"k":"18446744073709551616","n":-18446744073709551616})").big_integer,
+            "-18446744073709551616");  // a string is not a number
+  for (const char* fits : {"18446744073709551615", "-9223372036854775808", "0", "-0", "1e20", "2.0",
+                           "18446744073709551616.0", "1E19", "-1e-5", "184467440737095516160e-1"})
+    EXPECT_EQ(check_json_text<ordered_json>(std::string("[") + fits + "]").big_integer, "") << fits;
 }
 
 }  // namespace

@@ -2,6 +2,9 @@
 // 400 naming the parameter.
 #include <gtest/gtest.h>
 
+#include <cstdint>
+#include <string>
+
 #include "airlock/common/json_depth.h"
 #include "openai_api.h"
 
@@ -253,6 +256,104 @@ TEST(OpenAiApiTest, ObjectsWithTooManyKeysAreRefusedBeforeParsing) {
   const std::optional<ApiError> bad = parse_json_object("{\"a\":", &j);
   ASSERT_TRUE(bad.has_value());
   EXPECT_NE(bad->message.find("not valid JSON"), std::string::npos) << bad->message;
+}
+
+// nlohmann::json parses an integer literal outside -2^63 .. 2^64-1 as a
+// double: 18446744073709551616 in a tool call's arguments would reach the
+// chat template as 1.8446744073709552e+19, where Python's jinja2 prints
+// every digit. Such a body is refused, naming the integer; numbers written
+// as floats stay floats, as the client wrote them.
+TEST(OpenAiApiTest, IntegersBeyond64BitsAreRefusedNotRounded) {
+  auto chat = [](const std::string& args) {
+    return R"({"model":"m","messages":[{"role":"user","content":"pay"},{"role":"assistant","content":"",
+      "tool_calls":[{"id":"c","type":"function","function":{"name":"pay","arguments":)" + args + "}}]}]}";
+  };
+  CompletionRequest r;
+  for (const char* n : {"18446744073709551616", "-9223372036854775809", "99999999999999999999999",
+                        "-18446744073709551616", "100000000000000000000000000000000000000"}) {
+    for (const std::string& body : {chat(std::string(R"({"account":)") + n + "}"),
+                                    std::string(R"({"model":"m","prompt":"x","seed":)") + n + "}",
+                                    std::string(R"({"model":"m","messages":[],"x":[1,{"y":[)") + n + "]}]}"}) {
+      const std::optional<ApiError> e = parse_request(body, Endpoint::kChat, &r);
+      ASSERT_TRUE(e.has_value()) << body;
+      EXPECT_EQ(e->http_status, 400);
+      EXPECT_EQ(e->param, "");
+      EXPECT_EQ(e->message, std::string("the request body has the integer ") + n + ", which does not fit in 64 bits");
+    }
+  }
+  // In arguments sent as a JSON string (OpenAI's shape), which become the
+  // object they hold: named as the arguments.
+  const std::optional<ApiError> in_string =
+      parse_request(chat(R"("{\"account\": 18446744073709551616}")"), Endpoint::kChat, &r);
+  ASSERT_TRUE(in_string.has_value());
+  EXPECT_EQ(in_string->param, "messages[1].tool_calls[0].function.arguments");
+  EXPECT_EQ(in_string->message, "messages[1].tool_calls[0].function.arguments has the integer 18446744073709551616, "
+                                "which does not fit in 64 bits");
+  // A string that is not an object stays the string, printed as sent.
+  ASSERT_FALSE(parse_request(chat(R"("[18446744073709551616]")"), Endpoint::kChat, &r).has_value());
+  EXPECT_EQ(r.messages[1]["tool_calls"][0]["function"]["arguments"], "[18446744073709551616]");
+  // The edges of int64 and uint64 parse as integers (a chat template
+  // refuses 2^63 .. 2^64-1 itself, naming it: chat_template.cpp).
+  ASSERT_FALSE(parse_request(chat(R"({"a":18446744073709551615,"b":-9223372036854775808})"), Endpoint::kChat, &r));
+  const ojson& edges = r.messages[1]["tool_calls"][0]["function"]["arguments"];
+  EXPECT_TRUE(edges["a"].is_number_unsigned());
+  EXPECT_EQ(edges["a"].get<std::uint64_t>(), UINT64_MAX);
+  EXPECT_TRUE(edges["b"].is_number_integer());
+  EXPECT_EQ(edges["b"].get<std::int64_t>(), INT64_MIN);
+  // Floats, however large, are floats as written.
+  ASSERT_FALSE(parse_request(chat(R"("{\"a\":1e20,\"b\":2.0,\"c\":18446744073709551616.0,\"d\":-1E19,)"
+                                  R"(\"e\":184467440737095516160e-1}")"),
+                             Endpoint::kChat, &r));
+  const ojson& floats = r.messages[1]["tool_calls"][0]["function"]["arguments"];
+  for (const char* k : {"a", "b", "c", "d", "e"}) EXPECT_TRUE(floats[k].is_number_float()) << k;
+  EXPECT_EQ(floats["b"].dump(), "2.0");
+  ASSERT_FALSE(parse_request(R"({"model":"m","prompt":"x","temperature":2.0,"x":1e20})", Endpoint::kCompletions, &r));
+  // Every other refusal comes first, as before: invalid JSON, a body that
+  // is not an object, too many keys, too deep.
+  ojson j;
+  std::optional<ApiError> e = parse_json_object(R"({"a":18446744073709551616,)", &j);
+  ASSERT_TRUE(e.has_value());
+  EXPECT_EQ(e->message, "the request body is not valid JSON");
+  e = parse_json_object("[18446744073709551616]", &j);
+  ASSERT_TRUE(e.has_value());
+  EXPECT_EQ(e->message, "the request body must be a JSON object");
+  std::string wide = R"({"n":18446744073709551616)";
+  for (std::size_t i = 0; i < kMaxJsonObjectKeys; ++i) wide += ",\"k" + std::to_string(i) + "\":0";
+  e = parse_json_object(wide + "}", &j);
+  ASSERT_TRUE(e.has_value());
+  EXPECT_NE(e->message.find("more than 256 keys"), std::string::npos) << e->message;
+  e = parse_json_object(R"({"n":18446744073709551616,"d":)" + std::string(80, '[') + std::string(80, ']') + "}", &j);
+  ASSERT_TRUE(e.has_value());
+  EXPECT_NE(e->message.find("deeper than 64 levels"), std::string::npos) << e->message;
+  // A long literal is named cut short; past a double's range (~309
+  // digits) the parse refuses any number, integer or not, as invalid.
+  e = parse_json_object("{\"n\":" + std::string(300, '7') + "}", &j);
+  ASSERT_TRUE(e.has_value());
+  EXPECT_EQ(e->message, "the request body has the integer " + std::string(40, '7') +
+                            "... (300 characters), which does not fit in 64 bits");
+  for (const std::string& n : {std::string(1'000'000, '7'), std::string("1e400")}) {
+    e = parse_json_object("{\"n\":" + n + "}", &j);
+    ASSERT_TRUE(e.has_value());
+    EXPECT_EQ(e->message, "the request body is not valid JSON");
+  }
+  // Every parser of request bodies refuses it.
+  EmbeddingRequest er;
+  RerankRequest rr;
+  TokenizeRequest tr;
+  DetokenizeRequest dr;
+  bool generate = false;
+  const std::string big = "18446744073709551616";
+  for (const std::optional<ApiError>& refused :
+       {parse_request(R"({"model":"m","prompt":"x","n":)" + big + "}", Endpoint::kCompletions, &r),
+        parse_embedding_request(R"({"model":"m","input":"x","dimensions":)" + big + "}", &er),
+        parse_rerank_request(R"({"model":"m","query":"q","documents":["d"],"top_n":)" + big + "}", &rr),
+        parse_tokenize_request(R"({"model":"m","prompt":"x","x":)" + big + "}", &tr),
+        parse_detokenize_request(R"({"model":"m","tokens":[)" + big + "]}", &dr),
+        parse_rag_query(R"({"question":"q","top_k":)" + big + "}", "m", &r, &generate)}) {
+    ASSERT_TRUE(refused.has_value());
+    EXPECT_NE(refused->message.find("the integer " + big + ", which does not fit in 64 bits"), std::string::npos)
+        << refused->message;
+  }
 }
 
 TEST(OpenAiApiTest, EmbeddingRequests) {

@@ -3,6 +3,8 @@
 // and the shape of the response object and its items.
 #include <gtest/gtest.h>
 
+#include <cstdint>
+
 #include "responses_api.h"
 
 namespace airlock::daemon {
@@ -204,6 +206,27 @@ TEST(ResponsesApiTest, BadInputIsNamedAsTheResponsesApiNamesIt) {
   EXPECT_EQ(refused({{"model", "m"}, {"input", "hi"}, {"metadata", {{"k", 5}}}}).param, "metadata");
   EXPECT_EQ(refused({{"model", "m"}, {"input", "hi"}, {"include", "x"}}).param, "include");
   EXPECT_EQ(refused({{"model", "m"}, {"input", "hi"}, {"instructions", 5}}).param, "instructions");
+}
+
+// An integer beyond 64 bits, which would reach the template as a double
+// (chat's rule, openai_api_test.cpp): in the body and in a call's
+// arguments, named as the Responses API names them.
+TEST(ResponsesApiTest, IntegersBeyond64BitsAreRefused) {
+  CompletionRequest r;
+  std::optional<ApiError> e = parse_responses_request(
+      R"({"model":"m","input":[{"role":"user","content":"a"},
+          {"type":"function_call","call_id":"c","name":"f","arguments":"{}"}],"x":-9223372036854775809})",
+      &r);
+  ASSERT_TRUE(e.has_value());
+  EXPECT_EQ(e->message, "the request body has the integer -9223372036854775809, which does not fit in 64 bits");
+  ojson items = ojson::parse(R"([{"role":"user","content":"a"},{"type":"function_call","call_id":"c","name":"f"}])");
+  items[1]["arguments"] = R"({"id": 18446744073709551616})";
+  const ApiError args = refused({{"model", "m"}, {"input", items}});
+  EXPECT_EQ(args.param, "input[1].arguments");
+  EXPECT_EQ(args.message, "input[1].arguments has the integer 18446744073709551616, which does not fit in 64 bits");
+  items[1]["arguments"] = R"({"id": 18446744073709551615, "x": 1.8446744073709552e+19})";
+  EXPECT_EQ(parsed({{"model", "m"}, {"input", items}}).messages[1]["tool_calls"][0]["function"]["arguments"]["id"],
+            UINT64_MAX);
 }
 
 // reasoning.effort is chat's reasoning_effort: the template variable, held

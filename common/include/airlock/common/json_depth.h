@@ -1,5 +1,6 @@
 // Limits on JSON from outside: nesting depth of a parsed value, measured
-// without recursion, and keys per object, checked before parsing.
+// without recursion, keys per object, checked before parsing, and integers
+// that nlohmann::json cannot hold, found in the same pass.
 //
 // nlohmann::json parses any depth (its parser keeps its own stack), but
 // copying, comparing and printing a value recurse, one stack frame per
@@ -48,13 +49,20 @@ inline constexpr std::size_t kMaxJsonObjectKeys = 256;
 struct JsonTextCheck {
   bool wide = false;  // an object with more than the keys allowed
   bool deep = false;  // more arrays and objects open at once than the depth allowed
+  // The first integer literal outside -2^63 .. 2^64-1 (its text, as
+  // written), "" when none. nlohmann::json parses such a literal as a
+  // double, so 18446744073709551616 would be printed 1.8446744073709552e+19:
+  // where a changed number matters (chat template inputs, which Python
+  // would print exactly), it is refused instead.
+  std::string big_integer;
 };
 
 // A pass that builds nothing and stops at the first object with more than
 // `max_keys` keys, or at the first array or object nested more than
 // `max_depth` deep (linear in the text). A parse builds a value per level
 // of nesting: 8 MiB of '[' took ~315 MB before json_deeper_than() could
-// refuse the result. Invalid JSON passes: the real parse reports it.
+// refuse the result. Invalid JSON passes: the real parse reports it (and
+// big_integer may be set for text that is not JSON).
 template <typename Json>
 JsonTextCheck check_json_text(std::string_view text, std::size_t max_keys = kMaxJsonObjectKeys,
                               int max_depth = kMaxJsonDepth) {
@@ -64,6 +72,7 @@ JsonTextCheck check_json_text(std::string_view text, std::size_t max_keys = kMax
     int max_depth;
     int open = 0;
     bool wide = false, deep = false;
+    std::string big_integer{};  // as JsonTextCheck::big_integer
     bool open_one() {
       deep = ++open > max_depth;
       return !deep;
@@ -72,7 +81,16 @@ JsonTextCheck check_json_text(std::string_view text, std::size_t max_keys = kMax
     bool boolean(bool) { return true; }
     bool number_integer(typename Json::number_integer_t) { return true; }
     bool number_unsigned(typename Json::number_unsigned_t) { return true; }
-    bool number_float(typename Json::number_float_t, const typename Json::string_t&) { return true; }
+    bool number_float(typename Json::number_float_t value, const typename Json::string_t& text) {
+      // The lexer makes a double of a literal with a fraction or exponent,
+      // and of an integer that fits neither int64 nor uint64 (whose value
+      // is then at least 2^63 in magnitude): without '.', 'e' or 'E' it is
+      // the latter. Only such large doubles pay for the look at the text.
+      if (big_integer.empty() && (value >= 0x1p63 || value <= -0x1p63) &&
+          text.find_first_of(".eE") == std::string::npos)
+        big_integer.assign(text);
+      return true;
+    }
     bool string(typename Json::string_t&) { return true; }
     bool binary(typename Json::binary_t&) { return true; }
     bool start_object(std::size_t) {
@@ -97,7 +115,7 @@ JsonTextCheck check_json_text(std::string_view text, std::size_t max_keys = kMax
   };
   Counter c{{}, max_keys, max_depth};
   Json::sax_parse(text.begin(), text.end(), &c);
-  return {c.wide, c.deep};
+  return {c.wide, c.deep, std::move(c.big_integer)};
 }
 
 // True when `text` holds an object with more than `max_keys` keys.
