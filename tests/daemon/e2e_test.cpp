@@ -4853,12 +4853,11 @@ class HeldUpload {
   std::thread keeper_;
 };
 
-// The value of an unlabelled metric in /metrics (-1 when it is absent).
+// The value of a metric (its name and labels) in the daemon's /metrics
+// now (-1 when it is absent).
 double metric(const Daemon& d, const std::string& name) {
   auto r = d.client().Get("/metrics");
-  if (!r) return -1;
-  const std::size_t at = r->body.find("\n" + name + " ");
-  return at == std::string::npos ? -1 : std::atof(r->body.c_str() + at + name.size() + 2);
+  return r ? metric(r->body, name) : -1;
 }
 
 // Waits (up to 60 s) until /metrics says that `n` documents are being
