@@ -8,6 +8,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
@@ -125,22 +126,27 @@ int shut_down_reading(int local_port) {
   return n;
 }
 
-void PeerSocket::end_after_answer(std::chrono::milliseconds linger) const {
+void PeerSocket::end_after_answer(std::chrono::milliseconds linger, std::chrono::milliseconds idle,
+                                  std::uint64_t n_bytes) const {
   ::shutdown(fd_, SHUT_WR);
   const auto deadline = std::chrono::steady_clock::now() + linger;
   char dropped[64 * 1024];
-  for (;;) {
+  std::uint64_t n_dropped = 0;
+  while (n_dropped < n_bytes) {
     const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
     if (left.count() <= 0) break;
     pollfd p{};
     p.fd = fd_;
     p.events = POLLIN;
-    const int ready = ::poll(&p, 1, static_cast<int>(left.count()));
+    // Each wait is for `idle` at most: a client that sent nothing for that
+    // long is not waited for any more.
+    const int ready = ::poll(&p, 1, static_cast<int>(std::min(left, idle).count()));
     if (ready < 0 && errno == EINTR) continue;
-    if (ready <= 0) break;  // the time is up (or poll failed)
+    if (ready <= 0) break;  // idle, or the time is up (or poll failed)
     const ssize_t n = ::recv(fd_, dropped, sizeof dropped, MSG_DONTWAIT);
     if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) continue;
     if (n <= 0) break;  // the client closed (or reset) the connection
+    n_dropped += static_cast<std::uint64_t>(n);
   }
   ::shutdown(fd_, SHUT_RD);
   // Bytes already queued stay readable after SHUT_RD (only later ones

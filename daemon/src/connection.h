@@ -20,6 +20,7 @@
 #pragma once
 
 #include <chrono>
+#include <cstdint>
 #include <optional>
 #include <string>
 
@@ -49,17 +50,20 @@ class PeerSocket {
   // taking what it sends for anything:
   //   1. shuts down the sending side: the client reads the answer, then
   //      the end of the connection, at once;
-  //   2. reads and drops what the client still sends, until it closes or
-  //      `linger` has passed (a lingering close, as nginx and Apache do: a
-  //      client still sending its body is not reset before it could read
-  //      the answer); nothing is kept (a fixed buffer on the stack);
+  //   2. reads and drops what the client still sends (a lingering close,
+  //      as nginx and Apache do: a client still sending its body is not
+  //      reset before it could read the answer), until the first of: the
+  //      client closes; `n_bytes` have been dropped (the rest of the body
+  //      it announced); nothing arrived for `idle` (a client that sends
+  //      nothing more holds no thread for it); `linger` has passed in all.
+  //      Nothing is kept (a fixed buffer on the stack);
   //   3. shuts down the receiving side: a later read of the socket sees
   //      the end of the connection, and bytes the client sends after that
   //      reset it (Linux sends RST for data that arrives after both sides
   //      were shut down).
   // Blocks for up to `linger`. The descriptor stays open (its owner, the
   // HTTP library, closes it).
-  void end_after_answer(std::chrono::milliseconds linger) const;
+  void end_after_answer(std::chrono::milliseconds linger, std::chrono::milliseconds idle, std::uint64_t n_bytes) const;
 
   int fd() const { return fd_; }
 

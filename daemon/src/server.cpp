@@ -47,13 +47,25 @@ constexpr std::size_t kMaxAuditRouteBytes = 512;
 // its client sends, so that a client still sending the refused body is not
 // reset before it could read the answer. It holds the connection's thread.
 constexpr std::chrono::milliseconds kLingerAfterRefusal{1000};
+// The linger ends sooner once the client sent nothing for this long (or
+// once its announced body was dropped): a client that went silent holds
+// no thread.
+constexpr std::chrono::milliseconds kLingerIdle{1000};
 
 // The same for an upload refused because the ingests are full (429): its
 // client is meant to try again, so it should read that answer rather than
 // a reset, even while its body still comes (at 1 MiB/s, 1 ms a KiB, up to
-// a minute in all).
+// a minute in all). `n_bytes` is the announced length capped by the upload
+// limit (payload_limit()).
 std::chrono::milliseconds linger_for_upload(std::uint64_t n_bytes) {
   return kLingerAfterRefusal + std::chrono::milliseconds(std::min<std::uint64_t>(n_bytes >> 10, 59000));
+}
+
+// The body a request's head announces, in bytes; "unknown" (the most) for
+// one without a Content-Length or with a Transfer-Encoding (chunked).
+std::uint64_t announced_body_bytes(const httplib::Request& req) {
+  if (req.has_header("Transfer-Encoding") || !req.has_header("Content-Length")) return UINT64_MAX;
+  return req.get_header_value<std::uint64_t>("Content-Length");
 }
 
 // After a refusal that leaves bytes unread (a body, a target that is not
@@ -69,7 +81,7 @@ std::chrono::milliseconds linger_for_upload(std::uint64_t n_bytes) {
 // httplib's next read see the end of the connection.
 void end_answers(const httplib::Request& req, std::chrono::milliseconds linger) {
   if (std::optional<PeerSocket> p = PeerSocket::find(req.local_addr, req.local_port, req.remote_addr, req.remote_port))
-    p->end_after_answer(linger);
+    p->end_after_answer(linger, kLingerIdle, announced_body_bytes(req));
 }
 
 // The route that takes documents (POST): its bodies may be larger than
@@ -2182,7 +2194,8 @@ void Server::routes() {
     if (is_document_upload(req)) {
       Impl::admitted_key().ingest = s.ingests.try_enter();
       if (!Impl::admitted_key().ingest) {
-        Impl::admitted_key().linger = linger_for_upload(req.get_header_value<std::uint64_t>("Content-Length"));
+        Impl::admitted_key().linger = linger_for_upload(
+            std::min(req.get_header_value<std::uint64_t>("Content-Length"), payload_limit(s.config)));
         s.metrics
             .counter("airlock_rag_documents_total", "Documents submitted for ingestion by result", "status=\"busy\"")
             .inc();

@@ -12,6 +12,7 @@
 
 #include <cerrno>
 #include <chrono>
+#include <cstdint>
 #include <string>
 #include <thread>
 
@@ -151,7 +152,8 @@ TEST(PeerSocket, EndAfterAnswerDropsTheBodyAndEndsTheConnection) {
   ASSERT_EQ(::send(c.client.fd, body.data(), body.size(), MSG_NOSIGNAL), static_cast<ssize_t>(body.size()));
   ASSERT_EQ(::write(c.accepted.fd, "ANSWER", 6), 6);
   const auto start = std::chrono::steady_clock::now();
-  p->end_after_answer(std::chrono::milliseconds(200));  // the client neither closes nor sends: the whole linger
+  // The client neither closes nor sends: the whole linger (shorter than its idle wait).
+  p->end_after_answer(std::chrono::milliseconds(200), std::chrono::seconds(1), UINT64_MAX);
   EXPECT_GE(std::chrono::steady_clock::now() - start, std::chrono::milliseconds(150));
   char buf[64];
   EXPECT_EQ(::recv(c.accepted.fd, buf, sizeof buf, MSG_DONTWAIT), 0);  // dropped, and the end
@@ -180,11 +182,51 @@ TEST(PeerSocket, EndAfterAnswerLingersOnlyWhileTheClientStays) {
     c.client.reset();
   });
   const auto start = std::chrono::steady_clock::now();
-  p->end_after_answer(std::chrono::seconds(10));
+  p->end_after_answer(std::chrono::seconds(10), std::chrono::seconds(10), UINT64_MAX);
   EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(5));
   client.join();
   char buf[64];
   EXPECT_LE(::recv(c.accepted.fd, buf, sizeof buf, MSG_DONTWAIT), 0);
+}
+
+// A client that stays connected but sends nothing more holds the linger
+// (and the server's thread) only for the idle wait, not the whole linger;
+// more bytes from it then reset the connection.
+TEST(PeerSocket, EndAfterAnswerStopsWhenTheClientFallsSilent) {
+  Connection c;
+  std::optional<PeerSocket> p = c.find();
+  ASSERT_TRUE(p.has_value());
+  ASSERT_EQ(::send(c.client.fd, "BODY", 4, MSG_NOSIGNAL), 4);
+  const auto start = std::chrono::steady_clock::now();
+  p->end_after_answer(std::chrono::seconds(60), std::chrono::milliseconds(300), UINT64_MAX);
+  const auto took = std::chrono::steady_clock::now() - start;
+  EXPECT_GE(took, std::chrono::milliseconds(250));
+  EXPECT_LT(took, std::chrono::seconds(5));
+  bool reset = false;
+  for (int i = 0; i < 20 && !reset; ++i) {
+    reset = ::send(c.client.fd, "more", 4, MSG_NOSIGNAL) < 0 && (errno == EPIPE || errno == ECONNRESET);
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_TRUE(reset);
+}
+
+// The linger ends once the announced rest of the body has been dropped,
+// without waiting for the client to close or to fall silent.
+TEST(PeerSocket, EndAfterAnswerStopsOnceTheAnnouncedBodyIsDropped) {
+  Connection c;
+  std::optional<PeerSocket> p = c.find();
+  ASSERT_TRUE(p.has_value());
+  const std::size_t n = 300 * 1024;
+  std::thread client([&] {
+    const std::string body(n, 'B');
+    EXPECT_EQ(::send(c.client.fd, body.data(), body.size(), MSG_NOSIGNAL), static_cast<ssize_t>(body.size()));
+  });
+  const auto start = std::chrono::steady_clock::now();
+  p->end_after_answer(std::chrono::seconds(60), std::chrono::seconds(30), n);
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(10));
+  client.join();
+  char buf[64];
+  EXPECT_EQ(::recv(c.accepted.fd, buf, sizeof buf, MSG_DONTWAIT), 0);  // all of it dropped, then the end
 }
 
 // Stopping: the accepted connections of the served port stop reading (a

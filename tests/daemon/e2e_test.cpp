@@ -7,6 +7,7 @@
 #include <sys/resource.h>
 #include <httplib.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <signal.h>
 #include <spawn.h>
 #include <sys/prctl.h>
@@ -4870,6 +4871,39 @@ bool ingests_running(const Daemon& d, int n) {
   return false;
 }
 
+// Sends `head` (a request refused before its body is read), reads the
+// answer and the end of the connection, and then stays connected without
+// sending. A lingering daemon drops what the client sends; once it stops
+// (and its thread is free), a byte sent is answered with a reset. Returns
+// the seconds from the answer until a byte sent after 1.5 s of silence
+// was reset (-1: none in `wait_s`), and the answer.
+std::pair<double, std::string> reset_after_silence(int port, const std::string& head, int wait_s = 20) {
+  std::pair<double, std::string> out{-1, ""};
+  const int fd = connect_loopback(port);
+  if (fd < 0) return out;
+  const timeval tv{10, 0};
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  if (::send(fd, head.data(), head.size(), MSG_NOSIGNAL) == static_cast<ssize_t>(head.size())) {
+    char buf[4096];
+    for (ssize_t n; (n = ::read(fd, buf, sizeof buf)) > 0;) out.second.append(buf, static_cast<std::size_t>(n));
+  }
+  const auto answered = std::chrono::steady_clock::now();
+  auto since = [&] { return std::chrono::duration<double>(std::chrono::steady_clock::now() - answered).count(); };
+  while (since() < wait_s) {
+    // Longer than the daemon's 1 s wait for more (a byte dropped restarts it).
+    std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+    bool reset = ::send(fd, "x", 1, MSG_NOSIGNAL) < 0;
+    pollfd p{fd, 0, 0};  // POLLERR and POLLHUP are always reported: the reset
+    reset = reset || (::poll(&p, 1, 500) > 0 && (p.revents & (POLLERR | POLLHUP)) != 0);
+    if (reset) {
+      out.first = since();
+      break;
+    }
+  }
+  ::close(fd);
+  return out;
+}
+
 // rag.max_concurrent_ingests (2 by default): with two uploads in progress
 // (held part-way through their bodies), a third is refused at once, before
 // its body is read, with 429, Retry-After and the OpenAI envelope, while
@@ -4907,6 +4941,17 @@ TEST(RagLifecycle, ConcurrentIngestsAreBoundedWith429) {
   EXPECT_EQ(big.response.rfind("HTTP/1.1 429", 0), 0u) << big.response;
   EXPECT_TRUE(big.ended) << big.response;
   EXPECT_LT(big.seconds, 3.0);  // not answered by httplib's 5 s read timeout
+  // Its client sends nothing more: the daemon stops waiting for the
+  // announced 30 MB (which would be 30 s at 1 MiB/s) a second after the
+  // last byte, and the connection's thread is free (a byte sent then is
+  // reset).
+  const auto [silent_s, silent_answer] =
+      reset_after_silence(d->port, "POST /v1/rag/collections/c/documents?source=big.txt HTTP/1.1\r\nHost: x\r\n"
+                                   "Authorization: Bearer " + d->api_key + "\r\nContent-Type: text/plain\r\n"
+                                   "Content-Length: 30000000\r\n\r\n");
+  EXPECT_EQ(silent_answer.rfind("HTTP/1.1 429", 0), 0u) << silent_answer;
+  EXPECT_GE(silent_s, 0) << "the daemon still took what the client sent 20 s after the answer";
+  EXPECT_LT(silent_s, 8.0);
   // A client whose body is still coming well after the answer (longer than
   // the 1 s other refusals wait) can send all of it and read the 429, not
   // a reset: it is meant to try again.
@@ -4954,8 +4999,8 @@ TEST(RagLifecycle, ConcurrentIngestsAreBoundedWith429) {
   second.hang_up();
   ASSERT_TRUE(ingests_running(*d, 0));
   const std::string metrics = d->client().Get("/metrics")->body;
-  EXPECT_NE(metrics.find("airlock_rag_documents_total{status=\"busy\"} 3\n"), std::string::npos) << metrics;
-  EXPECT_NE(metrics.find("airlock_requests_total{route=\"/v1/rag/collections\",status=\"429\"} 3\n"), std::string::npos)
+  EXPECT_NE(metrics.find("airlock_rag_documents_total{status=\"busy\"} 4\n"), std::string::npos) << metrics;
+  EXPECT_NE(metrics.find("airlock_requests_total{route=\"/v1/rag/collections\",status=\"429\"} 4\n"), std::string::npos)
       << metrics;
 
   // `airlock rag ingest` refused (429) waits and sends the file again.
@@ -4973,7 +5018,7 @@ TEST(RagLifecycle, ConcurrentIngestsAreBoundedWith429) {
   });
   bool cli_refused = false;
   for (int i = 0; i < 3000 && !cli_refused; ++i) {
-    cli_refused = metric(*d, "airlock_rag_documents_total{status=\"busy\"}") >= 4;
+    cli_refused = metric(*d, "airlock_rag_documents_total{status=\"busy\"}") >= 5;
     if (!cli_refused) std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
   EXPECT_TRUE(cli_refused);
