@@ -82,8 +82,8 @@ Status read_int(const toml::table& t, const std::string& origin, const std::stri
 Status parse_rag(const toml::table& t, const std::string& origin, RagConfig* r) {
   static const std::set<std::string> kKeys = {
       "enabled", "database", "chunk_tokens", "chunk_overlap", "top_k", "candidates", "rerank_candidates", "min_similarity",
-      "min_term_coverage", "ann_threshold", "max_document_bytes", "max_concurrent_ingests", "pdf_timeout_ms",
-      "pdf_memory_mib", "refusal",
+      "min_term_coverage", "ann_threshold", "max_document_bytes", "max_concurrent_ingests", "upload_timeout_ms",
+      "pdf_timeout_ms", "pdf_memory_mib", "refusal",
       "query_prefix", "document_prefix", "admins", "groups"};
   auto bad = [&](const std::string& key, const std::string& why) {
     return invalid_argument(origin + ": rag." + key + ": " + why);
@@ -140,6 +140,7 @@ Status parse_rag(const toml::table& t, const std::string& origin, RagConfig* r) 
   AIRLOCK_RETURN_IF_ERROR(get_int("ann_threshold", 1, std::int64_t{1} << 40, &r->ann_threshold));
   AIRLOCK_RETURN_IF_ERROR(get_int("max_document_bytes", 1024, std::int64_t{1} << 32, &r->max_document_bytes));
   AIRLOCK_RETURN_IF_ERROR(get_int("max_concurrent_ingests", 1, 1024, &r->max_concurrent_ingests));
+  AIRLOCK_RETURN_IF_ERROR(get_int("upload_timeout_ms", 1000, 3600000, &r->upload_timeout_ms));
   AIRLOCK_RETURN_IF_ERROR(get_int("pdf_timeout_ms", 100, 600000, &r->pdf_timeout_ms));
   AIRLOCK_RETURN_IF_ERROR(get_int("pdf_memory_mib", 64, 1 << 20, &r->pdf_memory_mib));
   if (const toml::node* n = t.get("admins")) AIRLOCK_RETURN_IF_ERROR(names(*n, "admins", &r->admins));

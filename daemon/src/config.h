@@ -36,6 +36,11 @@ struct RagConfig {
   // Retry-After before their body is read. Each holds its document in
   // memory several times over (body, text, chunks) and a connection thread.
   int max_concurrent_ingests = 2;
+  // The least time a document upload's body is given to arrive in whole;
+  // a larger body gets as long as its Content-Length takes at 64 KiB/s
+  // (server.cpp, upload_read_time()). A slower one is cut off with 408 and
+  // gives its place among the ingests back.
+  int upload_timeout_ms = 30000;
   int pdf_timeout_ms = 30000;
   std::uint64_t pdf_memory_mib = 512;
   std::string refusal;                    // empty: the built-in text

@@ -90,15 +90,33 @@ void end_answers(const httplib::Request& req, std::chrono::milliseconds linger) 
 // exempts them from the 413 before reading.
 constexpr const char* kDocumentsRoute = R"(/v1/rag/collections/([^/]+)/documents)";
 
-bool is_document_upload(const httplib::Request& req) {
+// The collection a document upload goes to (the route's NAME, as the
+// handler gets it), or nullopt for any other request.
+std::optional<std::string> upload_collection(const httplib::Request& req) {
   static const std::regex route(kDocumentsRoute);  // matched as httplib matches its routes
-  return req.method == "POST" && std::regex_match(req.path, route);
+  std::smatch m;
+  if (req.method != "POST" || !std::regex_match(req.path, m, route)) return std::nullopt;
+  return m[1].str();
 }
+
+bool is_document_upload(const httplib::Request& req) { return upload_collection(req).has_value(); }
 
 // httplib's payload limit: the larger of max_body_bytes and a document's
 // size in base64 (with room for the JSON around it).
 std::uint64_t payload_limit(const Config& c) {
   return std::max<std::uint64_t>(c.max_body_bytes, c.rag.max_document_bytes / 3 * 4 + (1u << 20));
+}
+
+// The slowest an upload's body may arrive on average, and the time it is
+// given in all: its announced length (capped by the upload limit) at this
+// rate, never less than rag.upload_timeout_ms. 64 KiB/s (512 kbit/s) is
+// far below any network an appliance is reached over (a 32 MiB PDF as
+// base64 JSON gets under 12 minutes); a client slower than that holds a
+// place among the ingests for no good reason.
+constexpr std::uint64_t kUploadFloorBytesPerSecond = 64u << 10;
+std::chrono::milliseconds upload_read_time(const Config& c, std::uint64_t n_bytes) {
+  const std::uint64_t ms = std::min(n_bytes, payload_limit(c)) * 1000 / kUploadFloorBytesPerSecond;
+  return std::max(std::chrono::milliseconds(c.rag.upload_timeout_ms), std::chrono::milliseconds(ms));
 }
 
 // Why httplib would read a request's body without a bound, if it would:
@@ -559,6 +577,20 @@ ApiError status_error(const Status& st) {
   return e;
 }
 
+// A document upload's refusal by rag::ingest_document (or by the same
+// check of the key's rights made before the body is read): the status's
+// answer, its message after the document's name when that is known.
+ApiError ingest_refusal(const Status& st, const std::string& source) {
+  ApiError e = status_error(st);
+  if (!source.empty()) e.message = source + ": " + st.message();
+  if (st.code() == StatusCode::kInvalidArgument) e.code = "invalid_document";
+  if (st.code() == StatusCode::kResourceExhausted) {
+    e.http_status = 413;
+    e.code = "document_too_large";
+  }
+  return e;
+}
+
 // 404 for a request naming a model this server does not serve.
 ApiError unknown_model(const std::string& name) {
   return api_error(404, "invalid_request_error", "the model '" + name + "' does not exist (GET /v1/models)",
@@ -739,8 +771,9 @@ struct Server::Impl {
     std::chrono::milliseconds linger = kLingerAfterRefusal;  // with unread_bytes: end_answers()' wait
     // A document upload's place among the ingests, taken before its body
     // is read and given back when this is reset: by the logger once the
-    // answer is written, or, if the logger never ran, by the next request
-    // on this thread or the thread's end.
+    // answer is written (also the 408 or 400 of a body that did not
+    // arrive, read_upload()), or, if the logger never ran, by the next
+    // request on this thread or the thread's end.
     IngestGate::Slot ingest = {};
   };
   static AdmittedKey& admitted_key() {
@@ -1086,6 +1119,77 @@ struct Server::Impl {
     for (const auto& [group, members] : config.rag.groups)
       if (std::find(members.begin(), members.end(), key) != members.end()) p.groups.push_back(group);
     return p;
+  }
+
+  // Asked before a document upload's body is read, so that a key that may
+  // not write to `collection` holds no place among the ingests while its
+  // body trickles in: the refusal rag::ingest_document's own check would
+  // give after the body (403 for a reader, 404 when the key may not read
+  // the collection or there is none; the same envelope, also counted as
+  // "refused"), or nullopt when the key may write, or when there is no
+  // store to ask (the handler then answers 503 once the body is read).
+  std::optional<ApiError> upload_refusal(const httplib::Request& req, const std::string& collection) {
+    std::shared_ptr<LoadedModel> m = current();
+    if (draining || !m || !m->rag_store) return std::nullopt;
+    const Status st = m->rag_store->check_writable(collection, principal_of(key_of(req).value_or("")));
+    if (st.is_ok()) return std::nullopt;
+    metrics.counter("airlock_rag_documents_total", "Documents submitted for ingestion by result", "status=\"refused\"")
+        .inc();
+    // The handler's answer starts with the document's name: a raw upload
+    // gives it in the query; JSON in the body, which is not read.
+    const bool json = req.get_header_value("Content-Type").rfind("application/json", 0) == 0;
+    return ingest_refusal(st, json ? std::string() : req.get_param_value("source"));
+  }
+
+  // Reads a document upload's body (its route takes the body through a
+  // ContentReader, so that this can bound it in time). True with *body
+  // whole; false with the answer sent and the connection to end after it
+  // (the rest of the body is not read): 408 upload_too_slow when the body
+  // did not arrive within upload_read_time() (httplib bounds each read, by
+  // its 5 s read timeout, but not the body: a client sending a byte every
+  // few seconds would hold its place among the ingests for as long as it
+  // liked; it is cut off at the first bytes after the deadline, or by the
+  // read timeout), 413 when it grows past the payload limit (a compressed
+  // body, decompressed), 400 when the client closed, sent nothing for 5 s
+  // or sent a body that did not decode.
+  bool read_upload(const httplib::Request& req, httplib::Response& res, const httplib::ContentReader& reader,
+                   std::string* body) {
+    const std::uint64_t n_bytes = req.get_header_value<std::uint64_t>("Content-Length");
+    const std::chrono::milliseconds allowed = upload_read_time(config, n_bytes);
+    const auto deadline = std::chrono::steady_clock::now() + allowed;
+    const std::uint64_t limit = payload_limit(config);
+    bool late = false, too_large = false;
+    const bool whole = reader([&](const char* data, std::size_t n) {
+      late = std::chrono::steady_clock::now() > deadline;
+      too_large = body->size() + n > limit;
+      if (late || too_large) return false;
+      body->append(data, n);
+      return true;
+    });
+    if (whole) return true;
+    body->clear();
+    late = late || std::chrono::steady_clock::now() > deadline;
+    res.set_header("Connection", "close");
+    admitted_key().unread_bytes = true;  // the logger ends the connection once the answer is written
+    if (too_large) {
+      send_error(res, body_over_limit(limit));
+    } else if (late) {
+      airlock::log().warn("document upload by key '{}' from {}: its body ({} bytes announced) did not arrive within "
+                          "{} ms; cut off with 408",
+                          key_of(req).value_or(""), req.remote_addr, n_bytes, allowed.count());
+      send_error(res, api_error(408, "invalid_request_error",
+                                "the document's body did not arrive within " + std::to_string(allowed.count()) +
+                                    " ms (" + std::to_string(n_bytes) +
+                                    " bytes announced: an upload is given its length at 64 KiB/s, and at least "
+                                    "rag.upload_timeout_ms)",
+                                "upload_too_slow"));
+    } else {
+      send_error(res, api_error(400, "invalid_request_error",
+                                "the document's body could not be read in whole (" + std::to_string(n_bytes) +
+                                    " bytes announced): the connection closed, nothing arrived for 5 s, or its "
+                                    "Content-Encoding did not decode"));
+    }
+    return false;
   }
 
   rag::GroundingPolicy policy() const {
@@ -2184,14 +2288,28 @@ void Server::routes() {
     // httplib reads a body up to its payload limit, the documents' larger
     // one, before a handler can look at its size: a body announced larger
     // than max_body_bytes on any other route is refused before a byte of
-    // it is read. (httplib reads the length as strtoull does; so here.)
-    if (req.get_header_value<std::uint64_t>("Content-Length") > s.config.max_body_bytes && !is_document_upload(req))
-      return refuse_and_close(body_over_limit(s.config.max_body_bytes));
+    // it is read. (httplib reads the length as strtoull does; so here.) A
+    // document upload over the payload limit too: httplib would read and
+    // drop all of it, however slowly it came, before answering 413.
+    const std::uint64_t body_limit = is_document_upload(req) ? payload_limit(s.config) : s.config.max_body_bytes;
+    if (req.get_header_value<std::uint64_t>("Content-Length") > body_limit)
+      return refuse_and_close(body_over_limit(body_limit));
     // Documents are ingested rag.max_concurrent_ingests at a time: each
     // holds its body, text and chunks in memory, runs a parser and embeds
     // on the compute threads. The place is taken before the body is read,
     // so that a refused upload (429) holds nothing either.
-    if (is_document_upload(req)) {
+    if (const std::optional<std::string> collection = upload_collection(req)) {
+      // A key that may not write to the collection is refused first, and
+      // takes no place (it would hold one for as long as its body took).
+      if (std::optional<ApiError> e = s.upload_refusal(req, *collection)) return refuse_and_close(*e);
+      // The handler reads the body through a ContentReader without the
+      // multipart callbacks, which httplib would call (empty) for such a
+      // body: 415 before it is read.
+      if (req.is_multipart_form_data())
+        return refuse_and_close(api_error(415, "invalid_request_error",
+                                          "multipart/form-data is not taken: send a document's raw bytes with its own "
+                                          "Content-Type and ?source=NAME (curl --data-binary @FILE), or JSON",
+                                          "unsupported_media_type"));
       Impl::admitted_key().ingest = s.ingests.try_enter();
       if (!Impl::admitted_key().ingest) {
         Impl::admitted_key().linger = linger_for_upload(
@@ -2653,7 +2771,10 @@ void Server::Impl::rag_routes() {
     res.set_content(ojson({{"object", "rag.collection.deleted"}, {"name", req.matches[1]}, {"deleted", true}}).dump(),
                     "application/json");
   });
-  h.Post(kDocumentsRoute, [this, store_or_fail, who](const httplib::Request& req, httplib::Response& res) {
+  h.Post(kDocumentsRoute, [this, store_or_fail, who](const httplib::Request& req, httplib::Response& res,
+                                                     const httplib::ContentReader& read_body) {
+    std::string body;
+    if (!read_upload(req, res, read_body, &body)) return;
     std::shared_ptr<LoadedModel> m = store_or_fail(res);
     if (!m) return;
     // JSON {source, content | content_base64, metadata}, or the raw file
@@ -2662,7 +2783,7 @@ void Server::Impl::rag_routes() {
     const std::string type = req.get_header_value("Content-Type");
     if (type.rfind("application/json", 0) == 0) {
       ojson j;
-      if (auto e = parse_json_object(req.body, &j)) return send_error(res, *e);
+      if (auto e = parse_json_object(body, &j)) return send_error(res, *e);
       for (const auto& [k, v] : j.items())
         if (k != "source" && k != "content" && k != "content_base64" && k != "metadata")
           return send_error(res, api_error(400, "invalid_request_error",
@@ -2701,7 +2822,7 @@ void Server::Impl::rag_routes() {
       source = req.get_param_value("source");
       if (source.empty())
         return send_error(res, api_error(400, "invalid_request_error", "a raw upload needs ?source=NAME (or send JSON)"));
-      bytes = req.body;
+      bytes = std::move(body);
     }
     if (bytes.size() > config.rag.max_document_bytes)
       return send_error(res, api_error(413, "invalid_request_error",
@@ -2732,15 +2853,7 @@ void Server::Impl::rag_routes() {
     };
     if (!r.is_ok()) {
       count_document("refused");
-      const Status& st = r.status();
-      ApiError e = status_error(st);
-      e.message = source + ": " + st.message();
-      if (st.code() == StatusCode::kInvalidArgument) e.code = "invalid_document";
-      if (st.code() == StatusCode::kResourceExhausted) {
-        e.http_status = 413;
-        e.code = "document_too_large";
-      }
-      return send_error(res, e);
+      return send_error(res, ingest_refusal(r.status(), source));
     }
     count_document(outcome_name(r->put.outcome));
     const bool written = r->put.outcome == rag::PutOutcome::kAdded || r->put.outcome == rag::PutOutcome::kReplaced;

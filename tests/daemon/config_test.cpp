@@ -161,6 +161,7 @@ TEST(ConfigTest, RagTable) {
       "[rag]\nenabled = false\ndatabase = \"/srv/rag.db\"\nchunk_tokens = 128\nchunk_overlap = 16\ntop_k = 3\n"
       "rerank_candidates = 0\nmin_similarity = 0.7\nmin_term_coverage = 1\nann_threshold = 5000\nrefusal = \"Ask the help desk.\"\n"
       "query_prefix = \"search_query: \"\ndocument_prefix = \"search_document: \"\nmax_concurrent_ingests = 8\n"
+      "upload_timeout_ms = 5000\n"
       "admins = [\"ops\"]\n[rag.groups]\nhr = [\"app-a\", \"app-b\"]\n",
       "t.toml");
   ASSERT_TRUE(c.is_ok()) << c.status().to_string();
@@ -179,6 +180,7 @@ TEST(ConfigTest, RagTable) {
   EXPECT_EQ(c->rag.admins, std::vector<std::string>{"ops"});
   EXPECT_EQ(c->rag.groups.at("hr"), (std::vector<std::string>{"app-a", "app-b"}));
   EXPECT_EQ(c->rag.max_concurrent_ingests, 8);
+  EXPECT_EQ(c->rag.upload_timeout_ms, 5000);
   // Defaults without the table.
   Result<Config> d = parse_config("", "t.toml");
   EXPECT_TRUE(d->rag.enabled);
@@ -187,8 +189,10 @@ TEST(ConfigTest, RagTable) {
   EXPECT_EQ(d->rag.query_prefix, "");
   EXPECT_EQ(d->rag.document_prefix, "");
   EXPECT_EQ(d->rag.max_concurrent_ingests, 2);
+  EXPECT_EQ(d->rag.upload_timeout_ms, 30000);
   // The bounds of max_concurrent_ingests are allowed.
-  for (const char* ok : {"[rag]\nmax_concurrent_ingests = 1", "[rag]\nmax_concurrent_ingests = 1024"})
+  for (const char* ok : {"[rag]\nmax_concurrent_ingests = 1", "[rag]\nmax_concurrent_ingests = 1024",
+                         "[rag]\nupload_timeout_ms = 1000", "[rag]\nupload_timeout_ms = 3600000"})
     EXPECT_TRUE(parse_config(ok, "t.toml").is_ok()) << ok;
   for (const auto& [text, want] : std::vector<std::pair<std::string, std::string>>{
            {"[rag]\nchunk_token = 1", "rag.chunk_token: unknown key"},
@@ -213,6 +217,10 @@ TEST(ConfigTest, RagTable) {
            {"[rag]\nmax_concurrent_ingests = 2.5", "rag.max_concurrent_ingests: must be an integer"},
            {"[rag]\nmax_concurrent_ingests = \"2\"", "rag.max_concurrent_ingests: must be an integer"},
            {"max_concurrent_ingests = 2", "unknown key 'max_concurrent_ingests'"},  // a [rag] key
+           // Under a second would cut off uploads on a busy but healthy link.
+           {"[rag]\nupload_timeout_ms = 999", "rag.upload_timeout_ms: must be between 1000 and 3600000"},
+           {"[rag]\nupload_timeout_ms = 3600001", "rag.upload_timeout_ms: must be between"},
+           {"[rag]\nupload_timeout_ms = \"30s\"", "rag.upload_timeout_ms: must be an integer"},
        }) {
     Result<Config> bad = parse_config(text, "t.toml");
     ASSERT_FALSE(bad.is_ok()) << text;

@@ -4792,7 +4792,9 @@ TEST(RagLifecycle, KillNineDuringIngestLeavesAConsistentStore) {
 // A document upload held part-way through its body: its place among the
 // ingests stays taken until finish() sends the rest (or hang_up() closes
 // the connection). One more byte of the body every 200 ms keeps httplib's
-// 5 s read timeout from ending it however long the test takes.
+// 5 s read timeout from ending it, until the body's deadline (its length
+// at 64 KiB/s, at least rag.upload_timeout_ms: 30 s by default; tests
+// that hold uploads for long set more).
 class HeldUpload {
  public:
   HeldUpload(int port, const std::string& key, const std::string& source) {
@@ -4813,6 +4815,16 @@ class HeldUpload {
   }
   ~HeldUpload() { hang_up(); }
   bool connected() const { return fd_ >= 0 && keeper_.joinable(); }
+  // What the daemon answers while the body is still being sent (a
+  // refusal), read until it ends the connection or `wait_s` passes.
+  std::string answer(int wait_s = 10) {
+    const timeval tv{wait_s, 0};
+    ::setsockopt(fd_, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    std::string response;
+    char buf[4096];
+    for (ssize_t n; (n = ::read(fd_, buf, sizeof buf)) > 0;) response.append(buf, static_cast<std::size_t>(n));
+    return response;
+  }
   // Sends the rest of the body and returns the whole answer.
   std::string finish() {
     stop_keeper();
@@ -4911,7 +4923,10 @@ std::pair<double, std::string> reset_after_silence(int port, const std::string& 
 // and when its client goes away mid-body.
 TEST(RagLifecycle, ConcurrentIngestsAreBoundedWith429) {
   Enclave e(rag_embedder_dir());
-  auto d = Daemon::start(e, kRagConfig);
+  // The held uploads stay held however slow the machine (their bodies'
+  // deadline is 10 minutes here).
+  ASSERT_EQ(std::string(kRagConfig).rfind("[rag]\n", 0), 0u);
+  auto d = Daemon::start(e, "[rag]\nupload_timeout_ms = 600000\n" + std::string(kRagConfig).substr(6));
   ASSERT_GT(d->port, 0) << d->log();
   ASSERT_EQ(d->post("/v1/rag/collections", {{"name", "c"}})->status, 201);
   EXPECT_EQ(metric(*d, "airlock_rag_ingests_running"), 0);
@@ -5036,6 +5051,113 @@ TEST(RagLifecycle, ConcurrentIngestsAreBoundedWith429) {
   for (const json& doc : listed) sources.insert(doc["source"].get<std::string>());
   EXPECT_EQ(sources, (std::set<std::string>{"held-1.txt", "third.txt", "held-3.txt", "held-4.txt", "cli.txt"}));
   EXPECT_EQ(d->stop(), 0);
+}
+
+// A key that may not write to the collection (a reader, or a key that
+// may not even see it) is refused from its upload's head, before a place
+// among the ingests is taken, with the answer the ingest itself would
+// give after the body (403 / 404, the same envelope): however slowly such
+// clients send, the owner's uploads still go through.
+TEST(RagLifecycle, UploadsWithoutWriteRightsTakeNoPlace) {
+  Enclave e(rag_embedder_dir());
+  const std::string analyst = e.new_key("analyst"), outsider = e.new_key("outsider");
+  ASSERT_EQ(std::string(kRagConfig).rfind("[rag]\n", 0), 0u);
+  auto d = Daemon::start(e, "[rag]\nmax_concurrent_ingests = 1\nupload_timeout_ms = 600000\n" +
+                                std::string(kRagConfig).substr(6));
+  ASSERT_GT(d->port, 0) << d->log();
+  ASSERT_EQ(d->post("/v1/rag/collections", {{"name", "c"}, {"readers", {"group:analysts"}}})->status, 201);
+
+  // Both keep sending their bodies, a byte every 200 ms.
+  HeldUpload reader(d->port, analyst, "r.txt"), stranger(d->port, outsider, "s.txt");
+  ASSERT_TRUE(reader.connected() && stranger.connected());
+  const std::string refused_reader = reader.answer(), refused_stranger = stranger.answer();
+  EXPECT_EQ(refused_reader.rfind("HTTP/1.1 403", 0), 0u) << refused_reader;
+  EXPECT_EQ(refused_stranger.rfind("HTTP/1.1 404", 0), 0u) << refused_stranger;
+  ASSERT_NE(refused_reader.find("\r\n\r\n"), std::string::npos) << refused_reader;
+  const json err = json::parse(refused_reader.substr(refused_reader.find("\r\n\r\n") + 4), nullptr, false);
+  ASSERT_TRUE(err.is_object()) << refused_reader;
+  EXPECT_EQ(err["error"]["type"], "invalid_request_error");
+  EXPECT_EQ(err["error"]["code"], "permission_denied");
+  EXPECT_EQ(err["error"]["message"], "only the owner of collection 'c' (or an admin) may change it");
+  EXPECT_NE(refused_stranger.find("\"code\":\"not_found\""), std::string::npos) << refused_stranger;
+  EXPECT_EQ(metric(*d, "airlock_rag_ingests_running"), 0);
+  // The one place is free: the owner's upload goes through while they still send.
+  auto owned = d->post("/v1/rag/collections/c/documents", {{"source", "mine.txt"}, {"content", "Blade vibration limits the compressor."}});
+  ASSERT_TRUE(owned);
+  EXPECT_EQ(owned->status, 201) << owned->body;
+  ASSERT_TRUE(ingests_running(*d, 0));  // given back once the answer is written, a moment after it was read
+
+  // With the place taken by the owner, a reader still gets 403 (not 429):
+  // its rights are asked first. A raw upload's answer names the document,
+  // as the ingest's own does.
+  HeldUpload held(d->port, d->api_key, "held.txt");
+  ASSERT_TRUE(held.connected());
+  ASSERT_TRUE(ingests_running(*d, 1));
+  const HeadOnly raw = head_only(d->port, "POST /v1/rag/collections/c/documents?source=x.txt HTTP/1.1\r\nHost: x\r\n"
+                                          "Authorization: Bearer " + analyst + "\r\nContent-Type: text/plain\r\n"
+                                          "Content-Length: 30000000\r\n\r\n");
+  EXPECT_EQ(raw.response.rfind("HTTP/1.1 403", 0), 0u) << raw.response;
+  EXPECT_NE(raw.response.find("x.txt: only the owner of collection 'c' (or an admin) may change it"), std::string::npos)
+      << raw.response;
+  EXPECT_TRUE(raw.ended);
+  EXPECT_LT(raw.seconds, 3.0);
+  // Nor does a multipart upload, which the route does not take: 415 from its head.
+  const HeadOnly multipart = head_only(d->port, "POST /v1/rag/collections/c/documents HTTP/1.1\r\nHost: x\r\n"
+                                                "Authorization: Bearer " + d->api_key + "\r\nContent-Type: "
+                                                "multipart/form-data; boundary=b\r\nContent-Length: 1000\r\n\r\n");
+  EXPECT_EQ(multipart.response.rfind("HTTP/1.1 415", 0), 0u) << multipart.response;
+  EXPECT_TRUE(multipart.ended);
+  const std::string answer = held.finish();
+  EXPECT_EQ(answer.rfind("HTTP/1.1 201", 0), 0u) << answer;
+  ASSERT_TRUE(ingests_running(*d, 0));
+  const std::string metrics = d->client().Get("/metrics")->body;
+  EXPECT_EQ(metrics.find("airlock_rag_documents_total{status=\"busy\"}"), std::string::npos) << metrics;
+  EXPECT_NE(metrics.find("airlock_rag_documents_total{status=\"refused\"} 3\n"), std::string::npos) << metrics;
+  EXPECT_EQ(d->stop(), 0);
+}
+
+// An upload whose body does not arrive in time (here 1 s for its 64 KiB:
+// rag.upload_timeout_ms, and 64 KiB/s) is cut off, though its client
+// keeps sending a byte every 200 ms (which httplib's read timeout alone
+// never ends): 408 upload_too_slow, the connection ends, the place comes
+// back, and the log says so.
+TEST(RagLifecycle, ATricklingUploadIsCutOff) {
+  Enclave e(rag_embedder_dir());
+  ASSERT_EQ(std::string(kRagConfig).rfind("[rag]\n", 0), 0u);
+  auto d = Daemon::start(e, "[rag]\nmax_concurrent_ingests = 1\nupload_timeout_ms = 1000\n" +
+                                std::string(kRagConfig).substr(6));
+  ASSERT_GT(d->port, 0) << d->log();
+  ASSERT_EQ(d->post("/v1/rag/collections", {{"name", "c"}})->status, 201);
+
+  const auto start = std::chrono::steady_clock::now();
+  HeldUpload slow(d->port, d->api_key, "slow.txt");
+  ASSERT_TRUE(slow.connected());
+  const std::string cut = slow.answer(20);
+  const double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  EXPECT_EQ(cut.rfind("HTTP/1.1 408", 0), 0u) << cut << "\n" << d->log();
+  EXPECT_NE(cut.find("Connection: close"), std::string::npos) << cut;
+  ASSERT_NE(cut.find("\r\n\r\n"), std::string::npos) << cut;
+  const json err = json::parse(cut.substr(cut.find("\r\n\r\n") + 4), nullptr, false);
+  ASSERT_TRUE(err.is_object()) << cut;
+  EXPECT_EQ(err["error"]["code"], "upload_too_slow");
+  // 1000 ms, or a little more: the body is a little over 64 KiB.
+  const std::regex within("did not arrive within 10[0-9][0-9] ms");
+  EXPECT_TRUE(std::regex_search(err["error"]["message"].get<std::string>(), within)) << cut;
+  EXPECT_GE(took, 0.9);
+  EXPECT_LT(took, 10.0);
+  ASSERT_TRUE(ingests_running(*d, 0));
+  // The place is back: a whole upload goes through.
+  auto whole = d->post("/v1/rag/collections/c/documents", {{"source", "whole.txt"}, {"content", "Blade vibration limits the compressor."}});
+  ASSERT_TRUE(whole);
+  EXPECT_EQ(whole->status, 201) << whole->body;
+  const std::string metrics = d->client().Get("/metrics")->body;
+  EXPECT_NE(metrics.find("airlock_requests_total{route=\"/v1/rag/collections\",status=\"408\"} 1\n"), std::string::npos)
+      << metrics;
+  EXPECT_EQ(d->stop(), 0);
+  EXPECT_TRUE(std::regex_search(d->log(), std::regex("document upload by key 'tester' from 127.0.0.1: its body "
+                                                     "\\([0-9]+ bytes announced\\) did not arrive within 10[0-9][0-9] ms; "
+                                                     "cut off with 408")))
+      << d->log();
 }
 
 }  // namespace
