@@ -2291,14 +2291,15 @@ void Server::routes() {
     // it is read. (httplib reads the length as strtoull does; so here.) A
     // document upload over the payload limit too: httplib would read and
     // drop all of it, however slowly it came, before answering 413.
-    const std::uint64_t body_limit = is_document_upload(req) ? payload_limit(s.config) : s.config.max_body_bytes;
+    const std::optional<std::string> collection = upload_collection(req);  // one route match per request
+    const std::uint64_t body_limit = collection ? payload_limit(s.config) : s.config.max_body_bytes;
     if (req.get_header_value<std::uint64_t>("Content-Length") > body_limit)
       return refuse_and_close(body_over_limit(body_limit));
     // Documents are ingested rag.max_concurrent_ingests at a time: each
     // holds its body, text and chunks in memory, runs a parser and embeds
     // on the compute threads. The place is taken before the body is read,
     // so that a refused upload (429) holds nothing either.
-    if (const std::optional<std::string> collection = upload_collection(req)) {
+    if (collection) {
       // A key that may not write to the collection is refused first, and
       // takes no place (it would hold one for as long as its body took).
       if (std::optional<ApiError> e = s.upload_refusal(req, *collection)) return refuse_and_close(*e);
