@@ -131,6 +131,25 @@ std::optional<std::string> unbounded_body(const httplib::Request& req) {
   return std::nullopt;
 }
 
+// Why a request's body is refused for its Content-Encoding, if it is: httplib
+// inflates gzip, deflate and br bodies into memory with no bound (its limit
+// applies to the compressed Content-Length), so 8 MiB of gzip could become
+// gigabytes before any check. Bodies are taken as sent (identity) only; the
+// OpenAI SDKs do not compress requests.
+std::optional<std::string> encoded_body(const httplib::Request& req) {
+  if (req.get_header_value<std::uint64_t>("Content-Length") == 0) return std::nullopt;  // no body to inflate
+  for (auto [it, end] = req.headers.equal_range("Content-Encoding"); it != end; ++it) {
+    std::string v = it->second;
+    std::transform(v.begin(), v.end(), v.begin(), [](unsigned char ch) { return static_cast<char>(std::tolower(ch)); });
+    v.erase(0, v.find_first_not_of(" \t"));
+    v.erase(v.find_last_not_of(" \t") + 1);
+    if (v != "identity")
+      return "request bodies with a Content-Encoding ('" + it->second +
+             "') are not accepted: send the body uncompressed (identity)";
+  }
+  return std::nullopt;
+}
+
 // True when the request's head announces a body httplib will not read:
 // it reads one only for POST, PUT, PATCH and DELETE, and never when the
 // request is answered before routing (401). Its bytes would then be read
@@ -1186,8 +1205,7 @@ struct Server::Impl {
     } else {
       send_error(res, api_error(400, "invalid_request_error",
                                 "the document's body could not be read in whole (" + std::to_string(n_bytes) +
-                                    " bytes announced): the connection closed, nothing arrived for 5 s, or its "
-                                    "Content-Encoding did not decode"));
+                                    " bytes announced): the connection closed, or nothing arrived for 5 s"));
     }
     return false;
   }
@@ -2285,6 +2303,10 @@ void Server::routes() {
     // 411 before their body is read (OpenAI's SDKs always send a length).
     if (const std::optional<std::string> why = unbounded_body(req))
       return refuse_and_close(api_error(411, "invalid_request_error", *why, "length_required"));
+    if (const std::optional<std::string> why = encoded_body(req)) {
+      res.set_header("Accept-Encoding", "identity");  // RFC 9110 15.5.16: the codings that would be accepted
+      return refuse_and_close(api_error(415, "invalid_request_error", *why, "unsupported_content_encoding"));
+    }
     // httplib reads a body up to its payload limit, the documents' larger
     // one, before a handler can look at its size: a body announced larger
     // than max_body_bytes on any other route is refused before a byte of

@@ -1299,6 +1299,44 @@ TEST_F(DaemonE2E, UnboundedBodiesAreRefusedAndEveryRefusalIsAudited) {
   EXPECT_NE(metrics->body.find("route=\"/v1/chat/completions\",status=\"411\""), std::string::npos);
 }
 
+// httplib inflates a gzip, deflate or br body into memory with no bound
+// (its limit applies to the compressed length), so compressed bodies are
+// refused with 415 before a byte is read, the connection ends, and the
+// answer names the coding that would be taken. Here the body is 64 MiB of
+// JSON whitespace gzipped by httplib's own client to ~64 KiB: before the
+// check it was inflated whole (then refused with 413), and 8 MiB of such
+// gzip would have become 8 GiB. "identity" is no coding, so it passes.
+TEST_F(DaemonE2E, CompressedBodiesAreRefusedBeforeTheyAreInflated) {
+  httplib::Client c = daemon_->client();
+  c.set_compress(true);
+  const std::string bomb = chat("Hello", 1).dump() + std::string(64u << 20, ' ');
+  auto r = c.Post("/v1/chat/completions", bomb, "application/json");
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 415) << r->body;
+  EXPECT_EQ(r->get_header_value("Accept-Encoding"), "identity");
+  EXPECT_EQ(json::parse(r->body)["error"]["code"], "unsupported_content_encoding") << r->body;
+  EXPECT_NE(r->body.find("'gzip'"), std::string::npos) << r->body;
+  // The same request compressed, small: refused too (the coding, not the size).
+  auto small = c.Post("/v1/chat/completions", chat("Hello", 1).dump(), "application/json");
+  ASSERT_TRUE(small);
+  EXPECT_EQ(small->status, 415) << small->body;
+  // Any coding, in any case; and on a bodiless request the header is no matter.
+  const std::string auth = "Authorization: Bearer " + daemon_->api_key + "\r\n";
+  const std::string body = chat("Hello", 1).dump();
+  const std::string br = raw_exchange(daemon_->port, "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n" + auth +
+                                                         "Content-Type: application/json\r\nContent-Encoding: BR\r\n"
+                                                         "Content-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body);
+  EXPECT_EQ(br.rfind("HTTP/1.1 415", 0), 0u) << br;
+  const std::string identity = raw_exchange(
+      daemon_->port, "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n" + auth +
+                         "Content-Type: application/json\r\nContent-Encoding: identity\r\nConnection: close\r\n"
+                         "Content-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body);
+  EXPECT_EQ(identity.rfind("HTTP/1.1 200", 0), 0u) << identity;
+  const std::string get = raw_exchange(daemon_->port, "GET /v1/models HTTP/1.1\r\nHost: x\r\n" + auth +
+                                                          "Content-Encoding: gzip\r\nConnection: close\r\n\r\n");
+  EXPECT_EQ(get.rfind("HTTP/1.1 200", 0), 0u) << get;
+}
+
 // httplib reads a body up to its payload limit (set for documents, ~44 MB
 // by default) before a handler can look at its size: a body announced
 // larger than max_body_bytes (8 MiB) is refused from its Content-Length at
