@@ -15,10 +15,22 @@
 // machine with few cores the clients and connection threads share the cores
 // with the compute threads, so that is where the HTTP path's cost shows.
 //
+// The HTTP clients are either one thread that reads every stream through
+// epoll (`--client loop`, the default, as load generators such as wrk
+// work), or a thread per client with cpp-httplib's client (`--client
+// threads`): on a 2-core machine the latter's wake-up per client and token
+// takes CPU from the server that a client elsewhere would not.
+//
 // usage: serve_bench MODEL.gguf [--tokens N] [--threads T] [--clients 1,4,16] [--device cpu|cuda|auto]
-//                    [--stream-interval MS]
+//                    [--stream-interval MS] [--client loop|threads]
+#include <arpa/inet.h>
 #include <httplib.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/epoll.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
@@ -118,7 +130,94 @@ struct HttpResult {
   std::vector<double> ttft;
 };
 
-HttpResult http_rate(int port, int clients, int tokens) {
+std::string request_body(int run, int i, int tokens) {
+  nlohmann::json body = {{"model", "bench"},         {"prompt", prompt_text(run, i)}, {"max_tokens", tokens},
+                         {"temperature", 0},         {"stream", true},           {"ignore_eos", true},
+                         {"stream_options", {{"include_usage", true}}}};
+  return body.dump();
+}
+
+// The generated tokens a finished stream reports in its usage chunk.
+std::uint64_t completion_tokens(const std::string& stream) {
+  const std::size_t at = stream.rfind("\"completion_tokens\":");
+  return at == std::string::npos ? 0 : std::strtoull(stream.c_str() + at + 20, nullptr, 10);
+}
+
+// One thread, every client: each connects to 127.0.0.1 (numeric), sends its
+// request and is read through epoll as its chunks arrive; a stream is whole
+// at the chunked encoding's last chunk.
+HttpResult http_rate_loop(int port, int clients, int tokens) {
+  const int run = g_run++;
+  struct Conn {
+    int fd = -1;
+    Clock::time_point start;
+    std::string in;
+    double ttft = 0;
+    bool done = false;
+  };
+  std::vector<Conn> conns(static_cast<std::size_t>(clients));
+  const int ep = epoll_create1(EPOLL_CLOEXEC);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<std::uint16_t>(port));
+  inet_pton(AF_INET, "127.0.0.1", &addr.sin_addr);
+  auto fail = [](const char* what) {
+    std::perror(what);
+    std::exit(1);
+  };
+  const Clock::time_point t0 = Clock::now();
+  for (int i = 0; i < clients; ++i) {
+    Conn& c = conns[static_cast<std::size_t>(i)];
+    c.start = Clock::now();
+    c.fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (c.fd < 0 || connect(c.fd, reinterpret_cast<const sockaddr*>(&addr), sizeof addr) != 0) fail("connect");
+    const int one = 1;
+    setsockopt(c.fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    const std::string body = request_body(run, i, tokens);
+    const std::string req = "POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer bench\r\n"
+                            "Content-Type: application/json\r\nContent-Length: " +
+                            std::to_string(body.size()) + "\r\n\r\n" + body;
+    for (std::size_t off = 0; off < req.size();) {
+      const ssize_t w = send(c.fd, req.data() + off, req.size() - off, MSG_NOSIGNAL);
+      if (w <= 0) fail("send");
+      off += static_cast<std::size_t>(w);
+    }
+    epoll_event ev{};
+    ev.events = EPOLLIN;
+    ev.data.u32 = static_cast<std::uint32_t>(i);
+    if (epoll_ctl(ep, EPOLL_CTL_ADD, c.fd, &ev) != 0) fail("epoll_ctl");
+  }
+  HttpResult out;
+  std::uint64_t n = 0;
+  char buf[65536];
+  for (int open = clients; open > 0;) {
+    epoll_event evs[64];
+    const int k = epoll_wait(ep, evs, 64, 600000);
+    if (k <= 0) fail("epoll_wait");
+    for (int e = 0; e < k; ++e) {
+      Conn& c = conns[evs[e].data.u32];
+      const ssize_t r = recv(c.fd, buf, sizeof buf, 0);
+      if (r > 0) c.in.append(buf, static_cast<std::size_t>(r));
+      if (c.ttft == 0 && c.in.find("\r\n\r\n") != std::string::npos && c.in.find("data:") != std::string::npos)
+        c.ttft = since(c.start);
+      const bool whole = c.in.size() >= 5 && c.in.compare(c.in.size() - 5, 5, "0\r\n\r\n") == 0;
+      if (r <= 0 || whole) {
+        if (r <= 0 && !whole) std::fprintf(stderr, "serve_bench: stream %u ended early\n", evs[e].data.u32);
+        n += completion_tokens(c.in);
+        epoll_ctl(ep, EPOLL_CTL_DEL, c.fd, nullptr);
+        close(c.fd);
+        c.done = true;
+        --open;
+      }
+    }
+  }
+  close(ep);
+  out.rate = static_cast<double>(n) / since(t0);
+  for (const Conn& c : conns) out.ttft.push_back(c.ttft);
+  return out;
+}
+
+HttpResult http_rate_threads(int port, int clients, int tokens) {
   const int run = g_run++;
   HttpResult out;
   std::vector<std::thread> threads;
@@ -129,14 +228,11 @@ HttpResult http_rate(int port, int clients, int tokens) {
     threads.emplace_back([&, i] {
       httplib::Client c("127.0.0.1", port);
       c.set_read_timeout(600, 0);
-      nlohmann::json body = {{"model", "bench"},         {"prompt", prompt_text(run, i)}, {"max_tokens", tokens},
-                             {"temperature", 0},         {"stream", true},           {"ignore_eos", true},
-                             {"stream_options", {{"include_usage", true}}}};
       httplib::Request req;
       req.method = "POST";
       req.path = "/v1/completions";
       req.headers = {{"Authorization", "Bearer bench"}, {"Content-Type", "application/json"}};
-      req.body = body.dump();
+      req.body = request_body(run, i, tokens);
       const Clock::time_point start = Clock::now();
       std::string buffer;
       req.content_receiver = [&](const char* data, size_t len, uint64_t, uint64_t) {
@@ -145,8 +241,7 @@ HttpResult http_rate(int port, int clients, int tokens) {
         return true;
       };
       c.send(req);
-      const std::size_t at = buffer.find("\"completion_tokens\":");
-      if (at != std::string::npos) n += std::strtoull(buffer.c_str() + at + 20, nullptr, 10);
+      n += completion_tokens(buffer);
     });
   for (auto& t : threads) t.join();
   out.rate = static_cast<double>(n.load()) / since(t0);
@@ -173,11 +268,12 @@ int main(int argc, char** argv) {
   if (argc < 2) {
     std::fprintf(stderr,
                  "usage: serve_bench MODEL.gguf [--tokens N] [--threads T] [--clients 1,4,16] [--device cpu|cuda|auto] "
-                 "[--stream-interval MS]\n");
+                 "[--stream-interval MS] [--client loop|threads]\n");
     return 2;
   }
   const std::string path = argv[1];
   int tokens = 64, threads = 0, stream_interval_ms = 0;
+  bool loop_client = true;
   engine::Device device = engine::Device::kCpu;
   std::vector<int> counts = {1, 4, 16};
   for (int i = 2; i + 1 < argc; i += 2) {
@@ -185,6 +281,11 @@ int main(int argc, char** argv) {
     if (a == "--tokens") tokens = std::atoi(argv[i + 1]);
     else if (a == "--threads") threads = std::atoi(argv[i + 1]);
     else if (a == "--stream-interval") stream_interval_ms = std::atoi(argv[i + 1]);
+    else if (a == "--client") {
+      const std::string k = argv[i + 1];
+      if (k != "loop" && k != "threads") return std::fprintf(stderr, "serve_bench: --client must be loop or threads\n"), 2;
+      loop_client = k == "loop";
+    }
     else if (a == "--device") {
       const std::optional<engine::Device> d = engine::parse_device(argv[i + 1]);
       if (!d) return std::fprintf(stderr, "serve_bench: --device must be cpu, cuda or auto\n"), 2;
@@ -210,8 +311,9 @@ int main(int argc, char** argv) {
   std::thread serve([&] { server.run(); });
 
   (void)engine_rate(*model, 1, 8);  // warm-up
-  std::printf("model %s, %d tokens per client, backend %s, stream interval %d ms\n\n", path.c_str(), tokens,
-              model->model->backend().name().c_str(), stream_interval_ms);
+  std::printf("model %s, %d tokens per client, backend %s, stream interval %d ms, client %s\n\n", path.c_str(), tokens,
+              model->model->backend().name().c_str(), stream_interval_ms,
+              loop_client ? "loop (one thread, epoll)" : "threads (one per client)");
   std::printf("| clients | engine tok/s | HTTP tok/s | HTTP / engine | engine CPU us/tok | HTTP CPU us/tok | "
               "TTFT p50 (s) | TTFT p99 (s) |\n");
   std::printf("|---:|---:|---:|---:|---:|---:|---:|---:|\n");
@@ -223,7 +325,7 @@ int main(int argc, char** argv) {
       const double c0 = cpu_seconds();
       e += engine_rate(*model, c, tokens);
       const double c1 = cpu_seconds();
-      hr = http_rate(port, c, tokens);
+      hr = loop_client ? http_rate_loop(port, c, tokens) : http_rate_threads(port, c, tokens);
       cpu_e += c1 - c0;
       cpu_h += cpu_seconds() - c1;
       h += hr.rate;
