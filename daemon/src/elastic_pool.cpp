@@ -6,8 +6,12 @@
 
 namespace airlock::daemon {
 
-ElasticPool::ElasticPool(std::size_t kept_threads, std::size_t max_threads, std::chrono::milliseconds idle)
-    : kept_(std::max<std::size_t>(kept_threads, 1)), max_(std::max(max_threads, kept_)), idle_(idle) {
+ElasticPool::ElasticPool(std::size_t kept_threads, std::size_t max_threads, std::chrono::milliseconds idle,
+                         std::function<void()> on_start)
+    : kept_(std::max<std::size_t>(kept_threads, 1)),
+      max_(std::max(max_threads, kept_)),
+      idle_(idle),
+      on_start_(std::move(on_start)) {
   std::lock_guard<std::mutex> lock(mu_);
   for (std::size_t i = 0; i < kept_; ++i) start_thread();
 }
@@ -30,6 +34,7 @@ void ElasticPool::start_thread() {
 }
 
 void ElasticPool::work(Threads::iterator self) {
+  if (on_start_) on_start_();
   std::unique_lock<std::mutex> lock(mu_);
   --n_starting_;
   for (;;) {

@@ -34,8 +34,9 @@ namespace airlock::daemon {
 class ElasticPool {
  public:
   // Starts `kept_threads` threads (at least 1); grows to `max_threads` (at
-  // least kept_threads).
-  ElasticPool(std::size_t kept_threads, std::size_t max_threads, std::chrono::milliseconds idle);
+  // least kept_threads). Each thread runs `on_start` (if set) once, first.
+  ElasticPool(std::size_t kept_threads, std::size_t max_threads, std::chrono::milliseconds idle,
+              std::function<void()> on_start = nullptr);
   ~ElasticPool();
   ElasticPool(const ElasticPool&) = delete;
   ElasticPool& operator=(const ElasticPool&) = delete;
@@ -58,6 +59,7 @@ class ElasticPool {
 
   const std::size_t kept_, max_;
   const std::chrono::milliseconds idle_;
+  const std::function<void()> on_start_;
   mutable std::mutex mu_;
   std::condition_variable wake_;
   std::deque<std::function<void()>> jobs_;

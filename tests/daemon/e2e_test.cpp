@@ -8,6 +8,7 @@
 #include <httplib.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <sched.h>
 #include <signal.h>
 #include <spawn.h>
 #include <sys/prctl.h>
@@ -30,6 +31,7 @@
 #include <mutex>
 #include <cmath>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 #include <sodium.h>
@@ -1077,6 +1079,39 @@ TEST_F(DaemonE2E, SixteenConcurrentStreamsMatchTheirSoloRuns) {
     });
   for (auto& t : threads) t.join();
   for (int i = 0; i < 16; ++i) EXPECT_EQ(streamed[static_cast<std::size_t>(i)], solo[static_cast<std::size_t>(i)]) << i;
+}
+
+// The daemon's threads by name: the scheduling policy (SCHED_*) of each.
+std::multimap<std::string, int> thread_policies(pid_t pid) {
+  std::multimap<std::string, int> out;
+  const std::filesystem::path tasks = "/proc/" + std::to_string(pid) + "/task";
+  for (const auto& t : std::filesystem::directory_iterator(tasks)) {
+    std::ifstream comm(t.path() / "comm");
+    std::string name;
+    std::getline(comm, name);
+    const int policy = sched_getscheduler(static_cast<pid_t>(std::stoi(t.path().filename().string())));
+    if (policy >= 0) out.emplace(name, policy);
+  }
+  return out;
+}
+
+// Connection threads are named airlock-http and run under SCHED_BATCH (a
+// stream's thread, woken for each token, does not preempt the compute
+// threads); the scheduler and compute threads keep the default policy.
+TEST_F(DaemonE2E, ConnectionThreadsDoNotPreemptTheComputeThreads) {
+  auto r = daemon_->post("/v1/chat/completions", chat("Hello", 4, true));
+  ASSERT_TRUE(r);
+  ASSERT_EQ(r->status, 200);
+  const std::multimap<std::string, int> threads = thread_policies(daemon_->pid);
+  EXPECT_GT(threads.count("airlock-http"), 0u);
+  EXPECT_GT(threads.count("airlock-sched"), 0u);
+  for (const auto& [name, policy] : threads) {
+    if (name == "airlock-http") {
+      EXPECT_EQ(policy, SCHED_BATCH) << name;
+    } else if (name == "airlock-sched" || name == "airlock-pool") {
+      EXPECT_EQ(policy, SCHED_OTHER) << name;
+    }
+  }
 }
 
 double metric(const std::string& text, const std::string& name) {

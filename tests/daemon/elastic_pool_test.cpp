@@ -144,5 +144,32 @@ TEST(ElasticPool, ManyProducers) {
   EXPECT_EQ(ran.load(), 16000);
 }
 
+// Every thread runs the start hook once, before its first job: the kept
+// ones and those started for a burst beyond them (airlockd names its
+// connection threads and sets their scheduling policy there).
+TEST(ElasticPool, EachThreadRunsTheStartHookOnceBeforeItsJobs) {
+  std::atomic<int> starts{0};
+  static thread_local bool started = false;
+  ElasticPool pool(2, 16, 10s, [&] {
+    EXPECT_FALSE(started) << "the hook ran twice on one thread";
+    started = true;
+    ++starts;
+  });
+  EXPECT_TRUE(eventually([&] { return starts == 2; }));
+  Gate gate;
+  std::atomic<int> jobs_after_hook{0};
+  for (int i = 0; i < 6; ++i)
+    pool.enqueue([&] {
+      if (started) ++jobs_after_hook;
+      gate.wait();
+    });
+  ASSERT_TRUE(gate.reached(6));
+  EXPECT_EQ(jobs_after_hook, 6);
+  EXPECT_EQ(starts, static_cast<int>(pool.n_threads()));
+  gate.open();
+  pool.shutdown();
+  EXPECT_EQ(starts, 6);
+}
+
 }  // namespace
 }  // namespace airlock::daemon
