@@ -54,29 +54,6 @@ std::optional<std::string_view> calls_part(std::string_view text, std::string_vi
   return rest;
 }
 
-// {"name": a declared tool, "arguments" (or Llama's "parameters"): an
-// object, or a string holding one}, as a call; anything else is not one.
-std::optional<ToolCall> call_of(const json& j, const std::vector<ToolSpec>& tools) {
-  if (!j.contains("name") || !j["name"].is_string()) return std::nullopt;
-  const std::string name = j["name"].get<std::string>();
-  const auto tool = std::find_if(tools.begin(), tools.end(), [&](const ToolSpec& t) { return t.name == name; });
-  if (tool == tools.end()) return std::nullopt;
-  const char* key = j.contains("arguments") ? "arguments" : j.contains("parameters") ? "parameters" : nullptr;
-  json args = json::object();
-  if (key != nullptr) {
-    args = j[key];
-    if (args.is_string()) {
-      std::optional<json> inner = parse_object(args.get<std::string>());
-      if (!inner) return std::nullopt;
-      args = std::move(*inner);
-    }
-    if (!args.is_object()) return std::nullopt;
-  }
-  if (tool->strict && !(tool->parameters.is_null() ? args.empty() : follows_schema(tool->parameters, args)))
-    return std::nullopt;
-  return ToolCall{name, args.dump(-1, ' ', false, json::error_handler_t::replace), {}};
-}
-
 // Where the JSON value starting at s[0] ('{' or '[') ends (one past its
 // closing bracket), or npos: brackets counted outside strings.
 std::size_t json_value_end(std::string_view s) {
@@ -96,6 +73,132 @@ std::size_t json_value_end(std::string_view s) {
   return std::string_view::npos;
 }
 
+// ---- The arguments as the model wrote them. A parsed and re-serialised
+// value would change what JSON cannot hold in a double: an integer beyond
+// 64 bits (an account number, say) became 1.2345678901234568e+23. The
+// arguments are the model's own text, less the whitespace between tokens.
+// These read text that has been parsed as JSON already.
+
+constexpr std::string_view kJsonSpace = " \t\n\r";
+
+// Where the JSON value starting at s[0] ends: a bracketed one, a string, or
+// a number or literal (which ends at a delimiter).
+std::size_t raw_value_end(std::string_view s) {
+  if (s.empty()) return std::string_view::npos;
+  if (s[0] == '{' || s[0] == '[') return json_value_end(s);
+  if (s[0] == '"') {
+    for (std::size_t i = 1; i < s.size(); ++i) {
+      if (s[i] == '\\') ++i;
+      else if (s[i] == '"') return i + 1;
+    }
+    return std::string_view::npos;
+  }
+  const std::size_t e = s.find_first_of(",}] \t\n\r");
+  return e == std::string_view::npos ? s.size() : e;
+}
+
+// The members of the object, or the elements of the array, that `s` holds
+// (valid JSON, from its bracket): raw key (empty for an array) and raw value
+// texts, in order.
+struct RawItem {
+  std::string_view key, value;
+};
+std::vector<RawItem> raw_items(std::string_view s) {
+  std::vector<RawItem> out;
+  if (s.empty() || (s[0] != '{' && s[0] != '[')) return out;
+  const bool object = s[0] == '{';
+  std::size_t i = 1;
+  auto skip = [&] {
+    while (i < s.size() && kJsonSpace.find(s[i]) != std::string_view::npos) ++i;
+  };
+  for (;;) {
+    skip();
+    if (i >= s.size() || s[i] == '}' || s[i] == ']') return out;
+    if (s[i] == ',') {
+      ++i;
+      continue;
+    }
+    RawItem item;
+    if (object) {
+      const std::size_t n = raw_value_end(s.substr(i));
+      if (n == std::string_view::npos) return out;
+      item.key = s.substr(i, n);
+      i += n;
+      skip();
+      if (i >= s.size() || s[i] != ':') return out;
+      ++i;
+      skip();
+    }
+    const std::size_t n = raw_value_end(s.substr(i));
+    if (n == std::string_view::npos) return out;
+    item.value = s.substr(i, n);
+    i += n;
+    out.push_back(item);
+  }
+}
+
+// A raw key's text ("arguments", or with escapes "argu\u006dents").
+std::string key_text(std::string_view raw) {
+  if (raw.size() >= 2 && raw.find('\\') == std::string_view::npos) return std::string(raw.substr(1, raw.size() - 2));
+  const json k = json::parse(raw.begin(), raw.end(), nullptr, /*allow_exceptions=*/false);
+  return k.is_string() ? k.get<std::string>() : std::string();
+}
+
+// JSON text without the whitespace between its tokens (strings kept whole).
+std::string compact_json(std::string_view s) {
+  std::string out;
+  out.reserve(s.size());
+  bool in_string = false;
+  for (std::size_t i = 0; i < s.size(); ++i) {
+    const char c = s[i];
+    if (in_string) {
+      out += c;
+      if (c == '\\' && i + 1 < s.size()) out += s[++i];
+      else if (c == '"') in_string = false;
+      continue;
+    }
+    if (kJsonSpace.find(c) != std::string_view::npos) continue;
+    if (c == '"') in_string = true;
+    out += c;
+  }
+  return out;
+}
+
+// {"name": a declared tool, "arguments" (or Llama's "parameters"): an
+// object, or a string holding one}, as a call; anything else is not one.
+// `raw` is the text j was parsed from: the arguments are taken from it.
+std::optional<ToolCall> call_of(const json& j, std::string_view raw, const std::vector<ToolSpec>& tools) {
+  if (!j.contains("name") || !j["name"].is_string()) return std::nullopt;
+  const std::string name = j["name"].get<std::string>();
+  const auto tool = std::find_if(tools.begin(), tools.end(), [&](const ToolSpec& t) { return t.name == name; });
+  if (tool == tools.end()) return std::nullopt;
+  const char* key = j.contains("arguments") ? "arguments" : j.contains("parameters") ? "parameters" : nullptr;
+  json args = json::object();
+  std::string text = "{}";  // the arguments' text
+  if (key != nullptr) {
+    args = j[key];
+    if (args.is_string()) {
+      text = args.get<std::string>();
+      std::optional<json> inner = parse_object(text);
+      if (!inner) return std::nullopt;
+      args = std::move(*inner);
+    } else {
+      // The member's text (the last of that name, as the parser keeps).
+      text.clear();
+      for (const RawItem& m : raw_items(raw))
+        if (key_text(m.key) == key) text = std::string(m.value);
+    }
+    if (!args.is_object()) return std::nullopt;
+  }
+  if (tool->strict && !(tool->parameters.is_null() ? args.empty() : follows_schema(tool->parameters, args)))
+    return std::nullopt;
+  // (Should the text not be found, which parsed text cannot cause, the
+  // parsed value is written out instead.)
+  std::string arguments =
+      text.empty() ? args.dump(-1, ' ', false, json::error_handler_t::replace) : compact_json(text);
+  return ToolCall{name, std::move(arguments), {}};
+}
+
 ToolOutput parse_hermes(std::string_view text, const std::vector<ToolSpec>& tools, std::size_t max_calls) {
   ToolOutput out;
   std::size_t pos = 0, close = std::string_view::npos;
@@ -113,7 +216,7 @@ ToolOutput parse_hermes(std::string_view text, const std::vector<ToolSpec>& tool
       const std::size_t after = n == std::string_view::npos ? n : text.find_first_not_of(kSpace, lead + n);
       if (after != std::string_view::npos && text.compare(after, kClose.size(), kClose) == 0) {
         std::optional<ToolCall> call;
-        if (std::optional<json> j = parse_object(text.substr(lead, n))) call = call_of(*j, tools);
+        if (std::optional<json> j = parse_object(text.substr(lead, n))) call = call_of(*j, text.substr(lead, n), tools);
         if (call) {
           if (out.calls.size() < max_calls) out.calls.push_back(std::move(*call));
           pos = after + kClose.size();
@@ -136,7 +239,8 @@ ToolOutput parse_hermes(std::string_view text, const std::vector<ToolSpec>& tool
     const std::size_t body_end = std::min({close, next, text.size()});
     const std::size_t end = body_end == close ? close + kClose.size() : body_end;
     std::optional<ToolCall> call;
-    if (std::optional<json> j = parse_object(trim(text.substr(body, body_end - body)))) call = call_of(*j, tools);
+    const std::string_view block = trim(text.substr(body, body_end - body));
+    if (std::optional<json> j = parse_object(block)) call = call_of(*j, block, tools);
     if (!call) out.content.append(text.substr(start, end - start));  // not a call: stays text
     else if (out.calls.size() < max_calls) out.calls.push_back(std::move(*call));
     pos = end;
@@ -157,7 +261,7 @@ ToolOutput parse_llama_json(std::string_view text, const std::vector<ToolSpec>& 
     const std::size_t end = json_value_end(rest);
     if (end == std::string_view::npos) return none;
     std::optional<json> j = parse_object(rest.substr(0, end));
-    std::optional<ToolCall> call = j ? call_of(*j, tools) : std::nullopt;
+    std::optional<ToolCall> call = j ? call_of(*j, rest.substr(0, end), tools) : std::nullopt;
     if (!call) return none;
     if (out.calls.size() < max_calls) out.calls.push_back(std::move(*call));
     rest = trim(rest.substr(end));
@@ -175,9 +279,12 @@ ToolOutput parse_mistral(std::string_view text, const std::vector<ToolSpec>& too
   const std::optional<std::string_view> part = calls_part(text, kMistralCallsToken, '[');
   std::optional<json> j = part ? parse_value(*part) : std::nullopt;
   if (!j || !j->is_array() || j->empty()) return none;
+  const std::vector<RawItem> items = raw_items(trim(*part));
+  if (items.size() != j->size()) return none;  // (parsed text always agrees)
   ToolOutput out;
-  for (const json& item : *j) {
-    std::optional<ToolCall> call = item.is_object() ? call_of(item, tools) : std::nullopt;
+  for (std::size_t k = 0; k < items.size(); ++k) {
+    const json& item = (*j)[k];
+    std::optional<ToolCall> call = item.is_object() ? call_of(item, items[k].value, tools) : std::nullopt;
     if (!call) return none;
     if (out.calls.size() < max_calls) out.calls.push_back(std::move(*call));
   }

@@ -232,6 +232,49 @@ TEST(ToolCalls, ArgumentsFollowTheSchemaOrNot) {
                   .calls.empty());
 }
 
+// Arguments are the model's text less the whitespace between tokens:
+// numbers keep their digits (an integer beyond 64 bits was a rounded
+// double, 1.2345678901234568e+23), strings their escapes, in every format
+// and whether the arguments came as an object or as a string holding one.
+TEST(ToolCalls, ArgumentsKeepTheModelsNumbersAndText) {
+  const std::string args = "{\"account\": 123456789012345678901234, \"amount\": 1.50, \"debt\": -99999999999999999999,"
+                           " \"note\": \"a \\\"b\\\" \\u00e9 \\n c\", \"list\": [ 1 , 2e3 ]}";
+  const std::string want = "{\"account\":123456789012345678901234,\"amount\":1.50,\"debt\":-99999999999999999999,"
+                           "\"note\":\"a \\\"b\\\" \\u00e9 \\n c\",\"list\":[1,2e3]}";
+  const std::string call = "{\"name\": \"get_weather\", \"arguments\": " + args + "}";
+  const std::string as_string = "{\"name\": \"get_weather\", \"arguments\": " + nlohmann::json(args).dump() + "}";
+  const std::string llama = "{\"name\": \"get_weather\", \"parameters\": " + args + "}";
+  struct Case {
+    ToolFormat format;
+    std::string text;
+  };
+  for (const Case& c : {Case{ToolFormat::kHermes, "<tool_call>\n" + call + "\n</tool_call>"},
+                        Case{ToolFormat::kHermes, "<tool_call>\n" + call},  // unclosed: parsed as a block
+                        Case{ToolFormat::kHermes, "<tool_call>" + as_string + "</tool_call>"},
+                        Case{ToolFormat::kLlamaJson, llama},
+                        Case{ToolFormat::kLlamaJson, "<|python_tag|>" + llama + "; " + call},
+                        Case{ToolFormat::kMistral, "[TOOL_CALLS] [" + call + ", " + as_string + "]"}}) {
+    const ToolOutput o = parse_tool_calls(c.format, c.text, kTools);
+    ASSERT_FALSE(o.calls.empty()) << c.text;
+    for (const ToolCall& t : o.calls) {
+      EXPECT_EQ(t.arguments, want) << c.text;
+      EXPECT_EQ(nlohmann::json::parse(t.arguments)["note"], "a \"b\" \u00e9 \n c");
+    }
+  }
+  // The last of two members of one name counts, as the parser keeps it.
+  const ToolOutput twice = parse_tool_calls(
+      ToolFormat::kHermes, "<tool_call>{\"name\": \"get_time\", \"arguments\": {\"a\": 1}, \"arguments\": {\"b\": 2}}</tool_call>",
+      kTools);
+  ASSERT_EQ(twice.calls.size(), 1u);
+  EXPECT_EQ(twice.calls[0].arguments, "{\"b\":2}");
+  // A key written with escapes is still the key.
+  const ToolOutput escaped = parse_tool_calls(
+      ToolFormat::kHermes, "<tool_call>{\"name\": \"get_time\", \"argu\\u006dents\": {\"n\": 10000000000000000000001}}</tool_call>",
+      kTools);
+  ASSERT_EQ(escaped.calls.size(), 1u);
+  EXPECT_EQ(escaped.calls[0].arguments, "{\"n\":10000000000000000000001}");
+}
+
 std::size_t prefix(ToolFormat f, std::string_view text) { return ToolStream(f).safe_prefix(text); }
 
 TEST(ToolCalls, MistralArray) {
