@@ -22,7 +22,7 @@
 // takes CPU from the server that a client elsewhere would not.
 //
 // usage: serve_bench MODEL.gguf [--tokens N] [--threads T] [--clients 1,4,16] [--device cpu|cuda|auto]
-//                    [--stream-interval MS] [--client loop|threads]
+//                    [--stream-interval MS] [--client loop|threads] [--only engine|http]
 #include <arpa/inet.h>
 #include <httplib.h>
 #include <netinet/in.h>
@@ -258,6 +258,7 @@ double cpu_seconds() {
 }
 
 double percentile(std::vector<double> v, double p) {
+  if (v.empty()) return 0;
   std::sort(v.begin(), v.end());
   return v[std::min(v.size() - 1, static_cast<std::size_t>(p * static_cast<double>(v.size() - 1) + 0.5))];
 }
@@ -268,12 +269,13 @@ int main(int argc, char** argv) {
   if (argc < 2) {
     std::fprintf(stderr,
                  "usage: serve_bench MODEL.gguf [--tokens N] [--threads T] [--clients 1,4,16] [--device cpu|cuda|auto] "
-                 "[--stream-interval MS] [--client loop|threads]\n");
+                 "[--stream-interval MS] [--client loop|threads] [--only engine|http]\n");
     return 2;
   }
   const std::string path = argv[1];
   int tokens = 64, threads = 0, stream_interval_ms = 0;
   bool loop_client = true;
+  std::string only;  // "engine" or "http": run one path alone (for profiling it)
   engine::Device device = engine::Device::kCpu;
   std::vector<int> counts = {1, 4, 16};
   for (int i = 2; i + 1 < argc; i += 2) {
@@ -281,6 +283,7 @@ int main(int argc, char** argv) {
     if (a == "--tokens") tokens = std::atoi(argv[i + 1]);
     else if (a == "--threads") threads = std::atoi(argv[i + 1]);
     else if (a == "--stream-interval") stream_interval_ms = std::atoi(argv[i + 1]);
+    else if (a == "--only") only = argv[i + 1];
     else if (a == "--client") {
       const std::string k = argv[i + 1];
       if (k != "loop" && k != "threads") return std::fprintf(stderr, "serve_bench: --client must be loop or threads\n"), 2;
@@ -323,9 +326,9 @@ int main(int argc, char** argv) {
     HttpResult hr;
     for (int rep = 0; rep < 2; ++rep) {
       const double c0 = cpu_seconds();
-      e += engine_rate(*model, c, tokens);
+      if (only != "http") e += engine_rate(*model, c, tokens);
       const double c1 = cpu_seconds();
-      hr = loop_client ? http_rate_loop(port, c, tokens) : http_rate_threads(port, c, tokens);
+      if (only != "engine") hr = loop_client ? http_rate_loop(port, c, tokens) : http_rate_threads(port, c, tokens);
       cpu_e += c1 - c0;
       cpu_h += cpu_seconds() - c1;
       h += hr.rate;
