@@ -144,6 +144,23 @@ std::string key_text(std::string_view raw) {
   return k.is_string() ? k.get<std::string>() : std::string();
 }
 
+// True when an object anywhere in `v`, parsed from `raw`, had a key twice:
+// the parser keeps the last value, other clients may take the first or
+// refuse the text, so such arguments are written as parsed (what the strict
+// schema check saw). Nesting is bounded (json_deeper_than), so the rescans
+// of nested text stay within that factor of its length.
+bool has_duplicate_keys(const json& v, std::string_view raw) {
+  if (!v.is_object() && !v.is_array()) return false;
+  const std::vector<RawItem> items = raw_items(raw);
+  if (items.size() != v.size()) return true;  // only duplicates make an object's counts differ
+  std::size_t k = 0;
+  for (const json& child : v) {
+    if (has_duplicate_keys(child, items[k].value)) return true;
+    ++k;
+  }
+  return false;
+}
+
 // JSON text without the whitespace between its tokens (strings kept whole).
 std::string compact_json(std::string_view s) {
   std::string out;
@@ -179,6 +196,7 @@ std::optional<ToolCall> call_of(const json& j, std::string_view raw, const std::
     args = j[key];
     if (args.is_string()) {
       text = args.get<std::string>();
+      if (text.rfind("\xEF\xBB\xBF", 0) == 0) text.erase(0, 3);  // a byte order mark, which the parser skips
       std::optional<json> inner = parse_object(text);
       if (!inner) return std::nullopt;
       args = std::move(*inner);
@@ -193,9 +211,10 @@ std::optional<ToolCall> call_of(const json& j, std::string_view raw, const std::
   if (tool->strict && !(tool->parameters.is_null() ? args.empty() : follows_schema(tool->parameters, args)))
     return std::nullopt;
   // (Should the text not be found, which parsed text cannot cause, the
-  // parsed value is written out instead.)
-  std::string arguments =
-      text.empty() ? args.dump(-1, ' ', false, json::error_handler_t::replace) : compact_json(text);
+  // parsed value is written out instead; so is one with a key twice.)
+  std::string arguments = text.empty() || has_duplicate_keys(args, trim(text))
+                              ? args.dump(-1, ' ', false, json::error_handler_t::replace)
+                              : compact_json(text);
   return ToolCall{name, std::move(arguments), {}};
 }
 

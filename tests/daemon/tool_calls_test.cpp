@@ -267,6 +267,27 @@ TEST(ToolCalls, ArgumentsKeepTheModelsNumbersAndText) {
       kTools);
   ASSERT_EQ(twice.calls.size(), 1u);
   EXPECT_EQ(twice.calls[0].arguments, "{\"b\":2}");
+  // A key twice in the arguments, at any depth: the parser keeps the last,
+  // other clients may keep the first or refuse the text, so the arguments
+  // are written as parsed (what a strict schema was checked against).
+  const std::vector<ToolSpec> strict = {
+      {"get_time", true, nlohmann::ordered_json::parse(R"({"type":"object","properties":{"n":{"type":"integer"},
+        "o":{"type":"object","properties":{"m":{"type":"integer"}}}}})")}};
+  for (const auto& [text, parsed] : std::vector<std::pair<std::string, std::string>>{
+           {R"({"n": "x", "n": 5})", R"({"n":5})"},
+           {R"({"o": {"m": "x", "m": 7}, "n": 1})", R"({"o":{"m":7},"n":1})"},
+           {R"({"l": [{"m": 1, "m": 2}]})", R"({"l":[{"m":2}]})"}}) {
+    const ToolOutput dup = parse_tool_calls(
+        ToolFormat::kHermes, "<tool_call>{\"name\": \"get_time\", \"arguments\": " + text + "}</tool_call>", strict);
+    ASSERT_EQ(dup.calls.size(), 1u) << text;
+    EXPECT_EQ(dup.calls[0].arguments, parsed) << text;
+  }
+  // A byte order mark before the arguments in a string (the parser skips
+  // it) is not part of them.
+  const ToolOutput bom = parse_tool_calls(
+      ToolFormat::kHermes, "<tool_call>{\"name\": \"get_time\", \"arguments\": \"\xEF\xBB\xBF{\\\"a\\\": 1}\"}</tool_call>", kTools);
+  ASSERT_EQ(bom.calls.size(), 1u);
+  EXPECT_EQ(bom.calls[0].arguments, "{\"a\":1}");
   // A key written with escapes is still the key.
   const ToolOutput escaped = parse_tool_calls(
       ToolFormat::kHermes, "<tool_call>{\"name\": \"get_time\", \"argu\\u006dents\": {\"n\": 10000000000000000000001}}</tool_call>",
