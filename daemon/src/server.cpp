@@ -2298,6 +2298,16 @@ void Server::routes() {
     };
     if (req.path.empty() || req.path[0] != '/')  // "GET (audit gap)": no route, and no look-alike audit rows
       return refuse_and_close(api_error(400, "invalid_request_error", "the request target must be a path ('/...')"));
+    // Routes take GET (and HEAD), POST and DELETE. httplib reads the body of
+    // a PUT, PATCH or PRI before finding no route for it, a PRI's without
+    // a length until the client closes (inflating it if it says gzip): any
+    // other method is refused first, without a key.
+    if (req.method != "GET" && req.method != "HEAD" && req.method != "POST" && req.method != "DELETE") {
+      res.set_header("Allow", "GET, HEAD, POST, DELETE");
+      return refuse_and_close(api_error(405, "invalid_request_error",
+                                        "method " + req.method + " is not served (GET, HEAD, POST, DELETE are)",
+                                        "method_not_allowed"));
+    }
     if (body_left_unread(req, /*answered_early=*/false))  // a GET with a body, /health's too
       return refuse_and_close(api_error(400, "invalid_request_error", "a " + req.method + " request carries no body"));
     if (req.path == "/health") {

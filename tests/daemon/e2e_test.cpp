@@ -1372,6 +1372,27 @@ TEST_F(DaemonE2E, CompressedBodiesAreRefusedBeforeTheyAreInflated) {
   EXPECT_EQ(get.rfind("HTTP/1.1 200", 0), 0u) << get;
 }
 
+// Methods no route takes are refused before their body is read: httplib
+// reads a PUT's, PATCH's or PRI's body before finding no route, a PRI's
+// without a length until the client closes, inflated if it says gzip (a
+// 48 KB gzip stream became 50 MB). The connection ends after the answer:
+// what follows (here a request of its own) gets none.
+TEST_F(DaemonE2E, MethodsNoRouteTakesAreRefusedBeforeTheirBody) {
+  const std::string auth = "Authorization: Bearer " + daemon_->api_key + "\r\n";
+  const std::string inner = "GET /health HTTP/1.1\r\nHost: x\r\n\r\n";
+  for (const std::string& head : std::vector<std::string>{
+           "PRI /v1/models HTTP/1.1\r\nHost: x\r\n" + auth + "Content-Encoding: gzip\r\n\r\n",
+        "PUT /v1/models HTTP/1.1\r\nHost: x\r\n" + auth + "Content-Length: " + std::to_string(inner.size()) + "\r\n\r\n",
+        "PATCH /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\r\n",
+           "OPTIONS /v1/models HTTP/1.1\r\nHost: x\r\n\r\n"}) {
+    const std::string answer = raw_exchange(daemon_->port, head, inner);
+    EXPECT_EQ(answer.rfind("HTTP/1.1 405", 0), 0u) << head << answer;
+    EXPECT_NE(answer.find("Allow: GET, HEAD, POST, DELETE"), std::string::npos) << answer;
+    EXPECT_EQ(answer.find("HTTP/1.1", 1), std::string::npos) << "an answer after the refusal: " << answer;
+  }
+  EXPECT_EQ(daemon_->client().Get("/v1/models")->status, 200);
+}
+
 // httplib reads a body up to its payload limit (set for documents, ~44 MB
 // by default) before a handler can look at its size: a body announced
 // larger than max_body_bytes (8 MiB) is refused from its Content-Length at
