@@ -170,7 +170,7 @@ Result<Config> parse_config(std::string_view text, const std::string& origin, Co
   static const std::set<std::string> kTopKeys = {
       "listen", "store", "state", "trusted", "model", "verify_on_load", "device", "threads", "tensor_parallel", "nodes", "node_rank", "nccl_root", "kv_cache_mib", "kv_cache_type", "device_reserve_mib",
       "max_running",
-      "max_waiting", "prefill_chunk", "max_body_bytes", "drain_seconds", "http_threads", "stream_interval_ms", "reasoning", "prefix_cache", "audit_text", "tls", "rag"};
+      "max_waiting", "prefill_chunk", "max_body_bytes", "max_body_memory_mib", "drain_seconds", "http_threads", "stream_interval_ms", "reasoning", "prefix_cache", "audit_text", "tls", "rag"};
   for (const auto& [k, v] : t)
     if (!kTopKeys.count(std::string(k.str()))) return invalid_argument(origin + ": unknown key '" + std::string(k.str()) + "'");
 
@@ -229,6 +229,17 @@ Result<Config> parse_config(std::string_view text, const std::string& origin, Co
   AIRLOCK_RETURN_IF_ERROR(get_int("max_waiting", 1, 16384, &c.max_waiting));
   AIRLOCK_RETURN_IF_ERROR(get_int("prefill_chunk", 1, 1 << 20, &c.prefill_chunk));
   AIRLOCK_RETURN_IF_ERROR(get_int("max_body_bytes", 1024, std::int64_t{1} << 32, &c.max_body_bytes));
+  if (const toml::node* n = t.get("max_body_memory_mib"); n != nullptr && n->is_string()) {
+    if (n->as_string()->get() != "auto") return bad("max_body_memory_mib", "must be \"auto\" or a number of MiB");
+    c.max_body_memory_mib = 0;
+  } else {
+    AIRLOCK_RETURN_IF_ERROR(get_int("max_body_memory_mib", 1, 1 << 24, &c.max_body_memory_mib));
+  }
+  if (c.max_body_memory_mib != 0 && (c.max_body_memory_mib << 20) < kBodyMemoryPerByte * c.max_body_bytes)
+    return bad("max_body_memory_mib", "must hold one body of max_body_bytes and its JSON tree (" +
+                                          std::to_string(kBodyMemoryPerByte) + " x max_body_bytes: " +
+                                          std::to_string((kBodyMemoryPerByte * c.max_body_bytes + (1u << 20) - 1) >> 20) +
+                                          " MiB)");
   AIRLOCK_RETURN_IF_ERROR(get_int("drain_seconds", 0, 3600, &c.drain_seconds));
   if (const toml::node* n = t.get("http_threads"); n != nullptr && n->is_string()) {
     if (n->as_string()->get() != "auto") return bad("http_threads", "must be \"auto\" or a number of threads");

@@ -10,6 +10,7 @@
 #include "airlock/engine/backend.h"
 #include "airlock/engine/backend_registry.h"
 
+#include <algorithm>
 #include <cstdint>
 #include <map>
 #include <string>
@@ -79,6 +80,10 @@ struct Config {
   int max_waiting = 64;
   int prefill_chunk = 256;
   std::uint64_t max_body_bytes = 8u << 20;
+  // Memory for request bodies in flight and their JSON trees, in MiB (0:
+  // "auto", body_memory_bytes()); document uploads are bounded by the
+  // ingests instead.
+  std::uint64_t max_body_memory_mib = 0;
   int drain_seconds = 30;
   int http_threads = 0;                     // 0: "auto", http_thread_count()
   int stream_interval_ms = 0;               // SSE: least time between two writes of one stream (0: every token at once)
@@ -93,6 +98,19 @@ struct Config {
   std::string tls_cert, tls_key, tls_client_ca;
   RagConfig rag;
 };
+
+// What a request's body takes of max_body_memory_mib while it is read and
+// parsed, per byte of its Content-Length: the body itself and its JSON
+// tree, which nlohmann builds at up to ~30 times the text's size ([[],
+// [],...] or [[[0]]],...: 240 MiB for 8 MiB).
+inline constexpr std::uint64_t kBodyMemoryPerByte = 32;
+
+// max_body_memory_mib in bytes: "auto" is 1 GiB, or room for four bodies of
+// max_body_bytes if that is more.
+inline std::uint64_t body_memory_bytes(const Config& c) {
+  if (c.max_body_memory_mib != 0) return c.max_body_memory_mib << 20;
+  return std::max<std::uint64_t>(std::uint64_t{1} << 30, 4 * kBodyMemoryPerByte * c.max_body_bytes);
+}
 
 // Connection threads beyond the requests admitted (running or waiting):
 // for the 429s and 503s of a full queue, /health, /metrics, and idle

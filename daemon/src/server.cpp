@@ -27,7 +27,7 @@
 #include "airlock/rag/ingest.h"
 #include "connection.h"
 #include "elastic_pool.h"
-#include "ingest_gate.h"
+#include "gate.h"
 #include "openai_api.h"
 #include "responses_api.h"
 #include "schema_grammar.h"
@@ -718,7 +718,8 @@ struct Server::Impl {
   // shut down so polls as a client that hung up, which it is not.
   std::atomic<bool> ending_connections{false};
   // Document uploads being read or ingested (rag.max_concurrent_ingests).
-  IngestGate ingests;
+  Gate ingests;
+  Gate bodies;  // bytes of request bodies being read or parsed (body_memory_bytes)
   int listen_fd = -1;
   int listen_port = 0;  // of listen_fd: the accepted connections have it as their local port
 
@@ -732,6 +733,7 @@ struct Server::Impl {
   Impl(Config c, Authenticator a, AuditSink s, Metrics& m)
       : config(std::move(c)), authenticate(std::move(a)), audit(std::move(s)), metrics(m),
         http_owner(make_http(config, listener)), http(*http_owner), ingests(config.rag.max_concurrent_ingests),
+        bodies(static_cast<std::int64_t>(body_memory_bytes(config))),
         ttft(m.histogram("airlock_time_to_first_token_seconds", "Time from request arrival to its first token",
                          latency_buckets())),
         itl(m.histogram("airlock_inter_token_latency_seconds", "Mean time between tokens of a request",
@@ -822,7 +824,11 @@ struct Server::Impl {
     // answer is written (also the 408 or 400 of a body that did not
     // arrive, read_upload()), or, if the logger never ran, by the next
     // request on this thread or the thread's end.
-    IngestGate::Slot ingest = {};
+    Gate::Slot ingest = {};
+    // Any other request's share of max_body_memory_mib (its body and JSON
+    // tree), taken before its body is read and given back the same way (a
+    // completion keeps only its body's size once it is generated).
+    Gate::Slot body = {};
   };
   static AdmittedKey& admitted_key() {
     thread_local AdmittedKey k;
@@ -1833,6 +1839,9 @@ void Server::Impl::completions(const httplib::Request& req, httplib::Response& r
     }
   }
   prompt_tokens.inc(static_cast<double>(g->prompt_tokens) * r.n);
+  // The body was parsed: while the answer is generated it keeps only its
+  // own size of max_body_memory_mib (the request holds it to the end).
+  if (admitted_key().request == &req) admitted_key().body.shrink_to(static_cast<std::int64_t>(req.body.size()));
 
   if (!r.stream) {
     // Nothing is written until the answer is whole, so a client that hangs
@@ -2385,6 +2394,21 @@ void Server::routes() {
                                               "retry later",
                                           "too_many_ingests"));
       }
+    } else if (const auto n = req.get_header_value<std::uint64_t>("Content-Length"); n > 0) {
+      // A body is held whole and parsed into a tree of up to ~30 times its
+      // size: without a bound on them together, clients sending large
+      // bodies at once (each within max_body_bytes) could take all the
+      // memory. Refused before the body is read; SDKs retry a 503.
+      Impl::admitted_key().body = s.bodies.try_enter(static_cast<std::int64_t>(n * kBodyMemoryPerByte));
+      if (!Impl::admitted_key().body) {
+        s.metrics.counter("airlock_body_memory_refusals_total", "Requests refused because max_body_memory_mib was taken")
+            .inc();
+        return refuse_and_close(api_error(
+            503, "server_error",
+            "request bodies being read and parsed take max_body_memory_mib (" +
+                std::to_string(body_memory_bytes(s.config) >> 20) + " MiB) already; retry shortly",
+            "server_busy"));
+      }
     }
     return httplib::Server::HandlerResponse::Unhandled;
   });
@@ -2508,7 +2532,9 @@ void Server::routes() {
     }
     s.metrics.gauge("airlock_model_ready", "1 when the last forward pass succeeded").set(m && m->scheduler->healthy() ? 1 : 0);
     s.metrics.gauge("airlock_rag_ingests_running", "Document uploads being read or ingested (rag.max_concurrent_ingests at most)")
-        .set(s.ingests.running());
+        .set(static_cast<double>(s.ingests.used()));
+    s.metrics.gauge("airlock_body_memory_bytes", "Of max_body_memory_mib, what request bodies in flight hold")
+        .set(static_cast<double>(s.bodies.used()));
     res.set_content(s.metrics.render(), "text/plain; version=0.0.4");
   });
   // No model (withdrawn: a revoked or untrusted key, an expired bundle) is

@@ -74,6 +74,20 @@ client_ca = "/ca.pem"
   EXPECT_EQ(c->tls_client_ca, "/ca.pem");
 }
 
+// Memory for request bodies: "auto" is 1 GiB, or four bodies of
+// max_body_bytes and their trees where that is more; a number is MiB.
+TEST(ConfigTest, BodyMemory) {
+  Result<Config> d = parse_config("", "t.toml");
+  ASSERT_TRUE(d.is_ok());
+  EXPECT_EQ(body_memory_bytes(*d), std::uint64_t{1} << 30);
+  Result<Config> big = parse_config("max_body_bytes = 67108864\nmax_body_memory_mib = \"auto\"\n", "t.toml");
+  ASSERT_TRUE(big.is_ok()) << big.status().to_string();
+  EXPECT_EQ(body_memory_bytes(*big), std::uint64_t{8} << 30);  // 4 x 32 x 64 MiB
+  Result<Config> set = parse_config("max_body_memory_mib = 300\n", "t.toml");
+  ASSERT_TRUE(set.is_ok()) << set.status().to_string();
+  EXPECT_EQ(body_memory_bytes(*set), std::uint64_t{300} << 20);
+}
+
 // A group spanning machines: node 0 serves, the others follow.
 TEST(ConfigTest, NodesOfAGroupSpanningMachines) {
   Result<Config> c = parse_config("device = \"cuda\"\ntensor_parallel = 8\nnodes = 2\nnode_rank = 1\n"
@@ -108,6 +122,11 @@ TEST(ConfigTest, RefusalsNameTheKey) {
       {"[tls]\ncert = \"/c\"", "cert and key go together"},
       {"[tls]\nclient_ca = \"/c\"", "client_ca needs"},
       {"[tls]\nkeyfile = \"/c\"", "unknown key 'keyfile'"},
+      {"max_body_memory_mib = \"lots\"", "max_body_memory_mib: must be \"auto\" or a number of MiB"},
+      {"max_body_memory_mib = 0", "max_body_memory_mib"},
+      {"max_body_memory_mib = 255", "max_body_memory_mib: must hold one body of max_body_bytes and its JSON tree (32 x "
+                                    "max_body_bytes: 256 MiB)"},
+      {"max_body_bytes = 16777216\nmax_body_memory_mib = 511", "(32 x max_body_bytes: 512 MiB)"},
       {"max_running = 0", "max_running"},
       {"stream_interval_ms = -1", "stream_interval_ms"},
       {"stream_interval_ms = 1001", "stream_interval_ms"},

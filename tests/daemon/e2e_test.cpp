@@ -1891,6 +1891,110 @@ TEST(DaemonLifecycle, RerankerInTheBundle) {
   EXPECT_EQ(d->stop(), 0);
 }
 
+// Request bodies in flight and their JSON trees share max_body_memory_mib:
+// each takes 32 bytes per byte of its Content-Length before it is read,
+// and one that does not fit is refused with 503 and Retry-After before a
+// byte of it is read; what it took comes back once its answer is written
+// or its client leaves. Requests without a body take nothing.
+TEST(DaemonLifecycle, BodiesInFlightShareABoundedMemory) {
+  Enclave e;
+  auto d = Daemon::start(e, "max_body_bytes = 1048576\nmax_body_memory_mib = 40\n");
+  ASSERT_GT(d->port, 0) << d->log();
+  const std::string auth = "Authorization: Bearer " + d->api_key + "\r\n";
+  auto held = [&] { return metric(d->client().Get("/metrics")->body, "airlock_body_memory_bytes"); };
+  // A: 1 MiB announced (32 MiB taken), 10 bytes sent, the rest withheld.
+  const int a = connect_loopback(d->port);
+  ASSERT_GE(a, 0);
+  const std::string head_a = "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n" + auth +
+                             "Content-Type: application/json\r\nContent-Length: 1048576\r\n\r\n{\"model\":";
+  ASSERT_EQ(::send(a, head_a.data(), head_a.size(), MSG_NOSIGNAL), static_cast<ssize_t>(head_a.size()));
+  bool taken = false;
+  for (int i = 0; i < 100 && !taken; ++i) {
+    taken = held() == 32.0 * 1048576;
+    if (!taken) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  ASSERT_TRUE(taken) << held();
+  // B: 512 KiB more would take 16 MiB of the 8 left: 503 from its head.
+  const HeadOnly b = head_only(d->port, "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n" + auth +
+                                            "Content-Type: application/json\r\nContent-Length: 524288\r\n\r\n");
+  EXPECT_EQ(b.response.rfind("HTTP/1.1 503", 0), 0u) << b.response;
+  EXPECT_NE(b.response.find("Retry-After: 1"), std::string::npos) << b.response;
+  EXPECT_NE(b.response.find("\"server_busy\""), std::string::npos) << b.response;
+  EXPECT_TRUE(b.ended) << "the connection stays open after the refusal";
+  // Small bodies still fit, and bodiless requests take nothing.
+  EXPECT_EQ(d->post("/v1/chat/completions", chat("Hello", 2))->status, 200);
+  EXPECT_EQ(d->client().Get("/v1/models")->status, 200);
+  EXPECT_EQ(held(), 32.0 * 1048576);
+  // A gives up with its body unsent: what it took comes back.
+  ::close(a);
+  auto comes_back = [&] {
+    for (int i = 0; i < 100; ++i) {
+      if (held() == 0) return true;
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    return false;
+  };
+  EXPECT_TRUE(comes_back()) << held();
+  // The same with a reset, where the answer cannot be delivered.
+  const int reset = connect_loopback(d->port);
+  ASSERT_GE(reset, 0);
+  ASSERT_EQ(::send(reset, head_a.data(), head_a.size(), MSG_NOSIGNAL), static_cast<ssize_t>(head_a.size()));
+  taken = false;
+  for (int i = 0; i < 100 && !taken; ++i) {
+    taken = held() == 32.0 * 1048576;
+    if (!taken) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  ASSERT_TRUE(taken) << held();
+  const linger rst{1, 0};
+  ::setsockopt(reset, SOL_SOCKET, SO_LINGER, &rst, sizeof rst);
+  ::close(reset);
+  EXPECT_TRUE(comes_back()) << held();
+  json big = chat("Hello", 2);
+  big["user"] = std::string(500000, 'x');
+  auto r = d->post("/v1/chat/completions", big);
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 200) << r->body;
+  const std::string m = d->client().Get("/metrics")->body;
+  EXPECT_NE(m.find("airlock_requests_total{route=\"/v1/chat/completions\",status=\"503\"} 1"), std::string::npos);
+  EXPECT_NE(m.find("airlock_body_memory_refusals_total 1"), std::string::npos);
+  EXPECT_EQ(d->stop(), 0);
+}
+
+// Once its body is parsed, a completion keeps only the body's own size
+// while its answer is generated (steps slowed by the test hook, so that
+// the stream is still running when it is looked at).
+TEST(DaemonLifecycle, ACompletionKeepsOnlyItsBodyWhileItRuns) {
+#ifndef AIRLOCK_TEST_HOOKS
+  GTEST_SKIP() << "needs a build with AIRLOCK_TEST_HOOKS (the step delay)";
+#endif
+  Enclave e;
+  auto d = start_with_step_delay(e, 100, "max_body_bytes = 1048576\nmax_body_memory_mib = 40\n");
+  ASSERT_GT(d->port, 0) << d->log();
+  json body = chat("Hello", 40, true);
+  body["user"] = std::string(400000, 'x');  // (kept to 256 bytes)
+  const std::string text = body.dump();
+  std::atomic<bool> first{false};
+  std::thread stream([&] {
+    httplib::Client c = d->client();
+    httplib::Request req;
+    req.method = "POST";
+    req.path = "/v1/chat/completions";
+    req.headers = {{"Authorization", "Bearer " + d->api_key}, {"Content-Type", "application/json"}};
+    req.body = text;
+    req.content_receiver = [&](const char*, size_t, uint64_t, uint64_t) {
+      first = true;
+      return true;
+    };
+    c.send(req);
+  });
+  for (int i = 0; i < 200 && !first; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  EXPECT_TRUE(first);
+  EXPECT_EQ(metric(d->client().Get("/metrics")->body, "airlock_body_memory_bytes"), static_cast<double>(text.size()));
+  stream.join();
+  EXPECT_EQ(metric(d->client().Get("/metrics")->body, "airlock_body_memory_bytes"), 0.0);
+  EXPECT_EQ(d->stop(), 0);
+}
+
 TEST(DaemonLifecycle, QueueFullAnswers429WithRetryAfter) {
   Enclave e;
   auto d = Daemon::start(e, "max_running = 1\nmax_waiting = 1\n");
