@@ -314,11 +314,13 @@ std::optional<ApiError> parse_reasoning_effort(const ojson& j, Endpoint endpoint
 // bits, which the parse would turn into a double, is found by the same
 // pass before the parse and refused after it, so that every other error
 // is reported as before.
-std::optional<ApiError> parse_json_object(std::string_view body, ojson* j) {
+std::optional<ApiError> parse_json_object(std::string_view body, ojson* j, std::size_t max_values) {
   static_assert(kMaxJsonObjectKeys == 256 && kMaxJsonDepth == 64, "the messages name the limits");
   const JsonTextCheck shape = check_json_text<ojson>(body);
   if (shape.wide) return invalid("", "the request body has an object with more than 256 keys");
   if (shape.deep) return invalid("", "the request body is nested deeper than 64 levels");
+  if (shape.values > max_values)
+    return invalid("", "the request body holds more than " + std::to_string(max_values) + " JSON values");
   *j = ojson::parse(body.begin(), body.end(), nullptr, /*allow_exceptions=*/false);
   if (j->is_discarded()) return invalid("", "the request body is not valid JSON");
   if (json_deeper_than(*j)) return invalid("", "the request body is nested deeper than 64 levels");

@@ -16,6 +16,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <limits>
 #include <optional>
 #include <string>
 #include <vector>
@@ -45,7 +46,9 @@ std::string error_body(const ApiError& e);
 // A request body as a JSON object within the limits of json_depth.h, or the
 // 400 that says why not (an integer beyond -2^63 .. 2^64-1 among them:
 // parsed, it would be a double, and reach a chat template changed).
-std::optional<ApiError> parse_json_object(std::string_view body, ojson* j);
+// (max_values: the most values, at every level, the body may hold.)
+std::optional<ApiError> parse_json_object(std::string_view body, ojson* j,
+                                          std::size_t max_values = std::numeric_limits<std::size_t>::max());
 
 // kResponses: POST /v1/responses (responses_api.h), a chat request once
 // parsed (its CompletionRequest has endpoint kChat and `responses` set).

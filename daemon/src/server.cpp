@@ -91,6 +91,9 @@ void end_answers(const httplib::Request& req, std::chrono::milliseconds linger) 
 // max_body_bytes (rag.max_document_bytes, base64 in JSON adds a third), and
 // httplib's payload limit is set for them. The same pattern routes and
 // exempts them from the 413 before reading.
+// The most JSON values a document upload's body may hold (see the handler).
+constexpr std::size_t kMaxDocumentJsonValues = 4096;
+
 constexpr const char* kDocumentsRoute = R"(/v1/rag/collections/([^/]+)/documents)";
 
 // The collection a document upload goes to (the route's NAME, as the
@@ -779,17 +782,35 @@ struct Server::Impl {
         .inc();
   }
 
-  // 413 for a body over max_body_bytes on routes other than document uploads.
-  bool body_too_large(const httplib::Request& req, httplib::Response& res) {
-    if (req.body.size() <= config.max_body_bytes) return false;
-    send_error(res, body_over_limit(config.max_body_bytes));
-    return true;
+  // Whether a body read on a route other than document uploads may be
+  // parsed: 413 over max_body_bytes; 503 when its JSON tree (up to ~30
+  // times its size) does not fit in max_body_memory_mib beside the other
+  // requests' (its slot, which holds the body's size while it is read,
+  // grows to kBodyMemoryPerByte times it).
+  std::optional<ApiError> body_room(const httplib::Request& req) {
+    if (req.body.size() > config.max_body_bytes) return body_over_limit(config.max_body_bytes);
+    if (req.body.empty() || admitted_key().request != &req) return std::nullopt;
+    if (admitted_key().body.try_grow_to(static_cast<std::int64_t>(req.body.size() * kBodyMemoryPerByte)))
+      return std::nullopt;
+    return busy_with_bodies();
+  }
+  bool body_refused(const httplib::Request& req, httplib::Response& res) {
+    const std::optional<ApiError> e = body_room(req);
+    if (e) send_error(res, *e);
+    return e.has_value();
+  }
+  ApiError busy_with_bodies() {
+    metrics.counter("airlock_body_memory_refusals_total", "Requests refused because max_body_memory_mib was taken").inc();
+    return api_error(503, "server_error",
+                     "request bodies being read and parsed take max_body_memory_mib (" +
+                         std::to_string(body_memory_bytes(config) >> 20) + " MiB) already; retry shortly",
+                     "server_busy");
   }
 
   // The model a retrieval-model request (/v1/embeddings, /v1/rerank) runs
   // on; null, with the error sent (413, 503), when it may not run.
   std::shared_ptr<LoadedModel> model_for(const httplib::Request& req, httplib::Response& res) {
-    if (body_too_large(req, res)) return nullptr;
+    if (body_refused(req, res)) return nullptr;
     if (draining) {
       send_error(res, api_error(503, "server_error", "the server is shutting down"));
       return nullptr;
@@ -825,9 +846,10 @@ struct Server::Impl {
     // arrive, read_upload()), or, if the logger never ran, by the next
     // request on this thread or the thread's end.
     Gate::Slot ingest = {};
-    // Any other request's share of max_body_memory_mib (its body and JSON
-    // tree), taken before its body is read and given back the same way (a
-    // completion keeps only its body's size once it is generated).
+    // Any other request's share of max_body_memory_mib: its body's size,
+    // taken before the body is read, then room for its JSON tree, taken
+    // before it is parsed (body_room()); given back the same way. (A
+    // request may keep copies of parts of its JSON until it is answered.)
     Gate::Slot body = {};
   };
   static AdmittedKey& admitted_key() {
@@ -1655,7 +1677,7 @@ void Server::Impl::completions(const httplib::Request& req, httplib::Response& r
     send_error(res, e);
     write_audit(key, req, nullptr, e.http_status);
   };
-  if (req.body.size() > config.max_body_bytes) return fail(body_over_limit(config.max_body_bytes));
+  if (std::optional<ApiError> e = body_room(req)) return fail(*e);
   if (draining) return fail(api_error(503, "server_error", "the server is shutting down"));
   std::shared_ptr<LoadedModel> m = current();
   if (!m) return fail(api_error(503, "server_error", no_model()));
@@ -1839,9 +1861,6 @@ void Server::Impl::completions(const httplib::Request& req, httplib::Response& r
     }
   }
   prompt_tokens.inc(static_cast<double>(g->prompt_tokens) * r.n);
-  // The body was parsed: while the answer is generated it keeps only its
-  // own size of max_body_memory_mib (the request holds it to the end).
-  if (admitted_key().request == &req) admitted_key().body.shrink_to(static_cast<std::int64_t>(req.body.size()));
 
   if (!r.stream) {
     // Nothing is written until the answer is whole, so a client that hangs
@@ -2274,7 +2293,7 @@ void Server::routes() {
   // Documents may be larger than other requests (rag.max_document_bytes,
   // base64 in JSON adds a third); every other route's body is held to
   // max_body_bytes by the pre-routing handler, from its Content-Length,
-  // before it is read (and by body_too_large() after). httplib reads a
+  // before it is read (and by body_refused() after). httplib reads a
   // body only after the pre-routing handler has checked the key.
   h.set_payload_max_length(payload_limit(s.config));
   h.set_keep_alive_timeout(30);
@@ -2398,16 +2417,15 @@ void Server::routes() {
       // A body is held whole and parsed into a tree of up to ~30 times its
       // size: without a bound on them together, clients sending large
       // bodies at once (each within max_body_bytes) could take all the
-      // memory. Refused before the body is read; SDKs retry a 503.
-      Impl::admitted_key().body = s.bodies.try_enter(static_cast<std::int64_t>(n * kBodyMemoryPerByte));
+      // memory. Its size is taken before it is read (a client trickling
+      // it in holds no more than that), room for the tree before it is
+      // parsed (body_room()). Refused before the body is read, with the
+      // linger of a refused upload (the client should read the 503 and
+      // retry, as the SDKs do).
+      Impl::admitted_key().body = s.bodies.try_enter(static_cast<std::int64_t>(n));
       if (!Impl::admitted_key().body) {
-        s.metrics.counter("airlock_body_memory_refusals_total", "Requests refused because max_body_memory_mib was taken")
-            .inc();
-        return refuse_and_close(api_error(
-            503, "server_error",
-            "request bodies being read and parsed take max_body_memory_mib (" +
-                std::to_string(body_memory_bytes(s.config) >> 20) + " MiB) already; retry shortly",
-            "server_busy"));
+        Impl::admitted_key().linger = linger_for_upload(std::min<std::uint64_t>(n, s.config.max_body_bytes));
+        return refuse_and_close(s.busy_with_bodies());
       }
     }
     return httplib::Server::HandlerResponse::Unhandled;
@@ -2806,7 +2824,7 @@ void Server::Impl::rag_routes() {
   auto who = [this](const httplib::Request& req) { return principal_of(key_of(req).value_or("")); };
 
   h.Post("/v1/rag/collections", [this, store_or_fail, who](const httplib::Request& req, httplib::Response& res) {
-    if (body_too_large(req, res)) return;
+    if (body_refused(req, res)) return;
     std::shared_ptr<LoadedModel> m = store_or_fail(res);
     if (!m) return;
     ojson j;
@@ -2870,8 +2888,11 @@ void Server::Impl::rag_routes() {
     std::string source, bytes, metadata;  // metadata "" when not given: kept for unchanged bytes
     const std::string type = req.get_header_value("Content-Type");
     if (type.rfind("application/json", 0) == 0) {
+      // Up to tens of MiB, outside max_body_memory_mib: its JSON tree is
+      // held to a few thousand values (the content is one string, the
+      // metadata a small object), whatever the body's size.
       ojson j;
-      if (auto e = parse_json_object(body, &j)) return send_error(res, *e);
+      if (auto e = parse_json_object(body, &j, kMaxDocumentJsonValues)) return send_error(res, *e);
       for (const auto& [k, v] : j.items())
         if (k != "source" && k != "content" && k != "content_base64" && k != "metadata")
           return send_error(res, api_error(400, "invalid_request_error",

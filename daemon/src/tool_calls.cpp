@@ -212,7 +212,8 @@ std::optional<ToolCall> call_of(const json& j, std::string_view raw, const std::
     return std::nullopt;
   // (Should the text not be found, which parsed text cannot cause, the
   // parsed value is written out instead; so is one with a key twice.)
-  std::string arguments = text.empty() || has_duplicate_keys(args, trim(text))
+  // (nlohmann stops reading at a NUL byte: text after one was not parsed.)
+  std::string arguments = text.empty() || text.find('\0') != std::string::npos || has_duplicate_keys(args, trim(text))
                               ? args.dump(-1, ' ', false, json::error_handler_t::replace)
                               : compact_json(text);
   return ToolCall{name, std::move(arguments), {}};

@@ -42,6 +42,10 @@ TEST(JsonTest, TheTextCheckFindsDepthAndWidthBeforeAParse) {
   EXPECT_FALSE(check_json_text<nlohmann::json>(wide).deep);
   EXPECT_TRUE(json_text_has_wide_object<nlohmann::json>(wide));
   EXPECT_FALSE(json_text_has_wide_object<nlohmann::json>(nested(1000, "1")));  // depth is not its business
+  // It counts the values a parse would build, at every level.
+  EXPECT_EQ(check_json_text<nlohmann::json>(R"({"a": [1, "x", null, true, 2.5, {"b": []}], "c": {}})").values, 10u);
+  EXPECT_EQ(check_json_text<nlohmann::json>("[1, [2, 3]]").values, 5u);
+  EXPECT_EQ(check_json_text<nlohmann::json>("7").values, 1u);
 }
 
 // The same pass names the first integer literal that nlohmann::json would

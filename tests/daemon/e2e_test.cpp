@@ -1892,78 +1892,83 @@ TEST(DaemonLifecycle, RerankerInTheBundle) {
 }
 
 // Request bodies in flight and their JSON trees share max_body_memory_mib:
-// each takes 32 bytes per byte of its Content-Length before it is read,
-// and one that does not fit is refused with 503 and Retry-After before a
-// byte of it is read; what it took comes back once its answer is written
-// or its client leaves. Requests without a body take nothing.
+// a body's size is taken before it is read (a client trickling one in
+// holds no more), and 32 bytes per byte of it before it is parsed. A
+// request that does not fit gets 503 server_busy with Retry-After: from
+// its head when its body does not fit (the connection ends), after its
+// body was read when its tree does not. What was taken comes back when the
+// answer is written or the client leaves (also by a reset). Requests
+// without a body take nothing.
 TEST(DaemonLifecycle, BodiesInFlightShareABoundedMemory) {
   Enclave e;
-  auto d = Daemon::start(e, "max_body_bytes = 1048576\nmax_body_memory_mib = 40\n");
+  auto d = Daemon::start(e, "max_body_bytes = 1048576\nmax_body_memory_mib = 32\n");
   ASSERT_GT(d->port, 0) << d->log();
+  constexpr double kMiB = 1048576;
   const std::string auth = "Authorization: Bearer " + d->api_key + "\r\n";
   auto held = [&] { return metric(d->client().Get("/metrics")->body, "airlock_body_memory_bytes"); };
-  // A: 1 MiB announced (32 MiB taken), 10 bytes sent, the rest withheld.
-  const int a = connect_loopback(d->port);
-  ASSERT_GE(a, 0);
-  const std::string head_a = "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n" + auth +
-                             "Content-Type: application/json\r\nContent-Length: 1048576\r\n\r\n{\"model\":";
-  ASSERT_EQ(::send(a, head_a.data(), head_a.size(), MSG_NOSIGNAL), static_cast<ssize_t>(head_a.size()));
-  bool taken = false;
-  for (int i = 0; i < 100 && !taken; ++i) {
-    taken = held() == 32.0 * 1048576;
-    if (!taken) std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  }
-  ASSERT_TRUE(taken) << held();
-  // B: 512 KiB more would take 16 MiB of the 8 left: 503 from its head.
-  const HeadOnly b = head_only(d->port, "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n" + auth +
-                                            "Content-Type: application/json\r\nContent-Length: 524288\r\n\r\n");
-  EXPECT_EQ(b.response.rfind("HTTP/1.1 503", 0), 0u) << b.response;
-  EXPECT_NE(b.response.find("Retry-After: 1"), std::string::npos) << b.response;
-  EXPECT_NE(b.response.find("\"server_busy\""), std::string::npos) << b.response;
-  EXPECT_TRUE(b.ended) << "the connection stays open after the refusal";
-  // Small bodies still fit, and bodiless requests take nothing.
-  EXPECT_EQ(d->post("/v1/chat/completions", chat("Hello", 2))->status, 200);
-  EXPECT_EQ(d->client().Get("/v1/models")->status, 200);
-  EXPECT_EQ(held(), 32.0 * 1048576);
-  // A gives up with its body unsent: what it took comes back.
-  ::close(a);
-  auto comes_back = [&] {
-    for (int i = 0; i < 100; ++i) {
-      if (held() == 0) return true;
+  auto holds = [&](double want) {  // the logger gives back after the answer is sent: wait for it
+    for (int i = 0; i < 150; ++i) {
+      if (held() == want) return true;
       std::this_thread::sleep_for(std::chrono::milliseconds(20));
     }
     return false;
   };
-  EXPECT_TRUE(comes_back()) << held();
-  // The same with a reset, where the answer cannot be delivered.
-  const int reset = connect_loopback(d->port);
-  ASSERT_GE(reset, 0);
-  ASSERT_EQ(::send(reset, head_a.data(), head_a.size(), MSG_NOSIGNAL), static_cast<ssize_t>(head_a.size()));
-  taken = false;
-  for (int i = 0; i < 100 && !taken; ++i) {
-    taken = held() == 32.0 * 1048576;
-    if (!taken) std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  }
-  ASSERT_TRUE(taken) << held();
-  const linger rst{1, 0};
-  ::setsockopt(reset, SOL_SOCKET, SO_LINGER, &rst, sizeof rst);
-  ::close(reset);
-  EXPECT_TRUE(comes_back()) << held();
+  // Clients that announce 1 MiB each and send 10 bytes of it.
+  const std::string trickle = "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n" + auth +
+                              "Content-Type: application/json\r\nContent-Length: 1048576\r\n\r\n{\"model\":";
+  std::vector<int> tricklers;
+  auto add_tricklers = [&](int n) {
+    for (int i = 0; i < n; ++i) {
+      const int fd = connect_loopback(d->port);
+      ASSERT_GE(fd, 0);
+      ASSERT_EQ(::send(fd, trickle.data(), trickle.size(), MSG_NOSIGNAL), static_cast<ssize_t>(trickle.size()));
+      tricklers.push_back(fd);
+    }
+  };
+  add_tricklers(20);
+  ASSERT_TRUE(holds(20 * kMiB)) << held();
+  // A whole body of ~500 KB fits (20.5 MiB), its tree (32 x) does not: 503
+  // after its body was read, on a connection that stays usable.
   json big = chat("Hello", 2);
-  big["user"] = std::string(500000, 'x');
-  auto r = d->post("/v1/chat/completions", big);
+  big["user"] = std::string(500000, 'x');  // (kept to 256 bytes)
+  httplib::Client c = d->client();
+  auto r = c.Post("/v1/chat/completions", big.dump(), "application/json");
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 503) << r->body;
+  EXPECT_EQ(r->get_header_value("Retry-After"), "1");
+  EXPECT_NE(r->body.find("\"server_busy\""), std::string::npos) << r->body;
+  EXPECT_EQ(c.Get("/v1/models")->status, 200);  // the same connection
+  // 32 MiB held by bodies being read: a body is refused from its head, and
+  // its connection ends; requests without a body are served.
+  add_tricklers(12);
+  ASSERT_TRUE(holds(32 * kMiB)) << held();
+  const HeadOnly refused = head_only(d->port, "POST /v1/embeddings HTTP/1.1\r\nHost: x\r\n" + auth +
+                                                  "Content-Type: application/json\r\nContent-Length: 20\r\n\r\n");
+  EXPECT_EQ(refused.response.rfind("HTTP/1.1 503", 0), 0u) << refused.response;
+  EXPECT_NE(refused.response.find("Retry-After: 1"), std::string::npos) << refused.response;
+  EXPECT_NE(refused.response.find("\"server_busy\""), std::string::npos) << refused.response;
+  EXPECT_TRUE(refused.ended) << "the connection stays open after the refusal";
+  EXPECT_EQ(d->client().Get("/v1/models")->status, 200);
+  // The clients leave, one with a reset: all of it comes back.
+  const linger rst{1, 0};
+  ::setsockopt(tricklers[0], SOL_SOCKET, SO_LINGER, &rst, sizeof rst);
+  for (int fd : tricklers) ::close(fd);
+  EXPECT_TRUE(holds(0)) << held();
+  r = d->post("/v1/chat/completions", big);
   ASSERT_TRUE(r);
   EXPECT_EQ(r->status, 200) << r->body;
   const std::string m = d->client().Get("/metrics")->body;
   EXPECT_NE(m.find("airlock_requests_total{route=\"/v1/chat/completions\",status=\"503\"} 1"), std::string::npos);
-  EXPECT_NE(m.find("airlock_body_memory_refusals_total 1"), std::string::npos);
+  EXPECT_NE(m.find("airlock_requests_total{route=\"/v1/embeddings\",status=\"503\"} 1"), std::string::npos);
+  EXPECT_NE(m.find("airlock_body_memory_refusals_total 2"), std::string::npos);
   EXPECT_EQ(d->stop(), 0);
 }
 
-// Once its body is parsed, a completion keeps only the body's own size
-// while its answer is generated (steps slowed by the test hook, so that
-// the stream is still running when it is looked at).
-TEST(DaemonLifecycle, ACompletionKeepsOnlyItsBodyWhileItRuns) {
+// A request keeps the room taken for its body and tree until it is
+// answered: a stream holds 32 bytes per byte of its body while it runs
+// (steps slowed by the test hook, so that it is still running when it is
+// looked at), and nothing once it has ended.
+TEST(DaemonLifecycle, ARequestKeepsItsRoomUntilItIsAnswered) {
 #ifndef AIRLOCK_TEST_HOOKS
   GTEST_SKIP() << "needs a build with AIRLOCK_TEST_HOOKS (the step delay)";
 #endif
@@ -1989,9 +1994,14 @@ TEST(DaemonLifecycle, ACompletionKeepsOnlyItsBodyWhileItRuns) {
   });
   for (int i = 0; i < 200 && !first; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
   EXPECT_TRUE(first);
-  EXPECT_EQ(metric(d->client().Get("/metrics")->body, "airlock_body_memory_bytes"), static_cast<double>(text.size()));
+  EXPECT_EQ(metric(d->client().Get("/metrics")->body, "airlock_body_memory_bytes"), 32.0 * static_cast<double>(text.size()));
   stream.join();
-  EXPECT_EQ(metric(d->client().Get("/metrics")->body, "airlock_body_memory_bytes"), 0.0);
+  double after = -1;
+  for (int i = 0; i < 150 && after != 0; ++i) {
+    after = metric(d->client().Get("/metrics")->body, "airlock_body_memory_bytes");
+    if (after != 0) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  EXPECT_EQ(after, 0.0);
   EXPECT_EQ(d->stop(), 0);
 }
 
@@ -3475,6 +3485,16 @@ TEST_F(RagE2E, HostileDocumentsAreRefusedOneByOne) {
   EXPECT_EQ(daemon_->post("/v1/rag/query", {{"question", "x"}, {"mode", "magic"}})->status, 400);
   EXPECT_EQ(daemon_->post("/v1/rag/query", {{"question", "x"}, {"colection", "typo"}})->status, 400);
   EXPECT_EQ(daemon_->post("/v1/rag/collections/hostile/documents", {{"source", "x"}})->status, 400);
+  // A document's JSON body may be tens of MiB, outside max_body_memory_mib:
+  // its tree is held to 4096 values (here 2 MB of [[],[],...] in the
+  // metadata, which would be a tree of ~40 MB), refused before the parse.
+  std::string json_bomb = "{\"source\":\"m.txt\",\"content\":\"Fine words.\",\"metadata\":{\"a\":[";
+  for (int i = 0; i < 700000; ++i) json_bomb += "[],";
+  json_bomb += "[]]}}";
+  auto r = daemon_->client().Post("/v1/rag/collections/hostile/documents", json_bomb, "application/json");
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 400) << r->body;
+  EXPECT_NE(r->body.find("more than 4096 JSON values"), std::string::npos) << r->body;
 }
 
 // A model2vec embedding model is its vectors, tokenizer and configuration

@@ -1,7 +1,7 @@
 // Gate: at most `limit` taken at once, each slot given back exactly once
 // (destroyed, released, moved from or assigned over), also from many
 // threads at once and after the gate itself is gone; slots of several
-// units (bytes) shrink.
+// units (bytes) grow.
 #include "gate.h"
 
 #include <gtest/gtest.h>
@@ -78,28 +78,30 @@ TEST(GateTest, ConcurrentEntrantsNeverExceedTheLimit) {
   EXPECT_EQ(gate.used(), 0);
 }
 
-TEST(GateTest, AmountsAddUpAndShrink) {
+TEST(GateTest, AmountsAddUpAndGrow) {
   Gate gate(100);
   Gate::Slot a = gate.try_enter(60);
   ASSERT_TRUE(a);
   EXPECT_EQ(a.amount(), 60);
   EXPECT_FALSE(gate.try_enter(41));  // 60 + 41 > 100: refused, nothing taken
   EXPECT_EQ(gate.used(), 60);
-  Gate::Slot b = gate.try_enter(40);
+  Gate::Slot b = gate.try_enter(10);
   ASSERT_TRUE(b);
-  EXPECT_EQ(gate.used(), 100);
-  EXPECT_FALSE(gate.try_enter(1));
   EXPECT_TRUE(gate.try_enter(0));  // nothing is always free
-  a.shrink_to(10);                 // gives back 50
-  EXPECT_EQ(gate.used(), 50);
-  a.shrink_to(30);  // never takes more
-  EXPECT_EQ(a.amount(), 10);
-  EXPECT_EQ(gate.used(), 50);
+  EXPECT_TRUE(b.try_grow_to(40));  // 30 more
+  EXPECT_EQ(b.amount(), 40);
+  EXPECT_EQ(gate.used(), 100);
+  EXPECT_FALSE(b.try_grow_to(41));  // refused, nothing changed
+  EXPECT_EQ(b.amount(), 40);
+  EXPECT_EQ(gate.used(), 100);
+  EXPECT_TRUE(b.try_grow_to(5));  // never gives back
+  EXPECT_EQ(b.amount(), 40);
   Gate::Slot moved = std::move(a);
-  EXPECT_EQ(moved.amount(), 10);
+  EXPECT_EQ(moved.amount(), 60);
   EXPECT_EQ(a.amount(), 0);
-  a.release();  // moved from: gives nothing back
-  EXPECT_EQ(gate.used(), 50);
+  EXPECT_FALSE(a.try_grow_to(1));  // moved from: empty
+  a.release();                     // gives nothing back
+  EXPECT_EQ(gate.used(), 100);
   moved.release();
   b.release();
   EXPECT_EQ(gate.used(), 0);

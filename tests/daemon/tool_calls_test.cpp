@@ -288,6 +288,12 @@ TEST(ToolCalls, ArgumentsKeepTheModelsNumbersAndText) {
       ToolFormat::kHermes, "<tool_call>{\"name\": \"get_time\", \"arguments\": \"\xEF\xBB\xBF{\\\"a\\\": 1}\"}</tool_call>", kTools);
   ASSERT_EQ(bom.calls.size(), 1u);
   EXPECT_EQ(bom.calls[0].arguments, "{\"a\":1}");
+  // The parser stops at a NUL byte, so arguments given as a string with one
+  // are written as parsed, not with what followed it.
+  const ToolOutput nul = parse_tool_calls(
+      ToolFormat::kHermes, "<tool_call>{\"name\": \"get_time\", \"arguments\": \"{\\\"a\\\": 1}\\u0000junk\"}</tool_call>", kTools);
+  ASSERT_EQ(nul.calls.size(), 1u);
+  EXPECT_EQ(nul.calls[0].arguments, "{\"a\":1}");
   // A key written with escapes is still the key.
   const ToolOutput escaped = parse_tool_calls(
       ToolFormat::kHermes, "<tool_call>{\"name\": \"get_time\", \"argu\\u006dents\": {\"n\": 10000000000000000000001}}</tool_call>",

@@ -55,6 +55,9 @@ struct JsonTextCheck {
   // where a changed number matters (chat template inputs, which Python
   // would print exactly), it is refused instead.
   std::string big_integer;
+  // The values read (scalars, arrays and objects, at every level) until
+  // the pass ended: a parse builds each one.
+  std::size_t values = 0;
 };
 
 // A pass that builds nothing and stops at the first object with more than
@@ -73,15 +76,18 @@ JsonTextCheck check_json_text(std::string_view text, std::size_t max_keys = kMax
     int open = 0;
     bool wide = false, deep = false;
     std::string big_integer{};  // as JsonTextCheck::big_integer
+    std::size_t values = 0;
     bool open_one() {
+      ++values;
       deep = ++open > max_depth;
       return !deep;
     }
-    bool null() { return true; }
-    bool boolean(bool) { return true; }
-    bool number_integer(typename Json::number_integer_t) { return true; }
-    bool number_unsigned(typename Json::number_unsigned_t) { return true; }
+    bool null() { return ++values, true; }
+    bool boolean(bool) { return ++values, true; }
+    bool number_integer(typename Json::number_integer_t) { return ++values, true; }
+    bool number_unsigned(typename Json::number_unsigned_t) { return ++values, true; }
     bool number_float(typename Json::number_float_t value, const typename Json::string_t& text) {
+      ++values;
       // The lexer makes a double of a literal with a fraction or exponent,
       // and of an integer that fits neither int64 nor uint64 (whose value
       // is then at least 2^63 in magnitude): without '.', 'e' or 'E' it is
@@ -91,7 +97,7 @@ JsonTextCheck check_json_text(std::string_view text, std::size_t max_keys = kMax
         big_integer.assign(text);
       return true;
     }
-    bool string(typename Json::string_t&) { return true; }
+    bool string(typename Json::string_t&) { return ++values, true; }
     bool binary(typename Json::binary_t&) { return true; }
     bool start_object(std::size_t) {
       keys.push_back(0);
@@ -115,7 +121,7 @@ JsonTextCheck check_json_text(std::string_view text, std::size_t max_keys = kMax
   };
   Counter c{{}, max_keys, max_depth};
   Json::sax_parse(text.begin(), text.end(), &c);
-  return {c.wide, c.deep, std::move(c.big_integer)};
+  return {c.wide, c.deep, std::move(c.big_integer), c.values};
 }
 
 // True when `text` holds an object with more than `max_keys` keys.
