@@ -1925,8 +1925,14 @@ TEST(DaemonLifecycle, BodiesInFlightShareABoundedMemory) {
       tricklers.push_back(fd);
     }
   };
+  // httplib gives up a read after 5 s of silence (a 400, the slot given
+  // back): each trickler sends a byte before every step that relies on it.
+  auto keep_trickling = [&] {
+    for (int fd : tricklers) ::send(fd, " ", 1, MSG_NOSIGNAL);
+  };
   add_tricklers(20);
   ASSERT_TRUE(holds(20 * kMiB)) << held();
+  keep_trickling();
   // A whole body of ~500 KB fits (20.5 MiB), its tree (32 x) does not: 503
   // after its body was read, on a connection that stays usable.
   json big = chat("Hello", 2);
@@ -1940,8 +1946,10 @@ TEST(DaemonLifecycle, BodiesInFlightShareABoundedMemory) {
   EXPECT_EQ(c.Get("/v1/models")->status, 200);  // the same connection
   // 32 MiB held by bodies being read: a body is refused from its head, and
   // its connection ends; requests without a body are served.
+  keep_trickling();
   add_tricklers(12);
   ASSERT_TRUE(holds(32 * kMiB)) << held();
+  keep_trickling();
   const HeadOnly refused = head_only(d->port, "POST /v1/embeddings HTTP/1.1\r\nHost: x\r\n" + auth +
                                                   "Content-Type: application/json\r\nContent-Length: 20\r\n\r\n");
   EXPECT_EQ(refused.response.rfind("HTTP/1.1 503", 0), 0u) << refused.response;
