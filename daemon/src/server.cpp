@@ -5,6 +5,7 @@
 #include <netinet/tcp.h>
 #include <pthread.h>
 #include <sched.h>
+#include <strings.h>
 #include <sys/socket.h>
 #include <sodium.h>
 
@@ -91,10 +92,10 @@ void end_answers(const httplib::Request& req, std::chrono::milliseconds linger) 
 // max_body_bytes (rag.max_document_bytes, base64 in JSON adds a third), and
 // httplib's payload limit is set for them. The same pattern routes and
 // exempts them from the 413 before reading.
+constexpr const char* kDocumentsRoute = R"(/v1/rag/collections/([^/]+)/documents)";
+
 // The most JSON values a document upload's body may hold (see the handler).
 constexpr std::size_t kMaxDocumentJsonValues = 4096;
-
-constexpr const char* kDocumentsRoute = R"(/v1/rag/collections/([^/]+)/documents)";
 
 // The collection a document upload goes to (the route's NAME, as the
 // handler gets it), or nullopt for any other request.
@@ -144,15 +145,10 @@ std::optional<std::string> unbounded_body(const httplib::Request& req) {
 // OpenAI SDKs do not compress requests.
 std::optional<std::string> encoded_body(const httplib::Request& req) {
   if (req.get_header_value<std::uint64_t>("Content-Length") == 0) return std::nullopt;  // no body to inflate
-  for (auto [it, end] = req.headers.equal_range("Content-Encoding"); it != end; ++it) {
-    std::string v = it->second;
-    std::transform(v.begin(), v.end(), v.begin(), [](unsigned char ch) { return static_cast<char>(std::tolower(ch)); });
-    v.erase(0, v.find_first_not_of(" \t"));
-    v.erase(v.find_last_not_of(" \t") + 1);
-    if (v != "identity")
+  for (auto [it, end] = req.headers.equal_range("Content-Encoding"); it != end; ++it)  // (values come trimmed)
+    if (strcasecmp(it->second.c_str(), "identity") != 0)
       return "request bodies with a Content-Encoding ('" + it->second +
              "') are not accepted: send the body uncompressed (identity)";
-  }
   return std::nullopt;
 }
 
@@ -550,8 +546,8 @@ class AdoptingServer : public Base {
 // preempt the thread running on its core. A stream's thread wakes for every
 // token; on a machine whose cores all run compute threads it used to
 // preempt one in the middle of a step, and the step's other threads waited
-// at its next barrier for it (stories260K at 16 clients: HTTP at 0.62-0.69
-// of the engine's rate, 0.90-0.91 under SCHED_BATCH; docs/benchmarks.md).
+// at its next barrier for it (stories260K at 16 clients: HTTP at 0.61-0.68
+// of the engine's rate, 0.87-0.91 under SCHED_BATCH; docs/benchmarks.md).
 // It now runs when a core is free or at the end of the running thread's
 // slice (a few milliseconds at most), gathering the tokens that came
 // meanwhile; on an idle core it runs at once. Its share of the CPU is that

@@ -210,9 +210,9 @@ std::optional<ToolCall> call_of(const json& j, std::string_view raw, const std::
   }
   if (tool->strict && !(tool->parameters.is_null() ? args.empty() : follows_schema(tool->parameters, args)))
     return std::nullopt;
-  // (Should the text not be found, which parsed text cannot cause, the
-  // parsed value is written out instead; so is one with a key twice.)
-  // (nlohmann stops reading at a NUL byte: text after one was not parsed.)
+  // The parsed value is written out instead where the text is not what was
+  // parsed: not found (which parsed text cannot cause), holding a NUL byte
+  // (nlohmann stops reading there), or with a key twice.
   std::string arguments = text.empty() || text.find('\0') != std::string::npos || has_duplicate_keys(args, trim(text))
                               ? args.dump(-1, ' ', false, json::error_handler_t::replace)
                               : compact_json(text);
