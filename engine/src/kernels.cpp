@@ -591,13 +591,32 @@ AIRLOCK_VNNI void matmul_q8_vnni(const std::uint8_t* w, std::int64_t n_in, const
 // much slower (kernel_bench, G mul-add/s: Q8_0 2048 wide, 16 tokens in one
 // pass 155-165, in two passes of 8 205-260; Q4_K 5632 wide, 16 tokens in
 // passes of 8 164-171, of 4 279-287, of 3 239-245), and the row is still
-// in L1 for the next pass. Passes of 16 tokens lose on the 2-core AMX VM
-// too, with the activations in L1: Q4_K 2048 wide at 16 tokens ran 159-182
-// with the sixteen sums in registers (GCC then keeps the weights on the
-// stack) and 163-177 with them in memory, against 176-200 in two passes.
+// in L1 for the next pass.
+//
+// Where a whole row's activations for up to kLanesWideTokens tokens fit in
+// lanes_wide_pass_bytes() (5/6 of the core's L1 data cache: 40 KiB of 48),
+// they go in one pass: each weight group is unpacked and transposed once
+// for 16 tokens instead of twice, and GCC keeps the sixteen sums and the
+// eight weight registers in registers. kernel_bench --tokens 16, 2048-wide
+// rows, 2 threads, the 2-core Granite Rapids-class VM, rounds alternating,
+// G mul-add/s, one pass of 16 against two of 8: Q4_K 214-229 vs 196-210
+// (six rounds), Q5_K 176-193 vs 165-176, Q8_0 150-179 vs 157-161, Q4_0
+// 192-203 vs 179-189, Q6_K 166-169 vs 161-169 (four rounds). A row too
+// wide for one pass keeps the passes of 8: 16 tokens in three chunks of
+// 5632-wide Q4_K rows ran ~175 against ~213. (An earlier trial of passes
+// of 16 lost because it split 2048-wide rows into two chunks.)
 
 constexpr int kLanesTokens = 8;
 constexpr std::size_t kLanesPassBytes = 32 * 1024;
+constexpr int kLanesWideTokens = 16;
+
+std::size_t lanes_wide_pass_bytes() {
+  static const std::size_t bytes = [] {
+    const long l1 = sysconf(_SC_LEVEL1_DCACHE_SIZE);
+    return l1 > 0 ? static_cast<std::size_t>(l1) / 6 * 5 : std::size_t{0};
+  }();
+  return bytes;
+}
 constexpr std::size_t kLanesPrefetchBytes = 4096;
 constexpr std::size_t kLanesRowBlockBytes = 128 * 1024;
 
@@ -722,9 +741,15 @@ void for_rows_lanes(Row row, const std::uint8_t* w, std::size_t stride, const Ac
                     std::int64_t r1) {
   if (n_tokens <= 0 || n_units <= 0) return;
   const std::int64_t block_rows = std::max<std::int64_t>(1, static_cast<std::int64_t>(kLanesRowBlockBytes / stride));
-  const std::int64_t pass = std::min<std::int64_t>(n_tokens, kLanesTokens);
+  // one pass of up to kLanesWideTokens over whole rows, or passes of up to
+  // kLanesTokens over chunks of them
+  const std::int64_t wide_pass = std::min<std::int64_t>(n_tokens, kLanesWideTokens);
+  const bool wide = n_tokens > kLanesTokens &&
+                    unit_bytes * static_cast<std::size_t>(n_units * wide_pass) <= lanes_wide_pass_bytes();
+  const std::int64_t pass = wide ? wide_pass : std::min<std::int64_t>(n_tokens, kLanesTokens);
   const std::int64_t fit =
-      std::max<std::int64_t>(1, static_cast<std::int64_t>(kLanesPassBytes / (unit_bytes * static_cast<std::size_t>(pass))));
+      wide ? n_units
+           : std::max<std::int64_t>(1, static_cast<std::int64_t>(kLanesPassBytes / (unit_bytes * static_cast<std::size_t>(pass))));
   const std::int64_t n_chunks = (n_units + fit - 1) / fit;
   const std::int64_t chunk = (n_units + n_chunks - 1) / n_chunks;
   struct alignas(64) Lanes {
@@ -746,7 +771,7 @@ void for_rows_lanes(Row row, const std::uint8_t* w, std::size_t stride, const Ac
             }
           };
           ((nt == T + 1 ? rows(std::integral_constant<int, T + 1>()) : void()), ...);
-        }(std::make_integer_sequence<int, kLanesTokens>());
+        }(std::make_integer_sequence<int, kLanesWideTokens>());
       }
     }
   }

@@ -422,11 +422,13 @@ TEST_P(KernelsTest, OneTokenEqualsItsRowInABatchBitForBit) {
   for (GgmlType type : {GgmlType::kQ4_K, GgmlType::kQ5_K, GgmlType::kQ8_0, GgmlType::kQ6_K}) {
     // 9 tokens: the lane kernels; 37: the AMX tiles where the CPU has them
     // (odd and even super-block counts; Q8_0 rows ending in a half or a
-    // whole group of 16 blocks). The batch's rows in two calls split at
-    // row 7, as threads share them: tiles of 16 rows start off 16.
+    // whole group of 16 blocks). 16 tokens: one pass of 16 over 2048-wide
+    // rows where the core's L1 holds their activations (48 KiB), passes
+    // of 8 over chunks of 5632-wide ones. The batch's rows in two calls
+    // split at row 7, as threads share them: tiles of 16 rows start off 16.
     for (auto [n_in, n_tokens] :
          {std::pair<std::int64_t, std::int64_t>{256, 9}, {512, 9}, {768, 9}, {2304, 9}, {4352, 9}, {5632, 9},
-          {256, 37}, {512, 37}, {768, 37}, {2304, 37}, {5632, 37}}) {
+          {2048, 16}, {5632, 16}, {256, 37}, {512, 37}, {768, 37}, {2304, 37}, {5632, 37}}) {
       const std::int64_t n_out = 19;
       const RandomProduct prod(type, n_in, n_out, n_tokens, rng);
       const std::vector<std::uint8_t>& w = prod.w;
