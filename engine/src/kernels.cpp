@@ -593,18 +593,21 @@ AIRLOCK_VNNI void matmul_q8_vnni(const std::uint8_t* w, std::int64_t n_in, const
 // passes of 8 164-171, of 4 279-287, of 3 239-245), and the row is still
 // in L1 for the next pass.
 //
-// Where a whole row's activations for up to kLanesWideTokens tokens fit in
-// lanes_wide_pass_bytes() (5/6 of the core's L1 data cache: 40 KiB of 48),
-// they go in one pass: each weight group is unpacked and transposed once
-// for 16 tokens instead of twice, and GCC keeps the sixteen sums and the
-// eight weight registers in registers. kernel_bench --tokens 16, 2048-wide
-// rows, 2 threads, the 2-core Granite Rapids-class VM, rounds alternating,
-// G mul-add/s, one pass of 16 against two of 8: Q4_K 214-229 vs 196-210
-// (six rounds), Q5_K 176-193 vs 165-176, Q8_0 150-179 vs 157-161, Q4_0
-// 192-203 vs 179-189, Q6_K 166-169 vs 161-169 (four rounds). A row too
-// wide for one pass keeps the passes of 8: 16 tokens in three chunks of
-// 5632-wide Q4_K rows ran ~175 against ~213. (An earlier trial of passes
-// of 16 lost because it split 2048-wide rows into two chunks.)
+// A batch of 9-16 tokens whose activations for a whole row fit in
+// lanes_wide_pass_bytes() (5/6 of the core's L1 data cache: 40 KiB of 48)
+// goes in one pass: each weight group is unpacked and transposed once for
+// all of them instead of once per 8, and GCC keeps the sixteen sums and
+// the eight weight registers in registers. kernel_bench --tokens 16,
+// 2048-wide rows (every matrix of a 1B Llama but the down projection), 2
+// threads, the 2-core AMX VM, rounds alternating, G mul-add/s, one pass
+// against two: Q4_K 214-229 vs 196-210 and Q8_0 175-180 vs 145-164 (six
+// rounds); Q5_K 176-193 vs 165-176, Q4_0 192-203 vs 179-189, Q6_K 166-169
+// vs 161-169 (four). A row too wide for one pass keeps the passes of 8: 16
+// tokens in three chunks of 5632-wide Q4_K rows ran ~175 against ~213. (An
+// earlier trial of passes of 16 lost because it split 2048-wide rows into
+// two chunks.) Larger batches (prompt chunks on CPUs without AMX) keep
+// passes of 8: with passes of 16, 64 tokens of Q8_0 (--isa avx512vnni)
+// ran 180-186 against 189-190.
 
 constexpr int kLanesTokens = 8;
 constexpr std::size_t kLanesPassBytes = 32 * 1024;
@@ -617,6 +620,7 @@ std::size_t lanes_wide_pass_bytes() {
   }();
   return bytes;
 }
+
 constexpr std::size_t kLanesPrefetchBytes = 4096;
 constexpr std::size_t kLanesRowBlockBytes = 128 * 1024;
 
@@ -741,12 +745,11 @@ void for_rows_lanes(Row row, const std::uint8_t* w, std::size_t stride, const Ac
                     std::int64_t r1) {
   if (n_tokens <= 0 || n_units <= 0) return;
   const std::int64_t block_rows = std::max<std::int64_t>(1, static_cast<std::int64_t>(kLanesRowBlockBytes / stride));
-  // one pass of up to kLanesWideTokens over whole rows, or passes of up to
-  // kLanesTokens over chunks of them
-  const std::int64_t wide_pass = std::min<std::int64_t>(n_tokens, kLanesWideTokens);
-  const bool wide = n_tokens > kLanesTokens &&
-                    unit_bytes * static_cast<std::size_t>(n_units * wide_pass) <= lanes_wide_pass_bytes();
-  const std::int64_t pass = wide ? wide_pass : std::min<std::int64_t>(n_tokens, kLanesTokens);
+  // a batch of 9-16 tokens in one pass over whole rows, or passes of up
+  // to kLanesTokens over chunks of them
+  const bool wide = n_tokens > kLanesTokens && n_tokens <= kLanesWideTokens &&
+                    unit_bytes * static_cast<std::size_t>(n_units * n_tokens) <= lanes_wide_pass_bytes();
+  const std::int64_t pass = wide ? n_tokens : std::min<std::int64_t>(n_tokens, kLanesTokens);
   const std::int64_t fit =
       wide ? n_units
            : std::max<std::int64_t>(1, static_cast<std::int64_t>(kLanesPassBytes / (unit_bytes * static_cast<std::size_t>(pass))));
