@@ -269,11 +269,11 @@ int main(int argc, char** argv) {
   if (argc < 2) {
     std::fprintf(stderr,
                  "usage: serve_bench MODEL.gguf [--tokens N] [--threads T] [--clients 1,4,16] [--device cpu|cuda|auto] "
-                 "[--stream-interval MS] [--client loop|threads] [--only engine|http]\n");
+                 "[--stream-interval MS] [--client loop|threads] [--only engine|http] [--rounds N]\n");
     return 2;
   }
   const std::string path = argv[1];
-  int tokens = 64, threads = 0, stream_interval_ms = 0;
+  int tokens = 64, threads = 0, stream_interval_ms = 0, rounds = 2;
   bool loop_client = true;
   std::string only;  // "engine" or "http": run one path alone (for profiling it)
   engine::Device device = engine::Device::kCpu;
@@ -283,6 +283,7 @@ int main(int argc, char** argv) {
     if (a == "--tokens") tokens = std::atoi(argv[i + 1]);
     else if (a == "--threads") threads = std::atoi(argv[i + 1]);
     else if (a == "--stream-interval") stream_interval_ms = std::atoi(argv[i + 1]);
+    else if (a == "--rounds") rounds = std::max(1, std::atoi(argv[i + 1]));
     else if (a == "--only") only = argv[i + 1];
     else if (a == "--client") {
       const std::string k = argv[i + 1];
@@ -314,9 +315,9 @@ int main(int argc, char** argv) {
   std::thread serve([&] { server.run(); });
 
   (void)engine_rate(*model, 1, 8);  // warm-up
-  std::printf("model %s, %d tokens per client, backend %s, stream interval %d ms, client %s\n\n", path.c_str(), tokens,
-              model->model->backend().name().c_str(), stream_interval_ms,
-              loop_client ? "loop (one thread, epoll)" : "threads (one per client)");
+  std::printf("model %s, %d tokens per client, backend %s, stream interval %d ms, client %s, %d rounds\n\n",
+              path.c_str(), tokens, model->model->backend().name().c_str(), stream_interval_ms,
+              loop_client ? "loop (one thread, epoll)" : "threads (one per client)", rounds);
   std::printf("| clients | engine tok/s | HTTP tok/s | HTTP / engine | engine CPU us/tok | HTTP CPU us/tok | "
               "TTFT p50 (s) | TTFT p99 (s) |\n");
   std::printf("|---:|---:|---:|---:|---:|---:|---:|---:|\n");
@@ -324,7 +325,7 @@ int main(int argc, char** argv) {
     // Alternate the two paths so drift on a noisy machine hits both.
     double e = 0, h = 0, cpu_e = 0, cpu_h = 0;
     HttpResult hr;
-    for (int rep = 0; rep < 2; ++rep) {
+    for (int rep = 0; rep < rounds; ++rep) {
       const double c0 = cpu_seconds();
       if (only != "http") e += engine_rate(*model, c, tokens);
       const double c1 = cpu_seconds();
@@ -333,9 +334,9 @@ int main(int argc, char** argv) {
       cpu_h += cpu_seconds() - c1;
       h += hr.rate;
     }
-    e /= 2;
-    h /= 2;
-    const double n_tok = 2.0 * c * tokens;
+    e /= rounds;
+    h /= rounds;
+    const double n_tok = static_cast<double>(rounds) * c * tokens;
     std::printf("| %d | %.1f | %.1f | %.3f | %.1f | %.1f | %.3f | %.3f |\n", c, e, h, h / e, 1e6 * cpu_e / n_tok,
                 1e6 * cpu_h / n_tok, percentile(hr.ttft, 0.5), percentile(hr.ttft, 0.99));
     std::fflush(stdout);
