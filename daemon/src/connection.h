@@ -67,6 +67,10 @@ class PeerSocket {
 
   int fd() const { return fd_; }
 
+  // The connection on descriptor `fd`, known to its caller (a connection
+  // thread that holds the accepted socket).
+  static PeerSocket of(int fd) { return PeerSocket(fd); }
+
  private:
   explicit PeerSocket(int fd) : fd_(fd) {}
   int fd_;  // not owned: the HTTP library closes it after the handler returns

@@ -3,6 +3,7 @@
 #include <httplib.h>
 #include <fcntl.h>
 #include <netinet/tcp.h>
+#include <poll.h>
 #include <pthread.h>
 #include <sched.h>
 #include <strings.h>
@@ -30,6 +31,7 @@
 #include "elastic_pool.h"
 #include "gate.h"
 #include "openai_api.h"
+#include "plain_stream.h"
 #include "responses_api.h"
 #include "schema_grammar.h"
 #include "tool_calls.h"
@@ -580,6 +582,82 @@ class ConnectionThreads : public httplib::TaskQueue {
 struct ListenerControl {
   std::function<void(socket_t)> adopt;
   std::function<void()> release;
+  // Counts and audits a request whose head a PlainStream refused before
+  // the library answered anything (a request line too long or too slow).
+  std::function<void(int status)> head_refused;
+};
+
+// The JSON error body of a refused head (431 or 408), and its message.
+std::string head_refusal_message(const PlainStream& s) {
+  if (s.refusal() == PlainStream::Refusal::kHeadTooLarge)
+    return "the request line and headers are larger than " + std::to_string(s.limits().max_head_bytes) + " bytes";
+  return "the request line and headers did not arrive within " +
+         std::to_string(s.limits().head_timeout.count() / 1000) + " s";
+}
+int head_refusal_status(const PlainStream& s) { return s.refusal() == PlainStream::Refusal::kHeadTooLarge ? 431 : 408; }
+
+// Plain HTTP through PlainStream (plain_stream.h), which bounds each
+// request's head. The keep-alive loop is the library's own
+// (detail::process_server_socket in httplib 0.11.4: wait up to the
+// keep-alive timeout for a request, answer it, again up to the keep-alive
+// count; then shut the socket down and close it), with a PlainStream for
+// each request where the library makes its own. process_and_close_socket
+// is virtual in the library; that it is private there does not stop an
+// override. TLS connections keep the library's stream: their bytes are
+// read through OpenSSL (docs/daemon.md).
+class PlainServer final : public AdoptingServer<httplib::Server> {
+ public:
+  explicit PlainServer(const ListenerControl& control) : control_(control) {}
+
+ private:
+  bool process_and_close_socket(socket_t sock) override {
+    PlainStream::Limits limits;
+    limits.read_timeout = {static_cast<time_t>(read_timeout_sec_), static_cast<suseconds_t>(read_timeout_usec_)};
+    limits.write_timeout = {static_cast<time_t>(write_timeout_sec_), static_cast<suseconds_t>(write_timeout_usec_)};
+    bool ret = false;
+    for (std::size_t count = keep_alive_max_count_; svr_sock_ != INVALID_SOCKET && count > 0; --count) {
+      pollfd p{sock, POLLIN, 0};
+      int ready;
+      do ready = ::poll(&p, 1, static_cast<int>(keep_alive_timeout_sec_ * 1000));
+      while (ready < 0 && errno == EINTR);
+      if (ready <= 0) break;
+      PlainStream strm(sock, limits);
+      bool connection_closed = false;
+      ret = process_request(strm, count == 1, connection_closed, nullptr);
+      if (strm.refusal() != PlainStream::Refusal::kNone) {
+        // The library answered a refused header line itself (400, which
+        // the error handler turned into 431 or 408); a refused request line
+        // it leaves unanswered.
+        if (!strm.wrote()) answer_refusal(sock, strm);
+        // Rest of the head unread: a lingering close, so that the client
+        // can read the answer before the connection is reset.
+        PeerSocket::of(sock).end_after_answer(std::chrono::seconds(1), std::chrono::seconds(1), 1u << 20);
+        ret = false;
+        break;
+      }
+      if (!ret || connection_closed) break;
+    }
+    ::shutdown(sock, SHUT_RDWR);
+    ::close(sock);
+    return ret;
+  }
+
+  void answer_refusal(socket_t sock, const PlainStream& strm) const {
+    const int status = head_refusal_status(strm);
+    ApiError e;
+    e.http_status = status;
+    e.type = "invalid_request_error";
+    e.message = head_refusal_message(strm);
+    const std::string body = error_body(e);
+    const std::string answer = "HTTP/1.1 " + std::to_string(status) +
+                               (status == 431 ? " Request Header Fields Too Large" : " Request Timeout") +
+                               "\r\nContent-Type: application/json\r\nContent-Length: " + std::to_string(body.size()) +
+                               "\r\nConnection: close\r\n\r\n" + body;
+    (void)::send(sock, answer.data(), answer.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (control_.head_refused) control_.head_refused(status);
+  }
+
+  const ListenerControl& control_;
 };
 
 // Plain HTTP, or TLS with the operator's certificate (and, with client_ca,
@@ -591,7 +669,7 @@ std::unique_ptr<httplib::Server> make_http(const Config& c, ListenerControl& con
     control.release = [p] { p->release(); };
   };
   if (c.tls_cert.empty()) {
-    auto s = std::make_unique<AdoptingServer<httplib::Server>>();
+    auto s = std::make_unique<PlainServer>(control);
     wire(s.get());
     return s;
   }
@@ -742,7 +820,13 @@ struct Server::Impl {
         queue(m.histogram("airlock_request_queue_time_seconds", "Time a request waited for admission",
                           latency_buckets())),
         prompt_tokens(m.counter("airlock_prompt_tokens_total", "Prompt tokens of admitted requests")),
-        generated_tokens(m.counter("airlock_generation_tokens_total", "Tokens generated")) {}
+        generated_tokens(m.counter("airlock_generation_tokens_total", "Tokens generated")) {
+    listener.head_refused = [this](int status) {
+      httplib::Request unparsed;  // no request line was read whole: no path, key or model
+      count(unparsed, status);
+      write_audit("", unparsed, nullptr, status);
+    };
+  }
 
   std::shared_ptr<LoadedModel> current() const {
     std::lock_guard<std::mutex> lock(model_mu);
@@ -2432,8 +2516,13 @@ void Server::routes() {
     // request line) get the OpenAI envelope too.
     if (!res.body.empty()) return;
     ApiError e;
+    const PlainStream* strm = PlainStream::current();
+    // A header line PlainStream refused: httplib answers 400, said here as
+    // what it was.
+    if (strm && strm->refusal() != PlainStream::Refusal::kNone) res.status = head_refusal_status(*strm);
     e.http_status = res.status;
-    if (res.status == 404) e.message = "no route " + req.method + " " + req.path;
+    if (strm && strm->refusal() != PlainStream::Refusal::kNone) e.message = head_refusal_message(*strm);
+    else if (res.status == 404) e.message = "no route " + req.method + " " + req.path;
     else if (res.status == 413 && req.get_header_value("Content-Type").rfind("application/x-www-form-urlencoded", 0) == 0)
       e.message = "a body sent as a form (application/x-www-form-urlencoded, what curl -d sends) is limited to 8 KiB "
                   "by the HTTP library: send JSON with 'Content-Type: application/json'";

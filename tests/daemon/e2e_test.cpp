@@ -1393,6 +1393,93 @@ TEST_F(DaemonE2E, MethodsNoRouteTakesAreRefusedBeforeTheirBody) {
   EXPECT_EQ(daemon_->client().Get("/v1/models")->status, 200);
 }
 
+// cpp-httplib 0.11 reads a request line or a header line whole before it
+// checks its length, and any number of header lines: a client without a key
+// could make airlockd hold whatever it sent. airlockd reads plain-TCP
+// requests through its own stream (plain_stream.h), which refuses a head
+// (request line and headers) over 64 KiB before the library holds more:
+// 431, whether the excess is in one endless line, in many headers, or in
+// the request line; the connection then ends. Each refusal is counted and
+// audited. A head just under the limit is served.
+TEST_F(DaemonE2E, RequestHeadsOverTheLimitAreRefusedBeforeTheLibraryHoldsThem) {
+  const std::string auth = "Authorization: Bearer " + daemon_->api_key + "\r\n";
+  // An endless header line: 512 KiB and no end. Before, httplib read all
+  // of it and waited for more; now 431 comes after 64 KiB.
+  const HeadOnly endless =
+      head_only(daemon_->port, "GET /v1/models HTTP/1.1\r\nHost: x\r\nX-Long: " + std::string(512u << 10, 'a'));
+  EXPECT_EQ(endless.response.rfind("HTTP/1.1 431", 0), 0u) << endless.response.substr(0, 300);
+  EXPECT_NE(endless.response.find("larger than 65536 bytes"), std::string::npos) << endless.response;
+  EXPECT_TRUE(endless.ended);
+  EXPECT_LT(endless.seconds, 4.0);
+  // Many header lines, each under httplib's 8 KiB per line.
+  std::string many = "GET /v1/models HTTP/1.1\r\nHost: x\r\n" + auth;
+  for (int i = 0; i < 40; ++i) many += "X-" + std::to_string(i) + ": " + std::string(4000, 'h') + "\r\n";
+  const HeadOnly headers = head_only(daemon_->port, many + "\r\n");
+  EXPECT_EQ(headers.response.rfind("HTTP/1.1 431", 0), 0u) << headers.response.substr(0, 300);
+  EXPECT_NE(headers.response.find("larger than 65536 bytes"), std::string::npos) << headers.response;
+  EXPECT_TRUE(headers.ended);
+  // A request line over the limit (httplib answered 414 after reading it).
+  const HeadOnly line = head_only(daemon_->port, "GET /" + std::string(100u << 10, 'p') + " HTTP/1.1\r\n\r\n");
+  EXPECT_EQ(line.response.rfind("HTTP/1.1 431", 0), 0u) << line.response.substr(0, 300);
+  EXPECT_NE(line.response.find("Connection: close"), std::string::npos) << line.response;
+  EXPECT_TRUE(line.ended);
+  // Just under the limit: served, and the connection stays open for the
+  // next request.
+  std::string under = "GET /v1/models HTTP/1.1\r\nHost: x\r\n" + auth;
+  for (int i = 0; i < 15; ++i) under += "X-" + std::to_string(i) + ": " + std::string(4000, 'h') + "\r\n";
+  const std::string served =
+      raw_exchange(daemon_->port, under + "\r\n", "GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+  EXPECT_EQ(served.rfind("HTTP/1.1 200", 0), 0u) << served.substr(0, 300);
+  EXPECT_NE(served.find("HTTP/1.1 200", 1), std::string::npos) << "the second request was not served: " << served;
+
+  auto metrics = daemon_->client().Get("/metrics");
+  ASSERT_TRUE(metrics);
+  EXPECT_NE(metrics->body.find("route=\"/v1/models\",status=\"431\"} 2"), std::string::npos) << metrics->body;
+  EXPECT_NE(metrics->body.find("route=\"other\",status=\"431\"} 1"), std::string::npos) << metrics->body;
+  int rows = 0;
+  for (int i = 0; i < 100 && rows < 3; ++i) {
+    std::string out;
+    ASSERT_EQ(run({AIRLOCK_CLI_PATH, "audit", "tail", "--last", "1000", "--json", "--state", enclave_->dir / "state"}, &out), 0);
+    rows = 0;
+    for (const json& row : json::parse(out)) rows += row["status"] == 431 ? 1 : 0;
+    if (rows < 3) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  EXPECT_EQ(rows, 3);
+}
+
+// A head that trickles in (a header line a second, each within httplib's
+// 5 s read timeout, which used to hold the connection's thread for as long
+// as the client kept it up) gets 408 once 10 s have passed since the
+// request began, and the connection ends.
+TEST_F(DaemonE2E, RequestHeadsThatTrickleInAreCutOffAfterTenSeconds) {
+  const int fd = connect_loopback(daemon_->port);
+  ASSERT_GE(fd, 0);
+  const auto start = std::chrono::steady_clock::now();
+  std::atomic<bool> stop{false};
+  std::thread trickle([&] {
+    const std::string start_of_head = "GET /v1/models HTTP/1.1\r\nHost: x\r\n";
+    ::send(fd, start_of_head.data(), start_of_head.size(), MSG_NOSIGNAL);
+    for (int i = 0; i < 30 && !stop; ++i) {
+      std::this_thread::sleep_for(std::chrono::seconds(1));
+      if (!stop) ::send(fd, "X-Slow: 1\r\n", 11, MSG_NOSIGNAL);
+    }
+  });
+  const timeval tv{25, 0};
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  std::string response;
+  char buf[4096];
+  ssize_t n;
+  while ((n = ::read(fd, buf, sizeof buf)) > 0) response.append(buf, static_cast<std::size_t>(n));
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  stop = true;
+  trickle.join();
+  ::close(fd);
+  EXPECT_EQ(response.rfind("HTTP/1.1 408", 0), 0u) << response;
+  EXPECT_NE(response.find("did not arrive within 10 s"), std::string::npos) << response;
+  EXPECT_GE(seconds, 9.5);
+  EXPECT_LT(seconds, 14.0);
+}
+
 // httplib reads a body up to its payload limit (set for documents, ~44 MB
 // by default) before a handler can look at its size: a body announced
 // larger than max_body_bytes (8 MiB) is refused from its Content-Length at

@@ -1,0 +1,167 @@
+#include "plain_stream.h"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+
+namespace airlock::daemon {
+
+namespace {
+
+thread_local const PlainStream* t_current = nullptr;
+
+int to_ms(const timeval& t) {
+  const std::int64_t ms = static_cast<std::int64_t>(t.tv_sec) * 1000 + (t.tv_usec + 999) / 1000;
+  return static_cast<int>(std::clamp<std::int64_t>(ms, 0, 24 * 3600 * 1000));
+}
+
+// poll() for `events` on fd for up to ms milliseconds; retried on EINTR
+// (with the whole timeout again: a signal is rare, and the library's
+// select_read does the same).
+bool poll_for(int fd, short events, int ms) {
+  pollfd p{fd, events, 0};
+  int r;
+  do r = ::poll(&p, 1, ms);
+  while (r < 0 && errno == EINTR);
+  return r > 0;
+}
+
+ssize_t recv_retrying(int fd, void* buf, std::size_t n, int flags) {
+  ssize_t r;
+  do r = ::recv(fd, buf, n, flags);
+  while (r < 0 && errno == EINTR);
+  return r;
+}
+
+// Numeric address and port of a socket address (no name is looked up).
+void ip_and_port(const sockaddr_storage& a, std::string& ip, int& port) {
+  char text[INET6_ADDRSTRLEN] = {};
+  if (a.ss_family == AF_INET) {
+    const auto& in = reinterpret_cast<const sockaddr_in&>(a);
+    port = ntohs(in.sin_port);
+    if (::inet_ntop(AF_INET, &in.sin_addr, text, sizeof text)) ip = text;
+  } else if (a.ss_family == AF_INET6) {
+    const auto& in6 = reinterpret_cast<const sockaddr_in6&>(a);
+    port = ntohs(in6.sin6_port);
+    if (::inet_ntop(AF_INET6, &in6.sin6_addr, text, sizeof text)) ip = text;
+  }
+}
+
+}  // namespace
+
+std::size_t HeadScanner::feed(const char* p, std::size_t n) {
+  static constexpr char kEnd[4] = {'\r', '\n', '\r', '\n'};
+  std::size_t i = 0;
+  for (; i < n && matched_ < 4; ++i) {
+    // On a mismatch only a '\r' can begin the sequence again ("\r\n\r\r\n\r\n"
+    // ends at its last byte).
+    if (p[i] == kEnd[matched_]) ++matched_;
+    else matched_ = p[i] == '\r' ? 1 : 0;
+  }
+  bytes_ += i;
+  return i;
+}
+
+PlainStream::PlainStream(int fd, const Limits& limits)
+    : fd_(fd), limits_(limits), head_deadline_(std::chrono::steady_clock::now() + limits.head_timeout),
+      outer_(t_current) {
+  t_current = this;
+}
+
+PlainStream::~PlainStream() { t_current = outer_; }
+
+const PlainStream* PlainStream::current() { return t_current; }
+
+bool PlainStream::wait_readable(const timeval& timeout) const { return poll_for(fd_, POLLIN, to_ms(timeout)); }
+
+bool PlainStream::is_readable() const { return off_ < len_ || wait_readable(limits_.read_timeout); }
+
+bool PlainStream::is_writable() const {
+  if (!poll_for(fd_, POLLOUT, to_ms(limits_.write_timeout))) return false;
+  // Alive as the library judges it: nothing to read, or something (a byte
+  // peeked, not taken) rather than the end of the connection.
+  if (!poll_for(fd_, POLLIN, 0)) return true;
+  char byte;
+  return recv_retrying(fd_, &byte, 1, MSG_PEEK) > 0;
+}
+
+ssize_t PlainStream::read_head(char* ptr, std::size_t size) {
+  if (off_ == len_) {
+    const auto now = std::chrono::steady_clock::now();
+    if (now >= head_deadline_) {
+      refusal_ = Refusal::kHeadTimedOut;
+      return -1;
+    }
+    const auto left = std::chrono::duration_cast<std::chrono::microseconds>(head_deadline_ - now).count();
+    const std::int64_t per_read = static_cast<std::int64_t>(limits_.read_timeout.tv_sec) * 1000000 + limits_.read_timeout.tv_usec;
+    const std::int64_t wait = std::min<std::int64_t>(left, per_read);
+    if (!wait_readable(timeval{static_cast<time_t>(wait / 1000000), static_cast<suseconds_t>(wait % 1000000)})) {
+      if (std::chrono::steady_clock::now() >= head_deadline_) refusal_ = Refusal::kHeadTimedOut;
+      return -1;
+    }
+    const ssize_t n = recv_retrying(fd_, buf_, sizeof buf_, 0);
+    if (n <= 0) return n;
+    off_ = 0;
+    len_ = static_cast<std::size_t>(n);
+  }
+  const std::size_t k = std::min(size, len_ - off_);
+  head_.feed(buf_ + off_, k);
+  // What would pass the bound is not handed over: the library never holds
+  // more than max_head_bytes of a head.
+  if (head_.head_bytes() > limits_.max_head_bytes) {
+    refusal_ = Refusal::kHeadTooLarge;
+    return -1;
+  }
+  std::memcpy(ptr, buf_ + off_, k);
+  off_ += k;
+  return static_cast<ssize_t>(k);
+}
+
+ssize_t PlainStream::read(char* ptr, std::size_t size) {
+  if (refusal_ != Refusal::kNone) return -1;
+  if (!head_.ended()) return read_head(ptr, size);
+  // The body (and anything after the head), as the library reads it.
+  if (off_ < len_) {
+    const std::size_t k = std::min(size, len_ - off_);
+    std::memcpy(ptr, buf_ + off_, k);
+    off_ += k;
+    return static_cast<ssize_t>(k);
+  }
+  if (!wait_readable(limits_.read_timeout)) return -1;
+  if (size >= sizeof buf_) return recv_retrying(fd_, ptr, size, 0);
+  const ssize_t n = recv_retrying(fd_, buf_, sizeof buf_, 0);
+  if (n <= 0) return n;
+  const std::size_t k = std::min(size, static_cast<std::size_t>(n));
+  std::memcpy(ptr, buf_, k);
+  off_ = k;
+  len_ = static_cast<std::size_t>(n);
+  return static_cast<ssize_t>(k);
+}
+
+ssize_t PlainStream::write(const char* ptr, std::size_t size) {
+  if (!is_writable()) return -1;
+  ssize_t n;
+  do n = ::send(fd_, ptr, size, MSG_NOSIGNAL);
+  while (n < 0 && errno == EINTR);
+  if (n > 0) wrote_ = true;
+  return n;
+}
+
+void PlainStream::get_remote_ip_and_port(std::string& ip, int& port) const {
+  sockaddr_storage a{};
+  socklen_t len = sizeof a;
+  if (::getpeername(fd_, reinterpret_cast<sockaddr*>(&a), &len) == 0) ip_and_port(a, ip, port);
+}
+
+void PlainStream::get_local_ip_and_port(std::string& ip, int& port) const {
+  sockaddr_storage a{};
+  socklen_t len = sizeof a;
+  if (::getsockname(fd_, reinterpret_cast<sockaddr*>(&a), &len) == 0) ip_and_port(a, ip, port);
+}
+
+}  // namespace airlock::daemon

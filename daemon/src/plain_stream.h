@@ -1,0 +1,102 @@
+// airlockd's own stream for plain-TCP connections, in place of
+// cpp-httplib's, so that a request's head is bounded before the library
+// holds it.
+//
+// Why: cpp-httplib 0.11 (Debian 12's, a compiled library whose limits
+// cannot be set) reads a request line or a header line whole before it
+// checks its length, and takes any number of header lines: a client that
+// sends a line without an end, or header after header, makes it hold all
+// of it, for as long as it sends, before any of airlockd's code runs and
+// without a key. Each request is read through a Stream, and a server
+// subclass may supply its own (server.cpp); this one reads and writes as
+// the library's does (the same system calls and timeouts), and also:
+//   - counts the bytes of each request's head (request line and headers, up
+//     to the blank line that ends them) and fails the read that would pass
+//     `max_head_bytes`, so the library never holds more;
+//   - fails a head read once `head_timeout` has passed since the request
+//     began (a client trickling its head holds the connection's thread for
+//     that long at most, rather than for as long as it trickles).
+// The refusal is then answered 431 or 408 by the server.
+//
+// Thread-safety: a PlainStream is used by the one connection thread that
+// made it. HeadScanner is a plain value.
+#pragma once
+
+#include <sys/time.h>
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+#include <httplib.h>
+
+namespace airlock::daemon {
+
+// Finds the end of a request head: the first "\r\n\r\n" in the bytes fed
+// to it, across calls, counted from its first byte.
+class HeadScanner {
+ public:
+  // Scans n bytes: returns how many of them belong to the head (all n,
+  // or fewer when the head ends inside them; 0 once it has ended).
+  std::size_t feed(const char* p, std::size_t n);
+  bool ended() const { return matched_ == 4; }
+  std::uint64_t head_bytes() const { return bytes_; }
+
+ private:
+  int matched_ = 0;  // how much of "\r\n\r\n" the last bytes matched
+  std::uint64_t bytes_ = 0;
+};
+
+class PlainStream final : public httplib::Stream {
+ public:
+  enum class Refusal { kNone, kHeadTooLarge, kHeadTimedOut };
+
+  struct Limits {
+    std::size_t max_head_bytes = 64 * 1024;
+    std::chrono::milliseconds head_timeout{10000};
+    timeval read_timeout{5, 0};   // per read, as the library's
+    timeval write_timeout{5, 0};  // per write, as the library's
+  };
+
+  // A stream for one request on `fd` (not owned), its head starting at the
+  // next byte read; makes itself current() on this thread until destroyed.
+  PlainStream(int fd, const Limits& limits);
+  ~PlainStream() override;
+  PlainStream(const PlainStream&) = delete;
+  PlainStream& operator=(const PlainStream&) = delete;
+
+  // The stream of the request this thread is reading or answering, or null.
+  static const PlainStream* current();
+
+  Refusal refusal() const { return refusal_; }
+  const Limits& limits() const { return limits_; }
+  bool wrote() const { return wrote_; }  // anything written (an answer begun)
+
+  // httplib::Stream
+  bool is_readable() const override;
+  bool is_writable() const override;
+  ssize_t read(char* ptr, std::size_t size) override;
+  ssize_t write(const char* ptr, std::size_t size) override;
+  void get_remote_ip_and_port(std::string& ip, int& port) const override;
+  void get_local_ip_and_port(std::string& ip, int& port) const override;
+  int socket() const override { return fd_; }
+
+ private:
+  bool wait_readable(const timeval& timeout) const;
+  ssize_t read_head(char* ptr, std::size_t size);
+
+  int fd_;
+  Limits limits_;
+  std::chrono::steady_clock::time_point head_deadline_;
+  HeadScanner head_;
+  Refusal refusal_ = Refusal::kNone;
+  bool wrote_ = false;
+  // Read ahead, as the library's stream does: the library reads a head a
+  // byte at a time.
+  char buf_[4096];
+  std::size_t off_ = 0, len_ = 0;
+  const PlainStream* outer_;  // current() before this one
+};
+
+}  // namespace airlock::daemon

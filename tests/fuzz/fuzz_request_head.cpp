@@ -1,0 +1,60 @@
+// libFuzzer target: request heads as airlockd reads them (plain_stream.h).
+// The first two bytes pick a head limit and how the rest is split; then
+//   - HeadScanner, fed the rest in pieces of that split, must find the end
+//     of the head where a plain search for "\r\n\r\n" does, and count it;
+//   - PlainStream, reading the rest from a socket pair a byte at a time
+//     (as httplib reads a head) and then in blocks, must hand over exactly
+//     the input while the head is within the limit, and refuse without
+//     handing over more than the limit when it is not.
+// Nothing may crash, hang or leak.
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+#include <cstdlib>
+#include <string>
+
+#include "plain_stream.h"
+
+using airlock::daemon::HeadScanner;
+using airlock::daemon::PlainStream;
+
+extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
+  if (size < 2 || size > 48 * 1024) return 0;  // within a socket pair's buffer
+  const std::size_t max_head = 1 + data[0] * 64;
+  const std::size_t piece = 1 + data[1] % 17;
+  const std::string in(reinterpret_cast<const char*>(data + 2), size - 2);
+  const std::size_t at = in.find("\r\n\r\n");
+  const std::size_t head_end = at == std::string::npos ? in.size() : at + 4;
+
+  HeadScanner scan;
+  std::size_t head = 0;
+  for (std::size_t i = 0; i < in.size(); i += piece) head += scan.feed(in.data() + i, std::min(piece, in.size() - i));
+  if (scan.ended() != (at != std::string::npos) || head != head_end || scan.head_bytes() != head) std::abort();
+
+  int fds[2];
+  if (::socketpair(AF_UNIX, SOCK_STREAM, 0, fds) != 0) return 0;
+  if (!in.empty() && ::write(fds[1], in.data(), in.size()) != static_cast<ssize_t>(in.size())) std::abort();
+  ::shutdown(fds[1], SHUT_WR);
+  PlainStream::Limits limits;
+  limits.max_head_bytes = max_head;
+  limits.read_timeout = {0, 100000};
+  std::string out;
+  {
+    PlainStream strm(fds[0], limits);
+    char c;
+    while (out.size() < head_end && strm.read(&c, 1) == 1) out += c;
+    if (head_end > max_head) {
+      if (strm.refusal() != PlainStream::Refusal::kHeadTooLarge || out.size() != max_head) std::abort();
+    } else {
+      char buf[700];
+      for (ssize_t n; (n = strm.read(buf, sizeof buf)) > 0;) out.append(buf, static_cast<std::size_t>(n));
+      if (strm.refusal() != PlainStream::Refusal::kNone || out != in) std::abort();
+    }
+  }
+  ::close(fds[0]);
+  ::close(fds[1]);
+  return 0;
+}
