@@ -55,13 +55,24 @@ void ip_and_port(const sockaddr_storage& a, std::string& ip, int& port) {
 }  // namespace
 
 std::size_t HeadScanner::feed(const char* p, std::size_t n) {
-  static constexpr char kEnd[4] = {'\r', '\n', '\r', '\n'};
   std::size_t i = 0;
-  for (; i < n && matched_ < 4; ++i) {
-    // On a mismatch only a '\r' can begin the sequence again ("\r\n\r\r\n\r\n"
-    // ends at its last byte).
-    if (p[i] == kEnd[matched_]) ++matched_;
-    else matched_ = p[i] == '\r' ? 1 : 0;
+  for (; i < n && !ended_; ++i) {
+    const char c = p[i];
+    if (c != '\n') {
+      if (line_bytes_ == 0 && !first_line_) ++header_lines_;
+      line_is_cr_ = line_bytes_ == 0 && c == '\r';
+      ++line_bytes_;
+      continue;
+    }
+    if (!first_line_ && line_is_cr_ && line_bytes_ == 1) {
+      ended_ = true;
+      --header_lines_;  // the blank line that ends the head
+    } else if (line_bytes_ == 0 && !first_line_) {
+      ++header_lines_;  // a line that is a bare '\n'
+    }
+    first_line_ = false;
+    line_bytes_ = 0;
+    line_is_cr_ = false;
   }
   bytes_ += i;
   return i;
@@ -111,10 +122,14 @@ ssize_t PlainStream::read_head(char* ptr, std::size_t size) {
   }
   const std::size_t k = std::min(size, len_ - off_);
   head_.feed(buf_ + off_, k);
-  // What would pass the bound is not handed over: the library never holds
-  // more than max_head_bytes of a head.
+  // What would pass the bounds is not handed over: the library never holds
+  // more than max_head_bytes of a head, nor more header lines than allowed.
   if (head_.head_bytes() > limits_.max_head_bytes) {
     refusal_ = Refusal::kHeadTooLarge;
+    return -1;
+  }
+  if (head_.header_lines() > limits_.max_header_lines) {
+    refusal_ = Refusal::kTooManyHeaderLines;
     return -1;
   }
   std::memcpy(ptr, buf_ + off_, k);
@@ -148,7 +163,6 @@ ssize_t PlainStream::write(const char* ptr, std::size_t size) {
   ssize_t n;
   do n = ::send(fd_, ptr, size, MSG_NOSIGNAL);
   while (n < 0 && errno == EINTR);
-  if (n > 0) wrote_ = true;
   return n;
 }
 

@@ -10,9 +10,11 @@
 // without a key. Each request is read through a Stream, and a server
 // subclass may supply its own (server.cpp); this one reads and writes as
 // the library's does (the same system calls and timeouts), and also:
-//   - counts the bytes of each request's head (request line and headers, up
-//     to the blank line that ends them) and fails the read that would pass
-//     `max_head_bytes`, so the library never holds more;
+//   - counts the bytes and lines of each request's head (request line and
+//     headers, up to the blank line that ends them) and fails the read
+//     that would pass `max_head_bytes` or `max_header_lines`, so the
+//     library never holds more (a header costs the library ~150 bytes
+//     beside its text: 64 KiB of 4-byte headers would have held ~2 MiB);
 //   - fails a head read once `head_timeout` has passed since the request
 //     began (a client trickling its head holds the connection's thread for
 //     that long at most, rather than for as long as it trickles).
@@ -33,27 +35,37 @@
 
 namespace airlock::daemon {
 
-// Finds the end of a request head: the first "\r\n\r\n" in the bytes fed
-// to it, across calls, counted from its first byte.
+// Finds the end of a request head as cpp-httplib 0.11 reads one: lines end
+// at '\n'; the first is the request line; the head ends with the first
+// line after it that is exactly "\r\n" (a line ending in a bare '\n' is
+// skipped by the library, so it counts as a header line here).
 class HeadScanner {
  public:
   // Scans n bytes: returns how many of them belong to the head (all n,
   // or fewer when the head ends inside them; 0 once it has ended).
   std::size_t feed(const char* p, std::size_t n);
-  bool ended() const { return matched_ == 4; }
+  bool ended() const { return ended_; }
   std::uint64_t head_bytes() const { return bytes_; }
+  // Lines after the request line, the blank one that ends the head not
+  // counted (a line begun counts once its first byte came).
+  std::uint64_t header_lines() const { return header_lines_; }
 
  private:
-  int matched_ = 0;  // how much of "\r\n\r\n" the last bytes matched
+  bool ended_ = false;
+  bool first_line_ = true;
+  std::uint64_t line_bytes_ = 0;  // of the line being read
+  bool line_is_cr_ = false;       // the line so far is "\r"
   std::uint64_t bytes_ = 0;
+  std::uint64_t header_lines_ = 0;
 };
 
 class PlainStream final : public httplib::Stream {
  public:
-  enum class Refusal { kNone, kHeadTooLarge, kHeadTimedOut };
+  enum class Refusal { kNone, kHeadTooLarge, kTooManyHeaderLines, kHeadTimedOut };
 
   struct Limits {
     std::size_t max_head_bytes = 64 * 1024;
+    std::size_t max_header_lines = 100;  // as Apache's LimitRequestFields
     std::chrono::milliseconds head_timeout{10000};
     timeval read_timeout{5, 0};   // per read, as the library's
     timeval write_timeout{5, 0};  // per write, as the library's
@@ -71,7 +83,10 @@ class PlainStream final : public httplib::Stream {
 
   Refusal refusal() const { return refusal_; }
   const Limits& limits() const { return limits_; }
-  bool wrote() const { return wrote_; }  // anything written (an answer begun)
+  // The server's answer to a refusal was written (or tried): by the
+  // library through its error handler, which calls mark_answered().
+  bool answered() const { return answered_; }
+  void mark_answered() const { answered_ = true; }
 
   // httplib::Stream
   bool is_readable() const override;
@@ -91,7 +106,7 @@ class PlainStream final : public httplib::Stream {
   std::chrono::steady_clock::time_point head_deadline_;
   HeadScanner head_;
   Refusal refusal_ = Refusal::kNone;
-  bool wrote_ = false;
+  mutable bool answered_ = false;
   // Read ahead, as the library's stream does: the library reads a head a
   // byte at a time.
   char buf_[4096];

@@ -589,12 +589,17 @@ struct ListenerControl {
 
 // The JSON error body of a refused head (431 or 408), and its message.
 std::string head_refusal_message(const PlainStream& s) {
-  if (s.refusal() == PlainStream::Refusal::kHeadTooLarge)
-    return "the request line and headers are larger than " + std::to_string(s.limits().max_head_bytes) + " bytes";
-  return "the request line and headers did not arrive within " +
-         std::to_string(s.limits().head_timeout.count() / 1000) + " s";
+  switch (s.refusal()) {
+    case PlainStream::Refusal::kHeadTooLarge:
+      return "the request line and headers are larger than " + std::to_string(s.limits().max_head_bytes) + " bytes";
+    case PlainStream::Refusal::kTooManyHeaderLines:
+      return "the request has more than " + std::to_string(s.limits().max_header_lines) + " header lines";
+    default:
+      return "the request line and headers did not arrive within " +
+             std::to_string(s.limits().head_timeout.count() / 1000) + " s";
+  }
 }
-int head_refusal_status(const PlainStream& s) { return s.refusal() == PlainStream::Refusal::kHeadTooLarge ? 431 : 408; }
+int head_refusal_status(const PlainStream& s) { return s.refusal() == PlainStream::Refusal::kHeadTimedOut ? 408 : 431; }
 
 // Plain HTTP through PlainStream (plain_stream.h), which bounds each
 // request's head. The keep-alive loop is the library's own
@@ -628,7 +633,7 @@ class PlainServer final : public AdoptingServer<httplib::Server> {
         // The library answered a refused header line itself (400, which
         // the error handler turned into 431 or 408); a refused request line
         // it leaves unanswered.
-        if (!strm.wrote()) answer_refusal(sock, strm);
+        if (!strm.answered()) answer_refusal(sock, strm);
         // Rest of the head unread: a lingering close, so that the client
         // can read the answer before the connection is reset.
         PeerSocket::of(sock).end_after_answer(std::chrono::seconds(1), std::chrono::seconds(1), 1u << 20);
@@ -2518,8 +2523,14 @@ void Server::routes() {
     ApiError e;
     const PlainStream* strm = PlainStream::current();
     // A header line PlainStream refused: httplib answers 400, said here as
-    // what it was.
-    if (strm && strm->refusal() != PlainStream::Refusal::kNone) res.status = head_refusal_status(*strm);
+    // what it was; the connection then ends (PlainServer). Counted and
+    // audited by the logger, which httplib calls even when the answer
+    // cannot be written.
+    if (strm && strm->refusal() != PlainStream::Refusal::kNone) {
+      res.status = head_refusal_status(*strm);
+      res.set_header("Connection", "close");
+      strm->mark_answered();
+    }
     e.http_status = res.status;
     if (strm && strm->refusal() != PlainStream::Refusal::kNone) e.message = head_refusal_message(*strm);
     else if (res.status == 404) e.message = "no route " + req.method + " " + req.path;

@@ -1,7 +1,9 @@
 // libFuzzer target: request heads as airlockd reads them (plain_stream.h).
 // The first two bytes pick a head limit and how the rest is split; then
-//   - HeadScanner, fed the rest in pieces of that split, must find the end
-//     of the head where a plain search for "\r\n\r\n" does, and count it;
+//   - HeadScanner, fed the rest in pieces of that split, must end the head
+//     where a line-by-line reading as cpp-httplib's finds it (the first
+//     line after the request line that is exactly "\r\n"), and count its
+//     bytes and header lines;
 //   - PlainStream, reading the rest from a socket pair a byte at a time
 //     (as httplib reads a head) and then in blocks, must hand over exactly
 //     the input while the head is within the limit, and refuse without
@@ -21,18 +23,40 @@
 using airlock::daemon::HeadScanner;
 using airlock::daemon::PlainStream;
 
+// Where the head ends (just past the first line after the request line
+// that is exactly "\r\n"), or the input's size; and its header lines.
+std::size_t reference_end(const std::string& s, std::size_t* lines, bool* ended) {
+  std::size_t at = 0, n = 0;
+  *ended = false;
+  for (bool first = true; at < s.size(); first = false) {
+    const std::size_t nl = s.find('\n', at);
+    const std::string line = s.substr(at, nl == std::string::npos ? std::string::npos : nl + 1 - at);
+    if (!first && line == "\r\n") {
+      *ended = true;
+      *lines = n;
+      return nl + 1;
+    }
+    if (!first) ++n;
+    if (nl == std::string::npos) break;
+    at = nl + 1;
+  }
+  *lines = n;
+  return s.size();
+}
+
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
   if (size < 2 || size > 48 * 1024) return 0;  // within a socket pair's buffer
   const std::size_t max_head = 1 + data[0] * 64;
   const std::size_t piece = 1 + data[1] % 17;
   const std::string in(reinterpret_cast<const char*>(data + 2), size - 2);
-  const std::size_t at = in.find("\r\n\r\n");
-  const std::size_t head_end = at == std::string::npos ? in.size() : at + 4;
+  std::size_t lines = 0;
+  bool ended = false;
+  const std::size_t head_end = reference_end(in, &lines, &ended);
 
   HeadScanner scan;
   std::size_t head = 0;
   for (std::size_t i = 0; i < in.size(); i += piece) head += scan.feed(in.data() + i, std::min(piece, in.size() - i));
-  if (scan.ended() != (at != std::string::npos) || head != head_end || scan.head_bytes() != head) std::abort();
+  if (scan.ended() != ended || head != head_end || scan.head_bytes() != head || scan.header_lines() != lines) std::abort();
 
   int fds[2];
   if (::socketpair(AF_UNIX, SOCK_STREAM, 0, fds) != 0) return 0;
@@ -40,6 +64,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   ::shutdown(fds[1], SHUT_WR);
   PlainStream::Limits limits;
   limits.max_head_bytes = max_head;
+  limits.max_header_lines = 1u << 20;  // the byte bound alone here
   limits.read_timeout = {0, 100000};
   std::string out;
   {
