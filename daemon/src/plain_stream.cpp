@@ -159,7 +159,6 @@ ssize_t PlainStream::read(char* ptr, std::size_t size) {
 }
 
 ssize_t PlainStream::write(const char* ptr, std::size_t size) {
-  if (!is_writable()) return -1;
   ssize_t n;
   do n = ::send(fd_, ptr, size, MSG_NOSIGNAL);
   while (n < 0 && errno == EINTR);
