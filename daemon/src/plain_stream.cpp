@@ -15,16 +15,16 @@ namespace {
 
 thread_local const PlainStream* t_current = nullptr;
 
-int to_ms(const timeval& t) {
-  const std::int64_t ms = static_cast<std::int64_t>(t.tv_sec) * 1000 + (t.tv_usec + 999) / 1000;
-  return static_cast<int>(std::clamp<std::int64_t>(ms, 0, 24 * 3600 * 1000));
+std::chrono::milliseconds to_ms(const timeval& t) {
+  return std::chrono::milliseconds(static_cast<std::int64_t>(t.tv_sec) * 1000 + (t.tv_usec + 999) / 1000);
 }
 
 // poll() for `events` on fd for up to ms milliseconds; retried on EINTR
 // (with the whole timeout again: a signal is rare, and the library's
 // select_read does the same).
-bool poll_for(int fd, short events, int ms) {
+bool poll_for(int fd, short events, std::chrono::milliseconds timeout) {
   pollfd p{fd, events, 0};
+  const int ms = static_cast<int>(std::clamp<std::int64_t>(timeout.count(), 0, 24 * 3600 * 1000));
   int r;
   do r = ::poll(&p, 1, ms);
   while (r < 0 && errno == EINTR);
@@ -88,15 +88,15 @@ PlainStream::~PlainStream() { t_current = outer_; }
 
 const PlainStream* PlainStream::current() { return t_current; }
 
-bool PlainStream::wait_readable(const timeval& timeout) const { return poll_for(fd_, POLLIN, to_ms(timeout)); }
+bool PlainStream::wait_readable(int fd, std::chrono::milliseconds timeout) { return poll_for(fd, POLLIN, timeout); }
 
-bool PlainStream::is_readable() const { return off_ < len_ || wait_readable(limits_.read_timeout); }
+bool PlainStream::is_readable() const { return off_ < len_ || wait_readable(fd_, to_ms(limits_.read_timeout)); }
 
 bool PlainStream::is_writable() const {
   if (!poll_for(fd_, POLLOUT, to_ms(limits_.write_timeout))) return false;
   // Alive as the library judges it: nothing to read, or something (a byte
   // peeked, not taken) rather than the end of the connection.
-  if (!poll_for(fd_, POLLIN, 0)) return true;
+  if (!poll_for(fd_, POLLIN, std::chrono::milliseconds(0))) return true;
   char byte;
   return recv_retrying(fd_, &byte, 1, MSG_PEEK) > 0;
 }
@@ -108,10 +108,9 @@ ssize_t PlainStream::read_head(char* ptr, std::size_t size) {
       refusal_ = Refusal::kHeadTimedOut;
       return -1;
     }
-    const auto left = std::chrono::duration_cast<std::chrono::microseconds>(head_deadline_ - now).count();
-    const std::int64_t per_read = static_cast<std::int64_t>(limits_.read_timeout.tv_sec) * 1000000 + limits_.read_timeout.tv_usec;
-    const std::int64_t wait = std::min<std::int64_t>(left, per_read);
-    if (!wait_readable(timeval{static_cast<time_t>(wait / 1000000), static_cast<suseconds_t>(wait % 1000000)})) {
+    // (rounded up: a wait of 0 ms would not wait for the deadline)
+    const auto left = std::chrono::ceil<std::chrono::milliseconds>(head_deadline_ - now);
+    if (!wait_readable(fd_, std::min(left, to_ms(limits_.read_timeout)))) {
       if (std::chrono::steady_clock::now() >= head_deadline_) refusal_ = Refusal::kHeadTimedOut;
       return -1;
     }
@@ -147,7 +146,7 @@ ssize_t PlainStream::read(char* ptr, std::size_t size) {
     off_ += k;
     return static_cast<ssize_t>(k);
   }
-  if (!wait_readable(limits_.read_timeout)) return -1;
+  if (!wait_readable(fd_, to_ms(limits_.read_timeout))) return -1;
   if (size >= sizeof buf_) return recv_retrying(fd_, ptr, size, 0);
   const ssize_t n = recv_retrying(fd_, buf_, sizeof buf_, 0);
   if (n <= 0) return n;

@@ -82,6 +82,11 @@ class PlainStream final : public httplib::Stream {
   // The stream of the request this thread is reading or answering, or null.
   static const PlainStream* current();
 
+  // Waits up to `timeout` for something to read on fd (a request, or the
+  // end of the connection); retried on EINTR. The keep-alive wait between
+  // requests, and each of the stream's own waits.
+  static bool wait_readable(int fd, std::chrono::milliseconds timeout);
+
   Refusal refusal() const { return refusal_; }
   const Limits& limits() const { return limits_; }
   // The server's answer to a refusal was written (or tried): by the
@@ -108,7 +113,6 @@ class PlainStream final : public httplib::Stream {
   int socket() const override { return fd_; }
 
  private:
-  bool wait_readable(const timeval& timeout) const;
   ssize_t read_head(char* ptr, std::size_t size);
 
   int fd_;

@@ -3,7 +3,6 @@
 #include <httplib.h>
 #include <fcntl.h>
 #include <netinet/tcp.h>
-#include <poll.h>
 #include <pthread.h>
 #include <sched.h>
 #include <strings.h>
@@ -621,11 +620,7 @@ class PlainServer final : public AdoptingServer<httplib::Server> {
     limits.write_timeout = {static_cast<time_t>(write_timeout_sec_), static_cast<suseconds_t>(write_timeout_usec_)};
     bool ret = false;
     for (std::size_t count = keep_alive_max_count_; svr_sock_ != INVALID_SOCKET && count > 0; --count) {
-      pollfd p{sock, POLLIN, 0};
-      int ready;
-      do ready = ::poll(&p, 1, static_cast<int>(keep_alive_timeout_sec_ * 1000));
-      while (ready < 0 && errno == EINTR);
-      if (ready <= 0) break;
+      if (!PlainStream::wait_readable(sock, std::chrono::seconds(keep_alive_timeout_sec_))) break;
       PlainStream strm(sock, limits);
       bool connection_closed = false;
       ret = process_request(strm, count == 1, connection_closed, nullptr);
@@ -2522,17 +2517,18 @@ void Server::routes() {
     if (!res.body.empty()) return;
     ApiError e;
     const PlainStream* strm = PlainStream::current();
+    const bool head_refused = strm && strm->refusal() != PlainStream::Refusal::kNone;
     // A header line PlainStream refused: httplib answers 400, said here as
     // what it was; the connection then ends (PlainServer). Counted and
     // audited by the logger, which httplib calls even when the answer
     // cannot be written.
-    if (strm && strm->refusal() != PlainStream::Refusal::kNone) {
+    if (head_refused) {
       res.status = head_refusal_status(*strm);
       res.set_header("Connection", "close");
       strm->mark_answered();
     }
     e.http_status = res.status;
-    if (strm && strm->refusal() != PlainStream::Refusal::kNone) e.message = head_refusal_message(*strm);
+    if (head_refused) e.message = head_refusal_message(*strm);
     else if (res.status == 404) e.message = "no route " + req.method + " " + req.path;
     else if (res.status == 413 && req.get_header_value("Content-Type").rfind("application/x-www-form-urlencoded", 0) == 0)
       e.message = "a body sent as a form (application/x-www-form-urlencoded, what curl -d sends) is limited to 8 KiB "

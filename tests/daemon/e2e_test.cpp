@@ -1393,13 +1393,6 @@ TEST_F(DaemonE2E, MethodsNoRouteTakesAreRefusedBeforeTheirBody) {
   EXPECT_EQ(daemon_->client().Get("/v1/models")->status, 200);
 }
 
-// The value of counter `name` (with its labels) in a /metrics text; 0
-// when it has not been counted yet.
-double counter_value(const std::string& metrics, const std::string& name) {
-  const std::size_t at = metrics.find("\n" + name + " ");
-  return at == std::string::npos ? 0 : std::stod(metrics.substr(at + name.size() + 2));
-}
-
 // cpp-httplib 0.11 reads a request line or a header line whole before it
 // checks its length, and any number of header lines: a client without a key
 // could make airlockd hold whatever it sent. airlockd reads plain-TCP
@@ -1465,8 +1458,9 @@ TEST_F(DaemonE2E, RequestHeadsOverTheLimitAreRefusedBeforeTheLibraryHoldsThem) {
   // Counted and audited once each: three refused after their request line
   // was read (route /v1/models), one before (no route).
   const std::string after = daemon_->client().Get("/metrics")->body;
-  EXPECT_EQ(counter_value(after, models_431) - counter_value(before, models_431), 3) << after;
-  EXPECT_EQ(counter_value(after, other_431) - counter_value(before, other_431), 1) << after;
+  auto count = [](const std::string& text, const std::string& name) { return std::max(0.0, metric(text, name)); };
+  EXPECT_EQ(count(after, models_431) - count(before, models_431), 3) << after;
+  EXPECT_EQ(count(after, other_431) - count(before, other_431), 1) << after;
   int rows = 0;
   for (int i = 0; i < 100 && (rows = audited_431() - rows_before) < 4; ++i)
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
