@@ -921,10 +921,10 @@ struct Server::Impl {
     bool handling = false;      // counted in Impl::handling until the logger runs
     std::chrono::milliseconds linger = kLingerAfterRefusal;  // with unread_bytes: end_answers()' wait
     // A document upload's place among the ingests, taken before its body
-    // is read and given back when this is reset: by the logger once the
-    // answer is written (also the 408 or 400 of a body that did not
-    // arrive, read_upload()), or, if the logger never ran, by the next
-    // request on this thread or the thread's end.
+    // is read and given back when the upload handler returns, or when this
+    // is reset: by the logger once the answer is written (the 408 or 400
+    // of a body that did not arrive, read_upload()), or, if the logger
+    // never ran, by the next request on this thread or the thread's end.
     Gate::Slot ingest = {};
     // Any other request's share of max_body_memory_mib: its body's size,
     // taken before the body is read, then room for its JSON tree, taken
@@ -2396,8 +2396,9 @@ void Server::routes() {
     Impl::admitted_key() = {&req, req.path == "/health" ? std::nullopt : s.check_key(req)};
     Impl::admitted_key().handling = true;
     ++s.handling;
-    // A refusal that leaves bytes unread: the logger ends the connection
-    // once the answer is written (end_answers); counted and audited there.
+    // A refusal that leaves bytes unread: counted and audited before it is
+    // written (the post-routing handler); the logger ends the connection
+    // once it is written (end_answers).
     auto refuse_and_close = [&](const ApiError& e) {
       s.send_error(res, e);
       res.set_header("Connection", "close");
@@ -2520,8 +2521,8 @@ void Server::routes() {
     const bool head_refused = strm && strm->refusal() != PlainStream::Refusal::kNone;
     // A header line PlainStream refused: httplib answers 400, said here as
     // what it was; the connection then ends (PlainServer). Counted and
-    // audited by the logger, which httplib calls even when the answer
-    // cannot be written.
+    // audited by the post-routing handler, which httplib calls before it
+    // writes the answer, whether or not that can be written.
     if (head_refused) {
       res.status = head_refusal_status(*strm);
       res.set_header("Connection", "close");
@@ -2551,28 +2552,34 @@ void Server::routes() {
     airlock::log().error("{} {}: {}", req.method, req.path, what);
     s.send_error(res, api_error(500, "server_error", "internal error"));
   });
-  h.set_logger([&s](const httplib::Request& req, const httplib::Response& res) {
-    const std::optional<std::string> key = s.key_of(req);
+  // Every answer but a stream's is counted and audited just before it is
+  // written (httplib calls this for every answer it writes, its own errors
+  // too), so that a client that has its answer finds it in /metrics and
+  // the audit log. Streams are counted and audited when they end, 401s
+  // when refused.
+  h.set_post_routing_handler([&s](const httplib::Request& req, httplib::Response& res) {
+    if (res.is_chunked_content_provider_ || res.status == 401) return;
+    s.count(req, res.status);
+    // The completion routes audit themselves (with token counts); every
+    // other request but an answered /health gets a row here, and so does
+    // one that httplib or the pre-routing handler answered before any
+    // handler ran (a body over the limit, a malformed one, 411, a /health
+    // refused with 400 or 405).
+    const bool audited = Impl::admitted_key().request == &req && Impl::admitted_key().audited;
+    if (!audited && (req.path != "/health" || res.status != 200))
+      s.write_audit(s.key_of(req).value_or(""), req, nullptr, res.status);
+  });
+  // Runs once the answer is written, or failed to be.
+  h.set_logger([&s](const httplib::Request& req, const httplib::Response&) {
     const bool own = Impl::admitted_key().request == &req;
-    const bool audited = own && Impl::admitted_key().audited, unread = own && Impl::admitted_key().unread_bytes;
+    const bool unread = own && Impl::admitted_key().unread_bytes;
     const std::chrono::milliseconds linger = Impl::admitted_key().linger;
     if (Impl::admitted_key().handling) --s.handling;  // this thread's request, whichever it was
     // The next request on this thread (a new Request, maybe at this
     // address) is checked afresh.
     Impl::admitted_key() = {};
-    // Streams are counted and audited when they end, 401s when refused.
-    if (!res.is_chunked_content_provider_ && res.status != 401) {
-      s.count(req, res.status);
-      // The completion routes audit themselves (with token counts); every
-      // other request but an answered /health gets a row here, and so does
-      // one that httplib or the pre-routing handler answered before any
-      // handler ran (a body over the limit, a malformed one, 411, a
-      // /health refused with 400 or 405).
-      if (!audited && (req.path != "/health" || res.status != 200)) s.write_audit(key.value_or(""), req, nullptr, res.status);
-    }
-    // (The logger runs once the answer is written. Only these refusals:
-    // finding the socket scans the process's descriptors, and ending the
-    // connection lingers, after the refusal was counted and audited.)
+    // Only these refusals: finding the socket scans the process's
+    // descriptors, and ending the connection lingers.
     if (unread) end_answers(req, linger);
   });
 
@@ -2973,6 +2980,13 @@ void Server::Impl::rag_routes() {
                                                      const httplib::ContentReader& read_body) {
     std::string body;
     if (!read_upload(req, res, read_body, &body)) return;
+    // The body is read: the place among the ingests is given back when
+    // this returns, before the answer is written, so that a client that
+    // sends its next document once it has this answer finds it free (the
+    // logger, which would give it back otherwise, runs after the write).
+    struct GiveBackIngest {
+      ~GiveBackIngest() { admitted_key().ingest.release(); }
+    } give_back_ingest;
     std::shared_ptr<LoadedModel> m = store_or_fail(res);
     if (!m) return;
     // JSON {source, content | content_base64, metadata}, or the raw file
