@@ -319,26 +319,33 @@ int main(int argc, char** argv) {
               path.c_str(), tokens, model->model->backend().name().c_str(), stream_interval_ms,
               loop_client ? "loop (one thread, epoll)" : "threads (one per client)", rounds);
   std::printf("| clients | engine tok/s | HTTP tok/s | HTTP / engine | engine CPU us/tok | HTTP CPU us/tok | "
-              "TTFT p50 (s) | TTFT p99 (s) |\n");
-  std::printf("|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+              "engine steps | HTTP steps | TTFT p50 (s) | TTFT p99 (s) |\n");
+  std::printf("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
   for (int c : counts) {
     // Alternate the two paths so drift on a noisy machine hits both.
     double e = 0, h = 0, cpu_e = 0, cpu_h = 0;
+    std::uint64_t steps_e = 0, steps_h = 0;  // scheduler steps (forward passes) each path took
     HttpResult hr;
+    auto steps = [&] { return model->scheduler->stats().steps; };
     for (int rep = 0; rep < rounds; ++rep) {
       const double c0 = cpu_seconds();
+      const std::uint64_t s0 = steps();
       if (only != "http") e += engine_rate(*model, c, tokens);
       const double c1 = cpu_seconds();
+      const std::uint64_t s1 = steps();
       if (only != "engine") hr = loop_client ? http_rate_loop(port, c, tokens) : http_rate_threads(port, c, tokens);
       cpu_e += c1 - c0;
       cpu_h += cpu_seconds() - c1;
+      steps_e += s1 - s0;
+      steps_h += steps() - s1;
       h += hr.rate;
     }
     e /= rounds;
     h /= rounds;
     const double n_tok = static_cast<double>(rounds) * c * tokens;
-    std::printf("| %d | %.1f | %.1f | %.3f | %.1f | %.1f | %.3f | %.3f |\n", c, e, h, h / e, 1e6 * cpu_e / n_tok,
-                1e6 * cpu_h / n_tok, percentile(hr.ttft, 0.5), percentile(hr.ttft, 0.99));
+    std::printf("| %d | %.1f | %.1f | %.3f | %.1f | %.1f | %.1f | %.1f | %.3f | %.3f |\n", c, e, h, h / e,
+                1e6 * cpu_e / n_tok, 1e6 * cpu_h / n_tok, static_cast<double>(steps_e) / rounds,
+                static_cast<double>(steps_h) / rounds, percentile(hr.ttft, 0.5), percentile(hr.ttft, 0.99));
     std::fflush(stdout);
   }
   server.shutdown();

@@ -542,28 +542,41 @@ class AdoptingServer : public Base {
 // that send nothing hold their thread up to the keep-alive timeout).
 // Threads beyond the kept ones end after 10 s without a connection.
 //
-// Each is named airlock-http and runs under SCHED_BATCH, which differs from
-// the default policy in one thing: a thread of it that wakes does not
-// preempt the thread running on its core. A stream's thread wakes for every
-// token; on a machine whose cores all run compute threads it used to
-// preempt one in the middle of a step, and the step's other threads waited
-// at its next barrier for it (stories260K at 16 clients: HTTP at 0.61-0.68
-// of the engine's rate, 0.87-0.91 under SCHED_BATCH; docs/benchmarks.md).
-// It now runs when a core is free or at the end of the running thread's
-// slice (a few milliseconds at most), gathering the tokens that came
-// meanwhile; on an idle core it runs at once. Its share of the CPU is that
-// of any other thread.
-void start_connection_thread() {
-  pthread_setname_np(pthread_self(), "airlock-http");
+// Each is named airlock-http. While it waits for a request's tokens and
+// writes them it runs under SCHED_BATCH (waiting_for_tokens()), which
+// differs from the default policy in one thing: a thread of it that wakes
+// does not preempt the thread running on its core. A stream's thread wakes
+// for every token; on a machine whose cores all run compute threads it
+// used to preempt one in the middle of a step, and the step's other
+// threads waited at its next barrier for it (stories260K at 16 clients:
+// HTTP at 0.61-0.68 of the engine's rate, 0.87-0.91 under SCHED_BATCH;
+// docs/benchmarks.md). It then runs when a core is free or at the end of
+// the running thread's slice (a few milliseconds at most), gathering the
+// tokens that came meanwhile; on an idle core it runs at once. Its share of
+// the CPU is that of any other thread.
+//
+// Reading, checking and admitting a request keep the default policy (the
+// logger puts it back once an answer is written): a request that arrives
+// while every core computes is taken at once, not a slice later, so that
+// requests arriving together start together.
+void start_connection_thread() { pthread_setname_np(pthread_self(), "airlock-http"); }
+
+// The calling connection thread's policy: SCHED_BATCH while `waiting`, the
+// default otherwise. A refusal is logged once and leaves the default.
+void waiting_for_tokens(bool waiting) {
+  thread_local bool batch = false;
+  if (batch == waiting) return;
   const sched_param none{};
-  if (sched_setscheduler(0, SCHED_BATCH, &none) != 0) {
+  if (sched_setscheduler(0, waiting ? SCHED_BATCH : SCHED_OTHER, &none) != 0) {
     static std::once_flag warned;
     std::call_once(warned, [err = errno] {
       airlock::log().warn("connection threads keep the default scheduling policy (SCHED_BATCH refused: {}): "
                           "streams' writes may preempt the compute threads",
                           std::strerror(err));
     });
+    return;
   }
+  batch = waiting;
 }
 
 class ConnectionThreads : public httplib::TaskQueue {
@@ -1941,6 +1954,7 @@ void Server::Impl::completions(const httplib::Request& req, httplib::Response& r
     }
   }
   prompt_tokens.inc(static_cast<double>(g->prompt_tokens) * r.n);
+  waiting_for_tokens(true);
 
   if (!r.stream) {
     // Nothing is written until the answer is whole, so a client that hangs
@@ -2576,8 +2590,9 @@ void Server::routes() {
     const std::chrono::milliseconds linger = Impl::admitted_key().linger;
     if (Impl::admitted_key().handling) --s.handling;  // this thread's request, whichever it was
     // The next request on this thread (a new Request, maybe at this
-    // address) is checked afresh.
+    // address) is checked afresh, and read under the default policy.
     Impl::admitted_key() = {};
+    waiting_for_tokens(false);
     // Only these refusals: finding the socket scans the process's
     // descriptors, and ending the connection lingers.
     if (unread) end_answers(req, linger);

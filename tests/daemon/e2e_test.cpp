@@ -1095,23 +1095,61 @@ std::multimap<std::string, int> thread_policies(pid_t pid) {
   return out;
 }
 
-// Connection threads are named airlock-http and run under SCHED_BATCH (a
-// stream's thread, woken for each token, does not preempt the compute
-// threads); the scheduler and compute threads keep the default policy.
-TEST_F(DaemonE2E, ConnectionThreadsDoNotPreemptTheComputeThreads) {
-  auto r = daemon_->post("/v1/chat/completions", chat("Hello", 4, true));
-  ASSERT_TRUE(r);
-  ASSERT_EQ(r->status, 200);
-  const std::multimap<std::string, int> threads = thread_policies(daemon_->pid);
-  EXPECT_GT(threads.count("airlock-http"), 0u);
-  EXPECT_GT(threads.count("airlock-sched"), 0u);
-  for (const auto& [name, policy] : threads) {
-    if (name == "airlock-http") {
-      EXPECT_EQ(policy, SCHED_BATCH) << name;
-    } else if (name == "airlock-sched" || name == "airlock-pool") {
+// Connection threads are named airlock-http. While one waits for a
+// request's tokens and writes them it runs under SCHED_BATCH (a stream's
+// thread, woken for each token, does not preempt the compute threads); it
+// reads and admits requests under the default policy (a request is taken
+// at once, however busy the cores), back once the answer is written. The
+// scheduler and compute threads keep the default policy.
+TEST(DaemonLifecycle, ConnectionThreadsWaitForTokensWithoutPreemptingTheComputeThreads) {
+#if !defined(AIRLOCK_TEST_HOOKS)
+  GTEST_SKIP() << "needs a build with AIRLOCK_TEST_HOOKS (the step delay)";
+#endif
+  Enclave e;
+  auto d = start_with_step_delay(e, 50);  // a stream long enough to look at
+  ASSERT_GT(d->port, 0) << d->log();
+  auto count = [](const std::multimap<std::string, int>& threads, const std::string& name, int policy) {
+    return std::count_if(threads.begin(), threads.end(), [&](const auto& t) { return t.first == name && t.second == policy; });
+  };
+  std::multimap<std::string, int> during;
+  {
+    httplib::Client c = d->client();
+    httplib::Request req;
+    req.method = "POST";
+    req.path = "/v1/chat/completions";
+    req.headers = {{"Authorization", "Bearer " + d->api_key}, {"Content-Type", "application/json"}};
+    json body = chat("A story", 40, true);
+    body["ignore_eos"] = true;
+    req.body = body.dump();
+    int chunks = 0;
+    req.content_receiver = [&](const char*, size_t, uint64_t, uint64_t) {
+      if (++chunks == 2) during = thread_policies(d->pid);  // the role chunk, then a token: mid-stream
+      return true;
+    };
+    auto r = c.send(req);
+    ASSERT_TRUE(r);
+    EXPECT_EQ(r->status, 200);
+  }
+  EXPECT_EQ(count(during, "airlock-http", SCHED_BATCH), 1);  // the stream's, and no other
+  EXPECT_GT(count(during, "airlock-sched", SCHED_OTHER), 0);
+  for (const auto& [name, policy] : during) {
+    if (name == "airlock-sched" || name == "airlock-pool") {
       EXPECT_EQ(policy, SCHED_OTHER) << name;
     }
   }
+  // Once its answer is written (the logger runs just after the last write),
+  // the thread reads the next request under the default policy.
+  std::multimap<std::string, int> after;
+  for (int i = 0; i < 100; ++i) {
+    after = thread_policies(d->pid);
+    if (count(after, "airlock-http", SCHED_BATCH) == 0) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_EQ(count(after, "airlock-http", SCHED_BATCH), 0);
+  EXPECT_GT(count(after, "airlock-http", SCHED_OTHER), 0);
+  // A request that is not answered with tokens keeps the default policy.
+  EXPECT_EQ(d->client().Get("/v1/models")->status, 200);
+  EXPECT_EQ(count(thread_policies(d->pid), "airlock-http", SCHED_BATCH), 0);
 }
 
 double metric(const std::string& text, const std::string& name) {
