@@ -30,7 +30,7 @@
 #include "elastic_pool.h"
 #include "gate.h"
 #include "openai_api.h"
-#include "plain_stream.h"
+#include "request_stream.h"
 #include "responses_api.h"
 #include "schema_grammar.h"
 #include "tool_calls.h"
@@ -594,54 +594,75 @@ class ConnectionThreads : public httplib::TaskQueue {
 struct ListenerControl {
   std::function<void(socket_t)> adopt;
   std::function<void()> release;
-  // Counts and audits a request whose head a PlainStream refused before
+  // Counts and audits a request whose head a RequestStream refused before
   // the library answered anything (a request line too long or too slow).
   std::function<void(int status)> head_refused;
 };
 
 // The JSON error body of a refused head (431 or 408), and its message.
-std::string head_refusal_message(const PlainStream& s) {
+std::string head_refusal_message(const RequestStream& s) {
   switch (s.refusal()) {
-    case PlainStream::Refusal::kHeadTooLarge:
+    case RequestStream::Refusal::kHeadTooLarge:
       return "the request line and headers are larger than " + std::to_string(s.limits().max_head_bytes) + " bytes";
-    case PlainStream::Refusal::kTooManyHeaderLines:
+    case RequestStream::Refusal::kTooManyHeaderLines:
       return "the request has more than " + std::to_string(s.limits().max_header_lines) + " header lines";
     default:
       return "the request line and headers did not arrive within " +
              std::to_string(s.limits().head_timeout.count() / 1000) + " s";
   }
 }
-int head_refusal_status(const PlainStream& s) { return s.refusal() == PlainStream::Refusal::kHeadTimedOut ? 408 : 431; }
+int head_refusal_status(const RequestStream& s) { return s.refusal() == RequestStream::Refusal::kHeadTimedOut ? 408 : 431; }
 
-// Plain HTTP through PlainStream (plain_stream.h), which bounds each
-// request's head. The keep-alive loop is the library's own
+// HTTP through RequestStream (request_stream.h), which bounds each
+// request's head, over plain TCP (Base httplib::Server) or TLS
+// (httplib::SSLServer, whose context holds the operator's certificate and
+// client CA). The keep-alive loop is the library's own
 // (detail::process_server_socket in httplib 0.11.4: wait up to the
 // keep-alive timeout for a request, answer it, again up to the keep-alive
-// count; then shut the socket down and close it), with a PlainStream for
+// count; then shut the socket down and close it), with a RequestStream for
 // each request where the library makes its own. process_and_close_socket
 // is virtual in the library; that it is private there does not stop an
-// override. TLS connections keep the library's stream: their bytes are
-// read through OpenSSL (docs/daemon.md).
-class PlainServer final : public AdoptingServer<httplib::Server> {
+// override. A TLS handshake must end within the head's time limit (the
+// library's waited up to the read timeout for each of the client's
+// messages, however many it trickled).
+template <class Base>
+class BoundedServer final : public AdoptingServer<Base> {
  public:
-  explicit PlainServer(const ListenerControl& control) : control_(control) {}
+  template <class... Args>
+  explicit BoundedServer(const ListenerControl& control, Args&&... args)
+      : AdoptingServer<Base>(std::forward<Args>(args)...), control_(control) {}
 
  private:
+  static constexpr bool kTls = std::is_same_v<Base, httplib::SSLServer>;
+
   bool process_and_close_socket(socket_t sock) override {
-    PlainStream::Limits limits;
-    limits.read_timeout = {static_cast<time_t>(read_timeout_sec_), static_cast<suseconds_t>(read_timeout_usec_)};
-    limits.write_timeout = {static_cast<time_t>(write_timeout_sec_), static_cast<suseconds_t>(write_timeout_usec_)};
+    RequestStream::Limits limits;
+    limits.read_timeout = {static_cast<time_t>(this->read_timeout_sec_),
+                           static_cast<suseconds_t>(this->read_timeout_usec_)};
+    limits.write_timeout = {static_cast<time_t>(this->write_timeout_sec_),
+                            static_cast<suseconds_t>(this->write_timeout_usec_)};
+    SSL* ssl = nullptr;
+    if constexpr (kTls) {
+      ssl = RequestStream::accept_tls(sock, this->ssl_context(), limits);
+      if (ssl == nullptr) {
+        ::shutdown(sock, SHUT_RDWR);
+        ::close(sock);
+        return false;
+      }
+    }
     bool ret = false;
-    for (std::size_t count = keep_alive_max_count_; svr_sock_ != INVALID_SOCKET && count > 0; --count) {
-      if (!PlainStream::wait_readable(sock, std::chrono::seconds(keep_alive_timeout_sec_))) break;
-      PlainStream strm(sock, limits);
+    for (std::size_t count = this->keep_alive_max_count_; this->svr_sock_ != INVALID_SOCKET && count > 0; --count) {
+      if (!RequestStream::wait_readable(sock, ssl, std::chrono::seconds(this->keep_alive_timeout_sec_))) break;
+      RequestStream strm(sock, limits, ssl);
       bool connection_closed = false;
-      ret = process_request(strm, count == 1, connection_closed, nullptr);
-      if (strm.refusal() != PlainStream::Refusal::kNone) {
+      ret = this->process_request(strm, count == 1, connection_closed, [ssl](httplib::Request& req) {
+        if constexpr (kTls) req.ssl = ssl;
+      });
+      if (strm.refusal() != RequestStream::Refusal::kNone) {
         // The library answered a refused header line itself (400, which
         // the error handler turned into 431 or 408); a refused request line
         // it leaves unanswered.
-        if (!strm.answered()) answer_refusal(sock, strm);
+        if (!strm.answered()) answer_refusal(strm);
         // Rest of the head unread: a lingering close, so that the client
         // can read the answer before the connection is reset.
         PeerSocket::of(sock).end_after_answer(std::chrono::seconds(1), std::chrono::seconds(1), 1u << 20);
@@ -650,23 +671,24 @@ class PlainServer final : public AdoptingServer<httplib::Server> {
       }
       if (!ret || connection_closed) break;
     }
+    // (close_notify when the connection ended well, as the library's)
+    RequestStream::end_tls(ssl, ret);
     ::shutdown(sock, SHUT_RDWR);
     ::close(sock);
     return ret;
   }
 
-  void answer_refusal(socket_t sock, const PlainStream& strm) const {
+  void answer_refusal(RequestStream& strm) const {
     const int status = head_refusal_status(strm);
     ApiError e;
     e.http_status = status;
     e.type = "invalid_request_error";
     e.message = head_refusal_message(strm);
     const std::string body = error_body(e);
-    const std::string answer = "HTTP/1.1 " + std::to_string(status) +
-                               (status == 431 ? " Request Header Fields Too Large" : " Request Timeout") +
-                               "\r\nContent-Type: application/json\r\nContent-Length: " + std::to_string(body.size()) +
-                               "\r\nConnection: close\r\n\r\n" + body;
-    (void)::send(sock, answer.data(), answer.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
+    strm.write_now("HTTP/1.1 " + std::to_string(status) +
+                   (status == 431 ? " Request Header Fields Too Large" : " Request Timeout") +
+                   "\r\nContent-Type: application/json\r\nContent-Length: " + std::to_string(body.size()) +
+                   "\r\nConnection: close\r\n\r\n" + body);
     if (control_.head_refused) control_.head_refused(status);
   }
 
@@ -682,12 +704,12 @@ std::unique_ptr<httplib::Server> make_http(const Config& c, ListenerControl& con
     control.release = [p] { p->release(); };
   };
   if (c.tls_cert.empty()) {
-    auto s = std::make_unique<PlainServer>(control);
+    auto s = std::make_unique<BoundedServer<httplib::Server>>(control);
     wire(s.get());
     return s;
   }
-  auto s = std::make_unique<AdoptingServer<httplib::SSLServer>>(
-      c.tls_cert.c_str(), c.tls_key.c_str(), c.tls_client_ca.empty() ? nullptr : c.tls_client_ca.c_str());
+  auto s = std::make_unique<BoundedServer<httplib::SSLServer>>(
+      control, c.tls_cert.c_str(), c.tls_key.c_str(), c.tls_client_ca.empty() ? nullptr : c.tls_client_ca.c_str());
   wire(s.get());
   return s;
 }
@@ -2531,10 +2553,10 @@ void Server::routes() {
     // request line) get the OpenAI envelope too.
     if (!res.body.empty()) return;
     ApiError e;
-    const PlainStream* strm = PlainStream::current();
-    const bool head_refused = strm && strm->refusal() != PlainStream::Refusal::kNone;
-    // A header line PlainStream refused: httplib answers 400, said here as
-    // what it was; the connection then ends (PlainServer). Counted and
+    const RequestStream* strm = RequestStream::current();
+    const bool head_refused = strm && strm->refusal() != RequestStream::Refusal::kNone;
+    // A header line RequestStream refused: httplib answers 400, said here as
+    // what it was; the connection then ends (BoundedServer). Counted and
     // audited by the post-routing handler, which httplib calls before it
     // writes the answer, whether or not that can be written.
     if (head_refused) {

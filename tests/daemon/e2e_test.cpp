@@ -1434,7 +1434,7 @@ TEST_F(DaemonE2E, MethodsNoRouteTakesAreRefusedBeforeTheirBody) {
 // cpp-httplib 0.11 reads a request line or a header line whole before it
 // checks its length, and any number of header lines: a client without a key
 // could make airlockd hold whatever it sent. airlockd reads plain-TCP
-// requests through its own stream (plain_stream.h), which refuses a head
+// requests through its own stream (request_stream.h), which refuses a head
 // (request line and headers) over 64 KiB or with more than 100 header
 // lines before the library holds more: 431, whether the excess is in one
 // endless line, in large headers, in many tiny ones (each costs the
@@ -3162,6 +3162,20 @@ TEST(DaemonLifecycle, TlsWithClientCertificates) {
   auto r = good.Get("/v1/models");
   ASSERT_TRUE(r) << httplib::to_string(r.error());
   EXPECT_EQ(r->status, 200);
+  // Request heads are bounded over TLS as over plain TCP (64 KiB, 100
+  // header lines), before the library holds them; the connection ends.
+  auto big = good.Get("/v1/models", {{"X-Big", std::string(70000, 'a')}});
+  ASSERT_TRUE(big) << httplib::to_string(big.error());
+  EXPECT_EQ(big->status, 431) << big->body;
+  EXPECT_NE(big->body.find("larger than 65536 bytes"), std::string::npos) << big->body;
+  httplib::Headers many;
+  for (int i = 0; i < 150; ++i) many.emplace("X-" + std::to_string(i), "a");
+  auto lines = good.Get("/v1/models", many);
+  ASSERT_TRUE(lines) << httplib::to_string(lines.error());
+  EXPECT_EQ(lines->status, 431) << lines->body;
+  auto again = good.Get("/v1/models");  // a new connection is served
+  ASSERT_TRUE(again) << httplib::to_string(again.error());
+  EXPECT_EQ(again->status, 200);
   // No client certificate: the handshake is refused.
   httplib::SSLClient anonymous("127.0.0.1", daemon->port);
   anonymous.set_ca_cert_path((d + "/ca.pem").c_str());

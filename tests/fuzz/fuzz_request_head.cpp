@@ -1,10 +1,10 @@
-// libFuzzer target: request heads as airlockd reads them (plain_stream.h).
+// libFuzzer target: request heads as airlockd reads them (request_stream.h).
 // The first two bytes pick a head limit and how the rest is split; then
 //   - HeadScanner, fed the rest in pieces of that split, must end the head
 //     where a line-by-line reading as cpp-httplib's finds it (the first
 //     line after the request line that is exactly "\r\n"), and count its
 //     bytes and header lines;
-//   - PlainStream, reading the rest from a socket pair a byte at a time
+//   - RequestStream, reading the rest from a socket pair a byte at a time
 //     (as httplib reads a head) and then in blocks, must hand over exactly
 //     the input while the head is within the limit, and refuse without
 //     handing over more than the limit when it is not.
@@ -18,10 +18,10 @@
 #include <cstdlib>
 #include <string>
 
-#include "plain_stream.h"
+#include "request_stream.h"
 
 using airlock::daemon::HeadScanner;
-using airlock::daemon::PlainStream;
+using airlock::daemon::RequestStream;
 
 // Where the head ends (just past the first line after the request line
 // that is exactly "\r\n"), or the input's size; and its header lines.
@@ -62,21 +62,21 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   if (::socketpair(AF_UNIX, SOCK_STREAM, 0, fds) != 0) return 0;
   if (!in.empty() && ::write(fds[1], in.data(), in.size()) != static_cast<ssize_t>(in.size())) std::abort();
   ::shutdown(fds[1], SHUT_WR);
-  PlainStream::Limits limits;
+  RequestStream::Limits limits;
   limits.max_head_bytes = max_head;
   limits.max_header_lines = 1u << 20;  // the byte bound alone here
   limits.read_timeout = {0, 100000};
   std::string out;
   {
-    PlainStream strm(fds[0], limits);
+    RequestStream strm(fds[0], limits);
     char c;
     while (out.size() < head_end && strm.read(&c, 1) == 1) out += c;
     if (head_end > max_head) {
-      if (strm.refusal() != PlainStream::Refusal::kHeadTooLarge || out.size() != max_head) std::abort();
+      if (strm.refusal() != RequestStream::Refusal::kHeadTooLarge || out.size() != max_head) std::abort();
     } else {
       char buf[700];
       for (ssize_t n; (n = strm.read(buf, sizeof buf)) > 0;) out.append(buf, static_cast<std::size_t>(n));
-      if (strm.refusal() != PlainStream::Refusal::kNone || out != in) std::abort();
+      if (strm.refusal() != RequestStream::Refusal::kNone || out != in) std::abort();
     }
   }
   ::close(fds[0]);

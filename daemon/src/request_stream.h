@@ -1,6 +1,6 @@
-// airlockd's own stream for plain-TCP connections, in place of
-// cpp-httplib's, so that a request's head is bounded before the library
-// holds it.
+// airlockd's own stream for the requests of a connection, plain TCP or
+// TLS, in place of cpp-httplib's, so that a request's head is bounded
+// before the library holds it.
 //
 // Why: cpp-httplib 0.11 (Debian 12's, a compiled library whose limits
 // cannot be set) reads a request line or a header line whole before it
@@ -9,8 +9,8 @@
 // of it, for as long as it sends, before any of airlockd's code runs and
 // without a key. Each request is read through a Stream, and a server
 // subclass may supply its own (server.cpp); this one reads as the
-// library's does (the same system calls and timeouts), writes with one
-// system call where the library's made three (see write()), and also:
+// library's does (the same timeouts), writes with one system call where
+// the library's made three (see write()), and also:
 //   - counts the bytes and lines of each request's head (request line and
 //     headers, up to the blank line that ends them) and fails the read
 //     that would pass `max_head_bytes` or `max_header_lines`, so the
@@ -21,7 +21,13 @@
 //     that long at most, rather than for as long as it trickles).
 // The refusal is then answered 431 or 408 by the server.
 //
-// Thread-safety: a PlainStream is used by the one connection thread that
+// Over TLS the bytes are read and written through an OpenSSL session on a
+// non-blocking socket, each wait a poll() bounded as above: a client that
+// trickles a TLS record a byte at a time is cut off at the head's deadline
+// too (OpenSSL on a blocking socket would wait for the whole record, each
+// byte restarting the socket's timeout).
+//
+// Thread-safety: a RequestStream is used by the one connection thread that
 // made it. HeadScanner is a plain value.
 #pragma once
 
@@ -33,6 +39,7 @@
 #include <string>
 
 #include <httplib.h>
+#include <openssl/ssl.h>
 
 namespace airlock::daemon {
 
@@ -60,7 +67,7 @@ class HeadScanner {
   std::uint64_t header_lines_ = 0;
 };
 
-class PlainStream final : public httplib::Stream {
+class RequestStream final : public httplib::Stream {
  public:
   enum class Refusal { kNone, kHeadTooLarge, kTooManyHeaderLines, kHeadTimedOut };
 
@@ -74,18 +81,32 @@ class PlainStream final : public httplib::Stream {
 
   // A stream for one request on `fd` (not owned), its head starting at the
   // next byte read; makes itself current() on this thread until destroyed.
-  PlainStream(int fd, const Limits& limits);
-  ~PlainStream() override;
-  PlainStream(const PlainStream&) = delete;
-  PlainStream& operator=(const PlainStream&) = delete;
+  // With `ssl` (not owned; its handshake done, see accept_tls()) the bytes
+  // go through that TLS session, and fd must be non-blocking.
+  RequestStream(int fd, const Limits& limits, SSL* ssl = nullptr);
+  ~RequestStream() override;
+  RequestStream(const RequestStream&) = delete;
+  RequestStream& operator=(const RequestStream&) = delete;
 
   // The stream of the request this thread is reading or answering, or null.
-  static const PlainStream* current();
+  static const RequestStream* current();
 
   // Waits up to `timeout` for something to read on fd (a request, or the
   // end of the connection); retried on EINTR. The keep-alive wait between
   // requests, and each of the stream's own waits.
   static bool wait_readable(int fd, std::chrono::milliseconds timeout);
+  // The same for a connection, plain (ssl null) or TLS: bytes a TLS session
+  // has already taken from the socket count as something to read.
+  static bool wait_readable(int fd, SSL* ssl, std::chrono::milliseconds timeout);
+
+  // A TLS session over `fd` from `ctx`, its handshake done within the
+  // head's time limit (each wait for the client at most the read timeout),
+  // fd made non-blocking; null (and nothing left to free) when it fails.
+  // The caller frees it with end_tls().
+  static SSL* accept_tls(int fd, SSL_CTX* ctx, const Limits& limits);
+  // Says close_notify when `graceful` (one try, without waiting), then
+  // frees the session.
+  static void end_tls(SSL* ssl, bool graceful);
 
   Refusal refusal() const { return refusal_; }
   const Limits& limits() const { return limits_; }
@@ -107,15 +128,23 @@ class PlainStream final : public httplib::Stream {
   // stories260K, serve_bench --rounds 8, three rounds alternating, HTTP /
   // engine at 4 / 16 clients: 0.948-0.988 / 0.903-0.921 against
   // 0.929-0.947 / 0.897-0.905.
+  // Over TLS: SSL_write, each wait for the socket up to the write timeout.
   ssize_t write(const char* ptr, std::size_t size) override;
+  // Writes what the socket takes now, without waiting (a refusal's answer
+  // to a client that may not read it).
+  void write_now(const std::string& bytes);
   void get_remote_ip_and_port(std::string& ip, int& port) const override;
   void get_local_ip_and_port(std::string& ip, int& port) const override;
   int socket() const override { return fd_; }
 
  private:
   ssize_t read_head(char* ptr, std::size_t size);
+  // Up to n bytes, waiting up to `wait` for the first: > 0 bytes, 0 at
+  // the end of the connection, -1 on an error or when the wait ran out.
+  ssize_t receive(char* buf, std::size_t n, std::chrono::milliseconds wait);
 
   int fd_;
+  SSL* ssl_;
   Limits limits_;
   std::chrono::steady_clock::time_point head_deadline_;
   HeadScanner head_;
@@ -125,7 +154,7 @@ class PlainStream final : public httplib::Stream {
   // byte at a time.
   char buf_[4096];
   std::size_t off_ = 0, len_ = 0;
-  const PlainStream* outer_;  // current() before this one
+  const RequestStream* outer_;  // current() before this one
 };
 
 }  // namespace airlock::daemon
