@@ -884,6 +884,7 @@ struct Server::Impl {
   }
 
   void count(const httplib::Request& req, int status) {
+    if (admitted_key().request == &req) admitted_key().counted = true;
     std::string route = req.path;
     if (route.rfind("/v1/rag/collections", 0) == 0) route = "/v1/rag/collections";
     if (route != "/health" && route != "/ready" && route != "/metrics" && route != "/v1/models" &&
@@ -952,6 +953,7 @@ struct Server::Impl {
     const httplib::Request* request = nullptr;
     std::optional<std::string> name;
     bool audited = false;       // the request has its audit row
+    bool counted = false;       // the request is counted in airlock_requests_total
     bool unread_bytes = false;  // refused with bytes left unread: the logger ends the connection
     bool handling = false;      // counted in Impl::handling until the logger runs
     std::chrono::milliseconds linger = kLingerAfterRefusal;  // with unread_bytes: end_answers()' wait
@@ -1987,10 +1989,13 @@ void Server::Impl::completions(const httplib::Request& req, httplib::Response& r
       while (!c.done) {
         for (TokenEvent& e : c.stream->pop(std::chrono::milliseconds(100))) (void)g->on_event(c, e);
         if (peer && !ending_connections && peer->peer_closed()) {
-          g->cancel_all();
+          // Counted and audited, then its sequences are freed (so that
+          // whoever sees the blocks come back finds it in the metrics).
           observe(*g);
           send_error(res, api_error(499, "invalid_request_error", "the client closed the connection"));
+          count(req, 499);
           write_audit(key, req, g.get(), 499);
+          g->cancel_all();
           return;
         }
       }
@@ -2038,8 +2043,9 @@ void Server::Impl::completions(const httplib::Request& req, httplib::Response& r
   res.set_chunked_content_provider(
       "text/event-stream", std::move(provider),
       [this, g, state, key, path = req.path](bool success) {
-        // The client went away (or the stream ended): free the sequences.
-        g->cancel_all();
+        // The client went away (or the stream ended): counted and audited,
+        // then its sequences are freed (so that whoever sees the blocks
+        // come back finds the request in the metrics).
         observe(*g);
         // Audited and counted as what the client was told: the error event's
         // status for a failure mid-stream (the HTTP status was 200 by then).
@@ -2053,6 +2059,7 @@ void Server::Impl::completions(const httplib::Request& req, httplib::Response& r
           fake.path = path;
           write_audit(key, fake, g.get(), status);
         }
+        g->cancel_all();
         --in_flight;
       });
 }
@@ -2595,13 +2602,14 @@ void Server::routes() {
   // when refused.
   h.set_post_routing_handler([&s](const httplib::Request& req, httplib::Response& res) {
     if (res.is_chunked_content_provider_ || res.status == 401) return;
-    s.count(req, res.status);
+    const bool own = Impl::admitted_key().request == &req;
+    if (!own || !Impl::admitted_key().counted) s.count(req, res.status);
     // The completion routes audit themselves (with token counts); every
     // other request but an answered /health gets a row here, and so does
     // one that httplib or the pre-routing handler answered before any
     // handler ran (a body over the limit, a malformed one, 411, a /health
     // refused with 400 or 405).
-    const bool audited = Impl::admitted_key().request == &req && Impl::admitted_key().audited;
+    const bool audited = own && Impl::admitted_key().audited;
     if (!audited && (req.path != "/health" || res.status != 200))
       s.write_audit(s.key_of(req).value_or(""), req, nullptr, res.status);
   });
