@@ -57,14 +57,16 @@ void ElasticPool::work(Threads::iterator self) {
   ended_.push_back(self);
 }
 
-void ElasticPool::enqueue(std::function<void()> job) {
+bool ElasticPool::enqueue(std::function<void()> job) {
   std::vector<std::thread> ended;
+  bool waits = false;
   {
     std::lock_guard<std::mutex> lock(mu_);
     jobs_.push_back(std::move(job));
     // Each idle thread takes one job, and so does each thread started but
     // not yet looking for one; a job beyond them gets a new thread.
     if (n_idle_ + n_starting_ < jobs_.size() && n_live_ < max_) start_thread();
+    waits = n_idle_ + n_starting_ < jobs_.size();
     for (const Threads::iterator t : ended_) {
       ended.push_back(std::move(*t));
       threads_.erase(t);
@@ -73,6 +75,7 @@ void ElasticPool::enqueue(std::function<void()> job) {
   }
   wake_.notify_one();
   for (std::thread& t : ended) t.join();  // they have left work(): at once
+  return waits;
 }
 
 void ElasticPool::shutdown() {

@@ -42,8 +42,9 @@ class ElasticPool {
   ElasticPool& operator=(const ElasticPool&) = delete;
 
   // Runs `job` on an idle thread, on a new one when none is idle and the
-  // cap allows, or else on the first thread to finish its job.
-  void enqueue(std::function<void()> job);
+  // cap allows, or else on the first thread to finish its job: true in
+  // that last case (the job waits behind busy threads).
+  bool enqueue(std::function<void()> job);
 
   // Runs the jobs already queued, then waits for every thread to end.
   void shutdown();

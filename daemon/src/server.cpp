@@ -18,6 +18,7 @@
 #include <cstdio>
 #include <cstring>
 #include <ctime>
+#include <list>
 #include <mutex>
 #include <numeric>
 #include <regex>
@@ -579,19 +580,73 @@ void waiting_for_tokens(bool waiting) {
   batch = waiting;
 }
 
+// The connections waiting for a request (their first, or the next on a
+// kept-alive connection), each holding a connection thread, oldest first.
+// When every thread is busy and the cap is reached, a new connection would
+// wait behind them: the oldest waiting connection is ended instead, so
+// that connections which send nothing (no key needed) cannot keep others
+// out. A client whose idle connection was ended opens another, as HTTP
+// clients do when a server closes a kept-alive connection.
+//
+// Thread-safety: every member may be called from any thread.
+class IdleConnections {
+ public:
+  struct Entry {
+    int fd;
+    bool ended = false;
+  };
+  using Ticket = std::list<Entry>::iterator;
+
+  // `fd` waits for a request until leave(); it stays open until then.
+  Ticket enter(int fd) {
+    std::lock_guard<std::mutex> lock(mu_);
+    return waiting_.insert(waiting_.end(), Entry{fd});
+  }
+  void leave(Ticket t) {
+    std::lock_guard<std::mutex> lock(mu_);
+    waiting_.erase(t);
+  }
+  // Shuts the oldest waiting connection down (its wait ends at once, and
+  // then the connection); false when none waits.
+  bool end_oldest() {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (Entry& e : waiting_)
+      if (!e.ended) {
+        e.ended = true;
+        ::shutdown(e.fd, SHUT_RDWR);
+        if (counter_ != nullptr) counter_->inc();
+        return true;
+      }
+    return false;
+  }
+  // Counts the connections end_oldest() ended (set before any is).
+  void count_in(Counter* counter) { counter_ = counter; }
+
+ private:
+  std::mutex mu_;
+  std::list<Entry> waiting_;
+  Counter* counter_ = nullptr;
+};
+
 class ConnectionThreads : public httplib::TaskQueue {
  public:
-  ConnectionThreads(int kept, int max)
-      : pool_(static_cast<std::size_t>(kept), static_cast<std::size_t>(max), std::chrono::seconds(10),
+  ConnectionThreads(int kept, int max, IdleConnections& idle)
+      : idle_(idle),
+        pool_(static_cast<std::size_t>(kept), static_cast<std::size_t>(max), std::chrono::seconds(10),
               start_connection_thread) {}
-  void enqueue(std::function<void()> fn) override { pool_.enqueue(std::move(fn)); }
+  // (A connection that would wait for a thread takes an idle one's.)
+  void enqueue(std::function<void()> fn) override {
+    if (pool_.enqueue(std::move(fn))) idle_.end_oldest();
+  }
   void shutdown() override { pool_.shutdown(); }
 
  private:
+  IdleConnections& idle_;
   ElasticPool pool_;
 };
 
 struct ListenerControl {
+  IdleConnections idle;
   std::function<void(socket_t)> adopt;
   std::function<void()> release;
   // Counts and audits a request whose head a RequestStream refused before
@@ -629,7 +684,7 @@ template <class Base>
 class BoundedServer final : public AdoptingServer<Base> {
  public:
   template <class... Args>
-  explicit BoundedServer(const ListenerControl& control, Args&&... args)
+  explicit BoundedServer(ListenerControl& control, Args&&... args)
       : AdoptingServer<Base>(std::forward<Args>(args)...), control_(control) {}
 
  private:
@@ -643,6 +698,12 @@ class BoundedServer final : public AdoptingServer<Base> {
                             static_cast<suseconds_t>(this->write_timeout_usec_)};
     SSL* ssl = nullptr;
     if constexpr (kTls) {
+      // (the handshake begins once the client has sent something)
+      if (!wait_for_request(sock, nullptr)) {
+        ::shutdown(sock, SHUT_RDWR);
+        ::close(sock);
+        return false;
+      }
       ssl = RequestStream::accept_tls(sock, this->ssl_context(), limits);
       if (ssl == nullptr) {
         ::shutdown(sock, SHUT_RDWR);
@@ -652,7 +713,7 @@ class BoundedServer final : public AdoptingServer<Base> {
     }
     bool ret = false;
     for (std::size_t count = this->keep_alive_max_count_; this->svr_sock_ != INVALID_SOCKET && count > 0; --count) {
-      if (!RequestStream::wait_readable(sock, ssl, std::chrono::seconds(this->keep_alive_timeout_sec_))) break;
+      if (!wait_for_request(sock, ssl)) break;
       RequestStream strm(sock, limits, ssl);
       bool connection_closed = false;
       ret = this->process_request(strm, count == 1, connection_closed, [ssl](httplib::Request& req) {
@@ -678,6 +739,15 @@ class BoundedServer final : public AdoptingServer<Base> {
     return ret;
   }
 
+  // Waits up to the keep-alive timeout for a request (its first bytes) as
+  // one of the idle connections, which a new connection may end.
+  bool wait_for_request(socket_t sock, SSL* ssl) {
+    const IdleConnections::Ticket t = control_.idle.enter(sock);
+    const bool readable = RequestStream::wait_readable(sock, ssl, std::chrono::seconds(this->keep_alive_timeout_sec_));
+    control_.idle.leave(t);
+    return readable;
+  }
+
   void answer_refusal(RequestStream& strm) const {
     const int status = head_refusal_status(strm);
     ApiError e;
@@ -692,7 +762,7 @@ class BoundedServer final : public AdoptingServer<Base> {
     if (control_.head_refused) control_.head_refused(status);
   }
 
-  const ListenerControl& control_;
+  ListenerControl& control_;
 };
 
 // Plain HTTP, or TLS with the operator's certificate (and, with client_ca,
@@ -856,6 +926,8 @@ struct Server::Impl {
                           latency_buckets())),
         prompt_tokens(m.counter("airlock_prompt_tokens_total", "Prompt tokens of admitted requests")),
         generated_tokens(m.counter("airlock_generation_tokens_total", "Tokens generated")) {
+    listener.idle.count_in(&m.counter("airlock_http_idle_connections_ended_total",
+                                      "Connections waiting for a request ended to free a thread for a new one"));
     listener.head_refused = [this](int status) {
       httplib::Request unparsed;  // no request line was read whole: no path, key or model
       count(unparsed, status);
@@ -2410,8 +2482,8 @@ bool Server::Impl::response_events(Generation& g, StreamState& state, httplib::D
 void Server::routes() {
   Impl& s = *impl_;
   httplib::Server& h = s.http;
-  h.new_task_queue = [kept = http_thread_count(s.config), max = http_thread_cap(s.config)] {
-    return new ConnectionThreads(kept, max);
+  h.new_task_queue = [kept = http_thread_count(s.config), max = http_thread_cap(s.config), &idle = s.listener.idle] {
+    return new ConnectionThreads(kept, max, idle);
   };
   // Documents may be larger than other requests (rag.max_document_bytes,
   // base64 in JSON adds a third); every other route's body is held to

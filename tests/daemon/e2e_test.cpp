@@ -2688,6 +2688,43 @@ TEST(DaemonLifecycle, IdleConnectionsDoNotHoldUpOthers) {
   EXPECT_EQ(d->stop(), 0) << d->log();
 }
 
+// At the cap (1024 connection threads) a new connection would wait behind
+// connections that send nothing, up to their 30 s: the oldest of them is
+// ended instead, and the new one served at once.
+TEST(DaemonLifecycle, IdleConnectionsGiveWayToNewOnesAtTheThreadCap) {
+  Enclave e;
+  auto d = Daemon::start(e, "max_running = 1\nmax_waiting = 1\nhttp_threads = 3\n");
+  ASSERT_GT(d->port, 0) << d->log();
+  std::vector<int> idle;
+  for (int i = 0; i < 1100; ++i) {  // 76 more than the cap
+    const int fd = connect_loopback(d->port);
+    ASSERT_GE(fd, 0) << i << ": " << std::strerror(errno);
+    idle.push_back(fd);
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));  // all accepted
+  const auto t0 = std::chrono::steady_clock::now();
+  httplib::Client anon = d->client(false), keyed = d->client();
+  anon.set_read_timeout(10, 0);  // before, they waited for the idle ones' 30 s
+  keyed.set_read_timeout(10, 0);
+  auto health = anon.Get("/health");
+  ASSERT_TRUE(health);
+  EXPECT_EQ(health->status, 200);
+  auto answer = keyed.Post("/v1/chat/completions", chat("hello", 4).dump(), "application/json");
+  ASSERT_TRUE(answer);
+  EXPECT_EQ(answer->status, 200) << answer->body;
+  EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), 10.0);
+  // The oldest idle connection was ended; the newest still waits.
+  const timeval wait{2, 0};
+  for (const int fd : {idle.front(), idle.back()}) ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &wait, sizeof wait);
+  char c;
+  EXPECT_EQ(::recv(idle.front(), &c, 1, 0), 0);
+  EXPECT_EQ(::recv(idle.back(), &c, 1, 0), -1);  // nothing, for 2 s
+  const std::string m = d->client().Get("/metrics")->body;
+  EXPECT_GE(metric(m, "airlock_http_idle_connections_ended_total"), 77) << m;  // the 76, /health and the chat
+  for (const int fd : idle) ::close(fd);
+  EXPECT_EQ(d->stop(), 0) << d->log();
+}
+
 // A forward pass that fails mid-stream (a test hook standing in for a
 // device error): the stream gets an error event and ends without [DONE],
 // /ready answers 503 while passes fail and 200 once one succeeds again.
