@@ -2657,6 +2657,22 @@ TEST(DaemonLifecycle, SigtermDoesNotWaitForIdleKeepAliveConnections) {
   }
 }
 
+// /health and a chat request are both answered within 10 s (not behind
+// idle connections' 30 s).
+void expect_served_promptly(const Daemon& d) {
+  const auto t0 = std::chrono::steady_clock::now();
+  httplib::Client anon = d.client(false), keyed = d.client();
+  anon.set_read_timeout(10, 0);
+  keyed.set_read_timeout(10, 0);
+  auto health = anon.Get("/health");
+  ASSERT_TRUE(health);
+  EXPECT_EQ(health->status, 200);
+  auto answer = keyed.Post("/v1/chat/completions", chat("hello", 4).dump(), "application/json");
+  ASSERT_TRUE(answer);
+  EXPECT_EQ(answer->status, 200) << answer->body;
+  EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), 10.0);
+}
+
 // Connections that send nothing (no key needed) each hold a connection
 // thread up to the keep-alive timeout (30 s): with a fixed pool, a few
 // more of them than threads (here 3) left every other client's connection
@@ -2672,18 +2688,7 @@ TEST(DaemonLifecycle, IdleConnectionsDoNotHoldUpOthers) {
     idle.push_back(fd);
   }
   std::this_thread::sleep_for(std::chrono::milliseconds(300));  // all accepted, each on its thread
-  const auto t0 = std::chrono::steady_clock::now();
-  httplib::Client anon = d->client(false), keyed = d->client();
-  anon.set_read_timeout(10, 0);  // the fixed pool answered after minutes
-  keyed.set_read_timeout(10, 0);
-  auto health = anon.Get("/health");
-  ASSERT_TRUE(health);
-  EXPECT_EQ(health->status, 200);
-  auto answer = keyed.Post("/v1/chat/completions", chat("hello", 4).dump(), "application/json");
-  ASSERT_TRUE(answer);
-  EXPECT_EQ(answer->status, 200) << answer->body;
-  const double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  EXPECT_LT(took, 10.0);  // not behind the idle connections' 30 s
+  expect_served_promptly(*d);  // the fixed pool answered after minutes
   for (const int fd : idle) ::close(fd);
   EXPECT_EQ(d->stop(), 0) << d->log();
 }
@@ -2702,17 +2707,7 @@ TEST(DaemonLifecycle, IdleConnectionsGiveWayToNewOnesAtTheThreadCap) {
     idle.push_back(fd);
   }
   std::this_thread::sleep_for(std::chrono::milliseconds(500));  // all accepted
-  const auto t0 = std::chrono::steady_clock::now();
-  httplib::Client anon = d->client(false), keyed = d->client();
-  anon.set_read_timeout(10, 0);  // before, they waited for the idle ones' 30 s
-  keyed.set_read_timeout(10, 0);
-  auto health = anon.Get("/health");
-  ASSERT_TRUE(health);
-  EXPECT_EQ(health->status, 200);
-  auto answer = keyed.Post("/v1/chat/completions", chat("hello", 4).dump(), "application/json");
-  ASSERT_TRUE(answer);
-  EXPECT_EQ(answer->status, 200) << answer->body;
-  EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), 10.0);
+  expect_served_promptly(*d);  // before, both waited for the idle ones' 30 s
   // The oldest idle connection was ended; the newest still waits.
   const timeval wait{2, 0};
   for (const int fd : {idle.front(), idle.back()}) ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &wait, sizeof wait);
