@@ -209,7 +209,9 @@ ssize_t RequestStream::read(char* ptr, std::size_t size) {
     off_ += k;
     return static_cast<ssize_t>(k);
   }
-  if (size >= sizeof buf_) return receive(ptr, size, to_ms(limits_.read_timeout));
+  // (Over TLS, no more than asked for, as the library's stream: bytes
+  // beyond this request would go with this stream.)
+  if (size >= sizeof buf_ || ssl_ != nullptr) return receive(ptr, size, to_ms(limits_.read_timeout));
   const ssize_t n = receive(buf_, sizeof buf_, to_ms(limits_.read_timeout));
   if (n <= 0) return n;
   const std::size_t k = std::min(size, static_cast<std::size_t>(n));

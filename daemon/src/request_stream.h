@@ -114,6 +114,10 @@ class RequestStream final : public httplib::Stream {
   // library through its error handler, which calls mark_answered().
   bool answered() const { return answered_; }
   void mark_answered() const { answered_ = true; }
+  // The connection was ended after this request's answer (a refusal that
+  // left bytes unread): no further request may be read from it.
+  bool connection_ended() const { return connection_ended_; }
+  void mark_connection_ended() const { connection_ended_ = true; }
 
   // httplib::Stream
   bool is_readable() const override;
@@ -150,6 +154,7 @@ class RequestStream final : public httplib::Stream {
   HeadScanner head_;
   Refusal refusal_ = Refusal::kNone;
   mutable bool answered_ = false;
+  mutable bool connection_ended_ = false;
   // Read ahead, as the library's stream does: the library reads a head a
   // byte at a time.
   char buf_[4096];

@@ -6,6 +6,7 @@
 #include <pthread.h>
 #include <sched.h>
 #include <strings.h>
+#include <poll.h>
 #include <sys/socket.h>
 #include <sodium.h>
 
@@ -607,16 +608,19 @@ class IdleConnections {
     waiting_.erase(t);
   }
   // Shuts the oldest waiting connection down (its wait ends at once, and
-  // then the connection); false when none waits.
+  // then the connection); false when none waits. One whose request has
+  // begun to arrive (its wait is ending) is left alone.
   bool end_oldest() {
     std::lock_guard<std::mutex> lock(mu_);
-    for (Entry& e : waiting_)
-      if (!e.ended) {
+    for (Entry& e : waiting_) {
+      pollfd p{e.fd, POLLIN, 0};
+      if (!e.ended && ::poll(&p, 1, 0) == 0) {
         e.ended = true;
         ::shutdown(e.fd, SHUT_RDWR);
         if (counter_ != nullptr) counter_->inc();
         return true;
       }
+    }
     return false;
   }
   // Counts the connections end_oldest() ended (set before any is).
@@ -698,8 +702,9 @@ class BoundedServer final : public AdoptingServer<Base> {
                             static_cast<suseconds_t>(this->write_timeout_usec_)};
     SSL* ssl = nullptr;
     if constexpr (kTls) {
-      // (the handshake begins once the client has sent something)
-      if (!wait_for_request(sock, nullptr)) {
+      // (the handshake begins once the client has sent something; the
+      // library waited the read timeout for it, as here)
+      if (!wait_for_request(sock, nullptr, std::chrono::seconds(this->read_timeout_sec_))) {
         ::shutdown(sock, SHUT_RDWR);
         ::close(sock);
         return false;
@@ -713,7 +718,7 @@ class BoundedServer final : public AdoptingServer<Base> {
     }
     bool ret = false;
     for (std::size_t count = this->keep_alive_max_count_; this->svr_sock_ != INVALID_SOCKET && count > 0; --count) {
-      if (!wait_for_request(sock, ssl)) break;
+      if (!wait_for_request(sock, ssl, std::chrono::seconds(this->keep_alive_timeout_sec_))) break;
       RequestStream strm(sock, limits, ssl);
       bool connection_closed = false;
       ret = this->process_request(strm, count == 1, connection_closed, [ssl](httplib::Request& req) {
@@ -730,6 +735,10 @@ class BoundedServer final : public AdoptingServer<Base> {
         ret = false;
         break;
       }
+      if (strm.connection_ended()) {
+        ret = false;
+        break;
+      }
       if (!ret || connection_closed) break;
     }
     // (close_notify when the connection ended well, as the library's)
@@ -739,11 +748,11 @@ class BoundedServer final : public AdoptingServer<Base> {
     return ret;
   }
 
-  // Waits up to the keep-alive timeout for a request (its first bytes) as
-  // one of the idle connections, which a new connection may end.
-  bool wait_for_request(socket_t sock, SSL* ssl) {
+  // Waits up to `timeout` for a request (its first bytes) as one of the
+  // idle connections, which a new connection may end.
+  bool wait_for_request(socket_t sock, SSL* ssl, std::chrono::seconds timeout) {
     const IdleConnections::Ticket t = control_.idle.enter(sock);
-    const bool readable = RequestStream::wait_readable(sock, ssl, std::chrono::seconds(this->keep_alive_timeout_sec_));
+    const bool readable = RequestStream::wait_readable(sock, ssl, timeout);
     control_.idle.leave(t);
     return readable;
   }
@@ -2062,12 +2071,16 @@ void Server::Impl::completions(const httplib::Request& req, httplib::Response& r
         for (TokenEvent& e : c.stream->pop(std::chrono::milliseconds(100))) (void)g->on_event(c, e);
         if (peer && !ending_connections && peer->peer_closed()) {
           // Counted and audited, then its sequences are freed (so that
-          // whoever sees the blocks come back finds it in the metrics).
+          // whoever sees the blocks come back finds it in the metrics),
+          // also if one of those throws.
+          struct CancelAll {
+            Generation& g;
+            ~CancelAll() { g.cancel_all(); }
+          } cancel{*g};
           observe(*g);
           send_error(res, api_error(499, "invalid_request_error", "the client closed the connection"));
           count(req, 499);
           write_audit(key, req, g.get(), 499);
-          g->cancel_all();
           return;
         }
       }
@@ -2696,8 +2709,13 @@ void Server::routes() {
     Impl::admitted_key() = {};
     waiting_for_tokens(false);
     // Only these refusals: finding the socket scans the process's
-    // descriptors, and ending the connection lingers.
-    if (unread) end_answers(req, linger);
+    // descriptors, and ending the connection lingers. What the client sent
+    // after the head is not a request (over TLS, part of it may already be
+    // decrypted and waiting): the connection loop reads no more.
+    if (unread) {
+      if (const RequestStream* strm = RequestStream::current()) strm->mark_connection_ended();
+      end_answers(req, linger);
+    }
   });
 
   h.Get("/health", [](const httplib::Request&, httplib::Response& res) {
@@ -3095,15 +3113,20 @@ void Server::Impl::rag_routes() {
   });
   h.Post(kDocumentsRoute, [this, store_or_fail, who](const httplib::Request& req, httplib::Response& res,
                                                      const httplib::ContentReader& read_body) {
+    // Once the body is read, the place among the ingests is given back when
+    // this returns (after the body and text are freed: declared first),
+    // before the answer is written, so that a client that sends its next
+    // document once it has this answer finds it free (the logger, which
+    // gives it back otherwise, runs after the write).
+    struct GiveBackIngest {
+      bool armed = false;
+      ~GiveBackIngest() {
+        if (armed) admitted_key().ingest.release();
+      }
+    } give_back_ingest;
     std::string body;
     if (!read_upload(req, res, read_body, &body)) return;
-    // The body is read: the place among the ingests is given back when
-    // this returns, before the answer is written, so that a client that
-    // sends its next document once it has this answer finds it free (the
-    // logger, which would give it back otherwise, runs after the write).
-    struct GiveBackIngest {
-      ~GiveBackIngest() { admitted_key().ingest.release(); }
-    } give_back_ingest;
+    give_back_ingest.armed = true;
     std::shared_ptr<LoadedModel> m = store_or_fail(res);
     if (!m) return;
     // JSON {source, content | content_base64, metadata}, or the raw file

@@ -3208,6 +3208,42 @@ TEST(DaemonLifecycle, TlsWithClientCertificates) {
   auto again = good.Get("/v1/models");  // a new connection is served
   ASSERT_TRUE(again) << httplib::to_string(again.error());
   EXPECT_EQ(again->status, 200);
+  // A refused request's body, sent in the same TLS record as its head
+  // (one write, as many clients send a small request), is not read as
+  // requests: one 401, then the connection ends.
+  {
+    // Requests counted on any route but /metrics.
+    auto requests = [&] {
+      double n = 0;
+      std::istringstream text(good.Get("/metrics")->body);
+      for (std::string line; std::getline(text, line);)
+        if (line.rfind("airlock_requests_total{", 0) == 0 && line.find("route=\"/metrics\"") == std::string::npos)
+          n += std::stod(line.substr(line.rfind(' ') + 1));
+      return n;
+    };
+    const double before = requests();
+    std::string body;
+    while (body.size() < 12000) body += "GET /health HTTP/1.1\r\nHost: x\r\n\r\n";  // beyond what one read takes
+    const std::string request = "POST /v1/models HTTP/1.1\r\nHost: x\r\nContent-Length: " +
+                                std::to_string(body.size()) + "\r\n\r\n" + body;
+    std::unique_ptr<SSL_CTX, decltype(&SSL_CTX_free)> ctx(SSL_CTX_new(TLS_client_method()), SSL_CTX_free);
+    ASSERT_EQ(SSL_CTX_use_certificate_file(ctx.get(), (d + "/client.pem").c_str(), SSL_FILETYPE_PEM), 1);
+    ASSERT_EQ(SSL_CTX_use_PrivateKey_file(ctx.get(), (d + "/client.key").c_str(), SSL_FILETYPE_PEM), 1);
+    const int fd = connect_loopback(daemon->port);
+    ASSERT_GE(fd, 0);
+    SSL* ssl = SSL_new(ctx.get());
+    SSL_set_fd(ssl, fd);
+    ASSERT_EQ(SSL_connect(ssl), 1);
+    ASSERT_EQ(SSL_write(ssl, request.data(), static_cast<int>(request.size())), static_cast<int>(request.size()));
+    std::string answer;
+    char buf[4096];
+    for (int n; (n = SSL_read(ssl, buf, sizeof buf)) > 0;) answer.append(buf, static_cast<std::size_t>(n));
+    SSL_free(ssl);
+    ::close(fd);
+    EXPECT_EQ(answer.rfind("HTTP/1.1 401", 0), 0u) << answer.substr(0, 200);
+    EXPECT_EQ(answer.find("HTTP/1.1", 1), std::string::npos) << answer;  // one answer only
+    EXPECT_EQ(requests(), before + 1);  // the 401, and nothing read from its body
+  }
   // No client certificate: the handshake is refused.
   httplib::SSLClient anonymous("127.0.0.1", daemon->port);
   anonymous.set_ca_cert_path((d + "/ca.pem").c_str());
