@@ -704,12 +704,8 @@ class BoundedServer final : public AdoptingServer<Base> {
     if constexpr (kTls) {
       // (the handshake begins once the client has sent something; the
       // library waited the read timeout for it, as here)
-      if (!wait_for_request(sock, nullptr, std::chrono::seconds(this->read_timeout_sec_))) {
-        ::shutdown(sock, SHUT_RDWR);
-        ::close(sock);
-        return false;
-      }
-      ssl = RequestStream::accept_tls(sock, this->ssl_context(), limits);
+      if (wait_for_request(sock, nullptr, std::chrono::seconds(this->read_timeout_sec_)))
+        ssl = RequestStream::accept_tls(sock, this->ssl_context(), limits);
       if (ssl == nullptr) {
         ::shutdown(sock, SHUT_RDWR);
         ::close(sock);

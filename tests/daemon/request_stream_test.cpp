@@ -105,6 +105,20 @@ std::string drain(RequestStream& strm, std::size_t limit) {
   return out;
 }
 
+// Reads n bytes as httplib reads a body, in pieces; fails the test if the
+// stream ends first.
+std::string read_body(RequestStream& strm, std::size_t n) {
+  std::string got;
+  char buf[1500];
+  while (got.size() < n) {
+    const ssize_t k = strm.read(buf, sizeof buf);
+    EXPECT_GT(k, 0);
+    if (k <= 0) break;
+    got.append(buf, static_cast<std::size_t>(k));
+  }
+  return got;
+}
+
 RequestStream::Limits limits(std::size_t max_head, int timeout_ms) {
   RequestStream::Limits l;
   l.max_head_bytes = max_head;
@@ -148,13 +162,7 @@ TEST(RequestStreamTest, ABodyAfterTheHeadIsNotCounted) {
   std::thread sender([&] { p.send(head + body); });
   RequestStream strm(p.a, limits(head.size(), 5000));  // the head exactly at the limit
   EXPECT_EQ(drain(strm, head.size()), head);
-  std::string got;
-  char buf[1500];
-  while (got.size() < body.size()) {
-    const ssize_t n = strm.read(buf, sizeof buf);
-    ASSERT_GT(n, 0);
-    got.append(buf, static_cast<std::size_t>(n));
-  }
+  const std::string got = read_body(strm, body.size());
   sender.join();
   EXPECT_EQ(got, body);
   EXPECT_EQ(strm.refusal(), RequestStream::Refusal::kNone);
@@ -322,14 +330,7 @@ TEST(RequestStreamTlsTest, HeadsAreBoundedAndBodiesAndWritesPassAsOverPlainTcp) 
     {
       RequestStream strm(p.a, l, ssl);
       EXPECT_EQ(drain(strm, head.size()), head);
-      std::string got;
-      char buf[1500];
-      while (got.size() < body.size()) {
-        const ssize_t n = strm.read(buf, sizeof buf);
-        ASSERT_GT(n, 0);
-        got.append(buf, static_cast<std::size_t>(n));
-      }
-      EXPECT_EQ(got, body);
+      EXPECT_EQ(read_body(strm, body.size()), body);
       EXPECT_EQ(strm.refusal(), RequestStream::Refusal::kNone);
       EXPECT_TRUE(strm.is_writable());
       EXPECT_EQ(strm.write("hello", 5), 5);
