@@ -35,53 +35,7 @@ bool to_text(const sockaddr_storage& ss, std::string& host, int& port) {
   return true;
 }
 
-// The address text the HTTP library reports may spell an IPv6 address
-// differently (zeros, case) and carries a link-local address's zone
-// ("fe80::1%eth0"), which inet_ntop leaves out; compare binary forms
-// without the zone (the ports are compared too), falling back to text.
-bool same_host(std::string a, std::string b) {
-  if (a == b) return true;
-  for (std::string* s : {&a, &b})
-    if (const std::size_t zone = s->find('%'); zone != std::string::npos) s->resize(zone);
-  unsigned char x[sizeof(in6_addr)], y[sizeof(in6_addr)];
-  if (::inet_pton(AF_INET6, a.c_str(), x) == 1 && ::inet_pton(AF_INET6, b.c_str(), y) == 1)
-    return std::memcmp(x, y, sizeof x) == 0;
-  return a == b;
-}
-
-bool matches(int fd, bool peer, const std::string& host, int port) {
-  sockaddr_storage ss{};
-  socklen_t len = sizeof ss;
-  const int rc = peer ? ::getpeername(fd, reinterpret_cast<sockaddr*>(&ss), &len)
-                      : ::getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &len);
-  std::string h;
-  int p = 0;
-  return rc == 0 && to_text(ss, h, p) && p == port && same_host(h, host);
-}
-
 }  // namespace
-
-std::optional<PeerSocket> PeerSocket::find(const std::string& local_addr, int local_port,
-                                           const std::string& remote_addr, int remote_port) {
-  if (local_port <= 0 || remote_port <= 0) return std::nullopt;
-  DIR* dir = ::opendir("/proc/self/fd");
-  if (dir == nullptr) return std::nullopt;
-  const int own = ::dirfd(dir);
-  std::optional<PeerSocket> found;
-  while (const dirent* e = ::readdir(dir)) {
-    char* end = nullptr;
-    const long fd = std::strtol(e->d_name, &end, 10);
-    if (end == e->d_name || *end != '\0' || fd == own) continue;
-    // Local address first: it fails fast (ENOTSOCK) on files and pipes.
-    if (matches(static_cast<int>(fd), false, local_addr, local_port) &&
-        matches(static_cast<int>(fd), true, remote_addr, remote_port)) {
-      found = PeerSocket(static_cast<int>(fd));
-      break;
-    }
-  }
-  ::closedir(dir);
-  return found;
-}
 
 bool PeerSocket::peer_closed() const {
   pollfd p{};

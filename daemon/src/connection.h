@@ -4,19 +4,20 @@
 // connection after a refusal), every accepted connection (to end them when
 // stopping), and checks of a listening socket handed over by systemd.
 //
-// Why the socket is looked up by its addresses: cpp-httplib 0.11 (Debian 12)
-// does not give a handler its connection, and a non-streamed answer writes
-// nothing until it is whole, so a failed write cannot reveal the hang-up as
-// it does for a stream. A TCP connection's local and peer addresses are
-// unique while it is open, and a handler's connection stays open until the
-// handler returns, so the descriptor found stays the handler's own for as
-// long as the handler uses it.
+// How a handler knows its socket: cpp-httplib 0.11 (Debian 12) does not
+// give a handler its connection, and a non-streamed answer writes nothing
+// until it is whole, so a failed write cannot reveal the hang-up as it does
+// for a stream. airlockd reads each request through its own stream on the
+// thread that holds the accepted socket, and the handler runs on that
+// thread inside the stream's life (RequestStream::current(), whose socket()
+// is the connection's: server.cpp's this_connection()). The socket stays
+// open until the connection's loop ends, after the handler has returned.
 //
 // Nothing here opens a connection or resolves a name: addresses are
 // numeric (inet_pton/inet_ntop) and only existing descriptors are examined.
 //
 // Thread-safety: the functions are reentrant; a PeerSocket is used by the
-// one handler thread that found it.
+// one handler thread that got it.
 #pragma once
 
 #include <chrono>
@@ -30,13 +31,6 @@ namespace airlock::daemon {
 
 class PeerSocket {
  public:
-  // The open TCP socket of this process whose local address is
-  // local_addr:local_port and whose peer is remote_addr:remote_port
-  // (numeric IPv4 or IPv6 text as the HTTP library reports them); nullopt
-  // when there is none (then hang-ups go unnoticed, nothing else changes).
-  // Scans /proc/self/fd: a few system calls per open descriptor.
-  static std::optional<PeerSocket> find(const std::string& local_addr, int local_port, const std::string& remote_addr,
-                                        int remote_port);
 
   // True once the client has closed or reset its side of the connection.
   // Never blocks and never reads: a pipelined next request stays queued.

@@ -68,6 +68,14 @@ std::chrono::milliseconds linger_for_upload(std::uint64_t n_bytes) {
   return kLingerAfterRefusal + std::chrono::milliseconds(std::min<std::uint64_t>(n_bytes >> 10, 59000));
 }
 
+// The connection of the request this thread is answering (its stream's
+// socket: connection.h), or nullopt outside one.
+std::optional<PeerSocket> this_connection() {
+  const RequestStream* s = RequestStream::current();
+  if (s == nullptr) return std::nullopt;
+  return PeerSocket::of(s->socket());
+}
+
 // The body a request's head announces, in bytes; "unknown" (the most) for
 // one without a Content-Length or with a Transfer-Encoding (chunked).
 std::uint64_t announced_body_bytes(const httplib::Request& req) {
@@ -87,8 +95,7 @@ std::uint64_t announced_body_bytes(const httplib::Request& req) {
 // answer, drops what the client still sends for a moment, and then makes
 // httplib's next read see the end of the connection.
 void end_answers(const httplib::Request& req, std::chrono::milliseconds linger) {
-  if (std::optional<PeerSocket> p = PeerSocket::find(req.local_addr, req.local_port, req.remote_addr, req.remote_port))
-    p->end_after_answer(linger, kLingerIdle, announced_body_bytes(req));
+  if (std::optional<PeerSocket> p = this_connection()) p->end_after_answer(linger, kLingerIdle, announced_body_bytes(req));
 }
 
 // The route that takes documents (POST): its bodies may be larger than
@@ -2060,8 +2067,7 @@ void Server::Impl::completions(const httplib::Request& req, httplib::Response& r
   if (!r.stream) {
     // Nothing is written until the answer is whole, so a client that hangs
     // up is noticed on its socket, checked after every step's tokens.
-    const std::optional<PeerSocket> peer =
-        PeerSocket::find(req.local_addr, req.local_port, req.remote_addr, req.remote_port);
+    const std::optional<PeerSocket> peer = this_connection();
     for (Choice& c : g->choices)
       while (!c.done) {
         for (TokenEvent& e : c.stream->pop(std::chrono::milliseconds(100))) (void)g->on_event(c, e);
@@ -2115,8 +2121,7 @@ void Server::Impl::completions(const httplib::Request& req, httplib::Response& r
   // Output can be held back for long (a grounded answer until it cites, a
   // tool call until it is whole), and the HTTP library notices a client that
   // left only when a write fails: its socket is checked at every call.
-  const std::optional<PeerSocket> peer =
-      PeerSocket::find(req.local_addr, req.local_port, req.remote_addr, req.remote_port);
+  const std::optional<PeerSocket> peer = this_connection();
   auto provider = [this, g, state, peer](std::size_t, httplib::DataSink& sink) -> bool {
     if (peer && !ending_connections && peer->peer_closed()) return false;
     return g->request.responses ? response_events(*g, *state, sink) : chat_chunks(*g, *state, sink);
