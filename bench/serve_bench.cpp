@@ -14,6 +14,8 @@
 // plus system, all threads, the benchmark's HTTP clients included): on a
 // machine with few cores the clients and connection threads share the cores
 // with the compute threads, so that is where the HTTP path's cost shows.
+// It is split into the scheduler and compute threads' time (each path) and
+// the connection threads' (HTTP); the rest is the client and the listener.
 //
 // The HTTP clients are either one thread that reads every stream through
 // epoll (`--client loop`, the default, as load generators such as wrk
@@ -22,8 +24,9 @@
 // takes CPU from the server that a client elsewhere would not.
 //
 // usage: serve_bench MODEL.gguf [--tokens N] [--threads T] [--clients 1,4,16] [--device cpu|cuda|auto]
-//                    [--stream-interval MS] [--client loop|threads] [--only engine|http]
+//                    [--stream-interval MS] [--client loop|threads] [--only engine|http] [--rounds N]
 #include <arpa/inet.h>
+#include <dirent.h>
 #include <httplib.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -37,6 +40,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -165,27 +169,39 @@ HttpResult http_rate_loop(int port, int clients, int tokens) {
     std::perror(what);
     std::exit(1);
   };
-  const Clock::time_point t0 = Clock::now();
+  // Connected first, as load generators (wrk) do, and the requests then
+  // sent back to back: connecting each just before its request, the client
+  // thread waited for a core (~4 ms, a scheduler tick) once the first
+  // request was computing, and the rest reached the server that much later.
+  // The clock (and each request's time to first token) starts at the sends.
   for (int i = 0; i < clients; ++i) {
     Conn& c = conns[static_cast<std::size_t>(i)];
-    c.start = Clock::now();
     c.fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (c.fd < 0 || connect(c.fd, reinterpret_cast<const sockaddr*>(&addr), sizeof addr) != 0) fail("connect");
     const int one = 1;
     setsockopt(c.fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    epoll_event ev{};
+    ev.events = EPOLLIN;
+    ev.data.u32 = static_cast<std::uint32_t>(i);
+    if (epoll_ctl(ep, EPOLL_CTL_ADD, c.fd, &ev) != 0) fail("epoll_ctl");
+  }
+  std::vector<std::string> reqs;
+  for (int i = 0; i < clients; ++i) {
     const std::string body = request_body(run, i, tokens);
-    const std::string req = "POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer bench\r\n"
-                            "Content-Type: application/json\r\nContent-Length: " +
-                            std::to_string(body.size()) + "\r\n\r\n" + body;
+    reqs.push_back("POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer bench\r\n"
+                   "Content-Type: application/json\r\nContent-Length: " +
+                   std::to_string(body.size()) + "\r\n\r\n" + body);
+  }
+  const Clock::time_point t0 = Clock::now();
+  for (int i = 0; i < clients; ++i) {
+    Conn& c = conns[static_cast<std::size_t>(i)];
+    c.start = Clock::now();
+    const std::string& req = reqs[static_cast<std::size_t>(i)];
     for (std::size_t off = 0; off < req.size();) {
       const ssize_t w = send(c.fd, req.data() + off, req.size() - off, MSG_NOSIGNAL);
       if (w <= 0) fail("send");
       off += static_cast<std::size_t>(w);
     }
-    epoll_event ev{};
-    ev.events = EPOLLIN;
-    ev.data.u32 = static_cast<std::uint32_t>(i);
-    if (epoll_ctl(ep, EPOLL_CTL_ADD, c.fd, &ev) != 0) fail("epoll_ctl");
   }
   HttpResult out;
   std::uint64_t n = 0;
@@ -247,6 +263,35 @@ HttpResult http_rate_threads(int port, int clients, int tokens) {
   out.rate = static_cast<double>(n.load()) / since(t0);
   out.ttft = ttft;
   return out;
+}
+
+// On-CPU nanoseconds of this process's threads whose name starts with
+// `prefix` (/proc/self/task/*/schedstat). A thread that ends between two
+// readings takes its time with it: the connection threads are read around
+// one HTTP round, which they outlive (the pool keeps idle threads longer).
+double thread_cpu(const char* prefix) {
+  double total = 0;
+  DIR* d = opendir("/proc/self/task");
+  if (!d) return 0;
+  while (dirent* e = readdir(d)) {
+    if (e->d_name[0] == '.') continue;
+    char path[320];
+    std::snprintf(path, sizeof path, "/proc/self/task/%s/comm", e->d_name);
+    FILE* f = std::fopen(path, "r");
+    if (!f) continue;
+    char name[64] = {};
+    const bool got = std::fgets(name, sizeof name, f) != nullptr;
+    std::fclose(f);
+    if (!got || std::strncmp(name, prefix, std::strlen(prefix)) != 0) continue;
+    std::snprintf(path, sizeof path, "/proc/self/task/%s/schedstat", e->d_name);
+    f = std::fopen(path, "r");
+    if (!f) continue;
+    unsigned long long ns = 0;
+    if (std::fscanf(f, "%llu", &ns) == 1) total += static_cast<double>(ns);
+    std::fclose(f);
+  }
+  closedir(d);
+  return total;
 }
 
 // CPU seconds this process has used (user and system, every thread).
@@ -319,32 +364,45 @@ int main(int argc, char** argv) {
               path.c_str(), tokens, model->model->backend().name().c_str(), stream_interval_ms,
               loop_client ? "loop (one thread, epoll)" : "threads (one per client)", rounds);
   std::printf("| clients | engine tok/s | HTTP tok/s | HTTP / engine | engine CPU us/tok | HTTP CPU us/tok | "
+              "compute threads us/tok, engine / HTTP | connection threads us/tok | "
               "engine steps | HTTP steps | TTFT p50 (s) | TTFT p99 (s) |\n");
-  std::printf("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+  std::printf("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
   for (int c : counts) {
     // Alternate the two paths so drift on a noisy machine hits both.
     double e = 0, h = 0, cpu_e = 0, cpu_h = 0;
+    // On-CPU time of the scheduler and compute threads in each path, and of
+    // the connection threads in the HTTP path (ns).
+    double compute_e = 0, compute_h = 0, conn_h = 0;
+    auto compute_now = [] { return thread_cpu("airlock-sched") + thread_cpu("airlock-pool"); };
     std::uint64_t steps_e = 0, steps_h = 0;  // scheduler steps (forward passes) each path took
     HttpResult hr;
     auto steps = [&] { return model->scheduler->stats().steps; };
     for (int rep = 0; rep < rounds; ++rep) {
-      const double c0 = cpu_seconds();
+      // (the threads' times are read outside the process-CPU brackets)
+      const double k0 = compute_now();
+      double c0 = cpu_seconds();
       const std::uint64_t s0 = steps();
       if (only != "http") e += engine_rate(*model, c, tokens);
-      const double c1 = cpu_seconds();
+      cpu_e += cpu_seconds() - c0;
+      const double k1 = compute_now();
+      const double h1 = thread_cpu("airlock-http");
+      c0 = cpu_seconds();
       const std::uint64_t s1 = steps();
       if (only != "engine") hr = loop_client ? http_rate_loop(port, c, tokens) : http_rate_threads(port, c, tokens);
-      cpu_e += c1 - c0;
-      cpu_h += cpu_seconds() - c1;
+      cpu_h += cpu_seconds() - c0;
       steps_e += s1 - s0;
       steps_h += steps() - s1;
+      compute_e += k1 - k0;
+      compute_h += compute_now() - k1;
+      conn_h += thread_cpu("airlock-http") - h1;
       h += hr.rate;
     }
     e /= rounds;
     h /= rounds;
     const double n_tok = static_cast<double>(rounds) * c * tokens;
-    std::printf("| %d | %.1f | %.1f | %.3f | %.1f | %.1f | %.1f | %.1f | %.3f | %.3f |\n", c, e, h, h / e,
-                1e6 * cpu_e / n_tok, 1e6 * cpu_h / n_tok, static_cast<double>(steps_e) / rounds,
+    std::printf("| %d | %.1f | %.1f | %.3f | %.1f | %.1f | %.1f / %.1f | %.2f | %.1f | %.1f | %.3f | %.3f |\n", c, e, h,
+                h / e, 1e6 * cpu_e / n_tok, 1e6 * cpu_h / n_tok, 1e-3 * compute_e / n_tok, 1e-3 * compute_h / n_tok,
+                1e-3 * conn_h / n_tok, static_cast<double>(steps_e) / rounds,
                 static_cast<double>(steps_h) / rounds, percentile(hr.ttft, 0.5), percentile(hr.ttft, 0.99));
     std::fflush(stdout);
   }
