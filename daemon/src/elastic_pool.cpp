@@ -57,16 +57,16 @@ void ElasticPool::work(Threads::iterator self) {
   ended_.push_back(self);
 }
 
-bool ElasticPool::enqueue(std::function<void()> job) {
+std::size_t ElasticPool::enqueue(std::function<void()> job) {
   std::vector<std::thread> ended;
-  bool waits = false;
+  std::size_t waiting = 0;
   {
     std::lock_guard<std::mutex> lock(mu_);
     jobs_.push_back(std::move(job));
     // Each idle thread takes one job, and so does each thread started but
     // not yet looking for one; a job beyond them gets a new thread.
     if (n_idle_ + n_starting_ < jobs_.size() && n_live_ < max_) start_thread();
-    waits = n_idle_ + n_starting_ < jobs_.size();
+    if (n_idle_ + n_starting_ < jobs_.size()) waiting = jobs_.size() - (n_idle_ + n_starting_);
     for (const Threads::iterator t : ended_) {
       ended.push_back(std::move(*t));
       threads_.erase(t);
@@ -75,7 +75,7 @@ bool ElasticPool::enqueue(std::function<void()> job) {
   }
   wake_.notify_one();
   for (std::thread& t : ended) t.join();  // they have left work(): at once
-  return waits;
+  return waiting;
 }
 
 void ElasticPool::shutdown() {

@@ -42,9 +42,10 @@ class ElasticPool {
   ElasticPool& operator=(const ElasticPool&) = delete;
 
   // Runs `job` on an idle thread, on a new one when none is idle and the
-  // cap allows, or else on the first thread to finish its job: true in
-  // that last case (the job waits behind busy threads).
-  bool enqueue(std::function<void()> job);
+  // cap allows, or else on the first thread to finish its job. Returns how
+  // many jobs now wait behind busy threads, this one included (0 when it
+  // is taken at once).
+  std::size_t enqueue(std::function<void()> job);
 
   // Runs the jobs already queued, then waits for every thread to end.
   void shutdown();

@@ -11,6 +11,7 @@
 #include <cerrno>
 #include <climits>
 #include <cstring>
+#include <utility>
 
 namespace airlock::daemon {
 
@@ -196,7 +197,13 @@ ssize_t RequestStream::read_head(char* ptr, std::size_t size) {
   }
   std::memcpy(ptr, buf_ + off_, k);
   off_ += k;
+  if (head_.ended() && on_head_end_) std::exchange(on_head_end_, nullptr)();
   return static_cast<ssize_t>(k);
+}
+
+void RequestStream::on_head_end(std::function<void()> f) {
+  if (head_.ended()) f();
+  else on_head_end_ = std::move(f);
 }
 
 ssize_t RequestStream::read(char* ptr, std::size_t size) {

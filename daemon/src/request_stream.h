@@ -36,6 +36,7 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <string>
 
 #include <httplib.h>
@@ -114,6 +115,10 @@ class RequestStream final : public httplib::Stream {
   // library through its error handler, which calls mark_answered().
   bool answered() const { return answered_; }
   void mark_answered() const { answered_ = true; }
+  // Calls `f` once, when the request's head has been read whole (at once
+  // if it has been already); never for a head that does not end.
+  void on_head_end(std::function<void()> f);
+
   // The connection was ended after this request's answer (a refusal that
   // left bytes unread): no further request may be read from it.
   bool connection_ended() const { return connection_ended_; }
@@ -155,6 +160,7 @@ class RequestStream final : public httplib::Stream {
   Refusal refusal_ = Refusal::kNone;
   mutable bool answered_ = false;
   mutable bool connection_ended_ = false;
+  std::function<void()> on_head_end_;
   // Read ahead, as the library's stream does: the library reads a head a
   // byte at a time.
   char buf_[4096];

@@ -588,55 +588,87 @@ void waiting_for_tokens(bool waiting) {
   batch = waiting;
 }
 
-// The connections waiting for a request (their first, or the next on a
-// kept-alive connection), each holding a connection thread, oldest first.
-// When every thread is busy and the cap is reached, a new connection would
-// wait behind them: the oldest waiting connection is ended instead, so
-// that connections which send nothing (no key needed) cannot keep others
-// out. A client whose idle connection was ended opens another, as HTTP
-// clients do when a server closes a kept-alive connection.
+// The connections that hold a connection thread without a request to work
+// on, oldest first: those waiting for a request (their first, or the next
+// on a kept-alive connection), and those whose request head (or TLS
+// handshake) is still arriving. When every thread is busy and the cap is
+// reached, a new connection would wait behind them: a waiting connection
+// is ended instead, or one whose head has taken more than kSlowHead, so
+// that connections which send nothing, or send a head a byte at a time
+// (no key needed for either), cannot keep others out. A client whose idle
+// connection was ended opens another, as HTTP clients do when a server
+// closes a kept-alive connection.
 //
 // Thread-safety: every member may be called from any thread.
 class IdleConnections {
  public:
+  // A head (or handshake) still arriving after this long may be ended at
+  // the cap: a client sends a head in one piece, in well under a second,
+  // on any network an appliance is reached over.
+  static constexpr std::chrono::milliseconds kSlowHead{1000};
+
   struct Entry {
     int fd;
     bool ended = false;
+    std::optional<std::chrono::steady_clock::time_point> head_since;  // set: reading a head
   };
   using Ticket = std::list<Entry>::iterator;
 
   // `fd` waits for a request until leave(); it stays open until then.
   Ticket enter(int fd) {
     std::lock_guard<std::mutex> lock(mu_);
-    return waiting_.insert(waiting_.end(), Entry{fd});
+    return waiting_.insert(waiting_.end(), Entry{fd, false, std::nullopt});
+  }
+  // Its request (or TLS handshake) has begun to arrive.
+  void reading_head(Ticket t) {
+    std::lock_guard<std::mutex> lock(mu_);
+    t->head_since = std::chrono::steady_clock::now();
   }
   void leave(Ticket t) {
     std::lock_guard<std::mutex> lock(mu_);
     waiting_.erase(t);
   }
-  // Shuts the oldest waiting connection down (its wait ends at once, and
-  // then the connection); false when none waits. One whose request has
-  // begun to arrive (its wait is ending) is left alone.
-  bool end_oldest() {
+  // For `n` connections that wait for a thread: shuts down as many more,
+  // oldest first, as those already shut down and not yet gone leave
+  // without one. Waiting connections (whose wait ends at once, and then
+  // the connection) and slow heads (whose read fails); a waiting
+  // connection whose request has just begun to arrive is left alone, and
+  // so is a head younger than kSlowHead. Returns how many it ended.
+  std::size_t end_oldest(std::size_t n) {
     std::lock_guard<std::mutex> lock(mu_);
+    for (const Entry& e : waiting_)
+      if (e.ended && n > 0) --n;  // its thread is about to be free
+    const auto slow_since = std::chrono::steady_clock::now() - kSlowHead;
+    std::size_t ended = 0;
     for (Entry& e : waiting_) {
-      pollfd p{e.fd, POLLIN, 0};
-      if (!e.ended && ::poll(&p, 1, 0) == 0) {
-        e.ended = true;
-        ::shutdown(e.fd, SHUT_RDWR);
-        if (counter_ != nullptr) counter_->inc();
-        return true;
+      if (ended == n) break;
+      if (e.ended) continue;
+      if (e.head_since) {
+        if (*e.head_since > slow_since) continue;
+      } else {
+        pollfd p{e.fd, POLLIN, 0};
+        if (::poll(&p, 1, 0) != 0) continue;
       }
+      e.ended = true;
+      ::shutdown(e.fd, SHUT_RDWR);
+      ++ended;
+      Counter* c = e.head_since ? slow_heads_ : idle_;
+      if (c != nullptr) c->inc();
     }
-    return false;
+    return ended;
   }
-  // Counts the connections end_oldest() ended (set before any is).
-  void count_in(Counter* counter) { counter_ = counter; }
+  // Count the connections end_oldest() ended, idle and slow heads (set
+  // before any is).
+  void count_in(Counter* idle, Counter* slow_heads) {
+    idle_ = idle;
+    slow_heads_ = slow_heads;
+  }
 
  private:
   std::mutex mu_;
   std::list<Entry> waiting_;
-  Counter* counter_ = nullptr;
+  Counter* idle_ = nullptr;
+  Counter* slow_heads_ = nullptr;
 };
 
 class ConnectionThreads : public httplib::TaskQueue {
@@ -645,9 +677,9 @@ class ConnectionThreads : public httplib::TaskQueue {
       : idle_(idle),
         pool_(static_cast<std::size_t>(kept), static_cast<std::size_t>(max), std::chrono::seconds(10),
               start_connection_thread) {}
-  // (A connection that would wait for a thread takes an idle one's.)
+  // (Connections that would wait for a thread take idle ones'.)
   void enqueue(std::function<void()> fn) override {
-    if (pool_.enqueue(std::move(fn))) idle_.end_oldest();
+    if (const std::size_t waiting = pool_.enqueue(std::move(fn)); waiting > 0) idle_.end_oldest(waiting);
   }
   void shutdown() override { pool_.shutdown(); }
 
@@ -710,9 +742,13 @@ class BoundedServer final : public AdoptingServer<Base> {
     SSL* ssl = nullptr;
     if constexpr (kTls) {
       // (the handshake begins once the client has sent something; the
-      // library waited the read timeout for it, as here)
-      if (wait_for_request(sock, nullptr, std::chrono::seconds(this->read_timeout_sec_)))
-        ssl = RequestStream::accept_tls(sock, this->ssl_context(), limits);
+      // library waited the read timeout for it, as here; a slow handshake
+      // may give way as a slow head does)
+      {
+        Waiting w(control_.idle, sock);  // (gone before the socket is closed)
+        if (w.wait_for_request(nullptr, std::chrono::seconds(this->read_timeout_sec_)))
+          ssl = RequestStream::accept_tls(sock, this->ssl_context(), limits);
+      }
       if (ssl == nullptr) {
         ::shutdown(sock, SHUT_RDWR);
         ::close(sock);
@@ -721,8 +757,10 @@ class BoundedServer final : public AdoptingServer<Base> {
     }
     bool ret = false;
     for (std::size_t count = this->keep_alive_max_count_; this->svr_sock_ != INVALID_SOCKET && count > 0; --count) {
-      if (!wait_for_request(sock, ssl, std::chrono::seconds(this->keep_alive_timeout_sec_))) break;
+      Waiting w(control_.idle, sock);
+      if (!w.wait_for_request(ssl, std::chrono::seconds(this->keep_alive_timeout_sec_))) break;
       RequestStream strm(sock, limits, ssl);
+      strm.on_head_end([&w] { w.leave(); });
       bool connection_closed = false;
       ret = this->process_request(strm, count == 1, connection_closed, [ssl](httplib::Request& req) {
         if constexpr (kTls) req.ssl = ssl;
@@ -751,14 +789,33 @@ class BoundedServer final : public AdoptingServer<Base> {
     return ret;
   }
 
-  // Waits up to `timeout` for a request (its first bytes) as one of the
-  // idle connections, which a new connection may end.
-  bool wait_for_request(socket_t sock, SSL* ssl, std::chrono::seconds timeout) {
-    const IdleConnections::Ticket t = control_.idle.enter(sock);
-    const bool readable = RequestStream::wait_readable(sock, ssl, timeout);
-    control_.idle.leave(t);
-    return readable;
-  }
+  // A connection among the idle ones (IdleConnections), which a new
+  // connection may end: while it waits for a request, and then while the
+  // request's head arrives (until leave(), at the latest until destroyed).
+  class Waiting {
+   public:
+    Waiting(IdleConnections& idle, socket_t sock) : idle_(idle), sock_(sock), ticket_(idle.enter(sock)) {}
+    ~Waiting() { leave(); }
+    Waiting(const Waiting&) = delete;
+    Waiting& operator=(const Waiting&) = delete;
+
+    // Waits up to `timeout` for a request (its first bytes); once they have
+    // come, the connection counts as reading a head.
+    bool wait_for_request(SSL* ssl, std::chrono::seconds timeout) {
+      if (!RequestStream::wait_readable(sock_, ssl, timeout)) return false;
+      idle_.reading_head(ticket_);
+      return true;
+    }
+    void leave() {
+      if (!std::exchange(left_, true)) idle_.leave(ticket_);
+    }
+
+   private:
+    IdleConnections& idle_;
+    socket_t sock_;
+    IdleConnections::Ticket ticket_;
+    bool left_ = false;
+  };
 
   void answer_refusal(RequestStream& strm) const {
     const int status = head_refusal_status(strm);
@@ -938,8 +995,11 @@ struct Server::Impl {
                           latency_buckets())),
         prompt_tokens(m.counter("airlock_prompt_tokens_total", "Prompt tokens of admitted requests")),
         generated_tokens(m.counter("airlock_generation_tokens_total", "Tokens generated")) {
-    listener.idle.count_in(&m.counter("airlock_http_idle_connections_ended_total",
-                                      "Connections waiting for a request ended to free a thread for a new one"));
+    listener.idle.count_in(
+        &m.counter("airlock_http_idle_connections_ended_total",
+                   "Connections waiting for a request ended to free a thread for a new one"),
+        &m.counter("airlock_http_slow_heads_ended_total",
+                   "Connections whose request head or TLS handshake took over a second, ended to free a thread"));
     listener.head_refused = [this](int status) {
       httplib::Request unparsed;  // no request line was read whole: no path, key or model
       count(unparsed, status);

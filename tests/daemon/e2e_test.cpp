@@ -2657,9 +2657,23 @@ TEST(DaemonLifecycle, SigtermDoesNotWaitForIdleKeepAliveConnections) {
   }
 }
 
-// /health and a chat request are both answered within 10 s (not behind
-// idle connections' 30 s).
-void expect_served_promptly(const Daemon& d) {
+// In `dir`: a CA (ca.pem, ca.key), a server certificate for 127.0.0.1
+// (server.pem, server.key) and a client certificate (client.pem,
+// client.key), all made here.
+bool make_tls_files(const std::string& dir) {
+  const std::string script =
+      "set -e; cd '" + dir + "'; "
+      "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout ca.key -out ca.pem -days 2 -subj /CN=test-ca 2>/dev/null; "
+      "for who in server client; do "
+      "openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout $who.key -out $who.csr -subj /CN=$who 2>/dev/null; "
+      "printf 'subjectAltName=IP:127.0.0.1\n' > ext; "
+      "openssl x509 -req -in $who.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out $who.pem -days 2 -extfile ext 2>/dev/null; done";
+  return run({"sh", "-c", script}) == 0;
+}
+
+// /health and a chat request are both answered within `within_s` (not
+// behind idle connections' 30 s, or slow heads' 10 s).
+void expect_served_promptly(const Daemon& d, double within_s = 10.0) {
   const auto t0 = std::chrono::steady_clock::now();
   httplib::Client anon = d.client(false), keyed = d.client();
   anon.set_read_timeout(10, 0);
@@ -2670,7 +2684,7 @@ void expect_served_promptly(const Daemon& d) {
   auto answer = keyed.Post("/v1/chat/completions", chat("hello", 4).dump(), "application/json");
   ASSERT_TRUE(answer);
   EXPECT_EQ(answer->status, 200) << answer->body;
-  EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), 10.0);
+  EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), within_s);
 }
 
 // Connections that send nothing (no key needed) each hold a connection
@@ -2717,6 +2731,83 @@ TEST(DaemonLifecycle, IdleConnectionsGiveWayToNewOnesAtTheThreadCap) {
   const std::string m = d->client().Get("/metrics")->body;
   EXPECT_GE(metric(m, "airlock_http_idle_connections_ended_total"), 77) << m;  // the 76, /health and the chat
   for (const int fd : idle) ::close(fd);
+  EXPECT_EQ(d->stop(), 0) << d->log();
+}
+
+// Connections that send a head slowly (no key needed) each hold a thread
+// until the head's 10 s limit: at the cap, 1100 of them kept a new client
+// waiting for that long (and a client reconnecting as they are cut off
+// keeps it waiting for good). Heads older than a second now give way too.
+TEST(DaemonLifecycle, SlowHeadsGiveWayToNewOnesAtTheThreadCap) {
+  Enclave e;
+  auto d = Daemon::start(e, "max_running = 1\nmax_waiting = 1\nhttp_threads = 3\n");
+  ASSERT_GT(d->port, 0) << d->log();
+  std::vector<int> slow;
+  const std::string part = "POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n";  // no blank line yet
+  for (int i = 0; i < 1100; ++i) {  // 76 more than the cap
+    const int fd = connect_loopback(d->port);
+    ASSERT_GE(fd, 0) << i << ": " << std::strerror(errno);
+    ASSERT_EQ(::send(fd, part.data(), part.size(), MSG_NOSIGNAL), static_cast<ssize_t>(part.size()));
+    slow.push_back(fd);
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(1500));  // every head on a thread is over a second old
+  expect_served_promptly(*d, 5.0);  // before, both waited for the heads' 10 s
+  // The oldest was ended; the newest (on a thread for less than a second
+  // when the others came) still waits.
+  const timeval wait{1, 0};
+  for (const int fd : {slow.front(), slow.back()}) ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &wait, sizeof wait);
+  char c;
+  EXPECT_EQ(::recv(slow.front(), &c, 1, 0), 0);
+  EXPECT_EQ(::recv(slow.back(), &c, 1, 0), -1);  // nothing, for 1 s
+  const std::string m = d->client().Get("/metrics")->body;
+  EXPECT_GE(metric(m, "airlock_http_slow_heads_ended_total"), 77) << m;  // the 76 waiting, /health and the chat
+  EXPECT_EQ(metric(m, "airlock_http_idle_connections_ended_total"), 0) << m;
+  for (const int fd : slow) ::close(fd);
+  EXPECT_EQ(d->stop(), 0) << d->log();
+}
+
+// The same over TLS for handshakes: a client that begins one and sends no
+// more holds a thread for the 5 s wait for its next message (and one that
+// trickles, up to the handshake's 10 s limit), and gives way at the cap
+// once it is a second old.
+TEST(DaemonLifecycle, SlowTlsHandshakesGiveWayAtTheThreadCap) {
+  ::signal(SIGPIPE, SIG_IGN);
+  Enclave e;
+  const std::string dir = e.dir.path();
+  ASSERT_TRUE(make_tls_files(dir));
+  auto d = Daemon::start(e, "max_running = 1\nmax_waiting = 1\nhttp_threads = 3\n[tls]\ncert = \"" + dir +
+                                "/server.pem\"\nkey = \"" + dir + "/server.key\"\n");
+  ASSERT_GT(d->port, 0) << d->log();
+  std::vector<int> slow;
+  const std::string record_start = "\x16\x03\x01";  // a handshake record's first bytes, and no more
+  for (int i = 0; i < 1100; ++i) {
+    const int fd = connect_loopback(d->port);
+    ASSERT_GE(fd, 0) << i << ": " << std::strerror(errno);
+    ASSERT_EQ(::send(fd, record_start.data(), record_start.size(), MSG_NOSIGNAL), 3);
+    slow.push_back(fd);
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+  httplib::SSLClient c("127.0.0.1", d->port);
+  c.set_ca_cert_path((dir + "/ca.pem").c_str());
+  c.enable_server_certificate_verification(true);
+  c.set_default_headers({{"Authorization", "Bearer " + e.api_key}});
+  c.set_connection_timeout(10, 0);
+  c.set_read_timeout(10, 0);
+  const auto t0 = std::chrono::steady_clock::now();
+  auto health = c.Get("/health");
+  ASSERT_TRUE(health) << httplib::to_string(health.error());
+  EXPECT_EQ(health->status, 200);
+  // (without giving way: once the first handshakes fail, their wait for
+  // the client's next message being 5 s, ~3.5 s from here)
+  EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), 2.5);
+  const timeval wait{1, 0};
+  ::setsockopt(slow.front(), SOL_SOCKET, SO_RCVTIMEO, &wait, sizeof wait);
+  char byte;
+  EXPECT_EQ(::recv(slow.front(), &byte, 1, 0), 0);  // the oldest was ended
+  auto m = c.Get("/metrics");
+  ASSERT_TRUE(m) << httplib::to_string(m.error());
+  EXPECT_GE(metric(m->body, "airlock_http_slow_heads_ended_total"), 77) << m->body;
+  for (const int fd : slow) ::close(fd);
   EXPECT_EQ(d->stop(), 0) << d->log();
 }
 
@@ -3175,15 +3266,7 @@ TEST(DaemonLifecycle, TlsWithClientCertificates) {
   ::signal(SIGPIPE, SIG_IGN);
   Enclave e;
   const std::string d = e.dir.path();
-  // A CA, a server certificate for 127.0.0.1 and a client certificate, all made here.
-  const std::string script =
-      "set -e; cd '" + d + "'; "
-      "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout ca.key -out ca.pem -days 2 -subj /CN=test-ca 2>/dev/null; "
-      "for who in server client; do "
-      "openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout $who.key -out $who.csr -subj /CN=$who 2>/dev/null; "
-      "printf 'subjectAltName=IP:127.0.0.1\n' > ext; "
-      "openssl x509 -req -in $who.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out $who.pem -days 2 -extfile ext 2>/dev/null; done";
-  ASSERT_EQ(run({"sh", "-c", script}), 0);
+  ASSERT_TRUE(make_tls_files(d));
   auto daemon = Daemon::start(e, "[tls]\ncert = \"" + d + "/server.pem\"\nkey = \"" + d + "/server.key\"\nclient_ca = \"" + d +
                                      "/ca.pem\"\n");
   ASSERT_GT(daemon->port, 0) << daemon->log();

@@ -58,7 +58,7 @@ TEST(ElasticPool, EveryJobRunsAtOnceUnderTheCap) {
   ElasticPool pool(2, 16, 10s);
   EXPECT_EQ(pool.n_threads(), 2u);
   Gate gate;
-  for (int i = 0; i < 10; ++i) EXPECT_FALSE(pool.enqueue([&] { gate.wait(); }));  // none said to wait
+  for (int i = 0; i < 10; ++i) EXPECT_EQ(pool.enqueue([&] { gate.wait(); }), 0u);  // none said to wait
   EXPECT_TRUE(gate.reached(10));  // ten blocked at once: none waited behind another
   EXPECT_EQ(pool.n_threads(), 10u);
   EXPECT_EQ(pool.n_waiting(), 0u);
@@ -73,7 +73,7 @@ TEST(ElasticPool, AtTheCapJobsWait) {
   for (int i = 0; i < 3; ++i) pool.enqueue([&] { gate.wait(); });
   ASSERT_TRUE(gate.reached(3));
   std::atomic<int> ran{0};
-  for (int i = 0; i < 4; ++i) EXPECT_TRUE(pool.enqueue([&] { ++ran; }));  // each said to wait
+  for (int i = 0; i < 4; ++i) EXPECT_EQ(pool.enqueue([&] { ++ran; }), static_cast<std::size_t>(i) + 1);  // each said to wait, behind the others
   EXPECT_EQ(pool.n_threads(), 3u);  // the cap
   EXPECT_EQ(pool.n_waiting(), 4u);
   std::this_thread::sleep_for(50ms);

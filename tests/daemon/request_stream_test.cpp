@@ -127,6 +127,42 @@ RequestStream::Limits limits(std::size_t max_head, int timeout_ms) {
   return l;
 }
 
+// The connection loop learns when a head has arrived whole (a slow head
+// may give way to a new connection until then): once, as the head's last
+// byte is read, not for the body, and not for a head that never ends.
+TEST(RequestStreamTest, TellsOnceWhenTheHeadHasArrived) {
+  Pair p;
+  ASSERT_GE(p.a, 0);
+  RequestStream strm(p.a, limits(1000, 5000));
+  int told = 0;
+  strm.on_head_end([&] { ++told; });
+  const std::string head = "POST / HTTP/1.1\r\nContent-Length: 4\r\n";
+  p.send(head);
+  EXPECT_EQ(drain(strm, head.size()), head);
+  EXPECT_EQ(told, 0);  // not yet ended
+  p.send("\r\nbody");
+  char c;
+  ASSERT_EQ(strm.read(&c, 1), 1);
+  EXPECT_EQ(told, 0);
+  ASSERT_EQ(strm.read(&c, 1), 1);  // the blank line's '\n'
+  EXPECT_EQ(told, 1);
+  EXPECT_EQ(read_body(strm, 4), "body");
+  EXPECT_EQ(told, 1);
+  int late = 0;
+  strm.on_head_end([&] { ++late; });  // asked after the head: at once
+  EXPECT_EQ(late, 1);
+
+  Pair q;
+  ASSERT_GE(q.a, 0);
+  q.send("GET / HTTP/1.1\r\nX: a\r\n");
+  RequestStream never(q.a, limits(1000, 150));
+  int unended = 0;
+  never.on_head_end([&] { ++unended; });
+  (void)drain(never, 1000);
+  EXPECT_EQ(never.refusal(), RequestStream::Refusal::kHeadTimedOut);
+  EXPECT_EQ(unended, 0);
+}
+
 TEST(RequestStreamTest, AHeadOverTheLimitIsRefusedBeforeItsExcessIsRead) {
   Pair p;
   ASSERT_GE(p.a, 0);
