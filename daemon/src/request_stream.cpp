@@ -113,8 +113,12 @@ std::size_t HeadScanner::feed(const char* p, std::size_t n) {
   return i;
 }
 
-RequestStream::RequestStream(int fd, const Limits& limits, SSL* ssl)
-    : fd_(fd), ssl_(ssl), limits_(limits), head_deadline_(std::chrono::steady_clock::now() + limits.head_timeout),
+RequestStream::RequestStream(int fd, const Limits& limits, SSL* ssl, ReadAhead* ahead)
+    : fd_(fd),
+      ssl_(ssl),
+      limits_(limits),
+      head_deadline_(std::chrono::steady_clock::now() + limits.head_timeout),
+      ahead_(ahead != nullptr ? *ahead : own_),
       outer_(t_current) {
   t_current = this;
 }
@@ -155,7 +159,9 @@ void RequestStream::end_tls(SSL* ssl, bool graceful) {
   SSL_free(ssl);
 }
 
-bool RequestStream::is_readable() const { return off_ < len_ || wait_readable(fd_, ssl_, to_ms(limits_.read_timeout)); }
+bool RequestStream::is_readable() const {
+  return !ahead_.empty() || wait_readable(fd_, ssl_, to_ms(limits_.read_timeout));
+}
 
 bool RequestStream::is_writable() const {
   if (!poll_for(fd_, POLLOUT, to_ms(limits_.write_timeout))) return false;
@@ -167,7 +173,7 @@ bool RequestStream::is_writable() const {
 }
 
 ssize_t RequestStream::read_head(char* ptr, std::size_t size) {
-  if (off_ == len_) {
+  if (ahead_.empty()) {
     const auto now = std::chrono::steady_clock::now();
     if (now >= head_deadline_) {
       refusal_ = Refusal::kHeadTimedOut;
@@ -175,16 +181,16 @@ ssize_t RequestStream::read_head(char* ptr, std::size_t size) {
     }
     // (rounded up: a wait of 0 ms would not wait for the deadline)
     const auto left = std::chrono::ceil<std::chrono::milliseconds>(head_deadline_ - now);
-    const ssize_t n = receive(buf_, sizeof buf_, std::min(left, to_ms(limits_.read_timeout)));
+    const ssize_t n = receive(ahead_.buf, sizeof ahead_.buf, std::min(left, to_ms(limits_.read_timeout)));
     if (n <= 0) {
       if (n < 0 && std::chrono::steady_clock::now() >= head_deadline_) refusal_ = Refusal::kHeadTimedOut;
       return n;
     }
-    off_ = 0;
-    len_ = static_cast<std::size_t>(n);
+    ahead_.off = 0;
+    ahead_.len = static_cast<std::size_t>(n);
   }
-  const std::size_t k = std::min(size, len_ - off_);
-  head_.feed(buf_ + off_, k);
+  const std::size_t k = std::min(size, ahead_.len - ahead_.off);
+  head_.feed(ahead_.buf + ahead_.off, k);
   // What would pass the bounds is not handed over: the library never holds
   // more than max_head_bytes of a head, nor more header lines than allowed.
   if (head_.head_bytes() > limits_.max_head_bytes) {
@@ -195,8 +201,8 @@ ssize_t RequestStream::read_head(char* ptr, std::size_t size) {
     refusal_ = Refusal::kTooManyHeaderLines;
     return -1;
   }
-  std::memcpy(ptr, buf_ + off_, k);
-  off_ += k;
+  std::memcpy(ptr, ahead_.buf + ahead_.off, k);
+  ahead_.off += k;
   if (head_.ended() && on_head_end_) std::exchange(on_head_end_, nullptr)();
   return static_cast<ssize_t>(k);
 }
@@ -210,21 +216,21 @@ ssize_t RequestStream::read(char* ptr, std::size_t size) {
   if (refusal_ != Refusal::kNone) return -1;
   if (!head_.ended()) return read_head(ptr, size);
   // The body (and anything after the head), as the library reads it.
-  if (off_ < len_) {
-    const std::size_t k = std::min(size, len_ - off_);
-    std::memcpy(ptr, buf_ + off_, k);
-    off_ += k;
+  if (!ahead_.empty()) {
+    const std::size_t k = std::min(size, ahead_.len - ahead_.off);
+    std::memcpy(ptr, ahead_.buf + ahead_.off, k);
+    ahead_.off += k;
     return static_cast<ssize_t>(k);
   }
-  // (Over TLS, no more than asked for, as the library's stream: bytes
-  // beyond this request would go with this stream.)
-  if (size >= sizeof buf_ || ssl_ != nullptr) return receive(ptr, size, to_ms(limits_.read_timeout));
-  const ssize_t n = receive(buf_, sizeof buf_, to_ms(limits_.read_timeout));
+  // (Over TLS, no more than asked for, as the library's stream: OpenSSL
+  // keeps what it decrypted beyond, and wait_readable() counts it.)
+  if (size >= sizeof ahead_.buf || ssl_ != nullptr) return receive(ptr, size, to_ms(limits_.read_timeout));
+  const ssize_t n = receive(ahead_.buf, sizeof ahead_.buf, to_ms(limits_.read_timeout));
   if (n <= 0) return n;
   const std::size_t k = std::min(size, static_cast<std::size_t>(n));
-  std::memcpy(ptr, buf_, k);
-  off_ = k;
-  len_ = static_cast<std::size_t>(n);
+  std::memcpy(ptr, ahead_.buf, k);
+  ahead_.off = k;
+  ahead_.len = static_cast<std::size_t>(n);
   return static_cast<ssize_t>(k);
 }
 

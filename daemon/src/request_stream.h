@@ -84,7 +84,18 @@ class RequestStream final : public httplib::Stream {
   // next byte read; makes itself current() on this thread until destroyed.
   // With `ssl` (not owned; its handshake done, see accept_tls()) the bytes
   // go through that TLS session, and fd must be non-blocking.
-  RequestStream(int fd, const Limits& limits, SSL* ssl = nullptr);
+  // Bytes read from a connection and not taken yet. A head is read ahead
+  // (the library reads one a byte at a time, a system call each), so what
+  // follows it (its body, and requests a client sent without waiting for
+  // the answer: pipelining) may be in here: a connection's loop keeps one
+  // for all its requests, so that none of those bytes is lost between them.
+  struct ReadAhead {
+    char buf[4096];
+    std::size_t off = 0, len = 0;
+    bool empty() const { return off == len; }
+  };
+
+  RequestStream(int fd, const Limits& limits, SSL* ssl = nullptr, ReadAhead* ahead = nullptr);
   ~RequestStream() override;
   RequestStream(const RequestStream&) = delete;
   RequestStream& operator=(const RequestStream&) = delete;
@@ -161,10 +172,8 @@ class RequestStream final : public httplib::Stream {
   mutable bool answered_ = false;
   mutable bool connection_ended_ = false;
   std::function<void()> on_head_end_;
-  // Read ahead, as the library's stream does: the library reads a head a
-  // byte at a time.
-  char buf_[4096];
-  std::size_t off_ = 0, len_ = 0;
+  ReadAhead own_;     // when the caller keeps none
+  ReadAhead& ahead_;  // the caller's, or own_
   const RequestStream* outer_;  // current() before this one
 };
 

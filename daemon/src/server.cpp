@@ -756,10 +756,13 @@ class BoundedServer final : public AdoptingServer<Base> {
       }
     }
     bool ret = false;
+    // (the library's stream lost what it had read past a request: a client
+    // that sent its next request without waiting got no answer to it)
+    RequestStream::ReadAhead ahead;
     for (std::size_t count = this->keep_alive_max_count_; this->svr_sock_ != INVALID_SOCKET && count > 0; --count) {
       Waiting w(control_.idle, sock);
-      if (!w.wait_for_request(ssl, std::chrono::seconds(this->keep_alive_timeout_sec_))) break;
-      RequestStream strm(sock, limits, ssl);
+      if (!w.wait_for_request(ssl, std::chrono::seconds(this->keep_alive_timeout_sec_), !ahead.empty())) break;
+      RequestStream strm(sock, limits, ssl, &ahead);
       strm.on_head_end([&w] { w.leave(); });
       bool connection_closed = false;
       ret = this->process_request(strm, count == 1, connection_closed, [ssl](httplib::Request& req) {
@@ -799,10 +802,11 @@ class BoundedServer final : public AdoptingServer<Base> {
     Waiting(const Waiting&) = delete;
     Waiting& operator=(const Waiting&) = delete;
 
-    // Waits up to `timeout` for a request (its first bytes); once they have
-    // come, the connection counts as reading a head.
-    bool wait_for_request(SSL* ssl, std::chrono::seconds timeout) {
-      if (!RequestStream::wait_readable(sock_, ssl, timeout)) return false;
+    // Waits up to `timeout` for a request (its first bytes), unless they
+    // have come already (`pending`, read with the one before); once they
+    // have, the connection counts as reading a head.
+    bool wait_for_request(SSL* ssl, std::chrono::seconds timeout, bool pending = false) {
+      if (!pending && !RequestStream::wait_readable(sock_, ssl, timeout)) return false;
       idle_.reading_head(ticket_);
       return true;
     }

@@ -1304,6 +1304,30 @@ std::uint64_t rss_bytes(pid_t pid) {
   return 0;
 }
 
+// A client may send requests without waiting for each answer (HTTP/1.1
+// pipelining): each is answered, in order. cpp-httplib's stream dropped
+// what it had read past a request's head, so a request that came in the
+// same read as the one before it got no answer.
+TEST_F(DaemonE2E, PipelinedRequestsAreEachAnswered) {
+  const std::string auth = "Authorization: Bearer " + daemon_->api_key + "\r\n";
+  const std::string body = json{{"model", "stories"}, {"prompt", "once"}, {"max_tokens", 2}, {"temperature", 0}}.dump();
+  const std::string requests =
+      "GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
+      "POST /v1/completions HTTP/1.1\r\nHost: x\r\n" + auth + "Content-Type: application/json\r\nContent-Length: " +
+      std::to_string(body.size()) + "\r\n\r\n" + body +
+      "GET /v1/models HTTP/1.1\r\nHost: x\r\n" + auth + "Connection: close\r\n\r\n";
+  const auto t0 = std::chrono::steady_clock::now();
+  const std::string got = raw_exchange(daemon_->port, requests);  // one write
+  EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), 5.0) << got;
+  std::vector<std::size_t> answers;
+  for (std::size_t at = got.find("HTTP/1.1 "); at != std::string::npos; at = got.find("HTTP/1.1 ", at + 1))
+    answers.push_back(at);
+  ASSERT_EQ(answers.size(), 3u) << got;
+  for (const std::size_t at : answers) EXPECT_EQ(got.compare(at, 12, "HTTP/1.1 200"), 0) << got.substr(at, 200);
+  EXPECT_NE(got.find("\"text_completion\"", answers[1]), std::string::npos) << got;  // in order
+  EXPECT_NE(got.find("\"object\":\"list\"", answers[2]), std::string::npos) << got;
+}
+
 // Bodies httplib would read without a bound (chunked, or a POST with no
 // length, read until the client closes) are refused with 411 before a
 // byte of them is read, and the connection ends after the answer: what
@@ -3312,20 +3336,36 @@ TEST(DaemonLifecycle, TlsWithClientCertificates) {
     std::unique_ptr<SSL_CTX, decltype(&SSL_CTX_free)> ctx(SSL_CTX_new(TLS_client_method()), SSL_CTX_free);
     ASSERT_EQ(SSL_CTX_use_certificate_file(ctx.get(), (d + "/client.pem").c_str(), SSL_FILETYPE_PEM), 1);
     ASSERT_EQ(SSL_CTX_use_PrivateKey_file(ctx.get(), (d + "/client.key").c_str(), SSL_FILETYPE_PEM), 1);
-    const int fd = connect_loopback(daemon->port);
-    ASSERT_GE(fd, 0);
-    SSL* ssl = SSL_new(ctx.get());
-    SSL_set_fd(ssl, fd);
-    ASSERT_EQ(SSL_connect(ssl), 1);
-    ASSERT_EQ(SSL_write(ssl, request.data(), static_cast<int>(request.size())), static_cast<int>(request.size()));
-    std::string answer;
-    char buf[4096];
-    for (int n; (n = SSL_read(ssl, buf, sizeof buf)) > 0;) answer.append(buf, static_cast<std::size_t>(n));
-    SSL_free(ssl);
-    ::close(fd);
+    // Sends `bytes` in one write (one TLS record) and reads to the end.
+    auto exchange = [&](const std::string& bytes) {
+      const int fd = connect_loopback(daemon->port);
+      EXPECT_GE(fd, 0);
+      const timeval wait{10, 0};
+      ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &wait, sizeof wait);
+      SSL* ssl = SSL_new(ctx.get());
+      SSL_set_fd(ssl, fd);
+      std::string answer;
+      if (SSL_connect(ssl) == 1 && SSL_write(ssl, bytes.data(), static_cast<int>(bytes.size())) == static_cast<int>(bytes.size())) {
+        char buf[4096];
+        for (int n; (n = SSL_read(ssl, buf, sizeof buf)) > 0;) answer.append(buf, static_cast<std::size_t>(n));
+      }
+      SSL_free(ssl);
+      ::close(fd);
+      return answer;
+    };
+    const std::string answer = exchange(request);
     EXPECT_EQ(answer.rfind("HTTP/1.1 401", 0), 0u) << answer.substr(0, 200);
     EXPECT_EQ(answer.find("HTTP/1.1", 1), std::string::npos) << answer;  // one answer only
     EXPECT_EQ(requests(), before + 1);  // the 401, and nothing read from its body
+    // Pipelined requests in one record are each answered, in order.
+    const std::string auth = "Authorization: Bearer " + e.api_key + "\r\n";
+    const std::string three = exchange("GET /v1/models HTTP/1.1\r\nHost: x\r\n" + auth + "\r\n" +
+                                       "GET /health HTTP/1.1\r\nHost: x\r\n\r\n" +
+                                       "GET /v1/models HTTP/1.1\r\nHost: x\r\n" + auth + "Connection: close\r\n\r\n");
+    std::size_t n_answers = 0;
+    for (std::size_t at = three.find("HTTP/1.1 200"); at != std::string::npos; at = three.find("HTTP/1.1 200", at + 1))
+      ++n_answers;
+    EXPECT_EQ(n_answers, 3u) << three;
   }
   // No client certificate: the handshake is refused.
   httplib::SSLClient anonymous("127.0.0.1", daemon->port);

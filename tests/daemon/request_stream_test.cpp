@@ -105,13 +105,13 @@ std::string drain(RequestStream& strm, std::size_t limit) {
   return out;
 }
 
-// Reads n bytes as httplib reads a body, in pieces; fails the test if the
-// stream ends first.
+// Reads n bytes as httplib reads a body, in pieces of at most what is left
+// (and at most 1500 here); fails the test if the stream ends first.
 std::string read_body(RequestStream& strm, std::size_t n) {
   std::string got;
   char buf[1500];
   while (got.size() < n) {
-    const ssize_t k = strm.read(buf, sizeof buf);
+    const ssize_t k = strm.read(buf, std::min(sizeof buf, n - got.size()));
     EXPECT_GT(k, 0);
     if (k <= 0) break;
     got.append(buf, static_cast<std::size_t>(k));
@@ -161,6 +161,49 @@ TEST(RequestStreamTest, TellsOnceWhenTheHeadHasArrived) {
   (void)drain(never, 1000);
   EXPECT_EQ(never.refusal(), RequestStream::Refusal::kHeadTimedOut);
   EXPECT_EQ(unended, 0);
+}
+
+// A client may send its next requests without waiting for the answer
+// (pipelining): read with one request's head, they are kept for the next
+// stream on the connection, head and body, however the reads fall.
+TEST(RequestStreamTest, PipelinedRequestsAreKeptForTheNextStream) {
+  Pair p;
+  ASSERT_GE(p.a, 0);
+  const std::string first = "POST /a HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc";
+  const std::string second = "POST /b HTTP/1.1\r\nContent-Length: 5\r\n\r\n12345";
+  const std::string third = "GET /c HTTP/1.1\r\n\r\n";
+  p.send(first + second + third);  // one write, one read
+  RequestStream::ReadAhead ahead;
+  auto head_of = [](RequestStream& strm, const std::string& request) {
+    return drain(strm, request.find("\r\n\r\n") + 4);
+  };
+  {
+    RequestStream strm(p.a, limits(1000, 5000), nullptr, &ahead);
+    EXPECT_EQ(head_of(strm, first), first.substr(0, first.size() - 3));
+    EXPECT_EQ(read_body(strm, 3), "abc");
+  }
+  EXPECT_FALSE(ahead.empty());  // the rest came with the first head
+  {
+    RequestStream strm(p.a, limits(1000, 5000), nullptr, &ahead);
+    EXPECT_TRUE(strm.is_readable());
+    EXPECT_EQ(head_of(strm, second), second.substr(0, second.size() - 5));
+    EXPECT_EQ(read_body(strm, 5), "12345");
+  }
+  {
+    RequestStream strm(p.a, limits(1000, 5000), nullptr, &ahead);
+    EXPECT_EQ(head_of(strm, third), third);
+  }
+  EXPECT_TRUE(ahead.empty());
+  // Without a ReadAhead of the caller's, a stream keeps its own: what it
+  // read past its request goes with it (the library's stream did the same).
+  p.send(first + third);
+  {
+    RequestStream strm(p.a, limits(1000, 5000));
+    EXPECT_EQ(head_of(strm, first), first.substr(0, first.size() - 3));
+  }
+  RequestStream next(p.a, limits(1000, 100));
+  char c;
+  EXPECT_EQ(next.read(&c, 1), -1);  // nothing left on the socket
 }
 
 TEST(RequestStreamTest, AHeadOverTheLimitIsRefusedBeforeItsExcessIsRead) {

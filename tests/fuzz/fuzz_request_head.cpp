@@ -5,9 +5,11 @@
 //     line after the request line that is exactly "\r\n"), and count its
 //     bytes and header lines;
 //   - RequestStream, reading the rest from a socket pair a byte at a time
-//     (as httplib reads a head) and then in blocks, must hand over exactly
-//     the input while the head is within the limit, and refuse without
-//     handing over more than the limit when it is not.
+//     (as httplib reads a head) and then in blocks, must refuse without
+//     handing over more than the limit when the head is over it; and when
+//     it is not, after some of what follows as the body, a second stream
+//     on the same connection (its next request) must hand over the rest:
+//     the two together exactly the input.
 // Nothing may crash, hang or leak.
 #include <sys/socket.h>
 #include <unistd.h>
@@ -67,17 +69,32 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   limits.max_header_lines = 1u << 20;  // the byte bound alone here
   limits.read_timeout = {0, 100000};
   std::string out;
+  RequestStream::ReadAhead ahead;  // the connection's, across its requests
   {
-    RequestStream strm(fds[0], limits);
+    RequestStream strm(fds[0], limits, nullptr, &ahead);
     char c;
     while (out.size() < head_end && strm.read(&c, 1) == 1) out += c;
     if (head_end > max_head) {
       if (strm.refusal() != RequestStream::Refusal::kHeadTooLarge || out.size() != max_head) std::abort();
     } else {
+      // Part of what follows the head as this request's body, at most
+      // `piece` bytes, then the rest as the next request, whatever it
+      // holds: nothing lost or read twice between the two.
       char buf[700];
-      for (ssize_t n; (n = strm.read(buf, sizeof buf)) > 0;) out.append(buf, static_cast<std::size_t>(n));
-      if (strm.refusal() != RequestStream::Refusal::kNone || out != in) std::abort();
+      for (ssize_t n; out.size() < head_end + piece &&
+                      (n = strm.read(buf, std::min(sizeof buf, head_end + piece - out.size()))) > 0;)
+        out.append(buf, static_cast<std::size_t>(n));
+      if (strm.refusal() != RequestStream::Refusal::kNone) std::abort();
     }
+  }
+  if (head_end <= max_head) {
+    RequestStream::Limits any = limits;
+    any.max_head_bytes = SIZE_MAX;
+    RequestStream next(fds[0], any, nullptr, &ahead);
+    char buf[700];
+    for (ssize_t n; (n = next.read(buf, out.size() % 2 == 0 ? 1 : sizeof buf)) > 0;)
+      out.append(buf, static_cast<std::size_t>(n));
+    if (out != in) std::abort();
   }
   ::close(fds[0]);
   ::close(fds[1]);
