@@ -66,7 +66,7 @@ std::size_t ElasticPool::enqueue(std::function<void()> job) {
     // Each idle thread takes one job, and so does each thread started but
     // not yet looking for one; a job beyond them gets a new thread.
     if (n_idle_ + n_starting_ < jobs_.size() && n_live_ < max_) start_thread();
-    if (n_idle_ + n_starting_ < jobs_.size()) waiting = jobs_.size() - (n_idle_ + n_starting_);
+    waiting = this->waiting();
     for (const Threads::iterator t : ended_) {
       ended.push_back(std::move(*t));
       threads_.erase(t);
@@ -100,7 +100,11 @@ std::size_t ElasticPool::n_threads() const {
 
 std::size_t ElasticPool::n_waiting() const {
   std::lock_guard<std::mutex> lock(mu_);
-  return jobs_.size();
+  return waiting();
+}
+
+std::size_t ElasticPool::waiting() const {
+  return n_idle_ + n_starting_ < jobs_.size() ? jobs_.size() - (n_idle_ + n_starting_) : 0;
 }
 
 }  // namespace airlock::daemon

@@ -50,13 +50,15 @@ class ElasticPool {
   // Runs the jobs already queued, then waits for every thread to end.
   void shutdown();
 
-  // For tests and metrics: threads alive (busy or idle), and jobs waiting.
+  // Threads alive (busy or idle), and jobs waiting behind busy threads
+  // (as enqueue() counts them).
   std::size_t n_threads() const;
   std::size_t n_waiting() const;
 
  private:
   using Threads = std::list<std::thread>;
-  void start_thread();  // with mu_ held
+  void start_thread();           // with mu_ held
+  std::size_t waiting() const;  // with mu_ held
   void work(Threads::iterator self);
 
   const std::size_t kept_, max_;

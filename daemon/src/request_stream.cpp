@@ -173,21 +173,31 @@ bool RequestStream::is_writable() const {
 }
 
 ssize_t RequestStream::read_head(char* ptr, std::size_t size) {
-  if (ahead_.empty()) {
-    const auto now = std::chrono::steady_clock::now();
-    if (now >= head_deadline_) {
-      refusal_ = Refusal::kHeadTimedOut;
-      return -1;
+  for (;;) {
+    if (ahead_.empty()) {
+      const auto now = std::chrono::steady_clock::now();
+      if (now >= head_deadline_) {
+        refusal_ = Refusal::kHeadTimedOut;
+        return -1;
+      }
+      // (rounded up: a wait of 0 ms would not wait for the deadline)
+      const auto left = std::chrono::ceil<std::chrono::milliseconds>(head_deadline_ - now);
+      const ssize_t n = receive(ahead_.buf, sizeof ahead_.buf, std::min(left, to_ms(limits_.read_timeout)));
+      if (n <= 0) {
+        if (n < 0 && std::chrono::steady_clock::now() >= head_deadline_) refusal_ = Refusal::kHeadTimedOut;
+        return n;
+      }
+      ahead_.off = 0;
+      ahead_.len = static_cast<std::size_t>(n);
     }
-    // (rounded up: a wait of 0 ms would not wait for the deadline)
-    const auto left = std::chrono::ceil<std::chrono::milliseconds>(head_deadline_ - now);
-    const ssize_t n = receive(ahead_.buf, sizeof ahead_.buf, std::min(left, to_ms(limits_.read_timeout)));
-    if (n <= 0) {
-      if (n < 0 && std::chrono::steady_clock::now() >= head_deadline_) refusal_ = Refusal::kHeadTimedOut;
-      return n;
+    // Empty lines before the request line are ignored (RFC 9112, 2.2: a
+    // client may send a CRLF after a body), a few bytes of them.
+    while (!ahead_.empty() && head_.head_bytes() == 0 && blank_bytes_ < kMaxBlankBytes &&
+           (ahead_.buf[ahead_.off] == '\r' || ahead_.buf[ahead_.off] == '\n')) {
+      ++ahead_.off;
+      ++blank_bytes_;
     }
-    ahead_.off = 0;
-    ahead_.len = static_cast<std::size_t>(n);
+    if (!ahead_.empty()) break;
   }
   const std::size_t k = std::min(size, ahead_.len - ahead_.off);
   head_.feed(ahead_.buf + ahead_.off, k);
@@ -201,20 +211,30 @@ ssize_t RequestStream::read_head(char* ptr, std::size_t size) {
     refusal_ = Refusal::kTooManyHeaderLines;
     return -1;
   }
+  if (head_.ended() && on_head_end_ && !std::exchange(on_head_end_, nullptr)()) {
+    cut_off_ = true;
+    return -1;
+  }
   std::memcpy(ptr, ahead_.buf + ahead_.off, k);
   ahead_.off += k;
-  if (head_.ended() && on_head_end_) std::exchange(on_head_end_, nullptr)();
+  taken_ += k;
   return static_cast<ssize_t>(k);
 }
 
-void RequestStream::on_head_end(std::function<void()> f) {
-  if (head_.ended()) f();
-  else on_head_end_ = std::move(f);
+void RequestStream::on_head_end(std::function<bool()> f) {
+  if (!head_.ended()) on_head_end_ = std::move(f);
+  else if (!f()) cut_off_ = true;
 }
 
 ssize_t RequestStream::read(char* ptr, std::size_t size) {
-  if (refusal_ != Refusal::kNone) return -1;
+  if (refusal_ != Refusal::kNone || cut_off_) return -1;
   if (!head_.ended()) return read_head(ptr, size);
+  const ssize_t n = read_body(ptr, size);
+  if (n > 0) taken_ += static_cast<std::uint64_t>(n);
+  return n;
+}
+
+ssize_t RequestStream::read_body(char* ptr, std::size_t size) {
   // The body (and anything after the head), as the library reads it.
   if (!ahead_.empty()) {
     const std::size_t k = std::min(size, ahead_.len - ahead_.off);

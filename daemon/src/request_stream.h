@@ -127,8 +127,19 @@ class RequestStream final : public httplib::Stream {
   bool answered() const { return answered_; }
   void mark_answered() const { answered_ = true; }
   // Calls `f` once, when the request's head has been read whole (at once
-  // if it has been already); never for a head that does not end.
-  void on_head_end(std::function<void()> f);
+  // if it has been already); never for a head that does not end. When `f`
+  // returns false (the connection was ended meanwhile), the read that
+  // ended the head fails, and every read after it: the request is not
+  // handled.
+  void on_head_end(std::function<bool()> f);
+
+  // Bytes of the request after its head that the library has read (its
+  // body, as far as it read it). Empty lines skipped before a request
+  // line count for neither.
+  std::uint64_t body_bytes_read() const { return taken_ > head_.head_bytes() ? taken_ - head_.head_bytes() : 0; }
+  bool head_ended() const { return head_.ended(); }
+  // on_head_end()'s callback said no.
+  bool cut_off() const { return cut_off_; }
 
   // The connection was ended after this request's answer (a refusal that
   // left bytes unread): no further request may be read from it.
@@ -159,6 +170,7 @@ class RequestStream final : public httplib::Stream {
 
  private:
   ssize_t read_head(char* ptr, std::size_t size);
+  ssize_t read_body(char* ptr, std::size_t size);
   // Up to n bytes, waiting up to `wait` for the first: > 0 bytes, 0 at
   // the end of the connection, -1 on an error or when the wait ran out.
   ssize_t receive(char* buf, std::size_t n, std::chrono::milliseconds wait);
@@ -171,7 +183,11 @@ class RequestStream final : public httplib::Stream {
   Refusal refusal_ = Refusal::kNone;
   mutable bool answered_ = false;
   mutable bool connection_ended_ = false;
-  std::function<void()> on_head_end_;
+  std::function<bool()> on_head_end_;
+  bool cut_off_ = false;         // on_head_end_ said no: every read fails
+  std::uint64_t taken_ = 0;      // bytes handed to the library (head and body)
+  std::size_t blank_bytes_ = 0;  // CR and LF skipped before the request line
+  static constexpr std::size_t kMaxBlankBytes = 4;
   ReadAhead own_;     // when the caller keeps none
   ReadAhead& ahead_;  // the caller's, or own_
   const RequestStream* outer_;  // current() before this one

@@ -593,24 +593,26 @@ void waiting_for_tokens(bool waiting) {
 // on a kept-alive connection), and those whose request head (or TLS
 // handshake) is still arriving. When every thread is busy and the cap is
 // reached, a new connection would wait behind them: a waiting connection
-// is ended instead, or one whose head has taken more than kSlowHead, so
-// that connections which send nothing, or send a head a byte at a time
-// (no key needed for either), cannot keep others out. A client whose idle
-// connection was ended opens another, as HTTP clients do when a server
-// closes a kept-alive connection.
+// is ended instead, or one whose head has taken more than kSlowHead (a
+// handshake, kSlowHandshake), so that connections which send nothing, or
+// send a head a byte at a time (no key needed for either), cannot keep
+// others out. A client whose idle connection was ended opens another, as
+// HTTP clients do when a server closes a kept-alive connection.
 //
 // Thread-safety: every member may be called from any thread.
 class IdleConnections {
  public:
-  // A head (or handshake) still arriving after this long may be ended at
-  // the cap: a client sends a head in one piece, in well under a second,
-  // on any network an appliance is reached over.
+  // A head still arriving after this long may be ended at the cap: a
+  // client sends a head in one piece, in well under a second, on any
+  // network an appliance is reached over. A TLS handshake takes the client
+  // two round trips and may check a client certificate: three seconds.
   static constexpr std::chrono::milliseconds kSlowHead{1000};
+  static constexpr std::chrono::milliseconds kSlowHandshake{3000};
 
   struct Entry {
     int fd;
     bool ended = false;
-    std::optional<std::chrono::steady_clock::time_point> head_since;  // set: reading a head
+    std::optional<std::chrono::steady_clock::time_point> slow_at;  // set: reading a head, slow from then
   };
   using Ticket = std::list<Entry>::iterator;
 
@@ -619,32 +621,36 @@ class IdleConnections {
     std::lock_guard<std::mutex> lock(mu_);
     return waiting_.insert(waiting_.end(), Entry{fd, false, std::nullopt});
   }
-  // Its request (or TLS handshake) has begun to arrive.
-  void reading_head(Ticket t) {
+  // Its request (or TLS handshake) has begun to arrive, and is slow once
+  // it takes longer than `slow_after`.
+  void reading_head(Ticket t, std::chrono::milliseconds slow_after) {
     std::lock_guard<std::mutex> lock(mu_);
-    t->head_since = std::chrono::steady_clock::now();
+    t->slow_at = std::chrono::steady_clock::now() + slow_after;
   }
-  void leave(Ticket t) {
+  // True when end_oldest() ended it meanwhile: it must not be served.
+  bool leave(Ticket t) {
     std::lock_guard<std::mutex> lock(mu_);
+    const bool ended = t->ended;
     waiting_.erase(t);
+    return ended;
   }
   // For `n` connections that wait for a thread: shuts down as many more,
   // oldest first, as those already shut down and not yet gone leave
   // without one. Waiting connections (whose wait ends at once, and then
   // the connection) and slow heads (whose read fails); a waiting
   // connection whose request has just begun to arrive is left alone, and
-  // so is a head younger than kSlowHead. Returns how many it ended.
+  // so is a head not yet slow. Returns how many it ended.
   std::size_t end_oldest(std::size_t n) {
     std::lock_guard<std::mutex> lock(mu_);
     for (const Entry& e : waiting_)
       if (e.ended && n > 0) --n;  // its thread is about to be free
-    const auto slow_since = std::chrono::steady_clock::now() - kSlowHead;
+    const auto now = std::chrono::steady_clock::now();
     std::size_t ended = 0;
     for (Entry& e : waiting_) {
       if (ended == n) break;
       if (e.ended) continue;
-      if (e.head_since) {
-        if (*e.head_since > slow_since) continue;
+      if (e.slow_at) {
+        if (*e.slow_at > now) continue;
       } else {
         pollfd p{e.fd, POLLIN, 0};
         if (::poll(&p, 1, 0) != 0) continue;
@@ -652,7 +658,7 @@ class IdleConnections {
       e.ended = true;
       ::shutdown(e.fd, SHUT_RDWR);
       ++ended;
-      Counter* c = e.head_since ? slow_heads_ : idle_;
+      Counter* c = e.slow_at ? slow_heads_ : idle_;
       if (c != nullptr) c->inc();
     }
     return ended;
@@ -676,16 +682,65 @@ class ConnectionThreads : public httplib::TaskQueue {
   ConnectionThreads(int kept, int max, IdleConnections& idle)
       : idle_(idle),
         pool_(static_cast<std::size_t>(kept), static_cast<std::size_t>(max), std::chrono::seconds(10),
-              start_connection_thread) {}
+              start_connection_thread),
+        again_([this] {
+          pthread_setname_np(pthread_self(), "airlock-http-cap");
+          try_again();
+        }) {}
+  ~ConnectionThreads() override { shutdown(); }
+  ConnectionThreads(const ConnectionThreads&) = delete;
+  ConnectionThreads& operator=(const ConnectionThreads&) = delete;
+
   // (Connections that would wait for a thread take idle ones'.)
   void enqueue(std::function<void()> fn) override {
-    if (const std::size_t waiting = pool_.enqueue(std::move(fn)); waiting > 0) idle_.end_oldest(waiting);
+    const std::size_t waiting = pool_.enqueue(std::move(fn));
+    if (waiting == 0) return;
+    idle_.end_oldest(waiting);
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      ++queued_;
+    }
+    cv_.notify_one();
   }
-  void shutdown() override { pool_.shutdown(); }
+  void shutdown() override {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stopping_ = true;
+    }
+    cv_.notify_one();
+    if (again_.joinable()) again_.join();
+    pool_.shutdown();
+  }
 
  private:
+  // While connections wait for a thread, every 200 ms: heads that have
+  // become slow since the last connection came give way too, without
+  // waiting for another connection to come.
+  void try_again() {
+    std::unique_lock<std::mutex> lock(mu_);
+    std::uint64_t seen = 0;
+    while (true) {
+      cv_.wait(lock, [&] { return stopping_ || queued_ != seen; });
+      while (!stopping_) {
+        seen = queued_;
+        if (cv_.wait_for(lock, std::chrono::milliseconds(200), [&] { return stopping_; })) break;
+        lock.unlock();
+        const std::size_t waiting = pool_.n_waiting();
+        if (waiting > 0) idle_.end_oldest(waiting);
+        lock.lock();
+        if (waiting == 0 && queued_ == seen) break;  // (a connection queued meanwhile: go on)
+      }
+      if (stopping_) return;
+    }
+  }
+
   IdleConnections& idle_;
   ElasticPool pool_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::uint64_t queued_ = 0;  // connections that had to wait, ever
+  bool stopping_ = false;
+  std::thread again_;  // last: started once the rest is
 };
 
 struct ListenerControl {
@@ -746,8 +801,12 @@ class BoundedServer final : public AdoptingServer<Base> {
       // may give way as a slow head does)
       {
         Waiting w(control_.idle, sock);  // (gone before the socket is closed)
-        if (w.wait_for_request(nullptr, std::chrono::seconds(this->read_timeout_sec_)))
+        if (w.wait_for_request(nullptr, std::chrono::seconds(this->read_timeout_sec_), IdleConnections::kSlowHandshake))
           ssl = RequestStream::accept_tls(sock, this->ssl_context(), limits);
+        if (ssl != nullptr && !w.leave()) {  // ended as it finished
+          RequestStream::end_tls(ssl, false);
+          ssl = nullptr;
+        }
       }
       if (ssl == nullptr) {
         ::shutdown(sock, SHUT_RDWR);
@@ -759,34 +818,61 @@ class BoundedServer final : public AdoptingServer<Base> {
     // (the library's stream lost what it had read past a request: a client
     // that sent its next request without waiting got no answer to it)
     RequestStream::ReadAhead ahead;
+    bool linger = false;  // bytes may be left unread: a lingering close
     for (std::size_t count = this->keep_alive_max_count_; this->svr_sock_ != INVALID_SOCKET && count > 0; --count) {
       Waiting w(control_.idle, sock);
-      if (!w.wait_for_request(ssl, std::chrono::seconds(this->keep_alive_timeout_sec_), !ahead.empty())) break;
+      if (!w.wait_for_request(ssl, std::chrono::seconds(this->keep_alive_timeout_sec_), IdleConnections::kSlowHead,
+                              !ahead.empty()))
+        break;
       RequestStream strm(sock, limits, ssl, &ahead);
-      strm.on_head_end([&w] { w.leave(); });
+      strm.on_head_end([&w] { return w.leave(); });
       bool connection_closed = false;
-      ret = this->process_request(strm, count == 1, connection_closed, [ssl](httplib::Request& req) {
+      // The body the head announces: what the library must have read of
+      // it for the connection to go on (set once the head was parsed).
+      std::optional<std::uint64_t> announced;
+      ret = this->process_request(strm, count == 1, connection_closed, [ssl, &announced](httplib::Request& req) {
         if constexpr (kTls) req.ssl = ssl;
+        announced = req.has_header("Transfer-Encoding") ? UINT64_MAX
+                    : req.has_header("Content-Length")  ? req.get_header_value<std::uint64_t>("Content-Length")
+                                                        : 0;
       });
       if (strm.refusal() != RequestStream::Refusal::kNone) {
         // The library answered a refused header line itself (400, which
         // the error handler turned into 431 or 408); a refused request line
-        // it leaves unanswered.
+        // it leaves unanswered. The rest of the head is unread.
         if (!strm.answered()) answer_refusal(strm);
-        // Rest of the head unread: a lingering close, so that the client
-        // can read the answer before the connection is reset.
-        PeerSocket::of(sock).end_after_answer(std::chrono::seconds(1), std::chrono::seconds(1), 1u << 20);
+        ret = false;
+        linger = true;
+        break;
+      }
+      if (strm.connection_ended() || strm.cut_off()) {
         ret = false;
         break;
       }
-      if (strm.connection_ended()) {
+      // A request the library answered without reading all of it: its
+      // own 400 (a request line or header it could not parse), 414 or 416
+      // before the body, or a body it stopped reading. What is left would
+      // be read as the next request (request smuggling behind a proxy):
+      // the connection ends after the answer. (airlockd's own refusals
+      // end theirs in the logger.)
+      if (!announced || strm.body_bytes_read() != *announced) {
         ret = false;
+        linger = true;
         break;
       }
-      if (!ret || connection_closed) break;
+      if (!ret) break;  // (nothing more can be written)
+      if (connection_closed) {
+        // Pipelined requests left unanswered (the answer said "close").
+        linger = !ahead.empty() || RequestStream::wait_readable(sock, ssl, std::chrono::milliseconds(0));
+        break;
+      }
     }
     // (close_notify when the connection ended well, as the library's)
     RequestStream::end_tls(ssl, ret);
+    // Closed with unread bytes, the socket would reset the connection,
+    // and the client could lose the answer before reading it: a lingering
+    // close (end_after_answer) lets it read the answer first.
+    if (linger) PeerSocket::of(sock).end_after_answer(std::chrono::seconds(1), std::chrono::seconds(1), 1u << 20);
     ::shutdown(sock, SHUT_RDWR);
     ::close(sock);
     return ret;
@@ -798,20 +884,25 @@ class BoundedServer final : public AdoptingServer<Base> {
   class Waiting {
    public:
     Waiting(IdleConnections& idle, socket_t sock) : idle_(idle), sock_(sock), ticket_(idle.enter(sock)) {}
-    ~Waiting() { leave(); }
+    ~Waiting() { (void)leave(); }
     Waiting(const Waiting&) = delete;
     Waiting& operator=(const Waiting&) = delete;
 
     // Waits up to `timeout` for a request (its first bytes), unless they
     // have come already (`pending`, read with the one before); once they
-    // have, the connection counts as reading a head.
-    bool wait_for_request(SSL* ssl, std::chrono::seconds timeout, bool pending = false) {
+    // have, the connection counts as reading a head, slow after
+    // `slow_after`.
+    bool wait_for_request(SSL* ssl, std::chrono::seconds timeout, std::chrono::milliseconds slow_after,
+                          bool pending = false) {
       if (!pending && !RequestStream::wait_readable(sock_, ssl, timeout)) return false;
-      idle_.reading_head(ticket_);
+      idle_.reading_head(ticket_, slow_after);
       return true;
     }
-    void leave() {
-      if (!std::exchange(left_, true)) idle_.leave(ticket_);
+    // False when the connection was ended while it waited (it must not be
+    // served); the same on every call.
+    bool leave() {
+      if (!std::exchange(left_, true)) ended_ = idle_.leave(ticket_);
+      return !ended_;
     }
 
    private:
@@ -819,6 +910,7 @@ class BoundedServer final : public AdoptingServer<Base> {
     socket_t sock_;
     IdleConnections::Ticket ticket_;
     bool left_ = false;
+    bool ended_ = false;
   };
 
   void answer_refusal(RequestStream& strm) const {
@@ -2752,6 +2844,9 @@ void Server::routes() {
   // when refused.
   h.set_post_routing_handler([&s](const httplib::Request& req, httplib::Response& res) {
     if (res.is_chunked_content_provider_ || res.status == 401) return;
+    // A connection ended to free its thread as its head arrived (counted
+    // in airlock_http_slow_heads_ended_total): no request was read.
+    if (const RequestStream* strm = RequestStream::current(); strm != nullptr && strm->cut_off()) return;
     const bool own = Impl::admitted_key().request == &req;
     if (!own || !Impl::admitted_key().counted) s.count(req, res.status);
     // The completion routes audit themselves (with token counts); every
@@ -2773,8 +2868,7 @@ void Server::routes() {
     // address) is checked afresh, and read under the default policy.
     Impl::admitted_key() = {};
     waiting_for_tokens(false);
-    // Only these refusals: finding the socket scans the process's
-    // descriptors, and ending the connection lingers. What the client sent
+    // Only these refusals: ending the connection lingers. What the client sent
     // after the head is not a request (over TLS, part of it may already be
     // decrypted and waiting): the connection loop reads no more.
     if (unread) {

@@ -1328,6 +1328,39 @@ TEST_F(DaemonE2E, PipelinedRequestsAreEachAnswered) {
   EXPECT_NE(got.find("\"object\":\"list\"", answers[2]), std::string::npos) << got;
 }
 
+// Requests cpp-httplib answers itself without reading all of them (a
+// Range it cannot parse: 416; a request line over 8 KiB: 414; a header
+// line over 8 KiB: 400), no key needed: what follows the part it read,
+// here a body that is itself a request, is not read as a request (behind
+// a proxy, a response desync). One answer, then the end of the connection.
+// An empty line after a body (as some clients send) is skipped.
+TEST_F(DaemonE2E, BytesHttplibLeftUnreadAreNotTakenForARequest) {
+  const std::string inner = "GET /health HTTP/1.1\r\nHost: x\r\n\r\n";
+  const std::string length = "Content-Length: " + std::to_string(inner.size()) + "\r\n\r\n";
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"416", "POST /v1/models HTTP/1.1\r\nHost: x\r\nRange: bytes=5-1\r\n" + length + inner},
+      {"414", "POST /v1/" + std::string(9000, 'a') + " HTTP/1.1\r\nHost: x\r\n" + length + inner},
+      {"400", "POST /v1/models HTTP/1.1\r\nHost: x\r\nX-Long: " + std::string(9000, 'a') + "\r\n" + length + inner},
+      {"400", "NOT A REQUEST LINE\r\nHost: x\r\n" + length + inner},
+  };
+  for (const auto& [status, request] : cases) {
+    const auto t0 = std::chrono::steady_clock::now();
+    const std::string got = raw_exchange(daemon_->port, request);
+    EXPECT_EQ(got.rfind("HTTP/1.1 " + status, 0), 0u) << got.substr(0, 300);
+    EXPECT_EQ(got.find("HTTP/1.1", 1), std::string::npos) << "an answer to the body: " << got;
+    EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), 5.0)
+        << status << ": the connection should end after the answer";
+  }
+  const std::string body = "{}";
+  const std::string crlf_after_body = raw_exchange(
+      daemon_->port, "POST /v1/models HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + daemon_->api_key +
+                         "\r\nContent-Length: 2\r\n\r\n" + body + "\r\n" +
+                         "GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+  const std::size_t second = crlf_after_body.find("HTTP/1.1", 1);
+  ASSERT_NE(second, std::string::npos) << crlf_after_body;
+  EXPECT_EQ(crlf_after_body.compare(second, 12, "HTTP/1.1 200"), 0) << crlf_after_body;
+}
+
 // Bodies httplib would read without a bound (chunked, or a POST with no
 // length, read until the client closes) are refused with 411 before a
 // byte of them is read, and the connection ends after the answer: what
@@ -2761,7 +2794,8 @@ TEST(DaemonLifecycle, IdleConnectionsGiveWayToNewOnesAtTheThreadCap) {
 // Connections that send a head slowly (no key needed) each hold a thread
 // until the head's 10 s limit: at the cap, 1100 of them kept a new client
 // waiting for that long (and a client reconnecting as they are cut off
-// keeps it waiting for good). Heads older than a second now give way too.
+// keeps it waiting for good). Heads older than a second now give way too,
+// also to a connection that came before they were.
 TEST(DaemonLifecycle, SlowHeadsGiveWayToNewOnesAtTheThreadCap) {
   Enclave e;
   auto d = Daemon::start(e, "max_running = 1\nmax_waiting = 1\nhttp_threads = 3\n");
@@ -2774,8 +2808,12 @@ TEST(DaemonLifecycle, SlowHeadsGiveWayToNewOnesAtTheThreadCap) {
     ASSERT_EQ(::send(fd, part.data(), part.size(), MSG_NOSIGNAL), static_cast<ssize_t>(part.size()));
     slow.push_back(fd);
   }
-  std::this_thread::sleep_for(std::chrono::milliseconds(1500));  // every head on a thread is over a second old
-  expect_served_promptly(*d, 5.0);  // before, both waited for the heads' 10 s
+  // Asked at once, while the heads are younger than a second: a waiting
+  // connection is served as soon as they pass it, without another
+  // connection coming to end them. Before, both waited until the heads
+  // failed (5 s without a byte; a client trickling a byte every few
+  // seconds holds its head for 10 s); the metric below is what tells.
+  expect_served_promptly(*d, 4.5);
   // The oldest was ended; the newest (on a thread for less than a second
   // when the others came) still waits.
   const timeval wait{1, 0};
@@ -2793,7 +2831,7 @@ TEST(DaemonLifecycle, SlowHeadsGiveWayToNewOnesAtTheThreadCap) {
 // The same over TLS for handshakes: a client that begins one and sends no
 // more holds a thread for the 5 s wait for its next message (and one that
 // trickles, up to the handshake's 10 s limit), and gives way at the cap
-// once it is a second old.
+// once it is three seconds old (a handshake takes two round trips).
 TEST(DaemonLifecycle, SlowTlsHandshakesGiveWayAtTheThreadCap) {
   ::signal(SIGPIPE, SIG_IGN);
   Enclave e;
@@ -2810,7 +2848,7 @@ TEST(DaemonLifecycle, SlowTlsHandshakesGiveWayAtTheThreadCap) {
     ASSERT_EQ(::send(fd, record_start.data(), record_start.size(), MSG_NOSIGNAL), 3);
     slow.push_back(fd);
   }
-  std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+  std::this_thread::sleep_for(std::chrono::milliseconds(3200));  // every handshake on a thread is slow
   httplib::SSLClient c("127.0.0.1", d->port);
   c.set_ca_cert_path((dir + "/ca.pem").c_str());
   c.enable_server_certificate_verification(true);
@@ -2822,8 +2860,9 @@ TEST(DaemonLifecycle, SlowTlsHandshakesGiveWayAtTheThreadCap) {
   ASSERT_TRUE(health) << httplib::to_string(health.error());
   EXPECT_EQ(health->status, 200);
   // (without giving way: once the first handshakes fail, their wait for
-  // the client's next message being 5 s, ~3.5 s from here)
-  EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), 2.5);
+  // the client's next message being 5 s, ~1.8 s from here; the metric
+  // below is what tells)
+  EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), 5.0);
   const timeval wait{1, 0};
   ::setsockopt(slow.front(), SOL_SOCKET, SO_RCVTIMEO, &wait, sizeof wait);
   char byte;

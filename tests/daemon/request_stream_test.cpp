@@ -135,7 +135,7 @@ TEST(RequestStreamTest, TellsOnceWhenTheHeadHasArrived) {
   ASSERT_GE(p.a, 0);
   RequestStream strm(p.a, limits(1000, 5000));
   int told = 0;
-  strm.on_head_end([&] { ++told; });
+  strm.on_head_end([&] { return ++told > 0; });
   const std::string head = "POST / HTTP/1.1\r\nContent-Length: 4\r\n";
   p.send(head);
   EXPECT_EQ(drain(strm, head.size()), head);
@@ -149,7 +149,7 @@ TEST(RequestStreamTest, TellsOnceWhenTheHeadHasArrived) {
   EXPECT_EQ(read_body(strm, 4), "body");
   EXPECT_EQ(told, 1);
   int late = 0;
-  strm.on_head_end([&] { ++late; });  // asked after the head: at once
+  strm.on_head_end([&] { return ++late > 0; });  // asked after the head: at once
   EXPECT_EQ(late, 1);
 
   Pair q;
@@ -157,10 +157,49 @@ TEST(RequestStreamTest, TellsOnceWhenTheHeadHasArrived) {
   q.send("GET / HTTP/1.1\r\nX: a\r\n");
   RequestStream never(q.a, limits(1000, 150));
   int unended = 0;
-  never.on_head_end([&] { ++unended; });
+  never.on_head_end([&] { return ++unended > 0; });
   (void)drain(never, 1000);
   EXPECT_EQ(never.refusal(), RequestStream::Refusal::kHeadTimedOut);
   EXPECT_EQ(unended, 0);
+}
+
+// A connection ended to free its thread just as its head arrived: the
+// read that ends the head fails, and so does every read after it.
+TEST(RequestStreamTest, AHeadWhoseConnectionWasEndedIsNotHandedOver) {
+  Pair p;
+  ASSERT_GE(p.a, 0);
+  const std::string head = "GET / HTTP/1.1\r\nX: a\r\n\r\n";
+  p.send(head);
+  RequestStream strm(p.a, limits(1000, 5000));
+  strm.on_head_end([] { return false; });
+  EXPECT_EQ(drain(strm, 1000), head.substr(0, head.size() - 1));  // all but the byte that ends it
+  EXPECT_TRUE(strm.cut_off());
+  char c;
+  EXPECT_EQ(strm.read(&c, 1), -1);
+  EXPECT_EQ(strm.refusal(), RequestStream::Refusal::kNone);  // not a refusal to answer
+}
+
+// Empty lines before a request line are skipped (RFC 9112, 2.2), a few
+// bytes of them; and the stream counts the body bytes the library took.
+TEST(RequestStreamTest, SkipsBlankLinesBeforeARequestAndCountsTheBody) {
+  Pair p;
+  ASSERT_GE(p.a, 0);
+  const std::string request = "POST / HTTP/1.1\r\nContent-Length: 4\r\n\r\nbody";
+  p.send("\r\n" + request);
+  RequestStream strm(p.a, limits(1000, 5000));
+  const std::string head = request.substr(0, request.size() - 4);
+  EXPECT_EQ(drain(strm, head.size()), head);
+  EXPECT_TRUE(strm.head_ended());
+  EXPECT_EQ(strm.body_bytes_read(), 0u);
+  EXPECT_EQ(read_body(strm, 2), "bo");
+  EXPECT_EQ(strm.body_bytes_read(), 2u);
+  EXPECT_EQ(read_body(strm, 2), "dy");
+  EXPECT_EQ(strm.body_bytes_read(), 4u);
+  // More than a few such bytes are handed over (and the library refuses
+  // the request line).
+  p.send("\r\n\r\n\r\nGET / HTTP/1.1\r\n\r\n");
+  RequestStream next(p.a, limits(1000, 5000));
+  EXPECT_EQ(drain(next, 2), "\r\n");
 }
 
 // A client may send its next requests without waiting for the answer
