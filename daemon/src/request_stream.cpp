@@ -96,9 +96,12 @@ std::size_t HeadScanner::feed(const char* p, std::size_t n) {
     if (c != '\n') {
       if (line_bytes_ == 0 && !first_line_) ++header_lines_;
       line_is_cr_ = line_bytes_ == 0 && c == '\r';
+      last_cr_ = c == '\r';
       ++line_bytes_;
       continue;
     }
+    if (!first_line_ && !last_cr_) bare_lf_ = true;
+    last_cr_ = false;
     if (!first_line_ && line_is_cr_ && line_bytes_ == 1) {
       ended_ = true;
       --header_lines_;  // the blank line that ends the head
@@ -184,7 +187,8 @@ ssize_t RequestStream::read_head(char* ptr, std::size_t size) {
       const auto left = std::chrono::ceil<std::chrono::milliseconds>(head_deadline_ - now);
       const ssize_t n = receive(ahead_.buf, sizeof ahead_.buf, std::min(left, to_ms(limits_.read_timeout)));
       if (n <= 0) {
-        if (n < 0 && std::chrono::steady_clock::now() >= head_deadline_) refusal_ = Refusal::kHeadTimedOut;
+        if (place_ != nullptr && place_->ended()) cut_off_ = true;  // (its end, or a read that failed with it)
+        else if (n < 0 && std::chrono::steady_clock::now() >= head_deadline_) refusal_ = Refusal::kHeadTimedOut;
         return n;
       }
       ahead_.off = 0;
@@ -211,7 +215,7 @@ ssize_t RequestStream::read_head(char* ptr, std::size_t size) {
     refusal_ = Refusal::kTooManyHeaderLines;
     return -1;
   }
-  if (head_.ended() && on_head_end_ && !std::exchange(on_head_end_, nullptr)()) {
+  if (head_.ended() && place_ != nullptr && !std::exchange(place_, nullptr)->leave()) {
     cut_off_ = true;
     return -1;
   }
@@ -221,9 +225,9 @@ ssize_t RequestStream::read_head(char* ptr, std::size_t size) {
   return static_cast<ssize_t>(k);
 }
 
-void RequestStream::on_head_end(std::function<bool()> f) {
-  if (!head_.ended()) on_head_end_ = std::move(f);
-  else if (!f()) cut_off_ = true;
+void RequestStream::hold(Place* place) {
+  if (!head_.ended()) place_ = place;
+  else if (!place->leave()) cut_off_ = true;
 }
 
 ssize_t RequestStream::read(char* ptr, std::size_t size) {

@@ -36,7 +36,6 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
-#include <functional>
 #include <string>
 
 #include <httplib.h>
@@ -58,12 +57,16 @@ class HeadScanner {
   // Lines after the request line, the blank one that ends the head not
   // counted (a line begun counts once its first byte came).
   std::uint64_t header_lines() const { return header_lines_; }
+  // A header line ended in a bare '\n' (no '\r' before it).
+  bool bare_lf() const { return bare_lf_; }
 
  private:
   bool ended_ = false;
   bool first_line_ = true;
   std::uint64_t line_bytes_ = 0;  // of the line being read
   bool line_is_cr_ = false;       // the line so far is "\r"
+  bool last_cr_ = false;          // the byte before was '\r'
+  bool bare_lf_ = false;
   std::uint64_t bytes_ = 0;
   std::uint64_t header_lines_ = 0;
 };
@@ -93,6 +96,11 @@ class RequestStream final : public httplib::Stream {
     char buf[4096];
     std::size_t off = 0, len = 0;
     bool empty() const { return off == len; }
+    // Drops empty lines (CR, LF) before a request line, up to 4 bytes
+    // (RFC 9112, 2.2: a client may send a CRLF after a body).
+    void skip_blank() {
+      for (int i = 0; i < 4 && off < len && (buf[off] == '\r' || buf[off] == '\n'); ++i) ++off;
+    }
   };
 
   RequestStream(int fd, const Limits& limits, SSL* ssl = nullptr, ReadAhead* ahead = nullptr);
@@ -126,20 +134,36 @@ class RequestStream final : public httplib::Stream {
   // library through its error handler, which calls mark_answered().
   bool answered() const { return answered_; }
   void mark_answered() const { answered_ = true; }
-  // Calls `f` once, when the request's head has been read whole (at once
-  // if it has been already); never for a head that does not end. When `f`
-  // returns false (the connection was ended meanwhile), the read that
-  // ended the head fails, and every read after it: the request is not
-  // handled.
-  void on_head_end(std::function<bool()> f);
+  // A connection's place among those that may be ended to free their
+  // thread (server.cpp's IdleConnections) while a head arrives.
+  class Place {
+   public:
+    virtual ~Place() = default;
+    // The head has arrived whole: leaves the place; false when the
+    // connection was ended meanwhile.
+    virtual bool leave() = 0;
+    // The connection has been ended.
+    virtual bool ended() = 0;
+  };
+  // Holds `place` (not owned; it outlives the stream) until the head has
+  // arrived whole, and then leaves it (at once if it has arrived already).
+  // A head that arrives whole after its connection was ended, and a head
+  // read that fails after that, cut the stream off: that read and every
+  // one after it fail, and the request is not handled (nor counted).
+  void hold(Place* place);
 
   // Bytes of the request after its head that the library has read (its
   // body, as far as it read it). Empty lines skipped before a request
   // line count for neither.
   std::uint64_t body_bytes_read() const { return taken_ > head_.head_bytes() ? taken_ - head_.head_bytes() : 0; }
   bool head_ended() const { return head_.ended(); }
-  // on_head_end()'s callback said no.
+  // Bytes handed to the library, head and body.
+  std::uint64_t bytes_taken() const { return taken_; }
+  // The connection was ended while its head arrived (hold()).
   bool cut_off() const { return cut_off_; }
+  // A header line of the head ended in a bare LF, which the library skips
+  // (a proxy may not): the request is refused.
+  bool bare_lf() const { return head_.bare_lf(); }
 
   // The connection was ended after this request's answer (a refusal that
   // left bytes unread): no further request may be read from it.
@@ -183,8 +207,8 @@ class RequestStream final : public httplib::Stream {
   Refusal refusal_ = Refusal::kNone;
   mutable bool answered_ = false;
   mutable bool connection_ended_ = false;
-  std::function<bool()> on_head_end_;
-  bool cut_off_ = false;         // on_head_end_ said no: every read fails
+  Place* place_ = nullptr;
+  bool cut_off_ = false;         // ended while its head arrived: every read fails
   std::uint64_t taken_ = 0;      // bytes handed to the library (head and body)
   std::size_t blank_bytes_ = 0;  // CR and LF skipped before the request line
   static constexpr std::size_t kMaxBlankBytes = 4;

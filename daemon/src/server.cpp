@@ -174,6 +174,25 @@ bool body_left_unread(const httplib::Request& req, bool answered_early) {
   return answered_early || !read;
 }
 
+// Why a request's head frames its body in a way cpp-httplib reads one way
+// and a proxy in front of airlockd may read another (RFC 9112, 6.3: such a
+// request is refused and its connection closed), or nullopt: a
+// Content-Length that is not digits alone, or several that differ (the
+// library takes the first); a header line ending in a bare LF (the
+// library skips the line, a proxy may honour it).
+std::optional<std::string> ambiguous_framing(const httplib::Request& req) {
+  if (const RequestStream* strm = RequestStream::current(); strm != nullptr && strm->bare_lf())
+    return "header lines must end with CRLF";
+  const auto [first, last] = req.headers.equal_range("Content-Length");
+  for (auto it = first; it != last; ++it) {
+    const std::string& v = it->second;
+    if (v.empty() || v.find_first_not_of("0123456789") != std::string::npos)
+      return "Content-Length must be a decimal number of bytes";
+    if (v != first->second) return "the request has several Content-Length headers that differ";
+  }
+  return std::nullopt;
+}
+
 std::string random_id(const char* prefix) {
   unsigned char b[12];
   randombytes_buf(b, sizeof b);
@@ -627,6 +646,11 @@ class IdleConnections {
     std::lock_guard<std::mutex> lock(mu_);
     t->slow_at = std::chrono::steady_clock::now() + slow_after;
   }
+  // end_oldest() has ended it.
+  bool ended(Ticket t) {
+    std::lock_guard<std::mutex> lock(mu_);
+    return t->ended;
+  }
   // True when end_oldest() ended it meanwhile: it must not be served.
   bool leave(Ticket t) {
     std::lock_guard<std::mutex> lock(mu_);
@@ -684,7 +708,7 @@ class ConnectionThreads : public httplib::TaskQueue {
         pool_(static_cast<std::size_t>(kept), static_cast<std::size_t>(max), std::chrono::seconds(10),
               start_connection_thread),
         again_([this] {
-          pthread_setname_np(pthread_self(), "airlock-http-cap");
+          pthread_setname_np(pthread_self(), "airlock-httpcap");  // (15 characters at most)
           try_again();
         }) {}
   ~ConnectionThreads() override { shutdown(); }
@@ -821,11 +845,12 @@ class BoundedServer final : public AdoptingServer<Base> {
     bool linger = false;  // bytes may be left unread: a lingering close
     for (std::size_t count = this->keep_alive_max_count_; this->svr_sock_ != INVALID_SOCKET && count > 0; --count) {
       Waiting w(control_.idle, sock);
+      ahead.skip_blank();  // (a CRLF after the last body: still waiting, not a head)
       if (!w.wait_for_request(ssl, std::chrono::seconds(this->keep_alive_timeout_sec_), IdleConnections::kSlowHead,
                               !ahead.empty()))
         break;
       RequestStream strm(sock, limits, ssl, &ahead);
-      strm.on_head_end([&w] { return w.leave(); });
+      strm.hold(&w);
       bool connection_closed = false;
       // The body the head announces: what the library must have read of
       // it for the connection to go on (set once the head was parsed).
@@ -855,15 +880,21 @@ class BoundedServer final : public AdoptingServer<Base> {
       // be read as the next request (request smuggling behind a proxy):
       // the connection ends after the answer. (airlockd's own refusals
       // end theirs in the logger.)
+      // Lingering only where bytes may be left: not after a client that
+      // closed, or fell silent, before its head.
+      auto bytes_left = [&] {
+        return !ahead.empty() || RequestStream::wait_readable(sock, ssl, std::chrono::milliseconds(0));
+      };
       if (!announced || strm.body_bytes_read() != *announced) {
         ret = false;
-        linger = true;
+        linger = announced.has_value() || (strm.bytes_taken() > 0 && bytes_left());
         break;
       }
       if (!ret) break;  // (nothing more can be written)
-      if (connection_closed) {
-        // Pipelined requests left unanswered (the answer said "close").
-        linger = !ahead.empty() || RequestStream::wait_readable(sock, ssl, std::chrono::milliseconds(0));
+      if (connection_closed || count == 1) {
+        // Pipelined requests left unanswered (the answer said "close", or
+        // this was the connection's last).
+        linger = bytes_left();
         break;
       }
     }
@@ -881,10 +912,10 @@ class BoundedServer final : public AdoptingServer<Base> {
   // A connection among the idle ones (IdleConnections), which a new
   // connection may end: while it waits for a request, and then while the
   // request's head arrives (until leave(), at the latest until destroyed).
-  class Waiting {
+  class Waiting final : public RequestStream::Place {
    public:
     Waiting(IdleConnections& idle, socket_t sock) : idle_(idle), sock_(sock), ticket_(idle.enter(sock)) {}
-    ~Waiting() { (void)leave(); }
+    ~Waiting() override { (void)leave(); }
     Waiting(const Waiting&) = delete;
     Waiting& operator=(const Waiting&) = delete;
 
@@ -900,10 +931,11 @@ class BoundedServer final : public AdoptingServer<Base> {
     }
     // False when the connection was ended while it waited (it must not be
     // served); the same on every call.
-    bool leave() {
+    bool leave() override {
       if (!std::exchange(left_, true)) ended_ = idle_.leave(ticket_);
       return !ended_;
     }
+    bool ended() override { return left_ ? ended_ : idle_.ended(ticket_); }
 
    private:
     IdleConnections& idle_;
@@ -2702,6 +2734,8 @@ void Server::routes() {
                                         "method " + req.method + " is not served (GET, HEAD, POST, DELETE are)",
                                         "method_not_allowed"));
     }
+    if (const std::optional<std::string> why = ambiguous_framing(req))
+      return refuse_and_close(api_error(400, "invalid_request_error", *why));
     if (body_left_unread(req, /*answered_early=*/false))  // a GET with a body, /health's too
       return refuse_and_close(api_error(400, "invalid_request_error", "a " + req.method + " request carries no body"));
     if (req.path == "/health") {

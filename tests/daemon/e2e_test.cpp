@@ -1330,7 +1330,8 @@ TEST_F(DaemonE2E, PipelinedRequestsAreEachAnswered) {
 
 // Requests cpp-httplib answers itself without reading all of them (a
 // Range it cannot parse: 416; a request line over 8 KiB: 414; a header
-// line over 8 KiB: 400), no key needed: what follows the part it read,
+// line over 8 KiB: 400), and requests whose framing is ambiguous (400),
+// no key needed: what follows the part it read,
 // here a body that is itself a request, is not read as a request (behind
 // a proxy, a response desync). One answer, then the end of the connection.
 // An empty line after a body (as some clients send) is skipped.
@@ -1342,6 +1343,13 @@ TEST_F(DaemonE2E, BytesHttplibLeftUnreadAreNotTakenForARequest) {
       {"414", "POST /v1/" + std::string(9000, 'a') + " HTTP/1.1\r\nHost: x\r\n" + length + inner},
       {"400", "POST /v1/models HTTP/1.1\r\nHost: x\r\nX-Long: " + std::string(9000, 'a') + "\r\n" + length + inner},
       {"400", "NOT A REQUEST LINE\r\nHost: x\r\n" + length + inner},
+      // Framing the library reads one way and a proxy may read another
+      // (RFC 9112, 6.3), refused by airlockd: a length that is not digits
+      // alone, lengths that differ, a header line ending in a bare LF.
+      {"400", "POST /v1/models HTTP/1.1\r\nHost: x\r\nContent-Length: +" + std::to_string(inner.size()) + "\r\n\r\n" + inner},
+      {"400", "POST /v1/models HTTP/1.1\r\nHost: x\r\nContent-Length: " + std::to_string(inner.size()) + "\r\n" +
+                  "Content-Length: 0\r\n\r\n" + inner},
+      {"400", "GET /v1/models HTTP/1.1\r\nHost: x\r\nContent-Length: " + std::to_string(inner.size()) + "\n\r\n" + inner},
   };
   for (const auto& [status, request] : cases) {
     const auto t0 = std::chrono::steady_clock::now();
@@ -2815,11 +2823,13 @@ TEST(DaemonLifecycle, SlowHeadsGiveWayToNewOnesAtTheThreadCap) {
   // seconds holds its head for 10 s); the metric below is what tells.
   expect_served_promptly(*d, 4.5);
   // The oldest was ended; the newest (on a thread for less than a second
-  // when the others came) still waits.
+  // when the others came) still waits. (A header byte first: a head that
+  // sends nothing for 5 s fails by itself.)
   const timeval wait{1, 0};
   for (const int fd : {slow.front(), slow.back()}) ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &wait, sizeof wait);
   char c;
   EXPECT_EQ(::recv(slow.front(), &c, 1, 0), 0);
+  ASSERT_EQ(::send(slow.back(), "X", 1, MSG_NOSIGNAL), 1);
   EXPECT_EQ(::recv(slow.back(), &c, 1, 0), -1);  // nothing, for 1 s
   const std::string m = d->client().Get("/metrics")->body;
   EXPECT_GE(metric(m, "airlock_http_slow_heads_ended_total"), 77) << m;  // the 76 waiting, /health and the chat
@@ -2842,13 +2852,19 @@ TEST(DaemonLifecycle, SlowTlsHandshakesGiveWayAtTheThreadCap) {
   ASSERT_GT(d->port, 0) << d->log();
   std::vector<int> slow;
   const std::string record_start = "\x16\x03\x01";  // a handshake record's first bytes, and no more
+  const auto first = std::chrono::steady_clock::now();
   for (int i = 0; i < 1100; ++i) {
     const int fd = connect_loopback(d->port);
     ASSERT_GE(fd, 0) << i << ": " << std::strerror(errno);
     ASSERT_EQ(::send(fd, record_start.data(), record_start.size(), MSG_NOSIGNAL), 3);
     slow.push_back(fd);
   }
-  std::this_thread::sleep_for(std::chrono::milliseconds(3200));  // every handshake on a thread is slow
+  // One more byte each, within the 5 s a handshake waits for one (so that
+  // none fails by itself before the end), then on until the first are
+  // three seconds old.
+  std::this_thread::sleep_until(first + std::chrono::milliseconds(2500));
+  for (const int fd : slow) (void)::send(fd, "\x03", 1, MSG_NOSIGNAL);
+  std::this_thread::sleep_until(first + std::chrono::milliseconds(3300));
   httplib::SSLClient c("127.0.0.1", d->port);
   c.set_ca_cert_path((dir + "/ca.pem").c_str());
   c.enable_server_certificate_verification(true);

@@ -119,6 +119,18 @@ std::string read_body(RequestStream& strm, std::size_t n) {
   return got;
 }
 
+// A place among the connections that may give way, for tests: counts the
+// leaves, and says whether the connection was ended.
+struct TestPlace final : RequestStream::Place {
+  bool is_ended = false;
+  int left = 0;
+  bool leave() override {
+    ++left;
+    return !is_ended;
+  }
+  bool ended() override { return is_ended; }
+};
+
 RequestStream::Limits limits(std::size_t max_head, int timeout_ms) {
   RequestStream::Limits l;
   l.max_head_bytes = max_head;
@@ -130,53 +142,90 @@ RequestStream::Limits limits(std::size_t max_head, int timeout_ms) {
 // The connection loop learns when a head has arrived whole (a slow head
 // may give way to a new connection until then): once, as the head's last
 // byte is read, not for the body, and not for a head that never ends.
-TEST(RequestStreamTest, TellsOnceWhenTheHeadHasArrived) {
+TEST(RequestStreamTest, LeavesItsPlaceOnceTheHeadHasArrived) {
   Pair p;
   ASSERT_GE(p.a, 0);
   RequestStream strm(p.a, limits(1000, 5000));
-  int told = 0;
-  strm.on_head_end([&] { return ++told > 0; });
+  TestPlace place;
+  strm.hold(&place);
   const std::string head = "POST / HTTP/1.1\r\nContent-Length: 4\r\n";
   p.send(head);
   EXPECT_EQ(drain(strm, head.size()), head);
-  EXPECT_EQ(told, 0);  // not yet ended
+  EXPECT_EQ(place.left, 0);  // not yet ended
   p.send("\r\nbody");
   char c;
   ASSERT_EQ(strm.read(&c, 1), 1);
-  EXPECT_EQ(told, 0);
+  EXPECT_EQ(place.left, 0);
   ASSERT_EQ(strm.read(&c, 1), 1);  // the blank line's '\n'
-  EXPECT_EQ(told, 1);
+  EXPECT_EQ(place.left, 1);
   EXPECT_EQ(read_body(strm, 4), "body");
-  EXPECT_EQ(told, 1);
-  int late = 0;
-  strm.on_head_end([&] { return ++late > 0; });  // asked after the head: at once
-  EXPECT_EQ(late, 1);
+  EXPECT_EQ(place.left, 1);
+  TestPlace late;
+  strm.hold(&late);  // held after the head: left at once
+  EXPECT_EQ(late.left, 1);
+  EXPECT_FALSE(strm.cut_off());
 
   Pair q;
   ASSERT_GE(q.a, 0);
   q.send("GET / HTTP/1.1\r\nX: a\r\n");
   RequestStream never(q.a, limits(1000, 150));
-  int unended = 0;
-  never.on_head_end([&] { return ++unended > 0; });
+  TestPlace unended;
+  never.hold(&unended);
   (void)drain(never, 1000);
   EXPECT_EQ(never.refusal(), RequestStream::Refusal::kHeadTimedOut);
-  EXPECT_EQ(unended, 0);
+  EXPECT_EQ(unended.left, 0);
 }
 
 // A connection ended to free its thread just as its head arrived: the
-// read that ends the head fails, and so does every read after it.
+// read that ends the head fails, and so does every read after it. One
+// ended while its head was still arriving (its reads then fail) is cut off
+// too: neither is a request to answer, count or audit.
 TEST(RequestStreamTest, AHeadWhoseConnectionWasEndedIsNotHandedOver) {
   Pair p;
   ASSERT_GE(p.a, 0);
   const std::string head = "GET / HTTP/1.1\r\nX: a\r\n\r\n";
   p.send(head);
   RequestStream strm(p.a, limits(1000, 5000));
-  strm.on_head_end([] { return false; });
+  TestPlace place;
+  place.is_ended = true;
+  strm.hold(&place);
   EXPECT_EQ(drain(strm, 1000), head.substr(0, head.size() - 1));  // all but the byte that ends it
   EXPECT_TRUE(strm.cut_off());
   char c;
   EXPECT_EQ(strm.read(&c, 1), -1);
   EXPECT_EQ(strm.refusal(), RequestStream::Refusal::kNone);  // not a refusal to answer
+
+  Pair q;
+  ASSERT_GE(q.a, 0);
+  q.send("GET / HTTP/1.1\r\n");
+  RequestStream slow(q.a, limits(1000, 5000));
+  TestPlace ended_meanwhile;
+  slow.hold(&ended_meanwhile);
+  EXPECT_EQ(drain(slow, 1000), "GET / HTTP/1.1\r\n");
+  EXPECT_FALSE(slow.cut_off());  // its read timed out, and it was not ended: the library answers it
+  ended_meanwhile.is_ended = true;
+  ::shutdown(q.a, SHUT_RDWR);  // as end_oldest() does
+  RequestStream again(q.a, limits(1000, 5000));
+  again.hold(&ended_meanwhile);
+  EXPECT_EQ(again.read(&c, 1), 0);
+  EXPECT_TRUE(again.cut_off());
+}
+
+// A header line ending in a bare LF is one the library skips (a proxy may
+// not): the stream says so, and the server refuses the request.
+TEST(RequestStreamTest, TellsOfAHeaderLineEndingInABareLf) {
+  HeadScanner crlf, bare;
+  const std::string good = "GET / HTTP/1.1\r\nX: a\r\n\r\n", bad = "GET / HTTP/1.1\r\nContent-Length: 5\nX: a\r\n\r\n";
+  crlf.feed(good.data(), good.size());
+  bare.feed(bad.data(), bad.size());
+  EXPECT_TRUE(crlf.ended());
+  EXPECT_FALSE(crlf.bare_lf());
+  EXPECT_TRUE(bare.ended());
+  EXPECT_TRUE(bare.bare_lf());
+  HeadScanner request_line;  // (the request line is the library's to judge)
+  const std::string lf_request_line = "GET / HTTP/1.1\nX: a\r\n\r\n";
+  request_line.feed(lf_request_line.data(), lf_request_line.size());
+  EXPECT_FALSE(request_line.bare_lf());
 }
 
 // Empty lines before a request line are skipped (RFC 9112, 2.2), a few
