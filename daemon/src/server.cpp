@@ -1157,7 +1157,12 @@ struct Server::Impl {
 
   void count(const httplib::Request& req, int status) {
     if (admitted_key().request == &req) admitted_key().counted = true;
-    std::string route = req.path;
+    count_route(req.path, status);
+  }
+  // Counts a request to `path` (its route's label: the known routes, the
+  // collections' under one name, "other" for the rest).
+  void count_route(const std::string& path, int status) {
+    std::string route = path;
     if (route.rfind("/v1/rag/collections", 0) == 0) route = "/v1/rag/collections";
     if (route != "/health" && route != "/ready" && route != "/metrics" && route != "/v1/models" &&
         route != "/v1/chat/completions" && route != "/v1/completions" && route != "/v1/responses" &&
@@ -2324,10 +2329,7 @@ void Server::Impl::completions(const httplib::Request& req, httplib::Response& r
         // Audited and counted as what the client was told: the error event's
         // status for a failure mid-stream (the HTTP status was 200 by then).
         const int status = !(state->finished && success) ? 499 : state->failed_status != 0 ? state->failed_status : 200;
-        metrics
-            .counter("airlock_requests_total", "HTTP requests by route and status",
-                     "route=\"" + path + "\",status=\"" + std::to_string(status) + "\"")
-            .inc();
+        count_route(path, status);
         if (audit) {
           httplib::Request fake;
           fake.path = path;
