@@ -855,7 +855,7 @@ class BoundedServer final : public AdoptingServer<Base> {
       // The body the head announces: what the library must have read of
       // it for the connection to go on (set once the head was parsed).
       std::optional<std::uint64_t> announced;
-      ret = this->process_request(strm, count == 1, connection_closed, [ssl, &announced](httplib::Request& req) {
+      ret = this->process_request(strm, count == 1, connection_closed, [&](httplib::Request& req) {
         if constexpr (kTls) req.ssl = ssl;
         announced = req.has_header("Transfer-Encoding") ? UINT64_MAX
                     : req.has_header("Content-Length")  ? req.get_header_value<std::uint64_t>("Content-Length")

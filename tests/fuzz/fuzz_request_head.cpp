@@ -5,11 +5,12 @@
 //     line after the request line that is exactly "\r\n"), and count its
 //     bytes and header lines;
 //   - RequestStream, reading the rest from a socket pair a byte at a time
-//     (as httplib reads a head) and then in blocks, must refuse without
-//     handing over more than the limit when the head is over it; and when
-//     it is not, after some of what follows as the body, a second stream
-//     on the same connection (its next request) must hand over the rest:
-//     the two together exactly the input.
+//     (as httplib reads a head) and then in blocks, must skip up to 4 CR
+//     and LF bytes before the request line, and refuse without handing
+//     over more than the limit when the head is over it; and when it is
+//     not, after some of what follows as the body, a second stream on the
+//     same connection (its next request) must hand over the rest (less
+//     its own leading CR and LF): nothing lost or read twice.
 // Nothing may crash, hang or leak.
 #include <sys/socket.h>
 #include <unistd.h>
@@ -46,6 +47,13 @@ std::size_t reference_end(const std::string& s, std::size_t* lines, bool* ended)
   return s.size();
 }
 
+// How many bytes a stream skips before a request line: CR and LF, up to 4.
+std::size_t blank_prefix(const std::string& s) {
+  std::size_t n = 0;
+  while (n < 4 && n < s.size() && (s[n] == '\r' || s[n] == '\n')) ++n;
+  return n;
+}
+
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
   if (size < 2 || size > 48 * 1024) return 0;  // within a socket pair's buffer
   const std::size_t max_head = 1 + data[0] * 64;
@@ -60,6 +68,11 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   for (std::size_t i = 0; i < in.size(); i += piece) head += scan.feed(in.data() + i, std::min(piece, in.size() - i));
   if (scan.ended() != ended || head != head_end || scan.head_bytes() != head || scan.header_lines() != lines) std::abort();
 
+  // A stream skips empty lines before a request line (up to 4 bytes of CR
+  // and LF): what it hands over of its request is the input without them.
+  const std::string request = in.substr(blank_prefix(in));
+  const std::size_t request_head_end = reference_end(request, &lines, &ended);
+
   int fds[2];
   if (::socketpair(AF_UNIX, SOCK_STREAM, 0, fds) != 0) return 0;
   if (!in.empty() && ::write(fds[1], in.data(), in.size()) != static_cast<ssize_t>(in.size())) std::abort();
@@ -73,28 +86,30 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   {
     RequestStream strm(fds[0], limits, nullptr, &ahead);
     char c;
-    while (out.size() < head_end && strm.read(&c, 1) == 1) out += c;
-    if (head_end > max_head) {
+    while (out.size() < request_head_end && strm.read(&c, 1) == 1) out += c;
+    if (request_head_end > max_head) {
       if (strm.refusal() != RequestStream::Refusal::kHeadTooLarge || out.size() != max_head) std::abort();
     } else {
       // Part of what follows the head as this request's body, at most
       // `piece` bytes, then the rest as the next request, whatever it
       // holds: nothing lost or read twice between the two.
       char buf[700];
-      for (ssize_t n; out.size() < head_end + piece &&
-                      (n = strm.read(buf, std::min(sizeof buf, head_end + piece - out.size()))) > 0;)
+      for (ssize_t n; out.size() < request_head_end + piece &&
+                      (n = strm.read(buf, std::min(sizeof buf, request_head_end + piece - out.size()))) > 0;)
         out.append(buf, static_cast<std::size_t>(n));
-      if (strm.refusal() != RequestStream::Refusal::kNone) std::abort();
+      if (strm.refusal() != RequestStream::Refusal::kNone || out != request.substr(0, out.size())) std::abort();
     }
   }
-  if (head_end <= max_head) {
+  if (request_head_end <= max_head) {
+    const std::string rest = request.substr(out.size());
     RequestStream::Limits any = limits;
     any.max_head_bytes = SIZE_MAX;
     RequestStream next(fds[0], any, nullptr, &ahead);
+    std::string next_out;
     char buf[700];
-    for (ssize_t n; (n = next.read(buf, out.size() % 2 == 0 ? 1 : sizeof buf)) > 0;)
-      out.append(buf, static_cast<std::size_t>(n));
-    if (out != in) std::abort();
+    for (ssize_t n; (n = next.read(buf, next_out.size() % 2 == 0 ? 1 : sizeof buf)) > 0;)
+      next_out.append(buf, static_cast<std::size_t>(n));
+    if (next_out != rest.substr(blank_prefix(rest))) std::abort();
   }
   ::close(fds[0]);
   ::close(fds[1]);
