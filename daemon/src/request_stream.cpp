@@ -194,13 +194,8 @@ ssize_t RequestStream::read_head(char* ptr, std::size_t size) {
       ahead_.off = 0;
       ahead_.len = static_cast<std::size_t>(n);
     }
-    // Empty lines before the request line are ignored (RFC 9112, 2.2: a
-    // client may send a CRLF after a body), a few bytes of them.
-    while (!ahead_.empty() && head_.head_bytes() == 0 && blank_bytes_ < kMaxBlankBytes &&
-           (ahead_.buf[ahead_.off] == '\r' || ahead_.buf[ahead_.off] == '\n')) {
-      ++ahead_.off;
-      ++blank_bytes_;
-    }
+    // Empty lines before the request line are ignored, a few bytes of them.
+    if (head_.head_bytes() == 0) blank_bytes_ += ahead_.skip_blank(ReadAhead::kMaxBlank - blank_bytes_);
     if (!ahead_.empty()) break;
   }
   const std::size_t k = std::min(size, ahead_.len - ahead_.off);

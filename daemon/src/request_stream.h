@@ -96,10 +96,14 @@ class RequestStream final : public httplib::Stream {
     char buf[4096];
     std::size_t off = 0, len = 0;
     bool empty() const { return off == len; }
-    // Drops empty lines (CR, LF) before a request line, up to 4 bytes
-    // (RFC 9112, 2.2: a client may send a CRLF after a body).
-    void skip_blank() {
-      for (int i = 0; i < 4 && off < len && (buf[off] == '\r' || buf[off] == '\n'); ++i) ++off;
+    // Empty lines (CR, LF) before a request line are dropped, up to this
+    // many bytes (RFC 9112, 2.2: a client may send a CRLF after a body).
+    static constexpr std::size_t kMaxBlank = 4;
+    // Drops up to `most` such bytes from the front; returns how many.
+    std::size_t skip_blank(std::size_t most = kMaxBlank) {
+      std::size_t n = 0;
+      for (; n < most && off < len && (buf[off] == '\r' || buf[off] == '\n'); ++n) ++off;
+      return n;
     }
   };
 
@@ -211,7 +215,6 @@ class RequestStream final : public httplib::Stream {
   bool cut_off_ = false;         // ended while its head arrived: every read fails
   std::uint64_t taken_ = 0;      // bytes handed to the library (head and body)
   std::size_t blank_bytes_ = 0;  // CR and LF skipped before the request line
-  static constexpr std::size_t kMaxBlankBytes = 4;
   ReadAhead own_;     // when the caller keeps none
   ReadAhead& ahead_;  // the caller's, or own_
   const RequestStream* outer_;  // current() before this one

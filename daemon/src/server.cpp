@@ -1127,7 +1127,7 @@ struct Server::Impl {
         &m.counter("airlock_http_idle_connections_ended_total",
                    "Connections waiting for a request ended to free a thread for a new one"),
         &m.counter("airlock_http_slow_heads_ended_total",
-                   "Connections whose request head or TLS handshake took over a second, ended to free a thread"));
+                   "Connections whose request head (over 1 s) or TLS handshake (over 3 s) was slow, ended to free a thread"));
     listener.head_refused = [this](int status) {
       httplib::Request unparsed;  // no request line was read whole: no path, key or model
       count(unparsed, status);
