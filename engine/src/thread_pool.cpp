@@ -79,10 +79,10 @@ void ThreadPool::parallel_for(std::int64_t n, const std::function<void(std::int6
     job_chunk_ = step;
     next_.store(0, std::memory_order_relaxed);
     job_parts_ = static_cast<int>(parts);
-    // Every worker acknowledges every job, even one with no part in it, so
-    // no worker can still be reading these fields when the next job writes them.
-    pending_.store(n_threads_ - 1, std::memory_order_relaxed);
-    generation_.fetch_add(1, std::memory_order_release);
+    // A new generation, open, nobody in it yet. The last job was closed and
+    // empty, so no worker reads these fields now, and none joins it any more.
+    const std::uint64_t gen = generation_of(state_.load(std::memory_order_relaxed)) + 1;
+    state_.store(gen << kGenShift, std::memory_order_release);
   }
   start_cv_.notify_all();
   // Ends the job even when fn throws here: the workers stop claiming
@@ -115,9 +115,12 @@ void ThreadPool::fail_job(std::exception_ptr e) {
 }
 
 std::exception_ptr ThreadPool::finish_job(std::uint64_t ticket) {
-  if (!spin_for([this] { return pending_.load(std::memory_order_acquire) == 0; }, kSpinMicros)) {
+  // Every range is claimed (or skipped): no worker needs to join any more.
+  // Those that have are waited for, to finish their ranges.
+  auto empty = [this] { return (state_.load(std::memory_order_acquire) & kJoinedMask) == 0; };
+  if ((state_.fetch_or(kClosed, std::memory_order_acq_rel) & kJoinedMask) != 0 && !spin_for(empty, kSpinMicros)) {
     std::unique_lock<std::mutex> lock(mu_);
-    done_cv_.wait(lock, [this] { return pending_.load(std::memory_order_acquire) == 0; });
+    done_cv_.wait(lock, empty);
   }
   job_ = nullptr;
   // (The flag spares every job a lock: jobs run a few hundred times a token.)
@@ -156,17 +159,24 @@ void ThreadPool::run_chunks() {
 }
 
 void ThreadPool::worker(int index) {
-  std::uint64_t seen = 0;
+  std::uint64_t seen = 0;  // the last generation this worker looked at
   while (true) {
     auto changed = [&] {
-      return stop_.load(std::memory_order_acquire) || generation_.load(std::memory_order_acquire) != seen;
+      return stop_.load(std::memory_order_acquire) || generation_of(state_.load(std::memory_order_acquire)) != seen;
     };
     if (!spin_for(changed, kSpinMicros)) {
       std::unique_lock<std::mutex> lock(mu_);
       start_cv_.wait(lock, changed);
     }
     if (stop_.load(std::memory_order_acquire)) return;
-    seen = generation_.load(std::memory_order_acquire);
+    // Joins the job it saw while that is open; a job closed (every range
+    // taken) or already followed by another is passed over.
+    std::uint64_t s = state_.load(std::memory_order_acquire);
+    seen = generation_of(s);
+    bool joined = false;
+    while (!joined && (s & kClosed) == 0 && generation_of(s) == seen)
+      joined = state_.compare_exchange_weak(s, s + 1, std::memory_order_acq_rel, std::memory_order_acquire);
+    if (!joined) continue;
     if (index < job_parts_) {
       InJob in_job;
       // Thrown out of a worker it would end the process (std::terminate):
@@ -177,7 +187,8 @@ void ThreadPool::worker(int index) {
         fail_job(std::current_exception());
       }
     }
-    if (pending_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+    // The last to leave a closed job wakes the caller, if it sleeps.
+    if (state_.fetch_sub(1, std::memory_order_acq_rel) == (seen << kGenShift | kClosed | 1)) {
       std::lock_guard<std::mutex> lock(mu_);  // the caller may be between its check and its wait
       done_cv_.notify_one();
     }

@@ -4,12 +4,20 @@
 // to sleep (the condition-variable path).
 #include "airlock/engine/thread_pool.h"
 
+#include <dirent.h>
 #include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <chrono>
+#include <cstdio>
+#include <cstring>
 #include <mutex>
 #include <new>
+#include <set>
 #include <stdexcept>
 #include <thread>
 #include <vector>
@@ -176,6 +184,91 @@ TEST(ThreadPoolTest, AJobThrowingOnAWorkerReachesTheCaller) {
   check_job(pool, 777, 1);
   std::thread other([&] { check_job(pool, 777, 4); });
   other.join();
+}
+
+// The ids of this process's threads named as the pool names its workers.
+std::set<pid_t> pool_threads() {
+  std::set<pid_t> out;
+  DIR* d = opendir("/proc/self/task");
+  if (d == nullptr) return out;
+  while (dirent* e = readdir(d)) {
+    if (e->d_name[0] == '.') continue;
+    char path[300], name[32] = {};
+    std::snprintf(path, sizeof path, "/proc/self/task/%s/comm", e->d_name);
+    if (FILE* f = std::fopen(path, "r")) {
+      if (std::fgets(name, sizeof name, f) != nullptr && std::strncmp(name, "airlock-pool", 12) == 0)
+        out.insert(static_cast<pid_t>(std::atoi(e->d_name)));
+      std::fclose(f);
+    }
+  }
+  closedir(d);
+  return out;
+}
+
+std::atomic<bool> g_held{false}, g_release{false};
+// A signal handler that keeps its thread from running pool code until
+// released, as a thread descheduled from a busy core would be.
+extern "C" void hold_thread(int) {
+  g_held.store(true);
+  while (!g_release.load()) {
+    timespec pause{0, 100000};
+    nanosleep(&pause, nullptr);
+  }
+}
+
+// A worker that is not running when jobs come (descheduled on a shared
+// core, or still waking) does not hold them up: the caller takes its ranges.
+// Once it runs again it takes part as before.
+TEST(ThreadPoolTest, JobsDoNotWaitForAWorkerThatIsNotRunning) {
+  const std::set<pid_t> before = pool_threads();
+  ThreadPool pool(2);
+  const std::thread::id caller = std::this_thread::get_id();
+  // Jobs until the worker has run a range (it has started and named itself).
+  auto worker_takes_part = [&] {
+    std::atomic<bool> ran{false};
+    for (int attempt = 0; attempt < 2000 && !ran.load(); ++attempt)
+      pool.parallel_for(64, [&](std::int64_t, std::int64_t) {
+        if (std::this_thread::get_id() != caller) ran = true;
+        std::this_thread::sleep_for(std::chrono::microseconds(50));
+      });
+    return ran.load();
+  };
+  ASSERT_TRUE(worker_takes_part()) << "the worker never ran a range";
+  pid_t worker = 0;
+  for (pid_t t : pool_threads())
+    if (before.count(t) == 0) worker = t;
+  ASSERT_NE(worker, 0) << "the pool's worker thread was not found in /proc/self/task";
+
+  struct sigaction hold {}, old{};
+  hold.sa_handler = hold_thread;
+  sigemptyset(&hold.sa_mask);
+  ASSERT_EQ(sigaction(SIGUSR1, &hold, &old), 0);
+  g_held = false;
+  g_release = false;
+  ASSERT_EQ(syscall(SYS_tgkill, getpid(), worker, SIGUSR1), 0);
+  for (int i = 0; i < 5000 && !g_held.load(); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  ASSERT_TRUE(g_held.load()) << "the worker did not take the signal";
+
+  // A watchdog lets the worker go after 10 s, which only a pool that waits
+  // for it would need.
+  std::atomic<bool> done{false}, released_by_watchdog{false};
+  std::thread watchdog([&] {
+    const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+    while (!done.load() && std::chrono::steady_clock::now() < until)
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    if (!done.load()) {
+      released_by_watchdog = true;
+      g_release = true;
+    }
+  });
+  for (int i = 0; i < 200; ++i) check_job(pool, 777, 1);
+  done = true;
+  watchdog.join();
+  EXPECT_FALSE(released_by_watchdog.load()) << "the jobs waited for a worker that was not running";
+
+  g_release = true;
+  EXPECT_TRUE(worker_takes_part()) << "the worker took no range once it ran again";
+  sigaction(SIGUSR1, &old, nullptr);
 }
 
 TEST(ThreadPoolTest, EmptyAndNegativeRangesRunNothing) {

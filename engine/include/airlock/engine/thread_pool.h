@@ -9,7 +9,10 @@
 // costs about as much. So idle workers (and a caller waiting for them) first
 // spin on an atomic for a short while (kSpinMicros) and only then sleep on a
 // condition variable: back-to-back jobs start without a system call, and a
-// pool left idle still sleeps.
+// pool left idle still sleeps. A job waits only for the workers that joined
+// it: one that is descheduled (another process or thread on its core) or
+// still waking when the job comes is not waited for, and the threads that
+// are running take its ranges.
 //
 // Thread-safety: several threads may call parallel_for() on one pool (the
 // daemon's decoder and its embedding encoder share one, so that the two
@@ -55,12 +58,24 @@ class ThreadPool {
  private:
   void worker(int index);
   void run_chunks();
-  // Waits for the workers, then passes the turn on; returns the exception a
-  // worker's range threw, if any.
+  // Closes the job, waits for the workers in it, then passes the turn on;
+  // returns the exception a worker's range threw, if any.
   std::exception_ptr finish_job(std::uint64_t ticket);
   void fail_job(std::exception_ptr e);  // keeps the first, skips the ranges left
 
   static constexpr int kSpinMicros = 100;
+
+  // state_: the job's generation (high bits), whether it is closed to
+  // workers that have not joined it yet, and how many have joined and not
+  // left. A worker joins by raising the count while the generation is the
+  // one it saw and the job is open; the caller, once every range is
+  // claimed, closes the job and waits for the count to reach 0. So a
+  // worker that was descheduled (a busy core) or asleep when the job came
+  // holds nobody up: the others take its ranges.
+  static constexpr int kGenShift = 24;
+  static constexpr std::uint64_t kClosed = std::uint64_t{1} << 23;
+  static constexpr std::uint64_t kJoinedMask = kClosed - 1;
+  static std::uint64_t generation_of(std::uint64_t state) { return state >> kGenShift; }
 
   int n_threads_;
   std::vector<std::thread> workers_;
@@ -69,15 +84,14 @@ class ThreadPool {
   std::atomic<bool> job_failed_{false};  // job_error_ is set
   std::condition_variable start_cv_;
   std::condition_variable done_cv_;
-  // The job fields are written before generation_ is bumped (release) and
-  // read after it is seen changed (acquire).
-  std::atomic<std::uint64_t> generation_{0};
-  std::atomic<int> pending_{0};
+  // The job fields are written before the generation in state_ changes
+  // (release) and read by a worker after it has joined (acquire).
+  std::atomic<std::uint64_t> state_{0};
   std::atomic<bool> stop_{false};
   const std::function<void(std::int64_t, std::int64_t)>* job_ = nullptr;
   std::int64_t job_n_ = 0;
   std::int64_t job_chunk_ = 1;  // min_chunk: every range but the last is a multiple of it
-  int job_parts_ = 0;                     // threads taking part (fewer for small n)
+  int job_parts_ = 0;                     // threads that may take part (fewer for small n)
   std::atomic<std::int64_t> next_{0};     // start of the next unclaimed range
   // Callers' turns: a ticket each, served in order. A caller whose turn it
   // is goes ahead without the mutex; the others wait on turn_cv_.
