@@ -1,7 +1,10 @@
 #include "airlock/engine/thread_pool.h"
 
+#include <linux/futex.h>
 #include <pthread.h>
 #include <sched.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
@@ -24,6 +27,16 @@ struct InJob {
   InJob() { t_in_job = true; }
   ~InJob() { t_in_job = false; }
 };
+
+// A sleeping worker waits on a 32-bit word through the kernel's futex
+// directly: a condition variable would have the caller take a mutex that a
+// worker descheduled on its way to sleep may hold.
+void futex_wait(std::atomic<std::uint32_t>* word, std::uint32_t expected) {
+  syscall(SYS_futex, reinterpret_cast<std::uint32_t*>(word), FUTEX_WAIT_PRIVATE, expected, nullptr, nullptr, 0);
+}
+void futex_wake_all(std::atomic<std::uint32_t>* word) {
+  syscall(SYS_futex, reinterpret_cast<std::uint32_t*>(word), FUTEX_WAKE_PRIVATE, INT32_MAX, nullptr, nullptr, 0);
+}
 
 // Spins (with the CPU's pause hint) until done() or kSpinMicros have passed.
 template <typename Done>
@@ -48,12 +61,19 @@ ThreadPool::ThreadPool(int n_threads) : n_threads_(n_threads > 0 ? n_threads : a
 }
 
 ThreadPool::~ThreadPool() {
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    stop_.store(true);
-  }
-  start_cv_.notify_all();
+  stop_.store(true, std::memory_order_seq_cst);
+  wake_workers();
   for (std::thread& t : workers_) t.join();
+}
+
+// After a change a worker waits for (a job, stop_), stored seq_cst. A worker
+// going to sleep counts itself in sleepers_ and then looks for the change
+// again (both seq_cst): either it sees the change, or this sees it counted
+// and bumps the word it sleeps on, which fails or ends its wait.
+void ThreadPool::wake_workers() {
+  if (sleepers_.load(std::memory_order_seq_cst) == 0) return;
+  wake_word_.fetch_add(1, std::memory_order_seq_cst);
+  futex_wake_all(&wake_word_);
 }
 
 void ThreadPool::parallel_for(std::int64_t n, const std::function<void(std::int64_t, std::int64_t)>& fn,
@@ -71,20 +91,16 @@ void ThreadPool::parallel_for(std::int64_t n, const std::function<void(std::int6
     turn_cv_.wait(turn, [&] { return serving_.load(std::memory_order_acquire) == ticket; });
   }
   const std::int64_t step = std::max<std::int64_t>(1, min_chunk);
-  {
-    // Under the mutex so a worker about to sleep cannot miss the change.
-    std::lock_guard<std::mutex> lock(mu_);
-    job_ = &fn;
-    job_n_ = n;
-    job_chunk_ = step;
-    next_.store(0, std::memory_order_relaxed);
-    job_parts_ = static_cast<int>(parts);
-    // A new generation, open, nobody in it yet. The last job was closed and
-    // empty, so no worker reads these fields now, and none joins it any more.
-    const std::uint64_t gen = generation_of(state_.load(std::memory_order_relaxed)) + 1;
-    state_.store(gen << kGenShift, std::memory_order_release);
-  }
-  start_cv_.notify_all();
+  // No worker reads these now: the last job was closed and left empty.
+  job_ = &fn;
+  job_n_ = n;
+  job_chunk_ = step;
+  next_.store(0, std::memory_order_relaxed);
+  job_parts_ = static_cast<int>(parts);
+  // A new generation, open, nobody in it yet (seq_cst: see wake_workers).
+  const std::uint64_t gen = generation_of(state_.load(std::memory_order_relaxed)) + 1;
+  state_.store(gen << kGenShift, std::memory_order_seq_cst);
+  wake_workers();
   // Ends the job even when fn throws here: the workers stop claiming
   // ranges, and the next caller gets its turn. A worker's exception is
   // rethrown here, after that.
@@ -162,11 +178,16 @@ void ThreadPool::worker(int index) {
   std::uint64_t seen = 0;  // the last generation this worker looked at
   while (true) {
     auto changed = [&] {
-      return stop_.load(std::memory_order_acquire) || generation_of(state_.load(std::memory_order_acquire)) != seen;
+      return stop_.load(std::memory_order_seq_cst) || generation_of(state_.load(std::memory_order_seq_cst)) != seen;
     };
     if (!spin_for(changed, kSpinMicros)) {
-      std::unique_lock<std::mutex> lock(mu_);
-      start_cv_.wait(lock, changed);
+      sleepers_.fetch_add(1, std::memory_order_seq_cst);
+      for (;;) {
+        const std::uint32_t word = wake_word_.load(std::memory_order_seq_cst);
+        if (changed()) break;
+        futex_wait(&wake_word_, word);  // returns at once if the word has moved on
+      }
+      sleepers_.fetch_sub(1, std::memory_order_relaxed);
     }
     if (stop_.load(std::memory_order_acquire)) return;
     // Joins the job it saw while that is open; a job closed (every range

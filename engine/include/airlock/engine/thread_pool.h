@@ -7,8 +7,8 @@
 // A forward pass issues a few hundred parallel_for() calls per token, a few
 // tens of microseconds apart; waking a sleeping thread through the kernel
 // costs about as much. So idle workers (and a caller waiting for them) first
-// spin on an atomic for a short while (kSpinMicros) and only then sleep on a
-// condition variable: back-to-back jobs start without a system call, and a
+// spin on an atomic for a short while (kSpinMicros) and only then sleep (a
+// futex): back-to-back jobs start without a system call or a lock, and a
 // pool left idle still sleeps. A job waits only for the workers that joined
 // it: one that is descheduled (another process or thread on its core) or
 // still waking when the job comes is not waited for, and the threads that
@@ -62,6 +62,7 @@ class ThreadPool {
   // returns the exception a worker's range threw, if any.
   std::exception_ptr finish_job(std::uint64_t ticket);
   void fail_job(std::exception_ptr e);  // keeps the first, skips the ranges left
+  void wake_workers();                   // those asleep, after a new job or stop_
 
   static constexpr int kSpinMicros = 100;
 
@@ -82,8 +83,9 @@ class ThreadPool {
   std::mutex mu_;
   std::exception_ptr job_error_;  // under mu_: the first exception a worker's range threw
   std::atomic<bool> job_failed_{false};  // job_error_ is set
-  std::condition_variable start_cv_;
-  std::condition_variable done_cv_;
+  std::condition_variable done_cv_;  // the caller, asleep until the workers in its job leave
+  std::atomic<int> sleepers_{0};      // workers asleep, or about to sleep, on wake_word_
+  std::atomic<std::uint32_t> wake_word_{0};
   // The job fields are written before the generation in state_ changes
   // (release) and read by a worker after it has joined (acquire).
   std::atomic<std::uint64_t> state_{0};
