@@ -2350,10 +2350,13 @@ Server::Impl::Gathered Server::Impl::gather(Generation& g, Clock::time_point las
   // a stream interval, collect until that much time has passed since the
   // last write or a choice ends, without waking for each token. The
   // interval runs from the last write of tokens (the role chunk written
-  // alone does not hold back the first token).
+  // alone does not hold back the first token). Within the interval the
+  // first wait is already until its end: a fast stream's thread wakes once
+  // per write, not also for the first token after it.
   const std::chrono::milliseconds stream_interval(config.stream_interval_ms);
   bool any = false;
   Clock::time_point deadline;
+  const Clock::time_point not_before = last_write + stream_interval;
   // Up to 50 rounds (about 0.5 s per choice) waiting for a first token;
   // once one has come, until the deadline.
   for (int round = 0; (any || round < 50) && !g.all_done(); ++round) {
@@ -2363,7 +2366,10 @@ Server::Impl::Gathered Server::Impl::gather(Generation& g, Clock::time_point las
       Choice& c = g.choices[i];
       if (c.done) continue;
       std::vector<TokenEvent> events;
-      if (!any) events = c.stream->pop(std::chrono::milliseconds(10));
+      if (!any && Clock::now() < not_before)
+        events = std::exchange(waited, true) ? c.stream->pop(std::chrono::milliseconds(0))
+                                             : c.stream->pop_until(not_before);
+      else if (!any) events = c.stream->pop(std::chrono::milliseconds(10));
       else if (!std::exchange(waited, true)) events = c.stream->pop_until(deadline);
       else events = c.stream->pop(std::chrono::milliseconds(0));
       for (TokenEvent& e : events) {
