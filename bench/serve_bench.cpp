@@ -363,10 +363,11 @@ int main(int argc, char** argv) {
   std::printf("model %s, %d tokens per client, backend %s, stream interval %d ms, client %s, %d rounds\n\n",
               path.c_str(), tokens, model->model->backend().name().c_str(), stream_interval_ms,
               loop_client ? "loop (one thread, epoll)" : "threads (one per client)", rounds);
-  std::printf("| clients | engine tok/s | HTTP tok/s | HTTP / engine | engine CPU us/tok | HTTP CPU us/tok | "
+  std::printf("| clients | engine tok/s | HTTP tok/s | HTTP / engine | per round: median (min-max) | "
+              "engine CPU us/tok | HTTP CPU us/tok | "
               "compute threads us/tok, engine / HTTP | connection threads us/tok | "
               "engine steps | HTTP steps | TTFT p50 (s) | TTFT p99 (s) |\n");
-  std::printf("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+  std::printf("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
   for (int c : counts) {
     // Alternate the two paths so drift on a noisy machine hits both.
     double e = 0, h = 0, cpu_e = 0, cpu_h = 0;
@@ -376,13 +377,17 @@ int main(int argc, char** argv) {
     auto compute_now = [] { return thread_cpu("airlock-sched") + thread_cpu("airlock-pool"); };
     std::uint64_t steps_e = 0, steps_h = 0;  // scheduler steps (forward passes) each path took
     HttpResult hr;
+    // Each round's HTTP rate over the engine round just before it: their
+    // spread says how far one run's ratio of means can be trusted.
+    std::vector<double> pair_ratios;
     auto steps = [&] { return model->scheduler->stats().steps; };
     for (int rep = 0; rep < rounds; ++rep) {
       // (the threads' times are read outside the process-CPU brackets)
       const double k0 = compute_now();
       double c0 = cpu_seconds();
       const std::uint64_t s0 = steps();
-      if (only != "http") e += engine_rate(*model, c, tokens);
+      const double er = only != "http" ? engine_rate(*model, c, tokens) : 0;
+      e += er;
       cpu_e += cpu_seconds() - c0;
       const double k1 = compute_now();
       const double h1 = thread_cpu("airlock-http");
@@ -396,12 +401,16 @@ int main(int argc, char** argv) {
       compute_h += compute_now() - k1;
       conn_h += thread_cpu("airlock-http") - h1;
       h += hr.rate;
+      if (er > 0 && hr.rate > 0) pair_ratios.push_back(hr.rate / er);
     }
+    std::sort(pair_ratios.begin(), pair_ratios.end());
+    const double r_min = pair_ratios.empty() ? 0 : pair_ratios.front();
+    const double r_max = pair_ratios.empty() ? 0 : pair_ratios.back();
     e /= rounds;
     h /= rounds;
     const double n_tok = static_cast<double>(rounds) * c * tokens;
-    std::printf("| %d | %.1f | %.1f | %.3f | %.1f | %.1f | %.1f / %.1f | %.2f | %.1f | %.1f | %.3f | %.3f |\n", c, e, h,
-                h / e, 1e6 * cpu_e / n_tok, 1e6 * cpu_h / n_tok, 1e-3 * compute_e / n_tok, 1e-3 * compute_h / n_tok,
+    std::printf("| %d | %.1f | %.1f | %.3f | %.3f (%.3f-%.3f) | %.1f | %.1f | %.1f / %.1f | %.2f | %.1f | %.1f | %.3f | %.3f |\n",
+                c, e, h, h / e, percentile(pair_ratios, 0.5), r_min, r_max, 1e6 * cpu_e / n_tok, 1e6 * cpu_h / n_tok, 1e-3 * compute_e / n_tok, 1e-3 * compute_h / n_tok,
                 1e-3 * conn_h / n_tok, static_cast<double>(steps_e) / rounds,
                 static_cast<double>(steps_h) / rounds, percentile(hr.ttft, 0.5), percentile(hr.ttft, 0.99));
     std::fflush(stdout);
