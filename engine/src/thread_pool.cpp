@@ -31,6 +31,8 @@ struct InJob {
 // A sleeping worker waits on a 32-bit word through the kernel's futex
 // directly: a condition variable would have the caller take a mutex that a
 // worker descheduled on its way to sleep may hold.
+static_assert(sizeof(std::atomic<std::uint32_t>) == 4 && std::atomic<std::uint32_t>::is_always_lock_free,
+              "the futex word must be a plain 32-bit integer");
 void futex_wait(std::atomic<std::uint32_t>* word, std::uint32_t expected) {
   syscall(SYS_futex, reinterpret_cast<std::uint32_t*>(word), FUTEX_WAIT_PRIVATE, expected, nullptr, nullptr, 0);
 }
@@ -133,10 +135,16 @@ void ThreadPool::fail_job(std::exception_ptr e) {
 std::exception_ptr ThreadPool::finish_job(std::uint64_t ticket) {
   // Every range is claimed (or skipped): no worker needs to join any more.
   // Those that have are waited for, to finish their ranges.
-  auto empty = [this] { return (state_.load(std::memory_order_acquire) & kJoinedMask) == 0; };
+  // Asleep, the caller says so first and then looks again (both seq_cst):
+  // either it sees the last worker gone, or that worker sees it asleep and
+  // wakes it. A worker takes mu_ only then, so one descheduled while
+  // holding it cannot hold up a caller that is still spinning.
+  auto empty = [this] { return (state_.load(std::memory_order_seq_cst) & kJoinedMask) == 0; };
   if ((state_.fetch_or(kClosed, std::memory_order_acq_rel) & kJoinedMask) != 0 && !spin_for(empty, kSpinMicros)) {
     std::unique_lock<std::mutex> lock(mu_);
+    caller_asleep_.store(true, std::memory_order_seq_cst);
     done_cv_.wait(lock, empty);
+    caller_asleep_.store(false, std::memory_order_relaxed);
   }
   job_ = nullptr;
   // (The flag spares every job a lock: jobs run a few hundred times a token.)
@@ -209,7 +217,8 @@ void ThreadPool::worker(int index) {
       }
     }
     // The last to leave a closed job wakes the caller, if it sleeps.
-    if (state_.fetch_sub(1, std::memory_order_acq_rel) == (seen << kGenShift | kClosed | 1)) {
+    if (state_.fetch_sub(1, std::memory_order_seq_cst) == (seen << kGenShift | kClosed | 1) &&
+        caller_asleep_.load(std::memory_order_seq_cst)) {
       std::lock_guard<std::mutex> lock(mu_);  // the caller may be between its check and its wait
       done_cv_.notify_one();
     }

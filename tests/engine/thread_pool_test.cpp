@@ -1,7 +1,7 @@
 // ThreadPool: every index of [0, n) is handed out exactly once, in ranges
 // that respect min_chunk and shrink towards the end of the job, across many
 // back-to-back jobs (the spinning fast path) and after the workers have gone
-// to sleep (the condition-variable path).
+// to sleep (the futex path).
 #include "airlock/engine/thread_pool.h"
 
 #include <dirent.h>
@@ -242,9 +242,19 @@ TEST(ThreadPoolTest, JobsDoNotWaitForAWorkerThatIsNotRunning) {
   struct sigaction hold {}, old{};
   hold.sa_handler = hold_thread;
   sigemptyset(&hold.sa_mask);
-  ASSERT_EQ(sigaction(SIGUSR1, &hold, &old), 0);
   g_held = false;
   g_release = false;
+  ASSERT_EQ(sigaction(SIGUSR1, &hold, &old), 0);
+  // However the test ends, the worker is let go (the pool's destructor
+  // joins it), and the old handler comes back once the signal has been
+  // taken (one still pending keeps the handler, which now returns at once).
+  struct LetGo {
+    struct sigaction* old;
+    ~LetGo() {
+      g_release = true;
+      if (g_held.load()) sigaction(SIGUSR1, old, nullptr);
+    }
+  } let_go{&old};
   ASSERT_EQ(syscall(SYS_tgkill, getpid(), worker, SIGUSR1), 0);
   for (int i = 0; i < 5000 && !g_held.load(); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(1));
   ASSERT_TRUE(g_held.load()) << "the worker did not take the signal";
@@ -268,7 +278,6 @@ TEST(ThreadPoolTest, JobsDoNotWaitForAWorkerThatIsNotRunning) {
 
   g_release = true;
   EXPECT_TRUE(worker_takes_part()) << "the worker took no range once it ran again";
-  sigaction(SIGUSR1, &old, nullptr);
 }
 
 TEST(ThreadPoolTest, EmptyAndNegativeRangesRunNothing) {

@@ -84,6 +84,7 @@ class ThreadPool {
   std::exception_ptr job_error_;  // under mu_: the first exception a worker's range threw
   std::atomic<bool> job_failed_{false};  // job_error_ is set
   std::condition_variable done_cv_;  // the caller, asleep until the workers in its job leave
+  std::atomic<bool> caller_asleep_{false};  // it is, or is about to be (under mu_)
   std::atomic<int> sleepers_{0};      // workers asleep, or about to sleep, on wake_word_
   std::atomic<std::uint32_t> wake_word_{0};
   // The job fields are written before the generation in state_ changes
