@@ -467,9 +467,17 @@ TEST_F(DaemonE2E, TokenizeCountsAsTheCompletionRoutesDo) {
   const json listed = json::parse(daemon_->client().Get("/v1/models")->body)["data"][0]["airlock"];
   EXPECT_EQ(j["max_model_len"], listed["context_length"]);
   ASSERT_EQ(j["token_strs"].size(), ids.size());
+  // The token strings and the text back are the text itself with
+  // stories260K's word pieces. The generated model's vocabulary is bytes
+  // alone: a space is the three bytes of U+2581, which byte tokens decode
+  // as themselves (as llama.cpp decodes them), and a lone byte of a
+  // multi-byte character shows as U+FFFD.
+  const bool word_pieces = have_stories();
   std::string joined;
   for (std::size_t i = 1; i < ids.size(); ++i) joined += j["token_strs"][i].get<std::string>();
-  EXPECT_EQ(joined.substr(joined.size() - text.size()), text) << joined;
+  if (word_pieces) {
+    EXPECT_EQ(joined.substr(joined.size() - text.size()), text) << joined;
+  }
   auto c = daemon_->post("/v1/completions", {{"model", "stories"}, {"prompt", text}, {"max_tokens", 1}});
   ASSERT_EQ(c->status, 200) << c->body;
   EXPECT_EQ(json::parse(c->body)["usage"]["prompt_tokens"], j["count"]);
@@ -494,15 +502,20 @@ TEST_F(DaemonE2E, TokenizeCountsAsTheCompletionRoutesDo) {
   // Text back: whole, with BOS by name unless skipped.
   auto back = daemon_->post("/detokenize", {{"model", "stories"}, {"tokens", bare}});
   ASSERT_EQ(back->status, 200) << back->body;
-  EXPECT_EQ(json::parse(back->body)["prompt"], text);
   auto with_bos = daemon_->post("/detokenize", {{"tokens", ids}});
-  EXPECT_EQ(json::parse(with_bos->body)["prompt"], j["token_strs"][0].get<std::string>() + text);
+  ASSERT_EQ(with_bos->status, 200) << with_bos->body;
   auto skipped = daemon_->post("/detokenize", {{"tokens", ids}, {"skip_special_tokens", true}});
-  EXPECT_EQ(json::parse(skipped->body)["prompt"], text);
+  ASSERT_EQ(skipped->status, 200) << skipped->body;
+  EXPECT_EQ(json::parse(with_bos->body)["prompt"],
+            j["token_strs"][0].get<std::string>() + json::parse(back->body)["prompt"].get<std::string>());
+  EXPECT_EQ(json::parse(skipped->body)["prompt"], json::parse(back->body)["prompt"]);
   const std::string unicode = "na\xc3\xafve caf\xc3\xa9 \xf0\x9f\x98\x80 ok";
   auto u = daemon_->post("/tokenize", {{"prompt", unicode}, {"add_special_tokens", false}});
   auto ub = daemon_->post("/detokenize", {{"tokens", json::parse(u->body)["tokens"]}});
-  EXPECT_EQ(json::parse(ub->body)["prompt"], unicode);
+  if (word_pieces) {
+    EXPECT_EQ(json::parse(back->body)["prompt"], text);
+    EXPECT_EQ(json::parse(ub->body)["prompt"], unicode);
+  }
 
   // Errors, named.
   auto param_of = [&](const char* route, const json& body) {
@@ -740,7 +753,10 @@ TEST_F(DaemonE2E, ResponsesAnswerAsChatDoes) {
   EXPECT_EQ(entries[0]["top_logprobs"].size(), 2u);
   std::string joined;
   for (const json& e : entries) joined += e["token"].get<std::string>();
-  EXPECT_EQ(joined, output_text(lpw));
+  // (A token that ends inside a character shows as U+FFFD on its own.)
+  if (joined.find("\xef\xbf\xbd") == std::string::npos) {
+    EXPECT_EQ(joined, output_text(lpw));
+  }
   lp["stream"] = true;
   std::size_t streamed_entries = 0;
   json final_entries;
@@ -865,10 +881,14 @@ TEST_F(DaemonE2E, CompletionsLogprobsAndEcho) {
   const json bos_choice = json::parse(from_bos->body)["choices"][0];
   const std::string bos_text = bos_choice["text"];
   const json& bl = bos_choice["logprobs"];
+  // (Offsets count the tokens' bytes: once a token's bytes are not UTF-8,
+  // as the generated model's random bytes often are, the text holds
+  // U+FFFD in their place and the later offsets no longer meet it.)
   for (std::size_t k = 1; k < bl["tokens"].size(); ++k) {
     const std::string tok = bl["tokens"][k];
     const std::size_t at = bl["text_offset"][k];
-    if (tok.find("\xef\xbf\xbd") != std::string::npos || at + tok.size() > bos_text.size()) continue;
+    if (tok.find("\xef\xbf\xbd") != std::string::npos) break;
+    if (at + tok.size() > bos_text.size()) continue;
     EXPECT_EQ(bos_text.substr(at, tok.size()), tok) << k << " in '" << bos_text << "'";
   }
 
@@ -966,7 +986,10 @@ TEST_F(DaemonE2E, CompletionsFollowOpenAiDefaults) {
     const std::string tok = lp["tokens"][k];
     const json& top = lp["top_logprobs"][k];
     ASSERT_TRUE(top.contains(tok)) << k << ": " << tok << " " << top.dump();
-    EXPECT_EQ(top[tok].get<double>(), lp["token_logprobs"][k].get<double>());
+    // (Tokens that show as U+FFFD share one key in the map.)
+    if (tok.find("\xef\xbf\xbd") == std::string::npos) {
+      EXPECT_EQ(top[tok].get<double>(), lp["token_logprobs"][k].get<double>());
+    }
     EXPECT_LE(top.size(), 2u);
     beyond_the_top += top.size() == 2;
   }
