@@ -1417,6 +1417,14 @@ struct Server::Impl {
     c["system_fingerprint"] = "airlock-" + std::string(kVersion);
     return c;
   }
+  // A chat or completions chunk with these choices (usage null in each
+  // where the final chunk will carry it).
+  ojson chunk_of(const Generation& g, ojson choices) const {
+    ojson c = chunk_base(g);
+    c["choices"] = std::move(choices);
+    if (g.request.include_usage) c["usage"] = nullptr;
+    return c;
+  }
 
   // Log-probabilities of some of choice c's tokens, `first` being the
   // number of the first among all its tokens. Chat: logprobs.content
@@ -1858,12 +1866,16 @@ struct Server::Impl {
     int failed_status = 0;  // a failure mid-stream: what its error event said (500, or 503 when draining)
     std::vector<bool> finish_sent;  // per choice: its chunk with finish_reason has been sent
     Clock::time_point last_write;   // of this stream's last tokens (the epoch before the first)
+    bool wrote_tokens = false;      // the provider's last call wrote some
     // The Responses API's events: their next sequence number, and the
     // output items opened so far (index -1: not yet).
     std::int64_t sequence = 0;
     int items = 0, reasoning_index = -1, message_index = -1;
     bool reasoning_closed = false;
     std::vector<engine::SampledToken> text_logprobs;  // the message text's, sent (JSON only at the end)
+    // Chat and completions: per choice, the event of a chunk that carries
+    // text alone, around the text's JSON string (text_frame()).
+    std::vector<std::optional<std::pair<std::string, std::string>>> text_frames;
   };
   // What the next events of a stream's choices gave, per choice.
   struct Gathered {
@@ -1873,6 +1885,10 @@ struct Server::Impl {
     std::optional<std::size_t> failed;  // a choice that failed (what came before it is above)
   };
   Gathered gather(Generation& g, Clock::time_point last_write) const;
+  // Choice i's text chunk as the event before and after its text's JSON
+  // string, built once per stream from the chunk written as any other
+  // (null where it cannot be split so).
+  const std::pair<std::string, std::string>* text_frame(const Generation& g, StreamState& state, std::size_t i) const;
   // One call of a stream's content provider: false when the client has gone.
   bool chat_chunks(Generation& g, StreamState& state, httplib::DataSink& sink);
   bool response_events(Generation& g, StreamState& state, httplib::DataSink& sink);
@@ -2020,12 +2036,7 @@ void Server::Impl::answer_without_model(const httplib::Request& req, httplib::Re
     // The whole stream at once: role, the refusal, the finish with the
     // grounding outcome, usage when asked, [DONE].
     std::string body;
-    auto chunk = [&](ojson choices) {
-      ojson ch = chunk_base(g);
-      ch["choices"] = std::move(choices);
-      if (g.request.include_usage) ch["usage"] = nullptr;
-      return ch;
-    };
+    auto chunk = [&](ojson choices) { return chunk_of(g, std::move(choices)); };
     body += sse(chunk(ojson::array({choice_delta(g, 0, "", {}, 0, "", true)})));
     if (!g.choices[0].content.empty())
       body += sse(chunk(ojson::array({choice_delta(g, 0, g.choices[0].content, {}, 0, "", false)})));
@@ -2313,11 +2324,17 @@ void Server::Impl::completions(const httplib::Request& req, httplib::Response& r
   state->finish_sent.assign(g->choices.size(), false);
   // Output can be held back for long (a grounded answer until it cites, a
   // tool call until it is whole), and the HTTP library notices a client that
-  // left only when a write fails: its socket is checked at every call.
+  // left only when a write fails: its socket is checked at each call that
+  // follows one which wrote no tokens. After tokens the next write tells:
+  // the first write after the client has gone still succeeds, the one
+  // after fails (a token later, and a poll less per token).
   const std::optional<PeerSocket> peer = this_connection();
   auto provider = [this, g, state, peer](std::size_t, httplib::DataSink& sink) -> bool {
-    if (peer && !ending_connections && peer->peer_closed()) return false;
-    return g->request.responses ? response_events(*g, *state, sink) : chat_chunks(*g, *state, sink);
+    if (peer && !ending_connections && !state->wrote_tokens && peer->peer_closed()) return false;
+    const Clock::time_point before = state->last_write;
+    const bool ok = g->request.responses ? response_events(*g, *state, sink) : chat_chunks(*g, *state, sink);
+    state->wrote_tokens = state->last_write != before;
+    return ok;
   };
   res.set_chunked_content_provider(
       "text/event-stream", std::move(provider),
@@ -2338,6 +2355,25 @@ void Server::Impl::completions(const httplib::Request& req, httplib::Response& r
         g->cancel_all();
         --in_flight;
       });
+}
+
+const std::pair<std::string, std::string>* Server::Impl::text_frame(const Generation& g, StreamState& state,
+                                                                   std::size_t i) const {
+  state.text_frames.resize(g.choices.size());
+  std::optional<std::pair<std::string, std::string>>& frame = state.text_frames[i];
+  if (!frame) {
+    // The chunk written as any other, with a marker for its text: split
+    // where the marker's JSON string is (once, or the frame stays empty and
+    // such chunks are written whole).
+    static constexpr std::string_view kMarker = "\"airlock-text-frame-marker\"";
+    const std::string event = sse(chunk_of(
+        g, ojson::array({choice_delta(g, i, std::string(kMarker.substr(1, kMarker.size() - 2)), {}, 0, "", false)})));
+    const std::size_t at = event.find(kMarker);
+    frame.emplace();
+    if (at != std::string::npos && event.find(kMarker, at + 1) == std::string::npos)
+      *frame = {event.substr(0, at), event.substr(at + kMarker.size())};
+  }
+  return frame->first.empty() ? nullptr : &*frame;
 }
 
 Server::Impl::Gathered Server::Impl::gather(Generation& g, Clock::time_point last_write) const {
@@ -2430,13 +2466,7 @@ bool Server::Impl::chat_chunks(Generation& g, StreamState& state, httplib::DataS
     pending.clear();
     return ok;
   };
-  const bool usage_nulls = g.request.include_usage;
-  auto chunk = [&](ojson choices) {
-    ojson c = chunk_base(g);
-    c["choices"] = std::move(choices);
-    if (usage_nulls) c["usage"] = nullptr;
-    return c;
-  };
+  auto chunk = [&](ojson choices) { return chunk_of(g, std::move(choices)); };
   if (!state.started) {
     state.started = true;
     if (g.request.endpoint == Endpoint::kChat)
@@ -2447,12 +2477,20 @@ bool Server::Impl::chat_chunks(Generation& g, StreamState& state, httplib::DataS
       for (std::size_t i = 0; i < g.choices.size(); ++i)
         if (!send(chunk(ojson::array({choice_delta(g, i, g.choices[i].echo, {}, 0, "", false)})))) return false;
   }
-  // One chunk per choice however many tokens it brought.
+  // One chunk per choice however many tokens it brought. A chunk of text
+  // alone (the common one) is its cached frame around the text's JSON.
   Gathered got = gather(g, state.last_write);
   auto send_deltas = [&] {
     for (std::size_t i = 0; i < g.choices.size(); ++i) {
       if (got.texts[i].empty() && got.lps[i].empty() && got.reasonings[i].empty()) continue;
       state.last_write = Clock::now();
+      if (got.lps[i].empty() && got.reasonings[i].empty())
+        if (const std::pair<std::string, std::string>* frame = text_frame(g, state, i)) {
+          pending += frame->first;
+          pending += ojson(std::move(got.texts[i])).dump(-1, ' ', false, ojson::error_handler_t::replace);
+          pending += frame->second;
+          continue;
+        }
       if (!send(chunk(ojson::array(
               {choice_delta(g, i, got.texts[i], got.lps[i], got.lp_first[i], "", false, got.reasonings[i])}))))
         return false;

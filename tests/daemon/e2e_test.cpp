@@ -597,7 +597,16 @@ TEST_F(DaemonE2E, ChatStreamedEqualsChatWhole) {
   for (std::size_t i = 0; i + 2 < events.size(); ++i) {
     json c = json::parse(events[i]);
     EXPECT_TRUE(c["usage"].is_null());
+    // Every chunk is of the same completion, and one of text says nothing
+    // else (those are written from a frame cached per stream).
+    EXPECT_EQ(c.size(), 7u) << events[i];
+    for (const char* k : {"id", "object", "created", "model", "system_fingerprint"}) EXPECT_EQ(c[k], first[k]) << k;
     const json& d = c["choices"][0]["delta"];
+    if (i > 0 && d.contains("content")) {
+      EXPECT_EQ(c["choices"].size(), 1u);
+      EXPECT_EQ(c["choices"][0], json({{"index", 0}, {"delta", d}, {"logprobs", nullptr}, {"finish_reason", nullptr}}));
+      EXPECT_EQ(d.size(), 1u) << events[i];
+    }
     if (d.contains("content")) streamed += d["content"].get<std::string>();
     if (!c["choices"][0]["finish_reason"].is_null()) finish = c["choices"][0]["finish_reason"];
   }
@@ -1026,7 +1035,12 @@ TEST_F(DaemonE2E, CompletionsTakeAnArrayOfPrompts) {
   std::vector<std::string> streamed(6);
   for (const std::string& ev : sse_events(s->body)) {
     if (ev == "[DONE]") continue;
-    const json ch = json::parse(ev)["choices"][0];
+    const json c = json::parse(ev);
+    EXPECT_EQ(c["object"], "text_completion");
+    ASSERT_EQ(c["choices"].size(), 1u) << ev;
+    const json ch = c["choices"][0];
+    EXPECT_EQ(ch.size(), 4u) << ev;  // index, text, logprobs, finish_reason
+    EXPECT_TRUE(ch["logprobs"].is_null());
     streamed[ch["index"].get<std::size_t>()] += ch["text"].get<std::string>();
   }
   for (std::size_t i = 0; i < 6; ++i) EXPECT_EQ(streamed[i], prompts[i / 2] + solo[i / 2]) << i;
