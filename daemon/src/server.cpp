@@ -331,9 +331,13 @@ struct Choice {
   // them once written; logprobs[0] is then token number logprobs_base.
   std::vector<engine::SampledToken> logprobs;
   std::size_t logprobs_base = 0;
-  std::vector<std::size_t> text_offsets;  // of every token with logprobs: the bytes of the tokens before it
-  std::size_t token_bytes = 0;            // of the tokens so far (less a leading space the decoder drops)
-  bool strips_leading_space = false;      // the decoder drops the first token's leading space
+  // Of every token with logprobs: where it begins in the text, in bytes,
+  // counted as the text was decoded (decoded_bytes before it). A token that
+  // ends in the middle of a character points, as the next does, to where
+  // the character begins; bytes that form no character count as U+FFFD,
+  // as the text shows them.
+  std::vector<std::size_t> text_offsets;
+  std::size_t decoded_bytes = 0;  // the decoder's output so far, before stop strings
   std::string echo;                       // /v1/completions with echo: its prompt, before its text
   // With tools: the bytes of `text` streamed as content so far, and the
   // calls parsed from the whole answer once it has ended.
@@ -435,14 +439,11 @@ struct Generation {
       if (!first_token) first_token = now;
       last_token = now;
       ++c.completion_tokens;
-      if (request.logprobs) {
-        const std::string bytes = model->tokenizer->token_bytes(e.token->token, true);
-        const bool dropped = c.text_offsets.empty() && c.strips_leading_space && !bytes.empty() && bytes[0] == ' ';
-        c.text_offsets.push_back(c.token_bytes);
-        c.token_bytes += bytes.size() - (dropped ? 1 : 0);
-      }
+      if (request.logprobs) c.text_offsets.push_back(c.decoded_bytes);
       const bool reasoning = c.split.in_reasoning();
-      out += accept(c, c.decoder->push(e.token->token), false);
+      const std::string piece = c.decoder->push(e.token->token);
+      c.decoded_bytes += piece.size();
+      out += accept(c, piece, false);
       const bool in_reasoning = reasoning || c.split.in_reasoning();
       if (in_reasoning) ++c.reasoning_tokens;
       // A response's log-probabilities are its output text's: the reasoning
@@ -2257,7 +2258,6 @@ void Server::Impl::completions(const httplib::Request& req, httplib::Response& r
       c.stream = *s;
       c.decoder = std::make_unique<engine::StreamDecoder>(
           *m->tokenizer, after_text ? engine::StreamDecoder::LeadingSpace::kKeep : engine::StreamDecoder::LeadingSpace::kStrip);
-      c.strips_leading_space = !after_text;
       if (g->calls_tools()) c.tool_stream = ToolStream(m->tool_format);
       c.split = ReasoningSplitter(g->split_reasoning && reasoning_at != ReasoningStart::kAfter,
                                   reasoning_at == ReasoningStart::kInside);
