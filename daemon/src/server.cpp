@@ -331,7 +331,8 @@ struct Choice {
   // them once written; logprobs[0] is then token number logprobs_base.
   std::vector<engine::SampledToken> logprobs;
   std::size_t logprobs_base = 0;
-  // Of every token with logprobs: where it begins in the text, in bytes,
+  // /v1/completions, of every token with logprobs: where it begins in the
+  // text (up to the stop string's cut), in bytes,
   // counted as the text was decoded (decoded_bytes before it). A token that
   // ends in the middle of a character points, as the next does, to where
   // the character begins; bytes that form no character count as U+FFFD,
@@ -439,7 +440,7 @@ struct Generation {
       if (!first_token) first_token = now;
       last_token = now;
       ++c.completion_tokens;
-      if (request.logprobs) c.text_offsets.push_back(c.decoded_bytes);
+      if (request.logprobs && request.endpoint == Endpoint::kCompletions) c.text_offsets.push_back(c.decoded_bytes);
       const bool reasoning = c.split.in_reasoning();
       const std::string piece = c.decoder->push(e.token->token);
       c.decoded_bytes += piece.size();
@@ -2322,12 +2323,14 @@ void Server::Impl::completions(const httplib::Request& req, httplib::Response& r
   res.set_header("X-Accel-Buffering", "no");
   auto state = std::make_shared<StreamState>();
   state->finish_sent.assign(g->choices.size(), false);
+  state->text_frames.resize(g->choices.size());
   // Output can be held back for long (a grounded answer until it cites, a
   // tool call until it is whole), and the HTTP library notices a client that
   // left only when a write fails: its socket is checked at each call that
-  // follows one which wrote no tokens. After tokens the next write tells:
-  // the first write after the client has gone still succeeds, the one
-  // after fails (a token later, and a poll less per token).
+  // follows one which wrote no tokens. After tokens the next writes tell:
+  // the first write after the client has gone still succeeds, and they
+  // fail once the client's reset has come back (a token or so later, and
+  // a poll less per token).
   const std::optional<PeerSocket> peer = this_connection();
   auto provider = [this, g, state, peer](std::size_t, httplib::DataSink& sink) -> bool {
     if (peer && !ending_connections && !state->wrote_tokens && peer->peer_closed()) return false;
@@ -2359,8 +2362,7 @@ void Server::Impl::completions(const httplib::Request& req, httplib::Response& r
 
 const std::pair<std::string, std::string>* Server::Impl::text_frame(const Generation& g, StreamState& state,
                                                                    std::size_t i) const {
-  state.text_frames.resize(g.choices.size());
-  std::optional<std::pair<std::string, std::string>>& frame = state.text_frames[i];
+  std::optional<std::pair<std::string, std::string>>& frame = state.text_frames.at(i);
   if (!frame) {
     // The chunk written as any other, with a marker for its text: split
     // where the marker's JSON string is (once, or the frame stays empty and
