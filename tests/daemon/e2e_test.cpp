@@ -13,6 +13,7 @@
 #include <spawn.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -1132,17 +1133,51 @@ TEST_F(DaemonE2E, SixteenConcurrentStreamsMatchTheirSoloRuns) {
   for (int i = 0; i < 16; ++i) EXPECT_EQ(streamed[static_cast<std::size_t>(i)], solo[static_cast<std::size_t>(i)]) << i;
 }
 
+// The daemon's threads: the name of each, by thread id.
+std::map<pid_t, std::string> thread_names(pid_t pid) {
+  std::map<pid_t, std::string> out;
+  for (const auto& t : std::filesystem::directory_iterator("/proc/" + std::to_string(pid) + "/task")) {
+    std::ifstream comm(t.path() / "comm");
+    std::string name;
+    if (std::getline(comm, name)) out.emplace(static_cast<pid_t>(std::stoi(t.path().filename().string())), name);
+  }
+  return out;
+}
+
+// sched_getattr(2)'s sched_runtime for a thread under a fair policy: its
+// time slice (Linux 6.12 and later), in nanoseconds; 0 where unknown.
+struct SchedAttrV0 {
+  std::uint32_t size, sched_policy;
+  std::uint64_t sched_flags;
+  std::int32_t sched_nice;
+  std::uint32_t sched_priority;
+  std::uint64_t sched_runtime, sched_deadline, sched_period;
+};
+std::uint64_t time_slice_ns(pid_t tid) {
+  SchedAttrV0 a{};
+  return syscall(SYS_sched_getattr, tid, &a, sizeof a, 0) == 0 ? a.sched_runtime : 0;
+}
+
+// Whether a thread's own choice of time slice is kept: asked for on a
+// thread of this process, read back.
+bool kernel_keeps_custom_slices() {
+  bool kept = false;
+  std::thread([&] {
+    SchedAttrV0 a{};
+    if (syscall(SYS_sched_getattr, 0, &a, sizeof a, 0) != 0) return;
+    a.size = sizeof a;
+    a.sched_flags = 0;
+    a.sched_runtime = 250'000;
+    kept = syscall(SYS_sched_setattr, 0, &a, 0) == 0 && time_slice_ns(static_cast<pid_t>(gettid())) == 250'000;
+  }).join();
+  return kept;
+}
+
 // The daemon's threads by name: the scheduling policy (SCHED_*) of each.
 std::multimap<std::string, int> thread_policies(pid_t pid) {
   std::multimap<std::string, int> out;
-  const std::filesystem::path tasks = "/proc/" + std::to_string(pid) + "/task";
-  for (const auto& t : std::filesystem::directory_iterator(tasks)) {
-    std::ifstream comm(t.path() / "comm");
-    std::string name;
-    std::getline(comm, name);
-    const int policy = sched_getscheduler(static_cast<pid_t>(std::stoi(t.path().filename().string())));
-    if (policy >= 0) out.emplace(name, policy);
-  }
+  for (const auto& [tid, name] : thread_names(pid))
+    if (const int policy = sched_getscheduler(tid); policy >= 0) out.emplace(name, policy);
   return out;
 }
 
@@ -1201,6 +1236,20 @@ TEST(DaemonLifecycle, ConnectionThreadsWaitForTokensWithoutPreemptingTheComputeT
   // A request that is not answered with tokens keeps the default policy.
   EXPECT_EQ(d->client().Get("/v1/models")->status, 200);
   EXPECT_EQ(count(thread_policies(d->pid), "airlock-http", SCHED_BATCH), 0);
+  // Under the default policy they ask for a 100 us time slice, where the
+  // kernel has slices of a thread's choosing (Linux 6.12 and later: a
+  // thread of this test sees its own request come back).
+  if (!kernel_keeps_custom_slices()) {
+    GTEST_LOG_(INFO) << "this kernel has no custom time slices: the connection threads' slice is not checked";
+    return;
+  }
+  std::size_t idle = 0;
+  for (const auto& [tid, name] : thread_names(d->pid)) {
+    if (name != "airlock-http" || sched_getscheduler(tid) != SCHED_OTHER) continue;
+    EXPECT_EQ(time_slice_ns(tid), 100'000u) << tid;
+    ++idle;
+  }
+  EXPECT_GT(idle, 0u);
 }
 
 double metric(const std::string& text, const std::string& name) {

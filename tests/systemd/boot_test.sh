@@ -165,7 +165,7 @@ grep -qP '^Seccomp:\t2$' <<< "$status" || fail "no seccomp filter"
 in_ct awk '$5 == "/" && $6 ~ /^ro(,|$)/ {ro = 1} END {exit !ro}' "/proc/$pid/mountinfo" || fail "/ is writable to airlockd (ProtectSystem=strict)"
 echo "uid $uid, CapEff 0, CapBnd 0, NoNewPrivs 1, Seccomp 2, / read-only"
 
-step "connection threads: SCHED_BATCH while waiting for tokens (the unit's filter lets airlockd set it)"
+step "connection threads: SCHED_BATCH while waiting for tokens, a short slice while reading (the unit's filter lets airlockd set both)"
 # A connection thread turns to SCHED_BATCH once its request is submitted
 # (the completion above) and back to the default once the answer is
 # written; a refused sched_setscheduler is logged. Idle now, every
@@ -173,6 +173,9 @@ step "connection threads: SCHED_BATCH while waiting for tokens (the unit's filte
 # field 41 is the policy; fields counted after the name's closing
 # parenthesis, where field 3 begins.
 if journal_has "keep the default scheduling policy"; then fail "airlockd could not set SCHED_BATCH under the unit"; fi
+# The short time slice for reading requests goes through sched_getattr and
+# sched_setattr, which the unit's filter must let through as well.
+if journal_has "read requests with the default time slice"; then fail "airlockd could not set its reading slice under the unit"; fi
 policies=$(in_ct bash -c 'for t in /proc/$1/task/*; do
   [ "$(cat "$t/comm" 2>/dev/null)" = airlock-http ] || continue
   sed "s/.*) //" "$t/stat" | awk "{print \$39}"
