@@ -613,15 +613,17 @@ struct SchedAttr {
 };
 static_assert(sizeof(SchedAttr) == 48, "SCHED_ATTR_SIZE_VER0");
 
+constexpr std::uint64_t kSchedFlagResetOnFork = 0x01;  // SCHED_FLAG_RESET_ON_FORK (<linux/sched.h>)
+
 // The calling thread under the default policy with kReadingSlice, its nice
-// value kept; false (errno set) where the kernel or a seccomp filter
-// refuses sched_getattr or sched_setattr.
+// value (and reset-on-fork flag) kept; false (errno set) where the kernel
+// or a seccomp filter refuses sched_getattr or sched_setattr.
 bool read_with_short_slice() {
   SchedAttr a{};
   if (syscall(SYS_sched_getattr, 0, &a, sizeof a, 0) != 0) return false;
   a.size = sizeof a;
   a.sched_policy = SCHED_OTHER;
-  a.sched_flags = 0;
+  a.sched_flags &= kSchedFlagResetOnFork;
   a.sched_priority = 0;
   a.sched_runtime = static_cast<std::uint64_t>(std::chrono::nanoseconds(kReadingSlice).count());
   a.sched_deadline = a.sched_period = 0;
@@ -630,16 +632,18 @@ bool read_with_short_slice() {
 
 // The calling connection thread's policy: SCHED_BATCH while `waiting`, the
 // default with kReadingSlice otherwise (the default alone where the slice
-// is refused). A refusal of either is logged once; one of SCHED_BATCH
-// leaves the default.
+// is refused). sched_setscheduler keeps a slice that sched_setattr set, so
+// on Linux 6.12 and later a streaming thread has kReadingSlice as well: as
+// SCHED_BATCH it still does not preempt when it wakes, and then comes
+// first once the running thread's slice ends (that is what was measured).
+// A refusal is logged once and not retried at every request; one of
+// SCHED_BATCH leaves the default.
 void waiting_for_tokens(bool waiting) {
   thread_local std::optional<bool> batch;  // unknown at the thread's start
   if (batch == waiting) return;
-  if (!waiting && read_with_short_slice()) {
-    batch = false;
-    return;
-  }
   if (!waiting) {
+    batch = false;
+    if (read_with_short_slice()) return;
     static std::once_flag noted;
     std::call_once(noted, [err = errno] {
       airlock::log().warn("connection threads read requests with the default time slice (sched_setattr refused: {}): "
@@ -649,20 +653,23 @@ void waiting_for_tokens(bool waiting) {
   }
   const sched_param none{};
   if (sched_setscheduler(0, waiting ? SCHED_BATCH : SCHED_OTHER, &none) != 0) {
-    static std::once_flag warned;
-    std::call_once(warned, [err = errno] {
-      airlock::log().warn("connection threads keep the default scheduling policy (SCHED_BATCH refused: {}): "
-                          "streams' writes may preempt the compute threads",
-                          std::strerror(err));
-    });
+    if (waiting) {
+      static std::once_flag warned;
+      std::call_once(warned, [err = errno] {
+        airlock::log().warn("connection threads keep the default scheduling policy (SCHED_BATCH refused: {}): "
+                            "streams' writes may preempt the compute threads",
+                            std::strerror(err));
+      });
+    }
     return;
   }
   batch = waiting;
 }
 
+// (Its policy first: a thread found by its name has it.)
 void start_connection_thread() {
-  pthread_setname_np(pthread_self(), "airlock-http");
   waiting_for_tokens(false);
+  pthread_setname_np(pthread_self(), "airlock-http");
 }
 
 // The connections that hold a connection thread without a request to work

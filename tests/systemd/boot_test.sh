@@ -176,6 +176,12 @@ if journal_has "keep the default scheduling policy"; then fail "airlockd could n
 # The short time slice for reading requests goes through sched_getattr and
 # sched_setattr, which the unit's filter must let through as well.
 if journal_has "read requests with the default time slice"; then fail "airlockd could not set its reading slice under the unit"; fi
+# sched_setattr is allowed because no priority can be raised through it:
+# no capability (above), and real-time priority and nice limits of 0.
+limits=$(in_ct cat "/proc/$pid/limits")
+grep -qP '^Max nice priority\s+0\s+0\s*$' <<< "$limits" || fail "RLIMIT_NICE: $(grep 'nice' <<< "$limits")"
+grep -qP '^Max realtime priority\s+0\s+0\s*$' <<< "$limits" || fail "RLIMIT_RTPRIO: $(grep 'realtime priority' <<< "$limits")"
+echo "RLIMIT_NICE 0, RLIMIT_RTPRIO 0"
 policies=$(in_ct bash -c 'for t in /proc/$1/task/*; do
   [ "$(cat "$t/comm" 2>/dev/null)" = airlock-http ] || continue
   sed "s/.*) //" "$t/stat" | awk "{print \$39}"
