@@ -334,11 +334,10 @@ struct Choice {
   std::vector<engine::SampledToken> logprobs;
   std::size_t logprobs_base = 0;
   // /v1/completions, of every token with logprobs: where it begins in the
-  // text (up to the stop string's cut), in bytes,
-  // counted as the text was decoded (decoded_bytes before it). A token that
-  // ends in the middle of a character points, as the next does, to where
-  // the character begins; bytes that form no character count as U+FFFD,
-  // as the text shows them.
+  // text (up to the stop string's cut), in bytes, counted as the text was
+  // decoded (decoded_bytes before it). A token that ends in the middle of a
+  // character points, as the next does, to where the character begins;
+  // bytes that form no character count as U+FFFD, as the text shows them.
   std::vector<std::size_t> text_offsets;
   std::size_t decoded_bytes = 0;  // the decoder's output so far, before stop strings
   std::string echo;                       // /v1/completions with echo: its prompt, before its text
@@ -595,8 +594,9 @@ class AdoptingServer : public Base {
 // sched_runtime, Linux 6.12 and later; earlier kernels ignore it): since
 // the EEVDF scheduler (6.6), a woken thread no longer preempts one that has
 // not used up its slice (a few milliseconds) unless its own is shorter. On
-// the 2-core VM, four requests sent together began 18.6 scheduler steps
-// apart on average without it, 7.9 with it (docs/benchmarks.md).
+// the 2-core VM, four requests sent together took the HTTP path 18.6
+// scheduler steps more than the engine on average without it, 7.9 with it:
+// they began further apart (docs/benchmarks.md).
 constexpr std::chrono::microseconds kReadingSlice{100};  // the shortest the kernel grants
 
 // sched_setattr(2)'s argument as far as SCHED_ATTR_SIZE_VER0 (glibc 2.36 has

@@ -1164,12 +1164,12 @@ std::optional<SchedAttrV0> sched_attr_of(pid_t tid) {
 bool kernel_keeps_custom_slices() {
   bool kept = false;
   std::thread([&] {
-    SchedAttrV0 a{};
-    if (syscall(SYS_sched_getattr, 0, &a, sizeof a, 0) != 0) return;
-    a.size = sizeof a;
-    a.sched_flags = 0;
-    a.sched_runtime = 250'000;
-    kept = syscall(SYS_sched_setattr, 0, &a, 0) == 0 && sched_attr_of(0).value_or(SchedAttrV0{}).sched_runtime == 250'000;
+    std::optional<SchedAttrV0> a = sched_attr_of(0);
+    if (!a) return;
+    a->size = sizeof *a;
+    a->sched_flags = 0;
+    a->sched_runtime = 250'000;
+    kept = syscall(SYS_sched_setattr, 0, &*a, 0) == 0 && sched_attr_of(0).value_or(SchedAttrV0{}).sched_runtime == 250'000;
   }).join();
   return kept;
 }
