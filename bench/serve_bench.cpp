@@ -23,6 +23,10 @@
 // threads`): on a 2-core machine the latter's wake-up per client and token
 // takes CPU from the server that a client elsewhere would not.
 //
+// --stream-interval is airlockd's stream_interval_ms (0: a write per
+// token); left out, airlockd's default ("auto": 20 ms when the model
+// computes on the CPU, 0 on a GPU).
+//
 // usage: serve_bench MODEL.gguf [--tokens N] [--threads T] [--clients 1,4,16] [--device cpu|cuda|auto]
 //                    [--stream-interval MS] [--client loop|threads] [--only engine|http] [--rounds N]
 #include <arpa/inet.h>
@@ -318,7 +322,7 @@ int main(int argc, char** argv) {
     return 2;
   }
   const std::string path = argv[1];
-  int tokens = 64, threads = 0, stream_interval_ms = 0, rounds = 2;
+  int tokens = 64, threads = 0, stream_interval_ms = kStreamIntervalAuto, rounds = 2;
   bool loop_client = true;
   std::string only;  // "engine" or "http": run one path alone (for profiling it)
   engine::Device device = engine::Device::kCpu;
@@ -360,8 +364,10 @@ int main(int argc, char** argv) {
   std::thread serve([&] { server.run(); });
 
   (void)engine_rate(*model, 1, 8);  // warm-up
-  std::printf("model %s, %d tokens per client, backend %s, stream interval %d ms, client %s, %d rounds\n\n",
-              path.c_str(), tokens, model->model->backend().name().c_str(), stream_interval_ms,
+  std::printf("model %s, %d tokens per client, backend %s, stream interval %d ms%s, client %s, %d rounds\n\n",
+              path.c_str(), tokens, model->model->backend().name().c_str(),
+              static_cast<int>(stream_interval(config, model->model->backend().uses_host_cores()).count()),
+              stream_interval_ms == kStreamIntervalAuto ? " (\"auto\", airlockd's default)" : "",
               loop_client ? "loop (one thread, epoll)" : "threads (one per client)", rounds);
   std::printf("| clients | engine tok/s | HTTP tok/s | HTTP / engine | per round: median (min-max) | "
               "engine CPU us/tok | HTTP CPU us/tok | "

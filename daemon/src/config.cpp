@@ -185,6 +185,16 @@ Result<Config> parse_config(std::string_view text, const std::string& origin, Co
   auto get_int = [&](const char* key, std::int64_t lo, std::int64_t hi, auto* out) {
     return read_int(t, origin, "", key, lo, hi, out);
   };
+  // A key that takes "auto" (stored as `automatic`) or a number in [lo, hi]
+  // of `unit`.
+  auto get_auto_or_int = [&](const char* key, const char* unit, std::int64_t lo, std::int64_t hi, auto automatic,
+                             auto* out) -> Status {
+    const toml::node* n = t.get(key);
+    if (n == nullptr || !n->is_string()) return get_int(key, lo, hi, out);
+    if (n->as_string()->get() != "auto") return bad(key, std::string("must be \"auto\" or a number of ") + unit);
+    *out = automatic;
+    return Status::ok();
+  };
   if (const toml::node* n = t.get("listen")) {
     if (!n->is_string()) return bad("listen", "must be a string \"HOST:PORT\"");
     Status s = parse_listen(n->as_string()->get(), &c);
@@ -214,12 +224,7 @@ Result<Config> parse_config(std::string_view text, const std::string& origin, Co
     if (c.nccl_root.empty()) return bad("nccl_root", "is required with nodes > 1");
     if (Status s = engine::check_group_root(c.nccl_root); !s.is_ok()) return bad("nccl_root", s.message());
   }
-  if (const toml::node* n = t.get("kv_cache_mib"); n != nullptr && n->is_string()) {
-    if (n->as_string()->get() != "auto") return bad("kv_cache_mib", "must be \"auto\" or a number of MiB");
-    c.kv_cache_mib = 0;
-  } else {
-    AIRLOCK_RETURN_IF_ERROR(get_int("kv_cache_mib", 1, 1 << 24, &c.kv_cache_mib));
-  }
+  AIRLOCK_RETURN_IF_ERROR(get_auto_or_int("kv_cache_mib", "MiB", 1, 1 << 24, std::uint64_t{0}, &c.kv_cache_mib));
   AIRLOCK_RETURN_IF_ERROR(get_int("device_reserve_mib", 0, 1 << 24, &c.device_reserve_mib));
   std::string kv_type = engine::kv_type_name(c.kv_cache_type);
   AIRLOCK_RETURN_IF_ERROR(get_string(t, "kv_cache_type", &kv_type));
@@ -229,31 +234,23 @@ Result<Config> parse_config(std::string_view text, const std::string& origin, Co
   AIRLOCK_RETURN_IF_ERROR(get_int("max_waiting", 1, 16384, &c.max_waiting));
   AIRLOCK_RETURN_IF_ERROR(get_int("prefill_chunk", 1, 1 << 20, &c.prefill_chunk));
   AIRLOCK_RETURN_IF_ERROR(get_int("max_body_bytes", 1024, std::int64_t{1} << 32, &c.max_body_bytes));
-  if (const toml::node* n = t.get("max_body_memory_mib"); n != nullptr && n->is_string()) {
-    if (n->as_string()->get() != "auto") return bad("max_body_memory_mib", "must be \"auto\" or a number of MiB");
-    c.max_body_memory_mib = 0;
-  } else {
-    AIRLOCK_RETURN_IF_ERROR(get_int("max_body_memory_mib", 1, 1 << 24, &c.max_body_memory_mib));
-  }
+  AIRLOCK_RETURN_IF_ERROR(
+      get_auto_or_int("max_body_memory_mib", "MiB", 1, 1 << 24, std::uint64_t{0}, &c.max_body_memory_mib));
   if (c.max_body_memory_mib != 0 && (c.max_body_memory_mib << 20) < kBodyMemoryPerByte * c.max_body_bytes)
     return bad("max_body_memory_mib", "must hold one body of max_body_bytes and its JSON tree (" +
                                           std::to_string(kBodyMemoryPerByte) + " x max_body_bytes: " +
                                           std::to_string((kBodyMemoryPerByte * c.max_body_bytes + (1u << 20) - 1) >> 20) +
                                           " MiB)");
   AIRLOCK_RETURN_IF_ERROR(get_int("drain_seconds", 0, 3600, &c.drain_seconds));
-  if (const toml::node* n = t.get("http_threads"); n != nullptr && n->is_string()) {
-    if (n->as_string()->get() != "auto") return bad("http_threads", "must be \"auto\" or a number of threads");
-    c.http_threads = 0;
-  } else {
-    AIRLOCK_RETURN_IF_ERROR(get_int("http_threads", 2, 32768, &c.http_threads));
-  }
+  AIRLOCK_RETURN_IF_ERROR(get_auto_or_int("http_threads", "threads", 2, 32768, 0, &c.http_threads));
   if (c.http_threads != 0 && c.http_threads <= c.max_running + c.max_waiting)
     return bad("http_threads", "must be larger than max_running + max_waiting (" +
                                    std::to_string(c.max_running + c.max_waiting) +
                                    "): each running or waiting request holds a connection thread, and a full queue "
                                    "must still be answered with 429 (\"auto\" adds " +
                                    std::to_string(kSpareHttpThreads) + " spare threads)");
-  AIRLOCK_RETURN_IF_ERROR(get_int("stream_interval_ms", 0, 1000, &c.stream_interval_ms));
+  AIRLOCK_RETURN_IF_ERROR(
+      get_auto_or_int("stream_interval_ms", "milliseconds", 0, 1000, kStreamIntervalAuto, &c.stream_interval_ms));
   std::string reasoning = c.separate_reasoning ? "separate" : "inline";
   AIRLOCK_RETURN_IF_ERROR(get_string(t, "reasoning", &reasoning));
   if (reasoning != "separate" && reasoning != "inline") return bad("reasoning", "must be \"separate\" or \"inline\"");

@@ -11,6 +11,7 @@
 #include "airlock/engine/backend_registry.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cstdint>
 #include <map>
 #include <string>
@@ -54,6 +55,9 @@ struct RagConfig {
   std::map<std::string, std::vector<std::string>> groups;  // group -> key names
 };
 
+// stream_interval_ms = "auto" (stream_interval()).
+inline constexpr int kStreamIntervalAuto = -1;
+
 struct Config {
   std::string listen_host = "127.0.0.1";  // numeric IPv4/IPv6 only: nothing is ever resolved
   int listen_port = 8080;                  // 0: an ephemeral port (printed at start)
@@ -86,7 +90,9 @@ struct Config {
   std::uint64_t max_body_memory_mib = 0;
   int drain_seconds = 30;
   int http_threads = 0;                     // 0: "auto", http_thread_count()
-  int stream_interval_ms = 0;               // SSE: least time between two writes of one stream (0: every token at once)
+  // SSE: least time between two writes of one stream (0: every token at
+  // once); kStreamIntervalAuto: stream_interval().
+  int stream_interval_ms = kStreamIntervalAuto;
   // A thinking model's <think> block: "separate" returns it as
   // reasoning_content beside the content; "inline" leaves it in the content.
   bool separate_reasoning = true;
@@ -110,6 +116,22 @@ inline constexpr std::uint64_t kBodyMemoryPerByte = 32;
 inline std::uint64_t body_memory_bytes(const Config& c) {
   if (c.max_body_memory_mib != 0) return c.max_body_memory_mib << 20;
   return std::max<std::uint64_t>(std::uint64_t{1} << 30, 4 * kBodyMemoryPerByte * c.max_body_bytes);
+}
+
+// stream_interval_ms "auto" (the default): 20 ms while the model computes
+// on the host's cores, 0 on a GPU. On the CPU every wake-up and write of a
+// stream's connection thread takes a core from the model, and a small
+// model's stream gets a token every millisecond or less: written one by
+// one, at 16 clients the HTTP path made ~0.85-0.92 of the engine's rate,
+// gathered every 20 ms (50 writes a second at most) ~0.95-0.97
+// (docs/benchmarks.md). Tokens further apart than the interval (any model
+// of a useful size on a CPU) go out at once, so it delays nothing there.
+// On a GPU the host's cores are free for the writes, and a fast stream's
+// tokens go out one by one.
+inline constexpr int kAutoStreamIntervalOnHostMs = 20;
+inline std::chrono::milliseconds stream_interval(const Config& c, bool model_uses_host_cores) {
+  if (c.stream_interval_ms != kStreamIntervalAuto) return std::chrono::milliseconds(c.stream_interval_ms);
+  return std::chrono::milliseconds(model_uses_host_cores ? kAutoStreamIntervalOnHostMs : 0);
 }
 
 // Connection threads beyond the requests admitted (running or waiting):

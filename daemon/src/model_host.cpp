@@ -385,6 +385,12 @@ Result<std::shared_ptr<LoadedModel>> load_model(const Config& config, std::share
       static_cast<double>(per_block) * blocks / (1 << 20), engine::kv_type_name(config.kv_cache_type),
       budget.limited_by, blocks / std::max(1, engine::KvCache::blocks_for(full_ctx)), tool_format_name(m->tool_format),
       reasoning_format_name(m->reasoning));
+  if (config.stream_interval_ms == kStreamIntervalAuto) {
+    const bool host = m->model->backend().uses_host_cores();
+    airlock::log().info("stream_interval_ms = \"auto\": {} ms ({})", stream_interval(config, host).count(),
+                        host ? "the model computes on the CPU's cores: a stream's tokens are gathered between writes"
+                             : "the model computes on the GPU: every token is written at once");
+  }
 
   // Warm-up: one token through the whole model before the server says ready.
   engine::GenerationRequest warm;

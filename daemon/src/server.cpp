@@ -2454,10 +2454,10 @@ Server::Impl::Gathered Server::Impl::gather(Generation& g, Clock::time_point las
   // alone does not hold back the first token). Within the interval the
   // first wait is already until its end: a fast stream's thread wakes once
   // per write, not also for the first token after it.
-  const std::chrono::milliseconds stream_interval(config.stream_interval_ms);
+  const std::chrono::milliseconds interval = stream_interval(config, g.model->model->backend().uses_host_cores());
   bool any = false;
   Clock::time_point deadline;
-  const Clock::time_point not_before = last_write + stream_interval;
+  const Clock::time_point not_before = last_write + interval;
   // Up to 50 rounds (about 0.5 s per choice) waiting for a first token;
   // once one has come, until the deadline.
   for (int round = 0; (any || round < 50) && !g.all_done(); ++round) {
@@ -2506,7 +2506,7 @@ Server::Impl::Gathered Server::Impl::gather(Generation& g, Clock::time_point las
         got.texts[i] += text;
         if (!any && (!got.texts[i].empty() || !got.lps[i].empty() || !got.reasonings[i].empty())) {
           any = true;
-          deadline = last_write + stream_interval;
+          deadline = last_write + interval;
         }
         if (c.done && !c.error.is_ok()) {
           got.failed = i;

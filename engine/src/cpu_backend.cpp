@@ -44,6 +44,7 @@ class CpuBackend final : public Backend {
 
   std::string name() const override { return std::string("cpu (") + kernel_isa() + ", " +
                                               std::to_string(pool_->n_threads()) + " threads)"; }
+  bool uses_host_cores() const override { return true; }
 
   Result<WeightTensor> upload(const GgufTensor& t) override {
     const TypeTraits& tt = traits(t.type);

@@ -175,6 +175,33 @@ TEST(ConfigTest, HttpThreadsFollowTheAdmittedRequests) {
   EXPECT_EQ(http_thread_cap(*big), 32 + 1000 + kSpareHttpThreads);
 }
 
+// stream_interval_ms: "auto" by default, 20 ms while the model computes on
+// the host's cores and 0 on a GPU; a number is taken as it is, 0 included.
+TEST(ConfigTest, StreamIntervalFollowsWhereTheModelComputes) {
+  Result<Config> d = parse_config("", "t.toml");
+  ASSERT_TRUE(d.is_ok());
+  EXPECT_EQ(d->stream_interval_ms, kStreamIntervalAuto);
+  EXPECT_EQ(stream_interval(*d, true), std::chrono::milliseconds(20));
+  EXPECT_EQ(stream_interval(*d, false), std::chrono::milliseconds(0));
+  Result<Config> zero = parse_config("stream_interval_ms = 0\n", "t.toml");
+  ASSERT_TRUE(zero.is_ok()) << zero.status().to_string();
+  EXPECT_EQ(stream_interval(*zero, true), std::chrono::milliseconds(0));
+  EXPECT_EQ(stream_interval(*zero, false), std::chrono::milliseconds(0));
+  Result<Config> five = parse_config("stream_interval_ms = 5\n", "t.toml");
+  ASSERT_TRUE(five.is_ok()) << five.status().to_string();
+  EXPECT_EQ(stream_interval(*five, true), std::chrono::milliseconds(5));
+  EXPECT_EQ(stream_interval(*five, false), std::chrono::milliseconds(5));
+  // "auto" written out puts a value of an earlier file back to the default.
+  Result<Config> back = parse_config("stream_interval_ms = \"auto\"\n", "t.toml", *five);
+  ASSERT_TRUE(back.is_ok()) << back.status().to_string();
+  EXPECT_EQ(back->stream_interval_ms, kStreamIntervalAuto);
+  for (const char* bad : {"stream_interval_ms = \"fast\"\n", "stream_interval_ms = \"20\"\n", "stream_interval_ms = 2.5\n"}) {
+    Result<Config> r = parse_config(bad, "t.toml");
+    ASSERT_FALSE(r.is_ok()) << bad;
+    EXPECT_NE(r.status().message().find("stream_interval_ms"), std::string::npos) << r.status().message();
+  }
+}
+
 TEST(ConfigTest, RagTable) {
   Result<Config> c = parse_config(
       "[rag]\nenabled = false\ndatabase = \"/srv/rag.db\"\nchunk_tokens = 128\nchunk_overlap = 16\ntop_k = 3\n"

@@ -2417,6 +2417,28 @@ TEST(DaemonLifecycle, StreamIntervalGathersTokensBetweenWrites) {
   EXPECT_EQ(d->stop(), 0);
 }
 
+// Streams a greedy chat answer of `tokens` tokens (EOS ignored) with
+// log-probabilities; returns the tokens (log-probability entries) of each
+// chunk that has any.
+std::vector<std::size_t> tokens_per_chunk(Daemon& d, int tokens) {
+  json body = chat("Hello", tokens, true);
+  body["ignore_eos"] = true;
+  body["logprobs"] = true;
+  auto s = d.post("/v1/chat/completions", body);
+  std::vector<std::size_t> out;
+  if (!s || s->status != 200) {
+    ADD_FAILURE() << (s ? s->body : "no answer");
+    return out;
+  }
+  for (const std::string& ev : sse_events(s->body)) {
+    if (ev == "[DONE]") continue;
+    const json c = json::parse(ev);
+    const json& lp = c["choices"][0]["logprobs"];
+    if (lp.is_object()) out.push_back(lp["content"].size());
+  }
+  return out;
+}
+
 // With an interval, a first token that comes after the role chunk was
 // written alone (a slow first step) is not held back: steps of 700 ms and
 // an interval of 1 s give two writes of one token each, not one write of
@@ -2428,20 +2450,56 @@ TEST(DaemonLifecycle, StreamIntervalDoesNotHoldBackTheFirstToken) {
   Enclave e;
   auto d = start_with_step_delay(e, 700, "stream_interval_ms = 1000\n");
   ASSERT_GT(d->port, 0) << d->log();
-  json body = chat("Hello", 2, true);
+  EXPECT_EQ(tokens_per_chunk(*d, 2), (std::vector<std::size_t>{1, 1}));
+  EXPECT_EQ(d->stop(), 0);
+}
+
+// The default interval ("auto") on the CPU backend is 20 ms: a fast model's
+// stream arrives in fewer chunks than tokens (at most one write per 20 ms
+// after the first), the same answer as the whole one, and the log says so.
+TEST(DaemonLifecycle, DefaultIntervalGathersAFastModelsTokensOnTheCpu) {
+  Enclave e;
+  auto d = Daemon::start(e);
+  ASSERT_GT(d->port, 0) << d->log();
+  constexpr int kTokens = 200;
+  json body = chat("Tell me about a cat.", kTokens);
   body["ignore_eos"] = true;
-  body["logprobs"] = true;
+  auto whole = d->post("/v1/chat/completions", body);
+  ASSERT_TRUE(whole);
+  ASSERT_EQ(whole->status, 200) << whole->body;
+  body["stream"] = true;
+  const auto t0 = std::chrono::steady_clock::now();
   auto s = d->post("/v1/chat/completions", body);
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   ASSERT_TRUE(s);
   ASSERT_EQ(s->status, 200) << s->body;
-  std::vector<std::size_t> per_chunk;  // tokens (log-probability entries) per chunk that has any
+  std::string text;
+  int content_chunks = 0;
   for (const std::string& ev : sse_events(s->body)) {
     if (ev == "[DONE]") continue;
     const json c = json::parse(ev);
-    const json& lp = c["choices"][0]["logprobs"];
-    if (lp.is_object()) per_chunk.push_back(lp["content"].size());
+    const json& delta = c["choices"][0]["delta"];
+    if (delta.contains("content") && !delta["content"].get<std::string>().empty()) {
+      ++content_chunks;
+      text += delta["content"].get<std::string>();
+    }
   }
-  EXPECT_EQ(per_chunk, (std::vector<std::size_t>{1, 1}));
+  EXPECT_EQ(text, json::parse(whole->body)["choices"][0]["message"]["content"].get<std::string>());
+  EXPECT_LE(content_chunks, 2 + static_cast<int>(seconds * 1000 / 20)) << "over " << seconds << " s";
+  EXPECT_NE(d->log().find("stream_interval_ms = \"auto\": 20 ms"), std::string::npos) << d->log();
+  EXPECT_EQ(d->stop(), 0);
+}
+
+// Tokens further apart than the default interval go out one by one, each at
+// once: steps of 60 ms, four tokens, four chunks of one token.
+TEST(DaemonLifecycle, DefaultIntervalDoesNotHoldBackSlowTokens) {
+#if !defined(AIRLOCK_TEST_HOOKS)
+  GTEST_SKIP() << "built with AIRLOCK_TEST_HOOKS=OFF: the step-delay hook is not compiled in";
+#endif
+  Enclave e;
+  auto d = start_with_step_delay(e, 60);
+  ASSERT_GT(d->port, 0) << d->log();
+  EXPECT_EQ(tokens_per_chunk(*d, 4), (std::vector<std::size_t>{1, 1, 1, 1}));
   EXPECT_EQ(d->stop(), 0);
 }
 

@@ -14,6 +14,7 @@ class ForwardingBackend : public engine::Backend {
  public:
   explicit ForwardingBackend(std::unique_ptr<engine::Backend> inner) : be_(std::move(inner)) {}
   std::string name() const override { return "forwarding to " + be_->name(); }
+  bool uses_host_cores() const override { return be_->uses_host_cores(); }
   Result<engine::WeightTensor> upload(const engine::GgufTensor& t) override { return be_->upload(t); }
   Result<std::shared_ptr<float>> alloc(std::int64_t n) override { return be_->alloc(n); }
   Result<engine::KvStorage> alloc_kv(int l, std::int64_t s, std::int64_t d, engine::KvType t) override { return be_->alloc_kv(l, s, d, t); }

@@ -57,6 +57,7 @@ class CudaBackend final : public Backend {
   }
 
   std::string name() const override { return "cuda (" + cuda::describe_device(device_) + ")"; }
+  bool uses_host_cores() const override { return false; }
 
   Result<WeightTensor> upload(const GgufTensor& t) override {
     if (!cuda::supported(t.type))

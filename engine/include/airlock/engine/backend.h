@@ -116,6 +116,10 @@ class Backend {
  public:
   virtual ~Backend() = default;
   virtual std::string name() const = 0;
+  // Whether its operations run on the host's cores (the CPU backend): then
+  // every other thread that runs while it computes, a connection thread
+  // writing a token, takes time from it.
+  virtual bool uses_host_cores() const = 0;
 
   // Makes a GGUF tensor usable by operations (the CPU keeps it in the mapping).
   virtual Result<WeightTensor> upload(const GgufTensor& t) = 0;
