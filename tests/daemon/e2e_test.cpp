@@ -1260,15 +1260,24 @@ double metric(const std::string& text, const std::string& name) {
   return at == std::string::npos ? -1 : std::stod(text.substr(at + name.size() + 2));
 }
 
-TEST_F(DaemonE2E, DisconnectCancelsAndFreesBlocks) {
-  ASSERT_EQ(daemon_->post("/v1/chat/completions", chat("first a whole answer", 8))->status, 200);
+TEST(DaemonLifecycle, DisconnectCancelsAndFreesBlocks) {
+#if !defined(AIRLOCK_TEST_HOOKS)
+  GTEST_SKIP() << "built with AIRLOCK_TEST_HOOKS=OFF: the step-delay hook is not compiled in";
+#endif
+  // Steps of 5 ms: the 400-token stream would take 2 s, so it is still
+  // going when the client hangs up however its tokens are gathered.
+  Enclave e;
+  auto d = start_with_step_delay(e, 5);
+  ASSERT_GT(d->port, 0) << d->log();
+  ASSERT_EQ(d->post("/v1/chat/completions", chat("first a whole answer", 8))->status, 200);
+  const auto t0 = std::chrono::steady_clock::now();
   {
-    httplib::Client c = daemon_->client();
+    httplib::Client c = d->client();
     int chunks = 0;
     httplib::Request req;
     req.method = "POST";
     req.path = "/v1/chat/completions";
-    req.headers = {{"Authorization", "Bearer " + daemon_->api_key}, {"Content-Type", "application/json"}};
+    req.headers = {{"Authorization", "Bearer " + d->api_key}, {"Content-Type", "application/json"}};
     json body = chat("A very long story", 400, true);
     body["ignore_eos"] = true;  // a model that stops early must not end the stream before the hang-up
     req.body = body.dump();
@@ -1278,18 +1287,21 @@ TEST_F(DaemonE2E, DisconnectCancelsAndFreesBlocks) {
   }
   double used = -1;
   for (int i = 0; i < 200; ++i) {
-    used = metric(daemon_->client().Get("/metrics")->body, "airlock_kv_blocks_used");
+    used = metric(d->client().Get("/metrics")->body, "airlock_kv_blocks_used");
     if (used == 0) break;
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
   EXPECT_EQ(used, 0);
-  const std::string m = daemon_->client().Get("/metrics")->body;
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::milliseconds(1500));  // before the 2 s answer
+  const std::string m = d->client().Get("/metrics")->body;
   for (const char* name : {"airlock_time_to_first_token_seconds_bucket", "airlock_inter_token_latency_seconds_count",
                            "airlock_e2e_request_latency_seconds_sum", "airlock_request_queue_time_seconds_count",
                            "airlock_requests_total{route=\"/v1/chat/completions\",status=\"200\"}",
-                           "airlock_requests_total{route=\"/v1/chat/completions\",status=\"499\"}",
+                           "airlock_requests_total{route=\"/v1/chat/completions\",status=\"499\"} 1",
                            "airlock_generation_tokens_total", "airlock_prompt_tokens_total", "airlock_requests_running"})
-    EXPECT_NE(m.find(name), std::string::npos) << name;
+    EXPECT_NE(m.find(name), std::string::npos) << name << "\n" << m;
+  EXPECT_LT(metric(m, "airlock_generation_tokens_total"), 8 + 300) << m;
+  EXPECT_EQ(d->stop(), 0);
 }
 
 TEST_F(DaemonE2E, AuditLogRecordsRequestsAndRefusals) {
