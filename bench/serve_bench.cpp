@@ -331,7 +331,11 @@ int main(int argc, char** argv) {
     const std::string a = argv[i];
     if (a == "--tokens") tokens = std::atoi(argv[i + 1]);
     else if (a == "--threads") threads = std::atoi(argv[i + 1]);
-    else if (a == "--stream-interval") stream_interval_ms = std::atoi(argv[i + 1]);
+    else if (a == "--stream-interval") {
+      stream_interval_ms = std::atoi(argv[i + 1]);
+      if (stream_interval_ms < 0 || stream_interval_ms > 1000)
+        return std::fprintf(stderr, "serve_bench: --stream-interval must be 0 to 1000 (ms)\n"), 2;
+    }
     else if (a == "--rounds") rounds = std::max(1, std::atoi(argv[i + 1]));
     else if (a == "--only") only = argv[i + 1];
     else if (a == "--client") {

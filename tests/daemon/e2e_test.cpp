@@ -2471,7 +2471,7 @@ TEST(DaemonLifecycle, StreamIntervalDoesNotHoldBackTheFirstToken) {
 // after the first), the same answer as the whole one, and the log says so.
 TEST(DaemonLifecycle, DefaultIntervalGathersAFastModelsTokensOnTheCpu) {
   Enclave e;
-  auto d = Daemon::start(e);
+  auto d = Daemon::start(e, "device = \"cpu\"\n");  // (on a GPU "auto" is 0 ms)
   ASSERT_GT(d->port, 0) << d->log();
   constexpr int kTokens = 200;
   json body = chat("Tell me about a cat.", kTokens);
@@ -2509,7 +2509,7 @@ TEST(DaemonLifecycle, DefaultIntervalDoesNotHoldBackSlowTokens) {
   GTEST_SKIP() << "built with AIRLOCK_TEST_HOOKS=OFF: the step-delay hook is not compiled in";
 #endif
   Enclave e;
-  auto d = start_with_step_delay(e, 60);
+  auto d = start_with_step_delay(e, 60, "device = \"cpu\"\n");
   ASSERT_GT(d->port, 0) << d->log();
   EXPECT_EQ(tokens_per_chunk(*d, 4), (std::vector<std::size_t>{1, 1, 1, 1}));
   EXPECT_EQ(d->stop(), 0);
