@@ -122,8 +122,8 @@ inline std::uint64_t body_memory_bytes(const Config& c) {
 // on the host's cores, 0 on a GPU. On the CPU every wake-up and write of a
 // stream's connection thread takes a core from the model, and a small
 // model's stream gets a token every millisecond or less: written one by
-// one, at 16 clients the HTTP path made 0.83-0.92 of the engine's rate,
-// gathered every 20 ms (50 writes a second at most) 0.93-0.97
+// one, at 16 clients the HTTP path made 0.79-0.92 of the engine's rate,
+// gathered every 20 ms (50 writes a second at most) 0.90-0.97
 // (docs/benchmarks.md). Tokens further apart than the interval (any model
 // of a useful size on a CPU) go out at once, so it delays nothing there.
 // On a GPU the host's cores are free for the writes, and a fast stream's
